@@ -1,0 +1,227 @@
+//! The one block-device trait every layer speaks, and its error type.
+//!
+//! Members (`member::*`), byte windows onto members ([`Window`]) and RAID
+//! volumes (`raid::Volume`) all implement [`BlockDevice`], so levels compose.
+//! Exports translate their wire format into calls on this trait and map
+//! [`BlockError`] back to a wire status with [`BlockError::errno`].
+//!
+//! Buffers are borrowed for the duration of the call. Implementations that
+//! hand memory to the kernel asynchronously (io_uring) must copy into memory
+//! they own, so that dropping a future mid-flight is always safe.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::units::ByteOffset;
+
+/// A boxed, sendable future: the trait must be object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Result of a block operation.
+pub type BlockResult<T = ()> = Result<T, BlockError>;
+
+/// Whether a write must be on stable storage before it completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Completes when the data is written (may sit in a volatile cache).
+    Normal,
+    /// Force unit access: completes only once the data is on stable storage.
+    Fua,
+}
+
+/// Errors of block operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The backing storage failed.
+    #[error("I/O error on {device}")]
+    Io {
+        /// Device name (member path or volume name).
+        device: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The request reaches past the end of the device.
+    #[error("request at {offset} of {len} bytes is outside the device of {size} bytes")]
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// Device size.
+        size: u64,
+    },
+    /// Too many members are gone to serve this request.
+    #[error("data unavailable: too many members of {volume} have failed")]
+    DataLost {
+        /// Volume name.
+        volume: String,
+    },
+    /// The device is read-only.
+    #[error("device is read-only")]
+    ReadOnly,
+    /// The operation is not supported by this device.
+    #[error("operation not supported")]
+    Unsupported,
+}
+
+impl BlockError {
+    /// Convenience constructor for [`BlockError::Io`].
+    pub fn io(device: impl Into<String>, source: io::Error) -> Self {
+        BlockError::Io {
+            device: device.into(),
+            source,
+        }
+    }
+
+    /// The POSIX errno that best describes this error, for wire protocols.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BlockError::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC) => libc::ENOSPC,
+                _ => libc::EIO,
+            },
+            BlockError::OutOfRange { .. } => libc::EINVAL,
+            BlockError::DataLost { .. } => libc::EIO,
+            BlockError::ReadOnly => libc::EPERM,
+            BlockError::Unsupported => libc::EOPNOTSUPP,
+        }
+    }
+}
+
+/// Checks `offset + len <= size` without overflow.
+pub fn check_range(offset: ByteOffset, len: u64, size: u64) -> BlockResult {
+    match offset.get().checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BlockError::OutOfRange {
+            offset: offset.get(),
+            len,
+            size,
+        }),
+    }
+}
+
+/// An asynchronous block device.
+///
+/// After `discard` or `write_zeroes` the range reads back as zeroes; RAID
+/// parity relies on this.
+pub trait BlockDevice: Send + Sync {
+    /// Human-readable name for logs and errors (path or volume name).
+    fn name(&self) -> &str;
+
+    /// Usable size in bytes.
+    fn size(&self) -> u64;
+
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult>;
+
+    /// Writes `buf` at `offset`.
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> BoxFuture<'_, BlockResult>;
+
+    /// Deallocates a range; it reads back as zeroes afterwards.
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult>;
+
+    /// Zeroes a range. With `may_unmap` the device may deallocate it.
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> BoxFuture<'_, BlockResult>;
+}
+
+/// A byte window onto another device: `[start, start + len)` of `inner`
+/// appears as `[0, len)`. Used to expose a member's data area.
+#[derive(Clone)]
+pub struct Window {
+    inner: Arc<dyn BlockDevice>,
+    start: u64,
+    len: u64,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window")
+            .field("inner", &self.inner.name())
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Window {
+    /// Creates a window; fails if it does not fit inside `inner`.
+    pub fn new(inner: Arc<dyn BlockDevice>, start: u64, len: u64) -> BlockResult<Self> {
+        check_range(ByteOffset(start), len, inner.size())?;
+        Ok(Window { inner, start, len })
+    }
+
+    /// The device underneath.
+    pub fn inner(&self) -> &Arc<dyn BlockDevice> {
+        &self.inner
+    }
+}
+
+impl BlockDevice for Window {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, buf.len() as u64, self.len)?;
+            self.inner.read(offset + self.start, buf).await
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, buf.len() as u64, self.len)?;
+            self.inner.write(offset + self.start, buf, durability).await
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+        self.inner.flush()
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.len)?;
+            self.inner.discard(offset + self.start, len).await
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.len)?;
+            self.inner
+                .write_zeroes(offset + self.start, len, may_unmap)
+                .await
+        })
+    }
+}

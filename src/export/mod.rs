@@ -1,0 +1,3 @@
+//! Exports: wire protocols that translate into [`crate::block::BlockDevice`] calls.
+
+pub mod nbd;

@@ -1,0 +1,19 @@
+//! vraid: a userspace software-RAID engine.
+//!
+//! Layers, one direction only (see `../shared/DESIGN.md` and `docs/`):
+//!
+//! ```text
+//!  export::nbd ──► BlockDevice (raid::Volume) ──► BlockDevice (member::FileMember)
+//!                      │ raid::layout (pure math)        │ io_uring / pread fallback
+//!  meta (superblock, assembly) builds Volumes from members on disk
+//! ```
+//!
+//! Everything above `member` speaks only [`block::BlockDevice`].
+
+pub mod block;
+pub mod config;
+pub mod export;
+pub mod member;
+pub mod meta;
+pub mod raid;
+pub mod units;

@@ -1,0 +1,5 @@
+//! The `vraid` command.
+
+fn main() {
+    println!("vraid");
+}

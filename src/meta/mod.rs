@@ -1,0 +1,1 @@
+//! On-disk metadata: superblock codec, array creation and assembly.

@@ -1,0 +1,1 @@
+//! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
