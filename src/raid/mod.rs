@@ -1,1 +1,75 @@
 //! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A RAID level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Level {
+    /// Striping, no redundancy.
+    #[serde(rename = "0")]
+    Raid0,
+    /// N-way mirroring.
+    #[serde(rename = "1")]
+    Raid1,
+    /// Striping with rotating parity (md left-symmetric).
+    #[serde(rename = "5")]
+    Raid5,
+}
+
+impl Level {
+    /// The number stored on disk and shown to users (0, 1, 5).
+    pub const fn number(self) -> u32 {
+        match self {
+            Level::Raid0 => 0,
+            Level::Raid1 => 1,
+            Level::Raid5 => 5,
+        }
+    }
+
+    /// Inverse of [`Level::number`].
+    pub const fn from_number(n: u32) -> Option<Level> {
+        match n {
+            0 => Some(Level::Raid0),
+            1 => Some(Level::Raid1),
+            5 => Some(Level::Raid5),
+            _ => None,
+        }
+    }
+
+    /// Fewest members an array of this level may be created with.
+    pub const fn min_members(self) -> usize {
+        match self {
+            Level::Raid0 | Level::Raid1 => 2,
+            Level::Raid5 => 3,
+        }
+    }
+
+    /// How many members may be missing while all data stays available,
+    /// for an array of `members` members.
+    pub const fn redundancy(self, members: usize) -> usize {
+        match self {
+            Level::Raid0 => 0,
+            Level::Raid1 => members.saturating_sub(1),
+            Level::Raid5 => 1,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raid{}", self.number())
+    }
+}
+
+impl FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Level, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.strip_prefix("raid").unwrap_or(&t);
+        t.parse::<u32>()
+            .ok()
+            .and_then(Level::from_number)
+            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1 or 5"))
+    }
+}
