@@ -1,1 +1,387 @@
-//! Helpers shared by the end-to-end tests live in tests/common.
+//! Harness for the end-to-end tests: runs the real `vraid` binary and real
+//! NBD clients (qemu-io, qemu-img, nbdinfo, nbdcopy, fio, nbdfuse) as
+//! subprocesses against member files on the real disk.
+//!
+//! The binary is `$VRAID_BIN`, or `target/release/vraid`, or
+//! `target/debug/vraid`. A missing binary or client tool fails the test; it
+//! never skips it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("raid-tests lives in the workspace")
+        .to_path_buf()
+}
+
+/// The `vraid` binary under test.
+pub fn vraid_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VRAID_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = workspace_root();
+    for profile in ["release", "debug"] {
+        let p = root.join("target").join(profile).join("vraid");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("vraid binary not found: run `cargo build --release -p vraid` or set VRAID_BIN");
+}
+
+/// A scratch directory on the real disk (O_DIRECT works there, unlike tmpfs).
+pub fn scratch_dir(test: &str) -> tempfile::TempDir {
+    let base = workspace_root().join("target").join("raid-tests-tmp");
+    std::fs::create_dir_all(&base).expect("create scratch base");
+    tempfile::Builder::new()
+        .prefix(&format!("{test}-"))
+        .tempdir_in(base)
+        .expect("create scratch dir")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "command failed: {cmd:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command to completion and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the tool installed?)"))
+}
+
+/// A `vraid` command with the given arguments.
+pub fn vraid(args: &[&str]) -> Command {
+    let mut c = Command::new(vraid_bin());
+    c.args(args);
+    c
+}
+
+/// Member paths `m0.img .. m{n-1}.img` in `dir`.
+pub fn member_paths(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n).map(|i| dir.join(format!("m{i}.img"))).collect()
+}
+
+/// Creates an array with `vraid create`.
+pub fn create_array(level: u32, chunk: &str, member_size: &str, name: &str, members: &[PathBuf]) {
+    let mut c = vraid(&[
+        "create",
+        "--level",
+        &level.to_string(),
+        "--chunk-size",
+        chunk,
+        "--member-size",
+        member_size,
+        "--name",
+        name,
+    ]);
+    c.args(members);
+    run_ok(&mut c);
+}
+
+/// A running `vraid serve`, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// TCP address it serves NBD on.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `vraid serve --nbd 127.0.0.1:PORT EXTRA...` and waits until it accepts.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(extra, env, None)
+    }
+
+    /// Like [`Server::start`], run in working directory `cwd`.
+    pub fn start_in(cwd: &Path, extra: &[&str]) -> Server {
+        Self::spawn(extra, &[], Some(cwd))
+    }
+
+    fn spawn(extra: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Server {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(vraid_bin());
+        cmd.arg("serve")
+            .arg("--nbd")
+            .arg(addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().expect("spawn vraid serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[vraid] {line}");
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let mut server = Server {
+            child: Some(child),
+            addr,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("vraid serve exited early with {status}:\n{}", self.log());
+            }
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "vraid serve did not listen on {} within 30 s:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    /// NBD URI of an export.
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://{}/{export}", self.addr)
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> i32 {
+        let Some(mut child) = self.child.take() else {
+            return 0;
+        };
+        // SAFETY: kill(2) on our own child's pid with SIGTERM touches no memory.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "vraid serve did not stop within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+/// Runs qemu-io commands against an NBD URI; panics on failure or on a
+/// "Pattern verification failed" line.
+pub fn qemu_io(uri: &str, cmds: &[String]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg(uri);
+    let out = run_ok(&mut c);
+    assert!(
+        !out.contains("verification failed") && !out.contains("error"),
+        "qemu-io reported a problem:\n{out}"
+    );
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A member file that can be made to fail at will: nbdkit's file plugin
+/// behind its error filter, exposed as a file by nbdfuse. While the trigger
+/// file exists every I/O to the member returns EIO — a disk dying mid-run.
+#[derive(Debug)]
+pub struct FlakyMember {
+    nbdkit: Child,
+    nbdfuse: Child,
+    mountpoint: PathBuf,
+    trigger: PathBuf,
+}
+
+impl FlakyMember {
+    /// Backs the member with `backing` (created sparse with `size` bytes if missing).
+    pub fn new(dir: &Path, tag: &str, backing: &Path, size: u64) -> FlakyMember {
+        if !backing.exists() {
+            let f = std::fs::File::create(backing).unwrap();
+            f.set_len(size).unwrap();
+        }
+        let sock = dir.join(format!("{tag}.nbdkit.sock"));
+        let trigger = dir.join(format!("{tag}.fail"));
+        let _ = std::fs::remove_file(&trigger);
+        let nbdkit = Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(&sock)
+            .args(["--filter=error", "file"])
+            .arg(backing)
+            .args(["error=EIO", "error-rate=100%"])
+            .arg(format!("error-file={}", trigger.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nbdkit (package nbdkit)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "nbdkit did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mountpoint = dir.join(format!("{tag}.mnt"));
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let pidfile = dir.join(format!("{tag}.nbdfuse.pid"));
+        let nbdfuse = Command::new("nbdfuse")
+            .arg("-P")
+            .arg(&pidfile)
+            .arg(mountpoint.join("disk"))
+            .arg("--unix")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nbdfuse (package libnbd-bin)");
+        while !pidfile.exists() || !mountpoint.join("disk").exists() {
+            assert!(Instant::now() < deadline, "nbdfuse did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        FlakyMember {
+            nbdkit,
+            nbdfuse,
+            mountpoint,
+            trigger,
+        }
+    }
+
+    /// The member path to give vraid.
+    pub fn path(&self) -> PathBuf {
+        self.mountpoint.join("disk")
+    }
+
+    /// From now on every I/O fails with EIO.
+    pub fn fail(&self) {
+        std::fs::write(&self.trigger, b"").unwrap();
+    }
+
+    /// I/O works again.
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(&self.trigger);
+    }
+}
+
+impl Drop for FlakyMember {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mountpoint)
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.nbdfuse.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.nbdfuse.kill();
+        let _ = self.nbdfuse.wait();
+        let _ = self.nbdkit.kill();
+        let _ = self.nbdkit.wait();
+    }
+}
+
+/// `vraid examine --json` of a member, parsed.
+pub fn examine(member: &Path) -> serde_json::Value {
+    let out = run_ok(vraid(&["examine", "--json"]).arg(member));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("examine JSON: {e}\n{out}"))
+}
+
+/// Reads the whole export with nbdcopy into memory.
+pub fn read_export(uri: &str, scratch: &Path) -> Vec<u8> {
+    let out = scratch.join("export-dump.raw");
+    let _ = std::fs::remove_file(&out);
+    run_ok(Command::new("nbdcopy").arg(uri).arg(&out));
+    let data = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    data
+}
+
+/// Writes `data` at offset 0 of the export with nbdcopy.
+pub fn write_export(uri: &str, data: &[u8], scratch: &Path) {
+    let src = scratch.join("export-src.raw");
+    std::fs::write(&src, data).unwrap();
+    run_ok(Command::new("nbdcopy").arg(&src).arg(uri));
+    let _ = std::fs::remove_file(&src);
+}
