@@ -84,7 +84,10 @@ fn user_mistakes_are_one_clear_line() {
     let d = dir.path().to_str().unwrap();
 
     assert_user_error(&run(vraid(&["examine"]).arg(&junk)), "junk.img");
-    assert_user_error(&run(vraid(&["examine", "/nonexistent/x.img"])), "x.img");
+    assert_user_error(
+        &run(&mut vraid(&["examine", "/nonexistent/x.img"])),
+        "x.img",
+    );
     assert_user_error(&run(vraid(&["create", "--level", "5"]).args(&p[..2])), "3");
     assert_user_error(
         &run(vraid(&["create", "--level", "0", "--chunk-size", "3K"]).args(&p[..2])),
@@ -94,8 +97,11 @@ fn user_mistakes_are_one_clear_line() {
         &run(vraid(&["create", "--level", "0", "--member-size", "1K"]).args(&p[..2])),
         "small",
     );
-    assert_user_error(&run(vraid(&["create", "--level", "9", "a", "b"])), "level");
-    assert_user_error(&run(vraid(&["frobnicate"])), "frobnicate");
+    assert_user_error(
+        &run(&mut vraid(&["create", "--level", "9", "a", "b"])),
+        "level",
+    );
+    assert_user_error(&run(&mut vraid(&["frobnicate"])), "frobnicate");
     assert_user_error(
         &run(vraid(&["serve", "--config", &format!("{d}/missing.toml")])),
         "missing.toml",
