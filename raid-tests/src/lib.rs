@@ -6,6 +6,7 @@
 //! `target/debug/vraid`. A missing binary or client tool fails the test; it
 //! never skips it.
 
+use std::borrow::BorrowMut;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,8 +56,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Runs a command to completion; panics with its output if it fails.
-pub fn run_ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
+pub fn run_ok(mut cmd: impl BorrowMut<Command>) -> String {
+    let cmd = cmd.borrow_mut();
+    let out = run(&mut *cmd);
     assert!(
         out.status.success(),
         "command failed: {cmd:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
@@ -68,7 +70,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// Runs a command to completion and returns its output.
-pub fn run(cmd: &mut Command) -> Output {
+pub fn run(mut cmd: impl BorrowMut<Command>) -> Output {
+    let cmd = cmd.borrow_mut();
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is the tool installed?)"))
