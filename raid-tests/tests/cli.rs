@@ -41,9 +41,9 @@ fn create_then_examine_json_has_every_field() {
     assert_eq!(sb["member_count"], 3);
     assert_eq!(sb["role"], 2);
     let off = sb["data_offset"].as_u64().unwrap();
-    assert!(off > 0 && off % (1 << 20) == 0, "data offset {off}");
+    assert!(off > 0 && off.is_multiple_of(1 << 20), "data offset {off}");
     let size = sb["data_size"].as_u64().unwrap();
-    assert!(size > 0 && off + size <= 64 << 20 && size % (128 << 10) == 0);
+    assert!(size > 0 && off + size <= 64 << 20 && size.is_multiple_of(128 << 10));
     assert!(sb["events"].as_u64().is_some());
     assert_eq!(sb["state"], "clean");
     assert_eq!(sb["array_uuid"], examine(&paths[0])["array_uuid"]);

@@ -162,7 +162,7 @@ fn nbdinfo_reports_size_and_flags() {
     // 4 members x (16M - metadata area), rounded to chunks: at least 4 x 14 MiB.
     let size = export["export-size"].as_u64().unwrap();
     assert!(
-        size >= 4 * (14 << 20) && size <= 4 * (16 << 20),
+        (4 * (14 << 20)..=4 * (16 << 20)).contains(&size),
         "size {size}"
     );
     assert_eq!(size % (64 << 10), 0);
