@@ -160,12 +160,14 @@ print(s.getsockname()[1])'
 
 # start_server NAME LOGFILE CMD... ; sets SERVER_PID
 SERVER_PID=
+SERVER_LOG=
 start_server() {
     local name=$1 logfile=$2
     shift 2
     log "starting $name: $*"
     "$@" >"$logfile" 2>&1 &
     SERVER_PID=$!
+    SERVER_LOG=$logfile
     printf '%s %s\n' "$SERVER_PID" "$(basename "$1")" >>"$PIDS_FILE"
 }
 
@@ -272,7 +274,9 @@ job_args() { # job_args JOB -> fio options
     esac
 }
 
-# run_fio TARGET JOB URI: runs one job, records it in the manifest.
+# run_fio TARGET JOB URI: runs one job, records a success in the manifest; on
+# failure sets FIO_RC and returns 1.
+FIO_RC=0
 run_fio() {
     local target=$1 job=$2 uri=$3 json rc=0
     local -a args
@@ -286,7 +290,7 @@ run_fio() {
         >"$LOG_DIR/$target-$job.fio.log" 2>&1 || rc=$?
     if ((rc != 0)); then
         log "$target: $job failed (fio exit $rc); see $LOG_DIR/$target-$job.fio.log"
-        printf '%s\t%s\tFAILED\tfio exit %s\n' "$target" "$job" "$rc" >>"$MANIFEST"
+        FIO_RC=$rc
         return 1
     fi
     printf '%s\t%s\tok\t%s\n' "$target" "$job" "$json" >>"$MANIFEST"
@@ -321,20 +325,33 @@ mark_all_failed() { # mark_all_failed TARGET REASON: jobs not yet in the manifes
 run_jobs() {
     local target=$1 uri=$2 pid=$3 job
     prefill "$target" "$uri" || {
+        server_alive "$pid" || log "$target: the server (pid $pid) died during the prefill"
         mark_all_failed "$target" "prefill failed"
         return 1
     }
     for job in $JOBS; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$target: server died"
-            mark_all_failed "$target" "server died"
-            return 1
-        fi
         run_fio "$target" "$job" "$uri" || {
+            if ! server_alive "$pid"; then
+                log "$target: the server (pid $pid) died during $job; last lines of its log:"
+                tail -n 20 "$SERVER_LOG" >&2 || true
+                printf '%s\t%s\tFAILED\tserver died during this job (fio exit %s)\n' \
+                    "$target" "$job" "$FIO_RC" >>"$MANIFEST"
+            else
+                printf '%s\t%s\tFAILED\tfio exit %s, see logs/%s-%s.fio.log\n' \
+                    "$target" "$job" "$FIO_RC" "$target" "$job" >>"$MANIFEST"
+            fi
             mark_all_failed "$target" "skipped after $job failed"
             return 1
         }
     done
+}
+
+# server_alive PID: running (a zombie that has not been reaped yet is dead).
+server_alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
 }
 
 proc_status_kib() { # proc_status_kib PID FIELD -> value in KiB
@@ -396,7 +413,7 @@ run_vraid_target() {
     fi
     printf '%s\t%s\n' "idle_rss_kib:$target" "$(proc_status_kib "$pid" VmRSS)" >>"$EXTRA"
     run_jobs "$target" "$uri" "$pid" || rc=1
-    if kill -0 "$pid" 2>/dev/null; then
+    if server_alive "$pid"; then
         printf '%s\t%s\n' "peak_rss_kib:$target" "$(proc_status_kib "$pid" VmHWM)" >>"$EXTRA"
     fi
     local src=0
@@ -595,7 +612,7 @@ with open(os.environ["EXTRA"]) as f:
         key, value = line.rstrip("\n").split("\t", 1)
         if key == "note":
             notes.append(value)
-        else:
+        elif value.isdigit():
             extra[key] = value
 
 
@@ -608,12 +625,14 @@ def ratio(target, job, ref):
 
 header = ["target", "job", "IOPS", "MiB/s", "p99 lat us", "/qemu-nbd", "/nbdkit-mem"]
 rows = []
+failed_lines = []
 for target in targets:
     for job in jobs:
         r = results.get((target, job))
         if r is None:
             why = failures.get((target, job), "no result")
-            rows.append([target, job, "FAILED", why, "", "", ""])
+            rows.append([target, job, "FAILED", "-", "-", "-", "-"])
+            failed_lines.append(f"{target} {job}: {why}")
             continue
         p99 = f"{r['p99_us']:.0f}" if r["p99_us"] is not None else "-"
         rows.append([target, job, f"{r['iops']:.0f}", f"{r['mibs']:.1f}", p99,
@@ -653,7 +672,7 @@ if "idle_rss_kib:rss5" in extra:
                      f"{int(extra['idle_rss_kib:rss5']) / 1024:.1f} MiB "
                      f"(VmHWM {int(extra['idle_hwm_kib:rss5']) / 1024:.1f} MiB)")
 for t in ("raid0", "raid1", "raid5"):
-    if f"peak_rss_kib:{t}" in extra:
+    if f"peak_rss_kib:{t}" in extra and f"idle_rss_kib:{t}" in extra:
         rss_lines.append(f"`vraid serve` {t}: RSS idle {int(extra[f'idle_rss_kib:{t}']) / 1024:.1f} MiB, "
                          f"peak during run (VmHWM) {int(extra[f'peak_rss_kib:{t}']) / 1024:.1f} MiB")
 
@@ -668,6 +687,11 @@ if rss_lines or notes:
     print()
     for line in rss_lines + notes:
         print(line.replace("`", ""))
+if failed_lines:
+    print()
+    print("failed:")
+    for line in failed_lines:
+        print("  " + line)
 
 meta = [
     f"- date: {e['FC_DATE']}",
@@ -686,6 +710,8 @@ if penalty:
            md_table(["job", "raid5/raid0"], penalty)]
 if rss_lines or notes:
     md += [""] + [f"- {line}" for line in rss_lines + notes]
+if failed_lines:
+    md += ["", "Failed:", ""] + [f"- {line}" for line in failed_lines]
 with open(e["OUT"], "w") as f:
     f.write("\n".join(md) + "\n")
 print()

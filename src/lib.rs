@@ -11,7 +11,9 @@
 //! Everything above `member` speaks only [`block::BlockDevice`].
 
 pub mod block;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod export;
 pub mod member;
 pub mod meta;

@@ -1,5 +1,50 @@
-//! The `vraid` command.
+//! The `vraid` command: parses the command line, sets up logging and a tokio
+//! runtime, and hands off to `vraid::daemon`. Every error ends here as one
+//! line on stderr and a non-zero exit code.
 
-fn main() {
-    println!("vraid");
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vraid::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .as_deref()
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vraid-rt")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vraid: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Create(args) => vraid::daemon::create(args).await,
+            Command::Examine(args) => vraid::daemon::examine(args).await,
+            Command::Serve(args) => vraid::daemon::serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vraid: error: {}", vraid::daemon::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,203 @@
+//! Bringing arrays up and down: creating members and superblocks, assembling
+//! a volume from member paths, and persisting member failures the RAID layer
+//! reports (the [`MetaEvents`] bridge from `raid` back to `meta`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{display, DaemonError};
+use crate::block::{BlockDevice, BlockError, BoxFuture};
+use crate::cli::EngineArg;
+use crate::member::{self, EngineKind, MemberOptions};
+use crate::meta::{self, Assembly, CreateSpec};
+use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, Volume, VolumeEvents};
+
+/// What `vraid create` (or a config's `create` table, or the demo) asks for.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    /// Array name.
+    pub name: String,
+    /// RAID level.
+    pub level: Level,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Size of member files created because they are missing.
+    pub member_size: u64,
+    /// Overwrite existing vraid members.
+    pub force: bool,
+}
+
+/// Member options from the CLI flag, else `VRAID_IO_ENGINE`, else auto.
+pub fn member_options(engine: Option<EngineArg>) -> MemberOptions {
+    let engine = match engine {
+        Some(EngineArg::Auto) => EngineKind::Auto,
+        Some(EngineArg::Uring) => EngineKind::Uring,
+        Some(EngineArg::Sync) => EngineKind::Sync,
+        None => EngineKind::from_env(),
+    };
+    MemberOptions {
+        engine,
+        ..MemberOptions::default()
+    }
+}
+
+/// Creates missing member files (sparse) and writes a new array's superblocks.
+pub async fn create_array(
+    paths: &[PathBuf],
+    req: &CreateRequest,
+    opts: &MemberOptions,
+) -> Result<meta::ArrayInfo, DaemonError> {
+    if paths.len() < req.level.min_members() {
+        return Err(DaemonError::Usage(format!(
+            "{} needs at least {} members, got {}",
+            req.level,
+            req.level.min_members(),
+            paths.len()
+        )));
+    }
+    for (i, p) in paths.iter().enumerate() {
+        if paths[..i].contains(p) {
+            return Err(DaemonError::Usage(format!(
+                "member {} is given twice",
+                display(p)
+            )));
+        }
+    }
+    let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
+    for p in paths {
+        if !p.exists() {
+            member::create_sparse(p, req.member_size)?;
+        }
+        devices.push(member::open_member(p, opts)?);
+    }
+    let spec = CreateSpec {
+        name: req.name.clone(),
+        level: req.level,
+        chunk_size: req.chunk_size,
+        force: req.force,
+    };
+    Ok(meta::create_array(&devices, &spec).await?)
+}
+
+/// `vraid examine` of one member.
+pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
+    let dev = member::open_member(path, &MemberOptions::default())?;
+    Ok(meta::examine(dev.as_ref()).await?)
+}
+
+/// One assembled, running array.
+pub struct Assembled {
+    /// The RAID volume.
+    pub volume: Arc<Volume>,
+    /// Its on-disk metadata.
+    pub assembly: Arc<Assembly>,
+}
+
+impl std::fmt::Debug for Assembled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembled")
+            .field("name", &self.assembly.name())
+            .finish()
+    }
+}
+
+/// Opens the members that exist, assembles them from their superblocks,
+/// builds the volume and marks the array dirty (in use).
+pub async fn assemble_volume(
+    paths: &[PathBuf],
+    opts: &MemberOptions,
+) -> Result<Assembled, DaemonError> {
+    let mut devices = Vec::with_capacity(paths.len());
+    for p in paths {
+        match member::open_member(p, opts) {
+            Ok(dev) => devices.push((display(p), dev as Arc<dyn BlockDevice>)),
+            Err(e) if !p.exists() => {
+                warn!("member {} is missing: {}", display(p), super::error_chain(&e));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let assembly = Arc::new(meta::assemble(devices).await?);
+    let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
+        .members()
+        .iter()
+        .map(|m| {
+            m.as_ref()
+                .map(|m| Arc::new(m.data.clone()) as Arc<dyn BlockDevice>)
+        })
+        .collect();
+    let name = assembly.name().to_string();
+    let raid_err = |source| DaemonError::Raid {
+        name: name.clone(),
+        source,
+    };
+    let chunk = ChunkSize::new(assembly.chunk_size()).map_err(raid_err)?;
+    let geometry = Geometry::new(
+        assembly.level(),
+        assembly.member_count(),
+        chunk,
+        assembly.data_size(),
+    )
+    .map_err(raid_err)?;
+    let events = Arc::new(MetaEvents {
+        assembly: assembly.clone(),
+    });
+    let volume = Arc::new(Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?);
+    let was_clean = assembly.was_clean();
+    assembly.mark_dirty().await?;
+    if !was_clean && assembly.level() != Level::Raid0 {
+        warn!(
+            "{name} was not shut down cleanly; \
+             redundancy of regions written at the crash is not resynced yet"
+        );
+    }
+    let missing = volume
+        .member_states()
+        .iter()
+        .filter(|s| !matches!(s, crate::raid::MemberState::Active))
+        .count();
+    if missing > 0 {
+        warn!(
+            "{name}: running degraded, {missing} of {} members missing",
+            assembly.member_count()
+        );
+    }
+    info!(
+        "assembled {name}: {}, {} members, chunk {}, {} bytes",
+        assembly.level(),
+        assembly.member_count(),
+        crate::units::format_size(assembly.chunk_size()),
+        volume.size()
+    );
+    Ok(Assembled { volume, assembly })
+}
+
+/// Persists member failures the RAID layer reports into the other members'
+/// superblocks (event counter bumped), so the failed member is not trusted
+/// at the next assembly.
+struct MetaEvents {
+    assembly: Arc<Assembly>,
+}
+
+impl VolumeEvents for MetaEvents {
+    fn member_failed(&self, member: MemberIndex, error: &BlockError) -> BoxFuture<'_, ()> {
+        let reason = super::error_chain(error);
+        Box::pin(async move {
+            warn!(
+                "{}: member {} failed ({reason}); continuing degraded",
+                self.assembly.name(),
+                member.0
+            );
+            if let Err(e) = self.assembly.record_member_failed(member.0).await {
+                warn!(
+                    "{}: could not record the failure of member {} in the superblocks: {}",
+                    self.assembly.name(),
+                    member.0,
+                    super::error_chain(&e)
+                );
+            }
+        })
+    }
+}

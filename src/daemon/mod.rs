@@ -1,0 +1,115 @@
+//! The daemon and the one-shot commands behind the CLI: `create`, `examine`,
+//! `serve`. This is the only place that wires members, metadata, RAID and
+//! exports together:
+//!
+//! ```text
+//!  paths ─► member::open_member ─► meta::assemble ─► raid::Volume ─► export::nbd
+//!                                      ▲ superblocks        │ member failed
+//!                                      └──── MetaEvents ◄───┘
+//! ```
+
+mod bringup;
+mod demo;
+mod serve;
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+
+pub use serve::serve;
+
+use crate::cli::{CreateArgs, ExamineArgs};
+
+/// Errors of the CLI commands and the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Opening or creating a member failed.
+    #[error(transparent)]
+    Member(#[from] crate::member::MemberError),
+    /// Metadata (superblock, create, assembly) failed.
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+    /// The configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The RAID volume could not be built.
+    #[error("volume {name}")]
+    Raid {
+        /// Volume name.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::raid::RaidError,
+    },
+    /// A socket could not be set up.
+    #[error("cannot listen on {what}")]
+    Listen {
+        /// Address or path.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A block operation failed during start-up or shutdown.
+    #[error("{context}")]
+    Block {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: crate::block::BlockError,
+    },
+    /// Anything else the user must fix, already phrased as one line.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Renders an error and its sources as one line: "a: b: c".
+pub fn error_chain(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// `vraid create`.
+pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
+    let spec = bringup::CreateRequest {
+        name: args.name,
+        level: args.level,
+        chunk_size: args.chunk_size,
+        member_size: args.member_size,
+        force: args.force,
+    };
+    let info = bringup::create_array(&args.members, &spec, &bringup::member_options(None)).await?;
+    println!("{info}");
+    Ok(())
+}
+
+/// `vraid examine`.
+pub async fn examine(args: ExamineArgs) -> Result<(), DaemonError> {
+    let report = bringup::examine_member(&args.member).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn paths_display(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| display(p)).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,327 @@
+//! `vraid serve`: decide which volumes to bring up (members on the command
+//! line, a config file, or the demo), export them over NBD on TCP and/or a
+//! Unix socket, and on SIGINT/SIGTERM stop accepting, drain, flush and mark
+//! every array clean.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use super::bringup::{self, Assembled, CreateRequest};
+use super::{demo, display, error_chain, DaemonError};
+use crate::block::BlockDevice;
+use crate::cli::ServeArgs;
+use crate::config::Config;
+use crate::export::nbd::{Export, NbdServer};
+use crate::member::MemberOptions;
+
+/// Default NBD TCP address: loopback only.
+pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
+
+/// How long shutdown waits for in-flight requests to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One volume to bring up.
+#[derive(Debug)]
+struct VolumeSpec {
+    /// Name the user expects (config), checked against the superblocks.
+    expected_name: Option<String>,
+    members: Vec<PathBuf>,
+    create: Option<CreateRequest>,
+    read_only: bool,
+    description: Option<String>,
+}
+
+/// `vraid serve`.
+pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
+    let mut opts = bringup::member_options(args.io_engine);
+    let mut nbd = args.nbd;
+    let mut nbd_socket = args.nbd_socket.clone();
+    let mut demo_mode = false;
+    let specs = if let Some(path) = &args.config {
+        let config = Config::load(path)?;
+        nbd = nbd.or(config.server.nbd);
+        nbd_socket = nbd_socket.or_else(|| config.server.nbd_socket.clone());
+        if args.io_engine.is_none() {
+            if let Some(engine) = config.server.io_engine {
+                opts = MemberOptions {
+                    engine,
+                    ..opts
+                };
+            }
+        }
+        config
+            .volumes
+            .iter()
+            .map(|v| VolumeSpec {
+                expected_name: Some(v.name.clone()),
+                members: v.members.clone(),
+                create: v.create.as_ref().map(|c| CreateRequest {
+                    name: v.name.clone(),
+                    level: v.level,
+                    chunk_size: v.chunk_size,
+                    member_size: c.member_size,
+                    force: false,
+                }),
+                read_only: v.read_only || args.read_only,
+                description: v.description.clone(),
+            })
+            .collect::<Vec<_>>()
+    } else if !args.members.is_empty() {
+        vec![VolumeSpec {
+            expected_name: None,
+            members: args.members.clone(),
+            create: None,
+            read_only: args.read_only,
+            description: None,
+        }]
+    } else {
+        demo_mode = true;
+        let d = demo::spec(&args.demo_dir);
+        vec![VolumeSpec {
+            expected_name: Some(d.name.clone()),
+            members: d.members,
+            create: Some(d.create),
+            read_only: args.read_only,
+            description: Some(d.description),
+        }]
+    };
+    if nbd.is_none() && nbd_socket.is_none() {
+        nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
+    }
+
+    let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
+    for spec in specs {
+        let assembled = match bring_up(&spec, &opts).await {
+            Ok(a) => a,
+            Err(e) => {
+                shutdown_volumes(&volumes).await;
+                return Err(e);
+            }
+        };
+        volumes.push((assembled, spec));
+    }
+
+    let exports = volumes
+        .iter()
+        .map(|(a, spec)| Export {
+            name: a.assembly.name().to_string(),
+            description: spec.description.clone().unwrap_or_else(|| {
+                format!(
+                    "vraid {} volume, {} members",
+                    a.assembly.level(),
+                    a.assembly.member_count()
+                )
+            }),
+            device: a.volume.clone() as Arc<dyn BlockDevice>,
+            read_only: spec.read_only,
+            preferred_block: 4096,
+            multi_conn: true,
+        })
+        .collect();
+    let server = Arc::new(NbdServer::new(exports));
+
+    let result = run_listeners(&server, nbd, nbd_socket.as_deref(), &volumes, demo_mode).await;
+    info!("shutting down: draining in-flight requests");
+    server.shutdown();
+    if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
+    }
+    shutdown_volumes(&volumes).await;
+    if let Some(path) = &nbd_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Creates the array first when asked to and no member holds a superblock yet,
+/// then assembles it.
+async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, DaemonError> {
+    if let Some(create) = &spec.create {
+        if !any_member_initialised(&spec.members).await {
+            info!(
+                "creating {} ({}) on {}",
+                create.name,
+                create.level,
+                super::paths_display(&spec.members)
+            );
+            bringup::create_array(&spec.members, create, opts).await?;
+        }
+    }
+    let assembled = bringup::assemble_volume(&spec.members, opts).await?;
+    if let Some(expected) = &spec.expected_name {
+        if assembled.assembly.name() != expected {
+            let found = assembled.assembly.name().to_string();
+            shutdown_volumes(&[(assembled, VolumeSpec::named(expected))]).await;
+            return Err(DaemonError::Usage(format!(
+                "volume {expected}: its members hold array {found:?}, not {expected:?}"
+            )));
+        }
+    }
+    Ok(assembled)
+}
+
+impl VolumeSpec {
+    fn named(name: &str) -> VolumeSpec {
+        VolumeSpec {
+            expected_name: Some(name.to_string()),
+            members: Vec::new(),
+            create: None,
+            read_only: false,
+            description: None,
+        }
+    }
+}
+
+async fn any_member_initialised(paths: &[PathBuf]) -> bool {
+    for p in paths {
+        if p.exists() && bringup::examine_member(p).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Flushes every volume and marks its superblocks clean.
+async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
+    for (a, _) in volumes {
+        let name = a.assembly.name();
+        if let Err(e) = a.volume.flush().await {
+            warn!("{name}: final flush failed: {}", error_chain(&e));
+            continue;
+        }
+        match a.assembly.mark_clean().await {
+            Ok(()) => info!("{name}: stopped cleanly"),
+            Err(e) => warn!("{name}: could not mark clean: {}", error_chain(&e)),
+        }
+    }
+}
+
+async fn run_listeners(
+    server: &Arc<NbdServer>,
+    nbd: Option<SocketAddr>,
+    nbd_socket: Option<&Path>,
+    volumes: &[(Assembled, VolumeSpec)],
+    demo_mode: bool,
+) -> Result<(), DaemonError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| DaemonError::Listen {
+        what: "SIGTERM".into(),
+        source: e,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Listen {
+        what: "SIGINT".into(),
+        source: e,
+    })?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tcp_addr = None;
+    if let Some(addr) = nbd {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| DaemonError::Listen {
+                what: format!("NBD address {addr}"),
+                source: e,
+            })?;
+        tcp_addr = Some(listener.local_addr().unwrap_or(addr));
+        tasks.spawn(server.clone().serve_tcp(listener));
+    }
+    if let Some(path) = nbd_socket {
+        let listener = bind_unix(path)?;
+        tasks.spawn(server.clone().serve_unix(listener));
+    }
+    print_ready(tcp_addr, nbd_socket, volumes, demo_mode);
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM received"),
+        _ = sigint.recv() => info!("SIGINT received"),
+        Some(res) = tasks.join_next() => {
+            if let Ok(Err(e)) = res {
+                return Err(DaemonError::Listen { what: "NBD".into(), source: e });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket, replacing a stale socket file but refusing a live one.
+fn bind_unix(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Listen {
+        what: format!("NBD socket {}", display(path)),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Usage(format!(
+                "NBD socket {} is in use by another server",
+                display(path)
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+fn print_ready(
+    tcp: Option<SocketAddr>,
+    unix: Option<&Path>,
+    volumes: &[(Assembled, VolumeSpec)],
+    demo_mode: bool,
+) {
+    let mut out = String::new();
+    for (a, spec) in volumes {
+        let name = a.assembly.name();
+        out.push_str(&format!(
+            "vraid: serving {name}: {}, {} of {} members{}, {} bytes{}\n",
+            a.assembly.level(),
+            a.volume
+                .member_states()
+                .iter()
+                .filter(|s| matches!(s, crate::raid::MemberState::Active))
+                .count(),
+            a.assembly.member_count(),
+            if a.volume.is_degraded() {
+                " (DEGRADED)"
+            } else {
+                ""
+            },
+            a.volume.size(),
+            if spec.read_only { ", read-only" } else { "" },
+        ));
+        if let Some(addr) = tcp {
+            out.push_str(&format!("  NBD URI:  nbd://{addr}/{name}\n"));
+        }
+        if let Some(p) = unix {
+            out.push_str(&format!(
+                "  NBD URI:  nbd+unix:///{name}?socket={}\n",
+                p.display()
+            ));
+        }
+    }
+    if let (Some(addr), Some((a, _))) = (tcp, volumes.first()) {
+        let uri = format!("nbd://{addr}/{}", a.assembly.name());
+        out.push_str(&format!(
+            "\nTry it:\n  \
+             nbdinfo {uri}\n  \
+             qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}\n  \
+             qemu-img convert -n -f raw -O raw disk.img {uri}\n  \
+             qemu-system-x86_64 -m 1G -drive file={uri},format=raw,if=virtio ...\n  \
+             mkdir -p /tmp/vraid-mnt && nbdfuse /tmp/vraid-mnt {uri} &   # then: losetup -f --show /tmp/vraid-mnt/nbd\n"
+        ));
+    }
+    if demo_mode {
+        out.push_str("\nDemo array in ./vraid-data (4 sparse members, RAID-5). Ctrl-C stops cleanly.\n");
+    }
+    print!("{out}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
