@@ -416,9 +416,12 @@ run_vraid_target() {
     if server_alive "$pid"; then
         printf '%s\t%s\n' "peak_rss_kib:$target" "$(proc_status_kib "$pid" VmHWM)" >>"$EXTRA"
     fi
-    local src=0
+    local src=0 was_alive=0
+    server_alive "$pid" && was_alive=1
     stop_server "$target" "$pid" || src=$?
-    if ((src != 0)); then
+    if ((!was_alive)); then
+        printf '%s\t%s\n' "note" "vraid serve ($target) died on its own (status $src)" >>"$EXTRA"
+    elif ((src != 0)); then
         log "warning: $target: vraid serve exited with status $src after SIGTERM (expected 0)"
         printf '%s\t%s\n' "note" "vraid serve ($target) exited with status $src after SIGTERM" >>"$EXTRA"
     fi
