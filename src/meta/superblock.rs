@@ -635,3 +635,7 @@ pub async fn write_superblock(device: &dyn BlockDevice, sb: &Superblock) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "superblock_tests.rs"]
+mod tests;
