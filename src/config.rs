@@ -431,3 +431,206 @@ fn volume(
         description: v.description,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+[server]
+nbd = "127.0.0.1:10809"
+nbd_socket = "/run/vraid.sock"
+io_engine = "uring"
+
+[[volume]]
+name = "vol0"
+level = 5
+chunk_size = "128K"
+members = ["/a", "/b", "/c"]
+create = { member_size = "256M" }
+read_only = true
+description = "test"
+
+[[volume]]
+name = "m.1"
+level = "raid1"
+members = ["/d", "/e"]
+"#;
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!config.volumes.is_empty(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} example configs");
+    }
+
+    #[test]
+    fn full_config_parses_into_typed_values() {
+        let c = parse(GOOD).unwrap();
+
+        assert_eq!(c.server.nbd, Some("127.0.0.1:10809".parse().unwrap()));
+        assert_eq!(c.server.nbd_socket, Some(PathBuf::from("/run/vraid.sock")));
+        assert_eq!(c.server.io_engine, IoEngine::Uring);
+        let v = &c.volumes[0];
+        assert_eq!(
+            (v.name.as_str(), v.level, v.chunk_size),
+            ("vol0", Level::Raid5, 128 << 10)
+        );
+        assert_eq!(v.members.len(), 3);
+        assert_eq!(
+            v.create,
+            Some(CreateConfig {
+                member_size: 256 << 20
+            })
+        );
+        assert!(v.read_only);
+        let m = &c.volumes[1];
+        assert_eq!(
+            (m.level, m.chunk_size, m.create),
+            (Level::Raid1, DEFAULT_CHUNK_SIZE, None)
+        );
+        assert!(!m.read_only);
+    }
+
+    #[test]
+    fn server_table_and_volumes_are_optional() {
+        let c = parse("").unwrap();
+
+        assert_eq!(c.server, ServerConfig::default());
+        assert!(c.volumes.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let text = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nchunksize = \"64K\"\n";
+
+        let e = err(text);
+
+        assert!(
+            e.starts_with("test.toml:5:1: unknown field `chunksize`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_server_key_and_syntax_errors_have_lines() {
+        assert!(err("[server]\nnbd_port = 1\n").starts_with("test.toml:2:1:"));
+        assert!(err("[server\n").starts_with("test.toml:1:"));
+        let e = parse("\n\n[[volume]]\nname = \n").unwrap_err();
+        assert_eq!(e.line(), Some(4), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_the_value() {
+        let e = err("[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nread_only = \"yes\"\n");
+
+        assert!(e.starts_with("test.toml:5:13:"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_an_error() {
+        let e = err("[[volume]]\nname = \"v\"\nmembers = [\"/a\", \"/b\"]\n");
+
+        assert!(e.contains("missing field `level`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let base = |extra: &str| {
+            format!(
+                "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n{extra}"
+            )
+        };
+        let cases = [
+            (
+                base("chunk_size = \"48K\"\n"),
+                "test.toml:5:14: volume[0].chunk_size: 49152 is not a power of two",
+            ),
+            (
+                base("chunk_size = \"32M\"\n"),
+                "test.toml:5:14: volume[0].chunk_size:",
+            ),
+            (
+                base("chunk_size = \"64Q\"\n"),
+                "test.toml:5:14: volume[0].chunk_size: invalid size",
+            ),
+            (
+                base("create = { member_size = \"1M\" }\n"),
+                "test.toml:5:26: volume[0].create.member_size:",
+            ),
+            (
+                "[[volume]]\nname = \"bad name\"\nlevel = 0\nmembers = [\"/a\", \"/b\"]\n"
+                    .to_string(),
+                "test.toml:2:8: volume[0].name: invalid name",
+            ),
+            (
+                "[[volume]]\nname = \"v\"\nlevel = 4\nmembers = [\"/a\", \"/b\"]\n".to_string(),
+                "test.toml:3:9: volume[0].level: unknown RAID level",
+            ),
+            (
+                "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\"]\n".to_string(),
+                "test.toml:4:11: volume[0].members: raid5 needs 3..=32 members, got 2",
+            ),
+            (
+                "[server]\nio_engine = \"fast\"\n".to_string(),
+                "test.toml:2:13: server.io_engine: unknown engine",
+            ),
+            (
+                "[server]\nnbd = \"localhost\"\n".to_string(),
+                "test.toml:2:7: server.nbd:",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_volume_names_and_member_paths_are_refused() {
+        let dup_name = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\n[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/c\", \"/d\"]\n";
+        let dup_path = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\n[[volume]]\nname = \"w\"\nlevel = 1\nmembers = [\"/c\", \"/a\"]\n";
+        let dup_in_one = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"//a\"]\n";
+
+        assert_eq!(
+            err(dup_name),
+            "test.toml:7:8: volume[1].name: volume name \"v\" already used on line 2"
+        );
+        assert_eq!(
+            err(dup_path),
+            "test.toml:9:18: volume[1].members[1]: /a is already used as volume[0].members[0]"
+        );
+        assert!(err(dup_in_one).starts_with("test.toml:4:18: volume[0].members[1]:"));
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let e = Config::load("/nonexistent/vraid.toml").unwrap_err();
+
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert_eq!(e.line(), None);
+    }
+
+    #[test]
+    fn non_ascii_text_gives_character_columns() {
+        let e = err("# é\n[server]\nnbd = \"é\"\n");
+
+        assert!(e.starts_with("test.toml:3:7: server.nbd:"), "{e}");
+    }
+}

@@ -496,7 +496,7 @@ impl Superblock {
 
     fn validate_layout(&self) -> Result<(), SuperblockError> {
         let l = &self.layout;
-        let aligned = |v: u64| v % META_BLOCK == 0;
+        let aligned = |v: u64| v.is_multiple_of(META_BLOCK);
         let regions = [
             (
                 "bitmap",
@@ -535,14 +535,14 @@ impl Superblock {
                 format!("{} not in 20..=40", l.bitmap_region_shift),
             ));
         }
-        if l.data_offset % DATA_ALIGN != 0 || l.data_offset < l.csum_offset + l.csum_len {
+        if !l.data_offset.is_multiple_of(DATA_ALIGN) || l.data_offset < l.csum_offset + l.csum_len {
             return Err(field(
                 "data_offset",
                 format!("{} is not 1 MiB-aligned after the metadata", l.data_offset),
             ));
         }
         if l.data_size == 0
-            || l.data_size % self.chunk_size as u64 != 0
+            || !l.data_size.is_multiple_of(self.chunk_size as u64)
             || l.data_offset.checked_add(l.data_size).is_none()
         {
             return Err(field(

@@ -165,7 +165,8 @@ fn decode_names_bad_magic_blank_length_and_checksum() {
 
 #[test]
 fn decode_refuses_well_checksummed_out_of_range_fields() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Superblock)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Superblock)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("chunk_size", Box::new(|s| s.chunk_size = 3 << 12)),
         ("chunk_size", Box::new(|s| s.chunk_size = 32 << 20)),
         ("role", Box::new(|s| s.role = 4)),
