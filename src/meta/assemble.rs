@@ -271,6 +271,7 @@ pub async fn assemble(
             state: tokio::sync::Mutex::new(MetaState {
                 template: freshest,
                 devices,
+                written: false,
             }),
         }),
     })
@@ -430,6 +431,8 @@ struct MetaState {
     template: Superblock,
     /// Present members by role.
     devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
+    /// The last `write_all` of this assembly succeeded on every member.
+    written: bool,
 }
 
 impl ArrayMetadata {
@@ -449,14 +452,16 @@ impl ArrayMetadata {
         st.template.members.iter().map(|m| m.state).collect()
     }
 
-    /// Records "writes may be in flight". Call before the first write.
+    /// Records "writes may be in flight". Call before the first write. A
+    /// no-op if this assembly already wrote the dirty state.
     pub async fn mark_dirty(&self) -> Result<(), MetaError> {
-        self.update(|sb| sb.state = ArrayState::Dirty).await
+        self.set_state(ArrayState::Dirty).await
     }
 
     /// Records "every write is on every member". Call after a final flush.
+    /// A no-op if this assembly already wrote the clean state.
     pub async fn mark_clean(&self) -> Result<(), MetaError> {
-        self.update(|sb| sb.state = ArrayState::Clean).await
+        self.set_state(ArrayState::Clean).await
     }
 
     /// Records that the member in `role` failed, in every other present
@@ -476,15 +481,23 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
-    async fn update(&self, change: impl FnOnce(&mut Superblock)) -> Result<(), MetaError> {
+    async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
-        change(&mut st.template);
+        if st.written && st.template.state == state {
+            return Ok(());
+        }
+        st.template.state = state;
         Self::write_all(&mut st).await
     }
 
     /// Bumps events, marks absent active roles missing, writes every present member.
     async fn write_all(st: &mut MetaState) -> Result<(), MetaError> {
-        let MetaState { template, devices } = st;
+        let MetaState {
+            template,
+            devices,
+            written,
+        } = st;
+        *written = false;
         template.events += 1;
         template.update_time = now();
         for (entry, device) in template.members.iter_mut().zip(devices.iter()) {
@@ -506,6 +519,11 @@ impl ArrayMetadata {
                     })
             })
         });
-        join_all(writes).await.into_iter().collect()
+        join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        *written = true;
+        Ok(())
     }
 }

@@ -120,6 +120,24 @@ proptest! {
     }
 
     #[test]
+    fn mutated_block_with_fixed_crc_is_refused_or_round_trips(
+        edits in prop::collection::vec(
+            (prop_oneof![0usize..330, 1024usize..1160, 0usize..CRC_OFFSET], any::<u8>()),
+            1..4,
+        ),
+    ) {
+        let mut b = sample().encode();
+        for (pos, value) in edits {
+            b[pos] = value;
+        }
+        let crc = crc_of(&b);
+        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        if let Ok(sb) = Superblock::decode(&b) {
+            prop_assert_eq!(&sb.encode()[..], &b[..]);
+        }
+    }
+
+    #[test]
     fn decode_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..5000)) {
         let _ = Superblock::decode(&bytes);
     }

@@ -479,3 +479,26 @@ async fn superblock_write_failure_names_the_member() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn repeated_mark_dirty_writes_once_but_first_one_always_writes() {
+    let (devs, _) = new_array("vol0", Level::Raid5, 3).await;
+    let first = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+    first.mark_dirty().await.unwrap();
+    let crashed = assemble(named(&devs, &[0, 1])).await.unwrap();
+
+    crashed.mark_dirty().await.unwrap();
+    crashed.mark_dirty().await.unwrap();
+
+    assert!(crashed.was_dirty);
+    assert_eq!(crashed.metadata.events().await, 3);
+    assert_eq!(
+        crashed.metadata.member_states().await,
+        [
+            MemberState::Active,
+            MemberState::Active,
+            MemberState::Missing
+        ]
+    );
+    assert_eq!(examine(devs[0].as_ref()).await.unwrap().events, 3);
+}
