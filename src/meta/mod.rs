@@ -15,15 +15,18 @@
 pub mod assemble;
 pub mod create;
 mod examine;
+pub mod layout;
 pub mod superblock;
+mod update;
 
-pub use assemble::{assemble, ArrayMetadata, AssembleError, AssembledMember, Assembly, Excluded};
+pub use assemble::{assemble, AssembleError, AssembledMember, Assembly, Excluded};
 pub use create::{create_array, ArrayInfo, CreateSpec};
 pub use examine::{examine, ExamineReport};
 pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
     SuperblockError,
 };
+pub use update::ArrayMetadata;
 
 use crate::block::BlockError;
 use crate::raid::Level;
