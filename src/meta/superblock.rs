@@ -1,4 +1,5 @@
-//! The superblock codec and the member metadata layout (docs/FORMAT.md §1-2).
+//! The superblock codec and the two-copy reader/writer (docs/FORMAT.md §2);
+//! where the regions lie is `layout.rs`.
 //!
 //! ```text
 //! member: [SB copy A 4K][SB copy B 4K][reserved][bitmap][journal][checksums][data area ...]
