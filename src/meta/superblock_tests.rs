@@ -297,3 +297,37 @@ async fn write_superblock_writes_both_copies_and_flushes_each() {
     assert_eq!(&snap[4096..8192], &sample().encode()[..]);
     assert_eq!(dev.flushes(), 2);
 }
+
+#[test]
+fn encoded_fields_sit_at_documented_offsets() {
+    let sb = sample();
+    let b = sb.encode();
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+
+    assert_eq!(&b[..8], b"VRAIDSB1");
+    assert_eq!((u32_at(8), u32_at(12)), (1, 0));
+    assert_eq!(&b[16..32], sb.array_uuid.as_bytes());
+    assert_eq!(&b[32..48], sb.member_uuid.as_bytes());
+    assert_eq!(
+        (u32_at(48), u32_at(52), u32_at(56), u32_at(60)),
+        (2, 5, 4, 65536)
+    );
+    assert_eq!((u64_at(64), u64_at(72)), (1 << 20, 255 << 20));
+    assert_eq!((u64_at(80), u32_at(88), u32_at(92)), (7, 1, 26));
+    assert_eq!((u64_at(96), u64_at(104)), (1_700_000_000, 1_700_000_100));
+    assert_eq!((u64_at(112), u64_at(120)), (64 << 10, 4096));
+    assert_eq!((u64_at(128), u64_at(136)), (68 << 10, 256 << 10));
+    assert_eq!((u64_at(144), u64_at(152)), (324 << 10, 256 << 10));
+    assert_eq!(u64_at(160), u64::MAX);
+    assert_eq!(&b[256..261], b"vol0\0");
+    assert_eq!(
+        &b[1024 + 3 * 32..1024 + 3 * 32 + 16],
+        sb.members[3].member_uuid.as_bytes()
+    );
+    assert_eq!(u32_at(1024 + 3 * 32 + 16), 1);
+    assert_eq!(
+        u32_at(4092),
+        crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat())
+    );
+}

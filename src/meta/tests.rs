@@ -502,3 +502,18 @@ async fn repeated_mark_dirty_writes_once_but_first_one_always_writes() {
     );
     assert_eq!(examine(devs[0].as_ref()).await.unwrap().events, 3);
 }
+
+#[tokio::test]
+async fn examine_reports_which_copy_is_bad() {
+    let (devs, _) = new_array("vol0", Level::Raid1, 2).await;
+    devs[0]
+        .write(ByteOffset(300), &[9; 8], Durability::Normal)
+        .await
+        .unwrap();
+
+    let report = examine(devs[0].as_ref()).await.unwrap();
+
+    assert_eq!(report.copy_used, CopyId::B);
+    let bad = report.bad_copy.unwrap();
+    assert!(bad.starts_with("copy A: checksum mismatch"), "{bad}");
+}
