@@ -1,1 +1,636 @@
-//! The TOML configuration file: volumes, members, exports.
+//! The TOML configuration file: server options and volumes.
+//!
+//! ```text
+//! text ──toml+serde (deny_unknown_fields, spans)──► Raw* ──validate──► Config
+//!             │ syntax / unknown key / wrong type         │ semantic errors
+//!             └──────────► ConfigError with path:line:column and the key ◄┘
+//! ```
+//!
+//! See `config/*.toml` for documented examples.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::meta::superblock::{metadata_layout, valid_chunk_size, valid_name, MAX_MEMBERS};
+use crate::raid::Level;
+use crate::units::parse_size;
+
+/// Chunk size used when a volume does not give one.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Server-wide options.
+    pub server: ServerConfig,
+    /// Volumes, in file order.
+    pub volumes: Vec<VolumeConfig>,
+}
+
+/// The `[server]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// NBD TCP listen address.
+    pub nbd: Option<SocketAddr>,
+    /// NBD Unix socket path.
+    pub nbd_socket: Option<PathBuf>,
+    /// Member I/O engine.
+    pub io_engine: IoEngine,
+}
+
+/// Which member I/O engine to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// io_uring if it works here, else pread/pwrite.
+    #[default]
+    Auto,
+    /// io_uring only.
+    Uring,
+    /// pread/pwrite only.
+    Sync,
+}
+
+/// One `[[volume]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeConfig {
+    /// Volume (= array) name.
+    pub name: String,
+    /// RAID level.
+    pub level: Level,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Member paths; their order does not matter for an existing array.
+    pub members: Vec<PathBuf>,
+    /// Create the array if the members hold no superblock.
+    pub create: Option<CreateConfig>,
+    /// Export read-only.
+    pub read_only: bool,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// `create = { member_size = "256M" }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateConfig {
+    /// Size of each member file to create, in bytes.
+    pub member_size: u64,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{}:{line}:{column}: {key}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Dotted key, e.g. `volume[1].chunk_size`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line the error points at, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. } => Some(*line),
+        }
+    }
+}
+
+/// An integer, or a string such as `"64K"` / `"raid5"`.
+#[derive(Clone, Debug)]
+enum Scalar {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                i64::try_from(v)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<RawServer>,
+    #[serde(default)]
+    volume: Vec<RawVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    nbd: Option<Spanned<String>>,
+    nbd_socket: Option<Spanned<String>>,
+    io_engine: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: Spanned<String>,
+    level: Spanned<Scalar>,
+    chunk_size: Option<Spanned<Scalar>>,
+    members: Spanned<Vec<Spanned<String>>>,
+    create: Option<RawCreate>,
+    #[serde(default)]
+    read_only: bool,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCreate {
+    member_size: Spanned<Scalar>,
+}
+
+/// Turns byte offsets into `path:line:column` errors.
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let src = Source {
+            text,
+            path: path.as_ref(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let (line, column) = src.position(err.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                path: src.path.to_path_buf(),
+                line,
+                column,
+                message: err.message().trim().to_string(),
+            }
+        })?;
+        let server = match raw.server {
+            Some(s) => server(&src, s)?,
+            None => ServerConfig::default(),
+        };
+        let mut volumes: Vec<VolumeConfig> = Vec::new();
+        let mut names: Vec<(String, Range<usize>)> = Vec::new();
+        let mut paths: Vec<(PathBuf, String)> = Vec::new();
+        for (i, v) in raw.volume.into_iter().enumerate() {
+            let key = format!("volume[{i}]");
+            if let Some((_, first)) = names.iter().find(|(n, _)| n == v.name.get_ref()) {
+                let (line, _) = src.position(first.start);
+                return Err(src.invalid(
+                    v.name.span(),
+                    format!("{key}.name"),
+                    format!(
+                        "volume name {:?} already used on line {line}",
+                        v.name.get_ref()
+                    ),
+                ));
+            }
+            names.push((v.name.get_ref().clone(), v.name.span()));
+            let vol = volume(&src, &key, v, &mut paths)?;
+            volumes.push(vol);
+        }
+        Ok(Config { server, volumes })
+    }
+}
+
+fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let nbd = match s.nbd {
+        Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+            src.invalid(
+                a.span(),
+                "server.nbd",
+                format!("{:?} is not an IP:port address", a.get_ref()),
+            )
+        })?),
+        None => None,
+    };
+    let nbd_socket = match s.nbd_socket {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(src.invalid(p.span(), "server.nbd_socket", "empty path"))
+        }
+        Some(p) => Some(PathBuf::from(p.into_inner())),
+        None => None,
+    };
+    let io_engine = match s.io_engine {
+        None => IoEngine::Auto,
+        Some(e) => match e.get_ref().as_str() {
+            "auto" => IoEngine::Auto,
+            "uring" => IoEngine::Uring,
+            "sync" => IoEngine::Sync,
+            other => {
+                return Err(src.invalid(
+                    e.span(),
+                    "server.io_engine",
+                    format!("unknown engine {other:?}: expected auto, uring or sync"),
+                ))
+            }
+        },
+    };
+    Ok(ServerConfig {
+        nbd,
+        nbd_socket,
+        io_engine,
+    })
+}
+
+fn size(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<u64, ConfigError> {
+    match v.get_ref() {
+        Scalar::Int(n) => {
+            u64::try_from(*n).map_err(|_| src.invalid(v.span(), key, format!("{n} is negative")))
+        }
+        Scalar::Str(s) => parse_size(s).map_err(|e| src.invalid(v.span(), key, e.to_string())),
+    }
+}
+
+fn volume(
+    src: &Source<'_>,
+    key: &str,
+    v: RawVolume,
+    paths: &mut Vec<(PathBuf, String)>,
+) -> Result<VolumeConfig, ConfigError> {
+    let name = v.name.get_ref().clone();
+    if !valid_name(&name) {
+        return Err(src.invalid(
+            v.name.span(),
+            format!("{key}.name"),
+            format!("invalid name {name:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    let level = match v.level.get_ref() {
+        Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
+        Scalar::Str(s) => s.parse::<Level>().ok(),
+    }
+    .ok_or_else(|| {
+        src.invalid(
+            v.level.span(),
+            format!("{key}.level"),
+            "unknown RAID level: expected 0, 1 or 5",
+        )
+    })?;
+    let chunk_size = match &v.chunk_size {
+        Some(c) => {
+            let ckey = format!("{key}.chunk_size");
+            let n = size(src, &ckey, c)?;
+            if !valid_chunk_size(n) {
+                return Err(src.invalid(
+                    c.span(),
+                    ckey,
+                    format!("{n} is not a power of two from 4K to 16M"),
+                ));
+            }
+            n
+        }
+        None => DEFAULT_CHUNK_SIZE,
+    };
+    let count = v.members.get_ref().len();
+    if !(level.min_members()..=MAX_MEMBERS).contains(&count) {
+        return Err(src.invalid(
+            v.members.span(),
+            format!("{key}.members"),
+            format!(
+                "{level} needs {}..={MAX_MEMBERS} members, got {count}",
+                level.min_members()
+            ),
+        ));
+    }
+    let mut members = Vec::with_capacity(count);
+    for (j, m) in v.members.get_ref().iter().enumerate() {
+        let mkey = format!("{key}.members[{j}]");
+        if m.get_ref().is_empty() {
+            return Err(src.invalid(m.span(), mkey, "empty path"));
+        }
+        let p = PathBuf::from(m.get_ref());
+        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
+            return Err(src.invalid(
+                m.span(),
+                mkey,
+                format!("{} is already used as {other}", p.display()),
+            ));
+        }
+        paths.push((p.clone(), mkey));
+        members.push(p);
+    }
+    let create = match &v.create {
+        Some(c) => {
+            let ckey = format!("{key}.create.member_size");
+            let member_size = size(src, &ckey, &c.member_size)?;
+            let fits = metadata_layout(member_size).is_some_and(|l| l.data_size >= chunk_size);
+            if !fits {
+                return Err(src.invalid(
+                    c.member_size.span(),
+                    ckey,
+                    format!("{member_size} bytes cannot hold the metadata and one chunk"),
+                ));
+            }
+            Some(CreateConfig { member_size })
+        }
+        None => None,
+    };
+    Ok(VolumeConfig {
+        name,
+        level,
+        chunk_size,
+        members,
+        create,
+        read_only: v.read_only,
+        description: v.description,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+[server]
+nbd = "127.0.0.1:10809"
+nbd_socket = "/run/vraid.sock"
+io_engine = "uring"
+
+[[volume]]
+name = "vol0"
+level = 5
+chunk_size = "128K"
+members = ["/a", "/b", "/c"]
+create = { member_size = "256M" }
+read_only = true
+description = "test"
+
+[[volume]]
+name = "m.1"
+level = "raid1"
+members = ["/d", "/e"]
+"#;
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!config.volumes.is_empty(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} example configs");
+    }
+
+    #[test]
+    fn full_config_parses_into_typed_values() {
+        let c = parse(GOOD).unwrap();
+
+        assert_eq!(c.server.nbd, Some("127.0.0.1:10809".parse().unwrap()));
+        assert_eq!(c.server.nbd_socket, Some(PathBuf::from("/run/vraid.sock")));
+        assert_eq!(c.server.io_engine, IoEngine::Uring);
+        let v = &c.volumes[0];
+        assert_eq!(
+            (v.name.as_str(), v.level, v.chunk_size),
+            ("vol0", Level::Raid5, 128 << 10)
+        );
+        assert_eq!(v.members.len(), 3);
+        assert_eq!(
+            v.create,
+            Some(CreateConfig {
+                member_size: 256 << 20
+            })
+        );
+        assert!(v.read_only);
+        let m = &c.volumes[1];
+        assert_eq!(
+            (m.level, m.chunk_size, m.create),
+            (Level::Raid1, DEFAULT_CHUNK_SIZE, None)
+        );
+        assert!(!m.read_only);
+    }
+
+    #[test]
+    fn server_table_and_volumes_are_optional() {
+        let c = parse("").unwrap();
+
+        assert_eq!(c.server, ServerConfig::default());
+        assert!(c.volumes.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let text = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nchunksize = \"64K\"\n";
+
+        let e = err(text);
+
+        assert!(
+            e.starts_with("test.toml:5:1: unknown field `chunksize`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_server_key_and_syntax_errors_have_lines() {
+        assert!(err("[server]\nnbd_port = 1\n").starts_with("test.toml:2:1:"));
+        assert!(err("[server\n").starts_with("test.toml:1:"));
+        let e = parse("\n\n[[volume]]\nname = \n").unwrap_err();
+        assert_eq!(e.line(), Some(4), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_the_value() {
+        let e = err("[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nread_only = \"yes\"\n");
+
+        assert!(e.starts_with("test.toml:5:13:"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_an_error() {
+        let e = err("[[volume]]\nname = \"v\"\nmembers = [\"/a\", \"/b\"]\n");
+
+        assert!(e.contains("missing field `level`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let base = |extra: &str| {
+            format!(
+                "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n{extra}"
+            )
+        };
+        let cases = [
+            (
+                base("chunk_size = \"48K\"\n"),
+                "test.toml:5:14: volume[0].chunk_size: 49152 is not a power of two",
+            ),
+            (
+                base("chunk_size = \"32M\"\n"),
+                "test.toml:5:14: volume[0].chunk_size:",
+            ),
+            (
+                base("chunk_size = \"64Q\"\n"),
+                "test.toml:5:14: volume[0].chunk_size: invalid size",
+            ),
+            (
+                base("create = { member_size = \"1M\" }\n"),
+                "test.toml:5:26: volume[0].create.member_size:",
+            ),
+            (
+                "[[volume]]\nname = \"bad name\"\nlevel = 0\nmembers = [\"/a\", \"/b\"]\n"
+                    .to_string(),
+                "test.toml:2:8: volume[0].name: invalid name",
+            ),
+            (
+                "[[volume]]\nname = \"v\"\nlevel = 4\nmembers = [\"/a\", \"/b\"]\n".to_string(),
+                "test.toml:3:9: volume[0].level: unknown RAID level",
+            ),
+            (
+                "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\"]\n".to_string(),
+                "test.toml:4:11: volume[0].members: raid5 needs 3..=32 members, got 2",
+            ),
+            (
+                "[server]\nio_engine = \"fast\"\n".to_string(),
+                "test.toml:2:13: server.io_engine: unknown engine",
+            ),
+            (
+                "[server]\nnbd = \"localhost\"\n".to_string(),
+                "test.toml:2:7: server.nbd:",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = err(&text);
+            assert!(e.starts_with(expected), "expected {expected:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_volume_names_and_member_paths_are_refused() {
+        let dup_name = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\n[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/c\", \"/d\"]\n";
+        let dup_path = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\n[[volume]]\nname = \"w\"\nlevel = 1\nmembers = [\"/c\", \"/a\"]\n";
+        let dup_in_one = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"//a\"]\n";
+
+        assert_eq!(
+            err(dup_name),
+            "test.toml:7:8: volume[1].name: volume name \"v\" already used on line 2"
+        );
+        assert_eq!(
+            err(dup_path),
+            "test.toml:9:18: volume[1].members[1]: /a is already used as volume[0].members[0]"
+        );
+        assert!(err(dup_in_one).starts_with("test.toml:4:18: volume[0].members[1]:"));
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let e = Config::load("/nonexistent/vraid.toml").unwrap_err();
+
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert_eq!(e.line(), None);
+    }
+
+    #[test]
+    fn non_ascii_text_gives_character_columns() {
+        let e = err("# é\n[server]\nnbd = \"é\"\n");
+
+        assert!(e.starts_with("test.toml:3:7: server.nbd:"), "{e}");
+    }
+}

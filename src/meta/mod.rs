@@ -1,1 +1,110 @@
-//! On-disk metadata: superblock codec, array creation and assembly.
+//! On-disk metadata: superblock codec, array creation, examination and assembly.
+//!
+//! The format is documented byte by byte in `docs/FORMAT.md`.
+//!
+//! ```text
+//! create_array(devices, spec) ──► superblocks on every member (A then B, flushed)
+//! examine(device)             ──► ExamineReport (JSON / text)
+//! assemble(paths+devices)     ──► Assembly { members by role, data windows, ArrayMetadata }
+//!                                    └─ mark_dirty / mark_clean / record_member_failed
+//! ```
+//!
+//! Everything here speaks [`crate::block::BlockDevice`] on the raw member
+//! (offset 0 = superblock A); opening files is the member layer's job.
+
+pub mod assemble;
+pub mod create;
+mod examine;
+pub mod layout;
+pub mod superblock;
+mod update;
+
+pub use assemble::{assemble, AssembleError, AssembledMember, Assembly, Excluded};
+pub use create::{create_array, ArrayInfo, CreateSpec};
+pub use examine::{examine, ExamineReport};
+pub use superblock::{
+    metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
+    SuperblockError,
+};
+pub use update::ArrayMetadata;
+
+use crate::block::BlockError;
+use crate::raid::Level;
+
+/// Errors of create, examine and superblock updates.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A member's superblock could not be read or is invalid.
+    #[error("{device}: cannot use superblock")]
+    Superblock {
+        /// Member name.
+        device: String,
+        /// Why.
+        #[source]
+        source: SuperblockError,
+    },
+    /// Writing or flushing metadata failed.
+    #[error("{device}: metadata I/O failed")]
+    Io {
+        /// Member name.
+        device: String,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// A device already belongs to an array and `force` was not given.
+    #[error("{device} already belongs to array {name} ({uuid}); use --force to overwrite it")]
+    AlreadyMember {
+        /// Member name.
+        device: String,
+        /// Name of the array found on it.
+        name: String,
+        /// UUID of that array.
+        uuid: uuid::Uuid,
+    },
+    /// Wrong number of members for the level.
+    #[error("{level} needs {min}..={max} members, got {got}")]
+    MemberCount {
+        /// Requested level.
+        level: Level,
+        /// Fewest allowed.
+        min: usize,
+        /// Most allowed.
+        max: usize,
+        /// Given.
+        got: usize,
+    },
+    /// The same device was given twice.
+    #[error("{0} is given twice")]
+    DuplicateDevice(String),
+    /// Bad array name.
+    #[error("invalid array name {0:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -")]
+    InvalidName(String),
+    /// Bad chunk size.
+    #[error("invalid chunk size {0}: must be a power of two from 4K to 16M")]
+    InvalidChunk(u64),
+    /// A member cannot hold the metadata and one chunk.
+    #[error("{device} is too small: {size} bytes, needs at least {needed}")]
+    TooSmall {
+        /// Member name.
+        device: String,
+        /// Its size.
+        size: u64,
+        /// Smallest usable size.
+        needed: u64,
+    },
+    /// The role is not part of the array.
+    #[error("role {0} is not a member of this array")]
+    NoSuchRole(usize),
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Creating an array on blank (or, with `force`, reused) members (FORMAT.md §4).
+//!
+//! ```text
+//! validate ─► refuse existing superblocks (unless force)
+//!          ─► invalidate old superblocks (all members, flushed)
+//!          ─► zero metadata area + discard data area (flushed)
+//!          ─► copy A on all members (flushed) ─► copy B on all members (flushed)
+//! ```
+
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+use uuid::Uuid;
+
+use super::superblock::{
+    metadata_layout, read_superblock, valid_chunk_size, valid_name, ArrayState, MemberState,
+    RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, MAX_MEMBERS, SUPERBLOCK_SIZE,
+};
+use super::{now, MetaError};
+use crate::block::{BlockDevice, Durability};
+use crate::raid::Level;
+use crate::units::ByteOffset;
+
+/// What to create.
+#[derive(Clone, Debug)]
+pub struct CreateSpec {
+    /// Array name (`[A-Za-z0-9._-]`, 1..=64).
+    pub name: String,
+    /// RAID level.
+    pub level: Level,
+    /// Chunk size in bytes (power of two, 4K..=16M).
+    pub chunk_size: u64,
+    /// Overwrite members that already hold a vraid superblock.
+    pub force: bool,
+}
+
+/// What was created.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ArrayInfo {
+    /// Array name.
+    pub name: String,
+    /// Array UUID.
+    pub array_uuid: Uuid,
+    /// Member UUIDs, by role (= order of the devices given).
+    pub member_uuids: Vec<Uuid>,
+    /// RAID level number.
+    pub level: u32,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Members.
+    pub member_count: u32,
+    /// Start of the data area on every member.
+    pub data_offset: u64,
+    /// Data area size per member.
+    pub data_size: u64,
+}
+
+fn io_err(device: &dyn BlockDevice) -> impl FnOnce(crate::block::BlockError) -> MetaError + '_ {
+    move |source| MetaError::Io {
+        device: device.name().to_string(),
+        source,
+    }
+}
+
+fn validate(devices: &[Arc<dyn BlockDevice>], spec: &CreateSpec) -> Result<(), MetaError> {
+    if !valid_name(&spec.name) {
+        return Err(MetaError::InvalidName(spec.name.clone()));
+    }
+    if !valid_chunk_size(spec.chunk_size) {
+        return Err(MetaError::InvalidChunk(spec.chunk_size));
+    }
+    let min = spec.level.min_members();
+    if !(min..=MAX_MEMBERS).contains(&devices.len()) {
+        return Err(MetaError::MemberCount {
+            level: spec.level,
+            min,
+            max: MAX_MEMBERS,
+            got: devices.len(),
+        });
+    }
+    for (i, a) in devices.iter().enumerate() {
+        if devices[..i].iter().any(|b| Arc::ptr_eq(a, b)) {
+            return Err(MetaError::DuplicateDevice(a.name().to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Creates an array: role `i` is `devices[i]`. Refuses members that hold a
+/// valid superblock unless `spec.force`. Discards the data area, so RAID-1
+/// mirrors and RAID-5 parity are consistent without a resync.
+pub async fn create_array(
+    devices: &[Arc<dyn BlockDevice>],
+    spec: &CreateSpec,
+) -> Result<ArrayInfo, MetaError> {
+    validate(devices, spec)?;
+    let smallest = devices.iter().map(|d| d.size()).min().unwrap_or(0);
+    let needed = metadata_layout(smallest)
+        .map(|l| l.data_offset)
+        .unwrap_or(DATA_ALIGN)
+        + spec.chunk_size;
+    let mut layout = match metadata_layout(smallest) {
+        Some(l) if l.data_size >= spec.chunk_size => l,
+        _ => {
+            let small = devices.iter().min_by_key(|d| d.size());
+            return Err(MetaError::TooSmall {
+                device: small.map(|d| d.name().to_string()).unwrap_or_default(),
+                size: smallest,
+                needed,
+            });
+        }
+    };
+    layout.data_size = layout.data_size / spec.chunk_size * spec.chunk_size;
+    if !spec.force {
+        for device in devices {
+            if let Ok(found) = read_superblock(device.as_ref()).await {
+                return Err(MetaError::AlreadyMember {
+                    device: device.name().to_string(),
+                    name: found.superblock.name,
+                    uuid: found.superblock.array_uuid,
+                });
+            }
+        }
+    }
+    try_join_all(
+        devices
+            .iter()
+            .map(|d| wipe(d.as_ref(), layout.data_offset, layout.data_size)),
+    )
+    .await?;
+
+    let array_uuid = Uuid::new_v4();
+    let members: Vec<RoleEntry> = devices
+        .iter()
+        .map(|_| RoleEntry {
+            member_uuid: Uuid::new_v4(),
+            state: MemberState::Active,
+        })
+        .collect();
+    let time = now();
+    let superblocks: Vec<Superblock> = members
+        .iter()
+        .enumerate()
+        .map(|(role, entry)| Superblock {
+            flags: 0,
+            array_uuid,
+            member_uuid: entry.member_uuid,
+            role: role as u32,
+            level: spec.level,
+            member_count: devices.len() as u32,
+            chunk_size: spec.chunk_size as u32,
+            layout,
+            events: 1,
+            state: ArrayState::Clean,
+            creation_time: time,
+            update_time: time,
+            rebuild_checkpoint: None,
+            name: spec.name.clone(),
+            members: members.clone(),
+        })
+        .collect();
+    for offset in COPY_OFFSETS {
+        try_join_all(devices.iter().zip(&superblocks).map(|(d, sb)| async move {
+            let block = sb.encode();
+            let d = d.as_ref();
+            d.write(ByteOffset(offset), &block, Durability::Normal)
+                .await
+                .map_err(io_err(d))?;
+            d.flush().await.map_err(io_err(d))
+        }))
+        .await?;
+    }
+    tracing::info!(name = %spec.name, uuid = %array_uuid, level = %spec.level,
+        members = devices.len(), data_size = layout.data_size, "created array");
+    Ok(ArrayInfo {
+        name: spec.name.clone(),
+        array_uuid,
+        member_uuids: members.iter().map(|m| m.member_uuid).collect(),
+        level: spec.level.number(),
+        chunk_size: spec.chunk_size as u32,
+        member_count: devices.len() as u32,
+        data_offset: layout.data_offset,
+        data_size: layout.data_size,
+    })
+}
+
+/// Steps 2 and 3 of FORMAT.md §4 on one member: invalidate both superblock
+/// copies, zero the metadata area, discard the data area.
+async fn wipe(device: &dyn BlockDevice, data_offset: u64, data_size: u64) -> Result<(), MetaError> {
+    let sb_area = 2 * SUPERBLOCK_SIZE as u64;
+    device
+        .write_zeroes(ByteOffset(0), sb_area, false)
+        .await
+        .map_err(io_err(device))?;
+    device.flush().await.map_err(io_err(device))?;
+    device
+        .write_zeroes(ByteOffset(sb_area), data_offset - sb_area, true)
+        .await
+        .map_err(io_err(device))?;
+    device
+        .write_zeroes(ByteOffset(data_offset), data_size, true)
+        .await
+        .map_err(io_err(device))?;
+    device.flush().await.map_err(io_err(device))
+}

@@ -1,0 +1,120 @@
+//! `examine`: what a member's superblock says, as JSON or text.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use super::superblock::{read_superblock, ArrayState, CopyId, RoleEntry};
+use super::MetaError;
+use crate::block::BlockDevice;
+use crate::units::format_size;
+
+/// A member's superblock, for `vraid examine` (serializes to JSON).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExamineReport {
+    /// Member name (path).
+    pub device: String,
+    /// Array UUID.
+    pub array_uuid: Uuid,
+    /// This member's UUID.
+    pub member_uuid: Uuid,
+    /// Array name.
+    pub name: String,
+    /// RAID level number (0, 1, 5).
+    pub level: u32,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Members in the array.
+    pub member_count: u32,
+    /// This member's role.
+    pub role: u32,
+    /// Start of the data area in bytes.
+    pub data_offset: u64,
+    /// Data area size in bytes (per member).
+    pub data_size: u64,
+    /// Event counter.
+    pub events: u64,
+    /// Clean or dirty.
+    pub state: ArrayState,
+    /// Unix seconds at creation.
+    pub creation_time: u64,
+    /// Unix seconds of the last superblock write.
+    pub update_time: u64,
+    /// Member table, by role.
+    pub members: Vec<RoleEntry>,
+    /// Which superblock copy is in use.
+    pub copy_used: CopyId,
+    /// The other copy, if it is invalid, with the reason.
+    pub bad_copy: Option<String>,
+}
+
+/// Reads and reports a member's superblock.
+pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaError> {
+    let read = read_superblock(device)
+        .await
+        .map_err(|source| MetaError::Superblock {
+            device: device.name().to_string(),
+            source,
+        })?;
+    let sb = read.superblock;
+    Ok(ExamineReport {
+        device: device.name().to_string(),
+        array_uuid: sb.array_uuid,
+        member_uuid: sb.member_uuid,
+        name: sb.name,
+        level: sb.level.number(),
+        chunk_size: sb.chunk_size,
+        member_count: sb.member_count,
+        role: sb.role,
+        data_offset: sb.layout.data_offset,
+        data_size: sb.layout.data_size,
+        events: sb.events,
+        state: sb.state,
+        creation_time: sb.creation_time,
+        update_time: sb.update_time,
+        members: sb.members,
+        copy_used: read.copy,
+        bad_copy: read
+            .bad_copy
+            .map(|(copy, err)| format!("copy {copy:?}: {err}")),
+    })
+}
+
+impl fmt::Display for ExamineReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}:", self.device)?;
+        writeln!(f, "       Array name : {}", self.name)?;
+        writeln!(f, "       Array UUID : {}", self.array_uuid)?;
+        writeln!(f, "      Member UUID : {}", self.member_uuid)?;
+        writeln!(f, "       RAID level : raid{}", self.level)?;
+        writeln!(
+            f,
+            "       Chunk size : {}",
+            format_size(self.chunk_size as u64)
+        )?;
+        writeln!(f, "          Members : {}", self.member_count)?;
+        writeln!(f, "             Role : {}", self.role)?;
+        writeln!(f, "      Data offset : {} bytes", self.data_offset)?;
+        writeln!(
+            f,
+            "        Data size : {} bytes ({})",
+            self.data_size,
+            format_size(self.data_size)
+        )?;
+        writeln!(f, "           Events : {}", self.events)?;
+        writeln!(f, "            State : {:?}", self.state)?;
+        writeln!(f, "  Superblock copy : {:?}", self.copy_used)?;
+        if let Some(bad) = &self.bad_copy {
+            writeln!(f, "    Bad copy      : {bad}")?;
+        }
+        writeln!(f, "    Member table  :")?;
+        for (role, entry) in self.members.iter().enumerate() {
+            writeln!(
+                f,
+                "      {role:>3}  {}  {:?}",
+                entry.member_uuid, entry.state
+            )?;
+        }
+        Ok(())
+    }
+}

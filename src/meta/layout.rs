@@ -1,0 +1,88 @@
+//! Where things lie on a member: metadata regions and the data area
+//! (docs/FORMAT.md §1), and the range rules shared with the config parser.
+//!
+//! ```text
+//! 0      8K        64K      bitmap end   journal end       data_offset (1M)
+//! [SB A|SB B][rsvd][bitmap][journal 256K][checksums 4B/4K][data area ...][tail]
+//! ```
+
+/// Largest array name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Smallest chunk size.
+pub const MIN_CHUNK: u32 = 4096;
+/// Largest chunk size.
+pub const MAX_CHUNK: u32 = 16 << 20;
+/// `data_offset` alignment.
+pub const DATA_ALIGN: u64 = 1 << 20;
+/// Granularity of the metadata regions.
+pub const META_BLOCK: u64 = 4096;
+
+const BITMAP_OFFSET: u64 = 64 << 10;
+const BITMAP_REGION_SHIFT: u32 = 26;
+const JOURNAL_LEN: u64 = 256 << 10;
+
+/// Where the metadata regions and the data area of a member lie (FORMAT.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MetaLayout {
+    /// Start of the write-intent bitmap (reserved, zero).
+    pub bitmap_offset: u64,
+    /// Its length.
+    pub bitmap_len: u64,
+    /// log2 of the bytes of data one bitmap bit covers.
+    pub bitmap_region_shift: u32,
+    /// Start of the journal (reserved, zero).
+    pub journal_offset: u64,
+    /// Its length.
+    pub journal_len: u64,
+    /// Start of the per-4K-block checksums (reserved, zero).
+    pub csum_offset: u64,
+    /// Its length.
+    pub csum_len: u64,
+    /// Start of the data area, 1 MiB-aligned.
+    pub data_offset: u64,
+    /// Bytes from `data_offset` to the end of the member, rounded down to 4K.
+    pub data_size: u64,
+}
+
+fn round_up(v: u64, align: u64) -> Option<u64> {
+    v.checked_add(align - 1).map(|x| x / align * align)
+}
+
+/// Computes the layout of a member of `member_size` bytes; `None` if it
+/// cannot hold the metadata and at least one 4 KiB data block.
+pub fn metadata_layout(member_size: u64) -> Option<MetaLayout> {
+    let regions = member_size.div_ceil(1 << BITMAP_REGION_SHIFT);
+    let bitmap_len = round_up(regions.div_ceil(8).max(1), META_BLOCK)?;
+    let journal_offset = BITMAP_OFFSET + bitmap_len;
+    let csum_offset = journal_offset + JOURNAL_LEN;
+    let csum_len = round_up(
+        (member_size / META_BLOCK).checked_mul(4)?.max(1),
+        META_BLOCK,
+    )?;
+    let data_offset = round_up(csum_offset.checked_add(csum_len)?, DATA_ALIGN)?;
+    let data_size = member_size.checked_sub(data_offset)? / META_BLOCK * META_BLOCK;
+    (data_size > 0).then_some(MetaLayout {
+        bitmap_offset: BITMAP_OFFSET,
+        bitmap_len,
+        bitmap_region_shift: BITMAP_REGION_SHIFT,
+        journal_offset,
+        journal_len: JOURNAL_LEN,
+        csum_offset,
+        csum_len,
+        data_offset,
+        data_size,
+    })
+}
+
+/// Is `name` a valid array/volume name: `[A-Za-z0-9._-]`, 1..=64 bytes.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Is `chunk` a valid chunk size: a power of two in 4K..=16M.
+pub fn valid_chunk_size(chunk: u64) -> bool {
+    chunk.is_power_of_two() && (MIN_CHUNK as u64..=MAX_CHUNK as u64).contains(&chunk)
+}

@@ -1,0 +1,570 @@
+//! The superblock codec and the two-copy reader/writer (docs/FORMAT.md §2);
+//! where the regions lie is `layout.rs`.
+//!
+//! ```text
+//! member: [SB copy A 4K][SB copy B 4K][reserved][bitmap][journal][checksums][data area ...]
+//!            encode()/decode() one 4 KiB block; read_superblock() picks the better copy
+//! ```
+//!
+//! [`Superblock::decode`] parses untrusted bytes: it never panics and names
+//! the first problem it finds.
+
+use uuid::Uuid;
+
+use super::layout::META_BLOCK;
+pub use super::layout::{
+    metadata_layout, valid_chunk_size, valid_name, MetaLayout, DATA_ALIGN, MAX_CHUNK, MAX_NAME_LEN,
+    MIN_CHUNK,
+};
+
+use crate::block::{BlockDevice, BlockError, Durability};
+use crate::raid::Level;
+use crate::units::ByteOffset;
+
+/// Size of one superblock copy.
+pub const SUPERBLOCK_SIZE: usize = 4096;
+/// Offset of copy A (primary) and copy B (secondary).
+pub const COPY_OFFSETS: [u64; 2] = [0, SUPERBLOCK_SIZE as u64];
+/// The magic at offset 0.
+pub const MAGIC: [u8; 8] = *b"VRAIDSB1";
+/// The format version this code reads and writes.
+pub const VERSION: u32 = 1;
+/// Most members an array may have (size of the member table).
+pub const MAX_MEMBERS: usize = 32;
+/// `rebuild_checkpoint` value meaning "no rebuild in progress".
+pub const NO_CHECKPOINT: u64 = u64::MAX;
+
+const CRC_OFFSET: usize = SUPERBLOCK_SIZE - 4;
+const NAME_OFFSET: usize = 256;
+const TABLE_OFFSET: usize = 1024;
+const TABLE_ENTRY: usize = 32;
+
+/// Whether the array may have writes in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrayState {
+    /// Every write is on every member; no resync needed.
+    Clean,
+    /// Writes may be in flight; resync after a crash.
+    Dirty,
+}
+
+/// The state of one role in the member table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// In the array and in sync.
+    Active,
+    /// Failed at run time; its data is stale.
+    Failed,
+    /// Absent while the array was written; its data is stale.
+    Missing,
+    /// A spare (reserved for later).
+    Spare,
+}
+
+impl MemberState {
+    fn code(self) -> u32 {
+        match self {
+            MemberState::Active => 1,
+            MemberState::Failed => 2,
+            MemberState::Missing => 3,
+            MemberState::Spare => 4,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(MemberState::Active),
+            2 => Some(MemberState::Failed),
+            3 => Some(MemberState::Missing),
+            4 => Some(MemberState::Spare),
+            _ => None,
+        }
+    }
+}
+
+/// One member-table entry: who holds a role and in what state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RoleEntry {
+    /// UUID of the member holding the role.
+    pub member_uuid: Uuid,
+    /// Its state.
+    pub state: MemberState,
+}
+
+/// One decoded superblock (FORMAT.md §2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    /// Incompatible-feature flags (none defined; always 0 in v1).
+    pub flags: u32,
+    /// The array this member belongs to.
+    pub array_uuid: Uuid,
+    /// This member.
+    pub member_uuid: Uuid,
+    /// This member's position in the array.
+    pub role: u32,
+    /// RAID level.
+    pub level: Level,
+    /// Members in the array.
+    pub member_count: u32,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Metadata regions and data area; `data_size` is the per-member data size (a chunk multiple).
+    pub layout: MetaLayout,
+    /// Event counter.
+    pub events: u64,
+    /// Clean or dirty.
+    pub state: ArrayState,
+    /// Unix seconds at creation.
+    pub creation_time: u64,
+    /// Unix seconds of this write.
+    pub update_time: u64,
+    /// Rebuild progress (reserved): `None` when no rebuild is running.
+    pub rebuild_checkpoint: Option<u64>,
+    /// Array name.
+    pub name: String,
+    /// Member table, one entry per role (`member_count` entries).
+    pub members: Vec<RoleEntry>,
+}
+
+/// Why a superblock block or member was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperblockError {
+    /// The buffer is not one superblock long.
+    #[error("superblock must be {SUPERBLOCK_SIZE} bytes, got {0}")]
+    Length(usize),
+    /// The block is all zero.
+    #[error("no superblock (block is all zero)")]
+    Blank,
+    /// Wrong magic.
+    #[error("bad magic: not a vraid member")]
+    BadMagic,
+    /// CRC does not match.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// CRC stored in the block.
+        stored: u32,
+        /// CRC of the block.
+        computed: u32,
+    },
+    /// Unknown format version.
+    #[error("unsupported superblock version {0} (this build reads version {VERSION})")]
+    Version(u32),
+    /// Unknown incompatible feature flags.
+    #[error("unsupported feature flags {0:#x}")]
+    Flags(u32),
+    /// A field is out of range.
+    #[error("invalid {field}: {reason}")]
+    Field {
+        /// The field name as in docs/FORMAT.md.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The member could not be read.
+    #[error("cannot read superblock")]
+    Read(#[source] BlockError),
+    /// Neither copy is valid.
+    #[error("no valid superblock: copy A: {primary}; copy B: {secondary}")]
+    BothCopiesBad {
+        /// Why copy A was refused.
+        primary: Box<SuperblockError>,
+        /// Why copy B was refused.
+        secondary: Box<SuperblockError>,
+    },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> SuperblockError {
+    SuperblockError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Little-endian reader over a 4 KiB block at fixed offsets.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u32(&self, at: usize) -> u32 {
+        let mut b = [0; 4];
+        b.copy_from_slice(&self.0[at..at + 4]);
+        u32::from_le_bytes(b)
+    }
+    fn u64(&self, at: usize) -> u64 {
+        let mut b = [0; 8];
+        b.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_le_bytes(b)
+    }
+    fn uuid(&self, at: usize) -> Uuid {
+        let mut b = [0; 16];
+        b.copy_from_slice(&self.0[at..at + 16]);
+        Uuid::from_bytes(b)
+    }
+    fn zero(&self, from: usize, to: usize) -> bool {
+        self.0[from..to].iter().all(|&b| b == 0)
+    }
+}
+
+fn crc_of(block: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&block[..CRC_OFFSET]);
+    h.update(&[0; 4]);
+    h.finalize()
+}
+
+impl Superblock {
+    /// Encodes into one 4 KiB block with the CRC filled in.
+    pub fn encode(&self) -> [u8; SUPERBLOCK_SIZE] {
+        let mut b = [0u8; SUPERBLOCK_SIZE];
+        let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
+        let l = &self.layout;
+        put(0, &MAGIC);
+        put(8, &VERSION.to_le_bytes());
+        put(12, &self.flags.to_le_bytes());
+        put(16, self.array_uuid.as_bytes());
+        put(32, self.member_uuid.as_bytes());
+        put(48, &self.role.to_le_bytes());
+        put(52, &self.level.number().to_le_bytes());
+        put(56, &self.member_count.to_le_bytes());
+        put(60, &self.chunk_size.to_le_bytes());
+        put(64, &l.data_offset.to_le_bytes());
+        put(72, &l.data_size.to_le_bytes());
+        put(80, &self.events.to_le_bytes());
+        let state: u32 = match self.state {
+            ArrayState::Clean => 0,
+            ArrayState::Dirty => 1,
+        };
+        put(88, &state.to_le_bytes());
+        put(92, &l.bitmap_region_shift.to_le_bytes());
+        put(96, &self.creation_time.to_le_bytes());
+        put(104, &self.update_time.to_le_bytes());
+        put(112, &l.bitmap_offset.to_le_bytes());
+        put(120, &l.bitmap_len.to_le_bytes());
+        put(128, &l.journal_offset.to_le_bytes());
+        put(136, &l.journal_len.to_le_bytes());
+        put(144, &l.csum_offset.to_le_bytes());
+        put(152, &l.csum_len.to_le_bytes());
+        let checkpoint = self.rebuild_checkpoint.unwrap_or(NO_CHECKPOINT);
+        put(160, &checkpoint.to_le_bytes());
+        let name = self.name.as_bytes();
+        put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
+        for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
+            let at = TABLE_OFFSET + role * TABLE_ENTRY;
+            put(at, entry.member_uuid.as_bytes());
+            put(at + 16, &entry.state.code().to_le_bytes());
+        }
+        let crc = crc_of(&b);
+        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates one 4 KiB block.
+    pub fn decode(block: &[u8]) -> Result<Superblock, SuperblockError> {
+        if block.len() != SUPERBLOCK_SIZE {
+            return Err(SuperblockError::Length(block.len()));
+        }
+        let f = Fields(block);
+        if f.zero(0, SUPERBLOCK_SIZE) {
+            return Err(SuperblockError::Blank);
+        }
+        if block[..8] != MAGIC {
+            return Err(SuperblockError::BadMagic);
+        }
+        let (stored, computed) = (f.u32(CRC_OFFSET), crc_of(block));
+        if stored != computed {
+            return Err(SuperblockError::Checksum { stored, computed });
+        }
+        match f.u32(8) {
+            VERSION => {}
+            v => return Err(SuperblockError::Version(v)),
+        }
+        match f.u32(12) {
+            0 => {}
+            flags => return Err(SuperblockError::Flags(flags)),
+        }
+        for (from, to) in [(168, NAME_OFFSET), (320, TABLE_OFFSET), (2048, CRC_OFFSET)] {
+            if !f.zero(from, to) {
+                return Err(field(
+                    "reserved",
+                    format!("bytes {from}..{to} are not zero"),
+                ));
+            }
+        }
+        let sb = Self::decode_fields(&f)?;
+        sb.validate()?;
+        Ok(sb)
+    }
+
+    fn decode_fields(f: &Fields<'_>) -> Result<Superblock, SuperblockError> {
+        let level = Level::from_number(f.u32(52))
+            .ok_or_else(|| field("level", format!("unknown RAID level {}", f.u32(52))))?;
+        let state = match f.u32(88) {
+            0 => ArrayState::Clean,
+            1 => ArrayState::Dirty,
+            s => return Err(field("state", format!("unknown state {s}"))),
+        };
+        let name_bytes = &f.0[NAME_OFFSET..NAME_OFFSET + MAX_NAME_LEN];
+        let name_len = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_NAME_LEN);
+        if !f.zero(NAME_OFFSET + name_len, NAME_OFFSET + MAX_NAME_LEN) {
+            return Err(field("name", "NUL byte inside the name"));
+        }
+        let name = std::str::from_utf8(&name_bytes[..name_len])
+            .map_err(|_| field("name", "not valid UTF-8"))?
+            .to_string();
+        let member_count = f.u32(56);
+        let mut members = Vec::new();
+        for role in 0..MAX_MEMBERS {
+            let at = TABLE_OFFSET + role * TABLE_ENTRY;
+            let code = f.u32(at + 16);
+            if !f.zero(at + 20, at + TABLE_ENTRY) {
+                return Err(field(
+                    "member table",
+                    format!("role {role}: reserved bytes set"),
+                ));
+            }
+            if (role as u64) < member_count as u64 {
+                let state = MemberState::from_code(code).ok_or_else(|| {
+                    field("member table", format!("role {role}: unknown state {code}"))
+                })?;
+                members.push(RoleEntry {
+                    member_uuid: f.uuid(at),
+                    state,
+                });
+            } else if !f.zero(at, at + TABLE_ENTRY) {
+                return Err(field(
+                    "member table",
+                    format!("role {role} is beyond member_count but not empty"),
+                ));
+            }
+        }
+        let checkpoint = f.u64(160);
+        Ok(Superblock {
+            flags: 0,
+            array_uuid: f.uuid(16),
+            member_uuid: f.uuid(32),
+            role: f.u32(48),
+            level,
+            member_count,
+            chunk_size: f.u32(60),
+            layout: MetaLayout {
+                bitmap_offset: f.u64(112),
+                bitmap_len: f.u64(120),
+                bitmap_region_shift: f.u32(92),
+                journal_offset: f.u64(128),
+                journal_len: f.u64(136),
+                csum_offset: f.u64(144),
+                csum_len: f.u64(152),
+                data_offset: f.u64(64),
+                data_size: f.u64(72),
+            },
+            events: f.u64(80),
+            state,
+            creation_time: f.u64(96),
+            update_time: f.u64(104),
+            rebuild_checkpoint: (checkpoint != NO_CHECKPOINT).then_some(checkpoint),
+            name,
+            members,
+        })
+    }
+
+    /// Checks every field's range (FORMAT.md §2); `decode` calls it.
+    pub fn validate(&self) -> Result<(), SuperblockError> {
+        if self.flags != 0 {
+            return Err(SuperblockError::Flags(self.flags));
+        }
+        if self.array_uuid.is_nil() {
+            return Err(field("array_uuid", "nil UUID"));
+        }
+        if self.member_uuid.is_nil() {
+            return Err(field("member_uuid", "nil UUID"));
+        }
+        let count = self.member_count as usize;
+        if !(1..=MAX_MEMBERS).contains(&count) || count < self.level.min_members() {
+            return Err(field(
+                "member_count",
+                format!(
+                    "{count} members: {} needs {}..={MAX_MEMBERS}",
+                    self.level,
+                    self.level.min_members()
+                ),
+            ));
+        }
+        if self.members.len() != count {
+            return Err(field("member table", "length differs from member_count"));
+        }
+        if self.role >= self.member_count {
+            return Err(field(
+                "role",
+                format!("role {} but only {count} members", self.role),
+            ));
+        }
+        if self.members[self.role as usize].member_uuid != self.member_uuid {
+            return Err(field(
+                "member table",
+                "own role lists a different member_uuid",
+            ));
+        }
+        if !valid_chunk_size(self.chunk_size as u64) {
+            return Err(field(
+                "chunk_size",
+                format!("{} is not a power of two in 4K..=16M", self.chunk_size),
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN || self.name.contains('\0') {
+            return Err(field("name", "must be 1..=64 bytes without NUL"));
+        }
+        if self.events == 0 {
+            return Err(field("events", "zero"));
+        }
+        self.validate_layout()
+    }
+
+    fn validate_layout(&self) -> Result<(), SuperblockError> {
+        let l = &self.layout;
+        let aligned = |v: u64| v.is_multiple_of(META_BLOCK);
+        let regions = [
+            (
+                "bitmap",
+                2 * SUPERBLOCK_SIZE as u64,
+                l.bitmap_offset,
+                l.bitmap_len,
+            ),
+            (
+                "journal",
+                l.bitmap_offset.saturating_add(l.bitmap_len),
+                l.journal_offset,
+                l.journal_len,
+            ),
+            (
+                "checksums",
+                l.journal_offset.saturating_add(l.journal_len),
+                l.csum_offset,
+                l.csum_len,
+            ),
+        ];
+        for (name, min_start, start, len) in regions {
+            if !aligned(start)
+                || !aligned(len)
+                || start < min_start
+                || start.checked_add(len).is_none()
+            {
+                return Err(field(
+                    "layout",
+                    format!("{name} region at {start} of {len} bytes is misplaced"),
+                ));
+            }
+        }
+        if !(20..=40).contains(&l.bitmap_region_shift) {
+            return Err(field(
+                "bitmap_region_shift",
+                format!("{} not in 20..=40", l.bitmap_region_shift),
+            ));
+        }
+        if !l.data_offset.is_multiple_of(DATA_ALIGN) || l.data_offset < l.csum_offset + l.csum_len {
+            return Err(field(
+                "data_offset",
+                format!("{} is not 1 MiB-aligned after the metadata", l.data_offset),
+            ));
+        }
+        if l.data_size == 0
+            || !l.data_size.is_multiple_of(self.chunk_size as u64)
+            || l.data_offset.checked_add(l.data_size).is_none()
+        {
+            return Err(field(
+                "data_size",
+                format!(
+                    "{} is not a non-zero multiple of the chunk size",
+                    l.data_size
+                ),
+            ));
+        }
+        if let Some(c) = self.rebuild_checkpoint {
+            if c > l.data_size {
+                return Err(field(
+                    "rebuild_checkpoint",
+                    format!("{c} beyond the data area"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which superblock copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum CopyId {
+    /// Copy A at offset 0.
+    A,
+    /// Copy B at offset 4096.
+    B,
+}
+
+/// The result of reading a member's two superblock copies.
+#[derive(Debug)]
+pub struct SuperblockRead {
+    /// The superblock in use (the valid copy with the highest events).
+    pub superblock: Superblock,
+    /// Which copy that was.
+    pub copy: CopyId,
+    /// The other copy, if it was refused, and why.
+    pub bad_copy: Option<(CopyId, SuperblockError)>,
+}
+
+/// Reads both copies from `device` and picks the valid one with the most events.
+pub async fn read_superblock(device: &dyn BlockDevice) -> Result<SuperblockRead, SuperblockError> {
+    let mut buf = vec![0u8; 2 * SUPERBLOCK_SIZE];
+    device
+        .read(ByteOffset(0), &mut buf)
+        .await
+        .map_err(SuperblockError::Read)?;
+    let a = Superblock::decode(&buf[..SUPERBLOCK_SIZE]);
+    let b = Superblock::decode(&buf[SUPERBLOCK_SIZE..]);
+    Ok(match (a, b) {
+        (Ok(a), Ok(b)) if b.events > a.events => SuperblockRead {
+            superblock: b,
+            copy: CopyId::B,
+            bad_copy: None,
+        },
+        (Ok(a), Ok(_)) => SuperblockRead {
+            superblock: a,
+            copy: CopyId::A,
+            bad_copy: None,
+        },
+        (Ok(a), Err(e)) => SuperblockRead {
+            superblock: a,
+            copy: CopyId::A,
+            bad_copy: Some((CopyId::B, e)),
+        },
+        (Err(e), Ok(b)) => SuperblockRead {
+            superblock: b,
+            copy: CopyId::B,
+            bad_copy: Some((CopyId::A, e)),
+        },
+        (Err(a), Err(b)) => {
+            return Err(SuperblockError::BothCopiesBad {
+                primary: Box::new(a),
+                secondary: Box::new(b),
+            })
+        }
+    })
+}
+
+/// Writes `sb` to both copies: A, flush, B, flush (FORMAT.md §2).
+pub async fn write_superblock(device: &dyn BlockDevice, sb: &Superblock) -> Result<(), BlockError> {
+    let block = sb.encode();
+    for offset in COPY_OFFSETS {
+        device
+            .write(ByteOffset(offset), &block, Durability::Normal)
+            .await?;
+        device.flush().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "superblock_tests.rs"]
+mod tests;

@@ -1,0 +1,149 @@
+//! Superblock updates of a running array (FORMAT.md §3): clean/dirty
+//! transitions and member failures.
+//!
+//! ```text
+//! mark_dirty / mark_clean / record_member_failed
+//!    └─► lock ─► change template ─► events+1, absent active roles → missing
+//!          ─► every present member: copy A, flush, copy B, flush (in parallel)
+//! ```
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use uuid::Uuid;
+
+use super::superblock::{write_superblock, ArrayState, MemberState, Superblock};
+use super::{now, MetaError};
+use crate::block::BlockDevice;
+
+/// Superblock updates of a running array. Updates are serialized: each one
+/// bumps `events` and writes the same table to every present member.
+pub struct ArrayMetadata {
+    name: String,
+    state: tokio::sync::Mutex<MetaState>,
+}
+
+impl std::fmt::Debug for ArrayMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrayMetadata")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct MetaState {
+    /// The current superblock contents (role/member_uuid set per member on write).
+    template: Superblock,
+    /// Present members by role.
+    devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
+    /// The last `write_all` of this assembly succeeded on every member.
+    written: bool,
+}
+
+impl ArrayMetadata {
+    /// Starts from the freshest superblock and the present members by role.
+    pub(super) fn new(
+        template: Superblock,
+        devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
+    ) -> Self {
+        ArrayMetadata {
+            name: template.name.clone(),
+            state: tokio::sync::Mutex::new(MetaState {
+                template,
+                devices,
+                written: false,
+            }),
+        }
+    }
+
+    /// Current event counter.
+    pub async fn events(&self) -> u64 {
+        self.state.lock().await.template.events
+    }
+
+    /// Current clean/dirty state.
+    pub async fn array_state(&self) -> ArrayState {
+        self.state.lock().await.template.state
+    }
+
+    /// Current member table state of every role.
+    pub async fn member_states(&self) -> Vec<MemberState> {
+        let st = self.state.lock().await;
+        st.template.members.iter().map(|m| m.state).collect()
+    }
+
+    /// Records "writes may be in flight". Call before the first write. A
+    /// no-op if this assembly already wrote the dirty state.
+    pub async fn mark_dirty(&self) -> Result<(), MetaError> {
+        self.set_state(ArrayState::Dirty).await
+    }
+
+    /// Records "every write is on every member". Call after a final flush.
+    /// A no-op if this assembly already wrote the clean state.
+    pub async fn mark_clean(&self) -> Result<(), MetaError> {
+        self.set_state(ArrayState::Clean).await
+    }
+
+    /// Records that the member in `role` failed, in every other present
+    /// member's superblock. The volume must not acknowledge a write that
+    /// skipped that member before this returns.
+    pub async fn record_member_failed(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.template.members.get_mut(role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        if entry.state == MemberState::Failed {
+            return Ok(());
+        }
+        entry.state = MemberState::Failed;
+        st.devices[role] = None;
+        tracing::warn!(name = %self.name, role, "recording member failure");
+        Self::write_all(&mut st).await
+    }
+
+    async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        if st.written && st.template.state == state {
+            return Ok(());
+        }
+        st.template.state = state;
+        Self::write_all(&mut st).await
+    }
+
+    /// Bumps events, marks absent active roles missing, writes every present member.
+    async fn write_all(st: &mut MetaState) -> Result<(), MetaError> {
+        let MetaState {
+            template,
+            devices,
+            written,
+        } = st;
+        *written = false;
+        template.events += 1;
+        template.update_time = now();
+        for (entry, device) in template.members.iter_mut().zip(devices.iter()) {
+            if device.is_none() && entry.state == MemberState::Active {
+                entry.state = MemberState::Missing;
+            }
+        }
+        let writes = devices.iter().enumerate().filter_map(|(role, d)| {
+            let (device, member_uuid) = d.as_ref()?;
+            let mut sb = template.clone();
+            sb.role = role as u32;
+            sb.member_uuid = *member_uuid;
+            Some(async move {
+                write_superblock(device.as_ref(), &sb)
+                    .await
+                    .map_err(|source| MetaError::Io {
+                        device: device.name().to_string(),
+                        source,
+                    })
+            })
+        });
+        join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        *written = true;
+        Ok(())
+    }
+}
