@@ -20,7 +20,8 @@
 #   VRAID     vraid binary [target/release/vraid]
 #   VRAID_IO_ENGINE   --io-engine for vraid serve: auto|uring|sync [auto]
 #   CHUNK     vraid --chunk-size [64K]
-#   MEMBER_HEADROOM   added to each vraid member for superblock/bitmap [16M]
+#   MEMBER_HEADROOM   added to each vraid member for the metadata in front of
+#             the data area (docs/FORMAT.md) [auto = data/512 + 4M]
 #   IDLE_RSS  measure idle RSS of a 4x256M RAID-5 vraid serve: 1|0|auto [auto =
 #             when a raid target is selected]
 #   START_TIMEOUT     seconds to wait for a server to accept connections [30]
@@ -52,7 +53,7 @@ JOBS=${JOBS:-"randread4k randwrite4k seqread1m seqwrite1m"}
 VRAID=${VRAID:-target/release/vraid}
 VRAID_IO_ENGINE=${VRAID_IO_ENGINE:-auto}
 CHUNK=${CHUNK:-64K}
-MEMBER_HEADROOM=${MEMBER_HEADROOM:-16M}
+MEMBER_HEADROOM=${MEMBER_HEADROOM:-auto}
 IDLE_RSS=${IDLE_RSS:-auto}
 START_TIMEOUT=${START_TIMEOUT:-30}
 FIO_TIMEOUT_SLACK=${FIO_TIMEOUT_SLACK:-120}
@@ -99,7 +100,8 @@ contains_word() { # contains_word "a b c" b
 # ---------------------------------------------------------------- validation
 SIZE_BYTES=$(to_bytes "$SIZE")
 CHUNK_BYTES=$(to_bytes "$CHUNK")
-HEADROOM_BYTES=$(to_bytes "$MEMBER_HEADROOM")
+HEADROOM_BYTES=auto
+[[ $MEMBER_HEADROOM == auto ]] || HEADROOM_BYTES=$(to_bytes "$MEMBER_HEADROOM")
 MIB=$((1 << 20))
 ((SIZE_BYTES >= 16 * MIB && SIZE_BYTES % MIB == 0)) ||
     usage_error "SIZE must be a whole number of MiB, at least 16M (got $SIZE)"
@@ -168,7 +170,7 @@ start_server() {
     "$@" >"$logfile" 2>&1 &
     SERVER_PID=$!
     SERVER_LOG=$logfile
-    printf '%s %s\n' "$SERVER_PID" "$(basename "$1")" >>"$PIDS_FILE"
+    printf '%s %s %s\n' "$SERVER_PID" "$(proc_start_time "$SERVER_PID")" "$(basename "$1")" >>"$PIDS_FILE"
 }
 
 # wait_port NAME PID PORT LOGFILE: until the port accepts a TCP connection.
@@ -191,12 +193,24 @@ wait_port() {
     return 1
 }
 
-# pid_is PID COMM: PID is alive and still runs the program we started.
+# proc_start_time PID: start time in clock ticks since boot (field 22 of
+# /proc/PID/stat), which tells a process apart from a later one with its pid.
+proc_start_time() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || {
+        echo 0
+        return 0
+    }
+    stat=${stat##*) } # drop "pid (comm) ", comm may hold spaces
+    # shellcheck disable=SC2086 # split the fields on purpose
+    set -- $stat
+    echo "${20}"
+}
+
+# pid_is PID START: PID is alive and is the process we started.
 pid_is() {
-    local pid=$1 comm=$2 cmdline
-    kill -0 "$pid" 2>/dev/null || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$comm"* ]]
+    kill -0 "$1" 2>/dev/null || return 1
+    [[ $(proc_start_time "$1") == "$2" ]]
 }
 
 # stop_server NAME PID: SIGTERM, wait up to 10 s, then SIGKILL. Returns the
@@ -224,24 +238,24 @@ stop_server() {
 }
 
 cleanup_servers() {
-    local pid comm
+    local pid start comm
     [[ -f $PIDS_FILE ]] || return 0
-    while read -r pid comm; do
+    while read -r pid start comm; do
         [[ -n $pid ]] || continue
-        if pid_is "$pid" "$comm"; then
+        if pid_is "$pid" "$start"; then
             log "cleanup: stopping $comm (pid $pid)"
             kill -TERM "$pid" 2>/dev/null || true
         fi
     done <"$PIDS_FILE"
     sleep 0.5
-    while read -r pid comm; do
+    while read -r pid start comm; do
         [[ -n $pid ]] || continue
         local i
         for ((i = 0; i < 50; i++)); do
-            pid_is "$pid" "$comm" || break
+            pid_is "$pid" "$start" || break
             sleep 0.1
         done
-        if pid_is "$pid" "$comm"; then
+        if pid_is "$pid" "$start"; then
             log "cleanup: $comm (pid $pid) ignored SIGTERM; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -390,10 +404,14 @@ run_vraid_target() {
     local -a paths
     read -r level members data <<<"$(vraid_geometry "$target")"
     # Each member holds SIZE/data bytes of data, rounded up to whole chunks and
-    # MiB, plus headroom for the superblock and bitmap.
+    # MiB, plus headroom for the metadata in front of the data area: superblocks,
+    # bitmap and journal (~1 MiB) and the block checksums (4 bytes per 4 KiB).
+    local headroom
     per_member=$(((SIZE_BYTES + data - 1) / data))
     per_member=$(((per_member + CHUNK_BYTES - 1) / CHUNK_BYTES * CHUNK_BYTES))
-    member_bytes=$(((per_member + HEADROOM_BYTES + MIB - 1) / MIB * MIB))
+    headroom=$HEADROOM_BYTES
+    [[ $headroom == auto ]] && headroom=$((per_member / 512 + 4 * MIB))
+    member_bytes=$(((per_member + headroom + MIB - 1) / MIB * MIB))
     dir=$WORKDIR/$target
     mapfile -t paths < <(vraid_create "$target" "$level" "$members" "$member_bytes" "$dir")
     ((${#paths[@]} == members)) || {

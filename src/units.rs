@@ -77,7 +77,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 /// Formats a byte count the way [`parse_size`] reads it, using the largest exact unit.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{}", bytes >> shift, unit);
         }
     }
