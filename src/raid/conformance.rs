@@ -18,12 +18,29 @@ use crate::units::ByteOffset;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { at: u64, len: u64, seed: u64, fua: bool },
-    Read { at: u64, len: u64 },
-    Discard { at: u64, len: u64 },
-    Zeroes { at: u64, len: u64, unmap: bool },
+    Write {
+        at: u64,
+        len: u64,
+        seed: u64,
+        fua: bool,
+    },
+    Read {
+        at: u64,
+        len: u64,
+    },
+    Discard {
+        at: u64,
+        len: u64,
+    },
+    Zeroes {
+        at: u64,
+        len: u64,
+        unmap: bool,
+    },
     Flush,
-    Fail { member: usize },
+    Fail {
+        member: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -37,14 +54,13 @@ struct Case {
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
-    let at = any::<u64>();
     let len = prop_oneof![0u64..600, 0u64..70_000];
     prop_oneof![
-        6 => (at.clone(), len.clone(), any::<u64>(), any::<bool>())
+        6 => (any::<u64>(), len.clone(), any::<u64>(), any::<bool>())
             .prop_map(|(at, len, seed, fua)| Op::Write { at, len, seed, fua }),
-        4 => (at.clone(), len.clone()).prop_map(|(at, len)| Op::Read { at, len }),
-        1 => (at.clone(), len.clone()).prop_map(|(at, len)| Op::Discard { at, len }),
-        1 => (at, len, any::<bool>()).prop_map(|(at, len, unmap)| Op::Zeroes { at, len, unmap }),
+        4 => (any::<u64>(), len.clone()).prop_map(|(at, len)| Op::Read { at, len }),
+        1 => (any::<u64>(), len.clone()).prop_map(|(at, len)| Op::Discard { at, len }),
+        1 => (any::<u64>(), len, any::<bool>()).prop_map(|(at, len, unmap)| Op::Zeroes { at, len, unmap }),
         1 => Just(Op::Flush),
         1 => (0usize..8).prop_map(|member| Op::Fail { member }),
     ]
@@ -92,7 +108,13 @@ fn range(size: u64, at: u64, len: u64) -> (u64, u64) {
 
 async fn run(case: Case) -> Result<(), TestCaseError> {
     let missing: Vec<usize> = case.missing.into_iter().collect();
-    let array = Array::new(case.level, case.members, case.chunk, case.member_size, &missing);
+    let array = Array::new(
+        case.level,
+        case.members,
+        case.chunk,
+        case.member_size,
+        &missing,
+    );
     let vol = &array.volume;
     let size = vol.size();
     let mut model = vec![0u8; size as usize];
@@ -103,24 +125,39 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
             Op::Write { at, len, seed, fua } => {
                 let (at, len) = range(size, at, len);
                 let data = pattern(len as usize, seed);
-                let dur = if fua { Durability::Fua } else { Durability::Normal };
-                vol.write(ByteOffset(at), &data, dur).await.map_err(fail("write"))?;
+                let dur = if fua {
+                    Durability::Fua
+                } else {
+                    Durability::Normal
+                };
+                vol.write(ByteOffset(at), &data, dur)
+                    .await
+                    .map_err(fail("write"))?;
                 model[at as usize..(at + len) as usize].copy_from_slice(&data);
             }
             Op::Read { at, len } => {
                 let (at, len) = range(size, at, len);
                 let mut buf = vec![0xEE; len as usize];
-                vol.read(ByteOffset(at), &mut buf).await.map_err(fail("read"))?;
-                prop_assert!(buf == model[at as usize..(at + len) as usize], "read at {at} len {len} differs");
+                vol.read(ByteOffset(at), &mut buf)
+                    .await
+                    .map_err(fail("read"))?;
+                prop_assert!(
+                    buf == model[at as usize..(at + len) as usize],
+                    "read at {at} len {len} differs"
+                );
             }
             Op::Discard { at, len } => {
                 let (at, len) = range(size, at, len);
-                vol.discard(ByteOffset(at), len).await.map_err(fail("discard"))?;
+                vol.discard(ByteOffset(at), len)
+                    .await
+                    .map_err(fail("discard"))?;
                 model[at as usize..(at + len) as usize].fill(0);
             }
             Op::Zeroes { at, len, unmap } => {
                 let (at, len) = range(size, at, len);
-                vol.write_zeroes(ByteOffset(at), len, unmap).await.map_err(fail("zeroes"))?;
+                vol.write_zeroes(ByteOffset(at), len, unmap)
+                    .await
+                    .map_err(fail("zeroes"))?;
                 model[at as usize..(at + len) as usize].fill(0);
             }
             Op::Flush => vol.flush().await.map_err(fail("flush"))?,
@@ -134,11 +171,12 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         }
     }
     let mut whole = vec![0u8; size as usize];
-    vol.read(ByteOffset(0), &mut whole).await.map_err(fail("final read"))?;
+    vol.read(ByteOffset(0), &mut whole)
+        .await
+        .map_err(fail("final read"))?;
     prop_assert!(whole == model, "final contents differ from the model");
     check_redundancy(&array)
 }
-
 
 fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseError {
     move |e| TestCaseError::fail(format!("{what} failed: {e}"))
@@ -159,7 +197,10 @@ fn check_redundancy(array: &Array) -> Result<(), TestCaseError> {
         Level::Raid0 => {}
         Level::Raid1 => {
             for &m in &active[1..] {
-                prop_assert!(snaps[m][..mds] == snaps[active[0]][..mds], "mirror {m} differs");
+                prop_assert!(
+                    snaps[m][..mds] == snaps[active[0]][..mds],
+                    "mirror {m} differs"
+                );
             }
         }
         Level::Raid5 if active.len() == g.members() => {
@@ -169,8 +210,13 @@ fn check_redundancy(array: &Array) -> Result<(), TestCaseError> {
                 for snap in &snaps {
                     super::parity::xor_into(&mut x, &snap[s * c..(s + 1) * c]);
                 }
-                let p = g.parity_member(StripeIndex(s as u64)).unwrap_or(MemberIndex(0));
-                prop_assert!(x.iter().all(|&b| b == 0), "stripe {s} parity on {p} is wrong");
+                let p = g
+                    .parity_member(StripeIndex(s as u64))
+                    .unwrap_or(MemberIndex(0));
+                prop_assert!(
+                    x.iter().all(|&b| b == 0),
+                    "stripe {s} parity on {p} is wrong"
+                );
             }
         }
         Level::Raid5 => {}

@@ -64,9 +64,9 @@ async fn repair(
         return Box::pin(read(vol, offset, buf)).await;
     }
     let data: &[u8] = buf;
-    let rewrites = bad.iter().map(|(m, _)| {
-        vol.member_op(*m, MemberOp::Write(offset, data, Durability::Normal))
-    });
+    let rewrites = bad
+        .iter()
+        .map(|(m, _)| vol.member_op(*m, MemberOp::Write(offset, data, Durability::Normal)));
     for ((m, _), ok) in bad.iter().zip(join_all(rewrites).await) {
         if ok {
             tracing::info!(member = %m, offset = offset.get(), "read error repaired from mirror");

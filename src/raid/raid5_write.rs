@@ -119,7 +119,9 @@ impl StripeWrite<'_> {
     /// Smallest chunk-relative row range holding every touched byte.
     fn hull(&self) -> (u64, u64) {
         self.touched_all()
-            .fold((self.chunk, 0), |(a, b), (_, lo, hi)| (a.min(lo), b.max(hi)))
+            .fold((self.chunk, 0), |(a, b), (_, lo, hi)| {
+                (a.min(lo), b.max(hi))
+            })
     }
 
     fn mode(&self) -> Mode {
@@ -163,7 +165,11 @@ impl StripeWrite<'_> {
 
     /// Reads for planning; a member that fails is failed (the plan is redone).
     async fn read(&self, member: MemberIndex, row: u64, buf: &mut [u8]) -> bool {
-        match self.vol.read_member(member, self.member_offset(row), buf).await {
+        match self
+            .vol
+            .read_member(member, self.member_offset(row), buf)
+            .await
+        {
             Ok(()) => true,
             Err(error) => {
                 if let Some(error) = error {
@@ -271,8 +277,7 @@ impl StripeWrite<'_> {
         }
         let results = join_all(ops.iter().map(|&(m, op)| vol.member_op(m, op))).await;
         let took = |m: MemberIndex| ops.iter().zip(&results).any(|((x, _), &ok)| *x == m && ok);
-        let recoverable =
-            parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
+        let recoverable = parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
         if self
             .touched_all()
             .all(|(d, _, _)| took(self.member(d)) || recoverable)

@@ -109,8 +109,12 @@ mod tests {
     async fn same_stripe_writers_serialize_and_entries_are_removed() {
         let locks = StripeLocks::new();
         let g = locks.lock(StripeIndex(7)).await;
-        let waiting = tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(7))).await;
-        assert!(waiting.is_err(), "second locker of the same stripe must wait");
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(7))).await;
+        assert!(
+            waiting.is_err(),
+            "second locker of the same stripe must wait"
+        );
         assert_eq!(locks.len(), 1, "cancelled waiter must deregister");
         drop(g);
         assert!(locks.is_empty());
@@ -130,7 +134,8 @@ mod tests {
         let locks = StripeLocks::new();
         let guards = locks.lock_range(StripeIndex(3), StripeIndex(5)).await;
         assert_eq!(guards.len(), 3);
-        let blocked = tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(4))).await;
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(4))).await;
         assert!(blocked.is_err());
         drop(guards);
         assert!(locks.is_empty());

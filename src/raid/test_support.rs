@@ -58,7 +58,13 @@ impl TestDevice {
     }
 
     pub fn reset_counters(&self) {
-        for c in [&self.reads, &self.read_bytes, &self.writes, &self.fua_writes, &self.clears] {
+        for c in [
+            &self.reads,
+            &self.read_bytes,
+            &self.writes,
+            &self.fua_writes,
+            &self.clears,
+        ] {
             c.store(0, Ordering::SeqCst);
         }
     }
@@ -75,7 +81,8 @@ impl BlockDevice for TestDevice {
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.read_bytes.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        self.read_bytes
+            .fetch_add(buf.len() as u64, Ordering::SeqCst);
         let injected = self
             .fail_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -133,8 +140,15 @@ pub struct Array {
 }
 
 impl Array {
-    pub fn new(level: Level, members: usize, chunk: u64, member_size: u64, missing: &[usize]) -> Array {
-        let geometry = Geometry::new(level, members, ChunkSize::new(chunk).unwrap(), member_size).unwrap();
+    pub fn new(
+        level: Level,
+        members: usize,
+        chunk: u64,
+        member_size: u64,
+        missing: &[usize],
+    ) -> Array {
+        let geometry =
+            Geometry::new(level, members, ChunkSize::new(chunk).unwrap(), member_size).unwrap();
         let devices: Vec<Arc<TestDevice>> = (0..members)
             .map(|i| TestDevice::new(&format!("m{i}"), member_size))
             .collect();
@@ -150,11 +164,18 @@ impl Array {
             .map(|(i, d)| (!missing.contains(&i)).then(|| d.clone() as Arc<dyn BlockDevice>))
             .collect();
         let volume = Volume::new("vol".into(), geometry, members, events.clone()).unwrap();
-        Array { devices, events, volume }
+        Array {
+            devices,
+            events,
+            volume,
+        }
     }
 
     pub fn read_bytes(&self) -> u64 {
-        self.devices.iter().map(|d| d.read_bytes.load(Ordering::SeqCst)).sum()
+        self.devices
+            .iter()
+            .map(|d| d.read_bytes.load(Ordering::SeqCst))
+            .sum()
     }
 
     pub fn reset_counters(&self) {
