@@ -82,7 +82,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 1u64..5,
                 0u64..3000,
                 proptest::option::weighted(0.25, 0usize..8),
-                proptest::collection::vec(op_strategy(), 1..24),
+                proptest::collection::vec(op_strategy(), 1..32),
             )
         })
         .prop_map(|(level, members, shift, chunks, extra, missing, ops)| {
@@ -175,7 +175,14 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         .await
         .map_err(fail("final read"))?;
     prop_assert!(whole == model, "final contents differ from the model");
-    check_redundancy(&array)
+    let failed: Vec<MemberIndex> = (0..case.members)
+        .map(MemberIndex)
+        .filter(|&m| vol.state(m) == MemberState::Failed)
+        .collect();
+    let mut recorded = array.events.failed.lock().unwrap().clone();
+    recorded.sort();
+    prop_assert_eq!(recorded, failed, "every failure is recorded exactly once");
+    check_redundancy(&array, &model)
 }
 
 fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseError {
@@ -183,8 +190,8 @@ fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseErro
 }
 
 /// RAID-5: XOR of every member's chunk is zero on every stripe when all
-/// members are active. RAID-1: active mirrors are identical.
-fn check_redundancy(array: &Array) -> Result<(), TestCaseError> {
+/// members are active. RAID-1: active mirrors equal the model.
+fn check_redundancy(array: &Array, model: &[u8]) -> Result<(), TestCaseError> {
     let vol = &array.volume;
     let g = vol.geometry();
     let states = vol.member_states();
@@ -196,6 +203,10 @@ fn check_redundancy(array: &Array) -> Result<(), TestCaseError> {
     match g.level() {
         Level::Raid0 => {}
         Level::Raid1 => {
+            prop_assert!(
+                snaps[active[0]][..mds] == *model,
+                "mirror differs from the model"
+            );
             for &m in &active[1..] {
                 prop_assert!(
                     snaps[m][..mds] == snaps[active[0]][..mds],
@@ -225,7 +236,7 @@ fn check_redundancy(array: &Array) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(160))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn every_level_behaves_like_a_flat_byte_array(case in case_strategy()) {

@@ -27,11 +27,14 @@ async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeG
 }
 
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let n = vol.geometry().members();
+    let active: Vec<MemberIndex> = (0..vol.geometry().members())
+        .map(MemberIndex)
+        .filter(|&m| vol.is_active(m))
+        .collect();
     let start = vol.next_mirror.fetch_add(1, Ordering::Relaxed);
     let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
-    for i in 0..n {
-        let m = MemberIndex((start + i) % n);
+    for i in 0..active.len() {
+        let m = active[(start + i) % active.len()];
         match vol.read_member(m, offset, buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, m, bad, offset, buf).await,

@@ -10,7 +10,7 @@
 //!                    partial stripes: written as zeroes (parity stays right)
 //! ```
 
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::parity::xor_into;
@@ -125,7 +125,16 @@ pub(super) async fn write(
             durability,
         ));
     }
-    try_join_all(stripes).await.map(drop)
+    all_complete(stripes).await
+}
+
+/// Runs every future to completion (a stripe write is never abandoned
+/// half-way because a neighbour failed) and returns the first error.
+async fn all_complete<F>(futures: Vec<F>) -> BlockResult
+where
+    F: std::future::Future<Output = BlockResult>,
+{
+    join_all(futures).await.into_iter().collect()
 }
 
 pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
@@ -143,7 +152,7 @@ pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear
         parts.push(Box::pin(clear_stripes(vol, StripeIndex(s), n, how)));
         s += n;
     }
-    try_join_all(parts).await.map(drop)
+    all_complete(parts).await
 }
 
 async fn write_zeroes_partial(vol: &Volume, offset: ByteOffset, len: u64) -> BlockResult {
@@ -161,7 +170,7 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
         .await;
     let chunk = g.chunk().get();
     let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
-    futures::future::join_all((0..g.members()).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    join_all((0..g.members()).map(|m| vol.member_op(MemberIndex(m), op))).await;
     if vol.down_count() > 1 {
         Err(vol.data_lost())
     } else {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::future::join_all;
+use tokio::sync::watch;
 
 use super::layout::{Geometry, LayoutError, MemberIndex};
 use super::stripe_lock::StripeLocks;
@@ -104,6 +105,10 @@ impl Clear {
 struct Slot {
     device: Option<Arc<dyn BlockDevice>>,
     failed: AtomicBool,
+    /// Becomes true once `VolumeEvents::member_failed` has returned: writes
+    /// that skip a failed member wait for it, so nothing is acknowledged
+    /// before the failure is on record.
+    recorded: watch::Sender<bool>,
 }
 
 /// A RAID-0, RAID-1 or RAID-5 volume over member devices.
@@ -168,6 +173,7 @@ impl Volume {
             .map(|device| Slot {
                 device,
                 failed: AtomicBool::new(false),
+                recorded: watch::Sender::new(false),
             })
             .collect();
         Ok(Volume {
@@ -203,6 +209,7 @@ impl Volume {
             Some(Slot {
                 device: Some(_),
                 failed,
+                ..
             }) if !failed.load(Ordering::Acquire) => MemberState::Active,
             Some(Slot {
                 device: Some(_), ..
@@ -236,19 +243,35 @@ impl Volume {
         }
     }
 
-    /// Marks `member` failed and records it; only the first caller records.
+    /// Marks `member` failed and records it; only the first caller records,
+    /// the others wait until it is recorded.
     pub(super) async fn fail_member(&self, member: MemberIndex, error: &BlockError) {
         let Some(slot) = self.slots.get(member.0) else {
             return;
         };
-        if slot.device.is_some()
-            && slot
-                .failed
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        if slot.device.is_none() {
+            return;
+        }
+        let first = slot
+            .failed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
             self.events.member_failed(member, error).await;
+            slot.recorded.send_replace(true);
+        } else {
+            self.wait_recorded(member).await;
+        }
+    }
+
+    /// Waits until a failed member's failure is on record (no-op otherwise).
+    async fn wait_recorded(&self, member: MemberIndex) {
+        if let Some(slot) = self.slots.get(member.0) {
+            if slot.device.is_some() && slot.failed.load(Ordering::Acquire) {
+                // The sender lives in `self`, so the channel cannot close here.
+                let _ = slot.recorded.subscribe().wait_for(|&done| done).await;
+            }
         }
     }
 
@@ -273,6 +296,7 @@ impl Volume {
     /// failed. True when the op succeeded.
     pub(super) async fn member_op(&self, member: MemberIndex, op: MemberOp<'_>) -> bool {
         let Some(dev) = self.device(member) else {
+            self.wait_recorded(member).await;
             return false;
         };
         let mut last = None;
