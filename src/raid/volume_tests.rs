@@ -325,3 +325,58 @@ async fn writers_of_different_stripes_do_not_serialize() {
     array.devices[0].gate_open.notify_waiters();
     held.await.unwrap().unwrap();
 }
+
+/// Records failures only once `release` is notified.
+#[derive(Default)]
+struct SlowEvents {
+    release: tokio::sync::Notify,
+}
+
+impl super::volume::VolumeEvents for SlowEvents {
+    fn member_failed(
+        &self,
+        _member: MemberIndex,
+        _error: &BlockError,
+    ) -> crate::block::BoxFuture<'_, ()> {
+        Box::pin(self.release.notified())
+    }
+}
+
+#[tokio::test]
+async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
+    // Arrange: a mirror that fails, and an event sink that has not yet
+    // persisted the failure.
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 4 * C).unwrap();
+    let devs: Vec<Arc<MemDevice>> = (0..2)
+        .map(|_| Arc::new(MemDevice::new("m", 4 * C)))
+        .collect();
+    let events = Arc::new(SlowEvents::default());
+    let members = devs
+        .iter()
+        .map(|d| Some(d.clone() as Arc<dyn BlockDevice>))
+        .collect();
+    let vol = Arc::new(Volume::new("v".into(), g, members, events.clone()).unwrap());
+    devs[0].set_failing(true);
+    let first = {
+        let vol = vol.clone();
+        tokio::spawn(async move { vol.write(ByteOffset(0), &[1; 10], Durability::Normal).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Act: a second write skips the failed mirror.
+    let second = tokio::time::timeout(
+        Duration::from_millis(50),
+        vol.write(ByteOffset(100), &[2; 10], Durability::Normal),
+    )
+    .await;
+    // Assert
+    assert!(
+        second.is_err(),
+        "write acknowledged before the failure was recorded"
+    );
+    assert_eq!(vol.member_states()[0], MemberState::Failed);
+    events.release.notify_waiters();
+    first.await.unwrap().unwrap();
+    vol.write(ByteOffset(100), &[2; 10], Durability::Normal)
+        .await
+        .unwrap();
+}
