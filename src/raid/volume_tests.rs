@@ -346,9 +346,9 @@ impl super::volume::VolumeEvents for SlowEvents {
 async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
     // Arrange: a mirror that fails, and an event sink that has not yet
     // persisted the failure.
-    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 4 * C).unwrap();
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 2 << 20).unwrap();
     let devs: Vec<Arc<MemDevice>> = (0..2)
-        .map(|_| Arc::new(MemDevice::new("m", 4 * C)))
+        .map(|_| Arc::new(MemDevice::new("m", 2 << 20)))
         .collect();
     let events = Arc::new(SlowEvents::default());
     let members = devs
@@ -362,10 +362,10 @@ async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
         tokio::spawn(async move { vol.write(ByteOffset(0), &[1; 10], Durability::Normal).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // Act: a second write skips the failed mirror.
+    // Act: a second write, in another lock region, skips the failed mirror.
     let second = tokio::time::timeout(
         Duration::from_millis(50),
-        vol.write(ByteOffset(100), &[2; 10], Durability::Normal),
+        vol.write(ByteOffset(1 << 20), &[2; 10], Durability::Normal),
     )
     .await;
     // Assert
@@ -376,7 +376,7 @@ async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
     assert_eq!(vol.member_states()[0], MemberState::Failed);
     events.release.notify_waiters();
     first.await.unwrap().unwrap();
-    vol.write(ByteOffset(100), &[2; 10], Durability::Normal)
+    vol.write(ByteOffset(1 << 20), &[2; 10], Durability::Normal)
         .await
         .unwrap();
 }
