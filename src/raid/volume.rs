@@ -108,7 +108,7 @@ struct Slot {
     /// Becomes true once `VolumeEvents::member_failed` has returned: writes
     /// that skip a failed member wait for it, so nothing is acknowledged
     /// before the failure is on record.
-    recorded: watch::Sender<bool>,
+    recorded: Arc<watch::Sender<bool>>,
 }
 
 /// A RAID-0, RAID-1 or RAID-5 volume over member devices.
@@ -173,7 +173,7 @@ impl Volume {
             .map(|device| Slot {
                 device,
                 failed: AtomicBool::new(false),
-                recorded: watch::Sender::new(false),
+                recorded: Arc::new(watch::Sender::new(false)),
             })
             .collect();
         Ok(Volume {
@@ -258,11 +258,21 @@ impl Volume {
             .is_ok();
         if first {
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
-            self.events.member_failed(member, error).await;
-            slot.recorded.send_replace(true);
-        } else {
-            self.wait_recorded(member).await;
+            let events = self.events.clone();
+            let recorded = slot.recorded.clone();
+            let error = copy_error(error);
+            let record = async move {
+                events.member_failed(member, &error).await;
+                recorded.send_replace(true);
+            };
+            // Recorded in its own task, so a cancelled request cannot leave
+            // the failure unrecorded (and every later writer waiting).
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(record)),
+                Err(_) => record.await,
+            }
         }
+        self.wait_recorded(member).await;
     }
 
     /// Waits until a failed member's failure is on record (no-op otherwise).
@@ -348,6 +358,29 @@ impl Volume {
             Level::Raid1 => raid1::clear(self, offset, len, how).await,
             Level::Raid5 => raid5::clear(self, offset, len, how).await,
         }
+    }
+}
+
+/// An owned copy of `error` for the failure record (io::Error is not Clone).
+fn copy_error(error: &BlockError) -> BlockError {
+    match error {
+        BlockError::Io { device, source } => BlockError::io(
+            device.clone(),
+            match source.raw_os_error() {
+                Some(errno) => std::io::Error::from_raw_os_error(errno),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        ),
+        BlockError::OutOfRange { offset, len, size } => BlockError::OutOfRange {
+            offset: *offset,
+            len: *len,
+            size: *size,
+        },
+        BlockError::DataLost { volume } => BlockError::DataLost {
+            volume: volume.clone(),
+        },
+        BlockError::ReadOnly => BlockError::ReadOnly,
+        BlockError::Unsupported => BlockError::Unsupported,
     }
 }
 

@@ -380,3 +380,36 @@ async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn failure_is_recorded_even_if_the_failing_request_is_cancelled() {
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 2 << 20).unwrap();
+    let devs: Vec<Arc<MemDevice>> = (0..2)
+        .map(|_| Arc::new(MemDevice::new("m", 2 << 20)))
+        .collect();
+    let events = Arc::new(SlowEvents::default());
+    let members = devs
+        .iter()
+        .map(|d| Some(d.clone() as Arc<dyn BlockDevice>))
+        .collect();
+    let vol = Volume::new("v".into(), g, members, events.clone()).unwrap();
+    devs[0].set_failing(true);
+    // Act: the request that hits the failure is dropped while recording.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(20),
+        vol.write(ByteOffset(0), &[1; 10], Durability::Normal),
+    )
+    .await;
+    events.release.notify_waiters();
+    let later = tokio::time::timeout(
+        Duration::from_secs(2),
+        vol.write(ByteOffset(1 << 20), &[2; 10], Durability::Normal),
+    )
+    .await;
+    // Assert
+    assert!(cancelled.is_err());
+    assert!(
+        matches!(later, Ok(Ok(()))),
+        "later writes must not wait forever"
+    );
+}
