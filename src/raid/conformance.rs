@@ -41,6 +41,13 @@ enum Op {
     Fail {
         member: usize,
     },
+    /// Two writes to adjacent (disjoint) ranges, issued concurrently.
+    Pair {
+        at: u64,
+        len: u64,
+        len2: u64,
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +70,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (any::<u64>(), len, any::<bool>()).prop_map(|(at, len, unmap)| Op::Zeroes { at, len, unmap }),
         1 => Just(Op::Flush),
         1 => (0usize..8).prop_map(|member| Op::Fail { member }),
+        2 => (any::<u64>(), 0u64..20_000, 0u64..20_000, any::<u64>())
+            .prop_map(|(at, len, len2, seed)| Op::Pair { at, len, len2, seed }),
     ]
 }
 
@@ -115,6 +124,10 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         case.member_size,
         &missing,
     );
+    for d in &array.devices {
+        d.yield_first
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let vol = &array.volume;
     let size = vol.size();
     let mut model = vec![0u8; size as usize];
@@ -161,6 +174,24 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                 model[at as usize..(at + len) as usize].fill(0);
             }
             Op::Flush => vol.flush().await.map_err(fail("flush"))?,
+            Op::Pair {
+                at,
+                len,
+                len2,
+                seed,
+            } => {
+                let (at, len) = range(size, at, len);
+                let (at2, len2) = range(size, at + len, len2);
+                let (a, b) = (pattern(len as usize, seed), pattern(len2 as usize, !seed));
+                let (ra, rb) = futures::join!(
+                    vol.write(ByteOffset(at), &a, Durability::Normal),
+                    vol.write(ByteOffset(at2), &b, Durability::Normal)
+                );
+                ra.map_err(fail("pair write"))?;
+                rb.map_err(fail("pair write"))?;
+                model[at as usize..(at + len) as usize].copy_from_slice(&a);
+                model[at2 as usize..(at2 + len2) as usize].copy_from_slice(&b);
+            }
             Op::Fail { member } => {
                 let member = member % case.members;
                 if lost < redundancy && !missing.contains(&member) {

@@ -37,6 +37,9 @@ pub struct TestDevice {
     pub clears: AtomicU64,
     /// The next this-many reads fail.
     pub fail_reads: AtomicU32,
+    /// While set, every read and write yields to the scheduler first, so
+    /// concurrent requests interleave at member I/O boundaries.
+    pub yield_first: AtomicBool,
     /// While set, writes wait for `gate_open`.
     pub gate_closed: AtomicBool,
     pub gate_open: Notify,
@@ -52,6 +55,7 @@ impl TestDevice {
             fua_writes: AtomicU64::new(0),
             clears: AtomicU64::new(0),
             fail_reads: AtomicU32::new(0),
+            yield_first: AtomicBool::new(false),
             gate_closed: AtomicBool::new(false),
             gate_open: Notify::new(),
         })
@@ -87,11 +91,16 @@ impl BlockDevice for TestDevice {
             .fail_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        if injected {
-            let e = BlockError::io(self.name(), std::io::Error::from_raw_os_error(libc::EIO));
-            return Box::pin(async move { Err(e) });
-        }
-        self.mem.read(offset, buf)
+        Box::pin(async move {
+            if self.yield_first.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+            if injected {
+                let e = std::io::Error::from_raw_os_error(libc::EIO);
+                return Err(BlockError::io(self.name(), e));
+            }
+            self.mem.read(offset, buf).await
+        })
     }
 
     fn write<'a>(
@@ -101,6 +110,9 @@ impl BlockDevice for TestDevice {
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
         Box::pin(async move {
+            if self.yield_first.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
             while self.gate_closed.load(Ordering::SeqCst) {
                 self.gate_open.notified().await;
             }
