@@ -1,4 +1,30 @@
 //! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
+//!
+//! ```text
+//!  Volume (BlockDevice) ─► raid0 / raid1 / raid5 ─► member BlockDevices
+//!        │ layout: volume range → per-member extents (pure math)
+//!        │ parity: XOR; stripe_lock: per-stripe writer serialization
+//! ```
+
+pub mod layout;
+pub mod parity;
+pub mod stripe_lock;
+pub mod volume;
+
+mod raid0;
+mod raid1;
+mod raid5;
+mod raid5_write;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod volume_tests;
+
+pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
+pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,277 @@
+//! Model-based conformance suite run against every RAID level.
+//!
+//! Random sequences of write / read / discard / write_zeroes / flush at
+//! unaligned offsets are applied to a volume and to a plain `Vec<u8>`; every
+//! read must match the model. RAID-1/5 arrays also lose members mid-sequence
+//! (up to their redundancy) or start with one missing. After each sequence
+//! the whole volume is compared, RAID-5 parity is checked on every stripe and
+//! RAID-1 mirrors are compared, for members still active.
+
+use proptest::prelude::*;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::test_support::{pattern, Array};
+use super::volume::MemberState;
+use super::Level;
+use crate::block::{BlockDevice, Durability};
+use crate::units::ByteOffset;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        at: u64,
+        len: u64,
+        seed: u64,
+        fua: bool,
+    },
+    Read {
+        at: u64,
+        len: u64,
+    },
+    Discard {
+        at: u64,
+        len: u64,
+    },
+    Zeroes {
+        at: u64,
+        len: u64,
+        unmap: bool,
+    },
+    Flush,
+    Fail {
+        member: usize,
+    },
+    /// Two writes to adjacent (disjoint) ranges, issued concurrently.
+    Pair {
+        at: u64,
+        len: u64,
+        len2: u64,
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    level: Level,
+    members: usize,
+    chunk: u64,
+    member_size: u64,
+    missing: Option<usize>,
+    ops: Vec<Op>,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let len = prop_oneof![0u64..600, 0u64..70_000];
+    prop_oneof![
+        6 => (any::<u64>(), len.clone(), any::<u64>(), any::<bool>())
+            .prop_map(|(at, len, seed, fua)| Op::Write { at, len, seed, fua }),
+        4 => (any::<u64>(), len.clone()).prop_map(|(at, len)| Op::Read { at, len }),
+        1 => (any::<u64>(), len.clone()).prop_map(|(at, len)| Op::Discard { at, len }),
+        1 => (any::<u64>(), len, any::<bool>()).prop_map(|(at, len, unmap)| Op::Zeroes { at, len, unmap }),
+        1 => Just(Op::Flush),
+        1 => (0usize..8).prop_map(|member| Op::Fail { member }),
+        2 => (any::<u64>(), 0u64..20_000, 0u64..20_000, any::<u64>())
+            .prop_map(|(at, len, len2, seed)| Op::Pair { at, len, len2, seed }),
+    ]
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    let level = prop_oneof![Just(Level::Raid0), Just(Level::Raid1), Just(Level::Raid5)];
+    level
+        .prop_flat_map(|level| {
+            let members = match level {
+                Level::Raid0 => 2usize..=4,
+                Level::Raid1 => 2usize..=3,
+                Level::Raid5 => 3usize..=5,
+            };
+            (
+                Just(level),
+                members,
+                0u32..3,
+                1u64..5,
+                0u64..3000,
+                proptest::option::weighted(0.25, 0usize..8),
+                proptest::collection::vec(op_strategy(), 1..32),
+            )
+        })
+        .prop_map(|(level, members, shift, chunks, extra, missing, ops)| {
+            let chunk = 4096u64 << shift;
+            Case {
+                level,
+                members,
+                chunk,
+                member_size: chunks * chunk + extra,
+                missing: missing
+                    .filter(|_| level != Level::Raid0)
+                    .map(|m| m % members),
+                ops,
+            }
+        })
+}
+
+/// Clamps a random (at, len) into the volume.
+fn range(size: u64, at: u64, len: u64) -> (u64, u64) {
+    let at = at % (size + 1);
+    (at, len.min(size - at))
+}
+
+async fn run(case: Case) -> Result<(), TestCaseError> {
+    let missing: Vec<usize> = case.missing.into_iter().collect();
+    let array = Array::new(
+        case.level,
+        case.members,
+        case.chunk,
+        case.member_size,
+        &missing,
+    );
+    for d in &array.devices {
+        d.yield_first
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let vol = &array.volume;
+    let size = vol.size();
+    let mut model = vec![0u8; size as usize];
+    let redundancy = case.level.redundancy(case.members);
+    let mut lost = missing.len();
+    for op in &case.ops {
+        match *op {
+            Op::Write { at, len, seed, fua } => {
+                let (at, len) = range(size, at, len);
+                let data = pattern(len as usize, seed);
+                let dur = if fua {
+                    Durability::Fua
+                } else {
+                    Durability::Normal
+                };
+                vol.write(ByteOffset(at), &data, dur)
+                    .await
+                    .map_err(fail("write"))?;
+                model[at as usize..(at + len) as usize].copy_from_slice(&data);
+            }
+            Op::Read { at, len } => {
+                let (at, len) = range(size, at, len);
+                let mut buf = vec![0xEE; len as usize];
+                vol.read(ByteOffset(at), &mut buf)
+                    .await
+                    .map_err(fail("read"))?;
+                prop_assert!(
+                    buf == model[at as usize..(at + len) as usize],
+                    "read at {at} len {len} differs"
+                );
+            }
+            Op::Discard { at, len } => {
+                let (at, len) = range(size, at, len);
+                vol.discard(ByteOffset(at), len)
+                    .await
+                    .map_err(fail("discard"))?;
+                model[at as usize..(at + len) as usize].fill(0);
+            }
+            Op::Zeroes { at, len, unmap } => {
+                let (at, len) = range(size, at, len);
+                vol.write_zeroes(ByteOffset(at), len, unmap)
+                    .await
+                    .map_err(fail("zeroes"))?;
+                model[at as usize..(at + len) as usize].fill(0);
+            }
+            Op::Flush => vol.flush().await.map_err(fail("flush"))?,
+            Op::Pair {
+                at,
+                len,
+                len2,
+                seed,
+            } => {
+                let (at, len) = range(size, at, len);
+                let (at2, len2) = range(size, at + len, len2);
+                let (a, b) = (pattern(len as usize, seed), pattern(len2 as usize, !seed));
+                let (ra, rb) = futures::join!(
+                    vol.write(ByteOffset(at), &a, Durability::Normal),
+                    vol.write(ByteOffset(at2), &b, Durability::Normal)
+                );
+                ra.map_err(fail("pair write"))?;
+                rb.map_err(fail("pair write"))?;
+                model[at as usize..(at + len) as usize].copy_from_slice(&a);
+                model[at2 as usize..(at2 + len2) as usize].copy_from_slice(&b);
+            }
+            Op::Fail { member } => {
+                let member = member % case.members;
+                if lost < redundancy && !missing.contains(&member) {
+                    array.devices[member].mem.set_failing(true);
+                    lost += 1;
+                }
+            }
+        }
+    }
+    let mut whole = vec![0u8; size as usize];
+    vol.read(ByteOffset(0), &mut whole)
+        .await
+        .map_err(fail("final read"))?;
+    prop_assert!(whole == model, "final contents differ from the model");
+    let failed: Vec<MemberIndex> = (0..case.members)
+        .map(MemberIndex)
+        .filter(|&m| vol.state(m) == MemberState::Failed)
+        .collect();
+    let mut recorded = array.events.failed.lock().unwrap().clone();
+    recorded.sort();
+    prop_assert_eq!(recorded, failed, "every failure is recorded exactly once");
+    check_redundancy(&array, &model)
+}
+
+fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseError {
+    move |e| TestCaseError::fail(format!("{what} failed: {e}"))
+}
+
+/// RAID-5: XOR of every member's chunk is zero on every stripe when all
+/// members are active. RAID-1: active mirrors equal the model.
+fn check_redundancy(array: &Array, model: &[u8]) -> Result<(), TestCaseError> {
+    let vol = &array.volume;
+    let g = vol.geometry();
+    let states = vol.member_states();
+    let active: Vec<usize> = (0..g.members())
+        .filter(|&m| states[m] == MemberState::Active)
+        .collect();
+    let snaps: Vec<Vec<u8>> = array.devices.iter().map(|d| d.mem.snapshot()).collect();
+    let mds = g.member_data_size() as usize;
+    match g.level() {
+        Level::Raid0 => {}
+        Level::Raid1 => {
+            prop_assert!(
+                snaps[active[0]][..mds] == *model,
+                "mirror differs from the model"
+            );
+            for &m in &active[1..] {
+                prop_assert!(
+                    snaps[m][..mds] == snaps[active[0]][..mds],
+                    "mirror {m} differs"
+                );
+            }
+        }
+        Level::Raid5 if active.len() == g.members() => {
+            let c = g.chunk().get() as usize;
+            for s in 0..g.stripe_count() as usize {
+                let mut x = vec![0u8; c];
+                for snap in &snaps {
+                    super::parity::xor_into(&mut x, &snap[s * c..(s + 1) * c]);
+                }
+                let p = g
+                    .parity_member(StripeIndex(s as u64))
+                    .unwrap_or(MemberIndex(0));
+                prop_assert!(
+                    x.iter().all(|&b| b == 0),
+                    "stripe {s} parity on {p} is wrong"
+                );
+            }
+        }
+        Level::Raid5 => {}
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn every_level_behaves_like_a_flat_byte_array(case in case_strategy()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(case))?;
+    }
+}

@@ -1,0 +1,81 @@
+//! RAID-0 data path: split by chunk, fan out concurrently, no redundancy.
+
+use futures::future::try_join_all;
+
+use super::layout::{Extent, MemberIndex};
+use super::volume::{Clear, MemberOp, Volume};
+use crate::block::{BlockResult, Durability};
+use crate::units::ByteOffset;
+
+pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    let mut rest = buf;
+    let mut reads = Vec::new();
+    for e in vol.geometry().extents(offset, rest.len() as u64) {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
+        rest = tail;
+        reads.push(read_extent(vol, e, piece));
+    }
+    try_join_all(reads).await.map(drop)
+}
+
+async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
+    match vol.read_member(e.member, e.member_offset, piece).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            if let Some(error) = error {
+                vol.fail_member(e.member, &error).await;
+            }
+            Err(vol.data_lost())
+        }
+    }
+}
+
+pub(super) async fn write(
+    vol: &Volume,
+    offset: ByteOffset,
+    buf: &[u8],
+    durability: Durability,
+) -> BlockResult {
+    let mut writes = Vec::new();
+    let mut pos = 0;
+    for e in vol.geometry().extents(offset, buf.len() as u64) {
+        let piece = &buf[pos..pos + e.len as usize];
+        pos += piece.len();
+        writes.push(run(
+            vol,
+            e.member,
+            MemberOp::Write(e.member_offset, piece, durability),
+        ));
+    }
+    try_join_all(writes).await.map(drop)
+}
+
+async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult {
+    if vol.member_op(member, op).await {
+        Ok(())
+    } else {
+        Err(vol.data_lost())
+    }
+}
+
+/// Discards or zeroes: partial stripes extent by extent, whole stripes as
+/// one contiguous range per member.
+pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+    let g = vol.geometry();
+    let split = g.split_stripes(offset, len);
+    let mut ops = Vec::new();
+    for (off, len) in [split.head, split.tail] {
+        for e in g.extents(off, len) {
+            ops.push(run(vol, e.member, how.op(e.member_offset, e.len)));
+        }
+    }
+    let (first, count) = split.full;
+    if count > 0 {
+        let chunk = g.chunk().get();
+        for m in 0..g.members() {
+            let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
+            ops.push(run(vol, MemberIndex(m), op));
+        }
+    }
+    try_join_all(ops).await.map(drop)
+}

@@ -1,0 +1,105 @@
+//! RAID-1 data path: N-way mirrors.
+//!
+//! Writes go to every active mirror at once and succeed if one mirror holds
+//! the data. Reads rotate over the mirrors; a mirror that fails a read is
+//! skipped, and once another mirror served the data it is rewritten onto the
+//! failing one (which is failed only if that rewrite fails too). Writers and
+//! repairs lock 1 MiB regions so a repair never overwrites newer data.
+
+use futures::future::join_all;
+use std::sync::atomic::Ordering;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::stripe_lock::StripeGuard;
+use super::volume::{Clear, MemberOp, Volume};
+use crate::block::{BlockError, BlockResult, Durability};
+use crate::units::ByteOffset;
+
+/// Lock granularity for writers and repairs.
+const REGION_SHIFT: u32 = 20;
+
+async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
+    let first = offset.get() >> REGION_SHIFT;
+    let last = (offset.get() + len - 1) >> REGION_SHIFT;
+    vol.locks
+        .lock_range(StripeIndex(first), StripeIndex(last))
+        .await
+}
+
+pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    let active: Vec<MemberIndex> = (0..vol.geometry().members())
+        .map(MemberIndex)
+        .filter(|&m| vol.is_active(m))
+        .collect();
+    let start = vol.next_mirror.fetch_add(1, Ordering::Relaxed);
+    let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
+    for i in 0..active.len() {
+        let m = active[(start + i) % active.len()];
+        match vol.read_member(m, offset, buf).await {
+            Ok(()) if bad.is_empty() => return Ok(()),
+            Ok(()) => return repair(vol, m, bad, offset, buf).await,
+            Err(Some(e)) => bad.push((m, e)),
+            Err(None) => {}
+        }
+    }
+    for (m, e) in &bad {
+        vol.fail_member(*m, e).await;
+    }
+    Err(vol.data_lost())
+}
+
+/// Rewrites the range onto mirrors that failed to read it, under the region
+/// lock, with data re-read from `good` so a concurrent write is not undone.
+async fn repair(
+    vol: &Volume,
+    good: MemberIndex,
+    bad: Vec<(MemberIndex, BlockError)>,
+    offset: ByteOffset,
+    buf: &mut [u8],
+) -> BlockResult {
+    let _guards = lock_regions(vol, offset, buf.len() as u64).await;
+    if let Err(e) = vol.read_member(good, offset, buf).await {
+        // The good mirror went bad meanwhile: start over with a fresh choice.
+        if let Some(e) = e {
+            vol.fail_member(good, &e).await;
+        }
+        drop(_guards);
+        return Box::pin(read(vol, offset, buf)).await;
+    }
+    let data: &[u8] = buf;
+    let rewrites = bad
+        .iter()
+        .map(|(m, _)| vol.member_op(*m, MemberOp::Write(offset, data, Durability::Normal)));
+    for ((m, _), ok) in bad.iter().zip(join_all(rewrites).await) {
+        if ok {
+            tracing::info!(member = %m, offset = offset.get(), "read error repaired from mirror");
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn write(
+    vol: &Volume,
+    offset: ByteOffset,
+    buf: &[u8],
+    durability: Durability,
+) -> BlockResult {
+    let _guards = lock_regions(vol, offset, buf.len() as u64).await;
+    all_mirrors(vol, MemberOp::Write(offset, buf, durability)).await
+}
+
+pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+    let _guards = lock_regions(vol, offset, len).await;
+    all_mirrors(vol, how.op(offset, len)).await
+}
+
+/// Runs `op` on every active mirror; succeeds if at least one took it.
+async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
+    let n = vol.geometry().members();
+    let results = join_all((0..n).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    if results.contains(&true) {
+        Ok(())
+    } else {
+        Err(vol.data_lost())
+    }
+}

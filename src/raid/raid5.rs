@@ -1,0 +1,179 @@
+//! RAID-5 data path: reads, degraded reconstruction and clears.
+//!
+//! ```text
+//!  read ─► per-chunk extents ─► member read (no lock)
+//!                                   │ member down or erroring
+//!                                   ▼
+//!          stripe lock ─► XOR of the other members ─► rewrite if alive
+//!  write ─► lock stripes ascending ─► raid5_write::write_stripe per stripe
+//!  discard/zeroes ─► whole stripes: every member incl. parity
+//!                    partial stripes: written as zeroes (parity stays right)
+//! ```
+
+use futures::future::{join_all, try_join_all};
+
+use super::layout::{Extent, MemberIndex, StripeIndex};
+use super::parity::xor_into;
+use super::raid5_write::write_stripe;
+use super::volume::{Clear, MemberOp, Volume};
+use crate::block::{BlockResult, BoxFuture, Durability};
+use crate::units::ByteOffset;
+
+/// Most whole stripes cleared under one batch of locks.
+const CLEAR_BATCH: u64 = 64;
+
+pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    let mut rest = buf;
+    let mut reads = Vec::new();
+    for e in vol.geometry().extents(offset, rest.len() as u64) {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
+        rest = tail;
+        reads.push(read_extent(vol, e, piece));
+    }
+    try_join_all(reads).await.map(drop)
+}
+
+async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
+    let error = match vol.read_member(e.member, e.member_offset, piece).await {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    let _guard = vol.locks.lock(e.stripe).await;
+    if let Err(e2) = reconstruct(vol, e.member, e.member_offset, piece).await {
+        if let Some(error) = error {
+            vol.fail_member(e.member, &error).await;
+        }
+        return Err(e2);
+    }
+    if error.is_some() {
+        // The member is alive but returned an error: rewrite the range from
+        // parity; if even that fails, member_op fails the member.
+        let op = MemberOp::Write(e.member_offset, piece, Durability::Normal);
+        if vol.member_op(e.member, op).await {
+            tracing::info!(member = %e.member, offset = e.member_offset.get(), "read error repaired from parity");
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds `out` (the bytes of `missing` at `offset`) from every other
+/// member. Caller holds the stripe lock.
+pub(super) async fn reconstruct(
+    vol: &Volume,
+    missing: MemberIndex,
+    offset: ByteOffset,
+    out: &mut [u8],
+) -> BlockResult {
+    let n = vol.geometry().members();
+    let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != missing).collect();
+    let mut bufs = vec![vec![0u8; out.len()]; others.len()];
+    let reads = others
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(&m, buf)| read_or_fail(vol, m, offset, buf));
+    try_join_all(reads).await?;
+    out.fill(0);
+    for buf in &bufs {
+        xor_into(out, buf);
+    }
+    Ok(())
+}
+
+/// Reads from a member; a second error fails it. Any failure is data loss
+/// for the caller (it already relies on redundancy).
+pub(super) async fn read_or_fail(
+    vol: &Volume,
+    member: MemberIndex,
+    offset: ByteOffset,
+    buf: &mut [u8],
+) -> BlockResult {
+    match vol.read_member(member, offset, buf).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            if let Some(error) = error {
+                vol.fail_member(member, &error).await;
+            }
+            Err(vol.data_lost())
+        }
+    }
+}
+
+pub(super) async fn write(
+    vol: &Volume,
+    offset: ByteOffset,
+    buf: &[u8],
+    durability: Durability,
+) -> BlockResult {
+    let sds = vol.geometry().stripe_data_size();
+    let end = offset.get() + buf.len() as u64;
+    let (first, last) = (offset.get() / sds, (end - 1) / sds);
+    let _guards = vol
+        .locks
+        .lock_range(StripeIndex(first), StripeIndex(last))
+        .await;
+    let mut stripes = Vec::new();
+    for s in first..=last {
+        let base = s * sds;
+        let a = offset.get().max(base);
+        let b = end.min(base + sds);
+        let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
+        stripes.push(write_stripe(
+            vol,
+            StripeIndex(s),
+            a - base,
+            data,
+            durability,
+        ));
+    }
+    all_complete(stripes).await
+}
+
+/// Runs every future to completion (a stripe write is never abandoned
+/// half-way because a neighbour failed) and returns the first error.
+async fn all_complete<F>(futures: Vec<F>) -> BlockResult
+where
+    F: std::future::Future<Output = BlockResult>,
+{
+    join_all(futures).await.into_iter().collect()
+}
+
+pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+    let split = vol.geometry().split_stripes(offset, len);
+    let mut parts: Vec<BoxFuture<'_, BlockResult>> = Vec::new();
+    for (off, len) in [split.head, split.tail] {
+        if len > 0 {
+            parts.push(Box::pin(write_zeroes_partial(vol, off, len)));
+        }
+    }
+    let (first, count) = split.full;
+    let mut s = first.0;
+    while s < first.0 + count {
+        let n = CLEAR_BATCH.min(first.0 + count - s);
+        parts.push(Box::pin(clear_stripes(vol, StripeIndex(s), n, how)));
+        s += n;
+    }
+    all_complete(parts).await
+}
+
+async fn write_zeroes_partial(vol: &Volume, offset: ByteOffset, len: u64) -> BlockResult {
+    let zeros = vec![0u8; len as usize];
+    write(vol, offset, &zeros, Durability::Normal).await
+}
+
+/// Clears `count` whole stripes on every member, parity included: zero data
+/// XOR zero data is zero parity.
+async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear) -> BlockResult {
+    let g = vol.geometry();
+    let _guards = vol
+        .locks
+        .lock_range(first, StripeIndex(first.0 + count - 1))
+        .await;
+    let chunk = g.chunk().get();
+    let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
+    join_all((0..g.members()).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    if vol.down_count() > 1 {
+        Err(vol.data_lost())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! RAID-5 write of the part of one stripe a request covers (the caller
+//! holds that stripe's lock).
+//!
+//! ```text
+//!  plan ─► Full        parity = XOR(new chunks), nothing read
+//!       ├► Rmw         read old data + old parity rows, P ^= old ^ new
+//!       ├► Rcw         read untouched data rows, P = XOR(all rows)
+//!       ├► Reconstruct one data member down and written to: read every live
+//!       │              row + parity, rebuild the missing rows, P = XOR(rows)
+//!       └► DataOnly    parity member down (or array beyond repair)
+//!  reads fail ─► the member is failed ─► plan again (bounded)
+//!  commit: data + parity concurrently; succeeds if every written chunk is on
+//!          a member that took it, or recoverable from freshly written parity
+//! ```
+//! Rmw is chosen over Rcw when it reads fewer bytes.
+
+use futures::future::join_all;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::parity::{xor_into, xor_sources};
+use super::volume::{MemberOp, Volume};
+use crate::block::{BlockResult, Durability};
+use crate::units::ByteOffset;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Full,
+    Rmw,
+    Rcw,
+    Reconstruct(usize),
+    DataOnly,
+}
+
+struct StripeWrite<'a> {
+    vol: &'a Volume,
+    stripe: StripeIndex,
+    /// Offset of `data` within the stripe's data bytes.
+    start: u64,
+    data: &'a [u8],
+    durability: Durability,
+    k: usize,
+    chunk: u64,
+}
+
+/// Writes `data` at `start` within the data of `stripe`.
+pub(super) async fn write_stripe(
+    vol: &Volume,
+    stripe: StripeIndex,
+    start: u64,
+    data: &[u8],
+    durability: Durability,
+) -> BlockResult {
+    let g = vol.geometry();
+    let w = StripeWrite {
+        vol,
+        stripe,
+        start,
+        data,
+        durability,
+        k: g.data_members(),
+        chunk: g.chunk().get(),
+    };
+    for _ in 0..=g.members() {
+        let parity = match w.mode() {
+            Mode::Full => Some((0, w.full_parity())),
+            Mode::DataOnly => None,
+            Mode::Rmw => match w.rmw_parity().await {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            Mode::Rcw => match w.rows_parity(None).await {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            Mode::Reconstruct(dm) => match w.rows_parity(Some(dm)).await {
+                Some(p) => Some(p),
+                None => continue,
+            },
+        };
+        return w.commit(parity).await;
+    }
+    Err(vol.data_lost())
+}
+
+impl StripeWrite<'_> {
+    /// Chunk-relative range of data chunk `d` this write covers.
+    fn touched(&self, d: usize) -> Option<(u64, u64)> {
+        let base = d as u64 * self.chunk;
+        let lo = self.start.max(base);
+        let hi = (self.start + self.data.len() as u64).min(base + self.chunk);
+        (lo < hi).then(|| (lo - base, hi - base))
+    }
+
+    fn touched_all(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        (0..self.k).filter_map(|d| self.touched(d).map(|(lo, hi)| (d, lo, hi)))
+    }
+
+    fn new_data(&self, d: usize, lo: u64, hi: u64) -> &[u8] {
+        let at = (d as u64 * self.chunk + lo - self.start) as usize;
+        &self.data[at..at + (hi - lo) as usize]
+    }
+
+    fn member(&self, d: usize) -> MemberIndex {
+        self.vol.geometry().data_member(self.stripe, d)
+    }
+
+    fn parity_member(&self) -> MemberIndex {
+        // RAID-5 always has a parity member.
+        self.vol
+            .geometry()
+            .parity_member(self.stripe)
+            .unwrap_or(MemberIndex(0))
+    }
+
+    fn member_offset(&self, row: u64) -> ByteOffset {
+        ByteOffset(self.stripe.0 * self.chunk + row)
+    }
+
+    /// Smallest chunk-relative row range holding every touched byte.
+    fn hull(&self) -> (u64, u64) {
+        self.touched_all()
+            .fold((self.chunk, 0), |(a, b), (_, lo, hi)| {
+                (a.min(lo), b.max(hi))
+            })
+    }
+
+    fn mode(&self) -> Mode {
+        let g = self.vol.geometry();
+        let down: Vec<MemberIndex> = (0..g.members())
+            .map(MemberIndex)
+            .filter(|&m| !self.vol.is_active(m))
+            .collect();
+        if down.len() >= 2 {
+            return Mode::DataOnly;
+        }
+        if self.start == 0 && self.data.len() as u64 == self.k as u64 * self.chunk {
+            return Mode::Full;
+        }
+        if let Some(&m) = down.first() {
+            return match g.data_index(self.stripe, m) {
+                None => Mode::DataOnly,
+                Some(dm) if self.touched(dm).is_some() => Mode::Reconstruct(dm),
+                Some(_) => Mode::Rmw,
+            };
+        }
+        let (rlo, rhi) = self.hull();
+        let rows = rhi - rlo;
+        let written: u64 = self.touched_all().map(|(_, lo, hi)| hi - lo).sum();
+        let rmw_reads = written + rows;
+        let rcw_reads = self.k as u64 * rows - written;
+        if rmw_reads < rcw_reads {
+            Mode::Rmw
+        } else {
+            Mode::Rcw
+        }
+    }
+
+    fn full_parity(&self) -> Vec<u8> {
+        let c = self.chunk as usize;
+        let sources: Vec<&[u8]> = self.data.chunks(c).collect();
+        let mut parity = vec![0u8; c];
+        xor_sources(&mut parity, &sources);
+        parity
+    }
+
+    /// Reads for planning; a member that fails is failed (the plan is redone).
+    async fn read(&self, member: MemberIndex, row: u64, buf: &mut [u8]) -> bool {
+        match self
+            .vol
+            .read_member(member, self.member_offset(row), buf)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                if let Some(error) = error {
+                    self.vol.fail_member(member, &error).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Read-modify-write: new parity rows from old parity, old and new data.
+    async fn rmw_parity(&self) -> Option<(u64, Vec<u8>)> {
+        let (rlo, rhi) = self.hull();
+        let mut parity = vec![0u8; (rhi - rlo) as usize];
+        let touched: Vec<(usize, u64, u64)> = self.touched_all().collect();
+        let mut old: Vec<Vec<u8>> = touched
+            .iter()
+            .map(|&(_, lo, hi)| vec![0u8; (hi - lo) as usize])
+            .collect();
+        let mut reads = vec![self.read(self.parity_member(), rlo, &mut parity)];
+        for (&(d, lo, _), buf) in touched.iter().zip(old.iter_mut()) {
+            reads.push(self.read(self.member(d), lo, buf));
+        }
+        if join_all(reads).await.contains(&false) {
+            return None;
+        }
+        for (&(d, lo, hi), old) in touched.iter().zip(&old) {
+            let rows = &mut parity[(lo - rlo) as usize..(hi - rlo) as usize];
+            xor_into(rows, old);
+            xor_into(rows, self.new_data(d, lo, hi));
+        }
+        Some((rlo, parity))
+    }
+
+    /// Reconstruct-write: parity rows from full data rows. With `missing`
+    /// (a down data chunk), its rows are rebuilt from old parity first.
+    async fn rows_parity(&self, missing: Option<usize>) -> Option<(u64, Vec<u8>)> {
+        let (rlo, rhi) = self.hull();
+        let width = (rhi - rlo) as usize;
+        let mut rows = vec![vec![0u8; width]; self.k];
+        let mut old_parity = vec![0u8; if missing.is_some() { width } else { 0 }];
+        {
+            let mut reads = Vec::new();
+            for (d, row) in rows.iter_mut().enumerate() {
+                let m = self.member(d);
+                match (missing, self.touched(d)) {
+                    (Some(dm), _) if dm == d => {}
+                    (None, Some((lo, hi))) => {
+                        let (left, rest) = row.split_at_mut((lo - rlo) as usize);
+                        let right = &mut rest[(hi - lo) as usize..];
+                        if !left.is_empty() {
+                            reads.push(self.read(m, rlo, left));
+                        }
+                        if !right.is_empty() {
+                            reads.push(self.read(m, hi, right));
+                        }
+                    }
+                    _ => reads.push(self.read(m, rlo, row)),
+                }
+            }
+            if missing.is_some() {
+                reads.push(self.read(self.parity_member(), rlo, &mut old_parity));
+            }
+            if join_all(reads).await.contains(&false) {
+                return None;
+            }
+        }
+        if let Some(dm) = missing {
+            let mut rebuilt = old_parity;
+            for (d, row) in rows.iter().enumerate() {
+                if d != dm {
+                    xor_into(&mut rebuilt, row);
+                }
+            }
+            rows[dm] = rebuilt;
+        }
+        for (d, lo, hi) in self.touched_all() {
+            rows[d][(lo - rlo) as usize..(hi - rlo) as usize]
+                .copy_from_slice(self.new_data(d, lo, hi));
+        }
+        let sources: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        let mut parity = vec![0u8; width];
+        xor_sources(&mut parity, &sources);
+        Some((rlo, parity))
+    }
+
+    /// Writes the new data and parity rows concurrently.
+    async fn commit(&self, parity: Option<(u64, Vec<u8>)>) -> BlockResult {
+        let vol = self.vol;
+        let mut ops: Vec<(MemberIndex, MemberOp<'_>)> = self
+            .touched_all()
+            .filter(|&(d, _, _)| vol.is_active(self.member(d)))
+            .map(|(d, lo, hi)| {
+                let op = MemberOp::Write(
+                    self.member_offset(lo),
+                    self.new_data(d, lo, hi),
+                    self.durability,
+                );
+                (self.member(d), op)
+            })
+            .collect();
+        if let Some((rlo, parity)) = &parity {
+            let op = MemberOp::Write(self.member_offset(*rlo), parity, self.durability);
+            ops.push((self.parity_member(), op));
+        }
+        let results = join_all(ops.iter().map(|&(m, op)| vol.member_op(m, op))).await;
+        let took = |m: MemberIndex| ops.iter().zip(&results).any(|((x, _), &ok)| *x == m && ok);
+        let recoverable = parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
+        if self
+            .touched_all()
+            .all(|(d, _, _)| took(self.member(d)) || recoverable)
+        {
+            Ok(())
+        } else {
+            Err(vol.data_lost())
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Per-stripe write locks.
+//!
+//! Only writers (and degraded readers) of the *same* stripe wait for each
+//! other. The table maps a stripe number to its own lock; an entry lives only
+//! while someone holds or waits for it, so the table stays as small as the
+//! number of stripes in flight. The table's std mutex is held only for a map
+//! insert or remove, never across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use super::layout::StripeIndex;
+
+/// The lock table of one volume.
+#[derive(Debug, Default)]
+pub struct StripeLocks {
+    table: Mutex<HashMap<u64, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    users: usize,
+    lock: Arc<AsyncMutex<()>>,
+}
+
+/// Holds one stripe locked until dropped.
+#[derive(Debug)]
+pub struct StripeGuard<'a> {
+    _guard: OwnedMutexGuard<()>,
+    _user: User<'a>,
+}
+
+/// A registered user of a table entry; deregisters on drop, also when the
+/// lock future is cancelled while waiting.
+#[derive(Debug)]
+struct User<'a> {
+    locks: &'a StripeLocks,
+    stripe: u64,
+}
+
+impl Drop for User<'_> {
+    fn drop(&mut self) {
+        let mut table = self.locks.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = table.get_mut(&self.stripe) {
+            entry.users -= 1;
+            if entry.users == 0 {
+                table.remove(&self.stripe);
+            }
+        }
+    }
+}
+
+impl StripeLocks {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks `stripe`, waiting for its current holder.
+    pub async fn lock(&self, stripe: StripeIndex) -> StripeGuard<'_> {
+        let lock = {
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = table.entry(stripe.0).or_insert_with(|| Entry {
+                users: 0,
+                lock: Arc::new(AsyncMutex::new(())),
+            });
+            entry.users += 1;
+            entry.lock.clone()
+        };
+        let user = User {
+            locks: self,
+            stripe: stripe.0,
+        };
+        StripeGuard {
+            _guard: lock.lock_owned().await,
+            _user: user,
+        }
+    }
+
+    /// Locks every stripe of `stripes` in ascending order (deadlock-free
+    /// against other multi-stripe lockers).
+    pub async fn lock_range(&self, first: StripeIndex, last: StripeIndex) -> Vec<StripeGuard<'_>> {
+        let mut guards = Vec::with_capacity((last.0.saturating_sub(first.0) + 1) as usize);
+        for s in first.0..=last.0 {
+            guards.push(self.lock(StripeIndex(s)).await);
+        }
+        guards
+    }
+
+    /// Number of stripes currently locked or waited for.
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when no stripe is locked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn same_stripe_writers_serialize_and_entries_are_removed() {
+        let locks = StripeLocks::new();
+        let g = locks.lock(StripeIndex(7)).await;
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(7))).await;
+        assert!(
+            waiting.is_err(),
+            "second locker of the same stripe must wait"
+        );
+        assert_eq!(locks.len(), 1, "cancelled waiter must deregister");
+        drop(g);
+        assert!(locks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn different_stripes_do_not_wait() {
+        let locks = StripeLocks::new();
+        let _a = locks.lock(StripeIndex(1)).await;
+        let b = tokio::time::timeout(Duration::from_millis(200), locks.lock(StripeIndex(2))).await;
+        assert!(b.is_ok());
+        assert_eq!(locks.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn lock_range_holds_every_stripe() {
+        let locks = StripeLocks::new();
+        let guards = locks.lock_range(StripeIndex(3), StripeIndex(5)).await;
+        assert_eq!(guards.len(), 3);
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(20), locks.lock(StripeIndex(4))).await;
+        assert!(blocked.is_err());
+        drop(guards);
+        assert!(locks.is_empty());
+    }
+}
