@@ -11,8 +11,9 @@
 //!
 //! The ring thread keeps a read on the eventfd in flight, so one
 //! `submit_and_wait(1)` wakes for both completions and new work. Callers only
-//! write the eventfd when the ring thread has not already been told there is
-//! work, so a burst of requests costs one wake-up.
+//! write the eventfd when the ring thread has announced (under the queue
+//! lock) that it is going to sleep; while it is awake they just queue, and a
+//! burst of requests costs at most one wake-up.
 //!
 //! Ownership: a request's buffer and file handle live in the in-flight slab
 //! (keyed by `user_data`) until its completion is reaped. If the caller's
@@ -50,11 +51,18 @@ struct Request {
     reply: oneshot::Sender<OpResult>,
 }
 
+/// Requests waiting for the ring thread.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Request>,
+    /// The ring thread found the queue empty and blocks (or is about to)
+    /// until a completion or an eventfd write; the next caller must kick.
+    sleeping: bool,
+}
+
 /// State shared between handles and the ring thread.
 struct Shared {
-    queue: Mutex<Vec<Request>>,
-    /// The ring thread has been (or is being) woken for queued work.
-    notified: AtomicBool,
+    queue: Mutex<Queue>,
     shutdown: AtomicBool,
     eventfd: OwnedFd,
 }
@@ -108,8 +116,7 @@ impl UringEngine {
         // SAFETY: `efd` is a fresh descriptor owned by nobody else.
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Vec::new()),
-            notified: AtomicBool::new(false),
+            queue: Mutex::new(Queue::default()),
             shutdown: AtomicBool::new(false),
             eventfd,
         });
@@ -164,11 +171,12 @@ impl UringEngine {
     /// Runs `op` on `file` through the ring.
     pub(crate) async fn run(&self, file: Arc<File>, op: Op) -> OpResult {
         let (reply, done) = oneshot::channel();
-        {
+        let kick = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.push(Request { file, op, reply });
-        }
-        if !self.shared.notified.swap(true, Ordering::SeqCst) {
+            queue.items.push(Request { file, op, reply });
+            std::mem::replace(&mut queue.sleeping, false)
+        };
+        if kick {
             self.shared.kick();
         }
         done.await
@@ -243,12 +251,15 @@ impl RingThread {
     fn run(mut self) {
         self.arm_eventfd();
         loop {
-            self.take_incoming();
+            let idle = self.take_incoming();
             self.push_sqes();
             if self.finished() {
                 break;
             }
-            match self.ring.submit_and_wait(1) {
+            // Block only after a round that found no new work (announced
+            // under the queue lock); otherwise submit and look again, so
+            // requests queued meanwhile are not held up behind slow I/O.
+            match self.ring.submit_and_wait(usize::from(idle)) {
                 Ok(_) => {}
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
@@ -269,11 +280,16 @@ impl RingThread {
             && self.backlog.is_empty()
     }
 
-    fn take_incoming(&mut self) {
-        {
+    /// Moves queued requests into the ring's backlog and the in-flight
+    /// table. Returns true (and marks the thread sleeping) if there were none.
+    fn take_incoming(&mut self) -> bool {
+        let idle = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::swap(&mut *queue, &mut self.incoming);
-        }
+            std::mem::swap(&mut queue.items, &mut self.incoming);
+            let idle = self.incoming.is_empty();
+            queue.sleeping = idle;
+            idle
+        };
         self.backlog.extend(self.incoming.drain(..));
         while self.inflight.len() < self.max_inflight {
             let Some(req) = self.backlog.pop_front() else {
@@ -282,6 +298,7 @@ impl RingThread {
             let key = self.inflight.insert(InFlight { req, done: 0 });
             self.pending.push(key);
         }
+        idle
     }
 
     fn arm_eventfd(&mut self) {
@@ -341,7 +358,6 @@ impl RingThread {
         for &(key, res) in &cqes {
             if key == EVENTFD_KEY {
                 self.efd_armed = false;
-                self.shared.notified.store(false, Ordering::SeqCst);
                 if !self.shared.shutdown.load(Ordering::SeqCst) {
                     self.arm_eventfd();
                 }
