@@ -36,6 +36,9 @@ use crate::units::ByteOffset;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// `BLKSSZGET`: logical block size (`_IO(0x12, 104)`).
 const BLKSSZGET: libc::c_ulong = 0x1268;
+/// Largest read or write handed to the engine at once (bounds the bounce
+/// buffer); longer requests are split at multiples of it.
+const MAX_IO: u64 = 8 << 20;
 /// Zeroes written per request when fallocate cannot zero a range.
 const ZERO_CHUNK: usize = 1 << 20;
 static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
@@ -101,9 +104,10 @@ pub struct MemberOptions {
 }
 
 impl Default for MemberOptions {
+    /// O_DIRECT, engine from `VRAID_IO_ENGINE` (`Auto` when unset).
     fn default() -> Self {
         MemberOptions {
-            engine: EngineKind::Auto,
+            engine: EngineKind::from_env(),
             direct: true,
         }
     }
@@ -376,17 +380,40 @@ impl FileMember {
         BlockError::io(self.name.clone(), source)
     }
 
+    /// Reads `out` at `offset` in pieces of at most [`MAX_IO`] bytes.
     async fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        if out.is_empty() {
-            return Ok(());
+        let mut pos = 0;
+        while pos < out.len() {
+            let n = piece_len(offset + pos as u64, out.len() - pos);
+            self.read_piece(offset + pos as u64, &mut out[pos..pos + n])
+                .await?;
+            pos += n;
         }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` in pieces of at most [`MAX_IO`] bytes.
+    async fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = piece_len(offset + pos as u64, data.len() - pos);
+            self.write_piece(offset + pos as u64, &data[pos..pos + n], fua)
+                .await?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    async fn read_piece(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let len = out.len() as u64;
+        let a = self.block_size;
+        let (start, end) = (offset / a * a, (offset + len).div_ceil(a) * a);
+        // A file whose size is not block-aligned: its tail goes through the
+        // page cache rather than relying on how the filesystem treats an
+        // O_DIRECT read across end-of-file.
         let (file, start, end) = match &self.direct {
-            Some(direct) => {
-                let a = self.block_size;
-                (direct, offset / a * a, (offset + len).div_ceil(a) * a)
-            }
-            None => (&self.buffered, offset, offset + len),
+            Some(direct) if end <= self.size => (direct, start, end),
+            _ => (&self.buffered, offset, offset + len),
         };
         let buf = AlignedBuf::new((end - start) as usize);
         let buf = self
@@ -416,7 +443,7 @@ impl FileMember {
             .map(drop)
     }
 
-    async fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+    async fn write_piece(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         let Some(direct) = &self.direct else {
             return self.write_via(&self.buffered, offset, data, fua).await;
         };
@@ -554,6 +581,12 @@ impl BlockDevice for FileMember {
                 .map_err(|e| self.io_err(e))
         })
     }
+}
+
+/// Bytes from `offset` up to the next multiple of [`MAX_IO`], at most `left`.
+fn piece_len(offset: u64, left: usize) -> usize {
+    let boundary = (offset / MAX_IO + 1) * MAX_IO;
+    ((boundary - offset) as usize).min(left)
 }
 
 /// Opens `path` with O_DIRECT; `None` (with a warning) if the filesystem

@@ -106,8 +106,8 @@ async fn write_of_513_bytes_at_4095_reads_back(kind: EngineKind) {
     check_write_in_context(kind, 4095, &pattern(2, 513)).await;
 }
 
-async fn unaligned_multi_mib_span_reads_back(kind: EngineKind) {
-    check_write_in_context(kind, MIB + 1234, &pattern(3, (3 * MIB + 17) as usize)).await;
+async fn unaligned_multi_mib_span_across_io_split_reads_back(kind: EngineKind) {
+    check_write_in_context(kind, 6 * MIB + 1234, &pattern(3, (3 * MIB + 17) as usize)).await;
 }
 
 async fn unaligned_read_of_one_byte_returns_that_byte(kind: EngineKind) {
@@ -318,7 +318,7 @@ for_each_engine!(
     aligned_write_reads_back,
     one_byte_write_at_offset_3_reads_back,
     write_of_513_bytes_at_4095_reads_back,
-    unaligned_multi_mib_span_reads_back,
+    unaligned_multi_mib_span_across_io_split_reads_back,
     unaligned_read_of_one_byte_returns_that_byte,
     fua_write_reads_back,
     flush_after_writes_succeeds,
@@ -440,6 +440,6 @@ fn engine_kind_parses_env_values() {
     assert_eq!("SYNC".parse::<EngineKind>().unwrap(), EngineKind::Sync);
     assert_eq!("auto".parse::<EngineKind>().unwrap(), EngineKind::Auto);
     assert!("aio".parse::<EngineKind>().is_err());
-    assert_eq!(MemberOptions::default().engine, EngineKind::Auto);
+    assert_eq!(MemberOptions::default().engine, EngineKind::from_env());
     assert!(MemberOptions::default().direct);
 }
