@@ -2,8 +2,22 @@
 //!
 //! `file` opens files and block devices (O_DIRECT where allowed) and exposes
 //! them as [`crate::block::BlockDevice`]; I/O goes through an io_uring engine
-//! (`uring`) or the pread/pwrite fallback (`sync`). `memory` is an in-memory
-//! device for unit tests only.
+//! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
+//! bounce buffers, `op` the operations both engines run. `memory` is an
+//! in-memory device for unit tests only.
+
+mod buf;
+mod file;
+mod op;
+mod sync;
+mod uring;
 
 #[cfg(test)]
 pub mod memory;
+#[cfg(test)]
+mod tests;
+
+pub use file::{
+    create_sparse, open_member, open_member_on, EngineKind, FileMember, MemberError, MemberOptions,
+};
+pub use uring::{UringEngine, DEFAULT_DEPTH};

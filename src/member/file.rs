@@ -1,0 +1,661 @@
+//! [`FileMember`]: a whole regular file or block device as a
+//! [`BlockDevice`], opened with O_DIRECT where the filesystem allows it.
+//!
+//! ```text
+//!  read  any range ─► aligned superset ─► O_DIRECT fd ─► bounce buffer ─► copy out
+//!  write aligned   ─► owned aligned copy ─► O_DIRECT fd
+//!  write unaligned ─► head/tail ─► buffered fd   (aligned middle ─► O_DIRECT fd)
+//!  flush ─► fdatasync   discard / write_zeroes ─► fallocate (else write zeroes)
+//! ```
+//!
+//! Writes are "aligned" at the larger of the logical block size and the page
+//! size, so a direct write never shares a page-cache page with a buffered
+//! write of another request; the kernel writes back and invalidates the page
+//! cache around direct I/O, which keeps both descriptors coherent.
+//!
+//! I/O runs on the shared io_uring engine ([`UringEngine`]) or, when that is
+//! unavailable or `VRAID_IO_ENGINE=sync`, on the pread/pwrite fallback.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::buf::AlignedBuf;
+use super::op::{Op, OpResult};
+use super::sync;
+use super::uring::UringEngine;
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::units::ByteOffset;
+
+/// `BLKGETSIZE64`: device size in bytes (`_IOR(0x12, 114, u64)`).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `BLKSSZGET`: logical block size (`_IO(0x12, 104)`).
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// Largest read or write handed to the engine at once (bounds the bounce
+/// buffer); longer requests are split at multiples of it.
+const MAX_IO: u64 = 8 << 20;
+/// Zeroes written per request when fallocate cannot zero a range.
+const ZERO_CHUNK: usize = 1 << 20;
+static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+
+/// Which I/O engine a member uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// io_uring if it can be set up, else the synchronous fallback.
+    #[default]
+    Auto,
+    /// io_uring only; opening fails if it is unavailable.
+    Uring,
+    /// pread/pwrite on the blocking thread pool.
+    Sync,
+}
+
+impl EngineKind {
+    /// Environment variable read by [`EngineKind::from_env`].
+    pub const ENV: &'static str = "VRAID_IO_ENGINE";
+
+    /// `VRAID_IO_ENGINE=uring|sync|auto`; unset or unknown means `Auto`.
+    pub fn from_env() -> Self {
+        match std::env::var(Self::ENV) {
+            Ok(text) => text.parse().unwrap_or_else(|_| {
+                tracing::warn!(value = %text, "unknown {}, using auto", Self::ENV);
+                EngineKind::Auto
+            }),
+            Err(_) => EngineKind::Auto,
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Uring => "uring",
+            EngineKind::Sync => "sync",
+        })
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = MemberError;
+
+    fn from_str(s: &str) -> Result<Self, MemberError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(EngineKind::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(EngineKind::Uring),
+            "sync" => Ok(EngineKind::Sync),
+            _ => Err(MemberError::UnknownEngine(s.to_string())),
+        }
+    }
+}
+
+/// How to open a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberOptions {
+    /// I/O engine.
+    pub engine: EngineKind,
+    /// Use O_DIRECT where the filesystem allows it.
+    pub direct: bool,
+}
+
+impl Default for MemberOptions {
+    /// O_DIRECT, engine from `VRAID_IO_ENGINE` (`Auto` when unset).
+    fn default() -> Self {
+        MemberOptions {
+            engine: EngineKind::from_env(),
+            direct: true,
+        }
+    }
+}
+
+/// Errors opening or creating a member.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// The file or device cannot be opened.
+    #[error("cannot open member {path}")]
+    Open {
+        /// Member path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The path is neither a regular file nor a block device.
+    #[error("member {path} is neither a regular file nor a block device")]
+    NotFileOrDevice {
+        /// Member path.
+        path: PathBuf,
+    },
+    /// Size or block size of a device cannot be read.
+    #[error("cannot query the geometry of member {path}")]
+    Geometry {
+        /// Member path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backing file cannot be created.
+    #[error("cannot create member file {path}")]
+    Create {
+        /// Member path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file exists with another size than requested.
+    #[error("member file {path} exists with {actual} bytes, not {expected}")]
+    SizeMismatch {
+        /// Member path.
+        path: PathBuf,
+        /// Requested size.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+    /// The path exists but is not a regular file.
+    #[error("{path} exists and is not a regular file")]
+    NotRegularFile {
+        /// Member path.
+        path: PathBuf,
+    },
+    /// io_uring was required but cannot be set up.
+    #[error("cannot set up io_uring for member {path}")]
+    Uring {
+        /// Member path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// `VRAID_IO_ENGINE` or a config value names no engine.
+    #[error("unknown I/O engine {0:?}: expected uring, sync or auto")]
+    UnknownEngine(String),
+}
+
+/// The engine a member actually runs on.
+#[derive(Clone, Debug)]
+enum Engine {
+    Uring(Arc<UringEngine>),
+    Sync,
+}
+
+impl Engine {
+    async fn run(&self, file: &Arc<File>, op: Op) -> OpResult {
+        match self {
+            Engine::Uring(ring) => ring.run(Arc::clone(file), op).await,
+            Engine::Sync => sync::run(Arc::clone(file), op).await,
+        }
+    }
+
+    fn kind(&self) -> EngineKind {
+        match self {
+            Engine::Uring(_) => EngineKind::Uring,
+            Engine::Sync => EngineKind::Sync,
+        }
+    }
+}
+
+/// A regular file or block device used as a RAID member.
+#[derive(Debug)]
+pub struct FileMember {
+    path: PathBuf,
+    name: String,
+    size: u64,
+    is_block_device: bool,
+    /// Logical block size (O_DIRECT offset/length granule).
+    block_size: u64,
+    /// Granule of direct writes: max(block size, page size).
+    write_align: u64,
+    /// The O_DIRECT descriptor, if the filesystem accepted O_DIRECT.
+    direct: Option<Arc<File>>,
+    /// A buffered descriptor: unaligned writes, flush, fallocate.
+    buffered: Arc<File>,
+    engine: Engine,
+}
+
+/// Creates a sparse regular file of `size` bytes at `path` if it is absent.
+/// An existing regular file of exactly `size` bytes is accepted as is.
+pub fn create_sparse(path: &Path, size: u64) -> Result<(), MemberError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => Err(MemberError::NotRegularFile {
+            path: path.to_path_buf(),
+        }),
+        Ok(meta) if meta.len() != size => Err(MemberError::SizeMismatch {
+            path: path.to_path_buf(),
+            expected: size,
+            actual: meta.len(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let create = |source| MemberError::Create {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(create)?;
+            file.set_len(size).map_err(create)
+        }
+        Err(source) => Err(MemberError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Opens `path` as a member with the engine chosen by `opts.engine`.
+pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>, MemberError> {
+    let engine = match opts.engine {
+        EngineKind::Sync => Engine::Sync,
+        EngineKind::Uring => match UringEngine::shared() {
+            Ok(ring) => Engine::Uring(ring),
+            Err(source) => {
+                return Err(MemberError::Uring {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        },
+        EngineKind::Auto => match UringEngine::shared() {
+            Ok(ring) => Engine::Uring(ring),
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "io_uring unavailable, using the pread/pwrite fallback"
+                );
+                Engine::Sync
+            }
+        },
+    };
+    FileMember::open(path, opts.direct, engine).map(Arc::new)
+}
+
+/// Opens `path` as a member on the given io_uring engine (several members
+/// may share one engine).
+pub fn open_member_on(
+    path: &Path,
+    direct: bool,
+    engine: Arc<UringEngine>,
+) -> Result<Arc<FileMember>, MemberError> {
+    FileMember::open(path, direct, Engine::Uring(engine)).map(Arc::new)
+}
+
+impl FileMember {
+    fn open(path: &Path, direct: bool, engine: Engine) -> Result<Self, MemberError> {
+        let open_err = |source| MemberError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let geometry_err = |source| MemberError::Geometry {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open_err)?;
+        let is_block_device = meta.file_type().is_block_device();
+        if !is_block_device && !meta.file_type().is_file() {
+            return Err(MemberError::NotFileOrDevice {
+                path: path.to_path_buf(),
+            });
+        }
+        let buffered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(open_err)?;
+        let direct = if direct {
+            open_direct(path).map_err(open_err)?
+        } else {
+            None
+        };
+        let (size, block_size) = if is_block_device {
+            let size = ioctl_u64(&buffered, BLKGETSIZE64).map_err(geometry_err)?;
+            let block_size = ioctl_int(&buffered, BLKSSZGET).map_err(geometry_err)?;
+            (size, u64::from(block_size.max(512)))
+        } else {
+            let size = meta.len();
+            (
+                size,
+                direct.as_ref().map_or(4096, |d| probe_block_size(d, size)),
+            )
+        };
+        let write_align = block_size.max(page_size());
+        tracing::debug!(
+            path = %path.display(),
+            size,
+            block_size,
+            direct = direct.is_some(),
+            engine = %engine.kind(),
+            "member opened"
+        );
+        Ok(FileMember {
+            path: path.to_path_buf(),
+            name: path.display().to_string(),
+            size,
+            is_block_device,
+            block_size,
+            write_align,
+            direct: direct.map(Arc::new),
+            buffered: Arc::new(buffered),
+            engine,
+        })
+    }
+
+    /// The member's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The engine this member actually uses (`Uring` or `Sync`).
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// Whether I/O bypasses the page cache (O_DIRECT was accepted).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The O_DIRECT descriptor, for tests that inspect its flags.
+    #[cfg(test)]
+    pub(crate) fn direct_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.direct.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Logical block size used for O_DIRECT alignment.
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    fn io_err(&self, source: io::Error) -> BlockError {
+        BlockError::io(self.name.clone(), source)
+    }
+
+    /// Reads `out` at `offset` in pieces of at most [`MAX_IO`] bytes.
+    async fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < out.len() {
+            let n = piece_len(offset + pos as u64, out.len() - pos);
+            self.read_piece(offset + pos as u64, &mut out[pos..pos + n])
+                .await?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` in pieces of at most [`MAX_IO`] bytes.
+    async fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = piece_len(offset + pos as u64, data.len() - pos);
+            self.write_piece(offset + pos as u64, &data[pos..pos + n], fua)
+                .await?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    async fn read_piece(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let len = out.len() as u64;
+        let a = self.block_size;
+        let (start, end) = (offset / a * a, (offset + len).div_ceil(a) * a);
+        // A file whose size is not block-aligned: its tail goes through the
+        // page cache rather than relying on how the filesystem treats an
+        // O_DIRECT read across end-of-file.
+        let (file, start, end) = match &self.direct {
+            Some(direct) if end <= self.size => (direct, start, end),
+            _ => (&self.buffered, offset, offset + len),
+        };
+        let buf = AlignedBuf::new((end - start) as usize);
+        let buf = self
+            .engine
+            .run(file, Op::Read { offset: start, buf })
+            .await?
+            .ok_or_else(|| io::Error::other("engine returned no read buffer"))?;
+        let skip = (offset - start) as usize;
+        out.copy_from_slice(&buf.as_slice()[skip..skip + out.len()]);
+        Ok(())
+    }
+
+    async fn write_via(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let buf = AlignedBuf::copy_from(data);
+        self.engine
+            .run(file, Op::Write { offset, buf, fua })
+            .await
+            .map(drop)
+    }
+
+    async fn write_piece(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return self.write_via(&self.buffered, offset, data, fua).await;
+        };
+        let a = self.write_align;
+        let end = offset + data.len() as u64;
+        let mid_start = offset.div_ceil(a) * a;
+        let mid_end = end / a * a;
+        if mid_start >= mid_end {
+            return self.write_via(&self.buffered, offset, data, fua).await;
+        }
+        let head = (mid_start - offset) as usize;
+        let mid = (mid_end - mid_start) as usize;
+        let (head_data, rest) = data.split_at(head);
+        let (mid_data, tail_data) = rest.split_at(mid);
+        let (h, m, t) = futures::join!(
+            self.write_via(&self.buffered, offset, head_data, fua),
+            self.write_via(direct, mid_start, mid_data, fua),
+            self.write_via(&self.buffered, mid_end, tail_data, fua),
+        );
+        h.and(m).and(t)
+    }
+
+    async fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(ZERO_CHUNK as u64);
+            self.write_at(offset, &ZEROES[..n as usize], false).await?;
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[offset, offset + len)` with `fallocate(mode)`, or by writing
+    /// zeroes where the mode is unsupported. Block devices only take
+    /// block-aligned ranges, so their unaligned edges are written.
+    async fn zero_range(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let (mid_start, mid_end) = if self.is_block_device {
+            let a = self.block_size;
+            (offset.div_ceil(a) * a, end / a * a)
+        } else {
+            (offset, end)
+        };
+        if mid_start >= mid_end {
+            return self.write_zero_bytes(offset, len).await;
+        }
+        self.write_zero_bytes(offset, mid_start - offset).await?;
+        self.write_zero_bytes(mid_end, end - mid_end).await?;
+        let op = Op::Fallocate {
+            offset: mid_start,
+            len: mid_end - mid_start,
+            mode,
+        };
+        match self.engine.run(&self.buffered, op).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::debug!(path = %self.name, mode, "fallocate unsupported, writing zeroes");
+                self.write_zero_bytes(mid_start, mid_end - mid_start).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl BlockDevice for FileMember {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, buf.len() as u64, self.size)?;
+            self.read_at(offset.get(), buf)
+                .await
+                .map_err(|e| self.io_err(e))
+        })
+    }
+
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, buf.len() as u64, self.size)?;
+            self.write_at(offset.get(), buf, durability == Durability::Fua)
+                .await
+                .map_err(|e| self.io_err(e))
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            self.engine
+                .run(&self.buffered, Op::Flush)
+                .await
+                .map(drop)
+                .map_err(|e| self.io_err(e))
+        })
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.size)?;
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            self.zero_range(offset.get(), len, mode)
+                .await
+                .map_err(|e| self.io_err(e))
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.size)?;
+            let mode = if may_unmap {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+            };
+            self.zero_range(offset.get(), len, mode)
+                .await
+                .map_err(|e| self.io_err(e))
+        })
+    }
+}
+
+/// Bytes from `offset` up to the next multiple of [`MAX_IO`], at most `left`.
+fn piece_len(offset: u64, left: usize) -> usize {
+    let boundary = (offset / MAX_IO + 1) * MAX_IO;
+    ((boundary - offset) as usize).min(left)
+}
+
+/// Opens `path` with O_DIRECT; `None` (with a warning) if the filesystem
+/// refuses O_DIRECT.
+fn open_direct(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                path = %path.display(),
+                "filesystem refuses O_DIRECT, using buffered I/O (flushes still fdatasync)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// O_DIRECT granule of a regular file: 512 if a 512-byte direct read works,
+/// else 4096 (also for files too short to probe).
+fn probe_block_size(direct: &File, size: u64) -> u64 {
+    if size < 4096 {
+        return 4096;
+    }
+    let probe = Op::Read {
+        offset: 0,
+        buf: AlignedBuf::new(512),
+    };
+    match sync::run_blocking(direct, probe) {
+        Ok(_) => 512,
+        Err(_) => 4096,
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+fn ioctl_u64(file: &File, request: libc::c_ulong) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    // SAFETY: `request` is BLKGETSIZE64, which writes one u64 to the
+    // pointer; `value` is a live local of that type.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut value as *mut u64) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+fn ioctl_int(file: &File, request: libc::c_ulong) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: `request` is BLKSSZGET, which writes one c_int to the pointer;
+    // `value` is a live local of that type.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            request as _,
+            &mut value as *mut libc::c_int,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(value).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}

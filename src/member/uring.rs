@@ -1,0 +1,452 @@
+//! The io_uring engine: one ring, driven by one dedicated OS thread, shared by
+//! any number of members.
+//!
+//! ```text
+//!  async caller ── Request{file, op, reply} ──► queue (Mutex<Vec>)
+//!        ▲                                      │ eventfd write (coalesced)
+//!        │ oneshot                              ▼
+//!        └──────────────── ring thread: drain queue → backlog → SQEs
+//!                          submit_and_wait(1) ◄─ CQEs (I/O done or eventfd read)
+//! ```
+//!
+//! The ring thread keeps a read on the eventfd in flight, so one
+//! `submit_and_wait(1)` wakes for both completions and new work. Callers only
+//! write the eventfd when the ring thread has announced (under the queue
+//! lock) that it is going to sleep; while it is awake they just queue, and a
+//! burst of requests costs at most one wake-up.
+//!
+//! Ownership: a request's buffer and file handle live in the in-flight slab
+//! (keyed by `user_data`) until its completion is reaped. If the caller's
+//! future was dropped the result is discarded; the kernel never sees freed
+//! memory. At most `depth - 1` operations are in the ring; the rest wait in a
+//! backlog (back-pressure, not an error). Short reads/writes are resubmitted
+//! for the remainder; a read at end-of-file fills the rest with zeroes.
+//!
+//! Dropping the last [`UringEngine`] handle stops the thread once every
+//! in-flight operation has completed.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use slab::Slab;
+use tokio::sync::oneshot;
+
+use super::op::{Op, OpResult, MAX_CHUNK};
+
+/// Default ring size (submission queue entries).
+pub const DEFAULT_DEPTH: u32 = 256;
+/// `user_data` of the eventfd read.
+const EVENTFD_KEY: u64 = u64::MAX;
+
+/// A request handed to the ring thread.
+struct Request {
+    file: Arc<File>,
+    op: Op,
+    reply: oneshot::Sender<OpResult>,
+}
+
+/// Requests waiting for the ring thread.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Request>,
+    /// The ring thread found the queue empty and blocks (or is about to)
+    /// until a completion or an eventfd write; the next caller must kick.
+    sleeping: bool,
+}
+
+/// State shared between handles and the ring thread.
+struct Shared {
+    queue: Mutex<Queue>,
+    shutdown: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Shared {
+    fn kick(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an eventfd we own; an
+        // eventfd write cannot block here (the counter never nears u64::MAX
+        // because the ring thread drains it).
+        let rc = unsafe {
+            libc::write(
+                self.eventfd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if rc < 0 {
+            tracing::error!(error = %io::Error::last_os_error(), "cannot wake the io_uring thread");
+        }
+    }
+}
+
+/// A handle on one io_uring and its thread. Share it with `Arc`.
+pub struct UringEngine {
+    shared: Arc<Shared>,
+    depth: u32,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for UringEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringEngine")
+            .field("depth", &self.depth)
+            .finish()
+    }
+}
+
+static SHARED_ENGINE: Mutex<Weak<UringEngine>> = Mutex::new(Weak::new());
+
+impl UringEngine {
+    /// Sets up a ring of `depth` entries (at least 2) and starts its thread.
+    /// Fails if io_uring is unavailable (disabled, seccomp, old kernel).
+    pub fn new(depth: u32) -> io::Result<Arc<Self>> {
+        let depth = depth.max(2).next_power_of_two();
+        // SAFETY: plain syscall; the returned fd is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor owned by nobody else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            shutdown: AtomicBool::new(false),
+            eventfd,
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("vraid-uring".into())
+            .spawn(move || {
+                // The ring is created on its own thread (SINGLE_ISSUER binds
+                // it to the creating task).
+                match build_ring(depth) {
+                    Ok(ring) => {
+                        let _ = ready_tx.send(Ok(()));
+                        RingThread::new(ring, thread_shared, depth as usize).run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("io_uring thread died during setup")));
+        if let Err(e) = ready {
+            let _ = thread.join();
+            return Err(e);
+        }
+        Ok(Arc::new(UringEngine {
+            shared,
+            depth,
+            thread: Some(thread),
+        }))
+    }
+
+    /// The process-wide engine, created on first use and stopped when the
+    /// last handle is dropped.
+    pub fn shared() -> io::Result<Arc<Self>> {
+        let mut slot = SHARED_ENGINE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(engine) = slot.upgrade() {
+            return Ok(engine);
+        }
+        let engine = UringEngine::new(DEFAULT_DEPTH)?;
+        *slot = Arc::downgrade(&engine);
+        Ok(engine)
+    }
+
+    /// Ring size.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Runs `op` on `file` through the ring.
+    pub(crate) async fn run(&self, file: Arc<File>, op: Op) -> OpResult {
+        let (reply, done) = oneshot::channel();
+        let kick = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.items.push(Request { file, op, reply });
+            std::mem::replace(&mut queue.sleeping, false)
+        };
+        if kick {
+            self.shared.kick();
+        }
+        done.await
+            .unwrap_or_else(|_| Err(io::Error::other("io_uring engine stopped")))
+    }
+}
+
+impl Drop for UringEngine {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.kick();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("io_uring thread panicked");
+            }
+        }
+    }
+}
+
+fn build_ring(depth: u32) -> io::Result<IoUring> {
+    let tuned = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(depth);
+    match tuned {
+        Ok(ring) => Ok(ring),
+        Err(_) => IoUring::new(depth),
+    }
+}
+
+/// One operation in the ring, with its progress.
+struct InFlight {
+    req: Request,
+    /// Bytes already transferred (short I/O continues from here).
+    done: usize,
+}
+
+/// The ring thread's state.
+struct RingThread {
+    ring: IoUring,
+    shared: Arc<Shared>,
+    inflight: Slab<InFlight>,
+    /// Requests received but not yet in the ring.
+    backlog: VecDeque<Request>,
+    /// Slab keys whose SQE must be (re)pushed.
+    pending: Vec<usize>,
+    incoming: Vec<Request>,
+    /// Reaped completions (user_data, result), reused across rounds.
+    cqes: Vec<(u64, i32)>,
+    /// The eventfd read's target; boxed so its address is stable.
+    efd_buf: Box<u64>,
+    efd_armed: bool,
+    max_inflight: usize,
+}
+
+impl RingThread {
+    fn new(ring: IoUring, shared: Arc<Shared>, depth: usize) -> Self {
+        RingThread {
+            ring,
+            shared,
+            inflight: Slab::with_capacity(depth),
+            backlog: VecDeque::new(),
+            pending: Vec::with_capacity(depth),
+            incoming: Vec::with_capacity(depth),
+            cqes: Vec::with_capacity(depth),
+            efd_buf: Box::new(0),
+            efd_armed: false,
+            max_inflight: depth - 1,
+        }
+    }
+
+    fn run(mut self) {
+        self.arm_eventfd();
+        loop {
+            let idle = self.take_incoming();
+            self.push_sqes();
+            if self.finished() {
+                break;
+            }
+            // Block only after a round that found no new work (announced
+            // under the queue lock); otherwise submit and look again, so
+            // requests queued meanwhile are not held up behind slow I/O.
+            match self.ring.submit_and_wait(usize::from(idle)) {
+                Ok(_) => {}
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                    _ => {
+                        tracing::error!(error = %e, "io_uring_enter failed");
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                },
+            }
+            self.reap();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.shared.shutdown.load(Ordering::SeqCst)
+            && !self.efd_armed
+            && self.inflight.is_empty()
+            && self.backlog.is_empty()
+    }
+
+    /// Moves queued requests into the ring's backlog and the in-flight
+    /// table. Returns true (and marks the thread sleeping) if there were none.
+    fn take_incoming(&mut self) -> bool {
+        let idle = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut queue.items, &mut self.incoming);
+            let idle = self.incoming.is_empty();
+            queue.sleeping = idle;
+            idle
+        };
+        self.backlog.extend(self.incoming.drain(..));
+        while self.inflight.len() < self.max_inflight {
+            let Some(req) = self.backlog.pop_front() else {
+                break;
+            };
+            let key = self.inflight.insert(InFlight { req, done: 0 });
+            self.pending.push(key);
+        }
+        idle
+    }
+
+    fn arm_eventfd(&mut self) {
+        let entry = opcode::Read::new(
+            types::Fd(self.shared.eventfd.as_raw_fd()),
+            (&mut *self.efd_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(EVENTFD_KEY);
+        // SAFETY: the target is `efd_buf`, a heap u64 owned by this thread
+        // state for the life of the ring (the ring field is dropped first, and
+        // we never exit while `efd_armed`); the eventfd is owned by `shared`,
+        // which outlives the ring.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // Make room and try again: the SQ holds at most `depth` entries
+            // and at most `depth - 1` I/Os are outstanding.
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            let again = unsafe { self.ring.submission().push(&entry) };
+            if again.is_err() {
+                tracing::error!("cannot arm the io_uring eventfd read");
+                return;
+            }
+        }
+        self.efd_armed = true;
+    }
+
+    fn push_sqes(&mut self) {
+        let mut sq = self.ring.submission();
+        let mut stalled = Vec::new();
+        for key in self.pending.drain(..) {
+            let Some(entry) = self.inflight.get_mut(key) else {
+                continue;
+            };
+            let sqe = build_sqe(entry).user_data(key as u64);
+            // SAFETY: the SQE points into `entry.req.op`'s buffer (heap memory
+            // owned by the slab entry, which is only removed after its CQE is
+            // reaped) and at `entry.req.file`'s fd (kept open by the Arc in
+            // the same entry).
+            if unsafe { sq.push(&sqe) }.is_err() {
+                stalled.push(key);
+            }
+        }
+        drop(sq);
+        if !stalled.is_empty() {
+            // SQ full: submit what is there; the rest goes next round.
+            let _ = self.ring.submit();
+            self.pending = stalled;
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(key, res) in &cqes {
+            if key == EVENTFD_KEY {
+                self.efd_armed = false;
+                if !self.shared.shutdown.load(Ordering::SeqCst) {
+                    self.arm_eventfd();
+                }
+            } else {
+                self.complete(key as usize, res);
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, key: usize, res: i32) {
+        let Some(entry) = self.inflight.get_mut(key) else {
+            return;
+        };
+        if res == -libc::EINTR || res == -libc::EAGAIN {
+            self.pending.push(key);
+            return;
+        }
+        if res < 0 {
+            self.finish(key, Err(io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        let n = res as usize;
+        let outcome = match &mut entry.req.op {
+            Op::Read { buf, .. } => {
+                if n == 0 {
+                    // End of file: the rest reads as zeroes.
+                    buf.as_mut_slice()[entry.done..].fill(0);
+                    Some(Ok(()))
+                } else {
+                    entry.done += n;
+                    (entry.done >= buf.len()).then_some(Ok(()))
+                }
+            }
+            Op::Write { buf, .. } => {
+                if n == 0 {
+                    Some(Err(io::Error::from(io::ErrorKind::WriteZero)))
+                } else {
+                    entry.done += n;
+                    (entry.done >= buf.len()).then_some(Ok(()))
+                }
+            }
+            Op::Flush | Op::Fallocate { .. } => Some(Ok(())),
+        };
+        match outcome {
+            Some(result) => self.finish(key, result),
+            None => self.pending.push(key),
+        }
+    }
+
+    fn finish(&mut self, key: usize, result: io::Result<()>) {
+        let entry = self.inflight.remove(key);
+        let result = result.map(|()| match entry.req.op {
+            Op::Read { buf, .. } => Some(buf),
+            _ => None,
+        });
+        // A dropped receiver means the caller gave up: discard.
+        let _ = entry.req.reply.send(result);
+    }
+}
+
+/// The SQE for the remaining part of `entry` (without user_data).
+fn build_sqe(entry: &mut InFlight) -> squeue::Entry {
+    let fd = types::Fd(entry.req.file.as_raw_fd());
+    let done = entry.done;
+    match &mut entry.req.op {
+        Op::Read { offset, buf } => {
+            let rest = &mut buf.as_mut_slice()[done..];
+            let len = rest.len().min(MAX_CHUNK) as u32;
+            opcode::Read::new(fd, rest.as_mut_ptr(), len)
+                .offset(*offset + done as u64)
+                .build()
+        }
+        Op::Write { offset, buf, fua } => {
+            let rest = &buf.as_slice()[done..];
+            let len = rest.len().min(MAX_CHUNK) as u32;
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            opcode::Write::new(fd, rest.as_ptr(), len)
+                .offset(*offset + done as u64)
+                .rw_flags(flags)
+                .build()
+        }
+        Op::Flush => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
+        Op::Fallocate { offset, len, mode } => opcode::Fallocate::new(fd, *len)
+            .offset(*offset)
+            .mode(*mode)
+            .build(),
+    }
+}
