@@ -203,7 +203,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
-    let (export, structured) = match handshake(shared, &mut stream, &mut stop).await? {
+    // A client may sit in the handshake forever: shutdown closes it there.
+    let negotiated = tokio::select! {
+        r = handshake(shared, &mut stream) => r?,
+        _ = stop.wait_for(|s| *s) => Err("server shutdown"),
+    };
+    let (export, structured) = match negotiated {
         Ok(chosen) => chosen,
         Err(why) => {
             let _ = stream.shutdown().await;
@@ -225,7 +230,6 @@ where
 async fn handshake<S>(
     shared: &Shared,
     stream: &mut S,
-    stop: &mut watch::Receiver<bool>,
 ) -> io::Result<Result<(Arc<Export>, bool), &'static str>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -243,10 +247,7 @@ where
     let mut neg = Negotiation::new(&shared.exports, client);
     loop {
         let mut head = [0u8; proto::OPTION_HEADER_LEN];
-        tokio::select! {
-            r = stream.read_exact(&mut head) => { r?; }
-            _ = stop.wait_for(|s| *s) => return Ok(Err("server shutdown")),
-        }
+        stream.read_exact(&mut head).await?;
         let header = match proto::parse_option_header(&head) {
             Ok(h) => h,
             Err(e) => {

@@ -641,9 +641,10 @@ async fn shutdown_stops_accepting_and_closes_idle_connections() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = tokio::spawn(server.clone().serve_tcp(listener));
+    let mut silent = TcpStream::connect(addr).await.unwrap();
     let mut in_handshake = Raw::tcp(addr).await;
     let mut in_transmission = Raw::ready(addr, "v", true).await;
-    assert!(eventually(|| server.stats().connections == 2).await);
+    assert!(eventually(|| server.stats().connections == 3).await);
 
     server.shutdown();
     tokio::time::timeout(Duration::from_secs(5), server.wait_idle())
@@ -651,6 +652,13 @@ async fn shutdown_stops_accepting_and_closes_idle_connections() {
         .expect("connections drained");
 
     serving.await.unwrap().unwrap();
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        rest,
+        proto::greeting(),
+        "silent client got the greeting, then EOF"
+    );
     assert!(in_handshake.closed().await);
     assert!(in_transmission.closed().await);
     assert_eq!(server.stats().connections, 0);
@@ -677,6 +685,108 @@ async fn unix_socket_serves_the_same_protocol() {
 
     assert_eq!(&reply[..8], &MIB.to_be_bytes());
     assert_eq!(w.error, 0);
+}
+
+/// A device whose reads wait until the test opens the gate.
+struct GatedDevice {
+    inner: MemDevice,
+    gate: tokio::sync::Semaphore,
+}
+
+impl BlockDevice for GatedDevice {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read<'a>(
+        &'a self,
+        offset: crate::units::ByteOffset,
+        buf: &'a mut [u8],
+    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
+        Box::pin(async move {
+            let _pass = self.gate.acquire().await.unwrap();
+            self.inner.read(offset, buf).await
+        })
+    }
+    fn write<'a>(
+        &'a self,
+        offset: crate::units::ByteOffset,
+        buf: &'a [u8],
+        d: crate::block::Durability,
+    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
+        self.inner.write(offset, buf, d)
+    }
+    fn flush(&self) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.inner.flush()
+    }
+    fn discard(
+        &self,
+        offset: crate::units::ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(
+        &self,
+        offset: crate::units::ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.inner.write_zeroes(offset, len, may_unmap)
+    }
+}
+
+fn gated_export() -> (Arc<GatedDevice>, Export) {
+    let dev = Arc::new(GatedDevice {
+        inner: MemDevice::new("gated", MIB),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let (_, mut export) = mem_export("g", MIB, false);
+    export.device = dev.clone();
+    (dev, export)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_in_flight_requests_before_closing() {
+    let (dev, e) = gated_export();
+    let (server, addr) = start_tcp(vec![e]).await;
+    let mut c = Raw::ready(addr, "g", true).await;
+    c.send(req(Command::Read, 5, 0, 4096), &[]).await;
+    assert!(eventually(|| server.stats().in_flight == 1).await);
+
+    server.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let still_open = server.stats().connections;
+    dev.gate.add_permits(1);
+    let r = c.reply(&HashMap::new()).await;
+
+    assert_eq!(still_open, 1, "connection waits for its request");
+    assert_eq!((r.cookie, r.error, r.data.len()), (5, 0, 4096));
+    assert!(c.closed().await);
+    tokio::time::timeout(Duration::from_secs(5), server.wait_idle())
+        .await
+        .expect("server idle");
+    assert_eq!(server.stats().in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_with_requests_in_flight_releases_counters() {
+    let (dev, e) = gated_export();
+    let (server, addr) = start_tcp(vec![e]).await;
+    let mut c = Raw::ready(addr, "g", true).await;
+    for cookie in 0..8 {
+        c.send(req(Command::Read, cookie, 0, 4096), &[]).await;
+    }
+    assert!(eventually(|| server.stats().in_flight == 8).await);
+
+    drop(c);
+    dev.gate.add_permits(8);
+
+    assert!(eventually(|| server.stats().in_flight == 0).await);
+    assert!(eventually(|| server.stats().connections == 0).await);
+    assert_eq!(server.stats().connections_total, 1);
 }
 
 // --------------------------------------------------------------- real clients

@@ -28,6 +28,9 @@ use crate::units::ByteOffset;
 
 /// Requests in flight per connection before the reader stops reading.
 pub const MAX_IN_FLIGHT: usize = 128;
+/// READ/WRITE payload bytes in flight per connection before the reader stops
+/// reading (bounds memory: 128 requests of 32 MiB would be 4 GiB).
+pub const MAX_IN_FLIGHT_BYTES: u32 = 256 * 1024 * 1024;
 
 /// Why the transmission phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +132,7 @@ impl Session {
         let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
         let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx));
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
         let mut tasks = JoinSet::new();
 
         let ending = loop {
@@ -157,6 +161,14 @@ impl Session {
             if req.command == Command::Disconnect {
                 break Ok(Ending::Disconnect);
             }
+            // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
+            let buffered = match req.command {
+                Command::Read | Command::Write => req.length.min(proto::MAX_PAYLOAD),
+                _ => 0,
+            };
+            let Ok(byte_permit) = bytes.clone().acquire_many_owned(buffered).await else {
+                break Ok(Ending::ProtocolError);
+            };
             let payload = if req.command == Command::Write {
                 if req.length > proto::MAX_PAYLOAD {
                     tracing::warn!(
@@ -179,7 +191,7 @@ impl Session {
             let tx = tx.clone();
             let session = session.clone();
             tasks.spawn(async move {
-                let _permit = permit;
+                let _permits = (permit, byte_permit);
                 let _guard = guard;
                 let reply = session.execute(req, payload).await;
                 // The writer is gone only if the client is; nothing to tell.
