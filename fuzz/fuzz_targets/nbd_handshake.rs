@@ -55,11 +55,10 @@ fn export(name: &str) -> Export {
 
 fuzz_target!(|data: &[u8]| {
     // One table with a single export (default-export path), one with two.
-    let (single, many) = (
-        data.first().copied().unwrap_or(0) & 1 == 0,
-        data.get(1..).unwrap_or(&[]),
-    );
-    let table = if single {
+    let Some((&selector, input)) = data.split_first() else {
+        return;
+    };
+    let table = if selector & 1 == 0 {
         ExportTable::new(vec![export("vol")])
     } else {
         ExportTable::new(vec![export("a"), export("ro")])
