@@ -820,4 +820,35 @@ mod tests {
         assert_eq!(&out[16..20], &6u32.to_be_bytes());
         assert_eq!(&out[20..], &[0, 0, 0, 1, b'a', b'd']);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn option_parsers_never_panic(option in 0u32..16, payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let header = OptionHeader { option, length: payload.len() as u32 };
+            let _ = parse_option(header, &payload);
+            let _ = parse_info_request(&payload);
+        }
+
+        #[test]
+        fn info_request_round_trips(name in "[a-z0-9/_-]{0,40}", info in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..8)) {
+            let mut p = (name.len() as u32).to_be_bytes().to_vec();
+            p.extend_from_slice(name.as_bytes());
+            p.extend_from_slice(&(info.len() as u16).to_be_bytes());
+            for i in &info {
+                p.extend_from_slice(&i.to_be_bytes());
+            }
+            proptest::prop_assert_eq!(parse_info_request(&p), Ok(InfoRequest { name, info }));
+        }
+
+        #[test]
+        fn request_parse_round_trips(bytes in proptest::array::uniform28(proptest::prelude::any::<u8>())) {
+            let mut bytes = bytes;
+            bytes[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+            let req = parse_request(&bytes);
+            proptest::prop_assert!(req.is_ok());
+            if let Ok(req) = req {
+                proptest::prop_assert_eq!(encode_request(&req), bytes);
+            }
+        }
+    }
 }

@@ -792,7 +792,14 @@ async fn client_vanishing_with_requests_in_flight_releases_counters() {
 // --------------------------------------------------------------- real clients
 
 async fn run(program: &str, args: &[&str]) -> String {
-    let out = Process::new(program)
+    let mut cmd = Process::new(program);
+    if program == "nbdsh" {
+        // nbdsh runs `python3` from PATH; the `nbd` module is installed for
+        // the distribution's interpreter, which a pyenv shim may shadow.
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("/usr/bin:{path}"));
+    }
+    let out = cmd
         .args(args)
         .output()
         .await
