@@ -1,1 +1,25 @@
-//! NBD server (fixed newstyle, structured replies).
+//! NBD server: fixed newstyle handshake, structured replies, pipelined
+//! requests with out-of-order replies.
+//!
+//! ```text
+//!  proto        pure wire parsers/encoders (fuzzed in fuzz/)
+//!  handshake    option haggling as a state machine (no I/O)
+//!  catalog      exports by name, transmission flags, block sizes
+//!  transmission one connection's request pipeline
+//!  server       listeners, connection lifecycle, shutdown, stats
+//! ```
+//!
+//! Only this module knows NBD; it speaks [`crate::block::BlockDevice`] below.
+
+mod catalog;
+pub mod handshake;
+pub mod proto;
+mod server;
+mod transmission;
+
+pub use catalog::{Export, ExportTable};
+pub use server::{NbdServer, NbdStats};
+pub use transmission::{errno_to_nbd, nbd_error, MAX_IN_FLIGHT};
+
+#[cfg(test)]
+mod tests;

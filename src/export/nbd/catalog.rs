@@ -1,0 +1,112 @@
+//! The exports a server offers: name lookup (with the default export) and the
+//! transmission flags and block sizes each one advertises.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::proto;
+use crate::block::BlockDevice;
+
+/// One NBD export: a named block device.
+pub struct Export {
+    /// Export name as clients ask for it.
+    pub name: String,
+    /// Human-readable description (`NBD_INFO_DESCRIPTION`, `NBD_OPT_LIST`).
+    pub description: String,
+    /// The device behind the export.
+    pub device: Arc<dyn BlockDevice>,
+    /// Refuse writes and advertise `NBD_FLAG_READ_ONLY`.
+    pub read_only: bool,
+    /// Preferred I/O size (e.g. the chunk size); 0 means 4096.
+    pub preferred_block: u32,
+    /// Advertise `NBD_FLAG_CAN_MULTI_CONN` (flushes visible across connections).
+    pub multi_conn: bool,
+}
+
+impl fmt::Debug for Export {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Export")
+            .field("name", &self.name)
+            .field("device", &self.device.name())
+            .field("size", &self.device.size())
+            .field("read_only", &self.read_only)
+            .field("preferred_block", &self.preferred_block)
+            .field("multi_conn", &self.multi_conn)
+            .finish()
+    }
+}
+
+impl Export {
+    /// Transmission flags for this export; `structured` says whether the
+    /// client negotiated structured replies (needed for `SEND_DF`).
+    pub fn transmission_flags(&self, structured: bool) -> u16 {
+        let mut flags = proto::TFLAG_HAS_FLAGS
+            | proto::TFLAG_SEND_FLUSH
+            | proto::TFLAG_SEND_FUA
+            | proto::TFLAG_SEND_TRIM
+            | proto::TFLAG_SEND_WRITE_ZEROES
+            | proto::TFLAG_SEND_FAST_ZERO
+            | proto::TFLAG_SEND_CACHE;
+        if self.read_only {
+            flags |= proto::TFLAG_READ_ONLY;
+        }
+        if self.multi_conn {
+            flags |= proto::TFLAG_CAN_MULTI_CONN;
+        }
+        if structured {
+            flags |= proto::TFLAG_SEND_DF;
+        }
+        flags
+    }
+
+    /// Minimum, preferred and maximum block sizes for `NBD_INFO_BLOCK_SIZE`.
+    pub fn block_sizes(&self) -> (u32, u32, u32) {
+        let preferred = if self.preferred_block == 0 {
+            4096
+        } else {
+            self.preferred_block.clamp(512, proto::MAX_PAYLOAD)
+        };
+        // The spec requires a power of two.
+        let preferred = if preferred.is_power_of_two() {
+            preferred
+        } else {
+            preferred.next_power_of_two().min(proto::MAX_PAYLOAD)
+        };
+        (1, preferred, proto::MAX_PAYLOAD)
+    }
+}
+
+/// Exports by name.
+#[derive(Debug, Default)]
+pub struct ExportTable {
+    by_name: BTreeMap<String, Arc<Export>>,
+}
+
+impl ExportTable {
+    /// Builds the table; a later export with a duplicate name replaces the earlier.
+    pub fn new(exports: Vec<Export>) -> Self {
+        let by_name = exports
+            .into_iter()
+            .map(|e| (e.name.clone(), Arc::new(e)))
+            .collect();
+        ExportTable { by_name }
+    }
+
+    /// Finds an export; the empty name means the only export when there is
+    /// exactly one (an export literally named "" wins).
+    pub fn lookup(&self, name: &str) -> Option<&Arc<Export>> {
+        if let Some(e) = self.by_name.get(name) {
+            return Some(e);
+        }
+        if name.is_empty() && self.by_name.len() == 1 {
+            return self.by_name.values().next();
+        }
+        None
+    }
+
+    /// All exports in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Export>> {
+        self.by_name.values()
+    }
+}

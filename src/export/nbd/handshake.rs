@@ -1,0 +1,212 @@
+//! Option haggling as a pure state machine: one option in, reply bytes out.
+//!
+//! The server's connection task reads an option header and its payload,
+//! hands them to [`Negotiation::handle`], writes the returned bytes and acts
+//! on the [`Step`]. No I/O happens here, so the fuzz target can drive the
+//! whole option loop from a byte slice ([`negotiate_bytes`]).
+
+use std::sync::Arc;
+
+use super::catalog::{Export, ExportTable};
+use super::proto::{self, ClientFlags, ClientOption, InfoRequest, OptionHeader};
+
+/// What the connection does after an option.
+#[derive(Debug)]
+pub enum Step {
+    /// Read the next option.
+    Continue,
+    /// Write the replies, then close the connection.
+    Close,
+    /// Write the replies, then enter transmission on this export.
+    Transmit(Arc<Export>),
+}
+
+/// The negotiation state of one connection.
+#[derive(Debug)]
+pub struct Negotiation<'a> {
+    exports: &'a ExportTable,
+    client: ClientFlags,
+    structured: bool,
+}
+
+impl<'a> Negotiation<'a> {
+    /// Starts negotiating with a client that sent `client` flags.
+    pub fn new(exports: &'a ExportTable, client: ClientFlags) -> Self {
+        Negotiation {
+            exports,
+            client,
+            structured: false,
+        }
+    }
+
+    /// Whether structured replies have been negotiated.
+    pub fn structured(&self) -> bool {
+        self.structured
+    }
+
+    /// Replies to an option whose payload was too large to read (the caller
+    /// skipped or refused it).
+    pub fn refuse_too_big(&self, header: OptionHeader, out: &mut Vec<u8>) -> Step {
+        if header.option == proto::OPT_EXPORT_NAME {
+            return Step::Close;
+        }
+        let msg = format!("option payload of {} bytes is too large", header.length);
+        proto::encode_option_reply(out, header.option, proto::REP_ERR_TOO_BIG, msg.as_bytes());
+        Step::Continue
+    }
+
+    /// Answers one option, appending reply bytes to `out`.
+    pub fn handle(&mut self, header: OptionHeader, payload: &[u8], out: &mut Vec<u8>) -> Step {
+        let option = match proto::parse_option(header, payload) {
+            Ok(option) => option,
+            Err(e) => {
+                tracing::warn!(option = header.option, error = %e, "malformed NBD option");
+                if header.option == proto::OPT_EXPORT_NAME {
+                    return Step::Close;
+                }
+                let msg = e.to_string();
+                proto::encode_option_reply(
+                    out,
+                    header.option,
+                    proto::REP_ERR_INVALID,
+                    msg.as_bytes(),
+                );
+                return Step::Continue;
+            }
+        };
+        match option {
+            ClientOption::ExportName(name) => self.export_name(&name, out),
+            ClientOption::Abort => {
+                proto::encode_option_reply(out, proto::OPT_ABORT, proto::REP_ACK, &[]);
+                Step::Close
+            }
+            ClientOption::List => {
+                for e in self.exports.iter() {
+                    let p = proto::rep_server_payload(&e.name, &e.description);
+                    proto::encode_option_reply(out, proto::OPT_LIST, proto::REP_SERVER, &p);
+                }
+                proto::encode_option_reply(out, proto::OPT_LIST, proto::REP_ACK, &[]);
+                Step::Continue
+            }
+            ClientOption::StructuredReply => {
+                self.structured = true;
+                proto::encode_option_reply(out, proto::OPT_STRUCTURED_REPLY, proto::REP_ACK, &[]);
+                Step::Continue
+            }
+            ClientOption::Info(req) => {
+                self.info(proto::OPT_INFO, &req, out);
+                Step::Continue
+            }
+            ClientOption::Go(req) => match self.info(proto::OPT_GO, &req, out) {
+                Some(export) => Step::Transmit(export),
+                None => Step::Continue,
+            },
+            ClientOption::Unsupported(code) => {
+                tracing::debug!(option = code, "unsupported NBD option");
+                proto::encode_option_reply(out, code, proto::REP_ERR_UNSUP, &[]);
+                Step::Continue
+            }
+        }
+    }
+
+    fn export_name(&self, name: &str, out: &mut Vec<u8>) -> Step {
+        let Some(export) = self.exports.lookup(name) else {
+            tracing::warn!(export = name, "NBD_OPT_EXPORT_NAME for unknown export");
+            return Step::Close;
+        };
+        out.extend_from_slice(&proto::export_name_reply(
+            export.device.size(),
+            export.transmission_flags(self.structured),
+            self.client.no_zeroes,
+        ));
+        Step::Transmit(export.clone())
+    }
+
+    /// Sends the `NBD_REP_INFO` replies and the final ACK (or an error);
+    /// returns the export on success.
+    fn info(&self, option: u32, req: &InfoRequest, out: &mut Vec<u8>) -> Option<Arc<Export>> {
+        let Some(export) = self.exports.lookup(&req.name) else {
+            let msg = format!("no export named {:?}", req.name);
+            proto::encode_option_reply(out, option, proto::REP_ERR_UNKNOWN, msg.as_bytes());
+            return None;
+        };
+        let flags = export.transmission_flags(self.structured);
+        let p = proto::info_export_payload(export.device.size(), flags);
+        proto::encode_option_reply(out, option, proto::REP_INFO, &p);
+        let mut sent = Vec::with_capacity(3);
+        for &info in &req.info {
+            if sent.contains(&info) {
+                continue;
+            }
+            sent.push(info);
+            let payload = match info {
+                proto::INFO_NAME => proto::info_string_payload(info, &export.name),
+                proto::INFO_DESCRIPTION => proto::info_string_payload(info, &export.description),
+                proto::INFO_BLOCK_SIZE => {
+                    let (min, preferred, max) = export.block_sizes();
+                    proto::info_block_size_payload(min, preferred, max)
+                }
+                // INFO_EXPORT is always sent; unknown types are ignored.
+                _ => continue,
+            };
+            proto::encode_option_reply(out, option, proto::REP_INFO, &payload);
+        }
+        proto::encode_option_reply(out, option, proto::REP_ACK, &[]);
+        Some(export.clone())
+    }
+}
+
+/// The outcome of [`negotiate_bytes`].
+#[derive(Debug)]
+pub struct Transcript {
+    /// Everything the server would have written, greeting included.
+    pub output: Vec<u8>,
+    /// The export chosen, if the client reached transmission.
+    pub export: Option<Arc<Export>>,
+    /// Whether structured replies were negotiated.
+    pub structured: bool,
+}
+
+/// Runs the whole handshake over `input` (client flags, then options) as the
+/// server would, without I/O. Stops at the end of input, a close or transmission.
+pub fn negotiate_bytes(exports: &ExportTable, input: &[u8]) -> Transcript {
+    let mut t = Transcript {
+        output: proto::greeting().to_vec(),
+        export: None,
+        structured: false,
+    };
+    let Some((flags, mut rest)) = input.split_first_chunk::<4>() else {
+        return t;
+    };
+    let Ok(client) = proto::parse_client_flags(flags) else {
+        return t;
+    };
+    let mut neg = Negotiation::new(exports, client);
+    while let Some((head, tail)) = rest.split_first_chunk::<{ proto::OPTION_HEADER_LEN }>() {
+        let Ok(header) = proto::parse_option_header(head) else {
+            break;
+        };
+        let step = if header.length > proto::MAX_OPTION_PAYLOAD {
+            // A real connection skips the payload; here it is whatever is left.
+            let skip = (header.length as usize).min(tail.len());
+            rest = &tail[skip..];
+            neg.refuse_too_big(header, &mut t.output)
+        } else if tail.len() < header.length as usize {
+            break;
+        } else {
+            let (payload, after) = tail.split_at(header.length as usize);
+            rest = after;
+            neg.handle(header, payload, &mut t.output)
+        };
+        match step {
+            Step::Continue => {}
+            Step::Close => break,
+            Step::Transmit(export) => {
+                t.export = Some(export);
+                break;
+            }
+        }
+    }
+    t.structured = neg.structured();
+    t
+}

@@ -1,0 +1,294 @@
+//! Listeners and connection lifecycle: accept, handshake, transmission,
+//! shutdown and the counters behind [`NbdServer::stats`].
+//!
+//! ```text
+//!  serve_tcp / serve_unix ─ accept ─► connection task
+//!        (until shutdown)               handshake (Negotiation) ─► Session::run
+//!  shutdown(): listeners stop; idle connections close; busy ones drain first
+//!  wait_idle(): resolves once the connection count is back to zero
+//! ```
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Notify};
+
+use super::catalog::{Export, ExportTable};
+use super::handshake::{Negotiation, Step};
+use super::proto;
+use super::transmission::{Ending, Session};
+
+/// Largest oversized option payload we read and discard to keep the
+/// handshake going; beyond it the connection is dropped.
+const MAX_DISCARD: u32 = 16 * 1024 * 1024;
+
+/// A snapshot of the server's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NbdStats {
+    /// Connections open now (handshake or transmission).
+    pub connections: u64,
+    /// Connections accepted since the server started.
+    pub connections_total: u64,
+    /// Requests being served now, over all connections.
+    pub in_flight: u64,
+}
+
+struct Shared {
+    exports: ExportTable,
+    shutdown: watch::Sender<bool>,
+    connections: AtomicU64,
+    connections_total: AtomicU64,
+    in_flight: Arc<AtomicU64>,
+    idle: Notify,
+}
+
+/// An NBD server over a fixed set of exports.
+pub struct NbdServer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for NbdServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NbdServer")
+            .field("exports", &self.shared.exports)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct ConnectionGuard(Arc<Shared>);
+
+impl ConnectionGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        shared.connections_total.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard(shared.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
+}
+
+impl NbdServer {
+    /// A server offering `exports`.
+    pub fn new(exports: Vec<Export>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        NbdServer {
+            shared: Arc::new(Shared {
+                exports: ExportTable::new(exports),
+                shutdown,
+                connections: AtomicU64::new(0),
+                connections_total: AtomicU64::new(0),
+                in_flight: Arc::new(AtomicU64::new(0)),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> NbdStats {
+        NbdStats {
+            connections: self.shared.connections.load(Ordering::SeqCst),
+            connections_total: self.shared.connections_total.load(Ordering::SeqCst),
+            in_flight: self.shared.in_flight.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Accepts TCP connections until [`NbdServer::shutdown`].
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let mut stop = self.shared.shutdown.subscribe();
+        tracing::info!(addr = ?listener.local_addr().ok(), "NBD server listening on TCP");
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    self.spawn_connection(stream, peer.to_string());
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+
+    /// Accepts Unix-socket connections until [`NbdServer::shutdown`].
+    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener) -> io::Result<()> {
+        let mut stop = self.shared.shutdown.subscribe();
+        tracing::info!(addr = ?listener.local_addr().ok(), "NBD server listening on Unix socket");
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            match accepted {
+                Ok((stream, _)) => self.spawn_connection(stream, "unix".to_string()),
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+
+    /// Stops accepting; connections finish their in-flight requests, then close.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.connections.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn spawn_connection<S>(&self, stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let guard = ConnectionGuard::new(&self.shared);
+        tokio::spawn(async move {
+            tracing::info!(%peer, "NBD client connected");
+            let shared = guard.0.clone();
+            match serve_connection(&shared, stream).await {
+                Ok(ending) => tracing::info!(%peer, %ending, "NBD client disconnected"),
+                Err(e) => tracing::info!(%peer, error = %e, "NBD client connection failed"),
+            }
+            drop(guard);
+        });
+    }
+}
+
+async fn accept_failed(e: io::Error) {
+    // EMFILE and friends are transient: back off instead of spinning or quitting.
+    tracing::warn!(error = %e, "NBD accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug)]
+enum ConnectionEnd {
+    Handshake(&'static str),
+    Transmission(Ending),
+}
+
+impl fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionEnd::Handshake(why) => write!(f, "during handshake: {why}"),
+            ConnectionEnd::Transmission(ending) => write!(f, "in transmission: {ending:?}"),
+        }
+    }
+}
+
+async fn serve_connection<S>(shared: &Arc<Shared>, mut stream: S) -> io::Result<ConnectionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stop = shared.shutdown.subscribe();
+    // A client may sit in the handshake forever: shutdown closes it there.
+    let negotiated = tokio::select! {
+        r = handshake(shared, &mut stream) => r?,
+        _ = stop.wait_for(|s| *s) => Err("server shutdown"),
+    };
+    let (export, structured) = match negotiated {
+        Ok(chosen) => chosen,
+        Err(why) => {
+            let _ = stream.shutdown().await;
+            return Ok(ConnectionEnd::Handshake(why));
+        }
+    };
+    tracing::info!(export = %export.name, structured, "NBD client entered transmission");
+    let session = Session {
+        export,
+        structured,
+        in_flight: shared.in_flight.clone(),
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    let ending = session.run(reader, writer, stop).await?;
+    Ok(ConnectionEnd::Transmission(ending))
+}
+
+/// Runs option haggling; `Ok(Err(why))` means the connection must close.
+async fn handshake<S>(
+    shared: &Shared,
+    stream: &mut S,
+) -> io::Result<Result<(Arc<Export>, bool), &'static str>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.write_all(&proto::greeting()).await?;
+    let mut flags = [0u8; 4];
+    stream.read_exact(&mut flags).await?;
+    let client = match proto::parse_client_flags(&flags) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "NBD handshake refused");
+            return Ok(Err("bad client flags"));
+        }
+    };
+    let mut neg = Negotiation::new(&shared.exports, client);
+    loop {
+        let mut head = [0u8; proto::OPTION_HEADER_LEN];
+        stream.read_exact(&mut head).await?;
+        let header = match proto::parse_option_header(&head) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "NBD protocol error in handshake, closing connection");
+                return Ok(Err("bad option magic"));
+            }
+        };
+        let mut out = Vec::new();
+        let step = if header.length > proto::MAX_OPTION_PAYLOAD {
+            if header.length > MAX_DISCARD {
+                tracing::warn!(
+                    option = header.option,
+                    length = header.length,
+                    "NBD option payload far too large, closing connection"
+                );
+                return Ok(Err("option too large"));
+            }
+            tracing::warn!(
+                option = header.option,
+                length = header.length,
+                "NBD option payload too large, refused"
+            );
+            let mut skip = (&mut *stream).take(u64::from(header.length));
+            tokio::io::copy(&mut skip, &mut tokio::io::sink()).await?;
+            neg.refuse_too_big(header, &mut out)
+        } else {
+            let mut payload = vec![0u8; header.length as usize];
+            stream.read_exact(&mut payload).await?;
+            neg.handle(header, &payload, &mut out)
+        };
+        stream.write_all(&out).await?;
+        match step {
+            Step::Continue => {}
+            Step::Close => {
+                stream.flush().await?;
+                return Ok(Err("client aborted or chose an unknown export"));
+            }
+            Step::Transmit(export) => {
+                stream.flush().await?;
+                return Ok(Ok((export, neg.structured())));
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The transmission phase of one connection: pipelined requests, replies out
+//! of order.
+//!
+//! ```text
+//!  socket ─► reader loop ─ parse header (+ WRITE payload) ─► spawn request future
+//!                 ▲ permit (≤ MAX_IN_FLIGHT)                        │ BlockDevice call
+//!                 └──────────── released when the future ends ◄─────┤
+//!  socket ◄─ writer task ◄──────── mpsc of encoded replies ◄────────┘
+//! ```
+//!
+//! The reader stops on `NBD_CMD_DISC`, end of stream, a protocol violation or
+//! server shutdown; in every case the in-flight futures finish before the
+//! writer is told to close, and each future's in-flight count is released by
+//! a guard even if the future is dropped.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::catalog::Export;
+use super::proto::{self, errno, Command, Request};
+use crate::block::{BlockError, Durability};
+use crate::units::ByteOffset;
+
+/// Requests in flight per connection before the reader stops reading.
+pub const MAX_IN_FLIGHT: usize = 128;
+/// READ/WRITE payload bytes in flight per connection before the reader stops
+/// reading (bounds memory: 128 requests of 32 MiB would be 4 GiB).
+pub const MAX_IN_FLIGHT_BYTES: u32 = 256 * 1024 * 1024;
+
+/// Why the transmission phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client sent `NBD_CMD_DISC`.
+    Disconnect,
+    /// The client closed the connection.
+    ClientGone,
+    /// The client broke the protocol; the connection was dropped.
+    ProtocolError,
+    /// The server is shutting down.
+    Shutdown,
+    /// Replies could no longer be written.
+    WriteFailed,
+}
+
+/// Maps a block error to an NBD error value.
+pub fn nbd_error(e: &BlockError) -> u32 {
+    errno_to_nbd(e.errno())
+}
+
+/// Maps a POSIX errno to the restricted set of NBD error values.
+pub fn errno_to_nbd(code: i32) -> u32 {
+    match code {
+        libc::EPERM | libc::EROFS => errno::EPERM,
+        libc::ENOMEM => errno::ENOMEM,
+        libc::EINVAL => errno::EINVAL,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => errno::ENOSPC,
+        libc::EOVERFLOW => errno::EOVERFLOW,
+        libc::EOPNOTSUPP => errno::ENOTSUP,
+        libc::ESHUTDOWN => errno::ESHUTDOWN,
+        _ => errno::EIO,
+    }
+}
+
+/// A failed request: NBD error value and a message for the client.
+#[derive(Debug)]
+struct Failure {
+    error: u32,
+    message: String,
+}
+
+impl Failure {
+    fn new(error: u32, message: impl Into<String>) -> Self {
+        Failure {
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<BlockError> for Failure {
+    fn from(e: BlockError) -> Self {
+        Failure::new(nbd_error(&e), e.to_string())
+    }
+}
+
+/// Decrements the in-flight counter when a request future ends or is dropped.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One connection in transmission.
+#[derive(Debug)]
+pub struct Session {
+    /// The export chosen during the handshake.
+    pub export: Arc<Export>,
+    /// Whether structured replies were negotiated.
+    pub structured: bool,
+    /// Server-wide in-flight request counter.
+    pub in_flight: Arc<AtomicU64>,
+}
+
+impl Session {
+    /// Serves requests until the connection ends; returns why it ended.
+    pub async fn run<R, W>(
+        self,
+        mut reader: R,
+        writer: W,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> io::Result<Ending>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let session = Arc::new(self);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+        let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
+        let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx));
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
+        let mut tasks = JoinSet::new();
+
+        let ending = loop {
+            while tasks.try_join_next().is_some() {}
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break Ok(Ending::ProtocolError);
+            };
+            let mut head = [0u8; proto::REQUEST_LEN];
+            let read = tokio::select! {
+                r = reader.read_exact(&mut head) => r,
+                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
+                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
+            };
+            match read {
+                Ok(_) => {}
+                Err(e) if is_gone(&e) => break Ok(Ending::ClientGone),
+                Err(e) => break Err(e),
+            }
+            let req = match proto::parse_request(&head) {
+                Ok(req) => req,
+                Err(e) => {
+                    tracing::warn!(error = %e, "NBD protocol error, closing connection");
+                    break Ok(Ending::ProtocolError);
+                }
+            };
+            if req.command == Command::Disconnect {
+                break Ok(Ending::Disconnect);
+            }
+            // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
+            let buffered = match req.command {
+                Command::Read | Command::Write => req.length.min(proto::MAX_PAYLOAD),
+                _ => 0,
+            };
+            let Ok(byte_permit) = bytes.clone().acquire_many_owned(buffered).await else {
+                break Ok(Ending::ProtocolError);
+            };
+            let payload = if req.command == Command::Write {
+                if req.length > proto::MAX_PAYLOAD {
+                    tracing::warn!(
+                        length = req.length,
+                        "NBD write larger than the maximum block size, closing connection"
+                    );
+                    break Ok(Ending::ProtocolError);
+                }
+                let mut buf = vec![0u8; req.length as usize];
+                match reader.read_exact(&mut buf).await {
+                    Ok(_) => {}
+                    Err(e) if is_gone(&e) => break Ok(Ending::ClientGone),
+                    Err(e) => break Err(e),
+                }
+                buf
+            } else {
+                Vec::new()
+            };
+            let guard = InFlight::new(&session.in_flight);
+            let tx = tx.clone();
+            let session = session.clone();
+            tasks.spawn(async move {
+                let _permits = (permit, byte_permit);
+                let _guard = guard;
+                let reply = session.execute(req, payload).await;
+                // The writer is gone only if the client is; nothing to tell.
+                let _ = tx.send(reply).await;
+            });
+        };
+
+        while tasks.join_next().await.is_some() {}
+        drop(tx);
+        match writer_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_gone(&e) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NBD reply write failed"),
+            Err(e) => tracing::warn!(error = %e, "NBD writer task failed"),
+        }
+        ending
+    }
+
+    /// Runs one request and encodes its reply.
+    async fn execute(&self, req: Request, payload: Vec<u8>) -> Vec<u8> {
+        let result = match self.validate(&req) {
+            Ok(()) => self.perform(&req, payload).await,
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(f) => {
+                tracing::debug!(cookie = req.cookie, error = f.error, message = %f.message, "NBD request failed");
+                self.error_reply(req.cookie, &f)
+            }
+        }
+    }
+
+    fn validate(&self, req: &Request) -> Result<(), Failure> {
+        let cmd = req.command;
+        if let Command::Unknown(code) = cmd {
+            return Err(Failure::new(
+                errno::EINVAL,
+                format!("unknown command {code}"),
+            ));
+        }
+        let df_ok = self.structured || req.flags & proto::CMD_FLAG_DF == 0;
+        if req.flags & !cmd.allowed_flags() != 0 || !df_ok {
+            let msg = format!("flags {:#x} not valid for {cmd:?}", req.flags);
+            return Err(Failure::new(errno::EINVAL, msg));
+        }
+        let writes = matches!(cmd, Command::Write | Command::Trim | Command::WriteZeroes);
+        if writes && self.export.read_only {
+            return Err(Failure::new(errno::EPERM, "export is read-only"));
+        }
+        if cmd == Command::Read && req.length > proto::MAX_PAYLOAD {
+            let error = if req.flags & proto::CMD_FLAG_DF != 0 {
+                errno::EOVERFLOW
+            } else {
+                errno::EINVAL
+            };
+            return Err(Failure::new(
+                error,
+                "read larger than the maximum block size",
+            ));
+        }
+        if matches!(
+            cmd,
+            Command::Read | Command::Write | Command::Trim | Command::WriteZeroes | Command::Cache
+        ) {
+            let size = self.export.device.size();
+            let end = req.offset.checked_add(u64::from(req.length));
+            if end.is_none_or(|end| end > size) {
+                let error = if matches!(cmd, Command::Write | Command::WriteZeroes) {
+                    errno::ENOSPC
+                } else {
+                    errno::EINVAL
+                };
+                let msg = format!(
+                    "request at {} of {} bytes is past the end of the export ({size} bytes)",
+                    req.offset, req.length
+                );
+                return Err(Failure::new(error, msg));
+            }
+        }
+        Ok(())
+    }
+
+    async fn perform(&self, req: &Request, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let dev = &self.export.device;
+        let offset = ByteOffset(req.offset);
+        let len = u64::from(req.length);
+        let fua = req.flags & proto::CMD_FLAG_FUA != 0;
+        match req.command {
+            Command::Read => return self.read(req).await,
+            Command::Write => {
+                let durability = if fua {
+                    Durability::Fua
+                } else {
+                    Durability::Normal
+                };
+                dev.write(offset, &payload, durability).await?;
+            }
+            Command::Flush => dev.flush().await?,
+            Command::Trim => {
+                if len > 0 {
+                    dev.discard(offset, len).await?;
+                    if fua {
+                        dev.flush().await?;
+                    }
+                }
+            }
+            Command::WriteZeroes => {
+                if len > 0 {
+                    let may_unmap = req.flags & proto::CMD_FLAG_NO_HOLE == 0;
+                    dev.write_zeroes(offset, len, may_unmap).await?;
+                    if fua {
+                        dev.flush().await?;
+                    }
+                }
+            }
+            // Range already validated; there is no cache to warm.
+            Command::Cache => {}
+            Command::Disconnect | Command::Unknown(_) => {
+                return Err(Failure::new(errno::EINVAL, "unexpected command"));
+            }
+        }
+        Ok(proto::simple_reply(req.cookie, 0).to_vec())
+    }
+
+    /// Reads straight into the reply buffer, behind its header.
+    async fn read(&self, req: &Request) -> Result<Vec<u8>, Failure> {
+        if req.length == 0 {
+            let mut out = Vec::new();
+            if self.structured {
+                proto::encode_none(&mut out, req.cookie);
+            } else {
+                out.extend_from_slice(&proto::simple_reply(req.cookie, 0));
+            }
+            return Ok(out);
+        }
+        let prefix = if self.structured {
+            proto::OFFSET_DATA_PREFIX
+        } else {
+            proto::SIMPLE_REPLY_LEN
+        };
+        let mut buf = vec![0u8; prefix + req.length as usize];
+        self.export
+            .device
+            .read(ByteOffset(req.offset), &mut buf[prefix..])
+            .await?;
+        if self.structured {
+            proto::fill_offset_data_prefix(&mut buf, req.cookie, req.offset, true)
+                .ok_or_else(|| Failure::new(errno::EINVAL, "read too large for one chunk"))?;
+        } else {
+            buf[..prefix].copy_from_slice(&proto::simple_reply(req.cookie, 0));
+        }
+        Ok(buf)
+    }
+
+    fn error_reply(&self, cookie: u64, f: &Failure) -> Vec<u8> {
+        if self.structured {
+            let mut out = Vec::new();
+            proto::encode_error_chunk(&mut out, cookie, f.error, &f.message);
+            out
+        } else {
+            proto::simple_reply(cookie, f.error).to_vec()
+        }
+    }
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Writes encoded replies in completion order; flushes when the queue is empty.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    _dead: oneshot::Sender<()>,
+) -> io::Result<()> {
+    let mut w = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(reply) = rx.recv().await {
+        w.write_all(&reply).await?;
+        while let Ok(reply) = rx.try_recv() {
+            w.write_all(&reply).await?;
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
