@@ -124,7 +124,15 @@ mod tests {
     #[test]
     fn create_parses_sizes_and_level() {
         let cli = Cli::try_parse_from([
-            "vraid", "create", "--level", "5", "--chunk-size", "128K", "a", "b", "c",
+            "vraid",
+            "create",
+            "--level",
+            "5",
+            "--chunk-size",
+            "128K",
+            "a",
+            "b",
+            "c",
         ])
         .unwrap();
         let Command::Create(args) = cli.command else {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{display, DaemonError};
+use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
 use crate::cli::EngineArg;
 use crate::member::{self, EngineKind, MemberOptions};
-use crate::meta::{self, Assembly, CreateSpec};
-use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, Volume, VolumeEvents};
+use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec};
+use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
 
 /// What `vraid create` (or a config's `create` table, or the demo) asks for.
 #[derive(Clone, Debug)]
@@ -37,6 +37,11 @@ pub fn member_options(engine: Option<EngineArg>) -> MemberOptions {
         Some(EngineArg::Sync) => EngineKind::Sync,
         None => EngineKind::from_env(),
     };
+    engine_options(engine)
+}
+
+/// Member options for an engine choice.
+pub fn engine_options(engine: EngineKind) -> MemberOptions {
     MemberOptions {
         engine,
         ..MemberOptions::default()
@@ -61,7 +66,7 @@ pub async fn create_array(
         if paths[..i].contains(p) {
             return Err(DaemonError::Usage(format!(
                 "member {} is given twice",
-                display(p)
+                show_path(p)
             )));
         }
     }
@@ -84,7 +89,7 @@ pub async fn create_array(
 /// `vraid examine` of one member.
 pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
     let dev = member::open_member(path, &MemberOptions::default())?;
-    Ok(meta::examine(dev.as_ref()).await?)
+    Ok(meta::examine(&*dev).await?)
 }
 
 /// One assembled, running array.
@@ -98,7 +103,7 @@ pub struct Assembled {
 impl std::fmt::Debug for Assembled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assembled")
-            .field("name", &self.assembly.name())
+            .field("name", &self.assembly.name)
             .finish()
     }
 }
@@ -112,42 +117,50 @@ pub async fn assemble_volume(
     let mut devices = Vec::with_capacity(paths.len());
     for p in paths {
         match member::open_member(p, opts) {
-            Ok(dev) => devices.push((display(p), dev as Arc<dyn BlockDevice>)),
+            Ok(dev) => devices.push((show_path(p), dev as Arc<dyn BlockDevice>)),
             Err(e) if !p.exists() => {
-                warn!("member {} is missing: {}", display(p), super::error_chain(&e));
+                warn!(
+                    "member {} is missing: {}",
+                    show_path(p),
+                    super::error_chain(&e)
+                );
             }
             Err(e) => return Err(e.into()),
         }
     }
     let assembly = Arc::new(meta::assemble(devices).await?);
     let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
-        .members()
+        .members
         .iter()
         .map(|m| {
             m.as_ref()
                 .map(|m| Arc::new(m.data.clone()) as Arc<dyn BlockDevice>)
         })
         .collect();
-    let name = assembly.name().to_string();
+    let name = assembly.name.clone();
     let raid_err = |source| DaemonError::Raid {
         name: name.clone(),
         source,
     };
-    let chunk = ChunkSize::new(assembly.chunk_size()).map_err(raid_err)?;
+    let chunk = ChunkSize::new(u64::from(assembly.chunk_size))
+        .map_err(|e| raid_err(RaidError::Layout(e)))?;
     let geometry = Geometry::new(
-        assembly.level(),
-        assembly.member_count(),
+        assembly.level,
+        assembly.member_count as usize,
         chunk,
-        assembly.data_size(),
+        assembly.data_size,
     )
-    .map_err(raid_err)?;
+    .map_err(|e| raid_err(RaidError::Layout(e)))?;
     let events = Arc::new(MetaEvents {
-        assembly: assembly.clone(),
+        name: name.clone(),
+        metadata: assembly.metadata.clone(),
     });
     let volume = Arc::new(Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?);
-    let was_clean = assembly.was_clean();
+    for ex in &assembly.excluded {
+        warn!("{name}: left out {}: {}", ex.path, ex.reason);
+    }
     assembly.mark_dirty().await?;
-    if !was_clean && assembly.level() != Level::Raid0 {
+    if assembly.was_dirty && assembly.level != Level::Raid0 {
         warn!(
             "{name} was not shut down cleanly; \
              redundancy of regions written at the crash is not resynced yet"
@@ -161,14 +174,14 @@ pub async fn assemble_volume(
     if missing > 0 {
         warn!(
             "{name}: running degraded, {missing} of {} members missing",
-            assembly.member_count()
+            assembly.member_count
         );
     }
     info!(
         "assembled {name}: {}, {} members, chunk {}, {} bytes",
-        assembly.level(),
-        assembly.member_count(),
-        crate::units::format_size(assembly.chunk_size()),
+        assembly.level,
+        assembly.member_count,
+        crate::units::format_size(u64::from(assembly.chunk_size)),
         volume.size()
     );
     Ok(Assembled { volume, assembly })
@@ -178,7 +191,8 @@ pub async fn assemble_volume(
 /// superblocks (event counter bumped), so the failed member is not trusted
 /// at the next assembly.
 struct MetaEvents {
-    assembly: Arc<Assembly>,
+    name: String,
+    metadata: Arc<ArrayMetadata>,
 }
 
 impl VolumeEvents for MetaEvents {
@@ -187,13 +201,12 @@ impl VolumeEvents for MetaEvents {
         Box::pin(async move {
             warn!(
                 "{}: member {} failed ({reason}); continuing degraded",
-                self.assembly.name(),
-                member.0
+                self.name, member.0
             );
-            if let Err(e) = self.assembly.record_member_failed(member.0).await {
+            if let Err(e) = self.metadata.record_member_failed(member.0).await {
                 warn!(
                     "{}: could not record the failure of member {} in the superblocks: {}",
-                    self.assembly.name(),
+                    self.name,
                     member.0,
                     super::error_chain(&e)
                 );

@@ -28,6 +28,9 @@ pub enum DaemonError {
     /// Metadata (superblock, create, assembly) failed.
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
+    /// The array cannot be assembled from its members.
+    #[error(transparent)]
+    Assemble(#[from] crate::meta::AssembleError),
     /// The configuration file is wrong.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -88,7 +91,16 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
         force: args.force,
     };
     let info = bringup::create_array(&args.members, &spec, &bringup::member_options(None)).await?;
-    println!("{info}");
+    println!(
+        "created {} ({}, {} members, chunk {}, {} bytes per member, array {})",
+        info.name,
+        crate::raid::Level::from_number(info.level)
+            .map_or_else(|| info.level.to_string(), |l| l.to_string()),
+        info.member_count,
+        crate::units::format_size(u64::from(info.chunk_size)),
+        info.data_size,
+        info.array_uuid
+    );
     Ok(())
 }
 
@@ -101,15 +113,19 @@ pub async fn examine(args: ExamineArgs) -> Result<(), DaemonError> {
             serde_json::to_string_pretty(&report).expect("report serializes")
         );
     } else {
-        print!("{}", report.to_text());
+        print!("{report}");
     }
     Ok(())
 }
 
-fn display(p: &Path) -> String {
+fn show_path(p: &Path) -> String {
     p.display().to_string()
 }
 
 fn paths_display(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| display(p)).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| show_path(p))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

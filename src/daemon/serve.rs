@@ -13,12 +13,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use super::bringup::{self, Assembled, CreateRequest};
-use super::{demo, display, error_chain, DaemonError};
+use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
 use crate::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, IoEngine};
 use crate::export::nbd::{Export, NbdServer};
-use crate::member::MemberOptions;
+use crate::member::{EngineKind, MemberOptions};
 
 /// Default NBD TCP address: loopback only.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -47,13 +47,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         let config = Config::load(path)?;
         nbd = nbd.or(config.server.nbd);
         nbd_socket = nbd_socket.or_else(|| config.server.nbd_socket.clone());
-        if args.io_engine.is_none() {
-            if let Some(engine) = config.server.io_engine {
-                opts = MemberOptions {
-                    engine,
-                    ..opts
-                };
-            }
+        if args.io_engine.is_none() && std::env::var_os(EngineKind::ENV).is_none() {
+            opts = bringup::engine_options(match config.server.io_engine {
+                IoEngine::Auto => EngineKind::Auto,
+                IoEngine::Uring => EngineKind::Uring,
+                IoEngine::Sync => EngineKind::Sync,
+            });
         }
         config
             .volumes
@@ -110,12 +109,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let exports = volumes
         .iter()
         .map(|(a, spec)| Export {
-            name: a.assembly.name().to_string(),
+            name: a.assembly.name.clone(),
             description: spec.description.clone().unwrap_or_else(|| {
                 format!(
                     "vraid {} volume, {} members",
-                    a.assembly.level(),
-                    a.assembly.member_count()
+                    a.assembly.level, a.assembly.member_count
                 )
             }),
             device: a.volume.clone() as Arc<dyn BlockDevice>,
@@ -158,8 +156,8 @@ async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, 
     }
     let assembled = bringup::assemble_volume(&spec.members, opts).await?;
     if let Some(expected) = &spec.expected_name {
-        if assembled.assembly.name() != expected {
-            let found = assembled.assembly.name().to_string();
+        if &assembled.assembly.name != expected {
+            let found = assembled.assembly.name.clone();
             shutdown_volumes(&[(assembled, VolumeSpec::named(expected))]).await;
             return Err(DaemonError::Usage(format!(
                 "volume {expected}: its members hold array {found:?}, not {expected:?}"
@@ -193,7 +191,7 @@ async fn any_member_initialised(paths: &[PathBuf]) -> bool {
 /// Flushes every volume and marks its superblocks clean.
 async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
     for (a, _) in volumes {
-        let name = a.assembly.name();
+        let name = &a.assembly.name;
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));
             continue;
@@ -253,14 +251,14 @@ async fn run_listeners(
 /// Binds a Unix socket, replacing a stale socket file but refusing a live one.
 fn bind_unix(path: &Path) -> Result<UnixListener, DaemonError> {
     let err = |source| DaemonError::Listen {
-        what: format!("NBD socket {}", display(path)),
+        what: format!("NBD socket {}", show_path(path)),
         source,
     };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::Usage(format!(
                 "NBD socket {} is in use by another server",
-                display(path)
+                show_path(path)
             )));
         }
         std::fs::remove_file(path).map_err(err)?;
@@ -279,16 +277,16 @@ fn print_ready(
 ) {
     let mut out = String::new();
     for (a, spec) in volumes {
-        let name = a.assembly.name();
+        let name = &a.assembly.name;
         out.push_str(&format!(
             "vraid: serving {name}: {}, {} of {} members{}, {} bytes{}\n",
-            a.assembly.level(),
+            a.assembly.level,
             a.volume
                 .member_states()
                 .iter()
                 .filter(|s| matches!(s, crate::raid::MemberState::Active))
                 .count(),
-            a.assembly.member_count(),
+            a.assembly.member_count,
             if a.volume.is_degraded() {
                 " (DEGRADED)"
             } else {
@@ -308,7 +306,7 @@ fn print_ready(
         }
     }
     if let (Some(addr), Some((a, _))) = (tcp, volumes.first()) {
-        let uri = format!("nbd://{addr}/{}", a.assembly.name());
+        let uri = format!("nbd://{addr}/{}", a.assembly.name);
         out.push_str(&format!(
             "\nTry it:\n  \
              nbdinfo {uri}\n  \
@@ -319,7 +317,9 @@ fn print_ready(
         ));
     }
     if demo_mode {
-        out.push_str("\nDemo array in ./vraid-data (4 sparse members, RAID-5). Ctrl-C stops cleanly.\n");
+        out.push_str(
+            "\nDemo array in ./vraid-data (4 sparse members, RAID-5). Ctrl-C stops cleanly.\n",
+        );
     }
     print!("{out}");
     use std::io::Write;
