@@ -413,6 +413,22 @@ async fn out_of_range_read_without_structured_replies_sends_no_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_requests_succeed_without_data() {
+    let (_, e) = mem_export("v", MIB, false);
+    let (_server, addr) = start_tcp(vec![e]).await;
+    for structured in [false, true] {
+        let mut c = Raw::ready(addr, "v", structured).await;
+
+        let r = c.call(req(Command::Read, 1, MIB, 0), &[]).await;
+        let w = c.call(req(Command::Write, 2, 0, 0), &[]).await;
+        let z = c.call(req(Command::WriteZeroes, 3, 0, 0), &[]).await;
+
+        assert_eq!((r.error, w.error, z.error), (0, 0, 0));
+        assert!(r.data.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_export_refuses_writes_with_eperm() {
     let (_, e) = mem_export("ro", MIB, true);
     let (_server, addr) = start_tcp(vec![e]).await;

@@ -31,6 +31,9 @@ pub const MAX_IN_FLIGHT: usize = 128;
 /// READ/WRITE payload bytes in flight per connection before the reader stops
 /// reading (bounds memory: 128 requests of 32 MiB would be 4 GiB).
 pub const MAX_IN_FLIGHT_BYTES: u32 = 256 * 1024 * 1024;
+/// How long a closing connection waits for its in-flight requests and
+/// replies before dropping them.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why the transmission phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +140,12 @@ impl Session {
 
         let ending = loop {
             while tasks.try_join_next().is_some() {}
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p,
+                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
+                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
+            };
+            let Ok(permit) = permit else {
                 break Ok(Ending::ProtocolError);
             };
             let mut head = [0u8; proto::REQUEST_LEN];
@@ -199,13 +207,30 @@ impl Session {
             });
         };
 
-        while tasks.join_next().await.is_some() {}
+        // A client that stops reading replies would stall the drain forever.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "NBD client not reading replies, dropping its requests"
+            );
+            tasks.shutdown().await;
+        }
         drop(tx);
-        match writer_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if is_gone(&e) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "NBD reply write failed"),
-            Err(e) => tracing::warn!(error = %e, "NBD writer task failed"),
+        let mut writer_task = writer_task;
+        match tokio::time::timeout_at(deadline, &mut writer_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) if is_gone(&e) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "NBD reply write failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "NBD writer task failed"),
+            Err(_) => {
+                tracing::warn!("NBD client not reading replies, closing");
+                writer_task.abort();
+            }
         }
         ending
     }
