@@ -21,7 +21,8 @@ fn assert_user_error(out: &Output, needle: &str) {
         "panic instead of an error: {err}"
     );
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(err.trim().lines().count() <= 3, "not a short error: {err}");
+    let lines = err.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(lines <= 3, "not a short error: {err}");
 }
 
 #[test]
@@ -62,15 +63,12 @@ fn create_refuses_existing_member_unless_forced() {
 
     // Act
     let refused = run(vraid(&["create", "--level", "0", "--name", "b"]).args(&paths));
+    let uuid_after_refusal = examine(&paths[0])["array_uuid"].clone();
     let forced = run(vraid(&["create", "--level", "0", "--name", "b", "--force"]).args(&paths));
 
     // Assert
     assert_user_error(&refused, "--force");
-    assert_eq!(
-        examine(&paths[0])["array_uuid"],
-        uuid,
-        "refused create changed nothing"
-    );
+    assert_eq!(uuid_after_refusal, uuid, "refused create changed nothing");
     assert!(forced.status.success(), "{}", stderr_of(&forced));
     assert_eq!(examine(&paths[0])["name"], "b");
 }
@@ -84,6 +82,7 @@ fn user_mistakes_are_one_clear_line() {
     let d = dir.path().to_str().unwrap();
 
     assert_user_error(&run(vraid(&["examine"]).arg(&junk)), "junk.img");
+    let files_before = std::fs::read_dir(dir.path()).unwrap().count();
     assert_user_error(
         &run(&mut vraid(&["examine", "/nonexistent/x.img"])),
         "x.img",
@@ -100,6 +99,11 @@ fn user_mistakes_are_one_clear_line() {
     assert_user_error(
         &run(&mut vraid(&["create", "--level", "9", "a", "b"])),
         "level",
+    );
+    let files_after = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(
+        files_before, files_after,
+        "failed creates leave no files behind"
     );
     assert_user_error(&run(&mut vraid(&["frobnicate"])), "frobnicate");
     assert_user_error(

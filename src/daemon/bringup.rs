@@ -70,10 +70,54 @@ pub async fn create_array(
             )));
         }
     }
+    validate_create(req)?;
+    let mut created = Vec::new();
+    let result = create_members(paths, req, opts, &mut created).await;
+    if result.is_err() {
+        // Leave nothing behind from a create that failed.
+        for p in created {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}
+
+/// Checks what can be checked before any file is touched.
+fn validate_create(req: &CreateRequest) -> Result<(), DaemonError> {
+    if !meta::layout::valid_name(&req.name) {
+        return Err(DaemonError::Usage(format!(
+            "invalid array name {:?}: use 1-64 of A-Z a-z 0-9 . _ -",
+            req.name
+        )));
+    }
+    if !meta::layout::valid_chunk_size(req.chunk_size) {
+        return Err(DaemonError::Usage(format!(
+            "invalid chunk size {}: must be a power of two from 4K to 16M",
+            crate::units::format_size(req.chunk_size)
+        )));
+    }
+    let fits =
+        meta::metadata_layout(req.member_size).is_some_and(|l| l.data_size >= req.chunk_size);
+    if !fits {
+        return Err(DaemonError::Usage(format!(
+            "member size {} is too small: it must hold the metadata area and at least one chunk",
+            crate::units::format_size(req.member_size)
+        )));
+    }
+    Ok(())
+}
+
+async fn create_members(
+    paths: &[PathBuf],
+    req: &CreateRequest,
+    opts: &MemberOptions,
+    created: &mut Vec<PathBuf>,
+) -> Result<meta::ArrayInfo, DaemonError> {
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
     for p in paths {
         if !p.exists() {
             member::create_sparse(p, req.member_size)?;
+            created.push(p.clone());
         }
         devices.push(member::open_member(p, opts)?);
     }
