@@ -127,7 +127,11 @@ fn qemu_img_convert_round_trips_random_image() {
     );
     let got = std::fs::read(&out).unwrap();
     // 3 data members x (32M minus the metadata area), whole chunks.
-    assert!(got.len() > 64 << 20 && got.len() <= 96 << 20, "size {}", got.len());
+    assert!(
+        got.len() > 64 << 20 && got.len() <= 96 << 20,
+        "size {}",
+        got.len()
+    );
     assert_eq!(got.len() % (3 * (64 << 10)), 0, "whole stripes");
     assert!(
         got[..64 << 20] == std::fs::read(&src).unwrap()[..],
