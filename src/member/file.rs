@@ -365,6 +365,15 @@ impl FileMember {
         self.direct.is_some()
     }
 
+    /// The O_DIRECT-refused decision, for tests.
+    #[cfg(test)]
+    pub(crate) fn direct_or_buffered_for_test(
+        path: &Path,
+        opened: io::Result<File>,
+    ) -> io::Result<Option<File>> {
+        direct_or_buffered(path, opened)
+    }
+
     /// The O_DIRECT descriptor, for tests that inspect its flags.
     #[cfg(test)]
     pub(crate) fn direct_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -592,12 +601,18 @@ fn piece_len(offset: u64, left: usize) -> usize {
 /// Opens `path` with O_DIRECT; `None` (with a warning) if the filesystem
 /// refuses O_DIRECT.
 fn open_direct(path: &Path) -> io::Result<Option<File>> {
-    match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+        .open(path);
+    direct_or_buffered(path, opened)
+}
+
+/// EINVAL from an O_DIRECT open means "filesystem refuses O_DIRECT" (ramfs,
+/// some FUSE filesystems): fall back to buffered I/O. Other errors stand.
+fn direct_or_buffered(path: &Path, opened: io::Result<File>) -> io::Result<Option<File>> {
+    match opened {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
