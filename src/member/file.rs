@@ -125,6 +125,12 @@ pub enum MemberError {
         #[source]
         source: io::Error,
     },
+    /// The block device is mounted or claimed by another exclusive user.
+    #[error("member {path} is in use (mounted or claimed by another program)")]
+    InUse {
+        /// Member path.
+        path: PathBuf,
+    },
     /// The path is neither a regular file nor a block device.
     #[error("member {path} is neither a regular file nor a block device")]
     NotFileOrDevice {
@@ -202,7 +208,8 @@ impl Engine {
     }
 }
 
-/// A regular file or block device used as a RAID member.
+/// A regular file or block device used as a RAID member. Block devices are
+/// opened exclusively (`O_EXCL`), so a mounted or claimed device is refused.
 #[derive(Debug)]
 pub struct FileMember {
     path: PathBuf,
@@ -307,11 +314,20 @@ impl FileMember {
                 path: path.to_path_buf(),
             });
         }
+        // O_EXCL on a block device: refuse devices that are mounted or
+        // claimed by another exclusive user (md, another vraid).
+        let exclusive = if is_block_device { libc::O_EXCL } else { 0 };
         let buffered = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(exclusive)
             .open(path)
-            .map_err(open_err)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) if is_block_device => MemberError::InUse {
+                    path: path.to_path_buf(),
+                },
+                _ => open_err(e),
+            })?;
         let direct = if direct {
             open_direct(path).map_err(open_err)?
         } else {
