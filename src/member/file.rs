@@ -125,6 +125,12 @@ pub enum MemberError {
         #[source]
         source: io::Error,
     },
+    /// The block device is mounted or claimed by another exclusive user.
+    #[error("member {path} is in use (mounted or claimed by another program)")]
+    InUse {
+        /// Member path.
+        path: PathBuf,
+    },
     /// The path is neither a regular file nor a block device.
     #[error("member {path} is neither a regular file nor a block device")]
     NotFileOrDevice {
@@ -202,7 +208,8 @@ impl Engine {
     }
 }
 
-/// A regular file or block device used as a RAID member.
+/// A regular file or block device used as a RAID member. Block devices are
+/// opened exclusively (`O_EXCL`), so a mounted or claimed device is refused.
 #[derive(Debug)]
 pub struct FileMember {
     path: PathBuf,
@@ -307,11 +314,20 @@ impl FileMember {
                 path: path.to_path_buf(),
             });
         }
+        // O_EXCL on a block device: refuse devices that are mounted or
+        // claimed by another exclusive user (md, another vraid).
+        let exclusive = if is_block_device { libc::O_EXCL } else { 0 };
         let buffered = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(exclusive)
             .open(path)
-            .map_err(open_err)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) if is_block_device => MemberError::InUse {
+                    path: path.to_path_buf(),
+                },
+                _ => open_err(e),
+            })?;
         let direct = if direct {
             open_direct(path).map_err(open_err)?
         } else {
@@ -363,6 +379,15 @@ impl FileMember {
     /// Whether I/O bypasses the page cache (O_DIRECT was accepted).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// The O_DIRECT-refused decision, for tests.
+    #[cfg(test)]
+    pub(crate) fn direct_or_buffered_for_test(
+        path: &Path,
+        opened: io::Result<File>,
+    ) -> io::Result<Option<File>> {
+        direct_or_buffered(path, opened)
     }
 
     /// The O_DIRECT descriptor, for tests that inspect its flags.
@@ -592,12 +617,18 @@ fn piece_len(offset: u64, left: usize) -> usize {
 /// Opens `path` with O_DIRECT; `None` (with a warning) if the filesystem
 /// refuses O_DIRECT.
 fn open_direct(path: &Path) -> io::Result<Option<File>> {
-    match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+        .open(path);
+    direct_or_buffered(path, opened)
+}
+
+/// EINVAL from an O_DIRECT open means "filesystem refuses O_DIRECT" (ramfs,
+/// some FUSE filesystems): fall back to buffered I/O. Other errors stand.
+fn direct_or_buffered(path: &Path, opened: io::Result<File>) -> io::Result<Option<File>> {
+    match opened {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(

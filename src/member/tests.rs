@@ -403,6 +403,19 @@ fn o_direct_is_used_on_the_real_disk() {
 }
 
 #[test]
+fn o_direct_refusal_falls_back_to_buffered_but_other_errors_stand() {
+    let path = Path::new("/nowhere/m.img");
+    let refused = Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    let denied = Err(std::io::Error::from_raw_os_error(libc::EACCES));
+
+    let fallback = FileMember::direct_or_buffered_for_test(path, refused);
+    let failure = FileMember::direct_or_buffered_for_test(path, denied);
+
+    assert!(matches!(fallback, Ok(None)));
+    assert_eq!(failure.unwrap_err().raw_os_error(), Some(libc::EACCES));
+}
+
+#[test]
 fn create_sparse_accepts_same_size_and_refuses_others() {
     let dir = disk_dir();
     let path = dir.path().join("s.img");
