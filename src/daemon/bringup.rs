@@ -132,7 +132,11 @@ async fn create_members(
 
 /// `vraid examine` of one member.
 pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
-    let dev = member::open_member(path, &MemberOptions::default())?;
+    let opts = MemberOptions {
+        exclusive: false,
+        ..MemberOptions::default()
+    };
+    let dev = member::open_member(path, &opts)?;
     Ok(meta::examine(&*dev).await?)
 }
 
