@@ -206,6 +206,14 @@ impl Server {
         self.terminate()
     }
 
+    /// SIGKILL: a crash, no clean shutdown.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn terminate(&mut self) -> i32 {
         let Some(mut child) = self.child.take() else {
             return 0;
