@@ -116,6 +116,15 @@ async fn create_members(
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
     for p in paths {
         if !p.exists() {
+            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    DaemonError::Usage(format!(
+                        "cannot create directory {} for member {}: {e}",
+                        show_path(parent),
+                        show_path(p)
+                    ))
+                })?;
+            }
             member::create_sparse(p, req.member_size)?;
             created.push(p.clone());
         }
