@@ -18,6 +18,9 @@ pub enum ServerError {
     /// Another daemon answers on the path.
     #[error("control socket {0} is in use by another vraid daemon")]
     InUse(String),
+    /// Something other than a socket is in the way.
+    #[error("control socket path {0} exists and is not a socket; not replacing it")]
+    NotASocket(String),
     /// Binding or preparing the socket failed.
     #[error("cannot listen on control socket {path}")]
     Bind {
@@ -38,6 +41,14 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
+    /// Fails if a live daemon answers on `path` (a stale file is fine).
+    pub fn check_free(path: &Path) -> Result<(), ServerError> {
+        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.display().to_string()));
+        }
+        Ok(())
+    }
+
     /// Binds `path` (creating its directory if needed).
     pub fn bind(path: &Path, registry: Arc<Registry>) -> Result<ControlServer, ServerError> {
         let shown = path.display().to_string();
@@ -48,9 +59,11 @@ impl ControlServer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse(shown));
+        ControlServer::check_free(path)?;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(ServerError::NotASocket(shown));
             }
             std::fs::remove_file(path).map_err(err)?;
         }
@@ -109,16 +122,39 @@ async fn handle_client(stream: UnixStream, registry: &Registry) -> std::io::Resu
         if line.len() > MAX_LINE {
             let e =
                 ControlError::InvalidRequest(format!("request line longer than {MAX_LINE} bytes"));
+            // Skip the rest of the line without buffering it, then answer.
+            if !complete && !skip_line(&mut reader).await? {
+                return Ok(());
+            }
             let reply = failure(serde_json::Value::Null, &e) + "\n";
             write.write_all(reply.as_bytes()).await?;
-            // The rest of the line cannot be trusted to frame anything.
-            return Ok(());
+            continue;
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         if let Some(reply) = answer(&line, registry).await {
             write.write_all((reply + "\n").as_bytes()).await?;
+        }
+    }
+}
+
+/// Discards input up to and including the next newline; false at EOF.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<bool> {
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
         }
     }
 }

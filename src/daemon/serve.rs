@@ -105,6 +105,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
     }
 
+    let control = control
+        .or_else(|| std::env::var_os(crate::control::client::CONTROL_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| {
+            if demo_mode {
+                args.demo_dir.join("control.sock")
+            } else {
+                PathBuf::from(crate::control::client::DEFAULT_CONTROL)
+            }
+        });
+    // Refuse before touching any member if another daemon owns the socket.
+    ControlServer::check_free(&control)?;
+
     let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
     for spec in specs {
         let assembled = match bring_up(&spec, &opts).await {
@@ -117,15 +129,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         volumes.push((assembled, spec));
     }
 
-    let control = control
-        .or_else(|| std::env::var_os(crate::control::client::CONTROL_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| {
-            if demo_mode {
-                args.demo_dir.join("control.sock")
-            } else {
-                PathBuf::from(crate::control::client::DEFAULT_CONTROL)
-            }
-        });
     let ops = match start_ops(&volumes, &control, metrics).await {
         Ok(ops) => ops,
         Err(e) => {
