@@ -19,6 +19,9 @@ pub mod methods;
 pub mod rpc;
 pub mod server;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::{default_client_path, ClientError};
 pub use events::{Event, EventLog};
 pub use handle::{EngineOps, MemberHandle, Registry, VolumeHandle};
