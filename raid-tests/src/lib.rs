@@ -140,6 +140,12 @@ impl Server {
             .arg(addr.to_string())
             .args(extra)
             .env("RUST_LOG", "info")
+            // A control socket of its own unless the test picks one, so
+            // servers running in parallel do not share the default path.
+            .env(
+                "VRAID_CONTROL",
+                std::env::temp_dir().join(format!("vraid-test-ctl-{port}.sock")),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -436,6 +442,7 @@ pub fn fio_verify_cmd(uri: &str, name: &str, size: &str, offset: &str) -> Comman
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=json",
     ])
     .arg(format!("--uri={uri}"));

@@ -230,11 +230,15 @@ fn offline_members_degrade_then_fail_raid5_while_other_volume_serves() {
     qemu_io(&uri, &["write -P 0x51 0 192K".into(), "flush".into()]);
 
     // Act 1: member 1 goes offline during fio verify.
-    let fio = fio_verify_cmd(&uri, "offline", "32M", "16M")
+    let mut fio = fio_verify_cmd(&uri, "offline", "48M", "16M")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn fio");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        fio.try_wait().unwrap().is_none(),
+        "fio ended before the fault"
+    );
     vraid_ctl_ok(
         &control,
         &["fault", "add", "parity", "1", "--kind", "offline"],

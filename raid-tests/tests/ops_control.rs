@@ -126,14 +126,18 @@ fn fail_raid1_member_under_fio_verify_keeps_client_clean_and_degrades() {
     args.extend(["--control", control.to_str().unwrap()]);
     let server = Server::start(&args);
     let events_before = examine(&paths[0])["events"].as_u64().unwrap();
-    let fio = fio_verify_cmd(&server.uri("mirror"), "fail-load", "32M", "0")
+    let mut fio = fio_verify_cmd(&server.uri("mirror"), "fail-load", "48M", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fio");
 
     // Act: fail member 1 by its path while fio writes and verifies.
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        fio.try_wait().unwrap().is_none(),
+        "fio ended before the failure"
+    );
     let out = vraid_ctl_ok(&control, &["fail", "mirror", paths[1].to_str().unwrap()]);
     assert_fio_clean(fio);
 
@@ -419,5 +423,49 @@ fn metrics_endpoint_serves_prometheus_series() {
     let mut other = String::new();
     s.read_to_string(&mut other).unwrap();
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn many_clients_at_once_are_all_answered() {
+    // Arrange: one client connects and sends half a line, then stalls.
+    let dir = scratch_dir("ops-many");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "16M", "mirror", &paths);
+    let control = dir.path().join("control.sock");
+    let mut args = args_of(&paths);
+    args.extend(["--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let mut stalled = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    stalled.write_all(br#"{"jsonrpc":"2.0","#).unwrap();
+
+    // Act: 16 clients, 10 requests each, in parallel.
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let control = control.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let line = format!(
+                        r#"{{"jsonrpc":"2.0","id":{},"method":"status","params":{{"volume":"mirror"}}}}"#,
+                        t * 100 + i
+                    );
+                    let reply = control_request(&control, line.as_bytes());
+                    assert_eq!(reply["id"], t * 100 + i, "{reply}");
+                    assert_eq!(reply["result"]["volumes"][0]["name"], "mirror");
+                }
+            })
+        })
+        .collect();
+
+    // Assert
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    stalled
+        .write_all(b"\"id\":1,\"method\":\"fault.list\"}\n")
+        .unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stalled), &mut reply).unwrap();
+    assert!(reply.contains("\"faults\":[]"), "{reply}");
     assert_eq!(server.stop(), 0);
 }

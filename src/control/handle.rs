@@ -361,6 +361,17 @@ impl VolumeHandle {
                 volume: self.name.clone(),
                 member: role.to_string(),
             })?;
+        let state = self.member_state(role);
+        if matches!(
+            state,
+            MemberStatusState::Missing | MemberStatusState::Removed
+        ) {
+            return Err(ControlError::Refused(format!(
+                "member {role} of {} is {}: no I/O reaches it",
+                self.name,
+                state_word(state)
+            )));
+        }
         let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
         let text = describe(&spec);
         member.faults.add(Arc::new(FaultRule::new(id, spec)));

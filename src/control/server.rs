@@ -16,7 +16,7 @@ use super::{methods, ControlError};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Another daemon answers on the path.
-    #[error("control socket {0} is in use by another vraid daemon")]
+    #[error("control socket {0} is in use by another vraid daemon (give this one --control PATH)")]
     InUse(String),
     /// Something other than a socket is in the way.
     #[error("control socket path {0} exists and is not a socket; not replacing it")]
