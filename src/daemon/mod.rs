@@ -61,6 +61,12 @@ pub enum DaemonError {
         #[source]
         source: crate::block::BlockError,
     },
+    /// A control-socket client request failed.
+    #[error(transparent)]
+    Control(#[from] crate::control::ClientError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    ControlSocket(#[from] crate::control::server::ServerError),
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),
