@@ -61,6 +61,9 @@ pub enum DaemonError {
         #[source]
         source: crate::block::BlockError,
     },
+    /// A vhost-user-blk export could not be started.
+    #[error(transparent)]
+    Vhost(#[from] crate::export::vhost::VhostError),
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -18,6 +18,7 @@ use crate::block::BlockDevice;
 use crate::cli::ServeArgs;
 use crate::config::{Config, IoEngine};
 use crate::export::nbd::{Export, NbdServer};
+use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
 
 /// Default NBD TCP address: loopback only.
@@ -35,6 +36,10 @@ struct VolumeSpec {
     create: Option<CreateRequest>,
     read_only: bool,
     description: Option<String>,
+    /// vhost-user-blk socket, if the volume is exported that way too.
+    vhost_socket: Option<PathBuf>,
+    /// Queues of the vhost-user-blk export.
+    num_queues: u16,
 }
 
 /// `vraid serve`.
@@ -69,6 +74,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                 }),
                 read_only: v.read_only || args.read_only,
                 description: v.description.clone(),
+                vhost_socket: v.vhost_user_blk.clone(),
+                num_queues: v.num_queues,
             })
             .collect::<Vec<_>>()
     } else if !args.members.is_empty() {
@@ -78,6 +85,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: None,
             read_only: args.read_only,
             description: None,
+            vhost_socket: args.vhost_user_blk.clone(),
+            num_queues: args.vhost_queues,
         }]
     } else {
         demo_mode = true;
@@ -88,6 +97,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: Some(d.create),
             read_only: args.read_only,
             description: Some(d.description),
+            vhost_socket: Some(
+                args.vhost_user_blk
+                    .clone()
+                    .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
+            ),
+            num_queues: args.vhost_queues,
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -124,8 +139,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         .collect();
     let server = Arc::new(NbdServer::new(exports));
 
+    let vhost = match start_vhost(&volumes) {
+        Ok(v) => v,
+        Err(e) => {
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
     let result = run_listeners(&server, nbd, nbd_socket.as_deref(), &volumes, demo_mode).await;
     info!("shutting down: draining in-flight requests");
+    stop_vhost(vhost).await;
     server.shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
         .await
@@ -138,6 +161,45 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Starts the vhost-user-blk export of every volume that has a socket.
+fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, DaemonError> {
+    let mut servers = Vec::new();
+    for (a, spec) in volumes {
+        let Some(socket) = &spec.vhost_socket else {
+            continue;
+        };
+        let geometry = a.volume.geometry();
+        let export = VhostExport {
+            device: a.volume.clone() as Arc<dyn BlockDevice>,
+            socket: socket.clone(),
+            name: a.assembly.name.clone(),
+            read_only: spec.read_only,
+            num_queues: spec.num_queues,
+            min_io: geometry.chunk().get(),
+            opt_io: geometry.stripe_data_size(),
+        };
+        match VhostServer::start(export, tokio::runtime::Handle::current()) {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.shutdown();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(servers)
+}
+
+/// Disconnects vhost-user frontends and drains their requests.
+async fn stop_vhost(servers: Vec<VhostServer>) {
+    for s in servers {
+        if let Err(e) = tokio::task::spawn_blocking(move || s.shutdown()).await {
+            warn!("vhost-user-blk shutdown failed: {e}");
+        }
+    }
 }
 
 /// Creates the array first when asked to and no member holds a superblock yet,
@@ -175,6 +237,8 @@ impl VolumeSpec {
             create: None,
             read_only: false,
             description: None,
+            vhost_socket: None,
+            num_queues: 1,
         }
     }
 }
@@ -302,6 +366,13 @@ fn print_ready(
             out.push_str(&format!(
                 "  NBD URI:  nbd+unix:///{name}?socket={}\n",
                 p.display()
+            ));
+        }
+        if let Some(p) = &spec.vhost_socket {
+            out.push_str(&format!(
+                "  vhost-user-blk: {} ({} queues)\n",
+                p.display(),
+                spec.num_queues
             ));
         }
     }

@@ -1,0 +1,1 @@
+//! Unit tests of the parser, the config space and request execution.
