@@ -388,3 +388,16 @@ pub fn write_export(uri: &str, data: &[u8], scratch: &Path) {
     run_ok(Command::new("nbdcopy").arg(&src).arg(uri));
     let _ = std::fs::remove_file(&src);
 }
+
+/// Waits until a Unix socket at `path` accepts connections (30 s at most).
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {} after 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

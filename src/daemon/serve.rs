@@ -109,6 +109,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
     }
 
+    // Refuse a live vhost-user socket before touching any member.
+    for socket in specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
     let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
     for spec in specs {
         let assembled = match bring_up(&spec, &opts).await {

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 pub use backend::{AtomicMem, BlkBackend, GuestMem, InFlight, Vring};
 pub use device::DeviceSpec;
-pub use server::{VhostExport, VhostServer};
+pub use server::{check_socket_free, VhostExport, VhostServer};
 
 /// Errors setting up a vhost-user-blk export.
 #[derive(Debug, thiserror::Error)]

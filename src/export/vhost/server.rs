@@ -158,13 +158,19 @@ impl Drop for VhostServer {
     }
 }
 
+/// Fails if a server already listens on `path`; a stale file is fine.
+pub fn check_socket_free(path: &Path) -> Result<(), VhostError> {
+    if std::fs::symlink_metadata(path).is_ok() && UnixStream::connect(path).is_ok() {
+        return Err(VhostError::InUse(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 /// Binds `path`: a stale socket file is replaced, a live one refused.
 fn bind(path: &Path) -> Result<UnixListener, VhostError> {
     let err = |e| VhostError::Bind(path.to_path_buf(), e);
     if std::fs::symlink_metadata(path).is_ok() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(VhostError::InUse(path.to_path_buf()));
-        }
+        check_socket_free(path)?;
         std::fs::remove_file(path).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;

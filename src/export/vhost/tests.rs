@@ -57,7 +57,12 @@ fn read_request_parses_into_data_segments_and_status() {
 
     let req = parse(
         &mem,
-        [out(0x100, 16), inp(0x1000, 512), inp(0x2000, 512), inp(0x3000, 1)],
+        [
+            out(0x100, 16),
+            inp(0x1000, 512),
+            inp(0x2000, 512),
+            inp(0x3000, 1),
+        ],
     )
     .unwrap();
 
@@ -97,7 +102,10 @@ fn chain_without_writable_status_cannot_be_answered() {
     let empty = parse(&mem, []).unwrap_err();
     let status_outside = parse(&mem, [out(0x100, 16), inp(MEM_SIZE as u64, 1)]).unwrap_err();
 
-    assert_eq!((no_write.status, no_write.kind), (None, ParseError::NoStatus));
+    assert_eq!(
+        (no_write.status, no_write.kind),
+        (None, ParseError::NoStatus)
+    );
     assert_eq!((empty.status, empty.kind), (None, ParseError::Empty));
     assert_eq!(status_outside.status, None);
 }
@@ -109,7 +117,11 @@ fn descriptor_outside_guest_memory_is_an_io_error_with_status() {
 
     let e = parse(
         &mem,
-        [out(0x100, 16), inp(MEM_SIZE as u64 - 256, 512), inp(0x3000, 1)],
+        [
+            out(0x100, 16),
+            inp(MEM_SIZE as u64 - 256, 512),
+            inp(0x3000, 1),
+        ],
     )
     .unwrap_err();
 
@@ -347,8 +359,18 @@ async fn sectors_past_the_end_are_io_errors() {
     let mem = memory();
     let last = (3 << 20) / 512;
 
-    let read = execute(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 1024)]), last - 1)).await;
-    let huge = execute(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 512)]), u64::MAX)).await;
+    let read = execute(
+        &ctx,
+        &mem,
+        &request(Op::Read(vec![seg(0x1000, 1024)]), last - 1),
+    )
+    .await;
+    let huge = execute(
+        &ctx,
+        &mem,
+        &request(Op::Read(vec![seg(0x1000, 512)]), u64::MAX),
+    )
+    .await;
     let range = Range {
         sector: Sector(last),
         num_sectors: 1,
@@ -406,7 +428,8 @@ async fn discard_with_unmap_flag_and_unknown_types_are_unsupported() {
 async fn write_zeroes_clears_and_get_id_answers_name() {
     let (dev, ctx) = context(false);
     let mem = memory();
-    mem.write_slice(&[0xaa; 4096], GuestAddress(0x1000)).unwrap();
+    mem.write_slice(&[0xaa; 4096], GuestAddress(0x1000))
+        .unwrap();
     execute(&ctx, &mem, &request(Op::Write(vec![seg(0x1000, 4096)]), 0)).await;
     let range = Range {
         sector: Sector(1),
