@@ -402,3 +402,21 @@ fn socket_is_private_stale_file_is_replaced_and_live_one_refused() {
     let mut c = Client::connect(&sock, 1, 1 << 20);
     assert!(c.read(0, 4096).is_ok());
 }
+
+#[test]
+fn sigterm_with_a_connected_frontend_stops_cleanly_and_keeps_the_data() {
+    let dir = scratch_dir("vhost-sigterm");
+    let (server, sock, members) = raid5_server(dir.path(), &[]);
+    let mut c = Client::connect(&sock, 1, 1 << 20);
+    let data = pseudo_random(128 << 10, 42);
+    assert_eq!(c.write(3 * CHUNK, &data, 0), 0);
+
+    let code = server.stop();
+
+    assert_eq!(code, 0);
+    assert!(!sock.exists(), "socket file left behind");
+    drop(c);
+    let _again = start(&sock, &members, &[]);
+    let mut c = Client::connect(&sock, 1, 1 << 20);
+    assert!(c.read(3 * CHUNK, data.len()).unwrap() == data);
+}

@@ -135,10 +135,10 @@ impl BlkBackend {
             .all(|q| q.wait_idle(deadline.saturating_duration_since(Instant::now())))
     }
 
-    /// Pops every available chain and starts it; true if any was found.
-    fn process_queue(&self, index: usize, vring: &Vring) -> io::Result<bool> {
+    /// Pops every available chain and starts it.
+    fn process_queue(&self, index: usize, vring: &Vring) {
         let Some(atomic) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Ok(false);
+            return;
         };
         let mem = atomic.memory().into_inner();
         let chains: Vec<_> = {
@@ -146,7 +146,6 @@ impl BlkBackend {
             let queue = state.get_queue_mut();
             std::iter::from_fn(|| queue.pop_descriptor_chain(mem.clone())).collect()
         };
-        let found = !chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
             let guard = self.queues[index].begin();
@@ -172,7 +171,6 @@ impl BlkBackend {
                 }
             }
         }
-        Ok(found)
     }
 }
 
@@ -283,28 +281,33 @@ impl VhostUserBackend for BlkBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+            warn!("{}: unexpected event set {evset:?}", self.ctx.spec.name);
+            return Ok(());
         }
         let index = usize::from(device_event);
         let Some(vring) = vrings.get(index) else {
-            return Err(io::Error::other(format!("event for unknown queue {index}")));
+            warn!("{}: event for unknown queue {index}", self.ctx.spec.name);
+            return Ok(());
         };
         if !self.event_idx.load(Ordering::Relaxed) {
-            self.process_queue(index, vring)?;
+            self.process_queue(index, vring);
             return Ok(());
         }
         // EVENT_IDX: suppress kicks while draining, re-enable, and look again
-        // for chains that raced with the re-enable.
+        // for chains that raced with the re-enable. A ring the guest placed
+        // outside its memory ends the loop; the worker thread stays alive.
         loop {
-            vring
-                .disable_notification()
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            self.process_queue(index, vring)?;
-            if !vring
-                .enable_notification()
-                .map_err(|e| io::Error::other(e.to_string()))?
-            {
-                break;
+            if let Err(e) = vring.disable_notification() {
+                debug!("{}: queue {index}: {e}", self.ctx.spec.name);
+            }
+            self.process_queue(index, vring);
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    debug!("{}: queue {index}: {e}", self.ctx.spec.name);
+                    break;
+                }
             }
         }
         Ok(())

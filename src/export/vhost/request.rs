@@ -273,7 +273,7 @@ fn decode<M: GuestMemory + ?Sized>(
 }
 
 fn check_transfer(len: u64) -> Result<(), ParseError> {
-    if len == 0 || len % SECTOR_SIZE != 0 {
+    if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
         return Err(ParseError::BadDataLength(len));
     }
     if len > MAX_DATA_LEN {
@@ -285,7 +285,7 @@ fn check_transfer(len: u64) -> Result<(), ParseError> {
 fn ranges<M: GuestMemory + ?Sized>(mem: &M, segs: &[Segment]) -> Result<Vec<Range>, ParseError> {
     let len = total(segs);
     let count = len / RANGE_LEN as u64;
-    if len == 0 || len % RANGE_LEN as u64 != 0 || count > u64::from(MAX_RANGES) {
+    if len == 0 || !len.is_multiple_of(RANGE_LEN as u64) || count > u64::from(MAX_RANGES) {
         return Err(ParseError::BadRangeList(len));
     }
     let bytes = read_bytes(mem, segs)?;
