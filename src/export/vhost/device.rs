@@ -119,9 +119,22 @@ fn put(c: &mut [u8], at: usize, bytes: &[u8]) {
     c[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
-/// The `[offset, offset + size)` slice of `space`, or `None` if outside it.
+/// Largest config space a vhost-user message carries.
+pub const MAX_CONFIG_LEN: usize = 256;
+
+/// The `[offset, offset + size)` slice of `space`, zero-padded past its end
+/// (newer frontends read fields we do not offer, e.g. secure erase), or
+/// `None` beyond the 256 bytes vhost-user allows.
 pub fn config_slice(space: &[u8], offset: u32, size: u32) -> Option<Vec<u8>> {
     let start = offset as usize;
     let end = start.checked_add(size as usize)?;
-    space.get(start..end).map(<[u8]>::to_vec)
+    if end > MAX_CONFIG_LEN {
+        return None;
+    }
+    let mut out = vec![0u8; end - start];
+    if start < space.len() {
+        let n = space.len().min(end) - start;
+        out[..n].copy_from_slice(&space[start..start + n]);
+    }
+    Some(out)
 }

@@ -215,8 +215,11 @@ fn accept_loop(
         }
         info!("vhost-user-blk {where_}: frontend connected");
         match daemon.wait() {
-            Ok(()) => info!("vhost-user-blk {where_}: frontend disconnected"),
-            Err(e) => info!("vhost-user-blk {where_}: connection ended: {e}"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => info!("vhost-user-blk {where_}: frontend disconnected"),
+            Err(e) => warn!("vhost-user-blk {where_}: connection ended: {e}"),
         }
         control.lock().unwrap_or_else(|e| e.into_inner()).connection = None;
         // Dropping the daemon stops and joins the queue worker threads.

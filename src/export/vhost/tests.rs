@@ -281,11 +281,17 @@ fn config_space_matches_virtio_blk_config_layout() {
 }
 
 #[test]
-fn config_slice_refuses_reads_past_the_end() {
-    let c = spec(false).config_space(false);
+fn config_slice_zero_pads_unoffered_fields_and_refuses_past_256_bytes() {
+    let c = spec(false).config_space(true);
 
-    assert_eq!(config_slice(&c, 32, 1), Some(vec![0]));
-    assert_eq!(config_slice(&c, 56, 8), None);
+    let wce = config_slice(&c, 32, 1);
+    let tail = config_slice(&c, 56, 8).unwrap();
+    let beyond = config_slice(&c, 100, 4);
+
+    assert_eq!(wce, Some(vec![1]));
+    assert_eq!(tail, vec![1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(beyond, Some(vec![0; 4]));
+    assert_eq!(config_slice(&c, 250, 8), None);
     assert_eq!(config_slice(&c, u32::MAX, u32::MAX), None);
 }
 
