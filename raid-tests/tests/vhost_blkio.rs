@@ -420,3 +420,56 @@ fn sigterm_with_a_connected_frontend_stops_cleanly_and_keeps_the_data() {
     let mut c = Client::connect(&sock, 1, 1 << 20);
     assert!(c.read(3 * CHUNK, data.len()).unwrap() == data);
 }
+
+#[test]
+fn demo_exports_vol0_sock_beside_nbd() {
+    let dir = scratch_dir("vhost-demo");
+    let server = Server::start_in(dir.path(), &[]);
+    let sock = dir.path().join("vraid-data").join("vol0.sock");
+    wait_for_socket(&sock);
+    let mut c = Client::connect(&sock, 2, 1 << 20);
+
+    let ret = c.write(1 << 20, &[0x6c; 65536], 0);
+
+    assert_eq!(ret, 0);
+    assert!(server
+        .log()
+        .contains("vhost-user-blk: vraid-data/vol0.sock"));
+    qemu_io(
+        &server.uri("vol0"),
+        &[format!("read -P 0x6c {} 65536", 1 << 20)],
+    );
+}
+
+#[test]
+fn config_volume_with_vhost_socket_serves_its_queues() {
+    let dir = scratch_dir("vhost-config");
+    let members = member_paths(dir.path(), 4);
+    let sock = dir.path().join("r0.sock");
+    let config = dir.path().join("vraid.toml");
+    let list = members
+        .iter()
+        .map(|m| format!("{:?}", m.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "[[volume]]\nname = \"r0\"\nlevel = 0\nchunk_size = \"128K\"\nmembers = [{list}]\n\
+             create = {{ member_size = \"16M\" }}\nvhost_user_blk = {:?}\nnum_queues = 2\n",
+            sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    let _server = Server::start(&["--config", config.to_str().unwrap()]);
+    wait_for_socket(&sock);
+
+    let three = Client::try_connect(&sock, 3, 1 << 20, false);
+    let mut two = Client::connect(&sock, 2, 1 << 20);
+    let data = pseudo_random(512 << 10, 9);
+    let ret = two.write(128 << 10, &data, 0);
+
+    assert!(three.is_err(), "a third queue must be refused");
+    assert_eq!(ret, 0);
+    assert!(two.read(128 << 10, data.len()).unwrap() == data);
+}
