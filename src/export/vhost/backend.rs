@@ -27,7 +27,7 @@ use vmm_sys_util::event::{
 };
 
 use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
-use super::exec::{answer, execute, ExportContext, Status};
+use super::exec::{answer, execute, BufPool, ExportContext, Status};
 use super::request::parse;
 
 /// Guest memory as the backend sees it (no dirty bitmap: logging is not offered).
@@ -48,7 +48,8 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    fn begin(self: &Arc<Self>) -> InFlightGuard {
+    /// Counts one more request until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlightGuard {
         *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         InFlightGuard(self.clone())
     }
@@ -77,7 +78,8 @@ impl InFlight {
 }
 
 /// Decrements the in-flight count when the request is answered (or dropped).
-struct InFlightGuard(Arc<InFlight>);
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
@@ -96,6 +98,7 @@ pub struct BlkBackend {
     mem: RwLock<Option<AtomicMem>>,
     event_idx: AtomicBool,
     queues: Vec<Arc<InFlight>>,
+    pools: Vec<Arc<BufPool>>,
 }
 
 impl std::fmt::Debug for BlkBackend {
@@ -110,15 +113,14 @@ impl std::fmt::Debug for BlkBackend {
 impl BlkBackend {
     /// A backend for `ctx` whose requests run on `runtime`.
     pub fn new(ctx: Arc<ExportContext>, runtime: tokio::runtime::Handle) -> BlkBackend {
-        let queues = (0..ctx.spec.num_queues)
-            .map(|_| Arc::new(InFlight::default()))
-            .collect();
+        let n = usize::from(ctx.spec.num_queues);
         BlkBackend {
             ctx,
             runtime,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
-            queues,
+            queues: (0..n).map(|_| Arc::new(InFlight::default())).collect(),
+            pools: (0..n).map(|_| Arc::new(BufPool::default())).collect(),
         }
     }
 
@@ -152,10 +154,11 @@ impl BlkBackend {
             match parse(&*mem, chain) {
                 Ok(req) => {
                     let ctx = self.ctx.clone();
+                    let pool = self.pools[index].clone();
                     let mem = mem.clone();
                     let vring = vring.clone();
                     self.runtime.spawn(async move {
-                        let (status, data_in) = execute(&ctx, &*mem, &req).await;
+                        let (status, data_in) = execute(&ctx, &pool, &*mem, &req).await;
                         let used = answer(&*mem, req.status, status, data_in);
                         complete(&vring, head, used);
                         drop(guard);

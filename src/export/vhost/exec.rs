@@ -7,14 +7,14 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::device::DeviceSpec;
 use super::request::{
-    read_bytes, total, BlockRequest, Op, Range, Sector, Segment, RANGE_FLAG_UNMAP, SECTOR_SIZE,
+    total, BlockRequest, Op, Range, Sector, Segment, RANGE_FLAG_UNMAP, SECTOR_SIZE,
 };
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::units::ByteOffset;
@@ -59,6 +59,42 @@ impl std::fmt::Debug for ExportContext {
     }
 }
 
+/// Bounce buffers of one queue, reused so that large requests neither
+/// fault in fresh pages nor zero them each time. The lock is held only to
+/// take or return a buffer, never across I/O.
+#[derive(Debug, Default)]
+pub struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// Buffers kept per queue.
+    const KEEP: usize = 64;
+    /// Buffers larger than this are not kept.
+    const MAX_KEPT_LEN: usize = 4 << 20;
+
+    /// A buffer of at least `len` bytes (contents unspecified).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter()
+                .position(|b| b.len() >= len)
+                .map(|i| free.swap_remove(i))
+        };
+        reused.unwrap_or_else(|| vec![0u8; len])
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.len() <= Self::MAX_KEPT_LEN {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < Self::KEEP {
+                free.push(buf);
+            }
+        }
+    }
+}
+
 /// Writes `status` to `addr`; returns the bytes the device wrote in all
 /// (`data_in` plus the status byte) for the used ring.
 pub fn answer<M: GuestMemory + ?Sized>(
@@ -77,12 +113,13 @@ pub fn answer<M: GuestMemory + ?Sized>(
 /// guest memory.
 pub async fn execute<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &BufPool,
     mem: &M,
     req: &BlockRequest,
 ) -> (Status, u32) {
     let result = match &req.op {
-        Op::Read(segs) => return read(ctx, mem, req.sector, segs).await,
-        Op::Write(segs) => write(ctx, mem, req.sector, segs).await,
+        Op::Read(segs) => return read(ctx, pool, mem, req.sector, segs).await,
+        Op::Write(segs) => write(ctx, pool, mem, req.sector, segs).await,
         Op::Flush => ctx.device.flush().await.map_err(|e| status_of(&e)),
         Op::GetId(segs) => return (Status::OK, scatter(mem, segs, &ctx.spec.id())),
         Op::Discard(ranges) => clear(ctx, ranges, false).await,
@@ -103,6 +140,7 @@ fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffse
 
 async fn read<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &BufPool,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -112,18 +150,22 @@ async fn read<M: GuestMemory + ?Sized>(
         Ok(o) => o,
         Err(s) => return (s, 0),
     };
-    let mut buf = vec![0u8; len as usize];
-    match ctx.device.read(offset, &mut buf).await {
-        Ok(()) => match scatter(mem, segs, &buf) {
+    let mut buf = pool.take(len as usize);
+    let data = &mut buf[..len as usize];
+    let result = match ctx.device.read(offset, data).await {
+        Ok(()) => match scatter(mem, segs, data) {
             n if u64::from(n) == len => (Status::OK, n),
             n => (Status::IOERR, n),
         },
         Err(e) => (status_of(&e), 0),
-    }
+    };
+    pool.give(buf);
+    result
 }
 
 async fn write<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &BufPool,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -131,17 +173,40 @@ async fn write<M: GuestMemory + ?Sized>(
     if ctx.spec.read_only {
         return Err(Status::IOERR);
     }
-    let offset = byte_range(ctx, sector, total(segs))?;
-    let buf = read_bytes(mem, segs).map_err(|_| Status::IOERR)?;
+    let len = total(segs);
+    let offset = byte_range(ctx, sector, len)?;
     let durability = if ctx.writeback.load(Ordering::Relaxed) {
         Durability::Normal
     } else {
         Durability::Fua
     };
-    ctx.device
-        .write(offset, &buf, durability)
-        .await
-        .map_err(|e| status_of(&e))
+    let mut buf = pool.take(len as usize);
+    let result = match gather(mem, segs, &mut buf[..len as usize]) {
+        Ok(()) => ctx
+            .device
+            .write(offset, &buf[..len as usize], durability)
+            .await
+            .map_err(|e| status_of(&e)),
+        Err(s) => Err(s),
+    };
+    pool.give(buf);
+    result
+}
+
+/// Copies the segments out of guest memory into `out` (exactly their length).
+fn gather<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: &[Segment],
+    out: &mut [u8],
+) -> Result<(), Status> {
+    let mut at = 0usize;
+    for s in segs {
+        let end = at + s.len as usize;
+        mem.read_slice(&mut out[at..end], s.addr)
+            .map_err(|_| Status::IOERR)?;
+        at = end;
+    }
+    Ok(())
 }
 
 async fn clear(ctx: &ExportContext, ranges: &[Range], zeroes: bool) -> Result<(), Status> {

@@ -14,8 +14,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::backend::{BlkBackend, InFlight};
 use super::device::{config_slice, DeviceSpec, CONFIG_LEN, WCE_OFFSET};
-use super::exec::{answer, execute, ExportContext, Status};
+use super::exec::{answer, execute, BufPool, ExportContext, Status};
 use super::request::{parse, BlockRequest, Op, ParseError, Range, Sector, Segment, MAX_DATA_LEN};
 use crate::block::BlockDevice;
 use crate::member::memory::MemDevice;
@@ -328,6 +329,10 @@ fn context(read_only: bool) -> (Arc<MemDevice>, ExportContext) {
     (dev, ctx)
 }
 
+async fn run(ctx: &ExportContext, mem: &GuestMemoryMmap<()>, req: &BlockRequest) -> (Status, u32) {
+    execute(ctx, &BufPool::default(), mem, req).await
+}
+
 fn request(op: Op, sector: u64) -> BlockRequest {
     BlockRequest {
         op,
@@ -343,13 +348,13 @@ async fn write_then_read_round_trips_through_guest_memory() {
     let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
     mem.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
 
-    let w = execute(
+    let w = run(
         &ctx,
         &mem,
         &request(Op::Write(vec![seg(0x1000, 512), seg(0x1200, 512)]), 2),
     )
     .await;
-    let r = execute(&ctx, &mem, &request(Op::Read(vec![seg(0x8000, 1024)]), 2)).await;
+    let r = run(&ctx, &mem, &request(Op::Read(vec![seg(0x8000, 1024)]), 2)).await;
 
     assert_eq!(w, (Status::OK, 0));
     assert_eq!(r, (Status::OK, 1024));
@@ -365,13 +370,13 @@ async fn sectors_past_the_end_are_io_errors() {
     let mem = memory();
     let last = (3 << 20) / 512;
 
-    let read = execute(
+    let read = run(
         &ctx,
         &mem,
         &request(Op::Read(vec![seg(0x1000, 1024)]), last - 1),
     )
     .await;
-    let huge = execute(
+    let huge = run(
         &ctx,
         &mem,
         &request(Op::Read(vec![seg(0x1000, 512)]), u64::MAX),
@@ -382,7 +387,7 @@ async fn sectors_past_the_end_are_io_errors() {
         num_sectors: 1,
         flags: 0,
     };
-    let discard = execute(&ctx, &mem, &request(Op::Discard(vec![range]), 0)).await;
+    let discard = run(&ctx, &mem, &request(Op::Discard(vec![range]), 0)).await;
 
     assert_eq!(read.0, Status::IOERR);
     assert_eq!(huge.0, Status::IOERR);
@@ -399,10 +404,10 @@ async fn read_only_export_refuses_writes_but_reads_and_flushes() {
         flags: 0,
     };
 
-    let write = execute(&ctx, &mem, &request(Op::Write(vec![seg(0x1000, 512)]), 0)).await;
-    let zeroes = execute(&ctx, &mem, &request(Op::WriteZeroes(vec![range]), 0)).await;
-    let read = execute(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 512)]), 0)).await;
-    let flush = execute(&ctx, &mem, &request(Op::Flush, 0)).await;
+    let write = run(&ctx, &mem, &request(Op::Write(vec![seg(0x1000, 512)]), 0)).await;
+    let zeroes = run(&ctx, &mem, &request(Op::WriteZeroes(vec![range]), 0)).await;
+    let read = run(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 512)]), 0)).await;
+    let flush = run(&ctx, &mem, &request(Op::Flush, 0)).await;
 
     assert_eq!(write.0, Status::IOERR);
     assert_eq!(zeroes.0, Status::IOERR);
@@ -421,9 +426,9 @@ async fn discard_with_unmap_flag_and_unknown_types_are_unsupported() {
     };
     let reserved = Range { flags: 2, ..unmap };
 
-    let discard = execute(&ctx, &mem, &request(Op::Discard(vec![unmap]), 0)).await;
-    let zeroes = execute(&ctx, &mem, &request(Op::WriteZeroes(vec![reserved]), 0)).await;
-    let unknown = execute(&ctx, &mem, &request(Op::Unsupported(99), 0)).await;
+    let discard = run(&ctx, &mem, &request(Op::Discard(vec![unmap]), 0)).await;
+    let zeroes = run(&ctx, &mem, &request(Op::WriteZeroes(vec![reserved]), 0)).await;
+    let unknown = run(&ctx, &mem, &request(Op::Unsupported(99), 0)).await;
 
     assert_eq!(discard.0, Status::UNSUPP);
     assert_eq!(zeroes.0, Status::UNSUPP);
@@ -436,15 +441,15 @@ async fn write_zeroes_clears_and_get_id_answers_name() {
     let mem = memory();
     mem.write_slice(&[0xaa; 4096], GuestAddress(0x1000))
         .unwrap();
-    execute(&ctx, &mem, &request(Op::Write(vec![seg(0x1000, 4096)]), 0)).await;
+    run(&ctx, &mem, &request(Op::Write(vec![seg(0x1000, 4096)]), 0)).await;
     let range = Range {
         sector: Sector(1),
         num_sectors: 2,
         flags: 1,
     };
 
-    let zeroes = execute(&ctx, &mem, &request(Op::WriteZeroes(vec![range]), 0)).await;
-    let id = execute(&ctx, &mem, &request(Op::GetId(vec![seg(0x9000, 20)]), 0)).await;
+    let zeroes = run(&ctx, &mem, &request(Op::WriteZeroes(vec![range]), 0)).await;
+    let id = run(&ctx, &mem, &request(Op::GetId(vec![seg(0x9000, 20)]), 0)).await;
 
     assert_eq!(zeroes, (Status::OK, 0));
     let data = dev.snapshot();
@@ -463,7 +468,7 @@ async fn failing_volume_reads_are_io_errors() {
     let mem = memory();
     dev.set_failing(true);
 
-    let r = execute(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 512)]), 0)).await;
+    let r = run(&ctx, &mem, &request(Op::Read(vec![seg(0x1000, 512)]), 0)).await;
 
     assert_eq!(r, (Status::IOERR, 0));
 }
@@ -488,4 +493,47 @@ fn get_id_request_parses() {
     let req = parse(&mem, [out(0x100, 16), inp(0x1000, 21)]).unwrap();
 
     assert_eq!(req.op, Op::GetId(vec![seg(0x1000, 20)]));
+}
+
+#[test]
+fn in_flight_wait_returns_once_the_last_request_completes() {
+    let queue = Arc::new(InFlight::default());
+    let guard = queue.begin();
+    let second = queue.begin();
+    drop(second);
+    let started = std::time::Instant::now();
+
+    let timed_out = !queue.wait_idle(std::time::Duration::from_millis(20));
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(guard);
+    });
+    let drained = queue.wait_idle(std::time::Duration::from_secs(10));
+    releaser.join().unwrap();
+
+    assert!(timed_out);
+    assert!(drained);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+    assert_eq!(queue.get(), 0);
+}
+
+#[tokio::test]
+async fn backend_exposes_config_wce_and_one_thread_per_queue() {
+    use vhost_user_backend::VhostUserBackend;
+    let (_dev, ctx) = context(false);
+    let backend = BlkBackend::new(Arc::new(ctx), tokio::runtime::Handle::current());
+
+    let wce_before = backend.get_config(WCE_OFFSET as u32, 1);
+    backend.set_config(WCE_OFFSET as u32, &[0]).unwrap();
+    let wce_after = backend.get_config(WCE_OFFSET as u32, 1);
+    let bad_write = backend.set_config(0, &[1, 2, 3, 4]);
+
+    assert_eq!(wce_before, vec![1]);
+    assert_eq!(wce_after, vec![0]);
+    assert!(bad_write.is_err());
+    assert_eq!(backend.num_queues(), 2);
+    assert_eq!(backend.queues_per_thread(), vec![1, 2]);
+    assert!(backend.exit_event(0).is_some());
+    assert!(backend.stop_vring(0).is_ok());
+    assert_eq!(backend.in_flight(), 0);
 }
