@@ -7,10 +7,6 @@ use vraid::meta::superblock::Superblock;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(sb) = Superblock::decode(data) {
-        assert_eq!(
-            &sb.encode()[..],
-            data,
-            "accepted block does not re-encode identically"
-        );
+        assert_eq!(&sb.encode()[..], data, "accepted block does not re-encode identically");
     }
 });
