@@ -473,3 +473,33 @@ fn config_volume_with_vhost_socket_serves_its_queues() {
     assert_eq!(ret, 0);
     assert!(two.read(128 << 10, data.len()).unwrap() == data);
 }
+
+#[test]
+fn frontend_vanishing_with_requests_in_flight_leaves_the_server_serving() {
+    let dir = scratch_dir("vhost-vanish");
+    let (server, sock, _) = raid5_server(dir.path(), &[]);
+
+    for round in 0..3 {
+        let mut c = Client::connect(&sock, 1, 2 << 20);
+        for k in 0..32usize {
+            let ptr = (c.region.addr + k * 65536) as *const u8;
+            c.queues[0].write(k as u64 * 65536, ptr, 65536, k, ReqFlags::empty());
+        }
+        // Kick the queue without waiting for anything, then vanish.
+        let mut none: [MaybeUninit<Completion>; 0] = [];
+        let mut zero = Duration::ZERO;
+        let _ = c.queues[0].do_io(&mut none, 0, Some(&mut zero), None);
+        drop(c);
+        eprintln!("round {round}: disconnected with writes in flight");
+    }
+
+    let mut c = Client::connect(&sock, 1, 1 << 20);
+    let data = pseudo_random(65536, 5);
+    assert_eq!(c.write(4 << 20, &data, 0), 0);
+    assert!(c.read(4 << 20, data.len()).unwrap() == data);
+    assert!(
+        !server.log().contains("still in flight"),
+        "{}",
+        server.log()
+    );
+}

@@ -224,6 +224,10 @@ fn accept_loop(
         control.lock().unwrap_or_else(|e| e.into_inner()).connection = None;
         // Dropping the daemon stops and joins the queue worker threads.
         drop(daemon);
+        let pending = backend.in_flight();
+        if pending > 0 {
+            info!("vhost-user-blk {where_}: draining {pending} requests of the old connection");
+        }
         if !backend.drain(DRAIN_TIMEOUT) {
             warn!(
                 "vhost-user-blk {where_}: {} requests still in flight after {DRAIN_TIMEOUT:?}",
