@@ -4,10 +4,10 @@
 //!
 //! ```text
 //!  kick ─► worker thread (queue i): pop chains under the vring lock, drop it
-//!            └─► parse ─► runtime.spawn(execute) ──► Volume
-//!                                  completion: copy data in, status,
-//!                                  add_used + needs_notification (vring lock),
-//!                                  signal, in-flight count − 1
+//!            └─► parse ─► push execute() on the queue's executor ──► Volume
+//!  wake ─► worker thread (queue i): poll; a completed request: copy data in,
+//!            status, add_used + needs_notification (vring lock), signal,
+//!            in-flight count − 1
 //!  GET_VRING_BASE / RESET_DEVICE ─► wait until the queue's in-flight count is 0
 //! ```
 
@@ -28,6 +28,7 @@ use vmm_sys_util::event::{
 
 use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
 use super::exec::{answer, execute, BufPool, ExportContext, Status};
+use super::executor::QueueExecutor;
 use super::request::parse;
 
 /// Guest memory as the backend sees it (no dirty bitmap: logging is not offered).
@@ -99,6 +100,7 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     queues: Vec<Arc<InFlight>>,
     pools: Vec<Arc<BufPool>>,
+    executors: Vec<QueueExecutor>,
 }
 
 impl std::fmt::Debug for BlkBackend {
@@ -111,17 +113,41 @@ impl std::fmt::Debug for BlkBackend {
 }
 
 impl BlkBackend {
-    /// A backend for `ctx` whose requests run on `runtime`.
-    pub fn new(ctx: Arc<ExportContext>, runtime: tokio::runtime::Handle) -> BlkBackend {
+    /// A backend for `ctx` whose requests run in `runtime`'s context.
+    pub fn new(ctx: Arc<ExportContext>, runtime: tokio::runtime::Handle) -> io::Result<BlkBackend> {
         let n = usize::from(ctx.spec.num_queues);
-        BlkBackend {
+        Ok(BlkBackend {
             ctx,
             runtime,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             queues: (0..n).map(|_| Arc::new(InFlight::default())).collect(),
             pools: (0..n).map(|_| Arc::new(BufPool::default())).collect(),
+            executors: (0..n)
+                .map(|_| QueueExecutor::new())
+                .collect::<io::Result<_>>()?,
+        })
+    }
+
+    /// The epoll event id of queue `index`'s completion wake-ups: above the
+    /// ids the vhost-user event loop reserves (queues, then exit).
+    fn wake_event(&self, index: usize) -> u64 {
+        (self.queues.len() + 1 + index) as u64
+    }
+
+    /// Registers each queue's wake-up eventfd with the worker thread that
+    /// serves the queue (thread `i` serves queue `i`).
+    pub fn register_wakers(
+        &self,
+        handlers: &[Arc<vhost_user_backend::VringEpollHandler<Arc<BlkBackend>>>],
+    ) -> io::Result<()> {
+        for (index, exec) in self.executors.iter().enumerate() {
+            let handler = handlers
+                .get(index)
+                .ok_or_else(|| io::Error::other(format!("no worker thread for queue {index}")))?;
+            handler.register_listener(exec.wake_fd(), EventSet::IN, self.wake_event(index))?;
         }
+        Ok(())
     }
 
     /// Requests in flight on every queue.
@@ -157,12 +183,12 @@ impl BlkBackend {
                     let pool = self.pools[index].clone();
                     let mem = mem.clone();
                     let vring = vring.clone();
-                    self.runtime.spawn(async move {
+                    self.executors[index].push(Box::pin(async move {
                         let (status, data_in) = execute(&ctx, &pool, &*mem, &req).await;
                         let used = answer(&*mem, req.status, status, data_in);
                         complete(&vring, head, used);
                         drop(guard);
-                    });
+                    }));
                 }
                 Err(e) => {
                     debug!("{}: bad request on queue {index}: {e}", self.ctx.spec.name);
@@ -288,12 +314,19 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         }
         let index = usize::from(device_event);
+        let _runtime = self.runtime.enter();
+        let n = self.queues.len();
+        if index > n && index - n - 1 < n {
+            self.executors[index - n - 1].run();
+            return Ok(());
+        }
         let Some(vring) = vrings.get(index) else {
             warn!("{}: event for unknown queue {index}", self.ctx.spec.name);
             return Ok(());
         };
         if !self.event_idx.load(Ordering::Relaxed) {
             self.process_queue(index, vring);
+            self.executors[index].run();
             return Ok(());
         }
         // EVENT_IDX: suppress kicks while draining, re-enable, and look again
@@ -313,6 +346,7 @@ impl VhostUserBackend for BlkBackend {
                 }
             }
         }
+        self.executors[index].run();
         Ok(())
     }
 }

@@ -6,7 +6,8 @@
 //!  frontend (QEMU) ─unix socket─► server: accept loop, one frontend at a time
 //!                                   └─► backend: VhostUserBackend (&self), a
 //!                                       worker thread per queue
-//!  virtqueue chain ─► request::parse ─► exec::execute on the tokio runtime
+//!  virtqueue chain ─► request::parse ─► exec::execute, polled by the queue's
+//!                                        worker thread (executor) in tokio's context
 //!                                        └─► BlockDevice (raid::Volume)
 //! ```
 //!
@@ -16,6 +17,7 @@
 mod backend;
 pub mod device;
 pub mod exec;
+mod executor;
 pub mod request;
 mod server;
 

@@ -189,10 +189,7 @@ fn accept_loop(
     let stopping = || control.lock().unwrap_or_else(|e| e.into_inner()).stopping;
     let where_ = socket.display();
     while !stopping() {
-        let backend = Arc::new(BlkBackend::new(ctx.clone(), runtime.clone()));
-        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = match VhostUserDaemon::new(ctx.spec.name.clone(), backend.clone(), memory)
-        {
+        let (mut daemon, backend) = match new_daemon(&ctx, &runtime) {
             Ok(d) => d,
             Err(e) => {
                 warn!("vhost-user-blk {where_}: cannot create the device: {e}");
@@ -222,8 +219,8 @@ fn accept_loop(
             Err(e) => warn!("vhost-user-blk {where_}: connection ended: {e}"),
         }
         control.lock().unwrap_or_else(|e| e.into_inner()).connection = None;
-        // Dropping the daemon stops and joins the queue worker threads.
-        drop(daemon);
+        // Drain while the queue worker threads still poll their requests;
+        // dropping the daemon then stops and joins them.
         let pending = backend.in_flight();
         if pending > 0 {
             info!("vhost-user-blk {where_}: draining {pending} requests of the old connection");
@@ -234,5 +231,23 @@ fn accept_loop(
                 backend.in_flight()
             );
         }
+        drop(daemon);
     }
+}
+
+/// A fresh backend and daemon for the next frontend, with each queue's
+/// completion eventfd in its worker thread's epoll set.
+fn new_daemon(
+    ctx: &Arc<ExportContext>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(VhostUserDaemon<Arc<BlkBackend>>, Arc<BlkBackend>), String> {
+    let backend =
+        Arc::new(BlkBackend::new(ctx.clone(), runtime.clone()).map_err(|e| e.to_string())?);
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let daemon = VhostUserDaemon::new(ctx.spec.name.clone(), backend.clone(), memory)
+        .map_err(|e| e.to_string())?;
+    backend
+        .register_wakers(&daemon.get_epoll_handlers())
+        .map_err(|e| e.to_string())?;
+    Ok((daemon, backend))
 }

@@ -521,7 +521,7 @@ fn in_flight_wait_returns_once_the_last_request_completes() {
 async fn backend_exposes_config_wce_and_one_thread_per_queue() {
     use vhost_user_backend::VhostUserBackend;
     let (_dev, ctx) = context(false);
-    let backend = BlkBackend::new(Arc::new(ctx), tokio::runtime::Handle::current());
+    let backend = BlkBackend::new(Arc::new(ctx), tokio::runtime::Handle::current()).unwrap();
 
     let wce_before = backend.get_config(WCE_OFFSET as u32, 1);
     backend.set_config(WCE_OFFSET as u32, &[0]).unwrap();
