@@ -250,6 +250,15 @@ pub struct ServeArgs {
     /// Directory for the built-in demo (used when no members and no config are given).
     #[arg(long, value_name = "DIR", default_value = "vraid-data")]
     pub demo_dir: PathBuf,
+    /// Also export the volume over vhost-user-blk on this Unix socket
+    /// (the demo uses DIR/vol0.sock unless given). Config files use the
+    /// per-volume `vhost_user_blk` key instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of the vhost-user-blk export (1 to 16).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_NUM_QUEUES,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub vhost_queues: u16,
     /// Members of one array to assemble and serve (any order).
     #[arg(value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
@@ -320,6 +329,27 @@ mod tests {
         assert_eq!(a.delay, Some(std::time::Duration::from_millis(50)));
         assert_eq!(a.count, Some(3));
         assert!(parse_duration_arg("5parsecs").is_err());
+    }
+
+    #[test]
+    fn serve_takes_vhost_socket_and_queue_count() {
+        let cli = Cli::try_parse_from([
+            "vraid",
+            "serve",
+            "--vhost-user-blk",
+            "/tmp/v.sock",
+            "--vhost-queues",
+            "2",
+            "m0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.vhost_user_blk, Some(PathBuf::from("/tmp/v.sock")));
+        assert_eq!(args.vhost_queues, 2);
+        assert!(Cli::try_parse_from(["vraid", "serve", "--vhost-queues", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "serve", "--vhost-queues", "17"]).is_err());
     }
 
     #[test]

@@ -79,7 +79,16 @@ pub struct VolumeConfig {
     pub description: Option<String>,
     /// Faults injected at start-up (`[[volume.fault]]`).
     pub faults: Vec<FaultConfig>,
+    /// vhost-user-blk socket to export the volume on, if any.
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of the vhost-user-blk export.
+    pub num_queues: u16,
 }
+
+/// Queues of a vhost-user-blk export when `num_queues` is not given.
+pub const DEFAULT_NUM_QUEUES: u16 = 4;
+/// Most queues of a vhost-user-blk export.
+pub const MAX_NUM_QUEUES: u16 = 16;
 
 /// One `[[volume.fault]]`: a fault rule installed when the volume starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +219,8 @@ struct RawVolume {
     #[serde(default)]
     read_only: bool,
     description: Option<String>,
+    vhost_user_blk: Option<Spanned<String>>,
+    num_queues: Option<Spanned<i64>>,
     #[serde(default)]
     fault: Vec<Spanned<RawFault>>,
 }
@@ -479,6 +490,7 @@ fn volume(
     for (j, f) in v.fault.iter().enumerate() {
         faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
     }
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
     Ok(VolumeConfig {
         name,
         level,
@@ -487,6 +499,8 @@ fn volume(
         create,
         read_only: v.read_only,
         description: v.description,
+        vhost_user_blk,
+        num_queues,
         faults,
     })
 }
@@ -565,6 +579,48 @@ fn fault(
     spec.validate()
         .map_err(|e| src.invalid(f.span(), key, e.to_string()))?;
     Ok(FaultConfig { member, spec })
+}
+
+/// `vhost_user_blk` and `num_queues` of a volume; socket paths must be unique.
+fn vhost_keys(
+    src: &Source<'_>,
+    key: &str,
+    v: &RawVolume,
+    paths: &mut Vec<(PathBuf, String)>,
+) -> Result<(Option<PathBuf>, u16), ConfigError> {
+    let socket = match &v.vhost_user_blk {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(src.invalid(p.span(), format!("{key}.vhost_user_blk"), "empty path"))
+        }
+        Some(p) => {
+            let skey = format!("{key}.vhost_user_blk");
+            let path = PathBuf::from(p.get_ref());
+            if let Some((_, other)) = paths.iter().find(|(q, _)| *q == path) {
+                return Err(src.invalid(
+                    p.span(),
+                    skey,
+                    format!("{} is already used as {other}", path.display()),
+                ));
+            }
+            paths.push((path.clone(), skey));
+            Some(path)
+        }
+        None => None,
+    };
+    let queues = match &v.num_queues {
+        Some(n) => u16::try_from(*n.get_ref())
+            .ok()
+            .filter(|q| (1..=MAX_NUM_QUEUES).contains(q))
+            .ok_or_else(|| {
+                src.invalid(
+                    n.span(),
+                    format!("{key}.num_queues"),
+                    format!("{} queues: expected 1 to {MAX_NUM_QUEUES}", n.get_ref()),
+                )
+            })?,
+        None => DEFAULT_NUM_QUEUES,
+    };
+    Ok((socket, queues))
 }
 
 #[cfg(test)]
@@ -829,6 +885,47 @@ probability = 0.5
             "test.toml:9:18: volume[1].members[1]: /a is already used as volume[0].members[0]"
         );
         assert!(err(dup_in_one).starts_with("test.toml:4:18: volume[0].members[1]:"));
+    }
+
+    #[test]
+    fn vhost_user_blk_socket_and_queues_parse_with_defaults() {
+        let text = "[[volume]]\nname = \"a\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\
+                    vhost_user_blk = \"/run/a.sock\"\nnum_queues = 2\n\
+                    [[volume]]\nname = \"b\"\nlevel = 0\nmembers = [\"/c\", \"/d\"]\n";
+
+        let config = parse(text).unwrap();
+
+        assert_eq!(
+            config.volumes[0].vhost_user_blk.as_deref(),
+            Some(Path::new("/run/a.sock"))
+        );
+        assert_eq!(config.volumes[0].num_queues, 2);
+        assert_eq!(config.volumes[1].vhost_user_blk, None);
+        assert_eq!(config.volumes[1].num_queues, DEFAULT_NUM_QUEUES);
+    }
+
+    #[test]
+    fn bad_vhost_keys_are_refused_with_line() {
+        let base = "[[volume]]\nname = \"a\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+
+        let zero = err(&format!("{base}num_queues = 0\n"));
+        let many = err(&format!("{base}num_queues = 17\n"));
+        let empty = err(&format!("{base}vhost_user_blk = \"\"\n"));
+        let clash = err(&format!("{base}vhost_user_blk = \"/a\"\n"));
+
+        assert!(
+            zero.contains("test.toml:5:14: volume[0].num_queues"),
+            "{zero}"
+        );
+        assert!(many.contains("17 queues"), "{many}");
+        assert!(
+            empty.contains("volume[0].vhost_user_blk: empty path"),
+            "{empty}"
+        );
+        assert!(
+            clash.contains("already used as volume[0].members[0]"),
+            "{clash}"
+        );
     }
 
     #[test]

@@ -472,3 +472,16 @@ pub fn assert_fio_clean(child: Child) {
         assert_eq!(job["error"], 0, "fio job failed: {job}");
     }
 }
+
+/// Waits until a Unix socket at `path` accepts connections (30 s at most).
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {} after 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

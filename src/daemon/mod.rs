@@ -67,6 +67,9 @@ pub enum DaemonError {
     /// The control socket could not be set up.
     #[error(transparent)]
     ControlSocket(#[from] crate::control::server::ServerError),
+    /// A vhost-user-blk export could not be started.
+    #[error(transparent)]
+    Vhost(#[from] crate::export::vhost::VhostError),
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -19,6 +19,7 @@ use crate::cli::ServeArgs;
 use crate::config::{Config, IoEngine};
 use crate::control::{ControlServer, Registry};
 use crate::export::nbd::{Export, NbdServer};
+use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
 use crate::metrics::stats::StatsDevice;
 
@@ -39,6 +40,10 @@ struct VolumeSpec {
     description: Option<String>,
     /// Faults installed at start-up.
     faults: Vec<crate::config::FaultConfig>,
+    /// vhost-user-blk socket, if the volume is exported that way too.
+    vhost_socket: Option<PathBuf>,
+    /// Queues of the vhost-user-blk export.
+    num_queues: u16,
 }
 
 /// `vraid serve`.
@@ -78,6 +83,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                 read_only: v.read_only || args.read_only,
                 description: v.description.clone(),
                 faults: v.faults.clone(),
+                vhost_socket: v.vhost_user_blk.clone(),
+                num_queues: v.num_queues,
             })
             .collect::<Vec<_>>()
     } else if !args.members.is_empty() {
@@ -88,6 +95,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             read_only: args.read_only,
             description: None,
             faults: Vec::new(),
+            vhost_socket: args.vhost_user_blk.clone(),
+            num_queues: args.vhost_queues,
         }]
     } else {
         demo_mode = true;
@@ -99,6 +108,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             read_only: args.read_only,
             description: Some(d.description),
             faults: Vec::new(),
+            vhost_socket: Some(
+                args.vhost_user_blk
+                    .clone()
+                    .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
+            ),
+            num_queues: args.vhost_queues,
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -117,6 +132,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     // Refuse before touching any member if another daemon owns the socket.
     ControlServer::check_free(&control)?;
 
+    // Refuse a live vhost-user socket before touching any member.
+    for socket in specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
     let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
     for spec in specs {
         let assembled = match bring_up(&spec, &opts).await {
@@ -158,11 +177,22 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         .collect();
     let server = Arc::new(NbdServer::new(exports));
 
+    let vhost = match start_vhost(&volumes) {
+        Ok(v) => v,
+        Err(e) => {
+            for task in ops {
+                task.abort();
+            }
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
     let result = run_listeners(&server, nbd, nbd_socket.as_deref(), &volumes, demo_mode).await;
     for task in ops {
         task.abort();
     }
     info!("shutting down: draining in-flight requests");
+    stop_vhost(vhost).await;
     server.shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
         .await
@@ -235,6 +265,48 @@ async fn start_ops(
     Ok(tasks)
 }
 
+/// Starts the vhost-user-blk export of every volume that has a socket.
+fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, DaemonError> {
+    let mut servers = Vec::new();
+    for (a, spec) in volumes {
+        let Some(socket) = &spec.vhost_socket else {
+            continue;
+        };
+        let geometry = a.volume.geometry();
+        let export = VhostExport {
+            device: Arc::new(StatsDevice::new(
+                a.volume.clone() as Arc<dyn BlockDevice>,
+                a.handle.stats.clone(),
+            )) as Arc<dyn BlockDevice>,
+            socket: socket.clone(),
+            name: a.assembly.name.clone(),
+            read_only: spec.read_only,
+            num_queues: spec.num_queues,
+            min_io: geometry.chunk().get(),
+            opt_io: geometry.stripe_data_size(),
+        };
+        match VhostServer::start(export, tokio::runtime::Handle::current()) {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.shutdown();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(servers)
+}
+
+/// Disconnects vhost-user frontends and drains their requests.
+async fn stop_vhost(servers: Vec<VhostServer>) {
+    for s in servers {
+        if let Err(e) = tokio::task::spawn_blocking(move || s.shutdown()).await {
+            warn!("vhost-user-blk shutdown failed: {e}");
+        }
+    }
+}
+
 /// Creates the array first when asked to and no member holds a superblock yet,
 /// then assembles it.
 async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, DaemonError> {
@@ -271,6 +343,8 @@ impl VolumeSpec {
             read_only: false,
             description: None,
             faults: Vec::new(),
+            vhost_socket: None,
+            num_queues: 1,
         }
     }
 }
@@ -398,6 +472,13 @@ fn print_ready(
             out.push_str(&format!(
                 "  NBD URI:  nbd+unix:///{name}?socket={}\n",
                 p.display()
+            ));
+        }
+        if let Some(p) = &spec.vhost_socket {
+            out.push_str(&format!(
+                "  vhost-user-blk: {} ({} queues)\n",
+                p.display(),
+                spec.num_queues
             ));
         }
     }
