@@ -170,7 +170,7 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
         .await;
     let chunk = g.chunk().get();
     let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
-    join_all((0..g.members()).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    join_all((0..g.members()).map(|m| vol.write_member(MemberIndex(m), op))).await;
     if vol.down_count() > 1 {
         Err(vol.data_lost())
     } else {
