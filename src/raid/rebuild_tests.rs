@@ -253,7 +253,7 @@ async fn resync_fixes_inconsistent_parity_in_dirty_ranges_only() {
     // Arrange: good data, then parity corrupted in stripes 0 and 40.
     let member_size = 4 << 20;
     let array = Array::new(Level::Raid5, 3, C, member_size, &[]);
-    let g = array.volume.geometry().clone();
+    let g = *array.volume.geometry();
     array
         .volume
         .write(
