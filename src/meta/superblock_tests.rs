@@ -29,6 +29,7 @@ fn sample() -> Superblock {
         creation_time: 1_700_000_000,
         update_time: 1_700_000_100,
         rebuild_checkpoint: None,
+        bitmap_valid: false,
         name: "vol0".into(),
         members,
     }
@@ -112,6 +113,7 @@ proptest! {
             creation_time: times.0,
             update_time: times.1,
             rebuild_checkpoint: checkpoint,
+            bitmap_valid: false,
             name,
             members,
         };
