@@ -8,6 +8,7 @@
 //!                                      └──── MetaEvents ◄───┘
 //! ```
 
+pub mod array;
 mod bringup;
 mod demo;
 mod serve;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
+use super::array::ArrayOptions;
 use super::bringup::{self, Assembled, CreateRequest};
 use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
@@ -35,6 +36,8 @@ struct VolumeSpec {
     create: Option<CreateRequest>,
     read_only: bool,
     description: Option<String>,
+    /// Spares, bitmap and rebuild settings.
+    array: ArrayOptions,
 }
 
 /// `vraid serve`.
@@ -69,6 +72,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                 }),
                 read_only: v.read_only || args.read_only,
                 description: v.description.clone(),
+                array: ArrayOptions {
+                    spares: v.spares.clone(),
+                    rebuild_max_mbps: v.rebuild_max_mbps,
+                    bitmap: v.bitmap,
+                    create_size: v.create.as_ref().map(|c| c.member_size),
+                },
             })
             .collect::<Vec<_>>()
     } else if !args.members.is_empty() {
@@ -78,6 +87,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: None,
             read_only: args.read_only,
             description: None,
+            array: ArrayOptions::default(),
         }]
     } else {
         demo_mode = true;
@@ -88,6 +98,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: Some(d.create),
             read_only: args.read_only,
             description: Some(d.description),
+            array: ArrayOptions::default(),
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -154,7 +165,7 @@ async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, 
             bringup::create_array(&spec.members, create, opts).await?;
         }
     }
-    let assembled = bringup::assemble_volume(&spec.members, opts).await?;
+    let assembled = bringup::assemble_volume_with(&spec.members, opts, &spec.array).await?;
     if let Some(expected) = &spec.expected_name {
         if &assembled.assembly.name != expected {
             let found = assembled.assembly.name.clone();
@@ -175,6 +186,7 @@ impl VolumeSpec {
             create: None,
             read_only: false,
             description: None,
+            array: ArrayOptions::default(),
         }
     }
 }
@@ -192,8 +204,13 @@ async fn any_member_initialised(paths: &[PathBuf]) -> bool {
 async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
     for (a, _) in volumes {
         let name = &a.assembly.name;
+        let resynced = a.handle.shutdown().await;
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));
+            continue;
+        }
+        if !resynced {
+            warn!("{name}: crash resync unfinished; leaving the array dirty");
             continue;
         }
         match a.assembly.mark_clean().await {

@@ -42,6 +42,12 @@ pub struct ExamineReport {
     pub update_time: u64,
     /// Member table, by role.
     pub members: Vec<RoleEntry>,
+    /// Rebuild progress of the member being rebuilt (member data bytes in sync).
+    pub rebuild_checkpoint: Option<u64>,
+    /// The write-intent bitmap is maintained.
+    pub bitmap_valid: bool,
+    /// Set write-intent bits (region indexes) in this member's bitmap.
+    pub bitmap_dirty_regions: Vec<u64>,
     /// Which superblock copy is in use.
     pub copy_used: CopyId,
     /// The other copy, if it is invalid, with the reason.
@@ -57,6 +63,23 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
             source,
         })?;
     let sb = read.superblock;
+    let regions = sb
+        .layout
+        .data_size
+        .div_ceil(1 << sb.layout.bitmap_region_shift);
+    let mut bits = vec![0u8; (regions.div_ceil(8) as usize).min(sb.layout.bitmap_len as usize)];
+    let bitmap_dirty_regions = match device
+        .read(crate::units::ByteOffset(sb.layout.bitmap_offset), &mut bits)
+        .await
+    {
+        Ok(()) => (0..regions)
+            .filter(|&r| {
+                bits.get((r / 8) as usize)
+                    .is_some_and(|b| b & (1 << (r % 8)) != 0)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     Ok(ExamineReport {
         device: device.name().to_string(),
         array_uuid: sb.array_uuid,
@@ -73,6 +96,9 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         creation_time: sb.creation_time,
         update_time: sb.update_time,
         members: sb.members,
+        rebuild_checkpoint: sb.rebuild_checkpoint,
+        bitmap_valid: sb.bitmap_valid,
+        bitmap_dirty_regions,
         copy_used: read.copy,
         bad_copy: read
             .bad_copy
@@ -104,6 +130,19 @@ impl fmt::Display for ExamineReport {
         writeln!(f, "           Events : {}", self.events)?;
         writeln!(f, "            State : {:?}", self.state)?;
         writeln!(f, "  Superblock copy : {:?}", self.copy_used)?;
+        if let Some(c) = self.rebuild_checkpoint {
+            writeln!(f, "  Rebuild checkpt : {c} bytes ({})", format_size(c))?;
+        }
+        writeln!(
+            f,
+            "    Write bitmap  : {}, {} dirty regions",
+            if self.bitmap_valid {
+                "maintained"
+            } else {
+                "not maintained"
+            },
+            self.bitmap_dirty_regions.len()
+        )?;
         if let Some(bad) = &self.bad_copy {
             writeln!(f, "    Bad copy      : {bad}")?;
         }

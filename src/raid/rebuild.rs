@@ -222,7 +222,8 @@ impl Volume {
     /// Rebuilds the member attached into slot `member` from its `up_to` to
     /// the end (only the parts overlapping `only` when given: a bitmap
     /// recovery), then records it in sync through `sink` and makes it
-    /// active. On error the new member is detached. Returns the bytes copied.
+    /// active. On error the new member is detached (except when cancelled
+    /// through `ctl`). Returns the bytes copied.
     pub async fn rebuild(
         &self,
         member: MemberIndex,
@@ -237,8 +238,11 @@ impl Volume {
                 self.promote_incoming(member);
                 tracing::info!(volume = %self.volume_name(), %member, bytes, "rebuild finished; member in sync");
             }
+            // Cancelled (shutdown): the target stays attached; the caller
+            // records its progress and resumes later.
+            Err(RebuildError::Cancelled) => {}
             Err(e) => {
-                self.detach_incoming(member);
+                self.detach_rebuild_target(member);
                 tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
             }
         }

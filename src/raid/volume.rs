@@ -401,7 +401,7 @@ impl Volume {
     }
 
     /// Drops the member being rebuilt into `member` (rebuild abandoned).
-    pub(super) fn detach_incoming(&self, member: MemberIndex) {
+    pub fn detach_rebuild_target(&self, member: MemberIndex) {
         if let Some(slot) = self.slots.get(member.0) {
             *slot.incoming.write().unwrap_or_else(|e| e.into_inner()) = None;
         }
