@@ -52,7 +52,7 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
         let pattern = (cycle % 250 + 1) as u8;
         let mut cmds = Vec::new();
         let mut order = Vec::new();
-        for _ in 0..300 {
+        for _ in 0..800 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -73,7 +73,7 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn qemu-io");
-        std::thread::sleep(Duration::from_millis(150 + (x % 400)));
+        std::thread::sleep(Duration::from_millis(100 + (x % 300)));
         server.kill();
         let out = child.wait_with_output().unwrap();
         let done = written_offsets(&String::from_utf8_lossy(&out.stdout));
@@ -95,7 +95,10 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
                 model.remove(&slot);
             }
         }
-        eprintln!("cycle {cycle}: {n} writes completed, {} slots known", model.len());
+        eprintln!(
+            "cycle {cycle}: {n} writes completed, {} slots known",
+            model.len()
+        );
     }
     // Assert: a final restart resyncs, every flushed write reads back, and
     // the member files are consistent.
@@ -110,7 +113,10 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
     }
     assert_eq!(server.stop(), 0);
     if level == 5 {
-        assert_eq!(bad_parity_stripes(&paths, SLOT as usize), Vec::<usize>::new());
+        assert_eq!(
+            bad_parity_stripes(&paths, SLOT as usize),
+            Vec::<usize>::new()
+        );
     } else {
         let first = member_data(&paths[0]);
         for p in &paths[1..] {

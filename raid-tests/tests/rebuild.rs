@@ -90,7 +90,10 @@ fn raid1_readded_member_catches_up_from_the_bitmap_only() {
     );
     assert_eq!(server.stop(), 0);
     assert_eq!(member_states(&paths[1]), vec!["active", "active"]);
-    assert!(member_data(&paths[0]) == member_data(&paths[1]), "mirrors differ");
+    assert!(
+        member_data(&paths[0]) == member_data(&paths[1]),
+        "mirrors differ"
+    );
 }
 
 #[test]
@@ -103,7 +106,12 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
     let server = Server::start(&args_of(&paths));
     fio(
         &server.uri("vol0"),
-        &["--rw=randwrite", "--bsrange=4k-64k", "--size=64M", "--do_verify=1"],
+        &[
+            "--rw=randwrite",
+            "--bsrange=4k-64k",
+            "--size=64M",
+            "--do_verify=1",
+        ],
     );
     assert_eq!(server.stop(), 0);
     std::fs::remove_file(&paths[2]).unwrap();
@@ -140,7 +148,10 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
                 break c;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint written");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     server.kill();
@@ -149,7 +160,10 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
 
     // Act 2: restart; the rebuild resumes while fio writes and verifies.
     let server = Server::start(&cfg);
-    let log = server.wait_log("resuming the rebuild of member 2 at ", Duration::from_secs(20));
+    let log = server.wait_log(
+        "resuming the rebuild of member 2 at ",
+        Duration::from_secs(20),
+    );
     let resumed_at = logged_number(&log, "resuming the rebuild of member 2 at ");
     fio(
         &server.uri("vol0"),
@@ -166,7 +180,10 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
     // Assert: resumed at the checkpoint, copied only the rest, data intact,
     // parity consistent on every stripe, the spare now active in role 2.
     let data_size = examine(&paths[0])["data_size"].as_u64().unwrap();
-    assert!(resumed_at >= checkpoint, "resumed at {resumed_at}, checkpoint {checkpoint}");
+    assert!(
+        resumed_at >= checkpoint,
+        "resumed at {resumed_at}, checkpoint {checkpoint}"
+    );
     let copied = logged_number(&log, "rebuild of member 2 finished: copied ");
     assert_eq!(copied, data_size - resumed_at);
     for args in [

@@ -425,6 +425,7 @@ impl ArrayHandle {
     ) {
         let member = MemberIndex(role);
         let recovery = only.is_some();
+        let started = std::time::Instant::now();
         match self.volume.rebuild(member, only, &self.control, sink).await {
             Ok(copied) => {
                 self.rebuilt_bytes.fetch_add(copied, Ordering::Relaxed);
@@ -433,11 +434,13 @@ impl ArrayHandle {
                         b.synced(0, self.data_size);
                     }
                 }
+                let secs = started.elapsed().as_secs_f64();
                 info!(
-                    "{}: {} of member {role} finished: copied {copied} bytes of {}",
+                    "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
                     self.name,
                     if recovery { "recovery" } else { "rebuild" },
-                    self.data_size
+                    self.data_size,
+                    copied as f64 / secs.max(1e-6) / 1e6
                 );
             }
             Err(RebuildError::Cancelled) => {

@@ -42,6 +42,7 @@ pub struct DiskBitmap {
     len: u64,
     shift: u32,
     regions: u64,
+    data_size: u64,
     idle: Duration,
     inner: Mutex<Inner>,
     writer: tokio::sync::Mutex<()>,
@@ -132,6 +133,7 @@ impl DiskBitmap {
             len: layout.bitmap_len,
             shift,
             regions,
+            data_size,
             idle: DEFAULT_IDLE,
             inner: Mutex::new(Inner {
                 want: image.clone(),
@@ -163,7 +165,7 @@ impl DiskBitmap {
         let inner = self.lock();
         let mut out: Vec<(u64, u64)> = Vec::new();
         for r in (0..self.regions).filter(|&r| get(&inner.want, r)) {
-            let (a, b) = (r << self.shift, (r + 1) << self.shift);
+            let (a, b) = (r << self.shift, ((r + 1) << self.shift).min(self.data_size));
             match out.last_mut() {
                 Some(last) if last.1 == a => last.1 = b,
                 _ => out.push((a, b)),

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use futures::StreamExt;
 
 use super::layout::{MemberIndex, StripeIndex};
 use super::parity::xor_into;
@@ -33,6 +34,8 @@ use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
 const STEP: u64 = 2 << 20;
+/// Rebuild steps in flight at once.
+const DEPTH: usize = 4;
 /// Member data bytes between two checkpoints in the superblocks.
 pub const CHECKPOINT_EVERY: u64 = 64 << 20;
 /// Default rebuild rate limit.
@@ -280,20 +283,35 @@ impl Volume {
         let mut pacer = Pacer::new();
         let mut copied = 0;
         let mut last_checkpoint = start;
-        let mut buf = vec![0u8; STEP as usize];
-        for (a, b) in steps(start, mds) {
+        let broken = || {
+            RebuildError::Target(BlockError::io(
+                inc.device.name(),
+                std::io::Error::other("write to the new member failed"),
+            ))
+        };
+        // Up to DEPTH steps in flight (they lock disjoint stripes); results
+        // come back in order, so `up_to` only covers finished steps.
+        let work = steps(start, mds).map(|(a, b)| {
+            let needed = only.as_ref().is_none_or(|r| overlaps(r, a, b));
+            let target = inc.device.clone();
+            async move {
+                if needed {
+                    let mut buf = vec![0u8; (b - a) as usize];
+                    self.rebuild_step(member, &*target, a, &mut buf).await?;
+                }
+                Ok::<_, RebuildError>((a, b, needed))
+            }
+        });
+        let mut work = futures::stream::iter(work).buffered(DEPTH);
+        while let Some(step) = work.next().await {
+            let (a, b, needed) = step?;
             if ctl.is_cancelled() {
                 return Err(RebuildError::Cancelled);
             }
             if inc.broken.load(Ordering::Acquire) {
-                return Err(RebuildError::Target(BlockError::io(
-                    inc.device.name(),
-                    std::io::Error::other("write to the new member failed"),
-                )));
+                return Err(broken());
             }
-            if only.as_ref().is_none_or(|r| overlaps(r, a, b)) {
-                let piece = &mut buf[..(b - a) as usize];
-                self.rebuild_step(member, &*inc.device, a, piece).await?;
+            if needed {
                 copied += b - a;
                 tracker.done.fetch_add(b - a, Ordering::Relaxed);
                 pacer.step(self, ctl, b - a).await;
@@ -307,12 +325,10 @@ impl Volume {
                 last_checkpoint = b;
             }
         }
+        drop(work);
         inc.device.flush().await.map_err(RebuildError::Target)?;
         if inc.broken.load(Ordering::Acquire) {
-            return Err(RebuildError::Target(BlockError::io(
-                inc.device.name(),
-                std::io::Error::other("write to the new member failed"),
-            )));
+            return Err(broken());
         }
         sink.finished(member)
             .await
