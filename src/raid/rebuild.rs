@@ -35,7 +35,7 @@ use crate::units::ByteOffset;
 /// Member data bytes handled per locked step.
 const STEP: u64 = 2 << 20;
 /// Rebuild steps in flight at once.
-const DEPTH: usize = 4;
+const DEPTH: usize = 8;
 /// Member data bytes between two checkpoints in the superblocks.
 pub const CHECKPOINT_EVERY: u64 = 64 << 20;
 /// Default rebuild rate limit.
@@ -280,7 +280,7 @@ impl Volume {
         let tracker = SyncTracker::new(kind, Some(member.0), total);
         self.set_progress(Some(tracker.clone()));
         tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
-        let mut pacer = Pacer::new();
+        let pacer = tokio::sync::Mutex::new(Pacer::new());
         let mut copied = 0;
         let mut last_checkpoint = start;
         let broken = || {
@@ -294,8 +294,12 @@ impl Volume {
         let work = steps(start, mds).map(|(a, b)| {
             let needed = only.as_ref().is_none_or(|r| overlaps(r, a, b));
             let target = inc.device.clone();
+            let pacer = &pacer;
             async move {
                 if needed {
+                    // Paced before the locks are taken, so a step never
+                    // holds stripes while it waits for its budget.
+                    pacer.lock().await.step(self, ctl, b - a).await;
                     let mut buf = vec![0u8; (b - a) as usize];
                     self.rebuild_step(member, &*target, a, &mut buf).await?;
                 }
@@ -314,7 +318,6 @@ impl Volume {
             if needed {
                 copied += b - a;
                 tracker.done.fetch_add(b - a, Ordering::Relaxed);
-                pacer.step(self, ctl, b - a).await;
             }
             inc.up_to.store(b, Ordering::Release);
             if b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
