@@ -199,3 +199,69 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
     let members = [paths[0].clone(), paths[1].clone(), spare];
     assert_eq!(bad_parity_stripes(&members, 64 << 10), Vec::<usize>::new());
 }
+
+#[test]
+fn raid1_member_dying_mid_run_is_replaced_by_the_config_spare_under_load() {
+    // Arrange: member 1 behind nbdkit's error filter, a spare in the config.
+    let dir = scratch_dir("r1-spare-live");
+    let backing = dir.path().join("m1.backing");
+    let flaky = FlakyMember::new(dir.path(), "m1", &backing, 96 << 20);
+    let m0 = dir.path().join("m0.img");
+    std::fs::File::create(&m0)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let members = [m0.clone(), flaky.path()];
+    create_array(1, "64K", "96M", "vol0", &members);
+    let spare = dir.path().join("spare.img");
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[volume]]\nname = \"vol0\"\nlevel = 1\nmembers = [{:?}, {:?}]\nspares = [{:?}]\ncreate = {{ member_size = \"96M\" }}\n",
+            m0.display().to_string(),
+            flaky.path().display().to_string(),
+            spare.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert!(spare.exists(), "the missing spare file is created");
+    fio(
+        &server.uri("vol0"),
+        &["--rw=randwrite", "--bs=16k", "--size=16M", "--do_verify=1"],
+    );
+
+    // Act: the member dies while fio writes.
+    flaky.fail();
+    fio(
+        &server.uri("vol0"),
+        &[
+            "--rw=randwrite",
+            "--bs=16k",
+            "--offset=32M",
+            "--size=16M",
+            "--do_verify=1",
+        ],
+    );
+    let log = server.wait_log("rebuild of member 1 finished", Duration::from_secs(60));
+
+    // Assert: the spare took role 1, the data is intact, the mirrors match.
+    assert!(log.contains("activating spare"), "{log}");
+    for offset in ["0", "32M"] {
+        let off = format!("--offset={offset}");
+        fio(
+            &server.uri("vol0"),
+            &[
+                "--rw=randwrite",
+                "--bs=16k",
+                &off,
+                "--size=16M",
+                "--verify_only",
+            ],
+        );
+    }
+    assert_eq!(server.stop(), 0);
+    assert_eq!(member_states(&spare), vec!["active", "active"]);
+    assert!(member_data(&m0) == member_data(&spare), "mirrors differ");
+}
