@@ -269,6 +269,12 @@ impl ArrayHandle {
     /// there is one (and no rebuild runs), else kept as a hot spare.
     pub async fn add_member(self: &Arc<Self>, path: &Path) -> Result<AddOutcome, DaemonError> {
         let device = self.open_new(path).await?;
+        if let Some(role) = self.readd_role(&device).await {
+            if !self.rebuilding.swap(true, Ordering::AcqRel) {
+                self.start_recovery(role, device, path).await?;
+                return Ok(AddOutcome::Rebuilding { role });
+            }
+        }
         let spare = Spare {
             path: path.to_path_buf(),
             device,
@@ -287,6 +293,87 @@ impl ArrayHandle {
                 Ok(AddOutcome::Spare)
             }
         }
+    }
+
+    /// The role `device` held before it went missing or failed, if it can
+    /// catch up from the bitmap (its role still names it, the bitmap is
+    /// maintained and the slot is down).
+    async fn readd_role(&self, device: &Arc<dyn BlockDevice>) -> Option<usize> {
+        let bitmap = self.bitmap.as_ref()?;
+        let sb = meta::read_superblock(device.as_ref())
+            .await
+            .ok()?
+            .superblock;
+        let role = sb.role as usize;
+        let (uuid, state) = self.metadata.role_entry(role).await?;
+        let ours = sb.array_uuid == self.metadata.array_uuid().await && uuid == sb.member_uuid;
+        let down = matches!(
+            self.volume.state(MemberIndex(role)),
+            MemberState::Failed | MemberState::Missing
+        );
+        let absent = matches!(
+            state,
+            meta::MemberState::Failed | meta::MemberState::Missing
+        );
+        (ours && down && absent && self.metadata.bitmap_valid().await && bitmap.pinned() == 0)
+            .then_some(role)
+    }
+
+    /// Re-adds a member into its old role, copying only the dirty regions.
+    async fn start_recovery(
+        self: &Arc<Self>,
+        role: usize,
+        device: Arc<dyn BlockDevice>,
+        path: &Path,
+    ) -> Result<(), DaemonError> {
+        let Some(bitmap) = self.bitmap.clone() else {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(DaemonError::Usage(format!("{}: no bitmap", self.name)));
+        };
+        let attach = async {
+            let uuid = meta::read_superblock(device.as_ref())
+                .await
+                .map_err(|e| DaemonError::Usage(error_chain(&e)))?
+                .superblock
+                .member_uuid;
+            let window = self.window(&device)?;
+            self.volume
+                .attach_rebuild_target(MemberIndex(role), window, 0)
+                .map_err(|e| self.raid_err(e))?;
+            if let Err(e) = self
+                .metadata
+                .begin_rebuild(role, device.clone(), uuid, true)
+                .await
+            {
+                self.volume.detach_rebuild_target(MemberIndex(role));
+                return Err(DaemonError::from(e));
+            }
+            Ok(())
+        };
+        if let Err(e) = attach.await {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(e);
+        }
+        let ranges = bitmap.dirty_ranges();
+        info!(
+            "{}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
+            self.name,
+            path.display(),
+            ranges.iter().map(|(a, b)| b - a).sum::<u64>()
+        );
+        let h = self.clone();
+        let task = tokio::spawn(async move {
+            let sink = MetaSink {
+                metadata: h.metadata.clone(),
+            };
+            h.run_rebuild(role, Some(ranges), &sink, true).await;
+            h.activate_spares().await;
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
     }
 
     /// Copies role `role` onto `path` while the current member keeps serving

@@ -130,3 +130,6 @@ fn paths_display(paths: &[PathBuf]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod array_tests;

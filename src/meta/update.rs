@@ -134,6 +134,20 @@ impl ArrayMetadata {
             .collect()
     }
 
+    /// The array UUID.
+    pub async fn array_uuid(&self) -> Uuid {
+        self.state.lock().await.template.array_uuid
+    }
+
+    /// Who holds `role` and in what state.
+    pub async fn role_entry(&self, role: usize) -> Option<(Uuid, MemberState)> {
+        let st = self.state.lock().await;
+        st.template
+            .members
+            .get(role)
+            .map(|e| (e.member_uuid, e.state))
+    }
+
     /// The rebuild checkpoint currently recorded.
     pub async fn rebuild_checkpoint(&self) -> Option<u64> {
         self.state.lock().await.template.rebuild_checkpoint
