@@ -38,6 +38,9 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
+    if error.is_none() && vol.read_rebuilt(e.member, e.member_offset, piece).await {
+        return Ok(());
+    }
     let _guard = vol.locks.lock(e.stripe).await;
     if let Err(e2) = reconstruct(vol, e.member, e.member_offset, piece).await {
         if let Some(error) = error {

@@ -14,8 +14,9 @@
 //!
 //! Client writes hold the same locks, so they never race a step; they also
 //! always reach the incoming member, so bytes below `up_to` stay in sync.
-//! Every step is throttled by [`RebuildControl`] and slowed further while
-//! client requests are in flight.
+//! Every step is throttled by [`RebuildControl`] and slowed to an eighth
+//! while client requests are in flight. RAID-5 reads of the rebuilt part
+//! are served by the new member instead of being reconstructed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,9 @@ use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
 const STEP: u64 = 2 << 20;
+/// While client requests are in flight, passes run at the rate limit
+/// divided by this.
+const BUSY_DIVISOR: f64 = 8.0;
 /// Rebuild steps in flight at once.
 const DEPTH: usize = 8;
 /// Member data bytes between two checkpoints in the superblocks.
@@ -157,8 +161,8 @@ pub trait RebuildSink: Send + Sync {
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>>;
 }
 
-/// Paces a pass: at most the configured rate, a quarter of it (and at
-/// least a short pause per step) while client requests are in flight.
+/// Paces a pass: at most the configured rate, an eighth of it while client
+/// requests are in flight (like md's fallback to its minimum speed).
 struct Pacer {
     started: Instant,
     budget_secs: f64,
@@ -176,7 +180,11 @@ impl Pacer {
         let mbps = ctl.max_mbps();
         let busy = vol.busy() > 0;
         if mbps > 0 {
-            let rate = if busy { mbps as f64 / 4.0 } else { mbps as f64 };
+            let rate = if busy {
+                mbps as f64 / BUSY_DIVISOR
+            } else {
+                mbps as f64
+            };
             self.budget_secs += bytes as f64 / (rate * 1e6);
             let ahead = self.budget_secs - self.started.elapsed().as_secs_f64();
             if ahead > 0.0 {

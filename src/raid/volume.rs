@@ -449,6 +449,25 @@ impl Volume {
         }
     }
 
+    /// Reads from the member being rebuilt into the down slot `member`, only
+    /// when the whole range is below its `up_to` (already in sync; every
+    /// later write reaches it too). False when that is not possible.
+    pub(super) async fn read_rebuilt(
+        &self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        buf: &mut [u8],
+    ) -> bool {
+        let Some(inc) = self.incoming(member) else {
+            return false;
+        };
+        let end = offset.get() + buf.len() as u64;
+        if inc.broken.load(Ordering::Acquire) || end > inc.up_to.load(Ordering::Acquire) {
+            return false;
+        }
+        inc.device.read(offset, buf).await.is_ok()
+    }
+
     /// `member_op` on the slot's member and on a member being rebuilt into
     /// it, concurrently. True when the slot's own member took it.
     pub(super) async fn write_member(&self, member: MemberIndex, op: MemberOp<'_>) -> bool {
