@@ -114,6 +114,8 @@ pub struct ArrayHandle {
     resync_pending: AtomicBool,
     /// Shutting down: no new rebuild starts.
     stopping: AtomicBool,
+    /// Wakes the supervisor to stop.
+    stop: tokio::sync::Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes rewritten by resyncs and copied by rebuilds of this run.
     pub resynced_bytes: AtomicU64,
@@ -205,6 +207,7 @@ impl ArrayHandle {
             rebuilding: AtomicBool::new(rebuild.is_some()),
             resync_pending: AtomicBool::new(resync.is_some()),
             stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
             resynced_bytes: AtomicU64::new(0),
             rebuilt_bytes: AtomicU64::new(0),
@@ -221,9 +224,17 @@ impl ArrayHandle {
                 h.run_rebuild(r.role, r.only, &sink, true).await;
             }
             h.activate_spares().await;
-            while let Some(member) = failures.recv().await {
-                info!("{}: member {} failed", h.name, member.0);
-                h.activate_spares().await;
+            loop {
+                tokio::select! {
+                    failed = failures.recv() => match failed {
+                        Some(member) => {
+                            info!("{}: member {} failed", h.name, member.0);
+                            h.activate_spares().await;
+                        }
+                        None => return,
+                    },
+                    _ = h.stop.notified() => return,
+                }
             }
         });
         handle
@@ -445,19 +456,16 @@ impl ArrayHandle {
         self.control.cancel();
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        self.stop.notify_one();
         for t in tasks {
-            // The supervisor waits for failures forever: give it a moment.
-            if tokio::time::timeout(Duration::from_secs(5), async {
-                let mut t = t;
-                tokio::select! {
-                    _ = &mut t => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => t.abort(),
-                }
-            })
-            .await
-            .is_err()
+            // Passes stop at their next step (and record a checkpoint).
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
             {
-                warn!("{}: a sync task did not stop", self.name);
+                warn!("{}: a sync task did not stop; aborting it", self.name);
+                abort.abort();
             }
         }
         if let Some(b) = &self.bitmap {
