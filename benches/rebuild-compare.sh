@@ -72,7 +72,14 @@ fio_json() { # name, extra args... -> prints JSON path
 }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(sum(x["read"]["iops"]+x["write"]["iops"] for x in j["jobs"]))' "$1"; }
 bw_mbs() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(sum(x["read"]["bw_bytes"] for x in j["jobs"])/1e6)' "$1"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+ratio() { python3 -c "print(f'{($1)/($2):.2f}')"; }
+num() { python3 -c "print(f'{$1:.0f}')"; }
+seqread() { # -> MB/s per member, both surviving member files read at once
+    local j
+    j=$(fio_json "seqread-members-$1" --rw=read --bs=1M --direct=1 --ioengine=libaio --iodepth=16 \
+        --filename="${M[0]}:${M[1]}" --size=$((2 * MEMBER)))
+    python3 -c "print($(bw_mbs "$j") / 2)"
+}
 
 echo "== create RAID-5, 3 x $SIZE data, fill it"
 "$VRAID" create --level 5 --chunk-size 64K --member-size "$MEMBER" --name bench "${M[@]}" >/dev/null
@@ -100,10 +107,8 @@ BITMAP_OFF=$(iops "$J")
 stop
 
 echo "== baseline: fio sequential read of the two surviving member files at once"
-J=$(fio_json seqread-members --rw=read --bs=1M --direct=1 --ioengine=libaio --iodepth=16 \
-    --filename="${M[0]}:${M[1]}" --size=$((2 * MEMBER)))
 # One job reading both files concurrently (round robin): per-member rate.
-SEQ_MEMBER=$(python3 -c "print($(bw_mbs "$J") / 2)")
+SEQ_BEFORE=$(seqread before)
 
 echo "== rebuild of member 2 onto a spare, unlimited"
 mv "${M[2]}" "$W/m2.lost"
@@ -114,6 +119,9 @@ start "$W/spare.toml" "$W/rebuild.log"
 for _ in $(seq 1200); do grep -q 'rebuild of member 2 finished' "$W/rebuild.log" && break; sleep 0.5; done
 REBUILD=$(grep -o 'finished: copied [0-9]* bytes of [0-9]* in [0-9.]* s ([0-9.]* MB/s)' "$W/rebuild.log" | grep -o '([0-9.]* MB/s)' | tr -d '(MB/s) ')
 stop
+echo "== baseline again after the rebuild (the disk is shared: take the faster)"
+SEQ_AFTER=$(seqread after)
+SEQ_MEMBER=$(python3 -c "print(max($SEQ_BEFORE, $SEQ_AFTER))")
 
 echo "== client 4k randread during a rebuild at the default throttle"
 # Leave the first spare (now member 2) out: a fresh spare is rebuilt.
@@ -133,9 +141,10 @@ stop
     echo
     echo "| measurement | vraid | baseline | ratio | goal |"
     echo "|---|---|---|---|---|"
-    echo "| rebuild rate vs fio seq read of the 2 source member files at once, MB/s per member | $REBUILD | $SEQ_MEMBER | $(ratio "$REBUILD" "$SEQ_MEMBER") | >= 0.8 |"
-    echo "| 4k randread IOPS during rebuild (default throttle) vs idle healthy | $REBUILD_READ | $IDLE_READ | $(ratio "$REBUILD_READ" "$IDLE_READ") | >= 0.5 |"
-    echo "| 4k randwrite IOPS bitmap on vs off | $BITMAP_ON | $BITMAP_OFF | $(ratio "$BITMAP_ON" "$BITMAP_OFF") | >= 0.9 |"
+    echo "| rebuild rate vs fio seq read of the 2 source member files at once, MB/s per member | $(num "$REBUILD") | $(num "$SEQ_MEMBER") | $(ratio "$REBUILD" "$SEQ_MEMBER") | >= 0.8 |"
+    echo "| (same, all disk traffic: rebuild reads 2 + writes 1, fio reads 2), MB/s | $(num "3 * $REBUILD") | $(num "2 * $SEQ_MEMBER") | $(ratio "3 * $REBUILD" "2 * $SEQ_MEMBER") | |"
+    echo "| 4k randread IOPS during rebuild (default throttle) vs idle healthy | $(num "$REBUILD_READ") | $(num "$IDLE_READ") | $(ratio "$REBUILD_READ" "$IDLE_READ") | >= 0.5 |"
+    echo "| 4k randwrite IOPS bitmap on vs off | $(num "$BITMAP_ON") | $(num "$BITMAP_OFF") | $(ratio "$BITMAP_ON" "$BITMAP_OFF") | >= 0.9 |"
     echo
     echo "Rebuild still running at the end of the randread job: $([[ $STILL == 0 ]] && echo yes || echo no)."
 } | tee "$OUT"

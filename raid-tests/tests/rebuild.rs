@@ -47,6 +47,14 @@ fn logged_number(log: &str, prefix: &str) -> u64 {
         .unwrap()
 }
 
+/// `vraid examine --json`, or None if the member has no superblock yet.
+fn examine_ok(member: &Path) -> Option<serde_json::Value> {
+    let out = run(vraid(&["examine", "--json"]).arg(member));
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn member_states(member: &Path) -> Vec<String> {
     examine(member)["members"]
         .as_array()
@@ -227,6 +235,14 @@ fn raid1_member_dying_mid_run_is_replaced_by_the_config_spare_under_load() {
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     assert!(spare.exists(), "the missing spare file is created");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while examine_ok(&spare).is_none_or(|v| v["spare"] != true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare superblock written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     fio(
         &server.uri("vol0"),
         &["--rw=randwrite", "--bs=16k", "--size=16M", "--do_verify=1"],

@@ -214,6 +214,16 @@ impl ArrayHandle {
         });
         let h = handle.clone();
         let supervisor = tokio::spawn(async move {
+            let spares: Vec<Arc<dyn BlockDevice>> = h
+                .spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|s| s.device.clone())
+                .collect();
+            for device in spares {
+                h.mark_spare(device.as_ref()).await;
+            }
             if let Some(ranges) = resync {
                 h.run_resync(ranges).await;
             }
@@ -297,12 +307,20 @@ impl ArrayHandle {
             }
             _ => {
                 info!("{}: {} added as a hot spare", self.name, path.display());
+                self.mark_spare(spare.device.as_ref()).await;
                 self.spares
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(spare);
                 Ok(AddOutcome::Spare)
             }
+        }
+    }
+
+    /// Writes a spare superblock on `device` (it belongs to this array).
+    async fn mark_spare(&self, device: &dyn BlockDevice) {
+        if let Err(e) = self.metadata.write_spare(device, Uuid::new_v4()).await {
+            warn!("{}: {}", self.name, error_chain(&e));
         }
     }
 
@@ -675,6 +693,19 @@ impl ArrayHandle {
 
     /// Opens a new member; refuses one that is an active member of this array.
     async fn open_new(&self, path: &Path) -> Result<Arc<dyn BlockDevice>, DaemonError> {
+        let is_spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s.path == path);
+        if is_spare {
+            return Err(DaemonError::Usage(format!(
+                "{} is already a spare of {}",
+                path.display(),
+                self.name
+            )));
+        }
         let device: Arc<dyn BlockDevice> = member::open_member(path, &self.opts)?;
         if let Ok(read) = meta::read_superblock(device.as_ref()).await {
             let sb = read.superblock;

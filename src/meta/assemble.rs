@@ -228,6 +228,13 @@ pub async fn assemble(
     let mut candidates = Vec::new();
     for (path, device) in devices {
         match read_superblock(device.as_ref()).await {
+            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: format!("hot spare of array {}", read.superblock.name),
+                });
+            }
             Ok(read) => {
                 if let Some((copy, err)) = &read.bad_copy {
                     tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");

@@ -26,8 +26,10 @@ pub struct ExamineReport {
     pub chunk_size: u32,
     /// Members in the array.
     pub member_count: u32,
-    /// This member's role.
+    /// This member's role (4294967295 for a hot spare).
     pub role: u32,
+    /// A hot spare of the array (holds no role yet).
+    pub spare: bool,
     /// Start of the data area in bytes.
     pub data_offset: u64,
     /// Data area size in bytes (per member).
@@ -89,6 +91,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         chunk_size: sb.chunk_size,
         member_count: sb.member_count,
         role: sb.role,
+        spare: sb.role == super::superblock::SPARE_ROLE,
         data_offset: sb.layout.data_offset,
         data_size: sb.layout.data_size,
         events: sb.events,
@@ -119,7 +122,11 @@ impl fmt::Display for ExamineReport {
             format_size(self.chunk_size as u64)
         )?;
         writeln!(f, "          Members : {}", self.member_count)?;
-        writeln!(f, "             Role : {}", self.role)?;
+        if self.spare {
+            writeln!(f, "             Role : spare")?;
+        } else {
+            writeln!(f, "             Role : {}", self.role)?;
+        }
         writeln!(f, "      Data offset : {} bytes", self.data_offset)?;
         writeln!(
             f,

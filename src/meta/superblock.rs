@@ -31,6 +31,8 @@ pub const MAGIC: [u8; 8] = *b"VRAIDSB1";
 pub const VERSION: u32 = 1;
 /// Most members an array may have (size of the member table).
 pub const MAX_MEMBERS: usize = 32;
+/// `role` of a hot spare: it belongs to the array but holds no role.
+pub const SPARE_ROLE: u32 = u32::MAX;
 /// `rebuild_checkpoint` value meaning "no rebuild in progress".
 pub const NO_CHECKPOINT: u64 = u64::MAX;
 
@@ -415,13 +417,20 @@ impl Superblock {
         if self.members.len() != count {
             return Err(field("member table", "length differs from member_count"));
         }
-        if self.role >= self.member_count {
+        if self.role == SPARE_ROLE {
+            if self
+                .members
+                .iter()
+                .any(|m| m.member_uuid == self.member_uuid)
+            {
+                return Err(field("member table", "a spare's UUID holds a role"));
+            }
+        } else if self.role >= self.member_count {
             return Err(field(
                 "role",
                 format!("role {} but only {count} members", self.role),
             ));
-        }
-        if self.members[self.role as usize].member_uuid != self.member_uuid {
+        } else if self.members[self.role as usize].member_uuid != self.member_uuid {
             return Err(field(
                 "member table",
                 "own role lists a different member_uuid",

@@ -148,6 +148,25 @@ impl ArrayMetadata {
             .map(|e| (e.member_uuid, e.state))
     }
 
+    /// Writes a hot spare's superblock on `device`: the array's current
+    /// superblock with role [`SPARE_ROLE`](super::superblock::SPARE_ROLE)
+    /// and its own `member_uuid` (no event bump; members are not touched).
+    pub async fn write_spare(
+        &self,
+        device: &dyn BlockDevice,
+        member_uuid: Uuid,
+    ) -> Result<(), MetaError> {
+        let mut sb = self.state.lock().await.template.clone();
+        sb.role = super::superblock::SPARE_ROLE;
+        sb.member_uuid = member_uuid;
+        write_superblock(device, &sb)
+            .await
+            .map_err(|source| MetaError::Io {
+                device: device.name().to_string(),
+                source,
+            })
+    }
+
     /// The rebuild checkpoint currently recorded.
     pub async fn rebuild_checkpoint(&self) -> Option<u64> {
         self.state.lock().await.template.rebuild_checkpoint

@@ -39,7 +39,7 @@ const STEP: u64 = 2 << 20;
 /// divided by this.
 const BUSY_DIVISOR: f64 = 8.0;
 /// Rebuild steps in flight at once.
-const DEPTH: usize = 8;
+const DEPTH: usize = 16;
 /// Member data bytes between two checkpoints in the superblocks.
 pub const CHECKPOINT_EVERY: u64 = 64 << 20;
 /// Default rebuild rate limit.
