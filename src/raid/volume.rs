@@ -420,9 +420,9 @@ impl Volume {
         else {
             return;
         };
-        *slot.recorded.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(watch::Sender::new(false));
         *slot.device.write().unwrap_or_else(|e| e.into_inner()) = Some(inc.device.clone());
+        // Under the record lock, like a failure, so flag and channel agree.
+        let _rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
         slot.failed.store(false, Ordering::Release);
     }
 
@@ -490,10 +490,20 @@ impl Volume {
         if slot.device().is_none() {
             return;
         }
-        let first = slot
-            .failed
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        // Each failure gets a fresh record channel, swapped in under the
+        // lock together with the flag: a writer that sees the flag set and
+        // then reads the channel waits for this failure's record.
+        let first = {
+            let mut rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
+            let first = slot
+                .failed
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if first {
+                *rec = Arc::new(watch::Sender::new(false));
+            }
+            first
+        };
         if first {
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
             let events = self.events.clone();
@@ -516,11 +526,18 @@ impl Volume {
     /// Waits until a failed member's failure is on record (no-op otherwise).
     async fn wait_recorded(&self, member: MemberIndex) {
         if let Some(slot) = self.slots.get(member.0) {
-            if slot.device().is_some() && slot.failed.load(Ordering::Acquire) {
-                // We hold a sender, so the channel cannot close here.
-                let recorded = slot.recorded();
-                let _ = recorded.subscribe().wait_for(|&done| done).await;
+            if slot.device().is_none() {
+                return;
             }
+            let recorded = {
+                let rec = slot.recorded.read().unwrap_or_else(|e| e.into_inner());
+                if !slot.failed.load(Ordering::Acquire) {
+                    return;
+                }
+                rec.clone()
+            };
+            // We hold a sender, so the channel cannot close here.
+            let _ = recorded.subscribe().wait_for(|&done| done).await;
         }
     }
 
