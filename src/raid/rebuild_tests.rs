@@ -482,3 +482,46 @@ async fn raid5_reads_below_up_to_come_from_the_new_member_above_it_are_reconstru
     );
     assert_eq!(array.read_bytes(), 2 * 4096);
 }
+
+#[tokio::test]
+async fn a_rebuilt_member_that_fails_again_is_recorded_again() {
+    // Arrange: member 1 fails, is rebuilt onto a new device, which fails too.
+    let array = Array::new(Level::Raid1, 2, C, 2 << 20, &[]);
+    array.devices[1].mem.set_failing(true);
+    array
+        .volume
+        .write(ByteOffset(0), &[1; 4096], Durability::Normal)
+        .await
+        .unwrap();
+    assert_eq!(array.volume.state(MemberIndex(1)), MemberState::Failed);
+    let fresh = TestDevice::new("new", 2 << 20);
+    array
+        .volume
+        .attach_rebuild_target(MemberIndex(1), fresh.clone(), 0)
+        .unwrap();
+    array
+        .volume
+        .rebuild(MemberIndex(1), None, &unlimited(), &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(array.volume.state(MemberIndex(1)), MemberState::Active);
+    fresh.mem.set_failing(true);
+    // Act
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        array
+            .volume
+            .write(ByteOffset(8192), &[2; 4096], Durability::Normal),
+    )
+    .await;
+    // Assert
+    assert!(
+        matches!(write, Ok(Ok(()))),
+        "write must complete: {write:?}"
+    );
+    assert_eq!(array.volume.state(MemberIndex(1)), MemberState::Failed);
+    assert_eq!(
+        *array.events.failed.lock().unwrap(),
+        vec![MemberIndex(1), MemberIndex(1)]
+    );
+}
