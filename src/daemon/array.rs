@@ -92,6 +92,7 @@ pub(super) struct StartPlan {
     pub(super) resync: Option<Vec<(u64, u64)>>,
     pub(super) rebuild: Option<PlannedRebuild>,
     pub(super) spares: Vec<Spare>,
+    pub(super) paths: Vec<Option<String>>,
     pub(super) failures: UnboundedReceiver<MemberIndex>,
     pub(super) max_mbps: u64,
     pub(super) opts: MemberOptions,
@@ -108,6 +109,8 @@ pub struct ArrayHandle {
     control: RebuildControl,
     opts: MemberOptions,
     spares: Mutex<Vec<Spare>>,
+    /// Path of each role's member (the new one once a rebuild starts).
+    paths: Mutex<Vec<Option<String>>>,
     /// A rebuild is running (only one at a time).
     rebuilding: AtomicBool,
     /// A crash resync has not finished yet.
@@ -190,6 +193,7 @@ impl ArrayHandle {
             resync,
             rebuild,
             spares,
+            paths,
             mut failures,
             max_mbps,
             opts,
@@ -204,6 +208,7 @@ impl ArrayHandle {
             control: RebuildControl::new(max_mbps),
             opts,
             spares: Mutex::new(spares),
+            paths: Mutex::new(paths),
             rebuilding: AtomicBool::new(rebuild.is_some()),
             resync_pending: AtomicBool::new(resync.is_some()),
             stopping: AtomicBool::new(false),
@@ -274,6 +279,38 @@ impl ArrayHandle {
     /// The current rate limit in MB/s.
     pub fn rebuild_max_mbps(&self) -> u64 {
         self.control.max_mbps()
+    }
+
+    /// The path of role `role`'s member (the new member while rebuilding).
+    pub fn member_path(&self, role: usize) -> Option<String> {
+        self.paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(role)
+            .cloned()
+            .flatten()
+    }
+
+    /// The role named by `member`: a role number, or a member path as given
+    /// at start-up (or to `add`/`replace`).
+    pub fn role_of(&self, member: &str) -> Option<usize> {
+        let count = self.volume.geometry().members();
+        if let Ok(role) = member.parse::<usize>() {
+            return (role < count).then_some(role);
+        }
+        let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.iter().position(|p| p.as_deref() == Some(member))
+    }
+
+    fn set_path(&self, role: usize, path: &Path) {
+        if let Some(p) = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(role)
+        {
+            *p = Some(show_path(path));
+        }
     }
 
     /// Paths of the idle hot spares.
@@ -384,6 +421,7 @@ impl ArrayHandle {
             return Err(e);
         }
         let ranges = bitmap.dirty_ranges();
+        self.set_path(role, path);
         info!(
             "{}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
             self.name,
@@ -456,8 +494,15 @@ impl ArrayHandle {
             device,
             member_uuid: Uuid::new_v4(),
         };
+        let new_path = path.to_path_buf();
         let task = tokio::spawn(async move {
             h.run_rebuild(role, None, &sink, false).await;
+            if h.volume.state(MemberIndex(role)) == MemberState::Active
+                && h.volume.rebuild_target(MemberIndex(role)).is_none()
+                && h.metadata.role_entry(role).await.map(|(u, _)| u) == Some(sink.member_uuid)
+            {
+                h.set_path(role, &new_path);
+            }
             h.activate_spares().await;
         });
         self.tasks
@@ -639,6 +684,7 @@ impl ArrayHandle {
             self.rebuilding.store(false, Ordering::Release);
             return result;
         }
+        self.set_path(role, &spare.path);
         info!(
             "{}: rebuilding member {role} onto {}",
             self.name,

@@ -110,6 +110,12 @@ async fn added_member_is_rebuilt_into_the_missing_slot_and_replace_swaps_a_live_
         .member_uuid;
     let (uuid, _) = a.assembly.metadata.role_entry(0).await.unwrap();
     assert_ne!(uuid, old_uuid, "role 0 now belongs to the replacement");
+    let repl_name = repl.display().to_string();
+    assert_eq!(a.handle.member_path(0).as_deref(), Some(repl_name.as_str()));
+    assert_eq!(a.handle.role_of(&repl_name), Some(0));
+    assert_eq!(a.handle.role_of(&new.display().to_string()), Some(1));
+    assert_eq!(a.handle.role_of("1"), Some(1));
+    assert_eq!(a.handle.role_of("2"), None);
     let mut back = vec![0u8; 1 << 20];
     a.volume.read(ByteOffset(3 << 20), &mut back).await.unwrap();
     assert!(back == data);

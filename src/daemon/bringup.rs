@@ -269,6 +269,7 @@ pub async fn assemble_volume_with(
         resync,
         rebuild,
         spares,
+        paths: member_paths_by_role(&assembly),
         failures,
         max_mbps: aopts.rebuild_max_mbps,
         opts: *opts,
@@ -296,6 +297,25 @@ pub async fn assemble_volume_with(
         assembly,
         handle,
     })
+}
+
+/// The path of each role's member (rebuild targets and re-added members
+/// included), for status and for naming members by path.
+fn member_paths_by_role(assembly: &Assembly) -> Vec<Option<String>> {
+    let mut paths: Vec<Option<String>> = assembly
+        .members
+        .iter()
+        .map(|m| m.as_ref().map(|m| m.path.clone()))
+        .collect();
+    if let Some(t) = &assembly.rebuild {
+        paths[t.role] = Some(t.member.path.clone());
+    }
+    for (role, m) in &assembly.readd {
+        if paths[*role].is_none() {
+            paths[*role] = Some(m.path.clone());
+        }
+    }
+    paths
 }
 
 /// Opens the configured spares. A spare that holds an interrupted rebuild
