@@ -448,13 +448,25 @@ impl Volume {
         if self.read_member(src, off, &mut buf).await.is_err() {
             return Err(RebuildError::Sources(self.data_lost()));
         }
+        // Mirrors that already agree are left alone; a mirror that cannot
+        // be read is rewritten. Members being rebuilt always get the copy.
         let op = MemberOp::Write(off, &buf, Durability::Normal);
-        let others = members.iter().filter(|&&m| m != src);
-        let n = join_all(others.map(|&m| self.write_member(m, op)))
-            .await
-            .into_iter()
-            .filter(|&ok| ok)
-            .count() as u64;
+        let fix = members.iter().filter(|&&m| m != src).map(|&m| {
+            let want = &buf;
+            async move {
+                if self.is_active(m) {
+                    let mut theirs = vec![0u8; want.len()];
+                    let same =
+                        self.read_member(m, off, &mut theirs).await.is_ok() && theirs == *want;
+                    if same {
+                        self.incoming_op(m, op).await;
+                        return false;
+                    }
+                }
+                self.write_member(m, op).await
+            }
+        });
+        let n = join_all(fix).await.into_iter().filter(|&ok| ok).count() as u64;
         Ok(n * (b - a))
     }
 

@@ -297,7 +297,7 @@ async fn resync_fixes_inconsistent_parity_in_dirty_ranges_only() {
 }
 
 #[tokio::test]
-async fn raid1_resync_copies_first_mirror_to_the_others() {
+async fn raid1_resync_rewrites_only_mirror_steps_that_differ_from_the_first() {
     let array = Array::new(Level::Raid1, 3, C, 4 << 20, &[]);
     array
         .volume
@@ -309,13 +309,18 @@ async fn raid1_resync_copies_first_mirror_to_the_others() {
         .write(ByteOffset(5000), &[1; 100], Durability::Normal)
         .await
         .unwrap();
-    array
+    let rewritten = array
         .volume
-        .resync(vec![(0, 2 << 20)], &unlimited(), &|_, _| {})
+        .resync(vec![(0, 4 << 20)], &unlimited(), &|_, _| {})
         .await
         .unwrap();
     let snaps: Vec<Vec<u8>> = array.devices.iter().map(|d| d.mem.snapshot()).collect();
     assert!(snaps[2] == snaps[0]);
+    assert_eq!(
+        rewritten,
+        2 << 20,
+        "only the differing step of mirror 2 is rewritten"
+    );
 }
 
 /// Logs member writes and intent marks in one shared order.
