@@ -36,6 +36,12 @@ pub enum Command {
     Fail(MemberCmdArgs),
     /// Take a failed or missing member out of its slot.
     Remove(MemberCmdArgs),
+    /// Add a member: rebuilt into a failed or missing slot, else kept as a hot spare.
+    Add(AddArgs),
+    /// Copy a member onto a new one while it keeps serving (like mdadm --replace).
+    Replace(ReplaceArgs),
+    /// Change a running volume's settings.
+    Set(SetArgs),
     /// Inject, list and clear member faults in a running daemon.
     #[command(subcommand)]
     Fault(FaultCommand),
@@ -77,6 +83,45 @@ pub struct MemberCmdArgs {
     pub volume: String,
     /// Member path as given at start-up, or its role number.
     pub member: String,
+}
+
+/// `vraid add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// New member file or block device (must exist, at least the members' size).
+    pub path: PathBuf,
+}
+
+/// `vraid replace`.
+#[derive(Debug, Args)]
+pub struct ReplaceArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Member to replace: its path as given at start-up, or its role number.
+    pub member: String,
+    /// New member file or block device.
+    pub path: PathBuf,
+}
+
+/// `vraid set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Rebuild/resync rate limit in MB/s (0 = unlimited).
+    #[arg(long, value_name = "N", required = true)]
+    pub rebuild_max_mbps: Option<u64>,
 }
 
 /// `vraid fault ...`.

@@ -83,6 +83,12 @@ pub struct VolumeConfig {
     pub vhost_user_blk: Option<PathBuf>,
     /// Request queues of the vhost-user-blk export.
     pub num_queues: u16,
+    /// Hot spares: activated (and rebuilt onto) when a member fails.
+    pub spares: Vec<PathBuf>,
+    /// Rebuild/resync rate limit in MB/s (0 = unlimited).
+    pub rebuild_max_mbps: u64,
+    /// Maintain the write-intent bitmap (resync only dirty regions).
+    pub bitmap: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -101,6 +107,9 @@ pub struct FaultConfig {
 
 // Validated specs hold finite probabilities, so equality is reflexive.
 impl Eq for FaultConfig {}
+
+/// Default `rebuild_max_mbps`.
+pub const DEFAULT_REBUILD_MAX_MBPS: u64 = 200;
 
 /// `create = { member_size = "256M" }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +228,9 @@ struct RawVolume {
     #[serde(default)]
     read_only: bool,
     description: Option<String>,
+    spares: Option<Vec<Spanned<String>>>,
+    rebuild_max_mbps: Option<Spanned<i64>>,
+    bitmap: Option<bool>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -470,6 +482,33 @@ fn volume(
         paths.push((p.clone(), mkey));
         members.push(p);
     }
+    let mut spares = Vec::new();
+    for (j, m) in v.spares.iter().flatten().enumerate() {
+        let skey = format!("{key}.spares[{j}]");
+        if m.get_ref().is_empty() {
+            return Err(src.invalid(m.span(), skey, "empty path"));
+        }
+        let p = PathBuf::from(m.get_ref());
+        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
+            return Err(src.invalid(
+                m.span(),
+                skey,
+                format!("{} is already used as {other}", p.display()),
+            ));
+        }
+        paths.push((p.clone(), skey));
+        spares.push(p);
+    }
+    let rebuild_max_mbps = match &v.rebuild_max_mbps {
+        Some(n) => u64::try_from(*n.get_ref()).map_err(|_| {
+            src.invalid(
+                n.span(),
+                format!("{key}.rebuild_max_mbps"),
+                "must be 0 (unlimited) or a positive number of MB/s",
+            )
+        })?,
+        None => DEFAULT_REBUILD_MAX_MBPS,
+    };
     let create = match &v.create {
         Some(c) => {
             let ckey = format!("{key}.create.member_size");
@@ -502,6 +541,9 @@ fn volume(
         vhost_user_blk,
         num_queues,
         faults,
+        spares,
+        rebuild_max_mbps,
+        bitmap: v.bitmap.unwrap_or(true),
     })
 }
 
@@ -626,6 +668,34 @@ fn vhost_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spares_rate_and_bitmap_are_read_and_checked() {
+        let text = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nspares = [\"/s\"]\nrebuild_max_mbps = 50\nbitmap = false\n";
+        let v = &parse(text).unwrap().volumes[0];
+        assert_eq!(v.spares, vec![PathBuf::from("/s")]);
+        assert_eq!(v.rebuild_max_mbps, 50);
+        assert!(!v.bitmap);
+        let dup =
+            "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nspares = [\"/a\"]\n";
+        let e = parse(dup).unwrap_err().to_string();
+        assert!(
+            e.contains("volume[0].spares[0]: /a is already used as volume[0].members[0]"),
+            "{e}"
+        );
+        let neg = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nrebuild_max_mbps = -1\n";
+        assert!(parse(neg)
+            .unwrap_err()
+            .to_string()
+            .contains("rebuild_max_mbps"));
+        let d = &parse("[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n")
+            .unwrap()
+            .volumes[0];
+        assert_eq!(
+            (d.rebuild_max_mbps, d.bitmap, d.spares.len()),
+            (200, true, 0)
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
             Command::Status(args) => vraid::control::cli::status(args).map_err(Into::into),
             Command::Fail(args) => vraid::control::cli::fail(args).map_err(Into::into),
             Command::Remove(args) => vraid::control::cli::remove(args).map_err(Into::into),
+            Command::Add(args) => vraid::control::cli::add(args).map_err(Into::into),
+            Command::Replace(args) => vraid::control::cli::replace(args).map_err(Into::into),
+            Command::Set(args) => vraid::control::cli::set(args).map_err(Into::into),
             Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
         }
     });

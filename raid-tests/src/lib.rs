@@ -220,6 +220,21 @@ impl Server {
         }
     }
 
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("{needle:?} not logged within {timeout:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn terminate(&mut self) -> i32 {
         let Some(mut child) = self.child.take() else {
             return 0;
@@ -484,4 +499,37 @@ pub fn wait_for_socket(path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The data area of a member file (`data_offset..data_offset + data_size`
+/// from its superblock), read directly from the file.
+pub fn member_data(member: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let sb = examine(member);
+    let offset = sb["data_offset"].as_u64().unwrap();
+    let size = sb["data_size"].as_u64().unwrap();
+    let mut buf = vec![0u8; size as usize];
+    std::fs::File::open(member)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// Stripes (chunk rows) whose chunks do not XOR to zero across `members`
+/// (a RAID-5's members in any order): parity is consistent when empty.
+pub fn bad_parity_stripes(members: &[PathBuf], chunk: usize) -> Vec<usize> {
+    let data: Vec<Vec<u8>> = members.iter().map(|m| member_data(m)).collect();
+    let len = data[0].len();
+    (0..len / chunk)
+        .filter(|&s| {
+            let mut x = vec![0u8; chunk];
+            for d in &data {
+                for (a, b) in x.iter_mut().zip(&d[s * chunk..(s + 1) * chunk]) {
+                    *a ^= b;
+                }
+            }
+            x.iter().any(|&b| b != 0)
+        })
+        .collect()
 }

@@ -2,15 +2,15 @@
 //! `fault add|list|clear`. Each sends one request and prints the reply.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::client::{call, default_client_path, ClientError};
 use crate::cli::{
-    ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg, FaultListArgs,
-    FaultOpArg, MemberCmdArgs, StatusArgs,
+    AddArgs, ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg, FaultListArgs,
+    FaultOpArg, MemberCmdArgs, ReplaceArgs, SetArgs, StatusArgs,
 };
 
 fn socket(arg: &ControlArg) -> PathBuf {
@@ -114,6 +114,7 @@ pub fn render_status(reply: &Value) -> String {
                 m["path"].as_str().unwrap_or("-"),
             );
         }
+        render_sync(&mut out, v);
     }
     let events = reply["events"].as_array().unwrap_or(&empty);
     if !events.is_empty() {
@@ -130,6 +131,43 @@ pub fn render_status(reply: &Value) -> String {
     out
 }
 
+/// The resync/rebuild line with a progress bar, and the spares.
+fn render_sync(out: &mut String, v: &Value) {
+    let sync = &v["sync"];
+    if let (Some(done), Some(total)) = (sync["done_bytes"].as_u64(), sync["total_bytes"].as_u64()) {
+        let frac = if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        let width = 30;
+        let filled = ((frac * width as f64) as usize).min(width);
+        let what = match sync["member"].as_u64() {
+            Some(m) => format!("{} of member {m}", sync["kind"].as_str().unwrap_or("sync")),
+            None => sync["kind"].as_str().unwrap_or("sync").to_string(),
+        };
+        let rate = sync["bytes_per_sec"].as_f64().unwrap_or(0.0) as u64;
+        let eta = sync["eta_secs"]
+            .as_f64()
+            .map_or_else(|| "-".to_string(), |s| format!("{}s", s.round() as u64));
+        let _ = writeln!(
+            out,
+            "  {what}: [{}{}] {:5.1}% {} of {}, {}/s, ETA {eta}, limit {} MB/s",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            frac * 100.0,
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate),
+            v["rebuild_max_mbps"]
+        );
+    }
+    if let Some(spares) = v["spares"].as_array().filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = spares.iter().filter_map(Value::as_str).collect();
+        let _ = writeln!(out, "  spares: {}", names.join(", "));
+    }
+}
+
 /// `vraid fail`.
 pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
     let reply = call(
@@ -143,6 +181,61 @@ pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
         reply["member"],
         reply["volume_state"].as_str().unwrap_or("?")
     );
+    Ok(())
+}
+
+/// A path as the daemon must see it: absolute, since its working directory
+/// may differ from ours.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `vraid add`.
+pub fn add(args: AddArgs) -> Result<(), ClientError> {
+    let path = absolute(&args.path);
+    let reply = call(
+        &socket(&args.control),
+        "add",
+        json!({"volume": args.volume, "path": path}),
+    )?;
+    match reply["role"].as_u64() {
+        Some(role) => println!(
+            "{}: {} added as member {role}; rebuilding (watch with: vraid status --watch)",
+            args.volume,
+            path.display()
+        ),
+        None => println!("{}: {} added as a hot spare", args.volume, path.display()),
+    }
+    Ok(())
+}
+
+/// `vraid replace`.
+pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
+    let path = absolute(&args.path);
+    call(
+        &socket(&args.control),
+        "replace",
+        json!({"volume": args.volume, "member": args.member, "path": path}),
+    )?;
+    println!(
+        "{}: copying member {} onto {}; it keeps serving until the copy is in sync",
+        args.volume,
+        args.member,
+        path.display()
+    );
+    Ok(())
+}
+
+/// `vraid set`.
+pub fn set(args: SetArgs) -> Result<(), ClientError> {
+    if let Some(mbps) = args.rebuild_max_mbps {
+        call(
+            &socket(&args.control),
+            "set",
+            json!({"volume": args.volume, "rebuild_max_mbps": mbps}),
+        )?;
+        println!("{}: rebuild rate limit {mbps} MB/s", args.volume);
+    }
     Ok(())
 }
 

@@ -33,6 +33,8 @@ pub trait EngineOps: Send + Sync {
     fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// `vraid set VOLUME --rebuild-max-mbps N`.
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// Extra `status` fields: resync/rebuild progress, spares, rate limit.
+    fn status(&self) -> serde_json::Map<String, Value>;
 }
 
 /// One member slot as the control plane sees it.
@@ -105,6 +107,8 @@ pub enum MemberStatusState {
     Missing,
     /// Taken out with `vraid remove`.
     Removed,
+    /// Being rebuilt (or caught up from the bitmap); not yet in sync.
+    Rebuilding,
 }
 
 /// State of a volume in status output.
@@ -153,6 +157,9 @@ pub struct VolumeStatus {
     pub io: IoSummary,
     /// Members by role.
     pub members: Vec<MemberStatus>,
+    /// Engine fields (`sync` progress, `spares`, `rebuild_max_mbps`).
+    #[serde(flatten)]
+    pub engine: serde_json::Map<String, Value>,
 }
 
 /// A fault rule in `fault.list`.
@@ -223,6 +230,7 @@ impl VolumeHandle {
             MemberState::Active => MemberStatusState::Active,
             MemberState::Failed => MemberStatusState::Failed,
             MemberState::Missing => MemberStatusState::Missing,
+            MemberState::Rebuilding { .. } => MemberStatusState::Rebuilding,
         }
     }
 
@@ -290,6 +298,7 @@ impl VolumeHandle {
                     io: m.stats.summary(),
                 })
                 .collect(),
+            engine: self.engine.get().map(|e| e.status()).unwrap_or_default(),
         }
     }
 
@@ -325,9 +334,9 @@ impl VolumeHandle {
         let state = self.member_state(role);
         match state {
             MemberStatusState::Failed | MemberStatusState::Missing => {}
-            MemberStatusState::Active => {
+            MemberStatusState::Active | MemberStatusState::Rebuilding => {
                 return Err(ControlError::Refused(format!(
-                    "member {role} of {} is active: fail it first (vraid fail {} {role})",
+                    "member {role} of {} is in use: fail it first (vraid fail {} {role})",
                     self.name, self.name
                 )))
             }
@@ -432,6 +441,7 @@ fn state_word(s: MemberStatusState) -> &'static str {
         MemberStatusState::Failed => "failed",
         MemberStatusState::Missing => "missing",
         MemberStatusState::Removed => "removed",
+        MemberStatusState::Rebuilding => "rebuilding",
     }
 }
 

@@ -145,6 +145,11 @@ impl EngineOps for FakeEngine {
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move { Ok(json!({"mbps": mbps})) })
     }
+    fn status(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("rebuild_max_mbps".into(), json!(7));
+        m
+    }
 }
 
 #[tokio::test]

@@ -7,13 +7,14 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use tracing::{info, warn};
 
+use super::array::{ArrayHandle, ArrayOptions, PlannedRebuild, Spare, StartPlan};
 use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
 use crate::cli::EngineArg;
 use crate::control::{EventLog, MemberHandle, VolumeHandle};
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
-use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec};
+use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
 use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
 
@@ -160,6 +161,8 @@ pub struct Assembled {
     pub assembly: Arc<Assembly>,
     /// Its control-plane handle (fault rules, counters, events).
     pub handle: Arc<VolumeHandle>,
+    /// Its operations (resync, rebuild, spares, rate limit).
+    pub array: Arc<ArrayHandle>,
 }
 
 impl std::fmt::Debug for Assembled {
@@ -172,9 +175,21 @@ impl std::fmt::Debug for Assembled {
 
 /// Opens the members that exist, assembles them from their superblocks,
 /// builds the volume and marks the array dirty (in use).
+#[allow(dead_code)] // the pre-operations entry point, kept for other callers
 pub async fn assemble_volume(
     paths: &[PathBuf],
     opts: &MemberOptions,
+) -> Result<Assembled, DaemonError> {
+    assemble_volume_with(paths, opts, &ArrayOptions::default()).await
+}
+
+/// [`assemble_volume`] with spares, bitmap and rebuild settings; also plans
+/// and starts the crash resync, an interrupted rebuild or a bitmap
+/// recovery, and hot-spare activation.
+pub async fn assemble_volume_with(
+    paths: &[PathBuf],
+    opts: &MemberOptions,
+    aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
     let mut devices = Vec::with_capacity(paths.len());
     for p in paths {
@@ -190,6 +205,7 @@ pub async fn assemble_volume(
             Err(e) => return Err(e.into()),
         }
     }
+    let spares = open_spares(aopts, opts, &mut devices).await?;
     let assembly = Arc::new(meta::assemble(devices).await?);
     let handles = member_handles(&assembly);
     // Each member's data window sits behind its fault rules and counters:
@@ -222,14 +238,33 @@ pub async fn assemble_volume(
     )
     .map_err(|e| raid_err(RaidError::Layout(e)))?;
     let log = Arc::new(EventLog::new());
+    let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
     let events = Arc::new(MetaEvents {
         name: name.clone(),
         metadata: assembly.metadata.clone(),
         log: log.clone(),
         volume: OnceLock::new(),
+        notify: Some(notify),
     });
-    let volume =
-        Arc::new(Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?);
+    let bitmap = if aopts.bitmap && assembly.level != Level::Raid0 {
+        let b = DiskBitmap::load(
+            assembly.metadata.clone(),
+            &assembly.layout,
+            assembly.data_size,
+            assembly.bitmap_valid,
+        )
+        .await;
+        Some(Arc::new(b))
+    } else {
+        None
+    };
+    assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
+    let mut volume =
+        Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
+    if let Some(b) = &bitmap {
+        volume = volume.with_write_intent(b.clone());
+    }
+    let volume = Arc::new(volume);
     let _ = events.volume.set(Arc::downgrade(&volume));
     let handle = Arc::new(VolumeHandle::new(
         volume.clone(),
@@ -241,13 +276,42 @@ pub async fn assemble_volume(
     for ex in &assembly.excluded {
         warn!("{name}: left out {}: {}", ex.path, ex.reason);
     }
+    let (resync, rebuild) = plan_sync(&assembly, &volume, bitmap.as_deref()).await?;
+    if let Some(b) = &bitmap {
+        if resync.is_some() || rebuild.as_ref().is_some_and(|r| r.only.is_some()) {
+            b.pin_dirty();
+            b.persist().await.map_err(|source| DaemonError::Block {
+                context: format!("{name}: writing the write-intent bitmap"),
+                source,
+            })?;
+        }
+        b.spawn_cleaner(std::time::Duration::from_secs(1));
+    }
     assembly.mark_dirty().await?;
     if assembly.was_dirty && assembly.level != Level::Raid0 {
         warn!(
-            "{name} was not shut down cleanly; \
-             redundancy of regions written at the crash is not resynced yet"
+            "{name} was not shut down cleanly; resyncing {}",
+            if bitmap.is_some() && assembly.bitmap_valid {
+                "the regions marked in the write-intent bitmap"
+            } else {
+                "the whole array"
+            }
         );
     }
+    let array = ArrayHandle::start(StartPlan {
+        volume: volume.clone(),
+        metadata: assembly.metadata.clone(),
+        bitmap,
+        data_offset: assembly.data_offset,
+        data_size: assembly.data_size,
+        resync,
+        rebuild,
+        spares,
+        paths: member_paths_by_role(&assembly),
+        failures,
+        max_mbps: aopts.rebuild_max_mbps,
+        opts: *opts,
+    });
     let missing = volume
         .member_states()
         .iter()
@@ -266,10 +330,12 @@ pub async fn assemble_volume(
         crate::units::format_size(u64::from(assembly.chunk_size)),
         volume.size()
     );
+    handle.set_engine(Arc::new(super::engine_ops::ArrayEngine(array.clone())));
     Ok(Assembled {
         volume,
         assembly,
         handle,
+        array,
     })
 }
 
@@ -291,6 +357,147 @@ fn member_handles(assembly: &Assembly) -> Vec<MemberHandle> {
         .collect()
 }
 
+/// The path of each role's member (rebuild targets and re-added members
+/// included), for status and for naming members by path.
+fn member_paths_by_role(assembly: &Assembly) -> Vec<Option<String>> {
+    let mut paths: Vec<Option<String>> = assembly
+        .members
+        .iter()
+        .map(|m| m.as_ref().map(|m| m.path.clone()))
+        .collect();
+    if let Some(t) = &assembly.rebuild {
+        paths[t.role] = Some(t.member.path.clone());
+    }
+    for (role, m) in &assembly.readd {
+        if paths[*role].is_none() {
+            paths[*role] = Some(m.path.clone());
+        }
+    }
+    paths
+}
+
+/// Opens the configured spares. A spare that holds an interrupted rebuild
+/// of this array (its role is rebuilding/recovering) joins the assembly;
+/// the others stay spares. Missing spare files are created when the volume
+/// has a `create` size.
+async fn open_spares(
+    aopts: &ArrayOptions,
+    opts: &MemberOptions,
+    devices: &mut Vec<(String, Arc<dyn BlockDevice>)>,
+) -> Result<Vec<Spare>, DaemonError> {
+    let mut spares = Vec::new();
+    for p in &aopts.spares {
+        if !p.exists() {
+            match aopts.create_size {
+                Some(size) => member::create_sparse(p, size)?,
+                None => {
+                    warn!("spare {} does not exist; ignored", show_path(p));
+                    continue;
+                }
+            }
+        }
+        let device: Arc<dyn BlockDevice> = match member::open_member(p, opts) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(
+                    "spare {} unusable: {}",
+                    show_path(p),
+                    super::error_chain(&e)
+                );
+                continue;
+            }
+        };
+        let rebuilding = match meta::read_superblock(device.as_ref()).await {
+            Ok(read) => {
+                let sb = read.superblock;
+                sb.members.get(sb.role as usize).is_some_and(|e| {
+                    matches!(
+                        e.state,
+                        meta::MemberState::Rebuilding | meta::MemberState::Recovering
+                    )
+                })
+            }
+            Err(_) => false,
+        };
+        if rebuilding {
+            devices.push((show_path(p), device));
+        } else {
+            spares.push(Spare {
+                path: p.clone(),
+                device,
+            });
+        }
+    }
+    Ok(spares)
+}
+
+/// Decides the crash resync (dirty ranges) and the rebuild to run: an
+/// interrupted one resumes from its checkpoint (from the first dirty range
+/// below it after a crash), else a re-added member recovers from the bitmap.
+async fn plan_sync(
+    assembly: &Assembly,
+    volume: &Volume,
+    bitmap: Option<&DiskBitmap>,
+) -> Result<(Option<Vec<(u64, u64)>>, Option<PlannedRebuild>), DaemonError> {
+    let whole = vec![(0, assembly.data_size)];
+    let trusted = bitmap.filter(|_| assembly.bitmap_valid);
+    let resync = (assembly.was_dirty && assembly.level != Level::Raid0).then(|| {
+        if let Some(b) = bitmap {
+            if !assembly.bitmap_valid {
+                b.set_all();
+            }
+        }
+        bitmap.map_or(whole.clone(), |b| b.dirty_ranges())
+    });
+    let name = &assembly.name;
+    let raid_err = |e: crate::raid::RebuildError| DaemonError::Usage(format!("{name}: {e}"));
+    if let Some(t) = &assembly.rebuild {
+        let mut up_to = t.up_to;
+        if let Some(r) = &resync {
+            up_to = r.iter().map(|&(a, _)| a).fold(up_to, u64::min);
+        }
+        let only = t
+            .recovering
+            .then(|| trusted.map_or(whole.clone(), |b| b.dirty_ranges()));
+        volume
+            .attach_rebuild_target(MemberIndex(t.role), Arc::new(t.member.data.clone()), up_to)
+            .map_err(raid_err)?;
+        info!(
+            "{name}: resuming the {} of member {} at {up_to}",
+            if t.recovering { "recovery" } else { "rebuild" },
+            t.role
+        );
+        return Ok((resync, Some(PlannedRebuild { role: t.role, only })));
+    }
+    if let (Some(b), Some((role, m))) = (trusted, assembly.readd.first()) {
+        let ranges = b.dirty_ranges();
+        volume
+            .attach_rebuild_target(MemberIndex(*role), Arc::new(m.data.clone()), 0)
+            .map_err(raid_err)?;
+        if let Err(e) = assembly
+            .metadata
+            .begin_rebuild(*role, m.device.clone(), m.member_uuid, true)
+            .await
+        {
+            volume.detach_rebuild_target(MemberIndex(*role));
+            return Err(e.into());
+        }
+        info!(
+            "{name}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
+            m.path,
+            ranges.iter().map(|(a, b)| b - a).sum::<u64>()
+        );
+        return Ok((
+            resync,
+            Some(PlannedRebuild {
+                role: *role,
+                only: Some(ranges),
+            }),
+        ));
+    }
+    Ok((resync, None))
+}
+
 /// Persists member failures the RAID layer reports into the other members'
 /// superblocks (event counter bumped), so the failed member is not trusted
 /// at the next assembly.
@@ -301,6 +508,8 @@ struct MetaEvents {
     log: Arc<EventLog>,
     /// The volume, to tell degraded from failed (weak: it owns us).
     volume: OnceLock<Weak<Volume>>,
+    /// Told about every recorded failure (hot-spare activation).
+    notify: Option<tokio::sync::mpsc::UnboundedSender<MemberIndex>>,
 }
 
 impl VolumeEvents for MetaEvents {
@@ -344,6 +553,9 @@ impl VolumeEvents for MetaEvents {
                     None,
                     format!("{}: {what} ({down} of {members} members down)", self.name),
                 );
+            }
+            if let Some(n) = &self.notify {
+                let _ = n.send(member);
             }
         })
     }

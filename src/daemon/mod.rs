@@ -8,8 +8,10 @@
 //!                                      └──── MetaEvents ◄───┘
 //! ```
 
+pub mod array;
 mod bringup;
 mod demo;
+mod engine_ops;
 mod serve;
 
 use std::error::Error as StdError;
@@ -138,3 +140,6 @@ fn paths_display(paths: &[PathBuf]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod array_tests;

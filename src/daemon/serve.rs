@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
+use super::array::ArrayOptions;
 use super::bringup::{self, Assembled, CreateRequest};
 use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
@@ -44,6 +45,8 @@ struct VolumeSpec {
     vhost_socket: Option<PathBuf>,
     /// Queues of the vhost-user-blk export.
     num_queues: u16,
+    /// Spares, bitmap and rebuild settings.
+    array: ArrayOptions,
 }
 
 /// `vraid serve`.
@@ -85,6 +88,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                 faults: v.faults.clone(),
                 vhost_socket: v.vhost_user_blk.clone(),
                 num_queues: v.num_queues,
+                array: ArrayOptions {
+                    spares: v.spares.clone(),
+                    rebuild_max_mbps: v.rebuild_max_mbps,
+                    bitmap: v.bitmap,
+                    create_size: v.create.as_ref().map(|c| c.member_size),
+                },
             })
             .collect::<Vec<_>>()
     } else if !args.members.is_empty() {
@@ -97,6 +106,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             faults: Vec::new(),
             vhost_socket: args.vhost_user_blk.clone(),
             num_queues: args.vhost_queues,
+            array: ArrayOptions::default(),
         }]
     } else {
         demo_mode = true;
@@ -114,6 +124,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
             ),
             num_queues: args.vhost_queues,
+            array: ArrayOptions::default(),
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -321,7 +332,7 @@ async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, 
             bringup::create_array(&spec.members, create, opts).await?;
         }
     }
-    let assembled = bringup::assemble_volume(&spec.members, opts).await?;
+    let assembled = bringup::assemble_volume_with(&spec.members, opts, &spec.array).await?;
     if let Some(expected) = &spec.expected_name {
         if &assembled.assembly.name != expected {
             let found = assembled.assembly.name.clone();
@@ -345,6 +356,7 @@ impl VolumeSpec {
             faults: Vec::new(),
             vhost_socket: None,
             num_queues: 1,
+            array: ArrayOptions::default(),
         }
     }
 }
@@ -362,8 +374,13 @@ async fn any_member_initialised(paths: &[PathBuf]) -> bool {
 async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
     for (a, _) in volumes {
         let name = &a.assembly.name;
+        let resynced = a.array.shutdown().await;
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));
+            continue;
+        }
+        if !resynced {
+            warn!("{name}: crash resync unfinished; leaving the array dirty");
             continue;
         }
         match a.assembly.mark_clean().await {

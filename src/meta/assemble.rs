@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::superblock::{read_superblock, ArrayState, MemberState, Superblock};
+use super::superblock::{read_superblock, ArrayState, MemberState, MetaLayout, Superblock};
 use super::update::ArrayMetadata;
 use super::MetaError;
 use crate::block::{BlockDevice, Window};
@@ -118,6 +118,27 @@ impl std::fmt::Debug for AssembledMember {
     }
 }
 
+/// A member in the middle of a rebuild or bitmap recovery at assembly.
+#[derive(Clone, Debug)]
+pub struct RebuildTarget {
+    /// Its role.
+    pub role: usize,
+    /// The member.
+    pub member: AssembledMember,
+    /// Member data bytes already in sync (the checkpoint).
+    pub up_to: u64,
+    /// A bitmap recovery rather than a full rebuild.
+    pub recovering: bool,
+}
+
+/// What assembly makes of one candidate.
+enum Verdict {
+    Active(AssembledMember),
+    Rebuild(AssembledMember, bool),
+    ReAdd(AssembledMember),
+    Stale(String),
+}
+
 /// A path left out of the array, and why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Excluded {
@@ -150,6 +171,15 @@ pub struct Assembly {
     pub was_dirty: bool,
     /// Members by role; `None` = missing.
     pub members: Vec<Option<AssembledMember>>,
+    /// Metadata layout of the members.
+    pub layout: MetaLayout,
+    /// The freshest superblock says the write-intent bitmap is maintained.
+    pub bitmap_valid: bool,
+    /// A member whose rebuild was interrupted; resume it.
+    pub rebuild: Option<RebuildTarget>,
+    /// Members that were missing or failed but can catch up from the
+    /// write-intent bitmap (their role is still theirs, not taken over).
+    pub readd: Vec<(usize, AssembledMember)>,
     /// Paths left out, with reasons.
     pub excluded: Vec<Excluded>,
     /// Superblock updates for the running array.
@@ -198,6 +228,13 @@ pub async fn assemble(
     let mut candidates = Vec::new();
     for (path, device) in devices {
         match read_superblock(device.as_ref()).await {
+            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: format!("hot spare of array {}", read.superblock.name),
+                });
+            }
             Ok(read) => {
                 if let Some((copy, err)) = &read.bad_copy {
                     tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");
@@ -223,10 +260,27 @@ pub async fn assemble(
     let freshest = freshest(&candidates)?.sb.clone();
     let count = freshest.member_count as usize;
     let mut members: Vec<Option<AssembledMember>> = vec![None; count];
+    let mut rebuild = None;
+    let mut readd = Vec::new();
     for c in candidates {
+        let role = c.sb.role as usize;
         match accept(&c, &freshest)? {
-            Ok(member) => members[c.sb.role as usize] = Some(member),
-            Err(reason) => {
+            Verdict::Active(member) => members[role] = Some(member),
+            Verdict::Rebuild(member, recovering) => {
+                let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
+                tracing::info!(path = %c.path, role, up_to, "member is being rebuilt; resuming");
+                rebuild = Some(RebuildTarget {
+                    role,
+                    member,
+                    up_to,
+                    recovering,
+                });
+            }
+            Verdict::ReAdd(member) => {
+                tracing::info!(path = %c.path, role, "stale member can catch up from the bitmap");
+                readd.push((role, member));
+            }
+            Verdict::Stale(reason) => {
                 tracing::warn!(path = %c.path, role = c.sb.role, "excluding member: {reason}");
                 excluded.push(Excluded {
                     path: c.path,
@@ -250,10 +304,13 @@ pub async fn assemble(
     if missing > 0 {
         tracing::warn!(name = %freshest.name, missing, "assembling degraded");
     }
-    let devices = members
+    let mut devices: Vec<_> = members
         .iter()
         .map(|m| m.as_ref().map(|m| (m.device.clone(), m.member_uuid)))
         .collect();
+    if let Some(t) = &rebuild {
+        devices[t.role] = Some((t.member.device.clone(), t.member.member_uuid));
+    }
     Ok(Assembly {
         name: freshest.name.clone(),
         array_uuid: freshest.array_uuid,
@@ -264,6 +321,10 @@ pub async fn assemble(
         data_size: freshest.layout.data_size,
         was_dirty: freshest.state == ArrayState::Dirty,
         members,
+        layout: freshest.layout,
+        bitmap_valid: freshest.bitmap_valid,
+        rebuild,
+        readd,
         excluded,
         metadata: Arc::new(ArrayMetadata::new(freshest, devices)),
     })
@@ -338,31 +399,34 @@ fn freshest(candidates: &[Candidate]) -> Result<&Candidate, AssembleError> {
     Ok(best)
 }
 
-/// `Ok(Ok(member))` if accepted, `Ok(Err(reason))` if stale/unusable,
-/// `Err` if its geometry contradicts the array.
-fn accept(
-    c: &Candidate,
-    freshest: &Superblock,
-) -> Result<Result<AssembledMember, String>, AssembleError> {
+/// The candidate's verdict; `Err` if its geometry contradicts the array.
+fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError> {
     let role = c.sb.role as usize;
     let Some(entry) = freshest.members.get(role) else {
-        return Ok(Err(format!(
+        return Ok(Verdict::Stale(format!(
             "role {role} is beyond the array's {} members",
             freshest.member_count
         )));
     };
     if entry.member_uuid != c.sb.member_uuid {
-        return Ok(Err(format!(
+        return Ok(Verdict::Stale(format!(
             "stale: role {role} now belongs to member {}",
             entry.member_uuid
         )));
     }
-    if entry.state != MemberState::Active {
-        return Ok(Err(format!(
+    let stale = || {
+        format!(
             "stale: recorded as {:?} at event {} (member has event {})",
             entry.state, freshest.events, c.sb.events
-        )));
-    }
+        )
+    };
+    let kind = match entry.state {
+        MemberState::Active => 0,
+        MemberState::Rebuilding => 1,
+        MemberState::Recovering => 2,
+        MemberState::Missing | MemberState::Failed if freshest.bitmap_valid => 3,
+        _ => return Ok(Verdict::Stale(stale())),
+    };
     let g = |sb: &Superblock| {
         [
             ("level", sb.level.number() as u64),
@@ -374,6 +438,9 @@ fn accept(
     };
     for ((field, expected), (_, found)) in g(freshest).into_iter().zip(g(&c.sb)) {
         if expected != found {
+            if kind == 3 {
+                return Ok(Verdict::Stale(stale()));
+            }
             return Err(AssembleError::Geometry {
                 path: c.path.clone(),
                 field,
@@ -382,7 +449,7 @@ fn accept(
             });
         }
     }
-    if c.sb.events < freshest.events {
+    if kind == 0 && c.sb.events < freshest.events {
         tracing::info!(path = %c.path, events = c.sb.events, current = freshest.events,
             "member missed superblock updates but is listed active; accepting");
     }
@@ -392,13 +459,23 @@ fn accept(
         freshest.layout.data_size,
     ) {
         Ok(w) => w,
-        Err(err) => return Ok(Err(format!("device is smaller than its data area: {err}"))),
+        Err(err) => {
+            return Ok(Verdict::Stale(format!(
+                "device is smaller than its data area: {err}"
+            )))
+        }
     };
-    Ok(Ok(AssembledMember {
+    let member = AssembledMember {
         path: c.path.clone(),
         device: c.device.clone(),
         data,
         member_uuid: c.sb.member_uuid,
         events: c.sb.events,
-    }))
+    };
+    Ok(match kind {
+        0 => Verdict::Active(member),
+        1 => Verdict::Rebuild(member, false),
+        2 => Verdict::Rebuild(member, true),
+        _ => Verdict::ReAdd(member),
+    })
 }

@@ -155,6 +155,7 @@ pub async fn create_array(
             creation_time: time,
             update_time: time,
             rebuild_checkpoint: None,
+            bitmap_valid: false,
             name: spec.name.clone(),
             members: members.clone(),
         })

@@ -26,8 +26,10 @@ pub struct ExamineReport {
     pub chunk_size: u32,
     /// Members in the array.
     pub member_count: u32,
-    /// This member's role.
+    /// This member's role (4294967295 for a hot spare).
     pub role: u32,
+    /// A hot spare of the array (holds no role yet).
+    pub spare: bool,
     /// Start of the data area in bytes.
     pub data_offset: u64,
     /// Data area size in bytes (per member).
@@ -42,6 +44,12 @@ pub struct ExamineReport {
     pub update_time: u64,
     /// Member table, by role.
     pub members: Vec<RoleEntry>,
+    /// Rebuild progress of the member being rebuilt (member data bytes in sync).
+    pub rebuild_checkpoint: Option<u64>,
+    /// The write-intent bitmap is maintained.
+    pub bitmap_valid: bool,
+    /// Set write-intent bits (region indexes) in this member's bitmap.
+    pub bitmap_dirty_regions: Vec<u64>,
     /// Which superblock copy is in use.
     pub copy_used: CopyId,
     /// The other copy, if it is invalid, with the reason.
@@ -57,6 +65,23 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
             source,
         })?;
     let sb = read.superblock;
+    let regions = sb
+        .layout
+        .data_size
+        .div_ceil(1 << sb.layout.bitmap_region_shift);
+    let mut bits = vec![0u8; (regions.div_ceil(8) as usize).min(sb.layout.bitmap_len as usize)];
+    let bitmap_dirty_regions = match device
+        .read(crate::units::ByteOffset(sb.layout.bitmap_offset), &mut bits)
+        .await
+    {
+        Ok(()) => (0..regions)
+            .filter(|&r| {
+                bits.get((r / 8) as usize)
+                    .is_some_and(|b| b & (1 << (r % 8)) != 0)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     Ok(ExamineReport {
         device: device.name().to_string(),
         array_uuid: sb.array_uuid,
@@ -66,6 +91,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         chunk_size: sb.chunk_size,
         member_count: sb.member_count,
         role: sb.role,
+        spare: sb.role == super::superblock::SPARE_ROLE,
         data_offset: sb.layout.data_offset,
         data_size: sb.layout.data_size,
         events: sb.events,
@@ -73,6 +99,9 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         creation_time: sb.creation_time,
         update_time: sb.update_time,
         members: sb.members,
+        rebuild_checkpoint: sb.rebuild_checkpoint,
+        bitmap_valid: sb.bitmap_valid,
+        bitmap_dirty_regions,
         copy_used: read.copy,
         bad_copy: read
             .bad_copy
@@ -93,7 +122,11 @@ impl fmt::Display for ExamineReport {
             format_size(self.chunk_size as u64)
         )?;
         writeln!(f, "          Members : {}", self.member_count)?;
-        writeln!(f, "             Role : {}", self.role)?;
+        if self.spare {
+            writeln!(f, "             Role : spare")?;
+        } else {
+            writeln!(f, "             Role : {}", self.role)?;
+        }
         writeln!(f, "      Data offset : {} bytes", self.data_offset)?;
         writeln!(
             f,
@@ -104,6 +137,19 @@ impl fmt::Display for ExamineReport {
         writeln!(f, "           Events : {}", self.events)?;
         writeln!(f, "            State : {:?}", self.state)?;
         writeln!(f, "  Superblock copy : {:?}", self.copy_used)?;
+        if let Some(c) = self.rebuild_checkpoint {
+            writeln!(f, "  Rebuild checkpt : {c} bytes ({})", format_size(c))?;
+        }
+        writeln!(
+            f,
+            "    Write bitmap  : {}, {} dirty regions",
+            if self.bitmap_valid {
+                "maintained"
+            } else {
+                "not maintained"
+            },
+            self.bitmap_dirty_regions.len()
+        )?;
         if let Some(bad) = &self.bad_copy {
             writeln!(f, "    Bad copy      : {bad}")?;
         }

@@ -13,6 +13,7 @@
 //! (offset 0 = superblock A); opening files is the member layer's job.
 
 pub mod assemble;
+pub mod bitmap;
 pub mod create;
 mod examine;
 pub mod layout;
@@ -20,6 +21,7 @@ pub mod superblock;
 mod update;
 
 pub use assemble::{assemble, AssembleError, AssembledMember, Assembly, Excluded};
+pub use bitmap::DiskBitmap;
 pub use create::{create_array, ArrayInfo, CreateSpec};
 pub use examine::{examine, ExamineReport};
 pub use superblock::{

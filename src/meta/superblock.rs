@@ -31,6 +31,8 @@ pub const MAGIC: [u8; 8] = *b"VRAIDSB1";
 pub const VERSION: u32 = 1;
 /// Most members an array may have (size of the member table).
 pub const MAX_MEMBERS: usize = 32;
+/// `role` of a hot spare: it belongs to the array but holds no role.
+pub const SPARE_ROLE: u32 = u32::MAX;
 /// `rebuild_checkpoint` value meaning "no rebuild in progress".
 pub const NO_CHECKPOINT: u64 = u64::MAX;
 
@@ -61,6 +63,11 @@ pub enum MemberState {
     Missing,
     /// A spare (reserved for later).
     Spare,
+    /// Held by a new member being rebuilt; in sync below `rebuild_checkpoint`.
+    Rebuilding,
+    /// Held by a re-added member catching up from the write-intent bitmap;
+    /// dirty regions below `rebuild_checkpoint` are done.
+    Recovering,
 }
 
 impl MemberState {
@@ -70,6 +77,8 @@ impl MemberState {
             MemberState::Failed => 2,
             MemberState::Missing => 3,
             MemberState::Spare => 4,
+            MemberState::Rebuilding => 5,
+            MemberState::Recovering => 6,
         }
     }
 
@@ -79,6 +88,8 @@ impl MemberState {
             2 => Some(MemberState::Failed),
             3 => Some(MemberState::Missing),
             4 => Some(MemberState::Spare),
+            5 => Some(MemberState::Rebuilding),
+            6 => Some(MemberState::Recovering),
             _ => None,
         }
     }
@@ -120,8 +131,11 @@ pub struct Superblock {
     pub creation_time: u64,
     /// Unix seconds of this write.
     pub update_time: u64,
-    /// Rebuild progress (reserved): `None` when no rebuild is running.
+    /// Rebuild progress: `None` when no rebuild is running.
     pub rebuild_checkpoint: Option<u64>,
+    /// The write-intent bitmap is maintained: it holds a bit for every
+    /// region written since the array was last whole and clean there.
+    pub bitmap_valid: bool,
     /// Array name.
     pub name: String,
     /// Member table, one entry per role (`member_count` entries).
@@ -247,6 +261,7 @@ impl Superblock {
         put(152, &l.csum_len.to_le_bytes());
         let checkpoint = self.rebuild_checkpoint.unwrap_or(NO_CHECKPOINT);
         put(160, &checkpoint.to_le_bytes());
+        put(168, &u32::from(self.bitmap_valid).to_le_bytes());
         let name = self.name.as_bytes();
         put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
         for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
@@ -283,7 +298,7 @@ impl Superblock {
             0 => {}
             flags => return Err(SuperblockError::Flags(flags)),
         }
-        for (from, to) in [(168, NAME_OFFSET), (320, TABLE_OFFSET), (2048, CRC_OFFSET)] {
+        for (from, to) in [(172, NAME_OFFSET), (320, TABLE_OFFSET), (2048, CRC_OFFSET)] {
             if !f.zero(from, to) {
                 return Err(field(
                     "reserved",
@@ -342,6 +357,11 @@ impl Superblock {
             }
         }
         let checkpoint = f.u64(160);
+        let bitmap_valid = match f.u32(168) {
+            0 => false,
+            1 => true,
+            v => return Err(field("bitmap_state", format!("unknown value {v}"))),
+        };
         Ok(Superblock {
             flags: 0,
             array_uuid: f.uuid(16),
@@ -366,6 +386,7 @@ impl Superblock {
             creation_time: f.u64(96),
             update_time: f.u64(104),
             rebuild_checkpoint: (checkpoint != NO_CHECKPOINT).then_some(checkpoint),
+            bitmap_valid,
             name,
             members,
         })
@@ -396,13 +417,20 @@ impl Superblock {
         if self.members.len() != count {
             return Err(field("member table", "length differs from member_count"));
         }
-        if self.role >= self.member_count {
+        if self.role == SPARE_ROLE {
+            if self
+                .members
+                .iter()
+                .any(|m| m.member_uuid == self.member_uuid)
+            {
+                return Err(field("member table", "a spare's UUID holds a role"));
+            }
+        } else if self.role >= self.member_count {
             return Err(field(
                 "role",
                 format!("role {} but only {count} members", self.role),
             ));
-        }
-        if self.members[self.role as usize].member_uuid != self.member_uuid {
+        } else if self.members[self.role as usize].member_uuid != self.member_uuid {
             return Err(field(
                 "member table",
                 "own role lists a different member_uuid",

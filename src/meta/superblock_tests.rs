@@ -29,6 +29,7 @@ fn sample() -> Superblock {
         creation_time: 1_700_000_000,
         update_time: 1_700_000_100,
         rebuild_checkpoint: None,
+        bitmap_valid: false,
         name: "vol0".into(),
         members,
     }
@@ -112,6 +113,7 @@ proptest! {
             creation_time: times.0,
             update_time: times.1,
             rebuild_checkpoint: checkpoint,
+            bitmap_valid: false,
             name,
             members,
         };
@@ -329,5 +331,41 @@ fn encoded_fields_sit_at_documented_offsets() {
     assert_eq!(
         u32_at(4092),
         crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat())
+    );
+}
+
+#[test]
+fn bitmap_state_rebuild_states_and_spare_role_round_trip() {
+    // Arrange
+    let mut sb = sample();
+    sb.bitmap_valid = true;
+    sb.rebuild_checkpoint = Some(64 << 20);
+    sb.members[1].state = MemberState::Rebuilding;
+    sb.members[3].state = MemberState::Recovering;
+    // Act
+    let b = sb.encode();
+    // Assert
+    assert_eq!(u32::from_le_bytes(b[168..172].try_into().unwrap()), 1);
+    assert_eq!(
+        u32::from_le_bytes(b[1024 + 32 + 16..1024 + 32 + 20].try_into().unwrap()),
+        5
+    );
+    assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    let mut spare = sample();
+    spare.role = SPARE_ROLE;
+    spare.member_uuid = uuid::Uuid::from_u128(0xABCD);
+    assert_eq!(Superblock::decode(&spare.encode()).unwrap(), spare);
+    spare.member_uuid = spare.members[0].member_uuid;
+    assert!(
+        Superblock::decode(&spare.encode()).is_err(),
+        "a spare cannot hold a role's UUID"
+    );
+    let mut bad = sb.encode();
+    bad[168] = 2;
+    let crc = crc32fast::hash(&[&bad[..4092], &[0; 4][..]].concat());
+    bad[4092..].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        field_of(Superblock::decode(&bad).unwrap_err()),
+        "bitmap_state"
     );
 }

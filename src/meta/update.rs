@@ -38,6 +38,8 @@ struct MetaState {
     devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
     /// The last `write_all` of this assembly succeeded on every member.
     written: bool,
+    /// This run maintains the write-intent bitmap.
+    bitmap_enabled: bool,
 }
 
 impl ArrayMetadata {
@@ -52,6 +54,7 @@ impl ArrayMetadata {
                 template,
                 devices,
                 written: false,
+                bitmap_enabled: false,
             }),
         }
     }
@@ -101,6 +104,164 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
+    /// Declares whether this run maintains the write-intent bitmap; takes
+    /// effect with the next superblock update (normally `mark_dirty`).
+    pub async fn set_bitmap_enabled(&self, enabled: bool) {
+        self.state.lock().await.bitmap_enabled = enabled;
+    }
+
+    /// Whether the freshest superblock says the bitmap is maintained.
+    pub async fn bitmap_valid(&self) -> bool {
+        self.state.lock().await.template.bitmap_valid
+    }
+
+    /// True when every role is active (nothing missing, failed or rebuilding).
+    pub async fn is_whole(&self) -> bool {
+        let st = self.state.lock().await;
+        st.template
+            .members
+            .iter()
+            .all(|m| m.state == MemberState::Active)
+    }
+
+    /// The raw devices of every present member (rebuild targets included).
+    pub async fn present_devices(&self) -> Vec<Arc<dyn BlockDevice>> {
+        let st = self.state.lock().await;
+        st.devices
+            .iter()
+            .flatten()
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// The array UUID.
+    pub async fn array_uuid(&self) -> Uuid {
+        self.state.lock().await.template.array_uuid
+    }
+
+    /// Who holds `role` and in what state.
+    pub async fn role_entry(&self, role: usize) -> Option<(Uuid, MemberState)> {
+        let st = self.state.lock().await;
+        st.template
+            .members
+            .get(role)
+            .map(|e| (e.member_uuid, e.state))
+    }
+
+    /// Writes a hot spare's superblock on `device`: the array's current
+    /// superblock with role [`SPARE_ROLE`](super::superblock::SPARE_ROLE)
+    /// and its own `member_uuid` (no event bump; members are not touched).
+    pub async fn write_spare(
+        &self,
+        device: &dyn BlockDevice,
+        member_uuid: Uuid,
+    ) -> Result<(), MetaError> {
+        let mut sb = self.state.lock().await.template.clone();
+        sb.role = super::superblock::SPARE_ROLE;
+        sb.member_uuid = member_uuid;
+        write_superblock(device, &sb)
+            .await
+            .map_err(|source| MetaError::Io {
+                device: device.name().to_string(),
+                source,
+            })
+    }
+
+    /// The rebuild checkpoint currently recorded.
+    pub async fn rebuild_checkpoint(&self) -> Option<u64> {
+        self.state.lock().await.template.rebuild_checkpoint
+    }
+
+    /// Gives `role` to a new member (`device`, the raw member, with a fresh
+    /// `member_uuid`) being rebuilt from 0, or to a re-added member catching
+    /// up from the bitmap (`recovering`); writes its superblock with the others.
+    pub async fn begin_rebuild(
+        &self,
+        role: usize,
+        device: Arc<dyn BlockDevice>,
+        member_uuid: Uuid,
+        recovering: bool,
+    ) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.template.members.get_mut(role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        entry.member_uuid = member_uuid;
+        entry.state = if recovering {
+            MemberState::Recovering
+        } else {
+            MemberState::Rebuilding
+        };
+        st.template.rebuild_checkpoint = Some(0);
+        st.devices[role] = Some((device, member_uuid));
+        tracing::info!(name = %self.name, role, %member_uuid, recovering, "recording rebuild start");
+        Self::write_all(&mut st).await
+    }
+
+    /// Records rebuild progress: the member in `role` is in sync below `up_to`.
+    pub async fn checkpoint(&self, role: usize, up_to: u64) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        if !st
+            .template
+            .members
+            .get(role)
+            .is_some_and(|m| matches!(m.state, MemberState::Rebuilding | MemberState::Recovering))
+        {
+            return Err(MetaError::NoSuchRole(role));
+        }
+        st.template.rebuild_checkpoint = Some(up_to);
+        Self::write_all(&mut st).await
+    }
+
+    /// Records the member in `role` fully in sync (active).
+    pub async fn finish_rebuild(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.template.members.get_mut(role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        entry.state = MemberState::Active;
+        st.template.rebuild_checkpoint = None;
+        tracing::info!(name = %self.name, role, "recording rebuilt member in sync");
+        Self::write_all(&mut st).await
+    }
+
+    /// Gives `role` to `device` (a finished replacement), in sync: the old
+    /// member of the role is no longer written and becomes stale.
+    pub async fn finish_replace(
+        &self,
+        role: usize,
+        device: Arc<dyn BlockDevice>,
+        member_uuid: Uuid,
+    ) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.template.members.get_mut(role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        entry.member_uuid = member_uuid;
+        entry.state = MemberState::Active;
+        st.devices[role] = Some((device, member_uuid));
+        tracing::info!(name = %self.name, role, %member_uuid, "recording replacement in sync");
+        Self::write_all(&mut st).await
+    }
+
+    /// Records an abandoned rebuild: the role is failed again.
+    pub async fn abort_rebuild(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(entry) = st.template.members.get_mut(role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        if !matches!(
+            entry.state,
+            MemberState::Rebuilding | MemberState::Recovering
+        ) {
+            return Ok(());
+        }
+        entry.state = MemberState::Failed;
+        st.template.rebuild_checkpoint = None;
+        st.devices[role] = None;
+        Self::write_all(&mut st).await
+    }
+
     async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
         if st.written && st.template.state == state {
@@ -116,6 +277,7 @@ impl ArrayMetadata {
             template,
             devices,
             written,
+            bitmap_enabled,
         } = st;
         *written = false;
         template.events += 1;
@@ -125,6 +287,13 @@ impl ArrayMetadata {
                 entry.state = MemberState::Missing;
             }
         }
+        // The bitmap covers every write since the array was last whole only
+        // if every run since then maintained it.
+        let whole = template
+            .members
+            .iter()
+            .all(|m| m.state == MemberState::Active);
+        template.bitmap_valid = *bitmap_enabled && (template.bitmap_valid || whole);
         let writes = devices.iter().enumerate().filter_map(|(role, d)| {
             let (device, member_uuid) = d.as_ref()?;
             let mut sb = template.clone();

@@ -55,7 +55,7 @@ fn io_series(out: &mut String, prefix: &str, labels: &str, stats: &IoStats) {
 const HEADERS: &str = "\
 # HELP vraid_volume_state Volume state: 0 optimal, 1 degraded, 2 failed.
 # TYPE vraid_volume_state gauge
-# HELP vraid_member_state Member state: 0 active, 1 failed, 2 missing, 3 removed.
+# HELP vraid_member_state Member state: 0 active, 1 failed, 2 missing, 3 removed, 4 rebuilding.
 # TYPE vraid_member_state gauge
 # HELP vraid_volume_ops_total Client operations completed, by type.
 # TYPE vraid_volume_ops_total counter
@@ -100,6 +100,7 @@ pub fn render(reg: &Registry) -> String {
                 MemberStatusState::Failed => 1,
                 MemberStatusState::Missing => 2,
                 MemberStatusState::Removed => 3,
+                MemberStatusState::Rebuilding => 4,
             };
             let _ = writeln!(out, "vraid_member_state{{{ml}}} {state}");
             io_series(&mut out, "vraid_member", &ml, &m.stats);

@@ -5,7 +5,8 @@
 //! read must match the model. RAID-1/5 arrays also lose members mid-sequence
 //! (up to their redundancy) or start with one missing. After each sequence
 //! the whole volume is compared, RAID-5 parity is checked on every stripe and
-//! RAID-1 mirrors are compared, for members still active.
+//! RAID-1 mirrors are compared, for members still active. Down members are
+//! also rebuilt onto fresh devices while writes run concurrently.
 
 use proptest::prelude::*;
 
@@ -41,6 +42,13 @@ enum Op {
     Fail {
         member: usize,
     },
+    /// Rebuild the first down member onto a fresh device while a write
+    /// runs concurrently.
+    Rebuild {
+        at: u64,
+        len: u64,
+        seed: u64,
+    },
     /// Two writes to adjacent (disjoint) ranges, issued concurrently.
     Pair {
         at: u64,
@@ -70,6 +78,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (any::<u64>(), len, any::<bool>()).prop_map(|(at, len, unmap)| Op::Zeroes { at, len, unmap }),
         1 => Just(Op::Flush),
         1 => (0usize..8).prop_map(|member| Op::Fail { member }),
+        1 => (any::<u64>(), 0u64..70_000, any::<u64>())
+            .prop_map(|(at, len, seed)| Op::Rebuild { at, len, seed }),
         2 => (any::<u64>(), 0u64..20_000, 0u64..20_000, any::<u64>())
             .prop_map(|(at, len, len2, seed)| Op::Pair { at, len, len2, seed }),
     ]
@@ -116,7 +126,7 @@ fn range(size: u64, at: u64, len: u64) -> (u64, u64) {
 }
 
 async fn run(case: Case) -> Result<(), TestCaseError> {
-    let missing: Vec<usize> = case.missing.into_iter().collect();
+    let mut missing: Vec<usize> = case.missing.into_iter().collect();
     let array = Array::new(
         case.level,
         case.members,
@@ -129,6 +139,9 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let vol = &array.volume;
+    // The device in each slot (rebuilds put fresh ones in).
+    let mut devices = array.devices.clone();
+    let mut rebuilt_failed: Vec<MemberIndex> = Vec::new();
     let size = vol.size();
     let mut model = vec![0u8; size as usize];
     let redundancy = case.level.redundancy(case.members);
@@ -192,10 +205,47 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                 model[at as usize..(at + len) as usize].copy_from_slice(&a);
                 model[at2 as usize..(at2 + len2) as usize].copy_from_slice(&b);
             }
+            Op::Rebuild { at, len, seed } => {
+                let down = (0..case.members).find(|&m| {
+                    matches!(
+                        vol.state(MemberIndex(m)),
+                        MemberState::Failed | MemberState::Missing
+                    )
+                });
+                let Some(m) = down else { continue };
+                let fresh = super::test_support::TestDevice::new("fresh", case.member_size);
+                fresh
+                    .yield_first
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                vol.attach_rebuild_target(MemberIndex(m), fresh.clone(), 0)
+                    .map_err(|e| TestCaseError::fail(format!("attach: {e}")))?;
+                let was_failed = vol.state(MemberIndex(m)) == MemberState::Rebuilding { up_to: 0 }
+                    && !missing.contains(&m);
+                let (at, len) = range(size, at, len);
+                let data = pattern(len as usize, seed);
+                let ctl = super::rebuild::RebuildControl::new(0);
+                let (rebuilt, written) = futures::join!(
+                    vol.rebuild(MemberIndex(m), None, &ctl, &NoSink),
+                    vol.write(ByteOffset(at), &data, Durability::Normal)
+                );
+                rebuilt.map_err(|e| TestCaseError::fail(format!("rebuild: {e}")))?;
+                written.map_err(fail("write during rebuild"))?;
+                model[at as usize..(at + len) as usize].copy_from_slice(&data);
+                prop_assert_eq!(vol.state(MemberIndex(m)), MemberState::Active);
+                devices[m] = fresh;
+                if was_failed {
+                    rebuilt_failed.push(MemberIndex(m));
+                }
+                missing.retain(|&x| x != m);
+                lost -= 1;
+            }
             Op::Fail { member } => {
                 let member = member % case.members;
-                if lost < redundancy && !missing.contains(&member) {
-                    array.devices[member].mem.set_failing(true);
+                if lost < redundancy
+                    && !missing.contains(&member)
+                    && vol.state(MemberIndex(member)) == MemberState::Active
+                {
+                    devices[member].mem.set_failing(true);
                     lost += 1;
                 }
             }
@@ -206,14 +256,32 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         .await
         .map_err(fail("final read"))?;
     prop_assert!(whole == model, "final contents differ from the model");
-    let failed: Vec<MemberIndex> = (0..case.members)
+    let mut failed: Vec<MemberIndex> = (0..case.members)
         .map(MemberIndex)
         .filter(|&m| vol.state(m) == MemberState::Failed)
         .collect();
+    failed.extend(rebuilt_failed);
+    failed.sort();
     let mut recorded = array.events.failed.lock().unwrap().clone();
     recorded.sort();
     prop_assert_eq!(recorded, failed, "every failure is recorded exactly once");
-    check_redundancy(&array, &model)
+    check_redundancy(vol, &devices, &model)
+}
+
+/// Rebuild progress goes nowhere in the model.
+struct NoSink;
+
+impl super::rebuild::RebuildSink for NoSink {
+    fn checkpoint(
+        &self,
+        _: MemberIndex,
+        _: u64,
+    ) -> crate::block::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn finished(&self, _: MemberIndex) -> crate::block::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseError {
@@ -222,14 +290,17 @@ fn fail(what: &'static str) -> impl Fn(crate::block::BlockError) -> TestCaseErro
 
 /// RAID-5: XOR of every member's chunk is zero on every stripe when all
 /// members are active. RAID-1: active mirrors equal the model.
-fn check_redundancy(array: &Array, model: &[u8]) -> Result<(), TestCaseError> {
-    let vol = &array.volume;
+fn check_redundancy(
+    vol: &super::Volume,
+    devices: &[std::sync::Arc<super::test_support::TestDevice>],
+    model: &[u8],
+) -> Result<(), TestCaseError> {
     let g = vol.geometry();
     let states = vol.member_states();
     let active: Vec<usize> = (0..g.members())
         .filter(|&m| states[m] == MemberState::Active)
         .collect();
-    let snaps: Vec<Vec<u8>> = array.devices.iter().map(|d| d.mem.snapshot()).collect();
+    let snaps: Vec<Vec<u8>> = devices.iter().map(|d| d.mem.snapshot()).collect();
     let mds = g.member_data_size() as usize;
     match g.level() {
         Level::Raid0 => {}

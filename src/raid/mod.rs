@@ -6,8 +6,10 @@
 //!        │ parity: XOR; stripe_lock: per-stripe writer serialization
 //! ```
 
+pub mod intent;
 pub mod layout;
 pub mod parity;
+pub mod rebuild;
 pub mod stripe_lock;
 pub mod volume;
 
@@ -23,8 +25,10 @@ mod test_support;
 #[cfg(test)]
 mod volume_tests;
 
+pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
-pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
+pub use rebuild::{RebuildControl, RebuildSink, SyncKind, SyncProgress};
+pub use volume::{MemberState, RaidError, RebuildError, Volume, VolumeEvents};
 
 use std::fmt;
 use std::str::FromStr;
@@ -99,3 +103,6 @@ impl FromStr for Level {
             .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1 or 5"))
     }
 }
+
+#[cfg(test)]
+mod rebuild_tests;

@@ -18,7 +18,11 @@ use crate::units::ByteOffset;
 /// Lock granularity for writers and repairs.
 const REGION_SHIFT: u32 = 20;
 
-async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
+pub(super) async fn lock_regions(
+    vol: &Volume,
+    offset: ByteOffset,
+    len: u64,
+) -> Vec<StripeGuard<'_>> {
     let first = offset.get() >> REGION_SHIFT;
     let last = (offset.get() + len - 1) >> REGION_SHIFT;
     vol.locks
@@ -96,7 +100,7 @@ pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear
 /// Runs `op` on every active mirror; succeeds if at least one took it.
 async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     let n = vol.geometry().members();
-    let results = join_all((0..n).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    let results = join_all((0..n).map(|m| vol.write_member(MemberIndex(m), op))).await;
     if results.contains(&true) {
         Ok(())
     } else {

@@ -38,6 +38,9 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
+    if error.is_none() && vol.read_rebuilt(e.member, e.member_offset, piece).await {
+        return Ok(());
+    }
     let _guard = vol.locks.lock(e.stripe).await;
     if let Err(e2) = reconstruct(vol, e.member, e.member_offset, piece).await {
         if let Some(error) = error {
@@ -170,7 +173,7 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
         .await;
     let chunk = g.chunk().get();
     let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
-    join_all((0..g.members()).map(|m| vol.member_op(MemberIndex(m), op))).await;
+    join_all((0..g.members()).map(|m| vol.write_member(MemberIndex(m), op))).await;
     if vol.down_count() > 1 {
         Err(vol.data_lost())
     } else {

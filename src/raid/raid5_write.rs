@@ -138,6 +138,8 @@ impl StripeWrite<'_> {
         }
         if let Some(&m) = down.first() {
             return match g.data_index(self.stripe, m) {
+                // Parity down but being rebuilt: compute it for the new member.
+                None if self.vol.incoming(m).is_some() => Mode::Rcw,
                 None => Mode::DataOnly,
                 Some(dm) if self.touched(dm).is_some() => Mode::Reconstruct(dm),
                 Some(_) => Mode::Rmw,
@@ -259,9 +261,10 @@ impl StripeWrite<'_> {
     /// Writes the new data and parity rows concurrently.
     async fn commit(&self, parity: Option<(u64, Vec<u8>)>) -> BlockResult {
         let vol = self.vol;
+        // Down members are included: a member being rebuilt into their
+        // slot takes the write; the slot itself reports false.
         let mut ops: Vec<(MemberIndex, MemberOp<'_>)> = self
             .touched_all()
-            .filter(|&(d, _, _)| vol.is_active(self.member(d)))
             .map(|(d, lo, hi)| {
                 let op = MemberOp::Write(
                     self.member_offset(lo),
@@ -275,7 +278,7 @@ impl StripeWrite<'_> {
             let op = MemberOp::Write(self.member_offset(*rlo), parity, self.durability);
             ops.push((self.parity_member(), op));
         }
-        let results = join_all(ops.iter().map(|&(m, op)| vol.member_op(m, op))).await;
+        let results = join_all(ops.iter().map(|&(m, op)| vol.write_member(m, op))).await;
         let took = |m: MemberIndex| ops.iter().zip(&results).any(|((x, _), &ok)| *x == m && ok);
         let recoverable = parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
         if self

@@ -10,13 +10,15 @@
 //! This file owns member state and the retry/fail policy shared by every
 //! level; the levels own the data paths.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::future::join_all;
 use tokio::sync::watch;
 
+use super::intent::{IntentGuard, WriteIntent};
 use super::layout::{Geometry, LayoutError, MemberIndex};
+use super::rebuild::{SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
 use super::{raid0, raid1, raid5, Level};
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
@@ -37,6 +39,12 @@ pub enum MemberState {
     Failed,
     /// Absent when the volume was assembled.
     Missing,
+    /// A new member is being rebuilt into this (failed or missing) slot;
+    /// bytes below `up_to` of its data area are in sync.
+    Rebuilding {
+        /// Member data bytes already rebuilt.
+        up_to: u64,
+    },
 }
 
 /// Errors building a [`Volume`].
@@ -103,12 +111,57 @@ impl Clear {
 }
 
 struct Slot {
-    device: Option<Arc<dyn BlockDevice>>,
+    device: RwLock<Option<Arc<dyn BlockDevice>>>,
     failed: AtomicBool,
     /// Becomes true once `VolumeEvents::member_failed` has returned: writes
     /// that skip a failed member wait for it, so nothing is acknowledged
     /// before the failure is on record.
-    recorded: Arc<watch::Sender<bool>>,
+    recorded: RwLock<Arc<watch::Sender<bool>>>,
+    /// A member being rebuilt for this slot (into a failed/missing slot, or
+    /// replacing a live member). Every write reaches it; reads never do.
+    incoming: RwLock<Option<Arc<Incoming>>>,
+}
+
+impl Slot {
+    fn new(device: Option<Arc<dyn BlockDevice>>) -> Slot {
+        Slot {
+            device: RwLock::new(device),
+            failed: AtomicBool::new(false),
+            recorded: RwLock::new(Arc::new(watch::Sender::new(false))),
+            incoming: RwLock::new(None),
+        }
+    }
+
+    fn device(&self) -> Option<Arc<dyn BlockDevice>> {
+        self.device
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn recorded(&self) -> Arc<watch::Sender<bool>> {
+        self.recorded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn incoming(&self) -> Option<Arc<Incoming>> {
+        self.incoming
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A member being rebuilt: written by every client write, read by nobody
+/// until the rebuild promotes it.
+pub(super) struct Incoming {
+    pub(super) device: Arc<dyn BlockDevice>,
+    /// Member data bytes below this are in sync.
+    pub(super) up_to: AtomicU64,
+    /// A write to it failed: the rebuild is abandoned.
+    pub(super) broken: AtomicBool,
 }
 
 /// A RAID-0, RAID-1 or RAID-5 volume over member devices.
@@ -119,6 +172,10 @@ pub struct Volume {
     events: Arc<dyn VolumeEvents>,
     pub(super) locks: StripeLocks,
     pub(super) next_mirror: AtomicUsize,
+    intent: Option<Arc<dyn WriteIntent>>,
+    /// Client requests in flight (the rebuild backs off while non-zero).
+    pub(super) busy: AtomicUsize,
+    pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -168,14 +225,7 @@ impl Volume {
                 }
             }
         }
-        let slots = members
-            .into_iter()
-            .map(|device| Slot {
-                device,
-                failed: AtomicBool::new(false),
-                recorded: Arc::new(watch::Sender::new(false)),
-            })
-            .collect();
+        let slots = members.into_iter().map(Slot::new).collect();
         Ok(Volume {
             name,
             geometry,
@@ -183,7 +233,61 @@ impl Volume {
             events,
             locks: StripeLocks::new(),
             next_mirror: AtomicUsize::new(0),
+            intent: None,
+            busy: AtomicUsize::new(0),
+            progress: Mutex::new(None),
         })
+    }
+
+    /// Makes every write record its regions in `intent` first (the
+    /// write-intent bitmap). Levels without redundancy ignore it.
+    pub fn with_write_intent(mut self, intent: Arc<dyn WriteIntent>) -> Volume {
+        if self.geometry.level() != Level::Raid0 {
+            self.intent = Some(intent);
+        }
+        self
+    }
+
+    /// The volume name.
+    pub fn volume_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Progress of the running resync or rebuild, if any.
+    pub fn sync_progress(&self) -> Option<SyncProgress> {
+        let p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.as_ref().map(|t| t.snapshot())
+    }
+
+    /// Client requests in flight.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// The member range (data-area offsets) a volume write touches on the
+    /// members, for the write-intent bitmap.
+    fn member_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
+        match self.geometry.level() {
+            Level::Raid5 => {
+                let sds = self.geometry.stripe_data_size();
+                let chunk = self.geometry.chunk().get();
+                let first = offset.get() / sds;
+                let last = (offset.get() + len - 1) / sds;
+                (ByteOffset(first * chunk), ByteOffset((last + 1) * chunk))
+            }
+            _ => (offset, ByteOffset(offset.get() + len)),
+        }
+    }
+
+    /// Records the write intent for a volume range; the guard reports the
+    /// write done when dropped.
+    async fn intent_begin(&self, offset: ByteOffset, len: u64) -> BlockResult<Option<IntentGuard>> {
+        let Some(intent) = &self.intent else {
+            return Ok(None);
+        };
+        let (start, end) = self.member_span(offset, len);
+        intent.mark(start, end).await?;
+        Ok(Some(IntentGuard::new(intent.clone(), start, end)))
     }
 
     /// The array geometry.
@@ -205,17 +309,34 @@ impl Volume {
 
     /// State of one member.
     pub fn state(&self, member: MemberIndex) -> MemberState {
-        match self.slots.get(member.0) {
-            Some(Slot {
-                device: Some(_),
-                failed,
-                ..
-            }) if !failed.load(Ordering::Acquire) => MemberState::Active,
-            Some(Slot {
-                device: Some(_), ..
-            }) => MemberState::Failed,
-            _ => MemberState::Missing,
+        let Some(slot) = self.slots.get(member.0) else {
+            return MemberState::Missing;
+        };
+        let has_device = slot.device().is_some();
+        let failed = slot.failed.load(Ordering::Acquire);
+        if has_device && !failed {
+            return MemberState::Active;
         }
+        if let Some(inc) = slot.incoming() {
+            return MemberState::Rebuilding {
+                up_to: inc.up_to.load(Ordering::Acquire),
+            };
+        }
+        if has_device {
+            MemberState::Failed
+        } else {
+            MemberState::Missing
+        }
+    }
+
+    /// Name of the device being rebuilt into slot `member` (into a down slot
+    /// or as a replacement of a live member), and how far it got.
+    pub fn rebuild_target(&self, member: MemberIndex) -> Option<(String, u64)> {
+        let inc = self.slots.get(member.0)?.incoming()?;
+        Some((
+            inc.device.name().to_string(),
+            inc.up_to.load(Ordering::Acquire),
+        ))
     }
 
     pub(super) fn is_active(&self, member: MemberIndex) -> bool {
@@ -229,12 +350,129 @@ impl Volume {
             .count()
     }
 
-    fn device(&self, member: MemberIndex) -> Option<&Arc<dyn BlockDevice>> {
+    fn device(&self, member: MemberIndex) -> Option<Arc<dyn BlockDevice>> {
         let slot = self.slots.get(member.0)?;
         if slot.failed.load(Ordering::Acquire) {
             return None;
         }
-        slot.device.as_ref()
+        slot.device()
+    }
+
+    pub(super) fn incoming(&self, member: MemberIndex) -> Option<Arc<Incoming>> {
+        self.slots.get(member.0)?.incoming()
+    }
+
+    /// Attaches `device` (a window onto the new member's data area) as the
+    /// member being rebuilt into slot `member`, in sync below `up_to`. The
+    /// slot may be down (rebuild) or active (replace: the old member keeps
+    /// serving until the rebuild promotes the new one). From now on every
+    /// write reaches it; run [`Volume::rebuild`] to fill it.
+    pub fn attach_rebuild_target(
+        &self,
+        member: MemberIndex,
+        device: Arc<dyn BlockDevice>,
+        up_to: u64,
+    ) -> Result<(), RebuildError> {
+        let slot = self
+            .slots
+            .get(member.0)
+            .ok_or(RebuildError::NoSuchMember(member))?;
+        if device.size() < self.geometry.member_data_size() {
+            return Err(RebuildError::TooSmall {
+                name: device.name().to_string(),
+                size: device.size(),
+                need: self.geometry.member_data_size(),
+            });
+        }
+        let mut inc = slot.incoming.write().unwrap_or_else(|e| e.into_inner());
+        if inc.is_some() {
+            return Err(RebuildError::Busy(member));
+        }
+        if self.geometry.level() == Level::Raid0 {
+            return Err(RebuildError::NoRedundancy(Level::Raid0));
+        }
+        let new = Arc::new(Incoming {
+            device,
+            up_to: AtomicU64::new(up_to.min(self.geometry.member_data_size())),
+            broken: AtomicBool::new(false),
+        });
+        *inc = Some(new);
+        Ok(())
+    }
+
+    /// Drops the member being rebuilt into `member` (rebuild abandoned).
+    pub fn detach_rebuild_target(&self, member: MemberIndex) {
+        if let Some(slot) = self.slots.get(member.0) {
+            *slot.incoming.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Makes the rebuilt member the slot's active member.
+    pub(super) fn promote_incoming(&self, member: MemberIndex) {
+        let Some(slot) = self.slots.get(member.0) else {
+            return;
+        };
+        let Some(inc) = slot
+            .incoming
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        *slot.device.write().unwrap_or_else(|e| e.into_inner()) = Some(inc.device.clone());
+        // Under the record lock, like a failure, so flag and channel agree.
+        let _rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
+        slot.failed.store(false, Ordering::Release);
+    }
+
+    /// Runs `op` on the member being rebuilt into `member`, if any. An error
+    /// abandons that rebuild; it never fails the request.
+    pub(super) async fn incoming_op(&self, member: MemberIndex, op: MemberOp<'_>) {
+        let Some(inc) = self.incoming(member) else {
+            return;
+        };
+        if inc.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let dev = &inc.device;
+        let result = match op {
+            MemberOp::Write(off, buf, dur) => dev.write(off, buf, dur).await,
+            MemberOp::Discard(off, len) => dev.discard(off, len).await,
+            MemberOp::Zeroes(off, len, unmap) => dev.write_zeroes(off, len, unmap).await,
+            MemberOp::Flush => dev.flush().await,
+        };
+        if let Err(e) = result {
+            if !inc.broken.swap(true, Ordering::AcqRel) {
+                tracing::warn!(volume = %self.name, %member, %e, "rebuild target failed; rebuild abandoned");
+            }
+        }
+    }
+
+    /// Reads from the member being rebuilt into the down slot `member`, only
+    /// when the whole range is below its `up_to` (already in sync; every
+    /// later write reaches it too). False when that is not possible.
+    pub(super) async fn read_rebuilt(
+        &self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        buf: &mut [u8],
+    ) -> bool {
+        let Some(inc) = self.incoming(member) else {
+            return false;
+        };
+        let end = offset.get() + buf.len() as u64;
+        if inc.broken.load(Ordering::Acquire) || end > inc.up_to.load(Ordering::Acquire) {
+            return false;
+        }
+        inc.device.read(offset, buf).await.is_ok()
+    }
+
+    /// `member_op` on the slot's member and on a member being rebuilt into
+    /// it, concurrently. True when the slot's own member took it.
+    pub(super) async fn write_member(&self, member: MemberIndex, op: MemberOp<'_>) -> bool {
+        let (ok, ()) = futures::join!(self.member_op(member, op), self.incoming_op(member, op));
+        ok
     }
 
     pub(super) fn data_lost(&self) -> BlockError {
@@ -249,17 +487,27 @@ impl Volume {
         let Some(slot) = self.slots.get(member.0) else {
             return;
         };
-        if slot.device.is_none() {
+        if slot.device().is_none() {
             return;
         }
-        let first = slot
-            .failed
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        // Each failure gets a fresh record channel, swapped in under the
+        // lock together with the flag: a writer that sees the flag set and
+        // then reads the channel waits for this failure's record.
+        let first = {
+            let mut rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
+            let first = slot
+                .failed
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if first {
+                *rec = Arc::new(watch::Sender::new(false));
+            }
+            first
+        };
         if first {
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
             let events = self.events.clone();
-            let recorded = slot.recorded.clone();
+            let recorded = slot.recorded();
             let error = copy_error(error);
             let record = async move {
                 events.member_failed(member, &error).await;
@@ -280,7 +528,7 @@ impl Volume {
     /// superblocks); resolves once recorded. A no-op for a member that is
     /// missing or already failed.
     pub async fn fail_member_by_request(&self, member: MemberIndex, reason: &str) {
-        let Some(Some(dev)) = self.slots.get(member.0).map(|s| s.device.as_ref()) else {
+        let Some(Some(dev)) = self.slots.get(member.0).map(Slot::device) else {
             return;
         };
         let error = BlockError::io(
@@ -293,10 +541,18 @@ impl Volume {
     /// Waits until a failed member's failure is on record (no-op otherwise).
     async fn wait_recorded(&self, member: MemberIndex) {
         if let Some(slot) = self.slots.get(member.0) {
-            if slot.device.is_some() && slot.failed.load(Ordering::Acquire) {
-                // The sender lives in `self`, so the channel cannot close here.
-                let _ = slot.recorded.subscribe().wait_for(|&done| done).await;
+            if slot.device().is_none() {
+                return;
             }
+            let recorded = {
+                let rec = slot.recorded.read().unwrap_or_else(|e| e.into_inner());
+                if !slot.failed.load(Ordering::Acquire) {
+                    return;
+                }
+                rec.clone()
+            };
+            // We hold a sender, so the channel cannot close here.
+            let _ = recorded.subscribe().wait_for(|&done| done).await;
         }
     }
 
@@ -346,7 +602,7 @@ impl Volume {
     /// Flushes every active member concurrently.
     async fn flush_members(&self) -> BlockResult {
         let results = join_all(
-            (0..self.slots.len()).map(|i| self.member_op(MemberIndex(i), MemberOp::Flush)),
+            (0..self.slots.len()).map(|i| self.write_member(MemberIndex(i), MemberOp::Flush)),
         )
         .await;
         let level = self.geometry.level();
@@ -368,12 +624,79 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        let _busy = Busy::new(&self.busy);
+        let _intent = self.intent_begin(offset, len).await?;
         match self.geometry.level() {
             Level::Raid0 => raid0::clear(self, offset, len, how).await,
             Level::Raid1 => raid1::clear(self, offset, len, how).await,
             Level::Raid5 => raid5::clear(self, offset, len, how).await,
         }
     }
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("device", &self.device.name())
+            .field("up_to", &self.up_to)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// Counts a client request in flight while alive.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(counter: &'a AtomicUsize) -> Busy<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Busy(counter)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Errors starting or running a rebuild or resync.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// No such member slot.
+    #[error("{0} is not a member of this volume")]
+    NoSuchMember(MemberIndex),
+    /// A rebuild is already running into that slot.
+    #[error("a rebuild into {0} is already running")]
+    Busy(MemberIndex),
+    /// The slot has an active member (use replace).
+    #[error("{0} is active; replace it instead")]
+    SlotActive(MemberIndex),
+    /// The new member is too small.
+    #[error("{name} has {size} bytes of data area, needs {need}")]
+    TooSmall {
+        /// Device name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// Member data size.
+        need: u64,
+    },
+    /// The level has no redundancy to rebuild from.
+    #[error("a {0} volume cannot be rebuilt")]
+    NoRedundancy(Level),
+    /// Reading the sources failed (too many members down).
+    #[error("rebuild sources unavailable")]
+    Sources(#[source] BlockError),
+    /// Writing the new member failed.
+    #[error("writing the new member failed")]
+    Target(#[source] BlockError),
+    /// Recording progress in the superblocks failed.
+    #[error("recording rebuild progress failed: {0}")]
+    Checkpoint(String),
+    /// The rebuild was cancelled.
+    #[error("rebuild cancelled")]
+    Cancelled,
 }
 
 /// An owned copy of `error` for the failure record (io::Error is not Clone).
@@ -414,6 +737,7 @@ impl BlockDevice for Volume {
             if buf.is_empty() {
                 return Ok(());
             }
+            let _busy = Busy::new(&self.busy);
             match self.geometry.level() {
                 Level::Raid0 => raid0::read(self, offset, buf).await,
                 Level::Raid1 => raid1::read(self, offset, buf).await,
@@ -433,6 +757,8 @@ impl BlockDevice for Volume {
             if buf.is_empty() {
                 return Ok(());
             }
+            let _busy = Busy::new(&self.busy);
+            let _intent = self.intent_begin(offset, buf.len() as u64).await?;
             match self.geometry.level() {
                 Level::Raid0 => raid0::write(self, offset, buf, durability).await,
                 Level::Raid1 => raid1::write(self, offset, buf, durability).await,

@@ -1,0 +1,786 @@
+//! A running array's operations: crash resync, online rebuild onto new
+//! members (into a failed/missing slot, bitmap recovery of a re-added
+//! member, or `replace` of a live one), hot spares and the live rate limit.
+//! The control plane's `add`, `replace` and `set` map onto [`ArrayHandle`].
+//!
+//! ```text
+//!  bring-up ─► ArrayHandle::start ─► supervisor task:
+//!      resync dirty regions (if the array was dirty) ─► planned rebuild
+//!      ─► loop: member failed (from MetaEvents) ─► spare? ─► start_rebuild
+//!  add_member(path)     ─► down slot? start_rebuild : spares += path
+//!  replace_member(r, p) ─► attach p to active slot r ─► rebuild ─► finish_replace
+//!  shutdown()           ─► cancel ─► checkpoint ─► caller flushes, marks clean
+//! ```
+//!
+//! One rebuild runs at a time (the superblock has one checkpoint).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{error_chain, show_path, DaemonError};
+use crate::block::{BlockDevice, BoxFuture, Window};
+use crate::member::{self, MemberOptions};
+use crate::meta::{self, ArrayMetadata, DiskBitmap};
+use crate::raid::{
+    MemberIndex, MemberState, RebuildControl, RebuildError, RebuildSink, SyncProgress, Volume,
+};
+
+/// Per-volume operation settings (from the config).
+#[derive(Clone, Debug)]
+pub struct ArrayOptions {
+    /// Hot spare paths.
+    pub spares: Vec<PathBuf>,
+    /// Rebuild/resync rate limit in MB/s (0 = unlimited).
+    pub rebuild_max_mbps: u64,
+    /// Maintain the write-intent bitmap.
+    pub bitmap: bool,
+    /// Create missing spare files with this size (config `create`).
+    pub create_size: Option<u64>,
+}
+
+impl Default for ArrayOptions {
+    fn default() -> Self {
+        ArrayOptions {
+            spares: Vec::new(),
+            rebuild_max_mbps: crate::raid::rebuild::DEFAULT_MAX_MBPS,
+            bitmap: true,
+            create_size: None,
+        }
+    }
+}
+
+/// What `add_member` did with the new member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddOutcome {
+    /// Kept as a hot spare.
+    Spare,
+    /// Rebuilding into this failed or missing role.
+    Rebuilding {
+        /// The role.
+        role: usize,
+    },
+}
+
+/// A hot spare, opened.
+pub(super) struct Spare {
+    pub(super) path: PathBuf,
+    pub(super) device: Arc<dyn BlockDevice>,
+}
+
+/// A rebuild decided at assembly, started by the supervisor.
+pub(super) struct PlannedRebuild {
+    pub(super) role: usize,
+    /// Only these member ranges (bitmap recovery).
+    pub(super) only: Option<Vec<(u64, u64)>>,
+}
+
+/// Everything bring-up decided for [`ArrayHandle::start`].
+pub(super) struct StartPlan {
+    pub(super) volume: Arc<Volume>,
+    pub(super) metadata: Arc<ArrayMetadata>,
+    pub(super) bitmap: Option<Arc<DiskBitmap>>,
+    pub(super) data_offset: u64,
+    pub(super) data_size: u64,
+    pub(super) resync: Option<Vec<(u64, u64)>>,
+    pub(super) rebuild: Option<PlannedRebuild>,
+    pub(super) spares: Vec<Spare>,
+    pub(super) paths: Vec<Option<String>>,
+    pub(super) failures: UnboundedReceiver<MemberIndex>,
+    pub(super) max_mbps: u64,
+    pub(super) opts: MemberOptions,
+}
+
+/// Operations on one running array.
+pub struct ArrayHandle {
+    name: String,
+    volume: Arc<Volume>,
+    metadata: Arc<ArrayMetadata>,
+    bitmap: Option<Arc<DiskBitmap>>,
+    data_offset: u64,
+    data_size: u64,
+    control: RebuildControl,
+    opts: MemberOptions,
+    spares: Mutex<Vec<Spare>>,
+    /// Path of each role's member (the new one once a rebuild starts).
+    paths: Mutex<Vec<Option<String>>>,
+    /// A rebuild is running (only one at a time).
+    rebuilding: AtomicBool,
+    /// A crash resync has not finished yet.
+    resync_pending: AtomicBool,
+    /// Shutting down: no new rebuild starts.
+    stopping: AtomicBool,
+    /// Wakes the supervisor to stop.
+    stop: tokio::sync::Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Bytes rewritten by resyncs and copied by rebuilds of this run.
+    pub resynced_bytes: AtomicU64,
+    /// Bytes copied onto new or re-added members in this run.
+    pub rebuilt_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for ArrayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrayHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Persists a rebuild into a role through the superblocks.
+struct MetaSink {
+    metadata: Arc<ArrayMetadata>,
+}
+
+impl RebuildSink for MetaSink {
+    fn checkpoint(&self, member: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.metadata
+                .checkpoint(member.0, up_to)
+                .await
+                .map_err(|e| error_chain(&e))
+        })
+    }
+    fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.metadata
+                .finish_rebuild(member.0)
+                .await
+                .map_err(|e| error_chain(&e))
+        })
+    }
+}
+
+/// A replacement is recorded only when complete (the old member serves
+/// until then; an interrupted replace starts over).
+struct ReplaceSink {
+    metadata: Arc<ArrayMetadata>,
+    device: Arc<dyn BlockDevice>,
+    member_uuid: Uuid,
+}
+
+impl RebuildSink for ReplaceSink {
+    fn checkpoint(&self, _: MemberIndex, _: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.metadata
+                .finish_replace(member.0, self.device.clone(), self.member_uuid)
+                .await
+                .map_err(|e| error_chain(&e))
+        })
+    }
+}
+
+impl ArrayHandle {
+    /// Starts the supervisor: resync, planned rebuild, then spare activation
+    /// on member failures.
+    pub(super) fn start(plan: StartPlan) -> Arc<ArrayHandle> {
+        let StartPlan {
+            volume,
+            metadata,
+            bitmap,
+            data_offset,
+            data_size,
+            resync,
+            rebuild,
+            spares,
+            paths,
+            mut failures,
+            max_mbps,
+            opts,
+        } = plan;
+        let handle = Arc::new(ArrayHandle {
+            name: volume.volume_name().to_string(),
+            volume,
+            metadata,
+            bitmap,
+            data_offset,
+            data_size,
+            control: RebuildControl::new(max_mbps),
+            opts,
+            spares: Mutex::new(spares),
+            paths: Mutex::new(paths),
+            rebuilding: AtomicBool::new(rebuild.is_some()),
+            resync_pending: AtomicBool::new(resync.is_some()),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+            resynced_bytes: AtomicU64::new(0),
+            rebuilt_bytes: AtomicU64::new(0),
+        });
+        let h = handle.clone();
+        let supervisor = tokio::spawn(async move {
+            let spares: Vec<Arc<dyn BlockDevice>> = h
+                .spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|s| s.device.clone())
+                .collect();
+            for device in spares {
+                h.mark_spare(device.as_ref()).await;
+            }
+            if let Some(ranges) = resync {
+                h.run_resync(ranges).await;
+            }
+            if let Some(r) = rebuild {
+                let sink = MetaSink {
+                    metadata: h.metadata.clone(),
+                };
+                h.run_rebuild(r.role, r.only, &sink, true).await;
+            }
+            h.activate_spares().await;
+            loop {
+                tokio::select! {
+                    failed = failures.recv() => match failed {
+                        Some(member) => {
+                            info!("{}: member {} failed", h.name, member.0);
+                            h.activate_spares().await;
+                        }
+                        None => return,
+                    },
+                    _ = h.stop.notified() => return,
+                }
+            }
+        });
+        handle
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(supervisor);
+        handle
+    }
+
+    /// The volume.
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// Progress of the running resync or rebuild.
+    pub fn progress(&self) -> Option<SyncProgress> {
+        self.volume.sync_progress()
+    }
+
+    /// Changes the rebuild/resync rate limit live (0 = unlimited).
+    pub fn set_rebuild_max_mbps(&self, mbps: u64) {
+        info!("{}: rebuild rate limit set to {mbps} MB/s", self.name);
+        self.control.set_max_mbps(mbps);
+    }
+
+    /// The current rate limit in MB/s.
+    pub fn rebuild_max_mbps(&self) -> u64 {
+        self.control.max_mbps()
+    }
+
+    /// The path of role `role`'s member (the new member while rebuilding).
+    pub fn member_path(&self, role: usize) -> Option<String> {
+        self.paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(role)
+            .cloned()
+            .flatten()
+    }
+
+    /// The role named by `member`: a role number, or a member path as given
+    /// at start-up (or to `add`/`replace`).
+    pub fn role_of(&self, member: &str) -> Option<usize> {
+        let count = self.volume.geometry().members();
+        if let Ok(role) = member.parse::<usize>() {
+            return (role < count).then_some(role);
+        }
+        let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.iter().position(|p| p.as_deref() == Some(member))
+    }
+
+    fn set_path(&self, role: usize, path: &Path) {
+        if let Some(p) = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(role)
+        {
+            *p = Some(show_path(path));
+        }
+    }
+
+    /// Paths of the idle hot spares.
+    pub fn spares(&self) -> Vec<String> {
+        self.spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| show_path(&s.path))
+            .collect()
+    }
+
+    /// Adds a member: rebuilt at once into a failed or missing role when
+    /// there is one (and no rebuild runs), else kept as a hot spare.
+    pub async fn add_member(self: &Arc<Self>, path: &Path) -> Result<AddOutcome, DaemonError> {
+        let device = self.open_new(path).await?;
+        if let Some(role) = self.readd_role(&device).await {
+            if !self.rebuilding.swap(true, Ordering::AcqRel) {
+                self.start_recovery(role, device, path).await?;
+                return Ok(AddOutcome::Rebuilding { role });
+            }
+        }
+        let spare = Spare {
+            path: path.to_path_buf(),
+            device,
+        };
+        match self.down_role() {
+            Some(role) if !self.rebuilding.swap(true, Ordering::AcqRel) => {
+                self.start_rebuild(role, spare).await?;
+                Ok(AddOutcome::Rebuilding { role })
+            }
+            _ => {
+                info!("{}: {} added as a hot spare", self.name, path.display());
+                self.mark_spare(spare.device.as_ref()).await;
+                self.spares
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(spare);
+                Ok(AddOutcome::Spare)
+            }
+        }
+    }
+
+    /// Writes a spare superblock on `device` (it belongs to this array).
+    async fn mark_spare(&self, device: &dyn BlockDevice) {
+        if let Err(e) = self.metadata.write_spare(device, Uuid::new_v4()).await {
+            warn!("{}: {}", self.name, error_chain(&e));
+        }
+    }
+
+    /// The role `device` held before it went missing or failed, if it can
+    /// catch up from the bitmap (its role still names it, the bitmap is
+    /// maintained and the slot is down).
+    async fn readd_role(&self, device: &Arc<dyn BlockDevice>) -> Option<usize> {
+        let bitmap = self.bitmap.as_ref()?;
+        let sb = meta::read_superblock(device.as_ref())
+            .await
+            .ok()?
+            .superblock;
+        let role = sb.role as usize;
+        let (uuid, state) = self.metadata.role_entry(role).await?;
+        let ours = sb.array_uuid == self.metadata.array_uuid().await && uuid == sb.member_uuid;
+        let down = matches!(
+            self.volume.state(MemberIndex(role)),
+            MemberState::Failed | MemberState::Missing
+        );
+        let absent = matches!(
+            state,
+            meta::MemberState::Failed | meta::MemberState::Missing
+        );
+        (ours && down && absent && self.metadata.bitmap_valid().await && bitmap.pinned() == 0)
+            .then_some(role)
+    }
+
+    /// Re-adds a member into its old role, copying only the dirty regions.
+    async fn start_recovery(
+        self: &Arc<Self>,
+        role: usize,
+        device: Arc<dyn BlockDevice>,
+        path: &Path,
+    ) -> Result<(), DaemonError> {
+        let Some(bitmap) = self.bitmap.clone() else {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(DaemonError::Usage(format!("{}: no bitmap", self.name)));
+        };
+        let attach = async {
+            let uuid = meta::read_superblock(device.as_ref())
+                .await
+                .map_err(|e| DaemonError::Usage(error_chain(&e)))?
+                .superblock
+                .member_uuid;
+            let window = self.window(&device)?;
+            self.volume
+                .attach_rebuild_target(MemberIndex(role), window, 0)
+                .map_err(|e| self.raid_err(e))?;
+            if let Err(e) = self
+                .metadata
+                .begin_rebuild(role, device.clone(), uuid, true)
+                .await
+            {
+                self.volume.detach_rebuild_target(MemberIndex(role));
+                return Err(DaemonError::from(e));
+            }
+            Ok(())
+        };
+        if let Err(e) = attach.await {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(e);
+        }
+        let ranges = bitmap.dirty_ranges();
+        self.set_path(role, path);
+        info!(
+            "{}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
+            self.name,
+            path.display(),
+            ranges.iter().map(|(a, b)| b - a).sum::<u64>()
+        );
+        let h = self.clone();
+        let task = tokio::spawn(async move {
+            let sink = MetaSink {
+                metadata: h.metadata.clone(),
+            };
+            h.run_rebuild(role, Some(ranges), &sink, true).await;
+            h.activate_spares().await;
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// Copies role `role` onto `path` while the current member keeps serving
+    /// (like `mdadm --replace`); the new member takes the role at the end.
+    pub async fn replace_member(
+        self: &Arc<Self>,
+        role: usize,
+        path: &Path,
+    ) -> Result<(), DaemonError> {
+        if role >= self.volume.geometry().members() {
+            return Err(DaemonError::Usage(format!(
+                "{}: no member with role {role}",
+                self.name
+            )));
+        }
+        if self.volume.state(MemberIndex(role)) != MemberState::Active {
+            return Err(DaemonError::Usage(format!(
+                "{}: member {role} is not active; add a member instead",
+                self.name
+            )));
+        }
+        let device = self.open_new(path).await?;
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return Err(DaemonError::Usage(format!(
+                "{}: a rebuild is already running",
+                self.name
+            )));
+        }
+        let window = match self.window(&device) {
+            Ok(w) => w,
+            Err(e) => {
+                self.rebuilding.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self
+            .volume
+            .attach_rebuild_target(MemberIndex(role), window, 0)
+        {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(self.raid_err(e));
+        }
+        info!(
+            "{}: replacing member {role} with {}",
+            self.name,
+            path.display()
+        );
+        let h = self.clone();
+        let sink = ReplaceSink {
+            metadata: self.metadata.clone(),
+            device,
+            member_uuid: Uuid::new_v4(),
+        };
+        let new_path = path.to_path_buf();
+        let task = tokio::spawn(async move {
+            h.run_rebuild(role, None, &sink, false).await;
+            if h.volume.state(MemberIndex(role)) == MemberState::Active
+                && h.volume.rebuild_target(MemberIndex(role)).is_none()
+                && h.metadata.role_entry(role).await.map(|(u, _)| u) == Some(sink.member_uuid)
+            {
+                h.set_path(role, &new_path);
+            }
+            h.activate_spares().await;
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// Stops running passes (recording the rebuild checkpoint). Returns
+    /// false when a crash resync is unfinished: the array must stay dirty.
+    pub async fn shutdown(&self) -> bool {
+        self.stopping.store(true, Ordering::Release);
+        self.control.cancel();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        self.stop.notify_one();
+        for t in tasks {
+            // Passes stop at their next step (and record a checkpoint).
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                warn!("{}: a sync task did not stop; aborting it", self.name);
+                abort.abort();
+            }
+        }
+        if let Some(b) = &self.bitmap {
+            if !self.resync_pending.load(Ordering::Acquire) {
+                if let Err(e) = b.clear_all().await {
+                    warn!(
+                        "{}: clearing the bitmap failed: {}",
+                        self.name,
+                        error_chain(&e)
+                    );
+                }
+            }
+        }
+        !self.resync_pending.load(Ordering::Acquire)
+    }
+
+    async fn run_resync(&self, ranges: Vec<(u64, u64)>) {
+        let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+        info!(
+            "{}: resyncing {} dirty bytes in {} ranges",
+            self.name,
+            total,
+            ranges.len()
+        );
+        let bitmap = self.bitmap.clone();
+        let done = move |a: u64, b: u64| {
+            if let Some(bm) = &bitmap {
+                bm.synced(a, b);
+            }
+        };
+        match self.volume.resync(ranges, &self.control, &done).await {
+            Ok(rewritten) => {
+                self.resynced_bytes.fetch_add(rewritten, Ordering::Relaxed);
+                self.resync_pending.store(false, Ordering::Release);
+                info!(
+                    "{}: resync finished: scanned {total} bytes, rewrote {rewritten} bytes",
+                    self.name
+                );
+            }
+            Err(e) => warn!("{}: resync stopped: {}", self.name, error_chain(&e)),
+        }
+    }
+
+    /// Runs one rebuild; `persisted` says whether progress is in the
+    /// superblocks (not for a replace).
+    async fn run_rebuild(
+        &self,
+        role: usize,
+        only: Option<Vec<(u64, u64)>>,
+        sink: &dyn RebuildSink,
+        persisted: bool,
+    ) {
+        let member = MemberIndex(role);
+        let recovery = only.is_some();
+        let started = std::time::Instant::now();
+        match self.volume.rebuild(member, only, &self.control, sink).await {
+            Ok(copied) => {
+                self.rebuilt_bytes.fetch_add(copied, Ordering::Relaxed);
+                if recovery {
+                    if let Some(b) = &self.bitmap {
+                        b.synced(0, self.data_size);
+                    }
+                }
+                let secs = started.elapsed().as_secs_f64();
+                info!(
+                    "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
+                    self.name,
+                    if recovery { "recovery" } else { "rebuild" },
+                    self.data_size,
+                    copied as f64 / secs.max(1e-6) / 1e6
+                );
+            }
+            Err(RebuildError::Cancelled) => {
+                if let Some((_, up_to)) = self.volume.rebuild_target(member) {
+                    if persisted {
+                        match self.metadata.checkpoint(role, up_to).await {
+                            Ok(()) => {
+                                info!("{}: rebuild of member {role} paused at {up_to}", self.name)
+                            }
+                            Err(e) => warn!("{}: {}", self.name, error_chain(&e)),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "{}: rebuild of member {role} failed: {}",
+                    self.name,
+                    error_chain(&e)
+                );
+                if persisted {
+                    if let Err(e) = self.metadata.abort_rebuild(role).await {
+                        warn!("{}: {}", self.name, error_chain(&e));
+                    }
+                }
+            }
+        }
+        self.rebuilding.store(false, Ordering::Release);
+    }
+
+    /// Starts rebuilds from spares into down roles, one at a time.
+    fn activate_spares(self: &Arc<Self>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let Some(role) = self.down_role() else {
+                    return;
+                };
+                let spare = {
+                    let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                    if spares.is_empty() {
+                        return;
+                    }
+                    if self.rebuilding.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    spares.remove(0)
+                };
+                let path = spare.path.clone();
+                info!(
+                    "{}: activating spare {} for member {role}",
+                    self.name,
+                    path.display()
+                );
+                match self.start_rebuild(role, spare).await {
+                    Ok(()) => return,
+                    Err(e) => warn!(
+                        "{}: spare {} unusable: {}",
+                        self.name,
+                        path.display(),
+                        error_chain(&e)
+                    ),
+                }
+            }
+        })
+    }
+
+    /// A failed or missing role with no rebuild attached.
+    fn down_role(&self) -> Option<usize> {
+        if self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        self.volume
+            .member_states()
+            .iter()
+            .position(|s| matches!(s, MemberState::Failed | MemberState::Missing))
+    }
+
+    /// Gives `role` to `spare` and rebuilds it in the background. The
+    /// caller has set `rebuilding`; it is cleared on error.
+    async fn start_rebuild(self: &Arc<Self>, role: usize, spare: Spare) -> Result<(), DaemonError> {
+        let result = self.begin(role, &spare).await;
+        if result.is_err() {
+            self.rebuilding.store(false, Ordering::Release);
+            return result;
+        }
+        self.set_path(role, &spare.path);
+        info!(
+            "{}: rebuilding member {role} onto {}",
+            self.name,
+            spare.path.display()
+        );
+        let h = self.clone();
+        let task = tokio::spawn(async move {
+            let sink = MetaSink {
+                metadata: h.metadata.clone(),
+            };
+            h.run_rebuild(role, None, &sink, true).await;
+            h.activate_spares().await;
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
+        let window = self.window(&spare.device)?;
+        self.volume
+            .attach_rebuild_target(MemberIndex(role), window, 0)
+            .map_err(|e| self.raid_err(e))?;
+        if let Err(e) = self
+            .metadata
+            .begin_rebuild(role, spare.device.clone(), Uuid::new_v4(), false)
+            .await
+        {
+            self.volume.detach_rebuild_target(MemberIndex(role));
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn window(&self, device: &Arc<dyn BlockDevice>) -> Result<Arc<dyn BlockDevice>, DaemonError> {
+        let w = Window::new(device.clone(), self.data_offset, self.data_size).map_err(|e| {
+            DaemonError::Usage(format!(
+                "{} is too small for {}: {}",
+                device.name(),
+                self.name,
+                error_chain(&e)
+            ))
+        })?;
+        Ok(Arc::new(w))
+    }
+
+    fn raid_err(&self, e: RebuildError) -> DaemonError {
+        DaemonError::Usage(format!("{}: {}", self.name, error_chain(&e)))
+    }
+
+    /// Opens a new member; refuses one that is an active member of this array.
+    async fn open_new(&self, path: &Path) -> Result<Arc<dyn BlockDevice>, DaemonError> {
+        let is_spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s.path == path);
+        if is_spare {
+            return Err(DaemonError::Usage(format!(
+                "{} is already a spare of {}",
+                path.display(),
+                self.name
+            )));
+        }
+        let device: Arc<dyn BlockDevice> = member::open_member(path, &self.opts)?;
+        if let Ok(read) = meta::read_superblock(device.as_ref()).await {
+            let sb = read.superblock;
+            let present = self.metadata.present_devices().await;
+            let ours = present.iter().any(|d| d.name() == device.name());
+            if ours {
+                return Err(DaemonError::Usage(format!(
+                    "{} is already a member of {} (role {})",
+                    path.display(),
+                    self.name,
+                    sb.role
+                )));
+            }
+            if sb.array_uuid != self.metadata.array_uuid().await {
+                return Err(DaemonError::Usage(format!(
+                    "{} belongs to another array ({}, {}); wipe its first 1 MiB to reuse it",
+                    path.display(),
+                    sb.name,
+                    sb.array_uuid
+                )));
+            }
+        }
+        Window::new(device.clone(), self.data_offset, self.data_size).map_err(|_| {
+            DaemonError::Usage(format!(
+                "{} is too small: needs {} bytes",
+                path.display(),
+                self.data_offset + self.data_size
+            ))
+        })?;
+        Ok(device)
+    }
+}

@@ -1,0 +1,70 @@
+//! The bridge from the control plane's engine methods (`add`, `replace`,
+//! `set`, and the engine part of `status`) to an array's [`ArrayHandle`].
+//!
+//! ```text
+//!  control socket ─► control::methods ─► EngineOps (this) ─► ArrayHandle ─► rebuild task
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::array::{AddOutcome, ArrayHandle};
+use super::error_chain;
+use crate::block::BoxFuture;
+use crate::control::handle::EngineOps;
+use crate::control::ControlError;
+
+/// [`EngineOps`] of one array.
+#[derive(Debug)]
+pub struct ArrayEngine(pub Arc<ArrayHandle>);
+
+impl EngineOps for ArrayEngine {
+    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            match self.0.add_member(&path).await {
+                Ok(AddOutcome::Spare) => Ok(json!({"path": path, "added_as": "spare"})),
+                Ok(AddOutcome::Rebuilding { role }) => Ok(
+                    json!({"path": path, "added_as": "member", "role": role, "rebuilding": true}),
+                ),
+                Err(e) => Err(ControlError::Refused(error_chain(&e))),
+            }
+        })
+    }
+
+    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            self.0
+                .replace_member(member, &path)
+                .await
+                .map_err(|e| ControlError::Refused(error_chain(&e)))?;
+            Ok(json!({"path": path, "replacing": member}))
+        })
+    }
+
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            self.0.set_rebuild_max_mbps(mbps);
+            Ok(json!({"rebuild_max_mbps": mbps}))
+        })
+    }
+
+    fn status(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        let sync = self.0.progress().map(|p| {
+            json!({
+                "kind": format!("{:?}", p.kind).to_lowercase(),
+                "member": p.member,
+                "done_bytes": p.done_bytes,
+                "total_bytes": p.total_bytes,
+                "bytes_per_sec": p.bytes_per_sec,
+                "eta_secs": p.eta_secs,
+            })
+        });
+        m.insert("sync".into(), sync.unwrap_or(Value::Null));
+        m.insert("spares".into(), json!(self.0.spares()));
+        m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
+        m
+    }
+}

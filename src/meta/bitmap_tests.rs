@@ -1,0 +1,120 @@
+//! Write-intent bitmap against in-memory members.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::member::memory::MemDevice;
+use crate::meta::{assemble, create_array, CreateSpec};
+use crate::raid::Level;
+
+const MEMBER_SIZE: u64 = 300 << 20;
+
+async fn setup(n: usize) -> (Vec<Arc<MemDevice>>, Arc<DiskBitmap>, crate::meta::Assembly) {
+    let devs: Vec<Arc<MemDevice>> = (0..n)
+        .map(|i| Arc::new(MemDevice::new(format!("m{i}"), MEMBER_SIZE)))
+        .collect();
+    let dyns: Vec<Arc<dyn crate::block::BlockDevice>> = devs
+        .iter()
+        .map(|d| d.clone() as Arc<dyn crate::block::BlockDevice>)
+        .collect();
+    let spec = CreateSpec {
+        name: "bm".into(),
+        level: Level::Raid1,
+        chunk_size: 64 << 10,
+        force: false,
+    };
+    create_array(&dyns, &spec).await.unwrap();
+    let named = dyns
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("/m{i}"), d.clone()))
+        .collect();
+    let asm = assemble(named).await.unwrap();
+    let bm = DiskBitmap::load(asm.metadata.clone(), &asm.layout, asm.data_size, true)
+        .await
+        .with_idle(Duration::ZERO);
+    (devs, Arc::new(bm), asm)
+}
+
+async fn disk_bits(dev: &MemDevice, layout: &MetaLayout) -> u8 {
+    let mut b = [0u8; 1];
+    dev.read(ByteOffset(layout.bitmap_offset), &mut b)
+        .await
+        .unwrap();
+    b[0]
+}
+
+use crate::block::BlockDevice;
+
+#[tokio::test]
+async fn concurrent_writers_of_a_clean_region_share_one_bitmap_write() {
+    // Arrange
+    let (devs, bm, asm) = setup(2).await;
+    // Act: ten writers of region 1 (64M..128M) at once.
+    let marks = (0..10).map(|i| {
+        bm.mark(
+            ByteOffset((64 << 20) + i * 4096),
+            ByteOffset((64 << 20) + i * 4096 + 4096),
+        )
+    });
+    for r in futures::future::join_all(marks).await {
+        r.unwrap();
+    }
+    // Assert: one write, the bit durable on every member.
+    assert_eq!(bm.writes.load(Ordering::SeqCst), 1);
+    for d in &devs {
+        assert_eq!(disk_bits(d, &asm.layout).await, 0b10);
+    }
+    // A later writer of the same region writes nothing.
+    bm.mark(ByteOffset(70 << 20), ByteOffset(71 << 20))
+        .await
+        .unwrap();
+    assert_eq!(bm.writes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bits_are_cleared_only_when_idle_and_not_in_flight() {
+    let (devs, bm, asm) = setup(2).await;
+    bm.mark(ByteOffset(0), ByteOffset(4096)).await.unwrap();
+    bm.mark(ByteOffset(128 << 20), ByteOffset((128 << 20) + 1))
+        .await
+        .unwrap();
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0b101);
+    // Act: region 0 done, region 2 still in flight.
+    bm.done(ByteOffset(0), ByteOffset(4096));
+    let cleared = bm.clear_idle().await.unwrap();
+    // Assert
+    assert_eq!(cleared, 1);
+    assert_eq!(disk_bits(&devs[1], &asm.layout).await, 0b100);
+    // A new write to the cleared region sets the bit again.
+    bm.mark(ByteOffset(8192), ByteOffset(12288)).await.unwrap();
+    assert_eq!(disk_bits(&devs[1], &asm.layout).await, 0b101);
+}
+
+#[tokio::test]
+async fn bits_survive_while_the_array_is_degraded() {
+    let (_devs, bm, asm) = setup(2).await;
+    bm.mark(ByteOffset(0), ByteOffset(4096)).await.unwrap();
+    bm.done(ByteOffset(0), ByteOffset(4096));
+    asm.metadata.record_member_failed(1).await.unwrap();
+    assert_eq!(bm.clear_idle().await.unwrap(), 0);
+    assert_eq!(bm.dirty_ranges(), vec![(0, 64 << 20)]);
+}
+
+#[tokio::test]
+async fn loaded_dirty_regions_are_pinned_until_synced() {
+    let (devs, bm, asm) = setup(2).await;
+    bm.mark(ByteOffset(0), ByteOffset(4096)).await.unwrap();
+    drop(bm);
+    // Reload as after a crash.
+    let bm = DiskBitmap::load(asm.metadata.clone(), &asm.layout, asm.data_size, true)
+        .await
+        .with_idle(Duration::ZERO);
+    bm.pin_dirty();
+    assert_eq!(bm.clear_idle().await.unwrap(), 0);
+    bm.synced(0, 64 << 20);
+    assert_eq!(bm.clear_idle().await.unwrap(), 1);
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0);
+}

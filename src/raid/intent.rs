@@ -1,0 +1,68 @@
+//! The write-intent hook: before a write touches a region of the members,
+//! the volume asks a [`WriteIntent`] to record it (the on-disk bitmap lives
+//! in `meta::bitmap`; tests use [`MemIntent`]), and reports it done after.
+//!
+//! ```text
+//!  Volume::write ─► member_span(range) ─► intent.mark(span).await ─► level write
+//!                                                       └── IntentGuard drop ─► intent.done(span)
+//! ```
+//!
+//! Spans are member data-area offsets: RAID-1 the volume range itself,
+//! RAID-5 the whole stripes it touches (parity changes too).
+
+use std::sync::{Arc, Mutex};
+
+use crate::block::{BlockResult, BoxFuture};
+use crate::units::ByteOffset;
+
+/// Records which member regions may have writes in flight.
+pub trait WriteIntent: Send + Sync {
+    /// Records that `start..end` (member data offsets) is about to be
+    /// written; resolves once that record is durable.
+    fn mark(&self, start: ByteOffset, end: ByteOffset) -> BoxFuture<'_, BlockResult>;
+    /// The write of `start..end` announced by `mark` has completed.
+    fn done(&self, start: ByteOffset, end: ByteOffset);
+}
+
+/// Calls [`WriteIntent::done`] when dropped (also when the request is cancelled).
+pub(super) struct IntentGuard {
+    intent: Arc<dyn WriteIntent>,
+    start: ByteOffset,
+    end: ByteOffset,
+}
+
+impl IntentGuard {
+    pub(super) fn new(intent: Arc<dyn WriteIntent>, start: ByteOffset, end: ByteOffset) -> Self {
+        IntentGuard { intent, start, end }
+    }
+}
+
+impl Drop for IntentGuard {
+    fn drop(&mut self) {
+        self.intent.done(self.start, self.end);
+    }
+}
+
+/// An in-memory write intent for tests: logs every mark and done.
+#[derive(Debug, Default)]
+pub struct MemIntent {
+    /// `(is_mark, start, end)` in call order.
+    pub log: Mutex<Vec<(bool, u64, u64)>>,
+}
+
+impl WriteIntent for MemIntent {
+    fn mark(&self, start: ByteOffset, end: ByteOffset) -> BoxFuture<'_, BlockResult> {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((true, start.get(), end.get()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn done(&self, start: ByteOffset, end: ByteOffset) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((false, start.get(), end.get()));
+    }
+}

@@ -1,0 +1,516 @@
+//! Online rebuild, bitmap recovery and dirty-region resync, all while the
+//! volume serves I/O.
+//!
+//! ```text
+//!  rebuild(member):  for each step (2 MiB of member data) from up_to:
+//!      lock stripes/regions ─► copy (RAID-1) or XOR of the others (RAID-5)
+//!      ─► write to the incoming member ─► up_to = step end ─► unlock
+//!      every 64 MiB: flush incoming ─► sink.checkpoint(up_to)
+//!      end: flush ─► sink.finished ─► promote incoming to active
+//!  resync(ranges):   for each step of each dirty range:
+//!      lock ─► RAID-1 copy first in-sync mirror to the others
+//!            ─► RAID-5 recompute parity, rewrite it where it differs
+//! ```
+//!
+//! Client writes hold the same locks, so they never race a step; they also
+//! always reach the incoming member, so bytes below `up_to` stay in sync.
+//! Every step is throttled by [`RebuildControl`] and slowed to an eighth
+//! while client requests are in flight. RAID-5 reads of the rebuilt part
+//! are served by the new member instead of being reconstructed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use futures::StreamExt;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::parity::xor_into;
+use super::stripe_lock::StripeGuard;
+use super::volume::{MemberOp, RebuildError, Volume};
+use super::{raid1, raid5, Level};
+use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
+use crate::units::ByteOffset;
+
+/// Member data bytes handled per locked step.
+const STEP: u64 = 2 << 20;
+/// While client requests are in flight, passes run at the rate limit
+/// divided by this.
+const BUSY_DIVISOR: f64 = 8.0;
+/// Rebuild steps in flight at once.
+const DEPTH: usize = 16;
+/// Member data bytes between two checkpoints in the superblocks.
+pub const CHECKPOINT_EVERY: u64 = 64 << 20;
+/// Default rebuild rate limit.
+pub const DEFAULT_MAX_MBPS: u64 = 200;
+
+/// What a sync pass does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncKind {
+    /// Making redundancy consistent in dirty regions after a crash.
+    Resync,
+    /// Rebuilding a whole new member.
+    Rebuild,
+    /// Catching a re-added member up from the write-intent bitmap.
+    Recovery,
+}
+
+/// A snapshot of sync progress.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SyncProgress {
+    /// What runs.
+    pub kind: SyncKind,
+    /// The member being rebuilt (rebuild/recovery).
+    pub member: Option<usize>,
+    /// Bytes handled so far.
+    pub done_bytes: u64,
+    /// Bytes to handle in all.
+    pub total_bytes: u64,
+    /// Average rate since the start.
+    pub bytes_per_sec: f64,
+    /// Seconds left at that rate.
+    pub eta_secs: Option<f64>,
+}
+
+/// Live progress counters of one pass.
+#[derive(Debug)]
+pub struct SyncTracker {
+    kind: SyncKind,
+    member: Option<usize>,
+    done: AtomicU64,
+    total: u64,
+    started: Instant,
+}
+
+impl SyncTracker {
+    fn new(kind: SyncKind, member: Option<usize>, total: u64) -> Arc<SyncTracker> {
+        Arc::new(SyncTracker {
+            kind,
+            member,
+            done: AtomicU64::new(0),
+            total,
+            started: Instant::now(),
+        })
+    }
+
+    /// The current progress.
+    pub fn snapshot(&self) -> SyncProgress {
+        let done = self.done.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        SyncProgress {
+            kind: self.kind,
+            member: self.member,
+            done_bytes: done,
+            total_bytes: self.total,
+            bytes_per_sec: rate,
+            eta_secs: (rate > 0.0).then(|| self.total.saturating_sub(done) as f64 / rate),
+        }
+    }
+}
+
+/// Rate limit and cancellation of sync passes; settable live.
+#[derive(Debug)]
+pub struct RebuildControl {
+    max_mbps: AtomicU64,
+    cancelled: AtomicBool,
+}
+
+impl RebuildControl {
+    /// A control limited to `max_mbps` MB/s (0 = unlimited).
+    pub fn new(max_mbps: u64) -> RebuildControl {
+        RebuildControl {
+            max_mbps: AtomicU64::new(max_mbps),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// Changes the rate limit; running passes pick it up at their next step.
+    pub fn set_max_mbps(&self, mbps: u64) {
+        self.max_mbps.store(mbps, Ordering::Relaxed);
+    }
+
+    /// The rate limit in MB/s (0 = unlimited).
+    pub fn max_mbps(&self) -> u64 {
+        self.max_mbps.load(Ordering::Relaxed)
+    }
+
+    /// Stops running passes at their next step.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for RebuildControl {
+    fn default() -> Self {
+        RebuildControl::new(DEFAULT_MAX_MBPS)
+    }
+}
+
+/// Persists rebuild progress (the superblock checkpoint) and completion.
+pub trait RebuildSink: Send + Sync {
+    /// Bytes below `up_to` of the new member in `member` are in sync and flushed.
+    fn checkpoint(&self, member: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>>;
+    /// The new member is fully in sync and flushed: record it active.
+    fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Paces a pass: at most the configured rate, an eighth of it while client
+/// requests are in flight (like md's fallback to its minimum speed).
+struct Pacer {
+    started: Instant,
+    budget_secs: f64,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        Pacer {
+            started: Instant::now(),
+            budget_secs: 0.0,
+        }
+    }
+
+    async fn step(&mut self, vol: &Volume, ctl: &RebuildControl, bytes: u64) {
+        let mbps = ctl.max_mbps();
+        let busy = vol.busy() > 0;
+        if mbps > 0 {
+            let rate = if busy {
+                mbps as f64 / BUSY_DIVISOR
+            } else {
+                mbps as f64
+            };
+            self.budget_secs += bytes as f64 / (rate * 1e6);
+            let ahead = self.budget_secs - self.started.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(ahead)).await;
+            } else if ahead < -1.0 {
+                // Do not bank more than a second of unused budget.
+                self.budget_secs = self.started.elapsed().as_secs_f64() - 1.0;
+            }
+        } else if busy {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Locks of one step: RAID-1 regions or RAID-5 stripes covering `a..b`.
+async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
+    match vol.geometry().level() {
+        Level::Raid5 => {
+            let chunk = vol.geometry().chunk().get();
+            vol.locks
+                .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))
+                .await
+        }
+        _ => raid1::lock_regions(vol, ByteOffset(a), b - a).await,
+    }
+}
+
+/// The steps of `a..b`, aligned to `STEP` (and so to chunks and regions).
+fn steps(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut pos = a;
+    std::iter::from_fn(move || {
+        (pos < b).then(|| {
+            let end = ((pos / STEP + 1) * STEP).min(b);
+            let r = (pos, end);
+            pos = end;
+            r
+        })
+    })
+}
+
+fn overlaps(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
+    ranges.iter().any(|&(s, e)| s < b && a < e)
+}
+
+impl Volume {
+    /// Rebuilds the member attached into slot `member` from its `up_to` to
+    /// the end (only the parts overlapping `only` when given: a bitmap
+    /// recovery), then records it in sync through `sink` and makes it
+    /// active. On error the new member is detached (except when cancelled
+    /// through `ctl`). Returns the bytes copied.
+    pub async fn rebuild(
+        &self,
+        member: MemberIndex,
+        only: Option<Vec<(u64, u64)>>,
+        ctl: &RebuildControl,
+        sink: &dyn RebuildSink,
+    ) -> Result<u64, RebuildError> {
+        let result = self.rebuild_inner(member, only, ctl, sink).await;
+        self.set_progress(None);
+        match &result {
+            Ok(bytes) => {
+                self.promote_incoming(member);
+                tracing::info!(volume = %self.volume_name(), %member, bytes, "rebuild finished; member in sync");
+            }
+            // Cancelled (shutdown): the target stays attached; the caller
+            // records its progress and resumes later.
+            Err(RebuildError::Cancelled) => {}
+            Err(e) => {
+                self.detach_rebuild_target(member);
+                tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
+            }
+        }
+        result
+    }
+
+    async fn rebuild_inner(
+        &self,
+        member: MemberIndex,
+        only: Option<Vec<(u64, u64)>>,
+        ctl: &RebuildControl,
+        sink: &dyn RebuildSink,
+    ) -> Result<u64, RebuildError> {
+        let level = self.geometry().level();
+        if level == Level::Raid0 {
+            return Err(RebuildError::NoRedundancy(level));
+        }
+        let inc = self
+            .incoming(member)
+            .ok_or(RebuildError::NoSuchMember(member))?;
+        let mds = self.geometry().member_data_size();
+        let start = inc.up_to.load(Ordering::Acquire);
+        let (kind, total) = match &only {
+            Some(r) => (
+                SyncKind::Recovery,
+                r.iter()
+                    .map(|&(a, b)| b.min(mds).saturating_sub(a.max(start)))
+                    .sum(),
+            ),
+            None => (SyncKind::Rebuild, mds - start),
+        };
+        let tracker = SyncTracker::new(kind, Some(member.0), total);
+        self.set_progress(Some(tracker.clone()));
+        tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
+        let pacer = tokio::sync::Mutex::new(Pacer::new());
+        let mut copied = 0;
+        let mut last_checkpoint = start;
+        let broken = || {
+            RebuildError::Target(BlockError::io(
+                inc.device.name(),
+                std::io::Error::other("write to the new member failed"),
+            ))
+        };
+        // Up to DEPTH steps in flight (they lock disjoint stripes); results
+        // come back in order, so `up_to` only covers finished steps.
+        let work = steps(start, mds).map(|(a, b)| {
+            let needed = only.as_ref().is_none_or(|r| overlaps(r, a, b));
+            let target = inc.device.clone();
+            let pacer = &pacer;
+            async move {
+                if needed {
+                    // Paced before the locks are taken, so a step never
+                    // holds stripes while it waits for its budget.
+                    pacer.lock().await.step(self, ctl, b - a).await;
+                    let mut buf = vec![0u8; (b - a) as usize];
+                    self.rebuild_step(member, &*target, a, &mut buf).await?;
+                }
+                Ok::<_, RebuildError>((a, b, needed))
+            }
+        });
+        let mut work = futures::stream::iter(work).buffered(DEPTH);
+        while let Some(step) = work.next().await {
+            let (a, b, needed) = step?;
+            if ctl.is_cancelled() {
+                return Err(RebuildError::Cancelled);
+            }
+            if inc.broken.load(Ordering::Acquire) {
+                return Err(broken());
+            }
+            if needed {
+                copied += b - a;
+                tracker.done.fetch_add(b - a, Ordering::Relaxed);
+            }
+            inc.up_to.store(b, Ordering::Release);
+            if b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
+                inc.device.flush().await.map_err(RebuildError::Target)?;
+                sink.checkpoint(member, b)
+                    .await
+                    .map_err(RebuildError::Checkpoint)?;
+                last_checkpoint = b;
+            }
+        }
+        drop(work);
+        inc.device.flush().await.map_err(RebuildError::Target)?;
+        if inc.broken.load(Ordering::Acquire) {
+            return Err(broken());
+        }
+        sink.finished(member)
+            .await
+            .map_err(RebuildError::Checkpoint)?;
+        Ok(copied)
+    }
+
+    /// Copies member data `a..a+buf.len()` of slot `member` onto `target`
+    /// under the step's locks.
+    async fn rebuild_step(
+        &self,
+        member: MemberIndex,
+        target: &dyn BlockDevice,
+        a: u64,
+        buf: &mut [u8],
+    ) -> Result<(), RebuildError> {
+        let b = a + buf.len() as u64;
+        let _guards = lock_step(self, a, b).await;
+        let off = ByteOffset(a);
+        if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
+            // Replacing a live member: copy it.
+        } else {
+            match self.geometry().level() {
+                Level::Raid5 => raid5::reconstruct(self, member, off, buf)
+                    .await
+                    .map_err(RebuildError::Sources)?,
+                _ => self.read_any_mirror(off, buf).await?,
+            }
+        }
+        target
+            .write(off, buf, Durability::Normal)
+            .await
+            .map_err(RebuildError::Target)
+    }
+
+    async fn read_any_mirror(&self, off: ByteOffset, buf: &mut [u8]) -> Result<(), RebuildError> {
+        for m in (0..self.geometry().members()).map(MemberIndex) {
+            if self.is_active(m) && self.read_member(m, off, buf).await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(RebuildError::Sources(self.data_lost()))
+    }
+
+    /// Makes redundancy consistent in `ranges` (member data offsets): RAID-1
+    /// copies the first in-sync mirror onto the others, RAID-5 recomputes
+    /// parity. `on_range_done` is called for every range once it is done.
+    /// Returns the bytes rewritten.
+    pub async fn resync(
+        &self,
+        ranges: Vec<(u64, u64)>,
+        ctl: &RebuildControl,
+        on_range_done: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<u64, RebuildError> {
+        let mds = self.geometry().member_data_size();
+        let ranges: Vec<(u64, u64)> = ranges
+            .into_iter()
+            .map(|(a, b)| (a.min(mds), b.min(mds)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        let total = ranges.iter().map(|(a, b)| b - a).sum();
+        let tracker = SyncTracker::new(SyncKind::Resync, None, total);
+        self.set_progress(Some(tracker.clone()));
+        let result = self
+            .resync_inner(&ranges, ctl, &tracker, on_range_done)
+            .await;
+        self.set_progress(None);
+        result
+    }
+
+    async fn resync_inner(
+        &self,
+        ranges: &[(u64, u64)],
+        ctl: &RebuildControl,
+        tracker: &SyncTracker,
+        on_range_done: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<u64, RebuildError> {
+        let mut pacer = Pacer::new();
+        let mut rewritten = 0;
+        for &(a, b) in ranges {
+            for (s, e) in steps(a, b) {
+                if ctl.is_cancelled() {
+                    return Err(RebuildError::Cancelled);
+                }
+                rewritten += match self.geometry().level() {
+                    Level::Raid0 => 0,
+                    Level::Raid1 => self.resync_mirror_step(s, e).await?,
+                    Level::Raid5 => self.resync_parity_step(s, e).await?,
+                };
+                tracker.done.fetch_add(e - s, Ordering::Relaxed);
+                pacer.step(self, ctl, e - s).await;
+            }
+            on_range_done(a, b);
+        }
+        Ok(rewritten)
+    }
+
+    async fn resync_mirror_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
+        let members: Vec<MemberIndex> = (0..self.geometry().members()).map(MemberIndex).collect();
+        let _guards = lock_step(self, a, b).await;
+        let off = ByteOffset(a);
+        let mut buf = vec![0u8; (b - a) as usize];
+        let Some(&src) = members.iter().find(|&&m| self.is_active(m)) else {
+            return Err(RebuildError::Sources(self.data_lost()));
+        };
+        if self.read_member(src, off, &mut buf).await.is_err() {
+            return Err(RebuildError::Sources(self.data_lost()));
+        }
+        // Mirrors that already agree are left alone; a mirror that cannot
+        // be read is rewritten. Members being rebuilt always get the copy.
+        let op = MemberOp::Write(off, &buf, Durability::Normal);
+        let fix = members.iter().filter(|&&m| m != src).map(|&m| {
+            let want = &buf;
+            async move {
+                if self.is_active(m) {
+                    let mut theirs = vec![0u8; want.len()];
+                    let same =
+                        self.read_member(m, off, &mut theirs).await.is_ok() && theirs == *want;
+                    if same {
+                        self.incoming_op(m, op).await;
+                        return false;
+                    }
+                }
+                self.write_member(m, op).await
+            }
+        });
+        let n = join_all(fix).await.into_iter().filter(|&ok| ok).count() as u64;
+        Ok(n * (b - a))
+    }
+
+    /// Recomputes the parity of the stripes in `a..b`; rewrites the chunks
+    /// that differ. Skipped when a member is down (parity is then the only
+    /// copy of the missing data).
+    async fn resync_parity_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
+        let g = self.geometry();
+        let n = g.members();
+        if self.down_count() > 0 {
+            return Ok(0);
+        }
+        let chunk = g.chunk().get();
+        let _guards = lock_step(self, a, b).await;
+        let len = (b - a) as usize;
+        let mut bufs = vec![vec![0u8; len]; n];
+        let reads = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(m, buf)| raid5::read_or_fail(self, MemberIndex(m), ByteOffset(a), buf));
+        for r in join_all(reads).await {
+            r.map_err(RebuildError::Sources)?;
+        }
+        let mut fixed = 0;
+        for s in (a / chunk)..(b / chunk) {
+            let at = ((s * chunk - a) as usize)..((s * chunk - a + chunk) as usize);
+            let p = g.parity_member(StripeIndex(s)).unwrap_or(MemberIndex(0));
+            let mut x = vec![0u8; chunk as usize];
+            for (m, buf) in bufs.iter().enumerate() {
+                if m != p.0 {
+                    xor_into(&mut x, &buf[at.clone()]);
+                }
+            }
+            if x[..] != bufs[p.0][at.clone()] {
+                let op = MemberOp::Write(ByteOffset(s * chunk), &x, Durability::Normal);
+                if self.write_member(p, op).await {
+                    fixed += chunk;
+                }
+            }
+        }
+        Ok(fixed)
+    }
+
+    fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
+    }
+}
