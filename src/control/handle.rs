@@ -223,14 +223,14 @@ impl VolumeHandle {
 
     /// State of one member slot.
     pub fn member_state(&self, role: usize) -> MemberStatusState {
-        if self.members.get(role).is_some_and(|m| m.is_removed()) {
-            return MemberStatusState::Removed;
-        }
+        // A removed slot stays "removed" until a new member fills it.
+        let removed = self.members.get(role).is_some_and(|m| m.is_removed());
         match self.volume.state(MemberIndex(role)) {
             MemberState::Active => MemberStatusState::Active,
+            MemberState::Rebuilding { .. } => MemberStatusState::Rebuilding,
+            MemberState::Failed | MemberState::Missing if removed => MemberStatusState::Removed,
             MemberState::Failed => MemberStatusState::Failed,
             MemberState::Missing => MemberStatusState::Missing,
-            MemberState::Rebuilding { .. } => MemberStatusState::Rebuilding,
         }
     }
 

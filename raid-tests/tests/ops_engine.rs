@@ -1,0 +1,206 @@
+//! The engine verbs against the real daemon: `vraid add` rebuilding a failed
+//! member under fio load, `vraid replace` copying a live member, `vraid set`
+//! changing the rebuild rate, and their refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use raid_tests::*;
+use serde_json::Value;
+
+fn volume<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
+}
+
+/// Waits until every member is active and no resync/rebuild runs.
+fn wait_optimal(ctl: &Path, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = status_json(ctl);
+        let v = volume(&status, name).clone();
+        let all_active = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["state"] == "active");
+        if all_active && v["sync"].is_null() && v["state"] == "optimal" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not optimal after 120 s: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sparse(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+#[test]
+fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
+    // Arrange
+    let dir = scratch_dir("engine-add");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "64M", "mirror", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&[
+        "--control",
+        ctl.to_str().unwrap(),
+        paths[0].to_str().unwrap(),
+        paths[1].to_str().unwrap(),
+    ]);
+    let uri = server.uri("mirror");
+    qemu_io(&uri, &["write -P 0x4e 0 8M".into()]);
+    vraid_ctl_ok(&ctl, &["fail", "mirror", "1"]);
+    vraid_ctl_ok(&ctl, &["remove", "mirror", "1"]);
+    let new = dir.path().join("new.img");
+    sparse(&new, 64 << 20);
+
+    // Act
+    let fio = fio_verify_cmd(&uri, "during-rebuild", "16M", "16M")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let set = vraid_ctl_ok(&ctl, &["set", "mirror", "--rebuild-max-mbps", "100"]);
+    let added = vraid_ctl_ok(&ctl, &["add", "mirror", new.to_str().unwrap()]);
+    let v = wait_optimal(&ctl, "mirror");
+    assert_fio_clean(fio);
+    qemu_io(&uri, &["read -P 0x4e 0 8M".into()]);
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert!(set.contains("100"), "{set}");
+    assert!(
+        added.contains("member 1") && added.contains("rebuilding"),
+        "{added}"
+    );
+    assert_eq!(v["rebuild_max_mbps"], 100);
+    assert_eq!(examine(&new)["role"], 1);
+    assert!(
+        member_data(&paths[0]) == member_data(&new),
+        "mirrors differ"
+    );
+    let server = Server::start(&[paths[0].to_str().unwrap(), new.to_str().unwrap()]);
+    qemu_io(&server.uri("mirror"), &["read -P 0x4e 0 8M".into()]);
+    assert!(!server.log().contains("DEGRADED"), "{}", server.log());
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
+    // Arrange
+    let dir = scratch_dir("engine-replace");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "48M", "parity", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let mut args = vec!["--control", ctl.to_str().unwrap()];
+    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+    let server = Server::start(&args);
+    let uri = server.uri("parity");
+    let data = pseudo_random(40 << 20, 11);
+    write_export(&uri, &data, dir.path());
+    let new = dir.path().join("new0.img");
+    sparse(&new, 48 << 20);
+
+    // Act: replace member 0 (by path) while a client writes elsewhere.
+    let fio = fio_verify_cmd(&uri, "during-replace", "8M", "80M")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = vraid_ctl_ok(
+        &ctl,
+        &[
+            "replace",
+            "parity",
+            paths[0].to_str().unwrap(),
+            new.to_str().unwrap(),
+        ],
+    );
+    wait_optimal(&ctl, "parity");
+    assert_fio_clean(fio);
+    let served = read_export(&uri, dir.path());
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert!(out.contains("keeps serving"), "{out}");
+    assert!(
+        served[..data.len()] == data[..],
+        "data changed during replace"
+    );
+    assert_eq!(examine(&new)["role"], 0);
+    let members: Vec<PathBuf> = vec![new.clone(), paths[1].clone(), paths[2].clone()];
+    assert!(bad_parity_stripes(&members, 64 << 10).is_empty());
+    let server = Server::start(
+        &members
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    assert!(read_export(&server.uri("parity"), dir.path())[..data.len()] == data[..]);
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn engine_verbs_refuse_bad_requests_and_change_nothing() {
+    // Arrange
+    let dir = scratch_dir("engine-bad");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "mirror", &paths);
+    let other = member_paths(&dir.path().join("other"), 2);
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    create_array(1, "64K", "32M", "other", &other);
+    let small = dir.path().join("small.img");
+    sparse(&small, 1 << 20);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&[
+        "--control",
+        ctl.to_str().unwrap(),
+        paths[0].to_str().unwrap(),
+        paths[1].to_str().unwrap(),
+    ]);
+    let before = status_json(&ctl);
+
+    // Act
+    let cases = [
+        (vec!["add", "mirror", "/nonexistent/dir/x.img"], "x.img"),
+        (vec!["add", "nosuch", small.to_str().unwrap()], "nosuch"),
+        (vec!["add", "mirror", small.to_str().unwrap()], "too small"),
+        (
+            vec!["add", "mirror", other[0].to_str().unwrap()],
+            "another array",
+        ),
+        (
+            vec!["add", "mirror", paths[1].to_str().unwrap()],
+            "already a member",
+        ),
+        (vec!["replace", "mirror", "7", small.to_str().unwrap()], "7"),
+        (vec!["set", "mirror", "--rebuild-max-mbps", "-3"], "-3"),
+    ];
+
+    // Assert
+    for (args, needle) in cases {
+        let out = vraid_ctl(&ctl, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let after = status_json(&ctl);
+    assert_eq!(
+        volume(&before, "mirror")["members"],
+        volume(&after, "mirror")["members"]
+    );
+    assert_eq!(
+        examine(&other[0])["name"],
+        "other",
+        "foreign member untouched"
+    );
+    assert_eq!(server.stop(), 0);
+}
