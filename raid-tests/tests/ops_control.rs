@@ -237,9 +237,9 @@ fn bad_control_requests_get_clear_errors_and_change_nothing() {
             "999",
         ),
         (
-            br#"{"jsonrpc":"2.0","id":10,"method":"add","params":{"volume":"parity","path":"/tmp/x"}}"#,
-            -32004,
-            "not available",
+            br#"{"jsonrpc":"2.0","id":10,"method":"add","params":{"volume":"parity","path":"/nonexistent-vraid/x.img"}}"#,
+            -32003,
+            "cannot open member /nonexistent-vraid/x.img",
         ),
         (huge.as_bytes(), -32600, "longer than"),
     ];
