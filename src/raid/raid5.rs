@@ -5,7 +5,7 @@
 //!                                   │ member down or erroring
 //!                                   ▼
 //!          stripe lock ─► XOR of the other members ─► rewrite if alive
-//!  write ─► lock stripes ascending ─► raid5_write::write_stripe per stripe
+//!  write ─► per stripe, concurrently: lock it ─► raid5_write::write_stripe
 //!  discard/zeroes ─► whole stripes: every member incl. parity
 //!                    partial stripes: written as zeroes (parity stays right)
 //! ```
@@ -110,23 +110,20 @@ pub(super) async fn write(
     let sds = vol.geometry().stripe_data_size();
     let end = offset.get() + buf.len() as u64;
     let (first, last) = (offset.get() / sds, (end - 1) / sds);
-    let _guards = vol
-        .locks
-        .lock_range(StripeIndex(first), StripeIndex(last))
-        .await;
+    // Each stripe is locked on its own, only while its parity is updated:
+    // sequential writers that share a boundary stripe then overlap instead
+    // of queueing behind each other's whole request (one lock at a time per
+    // future, so no lock-order deadlock is possible).
     let mut stripes = Vec::new();
     for s in first..=last {
         let base = s * sds;
         let a = offset.get().max(base);
         let b = end.min(base + sds);
         let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
-        stripes.push(write_stripe(
-            vol,
-            StripeIndex(s),
-            a - base,
-            data,
-            durability,
-        ));
+        stripes.push(async move {
+            let _guard = vol.locks.lock(StripeIndex(s)).await;
+            write_stripe(vol, StripeIndex(s), a - base, data, durability).await
+        });
     }
     all_complete(stripes).await
 }
