@@ -43,8 +43,13 @@ if [ -z "$deb" ]; then
     pkg="$(apt-cache depends linux-image-amd64 | grep -o 'linux-image-6\.1[^ ]*-amd64' | head -n1)"
   fi
   echo "build.sh: downloading $pkg" >&2
-  (cd "$out" && apt-get download -qq "$pkg" 2>&1 | grep -v "couldn't be accessed by user '_apt'" >&2 || true)
-  deb="$(ls "$out"/"$pkg"_*.deb | head -n1)"
+  # (apt warns that it downloads unsandboxed as root: harmless here.)
+  if ! (cd "$out" && apt-get download -qq "$pkg") 2>"$out/download.log"; then
+    cat "$out/download.log" >&2
+    echo "build.sh: apt-get download $pkg failed" >&2
+    exit 1
+  fi
+  deb="$(find "$out" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
 fi
 
 kdir="$out/kernel-$(basename "$deb" .deb)"
