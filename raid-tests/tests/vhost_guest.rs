@@ -360,6 +360,46 @@ fn guest_checks_pass_on_qemu_storage_daemon_raw_file() {
 
     // Assert
     check_guest_result(&console, &uri, &plan, dir.path());
+    // The host checks catch one flipped byte in a pattern and in a file.
+    let flip = |offset: u64| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], offset).unwrap();
+    };
+    let (p_off, p_len) = plan.patterns[1];
+    flip(p_off + p_len / 2);
+    let caught = std::panic::catch_unwind(|| {
+        check_guest_result(&console, &uri, &plan, dir.path());
+    });
+    assert!(caught.is_err(), "a corrupted pattern byte went unnoticed");
+    flip(p_off + p_len / 2);
+    let file_offset = find_file_offset(&dir.path().join("volume-after-guest.raw"), "random-b");
+    flip(file_offset + 100);
+    let caught = std::panic::catch_unwind(|| {
+        check_guest_result(&console, &uri, &plan, dir.path());
+    });
+    assert!(caught.is_err(), "a corrupted file byte went unnoticed");
+}
+
+/// Byte offset of the first block of `/name` in an ext4 image (debugfs bmap).
+fn find_file_offset(image: &Path, name: &str) -> u64 {
+    let out = run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("bmap /{name} 0"))
+            .arg(image),
+    );
+    let block: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("debugfs bmap said {out:?}: {e}"));
+    block * 4096
 }
 
 #[test]
