@@ -52,36 +52,43 @@ if [ -z "$deb" ]; then
   deb="$(find "$out" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
 fi
 
+# --- kernel and modules in load order -----------------------------------------
+# Extracted once per package into $kdir: vmlinuz, the needed modules, and
+# modules.list (dependencies first, found depth-first over modules.dep). The
+# full extraction (~400 MB) is deleted afterwards.
 kdir="$out/kernel-$(basename "$deb" .deb)"
 if [ ! -f "$kdir/.done" ]; then
   rm -rf "$kdir"
-  mkdir -p "$kdir"
+  mkdir -p "$kdir/modules"
   dpkg-deb -x "$deb" "$kdir/root"
   kver="$(ls "$kdir/root/lib/modules")"
   busybox depmod -b "$kdir/root" "$kver"
+  moddir="$kdir/root/lib/modules/$kver"
+  declare -A seen=()
+  order=()
+  visit() {
+    local rel="$1" line dep
+    [ -n "${seen[$rel]:-}" ] && return 0
+    seen[$rel]=1
+    line="$(grep -m1 "^$rel:" "$moddir/modules.dep")" || { echo "build.sh: $rel not in modules.dep" >&2; exit 1; }
+    for dep in ${line#*:}; do visit "$dep"; done
+    order+=("$rel")
+  }
+  for m in virtio_pci virtio_blk crc32c_generic ext4; do
+    rel="$(grep -m1 -o "^[^:]*/$m\.ko" "$moddir/modules.dep")" || { echo "build.sh: module $m not found" >&2; exit 1; }
+    visit "$rel"
+  done
+  : >"$kdir/modules.list"
+  for rel in "${order[@]}"; do
+    cp "$moddir/$rel" "$kdir/modules/"
+    basename "$rel" >>"$kdir/modules.list"
+  done
+  cp "$kdir/root/boot/vmlinuz-$kver" "$kdir/vmlinuz"
+  rm -rf "$kdir/root"
   touch "$kdir/.done"
 fi
-kver="$(ls "$kdir/root/lib/modules")"
-moddir="$kdir/root/lib/modules/$kver"
-cp "$kdir/root/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+cp "$kdir/vmlinuz" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-
-# --- modules in load order -------------------------------------------------------
-# Depth-first over modules.dep, emitting a module after its dependencies.
-declare -A seen=()
-order=()
-visit() {
-  local rel="$1" line dep
-  [ -n "${seen[$rel]:-}" ] && return 0
-  seen[$rel]=1
-  line="$(grep -m1 "^$rel:" "$moddir/modules.dep")" || { echo "build.sh: $rel not in modules.dep" >&2; exit 1; }
-  for dep in ${line#*:}; do visit "$dep"; done
-  order+=("$rel")
-}
-for m in virtio_pci virtio_blk crc32c_generic ext4; do
-  rel="$(grep -m1 -o "^[^:]*/$m\.ko" "$moddir/modules.dep")" || { echo "build.sh: module $m not found" >&2; exit 1; }
-  visit "$rel"
-done
 
 # --- initramfs tree -------------------------------------------------------------------
 root="$(mktemp -d "$out/initramfs.XXXXXX")"
@@ -89,11 +96,8 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,lib/modules,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$root/bin/busybox"
 for applet in sh mount umount insmod poweroff; do ln -s busybox "$root/bin/$applet"; done
-: >"$root/modules.list"
-for rel in "${order[@]}"; do
-  cp "$moddir/$rel" "$root/lib/modules/"
-  basename "$rel" >>"$root/modules.list"
-done
+cp "$kdir"/modules/*.ko "$root/lib/modules/"
+cp "$kdir/modules.list" "$root/modules.list"
 # mke2fs with its shared libraries (busybox's mke2fs only writes ext2).
 cp /sbin/mke2fs "$root/sbin/mke2fs"
 ln -s mke2fs "$root/sbin/mkfs.ext4"
