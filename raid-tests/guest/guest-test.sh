@@ -9,6 +9,9 @@
 #   VRAID_FS_MIB     the ext4 filesystem covers the first FS_MIB MiB (required)
 #   VRAID_PATTERNS   OFFSET:LENGTH,... byte ranges past the filesystem that get
 #                    pattern_bytes (below) written with O_DIRECT and read back
+#   VRAID_MODE       write (default): write everything, then verify it;
+#                    verify: a later boot on the same volume only reads the
+#                    patterns and checks the files against /SUMS in the fs
 # Prints "VRAID-MD5 <md5> <file>" for the files it wrote, so the host can
 # compare them with what it reads over NBD. Exits non-zero on any mismatch.
 set -u
@@ -42,14 +45,19 @@ if [ -n "${VRAID_OPT_IO:-}" ]; then
   [ "$v" = "$VRAID_OPT_IO" ] || fail "optimal_io_size is $v, expected $VRAID_OPT_IO"
 fi
 
+mode=${VRAID_MODE:-write}
+case $mode in write | verify) ;; *) fail "unknown VRAID_MODE $mode" ;; esac
+
 # 1. Raw patterns with O_DIRECT, 64 KiB requests crossing chunk boundaries.
-for range in $(echo "$VRAID_PATTERNS" | tr ',' ' '); do
-  off=${range%%:*}
-  len=${range##*:}
-  pattern_bytes "$off" "$len" >/tmp/pattern
-  dd if=/tmp/pattern of=$dev bs=65536 seek="$off" oflag=seek_bytes,direct conv=notrunc 2>/dev/null \
-    || fail "dd write at $off"
-done
+if [ "$mode" = write ]; then
+  for range in $(echo "$VRAID_PATTERNS" | tr ',' ' '); do
+    off=${range%%:*}
+    len=${range##*:}
+    pattern_bytes "$off" "$len" >/tmp/pattern
+    dd if=/tmp/pattern of=$dev bs=65536 seek="$off" oflag=seek_bytes,direct conv=notrunc 2>/dev/null \
+      || fail "dd write at $off"
+  done
+fi
 echo 3 >/proc/sys/vm/drop_caches
 for range in $(echo "$VRAID_PATTERNS" | tr ',' ' '); do
   off=${range%%:*}
@@ -62,6 +70,14 @@ for range in $(echo "$VRAID_PATTERNS" | tr ',' ' '); do
 done
 
 # 2. ext4 on the first VRAID_FS_MIB MiB: make, mount, write, remount, verify.
+if [ "$mode" = verify ]; then
+  mount -t ext4 -o ro $dev /mnt || fail "mount of the earlier boot's filesystem"
+  (cd /mnt && md5sum -c SUMS >/dev/null) || fail "files differ from the earlier boot's"
+  while read -r sum name; do echo "VRAID-MD5 $sum $name"; done </mnt/SUMS
+  umount /mnt || fail "umount"
+  echo "ext4 from the earlier boot ok"
+  exit 0
+fi
 mkfs.ext4 -q -F -b 4096 -L vraid-guest $dev $(( VRAID_FS_MIB * 256 )) || fail "mkfs.ext4"
 mount -t ext4 $dev /mnt || fail "mount after mkfs"
 head -c 3000000 /dev/urandom >/mnt/random-a || fail "write random-a"
@@ -73,6 +89,7 @@ while [ $i -le 40 ]; do
   i=$(( i + 1 ))
 done
 (cd /mnt && md5sum random-a random-b small/*) >/tmp/sums || fail "md5sum"
+cp /tmp/sums /mnt/SUMS || fail "write SUMS"
 sync
 umount /mnt || fail "umount"
 echo 3 >/proc/sys/vm/drop_caches

@@ -55,9 +55,19 @@ fn guest_image() -> &'static GuestImage {
     })
 }
 
+/// What a boot of the guest does (`VRAID_MODE` in guest-test.sh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestMode {
+    /// Write patterns, make ext4, write files, verify them.
+    Write,
+    /// Only read back what an earlier `Write` boot left on the volume.
+    Verify,
+}
+
 /// What the guest is told on its command line and what the host checks.
 #[derive(Debug)]
 struct GuestPlan {
+    mode: GuestMode,
     size: u64,
     queues: u32,
     /// Expected (minimum_io_size, optimal_io_size), when the export sets them.
@@ -78,6 +88,7 @@ impl GuestPlan {
         let tail_len = 200 << 10;
         let tail = (size - (64 << 10) - tail_len) & !511;
         GuestPlan {
+            mode: GuestMode::Write,
             size,
             queues,
             topology,
@@ -95,8 +106,12 @@ impl GuestPlan {
             .iter()
             .map(|(off, len)| format!("{off}:{len}"))
             .collect();
+        let mode = match self.mode {
+            GuestMode::Write => "write",
+            GuestMode::Verify => "verify",
+        };
         let mut line = format!(
-            "console=ttyS0 quiet panic=-1 VRAID_SIZE={} VRAID_QUEUES={} VRAID_FS_MIB={FS_MIB} VRAID_PATTERNS={}",
+            "console=ttyS0 quiet panic=-1 VRAID_MODE={mode} VRAID_SIZE={} VRAID_QUEUES={} VRAID_FS_MIB={FS_MIB} VRAID_PATTERNS={}",
             self.size,
             self.queues,
             patterns.join(",")
@@ -199,6 +214,13 @@ fn check_guest_result(console: &str, uri: &str, plan: &GuestPlan, scratch: &Path
         console.contains(MARK_PASS) && !console.contains(MARK_FAIL),
         "guest test failed; console:\n{console}"
     );
+    // (The line may follow the firmware's terminal escapes.)
+    if let Some(line) = console
+        .lines()
+        .find_map(|l| l.find("vda: ").map(|i| &l[i..]))
+    {
+        eprintln!("guest saw {line}");
+    }
 
     let image = scratch.join("volume-after-guest.raw");
     let _ = std::fs::remove_file(&image);
@@ -277,7 +299,7 @@ const R5_CHUNK: u64 = 64 << 10;
 const R5_TOPOLOGY: (u64, u64) = (R5_CHUNK, 3 * R5_CHUNK);
 
 #[test]
-fn guest_formats_and_mounts_raid5_over_vhost_user_blk() {
+fn guest_formats_and_mounts_raid5_and_a_second_boot_reads_it_back() {
     // Arrange
     let dir = scratch_dir("guest-r5");
     let paths = member_paths(dir.path(), 4);
@@ -285,13 +307,18 @@ fn guest_formats_and_mounts_raid5_over_vhost_user_blk() {
     let sock = dir.path().join("vol0.sock");
     let server = serve_vhost(&paths, &sock, 2);
     let uri = server.uri("vol0");
-    let plan = GuestPlan::for_size(nbd_size(&uri), 2, Some(R5_TOPOLOGY));
+    let mut plan = GuestPlan::for_size(nbd_size(&uri), 2, Some(R5_TOPOLOGY));
 
-    // Act
+    // Act: one boot writes; a second boot on the same server (QEMU gone,
+    // a new frontend connecting) reads it all back.
     let console = boot_guest(&sock, &plan, dir.path());
+    check_guest_result(&console, &uri, &plan, dir.path());
+    plan.mode = GuestMode::Verify;
+    let second = boot_guest(&sock, &plan, dir.path());
 
     // Assert
-    check_guest_result(&console, &uri, &plan, dir.path());
+    check_guest_result(&second, &uri, &plan, dir.path());
+    assert!(second.contains("ext4 from the earlier boot ok"), "{second}");
     assert_eq!(server.stop(), 0);
 }
 
