@@ -200,8 +200,9 @@ for target in $TARGETS; do
 done
 
 machine="$(uname -sr), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-versions="vraid $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(qemu-storage-daemon --version | head -n1)"
-command_line="QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
+machine="$machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+versions="vraid $VRAID ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), $(qemu-storage-daemon --version | head -n1)"
+command_line="VRAID=$VRAID QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
 python3 - "$RESULTS" "$OUT" "$machine" "$versions" "$command_line" <<'EOF'
 import json, sys, datetime
 results_path, out_path, machine, versions, command = sys.argv[1:6]

@@ -36,19 +36,20 @@ busybox --list | grep -qx ash || { echo "build.sh: busybox has no ash" >&2; exit
 # The current bookworm kernel is what the linux-image-amd64 metapackage pulls in
 # (backports are pinned lower, so this is 6.1, not a backported 6.12).
 deb="$(ls "$out"/linux-image-6.1.*-amd64_*.deb 2>/dev/null | sort -V | tail -n1 || true)"
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | grep -o 'linux-image-6\.1[^ ]*-amd64' | head -n1 || true; }
+# (apt warns that it downloads unsandboxed as root: harmless here.)
+download() { (cd "$out" && apt-get download -qq "$1") 2>"$out/download.log"; }
 if [ -z "$deb" ]; then
-  pkg="$(apt-cache depends linux-image-amd64 2>/dev/null | grep -o 'linux-image-6\.1[^ ]*-amd64' | head -n1 || true)"
-  if [ -z "$pkg" ]; then
+  pkg="$(kernel_pkg)"
+  # No package lists, or stale ones naming a version the mirror dropped:
+  # refresh once and retry.
+  if [ -z "$pkg" ] || ! download "$pkg"; then
     apt-get update -qq
-    pkg="$(apt-cache depends linux-image-amd64 | grep -o 'linux-image-6\.1[^ ]*-amd64' | head -n1)"
+    pkg="$(kernel_pkg)"
+    [ -n "$pkg" ] || { echo "build.sh: apt knows no linux-image-6.1.*-amd64 (bookworm sources?)" >&2; exit 1; }
+    download "$pkg" || { cat "$out/download.log" >&2; echo "build.sh: apt-get download $pkg failed" >&2; exit 1; }
   fi
-  echo "build.sh: downloading $pkg" >&2
-  # (apt warns that it downloads unsandboxed as root: harmless here.)
-  if ! (cd "$out" && apt-get download -qq "$pkg") 2>"$out/download.log"; then
-    cat "$out/download.log" >&2
-    echo "build.sh: apt-get download $pkg failed" >&2
-    exit 1
-  fi
+  echo "build.sh: downloaded $pkg" >&2
   deb="$(find "$out" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
 fi
 

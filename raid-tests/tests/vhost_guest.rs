@@ -13,9 +13,12 @@
 //!  host checks: nbdcopy -> patterns, e2fsck, debugfs dump + md5sum
 //! ```
 //!
-//! The qemu-storage-daemon variant runs the same guest and checks against a
-//! plain raw file: it proves the guest and the checks themselves, so a
-//! failure of the vraid variants points at vraid.
+//! vraid runs RAID-5 of four members, optimal (booted twice: the second boot,
+//! a new frontend on the same server, only reads back what the first wrote)
+//! and degraded (a member file deleted before `serve`). The
+//! qemu-storage-daemon variant runs the same guest against a plain raw file
+//! and flips bytes to show the host checks catch them: it proves the guest
+//! and the checks, so a failure of the vraid variants points at vraid.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
