@@ -7,13 +7,13 @@
 #   vraid-r5   vraid serve --vhost-user-blk, RAID-5 of 4 member files
 #   qsd        qemu-storage-daemon --export type=vhost-user-blk of one raw file
 #              (cache.direct=on, aio=io_uring, one iothread: its fast setup)
-# Every target is prefilled with one sequential 1M pass, then each job runs
-# RUNTIME seconds with 1 and with 2 queues:
+# Every target is started and prefilled with one sequential 1M pass; then each
+# job runs RUNTIME seconds with 1 and with 2 queues on the targets in turn:
 #   randread4k randwrite4k (QD32 per queue)   seqread1m seqwrite1m (QD8)
 # Prints a table of IOPS, MiB/s and the ratios vraid/qsd, and writes it as
 # markdown (with date, machine and versions) to $OUT.
 #
-#   benches/vhost-compare.sh               # full run (~6 min)
+#   benches/vhost-compare.sh               # full run (~7 min)
 #   QUICK=1 benches/vhost-compare.sh       # smoke run (~1 min)
 #   TARGETS=qsd QUICK=1 benches/vhost-compare.sh
 #
@@ -21,7 +21,9 @@
 #   TARGETS  ["vraid-r0 vraid-r5 qsd"]     QUEUES ["1 2"]
 #   JOBS     ["randread4k randwrite4k seqread1m seqwrite1m"]
 #   SIZE     bytes of each target used [1G; 256M with QUICK=1]
-#   RUNTIME  seconds per job [10; 2 with QUICK=1]
+#   RUNTIME  seconds per job [5; 2 with QUICK=1]
+#   REPEAT   rounds over all jobs and targets; the table shows each
+#            job's median round [3; 1 with QUICK=1]
 #   CHUNK    vraid --chunk-size [64K]
 #   WORKDIR  member files, images, logs, JSON [target/vhost-compare]
 #   OUT      markdown results [$WORKDIR/results.md]
@@ -36,9 +38,11 @@ QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     SIZE=${SIZE:-256M}
     RUNTIME=${RUNTIME:-2}
+    REPEAT=${REPEAT:-1}
 else
     SIZE=${SIZE:-1G}
-    RUNTIME=${RUNTIME:-10}
+    RUNTIME=${RUNTIME:-5}
+    REPEAT=${REPEAT:-3}
 fi
 TARGETS=${TARGETS:-"vraid-r0 vraid-r5 qsd"}
 QUEUES=${QUEUES:-"1 2"}
@@ -68,6 +72,7 @@ SIZE_BYTES=$(to_bytes "$SIZE")
 MIB=$((1 << 20))
 ((SIZE_BYTES >= 16 * MIB && SIZE_BYTES % MIB == 0)) || die "SIZE must be whole MiB, at least 16M"
 [[ $RUNTIME =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RUNTIME must be a number of seconds"
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer"
 for t in $TARGETS; do [[ $t =~ ^(vraid-r0|vraid-r5|qsd)$ ]] || die "unknown target $t"; done
 for j in $JOBS; do [[ $j =~ ^(randread4k|randwrite4k|seqread1m|seqwrite1m)$ ]] || die "unknown job $j"; done
 for q in $QUEUES; do ((q >= 1 && q <= MAX_QUEUES)) || die "QUEUES entries must be 1..$MAX_QUEUES"; done
@@ -95,19 +100,24 @@ RESULTS=$WORKDIR/results.jsonl
 FAILED=0
 
 SERVER_PID=
-stop_server() {
-    [[ -n $SERVER_PID ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local i
+declare -A PID_OF=() SOCK_OF=()
+stop_server() { # stop_server PID: SIGTERM, 10 s grace, then SIGKILL
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
-trap stop_server EXIT
+stop_all() {
+    local t
+    [[ -z $SERVER_PID ]] || stop_server "$SERVER_PID"
+    for t in "${!PID_OF[@]}"; do stop_server "${PID_OF[$t]}"; done
+    PID_OF=()
+}
+trap stop_all EXIT
 
 wait_socket() { # wait_socket SOCK LOG
     local i
@@ -165,49 +175,72 @@ job_args() {
     esac
 }
 
+# Every target is started and prefilled first; then each job runs on the
+# targets back to back, so a change in the machine's load hits them alike.
+STARTED=()
 for target in $TARGETS; do
     dir=$WORKDIR/run/$target
+    SERVER_PID=
     if ! start_target "$target" "$dir"; then
         log "$target: did not start"
         FAILED=1
-        stop_server
+        [[ -z $SERVER_PID ]] || stop_server "$SERVER_PID"
         continue
     fi
-    sock=$SOCK
+    PID_OF[$target]=$SERVER_PID
+    SOCK_OF[$target]=$SOCK
+    SERVER_PID=
     log "$target: prefill $SIZE"
-    if ! "$BENCH" --path "$sock" --rw write --bs 1048576 --iodepth 8 --queues 1 \
+    if ! "$BENCH" --path "$SOCK" --rw write --bs 1048576 --iodepth 8 --queues 1 \
         --size "$SIZE_BYTES" --once --runtime 3600 >"$dir/prefill.json" 2>"$dir/prefill.err"; then
         log "$target: prefill failed: $(cat "$dir/prefill.err")"
         FAILED=1
-        stop_server
+        stop_server "${PID_OF[$target]}"
+        unset "PID_OF[$target]"
         continue
     fi
+    STARTED+=("$target")
+done
+
+for ((round = 1; round <= REPEAT; round++)); do
     for job in $JOBS; do
         for q in $QUEUES; do
             read -r -a args <<<"$(job_args "$job")"
-            log "$target: $job, $q queue(s), ${RUNTIME}s"
-            if out=$(timeout 300 "$BENCH" --path "$sock" "${args[@]}" --queues "$q" \
-                --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err"); then
-                printf '{"target":"%s","job":"%s","result":%s}\n' "$target" "$job" "$out" >>"$RESULTS"
-            else
-                log "$target: $job q$q failed: $(cat "$dir/$job-q$q.err")"
-                FAILED=1
-            fi
+            for target in "${STARTED[@]}"; do
+                dir=$WORKDIR/run/$target
+                log "round $round/$REPEAT: $target: $job, $q queue(s), ${RUNTIME}s"
+                if out=$(timeout 300 "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
+                    --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err"); then
+                    printf '{"target":"%s","job":"%s","round":%d,"result":%s}\n' \
+                        "$target" "$job" "$round" "$out" >>"$RESULTS"
+                else
+                    log "$target: $job q$q failed: $(cat "$dir/$job-q$q.err")"
+                    FAILED=1
+                fi
+            done
         done
     done
-    stop_server
-    [[ ${KEEP:-0} == 1 ]] || rm -f "$dir"/*.img "$dir"/*.raw
 done
+stop_all
+if [[ ${KEEP:-0} != 1 ]]; then
+    for target in $TARGETS; do rm -f "$WORKDIR/run/$target"/*.img "$WORKDIR/run/$target"/*.raw; done
+fi
 
 machine="$(uname -sr), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 machine="$machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-versions="vraid $VRAID ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), $(qemu-storage-daemon --version | head -n1)"
-command_line="VRAID=$VRAID QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
+vraid_version="vraid $VRAID"
+[[ $VRAID != target/release/vraid ]] || vraid_version="vraid $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+versions="$vraid_version, $(qemu-storage-daemon --version | head -n1)"
+command_line="VRAID=$VRAID QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME REPEAT=$REPEAT TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
 python3 - "$RESULTS" "$OUT" "$machine" "$versions" "$command_line" <<'EOF'
 import json, sys, datetime
 results_path, out_path, machine, versions, command = sys.argv[1:6]
 rows = [json.loads(l) for l in open(results_path) if l.strip()]
-by = {(r["target"], r["job"], r["result"]["queues"]): r["result"] for r in rows}
+# The median round (by IOPS) of each target/job/queues.
+rounds = {}
+for r in rows:
+    rounds.setdefault((r["target"], r["job"], r["result"]["queues"]), []).append(r["result"])
+by = {k: sorted(v, key=lambda x: x["iops"])[len(v) // 2] for k, v in rounds.items()}
 targets = list(dict.fromkeys(r["target"] for r in rows))
 keys = list(dict.fromkeys((r["job"], r["result"]["queues"]) for r in rows))
 head = ["job", "queues"]
@@ -236,7 +269,9 @@ md = f"""# vhost-user-blk: vraid vs qemu-storage-daemon
 - command: `{command}`
 - client: benches/blkio-bench (libblkio virtio-blk-vhost-user, buffers from alloc_mem_region);
   random jobs QD32 per queue over the whole SIZE, sequential jobs QD8 per queue, each
-  queue on its own slice; every target prefilled once; ratios are IOPS (= MiB/s) ratios.
+  queue on its own slice; every target prefilled once; jobs interleaved across targets;
+  each cell is the median of the rounds (raw JSON lines: results.jsonl beside this file);
+  ratios are IOPS (= MiB/s) ratios.
 
 {table}
 """
