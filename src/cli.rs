@@ -30,6 +30,158 @@ pub enum Command {
     Examine(ExamineArgs),
     /// Assemble arrays and export them over NBD.
     Serve(ServeArgs),
+    /// Show volumes, members, counters and events of a running daemon.
+    Status(StatusArgs),
+    /// Mark a member failed (the volume goes on degraded).
+    Fail(MemberCmdArgs),
+    /// Take a failed or missing member out of its slot.
+    Remove(MemberCmdArgs),
+    /// Inject, list and clear member faults in a running daemon.
+    #[command(subcommand)]
+    Fault(FaultCommand),
+}
+
+/// `--control PATH` of the client verbs.
+#[derive(Debug, Args)]
+pub struct ControlArg {
+    /// Control socket of the daemon (default: $VRAID_CONTROL, else
+    /// ./vraid-data/control.sock or ./vraid-control.sock, whichever exists).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// `vraid status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Print the daemon's JSON reply.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second until Ctrl-C.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// Only this volume.
+    #[arg(value_name = "VOLUME")]
+    pub volume: Option<String>,
+}
+
+/// `vraid fail` / `vraid remove`.
+#[derive(Debug, Args)]
+pub struct MemberCmdArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Member path as given at start-up, or its role number.
+    pub member: String,
+}
+
+/// `vraid fault ...`.
+#[derive(Debug, Subcommand)]
+pub enum FaultCommand {
+    /// Add a fault rule to a member.
+    Add(FaultAddArgs),
+    /// List fault rules with their hit counters.
+    List(FaultListArgs),
+    /// Remove one fault rule (by id), or all of them.
+    Clear(FaultClearArgs),
+}
+
+/// Kind of injected fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FaultKindArg {
+    /// Fail with EIO.
+    Error,
+    /// Wait, then run normally.
+    Delay,
+    /// Flip the bytes read or written.
+    Corrupt,
+    /// Fail every operation (the member is gone).
+    Offline,
+}
+
+/// Operations a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FaultOpArg {
+    /// Reads.
+    Read,
+    /// Writes, discards, zeroing, flushes.
+    Write,
+    /// Everything.
+    Any,
+}
+
+/// `vraid fault add`.
+#[derive(Debug, Args)]
+pub struct FaultAddArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Member path as given at start-up, or its role number.
+    pub member: String,
+    /// What the fault does.
+    #[arg(long, value_enum)]
+    pub kind: FaultKindArg,
+    /// Which operations it hits.
+    #[arg(long, value_enum, default_value = "any")]
+    pub op: FaultOpArg,
+    /// First member data byte affected (e.g. 1M).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub offset: Option<u64>,
+    /// Bytes affected from --offset (e.g. 64K).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub length: Option<u64>,
+    /// Chance each matching operation is hit (0..1).
+    #[arg(long)]
+    pub probability: Option<f64>,
+    /// Delay of --kind delay (e.g. 50ms, 2s, 500us).
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub delay: Option<std::time::Duration>,
+    /// Expire after this many hits.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// `vraid fault list`.
+#[derive(Debug, Args)]
+pub struct FaultListArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Print the daemon's JSON reply.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vraid fault clear`.
+#[derive(Debug, Args)]
+pub struct FaultClearArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Fault id (from `vraid fault list`); all faults when omitted.
+    pub id: Option<u64>,
+}
+
+/// Parses `50ms`, `2s`, `500us`; a bare number is milliseconds.
+pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 50ms, 2s, 500us"))?;
+    match unit {
+        "" | "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "us" => Ok(std::time::Duration::from_micros(n)),
+        _ => Err(format!("invalid duration {s:?}: use e.g. 50ms, 2s, 500us")),
+    }
 }
 
 /// `vraid create`.
@@ -98,9 +250,25 @@ pub struct ServeArgs {
     /// Directory for the built-in demo (used when no members and no config are given).
     #[arg(long, value_name = "DIR", default_value = "vraid-data")]
     pub demo_dir: PathBuf,
+    /// Also export the volume over vhost-user-blk on this Unix socket
+    /// (the demo uses DIR/vol0.sock unless given). Config files use the
+    /// per-volume `vhost_user_blk` key instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of the vhost-user-blk export (1 to 16).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_NUM_QUEUES,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub vhost_queues: u16,
     /// Members of one array to assemble and serve (any order).
     #[arg(value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
+    /// Control socket path (default: DEMO_DIR/control.sock for the demo,
+    /// else ./vraid-control.sock; also $VRAID_CONTROL or `[server] control`).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -142,6 +310,46 @@ mod tests {
         assert_eq!(args.chunk_size, 128 << 10);
         assert_eq!(args.member_size, 256 << 20);
         assert_eq!(args.members.len(), 3);
+    }
+
+    #[test]
+    fn fault_add_parses_kind_op_range_and_delay() {
+        let cli = Cli::try_parse_from([
+            "vraid", "fault", "add", "vol0", "2", "--kind", "delay", "--op", "read", "--offset",
+            "1M", "--length", "64K", "--delay", "50ms", "--count", "3",
+        ])
+        .unwrap();
+        let Command::Fault(FaultCommand::Add(a)) = cli.command else {
+            panic!("not fault add")
+        };
+        assert_eq!((a.volume.as_str(), a.member.as_str()), ("vol0", "2"));
+        assert_eq!(a.kind, FaultKindArg::Delay);
+        assert_eq!(a.op, FaultOpArg::Read);
+        assert_eq!((a.offset, a.length), (Some(1 << 20), Some(64 << 10)));
+        assert_eq!(a.delay, Some(std::time::Duration::from_millis(50)));
+        assert_eq!(a.count, Some(3));
+        assert!(parse_duration_arg("5parsecs").is_err());
+    }
+
+    #[test]
+    fn serve_takes_vhost_socket_and_queue_count() {
+        let cli = Cli::try_parse_from([
+            "vraid",
+            "serve",
+            "--vhost-user-blk",
+            "/tmp/v.sock",
+            "--vhost-queues",
+            "2",
+            "m0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.vhost_user_blk, Some(PathBuf::from("/tmp/v.sock")));
+        assert_eq!(args.vhost_queues, 2);
+        assert!(Cli::try_parse_from(["vraid", "serve", "--vhost-queues", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "serve", "--vhost-queues", "17"]).is_err());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub nbd_socket: Option<PathBuf>,
     /// Member I/O engine.
     pub io_engine: IoEngine,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Prometheus metrics listen address.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which member I/O engine to use.
@@ -73,7 +77,30 @@ pub struct VolumeConfig {
     pub read_only: bool,
     /// Free text.
     pub description: Option<String>,
+    /// Faults injected at start-up (`[[volume.fault]]`).
+    pub faults: Vec<FaultConfig>,
+    /// vhost-user-blk socket to export the volume on, if any.
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of the vhost-user-blk export.
+    pub num_queues: u16,
 }
+
+/// Queues of a vhost-user-blk export when `num_queues` is not given.
+pub const DEFAULT_NUM_QUEUES: u16 = 4;
+/// Most queues of a vhost-user-blk export.
+pub const MAX_NUM_QUEUES: u16 = 16;
+
+/// One `[[volume.fault]]`: a fault rule installed when the volume starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultConfig {
+    /// Member path as listed in `members`, or its role number.
+    pub member: String,
+    /// The rule (validated).
+    pub spec: crate::member::fault::FaultSpec,
+}
+
+// Validated specs hold finite probabilities, so equality is reflexive.
+impl Eq for FaultConfig {}
 
 /// `create = { member_size = "256M" }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +204,8 @@ struct RawServer {
     nbd: Option<Spanned<String>>,
     nbd_socket: Option<Spanned<String>>,
     io_engine: Option<Spanned<String>>,
+    control: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +219,23 @@ struct RawVolume {
     #[serde(default)]
     read_only: bool,
     description: Option<String>,
+    vhost_user_blk: Option<Spanned<String>>,
+    num_queues: Option<Spanned<i64>>,
+    #[serde(default)]
+    fault: Vec<Spanned<RawFault>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    member: Spanned<Scalar>,
+    kind: Spanned<String>,
+    op: Option<Spanned<String>>,
+    offset: Option<Spanned<Scalar>>,
+    length: Option<Spanned<Scalar>>,
+    probability: Option<Spanned<f64>>,
+    delay: Option<Spanned<Scalar>>,
+    count: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -321,10 +367,29 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
             }
         },
     };
+    let control = match s.control {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(src.invalid(p.span(), "server.control", "empty path"))
+        }
+        Some(p) => Some(PathBuf::from(p.into_inner())),
+        None => None,
+    };
+    let metrics = match s.metrics {
+        Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+            src.invalid(
+                a.span(),
+                "server.metrics",
+                format!("{:?} is not an IP:port address", a.get_ref()),
+            )
+        })?),
+        None => None,
+    };
     Ok(ServerConfig {
         nbd,
         nbd_socket,
         io_engine,
+        control,
+        metrics,
     })
 }
 
@@ -421,6 +486,11 @@ fn volume(
         }
         None => None,
     };
+    let mut faults = Vec::with_capacity(v.fault.len());
+    for (j, f) in v.fault.iter().enumerate() {
+        faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
+    }
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
     Ok(VolumeConfig {
         name,
         level,
@@ -429,7 +499,128 @@ fn volume(
         create,
         read_only: v.read_only,
         description: v.description,
+        vhost_user_blk,
+        num_queues,
+        faults,
     })
+}
+
+fn fault(
+    src: &Source<'_>,
+    key: &str,
+    f: &Spanned<RawFault>,
+    members: &[PathBuf],
+) -> Result<FaultConfig, ConfigError> {
+    use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
+    let raw = f.get_ref();
+    let member = match raw.member.get_ref() {
+        Scalar::Int(n) if usize::try_from(*n).is_ok_and(|r| r < members.len()) => n.to_string(),
+        Scalar::Str(p) if members.iter().any(|m| m == Path::new(p)) => p.clone(),
+        _ => {
+            return Err(src.invalid(
+                raw.member.span(),
+                format!("{key}.member"),
+                "not one of this volume's members (give its path or role number)",
+            ))
+        }
+    };
+    let kind = match raw.kind.get_ref().as_str() {
+        "error" => FaultKind::Error,
+        "delay" => FaultKind::Delay,
+        "corrupt" => FaultKind::Corrupt,
+        "offline" => FaultKind::Offline,
+        other => {
+            return Err(src.invalid(
+                raw.kind.span(),
+                format!("{key}.kind"),
+                format!("unknown fault kind {other:?}: expected error, delay, corrupt or offline"),
+            ))
+        }
+    };
+    let op = match raw.op.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "any")) => FaultOp::Any,
+        Some((_, "read")) => FaultOp::Read,
+        Some((_, "write")) => FaultOp::Write,
+        Some((o, other)) => {
+            return Err(src.invalid(
+                o.span(),
+                format!("{key}.op"),
+                format!("unknown op {other:?}: expected read, write or any"),
+            ))
+        }
+    };
+    let opt_size = |name: &str, v: &Option<Spanned<Scalar>>| {
+        v.as_ref()
+            .map(|v| size(src, &format!("{key}.{name}"), v))
+            .transpose()
+    };
+    let delay_us = match &raw.delay {
+        None => 0,
+        Some(d) => {
+            let parsed = match d.get_ref() {
+                Scalar::Int(ms) => u64::try_from(*ms)
+                    .map(std::time::Duration::from_millis)
+                    .map_err(|_| format!("{ms} is negative")),
+                Scalar::Str(s) => crate::cli::parse_duration_arg(s),
+            };
+            let d2 = parsed.map_err(|e| src.invalid(d.span(), format!("{key}.delay"), e))?;
+            u64::try_from(d2.as_micros()).unwrap_or(u64::MAX)
+        }
+    };
+    let spec = FaultSpec {
+        kind,
+        op,
+        offset: opt_size("offset", &raw.offset)?,
+        length: opt_size("length", &raw.length)?,
+        probability: raw.probability.as_ref().map_or(1.0, |p| *p.get_ref()),
+        delay_us,
+        count: raw.count.as_ref().map(|c| *c.get_ref()),
+    };
+    spec.validate()
+        .map_err(|e| src.invalid(f.span(), key, e.to_string()))?;
+    Ok(FaultConfig { member, spec })
+}
+
+/// `vhost_user_blk` and `num_queues` of a volume; socket paths must be unique.
+fn vhost_keys(
+    src: &Source<'_>,
+    key: &str,
+    v: &RawVolume,
+    paths: &mut Vec<(PathBuf, String)>,
+) -> Result<(Option<PathBuf>, u16), ConfigError> {
+    let socket = match &v.vhost_user_blk {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(src.invalid(p.span(), format!("{key}.vhost_user_blk"), "empty path"))
+        }
+        Some(p) => {
+            let skey = format!("{key}.vhost_user_blk");
+            let path = PathBuf::from(p.get_ref());
+            if let Some((_, other)) = paths.iter().find(|(q, _)| *q == path) {
+                return Err(src.invalid(
+                    p.span(),
+                    skey,
+                    format!("{} is already used as {other}", path.display()),
+                ));
+            }
+            paths.push((path.clone(), skey));
+            Some(path)
+        }
+        None => None,
+    };
+    let queues = match &v.num_queues {
+        Some(n) => u16::try_from(*n.get_ref())
+            .ok()
+            .filter(|q| (1..=MAX_NUM_QUEUES).contains(q))
+            .ok_or_else(|| {
+                src.invalid(
+                    n.span(),
+                    format!("{key}.num_queues"),
+                    format!("{} queues: expected 1 to {MAX_NUM_QUEUES}", n.get_ref()),
+                )
+            })?,
+        None => DEFAULT_NUM_QUEUES,
+    };
+    Ok((socket, queues))
 }
 
 #[cfg(test)]
@@ -506,6 +697,83 @@ members = ["/d", "/e"]
             (Level::Raid1, DEFAULT_CHUNK_SIZE, None)
         );
         assert!(!m.read_only);
+    }
+
+    #[test]
+    fn start_up_faults_and_control_settings_parse() {
+        let c = parse(
+            r#"
+[server]
+control = "/run/vraid/control.sock"
+metrics = "127.0.0.1:9100"
+
+[[volume]]
+name = "v"
+level = 1
+members = ["/a", "/b"]
+
+[[volume.fault]]
+member = "/b"
+kind = "delay"
+op = "read"
+offset = "1M"
+length = "64K"
+delay = "20ms"
+count = 5
+
+[[volume.fault]]
+member = 0
+kind = "error"
+probability = 0.5
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.control,
+            Some(PathBuf::from("/run/vraid/control.sock"))
+        );
+        assert_eq!(c.server.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        let f = &c.volumes[0].faults;
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].member, "/b");
+        assert_eq!(f[0].spec.delay_us, 20_000);
+        assert_eq!(
+            (f[0].spec.offset, f[0].spec.length),
+            (Some(1 << 20), Some(64 << 10))
+        );
+        assert_eq!(f[0].spec.count, Some(5));
+        assert_eq!(f[1].member, "0");
+        assert_eq!(f[1].spec.probability, 0.5);
+    }
+
+    #[test]
+    fn bad_start_up_faults_are_refused_with_lines() {
+        let base =
+            "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n[[volume.fault]]\n";
+        for (extra, needle) in [
+            (
+                "member = \"/c\"\nkind = \"error\"\n",
+                "volume[0].fault[0].member",
+            ),
+            (
+                "member = 5\nkind = \"error\"\n",
+                "volume[0].fault[0].member",
+            ),
+            ("member = 0\nkind = \"melt\"\n", "unknown fault kind"),
+            ("member = 0\nkind = \"delay\"\n", "needs a delay"),
+            (
+                "member = 0\nkind = \"error\"\nprobability = 2.0\n",
+                "probability",
+            ),
+            (
+                "member = 0\nkind = \"error\"\nop = \"sideways\"\n",
+                "unknown op",
+            ),
+        ] {
+            let e = err(&format!("{base}{extra}"));
+            assert!(e.contains(needle), "{e}");
+            assert!(e.starts_with("test.toml:"), "{e}");
+        }
     }
 
     #[test]
@@ -617,6 +885,47 @@ members = ["/d", "/e"]
             "test.toml:9:18: volume[1].members[1]: /a is already used as volume[0].members[0]"
         );
         assert!(err(dup_in_one).starts_with("test.toml:4:18: volume[0].members[1]:"));
+    }
+
+    #[test]
+    fn vhost_user_blk_socket_and_queues_parse_with_defaults() {
+        let text = "[[volume]]\nname = \"a\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n\
+                    vhost_user_blk = \"/run/a.sock\"\nnum_queues = 2\n\
+                    [[volume]]\nname = \"b\"\nlevel = 0\nmembers = [\"/c\", \"/d\"]\n";
+
+        let config = parse(text).unwrap();
+
+        assert_eq!(
+            config.volumes[0].vhost_user_blk.as_deref(),
+            Some(Path::new("/run/a.sock"))
+        );
+        assert_eq!(config.volumes[0].num_queues, 2);
+        assert_eq!(config.volumes[1].vhost_user_blk, None);
+        assert_eq!(config.volumes[1].num_queues, DEFAULT_NUM_QUEUES);
+    }
+
+    #[test]
+    fn bad_vhost_keys_are_refused_with_line() {
+        let base = "[[volume]]\nname = \"a\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+
+        let zero = err(&format!("{base}num_queues = 0\n"));
+        let many = err(&format!("{base}num_queues = 17\n"));
+        let empty = err(&format!("{base}vhost_user_blk = \"\"\n"));
+        let clash = err(&format!("{base}vhost_user_blk = \"/a\"\n"));
+
+        assert!(
+            zero.contains("test.toml:5:14: volume[0].num_queues"),
+            "{zero}"
+        );
+        assert!(many.contains("17 queues"), "{many}");
+        assert!(
+            empty.contains("volume[0].vhost_user_blk: empty path"),
+            "{empty}"
+        );
+        assert!(
+            clash.contains("already used as volume[0].members[0]"),
+            "{clash}"
+        );
     }
 
     #[test]

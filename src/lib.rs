@@ -13,9 +13,11 @@
 pub mod block;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod export;
 pub mod member;
 pub mod meta;
+pub mod metrics;
 pub mod raid;
 pub mod units;

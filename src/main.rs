@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             Command::Create(args) => vraid::daemon::create(args).await,
             Command::Examine(args) => vraid::daemon::examine(args).await,
             Command::Serve(args) => vraid::daemon::serve(args).await,
+            Command::Status(args) => vraid::control::cli::status(args).map_err(Into::into),
+            Command::Fail(args) => vraid::control::cli::fail(args).map_err(Into::into),
+            Command::Remove(args) => vraid::control::cli::remove(args).map_err(Into::into),
+            Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
         }
     });
     match result {

@@ -140,6 +140,12 @@ impl Server {
             .arg(addr.to_string())
             .args(extra)
             .env("RUST_LOG", "info")
+            // A control socket of its own unless the test picks one, so
+            // servers running in parallel do not share the default path.
+            .env(
+                "VRAID_CONTROL",
+                std::env::temp_dir().join(format!("vraid-test-ctl-{port}.sock")),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -204,6 +210,14 @@ impl Server {
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()
+    }
+
+    /// SIGKILL: a crash, no clean shutdown.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn terminate(&mut self) -> i32 {
@@ -387,4 +401,87 @@ pub fn write_export(uri: &str, data: &[u8], scratch: &Path) {
     std::fs::write(&src, data).unwrap();
     run_ok(Command::new("nbdcopy").arg(&src).arg(uri));
     let _ = std::fs::remove_file(&src);
+}
+
+/// `vraid ARGS... --control PATH` (the control verbs), run to completion.
+pub fn vraid_ctl(control: &Path, args: &[&str]) -> Output {
+    let mut c = vraid(args);
+    c.arg("--control").arg(control);
+    run(c)
+}
+
+/// Like [`vraid_ctl`], panicking unless it succeeds; returns stdout.
+pub fn vraid_ctl_ok(control: &Path, args: &[&str]) -> String {
+    let mut c = vraid(args);
+    c.arg("--control").arg(control);
+    run_ok(c)
+}
+
+/// Sends one raw line to a control socket and returns the parsed reply line.
+pub fn control_request(control: &Path, line: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(control)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", control.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(line).unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+}
+
+/// `vraid status --json` of the daemon at `control`, parsed.
+pub fn status_json(control: &Path) -> serde_json::Value {
+    let out = vraid_ctl_ok(control, &["status", "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}\n{out}"))
+}
+
+/// A fio verify job against `uri` (randwrite 4k-64k, crc32c), not yet started.
+pub fn fio_verify_cmd(uri: &str, name: &str, size: &str, offset: &str) -> Command {
+    let mut c = Command::new("fio");
+    c.args([
+        &format!("--name={name}"),
+        "--ioengine=nbd",
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--iodepth=8",
+        &format!("--size={size}"),
+        &format!("--offset={offset}"),
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--output-format=json",
+    ])
+    .arg(format!("--uri={uri}"));
+    c
+}
+
+/// Waits for a spawned fio and asserts every job finished without error.
+pub fn assert_fio_clean(child: Child) {
+    let out = child.wait_with_output().expect("wait for fio");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    for job in v["jobs"].as_array().unwrap() {
+        assert_eq!(job["error"], 0, "fio job failed: {job}");
+    }
+}
+
+/// Waits until a Unix socket at `path` accepts connections (30 s at most).
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {} after 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -174,3 +174,45 @@ fn raid1_member_failing_mid_run_is_marked_failed_and_client_sees_no_error() {
     assert!(server.log().to_lowercase().contains("degraded"));
     assert_eq!(server.stop(), 0);
 }
+
+#[test]
+fn sigkill_after_flush_keeps_every_flushed_write_on_every_level() {
+    for (level, n) in [(0u32, 2usize), (1, 2), (5, 3)] {
+        // Arrange
+        let dir = scratch_dir(&format!("sigkill-r{level}"));
+        let paths = member_paths(dir.path(), n);
+        create_array(level, "16K", "16M", "vol0", &paths);
+        let server = Server::start(&args_of(&paths));
+        let uri = server.uri("vol0");
+
+        // Act: flushed writes, then a crash with no clean shutdown.
+        qemu_io(
+            &uri,
+            &[
+                "write -P 0x71 12345 100000".into(),
+                "write -P 0x72 1000000 65536".into(),
+                "flush".into(),
+            ],
+        );
+        qemu_io(&uri, &["write -P 0x73 3000000 4096".into(), "flush".into()]);
+        server.kill();
+
+        // Assert
+        assert_eq!(
+            examine(&paths[0])["state"],
+            "dirty",
+            "crash leaves the array dirty"
+        );
+        let server = Server::start(&args_of(&paths));
+        qemu_io(
+            &server.uri("vol0"),
+            &[
+                "read -P 0x71 12345 100000".into(),
+                "read -P 0x72 1000000 65536".into(),
+                "read -P 0x73 3000000 4096".into(),
+            ],
+        );
+        assert_eq!(server.stop(), 0);
+        assert_eq!(examine(&paths[0])["state"], "clean");
+    }
+}

@@ -15,42 +15,8 @@ fn fio_verify(level: u32, members: usize) {
     let uri = server.uri("vol0");
 
     // Act: random 4k..64k writes with verification, then a re-verify pass.
-    let out = run_ok(
-        Command::new("fio")
-            .args([
-                "--name=verify",
-                "--ioengine=nbd",
-                "--rw=randwrite",
-                "--bsrange=4k-64k",
-                "--iodepth=16",
-                "--numjobs=2",
-                "--size=24M",
-                "--offset_increment=24M",
-                "--verify=crc32c",
-                "--do_verify=1",
-                "--verify_fatal=1",
-                "--output-format=json",
-            ])
-            .arg(format!("--uri={uri}")),
-    );
-    let reverify = run_ok(
-        Command::new("fio")
-            .args([
-                "--name=verify",
-                "--ioengine=nbd",
-                "--rw=randwrite",
-                "--bsrange=4k-64k",
-                "--iodepth=16",
-                "--numjobs=2",
-                "--size=24M",
-                "--offset_increment=24M",
-                "--verify=crc32c",
-                "--verify_only",
-                "--verify_fatal=1",
-                "--output-format=json",
-            ])
-            .arg(format!("--uri={uri}")),
-    );
+    let out = run_ok(fio_job(&uri, "--do_verify=1"));
+    let reverify = run_ok(fio_job(&uri, "--verify_only"));
 
     // Assert
     for text in [out, reverify] {
@@ -60,6 +26,28 @@ fn fio_verify(level: u32, members: usize) {
         }
     }
     assert_eq!(server.stop(), 0);
+}
+
+/// Two jobs writing disjoint 24 MiB regions with 4k..64k random writes,
+/// crc32c-verified; `mode` says whether to write then verify or only verify.
+fn fio_job(uri: &str, mode: &str) -> Command {
+    let mut c = Command::new("fio");
+    c.args([
+        "--name=verify",
+        "--ioengine=nbd",
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--iodepth=16",
+        "--numjobs=2",
+        "--size=24M",
+        "--offset_increment=24M",
+        "--verify=crc32c",
+        mode,
+        "--verify_fatal=1",
+        "--output-format=json",
+    ])
+    .arg(format!("--uri={uri}"));
+    c
 }
 
 #[test]

@@ -166,12 +166,10 @@ fn nbdinfo_reports_size_and_flags() {
     // Assert
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let export = &v["exports"][0];
-    // 4 members x (16M - metadata area), rounded to chunks: at least 4 x 14 MiB.
+    // RAID-0: 4 members x the per-member data size from the superblock.
     let size = export["export-size"].as_u64().unwrap();
-    assert!(
-        (4 * (14 << 20)..=4 * (16 << 20)).contains(&size),
-        "size {size}"
-    );
+    let per_member = examine(&paths[0])["data_size"].as_u64().unwrap();
+    assert_eq!(size, 4 * per_member);
     assert_eq!(size % (64 << 10), 0);
     assert_eq!(export["export-name"], "stripe0");
     assert_eq!(export["is_read_only"], false);

@@ -3,15 +3,18 @@
 //! reports (the [`MetaEvents`] bridge from `raid` back to `meta`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use tracing::{info, warn};
 
 use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
 use crate::cli::EngineArg;
+use crate::control::{EventLog, MemberHandle, VolumeHandle};
+use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec};
+use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
 
 /// What `vraid create` (or a config's `create` table, or the demo) asks for.
@@ -116,6 +119,15 @@ async fn create_members(
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
     for p in paths {
         if !p.exists() {
+            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    DaemonError::Usage(format!(
+                        "cannot create directory {} for member {}: {e}",
+                        show_path(parent),
+                        show_path(p)
+                    ))
+                })?;
+            }
             member::create_sparse(p, req.member_size)?;
             created.push(p.clone());
         }
@@ -132,7 +144,11 @@ async fn create_members(
 
 /// `vraid examine` of one member.
 pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
-    let dev = member::open_member(path, &MemberOptions::default())?;
+    let opts = MemberOptions {
+        exclusive: false,
+        ..MemberOptions::default()
+    };
+    let dev = member::open_member(path, &opts)?;
     Ok(meta::examine(&*dev).await?)
 }
 
@@ -142,6 +158,8 @@ pub struct Assembled {
     pub volume: Arc<Volume>,
     /// Its on-disk metadata.
     pub assembly: Arc<Assembly>,
+    /// Its control-plane handle (fault rules, counters, events).
+    pub handle: Arc<VolumeHandle>,
 }
 
 impl std::fmt::Debug for Assembled {
@@ -173,12 +191,20 @@ pub async fn assemble_volume(
         }
     }
     let assembly = Arc::new(meta::assemble(devices).await?);
+    let handles = member_handles(&assembly);
+    // Each member's data window sits behind its fault rules and counters:
+    // Volume ─► StatsDevice ─► FaultDevice ─► Window.
     let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
         .members
         .iter()
-        .map(|m| {
-            m.as_ref()
-                .map(|m| Arc::new(m.data.clone()) as Arc<dyn BlockDevice>)
+        .zip(&handles)
+        .map(|(m, h)| {
+            m.as_ref().map(|m| {
+                let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
+                let seed = 0x5eed_0000 + h.role as u64;
+                let faulty = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
+                Arc::new(StatsDevice::new(faulty, h.stats.clone())) as Arc<dyn BlockDevice>
+            })
         })
         .collect();
     let name = assembly.name.clone();
@@ -195,11 +221,23 @@ pub async fn assemble_volume(
         assembly.data_size,
     )
     .map_err(|e| raid_err(RaidError::Layout(e)))?;
+    let log = Arc::new(EventLog::new());
     let events = Arc::new(MetaEvents {
         name: name.clone(),
         metadata: assembly.metadata.clone(),
+        log: log.clone(),
+        volume: OnceLock::new(),
     });
-    let volume = Arc::new(Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?);
+    let volume =
+        Arc::new(Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?);
+    let _ = events.volume.set(Arc::downgrade(&volume));
+    let handle = Arc::new(VolumeHandle::new(
+        volume.clone(),
+        assembly.metadata.clone(),
+        IoStats::new(),
+        handles,
+        log,
+    ));
     for ex in &assembly.excluded {
         warn!("{name}: left out {}: {}", ex.path, ex.reason);
     }
@@ -228,7 +266,29 @@ pub async fn assemble_volume(
         crate::units::format_size(u64::from(assembly.chunk_size)),
         volume.size()
     );
-    Ok(Assembled { volume, assembly })
+    Ok(Assembled {
+        volume,
+        assembly,
+        handle,
+    })
+}
+
+/// Control-plane handles of every member slot, with the path given at
+/// start-up (of a left-out member too, when its role is known).
+fn member_handles(assembly: &Assembly) -> Vec<MemberHandle> {
+    (0..assembly.member_count as usize)
+        .map(|role| {
+            let path = match assembly.members.get(role) {
+                Some(Some(m)) => Some(m.path.clone()),
+                _ => assembly
+                    .excluded
+                    .iter()
+                    .find(|e| e.role == Some(role as u32))
+                    .map(|e| e.path.clone()),
+            };
+            MemberHandle::new(role, path)
+        })
+        .collect()
 }
 
 /// Persists member failures the RAID layer reports into the other members'
@@ -237,6 +297,10 @@ pub async fn assemble_volume(
 struct MetaEvents {
     name: String,
     metadata: Arc<ArrayMetadata>,
+    /// Where operational events go (shown by `vraid status`).
+    log: Arc<EventLog>,
+    /// The volume, to tell degraded from failed (weak: it owns us).
+    volume: OnceLock<Weak<Volume>>,
 }
 
 impl VolumeEvents for MetaEvents {
@@ -253,6 +317,32 @@ impl VolumeEvents for MetaEvents {
                     self.name,
                     member.0,
                     super::error_chain(&e)
+                );
+            }
+            self.log.push(
+                &self.name,
+                "member_failed",
+                Some(member.0),
+                format!("{}: member {} failed: {reason}", self.name, member.0),
+            );
+            if let Some(vol) = self.volume.get().and_then(Weak::upgrade) {
+                let down = vol
+                    .member_states()
+                    .iter()
+                    .filter(|s| !matches!(s, crate::raid::MemberState::Active))
+                    .count();
+                let level = vol.geometry().level();
+                let members = vol.geometry().members();
+                let (kind, what) = if down > level.redundancy(members) {
+                    ("failed", "FAILED: some data is unavailable")
+                } else {
+                    ("degraded", "degraded")
+                };
+                self.log.push(
+                    &self.name,
+                    kind,
+                    None,
+                    format!("{}: {what} ({down} of {members} members down)", self.name),
                 );
             }
         })

@@ -15,6 +15,8 @@ pub const DEMO_MEMBERS: usize = 4;
 pub const DEMO_MEMBER_SIZE: u64 = 256 << 20;
 /// Demo chunk size.
 pub const DEMO_CHUNK: u64 = 64 << 10;
+/// Demo vhost-user-blk socket, in the demo directory.
+pub const DEMO_SOCKET: &str = "vol0.sock";
 
 /// What the demo brings up.
 #[derive(Debug)]

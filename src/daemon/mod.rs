@@ -61,6 +61,15 @@ pub enum DaemonError {
         #[source]
         source: crate::block::BlockError,
     },
+    /// A control-socket client request failed.
+    #[error(transparent)]
+    Control(#[from] crate::control::ClientError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    ControlSocket(#[from] crate::control::server::ServerError),
+    /// A vhost-user-blk export could not be started.
+    #[error(transparent)]
+    Vhost(#[from] crate::export::vhost::VhostError),
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -17,8 +17,11 @@ use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
 use crate::cli::ServeArgs;
 use crate::config::{Config, IoEngine};
+use crate::control::{ControlServer, Registry};
 use crate::export::nbd::{Export, NbdServer};
+use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
+use crate::metrics::stats::StatsDevice;
 
 /// Default NBD TCP address: loopback only.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -35,6 +38,12 @@ struct VolumeSpec {
     create: Option<CreateRequest>,
     read_only: bool,
     description: Option<String>,
+    /// Faults installed at start-up.
+    faults: Vec<crate::config::FaultConfig>,
+    /// vhost-user-blk socket, if the volume is exported that way too.
+    vhost_socket: Option<PathBuf>,
+    /// Queues of the vhost-user-blk export.
+    num_queues: u16,
 }
 
 /// `vraid serve`.
@@ -43,8 +52,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let mut nbd = args.nbd;
     let mut nbd_socket = args.nbd_socket.clone();
     let mut demo_mode = false;
+    let mut control = args.control.clone();
+    let mut metrics = args.metrics;
     let specs = if let Some(path) = &args.config {
         let config = Config::load(path)?;
+        control = control.or_else(|| config.server.control.clone());
+        metrics = metrics.or(config.server.metrics);
         nbd = nbd.or(config.server.nbd);
         nbd_socket = nbd_socket.or_else(|| config.server.nbd_socket.clone());
         if args.io_engine.is_none() && std::env::var_os(EngineKind::ENV).is_none() {
@@ -69,6 +82,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                 }),
                 read_only: v.read_only || args.read_only,
                 description: v.description.clone(),
+                faults: v.faults.clone(),
+                vhost_socket: v.vhost_user_blk.clone(),
+                num_queues: v.num_queues,
             })
             .collect::<Vec<_>>()
     } else if !args.members.is_empty() {
@@ -78,6 +94,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: None,
             read_only: args.read_only,
             description: None,
+            faults: Vec::new(),
+            vhost_socket: args.vhost_user_blk.clone(),
+            num_queues: args.vhost_queues,
         }]
     } else {
         demo_mode = true;
@@ -88,12 +107,35 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             create: Some(d.create),
             read_only: args.read_only,
             description: Some(d.description),
+            faults: Vec::new(),
+            vhost_socket: Some(
+                args.vhost_user_blk
+                    .clone()
+                    .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
+            ),
+            num_queues: args.vhost_queues,
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
         nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
     }
 
+    let control = control
+        .or_else(|| std::env::var_os(crate::control::client::CONTROL_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| {
+            if demo_mode {
+                args.demo_dir.join("control.sock")
+            } else {
+                PathBuf::from(crate::control::client::DEFAULT_CONTROL)
+            }
+        });
+    // Refuse before touching any member if another daemon owns the socket.
+    ControlServer::check_free(&control)?;
+
+    // Refuse a live vhost-user socket before touching any member.
+    for socket in specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
     let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
     for spec in specs {
         let assembled = match bring_up(&spec, &opts).await {
@@ -106,6 +148,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         volumes.push((assembled, spec));
     }
 
+    let ops = match start_ops(&volumes, &control, metrics).await {
+        Ok(ops) => ops,
+        Err(e) => {
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
+
     let exports = volumes
         .iter()
         .map(|(a, spec)| Export {
@@ -116,7 +166,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     a.assembly.level, a.assembly.member_count
                 )
             }),
-            device: a.volume.clone() as Arc<dyn BlockDevice>,
+            device: Arc::new(StatsDevice::new(
+                a.volume.clone() as Arc<dyn BlockDevice>,
+                a.handle.stats.clone(),
+            )) as Arc<dyn BlockDevice>,
             read_only: spec.read_only,
             preferred_block: 4096,
             multi_conn: true,
@@ -124,8 +177,22 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         .collect();
     let server = Arc::new(NbdServer::new(exports));
 
+    let vhost = match start_vhost(&volumes) {
+        Ok(v) => v,
+        Err(e) => {
+            for task in ops {
+                task.abort();
+            }
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
     let result = run_listeners(&server, nbd, nbd_socket.as_deref(), &volumes, demo_mode).await;
+    for task in ops {
+        task.abort();
+    }
     info!("shutting down: draining in-flight requests");
+    stop_vhost(vhost).await;
     server.shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
         .await
@@ -138,6 +205,106 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Installs start-up faults, binds the control socket and the metrics
+/// listener, and runs them as tasks (aborted at shutdown).
+async fn start_ops(
+    volumes: &[(Assembled, VolumeSpec)],
+    control: &Path,
+    metrics: Option<SocketAddr>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
+    for (a, spec) in volumes {
+        for f in &spec.faults {
+            let added = a
+                .handle
+                .find_member(&f.member)
+                .and_then(|m| a.handle.add_fault(m.role, f.spec.clone()));
+            if let Err(e) = added {
+                return Err(DaemonError::Usage(format!(
+                    "volume {}: start-up fault on member {}: {e}",
+                    a.handle.name, f.member
+                )));
+            }
+        }
+    }
+    let registry = Arc::new(Registry::new(
+        volumes.iter().map(|(a, _)| a.handle.clone()).collect(),
+    ));
+    let mut tasks = Vec::new();
+    let metrics_listener = match metrics {
+        Some(addr) => Some((
+            addr,
+            crate::metrics::http::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Listen {
+                    what: format!("metrics address {addr}"),
+                    source: e,
+                })?,
+        )),
+        None => None,
+    };
+    let server = ControlServer::bind(control, registry.clone())?;
+    info!("control socket: {}", show_path(server.path()));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.serve().await {
+            warn!("control socket stopped: {e}");
+        }
+    }));
+    if let Some((addr, listener)) = metrics_listener {
+        info!(
+            "metrics: http://{}/metrics",
+            listener.local_addr().unwrap_or(addr)
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::metrics::http::serve(listener, registry).await {
+                warn!("metrics listener stopped: {e}");
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+/// Starts the vhost-user-blk export of every volume that has a socket.
+fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, DaemonError> {
+    let mut servers = Vec::new();
+    for (a, spec) in volumes {
+        let Some(socket) = &spec.vhost_socket else {
+            continue;
+        };
+        let geometry = a.volume.geometry();
+        let export = VhostExport {
+            device: Arc::new(StatsDevice::new(
+                a.volume.clone() as Arc<dyn BlockDevice>,
+                a.handle.stats.clone(),
+            )) as Arc<dyn BlockDevice>,
+            socket: socket.clone(),
+            name: a.assembly.name.clone(),
+            read_only: spec.read_only,
+            num_queues: spec.num_queues,
+            min_io: geometry.chunk().get(),
+            opt_io: geometry.stripe_data_size(),
+        };
+        match VhostServer::start(export, tokio::runtime::Handle::current()) {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.shutdown();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(servers)
+}
+
+/// Disconnects vhost-user frontends and drains their requests.
+async fn stop_vhost(servers: Vec<VhostServer>) {
+    for s in servers {
+        if let Err(e) = tokio::task::spawn_blocking(move || s.shutdown()).await {
+            warn!("vhost-user-blk shutdown failed: {e}");
+        }
+    }
 }
 
 /// Creates the array first when asked to and no member holds a superblock yet,
@@ -175,6 +342,9 @@ impl VolumeSpec {
             create: None,
             read_only: false,
             description: None,
+            faults: Vec::new(),
+            vhost_socket: None,
+            num_queues: 1,
         }
     }
 }
@@ -302,6 +472,13 @@ fn print_ready(
             out.push_str(&format!(
                 "  NBD URI:  nbd+unix:///{name}?socket={}\n",
                 p.display()
+            ));
+        }
+        if let Some(p) = &spec.vhost_socket {
+            out.push_str(&format!(
+                "  vhost-user-blk: {} ({} queues)\n",
+                p.display(),
+                spec.num_queues
             ));
         }
     }

@@ -101,14 +101,18 @@ pub struct MemberOptions {
     pub engine: EngineKind,
     /// Use O_DIRECT where the filesystem allows it.
     pub direct: bool,
+    /// Claim block devices exclusively (O_EXCL). Off only for inspection
+    /// (`vraid examine`), which must work on a member a daemon is serving.
+    pub exclusive: bool,
 }
 
 impl Default for MemberOptions {
-    /// O_DIRECT, engine from `VRAID_IO_ENGINE` (`Auto` when unset).
+    /// O_DIRECT, exclusive, engine from `VRAID_IO_ENGINE` (`Auto` when unset).
     fn default() -> Self {
         MemberOptions {
             engine: EngineKind::from_env(),
             direct: true,
+            exclusive: true,
         }
     }
 }
@@ -284,7 +288,7 @@ pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>,
             }
         },
     };
-    FileMember::open(path, opts.direct, engine).map(Arc::new)
+    FileMember::open(path, opts.direct, opts.exclusive, engine).map(Arc::new)
 }
 
 /// Opens `path` as a member on the given io_uring engine (several members
@@ -294,11 +298,16 @@ pub fn open_member_on(
     direct: bool,
     engine: Arc<UringEngine>,
 ) -> Result<Arc<FileMember>, MemberError> {
-    FileMember::open(path, direct, Engine::Uring(engine)).map(Arc::new)
+    FileMember::open(path, direct, true, Engine::Uring(engine)).map(Arc::new)
 }
 
 impl FileMember {
-    fn open(path: &Path, direct: bool, engine: Engine) -> Result<Self, MemberError> {
+    fn open(
+        path: &Path,
+        direct: bool,
+        exclusive: bool,
+        engine: Engine,
+    ) -> Result<Self, MemberError> {
         let open_err = |source| MemberError::Open {
             path: path.to_path_buf(),
             source,
@@ -316,7 +325,11 @@ impl FileMember {
         }
         // O_EXCL on a block device: refuse devices that are mounted or
         // claimed by another exclusive user (md, another vraid).
-        let exclusive = if is_block_device { libc::O_EXCL } else { 0 };
+        let exclusive = if is_block_device && exclusive {
+            libc::O_EXCL
+        } else {
+            0
+        };
         let buffered = OpenOptions::new()
             .read(true)
             .write(true)

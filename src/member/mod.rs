@@ -7,6 +7,7 @@
 //! in-memory device for unit tests only.
 
 mod buf;
+pub mod fault;
 mod file;
 mod op;
 mod sync;

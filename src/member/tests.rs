@@ -35,6 +35,7 @@ fn fixture_in(dir: TempDir, kind: EngineKind, size: u64, direct: bool) -> Fixtur
     let opts = MemberOptions {
         engine: kind,
         direct,
+        exclusive: true,
     };
     let member = open_member(&path, &opts).unwrap();
     assert_eq!(member.engine_kind(), kind);
@@ -386,6 +387,7 @@ fn o_direct_is_used_on_the_real_disk() {
     let opts = MemberOptions {
         engine: EngineKind::Sync,
         direct: true,
+        exclusive: true,
     };
 
     let member = open_member(&path, &opts).unwrap();

@@ -275,6 +275,21 @@ impl Volume {
         self.wait_recorded(member).await;
     }
 
+    /// Fails `member` on an operator's request (`vraid fail`): the same path
+    /// as a member I/O failure (logged, recorded in the other members'
+    /// superblocks); resolves once recorded. A no-op for a member that is
+    /// missing or already failed.
+    pub async fn fail_member_by_request(&self, member: MemberIndex, reason: &str) {
+        let Some(Some(dev)) = self.slots.get(member.0).map(|s| s.device.as_ref()) else {
+            return;
+        };
+        let error = BlockError::io(
+            dev.name().to_string(),
+            std::io::Error::other(reason.to_string()),
+        );
+        self.fail_member(member, &error).await;
+    }
+
     /// Waits until a failed member's failure is on record (no-op otherwise).
     async fn wait_recorded(&self, member: MemberIndex) {
         if let Some(slot) = self.slots.get(member.0) {

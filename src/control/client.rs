@@ -1,0 +1,104 @@
+//! The client side of the control socket, used by the CLI verbs: connect,
+//! send one JSON-RPC request, read its reply.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// Environment variable naming the control socket.
+pub const CONTROL_ENV: &str = "VRAID_CONTROL";
+/// Control socket of the demo (`vraid serve` without members or config).
+pub const DEMO_CONTROL: &str = "vraid-data/control.sock";
+/// Control socket of a daemon serving members or a config.
+pub const DEFAULT_CONTROL: &str = "vraid-control.sock";
+
+/// Longest reply accepted.
+const MAX_REPLY: u64 = 64 << 20;
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error(
+        "no vraid daemon is listening on {path} (start `vraid serve`, or pass --control PATH)"
+    )]
+    NoDaemon {
+        /// The socket path.
+        path: String,
+    },
+    /// The connection broke.
+    #[error("control socket {path}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused the request.
+    #[error("{message}")]
+    Rpc {
+        /// JSON-RPC error code.
+        code: i64,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The reply is not a JSON-RPC response.
+    #[error("unexpected reply from the daemon: {0}")]
+    BadReply(String),
+}
+
+/// The socket the CLI talks to when `--control` is not given.
+pub fn default_client_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(CONTROL_ENV) {
+        return PathBuf::from(p);
+    }
+    [DEMO_CONTROL, DEFAULT_CONTROL]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(DEMO_CONTROL))
+}
+
+/// Sends `method(params)` to the daemon at `path` and returns its result.
+pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientError> {
+    let shown = path.display().to_string();
+    let io = |source| ClientError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NoDaemon {
+                path: shown.clone(),
+            }
+        }
+        _ => io(e),
+    })?;
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(io)?;
+    let mut line = Vec::new();
+    BufReader::new(stream)
+        .take(MAX_REPLY)
+        .read_until(b'\n', &mut line)
+        .map_err(io)?;
+    let reply: Value = serde_json::from_slice(&line)
+        .map_err(|e| ClientError::BadReply(format!("{e}: {}", String::from_utf8_lossy(&line))))?;
+    if let Some(err) = reply.get("error") {
+        return Err(ClientError::Rpc {
+            code: err["code"].as_i64().unwrap_or(0),
+            message: err["message"]
+                .as_str()
+                .unwrap_or("unknown error")
+                .to_string(),
+        });
+    }
+    reply
+        .get("result")
+        .cloned()
+        .ok_or_else(|| ClientError::BadReply(reply.to_string()))
+}

@@ -1,0 +1,504 @@
+//! The live state the control plane acts on: one [`VolumeHandle`] per
+//! running volume (its `raid::Volume`, superblock metadata, per-member fault
+//! rules and counters, events), gathered in a [`Registry`].
+//!
+//! Engine operations (add a member, replace one, tune the rebuild) belong to
+//! the rebuild engine; it plugs in through [`EngineOps`] with
+//! [`VolumeHandle::set_engine`]. Until it does, those methods answer
+//! "not available".
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::events::{Event, EventLog};
+use super::ControlError;
+use crate::block::BoxFuture;
+use crate::member::fault::{FaultRule, FaultSet, FaultSpec};
+use crate::meta::ArrayMetadata;
+use crate::metrics::stats::{IoStats, IoSummary};
+use crate::raid::{Level, MemberIndex, MemberState, Volume};
+
+/// Fault ids are unique for the life of the process.
+static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The rebuild engine's side of the control plane, implemented per volume.
+pub trait EngineOps: Send + Sync {
+    /// `vraid add VOLUME PATH`: a spare, or straight into a failed slot.
+    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid replace VOLUME MEMBER PATH`: copy onto `path` while `member` serves.
+    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid set VOLUME --rebuild-max-mbps N`.
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
+}
+
+/// One member slot as the control plane sees it.
+#[derive(Debug)]
+pub struct MemberHandle {
+    /// Role (slot index).
+    pub role: usize,
+    /// Path as given at start-up, if known.
+    pub path: Option<String>,
+    /// Live fault rules applied to its data window.
+    pub faults: Arc<FaultSet>,
+    /// I/O counters of its data window.
+    pub stats: Arc<IoStats>,
+    removed: AtomicBool,
+}
+
+impl MemberHandle {
+    /// A member slot with empty rules and zeroed counters.
+    pub fn new(role: usize, path: Option<String>) -> MemberHandle {
+        MemberHandle {
+            role,
+            path,
+            faults: Arc::new(FaultSet::new()),
+            stats: IoStats::new(),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    /// True once `vraid remove` took it out.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
+/// A running volume as the control plane sees it.
+pub struct VolumeHandle {
+    /// Volume name.
+    pub name: String,
+    /// The RAID volume.
+    pub volume: Arc<Volume>,
+    /// Its superblocks.
+    pub metadata: Arc<ArrayMetadata>,
+    /// Client-facing I/O counters.
+    pub stats: Arc<IoStats>,
+    /// Member slots by role.
+    pub members: Vec<MemberHandle>,
+    /// Its events.
+    pub events: Arc<EventLog>,
+    engine: OnceLock<Arc<dyn EngineOps>>,
+}
+
+impl std::fmt::Debug for VolumeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeHandle")
+            .field("name", &self.name)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State of a member in status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStatusState {
+    /// In sync, serving.
+    Active,
+    /// Failed at run time.
+    Failed,
+    /// Absent since assembly.
+    Missing,
+    /// Taken out with `vraid remove`.
+    Removed,
+}
+
+/// State of a volume in status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    /// Every member active.
+    Optimal,
+    /// Members down, all data still available.
+    Degraded,
+    /// More members down than the level tolerates: some data is lost.
+    Failed,
+}
+
+/// One member in `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    /// Role.
+    pub role: usize,
+    /// Path as given at start-up.
+    pub path: Option<String>,
+    /// State.
+    pub state: MemberStatusState,
+    /// Fault rules installed on it.
+    pub faults: usize,
+    /// Counters of its data window.
+    pub io: IoSummary,
+}
+
+/// One volume in `status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeStatus {
+    /// Name.
+    pub name: String,
+    /// RAID level number (0, 1, 5).
+    pub level: u32,
+    /// State.
+    pub state: VolumeState,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Superblock event counter.
+    pub superblock_events: u64,
+    /// Client-facing counters.
+    pub io: IoSummary,
+    /// Members by role.
+    pub members: Vec<MemberStatus>,
+}
+
+/// A fault rule in `fault.list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultStatus {
+    /// Id for `fault.clear`.
+    pub id: u64,
+    /// Volume.
+    pub volume: String,
+    /// Member role.
+    pub member: usize,
+    /// Member path.
+    pub path: Option<String>,
+    /// The rule.
+    #[serde(flatten)]
+    pub spec: FaultSpec,
+    /// Times it fired.
+    pub hits: u64,
+    /// Hits left (`null`: unlimited).
+    pub remaining: Option<u64>,
+    /// True while it can still fire.
+    pub active: bool,
+}
+
+impl VolumeHandle {
+    /// A handle; `members` must be in role order.
+    pub fn new(
+        volume: Arc<Volume>,
+        metadata: Arc<ArrayMetadata>,
+        stats: Arc<IoStats>,
+        members: Vec<MemberHandle>,
+        events: Arc<EventLog>,
+    ) -> VolumeHandle {
+        VolumeHandle {
+            name: crate::block::BlockDevice::name(&*volume).to_string(),
+            volume,
+            metadata,
+            stats,
+            members,
+            events,
+            engine: OnceLock::new(),
+        }
+    }
+
+    /// Plugs the rebuild engine in; false if one already was.
+    pub fn set_engine(&self, engine: Arc<dyn EngineOps>) -> bool {
+        self.engine.set(engine).is_ok()
+    }
+
+    /// The engine, or "not available" naming `method`.
+    pub fn engine(&self, method: &str) -> Result<&Arc<dyn EngineOps>, ControlError> {
+        self.engine
+            .get()
+            .ok_or_else(|| ControlError::NotAvailable(method.to_string()))
+    }
+
+    /// The RAID level.
+    pub fn level(&self) -> Level {
+        self.volume.geometry().level()
+    }
+
+    /// State of one member slot.
+    pub fn member_state(&self, role: usize) -> MemberStatusState {
+        if self.members.get(role).is_some_and(|m| m.is_removed()) {
+            return MemberStatusState::Removed;
+        }
+        match self.volume.state(MemberIndex(role)) {
+            MemberState::Active => MemberStatusState::Active,
+            MemberState::Failed => MemberStatusState::Failed,
+            MemberState::Missing => MemberStatusState::Missing,
+        }
+    }
+
+    /// Members not active.
+    pub fn down(&self) -> usize {
+        (0..self.members.len())
+            .filter(|&r| self.member_state(r) != MemberStatusState::Active)
+            .count()
+    }
+
+    /// Optimal, degraded or failed.
+    pub fn state(&self) -> VolumeState {
+        let down = self.down();
+        if down == 0 {
+            VolumeState::Optimal
+        } else if down <= self.level().redundancy(self.members.len()) {
+            VolumeState::Degraded
+        } else {
+            VolumeState::Failed
+        }
+    }
+
+    /// Finds a member by role number or by its start-up path.
+    pub fn find_member(&self, member: &str) -> Result<&MemberHandle, ControlError> {
+        let unknown = || ControlError::UnknownMember {
+            volume: self.name.clone(),
+            member: member.to_string(),
+        };
+        if let Ok(role) = member.parse::<usize>() {
+            return self.members.get(role).ok_or_else(unknown);
+        }
+        let wanted = Path::new(member);
+        let canonical = std::fs::canonicalize(wanted).ok();
+        self.members
+            .iter()
+            .find(|m| {
+                m.path.as_deref().is_some_and(|p| {
+                    Path::new(p) == wanted
+                        || canonical.is_some()
+                            && std::fs::canonicalize(p).ok().as_ref() == canonical.as_ref()
+                })
+            })
+            .ok_or_else(unknown)
+    }
+
+    /// Status snapshot.
+    pub async fn status(&self) -> VolumeStatus {
+        let g = self.volume.geometry();
+        VolumeStatus {
+            name: self.name.clone(),
+            level: self.level().number(),
+            state: self.state(),
+            size: crate::block::BlockDevice::size(&*self.volume),
+            chunk_size: g.chunk().get(),
+            superblock_events: self.metadata.events().await,
+            io: self.stats.summary(),
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberStatus {
+                    role: m.role,
+                    path: m.path.clone(),
+                    state: self.member_state(m.role),
+                    faults: m.faults.rules().len(),
+                    io: m.stats.summary(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `vraid fail`: marks an active member failed and records it in the
+    /// other members' superblocks. Refused when it would lose data.
+    pub async fn fail(&self, role: usize) -> Result<(), ControlError> {
+        let state = self.member_state(role);
+        if state != MemberStatusState::Active {
+            return Err(ControlError::Refused(format!(
+                "member {role} of {} is already {}",
+                self.name,
+                state_word(state)
+            )));
+        }
+        let redundancy = self.level().redundancy(self.members.len());
+        if self.down() + 1 > redundancy {
+            return Err(ControlError::Refused(format!(
+                "failing member {role} would make data of {} ({}) unavailable: {} of {} members are down and it tolerates {redundancy}",
+                self.name,
+                self.level(),
+                self.down(),
+                self.members.len()
+            )));
+        }
+        self.volume
+            .fail_member_by_request(MemberIndex(role), "failed by operator request")
+            .await;
+        Ok(())
+    }
+
+    /// `vraid remove`: takes a failed or missing member out of its slot.
+    pub fn remove(&self, role: usize) -> Result<(), ControlError> {
+        let state = self.member_state(role);
+        match state {
+            MemberStatusState::Failed | MemberStatusState::Missing => {}
+            MemberStatusState::Active => {
+                return Err(ControlError::Refused(format!(
+                    "member {role} of {} is active: fail it first (vraid fail {} {role})",
+                    self.name, self.name
+                )))
+            }
+            MemberStatusState::Removed => {
+                return Err(ControlError::Refused(format!(
+                    "member {role} of {} is already removed",
+                    self.name
+                )))
+            }
+        }
+        let member = &self.members[role];
+        member.removed.store(true, Ordering::Release);
+        member.faults.clear();
+        self.events.push(
+            &self.name,
+            "member_removed",
+            Some(role),
+            format!("{}: member {role} removed from its slot", self.name),
+        );
+        Ok(())
+    }
+
+    /// Installs a fault rule on a member; returns its id.
+    pub fn add_fault(&self, role: usize, spec: FaultSpec) -> Result<u64, ControlError> {
+        spec.validate()
+            .map_err(|e| ControlError::InvalidParams(e.to_string()))?;
+        let member = self
+            .members
+            .get(role)
+            .ok_or_else(|| ControlError::UnknownMember {
+                volume: self.name.clone(),
+                member: role.to_string(),
+            })?;
+        let state = self.member_state(role);
+        if matches!(
+            state,
+            MemberStatusState::Missing | MemberStatusState::Removed
+        ) {
+            return Err(ControlError::Refused(format!(
+                "member {role} of {} is {}: no I/O reaches it",
+                self.name,
+                state_word(state)
+            )));
+        }
+        let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
+        let text = describe(&spec);
+        member.faults.add(Arc::new(FaultRule::new(id, spec)));
+        self.events.push(
+            &self.name,
+            "fault_added",
+            Some(role),
+            format!("{}: fault {id} added on member {role}: {text}", self.name),
+        );
+        Ok(id)
+    }
+
+    /// Every fault rule of this volume.
+    pub fn faults(&self) -> Vec<FaultStatus> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            for rule in m.faults.rules().iter() {
+                out.push(FaultStatus {
+                    id: rule.id,
+                    volume: self.name.clone(),
+                    member: m.role,
+                    path: m.path.clone(),
+                    spec: rule.spec.clone(),
+                    hits: rule.hits(),
+                    remaining: rule.remaining(),
+                    active: !rule.expired(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Removes fault `id` (or every fault with `None`); returns how many.
+    pub fn clear_faults(&self, id: Option<u64>) -> usize {
+        let mut n = 0;
+        for m in &self.members {
+            n += match id {
+                Some(id) => usize::from(m.faults.remove(id)),
+                None => m.faults.clear(),
+            };
+        }
+        if n > 0 {
+            let what = id.map_or_else(|| "every fault".to_string(), |id| format!("fault {id}"));
+            self.events.push(
+                &self.name,
+                "fault_cleared",
+                None,
+                format!("{}: {what} cleared ({n} rules)", self.name),
+            );
+        }
+        n
+    }
+}
+
+fn state_word(s: MemberStatusState) -> &'static str {
+    match s {
+        MemberStatusState::Active => "active",
+        MemberStatusState::Failed => "failed",
+        MemberStatusState::Missing => "missing",
+        MemberStatusState::Removed => "removed",
+    }
+}
+
+/// One line describing a fault spec, for events and `fault list`.
+pub fn describe(spec: &FaultSpec) -> String {
+    let mut s = format!("{:?} on {:?}", spec.kind, spec.op).to_lowercase();
+    if spec.offset.is_some() || spec.length.is_some() {
+        let start = spec.offset.unwrap_or(0);
+        match spec.length {
+            Some(l) => s.push_str(&format!(" bytes {start}+{l}")),
+            None => s.push_str(&format!(" bytes {start}..")),
+        }
+    }
+    if spec.probability < 1.0 {
+        s.push_str(&format!(" p={}", spec.probability));
+    }
+    if spec.delay_us > 0 {
+        s.push_str(&format!(" delay={}us", spec.delay_us));
+    }
+    if let Some(c) = spec.count {
+        s.push_str(&format!(" count={c}"));
+    }
+    s
+}
+
+/// Every running volume.
+#[derive(Debug, Default)]
+pub struct Registry {
+    volumes: Vec<Arc<VolumeHandle>>,
+}
+
+impl Registry {
+    /// A registry of `volumes`.
+    pub fn new(volumes: Vec<Arc<VolumeHandle>>) -> Registry {
+        Registry { volumes }
+    }
+
+    /// Every volume, in start-up order.
+    pub fn volumes(&self) -> &[Arc<VolumeHandle>] {
+        &self.volumes
+    }
+
+    /// The volume named `name`.
+    pub fn volume(&self, name: &str) -> Result<&Arc<VolumeHandle>, ControlError> {
+        self.volumes
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| ControlError::UnknownVolume(name.to_string()))
+    }
+
+    /// Events of every volume, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        let mut all: Vec<Event> = self
+            .volumes
+            .iter()
+            .flat_map(|v| v.events.snapshot())
+            .collect();
+        all.sort_by_key(|e| e.time_ms);
+        all
+    }
+
+    /// Removes fault `id` wherever it is, or every fault.
+    pub fn clear_faults(&self, id: Option<u64>) -> Result<usize, ControlError> {
+        let n: usize = self.volumes.iter().map(|v| v.clear_faults(id)).sum();
+        match id {
+            Some(id) if n == 0 => Err(ControlError::UnknownFault(id)),
+            _ => Ok(n),
+        }
+    }
+}

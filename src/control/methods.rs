@@ -1,0 +1,198 @@
+//! The methods of the control socket: typed parameters, dispatch to the
+//! [`Registry`], JSON results.
+//!
+//! | method        | params                                              |
+//! |---------------|-----------------------------------------------------|
+//! | `status`      | `volume?`                                           |
+//! | `fail`        | `volume`, `member`                                  |
+//! | `remove`      | `volume`, `member`                                  |
+//! | `fault.add`   | `volume`, `member`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
+//! | `fault.list`  | `volume?`                                           |
+//! | `fault.clear` | `id?`                                               |
+//! | `add`         | `volume`, `path` (rebuild engine)                   |
+//! | `replace`     | `volume`, `member`, `path` (rebuild engine)         |
+//! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
+//!
+//! `member` is a role number or the member path given at start-up.
+
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::handle::{Registry, VolumeHandle};
+use super::ControlError;
+use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
+
+/// A member given by role number or path.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MemberArg {
+    Role(usize),
+    Path(String),
+}
+
+impl MemberArg {
+    fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
+        let text = match self {
+            MemberArg::Role(r) => r.to_string(),
+            MemberArg::Path(p) => p.clone(),
+        };
+        vol.find_member(&text).map(|m| m.role)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeFilter {
+    volume: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberParams {
+    volume: String,
+    member: MemberArg,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultAddParams {
+    volume: String,
+    member: MemberArg,
+    kind: FaultKind,
+    #[serde(default)]
+    op: FaultOp,
+    offset: Option<u64>,
+    length: Option<u64>,
+    probability: Option<f64>,
+    delay_us: Option<u64>,
+    count: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultClearParams {
+    id: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddParams {
+    volume: String,
+    path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceParams {
+    volume: String,
+    member: MemberArg,
+    path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetParams {
+    volume: String,
+    rebuild_max_mbps: u64,
+}
+
+fn params<T: DeserializeOwned>(v: Value) -> Result<T, ControlError> {
+    serde_json::from_value(v).map_err(|e| ControlError::InvalidParams(e.to_string()))
+}
+
+/// Runs one method.
+pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, ControlError> {
+    match method {
+        "status" => status(reg, params(p)?).await,
+        "fail" => {
+            let p: MemberParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            let role = p.member.resolve(vol)?;
+            vol.fail(role).await?;
+            Ok(
+                json!({"volume": vol.name, "member": role, "state": vol.member_state(role), "volume_state": vol.state()}),
+            )
+        }
+        "remove" => {
+            let p: MemberParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            let role = p.member.resolve(vol)?;
+            vol.remove(role)?;
+            Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))
+        }
+        "fault.add" => fault_add(reg, params(p)?),
+        "fault.list" => {
+            let p: VolumeFilter = params(p)?;
+            let faults: Vec<_> = match &p.volume {
+                Some(name) => reg.volume(name)?.faults(),
+                None => reg.volumes().iter().flat_map(|v| v.faults()).collect(),
+            };
+            Ok(json!({ "faults": faults }))
+        }
+        "fault.clear" => {
+            let p: FaultClearParams = params(p)?;
+            Ok(json!({ "cleared": reg.clear_faults(p.id)? }))
+        }
+        "add" => {
+            let p: AddParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            vol.engine("add")?.add(p.path).await
+        }
+        "replace" => {
+            let p: ReplaceParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            let role = p.member.resolve(vol)?;
+            vol.engine("replace")?.replace(role, p.path).await
+        }
+        "set" => {
+            let p: SetParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            vol.engine("set")?
+                .set_rebuild_max_mbps(p.rebuild_max_mbps)
+                .await
+        }
+        other => Err(ControlError::MethodNotFound(other.to_string())),
+    }
+}
+
+async fn status(reg: &Registry, p: VolumeFilter) -> Result<Value, ControlError> {
+    let mut volumes = Vec::new();
+    match &p.volume {
+        Some(name) => volumes.push(reg.volume(name)?.status().await),
+        None => {
+            for v in reg.volumes() {
+                volumes.push(v.status().await);
+            }
+        }
+    }
+    let events: Vec<_> = reg
+        .events()
+        .into_iter()
+        .filter(|e| p.volume.as_ref().is_none_or(|n| *n == e.volume))
+        .collect();
+    Ok(json!({ "volumes": volumes, "events": events }))
+}
+
+fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<Value, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let role = p.member.resolve(vol)?;
+    let spec = FaultSpec {
+        kind: p.kind,
+        op: p.op,
+        offset: p.offset,
+        length: p.length,
+        probability: p.probability.unwrap_or(1.0),
+        delay_us: p.delay_us.unwrap_or(0),
+        count: p.count,
+    };
+    if spec.kind != FaultKind::Delay && spec.delay_us != 0 {
+        return Err(ControlError::InvalidParams(
+            "delay_us only applies to kind \"delay\"".into(),
+        ));
+    }
+    let id = vol.add_fault(role, spec)?;
+    Ok(json!({ "id": id, "volume": vol.name, "member": role }))
+}

@@ -1,0 +1,190 @@
+//! The control methods against an in-memory RAID-5 volume: dispatch through
+//! [`answer`], as the socket does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::handle::{EngineOps, MemberHandle, Registry, VolumeHandle};
+use super::server::answer;
+use super::{ControlError, EventLog};
+use crate::block::{BlockDevice, BlockError, BoxFuture};
+use crate::member::fault::FaultDevice;
+use crate::member::memory::MemDevice;
+use crate::meta::{assemble, create_array, CreateSpec};
+use crate::metrics::stats::{IoStats, StatsDevice};
+use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, Volume, VolumeEvents};
+use crate::units::ByteOffset;
+
+struct Quiet;
+
+impl VolumeEvents for Quiet {
+    fn member_failed(&self, _: MemberIndex, _: &BlockError) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+async fn registry() -> Registry {
+    let devs: Vec<Arc<dyn BlockDevice>> = (0..3)
+        .map(|i| Arc::new(MemDevice::new(format!("/m{i}"), 8 << 20)) as Arc<dyn BlockDevice>)
+        .collect();
+    let spec = CreateSpec {
+        name: "vol0".into(),
+        level: Level::Raid5,
+        chunk_size: 64 << 10,
+        force: false,
+    };
+    create_array(&devs, &spec).await.unwrap();
+    let named = devs
+        .iter()
+        .map(|d| (d.name().to_string(), d.clone()))
+        .collect();
+    let a = assemble(named).await.unwrap();
+    let handles: Vec<MemberHandle> = (0..3)
+        .map(|r| MemberHandle::new(r, Some(format!("/m{r}"))))
+        .collect();
+    let members = a
+        .members
+        .iter()
+        .zip(&handles)
+        .map(|(m, h)| {
+            let w = Arc::new(m.as_ref().unwrap().data.clone()) as Arc<dyn BlockDevice>;
+            let f = Arc::new(FaultDevice::new(w, h.faults.clone(), 1));
+            Some(Arc::new(StatsDevice::new(f, h.stats.clone())) as Arc<dyn BlockDevice>)
+        })
+        .collect();
+    let g = Geometry::new(
+        a.level,
+        3,
+        ChunkSize::new(u64::from(a.chunk_size)).unwrap(),
+        a.data_size,
+    )
+    .unwrap();
+    let vol = Arc::new(Volume::new("vol0".into(), g, members, Arc::new(Quiet)).unwrap());
+    let handle = VolumeHandle::new(
+        vol,
+        a.metadata.clone(),
+        IoStats::new(),
+        handles,
+        Arc::new(EventLog::new()),
+    );
+    Registry::new(vec![Arc::new(handle)])
+}
+
+async fn call(reg: &Registry, method: &str, params: Value) -> Value {
+    let line = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let reply = answer(line.to_string().as_bytes(), reg).await.unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+#[tokio::test]
+async fn fault_add_list_clear_round_trip() {
+    // Arrange
+    let reg = registry().await;
+    // Act
+    let added = call(
+        &reg,
+        "fault.add",
+        json!({"volume": "vol0", "member": "/m1", "kind": "error", "op": "read", "count": 2}),
+    )
+    .await;
+    let listed = call(&reg, "fault.list", json!({})).await;
+    let cleared = call(&reg, "fault.clear", json!({"id": added["result"]["id"]})).await;
+    let again = call(&reg, "fault.clear", json!({"id": added["result"]["id"]})).await;
+    // Assert
+    assert_eq!(added["result"]["member"], 1);
+    let f = &listed["result"]["faults"][0];
+    assert_eq!(
+        (f["kind"].as_str(), f["op"].as_str()),
+        (Some("error"), Some("read"))
+    );
+    assert_eq!(
+        (f["remaining"].as_u64(), f["active"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(cleared["result"]["cleared"], 1);
+    assert_eq!(again["error"]["code"], -32005);
+    let kinds: Vec<String> = reg.events().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["fault_added", "fault_cleared"]);
+}
+
+#[tokio::test]
+async fn fail_then_remove_changes_member_state_and_volume_state() {
+    // Arrange
+    let reg = registry().await;
+    // Act
+    let active_remove = call(&reg, "remove", json!({"volume": "vol0", "member": 2})).await;
+    let failed = call(&reg, "fail", json!({"volume": "vol0", "member": 2})).await;
+    let second = call(&reg, "fail", json!({"volume": "vol0", "member": 0})).await;
+    let removed = call(&reg, "remove", json!({"volume": "vol0", "member": "2"})).await;
+    let status = call(&reg, "status", json!({"volume": "vol0"})).await;
+    // Assert
+    assert_eq!(active_remove["error"]["code"], -32003);
+    assert_eq!(failed["result"]["volume_state"], "degraded");
+    assert_eq!(second["error"]["code"], -32003, "{second}");
+    assert_eq!(removed["result"]["state"], "removed");
+    let v = &status["result"]["volumes"][0];
+    assert_eq!(v["state"], "degraded");
+    assert_eq!(v["members"][2]["state"], "removed");
+    // The degraded volume still reads (parity reconstruction).
+    let vol = &reg.volumes()[0].volume;
+    let mut buf = vec![0u8; 4096];
+    vol.read(ByteOffset(64 << 10), &mut buf).await.unwrap();
+}
+
+struct FakeEngine;
+
+impl EngineOps for FakeEngine {
+    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move { Ok(json!({"added": path})) })
+    }
+    fn replace(&self, member: usize, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move { Ok(json!({"replacing": member})) })
+    }
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move { Ok(json!({"mbps": mbps})) })
+    }
+}
+
+#[tokio::test]
+async fn engine_methods_answer_not_available_until_an_engine_is_registered() {
+    // Arrange
+    let reg = registry().await;
+    let before = call(&reg, "add", json!({"volume": "vol0", "path": "/new"})).await;
+    // Act
+    assert!(reg.volumes()[0].set_engine(Arc::new(FakeEngine)));
+    let add = call(&reg, "add", json!({"volume": "vol0", "path": "/new"})).await;
+    let replace = call(
+        &reg,
+        "replace",
+        json!({"volume": "vol0", "member": "/m1", "path": "/new"}),
+    )
+    .await;
+    let set = call(
+        &reg,
+        "set",
+        json!({"volume": "vol0", "rebuild_max_mbps": 50}),
+    )
+    .await;
+    let bad = call(
+        &reg,
+        "set",
+        json!({"volume": "vol0", "rebuild_max_mbps": "fast"}),
+    )
+    .await;
+    // Assert
+    assert_eq!(before["error"]["code"], -32004);
+    assert_eq!(add["result"]["added"], "/new");
+    assert_eq!(replace["result"]["replacing"], 1);
+    assert_eq!(set["result"]["mbps"], 50);
+    assert_eq!(bad["error"]["code"], -32602);
+}
+
+#[tokio::test]
+async fn notification_runs_but_gets_no_reply() {
+    let reg = registry().await;
+    let line = br#"{"jsonrpc":"2.0","method":"fault.add","params":{"volume":"vol0","member":0,"kind":"offline"}}"#;
+    assert!(answer(line, &reg).await.is_none());
+    assert_eq!(reg.volumes()[0].faults().len(), 1);
+}

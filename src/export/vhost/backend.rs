@@ -1,0 +1,352 @@
+//! The vhost-user backend of one connection: implements the `&self`
+//! [`VhostUserBackend`] trait with per-queue state, one worker thread per
+//! queue, and no lock held across I/O.
+//!
+//! ```text
+//!  kick ─► worker thread (queue i): pop chains under the vring lock, drop it
+//!            └─► parse ─► push execute() on the queue's executor ──► Volume
+//!  wake ─► worker thread (queue i): poll; a completed request: copy data in,
+//!            status, add_used + needs_notification (vring lock), signal,
+//!            in-flight count − 1
+//!  GET_VRING_BASE / RESET_DEVICE ─► wait until the queue's in-flight count is 0
+//! ```
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
+use super::exec::{answer, execute, BufPool, ExportContext, Status};
+use super::executor::QueueExecutor;
+use super::request::parse;
+
+/// Guest memory as the backend sees it (no dirty bitmap: logging is not offered).
+pub type GuestMem = GuestMemoryMmap<()>;
+/// The atomically swappable guest memory handed over by the frontend.
+pub type AtomicMem = GuestMemoryAtomic<GuestMem>;
+/// The vring type of the backend.
+pub type Vring = VringRwLock<AtomicMem>;
+
+/// How long a queue stop waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests of one queue that have been popped but not yet put on the used ring.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    /// Counts one more request until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlightGuard {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn get(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until nothing is in flight; false on timeout.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            count = match self.idle.wait_timeout(count, left) {
+                Ok((c, _)) => c,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// Decrements the in-flight count when the request is answered (or dropped).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count -= 1;
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// The backend of one frontend connection.
+pub struct BlkBackend {
+    ctx: Arc<ExportContext>,
+    runtime: tokio::runtime::Handle,
+    mem: RwLock<Option<AtomicMem>>,
+    event_idx: AtomicBool,
+    queues: Vec<Arc<InFlight>>,
+    pools: Vec<Arc<BufPool>>,
+    executors: Vec<QueueExecutor>,
+}
+
+impl std::fmt::Debug for BlkBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkBackend")
+            .field("ctx", &self.ctx)
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl BlkBackend {
+    /// A backend for `ctx` whose requests run in `runtime`'s context.
+    pub fn new(ctx: Arc<ExportContext>, runtime: tokio::runtime::Handle) -> io::Result<BlkBackend> {
+        let n = usize::from(ctx.spec.num_queues);
+        Ok(BlkBackend {
+            ctx,
+            runtime,
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            queues: (0..n).map(|_| Arc::new(InFlight::default())).collect(),
+            pools: (0..n).map(|_| Arc::new(BufPool::default())).collect(),
+            executors: (0..n)
+                .map(|_| QueueExecutor::new())
+                .collect::<io::Result<_>>()?,
+        })
+    }
+
+    /// The epoll event id of queue `index`'s completion wake-ups: above the
+    /// ids the vhost-user event loop reserves (queues, then exit).
+    fn wake_event(&self, index: usize) -> u64 {
+        (self.queues.len() + 1 + index) as u64
+    }
+
+    /// Registers each queue's wake-up eventfd with the worker thread that
+    /// serves the queue (thread `i` serves queue `i`).
+    pub fn register_wakers(
+        &self,
+        handlers: &[Arc<vhost_user_backend::VringEpollHandler<Arc<BlkBackend>>>],
+    ) -> io::Result<()> {
+        for (index, exec) in self.executors.iter().enumerate() {
+            let handler = handlers
+                .get(index)
+                .ok_or_else(|| io::Error::other(format!("no worker thread for queue {index}")))?;
+            handler.register_listener(exec.wake_fd(), EventSet::IN, self.wake_event(index))?;
+        }
+        Ok(())
+    }
+
+    /// Requests in flight on every queue.
+    pub fn in_flight(&self) -> usize {
+        self.queues.iter().map(|q| q.get()).sum()
+    }
+
+    /// Waits for every queue to drain; false on timeout.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.queues
+            .iter()
+            .all(|q| q.wait_idle(deadline.saturating_duration_since(Instant::now())))
+    }
+
+    /// Pops every available chain and starts it.
+    fn process_queue(&self, index: usize, vring: &Vring) {
+        let Some(atomic) = self.mem.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
+        let mem = atomic.memory().into_inner();
+        let chains: Vec<_> = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            std::iter::from_fn(|| queue.pop_descriptor_chain(mem.clone())).collect()
+        };
+        for chain in chains {
+            let head = chain.head_index();
+            let guard = self.queues[index].begin();
+            match parse(&*mem, chain) {
+                Ok(req) => {
+                    let ctx = self.ctx.clone();
+                    let pool = self.pools[index].clone();
+                    let mem = mem.clone();
+                    let vring = vring.clone();
+                    self.executors[index].push(Box::pin(async move {
+                        let (status, data_in) = execute(&ctx, &pool, &*mem, &req).await;
+                        let used = answer(&*mem, req.status, status, data_in);
+                        complete(&vring, head, used);
+                        drop(guard);
+                    }));
+                }
+                Err(e) => {
+                    debug!("{}: bad request on queue {index}: {e}", self.ctx.spec.name);
+                    let used = e
+                        .status
+                        .map_or(0, |addr| answer(&*mem, addr, Status::IOERR, 0));
+                    complete(vring, head, used);
+                    drop(guard);
+                }
+            }
+        }
+    }
+}
+
+/// Puts a chain on the used ring and signals the driver if it wants it.
+/// The vring lock is held only for the ring update, never for the signal.
+fn complete(vring: &Vring, head: u16, used: u32) {
+    let notify = {
+        let mut state = vring.get_mut();
+        if let Err(e) = state.add_used(head, used) {
+            warn!("cannot add used descriptor {head}: {e}");
+            return;
+        }
+        state.needs_notification().unwrap_or(true)
+    };
+    if notify {
+        if let Err(e) = vring.signal_used_queue() {
+            debug!("cannot signal the used queue: {e}");
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.ctx.spec.features()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        DeviceSpec::protocol_features()
+    }
+
+    fn reset_device(&self) {
+        if !self.drain(DRAIN_TIMEOUT) {
+            warn!(
+                "{}: device reset with requests still in flight",
+                self.ctx.spec.name
+            );
+        }
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let space = self
+            .ctx
+            .spec
+            .config_space(self.ctx.writeback.load(Ordering::Relaxed));
+        config_slice(&space, offset, size).unwrap_or_default()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        match (offset as usize, buf) {
+            (WCE_OFFSET, [wce]) => {
+                self.ctx.writeback.store(*wce != 0, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only the wce byte of the config space is writable",
+            )),
+        }
+    }
+
+    fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.queues.len()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn stop_vring(&self, index: u32) -> io::Result<()> {
+        let Some(queue) = self.queues.get(index as usize) else {
+            return Ok(());
+        };
+        if queue.wait_idle(DRAIN_TIMEOUT) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("queue {index} did not drain within {DRAIN_TIMEOUT:?}"),
+            ))
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!("{}: unexpected event set {evset:?}", self.ctx.spec.name);
+            return Ok(());
+        }
+        let index = usize::from(device_event);
+        let _runtime = self.runtime.enter();
+        let n = self.queues.len();
+        if index > n && index - n - 1 < n {
+            self.executors[index - n - 1].run();
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(index) else {
+            warn!("{}: event for unknown queue {index}", self.ctx.spec.name);
+            return Ok(());
+        };
+        if !self.event_idx.load(Ordering::Relaxed) {
+            self.process_queue(index, vring);
+            self.executors[index].run();
+            return Ok(());
+        }
+        // EVENT_IDX: suppress kicks while draining, re-enable, and look again
+        // for chains that raced with the re-enable. A ring the guest placed
+        // outside its memory ends the loop; the worker thread stays alive.
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                debug!("{}: queue {index}: {e}", self.ctx.spec.name);
+            }
+            self.process_queue(index, vring);
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    debug!("{}: queue {index}: {e}", self.ctx.spec.name);
+                    break;
+                }
+            }
+        }
+        self.executors[index].run();
+        Ok(())
+    }
+}

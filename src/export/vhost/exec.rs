@@ -1,0 +1,252 @@
+//! Runs one parsed [`BlockRequest`] on the volume and answers it in guest
+//! memory: data-in copied to the segments, then the status byte.
+//!
+//! ```text
+//!  BlockRequest ─► range / read-only checks ─► BlockDevice call ─► copy data in
+//!                        │ refuse: IOERR / UNSUPP              ─► status byte
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use super::device::DeviceSpec;
+use super::request::{
+    total, BlockRequest, Op, Range, Sector, Segment, RANGE_FLAG_UNMAP, SECTOR_SIZE,
+};
+use crate::block::{BlockDevice, BlockError, Durability};
+use crate::units::ByteOffset;
+
+/// A virtio-blk status byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status(pub u8);
+
+impl Status {
+    /// `VIRTIO_BLK_S_OK`.
+    pub const OK: Status = Status(VIRTIO_BLK_S_OK as u8);
+    /// `VIRTIO_BLK_S_IOERR`.
+    pub const IOERR: Status = Status(VIRTIO_BLK_S_IOERR as u8);
+    /// `VIRTIO_BLK_S_UNSUPP`.
+    pub const UNSUPP: Status = Status(VIRTIO_BLK_S_UNSUPP as u8);
+}
+
+/// The one mapping from a block error to the virtio status byte.
+pub fn status_of(e: &BlockError) -> Status {
+    match e {
+        BlockError::Unsupported => Status::UNSUPP,
+        _ => Status::IOERR,
+    }
+}
+
+/// What every request of one export needs.
+pub struct ExportContext {
+    /// The volume.
+    pub device: Arc<dyn BlockDevice>,
+    /// The device as the guest sees it.
+    pub spec: DeviceSpec,
+    /// Write cache on (writeback); off means every write is FUA.
+    pub writeback: AtomicBool,
+}
+
+impl std::fmt::Debug for ExportContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportContext")
+            .field("device", &self.device.name())
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+/// Bounce buffers of one queue, reused so that large requests neither
+/// fault in fresh pages nor zero them each time. The lock is held only to
+/// take or return a buffer, never across I/O.
+#[derive(Debug, Default)]
+pub struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// Buffers kept per queue.
+    const KEEP: usize = 64;
+    /// Buffers larger than this are not kept.
+    const MAX_KEPT_LEN: usize = 4 << 20;
+
+    /// A buffer of at least `len` bytes (contents unspecified).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter()
+                .position(|b| b.len() >= len)
+                .map(|i| free.swap_remove(i))
+        };
+        reused.unwrap_or_else(|| vec![0u8; len])
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn give(&self, buf: Vec<u8>) {
+        if buf.len() <= Self::MAX_KEPT_LEN {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() < Self::KEEP {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// Writes `status` to `addr`; returns the bytes the device wrote in all
+/// (`data_in` plus the status byte) for the used ring.
+pub fn answer<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    status: Status,
+    data_in: u32,
+) -> u32 {
+    match mem.write_obj(status.0, addr) {
+        Ok(()) => data_in.saturating_add(1),
+        Err(_) => 0,
+    }
+}
+
+/// Executes `req`; returns the status and the bytes of data written into
+/// guest memory.
+pub async fn execute<M: GuestMemory + ?Sized>(
+    ctx: &ExportContext,
+    pool: &BufPool,
+    mem: &M,
+    req: &BlockRequest,
+) -> (Status, u32) {
+    let result = match &req.op {
+        Op::Read(segs) => return read(ctx, pool, mem, req.sector, segs).await,
+        Op::Write(segs) => write(ctx, pool, mem, req.sector, segs).await,
+        Op::Flush => ctx.device.flush().await.map_err(|e| status_of(&e)),
+        Op::GetId(segs) => return (Status::OK, scatter(mem, segs, &ctx.spec.id())),
+        Op::Discard(ranges) => clear(ctx, ranges, false).await,
+        Op::WriteZeroes(ranges) => clear(ctx, ranges, true).await,
+        Op::Unsupported(_) => Err(Status::UNSUPP),
+    };
+    (result.err().unwrap_or(Status::OK), 0)
+}
+
+/// Byte offset of `len` bytes at `sector`, if inside the device.
+fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffset, Status> {
+    let size = ctx.spec.size - ctx.spec.size % SECTOR_SIZE;
+    match sector.byte_offset() {
+        Some(off) if off.checked_add(len).is_some_and(|end| end <= size) => Ok(ByteOffset(off)),
+        _ => Err(Status::IOERR),
+    }
+}
+
+async fn read<M: GuestMemory + ?Sized>(
+    ctx: &ExportContext,
+    pool: &BufPool,
+    mem: &M,
+    sector: Sector,
+    segs: &[Segment],
+) -> (Status, u32) {
+    let len = total(segs);
+    let offset = match byte_range(ctx, sector, len) {
+        Ok(o) => o,
+        Err(s) => return (s, 0),
+    };
+    let mut buf = pool.take(len as usize);
+    let data = &mut buf[..len as usize];
+    let result = match ctx.device.read(offset, data).await {
+        Ok(()) => match scatter(mem, segs, data) {
+            n if u64::from(n) == len => (Status::OK, n),
+            n => (Status::IOERR, n),
+        },
+        Err(e) => (status_of(&e), 0),
+    };
+    pool.give(buf);
+    result
+}
+
+async fn write<M: GuestMemory + ?Sized>(
+    ctx: &ExportContext,
+    pool: &BufPool,
+    mem: &M,
+    sector: Sector,
+    segs: &[Segment],
+) -> Result<(), Status> {
+    if ctx.spec.read_only {
+        return Err(Status::IOERR);
+    }
+    let len = total(segs);
+    let offset = byte_range(ctx, sector, len)?;
+    let durability = if ctx.writeback.load(Ordering::Relaxed) {
+        Durability::Normal
+    } else {
+        Durability::Fua
+    };
+    let mut buf = pool.take(len as usize);
+    let result = match gather(mem, segs, &mut buf[..len as usize]) {
+        Ok(()) => ctx
+            .device
+            .write(offset, &buf[..len as usize], durability)
+            .await
+            .map_err(|e| status_of(&e)),
+        Err(s) => Err(s),
+    };
+    pool.give(buf);
+    result
+}
+
+/// Copies the segments out of guest memory into `out` (exactly their length).
+fn gather<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: &[Segment],
+    out: &mut [u8],
+) -> Result<(), Status> {
+    let mut at = 0usize;
+    for s in segs {
+        let end = at + s.len as usize;
+        mem.read_slice(&mut out[at..end], s.addr)
+            .map_err(|_| Status::IOERR)?;
+        at = end;
+    }
+    Ok(())
+}
+
+async fn clear(ctx: &ExportContext, ranges: &[Range], zeroes: bool) -> Result<(), Status> {
+    if ctx.spec.read_only {
+        return Err(Status::IOERR);
+    }
+    for r in ranges {
+        let reserved = r.flags & !RANGE_FLAG_UNMAP;
+        // Discard with the unmap flag, or any reserved flag: UNSUPP (spec 5.2.6.2).
+        if reserved != 0 || (!zeroes && r.flags != 0) {
+            return Err(Status::UNSUPP);
+        }
+        let len = u64::from(r.num_sectors) * SECTOR_SIZE;
+        let offset = byte_range(ctx, r.sector, len)?;
+        if len == 0 {
+            continue;
+        }
+        let result = if zeroes {
+            let may_unmap = r.flags & RANGE_FLAG_UNMAP != 0;
+            ctx.device.write_zeroes(offset, len, may_unmap).await
+        } else {
+            ctx.device.discard(offset, len).await
+        };
+        result.map_err(|e| status_of(&e))?;
+    }
+    Ok(())
+}
+
+/// Copies `data` into the segments, as far as both reach; returns bytes copied.
+fn scatter<M: GuestMemory + ?Sized>(mem: &M, segs: &[Segment], data: &[u8]) -> u32 {
+    let mut at = 0usize;
+    for s in segs {
+        if at >= data.len() {
+            break;
+        }
+        let end = (at + s.len as usize).min(data.len());
+        if mem.write_slice(&data[at..end], s.addr).is_err() {
+            break;
+        }
+        at = end;
+    }
+    u32::try_from(at).unwrap_or(u32::MAX)
+}
