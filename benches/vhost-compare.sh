@@ -158,7 +158,11 @@ start_target() {
                 --name vol0 "${members[@]}" >"$dir/create.log" 2>&1 ||
                 { tail -n 20 "$dir/create.log" >&2; return 1; }
             port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-            "$VRAID" serve --nbd "127.0.0.1:$port" --vhost-user-blk "$sock" --vhost-queues "$MAX_QUEUES" \
+            # Both vraid targets run at once: each gets its own control socket.
+            local control=()
+            "$VRAID" serve --help | grep -q -- --control && control=(--control "$dir/control.sock")
+            "$VRAID" serve --nbd "127.0.0.1:$port" "${control[@]}" \
+                --vhost-user-blk "$sock" --vhost-queues "$MAX_QUEUES" \
                 "${members[@]}" >"$dir/server.log" 2>&1 &
             SERVER_PID=$!
             ;;
