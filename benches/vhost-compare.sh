@@ -206,6 +206,7 @@ for target in $TARGETS; do
     STARTED+=("$target")
 done
 
+JOB_TIMEOUT=$(awk -v r="$RUNTIME" 'BEGIN { print r + 60 }')
 for ((round = 1; round <= REPEAT; round++)); do
     for job in $JOBS; do
         for q in $QUEUES; do
@@ -213,12 +214,13 @@ for ((round = 1; round <= REPEAT; round++)); do
             for target in "${STARTED[@]}"; do
                 dir=$WORKDIR/run/$target
                 log "round $round/$REPEAT: $target: $job, $q queue(s), ${RUNTIME}s"
-                if out=$(timeout 300 "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
+                # A job that overruns by a minute has requests stuck in the server.
+                if out=$(timeout "$JOB_TIMEOUT" "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
                     --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err"); then
                     printf '{"target":"%s","job":"%s","round":%d,"result":%s}\n' \
                         "$target" "$job" "$round" "$out" >>"$RESULTS"
                 else
-                    log "$target: $job q$q failed: $(cat "$dir/$job-q$q.err")"
+                    log "$target: $job q$q failed (timeout after ${JOB_TIMEOUT}s = requests stuck): $(cat "$dir/$job-q$q.err")"
                     FAILED=1
                 fi
             done
