@@ -215,12 +215,17 @@ for ((round = 1; round <= REPEAT; round++)); do
                 dir=$WORKDIR/run/$target
                 log "round $round/$REPEAT: $target: $job, $q queue(s), ${RUNTIME}s"
                 # A job that overruns by a minute has requests stuck in the server.
-                if out=$(timeout "$JOB_TIMEOUT" "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
-                    --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err"); then
+                rc=0
+                out=$(timeout "$JOB_TIMEOUT" "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
+                    --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err") || rc=$?
+                if ((rc == 0)); then
                     printf '{"target":"%s","job":"%s","round":%d,"result":%s}\n' \
                         "$target" "$job" "$round" "$out" >>"$RESULTS"
+                elif ((rc == 124)); then
+                    log "$target: $job q$q FAILED: no completion within ${JOB_TIMEOUT}s (requests stuck in the server)"
+                    FAILED=1
                 else
-                    log "$target: $job q$q failed (timeout after ${JOB_TIMEOUT}s = requests stuck): $(cat "$dir/$job-q$q.err")"
+                    log "$target: $job q$q FAILED: $(cat "$dir/$job-q$q.err")"
                     FAILED=1
                 fi
             done
