@@ -70,6 +70,7 @@ fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
     let set = vraid_ctl_ok(&ctl, &["set", "mirror", "--rebuild-max-mbps", "100"]);
     let added = vraid_ctl_ok(&ctl, &["add", "mirror", new.to_str().unwrap()]);
     let v = wait_optimal(&ctl, "mirror");
+    let events = status_json(&ctl)["events"].clone();
     assert_fio_clean(fio);
     qemu_io(&uri, &["read -P 0x4e 0 8M".into()]);
     assert_eq!(server.stop(), 0);
@@ -81,6 +82,15 @@ fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
         "{added}"
     );
     assert_eq!(v["rebuild_max_mbps"], 100);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in ["member_failed", "rebuild_started", "rebuild_finished"] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
     assert_eq!(examine(&new)["role"], 1);
     assert!(
         member_data(&paths[0]) == member_data(&new),

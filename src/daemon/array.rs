@@ -124,6 +124,8 @@ pub struct ArrayHandle {
     pub resynced_bytes: AtomicU64,
     /// Bytes copied onto new or re-added members in this run.
     pub rebuilt_bytes: AtomicU64,
+    /// Where operational events go for `vraid status` (set once by the daemon).
+    events: std::sync::OnceLock<Arc<crate::control::events::EventLog>>,
 }
 
 impl std::fmt::Debug for ArrayHandle {
@@ -216,6 +218,7 @@ impl ArrayHandle {
             tasks: Mutex::new(Vec::new()),
             resynced_bytes: AtomicU64::new(0),
             rebuilt_bytes: AtomicU64::new(0),
+            events: std::sync::OnceLock::new(),
         });
         let h = handle.clone();
         let supervisor = tokio::spawn(async move {
@@ -258,6 +261,21 @@ impl ArrayHandle {
             .unwrap_or_else(|e| e.into_inner())
             .push(supervisor);
         handle
+    }
+
+    /// Sends spare, rebuild and resync events to `log` as well as to the
+    /// tracing log (`vraid status --json` shows them).
+    pub fn set_event_log(&self, log: Arc<crate::control::events::EventLog>) {
+        let _ = self.events.set(log);
+    }
+
+    /// Records an operational event: in the status event ring when the
+    /// daemon gave one (which also logs it), else in the log only.
+    fn event(&self, kind: &str, member: Option<usize>, message: String) {
+        match self.events.get() {
+            Some(log) => log.push(&self.name, kind, member, message),
+            None => info!("{message}"),
+        }
     }
 
     /// The volume.
@@ -422,11 +440,15 @@ impl ArrayHandle {
         }
         let ranges = bitmap.dirty_ranges();
         self.set_path(role, path);
-        info!(
-            "{}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
-            self.name,
-            path.display(),
-            ranges.iter().map(|(a, b)| b - a).sum::<u64>()
+        self.event(
+            "recovery_started",
+            Some(role),
+            format!(
+                "{}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
+                self.name,
+                path.display(),
+                ranges.iter().map(|(a, b)| b - a).sum::<u64>()
+            ),
         );
         let h = self.clone();
         let task = tokio::spawn(async move {
@@ -483,10 +505,14 @@ impl ArrayHandle {
             self.rebuilding.store(false, Ordering::Release);
             return Err(self.raid_err(e));
         }
-        info!(
-            "{}: replacing member {role} with {}",
-            self.name,
-            path.display()
+        self.event(
+            "replace_started",
+            Some(role),
+            format!(
+                "{}: replacing member {role} with {}",
+                self.name,
+                path.display()
+            ),
         );
         let h = self.clone();
         let sink = ReplaceSink {
@@ -547,11 +573,15 @@ impl ArrayHandle {
 
     async fn run_resync(&self, ranges: Vec<(u64, u64)>) {
         let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
-        info!(
-            "{}: resyncing {} dirty bytes in {} ranges",
-            self.name,
-            total,
-            ranges.len()
+        self.event(
+            "resync_started",
+            None,
+            format!(
+                "{}: resyncing {} dirty bytes in {} ranges",
+                self.name,
+                total,
+                ranges.len()
+            ),
         );
         let bitmap = self.bitmap.clone();
         let done = move |a: u64, b: u64| {
@@ -563,9 +593,13 @@ impl ArrayHandle {
             Ok(rewritten) => {
                 self.resynced_bytes.fetch_add(rewritten, Ordering::Relaxed);
                 self.resync_pending.store(false, Ordering::Release);
-                info!(
-                    "{}: resync finished: scanned {total} bytes, rewrote {rewritten} bytes",
-                    self.name
+                self.event(
+                    "resync_finished",
+                    None,
+                    format!(
+                        "{}: resync finished: scanned {total} bytes, rewrote {rewritten} bytes",
+                        self.name
+                    ),
                 );
             }
             Err(e) => warn!("{}: resync stopped: {}", self.name, error_chain(&e)),
@@ -593,12 +627,16 @@ impl ArrayHandle {
                     }
                 }
                 let secs = started.elapsed().as_secs_f64();
-                info!(
-                    "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
-                    self.name,
-                    if recovery { "recovery" } else { "rebuild" },
-                    self.data_size,
-                    copied as f64 / secs.max(1e-6) / 1e6
+                self.event(
+                    "rebuild_finished",
+                    Some(role),
+                    format!(
+                        "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
+                        self.name,
+                        if recovery { "recovery" } else { "rebuild" },
+                        self.data_size,
+                        copied as f64 / secs.max(1e-6) / 1e6
+                    ),
                 );
             }
             Err(RebuildError::Cancelled) => {
@@ -647,10 +685,14 @@ impl ArrayHandle {
                     spares.remove(0)
                 };
                 let path = spare.path.clone();
-                info!(
-                    "{}: activating spare {} for member {role}",
-                    self.name,
-                    path.display()
+                self.event(
+                    "spare_activated",
+                    Some(role),
+                    format!(
+                        "{}: activating spare {} for member {role}",
+                        self.name,
+                        path.display()
+                    ),
                 );
                 match self.start_rebuild(role, spare).await {
                     Ok(()) => return,
@@ -685,10 +727,14 @@ impl ArrayHandle {
             return result;
         }
         self.set_path(role, &spare.path);
-        info!(
-            "{}: rebuilding member {role} onto {}",
-            self.name,
-            spare.path.display()
+        self.event(
+            "rebuild_started",
+            Some(role),
+            format!(
+                "{}: rebuilding member {role} onto {}",
+                self.name,
+                spare.path.display()
+            ),
         );
         let h = self.clone();
         let task = tokio::spawn(async move {

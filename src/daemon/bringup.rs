@@ -331,6 +331,7 @@ pub async fn assemble_volume_with(
         volume.size()
     );
     handle.set_engine(Arc::new(super::engine_ops::ArrayEngine(array.clone())));
+    array.set_event_log(handle.events.clone());
     Ok(Assembled {
         volume,
         assembly,

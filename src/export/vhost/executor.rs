@@ -176,7 +176,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if x % 64 == 0 {
+                if x.is_multiple_of(64) {
                     std::thread::yield_now();
                 }
                 let _ = s.send(());
