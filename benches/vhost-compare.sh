@@ -87,7 +87,7 @@ if [[ " $TARGETS " == *" vraid-"* ]]; then
         cargo build -q --release -p vraid
     fi
     [[ -x $VRAID ]] || die "vraid binary $VRAID not found"
-    "$VRAID" serve --help | grep -q -- --vhost-user-blk ||
+    grep -q -- --vhost-user-blk <<<"$("$VRAID" serve --help)" ||
         die "$VRAID serve has no --vhost-user-blk option (vhost-user-blk export not built yet); try TARGETS=qsd"
 fi
 
@@ -160,7 +160,7 @@ start_target() {
             port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
             # Both vraid targets run at once: each gets its own control socket.
             local control=()
-            "$VRAID" serve --help | grep -q -- --control && control=(--control "$dir/control.sock")
+            grep -q -- --control <<<"$("$VRAID" serve --help)" && control=(--control "$dir/control.sock")
             "$VRAID" serve --nbd "127.0.0.1:$port" "${control[@]}" \
                 --vhost-user-blk "$sock" --vhost-queues "$MAX_QUEUES" \
                 "${members[@]}" >"$dir/server.log" 2>&1 &

@@ -29,7 +29,7 @@ need busybox "apt-get install busybox-static"
 need cpio "apt-get install cpio"
 need dpkg-deb "dpkg"
 [ -x /sbin/mke2fs ] || { echo "build.sh: /sbin/mke2fs is missing (apt-get install e2fsprogs)" >&2; exit 1; }
-busybox --list | grep -qx ash || { echo "build.sh: busybox has no ash" >&2; exit 1; }
+grep -qx ash <<<"$(busybox --list)" || { echo "build.sh: busybox has no ash" >&2; exit 1; }
 { ldd /bin/busybox 2>&1 || true; } | grep -q "not a dynamic" || { echo "build.sh: /bin/busybox must be static (busybox-static)" >&2; exit 1; }
 
 # --- kernel package -----------------------------------------------------------
