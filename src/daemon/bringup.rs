@@ -174,16 +174,8 @@ impl std::fmt::Debug for Assembled {
 }
 
 /// Opens the members that exist, assembles them from their superblocks,
-/// builds the volume and marks the array dirty (in use).
-#[allow(dead_code)] // the pre-operations entry point, kept for other callers
-pub async fn assemble_volume(
-    paths: &[PathBuf],
-    opts: &MemberOptions,
-) -> Result<Assembled, DaemonError> {
-    assemble_volume_with(paths, opts, &ArrayOptions::default()).await
-}
-
-/// [`assemble_volume`] with spares, bitmap and rebuild settings; also plans
+/// builds the volume and marks the array dirty (in use). With spares,
+/// bitmap and rebuild settings; also plans
 /// and starts the crash resync, an interrupted rebuild or a bitmap
 /// recovery, and hot-spare activation.
 pub async fn assemble_volume_with(
