@@ -150,6 +150,7 @@ fn raid1_member_failing_mid_run_is_marked_failed_and_client_sees_no_error() {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
             ])
             .arg(format!("--uri={uri}")),
     );

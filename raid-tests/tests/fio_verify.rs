@@ -44,6 +44,7 @@ fn fio_job(uri: &str, mode: &str) -> Command {
         "--verify=crc32c",
         mode,
         "--verify_fatal=1",
+        "--verify_state_save=0",
         "--output-format=json",
     ])
     .arg(format!("--uri={uri}"));

@@ -22,6 +22,7 @@ fn fio(uri: &str, args: &[&str]) {
                 "--ioengine=nbd",
                 "--verify=crc32c",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
                 "--output-format=json",
             ])
             .args(args)
