@@ -72,10 +72,29 @@ fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
     let v = wait_optimal(&ctl, "mirror");
     let events = status_json(&ctl)["events"].clone();
     assert_fio_clean(fio);
-    qemu_io(&uri, &["read -P 0x4e 0 8M".into()]);
+    // The rebuilt member sits behind its slot's fault rules too.
+    vraid_ctl_ok(
+        &ctl,
+        &[
+            "fault", "add", "mirror", "1", "--kind", "error", "--op", "read",
+        ],
+    );
+    // Many small reads: RAID-1 spreads them over both mirrors.
+    let reads: Vec<String> = (0..64)
+        .map(|i| format!("read -P 0x4e {} 4k", i * 128 * 1024))
+        .collect();
+    qemu_io(&uri, &reads);
+    let faults: Value =
+        serde_json::from_str(&vraid_ctl_ok(&ctl, &["fault", "list", "--json"])).unwrap();
+    vraid_ctl_ok(&ctl, &["fault", "clear"]);
     assert_eq!(server.stop(), 0);
 
     // Assert
+    let hits = faults["faults"][0]["hits"].as_u64().unwrap();
+    assert!(
+        hits > 0,
+        "fault on the rebuilt member never fired: {faults}"
+    );
     assert!(set.contains("100"), "{set}");
     assert!(
         added.contains("member 1") && added.contains("rebuilding"),

@@ -126,7 +126,13 @@ pub struct ArrayHandle {
     pub rebuilt_bytes: AtomicU64,
     /// Where operational events go for `vraid status` (set once by the daemon).
     events: std::sync::OnceLock<Arc<crate::control::events::EventLog>>,
+    /// Wraps a joining member's data window (fault rules, counters) by role.
+    wrap: std::sync::OnceLock<MemberWrap>,
 }
+
+/// Wraps the data window of the member joining role `usize`.
+pub type MemberWrap =
+    Arc<dyn Fn(usize, Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> + Send + Sync>;
 
 impl std::fmt::Debug for ArrayHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +225,7 @@ impl ArrayHandle {
             resynced_bytes: AtomicU64::new(0),
             rebuilt_bytes: AtomicU64::new(0),
             events: std::sync::OnceLock::new(),
+            wrap: std::sync::OnceLock::new(),
         });
         let h = handle.clone();
         let supervisor = tokio::spawn(async move {
@@ -267,6 +274,25 @@ impl ArrayHandle {
     /// tracing log (`vraid status --json` shows them).
     pub fn set_event_log(&self, log: Arc<crate::control::events::EventLog>) {
         let _ = self.events.set(log);
+    }
+
+    /// Members that join from now on go through `wrap` (set once by the daemon).
+    pub fn set_member_wrap(&self, wrap: MemberWrap) {
+        let _ = self.wrap.set(wrap);
+    }
+
+    /// The data window of `device` as member `role`, wrapped when the
+    /// daemon asked for it.
+    fn member_window(
+        &self,
+        role: usize,
+        device: &Arc<dyn BlockDevice>,
+    ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
+        let window = self.window(device)?;
+        Ok(match self.wrap.get() {
+            Some(wrap) => wrap(role, window),
+            None => window,
+        })
     }
 
     /// Records an operational event: in the status event ring when the
@@ -420,7 +446,7 @@ impl ArrayHandle {
                 .map_err(|e| DaemonError::Usage(error_chain(&e)))?
                 .superblock
                 .member_uuid;
-            let window = self.window(&device)?;
+            let window = self.member_window(role, &device)?;
             self.volume
                 .attach_rebuild_target(MemberIndex(role), window, 0)
                 .map_err(|e| self.raid_err(e))?;
@@ -491,7 +517,7 @@ impl ArrayHandle {
                 self.name
             )));
         }
-        let window = match self.window(&device) {
+        let window = match self.member_window(role, &device) {
             Ok(w) => w,
             Err(e) => {
                 self.rebuilding.store(false, Ordering::Release);
@@ -752,7 +778,7 @@ impl ArrayHandle {
     }
 
     async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
-        let window = self.window(&spare.device)?;
+        let window = self.member_window(role, &spare.device)?;
         self.volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
             .map_err(|e| self.raid_err(e))?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use tracing::{info, warn};
 
+use super::array::MemberWrap;
 use super::array::{ArrayHandle, ArrayOptions, PlannedRebuild, Spare, StartPlan};
 use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
@@ -207,12 +208,8 @@ pub async fn assemble_volume_with(
         .iter()
         .zip(&handles)
         .map(|(m, h)| {
-            m.as_ref().map(|m| {
-                let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
-                let seed = 0x5eed_0000 + h.role as u64;
-                let faulty = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
-                Arc::new(StatsDevice::new(faulty, h.stats.clone())) as Arc<dyn BlockDevice>
-            })
+            m.as_ref()
+                .map(|m| wrap_member(h, Arc::new(m.data.clone()) as Arc<dyn BlockDevice>))
         })
         .collect();
     let name = assembly.name.clone();
@@ -268,7 +265,16 @@ pub async fn assemble_volume_with(
     for ex in &assembly.excluded {
         warn!("{name}: left out {}: {}", ex.path, ex.reason);
     }
-    let (resync, rebuild) = plan_sync(&assembly, &volume, bitmap.as_deref()).await?;
+    // Members that join later (rebuild targets, spares, added members) sit
+    // behind the same fault rules and counters as the ones assembled now.
+    let weak = Arc::downgrade(&handle);
+    let wrap: MemberWrap = Arc::new(move |role, window| {
+        match weak.upgrade().as_ref().and_then(|h| h.members.get(role)) {
+            Some(h) => wrap_member(h, window),
+            None => window,
+        }
+    });
+    let (resync, rebuild) = plan_sync(&assembly, &volume, bitmap.as_deref(), &wrap).await?;
     if let Some(b) = &bitmap {
         if resync.is_some() || rebuild.as_ref().is_some_and(|r| r.only.is_some()) {
             b.pin_dirty();
@@ -324,12 +330,21 @@ pub async fn assemble_volume_with(
     );
     handle.set_engine(Arc::new(super::engine_ops::ArrayEngine(array.clone())));
     array.set_event_log(handle.events.clone());
+    array.set_member_wrap(wrap);
     Ok(Assembled {
         volume,
         assembly,
         handle,
         array,
     })
+}
+
+/// Puts a member's data window behind its slot's fault rules and counters:
+/// Volume ─► StatsDevice ─► FaultDevice ─► Window.
+fn wrap_member(h: &MemberHandle, window: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+    let seed = 0x5eed_0000 + h.role as u64;
+    let faulty = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
+    Arc::new(StatsDevice::new(faulty, h.stats.clone()))
 }
 
 /// Control-plane handles of every member slot, with the path given at
@@ -431,6 +446,7 @@ async fn plan_sync(
     assembly: &Assembly,
     volume: &Volume,
     bitmap: Option<&DiskBitmap>,
+    wrap: &MemberWrap,
 ) -> Result<(Option<Vec<(u64, u64)>>, Option<PlannedRebuild>), DaemonError> {
     let whole = vec![(0, assembly.data_size)];
     let trusted = bitmap.filter(|_| assembly.bitmap_valid);
@@ -453,7 +469,11 @@ async fn plan_sync(
             .recovering
             .then(|| trusted.map_or(whole.clone(), |b| b.dirty_ranges()));
         volume
-            .attach_rebuild_target(MemberIndex(t.role), Arc::new(t.member.data.clone()), up_to)
+            .attach_rebuild_target(
+                MemberIndex(t.role),
+                wrap(t.role, Arc::new(t.member.data.clone())),
+                up_to,
+            )
             .map_err(raid_err)?;
         info!(
             "{name}: resuming the {} of member {} at {up_to}",
@@ -465,7 +485,7 @@ async fn plan_sync(
     if let (Some(b), Some((role, m))) = (trusted, assembly.readd.first()) {
         let ranges = b.dirty_ranges();
         volume
-            .attach_rebuild_target(MemberIndex(*role), Arc::new(m.data.clone()), 0)
+            .attach_rebuild_target(MemberIndex(*role), wrap(*role, Arc::new(m.data.clone())), 0)
             .map_err(raid_err)?;
         if let Err(e) = assembly
             .metadata
