@@ -377,18 +377,23 @@ impl FlakyMember {
     }
 }
 
+/// Unmounts an nbdfuse mount and reaps its process (killed after 10 s).
+pub fn stop_nbdfuse(mountpoint: &Path, nbdfuse: &mut Child) {
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nbdfuse.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nbdfuse.kill();
+    let _ = nbdfuse.wait();
+}
+
 impl Drop for FlakyMember {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mountpoint)
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.nbdfuse.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.nbdfuse.kill();
-        let _ = self.nbdfuse.wait();
+        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
         let _ = self.nbdkit.kill();
         let _ = self.nbdkit.wait();
     }

@@ -61,16 +61,7 @@ impl Drop for FuseLoop {
                 .status();
             let _ = Command::new("losetup").arg("-d").arg(&dev).status();
         }
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mountpoint)
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.nbdfuse.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.nbdfuse.kill();
-        let _ = self.nbdfuse.wait();
+        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
     }
 }
 
