@@ -3,19 +3,12 @@
 use futures::future::try_join_all;
 
 use super::layout::{Extent, MemberIndex};
-use super::volume::{Clear, MemberOp, Volume};
+use super::volume::{read_extents, Clear, MemberOp, Volume};
 use crate::block::{BlockResult, Durability};
 use crate::units::ByteOffset;
 
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let mut rest = buf;
-    let mut reads = Vec::new();
-    for e in vol.geometry().extents(offset, rest.len() as u64) {
-        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
-        rest = tail;
-        reads.push(read_extent(vol, e, piece));
-    }
-    try_join_all(reads).await.map(drop)
+    read_extents(vol, offset, buf, read_extent).await
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {

@@ -15,7 +15,7 @@ use futures::future::{join_all, try_join_all};
 use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::parity::xor_into;
 use super::raid5_write::write_stripe;
-use super::volume::{Clear, MemberOp, Volume};
+use super::volume::{read_extents, Clear, MemberOp, Volume};
 use crate::block::{BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
@@ -23,14 +23,7 @@ use crate::units::ByteOffset;
 const CLEAR_BATCH: u64 = 64;
 
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let mut rest = buf;
-    let mut reads = Vec::new();
-    for e in vol.geometry().extents(offset, rest.len() as u64) {
-        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
-        rest = tail;
-        reads.push(read_extent(vol, e, piece));
-    }
-    try_join_all(reads).await.map(drop)
+    read_extents(vol, offset, buf, read_extent).await
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {

@@ -17,7 +17,7 @@ use futures::future::join_all;
 use tokio::sync::watch;
 
 use super::intent::{IntentGuard, WriteIntent};
-use super::layout::{Geometry, LayoutError, MemberIndex};
+use super::layout::{Extent, Geometry, LayoutError, MemberIndex};
 use super::rebuild::{SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
 use super::{raid0, raid1, raid5, Level};
@@ -783,4 +783,27 @@ impl BlockDevice for Volume {
     ) -> BoxFuture<'_, BlockResult> {
         Box::pin(self.clear(offset, len, Clear::Zeroes { may_unmap }))
     }
+}
+
+/// Splits a striped read into per-chunk extents and reads them all
+/// concurrently with `read_extent` (RAID-0 and RAID-5 share this; they
+/// differ only in how one extent is recovered from an error).
+pub(super) async fn read_extents<'a, F, Fut>(
+    vol: &'a Volume,
+    offset: ByteOffset,
+    buf: &'a mut [u8],
+    read_extent: F,
+) -> BlockResult
+where
+    F: Fn(&'a Volume, Extent, &'a mut [u8]) -> Fut,
+    Fut: std::future::Future<Output = BlockResult> + 'a,
+{
+    let mut rest = buf;
+    let mut reads = Vec::new();
+    for e in vol.geometry().extents(offset, rest.len() as u64) {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
+        rest = tail;
+        reads.push(read_extent(vol, e, piece));
+    }
+    futures::future::try_join_all(reads).await.map(drop)
 }
