@@ -59,6 +59,18 @@ pub enum BlockError {
         /// Volume name.
         volume: String,
     },
+    /// Data read back does not match its stored checksum (silent
+    /// corruption): a read error of that member for the RAID layer, which
+    /// reconstructs the bytes from redundancy and rewrites them.
+    #[error("checksum mismatch on {device}: {blocks} block(s) at {offset}")]
+    Corrupt {
+        /// Device name (member path).
+        device: String,
+        /// Offset (of the device) of the first bad 4 KiB block.
+        offset: u64,
+        /// Bad 4 KiB blocks in the request.
+        blocks: u64,
+    },
     /// The device is read-only.
     #[error("device is read-only")]
     ReadOnly,
@@ -85,6 +97,7 @@ impl BlockError {
             },
             BlockError::OutOfRange { .. } => libc::EINVAL,
             BlockError::DataLost { .. } => libc::EIO,
+            BlockError::Corrupt { .. } => libc::EIO,
             BlockError::ReadOnly => libc::EPERM,
             BlockError::Unsupported => libc::EOPNOTSUPP,
         }

@@ -175,6 +175,10 @@ pub struct Assembly {
     pub layout: MetaLayout,
     /// The freshest superblock says the write-intent bitmap is maintained.
     pub bitmap_valid: bool,
+    /// The freshest superblock says the block checksums are maintained.
+    pub checksums_valid: bool,
+    /// The freshest superblock says the partial-parity journal is maintained.
+    pub journal_valid: bool,
     /// A member whose rebuild was interrupted; resume it.
     pub rebuild: Option<RebuildTarget>,
     /// Members that were missing or failed but can catch up from the
@@ -323,6 +327,8 @@ pub async fn assemble(
         members,
         layout: freshest.layout,
         bitmap_valid: freshest.bitmap_valid,
+        checksums_valid: freshest.checksums_valid,
+        journal_valid: freshest.journal_valid,
         rebuild,
         readd,
         excluded,

@@ -156,6 +156,9 @@ pub async fn create_array(
             update_time: time,
             rebuild_checkpoint: None,
             bitmap_valid: false,
+            checksums_valid: true,
+            journal_valid: true,
+            scrub_time: 0,
             name: spec.name.clone(),
             members: members.clone(),
         })

@@ -48,6 +48,12 @@ pub struct ExamineReport {
     pub rebuild_checkpoint: Option<u64>,
     /// The write-intent bitmap is maintained.
     pub bitmap_valid: bool,
+    /// The block checksum area is maintained (`csum_state` = 1).
+    pub checksums_valid: bool,
+    /// The RAID-5 partial-parity journal is maintained (`journal_state` = 1).
+    pub journal_valid: bool,
+    /// Unix seconds of the last completed scrub (0 = never).
+    pub scrub_time: u64,
     /// Set write-intent bits (region indexes) in this member's bitmap.
     pub bitmap_dirty_regions: Vec<u64>,
     /// Which superblock copy is in use.
@@ -101,6 +107,9 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         members: sb.members,
         rebuild_checkpoint: sb.rebuild_checkpoint,
         bitmap_valid: sb.bitmap_valid,
+        checksums_valid: sb.checksums_valid,
+        journal_valid: sb.journal_valid,
+        scrub_time: sb.scrub_time,
         bitmap_dirty_regions,
         copy_used: read.copy,
         bad_copy: read
@@ -150,6 +159,16 @@ impl fmt::Display for ExamineReport {
             },
             self.bitmap_dirty_regions.len()
         )?;
+        let maintained = |on: bool| if on { "maintained" } else { "not maintained" };
+        writeln!(
+            f,
+            "    Checksums     : {}",
+            maintained(self.checksums_valid)
+        )?;
+        writeln!(f, "    PPL journal   : {}", maintained(self.journal_valid))?;
+        if self.scrub_time > 0 {
+            writeln!(f, "    Last scrub    : {} (Unix seconds)", self.scrub_time)?;
+        }
         if let Some(bad) = &self.bad_copy {
             writeln!(f, "    Bad copy      : {bad}")?;
         }

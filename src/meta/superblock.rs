@@ -136,6 +136,15 @@ pub struct Superblock {
     /// The write-intent bitmap is maintained: it holds a bit for every
     /// region written since the array was last whole and clean there.
     pub bitmap_valid: bool,
+    /// `csum_state` = 1: the block checksum area matches the data wherever
+    /// the bitmap is clean (FORMAT.md §8). 0: it is not maintained and must
+    /// be recomputed before checksums are trusted.
+    pub checksums_valid: bool,
+    /// `journal_state` = 1: the RAID-5 partial-parity journal is maintained
+    /// and its records may be replayed (FORMAT.md §9). 0: ignore its contents.
+    pub journal_valid: bool,
+    /// Unix seconds of the last completed scrub (0 = never).
+    pub scrub_time: u64,
     /// Array name.
     pub name: String,
     /// Member table, one entry per role (`member_count` entries).
@@ -262,6 +271,9 @@ impl Superblock {
         let checkpoint = self.rebuild_checkpoint.unwrap_or(NO_CHECKPOINT);
         put(160, &checkpoint.to_le_bytes());
         put(168, &u32::from(self.bitmap_valid).to_le_bytes());
+        put(172, &u32::from(self.checksums_valid).to_le_bytes());
+        put(176, &u32::from(self.journal_valid).to_le_bytes());
+        put(184, &self.scrub_time.to_le_bytes());
         let name = self.name.as_bytes();
         put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
         for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
@@ -298,7 +310,12 @@ impl Superblock {
             0 => {}
             flags => return Err(SuperblockError::Flags(flags)),
         }
-        for (from, to) in [(172, NAME_OFFSET), (320, TABLE_OFFSET), (2048, CRC_OFFSET)] {
+        for (from, to) in [
+            (180, 184),
+            (192, NAME_OFFSET),
+            (320, TABLE_OFFSET),
+            (2048, CRC_OFFSET),
+        ] {
             if !f.zero(from, to) {
                 return Err(field(
                     "reserved",
@@ -362,6 +379,13 @@ impl Superblock {
             1 => true,
             v => return Err(field("bitmap_state", format!("unknown value {v}"))),
         };
+        let flag = |at: usize, name: &'static str| match f.u32(at) {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(field(name, format!("unknown value {v}"))),
+        };
+        let checksums_valid = flag(172, "csum_state")?;
+        let journal_valid = flag(176, "journal_state")?;
         Ok(Superblock {
             flags: 0,
             array_uuid: f.uuid(16),
@@ -387,6 +411,9 @@ impl Superblock {
             update_time: f.u64(104),
             rebuild_checkpoint: (checkpoint != NO_CHECKPOINT).then_some(checkpoint),
             bitmap_valid,
+            checksums_valid,
+            journal_valid,
+            scrub_time: f.u64(184),
             name,
             members,
         })

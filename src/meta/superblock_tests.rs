@@ -30,6 +30,9 @@ fn sample() -> Superblock {
         update_time: 1_700_000_100,
         rebuild_checkpoint: None,
         bitmap_valid: false,
+        checksums_valid: true,
+        journal_valid: true,
+        scrub_time: 0,
         name: "vol0".into(),
         members,
     }
@@ -114,6 +117,9 @@ proptest! {
             update_time: times.1,
             rebuild_checkpoint: checkpoint,
             bitmap_valid: false,
+            checksums_valid: false,
+            journal_valid: false,
+            scrub_time: 1_700_000_000,
             name,
             members,
         };

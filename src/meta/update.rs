@@ -115,6 +115,39 @@ impl ArrayMetadata {
         self.state.lock().await.template.bitmap_valid
     }
 
+    /// Sets `csum_state` for the next superblock update: true once the
+    /// checksum area matches the data wherever the bitmap is clean.
+    pub async fn set_checksums_valid(&self, valid: bool) {
+        self.state.lock().await.template.checksums_valid = valid;
+    }
+
+    /// Whether the current superblock says the checksums are maintained.
+    pub async fn checksums_valid(&self) -> bool {
+        self.state.lock().await.template.checksums_valid
+    }
+
+    /// Sets `journal_state` for the next superblock update.
+    pub async fn set_journal_valid(&self, valid: bool) {
+        self.state.lock().await.template.journal_valid = valid;
+    }
+
+    /// Whether the current superblock says the journal is maintained.
+    pub async fn journal_valid(&self) -> bool {
+        self.state.lock().await.template.journal_valid
+    }
+
+    /// Records a completed scrub at `unix_secs` in every superblock now.
+    pub async fn record_scrub(&self, unix_secs: u64) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        st.template.scrub_time = unix_secs;
+        Self::write_all(&mut st).await
+    }
+
+    /// Unix seconds of the last completed scrub (0 = never).
+    pub async fn scrub_time(&self) -> u64 {
+        self.state.lock().await.template.scrub_time
+    }
+
     /// True when every role is active (nothing missing, failed or rebuilding).
     pub async fn is_whole(&self) -> bool {
         let st = self.state.lock().await;

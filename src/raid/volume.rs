@@ -717,6 +717,15 @@ fn copy_error(error: &BlockError) -> BlockError {
         BlockError::DataLost { volume } => BlockError::DataLost {
             volume: volume.clone(),
         },
+        BlockError::Corrupt {
+            device,
+            offset,
+            blocks,
+        } => BlockError::Corrupt {
+            device: device.clone(),
+            offset: *offset,
+            blocks: *blocks,
+        },
         BlockError::ReadOnly => BlockError::ReadOnly,
         BlockError::Unsupported => BlockError::Unsupported,
     }
