@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
+use super::bitmap_image;
 use super::update::ArrayMetadata;
 use super::MetaLayout;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
@@ -112,20 +113,17 @@ impl DiskBitmap {
     ) -> DiskBitmap {
         let shift = layout.bitmap_region_shift;
         let regions = data_size.div_ceil(1 << shift);
-        let bytes = (regions.div_ceil(8) as usize).min(layout.bitmap_len as usize);
+        let bytes = bitmap_image::image_len(regions, layout.bitmap_len);
         let mut image = vec![0u8; bytes];
         if trust_disk {
             for dev in meta.present_devices().await {
                 let mut buf = vec![0u8; bytes];
                 match dev.read(ByteOffset(layout.bitmap_offset), &mut buf).await {
-                    Ok(()) => image.iter_mut().zip(&buf).for_each(|(a, b)| *a |= b),
+                    Ok(()) => bitmap_image::merge_into(&mut image, &buf),
                     Err(e) => tracing::warn!(device = dev.name(), %e, "cannot read bitmap"),
                 }
             }
-            // Bits past the last region are meaningless.
-            for r in regions..(bytes as u64 * 8) {
-                set(&mut image, r, false);
-            }
+            bitmap_image::mask_tail(&mut image, regions);
         }
         DiskBitmap {
             meta,

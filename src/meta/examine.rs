@@ -5,7 +5,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use super::superblock::{read_superblock, ArrayState, CopyId, RoleEntry};
-use super::MetaError;
+use super::{bitmap_image, MetaError};
 use crate::block::BlockDevice;
 use crate::units::format_size;
 
@@ -75,17 +75,12 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         .layout
         .data_size
         .div_ceil(1 << sb.layout.bitmap_region_shift);
-    let mut bits = vec![0u8; (regions.div_ceil(8) as usize).min(sb.layout.bitmap_len as usize)];
+    let mut bits = vec![0u8; bitmap_image::image_len(regions, sb.layout.bitmap_len)];
     let bitmap_dirty_regions = match device
         .read(crate::units::ByteOffset(sb.layout.bitmap_offset), &mut bits)
         .await
     {
-        Ok(()) => (0..regions)
-            .filter(|&r| {
-                bits.get((r / 8) as usize)
-                    .is_some_and(|b| b & (1 << (r % 8)) != 0)
-            })
-            .collect(),
+        Ok(()) => bitmap_image::dirty_regions(&bits, regions),
         Err(_) => Vec::new(),
     };
     Ok(ExamineReport {

@@ -14,6 +14,7 @@
 
 pub mod assemble;
 pub mod bitmap;
+pub mod bitmap_image;
 pub mod create;
 mod examine;
 pub mod layout;
