@@ -517,3 +517,48 @@ async fn examine_reports_which_copy_is_bad() {
     let bad = report.bad_copy.unwrap();
     assert!(bad.starts_with("copy A: checksum mismatch"), "{bad}");
 }
+
+/// Flips one byte of `dev` at `at`.
+async fn flip_byte(dev: &MemDevice, at: u64) {
+    let mut b = [0u8; 1];
+    dev.read(ByteOffset(at), &mut b).await.unwrap();
+    b[0] ^= 0x5a;
+    dev.write(ByteOffset(at), &b, Durability::Normal)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_single_byte_corruption_of_a_copy_is_survived_by_the_other_copy() {
+    let (devs, _) = new_array("vol0", Level::Raid5, 3).await;
+    let mut pristine = vec![0u8; 8192];
+    devs[0].read(ByteOffset(0), &mut pristine).await.unwrap();
+
+    for at in 0..8192u64 {
+        flip_byte(&devs[0], at).await;
+
+        let a = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+        let report = examine(devs[0].as_ref()).await.unwrap();
+
+        assert!(!a.is_degraded(), "byte {at}: member 0 left out");
+        let bad = report.bad_copy.unwrap_or_default();
+        let expect = if at < 4096 { "copy A" } else { "copy B" };
+        assert!(bad.starts_with(expect), "byte {at}: bad copy {bad:?}");
+        restore_superblocks(&devs[0], &pristine).await;
+    }
+}
+
+#[tokio::test]
+async fn member_with_both_copies_corrupt_is_left_out_and_the_others_assemble() {
+    let (devs, _) = new_array("vol0", Level::Raid5, 3).await;
+    for at in [7u64, 4096 + 2048] {
+        flip_byte(&devs[2], at).await;
+    }
+
+    let a = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+
+    assert!(a.members[0].is_some() && a.members[1].is_some());
+    assert!(a.members[2].is_none());
+    assert_eq!(a.excluded.len(), 1);
+    assert!(a.excluded[0].reason.contains("copy"), "{:?}", a.excluded);
+}
