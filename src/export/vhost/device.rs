@@ -5,13 +5,13 @@
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use super::request::{MAX_RANGES, SECTOR_SIZE};
+use super::request::{MAX_DATA_LEN, MAX_RANGES, SECTOR_SIZE};
 
 /// Logical block size the guest sees.
 pub const BLOCK_SIZE: u32 = 512;
@@ -21,6 +21,10 @@ pub const PHYSICAL_BLOCK_EXP: u8 = 3;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Data segments per request (`seg_max`).
 pub const SEG_MAX: u32 = 254;
+/// Largest data segment (`size_max`): with `seg_max` segments a request
+/// stays within [`MAX_DATA_LEN`], so a driver never builds one we refuse.
+pub const SIZE_MAX: u32 = 128 << 10;
+const _: () = assert!(SEG_MAX as u64 * SIZE_MAX as u64 <= MAX_DATA_LEN);
 /// Most queues an export may have.
 pub const MAX_QUEUES: u16 = 16;
 /// Largest discard / write-zeroes range, in sectors (1 GiB).
@@ -56,6 +60,7 @@ impl DeviceSpec {
             VIRTIO_RING_F_INDIRECT_DESC,
             VIRTIO_BLK_F_BLK_SIZE,
             VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_SIZE_MAX,
             VIRTIO_BLK_F_FLUSH,
             VIRTIO_BLK_F_CONFIG_WCE,
             VIRTIO_BLK_F_TOPOLOGY,
@@ -93,6 +98,7 @@ impl DeviceSpec {
         let blocks = |bytes: u64| bytes / u64::from(BLOCK_SIZE);
         let mut c = [0u8; CONFIG_LEN];
         put(&mut c, 0, &(self.size / SECTOR_SIZE).to_le_bytes()); // capacity
+        put(&mut c, 8, &SIZE_MAX.to_le_bytes()); // size_max
         put(&mut c, 12, &SEG_MAX.to_le_bytes()); // seg_max
         put(&mut c, 20, &BLOCK_SIZE.to_le_bytes()); // blk_size
         c[24] = PHYSICAL_BLOCK_EXP; // physical_block_exp; alignment_offset 0

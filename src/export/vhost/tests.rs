@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use virtio_bindings::virtio_blk::{
-    virtio_blk_config, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
+    virtio_blk_config, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -270,6 +270,13 @@ fn config_space_matches_virtio_blk_config_layout() {
         6144
     );
     assert_eq!(u32_at(offset_of!(virtio_blk_config, blk_size)), 512);
+    let (size_max, seg_max) = (
+        u32_at(offset_of!(virtio_blk_config, size_max)),
+        u32_at(offset_of!(virtio_blk_config, seg_max)),
+    );
+    assert_eq!(size_max, 128 << 10);
+    assert!(u64::from(size_max) * u64::from(seg_max) <= MAX_DATA_LEN);
+    assert_ne!(spec(false).features() & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
     assert_eq!(c[offset_of!(virtio_blk_config, physical_block_exp)], 3);
     assert_eq!(u16_at(offset_of!(virtio_blk_config, min_io_size)), 128);
     assert_eq!(u32_at(offset_of!(virtio_blk_config, opt_io_size)), 384);
