@@ -330,7 +330,13 @@ impl Volume {
 
     /// RAID-1: every mirror that read a block well must equal the first
     /// one that did; repair copies it over (md semantics).
-    async fn check_mirrors(&self, a: u64, reads: &[Read], members: &mut [MemberScrub], repair: bool) {
+    async fn check_mirrors(
+        &self,
+        a: u64,
+        reads: &[Read],
+        members: &mut [MemberScrub],
+        repair: bool,
+    ) {
         let blocks = reads
             .iter()
             .find(|r| r.live)
@@ -359,7 +365,13 @@ impl Volume {
 
     /// RAID-5: the XOR of all members must be zero in every block all of
     /// them read well; repair rewrites the parity from the data.
-    async fn check_parity(&self, a: u64, reads: &[Read], members: &mut [MemberScrub], repair: bool) {
+    async fn check_parity(
+        &self,
+        a: u64,
+        reads: &[Read],
+        members: &mut [MemberScrub],
+        repair: bool,
+    ) {
         if reads.iter().any(|r| !r.live) {
             return;
         }
@@ -394,11 +406,8 @@ impl Volume {
 /// True when every byte is zero (a branch-free OR over words, so it
 /// vectorizes).
 fn is_zero(block: &[u8]) -> bool {
-    block
-        .chunks_exact(8)
-        .fold(0u64, |acc, w| {
-            acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
-        })
-        == 0
+    block.chunks_exact(8).fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
+    }) == 0
         && block.chunks_exact(8).remainder().iter().all(|&b| b == 0)
 }

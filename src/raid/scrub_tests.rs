@@ -126,7 +126,11 @@ impl Rig {
     /// Flips one byte of member `m` behind the volume's back.
     async fn flip(&self, m: usize, at: u64) {
         let mut b = [0u8; 1];
-        self.devices[m].mem.read(ByteOffset(at), &mut b).await.unwrap();
+        self.devices[m]
+            .mem
+            .read(ByteOffset(at), &mut b)
+            .await
+            .unwrap();
         b[0] ^= 0x5a;
         self.devices[m]
             .mem
@@ -151,7 +155,11 @@ impl Rig {
 
     async fn member_bytes(&self, m: usize, at: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];
-        self.devices[m].mem.read(ByteOffset(at), &mut b).await.unwrap();
+        self.devices[m]
+            .mem
+            .read(ByteOffset(at), &mut b)
+            .await
+            .unwrap();
         b
     }
 }
