@@ -175,6 +175,37 @@ fn raid1_scrub_counts_flipped_blocks_exactly_and_repair_restores_the_mirror() {
 }
 
 #[test]
+fn unreadable_blocks_are_counted_as_io_on_their_member_and_fail_nothing() {
+    // Arrange: reads of 8 KiB of member 1 fail.
+    let dir = scratch_dir("scrub-io");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "16M", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&args_of(&ctl, &paths));
+    qemu_io(&server.uri("vol0"), &["write -P 0x3c 0 4M".into()]);
+    vraid_ctl_ok(
+        &ctl,
+        &[
+            "fault", "add", "vol0", "1", "--kind", "error", "--op", "read", "--offset", "1M",
+            "--length", "8K",
+        ],
+    );
+
+    // Act
+    let check = scrub_json(&ctl, &[]);
+    let v = vol0(&ctl);
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(check["members"][1]["io"], 2, "{check}");
+    assert_eq!(
+        (check["found"].as_u64(), check["mismatches"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(v["state"], "optimal", "{v}");
+}
+
+#[test]
 fn scrub_under_fio_writes_finds_nothing_and_shows_progress() {
     // Arrange: throttled so the scrub overlaps fio and is seen running.
     let dir = scratch_dir("scrub-load");

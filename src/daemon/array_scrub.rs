@@ -127,10 +127,10 @@ impl ArrayHandle {
             *h.scrub.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let _ = tx.send(last);
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // Scheduled scrubs come back forever: forget the finished ones.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
         Ok(rx)
     }
 
