@@ -34,7 +34,7 @@ use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
-const STEP: u64 = 2 << 20;
+pub(super) const STEP: u64 = 2 << 20;
 /// While client requests are in flight, passes run at the rate limit
 /// divided by this.
 const BUSY_DIVISOR: f64 = 8.0;

@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 use super::layout::{MemberIndex, StripeIndex};
 use super::parity::xor_into;
-use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker};
+use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
 use super::volume::{MemberOp, Volume};
 use super::Level;
 use crate::block::{BlockError, Durability};
@@ -37,8 +37,11 @@ use crate::units::ByteOffset;
 
 /// Granularity of checks, counts and repairs.
 pub const BLOCK: usize = 4096;
-/// Scrub steps in flight at once (their reads overlap the checks).
+/// Most scrub steps in flight at once (their reads overlap the checks).
 const DEPTH: usize = 4;
+/// Member bytes buffered by the steps in flight, at most (wide arrays run
+/// fewer steps at once).
+const IN_FLIGHT: usize = 32 << 20;
 
 /// What a scrub found on one member, in 4 KiB blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -176,7 +179,8 @@ impl Volume {
                 Some((b - a, self.scrub_step(a, b, repair).await))
             }
         });
-        let mut work = futures::stream::iter(work).buffered(DEPTH);
+        let depth = (IN_FLIGHT / (n * STEP as usize)).clamp(1, DEPTH);
+        let mut work = futures::stream::iter(work).buffered(depth);
         while let Some(step) = work.next().await {
             let Some((len, step)) = step else {
                 report.cancelled = true;
