@@ -42,6 +42,8 @@ pub enum Command {
     Replace(ReplaceArgs),
     /// Change a running volume's settings.
     Set(SetArgs),
+    /// Check every member block (and with --repair fix what is bad) online.
+    Scrub(ScrubArgs),
     /// Inject, list and clear member faults in a running daemon.
     #[command(subcommand)]
     Fault(FaultCommand),
@@ -122,6 +124,29 @@ pub struct SetArgs {
     /// Rebuild/resync rate limit in MB/s (0 = unlimited).
     #[arg(long, value_name = "N", required = true)]
     pub rebuild_max_mbps: Option<u64>,
+}
+
+/// `vraid scrub`.
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Rewrite bad blocks from redundancy and fix mismatches (md `repair`);
+    /// without it nothing is written (md `check`).
+    #[arg(long, conflicts_with = "cancel")]
+    pub repair: bool,
+    /// Stop the running scrub.
+    #[arg(long)]
+    pub cancel: bool,
+    /// Start it and return at once (watch with `vraid status`).
+    #[arg(long, conflicts_with = "cancel")]
+    pub no_wait: bool,
+    /// Print the daemon's JSON reply.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `vraid fault ...`.

@@ -89,6 +89,10 @@ pub struct VolumeConfig {
     pub rebuild_max_mbps: u64,
     /// Maintain the write-intent bitmap (resync only dirty regions).
     pub bitmap: bool,
+    /// Scrub when the last scrub finished this long ago (`scrub_interval`).
+    pub scrub_interval: Option<std::time::Duration>,
+    /// Scheduled scrubs repair what they find (`scrub_repair`).
+    pub scrub_repair: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -231,6 +235,8 @@ struct RawVolume {
     spares: Option<Vec<Spanned<String>>>,
     rebuild_max_mbps: Option<Spanned<i64>>,
     bitmap: Option<bool>,
+    scrub_interval: Option<Spanned<String>>,
+    scrub_repair: Option<bool>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -530,6 +536,19 @@ fn volume(
         faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
     }
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
+    let scrub_interval = match &v.scrub_interval {
+        Some(i) => Some(parse_interval(i.get_ref()).ok_or_else(|| {
+            src.invalid(
+                i.span(),
+                format!("{key}.scrub_interval"),
+                format!(
+                    "invalid interval {:?}: use a positive number with s, m, h or d (e.g. \"7d\")",
+                    i.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     Ok(VolumeConfig {
         name,
         level,
@@ -544,7 +563,25 @@ fn volume(
         spares,
         rebuild_max_mbps,
         bitmap: v.bitmap.unwrap_or(true),
+        scrub_interval,
+        scrub_repair: v.scrub_repair.unwrap_or(false),
     })
+}
+
+/// `"7d"`, `"12h"`, `"30m"`, `"90s"`: a positive whole number and a unit.
+pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let unit_at = t.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = t.split_at(unit_at);
+    let n: u64 = num.parse().ok().filter(|&n| n > 0)?;
+    let secs_per = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs_per).map(std::time::Duration::from_secs)
 }
 
 fn fault(
@@ -695,6 +732,41 @@ mod tests {
             (d.rebuild_max_mbps, d.bitmap, d.spares.len()),
             (200, true, 0)
         );
+    }
+
+    #[test]
+    fn scrub_schedule_is_read_and_bad_intervals_are_refused_with_position() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n";
+        let ok = parse(&format!(
+            "{base}scrub_interval = \"7d\"\nscrub_repair = true\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.volumes[0].scrub_interval,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert!(ok.volumes[0].scrub_repair);
+        let none = parse(base).unwrap();
+        assert_eq!(
+            (none.volumes[0].scrub_interval, none.volumes[0].scrub_repair),
+            (None, false)
+        );
+        for bad in ["\"\"", "\"0d\"", "\"7w\"", "\"d\"", "\"-1h\"", "\"1.5h\""] {
+            let e = err(&format!("{base}scrub_interval = {bad}\n"));
+            assert!(
+                e.contains(":5:18: volume[0].scrub_interval: invalid interval"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            parse_interval("1s"),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_interval("30m"),
+            Some(std::time::Duration::from_secs(1800))
+        );
+        assert_eq!(parse_interval("99999999999999999999d"), None);
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

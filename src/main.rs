@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Add(args) => vraid::control::cli::add(args).map_err(Into::into),
             Command::Replace(args) => vraid::control::cli::replace(args).map_err(Into::into),
             Command::Set(args) => vraid::control::cli::set(args).map_err(Into::into),
+            Command::Scrub(args) => vraid::control::cli::scrub(args).map_err(Into::into),
             Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
         }
     });

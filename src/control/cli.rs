@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::client::{call, default_client_path, ClientError};
 use crate::cli::{
     AddArgs, ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg, FaultListArgs,
-    FaultOpArg, MemberCmdArgs, ReplaceArgs, SetArgs, StatusArgs,
+    FaultOpArg, MemberCmdArgs, ReplaceArgs, ScrubArgs, SetArgs, StatusArgs,
 };
 
 fn socket(arg: &ControlArg) -> PathBuf {
@@ -162,6 +162,18 @@ fn render_sync(out: &mut String, v: &Value) {
             v["rebuild_max_mbps"]
         );
     }
+    if v["last_scrub"].is_object() {
+        let name = v["name"].as_str().unwrap_or("?");
+        let prefix = format!("{name}: ");
+        for (i, line) in render_scrub(name, &v["last_scrub"]).lines().enumerate() {
+            let line = if i == 0 {
+                format!("last {}", line.strip_prefix(&prefix).unwrap_or(line))
+            } else {
+                line.to_string()
+            };
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     if let Some(spares) = v["spares"].as_array().filter(|s| !s.is_empty()) {
         let names: Vec<&str> = spares.iter().filter_map(Value::as_str).collect();
         let _ = writeln!(out, "  spares: {}", names.join(", "));
@@ -237,6 +249,72 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
         println!("{}: rebuild rate limit {mbps} MB/s", args.volume);
     }
     Ok(())
+}
+
+/// `vraid scrub`.
+pub fn scrub(args: ScrubArgs) -> Result<(), ClientError> {
+    let reply = call(
+        &socket(&args.control),
+        "scrub",
+        json!({"volume": args.volume, "repair": args.repair, "cancel": args.cancel, "wait": !args.no_wait}),
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
+        );
+    } else if args.cancel {
+        println!("{}: scrub cancelled", args.volume);
+    } else if args.no_wait {
+        println!(
+            "{}: scrub started (watch with: vraid status --watch)",
+            args.volume
+        );
+    } else {
+        print!("{}", render_scrub(&args.volume, &reply["scrub"]));
+    }
+    Ok(())
+}
+
+/// The text form of a scrub result (`last_scrub` in status).
+fn render_scrub(volume: &str, s: &Value) -> String {
+    let mut out = String::new();
+    let sum = |key: &str| -> u64 {
+        s["members"]
+            .as_array()
+            .map_or(0, |ms| ms.iter().filter_map(|m| m[key].as_u64()).sum())
+    };
+    let _ = writeln!(
+        out,
+        "{volume}: scrub {} ({}) in {:.1} s: checked {}, {} mismatches, {} checksum errors, {} read errors, {} repaired{}",
+        s["outcome"].as_str().unwrap_or("?"),
+        if s["repair"].as_bool() == Some(true) { "repair" } else { "check" },
+        s["secs"].as_f64().unwrap_or(0.0),
+        human_bytes(s["bytes_checked"].as_u64().unwrap_or(0)),
+        sum("mismatch"),
+        sum("checksum"),
+        sum("io"),
+        sum("repaired"),
+        if s["degraded"].as_bool() == Some(true) {
+            " (degraded: not everything could be checked)"
+        } else {
+            ""
+        },
+    );
+    for m in s["members"].as_array().into_iter().flatten() {
+        let found: u64 = ["mismatch", "checksum", "io"]
+            .iter()
+            .filter_map(|k| m[*k].as_u64())
+            .sum();
+        if found > 0 {
+            let _ = writeln!(
+                out,
+                "  member {}: {} mismatches, {} checksum errors, {} read errors, {} repaired",
+                m["role"], m["mismatch"], m["checksum"], m["io"], m["repaired"]
+            );
+        }
+    }
+    out
 }
 
 /// `vraid remove`.

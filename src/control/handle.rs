@@ -35,6 +35,24 @@ pub trait EngineOps: Send + Sync {
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// Extra `status` fields: resync/rebuild progress, spares, rate limit.
     fn status(&self) -> serde_json::Map<String, Value>;
+    /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
+    /// once it ends) and `vraid scrub VOLUME --cancel`.
+    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {
+        let _ = req;
+        Box::pin(async { Err(ControlError::NotAvailable("scrub".into())) })
+    }
+}
+
+/// Parameters of the `scrub` method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrubRequest {
+    /// Rewrite bad blocks and mismatches (md `repair`); else only count
+    /// (md `check`).
+    pub repair: bool,
+    /// Stop the running scrub instead.
+    pub cancel: bool,
+    /// Reply only once the scrub ends, with its result.
+    pub wait: bool,
 }
 
 /// One member slot as the control plane sees it.

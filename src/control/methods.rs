@@ -12,6 +12,7 @@
 //! | `add`         | `volume`, `path` (rebuild engine)                   |
 //! | `replace`     | `volume`, `member`, `path` (rebuild engine)         |
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
+//! | `scrub`       | `volume`, `repair?`, `cancel?`, `wait?` (rebuild engine) |
 //!
 //! `member` is a role number or the member path given at start-up.
 
@@ -21,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::handle::{Registry, VolumeHandle};
+use super::handle::{Registry, ScrubRequest, VolumeHandle};
 use super::ControlError;
 use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
 
@@ -94,6 +95,18 @@ struct ReplaceParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ScrubParams {
+    volume: String,
+    #[serde(default)]
+    repair: bool,
+    #[serde(default)]
+    cancel: bool,
+    #[serde(default)]
+    wait: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SetParams {
     volume: String,
     rebuild_max_mbps: u64,
@@ -153,6 +166,16 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             vol.engine("set")?
                 .set_rebuild_max_mbps(p.rebuild_max_mbps)
                 .await
+        }
+        "scrub" => {
+            let p: ScrubParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            let req = ScrubRequest {
+                repair: p.repair,
+                cancel: p.cancel,
+                wait: p.wait,
+            };
+            vol.engine("scrub")?.scrub(req).await
         }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }

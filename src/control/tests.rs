@@ -193,3 +193,60 @@ async fn notification_runs_but_gets_no_reply() {
     assert!(answer(line, &reg).await.is_none());
     assert_eq!(reg.volumes()[0].faults().len(), 1);
 }
+
+/// Records the scrub request it gets.
+struct ScrubEngine(std::sync::Mutex<Vec<crate::control::handle::ScrubRequest>>);
+
+impl EngineOps for ScrubEngine {
+    fn add(&self, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async { Ok(Value::Null) })
+    }
+    fn replace(&self, _: usize, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async { Ok(Value::Null) })
+    }
+    fn set_rebuild_max_mbps(&self, _: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async { Ok(Value::Null) })
+    }
+    fn status(&self) -> serde_json::Map<String, Value> {
+        serde_json::Map::new()
+    }
+    fn scrub(
+        &self,
+        req: crate::control::handle::ScrubRequest,
+    ) -> BoxFuture<'_, Result<Value, ControlError>> {
+        self.0.lock().unwrap().push(req);
+        Box::pin(async { Ok(json!({"started": true})) })
+    }
+}
+
+#[tokio::test]
+async fn scrub_method_passes_its_flags_to_the_engine_and_checks_params() {
+    // Arrange
+    let reg = registry().await;
+    let fake_only = call(&reg, "scrub", json!({"volume": "vol0"})).await;
+    let engine = Arc::new(ScrubEngine(std::sync::Mutex::new(Vec::new())));
+    assert!(reg.volumes()[0].set_engine(engine.clone()));
+    // Act
+    let ok = call(
+        &reg,
+        "scrub",
+        json!({"volume": "vol0", "repair": true, "wait": true}),
+    )
+    .await;
+    let cancel = call(&reg, "scrub", json!({"volume": "vol0", "cancel": true})).await;
+    let unknown = call(&reg, "scrub", json!({"volume": "nosuch"})).await;
+    let bad = call(&reg, "scrub", json!({"volume": "vol0", "repiar": true})).await;
+    // Assert
+    assert_eq!(fake_only["error"]["code"], -32004);
+    assert_eq!(ok["result"]["started"], true);
+    assert!(cancel["result"].is_object());
+    assert!(unknown["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nosuch"));
+    assert_eq!(bad["error"]["code"], -32602);
+    let seen = engine.0.lock().unwrap().clone();
+    let flags: Vec<(bool, bool, bool)> =
+        seen.iter().map(|r| (r.repair, r.cancel, r.wait)).collect();
+    assert_eq!(flags, [(true, false, true), (false, true, false)]);
+}

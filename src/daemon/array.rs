@@ -32,6 +32,10 @@ use crate::raid::{
     MemberIndex, MemberState, RebuildControl, RebuildError, RebuildSink, SyncProgress, Volume,
 };
 
+#[path = "array_scrub.rs"]
+mod scrub;
+pub use scrub::LastScrub;
+
 /// Per-volume operation settings (from the config).
 #[derive(Clone, Debug)]
 pub struct ArrayOptions {
@@ -43,6 +47,10 @@ pub struct ArrayOptions {
     pub bitmap: bool,
     /// Create missing spare files with this size (config `create`).
     pub create_size: Option<u64>,
+    /// Scrub when the last one finished this long ago (config `scrub_interval`).
+    pub scrub_interval: Option<Duration>,
+    /// Scheduled scrubs repair what they find (config `scrub_repair`).
+    pub scrub_repair: bool,
 }
 
 impl Default for ArrayOptions {
@@ -52,6 +60,8 @@ impl Default for ArrayOptions {
             rebuild_max_mbps: crate::raid::rebuild::DEFAULT_MAX_MBPS,
             bitmap: true,
             create_size: None,
+            scrub_interval: None,
+            scrub_repair: false,
         }
     }
 }
@@ -96,6 +106,8 @@ pub(super) struct StartPlan {
     pub(super) failures: UnboundedReceiver<MemberIndex>,
     pub(super) max_mbps: u64,
     pub(super) opts: MemberOptions,
+    pub(super) scrub_interval: Option<Duration>,
+    pub(super) scrub_repair: bool,
 }
 
 /// Operations on one running array.
@@ -128,6 +140,10 @@ pub struct ArrayHandle {
     events: std::sync::OnceLock<Arc<crate::control::events::EventLog>>,
     /// Wraps a joining member's data window (fault rules, counters) by role.
     wrap: std::sync::OnceLock<MemberWrap>,
+    /// The running scrub and the last result.
+    scrub: scrub::ScrubState,
+    scrub_interval: Option<Duration>,
+    scrub_repair: bool,
 }
 
 /// Wraps the data window of the member joining role `usize`.
@@ -205,6 +221,8 @@ impl ArrayHandle {
             mut failures,
             max_mbps,
             opts,
+            scrub_interval,
+            scrub_repair,
         } = plan;
         let handle = Arc::new(ArrayHandle {
             name: volume.volume_name().to_string(),
@@ -226,6 +244,9 @@ impl ArrayHandle {
             rebuilt_bytes: AtomicU64::new(0),
             events: std::sync::OnceLock::new(),
             wrap: std::sync::OnceLock::new(),
+            scrub: scrub::ScrubState::default(),
+            scrub_interval,
+            scrub_repair,
         });
         let h = handle.clone();
         let supervisor = tokio::spawn(async move {
@@ -249,6 +270,7 @@ impl ArrayHandle {
                 h.run_rebuild(r.role, r.only, &sink, true).await;
             }
             h.activate_spares().await;
+            let mut schedule = h.scrub_tick();
             loop {
                 tokio::select! {
                     failed = failures.recv() => match failed {
@@ -259,6 +281,7 @@ impl ArrayHandle {
                         None => return,
                     },
                     _ = h.stop.notified() => return,
+                    _ = scrub::tick(&mut schedule) => h.scheduled_scrub().await,
                 }
             }
         });
@@ -642,6 +665,12 @@ impl ArrayHandle {
         persisted: bool,
     ) {
         let member = MemberIndex(role);
+        if self.cancel_scrub() {
+            info!(
+                "{}: rebuild of member {role} starts: scrub cancelled",
+                self.name
+            );
+        }
         let recovery = only.is_some();
         let started = std::time::Instant::now();
         match self.volume.rebuild(member, only, &self.control, sink).await {

@@ -309,6 +309,8 @@ pub async fn assemble_volume_with(
         failures,
         max_mbps: aopts.rebuild_max_mbps,
         opts: *opts,
+        scrub_interval: aopts.scrub_interval,
+        scrub_repair: aopts.scrub_repair,
     });
     let missing = volume
         .member_states()

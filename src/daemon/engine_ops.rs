@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::array::{AddOutcome, ArrayHandle};
 use super::error_chain;
 use crate::block::BoxFuture;
-use crate::control::handle::EngineOps;
+use crate::control::handle::{EngineOps, ScrubRequest};
 use crate::control::ControlError;
 
 /// [`EngineOps`] of one array.
@@ -65,6 +65,33 @@ impl EngineOps for ArrayEngine {
         m.insert("sync".into(), sync.unwrap_or(Value::Null));
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
+        m.insert("last_scrub".into(), json!(self.0.last_scrub()));
         m
+    }
+
+    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            let name = crate::block::BlockDevice::name(&**self.0.volume()).to_string();
+            if req.cancel {
+                return if self.0.cancel_scrub() {
+                    Ok(json!({"volume": name, "cancelled": true}))
+                } else {
+                    Err(ControlError::Refused(format!(
+                        "{name}: no scrub is running"
+                    )))
+                };
+            }
+            let done = self
+                .0
+                .start_scrub(req.repair, "manual")
+                .map_err(|e| ControlError::Refused(error_chain(&e)))?;
+            if !req.wait {
+                return Ok(json!({"volume": name, "started": true, "repair": req.repair}));
+            }
+            let last = done.await.map_err(|_| {
+                ControlError::Refused(format!("{name}: the scrub stopped without a result"))
+            })?;
+            Ok(json!({"volume": name, "scrub": last}))
+        })
     }
 }

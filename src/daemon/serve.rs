@@ -93,6 +93,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     rebuild_max_mbps: v.rebuild_max_mbps,
                     bitmap: v.bitmap,
                     create_size: v.create.as_ref().map(|c| c.member_size),
+                    scrub_interval: v.scrub_interval,
+                    scrub_repair: v.scrub_repair,
                 },
             })
             .collect::<Vec<_>>()

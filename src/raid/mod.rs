@@ -10,6 +10,7 @@ pub mod intent;
 pub mod layout;
 pub mod parity;
 pub mod rebuild;
+pub mod scrub;
 pub mod stripe_lock;
 pub mod volume;
 
@@ -28,6 +29,7 @@ mod volume_tests;
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
 pub use rebuild::{RebuildControl, RebuildSink, SyncKind, SyncProgress};
+pub use scrub::{MemberScrub, ScrubReport};
 pub use volume::{MemberState, RaidError, RebuildError, Volume, VolumeEvents};
 
 use std::fmt;
@@ -106,3 +108,5 @@ impl FromStr for Level {
 
 #[cfg(test)]
 mod rebuild_tests;
+#[cfg(test)]
+mod scrub_tests;

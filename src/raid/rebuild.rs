@@ -34,7 +34,7 @@ use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
-const STEP: u64 = 2 << 20;
+pub(super) const STEP: u64 = 2 << 20;
 /// While client requests are in flight, passes run at the rate limit
 /// divided by this.
 const BUSY_DIVISOR: f64 = 8.0;
@@ -55,6 +55,8 @@ pub enum SyncKind {
     Rebuild,
     /// Catching a re-added member up from the write-intent bitmap.
     Recovery,
+    /// Checking (and with repair, fixing) every member's data (`vraid scrub`).
+    Scrub,
 }
 
 /// A snapshot of sync progress.
@@ -79,13 +81,13 @@ pub struct SyncProgress {
 pub struct SyncTracker {
     kind: SyncKind,
     member: Option<usize>,
-    done: AtomicU64,
+    pub(super) done: AtomicU64,
     total: u64,
     started: Instant,
 }
 
 impl SyncTracker {
-    fn new(kind: SyncKind, member: Option<usize>, total: u64) -> Arc<SyncTracker> {
+    pub(super) fn new(kind: SyncKind, member: Option<usize>, total: u64) -> Arc<SyncTracker> {
         Arc::new(SyncTracker {
             kind,
             member,
@@ -142,7 +144,7 @@ impl RebuildControl {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
-    fn is_cancelled(&self) -> bool {
+    pub(super) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
 }
@@ -163,20 +165,20 @@ pub trait RebuildSink: Send + Sync {
 
 /// Paces a pass: at most the configured rate, an eighth of it while client
 /// requests are in flight (like md's fallback to its minimum speed).
-struct Pacer {
+pub(super) struct Pacer {
     started: Instant,
     budget_secs: f64,
 }
 
 impl Pacer {
-    fn new() -> Pacer {
+    pub(super) fn new() -> Pacer {
         Pacer {
             started: Instant::now(),
             budget_secs: 0.0,
         }
     }
 
-    async fn step(&mut self, vol: &Volume, ctl: &RebuildControl, bytes: u64) {
+    pub(super) async fn step(&mut self, vol: &Volume, ctl: &RebuildControl, bytes: u64) {
         let mbps = ctl.max_mbps();
         let busy = vol.busy() > 0;
         if mbps > 0 {
@@ -200,7 +202,7 @@ impl Pacer {
 }
 
 /// Locks of one step: RAID-1 regions or RAID-5 stripes covering `a..b`.
-async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
+pub(super) async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
     match vol.geometry().level() {
         Level::Raid5 => {
             let chunk = vol.geometry().chunk().get();
@@ -213,7 +215,7 @@ async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
 }
 
 /// The steps of `a..b`, aligned to `STEP` (and so to chunks and regions).
-fn steps(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
+pub(super) fn steps(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
     let mut pos = a;
     std::iter::from_fn(move || {
         (pos < b).then(|| {

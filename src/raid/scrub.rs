@@ -1,0 +1,417 @@
+//! Scrub: read every member's data area, find blocks that are unreadable,
+//! fail their checksum, or disagree with the level's redundancy, and with
+//! `repair` rewrite them (md's `check` and `repair`).
+//!
+//! ```text
+//!  for each step (2 MiB of member data, up to DEPTH in flight):
+//!      pace ─► lock stripes/regions ─► read every live member concurrently
+//!      ─► a member read failed (Corrupt = checksum, else io)?
+//!             re-read it in 4 KiB blocks to find the bad ones
+//!             repair: rebuild them from redundancy and rewrite them
+//!      ─► consistency of the blocks every member read well:
+//!             RAID-1 mirrors equal the first in-sync mirror
+//!             RAID-5 XOR of all members is zero
+//!             repair: copy the first mirror / rewrite parity from data
+//!      ─► unlock
+//! ```
+//!
+//! Counts are in 4 KiB blocks, per member: a RAID-1 mismatch is counted on
+//! the mirror that differs from the first in-sync one, a RAID-5 mismatch on
+//! the stripe's parity member (both are what `repair` rewrites). Without
+//! `repair` nothing is written. A down member makes the affected steps
+//! unverifiable (`degraded`); RAID-0 has only the read-error checks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::future::join_all;
+use futures::StreamExt;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::parity::xor_into;
+use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
+use super::volume::{MemberOp, Volume};
+use super::Level;
+use crate::block::{BlockError, Durability};
+use crate::units::ByteOffset;
+
+/// Granularity of checks, counts and repairs.
+pub const BLOCK: usize = 4096;
+/// Most scrub steps in flight at once (their reads overlap the checks).
+const DEPTH: usize = 4;
+/// Member bytes buffered by the steps in flight, at most (wide arrays run
+/// fewer steps at once).
+const IN_FLIGHT: usize = 32 << 20;
+
+/// What a scrub found on one member, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemberScrub {
+    /// The member's role.
+    pub role: usize,
+    /// Blocks whose read failed its checksum.
+    pub checksum: u64,
+    /// Blocks that could not be read.
+    pub io: u64,
+    /// Blocks inconsistent with the other members (RAID-1: differ from the
+    /// first in-sync mirror; RAID-5: parity not matching the data).
+    pub mismatch: u64,
+    /// Blocks rewritten by `repair`.
+    pub repaired: u64,
+}
+
+impl MemberScrub {
+    fn add(&mut self, o: &MemberScrub) {
+        self.checksum += o.checksum;
+        self.io += o.io;
+        self.mismatch += o.mismatch;
+        self.repaired += o.repaired;
+    }
+}
+
+/// The outcome of a scrub pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScrubReport {
+    /// Bad blocks and mismatches were rewritten.
+    pub repair: bool,
+    /// Member bytes read and checked (summed over members).
+    pub bytes_checked: u64,
+    /// Per member, by role.
+    pub members: Vec<MemberScrub>,
+    /// A member was down for part of the pass: that part could not be
+    /// fully checked.
+    pub degraded: bool,
+    /// Stopped before the end.
+    pub cancelled: bool,
+}
+
+impl ScrubReport {
+    /// Bad blocks and mismatches found, all members and kinds.
+    pub fn found(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.checksum + m.io + m.mismatch)
+            .sum()
+    }
+
+    /// Blocks rewritten.
+    pub fn repaired(&self) -> u64 {
+        self.members.iter().map(|m| m.repaired).sum()
+    }
+
+    /// Mismatches found (md's `mismatch_cnt`, in 4 KiB blocks).
+    pub fn mismatches(&self) -> u64 {
+        self.members.iter().map(|m| m.mismatch).sum()
+    }
+}
+
+/// Why a member block is known bad.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bad {
+    Checksum,
+    Io,
+}
+
+/// One member's data in a step.
+struct Read {
+    /// Read (at least partly); false: the member is down.
+    live: bool,
+    data: Vec<u8>,
+    /// Per 4 KiB block, why it is bad; empty when every block read well.
+    bad: Vec<Option<Bad>>,
+}
+
+impl Read {
+    fn good(&self, block: usize) -> bool {
+        self.live && self.bad.get(block).is_none_or(|b| b.is_none())
+    }
+
+    fn block(&self, i: usize) -> &[u8] {
+        &self.data[i * BLOCK..(i + 1) * BLOCK]
+    }
+}
+
+struct Step {
+    members: Vec<MemberScrub>,
+    bytes: u64,
+    degraded: bool,
+}
+
+impl Volume {
+    /// Scrubs the whole member data area: counts bad and inconsistent
+    /// blocks per member and, with `repair`, rewrites them. Paced and
+    /// stopped by `ctl` (rate limit, shutdown) and stopped by `cancel`.
+    /// Shows as [`SyncKind::Scrub`] progress while it runs.
+    pub async fn scrub(
+        &self,
+        repair: bool,
+        ctl: &RebuildControl,
+        cancel: &AtomicBool,
+    ) -> ScrubReport {
+        let n = self.geometry().members();
+        let mds = self.geometry().member_data_size();
+        let tracker = SyncTracker::new(SyncKind::Scrub, None, mds);
+        self.set_scrub_progress(Some(tracker.clone()), None);
+        let mut report = ScrubReport {
+            repair,
+            members: (0..n)
+                .map(|role| MemberScrub {
+                    role,
+                    ..MemberScrub::default()
+                })
+                .collect(),
+            ..ScrubReport::default()
+        };
+        let stopped = || ctl.is_cancelled() || cancel.load(Ordering::Relaxed);
+        let pacer = tokio::sync::Mutex::new(Pacer::new());
+        let work = steps(0, mds).map(|(a, b)| {
+            let pacer = &pacer;
+            async move {
+                {
+                    let mut p = pacer.lock().await;
+                    if stopped() {
+                        return None;
+                    }
+                    p.step(self, ctl, b - a).await;
+                }
+                if stopped() {
+                    return None;
+                }
+                Some((b - a, self.scrub_step(a, b, repair).await))
+            }
+        });
+        let depth = (IN_FLIGHT / (n * STEP as usize)).clamp(1, DEPTH);
+        let mut work = futures::stream::iter(work).buffered(depth);
+        while let Some(step) = work.next().await {
+            let Some((len, step)) = step else {
+                report.cancelled = true;
+                break;
+            };
+            for (total, m) in report.members.iter_mut().zip(&step.members) {
+                total.add(m);
+            }
+            report.bytes_checked += step.bytes;
+            report.degraded |= step.degraded;
+            tracker.done.fetch_add(len, Ordering::Relaxed);
+        }
+        drop(work);
+        self.set_scrub_progress(None, Some(&tracker));
+        report
+    }
+
+    /// Sets the progress slot; with `only_if`, clears it only while it
+    /// still shows that tracker (a rebuild may have taken it over).
+    fn set_scrub_progress(&self, to: Option<Arc<SyncTracker>>, only_if: Option<&Arc<SyncTracker>>) {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        match (to, only_if) {
+            (None, Some(mine)) => {
+                if p.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, mine)) {
+                    *p = None;
+                }
+            }
+            (to, _) => *p = to,
+        }
+    }
+
+    /// Checks (and repairs) member data `a..b` under its locks.
+    async fn scrub_step(&self, a: u64, b: u64, repair: bool) -> Step {
+        let n = self.geometry().members();
+        let len = (b - a) as usize;
+        let _guards = lock_step(self, a, b).await;
+        let reads = (0..n).map(|m| self.scrub_read(MemberIndex(m), a, len));
+        let mut reads: Vec<Read> = join_all(reads).await;
+        let mut members: Vec<MemberScrub> = (0..n)
+            .map(|role| MemberScrub {
+                role,
+                ..MemberScrub::default()
+            })
+            .collect();
+        for (count, r) in members.iter_mut().zip(&reads) {
+            for bad in r.bad.iter().flatten() {
+                match bad {
+                    Bad::Checksum => count.checksum += 1,
+                    Bad::Io => count.io += 1,
+                }
+            }
+        }
+        if repair {
+            self.repair_bad_blocks(a, &mut reads, &mut members).await;
+        }
+        match self.geometry().level() {
+            Level::Raid0 => {}
+            Level::Raid1 => self.check_mirrors(a, &reads, &mut members, repair).await,
+            Level::Raid5 => self.check_parity(a, &reads, &mut members, repair).await,
+        }
+        let live = reads.iter().filter(|r| r.live).count();
+        Step {
+            members,
+            bytes: (live * len) as u64,
+            degraded: live < n,
+        }
+    }
+
+    /// Reads `len` bytes of `member` at `a`; on an error, block by block
+    /// to find the bad blocks.
+    async fn scrub_read(&self, member: MemberIndex, a: u64, len: usize) -> Read {
+        let mut data = vec![0u8; len];
+        let error = match self.read_member(member, ByteOffset(a), &mut data).await {
+            Ok(()) => {
+                return Read {
+                    live: true,
+                    data,
+                    bad: Vec::new(),
+                }
+            }
+            Err(e) => e,
+        };
+        let dead = Read {
+            live: false,
+            data: Vec::new(),
+            bad: Vec::new(),
+        };
+        if error.is_none() {
+            return dead;
+        }
+        let mut bad = vec![None; len / BLOCK];
+        for (i, piece) in data.chunks_mut(BLOCK).enumerate() {
+            let off = ByteOffset(a + (i * BLOCK) as u64);
+            match self.read_member(member, off, piece).await {
+                Ok(()) => {}
+                Err(None) => return dead,
+                Err(Some(e)) => {
+                    tracing::warn!(volume = %self.volume_name(), %member, offset = off.get(), %e, "scrub: bad block");
+                    bad[i] = Some(match e {
+                        BlockError::Corrupt { .. } => Bad::Checksum,
+                        _ => Bad::Io,
+                    });
+                }
+            }
+        }
+        Read {
+            live: true,
+            data,
+            bad,
+        }
+    }
+
+    /// Rebuilds every known-bad block that redundancy covers (RAID-1: a
+    /// mirror that read it well; RAID-5: XOR of the others) and rewrites it.
+    async fn repair_bad_blocks(&self, a: u64, reads: &mut [Read], members: &mut [MemberScrub]) {
+        let level = self.geometry().level();
+        for m in 0..reads.len() {
+            for i in 0..reads[m].bad.len() {
+                if reads[m].bad[i].is_none() {
+                    continue;
+                }
+                let others = (0..reads.len()).filter(|&k| k != m);
+                let fixed: Option<Vec<u8>> = match level {
+                    Level::Raid0 => None,
+                    Level::Raid1 => others
+                        .clone()
+                        .find(|&k| reads[k].good(i))
+                        .map(|k| reads[k].block(i).to_vec()),
+                    Level::Raid5 => others.clone().all(|k| reads[k].good(i)).then(|| {
+                        let mut x = vec![0u8; BLOCK];
+                        for k in others {
+                            xor_into(&mut x, reads[k].block(i));
+                        }
+                        x
+                    }),
+                };
+                let Some(fixed) = fixed else {
+                    continue;
+                };
+                let off = ByteOffset(a + (i * BLOCK) as u64);
+                let op = MemberOp::Write(off, &fixed, Durability::Normal);
+                if self.write_member(MemberIndex(m), op).await {
+                    tracing::info!(volume = %self.volume_name(), member = m, offset = off.get(), "scrub: bad block rewritten from redundancy");
+                    reads[m].data[i * BLOCK..(i + 1) * BLOCK].copy_from_slice(&fixed);
+                    reads[m].bad[i] = None;
+                    members[m].repaired += 1;
+                }
+            }
+        }
+    }
+
+    /// RAID-1: every mirror that read a block well must equal the first
+    /// one that did; repair copies it over (md semantics).
+    async fn check_mirrors(
+        &self,
+        a: u64,
+        reads: &[Read],
+        members: &mut [MemberScrub],
+        repair: bool,
+    ) {
+        let blocks = reads
+            .iter()
+            .find(|r| r.live)
+            .map_or(0, |r| r.data.len() / BLOCK);
+        for i in 0..blocks {
+            let mut good = (0..reads.len()).filter(|&m| reads[m].good(i));
+            let Some(first) = good.next() else {
+                continue;
+            };
+            let want = reads[first].block(i);
+            for m in good {
+                if reads[m].block(i) == want {
+                    continue;
+                }
+                members[m].mismatch += 1;
+                if repair {
+                    let off = ByteOffset(a + (i * BLOCK) as u64);
+                    let op = MemberOp::Write(off, want, Durability::Normal);
+                    if self.write_member(MemberIndex(m), op).await {
+                        members[m].repaired += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// RAID-5: the XOR of all members must be zero in every block all of
+    /// them read well; repair rewrites the parity from the data.
+    async fn check_parity(
+        &self,
+        a: u64,
+        reads: &[Read],
+        members: &mut [MemberScrub],
+        repair: bool,
+    ) {
+        if reads.iter().any(|r| !r.live) {
+            return;
+        }
+        let len = reads[0].data.len();
+        let mut x = reads[0].data.clone();
+        for r in &reads[1..] {
+            xor_into(&mut x, &r.data);
+        }
+        let chunk = self.geometry().chunk().get();
+        for (i, block) in x.chunks_exact(BLOCK).enumerate().take(len / BLOCK) {
+            if is_zero(block) || reads.iter().any(|r| !r.good(i)) {
+                continue;
+            }
+            let off = a + (i * BLOCK) as u64;
+            let Some(p) = self.geometry().parity_member(StripeIndex(off / chunk)) else {
+                continue;
+            };
+            members[p.0].mismatch += 1;
+            if repair {
+                // Parity from data: current parity XOR (XOR of all).
+                let mut fixed = reads[p.0].block(i).to_vec();
+                xor_into(&mut fixed, block);
+                let op = MemberOp::Write(ByteOffset(off), &fixed, Durability::Normal);
+                if self.write_member(p, op).await {
+                    members[p.0].repaired += 1;
+                }
+            }
+        }
+    }
+}
+
+/// True when every byte is zero (a branch-free OR over words, so it
+/// vectorizes).
+fn is_zero(block: &[u8]) -> bool {
+    block.chunks_exact(8).fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
+    }) == 0
+        && block.chunks_exact(8).remainder().iter().all(|&b| b == 0)
+}
