@@ -65,6 +65,11 @@ impl EngineOps for ArrayEngine {
         m.insert("sync".into(), sync.unwrap_or(Value::Null));
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
+        m.insert("replace".into(), self.0.replacing().unwrap_or(Value::Null));
         m
+    }
+
+    fn member_path(&self, role: usize) -> Option<String> {
+        self.0.member_path(role)
     }
 }
