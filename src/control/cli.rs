@@ -1,5 +1,6 @@
 //! The CLI verbs that talk to a running daemon: `status`, `fail`, `remove`,
-//! `fault add|list|clear`. Each sends one request and prints the reply.
+//! `fault add|list|clear`. Each sends one request and prints the reply;
+//! `status --watch` on a terminal hands over to `watch.rs` (progress bars).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
             );
             return Ok(());
         }
+        if args.watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return super::watch::watch(&path, &params);
+        }
         let text = render_status(&reply);
         if !args.watch {
             print!("{text}");
@@ -43,7 +47,8 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// `n` bytes in binary units ("1.5 MiB").
+pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;
