@@ -228,7 +228,11 @@ impl ArrayHandle {
             spares: Mutex::new(spares),
             paths: Mutex::new(paths),
             rebuilding: AtomicBool::new(rebuild.is_some()),
-            replacing: Mutex::new(None),
+            replacing: Mutex::new(
+                rebuild
+                    .as_ref()
+                    .and_then(|r| r.replace.clone().map(|path| (r.role, path))),
+            ),
             resync_pending: AtomicBool::new(resync.is_some()),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
@@ -572,6 +576,7 @@ impl ArrayHandle {
                 path.display()
             ),
         );
+        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = Some((role, show_path(path)));
         let h = self.clone();
         let new_path = path.to_path_buf();
         let task = tokio::spawn(async move {
@@ -700,7 +705,13 @@ impl ArrayHandle {
                     format!(
                         "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
                         self.name,
-                        if recovery { "recovery" } else { "rebuild" },
+                        if replace {
+                            "replace"
+                        } else if recovery {
+                            "recovery"
+                        } else {
+                            "rebuild"
+                        },
                         self.data_size,
                         copied as f64 / secs.max(1e-6) / 1e6
                     ),
