@@ -332,7 +332,7 @@ impl ArrayMetadata {
     /// member failed meanwhile). A no-op when no replace of `role` runs.
     pub async fn abort_replace(&self, role: usize) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
-        if !st.template.replace.is_some_and(|r| r.role as usize == role) {
+        if st.template.replace.is_none_or(|r| r.role as usize != role) {
             return Ok(());
         }
         st.template.replace = None;
