@@ -151,7 +151,7 @@ fn replace_killed_mid_copy_resumes_from_its_checkpoint_and_completes() {
     assert_eq!(during["replace"]["path"], new.to_str().unwrap(), "{during}");
     let drawn = String::from_utf8_lossy(&watch.stdout);
     assert!(
-        drawn.contains("rebuild of member 0") && drawn.contains('%'),
+        drawn.contains("replace of member 0") && drawn.contains('%'),
         "watch drew:\n{drawn}"
     );
     // Afterwards the new member holds role 0, the old one is out.

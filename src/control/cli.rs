@@ -39,10 +39,19 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
             print!("{text}");
             return Ok(());
         }
-        // Clear screen, home cursor, redraw.
-        print!("\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to stop)\n");
+        // Clear screen, home cursor, redraw; stop quietly once the reader
+        // is gone (`vraid status --watch | head`).
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let shown = write!(
+            out,
+            "\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to stop)\n"
+        )
+        .and_then(|()| out.flush());
+        if shown.is_err() {
+            return Ok(());
+        }
+        drop(out);
         std::thread::sleep(Duration::from_secs(1));
     }
 }

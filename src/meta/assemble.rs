@@ -319,6 +319,7 @@ pub async fn assemble(
         &members,
         &mut rebuild,
         &mut readd,
+        &mut excluded,
     );
     let missing = members.iter().filter(|m| m.is_none()).count();
     let tolerates = freshest.level.redundancy(count);
@@ -378,6 +379,7 @@ fn resolve_replace(
     members: &[Option<AssembledMember>],
     rebuild: &mut Option<RebuildTarget>,
     readd: &mut Vec<(usize, AssembledMember)>,
+    excluded: &mut Vec<Excluded>,
 ) -> (Option<RebuildTarget>, Option<usize>) {
     let Some(record) = freshest.replace else {
         return (None, None);
@@ -404,7 +406,18 @@ fn resolve_replace(
     }
     tracing::warn!(name = %freshest.name, role, path = %member.path, up_to,
         "the member being replaced in role {role} is absent; its replacement continues as a rebuild");
-    readd.retain(|(r, _)| *r != role);
+    // An old member that could have been re-added yields to its replacement.
+    let (yielded, kept): (Vec<_>, Vec<_>) = std::mem::take(readd)
+        .into_iter()
+        .partition(|(r, _)| *r == role);
+    *readd = kept;
+    for (_, old) in yielded {
+        excluded.push(Excluded {
+            path: old.path,
+            role: Some(record.role),
+            reason: "stale: its replacement continues as a rebuild of the role".into(),
+        });
+    }
     let entry = &mut freshest.members[role];
     entry.member_uuid = record.member_uuid;
     entry.state = MemberState::Rebuilding;

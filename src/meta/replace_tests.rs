@@ -225,3 +225,38 @@ async fn removed_member_is_left_out_with_its_reason_even_with_the_bitmap() {
         Err(MetaError::NoSuchRole(9))
     ));
 }
+
+#[tokio::test]
+async fn old_member_failed_mid_replace_yields_to_its_replacement() {
+    // Arrange: the bitmap is maintained, so the failed old member would be
+    // a re-add candidate; its replacement was already copying.
+    let devs = raid5(3).await;
+    let new = Arc::new(MemDevice::new("new".to_string(), MEMBER_SIZE));
+    let a = assemble(named(&[&devs[0], &devs[1], &devs[2]]))
+        .await
+        .unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    let uuid = Uuid::new_v4();
+    a.metadata
+        .begin_replace(0, new.clone(), uuid)
+        .await
+        .unwrap();
+    a.metadata.checkpoint(0, 3 << 20).await.unwrap();
+    a.record_member_failed(0).await.unwrap();
+
+    // Act
+    let next = assemble(named(&[&devs[0], &devs[1], &devs[2], &new]))
+        .await
+        .unwrap();
+
+    // Assert
+    let t = next
+        .rebuild
+        .as_ref()
+        .expect("replacement rebuilds the role");
+    assert_eq!((t.role, t.up_to, t.member.member_uuid), (0, 3 << 20, uuid));
+    assert!(next.readd.is_empty() && next.replace.is_none());
+    let ex = next.excluded.iter().find(|e| e.path == "/m0").unwrap();
+    assert!(ex.reason.contains("replacement"), "{}", ex.reason);
+}
