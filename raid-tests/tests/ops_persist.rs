@@ -118,6 +118,11 @@ fn replace_killed_mid_copy_resumes_from_its_checkpoint_and_completes() {
     );
     let log = server.wait_log(&prefix, Duration::from_secs(20));
     let resumed_at = logged_number(&log, &prefix);
+    let fio = fio_verify_cmd(&server.uri("vol"), "during", "32M", "100M")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let during = volume(&status_json(&ctl));
     let watch = Command::new("timeout")
         .args(["3", "script", "-qc"])
@@ -129,7 +134,7 @@ fn replace_killed_mid_copy_resumes_from_its_checkpoint_and_completes() {
         .arg("/dev/null")
         .output()
         .unwrap();
-    fio_ok(&server.uri("vol"), "during", "32M", "100M", false);
+    assert_fio_clean(fio);
     let log = server.wait_log("replace of member 0 finished", Duration::from_secs(120));
     let after = volume(&status_json(&ctl));
     assert_eq!(server.stop(), 0);
