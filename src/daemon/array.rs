@@ -13,7 +13,7 @@
 //!  shutdown()           ─► cancel ─► checkpoint ─► caller flushes, marks clean
 //! ```
 //!
-//! One rebuild runs at a time (the superblock has one checkpoint).
+//! One rebuild or replace runs at a time (the superblock has one checkpoint).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
