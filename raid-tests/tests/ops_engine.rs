@@ -101,6 +101,8 @@ fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
         "{added}"
     );
     assert_eq!(v["rebuild_max_mbps"], 100);
+    // Status names the member that holds role 1 now, not the start-up one.
+    assert_eq!(v["members"][1]["path"], new.to_str().unwrap(), "{v}");
     let kinds: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -152,7 +154,7 @@ fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
             new.to_str().unwrap(),
         ],
     );
-    wait_optimal(&ctl, "parity");
+    let v = wait_optimal(&ctl, "parity");
     assert_fio_clean(fio);
     let served = read_export(&uri, dir.path());
     assert_eq!(server.stop(), 0);
@@ -164,6 +166,7 @@ fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
         "data changed during replace"
     );
     assert_eq!(examine(&new)["role"], 0);
+    assert_eq!(v["members"][0]["path"], new.to_str().unwrap(), "{v}");
     let members: Vec<PathBuf> = vec![new.clone(), paths[1].clone(), paths[2].clone()];
     assert!(bad_parity_stripes(&members, 64 << 10).is_empty());
     let server = Server::start(

@@ -1,5 +1,6 @@
 //! The CLI verbs that talk to a running daemon: `status`, `fail`, `remove`,
-//! `fault add|list|clear`. Each sends one request and prints the reply.
+//! `fault add|list|clear`. Each sends one request and prints the reply;
+//! `status --watch` on a terminal hands over to `watch.rs` (progress bars).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,20 +31,33 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
             );
             return Ok(());
         }
+        if args.watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return super::watch::watch(&path, &params);
+        }
         let text = render_status(&reply);
         if !args.watch {
             print!("{text}");
             return Ok(());
         }
-        // Clear screen, home cursor, redraw.
-        print!("\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to stop)\n");
+        // Clear screen, home cursor, redraw; stop quietly once the reader
+        // is gone (`vraid status --watch | head`).
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let shown = write!(
+            out,
+            "\x1b[2J\x1b[H{text}\n(refreshing every second; Ctrl-C to stop)\n"
+        )
+        .and_then(|()| out.flush());
+        if shown.is_err() {
+            return Ok(());
+        }
+        drop(out);
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// `n` bytes in binary units ("1.5 MiB").
+pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;

@@ -35,6 +35,12 @@ pub trait EngineOps: Send + Sync {
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// Extra `status` fields: resync/rebuild progress, spares, rate limit.
     fn status(&self) -> serde_json::Map<String, Value>;
+    /// The path of the member holding `role` now (a spare, `add` or
+    /// `replace` may have given it a new one); `None`: the start-up path.
+    fn member_path(&self, role: usize) -> Option<String> {
+        let _ = role;
+        None
+    }
     /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
     /// once it ends) and `vraid scrub VOLUME --cancel`.
     fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {
@@ -146,7 +152,8 @@ pub enum VolumeState {
 pub struct MemberStatus {
     /// Role.
     pub role: usize,
-    /// Path as given at start-up.
+    /// Path of the member holding the role now (as given at start-up, or
+    /// to `add`/`replace`, or of the spare that took it).
     pub path: Option<String>,
     /// State.
     pub state: MemberStatusState,
@@ -271,7 +278,16 @@ impl VolumeHandle {
         }
     }
 
-    /// Finds a member by role number or by its start-up path.
+    /// The path of the member holding `role` now: the engine's, else the
+    /// start-up path.
+    pub fn current_path(&self, role: usize) -> Option<String> {
+        self.engine
+            .get()
+            .and_then(|e| e.member_path(role))
+            .or_else(|| self.members.get(role).and_then(|m| m.path.clone()))
+    }
+
+    /// Finds a member by role number, its start-up path or its current path.
     pub fn find_member(&self, member: &str) -> Result<&MemberHandle, ControlError> {
         let unknown = || ControlError::UnknownMember {
             volume: self.name.clone(),
@@ -285,7 +301,8 @@ impl VolumeHandle {
         self.members
             .iter()
             .find(|m| {
-                m.path.as_deref().is_some_and(|p| {
+                let paths = [m.path.clone(), self.current_path(m.role)];
+                paths.iter().flatten().any(|p| {
                     Path::new(p) == wanted
                         || canonical.is_some()
                             && std::fs::canonicalize(p).ok().as_ref() == canonical.as_ref()
@@ -310,7 +327,7 @@ impl VolumeHandle {
                 .iter()
                 .map(|m| MemberStatus {
                     role: m.role,
-                    path: m.path.clone(),
+                    path: self.current_path(m.role),
                     state: self.member_state(m.role),
                     faults: m.faults.rules().len(),
                     io: m.stats.summary(),
@@ -347,8 +364,10 @@ impl VolumeHandle {
         Ok(())
     }
 
-    /// `vraid remove`: takes a failed or missing member out of its slot.
-    pub fn remove(&self, role: usize) -> Result<(), ControlError> {
+    /// `vraid remove`: takes a failed or missing member out of its slot and
+    /// records it in the superblocks (the role stays missing with no member
+    /// UUID, so the old member is left out at the next start).
+    pub async fn remove(&self, role: usize) -> Result<(), ControlError> {
         let state = self.member_state(role);
         match state {
             MemberStatusState::Failed | MemberStatusState::Missing => {}
@@ -365,6 +384,16 @@ impl VolumeHandle {
                 )))
             }
         }
+        self.metadata
+            .record_member_removed(role)
+            .await
+            .map_err(|e| {
+                ControlError::Refused(format!(
+                    "cannot record the removal of member {role} of {}: {}",
+                    self.name,
+                    error_chain(&e)
+                ))
+            })?;
         let member = &self.members[role];
         member.removed.store(true, Ordering::Release);
         member.faults.clear();
@@ -451,6 +480,18 @@ impl VolumeHandle {
         }
         n
     }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
 }
 
 fn state_word(s: MemberStatusState) -> &'static str {

@@ -133,7 +133,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
-            vol.remove(role)?;
+            vol.remove(role).await?;
             Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))
         }
         "fault.add" => fault_add(reg, params(p)?),

@@ -18,6 +18,7 @@ pub mod handle;
 pub mod methods;
 pub mod rpc;
 pub mod server;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

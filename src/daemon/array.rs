@@ -8,11 +8,12 @@
 //!      resync dirty regions (if the array was dirty) ─► planned rebuild
 //!      ─► loop: member failed (from MetaEvents) ─► spare? ─► start_rebuild
 //!  add_member(path)     ─► down slot? start_rebuild : spares += path
-//!  replace_member(r, p) ─► attach p to active slot r ─► rebuild ─► finish_replace
+//!  replace_member(r, p) ─► attach p to active slot r ─► begin_replace (persisted)
+//!                       ─► rebuild (checkpoints) ─► finish_replace
 //!  shutdown()           ─► cancel ─► checkpoint ─► caller flushes, marks clean
 //! ```
 //!
-//! One rebuild runs at a time (the superblock has one checkpoint).
+//! One rebuild or replace runs at a time (the superblock has one checkpoint).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,6 +91,9 @@ pub(super) struct PlannedRebuild {
     pub(super) role: usize,
     /// Only these member ranges (bitmap recovery).
     pub(super) only: Option<Vec<(u64, u64)>>,
+    /// A resumed `replace`: the new member's path (it takes the role at
+    /// the end while the old member serves until then).
+    pub(super) replace: Option<String>,
 }
 
 /// Everything bring-up decided for [`ArrayHandle::start`].
@@ -125,6 +129,8 @@ pub struct ArrayHandle {
     paths: Mutex<Vec<Option<String>>>,
     /// A rebuild is running (only one at a time).
     rebuilding: AtomicBool,
+    /// The replace running: its role and the new member's path.
+    replacing: Mutex<Option<(usize, String)>>,
     /// A crash resync has not finished yet.
     resync_pending: AtomicBool,
     /// Shutting down: no new rebuild starts.
@@ -182,22 +188,26 @@ impl RebuildSink for MetaSink {
     }
 }
 
-/// A replacement is recorded only when complete (the old member serves
-/// until then; an interrupted replace starts over).
+/// Persists a replace through the superblocks: its checkpoints go to
+/// `rebuild_checkpoint` next to the `replace_uuid`/`replace_role` record
+/// written by `begin_replace`; at the end the new member takes the role.
 struct ReplaceSink {
     metadata: Arc<ArrayMetadata>,
-    device: Arc<dyn BlockDevice>,
-    member_uuid: Uuid,
 }
 
 impl RebuildSink for ReplaceSink {
-    fn checkpoint(&self, _: MemberIndex, _: u64) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+    fn checkpoint(&self, member: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.metadata
+                .checkpoint(member.0, up_to)
+                .await
+                .map_err(|e| error_chain(&e))
+        })
     }
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             self.metadata
-                .finish_replace(member.0, self.device.clone(), self.member_uuid)
+                .finish_replace(member.0)
                 .await
                 .map_err(|e| error_chain(&e))
         })
@@ -236,6 +246,11 @@ impl ArrayHandle {
             spares: Mutex::new(spares),
             paths: Mutex::new(paths),
             rebuilding: AtomicBool::new(rebuild.is_some()),
+            replacing: Mutex::new(
+                rebuild
+                    .as_ref()
+                    .and_then(|r| r.replace.clone().map(|path| (r.role, path))),
+            ),
             resync_pending: AtomicBool::new(resync.is_some()),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
@@ -264,10 +279,15 @@ impl ArrayHandle {
                 h.run_resync(ranges).await;
             }
             if let Some(r) = rebuild {
-                let sink = MetaSink {
-                    metadata: h.metadata.clone(),
-                };
-                h.run_rebuild(r.role, r.only, &sink, true).await;
+                match r.replace {
+                    Some(path) => h.run_replace(r.role, Path::new(&path)).await,
+                    None => {
+                        let sink = MetaSink {
+                            metadata: h.metadata.clone(),
+                        };
+                        h.run_rebuild(r.role, r.only, &sink, false).await;
+                    }
+                }
             }
             h.activate_spares().await;
             let mut schedule = h.scrub_tick();
@@ -378,6 +398,13 @@ impl ArrayHandle {
         {
             *p = Some(show_path(path));
         }
+    }
+
+    /// The replace running, for `status`: `{"member": role, "path": new}`.
+    pub fn replacing(&self) -> Option<serde_json::Value> {
+        let r = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
+        r.as_ref()
+            .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
     }
 
     /// Paths of the idle hot spares.
@@ -504,7 +531,7 @@ impl ArrayHandle {
             let sink = MetaSink {
                 metadata: h.metadata.clone(),
             };
-            h.run_rebuild(role, Some(ranges), &sink, true).await;
+            h.run_rebuild(role, Some(ranges), &sink, false).await;
             h.activate_spares().await;
         });
         self.tasks
@@ -554,6 +581,15 @@ impl ArrayHandle {
             self.rebuilding.store(false, Ordering::Release);
             return Err(self.raid_err(e));
         }
+        if let Err(e) = self
+            .metadata
+            .begin_replace(role, device, Uuid::new_v4())
+            .await
+        {
+            self.volume.detach_rebuild_target(MemberIndex(role));
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(e.into());
+        }
         self.event(
             "replace_started",
             Some(role),
@@ -563,21 +599,11 @@ impl ArrayHandle {
                 path.display()
             ),
         );
+        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = Some((role, show_path(path)));
         let h = self.clone();
-        let sink = ReplaceSink {
-            metadata: self.metadata.clone(),
-            device,
-            member_uuid: Uuid::new_v4(),
-        };
         let new_path = path.to_path_buf();
         let task = tokio::spawn(async move {
-            h.run_rebuild(role, None, &sink, false).await;
-            if h.volume.state(MemberIndex(role)) == MemberState::Active
-                && h.volume.rebuild_target(MemberIndex(role)).is_none()
-                && h.metadata.role_entry(role).await.map(|(u, _)| u) == Some(sink.member_uuid)
-            {
-                h.set_path(role, &new_path);
-            }
+            h.run_replace(role, &new_path).await;
             h.activate_spares().await;
         });
         self.tasks
@@ -585,6 +611,26 @@ impl ArrayHandle {
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
         Ok(())
+    }
+
+    /// Runs the copy of a replace (new or resumed) and gives the role's
+    /// path to the new member once it holds the role.
+    async fn run_replace(&self, role: usize, new_path: &Path) {
+        let sink = ReplaceSink {
+            metadata: self.metadata.clone(),
+        };
+        let uuid = self.metadata.replace().await.map(|(_, u)| u);
+        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((role, show_path(new_path)));
+        self.run_rebuild(role, None, &sink, true).await;
+        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
+        if uuid.is_some()
+            && holder == uuid
+            && self.volume.state(MemberIndex(role)) == MemberState::Active
+        {
+            self.set_path(role, new_path);
+        }
     }
 
     /// Stops running passes (recording the rebuild checkpoint). Returns
@@ -655,14 +701,14 @@ impl ArrayHandle {
         }
     }
 
-    /// Runs one rebuild; `persisted` says whether progress is in the
-    /// superblocks (not for a replace).
+    /// Runs one rebuild, or the copy of a replace (`replace`: an
+    /// abandoned one leaves the old member in its role).
     async fn run_rebuild(
         &self,
         role: usize,
         only: Option<Vec<(u64, u64)>>,
         sink: &dyn RebuildSink,
-        persisted: bool,
+        replace: bool,
     ) {
         let member = MemberIndex(role);
         if self.cancel_scrub() {
@@ -688,7 +734,13 @@ impl ArrayHandle {
                     format!(
                         "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
                         self.name,
-                        if recovery { "recovery" } else { "rebuild" },
+                        if replace {
+                            "replace"
+                        } else if recovery {
+                            "recovery"
+                        } else {
+                            "rebuild"
+                        },
                         self.data_size,
                         copied as f64 / secs.max(1e-6) / 1e6
                     ),
@@ -696,13 +748,12 @@ impl ArrayHandle {
             }
             Err(RebuildError::Cancelled) => {
                 if let Some((_, up_to)) = self.volume.rebuild_target(member) {
-                    if persisted {
-                        match self.metadata.checkpoint(role, up_to).await {
-                            Ok(()) => {
-                                info!("{}: rebuild of member {role} paused at {up_to}", self.name)
-                            }
-                            Err(e) => warn!("{}: {}", self.name, error_chain(&e)),
+                    let what = if replace { "replace" } else { "rebuild" };
+                    match self.metadata.checkpoint(role, up_to).await {
+                        Ok(()) => {
+                            info!("{}: {what} of member {role} paused at {up_to}", self.name)
                         }
+                        Err(e) => warn!("{}: {}", self.name, error_chain(&e)),
                     }
                 }
             }
@@ -712,10 +763,13 @@ impl ArrayHandle {
                     self.name,
                     error_chain(&e)
                 );
-                if persisted {
-                    if let Err(e) = self.metadata.abort_rebuild(role).await {
-                        warn!("{}: {}", self.name, error_chain(&e));
-                    }
+                let aborted = if replace {
+                    self.metadata.abort_replace(role).await
+                } else {
+                    self.metadata.abort_rebuild(role).await
+                };
+                if let Err(e) = aborted {
+                    warn!("{}: {}", self.name, error_chain(&e));
                 }
             }
         }
@@ -796,7 +850,7 @@ impl ArrayHandle {
             let sink = MetaSink {
                 metadata: h.metadata.clone(),
             };
-            h.run_rebuild(role, None, &sink, true).await;
+            h.run_rebuild(role, None, &sink, false).await;
             h.activate_spares().await;
         });
         self.tasks

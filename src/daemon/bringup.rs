@@ -265,6 +265,17 @@ pub async fn assemble_volume_with(
     for ex in &assembly.excluded {
         warn!("{name}: left out {}: {}", ex.path, ex.reason);
     }
+    if let Some(role) = assembly.replace_dropped {
+        handle.events.push(
+            &name,
+            "replace_dropped",
+            Some(role),
+            format!(
+                "{name}: the new member of the replace of member {role} is absent; \
+                 replace dropped, the old member keeps serving"
+            ),
+        );
+    }
     // Members that join later (rebuild targets, spares, added members) sit
     // behind the same fault rules and counters as the ones assembled now.
     let weak = Arc::downgrade(&handle);
@@ -387,7 +398,8 @@ fn member_paths_by_role(assembly: &Assembly) -> Vec<Option<String>> {
 }
 
 /// Opens the configured spares. A spare that holds an interrupted rebuild
-/// of this array (its role is rebuilding/recovering) joins the assembly;
+/// of this array (its role is rebuilding/recovering, or it is the new member
+/// of an interrupted replace) joins the assembly;
 /// the others stay spares. Missing spare files are created when the volume
 /// has a `create` size.
 async fn open_spares(
@@ -420,12 +432,13 @@ async fn open_spares(
         let rebuilding = match meta::read_superblock(device.as_ref()).await {
             Ok(read) => {
                 let sb = read.superblock;
-                sb.members.get(sb.role as usize).is_some_and(|e| {
-                    matches!(
-                        e.state,
-                        meta::MemberState::Rebuilding | meta::MemberState::Recovering
-                    )
-                })
+                sb.is_replacement()
+                    || sb.members.get(sb.role as usize).is_some_and(|e| {
+                        matches!(
+                            e.state,
+                            meta::MemberState::Rebuilding | meta::MemberState::Recovering
+                        )
+                    })
             }
             Err(_) => false,
         };
@@ -482,7 +495,39 @@ async fn plan_sync(
             if t.recovering { "recovery" } else { "rebuild" },
             t.role
         );
-        return Ok((resync, Some(PlannedRebuild { role: t.role, only })));
+        return Ok((
+            resync,
+            Some(PlannedRebuild {
+                role: t.role,
+                only,
+                replace: None,
+            }),
+        ));
+    }
+    if let Some(t) = &assembly.replace {
+        let mut up_to = t.up_to;
+        if let Some(r) = &resync {
+            up_to = r.iter().map(|&(a, _)| a).fold(up_to, u64::min);
+        }
+        volume
+            .attach_rebuild_target(
+                MemberIndex(t.role),
+                wrap(t.role, Arc::new(t.member.data.clone())),
+                up_to,
+            )
+            .map_err(raid_err)?;
+        info!(
+            "{name}: resuming the replace of member {} onto {} at {up_to}",
+            t.role, t.member.path
+        );
+        return Ok((
+            resync,
+            Some(PlannedRebuild {
+                role: t.role,
+                only: None,
+                replace: Some(t.member.path.clone()),
+            }),
+        ));
     }
     if let (Some(b), Some((role, m))) = (trusted, assembly.readd.first()) {
         let ranges = b.dirty_ranges();
@@ -507,6 +552,7 @@ async fn plan_sync(
             Some(PlannedRebuild {
                 role: *role,
                 only: Some(ranges),
+                replace: None,
             }),
         ));
     }

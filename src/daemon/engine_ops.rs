@@ -52,9 +52,17 @@ impl EngineOps for ArrayEngine {
 
     fn status(&self) -> Map<String, Value> {
         let mut m = Map::new();
+        let replacing = self.0.replacing();
         let sync = self.0.progress().map(|p| {
+            // A replace runs as a rebuild of its role; name it as such.
+            let kind = match &replacing {
+                Some(r) if p.member.is_some() && r["member"] == json!(p.member) => {
+                    "replace".to_string()
+                }
+                _ => format!("{:?}", p.kind).to_lowercase(),
+            };
             json!({
-                "kind": format!("{:?}", p.kind).to_lowercase(),
+                "kind": kind,
                 "member": p.member,
                 "done_bytes": p.done_bytes,
                 "total_bytes": p.total_bytes,
@@ -66,6 +74,7 @@ impl EngineOps for ArrayEngine {
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
         m.insert("last_scrub".into(), json!(self.0.last_scrub()));
+        m.insert("replace".into(), replacing.unwrap_or(Value::Null));
         m
     }
 
@@ -93,5 +102,9 @@ impl EngineOps for ArrayEngine {
             })?;
             Ok(json!({"volume": name, "scrub": last}))
         })
+    }
+
+    fn member_path(&self, role: usize) -> Option<String> {
+        self.0.member_path(role)
     }
 }

@@ -136,6 +136,8 @@ enum Verdict {
     Active(AssembledMember),
     Rebuild(AssembledMember, bool),
     ReAdd(AssembledMember),
+    /// The new member of the replace in progress.
+    Replacement(AssembledMember),
     Stale(String),
 }
 
@@ -144,7 +146,8 @@ enum Verdict {
 pub struct Excluded {
     /// The path.
     pub path: String,
-    /// The role it claims, if its superblock was readable.
+    /// The role it claims, if its superblock was readable and that role was
+    /// not taken away from it with `vraid remove`.
     pub role: Option<u32>,
     /// Why it was left out.
     pub reason: String,
@@ -181,6 +184,14 @@ pub struct Assembly {
     pub journal_valid: bool,
     /// A member whose rebuild was interrupted; resume it.
     pub rebuild: Option<RebuildTarget>,
+    /// The new member of an interrupted `vraid replace` whose old member is
+    /// present and active: resume the copy from `up_to` while the old one
+    /// serves (`recovering` is false). When the old member is absent the
+    /// replacement is in `rebuild` instead.
+    pub replace: Option<RebuildTarget>,
+    /// A replace was recorded but its new member is absent: it is dropped
+    /// (written by the first update) and the old member keeps the role.
+    pub replace_dropped: Option<usize>,
     /// Members that were missing or failed but can catch up from the
     /// write-intent bitmap (their role is still theirs, not taken over).
     pub readd: Vec<(usize, AssembledMember)>,
@@ -265,10 +276,12 @@ pub async fn assemble(
     let count = freshest.member_count as usize;
     let mut members: Vec<Option<AssembledMember>> = vec![None; count];
     let mut rebuild = None;
+    let mut replacement = None;
     let mut readd = Vec::new();
     for c in candidates {
         let role = c.sb.role as usize;
         match accept(&c, &freshest)? {
+            Verdict::Replacement(member) => replacement = Some((role, member)),
             Verdict::Active(member) => members[role] = Some(member),
             Verdict::Rebuild(member, recovering) => {
                 let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
@@ -286,14 +299,28 @@ pub async fn assemble(
             }
             Verdict::Stale(reason) => {
                 tracing::warn!(path = %c.path, role = c.sb.role, "excluding member: {reason}");
+                // A removed member no longer names its old slot.
+                let removed = freshest
+                    .members
+                    .get(role)
+                    .is_some_and(|e| e.member_uuid.is_nil());
                 excluded.push(Excluded {
                     path: c.path,
-                    role: Some(c.sb.role),
+                    role: (!removed).then_some(c.sb.role),
                     reason,
                 });
             }
         }
     }
+    let mut freshest = freshest;
+    let (replace, replace_dropped) = resolve_replace(
+        &mut freshest,
+        replacement,
+        &members,
+        &mut rebuild,
+        &mut readd,
+        &mut excluded,
+    );
     let missing = members.iter().filter(|m| m.is_none()).count();
     let tolerates = freshest.level.redundancy(count);
     if missing > tolerates {
@@ -315,6 +342,7 @@ pub async fn assemble(
     if let Some(t) = &rebuild {
         devices[t.role] = Some((t.member.device.clone(), t.member.member_uuid));
     }
+    let replacement_device = replace.as_ref().map(|t| t.member.device.clone());
     Ok(Assembly {
         name: freshest.name.clone(),
         array_uuid: freshest.array_uuid,
@@ -330,10 +358,77 @@ pub async fn assemble(
         checksums_valid: freshest.checksums_valid,
         journal_valid: freshest.journal_valid,
         rebuild,
+        replace,
+        replace_dropped,
         readd,
         excluded,
-        metadata: Arc::new(ArrayMetadata::new(freshest, devices)),
+        metadata: Arc::new(ArrayMetadata::new(freshest, devices, replacement_device)),
     })
+}
+
+/// Decides what becomes of a replace recorded in the freshest superblock
+/// (FORMAT.md §3 rule 5a). With the old member active, the new one resumes
+/// as the replacement. With the old member absent, failed or stale, the new
+/// one takes the role as an ordinary rebuild from the checkpoint (everything
+/// below it is a copy of the role that also got every later write). With
+/// the new member absent, the replace is dropped. Changes the in-memory
+/// `freshest` accordingly; the first update writes it.
+fn resolve_replace(
+    freshest: &mut Superblock,
+    replacement: Option<(usize, AssembledMember)>,
+    members: &[Option<AssembledMember>],
+    rebuild: &mut Option<RebuildTarget>,
+    readd: &mut Vec<(usize, AssembledMember)>,
+    excluded: &mut Vec<Excluded>,
+) -> (Option<RebuildTarget>, Option<usize>) {
+    let Some(record) = freshest.replace else {
+        return (None, None);
+    };
+    let role = record.role as usize;
+    let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
+    let Some((_, member)) = replacement else {
+        tracing::warn!(name = %freshest.name, role, new = %record.member_uuid,
+            "the new member of the replace of role {role} is absent; dropping the replace, the old member keeps the role");
+        freshest.replace = None;
+        freshest.rebuild_checkpoint = None;
+        return (None, Some(role));
+    };
+    if members[role].is_some() {
+        tracing::info!(name = %freshest.name, role, path = %member.path, up_to,
+            "member is replacing role {role}; resuming the copy");
+        let target = RebuildTarget {
+            role,
+            member,
+            up_to,
+            recovering: false,
+        };
+        return (Some(target), None);
+    }
+    tracing::warn!(name = %freshest.name, role, path = %member.path, up_to,
+        "the member being replaced in role {role} is absent; its replacement continues as a rebuild");
+    // An old member that could have been re-added yields to its replacement.
+    let (yielded, kept): (Vec<_>, Vec<_>) = std::mem::take(readd)
+        .into_iter()
+        .partition(|(r, _)| *r == role);
+    *readd = kept;
+    for (_, old) in yielded {
+        excluded.push(Excluded {
+            path: old.path,
+            role: Some(record.role),
+            reason: "stale: its replacement continues as a rebuild of the role".into(),
+        });
+    }
+    let entry = &mut freshest.members[role];
+    entry.member_uuid = record.member_uuid;
+    entry.state = MemberState::Rebuilding;
+    freshest.replace = None;
+    *rebuild = Some(RebuildTarget {
+        role,
+        member,
+        up_to,
+        recovering: false,
+    });
+    (None, None)
 }
 
 /// The array UUID held by most candidates (first seen on a tie).
@@ -388,6 +483,7 @@ fn freshest(candidates: &[Candidate]) -> Result<&Candidate, AssembleError> {
     }
     let same_history = |a: &Superblock, b: &Superblock| {
         a.members == b.members
+            && a.replace == b.replace
             && a.level == b.level
             && a.chunk_size == b.chunk_size
             && a.layout == b.layout
@@ -414,7 +510,17 @@ fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError
             freshest.member_count
         )));
     };
-    if entry.member_uuid != c.sb.member_uuid {
+    let replacing = freshest
+        .replace
+        .is_some_and(|r| r.role as usize == role && r.member_uuid == c.sb.member_uuid);
+    if entry.member_uuid.is_nil() && !replacing {
+        return Ok(Verdict::Stale(format!(
+            "removed: role {role} was taken out of the array with `vraid remove` \
+             (recorded at event {}; member has event {}); add it back as a new member",
+            freshest.events, c.sb.events
+        )));
+    }
+    if entry.member_uuid != c.sb.member_uuid && !replacing {
         return Ok(Verdict::Stale(format!(
             "stale: role {role} now belongs to member {}",
             entry.member_uuid
@@ -427,6 +533,7 @@ fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError
         )
     };
     let kind = match entry.state {
+        _ if replacing => 4,
         MemberState::Active => 0,
         MemberState::Rebuilding => 1,
         MemberState::Recovering => 2,
@@ -482,6 +589,7 @@ fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError
         0 => Verdict::Active(member),
         1 => Verdict::Rebuild(member, false),
         2 => Verdict::Rebuild(member, true),
+        4 => Verdict::Replacement(member),
         _ => Verdict::ReAdd(member),
     })
 }

@@ -159,6 +159,7 @@ pub async fn create_array(
             checksums_valid: true,
             journal_valid: true,
             scrub_time: 0,
+            replace: None,
             name: spec.name.clone(),
             members: members.clone(),
         })

@@ -54,6 +54,8 @@ pub struct ExamineReport {
     pub journal_valid: bool,
     /// Unix seconds of the last completed scrub (0 = never).
     pub scrub_time: u64,
+    /// A `vraid replace` in progress: role and new member UUID.
+    pub replace: Option<super::superblock::ReplaceRecord>,
     /// Set write-intent bits (region indexes) in this member's bitmap.
     pub bitmap_dirty_regions: Vec<u64>,
     /// Which superblock copy is in use.
@@ -105,6 +107,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         checksums_valid: sb.checksums_valid,
         journal_valid: sb.journal_valid,
         scrub_time: sb.scrub_time,
+        replace: sb.replace,
         bitmap_dirty_regions,
         copy_used: read.copy,
         bad_copy: read
@@ -163,6 +166,13 @@ impl fmt::Display for ExamineReport {
         writeln!(f, "    PPL journal   : {}", maintained(self.journal_valid))?;
         if self.scrub_time > 0 {
             writeln!(f, "    Last scrub    : {} (Unix seconds)", self.scrub_time)?;
+        }
+        if let Some(r) = &self.replace {
+            writeln!(
+                f,
+                "    Replacing     : role {} by member {}",
+                r.role, r.member_uuid
+            )?;
         }
         if let Some(bad) = &self.bad_copy {
             writeln!(f, "    Bad copy      : {bad}")?;

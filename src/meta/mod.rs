@@ -99,6 +99,9 @@ pub enum MetaError {
     /// The role is not part of the array.
     #[error("role {0} is not a member of this array")]
     NoSuchRole(usize),
+    /// The role is being rebuilt or replaced.
+    #[error("role {0} is being rebuilt or replaced")]
+    RoleBusy(usize),
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -109,5 +112,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod replace_tests;
 #[cfg(test)]
 mod tests;

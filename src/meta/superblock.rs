@@ -40,6 +40,10 @@ const CRC_OFFSET: usize = SUPERBLOCK_SIZE - 4;
 const NAME_OFFSET: usize = 256;
 const TABLE_OFFSET: usize = 1024;
 const TABLE_ENTRY: usize = 32;
+/// `replace_uuid` (16 bytes) and `replace_role` (4 bytes); reserved after.
+const REPLACE_UUID_OFFSET: usize = 192;
+const REPLACE_ROLE_OFFSET: usize = 208;
+const REPLACE_END: usize = 212;
 
 /// Whether the array may have writes in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -104,6 +108,17 @@ pub struct RoleEntry {
     pub state: MemberState,
 }
 
+/// A `vraid replace` in progress (FORMAT.md §2 `replace_uuid`/`replace_role`):
+/// the new member copying role `role` while the role's table entry still
+/// names the old member, which keeps serving until the copy completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReplaceRecord {
+    /// The role being replaced.
+    pub role: u32,
+    /// The new member's `member_uuid`.
+    pub member_uuid: Uuid,
+}
+
 /// One decoded superblock (FORMAT.md §2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -145,6 +160,8 @@ pub struct Superblock {
     pub journal_valid: bool,
     /// Unix seconds of the last completed scrub (0 = never).
     pub scrub_time: u64,
+    /// A replacement in progress; its progress is `rebuild_checkpoint`.
+    pub replace: Option<ReplaceRecord>,
     /// Array name.
     pub name: String,
     /// Member table, one entry per role (`member_count` entries).
@@ -274,6 +291,10 @@ impl Superblock {
         put(172, &u32::from(self.checksums_valid).to_le_bytes());
         put(176, &u32::from(self.journal_valid).to_le_bytes());
         put(184, &self.scrub_time.to_le_bytes());
+        if let Some(r) = &self.replace {
+            put(REPLACE_UUID_OFFSET, r.member_uuid.as_bytes());
+            put(REPLACE_ROLE_OFFSET, &r.role.to_le_bytes());
+        }
         let name = self.name.as_bytes();
         put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
         for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
@@ -312,7 +333,7 @@ impl Superblock {
         }
         for (from, to) in [
             (180, 184),
-            (192, NAME_OFFSET),
+            (REPLACE_END, NAME_OFFSET),
             (320, TABLE_OFFSET),
             (2048, CRC_OFFSET),
         ] {
@@ -386,6 +407,19 @@ impl Superblock {
         };
         let checksums_valid = flag(172, "csum_state")?;
         let journal_valid = flag(176, "journal_state")?;
+        let replace_uuid = f.uuid(REPLACE_UUID_OFFSET);
+        let replace_role = f.u32(REPLACE_ROLE_OFFSET);
+        let replace = if replace_uuid.is_nil() {
+            if replace_role != 0 {
+                return Err(field("replace_role", "set without a replace_uuid"));
+            }
+            None
+        } else {
+            Some(ReplaceRecord {
+                role: replace_role,
+                member_uuid: replace_uuid,
+            })
+        };
         Ok(Superblock {
             flags: 0,
             array_uuid: f.uuid(16),
@@ -414,6 +448,7 @@ impl Superblock {
             checksums_valid,
             journal_valid,
             scrub_time: f.u64(184),
+            replace,
             name,
             members,
         })
@@ -457,11 +492,37 @@ impl Superblock {
                 "role",
                 format!("role {} but only {count} members", self.role),
             ));
-        } else if self.members[self.role as usize].member_uuid != self.member_uuid {
+        } else if self.members[self.role as usize].member_uuid != self.member_uuid
+            && !self.is_replacement()
+        {
             return Err(field(
                 "member table",
                 "own role lists a different member_uuid",
             ));
+        }
+        if let Some(r) = &self.replace {
+            if r.role >= self.member_count {
+                return Err(field(
+                    "replace_role",
+                    format!("role {} but only {count} members", r.role),
+                ));
+            }
+            if self.members.iter().any(|m| m.member_uuid == r.member_uuid) {
+                return Err(field("replace_uuid", "already holds a role"));
+            }
+            if self.rebuild_checkpoint.is_none() {
+                return Err(field("replace_uuid", "set without a rebuild_checkpoint"));
+            }
+            if self
+                .members
+                .iter()
+                .any(|m| matches!(m.state, MemberState::Rebuilding | MemberState::Recovering))
+            {
+                return Err(field(
+                    "replace_uuid",
+                    "set while a role is being rebuilt (one at a time)",
+                ));
+            }
         }
         if !valid_chunk_size(self.chunk_size as u64) {
             return Err(field(
@@ -476,6 +537,12 @@ impl Superblock {
             return Err(field("events", "zero"));
         }
         self.validate_layout()
+    }
+
+    /// This superblock is the one of the new member of a replace in progress.
+    pub fn is_replacement(&self) -> bool {
+        self.replace
+            .is_some_and(|r| r.role == self.role && r.member_uuid == self.member_uuid)
     }
 
     fn validate_layout(&self) -> Result<(), SuperblockError> {

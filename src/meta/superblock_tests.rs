@@ -33,6 +33,7 @@ fn sample() -> Superblock {
         checksums_valid: true,
         journal_valid: true,
         scrub_time: 0,
+        replace: None,
         name: "vol0".into(),
         members,
     }
@@ -120,6 +121,7 @@ proptest! {
             checksums_valid: false,
             journal_valid: false,
             scrub_time: 1_700_000_000,
+            replace: None,
             name,
             members,
         };
@@ -374,4 +376,89 @@ fn bitmap_state_rebuild_states_and_spare_role_round_trip() {
         field_of(Superblock::decode(&bad).unwrap_err()),
         "bitmap_state"
     );
+}
+
+#[test]
+fn replace_record_round_trips_at_its_offsets_and_lets_the_target_decode() {
+    // Arrange: role 1 is being replaced by a new member copying it.
+    let mut sb = sample();
+    let new = Uuid::from_u128(0x7777);
+    sb.rebuild_checkpoint = Some(64 << 20);
+    sb.replace = Some(ReplaceRecord {
+        role: 1,
+        member_uuid: new,
+    });
+    let mut target = sb.clone();
+    target.role = 1;
+    target.member_uuid = new;
+
+    // Act
+    let b = target.encode();
+
+    // Assert
+    assert_eq!(&b[192..208], new.as_bytes());
+    assert_eq!(u32::from_le_bytes(b[208..212].try_into().unwrap()), 1);
+    let decoded = Superblock::decode(&b).unwrap();
+    assert!(decoded.is_replacement());
+    assert_eq!(decoded, target);
+    assert!(!Superblock::decode(&sb.encode()).unwrap().is_replacement());
+}
+
+#[test]
+fn decode_refuses_inconsistent_replace_records() {
+    type Mutation = Box<dyn Fn(&mut Superblock)>;
+    let record = |role, uuid| {
+        Some(ReplaceRecord {
+            role,
+            member_uuid: Uuid::from_u128(uuid),
+        })
+    };
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "replace_role",
+            Box::new(move |s| {
+                s.rebuild_checkpoint = Some(0);
+                s.replace = record(4, 0x7777);
+            }),
+        ),
+        (
+            "replace_uuid",
+            Box::new(move |s| {
+                s.rebuild_checkpoint = Some(0);
+                s.replace = record(1, 0x1003);
+            }),
+        ),
+        (
+            "replace_uuid",
+            Box::new(move |s| s.replace = record(1, 0x7777)),
+        ),
+        (
+            "replace_uuid",
+            Box::new(move |s| {
+                s.rebuild_checkpoint = Some(0);
+                s.members[3].state = MemberState::Rebuilding;
+                s.replace = record(1, 0x7777);
+            }),
+        ),
+    ];
+    for (expected, mutate) in cases {
+        let mut sb = sample();
+        mutate(&mut sb);
+        let err = Superblock::decode(&sb.encode()).unwrap_err();
+        assert_eq!(field_of(err), expected);
+    }
+    // A role without a UUID, and bytes past the record, are refused.
+    let mut b = sample().encode();
+    b[208] = 1;
+    let crc = crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat());
+    b[4092..].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        field_of(Superblock::decode(&b).unwrap_err()),
+        "replace_role"
+    );
+    let mut b = sample().encode();
+    b[212] = 1;
+    let crc = crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat());
+    b[4092..].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(field_of(Superblock::decode(&b).unwrap_err()), "reserved");
 }

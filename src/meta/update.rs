@@ -1,8 +1,9 @@
 //! Superblock updates of a running array (FORMAT.md §3): clean/dirty
-//! transitions and member failures.
+//! transitions, member failures and removals, rebuilds and replacements.
 //!
 //! ```text
-//! mark_dirty / mark_clean / record_member_failed
+//! mark_dirty / mark_clean / record_member_failed / record_member_removed
+//! begin_rebuild / begin_replace ─► checkpoint* ─► finish_rebuild / finish_replace
 //!    └─► lock ─► change template ─► events+1, absent active roles → missing
 //!          ─► every present member: copy A, flush, copy B, flush (in parallel)
 //! ```
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use uuid::Uuid;
 
-use super::superblock::{write_superblock, ArrayState, MemberState, Superblock};
+use super::superblock::{write_superblock, ArrayState, MemberState, ReplaceRecord, Superblock};
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
@@ -36,6 +37,8 @@ struct MetaState {
     template: Superblock,
     /// Present members by role.
     devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
+    /// The new member of the replace in progress (`template.replace`).
+    replacement: Option<Arc<dyn BlockDevice>>,
     /// The last `write_all` of this assembly succeeded on every member.
     written: bool,
     /// This run maintains the write-intent bitmap.
@@ -44,15 +47,18 @@ struct MetaState {
 
 impl ArrayMetadata {
     /// Starts from the freshest superblock and the present members by role.
+    /// `replacement` is the new member of `template.replace`, if present.
     pub(super) fn new(
         template: Superblock,
         devices: Vec<Option<(Arc<dyn BlockDevice>, Uuid)>>,
+        replacement: Option<Arc<dyn BlockDevice>>,
     ) -> Self {
         ArrayMetadata {
             name: template.name.clone(),
             state: tokio::sync::Mutex::new(MetaState {
                 template,
                 devices,
+                replacement,
                 written: false,
                 bitmap_enabled: false,
             }),
@@ -164,6 +170,7 @@ impl ArrayMetadata {
             .iter()
             .flatten()
             .map(|(d, _)| d.clone())
+            .chain(st.replacement.clone())
             .collect()
     }
 
@@ -231,15 +238,16 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
-    /// Records rebuild progress: the member in `role` is in sync below `up_to`.
+    /// Records rebuild progress: the member in `role` (rebuilt, recovering,
+    /// or the replacement copying it) is in sync below `up_to`.
     pub async fn checkpoint(&self, role: usize, up_to: u64) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
-        if !st
-            .template
-            .members
-            .get(role)
-            .is_some_and(|m| matches!(m.state, MemberState::Rebuilding | MemberState::Recovering))
-        {
+        let rebuilding =
+            st.template.members.get(role).is_some_and(|m| {
+                matches!(m.state, MemberState::Rebuilding | MemberState::Recovering)
+            });
+        let replacing = st.template.replace.is_some_and(|r| r.role as usize == role);
+        if !rebuilding && !replacing {
             return Err(MetaError::NoSuchRole(role));
         }
         st.template.rebuild_checkpoint = Some(up_to);
@@ -258,22 +266,107 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
-    /// Gives `role` to `device` (a finished replacement), in sync: the old
-    /// member of the role is no longer written and becomes stale.
-    pub async fn finish_replace(
+    /// Starts a replacement of the (active) member in `role` by `device`
+    /// with the fresh `member_uuid`: recorded in `replace_uuid`/`replace_role`
+    /// with `rebuild_checkpoint` = 0 while the table keeps the old member;
+    /// the new member's superblock is written with the others from now on.
+    pub async fn begin_replace(
         &self,
         role: usize,
         device: Arc<dyn BlockDevice>,
         member_uuid: Uuid,
     ) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
+        if role >= st.template.members.len() {
+            return Err(MetaError::NoSuchRole(role));
+        }
+        st.template.replace = Some(ReplaceRecord {
+            role: role as u32,
+            member_uuid,
+        });
+        st.template.rebuild_checkpoint = Some(0);
+        st.replacement = Some(device);
+        tracing::info!(name = %self.name, role, %member_uuid, "recording replace start");
+        let result = Self::write_all(&mut st).await;
+        if result.is_err() {
+            // Not started: the old member keeps the role.
+            st.template.replace = None;
+            st.template.rebuild_checkpoint = None;
+            st.replacement = None;
+        }
+        result
+    }
+
+    /// The replace in progress: the role and the new member's UUID.
+    pub async fn replace(&self) -> Option<(usize, Uuid)> {
+        let st = self.state.lock().await;
+        st.template
+            .replace
+            .map(|r| (r.role as usize, r.member_uuid))
+    }
+
+    /// Gives `role` to the replacement recorded by `begin_replace` (or
+    /// resumed at assembly), in sync: the old member of the role is no
+    /// longer written and becomes stale.
+    pub async fn finish_replace(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let Some(record) = st.template.replace.filter(|r| r.role as usize == role) else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        let Some(device) = st.replacement.take() else {
+            return Err(MetaError::NoSuchRole(role));
+        };
+        let entry = &mut st.template.members[role];
+        entry.member_uuid = record.member_uuid;
+        entry.state = MemberState::Active;
+        st.template.replace = None;
+        st.template.rebuild_checkpoint = None;
+        st.devices[role] = Some((device, record.member_uuid));
+        tracing::info!(name = %self.name, role, member_uuid = %record.member_uuid,
+            "recording replacement in sync");
+        Self::write_all(&mut st).await
+    }
+
+    /// Records an abandoned replace: the new member is no longer written
+    /// and the old one keeps the role (or the role stays failed if the old
+    /// member failed meanwhile). A no-op when no replace of `role` runs.
+    pub async fn abort_replace(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        if st.template.replace.is_none_or(|r| r.role as usize != role) {
+            return Ok(());
+        }
+        st.template.replace = None;
+        st.template.rebuild_checkpoint = None;
+        st.replacement = None;
+        tracing::info!(name = %self.name, role, "recording replace abandoned");
+        Self::write_all(&mut st).await
+    }
+
+    /// Takes the failed or missing member of `role` out of the array: the
+    /// role keeps state missing with a nil `member_uuid`, so that member is
+    /// never accepted again (not even by bitmap re-add); it can come back
+    /// only as a new member.
+    pub async fn record_member_removed(&self, role: usize) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        let replacing = st.template.replace.is_some_and(|r| r.role as usize == role);
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
         };
-        entry.member_uuid = member_uuid;
-        entry.state = MemberState::Active;
-        st.devices[role] = Some((device, member_uuid));
-        tracing::info!(name = %self.name, role, %member_uuid, "recording replacement in sync");
+        if entry.member_uuid.is_nil() {
+            return Ok(());
+        }
+        let busy = replacing
+            || matches!(
+                entry.state,
+                MemberState::Rebuilding | MemberState::Recovering
+            );
+        if busy {
+            return Err(MetaError::RoleBusy(role));
+        }
+        entry.member_uuid = Uuid::nil();
+        entry.state = MemberState::Missing;
+        st.devices[role] = None;
+        tracing::warn!(name = %self.name, role, "recording member removal");
         Self::write_all(&mut st).await
     }
 
@@ -309,6 +402,7 @@ impl ArrayMetadata {
         let MetaState {
             template,
             devices,
+            replacement,
             written,
             bitmap_enabled,
         } = st;
@@ -327,20 +421,28 @@ impl ArrayMetadata {
             .iter()
             .all(|m| m.state == MemberState::Active);
         template.bitmap_valid = *bitmap_enabled && (template.bitmap_valid || whole);
-        let writes = devices.iter().enumerate().filter_map(|(role, d)| {
-            let (device, member_uuid) = d.as_ref()?;
-            let mut sb = template.clone();
-            sb.role = role as u32;
-            sb.member_uuid = *member_uuid;
-            Some(async move {
-                write_superblock(device.as_ref(), &sb)
-                    .await
-                    .map_err(|source| MetaError::Io {
-                        device: device.name().to_string(),
-                        source,
-                    })
-            })
-        });
+        let target = template
+            .replace
+            .zip(replacement.as_ref())
+            .map(|(r, d)| (r.role as usize, d, r.member_uuid));
+        let writes = devices
+            .iter()
+            .enumerate()
+            .filter_map(|(role, d)| d.as_ref().map(|(dev, uuid)| (role, dev, *uuid)))
+            .chain(target)
+            .map(|(role, device, member_uuid)| {
+                let mut sb = template.clone();
+                sb.role = role as u32;
+                sb.member_uuid = member_uuid;
+                async move {
+                    write_superblock(device.as_ref(), &sb)
+                        .await
+                        .map_err(|source| MetaError::Io {
+                            device: device.name().to_string(),
+                            source,
+                        })
+                }
+            });
         join_all(writes)
             .await
             .into_iter()
