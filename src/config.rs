@@ -89,6 +89,9 @@ pub struct VolumeConfig {
     pub rebuild_max_mbps: u64,
     /// Maintain the write-intent bitmap (resync only dirty regions).
     pub bitmap: bool,
+    /// Verify per-block checksums of member data (default: on with the
+    /// bitmap, which they need).
+    pub checksums: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -231,6 +234,7 @@ struct RawVolume {
     spares: Option<Vec<Spanned<String>>>,
     rebuild_max_mbps: Option<Spanned<i64>>,
     bitmap: Option<bool>,
+    checksums: Option<Spanned<bool>>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -530,6 +534,19 @@ fn volume(
         faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
     }
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
+    let bitmap = v.bitmap.unwrap_or(true);
+    let checksums = match &v.checksums {
+        Some(c) if *c.get_ref() && !bitmap => {
+            return Err(src.invalid(
+                c.span(),
+                format!("{key}.checksums"),
+                "checksums need the write-intent bitmap (it makes them crash-safe): \
+                 remove `bitmap = false` or set `checksums = false`",
+            ))
+        }
+        Some(c) => *c.get_ref(),
+        None => bitmap,
+    };
     Ok(VolumeConfig {
         name,
         level,
@@ -543,7 +560,8 @@ fn volume(
         faults,
         spares,
         rebuild_max_mbps,
-        bitmap: v.bitmap.unwrap_or(true),
+        bitmap,
+        checksums,
     })
 }
 

@@ -43,6 +43,8 @@ pub struct ArrayOptions {
     pub bitmap: bool,
     /// Create missing spare files with this size (config `create`).
     pub create_size: Option<u64>,
+    /// Verify per-block checksums of member data (needs the bitmap).
+    pub checksums: bool,
 }
 
 impl Default for ArrayOptions {
@@ -52,6 +54,7 @@ impl Default for ArrayOptions {
             rebuild_max_mbps: crate::raid::rebuild::DEFAULT_MAX_MBPS,
             bitmap: true,
             create_size: None,
+            checksums: true,
         }
     }
 }
@@ -130,9 +133,14 @@ pub struct ArrayHandle {
     wrap: std::sync::OnceLock<MemberWrap>,
 }
 
-/// Wraps the data window of the member joining role `usize`.
-pub type MemberWrap =
-    Arc<dyn Fn(usize, Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> + Send + Sync>;
+/// Wraps the data window of the member joining role `usize`: the raw
+/// member, its data window, and whether it is new to the array (`fresh`:
+/// its metadata areas hold nothing of ours, e.g. no block checksums).
+pub type MemberWrap = Arc<
+    dyn Fn(usize, Arc<dyn BlockDevice>, Arc<dyn BlockDevice>, bool) -> Arc<dyn BlockDevice>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for ArrayHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -287,10 +295,11 @@ impl ArrayHandle {
         &self,
         role: usize,
         device: &Arc<dyn BlockDevice>,
+        fresh: bool,
     ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
         let window = self.window(device)?;
         Ok(match self.wrap.get() {
-            Some(wrap) => wrap(role, window),
+            Some(wrap) => wrap(role, device.clone(), window, fresh),
             None => window,
         })
     }
@@ -446,7 +455,7 @@ impl ArrayHandle {
                 .map_err(|e| DaemonError::Usage(error_chain(&e)))?
                 .superblock
                 .member_uuid;
-            let window = self.member_window(role, &device)?;
+            let window = self.member_window(role, &device, false)?;
             self.volume
                 .attach_rebuild_target(MemberIndex(role), window, 0)
                 .map_err(|e| self.raid_err(e))?;
@@ -517,7 +526,7 @@ impl ArrayHandle {
                 self.name
             )));
         }
-        let window = match self.member_window(role, &device) {
+        let window = match self.member_window(role, &device, true) {
             Ok(w) => w,
             Err(e) => {
                 self.rebuilding.store(false, Ordering::Release);
@@ -778,7 +787,7 @@ impl ArrayHandle {
     }
 
     async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
-        let window = self.member_window(role, &spare.device)?;
+        let window = self.member_window(role, &spare.device, true)?;
         self.volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
             .map_err(|e| self.raid_err(e))?;

@@ -93,6 +93,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     rebuild_max_mbps: v.rebuild_max_mbps,
                     bitmap: v.bitmap,
                     create_size: v.create.as_ref().map(|c| c.member_size),
+                    checksums: v.checksums && !args.no_checksums,
                 },
             })
             .collect::<Vec<_>>()
@@ -106,7 +107,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             faults: Vec::new(),
             vhost_socket: args.vhost_user_blk.clone(),
             num_queues: args.vhost_queues,
-            array: ArrayOptions::default(),
+            array: ArrayOptions {
+                checksums: !args.no_checksums,
+                ..ArrayOptions::default()
+            },
         }]
     } else {
         demo_mode = true;
@@ -124,7 +128,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
             ),
             num_queues: args.vhost_queues,
-            array: ArrayOptions::default(),
+            array: ArrayOptions {
+                checksums: !args.no_checksums,
+                ..ArrayOptions::default()
+            },
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -378,6 +385,15 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));
             continue;
+        }
+        if let Some(c) = &a.checksums {
+            if let Err(e) = c.writeback_all().await {
+                warn!(
+                    "{name}: writing back block checksums failed: {}; leaving the array dirty",
+                    error_chain(&e)
+                );
+                continue;
+            }
         }
         if !resynced {
             warn!("{name}: crash resync unfinished; leaving the array dirty");
