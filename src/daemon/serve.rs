@@ -387,9 +387,16 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
             continue;
         }
         if let Some(c) = &a.checksums {
-            if let Err(e) = c.writeback_all().await {
+            // Only active members matter: a failed one is not trusted again.
+            let states = a.volume.member_states();
+            let bad = c
+                .writeback_roles()
+                .await
+                .into_iter()
+                .find(|(role, _)| states.get(*role) == Some(&crate::raid::MemberState::Active));
+            if let Some((role, e)) = bad {
                 warn!(
-                    "{name}: writing back block checksums failed: {}; leaving the array dirty",
+                    "{name}: writing back the block checksums of member {role} failed: {}; leaving the array dirty",
                     error_chain(&e)
                 );
                 continue;

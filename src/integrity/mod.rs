@@ -81,16 +81,26 @@ impl Checksums {
     /// Writes back the dirty pages of every member (each then flushed).
     /// Every member is tried; the first error is returned.
     pub async fn writeback_all(&self) -> BlockResult {
+        self.writeback_roles()
+            .await
+            .into_iter()
+            .next()
+            .map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// Writes back the dirty pages of every member; returns the errors, by
+    /// role (a failed member's may be ignored: it is not trusted again).
+    pub async fn writeback_roles(&self) -> Vec<(usize, crate::block::BlockError)> {
         let stores = self.live();
         let results = futures::future::join_all(stores.iter().map(|(_, s)| s.writeback())).await;
-        let mut first = None;
+        let mut errors = Vec::new();
         for ((role, s), r) in stores.iter().zip(results) {
             if let Err(e) = r {
                 tracing::warn!(role, store = ?s, %e, "writing back checksums failed");
-                first.get_or_insert(e);
+                errors.push((*role, e));
             }
         }
-        first.map_or(Ok(()), Err)
+        errors
     }
 }
 
