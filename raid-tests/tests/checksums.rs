@@ -437,3 +437,51 @@ fn checksums_need_the_bitmap_and_can_be_turned_off() {
     assert_eq!(server.stop(), 0);
     assert_eq!(examine(&paths[0])["checksums_valid"], true);
 }
+
+#[test]
+fn a_rebuilt_member_gets_checksums_even_over_a_garbage_area() {
+    // Arrange: member 1 fails; a new file whose whole metadata region is
+    // garbage (a disk from an earlier life) is added and rebuilt.
+    let dir = scratch_dir("csum-rebuilt");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let server = Server::start(&serve_args(&paths, &control));
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 0x3e 0 4M".into(), "flush".into()],
+    );
+    vraid_ctl_ok(&control, &["fail", "vol0", "1"]);
+    vraid_ctl_ok(&control, &["remove", "vol0", "1"]);
+    let new = dir.path().join("new.img");
+    std::fs::write(&new, vec![0xffu8; 32 << 20]).unwrap();
+    vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while volume(&control)["state"] != "optimal" || !volume(&control)["sync"].is_null() {
+        assert!(Instant::now() < deadline, "no rebuild: {}", volume(&control));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.stop(), 0);
+    let members = [paths[0].clone(), new.clone()];
+
+    // Act 1: the garbage was never trusted: nothing is reported.
+    let server = Server::start(&serve_args(&members, &control));
+    let uri = server.uri("vol0");
+    qemu_io(
+        &uri,
+        &["read -P 0x3e 0 4M".into(), "read -P 0x3e 0 4M".into()],
+    );
+    assert_eq!(csum_errors(&control), vec![0, 0]);
+    assert_eq!(server.stop(), 0);
+    // Act 2: a flipped byte on the rebuilt member is caught.
+    flip(&new, data_offset(&new) + 21 * BLOCK + 9);
+    let server = Server::start(&serve_args(&members, &control));
+    let reads: Vec<String> = (0..2)
+        .map(|_| format!("read -P 0x3e {} 4K", 21 * BLOCK))
+        .collect();
+    qemu_io(&server.uri("vol0"), &reads);
+
+    // Assert
+    assert_eq!(csum_errors(&control), vec![0, 1]);
+    assert_eq!(server.stop(), 0);
+}
