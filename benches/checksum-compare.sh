@@ -16,6 +16,7 @@
 #   VRAID     binary [target/release/vraid]
 #   VRAID_IO_ENGINE  --io-engine of vraid serve [auto]
 #   JOBS      jobs to run ["randread4k randwrite4k seqread1m seqwrite1m"]
+#   ORDER     which array runs first ["off on"]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,6 +28,7 @@ CHUNK=${CHUNK:-64K}
 WORKDIR=${WORKDIR:-target/checksum-compare}
 VRAID=${VRAID:-target/release/vraid}
 VRAID_IO_ENGINE=${VRAID_IO_ENGINE:-auto}
+ORDER=${ORDER:-"off on"}
 JOBS=${JOBS:-"randread4k randwrite4k seqread1m seqwrite1m"}
 
 log() { printf '[checksum-compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -115,7 +117,7 @@ run_target() {
 }
 
 for level in $LEVELS; do
-    for mode in off on; do run_target "$level" "$mode"; done
+    for mode in $ORDER; do run_target "$level" "$mode"; done
 done
 
 python3 - "$RESULTS" "$SIZE" "$RUNTIME" <<'PY'
