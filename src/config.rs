@@ -688,6 +688,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn checksums_default_to_the_bitmap_and_refuse_to_run_without_it() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        assert!(parse(base).unwrap().volumes[0].checksums);
+        let off = format!("{base}checksums = false\n");
+        assert!(!parse(&off).unwrap().volumes[0].checksums);
+        let no_bitmap = format!("{base}bitmap = false\n");
+        assert!(!parse(&no_bitmap).unwrap().volumes[0].checksums);
+        let both = format!("{base}bitmap = false\nchecksums = true\n");
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(e.contains("checksums need the write-intent bitmap"), "{e}");
+        assert!(e.contains("volume[0].checksums"), "{e}");
+    }
+
+    #[test]
     fn spares_rate_and_bitmap_are_read_and_checked() {
         let text = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nspares = [\"/s\"]\nrebuild_max_mbps = 50\nbitmap = false\n";
         let v = &parse(text).unwrap().volumes[0];

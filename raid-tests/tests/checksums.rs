@@ -458,7 +458,11 @@ fn a_rebuilt_member_gets_checksums_even_over_a_garbage_area() {
     vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while volume(&control)["state"] != "optimal" || !volume(&control)["sync"].is_null() {
-        assert!(Instant::now() < deadline, "no rebuild: {}", volume(&control));
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild: {}",
+            volume(&control)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(server.stop(), 0);
