@@ -339,6 +339,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Do not verify per-block checksums (every volume of this command
+    /// line; overrides `checksums = true` in the config).
+    #[arg(long)]
+    pub no_checksums: bool,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

@@ -93,6 +93,9 @@ pub struct VolumeConfig {
     pub scrub_interval: Option<std::time::Duration>,
     /// Scheduled scrubs repair what they find (`scrub_repair`).
     pub scrub_repair: bool,
+    /// Verify per-block checksums of member data (default: on with the
+    /// bitmap, which they need).
+    pub checksums: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -237,6 +240,7 @@ struct RawVolume {
     bitmap: Option<bool>,
     scrub_interval: Option<Spanned<String>>,
     scrub_repair: Option<bool>,
+    checksums: Option<Spanned<bool>>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -549,6 +553,19 @@ fn volume(
         })?),
         None => None,
     };
+    let bitmap = v.bitmap.unwrap_or(true);
+    let checksums = match &v.checksums {
+        Some(c) if *c.get_ref() && !bitmap => {
+            return Err(src.invalid(
+                c.span(),
+                format!("{key}.checksums"),
+                "checksums need the write-intent bitmap (it makes them crash-safe): \
+                 remove `bitmap = false` or set `checksums = false`",
+            ))
+        }
+        Some(c) => *c.get_ref(),
+        None => bitmap,
+    };
     Ok(VolumeConfig {
         name,
         level,
@@ -562,9 +579,10 @@ fn volume(
         faults,
         spares,
         rebuild_max_mbps,
-        bitmap: v.bitmap.unwrap_or(true),
         scrub_interval,
         scrub_repair: v.scrub_repair.unwrap_or(false),
+        bitmap,
+        checksums,
     })
 }
 
@@ -705,6 +723,20 @@ fn vhost_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksums_default_to_the_bitmap_and_refuse_to_run_without_it() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        assert!(parse(base).unwrap().volumes[0].checksums);
+        let off = format!("{base}checksums = false\n");
+        assert!(!parse(&off).unwrap().volumes[0].checksums);
+        let no_bitmap = format!("{base}bitmap = false\n");
+        assert!(!parse(&no_bitmap).unwrap().volumes[0].checksums);
+        let both = format!("{base}bitmap = false\nchecksums = true\n");
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(e.contains("checksums need the write-intent bitmap"), "{e}");
+        assert!(e.contains("volume[0].checksums"), "{e}");
+    }
 
     #[test]
     fn spares_rate_and_bitmap_are_read_and_checked() {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod export;
+pub mod integrity;
 pub mod member;
 pub mod meta;
 pub mod metrics;

@@ -214,11 +214,10 @@ fn sigkill_after_flush_keeps_every_flushed_write_on_every_level() {
                 "read -P 0x73 3000000 4096".into(),
             ],
         );
-        // Redundant levels resync the regions dirty at the crash first;
-        // stopping before that finishes would rightly leave the array dirty.
-        if level != 0 {
-            server.wait_log("resync finished", Duration::from_secs(60));
-        }
+        // Every level resyncs the regions dirty at the crash first (RAID-0
+        // reseals its block checksums); stopping before that finishes would
+        // rightly leave the array dirty.
+        server.wait_log("resync finished", Duration::from_secs(60));
         assert_eq!(server.stop(), 0);
         assert_eq!(examine(&paths[0])["state"], "clean");
     }

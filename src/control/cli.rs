@@ -112,18 +112,19 @@ pub fn render_status(reply: &Value) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6}  path",
-            "role", "state", "reads", "writes", "errors", "faults"
+            "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  path",
+            "role", "state", "reads", "writes", "errors", "csum", "faults"
         );
         for m in v["members"].as_array().unwrap_or(&empty) {
             let _ = writeln!(
                 out,
-                "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6}  {}",
+                "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  {}",
                 m["role"].to_string(),
                 m["state"].as_str().unwrap_or("?"),
                 m["io"]["reads"].to_string(),
                 m["io"]["writes"].to_string(),
                 m["io"]["errors"].to_string(),
+                m["checksum_errors"].as_u64().unwrap_or(0).to_string(),
                 m["faults"].to_string(),
                 m["path"].as_str().unwrap_or("-"),
             );

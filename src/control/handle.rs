@@ -72,6 +72,8 @@ pub struct MemberHandle {
     pub faults: Arc<FaultSet>,
     /// I/O counters of its data window.
     pub stats: Arc<IoStats>,
+    /// 4 KiB blocks that failed their checksum when read.
+    pub checksum_errors: Arc<AtomicU64>,
     removed: AtomicBool,
 }
 
@@ -83,6 +85,7 @@ impl MemberHandle {
             path,
             faults: Arc::new(FaultSet::new()),
             stats: IoStats::new(),
+            checksum_errors: Arc::new(AtomicU64::new(0)),
             removed: AtomicBool::new(false),
         }
     }
@@ -161,6 +164,8 @@ pub struct MemberStatus {
     pub faults: usize,
     /// Counters of its data window.
     pub io: IoSummary,
+    /// 4 KiB blocks that failed their checksum when read.
+    pub checksum_errors: u64,
 }
 
 /// One volume in `status`.
@@ -331,6 +336,7 @@ impl VolumeHandle {
                     state: self.member_state(m.role),
                     faults: m.faults.rules().len(),
                     io: m.stats.summary(),
+                    checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
                 })
                 .collect(),
             engine: self.engine.get().map(|e| e.status()).unwrap_or_default(),

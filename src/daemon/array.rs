@@ -52,6 +52,8 @@ pub struct ArrayOptions {
     pub scrub_interval: Option<Duration>,
     /// Scheduled scrubs repair what they find (config `scrub_repair`).
     pub scrub_repair: bool,
+    /// Verify per-block checksums of member data (needs the bitmap).
+    pub checksums: bool,
 }
 
 impl Default for ArrayOptions {
@@ -63,6 +65,7 @@ impl Default for ArrayOptions {
             create_size: None,
             scrub_interval: None,
             scrub_repair: false,
+            checksums: true,
         }
     }
 }
@@ -152,9 +155,14 @@ pub struct ArrayHandle {
     scrub_repair: bool,
 }
 
-/// Wraps the data window of the member joining role `usize`.
-pub type MemberWrap =
-    Arc<dyn Fn(usize, Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> + Send + Sync>;
+/// Wraps the data window of the member joining role `usize`: the raw
+/// member, its data window, and whether it is new to the array (`fresh`:
+/// its metadata areas hold nothing of ours, e.g. no block checksums).
+pub type MemberWrap = Arc<
+    dyn Fn(usize, Arc<dyn BlockDevice>, Arc<dyn BlockDevice>, bool) -> Arc<dyn BlockDevice>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for ArrayHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -330,10 +338,11 @@ impl ArrayHandle {
         &self,
         role: usize,
         device: &Arc<dyn BlockDevice>,
+        fresh: bool,
     ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
         let window = self.window(device)?;
         Ok(match self.wrap.get() {
-            Some(wrap) => wrap(role, window),
+            Some(wrap) => wrap(role, device.clone(), window, fresh),
             None => window,
         })
     }
@@ -496,7 +505,7 @@ impl ArrayHandle {
                 .map_err(|e| DaemonError::Usage(error_chain(&e)))?
                 .superblock
                 .member_uuid;
-            let window = self.member_window(role, &device)?;
+            let window = self.member_window(role, &device, false)?;
             self.volume
                 .attach_rebuild_target(MemberIndex(role), window, 0)
                 .map_err(|e| self.raid_err(e))?;
@@ -567,7 +576,7 @@ impl ArrayHandle {
                 self.name
             )));
         }
-        let window = match self.member_window(role, &device) {
+        let window = match self.member_window(role, &device, true) {
             Ok(w) => w,
             Err(e) => {
                 self.rebuilding.store(false, Ordering::Release);
@@ -861,7 +870,7 @@ impl ArrayHandle {
     }
 
     async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
-        let window = self.member_window(role, &spare.device)?;
+        let window = self.member_window(role, &spare.device, true)?;
         self.volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
             .map_err(|e| self.raid_err(e))?;

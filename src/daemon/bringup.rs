@@ -13,6 +13,7 @@ use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
 use crate::cli::EngineArg;
 use crate::control::{EventLog, MemberHandle, VolumeHandle};
+use crate::integrity::Checksums;
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
@@ -164,6 +165,8 @@ pub struct Assembled {
     pub handle: Arc<VolumeHandle>,
     /// Its operations (resync, rebuild, spares, rate limit).
     pub array: Arc<ArrayHandle>,
+    /// Its members' block checksums, when on (written back at shutdown).
+    pub checksums: Option<Arc<Checksums>>,
 }
 
 impl std::fmt::Debug for Assembled {
@@ -200,16 +203,29 @@ pub async fn assemble_volume_with(
     }
     let spares = open_spares(aopts, opts, &mut devices).await?;
     let assembly = Arc::new(meta::assemble(devices).await?);
+    if aopts.checksums && !aopts.bitmap {
+        return Err(DaemonError::Usage(format!(
+            "{}: block checksums need the write-intent bitmap; turn checksums off or the bitmap on",
+            assembly.name
+        )));
+    }
     let handles = member_handles(&assembly);
+    let csum = aopts.checksums.then(|| CsumWiring {
+        set: Checksums::new(),
+        offset: assembly.layout.csum_offset,
+        bitmap: Arc::new(OnceLock::new()),
+    });
     // Each member's data window sits behind its fault rules and counters:
-    // Volume ─► StatsDevice ─► FaultDevice ─► Window.
+    // Volume ─► StatsDevice ─► [ChecksumDevice ─►] FaultDevice ─► Window.
     let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
         .members
         .iter()
         .zip(&handles)
         .map(|(m, h)| {
-            m.as_ref()
-                .map(|m| wrap_member(h, Arc::new(m.data.clone()) as Arc<dyn BlockDevice>))
+            m.as_ref().map(|m| {
+                let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
+                wrap_member_with(h, csum.as_ref(), m.device.clone(), window, false)
+            })
         })
         .collect();
     let name = assembly.name.clone();
@@ -235,7 +251,7 @@ pub async fn assemble_volume_with(
         volume: OnceLock::new(),
         notify: Some(notify),
     });
-    let bitmap = if aopts.bitmap && assembly.level != Level::Raid0 {
+    let bitmap = if aopts.bitmap && (assembly.level != Level::Raid0 || aopts.checksums) {
         let b = DiskBitmap::load(
             assembly.metadata.clone(),
             &assembly.layout,
@@ -250,6 +266,15 @@ pub async fn assemble_volume_with(
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
     let mut volume =
         Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
+    if let (Some(c), Some(b)) = (&csum, &bitmap) {
+        let _ = c.bitmap.set(b.clone());
+        let set = c.set.clone();
+        b.set_before_clear(Arc::new(move || {
+            let set = set.clone();
+            Box::pin(async move { set.writeback_all().await })
+        }));
+        volume = volume.with_checksums(c.set.clone());
+    }
     if let Some(b) = &bitmap {
         volume = volume.with_write_intent(b.clone());
     }
@@ -279,13 +304,32 @@ pub async fn assemble_volume_with(
     // Members that join later (rebuild targets, spares, added members) sit
     // behind the same fault rules and counters as the ones assembled now.
     let weak = Arc::downgrade(&handle);
-    let wrap: MemberWrap = Arc::new(move |role, window| {
+    let wrap_csum = csum.clone();
+    let wrap: MemberWrap = Arc::new(move |role, raw, window, fresh| {
         match weak.upgrade().as_ref().and_then(|h| h.members.get(role)) {
-            Some(h) => wrap_member(h, window),
+            Some(h) => wrap_member_with(h, wrap_csum.as_ref(), raw, window, fresh),
             None => window,
         }
     });
-    let (resync, rebuild) = plan_sync(&assembly, &volume, bitmap.as_deref(), &wrap).await?;
+    let (mut resync, rebuild) = plan_sync(
+        &assembly,
+        &volume,
+        bitmap.as_deref(),
+        &wrap,
+        aopts.checksums,
+    )
+    .await?;
+    // Checksums not maintained by the last run (or never): reseal the
+    // whole array, like a full resync; valid again once it is done.
+    let reseal_all = aopts.checksums && !assembly.checksums_valid;
+    if let (true, Some(b)) = (reseal_all, &bitmap) {
+        warn!("{name}: block checksums were not maintained; resealing the whole array");
+        b.set_all();
+        resync = Some(b.dirty_ranges());
+    }
+    if !aopts.checksums {
+        assembly.metadata.set_checksums_valid(false).await;
+    }
     if let Some(b) = &bitmap {
         if resync.is_some() || rebuild.as_ref().is_some_and(|r| r.only.is_some()) {
             b.pin_dirty();
@@ -295,6 +339,9 @@ pub async fn assemble_volume_with(
             })?;
         }
         b.spawn_cleaner(std::time::Duration::from_secs(1));
+        if reseal_all {
+            spawn_checksums_valid(b.clone(), assembly.metadata.clone());
+        }
     }
     assembly.mark_dirty().await?;
     if assembly.was_dirty && assembly.level != Level::Raid0 {
@@ -349,15 +396,59 @@ pub async fn assemble_volume_with(
         assembly,
         handle,
         array,
+        checksums: csum.map(|c| c.set),
     })
 }
 
-/// Puts a member's data window behind its slot's fault rules and counters:
-/// Volume ─► StatsDevice ─► FaultDevice ─► Window.
-fn wrap_member(h: &MemberHandle, window: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+/// What members need to be wrapped in checksum devices.
+#[derive(Clone)]
+struct CsumWiring {
+    set: Arc<Checksums>,
+    /// `csum_offset` of the members.
+    offset: u64,
+    /// The bitmap, whose pinned regions are not verified (set once built).
+    bitmap: Arc<OnceLock<Arc<DiskBitmap>>>,
+}
+
+/// Puts a member's data window behind its slot's fault rules, block
+/// checksums (when on) and counters:
+/// Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
+fn wrap_member_with(
+    h: &MemberHandle,
+    csum: Option<&CsumWiring>,
+    raw: Arc<dyn BlockDevice>,
+    window: Arc<dyn BlockDevice>,
+    fresh: bool,
+) -> Arc<dyn BlockDevice> {
     let seed = 0x5eed_0000 + h.role as u64;
-    let faulty = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
-    Arc::new(StatsDevice::new(faulty, h.stats.clone()))
+    let mut dev: Arc<dyn BlockDevice> = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
+    if let Some(c) = csum {
+        let bitmap = c.bitmap.clone();
+        let trusted: crate::integrity::Trusted =
+            Arc::new(move |off| bitmap.get().is_none_or(|b| b.settled(off)));
+        dev = c.set.wrap(
+            h.role,
+            raw,
+            c.offset,
+            dev,
+            fresh,
+            trusted,
+            h.checksum_errors.clone(),
+        );
+    }
+    Arc::new(StatsDevice::new(dev, h.stats.clone()))
+}
+
+/// Records `csum_state` = 1 for the next superblock update once the
+/// whole-array reseal (every bit pinned) is done.
+fn spawn_checksums_valid(bitmap: Arc<DiskBitmap>, metadata: Arc<ArrayMetadata>) {
+    tokio::spawn(async move {
+        while bitmap.pinned() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        metadata.set_checksums_valid(true).await;
+        info!("block checksums resealed");
+    });
 }
 
 /// Control-plane handles of every member slot, with the path given at
@@ -462,10 +553,13 @@ async fn plan_sync(
     volume: &Volume,
     bitmap: Option<&DiskBitmap>,
     wrap: &MemberWrap,
+    checksums: bool,
 ) -> Result<(Option<Vec<(u64, u64)>>, Option<PlannedRebuild>), DaemonError> {
     let whole = vec![(0, assembly.data_size)];
     let trusted = bitmap.filter(|_| assembly.bitmap_valid);
-    let resync = (assembly.was_dirty && assembly.level != Level::Raid0).then(|| {
+    // RAID-0 has nothing to resync, except its block checksums.
+    let resyncs = assembly.level != Level::Raid0 || checksums;
+    let resync = (assembly.was_dirty && resyncs).then(|| {
         if let Some(b) = bitmap {
             if !assembly.bitmap_valid {
                 b.set_all();
@@ -486,7 +580,12 @@ async fn plan_sync(
         volume
             .attach_rebuild_target(
                 MemberIndex(t.role),
-                wrap(t.role, Arc::new(t.member.data.clone())),
+                wrap(
+                    t.role,
+                    t.member.device.clone(),
+                    Arc::new(t.member.data.clone()),
+                    !t.recovering,
+                ),
                 up_to,
             )
             .map_err(raid_err)?;
@@ -512,7 +611,12 @@ async fn plan_sync(
         volume
             .attach_rebuild_target(
                 MemberIndex(t.role),
-                wrap(t.role, Arc::new(t.member.data.clone())),
+                wrap(
+                    t.role,
+                    t.member.device.clone(),
+                    Arc::new(t.member.data.clone()),
+                    true,
+                ),
                 up_to,
             )
             .map_err(raid_err)?;
@@ -532,7 +636,11 @@ async fn plan_sync(
     if let (Some(b), Some((role, m))) = (trusted, assembly.readd.first()) {
         let ranges = b.dirty_ranges();
         volume
-            .attach_rebuild_target(MemberIndex(*role), wrap(*role, Arc::new(m.data.clone())), 0)
+            .attach_rebuild_target(
+                MemberIndex(*role),
+                wrap(*role, m.device.clone(), Arc::new(m.data.clone()), false),
+                0,
+            )
             .map_err(raid_err)?;
         if let Err(e) = assembly
             .metadata

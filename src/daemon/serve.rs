@@ -95,6 +95,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     create_size: v.create.as_ref().map(|c| c.member_size),
                     scrub_interval: v.scrub_interval,
                     scrub_repair: v.scrub_repair,
+                    checksums: v.checksums && !args.no_checksums,
                 },
             })
             .collect::<Vec<_>>()
@@ -108,7 +109,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             faults: Vec::new(),
             vhost_socket: args.vhost_user_blk.clone(),
             num_queues: args.vhost_queues,
-            array: ArrayOptions::default(),
+            array: ArrayOptions {
+                checksums: !args.no_checksums,
+                ..ArrayOptions::default()
+            },
         }]
     } else {
         demo_mode = true;
@@ -126,7 +130,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
             ),
             num_queues: args.vhost_queues,
-            array: ArrayOptions::default(),
+            array: ArrayOptions {
+                checksums: !args.no_checksums,
+                ..ArrayOptions::default()
+            },
         }]
     };
     if nbd.is_none() && nbd_socket.is_none() {
@@ -380,6 +387,22 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));
             continue;
+        }
+        if let Some(c) = &a.checksums {
+            // Only active members matter: a failed one is not trusted again.
+            let states = a.volume.member_states();
+            let bad = c
+                .writeback_roles()
+                .await
+                .into_iter()
+                .find(|(role, _)| states.get(*role) == Some(&crate::raid::MemberState::Active));
+            if let Some((role, e)) = bad {
+                warn!(
+                    "{name}: writing back the block checksums of member {role} failed: {}; leaving the array dirty",
+                    error_chain(&e)
+                );
+                continue;
+            }
         }
         if !resynced {
             warn!("{name}: crash resync unfinished; leaving the array dirty");

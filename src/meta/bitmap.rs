@@ -9,6 +9,7 @@
 //!  done(span) ─► regions in flight -= 1, remember when
 //!  clear_idle() (every second): array whole? ─► writer lock
 //!     ─► idle regions (no write in flight for IDLE, not pinned): clear want+durable
+//!     ─► before-clear hook (block checksums: write back dirty pages)
 //!     ─► flush every member (their data is durable) ─► write `want` + flush
 //!  clear_all() at clean shutdown: the same for every region.
 //! ```
@@ -21,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -49,7 +50,13 @@ pub struct DiskBitmap {
     writer: tokio::sync::Mutex<()>,
     /// Bitmap writes issued (each one write + flush per member).
     pub writes: AtomicU64,
+    /// Runs before bits are cleared (the block checksums' write-back).
+    before_clear: OnceLock<BeforeClear>,
 }
+
+/// What must be durable before write-intent bits are cleared, besides the
+/// data (the block checksums of the regions: docs/FORMAT.md §8).
+pub type BeforeClear = Arc<dyn Fn() -> BoxFuture<'static, BlockResult> + Send + Sync>;
 
 impl std::fmt::Debug for DiskBitmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,7 +147,22 @@ impl DiskBitmap {
             }),
             writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
+            before_clear: OnceLock::new(),
         }
+    }
+
+    /// Makes every clearing step run `hook` (and succeed) before any bit
+    /// is cleared on disk. Set once.
+    pub fn set_before_clear(&self, hook: BeforeClear) {
+        let _ = self.before_clear.set(hook);
+    }
+
+    /// False while the region of member data offset `offset` is pinned
+    /// (dirty at assembly, not yet resynced): its block checksums may be
+    /// torn from their data and must not be trusted.
+    pub fn settled(&self, offset: u64) -> bool {
+        let r = offset >> self.shift;
+        !self.lock().pinned.contains(&r)
     }
 
     /// Changes how long a region must be idle before its bit is cleared.
@@ -323,16 +345,31 @@ impl DiskBitmap {
                         .is_none_or(|t| now.duration_since(*t) >= self.idle)
                 })
                 .collect();
+            let mut was = Vec::with_capacity(candidates.len());
             for &r in &candidates {
+                was.push((r, get(&inner.durable, r)));
                 set(&mut inner.want, r, false);
                 set(&mut inner.durable, r, false);
                 inner.last_done.remove(&r);
             }
-            candidates.len()
+            was
         };
-        if cleared == 0 {
+        if cleared.is_empty() {
             return Ok(0);
         }
+        if let Some(hook) = self.before_clear.get() {
+            if let Err(e) = hook().await {
+                // Nothing may be cleared: put the bits back. They are still
+                // on disk (writes wanting them wait for the writer lock).
+                let mut inner = self.lock();
+                for &(r, durable) in &cleared {
+                    set(&mut inner.want, r, true);
+                    set(&mut inner.durable, r, durable);
+                }
+                return Err(e);
+            }
+        }
+        let cleared = cleared.len();
         // The writes of those regions completed; make them durable before
         // the bits that cover them go.
         let devices = self.meta.present_devices().await;

@@ -118,3 +118,49 @@ async fn loaded_dirty_regions_are_pinned_until_synced() {
     assert_eq!(bm.clear_idle().await.unwrap(), 1);
     assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0);
 }
+
+#[tokio::test]
+async fn before_clear_hook_runs_first_and_its_failure_keeps_the_bits() {
+    // Arrange: region 0 set on disk; a hook that records the on-disk bits
+    // it sees and fails once.
+    let (devs, bm, asm) = setup(2).await;
+    bm.mark(ByteOffset(0), ByteOffset(4096)).await.unwrap();
+    bm.done(ByteOffset(0), ByteOffset(4096));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (dev, layout) = (devs[0].clone(), asm.layout);
+    bm.set_before_clear(Arc::new({
+        let (seen, fail) = (seen.clone(), fail.clone());
+        move || {
+            let (seen, fail, dev) = (seen.clone(), fail.clone(), dev.clone());
+            Box::pin(async move {
+                let bits = disk_bits(&dev, &layout).await;
+                seen.lock().unwrap().push(bits);
+                if fail.swap(false, Ordering::SeqCst) {
+                    return Err(BlockError::ReadOnly);
+                }
+                Ok(())
+            })
+        }
+    }));
+
+    // Act + Assert: the failed hook clears nothing, on disk or in memory.
+    assert!(bm.clear_idle().await.is_err());
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 1);
+    assert_eq!(bm.dirty_ranges().len(), 1);
+    // The next round clears, and the hook ran while the bit was on disk.
+    assert_eq!(bm.clear_idle().await.unwrap(), 1);
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0);
+    assert_eq!(*seen.lock().unwrap(), vec![1, 1]);
+}
+
+#[tokio::test]
+async fn pinned_regions_are_not_settled_until_synced() {
+    let (_devs, bm, _asm) = setup(2).await;
+    bm.set_all();
+    bm.pin_dirty();
+    assert!(!bm.settled(5 << 20));
+    bm.synced(0, 64 << 20);
+    assert!(bm.settled(5 << 20));
+    assert!(!bm.settled(64 << 20));
+}

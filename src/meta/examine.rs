@@ -32,6 +32,8 @@ pub struct ExamineReport {
     pub spare: bool,
     /// Start of the data area in bytes.
     pub data_offset: u64,
+    /// Start of the block checksum area in bytes (FORMAT.md §8).
+    pub csum_offset: u64,
     /// Data area size in bytes (per member).
     pub data_size: u64,
     /// Event counter.
@@ -96,6 +98,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         role: sb.role,
         spare: sb.role == super::superblock::SPARE_ROLE,
         data_offset: sb.layout.data_offset,
+        csum_offset: sb.layout.csum_offset,
         data_size: sb.layout.data_size,
         events: sb.events,
         state: sb.state,

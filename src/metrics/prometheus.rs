@@ -73,6 +73,8 @@ const HEADERS: &str = "\
 # TYPE vraid_member_errors_total counter
 # HELP vraid_member_latency_seconds Member operation latency.
 # TYPE vraid_member_latency_seconds histogram
+# HELP vraid_member_checksum_errors_total Member 4 KiB blocks that failed their checksum when read.
+# TYPE vraid_member_checksum_errors_total counter
 # HELP vraid_fault_hits_total Times an injected fault rule fired.
 # TYPE vraid_fault_hits_total counter
 ";
@@ -104,6 +106,11 @@ pub fn render(reg: &Registry) -> String {
             };
             let _ = writeln!(out, "vraid_member_state{{{ml}}} {state}");
             io_series(&mut out, "vraid_member", &ml, &m.stats);
+            let _ = writeln!(
+                out,
+                "vraid_member_checksum_errors_total{{{ml}}} {}",
+                m.checksum_errors.load(Ordering::Relaxed)
+            );
         }
         for f in v.faults() {
             let kind = serde_json::to_value(f.spec.kind)

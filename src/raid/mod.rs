@@ -6,6 +6,7 @@
 //!        │ parity: XOR; stripe_lock: per-stripe writer serialization
 //! ```
 
+pub mod checksum;
 pub mod intent;
 pub mod layout;
 pub mod parity;
@@ -22,7 +23,7 @@ mod raid5_write;
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod volume_tests;
 

@@ -1,10 +1,15 @@
 //! RAID-0 data path: split by chunk, fan out concurrently, no redundancy.
+//!
+//! A checksum mismatch is returned as an I/O error of the request (there
+//! is nothing to repair from) and does not fail the member. With block
+//! checksums, writers lock the chunk rows they touch, so two writes of one
+//! 4 KiB block never interleave their data and checksum updates.
 
 use futures::future::try_join_all;
 
-use super::layout::{Extent, MemberIndex};
+use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::volume::{read_extents, Clear, MemberOp, Volume};
-use crate::block::{BlockResult, Durability};
+use crate::block::{BlockError, BlockResult, Durability};
 use crate::units::ByteOffset;
 
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
@@ -14,6 +19,7 @@ pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> Bl
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
     match vol.read_member(e.member, e.member_offset, piece).await {
         Ok(()) => Ok(()),
+        Err(Some(error @ BlockError::Corrupt { .. })) => Err(error),
         Err(error) => {
             if let Some(error) = error {
                 vol.fail_member(e.member, &error).await;
@@ -29,6 +35,7 @@ pub(super) async fn write(
     buf: &[u8],
     durability: Durability,
 ) -> BlockResult {
+    let _rows = lock_rows(vol, offset, buf.len() as u64).await;
     let mut writes = Vec::new();
     let mut pos = 0;
     for e in vol.geometry().extents(offset, buf.len() as u64) {
@@ -43,6 +50,23 @@ pub(super) async fn write(
     try_join_all(writes).await.map(drop)
 }
 
+/// With block checksums: locks the chunk rows (stripes) of a volume range.
+async fn lock_rows(
+    vol: &Volume,
+    offset: ByteOffset,
+    len: u64,
+) -> Vec<super::stripe_lock::StripeGuard<'_>> {
+    if vol.checksums().is_none() || len == 0 {
+        return Vec::new();
+    }
+    let sds = vol.geometry().stripe_data_size();
+    let first = offset.get() / sds;
+    let last = (offset.get() + len - 1) / sds;
+    vol.locks
+        .lock_range(StripeIndex(first), StripeIndex(last))
+        .await
+}
+
 async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult {
     if vol.member_op(member, op).await {
         Ok(())
@@ -54,6 +78,7 @@ async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult
 /// Discards or zeroes: partial stripes extent by extent, whole stripes as
 /// one contiguous range per member.
 pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+    let _rows = lock_rows(vol, offset, len).await;
     let g = vol.geometry();
     let split = g.split_stripes(offset, len);
     let mut ops = Vec::new();

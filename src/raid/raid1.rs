@@ -47,13 +47,14 @@ pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> Bl
         }
     }
     for (m, e) in &bad {
-        vol.fail_member(*m, e).await;
+        vol.fail_member_for_read(*m, e).await;
     }
     Err(vol.data_lost())
 }
 
 /// Rewrites the range onto mirrors that failed to read it, under the region
 /// lock, with data re-read from `good` so a concurrent write is not undone.
+/// Whole 4 KiB blocks are rewritten (so their checksums are whole again).
 async fn repair(
     vol: &Volume,
     good: MemberIndex,
@@ -61,22 +62,26 @@ async fn repair(
     offset: ByteOffset,
     buf: &mut [u8],
 ) -> BlockResult {
-    let _guards = lock_regions(vol, offset, buf.len() as u64).await;
-    if let Err(e) = vol.read_member(good, offset, buf).await {
+    let (hull, hull_len) = vol.block_hull(offset, buf.len() as u64);
+    let _guards = lock_regions(vol, hull, hull_len).await;
+    let mut data = vec![0u8; hull_len as usize];
+    if let Err(e) = vol.read_member(good, hull, &mut data).await {
         // The good mirror went bad meanwhile: start over with a fresh choice.
         if let Some(e) = e {
-            vol.fail_member(good, &e).await;
+            vol.fail_member_for_read(good, &e).await;
         }
         drop(_guards);
         return Box::pin(read(vol, offset, buf)).await;
     }
-    let data: &[u8] = buf;
+    let at = (offset.get() - hull.get()) as usize;
+    buf.copy_from_slice(&data[at..at + buf.len()]);
+    let data: &[u8] = &data;
     let rewrites = bad
         .iter()
-        .map(|(m, _)| vol.member_op(*m, MemberOp::Write(offset, data, Durability::Normal)));
-    for ((m, _), ok) in bad.iter().zip(join_all(rewrites).await) {
+        .map(|(m, _)| vol.member_op(*m, MemberOp::Write(hull, data, Durability::Normal)));
+    for ((m, e), ok) in bad.iter().zip(join_all(rewrites).await) {
         if ok {
-            tracing::info!(member = %m, offset = offset.get(), "read error repaired from mirror");
+            tracing::info!(member = %m, offset = offset.get(), error = %e, "read error repaired from mirror");
         }
     }
     Ok(())

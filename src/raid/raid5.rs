@@ -16,7 +16,7 @@ use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::parity::xor_into;
 use super::raid5_write::write_stripe;
 use super::volume::{read_extents, Clear, MemberOp, Volume};
-use crate::block::{BlockResult, BoxFuture, Durability};
+use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Most whole stripes cleared under one batch of locks.
@@ -35,9 +35,24 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
         return Ok(());
     }
     let _guard = vol.locks.lock(e.stripe).await;
+    if let Some(BlockError::Corrupt { .. }) = &error {
+        // Rebuild and rewrite the whole bad blocks, then serve the piece.
+        let (hull, len) = vol.block_hull(e.member_offset, piece.len() as u64);
+        let mut blocks = vec![0u8; len as usize];
+        if reconstruct(vol, e.member, hull, &mut blocks).await.is_err() {
+            return Err(vol.data_lost());
+        }
+        let at = (e.member_offset.get() - hull.get()) as usize;
+        piece.copy_from_slice(&blocks[at..at + piece.len()]);
+        let op = MemberOp::Write(hull, &blocks, Durability::Normal);
+        if vol.member_op(e.member, op).await {
+            tracing::info!(member = %e.member, offset = hull.get(), "checksum mismatch repaired from parity");
+        }
+        return Ok(());
+    }
     if let Err(e2) = reconstruct(vol, e.member, e.member_offset, piece).await {
         if let Some(error) = error {
-            vol.fail_member(e.member, &error).await;
+            vol.fail_member_for_read(e.member, &error).await;
         }
         return Err(e2);
     }
@@ -75,8 +90,9 @@ pub(super) async fn reconstruct(
     Ok(())
 }
 
-/// Reads from a member; a second error fails it. Any failure is data loss
-/// for the caller (it already relies on redundancy).
+/// Reads from a member; a second error fails it (a checksum mismatch does
+/// not). Any failure is data loss for the caller (it already relies on
+/// redundancy).
 pub(super) async fn read_or_fail(
     vol: &Volume,
     member: MemberIndex,
@@ -87,11 +103,34 @@ pub(super) async fn read_or_fail(
         Ok(()) => Ok(()),
         Err(error) => {
             if let Some(error) = error {
-                vol.fail_member(member, &error).await;
+                vol.fail_member_for_read(member, &error).await;
             }
             Err(vol.data_lost())
         }
     }
+}
+
+/// Rewrites `len` bytes of `member` at `offset` from the other members
+/// (a checksum mismatch found while planning a write). Caller holds the
+/// stripe lock. True when the range was repaired.
+pub(super) async fn repair_range(
+    vol: &Volume,
+    member: MemberIndex,
+    offset: ByteOffset,
+    len: usize,
+) -> bool {
+    let (hull, hull_len) = vol.block_hull(offset, len as u64);
+    let mut buf = vec![0u8; hull_len as usize];
+    if reconstruct(vol, member, hull, &mut buf).await.is_err() {
+        return false;
+    }
+    let ok = vol
+        .member_op(member, MemberOp::Write(hull, &buf, Durability::Normal))
+        .await;
+    if ok {
+        tracing::info!(%member, offset = offset.get(), "checksum mismatch repaired from parity");
+    }
+    ok
 }
 
 pub(super) async fn write(

@@ -9,6 +9,7 @@
 //!       │              row + parity, rebuild the missing rows, P = XOR(rows)
 //!       └► DataOnly    parity member down (or array beyond repair)
 //!  reads fail ─► the member is failed ─► plan again (bounded)
+//!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
 //!  commit: data + parity concurrently; succeeds if every written chunk is on
 //!          a member that took it, or recoverable from freshly written parity
 //! ```
@@ -19,7 +20,7 @@ use futures::future::join_all;
 use super::layout::{MemberIndex, StripeIndex};
 use super::parity::{xor_into, xor_sources};
 use super::volume::{MemberOp, Volume};
-use crate::block::{BlockResult, Durability};
+use crate::block::{BlockError, BlockResult, Durability};
 use crate::units::ByteOffset;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +174,14 @@ impl StripeWrite<'_> {
             .await
         {
             Ok(()) => true,
+            Err(Some(error @ BlockError::Corrupt { .. })) => {
+                // Bad bytes on a live member: rebuild them from the others
+                // first (never fold them into parity), then plan again.
+                let off = self.member_offset(row);
+                super::raid5::repair_range(self.vol, member, off, buf.len()).await;
+                tracing::debug!(%member, %error, "stripe write found a bad block");
+                false
+            }
             Err(error) => {
                 if let Some(error) = error {
                     self.vol.fail_member(member, &error).await;

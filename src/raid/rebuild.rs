@@ -10,6 +10,8 @@
 //!  resync(ranges):   for each step of each dirty range:
 //!      lock ─► RAID-1 copy first in-sync mirror to the others
 //!            ─► RAID-5 recompute parity, rewrite it where it differs
+//!            ─► with block checksums: reseal every member's step from the
+//!               bytes it now holds (RAID-0: reseal only)
 //! ```
 //!
 //! Client writes hold the same locks, so they never race a step; they also
@@ -204,7 +206,7 @@ impl Pacer {
 /// Locks of one step: RAID-1 regions or RAID-5 stripes covering `a..b`.
 pub(super) async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
     match vol.geometry().level() {
-        Level::Raid5 => {
+        Level::Raid5 | Level::Raid0 => {
             let chunk = vol.geometry().chunk().get();
             vol.locks
                 .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))
@@ -427,7 +429,7 @@ impl Volume {
                     return Err(RebuildError::Cancelled);
                 }
                 rewritten += match self.geometry().level() {
-                    Level::Raid0 => 0,
+                    Level::Raid0 => self.reseal_step(s, e).await.map(|()| 0)?,
                     Level::Raid1 => self.resync_mirror_step(s, e).await?,
                     Level::Raid5 => self.resync_parity_step(s, e).await?,
                 };
@@ -469,7 +471,30 @@ impl Volume {
             }
         });
         let n = join_all(fix).await.into_iter().filter(|&ok| ok).count() as u64;
+        if let Some(hook) = self.checksums() {
+            for &m in &members {
+                hook.reseal(m, off, &buf).await;
+            }
+        }
         Ok(n * (b - a))
+    }
+
+    /// Reseals the block checksums of every member in `a..b` from the bytes
+    /// each holds (under the step's locks): RAID-0, and RAID-5 while a
+    /// member is down (parity cannot be checked, the bytes are what they
+    /// are). A member that cannot be read is left alone.
+    async fn reseal_step(&self, a: u64, b: u64) -> Result<(), RebuildError> {
+        let Some(hook) = self.checksums() else {
+            return Ok(());
+        };
+        let _guards = lock_step(self, a, b).await;
+        let mut buf = vec![0u8; (b - a) as usize];
+        for m in (0..self.geometry().members()).map(MemberIndex) {
+            if self.read_member(m, ByteOffset(a), &mut buf).await.is_ok() {
+                hook.reseal(m, ByteOffset(a), &buf).await;
+            }
+        }
+        Ok(())
     }
 
     /// Recomputes the parity of the stripes in `a..b`; rewrites the chunks
@@ -479,7 +504,7 @@ impl Volume {
         let g = self.geometry();
         let n = g.members();
         if self.down_count() > 0 {
-            return Ok(0);
+            return self.reseal_step(a, b).await.map(|()| 0);
         }
         let chunk = g.chunk().get();
         let _guards = lock_step(self, a, b).await;
@@ -507,6 +532,12 @@ impl Volume {
                 if self.write_member(p, op).await {
                     fixed += chunk;
                 }
+                bufs[p.0][at].copy_from_slice(&x);
+            }
+        }
+        if let Some(hook) = self.checksums() {
+            for (m, buf) in bufs.iter().enumerate() {
+                hook.reseal(MemberIndex(m), ByteOffset(a), buf).await;
             }
         }
         Ok(fixed)

@@ -167,13 +167,43 @@ impl Array {
         Self::over(geometry, devices, missing)
     }
 
+    /// Like [`Array::new`], every member seen through `wrap`.
+    pub fn new_wrapped(
+        level: Level,
+        members: usize,
+        chunk: u64,
+        member_size: u64,
+        missing: &[usize],
+        wrap: impl Fn(usize, Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice>,
+    ) -> Array {
+        let geometry =
+            Geometry::new(level, members, ChunkSize::new(chunk).unwrap(), member_size).unwrap();
+        let devices: Vec<Arc<TestDevice>> = (0..members)
+            .map(|i| TestDevice::new(&format!("m{i}"), member_size))
+            .collect();
+        Self::over_wrapped(geometry, devices, missing, wrap)
+    }
+
     /// A (new) volume over existing devices.
     pub fn over(geometry: Geometry, devices: Vec<Arc<TestDevice>>, missing: &[usize]) -> Array {
+        Self::over_wrapped(geometry, devices, missing, |_, d| d)
+    }
+
+    /// A (new) volume over existing devices, each seen through `wrap`
+    /// (e.g. a checksum device).
+    pub fn over_wrapped(
+        geometry: Geometry,
+        devices: Vec<Arc<TestDevice>>,
+        missing: &[usize],
+        wrap: impl Fn(usize, Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice>,
+    ) -> Array {
         let events = Arc::new(Events::default());
         let members = devices
             .iter()
             .enumerate()
-            .map(|(i, d)| (!missing.contains(&i)).then(|| d.clone() as Arc<dyn BlockDevice>))
+            .map(|(i, d)| {
+                (!missing.contains(&i)).then(|| wrap(i, d.clone() as Arc<dyn BlockDevice>))
+            })
             .collect();
         let volume = Volume::new("vol".into(), geometry, members, events.clone()).unwrap();
         Array {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::future::join_all;
 use tokio::sync::watch;
 
+use super::checksum::ChecksumHook;
 use super::intent::{IntentGuard, WriteIntent};
 use super::layout::{Extent, Geometry, LayoutError, MemberIndex};
 use super::rebuild::{SyncProgress, SyncTracker};
@@ -173,6 +174,8 @@ pub struct Volume {
     pub(super) locks: StripeLocks,
     pub(super) next_mirror: AtomicUsize,
     intent: Option<Arc<dyn WriteIntent>>,
+    /// Block checksums of the members (resealed by resyncs).
+    checksums: Option<Arc<dyn ChecksumHook>>,
     /// Client requests in flight (the rebuild backs off while non-zero).
     pub(super) busy: AtomicUsize,
     pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
@@ -234,6 +237,7 @@ impl Volume {
             locks: StripeLocks::new(),
             next_mirror: AtomicUsize::new(0),
             intent: None,
+            checksums: None,
             busy: AtomicUsize::new(0),
             progress: Mutex::new(None),
         })
@@ -242,10 +246,25 @@ impl Volume {
     /// Makes every write record its regions in `intent` first (the
     /// write-intent bitmap). Levels without redundancy ignore it.
     pub fn with_write_intent(mut self, intent: Arc<dyn WriteIntent>) -> Volume {
-        if self.geometry.level() != Level::Raid0 {
+        // RAID-0 keeps one only for its block checksums (call
+        // `with_checksums` first): the bitmap says where they may be torn.
+        if self.geometry.level() != Level::Raid0 || self.checksums.is_some() {
             self.intent = Some(intent);
         }
         self
+    }
+
+    /// Makes resyncs reseal the members' block checksums through `hook`
+    /// (the members are wrapped in checksum devices), and RAID-0 writes
+    /// lock their chunk rows.
+    pub fn with_checksums(mut self, hook: Arc<dyn ChecksumHook>) -> Volume {
+        self.checksums = Some(hook);
+        self
+    }
+
+    /// The checksum hook, when the volume runs with block checksums.
+    pub(super) fn checksums(&self) -> Option<&Arc<dyn ChecksumHook>> {
+        self.checksums.as_ref()
     }
 
     /// The volume name.
@@ -268,7 +287,7 @@ impl Volume {
     /// members, for the write-intent bitmap.
     fn member_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
         match self.geometry.level() {
-            Level::Raid5 => {
+            Level::Raid5 | Level::Raid0 => {
                 let sds = self.geometry.stripe_data_size();
                 let chunk = self.geometry.chunk().get();
                 let first = offset.get() / sds;
@@ -475,6 +494,28 @@ impl Volume {
         ok
     }
 
+    /// Marks `member` failed for a read error, unless it is a checksum
+    /// mismatch: bad bytes are repaired or reported, never a reason to drop
+    /// the member by themselves.
+    pub(super) async fn fail_member_for_read(&self, member: MemberIndex, error: &BlockError) {
+        if !matches!(error, BlockError::Corrupt { .. }) {
+            self.fail_member(member, error).await;
+        }
+    }
+
+    /// The whole 4 KiB blocks of member data holding `offset..+len`: a
+    /// repair rewrites whole blocks, so a block with bad bytes outside the
+    /// range read gets its checksum back instead of losing it.
+    pub(super) fn block_hull(&self, offset: ByteOffset, len: u64) -> (ByteOffset, u64) {
+        const BLOCK: u64 = 4096;
+        let a = offset.get() / BLOCK * BLOCK;
+        let b = (offset.get() + len)
+            .div_ceil(BLOCK)
+            .saturating_mul(BLOCK)
+            .min(self.geometry.member_data_size());
+        (ByteOffset(a), b.max(offset.get() + len) - a)
+    }
+
     pub(super) fn data_lost(&self) -> BlockError {
         BlockError::DataLost {
             volume: self.name.clone(),
@@ -558,7 +599,8 @@ impl Volume {
 
     /// Reads from `member`, retrying once. `Err(None)`: the member is down;
     /// `Err(Some(e))`: it failed twice (not yet marked failed: the caller
-    /// may repair the range first).
+    /// may repair the range first). A checksum mismatch is not retried (the
+    /// checksum layer already looked twice; a retry would count it again).
     pub(super) async fn read_member(
         &self,
         member: MemberIndex,
@@ -567,6 +609,9 @@ impl Volume {
     ) -> Result<(), Option<BlockError>> {
         let dev = self.device(member).ok_or(None)?;
         if let Err(e) = dev.read(offset, buf).await {
+            if matches!(e, BlockError::Corrupt { .. }) {
+                return Err(Some(e));
+            }
             tracing::debug!(volume = %self.name, %member, %e, "member read failed, retrying");
             dev.read(offset, buf).await.map_err(Some)?;
         }

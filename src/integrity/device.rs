@@ -1,0 +1,258 @@
+//! [`ChecksumDevice`]: verifies every read of a member's data area against
+//! its [`CsumStore`] and records the checksum of every write.
+//!
+//! ```text
+//!  read  ─► widen to 4 KiB ─► inner read ─► entries ─► mismatch in a
+//!           trusted block? ─► re-read once ─► still: count, Corrupt
+//!  write ─► unaligned edge: read it (verify; bad: entry kept mismatching)
+//!           ─► CRCs ─► inner write ─► entries
+//!  discard/zeroes ─► inner ─► whole blocks: zero CRC, edges: re-read + seal
+//!  flush ─► (fresh store: write back its pages) ─► inner flush
+//! ```
+//!
+//! It sits below the member's counters and above its fault rules:
+//! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::page::{bad_blocks, block_entry, entries_of, seal, zero_entry, BLOCK, UNKNOWN};
+use super::store::CsumStore;
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::units::ByteOffset;
+
+/// Says whether a member data offset may be verified (false while the
+/// region is dirty from a crash and not yet resynced).
+pub type Trusted = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// A member data area whose blocks are checksummed.
+pub struct ChecksumDevice {
+    inner: Arc<dyn BlockDevice>,
+    store: Arc<CsumStore>,
+    trusted: Trusted,
+    errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ChecksumDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChecksumDevice")
+            .field("inner", &self.inner.name())
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 4 KiB-aligned hull of `offset..offset + len`, as block numbers.
+fn hull(offset: u64, len: u64) -> (u64, u64) {
+    (offset / BLOCK, (offset + len).div_ceil(BLOCK))
+}
+
+impl ChecksumDevice {
+    /// Wraps `inner` (the data window) with the entries of `store`; bad
+    /// blocks found by reads are added to `errors`.
+    pub fn new(
+        inner: Arc<dyn BlockDevice>,
+        store: Arc<CsumStore>,
+        trusted: Trusted,
+        errors: Arc<AtomicU64>,
+    ) -> ChecksumDevice {
+        ChecksumDevice {
+            inner,
+            store,
+            trusted,
+            errors,
+        }
+    }
+
+    /// Bytes of blocks `b0..b1` (the last block of a device whose size is
+    /// not a multiple of 4 KiB is short).
+    fn span(&self, b0: u64, b1: u64) -> usize {
+        ((b1 * BLOCK).min(self.size()) - b0 * BLOCK) as usize
+    }
+
+    /// Reads blocks `b0..b1` into `out` and returns the blocks (relative
+    /// to `b0`) that fail a known, trusted entry.
+    async fn read_checked(&self, b0: u64, b1: u64, out: &mut [u8]) -> BlockResult<Vec<usize>> {
+        self.inner.read(ByteOffset(b0 * BLOCK), out).await?;
+        let entries = self.store.entries(b0, b1 - b0).await?;
+        Ok(bad_blocks(&entries, out)
+            .into_iter()
+            .filter(|&i| (self.trusted)((b0 + i as u64) * BLOCK))
+            .collect())
+    }
+
+    async fn read_verified(&self, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+        check_range(offset, buf.len() as u64, self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), buf.len() as u64);
+        let aligned = offset.get().is_multiple_of(BLOCK) && buf.len() == self.span(b0, b1);
+        let mut wide = Vec::new();
+        let data: &mut [u8] = if aligned {
+            buf
+        } else {
+            wide.resize(self.span(b0, b1), 0);
+            &mut wide
+        };
+        let mut bad = self.read_checked(b0, b1, data).await?;
+        if !bad.is_empty() {
+            // A write of the same block may have raced this read (readers
+            // take no lock): look once more before calling it corrupt.
+            tokio::task::yield_now().await;
+            bad = self.read_checked(b0, b1, data).await?;
+        }
+        if let Some(&first) = bad.first() {
+            self.errors.fetch_add(bad.len() as u64, Ordering::Relaxed);
+            let offset = (b0 + first as u64) * BLOCK;
+            tracing::warn!(
+                device = self.inner.name(),
+                offset,
+                blocks = bad.len(),
+                "checksum mismatch"
+            );
+            return Err(BlockError::Corrupt {
+                device: self.inner.name().to_string(),
+                offset,
+                blocks: bad.len() as u64,
+            });
+        }
+        if !aligned {
+            let at = (offset.get() - b0 * BLOCK) as usize;
+            buf.copy_from_slice(&wide[at..at + buf.len()]);
+        }
+        Ok(())
+    }
+
+    /// Reads the old bytes of an edge block into `old`; false when they
+    /// fail their own (known, trusted) checksum.
+    async fn edge(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
+        self.inner.read(ByteOffset(block * BLOCK), old).await?;
+        let entry = self.store.entries(block, 1).await?[0];
+        let ok = entry == UNKNOWN || entry == block_entry(old) || !(self.trusted)(block * BLOCK);
+        if !ok {
+            tracing::warn!(
+                device = self.inner.name(),
+                offset = block * BLOCK,
+                "checksum mismatch under a partial write; the block stays marked bad"
+            );
+        }
+        Ok(ok)
+    }
+
+    async fn write_sealed(&self, offset: ByteOffset, buf: &[u8], dur: Durability) -> BlockResult {
+        check_range(offset, buf.len() as u64, self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), buf.len() as u64);
+        let head = (offset.get() - b0 * BLOCK) as usize;
+        if head == 0 && buf.len() == self.span(b0, b1) {
+            let entries = entries_of(buf);
+            self.inner.write(offset, buf, dur).await?;
+            return self.store.set(b0, &entries).await;
+        }
+        // Unaligned: merge the new bytes into the old edge blocks to know
+        // the blocks' checksums. Writers of one block are serialized by the
+        // RAID layer's locks, so the edges cannot change meanwhile.
+        let mut wide = vec![0u8; self.span(b0, b1)];
+        let last = ((b1 - 1 - b0) * BLOCK) as usize;
+        let mut good = vec![true; (b1 - b0) as usize];
+        let first_len = self.span(b0, b0 + 1);
+        good[0] = self.edge(b0, &mut wide[..first_len]).await?;
+        if b1 - b0 > 1 {
+            let n = good.len();
+            good[n - 1] = self.edge(b1 - 1, &mut wide[last..]).await?;
+        }
+        wide[head..head + buf.len()].copy_from_slice(buf);
+        let mut entries = entries_of(&wide);
+        for (e, ok) in entries.iter_mut().zip(&good) {
+            if !ok {
+                // Never bless bad bytes, and do not forget them either: an
+                // entry that cannot match makes the next read of the block
+                // report it, so the RAID layer rewrites it from redundancy.
+                *e = seal(!*e);
+            }
+        }
+        self.inner.write(offset, buf, dur).await?;
+        self.store.set(b0, &entries).await
+    }
+
+    /// After a discard or write-zeroes of `offset..+len`: whole blocks are
+    /// zero, partial edge blocks are re-read and sealed as they now are.
+    async fn after_clear(&self, offset: u64, len: u64) -> BlockResult {
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset, len);
+        let whole0 = offset.div_ceil(BLOCK);
+        let whole1 = (offset + len) / BLOCK;
+        if whole1 > whole0 {
+            self.store
+                .fill(whole0, whole1 - whole0, zero_entry())
+                .await?;
+        }
+        for b in [b0, b1 - 1] {
+            if b < whole0 || b >= whole1 {
+                let mut block = vec![0u8; self.span(b, b + 1)];
+                self.inner.read(ByteOffset(b * BLOCK), &mut block).await?;
+                self.store.set(b, &[block_entry(&block)]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for ChecksumDevice {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+        Box::pin(self.read_verified(offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(self.write_sealed(offset, buf, durability))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            if self.store.is_fresh() {
+                // A new member's pages are not covered by the bitmap's
+                // settling (rebuild writes are not marked): write them back
+                // with each flush, so a rebuild checkpoint covers them.
+                self.store.writeback().await?;
+            }
+            self.inner.flush().await
+        })
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            self.inner.discard(offset, len).await?;
+            self.after_clear(offset.get(), len).await
+        })
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            self.inner.write_zeroes(offset, len, may_unmap).await?;
+            self.after_clear(offset.get(), len).await
+        })
+    }
+}

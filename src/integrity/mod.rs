@@ -1,0 +1,142 @@
+//! Per-block checksums of member data (docs/FORMAT.md §8).
+//!
+//! ```text
+//!  Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window
+//!                               │ entries
+//!                               ▼
+//!                           CsumStore (per member, pages cached) ─► csum area
+//!  Checksums (per array): every store by role ─► writeback_all (before the
+//!      bitmap clears bits, at clean shutdown) ─► reseal (after a resync step)
+//! ```
+
+pub mod device;
+pub mod page;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+
+pub use device::{ChecksumDevice, Trusted};
+pub use store::CsumStore;
+
+use crate::block::{BlockDevice, BlockResult, BoxFuture};
+use crate::raid::checksum::ChecksumHook;
+use crate::raid::MemberIndex;
+use crate::units::ByteOffset;
+
+/// The checksum stores of one array, by role (a role may have two: its
+/// member and one being rebuilt into it).
+#[derive(Default)]
+pub struct Checksums {
+    roles: Mutex<Vec<(usize, Weak<CsumStore>)>>,
+}
+
+impl std::fmt::Debug for Checksums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checksums").finish_non_exhaustive()
+    }
+}
+
+impl Checksums {
+    /// An empty set.
+    pub fn new() -> Arc<Checksums> {
+        Arc::new(Checksums::default())
+    }
+
+    fn live(&self) -> Vec<(usize, Arc<CsumStore>)> {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        roles.retain(|(_, s)| s.strong_count() > 0);
+        roles
+            .iter()
+            .filter_map(|(r, s)| s.upgrade().map(|s| (*r, s)))
+            .collect()
+    }
+
+    /// Wraps the data `window` of the member `raw` in role `role`: its
+    /// checksum area lies at `csum_offset` of `raw`. `fresh`: a new member
+    /// whose checksum area is not trusted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn wrap(
+        &self,
+        role: usize,
+        raw: Arc<dyn BlockDevice>,
+        csum_offset: u64,
+        window: Arc<dyn BlockDevice>,
+        fresh: bool,
+        trusted: Trusted,
+        errors: Arc<AtomicU64>,
+    ) -> Arc<dyn BlockDevice> {
+        let blocks = window.size().div_ceil(page::BLOCK);
+        let store = Arc::new(CsumStore::new(raw, csum_offset, blocks, fresh));
+        self.roles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((role, Arc::downgrade(&store)));
+        Arc::new(ChecksumDevice::new(window, store, trusted, errors))
+    }
+
+    /// Writes back the dirty pages of every member (each then flushed).
+    /// Every member is tried; the first error is returned.
+    pub async fn writeback_all(&self) -> BlockResult {
+        self.writeback_roles()
+            .await
+            .into_iter()
+            .next()
+            .map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// Writes back the dirty pages of every member; returns the errors, by
+    /// role (a failed member's may be ignored: it is not trusted again).
+    pub async fn writeback_roles(&self) -> Vec<(usize, crate::block::BlockError)> {
+        let stores = self.live();
+        let results = futures::future::join_all(stores.iter().map(|(_, s)| s.writeback())).await;
+        let mut errors = Vec::new();
+        for ((role, s), r) in stores.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::warn!(role, store = ?s, %e, "writing back checksums failed");
+                errors.push((*role, e));
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+impl Checksums {
+    /// Test wiring: wraps `window` with a store on its own in-memory
+    /// checksum area, every block trusted.
+    pub(crate) fn wrap_in_memory(
+        &self,
+        role: usize,
+        window: Arc<dyn BlockDevice>,
+        fresh: bool,
+        errors: Arc<AtomicU64>,
+    ) -> Arc<dyn BlockDevice> {
+        let blocks = window.size().div_ceil(page::BLOCK);
+        let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
+        let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
+        self.wrap(role, raw, 0, window, fresh, Arc::new(|_| true), errors)
+    }
+}
+
+impl ChecksumHook for Checksums {
+    fn reseal<'a>(
+        &'a self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let entries = page::entries_of(data);
+            let first = offset.get() / page::BLOCK;
+            for (_, s) in self.live().into_iter().filter(|(r, _)| *r == member.0) {
+                if let Err(e) = s.set(first, &entries).await {
+                    tracing::warn!(%member, %e, "resealing checksums failed");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! Unit tests of the checksum store and device over in-memory members.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::page::{block_entry, decode_page, encode_page, zero_entry, BLOCK, UNKNOWN};
+use super::{ChecksumDevice, CsumStore, Trusted};
+use crate::block::{BlockDevice, BlockError, Durability};
+use crate::raid::test_support::{pattern, TestDevice};
+use crate::units::ByteOffset;
+
+const B: usize = BLOCK as usize;
+
+fn all_trusted() -> Trusted {
+    Arc::new(|_| true)
+}
+
+struct Rig {
+    data: Arc<TestDevice>,
+    area: Arc<TestDevice>,
+    store: Arc<CsumStore>,
+    dev: ChecksumDevice,
+    errors: Arc<AtomicU64>,
+}
+
+fn rig(blocks: u64, trusted: Trusted) -> Rig {
+    let data = TestDevice::new("data", blocks * BLOCK);
+    let area = TestDevice::new("area", 4 * 4096);
+    let store = Arc::new(CsumStore::new(area.clone(), 4096, blocks, false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let dev = ChecksumDevice::new(data.clone(), store.clone(), trusted, errors.clone());
+    Rig {
+        data,
+        area,
+        store,
+        dev,
+        errors,
+    }
+}
+
+async fn flip(dev: &TestDevice, at: u64) {
+    let mut b = [0u8; 1];
+    dev.mem.read(ByteOffset(at), &mut b).await.unwrap();
+    b[0] ^= 0x5a;
+    dev.mem
+        .write(ByteOffset(at), &b, Durability::Normal)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn store_loads_a_page_only_when_first_used() {
+    let area = TestDevice::new("area", 3 * 4096);
+    let mut entries = vec![0u32; 1024];
+    entries[3] = 77;
+    area.mem
+        .write(ByteOffset(4096), &encode_page(&entries), Durability::Normal)
+        .await
+        .unwrap();
+    let store = CsumStore::new(area.clone(), 4096, 2048, false);
+    assert_eq!(area.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(store.entries(3, 1).await.unwrap(), vec![77]);
+    assert_eq!(store.entries(0, 4).await.unwrap(), vec![0, 0, 0, 77]);
+    assert_eq!(area.reads.load(Ordering::SeqCst), 1, "one page, read once");
+    store.entries(1500, 1).await.unwrap();
+    assert_eq!(area.reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn writeback_writes_only_dirty_pages_and_a_racing_update_redirties() {
+    let area = TestDevice::new("area", 3 * 4096);
+    let store = Arc::new(CsumStore::new(area.clone(), 0, 2048, false));
+    store.set(5, &[11]).await.unwrap();
+    store.entries(1500, 1).await.unwrap(); // loaded, clean
+                                           // Hold the page write while another update lands.
+    area.gate_closed.store(true, Ordering::SeqCst);
+    let wb = tokio::spawn({
+        let store = store.clone();
+        async move { store.writeback().await }
+    });
+    while area.writes.load(Ordering::SeqCst) == 0 && store.dirty_pages() == 1 {
+        tokio::task::yield_now().await;
+    }
+    store.set(6, &[12]).await.unwrap();
+    area.gate_closed.store(false, Ordering::SeqCst);
+    area.gate_open.notify_one();
+    assert_eq!(wb.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        store.dirty_pages(),
+        1,
+        "the racing update dirtied the page again"
+    );
+    assert_eq!(store.writeback().await.unwrap(), 1);
+    assert_eq!(store.dirty_pages(), 0);
+    let mut page = vec![0u8; 4096];
+    area.mem.read(ByteOffset(0), &mut page).await.unwrap();
+    let on_disk = decode_page(&page);
+    assert_eq!((on_disk[5], on_disk[6]), (11, 12));
+    assert_eq!(
+        area.writes.load(Ordering::SeqCst),
+        2,
+        "the clean page was never written"
+    );
+}
+
+#[tokio::test]
+async fn fresh_store_reads_nothing_and_writes_back_every_touched_page() {
+    let area = TestDevice::new("area", 2 * 4096);
+    area.mem
+        .write(ByteOffset(0), &[0xff; 8192], Durability::Normal)
+        .await
+        .unwrap();
+    let store = CsumStore::new(area.clone(), 0, 2048, true);
+    assert_eq!(store.entries(0, 2).await.unwrap(), vec![UNKNOWN, UNKNOWN]);
+    assert_eq!(area.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(store.writeback().await.unwrap(), 1);
+    let mut page = vec![0u8; 4096];
+    area.mem.read(ByteOffset(0), &mut page).await.unwrap();
+    assert!(
+        decode_page(&page).iter().all(|&e| e == UNKNOWN),
+        "garbage replaced"
+    );
+}
+
+#[tokio::test]
+async fn flipped_bytes_are_reported_with_the_exact_block_count() {
+    let r = rig(8, all_trusted());
+    let data = pattern(8 * B, 1);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, 2 * BLOCK + 17).await;
+    flip(&r.data, 5 * BLOCK).await;
+    let mut buf = vec![0u8; 8 * B];
+    let err = r.dev.read(ByteOffset(0), &mut buf).await.unwrap_err();
+    match err {
+        BlockError::Corrupt { offset, blocks, .. } => assert_eq!((offset, blocks), (2 * BLOCK, 2)),
+        e => panic!("expected Corrupt, got {e}"),
+    }
+    assert_eq!(r.errors.load(Ordering::SeqCst), 2);
+    // An unaligned read inside a good block is fine.
+    let mut small = vec![0u8; 100];
+    r.dev.read(ByteOffset(100), &mut small).await.unwrap();
+    assert_eq!(small, data[100..200]);
+}
+
+#[tokio::test]
+async fn unaligned_write_merges_the_edges_into_the_checksum() {
+    let r = rig(4, all_trusted());
+    let data = pattern(4 * B, 2);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    let patch = pattern(5000, 3);
+    r.dev
+        .write(ByteOffset(3000), &patch, Durability::Normal)
+        .await
+        .unwrap();
+    let mut want = data.clone();
+    want[3000..8000].copy_from_slice(&patch);
+    let mut buf = vec![0u8; 4 * B];
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    assert!(buf == want);
+    let entries = r.store.entries(0, 2).await.unwrap();
+    assert_eq!(entries[0], block_entry(&want[..B]));
+    assert_eq!(entries[1], block_entry(&want[B..2 * B]));
+    assert_eq!(r.errors.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn unaligned_write_over_a_bad_block_keeps_it_detectably_bad() {
+    let r = rig(2, all_trusted());
+    let data = pattern(2 * B, 4);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, 4000).await;
+    r.dev
+        .write(ByteOffset(10), &[1, 2, 3], Durability::Normal)
+        .await
+        .unwrap();
+    let entry = r.store.entries(0, 1).await.unwrap()[0];
+    assert_ne!(entry, UNKNOWN, "not forgotten");
+    let mut buf = vec![0u8; B];
+    assert!(matches!(
+        r.dev.read(ByteOffset(0), &mut buf).await,
+        Err(BlockError::Corrupt { blocks: 1, .. })
+    ));
+    assert_eq!(
+        r.errors.load(Ordering::SeqCst),
+        1,
+        "counted once, by the read"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_blocks_are_not_verified() {
+    let r = rig(2, Arc::new(|off| off >= BLOCK));
+    let data = pattern(2 * B, 5);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, 10).await;
+    let mut buf = vec![0u8; B];
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    flip(&r.data, BLOCK + 10).await;
+    assert!(r.dev.read(ByteOffset(BLOCK), &mut buf).await.is_err());
+    assert_eq!(r.errors.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn discard_and_zeroes_leave_matching_checksums() {
+    let r = rig(4, all_trusted());
+    r.dev
+        .write(ByteOffset(0), &pattern(4 * B, 6), Durability::Normal)
+        .await
+        .unwrap();
+    r.dev.discard(ByteOffset(100), 9000).await.unwrap();
+    r.dev
+        .write_zeroes(ByteOffset(3 * BLOCK), BLOCK, false)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4 * B];
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    assert_eq!(r.store.entries(1, 1).await.unwrap(), vec![zero_entry()]);
+    assert_eq!(r.store.entries(3, 1).await.unwrap(), vec![zero_entry()]);
+    assert_eq!(r.errors.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        r.area.writes.load(Ordering::SeqCst),
+        0,
+        "write-back, not write-through"
+    );
+}
