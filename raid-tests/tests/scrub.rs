@@ -1,9 +1,13 @@
-//! `vraid scrub` against the real daemon: bytes flipped straight into member
-//! files are found (exact counts, in `vraid status` too), `--repair` fixes
-//! them and a second scrub finds nothing; a scrub under fio load finds no
-//! false mismatches; progress shows while it runs; bad requests and a
-//! scrub during a rebuild are refused; a scrub schedule in the config
-//! starts scrubs by itself.
+//! `vraid scrub` against the real daemon, in both worlds. With checksums
+//! (the default): blocks damaged straight in member files are found as
+//! `checksum` errors on their own member (exact counts), a check writes
+//! nothing, `--repair` rebuilds them from redundancy (the good copy wins,
+//! whichever mirror it is on) and a second scrub finds nothing. With
+//! `--no-checksums`: md semantics, flipped bytes are mismatches and repair
+//! copies the first mirror or rewrites parity. Also: a scrub under fio
+//! load finds no false mismatches; progress shows while it runs; bad
+//! requests and a scrub during a rebuild are refused; a scrub schedule in
+//! the config starts scrubs by itself.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,11 +18,28 @@ use raid_tests::*;
 use serde_json::Value;
 
 const CHUNK: u64 = 64 << 10;
+const BLOCK: u64 = 4096;
 
 fn args_of<'a>(ctl: &'a Path, paths: &'a [PathBuf]) -> Vec<&'a str> {
     let mut a = vec!["--control", ctl.to_str().unwrap()];
     a.extend(paths.iter().map(|p| p.to_str().unwrap()));
     a
+}
+
+/// Which world a test runs in: per-block checksums (the default) or
+/// `vraid serve --no-checksums` (md semantics only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checksums {
+    On,
+    Off,
+}
+
+fn serve(ctl: &Path, paths: &[PathBuf], checksums: Checksums) -> Server {
+    let mut args = args_of(ctl, paths);
+    if checksums == Checksums::Off {
+        args.push("--no-checksums");
+    }
+    Server::start(&args)
 }
 
 /// Flips one byte at data-area offset `at` of a member file.
@@ -36,6 +57,28 @@ fn flip(member: &Path, at: u64) {
     f.sync_all().unwrap();
 }
 
+/// Overwrites the 4 KiB block at data-area offset `at` of a member file.
+fn overwrite_block(member: &Path, at: u64, bytes: &[u8]) {
+    assert_eq!((at % BLOCK, bytes.len() as u64), (0, BLOCK));
+    let data_offset = examine(member)["data_offset"].as_u64().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(member)
+        .unwrap();
+    f.write_all_at(bytes, data_offset + at).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn all_member_data(paths: &[PathBuf]) -> Vec<Vec<u8>> {
+    paths.iter().map(|p| member_data(p)).collect()
+}
+
+/// The 4 KiB block holding data-area offset `at` of a member's data.
+fn block_of(data: &[u8], at: u64) -> &[u8] {
+    let b = (at / BLOCK * BLOCK) as usize;
+    &data[b..b + BLOCK as usize]
+}
+
 fn scrub_json(ctl: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["scrub", "vol0", "--json"];
     args.extend_from_slice(extra);
@@ -46,6 +89,16 @@ fn scrub_json(ctl: &Path, extra: &[&str]) -> Value {
 
 fn vol0(ctl: &Path) -> Value {
     status_json(ctl)["volumes"][0].clone()
+}
+
+/// Per-member values of `key` in a scrub report.
+fn per_member(report: &Value, key: &str) -> Vec<u64> {
+    report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[key].as_u64().unwrap())
+        .collect()
 }
 
 /// fio's verify pass over what `fio_verify_cmd(.., "fill", "8M", "0")` wrote.
@@ -67,11 +120,174 @@ fn spawn_fio(uri: &str, name: &str, size: &str, offset: &str) -> Child {
         .unwrap()
 }
 
-/// Member-data offsets to flip: `(member, offset)`; all distinct 4 KiB
-/// blocks. RAID-5 (3 members, left-symmetric): member 0 is parity of
-/// stripe 2; its data blocks are flipped outside fio's 8 MiB (stripes >= 64),
-/// since without checksums a parity repair keeps wrong data (md semantics).
-/// RAID-1: the second mirror, inside fio's data (repair copies mirror 0).
+/// A fresh array with fio's 8 MiB written and verified, stopped cleanly.
+fn array_with_fio_data(
+    tag: &str,
+    level: u32,
+    members: usize,
+) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
+    let dir = scratch_dir(tag);
+    let paths = member_paths(dir.path(), members);
+    create_array(level, "64K", "32M", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&args_of(&ctl, &paths));
+    assert_fio_clean(spawn_fio(&server.uri("vol0"), "fill", "8M", "0"));
+    assert_eq!(server.stop(), 0);
+    for (role, p) in paths.iter().enumerate() {
+        assert_eq!(examine(p)["role"], role);
+    }
+    (dir, paths, ctl)
+}
+
+/// RAID-5, 3 members, left-symmetric: the parity member of stripe `s`.
+fn raid5_parity_member(s: u64) -> usize {
+    (2 - s % 3) as usize
+}
+
+/// How a member block is damaged behind the daemon's back.
+#[derive(Clone, Copy)]
+enum Damage {
+    /// One byte flipped at the offset.
+    Flip,
+    /// The whole block replaced by the member's block at this offset (a
+    /// well-formed block from the wrong place, like a misdirected write).
+    CopyOf(u64),
+}
+
+/// Checksums on: every damaged block fio wrote fails its checksum. A check
+/// counts each as `checksum` on its own member, and nothing else, and
+/// writes nothing; `--repair` rebuilds each from redundancy (the good
+/// copy, or data and parity) so every member file holds its original bytes
+/// again; a second check is clean and fio's data verifies.
+fn checksummed_bad_blocks_are_found_on_their_member_and_rebuilt(
+    level: u32,
+    members: usize,
+    damage: &[(usize, u64, Damage)],
+) {
+    // Arrange
+    let (_dir, paths, ctl) = array_with_fio_data(&format!("scrub-csum-r{level}"), level, members);
+    let before = all_member_data(&paths);
+    let data_members = if level == 5 { members - 1 } else { 1 };
+    let fio_member_bytes = (8 << 20) / data_members as u64;
+    for &(m, at, how) in damage {
+        assert!(at < fio_member_bytes, "outside fio's data: {at}");
+        let old = block_of(&before[m], at);
+        assert!(old.iter().any(|&b| b != 0), "never written: {m} {at}");
+        match how {
+            Damage::Flip => flip(&paths[m], at),
+            Damage::CopyOf(from) => overwrite_block(&paths[m], at, block_of(&before[m], from)),
+        }
+    }
+    let damaged = all_member_data(&paths);
+    for &(m, at, _) in damage {
+        assert_ne!(block_of(&damaged[m], at), block_of(&before[m], at));
+    }
+    let mut want = vec![0u64; members];
+    for &(m, _, _) in damage {
+        want[m] += 1;
+    }
+    let n = damage.len() as u64;
+    let zeros = vec![0u64; members];
+    // No client read between the damage and the check: a read through the
+    // volume would repair what it finds.
+    let server = serve(&ctl, &paths, Checksums::On);
+
+    // Act
+    let text = vraid_ctl_ok(&ctl, &["scrub", "vol0"]);
+    let check = vol0(&ctl)["last_scrub"].clone();
+    let after_check = all_member_data(&paths);
+    let errors: Vec<u64> = vol0(&ctl)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["checksum_errors"].as_u64().unwrap())
+        .collect();
+    let repair = scrub_json(&ctl, &["--repair"]);
+    let again = scrub_json(&ctl, &[]);
+    fio_verify_only(&server.uri("vol0"));
+    assert_eq!(server.stop(), 0);
+    let after_repair = all_member_data(&paths);
+
+    // Assert: the check found each bad block on its own member, as a
+    // checksum error (never as a mismatch), and wrote nothing.
+    assert!(
+        text.contains(&format!(
+            "0 mismatches, {n} checksum errors, 0 read errors, 0 repaired"
+        )),
+        "{text}"
+    );
+    assert_eq!(per_member(&check, "checksum"), want, "{check}");
+    for key in ["mismatch", "io", "repaired"] {
+        assert_eq!(per_member(&check, key), zeros, "{key}: {check}");
+    }
+    assert_eq!(
+        (check["found"].as_u64(), check["mismatches"].as_u64()),
+        (Some(n), Some(0))
+    );
+    assert_eq!(check["outcome"], "finished");
+    for m in 0..members {
+        assert!(after_check[m] == damaged[m], "check wrote member {m}");
+        // The member's own counter moved, and only on damaged members.
+        assert_eq!(errors[m] > 0, want[m] > 0, "{errors:?} vs {want:?}");
+    }
+    // Repair rebuilt exactly those blocks, on their members.
+    assert_eq!(per_member(&repair, "checksum"), want, "{repair}");
+    assert_eq!(per_member(&repair, "repaired"), want, "{repair}");
+    assert_eq!(per_member(&repair, "mismatch"), zeros, "{repair}");
+    assert_eq!(again["found"], 0, "{again}");
+    for m in 0..members {
+        assert!(after_repair[m] == before[m], "member {m} not restored");
+    }
+    if level == 5 {
+        assert_eq!(
+            bad_parity_stripes(&paths, CHUNK as usize),
+            Vec::<usize>::new()
+        );
+    }
+}
+
+#[test]
+fn raid5_checksum_scrub_finds_bad_data_and_parity_blocks_on_their_member_and_rebuilds_them() {
+    // Member 1, inside fio's 8 MiB (member stripes < 64): three data
+    // blocks and two parity blocks.
+    let damage = [
+        (1, 4096 + 3, Damage::Flip),
+        (1, 2 * CHUNK + 5 * 4096 + 100, Damage::Flip),
+        (1, 30 * CHUNK + 2 * 4096, Damage::Flip),
+        (1, CHUNK + 3 * 4096 + 7, Damage::Flip),
+        (1, 61 * CHUNK + 15 * 4096 + 4095, Damage::Flip),
+    ];
+    let parity: Vec<bool> = damage
+        .iter()
+        .map(|&(m, at, _)| raid5_parity_member(at / CHUNK) == m)
+        .collect();
+    assert_eq!(parity, [false, false, false, true, true]);
+    checksummed_bad_blocks_are_found_on_their_member_and_rebuilt(5, 3, &damage);
+}
+
+#[test]
+fn raid1_checksum_scrub_finds_bad_copies_on_either_mirror_and_the_good_copy_wins() {
+    // Member 1: flipped bytes. Member 0 (the mirror md's repair copies
+    // from): whole blocks replaced by other fio blocks, so the copies
+    // disagree and only the checksum tells which one is right.
+    let damage = [
+        (1, 4096 + 3, Damage::Flip),
+        (1, 5 * 4096 + 100, Damage::Flip),
+        (1, (1 << 20) + 2 * 4096, Damage::Flip),
+        (1, (3 << 20) + 7, Damage::Flip),
+        (1, 6 << 20, Damage::CopyOf(0)),
+        (0, 9 * 4096, Damage::CopyOf(10 * 4096)),
+        (0, (2 << 20) + 4096, Damage::CopyOf(7 << 20)),
+    ];
+    checksummed_bad_blocks_are_found_on_their_member_and_rebuilt(1, 2, &damage);
+}
+
+/// Member-data offsets to flip without checksums: `(member, offset)`; all
+/// distinct 4 KiB blocks. RAID-5 (3 members, left-symmetric): member 0 is
+/// parity of stripe 2; its data blocks are flipped outside fio's 8 MiB
+/// (stripes >= 64), since without checksums a parity repair keeps wrong
+/// data (md semantics). RAID-1: the second mirror, inside fio's data
+/// (repair copies mirror 0).
 fn flips(level: u32) -> Vec<(usize, u64)> {
     match level {
         5 => vec![
@@ -89,23 +305,18 @@ fn flips(level: u32) -> Vec<(usize, u64)> {
     }
 }
 
-fn flipped_blocks_are_found_repaired_and_data_survives(level: u32, members: usize) {
+/// `--no-checksums`: md semantics. Flipped blocks read well, so a check
+/// counts them as mismatches (RAID-1: on the mirror that differs from the
+/// first; RAID-5: on the stripe's parity member) and `--repair` copies the
+/// first mirror / rewrites parity from the data.
+fn flipped_blocks_without_checksums_are_mismatches_and_repair_is_md(level: u32, members: usize) {
     // Arrange: fio data written and verified, clean stop, bytes flipped.
-    let dir = scratch_dir(&format!("scrub-r{level}"));
-    let paths = member_paths(dir.path(), members);
-    create_array(level, "64K", "32M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let server = Server::start(&args_of(&ctl, &paths));
-    assert_fio_clean(spawn_fio(&server.uri("vol0"), "fill", "8M", "0"));
-    assert_eq!(server.stop(), 0);
-    if level == 5 {
-        assert_eq!(examine(&paths[0])["role"], 0);
-    }
+    let (_dir, paths, ctl) = array_with_fio_data(&format!("scrub-r{level}"), level, members);
     let flips = flips(level);
     for &(m, at) in &flips {
         flip(&paths[m], at);
     }
-    let server = Server::start(&args_of(&ctl, &paths));
+    let server = serve(&ctl, &paths, Checksums::Off);
 
     // Act
     let text = vraid_ctl_ok(&ctl, &["scrub", "vol0"]);
@@ -119,7 +330,10 @@ fn flipped_blocks_are_found_repaired_and_data_survives(level: u32, members: usiz
 
     // Assert
     let n = flips.len() as u64;
-    assert!(text.contains(&format!("{n} mismatches")), "{text}");
+    assert!(
+        text.contains(&format!("{n} mismatches, 0 checksum errors")),
+        "{text}"
+    );
     assert_eq!(check["mismatches"], n, "{check}");
     assert_eq!(check["found"], n, "{check}");
     assert_eq!(check["repaired"], 0, "{check}");
@@ -129,10 +343,15 @@ fn flipped_blocks_are_found_repaired_and_data_survives(level: u32, members: usiz
         check["bytes_checked"].as_u64().unwrap(),
         members as u64 * (data_size - data_size % CHUNK)
     );
-    if level == 1 {
-        assert_eq!(check["members"][1]["mismatch"], n, "{check}");
-        assert_eq!(check["members"][0]["mismatch"], 0, "{check}");
+    let mut want = vec![0u64; members];
+    for &(m, at) in &flips {
+        want[if level == 5 {
+            raid5_parity_member(at / CHUNK)
+        } else {
+            m
+        }] += 1;
     }
+    assert_eq!(per_member(&check, "mismatch"), want, "{check}");
     let kinds: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -145,6 +364,7 @@ fn flipped_blocks_are_found_repaired_and_data_survives(level: u32, members: usiz
         (repair["mismatches"].as_u64(), repair["repaired"].as_u64()),
         (Some(n), Some(n))
     );
+    assert_eq!(per_member(&repair, "repaired"), want, "{repair}");
     assert_eq!(again["found"], 0, "{again}");
     assert!(
         status_text.contains("last scrub finished (check)"),
@@ -165,13 +385,13 @@ fn flipped_blocks_are_found_repaired_and_data_survives(level: u32, members: usiz
 }
 
 #[test]
-fn raid5_scrub_counts_flipped_blocks_exactly_and_repair_makes_parity_consistent() {
-    flipped_blocks_are_found_repaired_and_data_survives(5, 3);
+fn raid5_without_checksums_scrub_counts_mismatches_on_parity_and_repair_rewrites_it() {
+    flipped_blocks_without_checksums_are_mismatches_and_repair_is_md(5, 3);
 }
 
 #[test]
-fn raid1_scrub_counts_flipped_blocks_exactly_and_repair_restores_the_mirror() {
-    flipped_blocks_are_found_repaired_and_data_survives(1, 2);
+fn raid1_without_checksums_scrub_counts_mismatches_and_repair_copies_the_first_mirror() {
+    flipped_blocks_without_checksums_are_mismatches_and_repair_is_md(1, 2);
 }
 
 #[test]
