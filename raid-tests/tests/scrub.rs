@@ -2,7 +2,8 @@
 //! (the default): blocks damaged straight in member files are found as
 //! `checksum` errors on their own member (exact counts), a check writes
 //! nothing, `--repair` rebuilds them from redundancy (the good copy wins,
-//! whichever mirror it is on) and a second scrub finds nothing. With
+//! whichever mirror it is on) and a second scrub finds nothing; a block
+//! never written has no checksum and falls back to a mismatch. With
 //! `--no-checksums`: md semantics, flipped bytes are mismatches and repair
 //! copies the first mirror or rewrites parity. Also: a scrub under fio
 //! load finds no false mismatches; progress shows while it runs; bad
@@ -282,6 +283,36 @@ fn raid1_checksum_scrub_finds_bad_copies_on_either_mirror_and_the_good_copy_wins
         (0, (2 << 20) + 4096, Damage::CopyOf(7 << 20)),
     ];
     checksummed_bad_blocks_are_found_on_their_member_and_rebuilt(1, 2, &damage);
+}
+
+#[test]
+fn with_checksums_a_block_never_written_has_no_checksum_and_counts_as_a_mismatch() {
+    // Arrange: a RAID-1 block past fio's 8 MiB was never written since
+    // create, so its checksum is unknown (0) and not verified.
+    let (_dir, paths, ctl) = array_with_fio_data("scrub-csum-unknown", 1, 2);
+    let at = (20 << 20) + 4096 + 11;
+    assert!(block_of(&member_data(&paths[1]), at)
+        .iter()
+        .all(|&b| b == 0));
+    flip(&paths[1], at);
+    let server = serve(&ctl, &paths, Checksums::On);
+
+    // Act
+    let check = scrub_json(&ctl, &[]);
+    let repair = scrub_json(&ctl, &["--repair"]);
+    let again = scrub_json(&ctl, &[]);
+    assert_eq!(server.stop(), 0);
+
+    // Assert: md semantics for that block: a mismatch on the second mirror,
+    // repaired by copying the first.
+    assert_eq!(per_member(&check, "mismatch"), [0, 1], "{check}");
+    assert_eq!(per_member(&check, "checksum"), [0, 0], "{check}");
+    assert_eq!(per_member(&repair, "repaired"), [0, 1], "{repair}");
+    assert_eq!(again["found"], 0, "{again}");
+    assert!(
+        member_data(&paths[0]) == member_data(&paths[1]),
+        "mirrors differ"
+    );
 }
 
 /// Member-data offsets to flip without checksums: `(member, offset)`; all
