@@ -13,8 +13,9 @@
 //! It sits below the member's counters and above its fault rules:
 //! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::page::{bad_blocks, block_entry, entries_of, seal, zero_entry, BLOCK, UNKNOWN};
 use super::store::CsumStore;
@@ -31,6 +32,13 @@ pub struct ChecksumDevice {
     store: Arc<CsumStore>,
     trusted: Trusted,
     errors: Arc<AtomicU64>,
+    /// Blocks counted bad and not rewritten since: a block is counted once
+    /// however often it is read (a scrub's step read and its block-by-block
+    /// re-read, repeated RAID-0 reads), and again only if it goes bad again
+    /// after a rewrite.
+    reported: Mutex<HashSet<u64>>,
+    /// `reported.len()`, so writes skip the lock while nothing is reported.
+    reported_len: AtomicUsize,
 }
 
 impl std::fmt::Debug for ChecksumDevice {
@@ -61,7 +69,27 @@ impl ChecksumDevice {
             store,
             trusted,
             errors,
+            reported: Mutex::new(HashSet::new()),
+            reported_len: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts the blocks of `bad` (block numbers) not counted yet.
+    fn count_bad(&self, bad: impl Iterator<Item = u64>) {
+        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let new = bad.filter(|&b| set.insert(b)).count();
+        self.reported_len.store(set.len(), Ordering::Release);
+        self.errors.fetch_add(new as u64, Ordering::Relaxed);
+    }
+
+    /// Blocks `b0..b1` were rewritten: they may be counted again.
+    fn forget_bad(&self, b0: u64, b1: u64) {
+        if self.reported_len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        set.retain(|&b| b < b0 || b >= b1);
+        self.reported_len.store(set.len(), Ordering::Release);
     }
 
     /// Bytes of blocks `b0..b1` (the last block of a device whose size is
@@ -103,7 +131,7 @@ impl ChecksumDevice {
             bad = self.read_checked(b0, b1, data).await?;
         }
         if let Some(&first) = bad.first() {
-            self.errors.fetch_add(bad.len() as u64, Ordering::Relaxed);
+            self.count_bad(bad.iter().map(|&i| b0 + i as u64));
             let offset = (b0 + first as u64) * BLOCK;
             tracing::warn!(
                 device = self.inner.name(),
@@ -150,6 +178,7 @@ impl ChecksumDevice {
         if head == 0 && buf.len() == self.span(b0, b1) {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
+            self.forget_bad(b0, b1);
             return self.store.set(b0, &entries).await;
         }
         // Unaligned: merge the new bytes into the old edge blocks to know
@@ -175,6 +204,13 @@ impl ChecksumDevice {
             }
         }
         self.inner.write(offset, buf, dur).await?;
+        // Edge blocks that were bad keep a mismatching entry: forget only
+        // the blocks that are now whole and good.
+        for (i, ok) in good.iter().enumerate() {
+            if *ok {
+                self.forget_bad(b0 + i as u64, b0 + i as u64 + 1);
+            }
+        }
         self.store.set(b0, &entries).await
     }
 
@@ -185,6 +221,7 @@ impl ChecksumDevice {
             return Ok(());
         }
         let (b0, b1) = hull(offset, len);
+        self.forget_bad(b0, b1);
         let whole0 = offset.div_ceil(BLOCK);
         let whole1 = (offset + len) / BLOCK;
         if whole1 > whole0 {

@@ -146,6 +146,39 @@ async fn flipped_bytes_are_reported_with_the_exact_block_count() {
 }
 
 #[tokio::test]
+async fn a_bad_block_is_counted_once_until_it_is_rewritten() {
+    let r = rig(4, all_trusted());
+    let data = pattern(4 * B, 5);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, BLOCK + 9).await;
+    let mut buf = vec![0u8; 4 * B];
+    let mut one = vec![0u8; B];
+
+    for _ in 0..3 {
+        assert!(r.dev.read(ByteOffset(0), &mut buf).await.is_err());
+    }
+    assert!(r.dev.read(ByteOffset(BLOCK), &mut one).await.is_err());
+    let after_reads = r.errors.load(Ordering::SeqCst);
+    r.dev
+        .write(ByteOffset(BLOCK), &data[B..2 * B], Durability::Normal)
+        .await
+        .unwrap();
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    flip(&r.data, BLOCK + 10).await;
+    assert!(r.dev.read(ByteOffset(0), &mut buf).await.is_err());
+
+    assert_eq!(after_reads, 1, "four reads of one bad block count it once");
+    assert_eq!(
+        r.errors.load(Ordering::SeqCst),
+        2,
+        "bad again after a rewrite"
+    );
+}
+
+#[tokio::test]
 async fn unaligned_write_merges_the_edges_into_the_checksum() {
     let r = rig(4, all_trusted());
     let data = pattern(4 * B, 2);
