@@ -314,6 +314,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Turn off the RAID-5 write-hole protection (the partial-parity
+    /// journal) of every volume, for benchmarks: a crash followed by a
+    /// missing member may then corrupt chunks nobody was writing.
+    #[arg(long)]
+    pub no_journal: bool,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

@@ -89,6 +89,9 @@ pub struct VolumeConfig {
     pub rebuild_max_mbps: u64,
     /// Maintain the write-intent bitmap (resync only dirty regions).
     pub bitmap: bool,
+    /// RAID-5: log partial parity before each partial-stripe write, so a
+    /// crash followed by a missing member corrupts nothing (default true).
+    pub write_hole_protection: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -231,6 +234,7 @@ struct RawVolume {
     spares: Option<Vec<Spanned<String>>>,
     rebuild_max_mbps: Option<Spanned<i64>>,
     bitmap: Option<bool>,
+    write_hole_protection: Option<bool>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -544,6 +548,7 @@ fn volume(
         spares,
         rebuild_max_mbps,
         bitmap: v.bitmap.unwrap_or(true),
+        write_hole_protection: v.write_hole_protection.unwrap_or(true),
     })
 }
 

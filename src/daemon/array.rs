@@ -43,6 +43,9 @@ pub struct ArrayOptions {
     pub bitmap: bool,
     /// Create missing spare files with this size (config `create`).
     pub create_size: Option<u64>,
+    /// RAID-5: log partial parity before each write (closes the write
+    /// hole, docs/FORMAT.md §9).
+    pub write_hole_protection: bool,
 }
 
 impl Default for ArrayOptions {
@@ -52,6 +55,7 @@ impl Default for ArrayOptions {
             rebuild_max_mbps: crate::raid::rebuild::DEFAULT_MAX_MBPS,
             bitmap: true,
             create_size: None,
+            write_hole_protection: true,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod assemble;
 pub mod bitmap;
 pub mod create;
 mod examine;
+pub mod journal;
 pub mod layout;
 pub mod superblock;
 mod update;

@@ -9,6 +9,7 @@
 pub mod intent;
 pub mod layout;
 pub mod parity;
+pub mod ppl;
 pub mod rebuild;
 pub mod stripe_lock;
 pub mod volume;
@@ -27,6 +28,7 @@ mod volume_tests;
 
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
+pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
 pub use rebuild::{RebuildControl, RebuildSink, SyncKind, SyncProgress};
 pub use volume::{MemberState, RaidError, RebuildError, Volume, VolumeEvents};
 
@@ -104,5 +106,7 @@ impl FromStr for Level {
     }
 }
 
+#[cfg(test)]
+mod ppl_tests;
 #[cfg(test)]
 mod rebuild_tests;

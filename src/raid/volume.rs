@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::intent::{IntentGuard, WriteIntent};
 use super::layout::{Extent, Geometry, LayoutError, MemberIndex};
+use super::ppl::ParityLog;
 use super::rebuild::{SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
 use super::{raid0, raid1, raid5, Level};
@@ -173,6 +174,8 @@ pub struct Volume {
     pub(super) locks: StripeLocks,
     pub(super) next_mirror: AtomicUsize,
     intent: Option<Arc<dyn WriteIntent>>,
+    /// RAID-5 partial-parity log (closes the write hole), if enabled.
+    parity_log: Option<Arc<dyn ParityLog>>,
     /// Client requests in flight (the rebuild backs off while non-zero).
     pub(super) busy: AtomicUsize,
     pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
@@ -234,6 +237,7 @@ impl Volume {
             locks: StripeLocks::new(),
             next_mirror: AtomicUsize::new(0),
             intent: None,
+            parity_log: None,
             busy: AtomicUsize::new(0),
             progress: Mutex::new(None),
         })
@@ -246,6 +250,19 @@ impl Volume {
             self.intent = Some(intent);
         }
         self
+    }
+
+    /// Makes every RAID-5 write log its partial parity in `log` before it
+    /// writes (docs/FORMAT.md §9). Other levels ignore it.
+    pub fn with_parity_log(mut self, log: Arc<dyn ParityLog>) -> Volume {
+        if self.geometry.level() == Level::Raid5 {
+            self.parity_log = Some(log);
+        }
+        self
+    }
+
+    pub(super) fn parity_log(&self) -> Option<&Arc<dyn ParityLog>> {
+        self.parity_log.as_ref()
     }
 
     /// The volume name.
