@@ -302,8 +302,19 @@ impl RingLog {
             .push(Pending { records, reply });
         loop {
             // Whoever holds the committer lock writes everything queued
-            // (group commit); the next holder finds its answer ready.
-            let mut st = ring.state.lock().await;
+            // (group commit). A request answered meanwhile returns without
+            // the lock: its ticket must not wait behind a checkpoint that
+            // waits for that very ticket.
+            let mut st = tokio::select! {
+                biased;
+                answer = &mut rx => {
+                    return match answer {
+                        Ok(r) => r.map_err(|e| journal_error(ring, e)),
+                        Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
+                    };
+                }
+                st = ring.state.lock() => st,
+            };
             match rx.try_recv() {
                 Ok(r) => return r.map_err(|e| journal_error(ring, e)),
                 Err(oneshot::error::TryRecvError::Closed) => {
