@@ -4,8 +4,9 @@
 # one run, over NBD with fio's libnbd engine. Goal: "on" within 15 % of "off".
 #
 # One 4-member RAID-5 (members of MEMBER_SIZE, so the journal ring is 4 MiB)
-# is served twice: once as created (protection on), once with --no-journal.
-# Each serve is prefilled over SIZE, then every job runs time based.
+# is prefilled over SIZE once (and synced, so no writeback of it overlaps a
+# measurement), then served twice: with the protection on (the default) and
+# with --no-journal; every job runs time based in each.
 #
 # Environment (defaults in brackets):
 #   SIZE      bytes of the volume the jobs cover [1G]
@@ -48,10 +49,10 @@ members=("$WORKDIR"/m{0..3}.img)
     --name bench "${members[@]}" >"$WORKDIR/create.log" 2>&1
 
 declare -A IOPS
-for mode in on off; do
+for mode in prefill on off; do
     port=$(free_port)
     flags=()
-    [[ $mode == off ]] && flags=(--no-journal)
+    [[ $mode != on ]] && flags=(--no-journal)
     "$VRAID" serve --nbd "127.0.0.1:$port" --control "$WORKDIR/ctl.sock" "${flags[@]}" \
         "${members[@]}" >"$WORKDIR/serve-$mode.log" 2>&1 &
     pid=$!
@@ -60,8 +61,14 @@ for mode in on off; do
         sleep 0.1
     done
     uri="nbd://127.0.0.1:$port/bench"
-    fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 \
-        --size="$SIZE" >"$WORKDIR/prefill-$mode.log" 2>&1
+    if [[ $mode == prefill ]]; then
+        fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 \
+            --size="$SIZE" >"$WORKDIR/prefill.log" 2>&1
+        kill -TERM "$pid"
+        wait "$pid" || true
+        sync
+        continue
+    fi
     for job in $JOBS; do
         read -r -a args <<<"$(job_args "$job")"
         fio --name="$job-$mode" --ioengine=nbd --uri="$uri" "${args[@]}" --size="$SIZE" \

@@ -413,7 +413,13 @@ impl RingLog {
         }
         st.live.clear();
         st.live_bytes = 0;
-        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let n = self.stats.checkpoints.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            checkpoints = n,
+            batches = self.stats.batches.load(Ordering::Relaxed),
+            entries = self.stats.entries.load(Ordering::Relaxed),
+            "journal checkpoint"
+        );
     }
 }
 
