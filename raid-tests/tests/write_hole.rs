@@ -49,18 +49,27 @@ fn crash_then_lose_a_member(protect: bool) -> (usize, String) {
     let ctl = control.to_str().unwrap().to_string();
     let server = Server::start(&serve_args(&paths, &ctl, protect));
     let uri = server.uri("vol0");
-    qemu_io(&uri, &[format!("write -P {OLD} 0 {}", STRIPES * SDS), "flush".into()]);
+    qemu_io(
+        &uri,
+        &[
+            format!("write -P {OLD} 0 {}", STRIPES * SDS),
+            "flush".into(),
+        ],
+    );
 
     // Act: hold member 0's writes, start 64 concurrent partial-stripe
     // writes, and kill the daemon while they are torn.
     vraid_ctl_ok(
         &control,
-        &["fault", "add", "vol0", "0", "--kind", "delay", "--op", "write", "--delay", "30s"],
+        &[
+            "fault", "add", "vol0", "0", "--kind", "delay", "--op", "write", "--delay", "30s",
+        ],
     );
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
     for s in 0..STRIPES {
-        c.arg("-c").arg(format!("aio_write -P {NEW} {} 4k", written(s)));
+        c.arg("-c")
+            .arg(format!("aio_write -P {NEW} {} 4k", written(s)));
     }
     let mut writer = c
         .arg("-c")

@@ -342,20 +342,34 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     // Arrange: small rings (many checkpoints), devices that yield like real
     // I/O, and requests spanning several stripes with the same parity member.
     let g = geometry(4);
-    let data: Vec<_> = (0..4).map(|i| TestDevice::new(&format!("m{i}"), STRIPES * CHUNK)).collect();
-    let rings: Vec<Arc<TestDevice>> = (0..4).map(|i| TestDevice::new(&format!("j{i}"), 32 << 10)).collect();
+    let data: Vec<_> = (0..4)
+        .map(|i| TestDevice::new(&format!("m{i}"), STRIPES * CHUNK))
+        .collect();
+    let rings: Vec<Arc<TestDevice>> = (0..4)
+        .map(|i| TestDevice::new(&format!("j{i}"), 32 << 10))
+        .collect();
     for d in data.iter().chain(&rings) {
-        d.yield_first.store(true, std::sync::atomic::Ordering::SeqCst);
+        d.yield_first
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let encoder = Arc::new(crate::meta::journal::JournalEncoder {
         array_uuid: uuid::Uuid::from_u128(1),
-        members: (0..4).map(|i| Some(uuid::Uuid::from_u128(10 + i))).collect(),
+        members: (0..4)
+            .map(|i| Some(uuid::Uuid::from_u128(10 + i)))
+            .collect(),
         epoch: 1,
     });
-    let journals = rings.iter().map(|r| Some(r.clone() as Arc<dyn BlockDevice>)).collect();
+    let journals = rings
+        .iter()
+        .map(|r| Some(r.clone() as Arc<dyn BlockDevice>))
+        .collect();
     let log = Arc::new(RingLog::new(journals, encoder).unwrap());
     log.write_barriers().await.unwrap();
-    let vol = Arc::new(Array::over(g, data, &[]).volume.with_parity_log(log.clone()));
+    let vol = Arc::new(
+        Array::over(g, data, &[])
+            .volume
+            .with_parity_log(log.clone()),
+    );
     log.attach_volume(Arc::downgrade(&vol));
     let size = vol.size();
 
@@ -381,5 +395,10 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("writes deadlocked");
-    assert!(log.stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        log.stats
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
 }
