@@ -3,7 +3,7 @@
 # protection (partial-parity journal, docs/FORMAT.md §9) on against off, in
 # one run, over NBD with fio's libnbd engine. Goal: "on" within 15 % of "off".
 #
-# One 4-member RAID-5 (members of MEMBER_SIZE, so the journal ring is 4 MiB)
+# One 4-member RAID-5 (sparse members of MEMBER_SIZE: 4G gives a 16 MiB ring)
 # is prefilled over SIZE once (and synced, so no writeback of it overlaps a
 # measurement), then served twice: with the protection on (the default) and
 # with --no-journal; every job runs time based in each.
@@ -12,7 +12,7 @@
 #   SIZE      bytes of the volume the jobs cover [1G]
 #   RUNTIME   seconds per job [5]; RAMP ramp seconds [1]
 #   JOBS      ["randwrite4k randwrite16k"] (both iodepth 32)
-#   CHUNK     chunk size [64K]; MEMBER_SIZE per member [1G, at least 1G]
+#   CHUNK     chunk size [64K]; MEMBER_SIZE per member [4G]
 #   WORKDIR   [target/journal-compare]; VRAID [target/release/vraid]
 # Output: a table on stdout and $WORKDIR/results.md.
 set -euo pipefail
@@ -23,7 +23,7 @@ RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
 JOBS=${JOBS:-"randwrite4k randwrite16k"}
 CHUNK=${CHUNK:-64K}
-MEMBER_SIZE=${MEMBER_SIZE:-1G}
+MEMBER_SIZE=${MEMBER_SIZE:-4G}
 WORKDIR=${WORKDIR:-target/journal-compare}
 VRAID=${VRAID:-target/release/vraid}
 OUT=$WORKDIR/results.md

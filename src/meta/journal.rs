@@ -435,6 +435,16 @@ mod tests {
         assert_eq!(seqs(&replay_set(&found, 7)), vec![1, 2]);
     }
 
+    #[test]
+    fn journal_ring_grows_with_the_member() {
+        let len = |m: u64| crate::meta::metadata_layout(m).unwrap().journal_len;
+        assert_eq!(len(256 << 20), 256 << 10);
+        assert_eq!(len(1 << 30), 4 << 20);
+        assert_eq!(len(4 << 30), 16 << 20);
+        let l = crate::meta::metadata_layout(1 << 40).unwrap();
+        assert_eq!(l.data_offset, (1 << 30) + (17 << 20));
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! 0      8K        64K      bitmap end   journal end       data_offset (1M)
-//! [SB A|SB B][rsvd][bitmap][journal 256K/4M][checksums 4B/4K][data area ...][tail]
+//! [SB A|SB B][rsvd][bitmap][journal 256K-16M][checksums 4B/4K][data area ...][tail]
 //! ```
 
 /// Largest array name, in bytes.
@@ -23,6 +23,9 @@ const JOURNAL_LEN: u64 = 256 << 10;
 /// Journal of members of at least [`BIG_MEMBER`] bytes (fewer checkpoints).
 const BIG_JOURNAL_LEN: u64 = 4 << 20;
 const BIG_MEMBER: u64 = 1 << 30;
+/// Journal of members of at least [`HUGE_MEMBER`] bytes (0.4 % at most).
+const HUGE_JOURNAL_LEN: u64 = 16 << 20;
+const HUGE_MEMBER: u64 = 4 << 30;
 
 /// Where the metadata regions and the data area of a member lie (FORMAT.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -57,7 +60,9 @@ pub fn metadata_layout(member_size: u64) -> Option<MetaLayout> {
     let regions = member_size.div_ceil(1 << BITMAP_REGION_SHIFT);
     let bitmap_len = round_up(regions.div_ceil(8).max(1), META_BLOCK)?;
     let journal_offset = BITMAP_OFFSET + bitmap_len;
-    let journal_len = if member_size >= BIG_MEMBER {
+    let journal_len = if member_size >= HUGE_MEMBER {
+        HUGE_JOURNAL_LEN
+    } else if member_size >= BIG_MEMBER {
         BIG_JOURNAL_LEN
     } else {
         JOURNAL_LEN
