@@ -152,6 +152,22 @@ fn batch_crc(header: &[u8], data: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Writes the magic and a matching CRC into a batch image of at least 4 KiB
+/// (for fuzzing: lets arbitrary bytes reach the field checks). The CRC
+/// covers as much PP as `data_len` asks for and the image holds.
+pub fn reseal(buf: &mut [u8]) {
+    if buf.len() < BATCH_HEADER {
+        return;
+    }
+    buf[..8].copy_from_slice(MAGIC);
+    let data_len = (u32_at(buf, 60) as usize).min(buf.len() - BATCH_HEADER);
+    let crc = batch_crc(
+        &buf[..BATCH_HEADER],
+        &buf[BATCH_HEADER..BATCH_HEADER + data_len],
+    );
+    put(buf, CRC_AT, &crc.to_le_bytes());
+}
+
 /// Decodes the batch at the start of `bytes` (header block, then its PP).
 pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
     let need = BATCH_HEADER;
