@@ -675,6 +675,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_hole_protection_defaults_on_and_can_be_turned_off() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n";
+        assert!(parse(base).unwrap().volumes[0].write_hole_protection);
+        let off = format!("{base}write_hole_protection = false\n");
+        assert!(!parse(&off).unwrap().volumes[0].write_hole_protection);
+    }
+
+    #[test]
     fn spares_rate_and_bitmap_are_read_and_checked() {
         let text = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\nspares = [\"/s\"]\nrebuild_max_mbps = 50\nbitmap = false\n";
         let v = &parse(text).unwrap().volumes[0];
