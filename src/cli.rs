@@ -343,6 +343,11 @@ pub struct ServeArgs {
     /// line; overrides `checksums = true` in the config).
     #[arg(long)]
     pub no_checksums: bool,
+    /// Turn off the RAID-5 write-hole protection (the partial-parity
+    /// journal) of every volume, for benchmarks: a crash followed by a
+    /// missing member may then corrupt chunks nobody was writing.
+    #[arg(long)]
+    pub no_journal: bool,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

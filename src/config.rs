@@ -96,6 +96,9 @@ pub struct VolumeConfig {
     /// Verify per-block checksums of member data (default: on with the
     /// bitmap, which they need).
     pub checksums: bool,
+    /// RAID-5: log partial parity before each partial-stripe write, so a
+    /// crash followed by a missing member corrupts nothing (default true).
+    pub write_hole_protection: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -241,6 +244,7 @@ struct RawVolume {
     scrub_interval: Option<Spanned<String>>,
     scrub_repair: Option<bool>,
     checksums: Option<Spanned<bool>>,
+    write_hole_protection: Option<bool>,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -583,6 +587,7 @@ fn volume(
         scrub_repair: v.scrub_repair.unwrap_or(false),
         bitmap,
         checksums,
+        write_hole_protection: v.write_hole_protection.unwrap_or(true),
     })
 }
 
@@ -736,6 +741,14 @@ mod tests {
         let e = parse(&both).unwrap_err().to_string();
         assert!(e.contains("checksums need the write-intent bitmap"), "{e}");
         assert!(e.contains("volume[0].checksums"), "{e}");
+    }
+
+    #[test]
+    fn write_hole_protection_defaults_on_and_can_be_turned_off() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n";
+        assert!(parse(base).unwrap().volumes[0].write_hole_protection);
+        let off = format!("{base}write_hole_protection = false\n");
+        assert!(!parse(&off).unwrap().volumes[0].write_hole_protection);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct ArrayOptions {
     pub scrub_repair: bool,
     /// Verify per-block checksums of member data (needs the bitmap).
     pub checksums: bool,
+    /// RAID-5: log partial parity before each write (closes the write
+    /// hole, docs/FORMAT.md §9).
+    pub write_hole_protection: bool,
 }
 
 impl Default for ArrayOptions {
@@ -66,6 +69,7 @@ impl Default for ArrayOptions {
             scrub_interval: None,
             scrub_repair: false,
             checksums: true,
+            write_hole_protection: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::array::MemberWrap;
 use super::array::{ArrayHandle, ArrayOptions, PlannedRebuild, Spare, StartPlan};
 use super::{show_path, DaemonError};
-use crate::block::{BlockDevice, BlockError, BoxFuture};
+use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::cli::EngineArg;
 use crate::control::{EventLog, MemberHandle, VolumeHandle};
 use crate::integrity::Checksums;
@@ -19,6 +19,7 @@ use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
 use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
+use crate::raid::{PplRecord, RingLog};
 
 /// What `vraid create` (or a config's `create` table, or the demo) asks for.
 #[derive(Clone, Debug)]
@@ -264,8 +265,9 @@ pub async fn assemble_volume_with(
         None
     };
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
-    let mut volume =
-        Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
+    let volume = Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
+    let (mut volume, parity_log) =
+        setup_journal(&assembly, volume, aopts.write_hole_protection).await?;
     if let (Some(c), Some(b)) = (&csum, &bitmap) {
         let _ = c.bitmap.set(b.clone());
         let set = c.set.clone();
@@ -280,6 +282,9 @@ pub async fn assemble_volume_with(
     }
     let volume = Arc::new(volume);
     let _ = events.volume.set(Arc::downgrade(&volume));
+    if let Some(log) = &parity_log {
+        log.attach_volume(Arc::downgrade(&volume));
+    }
     let handle = Arc::new(VolumeHandle::new(
         volume.clone(),
         assembly.metadata.clone(),
@@ -424,8 +429,11 @@ fn wrap_member_with(
     let mut dev: Arc<dyn BlockDevice> = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
     if let Some(c) = csum {
         let bitmap = c.bitmap.clone();
+        // Nothing is verified until the bitmap is attached (after the
+        // partial-parity replay, which reads chunks whose checksums a crash
+        // may have torn from their data), then every settled region is.
         let trusted: crate::integrity::Trusted =
-            Arc::new(move |off| bitmap.get().is_none_or(|b| b.settled(off)));
+            Arc::new(move |off| bitmap.get().is_some_and(|b| b.settled(off)));
         dev = c.set.wrap(
             h.role,
             raw,
@@ -728,4 +736,110 @@ impl VolumeEvents for MetaEvents {
             }
         })
     }
+}
+
+/// RAID-5 write-hole protection at assembly (docs/FORMAT.md §9): replays
+/// the partial-parity journal of a run that crashed, then, when enabled,
+/// starts this run's log (a barrier in every member's ring) and attaches it
+/// to the volume. Records `journal_state` for the next superblock update.
+async fn setup_journal(
+    assembly: &Assembly,
+    volume: Volume,
+    enabled: bool,
+) -> Result<(Volume, Option<Arc<RingLog>>), DaemonError> {
+    if assembly.level != Level::Raid5 {
+        return Ok((volume, None));
+    }
+    let name = &assembly.name;
+    let layout = &assembly.layout;
+    let journals: Vec<Option<Arc<dyn BlockDevice>>> = assembly
+        .members
+        .iter()
+        .map(|m| {
+            let m = m.as_ref()?;
+            let w = Window::new(m.device.clone(), layout.journal_offset, layout.journal_len);
+            w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
+        })
+        .collect();
+    if assembly.was_dirty && assembly.journal_valid {
+        let records = read_journals(assembly, &journals).await;
+        let stats = crate::raid::ppl::replay(&volume, &records)
+            .await
+            .map_err(|source| DaemonError::Block {
+                context: format!("{name}: replaying the partial-parity journal"),
+                source,
+            })?;
+        info!(
+            "{name}: replayed {} partial-parity records ({} skipped: a chunk they wrote is missing)",
+            stats.replayed, stats.skipped
+        );
+    } else if assembly.was_dirty {
+        warn!("{name}: the partial-parity journal was off in the last run; nothing to replay");
+    }
+    if !enabled {
+        assembly.metadata.set_journal_valid(false).await;
+        info!("{name}: write-hole protection is off");
+        return Ok((volume, None));
+    }
+    let encoder = meta::journal::JournalEncoder {
+        array_uuid: assembly.array_uuid,
+        members: assembly
+            .members
+            .iter()
+            .map(|m| m.as_ref().map(|m| m.member_uuid))
+            .collect(),
+        epoch: assembly.metadata.events().await,
+    };
+    let usable = || {
+        journals
+            .iter()
+            .all(|j| j.as_ref().is_none_or(|j| j.size() >= 16 << 10))
+    };
+    if !usable() {
+        warn!("{name}: journal area too small; write-hole protection is off");
+        assembly.metadata.set_journal_valid(false).await;
+        return Ok((volume, None));
+    }
+    let log = RingLog::new(journals, Arc::new(encoder))
+        .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
+    log.write_barriers()
+        .await
+        .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
+    assembly.metadata.set_journal_valid(true).await;
+    let log = Arc::new(log);
+    Ok((volume.with_parity_log(log.clone()), Some(log)))
+}
+
+/// The entries to replay from every accepted member's ring, in log order:
+/// only rings of the newest epoch, each the run of consecutive batches
+/// ending at its newest (docs/FORMAT.md §9).
+async fn read_journals(
+    assembly: &Assembly,
+    journals: &[Option<Arc<dyn BlockDevice>>],
+) -> Vec<(MemberIndex, PplRecord)> {
+    let mut rings = Vec::new();
+    for (role, (m, j)) in assembly.members.iter().zip(journals).enumerate() {
+        let (Some(m), Some(j)) = (m, j) else { continue };
+        let mut buf = vec![0u8; j.size() as usize];
+        if let Err(e) = j.read(crate::units::ByteOffset(0), &mut buf).await {
+            warn!(
+                "{}: cannot read the journal of member {role}: {}",
+                assembly.name,
+                super::error_chain(&e)
+            );
+            continue;
+        }
+        let batches = meta::journal::scan_ring(&buf, assembly.array_uuid, m.member_uuid);
+        rings.push((role, batches));
+    }
+    let Some(epoch) = meta::journal::newest_epoch(rings.iter().flat_map(|(_, b)| b)) else {
+        return Vec::new();
+    };
+    let mut records = Vec::new();
+    for (role, batches) in &rings {
+        for b in meta::journal::replay_set(batches, epoch) {
+            records.extend(b.records.iter().map(|r| (MemberIndex(*role), r.clone())));
+        }
+    }
+    records
 }

@@ -92,6 +92,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     spares: v.spares.clone(),
                     rebuild_max_mbps: v.rebuild_max_mbps,
                     bitmap: v.bitmap,
+                    write_hole_protection: v.write_hole_protection,
                     create_size: v.create.as_ref().map(|c| c.member_size),
                     scrub_interval: v.scrub_interval,
                     scrub_repair: v.scrub_repair,
@@ -136,6 +137,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             },
         }]
     };
+    let mut specs = specs;
+    if args.no_journal {
+        for s in &mut specs {
+            s.array.write_hole_protection = false;
+        }
+    }
     if nbd.is_none() && nbd_socket.is_none() {
         nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
     }

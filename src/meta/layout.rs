@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! 0      8K        64K      bitmap end   journal end       data_offset (1M)
-//! [SB A|SB B][rsvd][bitmap][journal 256K][checksums 4B/4K][data area ...][tail]
+//! [SB A|SB B][rsvd][bitmap][journal 256K-16M][checksums 4B/4K][data area ...][tail]
 //! ```
 
 /// Largest array name, in bytes.
@@ -20,6 +20,12 @@ pub const META_BLOCK: u64 = 4096;
 const BITMAP_OFFSET: u64 = 64 << 10;
 const BITMAP_REGION_SHIFT: u32 = 26;
 const JOURNAL_LEN: u64 = 256 << 10;
+/// Journal of members of at least [`BIG_MEMBER`] bytes (fewer checkpoints).
+const BIG_JOURNAL_LEN: u64 = 4 << 20;
+const BIG_MEMBER: u64 = 1 << 30;
+/// Journal of members of at least [`HUGE_MEMBER`] bytes (0.4 % at most).
+const HUGE_JOURNAL_LEN: u64 = 16 << 20;
+const HUGE_MEMBER: u64 = 4 << 30;
 
 /// Where the metadata regions and the data area of a member lie (FORMAT.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,7 +60,14 @@ pub fn metadata_layout(member_size: u64) -> Option<MetaLayout> {
     let regions = member_size.div_ceil(1 << BITMAP_REGION_SHIFT);
     let bitmap_len = round_up(regions.div_ceil(8).max(1), META_BLOCK)?;
     let journal_offset = BITMAP_OFFSET + bitmap_len;
-    let csum_offset = journal_offset + JOURNAL_LEN;
+    let journal_len = if member_size >= HUGE_MEMBER {
+        HUGE_JOURNAL_LEN
+    } else if member_size >= BIG_MEMBER {
+        BIG_JOURNAL_LEN
+    } else {
+        JOURNAL_LEN
+    };
+    let csum_offset = journal_offset + journal_len;
     let csum_len = round_up(
         (member_size / META_BLOCK).checked_mul(4)?.max(1),
         META_BLOCK,
@@ -66,7 +79,7 @@ pub fn metadata_layout(member_size: u64) -> Option<MetaLayout> {
         bitmap_len,
         bitmap_region_shift: BITMAP_REGION_SHIFT,
         journal_offset,
-        journal_len: JOURNAL_LEN,
+        journal_len,
         csum_offset,
         csum_len,
         data_offset,

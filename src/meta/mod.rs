@@ -17,6 +17,7 @@ pub mod bitmap;
 pub mod bitmap_image;
 pub mod create;
 mod examine;
+pub mod journal;
 pub mod layout;
 pub mod superblock;
 mod update;

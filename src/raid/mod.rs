@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod intent;
 pub mod layout;
 pub mod parity;
+pub mod ppl;
 pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;
@@ -29,6 +30,7 @@ mod volume_tests;
 
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
+pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
 pub use rebuild::{RebuildControl, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};
 pub use volume::{MemberState, RaidError, RebuildError, Volume, VolumeEvents};
@@ -107,6 +109,8 @@ impl FromStr for Level {
     }
 }
 
+#[cfg(test)]
+mod ppl_tests;
 #[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]

@@ -201,6 +201,9 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
         .lock_range(first, StripeIndex(first.0 + count - 1))
         .await;
     let chunk = g.chunk().get();
+    // Logged as full-stripe entries: replay must not apply an older
+    // partial entry of these stripes over the cleared data (FORMAT.md §9).
+    let _tickets = super::ppl::log_full_stripes(vol, first, count).await;
     let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
     join_all((0..g.members()).map(|m| vol.write_member(MemberIndex(m), op))).await;
     if vol.down_count() > 1 {

@@ -10,6 +10,8 @@
 //!       └► DataOnly    parity member down (or array beyond repair)
 //!  reads fail ─► the member is failed ─► plan again (bounded)
 //!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
+//!  log: partial parity (or a FULL entry) durable in the parity member's
+//!       journal first, when a parity log is set (ppl.rs, FORMAT.md §9)
 //!  commit: data + parity concurrently; succeeds if every written chunk is on
 //!          a member that took it, or recoverable from freshly written parity
 //! ```
@@ -19,6 +21,7 @@ use futures::future::join_all;
 
 use super::layout::{MemberIndex, StripeIndex};
 use super::parity::{xor_into, xor_sources};
+use super::ppl::{PplRecord, PplTicket};
 use super::volume::{MemberOp, Volume};
 use crate::block::{BlockError, BlockResult, Durability};
 use crate::units::ByteOffset;
@@ -62,25 +65,40 @@ pub(super) async fn write_stripe(
         chunk: g.chunk().get(),
     };
     for _ in 0..=g.members() {
-        let parity = match w.mode() {
-            Mode::Full => Some((0, w.full_parity())),
+        let computed = match w.mode() {
+            Mode::Full => Some(Computed {
+                rlo: 0,
+                parity: w.full_parity(),
+                pp: None,
+            }),
             Mode::DataOnly => None,
             Mode::Rmw => match w.rmw_parity().await {
-                Some(p) => Some(p),
+                Some(c) => Some(c),
                 None => continue,
             },
             Mode::Rcw => match w.rows_parity(None).await {
-                Some(p) => Some(p),
+                Some(c) => Some(c),
                 None => continue,
             },
             Mode::Reconstruct(dm) => match w.rows_parity(Some(dm)).await {
-                Some(p) => Some(p),
+                Some(c) => Some(c),
                 None => continue,
             },
         };
-        return w.commit(parity).await;
+        let Ok(_ticket) = w.log(computed.as_ref()).await else {
+            continue;
+        };
+        return w.commit(computed.map(|c| (c.rlo, c.parity))).await;
     }
     Err(vol.data_lost())
+}
+
+/// New parity rows from `rlo`, and the partial parity of the same rows
+/// (`None`: a full-stripe write, logged without PP).
+struct Computed {
+    rlo: u64,
+    parity: Vec<u8>,
+    pp: Option<Vec<u8>>,
 }
 
 impl StripeWrite<'_> {
@@ -192,7 +210,7 @@ impl StripeWrite<'_> {
     }
 
     /// Read-modify-write: new parity rows from old parity, old and new data.
-    async fn rmw_parity(&self) -> Option<(u64, Vec<u8>)> {
+    async fn rmw_parity(&self) -> Option<Computed> {
         let (rlo, rhi) = self.hull();
         let mut parity = vec![0u8; (rhi - rlo) as usize];
         let touched: Vec<(usize, u64, u64)> = self.touched_all().collect();
@@ -207,17 +225,71 @@ impl StripeWrite<'_> {
         if join_all(reads).await.contains(&false) {
             return None;
         }
-        for (&(d, lo, hi), old) in touched.iter().zip(&old) {
+        for (&(_, lo, hi), old) in touched.iter().zip(&old) {
+            xor_into(&mut parity[(lo - rlo) as usize..(hi - rlo) as usize], old);
+        }
+        // Old parity without the old bytes being replaced: the partial parity.
+        let pp = self.logging().then(|| parity.clone());
+        for &(d, lo, hi) in &touched {
             let rows = &mut parity[(lo - rlo) as usize..(hi - rlo) as usize];
-            xor_into(rows, old);
             xor_into(rows, self.new_data(d, lo, hi));
         }
-        Some((rlo, parity))
+        Some(Computed { rlo, parity, pp })
+    }
+
+    /// True when this write is logged (a parity log and a live parity member).
+    fn logging(&self) -> bool {
+        self.vol.parity_log().is_some() && self.vol.is_active(self.parity_member())
+    }
+
+    /// Logs the write's entries in the parity member's journal; resolves
+    /// once durable. `Err` when the journal write failed (the parity member
+    /// is failed; the caller plans again).
+    async fn log(&self, computed: Option<&Computed>) -> Result<Option<PplTicket>, ()> {
+        let (Some(log), Some(c)) = (self.vol.parity_log(), computed) else {
+            return Ok(None);
+        };
+        if !self.logging() {
+            return Ok(None);
+        }
+        let pm = self.parity_member();
+        let records = self.records(c, log.max_entry_pp(pm).max(512));
+        match log.log(pm, records).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                self.vol.fail_member(pm, &e).await;
+                Err(())
+            }
+        }
+    }
+
+    /// The journal entries of this write: one FULL entry, or the partial
+    /// parity split into windows of at most `max` rows.
+    fn records(&self, c: &Computed, max: usize) -> Vec<PplRecord> {
+        let entry = |rlo: u64, rhi: u64, full: bool, pp: Vec<u8>| PplRecord {
+            stripe: self.stripe.0,
+            start: self.start,
+            len: self.data.len() as u32,
+            rlo: rlo as u32,
+            rhi: rhi as u32,
+            full,
+            pp,
+        };
+        let Some(pp) = &c.pp else {
+            return vec![entry(0, self.chunk, true, Vec::new())];
+        };
+        pp.chunks(max)
+            .enumerate()
+            .map(|(i, w)| {
+                let lo = c.rlo + (i * max) as u64;
+                entry(lo, lo + w.len() as u64, false, w.to_vec())
+            })
+            .collect()
     }
 
     /// Reconstruct-write: parity rows from full data rows. With `missing`
     /// (a down data chunk), its rows are rebuilt from old parity first.
-    async fn rows_parity(&self, missing: Option<usize>) -> Option<(u64, Vec<u8>)> {
+    async fn rows_parity(&self, missing: Option<usize>) -> Option<Computed> {
         let (rlo, rhi) = self.hull();
         let width = (rhi - rlo) as usize;
         let mut rows = vec![vec![0u8; width]; self.k];
@@ -257,6 +329,17 @@ impl StripeWrite<'_> {
             }
             rows[dm] = rebuilt;
         }
+        let pp = self.logging().then(|| {
+            // XOR of every row, minus the bytes this write replaces.
+            let sources: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+            let mut pp = vec![0u8; width];
+            xor_sources(&mut pp, &sources);
+            for (d, lo, hi) in self.touched_all() {
+                let r = (lo - rlo) as usize..(hi - rlo) as usize;
+                xor_into(&mut pp[r.clone()], &rows[d][r]);
+            }
+            pp
+        });
         for (d, lo, hi) in self.touched_all() {
             rows[d][(lo - rlo) as usize..(hi - rlo) as usize]
                 .copy_from_slice(self.new_data(d, lo, hi));
@@ -264,7 +347,7 @@ impl StripeWrite<'_> {
         let sources: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
         let mut parity = vec![0u8; width];
         xor_sources(&mut parity, &sources);
-        Some((rlo, parity))
+        Some(Computed { rlo, parity, pp })
     }
 
     /// Writes the new data and parity rows concurrently.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::checksum::ChecksumHook;
 use super::intent::{IntentGuard, WriteIntent};
 use super::layout::{Extent, Geometry, LayoutError, MemberIndex};
+use super::ppl::ParityLog;
 use super::rebuild::{SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
 use super::{raid0, raid1, raid5, Level};
@@ -176,6 +177,8 @@ pub struct Volume {
     intent: Option<Arc<dyn WriteIntent>>,
     /// Block checksums of the members (resealed by resyncs).
     checksums: Option<Arc<dyn ChecksumHook>>,
+    /// RAID-5 partial-parity log (closes the write hole), if enabled.
+    parity_log: Option<Arc<dyn ParityLog>>,
     /// Client requests in flight (the rebuild backs off while non-zero).
     pub(super) busy: AtomicUsize,
     pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
@@ -238,6 +241,7 @@ impl Volume {
             next_mirror: AtomicUsize::new(0),
             intent: None,
             checksums: None,
+            parity_log: None,
             busy: AtomicUsize::new(0),
             progress: Mutex::new(None),
         })
@@ -265,6 +269,19 @@ impl Volume {
     /// The checksum hook, when the volume runs with block checksums.
     pub(super) fn checksums(&self) -> Option<&Arc<dyn ChecksumHook>> {
         self.checksums.as_ref()
+    }
+
+    /// Makes every RAID-5 write log its partial parity in `log` before it
+    /// writes (docs/FORMAT.md §9). Other levels ignore it.
+    pub fn with_parity_log(mut self, log: Arc<dyn ParityLog>) -> Volume {
+        if self.geometry.level() == Level::Raid5 {
+            self.parity_log = Some(log);
+        }
+        self
+    }
+
+    pub(super) fn parity_log(&self) -> Option<&Arc<dyn ParityLog>> {
+        self.parity_log.as_ref()
     }
 
     /// The volume name.

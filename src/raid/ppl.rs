@@ -1,0 +1,640 @@
+//! RAID-5 partial-parity log (docs/FORMAT.md §9): the write-path hook, the
+//! per-member group committer over the journal ring, checkpoints, and the
+//! replay that makes torn stripes consistent at assembly.
+//!
+//! ```text
+//!  write_stripe: reads ─► PP ─► ParityLog::log(parity member, records)
+//!                                   │ queue ─► committer (one per member):
+//!                                   │   everything queued ─► batch ─► FUA write
+//!                                   ◄── ticket (held until data+parity are written)
+//!               ─► data + parity writes ─► drop ticket
+//!  ring > half full or overlap ─► checkpoint: tickets drained, every member flushed
+//!  assembly: journal::scan_ring ─► replay(vol, records) ─► parity := PP ^ current data
+//! ```
+//!
+//! The byte format of a batch lives in `meta::journal` (behind
+//! [`BatchEncoder`]), so `raid/` does not depend on `meta/`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use futures::future::join_all;
+use tokio::sync::{oneshot, Notify};
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::parity::xor_into;
+use super::volume::{MemberOp, Volume};
+use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::units::ByteOffset;
+
+/// Most entries in one batch (one 4 KiB header block).
+pub const MAX_BATCH_ENTRIES: usize = 125;
+/// Bytes of a batch header block.
+pub const BATCH_HEADER: usize = 4096;
+
+/// One journal entry: the write of `[start, start + len)` of a stripe's
+/// data, and the partial parity of its rows `[rlo, rhi)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PplRecord {
+    /// The stripe.
+    pub stripe: u64,
+    /// First written byte within the stripe's data.
+    pub start: u64,
+    /// Bytes written.
+    pub len: u32,
+    /// First parity row (chunk-relative byte) this entry fixes.
+    pub rlo: u32,
+    /// End of those rows.
+    pub rhi: u32,
+    /// A full-stripe write or clear: parity = XOR of all data, no PP.
+    pub full: bool,
+    /// The partial parity of rows `[rlo, rhi)` (empty when `full`).
+    pub pp: Vec<u8>,
+}
+
+impl PplRecord {
+    /// Bytes of PP this entry carries.
+    pub fn pp_len(&self) -> usize {
+        if self.full {
+            0
+        } else {
+            (self.rhi.saturating_sub(self.rlo)) as usize
+        }
+    }
+}
+
+/// The write-path hook: records must be durable before the stripe's data
+/// and parity writes start.
+pub trait ParityLog: Send + Sync {
+    /// Appends `records` (all for stripes whose parity is on `member`) to
+    /// that member's journal; resolves once they are durable. The ticket
+    /// must be held until the stripe's data and parity writes completed.
+    fn log(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+    ) -> BoxFuture<'_, BlockResult<PplTicket>>;
+
+    /// Largest PP one entry for `member` may carry; longer row ranges are
+    /// split into several entries.
+    fn max_entry_pp(&self, _member: MemberIndex) -> usize {
+        usize::MAX
+    }
+}
+
+/// Held by a write from the moment its record is durable until its data
+/// and parity writes completed; a checkpoint waits for every ticket.
+#[derive(Debug, Default)]
+pub struct PplTicket(Option<Arc<Inflight>>);
+
+impl PplTicket {
+    /// A ticket nobody waits for (test logs).
+    pub fn detached() -> PplTicket {
+        PplTicket(None)
+    }
+}
+
+impl Drop for PplTicket {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            if f.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                f.zero.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Writes with a durable record whose member writes are not complete.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Inflight {
+    fn ticket(self: &Arc<Self>) -> PplTicket {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        PplTicket(Some(self.clone()))
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Encodes one batch (header block + PP bytes, padded to 4 KiB).
+pub trait BatchEncoder: Send + Sync {
+    /// The bytes of batch `seq` of `member`'s ring holding `records`
+    /// (at most [`MAX_BATCH_ENTRIES`]).
+    fn encode(&self, member: MemberIndex, seq: u64, records: &[PplRecord]) -> Vec<u8>;
+}
+
+/// An in-memory log for tests: keeps every record, durable at once.
+#[derive(Debug, Default)]
+pub struct MemParityLog {
+    /// `(parity member, record)` in log order.
+    pub records: Mutex<Vec<(MemberIndex, PplRecord)>>,
+}
+
+impl ParityLog for MemParityLog {
+    fn log(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+    ) -> BoxFuture<'_, BlockResult<PplTicket>> {
+        let mut log = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        log.extend(records.into_iter().map(|r| (member, r)));
+        Box::pin(async { Ok(PplTicket::detached()) })
+    }
+}
+
+/// A queued request: its records and where to send the outcome.
+struct Pending {
+    records: Vec<PplRecord>,
+    reply: oneshot::Sender<Result<PplTicket, String>>,
+}
+
+/// Committer state of one member's ring (held while a batch is written).
+struct RingState {
+    next_seq: u64,
+    head: u64,
+    /// Batches whose writes may not be settled: `(offset, len)`.
+    live: VecDeque<(u64, u64)>,
+    live_bytes: u64,
+}
+
+/// One member's journal ring.
+struct MemberRing {
+    dev: Arc<dyn BlockDevice>,
+    len: u64,
+    queue: Mutex<Vec<Pending>>,
+    state: tokio::sync::Mutex<RingState>,
+    inflight: Arc<Inflight>,
+}
+
+/// Counters of the committers, for measurements.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    /// Batches written.
+    pub batches: AtomicUsize,
+    /// Entries written.
+    pub entries: AtomicUsize,
+    /// Checkpoints taken.
+    pub checkpoints: AtomicUsize,
+}
+
+/// The on-disk partial-parity log: one ring per member (a window onto its
+/// journal area), group commit, checkpoints.
+pub struct RingLog {
+    rings: Vec<Option<MemberRing>>,
+    encoder: Arc<dyn BatchEncoder>,
+    /// Flushed by checkpoints (every member, rebuild targets included).
+    volume: OnceLock<Weak<Volume>>,
+    /// Batch and checkpoint counters.
+    pub stats: RingStats,
+}
+
+impl std::fmt::Debug for RingLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingLog")
+            .field(
+                "rings",
+                &self.rings.iter().map(Option::is_some).collect::<Vec<_>>(),
+            )
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum PplError {
+    /// A journal area too small to hold a batch.
+    #[error("journal area of {0} bytes is too small (needs 16 KiB)")]
+    TooSmall(u64),
+    /// Writing a barrier failed.
+    #[error("writing the journal barrier failed")]
+    Barrier(#[source] BlockError),
+}
+
+impl RingLog {
+    /// A log over the journal windows of the members (`None`: no journal,
+    /// e.g. a missing member). Call [`RingLog::write_barriers`] before use.
+    pub fn new(
+        journals: Vec<Option<Arc<dyn BlockDevice>>>,
+        encoder: Arc<dyn BatchEncoder>,
+    ) -> Result<RingLog, PplError> {
+        let mut rings = Vec::with_capacity(journals.len());
+        for j in journals {
+            rings.push(match j {
+                None => None,
+                Some(dev) => {
+                    let len = dev.size() / 4096 * 4096;
+                    if len < 16 << 10 {
+                        return Err(PplError::TooSmall(len));
+                    }
+                    Some(MemberRing {
+                        dev,
+                        len,
+                        queue: Mutex::new(Vec::new()),
+                        state: tokio::sync::Mutex::new(RingState {
+                            next_seq: 1,
+                            head: 0,
+                            live: VecDeque::new(),
+                            live_bytes: 0,
+                        }),
+                        inflight: Arc::new(Inflight::default()),
+                    })
+                }
+            });
+        }
+        Ok(RingLog {
+            rings,
+            encoder,
+            volume: OnceLock::new(),
+            stats: RingStats::default(),
+        })
+    }
+
+    /// The volume whose members checkpoints flush.
+    pub fn attach_volume(&self, volume: Weak<Volume>) {
+        let _ = self.volume.set(volume);
+    }
+
+    /// Writes every ring's barrier (an empty batch, seq 1, at offset 0)
+    /// with FUA: from now on older entries are never replayed.
+    pub async fn write_barriers(&self) -> Result<(), PplError> {
+        let writes = self.rings.iter().enumerate().filter_map(|(i, r)| {
+            let r = r.as_ref()?;
+            Some(async move {
+                let mut st = r.state.lock().await;
+                let bytes = self.encoder.encode(MemberIndex(i), 1, &[]);
+                r.dev
+                    .write(ByteOffset(0), &bytes, Durability::Fua)
+                    .await
+                    .map_err(PplError::Barrier)?;
+                st.next_seq = 2;
+                st.head = bytes.len() as u64;
+                Ok::<(), PplError>(())
+            })
+        });
+        join_all(writes).await.into_iter().collect()
+    }
+
+    async fn log_to(&self, member: MemberIndex, records: Vec<PplRecord>) -> BlockResult<PplTicket> {
+        let Some(ring) = self.rings.get(member.0).and_then(Option::as_ref) else {
+            return Err(BlockError::io(
+                format!("journal of member {}", member.0),
+                std::io::Error::other("no journal on this member"),
+            ));
+        };
+        let (reply, mut rx) = oneshot::channel();
+        ring.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending { records, reply });
+        loop {
+            // Whoever holds the committer lock writes everything queued
+            // (group commit). A request answered meanwhile returns without
+            // the lock: its ticket must not wait behind a checkpoint that
+            // waits for that very ticket.
+            let mut st = tokio::select! {
+                biased;
+                answer = &mut rx => {
+                    return match answer {
+                        Ok(r) => r.map_err(|e| journal_error(ring, e)),
+                        Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
+                    };
+                }
+                st = ring.state.lock() => st,
+            };
+            match rx.try_recv() {
+                Ok(r) => return r.map_err(|e| journal_error(ring, e)),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(journal_error(ring, "journal commit abandoned".into()))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<Pending> =
+                std::mem::take(&mut *ring.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            self.commit(member, ring, &mut st, batch).await;
+        }
+    }
+
+    /// Writes the records of `batch` as one or more batches, then answers
+    /// every request (with a ticket when durable).
+    async fn commit(
+        &self,
+        member: MemberIndex,
+        ring: &MemberRing,
+        st: &mut RingState,
+        batch: Vec<Pending>,
+    ) {
+        let max_data = (ring.len / 4) as usize - BATCH_HEADER;
+        let records: Vec<&PplRecord> = batch.iter().flat_map(|p| &p.records).collect();
+        let mut result = Ok(());
+        let mut at = 0;
+        while at < records.len() && result.is_ok() {
+            let mut end = at;
+            let mut data = 0;
+            while end < records.len()
+                && end - at < MAX_BATCH_ENTRIES
+                && (end == at || data + records[end].pp_len() <= max_data)
+            {
+                data += records[end].pp_len();
+                end += 1;
+            }
+            let group: Vec<PplRecord> = records[at..end].iter().map(|r| (*r).clone()).collect();
+            result = self.write_batch(member, ring, st, &group).await;
+            at = end;
+        }
+        for p in batch {
+            let answer = match &result {
+                Ok(()) => Ok(ring.inflight.ticket()),
+                Err(e) => Err(e.clone()),
+            };
+            // A cancelled requester drops the ticket with the message.
+            let _ = p.reply.send(answer);
+        }
+    }
+
+    async fn write_batch(
+        &self,
+        member: MemberIndex,
+        ring: &MemberRing,
+        st: &mut RingState,
+        records: &[PplRecord],
+    ) -> Result<(), String> {
+        let bytes = self.encoder.encode(member, st.next_seq, records);
+        let len = bytes.len() as u64;
+        let mut pos = st.head;
+        if pos + len > ring.len {
+            pos = 0;
+        }
+        if st.live_bytes + len > ring.len / 2 || overlaps(&st.live, pos, len) {
+            self.checkpoint(ring, st).await;
+        }
+        // The sequence and position advance even on an error: the write may
+        // have landed, and a sequence number is never reused.
+        st.next_seq += 1;
+        st.head = pos + len;
+        st.live.push_back((pos, len));
+        st.live_bytes += len;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .entries
+            .fetch_add(records.len(), Ordering::Relaxed);
+        ring.dev
+            .write(ByteOffset(pos), &bytes, Durability::Fua)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Settles every batch written so far: waits for their writes, then
+    /// flushes every member.
+    async fn checkpoint(&self, ring: &MemberRing, st: &mut RingState) {
+        ring.inflight.drained().await;
+        let volume = self.volume.get().and_then(Weak::upgrade);
+        let flushed = match volume {
+            Some(v) => v.flush().await,
+            None => ring.dev.flush().await,
+        };
+        if let Err(e) = flushed {
+            // A member that failed its flush is failed by the volume and
+            // not replayed from; the others are flushed.
+            tracing::warn!(%e, "journal checkpoint: flush failed");
+        }
+        st.live.clear();
+        st.live_bytes = 0;
+        let n = self.stats.checkpoints.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            checkpoints = n,
+            batches = self.stats.batches.load(Ordering::Relaxed),
+            entries = self.stats.entries.load(Ordering::Relaxed),
+            "journal checkpoint"
+        );
+    }
+}
+
+fn overlaps(live: &VecDeque<(u64, u64)>, pos: u64, len: u64) -> bool {
+    live.iter().any(|&(p, l)| pos < p + l && p < pos + len)
+}
+
+fn journal_error(ring: &MemberRing, message: String) -> BlockError {
+    BlockError::io(
+        ring.dev.name().to_string(),
+        std::io::Error::other(format!("journal write failed: {message}")),
+    )
+}
+
+impl ParityLog for RingLog {
+    fn log(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+    ) -> BoxFuture<'_, BlockResult<PplTicket>> {
+        Box::pin(self.log_to(member, records))
+    }
+
+    /// A quarter of the ring minus the header, so any entry fits a batch.
+    fn max_entry_pp(&self, member: MemberIndex) -> usize {
+        self.rings
+            .get(member.0)
+            .and_then(Option::as_ref)
+            .map_or(usize::MAX, |r| (r.len / 4) as usize - BATCH_HEADER)
+    }
+}
+
+/// Logs FULL entries for whole stripes `first..first+count` (a clear) in
+/// their parity members' journals; the tickets are held until the clear
+/// is written. A parity member whose journal fails is failed.
+pub(super) async fn log_full_stripes(
+    vol: &Volume,
+    first: StripeIndex,
+    count: u64,
+) -> Vec<PplTicket> {
+    let Some(log) = vol.parity_log() else {
+        return Vec::new();
+    };
+    let g = vol.geometry();
+    let chunk = g.chunk().get();
+    let mut by_member: Vec<Vec<PplRecord>> = vec![Vec::new(); g.members()];
+    for s in first.0..first.0 + count {
+        let Some(pm) = g.parity_member(StripeIndex(s)) else {
+            continue;
+        };
+        if vol.is_active(pm) {
+            by_member[pm.0].push(PplRecord {
+                stripe: s,
+                start: 0,
+                len: (g.data_members() as u64 * chunk) as u32,
+                rlo: 0,
+                rhi: chunk as u32,
+                full: true,
+                pp: Vec::new(),
+            });
+        }
+    }
+    let logs = by_member
+        .into_iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(m, r)| async move { (MemberIndex(m), log.log(MemberIndex(m), r).await) });
+    let mut tickets = Vec::new();
+    for (m, result) in join_all(logs).await {
+        match result {
+            Ok(t) => tickets.push(t),
+            Err(e) => vol.fail_member(m, &e).await,
+        }
+    }
+    tickets
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Entries whose parity rows were recomputed and written.
+    pub replayed: usize,
+    /// Entries skipped (every row of theirs was being written to the
+    /// missing member, or inconsistent with the geometry).
+    pub skipped: usize,
+}
+
+/// Rows `[lo, hi)` of data chunk `d` a write of `[start, start+len)` of the
+/// stripe's data touches, clipped to `[rlo, rhi)`.
+fn touched(chunk: u64, start: u64, len: u64, d: usize, rlo: u64, rhi: u64) -> Option<(u64, u64)> {
+    let base = d as u64 * chunk;
+    let lo = start.max(base).saturating_sub(base).max(rlo);
+    let hi = (start + len)
+        .min(base + chunk)
+        .saturating_sub(base)
+        .min(rhi);
+    (lo < hi).then_some((lo, hi))
+}
+
+/// Replays `records` (each with the member whose journal held it, in log
+/// order) onto `vol`: parity rows := PP XOR the current data of the
+/// chunks each entry wrote. The volume must not serve yet. Flushes at the
+/// end.
+pub async fn replay(
+    vol: &Volume,
+    records: &[(MemberIndex, PplRecord)],
+) -> BlockResult<ReplayStats> {
+    let mut stats = ReplayStats::default();
+    // Newest first: each parity row is decided by the newest entry whose
+    // rows cover it; older entries never write a row a newer one covers
+    // (the newer one may not be replayable, and the older PP is stale).
+    let mut claimed: std::collections::HashMap<u64, Vec<(u64, u64)>> = Default::default();
+    for (member, rec) in records.iter().rev() {
+        let taken = claimed.entry(rec.stripe).or_default();
+        let window = (u64::from(rec.rlo), u64::from(rec.rhi));
+        let free = subtract(window, taken);
+        taken.push(window);
+        if free.is_empty() {
+            continue;
+        }
+        if replay_one(vol, *member, rec, &free).await {
+            stats.replayed += 1;
+        } else {
+            stats.skipped += 1;
+        }
+    }
+    if stats.replayed > 0 {
+        vol.flush().await?;
+    }
+    Ok(stats)
+}
+
+/// `window` minus every interval of `taken`, as disjoint intervals.
+fn subtract(window: (u64, u64), taken: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut free = vec![window];
+    for &(a, b) in taken {
+        free = free
+            .into_iter()
+            .flat_map(|(lo, hi)| [(lo, hi.min(a)), (lo.max(b), hi)])
+            .filter(|(lo, hi)| lo < hi)
+            .collect();
+    }
+    free
+}
+
+/// Recomputes the parity rows `rows` (inside the entry's window) of one
+/// entry. False when nothing could be written.
+async fn replay_one(
+    vol: &Volume,
+    member: MemberIndex,
+    rec: &PplRecord,
+    rows: &[(u64, u64)],
+) -> bool {
+    let g = vol.geometry();
+    let chunk = g.chunk().get();
+    let k = g.data_members();
+    let (rlo, rhi) = (u64::from(rec.rlo), u64::from(rec.rhi));
+    let len = u64::from(rec.len);
+    let fits = rec.stripe < g.stripe_count()
+        && rlo < rhi
+        && rhi <= chunk
+        && len > 0
+        && rec
+            .start
+            .checked_add(len)
+            .is_some_and(|e| e <= k as u64 * chunk)
+        && rec.pp.len() == rec.pp_len();
+    let stripe = StripeIndex(rec.stripe);
+    if !fits || g.parity_member(stripe) != Some(member) || !vol.is_active(member) {
+        return false;
+    }
+    let _guard = vol.locks.lock(stripe).await;
+    let mut parity = if rec.full {
+        vec![0u8; (rhi - rlo) as usize]
+    } else {
+        rec.pp.clone()
+    };
+    // Rows where a missing member's chunk was being written cannot be
+    // fixed (that chunk was never acknowledged); every other row can.
+    let mut unknown: Option<(u64, u64)> = None;
+    for d in 0..k {
+        let range = if rec.full {
+            Some((rlo, rhi))
+        } else {
+            touched(chunk, rec.start, len, d, rlo, rhi)
+        };
+        let Some((lo, hi)) = range else { continue };
+        let m = g.data_member(stripe, d);
+        if !vol.is_active(m) {
+            if unknown.is_some() {
+                return false;
+            }
+            unknown = Some((lo, hi));
+            continue;
+        }
+        let mut buf = vec![0u8; (hi - lo) as usize];
+        let at = ByteOffset(rec.stripe * chunk + lo);
+        if vol.read_member(m, at, &mut buf).await.is_err() {
+            return false;
+        }
+        xor_into(&mut parity[(lo - rlo) as usize..(hi - rlo) as usize], &buf);
+    }
+    let writable = match unknown {
+        Some(u) => rows.iter().flat_map(|&r| subtract(r, &[u])).collect(),
+        None => rows.to_vec(),
+    };
+    let mut ok = !writable.is_empty();
+    for (lo, hi) in writable {
+        let bytes = &parity[(lo - rlo) as usize..(hi - rlo) as usize];
+        let op = MemberOp::Write(
+            ByteOffset(rec.stripe * chunk + lo),
+            bytes,
+            Durability::Normal,
+        );
+        ok &= vol.member_op(member, op).await;
+    }
+    ok
+}
