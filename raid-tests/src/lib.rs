@@ -270,6 +270,56 @@ impl Drop for Server {
     }
 }
 
+/// qemu-io that may fail: (success, combined output). Success means exit
+/// status 0 and no error, failure or pattern-mismatch message.
+pub fn qemu_io_try<S: AsRef<str>>(uri: &str, cmds: &[S]) -> (bool, String) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd.as_ref());
+    }
+    let out = run(c.arg(uri));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = out.status.success()
+        && !text.contains("error")
+        && !text.contains("failed")
+        && !text.contains("Pattern verification");
+    (ok, text)
+}
+
+/// `len` bytes of a member file at file offset `at`.
+pub fn peek(member: &Path, at: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(member)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    b
+}
+
+/// Overwrites bytes of a member file at file offset `at` (and syncs it).
+pub fn poke(member: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(member)
+        .unwrap();
+    f.write_all_at(bytes, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Flips one byte (XOR 0xa5) of a member file at file offset `at`: silent
+/// corruption underneath the daemon.
+pub fn flip_byte(member: &Path, at: u64) {
+    let b = peek(member, at, 1)[0];
+    poke(member, at, &[b ^ 0xa5]);
+}
+
 /// Runs qemu-io commands against an NBD URI; panics on failure or on a
 /// "Pattern verification failed" line.
 pub fn qemu_io(uri: &str, cmds: &[String]) -> String {

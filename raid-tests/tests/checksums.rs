@@ -4,9 +4,7 @@
 //! repaired in place; a crash that tears data from its checksum is not
 //! reported as corruption; RAID-0 returns EIO for a bad block only.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use raid_tests::*;
@@ -34,52 +32,8 @@ fn csum_errors(control: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// qemu-io that may fail: (success, combined output).
-fn qemu_io_try(uri: &str, cmds: &[String]) -> (bool, String) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = run(c.arg(uri));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success()
-        && !text.contains("error")
-        && !text.contains("failed")
-        && !text.contains("Pattern verification");
-    (ok, text)
-}
-
 fn data_offset(member: &Path) -> u64 {
     examine(member)["data_offset"].as_u64().unwrap()
-}
-
-fn peek(member: &Path, at: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    std::fs::File::open(member)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    b
-}
-
-fn poke(member: &Path, at: u64, bytes: &[u8]) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(member)
-        .unwrap()
-        .write_all_at(bytes, at)
-        .unwrap();
-}
-
-/// Flips one byte at `at` (file offset) of `member`.
-fn flip(member: &Path, at: u64) {
-    let b = peek(member, at, 1)[0];
-    poke(member, at, &[b ^ 0xa5]);
 }
 
 /// RAID-5 (3 members, left-symmetric): is member data block `block` of
@@ -116,7 +70,7 @@ fn flipped_blocks_are_counted_exactly_served_right_and_repaired(level: u32) {
     assert_eq!(blocks.len(), 5);
     let base = data_offset(&paths[1]);
     for &b in &blocks {
-        flip(&paths[1], base + b * BLOCK + 123);
+        flip_byte(&paths[1], base + b * BLOCK + 123);
     }
 
     // Act: read everything back.
@@ -345,7 +299,7 @@ fn a_corrupt_checksum_entry_is_counted_and_rewritten_from_redundancy() {
     let entry_at = csum_offset + block * 4;
     let before = peek(&paths[0], entry_at, 4);
     assert_ne!(before, vec![0; 4], "the entry was written back at shutdown");
-    flip(&paths[0], entry_at + 1);
+    flip_byte(&paths[0], entry_at + 1);
 
     // Act: the bad entry looks like bad data; the block is rewritten from
     // the mirror, which rewrites the entry too.
@@ -375,14 +329,14 @@ fn raid0_bad_block_fails_only_its_own_reads() {
     );
     assert_eq!(server.stop(), 0);
     // Member 0's block 2 = volume bytes 8K..12K.
-    flip(&paths[0], data_offset(&paths[0]) + 2 * BLOCK + 5);
+    flip_byte(&paths[0], data_offset(&paths[0]) + 2 * BLOCK + 5);
 
     // Act
     let server = Server::start(&serve_args(&paths, &control));
     let uri = server.uri("vol0");
-    let (bad, text) = qemu_io_try(&uri, &["read -P 0x66 8K 4K".into()]);
-    let (left, _) = qemu_io_try(&uri, &["read -P 0x66 0 8K".into()]);
-    let (right, _) = qemu_io_try(&uri, &["read -P 0x66 12K 1012K".into()]);
+    let (bad, text) = qemu_io_try(&uri, &["read -P 0x66 8K 4K"]);
+    let (left, _) = qemu_io_try(&uri, &["read -P 0x66 0 8K"]);
+    let (right, _) = qemu_io_try(&uri, &["read -P 0x66 12K 1012K"]);
 
     // Assert
     assert!(!bad, "the bad block read succeeded:\n{text}");
@@ -478,7 +432,7 @@ fn a_rebuilt_member_gets_checksums_even_over_a_garbage_area() {
     assert_eq!(csum_errors(&control), vec![0, 0]);
     assert_eq!(server.stop(), 0);
     // Act 2: a flipped byte on the rebuilt member is caught.
-    flip(&new, data_offset(&new) + 21 * BLOCK + 9);
+    flip_byte(&new, data_offset(&new) + 21 * BLOCK + 9);
     let server = Server::start(&serve_args(&members, &control));
     let reads: Vec<String> = (0..2)
         .map(|_| format!("read -P 0x3e {} 4K", 21 * BLOCK))

@@ -4,7 +4,7 @@
 //! that keeps serving), and faults set in the config at start-up.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use raid_tests::*;
@@ -31,26 +31,6 @@ fn volume(control: &Path, name: &str) -> Value {
         .find(|v| v["name"] == name)
         .unwrap()
         .clone()
-}
-
-/// qemu-io that may fail: (success, combined output).
-fn qemu_io_try(uri: &str, cmds: &[&str]) -> (bool, String) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    let out = run(c.arg(uri));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success()
-        && !text.contains("error")
-        && !text.contains("failed")
-        && !text.contains("Pattern verification");
-    (ok, text)
 }
 
 #[test]

@@ -46,16 +46,7 @@ fn serve(ctl: &Path, paths: &[PathBuf], checksums: Checksums) -> Server {
 /// Flips one byte at data-area offset `at` of a member file.
 fn flip(member: &Path, at: u64) {
     let data_offset = examine(member)["data_offset"].as_u64().unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(member)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, data_offset + at).unwrap();
-    b[0] ^= 0xA5;
-    f.write_all_at(&b, data_offset + at).unwrap();
-    f.sync_all().unwrap();
+    flip_byte(member, data_offset + at);
 }
 
 /// Overwrites the 4 KiB block at data-area offset `at` of a member file.
