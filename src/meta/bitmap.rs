@@ -20,8 +20,8 @@
 //! the array is not whole, no bit is cleared: the bits then record what a
 //! missing member missed, so it can be re-added by replaying them.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ pub struct DiskBitmap {
     pub writes: AtomicU64,
     /// Runs before bits are cleared (the block checksums' write-back).
     before_clear: OnceLock<BeforeClear>,
+    /// `inner.pinned.len()`: lets [`DiskBitmap::settled`] (called on every
+    /// verified read) skip the lock when nothing is pinned.
+    pinned_len: AtomicUsize,
 }
 
 /// What must be durable before write-intent bits are cleared, besides the
@@ -75,7 +78,7 @@ struct Inner {
     durable: Vec<u8>,
     in_flight: HashMap<u64, u32>,
     last_done: HashMap<u64, Instant>,
-    pinned: Vec<u64>,
+    pinned: BTreeSet<u64>,
 }
 
 fn get(bits: &[u8], r: u64) -> bool {
@@ -148,6 +151,7 @@ impl DiskBitmap {
             writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
             before_clear: OnceLock::new(),
+            pinned_len: AtomicUsize::new(0),
         }
     }
 
@@ -161,6 +165,9 @@ impl DiskBitmap {
     /// (dirty at assembly, not yet resynced): its block checksums may be
     /// torn from their data and must not be trusted.
     pub fn settled(&self, offset: u64) -> bool {
+        if self.pinned_len.load(Ordering::Acquire) == 0 {
+            return true;
+        }
         let r = offset >> self.shift;
         !self.lock().pinned.contains(&r)
     }
@@ -206,6 +213,7 @@ impl DiskBitmap {
     pub fn pin_dirty(&self) {
         let mut inner = self.lock();
         inner.pinned = (0..self.regions).filter(|&r| get(&inner.want, r)).collect();
+        self.pinned_len.store(inner.pinned.len(), Ordering::Release);
     }
 
     /// Regions still pinned (a resync or recovery is unfinished).
@@ -219,6 +227,7 @@ impl DiskBitmap {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.pinned.retain(|r| !(r0..=r1).contains(r));
+        self.pinned_len.store(inner.pinned.len(), Ordering::Release);
         for r in r0..=r1 {
             inner.last_done.insert(r, now);
         }
