@@ -141,6 +141,16 @@ pub trait BlockDevice: Send + Sync {
     /// Makes every completed write durable.
     fn flush(&self) -> BoxFuture<'_, BlockResult>;
 
+    /// Records that the 4 KiB blocks holding `offset..offset + len` lost
+    /// their data (a rebuild had no good source for them): they are zeroed
+    /// and every later read of them fails, until they are written again.
+    /// Only devices that keep per-block checksums can do this; the others
+    /// answer `Unsupported`.
+    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        let _ = (offset, len);
+        Box::pin(async { Err(BlockError::Unsupported) })
+    }
+
     /// Deallocates a range; it reads back as zeroes afterwards.
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult>;
 

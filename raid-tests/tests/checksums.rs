@@ -443,3 +443,55 @@ fn a_rebuilt_member_gets_checksums_even_over_a_garbage_area() {
     assert_eq!(csum_errors(&control), vec![0, 1]);
     assert_eq!(server.stop(), 0);
 }
+
+#[test]
+fn raid5_rebuild_over_a_bad_source_block_loses_only_that_block() {
+    // Arrange: RAID-5 written, member 2's file gone, and the first data
+    // block of member 0 (volume bytes 0..4K, stripe 0: parity on member 2)
+    // silently flipped: nothing is left to rebuild that row from.
+    let dir = scratch_dir("csum-lost");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let server = Server::start(&serve_args(&paths, &control));
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 0x77 0 4M".into(), "flush".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    flip_byte(&paths[0], data_offset(&paths[0]) + 100);
+    let size = std::fs::metadata(&paths[2]).unwrap().len();
+    std::fs::remove_file(&paths[2]).unwrap();
+    let server = Server::start(&serve_args(&paths, &control));
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new).unwrap().set_len(size).unwrap();
+
+    // Act: rebuild onto a new member.
+    vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(volume(&control)["state"] == "optimal" && volume(&control)["sync"].is_null()) {
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild: {}",
+            volume(&control)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let uri = server.uri("vol0");
+    let (row, _) = qemu_io_try(&uri, &["read -P 0x77 0 4K"]);
+    let (rest, text) = qemu_io_try(&uri, &["read -P 0x77 4K 4092K"]);
+    let log = server.wait_log("marked lost", Duration::from_secs(5));
+    qemu_io(
+        &uri,
+        &["write -P 0x78 0 4K".into(), "read -P 0x78 0 4K".into()],
+    );
+    let (healed, text2) = qemu_io_try(&uri, &["read -P 0x78 0 4K", "read -P 0x77 4K 60K"]);
+
+    // Assert: the rebuild finished; only the lost row fails, and a write
+    // makes it whole again.
+    assert!(!row, "the lost row must not read back as data");
+    assert!(rest, "{text}");
+    assert!(log.contains("marked lost"));
+    assert!(healed, "{text2}");
+    assert_eq!(server.stop(), 0);
+}

@@ -274,6 +274,22 @@ impl BlockDevice for ChecksumDevice {
         })
     }
 
+    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.size())?;
+            if len == 0 {
+                return Ok(());
+            }
+            let (b0, b1) = hull(offset.get(), len);
+            let zeros = vec![0u8; self.span(b0, b1)];
+            self.inner
+                .write(ByteOffset(b0 * BLOCK), &zeros, Durability::Normal)
+                .await?;
+            // An entry the zeroed blocks can never match: reads report them.
+            self.store.fill(b0, b1 - b0, seal(!zero_entry())).await
+        })
+    }
+
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             self.inner.discard(offset, len).await?;

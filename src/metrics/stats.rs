@@ -192,6 +192,10 @@ impl BlockDevice for StatsDevice {
         Box::pin(self.timed(OpType::Trim, len, self.inner.discard(offset, len)))
     }
 
+    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        self.inner.mark_lost(offset, len)
+    }
+
     fn write_zeroes(
         &self,
         offset: ByteOffset,

@@ -37,6 +37,8 @@ use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
 pub(super) const STEP: u64 = 2 << 20;
+/// Granularity at which a rebuild gives up single blocks (a checksum block).
+const LOST_BLOCK: usize = 4096;
 /// While client requests are in flight, passes run at the rate limit
 /// divided by this.
 const BUSY_DIVISOR: f64 = 8.0;
@@ -363,20 +365,73 @@ impl Volume {
         let b = a + buf.len() as u64;
         let _guards = lock_step(self, a, b).await;
         let off = ByteOffset(a);
+        let mut lost = Vec::new();
         if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
             // Replacing a live member: copy it.
         } else {
             match self.geometry().level() {
-                Level::Raid5 => raid5::reconstruct(self, member, off, buf)
-                    .await
-                    .map_err(RebuildError::Sources)?,
+                Level::Raid5 => {
+                    if let Err(e) = raid5::reconstruct(self, member, off, buf).await {
+                        lost = self.reconstruct_by_block(member, a, buf, e).await?;
+                    }
+                }
                 _ => self.read_any_mirror(off, buf).await?,
             }
         }
         target
             .write(off, buf, Durability::Normal)
             .await
-            .map_err(RebuildError::Target)
+            .map_err(RebuildError::Target)?;
+        for &at in &lost {
+            // Without a way to mark them, lost blocks would read back as
+            // zeroes: better no rebuild than silently wrong data.
+            target
+                .mark_lost(ByteOffset(at), LOST_BLOCK as u64)
+                .await
+                .map_err(|_| RebuildError::Sources(self.data_lost()))?;
+        }
+        if !lost.is_empty() {
+            tracing::error!(
+                volume = self.volume_name(),
+                %member,
+                offset = a,
+                blocks = lost.len(),
+                "rebuild: blocks with no good source (a source block failed its checksum \
+                 and no redundancy is left); they are marked lost and read as errors"
+            );
+        }
+        Ok(())
+    }
+
+    /// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
+    /// a time, so a source block that fails its checksum while no
+    /// redundancy is left costs that block only (md's bad-block list does
+    /// the same). Returns the member offsets of the blocks that could not
+    /// be rebuilt (zeroed in `buf`). If a source member went down instead,
+    /// the rebuild cannot go on: `first` is returned.
+    async fn reconstruct_by_block(
+        &self,
+        member: MemberIndex,
+        a: u64,
+        buf: &mut [u8],
+        first: BlockError,
+    ) -> Result<Vec<u64>, RebuildError> {
+        let allowed_down = usize::from(!self.is_active(member));
+        let mut lost = Vec::new();
+        for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
+            let at = a + (i * LOST_BLOCK) as u64;
+            if raid5::reconstruct(self, member, ByteOffset(at), piece)
+                .await
+                .is_err()
+            {
+                if self.down_count() > allowed_down {
+                    return Err(RebuildError::Sources(first));
+                }
+                piece.fill(0);
+                lost.push(at);
+            }
+        }
+        Ok(lost)
     }
 
     async fn read_any_mirror(&self, off: ByteOffset, buf: &mut [u8]) -> Result<(), RebuildError> {

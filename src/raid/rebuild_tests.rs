@@ -530,3 +530,54 @@ async fn a_rebuilt_member_that_fails_again_is_recorded_again() {
         vec![MemberIndex(1), MemberIndex(1)]
     );
 }
+
+#[tokio::test]
+async fn raid5_rebuild_marks_a_block_with_no_good_source_lost_and_finishes() {
+    // Arrange: checksummed RAID-5, data written, member 2 failed, and a
+    // data block of member 0 silently flipped (no redundancy left for it).
+    let csums = crate::integrity::Checksums::new();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let member_size = 4 << 20;
+    let wrapped = Array::new_wrapped(Level::Raid5, 3, C, member_size, &[], |i, d| {
+        csums.wrap_in_memory(i, d, false, errors.clone())
+    });
+    let volume = wrapped.volume.with_checksums(csums.clone());
+    let data = pattern(2 << 20, 11);
+    volume
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    volume.fail_member_by_request(MemberIndex(2), "test").await;
+    let mut byte = [0u8; 1];
+    let dev0 = &wrapped.devices[0].mem;
+    dev0.read(ByteOffset(100), &mut byte).await.unwrap();
+    byte[0] ^= 0x5a;
+    dev0.write(ByteOffset(100), &byte, Durability::Normal)
+        .await
+        .unwrap();
+    let fresh = TestDevice::new("new", member_size);
+    let target = csums.wrap_in_memory(2, fresh.clone(), true, errors.clone());
+    volume
+        .attach_rebuild_target(MemberIndex(2), target.clone(), 0)
+        .unwrap();
+
+    // Act
+    let result = volume
+        .rebuild(MemberIndex(2), None, &unlimited(), &Sink::default())
+        .await;
+
+    // Assert: the rebuild finished; only the stripe row of the bad block is
+    // lost (stripe 0: data on members 0 and 1, parity on member 2).
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(volume.state(MemberIndex(2)), MemberState::Active);
+    let mut block = vec![0u8; 4096];
+    assert!(volume.read(ByteOffset(0), &mut block).await.is_err());
+    let mut rest = vec![0u8; (2 << 20) - 4096];
+    volume.read(ByteOffset(4096), &mut rest).await.unwrap();
+    assert!(rest == data[4096..]);
+    let mut lost = vec![0u8; 4096];
+    assert!(matches!(
+        target.read(ByteOffset(0), &mut lost).await,
+        Err(crate::block::BlockError::Corrupt { .. })
+    ));
+}
