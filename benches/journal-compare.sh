@@ -94,7 +94,9 @@ done
     echo "| job (RAID-5, 4 members, chunk $CHUNK, SIZE $SIZE) | protection on, IOPS | off, IOPS | on/off |"
     echo "|---|---:|---:|---:|"
     for job in $JOBS; do
-        on=$(median ${IOPS[$job-on]}) off=$(median ${IOPS[$job-off]})
+        read -r -a ons <<<"${IOPS[$job-on]}"
+        read -r -a offs <<<"${IOPS[$job-off]}"
+        on=$(median "${ons[@]}") off=$(median "${offs[@]}")
         ratio=$(python3 -c "print(f'{$on/$off:.2f}')")
         echo "| $job QD32 | $on | $off | $ratio |"
     done
