@@ -6,11 +6,14 @@
 # One 4-member RAID-5 (sparse members of MEMBER_SIZE: 4G gives a 16 MiB ring)
 # is prefilled over SIZE once (and synced, so no writeback of it overlaps a
 # measurement), then served twice: with the protection on (the default) and
-# with --no-journal; every job runs time based in each.
+# with --no-journal; every job runs time based in each. With ROUNDS > 1
+# the on and off servers alternate ROUNDS times (on, off, on, off, ...) and
+# the table shows the median IOPS of each (a shared host is noisy).
 #
 # Environment (defaults in brackets):
 #   SIZE      bytes of the volume the jobs cover [1G]
 #   RUNTIME   seconds per job [5]; RAMP ramp seconds [1]
+#   ROUNDS    on/off alternations [1]
 #   JOBS      ["randwrite4k randwrite16k"] (both iodepth 32)
 #   CHUNK     chunk size [64K]; MEMBER_SIZE per member [4G]
 #   WORKDIR   [target/journal-compare]; VRAID [target/release/vraid]
@@ -21,6 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
+ROUNDS=${ROUNDS:-1}
 JOBS=${JOBS:-"randwrite4k randwrite16k"}
 CHUNK=${CHUNK:-64K}
 MEMBER_SIZE=${MEMBER_SIZE:-4G}
@@ -42,6 +46,8 @@ job_args() {
     esac
 }
 
+median() { python3 -c 'import statistics,sys; print(round(statistics.median(map(int, sys.argv[1:]))))' "$@"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 members=("$WORKDIR"/m{0..3}.img)
@@ -49,7 +55,9 @@ members=("$WORKDIR"/m{0..3}.img)
     --name bench "${members[@]}" >"$WORKDIR/create.log" 2>&1
 
 declare -A IOPS
-for mode in prefill on off; do
+modes=(prefill)
+for _ in $(seq "$ROUNDS"); do modes+=(on off); done
+for mode in "${modes[@]}"; do
     port=$(free_port)
     flags=()
     [[ $mode != on ]] && flags=(--no-journal)
@@ -74,8 +82,9 @@ for mode in prefill on off; do
         fio --name="$job-$mode" --ioengine=nbd --uri="$uri" "${args[@]}" --size="$SIZE" \
             --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --group_reporting \
             --output-format=json --output="$WORKDIR/$job-$mode.json" >/dev/null 2>&1
-        IOPS[$job-$mode]=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["write"]["iops"]))' "$WORKDIR/$job-$mode.json")
-        echo "journal-compare: $job protection $mode: ${IOPS[$job-$mode]} IOPS" >&2
+        iops=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["write"]["iops"]))' "$WORKDIR/$job-$mode.json")
+        IOPS[$job-$mode]="${IOPS[$job-$mode]:-} $iops"
+        echo "journal-compare: $job protection $mode: $iops IOPS" >&2
     done
     kill -TERM "$pid"
     wait "$pid" || true
@@ -85,7 +94,9 @@ done
     echo "| job (RAID-5, 4 members, chunk $CHUNK, SIZE $SIZE) | protection on, IOPS | off, IOPS | on/off |"
     echo "|---|---:|---:|---:|"
     for job in $JOBS; do
-        on=${IOPS[$job-on]} off=${IOPS[$job-off]}
+        read -r -a ons <<<"${IOPS[$job-on]}"
+        read -r -a offs <<<"${IOPS[$job-off]}"
+        on=$(median "${ons[@]}") off=$(median "${offs[@]}")
         ratio=$(python3 -c "print(f'{$on/$off:.2f}')")
         echo "| $job QD32 | $on | $off | $ratio |"
     done
