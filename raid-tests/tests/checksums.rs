@@ -32,6 +32,28 @@ fn csum_errors(control: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// A new array of `members` members in a scratch dir, written with
+/// `pattern` ("0xNN OFFSET LEN" for qemu-io), flushed and stopped cleanly:
+/// (the dir, the member paths, the control socket path).
+fn written_array(
+    tag: &str,
+    level: u32,
+    members: usize,
+    pattern: &str,
+) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
+    let dir = scratch_dir(tag);
+    let paths = member_paths(dir.path(), members);
+    create_array(level, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let server = Server::start(&serve_args(&paths, &control));
+    qemu_io(
+        &server.uri("vol0"),
+        &[format!("write -P {pattern}"), "flush".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    (dir, paths, control)
+}
+
 fn data_offset(member: &Path) -> u64 {
     examine(member)["data_offset"].as_u64().unwrap()
 }
@@ -55,17 +77,9 @@ fn victims(level: u32) -> Vec<u64> {
 
 fn flipped_blocks_are_counted_exactly_served_right_and_repaired(level: u32) {
     // Arrange: a pattern written and the array stopped cleanly.
-    let dir = scratch_dir(&format!("csum-flip-r{level}"));
     let members = if level == 5 { 3 } else { 2 };
-    let paths = member_paths(dir.path(), members);
-    create_array(level, "64K", "32M", "vol0", &paths);
-    let control = dir.path().join("control.sock");
-    let server = Server::start(&serve_args(&paths, &control));
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 0x5a 0 8M".into(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
+    let (_dir, paths, control) =
+        written_array(&format!("csum-flip-r{level}"), level, members, "0x5a 0 8M");
     let blocks = victims(level);
     assert_eq!(blocks.len(), 5);
     let base = data_offset(&paths[1]);
@@ -174,16 +188,7 @@ fn injected_read_corruption_is_served_right_and_counted() {
 fn raid1_disagreeing_copies_resolve_to_the_one_with_the_good_checksum() {
     // Arrange: A written everywhere, then member 1's copy of one block
     // replaced by other bytes (its checksum still says A).
-    let dir = scratch_dir("csum-disagree");
-    let paths = member_paths(dir.path(), 2);
-    create_array(1, "64K", "32M", "vol0", &paths);
-    let control = dir.path().join("control.sock");
-    let server = Server::start(&serve_args(&paths, &control));
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 0x11 0 1M".into(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
+    let (_dir, paths, control) = written_array("csum-disagree", 1, 2, "0x11 0 1M");
     let block = 77u64;
     poke(
         &paths[1],
@@ -218,17 +223,9 @@ fn data_torn_from_its_checksum_by_a_crash_is_not_reported() {
         // Arrange: A written and settled (checksums on disk), then B
         // written and flushed, and the daemon killed before the bitmap's
         // cleaner wrote B's checksums back: data B, checksums A on disk.
-        let dir = scratch_dir(&format!("csum-torn-r{level}"));
         let members = if level == 5 { 3 } else { 2 };
-        let paths = member_paths(dir.path(), members);
-        create_array(level, "64K", "32M", "vol0", &paths);
-        let control = dir.path().join("control.sock");
-        let server = Server::start(&serve_args(&paths, &control));
-        qemu_io(
-            &server.uri("vol0"),
-            &["write -P 0x0a 0 4M".into(), "flush".into()],
-        );
-        assert_eq!(server.stop(), 0);
+        let (dir, paths, control) =
+            written_array(&format!("csum-torn-r{level}"), level, members, "0x0a 0 4M");
         let server = Server::start(&serve_args(&paths, &control));
         let t = Instant::now();
         qemu_io(
@@ -284,16 +281,7 @@ fn data_torn_from_its_checksum_by_a_crash_is_not_reported() {
 #[test]
 fn a_corrupt_checksum_entry_is_counted_and_rewritten_from_redundancy() {
     // Arrange: a clean RAID-1; one entry of member 0's checksum area flipped.
-    let dir = scratch_dir("csum-entry");
-    let paths = member_paths(dir.path(), 2);
-    create_array(1, "64K", "32M", "vol0", &paths);
-    let control = dir.path().join("control.sock");
-    let server = Server::start(&serve_args(&paths, &control));
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 0x44 0 1M".into(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
+    let (_dir, paths, control) = written_array("csum-entry", 1, 2, "0x44 0 1M");
     let block = 9u64;
     let csum_offset = examine(&paths[0])["csum_offset"].as_u64().unwrap();
     let entry_at = csum_offset + block * 4;
@@ -318,16 +306,7 @@ fn a_corrupt_checksum_entry_is_counted_and_rewritten_from_redundancy() {
 #[test]
 fn raid0_bad_block_fails_only_its_own_reads() {
     // Arrange
-    let dir = scratch_dir("csum-r0");
-    let paths = member_paths(dir.path(), 2);
-    create_array(0, "64K", "32M", "vol0", &paths);
-    let control = dir.path().join("control.sock");
-    let server = Server::start(&serve_args(&paths, &control));
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 0x66 0 1M".into(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
+    let (_dir, paths, control) = written_array("csum-r0", 0, 2, "0x66 0 1M");
     // Member 0's block 2 = volume bytes 8K..12K.
     flip_byte(&paths[0], data_offset(&paths[0]) + 2 * BLOCK + 5);
 
@@ -449,16 +428,7 @@ fn raid5_rebuild_over_a_bad_source_block_loses_only_that_block() {
     // Arrange: RAID-5 written, member 2's file gone, and the first data
     // block of member 0 (volume bytes 0..4K, stripe 0: parity on member 2)
     // silently flipped: nothing is left to rebuild that row from.
-    let dir = scratch_dir("csum-lost");
-    let paths = member_paths(dir.path(), 3);
-    create_array(5, "64K", "32M", "vol0", &paths);
-    let control = dir.path().join("control.sock");
-    let server = Server::start(&serve_args(&paths, &control));
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 0x77 0 4M".into(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
+    let (dir, paths, control) = written_array("csum-lost", 5, 3, "0x77 0 4M");
     flip_byte(&paths[0], data_offset(&paths[0]) + 100);
     let size = std::fs::metadata(&paths[2]).unwrap().len();
     std::fs::remove_file(&paths[2]).unwrap();

@@ -176,9 +176,13 @@ impl std::fmt::Debug for ArrayHandle {
     }
 }
 
-/// Persists a rebuild into a role through the superblocks.
+/// Persists a rebuild into a role through the superblocks. A replace's
+/// checkpoints go to `rebuild_checkpoint` too (next to the
+/// `replace_uuid`/`replace_role` record written by `begin_replace`); at its
+/// end the new member takes the role instead of the rebuilt one going active.
 struct MetaSink {
     metadata: Arc<ArrayMetadata>,
+    replace: bool,
 }
 
 impl RebuildSink for MetaSink {
@@ -192,36 +196,12 @@ impl RebuildSink for MetaSink {
     }
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            self.metadata
-                .finish_rebuild(member.0)
-                .await
-                .map_err(|e| error_chain(&e))
-        })
-    }
-}
-
-/// Persists a replace through the superblocks: its checkpoints go to
-/// `rebuild_checkpoint` next to the `replace_uuid`/`replace_role` record
-/// written by `begin_replace`; at the end the new member takes the role.
-struct ReplaceSink {
-    metadata: Arc<ArrayMetadata>,
-}
-
-impl RebuildSink for ReplaceSink {
-    fn checkpoint(&self, member: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.metadata
-                .checkpoint(member.0, up_to)
-                .await
-                .map_err(|e| error_chain(&e))
-        })
-    }
-    fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.metadata
-                .finish_replace(member.0)
-                .await
-                .map_err(|e| error_chain(&e))
+            let done = if self.replace {
+                self.metadata.finish_replace(member.0).await
+            } else {
+                self.metadata.finish_rebuild(member.0).await
+            };
+            done.map_err(|e| error_chain(&e))
         })
     }
 }
@@ -296,6 +276,7 @@ impl ArrayHandle {
                     None => {
                         let sink = MetaSink {
                             metadata: h.metadata.clone(),
+                            replace: false,
                         };
                         h.run_rebuild(r.role, r.only, &sink, false).await;
                     }
@@ -543,6 +524,7 @@ impl ArrayHandle {
         let task = tokio::spawn(async move {
             let sink = MetaSink {
                 metadata: h.metadata.clone(),
+                replace: false,
             };
             h.run_rebuild(role, Some(ranges), &sink, false).await;
             h.activate_spares().await;
@@ -629,8 +611,9 @@ impl ArrayHandle {
     /// Runs the copy of a replace (new or resumed) and gives the role's
     /// path to the new member once it holds the role.
     async fn run_replace(&self, role: usize, new_path: &Path) {
-        let sink = ReplaceSink {
+        let sink = MetaSink {
             metadata: self.metadata.clone(),
+            replace: true,
         };
         let uuid = self.metadata.replace().await.map(|(_, u)| u);
         *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -862,6 +845,7 @@ impl ArrayHandle {
         let task = tokio::spawn(async move {
             let sink = MetaSink {
                 metadata: h.metadata.clone(),
+                replace: false,
             };
             h.run_rebuild(role, None, &sink, false).await;
             h.activate_spares().await;
