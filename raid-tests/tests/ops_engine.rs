@@ -29,7 +29,7 @@ fn wait_optimal(ctl: &Path, name: &str) -> Value {
             .unwrap()
             .iter()
             .all(|m| m["state"] == "active");
-        if all_active && v["sync"].is_null() && v["state"] == "optimal" {
+        if all_active && v["sync"].is_null() && v["replace"].is_null() && v["state"] == "optimal" {
             return v;
         }
         assert!(Instant::now() < deadline, "not optimal after 120 s: {v}");

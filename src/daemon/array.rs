@@ -341,6 +341,11 @@ impl ArrayHandle {
         }
     }
 
+    /// Bytes of data area per member.
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
     /// The volume.
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
@@ -619,7 +624,6 @@ impl ArrayHandle {
         *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((role, show_path(new_path)));
         self.run_rebuild(role, None, &sink, true).await;
-        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
         if uuid.is_some()
             && holder == uuid
@@ -627,6 +631,9 @@ impl ArrayHandle {
         {
             self.set_path(role, new_path);
         }
+        // Cleared only now: from `replace` until here `status` shows the
+        // replace running, so "optimal with no pass" means the role moved.
+        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Stops running passes (recording the rebuild checkpoint). Returns

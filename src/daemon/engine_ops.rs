@@ -70,6 +70,30 @@ impl EngineOps for ArrayEngine {
                 "eta_secs": p.eta_secs,
             })
         });
+        // A replace is accepted before its copy task registers progress and
+        // stays until the role's path has moved: show it as running all along.
+        let sync = sync.or_else(|| {
+            replacing.as_ref().map(|r| {
+                let total = self.0.data_size();
+                // Attached and not started (0), or copied and detached (all).
+                let done = r["member"]
+                    .as_u64()
+                    .and_then(|role| {
+                        self.0
+                            .volume()
+                            .rebuild_target(crate::raid::MemberIndex(role as usize))
+                    })
+                    .map_or(total, |(_, up_to)| up_to);
+                json!({
+                    "kind": "replace",
+                    "member": r["member"],
+                    "done_bytes": done,
+                    "total_bytes": total,
+                    "bytes_per_sec": 0.0,
+                    "eta_secs": null,
+                })
+            })
+        });
         m.insert("sync".into(), sync.unwrap_or(Value::Null));
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
