@@ -5,10 +5,12 @@
 //! ```text
 //!  ring bytes ─► scan_ring (every 4K offset: magic, CRC, identity) ─► batches
 //!  batches of all members ─► newest_epoch ─► replay_set per ring
-//!                               (epoch E only, run N, N-1, … up to a gap)
+//!                  (epoch E only: N, then down to the first gap below N's durable_below)
 //! ```
 
 use uuid::Uuid;
+
+use std::borrow::Borrow;
 
 use crate::raid::ppl::{BatchEncoder, PplRecord, BATCH_HEADER, MAX_BATCH_ENTRIES};
 use crate::raid::MemberIndex;
@@ -26,6 +28,9 @@ const MAX_ROW: u32 = 16 << 20;
 /// Entry flag: full-stripe entry without PP.
 const FLAG_FULL: u32 = 1;
 const CRC_AT: usize = 64;
+/// `durable_below`: every batch of the ring and epoch with a smaller `seq`
+/// was durable when this one was placed (0 in batches of older versions).
+const DURABLE_AT: usize = 72;
 
 const _: () = assert!(ENTRIES_AT + MAX_BATCH_ENTRIES * ENTRY <= BATCH_HEADER);
 
@@ -55,6 +60,14 @@ pub enum JournalError {
     /// Reserved bytes are not zero.
     #[error("reserved bytes are not zero")]
     Reserved,
+    /// `durable_below` is above the batch's own sequence number.
+    #[error("durable_below {durable_below} above seq {seq}")]
+    DurableBelow {
+        /// The field.
+        durable_below: u64,
+        /// The batch's sequence number.
+        seq: u64,
+    },
     /// CRC mismatch.
     #[error("checksum mismatch")]
     Crc,
@@ -78,6 +91,10 @@ pub struct Batch {
     pub id: BatchId,
     /// Sequence number within the member's ring and epoch.
     pub seq: u64,
+    /// Every batch of the ring and epoch with a smaller `seq` was durable
+    /// when this one was placed (0: not recorded, a batch of an older
+    /// version; read as `seq`).
+    pub durable_below: u64,
     /// Its entries, in order.
     pub records: Vec<PplRecord>,
     /// Offset in the ring (set by [`scan_ring`]).
@@ -110,9 +127,19 @@ fn uuid_at(b: &[u8], at: usize) -> Uuid {
 
 /// Encodes a batch: header block, PP bytes, zero padding to 4 KiB. At most
 /// [`MAX_BATCH_ENTRIES`] records are taken (the caller never gives more).
-pub fn encode_batch(id: &BatchId, seq: u64, records: &[PplRecord]) -> Vec<u8> {
-    let records = &records[..records.len().min(MAX_BATCH_ENTRIES)];
-    let data_len: usize = records.iter().map(PplRecord::pp_len).sum();
+/// `durable_below` (≤ `seq`): every earlier batch below it is durable.
+pub fn encode_batch<R: Borrow<PplRecord>>(
+    id: &BatchId,
+    seq: u64,
+    durable_below: u64,
+    records: &[R],
+) -> Vec<u8> {
+    let records: Vec<&PplRecord> = records
+        .iter()
+        .take(MAX_BATCH_ENTRIES)
+        .map(|r| r.borrow())
+        .collect();
+    let data_len: usize = records.iter().map(|r| r.pp_len()).sum();
     let total = BATCH_HEADER + data_len.div_ceil(4096) * 4096;
     let mut buf = vec![0u8; total];
     put(&mut buf, 0, MAGIC);
@@ -122,6 +149,7 @@ pub fn encode_batch(id: &BatchId, seq: u64, records: &[PplRecord]) -> Vec<u8> {
     put(&mut buf, 48, &seq.to_le_bytes());
     put(&mut buf, 56, &(records.len() as u32).to_le_bytes());
     put(&mut buf, 60, &(data_len as u32).to_le_bytes());
+    put(&mut buf, DURABLE_AT, &durable_below.min(seq).to_le_bytes());
     let mut at = BATCH_HEADER;
     for (i, r) in records.iter().enumerate() {
         let e = ENTRIES_AT + i * ENTRY;
@@ -187,10 +215,15 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
         return Err(JournalError::DataLen(data_len));
     }
     let entries_end = ENTRIES_AT + count as usize * ENTRY;
-    if header[68..ENTRIES_AT].iter().any(|&b| b != 0)
+    if header[68..DURABLE_AT].iter().any(|&b| b != 0)
+        || header[DURABLE_AT + 8..ENTRIES_AT].iter().any(|&b| b != 0)
         || header[entries_end..].iter().any(|&b| b != 0)
     {
         return Err(JournalError::Reserved);
+    }
+    let (seq, durable_below) = (u64_at(header, 48), u64_at(header, DURABLE_AT));
+    if durable_below > seq {
+        return Err(JournalError::DurableBelow { durable_below, seq });
     }
     let mut entries = Vec::with_capacity(count as usize);
     let mut sum: u64 = 0;
@@ -241,7 +274,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
             member_uuid: uuid_at(header, 24),
             epoch: u64_at(header, 40),
         },
-        seq: u64_at(header, 48),
+        seq,
+        durable_below,
         records,
         pos: 0,
         len: (BATCH_HEADER + (data_len as usize).div_ceil(4096) * 4096) as u64,
@@ -273,19 +307,30 @@ pub fn newest_epoch<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Option<
 }
 
 /// The batches to replay from one ring, oldest first: only epoch `epoch`,
-/// and among those the run of consecutive sequence numbers ending at the
-/// newest (a gap ends it). Empty if the ring's newest epoch is older.
+/// and among those the newest (`N`) and every older one down to the first
+/// gap below `L`, the newest batch's `durable_below`: a missing sequence
+/// number at or above `L` was in flight at the crash (its writes never
+/// started), one below `L` was overwritten, and what is older is settled.
+/// Empty if the ring's newest epoch is older.
 pub fn replay_set(batches: &[Batch], epoch: u64) -> Vec<&Batch> {
     let mut of_epoch: Vec<&Batch> = batches.iter().filter(|b| b.id.epoch == epoch).collect();
     if newest_epoch(batches) != Some(epoch) {
         return Vec::new();
     }
     of_epoch.sort_by_key(|b| std::cmp::Reverse(b.seq));
+    let Some(newest) = of_epoch.first() else {
+        return Vec::new();
+    };
+    let low = match newest.durable_below {
+        0 => newest.seq,
+        l => l.min(newest.seq),
+    };
     let mut run: Vec<&Batch> = Vec::new();
     for b in of_epoch {
         match run.last() {
             None => run.push(b),
-            Some(last) if last.seq.checked_sub(1) == Some(b.seq) => run.push(b),
+            // The seqs between are missing: allowed only at or above `low`.
+            Some(last) if b.seq < last.seq && b.seq + 1 >= low.min(last.seq) => run.push(b),
             // A duplicate sequence number cannot be written by vraid: stop.
             Some(_) => break,
         }
@@ -306,7 +351,13 @@ pub struct JournalEncoder {
 }
 
 impl BatchEncoder for JournalEncoder {
-    fn encode(&self, member: MemberIndex, seq: u64, records: &[PplRecord]) -> Vec<u8> {
+    fn encode(
+        &self,
+        member: MemberIndex,
+        seq: u64,
+        durable_below: u64,
+        records: &[&PplRecord],
+    ) -> Vec<u8> {
         let member_uuid = self
             .members
             .get(member.0)
@@ -318,7 +369,7 @@ impl BatchEncoder for JournalEncoder {
             member_uuid,
             epoch: self.epoch,
         };
-        encode_batch(&id, seq, records)
+        encode_batch(&id, seq, durable_below, records)
     }
 }
 
@@ -362,17 +413,20 @@ mod tests {
     #[test]
     fn batch_round_trips() {
         let records = vec![rec(3, 512, 4096, 0x5a), full(9), rec(1, 0, 100, 1)];
-        let bytes = encode_batch(&id(), 42, &records);
+        let bytes = encode_batch(&id(), 42, 40, &records);
         assert_eq!(bytes.len() % 4096, 0);
         let b = decode_batch(&bytes).unwrap();
-        assert_eq!((b.id, b.seq, b.len), (id(), 42, bytes.len() as u64));
+        assert_eq!(
+            (b.id, b.seq, b.durable_below, b.len),
+            (id(), 42, 40, bytes.len() as u64)
+        );
         assert_eq!(b.records, records);
     }
 
     #[test]
     fn every_single_byte_corruption_of_a_batch_is_detected() {
         let records = vec![rec(3, 512, 4096, 0x5a), full(9)];
-        let bytes = encode_batch(&id(), 42, &records);
+        let bytes = encode_batch(&id(), 42, 40, &records);
         let data_end = BATCH_HEADER + 4096 - 512;
         for at in 0..data_end {
             for flip in [0x01u8, 0x80, 0xff] {
@@ -388,7 +442,7 @@ mod tests {
 
     #[test]
     fn truncated_and_empty_input_is_refused() {
-        let bytes = encode_batch(&id(), 1, &[rec(0, 0, 4096, 9)]);
+        let bytes = encode_batch(&id(), 1, 1, &[rec(0, 0, 4096, 9)]);
         for len in [0, 10, 4095, 4096, 8191] {
             assert!(decode_batch(&bytes[..len]).is_err(), "len {len}");
         }
@@ -401,6 +455,7 @@ mod tests {
         for &(blk, epoch, seq) in batches {
             let bytes = encode_batch(
                 &BatchId { epoch, ..id() },
+                seq,
                 seq,
                 &[rec(seq, 0, 4096, seq as u8)],
             );
@@ -451,6 +506,57 @@ mod tests {
         assert_eq!(seqs(&replay_set(&found, 7)), vec![1, 2]);
     }
 
+    /// Like `ring_with`, with each batch's `durable_below`.
+    fn ring_of(batches: &[(u64, u64, u64)]) -> Vec<Batch> {
+        // (position in 4K blocks, seq, durable_below), epoch 7
+        let mut ring = vec![0u8; 64 * 4096];
+        for &(blk, seq, durable) in batches {
+            let bytes = encode_batch(&id(), seq, durable, &[rec(seq, 0, 4096, seq as u8)]);
+            let at = blk as usize * 4096;
+            ring[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        scan_ring(&ring, id().array_uuid, id().member_uuid)
+    }
+
+    #[test]
+    fn gaps_of_batches_in_flight_at_the_crash_are_skipped() {
+        // 12 and 14 were in flight when 15 was placed (durable_below 12)
+        // and never landed; 11 and older were durable: a gap there (9)
+        // means overwritten, and ends the set.
+        let found = ring_of(&[
+            (0, 8, 8),
+            (4, 10, 10),
+            (6, 11, 10),
+            (10, 13, 11),
+            (14, 15, 12),
+        ]);
+        assert_eq!(seqs(&replay_set(&found, 7)), vec![10, 11, 13, 15]);
+        // The newest batch's field decides: 13 allowed gaps down to 11 only.
+        let found = ring_of(&[(4, 10, 10), (10, 13, 11), (12, 15, 15)]);
+        assert_eq!(seqs(&replay_set(&found, 7)), vec![15]);
+    }
+
+    #[test]
+    fn batches_without_durable_below_replay_the_consecutive_run() {
+        // Older versions wrote 0 there: read as the batch's own seq.
+        let found = ring_of(&[(0, 3, 0), (2, 5, 0), (4, 6, 0)]);
+        assert_eq!(seqs(&replay_set(&found, 7)), vec![5, 6]);
+    }
+
+    #[test]
+    fn durable_below_above_seq_is_refused() {
+        let mut bytes = encode_batch::<PplRecord>(&id(), 4, 4, &[]);
+        bytes[DURABLE_AT] = 5;
+        reseal(&mut bytes);
+        assert_eq!(
+            decode_batch(&bytes),
+            Err(JournalError::DurableBelow {
+                durable_below: 5,
+                seq: 4
+            })
+        );
+    }
+
     #[test]
     fn journal_ring_grows_with_the_member() {
         let len = |m: u64| crate::meta::metadata_layout(m).unwrap().journal_len;
@@ -475,7 +581,7 @@ mod tests {
                 stripe, start, len, rlo, rhi: rlo + w, full,
                 pp: if full { Vec::new() } else { vec![fill; w as usize] },
             }).collect();
-            let bytes = encode_batch(&id(), 5, &records);
+            let bytes = encode_batch(&id(), 5, 3, &records);
             prop_assert_eq!(decode_batch(&bytes).unwrap().records, records);
         }
     }

@@ -4,19 +4,21 @@
 //!
 //! ```text
 //!  write_stripe: reads ─► PP ─► ParityLog::log(parity member, records)
-//!                                   │ queue ─► committer (one per member):
-//!                                   │   everything queued ─► batch ─► FUA write
+//!                                   │ queue ─► commit slot (2 per member) ─► placement
+//!                                   │   lock: everything queued ─► batch(es), seq,
+//!                                   │   durable_below ─► unlock ─► FUA write
 //!                                   ◄── ticket (held until data+parity are written)
 //!               ─► data + parity writes ─► drop ticket
-//!  ring > half full or overlap ─► checkpoint: tickets drained, every member flushed
+//!  ring > half full or overlap ─► checkpoint: earlier commits durable, tickets
+//!                                 drained, every member flushed
 //!  assembly: journal::scan_ring ─► replay(vol, records) ─► parity := PP ^ current data
 //! ```
 //!
 //! The byte format of a batch lives in `meta::journal` (behind
 //! [`BatchEncoder`]), so `raid/` does not depend on `meta/`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use futures::future::join_all;
@@ -32,6 +34,10 @@ use crate::units::ByteOffset;
 pub const MAX_BATCH_ENTRIES: usize = 125;
 /// Bytes of a batch header block.
 pub const BATCH_HEADER: usize = 4096;
+/// Commits (groups of batches) one member's committer may have in flight:
+/// while one group's FUA write is under way the next is placed and written,
+/// so a write waits for its own batch, not also for the one before it.
+pub const COMMITS_IN_FLIGHT: usize = 2;
 
 /// One journal entry: the write of `[start, start + len)` of a stripe's
 /// data, and the partial parity of its rows `[rlo, rhi)`.
@@ -132,8 +138,15 @@ impl Inflight {
 /// Encodes one batch (header block + PP bytes, padded to 4 KiB).
 pub trait BatchEncoder: Send + Sync {
     /// The bytes of batch `seq` of `member`'s ring holding `records`
-    /// (at most [`MAX_BATCH_ENTRIES`]).
-    fn encode(&self, member: MemberIndex, seq: u64, records: &[PplRecord]) -> Vec<u8>;
+    /// (at most [`MAX_BATCH_ENTRIES`]); every batch of the ring below
+    /// `durable_below` is durable.
+    fn encode(
+        &self,
+        member: MemberIndex,
+        seq: u64,
+        durable_below: u64,
+        records: &[&PplRecord],
+    ) -> Vec<u8>;
 }
 
 /// An in-memory log for tests: keeps every record, durable at once.
@@ -157,11 +170,14 @@ impl ParityLog for MemParityLog {
 
 /// A queued request: its records and where to send the outcome.
 struct Pending {
+    /// Tells a requester's own request apart in the queue.
+    id: u64,
     records: Vec<PplRecord>,
     reply: oneshot::Sender<Result<PplTicket, String>>,
 }
 
-/// Committer state of one member's ring (held while a batch is written).
+/// Placement state of one member's ring (held while batches are placed,
+/// not while they are written).
 struct RingState {
     next_seq: u64,
     head: u64,
@@ -170,13 +186,63 @@ struct RingState {
     live_bytes: u64,
 }
 
+/// Sequence numbers placed whose write has not completed.
+#[derive(Debug, Default)]
+struct Writing {
+    seqs: Mutex<BTreeSet<u64>>,
+    changed: Notify,
+}
+
+impl Writing {
+    fn oldest(&self) -> Option<u64> {
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .copied()
+    }
+
+    fn insert(&self, seq: u64) {
+        self.seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
+    }
+
+    fn remove(&self, seqs: &[u64]) {
+        let mut set = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
+        for s in seqs {
+            set.remove(s);
+        }
+        drop(set);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until no batch below `seq` is being written.
+    async fn none_below(&self, seq: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.oldest().is_none_or(|o| o >= seq) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// One member's journal ring.
 struct MemberRing {
     dev: Arc<dyn BlockDevice>,
     len: u64,
     queue: Mutex<Vec<Pending>>,
+    next_id: AtomicU64,
     state: tokio::sync::Mutex<RingState>,
+    /// Tickets: writes whose batch is durable and whose member writes run.
     inflight: Arc<Inflight>,
+    /// Batches placed and not yet durable.
+    writing: Writing,
+    /// Commits in flight ([`COMMITS_IN_FLIGHT`]).
+    slots: tokio::sync::Semaphore,
 }
 
 /// Counters of the committers, for measurements.
@@ -244,6 +310,7 @@ impl RingLog {
                         dev,
                         len,
                         queue: Mutex::new(Vec::new()),
+                        next_id: AtomicU64::new(0),
                         state: tokio::sync::Mutex::new(RingState {
                             next_seq: 1,
                             head: 0,
@@ -251,6 +318,8 @@ impl RingLog {
                             live_bytes: 0,
                         }),
                         inflight: Arc::new(Inflight::default()),
+                        writing: Writing::default(),
+                        slots: tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT),
                     })
                 }
             });
@@ -275,7 +344,7 @@ impl RingLog {
             let r = r.as_ref()?;
             Some(async move {
                 let mut st = r.state.lock().await;
-                let bytes = self.encoder.encode(MemberIndex(i), 1, &[]);
+                let bytes = self.encoder.encode(MemberIndex(i), 1, 1, &[]);
                 r.dev
                     .write(ByteOffset(0), &bytes, Durability::Fua)
                     .await
@@ -296,23 +365,32 @@ impl RingLog {
             ));
         };
         let (reply, mut rx) = oneshot::channel();
+        let id = ring.next_id.fetch_add(1, Ordering::Relaxed);
         ring.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Pending { records, reply });
+            .push(Pending { id, records, reply });
+        let answered = |r: Result<Result<PplTicket, String>, _>| match r {
+            Ok(r) => r.map_err(|e| journal_error(ring, e)),
+            Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
+        };
         loop {
-            // Whoever holds the committer lock writes everything queued
-            // (group commit). A request answered meanwhile returns without
-            // the lock: its ticket must not wait behind a checkpoint that
-            // waits for that very ticket.
+            // Whoever gets a commit slot and then the placement lock writes
+            // everything queued (group commit); up to COMMITS_IN_FLIGHT
+            // commits are written at once. A request answered meanwhile
+            // returns at once: its ticket must not wait behind a checkpoint
+            // that waits for that very ticket.
+            let permit = tokio::select! {
+                biased;
+                answer = &mut rx => return answered(answer),
+                permit = ring.slots.acquire() => permit,
+            };
+            let Ok(permit) = permit else {
+                return Err(journal_error(ring, "journal closed".into()));
+            };
             let mut st = tokio::select! {
                 biased;
-                answer = &mut rx => {
-                    return match answer {
-                        Ok(r) => r.map_err(|e| journal_error(ring, e)),
-                        Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
-                    };
-                }
+                answer = &mut rx => return answered(answer),
                 st = ring.state.lock() => st,
             };
             match rx.try_recv() {
@@ -322,26 +400,45 @@ impl RingLog {
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
-            let batch: Vec<Pending> =
-                std::mem::take(&mut *ring.queue.lock().unwrap_or_else(|e| e.into_inner()));
-            self.commit(member, ring, &mut st, batch).await;
+            let batch: Option<Vec<Pending>> = {
+                let mut queue = ring.queue.lock().unwrap_or_else(|e| e.into_inner());
+                // Our request is in a commit in flight when it is not
+                // queued: its ticket comes to `rx`, which a checkpoint of
+                // ours would wait for without reading. Leave the queue to
+                // its owners then.
+                queue
+                    .iter()
+                    .any(|p| p.id == id)
+                    .then(|| std::mem::take(&mut *queue))
+            };
+            let Some(batch) = batch else {
+                drop(st);
+                drop(permit);
+                return answered(rx.await);
+            };
+            let placed = self.place(member, ring, &mut st, &batch).await;
+            // The next commit may be placed while this one is written.
+            drop(st);
+            self.write_placed(ring, batch, placed).await;
+            drop(permit);
         }
     }
 
-    /// Writes the records of `batch` as one or more batches, then answers
-    /// every request (with a ticket when durable).
-    async fn commit(
+    /// Places the records of `batch` as one or more batches (sequence
+    /// numbers, ring positions, checkpoints): `(seq, offset, bytes)`.
+    async fn place(
         &self,
         member: MemberIndex,
         ring: &MemberRing,
         st: &mut RingState,
-        batch: Vec<Pending>,
-    ) {
+        batch: &[Pending],
+    ) -> Vec<(u64, u64, Vec<u8>)> {
         let max_data = (ring.len / 4) as usize - BATCH_HEADER;
         let records: Vec<&PplRecord> = batch.iter().flat_map(|p| &p.records).collect();
-        let mut result = Ok(());
+        let first_seq = st.next_seq;
+        let mut placed = Vec::new();
         let mut at = 0;
-        while at < records.len() && result.is_ok() {
+        while at < records.len() {
             let mut end = at;
             let mut data = 0;
             while end < records.len()
@@ -351,55 +448,78 @@ impl RingLog {
                 data += records[end].pp_len();
                 end += 1;
             }
-            let group: Vec<PplRecord> = records[at..end].iter().map(|r| (*r).clone()).collect();
-            result = self.write_batch(member, ring, st, &group).await;
+            let group = &records[at..end];
+            let len = (BATCH_HEADER + data.div_ceil(4096) * 4096) as u64;
+            let mut pos = st.head;
+            if pos + len > ring.len {
+                pos = 0;
+            }
+            if st.live_bytes + len > ring.len / 2 || overlaps(&st.live, pos, len) {
+                self.checkpoint(ring, st, first_seq).await;
+            }
+            let seq = st.next_seq;
+            let durable_below = ring.writing.oldest().unwrap_or(seq).min(seq);
+            let bytes = self.encoder.encode(member, seq, durable_below, group);
+            debug_assert_eq!(bytes.len() as u64, len);
+            ring.writing.insert(seq);
+            // The sequence and position advance even if the write fails: it
+            // may have landed, and a sequence number is never reused.
+            st.next_seq += 1;
+            st.head = pos + len;
+            st.live.push_back((pos, len));
+            st.live_bytes += len;
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.entries.fetch_add(group.len(), Ordering::Relaxed);
+            placed.push((seq, pos, bytes));
             at = end;
         }
-        for p in batch {
-            let answer = match &result {
-                Ok(()) => Ok(ring.inflight.ticket()),
-                Err(e) => Err(e.clone()),
-            };
-            // A cancelled requester drops the ticket with the message.
-            let _ = p.reply.send(answer);
-        }
+        placed
     }
 
-    async fn write_batch(
+    /// Writes placed batches with FUA, then answers every request of the
+    /// commit (with a ticket when all are durable). Tickets exist before
+    /// the batches leave `writing`, so a checkpoint that saw them leave
+    /// also waits for those tickets.
+    async fn write_placed(
         &self,
-        member: MemberIndex,
         ring: &MemberRing,
-        st: &mut RingState,
-        records: &[PplRecord],
-    ) -> Result<(), String> {
-        let bytes = self.encoder.encode(member, st.next_seq, records);
-        let len = bytes.len() as u64;
-        let mut pos = st.head;
-        if pos + len > ring.len {
-            pos = 0;
-        }
-        if st.live_bytes + len > ring.len / 2 || overlaps(&st.live, pos, len) {
-            self.checkpoint(ring, st).await;
-        }
-        // The sequence and position advance even on an error: the write may
-        // have landed, and a sequence number is never reused.
-        st.next_seq += 1;
-        st.head = pos + len;
-        st.live.push_back((pos, len));
-        st.live_bytes += len;
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .entries
-            .fetch_add(records.len(), Ordering::Relaxed);
-        ring.dev
-            .write(ByteOffset(pos), &bytes, Durability::Fua)
+        batch: Vec<Pending>,
+        placed: Vec<(u64, u64, Vec<u8>)>,
+    ) {
+        let writes = placed
+            .iter()
+            .map(|(_, pos, bytes)| ring.dev.write(ByteOffset(*pos), bytes, Durability::Fua));
+        let result = join_all(writes)
             .await
-            .map_err(|e| e.to_string())
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map_err(|e| e.to_string());
+        let answers: Vec<_> = batch
+            .into_iter()
+            .map(|p| {
+                let answer = match &result {
+                    Ok(_) => Ok(ring.inflight.ticket()),
+                    Err(e) => Err(e.clone()),
+                };
+                (p.reply, answer)
+            })
+            .collect();
+        let seqs: Vec<u64> = placed.iter().map(|(seq, ..)| *seq).collect();
+        // A failed batch leaves `writing` too: its member is failed by the
+        // write path and its ring is never replayed from.
+        ring.writing.remove(&seqs);
+        for (reply, answer) in answers {
+            // A cancelled requester drops the ticket with the message.
+            let _ = reply.send(answer);
+        }
     }
 
-    /// Settles every batch written so far: waits for their writes, then
-    /// flushes every member.
-    async fn checkpoint(&self, ring: &MemberRing, st: &mut RingState) {
+    /// Settles every batch placed before `own` (the first batch of the
+    /// commit taking the checkpoint, whose writes have not started): waits
+    /// until they are durable and their writes are done, then flushes every
+    /// member.
+    async fn checkpoint(&self, ring: &MemberRing, st: &mut RingState, own: u64) {
+        ring.writing.none_below(own).await;
         ring.inflight.drained().await;
         let volume = self.volume.get().and_then(Weak::upgrade);
         let flushed = match volume {

@@ -113,8 +113,13 @@ impl BlockDevice for TestDevice {
             if self.yield_first.load(Ordering::SeqCst) {
                 tokio::task::yield_now().await;
             }
-            while self.gate_closed.load(Ordering::SeqCst) {
-                self.gate_open.notified().await;
+            loop {
+                // Registered before the check: an opening in between is seen.
+                let opened = self.gate_open.notified();
+                if !self.gate_closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                opened.await;
             }
             self.writes.fetch_add(1, Ordering::SeqCst);
             if durability == Durability::Fua {
