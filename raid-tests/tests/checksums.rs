@@ -258,11 +258,12 @@ fn data_torn_from_its_checksum_by_a_crash_is_not_reported() {
         let uri = server.uri("vol0");
         let reads: Vec<String> = (0..members).map(|_| "read -P 0x0b 0 4M".into()).collect();
         qemu_io(&uri, &reads);
+        let during = volume(&control);
         assert!(
-            volume(&control)["sync"].is_object(),
-            "the resync still runs: {}",
-            volume(&control)
+            during["sync"].is_object(),
+            "the resync still runs: {during}"
         );
+        assert_eq!(during["state"], "resyncing", "{during}");
         let errors = after_resync(&server, &control);
         qemu_io(&uri, &reads);
 

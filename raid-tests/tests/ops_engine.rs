@@ -154,6 +154,8 @@ fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
             new.to_str().unwrap(),
         ],
     );
+    // Shown running from the moment it is accepted.
+    let during = volume(&status_json(&ctl), "parity").clone();
     let v = wait_optimal(&ctl, "parity");
     assert_fio_clean(fio);
     let served = read_export(&uri, dir.path());
@@ -161,6 +163,9 @@ fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
 
     // Assert
     assert!(out.contains("keeps serving"), "{out}");
+    assert_eq!(during["state"], "rebuilding", "{during}");
+    assert_eq!(during["sync"]["kind"], "replace", "{during}");
+    assert_eq!(during["replace"]["member"], 0, "{during}");
     assert!(
         served[..data.len()] == data[..],
         "data changed during replace"

@@ -146,6 +146,11 @@ pub enum VolumeState {
     Optimal,
     /// Members down, all data still available.
     Degraded,
+    /// A member is being rebuilt or replaced (its data copied onto it).
+    Rebuilding,
+    /// Every member active; parity or mirrors of dirty regions are being
+    /// made consistent after an unclean shutdown.
+    Resyncing,
     /// More members down than the level tolerates: some data is lost.
     Failed,
 }
@@ -271,7 +276,7 @@ impl VolumeHandle {
             .count()
     }
 
-    /// Optimal, degraded or failed.
+    /// Optimal, degraded or failed, from the member states alone.
     pub fn state(&self) -> VolumeState {
         let down = self.down();
         if down == 0 {
@@ -316,13 +321,25 @@ impl VolumeHandle {
             .ok_or_else(unknown)
     }
 
+    /// The state `status` shows: failed, rebuilding (a rebuild, recovery
+    /// or replace runs), degraded, resyncing, or optimal, in that order.
+    pub fn status_state(&self) -> VolumeState {
+        let base = self.state();
+        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
+        pass_state(base, engine.get("sync").and_then(|s| s["kind"].as_str()))
+    }
+
     /// Status snapshot.
     pub async fn status(&self) -> VolumeStatus {
         let g = self.volume.geometry();
+        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
         VolumeStatus {
             name: self.name.clone(),
             level: self.level().number(),
-            state: self.state(),
+            state: pass_state(
+                self.state(),
+                engine.get("sync").and_then(|s| s["kind"].as_str()),
+            ),
             size: crate::block::BlockDevice::size(&*self.volume),
             chunk_size: g.chunk().get(),
             superblock_events: self.metadata.events().await,
@@ -339,7 +356,7 @@ impl VolumeHandle {
                     checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
                 })
                 .collect(),
-            engine: self.engine.get().map(|e| e.status()).unwrap_or_default(),
+            engine,
         }
     }
 
@@ -500,6 +517,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The volume state given the member-based one and the kind of the pass
+/// running (`sync.kind` of the engine status).
+fn pass_state(base: VolumeState, pass: Option<&str>) -> VolumeState {
+    match (base, pass) {
+        (VolumeState::Failed, _) => VolumeState::Failed,
+        (_, Some("rebuild" | "recovery" | "replace")) => VolumeState::Rebuilding,
+        (VolumeState::Degraded, _) => VolumeState::Degraded,
+        (_, Some("resync")) => VolumeState::Resyncing,
+        (b, _) => b,
+    }
+}
+
 fn state_word(s: MemberStatusState) -> &'static str {
     match s {
         MemberStatusState::Active => "active",
@@ -574,6 +603,28 @@ impl Registry {
         match id {
             Some(id) if n == 0 => Err(ControlError::UnknownFault(id)),
             _ => Ok(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::{pass_state, VolumeState as S};
+
+    #[test]
+    fn the_pass_running_names_the_volume_state() {
+        for (base, pass, want) in [
+            (S::Optimal, None, S::Optimal),
+            (S::Optimal, Some("scrub"), S::Optimal),
+            (S::Optimal, Some("resync"), S::Resyncing),
+            (S::Optimal, Some("replace"), S::Rebuilding),
+            (S::Degraded, None, S::Degraded),
+            (S::Degraded, Some("resync"), S::Degraded),
+            (S::Degraded, Some("rebuild"), S::Rebuilding),
+            (S::Degraded, Some("recovery"), S::Rebuilding),
+            (S::Failed, Some("rebuild"), S::Failed),
+        ] {
+            assert_eq!(pass_state(base, pass), want, "{base:?} {pass:?}");
         }
     }
 }

@@ -53,7 +53,7 @@ fn io_series(out: &mut String, prefix: &str, labels: &str, stats: &IoStats) {
 }
 
 const HEADERS: &str = "\
-# HELP vraid_volume_state Volume state: 0 optimal, 1 degraded, 2 failed.
+# HELP vraid_volume_state Volume state: 0 optimal, 1 degraded, 2 failed, 3 rebuilding, 4 resyncing.
 # TYPE vraid_volume_state gauge
 # HELP vraid_member_state Member state: 0 active, 1 failed, 2 missing, 3 removed, 4 rebuilding.
 # TYPE vraid_member_state gauge
@@ -84,10 +84,12 @@ pub fn render(reg: &Registry) -> String {
     let mut out = String::from(HEADERS);
     for v in reg.volumes() {
         let vl = format!("volume=\"{}\"", esc(&v.name));
-        let state = match v.state() {
+        let state = match v.status_state() {
             VolumeState::Optimal => 0,
             VolumeState::Degraded => 1,
             VolumeState::Failed => 2,
+            VolumeState::Rebuilding => 3,
+            VolumeState::Resyncing => 4,
         };
         let _ = writeln!(out, "vraid_volume_state{{{vl}}} {state}");
         io_series(&mut out, "vraid_volume", &vl, &v.stats);
