@@ -423,6 +423,30 @@ fn metrics_endpoint_serves_prometheus_series() {
     let mut other = String::new();
     s.read_to_string(&mut other).unwrap();
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    // A rebuild onto a new member shows as state 3 with its progress.
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(std::fs::metadata(&paths[1]).unwrap().len())
+        .unwrap();
+    vraid_ctl_ok(&control, &["set", "vol0", "--rebuild-max-mbps", "1"]);
+    vraid_ctl_ok(&control, &["remove", "vol0", "1"]);
+    vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap()]);
+    let rebuilding = scrape(&metrics);
+    let sl = r#"volume="vol0",kind="rebuild",member="1""#;
+    assert_eq!(
+        sample(&rebuilding, r#"vraid_volume_state{volume="vol0"}"#),
+        3.0
+    );
+    let total = sample(
+        &rebuilding,
+        &format!("vraid_volume_sync_total_bytes{{{sl}}}"),
+    );
+    let done = sample(
+        &rebuilding,
+        &format!("vraid_volume_sync_done_bytes{{{sl}}}"),
+    );
+    assert!(total > 0.0 && done < total, "{rebuilding}");
     assert_eq!(server.stop(), 0);
 }
 

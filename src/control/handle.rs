@@ -329,6 +329,13 @@ impl VolumeHandle {
         pass_state(base, engine.get("sync").and_then(|s| s["kind"].as_str()))
     }
 
+    /// The pass running (rebuild, recovery, replace, resync, scrub), as
+    /// `status` shows it under `sync`.
+    pub fn sync_progress(&self) -> Option<Value> {
+        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
+        engine.get("sync").filter(|s| s.is_object()).cloned()
+    }
+
     /// Status snapshot.
     pub async fn status(&self) -> VolumeStatus {
         let g = self.volume.geometry();

@@ -94,6 +94,25 @@ impl EngineOps for ArrayEngine {
                 })
             })
         });
+        // Likewise a rebuild from `add` or a spare: its target is attached
+        // (the member shows `rebuilding`) before the task starts counting.
+        let sync = sync.or_else(|| {
+            let count = self.0.volume().geometry().members();
+            (0..count).find_map(|role| {
+                let (_, up_to) = self
+                    .0
+                    .volume()
+                    .rebuild_target(crate::raid::MemberIndex(role))?;
+                Some(json!({
+                    "kind": "rebuild",
+                    "member": role,
+                    "done_bytes": up_to,
+                    "total_bytes": self.0.data_size(),
+                    "bytes_per_sec": 0.0,
+                    "eta_secs": null,
+                }))
+            })
+        });
         m.insert("sync".into(), sync.unwrap_or(Value::Null));
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));

@@ -77,6 +77,12 @@ const HEADERS: &str = "\
 # TYPE vraid_member_checksum_errors_total counter
 # HELP vraid_fault_hits_total Times an injected fault rule fired.
 # TYPE vraid_fault_hits_total counter
+# HELP vraid_volume_sync_done_bytes Bytes per member handled so far by the pass running (kind: rebuild, recovery, replace, resync, scrub).
+# TYPE vraid_volume_sync_done_bytes gauge
+# HELP vraid_volume_sync_total_bytes Bytes per member the pass running handles in all.
+# TYPE vraid_volume_sync_total_bytes gauge
+# HELP vraid_volume_sync_bytes_per_second Average rate of the pass running since it started.
+# TYPE vraid_volume_sync_bytes_per_second gauge
 ";
 
 /// The whole exposition.
@@ -92,6 +98,22 @@ pub fn render(reg: &Registry) -> String {
             VolumeState::Resyncing => 4,
         };
         let _ = writeln!(out, "vraid_volume_state{{{vl}}} {state}");
+        if let Some(sync) = v.sync_progress() {
+            let kind = esc(sync["kind"].as_str().unwrap_or(""));
+            let member = sync["member"]
+                .as_u64()
+                .map_or_else(String::new, |m| m.to_string());
+            let sl = format!("{vl},kind=\"{kind}\",member=\"{member}\"");
+            for (series, field) in [
+                ("done_bytes", "done_bytes"),
+                ("total_bytes", "total_bytes"),
+                ("bytes_per_second", "bytes_per_sec"),
+            ] {
+                if let Some(x) = sync[field].as_f64() {
+                    let _ = writeln!(out, "vraid_volume_sync_{series}{{{sl}}} {x}");
+                }
+            }
+        }
         io_series(&mut out, "vraid_volume", &vl, &v.stats);
         for m in &v.members {
             let ml = format!(
