@@ -181,6 +181,14 @@ fn injected_read_corruption_is_served_right_and_counted() {
     assert_eq!(csum_errors(&control), vec![0, 2, 0]);
     let metrics = volume(&control);
     assert_eq!(metrics["state"], "optimal", "{metrics}");
+    // The read rewrote the blocks: a repairing scrub finds nothing left.
+    let out = vraid_ctl_ok(&control, &["scrub", "vol0", "--repair", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for m in report["scrub"]["members"].as_array().unwrap() {
+        for key in ["checksum", "io", "mismatch", "repaired"] {
+            assert_eq!(m[key], 0, "{report}");
+        }
+    }
     assert_eq!(server.stop(), 0);
 }
 
