@@ -418,6 +418,14 @@ fn metrics_endpoint_serves_prometheus_series() {
     );
     assert!(text.contains("vraid_fault_hits_total{volume=\"vol0\",member=\"2\""));
     assert!(text.contains("# TYPE vraid_member_latency_seconds histogram"));
+    // The RAID-5 write was logged in the write-hole journal.
+    assert!(
+        sample(
+            &text,
+            r#"vraid_volume_journal_entries_total{volume="vol0"}"#
+        ) >= 1.0,
+        "{text}"
+    );
     let mut s = TcpStream::connect(&metrics).unwrap();
     s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
     let mut other = String::new();

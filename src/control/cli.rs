@@ -193,6 +193,17 @@ fn render_sync(out: &mut String, v: &Value) {
         let names: Vec<&str> = spares.iter().filter_map(Value::as_str).collect();
         let _ = writeln!(out, "  spares: {}", names.join(", "));
     }
+    let j = &v["journal"];
+    if let (Some(b), Some(e), Some(c)) = (
+        j["batches"].as_u64(),
+        j["entries"].as_u64(),
+        j["checkpoints"].as_u64(),
+    ) {
+        let _ = writeln!(
+            out,
+            "  write-hole journal: {e} entries in {b} batches, {c} checkpoints"
+        );
+    }
 }
 
 /// `vraid fail`.

@@ -332,8 +332,13 @@ impl VolumeHandle {
     /// The pass running (rebuild, recovery, replace, resync, scrub), as
     /// `status` shows it under `sync`.
     pub fn sync_progress(&self) -> Option<Value> {
+        self.engine_field("sync").filter(Value::is_object)
+    }
+
+    /// One field of the engine's part of `status` (`sync`, `journal`, …).
+    pub fn engine_field(&self, key: &str) -> Option<Value> {
         let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
-        engine.get("sync").filter(|s| s.is_object()).cloned()
+        engine.get(key).filter(|v| !v.is_null()).cloned()
     }
 
     /// Status snapshot.

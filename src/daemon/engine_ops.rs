@@ -117,6 +117,7 @@ impl EngineOps for ArrayEngine {
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
         m.insert("last_scrub".into(), json!(self.0.last_scrub()));
+        m.insert("journal".into(), json!(self.0.volume().journal_counters()));
         m.insert("replace".into(), replacing.unwrap_or(Value::Null));
         m
     }

@@ -77,6 +77,12 @@ const HEADERS: &str = "\
 # TYPE vraid_member_checksum_errors_total counter
 # HELP vraid_fault_hits_total Times an injected fault rule fired.
 # TYPE vraid_fault_hits_total counter
+# HELP vraid_volume_journal_batches_total Write-hole journal batches written (FUA), summed over members.
+# TYPE vraid_volume_journal_batches_total counter
+# HELP vraid_volume_journal_entries_total Write-hole journal entries (stripe writes logged).
+# TYPE vraid_volume_journal_entries_total counter
+# HELP vraid_volume_journal_checkpoints_total Write-hole journal checkpoints (every member flushed).
+# TYPE vraid_volume_journal_checkpoints_total counter
 # HELP vraid_volume_sync_done_bytes Bytes per member handled so far by the pass running (kind: rebuild, recovery, replace, resync, scrub).
 # TYPE vraid_volume_sync_done_bytes gauge
 # HELP vraid_volume_sync_total_bytes Bytes per member the pass running handles in all.
@@ -98,6 +104,13 @@ pub fn render(reg: &Registry) -> String {
             VolumeState::Resyncing => 4,
         };
         let _ = writeln!(out, "vraid_volume_state{{{vl}}} {state}");
+        if let Some(j) = v.engine_field("journal") {
+            for key in ["batches", "entries", "checkpoints"] {
+                if let Some(n) = j[key].as_u64() {
+                    let _ = writeln!(out, "vraid_volume_journal_{key}_total{{{vl}}} {n}");
+                }
+            }
+        }
         if let Some(sync) = v.sync_progress() {
             let kind = esc(sync["kind"].as_str().unwrap_or(""));
             let member = sync["member"]

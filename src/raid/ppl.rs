@@ -87,6 +87,22 @@ pub trait ParityLog: Send + Sync {
     fn max_entry_pp(&self, _member: MemberIndex) -> usize {
         usize::MAX
     }
+
+    /// Counters for `status` and metrics (`None`: not an on-disk log).
+    fn counters(&self) -> Option<JournalCounters> {
+        None
+    }
+}
+
+/// What a journal has done since assembly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JournalCounters {
+    /// Batches written (FUA).
+    pub batches: u64,
+    /// Entries in them.
+    pub entries: u64,
+    /// Checkpoints taken (every member flushed).
+    pub checkpoints: u64,
 }
 
 /// Held by a write from the moment its record is durable until its data
@@ -561,6 +577,15 @@ impl ParityLog for RingLog {
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
         Box::pin(self.log_to(member, records))
+    }
+
+    fn counters(&self) -> Option<JournalCounters> {
+        let get = |c: &AtomicUsize| c.load(Ordering::Relaxed) as u64;
+        Some(JournalCounters {
+            batches: get(&self.stats.batches),
+            entries: get(&self.stats.entries),
+            checkpoints: get(&self.stats.checkpoints),
+        })
     }
 
     /// A quarter of the ring minus the header, so any entry fits a batch.

@@ -280,6 +280,11 @@ impl Volume {
         self
     }
 
+    /// What the write-hole journal has done, when there is one.
+    pub fn journal_counters(&self) -> Option<super::ppl::JournalCounters> {
+        self.parity_log.as_ref().and_then(|l| l.counters())
+    }
+
     pub(super) fn parity_log(&self) -> Option<&Arc<dyn ParityLog>> {
         self.parity_log.as_ref()
     }
