@@ -34,7 +34,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Mark a member failed (the volume goes on degraded).
     Fail(MemberCmdArgs),
-    /// Take a failed or missing member out of its slot.
+    /// Take a failed or missing member out of its slot, or an idle hot spare (by path) out of the spares.
     Remove(MemberCmdArgs),
     /// Add a member: rebuilt into a failed or missing slot, else kept as a hot spare.
     Add(AddArgs),

@@ -185,6 +185,56 @@ fn replace_copies_a_live_raid5_member_and_parity_stays_consistent() {
 }
 
 #[test]
+fn a_hot_spare_removed_live_is_not_activated_by_a_later_failure() {
+    // Arrange: an optimal RAID-1 and a spare added live.
+    let dir = scratch_dir("engine-spare-remove");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "mirror", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&[
+        "--control",
+        ctl.to_str().unwrap(),
+        paths[0].to_str().unwrap(),
+        paths[1].to_str().unwrap(),
+    ]);
+    let spare = dir.path().join("spare.img");
+    sparse(&spare, 32 << 20);
+    vraid_ctl_ok(&ctl, &["add", "mirror", spare.to_str().unwrap()]);
+    let before = volume(&status_json(&ctl), "mirror").clone();
+
+    // Act
+    let removed = vraid_ctl_ok(&ctl, &["remove", "mirror", spare.to_str().unwrap()]);
+    let again = vraid_ctl(&ctl, &["remove", "mirror", spare.to_str().unwrap()]);
+    vraid_ctl_ok(&ctl, &["fail", "mirror", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let status = status_json(&ctl);
+    let after = volume(&status, "mirror").clone();
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(before["spares"][0], spare.to_str().unwrap(), "{before}");
+    assert!(removed.contains("hot spare"), "{removed}");
+    assert!(!again.status.success(), "a second remove names nothing");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("spare.img"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(after["spares"], serde_json::json!([]), "{after}");
+    assert_eq!(after["state"], "degraded", "{after}");
+    assert!(after["sync"].is_null(), "{after}");
+    assert_eq!(after["members"][1]["state"], "failed", "{after}");
+    let kinds: Vec<&str> = status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"spare_removed"), "{kinds:?}");
+    assert!(!kinds.contains(&"spare_activated"), "{kinds:?}");
+}
+
+#[test]
 fn engine_verbs_refuse_bad_requests_and_change_nothing() {
     // Arrange
     let dir = scratch_dir("engine-bad");

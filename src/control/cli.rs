@@ -350,7 +350,10 @@ pub fn remove(args: MemberCmdArgs) -> Result<(), ClientError> {
         "remove",
         json!({"volume": args.volume, "member": args.member}),
     )?;
-    println!("{}: member {} removed", args.volume, reply["member"]);
+    match reply["spare"].as_str() {
+        Some(spare) => println!("{}: hot spare {spare} removed", args.volume),
+        None => println!("{}: member {} removed", args.volume, reply["member"]),
+    }
     Ok(())
 }
 

@@ -41,6 +41,12 @@ pub trait EngineOps: Send + Sync {
         let _ = role;
         None
     }
+    /// `vraid remove VOLUME SPARE`: takes an idle hot spare named by its
+    /// path out of the spare list. `None`: no such spare.
+    fn remove_spare(&self, path: &str) -> Option<String> {
+        let _ = path;
+        None
+    }
     /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
     /// once it ends) and `vraid scrub VOLUME --cancel`.
     fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {

@@ -132,6 +132,16 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "remove" => {
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
+            // An idle hot spare named by its path leaves the spare list.
+            if let MemberArg::Path(path) = &p.member {
+                if vol.find_member(path).is_err() {
+                    if let Some(spare) =
+                        vol.engine("remove").ok().and_then(|e| e.remove_spare(path))
+                    {
+                        return Ok(json!({"volume": vol.name, "spare": spare, "removed": true}));
+                    }
+                }
+            }
             let role = p.member.resolve(vol)?;
             vol.remove(role).await?;
             Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))

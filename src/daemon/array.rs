@@ -447,6 +447,27 @@ impl ArrayHandle {
         }
     }
 
+    /// Takes the idle hot spare at `path` (as given, or the same file) out
+    /// of the spare list; its spare superblock stays, like md's
+    /// `--remove` (`--zero-superblock` is a separate step). Returns the
+    /// spare's path, or `None` when no idle spare is there.
+    pub fn remove_spare(&self, path: &Path) -> Option<String> {
+        let wanted = std::fs::canonicalize(path).ok();
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let at = spares.iter().position(|s| {
+            s.path == path || wanted.is_some() && std::fs::canonicalize(&s.path).ok() == wanted
+        })?;
+        let spare = spares.remove(at);
+        drop(spares);
+        let shown = show_path(&spare.path);
+        self.event(
+            "spare_removed",
+            None,
+            format!("{}: hot spare {shown} removed", self.name),
+        );
+        Some(shown)
+    }
+
     /// Writes a spare superblock on `device` (it belongs to this array).
     async fn mark_spare(&self, device: &dyn BlockDevice) {
         if let Err(e) = self.metadata.write_spare(device, Uuid::new_v4()).await {

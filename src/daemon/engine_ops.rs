@@ -43,6 +43,10 @@ impl EngineOps for ArrayEngine {
         })
     }
 
+    fn remove_spare(&self, path: &str) -> Option<String> {
+        self.0.remove_spare(std::path::Path::new(path))
+    }
+
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             self.0.set_rebuild_max_mbps(mbps);
