@@ -375,7 +375,7 @@ impl Volume {
                         lost = self.reconstruct_by_block(member, a, buf, e).await?;
                     }
                 }
-                _ => self.read_any_mirror(off, buf).await?,
+                _ => lost = self.read_any_mirror(member, a, buf).await?,
             }
         }
         target
@@ -434,13 +434,50 @@ impl Volume {
         Ok(lost)
     }
 
-    async fn read_any_mirror(&self, off: ByteOffset, buf: &mut [u8]) -> Result<(), RebuildError> {
-        for m in (0..self.geometry().members()).map(MemberIndex) {
-            if self.is_active(m) && self.read_member(m, off, buf).await.is_ok() {
-                return Ok(());
+    /// Reads `a..a+buf.len()` from an in-sync mirror. When no mirror can
+    /// serve the whole step, goes 4 KiB at a time across the mirrors, so a
+    /// block that fails its checksum on every mirror costs that block only
+    /// (like RAID-5's [`Volume::reconstruct_by_block`]). Returns the member
+    /// offsets of the blocks no mirror could give (zeroed in `buf`). If a
+    /// source mirror went down instead, the rebuild cannot go on.
+    async fn read_any_mirror(
+        &self,
+        member: MemberIndex,
+        a: u64,
+        buf: &mut [u8],
+    ) -> Result<Vec<u64>, RebuildError> {
+        let count = self.geometry().members();
+        let sources = || {
+            (0..count)
+                .map(MemberIndex)
+                .filter(|&m| m != member && self.is_active(m))
+                .collect::<Vec<_>>()
+        };
+        let before = sources().len();
+        for m in (0..count).map(MemberIndex) {
+            if self.is_active(m) && self.read_member(m, ByteOffset(a), buf).await.is_ok() {
+                return Ok(Vec::new());
             }
         }
-        Err(RebuildError::Sources(self.data_lost()))
+        let mut lost = Vec::new();
+        for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
+            let at = a + (i * LOST_BLOCK) as u64;
+            let mut served = false;
+            for m in sources() {
+                if self.read_member(m, ByteOffset(at), piece).await.is_ok() {
+                    served = true;
+                    break;
+                }
+            }
+            if !served {
+                if before == 0 || sources().len() < before {
+                    return Err(RebuildError::Sources(self.data_lost()));
+                }
+                piece.fill(0);
+                lost.push(at);
+            }
+        }
+        Ok(lost)
     }
 
     /// Makes redundancy consistent in `ranges` (member data offsets): RAID-1

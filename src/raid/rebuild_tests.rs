@@ -581,3 +581,63 @@ async fn raid5_rebuild_marks_a_block_with_no_good_source_lost_and_finishes() {
         Err(crate::block::BlockError::Corrupt { .. })
     ));
 }
+
+#[tokio::test]
+async fn raid1_rebuild_marks_a_block_bad_on_every_mirror_lost_and_finishes() {
+    // Arrange: checksummed 3-way RAID-1, data written, member 2 failed, and
+    // the same block silently flipped on both remaining mirrors.
+    let csums = crate::integrity::Checksums::new();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let member_size = 4 << 20;
+    let wrapped = Array::new_wrapped(Level::Raid1, 3, C, member_size, &[], |i, d| {
+        csums.wrap_in_memory(i, d, false, errors.clone())
+    });
+    let volume = wrapped.volume.with_checksums(csums.clone());
+    let data = pattern(2 << 20, 12);
+    volume
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    volume.fail_member_by_request(MemberIndex(2), "test").await;
+    for dev in &wrapped.devices[..2] {
+        let mut byte = [0u8; 1];
+        dev.mem.read(ByteOffset(8192 + 7), &mut byte).await.unwrap();
+        byte[0] ^= 0x5a;
+        dev.mem
+            .write(ByteOffset(8192 + 7), &byte, Durability::Normal)
+            .await
+            .unwrap();
+    }
+    let fresh = TestDevice::new("new", member_size);
+    let target = csums.wrap_in_memory(2, fresh.clone(), true, errors.clone());
+    volume
+        .attach_rebuild_target(MemberIndex(2), target.clone(), 0)
+        .unwrap();
+
+    // Act
+    let result = volume
+        .rebuild(MemberIndex(2), None, &unlimited(), &Sink::default())
+        .await;
+
+    // Assert: finished; only that block is lost, on the new member too,
+    // and the mirrors that still have the bad bytes stay in the array.
+    assert!(result.is_ok(), "{result:?}");
+    for m in 0..3 {
+        assert_eq!(
+            volume.state(MemberIndex(m)),
+            MemberState::Active,
+            "member {m}"
+        );
+    }
+    let mut rest = vec![0u8; (2 << 20) - 12288];
+    volume.read(ByteOffset(12288), &mut rest).await.unwrap();
+    assert!(rest == data[12288..]);
+    let mut head = vec![0u8; 8192];
+    volume.read(ByteOffset(0), &mut head).await.unwrap();
+    assert!(head == data[..8192]);
+    let mut lost = vec![0u8; 4096];
+    assert!(matches!(
+        target.read(ByteOffset(8192), &mut lost).await,
+        Err(crate::block::BlockError::Corrupt { .. })
+    ));
+}
