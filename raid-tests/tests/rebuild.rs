@@ -65,31 +65,34 @@ fn member_states(member: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn raid1_readded_member_catches_up_from_the_bitmap_only() {
-    // Arrange: a whole array, then member 1 away while 8 MiB are written.
-    let dir = scratch_dir("r1-readd");
-    let paths = member_paths(dir.path(), 2);
-    create_array(1, "64K", "256M", "vol0", &paths);
+/// A member away while 8 MiB are written comes back and is caught up from
+/// the write-intent bitmap only: the dirty 64 MiB region, not the member.
+fn readded_member_catches_up_from_the_bitmap_only(level: u32, count: usize) {
+    // Arrange: a whole array, then the last member away during the writes.
+    let dir = scratch_dir(&format!("r{level}-readd"));
+    let paths = member_paths(dir.path(), count);
+    create_array(level, "64K", "256M", "vol0", &paths);
     assert_eq!(Server::start(&args_of(&paths)).stop(), 0);
-    let away = dir.path().join("m1.away");
-    std::fs::rename(&paths[1], &away).unwrap();
+    let last = count - 1;
+    let away = dir.path().join("away.img");
+    std::fs::rename(&paths[last], &away).unwrap();
     let server = Server::start(&args_of(&paths));
     fio(
         &server.uri("vol0"),
         &["--rw=randwrite", "--bs=4k", "--size=8M", "--do_verify=1"],
     );
     assert_eq!(server.stop(), 0);
-    assert_eq!(member_states(&paths[0])[1], "missing");
+    assert_eq!(member_states(&paths[0])[last], "missing");
 
     // Act: the member comes back.
-    std::fs::rename(&away, &paths[1]).unwrap();
+    std::fs::rename(&away, &paths[last]).unwrap();
     let server = Server::start(&args_of(&paths));
-    let log = server.wait_log("recovery of member 1 finished", Duration::from_secs(60));
+    let done = format!("recovery of member {last} finished");
+    let log = server.wait_log(&done, Duration::from_secs(60));
 
-    // Assert: only the dirty 64 MiB region was copied, the data is intact,
-    // and the mirrors are identical.
-    let copied = logged_number(&log, "recovery of member 1 finished: copied ");
+    // Assert: only the dirty region was copied, the data is intact, and
+    // the redundancy is right (mirrors equal, parity of every stripe).
+    let copied = logged_number(&log, &format!("{done}: copied "));
     let data_size = examine(&paths[0])["data_size"].as_u64().unwrap();
     assert!(copied > 0 && copied <= 64 << 20, "copied {copied} bytes");
     assert!(copied * 3 < data_size, "copied {copied} of {data_size}");
@@ -98,11 +101,25 @@ fn raid1_readded_member_catches_up_from_the_bitmap_only() {
         &["--rw=randwrite", "--bs=4k", "--size=8M", "--verify_only"],
     );
     assert_eq!(server.stop(), 0);
-    assert_eq!(member_states(&paths[1]), vec!["active", "active"]);
-    assert!(
-        member_data(&paths[0]) == member_data(&paths[1]),
-        "mirrors differ"
-    );
+    assert_eq!(member_states(&paths[last]), vec!["active"; count]);
+    if level == 1 {
+        assert!(
+            member_data(&paths[0]) == member_data(&paths[1]),
+            "mirrors differ"
+        );
+    } else {
+        assert_eq!(bad_parity_stripes(&paths, 64 << 10), Vec::<usize>::new());
+    }
+}
+
+#[test]
+fn raid1_readded_member_catches_up_from_the_bitmap_only() {
+    readded_member_catches_up_from_the_bitmap_only(1, 2);
+}
+
+#[test]
+fn raid5_readded_member_catches_up_from_the_bitmap_only() {
+    readded_member_catches_up_from_the_bitmap_only(5, 3);
 }
 
 #[test]

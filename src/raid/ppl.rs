@@ -627,16 +627,19 @@ pub(super) async fn log_full_stripes(
             });
         }
     }
-    let logs = by_member
-        .into_iter()
-        .enumerate()
-        .filter(|(_, r)| !r.is_empty())
-        .map(|(m, r)| async move { (MemberIndex(m), log.log(MemberIndex(m), r).await) });
+    // One member after the other, in member order: a task holds tickets
+    // only of rings below the one it waits for, so two clears can never
+    // each hold a ticket the other's ring checkpoint waits for (which
+    // logging them all at once, tickets kept until the last is durable,
+    // could).
     let mut tickets = Vec::new();
-    for (m, result) in join_all(logs).await {
-        match result {
+    for (m, records) in by_member.into_iter().enumerate() {
+        if records.is_empty() {
+            continue;
+        }
+        match log.log(MemberIndex(m), records).await {
             Ok(t) => tickets.push(t),
-            Err(e) => vol.fail_member(m, &e).await,
+            Err(e) => vol.fail_member(MemberIndex(m), &e).await,
         }
     }
     tickets

@@ -430,10 +430,9 @@ async fn checkpoint_waits_for_writes_holding_tickets() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
-    // Arrange: small rings (many checkpoints), devices that yield like real
-    // I/O, and requests spanning several stripes with the same parity member.
+/// A 4-member RAID-5 over devices that yield like real I/O, logging to
+/// small rings (many checkpoints).
+async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
     let g = geometry(4);
     let data: Vec<_> = (0..4)
         .map(|i| TestDevice::new(&format!("m{i}"), STRIPES * CHUNK))
@@ -464,6 +463,15 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
             .with_parity_log(log.clone()),
     );
     log.attach_volume(Arc::downgrade(&vol));
+    (vol, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
+    // Arrange: small rings (many checkpoints), devices that yield like real
+    // I/O, and requests spanning several stripes with the same parity member.
+    let g = geometry(4);
+    let (vol, log) = stress_volume().await;
     let size = vol.size();
 
     // Act: rounds of concurrent writes of 1..=2 stripes each.
@@ -488,6 +496,52 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
         .expect("writes deadlocked");
+    assert!(
+        log.stats
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clears_and_writes_through_checkpoints_do_not_deadlock() {
+    // Arrange: clears of whole stripes log FULL entries to several parity
+    // members' rings at once, mixed with partial writes.
+    let g = geometry(4);
+    let (vol, log) = stress_volume().await;
+    let stripe = g.stripe_data_size();
+    let stripes = vol.size() / stripe;
+
+    // Act
+    let run = async {
+        for round in 0..100u64 {
+            let ops = (0..16u64).map(|i| {
+                let vol = vol.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        let n = 2 + (round + i) % (stripes - 1);
+                        let first = (round * 3 + i) % (stripes - n + 1);
+                        vol.write_zeroes(ByteOffset(first * stripe), n * stripe, false)
+                            .await
+                    } else {
+                        let len = (round * 11 + i * 5) % stripe + 512;
+                        let at = ((round + i) * 4096) % (vol.size() - len);
+                        let buf = pattern(len as usize, round * 16 + i);
+                        vol.write(ByteOffset(at), &buf, Durability::Normal).await
+                    }
+                })
+            });
+            for op in futures::future::join_all(ops).await {
+                op.unwrap().unwrap();
+            }
+        }
+    };
+
+    // Assert
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("clears and writes deadlocked");
     assert!(
         log.stats
             .checkpoints
