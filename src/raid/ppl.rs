@@ -258,7 +258,7 @@ struct MemberRing {
     /// Batches placed and not yet durable.
     writing: Writing,
     /// Commits in flight ([`COMMITS_IN_FLIGHT`]).
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Counters of the committers, for measurements.
@@ -273,8 +273,25 @@ pub struct RingStats {
 }
 
 /// The on-disk partial-parity log: one ring per member (a window onto its
-/// journal area), group commit, checkpoints.
+/// journal area), group commit, checkpoints. Commits run as their own
+/// tasks: a writer whose future is dropped (a client gone, requests
+/// aborted) never leaves a batch placed but unwritten, nor the writes it
+/// carries for others unanswered.
+#[derive(Debug)]
 pub struct RingLog {
+    inner: Arc<LogInner>,
+}
+
+impl std::ops::Deref for RingLog {
+    type Target = LogInner;
+
+    fn deref(&self) -> &LogInner {
+        &self.inner
+    }
+}
+
+/// What a [`RingLog`] and its commit tasks share.
+pub struct LogInner {
     rings: Vec<Option<MemberRing>>,
     encoder: Arc<dyn BatchEncoder>,
     /// Flushed by checkpoints (every member, rebuild targets included).
@@ -283,7 +300,7 @@ pub struct RingLog {
     pub stats: RingStats,
 }
 
-impl std::fmt::Debug for RingLog {
+impl std::fmt::Debug for LogInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingLog")
             .field(
@@ -335,19 +352,23 @@ impl RingLog {
                         }),
                         inflight: Arc::new(Inflight::default()),
                         writing: Writing::default(),
-                        slots: tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT),
+                        slots: Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
                     })
                 }
             });
         }
         Ok(RingLog {
-            rings,
-            encoder,
-            volume: OnceLock::new(),
-            stats: RingStats::default(),
+            inner: Arc::new(LogInner {
+                rings,
+                encoder,
+                volume: OnceLock::new(),
+                stats: RingStats::default(),
+            }),
         })
     }
+}
 
+impl LogInner {
     /// The volume whose members checkpoints flush.
     pub fn attach_volume(&self, volume: Weak<Volume>) {
         let _ = self.volume.set(volume);
@@ -373,71 +394,14 @@ impl RingLog {
         join_all(writes).await.into_iter().collect()
     }
 
-    async fn log_to(&self, member: MemberIndex, records: Vec<PplRecord>) -> BlockResult<PplTicket> {
-        let Some(ring) = self.rings.get(member.0).and_then(Option::as_ref) else {
-            return Err(BlockError::io(
-                format!("journal of member {}", member.0),
-                std::io::Error::other("no journal on this member"),
-            ));
-        };
-        let (reply, mut rx) = oneshot::channel();
-        let id = ring.next_id.fetch_add(1, Ordering::Relaxed);
-        ring.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Pending { id, records, reply });
-        let answered = |r: Result<Result<PplTicket, String>, _>| match r {
-            Ok(r) => r.map_err(|e| journal_error(ring, e)),
-            Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
-        };
-        loop {
-            // Whoever gets a commit slot and then the placement lock writes
-            // everything queued (group commit); up to COMMITS_IN_FLIGHT
-            // commits are written at once. A request answered meanwhile
-            // returns at once: its ticket must not wait behind a checkpoint
-            // that waits for that very ticket.
-            let permit = tokio::select! {
-                biased;
-                answer = &mut rx => return answered(answer),
-                permit = ring.slots.acquire() => permit,
-            };
-            let Ok(permit) = permit else {
-                return Err(journal_error(ring, "journal closed".into()));
-            };
-            let mut st = tokio::select! {
-                biased;
-                answer = &mut rx => return answered(answer),
-                st = ring.state.lock() => st,
-            };
-            match rx.try_recv() {
-                Ok(r) => return r.map_err(|e| journal_error(ring, e)),
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(journal_error(ring, "journal commit abandoned".into()))
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let batch: Option<Vec<Pending>> = {
-                let mut queue = ring.queue.lock().unwrap_or_else(|e| e.into_inner());
-                // Our request is in a commit in flight when it is not
-                // queued: its ticket comes to `rx`, which a checkpoint of
-                // ours would wait for without reading. Leave the queue to
-                // its owners then.
-                queue
-                    .iter()
-                    .any(|p| p.id == id)
-                    .then(|| std::mem::take(&mut *queue))
-            };
-            let Some(batch) = batch else {
-                drop(st);
-                drop(permit);
-                return answered(rx.await);
-            };
-            let placed = self.place(member, ring, &mut st, &batch).await;
-            // The next commit may be placed while this one is written.
-            drop(st);
-            self.write_placed(ring, batch, placed).await;
-            drop(permit);
-        }
+    /// Commits the records of `batch` (placement under the ring's lock,
+    /// then the FUA writes) and answers every request in it.
+    async fn commit(&self, member: MemberIndex, ring: &MemberRing, batch: Vec<Pending>) {
+        let mut st = ring.state.lock().await;
+        let placed = self.place(member, ring, &mut st, &batch).await;
+        // The next commit may be placed while this one is written.
+        drop(st);
+        self.write_placed(ring, batch, placed).await;
     }
 
     /// Places the records of `batch` as one or more batches (sequence
@@ -556,6 +520,81 @@ impl RingLog {
             entries = self.stats.entries.load(Ordering::Relaxed),
             "journal checkpoint"
         );
+    }
+}
+
+impl RingLog {
+    async fn log_to(&self, member: MemberIndex, records: Vec<PplRecord>) -> BlockResult<PplTicket> {
+        let Some(ring) = self.rings.get(member.0).and_then(Option::as_ref) else {
+            return Err(BlockError::io(
+                format!("journal of member {}", member.0),
+                std::io::Error::other("no journal on this member"),
+            ));
+        };
+        let (reply, mut rx) = oneshot::channel();
+        let id = ring.next_id.fetch_add(1, Ordering::Relaxed);
+        ring.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending { id, records, reply });
+        // If this future is dropped while the request is still queued, the
+        // request leaves the queue: its writer let go of the stripe lock,
+        // and an entry logged later than a newer write of the same stripe
+        // would be replayed over it with stale partial parity.
+        let _unqueue = Unqueue { ring, id };
+        let answered = |r: Result<Result<PplTicket, String>, _>| match r {
+            Ok(r) => r.map_err(|e| journal_error(ring, e)),
+            Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
+        };
+        // Whoever gets a commit slot while its request is still queued
+        // starts a commit of everything queued (group commit), up to
+        // COMMITS_IN_FLIGHT at once. The commit is a task of its own, so
+        // it completes even if this future is dropped, and the task that
+        // waits in a checkpoint for tickets never holds one itself.
+        let permit = tokio::select! {
+            biased;
+            answer = &mut rx => return answered(answer),
+            permit = ring.slots.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else {
+            return Err(journal_error(ring, "journal closed".into()));
+        };
+        let batch = {
+            let mut queue = ring.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // Not queued any more: a commit took it; its answer comes.
+            queue
+                .iter()
+                .any(|p| p.id == id)
+                .then(|| std::mem::take(&mut *queue))
+        };
+        match batch {
+            None => drop(permit),
+            Some(batch) => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    if let Some(ring) = inner.rings.get(member.0).and_then(Option::as_ref) {
+                        inner.commit(member, ring, batch).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        answered(rx.await)
+    }
+}
+
+/// Removes a request from its ring's queue when dropped (see `log_to`).
+struct Unqueue<'a> {
+    ring: &'a MemberRing,
+    id: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.ring.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.iter().any(|p| p.id == self.id) {
+            queue.retain(|p| p.id != self.id);
+        }
     }
 }
 

@@ -549,3 +549,82 @@ async fn concurrent_clears_and_writes_through_checkpoints_do_not_deadlock() {
             > 0
     );
 }
+
+#[tokio::test]
+async fn a_dropped_writer_neither_wedges_the_ring_nor_leaves_its_entry_queued() {
+    // Arrange: journal writes held at a gate; two commits in flight (the
+    // first writer is aborted while its batch is being written), and a
+    // third writer aborted while its request waits in the queue.
+    let ring = TestDevice::new("journal", 64 << 10);
+    let log = Arc::new(
+        RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap(),
+    );
+    log.write_barriers().await.unwrap();
+    ring.gate_closed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let spawn_log = |stripe: u64| {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.log(MemberIndex(0), vec![rec(stripe, 4096)])
+                .await
+                .map(drop)
+        })
+    };
+    let placed = |n: usize| {
+        let log = log.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while log.stats.batches.load(std::sync::atomic::Ordering::SeqCst) < n {
+                assert!(std::time::Instant::now() < deadline, "batch {n} not placed");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let first = spawn_log(1);
+    placed(1).await;
+    let second = spawn_log(2);
+    placed(2).await;
+    let third = spawn_log(3);
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+
+    // Act
+    first.abort();
+    third.abort();
+    let _ = first.await;
+    let _ = third.await;
+    ring.gate_closed
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    ring.gate_open.notify_waiters();
+    second.await.unwrap().unwrap();
+    drop(log.log(MemberIndex(0), vec![rec(10, 4096)]).await.unwrap());
+    let mut buf = vec![0u8; ring.size() as usize];
+    ring.mem.read(ByteOffset(0), &mut buf).await.unwrap();
+    // Enough records afterwards to force checkpoints (64K ring).
+    for s in 11..40u64 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            log.log(MemberIndex(0), vec![rec(s, 4096)]),
+        )
+        .await
+        .expect("ring wedged")
+        .unwrap();
+    }
+
+    // Assert: the aborted first writer's batch was still written (its
+    // commit runs on its own); the third, aborted while queued, never was.
+    let stripes: Vec<u64> =
+        crate::meta::journal::scan_ring(&buf, uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2))
+            .iter()
+            .flat_map(|b| b.records.iter().map(|r| r.stripe))
+            .collect();
+    assert!(stripes.contains(&1) && stripes.contains(&10), "{stripes:?}");
+    assert!(!stripes.contains(&3), "{stripes:?}");
+    assert!(
+        log.stats
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}

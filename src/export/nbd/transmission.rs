@@ -214,11 +214,16 @@ impl Session {
         })
         .await;
         if drained.is_err() {
+            // Detached, not aborted: a volume request cut off half-way (a
+            // RAID-5 stripe with its data written and its parity not, a
+            // journal entry in flight without its stripe lock) would leave
+            // redundancy wrong with no crash to resync it. They finish on
+            // their own; only their replies go nowhere.
             tracing::warn!(
                 left = tasks.len(),
-                "NBD client not reading replies, dropping its requests"
+                "NBD client not reading replies, leaving its requests to finish unanswered"
             );
-            tasks.shutdown().await;
+            tasks.detach_all();
         }
         drop(tx);
         let mut writer_task = writer_task;
