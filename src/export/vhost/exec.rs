@@ -17,6 +17,7 @@ use super::request::{
     total, BlockRequest, Op, Range, Sector, Segment, RANGE_FLAG_UNMAP, SECTOR_SIZE,
 };
 use crate::block::{BlockDevice, BlockError, Durability};
+use crate::export::finish::FinishOnDrop;
 use crate::units::ByteOffset;
 
 /// A virtio-blk status byte.
@@ -181,16 +182,20 @@ async fn write<M: GuestMemory + ?Sized>(
         Durability::Fua
     };
     let mut buf = pool.take(len as usize);
-    let result = match gather(mem, segs, &mut buf[..len as usize]) {
-        Ok(()) => ctx
-            .device
-            .write(offset, &buf[..len as usize], durability)
-            .await
-            .map_err(|e| status_of(&e)),
-        Err(s) => Err(s),
-    };
+    if let Err(s) = gather(mem, segs, &mut buf[..len as usize]) {
+        pool.give(buf);
+        return Err(s);
+    }
+    // Finished even if this request is dropped (queue reset, front-end
+    // gone): a write cut off half-way could leave RAID-5 parity wrong.
+    let device = ctx.device.clone();
+    let (result, buf) = FinishOnDrop::new(async move {
+        let r = device.write(offset, &buf[..len as usize], durability).await;
+        (r, buf)
+    })
+    .await;
     pool.give(buf);
-    result
+    result.map_err(|e| status_of(&e))
 }
 
 /// Copies the segments out of guest memory into `out` (exactly their length).
@@ -224,12 +229,17 @@ async fn clear(ctx: &ExportContext, ranges: &[Range], zeroes: bool) -> Result<()
         if len == 0 {
             continue;
         }
-        let result = if zeroes {
-            let may_unmap = r.flags & RANGE_FLAG_UNMAP != 0;
-            ctx.device.write_zeroes(offset, len, may_unmap).await
-        } else {
-            ctx.device.discard(offset, len).await
-        };
+        let device = ctx.device.clone();
+        let may_unmap = r.flags & RANGE_FLAG_UNMAP != 0;
+        // Finished even if this request is dropped, like a write.
+        let result = FinishOnDrop::new(async move {
+            if zeroes {
+                device.write_zeroes(offset, len, may_unmap).await
+            } else {
+                device.discard(offset, len).await
+            }
+        })
+        .await;
         result.map_err(|e| status_of(&e))?;
     }
     Ok(())
