@@ -7,7 +7,11 @@
 //!
 //! Buffers are borrowed for the duration of the call. Implementations that
 //! hand memory to the kernel asynchronously (io_uring) must copy into memory
-//! they own, so that dropping a future mid-flight is always safe.
+//! they own, so that dropping a future mid-flight is always memory-safe.
+//! It is not always consistent: a RAID-5 write dropped between its data and
+//! parity writes leaves the stripe wrong with no crash to resync it, so
+//! exports never drop a write in flight (`export::finish::FinishOnDrop`,
+//! NBD requests detached rather than aborted).
 
 use std::future::Future;
 use std::io;
