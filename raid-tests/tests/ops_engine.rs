@@ -37,6 +37,16 @@ fn wait_optimal(ctl: &Path, name: &str) -> Value {
     }
 }
 
+/// Serves the two-member array at `paths` with a control socket.
+fn serve_mirror(ctl: &Path, paths: &[PathBuf]) -> Server {
+    Server::start(&[
+        "--control",
+        ctl.to_str().unwrap(),
+        paths[0].to_str().unwrap(),
+        paths[1].to_str().unwrap(),
+    ])
+}
+
 fn sparse(path: &Path, size: u64) {
     std::fs::File::create(path).unwrap().set_len(size).unwrap();
 }
@@ -48,12 +58,7 @@ fn add_rebuilds_a_failed_raid1_member_under_fio_load() {
     let paths = member_paths(dir.path(), 2);
     create_array(1, "64K", "64M", "mirror", &paths);
     let ctl = dir.path().join("ctl.sock");
-    let server = Server::start(&[
-        "--control",
-        ctl.to_str().unwrap(),
-        paths[0].to_str().unwrap(),
-        paths[1].to_str().unwrap(),
-    ]);
+    let server = serve_mirror(&ctl, &paths);
     let uri = server.uri("mirror");
     qemu_io(&uri, &["write -P 0x4e 0 8M".into()]);
     vraid_ctl_ok(&ctl, &["fail", "mirror", "1"]);
@@ -191,12 +196,7 @@ fn a_hot_spare_removed_live_is_not_activated_by_a_later_failure() {
     let paths = member_paths(dir.path(), 2);
     create_array(1, "64K", "32M", "mirror", &paths);
     let ctl = dir.path().join("ctl.sock");
-    let server = Server::start(&[
-        "--control",
-        ctl.to_str().unwrap(),
-        paths[0].to_str().unwrap(),
-        paths[1].to_str().unwrap(),
-    ]);
+    let server = serve_mirror(&ctl, &paths);
     let spare = dir.path().join("spare.img");
     sparse(&spare, 32 << 20);
     vraid_ctl_ok(&ctl, &["add", "mirror", spare.to_str().unwrap()]);
@@ -246,12 +246,7 @@ fn engine_verbs_refuse_bad_requests_and_change_nothing() {
     let small = dir.path().join("small.img");
     sparse(&small, 1 << 20);
     let ctl = dir.path().join("ctl.sock");
-    let server = Server::start(&[
-        "--control",
-        ctl.to_str().unwrap(),
-        paths[0].to_str().unwrap(),
-        paths[1].to_str().unwrap(),
-    ]);
+    let server = serve_mirror(&ctl, &paths);
     let before = status_json(&ctl);
 
     // Act

@@ -327,37 +327,30 @@ impl VolumeHandle {
             .ok_or_else(unknown)
     }
 
-    /// The state `status` shows: failed, rebuilding (a rebuild, recovery
-    /// or replace runs), degraded, resyncing, or optimal, in that order.
-    pub fn status_state(&self) -> VolumeState {
-        let base = self.state();
-        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
-        pass_state(base, engine.get("sync").and_then(|s| s["kind"].as_str()))
+    /// The engine's part of `status` (`sync`, `journal`, spares, …); empty
+    /// without an engine.
+    pub fn engine_status(&self) -> serde_json::Map<String, Value> {
+        self.engine.get().map(|e| e.status()).unwrap_or_default()
     }
 
-    /// The pass running (rebuild, recovery, replace, resync, scrub), as
-    /// `status` shows it under `sync`.
-    pub fn sync_progress(&self) -> Option<Value> {
-        self.engine_field("sync").filter(Value::is_object)
-    }
-
-    /// One field of the engine's part of `status` (`sync`, `journal`, …).
-    pub fn engine_field(&self, key: &str) -> Option<Value> {
-        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
-        engine.get(key).filter(|v| !v.is_null()).cloned()
+    /// The state `status` shows given the engine's part of it: failed,
+    /// rebuilding (a rebuild, recovery or replace runs), degraded,
+    /// resyncing, or optimal, in that order.
+    pub fn status_state(&self, engine: &serde_json::Map<String, Value>) -> VolumeState {
+        pass_state(
+            self.state(),
+            engine.get("sync").and_then(|s| s["kind"].as_str()),
+        )
     }
 
     /// Status snapshot.
     pub async fn status(&self) -> VolumeStatus {
         let g = self.volume.geometry();
-        let engine = self.engine.get().map(|e| e.status()).unwrap_or_default();
+        let engine = self.engine_status();
         VolumeStatus {
             name: self.name.clone(),
             level: self.level().number(),
-            state: pass_state(
-                self.state(),
-                engine.get("sync").and_then(|s| s["kind"].as_str()),
-            ),
+            state: self.status_state(&engine),
             size: crate::block::BlockDevice::size(&*self.volume),
             chunk_size: g.chunk().get(),
             superblock_events: self.metadata.events().await,

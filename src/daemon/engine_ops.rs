@@ -20,6 +20,35 @@ use crate::control::ControlError;
 #[derive(Debug)]
 pub struct ArrayEngine(pub Arc<ArrayHandle>);
 
+impl ArrayEngine {
+    /// A pass that runs but has no progress counter (yet or any more): a
+    /// replace from its acceptance until the role's path has moved, and a
+    /// rebuild from `add` or a spare whose target is attached (the member
+    /// shows `rebuilding`) before its task starts counting.
+    fn pass_not_counting_yet(&self, replacing: &Option<Value>) -> Option<Value> {
+        let volume = self.0.volume();
+        let replace_role = replacing
+            .as_ref()
+            .and_then(|r| r["member"].as_u64())
+            .map(|r| r as usize);
+        let target = |role: usize| volume.rebuild_target(crate::raid::MemberIndex(role));
+        let (role, done) = match replace_role {
+            // Attached and not started (0), or copied and detached (all).
+            Some(role) => (role, target(role).map_or(self.0.data_size(), |(_, up)| up)),
+            None => (0..volume.geometry().members())
+                .find_map(|role| target(role).map(|(_, up)| (role, up)))?,
+        };
+        Some(json!({
+            "kind": if replace_role.is_some() { "replace" } else { "rebuild" },
+            "member": role,
+            "done_bytes": done,
+            "total_bytes": self.0.data_size(),
+            "bytes_per_sec": 0.0,
+            "eta_secs": null,
+        }))
+    }
+}
+
 impl EngineOps for ArrayEngine {
     fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
@@ -74,49 +103,7 @@ impl EngineOps for ArrayEngine {
                 "eta_secs": p.eta_secs,
             })
         });
-        // A replace is accepted before its copy task registers progress and
-        // stays until the role's path has moved: show it as running all along.
-        let sync = sync.or_else(|| {
-            replacing.as_ref().map(|r| {
-                let total = self.0.data_size();
-                // Attached and not started (0), or copied and detached (all).
-                let done = r["member"]
-                    .as_u64()
-                    .and_then(|role| {
-                        self.0
-                            .volume()
-                            .rebuild_target(crate::raid::MemberIndex(role as usize))
-                    })
-                    .map_or(total, |(_, up_to)| up_to);
-                json!({
-                    "kind": "replace",
-                    "member": r["member"],
-                    "done_bytes": done,
-                    "total_bytes": total,
-                    "bytes_per_sec": 0.0,
-                    "eta_secs": null,
-                })
-            })
-        });
-        // Likewise a rebuild from `add` or a spare: its target is attached
-        // (the member shows `rebuilding`) before the task starts counting.
-        let sync = sync.or_else(|| {
-            let count = self.0.volume().geometry().members();
-            (0..count).find_map(|role| {
-                let (_, up_to) = self
-                    .0
-                    .volume()
-                    .rebuild_target(crate::raid::MemberIndex(role))?;
-                Some(json!({
-                    "kind": "rebuild",
-                    "member": role,
-                    "done_bytes": up_to,
-                    "total_bytes": self.0.data_size(),
-                    "bytes_per_sec": 0.0,
-                    "eta_secs": null,
-                }))
-            })
-        });
+        let sync = sync.or_else(|| self.pass_not_counting_yet(&replacing));
         m.insert("sync".into(), sync.unwrap_or(Value::Null));
         m.insert("spares".into(), json!(self.0.spares()));
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));

@@ -96,7 +96,8 @@ pub fn render(reg: &Registry) -> String {
     let mut out = String::from(HEADERS);
     for v in reg.volumes() {
         let vl = format!("volume=\"{}\"", esc(&v.name));
-        let state = match v.status_state() {
+        let engine = v.engine_status();
+        let state = match v.status_state(&engine) {
             VolumeState::Optimal => 0,
             VolumeState::Degraded => 1,
             VolumeState::Failed => 2,
@@ -104,14 +105,14 @@ pub fn render(reg: &Registry) -> String {
             VolumeState::Resyncing => 4,
         };
         let _ = writeln!(out, "vraid_volume_state{{{vl}}} {state}");
-        if let Some(j) = v.engine_field("journal") {
+        if let Some(j) = engine.get("journal") {
             for key in ["batches", "entries", "checkpoints"] {
                 if let Some(n) = j[key].as_u64() {
                     let _ = writeln!(out, "vraid_volume_journal_{key}_total{{{vl}}} {n}");
                 }
             }
         }
-        if let Some(sync) = v.sync_progress() {
+        if let Some(sync) = engine.get("sync").filter(|s| s.is_object()) {
             let kind = esc(sync["kind"].as_str().unwrap_or(""));
             let member = sync["member"]
                 .as_u64()

@@ -592,9 +592,7 @@ struct Unqueue<'a> {
 impl Drop for Unqueue<'_> {
     fn drop(&mut self) {
         let mut queue = self.ring.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.iter().any(|p| p.id == self.id) {
-            queue.retain(|p| p.id != self.id);
-        }
+        queue.retain(|p| p.id != self.id);
     }
 }
 

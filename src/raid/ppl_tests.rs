@@ -466,6 +466,26 @@ async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
     (vol, log)
 }
 
+/// Runs 100 rounds of `ops` concurrent requests, `op(round, i)` each, on
+/// `vol`; panics (`what` deadlocked) unless all are done within 30 s.
+async fn run_rounds<F, Fut>(vol: &Arc<Volume>, ops: u64, what: &str, op: F)
+where
+    F: Fn(Arc<Volume>, u64, u64) -> Fut,
+    Fut: std::future::Future<Output = crate::block::BlockResult> + Send + 'static,
+{
+    let run = async {
+        for round in 0..100u64 {
+            let tasks = (0..ops).map(|i| tokio::spawn(op(vol.clone(), round, i)));
+            for t in futures::future::join_all(tasks).await {
+                t.unwrap().unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} deadlocked"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     // Arrange: small rings (many checkpoints), devices that yield like real
@@ -475,27 +495,15 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     let size = vol.size();
 
     // Act: rounds of concurrent writes of 1..=2 stripes each.
-    let run = async {
-        for round in 0..100u64 {
-            let writes = (0..32u64).map(|i| {
-                let vol = vol.clone();
-                tokio::spawn(async move {
-                    let len = (round * 7 + i * 5) % (2 * g.stripe_data_size()) + 512;
-                    let at = ((round + i) * 3 * 4096) % (size - len);
-                    let buf = pattern(len as usize, round * 32 + i);
-                    vol.write(ByteOffset(at), &buf, Durability::Normal).await
-                })
-            });
-            for w in futures::future::join_all(writes).await {
-                w.unwrap().unwrap();
-            }
-        }
-    };
+    run_rounds(&vol, 32, "writes", |vol, round, i| async move {
+        let len = (round * 7 + i * 5) % (2 * g.stripe_data_size()) + 512;
+        let at = ((round + i) * 3 * 4096) % (size - len);
+        let buf = pattern(len as usize, round * 32 + i);
+        vol.write(ByteOffset(at), &buf, Durability::Normal).await
+    })
+    .await;
 
     // Assert
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("writes deadlocked");
     assert!(
         log.stats
             .checkpoints
@@ -514,34 +522,22 @@ async fn concurrent_clears_and_writes_through_checkpoints_do_not_deadlock() {
     let stripes = vol.size() / stripe;
 
     // Act
-    let run = async {
-        for round in 0..100u64 {
-            let ops = (0..16u64).map(|i| {
-                let vol = vol.clone();
-                tokio::spawn(async move {
-                    if i % 2 == 0 {
-                        let n = 2 + (round + i) % (stripes - 1);
-                        let first = (round * 3 + i) % (stripes - n + 1);
-                        vol.write_zeroes(ByteOffset(first * stripe), n * stripe, false)
-                            .await
-                    } else {
-                        let len = (round * 11 + i * 5) % stripe + 512;
-                        let at = ((round + i) * 4096) % (vol.size() - len);
-                        let buf = pattern(len as usize, round * 16 + i);
-                        vol.write(ByteOffset(at), &buf, Durability::Normal).await
-                    }
-                })
-            });
-            for op in futures::future::join_all(ops).await {
-                op.unwrap().unwrap();
-            }
+    run_rounds(&vol, 16, "clears and writes", |vol, round, i| async move {
+        if i % 2 == 0 {
+            let n = 2 + (round + i) % (stripes - 1);
+            let first = (round * 3 + i) % (stripes - n + 1);
+            vol.write_zeroes(ByteOffset(first * stripe), n * stripe, false)
+                .await
+        } else {
+            let len = (round * 11 + i * 5) % stripe + 512;
+            let at = ((round + i) * 4096) % (vol.size() - len);
+            let buf = pattern(len as usize, round * 16 + i);
+            vol.write(ByteOffset(at), &buf, Durability::Normal).await
         }
-    };
+    })
+    .await;
 
     // Assert
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("clears and writes deadlocked");
     assert!(
         log.stats
             .checkpoints

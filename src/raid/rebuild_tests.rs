@@ -531,40 +531,60 @@ async fn a_rebuilt_member_that_fails_again_is_recorded_again() {
     );
 }
 
-#[tokio::test]
-async fn raid5_rebuild_marks_a_block_with_no_good_source_lost_and_finishes() {
-    // Arrange: checksummed RAID-5, data written, member 2 failed, and a
-    // data block of member 0 silently flipped (no redundancy left for it).
+/// A checksummed array of 3 with 2 MiB written (pattern `seed`), member 2
+/// failed, the byte at member offset `at` flipped on each of `flipped`,
+/// then a fresh member rebuilt into slot 2: the volume, the data, the new
+/// member and the rebuild's outcome.
+async fn rebuild_over_flipped_bytes(
+    level: Level,
+    seed: u64,
+    at: u64,
+    flipped: &[usize],
+) -> (
+    super::Volume,
+    Vec<u8>,
+    Arc<dyn BlockDevice>,
+    Result<u64, super::RebuildError>,
+) {
     let csums = crate::integrity::Checksums::new();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let member_size = 4 << 20;
-    let wrapped = Array::new_wrapped(Level::Raid5, 3, C, member_size, &[], |i, d| {
+    let wrapped = Array::new_wrapped(level, 3, C, member_size, &[], |i, d| {
         csums.wrap_in_memory(i, d, false, errors.clone())
     });
     let volume = wrapped.volume.with_checksums(csums.clone());
-    let data = pattern(2 << 20, 11);
+    let data = pattern(2 << 20, seed);
     volume
         .write(ByteOffset(0), &data, Durability::Normal)
         .await
         .unwrap();
     volume.fail_member_by_request(MemberIndex(2), "test").await;
-    let mut byte = [0u8; 1];
-    let dev0 = &wrapped.devices[0].mem;
-    dev0.read(ByteOffset(100), &mut byte).await.unwrap();
-    byte[0] ^= 0x5a;
-    dev0.write(ByteOffset(100), &byte, Durability::Normal)
-        .await
-        .unwrap();
+    for &m in flipped {
+        let dev = &wrapped.devices[m].mem;
+        let mut byte = [0u8; 1];
+        dev.read(ByteOffset(at), &mut byte).await.unwrap();
+        byte[0] ^= 0x5a;
+        dev.write(ByteOffset(at), &byte, Durability::Normal)
+            .await
+            .unwrap();
+    }
     let fresh = TestDevice::new("new", member_size);
-    let target = csums.wrap_in_memory(2, fresh.clone(), true, errors.clone());
+    let target = csums.wrap_in_memory(2, fresh, true, errors.clone());
     volume
         .attach_rebuild_target(MemberIndex(2), target.clone(), 0)
         .unwrap();
-
-    // Act
     let result = volume
         .rebuild(MemberIndex(2), None, &unlimited(), &Sink::default())
         .await;
+    (volume, data, target, result)
+}
+
+#[tokio::test]
+async fn raid5_rebuild_marks_a_block_with_no_good_source_lost_and_finishes() {
+    // Arrange + act: checksummed RAID-5, member 2 failed, and a data block
+    // of member 0 silently flipped (no redundancy left for it); rebuild.
+    let (volume, data, target, result) =
+        rebuild_over_flipped_bytes(Level::Raid5, 11, 100, &[0]).await;
 
     // Assert: the rebuild finished; only the stripe row of the bad block is
     // lost (stripe 0: data on members 0 and 1, parity on member 2).
@@ -584,40 +604,10 @@ async fn raid5_rebuild_marks_a_block_with_no_good_source_lost_and_finishes() {
 
 #[tokio::test]
 async fn raid1_rebuild_marks_a_block_bad_on_every_mirror_lost_and_finishes() {
-    // Arrange: checksummed 3-way RAID-1, data written, member 2 failed, and
-    // the same block silently flipped on both remaining mirrors.
-    let csums = crate::integrity::Checksums::new();
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let member_size = 4 << 20;
-    let wrapped = Array::new_wrapped(Level::Raid1, 3, C, member_size, &[], |i, d| {
-        csums.wrap_in_memory(i, d, false, errors.clone())
-    });
-    let volume = wrapped.volume.with_checksums(csums.clone());
-    let data = pattern(2 << 20, 12);
-    volume
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
-    volume.fail_member_by_request(MemberIndex(2), "test").await;
-    for dev in &wrapped.devices[..2] {
-        let mut byte = [0u8; 1];
-        dev.mem.read(ByteOffset(8192 + 7), &mut byte).await.unwrap();
-        byte[0] ^= 0x5a;
-        dev.mem
-            .write(ByteOffset(8192 + 7), &byte, Durability::Normal)
-            .await
-            .unwrap();
-    }
-    let fresh = TestDevice::new("new", member_size);
-    let target = csums.wrap_in_memory(2, fresh.clone(), true, errors.clone());
-    volume
-        .attach_rebuild_target(MemberIndex(2), target.clone(), 0)
-        .unwrap();
-
-    // Act
-    let result = volume
-        .rebuild(MemberIndex(2), None, &unlimited(), &Sink::default())
-        .await;
+    // Arrange + act: checksummed 3-way RAID-1, member 2 failed, and the
+    // same block silently flipped on both remaining mirrors; rebuild.
+    let (volume, data, target, result) =
+        rebuild_over_flipped_bytes(Level::Raid1, 12, 8192 + 7, &[0, 1]).await;
 
     // Assert: finished; only that block is lost, on the new member too,
     // and the mirrors that still have the bad bytes stay in the array.
