@@ -1,6 +1,6 @@
 //! vraid: a userspace software-RAID engine.
 //!
-//! Layers, one direction only (see `../shared/DESIGN.md` and `docs/`):
+//! Layers, one direction only (see `docs/FORMAT.md` and the README):
 //!
 //! ```text
 //!  export::nbd ──► BlockDevice (raid::Volume) ──► BlockDevice (member::FileMember)
