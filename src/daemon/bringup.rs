@@ -426,7 +426,10 @@ fn wrap_member_with(
     fresh: bool,
 ) -> Arc<dyn BlockDevice> {
     let seed = 0x5eed_0000 + h.role as u64;
-    let mut dev: Arc<dyn BlockDevice> = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
+    // Rules added from now on for this device stay with it (not the slot).
+    let tag = h.join_device(raw.name());
+    let faulty = FaultDevice::new(window, h.faults.clone(), seed).with_device(tag);
+    let mut dev: Arc<dyn BlockDevice> = Arc::new(faulty);
     if let Some(c) = csum {
         let bitmap = c.bitmap.clone();
         // Nothing is verified until the bitmap is attached (after the

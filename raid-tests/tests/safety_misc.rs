@@ -1,0 +1,183 @@
+//! Issue 16, the small safety items against the real daemon: out-of-space
+//! under the members is not a member failure, `--read-only` leaves member
+//! files untouched, a fault stays with its device when a hot spare takes
+//! the role, and the CLI does not panic on a closed pipe.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use raid_tests::*;
+use serde_json::Value;
+
+fn quoted(paths: &[&PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `status --json` entry of volume `name`.
+fn volume_status(control: &Path, name: &str) -> Value {
+    let status = status_json(control);
+    status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
+}
+
+/// Polls `status` until `done` holds for the volume; panics after `timeout`.
+fn wait_status(control: &Path, name: &str, timeout: Duration, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = volume_status(control, name);
+        if done(&v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not reached in {timeout:?}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn member_states(v: &Value) -> Vec<String> {
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn offline_fault_stays_with_its_device_when_a_hot_spare_takes_the_role() {
+    // Arrange: a RAID-5 with a hot spare in the config, data written.
+    let dir = scratch_dir("safety-fault-device");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let spare = dir.path().join("spare.img");
+    std::fs::File::create(&spare)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let control = dir.path().join("control.sock");
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ncontrol = {:?}\n\n[[volume]]\nname = \"vol0\"\nlevel = 5\nchunk_size = \"64K\"\nmembers = [{}]\nspares = [{}]\n",
+            control.to_str().unwrap(),
+            quoted(&[&paths[0], &paths[1], &paths[2]]),
+            quoted(&[&spare])
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let uri = server.uri("vol0");
+    qemu_io(&uri, &["write -P 0x5a 0 8M".into()]);
+    let m2 = paths[2].to_str().unwrap();
+
+    // Act: member 2's disk goes offline; reads reach it and fail it.
+    vraid_ctl_ok(&control, &["fault", "add", "vol0", m2, "--kind", "offline"]);
+    qemu_io(&uri, &["read -P 0x5a 0 8M".into()]);
+    wait_status(&control, "vol0", Duration::from_secs(60), |v| {
+        v["state"] == "optimal" && v["members"][2]["path"] == spare.to_str().unwrap()
+    });
+    // Traffic on the new member after the rebuild: it must not fail.
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0xa5 8M 4M".into(),
+            "read -P 0x5a 0 8M".into(),
+            "read -P 0xa5 8M 4M".into(),
+        ],
+    );
+
+    // Assert: optimal with the spare active in role 2; the fault is still
+    // listed with the old device, which no longer holds the role.
+    let v = volume_status(&control, "vol0");
+    assert_eq!(v["state"], "optimal", "{v}");
+    assert_eq!(member_states(&v), vec!["active"; 3], "{v}");
+    let faults: Value =
+        serde_json::from_str(&vraid_ctl_ok(&control, &["fault", "list", "--json"])).unwrap();
+    let fault = &faults["faults"][0];
+    assert_eq!(fault["kind"], "offline", "{faults}");
+    assert_eq!(fault["path"], m2, "{faults}");
+    assert_eq!(fault["holds_role"], false, "{faults}");
+    let log = server.log();
+    assert!(log.contains("rebuild of member 2 finished"), "{log}");
+    assert!(!log.contains("spare.img failed"), "{log}");
+    assert_eq!(server.stop(), 0);
+    let members = [paths[0].clone(), paths[1].clone(), spare];
+    assert_eq!(bad_parity_stripes(&members, 64 << 10), Vec::<usize>::new());
+}
+
+/// Runs `vraid ARGS` with stdout a pipe whose reader is already gone
+/// (the end state of `vraid ... | head -c1`, without the race); returns
+/// its exit status and stderr.
+fn into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = vraid(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_output_into_a_closed_pipe_exits_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // Arrange: a running array and a member to examine.
+    let dir = scratch_dir("safety-epipe");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let ctl = control.to_str().unwrap();
+    let m0 = paths[0].to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["status", "--json", "--control", ctl],
+        &["status", "--control", ctl],
+        &["fault", "list", "--json", "--control", ctl],
+        &["fault", "list", "--control", ctl],
+        &["examine", m0],
+        &["examine", "--json", m0],
+    ];
+
+    for cmd in commands {
+        // Act: the reader went away before the first byte.
+        let (status, stderr) = into_closed_pipe(cmd);
+        // Assert: no panic, no backtrace: ended by SIGPIPE, as `cat` is.
+        assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGPIPE),
+            "{cmd:?}: {status}: {stderr}"
+        );
+    }
+    // And the shell pipeline of the report: `vraid status --json | head -c1`.
+    let script = format!(
+        "{} status --json --control {ctl} | head -c1 >/dev/null; echo \"rc=${{PIPESTATUS[0]}}\"",
+        vraid_bin().display()
+    );
+    let out = run(Command::new("bash").arg("-c").arg(&script));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(text.contains("rc=0") || text.contains("rc=141"), "{text}");
+    assert_eq!(server.stop(), 0);
+}
