@@ -77,6 +77,16 @@ fn offline_fault_stays_with_its_device_when_a_hot_spare_takes_the_role() {
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let uri = server.uri("vol0");
+    run_ok(Command::new("qemu-io").args([
+        "-r",
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x3c 0 6M",
+        "-c",
+        "read -P 0xc3 6M 2M",
+        &uri,
+    ]));
     qemu_io(&uri, &["write -P 0x5a 0 8M".into()]);
     let m2 = paths[2].to_str().unwrap();
 
@@ -180,4 +190,147 @@ fn cli_output_into_a_closed_pipe_exits_quietly() {
     assert!(!text.contains("panicked"), "{text}");
     assert!(text.contains("rc=0") || text.contains("rc=141"), "{text}");
     assert_eq!(server.stop(), 0);
+}
+
+/// Every byte and the mtime of each member file.
+fn snapshot(paths: &[PathBuf]) -> Vec<(Vec<u8>, std::time::SystemTime)> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            let mtime = std::fs::metadata(p).unwrap().modified().unwrap();
+            (bytes, mtime)
+        })
+        .collect()
+}
+
+fn assert_untouched(paths: &[PathBuf], before: &[(Vec<u8>, std::time::SystemTime)]) {
+    let after = snapshot(paths);
+    for ((p, (b0, t0)), (b1, t1)) in paths.iter().zip(before).zip(&after) {
+        let first = b0.iter().zip(b1).position(|(x, y)| x != y);
+        assert!(
+            b0 == b1,
+            "{} changed (first differing byte at {first:?})",
+            p.display()
+        );
+        assert_eq!(t0, t1, "{} mtime changed", p.display());
+    }
+}
+
+/// Serves `paths` with `--read-only`, checks reads and a refused write,
+/// stops it; returns the log.
+fn serve_read_only_and_read(paths: &[PathBuf]) -> String {
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.push("--read-only");
+    let server = Server::start(&args);
+    let uri = server.uri("vol0");
+    run_ok(Command::new("qemu-io").args([
+        "-r",
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x3c 0 6M",
+        "-c",
+        "read -P 0xc3 6M 2M",
+        &uri,
+    ]));
+    let (wrote, out) = qemu_io_try(&uri, &["write -P 0x77 0 64k"]);
+    assert!(!wrote, "a write to a read-only export succeeded: {out}");
+    let log = server.log();
+    assert_eq!(server.stop(), 0, "{log}");
+    log
+}
+
+#[test]
+fn read_only_serve_of_a_clean_array_leaves_every_member_byte_and_mtime_alone() {
+    // Arrange: a RAID-5 written and stopped cleanly.
+    let dir = scratch_dir("safety-ro-clean");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let server = Server::start(
+        &paths
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 0x3c 0 6M".into(), "write -P 0xc3 6M 2M".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    let before = snapshot(&paths);
+
+    // Act
+    serve_read_only_and_read(&paths);
+
+    // Assert
+    assert_untouched(&paths, &before);
+}
+
+#[test]
+fn read_only_serve_of_a_crashed_array_neither_resyncs_nor_replays_nor_marks() {
+    // Arrange: a RAID-5 written, then SIGKILLed (dirty, journal live).
+    let dir = scratch_dir("safety-ro-dirty");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let server = Server::start(
+        &paths
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    qemu_io(
+        &server.uri("vol0"),
+        &[
+            "write -P 0x3c 0 6M".into(),
+            "write -P 0xc3 6M 2M".into(),
+            "flush".into(),
+        ],
+    );
+    server.kill();
+    assert_eq!(examine(&paths[0])["state"], "dirty");
+    let before = snapshot(&paths);
+
+    // Act
+    let log = serve_read_only_and_read(&paths);
+
+    // Assert: nothing written, and the array is still dirty for the next
+    // read-write run to resync.
+    assert_untouched(&paths, &before);
+    assert!(log.contains("read-only"), "{log}");
+    assert_eq!(examine(&paths[0])["state"], "dirty");
+}
+
+#[test]
+fn read_only_serve_refuses_a_crashed_raid5_with_a_member_missing() {
+    // Arrange: a RAID-5 SIGKILLed while dirty, then a member gone.
+    let dir = scratch_dir("safety-ro-degraded");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let server = Server::start(
+        &paths
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    qemu_io(&server.uri("vol0"), &["write -P 0x3c 0 6M".into()]);
+    server.kill();
+    std::fs::remove_file(&paths[2]).unwrap();
+    let before = snapshot(&paths[..2]);
+
+    // Act: bounded by timeout(1): on failure to refuse it would serve forever.
+    let out = run(Command::new("timeout")
+        .arg("30")
+        .arg(vraid_bin())
+        .args(["serve", "--read-only", "--nbd"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--control")
+        .arg(dir.path().join("ctl.sock"))
+        .args(&paths));
+
+    // Assert: refused with the reason, members untouched.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not shut down cleanly"), "{stderr}");
+    assert_untouched(&paths[..2], &before);
 }

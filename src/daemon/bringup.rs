@@ -150,6 +150,7 @@ async fn create_members(
 pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
     let opts = MemberOptions {
         exclusive: false,
+        read_only: true,
         ..MemberOptions::default()
     };
     let dev = member::open_member(path, &opts)?;
@@ -188,6 +189,20 @@ pub async fn assemble_volume_with(
     opts: &MemberOptions,
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
+    let read_only;
+    let (opts, aopts) = if aopts.read_only {
+        if !aopts.spares.is_empty() {
+            warn!("read-only: hot spares are not used");
+        }
+        let member_opts = MemberOptions {
+            read_only: true,
+            ..*opts
+        };
+        read_only = (member_opts, super::read_only::options(aopts));
+        (&read_only.0, &read_only.1)
+    } else {
+        (opts, aopts)
+    };
     let mut devices = Vec::with_capacity(paths.len());
     for p in paths {
         match member::open_member(p, opts) {
@@ -204,6 +219,15 @@ pub async fn assemble_volume_with(
     }
     let spares = open_spares(aopts, opts, &mut devices).await?;
     let assembly = Arc::new(meta::assemble(devices).await?);
+    if aopts.read_only {
+        // Before anything could write: every update stays in memory.
+        assembly.metadata.set_read_only().await;
+        super::read_only::servable(&assembly)?;
+        info!(
+            "{}: read-only: members are opened O_RDONLY and not written",
+            assembly.name
+        );
+    }
     if aopts.checksums && !aopts.bitmap {
         return Err(DaemonError::Usage(format!(
             "{}: block checksums need the write-intent bitmap; turn checksums off or the bitmap on",
@@ -316,14 +340,21 @@ pub async fn assemble_volume_with(
             None => window,
         }
     });
-    let (mut resync, rebuild) = plan_sync(
-        &assembly,
-        &volume,
-        bitmap.as_deref(),
-        &wrap,
-        aopts.checksums,
-    )
-    .await?;
+    let (mut resync, rebuild) = if aopts.read_only {
+        if assembly.was_dirty {
+            warn!("{name} was not shut down cleanly; read-only: no resync, served as on disk");
+        }
+        (None, None)
+    } else {
+        plan_sync(
+            &assembly,
+            &volume,
+            bitmap.as_deref(),
+            &wrap,
+            aopts.checksums,
+        )
+        .await?
+    };
     // Checksums not maintained by the last run (or never): reseal the
     // whole array, like a full resync; valid again once it is done.
     let reseal_all = aopts.checksums && !assembly.checksums_valid;
@@ -349,7 +380,7 @@ pub async fn assemble_volume_with(
         }
     }
     assembly.mark_dirty().await?;
-    if assembly.was_dirty && assembly.level != Level::Raid0 {
+    if assembly.was_dirty && assembly.level != Level::Raid0 && !aopts.read_only {
         warn!(
             "{name} was not shut down cleanly; resyncing {}",
             if bitmap.is_some() && assembly.bitmap_valid {
@@ -764,7 +795,10 @@ async fn setup_journal(
             w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
         })
         .collect();
-    if assembly.was_dirty && assembly.journal_valid {
+    let read_only = assembly.metadata.is_read_only().await;
+    if assembly.was_dirty && assembly.journal_valid && read_only {
+        warn!("{name}: read-only: the partial-parity journal is not replayed");
+    } else if assembly.was_dirty && assembly.journal_valid {
         let records = read_journals(assembly, &journals).await;
         let stats = crate::raid::ppl::replay(&volume, &records)
             .await
