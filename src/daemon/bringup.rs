@@ -227,6 +227,8 @@ pub async fn assemble_volume_with(
             "{}: read-only: members are opened O_RDONLY and not written",
             assembly.name
         );
+    } else {
+        reserve_metadata(&assembly).await;
     }
     if aopts.checksums && !aopts.bitmap {
         return Err(DaemonError::Usage(format!(
@@ -434,6 +436,32 @@ pub async fn assemble_volume_with(
         array,
         checksums: csum.map(|c| c.set),
     })
+}
+
+/// Reserves the metadata area (superblocks, bitmap, journal, checksums) of
+/// every member joining the array, so that metadata writes never run out of
+/// space on a filesystem that fills (docs/FORMAT.md §1). A member whose
+/// area cannot be reserved still serves; the log says why.
+async fn reserve_metadata(assembly: &Assembly) {
+    let joining = assembly
+        .members
+        .iter()
+        .flatten()
+        .chain(assembly.rebuild.iter().map(|t| &t.member))
+        .chain(assembly.replace.iter().map(|t| &t.member))
+        .chain(assembly.readd.iter().map(|(_, m)| m));
+    for m in joining {
+        let area = crate::units::ByteOffset(0);
+        if let Err(e) = m.device.reserve(area, assembly.data_offset).await {
+            warn!(
+                "{}: cannot reserve the metadata area of {}: {}; its metadata writes may fail \
+                 if the filesystem fills",
+                assembly.name,
+                m.path,
+                super::error_chain(&e)
+            );
+        }
+    }
 }
 
 /// What members need to be wrapped in checksum devices.

@@ -424,6 +424,13 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
             warn!("{name}: crash resync unfinished; leaving the array dirty");
             continue;
         }
+        if a.volume.needs_resync_after_no_space() {
+            warn!(
+                "{name}: writes failed for lack of space; leaving the array dirty so that the \
+                 next start resyncs the regions they touched"
+            );
+            continue;
+        }
         if a.assembly.metadata.is_read_only().await {
             info!("{name}: stopped (read-only: members left as they were)");
             continue;

@@ -609,6 +609,26 @@ impl BlockDevice for FileMember {
         })
     }
 
+    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.size)?;
+            if self.is_block_device || len == 0 {
+                return Ok(());
+            }
+            let op = Op::Fallocate {
+                offset: offset.get(),
+                len,
+                mode: libc::FALLOC_FL_KEEP_SIZE,
+            };
+            match self.engine.run(&self.buffered, op).await {
+                Ok(_) => Ok(()),
+                // Filesystems without fallocate: nothing can be reserved.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+                Err(e) => Err(self.io_err(e)),
+            }
+        })
+    }
+
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
