@@ -77,16 +77,6 @@ fn offline_fault_stays_with_its_device_when_a_hot_spare_takes_the_role() {
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let uri = server.uri("vol0");
-    run_ok(Command::new("qemu-io").args([
-        "-r",
-        "-f",
-        "raw",
-        "-c",
-        "read -P 0x3c 0 6M",
-        "-c",
-        "read -P 0xc3 6M 2M",
-        &uri,
-    ]));
     qemu_io(&uri, &["write -P 0x5a 0 8M".into()]);
     let m2 = paths[2].to_str().unwrap();
 
