@@ -107,6 +107,13 @@ fn offline_fault_stays_with_its_device_when_a_hot_spare_takes_the_role() {
     assert_eq!(fault["kind"], "offline", "{faults}");
     assert_eq!(fault["path"], m2, "{faults}");
     assert_eq!(fault["holds_role"], false, "{faults}");
+    // A new fault named by the old device's path cannot land on the spare.
+    let again = vraid_ctl(&control, &["fault", "add", "vol0", m2, "--kind", "offline"]);
+    let refusal = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{refusal}");
+    assert!(refusal.contains("no longer holds member 2"), "{refusal}");
+    let v = volume_status(&control, "vol0");
+    assert_eq!(member_states(&v), vec!["active"; 3], "{v}");
     let log = server.log();
     assert!(log.contains("rebuild of member 2 finished"), "{log}");
     assert!(!log.contains("spare.img failed"), "{log}");

@@ -342,6 +342,15 @@ impl VolumeHandle {
             .or_else(|| self.members.get(role).and_then(|m| m.path.clone()))
     }
 
+    /// True when `path` (any spelling of it) is the device holding `role` now.
+    pub fn holds_role(&self, role: usize, path: &str) -> bool {
+        let Some(current) = self.current_path(role) else {
+            return false;
+        };
+        let canonical = |p: &str| std::fs::canonicalize(p).ok();
+        current == path || canonical(&current).is_some_and(|c| Some(c) == canonical(path))
+    }
+
     /// Finds a member by role number, its start-up path or its current path.
     pub fn find_member(&self, member: &str) -> Result<&MemberHandle, ControlError> {
         let unknown = || ControlError::UnknownMember {
