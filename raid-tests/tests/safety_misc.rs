@@ -378,6 +378,16 @@ fn members_on_a_full_filesystem_fail_writes_with_enospc_and_stay_active() {
     args.extend(["--control", control.to_str().unwrap()]);
     let server = Server::start(&args);
     let uri = server.uri("vol0");
+    let data_offset = examine(&paths[0])["data_offset"].as_u64().unwrap();
+    for p in &paths {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(p).unwrap().blocks() * 512;
+        assert!(
+            allocated >= data_offset,
+            "{}: metadata area not reserved: {allocated} bytes",
+            p.display()
+        );
+    }
     qemu_io(&uri, &["write -P 0x11 0 8M".into()]);
 
     // Act 1: write past what the filesystem holds.
