@@ -489,3 +489,32 @@ async fn out_of_space_on_a_member_fails_the_write_with_enospc_and_keeps_the_memb
         assert!(read(&array.volume, 0, C as usize).await.is_ok(), "{level}");
     }
 }
+
+#[tokio::test]
+async fn resync_that_runs_out_of_space_leaves_its_range_owed() {
+    // Arrange: mirrors that differ; mirror 1's filesystem is full.
+    let array = Array::new_wrapped(Level::Raid1, 3, C, 8 * C, &[], |i, d| match i {
+        1 => Arc::new(FullDisk(d)) as Arc<dyn BlockDevice>,
+        _ => d,
+    });
+    array.devices[0]
+        .mem
+        .write(ByteOffset(0), &pattern(C as usize, 3), Durability::Normal)
+        .await
+        .unwrap();
+    let done = std::sync::Mutex::new(Vec::new());
+    // Act
+    let result = array
+        .volume
+        .resync(
+            vec![(0, 8 * C)],
+            &super::rebuild::RebuildControl::new(0),
+            &|a, b| done.lock().unwrap().push((a, b)),
+        )
+        .await;
+    // Assert: the resync stops, nothing is reported synced, nobody failed.
+    assert!(result.is_err());
+    assert!(done.lock().unwrap().is_empty());
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(array.volume.member_states(), vec![MemberState::Active; 3]);
+}
