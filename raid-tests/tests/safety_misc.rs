@@ -427,3 +427,64 @@ fn members_on_a_full_filesystem_fail_writes_with_enospc_and_stay_active() {
     assert_eq!(server.stop(), 0);
     assert_eq!(bad_parity_stripes(&paths, 64 << 10), Vec::<usize>::new());
 }
+
+/// Fills the filesystem of `dir` with a file until it is full.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0xffu8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    filler
+}
+
+#[test]
+fn raid1_members_on_a_filesystem_filled_by_another_file_recover_once_it_is_deleted() {
+    // Arrange: a RAID-1 of 2 sparse 16M members on a 40M tmpfs, 4M written,
+    // then another file takes every free byte.
+    let dir = scratch_dir("safety-enospc-r1");
+    let mnt = dir.path().join("mnt");
+    let _mount = TmpfsMount::new(&mnt, "40M");
+    let paths = member_paths(&mnt, 2);
+    create_array(1, "64K", "16M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let uri = server.uri("vol0");
+    qemu_io(&uri, &["write -P 0x44 0 4M".into()]);
+    let filler = fill(&mnt);
+
+    // Act 1
+    let (ok, full) = qemu_io_try(&uri, &["write -P 0x55 4M 8M"]);
+
+    // Assert 1: ENOSPC, reads fine, both mirrors active.
+    assert!(!ok, "{full}");
+    assert!(full.contains("No space left on device"), "{full}");
+    qemu_io(&uri, &["read -P 0x44 0 4M".into()]);
+    let v = volume_status(&control, "vol0");
+    assert_eq!(member_states(&v), vec!["active"; 2], "{v}");
+
+    // Act 2: the other file goes; the same write succeeds without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    qemu_io(
+        &uri,
+        &["write -P 0x55 4M 8M".into(), "read -P 0x55 4M 8M".into()],
+    );
+    assert_eq!(server.stop(), 0);
+
+    // Assert 2: both mirrors assemble and hold the same data.
+    let server = Server::start(&args);
+    wait_status(&control, "vol0", Duration::from_secs(60), |v| {
+        v["state"] == "optimal"
+    });
+    qemu_io(
+        &server.uri("vol0"),
+        &["read -P 0x44 0 4M".into(), "read -P 0x55 4M 8M".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&paths[0]) == member_data(&paths[1]),
+        "mirrors differ"
+    );
+}
