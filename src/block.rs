@@ -92,11 +92,18 @@ impl BlockError {
         }
     }
 
+    /// True when the storage under the device ran out of space (ENOSPC,
+    /// EDQUOT): the device is fine, the request cannot be done now.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, BlockError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    }
+
     /// The POSIX errno that best describes this error, for wire protocols.
     pub fn errno(&self) -> i32 {
         match self {
             BlockError::Io { source, .. } => match source.raw_os_error() {
-                Some(libc::ENOSPC) => libc::ENOSPC,
+                Some(e @ (libc::ENOSPC | libc::EDQUOT)) => e,
                 _ => libc::EIO,
             },
             BlockError::OutOfRange { .. } => libc::EINVAL,
@@ -153,6 +160,15 @@ pub trait BlockDevice: Send + Sync {
     fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         let _ = (offset, len);
         Box::pin(async { Err(BlockError::Unsupported) })
+    }
+
+    /// Reserves storage for `offset..offset + len` without changing its
+    /// contents (`fallocate` mode 0), so later writes there cannot run out
+    /// of space. Devices with nothing to reserve (block devices, memory)
+    /// succeed without doing anything.
+    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        let _ = (offset, len);
+        Box::pin(async { Ok(()) })
     }
 
     /// Deallocates a range; it reads back as zeroes afterwards.

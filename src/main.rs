@@ -11,6 +11,9 @@ use vraid::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     let filter = cli
         .log
         .as_deref()
@@ -56,5 +59,18 @@ fn main() -> ExitCode {
             eprintln!("vraid: error: {}", vraid::daemon::error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// CLI verbs print and exit: a reader that goes away (`vraid status --json |
+/// head -c1`) ends the process quietly, as it ends `cat`, instead of a
+/// panic inside `println!`. Rust starts every program with SIGPIPE ignored;
+/// this puts the default back. `serve` keeps it ignored: a client that
+/// hangs up must give the daemon EPIPE on that socket, not end it.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any thread is spawned;
+    // setting a signal's disposition to SIG_DFL installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

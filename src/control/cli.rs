@@ -444,6 +444,13 @@ fn fault_list(a: FaultListArgs) -> Result<(), ClientError> {
                 _ => String::new(),
             },
         );
+        if f["holds_role"] == false {
+            println!(
+                "      stays with {}, which no longer holds member {}",
+                f["path"].as_str().unwrap_or("?"),
+                f["member"]
+            );
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The client side of the control socket, used by the CLI verbs: connect,
 //! send one JSON-RPC request, read its reply.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -69,7 +69,7 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
         path: shown.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+    let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             ClientError::NoDaemon {
                 path: shown.clone(),
@@ -78,9 +78,7 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
         _ => io(e),
     })?;
     let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(io)?;
+    send_all(&stream, format!("{request}\n").as_bytes()).map_err(io)?;
     let mut line = Vec::new();
     BufReader::new(stream)
         .take(MAX_REPLY)
@@ -101,4 +99,34 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
         .get("result")
         .cloned()
         .ok_or_else(|| ClientError::BadReply(reply.to_string()))
+}
+
+/// Writes all of `buf` with `MSG_NOSIGNAL`: the CLI runs with SIGPIPE at its
+/// default (it ends quietly when its stdout reader goes away), and a daemon
+/// that hangs up must give an error here, not end the process.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a live slice of `buf.len()` bytes for the call;
+        // the fd is kept open by `stream`.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }

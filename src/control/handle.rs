@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,13 +17,16 @@ use serde_json::Value;
 use super::events::{Event, EventLog};
 use super::ControlError;
 use crate::block::BoxFuture;
-use crate::member::fault::{FaultRule, FaultSet, FaultSpec};
+use crate::member::fault::{DeviceTag, FaultRule, FaultSet, FaultSpec};
 use crate::meta::ArrayMetadata;
 use crate::metrics::stats::{IoStats, IoSummary};
 use crate::raid::{Level, MemberIndex, MemberState, Volume};
 
 /// Fault ids are unique for the life of the process.
 static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Device tags are unique for the life of the process.
+static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
 
 /// The rebuild engine's side of the control plane, implemented per volume.
 pub trait EngineOps: Send + Sync {
@@ -80,6 +83,8 @@ pub struct MemberHandle {
     pub stats: Arc<IoStats>,
     /// 4 KiB blocks that failed their checksum when read.
     pub checksum_errors: Arc<AtomicU64>,
+    /// Every device that joined this slot (tag, device name), oldest first.
+    devices: Mutex<Vec<(DeviceTag, String)>>,
     removed: AtomicBool,
 }
 
@@ -92,8 +97,39 @@ impl MemberHandle {
             faults: Arc::new(FaultSet::new()),
             stats: IoStats::new(),
             checksum_errors: Arc::new(AtomicU64::new(0)),
+            devices: Mutex::new(Vec::new()),
             removed: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the device `name` joins this slot (at assembly, as a
+    /// rebuild or replace target, as a spare); its fault rules are bound to
+    /// the tag returned.
+    pub fn join_device(&self, name: &str) -> DeviceTag {
+        let tag = DeviceTag(NEXT_DEVICE_TAG.fetch_add(1, Ordering::Relaxed));
+        self.joined().push((tag, name.to_string()));
+        tag
+    }
+
+    /// The tag of the device named `path` (the latest to join under that
+    /// name), else of the latest device to join; `None` before any joined.
+    fn device_tag(&self, path: Option<&str>) -> Option<DeviceTag> {
+        let joined = self.joined();
+        let named = path.and_then(|p| joined.iter().rev().find(|(_, n)| n == p));
+        named.or(joined.last()).map(|(tag, _)| *tag)
+    }
+
+    /// The name of the device tagged `tag`.
+    fn device_name(&self, tag: DeviceTag) -> Option<String> {
+        let joined = self.joined();
+        joined
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, n)| n.clone())
+    }
+
+    fn joined(&self) -> std::sync::MutexGuard<'_, Vec<(DeviceTag, String)>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// True once `vraid remove` took it out.
@@ -212,8 +248,11 @@ pub struct FaultStatus {
     pub volume: String,
     /// Member role.
     pub member: usize,
-    /// Member path.
+    /// Path of the device the rule belongs to.
     pub path: Option<String>,
+    /// False once another device took the role: the rule stays with its
+    /// device and no longer fires.
+    pub holds_role: bool,
     /// The rule.
     #[serde(flatten)]
     pub spec: FaultSpec,
@@ -301,6 +340,15 @@ impl VolumeHandle {
             .get()
             .and_then(|e| e.member_path(role))
             .or_else(|| self.members.get(role).and_then(|m| m.path.clone()))
+    }
+
+    /// True when `path` (any spelling of it) is the device holding `role` now.
+    pub fn holds_role(&self, role: usize, path: &str) -> bool {
+        let Some(current) = self.current_path(role) else {
+            return false;
+        };
+        let canonical = |p: &str| std::fs::canonicalize(p).ok();
+        current == path || canonical(&current).is_some_and(|c| Some(c) == canonical(path))
     }
 
     /// Finds a member by role number, its start-up path or its current path.
@@ -464,12 +512,23 @@ impl VolumeHandle {
         }
         let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
         let text = describe(&spec);
-        member.faults.add(Arc::new(FaultRule::new(id, spec)));
+        // The rule belongs to the device holding the role now: it stays
+        // with that device when another one takes the role.
+        let path = self.current_path(role);
+        let mut rule = FaultRule::new(id, spec);
+        if let Some(tag) = member.device_tag(path.as_deref()) {
+            rule = rule.on_device(tag);
+        }
+        member.faults.add(Arc::new(rule));
+        let on = path.map_or_else(String::new, |p| format!(" ({p})"));
         self.events.push(
             &self.name,
             "fault_added",
             Some(role),
-            format!("{}: fault {id} added on member {role}: {text}", self.name),
+            format!(
+                "{}: fault {id} added on member {role}{on}: {text}",
+                self.name
+            ),
         );
         Ok(id)
     }
@@ -479,11 +538,14 @@ impl VolumeHandle {
         let mut out = Vec::new();
         for m in &self.members {
             for rule in m.faults.rules().iter() {
+                let device = rule.device.and_then(|t| m.device_name(t));
+                let current = self.current_path(m.role);
                 out.push(FaultStatus {
                     id: rule.id,
                     volume: self.name.clone(),
                     member: m.role,
-                    path: m.path.clone(),
+                    holds_role: device.is_none() || device == current,
+                    path: device.or(current).or_else(|| m.path.clone()),
                     spec: rule.spec.clone(),
                     hits: rule.hits(),
                     remaining: rule.remaining(),

@@ -226,6 +226,17 @@ fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<Value, ControlError> {
             "delay_us only applies to kind \"delay\"".into(),
         ));
     }
+    // A fault named by path belongs to that device: refused once another
+    // device took its role (the rule would land on the newcomer).
+    if let MemberArg::Path(path) = &p.member {
+        if path.parse::<usize>().is_err() && !vol.holds_role(role, path) {
+            return Err(ControlError::Refused(format!(
+                "{path} no longer holds member {role} of {} (now {}): no I/O reaches it",
+                vol.name,
+                vol.current_path(role).unwrap_or_else(|| "nobody".into())
+            )));
+        }
+    }
     let id = vol.add_fault(role, spec)?;
     Ok(json!({ "id": id, "volume": vol.name, "member": role }))
 }

@@ -57,6 +57,9 @@ pub struct ArrayOptions {
     /// RAID-5: log partial parity before each write (closes the write
     /// hole, docs/FORMAT.md §9).
     pub write_hole_protection: bool,
+    /// Served read-only (`--read-only`, config `read_only`): members are
+    /// opened O_RDONLY and nothing is written to them (README).
+    pub read_only: bool,
 }
 
 impl Default for ArrayOptions {
@@ -70,6 +73,7 @@ impl Default for ArrayOptions {
             scrub_repair: false,
             checksums: true,
             write_hole_protection: true,
+            read_only: false,
         }
     }
 }
@@ -339,6 +343,11 @@ impl ArrayHandle {
             Some(log) => log.push(&self.name, kind, member, message),
             None => info!("{message}"),
         }
+    }
+
+    /// Its superblock updates.
+    pub(super) fn metadata(&self) -> &Arc<ArrayMetadata> {
+        &self.metadata
     }
 
     /// Bytes of data area per member.

@@ -150,6 +150,7 @@ async fn create_members(
 pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
     let opts = MemberOptions {
         exclusive: false,
+        read_only: true,
         ..MemberOptions::default()
     };
     let dev = member::open_member(path, &opts)?;
@@ -188,6 +189,20 @@ pub async fn assemble_volume_with(
     opts: &MemberOptions,
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
+    let read_only;
+    let (opts, aopts) = if aopts.read_only {
+        if !aopts.spares.is_empty() {
+            warn!("read-only: hot spares are not used");
+        }
+        let member_opts = MemberOptions {
+            read_only: true,
+            ..*opts
+        };
+        read_only = (member_opts, super::read_only::options(aopts));
+        (&read_only.0, &read_only.1)
+    } else {
+        (opts, aopts)
+    };
     let mut devices = Vec::with_capacity(paths.len());
     for p in paths {
         match member::open_member(p, opts) {
@@ -204,6 +219,17 @@ pub async fn assemble_volume_with(
     }
     let spares = open_spares(aopts, opts, &mut devices).await?;
     let assembly = Arc::new(meta::assemble(devices).await?);
+    if aopts.read_only {
+        // Before anything could write: every update stays in memory.
+        assembly.metadata.set_read_only().await;
+        super::read_only::servable(&assembly)?;
+        info!(
+            "{}: read-only: members are opened O_RDONLY and not written",
+            assembly.name
+        );
+    } else {
+        reserve_metadata(&assembly).await;
+    }
     if aopts.checksums && !aopts.bitmap {
         return Err(DaemonError::Usage(format!(
             "{}: block checksums need the write-intent bitmap; turn checksums off or the bitmap on",
@@ -316,14 +342,21 @@ pub async fn assemble_volume_with(
             None => window,
         }
     });
-    let (mut resync, rebuild) = plan_sync(
-        &assembly,
-        &volume,
-        bitmap.as_deref(),
-        &wrap,
-        aopts.checksums,
-    )
-    .await?;
+    let (mut resync, rebuild) = if aopts.read_only {
+        if assembly.was_dirty {
+            warn!("{name} was not shut down cleanly; read-only: no resync, served as on disk");
+        }
+        (None, None)
+    } else {
+        plan_sync(
+            &assembly,
+            &volume,
+            bitmap.as_deref(),
+            &wrap,
+            aopts.checksums,
+        )
+        .await?
+    };
     // Checksums not maintained by the last run (or never): reseal the
     // whole array, like a full resync; valid again once it is done.
     let reseal_all = aopts.checksums && !assembly.checksums_valid;
@@ -349,7 +382,7 @@ pub async fn assemble_volume_with(
         }
     }
     assembly.mark_dirty().await?;
-    if assembly.was_dirty && assembly.level != Level::Raid0 {
+    if assembly.was_dirty && assembly.level != Level::Raid0 && !aopts.read_only {
         warn!(
             "{name} was not shut down cleanly; resyncing {}",
             if bitmap.is_some() && assembly.bitmap_valid {
@@ -405,6 +438,32 @@ pub async fn assemble_volume_with(
     })
 }
 
+/// Reserves the metadata area (superblocks, bitmap, journal, checksums) of
+/// every member joining the array, so that metadata writes never run out of
+/// space on a filesystem that fills (docs/FORMAT.md §1). A member whose
+/// area cannot be reserved still serves; the log says why.
+async fn reserve_metadata(assembly: &Assembly) {
+    let joining = assembly
+        .members
+        .iter()
+        .flatten()
+        .chain(assembly.rebuild.iter().map(|t| &t.member))
+        .chain(assembly.replace.iter().map(|t| &t.member))
+        .chain(assembly.readd.iter().map(|(_, m)| m));
+    for m in joining {
+        let area = crate::units::ByteOffset(0);
+        if let Err(e) = m.device.reserve(area, assembly.data_offset).await {
+            warn!(
+                "{}: cannot reserve the metadata area of {}: {}; its metadata writes may fail \
+                 if the filesystem fills",
+                assembly.name,
+                m.path,
+                super::error_chain(&e)
+            );
+        }
+    }
+}
+
 /// What members need to be wrapped in checksum devices.
 #[derive(Clone)]
 struct CsumWiring {
@@ -426,7 +485,10 @@ fn wrap_member_with(
     fresh: bool,
 ) -> Arc<dyn BlockDevice> {
     let seed = 0x5eed_0000 + h.role as u64;
-    let mut dev: Arc<dyn BlockDevice> = Arc::new(FaultDevice::new(window, h.faults.clone(), seed));
+    // Rules added from now on for this device stay with it (not the slot).
+    let tag = h.join_device(raw.name());
+    let faulty = FaultDevice::new(window, h.faults.clone(), seed).with_device(tag);
+    let mut dev: Arc<dyn BlockDevice> = Arc::new(faulty);
     if let Some(c) = csum {
         let bitmap = c.bitmap.clone();
         // Nothing is verified until the bitmap is attached (after the
@@ -761,7 +823,10 @@ async fn setup_journal(
             w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
         })
         .collect();
-    if assembly.was_dirty && assembly.journal_valid {
+    let read_only = assembly.metadata.is_read_only().await;
+    if assembly.was_dirty && assembly.journal_valid && read_only {
+        warn!("{name}: read-only: the partial-parity journal is not replayed");
+    } else if assembly.was_dirty && assembly.journal_valid {
         let records = read_journals(assembly, &journals).await;
         let stats = crate::raid::ppl::replay(&volume, &records)
             .await

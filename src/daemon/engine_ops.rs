@@ -49,9 +49,23 @@ impl ArrayEngine {
     }
 }
 
+impl ArrayEngine {
+    /// Refuses `what` on an array served read-only (it would write).
+    async fn writable(&self, what: &str) -> Result<(), ControlError> {
+        if self.0.metadata().is_read_only().await {
+            let name = crate::block::BlockDevice::name(&**self.0.volume()).to_string();
+            return Err(ControlError::Refused(format!(
+                "{name} is served read-only: {what} would write to its members"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl EngineOps for ArrayEngine {
     fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
+            self.writable("add").await?;
             match self.0.add_member(&path).await {
                 Ok(AddOutcome::Spare) => Ok(json!({"path": path, "added_as": "spare"})),
                 Ok(AddOutcome::Rebuilding { role }) => Ok(
@@ -64,6 +78,7 @@ impl EngineOps for ArrayEngine {
 
     fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
+            self.writable("replace").await?;
             self.0
                 .replace_member(member, &path)
                 .await
@@ -124,6 +139,9 @@ impl EngineOps for ArrayEngine {
                         "{name}: no scrub is running"
                     )))
                 };
+            }
+            if req.repair {
+                self.writable("a repairing scrub").await?;
             }
             let done = self
                 .0

@@ -12,6 +12,7 @@ pub mod array;
 mod bringup;
 mod demo;
 mod engine_ops;
+mod read_only;
 mod serve;
 
 use std::error::Error as StdError;

@@ -97,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     scrub_interval: v.scrub_interval,
                     scrub_repair: v.scrub_repair,
                     checksums: v.checksums && !args.no_checksums,
+                    read_only: v.read_only || args.read_only,
                 },
             })
             .collect::<Vec<_>>()
@@ -112,6 +113,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             num_queues: args.vhost_queues,
             array: ArrayOptions {
                 checksums: !args.no_checksums,
+                read_only: args.read_only,
                 ..ArrayOptions::default()
             },
         }]
@@ -133,6 +135,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             num_queues: args.vhost_queues,
             array: ArrayOptions {
                 checksums: !args.no_checksums,
+                read_only: args.read_only,
                 ..ArrayOptions::default()
             },
         }]
@@ -339,6 +342,12 @@ async fn stop_vhost(servers: Vec<VhostServer>) {
 async fn bring_up(spec: &VolumeSpec, opts: &MemberOptions) -> Result<Assembled, DaemonError> {
     if let Some(create) = &spec.create {
         if !any_member_initialised(&spec.members).await {
+            if spec.read_only {
+                return Err(DaemonError::Usage(format!(
+                    "volume {}: read-only, so its members cannot be created",
+                    create.name
+                )));
+            }
             info!(
                 "creating {} ({}) on {}",
                 create.name,
@@ -413,6 +422,17 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
         }
         if !resynced {
             warn!("{name}: crash resync unfinished; leaving the array dirty");
+            continue;
+        }
+        if a.volume.needs_resync_after_no_space() {
+            warn!(
+                "{name}: writes failed for lack of space; leaving the array dirty so that the \
+                 next start resyncs the regions they touched"
+            );
+            continue;
+        }
+        if a.assembly.metadata.is_read_only().await {
+            info!("{name}: stopped (read-only: members left as they were)");
             continue;
         }
         match a.assembly.mark_clean().await {

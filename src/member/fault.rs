@@ -12,6 +12,12 @@
 //! member's metadata area). Each rule filters on operation, byte range,
 //! probability (a seedable splitmix64 generator, lock-free) and a hit budget
 //! (`count`: the rule expires after N hits). Every hit is counted per rule.
+//!
+//! A rule belongs to a device, not to a role slot: each device that joins a
+//! slot gets its own [`DeviceTag`], a rule bound to a tag fires only on the
+//! [`FaultDevice`] carrying it, so "this disk is offline" does not follow the
+//! slot onto the hot spare that takes its role. Unbound rules (`device:
+//! None`) fire on every device of the set.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -156,6 +162,10 @@ impl FaultSpec {
     }
 }
 
+/// One device that held (or holds) a slot, as the fault rules name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceTag(pub u64);
+
 /// One live rule with its counters.
 #[derive(Debug)]
 pub struct FaultRule {
@@ -163,6 +173,8 @@ pub struct FaultRule {
     pub id: u64,
     /// What the user asked for.
     pub spec: FaultSpec,
+    /// The device it applies to; `None`: every device of its set.
+    pub device: Option<DeviceTag>,
     hits: AtomicU64,
     /// Hits left before expiry; `u64::MAX` = unlimited.
     remaining: AtomicU64,
@@ -175,9 +187,21 @@ impl FaultRule {
         FaultRule {
             id,
             spec,
+            device: None,
             hits: AtomicU64::new(0),
             remaining: AtomicU64::new(remaining),
         }
+    }
+
+    /// The same rule, firing only on the device tagged `tag`.
+    pub fn on_device(mut self, tag: DeviceTag) -> FaultRule {
+        self.device = Some(tag);
+        self
+    }
+
+    /// True when the rule applies to the device tagged `tag`.
+    pub fn applies_to(&self, tag: Option<DeviceTag>) -> bool {
+        self.device.is_none() || self.device == tag
     }
 
     /// Times the rule fired.
@@ -339,6 +363,7 @@ impl Rng {
 pub struct FaultDevice {
     inner: Arc<dyn BlockDevice>,
     faults: Arc<FaultSet>,
+    device: Option<DeviceTag>,
     rng: Rng,
 }
 
@@ -357,8 +382,15 @@ impl FaultDevice {
         FaultDevice {
             inner,
             faults,
+            device: None,
             rng: Rng(AtomicU64::new(seed)),
         }
+    }
+
+    /// The same device, obeying only unbound rules and rules bound to `tag`.
+    pub fn with_device(mut self, tag: DeviceTag) -> FaultDevice {
+        self.device = Some(tag);
+        self
     }
 
     /// The rule set this device obeys.
@@ -374,7 +406,7 @@ impl FaultDevice {
         let mut verdict = Verdict::default();
         let mut any = false;
         for rule in rules.iter() {
-            if !rule.fires(op, offset, len, &self.rng) {
+            if !rule.applies_to(self.device) || !rule.fires(op, offset, len, &self.rng) {
                 continue;
             }
             any = true;
@@ -729,5 +761,26 @@ mod tests {
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn offline_rule_bound_to_a_device_spares_the_device_that_takes_its_slot() {
+        // Arrange: one slot's rule set, the old device and its successor.
+        let set = Arc::new(FaultSet::new());
+        let old = FaultDevice::new(Arc::new(MemDevice::new("old", SIZE)), set.clone(), 1)
+            .with_device(DeviceTag(1));
+        let new = FaultDevice::new(Arc::new(MemDevice::new("new", SIZE)), set.clone(), 2)
+            .with_device(DeviceTag(2));
+        let rule = FaultRule::new(1, FaultSpec::new(FaultKind::Offline)).on_device(DeviceTag(1));
+        set.add(Arc::new(rule));
+        let mut buf = [0u8; 512];
+        // Act + Assert
+        assert!(is_eio(old.read(ByteOffset(0), &mut buf).await));
+        assert!(new.read(ByteOffset(0), &mut buf).await.is_ok());
+        assert!(new
+            .write(ByteOffset(0), &buf, Durability::Normal)
+            .await
+            .is_ok());
+        assert!(new.flush().await.is_ok());
     }
 }

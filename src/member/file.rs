@@ -104,6 +104,10 @@ pub struct MemberOptions {
     /// Claim block devices exclusively (O_EXCL). Off only for inspection
     /// (`vraid examine`), which must work on a member a daemon is serving.
     pub exclusive: bool,
+    /// Open read-only (`O_RDONLY`): every write, flush-with-data or
+    /// fallocate fails with EBADF, so nothing can change the member (a
+    /// `--read-only` volume, `vraid examine`).
+    pub read_only: bool,
 }
 
 impl Default for MemberOptions {
@@ -113,6 +117,7 @@ impl Default for MemberOptions {
             engine: EngineKind::from_env(),
             direct: true,
             exclusive: true,
+            read_only: false,
         }
     }
 }
@@ -288,7 +293,12 @@ pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>,
             }
         },
     };
-    FileMember::open(path, opts.direct, opts.exclusive, engine).map(Arc::new)
+    let access = Access {
+        direct: opts.direct,
+        exclusive: opts.exclusive,
+        writable: !opts.read_only,
+    };
+    FileMember::open(path, access, engine).map(Arc::new)
 }
 
 /// Opens `path` as a member on the given io_uring engine (several members
@@ -298,16 +308,24 @@ pub fn open_member_on(
     direct: bool,
     engine: Arc<UringEngine>,
 ) -> Result<Arc<FileMember>, MemberError> {
-    FileMember::open(path, direct, true, Engine::Uring(engine)).map(Arc::new)
+    let access = Access {
+        direct,
+        exclusive: true,
+        writable: true,
+    };
+    FileMember::open(path, access, Engine::Uring(engine)).map(Arc::new)
+}
+
+/// How [`FileMember::open`] opens the file.
+#[derive(Clone, Copy, Debug)]
+struct Access {
+    direct: bool,
+    exclusive: bool,
+    writable: bool,
 }
 
 impl FileMember {
-    fn open(
-        path: &Path,
-        direct: bool,
-        exclusive: bool,
-        engine: Engine,
-    ) -> Result<Self, MemberError> {
+    fn open(path: &Path, access: Access, engine: Engine) -> Result<Self, MemberError> {
         let open_err = |source| MemberError::Open {
             path: path.to_path_buf(),
             source,
@@ -325,14 +343,14 @@ impl FileMember {
         }
         // O_EXCL on a block device: refuse devices that are mounted or
         // claimed by another exclusive user (md, another vraid).
-        let exclusive = if is_block_device && exclusive {
+        let exclusive = if is_block_device && access.exclusive {
             libc::O_EXCL
         } else {
             0
         };
         let buffered = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(access.writable)
             .custom_flags(exclusive)
             .open(path)
             .map_err(|e| match e.raw_os_error() {
@@ -341,8 +359,8 @@ impl FileMember {
                 },
                 _ => open_err(e),
             })?;
-        let direct = if direct {
-            open_direct(path).map_err(open_err)?
+        let direct = if access.direct {
+            open_direct(path, access.writable).map_err(open_err)?
         } else {
             None
         };
@@ -591,6 +609,26 @@ impl BlockDevice for FileMember {
         })
     }
 
+    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        Box::pin(async move {
+            check_range(offset, len, self.size)?;
+            if self.is_block_device || len == 0 {
+                return Ok(());
+            }
+            let op = Op::Fallocate {
+                offset: offset.get(),
+                len,
+                mode: libc::FALLOC_FL_KEEP_SIZE,
+            };
+            match self.engine.run(&self.buffered, op).await {
+                Ok(_) => Ok(()),
+                // Filesystems without fallocate: nothing can be reserved.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+                Err(e) => Err(self.io_err(e)),
+            }
+        })
+    }
+
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
@@ -629,10 +667,10 @@ fn piece_len(offset: u64, left: usize) -> usize {
 
 /// Opens `path` with O_DIRECT; `None` (with a warning) if the filesystem
 /// refuses O_DIRECT.
-fn open_direct(path: &Path) -> io::Result<Option<File>> {
+fn open_direct(path: &Path, writable: bool) -> io::Result<Option<File>> {
     let opened = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(writable)
         .custom_flags(libc::O_DIRECT)
         .open(path);
     direct_or_buffered(path, opened)

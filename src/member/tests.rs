@@ -36,6 +36,7 @@ fn fixture_in(dir: TempDir, kind: EngineKind, size: u64, direct: bool) -> Fixtur
         engine: kind,
         direct,
         exclusive: true,
+        read_only: false,
     };
     let member = open_member(&path, &opts).unwrap();
     assert_eq!(member.engine_kind(), kind);
@@ -388,6 +389,7 @@ fn o_direct_is_used_on_the_real_disk() {
         engine: EngineKind::Sync,
         direct: true,
         exclusive: true,
+        read_only: false,
     };
 
     let member = open_member(&path, &opts).unwrap();

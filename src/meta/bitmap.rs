@@ -417,6 +417,13 @@ impl WriteIntent for DiskBitmap {
         let (r0, r1) = self.span(start, end);
         self.release(r0, r1);
     }
+
+    fn keep(&self, start: ByteOffset, end: ByteOffset) {
+        let (r0, r1) = self.span(start, end);
+        let mut inner = self.lock();
+        inner.pinned.extend(r0..=r1);
+        self.pinned_len.store(inner.pinned.len(), Ordering::Release);
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ use crate::raid::Level;
 /// Errors of create, examine and superblock updates.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    /// The array is served read-only: nothing is written to its members.
+    #[error("{0} is read-only: its members are not written")]
+    ReadOnly(String),
     /// A member's superblock could not be read or is invalid.
     #[error("{device}: cannot use superblock")]
     Superblock {

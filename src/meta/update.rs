@@ -43,6 +43,8 @@ struct MetaState {
     written: bool,
     /// This run maintains the write-intent bitmap.
     bitmap_enabled: bool,
+    /// Served read-only: updates change the in-memory table only.
+    read_only: bool,
 }
 
 impl ArrayMetadata {
@@ -61,6 +63,7 @@ impl ArrayMetadata {
                 replacement,
                 written: false,
                 bitmap_enabled: false,
+                read_only: false,
             }),
         }
     }
@@ -108,6 +111,18 @@ impl ArrayMetadata {
         st.devices[role] = None;
         tracing::warn!(name = %self.name, role, "recording member failure");
         Self::write_all(&mut st).await
+    }
+
+    /// Serves the array read-only from now on: every later update (dirty,
+    /// clean, failures, checkpoints) changes the in-memory table only and
+    /// writes nothing; spare and rebuild writes are refused.
+    pub async fn set_read_only(&self) {
+        self.state.lock().await.read_only = true;
+    }
+
+    /// True once [`ArrayMetadata::set_read_only`] was called.
+    pub async fn is_read_only(&self) -> bool {
+        self.state.lock().await.read_only
     }
 
     /// Declares whether this run maintains the write-intent bitmap; takes
@@ -196,7 +211,12 @@ impl ArrayMetadata {
         device: &dyn BlockDevice,
         member_uuid: Uuid,
     ) -> Result<(), MetaError> {
-        let mut sb = self.state.lock().await.template.clone();
+        let st = self.state.lock().await;
+        if st.read_only {
+            return Err(MetaError::ReadOnly(self.name.clone()));
+        }
+        let mut sb = st.template.clone();
+        drop(st);
         sb.role = super::superblock::SPARE_ROLE;
         sb.member_uuid = member_uuid;
         write_superblock(device, &sb)
@@ -223,6 +243,9 @@ impl ArrayMetadata {
         recovering: bool,
     ) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
+        if st.read_only {
+            return Err(MetaError::ReadOnly(self.name.clone()));
+        }
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
         };
@@ -277,6 +300,9 @@ impl ArrayMetadata {
         member_uuid: Uuid,
     ) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
+        if st.read_only {
+            return Err(MetaError::ReadOnly(self.name.clone()));
+        }
         if role >= st.template.members.len() {
             return Err(MetaError::NoSuchRole(role));
         }
@@ -405,7 +431,11 @@ impl ArrayMetadata {
             replacement,
             written,
             bitmap_enabled,
+            read_only,
         } = st;
+        if *read_only {
+            return Ok(());
+        }
         *written = false;
         template.events += 1;
         template.update_time = now();

@@ -22,6 +22,11 @@ pub trait WriteIntent: Send + Sync {
     fn mark(&self, start: ByteOffset, end: ByteOffset) -> BoxFuture<'_, BlockResult>;
     /// The write of `start..end` announced by `mark` has completed.
     fn done(&self, start: ByteOffset, end: ByteOffset);
+    /// The write of `start..end` failed part-way (out of space): keep its
+    /// regions recorded until a resync covers them.
+    fn keep(&self, start: ByteOffset, end: ByteOffset) {
+        let _ = (start, end);
+    }
 }
 
 /// Calls [`WriteIntent::done`] when dropped (also when the request is cancelled).
@@ -34,6 +39,13 @@ pub(super) struct IntentGuard {
 impl IntentGuard {
     pub(super) fn new(intent: Arc<dyn WriteIntent>, start: ByteOffset, end: ByteOffset) -> Self {
         IntentGuard { intent, start, end }
+    }
+}
+
+impl IntentGuard {
+    /// Keeps the guarded regions recorded past `done` ([`WriteIntent::keep`]).
+    pub(super) fn keep(&self) {
+        self.intent.keep(self.start, self.end);
     }
 }
 

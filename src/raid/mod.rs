@@ -16,6 +16,7 @@ pub mod scrub;
 pub mod stripe_lock;
 pub mod volume;
 
+mod no_space;
 mod raid0;
 mod raid1;
 mod raid5;

@@ -520,11 +520,20 @@ impl Volume {
                 if ctl.is_cancelled() {
                     return Err(RebuildError::Cancelled);
                 }
-                rewritten += match self.geometry().level() {
-                    Level::Raid0 => self.reseal_step(s, e).await.map(|()| 0)?,
-                    Level::Raid1 => self.resync_mirror_step(s, e).await?,
-                    Level::Raid5 => self.resync_parity_step(s, e).await?,
-                };
+                let (step, no_space) = super::no_space::watch(async {
+                    match self.geometry().level() {
+                        Level::Raid0 => self.reseal_step(s, e).await.map(|()| 0),
+                        Level::Raid1 => self.resync_mirror_step(s, e).await,
+                        Level::Raid5 => self.resync_parity_step(s, e).await,
+                    }
+                })
+                .await;
+                // Still out of space: the range stays owed (not reported done).
+                if no_space {
+                    let name = crate::block::BlockDevice::name(self);
+                    return Err(RebuildError::Target(super::no_space::error(name)));
+                }
+                rewritten += step?;
                 tracker.done.fetch_add(e - s, Ordering::Relaxed);
                 pacer.step(self, ctl, e - s).await;
             }

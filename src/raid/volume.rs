@@ -182,6 +182,9 @@ pub struct Volume {
     /// Client requests in flight (the rebuild backs off while non-zero).
     pub(super) busy: AtomicUsize,
     pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
+    /// A write failed for lack of space after other members may have taken
+    /// their part: its regions need a resync (`no_space.rs`).
+    no_space_unsynced: AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -244,6 +247,7 @@ impl Volume {
             parity_log: None,
             busy: AtomicUsize::new(0),
             progress: Mutex::new(None),
+            no_space_unsynced: AtomicBool::new(false),
         })
     }
 
@@ -657,6 +661,13 @@ impl Volume {
             };
             match result {
                 Ok(()) => return true,
+                // Out of space is not a member failure: the request fails,
+                // the member stays (`no_space.rs`).
+                Err(e) if e.is_no_space() => {
+                    tracing::debug!(volume = %self.name, %member, %e, "member out of space");
+                    super::no_space::note();
+                    return false;
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -692,12 +703,48 @@ impl Volume {
             return Ok(());
         }
         let _busy = Busy::new(&self.busy);
-        let _intent = self.intent_begin(offset, len).await?;
-        match self.geometry.level() {
-            Level::Raid0 => raid0::clear(self, offset, len, how).await,
-            Level::Raid1 => raid1::clear(self, offset, len, how).await,
-            Level::Raid5 => raid5::clear(self, offset, len, how).await,
+        let intent = self.intent_begin(offset, len).await?;
+        let (result, no_space) = super::no_space::watch(async {
+            match self.geometry.level() {
+                Level::Raid0 => raid0::clear(self, offset, len, how).await,
+                Level::Raid1 => raid1::clear(self, offset, len, how).await,
+                Level::Raid5 => raid5::clear(self, offset, len, how).await,
+            }
+        })
+        .await;
+        self.settle_no_space(result, no_space, intent.as_ref())
+    }
+
+    /// The outcome of a write or clear whose member ops ran out of space
+    /// (`no_space`): ENOSPC, with its write-intent regions kept for a
+    /// resync; else `result` as it is.
+    fn settle_no_space(
+        &self,
+        result: BlockResult,
+        no_space: bool,
+        intent: Option<&IntentGuard>,
+    ) -> BlockResult {
+        if !no_space {
+            return result;
         }
+        if let Some(guard) = intent {
+            guard.keep();
+        }
+        if !self.no_space_unsynced.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                volume = %self.name,
+                "members out of space: writes fail with ENOSPC until space is freed; \
+                 the regions they touched are resynced at the next start"
+            );
+        }
+        Err(super::no_space::error(&self.name))
+    }
+
+    /// True once a write failed for lack of space: the regions it touched
+    /// may disagree between members until resynced, so the array must stay
+    /// dirty at shutdown.
+    pub fn needs_resync_after_no_space(&self) -> bool {
+        self.no_space_unsynced.load(Ordering::Acquire)
     }
 }
 
@@ -834,17 +881,27 @@ impl BlockDevice for Volume {
                 return Ok(());
             }
             let _busy = Busy::new(&self.busy);
-            let _intent = self.intent_begin(offset, buf.len() as u64).await?;
-            match self.geometry.level() {
-                Level::Raid0 => raid0::write(self, offset, buf, durability).await,
-                Level::Raid1 => raid1::write(self, offset, buf, durability).await,
-                Level::Raid5 => raid5::write(self, offset, buf, durability).await,
-            }
+            let intent = self.intent_begin(offset, buf.len() as u64).await?;
+            let (result, no_space) = super::no_space::watch(async {
+                match self.geometry.level() {
+                    Level::Raid0 => raid0::write(self, offset, buf, durability).await,
+                    Level::Raid1 => raid1::write(self, offset, buf, durability).await,
+                    Level::Raid5 => raid5::write(self, offset, buf, durability).await,
+                }
+            })
+            .await;
+            self.settle_no_space(result, no_space, intent.as_ref())
         })
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.flush_members())
+        Box::pin(async move {
+            let (result, no_space) = super::no_space::watch(self.flush_members()).await;
+            match no_space {
+                true => Err(super::no_space::error(&self.name)),
+                false => result,
+            }
+        })
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {

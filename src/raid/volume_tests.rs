@@ -413,3 +413,108 @@ async fn failure_is_recorded_even_if_the_failing_request_is_cancelled() {
         "later writes must not wait forever"
     );
 }
+
+/// A member whose filesystem is full: every write fails with ENOSPC.
+struct FullDisk(Arc<dyn BlockDevice>);
+
+impl BlockDevice for FullDisk {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a mut [u8],
+    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
+        self.0.read(offset, buf)
+    }
+
+    fn write<'a>(
+        &'a self,
+        _offset: ByteOffset,
+        _buf: &'a [u8],
+        _durability: Durability,
+    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        Box::pin(async move { Err(BlockError::io(self.name(), e)) })
+    }
+
+    fn flush(&self) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.0.flush()
+    }
+
+    fn discard(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.0.discard(offset, len)
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
+        self.0.write_zeroes(offset, len, may_unmap)
+    }
+}
+
+#[tokio::test]
+async fn out_of_space_on_a_member_fails_the_write_with_enospc_and_keeps_the_member() {
+    for level in [Level::Raid0, Level::Raid1, Level::Raid5] {
+        // Arrange: member 1's filesystem is full.
+        let array = Array::new_wrapped(level, 3, C, 8 * C, &[], |i, d| match i {
+            1 => Arc::new(FullDisk(d)) as Arc<dyn BlockDevice>,
+            _ => d,
+        });
+        let data = pattern(6 * C as usize, 9);
+        // Act
+        let result = array
+            .volume
+            .write(ByteOffset(0), &data, Durability::Normal)
+            .await;
+        // Assert: ENOSPC, nobody failed, a resync is owed.
+        let errno = result.as_ref().map_err(BlockError::errno);
+        assert_eq!(errno, Err(libc::ENOSPC), "{level}");
+        assert!(array.events.failed.lock().unwrap().is_empty(), "{level}");
+        assert_eq!(array.volume.member_states(), vec![MemberState::Active; 3]);
+        assert!(array.volume.needs_resync_after_no_space(), "{level}");
+        assert!(read(&array.volume, 0, C as usize).await.is_ok(), "{level}");
+    }
+}
+
+#[tokio::test]
+async fn resync_that_runs_out_of_space_leaves_its_range_owed() {
+    // Arrange: mirrors that differ; mirror 1's filesystem is full.
+    let array = Array::new_wrapped(Level::Raid1, 3, C, 8 * C, &[], |i, d| match i {
+        1 => Arc::new(FullDisk(d)) as Arc<dyn BlockDevice>,
+        _ => d,
+    });
+    array.devices[0]
+        .mem
+        .write(ByteOffset(0), &pattern(C as usize, 3), Durability::Normal)
+        .await
+        .unwrap();
+    let done = std::sync::Mutex::new(Vec::new());
+    // Act
+    let result = array
+        .volume
+        .resync(
+            vec![(0, 8 * C)],
+            &super::rebuild::RebuildControl::new(0),
+            &|a, b| done.lock().unwrap().push((a, b)),
+        )
+        .await;
+    // Assert: the resync stops, nothing is reported synced, nobody failed.
+    assert!(result.is_err());
+    assert!(done.lock().unwrap().is_empty());
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(array.volume.member_states(), vec![MemberState::Active; 3]);
+}

@@ -1,0 +1,52 @@
+//! Out of space under the members is not a member failure. A member file on
+//! a filesystem that fills returns ENOSPC on writes to its holes; the
+//! member is fine, the request cannot be done now. So a member op that
+//! fails that way leaves the member active, and the client request that
+//! issued it fails with ENOSPC once all its member ops are done:
+//!
+//! ```text
+//!  Volume::write ─► watch(level write) ─► member_op ─ ENOSPC ─► note()
+//!        ▲                                   (no retry, member stays active)
+//!        └── hit? ─► keep the write-intent regions, Err(ENOSPC)
+//! ```
+//!
+//! The other members of the request may have taken their part, so mirrors
+//! or parity of the regions it touched may disagree: those regions stay
+//! set in the write-intent bitmap, and the array stays dirty at shutdown,
+//! so the next start resyncs them (docs/FORMAT.md §6).
+//!
+//! The flag is task-local: a request and its member ops run in one task
+//! (joined futures), so concurrent requests never see each other's hits.
+
+use std::cell::Cell;
+use std::future::Future;
+
+use crate::block::BlockError;
+
+tokio::task_local! {
+    static HIT: Cell<bool>;
+}
+
+/// Records that a member op of the current request ran out of space (a
+/// no-op outside [`watch`]).
+pub(super) fn note() {
+    let _ = HIT.try_with(|hit| hit.set(true));
+}
+
+/// Runs a request; returns its result and whether any of its member ops
+/// ran out of space.
+pub(super) async fn watch<F: Future>(request: F) -> (F::Output, bool) {
+    HIT.scope(Cell::new(false), async move {
+        let out = request.await;
+        (out, HIT.with(Cell::get))
+    })
+    .await
+}
+
+/// The error a request that ran out of space fails with.
+pub(super) fn error(volume: &str) -> BlockError {
+    BlockError::io(
+        volume.to_string(),
+        std::io::Error::from_raw_os_error(libc::ENOSPC),
+    )
+}
