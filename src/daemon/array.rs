@@ -57,6 +57,8 @@ pub struct ArrayOptions {
     /// RAID-5: log partial parity before each write (closes the write
     /// hole, docs/FORMAT.md §9).
     pub write_hole_protection: bool,
+    /// Forced assembly (docs/FORMAT.md §3 rule 5).
+    pub force_assemble: bool,
 }
 
 impl Default for ArrayOptions {
@@ -70,6 +72,7 @@ impl Default for ArrayOptions {
             scrub_repair: false,
             checksums: true,
             write_hole_protection: true,
+            force_assemble: false,
         }
     }
 }

@@ -203,7 +203,10 @@ pub async fn assemble_volume_with(
         }
     }
     let spares = open_spares(aopts, opts, &mut devices).await?;
-    let assembly = Arc::new(meta::assemble(devices).await?);
+    let force = meta::AssembleOptions {
+        force: aopts.force_assemble,
+    };
+    let assembly = Arc::new(meta::assemble_with(devices, force).await?);
     if aopts.checksums && !aopts.bitmap {
         return Err(DaemonError::Usage(format!(
             "{}: block checksums need the write-intent bitmap; turn checksums off or the bitmap on",
@@ -752,8 +755,10 @@ async fn setup_journal(
     }
     let name = &assembly.name;
     let layout = &assembly.layout;
-    let journals: Vec<Option<Arc<dyn BlockDevice>>> = assembly
-        .members
+    // Members that join at assembly (an interrupted rebuild, a re-added
+    // member) get a ring too: once in sync they hold parity like the others.
+    let joining = joining_members(assembly);
+    let journals: Vec<Option<Arc<dyn BlockDevice>>> = joining
         .iter()
         .map(|m| {
             let m = m.as_ref()?;
@@ -761,8 +766,14 @@ async fn setup_journal(
             w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
         })
         .collect();
+    // Replay reads only the rings of the members assembled in sync.
+    let replay_journals: Vec<Option<Arc<dyn BlockDevice>>> = journals
+        .iter()
+        .zip(&assembly.members)
+        .map(|(j, m)| m.as_ref().and(j.clone()))
+        .collect();
     if assembly.was_dirty && assembly.journal_valid {
-        let records = read_journals(assembly, &journals).await;
+        let records = read_journals(assembly, &replay_journals).await;
         let stats = crate::raid::ppl::replay(&volume, &records)
             .await
             .map_err(|source| DaemonError::Block {
@@ -783,8 +794,7 @@ async fn setup_journal(
     }
     let encoder = meta::journal::JournalEncoder {
         array_uuid: assembly.array_uuid,
-        members: assembly
-            .members
+        members: joining
             .iter()
             .map(|m| m.as_ref().map(|m| m.member_uuid))
             .collect(),
@@ -808,6 +818,26 @@ async fn setup_journal(
     assembly.metadata.set_journal_valid(true).await;
     let log = Arc::new(log);
     Ok((volume.with_parity_log(log.clone()), Some(log)))
+}
+
+/// Every role's member in this run: the accepted ones, and the rebuild
+/// target or the re-added member that `plan_sync` attaches.
+fn joining_members(assembly: &Assembly) -> Vec<Option<meta::AssembledMember>> {
+    let mut members = assembly.members.clone();
+    let joining = assembly
+        .rebuild
+        .as_ref()
+        .map(|t| (t.role, &t.member))
+        .or_else(|| {
+            let (role, m) = assembly.readd.first()?;
+            assembly.bitmap_valid.then_some((*role, m))
+        });
+    if let Some((role, m)) = joining {
+        if members[role].is_none() {
+            members[role] = Some(m.clone());
+        }
+    }
+    members
 }
 
 /// The entries to replay from every accepted member's ring, in log order:

@@ -97,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     scrub_interval: v.scrub_interval,
                     scrub_repair: v.scrub_repair,
                     checksums: v.checksums && !args.no_checksums,
+                    force_assemble: v.force_assemble || args.force_assemble,
                 },
             })
             .collect::<Vec<_>>()
@@ -141,6 +142,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     if args.no_journal {
         for s in &mut specs {
             s.array.write_hole_protection = false;
+        }
+    }
+    if args.force_assemble {
+        for s in &mut specs {
+            s.array.force_assemble = true;
         }
     }
     if nbd.is_none() && nbd_socket.is_none() {

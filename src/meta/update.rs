@@ -388,6 +388,23 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
+    /// Makes sure the superblocks say `events_cleared = events` before the
+    /// write-intent bitmap clears any bit on disk (FORMAT.md §3 rule 5, §6):
+    /// writes an update setting it if this run has not yet.
+    pub async fn clearing_allowed(&self) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        if st.written && st.template.events_cleared == st.template.events {
+            return Ok(());
+        }
+        st.template.events_cleared = st.template.events + 1;
+        Self::write_all(&mut st).await
+    }
+
+    /// `events_cleared` of the current superblock.
+    pub async fn events_cleared(&self) -> u64 {
+        self.state.lock().await.template.events_cleared
+    }
+
     async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
         if st.written && st.template.state == state {
@@ -412,6 +429,13 @@ impl ArrayMetadata {
         for (entry, device) in template.members.iter_mut().zip(devices.iter()) {
             if device.is_none() && entry.state == MemberState::Active {
                 entry.state = MemberState::Missing;
+            }
+            // `since`: the update that first recorded the role down.
+            let down = matches!(entry.state, MemberState::Failed | MemberState::Missing);
+            if !down {
+                entry.since = 0;
+            } else if entry.since == 0 {
+                entry.since = template.events;
             }
         }
         // The bitmap covers every write since the array was last whole only
