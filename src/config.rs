@@ -1136,4 +1136,12 @@ probability = 0.5
 
         assert!(e.starts_with("test.toml:3:7: server.nbd:"), "{e}");
     }
+
+    #[test]
+    fn force_assemble_key_defaults_off() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n";
+        assert!(!parse(base).unwrap().volumes[0].force_assemble);
+        let on = parse(&format!("{base}force_assemble = true\n")).unwrap();
+        assert!(on.volumes[0].force_assemble);
+    }
 }

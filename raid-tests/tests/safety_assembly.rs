@@ -256,7 +256,7 @@ fn sigkill_loop_through_startup_keeps_every_member_and_byte() {
     let paths = member_paths(dir.path(), 4);
     create_array(5, "64K", "64M", "vol0", &paths);
     let mut want = vec![0u8; 2 * MIB];
-    for round in 0..6u64 {
+    for round in 0..10u64 {
         let server = serve(&ctl, &paths, &[]);
         let log = server.log();
         assert!(
@@ -283,7 +283,7 @@ fn sigkill_loop_through_startup_keeps_every_member_and_byte() {
             .spawn()
             .unwrap();
         let started = Instant::now();
-        let delay = Duration::from_millis(30 + 60 * round);
+        let delay = Duration::from_millis(10 + 35 * round);
         while started.elapsed() < delay {
             if child.try_wait().unwrap().is_some() {
                 break;

@@ -103,7 +103,7 @@ proptest! {
             .map(|i| RoleEntry {
                 member_uuid: Uuid::from_u128(uuids[i]),
                 state: MemberState::from_code(states[i]).unwrap(),
-                since: 0,
+                since: events / (i as u64 + 1),
             })
             .collect();
         let sb = Superblock {
@@ -125,7 +125,7 @@ proptest! {
             journal_valid: false,
             scrub_time: 1_700_000_000,
             replace: None,
-            events_cleared: 0,
+            events_cleared: events / 2,
             name,
             members,
         };
