@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raid_tests::*;
 
@@ -246,17 +246,68 @@ fn force_assemble_recovers_members_marked_failed_beyond_redundancy() {
     assert_eq!(server.stop(), 0);
 }
 
+/// Starts `vraid serve` and SIGKILLs it as soon as it logs `trigger` (a
+/// point in its start-up); panics if it does not within a minute.
+fn kill_at(ctl: &Path, members: &[PathBuf], trigger: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = vraid(&["serve", "--nbd", &format!("127.0.0.1:{}", free_port())])
+        .arg("--control")
+        .arg(ctl)
+        .args(members)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(line) => {
+                let hit = line.contains(trigger);
+                log.push_str(&line);
+                log.push('\n');
+                if hit {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("start-up never logged {trigger:?}:\n{log}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn sigkill_loop_through_startup_keeps_every_member_and_byte() {
-    // Arrange: RAID-5; each round writes, crashes (SIGKILL) while dirty,
-    // then crashes again during the next start-up (assembly, resync,
-    // mark_dirty) after a varying delay.
+    // Arrange: RAID-5; each round writes and crashes (SIGKILL) while dirty,
+    // then crashes again during the next start-up: right after the journal
+    // replay (barriers, bitmap, mark_dirty under way), right after
+    // mark_dirty, or while the crash resync runs (crash cases 3, 14, 36).
     let dir = scratch_dir("sigkill_loop");
     let ctl = dir.path().join("ctl.sock");
     let paths = member_paths(dir.path(), 4);
     create_array(5, "64K", "64M", "vol0", &paths);
+    let triggers = [
+        "partial-parity records",
+        "was not shut down cleanly",
+        "dirty bytes in",
+    ];
     let mut want = vec![0u8; 2 * MIB];
-    for round in 0..10u64 {
+    for round in 0..9u64 {
         let server = serve(&ctl, &paths, &[]);
         let log = server.log();
         assert!(
@@ -271,27 +322,7 @@ fn sigkill_loop_through_startup_keeps_every_member_and_byte() {
         want = pseudo_random(2 * MIB, 100 + round);
         write_export(&server.uri("vol0"), &want, dir.path());
         server.kill();
-
-        // A start-up killed part-way (the delay is fault injection, not a wait).
-        let mut child = vraid(&["serve", "--nbd", &format!("127.0.0.1:{}", free_port())])
-            .arg("--control")
-            .arg(&ctl)
-            .args(&paths)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let delay = Duration::from_millis(10 + 35 * round);
-        while started.elapsed() < delay {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_at(&ctl, &paths, triggers[round as usize % triggers.len()]);
     }
     let server = serve(&ctl, &paths, &[]);
     assert!(
