@@ -203,6 +203,59 @@ fn member_readded_at_startup_holds_parity_through_a_second_failure() {
 }
 
 #[test]
+fn member_added_into_a_role_missing_at_startup_holds_parity_through_a_second_failure() {
+    // Arrange: member 2 absent at start-up; a new member added at run time
+    // is rebuilt into its role.
+    let dir = scratch_dir("added_journal");
+    let ctl = dir.path().join("ctl.sock");
+    let paths = member_paths(dir.path(), 4);
+    create_array(5, "64K", "64M", "vol0", &paths);
+    std::fs::remove_file(&paths[2]).unwrap();
+    let mut data = pseudo_random(8 * MIB, 6);
+    let server = serve(&ctl, &paths, &[]);
+    write_export(&server.uri("vol0"), &data, dir.path());
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    vraid_ctl_ok(&ctl, &["add", "vol0", new.to_str().unwrap()]);
+    server.wait_log("rebuild of member 2 finished", WAIT);
+
+    // Act: another member fails, then partial-stripe writes with parity on
+    // member 2 among them.
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+    let stripe = 3 * 64 * 1024;
+    let writes: Vec<(usize, u8)> = (0..8)
+        .map(|s| (s * stripe + 4096, 0x60 + s as u8))
+        .collect();
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|(at, b)| format!("write -P {b} {at} 4k"))
+        .collect();
+    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
+    apply(&mut data, &writes);
+
+    // Assert
+    assert!(ok, "degraded writes failed:\n{out}\n{}", server.log());
+    assert_same(
+        &read_prefix(&server, dir.path(), data.len()),
+        &data,
+        "running",
+    );
+    assert_eq!(server.stop(), 0);
+    let mut members = paths.clone();
+    members[2] = new;
+    let server = serve(&ctl, &members, &[]);
+    assert_same(
+        &read_prefix(&server, dir.path(), data.len()),
+        &data,
+        "restarted",
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn force_assemble_recovers_members_marked_failed_beyond_redundancy() {
     // Arrange: RAID-5 with data; member 1 failed by the operator, member 2
     // goes offline and a read fails it: two of four down.

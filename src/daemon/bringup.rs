@@ -792,14 +792,16 @@ async fn setup_journal(
         info!("{name}: write-hole protection is off");
         return Ok((volume, None));
     }
-    let encoder = meta::journal::JournalEncoder {
-        array_uuid: assembly.array_uuid,
-        members: joining
-            .iter()
-            .map(|m| m.as_ref().map(|m| m.member_uuid))
-            .collect(),
-        epoch: assembly.metadata.events().await,
-    };
+    let encoder = Arc::new(LiveEncoder(std::sync::RwLock::new(
+        meta::journal::JournalEncoder {
+            array_uuid: assembly.array_uuid,
+            members: joining
+                .iter()
+                .map(|m| m.as_ref().map(|m| m.member_uuid))
+                .collect(),
+            epoch: assembly.metadata.events().await,
+        },
+    )));
     let usable = || {
         journals
             .iter()
@@ -810,14 +812,83 @@ async fn setup_journal(
         assembly.metadata.set_journal_valid(false).await;
         return Ok((volume, None));
     }
-    let log = RingLog::new(journals, Arc::new(encoder))
+    let log = RingLog::new(journals, encoder.clone())
         .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
     log.write_barriers()
         .await
         .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
     assembly.metadata.set_journal_valid(true).await;
     let log = Arc::new(log);
+    assembly.metadata.set_join_hook(join_hook(
+        name.clone(),
+        *layout,
+        encoder,
+        Arc::downgrade(&log),
+    ));
     Ok((volume.with_parity_log(log.clone()), Some(log)))
+}
+
+/// The journal encoder of this run, told about members that join it.
+struct LiveEncoder(std::sync::RwLock<meta::journal::JournalEncoder>);
+
+impl crate::raid::ppl::BatchEncoder for LiveEncoder {
+    fn encode(
+        &self,
+        member: MemberIndex,
+        seq: u64,
+        durable_below: u64,
+        records: &[&PplRecord],
+    ) -> Vec<u8> {
+        let enc = self.0.read().unwrap_or_else(|e| e.into_inner());
+        enc.encode(member, seq, durable_below, records)
+    }
+}
+
+/// Gives a member that takes a role during the run a journal ring of its
+/// own, as the members assembled at start-up have (a member re-added with
+/// the UUID its ring already has keeps that ring).
+fn join_hook(
+    name: String,
+    layout: meta::MetaLayout,
+    encoder: Arc<LiveEncoder>,
+    log: Weak<RingLog>,
+) -> meta::JoinHook {
+    Arc::new(move |role, device, member_uuid| {
+        let (name, encoder, log) = (name.clone(), encoder.clone(), log.clone());
+        Box::pin(async move {
+            let Some(log) = log.upgrade() else { return };
+            let known = {
+                let enc = encoder.0.read().unwrap_or_else(|e| e.into_inner());
+                enc.members.get(role).copied().flatten()
+            };
+            if known == Some(member_uuid) && log.has_ring(MemberIndex(role)) {
+                return;
+            }
+            let window = match Window::new(device, layout.journal_offset, layout.journal_len) {
+                Ok(w) => Arc::new(w) as Arc<dyn BlockDevice>,
+                Err(e) => {
+                    warn!("{name}: member {role} has no room for a journal: {e}");
+                    return;
+                }
+            };
+            if let Some(slot) = encoder
+                .0
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .members
+                .get_mut(role)
+            {
+                *slot = Some(member_uuid);
+            }
+            match log.attach_ring(MemberIndex(role), window).await {
+                Ok(()) => info!("{name}: member {role} has a journal ring"),
+                Err(e) => warn!(
+                    "{name}: cannot start the journal of member {role}: {}",
+                    super::error_chain(&e)
+                ),
+            }
+        })
+    })
 }
 
 /// Every role's member in this run: the accepted ones, and the rebuild

@@ -32,7 +32,7 @@ pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
     SuperblockError,
 };
-pub use update::ArrayMetadata;
+pub use update::{ArrayMetadata, JoinHook};
 
 use crate::block::BlockError;
 use crate::raid::Level;

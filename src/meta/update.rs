@@ -17,11 +17,20 @@ use super::superblock::{write_superblock, ArrayState, MemberState, ReplaceRecord
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
+/// Told when a member takes a role during the run (`begin_rebuild`: a new
+/// member, a spare or a re-added one; `finish_replace`): role, raw device,
+/// member UUID. The array gives it what members assembled at start-up have
+/// (a partial-parity journal ring).
+pub type JoinHook = Arc<
+    dyn Fn(usize, Arc<dyn BlockDevice>, Uuid) -> crate::block::BoxFuture<'static, ()> + Send + Sync,
+>;
+
 /// Superblock updates of a running array. Updates are serialized: each one
 /// bumps `events` and writes the same table to every present member.
 pub struct ArrayMetadata {
     name: String,
     state: tokio::sync::Mutex<MetaState>,
+    on_join: std::sync::OnceLock<JoinHook>,
 }
 
 impl std::fmt::Debug for ArrayMetadata {
@@ -54,6 +63,7 @@ impl ArrayMetadata {
         replacement: Option<Arc<dyn BlockDevice>>,
     ) -> Self {
         ArrayMetadata {
+            on_join: std::sync::OnceLock::new(),
             name: template.name.clone(),
             state: tokio::sync::Mutex::new(MetaState {
                 template,
@@ -62,6 +72,18 @@ impl ArrayMetadata {
                 written: false,
                 bitmap_enabled: false,
             }),
+        }
+    }
+
+    /// Sets the hook told about members that take a role during the run
+    /// (set once).
+    pub fn set_join_hook(&self, hook: JoinHook) {
+        let _ = self.on_join.set(hook);
+    }
+
+    async fn joined(&self, role: usize, device: Arc<dyn BlockDevice>, member_uuid: Uuid) {
+        if let Some(hook) = self.on_join.get() {
+            hook(role, device, member_uuid).await;
         }
     }
 
@@ -233,9 +255,12 @@ impl ArrayMetadata {
             MemberState::Rebuilding
         };
         st.template.rebuild_checkpoint = Some(0);
-        st.devices[role] = Some((device, member_uuid));
+        st.devices[role] = Some((device.clone(), member_uuid));
         tracing::info!(name = %self.name, role, %member_uuid, recovering, "recording rebuild start");
-        Self::write_all(&mut st).await
+        Self::write_all(&mut st).await?;
+        drop(st);
+        self.joined(role, device, member_uuid).await;
+        Ok(())
     }
 
     /// Records rebuild progress: the member in `role` (rebuilt, recovering,
@@ -321,10 +346,13 @@ impl ArrayMetadata {
         entry.state = MemberState::Active;
         st.template.replace = None;
         st.template.rebuild_checkpoint = None;
-        st.devices[role] = Some((device, record.member_uuid));
+        st.devices[role] = Some((device.clone(), record.member_uuid));
         tracing::info!(name = %self.name, role, member_uuid = %record.member_uuid,
             "recording replacement in sync");
-        Self::write_all(&mut st).await
+        Self::write_all(&mut st).await?;
+        drop(st);
+        self.joined(role, device, record.member_uuid).await;
+        Ok(())
     }
 
     /// Records an abandoned replace: the new member is no longer written
