@@ -256,6 +256,54 @@ fn member_added_into_a_role_missing_at_startup_holds_parity_through_a_second_fai
 }
 
 #[test]
+fn replaced_member_is_no_longer_written_and_its_successor_journals() {
+    // Arrange: member 1 replaced by a new file while the array runs.
+    let dir = scratch_dir("replace_journal");
+    let ctl = dir.path().join("ctl.sock");
+    let paths = member_paths(dir.path(), 4);
+    create_array(5, "64K", "64M", "vol0", &paths);
+    let mut data = pseudo_random(4 * MIB, 7);
+    let server = serve(&ctl, &paths, &[]);
+    write_export(&server.uri("vol0"), &data, dir.path());
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    vraid_ctl_ok(&ctl, &["replace", "vol0", "1", new.to_str().unwrap()]);
+    server.wait_log("replace of member 1 finished", WAIT);
+    let old_before = std::fs::read(&paths[1]).unwrap();
+
+    // Act: partial-stripe writes, with parity on role 1 among them
+    // (stripe s: member 3 - s % 4), then a second failure.
+    let stripe = 3 * 64 * 1024;
+    let writes: Vec<(usize, u8)> = (0..8)
+        .map(|s| (s * stripe + 12288, 0x70 + s as u8))
+        .collect();
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|(at, b)| format!("write -P {b} {at} 4k"))
+        .collect();
+    qemu_io(&server.uri("vol0"), &cmds);
+    apply(&mut data, &writes);
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "3"]);
+    let (ok, out) = qemu_io_try(&server.uri("vol0"), &["write -P 9 12288 4k"]);
+    apply(&mut data, &[(12288, 9)]);
+
+    // Assert: the old member's bytes did not change (its journal area
+    // included); the new one holds the role with a journal of its own.
+    let old_after = std::fs::read(&paths[1]).unwrap();
+    assert!(old_before == old_after, "the replaced member was written");
+    assert!(ok, "degraded write failed:\n{out}\n{}", server.log());
+    assert_same(
+        &read_prefix(&server, dir.path(), data.len()),
+        &data,
+        "running",
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn force_assemble_recovers_members_marked_failed_beyond_redundancy() {
     // Arrange: RAID-5 with data; member 1 failed by the operator, member 2
     // goes offline and a read fails it: two of four down.
