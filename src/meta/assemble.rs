@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! (path, device)* ─► read superblocks ─► one array UUID? ─► no duplicate members?
-//!     ─► freshest events + table (split brain?) ─► accept roles listed active with their UUID
-//!     ─► geometry agrees? ─► missing <= redundancy? ─► Assembly
+//!     ─► freshest events + table (split brain?) ─► rule 5, by data: in sync by events
+//!        (or one behind in the same run), else by the bitmap (events >= events_cleared:
+//!        recover; below: stale); RAID-0 member failed and unchanged since: present
+//!     ─► geometry agrees? ─► missing <= redundancy? (else --force-assemble: failed
+//!        members in sync when they failed, newest first) ─► Assembly
 //! Assembly.metadata: ArrayMetadata (update.rs) ─► mark_dirty / mark_clean / record_member_failed
 //! ```
 //!
@@ -264,37 +267,7 @@ pub async fn assemble_with(
     opts: AssembleOptions,
 ) -> Result<Assembly, AssembleError> {
     let given = devices.len();
-    let mut excluded = Vec::new();
-    let mut candidates = Vec::new();
-    for (path, device) in devices {
-        match read_superblock(device.as_ref()).await {
-            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
-                excluded.push(Excluded {
-                    path,
-                    role: None,
-                    reason: format!("hot spare of array {}", read.superblock.name),
-                });
-            }
-            Ok(read) => {
-                if let Some((copy, err)) = &read.bad_copy {
-                    tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");
-                }
-                candidates.push(Candidate {
-                    path,
-                    device,
-                    sb: read.superblock,
-                });
-            }
-            Err(err) => {
-                tracing::warn!(%path, "treating member as missing: {err}");
-                excluded.push(Excluded {
-                    path,
-                    role: None,
-                    reason: err.to_string(),
-                });
-            }
-        }
-    }
+    let (candidates, mut excluded) = read_candidates(devices).await;
     let home = home_array(&candidates).ok_or(AssembleError::NoSuperblocks(given))?;
     check_foreign_and_duplicates(&candidates, home)?;
     let mut freshest = freshest(&candidates)?.sb.clone();
@@ -361,51 +334,15 @@ pub async fn assemble_with(
         &mut readd,
         &mut excluded,
     );
-    let tolerates = freshest.level.redundancy(count);
-    let mut missing = members.iter().filter(|m| m.is_none()).count();
-    let mut forced = false;
-    if missing > tolerates && opts.force {
-        forced = force(
-            &mut freshest,
-            forceable,
-            &mut members,
-            &mut readd,
-            &mut excluded,
-        );
-        missing = members.iter().filter(|m| m.is_none()).count();
-    } else if missing > tolerates {
-        let usable = forceable
-            .iter()
-            .filter(|f| members[f.role].is_none())
-            .count();
-        let hint = if usable > 0 && missing - usable.min(missing) <= tolerates {
-            format!(
-                "; {usable} member(s) marked failed still hold the data they had when they \
-                 failed: `vraid serve --force-assemble` (config: force_assemble = true) \
-                 assembles from them"
-            )
-        } else {
-            String::new()
-        };
-        return Err(AssembleError::TooManyMissing {
-            name: freshest.name.clone(),
-            missing,
-            count,
-            level: freshest.level,
-            tolerates,
-            hint,
-        });
-    }
-    if missing > tolerates {
-        return Err(AssembleError::TooManyMissing {
-            name: freshest.name.clone(),
-            missing,
-            count,
-            level: freshest.level,
-            tolerates,
-            hint: "; --force-assemble found too few intact failed members".into(),
-        });
-    }
+    let forced = enough_members(
+        &mut freshest,
+        forceable,
+        &mut members,
+        &mut readd,
+        &mut excluded,
+        opts.force,
+    )?;
+    let missing = members.iter().filter(|m| m.is_none()).count();
     if missing > 0 {
         tracing::warn!(name = %freshest.name, missing, "assembling degraded");
     }
@@ -437,6 +374,92 @@ pub async fn assemble_with(
         readd,
         excluded,
         metadata: Arc::new(ArrayMetadata::new(freshest, devices, replacement_device)),
+    })
+}
+
+/// Reads every path's superblock: the candidates, and the paths left out
+/// at once (hot spares, unreadable or invalid superblocks).
+async fn read_candidates(
+    devices: Vec<(String, Arc<dyn BlockDevice>)>,
+) -> (Vec<Candidate>, Vec<Excluded>) {
+    let mut excluded = Vec::new();
+    let mut candidates = Vec::new();
+    for (path, device) in devices {
+        match read_superblock(device.as_ref()).await {
+            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: format!("hot spare of array {}", read.superblock.name),
+                });
+            }
+            Ok(read) => {
+                if let Some((copy, err)) = &read.bad_copy {
+                    tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");
+                }
+                candidates.push(Candidate {
+                    path,
+                    device,
+                    sb: read.superblock,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(%path, "treating member as missing: {err}");
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    (candidates, excluded)
+}
+
+/// Rule 7, with forced assembly (rule 5) when asked: `Ok(true)` when
+/// members marked failed were taken to make up the level's redundancy.
+fn enough_members(
+    freshest: &mut Superblock,
+    forceable: Vec<Forceable>,
+    members: &mut [Option<AssembledMember>],
+    readd: &mut Vec<(usize, AssembledMember)>,
+    excluded: &mut Vec<Excluded>,
+    force_it: bool,
+) -> Result<bool, AssembleError> {
+    let count = members.len();
+    let tolerates = freshest.level.redundancy(count);
+    let missing = |m: &[Option<AssembledMember>]| m.iter().filter(|m| m.is_none()).count();
+    if missing(members) <= tolerates {
+        return Ok(false);
+    }
+    let usable = forceable
+        .iter()
+        .filter(|f| members[f.role].is_none())
+        .count();
+    let forced = force_it && force(freshest, forceable, members, readd, excluded);
+    let missing = missing(members);
+    if missing <= tolerates {
+        return Ok(forced);
+    }
+    let hint = if force_it {
+        "; --force-assemble found too few failed members that were in sync when they failed"
+            .to_string()
+    } else if usable > 0 && missing - usable.min(missing) <= tolerates {
+        format!(
+            "; {usable} member(s) marked failed still hold the data they had when they \
+             failed: `vraid serve --force-assemble` (config: force_assemble = true) \
+             assembles from them"
+        )
+    } else {
+        String::new()
+    };
+    Err(AssembleError::TooManyMissing {
+        name: freshest.name.clone(),
+        missing,
+        count,
+        level: freshest.level,
+        tolerates,
+        hint,
     })
 }
 
