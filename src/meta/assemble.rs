@@ -825,6 +825,13 @@ fn accept(c: &Candidate, freshest: &Superblock, ctx: &Context) -> Result<Verdict
         MemberState::Missing | MemberState::Failed if own_active && recoverable(c, freshest) => 3,
         _ => return Ok(Verdict::Stale(stale())),
     };
+    if kind == 3 && freshest.level.redundancy(freshest.member_count as usize) == 0 {
+        return Ok(Verdict::Stale(format!(
+            "stale: its superblock is at event {} but the array is at {} and it may have \
+             missed writes; {} has no redundancy to catch it up from",
+            c.sb.events, freshest.events, freshest.level
+        )));
+    }
     if let Some((field, expected, found)) = geometry_differs(c, freshest) {
         if kind == 3 {
             return Ok(Verdict::Stale(stale()));
