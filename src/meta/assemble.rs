@@ -689,8 +689,8 @@ fn force(
         tracing::warn!(name = %freshest.name, path = %f.member.path, role = f.role,
             member_events = f.member.events, failed_at = f.since, array_events = freshest.events,
             "--force-assemble: trusting member {} ({}) marked {:?} at event {}: its superblock \
-             is at event {}, so it held every write up to its failure; writes after that are \
-             in the write-intent bitmap and get resynced",
+             is at event {}, so it held every write up to its failure; the regions written \
+             after that (the write-intent bitmap, or everything without one) are resynced",
             f.role, f.member.path, freshest.members[f.role].state, f.since, f.member.events);
         readd.retain(|(r, _)| *r != f.role);
         excluded.retain(|e| e.path != f.member.path);
