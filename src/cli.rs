@@ -348,6 +348,13 @@ pub struct ServeArgs {
     /// missing member may then corrupt chunks nobody was writing.
     #[arg(long)]
     pub no_journal: bool,
+    /// Assemble even when more members are marked failed than the level
+    /// tolerates, from failed members whose data was current when they
+    /// failed (by event count; later writes are resynced from the
+    /// write-intent bitmap), like `mdadm --assemble --force`. Logs what it
+    /// trusted. Also the per-volume config key `force_assemble`.
+    #[arg(long)]
+    pub force_assemble: bool,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

@@ -99,6 +99,10 @@ pub struct VolumeConfig {
     /// RAID-5: log partial parity before each partial-stripe write, so a
     /// crash followed by a missing member corrupts nothing (default true).
     pub write_hole_protection: bool,
+    /// Assemble from members marked failed whose data was current when
+    /// they failed, when too many roles are down (`force_assemble`,
+    /// default false; also `vraid serve --force-assemble`).
+    pub force_assemble: bool,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -245,6 +249,8 @@ struct RawVolume {
     scrub_repair: Option<bool>,
     checksums: Option<Spanned<bool>>,
     write_hole_protection: Option<bool>,
+    #[serde(default)]
+    force_assemble: bool,
     vhost_user_blk: Option<Spanned<String>>,
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
@@ -588,6 +594,7 @@ fn volume(
         bitmap,
         checksums,
         write_hole_protection: v.write_hole_protection.unwrap_or(true),
+        force_assemble: v.force_assemble,
     })
 }
 
@@ -1128,5 +1135,13 @@ probability = 0.5
         let e = err("# é\n[server]\nnbd = \"é\"\n");
 
         assert!(e.starts_with("test.toml:3:7: server.nbd:"), "{e}");
+    }
+
+    #[test]
+    fn force_assemble_key_defaults_off() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n";
+        assert!(!parse(base).unwrap().volumes[0].force_assemble);
+        let on = parse(&format!("{base}force_assemble = true\n")).unwrap();
+        assert!(on.volumes[0].force_assemble);
     }
 }

@@ -60,6 +60,8 @@ pub struct ArrayOptions {
     /// Served read-only (`--read-only`, config `read_only`): members are
     /// opened O_RDONLY and nothing is written to them (README).
     pub read_only: bool,
+    /// Forced assembly (docs/FORMAT.md §3 rule 5).
+    pub force_assemble: bool,
 }
 
 impl Default for ArrayOptions {
@@ -74,6 +76,7 @@ impl Default for ArrayOptions {
             checksums: true,
             write_hole_protection: true,
             read_only: false,
+            force_assemble: false,
         }
     }
 }

@@ -218,7 +218,10 @@ pub async fn assemble_volume_with(
         }
     }
     let spares = open_spares(aopts, opts, &mut devices).await?;
-    let assembly = Arc::new(meta::assemble(devices).await?);
+    let force = meta::AssembleOptions {
+        force: aopts.force_assemble,
+    };
+    let assembly = Arc::new(meta::assemble_with(devices, force).await?);
     if aopts.read_only {
         // Before anything could write: every update stays in memory.
         assembly.metadata.set_read_only().await;
@@ -814,8 +817,10 @@ async fn setup_journal(
     }
     let name = &assembly.name;
     let layout = &assembly.layout;
-    let journals: Vec<Option<Arc<dyn BlockDevice>>> = assembly
-        .members
+    // Members that join at assembly (an interrupted rebuild, a re-added
+    // member) get a ring too: once in sync they hold parity like the others.
+    let joining = joining_members(assembly);
+    let journals: Vec<Option<Arc<dyn BlockDevice>>> = joining
         .iter()
         .map(|m| {
             let m = m.as_ref()?;
@@ -823,11 +828,17 @@ async fn setup_journal(
             w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
         })
         .collect();
+    // Replay reads only the rings of the members assembled in sync.
+    let replay_journals: Vec<Option<Arc<dyn BlockDevice>>> = journals
+        .iter()
+        .zip(&assembly.members)
+        .map(|(j, m)| m.as_ref().and(j.clone()))
+        .collect();
     let read_only = assembly.metadata.is_read_only().await;
     if assembly.was_dirty && assembly.journal_valid && read_only {
         warn!("{name}: read-only: the partial-parity journal is not replayed");
     } else if assembly.was_dirty && assembly.journal_valid {
-        let records = read_journals(assembly, &journals).await;
+        let records = read_journals(assembly, &replay_journals).await;
         let stats = crate::raid::ppl::replay(&volume, &records)
             .await
             .map_err(|source| DaemonError::Block {
@@ -846,15 +857,16 @@ async fn setup_journal(
         info!("{name}: write-hole protection is off");
         return Ok((volume, None));
     }
-    let encoder = meta::journal::JournalEncoder {
-        array_uuid: assembly.array_uuid,
-        members: assembly
-            .members
-            .iter()
-            .map(|m| m.as_ref().map(|m| m.member_uuid))
-            .collect(),
-        epoch: assembly.metadata.events().await,
-    };
+    let encoder = Arc::new(LiveEncoder(std::sync::RwLock::new(
+        meta::journal::JournalEncoder {
+            array_uuid: assembly.array_uuid,
+            members: joining
+                .iter()
+                .map(|m| m.as_ref().map(|m| m.member_uuid))
+                .collect(),
+            epoch: assembly.metadata.events().await,
+        },
+    )));
     let usable = || {
         journals
             .iter()
@@ -865,14 +877,103 @@ async fn setup_journal(
         assembly.metadata.set_journal_valid(false).await;
         return Ok((volume, None));
     }
-    let log = RingLog::new(journals, Arc::new(encoder))
+    let log = RingLog::new(journals, encoder.clone())
         .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
     log.write_barriers()
         .await
         .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
     assembly.metadata.set_journal_valid(true).await;
     let log = Arc::new(log);
+    assembly.metadata.set_join_hook(join_hook(
+        name.clone(),
+        *layout,
+        encoder,
+        Arc::downgrade(&log),
+    ));
     Ok((volume.with_parity_log(log.clone()), Some(log)))
+}
+
+/// The journal encoder of this run, told about members that join it.
+struct LiveEncoder(std::sync::RwLock<meta::journal::JournalEncoder>);
+
+impl crate::raid::ppl::BatchEncoder for LiveEncoder {
+    fn encode(
+        &self,
+        member: MemberIndex,
+        seq: u64,
+        durable_below: u64,
+        records: &[&PplRecord],
+    ) -> Vec<u8> {
+        let enc = self.0.read().unwrap_or_else(|e| e.into_inner());
+        enc.encode(member, seq, durable_below, records)
+    }
+}
+
+/// Gives a member that takes a role during the run a journal ring of its
+/// own, as the members assembled at start-up have (a member re-added with
+/// the UUID its ring already has keeps that ring).
+fn join_hook(
+    name: String,
+    layout: meta::MetaLayout,
+    encoder: Arc<LiveEncoder>,
+    log: Weak<RingLog>,
+) -> meta::JoinHook {
+    Arc::new(move |role, device, member_uuid| {
+        let (name, encoder, log) = (name.clone(), encoder.clone(), log.clone());
+        Box::pin(async move {
+            let Some(log) = log.upgrade() else { return };
+            let known = {
+                let enc = encoder.0.read().unwrap_or_else(|e| e.into_inner());
+                enc.members.get(role).copied().flatten()
+            };
+            if known == Some(member_uuid) && log.has_ring(MemberIndex(role)) {
+                return;
+            }
+            let window = match Window::new(device, layout.journal_offset, layout.journal_len) {
+                Ok(w) => Arc::new(w) as Arc<dyn BlockDevice>,
+                Err(e) => {
+                    warn!("{name}: member {role} has no room for a journal: {e}");
+                    return;
+                }
+            };
+            if let Some(slot) = encoder
+                .0
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .members
+                .get_mut(role)
+            {
+                *slot = Some(member_uuid);
+            }
+            match log.attach_ring(MemberIndex(role), window).await {
+                Ok(()) => info!("{name}: member {role} has a journal ring"),
+                Err(e) => warn!(
+                    "{name}: cannot start the journal of member {role}: {}",
+                    super::error_chain(&e)
+                ),
+            }
+        })
+    })
+}
+
+/// Every role's member in this run: the accepted ones, and the rebuild
+/// target or the re-added member that `plan_sync` attaches.
+fn joining_members(assembly: &Assembly) -> Vec<Option<meta::AssembledMember>> {
+    let mut members = assembly.members.clone();
+    let joining = assembly
+        .rebuild
+        .as_ref()
+        .map(|t| (t.role, &t.member))
+        .or_else(|| {
+            let (role, m) = assembly.readd.first()?;
+            assembly.bitmap_valid.then_some((*role, m))
+        });
+    if let Some((role, m)) = joining {
+        if members[role].is_none() {
+            members[role] = Some(m.clone());
+        }
+    }
+    members
 }
 
 /// The entries to replay from every accepted member's ring, in log order:

@@ -98,6 +98,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     scrub_repair: v.scrub_repair,
                     checksums: v.checksums && !args.no_checksums,
                     read_only: v.read_only || args.read_only,
+                    force_assemble: v.force_assemble || args.force_assemble,
                 },
             })
             .collect::<Vec<_>>()
@@ -144,6 +145,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     if args.no_journal {
         for s in &mut specs {
             s.array.write_hole_protection = false;
+        }
+    }
+    if args.force_assemble {
+        for s in &mut specs {
+            s.array.force_assemble = true;
         }
     }
     if nbd.is_none() && nbd_socket.is_none() {

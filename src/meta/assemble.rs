@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! (path, device)* ─► read superblocks ─► one array UUID? ─► no duplicate members?
-//!     ─► freshest events + table (split brain?) ─► accept roles listed active with their UUID
-//!     ─► geometry agrees? ─► missing <= redundancy? ─► Assembly
+//!     ─► freshest events + table (split brain?) ─► rule 5, by data: in sync by events
+//!        (or one behind in the same run), else by the bitmap (events >= events_cleared:
+//!        recover; below: stale); RAID-0 member failed and unchanged since: present
+//!     ─► geometry agrees? ─► missing <= redundancy? (else --force-assemble: failed
+//!        members in sync when they failed, newest first) ─► Assembly
 //! Assembly.metadata: ArrayMetadata (update.rs) ─► mark_dirty / mark_clean / record_member_failed
 //! ```
 //!
@@ -77,8 +80,10 @@ pub enum AssembleError {
         found: u64,
     },
     /// More members missing than the level tolerates.
-    #[error("cannot assemble {name}: {missing} of {count} members missing, {level} tolerates {tolerates}")]
+    #[error("cannot assemble {name}: {missing} of {count} members missing, {level} tolerates {tolerates}{hint}")]
     TooManyMissing {
+        /// What could still be tried (empty, or names `--force-assemble`).
+        hint: String,
         /// Array name.
         name: String,
         /// Missing members.
@@ -129,6 +134,21 @@ pub struct RebuildTarget {
     pub up_to: u64,
     /// A bitmap recovery rather than a full rebuild.
     pub recovering: bool,
+}
+
+/// How to assemble (FORMAT.md §3).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssembleOptions {
+    /// Take failed members whose data was current when they failed when
+    /// too many roles are down (`vraid serve --force-assemble`).
+    pub force: bool,
+}
+
+/// A failed member that `--force-assemble` may take (rule 5, forced).
+struct Forceable {
+    role: usize,
+    member: AssembledMember,
+    since: u64,
 }
 
 /// What assembly makes of one candidate.
@@ -238,49 +258,43 @@ struct Candidate {
 pub async fn assemble(
     devices: Vec<(String, Arc<dyn BlockDevice>)>,
 ) -> Result<Assembly, AssembleError> {
+    assemble_with(devices, AssembleOptions::default()).await
+}
+
+/// [`assemble`] with options (forced assembly).
+pub async fn assemble_with(
+    devices: Vec<(String, Arc<dyn BlockDevice>)>,
+    opts: AssembleOptions,
+) -> Result<Assembly, AssembleError> {
     let given = devices.len();
-    let mut excluded = Vec::new();
-    let mut candidates = Vec::new();
-    for (path, device) in devices {
-        match read_superblock(device.as_ref()).await {
-            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
-                excluded.push(Excluded {
-                    path,
-                    role: None,
-                    reason: format!("hot spare of array {}", read.superblock.name),
-                });
-            }
-            Ok(read) => {
-                if let Some((copy, err)) = &read.bad_copy {
-                    tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");
-                }
-                candidates.push(Candidate {
-                    path,
-                    device,
-                    sb: read.superblock,
-                });
-            }
-            Err(err) => {
-                tracing::warn!(%path, "treating member as missing: {err}");
-                excluded.push(Excluded {
-                    path,
-                    role: None,
-                    reason: err.to_string(),
-                });
-            }
-        }
-    }
+    let (candidates, mut excluded) = read_candidates(devices).await;
     let home = home_array(&candidates).ok_or(AssembleError::NoSuperblocks(given))?;
     check_foreign_and_duplicates(&candidates, home)?;
-    let freshest = freshest(&candidates)?.sb.clone();
+    let mut freshest = freshest(&candidates)?.sb.clone();
     let count = freshest.member_count as usize;
     let mut members: Vec<Option<AssembledMember>> = vec![None; count];
     let mut rebuild = None;
     let mut replacement = None;
     let mut readd = Vec::new();
+    let mut forceable = Vec::new();
+    let ctx = Context {
+        bits_set: bits_set(&candidates, &freshest).await,
+    };
     for c in candidates {
         let role = c.sb.role as usize;
-        match accept(&c, &freshest)? {
+        if let Some(f) = forceable_member(&c, &freshest) {
+            if freshest.level.redundancy(count) == 0 {
+                // Rule 5: no write can have skipped a RAID-0 member.
+                tracing::info!(path = %c.path, role, events = c.sb.events, since = f.since,
+                    "member was marked failed but is unchanged since; no redundancy, so no \
+                     write skipped it: accepting");
+                freshest.members[role] = super::superblock::RoleEntry::active(c.sb.member_uuid);
+                members[role] = Some(f.member);
+                continue;
+            }
+            forceable.push(f);
+        }
+        match accept(&c, &freshest, &ctx)? {
             Verdict::Replacement(member) => replacement = Some((role, member)),
             Verdict::Active(member) => members[role] = Some(member),
             Verdict::Rebuild(member, recovering) => {
@@ -312,7 +326,6 @@ pub async fn assemble(
             }
         }
     }
-    let mut freshest = freshest;
     let (replace, replace_dropped) = resolve_replace(
         &mut freshest,
         replacement,
@@ -321,17 +334,15 @@ pub async fn assemble(
         &mut readd,
         &mut excluded,
     );
+    let forced = enough_members(
+        &mut freshest,
+        forceable,
+        &mut members,
+        &mut readd,
+        &mut excluded,
+        opts.force,
+    )?;
     let missing = members.iter().filter(|m| m.is_none()).count();
-    let tolerates = freshest.level.redundancy(count);
-    if missing > tolerates {
-        return Err(AssembleError::TooManyMissing {
-            name: freshest.name.clone(),
-            missing,
-            count,
-            level: freshest.level,
-            tolerates,
-        });
-    }
     if missing > 0 {
         tracing::warn!(name = %freshest.name, missing, "assembling degraded");
     }
@@ -351,7 +362,7 @@ pub async fn assemble(
         member_count: freshest.member_count,
         data_offset: freshest.layout.data_offset,
         data_size: freshest.layout.data_size,
-        was_dirty: freshest.state == ArrayState::Dirty,
+        was_dirty: forced || freshest.state == ArrayState::Dirty,
         members,
         layout: freshest.layout,
         bitmap_valid: freshest.bitmap_valid,
@@ -363,6 +374,92 @@ pub async fn assemble(
         readd,
         excluded,
         metadata: Arc::new(ArrayMetadata::new(freshest, devices, replacement_device)),
+    })
+}
+
+/// Reads every path's superblock: the candidates, and the paths left out
+/// at once (hot spares, unreadable or invalid superblocks).
+async fn read_candidates(
+    devices: Vec<(String, Arc<dyn BlockDevice>)>,
+) -> (Vec<Candidate>, Vec<Excluded>) {
+    let mut excluded = Vec::new();
+    let mut candidates = Vec::new();
+    for (path, device) in devices {
+        match read_superblock(device.as_ref()).await {
+            Ok(read) if read.superblock.role == super::superblock::SPARE_ROLE => {
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: format!("hot spare of array {}", read.superblock.name),
+                });
+            }
+            Ok(read) => {
+                if let Some((copy, err)) = &read.bad_copy {
+                    tracing::warn!(%path, ?copy, "superblock copy is bad, using the other: {err}");
+                }
+                candidates.push(Candidate {
+                    path,
+                    device,
+                    sb: read.superblock,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(%path, "treating member as missing: {err}");
+                excluded.push(Excluded {
+                    path,
+                    role: None,
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    (candidates, excluded)
+}
+
+/// Rule 7, with forced assembly (rule 5) when asked: `Ok(true)` when
+/// members marked failed were taken to make up the level's redundancy.
+fn enough_members(
+    freshest: &mut Superblock,
+    forceable: Vec<Forceable>,
+    members: &mut [Option<AssembledMember>],
+    readd: &mut Vec<(usize, AssembledMember)>,
+    excluded: &mut Vec<Excluded>,
+    force_it: bool,
+) -> Result<bool, AssembleError> {
+    let count = members.len();
+    let tolerates = freshest.level.redundancy(count);
+    let missing = |m: &[Option<AssembledMember>]| m.iter().filter(|m| m.is_none()).count();
+    if missing(members) <= tolerates {
+        return Ok(false);
+    }
+    let usable = forceable
+        .iter()
+        .filter(|f| members[f.role].is_none())
+        .count();
+    let forced = force_it && force(freshest, forceable, members, readd, excluded);
+    let missing = missing(members);
+    if missing <= tolerates {
+        return Ok(forced);
+    }
+    let hint = if force_it {
+        "; --force-assemble found too few failed members that were in sync when they failed"
+            .to_string()
+    } else if usable > 0 && missing - usable.min(missing) <= tolerates {
+        format!(
+            "; {usable} member(s) marked failed still hold the data they had when they \
+             failed: `vraid serve --force-assemble` (config: force_assemble = true) \
+             assembles from them"
+        )
+    } else {
+        String::new()
+    };
+    Err(AssembleError::TooManyMissing {
+        name: freshest.name.clone(),
+        missing,
+        count,
+        level: freshest.level,
+        tolerates,
+        hint,
     })
 }
 
@@ -501,8 +598,188 @@ fn freshest(candidates: &[Candidate]) -> Result<&Candidate, AssembleError> {
     Ok(best)
 }
 
+/// What rule 5 needs to know about the array as a whole.
+struct Context {
+    /// The ORed write-intent bitmap of the members in sync has a bit set.
+    bits_set: bool,
+}
+
+/// Whether the member is in sync by events alone: it holds the freshest
+/// events, or it is one behind and either took part in the run that wrote
+/// the freshest (its own superblock says dirty: a crash during an update)
+/// or the freshest says clean (no write ran across the update it missed).
+fn current(c: &Candidate, freshest: &Superblock) -> bool {
+    c.sb.events == freshest.events
+        || (c.sb.events + 1 == freshest.events
+            && (c.sb.state == ArrayState::Dirty || freshest.state == ArrayState::Clean))
+}
+
+/// Whether every write the member can have missed lies in a region set in
+/// the bitmap: no bit was cleared on disk since its superblock was written
+/// (FORMAT.md §3 rule 5, md's `events_cleared`).
+fn recoverable(c: &Candidate, freshest: &Superblock) -> bool {
+    freshest.bitmap_valid && freshest.events_cleared != 0 && c.sb.events >= freshest.events_cleared
+}
+
+/// Whether any bit is set in the ORed bitmaps of the members in sync.
+async fn bits_set(candidates: &[Candidate], freshest: &Superblock) -> bool {
+    let layout = &freshest.layout;
+    let regions = layout.data_size.div_ceil(1 << layout.bitmap_region_shift);
+    let len = super::bitmap_image::image_len(regions, layout.bitmap_len);
+    let mut image = vec![0u8; len];
+    for c in candidates.iter().filter(|c| current(c, freshest)) {
+        let mut buf = vec![0u8; len];
+        let at = crate::units::ByteOffset(layout.bitmap_offset);
+        match c.device.read(at, &mut buf).await {
+            Ok(()) => super::bitmap_image::merge_into(&mut image, &buf),
+            // Unreadable: assume bits are set (the safe side).
+            Err(_) => return true,
+        }
+    }
+    super::bitmap_image::mask_tail(&mut image, regions);
+    image.iter().any(|&b| b != 0)
+}
+
+/// A member whose role is failed or missing with its own UUID, that was in
+/// sync when it left and received every update up to its failure.
+fn forceable_member(c: &Candidate, freshest: &Superblock) -> Option<Forceable> {
+    let role = c.sb.role as usize;
+    let entry = freshest.members.get(role)?;
+    let down = matches!(entry.state, MemberState::Failed | MemberState::Missing);
+    let own_active =
+        c.sb.members
+            .get(role)
+            .is_some_and(|e| e.state == MemberState::Active);
+    let intact = entry.since != 0 && c.sb.events + 1 >= entry.since;
+    if !down || entry.member_uuid != c.sb.member_uuid || !own_active || !intact {
+        return None;
+    }
+    if geometry_differs(c, freshest).is_some() {
+        return None;
+    }
+    let member = assembled(c, freshest).ok()?;
+    Some(Forceable {
+        role,
+        member,
+        since: entry.since,
+    })
+}
+
+/// Forced assembly (FORMAT.md §3 rule 5): takes forceable members, most
+/// recent first, until the level's redundancy is met. Returns whether any
+/// was taken (the array is then resynced where the bitmap is set).
+fn force(
+    freshest: &mut Superblock,
+    mut forceable: Vec<Forceable>,
+    members: &mut [Option<AssembledMember>],
+    readd: &mut Vec<(usize, AssembledMember)>,
+    excluded: &mut Vec<Excluded>,
+) -> bool {
+    let count = members.len();
+    let tolerates = freshest.level.redundancy(count);
+    forceable.sort_by_key(|f| std::cmp::Reverse(f.member.events));
+    let mut taken = false;
+    for f in forceable {
+        if members.iter().filter(|m| m.is_none()).count() <= tolerates {
+            break;
+        }
+        if members[f.role].is_some() {
+            continue;
+        }
+        tracing::warn!(name = %freshest.name, path = %f.member.path, role = f.role,
+            member_events = f.member.events, failed_at = f.since, array_events = freshest.events,
+            "--force-assemble: trusting member {} ({}) marked {:?} at event {}: its superblock \
+             is at event {}, so it held every write up to its failure; the regions written \
+             after that (the write-intent bitmap, or everything without one) are resynced",
+            f.role, f.member.path, freshest.members[f.role].state, f.since, f.member.events);
+        readd.retain(|(r, _)| *r != f.role);
+        excluded.retain(|e| e.path != f.member.path);
+        freshest.members[f.role] = super::superblock::RoleEntry::active(f.member.member_uuid);
+        members[f.role] = Some(f.member);
+        taken = true;
+    }
+    taken
+}
+
+/// The first geometry field where the candidate differs from the array.
+fn geometry_differs(c: &Candidate, freshest: &Superblock) -> Option<(&'static str, u64, u64)> {
+    let g = |sb: &Superblock| {
+        [
+            ("level", sb.level.number() as u64),
+            ("chunk_size", sb.chunk_size as u64),
+            ("member_count", sb.member_count as u64),
+            ("data_offset", sb.layout.data_offset),
+            ("data_size", sb.layout.data_size),
+        ]
+    };
+    g(freshest)
+        .into_iter()
+        .zip(g(&c.sb))
+        .find(|((_, expected), (_, found))| expected != found)
+        .map(|((field, expected), (_, found))| (field, expected, found))
+}
+
+/// The candidate as a member of the array (its data window).
+fn assembled(c: &Candidate, freshest: &Superblock) -> Result<AssembledMember, String> {
+    let data = Window::new(
+        c.device.clone(),
+        freshest.layout.data_offset,
+        freshest.layout.data_size,
+    )
+    .map_err(|err| format!("device is smaller than its data area: {err}"))?;
+    Ok(AssembledMember {
+        path: c.path.clone(),
+        device: c.device.clone(),
+        data,
+        member_uuid: c.sb.member_uuid,
+        events: c.sb.events,
+    })
+}
+
+/// What rule 5 makes of a member whose role is listed active with its UUID.
+enum ActiveKind {
+    InSync,
+    Recover,
+    Stale(String),
+}
+
+/// Rule 5 for a role listed active: in sync by events, else by the bitmap.
+fn judge_active(c: &Candidate, freshest: &Superblock, ctx: &Context) -> ActiveKind {
+    if current(c, freshest) {
+        if c.sb.events < freshest.events {
+            tracing::info!(path = %c.path, events = c.sb.events, current = freshest.events,
+                "member missed the last superblock update of a run it took part in; accepting");
+        }
+        return ActiveKind::InSync;
+    }
+    if !recoverable(c, freshest) {
+        if c.sb.events + 1 == freshest.events {
+            // Crash during clean→dirty (case 3) without a bitmap to check:
+            // no write started before every member was dirty.
+            tracing::info!(path = %c.path, events = c.sb.events, current = freshest.events,
+                "member missed the clean→dirty update; no bitmap to check it by; accepting");
+            return ActiveKind::InSync;
+        }
+        return ActiveKind::Stale(format!(
+            "stale: its superblock is at event {} but the array is at {} and write-intent bits \
+             were cleared since (events_cleared {}): it missed writes; add it back as a new \
+             member",
+            c.sb.events, freshest.events, freshest.events_cleared
+        ));
+    }
+    if ctx.bits_set {
+        tracing::warn!(path = %c.path, events = c.sb.events, current = freshest.events,
+            "member was away while the array ran; catching it up from the bitmap");
+        ActiveKind::Recover
+    } else {
+        tracing::info!(path = %c.path, events = c.sb.events, current = freshest.events,
+            "member missed superblock updates but no write since (bitmap empty); accepting");
+        ActiveKind::InSync
+    }
+}
+
 /// The candidate's verdict; `Err` if its geometry contradicts the array.
-fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError> {
+fn accept(c: &Candidate, freshest: &Superblock, ctx: &Context) -> Result<Verdict, AssembleError> {
     let role = c.sb.role as usize;
     let Some(entry) = freshest.members.get(role) else {
         return Ok(Verdict::Stale(format!(
@@ -532,58 +809,43 @@ fn accept(c: &Candidate, freshest: &Superblock) -> Result<Verdict, AssembleError
             entry.state, freshest.events, c.sb.events
         )
     };
+    let own_active =
+        c.sb.members
+            .get(role)
+            .is_some_and(|e| e.state == MemberState::Active);
     let kind = match entry.state {
         _ if replacing => 4,
-        MemberState::Active => 0,
+        MemberState::Active => match judge_active(c, freshest, ctx) {
+            ActiveKind::InSync => 0,
+            ActiveKind::Recover => 3,
+            ActiveKind::Stale(reason) => return Ok(Verdict::Stale(reason)),
+        },
         MemberState::Rebuilding => 1,
         MemberState::Recovering => 2,
-        MemberState::Missing | MemberState::Failed if freshest.bitmap_valid => 3,
+        MemberState::Missing | MemberState::Failed if own_active && recoverable(c, freshest) => 3,
         _ => return Ok(Verdict::Stale(stale())),
     };
-    let g = |sb: &Superblock| {
-        [
-            ("level", sb.level.number() as u64),
-            ("chunk_size", sb.chunk_size as u64),
-            ("member_count", sb.member_count as u64),
-            ("data_offset", sb.layout.data_offset),
-            ("data_size", sb.layout.data_size),
-        ]
-    };
-    for ((field, expected), (_, found)) in g(freshest).into_iter().zip(g(&c.sb)) {
-        if expected != found {
-            if kind == 3 {
-                return Ok(Verdict::Stale(stale()));
-            }
-            return Err(AssembleError::Geometry {
-                path: c.path.clone(),
-                field,
-                expected,
-                found,
-            });
-        }
+    if kind == 3 && freshest.level.redundancy(freshest.member_count as usize) == 0 {
+        return Ok(Verdict::Stale(format!(
+            "stale: its superblock is at event {} but the array is at {} and it may have \
+             missed writes; {} has no redundancy to catch it up from",
+            c.sb.events, freshest.events, freshest.level
+        )));
     }
-    if kind == 0 && c.sb.events < freshest.events {
-        tracing::info!(path = %c.path, events = c.sb.events, current = freshest.events,
-            "member missed superblock updates but is listed active; accepting");
-    }
-    let data = match Window::new(
-        c.device.clone(),
-        freshest.layout.data_offset,
-        freshest.layout.data_size,
-    ) {
-        Ok(w) => w,
-        Err(err) => {
-            return Ok(Verdict::Stale(format!(
-                "device is smaller than its data area: {err}"
-            )))
+    if let Some((field, expected, found)) = geometry_differs(c, freshest) {
+        if kind == 3 {
+            return Ok(Verdict::Stale(stale()));
         }
-    };
-    let member = AssembledMember {
-        path: c.path.clone(),
-        device: c.device.clone(),
-        data,
-        member_uuid: c.sb.member_uuid,
-        events: c.sb.events,
+        return Err(AssembleError::Geometry {
+            path: c.path.clone(),
+            field,
+            expected,
+            found,
+        });
+    }
+    let member = match assembled(c, freshest) {
+        Ok(m) => m,
+        Err(reason) => return Ok(Verdict::Stale(reason)),
     };
     Ok(match kind {
         0 => Verdict::Active(member),

@@ -366,8 +366,19 @@ impl DiskBitmap {
         if cleared.is_empty() {
             return Ok(0);
         }
-        if let Some(hook) = self.before_clear.get() {
-            if let Err(e) = hook().await {
+        let allowed = self.meta.clearing_allowed().await.map_err(|e| {
+            BlockError::io(
+                "write-intent bitmap: recording events_cleared",
+                std::io::Error::other(e.to_string()),
+            )
+        });
+        let hooked = match (allowed, self.before_clear.get()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(hook)) => hook().await,
+            (Ok(()), None) => Ok(()),
+        };
+        {
+            if let Err(e) = hooked {
                 // Nothing may be cleared: put the bits back. They are still
                 // on disk (writes wanting them wait for the writer lock).
                 let mut inner = self.lock();

@@ -135,6 +135,7 @@ pub async fn create_array(
         .map(|_| RoleEntry {
             member_uuid: Uuid::new_v4(),
             state: MemberState::Active,
+            since: 0,
         })
         .collect();
     let time = now();
@@ -160,6 +161,7 @@ pub async fn create_array(
             journal_valid: true,
             scrub_time: 0,
             replace: None,
+            events_cleared: 1,
             name: spec.name.clone(),
             members: members.clone(),
         })

@@ -22,7 +22,9 @@ pub mod layout;
 pub mod superblock;
 mod update;
 
-pub use assemble::{assemble, AssembleError, AssembledMember, Assembly, Excluded};
+pub use assemble::{
+    assemble, assemble_with, AssembleError, AssembleOptions, AssembledMember, Assembly, Excluded,
+};
 pub use bitmap::DiskBitmap;
 pub use create::{create_array, ArrayInfo, CreateSpec};
 pub use examine::{examine, ExamineReport};
@@ -30,7 +32,7 @@ pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
     SuperblockError,
 };
-pub use update::ArrayMetadata;
+pub use update::{ArrayMetadata, JoinHook};
 
 use crate::block::BlockError;
 use crate::raid::Level;

@@ -40,10 +40,15 @@ const CRC_OFFSET: usize = SUPERBLOCK_SIZE - 4;
 const NAME_OFFSET: usize = 256;
 const TABLE_OFFSET: usize = 1024;
 const TABLE_ENTRY: usize = 32;
-/// `replace_uuid` (16 bytes) and `replace_role` (4 bytes); reserved after.
+/// `replace_uuid` (16 bytes) and `replace_role` (4 bytes), then
+/// `events_cleared` (8 bytes); reserved after.
 const REPLACE_UUID_OFFSET: usize = 192;
 const REPLACE_ROLE_OFFSET: usize = 208;
-const REPLACE_END: usize = 212;
+const EVENTS_CLEARED_OFFSET: usize = 212;
+const EVENTS_CLEARED_END: usize = 220;
+/// Offset of `since` in a member-table entry; reserved after it.
+const ENTRY_SINCE: usize = 20;
+const ENTRY_RESERVED: usize = 28;
 
 /// Whether the array may have writes in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -106,6 +111,20 @@ pub struct RoleEntry {
     pub member_uuid: Uuid,
     /// Its state.
     pub state: MemberState,
+    /// The `events` of the update that recorded the role failed or missing
+    /// (0: not failed/missing, or unknown: written by an older build).
+    pub since: u64,
+}
+
+impl RoleEntry {
+    /// An active entry for `member_uuid`.
+    pub fn active(member_uuid: Uuid) -> RoleEntry {
+        RoleEntry {
+            member_uuid,
+            state: MemberState::Active,
+            since: 0,
+        }
+    }
 }
 
 /// A `vraid replace` in progress (FORMAT.md §2 `replace_uuid`/`replace_role`):
@@ -162,6 +181,9 @@ pub struct Superblock {
     pub scrub_time: u64,
     /// A replacement in progress; its progress is `rebuild_checkpoint`.
     pub replace: Option<ReplaceRecord>,
+    /// `events` when a write-intent bit was last cleared on disk (FORMAT.md
+    /// §6); 0 = unknown (written by an older build).
+    pub events_cleared: u64,
     /// Array name.
     pub name: String,
     /// Member table, one entry per role (`member_count` entries).
@@ -295,12 +317,14 @@ impl Superblock {
             put(REPLACE_UUID_OFFSET, r.member_uuid.as_bytes());
             put(REPLACE_ROLE_OFFSET, &r.role.to_le_bytes());
         }
+        put(EVENTS_CLEARED_OFFSET, &self.events_cleared.to_le_bytes());
         let name = self.name.as_bytes();
         put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
         for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
             let at = TABLE_OFFSET + role * TABLE_ENTRY;
             put(at, entry.member_uuid.as_bytes());
             put(at + 16, &entry.state.code().to_le_bytes());
+            put(at + ENTRY_SINCE, &entry.since.to_le_bytes());
         }
         let crc = crc_of(&b);
         b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
@@ -333,7 +357,7 @@ impl Superblock {
         }
         for (from, to) in [
             (180, 184),
-            (REPLACE_END, NAME_OFFSET),
+            (EVENTS_CLEARED_END, NAME_OFFSET),
             (320, TABLE_OFFSET),
             (2048, CRC_OFFSET),
         ] {
@@ -373,7 +397,7 @@ impl Superblock {
         for role in 0..MAX_MEMBERS {
             let at = TABLE_OFFSET + role * TABLE_ENTRY;
             let code = f.u32(at + 16);
-            if !f.zero(at + 20, at + TABLE_ENTRY) {
+            if !f.zero(at + ENTRY_RESERVED, at + TABLE_ENTRY) {
                 return Err(field(
                     "member table",
                     format!("role {role}: reserved bytes set"),
@@ -386,6 +410,7 @@ impl Superblock {
                 members.push(RoleEntry {
                     member_uuid: f.uuid(at),
                     state,
+                    since: f.u64(at + ENTRY_SINCE),
                 });
             } else if !f.zero(at, at + TABLE_ENTRY) {
                 return Err(field(
@@ -449,6 +474,7 @@ impl Superblock {
             journal_valid,
             scrub_time: f.u64(184),
             replace,
+            events_cleared: f.u64(EVENTS_CLEARED_OFFSET),
             name,
             members,
         })
@@ -461,6 +487,15 @@ impl Superblock {
         }
         if self.array_uuid.is_nil() {
             return Err(field("array_uuid", "nil UUID"));
+        }
+        if self.events_cleared > self.events {
+            return Err(field("events_cleared", "greater than events"));
+        }
+        if let Some(r) = self.members.iter().position(|m| m.since > self.events) {
+            return Err(field(
+                "member table",
+                format!("role {r}: since is greater than events"),
+            ));
         }
         if self.member_uuid.is_nil() {
             return Err(field("member_uuid", "nil UUID"));

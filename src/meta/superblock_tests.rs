@@ -13,6 +13,7 @@ fn sample() -> Superblock {
         .map(|i| RoleEntry {
             member_uuid: Uuid::from_u128(0x1000 + i),
             state: MemberState::Active,
+            since: 0,
         })
         .collect();
     Superblock {
@@ -34,6 +35,7 @@ fn sample() -> Superblock {
         journal_valid: true,
         scrub_time: 0,
         replace: None,
+        events_cleared: 0,
         name: "vol0".into(),
         members,
     }
@@ -101,6 +103,7 @@ proptest! {
             .map(|i| RoleEntry {
                 member_uuid: Uuid::from_u128(uuids[i]),
                 state: MemberState::from_code(states[i]).unwrap(),
+                since: events / (i as u64 + 1),
             })
             .collect();
         let sb = Superblock {
@@ -122,6 +125,7 @@ proptest! {
             journal_valid: false,
             scrub_time: 1_700_000_000,
             replace: None,
+            events_cleared: events / 2,
             name,
             members,
         };
@@ -457,8 +461,23 @@ fn decode_refuses_inconsistent_replace_records() {
         "replace_role"
     );
     let mut b = sample().encode();
-    b[212] = 1;
+    b[220] = 1;
     let crc = crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat());
     b[4092..].copy_from_slice(&crc.to_le_bytes());
     assert_eq!(field_of(Superblock::decode(&b).unwrap_err()), "reserved");
+    // events_cleared and since never exceed events.
+    let mut sb = sample();
+    sb.events_cleared = sb.events + 1;
+    let err = Superblock::decode(&sb.encode()).unwrap_err();
+    assert_eq!(field_of(err), "events_cleared");
+    let mut sb = sample();
+    sb.members[1].state = MemberState::Failed;
+    sb.members[1].since = sb.events + 1;
+    let err = Superblock::decode(&sb.encode()).unwrap_err();
+    assert_eq!(field_of(err), "member table");
+    let mut sb = sample();
+    sb.events_cleared = 5;
+    sb.members[1].state = MemberState::Failed;
+    sb.members[1].since = 6;
+    assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
 }

@@ -562,3 +562,176 @@ async fn member_with_both_copies_corrupt_is_left_out_and_the_others_assemble() {
     assert_eq!(a.excluded.len(), 1);
     assert!(a.excluded[0].reason.contains("copy"), "{:?}", a.excluded);
 }
+
+/// Runs one write session on a fresh assembly of `devs` with the bitmap on:
+/// dirty, (optionally) a bitmap clearing, then clean.
+async fn run_session(devs: &[Arc<MemDevice>], clearing: bool) {
+    let order: Vec<usize> = (0..devs.len()).collect();
+    let a = assemble(named(devs, &order)).await.unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    if clearing {
+        a.metadata.clearing_allowed().await.unwrap();
+    }
+    a.mark_clean().await.unwrap();
+}
+
+/// Sets bit 0 of the write-intent bitmap on `dev` (a write in flight).
+async fn set_bitmap_bit(dev: &MemDevice) {
+    let at = ByteOffset(dev.snapshot_superblock().layout.bitmap_offset);
+    dev.write(at, &[1u8; 4096], Durability::Normal)
+        .await
+        .unwrap();
+}
+
+trait SnapshotSuperblock {
+    fn snapshot_superblock(&self) -> Superblock;
+}
+
+impl SnapshotSuperblock for MemDevice {
+    fn snapshot_superblock(&self) -> Superblock {
+        Superblock::decode(&self.snapshot()[..4096]).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn stale_copy_put_back_after_a_run_that_cleared_bits_is_left_out() {
+    // Arrange: m2 copied while stopped, then a session writes and clears.
+    let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
+    run_session(&devs, false).await;
+    let copy = devs[2].snapshot();
+    run_session(&devs, true).await;
+    restore_superblocks(&devs[2], &copy).await;
+
+    // Act
+    let next = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+
+    // Assert: staleness by data, not by the role list.
+    assert!(next.members[2].is_none());
+    assert!(next.readd.is_empty());
+    assert!(
+        next.excluded[0].reason.contains("missed writes"),
+        "{:?}",
+        next.excluded
+    );
+}
+
+#[tokio::test]
+async fn copy_put_back_into_a_crashed_run_is_recovered_from_the_bitmap() {
+    // Arrange: m2 copied while stopped; the next run dirties the array,
+    // sets a bit and crashes before clearing anything.
+    let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
+    run_session(&devs, false).await;
+    let copy = devs[2].snapshot();
+    let a = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    set_bitmap_bit(&devs[0]).await;
+    restore_superblocks(&devs[2], &copy).await;
+
+    // Act
+    let next = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+
+    // Assert
+    assert!(next.members[2].is_none());
+    assert_eq!(next.readd.len(), 1);
+    assert_eq!(next.readd[0].0, 2);
+}
+
+#[tokio::test]
+async fn crash_during_clean_to_dirty_with_bitmap_accepts_the_lagging_member() {
+    // Arrange: the start-up mark_dirty reached every member but m1.
+    let (devs, _) = new_array("vol0", Level::Raid5, 3).await;
+    run_session(&devs, true).await;
+    let before = devs[1].snapshot();
+    let a = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    restore_superblocks(&devs[1], &before).await;
+
+    // Act
+    let next = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+
+    // Assert: nothing can differ (no bit set, none cleared since).
+    assert!(!next.is_degraded(), "{:?}", next.excluded);
+    assert!(next.readd.is_empty());
+    assert!(next.was_dirty);
+}
+
+#[tokio::test]
+async fn raid0_member_failed_and_unchanged_is_accepted_but_an_older_copy_is_not() {
+    // Arrange: m1 fails during a run (recorded at `since`), unchanged since.
+    let (devs, _) = new_array("vol0", Level::Raid0, 3).await;
+    let old_copy = devs[1].snapshot();
+    let a = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+    a.mark_dirty().await.unwrap();
+    a.mark_clean().await.unwrap();
+    a.mark_dirty().await.unwrap();
+    a.record_member_failed(1).await.unwrap();
+    let since = devs[0].snapshot_superblock().members[1].since;
+    assert_eq!(since, devs[0].snapshot_superblock().events);
+
+    // Act
+    let next = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+
+    // Assert: back as active, written so by the first update.
+    assert!(!next.is_degraded(), "{:?}", next.excluded);
+    next.mark_clean().await.unwrap();
+    let sb = devs[1].snapshot_superblock();
+    assert_eq!(sb.members[1].state, MemberState::Active);
+    assert_eq!(sb.members[1].since, 0);
+
+    // An older copy of m1 (from before the failure) is stale.
+    let b = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+    b.mark_dirty().await.unwrap();
+    b.record_member_failed(1).await.unwrap();
+    restore_superblocks(&devs[1], &old_copy).await;
+    let err = assemble(named(&devs, &[0, 1, 2])).await.unwrap_err();
+    assert!(matches!(err, AssembleError::TooManyMissing { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn force_assemble_takes_the_most_recently_failed_members() {
+    // Arrange: two RAID-5 members failed one after the other.
+    let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
+    let a = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    a.record_member_failed(1).await.unwrap();
+    a.record_member_failed(2).await.unwrap();
+
+    // Act
+    let refused = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap_err();
+    let forced = assemble_with(named(&devs, &[0, 1, 2, 3]), AssembleOptions { force: true })
+        .await
+        .unwrap();
+
+    // Assert: the refusal names the way out; the forced assembly takes
+    // m2 (failed last), leaves m1 to catch up from the bitmap, resyncs.
+    assert!(
+        refused.to_string().contains("--force-assemble"),
+        "{refused}"
+    );
+    assert!(forced.members[2].is_some());
+    assert!(forced.members[1].is_none());
+    assert_eq!(forced.readd.len(), 1);
+    assert!(forced.was_dirty);
+    forced.mark_dirty().await.unwrap();
+    let sb = devs[0].snapshot_superblock();
+    assert_eq!(sb.members[2].state, MemberState::Active);
+    assert_eq!(sb.members[1].state, MemberState::Failed);
+}
+
+#[tokio::test]
+async fn clearing_bits_first_records_events_cleared() {
+    let (devs, _) = new_array("vol0", Level::Raid1, 2).await;
+    let a = assemble(named(&devs, &[0, 1])).await.unwrap();
+    a.mark_dirty().await.unwrap();
+    let before = a.metadata.events().await;
+
+    a.metadata.clearing_allowed().await.unwrap();
+    a.metadata.clearing_allowed().await.unwrap();
+
+    assert_eq!(a.metadata.events().await, before + 1);
+    assert_eq!(devs[1].snapshot_superblock().events_cleared, before + 1);
+}

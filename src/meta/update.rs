@@ -17,11 +17,20 @@ use super::superblock::{write_superblock, ArrayState, MemberState, ReplaceRecord
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
+/// Told when a member takes a role during the run (`begin_rebuild`: a new
+/// member, a spare or a re-added one; `finish_replace`): role, raw device,
+/// member UUID. The array gives it what members assembled at start-up have
+/// (a partial-parity journal ring).
+pub type JoinHook = Arc<
+    dyn Fn(usize, Arc<dyn BlockDevice>, Uuid) -> crate::block::BoxFuture<'static, ()> + Send + Sync,
+>;
+
 /// Superblock updates of a running array. Updates are serialized: each one
 /// bumps `events` and writes the same table to every present member.
 pub struct ArrayMetadata {
     name: String,
     state: tokio::sync::Mutex<MetaState>,
+    on_join: std::sync::OnceLock<JoinHook>,
 }
 
 impl std::fmt::Debug for ArrayMetadata {
@@ -56,6 +65,7 @@ impl ArrayMetadata {
         replacement: Option<Arc<dyn BlockDevice>>,
     ) -> Self {
         ArrayMetadata {
+            on_join: std::sync::OnceLock::new(),
             name: template.name.clone(),
             state: tokio::sync::Mutex::new(MetaState {
                 template,
@@ -65,6 +75,18 @@ impl ArrayMetadata {
                 bitmap_enabled: false,
                 read_only: false,
             }),
+        }
+    }
+
+    /// Sets the hook told about members that take a role during the run
+    /// (set once).
+    pub fn set_join_hook(&self, hook: JoinHook) {
+        let _ = self.on_join.set(hook);
+    }
+
+    async fn joined(&self, role: usize, device: Arc<dyn BlockDevice>, member_uuid: Uuid) {
+        if let Some(hook) = self.on_join.get() {
+            hook(role, device, member_uuid).await;
         }
     }
 
@@ -256,9 +278,12 @@ impl ArrayMetadata {
             MemberState::Rebuilding
         };
         st.template.rebuild_checkpoint = Some(0);
-        st.devices[role] = Some((device, member_uuid));
+        st.devices[role] = Some((device.clone(), member_uuid));
         tracing::info!(name = %self.name, role, %member_uuid, recovering, "recording rebuild start");
-        Self::write_all(&mut st).await
+        Self::write_all(&mut st).await?;
+        drop(st);
+        self.joined(role, device, member_uuid).await;
+        Ok(())
     }
 
     /// Records rebuild progress: the member in `role` (rebuilt, recovering,
@@ -347,10 +372,13 @@ impl ArrayMetadata {
         entry.state = MemberState::Active;
         st.template.replace = None;
         st.template.rebuild_checkpoint = None;
-        st.devices[role] = Some((device, record.member_uuid));
+        st.devices[role] = Some((device.clone(), record.member_uuid));
         tracing::info!(name = %self.name, role, member_uuid = %record.member_uuid,
             "recording replacement in sync");
-        Self::write_all(&mut st).await
+        Self::write_all(&mut st).await?;
+        drop(st);
+        self.joined(role, device, record.member_uuid).await;
+        Ok(())
     }
 
     /// Records an abandoned replace: the new member is no longer written
@@ -414,6 +442,23 @@ impl ArrayMetadata {
         Self::write_all(&mut st).await
     }
 
+    /// Makes sure the superblocks say `events_cleared = events` before the
+    /// write-intent bitmap clears any bit on disk (FORMAT.md §3 rule 5, §6):
+    /// writes an update setting it if this run has not yet.
+    pub async fn clearing_allowed(&self) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        if st.written && st.template.events_cleared == st.template.events {
+            return Ok(());
+        }
+        st.template.events_cleared = st.template.events + 1;
+        Self::write_all(&mut st).await
+    }
+
+    /// `events_cleared` of the current superblock.
+    pub async fn events_cleared(&self) -> u64 {
+        self.state.lock().await.template.events_cleared
+    }
+
     async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
         if st.written && st.template.state == state {
@@ -442,6 +487,13 @@ impl ArrayMetadata {
         for (entry, device) in template.members.iter_mut().zip(devices.iter()) {
             if device.is_none() && entry.state == MemberState::Active {
                 entry.state = MemberState::Missing;
+            }
+            // `since`: the update that first recorded the role down.
+            let down = matches!(entry.state, MemberState::Failed | MemberState::Missing);
+            if !down {
+                entry.since = 0;
+            } else if entry.since == 0 {
+                entry.since = template.events;
             }
         }
         // The bitmap covers every write since the array was last whole only

@@ -292,7 +292,9 @@ impl std::ops::Deref for RingLog {
 
 /// What a [`RingLog`] and its commit tasks share.
 pub struct LogInner {
-    rings: Vec<Option<MemberRing>>,
+    /// One ring per role; a member that joins during the run gets its own
+    /// ([`LogInner::attach_ring`]).
+    rings: Vec<std::sync::RwLock<Option<Arc<MemberRing>>>>,
     encoder: Arc<dyn BatchEncoder>,
     /// Flushed by checkpoints (every member, rebuild targets included).
     volume: OnceLock<Weak<Volume>>,
@@ -305,7 +307,9 @@ impl std::fmt::Debug for LogInner {
         f.debug_struct("RingLog")
             .field(
                 "rings",
-                &self.rings.iter().map(Option::is_some).collect::<Vec<_>>(),
+                &(0..self.rings.len())
+                    .map(|m| self.ring(MemberIndex(m)).is_some())
+                    .collect::<Vec<_>>(),
             )
             .field("stats", &self.stats)
             .finish()
@@ -332,30 +336,8 @@ impl RingLog {
     ) -> Result<RingLog, PplError> {
         let mut rings = Vec::with_capacity(journals.len());
         for j in journals {
-            rings.push(match j {
-                None => None,
-                Some(dev) => {
-                    let len = dev.size() / 4096 * 4096;
-                    if len < 16 << 10 {
-                        return Err(PplError::TooSmall(len));
-                    }
-                    Some(MemberRing {
-                        dev,
-                        len,
-                        queue: Mutex::new(Vec::new()),
-                        next_id: AtomicU64::new(0),
-                        state: tokio::sync::Mutex::new(RingState {
-                            next_seq: 1,
-                            head: 0,
-                            live: VecDeque::new(),
-                            live_bytes: 0,
-                        }),
-                        inflight: Arc::new(Inflight::default()),
-                        writing: Writing::default(),
-                        slots: Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
-                    })
-                }
-            });
+            let ring = j.map(MemberRing::new).transpose()?.map(Arc::new);
+            rings.push(std::sync::RwLock::new(ring));
         }
         Ok(RingLog {
             inner: Arc::new(LogInner {
@@ -368,7 +350,75 @@ impl RingLog {
     }
 }
 
+impl MemberRing {
+    /// A ring over a member's journal window (at least 16 KiB).
+    fn new(dev: Arc<dyn BlockDevice>) -> Result<MemberRing, PplError> {
+        let len = dev.size() / 4096 * 4096;
+        if len < 16 << 10 {
+            return Err(PplError::TooSmall(len));
+        }
+        Ok(MemberRing {
+            dev,
+            len,
+            queue: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            state: tokio::sync::Mutex::new(RingState {
+                next_seq: 1,
+                head: 0,
+                live: VecDeque::new(),
+                live_bytes: 0,
+            }),
+            inflight: Arc::new(Inflight::default()),
+            writing: Writing::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT)),
+        })
+    }
+}
+
 impl LogInner {
+    /// The ring of `member`, if it has one.
+    fn ring(&self, member: MemberIndex) -> Option<Arc<MemberRing>> {
+        let slot = self.rings.get(member.0)?;
+        slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `member` has a ring.
+    pub fn has_ring(&self, member: MemberIndex) -> bool {
+        self.ring(member).is_some()
+    }
+
+    /// Gives `member` a new ring over `journal` (a member that joined the
+    /// array during the run: rebuilt, a spare, a replacement): writes its
+    /// barrier, then makes it the role's ring. Call before the member holds
+    /// parity (while it is not active); the encoder must already name the
+    /// new member.
+    pub async fn attach_ring(
+        &self,
+        member: MemberIndex,
+        journal: Arc<dyn BlockDevice>,
+    ) -> Result<(), PplError> {
+        let Some(slot) = self.rings.get(member.0) else {
+            return Ok(());
+        };
+        let ring = Arc::new(MemberRing::new(journal)?);
+        self.write_barrier(member, &ring).await?;
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(ring);
+        Ok(())
+    }
+
+    /// Writes one ring's barrier (an empty batch, seq 1, at offset 0) with FUA.
+    async fn write_barrier(&self, member: MemberIndex, r: &MemberRing) -> Result<(), PplError> {
+        let mut st = r.state.lock().await;
+        let bytes = self.encoder.encode(member, 1, 1, &[]);
+        r.dev
+            .write(ByteOffset(0), &bytes, Durability::Fua)
+            .await
+            .map_err(PplError::Barrier)?;
+        st.next_seq = 2;
+        st.head = bytes.len() as u64;
+        Ok(())
+    }
+
     /// The volume whose members checkpoints flush.
     pub fn attach_volume(&self, volume: Weak<Volume>) {
         let _ = self.volume.set(volume);
@@ -377,19 +427,9 @@ impl LogInner {
     /// Writes every ring's barrier (an empty batch, seq 1, at offset 0)
     /// with FUA: from now on older entries are never replayed.
     pub async fn write_barriers(&self) -> Result<(), PplError> {
-        let writes = self.rings.iter().enumerate().filter_map(|(i, r)| {
-            let r = r.as_ref()?;
-            Some(async move {
-                let mut st = r.state.lock().await;
-                let bytes = self.encoder.encode(MemberIndex(i), 1, 1, &[]);
-                r.dev
-                    .write(ByteOffset(0), &bytes, Durability::Fua)
-                    .await
-                    .map_err(PplError::Barrier)?;
-                st.next_seq = 2;
-                st.head = bytes.len() as u64;
-                Ok::<(), PplError>(())
-            })
+        let writes = (0..self.rings.len()).filter_map(|i| {
+            let r = self.ring(MemberIndex(i))?;
+            Some(async move { self.write_barrier(MemberIndex(i), &r).await })
         });
         join_all(writes).await.into_iter().collect()
     }
@@ -525,7 +565,7 @@ impl LogInner {
 
 impl RingLog {
     async fn log_to(&self, member: MemberIndex, records: Vec<PplRecord>) -> BlockResult<PplTicket> {
-        let Some(ring) = self.rings.get(member.0).and_then(Option::as_ref) else {
+        let Some(ring) = self.ring(member) else {
             return Err(BlockError::io(
                 format!("journal of member {}", member.0),
                 std::io::Error::other("no journal on this member"),
@@ -541,10 +581,10 @@ impl RingLog {
         // request leaves the queue: its writer let go of the stripe lock,
         // and an entry logged later than a newer write of the same stripe
         // would be replayed over it with stale partial parity.
-        let _unqueue = Unqueue { ring, id };
+        let _unqueue = Unqueue { ring: &ring, id };
         let answered = |r: Result<Result<PplTicket, String>, _>| match r {
-            Ok(r) => r.map_err(|e| journal_error(ring, e)),
-            Err(_) => Err(journal_error(ring, "journal commit abandoned".into())),
+            Ok(r) => r.map_err(|e| journal_error(&ring, e)),
+            Err(_) => Err(journal_error(&ring, "journal commit abandoned".into())),
         };
         // Whoever gets a commit slot while its request is still queued
         // starts a commit of everything queued (group commit), up to
@@ -557,7 +597,7 @@ impl RingLog {
             permit = ring.slots.clone().acquire_owned() => permit,
         };
         let Ok(permit) = permit else {
-            return Err(journal_error(ring, "journal closed".into()));
+            return Err(journal_error(&ring, "journal closed".into()));
         };
         let batch = {
             let mut queue = ring.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -571,10 +611,9 @@ impl RingLog {
             None => drop(permit),
             Some(batch) => {
                 let inner = self.inner.clone();
+                let ring = ring.clone();
                 tokio::spawn(async move {
-                    if let Some(ring) = inner.rings.get(member.0).and_then(Option::as_ref) {
-                        inner.commit(member, ring, batch).await;
-                    }
+                    inner.commit(member, &ring, batch).await;
                     drop(permit);
                 });
             }
@@ -627,9 +666,7 @@ impl ParityLog for RingLog {
 
     /// A quarter of the ring minus the header, so any entry fits a batch.
     fn max_entry_pp(&self, member: MemberIndex) -> usize {
-        self.rings
-            .get(member.0)
-            .and_then(Option::as_ref)
+        self.ring(member)
             .map_or(usize::MAX, |r| (r.len / 4) as usize - BATCH_HEADER)
     }
 }

@@ -624,3 +624,26 @@ async fn a_dropped_writer_neither_wedges_the_ring_nor_leaves_its_entry_queued() 
             > 0
     );
 }
+
+#[tokio::test]
+async fn a_ring_attached_during_the_run_takes_entries_after_its_barrier() {
+    // Arrange: no ring for member 0 (absent at start-up); a member joins,
+    // its journal area holding garbage of an earlier life.
+    let log = RingLog::new(vec![None], encoder()).unwrap();
+    log.write_barriers().await.unwrap();
+    assert!(log.log(MemberIndex(0), vec![rec(1, 512)]).await.is_err());
+    let ring = Arc::new(MemDevice::new("journal", 64 << 10));
+    ring.write(ByteOffset(0), &[0xee; 8192], Durability::Normal)
+        .await
+        .unwrap();
+
+    // Act
+    log.attach_ring(MemberIndex(0), ring.clone() as Arc<dyn BlockDevice>)
+        .await
+        .unwrap();
+    drop(log.log(MemberIndex(0), vec![rec(7, 512)]).await.unwrap());
+
+    // Assert: the entry is in the ring and replayable.
+    assert!(log.has_ring(MemberIndex(0)));
+    assert_eq!(replayable(&ring).await, vec![7]);
+}
