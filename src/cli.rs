@@ -311,6 +311,27 @@ pub struct ServeArgs {
     /// NBD Unix socket path.
     #[arg(long, value_name = "PATH")]
     pub nbd_socket: Option<PathBuf>,
+    /// Drop an NBD client that has not finished the handshake by then
+    /// (default 10s; `[server] nbd_handshake_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub nbd_handshake_timeout: Option<std::time::Duration>,
+    /// Open NBD connections allowed, all clients together (default 256,
+    /// lowered to fit the descriptor limit; `[server] nbd_max_connections`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections: Option<u32>,
+    /// Open NBD connections allowed from one IP address (default 64;
+    /// `[server] nbd_max_connections_per_client`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections_per_client: Option<u32>,
+    /// READ/WRITE bytes one NBD connection may have buffered, requests
+    /// being served and replies not yet written (default 256M;
+    /// `[server] nbd_connection_memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub nbd_connection_memory: Option<u64>,
+    /// The same over all NBD connections together (default 1G;
+    /// `[server] nbd_memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub nbd_memory: Option<u64>,
     /// Member I/O engine (also VRAID_IO_ENGINE).
     #[arg(long, value_enum)]
     pub io_engine: Option<EngineArg>,

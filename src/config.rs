@@ -46,6 +46,23 @@ pub struct ServerConfig {
     pub control: Option<PathBuf>,
     /// Prometheus metrics listen address.
     pub metrics: Option<SocketAddr>,
+    /// What NBD clients may take (`nbd_*` keys); unset ones keep their defaults.
+    pub nbd_limits: NbdLimitKeys,
+}
+
+/// The `nbd_*` limit keys of `[server]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NbdLimitKeys {
+    /// `nbd_handshake_timeout`.
+    pub handshake_timeout: Option<std::time::Duration>,
+    /// `nbd_max_connections`.
+    pub max_connections: Option<usize>,
+    /// `nbd_max_connections_per_client`.
+    pub max_connections_per_client: Option<usize>,
+    /// `nbd_connection_memory`.
+    pub connection_memory: Option<u64>,
+    /// `nbd_memory`.
+    pub memory: Option<u64>,
 }
 
 /// Which member I/O engine to use.
@@ -225,6 +242,11 @@ struct RawServer {
     io_engine: Option<Spanned<String>>,
     control: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
+    nbd_handshake_timeout: Option<Spanned<String>>,
+    nbd_max_connections: Option<Spanned<i64>>,
+    nbd_max_connections_per_client: Option<Spanned<i64>>,
+    nbd_connection_memory: Option<Spanned<Scalar>>,
+    nbd_memory: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +383,7 @@ impl Config {
 }
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let nbd_limits = nbd_limit_keys(src, &s)?;
     let nbd = match s.nbd {
         Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
             src.invalid(
@@ -416,6 +439,45 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         io_engine,
         control,
         metrics,
+        nbd_limits,
+    })
+}
+
+fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, ConfigError> {
+    let positive = |key: &str, v: &Option<Spanned<i64>>| match v {
+        Some(n) => usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| src.invalid(n.span(), key, "expected a whole number of at least 1")),
+        None => Ok(None),
+    };
+    let bytes = |key: &str, v: &Option<Spanned<Scalar>>| match v {
+        Some(b) => match size(src, key, b)? {
+            0 => Err(src.invalid(b.span(), key, "must not be zero")),
+            n => Ok(Some(n)),
+        },
+        None => Ok(None),
+    };
+    let handshake_timeout = match &s.nbd_handshake_timeout {
+        Some(t) => Some(parse_interval(t.get_ref()).ok_or_else(|| {
+            src.invalid(
+                t.span(),
+                "server.nbd_handshake_timeout",
+                format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
+            )
+        })?),
+        None => None,
+    };
+    Ok(NbdLimitKeys {
+        handshake_timeout,
+        max_connections: positive("server.nbd_max_connections", &s.nbd_max_connections)?,
+        max_connections_per_client: positive(
+            "server.nbd_max_connections_per_client",
+            &s.nbd_max_connections_per_client,
+        )?,
+        connection_memory: bytes("server.nbd_connection_memory", &s.nbd_connection_memory)?,
+        memory: bytes("server.nbd_memory", &s.nbd_memory)?,
     })
 }
 

@@ -10,8 +10,14 @@
 //!            in-flight count − 1
 //!  GET_VRING_BASE / RESET_DEVICE ─► wait until the queue's in-flight count is 0
 //! ```
+//!
+//! Descriptors: the wake-up eventfds are owned by the executors, and the
+//! exit-event consumers the vhost-user event loop takes by number (it never
+//! closes them) are owned by [`ExitFds`]; both close when the backend of a
+//! connection drops, after the last worker thread is gone.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -92,6 +98,41 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The exit-event consumers handed to the vhost-user event loop.
+///
+/// vhost-user-backend 0.24 (`VringEpollHandler::new`) takes each worker
+/// thread's consumer with `into_raw_fd`, adds it to the thread's epoll set
+/// and never closes it: one leaked eventfd per queue per connection. This
+/// owns them by number and closes them when dropped.
+#[derive(Debug, Default)]
+pub struct ExitFds(Mutex<Vec<RawFd>>);
+
+impl ExitFds {
+    /// Remembers a consumer about to be handed over.
+    fn adopt(&self, fd: RawFd) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+    }
+}
+
+impl Drop for ExitFds {
+    fn drop(&mut self) {
+        for fd in self
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            // SAFETY: `fd` is an exit-event consumer the event loop took
+            // over with `into_raw_fd` and never closes; it is dropped with
+            // the backend, whose `Arc` every epoll handler holds, so no
+            // worker thread or epoll set refers to it any more and nobody
+            // else owns this number.
+            let rc = unsafe { libc::close(fd) };
+            debug_assert_eq!(rc, 0, "exit eventfd {fd} was closed by someone else");
+        }
+    }
+}
+
 /// The backend of one frontend connection.
 pub struct BlkBackend {
     ctx: Arc<ExportContext>,
@@ -101,6 +142,7 @@ pub struct BlkBackend {
     queues: Vec<Arc<InFlight>>,
     pools: Vec<Arc<BufPool>>,
     executors: Vec<QueueExecutor>,
+    exit_fds: ExitFds,
 }
 
 impl std::fmt::Debug for BlkBackend {
@@ -126,6 +168,7 @@ impl BlkBackend {
             executors: (0..n)
                 .map(|_| QueueExecutor::new())
                 .collect::<io::Result<_>>()?,
+            exit_fds: ExitFds::default(),
         })
     }
 
@@ -285,7 +328,10 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.exit_fds.adopt(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, index: u32) -> io::Result<()> {
