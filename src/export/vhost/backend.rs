@@ -327,6 +327,9 @@ impl VhostUserBackend for BlkBackend {
         (0..self.queues.len()).map(|i| 1u64 << i).collect()
     }
 
+    /// A fresh exit event for a worker thread. The caller must keep the
+    /// consumer's descriptor open and not close it (the event loop turns it
+    /// into a raw fd and forgets it): the backend closes it when it drops.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (consumer, notifier) =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
