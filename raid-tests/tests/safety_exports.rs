@@ -46,6 +46,24 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 // ------------------------------------------------------------ vhost-user
 
+/// The server's descriptor count once it has not changed for a second.
+/// Between frontends the accept thread drops the old connection's daemon,
+/// builds the next one (its worker threads' epoll sets and eventfds) and
+/// waits in accept: only that resting state is comparable.
+fn steady_fd_count(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = fd_count(pid);
+    let mut same = 0;
+    while same < 20 {
+        assert!(Instant::now() < deadline, "descriptor count never settled");
+        std::thread::sleep(Duration::from_millis(50));
+        let now = fd_count(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 /// Connects a libblkio virtio-blk-vhost-user frontend with `queues` queues,
 /// reads one block, and disconnects.
 fn blkio_connect_cycle(sock: &Path, queues: i32) {
@@ -72,7 +90,7 @@ fn vhost_user_connect_cycles_leave_the_descriptor_count_flat() {
     // One cycle first: whatever the first frontend sets up once stays.
     blkio_connect_cycle(&sock, 4);
     server.wait_log("frontend disconnected", Duration::from_secs(30));
-    let before = fd_count(pid);
+    let before = steady_fd_count(pid);
 
     for _ in 0..50 {
         blkio_connect_cycle(&sock, 4);
@@ -82,11 +100,7 @@ fn vhost_user_connect_cycles_leave_the_descriptor_count_flat() {
     wait_until("51 disconnects logged", Duration::from_secs(60), || {
         server.log().matches("frontend disconnected").count() >= 51
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fd_count(pid) > before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let after = fd_count(pid);
+    let after = steady_fd_count(pid);
     assert_eq!(
         after, before,
         "descriptors before 50 connect cycles: {before}, after: {after}"
