@@ -63,6 +63,8 @@ pub struct NbdLimitKeys {
     pub connection_memory: Option<u64>,
     /// `nbd_memory`.
     pub memory: Option<u64>,
+    /// `nbd_write_timeout`.
+    pub write_timeout: Option<std::time::Duration>,
 }
 
 /// Which member I/O engine to use.
@@ -247,6 +249,7 @@ struct RawServer {
     nbd_max_connections_per_client: Option<Spanned<i64>>,
     nbd_connection_memory: Option<Spanned<Scalar>>,
     nbd_memory: Option<Spanned<Scalar>>,
+    nbd_write_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -459,18 +462,19 @@ fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, Confi
         },
         None => Ok(None),
     };
-    let handshake_timeout = match &s.nbd_handshake_timeout {
-        Some(t) => Some(parse_interval(t.get_ref()).ok_or_else(|| {
+    let duration = |key: &str, v: &Option<Spanned<String>>| match v {
+        Some(t) => parse_interval(t.get_ref()).map(Some).ok_or_else(|| {
             src.invalid(
                 t.span(),
-                "server.nbd_handshake_timeout",
+                key,
                 format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
             )
-        })?),
-        None => None,
+        }),
+        None => Ok(None),
     };
     Ok(NbdLimitKeys {
-        handshake_timeout,
+        handshake_timeout: duration("server.nbd_handshake_timeout", &s.nbd_handshake_timeout)?,
+        write_timeout: duration("server.nbd_write_timeout", &s.nbd_write_timeout)?,
         max_connections: positive("server.nbd_max_connections", &s.nbd_max_connections)?,
         max_connections_per_client: positive(
             "server.nbd_max_connections_per_client",
@@ -882,6 +886,27 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nbd_limit_keys_parse_and_refuse_zero() {
+        let c = parse(
+            "[server]\nnbd_handshake_timeout = \"5s\"\nnbd_max_connections = 100\n\
+             nbd_max_connections_per_client = 8\nnbd_connection_memory = \"64M\"\n\
+             nbd_memory = \"512M\"\nnbd_write_timeout = \"1m\"\n",
+        )
+        .unwrap();
+        let l = c.server.nbd_limits;
+        assert_eq!(l.handshake_timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(l.max_connections, Some(100));
+        assert_eq!(l.max_connections_per_client, Some(8));
+        assert_eq!(l.connection_memory, Some(64 << 20));
+        assert_eq!(l.memory, Some(512 << 20));
+        assert_eq!(l.write_timeout, Some(std::time::Duration::from_secs(60)));
+        assert!(err("[server]\nnbd_max_connections = 0\n").contains("server.nbd_max_connections"));
+        assert!(err("[server]\nnbd_memory = 0\n").contains("server.nbd_memory"));
+        assert!(err("[server]\nnbd_handshake_timeout = \"soon\"\n")
+            .contains("server.nbd_handshake_timeout"));
     }
 
     const GOOD: &str = r#"

@@ -327,6 +327,34 @@ fn nbd_clients_that_never_read_replies_pin_at_most_the_server_memory() {
     );
 }
 
+/// Non-reading clients that fill the server-wide pool do not lock others
+/// out for good: a reply not written within `--nbd-write-timeout` (2 s)
+/// ends its connection and gives its bytes back, so qemu-io is served.
+#[test]
+fn nbd_clients_that_never_read_replies_are_dropped_after_the_write_timeout() {
+    let dir = scratch_dir("safety-nbd-write-timeout");
+    let members = raid5(dir.path());
+    let server = start(
+        &members,
+        &["--nbd-memory", "96M", "--nbd-write-timeout", "2s"],
+    );
+    let mut hostile: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            nbd_handshake(&mut s, "vol0");
+            send_reads(&mut s, 20, 32 << 20);
+            s
+        })
+        .collect();
+    server.wait_log("not reading replies for 2s", Duration::from_secs(30));
+
+    let (served, out) = qemu_io_read_within(&server.uri("vol0"), Duration::from_secs(60));
+    assert!(served, "qemu-io locked out by non-reading clients:\n{out}");
+    for s in &mut hostile {
+        assert!(closed_within(s, Duration::from_secs(30)), "not dropped");
+    }
+}
+
 // ------------------------------------------------------------ item 8
 
 /// 300 connections from 127.0.0.2 that never send a byte: 20 are admitted

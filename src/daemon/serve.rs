@@ -453,6 +453,10 @@ fn nbd_limits(args: &ServeArgs, keys: NbdLimitKeys) -> NbdLimits {
             .or(keys.connection_memory)
             .unwrap_or(d.connection_memory),
         memory: args.nbd_memory.or(keys.memory).unwrap_or(d.memory),
+        write_timeout: args
+            .nbd_write_timeout
+            .or(keys.write_timeout)
+            .unwrap_or(d.write_timeout),
     };
     if let Some((fd_limit, fds_open)) = descriptor_budget() {
         if let Some(fitted) = limits.fit_fd_limit(fd_limit, fds_open) {
@@ -470,6 +474,7 @@ fn nbd_limits(args: &ServeArgs, keys: NbdLimitKeys) -> NbdLimits {
         max_connections_per_client = limits.max_connections_per_client,
         connection_memory = limits.connection_memory,
         memory = limits.memory,
+        write_timeout = ?limits.write_timeout,
         "NBD limits"
     );
     limits

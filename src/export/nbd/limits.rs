@@ -8,7 +8,8 @@
 //!                 ▼
 //!  handshake within `handshake_timeout` ─► transmission: every READ/WRITE
 //!  holds `request bytes` from its connection's pool (`connection_memory`)
-//!  and from the server's (`memory`) until its reply left the writer
+//!  and from the server's (`memory`) until its reply left the writer;
+//!  a reply not written within `write_timeout` ends the connection
 //! ```
 
 use std::collections::HashMap;
@@ -22,6 +23,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default limit of open connections from one IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Default time a reply may wait to be written before the connection is
+/// dropped as not reading.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default bytes of requests and replies buffered per connection.
 pub const DEFAULT_CONNECTION_MEMORY: u64 = 256 * 1024 * 1024;
 /// Default bytes of requests and replies buffered over all connections.
@@ -44,6 +48,9 @@ pub struct NbdLimits {
     pub connection_memory: u64,
     /// The same over all connections.
     pub memory: u64,
+    /// A reply that cannot be written for this long (the client does not
+    /// read) ends the connection and gives its bytes back.
+    pub write_timeout: Duration,
 }
 
 impl Default for NbdLimits {
@@ -54,6 +61,7 @@ impl Default for NbdLimits {
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             connection_memory: DEFAULT_CONNECTION_MEMORY,
             memory: DEFAULT_MEMORY,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }

@@ -147,7 +147,12 @@ impl Session {
         let session = Arc::new(self);
         let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
         let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
-        let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx));
+        let writer_task = tokio::spawn(write_replies(
+            writer,
+            rx,
+            dead_tx,
+            session.limits.write_timeout,
+        ));
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let pool = usize::try_from(session.limits.connection_memory).unwrap_or(usize::MAX);
         let bytes = Arc::new(Semaphore::new(pool.min(Semaphore::MAX_PERMITS)));
@@ -434,21 +439,41 @@ async fn acquire_bytes(
 
 /// Writes encoded replies in completion order; flushes when the queue is
 /// empty. A reply's byte permits go back once its bytes are in the socket
-/// (or in the writer's fixed 64 KiB buffer), not before.
+/// (or in the writer's fixed 64 KiB buffer), not before. A write that makes
+/// no progress for `limit` (the client does not read) fails the writer:
+/// the queued replies and their permits are dropped with it.
 async fn write_replies<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     _dead: oneshot::Sender<()>,
+    limit: std::time::Duration,
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, writer);
     while let Some((reply, permits)) = rx.recv().await {
-        w.write_all(&reply).await?;
+        within(limit, w.write_all(&reply)).await?;
         drop((reply, permits));
         while let Ok((reply, permits)) = rx.try_recv() {
-            w.write_all(&reply).await?;
+            within(limit, w.write_all(&reply)).await?;
             drop((reply, permits));
         }
-        w.flush().await?;
+        within(limit, w.flush()).await?;
     }
     w.shutdown().await
+}
+
+/// Runs a socket write, failing with `TimedOut` if it takes over `limit`.
+async fn within(
+    limit: std::time::Duration,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("NBD client not reading replies for {limit:?}, closing");
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client not reading replies",
+            ))
+        }
+    }
 }
