@@ -512,3 +512,137 @@ fn accept_keeps_going_at_the_descriptor_limit() {
     let (served, out) = qemu_io_read_within(&server.uri("vol0"), Duration::from_secs(60));
     assert!(served, "qemu-io not served at the descriptor limit:\n{out}");
 }
+
+/// `vraid serve` started with RLIMIT_NOFILE set to `nofile` (soft and
+/// hard), its log in `log`; killed when dropped.
+struct LimitedServer {
+    child: std::process::Child,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl LimitedServer {
+    fn start(dir: &Path, nofile: u64, extra: &[&str], members: &[PathBuf]) -> LimitedServer {
+        use std::os::unix::process::CommandExt;
+        let addr: SocketAddr = format!("127.0.0.1:{}", raid_tests::free_port())
+            .parse()
+            .unwrap();
+        let log = dir.join("serve.log");
+        let mut cmd = Command::new(raid_tests::vraid_bin());
+        cmd.arg("serve")
+            .arg("--nbd")
+            .arg(addr.to_string())
+            .args(extra)
+            .args(members)
+            .env("RUST_LOG", "info")
+            .env("VRAID_CONTROL", dir.join("control.sock"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let lim = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setrlimit(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn vraid serve");
+        let server = LimitedServer { child, log, addr };
+        server.wait_log("NBD server listening on TCP");
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let mut log = String::new();
+        wait_until(needle, Duration::from_secs(30), || {
+            log = self.log();
+            log.contains(needle)
+        });
+        log
+    }
+}
+
+impl Drop for LimitedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Started under a low RLIMIT_NOFILE, the server lowers its connection
+/// limit to fit (and says so): a flood larger than that limit is refused
+/// promptly, accept never runs out of descriptors, and once the handshake
+/// timeout has dropped the idle clients qemu-io is served.
+#[test]
+fn connection_limit_is_fitted_under_the_descriptor_limit() {
+    let dir = scratch_dir("safety-nbd-fit-nofile");
+    let members = raid5(dir.path());
+    let server = LimitedServer::start(
+        dir.path(),
+        200,
+        &["--nbd-handshake-timeout", "3s"],
+        &members,
+    );
+    let log = server.wait_log("NBD connection limit lowered from 256 to ");
+    let fitted: usize = log
+        .split("NBD connection limit lowered from 256 to ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("fitted limit in the log");
+    assert!(fitted < 200, "fitted limit {fitted}");
+
+    let flood: Vec<TcpStream> = (2..10u8)
+        .flat_map(|host| std::iter::repeat_n(Ipv4Addr::new(127, 0, 0, host), 25))
+        .map(|from| connect_from(from, server.addr))
+        .collect();
+    // Kept open until the end: a closed one would give its place back.
+    let mut greeted = 0;
+    let mut refused = 0;
+    for s in &flood {
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut g = [0u8; 18];
+        match s.read_exact(&mut g) {
+            Ok(()) => greeted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("connection neither greeted nor refused within 2 s")
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let quiet = |log: String| -> String {
+        log.lines()
+            .filter(|l| !l.contains("NBD client connected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        greeted,
+        fitted,
+        "admitted: the fitted limit\n{}",
+        quiet(server.log())
+    );
+    assert_eq!(refused, 200 - fitted);
+    assert!(
+        !server.log().contains("NBD accept failed"),
+        "accept ran out of descriptors:\n{}",
+        server.log()
+    );
+    let uri = format!("nbd://{}/vol0", server.addr);
+    wait_until("qemu-io served", Duration::from_secs(60), || {
+        qemu_io_read_within(&uri, Duration::from_secs(20)).0
+    });
+    drop(flood);
+}
