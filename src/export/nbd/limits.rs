@@ -3,7 +3,7 @@
 //! how many request/reply bytes may be buffered for it.
 //!
 //! ```text
-//!  accept ─► Admission::admit(peer) ─ over a limit ─► close at once, log (≤ 1/s)
+//!  accept ─► Admission::admit(peer) ─ over a limit ─► close at once, log (LogGate: ≤ 1/s)
 //!                 │ ok: Admitted (counts until dropped)
 //!                 ▼
 //!  handshake within `handshake_timeout` ─► transmission: every READ/WRITE
@@ -102,8 +102,31 @@ pub enum Refusal {
 struct Counts {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    refused_unlogged: u64,
-    last_log: Option<Instant>,
+}
+
+/// Lets a repeated warning through at most once a second.
+#[derive(Debug, Default)]
+pub struct LogGate(Mutex<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogGate {
+    /// `Some(n)` if the warning should be logged now, `n` being how many
+    /// were held back since the last one; `None` to stay quiet.
+    pub fn pass(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if g.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+            g.held_back += 1;
+            return None;
+        }
+        g.last = Some(now);
+        Some(std::mem::take(&mut g.held_back))
+    }
 }
 
 /// Counts open connections against the limits.
@@ -150,19 +173,6 @@ impl Admission {
             ip,
             counts: self.counts.clone(),
         })
-    }
-
-    /// Whether a refusal should be logged now (at most once a second), and
-    /// how many went unlogged before it.
-    pub fn log_refusal(&self) -> Option<u64> {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if c.last_log.is_some_and(|t| now - t < Duration::from_secs(1)) {
-            c.refused_unlogged += 1;
-            return None;
-        }
-        c.last_log = Some(now);
-        Some(std::mem::take(&mut c.refused_unlogged))
     }
 }
 
@@ -215,11 +225,13 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_logged_at_most_once_a_second() {
-        let a = Admission::new(1, 1);
-        assert_eq!(a.log_refusal(), Some(0));
-        assert_eq!(a.log_refusal(), None);
-        assert_eq!(a.log_refusal(), None);
+    fn log_gate_passes_once_a_second_and_counts_the_rest() {
+        let gate = LogGate::default();
+        assert_eq!(gate.pass(), Some(0));
+        assert_eq!(gate.pass(), None);
+        assert_eq!(gate.pass(), None);
+        gate.0.lock().unwrap().last = Some(Instant::now() - Duration::from_secs(2));
+        assert_eq!(gate.pass(), Some(2));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use super::catalog::{Export, ExportTable};
 use super::handshake::{Negotiation, Step};
-use super::limits::{Admission, Admitted, NbdLimits};
+use super::limits::{Admission, Admitted, LogGate, NbdLimits};
 use super::proto;
 use super::transmission::{Ending, Session};
 
@@ -43,6 +43,9 @@ pub struct NbdStats {
     pub connections_total: u64,
     /// Requests being served now, over all connections.
     pub in_flight: u64,
+    /// READ/WRITE bytes held now (requests being served and replies not
+    /// yet written), over all connections.
+    pub buffered_bytes: u64,
 }
 
 struct Shared {
@@ -55,6 +58,8 @@ struct Shared {
     limits: NbdLimits,
     admission: Admission,
     memory: Arc<Semaphore>,
+    refusals: LogGate,
+    accept_errors: LogGate,
 }
 
 /// An NBD server over a fixed set of exports.
@@ -113,8 +118,16 @@ impl NbdServer {
                     limits.max_connections_per_client,
                 ),
                 memory: Arc::new(Semaphore::new(memory.min(Semaphore::MAX_PERMITS))),
+                refusals: LogGate::default(),
+                accept_errors: LogGate::default(),
             }),
         }
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        let pool = usize::try_from(self.shared.limits.memory).unwrap_or(usize::MAX);
+        let free = self.shared.memory.available_permits();
+        u64::try_from(pool.min(Semaphore::MAX_PERMITS) - free).unwrap_or(u64::MAX)
     }
 
     /// The limits this server enforces.
@@ -128,6 +141,7 @@ impl NbdServer {
             connections: self.shared.connections.load(Ordering::SeqCst),
             connections_total: self.shared.connections_total.load(Ordering::SeqCst),
             in_flight: self.shared.in_flight.load(Ordering::SeqCst),
+            buffered_bytes: self.buffered_bytes(),
         }
     }
 
@@ -196,11 +210,10 @@ impl NbdServer {
     /// Counts a new connection against the limits; a refused one is
     /// dropped (closed) by the caller at once.
     fn admit(&self, ip: Option<IpAddr>, peer: &str) -> Option<Admitted> {
-        let admission = &self.shared.admission;
-        match admission.admit(ip) {
+        match self.shared.admission.admit(ip) {
             Ok(admitted) => Some(admitted),
             Err(why) => {
-                if let Some(unlogged) = admission.log_refusal() {
+                if let Some(unlogged) = self.shared.refusals.pass() {
                     tracing::warn!(
                         %peer,
                         refused_before = unlogged,
@@ -233,7 +246,7 @@ impl NbdServer {
     /// timeout frees idle ones): back off instead of spinning or quitting,
     /// and log at most once a second.
     async fn accept_failed(&self, e: io::Error) {
-        if let Some(unlogged) = self.shared.admission.log_refusal() {
+        if let Some(unlogged) = self.shared.accept_errors.pass() {
             tracing::warn!(error = %e, failed_before = unlogged, "NBD accept failed");
         }
         tokio::time::sleep(ACCEPT_BACKOFF).await;
