@@ -326,11 +326,11 @@ pub struct ServeArgs {
     /// READ/WRITE bytes one NBD connection may have buffered, requests
     /// being served and replies not yet written (default 256M;
     /// `[server] nbd_connection_memory`).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_pool_size)]
     pub nbd_connection_memory: Option<u64>,
     /// The same over all NBD connections together (default 1G;
     /// `[server] nbd_memory`).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_pool_size)]
     pub nbd_memory: Option<u64>,
     /// Drop an NBD client whose replies could not be written for this long
     /// (it does not read them), freeing what it held (default 30s;
@@ -374,6 +374,16 @@ pub struct ServeArgs {
     /// missing member may then corrupt chunks nobody was writing.
     #[arg(long)]
     pub no_journal: bool,
+}
+
+/// A byte pool size: at least one maximum-size NBD request (32M).
+fn parse_pool_size(s: &str) -> Result<u64, String> {
+    match parse_size_arg(s)? {
+        n if n < crate::config::MIN_NBD_POOL => Err(format!(
+            "{s:?}: at least 32M (one maximum-size NBD request)"
+        )),
+        n => Ok(n),
+    }
 }
 
 /// [`parse_duration_arg`], refusing zero.
@@ -421,6 +431,7 @@ mod tests {
         assert_eq!(args.nbd_connection_memory, Some(64 << 20));
         assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-write-timeout", "0"]).is_err());
         assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-memory", "16M"]).is_err());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub nbd_limits: NbdLimitKeys,
 }
 
+/// Smallest NBD byte pool: one maximum-size request (32 MiB).
+pub const MIN_NBD_POOL: u64 = 32 * 1024 * 1024;
+
 /// The `nbd_*` limit keys of `[server]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NbdLimitKeys {
@@ -457,7 +460,9 @@ fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, Confi
     };
     let bytes = |key: &str, v: &Option<Spanned<Scalar>>| match v {
         Some(b) => match size(src, key, b)? {
-            0 => Err(src.invalid(b.span(), key, "must not be zero")),
+            n if n < MIN_NBD_POOL => {
+                Err(src.invalid(b.span(), key, "at least 32M (one maximum-size NBD request)"))
+            }
             n => Ok(Some(n)),
         },
         None => Ok(None),
