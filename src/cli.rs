@@ -311,6 +311,32 @@ pub struct ServeArgs {
     /// NBD Unix socket path.
     #[arg(long, value_name = "PATH")]
     pub nbd_socket: Option<PathBuf>,
+    /// Drop an NBD client that has not finished the handshake by then
+    /// (default 10s; `[server] nbd_handshake_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub nbd_handshake_timeout: Option<std::time::Duration>,
+    /// Open NBD connections allowed, all clients together (default 256,
+    /// lowered to fit the descriptor limit; `[server] nbd_max_connections`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections: Option<u32>,
+    /// Open NBD connections allowed from one IP address (default 64;
+    /// `[server] nbd_max_connections_per_client`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub nbd_max_connections_per_client: Option<u32>,
+    /// READ/WRITE bytes one NBD connection may have buffered, requests
+    /// being served and replies not yet written (default 256M;
+    /// `[server] nbd_connection_memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_pool_size)]
+    pub nbd_connection_memory: Option<u64>,
+    /// The same over all NBD connections together (default 1G;
+    /// `[server] nbd_memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_pool_size)]
+    pub nbd_memory: Option<u64>,
+    /// Drop an NBD client whose replies could not be written for this long
+    /// (it does not read them), freeing what it held (default 30s;
+    /// `[server] nbd_write_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub nbd_write_timeout: Option<std::time::Duration>,
     /// Member I/O engine (also VRAID_IO_ENGINE).
     #[arg(long, value_enum)]
     pub io_engine: Option<EngineArg>,
@@ -357,6 +383,24 @@ pub struct ServeArgs {
     pub force_assemble: bool,
 }
 
+/// A byte pool size: at least one maximum-size NBD request (32M).
+fn parse_pool_size(s: &str) -> Result<u64, String> {
+    match parse_size_arg(s)? {
+        n if n < crate::config::MIN_NBD_POOL => Err(format!(
+            "{s:?}: at least 32M (one maximum-size NBD request)"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// [`parse_duration_arg`], refusing zero.
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_level(s: &str) -> Result<Level, String> {
     s.parse()
 }
@@ -369,6 +413,33 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn serve_parses_nbd_limits_and_refuses_a_zero_timeout() {
+        let cli = Cli::try_parse_from([
+            "vraid",
+            "serve",
+            "--nbd-handshake-timeout",
+            "1500ms",
+            "--nbd-max-connections",
+            "10",
+            "--nbd-connection-memory",
+            "64M",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(
+            args.nbd_handshake_timeout,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(args.nbd_max_connections, Some(10));
+        assert_eq!(args.nbd_connection_memory, Some(64 << 20));
+        assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-write-timeout", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-max-connections", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-memory", "16M"]).is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

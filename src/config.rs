@@ -46,6 +46,28 @@ pub struct ServerConfig {
     pub control: Option<PathBuf>,
     /// Prometheus metrics listen address.
     pub metrics: Option<SocketAddr>,
+    /// What NBD clients may take (`nbd_*` keys); unset ones keep their defaults.
+    pub nbd_limits: NbdLimitKeys,
+}
+
+/// Smallest NBD byte pool: one maximum-size request (32 MiB).
+pub const MIN_NBD_POOL: u64 = 32 * 1024 * 1024;
+
+/// The `nbd_*` limit keys of `[server]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NbdLimitKeys {
+    /// `nbd_handshake_timeout`.
+    pub handshake_timeout: Option<std::time::Duration>,
+    /// `nbd_max_connections`.
+    pub max_connections: Option<usize>,
+    /// `nbd_max_connections_per_client`.
+    pub max_connections_per_client: Option<usize>,
+    /// `nbd_connection_memory`.
+    pub connection_memory: Option<u64>,
+    /// `nbd_memory`.
+    pub memory: Option<u64>,
+    /// `nbd_write_timeout`.
+    pub write_timeout: Option<std::time::Duration>,
 }
 
 /// Which member I/O engine to use.
@@ -229,6 +251,12 @@ struct RawServer {
     io_engine: Option<Spanned<String>>,
     control: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
+    nbd_handshake_timeout: Option<Spanned<String>>,
+    nbd_max_connections: Option<Spanned<i64>>,
+    nbd_max_connections_per_client: Option<Spanned<i64>>,
+    nbd_connection_memory: Option<Spanned<Scalar>>,
+    nbd_memory: Option<Spanned<Scalar>>,
+    nbd_write_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +395,7 @@ impl Config {
 }
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let nbd_limits = nbd_limit_keys(src, &s)?;
     let nbd = match s.nbd {
         Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
             src.invalid(
@@ -422,6 +451,48 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         io_engine,
         control,
         metrics,
+        nbd_limits,
+    })
+}
+
+fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, ConfigError> {
+    let positive = |key: &str, v: &Option<Spanned<i64>>| match v {
+        Some(n) => usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| src.invalid(n.span(), key, "expected a whole number of at least 1")),
+        None => Ok(None),
+    };
+    let bytes = |key: &str, v: &Option<Spanned<Scalar>>| match v {
+        Some(b) => match size(src, key, b)? {
+            n if n < MIN_NBD_POOL => {
+                Err(src.invalid(b.span(), key, "at least 32M (one maximum-size NBD request)"))
+            }
+            n => Ok(Some(n)),
+        },
+        None => Ok(None),
+    };
+    let duration = |key: &str, v: &Option<Spanned<String>>| match v {
+        Some(t) => parse_interval(t.get_ref()).map(Some).ok_or_else(|| {
+            src.invalid(
+                t.span(),
+                key,
+                format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
+            )
+        }),
+        None => Ok(None),
+    };
+    Ok(NbdLimitKeys {
+        handshake_timeout: duration("server.nbd_handshake_timeout", &s.nbd_handshake_timeout)?,
+        write_timeout: duration("server.nbd_write_timeout", &s.nbd_write_timeout)?,
+        max_connections: positive("server.nbd_max_connections", &s.nbd_max_connections)?,
+        max_connections_per_client: positive(
+            "server.nbd_max_connections_per_client",
+            &s.nbd_max_connections_per_client,
+        )?,
+        connection_memory: bytes("server.nbd_connection_memory", &s.nbd_connection_memory)?,
+        memory: bytes("server.nbd_memory", &s.nbd_memory)?,
     })
 }
 
@@ -827,6 +898,27 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nbd_limit_keys_parse_and_refuse_zero() {
+        let c = parse(
+            "[server]\nnbd_handshake_timeout = \"5s\"\nnbd_max_connections = 100\n\
+             nbd_max_connections_per_client = 8\nnbd_connection_memory = \"64M\"\n\
+             nbd_memory = \"512M\"\nnbd_write_timeout = \"1m\"\n",
+        )
+        .unwrap();
+        let l = c.server.nbd_limits;
+        assert_eq!(l.handshake_timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(l.max_connections, Some(100));
+        assert_eq!(l.max_connections_per_client, Some(8));
+        assert_eq!(l.connection_memory, Some(64 << 20));
+        assert_eq!(l.memory, Some(512 << 20));
+        assert_eq!(l.write_timeout, Some(std::time::Duration::from_secs(60)));
+        assert!(err("[server]\nnbd_max_connections = 0\n").contains("server.nbd_max_connections"));
+        assert!(err("[server]\nnbd_memory = 0\n").contains("server.nbd_memory"));
+        assert!(err("[server]\nnbd_handshake_timeout = \"soon\"\n")
+            .contains("server.nbd_handshake_timeout"));
     }
 
     const GOOD: &str = r#"

@@ -588,3 +588,27 @@ pub fn bad_parity_stripes(members: &[PathBuf], chunk: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+impl Server {
+    /// The server's process id (for /proc/PID/...).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+}
+
+/// Descriptors process `pid` has open now.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`...).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}

@@ -17,9 +17,9 @@ use super::bringup::{self, Assembled, CreateRequest};
 use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
 use crate::cli::ServeArgs;
-use crate::config::{Config, IoEngine};
+use crate::config::{Config, IoEngine, NbdLimitKeys};
 use crate::control::{ControlServer, Registry};
-use crate::export::nbd::{Export, NbdServer};
+use crate::export::nbd::{Export, NbdLimits, NbdServer};
 use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
 use crate::metrics::stats::StatsDevice;
@@ -57,8 +57,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
     let mut demo_mode = false;
     let mut control = args.control.clone();
     let mut metrics = args.metrics;
+    let mut limit_keys = NbdLimitKeys::default();
     let specs = if let Some(path) = &args.config {
         let config = Config::load(path)?;
+        limit_keys = config.server.nbd_limits;
         control = control.or_else(|| config.server.control.clone());
         metrics = metrics.or(config.server.metrics);
         nbd = nbd.or(config.server.nbd);
@@ -211,7 +213,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             multi_conn: true,
         })
         .collect();
-    let server = Arc::new(NbdServer::new(exports));
+    let server = Arc::new(NbdServer::with_limits(
+        exports,
+        nbd_limits(&args, limit_keys),
+    ));
 
     let vhost = match start_vhost(&volumes) {
         Ok(v) => v,
@@ -446,6 +451,73 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
             Err(e) => warn!("{name}: could not mark clean: {}", error_chain(&e)),
         }
     }
+}
+
+/// The NBD limits: command line over config over defaults, the connection
+/// limit fitted under `RLIMIT_NOFILE` so accept never runs out of descriptors
+/// because of idle clients.
+fn nbd_limits(args: &ServeArgs, keys: NbdLimitKeys) -> NbdLimits {
+    let d = NbdLimits::default();
+    let as_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    let mut limits = NbdLimits {
+        handshake_timeout: args
+            .nbd_handshake_timeout
+            .or(keys.handshake_timeout)
+            .unwrap_or(d.handshake_timeout),
+        max_connections: args
+            .nbd_max_connections
+            .map(as_usize)
+            .or(keys.max_connections)
+            .unwrap_or(d.max_connections),
+        max_connections_per_client: args
+            .nbd_max_connections_per_client
+            .map(as_usize)
+            .or(keys.max_connections_per_client)
+            .unwrap_or(d.max_connections_per_client),
+        connection_memory: args
+            .nbd_connection_memory
+            .or(keys.connection_memory)
+            .unwrap_or(d.connection_memory),
+        memory: args.nbd_memory.or(keys.memory).unwrap_or(d.memory),
+        write_timeout: args
+            .nbd_write_timeout
+            .or(keys.write_timeout)
+            .unwrap_or(d.write_timeout),
+    };
+    if let Some((fd_limit, fds_open)) = descriptor_budget() {
+        if let Some(fitted) = limits.fit_fd_limit(fd_limit, fds_open) {
+            warn!(
+                "NBD connection limit lowered from {} to {fitted} to fit the descriptor \
+                 limit ({fd_limit}, {fds_open} open)",
+                limits.max_connections
+            );
+            limits.max_connections = fitted;
+        }
+    }
+    info!(
+        handshake_timeout = ?limits.handshake_timeout,
+        max_connections = limits.max_connections,
+        max_connections_per_client = limits.max_connections_per_client,
+        connection_memory = limits.connection_memory,
+        memory = limits.memory,
+        write_timeout = ?limits.write_timeout,
+        "NBD limits"
+    );
+    limits
+}
+
+/// `RLIMIT_NOFILE` (soft) and the descriptors open now, if both are known.
+fn descriptor_budget() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    Some((lim.rlim_cur, u64::try_from(open).ok()?))
 }
 
 async fn run_listeners(

@@ -5,6 +5,7 @@
 //!  proto        pure wire parsers/encoders (fuzzed in fuzz/)
 //!  handshake    option haggling as a state machine (no I/O)
 //!  catalog      exports by name, transmission flags, block sizes
+//!  limits       handshake timeout, connection limits, byte pools
 //!  transmission one connection's request pipeline
 //!  server       listeners, connection lifecycle, shutdown, stats
 //! ```
@@ -13,11 +14,13 @@
 
 mod catalog;
 pub mod handshake;
+pub mod limits;
 pub mod proto;
 mod server;
 mod transmission;
 
 pub use catalog::{Export, ExportTable};
+pub use limits::NbdLimits;
 pub use server::{NbdServer, NbdStats};
 pub use transmission::{errno_to_nbd, nbd_error, MAX_IN_FLIGHT};
 

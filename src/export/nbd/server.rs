@@ -2,30 +2,37 @@
 //! shutdown and the counters behind [`NbdServer::stats`].
 //!
 //! ```text
-//!  serve_tcp / serve_unix ─ accept ─► connection task
-//!        (until shutdown)               handshake (Negotiation) ─► Session::run
+//!  serve_tcp / serve_unix ─ accept ─► admission (connection limits; refused: closed)
+//!        (until shutdown)               └─► connection task
+//!                                            handshake (Negotiation, within the
+//!                                            handshake timeout) ─► Session::run
+//!  accept errors (EMFILE...): logged at most once a second, 100 ms back-off
 //!  shutdown(): listeners stop; idle connections close; busy ones drain first
 //!  wait_idle(): resolves once the connection count is back to zero
 //! ```
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::catalog::{Export, ExportTable};
 use super::handshake::{Negotiation, Step};
+use super::limits::{Admission, Admitted, LogGate, NbdLimits};
 use super::proto;
 use super::transmission::{Ending, Session};
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
 const MAX_DISCARD: u32 = 16 * 1024 * 1024;
+/// Pause after a failed accept (out of descriptors, most likely).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A snapshot of the server's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,6 +43,9 @@ pub struct NbdStats {
     pub connections_total: u64,
     /// Requests being served now, over all connections.
     pub in_flight: u64,
+    /// READ/WRITE bytes held now (requests being served and replies not
+    /// yet written), over all connections.
+    pub buffered_bytes: u64,
 }
 
 struct Shared {
@@ -45,6 +55,11 @@ struct Shared {
     connections_total: AtomicU64,
     in_flight: Arc<AtomicU64>,
     idle: Notify,
+    limits: NbdLimits,
+    admission: Admission,
+    memory: Arc<Semaphore>,
+    refusals: LogGate,
+    accept_errors: LogGate,
 }
 
 /// An NBD server over a fixed set of exports.
@@ -80,9 +95,15 @@ impl Drop for ConnectionGuard {
 }
 
 impl NbdServer {
-    /// A server offering `exports`.
+    /// A server offering `exports` under the default limits.
     pub fn new(exports: Vec<Export>) -> Self {
+        Self::with_limits(exports, NbdLimits::default())
+    }
+
+    /// A server offering `exports` under `limits`.
+    pub fn with_limits(exports: Vec<Export>, limits: NbdLimits) -> Self {
         let (shutdown, _) = watch::channel(false);
+        let memory = usize::try_from(limits.memory).unwrap_or(usize::MAX);
         NbdServer {
             shared: Arc::new(Shared {
                 exports: ExportTable::new(exports),
@@ -91,8 +112,27 @@ impl NbdServer {
                 connections_total: AtomicU64::new(0),
                 in_flight: Arc::new(AtomicU64::new(0)),
                 idle: Notify::new(),
+                limits,
+                admission: Admission::new(
+                    limits.max_connections,
+                    limits.max_connections_per_client,
+                ),
+                memory: Arc::new(Semaphore::new(memory.min(Semaphore::MAX_PERMITS))),
+                refusals: LogGate::default(),
+                accept_errors: LogGate::default(),
             }),
         }
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        let pool = usize::try_from(self.shared.limits.memory).unwrap_or(usize::MAX);
+        let free = self.shared.memory.available_permits();
+        u64::try_from(pool.min(Semaphore::MAX_PERMITS) - free).unwrap_or(u64::MAX)
+    }
+
+    /// The limits this server enforces.
+    pub fn limits(&self) -> NbdLimits {
+        self.shared.limits
     }
 
     /// Current counters.
@@ -101,6 +141,7 @@ impl NbdServer {
             connections: self.shared.connections.load(Ordering::SeqCst),
             connections_total: self.shared.connections_total.load(Ordering::SeqCst),
             in_flight: self.shared.in_flight.load(Ordering::SeqCst),
+            buffered_bytes: self.buffered_bytes(),
         }
     }
 
@@ -115,12 +156,15 @@ impl NbdServer {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = self.admit(Some(peer.ip()), &peer.to_string()) else {
+                        continue;
+                    };
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    self.spawn_connection(stream, peer.to_string());
+                    self.spawn_connection(stream, peer.to_string(), admitted);
                 }
-                Err(e) => accept_failed(e).await,
+                Err(e) => self.accept_failed(e).await,
             }
         }
     }
@@ -135,8 +179,12 @@ impl NbdServer {
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             };
             match accepted {
-                Ok((stream, _)) => self.spawn_connection(stream, "unix".to_string()),
-                Err(e) => accept_failed(e).await,
+                Ok((stream, _)) => {
+                    if let Some(admitted) = self.admit(None, "unix") {
+                        self.spawn_connection(stream, "unix".to_string(), admitted);
+                    }
+                }
+                Err(e) => self.accept_failed(e).await,
             }
         }
     }
@@ -159,7 +207,25 @@ impl NbdServer {
         }
     }
 
-    fn spawn_connection<S>(&self, stream: S, peer: String)
+    /// Counts a new connection against the limits; a refused one is
+    /// dropped (closed) by the caller at once.
+    fn admit(&self, ip: Option<IpAddr>, peer: &str) -> Option<Admitted> {
+        match self.shared.admission.admit(ip) {
+            Ok(admitted) => Some(admitted),
+            Err(why) => {
+                if let Some(unlogged) = self.shared.refusals.pass() {
+                    tracing::warn!(
+                        %peer,
+                        refused_before = unlogged,
+                        "NBD connection refused: {why}"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn spawn_connection<S>(&self, stream: S, peer: String, admitted: Admitted)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -171,15 +237,20 @@ impl NbdServer {
                 Ok(ending) => tracing::info!(%peer, %ending, "NBD client disconnected"),
                 Err(e) => tracing::info!(%peer, error = %e, "NBD client connection failed"),
             }
+            drop(admitted);
             drop(guard);
         });
     }
-}
 
-async fn accept_failed(e: io::Error) {
-    // EMFILE and friends are transient: back off instead of spinning or quitting.
-    tracing::warn!(error = %e, "NBD accept failed");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    /// EMFILE and friends are transient (connections close, the handshake
+    /// timeout frees idle ones): back off instead of spinning or quitting,
+    /// and log at most once a second.
+    async fn accept_failed(&self, e: io::Error) {
+        if let Some(unlogged) = self.shared.accept_errors.pass() {
+            tracing::warn!(error = %e, failed_before = unlogged, "NBD accept failed");
+        }
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
 }
 
 /// Why a connection ended, for the log.
@@ -203,9 +274,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut stop = shared.shutdown.subscribe();
-    // A client may sit in the handshake forever: shutdown closes it there.
+    // A client may sit in the handshake forever: shutdown or the handshake
+    // timeout closes it there.
+    let timeout = shared.limits.handshake_timeout;
     let negotiated = tokio::select! {
-        r = handshake(shared, &mut stream) => r?,
+        r = tokio::time::timeout(timeout, handshake(shared, &mut stream)) => match r {
+            Ok(r) => r?,
+            Err(_) => Err("not finished within the handshake timeout"),
+        },
         _ = stop.wait_for(|s| *s) => Err("server shutdown"),
     };
     let (export, structured) = match negotiated {
@@ -220,6 +296,8 @@ where
         export,
         structured,
         in_flight: shared.in_flight.clone(),
+        limits: shared.limits,
+        memory: shared.memory.clone(),
     };
     let (reader, writer) = tokio::io::split(stream);
     let ending = session.run(reader, writer, stop).await?;

@@ -12,7 +12,7 @@ use tokio::process::Command as Process;
 
 use super::handshake::negotiate_bytes;
 use super::proto::{self, errno, Command, Request};
-use super::{Export, ExportTable, NbdServer};
+use super::{Export, ExportTable, NbdLimits, NbdServer};
 use crate::block::BlockDevice;
 use crate::member::memory::MemDevice;
 
@@ -979,4 +979,116 @@ print('ok')
 
     assert!(out.contains("ok"), "{out}");
     assert!(dev.snapshot()[8192..12288].iter().all(|&b| b == 0));
+}
+
+// ------------------------------------------------------------ limits
+
+async fn start_limited(exports: Vec<Export>, limits: NbdLimits) -> (Arc<NbdServer>, SocketAddr) {
+    let server = Arc::new(NbdServer::with_limits(exports, limits));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve_tcp(listener));
+    (server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_is_dropped_after_the_handshake_timeout() {
+    let limits = NbdLimits {
+        handshake_timeout: Duration::from_millis(300),
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let t0 = std::time::Instant::now();
+
+    let mut c = Raw::tcp(addr).await;
+
+    assert!(c.closed().await);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(eventually(|| server.stats().connections == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_does_not_touch_a_client_in_transmission() {
+    let limits = NbdLimits {
+        handshake_timeout: Duration::from_millis(200),
+        ..NbdLimits::default()
+    };
+    let (_server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let mut c = Raw::ready(addr, "a", false).await;
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c.call(req(Command::Read, 1, 0, 512), &[]).await;
+
+    assert_eq!(r.error, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_before_the_greeting() {
+    let limits = NbdLimits {
+        max_connections: 2,
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let _first = Raw::tcp(addr).await;
+    let _second = Raw::tcp(addr).await;
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 18];
+    let got = tokio::time::timeout(Duration::from_secs(5), third.read(&mut b)).await;
+
+    assert!(matches!(got, Ok(Ok(0)) | Ok(Err(_))), "{got:?}");
+    assert_eq!(server.stats().connections, 2);
+}
+
+/// 64 reads of 1 MiB, replies not read: the connection holds its 2 MiB
+/// pool (replies count until written), then everything is answered once
+/// the client reads, and the bytes come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_replies_keep_their_bytes_until_written() {
+    let limits = NbdLimits {
+        connection_memory: 2 * MIB,
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let mut c = Raw::ready(addr, "a", false).await;
+
+    for cookie in 0..64 {
+        c.send(req(Command::Read, cookie, 0, MIB as u32), &[]).await;
+    }
+    let full = eventually(|| server.stats().buffered_bytes == 2 * MIB).await;
+    let lens: HashMap<u64, u32> = (0..64).map(|k| (k, MIB as u32)).collect();
+    let mut answered = 0;
+    for _ in 0..64 {
+        assert_eq!(c.reply(&lens).await.error, 0);
+        answered += 1;
+    }
+
+    assert!(
+        full,
+        "pool not held by unwritten replies: {:?}",
+        server.stats()
+    );
+    assert_eq!(answered, 64);
+    assert!(eventually(|| server.stats().buffered_bytes == 0).await);
+}
+
+/// A client that does not read is dropped after the write timeout and its
+/// bytes go back to the server pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_not_reading_is_dropped_after_the_write_timeout() {
+    let limits = NbdLimits {
+        connection_memory: 2 * MIB,
+        write_timeout: Duration::from_millis(300),
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let mut c = Raw::ready(addr, "a", false).await;
+
+    for cookie in 0..64 {
+        c.send(req(Command::Read, cookie, 0, MIB as u32), &[]).await;
+    }
+
+    let gone = eventually(|| server.stats().connections == 0).await;
+    assert!(gone, "{:?}", server.stats());
+    assert_eq!(server.stats().buffered_bytes, 0);
 }

@@ -6,7 +6,13 @@
 //!                 ▲ permit (≤ MAX_IN_FLIGHT)                        │ BlockDevice call
 //!                 └──────────── released when the future ends ◄─────┤
 //!  socket ◄─ writer task ◄──────── mpsc of encoded replies ◄────────┘
+//!                 └─ byte permits (connection + server pools) released
+//!                    once the reply is written, not when it is queued
 //! ```
+//!
+//! A client that sends large READs and never reads the replies therefore
+//! pins at most its connection's byte pool (and all such clients together
+//! at most the server's pool), however many requests it sends.
 //!
 //! The reader stops on `NBD_CMD_DISC`, end of stream, a protocol violation or
 //! server shutdown; in every case the in-flight futures finish before the
@@ -18,19 +24,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::catalog::Export;
+use super::limits::NbdLimits;
 use super::proto::{self, errno, Command, Request};
 use crate::block::{BlockError, Durability};
 use crate::units::ByteOffset;
 
 /// Requests in flight per connection before the reader stops reading.
 pub const MAX_IN_FLIGHT: usize = 128;
-/// READ/WRITE payload bytes in flight per connection before the reader stops
-/// reading (bounds memory: 128 requests of 32 MiB would be 4 GiB).
-pub const MAX_IN_FLIGHT_BYTES: u32 = 256 * 1024 * 1024;
 /// How long a closing connection waits for its in-flight requests and
 /// replies before dropping them.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -107,6 +111,12 @@ impl Drop for InFlight {
     }
 }
 
+/// The byte permits of one READ/WRITE: its connection's and the server's.
+type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// An encoded reply and the byte permits it holds until it is written.
+type Outgoing = (Vec<u8>, BytePermits);
+
 /// One connection in transmission.
 #[derive(Debug)]
 pub struct Session {
@@ -116,6 +126,10 @@ pub struct Session {
     pub structured: bool,
     /// Server-wide in-flight request counter.
     pub in_flight: Arc<AtomicU64>,
+    /// The server's limits (this connection's byte pool is sized from them).
+    pub limits: NbdLimits,
+    /// The server-wide byte pool.
+    pub memory: Arc<Semaphore>,
 }
 
 impl Session {
@@ -131,11 +145,17 @@ impl Session {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let session = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+        let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
         let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
-        let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx));
+        let writer_task = tokio::spawn(write_replies(
+            writer,
+            rx,
+            dead_tx,
+            session.limits.write_timeout,
+        ));
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize));
+        let pool = usize::try_from(session.limits.connection_memory).unwrap_or(usize::MAX);
+        let bytes = Arc::new(Semaphore::new(pool.min(Semaphore::MAX_PERMITS)));
         let mut tasks = JoinSet::new();
 
         let ending = loop {
@@ -171,10 +191,17 @@ impl Session {
             }
             // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
             let buffered = match req.command {
-                Command::Read | Command::Write => req.length.min(proto::MAX_PAYLOAD),
+                Command::Read | Command::Write => session
+                    .limits
+                    .request_bytes(req.length.min(proto::MAX_PAYLOAD)),
                 _ => 0,
             };
-            let Ok(byte_permit) = bytes.clone().acquire_many_owned(buffered).await else {
+            let byte_permits = tokio::select! {
+                p = acquire_bytes(&bytes, &session.memory, buffered) => p,
+                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
+                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
+            };
+            let Some(byte_permits) = byte_permits else {
                 break Ok(Ending::ProtocolError);
             };
             let payload = if req.command == Command::Write {
@@ -199,11 +226,11 @@ impl Session {
             let tx = tx.clone();
             let session = session.clone();
             tasks.spawn(async move {
-                let _permits = (permit, byte_permit);
+                let _permit = permit;
                 let _guard = guard;
                 let reply = session.execute(req, payload).await;
                 // The writer is gone only if the client is; nothing to tell.
-                let _ = tx.send(reply).await;
+                let _ = tx.send((reply, byte_permits)).await;
             });
         };
 
@@ -398,19 +425,55 @@ fn is_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Writes encoded replies in completion order; flushes when the queue is empty.
+/// Takes `n` bytes from the connection's pool, then from the server's;
+/// `None` if a pool is closed (never: they live as long as the session).
+async fn acquire_bytes(
+    connection: &Arc<Semaphore>,
+    server: &Arc<Semaphore>,
+    n: u32,
+) -> Option<BytePermits> {
+    let mine = connection.clone().acquire_many_owned(n).await.ok()?;
+    let shared = server.clone().acquire_many_owned(n).await.ok()?;
+    Some((mine, shared))
+}
+
+/// Writes encoded replies in completion order; flushes when the queue is
+/// empty. A reply's byte permits go back once its bytes are in the socket
+/// (or in the writer's fixed 64 KiB buffer), not before. A write that makes
+/// no progress for `limit` (the client does not read) fails the writer:
+/// the queued replies and their permits are dropped with it.
 async fn write_replies<W: AsyncWrite + Unpin>(
     writer: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Outgoing>,
     _dead: oneshot::Sender<()>,
+    limit: std::time::Duration,
 ) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, writer);
-    while let Some(reply) = rx.recv().await {
-        w.write_all(&reply).await?;
-        while let Ok(reply) = rx.try_recv() {
-            w.write_all(&reply).await?;
+    while let Some((reply, permits)) = rx.recv().await {
+        within(limit, w.write_all(&reply)).await?;
+        drop((reply, permits));
+        while let Ok((reply, permits)) = rx.try_recv() {
+            within(limit, w.write_all(&reply)).await?;
+            drop((reply, permits));
         }
-        w.flush().await?;
+        within(limit, w.flush()).await?;
     }
     w.shutdown().await
+}
+
+/// Runs a socket write, failing with `TimedOut` if it takes over `limit`.
+async fn within(
+    limit: std::time::Duration,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("NBD client not reading replies for {limit:?}, closing");
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client not reading replies",
+            ))
+        }
+    }
 }

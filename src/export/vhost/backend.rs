@@ -10,8 +10,14 @@
 //!            in-flight count − 1
 //!  GET_VRING_BASE / RESET_DEVICE ─► wait until the queue's in-flight count is 0
 //! ```
+//!
+//! Descriptors: the wake-up eventfds are owned by the executors, and the
+//! exit-event consumers the vhost-user event loop takes by number (it never
+//! closes them) are owned by [`ExitFds`]; both close when the backend of a
+//! connection drops, after the last worker thread is gone.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -92,6 +98,79 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// The exit-event consumers handed to the vhost-user event loop.
+///
+/// vhost-user-backend 0.24 (`VringEpollHandler::new`) takes each worker
+/// thread's consumer with `into_raw_fd`, adds it to the thread's epoll set
+/// and never closes it: one leaked eventfd per queue per connection. This
+/// remembers each one by number, with a duplicate of it (its twin), and
+/// closes the number when dropped — unless `kcmp(2)` says the number no
+/// longer refers to the twin's file (a later library closing it itself,
+/// and the number reused), which would make closing it someone else's loss.
+#[derive(Debug, Default)]
+pub struct ExitFds(Mutex<Vec<(RawFd, EventConsumer)>>);
+
+impl ExitFds {
+    /// Remembers a consumer about to be handed over.
+    pub(super) fn adopt(&self, consumer: &EventConsumer) -> io::Result<()> {
+        let twin = consumer.try_clone()?;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((consumer.as_raw_fd(), twin));
+        Ok(())
+    }
+}
+
+/// `kcmp(2)` `KCMP_FILE`: whether two descriptors of this process share
+/// one open file; `None` if the kernel will not say.
+pub(super) fn same_file(a: RawFd, b: RawFd) -> Option<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: getpid has no preconditions.
+    let pid = libc::c_long::from(unsafe { libc::getpid() });
+    // SAFETY: kcmp compares two descriptor numbers of our own process and
+    // touches no memory; invalid numbers only make it fail with EBADF.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            libc::c_long::from(a),
+            libc::c_long::from(b),
+        )
+    };
+    match rc {
+        0 => Some(true),
+        1..=2 => Some(false),
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) => Some(false),
+        _ => None,
+    }
+}
+
+impl Drop for ExitFds {
+    fn drop(&mut self) {
+        for (fd, twin) in self
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            if same_file(fd, twin.as_raw_fd()) == Some(false) {
+                warn!("exit eventfd {fd} was closed by someone else; leaving the number alone");
+                continue;
+            }
+            // SAFETY: `fd` is an exit-event consumer the event loop took
+            // over with `into_raw_fd` and never closes (it still refers to
+            // the twin's file, or the kernel cannot tell and the pinned
+            // library version is known not to close it); the backend drops
+            // after every epoll handler (each holds an `Arc` of it), so no
+            // worker thread or epoll set uses it any more.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// The backend of one frontend connection.
 pub struct BlkBackend {
     ctx: Arc<ExportContext>,
@@ -101,6 +180,7 @@ pub struct BlkBackend {
     queues: Vec<Arc<InFlight>>,
     pools: Vec<Arc<BufPool>>,
     executors: Vec<QueueExecutor>,
+    exit_fds: ExitFds,
 }
 
 impl std::fmt::Debug for BlkBackend {
@@ -126,6 +206,7 @@ impl BlkBackend {
             executors: (0..n)
                 .map(|_| QueueExecutor::new())
                 .collect::<io::Result<_>>()?,
+            exit_fds: ExitFds::default(),
         })
     }
 
@@ -284,8 +365,14 @@ impl VhostUserBackend for BlkBackend {
         (0..self.queues.len()).map(|i| 1u64 << i).collect()
     }
 
+    /// A fresh exit event for a worker thread. The caller must keep the
+    /// consumer's descriptor open and not close it (the event loop turns it
+    /// into a raw fd and forgets it): the backend closes it when it drops.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.exit_fds.adopt(&consumer).ok()?;
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, index: u32) -> io::Result<()> {

@@ -14,7 +14,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::backend::{BlkBackend, InFlight};
+use super::backend::{same_file, BlkBackend, InFlight};
 use super::device::{config_slice, DeviceSpec, CONFIG_LEN, WCE_OFFSET};
 use super::exec::{answer, execute, BufPool, ExportContext, Status};
 use super::request::{parse, BlockRequest, Op, ParseError, Range, Sector, Segment, MAX_DATA_LEN};
@@ -540,7 +540,51 @@ async fn backend_exposes_config_wce_and_one_thread_per_queue() {
     assert!(bad_write.is_err());
     assert_eq!(backend.num_queues(), 2);
     assert_eq!(backend.queues_per_thread(), vec![1, 2]);
-    assert!(backend.exit_event(0).is_some());
+    // The event loop takes the consumer over by number; the backend closes it.
+    let (consumer, _notifier) = backend.exit_event(0).unwrap();
+    let _ = std::os::fd::IntoRawFd::into_raw_fd(consumer);
     assert!(backend.stop_vring(0).is_ok());
     assert_eq!(backend.in_flight(), 0);
+}
+
+// ------------------------------------------------------------ exit eventfds
+
+#[test]
+fn exit_eventfd_taken_over_by_number_is_closed_with_the_backend() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use vmm_sys_util::event::{new_event_consumer_and_notifier, EventFlag};
+    let fds = super::backend::ExitFds::default();
+    let (consumer, _notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+    let witness = consumer.try_clone().unwrap();
+    fds.adopt(&consumer).unwrap();
+    // What the vhost-user event loop does with it.
+    let raw = consumer.into_raw_fd();
+    assert_eq!(same_file(raw, witness.as_raw_fd()), Some(true));
+
+    drop(fds);
+
+    assert_eq!(same_file(raw, witness.as_raw_fd()), Some(false));
+}
+
+#[test]
+fn exit_eventfd_closed_by_its_owner_is_not_closed_again() {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::event::{new_event_consumer_and_notifier, EventFlag};
+    let fds = super::backend::ExitFds::default();
+    let (consumer, _notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+    fds.adopt(&consumer).unwrap();
+    let raw = consumer.as_raw_fd();
+    drop(consumer);
+    // The number is free: the next open in this thread most likely reuses it.
+    let other = std::fs::File::open("/dev/null").unwrap();
+    let reused = other.as_raw_fd() == raw;
+
+    drop(fds);
+
+    // SAFETY: F_GETFD on a descriptor we own reads its flags only.
+    let alive = unsafe { libc::fcntl(other.as_raw_fd(), libc::F_GETFD) } >= 0;
+    assert!(
+        alive,
+        "another file's descriptor (reused number: {reused}) was closed"
+    );
 }
