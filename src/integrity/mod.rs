@@ -23,7 +23,7 @@ pub use device::{ChecksumDevice, Trusted};
 pub use store::CsumStore;
 
 use crate::block::{BlockDevice, BlockResult, BoxFuture};
-use crate::raid::checksum::ChecksumHook;
+use crate::raid::checksum::{ChecksumHook, Verdict};
 use crate::raid::MemberIndex;
 use crate::units::ByteOffset;
 
@@ -120,6 +120,21 @@ impl Checksums {
         let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
         self.wrap(role, raw, 0, window, fresh, Arc::new(|_| true), errors)
     }
+
+    /// Like [`Checksums::wrap_in_memory`], verifying only where `trusted`
+    /// says so (a crash's pinned regions are not).
+    pub(crate) fn wrap_in_memory_trusting(
+        &self,
+        role: usize,
+        window: Arc<dyn BlockDevice>,
+        errors: Arc<AtomicU64>,
+        trusted: Trusted,
+    ) -> Arc<dyn BlockDevice> {
+        let blocks = window.size().div_ceil(page::BLOCK);
+        let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
+        let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
+        self.wrap(role, raw, 0, window, false, trusted, errors)
+    }
 }
 
 impl ChecksumHook for Checksums {
@@ -138,5 +153,38 @@ impl ChecksumHook for Checksums {
                 }
             }
         })
+    }
+
+    fn verdicts<'a>(
+        &'a self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(async move {
+            let first = offset.get() / page::BLOCK;
+            let n = (data.len() as u64).div_ceil(page::BLOCK);
+            let store = self.live().into_iter().find(|(r, _)| *r == member.0);
+            let entries = match store {
+                Some((_, s)) => s.entries(first, n).await.ok(),
+                None => None,
+            };
+            let entries = entries.unwrap_or_else(|| vec![page::UNKNOWN; n as usize]);
+            data.chunks(page::BLOCK as usize)
+                .zip(entries)
+                .map(|(block, e)| verdict(e, block))
+                .collect()
+        })
+    }
+}
+
+/// One block against its entry.
+fn verdict(entry: u32, block: &[u8]) -> Verdict {
+    if entry == page::UNKNOWN {
+        Verdict::Unknown
+    } else if entry == page::block_entry(block) {
+        Verdict::Good
+    } else {
+        Verdict::Bad
     }
 }

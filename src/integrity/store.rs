@@ -6,6 +6,7 @@
 //!                                      (fresh store: all unknown, dirty)
 //!  set(block.., crcs) ─► atomics ─► page dirty
 //!  writeback() ─► per dirty page: clear flag ─► snapshot ─► write ─► flush
+//!  write_pages(dur): the same without the flush (a member flush, a FUA write)
 //! ```
 //!
 //! Pages are loaded lazily and never evicted: memory grows with the part of
@@ -153,6 +154,16 @@ impl CsumStore {
     /// flag is cleared before its snapshot, so an update racing the write
     /// dirties it again. Returns the pages written.
     pub async fn writeback(&self) -> BlockResult<usize> {
+        let written = self.write_pages(Durability::Normal).await?;
+        if written > 0 {
+            self.raw.flush().await?;
+        }
+        Ok(written)
+    }
+
+    /// Writes every dirty page to the member with `durability`, without a
+    /// flush (a flush of the member's data that follows covers them).
+    pub async fn write_pages(&self, durability: Durability) -> BlockResult<usize> {
         let _w = self.writer.lock().await;
         let mut written = 0;
         for (i, cell) in self.pages.iter().enumerate() {
@@ -167,18 +178,11 @@ impl CsumStore {
                 .collect();
             let at = self.area + i as u64 * PAGE_BYTES as u64;
             let image = encode_page(&snapshot);
-            if let Err(e) = self
-                .raw
-                .write(ByteOffset(at), &image, Durability::Normal)
-                .await
-            {
+            if let Err(e) = self.raw.write(ByteOffset(at), &image, durability).await {
                 page.dirty.store(true, Ordering::Release);
                 return Err(e);
             }
             written += 1;
-        }
-        if written > 0 {
-            self.raw.flush().await?;
         }
         Ok(written)
     }
