@@ -269,7 +269,10 @@ pub async fn assemble_volume_with(
         Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
     if let (Some(c), Some(_)) = (&csum, &bitmap) {
         // Before the journal replay: it asks the checksums which blocks to
-        // trust (docs/FORMAT.md §8).
+        // trust (docs/FORMAT.md §8), unless the last run did not keep them.
+        if !assembly.checksums_valid {
+            c.set.set_entries_stale();
+        }
         volume = volume.with_checksums(c.set.clone());
     }
     let (volume, parity_log) =

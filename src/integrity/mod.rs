@@ -16,7 +16,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use device::{ChecksumDevice, Trusted};
@@ -32,6 +32,9 @@ use crate::units::ByteOffset;
 #[derive(Default)]
 pub struct Checksums {
     roles: Mutex<Vec<(usize, Weak<CsumStore>)>>,
+    /// The stored entries predate writes made without checksums
+    /// (`csum_state` = 0): no verdict may rely on them.
+    stale: AtomicBool,
 }
 
 impl std::fmt::Debug for Checksums {
@@ -44,6 +47,12 @@ impl Checksums {
     /// An empty set.
     pub fn new() -> Arc<Checksums> {
         Arc::new(Checksums::default())
+    }
+
+    /// The entries on the members are not maintained (`csum_state` = 0):
+    /// [`ChecksumHook::verdicts`] says unknown for every block.
+    pub fn set_entries_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 
     fn live(&self) -> Vec<(usize, Arc<CsumStore>)> {
@@ -164,7 +173,11 @@ impl ChecksumHook for Checksums {
         Box::pin(async move {
             let first = offset.get() / page::BLOCK;
             let n = (data.len() as u64).div_ceil(page::BLOCK);
-            let store = self.live().into_iter().find(|(r, _)| *r == member.0);
+            let store = if self.stale.load(Ordering::Relaxed) {
+                None
+            } else {
+                self.live().into_iter().find(|(r, _)| *r == member.0)
+            };
             let entries = match store {
                 Some((_, s)) => s.entries(first, n).await.ok(),
                 None => None,
