@@ -813,6 +813,7 @@ async fn replay_one(
     };
     let mut ok = !writable.is_empty();
     let base = rec.stripe * chunk;
+    let mut kept = 0;
     for (lo, hi) in writable.into_iter().flat_map(|(lo, hi)| blocks_of(lo, hi)) {
         // A data block written wrong (it fails its checksum, and the
         // parity on disk still rebuilds the block it should be) must not
@@ -821,16 +822,19 @@ async fn replay_one(
             .parity_holds_truth(member, base + lo / BLOCK * BLOCK)
             .await
         {
-            tracing::warn!(
-                stripe = rec.stripe,
-                row = lo,
-                "replay: parity kept over a data block that fails its checksum"
-            );
+            kept += 1;
             continue;
         }
         let bytes = &parity[(lo - rlo) as usize..(hi - rlo) as usize];
         let op = MemberOp::Write(ByteOffset(base + lo), bytes, Durability::Normal);
         ok &= vol.member_op(member, op).await;
+    }
+    if kept > 0 {
+        tracing::warn!(
+            stripe = rec.stripe,
+            blocks = kept,
+            "replay: parity kept over data blocks that fail their checksums (the resync restores them)"
+        );
     }
     ok
 }
