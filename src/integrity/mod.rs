@@ -65,7 +65,9 @@ impl Checksums {
     }
 
     /// Wraps the data `window` of the member `raw` in role `role`: its
-    /// checksum area lies at `csum_offset` of `raw`. `fresh`: a new member
+    /// checksum area lies at `csum_offset` of `raw`. `window` must lie on
+    /// `raw`: a flush of the window makes the pages written before it
+    /// durable too (a member flush writes its pages, then flushes once). `fresh`: a new member
     /// whose checksum area is not trusted.
     #[allow(clippy::too_many_arguments)]
     pub fn wrap(
