@@ -20,6 +20,7 @@ mod raid0;
 mod raid1;
 mod raid5;
 mod raid5_write;
+mod resync;
 mod trust;
 
 #[cfg(test)]
