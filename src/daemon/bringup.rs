@@ -294,9 +294,19 @@ pub async fn assemble_volume_with(
         None
     };
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
-    let volume = Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
-    let (mut volume, parity_log) =
+    let mut volume =
+        Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
+    if let (Some(c), Some(_)) = (&csum, &bitmap) {
+        // Before the journal replay: it asks the checksums which blocks to
+        // trust (docs/FORMAT.md §8), unless the last run did not keep them.
+        if !assembly.checksums_valid {
+            c.set.set_entries_stale();
+        }
+        volume = volume.with_checksums(c.set.clone());
+    }
+    let (volume, parity_log) =
         setup_journal(&assembly, volume, aopts.write_hole_protection).await?;
+    let mut volume = volume;
     if let (Some(c), Some(b)) = (&csum, &bitmap) {
         let _ = c.bitmap.set(b.clone());
         let set = c.set.clone();
@@ -304,7 +314,6 @@ pub async fn assemble_volume_with(
             let set = set.clone();
             Box::pin(async move { set.writeback_all().await })
         }));
-        volume = volume.with_checksums(c.set.clone());
     }
     if let Some(b) = &bitmap {
         volume = volume.with_write_intent(b.clone());

@@ -7,7 +7,7 @@
 //!  write ─► unaligned edge: read it (verify; bad: entry kept mismatching)
 //!           ─► CRCs ─► inner write ─► entries
 //!  discard/zeroes ─► inner ─► whole blocks: zero CRC, edges: re-read + seal
-//!  flush ─► (fresh store: write back its pages) ─► inner flush
+//!  flush ─► write back dirty pages ─► inner flush (FUA write: pages FUA)
 //! ```
 //!
 //! It sits below the member's counters and above its fault rules:
@@ -179,7 +179,8 @@ impl ChecksumDevice {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
             self.forget_bad(b0, b1);
-            return self.store.set(b0, &entries).await;
+            self.store.set(b0, &entries).await?;
+            return self.after_write(dur).await;
         }
         // Unaligned: merge the new bytes into the old edge blocks to know
         // the blocks' checksums. Writers of one block are serialized by the
@@ -211,7 +212,16 @@ impl ChecksumDevice {
                 self.forget_bad(b0 + i as u64, b0 + i as u64 + 1);
             }
         }
-        self.store.set(b0, &entries).await
+        self.store.set(b0, &entries).await?;
+        self.after_write(dur).await
+    }
+
+    /// A FUA write is durable when it completes: so are its entries.
+    async fn after_write(&self, dur: Durability) -> BlockResult {
+        if dur == Durability::Fua {
+            self.store.write_pages(Durability::Fua).await?;
+        }
+        Ok(())
     }
 
     /// After a discard or write-zeroes of `offset..+len`: whole blocks are
@@ -264,12 +274,14 @@ impl BlockDevice for ChecksumDevice {
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
-            if self.store.is_fresh() {
-                // A new member's pages are not covered by the bitmap's
-                // settling (rebuild writes are not marked): write them back
-                // with each flush, so a rebuild checkpoint covers them.
-                self.store.writeback().await?;
-            }
+            // Every flush writes the dirty pages back first, so a flushed
+            // write's entries are on disk with its data: after a crash, an
+            // entry in a dirty region is never older than the last flush,
+            // and a resync can trust a block that passes it (§8). A new
+            // member's pages are not covered by the bitmap's settling
+            // either (rebuild writes are not marked): a rebuild checkpoint
+            // covers them the same way.
+            self.store.write_pages(Durability::Normal).await?;
             self.inner.flush().await
         })
     }

@@ -16,14 +16,14 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use device::{ChecksumDevice, Trusted};
 pub use store::CsumStore;
 
 use crate::block::{BlockDevice, BlockResult, BoxFuture};
-use crate::raid::checksum::ChecksumHook;
+use crate::raid::checksum::{ChecksumHook, Verdict};
 use crate::raid::MemberIndex;
 use crate::units::ByteOffset;
 
@@ -32,6 +32,9 @@ use crate::units::ByteOffset;
 #[derive(Default)]
 pub struct Checksums {
     roles: Mutex<Vec<(usize, Weak<CsumStore>)>>,
+    /// The stored entries predate writes made without checksums
+    /// (`csum_state` = 0): no verdict may rely on them.
+    stale: AtomicBool,
 }
 
 impl std::fmt::Debug for Checksums {
@@ -46,6 +49,12 @@ impl Checksums {
         Arc::new(Checksums::default())
     }
 
+    /// The entries on the members are not maintained (`csum_state` = 0):
+    /// [`ChecksumHook::verdicts`] says unknown for every block.
+    pub fn set_entries_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
     fn live(&self) -> Vec<(usize, Arc<CsumStore>)> {
         let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
         roles.retain(|(_, s)| s.strong_count() > 0);
@@ -56,7 +65,9 @@ impl Checksums {
     }
 
     /// Wraps the data `window` of the member `raw` in role `role`: its
-    /// checksum area lies at `csum_offset` of `raw`. `fresh`: a new member
+    /// checksum area lies at `csum_offset` of `raw`. `window` must lie on
+    /// `raw`: a flush of the window makes the pages written before it
+    /// durable too (a member flush writes its pages, then flushes once). `fresh`: a new member
     /// whose checksum area is not trusted.
     #[allow(clippy::too_many_arguments)]
     pub fn wrap(
@@ -120,6 +131,21 @@ impl Checksums {
         let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
         self.wrap(role, raw, 0, window, fresh, Arc::new(|_| true), errors)
     }
+
+    /// Like [`Checksums::wrap_in_memory`], verifying only where `trusted`
+    /// says so (a crash's pinned regions are not).
+    pub(crate) fn wrap_in_memory_trusting(
+        &self,
+        role: usize,
+        window: Arc<dyn BlockDevice>,
+        errors: Arc<AtomicU64>,
+        trusted: Trusted,
+    ) -> Arc<dyn BlockDevice> {
+        let blocks = window.size().div_ceil(page::BLOCK);
+        let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
+        let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
+        self.wrap(role, raw, 0, window, false, trusted, errors)
+    }
 }
 
 impl ChecksumHook for Checksums {
@@ -138,5 +164,42 @@ impl ChecksumHook for Checksums {
                 }
             }
         })
+    }
+
+    fn verdicts<'a>(
+        &'a self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Vec<Verdict>> {
+        Box::pin(async move {
+            let first = offset.get() / page::BLOCK;
+            let n = (data.len() as u64).div_ceil(page::BLOCK);
+            let store = if self.stale.load(Ordering::Relaxed) {
+                None
+            } else {
+                self.live().into_iter().find(|(r, _)| *r == member.0)
+            };
+            let entries = match store {
+                Some((_, s)) => s.entries(first, n).await.ok(),
+                None => None,
+            };
+            let entries = entries.unwrap_or_else(|| vec![page::UNKNOWN; n as usize]);
+            data.chunks(page::BLOCK as usize)
+                .zip(entries)
+                .map(|(block, e)| verdict(e, block))
+                .collect()
+        })
+    }
+}
+
+/// One block against its entry.
+fn verdict(entry: u32, block: &[u8]) -> Verdict {
+    if entry == page::UNKNOWN {
+        Verdict::Unknown
+    } else if entry == page::block_entry(block) {
+        Verdict::Good
+    } else {
+        Verdict::Bad
     }
 }

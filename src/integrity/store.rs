@@ -6,6 +6,7 @@
 //!                                      (fresh store: all unknown, dirty)
 //!  set(block.., crcs) ─► atomics ─► page dirty
 //!  writeback() ─► per dirty page: clear flag ─► snapshot ─► write ─► flush
+//!  write_pages(dur): the same without the flush (a member flush, a FUA write)
 //! ```
 //!
 //! Pages are loaded lazily and never evicted: memory grows with the part of
@@ -41,6 +42,9 @@ pub struct CsumStore {
     blocks: u64,
     fresh: bool,
     pages: Vec<OnceCell<Page>>,
+    /// Set with every page flag (after it), cleared by a write-back before
+    /// its scan: a flush with nothing to write skips the scan of every page.
+    any_dirty: AtomicBool,
     writer: tokio::sync::Mutex<()>,
 }
 
@@ -67,6 +71,7 @@ impl CsumStore {
             blocks,
             fresh,
             pages: (0..pages).map(|_| OnceCell::new()).collect(),
+            any_dirty: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(()),
         }
     }
@@ -90,16 +95,23 @@ impl CsumStore {
                 len: 1,
                 size: self.pages.len() as u64,
             })?;
-        cell.get_or_try_init(|| async {
-            if self.fresh {
-                return Ok(Page::new(&[UNKNOWN; PAGE_ENTRIES], true));
-            }
-            let mut buf = vec![0u8; PAGE_BYTES];
-            let at = self.area + index as u64 * PAGE_BYTES as u64;
-            self.raw.read(ByteOffset(at), &mut buf).await?;
-            Ok(Page::new(&decode_page(&buf), false))
-        })
-        .await
+        let page = cell
+            .get_or_try_init(|| async {
+                if self.fresh {
+                    return Ok(Page::new(&[UNKNOWN; PAGE_ENTRIES], true));
+                }
+                let mut buf = vec![0u8; PAGE_BYTES];
+                let at = self.area + index as u64 * PAGE_BYTES as u64;
+                self.raw.read(ByteOffset(at), &mut buf).await?;
+                Ok(Page::new(&decode_page(&buf), false))
+            })
+            .await?;
+        if self.fresh {
+            // A fresh page starts dirty (its area may hold garbage): flag
+            // it only once it is in its cell, so a write-back sees it.
+            self.any_dirty.store(true, Ordering::Release);
+        }
+        Ok(page)
     }
 
     fn check(&self, first: u64, n: u64) -> BlockResult {
@@ -126,6 +138,7 @@ impl CsumStore {
             page.entries[(b % PAGE_ENTRIES as u64) as usize].store(v, Ordering::Release);
             page.dirty.store(true, Ordering::Release);
         }
+        self.any_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -137,6 +150,7 @@ impl CsumStore {
             page.entries[(b % PAGE_ENTRIES as u64) as usize].store(value, Ordering::Release);
             page.dirty.store(true, Ordering::Release);
         }
+        self.any_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -153,7 +167,22 @@ impl CsumStore {
     /// flag is cleared before its snapshot, so an update racing the write
     /// dirties it again. Returns the pages written.
     pub async fn writeback(&self) -> BlockResult<usize> {
+        let written = self.write_pages(Durability::Normal).await?;
+        if written > 0 {
+            self.raw.flush().await?;
+        }
+        Ok(written)
+    }
+
+    /// Writes every dirty page to the member with `durability`, without a
+    /// flush (a flush of the member's data that follows covers them).
+    pub async fn write_pages(&self, durability: Durability) -> BlockResult<usize> {
         let _w = self.writer.lock().await;
+        if !self.any_dirty.swap(false, Ordering::AcqRel) {
+            // Flags set after this swap belong to updates not finished
+            // before this call: the next write-back takes them.
+            return Ok(0);
+        }
         let mut written = 0;
         for (i, cell) in self.pages.iter().enumerate() {
             let Some(page) = cell.get() else { continue };
@@ -167,18 +196,12 @@ impl CsumStore {
                 .collect();
             let at = self.area + i as u64 * PAGE_BYTES as u64;
             let image = encode_page(&snapshot);
-            if let Err(e) = self
-                .raw
-                .write(ByteOffset(at), &image, Durability::Normal)
-                .await
-            {
+            if let Err(e) = self.raw.write(ByteOffset(at), &image, durability).await {
                 page.dirty.store(true, Ordering::Release);
+                self.any_dirty.store(true, Ordering::Release);
                 return Err(e);
             }
             written += 1;
-        }
-        if written > 0 {
-            self.raw.flush().await?;
         }
         Ok(written)
     }

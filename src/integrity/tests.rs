@@ -268,3 +268,36 @@ async fn discard_and_zeroes_leave_matching_checksums() {
         "write-back, not write-through"
     );
 }
+
+#[tokio::test]
+async fn a_flush_writes_back_the_pages_of_the_writes_before_it_and_only_then() {
+    // Arrange
+    let r = rig(8, all_trusted());
+    let data = pattern(2 * B, 9);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    r.area.reset_counters();
+
+    // Act: a flush after a write, then one with nothing new, then a FUA
+    // write.
+    r.dev.flush().await.unwrap();
+    let after_first = r.area.writes.load(Ordering::SeqCst);
+    r.dev.flush().await.unwrap();
+    let after_second = r.area.writes.load(Ordering::SeqCst);
+    let fua = pattern(B, 10);
+    r.dev
+        .write(ByteOffset(BLOCK * 3), &fua, Durability::Fua)
+        .await
+        .unwrap();
+
+    // Assert: the page was written once, then again FUA with the FUA write.
+    assert_eq!((after_first, after_second), (1, 1));
+    assert_eq!(r.area.fua_writes.load(Ordering::SeqCst), 1);
+    let mut page = vec![0u8; 4096];
+    r.area.read(ByteOffset(4096), &mut page).await.unwrap();
+    let entries = decode_page(&page);
+    assert_eq!(entries[0], block_entry(&data[..B]));
+    assert_eq!(entries[3], block_entry(&fua));
+}

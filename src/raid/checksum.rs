@@ -3,6 +3,10 @@
 //! member now holds there, so its block checksums match again (they may
 //! have been torn from their data by a crash).
 //!
+//! A resync also asks it how each block compares with its stored entry
+//! ([`Verdict`]), so bytes that fail their checksum are never copied or
+//! folded into parity as if they were good.
+//!
 //! The hook also says the volume runs with checksums, which makes RAID-0
 //! writes take the chunk-row locks (two writes of one block never race).
 
@@ -21,4 +25,26 @@ pub trait ChecksumHook: Send + Sync {
         offset: ByteOffset,
         data: &'a [u8],
     ) -> BoxFuture<'a, ()>;
+
+    /// How each 4 KiB block of `data` (member data of `member` at the
+    /// 4 KiB-aligned `offset`) compares with the entry stored for it on the
+    /// slot's member, whether or not its region is settled (a resync reads
+    /// regions whose reads are not verified).
+    fn verdicts<'a>(
+        &'a self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Vec<Verdict>>;
+}
+
+/// One block against its stored checksum entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The entry is known and matches.
+    Good,
+    /// No entry is known (or checksums are off).
+    Unknown,
+    /// The entry is known and does not match.
+    Bad,
 }

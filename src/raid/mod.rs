@@ -21,6 +21,8 @@ mod raid0;
 mod raid1;
 mod raid5;
 mod raid5_write;
+mod resync;
+mod trust;
 
 #[cfg(test)]
 mod conformance;
@@ -114,5 +116,7 @@ impl FromStr for Level {
 mod ppl_tests;
 #[cfg(test)]
 mod rebuild_tests;
+#[cfg(test)]
+mod resync_tests;
 #[cfg(test)]
 mod scrub_tests;

@@ -849,14 +849,45 @@ async fn replay_one(
         None => rows.to_vec(),
     };
     let mut ok = !writable.is_empty();
-    for (lo, hi) in writable {
+    let base = rec.stripe * chunk;
+    let mut kept = 0;
+    for (lo, hi) in writable.into_iter().flat_map(|(lo, hi)| blocks_of(lo, hi)) {
+        // A data block written wrong (it fails its checksum, and the
+        // parity on disk still rebuilds the block it should be) must not
+        // become the truth of its parity (docs/FORMAT.md §8).
+        if vol
+            .parity_holds_truth(member, base + lo / BLOCK * BLOCK)
+            .await
+        {
+            kept += 1;
+            continue;
+        }
         let bytes = &parity[(lo - rlo) as usize..(hi - rlo) as usize];
-        let op = MemberOp::Write(
-            ByteOffset(rec.stripe * chunk + lo),
-            bytes,
-            Durability::Normal,
-        );
+        let op = MemberOp::Write(ByteOffset(base + lo), bytes, Durability::Normal);
         ok &= vol.member_op(member, op).await;
     }
+    if kept > 0 {
+        tracing::warn!(
+            stripe = rec.stripe,
+            blocks = kept,
+            "replay: parity kept over data blocks that fail their checksums (the resync restores them)"
+        );
+    }
     ok
+}
+
+/// Bytes of one checksummed block.
+const BLOCK: u64 = 4096;
+
+/// `lo..hi` cut at 4 KiB boundaries.
+fn blocks_of(lo: u64, hi: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut pos = lo;
+    std::iter::from_fn(move || {
+        (pos < hi).then(|| {
+            let end = ((pos / BLOCK + 1) * BLOCK).min(hi);
+            let r = (pos, end);
+            pos = end;
+            r
+        })
+    })
 }

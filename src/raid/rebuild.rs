@@ -1,5 +1,6 @@
-//! Online rebuild, bitmap recovery and dirty-region resync, all while the
-//! volume serves I/O.
+//! Online rebuild and bitmap recovery while the volume serves I/O, and the
+//! pacing, locking and progress every sync pass shares (the crash resync
+//! is in `resync.rs`, the scrub in `scrub.rs`).
 //!
 //! ```text
 //!  rebuild(member):  for each step (2 MiB of member data) from up_to:
@@ -7,18 +8,16 @@
 //!      ─► write to the incoming member ─► up_to = step end ─► unlock
 //!      every 64 MiB: flush incoming ─► sink.checkpoint(up_to)
 //!      end: flush ─► sink.finished ─► promote incoming to active
-//!  resync(ranges):   for each step of each dirty range:
-//!      lock ─► RAID-1 copy first in-sync mirror to the others
-//!            ─► RAID-5 recompute parity, rewrite it where it differs
-//!            ─► with block checksums: reseal every member's step from the
-//!               bytes it now holds (RAID-0: reseal only)
 //! ```
 //!
 //! Client writes hold the same locks, so they never race a step; they also
 //! always reach the incoming member, so bytes below `up_to` stay in sync.
 //! Every step is throttled by [`RebuildControl`] and slowed to an eighth
 //! while client requests are in flight. RAID-5 reads of the rebuilt part
-//! are served by the new member instead of being reconstructed.
+//! are served by the new member instead of being reconstructed. A source
+//! block that fails its checksum or cannot be read, with no redundancy
+//! left for it, is lost on the new member alone (§7 "Source errors"); a
+//! source is failed only after [`SOURCE_ERROR_LIMIT`] unreadable blocks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,10 +27,9 @@ use futures::future::join_all;
 use futures::StreamExt;
 
 use super::layout::{MemberIndex, StripeIndex};
-use super::parity::xor_into;
 use super::stripe_lock::StripeGuard;
-use super::volume::{MemberOp, RebuildError, Volume};
-use super::{raid1, raid5, Level};
+use super::volume::{RebuildError, Volume};
+use super::{raid1, Level};
 use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
@@ -48,6 +46,52 @@ const DEPTH: usize = 16;
 pub const CHECKPOINT_EVERY: u64 = 64 << 20;
 /// Default rebuild rate limit.
 pub const DEFAULT_MAX_MBPS: u64 = 200;
+
+/// Blocks of one source member that may fail to read (I/O errors, not
+/// checksum mismatches) during one rebuild before the member is failed:
+/// below it each such block is lost on the new member only; a source that
+/// keeps failing is a failing disk (1 MiB of errors).
+pub const SOURCE_ERROR_LIMIT: u64 = 256;
+
+/// Why a rebuild could not rebuild a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// A source block failed its checksum, no other redundancy left.
+    Checksum,
+    /// A source block could not be read, no other redundancy left.
+    ReadError,
+}
+
+impl Lost {
+    fn text(self) -> &'static str {
+        match self {
+            Lost::Checksum => "a source block failed its checksum",
+            Lost::ReadError => "a source block could not be read",
+        }
+    }
+}
+
+/// Read errors per source member during one rebuild.
+struct SourceErrors(Vec<AtomicU64>);
+
+impl SourceErrors {
+    fn new(members: usize) -> SourceErrors {
+        SourceErrors((0..members).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Counts one unreadable block of `member`; at [`SOURCE_ERROR_LIMIT`]
+    /// the member is failed (the rebuild then stops if it needed it).
+    async fn note(&self, vol: &Volume, member: MemberIndex, error: &BlockError) {
+        let Some(count) = self.0.get(member.0) else {
+            return;
+        };
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(volume = vol.volume_name(), %member, %error, errors = n, "rebuild: a source block could not be read");
+        if n == SOURCE_ERROR_LIMIT {
+            vol.fail_member(member, error).await;
+        }
+    }
+}
 
 /// What a sync pass does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -295,6 +339,7 @@ impl Volume {
         self.set_progress(Some(tracker.clone()));
         tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
         let pacer = tokio::sync::Mutex::new(Pacer::new());
+        let errors = &SourceErrors::new(self.geometry().members());
         let mut copied = 0;
         let mut last_checkpoint = start;
         let broken = || {
@@ -315,7 +360,8 @@ impl Volume {
                     // holds stripes while it waits for its budget.
                     pacer.lock().await.step(self, ctl, b - a).await;
                     let mut buf = vec![0u8; (b - a) as usize];
-                    self.rebuild_step(member, &*target, a, &mut buf).await?;
+                    self.rebuild_step(member, &*target, a, &mut buf, errors)
+                        .await?;
                 }
                 Ok::<_, RebuildError>((a, b, needed))
             }
@@ -361,6 +407,7 @@ impl Volume {
         target: &dyn BlockDevice,
         a: u64,
         buf: &mut [u8],
+        errors: &SourceErrors,
     ) -> Result<(), RebuildError> {
         let b = a + buf.len() as u64;
         let _guards = lock_step(self, a, b).await;
@@ -371,18 +418,18 @@ impl Volume {
         } else {
             match self.geometry().level() {
                 Level::Raid5 => {
-                    if let Err(e) = raid5::reconstruct(self, member, off, buf).await {
-                        lost = self.reconstruct_by_block(member, a, buf, e).await?;
+                    if self.reconstruct_quiet(member, off, buf).await.is_err() {
+                        lost = self.reconstruct_by_block(member, a, buf, errors).await?;
                     }
                 }
-                _ => lost = self.read_any_mirror(member, a, buf).await?,
+                _ => lost = self.read_any_mirror(member, a, buf, errors).await?,
             }
         }
         target
             .write(off, buf, Durability::Normal)
             .await
             .map_err(RebuildError::Target)?;
-        for &at in &lost {
+        for &(at, _) in &lost {
             // Without a way to mark them, lost blocks would read back as
             // zeroes: better no rebuild than silently wrong data.
             target
@@ -390,62 +437,110 @@ impl Volume {
                 .await
                 .map_err(|_| RebuildError::Sources(self.data_lost()))?;
         }
-        if !lost.is_empty() {
-            tracing::error!(
-                volume = self.volume_name(),
-                %member,
-                offset = a,
-                blocks = lost.len(),
-                "rebuild: blocks with no good source (a source block failed its checksum \
-                 and no redundancy is left); they are marked lost and read as errors"
+        for reason in [Lost::Checksum, Lost::ReadError] {
+            let blocks = lost.iter().filter(|(_, r)| *r == reason).count();
+            if blocks > 0 {
+                tracing::error!(
+                    volume = self.volume_name(),
+                    %member,
+                    offset = a,
+                    blocks,
+                    "rebuild: blocks with no good source ({}, and no redundancy is left for \
+                     them); they are marked lost and read as errors",
+                    reason.text()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Like `raid5::reconstruct`, but a source that cannot be read is not
+    /// failed here: the reads' errors come back (`None`: the member is
+    /// down), and the caller decides per block.
+    async fn reconstruct_quiet(
+        &self,
+        member: MemberIndex,
+        off: ByteOffset,
+        out: &mut [u8],
+    ) -> Result<(), Vec<(MemberIndex, Option<BlockError>)>> {
+        let n = self.geometry().members();
+        let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != member).collect();
+        let mut bufs = vec![vec![0u8; out.len()]; others.len()];
+        let reads = others
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(
+                |(&m, buf)| async move { self.read_member(m, off, buf).await.map_err(|e| (m, e)) },
             );
+        let failed: Vec<_> = join_all(reads)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if !failed.is_empty() {
+            return Err(failed);
+        }
+        out.fill(0);
+        for buf in &bufs {
+            super::parity::xor_into(out, buf);
         }
         Ok(())
     }
 
     /// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
-    /// a time, so a source block that fails its checksum while no
-    /// redundancy is left costs that block only (md's bad-block list does
-    /// the same). Returns the member offsets of the blocks that could not
-    /// be rebuilt (zeroed in `buf`). If a source member went down instead,
-    /// the rebuild cannot go on: `first` is returned.
+    /// a time, so a source block that fails its checksum or cannot be read
+    /// while no redundancy is left costs that block only (md's bad-block
+    /// list does the same). Returns the member offsets of the blocks that
+    /// could not be rebuilt (zeroed in `buf`), with why. If a source member
+    /// went down, or keeps failing reads ([`SourceErrors`]), the rebuild
+    /// cannot go on.
     async fn reconstruct_by_block(
         &self,
         member: MemberIndex,
         a: u64,
         buf: &mut [u8],
-        first: BlockError,
-    ) -> Result<Vec<u64>, RebuildError> {
+        errors: &SourceErrors,
+    ) -> Result<Vec<(u64, Lost)>, RebuildError> {
         let allowed_down = usize::from(!self.is_active(member));
         let mut lost = Vec::new();
         for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
             let at = a + (i * LOST_BLOCK) as u64;
-            if raid5::reconstruct(self, member, ByteOffset(at), piece)
-                .await
-                .is_err()
-            {
-                if self.down_count() > allowed_down {
-                    return Err(RebuildError::Sources(first));
+            let Err(failed) = self.reconstruct_quiet(member, ByteOffset(at), piece).await else {
+                continue;
+            };
+            let mut reason = Lost::Checksum;
+            for (m, e) in &failed {
+                if let Some(e) = e
+                    .as_ref()
+                    .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
+                {
+                    reason = Lost::ReadError;
+                    errors.note(self, *m, e).await;
                 }
-                piece.fill(0);
-                lost.push(at);
             }
+            if self.down_count() > allowed_down {
+                return Err(RebuildError::Sources(self.data_lost()));
+            }
+            piece.fill(0);
+            lost.push((at, reason));
         }
         Ok(lost)
     }
 
     /// Reads `a..a+buf.len()` from an in-sync mirror. When no mirror can
     /// serve the whole step, goes 4 KiB at a time across the mirrors, so a
-    /// block that fails its checksum on every mirror costs that block only
-    /// (like RAID-5's [`Volume::reconstruct_by_block`]). Returns the member
-    /// offsets of the blocks no mirror could give (zeroed in `buf`). If a
-    /// source mirror went down instead, the rebuild cannot go on.
+    /// block that fails its checksum or cannot be read on every mirror
+    /// costs that block only (like RAID-5's [`Volume::reconstruct_by_block`]).
+    /// Returns the member offsets of the blocks no mirror could give
+    /// (zeroed in `buf`), with why. If a source mirror went down instead,
+    /// the rebuild cannot go on.
     async fn read_any_mirror(
         &self,
         member: MemberIndex,
         a: u64,
         buf: &mut [u8],
-    ) -> Result<Vec<u64>, RebuildError> {
+        errors: &SourceErrors,
+    ) -> Result<Vec<(u64, Lost)>, RebuildError> {
         let count = self.geometry().members();
         let sources = || {
             (0..count)
@@ -463,10 +558,18 @@ impl Volume {
         for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
             let at = a + (i * LOST_BLOCK) as u64;
             let mut served = false;
+            let mut reason = Lost::Checksum;
             for m in sources() {
-                if self.read_member(m, ByteOffset(at), piece).await.is_ok() {
-                    served = true;
-                    break;
+                match self.read_member(m, ByteOffset(at), piece).await {
+                    Ok(()) => {
+                        served = true;
+                        break;
+                    }
+                    Err(Some(e)) if !matches!(e, BlockError::Corrupt { .. }) => {
+                        reason = Lost::ReadError;
+                        errors.note(self, m, &e).await;
+                    }
+                    Err(_) => {}
                 }
             }
             if !served {
@@ -474,177 +577,13 @@ impl Volume {
                     return Err(RebuildError::Sources(self.data_lost()));
                 }
                 piece.fill(0);
-                lost.push(at);
+                lost.push((at, reason));
             }
         }
         Ok(lost)
     }
 
-    /// Makes redundancy consistent in `ranges` (member data offsets): RAID-1
-    /// copies the first in-sync mirror onto the others, RAID-5 recomputes
-    /// parity. `on_range_done` is called for every range once it is done.
-    /// Returns the bytes rewritten.
-    pub async fn resync(
-        &self,
-        ranges: Vec<(u64, u64)>,
-        ctl: &RebuildControl,
-        on_range_done: &(dyn Fn(u64, u64) + Send + Sync),
-    ) -> Result<u64, RebuildError> {
-        let mds = self.geometry().member_data_size();
-        let ranges: Vec<(u64, u64)> = ranges
-            .into_iter()
-            .map(|(a, b)| (a.min(mds), b.min(mds)))
-            .filter(|(a, b)| a < b)
-            .collect();
-        let total = ranges.iter().map(|(a, b)| b - a).sum();
-        let tracker = SyncTracker::new(SyncKind::Resync, None, total);
-        self.set_progress(Some(tracker.clone()));
-        let result = self
-            .resync_inner(&ranges, ctl, &tracker, on_range_done)
-            .await;
-        self.set_progress(None);
-        result
-    }
-
-    async fn resync_inner(
-        &self,
-        ranges: &[(u64, u64)],
-        ctl: &RebuildControl,
-        tracker: &SyncTracker,
-        on_range_done: &(dyn Fn(u64, u64) + Send + Sync),
-    ) -> Result<u64, RebuildError> {
-        let mut pacer = Pacer::new();
-        let mut rewritten = 0;
-        for &(a, b) in ranges {
-            for (s, e) in steps(a, b) {
-                if ctl.is_cancelled() {
-                    return Err(RebuildError::Cancelled);
-                }
-                let (step, no_space) = super::no_space::watch(async {
-                    match self.geometry().level() {
-                        Level::Raid0 => self.reseal_step(s, e).await.map(|()| 0),
-                        Level::Raid1 => self.resync_mirror_step(s, e).await,
-                        Level::Raid5 => self.resync_parity_step(s, e).await,
-                    }
-                })
-                .await;
-                // Still out of space: the range stays owed (not reported done).
-                if no_space {
-                    let name = crate::block::BlockDevice::name(self);
-                    return Err(RebuildError::Target(super::no_space::error(name)));
-                }
-                rewritten += step?;
-                tracker.done.fetch_add(e - s, Ordering::Relaxed);
-                pacer.step(self, ctl, e - s).await;
-            }
-            on_range_done(a, b);
-        }
-        Ok(rewritten)
-    }
-
-    async fn resync_mirror_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
-        let members: Vec<MemberIndex> = (0..self.geometry().members()).map(MemberIndex).collect();
-        let _guards = lock_step(self, a, b).await;
-        let off = ByteOffset(a);
-        let mut buf = vec![0u8; (b - a) as usize];
-        let Some(&src) = members.iter().find(|&&m| self.is_active(m)) else {
-            return Err(RebuildError::Sources(self.data_lost()));
-        };
-        if self.read_member(src, off, &mut buf).await.is_err() {
-            return Err(RebuildError::Sources(self.data_lost()));
-        }
-        // Mirrors that already agree are left alone; a mirror that cannot
-        // be read is rewritten. Members being rebuilt always get the copy.
-        let op = MemberOp::Write(off, &buf, Durability::Normal);
-        let fix = members.iter().filter(|&&m| m != src).map(|&m| {
-            let want = &buf;
-            async move {
-                if self.is_active(m) {
-                    let mut theirs = vec![0u8; want.len()];
-                    let same =
-                        self.read_member(m, off, &mut theirs).await.is_ok() && theirs == *want;
-                    if same {
-                        self.incoming_op(m, op).await;
-                        return false;
-                    }
-                }
-                self.write_member(m, op).await
-            }
-        });
-        let n = join_all(fix).await.into_iter().filter(|&ok| ok).count() as u64;
-        if let Some(hook) = self.checksums() {
-            for &m in &members {
-                hook.reseal(m, off, &buf).await;
-            }
-        }
-        Ok(n * (b - a))
-    }
-
-    /// Reseals the block checksums of every member in `a..b` from the bytes
-    /// each holds (under the step's locks): RAID-0, and RAID-5 while a
-    /// member is down (parity cannot be checked, the bytes are what they
-    /// are). A member that cannot be read is left alone.
-    async fn reseal_step(&self, a: u64, b: u64) -> Result<(), RebuildError> {
-        let Some(hook) = self.checksums() else {
-            return Ok(());
-        };
-        let _guards = lock_step(self, a, b).await;
-        let mut buf = vec![0u8; (b - a) as usize];
-        for m in (0..self.geometry().members()).map(MemberIndex) {
-            if self.read_member(m, ByteOffset(a), &mut buf).await.is_ok() {
-                hook.reseal(m, ByteOffset(a), &buf).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Recomputes the parity of the stripes in `a..b`; rewrites the chunks
-    /// that differ. Skipped when a member is down (parity is then the only
-    /// copy of the missing data).
-    async fn resync_parity_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
-        let g = self.geometry();
-        let n = g.members();
-        if self.down_count() > 0 {
-            return self.reseal_step(a, b).await.map(|()| 0);
-        }
-        let chunk = g.chunk().get();
-        let _guards = lock_step(self, a, b).await;
-        let len = (b - a) as usize;
-        let mut bufs = vec![vec![0u8; len]; n];
-        let reads = bufs
-            .iter_mut()
-            .enumerate()
-            .map(|(m, buf)| raid5::read_or_fail(self, MemberIndex(m), ByteOffset(a), buf));
-        for r in join_all(reads).await {
-            r.map_err(RebuildError::Sources)?;
-        }
-        let mut fixed = 0;
-        for s in (a / chunk)..(b / chunk) {
-            let at = ((s * chunk - a) as usize)..((s * chunk - a + chunk) as usize);
-            let p = g.parity_member(StripeIndex(s)).unwrap_or(MemberIndex(0));
-            let mut x = vec![0u8; chunk as usize];
-            for (m, buf) in bufs.iter().enumerate() {
-                if m != p.0 {
-                    xor_into(&mut x, &buf[at.clone()]);
-                }
-            }
-            if x[..] != bufs[p.0][at.clone()] {
-                let op = MemberOp::Write(ByteOffset(s * chunk), &x, Durability::Normal);
-                if self.write_member(p, op).await {
-                    fixed += chunk;
-                }
-                bufs[p.0][at].copy_from_slice(&x);
-            }
-        }
-        if let Some(hook) = self.checksums() {
-            for (m, buf) in bufs.iter().enumerate() {
-                hook.reseal(MemberIndex(m), ByteOffset(a), buf).await;
-            }
-        }
-        Ok(fixed)
-    }
-
-    fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
+    pub(super) fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
     }
 }

@@ -282,7 +282,7 @@ async fn resync_fixes_inconsistent_parity_in_dirty_ranges_only() {
         .await
         .unwrap();
     // Assert
-    assert_eq!(fixed, C, "exactly one parity chunk rewritten");
+    assert_eq!(fixed, 4096, "exactly one parity block rewritten");
     assert_eq!(*ranges.lock().unwrap(), vec![(0, 1 << 20)]);
     let snaps: Vec<Vec<u8>> = array.devices.iter().map(|d| d.mem.snapshot()).collect();
     let stripe_ok = |s: usize| {

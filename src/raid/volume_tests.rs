@@ -492,16 +492,19 @@ async fn out_of_space_on_a_member_fails_the_write_with_enospc_and_keeps_the_memb
 
 #[tokio::test]
 async fn resync_that_runs_out_of_space_leaves_its_range_owed() {
-    // Arrange: mirrors that differ; mirror 1's filesystem is full.
+    // Arrange: mirrors 0 and 2 agree, mirror 1 differs and must be
+    // rewritten, but its filesystem is full.
     let array = Array::new_wrapped(Level::Raid1, 3, C, 8 * C, &[], |i, d| match i {
         1 => Arc::new(FullDisk(d)) as Arc<dyn BlockDevice>,
         _ => d,
     });
-    array.devices[0]
-        .mem
-        .write(ByteOffset(0), &pattern(C as usize, 3), Durability::Normal)
-        .await
-        .unwrap();
+    for m in [0, 2] {
+        array.devices[m]
+            .mem
+            .write(ByteOffset(0), &pattern(C as usize, 3), Durability::Normal)
+            .await
+            .unwrap();
+    }
     let done = std::sync::Mutex::new(Vec::new());
     // Act
     let result = array
