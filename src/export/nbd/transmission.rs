@@ -463,9 +463,11 @@ async fn acquire_bytes(
 
 /// Writes encoded replies in completion order; flushes when the queue is
 /// empty. A reply's byte permits go back once its bytes are in the socket
-/// (or in the writer's fixed 64 KiB buffer), not before. A write that makes
-/// no progress for `limit` (the client does not read) fails the writer:
-/// the queued replies and their permits are dropped with it.
+/// (or in the writer's fixed 64 KiB buffer), not before. One reply (or the
+/// final flush) not written whole within `limit` fails the writer, however
+/// much of it went out: the queued replies and their permits are dropped
+/// with it. So a client must take a 32 MiB reply at more than
+/// 32 MiB / `limit` (about 1.1 MiB/s at the default 30 s) to stay.
 async fn write_replies<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
