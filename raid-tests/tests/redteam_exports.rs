@@ -4,9 +4,12 @@
 //! binary with raw sockets; the well-behaved client is qemu-io.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raid_tests::{create_array, member_paths, run, scratch_dir, Server};
@@ -162,4 +165,121 @@ fn half_a_write_payload_then_a_stall_is_dropped_and_not_written() {
         ],
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
+}
+
+/// Opens a TCP connection to `to` from source address `from` (any address
+/// of 127/8 is loopback), so an attack can come from many "clients".
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let sin = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a socket we just created and own; nobody else has it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (src, dst) = (sin(SocketAddrV4::new(from, 0)), sin(to));
+    // SAFETY: both addresses are live sockaddr_in values of `len` bytes.
+    let ok = unsafe {
+        libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) == 0
+            && libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// 40 attackers from eight addresses (1.25 GiB of 32 MiB WRITE headers
+/// against the default 1 GiB server pool) send a header, never its
+/// payload, and reconnect the moment they are dropped, so the pool is
+/// always claimed. qemu-io must still get each of three reads through
+/// within a few write timeouts (2 s): a dropped attacker's bytes go to
+/// the waiter first. On main the first read never finished.
+#[test]
+fn reconnecting_stalled_writers_delay_others_by_at_most_the_write_timeout() {
+    let dir = scratch_dir("redteam-nbd-stalled-reconnect");
+    let members = raid5(dir.path());
+    let server = start(&members, &["--nbd-write-timeout", "2s"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let attackers: Vec<_> = (0..40u8)
+        .map(|i| {
+            let (stop, rounds) = (stop.clone(), rounds.clone());
+            std::thread::spawn(move || {
+                let from = Ipv4Addr::new(127, 0, 0, 2 + i % 8);
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut s) = connect_from(from, addr) else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    nbd_handshake(&mut s, "vol0");
+                    if s.write_all(&request(1, 1, 0, 32 << 20)).is_err() {
+                        continue;
+                    }
+                    // Stalled until the server drops it (or the test ends).
+                    while !stop.load(Ordering::SeqCst) {
+                        if closed_within(&mut s, Duration::from_millis(500)) {
+                            rounds.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    wait_until("attackers connected", Duration::from_secs(30), || {
+        server
+            .log()
+            .matches("NBD client entered transmission")
+            .count()
+            >= 40
+    });
+
+    for n in 0..3 {
+        let t0 = Instant::now();
+        let (served, out) = qemu_io_read_within(&server.uri("vol0"), Duration::from_secs(20));
+        assert!(served, "read {n} not served within 20 s:\n{out}");
+        eprintln!("read {n} served in {:?}", t0.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    assert!(
+        rounds.load(Ordering::SeqCst) >= 40,
+        "attackers were not dropped and back"
+    );
+    server.wait_log("write payload not received", Duration::from_secs(5));
+}
+
+/// Tells the attacker threads to stop, also when the test panics.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
