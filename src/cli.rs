@@ -333,7 +333,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_pool_size)]
     pub nbd_memory: Option<u64>,
     /// Drop an NBD client whose replies could not be written for this long
-    /// (it does not read them), freeing what it held (default 30s;
+    /// (it does not read them), or whose WRITE payload did not arrive
+    /// within it, freeing what it held (default 30s;
     /// `[server] nbd_write_timeout`).
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub nbd_write_timeout: Option<std::time::Duration>,

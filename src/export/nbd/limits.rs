@@ -49,7 +49,8 @@ pub struct NbdLimits {
     /// The same over all connections.
     pub memory: u64,
     /// A reply that cannot be written for this long (the client does not
-    /// read) ends the connection and gives its bytes back.
+    /// read), or a WRITE payload not received within it, ends the
+    /// connection and gives its bytes back.
     pub write_timeout: Duration,
 }
 

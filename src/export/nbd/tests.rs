@@ -1092,3 +1092,64 @@ async fn client_not_reading_is_dropped_after_the_write_timeout() {
     assert!(gone, "{:?}", server.stats());
     assert_eq!(server.stats().buffered_bytes, 0);
 }
+
+// ------------------------------------------------------ red team (stalls)
+
+/// Two clients send a 1 MiB WRITE header and only half its payload, then
+/// stall: the server pool (2 MiB) is theirs while they stall. They are
+/// dropped after the write timeout, the bytes come back, and a third
+/// client's read (waiting on the pool meanwhile) is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_write_payloads_are_dropped_after_the_write_timeout() {
+    let limits = NbdLimits {
+        memory: 2 * MIB,
+        write_timeout: Duration::from_millis(300),
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", 4 * MIB, false).1], limits).await;
+    let mut stalled = Vec::new();
+    for cookie in 0..2 {
+        let mut c = Raw::ready(addr, "a", false).await;
+        let half = vec![0xabu8; MIB as usize / 2];
+        c.send(req(Command::Write, cookie, 0, MIB as u32), &half)
+            .await;
+        stalled.push(c);
+    }
+    assert!(eventually(|| server.stats().buffered_bytes == 2 * MIB).await);
+    let mut other = Raw::ready(addr, "a", false).await;
+
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        other.call(req(Command::Read, 7, 0, 4096), &[]),
+    )
+    .await;
+
+    assert_eq!(r.expect("read starved by stalled WRITE payloads").error, 0);
+    for c in &mut stalled {
+        assert!(c.closed().await, "stalled writer not dropped");
+    }
+    assert!(eventually(|| server.stats().buffered_bytes == 0).await);
+    assert!(eventually(|| server.stats().connections == 1).await);
+    assert_eq!(server.stats().in_flight, 0);
+}
+
+/// Shutdown does not wait for a WRITE payload that never comes: the
+/// connection closes at once, well before the (30 s) write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_stalled_write_payload() {
+    let (server, addr) = start_limited(
+        vec![mem_export("a", 4 * MIB, false).1],
+        NbdLimits::default(),
+    )
+    .await;
+    let mut c = Raw::ready(addr, "a", false).await;
+    c.send(req(Command::Write, 1, 0, MIB as u32), &[1, 2, 3])
+        .await;
+    assert!(eventually(|| server.stats().buffered_bytes == MIB).await);
+
+    server.shutdown();
+
+    let idle = tokio::time::timeout(Duration::from_secs(5), server.wait_idle()).await;
+    assert!(idle.is_ok(), "shutdown waits for a stalled payload");
+    assert_eq!(server.stats().buffered_bytes, 0);
+}

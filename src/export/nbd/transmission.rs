@@ -10,6 +10,10 @@
 //!                    once the reply is written, not when it is queued
 //! ```
 //!
+//! A WRITE's bytes are taken before its payload is read, so the payload
+//! must arrive within the write timeout too (else the connection ends):
+//! headers alone must not pin the pools.
+//!
 //! A client that sends large READs and never reads the replies therefore
 //! pins at most its connection's byte pool (and all such clients together
 //! at most the server's pool), however many requests it sends.
@@ -52,6 +56,8 @@ pub enum Ending {
     Shutdown,
     /// Replies could no longer be written.
     WriteFailed,
+    /// A WRITE payload did not arrive within the write timeout.
+    PayloadStalled,
 }
 
 /// Maps a block error to an NBD error value.
@@ -212,11 +218,29 @@ impl Session {
                     );
                     break Ok(Ending::ProtocolError);
                 }
+                // The payload's bytes are already held from both pools: a
+                // client that sends the header and then stalls would pin
+                // them (and with enough connections the whole server pool)
+                // forever. It gets the write timeout to deliver them, and
+                // shutdown does not wait for it.
                 let mut buf = vec![0u8; req.length as usize];
-                match reader.read_exact(&mut buf).await {
-                    Ok(_) => {}
-                    Err(e) if is_gone(&e) => break Ok(Ending::ClientGone),
-                    Err(e) => break Err(e),
+                let limit = session.limits.write_timeout;
+                let got = tokio::select! {
+                    r = tokio::time::timeout(limit, reader.read_exact(&mut buf)) => r,
+                    _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
+                    _ = &mut dead_rx => break Ok(Ending::WriteFailed),
+                };
+                match got {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if is_gone(&e) => break Ok(Ending::ClientGone),
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => {
+                        tracing::warn!(
+                            length = req.length,
+                            "NBD write payload not received within {limit:?}, closing"
+                        );
+                        break Ok(Ending::PayloadStalled);
+                    }
                 }
                 buf
             } else {
@@ -439,9 +463,11 @@ async fn acquire_bytes(
 
 /// Writes encoded replies in completion order; flushes when the queue is
 /// empty. A reply's byte permits go back once its bytes are in the socket
-/// (or in the writer's fixed 64 KiB buffer), not before. A write that makes
-/// no progress for `limit` (the client does not read) fails the writer:
-/// the queued replies and their permits are dropped with it.
+/// (or in the writer's fixed 64 KiB buffer), not before. One reply (or the
+/// final flush) not written whole within `limit` fails the writer, however
+/// much of it went out: the queued replies and their permits are dropped
+/// with it. So a client must take a 32 MiB reply at more than
+/// 32 MiB / `limit` (about 1.1 MiB/s at the default 30 s) to stay.
 async fn write_replies<W: AsyncWrite + Unpin>(
     writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
