@@ -489,7 +489,10 @@ impl ArrayHandle {
 
     /// The role `device` held before it went missing or failed, if it can
     /// catch up from the bitmap (its role still names it, the bitmap is
-    /// maintained and the slot is down).
+    /// maintained and the slot is down, its own superblock lists the role
+    /// active, and it is not behind `events_cleared`: no bit it would need
+    /// was cleared since, FORMAT.md §3 rule 5). An older copy of the member
+    /// put back is rebuilt in full instead.
     async fn readd_role(&self, device: &Arc<dyn BlockDevice>) -> Option<usize> {
         let bitmap = self.bitmap.as_ref()?;
         let sb = meta::read_superblock(device.as_ref())
@@ -507,7 +510,19 @@ impl ArrayHandle {
             state,
             meta::MemberState::Failed | meta::MemberState::Missing
         );
-        (ours && down && absent && self.metadata.bitmap_valid().await && bitmap.pinned() == 0)
+        let cleared = self.metadata.events_cleared().await;
+        let current = cleared != 0
+            && sb.events >= cleared
+            && sb
+                .members
+                .get(role)
+                .is_some_and(|m| m.state == meta::MemberState::Active);
+        (ours
+            && down
+            && absent
+            && current
+            && self.metadata.bitmap_valid().await
+            && bitmap.pinned() == 0)
             .then_some(role)
     }
 

@@ -339,9 +339,10 @@ async fn mark_dirty_and_mark_clean_round_trip_through_superblocks() {
 
     assert_eq!((dirty.events, dirty.state), (2, ArrayState::Dirty));
     assert!(reassembled.was_dirty);
-    assert_eq!((clean.events, clean.state), (3, ArrayState::Clean));
+    // dirty (2), closing update (3, still dirty), clean (4): FORMAT.md case 42.
+    assert_eq!((clean.events, clean.state), (4, ArrayState::Clean));
     assert!(!after_clean.was_dirty);
-    assert_eq!(a.metadata.events().await, 3);
+    assert_eq!(a.metadata.events().await, 4);
 }
 
 #[tokio::test]
@@ -734,4 +735,57 @@ async fn clearing_bits_first_records_events_cleared() {
 
     assert_eq!(a.metadata.events().await, before + 1);
     assert_eq!(devs[1].snapshot_superblock().events_cleared, before + 1);
+}
+
+/// A member copied while the array runs (dirty, after the first clearing),
+/// the run then ends cleanly: the copy is left out (FORMAT.md case 42).
+async fn copy_taken_mid_run(bitmap: bool) {
+    let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
+    let a = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+    a.metadata.set_bitmap_enabled(bitmap).await;
+    a.mark_dirty().await.unwrap();
+    a.metadata.clearing_allowed().await.unwrap();
+    let copy = devs[2].snapshot();
+    a.mark_clean().await.unwrap();
+    drop(a);
+    restore_superblocks(&devs[2], &copy).await;
+
+    let next = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+
+    assert!(next.members[2].is_none(), "bitmap {bitmap}");
+    assert!(next.readd.is_empty(), "bitmap {bitmap}");
+    assert_eq!(next.excluded.len(), 1, "bitmap {bitmap}");
+}
+
+#[tokio::test]
+async fn copy_taken_while_running_then_clean_stop_is_left_out_with_bitmap() {
+    copy_taken_mid_run(true).await;
+}
+
+#[tokio::test]
+async fn copy_taken_while_running_then_clean_stop_is_left_out_without_bitmap() {
+    copy_taken_mid_run(false).await;
+}
+
+#[tokio::test]
+async fn member_failed_during_a_run_stays_recoverable_after_the_closing_update() {
+    // Arrange: bits cleared once, then m2 fails (no clearing from then on)
+    // and the run stops cleanly.
+    let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
+    let a = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+    a.metadata.set_bitmap_enabled(true).await;
+    a.mark_dirty().await.unwrap();
+    a.metadata.clearing_allowed().await.unwrap();
+    a.record_member_failed(2).await.unwrap();
+    set_bitmap_bit(&devs[0]).await;
+    a.mark_clean().await.unwrap();
+    drop(a);
+
+    // Act
+    let next = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();
+
+    // Assert: the closing update did not move events_cleared past m2.
+    assert!(next.members[2].is_none());
+    assert_eq!(next.readd.len(), 1, "{:?}", next.excluded);
+    assert_eq!(next.readd[0].0, 2);
 }

@@ -114,8 +114,34 @@ impl ArrayMetadata {
 
     /// Records "every write is on every member". Call after a final flush.
     /// A no-op if this assembly already wrote the clean state.
+    ///
+    /// From dirty it writes two updates: first a closing one, still dirty,
+    /// then the clean one. When every role is active (every bit was
+    /// cleared by now) the closing one also sets `events_cleared` to its
+    /// own `events`. A copy of a member taken while the array ran is then
+    /// two behind and below `events_cleared`: stale (FORMAT.md §3 rule 5,
+    /// crash case 42). With a role down no bit was cleared and
+    /// `events_cleared` stays, so the absent member stays recoverable.
     pub async fn mark_clean(&self) -> Result<(), MetaError> {
-        self.set_state(ArrayState::Clean).await
+        let mut st = self.state.lock().await;
+        if st.written && st.template.state == ArrayState::Clean {
+            return Ok(());
+        }
+        if st.template.state == ArrayState::Dirty && !st.read_only {
+            let whole = st.replacement.is_none()
+                && st
+                    .template
+                    .members
+                    .iter()
+                    .zip(&st.devices)
+                    .all(|(m, d)| m.state == MemberState::Active && d.is_some());
+            if whole {
+                st.template.events_cleared = st.template.events + 1;
+            }
+            Self::write_all(&mut st).await?;
+        }
+        st.template.state = ArrayState::Clean;
+        Self::write_all(&mut st).await
     }
 
     /// Records that the member in `role` failed, in every other present
