@@ -54,7 +54,7 @@ fn wait_bitmap_cleared(member: &Path) {
 /// A member copied while the array runs (dirty, after its first bitmap
 /// clearing), the volume then overwritten and stopped cleanly, the copy put
 /// back: the copy missed the second write and must not be served
-/// (FORMAT.md crash case 42). Before the closing update it was one update
+/// (FORMAT.md crash case 47). Before the closing update it was one update
 /// behind and dirty, accepted as "missed the last superblock update of a
 /// run it took part in", and served the old data.
 fn copy_taken_while_running(level: u32, count: usize, copied: usize) {

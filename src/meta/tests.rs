@@ -339,7 +339,7 @@ async fn mark_dirty_and_mark_clean_round_trip_through_superblocks() {
 
     assert_eq!((dirty.events, dirty.state), (2, ArrayState::Dirty));
     assert!(reassembled.was_dirty);
-    // dirty (2), closing update (3, still dirty), clean (4): FORMAT.md case 42.
+    // dirty (2), closing update (3, still dirty), clean (4): FORMAT.md case 47.
     assert_eq!((clean.events, clean.state), (4, ArrayState::Clean));
     assert!(!after_clean.was_dirty);
     assert_eq!(a.metadata.events().await, 4);
@@ -738,7 +738,7 @@ async fn clearing_bits_first_records_events_cleared() {
 }
 
 /// A member copied while the array runs (dirty, after the first clearing),
-/// the run then ends cleanly: the copy is left out (FORMAT.md case 42).
+/// the run then ends cleanly: the copy is left out (FORMAT.md case 47).
 async fn copy_taken_mid_run(bitmap: bool) {
     let (devs, _) = new_array("vol0", Level::Raid5, 4).await;
     let a = assemble(named(&devs, &[0, 1, 2, 3])).await.unwrap();

@@ -120,7 +120,7 @@ impl ArrayMetadata {
     /// cleared by now) the closing one also sets `events_cleared` to its
     /// own `events`. A copy of a member taken while the array ran is then
     /// two behind and below `events_cleared`: stale (FORMAT.md §3 rule 5,
-    /// crash case 42). With a role down no bit was cleared and
+    /// crash case 47). With a role down no bit was cleared and
     /// `events_cleared` stays, so the absent member stays recoverable.
     pub async fn mark_clean(&self) -> Result<(), MetaError> {
         let mut st = self.state.lock().await;
