@@ -188,6 +188,52 @@ fn read_only_crashed_raid5_refuses_a_fail_that_would_rebuild_from_unsynced_parit
 }
 
 #[test]
+fn read_only_crashed_raid5_never_serves_data_rebuilt_from_unsynced_parity() {
+    // Arrange: as above, a torn stripe 0 on a SIGKILLed RAID-5, served
+    // read-only.
+    let dir = scratch_dir("redteam-ro-offline");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let server = Server::start(
+        &paths
+            .iter()
+            .map(|p| p.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 0x3c 0 8M".into(), "flush".into()],
+    );
+    server.kill();
+    let data_offset = examine(&paths[0])["data_offset"].as_u64().unwrap();
+    poke(&paths[1], data_offset, &[0x99; 64 << 10]);
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--read-only", "--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let uri = server.uri("vol0");
+
+    // Act: member 0's disk goes away under a read.
+    vraid_ctl_ok(
+        &control,
+        &["fault", "add", "vol0", "0", "--kind", "offline"],
+    );
+    let out =
+        run(Command::new("qemu-io").args(["-r", "-f", "raw", "-c", "read -P 0x3c 0 64k", &uri]));
+
+    // Assert: an error, or the data written; never member 1's torn bytes.
+    let read = text(&out);
+    assert!(
+        read.contains("read failed") || out.status.success(),
+        "{read}"
+    );
+    assert!(!read.contains("Pattern verification"), "{read}");
+    let v = volume_status(&control, "vol0");
+    assert_eq!(member_states(&v)[0], "failed", "{v}");
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
 fn cli_shows_only_the_start_of_an_oversized_bad_reply() {
     use std::io::{Read, Write};
     // Arrange: a "daemon" that answers with 8 MiB of garbage and hangs up.
@@ -259,8 +305,6 @@ fn fill(dir: &Path) {
 }
 
 #[test]
-#[ignore = "not fixed: ENOSPC on the parity member alone leaves the stripe's parity stale while the \
-            members stay active; a later member failure rebuilds bytes nobody wrote"]
 fn enospc_on_the_parity_member_alone_then_a_member_failure_returns_no_foreign_bytes() {
     // Arrange: RAID-5, members 0 and 1 on the real disk, member 2 (parity
     // of stripe 0) on a small tmpfs; 4K written at volume offset 0 (data
@@ -290,8 +334,54 @@ fn enospc_on_the_parity_member_alone_then_a_member_failure_returns_no_foreign_by
     vraid_ctl_ok(&control, &["fail", "vol0", "0"]);
 
     // Assert: page 1 of chunk 0, never written, must not read as the
-    // failed write's bytes (zeros, or an error, are acceptable).
+    // failed write's bytes (zeros, or an error, are acceptable); degraded
+    // reads of stripes it did not touch still work.
     let (_, read) = qemu_io_try(&uri, &["read -P 0 4k 4k"]);
     assert!(!read.contains("Pattern verification"), "{read}");
+    let (_, read) = qemu_io_try(&uri, &["read -P 0xaa 0 4k"]);
+    assert!(!read.contains("Pattern verification"), "{read}");
+    qemu_io(&uri, &["read -P 0 1M 1M".into()]);
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn a_complete_repairing_scrub_after_enospc_makes_degraded_reads_work_again() {
+    // Arrange: as above, a write that ran out of space on the parity
+    // member alone; then the space comes back.
+    let dir = scratch_dir("redteam-enospc-scrub");
+    let mnt = dir.path().join("mnt");
+    let _mount = TmpfsMount::new(&mnt, "8M");
+    let paths = vec![
+        dir.path().join("m0.img"),
+        dir.path().join("m1.img"),
+        mnt.join("m2.img"),
+    ];
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let uri = server.uri("vol0");
+    qemu_io(&uri, &["write -P 0xaa 0 4k".into(), "flush".into()]);
+    fill(&mnt);
+    let (ok, out) = qemu_io_try(&uri, &["write -P 0xbb 68k 4k"]);
+    assert!(!ok, "{out}");
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+
+    // Act: a repairing scrub to the end, then member 0 fails.
+    let report = vraid_ctl_ok(&control, &["scrub", "vol0", "--repair"]);
+    vraid_ctl_ok(&control, &["fail", "vol0", "0"]);
+
+    // Assert: chunk 0 is rebuilt from the repaired parity: what was
+    // written, zeros where nothing was.
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0xaa 0 4k".into(),
+            "read -P 0 4k 60k".into(),
+            "read -P 0xbb 68k 4k".into(),
+        ],
+    );
+    assert!(report.contains("repaired"), "{report}");
     assert_eq!(server.stop(), 0);
 }
