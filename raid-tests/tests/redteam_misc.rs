@@ -425,3 +425,54 @@ fn a_crash_resync_stopped_by_enospc_does_not_block_scrub_for_the_rest_of_the_run
         "mirrors differ"
     );
 }
+
+#[test]
+fn fail_and_remove_by_the_path_of_a_replaced_member_do_not_hit_its_successor() {
+    // Arrange: a RAID-5 whose member 0 was replaced onto new.img.
+    let dir = scratch_dir("redteam-replaced-path");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "32M", "vol0", &paths);
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--control", control.to_str().unwrap()]);
+    let server = Server::start(&args);
+    let uri = server.uri("vol0");
+    qemu_io(&uri, &["write -P 0x11 0 8M".into()]);
+    vraid_ctl_ok(&control, &["replace", "vol0", "0", new.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = volume_status(&control, "vol0");
+        if v["members"][0]["path"] == new.to_str().unwrap() && v["replace"].is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replace not done: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Act: the operator names the old disk.
+    let m0 = paths[0].to_str().unwrap();
+    let fail = vraid_ctl(&control, &["fail", "vol0", m0]);
+    let remove = vraid_ctl(&control, &["remove", "vol0", m0]);
+
+    // Assert: both refused; the new member serves on.
+    assert!(!fail.status.success(), "{}", text(&fail));
+    assert!(
+        text(&fail).contains("no longer holds member 0"),
+        "{}",
+        text(&fail)
+    );
+    assert!(!remove.status.success(), "{}", text(&remove));
+    let v = volume_status(&control, "vol0");
+    assert_eq!(member_states(&v), vec!["active"; 3], "{v}");
+    assert_eq!(v["state"], "optimal", "{v}");
+    qemu_io(&uri, &["read -P 0x11 0 8M".into()]);
+    assert_eq!(server.stop(), 0);
+}
