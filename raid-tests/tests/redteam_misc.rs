@@ -339,9 +339,14 @@ fn enospc_on_the_parity_member_alone_then_a_member_failure_returns_no_foreign_by
     // reads of stripes it did not touch still work.
     let (_, read) = qemu_io_try(&uri, &["read -P 0 4k 4k"]);
     assert!(!read.contains("Pattern verification"), "{read}");
-    let (_, read) = qemu_io_try(&uri, &["read -P 0xaa 0 4k"]);
-    assert!(!read.contains("Pattern verification"), "{read}");
-    qemu_io(&uri, &["read -P 0 1M 1M".into()]);
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0xaa 0 4k".into(),
+            "read -P 0 8k 56k".into(),
+            "read -P 0 1M 1M".into(),
+        ],
+    );
     assert_eq!(server.stop(), 0);
 }
 

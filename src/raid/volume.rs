@@ -740,8 +740,14 @@ impl Volume {
         if let Some(guard) = intent {
             guard.keep();
         }
-        let (start, end) = self.member_span(request.0, request.1);
-        self.distrust_parity(start.get(), end.get());
+        if self.geometry.level() == Level::Raid5 {
+            // Parity changes only at the in-chunk offsets the request
+            // wrote: those are the member ranges of its extents.
+            for e in self.geometry.extents(request.0, request.1) {
+                let (start, len) = self.block_hull(e.member_offset, e.len);
+                self.distrust_parity(start.get(), start.get() + len);
+            }
+        }
         if !self.no_space_unsynced.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 volume = %self.name,
@@ -760,9 +766,18 @@ impl Volume {
             .untrusted_parity
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !ranges.iter().any(|&(a, b)| a <= start && end <= b) {
-            ranges.push((start, end));
-        }
+        // Kept sorted and coalesced: a large write adds one range per chunk.
+        let (mut start, mut end) = (start, end);
+        ranges.retain(|&(a, b)| {
+            let touches = a <= end && start <= b;
+            if touches {
+                start = start.min(a);
+                end = end.max(b);
+            }
+            !touches
+        });
+        let at = ranges.partition_point(|&(a, _)| a < start);
+        ranges.insert(at, (start, end));
     }
 
     /// The ranges distrusted now (for [`Volume::trust_parity_again`]).
