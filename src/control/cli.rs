@@ -211,7 +211,7 @@ pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
     let reply = call(
         &socket(&args.control),
         "fail",
-        json!({"volume": args.volume, "member": args.member}),
+        json!({"volume": args.volume, "member": member_arg(&args.member)}),
     )?;
     println!(
         "{}: member {} failed; volume is {}",
@@ -226,6 +226,16 @@ pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
 /// may differ from ours.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A member named on the command line (a role number or a path) as the
+/// daemon must see it: a path made absolute, since a relative one means
+/// a file in *our* working directory, not in the daemon's.
+fn member_arg(member: &str) -> String {
+    if member.parse::<usize>().is_ok() {
+        return member.to_string();
+    }
+    absolute(Path::new(member)).display().to_string()
 }
 
 /// `vraid add`.
@@ -253,7 +263,7 @@ pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
     call(
         &socket(&args.control),
         "replace",
-        json!({"volume": args.volume, "member": args.member, "path": path}),
+        json!({"volume": args.volume, "member": member_arg(&args.member), "path": path}),
     )?;
     println!(
         "{}: copying member {} onto {}; it keeps serving until the copy is in sync",
@@ -348,7 +358,7 @@ pub fn remove(args: MemberCmdArgs) -> Result<(), ClientError> {
     let reply = call(
         &socket(&args.control),
         "remove",
-        json!({"volume": args.volume, "member": args.member}),
+        json!({"volume": args.volume, "member": member_arg(&args.member)}),
     )?;
     match reply["spare"].as_str() {
         Some(spare) => println!("{}: hot spare {spare} removed", args.volume),
@@ -385,7 +395,7 @@ fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
         &socket(&a.control),
         "fault.add",
         json!({
-            "volume": a.volume, "member": a.member, "kind": kind, "op": op,
+            "volume": a.volume, "member": member_arg(&a.member), "kind": kind, "op": op,
             "offset": a.offset, "length": a.length, "probability": a.probability,
             "delay_us": delay_us, "count": a.count,
         }),

@@ -85,7 +85,7 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
         .read_until(b'\n', &mut line)
         .map_err(io)?;
     let reply: Value = serde_json::from_slice(&line)
-        .map_err(|e| ClientError::BadReply(format!("{e}: {}", String::from_utf8_lossy(&line))))?;
+        .map_err(|e| ClientError::BadReply(format!("{e}: {}", shown_reply(&line))))?;
     if let Some(err) = reply.get("error") {
         return Err(ClientError::Rpc {
             code: err["code"].as_i64().unwrap_or(0),
@@ -98,7 +98,21 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
     reply
         .get("result")
         .cloned()
-        .ok_or_else(|| ClientError::BadReply(reply.to_string()))
+        .ok_or_else(|| ClientError::BadReply(shown_reply(reply.to_string().as_bytes())))
+}
+
+/// Most of a bad reply an error message shows.
+const SHOWN_REPLY: usize = 200;
+
+/// The start of a bad reply for an error message: a broken daemon may send
+/// up to [`MAX_REPLY`] bytes, which must not all land on the terminal.
+fn shown_reply(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&reply[..reply.len().min(SHOWN_REPLY)]);
+    if reply.len() > SHOWN_REPLY {
+        format!("{}… ({} bytes)", text.trim_end(), reply.len())
+    } else {
+        text.trim_end().to_string()
+    }
 }
 
 /// Writes all of `buf` with `MSG_NOSIGNAL`: the CLI runs with SIGPIPE at its

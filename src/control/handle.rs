@@ -7,7 +7,7 @@
 //! [`VolumeHandle::set_engine`]. Until it does, those methods answer
 //! "not available".
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -136,6 +136,17 @@ impl MemberHandle {
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
     }
+}
+
+/// True when `a` and `b` name the same file: the same absolute path (the
+/// file may be gone) or the same file once symlinks are resolved. A relative
+/// path is taken from the daemon's working directory, where the start-up
+/// paths were given; the CLI sends the paths it is given as absolute ones.
+fn same_path(a: &str, b: &str) -> bool {
+    let absolute = |p: &str| std::path::absolute(p).ok();
+    let canonical = |p: &str| std::fs::canonicalize(p).ok();
+    absolute(a).is_some_and(|x| Some(x) == absolute(b))
+        || canonical(a).is_some_and(|x| Some(x) == canonical(b))
 }
 
 /// A running volume as the control plane sees it.
@@ -347,8 +358,7 @@ impl VolumeHandle {
         let Some(current) = self.current_path(role) else {
             return false;
         };
-        let canonical = |p: &str| std::fs::canonicalize(p).ok();
-        current == path || canonical(&current).is_some_and(|c| Some(c) == canonical(path))
+        same_path(&current, path)
     }
 
     /// Finds a member by role number, its start-up path or its current path.
@@ -360,17 +370,11 @@ impl VolumeHandle {
         if let Ok(role) = member.parse::<usize>() {
             return self.members.get(role).ok_or_else(unknown);
         }
-        let wanted = Path::new(member);
-        let canonical = std::fs::canonicalize(wanted).ok();
         self.members
             .iter()
             .find(|m| {
                 let paths = [m.path.clone(), self.current_path(m.role)];
-                paths.iter().flatten().any(|p| {
-                    Path::new(p) == wanted
-                        || canonical.is_some()
-                            && std::fs::canonicalize(p).ok().as_ref() == canonical.as_ref()
-                })
+                paths.iter().flatten().any(|p| same_path(p, member))
             })
             .ok_or_else(unknown)
     }
@@ -428,6 +432,18 @@ impl VolumeHandle {
                 "member {role} of {} is already {}",
                 self.name,
                 state_word(state)
+            )));
+        }
+        // The start-up check of a read-only run (a crashed RAID-5 with a
+        // member missing is refused) holds for the rest of the run: reads
+        // rebuilt from parity that was never resynced return bytes nobody
+        // wrote.
+        if self.level() == Level::Raid5 && self.metadata.read_only_unsynced().await {
+            return Err(ControlError::Refused(format!(
+                "{} is served read-only and was not shut down cleanly: its parity was not \
+                 resynced, so data rebuilt without member {role} could be wrong; serve it \
+                 read-write once to repair it",
+                self.name
             )));
         }
         let redundancy = self.level().redundancy(self.members.len());

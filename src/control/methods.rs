@@ -35,12 +35,23 @@ enum MemberArg {
 }
 
 impl MemberArg {
+    /// The role named. A path names the device that holds the role now:
+    /// the start-up path of a role another device took since (a spare, a
+    /// replace) is refused, or `fail` and `remove` would hit the newcomer.
     fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
         let text = match self {
             MemberArg::Role(r) => r.to_string(),
             MemberArg::Path(p) => p.clone(),
         };
-        vol.find_member(&text).map(|m| m.role)
+        let role = vol.find_member(&text)?.role;
+        if text.parse::<usize>().is_err() && !vol.holds_role(role, &text) {
+            return Err(ControlError::Refused(format!(
+                "{text} no longer holds member {role} of {} (now {}): no I/O reaches it",
+                vol.name,
+                vol.current_path(role).unwrap_or_else(|| "nobody".into())
+            )));
+        }
+        Ok(role)
     }
 }
 
@@ -226,17 +237,9 @@ fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<Value, ControlError> {
             "delay_us only applies to kind \"delay\"".into(),
         ));
     }
-    // A fault named by path belongs to that device: refused once another
-    // device took its role (the rule would land on the newcomer).
-    if let MemberArg::Path(path) = &p.member {
-        if path.parse::<usize>().is_err() && !vol.holds_role(role, path) {
-            return Err(ControlError::Refused(format!(
-                "{path} no longer holds member {role} of {} (now {}): no I/O reaches it",
-                vol.name,
-                vol.current_path(role).unwrap_or_else(|| "nobody".into())
-            )));
-        }
-    }
+    // A fault named by path belongs to that device: `resolve` refused the
+    // path once another device took its role (the rule would land on the
+    // newcomer).
     let id = vol.add_fault(role, spec)?;
     Ok(json!({ "id": id, "volume": vol.name, "member": role }))
 }

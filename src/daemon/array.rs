@@ -145,8 +145,11 @@ pub struct ArrayHandle {
     rebuilding: AtomicBool,
     /// The replace running: its role and the new member's path.
     replacing: Mutex<Option<(usize, String)>>,
-    /// A crash resync has not finished yet.
+    /// A crash resync has not finished yet (the array stays dirty).
     resync_pending: AtomicBool,
+    /// The crash resync is running now (it may stop unfinished, e.g. out
+    /// of space, and leave `resync_pending` set).
+    resync_running: AtomicBool,
     /// Shutting down: no new rebuild starts.
     stopping: AtomicBool,
     /// Wakes the supervisor to stop.
@@ -251,6 +254,7 @@ impl ArrayHandle {
                     .and_then(|r| r.replace.clone().map(|path| (r.role, path))),
             ),
             resync_pending: AtomicBool::new(resync.is_some()),
+            resync_running: AtomicBool::new(resync.is_some()),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -748,8 +752,25 @@ impl ArrayHandle {
                     ),
                 );
             }
-            Err(e) => warn!("{}: resync stopped: {}", self.name, error_chain(&e)),
+            Err(e) => {
+                warn!("{}: resync stopped: {}", self.name, error_chain(&e));
+                self.event(
+                    "resync_stopped",
+                    None,
+                    format!(
+                        "{}: resync stopped unfinished ({}); the next start resyncs again",
+                        self.name,
+                        error_chain(&e)
+                    ),
+                );
+            }
         }
+        self.resync_running.store(false, Ordering::Release);
+    }
+
+    /// True while the crash resync runs.
+    pub(super) fn resync_running(&self) -> bool {
+        self.resync_running.load(Ordering::Acquire)
     }
 
     /// Runs one rebuild, or the copy of a replace (`replace`: an

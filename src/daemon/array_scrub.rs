@@ -72,7 +72,7 @@ impl ArrayHandle {
         if self.stopping.load(Ordering::Acquire) {
             return refuse("shutting down");
         }
-        if self.resync_pending.load(Ordering::Acquire) {
+        if self.resync_running() {
             return refuse("a crash resync is running; scrub after it finishes");
         }
         if self.rebuilding.load(Ordering::Acquire) {

@@ -357,6 +357,9 @@ pub async fn assemble_volume_with(
     let (mut resync, rebuild) = if aopts.read_only {
         if assembly.was_dirty {
             warn!("{name} was not shut down cleanly; read-only: no resync, served as on disk");
+            // Torn stripes stay torn: a member lost later must not have
+            // its data rebuilt from their parity (read errors instead).
+            volume.distrust_parity(0, u64::MAX);
         }
         (None, None)
     } else {

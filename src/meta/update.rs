@@ -54,6 +54,9 @@ struct MetaState {
     bitmap_enabled: bool,
     /// Served read-only: updates change the in-memory table only.
     read_only: bool,
+    /// Served read-only after an unclean shutdown: parity and mirrors of
+    /// the regions in flight at the crash were never made consistent.
+    read_only_unsynced: bool,
 }
 
 impl ArrayMetadata {
@@ -74,6 +77,7 @@ impl ArrayMetadata {
                 written: false,
                 bitmap_enabled: false,
                 read_only: false,
+                read_only_unsynced: false,
             }),
         }
     }
@@ -164,8 +168,19 @@ impl ArrayMetadata {
     /// Serves the array read-only from now on: every later update (dirty,
     /// clean, failures, checkpoints) changes the in-memory table only and
     /// writes nothing; spare and rebuild writes are refused.
+    /// Call it before anything marks the array dirty: it also notes whether
+    /// the array on disk was left dirty ([`ArrayMetadata::read_only_unsynced`]).
     pub async fn set_read_only(&self) {
-        self.state.lock().await.read_only = true;
+        let mut st = self.state.lock().await;
+        st.read_only = true;
+        st.read_only_unsynced = st.template.state == ArrayState::Dirty;
+    }
+
+    /// True when served read-only and the array on disk was not shut down
+    /// cleanly: no resync runs, so parity (or a mirror) of a region written
+    /// at the crash may not match its data.
+    pub async fn read_only_unsynced(&self) -> bool {
+        self.state.lock().await.read_only_unsynced
     }
 
     /// True once [`ArrayMetadata::set_read_only`] was called.
@@ -503,6 +518,7 @@ impl ArrayMetadata {
             written,
             bitmap_enabled,
             read_only,
+            read_only_unsynced: _,
         } = st;
         if *read_only {
             return Ok(());

@@ -75,6 +75,16 @@ pub(super) async fn reconstruct(
     offset: ByteOffset,
     out: &mut [u8],
 ) -> BlockResult {
+    if vol.parity_untrusted(offset.get(), offset.get() + out.len() as u64) {
+        tracing::error!(
+            volume = vol.volume_name(),
+            member = %missing,
+            offset = offset.get(),
+            "cannot rebuild data from parity that was not resynced (a write ran out of space \
+             there, or a read-only run of a crashed array)"
+        );
+        return Err(vol.data_lost());
+    }
     let n = vol.geometry().members();
     let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != missing).collect();
     let mut bufs = vec![vec![0u8; out.len()]; others.len()];

@@ -149,6 +149,7 @@ impl Volume {
     ) -> ScrubReport {
         let n = self.geometry().members();
         let mds = self.geometry().member_data_size();
+        let distrusted = self.untrusted_parity();
         let tracker = SyncTracker::new(SyncKind::Scrub, None, mds);
         self.set_scrub_progress(Some(tracker.clone()), None);
         let mut report = ScrubReport {
@@ -195,6 +196,9 @@ impl Volume {
         }
         drop(work);
         self.set_scrub_progress(None, Some(&tracker));
+        if repair && !report.cancelled && !report.degraded && report.found() == report.repaired() {
+            self.trust_parity_again(&distrusted);
+        }
         report
     }
 

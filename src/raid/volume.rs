@@ -185,6 +185,11 @@ pub struct Volume {
     /// A write failed for lack of space after other members may have taken
     /// their part: its regions need a resync (`no_space.rs`).
     no_space_unsynced: AtomicBool,
+    /// Member ranges (data-area offsets) whose parity may not match their
+    /// data for the rest of this run: a write failed there for lack of
+    /// space, or the array is served read-only unsynced after a crash. A
+    /// RAID-5 never rebuilds data from them (`raid5::reconstruct`).
+    untrusted_parity: Mutex<Vec<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -248,6 +253,7 @@ impl Volume {
             busy: AtomicUsize::new(0),
             progress: Mutex::new(None),
             no_space_unsynced: AtomicBool::new(false),
+            untrusted_parity: Mutex::new(Vec::new()),
         })
     }
 
@@ -712,23 +718,35 @@ impl Volume {
             }
         })
         .await;
-        self.settle_no_space(result, no_space, intent.as_ref())
+        self.settle_no_space(result, no_space, intent.as_ref(), (offset, len))
     }
 
     /// The outcome of a write or clear whose member ops ran out of space
     /// (`no_space`): ENOSPC, with its write-intent regions kept for a
     /// resync; else `result` as it is.
+    /// Its member span (`request`: volume offset and length) is distrusted
+    /// for the rest of the run: a member that took its part and one that
+    /// did not leave parity that rebuilds bytes nobody wrote.
     fn settle_no_space(
         &self,
         result: BlockResult,
         no_space: bool,
         intent: Option<&IntentGuard>,
+        request: (ByteOffset, u64),
     ) -> BlockResult {
         if !no_space {
             return result;
         }
         if let Some(guard) = intent {
             guard.keep();
+        }
+        if self.geometry.level() == Level::Raid5 {
+            // Parity changes only at the in-chunk offsets the request
+            // wrote: those are the member ranges of its extents.
+            for e in self.geometry.extents(request.0, request.1) {
+                let (start, len) = self.block_hull(e.member_offset, e.len);
+                self.distrust_parity(start.get(), start.get() + len);
+            }
         }
         if !self.no_space_unsynced.swap(true, Ordering::AcqRel) {
             tracing::warn!(
@@ -738,6 +756,56 @@ impl Volume {
             );
         }
         Err(super::no_space::error(&self.name))
+    }
+
+    /// Parity of member range `start..end` (data-area offsets) may not
+    /// match its data until a resync: RAID-5 reads that would rebuild data
+    /// from it fail instead (a rebuild marks those blocks lost).
+    pub fn distrust_parity(&self, start: u64, end: u64) {
+        let mut ranges = self
+            .untrusted_parity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Kept sorted and coalesced: a large write adds one range per chunk.
+        let (mut start, mut end) = (start, end);
+        ranges.retain(|&(a, b)| {
+            let touches = a <= end && start <= b;
+            if touches {
+                start = start.min(a);
+                end = end.max(b);
+            }
+            !touches
+        });
+        let at = ranges.partition_point(|&(a, _)| a < start);
+        ranges.insert(at, (start, end));
+    }
+
+    /// The ranges distrusted now (for [`Volume::trust_parity_again`]).
+    pub(super) fn untrusted_parity(&self) -> Vec<(u64, u64)> {
+        self.untrusted_parity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A complete repairing scrub made parity match data everywhere: the
+    /// ranges distrusted when it started (`before`) are trusted again; any
+    /// distrusted since stay.
+    pub(super) fn trust_parity_again(&self, before: &[(u64, u64)]) {
+        self.untrusted_parity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| !before.contains(r));
+    }
+
+    /// True when `start..end` (member data offsets) overlaps a range whose
+    /// parity is not trusted ([`Volume::distrust_parity`]).
+    pub(super) fn parity_untrusted(&self, start: u64, end: u64) -> bool {
+        self.untrusted_parity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|&(a, b)| a < end && start < b)
     }
 
     /// True once a write failed for lack of space: the regions it touched
@@ -890,7 +958,12 @@ impl BlockDevice for Volume {
                 }
             })
             .await;
-            self.settle_no_space(result, no_space, intent.as_ref())
+            self.settle_no_space(
+                result,
+                no_space,
+                intent.as_ref(),
+                (offset, buf.len() as u64),
+            )
         })
     }
 

@@ -521,3 +521,49 @@ async fn resync_that_runs_out_of_space_leaves_its_range_owed() {
     assert!(array.events.failed.lock().unwrap().is_empty());
     assert_eq!(array.volume.member_states(), vec![MemberState::Active; 3]);
 }
+
+#[tokio::test]
+async fn degraded_raid5_read_of_a_distrusted_range_fails_and_others_reconstruct() {
+    // Arrange: data written with all members, member 1 missing, parity of
+    // the member range of one of its chunks distrusted in two touching
+    // pieces.
+    let full = Array::new(Level::Raid5, 4, C, 8 * C, &[]);
+    let data = pattern(7 * 3 * C as usize, 3);
+    full.volume
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    let degraded = Array::over(*full.volume.geometry(), full.devices.clone(), &[1]);
+    let geometry = *degraded.volume.geometry();
+    let lost = (2..7 * 3)
+        .find(|&c| {
+            geometry
+                .extents(ByteOffset(c * C), C)
+                .next()
+                .unwrap()
+                .member
+                == MemberIndex(1)
+        })
+        .unwrap();
+    let at = geometry
+        .extents(ByteOffset(lost * C), C)
+        .next()
+        .unwrap()
+        .member_offset
+        .get();
+    degraded.volume.distrust_parity(at, at + 100);
+    degraded.volume.distrust_parity(at + 100, at + C);
+
+    // Act: every chunk of the volume, one at a time.
+    let mut failed = Vec::new();
+    for chunk in 0..7 * 3 {
+        let at = chunk * C;
+        match read(&degraded.volume, at, C as usize).await {
+            Ok(got) => assert!(got == data[at as usize..(at + C) as usize], "chunk {chunk}"),
+            Err(_) => failed.push(chunk),
+        }
+    }
+
+    // Assert: only that chunk (rebuilt from the distrusted parity) fails.
+    assert_eq!(failed, vec![lost]);
+}
