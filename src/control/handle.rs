@@ -27,10 +27,16 @@ static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The rebuild engine's side of the control plane, implemented per volume.
 pub trait EngineOps: Send + Sync {
-    /// `vraid add VOLUME PATH`: a spare, or straight into a failed slot.
-    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
-    /// `vraid replace VOLUME MEMBER PATH`: copy onto `path` while `member` serves.
-    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid add VOLUME PATH [--force]`: a spare, or straight into a
+    /// failed slot (`force`: overwrite what the pre-write check finds).
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid replace VOLUME MEMBER PATH [--force]`: copy onto `path` while `member` serves.
+    fn replace(
+        &self,
+        member: usize,
+        path: PathBuf,
+        force: bool,
+    ) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// `vraid set VOLUME --rebuild-max-mbps N`.
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// Extra `status` fields: resync/rebuild progress, spares, rate limit.

@@ -9,8 +9,8 @@
 //! | `fault.add`   | `volume`, `member`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.list`  | `volume?`                                           |
 //! | `fault.clear` | `id?`                                               |
-//! | `add`         | `volume`, `path` (rebuild engine)                   |
-//! | `replace`     | `volume`, `member`, `path` (rebuild engine)         |
+//! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
+//! | `replace`     | `volume`, `member`, `path`, `force?` (rebuild engine) |
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
 //! | `scrub`       | `volume`, `repair?`, `cancel?`, `wait?` (rebuild engine) |
 //!
@@ -83,6 +83,9 @@ struct FaultClearParams {
 struct AddParams {
     volume: String,
     path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +94,9 @@ struct ReplaceParams {
     volume: String,
     member: MemberArg,
     path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,13 +168,13 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "add" => {
             let p: AddParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
-            vol.engine("add")?.add(p.path).await
+            vol.engine("add")?.add(p.path, p.force).await
         }
         "replace" => {
             let p: ReplaceParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
-            vol.engine("replace")?.replace(role, p.path).await
+            vol.engine("replace")?.replace(role, p.path, p.force).await
         }
         "set" => {
             let p: SetParams = params(p)?;

@@ -50,9 +50,9 @@ impl ArrayEngine {
 }
 
 impl EngineOps for ArrayEngine {
-    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
-            match self.0.add_member(&path).await {
+            match self.0.add_member(&path, force).await {
                 Ok(AddOutcome::Spare) => Ok(json!({"path": path, "added_as": "spare"})),
                 Ok(AddOutcome::Rebuilding { role }) => Ok(
                     json!({"path": path, "added_as": "member", "role": role, "rebuilding": true}),
@@ -62,10 +62,15 @@ impl EngineOps for ArrayEngine {
         })
     }
 
-    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn replace(
+        &self,
+        member: usize,
+        path: PathBuf,
+        force: bool,
+    ) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             self.0
-                .replace_member(member, &path)
+                .replace_member(member, &path, force)
                 .await
                 .map_err(|e| ControlError::Refused(error_chain(&e)))?;
             Ok(json!({"path": path, "replacing": member}))

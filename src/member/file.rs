@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::buf::AlignedBuf;
+use super::claim::{claim, Claim, DeviceId};
 use super::op::{Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
@@ -101,8 +102,9 @@ pub struct MemberOptions {
     pub engine: EngineKind,
     /// Use O_DIRECT where the filesystem allows it.
     pub direct: bool,
-    /// Claim block devices exclusively (O_EXCL). Off only for inspection
-    /// (`vraid examine`), which must work on a member a daemon is serving.
+    /// Claim the member: block devices O_EXCL, regular files an exclusive
+    /// `flock` (`member::claim`). Off only for inspection (`vraid
+    /// examine`), which must work on a member a daemon is serving.
     pub exclusive: bool,
 }
 
@@ -229,6 +231,10 @@ pub struct FileMember {
     /// A buffered descriptor: unaligned writes, flush, fallocate.
     buffered: Arc<File>,
     engine: Engine,
+    /// Which device this is (not which path named it).
+    id: DeviceId,
+    /// This process's claim (O_EXCL or flock), when opened exclusively.
+    _claim: Option<Claim>,
 }
 
 /// Creates a sparse regular file of `size` bytes at `path` if it is absent.
@@ -305,7 +311,7 @@ impl FileMember {
     fn open(
         path: &Path,
         direct: bool,
-        exclusive: bool,
+        claim_files: bool,
         engine: Engine,
     ) -> Result<Self, MemberError> {
         let open_err = |source| MemberError::Open {
@@ -325,7 +331,7 @@ impl FileMember {
         }
         // O_EXCL on a block device: refuse devices that are mounted or
         // claimed by another exclusive user (md, another vraid).
-        let exclusive = if is_block_device && exclusive {
+        let exclusive = if is_block_device && claim_files {
             libc::O_EXCL
         } else {
             0
@@ -341,6 +347,14 @@ impl FileMember {
                 },
                 _ => open_err(e),
             })?;
+        let id = DeviceId::of_file(&buffered).map_err(open_err)?;
+        let claim = if exclusive != 0 || (!is_block_device && claim_files) {
+            Some(claim(&buffered, id).map_err(|_| MemberError::InUse {
+                path: path.to_path_buf(),
+            })?)
+        } else {
+            None
+        };
         let direct = if direct {
             open_direct(path).map_err(open_err)?
         } else {
@@ -376,7 +390,14 @@ impl FileMember {
             direct: direct.map(Arc::new),
             buffered: Arc::new(buffered),
             engine,
+            id,
+            _claim: claim,
         })
+    }
+
+    /// The device's identity.
+    pub fn id(&self) -> DeviceId {
+        self.id
     }
 
     /// The member's path.
@@ -556,6 +577,10 @@ impl BlockDevice for FileMember {
 
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn device_id(&self) -> Option<DeviceId> {
+        Some(self.id)
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
