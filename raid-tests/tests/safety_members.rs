@@ -312,12 +312,14 @@ struct Holder(Child);
 
 impl Holder {
     fn hold(path: &Path) -> Holder {
-        let child = Command::new("flock")
-            .arg("-x")
-            .arg(path)
-            .args(["sleep", "300"])
-            .spawn()
-            .unwrap();
+        let holder = Holder(
+            Command::new("flock")
+                .arg("-x")
+                .arg(path)
+                .args(["sleep", "300"])
+                .spawn()
+                .unwrap(),
+        );
         // The lock is taken once `sleep` runs: poll until flock -n fails.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -328,7 +330,7 @@ impl Holder {
                 .status()
                 .unwrap();
             if !probe.success() {
-                return Holder(child);
+                return holder;
             }
             assert!(std::time::Instant::now() < deadline, "flock never held");
             std::thread::sleep(Duration::from_millis(20));
