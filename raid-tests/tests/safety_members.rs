@@ -216,7 +216,7 @@ fn digest(path: &Path) -> u64 {
 
 fn refused(out: &Output, needle: &str, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{what}: accepted");
+    assert!(!out.status.success(), "{what}: accepted: {out:?}");
     assert!(err.contains(needle), "{what}: {needle:?} not in: {err}");
     assert!(!err.contains("panicked"), "{what}: {err}");
     assert!(!err.contains("4294967295"), "{what}: {err}");

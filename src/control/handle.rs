@@ -47,6 +47,11 @@ pub trait EngineOps: Send + Sync {
         let _ = role;
         None
     }
+    /// The lock that serializes member-set changes of this array (add,
+    /// replace, spare activation; `fail` and `remove` take it too).
+    fn member_set(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        None
+    }
     /// `vraid remove VOLUME SPARE`: takes an idle hot spare named by its
     /// path out of the spare list. `None`: no such spare.
     fn remove_spare(&self, path: &str) -> Option<String> {

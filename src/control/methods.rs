@@ -130,6 +130,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
+            let _set = member_set_guard(vol).await;
             vol.fail(role).await?;
             Ok(
                 json!({"volume": vol.name, "member": role, "state": vol.member_state(role), "volume_state": vol.state()}),
@@ -149,6 +150,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
                 }
             }
             let role = p.member.resolve(vol)?;
+            let _set = member_set_guard(vol).await;
             vol.remove(role).await?;
             Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))
         }
@@ -195,6 +197,16 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }
+}
+
+/// Holds the array's member-set lock (when it has a rebuild engine) so a
+/// `fail` or `remove` does not interleave with `add`, `replace` or a
+/// spare's activation.
+async fn member_set_guard(
+    vol: &crate::control::handle::VolumeHandle,
+) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    let lock = vol.engine("member set").ok()?.member_set()?;
+    Some(lock.lock_owned().await)
 }
 
 async fn status(reg: &Registry, p: VolumeFilter) -> Result<Value, ControlError> {

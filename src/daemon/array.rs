@@ -135,7 +135,7 @@ pub struct ArrayHandle {
     /// Serializes member-set changes (add, replace, spare activation):
     /// each checks the current members, spares and replace target by
     /// device identity under it, then changes the set.
-    member_set: tokio::sync::Mutex<()>,
+    member_set: Arc<tokio::sync::Mutex<()>>,
     /// Path of each role's member (the new one once a rebuild starts).
     paths: Mutex<Vec<Option<String>>>,
     /// A rebuild is running (only one at a time).
@@ -240,7 +240,7 @@ impl ArrayHandle {
             control: RebuildControl::new(max_mbps),
             opts,
             spares: Mutex::new(spares),
-            member_set: tokio::sync::Mutex::new(()),
+            member_set: Arc::new(tokio::sync::Mutex::new(())),
             paths: Mutex::new(paths),
             rebuilding: AtomicBool::new(rebuild.is_some()),
             replacing: Mutex::new(
@@ -409,6 +409,12 @@ impl ArrayHandle {
         let r = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
         r.as_ref()
             .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
+    }
+
+    /// The lock every member-set change holds (`fail` and `remove` take
+    /// it through the control plane).
+    pub fn member_set(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.member_set.clone()
     }
 
     /// Paths of the idle hot spares.

@@ -77,6 +77,10 @@ impl EngineOps for ArrayEngine {
         })
     }
 
+    fn member_set(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        Some(self.0.member_set())
+    }
+
     fn remove_spare(&self, path: &str) -> Option<String> {
         self.0.remove_spare(std::path::Path::new(path))
     }
