@@ -11,6 +11,8 @@
 //! "Held exclusively" for a regular file means an exclusive `flock` held
 //! by another process: every vraid process takes one on each member it
 //! opens for writing, and other programs can do the same (`flock(1)`).
+//! A lock whose holder has exited (its io_uring teardown still holds the
+//! file for a moment after a SIGKILL) is waited for, up to 10 s.
 //! Claims of this process are counted in a registry, so opening a member
 //! twice in one daemon (a failed member added back) is not "in use";
 //! whether it is already part of an array is the array's question.
@@ -23,6 +25,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a lock left by a process that has exited may take to go away
+/// (its io_uring requests still hold the file until they are torn down).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// A device by identity, never by path string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -134,16 +141,25 @@ pub struct Busy;
 /// `file` (block devices were opened `O_EXCL`, which is their claim).
 /// Fails only when another process holds the file.
 pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
-    if matches!(id, DeviceId::File { .. }) {
-        match flock(file, libc::LOCK_EX) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                if !held_here(id) {
-                    return Err(Busy);
+    if let DeviceId::File { dev, ino } = id {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            match flock(file, libc::LOCK_EX) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    if held_here(id) {
+                        break;
+                    }
+                    if holder_alive(dev, ino) || Instant::now() >= deadline {
+                        return Err(Busy);
+                    }
+                    // The holder has exited; the kernel drops its lock once
+                    // its last reference (io_uring teardown) is gone, with
+                    // no notification to wait on.
+                    std::thread::sleep(Duration::from_millis(20));
                 }
+                // Claimed, or a filesystem without flock: nothing to claim.
+                _ => break,
             }
-            // A filesystem without flock: nothing to claim or probe.
-            Err(_) => {}
         }
     }
     *held()
@@ -182,6 +198,32 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Whether a live process holds a `flock` on file `dev`/`ino`, per
+/// `/proc/locks` ("1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF").
+/// True when it cannot tell.
+fn holder_alive(dev: u64, ino: u64) -> bool {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return true;
+    };
+    let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    locks
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|t| t.get(1) == Some(&"FLOCK") && t.get(5) == Some(&file.as_str()))
+        .any(
+            |t| match t.get(4).and_then(|p| p.parse::<libc::pid_t>().ok()) {
+                Some(pid) if pid > 0 => alive(pid),
+                _ => true,
+            },
+        )
+}
+
+fn alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that `pid` exists; no memory is touched.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// `flock(fd, op | LOCK_NB)`; a shared probe lock is dropped with `file`.
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     // SAFETY: `file` owns a valid descriptor for the duration of the call;
@@ -191,5 +233,70 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.img");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        (dir, path)
+    }
+
+    fn open_rw(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    #[test]
+    fn one_process_may_claim_a_file_twice_and_names_it_the_same() {
+        let (dir, path) = scratch();
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
+        let (a, b) = (open_rw(&path), open_rw(&dir.path().join("link")));
+        let id = DeviceId::of_file(&a).unwrap();
+        assert_eq!(DeviceId::of_file(&b).unwrap(), id);
+
+        let first = claim(&a, id).unwrap();
+        let second = claim(&b, id).unwrap();
+
+        assert!(!in_use_elsewhere(&path).unwrap());
+        drop((first, second));
+        assert!(!held_here(id));
+    }
+
+    #[test]
+    fn a_file_locked_by_a_live_process_is_busy_at_once() {
+        let (_dir, path) = scratch();
+        let mut child = std::process::Command::new("flock")
+            .arg("-x")
+            .arg(&path)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let file = open_rw(&path);
+        let id = DeviceId::of_file(&file).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_use_elsewhere(&path).unwrap() {
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let started = Instant::now();
+        let claimed = claim(&file, id);
+
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(claimed.is_err());
+        assert!(
+            started.elapsed() < RELEASE_WAIT / 2,
+            "waited for a live holder"
+        );
     }
 }
