@@ -139,6 +139,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "remove" => {
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
+            let _set = member_set_guard(vol).await;
             // An idle hot spare named by its path leaves the spare list.
             if let MemberArg::Path(path) = &p.member {
                 if vol.find_member(path).is_err() {
@@ -150,7 +151,6 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
                 }
             }
             let role = p.member.resolve(vol)?;
-            let _set = member_set_guard(vol).await;
             vol.remove(role).await?;
             Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))
         }
