@@ -591,3 +591,57 @@ fn add_racing_replace_of_one_file_admits_exactly_one() {
         }
     }
 }
+
+/// Loop devices detached on drop.
+struct Loops(Vec<String>);
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for dev in &self.0 {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+    }
+}
+
+#[test]
+fn a_block_device_member_under_another_node_is_refused() {
+    // Arrange: RAID-1 on two loop devices; a second device node (mknod,
+    // same major:minor) names loop 0 under another path.
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch_dir("safety-blockdev");
+    let mut loops = Loops(Vec::new());
+    for i in 0..2 {
+        let f = dir.path().join(format!("backing{i}.img"));
+        sparse(&f, 40 << 20);
+        let dev = run_ok(Command::new("losetup").args(["--find", "--show"]).arg(&f));
+        loops.0.push(dev.trim().to_string());
+    }
+    let members: Vec<PathBuf> = loops.0.iter().map(PathBuf::from).collect();
+    create_array(1, "64K", "1G", "vol0", &members);
+    let rdev = std::fs::metadata(&members[0]).unwrap().rdev();
+    let alias = dir.path().join("alias0");
+    run_ok(Command::new("mknod").arg(&alias).args([
+        "b",
+        &libc::major(rdev).to_string(),
+        &libc::minor(rdev).to_string(),
+    ]));
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&["--control", ctl.to_str().unwrap(), &loops.0[0], &loops.0[1]]);
+    let alias = alias.to_str().unwrap();
+
+    // Act + Assert
+    refused(
+        &vraid_ctl(&ctl, &["add", "vol0", alias, "--force"]),
+        "already a member (role 0",
+        "add of a live block device under another node",
+    );
+    refused(
+        &vraid_ctl(&ctl, &["replace", "vol0", "1", alias, "--force"]),
+        "already a member (role 0",
+        "replace onto a live block device under another node",
+    );
+    let status = status_json(&ctl);
+    assert_eq!(status["volumes"][0]["spares"], serde_json::json!([]));
+    assert!(status["volumes"][0]["replace"].is_null(), "{status}");
+    drop(server);
+}

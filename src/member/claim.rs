@@ -100,6 +100,11 @@ fn held() -> &'static Mutex<HashMap<DeviceId, usize>> {
     HELD.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Whether this process holds a claim on `id`.
+pub fn held_by_this_process(id: DeviceId) -> bool {
+    held_here(id)
+}
+
 fn held_here(id: DeviceId) -> bool {
     held()
         .lock()

@@ -26,7 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::buf::AlignedBuf;
-use super::claim::{claim, Claim, DeviceId};
+use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::op::{Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
@@ -330,8 +330,11 @@ impl FileMember {
             });
         }
         // O_EXCL on a block device: refuse devices that are mounted or
-        // claimed by another exclusive user (md, another vraid).
-        let exclusive = if is_block_device && claim_files {
+        // claimed by another exclusive user (md, another vraid). One this
+        // process claims already (a member opened again under another
+        // node) opens plainly: whether it may join is the array's question.
+        let ours = is_block_device && held_by_this_process(DeviceId::of_metadata(&meta));
+        let exclusive = if is_block_device && claim_files && !ours {
             libc::O_EXCL
         } else {
             0
@@ -348,7 +351,7 @@ impl FileMember {
                 _ => open_err(e),
             })?;
         let id = DeviceId::of_file(&buffered).map_err(open_err)?;
-        let claim = if exclusive != 0 || (!is_block_device && claim_files) {
+        let claim = if claim_files {
             Some(claim(&buffered, id).map_err(|_| MemberError::InUse {
                 path: path.to_path_buf(),
             })?)
