@@ -307,14 +307,15 @@ fn foreign_contents_are_refused_by_add_replace_create_and_config_spares() {
     }
 }
 
-/// `flock -x PATH sleep` holding PATH; killed and reaped on drop.
+/// `flock -x --no-fork PATH sleep` holding PATH; killed and reaped on drop.
 struct Holder(Child);
 
 impl Holder {
     fn hold(path: &Path) -> Holder {
         let holder = Holder(
+            // --no-fork: flock execs sleep itself, so killing it ends the hold.
             Command::new("flock")
-                .arg("-x")
+                .args(["-x", "--no-fork"])
                 .arg(path)
                 .args(["sleep", "300"])
                 .spawn()

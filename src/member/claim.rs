@@ -280,7 +280,7 @@ mod tests {
     fn a_file_locked_by_a_live_process_is_busy_at_once() {
         let (_dir, path) = scratch();
         let mut child = std::process::Command::new("flock")
-            .arg("-x")
+            .args(["-x", "--no-fork"])
             .arg(&path)
             .args(["sleep", "30"])
             .spawn()
