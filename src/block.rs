@@ -138,6 +138,13 @@ pub trait BlockDevice: Send + Sync {
     /// Usable size in bytes.
     fn size(&self) -> u64;
 
+    /// Which file or block device this is, by identity (device and inode,
+    /// or the block device's number); `None` for devices that are not one
+    /// (memory, windows, volumes).
+    fn device_id(&self) -> Option<crate::member::DeviceId> {
+        None
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult>;
 

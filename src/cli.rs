@@ -97,6 +97,10 @@ pub struct AddArgs {
     pub volume: String,
     /// New member file or block device (must exist, at least the members' size).
     pub path: PathBuf,
+    /// Overwrite a device holding a filesystem, another array or other
+    /// data (never a live member or a device another process holds).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `vraid replace`.
@@ -111,6 +115,10 @@ pub struct ReplaceArgs {
     pub member: String,
     /// New member file or block device.
     pub path: PathBuf,
+    /// Overwrite a device holding a filesystem, another array or other
+    /// data (never a live member or a device another process holds).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `vraid set`.

@@ -397,7 +397,8 @@ fn a_rebuilt_member_gets_checksums_even_over_a_garbage_area() {
     vraid_ctl_ok(&control, &["remove", "vol0", "1"]);
     let new = dir.path().join("new.img");
     std::fs::write(&new, vec![0xffu8; 32 << 20]).unwrap();
-    vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap()]);
+    // Non-zero bytes: the pre-write check wants --force (README).
+    vraid_ctl_ok(&control, &["add", "vol0", new.to_str().unwrap(), "--force"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while volume(&control)["state"] != "optimal" || !volume(&control)["sync"].is_null() {
         assert!(

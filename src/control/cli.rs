@@ -244,7 +244,7 @@ pub fn add(args: AddArgs) -> Result<(), ClientError> {
     let reply = call(
         &socket(&args.control),
         "add",
-        json!({"volume": args.volume, "path": path}),
+        json!({"volume": args.volume, "path": path, "force": args.force}),
     )?;
     match reply["role"].as_u64() {
         Some(role) => println!(
@@ -263,7 +263,7 @@ pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
     call(
         &socket(&args.control),
         "replace",
-        json!({"volume": args.volume, "member": member_arg(&args.member), "path": path}),
+        json!({"volume": args.volume, "member": member_arg(&args.member), "path": path, "force": args.force}),
     )?;
     println!(
         "{}: copying member {} onto {}; it keeps serving until the copy is in sync",

@@ -30,10 +30,16 @@ static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
 
 /// The rebuild engine's side of the control plane, implemented per volume.
 pub trait EngineOps: Send + Sync {
-    /// `vraid add VOLUME PATH`: a spare, or straight into a failed slot.
-    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
-    /// `vraid replace VOLUME MEMBER PATH`: copy onto `path` while `member` serves.
-    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid add VOLUME PATH [--force]`: a spare, or straight into a
+    /// failed slot (`force`: overwrite what the pre-write check finds).
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `vraid replace VOLUME MEMBER PATH [--force]`: copy onto `path` while `member` serves.
+    fn replace(
+        &self,
+        member: usize,
+        path: PathBuf,
+        force: bool,
+    ) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// `vraid set VOLUME --rebuild-max-mbps N`.
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// Extra `status` fields: resync/rebuild progress, spares, rate limit.
@@ -42,6 +48,11 @@ pub trait EngineOps: Send + Sync {
     /// `replace` may have given it a new one); `None`: the start-up path.
     fn member_path(&self, role: usize) -> Option<String> {
         let _ = role;
+        None
+    }
+    /// The lock that serializes member-set changes of this array (add,
+    /// replace, spare activation; `fail` and `remove` take it too).
+    fn member_set(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
         None
     }
     /// `vraid remove VOLUME SPARE`: takes an idle hot spare named by its

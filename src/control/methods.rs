@@ -9,8 +9,8 @@
 //! | `fault.add`   | `volume`, `member`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.list`  | `volume?`                                           |
 //! | `fault.clear` | `id?`                                               |
-//! | `add`         | `volume`, `path` (rebuild engine)                   |
-//! | `replace`     | `volume`, `member`, `path` (rebuild engine)         |
+//! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
+//! | `replace`     | `volume`, `member`, `path`, `force?` (rebuild engine) |
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
 //! | `scrub`       | `volume`, `repair?`, `cancel?`, `wait?` (rebuild engine) |
 //!
@@ -94,6 +94,9 @@ struct FaultClearParams {
 struct AddParams {
     volume: String,
     path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +105,9 @@ struct ReplaceParams {
     volume: String,
     member: MemberArg,
     path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +141,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
+            let _set = member_set_guard(vol).await;
             vol.fail(role).await?;
             Ok(
                 json!({"volume": vol.name, "member": role, "state": vol.member_state(role), "volume_state": vol.state()}),
@@ -143,6 +150,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "remove" => {
             let p: MemberParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
+            let _set = member_set_guard(vol).await;
             // An idle hot spare named by its path leaves the spare list.
             if let MemberArg::Path(path) = &p.member {
                 if vol.find_member(path).is_err() {
@@ -173,13 +181,13 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "add" => {
             let p: AddParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
-            vol.engine("add")?.add(p.path).await
+            vol.engine("add")?.add(p.path, p.force).await
         }
         "replace" => {
             let p: ReplaceParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
-            vol.engine("replace")?.replace(role, p.path).await
+            vol.engine("replace")?.replace(role, p.path, p.force).await
         }
         "set" => {
             let p: SetParams = params(p)?;
@@ -200,6 +208,16 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }
+}
+
+/// Holds the array's member-set lock (when it has a rebuild engine) so a
+/// `fail` or `remove` does not interleave with `add`, `replace` or a
+/// spare's activation.
+async fn member_set_guard(
+    vol: &crate::control::handle::VolumeHandle,
+) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    let lock = vol.engine("member set").ok()?.member_set()?;
+    Some(lock.lock_owned().await)
 }
 
 async fn status(reg: &Registry, p: VolumeFilter) -> Result<Value, ControlError> {

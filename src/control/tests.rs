@@ -136,10 +136,15 @@ async fn fail_then_remove_changes_member_state_and_volume_state() {
 struct FakeEngine;
 
 impl EngineOps for FakeEngine {
-    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn add(&self, path: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move { Ok(json!({"added": path})) })
     }
-    fn replace(&self, member: usize, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn replace(
+        &self,
+        member: usize,
+        _: PathBuf,
+        _: bool,
+    ) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move { Ok(json!({"replacing": member})) })
     }
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
@@ -198,10 +203,10 @@ async fn notification_runs_but_gets_no_reply() {
 struct ScrubEngine(std::sync::Mutex<Vec<crate::control::handle::ScrubRequest>>);
 
 impl EngineOps for ScrubEngine {
-    fn add(&self, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn add(&self, _: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async { Ok(Value::Null) })
     }
-    fn replace(&self, _: usize, _: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn replace(&self, _: usize, _: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async { Ok(Value::Null) })
     }
     fn set_rebuild_max_mbps(&self, _: u64) -> BoxFuture<'_, Result<Value, ControlError>> {

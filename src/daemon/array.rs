@@ -139,6 +139,10 @@ pub struct ArrayHandle {
     control: RebuildControl,
     opts: MemberOptions,
     spares: Mutex<Vec<Spare>>,
+    /// Serializes member-set changes (add, replace, spare activation):
+    /// each checks the current members, spares and replace target by
+    /// device identity under it, then changes the set.
+    member_set: Arc<tokio::sync::Mutex<()>>,
     /// Path of each role's member (the new one once a rebuild starts).
     paths: Mutex<Vec<Option<String>>>,
     /// A rebuild is running (only one at a time).
@@ -246,6 +250,7 @@ impl ArrayHandle {
             control: RebuildControl::new(max_mbps),
             opts,
             spares: Mutex::new(spares),
+            member_set: Arc::new(tokio::sync::Mutex::new(())),
             paths: Mutex::new(paths),
             rebuilding: AtomicBool::new(rebuild.is_some()),
             replacing: Mutex::new(
@@ -422,6 +427,12 @@ impl ArrayHandle {
             .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
     }
 
+    /// The lock every member-set change holds (`fail` and `remove` take
+    /// it through the control plane).
+    pub fn member_set(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.member_set.clone()
+    }
+
     /// Paths of the idle hot spares.
     pub fn spares(&self) -> Vec<String> {
         self.spares
@@ -434,8 +445,15 @@ impl ArrayHandle {
 
     /// Adds a member: rebuilt at once into a failed or missing role when
     /// there is one (and no rebuild runs), else kept as a hot spare.
-    pub async fn add_member(self: &Arc<Self>, path: &Path) -> Result<AddOutcome, DaemonError> {
-        let device = self.open_new(path).await?;
+    /// `force` overwrites what the pre-write check finds (a filesystem,
+    /// another array...), never a live member or a device held elsewhere.
+    pub async fn add_member(
+        self: &Arc<Self>,
+        path: &Path,
+        force: bool,
+    ) -> Result<AddOutcome, DaemonError> {
+        let _set = self.member_set.lock().await;
+        let device = self.open_new(path, force).await?;
         if let Some(role) = self.readd_role(&device).await {
             if !self.rebuilding.swap(true, Ordering::AcqRel) {
                 self.start_recovery(role, device, path).await?;
@@ -468,11 +486,11 @@ impl ArrayHandle {
     /// `--remove` (`--zero-superblock` is a separate step). Returns the
     /// spare's path, or `None` when no idle spare is there.
     pub fn remove_spare(&self, path: &Path) -> Option<String> {
-        let wanted = std::fs::canonicalize(path).ok();
+        let wanted = member::DeviceId::of_path(path).ok();
         let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-        let at = spares.iter().position(|s| {
-            s.path == path || wanted.is_some() && std::fs::canonicalize(&s.path).ok() == wanted
-        })?;
+        let at = spares
+            .iter()
+            .position(|s| s.path == path || wanted.is_some() && s.device.device_id() == wanted)?;
         let spare = spares.remove(at);
         drop(spares);
         let shown = show_path(&spare.path);
@@ -599,7 +617,9 @@ impl ArrayHandle {
         self: &Arc<Self>,
         role: usize,
         path: &Path,
+        force: bool,
     ) -> Result<(), DaemonError> {
+        let _set = self.member_set.lock().await;
         if role >= self.volume.geometry().members() {
             return Err(DaemonError::Usage(format!(
                 "{}: no member with role {role}",
@@ -612,7 +632,7 @@ impl ArrayHandle {
                 self.name
             )));
         }
-        let device = self.open_new(path).await?;
+        let device = self.open_new(path, force).await?;
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return Err(DaemonError::Usage(format!(
                 "{}: a rebuild is already running",
@@ -851,6 +871,7 @@ impl ArrayHandle {
     /// Starts rebuilds from spares into down roles, one at a time.
     fn activate_spares(self: &Arc<Self>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            let _set = self.member_set.lock().await;
             loop {
                 let Some(role) = self.down_role() else {
                     return;
@@ -965,43 +986,20 @@ impl ArrayHandle {
         DaemonError::Usage(format!("{}: {}", self.name, error_chain(&e)))
     }
 
-    /// Opens a new member; refuses one that is an active member of this array.
-    async fn open_new(&self, path: &Path) -> Result<Arc<dyn BlockDevice>, DaemonError> {
-        let is_spare = self
-            .spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|s| s.path == path);
-        if is_spare {
-            return Err(DaemonError::Usage(format!(
-                "{} is already a spare of {}",
-                path.display(),
-                self.name
-            )));
-        }
+    /// Opens a new member and runs the pre-write check (the caller holds
+    /// `member_set`): refused when another process holds it, when it is a
+    /// member, spare or replace target of this array under any name, and,
+    /// unless `force`, when it holds anything (`meta::signature`).
+    async fn open_new(
+        &self,
+        path: &Path,
+        force: bool,
+    ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
         let device: Arc<dyn BlockDevice> = member::open_member(path, &self.opts)?;
-        if let Ok(read) = meta::read_superblock(device.as_ref()).await {
-            let sb = read.superblock;
-            let present = self.metadata.present_devices().await;
-            let ours = present.iter().any(|d| d.name() == device.name());
-            if ours {
-                return Err(DaemonError::Usage(format!(
-                    "{} is already a member of {} (role {})",
-                    path.display(),
-                    self.name,
-                    sb.role
-                )));
-            }
-            if sb.array_uuid != self.metadata.array_uuid().await {
-                return Err(DaemonError::Usage(format!(
-                    "{} belongs to another array ({}, {}); wipe its first 1 MiB to reuse it",
-                    path.display(),
-                    sb.name,
-                    sb.array_uuid
-                )));
-            }
+        if let Some(id) = device.device_id() {
+            self.refuse_known(path, id).await?;
         }
+        self.refuse_contents(path, device.as_ref(), force).await?;
         Window::new(device.clone(), self.data_offset, self.data_size).map_err(|_| {
             DaemonError::Usage(format!(
                 "{} is too small: needs {} bytes",
@@ -1010,5 +1008,105 @@ impl ArrayHandle {
             ))
         })?;
         Ok(device)
+    }
+}
+
+/// The pre-write check of `add` and `replace` (README "Overwrite
+/// protection").
+impl ArrayHandle {
+    /// Refuses a device that is already in this array under any name.
+    async fn refuse_known(&self, path: &Path, id: member::DeviceId) -> Result<(), DaemonError> {
+        let refuse = |what: String| {
+            Err(DaemonError::Usage(format!(
+                "{} is already {what} of {}",
+                path.display(),
+                self.name
+            )))
+        };
+        let spare = self
+            .spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.device.device_id() == Some(id))
+            .map(|s| show_path(&s.path));
+        if let Some(spare) = spare {
+            return refuse(format!("a hot spare (as {spare})"));
+        }
+        let (roles, replacement) = self.metadata.devices_by_role().await;
+        for (role, device) in roles.iter().enumerate() {
+            if let Some(d) = device.as_ref().filter(|d| d.device_id() == Some(id)) {
+                return refuse(format!("a member (role {role}, as {})", d.name()));
+            }
+        }
+        if let Some(d) = replacement.filter(|d| d.device_id() == Some(id)) {
+            let role = self.metadata.replace().await.map_or(0, |(r, _)| r);
+            return refuse(format!(
+                "a member (the new member replacing role {role}, as {})",
+                d.name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses, unless `force`, a device holding anything but a vraid
+    /// superblock of this array that no live member carries.
+    async fn refuse_contents(
+        &self,
+        path: &Path,
+        device: &dyn BlockDevice,
+        force: bool,
+    ) -> Result<(), DaemonError> {
+        let found = meta::signature::scan(device).await.map_err(|e| {
+            DaemonError::Usage(format!(
+                "{}: cannot read: {}",
+                path.display(),
+                error_chain(&e)
+            ))
+        })?;
+        let ours = self.metadata.array_uuid().await;
+        for sig in &found {
+            let refusal = match sig {
+                meta::signature::Signature::Vraid {
+                    name, array_uuid, ..
+                } if *array_uuid != ours => format!(
+                    "{} belongs to another array ({name}, {array_uuid}); use --force to overwrite it",
+                    path.display()
+                ),
+                meta::signature::Signature::Vraid {
+                    member_uuid,
+                    role: Some(role),
+                    ..
+                } => match self.live_role(*role as usize, *member_uuid).await {
+                    Some(role) => format!(
+                        "{} holds the superblock of live member {role} of {} (a copy of it?); use --force to overwrite it",
+                        path.display(),
+                        self.name
+                    ),
+                    None => continue,
+                },
+                meta::signature::Signature::Vraid { .. } => continue,
+                other => format!(
+                    "{} holds {other}; refusing to overwrite it (use --force to overwrite it anyway)",
+                    path.display()
+                ),
+            };
+            if force {
+                warn!("{}: --force: overwriting {}", self.name, path.display());
+                continue;
+            }
+            return Err(DaemonError::Usage(refusal));
+        }
+        Ok(())
+    }
+
+    /// `role` if member `uuid` holds it and serves.
+    async fn live_role(&self, role: usize, uuid: Uuid) -> Option<usize> {
+        let (holder, _) = self.metadata.role_entry(role).await?;
+        let down = matches!(
+            self.volume.state(MemberIndex(role)),
+            MemberState::Failed | MemberState::Missing
+        );
+        (holder == uuid && !down).then_some(role)
     }
 }

@@ -77,7 +77,7 @@ async fn added_member_is_rebuilt_into_the_missing_slot_and_replace_swaps_a_live_
     sparse(&new);
 
     // Act
-    let outcome = a.array.add_member(&new).await.unwrap();
+    let outcome = a.array.add_member(&new, false).await.unwrap();
     wait_active(&a.volume, 1).await;
 
     // Assert
@@ -94,7 +94,7 @@ async fn added_member_is_rebuilt_into_the_missing_slot_and_replace_swaps_a_live_
     // Act: replace member 0 while it serves.
     let repl = dir.path().join("repl.img");
     sparse(&repl);
-    a.array.replace_member(0, &repl).await.unwrap();
+    a.array.replace_member(0, &repl, false).await.unwrap();
     for _ in 0..500 {
         if a.volume.rebuild_target(MemberIndex(0)).is_none() {
             break;
@@ -145,7 +145,7 @@ async fn live_readd_of_a_failed_member_copies_only_dirty_regions() {
         .unwrap();
     std::fs::rename(&away, &paths[1]).unwrap();
     // Act
-    let outcome = a.array.add_member(&paths[1]).await.unwrap();
+    let outcome = a.array.add_member(&paths[1], false).await.unwrap();
     wait_active(&a.volume, 1).await;
     // Assert: one 64 MiB region at most, not the whole member.
     assert_eq!(outcome, AddOutcome::Rebuilding { role: 1 });

@@ -147,14 +147,34 @@ async fn create_members(
 }
 
 /// `vraid examine` of one member.
-pub async fn examine_member(path: &Path) -> Result<meta::ExamineReport, DaemonError> {
+pub async fn examine_member(path: &Path) -> Result<Examined, DaemonError> {
     let opts = MemberOptions {
         exclusive: false,
         read_only: true,
         ..MemberOptions::default()
     };
     let dev = member::open_member(path, &opts)?;
-    Ok(meta::examine(&*dev).await?)
+    let busy = member::claim::in_use_elsewhere(path).ok();
+    match meta::examine(&*dev).await {
+        Ok(mut report) => {
+            report.in_use_elsewhere = busy;
+            Ok(Examined::Member(Box::new(report)))
+        }
+        Err(meta::MetaError::Superblock { .. }) => {
+            let mut report = meta::ForeignReport::probe(&*dev).await?;
+            report.in_use_elsewhere = busy;
+            Ok(Examined::Foreign(report))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `vraid examine` found on a device.
+pub enum Examined {
+    /// A vraid member (or spare).
+    Member(Box<meta::ExamineReport>),
+    /// No vraid superblock: what the pre-write check sees instead.
+    Foreign(meta::ForeignReport),
 }
 
 /// One assembled, running array.
@@ -605,6 +625,13 @@ async fn open_spares(
                 continue;
             }
         };
+        if let Err(why) = spare_refusal(device.as_ref(), devices, &spares).await {
+            warn!(
+                "spare {} refused: {why}; it is left untouched",
+                show_path(p)
+            );
+            continue;
+        }
         let rebuilding = match meta::read_superblock(device.as_ref()).await {
             Ok(read) => {
                 let sb = read.superblock;
@@ -628,6 +655,46 @@ async fn open_spares(
         }
     }
     Ok(spares)
+}
+
+/// The pre-write check of a configured spare: not a member or another
+/// spare under another name, and holding nothing but a vraid superblock
+/// of this array (the config has no `--force`: wipe the file instead).
+async fn spare_refusal(
+    device: &dyn BlockDevice,
+    members: &[(String, Arc<dyn BlockDevice>)],
+    spares: &[Spare],
+) -> Result<(), String> {
+    let id = device.device_id();
+    let same = |other: &dyn BlockDevice| id.is_some() && other.device_id() == id;
+    if let Some((name, _)) = members.iter().find(|(_, d)| same(d.as_ref())) {
+        return Err(format!("it is the member {name}"));
+    }
+    if let Some(s) = spares.iter().find(|s| same(s.device.as_ref())) {
+        return Err(format!("it is the spare {} again", show_path(&s.path)));
+    }
+    let found = meta::signature::scan(device)
+        .await
+        .map_err(|e| format!("cannot read it: {}", super::error_chain(&e)))?;
+    let mut ours = None;
+    for (_, d) in members {
+        if let Ok(read) = meta::read_superblock(d.as_ref()).await {
+            ours = Some(read.superblock.array_uuid);
+            break;
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(()),
+        [meta::signature::Signature::Vraid { array_uuid, .. }] if Some(*array_uuid) == ours => {
+            Ok(())
+        }
+        [meta::signature::Signature::Vraid {
+            name, array_uuid, ..
+        }] => Err(format!(
+            "it belongs to another array ({name}, {array_uuid})"
+        )),
+        other => Err(format!("it holds {}", meta::signature::describe(other))),
+    }
 }
 
 /// Decides the crash resync (dirty ranges) and the rebuild to run: an

@@ -63,10 +63,10 @@ impl ArrayEngine {
 }
 
 impl EngineOps for ArrayEngine {
-    fn add(&self, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             self.writable("add").await?;
-            match self.0.add_member(&path).await {
+            match self.0.add_member(&path, force).await {
                 Ok(AddOutcome::Spare) => Ok(json!({"path": path, "added_as": "spare"})),
                 Ok(AddOutcome::Rebuilding { role }) => Ok(
                     json!({"path": path, "added_as": "member", "role": role, "rebuilding": true}),
@@ -76,15 +76,24 @@ impl EngineOps for ArrayEngine {
         })
     }
 
-    fn replace(&self, member: usize, path: PathBuf) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn replace(
+        &self,
+        member: usize,
+        path: PathBuf,
+        force: bool,
+    ) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             self.writable("replace").await?;
             self.0
-                .replace_member(member, &path)
+                .replace_member(member, &path, force)
                 .await
                 .map_err(|e| ControlError::Refused(error_chain(&e)))?;
             Ok(json!({"path": path, "replacing": member}))
         })
+    }
+
+    fn member_set(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        Some(self.0.member_set())
     }
 
     fn remove_spare(&self, path: &str) -> Option<String> {

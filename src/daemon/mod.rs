@@ -118,7 +118,24 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
 
 /// `vraid examine`.
 pub async fn examine(args: ExamineArgs) -> Result<(), DaemonError> {
-    let report = bringup::examine_member(&args.member).await?;
+    let report = match bringup::examine_member(&args.member).await? {
+        bringup::Examined::Member(report) => report,
+        bringup::Examined::Foreign(foreign) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&foreign).expect("report serializes")
+                );
+            } else {
+                print!("{foreign}");
+            }
+            return Err(DaemonError::Usage(format!(
+                "{}: no vraid superblock; it holds {}",
+                show_path(&args.member),
+                foreign.summary()
+            )));
+        }
+    };
     if args.json {
         println!(
             "{}",

@@ -399,7 +399,12 @@ impl VolumeSpec {
 
 async fn any_member_initialised(paths: &[PathBuf]) -> bool {
     for p in paths {
-        if p.exists() && bringup::examine_member(p).await.is_ok() {
+        if p.exists()
+            && matches!(
+                bringup::examine_member(p).await,
+                Ok(bringup::Examined::Member(_))
+            )
+        {
             return true;
         }
     }

@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::buf::AlignedBuf;
+use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::op::{Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
@@ -101,8 +102,9 @@ pub struct MemberOptions {
     pub engine: EngineKind,
     /// Use O_DIRECT where the filesystem allows it.
     pub direct: bool,
-    /// Claim block devices exclusively (O_EXCL). Off only for inspection
-    /// (`vraid examine`), which must work on a member a daemon is serving.
+    /// Claim the member: block devices O_EXCL, regular files an exclusive
+    /// `flock` (`member::claim`). Off only for inspection (`vraid
+    /// examine`), which must work on a member a daemon is serving.
     pub exclusive: bool,
     /// Open read-only (`O_RDONLY`): every write, flush-with-data or
     /// fallocate fails with EBADF, so nothing can change the member (a
@@ -234,6 +236,10 @@ pub struct FileMember {
     /// A buffered descriptor: unaligned writes, flush, fallocate.
     buffered: Arc<File>,
     engine: Engine,
+    /// Which device this is (not which path named it).
+    id: DeviceId,
+    /// This process's claim (O_EXCL or flock), when opened exclusively.
+    _claim: Option<Claim>,
 }
 
 /// Creates a sparse regular file of `size` bytes at `path` if it is absent.
@@ -342,8 +348,11 @@ impl FileMember {
             });
         }
         // O_EXCL on a block device: refuse devices that are mounted or
-        // claimed by another exclusive user (md, another vraid).
-        let exclusive = if is_block_device && access.exclusive {
+        // claimed by another exclusive user (md, another vraid). One this
+        // process claims already (a member opened again under another
+        // node) opens plainly: whether it may join is the array's question.
+        let ours = is_block_device && held_by_this_process(DeviceId::of_metadata(&meta));
+        let exclusive = if is_block_device && access.exclusive && !ours {
             libc::O_EXCL
         } else {
             0
@@ -359,6 +368,14 @@ impl FileMember {
                 },
                 _ => open_err(e),
             })?;
+        let id = DeviceId::of_file(&buffered).map_err(open_err)?;
+        let claim = if access.exclusive {
+            Some(claim(&buffered, id).map_err(|_| MemberError::InUse {
+                path: path.to_path_buf(),
+            })?)
+        } else {
+            None
+        };
         let direct = if access.direct {
             open_direct(path, access.writable).map_err(open_err)?
         } else {
@@ -394,7 +411,14 @@ impl FileMember {
             direct: direct.map(Arc::new),
             buffered: Arc::new(buffered),
             engine,
+            id,
+            _claim: claim,
         })
+    }
+
+    /// The device's identity.
+    pub fn id(&self) -> DeviceId {
+        self.id
     }
 
     /// The member's path.
@@ -574,6 +598,10 @@ impl BlockDevice for FileMember {
 
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn device_id(&self) -> Option<DeviceId> {
+        Some(self.id)
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {

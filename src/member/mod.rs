@@ -7,6 +7,7 @@
 //! in-memory device for unit tests only.
 
 mod buf;
+pub mod claim;
 pub mod fault;
 mod file;
 mod op;
@@ -18,6 +19,7 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
+pub use claim::DeviceId;
 pub use file::{
     create_sparse, open_member, open_member_on, EngineKind, FileMember, MemberError, MemberOptions,
 };

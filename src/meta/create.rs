@@ -16,7 +16,7 @@ use super::superblock::{
     metadata_layout, read_superblock, valid_chunk_size, valid_name, ArrayState, MemberState,
     RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, MAX_MEMBERS, SUPERBLOCK_SIZE,
 };
-use super::{now, MetaError};
+use super::{now, signature, MetaError};
 use crate::block::{BlockDevice, Durability};
 use crate::raid::Level;
 use crate::units::ByteOffset;
@@ -30,7 +30,8 @@ pub struct CreateSpec {
     pub level: Level,
     /// Chunk size in bytes (power of two, 4K..=16M).
     pub chunk_size: u64,
-    /// Overwrite members that already hold a vraid superblock.
+    /// Overwrite members that hold a vraid superblock or anything else
+    /// (`signature`); members held by another process stay refused.
     pub force: bool,
 }
 
@@ -82,6 +83,14 @@ fn validate(devices: &[Arc<dyn BlockDevice>], spec: &CreateSpec) -> Result<(), M
         if devices[..i].iter().any(|b| Arc::ptr_eq(a, b)) {
             return Err(MetaError::DuplicateDevice(a.name().to_string()));
         }
+        let same =
+            |b: &&Arc<dyn BlockDevice>| a.device_id().is_some() && a.device_id() == b.device_id();
+        if let Some(b) = devices[..i].iter().find(same) {
+            return Err(MetaError::SameDevice(
+                b.name().to_string(),
+                a.name().to_string(),
+            ));
+        }
     }
     Ok(())
 }
@@ -113,13 +122,7 @@ pub async fn create_array(
     layout.data_size = layout.data_size / spec.chunk_size * spec.chunk_size;
     if !spec.force {
         for device in devices {
-            if let Ok(found) = read_superblock(device.as_ref()).await {
-                return Err(MetaError::AlreadyMember {
-                    device: device.name().to_string(),
-                    name: found.superblock.name,
-                    uuid: found.superblock.array_uuid,
-                });
-            }
+            refuse_occupied(device.as_ref()).await?;
         }
     }
     try_join_all(
@@ -188,6 +191,27 @@ pub async fn create_array(
         member_count: devices.len() as u32,
         data_offset: layout.data_offset,
         data_size: layout.data_size,
+    })
+}
+
+/// The pre-write check of `create` (FORMAT.md §4 step 1): refuses a
+/// device holding a vraid superblock, md, a filesystem, swap, LUKS, LVM2,
+/// a partition table or other non-zero bytes in its first or last MiB.
+async fn refuse_occupied(device: &dyn BlockDevice) -> Result<(), MetaError> {
+    if let Ok(found) = read_superblock(device).await {
+        return Err(MetaError::AlreadyMember {
+            device: device.name().to_string(),
+            name: found.superblock.name,
+            uuid: found.superblock.array_uuid,
+        });
+    }
+    let found = signature::scan(device).await.map_err(io_err(device))?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(MetaError::Occupied {
+        device: device.name().to_string(),
+        found: signature::describe(&found),
     })
 }
 

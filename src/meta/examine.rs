@@ -64,6 +64,69 @@ pub struct ExamineReport {
     pub copy_used: CopyId,
     /// The other copy, if it is invalid, with the reason.
     pub bad_copy: Option<String>,
+    /// Another process holds the device exclusively (a serving vraid,
+    /// a `flock`, a mount); `None` when not probed.
+    pub in_use_elsewhere: Option<bool>,
+}
+
+/// What a device without a vraid superblock holds (`vraid examine`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ForeignReport {
+    /// Device name (path).
+    pub device: String,
+    /// Always false: no valid vraid superblock.
+    pub vraid: bool,
+    /// Everything the pre-write check finds (empty: all zero).
+    pub found: Vec<super::signature::Signature>,
+    /// Another process holds the device exclusively.
+    pub in_use_elsewhere: Option<bool>,
+}
+
+impl ForeignReport {
+    /// Probes `device` (its first and last MiB).
+    pub async fn probe(device: &dyn BlockDevice) -> Result<ForeignReport, MetaError> {
+        let found = super::signature::scan(device)
+            .await
+            .map_err(|source| MetaError::Io {
+                device: device.name().to_string(),
+                source,
+            })?;
+        Ok(ForeignReport {
+            device: device.name().to_string(),
+            vraid: false,
+            found,
+            in_use_elsewhere: None,
+        })
+    }
+
+    /// "an ext4 filesystem", or "nothing (all zero)".
+    pub fn summary(&self) -> String {
+        if self.found.is_empty() {
+            "nothing (first and last MiB all zero)".to_string()
+        } else {
+            super::signature::describe(&self.found)
+        }
+    }
+}
+
+impl fmt::Display for ForeignReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}:", self.device)?;
+        writeln!(f, "  vraid superblock : none")?;
+        writeln!(f, "            Holds : {}", self.summary())?;
+        if let Some(busy) = self.in_use_elsewhere {
+            writeln!(f, "           In use : {}", in_use_text(busy))?;
+        }
+        Ok(())
+    }
+}
+
+fn in_use_text(busy: bool) -> &'static str {
+    if busy {
+        "yes, held exclusively by another process"
+    } else {
+        "no"
+    }
 }
 
 /// Reads and reports a member's superblock.
@@ -116,6 +179,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         bad_copy: read
             .bad_copy
             .map(|(copy, err)| format!("copy {copy:?}: {err}")),
+        in_use_elsewhere: None,
     })
 }
 
@@ -179,6 +243,9 @@ impl fmt::Display for ExamineReport {
         }
         if let Some(bad) = &self.bad_copy {
             writeln!(f, "    Bad copy      : {bad}")?;
+        }
+        if let Some(busy) = self.in_use_elsewhere {
+            writeln!(f, "    In use        : {}", in_use_text(busy))?;
         }
         writeln!(f, "    Member table  :")?;
         for (role, entry) in self.members.iter().enumerate() {

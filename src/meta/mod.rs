@@ -19,6 +19,7 @@ pub mod create;
 mod examine;
 pub mod journal;
 pub mod layout;
+pub mod signature;
 pub mod superblock;
 mod update;
 
@@ -27,7 +28,7 @@ pub use assemble::{
 };
 pub use bitmap::DiskBitmap;
 pub use create::{create_array, ArrayInfo, CreateSpec};
-pub use examine::{examine, ExamineReport};
+pub use examine::{examine, ExamineReport, ForeignReport};
 pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
     SuperblockError,
@@ -71,6 +72,17 @@ pub enum MetaError {
         /// UUID of that array.
         uuid: uuid::Uuid,
     },
+    /// A device holds something else (a filesystem, md, LUKS, data...)
+    /// and `force` was not given.
+    #[error(
+        "{device} holds {found}; refusing to overwrite it (use --force to overwrite it anyway)"
+    )]
+    Occupied {
+        /// Device name.
+        device: String,
+        /// What was found, as text.
+        found: String,
+    },
     /// Wrong number of members for the level.
     #[error("{level} needs {min}..={max} members, got {got}")]
     MemberCount {
@@ -86,6 +98,9 @@ pub enum MetaError {
     /// The same device was given twice.
     #[error("{0} is given twice")]
     DuplicateDevice(String),
+    /// The same file or block device was given twice under two names.
+    #[error("{0} and {1} are the same device")]
+    SameDevice(String, String),
     /// Bad array name.
     #[error("invalid array name {0:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -")]
     InvalidName(String),

@@ -252,6 +252,23 @@ impl ArrayMetadata {
             .collect()
     }
 
+    /// The device present in each role (`None`: failed or missing) and
+    /// the new member of a replace in progress, for identity checks.
+    pub async fn devices_by_role(
+        &self,
+    ) -> (
+        Vec<Option<Arc<dyn BlockDevice>>>,
+        Option<Arc<dyn BlockDevice>>,
+    ) {
+        let st = self.state.lock().await;
+        let roles = st
+            .devices
+            .iter()
+            .map(|d| d.as_ref().map(|(d, _)| d.clone()))
+            .collect();
+        (roles, st.replacement.clone())
+    }
+
     /// The array UUID.
     pub async fn array_uuid(&self) -> Uuid {
         self.state.lock().await.template.array_uuid

@@ -1,0 +1,307 @@
+//! Which device a member is, and the claim vraid holds on it.
+//!
+//! ```text
+//!  identity : DeviceId::Block { rdev }        (any node of one block device)
+//!             DeviceId::File { dev, ino }     (any path, link or bind mount)
+//!  claim    : block device ─► O_EXCL at open (the kernel refuses others: EBUSY)
+//!             regular file ─► flock(LOCK_EX) on the member's descriptor
+//!  probe    : in_use_elsewhere(path) ─► the same test, without claiming
+//! ```
+//!
+//! "Held exclusively" for a regular file means an exclusive `flock` held
+//! by another process: every vraid process takes one on each member it
+//! opens for writing, and other programs can do the same (`flock(1)`).
+//! A lock whose holder has exited (its io_uring teardown still holds the
+//! file for a moment after a SIGKILL) is waited for, up to 10 s.
+//! Claims of this process are counted in a registry, so opening a member
+//! twice in one daemon (a failed member added back) is not "in use";
+//! whether it is already part of an array is the array's question.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a lock left by a process that has exited may take to go away
+/// (its io_uring requests still hold the file until they are torn down).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// A device by identity, never by path string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceId {
+    /// A block device: its device number.
+    Block {
+        /// `st_rdev`.
+        rdev: u64,
+    },
+    /// A regular file: filesystem device and inode.
+    File {
+        /// `st_dev`.
+        dev: u64,
+        /// `st_ino`.
+        ino: u64,
+    },
+}
+
+impl DeviceId {
+    /// The identity of what `meta` describes.
+    pub fn of_metadata(meta: &Metadata) -> DeviceId {
+        if meta.file_type().is_block_device() {
+            DeviceId::Block { rdev: meta.rdev() }
+        } else {
+            DeviceId::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        }
+    }
+
+    /// The identity of the file `path` names (symlinks followed).
+    pub fn of_path(path: &Path) -> io::Result<DeviceId> {
+        std::fs::metadata(path).map(|m| DeviceId::of_metadata(&m))
+    }
+
+    /// The identity of an open file.
+    pub fn of_file(file: &File) -> io::Result<DeviceId> {
+        file.metadata().map(|m| DeviceId::of_metadata(&m))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            DeviceId::Block { rdev } => {
+                write!(
+                    f,
+                    "block device {}:{}",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                )
+            }
+            DeviceId::File { dev, ino } => write!(
+                f,
+                "inode {ino} on device {}:{}",
+                libc::major(dev),
+                libc::minor(dev)
+            ),
+        }
+    }
+}
+
+/// Claims this process holds, by device.
+fn held() -> &'static Mutex<HashMap<DeviceId, usize>> {
+    static HELD: OnceLock<Mutex<HashMap<DeviceId, usize>>> = OnceLock::new();
+    HELD.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Whether this process holds a claim on `id`.
+pub fn held_by_this_process(id: DeviceId) -> bool {
+    held_here(id)
+}
+
+fn held_here(id: DeviceId) -> bool {
+    held()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&id)
+}
+
+/// This process's claim on one member; released when the member closes.
+#[derive(Debug)]
+pub struct Claim {
+    id: DeviceId,
+}
+
+impl Claim {
+    /// The claimed device.
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut held = held().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Another process holds the device exclusively.
+#[derive(Debug, thiserror::Error)]
+#[error("held exclusively by another process")]
+pub struct Busy;
+
+/// Claims an opened member: a regular file gets an exclusive `flock` on
+/// `file` (block devices were opened `O_EXCL`, which is their claim).
+/// Fails only when another process holds the file.
+pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
+    if let DeviceId::File { dev, ino } = id {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            match flock(file, libc::LOCK_EX) {
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    if held_here(id) {
+                        break;
+                    }
+                    if holder_alive(dev, ino) || Instant::now() >= deadline {
+                        return Err(Busy);
+                    }
+                    // The holder has exited; the kernel drops its lock once
+                    // its last reference (io_uring teardown) is gone, with
+                    // no notification to wait on.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // Claimed, or a filesystem without flock: nothing to claim.
+                _ => break,
+            }
+        }
+    }
+    *held()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id)
+        .or_insert(0) += 1;
+    Ok(Claim { id })
+}
+
+/// Whether another process holds `path` exclusively (a vraid serving it,
+/// a `flock -x`, a mounted or md-claimed block device). Claims of this
+/// process do not count.
+pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
+    let meta = std::fs::metadata(path)?;
+    let id = DeviceId::of_metadata(&meta);
+    if held_here(id) {
+        return Ok(false);
+    }
+    if meta.file_type().is_block_device() {
+        return match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path)
+        {
+            Ok(_) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(true),
+            Err(e) => Err(e),
+        };
+    }
+    let file = File::open(path)?;
+    match flock(&file, libc::LOCK_SH) {
+        Ok(()) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Whether a live process holds a `flock` on file `dev`/`ino`, per
+/// `/proc/locks` ("1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF").
+/// True when it cannot tell.
+fn holder_alive(dev: u64, ino: u64) -> bool {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return true;
+    };
+    let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    locks
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|t| t.get(1) == Some(&"FLOCK") && t.get(5) == Some(&file.as_str()))
+        .any(
+            |t| match t.get(4).and_then(|p| p.parse::<libc::pid_t>().ok()) {
+                Some(pid) if pid > 0 => alive(pid),
+                _ => true,
+            },
+        )
+}
+
+fn alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that `pid` exists; no memory is touched.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// `flock(fd, op | LOCK_NB)`; a shared probe lock is dropped with `file`.
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: `file` owns a valid descriptor for the duration of the call;
+    // flock has no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.img");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        (dir, path)
+    }
+
+    fn open_rw(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    #[test]
+    fn one_process_may_claim_a_file_twice_and_names_it_the_same() {
+        let (dir, path) = scratch();
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
+        let (a, b) = (open_rw(&path), open_rw(&dir.path().join("link")));
+        let id = DeviceId::of_file(&a).unwrap();
+        assert_eq!(DeviceId::of_file(&b).unwrap(), id);
+
+        let first = claim(&a, id).unwrap();
+        let second = claim(&b, id).unwrap();
+
+        assert!(!in_use_elsewhere(&path).unwrap());
+        drop((first, second));
+        assert!(!held_here(id));
+    }
+
+    #[test]
+    fn a_file_locked_by_a_live_process_is_busy_at_once() {
+        let (_dir, path) = scratch();
+        let mut child = std::process::Command::new("flock")
+            .args(["-x", "--no-fork"])
+            .arg(&path)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let file = open_rw(&path);
+        let id = DeviceId::of_file(&file).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_use_elsewhere(&path).unwrap() {
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let started = Instant::now();
+        let claimed = claim(&file, id);
+
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(claimed.is_err());
+        assert!(
+            started.elapsed() < RELEASE_WAIT / 2,
+            "waited for a live holder"
+        );
+    }
+}
