@@ -153,12 +153,18 @@ impl ChecksumDevice {
     }
 
     /// Reads the old bytes of an edge block into `old`; false when they
-    /// fail their own (known, trusted) checksum.
+    /// fail their own (known) checksum, verified there or not.
     async fn edge(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
         self.inner.read(ByteOffset(block * BLOCK), old).await?;
         let entry = self.store.entries(block, 1).await?[0];
-        let ok = entry == UNKNOWN || entry == block_entry(old) || !(self.trusted)(block * BLOCK);
-        if !ok {
+        // Also where the region is not verified (dirty at a crash, not yet
+        // resynced): a block failing its entry there may be corruption the
+        // resync must repair from redundancy, and sealing the merge would
+        // make it pass and win (§8 "Which checksum is trusted where"). A
+        // torn write's block kept mismatching costs nothing: the resync
+        // reseals it.
+        let ok = entry == UNKNOWN || entry == block_entry(old);
+        if !ok && (self.trusted)(block * BLOCK) {
             tracing::warn!(
                 device = self.inner.name(),
                 offset = block * BLOCK,

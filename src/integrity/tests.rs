@@ -301,3 +301,32 @@ async fn a_flush_writes_back_the_pages_of_the_writes_before_it_and_only_then() {
     assert_eq!(entries[0], block_entry(&data[..B]));
     assert_eq!(entries[3], block_entry(&fua));
 }
+
+#[tokio::test]
+async fn unaligned_write_over_a_bad_block_of_an_unverified_region_is_not_sealed() {
+    // Arrange: a region dirty at a crash (not verified) whose block was
+    // written wrong before it: the entry names the good bytes.
+    let r = rig(2, Arc::new(|_| false));
+    let data = pattern(2 * B, 7);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, 4000).await;
+
+    // Act: a client writes 3 bytes into it before the resync.
+    r.dev
+        .write(ByteOffset(10), &[1, 2, 3], Durability::Normal)
+        .await
+        .unwrap();
+
+    // Assert: the merge of bad bytes is not sealed as good (the resync must
+    // still see a block failing its checksum and take another copy), and
+    // reads there are still not verified.
+    let mut merged = vec![0u8; B];
+    r.dev.read(ByteOffset(0), &mut merged).await.unwrap();
+    let entry = r.store.entries(0, 1).await.unwrap()[0];
+    assert_ne!(entry, UNKNOWN, "not forgotten");
+    assert_ne!(entry, block_entry(&merged), "not sealed");
+    assert_eq!(r.errors.load(Ordering::SeqCst), 0);
+}
