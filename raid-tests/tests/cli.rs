@@ -130,7 +130,8 @@ fn serve_without_arguments_runs_the_raid5_demo() {
 
     // Act
     let server = Server::start_in(dir.path(), &[]);
-    let log = server.log();
+    // The client commands are printed after the port opens: wait for them.
+    let log = server.wait_log("qemu-img convert", std::time::Duration::from_secs(30));
     qemu_io(
         &server.uri("vol0"),
         &["write -P 0x42 0 1M".into(), "read -P 0x42 0 1M".into()],
