@@ -86,7 +86,13 @@ impl SourceErrors {
             return;
         };
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(volume = vol.volume_name(), %member, %error, errors = n, "rebuild: a source block could not be read");
+        // The first few in full, then at 16, 32, 64...: a source with many
+        // bad blocks does not flood the log (each step also logs its lost
+        // blocks as one line).
+        if n <= 8 || n.is_power_of_two() {
+            tracing::warn!(volume = vol.volume_name(), %member, %error, errors = n,
+                "rebuild: a source block could not be read (logged for the first 8, then at powers of two)");
+        }
         if n == SOURCE_ERROR_LIMIT {
             vol.fail_member(member, error).await;
         }
