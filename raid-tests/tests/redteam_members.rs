@@ -1,0 +1,173 @@
+//! Red team on overwrite protection and member-set safety (issue 16, items
+//! 1, 14, 15a): one daemon serving two volumes must not let one volume take
+//! a live member or spare of the other, neither one request at a time (even
+//! with `--force`) nor by two requests racing on different volumes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+
+use raid_tests::*;
+
+fn sparse(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+fn refused(out: &Output, needle: &str, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: accepted: {out:?}");
+    assert!(err.contains(needle), "{what}: {needle:?} not in: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+fn list(ps: &[PathBuf]) -> String {
+    ps.iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Two RAID-5 volumes, vol0 and vol1, three 32M members each, in one
+/// config; returns (config, vol0's members, vol1's members).
+fn two_volumes(dir: &Path) -> (PathBuf, Vec<PathBuf>, Vec<PathBuf>) {
+    let mut vols = Vec::new();
+    for v in ["vol0", "vol1"] {
+        std::fs::create_dir(dir.join(v)).unwrap();
+        let members = member_paths(&dir.join(v), 3);
+        create_array(5, "64K", "32M", v, &members);
+        vols.push(members);
+    }
+    let config = dir.join("vraid.toml");
+    let mut text = String::new();
+    for (v, members) in ["vol0", "vol1"].iter().zip(&vols) {
+        text.push_str(&format!(
+            "[[volume]]\nname = \"{v}\"\nlevel = 5\nchunk_size = \"64K\"\nmembers = [{}]\n\n",
+            list(members)
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let vol1 = vols.pop().unwrap();
+    (config, vols.pop().unwrap(), vol1)
+}
+
+fn serve(config: &Path, ctl: &Path) -> Server {
+    Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--control",
+        ctl.to_str().unwrap(),
+    ])
+}
+
+fn volume<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+#[test]
+fn a_live_member_or_spare_of_another_volume_in_the_same_daemon_is_refused_even_with_force() {
+    // Arrange
+    let dir = scratch_dir("redteam-cross-volume");
+    let (config, vol0, _vol1) = two_volumes(dir.path());
+    let ctl = dir.path().join("ctl.sock");
+    let server = serve(&config, &ctl);
+    let spare = dir.path().join("spare0.img");
+    sparse(&spare, 32 << 20);
+    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap()]);
+    let uri = server.uri("vol0");
+    let data = pseudo_random(1 << 20, 11);
+    write_export(&uri, &data, dir.path());
+    let m0 = vol0[0].to_str().unwrap();
+    let s0 = spare.to_str().unwrap();
+
+    // Act + Assert: neither vol0's member nor its spare joins vol1.
+    for (p, what) in [(m0, "a member (role 0"), (s0, "a hot spare")] {
+        for force in [false, true] {
+            let mut args = vec!["add", "vol1", p];
+            if force {
+                args.push("--force");
+            }
+            // Without --force the vraid superblock of vol0 is reason
+            // enough; with it, only the identity check stands.
+            let needle = if force { what } else { "" };
+            refused(&vraid_ctl(&ctl, &args), needle, &format!("{args:?}"));
+            let mut args = vec!["replace", "vol1", "1", p];
+            if force {
+                args.push("--force");
+            }
+            refused(&vraid_ctl(&ctl, &args), needle, &format!("{args:?}"));
+        }
+    }
+    let status = status_json(&ctl);
+    let vol1 = volume(&status, "vol1");
+    assert_eq!(vol1["spares"], serde_json::json!([]), "{status}");
+    assert_eq!(vol1["state"], "optimal", "{status}");
+    assert_eq!(volume(&status, "vol0")["state"], "optimal", "{status}");
+    assert_eq!(read_export(&uri, dir.path())[..data.len()], data[..]);
+    drop(server);
+    let examined = examine(&vol0[0]);
+    assert_eq!(examined["name"], "vol0", "{examined}");
+}
+
+/// Runs control commands at once; returns their outputs.
+fn at_once(ctl: &Path, commands: &[Vec<String>]) -> Vec<Output> {
+    let children: Vec<Child> = commands
+        .iter()
+        .map(|args| {
+            vraid(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .arg("--control")
+                .arg(ctl)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+#[test]
+fn concurrent_adds_of_one_file_to_two_volumes_admit_exactly_one() {
+    // Arrange
+    let dir = scratch_dir("redteam-cross-volume-race");
+    let (config, _vol0, _vol1) = two_volumes(dir.path());
+    let ctl = dir.path().join("ctl.sock");
+    let _server = serve(&config, &ctl);
+
+    for round in 0..4 {
+        let s = dir.path().join(format!("s{round}.img"));
+        sparse(&s, 32 << 20);
+        let s = s.to_str().unwrap().to_string();
+        let commands: Vec<Vec<String>> = (0..8)
+            .map(|i| {
+                let v = if i % 2 == 0 { "vol0" } else { "vol1" };
+                vec!["add".into(), v.into(), s.clone()]
+            })
+            .collect();
+
+        // Act
+        let outs = at_once(&ctl, &commands);
+
+        // Assert
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "round {round}: {outs:?}");
+        let status = status_json(&ctl);
+        let holders = ["vol0", "vol1"]
+            .iter()
+            .filter(|v| {
+                volume(&status, v)["spares"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == s.as_str())
+            })
+            .count();
+        assert_eq!(holders, 1, "round {round}: {status}");
+    }
+}
