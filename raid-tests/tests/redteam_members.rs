@@ -171,3 +171,79 @@ fn concurrent_adds_of_one_file_to_two_volumes_admit_exactly_one() {
         assert_eq!(holders, 1, "round {round}: {status}");
     }
 }
+
+/// `kill -9 PID` and no wait: a careless user restarting at once.
+fn sigkill_no_wait(child: &Child) {
+    // SAFETY: kill(2) with a pid this test spawned; no memory is touched.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_restart_right_after_sigkill_under_load_always_comes_up() {
+    // Arrange: a daemon under write load, its control socket at a fixed path.
+    let dir = scratch_dir("redteam-sigkill-restart");
+    let members = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "vol0", &members);
+    let ctl = dir.path().join("ctl.sock");
+    let ctl_arg = ctl.to_str().unwrap();
+    let mut args = vec!["--control", ctl_arg];
+    args.extend(members.iter().map(|m| m.to_str().unwrap()));
+
+    for round in 0..20 {
+        let port = free_port();
+        let mut first = vraid(&["serve", "--nbd", &format!("127.0.0.1:{port}")])
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(first.try_wait().unwrap().is_none(), "round {round}: exited");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: not up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut fio = std::process::Command::new("fio")
+            .args([
+                "--name=load",
+                "--ioengine=nbd",
+                "--rw=randwrite",
+                "--bs=64k",
+                "--iodepth=32",
+                "--size=30M",
+                "--time_based",
+                "--runtime=30",
+            ])
+            .arg(format!("--uri=nbd://127.0.0.1:{port}/vol0"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Writes in flight: the status counters move.
+        let written = |st: &serde_json::Value| st["volumes"][0]["io"]["writes"].to_string();
+        let before = written(&status_json(&ctl));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while written(&status_json(&ctl)) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no I/O"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        // Act: SIGKILL, and start again at once on the same socket path.
+        sigkill_no_wait(&first);
+        let second = Server::start(&args);
+
+        // Assert (Server::start panics if it exits early)
+        assert_eq!(status_json(&ctl)["volumes"][0]["name"], "vol0");
+        let _ = fio.kill();
+        let _ = fio.wait();
+        let _ = first.wait();
+        second.stop();
+    }
+}

@@ -195,8 +195,10 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
             Err(e) => Err(e),
         };
     }
+    // An exclusive probe: a shared `flock -s` holder keeps vraid's claim
+    // (LOCK_EX) off the file as surely as an exclusive one.
     let file = File::open(path)?;
-    match flock(&file, libc::LOCK_SH) {
+    match flock(&file, libc::LOCK_EX) {
         Ok(()) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
         Err(_) => Ok(false),
@@ -223,10 +225,32 @@ fn holder_alive(dev: u64, ino: u64) -> bool {
         )
 }
 
-fn alive(pid: libc::pid_t) -> bool {
+/// Whether process `pid` exists and is not on its way out (see
+/// [`exiting`]). True when it cannot tell.
+pub fn alive(pid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks that `pid` exists; no memory is touched.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    exists && !exiting(pid)
+}
+
+/// Whether `pid` is exiting: a zombie, or `PF_EXITING` set in its flags
+/// (`/proc/PID/stat` field 9). A SIGKILLed process stays in `do_exit`
+/// while its io_uring requests are cancelled, with its descriptors (locks,
+/// listening sockets) still open, though it will never serve again.
+fn exiting(pid: libc::pid_t) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
+    zombie || flags.is_some_and(|f| f & PF_EXITING != 0)
 }
 
 /// `flock(fd, op | LOCK_NB)`; a shared probe lock is dropped with `file`.
@@ -274,6 +298,56 @@ mod tests {
         assert!(!in_use_elsewhere(&path).unwrap());
         drop((first, second));
         assert!(!held_here(id));
+    }
+
+    #[test]
+    fn a_shared_flock_holder_makes_the_file_in_use() {
+        let (_dir, path) = scratch();
+        let mut child = std::process::Command::new("flock")
+            .args(["-s", "--no-fork"])
+            .arg(&path)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        // Poll /proc/locks until flock(1) holds its lock.
+        let id = DeviceId::of_path(&path).unwrap();
+        let DeviceId::File { dev, ino } = id else {
+            unreachable!()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !holder_alive(dev, ino) || !lock_listed(dev, ino) {
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let busy = in_use_elsewhere(&path).unwrap();
+
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(busy, "a `flock -s` holder was not seen");
+    }
+
+    fn lock_listed(dev: u64, ino: u64) -> bool {
+        let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&file))
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Not reaped: it stays a zombie until `wait`.
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "`true` never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        child.wait().unwrap();
+        assert!(stat.contains(") Z"), "{stat}");
     }
 
     #[test]
