@@ -247,3 +247,68 @@ fn a_restart_right_after_sigkill_under_load_always_comes_up() {
         second.stop();
     }
 }
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_file_behind_an_attached_loop_device_is_in_use_even_with_force() {
+    // Arrange: ext4 in a file, attached to a loop device (as `mount -o loop`
+    // does); a daemon to add it to.
+    let dir = scratch_dir("redteam-loop-backing");
+    let members = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "vol0", &members);
+    let ctl = dir.path().join("ctl.sock");
+    let mut args = vec!["--control", ctl.to_str().unwrap()];
+    args.extend(members.iter().map(|m| m.to_str().unwrap()));
+    let _server = Server::start(&args);
+    let img = dir.path().join("disk.img");
+    sparse(&img, 32 << 20);
+    run_ok(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img),
+    );
+    let dev = run_ok(
+        std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img),
+    );
+    let _loop = Loop(dev.trim().to_string());
+    let before = std::fs::read(&img).unwrap();
+    let shown = img.to_str().unwrap();
+
+    // Act + Assert
+    refused(
+        &vraid_ctl(&ctl, &["add", "vol0", shown, "--force"]),
+        "in use",
+        "add --force",
+    );
+    refused(
+        &vraid_ctl(&ctl, &["replace", "vol0", "1", shown, "--force"]),
+        "in use",
+        "replace --force",
+    );
+    let other = dir.path().join("other.img");
+    refused(
+        &vraid(&["create", "--force", "--level", "1", "--member-size", "32M"])
+            .arg(&img)
+            .arg(&other)
+            .output()
+            .unwrap(),
+        "in use",
+        "create --force",
+    );
+    let out = vraid(&["examine", "--json"]).arg(&img).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["in_use_elsewhere"], true, "{report}");
+    assert!(std::fs::read(&img).unwrap() == before, "disk.img changed");
+}

@@ -166,6 +166,9 @@ pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
                 _ => break,
             }
         }
+        if loop_device_over(id).is_some() && !held_here(id) {
+            return Err(Busy);
+        }
     }
     *held()
         .lock()
@@ -195,6 +198,9 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
             Err(e) => Err(e),
         };
     }
+    if loop_device_over(id).is_some() {
+        return Ok(true);
+    }
     // An exclusive probe: a shared `flock -s` holder keeps vraid's claim
     // (LOCK_EX) off the file as surely as an exclusive one.
     let file = File::open(path)?;
@@ -203,6 +209,24 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
         Err(_) => Ok(false),
     }
+}
+
+/// The loop device whose backing file is `id` (`/sys/block/loopN/loop/
+/// backing_file`, compared by identity), if one is attached: whatever is
+/// on it (a mount, md, a VM) writes the file behind vraid's back.
+pub fn loop_device_over(id: DeviceId) -> Option<String> {
+    let DeviceId::File { .. } = id else {
+        return None;
+    };
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim_end_matches('\n');
+            (DeviceId::of_path(Path::new(backing)).ok()? == id)
+                .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        })
 }
 
 /// Whether a live process holds a `flock` on file `dev`/`ino`, per
