@@ -312,3 +312,59 @@ fn a_file_behind_an_attached_loop_device_is_in_use_even_with_force() {
     assert_eq!(report["in_use_elsewhere"], true, "{report}");
     assert!(std::fs::read(&img).unwrap() == before, "disk.img changed");
 }
+
+#[test]
+fn a_disk_image_qemu_has_open_is_in_use_even_with_force() {
+    // Arrange: qemu-io holds a raw image open (qemu's image locking: OFD
+    // byte-range locks), as a running VM holds its disk.
+    let dir = scratch_dir("redteam-qemu-locked");
+    let members = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "vol0", &members);
+    let ctl = dir.path().join("ctl.sock");
+    let mut args = vec!["--control", ctl.to_str().unwrap()];
+    args.extend(members.iter().map(|m| m.to_str().unwrap()));
+    let _server = Server::start(&args);
+    let img = dir.path().join("vm.img");
+    sparse(&img, 32 << 20);
+    run_ok(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img),
+    );
+    let mut qemu = std::process::Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(&img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Poll /proc/locks until qemu-io holds its locks.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&img).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&format!(":{ino} ")))
+    {
+        assert!(std::time::Instant::now() < deadline, "qemu-io took no lock");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = std::fs::read(&img).unwrap();
+    let shown = img.to_str().unwrap();
+
+    // Act
+    let add = vraid_ctl(&ctl, &["add", "vol0", shown, "--force"]);
+    let replace = vraid_ctl(&ctl, &["replace", "vol0", "1", shown, "--force"]);
+    let out = vraid(&["examine", "--json"]).arg(&img).output().unwrap();
+    drop(qemu.stdin.take());
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+
+    // Assert
+    refused(&add, "in use", "add --force");
+    refused(&replace, "in use", "replace --force");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["in_use_elsewhere"], true, "{report}");
+    assert!(std::fs::read(&img).unwrap() == before, "vm.img changed");
+}

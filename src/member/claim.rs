@@ -166,7 +166,7 @@ pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
                 _ => break,
             }
         }
-        if loop_device_over(id).is_some() && !held_here(id) {
+        if (loop_device_over(id).is_some() || byte_range_locked(file)) && !held_here(id) {
             return Err(Busy);
         }
     }
@@ -204,6 +204,9 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
     // An exclusive probe: a shared `flock -s` holder keeps vraid's claim
     // (LOCK_EX) off the file as surely as an exclusive one.
     let file = File::open(path)?;
+    if byte_range_locked(&file) {
+        return Ok(true);
+    }
     match flock(&file, libc::LOCK_EX) {
         Ok(()) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
@@ -227,6 +230,20 @@ pub fn loop_device_over(id: DeviceId) -> Option<String> {
             (DeviceId::of_path(Path::new(backing)).ok()? == id)
                 .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
         })
+}
+
+/// Whether another process (or open file) holds a POSIX or OFD byte-range
+/// lock anywhere in `file`: qemu locks the images it runs a VM on this way
+/// (bytes 100 and up), databases their files. vraid takes none.
+fn byte_range_locked(file: &File) -> bool {
+    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fl` is valid for reads and writes for the call; `file` owns
+    // the descriptor.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// Whether a live process holds a `flock` on file `dev`/`ino`, per
