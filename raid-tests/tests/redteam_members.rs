@@ -368,3 +368,48 @@ fn a_disk_image_qemu_has_open_is_in_use_even_with_force() {
     assert_eq!(report["in_use_elsewhere"], true, "{report}");
     assert!(std::fs::read(&img).unwrap() == before, "vm.img changed");
 }
+
+/// An active swap file, swapped off when dropped.
+struct SwapOn(PathBuf);
+
+impl Drop for SwapOn {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("swapoff").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_active_swap_file_is_in_use_even_with_force() {
+    // Arrange: a swap file in use by the kernel (under a name with a space).
+    let dir = scratch_dir("redteam-swapon");
+    let members = member_paths(dir.path(), 2);
+    create_array(1, "64K", "32M", "vol0", &members);
+    let ctl = dir.path().join("ctl.sock");
+    let mut args = vec!["--control", ctl.to_str().unwrap()];
+    args.extend(members.iter().map(|m| m.to_str().unwrap()));
+    let _server = Server::start(&args);
+    let img = dir.path().join("swap file.img");
+    std::fs::write(&img, vec![0u8; 32 << 20]).unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    run_ok(std::process::Command::new("mkswap").arg(&img));
+    run_ok(std::process::Command::new("swapon").arg(&img));
+    let _swap = SwapOn(img.clone());
+    let shown = img.to_str().unwrap();
+
+    // Act + Assert: refused as in use, not "added as a hot spare" that
+    // can never be written (ETXTBSY).
+    refused(
+        &vraid_ctl(&ctl, &["add", "vol0", shown, "--force"]),
+        "in use",
+        "add --force",
+    );
+    let status = status_json(&ctl);
+    assert_eq!(
+        status["volumes"][0]["spares"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    let out = vraid(&["examine", "--json"]).arg(&img).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["in_use_elsewhere"], true, "{report}");
+}

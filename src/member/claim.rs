@@ -166,7 +166,9 @@ pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
                 _ => break,
             }
         }
-        if (loop_device_over(id).is_some() || byte_range_locked(file)) && !held_here(id) {
+        let elsewhere =
+            loop_device_over(id).is_some() || active_swap(id) || byte_range_locked(file);
+        if elsewhere && !held_here(id) {
             return Err(Busy);
         }
     }
@@ -198,7 +200,7 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
             Err(e) => Err(e),
         };
     }
-    if loop_device_over(id).is_some() {
+    if loop_device_over(id).is_some() || active_swap(id) {
         return Ok(true);
     }
     // An exclusive probe: a shared `flock -s` holder keeps vraid's claim
@@ -230,6 +232,20 @@ pub fn loop_device_over(id: DeviceId) -> Option<String> {
             (DeviceId::of_path(Path::new(backing)).ok()? == id)
                 .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
         })
+}
+
+/// Whether `id` is an active swap file (`/proc/swaps`, by identity): the
+/// kernel refuses writes to it (ETXTBSY), so it can never be a member.
+pub fn active_swap(id: DeviceId) -> bool {
+    let Ok(swaps) = std::fs::read_to_string("/proc/swaps") else {
+        return false;
+    };
+    swaps.lines().skip(1).any(|line| {
+        // The name is the first field, with spaces written as "\040".
+        let name = line.split_whitespace().next().unwrap_or("");
+        let name = name.replace("\\040", " ");
+        DeviceId::of_path(Path::new(&name)).is_ok_and(|other| other == id)
+    })
 }
 
 /// Whether another process (or open file) holds a POSIX or OFD byte-range
