@@ -307,7 +307,21 @@ fn exiting(pid: libc::pid_t) -> bool {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
     let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
-    zombie || flags.is_some_and(|f| f & PF_EXITING != 0)
+    zombie || flags.is_some_and(|f| f & PF_EXITING != 0) || sigkill_pending(pid)
+}
+
+/// Whether SIGKILL is pending for `pid` (`ShdPnd` in `/proc/PID/status`):
+/// delivered to a thread in uninterruptible sleep (an O_DIRECT write),
+/// before `PF_EXITING` is set; it cannot be blocked or ignored.
+fn sigkill_pending(pid: libc::pid_t) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
 }
 
 /// `flock(fd, op | LOCK_NB)`; a shared probe lock is dropped with `file`.
