@@ -41,12 +41,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Fails if a live daemon answers on `path` (a stale file is fine).
+    /// Fails if a live daemon answers on `path` (a stale file is fine, and
+    /// so is the socket of a daemon that is exiting: after a SIGKILL it
+    /// listens until its io_uring requests are cancelled, never to accept).
     pub fn check_free(path: &Path) -> Result<(), ServerError> {
-        if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.display().to_string()));
+        if !path.exists() {
+            return Ok(());
         }
-        Ok(())
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(path) else {
+            return Ok(());
+        };
+        match peer_pid(&stream) {
+            Some(pid) if !crate::member::claim::alive(pid) => {
+                tracing::info!(
+                    "control socket {}: its daemon (pid {pid}) is exiting; taking it over",
+                    path.display()
+                );
+                Ok(())
+            }
+            _ => Err(ServerError::InUse(path.display().to_string())),
+        }
     }
 
     /// Binds `path` (creating its directory if needed).
@@ -94,6 +108,30 @@ impl ControlServer {
             });
         }
     }
+}
+
+/// The pid of the process that listens on the other end (`SO_PEERCRED`),
+/// if the kernel names one in this pid namespace.
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<libc::pid_t> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given;
+    // the descriptor is owned by `stream` for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
 }
 
 impl Drop for ControlServer {

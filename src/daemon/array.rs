@@ -271,6 +271,11 @@ impl ArrayHandle {
             scrub_interval,
             scrub_repair,
         });
+        {
+            let mut all = arrays().lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|a| a.strong_count() > 0);
+            all.push(Arc::downgrade(&handle));
+        }
         let h = handle.clone();
         let supervisor = tokio::spawn(async move {
             let spares: Vec<Arc<dyn BlockDevice>> = h
@@ -453,6 +458,7 @@ impl ArrayHandle {
         force: bool,
     ) -> Result<AddOutcome, DaemonError> {
         let _set = self.member_set.lock().await;
+        let _new = new_members().lock().await;
         let device = self.open_new(path, force).await?;
         if let Some(role) = self.readd_role(&device).await {
             if !self.rebuilding.swap(true, Ordering::AcqRel) {
@@ -620,6 +626,7 @@ impl ArrayHandle {
         force: bool,
     ) -> Result<(), DaemonError> {
         let _set = self.member_set.lock().await;
+        let _new = new_members().lock().await;
         if role >= self.volume.geometry().members() {
             return Err(DaemonError::Usage(format!(
                 "{}: no member with role {role}",
@@ -872,6 +879,8 @@ impl ArrayHandle {
     fn activate_spares(self: &Arc<Self>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _set = self.member_set.lock().await;
+            // A spare is in neither list while it moves into its role.
+            let _new = new_members().lock().await;
             loop {
                 let Some(role) = self.down_role() else {
                     return;
@@ -998,6 +1007,11 @@ impl ArrayHandle {
         let device: Arc<dyn BlockDevice> = member::open_member(path, &self.opts)?;
         if let Some(id) = device.device_id() {
             self.refuse_known(path, id).await?;
+            // Another array of this daemon holds it: its claim is this
+            // process's, so only the arrays themselves can tell.
+            for other in self.other_arrays() {
+                other.refuse_known(path, id).await?;
+            }
         }
         self.refuse_contents(path, device.as_ref(), force).await?;
         Window::new(device.clone(), self.data_offset, self.data_size).map_err(|_| {
@@ -1011,9 +1025,37 @@ impl ArrayHandle {
     }
 }
 
+/// Every array this process serves, for the identity check across arrays
+/// (one daemon serving two volumes: a member of one is never taken by the
+/// other, whose claim on it is this process's own).
+fn arrays() -> &'static Mutex<Vec<std::sync::Weak<ArrayHandle>>> {
+    static ARRAYS: std::sync::OnceLock<Mutex<Vec<std::sync::Weak<ArrayHandle>>>> =
+        std::sync::OnceLock::new();
+    ARRAYS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Held (inside an array's `member_set`) by `add` and `replace` from the
+/// identity check until the device is in the array's members or spares,
+/// so two arrays never admit one device at the same moment.
+fn new_members() -> &'static tokio::sync::Mutex<()> {
+    static NEW_MEMBERS: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    NEW_MEMBERS.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 /// The pre-write check of `add` and `replace` (README "Overwrite
 /// protection").
 impl ArrayHandle {
+    /// The other arrays this process serves.
+    fn other_arrays(&self) -> Vec<Arc<ArrayHandle>> {
+        arrays()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|a| !std::ptr::eq(Arc::as_ptr(a), self))
+            .collect()
+    }
+
     /// Refuses a device that is already in this array under any name.
     async fn refuse_known(&self, path: &Path, id: member::DeviceId) -> Result<(), DaemonError> {
         let refuse = |what: String| {

@@ -166,6 +166,11 @@ pub fn claim(file: &File, id: DeviceId) -> Result<Claim, Busy> {
                 _ => break,
             }
         }
+        let elsewhere =
+            loop_device_over(id).is_some() || active_swap(id) || byte_range_locked(file);
+        if elsewhere && !held_here(id) {
+            return Err(Busy);
+        }
     }
     *held()
         .lock()
@@ -195,12 +200,66 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
             Err(e) => Err(e),
         };
     }
+    if loop_device_over(id).is_some() || active_swap(id) {
+        return Ok(true);
+    }
+    // An exclusive probe: a shared `flock -s` holder keeps vraid's claim
+    // (LOCK_EX) off the file as surely as an exclusive one.
     let file = File::open(path)?;
-    match flock(&file, libc::LOCK_SH) {
+    if byte_range_locked(&file) {
+        return Ok(true);
+    }
+    match flock(&file, libc::LOCK_EX) {
         Ok(()) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(true),
         Err(_) => Ok(false),
     }
+}
+
+/// The loop device whose backing file is `id` (`/sys/block/loopN/loop/
+/// backing_file`, compared by identity), if one is attached: whatever is
+/// on it (a mount, md, a VM) writes the file behind vraid's back.
+pub fn loop_device_over(id: DeviceId) -> Option<String> {
+    let DeviceId::File { .. } = id else {
+        return None;
+    };
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim_end_matches('\n');
+            (DeviceId::of_path(Path::new(backing)).ok()? == id)
+                .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
+        })
+}
+
+/// Whether `id` is an active swap file (`/proc/swaps`, by identity): the
+/// kernel refuses writes to it (ETXTBSY), so it can never be a member.
+pub fn active_swap(id: DeviceId) -> bool {
+    let Ok(swaps) = std::fs::read_to_string("/proc/swaps") else {
+        return false;
+    };
+    swaps.lines().skip(1).any(|line| {
+        // The name is the first field, with spaces written as "\040".
+        let name = line.split_whitespace().next().unwrap_or("");
+        let name = name.replace("\\040", " ");
+        DeviceId::of_path(Path::new(&name)).is_ok_and(|other| other == id)
+    })
+}
+
+/// Whether another process (or open file) holds a POSIX or OFD byte-range
+/// lock anywhere in `file`: qemu locks the images it runs a VM on this way
+/// (bytes 100 and up), databases their files. vraid takes none.
+fn byte_range_locked(file: &File) -> bool {
+    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: `fl` is valid for reads and writes for the call; `file` owns
+    // the descriptor.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// Whether a live process holds a `flock` on file `dev`/`ino`, per
@@ -223,10 +282,46 @@ fn holder_alive(dev: u64, ino: u64) -> bool {
         )
 }
 
-fn alive(pid: libc::pid_t) -> bool {
+/// Whether process `pid` exists and is not on its way out (see
+/// [`exiting`]). True when it cannot tell.
+pub fn alive(pid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks that `pid` exists; no memory is touched.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    exists && !exiting(pid)
+}
+
+/// Whether `pid` is exiting: a zombie, or `PF_EXITING` set in its flags
+/// (`/proc/PID/stat` field 9). A SIGKILLed process stays in `do_exit`
+/// while its io_uring requests are cancelled, with its descriptors (locks,
+/// listening sockets) still open, though it will never serve again.
+fn exiting(pid: libc::pid_t) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok());
+    zombie || flags.is_some_and(|f| f & PF_EXITING != 0) || sigkill_pending(pid)
+}
+
+/// Whether SIGKILL is pending for `pid` (`ShdPnd` in `/proc/PID/status`):
+/// delivered to a thread in uninterruptible sleep (an O_DIRECT write),
+/// before `PF_EXITING` is set; it cannot be blocked or ignored.
+fn sigkill_pending(pid: libc::pid_t) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGKILL - 1)) != 0)
 }
 
 /// `flock(fd, op | LOCK_NB)`; a shared probe lock is dropped with `file`.
@@ -274,6 +369,56 @@ mod tests {
         assert!(!in_use_elsewhere(&path).unwrap());
         drop((first, second));
         assert!(!held_here(id));
+    }
+
+    #[test]
+    fn a_shared_flock_holder_makes_the_file_in_use() {
+        let (_dir, path) = scratch();
+        let mut child = std::process::Command::new("flock")
+            .args(["-s", "--no-fork"])
+            .arg(&path)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        // Poll /proc/locks until flock(1) holds its lock.
+        let id = DeviceId::of_path(&path).unwrap();
+        let DeviceId::File { dev, ino } = id else {
+            unreachable!()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !holder_alive(dev, ino) || !lock_listed(dev, ino) {
+            assert!(Instant::now() < deadline, "flock(1) never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        let busy = in_use_elsewhere(&path).unwrap();
+
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(busy, "a `flock -s` holder was not seen");
+    }
+
+    fn lock_listed(dev: u64, ino: u64) -> bool {
+        let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&file))
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Not reaped: it stays a zombie until `wait`.
+        while alive(pid) {
+            assert!(Instant::now() < deadline, "`true` never exited");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        child.wait().unwrap();
+        assert!(stat.contains(") Z"), "{stat}");
     }
 
     #[test]
