@@ -17,6 +17,8 @@
 #   VRAID_IO_ENGINE  --io-engine of vraid serve [auto]
 #   JOBS      jobs to run ["randread4k randwrite4k seqread1m seqwrite1m"]
 #   ORDER     which array runs first ["off on"]
+#   FIO_EXTRA more fio options for every job, e.g. "--fsync=1" to flush
+#             after each write (checksum pages are written back per flush) [""]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -106,7 +108,7 @@ run_target() {
         # shellcheck disable=SC2046
         fio --name="$job" --ioengine=nbd --uri="$uri" $(job_args "$job") \
             --size="$SIZE_BYTES" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-            --randrepeat=0 --output-format=json --output="$dir/$job.json" >/dev/null
+            --randrepeat=0 ${FIO_EXTRA:-} --output-format=json --output="$dir/$job.json" >/dev/null
         printf '%s\t%s\t%s\t%s\n' "$level" "$mode" "$job" "$dir/$job.json" >>"$RESULTS"
     done
     kill -TERM "$SERVER_PID"
