@@ -105,7 +105,7 @@ run_target() {
         --size="$SIZE_BYTES" --output-format=json --output="$dir/prefill.json" >/dev/null
     for job in $JOBS; do
         log "$name: $job (${RUNTIME}s)"
-        # shellcheck disable=SC2046
+        # shellcheck disable=SC2046,SC2086
         fio --name="$job" --ioengine=nbd --uri="$uri" $(job_args "$job") \
             --size="$SIZE_BYTES" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
             --randrepeat=0 ${FIO_EXTRA:-} --output-format=json --output="$dir/$job.json" >/dev/null
