@@ -6,6 +6,8 @@
 //! `target/debug/vraid`. A missing binary or client tool fails the test; it
 //! never skips it.
 
+pub mod nbd_raw;
+
 use std::borrow::BorrowMut;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,44 +4,15 @@
 //! binary with raw sockets; the well-behaved client is qemu-io.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::{Ipv4Addr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raid_tests::{create_array, member_paths, run, scratch_dir, Server};
-
-/// A RAID-5 of four 64 MiB members (192 MiB volume) named vol0.
-fn raid5(dir: &Path) -> Vec<PathBuf> {
-    let members = member_paths(dir, 4);
-    create_array(5, "64K", "64M", "vol0", &members);
-    members
-}
-
-fn start(members: &[PathBuf], extra: &[&str]) -> Server {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(members.iter().map(|m| m.display().to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&refs)
-}
-
-/// Fixed-newstyle handshake with `NBD_OPT_EXPORT_NAME` (no zeroes).
-fn nbd_handshake(s: &mut TcpStream, export: &str) {
-    let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting).expect("greeting");
-    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    let mut opt = b"IHAVEOPT".to_vec();
-    opt.extend_from_slice(&1u32.to_be_bytes());
-    opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    opt.extend_from_slice(export.as_bytes());
-    s.write_all(&opt).unwrap();
-    let mut info = [0u8; 10];
-    s.read_exact(&mut info).expect("export info");
-}
+use raid_tests::nbd_raw::{
+    connect_from, nbd_handshake, qemu_io_read_within, raid5_vol0, serve_members, wait_until,
+};
+use raid_tests::scratch_dir;
 
 /// One NBD request header.
 fn request(command: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
@@ -73,29 +44,6 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
-/// qemu-io reading 1 MiB, killed after `limit`: (finished in time, output).
-fn qemu_io_read_within(uri: &str, limit: Duration) -> (bool, String) {
-    let secs = limit.as_secs().to_string();
-    let out = run(Command::new("timeout").args([
-        secs.as_str(),
-        "qemu-io",
-        "-f",
-        "raw",
-        "-c",
-        "read 0 1M",
-        uri,
-    ]));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success() && text.contains("read 1048576/1048576"),
-        text,
-    )
-}
-
 /// Break: a WRITE's bytes are taken from the pools when its header is
 /// read, before its payload. 32 connections from one address (under the
 /// per-client limit of 64) each sending a 32 MiB WRITE header and no
@@ -106,8 +54,8 @@ fn qemu_io_read_within(uri: &str, limit: Duration) -> (bool, String) {
 #[test]
 fn write_headers_without_payload_do_not_lock_out_other_clients() {
     let dir = scratch_dir("redteam-nbd-stalled-writes");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-write-timeout", "3s"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-write-timeout", "3s"]);
     let mut stalled: Vec<TcpStream> = (0..32u64)
         .map(|cookie| {
             let mut s = TcpStream::connect(server.addr).unwrap();
@@ -137,8 +85,8 @@ fn write_headers_without_payload_do_not_lock_out_other_clients() {
 #[test]
 fn half_a_write_payload_then_a_stall_is_dropped_and_not_written() {
     let dir = scratch_dir("redteam-nbd-half-write");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-write-timeout", "2s"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-write-timeout", "2s"]);
     let uri = server.uri("vol0");
     let mut s = TcpStream::connect(server.addr).unwrap();
     nbd_handshake(&mut s, "vol0");
@@ -167,40 +115,6 @@ fn half_a_write_payload_then_a_stall_is_dropped_and_not_written() {
     assert!(!out.contains("Pattern verification failed"), "{out}");
 }
 
-/// Opens a TCP connection to `to` from source address `from` (any address
-/// of 127/8 is loopback), so an attack can come from many "clients".
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let sin = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket(2) takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket we just created and own; nobody else has it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let (src, dst) = (sin(SocketAddrV4::new(from, 0)), sin(to));
-    // SAFETY: both addresses are live sockaddr_in values of `len` bytes.
-    let ok = unsafe {
-        libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) == 0
-            && libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) == 0
-    };
-    if !ok {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
-}
-
 /// 40 attackers from eight addresses (1.25 GiB of 32 MiB WRITE headers
 /// against the default 1 GiB server pool) send a header, never its
 /// payload, and reconnect the moment they are dropped, so the pool is
@@ -210,8 +124,8 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
 #[test]
 fn reconnecting_stalled_writers_delay_others_by_at_most_the_write_timeout() {
     let dir = scratch_dir("redteam-nbd-stalled-reconnect");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-write-timeout", "2s"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-write-timeout", "2s"]);
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -272,14 +186,5 @@ struct StopOnDrop(Arc<AtomicBool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -7,42 +7,18 @@
 //! stock tool misbehaves on purpose); the well-behaved client is qemu-io.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blkio::Blkio;
-use raid_tests::{
-    create_array, fd_count, member_paths, proc_status_kib, qemu_io, run, scratch_dir,
-    wait_for_socket, Server,
+use raid_tests::nbd_raw::{
+    connect_from, nbd_handshake, qemu_io_read_within, raid5_vol0, serve_members, wait_until,
 };
+use raid_tests::{fd_count, proc_status_kib, qemu_io, scratch_dir, wait_for_socket};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A RAID-5 of four 64 MiB members (192 MiB volume) named vol0.
-fn raid5(dir: &Path) -> Vec<PathBuf> {
-    let members = member_paths(dir, 4);
-    create_array(5, "64K", "64M", "vol0", &members);
-    members
-}
-
-fn start(members: &[PathBuf], extra: &[&str]) -> Server {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(members.iter().map(|m| m.display().to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&refs)
-}
-
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 // ------------------------------------------------------------ vhost-user
 
@@ -78,10 +54,10 @@ fn blkio_connect_cycle(sock: &Path, queues: i32) {
 #[test]
 fn vhost_user_connect_cycles_leave_the_descriptor_count_flat() {
     let dir = scratch_dir("safety-vhost-fds");
-    let members = raid5(dir.path());
+    let members = raid5_vol0(dir.path());
     let sock = dir.path().join("vol0.sock");
     let sock_arg = sock.display().to_string();
-    let server = start(
+    let server = serve_members(
         &members,
         &["--vhost-user-blk", &sock_arg, "--vhost-queues", "4"],
     );
@@ -108,55 +84,6 @@ fn vhost_user_connect_cycles_leave_the_descriptor_count_flat() {
 }
 
 // ------------------------------------------------------------ raw NBD
-
-/// Opens a TCP connection to `to` from source address `from` (any address
-/// of 127/8 is loopback), so a flood can come from another "client".
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(to) = to else {
-        panic!("IPv4 only")
-    };
-    let sin = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket(2) takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a socket we just created and own; nobody else has it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let src = sin(SocketAddrV4::new(from, 0));
-    let dst = sin(to);
-    // SAFETY: both addresses are live sockaddr_in values of `len` bytes.
-    unsafe {
-        let b = libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(b, 0, "bind: {}", std::io::Error::last_os_error());
-        let c = libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(c, 0, "connect: {}", std::io::Error::last_os_error());
-    }
-    stream
-}
-
-/// Does the fixed-newstyle handshake with `NBD_OPT_EXPORT_NAME` (no zeroes)
-/// and returns the export size.
-fn nbd_handshake(s: &mut TcpStream, export: &str) -> u64 {
-    let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting).expect("greeting");
-    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
-    let mut opt = b"IHAVEOPT".to_vec();
-    opt.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
-    opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
-    opt.extend_from_slice(export.as_bytes());
-    s.write_all(&opt).unwrap();
-    let mut info = [0u8; 10];
-    s.read_exact(&mut info).expect("export info");
-    u64::from_be_bytes(info[..8].try_into().unwrap())
-}
 
 /// Sends `n` NBD_CMD_READ requests of `len` bytes at offset 0.
 fn send_reads(s: &mut TcpStream, n: u64, len: u32) {
@@ -186,29 +113,6 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
-/// qemu-io reading 1 MiB, killed after `limit`: (finished in time, output).
-fn qemu_io_read_within(uri: &str, limit: Duration) -> (bool, String) {
-    let secs = limit.as_secs().to_string();
-    let out = run(Command::new("timeout").args([
-        secs.as_str(),
-        "qemu-io",
-        "-f",
-        "raw",
-        "-c",
-        "read 0 1M",
-        uri,
-    ]));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success() && text.contains("read 1048576/1048576"),
-        text,
-    )
-}
-
 // ------------------------------------------------------------ item 7
 
 /// RSS growth allowed above the stated bound: allocator slack, the 64 KiB
@@ -222,8 +126,8 @@ const RSS_SLACK_MIB: u64 = 64;
 #[test]
 fn nbd_clients_that_never_read_replies_pin_at_most_their_connection_memory() {
     let dir = scratch_dir("safety-nbd-rss");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-connection-memory", "64M"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-connection-memory", "64M"]);
     let pid = server.pid();
     qemu_io(&server.uri("vol0"), &["read 0 32M".to_string()]);
     let baseline = proc_status_kib(pid, "VmRSS") / 1024;
@@ -282,8 +186,8 @@ fn nbd_clients_that_never_read_replies_pin_at_most_their_connection_memory() {
 #[test]
 fn nbd_clients_that_never_read_replies_pin_at_most_the_server_memory() {
     let dir = scratch_dir("safety-nbd-rss-global");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-memory", "96M"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-memory", "96M"]);
     let pid = server.pid();
     qemu_io(&server.uri("vol0"), &["read 0 32M".to_string()]);
     let baseline = proc_status_kib(pid, "VmRSS") / 1024;
@@ -333,8 +237,8 @@ fn nbd_clients_that_never_read_replies_pin_at_most_the_server_memory() {
 #[test]
 fn nbd_clients_that_never_read_replies_are_dropped_after_the_write_timeout() {
     let dir = scratch_dir("safety-nbd-write-timeout");
-    let members = raid5(dir.path());
-    let server = start(
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(
         &members,
         &["--nbd-memory", "96M", "--nbd-write-timeout", "2s"],
     );
@@ -364,8 +268,8 @@ fn nbd_clients_that_never_read_replies_are_dropped_after_the_write_timeout() {
 #[test]
 fn idle_connection_flood_is_refused_over_the_limit_and_timed_out() {
     let dir = scratch_dir("safety-nbd-flood");
-    let members = raid5(dir.path());
-    let server = start(
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(
         &members,
         &[
             "--nbd-max-connections-per-client",
@@ -379,7 +283,7 @@ fn idle_connection_flood_is_refused_over_the_limit_and_timed_out() {
     let flooder = Ipv4Addr::new(127, 0, 0, 2);
     let started = Instant::now();
     let mut flood: Vec<TcpStream> = (0..300)
-        .map(|_| connect_from(flooder, server.addr))
+        .map(|_| connect_from(flooder, server.addr).expect("connect"))
         .collect();
 
     // A refused connection is closed before any greeting; an admitted one
@@ -425,8 +329,8 @@ fn idle_connection_flood_is_refused_over_the_limit_and_timed_out() {
 #[test]
 fn idle_handshaking_client_is_dropped_after_the_handshake_timeout() {
     let dir = scratch_dir("safety-nbd-hs-timeout");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-handshake-timeout", "1s"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-handshake-timeout", "1s"]);
     let mut s = TcpStream::connect(server.addr).unwrap();
     let t0 = Instant::now();
     let mut greeting = [0u8; 18];
@@ -451,8 +355,8 @@ fn idle_handshaking_client_is_dropped_after_the_handshake_timeout() {
 #[test]
 fn connections_over_the_server_limit_are_refused_promptly() {
     let dir = scratch_dir("safety-nbd-max");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-max-connections", "3"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-max-connections", "3"]);
     // The harness's readiness probe may still hold a slot for a moment.
     let mut held: Vec<TcpStream> = Vec::new();
     wait_until("three admitted", Duration::from_secs(10), || {
@@ -483,8 +387,8 @@ fn connections_over_the_server_limit_are_refused_promptly() {
 #[test]
 fn accept_keeps_going_at_the_descriptor_limit() {
     let dir = scratch_dir("safety-nbd-emfile");
-    let members = raid5(dir.path());
-    let server = start(&members, &["--nbd-handshake-timeout", "2s"]);
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(&members, &["--nbd-handshake-timeout", "2s"]);
     let pid = server.pid();
     let limit = fd_count(pid) as u64 + 60;
     let lim = libc::rlimit {
@@ -507,7 +411,7 @@ fn accept_keeps_going_at_the_descriptor_limit() {
             let from = Ipv4Addr::new(127, 0, 0, host);
             (0..30).map(move |_| from)
         })
-        .map(|from| connect_from(from, server.addr))
+        .map(|from| connect_from(from, server.addr).expect("connect"))
         .collect();
     server.wait_log("NBD accept failed", Duration::from_secs(20));
 
@@ -589,7 +493,7 @@ impl Drop for LimitedServer {
 #[test]
 fn connection_limit_is_fitted_under_the_descriptor_limit() {
     let dir = scratch_dir("safety-nbd-fit-nofile");
-    let members = raid5(dir.path());
+    let members = raid5_vol0(dir.path());
     let server = LimitedServer::start(
         dir.path(),
         200,
@@ -607,7 +511,7 @@ fn connection_limit_is_fitted_under_the_descriptor_limit() {
 
     let flood: Vec<TcpStream> = (2..10u8)
         .flat_map(|host| std::iter::repeat_n(Ipv4Addr::new(127, 0, 0, host), 25))
-        .map(|from| connect_from(from, server.addr))
+        .map(|from| connect_from(from, server.addr).expect("connect"))
         .collect();
     // Kept open until the end: a closed one would give its place back.
     let mut greeted = 0;
