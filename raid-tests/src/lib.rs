@@ -614,3 +614,25 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+
+/// The `status --json` entry of volume `name`.
+pub fn volume_status(control: &Path, name: &str) -> serde_json::Value {
+    let status = status_json(control);
+    status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
+}
+
+/// The `state` of every member of a volume's status entry, by role.
+pub fn member_states(volume: &serde_json::Value) -> Vec<String> {
+    volume["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .collect()
+}

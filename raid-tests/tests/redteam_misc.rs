@@ -8,27 +8,6 @@ use std::time::Duration;
 use raid_tests::*;
 use serde_json::Value;
 
-/// The `status --json` entry of volume `name`.
-fn volume_status(control: &Path, name: &str) -> Value {
-    let status = status_json(control);
-    status["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
-}
-
-fn member_states(v: &Value) -> Vec<String> {
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["state"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// `vraid ARGS --control CONTROL` run in working directory `cwd`.
 fn ctl_in(cwd: &Path, control: &Path, args: &[&str]) -> Output {
     let mut c = vraid(args);

@@ -139,6 +139,30 @@ fn stale_copy_of_a_member_put_back_is_not_served() {
 }
 
 /// The volume bytes after `writes` of `(offset, byte)` 4 KiB patterns.
+/// `vraid fail vol0 0`, then one 4 KiB write at `offset` into each of the
+/// first 8 stripes of the 4 × 64K RAID-5 (so some have their parity on
+/// member 2), recorded in `data`: (qemu-io succeeded, its output).
+fn fail_member_0_then_write_partial_stripes(
+    server: &Server,
+    ctl: &Path,
+    data: &mut [u8],
+    offset: usize,
+    pattern: u8,
+) -> (bool, String) {
+    vraid_ctl_ok(ctl, &["fail", "vol0", "0"]);
+    let stripe = 3 * 64 * 1024;
+    let writes: Vec<(usize, u8)> = (0..8)
+        .map(|s| (s * stripe + offset, pattern + s as u8))
+        .collect();
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|(at, b)| format!("write -P {b} {at} 4k"))
+        .collect();
+    let result = qemu_io_try(&server.uri("vol0"), &cmds);
+    apply(data, &writes);
+    result
+}
+
 fn apply(data: &mut [u8], writes: &[(usize, u8)]) {
     for &(at, byte) in writes {
         data[at..at + 4096].fill(byte);
@@ -167,17 +191,7 @@ fn member_readded_at_startup_holds_parity_through_a_second_failure() {
 
     // Act: another member fails, then partial-stripe writes, some of them
     // to stripes whose parity is on member 2 (stripe s: member 3 - s % 4).
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
-    let stripe = 3 * 64 * 1024;
-    let writes: Vec<(usize, u8)> = (0..8)
-        .map(|s| (s * stripe + 8192, 0x40 + s as u8))
-        .collect();
-    let cmds: Vec<String> = writes
-        .iter()
-        .map(|(at, b)| format!("write -P {b} {at} 4k"))
-        .collect();
-    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
-    apply(&mut data, &writes);
+    let (ok, out) = fail_member_0_then_write_partial_stripes(&server, &ctl, &mut data, 8192, 0x40);
 
     // Assert: the writes succeed, the data reads back, and the array
     // assembles again (degraded: member 0 failed).
@@ -224,17 +238,7 @@ fn member_added_into_a_role_missing_at_startup_holds_parity_through_a_second_fai
 
     // Act: another member fails, then partial-stripe writes with parity on
     // member 2 among them.
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
-    let stripe = 3 * 64 * 1024;
-    let writes: Vec<(usize, u8)> = (0..8)
-        .map(|s| (s * stripe + 4096, 0x60 + s as u8))
-        .collect();
-    let cmds: Vec<String> = writes
-        .iter()
-        .map(|(at, b)| format!("write -P {b} {at} 4k"))
-        .collect();
-    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
-    apply(&mut data, &writes);
+    let (ok, out) = fail_member_0_then_write_partial_stripes(&server, &ctl, &mut data, 4096, 0x60);
 
     // Assert
     assert!(ok, "degraded writes failed:\n{out}\n{}", server.log());

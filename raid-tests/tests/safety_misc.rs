@@ -18,18 +18,6 @@ fn quoted(paths: &[&PathBuf]) -> String {
         .join(", ")
 }
 
-/// The `status --json` entry of volume `name`.
-fn volume_status(control: &Path, name: &str) -> Value {
-    let status = status_json(control);
-    status["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no volume {name} in {status}"))
-}
-
 /// Polls `status` until `done` holds for the volume; panics after `timeout`.
 fn wait_status(control: &Path, name: &str, timeout: Duration, done: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + timeout;
@@ -41,15 +29,6 @@ fn wait_status(control: &Path, name: &str, timeout: Duration, done: impl Fn(&Val
         assert!(Instant::now() < deadline, "not reached in {timeout:?}: {v}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn member_states(v: &Value) -> Vec<String> {
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["state"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]
