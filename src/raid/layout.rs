@@ -61,6 +61,11 @@ pub struct MemberIndex(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StripeIndex(pub u64);
 
+/// Index of a RAID-1 lock region (a fixed span of every mirror; RAID-1 has
+/// no stripes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegionIndex(pub u64);
+
 impl fmt::Display for MemberIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "member {}", self.0)
@@ -190,6 +195,22 @@ impl Geometry {
             Level::Raid0 => self.members,
             Level::Raid1 => 1,
             Level::Raid5 => self.members - 1,
+        }
+    }
+
+    /// The member range (data-area offsets) a write of volume range
+    /// `offset..+len` (`len > 0`) touches on the members, for the
+    /// write-intent bitmap: whole chunk rows for striped levels.
+    pub fn member_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
+        match self.level {
+            Level::Raid5 | Level::Raid0 => {
+                let sds = self.stripe_data_size();
+                let chunk = self.chunk.get();
+                let first = offset.get() / sds;
+                let last = (offset.get() + len - 1) / sds;
+                (ByteOffset(first * chunk), ByteOffset((last + 1) * chunk))
+            }
+            Level::Raid1 => (offset, ByteOffset(offset.get() + len)),
         }
     }
 

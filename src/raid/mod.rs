@@ -16,12 +16,14 @@ pub mod scrub;
 pub mod stripe_lock;
 pub mod volume;
 
+mod level;
 mod no_space;
 mod raid0;
 mod raid1;
 mod raid5;
 mod raid5_write;
 mod resync;
+mod striped;
 mod trust;
 
 #[cfg(test)]
@@ -32,11 +34,11 @@ pub(crate) mod test_support;
 mod volume_tests;
 
 pub use intent::{MemIntent, WriteIntent};
-pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, StripeIndex};
+pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, RegionIndex, StripeIndex};
 pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
-pub use rebuild::{RebuildControl, RebuildSink, SyncKind, SyncProgress};
+pub use rebuild::{RebuildControl, RebuildError, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};
-pub use volume::{MemberState, RaidError, RebuildError, Volume, VolumeEvents};
+pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
 
 use std::fmt;
 use std::str::FromStr;

@@ -25,8 +25,9 @@ use futures::future::join_all;
 use tokio::sync::{oneshot, Notify};
 
 use super::layout::{MemberIndex, StripeIndex};
+use super::level::MemberOp;
 use super::parity::xor_into;
-use super::volume::{MemberOp, Volume};
+use super::volume::Volume;
 use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
@@ -813,7 +814,7 @@ async fn replay_one(
     if !fits || g.parity_member(stripe) != Some(member) || !vol.is_active(member) {
         return false;
     }
-    let _guard = vol.locks.lock(stripe).await;
+    let _guard = vol.locks().lock(stripe).await;
     let mut parity = if rec.full {
         vec![0u8; (rhi - rlo) as usize]
     } else {

@@ -8,12 +8,96 @@
 use futures::future::try_join_all;
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
-use super::volume::{read_extents, Clear, MemberOp, Volume};
-use crate::block::{BlockError, BlockResult, Durability};
+use super::level::{Clear, LevelIo, LostBlocks, MemberOp};
+use super::rebuild::{RebuildError, SourceErrors};
+use super::scrub::{MemberScrub, Read};
+use super::stripe_lock::StripeGuard;
+use super::striped::{lock_member_stripes, read_extents};
+use super::volume::Volume;
+use super::Level;
+use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
-pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    read_extents(vol, offset, buf, read_extent).await
+/// RAID-0's [`LevelIo`].
+pub(super) struct Raid0;
+
+impl LevelIo for Raid0 {
+    fn read<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a mut [u8],
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(read_extents(vol, offset, buf, read_extent))
+    }
+
+    fn write<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(write(vol, offset, buf, durability))
+    }
+
+    fn clear<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        len: u64,
+        how: Clear,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(clear(vol, offset, len, how))
+    }
+
+    fn lock_member_range<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>> {
+        Box::pin(lock_member_stripes(vol, a, b))
+    }
+
+    /// No redundancy to make consistent: reseal the block checksums only.
+    fn resync_step<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Result<u64, RebuildError>> {
+        Box::pin(async move { vol.reseal_step(a, b).await.map(|()| 0) })
+    }
+
+    /// Never called: a RAID-0 cannot be rebuilt (`attach_rebuild_target`
+    /// refuses it).
+    fn rebuild_from_others<'a>(
+        &self,
+        _vol: &'a Volume,
+        _member: MemberIndex,
+        _a: u64,
+        _buf: &'a mut [u8],
+        _errors: &'a SourceErrors,
+    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>> {
+        Box::pin(async { Err(RebuildError::NoRedundancy(Level::Raid0)) })
+    }
+
+    fn scrub_rebuild_block(&self, _reads: &[Read], _m: usize, _block: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Nothing to check beyond the reads themselves.
+    fn scrub_check<'a>(
+        &self,
+        _vol: &'a Volume,
+        _a: u64,
+        _reads: &'a [Read],
+        _members: &'a mut [MemberScrub],
+        _repair: bool,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
@@ -29,7 +113,7 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
     }
 }
 
-pub(super) async fn write(
+async fn write(
     vol: &Volume,
     offset: ByteOffset,
     buf: &[u8],
@@ -62,7 +146,7 @@ async fn lock_rows(
     let sds = vol.geometry().stripe_data_size();
     let first = offset.get() / sds;
     let last = (offset.get() + len - 1) / sds;
-    vol.locks
+    vol.locks()
         .lock_range(StripeIndex(first), StripeIndex(last))
         .await
 }
@@ -77,7 +161,7 @@ async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult
 
 /// Discards or zeroes: partial stripes extent by extent, whole stripes as
 /// one contiguous range per member.
-pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
     let _rows = lock_rows(vol, offset, len).await;
     let g = vol.geometry();
     let split = g.split_stripes(offset, len);

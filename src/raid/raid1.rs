@@ -7,35 +7,122 @@
 //! repairs lock 1 MiB regions so a repair never overwrites newer data.
 
 use futures::future::join_all;
-use std::sync::atomic::Ordering;
 
-use super::layout::{MemberIndex, StripeIndex};
+use super::layout::{MemberIndex, RegionIndex};
+use super::level::{Clear, LevelIo, LostBlocks, MemberOp};
+use super::rebuild::{Lost, RebuildError, SourceErrors, LOST_BLOCK};
+use super::scrub::{MemberScrub, Read};
 use super::stripe_lock::StripeGuard;
-use super::volume::{Clear, MemberOp, Volume};
-use crate::block::{BlockError, BlockResult, Durability};
+use super::volume::Volume;
+use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Lock granularity for writers and repairs.
 const REGION_SHIFT: u32 = 20;
 
-pub(super) async fn lock_regions(
-    vol: &Volume,
-    offset: ByteOffset,
-    len: u64,
-) -> Vec<StripeGuard<'_>> {
+/// RAID-1's [`LevelIo`].
+pub(super) struct Raid1;
+
+impl LevelIo for Raid1 {
+    fn read<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a mut [u8],
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(read(vol, offset, buf))
+    }
+
+    fn write<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            let _guards = lock_regions(vol, offset, buf.len() as u64).await;
+            all_mirrors(vol, MemberOp::Write(offset, buf, durability)).await
+        })
+    }
+
+    fn clear<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        len: u64,
+        how: Clear,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            let _guards = lock_regions(vol, offset, len).await;
+            all_mirrors(vol, how.op(offset, len)).await
+        })
+    }
+
+    fn lock_member_range<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>> {
+        Box::pin(lock_regions(vol, ByteOffset(a), b - a))
+    }
+
+    fn resync_step<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Result<u64, RebuildError>> {
+        Box::pin(vol.resync_mirror_step(a, b))
+    }
+
+    fn rebuild_from_others<'a>(
+        &self,
+        vol: &'a Volume,
+        member: MemberIndex,
+        a: u64,
+        buf: &'a mut [u8],
+        errors: &'a SourceErrors,
+    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>> {
+        Box::pin(read_any_mirror(vol, member, a, buf, errors))
+    }
+
+    /// The block from a mirror that read it well.
+    fn scrub_rebuild_block(&self, reads: &[Read], m: usize, block: usize) -> Option<Vec<u8>> {
+        (0..reads.len())
+            .filter(|&k| k != m)
+            .find(|&k| reads[k].good(block))
+            .map(|k| reads[k].block(block).to_vec())
+    }
+
+    fn scrub_check<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        reads: &'a [Read],
+        members: &'a mut [MemberScrub],
+        repair: bool,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(vol.check_mirrors(a, reads, members, repair))
+    }
+}
+
+/// Locks the regions holding `offset..+len` (`len > 0`).
+async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
     let first = offset.get() >> REGION_SHIFT;
     let last = (offset.get() + len - 1) >> REGION_SHIFT;
-    vol.locks
-        .lock_range(StripeIndex(first), StripeIndex(last))
+    vol.locks()
+        .lock_range(RegionIndex(first), RegionIndex(last))
         .await
 }
 
-pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
     let active: Vec<MemberIndex> = (0..vol.geometry().members())
         .map(MemberIndex)
         .filter(|&m| vol.is_active(m))
         .collect();
-    let start = vol.next_mirror.fetch_add(1, Ordering::Relaxed);
+    let start = vol.next_mirror();
     let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
     for i in 0..active.len() {
         let m = active[(start + i) % active.len()];
@@ -87,21 +174,6 @@ async fn repair(
     Ok(())
 }
 
-pub(super) async fn write(
-    vol: &Volume,
-    offset: ByteOffset,
-    buf: &[u8],
-    durability: Durability,
-) -> BlockResult {
-    let _guards = lock_regions(vol, offset, buf.len() as u64).await;
-    all_mirrors(vol, MemberOp::Write(offset, buf, durability)).await
-}
-
-pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
-    let _guards = lock_regions(vol, offset, len).await;
-    all_mirrors(vol, how.op(offset, len)).await
-}
-
 /// Runs `op` on every active mirror; succeeds if at least one took it.
 async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     let n = vol.geometry().members();
@@ -111,4 +183,60 @@ async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     } else {
         Err(vol.data_lost())
     }
+}
+
+/// Reads `a..a+buf.len()` from an in-sync mirror. When no mirror can
+/// serve the whole step, goes 4 KiB at a time across the mirrors, so a
+/// block that fails its checksum or cannot be read on every mirror
+/// costs that block only (like RAID-5's `reconstruct_by_block`).
+/// Returns the member offsets of the blocks no mirror could give
+/// (zeroed in `buf`), with why. If a source mirror went down instead,
+/// the rebuild cannot go on.
+async fn read_any_mirror(
+    vol: &Volume,
+    member: MemberIndex,
+    a: u64,
+    buf: &mut [u8],
+    errors: &SourceErrors,
+) -> Result<LostBlocks, RebuildError> {
+    let count = vol.geometry().members();
+    let sources = || {
+        (0..count)
+            .map(MemberIndex)
+            .filter(|&m| m != member && vol.is_active(m))
+            .collect::<Vec<_>>()
+    };
+    let before = sources().len();
+    for m in (0..count).map(MemberIndex) {
+        if vol.is_active(m) && vol.read_member(m, ByteOffset(a), buf).await.is_ok() {
+            return Ok(Vec::new());
+        }
+    }
+    let mut lost = Vec::new();
+    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
+        let at = a + (i * LOST_BLOCK) as u64;
+        let mut served = false;
+        let mut reason = Lost::Checksum;
+        for m in sources() {
+            match vol.read_member(m, ByteOffset(at), piece).await {
+                Ok(()) => {
+                    served = true;
+                    break;
+                }
+                Err(Some(e)) if !matches!(e, BlockError::Corrupt { .. }) => {
+                    reason = Lost::ReadError;
+                    errors.note(vol, m, &e).await;
+                }
+                Err(_) => {}
+            }
+        }
+        if !served {
+            if before == 0 || sources().len() < before {
+                return Err(RebuildError::Sources(vol.data_lost()));
+            }
+            piece.fill(0);
+            lost.push((at, reason));
+        }
+    }
+    Ok(lost)
 }

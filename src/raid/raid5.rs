@@ -13,17 +13,125 @@
 use futures::future::{join_all, try_join_all};
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
+use super::level::{Clear, LevelIo, LostBlocks, MemberOp};
 use super::parity::xor_into;
 use super::raid5_write::write_stripe;
-use super::volume::{read_extents, Clear, MemberOp, Volume};
+use super::rebuild::{Lost, RebuildError, SourceErrors, LOST_BLOCK};
+use super::scrub::{MemberScrub, Read, BLOCK};
+use super::stripe_lock::StripeGuard;
+use super::striped::{lock_member_stripes, read_extents};
+use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Most whole stripes cleared under one batch of locks.
 const CLEAR_BATCH: u64 = 64;
 
-pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    read_extents(vol, offset, buf, read_extent).await
+/// RAID-5's [`LevelIo`].
+pub(super) struct Raid5;
+
+impl LevelIo for Raid5 {
+    fn read<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a mut [u8],
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(read_extents(vol, offset, buf, read_extent))
+    }
+
+    fn write<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(write(vol, offset, buf, durability))
+    }
+
+    fn clear<'a>(
+        &self,
+        vol: &'a Volume,
+        offset: ByteOffset,
+        len: u64,
+        how: Clear,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(clear(vol, offset, len, how))
+    }
+
+    fn lock_member_range<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>> {
+        Box::pin(lock_member_stripes(vol, a, b))
+    }
+
+    fn resync_step<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> BoxFuture<'a, Result<u64, RebuildError>> {
+        Box::pin(vol.resync_parity_step(a, b))
+    }
+
+    fn rebuild_from_others<'a>(
+        &self,
+        vol: &'a Volume,
+        member: MemberIndex,
+        a: u64,
+        buf: &'a mut [u8],
+        errors: &'a SourceErrors,
+    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>> {
+        Box::pin(async move {
+            if reconstruct_quiet(vol, member, ByteOffset(a), buf)
+                .await
+                .is_ok()
+            {
+                return Ok(Vec::new());
+            }
+            reconstruct_by_block(vol, member, a, buf, errors).await
+        })
+    }
+
+    /// The XOR of the block on every other member, when all read it well.
+    fn scrub_rebuild_block(&self, reads: &[Read], m: usize, block: usize) -> Option<Vec<u8>> {
+        let others = (0..reads.len()).filter(|&k| k != m);
+        others.clone().all(|k| reads[k].good(block)).then(|| {
+            let mut x = vec![0u8; BLOCK];
+            for k in others {
+                xor_into(&mut x, reads[k].block(block));
+            }
+            x
+        })
+    }
+
+    fn scrub_check<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        reads: &'a [Read],
+        members: &'a mut [MemberScrub],
+        repair: bool,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(vol.check_parity(a, reads, members, repair))
+    }
+
+    /// Parity changes only at the in-chunk offsets the request wrote:
+    /// those are the member ranges of its extents.
+    fn distrust_after_no_space(&self, vol: &Volume, offset: ByteOffset, len: u64) {
+        for e in vol.geometry().extents(offset, len) {
+            let (start, len) = vol.block_hull(e.member_offset, e.len);
+            vol.distrust_parity(start.get(), start.get() + len);
+        }
+    }
+
+    fn takes_parity_log(&self) -> bool {
+        true
+    }
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
@@ -34,7 +142,7 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
     if error.is_none() && vol.read_rebuilt(e.member, e.member_offset, piece).await {
         return Ok(());
     }
-    let _guard = vol.locks.lock(e.stripe).await;
+    let _guard = vol.locks().lock(e.stripe).await;
     if let Some(BlockError::Corrupt { .. }) = &error {
         // Rebuild and rewrite the whole bad blocks, then serve the piece.
         let (hull, len) = vol.block_hull(e.member_offset, piece.len() as u64);
@@ -143,7 +251,7 @@ pub(super) async fn repair_range(
     ok
 }
 
-pub(super) async fn write(
+async fn write(
     vol: &Volume,
     offset: ByteOffset,
     buf: &[u8],
@@ -163,7 +271,7 @@ pub(super) async fn write(
         let b = end.min(base + sds);
         let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
         stripes.push(async move {
-            let _guard = vol.locks.lock(StripeIndex(s)).await;
+            let _guard = vol.locks().lock(StripeIndex(s)).await;
             write_stripe(vol, StripeIndex(s), a - base, data, durability).await
         });
     }
@@ -179,7 +287,7 @@ where
     join_all(futures).await.into_iter().collect()
 }
 
-pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
     let split = vol.geometry().split_stripes(offset, len);
     let mut parts: Vec<BoxFuture<'_, BlockResult>> = Vec::new();
     for (off, len) in [split.head, split.tail] {
@@ -207,7 +315,7 @@ async fn write_zeroes_partial(vol: &Volume, offset: ByteOffset, len: u64) -> Blo
 async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear) -> BlockResult {
     let g = vol.geometry();
     let _guards = vol
-        .locks
+        .locks()
         .lock_range(first, StripeIndex(first.0 + count - 1))
         .await;
     let chunk = g.chunk().get();
@@ -221,4 +329,75 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
     } else {
         Ok(())
     }
+}
+
+/// Like [`reconstruct`], but a source that cannot be read is not
+/// failed here: the reads' errors come back (`None`: the member is
+/// down), and the caller decides per block.
+async fn reconstruct_quiet(
+    vol: &Volume,
+    member: MemberIndex,
+    off: ByteOffset,
+    out: &mut [u8],
+) -> Result<(), Vec<(MemberIndex, Option<BlockError>)>> {
+    let n = vol.geometry().members();
+    let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != member).collect();
+    let mut bufs = vec![vec![0u8; out.len()]; others.len()];
+    let reads = others
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(&m, buf)| async move { vol.read_member(m, off, buf).await.map_err(|e| (m, e)) });
+    let failed: Vec<_> = join_all(reads)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if !failed.is_empty() {
+        return Err(failed);
+    }
+    out.fill(0);
+    for buf in &bufs {
+        super::parity::xor_into(out, buf);
+    }
+    Ok(())
+}
+
+/// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
+/// a time, so a source block that fails its checksum or cannot be read
+/// while no redundancy is left costs that block only (md's bad-block
+/// list does the same). Returns the member offsets of the blocks that
+/// could not be rebuilt (zeroed in `buf`), with why. If a source member
+/// went down, or keeps failing reads ([`SourceErrors`]), the rebuild
+/// cannot go on.
+async fn reconstruct_by_block(
+    vol: &Volume,
+    member: MemberIndex,
+    a: u64,
+    buf: &mut [u8],
+    errors: &SourceErrors,
+) -> Result<LostBlocks, RebuildError> {
+    let allowed_down = usize::from(!vol.is_active(member));
+    let mut lost = Vec::new();
+    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
+        let at = a + (i * LOST_BLOCK) as u64;
+        let Err(failed) = reconstruct_quiet(vol, member, ByteOffset(at), piece).await else {
+            continue;
+        };
+        let mut reason = Lost::Checksum;
+        for (m, e) in &failed {
+            if let Some(e) = e
+                .as_ref()
+                .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
+            {
+                reason = Lost::ReadError;
+                errors.note(vol, *m, e).await;
+            }
+        }
+        if vol.down_count() > allowed_down {
+            return Err(RebuildError::Sources(vol.data_lost()));
+        }
+        piece.fill(0);
+        lost.push((at, reason));
+    }
+    Ok(lost)
 }

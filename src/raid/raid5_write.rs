@@ -20,9 +20,10 @@
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, StripeIndex};
+use super::level::MemberOp;
 use super::parity::{xor_into, xor_sources};
 use super::ppl::{PplRecord, PplTicket};
-use super::volume::{MemberOp, Volume};
+use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, Durability};
 use crate::units::ByteOffset;
 

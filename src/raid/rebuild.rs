@@ -23,20 +23,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use futures::StreamExt;
 
-use super::layout::{MemberIndex, StripeIndex};
+use super::layout::MemberIndex;
 use super::stripe_lock::StripeGuard;
-use super::volume::{RebuildError, Volume};
-use super::{raid1, Level};
+use super::volume::{Incoming, Volume};
+use super::Level;
 use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Member data bytes handled per locked step.
 pub(super) const STEP: u64 = 2 << 20;
 /// Granularity at which a rebuild gives up single blocks (a checksum block).
-const LOST_BLOCK: usize = 4096;
+pub(super) const LOST_BLOCK: usize = 4096;
 /// While client requests are in flight, passes run at the rate limit
 /// divided by this.
 const BUSY_DIVISOR: f64 = 8.0;
@@ -53,9 +52,48 @@ pub const DEFAULT_MAX_MBPS: u64 = 200;
 /// keeps failing is a failing disk (1 MiB of errors).
 pub const SOURCE_ERROR_LIMIT: u64 = 256;
 
+/// Errors starting or running a rebuild or resync.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// No such member slot.
+    #[error("{0} is not a member of this volume")]
+    NoSuchMember(MemberIndex),
+    /// A rebuild is already running into that slot.
+    #[error("a rebuild into {0} is already running")]
+    Busy(MemberIndex),
+    /// The slot has an active member (use replace).
+    #[error("{0} is active; replace it instead")]
+    SlotActive(MemberIndex),
+    /// The new member is too small.
+    #[error("{name} has {size} bytes of data area, needs {need}")]
+    TooSmall {
+        /// Device name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// Member data size.
+        need: u64,
+    },
+    /// The level has no redundancy to rebuild from.
+    #[error("a {0} volume cannot be rebuilt")]
+    NoRedundancy(Level),
+    /// Reading the sources failed (too many members down).
+    #[error("rebuild sources unavailable")]
+    Sources(#[source] BlockError),
+    /// Writing the new member failed.
+    #[error("writing the new member failed")]
+    Target(#[source] BlockError),
+    /// Recording progress in the superblocks failed.
+    #[error("recording rebuild progress failed: {0}")]
+    Checkpoint(String),
+    /// The rebuild was cancelled.
+    #[error("rebuild cancelled")]
+    Cancelled,
+}
+
 /// Why a rebuild could not rebuild a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lost {
+pub(super) enum Lost {
     /// A source block failed its checksum, no other redundancy left.
     Checksum,
     /// A source block could not be read, no other redundancy left.
@@ -72,7 +110,7 @@ impl Lost {
 }
 
 /// Read errors per source member during one rebuild.
-struct SourceErrors(Vec<AtomicU64>);
+pub(super) struct SourceErrors(Vec<AtomicU64>);
 
 impl SourceErrors {
     fn new(members: usize) -> SourceErrors {
@@ -81,7 +119,7 @@ impl SourceErrors {
 
     /// Counts one unreadable block of `member`; at [`SOURCE_ERROR_LIMIT`]
     /// the member is failed (the rebuild then stops if it needed it).
-    async fn note(&self, vol: &Volume, member: MemberIndex, error: &BlockError) {
+    pub(super) async fn note(&self, vol: &Volume, member: MemberIndex, error: &BlockError) {
         let Some(count) = self.0.get(member.0) else {
             return;
         };
@@ -255,17 +293,10 @@ impl Pacer {
     }
 }
 
-/// Locks of one step: RAID-1 regions or RAID-5 stripes covering `a..b`.
+/// Locks of one step: the level's locks (RAID-1 regions, RAID-0/5
+/// stripes) covering member data `a..b`.
 pub(super) async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
-    match vol.geometry().level() {
-        Level::Raid5 | Level::Raid0 => {
-            let chunk = vol.geometry().chunk().get();
-            vol.locks
-                .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))
-                .await
-        }
-        _ => raid1::lock_regions(vol, ByteOffset(a), b - a).await,
-    }
+    vol.level_io().lock_member_range(vol, a, b).await
 }
 
 /// The steps of `a..b`, aligned to `STEP` (and so to chunks and regions).
@@ -283,6 +314,39 @@ pub(super) fn steps(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
 
 fn overlaps(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
     ranges.iter().any(|&(s, e)| s < b && a < e)
+}
+
+/// What a rebuild from `start` of a member of `mds` data bytes does, and
+/// how many bytes: all of it, or only the parts of `only` (a recovery).
+fn rebuild_total(only: Option<&[(u64, u64)]>, start: u64, mds: u64) -> (SyncKind, u64) {
+    match only {
+        Some(r) => (
+            SyncKind::Recovery,
+            r.iter()
+                .map(|&(a, b)| b.min(mds).saturating_sub(a.max(start)))
+                .sum(),
+        ),
+        None => (SyncKind::Rebuild, mds - start),
+    }
+}
+
+/// The rebuild target took a write error (its `broken` flag).
+fn target_broken(inc: &Incoming) -> RebuildError {
+    RebuildError::Target(BlockError::io(
+        inc.device().name(),
+        std::io::Error::other("write to the new member failed"),
+    ))
+}
+
+/// Between two steps: stop when cancelled or when the target broke.
+fn still_going(ctl: &RebuildControl, inc: &Incoming) -> Result<(), RebuildError> {
+    if ctl.is_cancelled() {
+        return Err(RebuildError::Cancelled);
+    }
+    if inc.is_broken() {
+        return Err(target_broken(inc));
+    }
+    Ok(())
 }
 
 impl Volume {
@@ -323,24 +387,15 @@ impl Volume {
         ctl: &RebuildControl,
         sink: &dyn RebuildSink,
     ) -> Result<u64, RebuildError> {
-        let level = self.geometry().level();
-        if level == Level::Raid0 {
-            return Err(RebuildError::NoRedundancy(level));
+        if self.redundancy() == 0 {
+            return Err(RebuildError::NoRedundancy(self.geometry().level()));
         }
         let inc = self
             .incoming(member)
             .ok_or(RebuildError::NoSuchMember(member))?;
         let mds = self.geometry().member_data_size();
-        let start = inc.up_to.load(Ordering::Acquire);
-        let (kind, total) = match &only {
-            Some(r) => (
-                SyncKind::Recovery,
-                r.iter()
-                    .map(|&(a, b)| b.min(mds).saturating_sub(a.max(start)))
-                    .sum(),
-            ),
-            None => (SyncKind::Rebuild, mds - start),
-        };
+        let start = inc.up_to();
+        let (kind, total) = rebuild_total(only.as_deref(), start, mds);
         let tracker = SyncTracker::new(kind, Some(member.0), total);
         self.set_progress(Some(tracker.clone()));
         tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
@@ -348,17 +403,11 @@ impl Volume {
         let errors = &SourceErrors::new(self.geometry().members());
         let mut copied = 0;
         let mut last_checkpoint = start;
-        let broken = || {
-            RebuildError::Target(BlockError::io(
-                inc.device.name(),
-                std::io::Error::other("write to the new member failed"),
-            ))
-        };
         // Up to DEPTH steps in flight (they lock disjoint stripes); results
         // come back in order, so `up_to` only covers finished steps.
         let work = steps(start, mds).map(|(a, b)| {
             let needed = only.as_ref().is_none_or(|r| overlaps(r, a, b));
-            let target = inc.device.clone();
+            let target = inc.device().clone();
             let pacer = &pacer;
             async move {
                 if needed {
@@ -375,19 +424,14 @@ impl Volume {
         let mut work = futures::stream::iter(work).buffered(DEPTH);
         while let Some(step) = work.next().await {
             let (a, b, needed) = step?;
-            if ctl.is_cancelled() {
-                return Err(RebuildError::Cancelled);
-            }
-            if inc.broken.load(Ordering::Acquire) {
-                return Err(broken());
-            }
+            still_going(ctl, &inc)?;
             if needed {
                 copied += b - a;
                 tracker.done.fetch_add(b - a, Ordering::Relaxed);
             }
-            inc.up_to.store(b, Ordering::Release);
+            inc.set_up_to(b);
             if b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
-                inc.device.flush().await.map_err(RebuildError::Target)?;
+                inc.device().flush().await.map_err(RebuildError::Target)?;
                 sink.checkpoint(member, b)
                     .await
                     .map_err(RebuildError::Checkpoint)?;
@@ -395,9 +439,9 @@ impl Volume {
             }
         }
         drop(work);
-        inc.device.flush().await.map_err(RebuildError::Target)?;
-        if inc.broken.load(Ordering::Acquire) {
-            return Err(broken());
+        inc.device().flush().await.map_err(RebuildError::Target)?;
+        if inc.is_broken() {
+            return Err(target_broken(&inc));
         }
         sink.finished(member)
             .await
@@ -422,14 +466,10 @@ impl Volume {
         if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
             // Replacing a live member: copy it.
         } else {
-            match self.geometry().level() {
-                Level::Raid5 => {
-                    if self.reconstruct_quiet(member, off, buf).await.is_err() {
-                        lost = self.reconstruct_by_block(member, a, buf, errors).await?;
-                    }
-                }
-                _ => lost = self.read_any_mirror(member, a, buf, errors).await?,
-            }
+            lost = self
+                .level_io()
+                .rebuild_from_others(self, member, a, buf, errors)
+                .await?;
         }
         target
             .write(off, buf, Durability::Normal)
@@ -458,138 +498,5 @@ impl Volume {
             }
         }
         Ok(())
-    }
-
-    /// Like `raid5::reconstruct`, but a source that cannot be read is not
-    /// failed here: the reads' errors come back (`None`: the member is
-    /// down), and the caller decides per block.
-    async fn reconstruct_quiet(
-        &self,
-        member: MemberIndex,
-        off: ByteOffset,
-        out: &mut [u8],
-    ) -> Result<(), Vec<(MemberIndex, Option<BlockError>)>> {
-        let n = self.geometry().members();
-        let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != member).collect();
-        let mut bufs = vec![vec![0u8; out.len()]; others.len()];
-        let reads = others
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(
-                |(&m, buf)| async move { self.read_member(m, off, buf).await.map_err(|e| (m, e)) },
-            );
-        let failed: Vec<_> = join_all(reads)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        if !failed.is_empty() {
-            return Err(failed);
-        }
-        out.fill(0);
-        for buf in &bufs {
-            super::parity::xor_into(out, buf);
-        }
-        Ok(())
-    }
-
-    /// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
-    /// a time, so a source block that fails its checksum or cannot be read
-    /// while no redundancy is left costs that block only (md's bad-block
-    /// list does the same). Returns the member offsets of the blocks that
-    /// could not be rebuilt (zeroed in `buf`), with why. If a source member
-    /// went down, or keeps failing reads ([`SourceErrors`]), the rebuild
-    /// cannot go on.
-    async fn reconstruct_by_block(
-        &self,
-        member: MemberIndex,
-        a: u64,
-        buf: &mut [u8],
-        errors: &SourceErrors,
-    ) -> Result<Vec<(u64, Lost)>, RebuildError> {
-        let allowed_down = usize::from(!self.is_active(member));
-        let mut lost = Vec::new();
-        for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-            let at = a + (i * LOST_BLOCK) as u64;
-            let Err(failed) = self.reconstruct_quiet(member, ByteOffset(at), piece).await else {
-                continue;
-            };
-            let mut reason = Lost::Checksum;
-            for (m, e) in &failed {
-                if let Some(e) = e
-                    .as_ref()
-                    .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
-                {
-                    reason = Lost::ReadError;
-                    errors.note(self, *m, e).await;
-                }
-            }
-            if self.down_count() > allowed_down {
-                return Err(RebuildError::Sources(self.data_lost()));
-            }
-            piece.fill(0);
-            lost.push((at, reason));
-        }
-        Ok(lost)
-    }
-
-    /// Reads `a..a+buf.len()` from an in-sync mirror. When no mirror can
-    /// serve the whole step, goes 4 KiB at a time across the mirrors, so a
-    /// block that fails its checksum or cannot be read on every mirror
-    /// costs that block only (like RAID-5's [`Volume::reconstruct_by_block`]).
-    /// Returns the member offsets of the blocks no mirror could give
-    /// (zeroed in `buf`), with why. If a source mirror went down instead,
-    /// the rebuild cannot go on.
-    async fn read_any_mirror(
-        &self,
-        member: MemberIndex,
-        a: u64,
-        buf: &mut [u8],
-        errors: &SourceErrors,
-    ) -> Result<Vec<(u64, Lost)>, RebuildError> {
-        let count = self.geometry().members();
-        let sources = || {
-            (0..count)
-                .map(MemberIndex)
-                .filter(|&m| m != member && self.is_active(m))
-                .collect::<Vec<_>>()
-        };
-        let before = sources().len();
-        for m in (0..count).map(MemberIndex) {
-            if self.is_active(m) && self.read_member(m, ByteOffset(a), buf).await.is_ok() {
-                return Ok(Vec::new());
-            }
-        }
-        let mut lost = Vec::new();
-        for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-            let at = a + (i * LOST_BLOCK) as u64;
-            let mut served = false;
-            let mut reason = Lost::Checksum;
-            for m in sources() {
-                match self.read_member(m, ByteOffset(at), piece).await {
-                    Ok(()) => {
-                        served = true;
-                        break;
-                    }
-                    Err(Some(e)) if !matches!(e, BlockError::Corrupt { .. }) => {
-                        reason = Lost::ReadError;
-                        errors.note(self, m, &e).await;
-                    }
-                    Err(_) => {}
-                }
-            }
-            if !served {
-                if before == 0 || sources().len() < before {
-                    return Err(RebuildError::Sources(self.data_lost()));
-                }
-                piece.fill(0);
-                lost.push((at, reason));
-            }
-        }
-        Ok(lost)
-    }
-
-    pub(super) fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
     }
 }

@@ -18,9 +18,12 @@ use futures::future::join_all;
 
 use super::checksum::Verdict;
 use super::layout::{MemberIndex, StripeIndex};
-use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker};
-use super::volume::{MemberOp, RebuildError, Volume};
-use super::{raid5, trust, Level};
+use super::level::MemberOp;
+use super::rebuild::{
+    lock_step, steps, Pacer, RebuildControl, RebuildError, SyncKind, SyncTracker,
+};
+use super::volume::Volume;
+use super::{raid5, trust};
 use crate::block::Durability;
 use crate::units::ByteOffset;
 
@@ -65,14 +68,8 @@ impl Volume {
                 if ctl.is_cancelled() {
                     return Err(RebuildError::Cancelled);
                 }
-                let (step, no_space) = super::no_space::watch(async {
-                    match self.geometry().level() {
-                        Level::Raid0 => self.reseal_step(s, e).await.map(|()| 0),
-                        Level::Raid1 => self.resync_mirror_step(s, e).await,
-                        Level::Raid5 => self.resync_parity_step(s, e).await,
-                    }
-                })
-                .await;
+                let step = self.level_io().resync_step(self, s, e);
+                let (step, no_space) = super::no_space::watch(step).await;
                 // Still out of space: the range stays owed (not reported done).
                 if no_space {
                     let name = crate::block::BlockDevice::name(self);
@@ -91,7 +88,7 @@ impl Volume {
     /// the copy [`trust::pick_copy`] chooses: one that passes its checksum
     /// before any that fails it, so a mirror written wrong never overwrites
     /// the good ones. Mirrors that already hold the result are left alone.
-    async fn resync_mirror_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
+    pub(super) async fn resync_mirror_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
         let members: Vec<MemberIndex> = (0..self.geometry().members()).map(MemberIndex).collect();
         let _guards = lock_step(self, a, b).await;
         let off = ByteOffset(a);
@@ -174,7 +171,7 @@ impl Volume {
     /// each holds (under the step's locks): RAID-0, and RAID-5 while a
     /// member is down (parity cannot be checked, the bytes are what they
     /// are). A member that cannot be read is left alone.
-    async fn reseal_step(&self, a: u64, b: u64) -> Result<(), RebuildError> {
+    pub(super) async fn reseal_step(&self, a: u64, b: u64) -> Result<(), RebuildError> {
         let Some(hook) = self.checksums() else {
             return Ok(());
         };
@@ -195,7 +192,7 @@ impl Volume {
     /// parity is recomputed from the data (a write torn by the crash).
     /// Skipped when a member is down (parity is then the only copy of the
     /// missing data).
-    async fn resync_parity_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
+    pub(super) async fn resync_parity_step(&self, a: u64, b: u64) -> Result<u64, RebuildError> {
         let n = self.geometry().members();
         if self.down_count() > 0 {
             return self.reseal_step(a, b).await.map(|()| 0);

@@ -22,16 +22,15 @@
 //! unverifiable (`degraded`); RAID-0 has only the read-error checks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use futures::future::join_all;
 use futures::StreamExt;
 
 use super::layout::{MemberIndex, StripeIndex};
+use super::level::MemberOp;
 use super::parity::xor_into;
 use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
-use super::volume::{MemberOp, Volume};
-use super::Level;
+use super::volume::Volume;
 use crate::block::{BlockError, Durability};
 use crate::units::ByteOffset;
 
@@ -112,7 +111,7 @@ enum Bad {
 }
 
 /// One member's data in a step.
-struct Read {
+pub(super) struct Read {
     /// Read (at least partly); false: the member is down.
     live: bool,
     data: Vec<u8>,
@@ -121,11 +120,13 @@ struct Read {
 }
 
 impl Read {
-    fn good(&self, block: usize) -> bool {
+    /// True when the member is live and `block` read well.
+    pub(super) fn good(&self, block: usize) -> bool {
         self.live && self.bad.get(block).is_none_or(|b| b.is_none())
     }
 
-    fn block(&self, i: usize) -> &[u8] {
+    /// Bytes of 4 KiB block `i`.
+    pub(super) fn block(&self, i: usize) -> &[u8] {
         &self.data[i * BLOCK..(i + 1) * BLOCK]
     }
 }
@@ -151,7 +152,7 @@ impl Volume {
         let mds = self.geometry().member_data_size();
         let distrusted = self.untrusted_parity();
         let tracker = SyncTracker::new(SyncKind::Scrub, None, mds);
-        self.set_scrub_progress(Some(tracker.clone()), None);
+        self.set_progress(Some(tracker.clone()));
         let mut report = ScrubReport {
             repair,
             members: (0..n)
@@ -195,25 +196,12 @@ impl Volume {
             tracker.done.fetch_add(len, Ordering::Relaxed);
         }
         drop(work);
-        self.set_scrub_progress(None, Some(&tracker));
+        // A rebuild may have taken the progress slot over meanwhile.
+        self.clear_progress_if(&tracker);
         if repair && !report.cancelled && !report.degraded && report.found() == report.repaired() {
             self.trust_parity_again(&distrusted);
         }
         report
-    }
-
-    /// Sets the progress slot; with `only_if`, clears it only while it
-    /// still shows that tracker (a rebuild may have taken it over).
-    fn set_scrub_progress(&self, to: Option<Arc<SyncTracker>>, only_if: Option<&Arc<SyncTracker>>) {
-        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        match (to, only_if) {
-            (None, Some(mine)) => {
-                if p.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, mine)) {
-                    *p = None;
-                }
-            }
-            (to, _) => *p = to,
-        }
     }
 
     /// Checks (and repairs) member data `a..b` under its locks.
@@ -240,11 +228,9 @@ impl Volume {
         if repair {
             self.repair_bad_blocks(a, &mut reads, &mut members).await;
         }
-        match self.geometry().level() {
-            Level::Raid0 => {}
-            Level::Raid1 => self.check_mirrors(a, &reads, &mut members, repair).await,
-            Level::Raid5 => self.check_parity(a, &reads, &mut members, repair).await,
-        }
+        self.level_io()
+            .scrub_check(self, a, &reads, &mut members, repair)
+            .await;
         let live = reads.iter().filter(|r| r.live).count();
         Step {
             members,
@@ -300,28 +286,13 @@ impl Volume {
     /// Rebuilds every known-bad block that redundancy covers (RAID-1: a
     /// mirror that read it well; RAID-5: XOR of the others) and rewrites it.
     async fn repair_bad_blocks(&self, a: u64, reads: &mut [Read], members: &mut [MemberScrub]) {
-        let level = self.geometry().level();
+        let level = self.level_io();
         for m in 0..reads.len() {
             for i in 0..reads[m].bad.len() {
                 if reads[m].bad[i].is_none() {
                     continue;
                 }
-                let others = (0..reads.len()).filter(|&k| k != m);
-                let fixed: Option<Vec<u8>> = match level {
-                    Level::Raid0 => None,
-                    Level::Raid1 => others
-                        .clone()
-                        .find(|&k| reads[k].good(i))
-                        .map(|k| reads[k].block(i).to_vec()),
-                    Level::Raid5 => others.clone().all(|k| reads[k].good(i)).then(|| {
-                        let mut x = vec![0u8; BLOCK];
-                        for k in others {
-                            xor_into(&mut x, reads[k].block(i));
-                        }
-                        x
-                    }),
-                };
-                let Some(fixed) = fixed else {
+                let Some(fixed) = level.scrub_rebuild_block(reads, m, i) else {
                     continue;
                 };
                 let off = ByteOffset(a + (i * BLOCK) as u64);
@@ -338,7 +309,7 @@ impl Volume {
 
     /// RAID-1: every mirror that read a block well must equal the first
     /// one that did; repair copies it over (md semantics).
-    async fn check_mirrors(
+    pub(super) async fn check_mirrors(
         &self,
         a: u64,
         reads: &[Read],
@@ -373,7 +344,7 @@ impl Volume {
 
     /// RAID-5: the XOR of all members must be zero in every block all of
     /// them read well; repair rewrites the parity from the data.
-    async fn check_parity(
+    pub(super) async fn check_parity(
         &self,
         a: u64,
         reads: &[Read],

@@ -1,7 +1,8 @@
-//! Per-stripe write locks.
+//! Per-stripe (RAID-0/5) or per-region (RAID-1) write locks.
 //!
-//! Only writers (and degraded readers) of the *same* stripe wait for each
-//! other. The table maps a stripe number to its own lock; an entry lives only
+//! Only writers (and degraded readers) of the *same* stripe or region wait
+//! for each other; a volume locks one kind of unit only ([`LockUnit`]).
+//! The table maps a unit number to its own lock; an entry lives only
 //! while someone holds or waits for it, so the table stays as small as the
 //! number of stripes in flight. The table's std mutex is held only for a map
 //! insert or remove, never across an await.
@@ -11,7 +12,25 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::layout::StripeIndex;
+use super::layout::{RegionIndex, StripeIndex};
+
+/// What a lock table locks: a stripe or a RAID-1 region, by number.
+pub trait LockUnit: Copy {
+    /// The unit's number in the table.
+    fn number(self) -> u64;
+}
+
+impl LockUnit for StripeIndex {
+    fn number(self) -> u64 {
+        self.0
+    }
+}
+
+impl LockUnit for RegionIndex {
+    fn number(self) -> u64 {
+        self.0
+    }
+}
 
 /// The lock table of one volume.
 #[derive(Debug, Default)]
@@ -58,11 +77,15 @@ impl StripeLocks {
         Self::default()
     }
 
-    /// Locks `stripe`, waiting for its current holder.
-    pub async fn lock(&self, stripe: StripeIndex) -> StripeGuard<'_> {
+    /// Locks `unit`, waiting for its current holder.
+    pub async fn lock(&self, unit: impl LockUnit) -> StripeGuard<'_> {
+        self.lock_number(unit.number()).await
+    }
+
+    async fn lock_number(&self, stripe: u64) -> StripeGuard<'_> {
         let lock = {
             let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = table.entry(stripe.0).or_insert_with(|| Entry {
+            let entry = table.entry(stripe).or_insert_with(|| Entry {
                 users: 0,
                 lock: Arc::new(AsyncMutex::new(())),
             });
@@ -71,7 +94,7 @@ impl StripeLocks {
         };
         let user = User {
             locks: self,
-            stripe: stripe.0,
+            stripe,
         };
         StripeGuard {
             _guard: lock.lock_owned().await,
@@ -79,12 +102,13 @@ impl StripeLocks {
         }
     }
 
-    /// Locks every stripe of `stripes` in ascending order (deadlock-free
-    /// against other multi-stripe lockers).
-    pub async fn lock_range(&self, first: StripeIndex, last: StripeIndex) -> Vec<StripeGuard<'_>> {
-        let mut guards = Vec::with_capacity((last.0.saturating_sub(first.0) + 1) as usize);
-        for s in first.0..=last.0 {
-            guards.push(self.lock(StripeIndex(s)).await);
+    /// Locks every unit of `first..=last` in ascending order (deadlock-free
+    /// against other multi-unit lockers).
+    pub async fn lock_range<U: LockUnit>(&self, first: U, last: U) -> Vec<StripeGuard<'_>> {
+        let (first, last) = (first.number(), last.number());
+        let mut guards = Vec::with_capacity((last.saturating_sub(first) + 1) as usize);
+        for s in first..=last {
+            guards.push(self.lock_number(s).await);
         }
         guards
     }

@@ -1,14 +1,16 @@
 //! `Volume`: a RAID array of member devices, itself a [`BlockDevice`].
 //!
 //! ```text
-//!  BlockDevice call ─► check_range ─► raid0 / raid1 / raid5 ─► member I/O
-//!                                                         │ error: retry once,
-//!                                                         │ then mark Failed and
-//!                                                         ▼ await VolumeEvents
+//!  BlockDevice call ─► check_range ─► level_io(level) ─► member methods ─► member I/O
+//!                                     (the one dispatch)                │ error: retry once,
+//!                                                                       │ then mark Failed and
+//!                                                                       ▼ await VolumeEvents
 //! ```
 //!
 //! This file owns member state and the retry/fail policy shared by every
-//! level; the levels own the data paths.
+//! level, and gives the levels what they need through methods (member
+//! reads and writes, locks, checksum and parity-log hooks, failure
+//! reporting); the levels own the data paths (`level.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,9 +20,10 @@ use tokio::sync::watch;
 
 use super::checksum::ChecksumHook;
 use super::intent::{IntentGuard, WriteIntent};
-use super::layout::{Extent, Geometry, LayoutError, MemberIndex};
+use super::layout::{Geometry, LayoutError, MemberIndex};
+use super::level::{Clear, LevelIo, MemberOp};
 use super::ppl::ParityLog;
-use super::rebuild::{SyncProgress, SyncTracker};
+use super::rebuild::{RebuildError, SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
 use super::{raid0, raid1, raid5, Level};
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
@@ -87,31 +90,6 @@ pub enum RaidError {
     },
 }
 
-/// A mutating member operation, retried once and failing the member after.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum MemberOp<'a> {
-    Write(ByteOffset, &'a [u8], Durability),
-    Discard(ByteOffset, u64),
-    Zeroes(ByteOffset, u64, bool),
-    Flush,
-}
-
-/// How a range is cleared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Clear {
-    Discard,
-    Zeroes { may_unmap: bool },
-}
-
-impl Clear {
-    pub(super) fn op(self, offset: ByteOffset, len: u64) -> MemberOp<'static> {
-        match self {
-            Clear::Discard => MemberOp::Discard(offset, len),
-            Clear::Zeroes { may_unmap } => MemberOp::Zeroes(offset, len, may_unmap),
-        }
-    }
-}
-
 struct Slot {
     device: RwLock<Option<Arc<dyn BlockDevice>>>,
     failed: AtomicBool,
@@ -159,29 +137,63 @@ impl Slot {
 /// A member being rebuilt: written by every client write, read by nobody
 /// until the rebuild promotes it.
 pub(super) struct Incoming {
-    pub(super) device: Arc<dyn BlockDevice>,
+    device: Arc<dyn BlockDevice>,
     /// Member data bytes below this are in sync.
-    pub(super) up_to: AtomicU64,
+    up_to: AtomicU64,
     /// A write to it failed: the rebuild is abandoned.
-    pub(super) broken: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl Incoming {
+    /// The new member's device.
+    pub(super) fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.device
+    }
+
+    /// Member data bytes in sync.
+    pub(super) fn up_to(&self) -> u64 {
+        self.up_to.load(Ordering::Acquire)
+    }
+
+    /// Bytes below `up_to` are in sync now (a rebuild step finished).
+    pub(super) fn set_up_to(&self, up_to: u64) {
+        self.up_to.store(up_to, Ordering::Release);
+    }
+
+    /// True once a write to it failed (the rebuild is abandoned).
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+}
+
+/// The one place a [`Level`] picks its data path: a new level adds its arm
+/// here (and its file, and its layout).
+fn level_io(level: Level) -> &'static dyn LevelIo {
+    match level {
+        Level::Raid0 => &raid0::Raid0,
+        Level::Raid1 => &raid1::Raid1,
+        Level::Raid5 => &raid5::Raid5,
+    }
 }
 
 /// A RAID-0, RAID-1 or RAID-5 volume over member devices.
 pub struct Volume {
     name: String,
     geometry: Geometry,
+    /// The level's data path ([`level_io`]).
+    level_io: &'static dyn LevelIo,
     slots: Vec<Slot>,
     events: Arc<dyn VolumeEvents>,
-    pub(super) locks: StripeLocks,
-    pub(super) next_mirror: AtomicUsize,
+    locks: StripeLocks,
+    next_mirror: AtomicUsize,
     intent: Option<Arc<dyn WriteIntent>>,
     /// Block checksums of the members (resealed by resyncs).
     checksums: Option<Arc<dyn ChecksumHook>>,
     /// RAID-5 partial-parity log (closes the write hole), if enabled.
     parity_log: Option<Arc<dyn ParityLog>>,
     /// Client requests in flight (the rebuild backs off while non-zero).
-    pub(super) busy: AtomicUsize,
-    pub(super) progress: Mutex<Option<Arc<SyncTracker>>>,
+    busy: AtomicUsize,
+    progress: Mutex<Option<Arc<SyncTracker>>>,
     /// A write failed for lack of space after other members may have taken
     /// their part: its regions need a resync (`no_space.rs`).
     no_space_unsynced: AtomicBool,
@@ -243,6 +255,7 @@ impl Volume {
         Ok(Volume {
             name,
             geometry,
+            level_io: level_io(level),
             slots,
             events,
             locks: StripeLocks::new(),
@@ -260,9 +273,10 @@ impl Volume {
     /// Makes every write record its regions in `intent` first (the
     /// write-intent bitmap). Levels without redundancy ignore it.
     pub fn with_write_intent(mut self, intent: Arc<dyn WriteIntent>) -> Volume {
-        // RAID-0 keeps one only for its block checksums (call
-        // `with_checksums` first): the bitmap says where they may be torn.
-        if self.geometry.level() != Level::Raid0 || self.checksums.is_some() {
+        // A level without redundancy (RAID-0) keeps one only for its block
+        // checksums (call `with_checksums` first): the bitmap says where
+        // they may be torn.
+        if self.redundancy() > 0 || self.checksums.is_some() {
             self.intent = Some(intent);
         }
         self
@@ -284,7 +298,7 @@ impl Volume {
     /// Makes every RAID-5 write log its partial parity in `log` before it
     /// writes (docs/FORMAT.md §9). Other levels ignore it.
     pub fn with_parity_log(mut self, log: Arc<dyn ParityLog>) -> Volume {
-        if self.geometry.level() == Level::Raid5 {
+        if self.level_io.takes_parity_log() {
             self.parity_log = Some(log);
         }
         self
@@ -315,19 +329,39 @@ impl Volume {
         self.busy.load(Ordering::Relaxed)
     }
 
-    /// The member range (data-area offsets) a volume write touches on the
-    /// members, for the write-intent bitmap.
-    fn member_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
-        match self.geometry.level() {
-            Level::Raid5 | Level::Raid0 => {
-                let sds = self.geometry.stripe_data_size();
-                let chunk = self.geometry.chunk().get();
-                let first = offset.get() / sds;
-                let last = (offset.get() + len - 1) / sds;
-                (ByteOffset(first * chunk), ByteOffset((last + 1) * chunk))
-            }
-            _ => (offset, ByteOffset(offset.get() + len)),
+    /// Shows `tracker` as the running pass's progress (`None`: no pass).
+    pub(super) fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
+    }
+
+    /// Clears the progress slot if it still shows `mine` (another pass may
+    /// have taken it over).
+    pub(super) fn clear_progress_if(&self, mine: &Arc<SyncTracker>) {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if p.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, mine)) {
+            *p = None;
         }
+    }
+
+    /// The level's data path.
+    pub(super) fn level_io(&self) -> &'static dyn LevelIo {
+        self.level_io
+    }
+
+    /// How many members may be down while all data stays available.
+    pub(super) fn redundancy(&self) -> usize {
+        self.geometry.level().redundancy(self.geometry.members())
+    }
+
+    /// The stripe (RAID-0/5) or region (RAID-1) locks of writers, degraded
+    /// readers, repairs and sync steps.
+    pub(super) fn locks(&self) -> &StripeLocks {
+        &self.locks
+    }
+
+    /// The mirror a RAID-1 read starts with (rotates per read).
+    pub(super) fn next_mirror(&self) -> usize {
+        self.next_mirror.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Records the write intent for a volume range; the guard reports the
@@ -336,7 +370,7 @@ impl Volume {
         let Some(intent) = &self.intent else {
             return Ok(None);
         };
-        let (start, end) = self.member_span(offset, len);
+        let (start, end) = self.geometry.member_span(offset, len);
         intent.mark(start, end).await?;
         Ok(Some(IntentGuard::new(intent.clone(), start, end)))
     }
@@ -439,8 +473,8 @@ impl Volume {
         if inc.is_some() {
             return Err(RebuildError::Busy(member));
         }
-        if self.geometry.level() == Level::Raid0 {
-            return Err(RebuildError::NoRedundancy(Level::Raid0));
+        if self.redundancy() == 0 {
+            return Err(RebuildError::NoRedundancy(self.geometry.level()));
         }
         let new = Arc::new(Incoming {
             device,
@@ -486,14 +520,7 @@ impl Volume {
         if inc.broken.load(Ordering::Acquire) {
             return;
         }
-        let dev = &inc.device;
-        let result = match op {
-            MemberOp::Write(off, buf, dur) => dev.write(off, buf, dur).await,
-            MemberOp::Discard(off, len) => dev.discard(off, len).await,
-            MemberOp::Zeroes(off, len, unmap) => dev.write_zeroes(off, len, unmap).await,
-            MemberOp::Flush => dev.flush().await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = op.run(&*inc.device).await {
             if !inc.broken.swap(true, Ordering::AcqRel) {
                 tracing::warn!(volume = %self.name, %member, %e, "rebuild target failed; rebuild abandoned");
             }
@@ -659,13 +686,7 @@ impl Volume {
         };
         let mut last = None;
         for _ in 0..2 {
-            let result = match op {
-                MemberOp::Write(off, buf, dur) => dev.write(off, buf, dur).await,
-                MemberOp::Discard(off, len) => dev.discard(off, len).await,
-                MemberOp::Zeroes(off, len, unmap) => dev.write_zeroes(off, len, unmap).await,
-                MemberOp::Flush => dev.flush().await,
-            };
-            match result {
+            match op.run(&*dev).await {
                 Ok(()) => return true,
                 // Out of space is not a member failure: the request fails,
                 // the member stays (`no_space.rs`).
@@ -689,12 +710,9 @@ impl Volume {
             (0..self.slots.len()).map(|i| self.write_member(MemberIndex(i), MemberOp::Flush)),
         )
         .await;
-        let level = self.geometry.level();
-        let lost = match level {
-            Level::Raid0 => results.contains(&false),
-            Level::Raid1 | Level::Raid5 => {
-                self.down_count() > level.redundancy(self.geometry.members())
-            }
+        let lost = match self.redundancy() {
+            0 => results.contains(&false),
+            redundancy => self.down_count() > redundancy,
         };
         if lost {
             Err(self.data_lost())
@@ -710,14 +728,8 @@ impl Volume {
         }
         let _busy = Busy::new(&self.busy);
         let intent = self.intent_begin(offset, len).await?;
-        let (result, no_space) = super::no_space::watch(async {
-            match self.geometry.level() {
-                Level::Raid0 => raid0::clear(self, offset, len, how).await,
-                Level::Raid1 => raid1::clear(self, offset, len, how).await,
-                Level::Raid5 => raid5::clear(self, offset, len, how).await,
-            }
-        })
-        .await;
+        let (result, no_space) =
+            super::no_space::watch(self.level_io.clear(self, offset, len, how)).await;
         self.settle_no_space(result, no_space, intent.as_ref(), (offset, len))
     }
 
@@ -740,14 +752,8 @@ impl Volume {
         if let Some(guard) = intent {
             guard.keep();
         }
-        if self.geometry.level() == Level::Raid5 {
-            // Parity changes only at the in-chunk offsets the request
-            // wrote: those are the member ranges of its extents.
-            for e in self.geometry.extents(request.0, request.1) {
-                let (start, len) = self.block_hull(e.member_offset, e.len);
-                self.distrust_parity(start.get(), start.get() + len);
-            }
-        }
+        self.level_io
+            .distrust_after_no_space(self, request.0, request.1);
         if !self.no_space_unsynced.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 volume = %self.name,
@@ -842,45 +848,6 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Errors starting or running a rebuild or resync.
-#[derive(Debug, thiserror::Error)]
-pub enum RebuildError {
-    /// No such member slot.
-    #[error("{0} is not a member of this volume")]
-    NoSuchMember(MemberIndex),
-    /// A rebuild is already running into that slot.
-    #[error("a rebuild into {0} is already running")]
-    Busy(MemberIndex),
-    /// The slot has an active member (use replace).
-    #[error("{0} is active; replace it instead")]
-    SlotActive(MemberIndex),
-    /// The new member is too small.
-    #[error("{name} has {size} bytes of data area, needs {need}")]
-    TooSmall {
-        /// Device name.
-        name: String,
-        /// Its size.
-        size: u64,
-        /// Member data size.
-        need: u64,
-    },
-    /// The level has no redundancy to rebuild from.
-    #[error("a {0} volume cannot be rebuilt")]
-    NoRedundancy(Level),
-    /// Reading the sources failed (too many members down).
-    #[error("rebuild sources unavailable")]
-    Sources(#[source] BlockError),
-    /// Writing the new member failed.
-    #[error("writing the new member failed")]
-    Target(#[source] BlockError),
-    /// Recording progress in the superblocks failed.
-    #[error("recording rebuild progress failed: {0}")]
-    Checkpoint(String),
-    /// The rebuild was cancelled.
-    #[error("rebuild cancelled")]
-    Cancelled,
-}
-
 /// An owned copy of `error` for the failure record (io::Error is not Clone).
 fn copy_error(error: &BlockError) -> BlockError {
     match error {
@@ -929,11 +896,7 @@ impl BlockDevice for Volume {
                 return Ok(());
             }
             let _busy = Busy::new(&self.busy);
-            match self.geometry.level() {
-                Level::Raid0 => raid0::read(self, offset, buf).await,
-                Level::Raid1 => raid1::read(self, offset, buf).await,
-                Level::Raid5 => raid5::read(self, offset, buf).await,
-            }
+            self.level_io.read(self, offset, buf).await
         })
     }
 
@@ -950,14 +913,8 @@ impl BlockDevice for Volume {
             }
             let _busy = Busy::new(&self.busy);
             let intent = self.intent_begin(offset, buf.len() as u64).await?;
-            let (result, no_space) = super::no_space::watch(async {
-                match self.geometry.level() {
-                    Level::Raid0 => raid0::write(self, offset, buf, durability).await,
-                    Level::Raid1 => raid1::write(self, offset, buf, durability).await,
-                    Level::Raid5 => raid5::write(self, offset, buf, durability).await,
-                }
-            })
-            .await;
+            let write = self.level_io.write(self, offset, buf, durability);
+            let (result, no_space) = super::no_space::watch(write).await;
             self.settle_no_space(
                 result,
                 no_space,
@@ -989,27 +946,4 @@ impl BlockDevice for Volume {
     ) -> BoxFuture<'_, BlockResult> {
         Box::pin(self.clear(offset, len, Clear::Zeroes { may_unmap }))
     }
-}
-
-/// Splits a striped read into per-chunk extents and reads them all
-/// concurrently with `read_extent` (RAID-0 and RAID-5 share this; they
-/// differ only in how one extent is recovered from an error).
-pub(super) async fn read_extents<'a, F, Fut>(
-    vol: &'a Volume,
-    offset: ByteOffset,
-    buf: &'a mut [u8],
-    read_extent: F,
-) -> BlockResult
-where
-    F: Fn(&'a Volume, Extent, &'a mut [u8]) -> Fut,
-    Fut: std::future::Future<Output = BlockResult> + 'a,
-{
-    let mut rest = buf;
-    let mut reads = Vec::new();
-    for e in vol.geometry().extents(offset, rest.len() as u64) {
-        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
-        rest = tail;
-        reads.push(read_extent(vol, e, piece));
-    }
-    futures::future::try_join_all(reads).await.map(drop)
 }
