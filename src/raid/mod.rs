@@ -1,10 +1,29 @@
 //! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
 //!
 //! ```text
-//!  Volume (BlockDevice) ─► raid0 / raid1 / raid5 ─► member BlockDevices
-//!        │ layout: volume range → per-member extents (pure math)
-//!        │ parity: XOR; stripe_lock: per-stripe writer serialization
+//!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 : LevelIo
+//!        │ range check, busy count,        (level.rs)      raid0.rs raid1.rs raid5.rs(+raid5_write.rs)
+//!        │ write intent, ENOSPC                                     │
+//!        ◄──── member methods: read_member, write_member, member_op, ┘
+//!              fail_member, locks, checksums, parity_log
+//!  layout.rs: volume range → per-member extents (pure math); striped.rs: what RAID-0/5 share
+//!  parity.rs: XOR; stripe_lock.rs: per-stripe / per-region writer serialization
+//!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step
 //! ```
+//!
+//! Adding a level (RAID-6, RAID-10): (1) give it a [`Level`] variant here,
+//! with its number, minimum member count and redundancy; (2) teach
+//! `layout.rs`'s [`Geometry`] its shape (`data_members`, where data and
+//! parity live, `extents`, `member_span`); (3) write `raidN.rs` with a unit
+//! struct implementing `level::LevelIo`: its read, write and clear, the
+//! locks a sync step takes, its resync step, how a rebuilt member's bytes
+//! come from the others, and its scrub checks (reuse `striped.rs` and the
+//! mirror/parity helpers of `resync.rs`/`scrub.rs` where they fit);
+//! (4) add its arm to `volume.rs`'s `level_io`, the one dispatch point.
+//! Levels reach the members only through `Volume`'s methods, never its
+//! fields. (Outside `src/raid/`, the daemon still tests `Level::Raid0` and
+//! `Level::Raid5` by name in a few places, e.g. for the bitmap and the
+//! read-only-unsynced rule: check those too.)
 
 pub mod checksum;
 pub mod intent;
