@@ -16,6 +16,7 @@ use super::layout::MemberIndex;
 use super::rebuild::{Lost, RebuildError, SourceErrors};
 use super::scrub::{MemberScrub, Read};
 use super::stripe_lock::StripeGuard;
+use super::striped::lock_member_stripes;
 use super::volume::Volume;
 use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -61,86 +62,85 @@ impl Clear {
 /// data offsets of 4 KiB blocks).
 pub(super) type LostBlocks = Vec<(u64, Lost)>;
 
+/// What a level's read, write or clear resolves to.
+pub(super) type Io<'a> = BoxFuture<'a, BlockResult>;
+
+/// What a level's part of a sync step resolves to.
+pub(super) type StepResult<'a, T> = BoxFuture<'a, Result<T, RebuildError>>;
+
+/// A rebuild step's source read: member data at `a` of slot `member`,
+/// into `buf`; unreadable source blocks are counted in `errors`.
+pub(super) struct RebuildRead<'a> {
+    pub(super) member: MemberIndex,
+    pub(super) a: u64,
+    pub(super) buf: &'a mut [u8],
+    pub(super) errors: &'a SourceErrors,
+}
+
+/// A scrub step's reads at member data offset `a`, and the counts of what
+/// it found; `repair` rewrites what is found.
+pub(super) struct ScrubCheck<'a> {
+    pub(super) a: u64,
+    pub(super) reads: &'a [Read],
+    pub(super) members: &'a mut [MemberScrub],
+    pub(super) repair: bool,
+}
+
 /// What one RAID level does. The volume has checked the range (in bounds,
 /// not empty), counted the request busy and recorded its write intent.
+/// The defaults are those of a striped level without redundancy (RAID-0).
 pub(super) trait LevelIo: Send + Sync {
-    /// Reads `buf.len()` volume bytes at `offset`.
-    fn read<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, BlockResult>;
+    /// Reads `buf.len()` volume bytes at `at`.
+    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a>;
 
-    /// Writes `buf` at volume `offset`.
-    fn write<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult>;
+    /// Writes `buf` at volume offset `at`.
+    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a>;
 
-    /// Discards or zeroes `len` volume bytes at `offset`.
-    fn clear<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        len: u64,
-        how: Clear,
-    ) -> BoxFuture<'a, BlockResult>;
+    /// Discards or zeroes `len` volume bytes at `at`.
+    fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a>;
 
-    /// The locks client writes take over member data `a..b` (a sync step
-    /// holds them while it works).
-    fn lock_member_range<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>>;
+    /// The locks client writes take over member data `a..b` (`a < b`); a
+    /// sync step holds them while it works. Default: the stripes.
+    fn lock_member_range<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> BoxFuture<'a, Locks<'a>> {
+        Box::pin(lock_member_stripes(vol, a, b))
+    }
 
     /// One crash-resync step over member data `a..b`: makes redundancy
-    /// consistent; returns the member bytes rewritten.
-    fn resync_step<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Result<u64, RebuildError>>;
+    /// consistent; returns the member bytes rewritten. Default (no
+    /// redundancy): reseal the block checksums only.
+    fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
+        Box::pin(async move { vol.reseal_step(a, b).await.map(|()| 0) })
+    }
 
-    /// Fills `buf` with member data at `a` of slot `member` from the other
-    /// members (a rebuild step, under its locks); blocks no source could
-    /// give are zeroed and returned.
-    fn rebuild_from_others<'a>(
-        &self,
-        vol: &'a Volume,
-        member: MemberIndex,
-        a: u64,
-        buf: &'a mut [u8],
-        errors: &'a SourceErrors,
-    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>>;
+    /// Fills a rebuild step's buffer from the other members (under the
+    /// step's locks); blocks no source could give are zeroed and
+    /// returned. Default: nothing to rebuild from.
+    fn rebuild_read<'a>(&self, vol: &'a Volume, _r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
+        let level = vol.geometry().level();
+        Box::pin(async move { Err(RebuildError::NoRedundancy(level)) })
+    }
 
     /// Block `block` of member `m` in a scrub step, rebuilt from the other
-    /// members' reads; `None` when redundancy does not cover it.
-    fn scrub_rebuild_block(&self, reads: &[Read], m: usize, block: usize) -> Option<Vec<u8>>;
+    /// members' reads; `None` when redundancy does not cover it (default).
+    fn scrub_rebuild_block(&self, _reads: &[Read], _m: usize, _block: usize) -> Option<Vec<u8>> {
+        None
+    }
 
-    /// Counts (and with `repair` rewrites) the blocks of a scrub step at
-    /// `a` that disagree with the level's redundancy.
-    fn scrub_check<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        reads: &'a [Read],
-        members: &'a mut [MemberScrub],
-        repair: bool,
-    ) -> BoxFuture<'a, ()>;
+    /// Counts (and with `repair` rewrites) the blocks of a scrub step that
+    /// disagree with the level's redundancy. Default: nothing to compare.
+    fn scrub_check<'a>(&self, _vol: &'a Volume, _c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 
-    /// A write or clear of volume range `offset..+len` ran out of space
+    /// A write or clear of volume range `at..+len` ran out of space
     /// part-way: distrust whatever redundancy it may have torn.
-    fn distrust_after_no_space(&self, _vol: &Volume, _offset: ByteOffset, _len: u64) {}
+    fn distrust_after_no_space(&self, _vol: &Volume, _at: ByteOffset, _len: u64) {}
 
     /// True when writes log their partial parity (`ppl.rs`).
     fn takes_parity_log(&self) -> bool {
         false
     }
 }
+
+/// Guards of the locks a sync step holds.
+pub(super) type Locks<'a> = Vec<StripeGuard<'a>>;

@@ -9,9 +9,11 @@
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, RegionIndex};
-use super::level::{Clear, LevelIo, LostBlocks, MemberOp};
-use super::rebuild::{Lost, RebuildError, SourceErrors, LOST_BLOCK};
-use super::scrub::{MemberScrub, Read};
+use super::level::{
+    Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult,
+};
+use super::rebuild::{Lost, RebuildError, LOST_BLOCK};
+use super::scrub::Read;
 use super::stripe_lock::StripeGuard;
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
@@ -24,68 +26,35 @@ const REGION_SHIFT: u32 = 20;
 pub(super) struct Raid1;
 
 impl LevelIo for Raid1 {
-    fn read<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(read(vol, offset, buf))
+    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
+        Box::pin(read(vol, at, buf))
     }
 
-    fn write<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
         Box::pin(async move {
-            let _guards = lock_regions(vol, offset, buf.len() as u64).await;
-            all_mirrors(vol, MemberOp::Write(offset, buf, durability)).await
+            let _guards = lock_regions(vol, at, buf.len() as u64).await;
+            all_mirrors(vol, MemberOp::Write(at, buf, d)).await
         })
     }
 
-    fn clear<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        len: u64,
-        how: Clear,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
         Box::pin(async move {
-            let _guards = lock_regions(vol, offset, len).await;
-            all_mirrors(vol, how.op(offset, len)).await
+            let _guards = lock_regions(vol, at, len).await;
+            all_mirrors(vol, how.op(at, len)).await
         })
     }
 
-    fn lock_member_range<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>> {
+    /// The regions.
+    fn lock_member_range<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> BoxFuture<'a, Locks<'a>> {
         Box::pin(lock_regions(vol, ByteOffset(a), b - a))
     }
 
-    fn resync_step<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Result<u64, RebuildError>> {
+    fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
         Box::pin(vol.resync_mirror_step(a, b))
     }
 
-    fn rebuild_from_others<'a>(
-        &self,
-        vol: &'a Volume,
-        member: MemberIndex,
-        a: u64,
-        buf: &'a mut [u8],
-        errors: &'a SourceErrors,
-    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>> {
-        Box::pin(read_any_mirror(vol, member, a, buf, errors))
+    fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
+        Box::pin(read_any_mirror(vol, r))
     }
 
     /// The block from a mirror that read it well.
@@ -96,15 +65,8 @@ impl LevelIo for Raid1 {
             .map(|k| reads[k].block(block).to_vec())
     }
 
-    fn scrub_check<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        reads: &'a [Read],
-        members: &'a mut [MemberScrub],
-        repair: bool,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(vol.check_mirrors(a, reads, members, repair))
+    fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(vol.check_mirrors(c.a, c.reads, c.members, c.repair))
     }
 }
 
@@ -192,13 +154,13 @@ async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
 /// Returns the member offsets of the blocks no mirror could give
 /// (zeroed in `buf`), with why. If a source mirror went down instead,
 /// the rebuild cannot go on.
-async fn read_any_mirror(
-    vol: &Volume,
-    member: MemberIndex,
-    a: u64,
-    buf: &mut [u8],
-    errors: &SourceErrors,
-) -> Result<LostBlocks, RebuildError> {
+async fn read_any_mirror(vol: &Volume, r: RebuildRead<'_>) -> Result<LostBlocks, RebuildError> {
+    let RebuildRead {
+        member,
+        a,
+        buf,
+        errors,
+    } = r;
     let count = vol.geometry().members();
     let sources = || {
         (0..count)

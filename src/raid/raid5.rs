@@ -13,13 +13,12 @@
 use futures::future::{join_all, try_join_all};
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
-use super::level::{Clear, LevelIo, LostBlocks, MemberOp};
+use super::level::{Clear, Io, LevelIo, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult};
 use super::parity::xor_into;
 use super::raid5_write::write_stripe;
-use super::rebuild::{Lost, RebuildError, SourceErrors, LOST_BLOCK};
-use super::scrub::{MemberScrub, Read, BLOCK};
-use super::stripe_lock::StripeGuard;
-use super::striped::{lock_member_stripes, read_extents};
+use super::rebuild::{Lost, RebuildError, LOST_BLOCK};
+use super::scrub::{Read, BLOCK};
+use super::striped::read_extents;
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -31,69 +30,34 @@ const CLEAR_BATCH: u64 = 64;
 pub(super) struct Raid5;
 
 impl LevelIo for Raid5 {
-    fn read<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(read_extents(vol, offset, buf, read_extent))
+    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
+        Box::pin(read_extents(vol, at, buf, read_extent))
     }
 
-    fn write<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(write(vol, offset, buf, durability))
+    /// Per stripe, concurrently ([`write`]).
+    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
+        Box::pin(write(vol, at, buf, d))
     }
 
-    fn clear<'a>(
-        &self,
-        vol: &'a Volume,
-        offset: ByteOffset,
-        len: u64,
-        how: Clear,
-    ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(clear(vol, offset, len, how))
+    /// Whole stripes on every member, partial stripes as zeroes ([`clear`]).
+    fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
+        Box::pin(clear(vol, at, len, how))
     }
 
-    fn lock_member_range<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Vec<StripeGuard<'a>>> {
-        Box::pin(lock_member_stripes(vol, a, b))
-    }
-
-    fn resync_step<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        b: u64,
-    ) -> BoxFuture<'a, Result<u64, RebuildError>> {
+    fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
         Box::pin(vol.resync_parity_step(a, b))
     }
 
-    fn rebuild_from_others<'a>(
-        &self,
-        vol: &'a Volume,
-        member: MemberIndex,
-        a: u64,
-        buf: &'a mut [u8],
-        errors: &'a SourceErrors,
-    ) -> BoxFuture<'a, Result<LostBlocks, RebuildError>> {
+    /// The XOR of the others; block by block when that fails.
+    fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
         Box::pin(async move {
-            if reconstruct_quiet(vol, member, ByteOffset(a), buf)
+            if reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf)
                 .await
                 .is_ok()
             {
                 return Ok(Vec::new());
             }
-            reconstruct_by_block(vol, member, a, buf, errors).await
+            reconstruct_by_block(vol, r).await
         })
     }
 
@@ -109,21 +73,14 @@ impl LevelIo for Raid5 {
         })
     }
 
-    fn scrub_check<'a>(
-        &self,
-        vol: &'a Volume,
-        a: u64,
-        reads: &'a [Read],
-        members: &'a mut [MemberScrub],
-        repair: bool,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(vol.check_parity(a, reads, members, repair))
+    fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(vol.check_parity(c.a, c.reads, c.members, c.repair))
     }
 
     /// Parity changes only at the in-chunk offsets the request wrote:
     /// those are the member ranges of its extents.
-    fn distrust_after_no_space(&self, vol: &Volume, offset: ByteOffset, len: u64) {
-        for e in vol.geometry().extents(offset, len) {
+    fn distrust_after_no_space(&self, vol: &Volume, at: ByteOffset, len: u64) {
+        for e in vol.geometry().extents(at, len) {
             let (start, len) = vol.block_hull(e.member_offset, e.len);
             vol.distrust_parity(start.get(), start.get() + len);
         }
@@ -367,15 +324,18 @@ async fn reconstruct_quiet(
 /// while no redundancy is left costs that block only (md's bad-block
 /// list does the same). Returns the member offsets of the blocks that
 /// could not be rebuilt (zeroed in `buf`), with why. If a source member
-/// went down, or keeps failing reads ([`SourceErrors`]), the rebuild
+/// went down, or keeps failing reads (`SourceErrors`), the rebuild
 /// cannot go on.
 async fn reconstruct_by_block(
     vol: &Volume,
-    member: MemberIndex,
-    a: u64,
-    buf: &mut [u8],
-    errors: &SourceErrors,
+    r: RebuildRead<'_>,
 ) -> Result<LostBlocks, RebuildError> {
+    let RebuildRead {
+        member,
+        a,
+        buf,
+        errors,
+    } = r;
     let allowed_down = usize::from(!vol.is_active(member));
     let mut lost = Vec::new();
     for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::layout::MemberIndex;
+use super::level::RebuildRead;
 use super::stripe_lock::StripeGuard;
 use super::volume::{Incoming, Volume};
 use super::Level;
@@ -466,10 +467,13 @@ impl Volume {
         if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
             // Replacing a live member: copy it.
         } else {
-            lost = self
-                .level_io()
-                .rebuild_from_others(self, member, a, buf, errors)
-                .await?;
+            let read = RebuildRead {
+                member,
+                a,
+                buf: &mut *buf,
+                errors,
+            };
+            lost = self.level_io().rebuild_read(self, read).await?;
         }
         target
             .write(off, buf, Durability::Normal)

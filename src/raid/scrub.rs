@@ -27,7 +27,7 @@ use futures::future::join_all;
 use futures::StreamExt;
 
 use super::layout::{MemberIndex, StripeIndex};
-use super::level::MemberOp;
+use super::level::{MemberOp, ScrubCheck};
 use super::parity::xor_into;
 use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
 use super::volume::Volume;
@@ -228,9 +228,13 @@ impl Volume {
         if repair {
             self.repair_bad_blocks(a, &mut reads, &mut members).await;
         }
-        self.level_io()
-            .scrub_check(self, a, &reads, &mut members, repair)
-            .await;
+        let check = ScrubCheck {
+            a,
+            reads: &reads,
+            members: &mut members,
+            repair,
+        };
+        self.level_io().scrub_check(self, check).await;
         let live = reads.iter().filter(|r| r.live).count();
         Step {
             members,
