@@ -133,51 +133,77 @@ fn range(size: u64, at: u64, len: u64) -> (u64, u64) {
     (at, len.min(size - at))
 }
 
+/// The volume of a case with block checksums on its members, or without.
+fn build_array(
+    case: &Case,
+    missing: &[usize],
+    csums: &std::sync::Arc<crate::integrity::Checksums>,
+    errors: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Array {
+    let (level, members, chunk, size) = (case.level, case.members, case.chunk, case.member_size);
+    if !case.checksums {
+        return Array::new(level, members, chunk, size, missing);
+    }
+    let Array {
+        devices,
+        events,
+        volume,
+    } = Array::new_wrapped(level, members, chunk, size, missing, |i, d| {
+        csums.wrap_in_memory(i, d, false, errors.clone())
+    });
+    Array {
+        devices,
+        events,
+        volume: volume.with_checksums(csums.clone()),
+    }
+}
+
+/// A case running: its volume, the model of the volume's bytes, and what
+/// the case did to the members.
+struct Run<'a> {
+    case: &'a Case,
+    vol: &'a super::Volume,
+    csums: &'a std::sync::Arc<crate::integrity::Checksums>,
+    errors: &'a std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The device in each slot (rebuilds put fresh ones in).
+    devices: Vec<std::sync::Arc<super::test_support::TestDevice>>,
+    missing: Vec<usize>,
+    rebuilt_failed: Vec<MemberIndex>,
+    model: Vec<u8>,
+    /// Members down (missing or made failing).
+    lost: usize,
+}
+
 async fn run(case: Case) -> Result<(), TestCaseError> {
-    let mut missing: Vec<usize> = case.missing.into_iter().collect();
+    let missing: Vec<usize> = case.missing.into_iter().collect();
     let csums = crate::integrity::Checksums::new();
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let array = if case.checksums {
-        let wrapped = Array::new_wrapped(
-            case.level,
-            case.members,
-            case.chunk,
-            case.member_size,
-            &missing,
-            |i, d| csums.wrap_in_memory(i, d, false, errors.clone()),
-        );
-        let Array {
-            devices,
-            events,
-            volume,
-        } = wrapped;
-        Array {
-            devices,
-            events,
-            volume: volume.with_checksums(csums.clone()),
-        }
-    } else {
-        Array::new(
-            case.level,
-            case.members,
-            case.chunk,
-            case.member_size,
-            &missing,
-        )
-    };
+    let array = build_array(&case, &missing, &csums, &errors);
     for d in &array.devices {
         d.yield_first
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
-    let vol = &array.volume;
-    // The device in each slot (rebuilds put fresh ones in).
-    let mut devices = array.devices.clone();
-    let mut rebuilt_failed: Vec<MemberIndex> = Vec::new();
-    let size = vol.size();
-    let mut model = vec![0u8; size as usize];
-    let redundancy = case.level.redundancy(case.members);
-    let mut lost = missing.len();
+    let mut run = Run {
+        case: &case,
+        vol: &array.volume,
+        csums: &csums,
+        errors: &errors,
+        devices: array.devices.clone(),
+        lost: missing.len(),
+        missing,
+        rebuilt_failed: Vec::new(),
+        model: vec![0u8; array.volume.size() as usize],
+    };
     for op in &case.ops {
+        run.apply(op).await?;
+    }
+    run.check_end(&array).await
+}
+
+impl Run<'_> {
+    /// Applies `op` to the volume and the model; reads are checked.
+    async fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let (vol, size) = (self.vol, self.vol.size());
         match *op {
             Op::Write { at, len, seed, fua } => {
                 let (at, len) = range(size, at, len);
@@ -190,7 +216,7 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                 vol.write(ByteOffset(at), &data, dur)
                     .await
                     .map_err(fail("write"))?;
-                model[at as usize..(at + len) as usize].copy_from_slice(&data);
+                self.model[at as usize..(at + len) as usize].copy_from_slice(&data);
             }
             Op::Read { at, len } => {
                 let (at, len) = range(size, at, len);
@@ -199,7 +225,7 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                     .await
                     .map_err(fail("read"))?;
                 prop_assert!(
-                    buf == model[at as usize..(at + len) as usize],
+                    buf == self.model[at as usize..(at + len) as usize],
                     "read at {at} len {len} differs"
                 );
             }
@@ -208,14 +234,14 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                 vol.discard(ByteOffset(at), len)
                     .await
                     .map_err(fail("discard"))?;
-                model[at as usize..(at + len) as usize].fill(0);
+                self.model[at as usize..(at + len) as usize].fill(0);
             }
             Op::Zeroes { at, len, unmap } => {
                 let (at, len) = range(size, at, len);
                 vol.write_zeroes(ByteOffset(at), len, unmap)
                     .await
                     .map_err(fail("zeroes"))?;
-                model[at as usize..(at + len) as usize].fill(0);
+                self.model[at as usize..(at + len) as usize].fill(0);
             }
             Op::Flush => vol.flush().await.map_err(fail("flush"))?,
             Op::Pair {
@@ -223,90 +249,112 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
                 len,
                 len2,
                 seed,
-            } => {
-                let (at, len) = range(size, at, len);
-                let (at2, len2) = range(size, at + len, len2);
-                let (a, b) = (pattern(len as usize, seed), pattern(len2 as usize, !seed));
-                let (ra, rb) = futures::join!(
-                    vol.write(ByteOffset(at), &a, Durability::Normal),
-                    vol.write(ByteOffset(at2), &b, Durability::Normal)
-                );
-                ra.map_err(fail("pair write"))?;
-                rb.map_err(fail("pair write"))?;
-                model[at as usize..(at + len) as usize].copy_from_slice(&a);
-                model[at2 as usize..(at2 + len2) as usize].copy_from_slice(&b);
-            }
-            Op::Rebuild { at, len, seed } => {
-                let down = (0..case.members).find(|&m| {
-                    matches!(
-                        vol.state(MemberIndex(m)),
-                        MemberState::Failed | MemberState::Missing
-                    )
-                });
-                let Some(m) = down else { continue };
-                let fresh = super::test_support::TestDevice::new("fresh", case.member_size);
-                fresh
-                    .yield_first
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                let target: std::sync::Arc<dyn BlockDevice> = if case.checksums {
-                    csums.wrap_in_memory(m, fresh.clone(), true, errors.clone())
-                } else {
-                    fresh.clone()
-                };
-                vol.attach_rebuild_target(MemberIndex(m), target, 0)
-                    .map_err(|e| TestCaseError::fail(format!("attach: {e}")))?;
-                let was_failed = vol.state(MemberIndex(m)) == MemberState::Rebuilding { up_to: 0 }
-                    && !missing.contains(&m);
-                let (at, len) = range(size, at, len);
-                let data = pattern(len as usize, seed);
-                let ctl = super::rebuild::RebuildControl::new(0);
-                let (rebuilt, written) = futures::join!(
-                    vol.rebuild(MemberIndex(m), None, &ctl, &NoSink),
-                    vol.write(ByteOffset(at), &data, Durability::Normal)
-                );
-                rebuilt.map_err(|e| TestCaseError::fail(format!("rebuild: {e}")))?;
-                written.map_err(fail("write during rebuild"))?;
-                model[at as usize..(at + len) as usize].copy_from_slice(&data);
-                prop_assert_eq!(vol.state(MemberIndex(m)), MemberState::Active);
-                devices[m] = fresh;
-                if was_failed {
-                    rebuilt_failed.push(MemberIndex(m));
-                }
-                missing.retain(|&x| x != m);
-                lost -= 1;
-            }
-            Op::Fail { member } => {
-                let member = member % case.members;
-                if lost < redundancy
-                    && !missing.contains(&member)
-                    && vol.state(MemberIndex(member)) == MemberState::Active
-                {
-                    devices[member].mem.set_failing(true);
-                    lost += 1;
-                }
-            }
+            } => self.pair(at, len, len2, seed).await?,
+            Op::Rebuild { at, len, seed } => self.rebuild(at, len, seed).await?,
+            Op::Fail { member } => self.fail(member),
+        }
+        Ok(())
+    }
+
+    /// Two concurrent writes to adjacent ranges.
+    async fn pair(&mut self, at: u64, len: u64, len2: u64, seed: u64) -> Result<(), TestCaseError> {
+        let (vol, size) = (self.vol, self.vol.size());
+        let (at, len) = range(size, at, len);
+        let (at2, len2) = range(size, at + len, len2);
+        let (a, b) = (pattern(len as usize, seed), pattern(len2 as usize, !seed));
+        let (ra, rb) = futures::join!(
+            vol.write(ByteOffset(at), &a, Durability::Normal),
+            vol.write(ByteOffset(at2), &b, Durability::Normal)
+        );
+        ra.map_err(fail("pair write"))?;
+        rb.map_err(fail("pair write"))?;
+        self.model[at as usize..(at + len) as usize].copy_from_slice(&a);
+        self.model[at2 as usize..(at2 + len2) as usize].copy_from_slice(&b);
+        Ok(())
+    }
+
+    /// Rebuilds the first down member onto a fresh device while a write
+    /// runs concurrently.
+    async fn rebuild(&mut self, at: u64, len: u64, seed: u64) -> Result<(), TestCaseError> {
+        let (case, vol, size) = (self.case, self.vol, self.vol.size());
+        let down = (0..case.members).find(|&m| {
+            matches!(
+                vol.state(MemberIndex(m)),
+                MemberState::Failed | MemberState::Missing
+            )
+        });
+        let Some(m) = down else { return Ok(()) };
+        let fresh = super::test_support::TestDevice::new("fresh", case.member_size);
+        fresh
+            .yield_first
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let target: std::sync::Arc<dyn BlockDevice> = if case.checksums {
+            self.csums
+                .wrap_in_memory(m, fresh.clone(), true, self.errors.clone())
+        } else {
+            fresh.clone()
+        };
+        vol.attach_rebuild_target(MemberIndex(m), target, 0)
+            .map_err(|e| TestCaseError::fail(format!("attach: {e}")))?;
+        let was_failed = vol.state(MemberIndex(m)) == MemberState::Rebuilding { up_to: 0 }
+            && !self.missing.contains(&m);
+        let (at, len) = range(size, at, len);
+        let data = pattern(len as usize, seed);
+        let ctl = super::rebuild::RebuildControl::new(0);
+        let (rebuilt, written) = futures::join!(
+            vol.rebuild(MemberIndex(m), None, &ctl, &NoSink),
+            vol.write(ByteOffset(at), &data, Durability::Normal)
+        );
+        rebuilt.map_err(|e| TestCaseError::fail(format!("rebuild: {e}")))?;
+        written.map_err(fail("write during rebuild"))?;
+        self.model[at as usize..(at + len) as usize].copy_from_slice(&data);
+        prop_assert_eq!(vol.state(MemberIndex(m)), MemberState::Active);
+        self.devices[m] = fresh;
+        if was_failed {
+            self.rebuilt_failed.push(MemberIndex(m));
+        }
+        self.missing.retain(|&x| x != m);
+        self.lost -= 1;
+        Ok(())
+    }
+
+    /// Makes `member` fail its I/O, while the level still tolerates it.
+    fn fail(&mut self, member: usize) {
+        let member = member % self.case.members;
+        if self.lost < self.case.level.redundancy(self.case.members)
+            && !self.missing.contains(&member)
+            && self.vol.state(MemberIndex(member)) == MemberState::Active
+        {
+            self.devices[member].mem.set_failing(true);
+            self.lost += 1;
         }
     }
-    let mut whole = vec![0u8; size as usize];
-    vol.read(ByteOffset(0), &mut whole)
-        .await
-        .map_err(fail("final read"))?;
-    prop_assert!(whole == model, "final contents differ from the model");
-    let mut failed: Vec<MemberIndex> = (0..case.members)
-        .map(MemberIndex)
-        .filter(|&m| vol.state(m) == MemberState::Failed)
-        .collect();
-    prop_assert_eq!(
-        errors.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "no checksum error without corruption"
-    );
-    failed.extend(rebuilt_failed);
-    failed.sort();
-    let mut recorded = array.events.failed.lock().unwrap().clone();
-    recorded.sort();
-    prop_assert_eq!(recorded, failed, "every failure is recorded exactly once");
-    check_redundancy(vol, &devices, &model)
+
+    /// The whole volume equals the model, every failure is recorded once,
+    /// no checksum error was seen, and redundancy is consistent.
+    async fn check_end(self, array: &Array) -> Result<(), TestCaseError> {
+        let (case, vol) = (self.case, self.vol);
+        let mut whole = vec![0u8; vol.size() as usize];
+        vol.read(ByteOffset(0), &mut whole)
+            .await
+            .map_err(fail("final read"))?;
+        prop_assert!(whole == self.model, "final contents differ from the model");
+        let mut failed: Vec<MemberIndex> = (0..case.members)
+            .map(MemberIndex)
+            .filter(|&m| vol.state(m) == MemberState::Failed)
+            .collect();
+        prop_assert_eq!(
+            self.errors.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no checksum error without corruption"
+        );
+        failed.extend(self.rebuilt_failed);
+        failed.sort();
+        let mut recorded = array.events.failed.lock().unwrap().clone();
+        recorded.sort();
+        prop_assert_eq!(recorded, failed, "every failure is recorded exactly once");
+        check_redundancy(vol, &self.devices, &self.model)
+    }
 }
 
 /// Rebuild progress goes nowhere in the model.
