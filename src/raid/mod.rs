@@ -8,7 +8,8 @@
 //!              fail_member, locks, checksums, parity_log
 //!  layout.rs: volume range → per-member extents (pure math); striped.rs: what RAID-0/5 share
 //!  parity.rs: XOR; stripe_lock.rs: per-stripe / per-region writer serialization
-//!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step
+//!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
+//!  raid1_sync.rs, raid5_sync.rs: those levels' parts of the passes
 //! ```
 //!
 //! Adding a level (RAID-6, RAID-10): (1) give it a [`Level`] variant here,
@@ -17,8 +18,9 @@
 //! parity live, `extents`, `member_span`); (3) write `raidN.rs` with a unit
 //! struct implementing `level::LevelIo`: its read, write and clear, the
 //! locks a sync step takes, its resync step, how a rebuilt member's bytes
-//! come from the others, and its scrub checks (reuse `striped.rs` and the
-//! mirror/parity helpers of `resync.rs`/`scrub.rs` where they fit);
+//! come from the others, and its scrub checks (reuse `striped.rs`, and
+//! `raid1_sync.rs`/`raid5_sync.rs` where a mirror or XOR parity fits;
+//! RAID-6 needs its own Q-parity versions, e.g. in `raid6_sync.rs`);
 //! (4) add its arm to `volume.rs`'s `level_io`, the one dispatch point.
 //! Levels reach the members only through `Volume`'s methods, never its
 //! fields. (Outside `src/raid/`, the daemon still tests `Level::Raid0` and
@@ -39,7 +41,9 @@ mod level;
 mod no_space;
 mod raid0;
 mod raid1;
+mod raid1_sync;
 mod raid5;
+mod raid5_sync;
 mod raid5_write;
 mod resync;
 mod striped;

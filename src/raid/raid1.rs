@@ -12,7 +12,7 @@ use super::layout::{MemberIndex, RegionIndex};
 use super::level::{
     Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult,
 };
-use super::rebuild::{Lost, RebuildError, LOST_BLOCK};
+use super::raid1_sync;
 use super::scrub::Read;
 use super::stripe_lock::StripeGuard;
 use super::volume::Volume;
@@ -50,11 +50,11 @@ impl LevelIo for Raid1 {
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(vol.resync_mirror_step(a, b))
+        Box::pin(raid1_sync::resync_mirror_step(vol, a, b))
     }
 
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
-        Box::pin(read_any_mirror(vol, r))
+        Box::pin(raid1_sync::read_any_mirror(vol, r))
     }
 
     /// The block from a mirror that read it well.
@@ -66,7 +66,9 @@ impl LevelIo for Raid1 {
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(vol.check_mirrors(c.a, c.reads, c.members, c.repair))
+        Box::pin(raid1_sync::check_mirrors(
+            vol, c.a, c.reads, c.members, c.repair,
+        ))
     }
 }
 
@@ -145,60 +147,4 @@ async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     } else {
         Err(vol.data_lost())
     }
-}
-
-/// Reads `a..a+buf.len()` from an in-sync mirror. When no mirror can
-/// serve the whole step, goes 4 KiB at a time across the mirrors, so a
-/// block that fails its checksum or cannot be read on every mirror
-/// costs that block only (like RAID-5's `reconstruct_by_block`).
-/// Returns the member offsets of the blocks no mirror could give
-/// (zeroed in `buf`), with why. If a source mirror went down instead,
-/// the rebuild cannot go on.
-async fn read_any_mirror(vol: &Volume, r: RebuildRead<'_>) -> Result<LostBlocks, RebuildError> {
-    let RebuildRead {
-        member,
-        a,
-        buf,
-        errors,
-    } = r;
-    let count = vol.geometry().members();
-    let sources = || {
-        (0..count)
-            .map(MemberIndex)
-            .filter(|&m| m != member && vol.is_active(m))
-            .collect::<Vec<_>>()
-    };
-    let before = sources().len();
-    for m in (0..count).map(MemberIndex) {
-        if vol.is_active(m) && vol.read_member(m, ByteOffset(a), buf).await.is_ok() {
-            return Ok(Vec::new());
-        }
-    }
-    let mut lost = Vec::new();
-    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-        let at = a + (i * LOST_BLOCK) as u64;
-        let mut served = false;
-        let mut reason = Lost::Checksum;
-        for m in sources() {
-            match vol.read_member(m, ByteOffset(at), piece).await {
-                Ok(()) => {
-                    served = true;
-                    break;
-                }
-                Err(Some(e)) if !matches!(e, BlockError::Corrupt { .. }) => {
-                    reason = Lost::ReadError;
-                    errors.note(vol, m, &e).await;
-                }
-                Err(_) => {}
-            }
-        }
-        if !served {
-            if before == 0 || sources().len() < before {
-                return Err(RebuildError::Sources(vol.data_lost()));
-            }
-            piece.fill(0);
-            lost.push((at, reason));
-        }
-    }
-    Ok(lost)
 }

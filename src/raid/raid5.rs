@@ -15,8 +15,8 @@ use futures::future::{join_all, try_join_all};
 use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::level::{Clear, Io, LevelIo, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult};
 use super::parity::xor_into;
+use super::raid5_sync;
 use super::raid5_write::write_stripe;
-use super::rebuild::{Lost, RebuildError, LOST_BLOCK};
 use super::scrub::{Read, BLOCK};
 use super::striped::read_extents;
 use super::volume::Volume;
@@ -45,19 +45,19 @@ impl LevelIo for Raid5 {
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(vol.resync_parity_step(a, b))
+        Box::pin(raid5_sync::resync_parity_step(vol, a, b))
     }
 
     /// The XOR of the others; block by block when that fails.
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
         Box::pin(async move {
-            if reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf)
+            if raid5_sync::reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf)
                 .await
                 .is_ok()
             {
                 return Ok(Vec::new());
             }
-            reconstruct_by_block(vol, r).await
+            raid5_sync::reconstruct_by_block(vol, r).await
         })
     }
 
@@ -74,7 +74,9 @@ impl LevelIo for Raid5 {
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(vol.check_parity(c.a, c.reads, c.members, c.repair))
+        Box::pin(raid5_sync::check_parity(
+            vol, c.a, c.reads, c.members, c.repair,
+        ))
     }
 
     /// Parity changes only at the in-chunk offsets the request wrote:
@@ -286,78 +288,4 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
     } else {
         Ok(())
     }
-}
-
-/// Like [`reconstruct`], but a source that cannot be read is not
-/// failed here: the reads' errors come back (`None`: the member is
-/// down), and the caller decides per block.
-async fn reconstruct_quiet(
-    vol: &Volume,
-    member: MemberIndex,
-    off: ByteOffset,
-    out: &mut [u8],
-) -> Result<(), Vec<(MemberIndex, Option<BlockError>)>> {
-    let n = vol.geometry().members();
-    let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != member).collect();
-    let mut bufs = vec![vec![0u8; out.len()]; others.len()];
-    let reads = others
-        .iter()
-        .zip(bufs.iter_mut())
-        .map(|(&m, buf)| async move { vol.read_member(m, off, buf).await.map_err(|e| (m, e)) });
-    let failed: Vec<_> = join_all(reads)
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    if !failed.is_empty() {
-        return Err(failed);
-    }
-    out.fill(0);
-    for buf in &bufs {
-        super::parity::xor_into(out, buf);
-    }
-    Ok(())
-}
-
-/// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
-/// a time, so a source block that fails its checksum or cannot be read
-/// while no redundancy is left costs that block only (md's bad-block
-/// list does the same). Returns the member offsets of the blocks that
-/// could not be rebuilt (zeroed in `buf`), with why. If a source member
-/// went down, or keeps failing reads (`SourceErrors`), the rebuild
-/// cannot go on.
-async fn reconstruct_by_block(
-    vol: &Volume,
-    r: RebuildRead<'_>,
-) -> Result<LostBlocks, RebuildError> {
-    let RebuildRead {
-        member,
-        a,
-        buf,
-        errors,
-    } = r;
-    let allowed_down = usize::from(!vol.is_active(member));
-    let mut lost = Vec::new();
-    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-        let at = a + (i * LOST_BLOCK) as u64;
-        let Err(failed) = reconstruct_quiet(vol, member, ByteOffset(at), piece).await else {
-            continue;
-        };
-        let mut reason = Lost::Checksum;
-        for (m, e) in &failed {
-            if let Some(e) = e
-                .as_ref()
-                .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
-            {
-                reason = Lost::ReadError;
-                errors.note(vol, *m, e).await;
-            }
-        }
-        if vol.down_count() > allowed_down {
-            return Err(RebuildError::Sources(vol.data_lost()));
-        }
-        piece.fill(0);
-        lost.push((at, reason));
-    }
-    Ok(lost)
 }

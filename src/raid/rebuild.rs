@@ -5,6 +5,7 @@
 //! ```text
 //!  rebuild(member):  for each step (2 MiB of member data) from up_to:
 //!      lock stripes/regions ─► copy (RAID-1) or XOR of the others (RAID-5)
+//!      (the level's LevelIo::rebuild_read, in raid1_sync.rs / raid5_sync.rs)
 //!      ─► write to the incoming member ─► up_to = step end ─► unlock
 //!      every 64 MiB: flush incoming ─► sink.checkpoint(up_to)
 //!      end: flush ─► sink.finished ─► promote incoming to active

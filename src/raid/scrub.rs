@@ -8,7 +8,8 @@
 //!      ─► a member read failed (Corrupt = checksum, else io)?
 //!             re-read it in 4 KiB blocks to find the bad ones
 //!             repair: rebuild them from redundancy and rewrite them
-//!      ─► consistency of the blocks every member read well:
+//!      ─► consistency of the blocks every member read well (the level's
+//!         LevelIo::scrub_check, in raid1_sync.rs / raid5_sync.rs):
 //!             RAID-1 mirrors equal the first in-sync mirror
 //!             RAID-5 XOR of all members is zero
 //!             repair: copy the first mirror / rewrite parity from data
@@ -26,9 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::join_all;
 use futures::StreamExt;
 
-use super::layout::{MemberIndex, StripeIndex};
+use super::layout::MemberIndex;
 use super::level::{MemberOp, ScrubCheck};
-use super::parity::xor_into;
 use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
 use super::volume::Volume;
 use crate::block::{BlockError, Durability};
@@ -105,7 +105,7 @@ impl ScrubReport {
 
 /// Why a member block is known bad.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bad {
+pub(super) enum Bad {
     Checksum,
     Io,
 }
@@ -113,10 +113,10 @@ enum Bad {
 /// One member's data in a step.
 pub(super) struct Read {
     /// Read (at least partly); false: the member is down.
-    live: bool,
-    data: Vec<u8>,
+    pub(super) live: bool,
+    pub(super) data: Vec<u8>,
     /// Per 4 KiB block, why it is bad; empty when every block read well.
-    bad: Vec<Option<Bad>>,
+    pub(super) bad: Vec<Option<Bad>>,
 }
 
 impl Read {
@@ -310,87 +310,4 @@ impl Volume {
             }
         }
     }
-
-    /// RAID-1: every mirror that read a block well must equal the first
-    /// one that did; repair copies it over (md semantics).
-    pub(super) async fn check_mirrors(
-        &self,
-        a: u64,
-        reads: &[Read],
-        members: &mut [MemberScrub],
-        repair: bool,
-    ) {
-        let blocks = reads
-            .iter()
-            .find(|r| r.live)
-            .map_or(0, |r| r.data.len() / BLOCK);
-        for i in 0..blocks {
-            let mut good = (0..reads.len()).filter(|&m| reads[m].good(i));
-            let Some(first) = good.next() else {
-                continue;
-            };
-            let want = reads[first].block(i);
-            for m in good {
-                if reads[m].block(i) == want {
-                    continue;
-                }
-                members[m].mismatch += 1;
-                if repair {
-                    let off = ByteOffset(a + (i * BLOCK) as u64);
-                    let op = MemberOp::Write(off, want, Durability::Normal);
-                    if self.write_member(MemberIndex(m), op).await {
-                        members[m].repaired += 1;
-                    }
-                }
-            }
-        }
-    }
-
-    /// RAID-5: the XOR of all members must be zero in every block all of
-    /// them read well; repair rewrites the parity from the data.
-    pub(super) async fn check_parity(
-        &self,
-        a: u64,
-        reads: &[Read],
-        members: &mut [MemberScrub],
-        repair: bool,
-    ) {
-        if reads.iter().any(|r| !r.live) {
-            return;
-        }
-        let len = reads[0].data.len();
-        let mut x = reads[0].data.clone();
-        for r in &reads[1..] {
-            xor_into(&mut x, &r.data);
-        }
-        let chunk = self.geometry().chunk().get();
-        for (i, block) in x.chunks_exact(BLOCK).enumerate().take(len / BLOCK) {
-            if is_zero(block) || reads.iter().any(|r| !r.good(i)) {
-                continue;
-            }
-            let off = a + (i * BLOCK) as u64;
-            let Some(p) = self.geometry().parity_member(StripeIndex(off / chunk)) else {
-                continue;
-            };
-            members[p.0].mismatch += 1;
-            if repair {
-                // Parity from data: current parity XOR (XOR of all).
-                let mut fixed = reads[p.0].block(i).to_vec();
-                xor_into(&mut fixed, block);
-                let op = MemberOp::Write(ByteOffset(off), &fixed, Durability::Normal);
-                if self.write_member(p, op).await {
-                    members[p.0].repaired += 1;
-                }
-            }
-        }
-    }
-}
-
-/// True when every byte is zero (a branch-free OR over words, so it
-/// vectorizes).
-fn is_zero(block: &[u8]) -> bool {
-    block.chunks_exact(8).fold(0u64, |acc, w| {
-        acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
-    }) == 0
-        && block.chunks_exact(8).remainder().iter().all(|&b| b == 0)
 }
