@@ -26,28 +26,22 @@ pub(super) async fn read_any_mirror(
     vol: &Volume,
     r: RebuildRead<'_>,
 ) -> Result<LostBlocks, RebuildError> {
-    let RebuildRead {
-        member,
-        a,
-        buf,
-        errors,
-    } = r;
     let count = vol.geometry().members();
     let sources = || {
         (0..count)
             .map(MemberIndex)
-            .filter(|&m| m != member && vol.is_active(m))
+            .filter(|&m| m != r.member && vol.is_active(m))
             .collect::<Vec<_>>()
     };
     let before = sources().len();
     for m in (0..count).map(MemberIndex) {
-        if vol.is_active(m) && vol.read_member(m, ByteOffset(a), buf).await.is_ok() {
+        if vol.is_active(m) && vol.read_member(m, ByteOffset(r.a), r.buf).await.is_ok() {
             return Ok(Vec::new());
         }
     }
     let mut lost = Vec::new();
-    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-        let at = a + (i * LOST_BLOCK) as u64;
+    for (i, piece) in r.buf.chunks_mut(LOST_BLOCK).enumerate() {
+        let at = r.a + (i * LOST_BLOCK) as u64;
         let mut served = false;
         let mut reason = Lost::Checksum;
         for m in sources() {
@@ -58,7 +52,7 @@ pub(super) async fn read_any_mirror(
                 }
                 Err(Some(e)) if !matches!(e, BlockError::Corrupt { .. }) => {
                     reason = Lost::ReadError;
-                    errors.note(vol, m, &e).await;
+                    r.errors.note(vol, m, &e).await;
                 }
                 Err(_) => {}
             }

@@ -58,17 +58,11 @@ pub(super) async fn reconstruct_by_block(
     vol: &Volume,
     r: RebuildRead<'_>,
 ) -> Result<LostBlocks, RebuildError> {
-    let RebuildRead {
-        member,
-        a,
-        buf,
-        errors,
-    } = r;
-    let allowed_down = usize::from(!vol.is_active(member));
+    let allowed_down = usize::from(!vol.is_active(r.member));
     let mut lost = Vec::new();
-    for (i, piece) in buf.chunks_mut(LOST_BLOCK).enumerate() {
-        let at = a + (i * LOST_BLOCK) as u64;
-        let Err(failed) = reconstruct_quiet(vol, member, ByteOffset(at), piece).await else {
+    for (i, piece) in r.buf.chunks_mut(LOST_BLOCK).enumerate() {
+        let at = r.a + (i * LOST_BLOCK) as u64;
+        let Err(failed) = reconstruct_quiet(vol, r.member, ByteOffset(at), piece).await else {
             continue;
         };
         let mut reason = Lost::Checksum;
@@ -78,7 +72,7 @@ pub(super) async fn reconstruct_by_block(
                 .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
             {
                 reason = Lost::ReadError;
-                errors.note(vol, *m, e).await;
+                r.errors.note(vol, *m, e).await;
             }
         }
         if vol.down_count() > allowed_down {
