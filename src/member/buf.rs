@@ -5,9 +5,12 @@
 //! with it, so a dropped future never leaves the kernel writing into freed
 //! memory, and its alignment satisfies O_DIRECT on every device we know.
 //!
+//! The vhost-user export takes its bounce buffers from here too (one pool
+//! for the process).
+//!
 //! Buffers up to [`POOL_MAX`] bytes come from size classes (4 KiB, 8 KiB, ...,
-//! 1 MiB) and go back to their class on drop, so the hot path does not call
-//! the allocator.
+//! 4 MiB) and go back to their class on drop, so the hot path neither calls
+//! the allocator nor faults in and zeroes fresh pages.
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
@@ -16,9 +19,9 @@ use std::sync::Mutex;
 /// Alignment of every buffer: enough for O_DIRECT on 4Kn devices.
 pub(crate) const ALIGN: usize = 4096;
 /// Largest pooled buffer.
-const POOL_MAX: usize = 1 << 20;
-/// Number of size classes: 4K << 0 ..= 4K << 8.
-const CLASSES: usize = 9;
+const POOL_MAX: usize = 4 << 20;
+/// Number of size classes: 4K << 0 ..= 4K << 10.
+const CLASSES: usize = 11;
 /// Bytes kept per size class at most.
 const CLASS_BYTES: usize = 8 << 20;
 /// Buffers kept per size class at most.

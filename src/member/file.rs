@@ -30,7 +30,7 @@ use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::op::{Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockError, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// `BLKGETSIZE64`: device size in bytes (`_IOR(0x12, 114, u64)`).
@@ -604,7 +604,7 @@ impl BlockDevice for FileMember {
         Some(self.id)
     }
 
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         Box::pin(async move {
             check_range(offset, buf.len() as u64, self.size)?;
             self.read_at(offset.get(), buf)
@@ -613,21 +613,16 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
-            check_range(offset, buf.len() as u64, self.size)?;
-            self.write_at(offset.get(), buf, durability == Durability::Fua)
+            check_range(at, buf.len() as u64, self.size)?;
+            self.write_at(at.get(), buf, durability == Durability::Fua)
                 .await
                 .map_err(|e| self.io_err(e))
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+    fn flush(&self) -> IoFuture<'_> {
         Box::pin(async move {
             self.engine
                 .run(&self.buffered, Op::Flush)
@@ -637,7 +632,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             if self.is_block_device || len == 0 {
@@ -657,7 +652,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -667,12 +662,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             let mode = if may_unmap {

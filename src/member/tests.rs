@@ -53,15 +53,7 @@ fn fixture(kind: EngineKind, size: u64) -> Fixture {
 
 /// Deterministic pseudo-random bytes.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::raid::test_support::pattern(len, seed)
 }
 
 async fn read_vec(dev: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {

@@ -27,6 +27,7 @@ use super::handshake::{Negotiation, Step};
 use super::limits::{Admission, Admitted, LogGate, NbdLimits};
 use super::proto;
 use super::transmission::{Ending, Session};
+use crate::export::in_flight::InFlightRequests;
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
@@ -53,7 +54,7 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     connections: AtomicU64,
     connections_total: AtomicU64,
-    in_flight: Arc<AtomicU64>,
+    in_flight: Arc<InFlightRequests>,
     idle: Notify,
     limits: NbdLimits,
     admission: Admission,
@@ -110,7 +111,7 @@ impl NbdServer {
                 shutdown,
                 connections: AtomicU64::new(0),
                 connections_total: AtomicU64::new(0),
-                in_flight: Arc::new(AtomicU64::new(0)),
+                in_flight: Arc::new(InFlightRequests::default()),
                 idle: Notify::new(),
                 limits,
                 admission: Admission::new(
@@ -140,7 +141,7 @@ impl NbdServer {
         NbdStats {
             connections: self.shared.connections.load(Ordering::SeqCst),
             connections_total: self.shared.connections_total.load(Ordering::SeqCst),
-            in_flight: self.shared.in_flight.load(Ordering::SeqCst),
+            in_flight: self.shared.in_flight.get() as u64,
             buffered_bytes: self.buffered_bytes(),
         }
     }

@@ -24,7 +24,6 @@
 //! a guard even if the future is dropped.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -35,6 +34,7 @@ use super::catalog::Export;
 use super::limits::NbdLimits;
 use super::proto::{self, errno, Command, Request};
 use crate::block::{BlockError, Durability};
+use crate::export::in_flight::InFlightRequests;
 use crate::units::ByteOffset;
 
 /// Requests in flight per connection before the reader stops reading.
@@ -101,22 +101,6 @@ impl From<BlockError> for Failure {
     }
 }
 
-/// Decrements the in-flight counter when a request future ends or is dropped.
-struct InFlight(Arc<AtomicU64>);
-
-impl InFlight {
-    fn new(counter: &Arc<AtomicU64>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The byte permits of one READ/WRITE: its connection's and the server's.
 type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -131,7 +115,7 @@ pub struct Session {
     /// Whether structured replies were negotiated.
     pub structured: bool,
     /// Server-wide in-flight request counter.
-    pub in_flight: Arc<AtomicU64>,
+    pub in_flight: Arc<InFlightRequests>,
     /// The server's limits (this connection's byte pool is sized from them).
     pub limits: NbdLimits,
     /// The server-wide byte pool.
@@ -246,7 +230,7 @@ impl Session {
             } else {
                 Vec::new()
             };
-            let guard = InFlight::new(&session.in_flight);
+            let guard = session.in_flight.begin();
             let tx = tx.clone();
             let session = session.clone();
             tasks.spawn(async move {

@@ -7,7 +7,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -18,6 +18,7 @@ use super::request::{
 };
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::export::finish::FinishOnDrop;
+use crate::member::buf::AlignedBuf;
 use crate::units::ByteOffset;
 
 /// A virtio-blk status byte.
@@ -60,42 +61,6 @@ impl std::fmt::Debug for ExportContext {
     }
 }
 
-/// Bounce buffers of one queue, reused so that large requests neither
-/// fault in fresh pages nor zero them each time. The lock is held only to
-/// take or return a buffer, never across I/O.
-#[derive(Debug, Default)]
-pub struct BufPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    /// Buffers kept per queue.
-    const KEEP: usize = 64;
-    /// Buffers larger than this are not kept.
-    const MAX_KEPT_LEN: usize = 4 << 20;
-
-    /// A buffer of at least `len` bytes (contents unspecified).
-    pub fn take(&self, len: usize) -> Vec<u8> {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            free.iter()
-                .position(|b| b.len() >= len)
-                .map(|i| free.swap_remove(i))
-        };
-        reused.unwrap_or_else(|| vec![0u8; len])
-    }
-
-    /// Returns a buffer for reuse.
-    pub fn give(&self, buf: Vec<u8>) {
-        if buf.len() <= Self::MAX_KEPT_LEN {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < Self::KEEP {
-                free.push(buf);
-            }
-        }
-    }
-}
-
 /// Writes `status` to `addr`; returns the bytes the device wrote in all
 /// (`data_in` plus the status byte) for the used ring.
 pub fn answer<M: GuestMemory + ?Sized>(
@@ -114,13 +79,12 @@ pub fn answer<M: GuestMemory + ?Sized>(
 /// guest memory.
 pub async fn execute<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
     mem: &M,
     req: &BlockRequest,
 ) -> (Status, u32) {
     let result = match &req.op {
-        Op::Read(segs) => return read(ctx, pool, mem, req.sector, segs).await,
-        Op::Write(segs) => write(ctx, pool, mem, req.sector, segs).await,
+        Op::Read(segs) => return read(ctx, mem, req.sector, segs).await,
+        Op::Write(segs) => write(ctx, mem, req.sector, segs).await,
         Op::Flush => ctx.device.flush().await.map_err(|e| status_of(&e)),
         Op::GetId(segs) => return (Status::OK, scatter(mem, segs, &ctx.spec.id())),
         Op::Discard(ranges) => clear(ctx, ranges, false).await,
@@ -141,7 +105,6 @@ fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffse
 
 async fn read<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -151,22 +114,20 @@ async fn read<M: GuestMemory + ?Sized>(
         Ok(o) => o,
         Err(s) => return (s, 0),
     };
-    let mut buf = pool.take(len as usize);
-    let data = &mut buf[..len as usize];
-    let result = match ctx.device.read(offset, data).await {
-        Ok(()) => match scatter(mem, segs, data) {
+    // From the process-wide pool: large requests neither fault in fresh
+    // pages nor zero them each time.
+    let mut buf = AlignedBuf::new(len as usize);
+    match ctx.device.read(offset, buf.as_mut_slice()).await {
+        Ok(()) => match scatter(mem, segs, buf.as_slice()) {
             n if u64::from(n) == len => (Status::OK, n),
             n => (Status::IOERR, n),
         },
         Err(e) => (status_of(&e), 0),
-    };
-    pool.give(buf);
-    result
+    }
 }
 
 async fn write<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -181,20 +142,14 @@ async fn write<M: GuestMemory + ?Sized>(
     } else {
         Durability::Fua
     };
-    let mut buf = pool.take(len as usize);
-    if let Err(s) = gather(mem, segs, &mut buf[..len as usize]) {
-        pool.give(buf);
-        return Err(s);
-    }
+    let mut buf = AlignedBuf::new(len as usize);
+    gather(mem, segs, buf.as_mut_slice())?;
     // Finished even if this request is dropped (queue reset, front-end
     // gone): a write cut off half-way could leave RAID-5 parity wrong.
     let device = ctx.device.clone();
-    let (result, buf) = FinishOnDrop::new(async move {
-        let r = device.write(offset, &buf[..len as usize], durability).await;
-        (r, buf)
-    })
-    .await;
-    pool.give(buf);
+    let result =
+        FinishOnDrop::new(async move { device.write(offset, buf.as_slice(), durability).await })
+            .await;
     result.map_err(|e| status_of(&e))
 }
 

@@ -26,7 +26,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use backend::{AtomicMem, BlkBackend, GuestMem, InFlight, Vring};
+pub use backend::{AtomicMem, BlkBackend, GuestMem, Vring};
 pub use device::DeviceSpec;
 pub use server::{check_socket_free, VhostExport, VhostServer};
 
