@@ -368,8 +368,17 @@ async fn engine_stops_after_dropped_futures_and_last_handle() {
     drop(fut);
 
     // Dropping the member drops the last engine handle, which joins the
-    // ring thread once the abandoned read has completed.
-    drop(member);
+    // ring thread once the abandoned read has completed. Dropped on its own
+    // thread, so that a ring thread that never stops fails the test instead
+    // of hanging it.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(member);
+        let _ = dropped_tx.send(());
+    });
+    dropped
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the ring thread did not stop within 30 s of its last handle being dropped");
 }
 
 #[test]
