@@ -22,6 +22,8 @@ pub mod request;
 mod server;
 
 #[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
