@@ -144,12 +144,7 @@ impl Array {
         member_size: u64,
         missing: &[usize],
     ) -> Array {
-        let geometry =
-            Geometry::new(level, members, ChunkSize::new(chunk).unwrap(), member_size).unwrap();
-        let devices: Vec<Arc<TestDevice>> = (0..members)
-            .map(|i| TestDevice::new(&format!("m{i}"), member_size))
-            .collect();
-        Self::over(geometry, devices, missing)
+        Self::new_wrapped(level, members, chunk, member_size, missing, |_, d| d)
     }
 
     /// Like [`Array::new`], every member seen through `wrap`.
