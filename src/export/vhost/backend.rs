@@ -33,10 +33,11 @@ use vmm_sys_util::event::{
 };
 
 use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
-use super::exec::{answer, execute, ExportContext, Status};
+use super::exec::{answer, execute, ExportContext, Status, QUEUE_POOL};
 use super::executor::QueueExecutor;
 use super::request::parse;
 use crate::export::in_flight::InFlightRequests;
+use crate::member::buf::BufPool;
 
 /// Guest memory as the backend sees it (no dirty bitmap: logging is not offered).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -129,6 +130,8 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     /// Each queue's requests popped and not yet put on the used ring.
     queues: Vec<Arc<InFlightRequests>>,
+    /// Each queue's bounce buffers.
+    pools: Vec<Arc<BufPool>>,
     executors: Vec<QueueExecutor>,
     exit_fds: ExitFds,
 }
@@ -154,6 +157,7 @@ impl BlkBackend {
             queues: (0..n)
                 .map(|_| Arc::new(InFlightRequests::default()))
                 .collect(),
+            pools: (0..n).map(|_| BufPool::new(QUEUE_POOL)).collect(),
             executors: (0..n)
                 .map(|_| QueueExecutor::new())
                 .collect::<io::Result<_>>()?,
@@ -212,10 +216,11 @@ impl BlkBackend {
             match parse(&*mem, chain) {
                 Ok(req) => {
                     let ctx = self.ctx.clone();
+                    let pool = self.pools[index].clone();
                     let mem = mem.clone();
                     let vring = vring.clone();
                     self.executors[index].push(Box::pin(async move {
-                        let (status, data_in) = execute(&ctx, &*mem, &req).await;
+                        let (status, data_in) = execute(&ctx, &pool, &*mem, &req).await;
                         let used = answer(&*mem, req.status, status, data_in);
                         complete(&vring, head, used);
                         drop(guard);

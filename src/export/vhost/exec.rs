@@ -18,7 +18,7 @@ use super::request::{
 };
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::export::finish::FinishOnDrop;
-use crate::member::buf::AlignedBuf;
+use crate::member::buf::{AlignedBuf, BufPool, PoolLimits};
 use crate::units::ByteOffset;
 
 /// A virtio-blk status byte.
@@ -61,6 +61,15 @@ impl std::fmt::Debug for ExportContext {
     }
 }
 
+/// What a queue's bounce-buffer pool keeps: up to 64 buffers of each size
+/// class, up to 4 MiB each, so that large requests neither fault in fresh
+/// pages nor zero them each time.
+pub(crate) const QUEUE_POOL: PoolLimits = PoolLimits {
+    max_len: 4 << 20,
+    class_bytes: 64 * (4 << 20),
+    class_count: 64,
+};
+
 /// Writes `status` to `addr`; returns the bytes the device wrote in all
 /// (`data_in` plus the status byte) for the used ring.
 pub fn answer<M: GuestMemory + ?Sized>(
@@ -77,14 +86,15 @@ pub fn answer<M: GuestMemory + ?Sized>(
 
 /// Executes `req`; returns the status and the bytes of data written into
 /// guest memory.
-pub async fn execute<M: GuestMemory + ?Sized>(
+pub(crate) async fn execute<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &Arc<BufPool>,
     mem: &M,
     req: &BlockRequest,
 ) -> (Status, u32) {
     let result = match &req.op {
-        Op::Read(segs) => return read(ctx, mem, req.sector, segs).await,
-        Op::Write(segs) => write(ctx, mem, req.sector, segs).await,
+        Op::Read(segs) => return read(ctx, pool, mem, req.sector, segs).await,
+        Op::Write(segs) => write(ctx, pool, mem, req.sector, segs).await,
         Op::Flush => ctx.device.flush().await.map_err(|e| status_of(&e)),
         Op::GetId(segs) => return (Status::OK, scatter(mem, segs, &ctx.spec.id())),
         Op::Discard(ranges) => clear(ctx, ranges, false).await,
@@ -105,6 +115,7 @@ fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffse
 
 async fn read<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &Arc<BufPool>,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -114,9 +125,7 @@ async fn read<M: GuestMemory + ?Sized>(
         Ok(o) => o,
         Err(s) => return (s, 0),
     };
-    // From the process-wide pool: large requests neither fault in fresh
-    // pages nor zero them each time.
-    let mut buf = AlignedBuf::new(len as usize);
+    let mut buf = pool.take(len as usize);
     match ctx.device.read(offset, buf.as_mut_slice()).await {
         Ok(()) => match scatter(mem, segs, buf.as_slice()) {
             n if u64::from(n) == len => (Status::OK, n),
@@ -128,6 +137,7 @@ async fn read<M: GuestMemory + ?Sized>(
 
 async fn write<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
+    pool: &Arc<BufPool>,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -142,7 +152,7 @@ async fn write<M: GuestMemory + ?Sized>(
     } else {
         Durability::Fua
     };
-    let mut buf = AlignedBuf::new(len as usize);
+    let mut buf: AlignedBuf = pool.take(len as usize);
     gather(mem, segs, buf.as_mut_slice())?;
     // Finished even if this request is dropped (queue reset, front-end
     // gone): a write cut off half-way could leave RAID-5 parity wrong.

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::{same_file, BlkBackend};
 use super::device::{config_slice, DeviceSpec, CONFIG_LEN, WCE_OFFSET};
-use super::exec::{answer, execute, ExportContext, Status};
+use super::exec::{answer, execute, ExportContext, Status, QUEUE_POOL};
 use super::request::{parse, BlockRequest, Op, ParseError, Range, Sector, Segment, MAX_DATA_LEN};
 use crate::block::BlockDevice;
 use crate::member::memory::MemDevice;
@@ -337,7 +337,7 @@ fn context(read_only: bool) -> (Arc<MemDevice>, ExportContext) {
 }
 
 async fn run(ctx: &ExportContext, mem: &GuestMemoryMmap<()>, req: &BlockRequest) -> (Status, u32) {
-    execute(ctx, mem, req).await
+    execute(ctx, &crate::member::buf::BufPool::new(QUEUE_POOL), mem, req).await
 }
 
 fn request(op: Op, sector: u64) -> BlockRequest {
