@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::page::{bad_blocks, block_entry, entries_of, seal, zero_entry, BLOCK, UNKNOWN};
 use super::store::CsumStore;
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Says whether a member data offset may be verified (false while the
@@ -259,15 +259,20 @@ impl ChecksumDevice {
 impl BlockDevice for ChecksumDevice {
     crate::block::forward_to!(inner => name, size);
 
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
         Box::pin(self.read_verified(offset, buf))
     }
 
-    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
-        Box::pin(self.write_sealed(at, buf, durability))
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(self.write_sealed(offset, buf, durability))
     }
 
-    fn flush(&self) -> IoFuture<'_> {
+    fn flush(&self) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             // Every flush writes the dirty pages back first, so a flushed
             // write's entries are on disk with its data: after a crash, an
@@ -281,7 +286,7 @@ impl BlockDevice for ChecksumDevice {
         })
     }
 
-    fn mark_lost(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             check_range(offset, len, self.size())?;
             if len == 0 {
@@ -297,14 +302,19 @@ impl BlockDevice for ChecksumDevice {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             self.inner.discard(offset, len).await?;
             self.after_clear(offset.get(), len).await
         })
     }
 
-    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    ) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             self.after_clear(offset.get(), len).await
