@@ -26,6 +26,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Result of a block operation.
 pub type BlockResult<T = ()> = Result<T, BlockError>;
 
+/// The future of a block operation.
+pub type IoFuture<'a> = BoxFuture<'a, BlockResult>;
+
 /// Whether a write must be on stable storage before it completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -146,7 +149,7 @@ pub trait BlockDevice: Send + Sync {
     }
 
     /// Reads `buf.len()` bytes at `offset`.
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult>;
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a>;
 
     /// Writes `buf` at `offset`.
     fn write<'a>(
@@ -154,17 +157,17 @@ pub trait BlockDevice: Send + Sync {
         offset: ByteOffset,
         buf: &'a [u8],
         durability: Durability,
-    ) -> BoxFuture<'a, BlockResult>;
+    ) -> IoFuture<'a>;
 
     /// Makes every completed write durable.
-    fn flush(&self) -> BoxFuture<'_, BlockResult>;
+    fn flush(&self) -> IoFuture<'_>;
 
     /// Records that the 4 KiB blocks holding `offset..offset + len` lost
     /// their data (a rebuild had no good source for them): they are zeroed
     /// and every later read of them fails, until they are written again.
     /// Only devices that keep per-block checksums can do this; the others
     /// answer `Unsupported`.
-    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn mark_lost(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let _ = (offset, len);
         Box::pin(async { Err(BlockError::Unsupported) })
     }
@@ -173,22 +176,111 @@ pub trait BlockDevice: Send + Sync {
     /// contents (`fallocate` mode 0), so later writes there cannot run out
     /// of space. Devices with nothing to reserve (block devices, memory)
     /// succeed without doing anything.
-    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let _ = (offset, len);
         Box::pin(async { Ok(()) })
     }
 
     /// Deallocates a range; it reads back as zeroes afterwards.
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult>;
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_>;
 
     /// Zeroes a range. With `may_unmap` the device may deallocate it.
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult>;
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_>;
 }
+
+/// Implements the named [`BlockDevice`] methods by handing each call
+/// unchanged to the device in field `$inner` (any `BlockDevice`, boxed or
+/// not), for wrappers that change only some of them:
+///
+/// ```ignore
+/// impl BlockDevice for Wrapper {
+///     forward_to!(inner => name, size, flush, discard, write_zeroes);
+///     fn read<'a>(/* the one method this wrapper changes */) { .. }
+///     ..
+/// }
+/// ```
+macro_rules! forward_to {
+    ($inner:tt => $($method:ident),+ $(,)?) => {
+        $( $crate::block::forward_to!(@one $inner $method); )+
+    };
+    (@one $i:tt name) => {
+        fn name(&self) -> &str {
+            self.$i.name()
+        }
+    };
+    (@one $i:tt size) => {
+        fn size(&self) -> u64 {
+            self.$i.size()
+        }
+    };
+    (@one $i:tt device_id) => {
+        fn device_id(&self) -> Option<$crate::member::DeviceId> {
+            self.$i.device_id()
+        }
+    };
+    (@one $i:tt read) => {
+        fn read<'a>(
+            &'a self,
+            offset: $crate::units::ByteOffset,
+            buf: &'a mut [u8],
+        ) -> $crate::block::IoFuture<'a> {
+            self.$i.read(offset, buf)
+        }
+    };
+    (@one $i:tt write) => {
+        fn write<'a>(
+            &'a self,
+            offset: $crate::units::ByteOffset,
+            buf: &'a [u8],
+            durability: $crate::block::Durability,
+        ) -> $crate::block::IoFuture<'a> {
+            self.$i.write(offset, buf, durability)
+        }
+    };
+    (@one $i:tt flush) => {
+        fn flush(&self) -> $crate::block::IoFuture<'_> {
+            self.$i.flush()
+        }
+    };
+    (@one $i:tt mark_lost) => {
+        fn mark_lost(
+            &self,
+            offset: $crate::units::ByteOffset,
+            len: u64,
+        ) -> $crate::block::IoFuture<'_> {
+            self.$i.mark_lost(offset, len)
+        }
+    };
+    (@one $i:tt reserve) => {
+        fn reserve(
+            &self,
+            offset: $crate::units::ByteOffset,
+            len: u64,
+        ) -> $crate::block::IoFuture<'_> {
+            self.$i.reserve(offset, len)
+        }
+    };
+    (@one $i:tt discard) => {
+        fn discard(
+            &self,
+            offset: $crate::units::ByteOffset,
+            len: u64,
+        ) -> $crate::block::IoFuture<'_> {
+            self.$i.discard(offset, len)
+        }
+    };
+    (@one $i:tt write_zeroes) => {
+        fn write_zeroes(
+            &self,
+            offset: $crate::units::ByteOffset,
+            len: u64,
+            may_unmap: bool,
+        ) -> $crate::block::IoFuture<'_> {
+            self.$i.write_zeroes(offset, len, may_unmap)
+        }
+    };
+}
+pub(crate) use forward_to;
 
 /// A byte window onto another device: `[start, start + len)` of `inner`
 /// appears as `[0, len)`. Used to expose a member's data area.
@@ -223,50 +315,34 @@ impl Window {
 }
 
 impl BlockDevice for Window {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+    forward_to!(inner => name, flush);
 
     fn size(&self) -> u64 {
         self.len
     }
 
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         Box::pin(async move {
             check_range(offset, buf.len() as u64, self.len)?;
             self.inner.read(offset + self.start, buf).await
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
-            check_range(offset, buf.len() as u64, self.len)?;
-            self.inner.write(offset + self.start, buf, durability).await
+            check_range(at, buf.len() as u64, self.len)?;
+            self.inner.write(at + self.start, buf, durability).await
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        self.inner.flush()
-    }
-
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.len)?;
             self.inner.discard(offset + self.start, len).await
         })
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.len)?;
             self.inner

@@ -72,29 +72,32 @@ impl<T: Send + 'static> Drop for FinishOnDrop<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::FinishOnDrop;
 
     #[tokio::test]
     async fn a_dropped_operation_still_runs_to_its_end() {
-        // Arrange
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
+        // Arrange: an operation that ends only once told to, after its
+        // request is gone.
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
         let mut op = Box::pin(FinishOnDrop::new(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            flag.store(true, Ordering::SeqCst);
+            let _ = go.await;
+            let _ = done_tx.send(());
         }));
 
         // Act: poll once (the operation starts), then drop the request.
         assert!(futures::poll!(op.as_mut()).is_pending());
         drop(op);
+        let _ = go_tx.send(());
 
         // Assert
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(done.load(Ordering::SeqCst));
+        let finished = tokio::time::timeout(Duration::from_secs(10), done).await;
+        assert!(
+            matches!(finished, Ok(Ok(()))),
+            "the dropped operation did not run to its end"
+        );
     }
 
     #[tokio::test]

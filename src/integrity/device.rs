@@ -257,13 +257,7 @@ impl ChecksumDevice {
 }
 
 impl BlockDevice for ChecksumDevice {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
+    crate::block::forward_to!(inner => name, size);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
         Box::pin(self.read_verified(offset, buf))

@@ -1,28 +1,45 @@
-//! Owned, 4096-aligned I/O buffers with a small process-wide pool.
+//! Owned, 4096-aligned I/O buffers and the pools they come from.
 //!
 //! Every member I/O copies the caller's data into (or out of) an
 //! [`AlignedBuf`]. The buffer is owned by the request until the kernel is done
 //! with it, so a dropped future never leaves the kernel writing into freed
 //! memory, and its alignment satisfies O_DIRECT on every device we know.
 //!
-//! Buffers up to [`POOL_MAX`] bytes come from size classes (4 KiB, 8 KiB, ...,
-//! 1 MiB) and go back to their class on drop, so the hot path does not call
-//! the allocator.
+//! A [`BufPool`] keeps freed buffers in size classes (4 KiB, 8 KiB, ...,
+//! 4 MiB) and a buffer goes back to its pool on drop, so the hot path
+//! neither calls the allocator nor faults in and zeroes fresh pages. The
+//! members share one process-wide pool ([`AlignedBuf::new`]); each
+//! vhost-user queue has its own for its bounce buffers, with its own
+//! limits ([`PoolLimits`]).
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Alignment of every buffer: enough for O_DIRECT on 4Kn devices.
 pub(crate) const ALIGN: usize = 4096;
-/// Largest pooled buffer.
-const POOL_MAX: usize = 1 << 20;
-/// Number of size classes: 4K << 0 ..= 4K << 8.
-const CLASSES: usize = 9;
-/// Bytes kept per size class at most.
-const CLASS_BYTES: usize = 8 << 20;
-/// Buffers kept per size class at most.
-const CLASS_COUNT: usize = 128;
+/// Number of size classes: 4K << 0 ..= 4K << 10 (4 MiB).
+const CLASSES: usize = 11;
+
+/// What a pool keeps of the buffers given back to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolLimits {
+    /// Largest buffer kept (at most 4 MiB, the largest class).
+    pub max_len: usize,
+    /// Bytes kept per size class at most.
+    pub class_bytes: usize,
+    /// Buffers kept per size class at most.
+    pub class_count: usize,
+}
+
+/// The members' pool: buffers up to 1 MiB, 8 MiB or 128 buffers per class.
+const MEMBER_LIMITS: PoolLimits = PoolLimits {
+    max_len: 1 << 20,
+    class_bytes: 8 << 20,
+    class_count: 128,
+};
+
+static MEMBER_POOL: LazyLock<Arc<BufPool>> = LazyLock::new(|| BufPool::new(MEMBER_LIMITS));
 
 /// A raw aligned allocation of `cap` bytes (a multiple of [`ALIGN`]).
 struct Raw {
@@ -33,16 +50,6 @@ struct Raw {
 // SAFETY: `Raw` is a uniquely owned heap allocation with no thread affinity;
 // moving it between threads is like moving a `Box<[u8]>`.
 unsafe impl Send for Raw {}
-
-static POOL: [Mutex<Vec<Raw>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
-
-fn class_of(cap: usize) -> Option<usize> {
-    if cap > POOL_MAX {
-        return None;
-    }
-    let class = (cap / ALIGN).next_power_of_two().trailing_zeros() as usize;
-    Some(class)
-}
 
 fn layout(cap: usize) -> Layout {
     // ALIGN is a power of two and cap is a non-zero multiple of it, far below
@@ -60,10 +67,96 @@ fn alloc_raw(cap: usize) -> Raw {
     }
 }
 
+/// Freed buffers by size class, reused by later requests. The lock of a
+/// class is held only to take or return a buffer, never across I/O.
+pub(crate) struct BufPool {
+    classes: [Mutex<Vec<Raw>>; CLASSES],
+    limits: PoolLimits,
+}
+
+impl std::fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufPool")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BufPool {
+    /// An empty pool.
+    pub(crate) fn new(limits: PoolLimits) -> Arc<BufPool> {
+        Arc::new(BufPool {
+            classes: [const { Mutex::new(Vec::new()) }; CLASSES],
+            limits,
+        })
+    }
+
+    /// The size class of a `cap`-byte buffer, if this pool keeps it.
+    fn class_of(&self, cap: usize) -> Option<usize> {
+        if cap > self.limits.max_len {
+            return None;
+        }
+        let class = (cap / ALIGN).next_power_of_two().trailing_zeros() as usize;
+        (class < CLASSES).then_some(class)
+    }
+
+    /// A buffer of `len` bytes. The contents are initialized but
+    /// unspecified (zeroes or data of an earlier request).
+    pub(crate) fn take(self: &Arc<Self>, len: usize) -> AlignedBuf {
+        let want = len.max(1).div_ceil(ALIGN) * ALIGN;
+        let raw = match self.class_of(want) {
+            Some(class) => {
+                let cap = ALIGN << class;
+                let pooled = self.classes[class].lock().ok().and_then(|mut v| v.pop());
+                pooled.unwrap_or_else(|| alloc_raw(cap))
+            }
+            None => alloc_raw(want),
+        };
+        AlignedBuf {
+            raw: Some(raw),
+            len,
+            pool: self.clone(),
+        }
+    }
+
+    /// Keeps `raw` for reuse if it fits the limits; else frees it.
+    fn give(&self, raw: Raw) {
+        if let Some(class) = self.class_of(raw.cap) {
+            let cap = ALIGN << class;
+            let keep = self.limits.class_count.min(self.limits.class_bytes / cap);
+            if cap == raw.cap {
+                if let Ok(mut pool) = self.classes[class].lock() {
+                    if pool.len() < keep {
+                        pool.push(raw);
+                        return;
+                    }
+                }
+            }
+        }
+        // SAFETY: `raw.ptr` was returned by `alloc_zeroed` with exactly
+        // `layout(raw.cap)` and is not referenced anywhere else any more.
+        unsafe { dealloc(raw.ptr.as_ptr(), layout(raw.cap)) };
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        for class in &self.classes {
+            let raws = std::mem::take(&mut *class.lock().unwrap_or_else(|e| e.into_inner()));
+            for raw in raws {
+                // SAFETY: as in `give`: a pooled allocation nobody references.
+                unsafe { dealloc(raw.ptr.as_ptr(), layout(raw.cap)) };
+            }
+        }
+    }
+}
+
 /// An owned, [`ALIGN`]-aligned, initialized byte buffer of `len` bytes.
 pub(crate) struct AlignedBuf {
     raw: Option<Raw>,
     len: usize,
+    /// Where the buffer goes back to when dropped.
+    pool: Arc<BufPool>,
 }
 
 impl std::fmt::Debug for AlignedBuf {
@@ -75,22 +168,10 @@ impl std::fmt::Debug for AlignedBuf {
 }
 
 impl AlignedBuf {
-    /// A buffer of `len` bytes. The contents are initialized but unspecified
-    /// (zeroes or data of an earlier request).
+    /// A buffer of `len` bytes from the members' pool. The contents are
+    /// initialized but unspecified (zeroes or data of an earlier request).
     pub(crate) fn new(len: usize) -> Self {
-        let want = len.max(1).div_ceil(ALIGN) * ALIGN;
-        let raw = match class_of(want) {
-            Some(class) => {
-                let cap = ALIGN << class;
-                let pooled = POOL[class].lock().ok().and_then(|mut v| v.pop());
-                pooled.unwrap_or_else(|| alloc_raw(cap))
-            }
-            None => alloc_raw(want),
-        };
-        AlignedBuf {
-            raw: Some(raw),
-            len,
-        }
+        MEMBER_POOL.take(len)
     }
 
     /// A buffer holding a copy of `data`.
@@ -139,21 +220,9 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let Some(raw) = self.raw.take() else { return };
-        if let Some(class) = class_of(raw.cap) {
-            let cap = ALIGN << class;
-            if cap == raw.cap {
-                if let Ok(mut pool) = POOL[class].lock() {
-                    if pool.len() < CLASS_COUNT.min(CLASS_BYTES / cap) {
-                        pool.push(raw);
-                        return;
-                    }
-                }
-            }
+        if let Some(raw) = self.raw.take() {
+            self.pool.give(raw);
         }
-        // SAFETY: `raw.ptr` was returned by `alloc_zeroed` with exactly
-        // `layout(raw.cap)` and is not referenced anywhere else any more.
-        unsafe { dealloc(raw.ptr.as_ptr(), layout(raw.cap)) };
     }
 }
 
@@ -176,14 +245,37 @@ mod tests {
             4096,
             4097,
             65536,
-            POOL_MAX,
-            POOL_MAX + 1,
+            MEMBER_LIMITS.max_len,
+            MEMBER_LIMITS.max_len + 1,
             3 << 20,
         ] {
             let buf = AlignedBuf::new(len);
             assert_eq!(buf.len(), len);
             assert_eq!(buf.as_ptr() as usize % ALIGN, 0);
         }
+    }
+
+    #[test]
+    fn a_pool_reuses_what_its_limits_keep_and_frees_the_rest() {
+        // Arrange: one 4 KiB or 8 KiB buffer kept per class.
+        let pool = BufPool::new(PoolLimits {
+            max_len: 8192,
+            class_bytes: 1 << 20,
+            class_count: 1,
+        });
+        let first = pool.take(4096);
+        let second = pool.take(4096);
+        let kept = first.as_ptr();
+
+        // Act
+        drop(first);
+        drop(second);
+        let again = pool.take(100);
+        drop(pool.take(8193));
+
+        // Assert
+        assert_eq!(again.as_ptr(), kept);
+        assert!(pool.classes.iter().all(|c| c.lock().unwrap().is_empty()));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// What a matching rule does.
@@ -455,15 +455,9 @@ fn corrupt(buf: &mut [u8], offset: u64, ranges: &[(u64, u64)]) {
 }
 
 impl BlockDevice for FaultDevice {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+    crate::block::forward_to!(inner => name, size);
 
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let Some(verdict) = self.judge(IoKind::Read, offset.get(), buf.len() as u64) else {
             return self.inner.read(offset, buf);
         };
@@ -475,27 +469,22 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
-        let Some(verdict) = self.judge(IoKind::Write, offset.get(), buf.len() as u64) else {
-            return self.inner.write(offset, buf, durability);
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
+        let Some(verdict) = self.judge(IoKind::Write, at.get(), buf.len() as u64) else {
+            return self.inner.write(at, buf, durability);
         };
         Box::pin(async move {
             self.enforce(&verdict).await?;
             if verdict.corrupt.is_empty() {
-                return self.inner.write(offset, buf, durability).await;
+                return self.inner.write(at, buf, durability).await;
             }
             let mut bad = buf.to_vec();
-            corrupt(&mut bad, offset.get(), &verdict.corrupt);
-            self.inner.write(offset, &bad, durability).await
+            corrupt(&mut bad, at.get(), &verdict.corrupt);
+            self.inner.write(at, &bad, durability).await
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+    fn flush(&self) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Flush, 0, 0) else {
             return self.inner.flush();
         };
@@ -505,7 +494,7 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.discard(offset, len);
         };
@@ -515,12 +504,7 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.write_zeroes(offset, len, may_unmap);
         };

@@ -17,7 +17,7 @@
 //! unavailable or `VRAID_IO_ENGINE=sync`, on the pread/pwrite fallback.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -30,7 +30,7 @@ use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::op::{Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockError, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// `BLKGETSIZE64`: device size in bytes (`_IOR(0x12, 114, u64)`).
@@ -330,13 +330,60 @@ struct Access {
     writable: bool,
 }
 
+/// Opens the member for buffered I/O. O_EXCL on a block device: refuse
+/// devices that are mounted or claimed by another exclusive user (md,
+/// another vraid). One this process claims already (a member opened again
+/// under another node) opens plainly: whether it may join is the array's
+/// question.
+fn open_buffered(path: &Path, meta: &Metadata, access: Access) -> Result<File, MemberError> {
+    let is_block_device = meta.file_type().is_block_device();
+    let ours = is_block_device && held_by_this_process(DeviceId::of_metadata(meta));
+    let exclusive = if is_block_device && access.exclusive && !ours {
+        libc::O_EXCL
+    } else {
+        0
+    };
+    OpenOptions::new()
+        .read(true)
+        .write(access.writable)
+        .custom_flags(exclusive)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) if is_block_device => MemberError::InUse {
+                path: path.to_path_buf(),
+            },
+            _ => MemberError::Open {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })
+}
+
+/// Size and logical block size: a block device's from its ioctls, a
+/// file's from its length and what O_DIRECT accepts (4096 without it).
+fn geometry(
+    path: &Path,
+    buffered: &File,
+    meta: &Metadata,
+    direct: Option<&File>,
+) -> Result<(u64, u64), MemberError> {
+    let geometry_err = |source| MemberError::Geometry {
+        path: path.to_path_buf(),
+        source,
+    };
+    if meta.file_type().is_block_device() {
+        let size = ioctl_u64(buffered, BLKGETSIZE64).map_err(geometry_err)?;
+        let block_size = ioctl_int(buffered, BLKSSZGET).map_err(geometry_err)?;
+        Ok((size, u64::from(block_size.max(512))))
+    } else {
+        let size = meta.len();
+        Ok((size, direct.map_or(4096, |d| probe_block_size(d, size))))
+    }
+}
+
 impl FileMember {
     fn open(path: &Path, access: Access, engine: Engine) -> Result<Self, MemberError> {
         let open_err = |source| MemberError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let geometry_err = |source| MemberError::Geometry {
             path: path.to_path_buf(),
             source,
         };
@@ -347,27 +394,7 @@ impl FileMember {
                 path: path.to_path_buf(),
             });
         }
-        // O_EXCL on a block device: refuse devices that are mounted or
-        // claimed by another exclusive user (md, another vraid). One this
-        // process claims already (a member opened again under another
-        // node) opens plainly: whether it may join is the array's question.
-        let ours = is_block_device && held_by_this_process(DeviceId::of_metadata(&meta));
-        let exclusive = if is_block_device && access.exclusive && !ours {
-            libc::O_EXCL
-        } else {
-            0
-        };
-        let buffered = OpenOptions::new()
-            .read(true)
-            .write(access.writable)
-            .custom_flags(exclusive)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EBUSY) if is_block_device => MemberError::InUse {
-                    path: path.to_path_buf(),
-                },
-                _ => open_err(e),
-            })?;
+        let buffered = open_buffered(path, &meta, access)?;
         let id = DeviceId::of_file(&buffered).map_err(open_err)?;
         let claim = if access.exclusive {
             Some(claim(&buffered, id).map_err(|_| MemberError::InUse {
@@ -381,17 +408,7 @@ impl FileMember {
         } else {
             None
         };
-        let (size, block_size) = if is_block_device {
-            let size = ioctl_u64(&buffered, BLKGETSIZE64).map_err(geometry_err)?;
-            let block_size = ioctl_int(&buffered, BLKSSZGET).map_err(geometry_err)?;
-            (size, u64::from(block_size.max(512)))
-        } else {
-            let size = meta.len();
-            (
-                size,
-                direct.as_ref().map_or(4096, |d| probe_block_size(d, size)),
-            )
-        };
+        let (size, block_size) = geometry(path, &buffered, &meta, direct.as_ref())?;
         let write_align = block_size.max(page_size());
         tracing::debug!(
             path = %path.display(),
@@ -604,7 +621,7 @@ impl BlockDevice for FileMember {
         Some(self.id)
     }
 
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         Box::pin(async move {
             check_range(offset, buf.len() as u64, self.size)?;
             self.read_at(offset.get(), buf)
@@ -613,21 +630,16 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
-            check_range(offset, buf.len() as u64, self.size)?;
-            self.write_at(offset.get(), buf, durability == Durability::Fua)
+            check_range(at, buf.len() as u64, self.size)?;
+            self.write_at(at.get(), buf, durability == Durability::Fua)
                 .await
                 .map_err(|e| self.io_err(e))
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+    fn flush(&self) -> IoFuture<'_> {
         Box::pin(async move {
             self.engine
                 .run(&self.buffered, Op::Flush)
@@ -637,7 +649,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             if self.is_block_device || len == 0 {
@@ -657,7 +669,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -667,12 +679,7 @@ impl BlockDevice for FileMember {
         })
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
             let mode = if may_unmap {

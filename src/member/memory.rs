@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// A RAM-backed device.
@@ -73,7 +73,7 @@ impl BlockDevice for MemDevice {
         self.data.lock().unwrap().len() as u64
     }
 
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         Box::pin(async move {
             self.check()?;
             let data = self.data.lock().unwrap();
@@ -84,23 +84,18 @@ impl BlockDevice for MemDevice {
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        _durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], _durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
             self.check()?;
             let mut data = self.data.lock().unwrap();
-            check_range(offset, buf.len() as u64, data.len() as u64)?;
-            let start = offset.get() as usize;
+            check_range(at, buf.len() as u64, data.len() as u64)?;
+            let start = at.get() as usize;
             data[start..start + buf.len()].copy_from_slice(buf);
             Ok(())
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+    fn flush(&self) -> IoFuture<'_> {
         Box::pin(async move {
             self.check()?;
             self.flushes.fetch_add(1, Ordering::SeqCst);
@@ -108,16 +103,11 @@ impl BlockDevice for MemDevice {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(async move { self.fill(offset, len) })
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        _may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
         Box::pin(async move { self.fill(offset, len) })
     }
 }

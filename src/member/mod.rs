@@ -3,10 +3,10 @@
 //! `file` opens files and block devices (O_DIRECT where allowed) and exposes
 //! them as [`crate::block::BlockDevice`]; I/O goes through an io_uring engine
 //! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
-//! bounce buffers, `op` the operations both engines run. `memory` is an
+//! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run. `memory` is an
 //! in-memory device for unit tests only.
 
-mod buf;
+pub(crate) mod buf;
 pub mod claim;
 pub mod fault;
 mod file;

@@ -53,15 +53,7 @@ fn fixture(kind: EngineKind, size: u64) -> Fixture {
 
 /// Deterministic pseudo-random bytes.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::raid::test_support::pattern(len, seed)
 }
 
 async fn read_vec(dev: &dyn BlockDevice, offset: u64, len: usize) -> Vec<u8> {
@@ -376,8 +368,17 @@ async fn engine_stops_after_dropped_futures_and_last_handle() {
     drop(fut);
 
     // Dropping the member drops the last engine handle, which joins the
-    // ring thread once the abandoned read has completed.
-    drop(member);
+    // ring thread once the abandoned read has completed. Dropped on its own
+    // thread, so that a ring thread that never stops fails the test instead
+    // of hanging it.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(member);
+        let _ = dropped_tx.send(());
+    });
+    dropped
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the ring thread did not stop within 30 s of its last handle being dropped");
 }
 
 #[test]

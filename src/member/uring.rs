@@ -208,7 +208,7 @@ fn build_ring(depth: u32) -> io::Result<IoUring> {
 }
 
 /// One operation in the ring, with its progress.
-struct InFlight {
+struct RingOp {
     req: Request,
     /// Bytes already transferred (short I/O continues from here).
     done: usize,
@@ -218,7 +218,7 @@ struct InFlight {
 struct RingThread {
     ring: IoUring,
     shared: Arc<Shared>,
-    inflight: Slab<InFlight>,
+    inflight: Slab<RingOp>,
     /// Requests received but not yet in the ring.
     backlog: VecDeque<Request>,
     /// Slab keys whose SQE must be (re)pushed.
@@ -295,7 +295,7 @@ impl RingThread {
             let Some(req) = self.backlog.pop_front() else {
                 break;
             };
-            let key = self.inflight.insert(InFlight { req, done: 0 });
+            let key = self.inflight.insert(RingOp { req, done: 0 });
             self.pending.push(key);
         }
         idle
@@ -421,7 +421,7 @@ impl RingThread {
 }
 
 /// The SQE for the remaining part of `entry` (without user_data).
-fn build_sqe(entry: &mut InFlight) -> squeue::Entry {
+fn build_sqe(entry: &mut RingOp) -> squeue::Entry {
     let fd = types::Fd(entry.req.file.as_raw_fd());
     let done = entry.done;
     match &mut entry.req.op {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability};
+use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// Latency histogram bucket upper bounds, in microseconds (`+Inf` implied).
@@ -157,51 +157,27 @@ impl StatsDevice {
 }
 
 impl BlockDevice for StatsDevice {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+    crate::block::forward_to!(inner => name, size, mark_lost);
 
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;
         Box::pin(self.timed(OpType::Read, len, self.inner.read(offset, buf)))
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         let len = buf.len() as u64;
-        Box::pin(self.timed(
-            OpType::Write,
-            len,
-            self.inner.write(offset, buf, durability),
-        ))
+        Box::pin(self.timed(OpType::Write, len, self.inner.write(at, buf, durability)))
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+    fn flush(&self) -> IoFuture<'_> {
         Box::pin(self.timed(OpType::Flush, 0, self.inner.flush()))
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         Box::pin(self.timed(OpType::Trim, len, self.inner.discard(offset, len)))
     }
 
-    fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        self.inner.mark_lost(offset, len)
-    }
-
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         Box::pin(self.timed(
             OpType::Trim,
             len,

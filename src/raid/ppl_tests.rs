@@ -401,7 +401,14 @@ async fn pipelined_commits_through_many_checkpoints_do_not_deadlock() {
     );
 }
 
-#[tokio::test]
+/// Returns once every task of the test's runtime (current-thread, clock
+/// paused) waits for something: a paused clock advances only then, so the
+/// sleep ends exactly when nothing else can run.
+async fn until_idle() {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn checkpoint_waits_for_writes_holding_tickets() {
     // Arrange: a 64K ring; a ticket held, then records past half the ring.
     let ring = Arc::new(MemDevice::new("journal", 64 << 10));
@@ -414,8 +421,17 @@ async fn checkpoint_waits_for_writes_holding_tickets() {
     let l2 = log.clone();
     let next =
         tokio::spawn(async move { l2.log(MemberIndex(0), vec![rec(9, 8192)]).await.map(drop) });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let waited = !next.is_finished();
+    let checkpoints = log
+        .stats
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed);
+    until_idle().await;
+    let waited = !next.is_finished()
+        && log
+            .stats
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == checkpoints;
     drop(held);
 
     // Assert

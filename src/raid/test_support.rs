@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use super::layout::{ChunkSize, Geometry, MemberIndex};
 use super::volume::{Volume, VolumeEvents};
 use super::Level;
-use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{BlockDevice, BlockError, BoxFuture, Durability, IoFuture};
 use crate::member::memory::MemDevice;
 use crate::units::ByteOffset;
 
@@ -75,15 +75,9 @@ impl TestDevice {
 }
 
 impl BlockDevice for TestDevice {
-    fn name(&self) -> &str {
-        self.mem.name()
-    }
+    crate::block::forward_to!(mem => name, size, flush);
 
-    fn size(&self) -> u64 {
-        self.mem.size()
-    }
-
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.read_bytes
             .fetch_add(buf.len() as u64, Ordering::SeqCst);
@@ -103,12 +97,7 @@ impl BlockDevice for TestDevice {
         })
     }
 
-    fn write<'a>(
-        &'a self,
-        offset: ByteOffset,
-        buf: &'a [u8],
-        durability: Durability,
-    ) -> BoxFuture<'a, BlockResult> {
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
             if self.yield_first.load(Ordering::SeqCst) {
                 tokio::task::yield_now().await;
@@ -125,25 +114,16 @@ impl BlockDevice for TestDevice {
             if durability == Durability::Fua {
                 self.fua_writes.fetch_add(1, Ordering::SeqCst);
             }
-            self.mem.write(offset, buf, durability).await
+            self.mem.write(at, buf, durability).await
         })
     }
 
-    fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        self.mem.flush()
-    }
-
-    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         self.clears.fetch_add(1, Ordering::SeqCst);
         self.mem.discard(offset, len)
     }
 
-    fn write_zeroes(
-        &self,
-        offset: ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> BoxFuture<'_, BlockResult> {
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         self.clears.fetch_add(1, Ordering::SeqCst);
         self.mem.write_zeroes(offset, len, may_unmap)
     }
@@ -164,12 +144,7 @@ impl Array {
         member_size: u64,
         missing: &[usize],
     ) -> Array {
-        let geometry =
-            Geometry::new(level, members, ChunkSize::new(chunk).unwrap(), member_size).unwrap();
-        let devices: Vec<Arc<TestDevice>> = (0..members)
-            .map(|i| TestDevice::new(&format!("m{i}"), member_size))
-            .collect();
-        Self::over(geometry, devices, missing)
+        Self::new_wrapped(level, members, chunk, member_size, missing, |_, d| d)
     }
 
     /// Like [`Array::new`], every member seen through `wrap`.

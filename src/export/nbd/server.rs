@@ -27,6 +27,7 @@ use super::handshake::{Negotiation, Step};
 use super::limits::{Admission, Admitted, LogGate, NbdLimits};
 use super::proto;
 use super::transmission::{Ending, Session};
+use crate::export::in_flight::InFlightRequests;
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
@@ -53,7 +54,7 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     connections: AtomicU64,
     connections_total: AtomicU64,
-    in_flight: Arc<AtomicU64>,
+    in_flight: Arc<InFlightRequests>,
     idle: Notify,
     limits: NbdLimits,
     admission: Admission,
@@ -94,6 +95,45 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// What the accept loop needs of a listening socket, TCP or Unix.
+trait Listener {
+    /// A connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, with the client's address (for the per-client
+    /// limit; none on a Unix socket) and its name for the log.
+    fn next(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, Option<IpAddr>, String)>> + Send;
+
+    /// Socket options for an admitted connection.
+    fn tune(_stream: &Self::Stream) {}
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn next(&self) -> io::Result<(Self::Stream, Option<IpAddr>, String)> {
+        let (stream, peer) = self.accept().await?;
+        Ok((stream, Some(peer.ip()), peer.to_string()))
+    }
+
+    fn tune(stream: &Self::Stream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn next(&self) -> io::Result<(Self::Stream, Option<IpAddr>, String)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, None, "unix".to_string()))
+    }
+}
+
 impl NbdServer {
     /// A server offering `exports` under the default limits.
     pub fn new(exports: Vec<Export>) -> Self {
@@ -110,7 +150,7 @@ impl NbdServer {
                 shutdown,
                 connections: AtomicU64::new(0),
                 connections_total: AtomicU64::new(0),
-                in_flight: Arc::new(AtomicU64::new(0)),
+                in_flight: Arc::new(InFlightRequests::default()),
                 idle: Notify::new(),
                 limits,
                 admission: Admission::new(
@@ -140,49 +180,38 @@ impl NbdServer {
         NbdStats {
             connections: self.shared.connections.load(Ordering::SeqCst),
             connections_total: self.shared.connections_total.load(Ordering::SeqCst),
-            in_flight: self.shared.in_flight.load(Ordering::SeqCst),
+            in_flight: self.shared.in_flight.get() as u64,
             buffered_bytes: self.buffered_bytes(),
         }
     }
 
     /// Accepts TCP connections until [`NbdServer::shutdown`].
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        let mut stop = self.shared.shutdown.subscribe();
         tracing::info!(addr = ?listener.local_addr().ok(), "NBD server listening on TCP");
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let Some(admitted) = self.admit(Some(peer.ip()), &peer.to_string()) else {
-                        continue;
-                    };
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                    }
-                    self.spawn_connection(stream, peer.to_string(), admitted);
-                }
-                Err(e) => self.accept_failed(e).await,
-            }
-        }
+        self.accept_loop(listener).await
     }
 
     /// Accepts Unix-socket connections until [`NbdServer::shutdown`].
     pub async fn serve_unix(self: Arc<Self>, listener: UnixListener) -> io::Result<()> {
-        let mut stop = self.shared.shutdown.subscribe();
         tracing::info!(addr = ?listener.local_addr().ok(), "NBD server listening on Unix socket");
+        self.accept_loop(listener).await
+    }
+
+    /// Admits and serves connections from `listener` until shutdown.
+    async fn accept_loop<L: Listener>(self: Arc<Self>, listener: L) -> io::Result<()> {
+        let mut stop = self.shared.shutdown.subscribe();
         loop {
             let accepted = tokio::select! {
-                r = listener.accept() => r,
+                r = listener.next() => r,
                 _ = stop.wait_for(|s| *s) => return Ok(()),
             };
             match accepted {
-                Ok((stream, _)) => {
-                    if let Some(admitted) = self.admit(None, "unix") {
-                        self.spawn_connection(stream, "unix".to_string(), admitted);
-                    }
+                Ok((stream, ip, peer)) => {
+                    let Some(admitted) = self.admit(ip, &peer) else {
+                        continue;
+                    };
+                    L::tune(&stream);
+                    self.spawn_connection(stream, peer, admitted);
                 }
                 Err(e) => self.accept_failed(e).await,
             }

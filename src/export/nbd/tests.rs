@@ -710,12 +710,8 @@ struct GatedDevice {
 }
 
 impl BlockDevice for GatedDevice {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
+    crate::block::forward_to!(inner => name, size, write, flush, discard, write_zeroes);
+
     fn read<'a>(
         &'a self,
         offset: crate::units::ByteOffset,
@@ -725,32 +721,6 @@ impl BlockDevice for GatedDevice {
             let _pass = self.gate.acquire().await.unwrap();
             self.inner.read(offset, buf).await
         })
-    }
-    fn write<'a>(
-        &'a self,
-        offset: crate::units::ByteOffset,
-        buf: &'a [u8],
-        d: crate::block::Durability,
-    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
-        self.inner.write(offset, buf, d)
-    }
-    fn flush(&self) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
-        self.inner.flush()
-    }
-    fn discard(
-        &self,
-        offset: crate::units::ByteOffset,
-        len: u64,
-    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
-        self.inner.discard(offset, len)
-    }
-    fn write_zeroes(
-        &self,
-        offset: crate::units::ByteOffset,
-        len: u64,
-        may_unmap: bool,
-    ) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {
-        self.inner.write_zeroes(offset, len, may_unmap)
     }
 }
 

@@ -24,7 +24,6 @@
 //! a guard even if the future is dropped.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -35,6 +34,7 @@ use super::catalog::Export;
 use super::limits::NbdLimits;
 use super::proto::{self, errno, Command, Request};
 use crate::block::{BlockError, Durability};
+use crate::export::in_flight::InFlightRequests;
 use crate::units::ByteOffset;
 
 /// Requests in flight per connection before the reader stops reading.
@@ -101,22 +101,6 @@ impl From<BlockError> for Failure {
     }
 }
 
-/// Decrements the in-flight counter when a request future ends or is dropped.
-struct InFlight(Arc<AtomicU64>);
-
-impl InFlight {
-    fn new(counter: &Arc<AtomicU64>) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The byte permits of one READ/WRITE: its connection's and the server's.
 type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -131,11 +115,40 @@ pub struct Session {
     /// Whether structured replies were negotiated.
     pub structured: bool,
     /// Server-wide in-flight request counter.
-    pub in_flight: Arc<AtomicU64>,
+    pub in_flight: Arc<InFlightRequests>,
     /// The server's limits (this connection's byte pool is sized from them).
     pub limits: NbdLimits,
     /// The server-wide byte pool.
     pub memory: Arc<Semaphore>,
+}
+
+/// How a step of the reader loop ends the connection: `Err` carries what
+/// [`Session::run`] returns.
+type Step<T> = Result<T, io::Result<Ending>>;
+
+/// What stops the reader whatever it is waiting for: server shutdown, or
+/// the writer task gone (replies can no longer be written).
+struct Stops {
+    shutdown: watch::Receiver<bool>,
+    writer_dead: oneshot::Receiver<()>,
+}
+
+impl Stops {
+    /// Runs `fut` unless a stop comes first.
+    async fn or_stop<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Step<T> {
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = self.shutdown.wait_for(|stop| *stop) => Err(Ok(Ending::Shutdown)),
+            _ = &mut self.writer_dead => Err(Ok(Ending::WriteFailed)),
+        }
+    }
+}
+
+/// The connection's limits on what its requests hold: requests in flight
+/// and bytes buffered.
+struct ConnectionPools {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
 }
 
 impl Session {
@@ -144,7 +157,7 @@ impl Session {
         self,
         mut reader: R,
         writer: W,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> io::Result<Ending>
     where
         R: AsyncRead + Unpin,
@@ -152,143 +165,109 @@ impl Session {
     {
         let session = Arc::new(self);
         let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-        let (dead_tx, mut dead_rx) = oneshot::channel::<()>();
-        let writer_task = tokio::spawn(write_replies(
-            writer,
-            rx,
-            dead_tx,
-            session.limits.write_timeout,
-        ));
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let pool = usize::try_from(session.limits.connection_memory).unwrap_or(usize::MAX);
-        let bytes = Arc::new(Semaphore::new(pool.min(Semaphore::MAX_PERMITS)));
+        let (dead_tx, writer_dead) = oneshot::channel::<()>();
+        let limit = session.limits.write_timeout;
+        let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx, limit));
+        let mut stops = Stops {
+            shutdown,
+            writer_dead,
+        };
+        let bytes = usize::try_from(session.limits.connection_memory).unwrap_or(usize::MAX);
+        let pools = ConnectionPools {
+            requests: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+        };
         let mut tasks = JoinSet::new();
-
         let ending = loop {
             while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p,
-                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
-                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
-            };
-            let Ok(permit) = permit else {
-                break Ok(Ending::ProtocolError);
-            };
-            let mut head = [0u8; proto::REQUEST_LEN];
-            let read = tokio::select! {
-                r = reader.read_exact(&mut head) => r,
-                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
-                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
-            };
-            match read {
-                Ok(_) => {}
-                Err(e) if is_gone(&e) => break Ok(Ending::ClientGone),
-                Err(e) => break Err(e),
+            let step = session
+                .start_next(&mut reader, &mut stops, &pools, &tx, &mut tasks)
+                .await;
+            if let Err(ending) = step {
+                break ending;
             }
-            let req = match proto::parse_request(&head) {
-                Ok(req) => req,
-                Err(e) => {
-                    tracing::warn!(error = %e, "NBD protocol error, closing connection");
-                    break Ok(Ending::ProtocolError);
-                }
-            };
-            if req.command == Command::Disconnect {
-                break Ok(Ending::Disconnect);
-            }
-            // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
-            let buffered = match req.command {
-                Command::Read | Command::Write => session
-                    .limits
-                    .request_bytes(req.length.min(proto::MAX_PAYLOAD)),
-                _ => 0,
-            };
-            let byte_permits = tokio::select! {
-                p = acquire_bytes(&bytes, &session.memory, buffered) => p,
-                _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
-                _ = &mut dead_rx => break Ok(Ending::WriteFailed),
-            };
-            let Some(byte_permits) = byte_permits else {
-                break Ok(Ending::ProtocolError);
-            };
-            let payload = if req.command == Command::Write {
-                if req.length > proto::MAX_PAYLOAD {
-                    tracing::warn!(
-                        length = req.length,
-                        "NBD write larger than the maximum block size, closing connection"
-                    );
-                    break Ok(Ending::ProtocolError);
-                }
-                // The payload's bytes are already held from both pools: a
-                // client that sends the header and then stalls would pin
-                // them (and with enough connections the whole server pool)
-                // forever. It gets the write timeout to deliver them, and
-                // shutdown does not wait for it.
-                let mut buf = vec![0u8; req.length as usize];
-                let limit = session.limits.write_timeout;
-                let got = tokio::select! {
-                    r = tokio::time::timeout(limit, reader.read_exact(&mut buf)) => r,
-                    _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
-                    _ = &mut dead_rx => break Ok(Ending::WriteFailed),
-                };
-                match got {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) if is_gone(&e) => break Ok(Ending::ClientGone),
-                    Ok(Err(e)) => break Err(e),
-                    Err(_) => {
-                        tracing::warn!(
-                            length = req.length,
-                            "NBD write payload not received within {limit:?}, closing"
-                        );
-                        break Ok(Ending::PayloadStalled);
-                    }
-                }
-                buf
-            } else {
-                Vec::new()
-            };
-            let guard = InFlight::new(&session.in_flight);
-            let tx = tx.clone();
-            let session = session.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                let _guard = guard;
-                let reply = session.execute(req, payload).await;
-                // The writer is gone only if the client is; nothing to tell.
-                let _ = tx.send((reply, byte_permits)).await;
-            });
         };
+        drain(tasks, tx, writer_task).await;
+        ending
+    }
 
-        // A client that stops reading replies would stall the drain forever.
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        let drained = tokio::time::timeout_at(deadline, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            // Detached, not aborted: a volume request cut off half-way (a
-            // RAID-5 stripe with its data written and its parity not, a
-            // journal entry in flight without its stripe lock) would leave
-            // redundancy wrong with no crash to resync it. They finish on
-            // their own; only their replies go nowhere.
-            tracing::warn!(
-                left = tasks.len(),
-                "NBD client not reading replies, leaving its requests to finish unanswered"
-            );
-            tasks.detach_all();
+    /// Reads the next request (with its WRITE payload) and starts it.
+    async fn start_next<R: AsyncRead + Unpin>(
+        self: &Arc<Self>,
+        reader: &mut R,
+        stops: &mut Stops,
+        pools: &ConnectionPools,
+        tx: &mpsc::Sender<Outgoing>,
+        tasks: &mut JoinSet<()>,
+    ) -> Step<()> {
+        let permit = stops
+            .or_stop(pools.requests.clone().acquire_owned())
+            .await?;
+        let permit = permit.map_err(|_| Ok(Ending::ProtocolError))?;
+        let req = read_request(reader, stops).await?;
+        // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
+        let buffered = match req.command {
+            Command::Read | Command::Write => self
+                .limits
+                .request_bytes(req.length.min(proto::MAX_PAYLOAD)),
+            _ => 0,
+        };
+        let byte_permits = stops
+            .or_stop(acquire_bytes(&pools.bytes, &self.memory, buffered))
+            .await?
+            .ok_or(Ok(Ending::ProtocolError))?;
+        let payload = self.read_payload(reader, stops, &req).await?;
+        let guard = self.in_flight.begin();
+        let tx = tx.clone();
+        let session = self.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            let reply = session.execute(req, payload).await;
+            // The writer is gone only if the client is; nothing to tell.
+            let _ = tx.send((reply, byte_permits)).await;
+        });
+        Ok(())
+    }
+
+    /// Reads a WRITE's payload (nothing for other commands). Its bytes are
+    /// already held from both pools: a client that sends the header and
+    /// then stalls would pin them (and with enough connections the whole
+    /// server pool) forever. It gets the write timeout to deliver them,
+    /// and shutdown does not wait for it.
+    async fn read_payload<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        stops: &mut Stops,
+        req: &Request,
+    ) -> Step<Vec<u8>> {
+        if req.command != Command::Write {
+            return Ok(Vec::new());
         }
-        drop(tx);
-        let mut writer_task = writer_task;
-        match tokio::time::timeout_at(deadline, &mut writer_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) if is_gone(&e) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "NBD reply write failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "NBD writer task failed"),
+        if req.length > proto::MAX_PAYLOAD {
+            tracing::warn!(
+                length = req.length,
+                "NBD write larger than the maximum block size, closing connection"
+            );
+            return Err(Ok(Ending::ProtocolError));
+        }
+        let mut buf = vec![0u8; req.length as usize];
+        let limit = self.limits.write_timeout;
+        let got = stops
+            .or_stop(tokio::time::timeout(limit, reader.read_exact(&mut buf)))
+            .await?;
+        match got {
+            Ok(Ok(_)) => Ok(buf),
+            Ok(Err(e)) if is_gone(&e) => Err(Ok(Ending::ClientGone)),
+            Ok(Err(e)) => Err(Err(e)),
             Err(_) => {
-                tracing::warn!("NBD client not reading replies, closing");
-                writer_task.abort();
+                tracing::warn!(
+                    length = req.length,
+                    "NBD write payload not received within {limit:?}, closing"
+                );
+                Err(Ok(Ending::PayloadStalled))
             }
         }
-        ending
     }
 
     /// Runs one request and encodes its reply.
@@ -447,6 +426,63 @@ fn is_gone(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
+}
+
+/// Reads and parses the next request header; a disconnect ends the
+/// connection here.
+async fn read_request<R: AsyncRead + Unpin>(reader: &mut R, stops: &mut Stops) -> Step<Request> {
+    let mut head = [0u8; proto::REQUEST_LEN];
+    match stops.or_stop(reader.read_exact(&mut head)).await? {
+        Ok(_) => {}
+        Err(e) if is_gone(&e) => return Err(Ok(Ending::ClientGone)),
+        Err(e) => return Err(Err(e)),
+    }
+    let req = proto::parse_request(&head).map_err(|e| {
+        tracing::warn!(error = %e, "NBD protocol error, closing connection");
+        Ok(Ending::ProtocolError)
+    })?;
+    if req.command == Command::Disconnect {
+        return Err(Ok(Ending::Disconnect));
+    }
+    Ok(req)
+}
+
+/// Lets the requests of an ending connection finish and their replies go
+/// out, within [`DRAIN_TIMEOUT`] (a client that stops reading replies
+/// would stall the drain forever).
+async fn drain(
+    mut tasks: JoinSet<()>,
+    tx: mpsc::Sender<Outgoing>,
+    mut writer_task: tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        // Detached, not aborted: a volume request cut off half-way (a
+        // RAID-5 stripe with its data written and its parity not, a
+        // journal entry in flight without its stripe lock) would leave
+        // redundancy wrong with no crash to resync it. They finish on
+        // their own; only their replies go nowhere.
+        tracing::warn!(
+            left = tasks.len(),
+            "NBD client not reading replies, leaving its requests to finish unanswered"
+        );
+        tasks.detach_all();
+    }
+    drop(tx);
+    match tokio::time::timeout_at(deadline, &mut writer_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) if is_gone(&e) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "NBD reply write failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "NBD writer task failed"),
+        Err(_) => {
+            tracing::warn!("NBD client not reading replies, closing");
+            writer_task.abort();
+        }
+    }
 }
 
 /// Takes `n` bytes from the connection's pool, then from the server's;

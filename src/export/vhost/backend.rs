@@ -19,7 +19,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -33,9 +33,11 @@ use vmm_sys_util::event::{
 };
 
 use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
-use super::exec::{answer, execute, BufPool, ExportContext, Status};
+use super::exec::{answer, execute, ExportContext, Status, QUEUE_POOL};
 use super::executor::QueueExecutor;
 use super::request::parse;
+use crate::export::in_flight::InFlightRequests;
+use crate::member::buf::BufPool;
 
 /// Guest memory as the backend sees it (no dirty bitmap: logging is not offered).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -46,57 +48,6 @@ pub type Vring = VringRwLock<AtomicMem>;
 
 /// How long a queue stop waits for in-flight requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Requests of one queue that have been popped but not yet put on the used ring.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: Mutex<usize>,
-    idle: Condvar,
-}
-
-impl InFlight {
-    /// Counts one more request until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlightGuard {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        InFlightGuard(self.clone())
-    }
-
-    /// Requests in flight now.
-    pub fn get(&self) -> usize {
-        *self.count.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until nothing is in flight; false on timeout.
-    pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
-        while *count > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            count = match self.idle.wait_timeout(count, left) {
-                Ok((c, _)) => c,
-                Err(e) => e.into_inner().0,
-            };
-        }
-        true
-    }
-}
-
-/// Decrements the in-flight count when the request is answered (or dropped).
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<InFlight>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        let mut count = self.0.count.lock().unwrap_or_else(|e| e.into_inner());
-        *count -= 1;
-        if *count == 0 {
-            self.0.idle.notify_all();
-        }
-    }
-}
 
 /// The exit-event consumers handed to the vhost-user event loop.
 ///
@@ -177,7 +128,9 @@ pub struct BlkBackend {
     runtime: tokio::runtime::Handle,
     mem: RwLock<Option<AtomicMem>>,
     event_idx: AtomicBool,
-    queues: Vec<Arc<InFlight>>,
+    /// Each queue's requests popped and not yet put on the used ring.
+    queues: Vec<Arc<InFlightRequests>>,
+    /// Each queue's bounce buffers.
     pools: Vec<Arc<BufPool>>,
     executors: Vec<QueueExecutor>,
     exit_fds: ExitFds,
@@ -201,8 +154,10 @@ impl BlkBackend {
             runtime,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
-            queues: (0..n).map(|_| Arc::new(InFlight::default())).collect(),
-            pools: (0..n).map(|_| Arc::new(BufPool::default())).collect(),
+            queues: (0..n)
+                .map(|_| Arc::new(InFlightRequests::default()))
+                .collect(),
+            pools: (0..n).map(|_| BufPool::new(QUEUE_POOL)).collect(),
             executors: (0..n)
                 .map(|_| QueueExecutor::new())
                 .collect::<io::Result<_>>()?,

@@ -7,7 +7,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
@@ -18,6 +18,7 @@ use super::request::{
 };
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::export::finish::FinishOnDrop;
+use crate::member::buf::{AlignedBuf, BufPool, PoolLimits};
 use crate::units::ByteOffset;
 
 /// A virtio-blk status byte.
@@ -60,41 +61,14 @@ impl std::fmt::Debug for ExportContext {
     }
 }
 
-/// Bounce buffers of one queue, reused so that large requests neither
-/// fault in fresh pages nor zero them each time. The lock is held only to
-/// take or return a buffer, never across I/O.
-#[derive(Debug, Default)]
-pub struct BufPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    /// Buffers kept per queue.
-    const KEEP: usize = 64;
-    /// Buffers larger than this are not kept.
-    const MAX_KEPT_LEN: usize = 4 << 20;
-
-    /// A buffer of at least `len` bytes (contents unspecified).
-    pub fn take(&self, len: usize) -> Vec<u8> {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            free.iter()
-                .position(|b| b.len() >= len)
-                .map(|i| free.swap_remove(i))
-        };
-        reused.unwrap_or_else(|| vec![0u8; len])
-    }
-
-    /// Returns a buffer for reuse.
-    pub fn give(&self, buf: Vec<u8>) {
-        if buf.len() <= Self::MAX_KEPT_LEN {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            if free.len() < Self::KEEP {
-                free.push(buf);
-            }
-        }
-    }
-}
+/// What a queue's bounce-buffer pool keeps: up to 64 buffers of each size
+/// class, up to 4 MiB each, so that large requests neither fault in fresh
+/// pages nor zero them each time.
+pub(crate) const QUEUE_POOL: PoolLimits = PoolLimits {
+    max_len: 4 << 20,
+    class_bytes: 64 * (4 << 20),
+    class_count: 64,
+};
 
 /// Writes `status` to `addr`; returns the bytes the device wrote in all
 /// (`data_in` plus the status byte) for the used ring.
@@ -112,9 +86,9 @@ pub fn answer<M: GuestMemory + ?Sized>(
 
 /// Executes `req`; returns the status and the bytes of data written into
 /// guest memory.
-pub async fn execute<M: GuestMemory + ?Sized>(
+pub(crate) async fn execute<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
+    pool: &Arc<BufPool>,
     mem: &M,
     req: &BlockRequest,
 ) -> (Status, u32) {
@@ -141,7 +115,7 @@ fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffse
 
 async fn read<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
+    pool: &Arc<BufPool>,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -152,21 +126,18 @@ async fn read<M: GuestMemory + ?Sized>(
         Err(s) => return (s, 0),
     };
     let mut buf = pool.take(len as usize);
-    let data = &mut buf[..len as usize];
-    let result = match ctx.device.read(offset, data).await {
-        Ok(()) => match scatter(mem, segs, data) {
+    match ctx.device.read(offset, buf.as_mut_slice()).await {
+        Ok(()) => match scatter(mem, segs, buf.as_slice()) {
             n if u64::from(n) == len => (Status::OK, n),
             n => (Status::IOERR, n),
         },
         Err(e) => (status_of(&e), 0),
-    };
-    pool.give(buf);
-    result
+    }
 }
 
 async fn write<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
-    pool: &BufPool,
+    pool: &Arc<BufPool>,
     mem: &M,
     sector: Sector,
     segs: &[Segment],
@@ -181,20 +152,14 @@ async fn write<M: GuestMemory + ?Sized>(
     } else {
         Durability::Fua
     };
-    let mut buf = pool.take(len as usize);
-    if let Err(s) = gather(mem, segs, &mut buf[..len as usize]) {
-        pool.give(buf);
-        return Err(s);
-    }
+    let mut buf: AlignedBuf = pool.take(len as usize);
+    gather(mem, segs, buf.as_mut_slice())?;
     // Finished even if this request is dropped (queue reset, front-end
     // gone): a write cut off half-way could leave RAID-5 parity wrong.
     let device = ctx.device.clone();
-    let (result, buf) = FinishOnDrop::new(async move {
-        let r = device.write(offset, &buf[..len as usize], durability).await;
-        (r, buf)
-    })
-    .await;
-    pool.give(buf);
+    let result =
+        FinishOnDrop::new(async move { device.write(offset, buf.as_slice(), durability).await })
+            .await;
     result.map_err(|e| status_of(&e))
 }
 

@@ -22,11 +22,13 @@ pub mod request;
 mod server;
 
 #[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 
-pub use backend::{AtomicMem, BlkBackend, GuestMem, InFlight, Vring};
+pub use backend::{AtomicMem, BlkBackend, GuestMem, Vring};
 pub use device::DeviceSpec;
 pub use server::{check_socket_free, VhostExport, VhostServer};
 

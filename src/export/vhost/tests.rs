@@ -14,9 +14,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::backend::{same_file, BlkBackend, InFlight};
+use super::backend::{same_file, BlkBackend};
 use super::device::{config_slice, DeviceSpec, CONFIG_LEN, WCE_OFFSET};
-use super::exec::{answer, execute, BufPool, ExportContext, Status};
+use super::exec::{answer, execute, ExportContext, Status, QUEUE_POOL};
 use super::request::{parse, BlockRequest, Op, ParseError, Range, Sector, Segment, MAX_DATA_LEN};
 use crate::block::BlockDevice;
 use crate::member::memory::MemDevice;
@@ -337,7 +337,7 @@ fn context(read_only: bool) -> (Arc<MemDevice>, ExportContext) {
 }
 
 async fn run(ctx: &ExportContext, mem: &GuestMemoryMmap<()>, req: &BlockRequest) -> (Status, u32) {
-    execute(ctx, &BufPool::default(), mem, req).await
+    execute(ctx, &crate::member::buf::BufPool::new(QUEUE_POOL), mem, req).await
 }
 
 fn request(op: Op, sector: u64) -> BlockRequest {
@@ -500,28 +500,6 @@ fn get_id_request_parses() {
     let req = parse(&mem, [out(0x100, 16), inp(0x1000, 21)]).unwrap();
 
     assert_eq!(req.op, Op::GetId(vec![seg(0x1000, 20)]));
-}
-
-#[test]
-fn in_flight_wait_returns_once_the_last_request_completes() {
-    let queue = Arc::new(InFlight::default());
-    let guard = queue.begin();
-    let second = queue.begin();
-    drop(second);
-    let started = std::time::Instant::now();
-
-    let timed_out = !queue.wait_idle(std::time::Duration::from_millis(20));
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        drop(guard);
-    });
-    let drained = queue.wait_idle(std::time::Duration::from_secs(10));
-    releaser.join().unwrap();
-
-    assert!(timed_out);
-    assert!(drained);
-    assert!(started.elapsed() >= std::time::Duration::from_millis(50));
-    assert_eq!(queue.get(), 0);
 }
 
 #[tokio::test]
