@@ -12,8 +12,10 @@ pub mod array;
 mod bringup;
 mod demo;
 mod engine_ops;
+mod journal;
 mod read_only;
 mod serve;
+mod sync_plan;
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
