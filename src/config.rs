@@ -17,6 +17,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::member::EngineKind;
 use crate::meta::superblock::{metadata_layout, valid_chunk_size, valid_name, MAX_MEMBERS};
 use crate::raid::Level;
 use crate::units::parse_size;
@@ -41,7 +42,7 @@ pub struct ServerConfig {
     /// NBD Unix socket path.
     pub nbd_socket: Option<PathBuf>,
     /// Member I/O engine.
-    pub io_engine: IoEngine,
+    pub io_engine: EngineKind,
     /// Control socket path.
     pub control: Option<PathBuf>,
     /// Prometheus metrics listen address.
@@ -68,18 +69,6 @@ pub struct NbdLimitKeys {
     pub memory: Option<u64>,
     /// `nbd_write_timeout`.
     pub write_timeout: Option<std::time::Duration>,
-}
-
-/// Which member I/O engine to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum IoEngine {
-    /// io_uring if it works here, else pread/pwrite.
-    #[default]
-    Auto,
-    /// io_uring only.
-    Uring,
-    /// pread/pwrite only.
-    Sync,
 }
 
 /// One `[[volume]]`.
@@ -414,19 +403,17 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         None => None,
     };
     let io_engine = match s.io_engine {
-        None => IoEngine::Auto,
-        Some(e) => match e.get_ref().as_str() {
-            "auto" => IoEngine::Auto,
-            "uring" => IoEngine::Uring,
-            "sync" => IoEngine::Sync,
-            other => {
-                return Err(src.invalid(
-                    e.span(),
-                    "server.io_engine",
-                    format!("unknown engine {other:?}: expected auto, uring or sync"),
-                ))
-            }
-        },
+        None => EngineKind::Auto,
+        Some(e) => <EngineKind as clap::ValueEnum>::from_str(e.get_ref(), false).map_err(|_| {
+            src.invalid(
+                e.span(),
+                "server.io_engine",
+                format!(
+                    "unknown engine {:?}: expected auto, uring or sync",
+                    e.get_ref()
+                ),
+            )
+        })?,
     };
     let control = match s.control {
         Some(p) if p.get_ref().is_empty() => {
@@ -474,13 +461,15 @@ fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, Confi
         None => Ok(None),
     };
     let duration = |key: &str, v: &Option<Spanned<String>>| match v {
-        Some(t) => parse_interval(t.get_ref()).map(Some).ok_or_else(|| {
-            src.invalid(
-                t.span(),
-                key,
-                format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
-            )
-        }),
+        Some(t) => crate::duration::parse_positive(t.get_ref())
+            .map(Some)
+            .map_err(|_| {
+                src.invalid(
+                    t.span(),
+                    key,
+                    format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
+                )
+            }),
         None => Ok(None),
     };
     Ok(NbdLimitKeys {
@@ -622,12 +611,12 @@ fn volume(
     }
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
     let scrub_interval = match &v.scrub_interval {
-        Some(i) => Some(parse_interval(i.get_ref()).ok_or_else(|| {
+        Some(i) => Some(crate::duration::parse_positive(i.get_ref()).map_err(|_| {
             src.invalid(
                 i.span(),
                 format!("{key}.scrub_interval"),
                 format!(
-                    "invalid interval {:?}: use a positive number with s, m, h or d (e.g. \"7d\")",
+                    "invalid interval {:?}: use a positive duration such as \"12h\" or \"7d\"",
                     i.get_ref()
                 ),
             )
@@ -667,22 +656,6 @@ fn volume(
         write_hole_protection: v.write_hole_protection.unwrap_or(true),
         force_assemble: v.force_assemble,
     })
-}
-
-/// `"7d"`, `"12h"`, `"30m"`, `"90s"`: a positive whole number and a unit.
-pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim();
-    let unit_at = t.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = t.split_at(unit_at);
-    let n: u64 = num.parse().ok().filter(|&n| n > 0)?;
-    let secs_per = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(secs_per).map(std::time::Duration::from_secs)
 }
 
 fn fault(
@@ -741,7 +714,7 @@ fn fault(
                 Scalar::Int(ms) => u64::try_from(*ms)
                     .map(std::time::Duration::from_millis)
                     .map_err(|_| format!("{ms} is negative")),
-                Scalar::Str(s) => crate::cli::parse_duration_arg(s),
+                Scalar::Str(s) => crate::duration::parse(s),
             };
             let d2 = parsed.map_err(|e| src.invalid(d.span(), format!("{key}.delay"), e))?;
             u64::try_from(d2.as_micros()).unwrap_or(u64::MAX)
@@ -874,22 +847,13 @@ mod tests {
             (none.volumes[0].scrub_interval, none.volumes[0].scrub_repair),
             (None, false)
         );
-        for bad in ["\"\"", "\"0d\"", "\"7w\"", "\"d\"", "\"-1h\"", "\"1.5h\""] {
+        for bad in ["\"\"", "\"0d\"", "\"7x\"", "\"d\"", "\"-1h\"", "\"1.5x\""] {
             let e = err(&format!("{base}scrub_interval = {bad}\n"));
             assert!(
                 e.contains(":5:18: volume[0].scrub_interval: invalid interval"),
                 "{e}"
             );
         }
-        assert_eq!(
-            parse_interval("1s"),
-            Some(std::time::Duration::from_secs(1))
-        );
-        assert_eq!(
-            parse_interval("30m"),
-            Some(std::time::Duration::from_secs(1800))
-        );
-        assert_eq!(parse_interval("99999999999999999999d"), None);
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -963,7 +927,7 @@ members = ["/d", "/e"]
 
         assert_eq!(c.server.nbd, Some("127.0.0.1:10809".parse().unwrap()));
         assert_eq!(c.server.nbd_socket, Some(PathBuf::from("/run/vraid.sock")));
-        assert_eq!(c.server.io_engine, IoEngine::Uring);
+        assert_eq!(c.server.io_engine, EngineKind::Uring);
         let v = &c.volumes[0];
         assert_eq!(
             (v.name.as_str(), v.level, v.chunk_size),

@@ -12,7 +12,6 @@ use super::array::{ArrayHandle, ArrayOptions, ArrayParts, PlannedRebuild, Spare,
 use super::array::{JoinHook, MemberWrap};
 use super::{journal, show_path, sync_plan, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture};
-use crate::cli::EngineArg;
 use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
 use crate::integrity::Checksums;
 use crate::member::fault::FaultDevice;
@@ -39,14 +38,8 @@ pub struct CreateRequest {
 }
 
 /// Member options from the CLI flag, else `VRAID_IO_ENGINE`, else auto.
-pub fn member_options(engine: Option<EngineArg>) -> MemberOptions {
-    let engine = match engine {
-        Some(EngineArg::Auto) => EngineKind::Auto,
-        Some(EngineArg::Uring) => EngineKind::Uring,
-        Some(EngineArg::Sync) => EngineKind::Sync,
-        None => EngineKind::from_env(),
-    };
-    engine_options(engine)
+pub fn member_options(engine: Option<EngineKind>) -> MemberOptions {
+    engine_options(engine.unwrap_or_else(EngineKind::from_env))
 }
 
 /// Member options for an engine choice.
