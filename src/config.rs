@@ -494,46 +494,18 @@ fn size(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<u64, ConfigE
     }
 }
 
+/// Paths already taken by a member or spare, with the key that took each.
+type TakenPaths = Vec<(PathBuf, String)>;
+
 fn volume(
     src: &Source<'_>,
     key: &str,
     v: RawVolume,
-    paths: &mut Vec<(PathBuf, String)>,
+    paths: &mut TakenPaths,
 ) -> Result<VolumeConfig, ConfigError> {
-    let name = v.name.get_ref().clone();
-    if !valid_name(&name) {
-        return Err(src.invalid(
-            v.name.span(),
-            format!("{key}.name"),
-            format!("invalid name {name:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -"),
-        ));
-    }
-    let level = match v.level.get_ref() {
-        Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
-        Scalar::Str(s) => s.parse::<Level>().ok(),
-    }
-    .ok_or_else(|| {
-        src.invalid(
-            v.level.span(),
-            format!("{key}.level"),
-            "unknown RAID level: expected 0, 1 or 5",
-        )
-    })?;
-    let chunk_size = match &v.chunk_size {
-        Some(c) => {
-            let ckey = format!("{key}.chunk_size");
-            let n = size(src, &ckey, c)?;
-            if !valid_chunk_size(n) {
-                return Err(src.invalid(
-                    c.span(),
-                    ckey,
-                    format!("{n} is not a power of two from 4K to 16M"),
-                ));
-            }
-            n
-        }
-        None => DEFAULT_CHUNK_SIZE,
-    };
+    let name = volume_name(src, key, &v.name)?;
+    let level = volume_level(src, key, &v.level)?;
+    let chunk_size = chunk_size(src, key, v.chunk_size.as_ref())?;
     let count = v.members.get_ref().len();
     if !(level.min_members()..=MAX_MEMBERS).contains(&count) {
         return Err(src.invalid(
@@ -545,97 +517,19 @@ fn volume(
             ),
         ));
     }
-    let mut members = Vec::with_capacity(count);
-    for (j, m) in v.members.get_ref().iter().enumerate() {
-        let mkey = format!("{key}.members[{j}]");
-        if m.get_ref().is_empty() {
-            return Err(src.invalid(m.span(), mkey, "empty path"));
-        }
-        let p = PathBuf::from(m.get_ref());
-        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
-            return Err(src.invalid(
-                m.span(),
-                mkey,
-                format!("{} is already used as {other}", p.display()),
-            ));
-        }
-        paths.push((p.clone(), mkey));
-        members.push(p);
-    }
-    let mut spares = Vec::new();
-    for (j, m) in v.spares.iter().flatten().enumerate() {
-        let skey = format!("{key}.spares[{j}]");
-        if m.get_ref().is_empty() {
-            return Err(src.invalid(m.span(), skey, "empty path"));
-        }
-        let p = PathBuf::from(m.get_ref());
-        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
-            return Err(src.invalid(
-                m.span(),
-                skey,
-                format!("{} is already used as {other}", p.display()),
-            ));
-        }
-        paths.push((p.clone(), skey));
-        spares.push(p);
-    }
-    let rebuild_max_mbps = match &v.rebuild_max_mbps {
-        Some(n) => u64::try_from(*n.get_ref()).map_err(|_| {
-            src.invalid(
-                n.span(),
-                format!("{key}.rebuild_max_mbps"),
-                "must be 0 (unlimited) or a positive number of MB/s",
-            )
-        })?,
-        None => DEFAULT_REBUILD_MAX_MBPS,
-    };
-    let create = match &v.create {
-        Some(c) => {
-            let ckey = format!("{key}.create.member_size");
-            let member_size = size(src, &ckey, &c.member_size)?;
-            let fits = metadata_layout(member_size).is_some_and(|l| l.data_size >= chunk_size);
-            if !fits {
-                return Err(src.invalid(
-                    c.member_size.span(),
-                    ckey,
-                    format!("{member_size} bytes cannot hold the metadata and one chunk"),
-                ));
-            }
-            Some(CreateConfig { member_size })
-        }
-        None => None,
-    };
+    let members = unique_paths(src, &format!("{key}.members"), v.members.get_ref(), paths)?;
+    let spare_list = v.spares.as_deref().unwrap_or_default();
+    let spares = unique_paths(src, &format!("{key}.spares"), spare_list, paths)?;
+    let rebuild_max_mbps = rebuild_max_mbps(src, key, v.rebuild_max_mbps.as_ref())?;
+    let create = create_key(src, key, v.create.as_ref(), chunk_size)?;
     let mut faults = Vec::with_capacity(v.fault.len());
     for (j, f) in v.fault.iter().enumerate() {
         faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
     }
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
-    let scrub_interval = match &v.scrub_interval {
-        Some(i) => Some(crate::duration::parse_positive(i.get_ref()).map_err(|_| {
-            src.invalid(
-                i.span(),
-                format!("{key}.scrub_interval"),
-                format!(
-                    "invalid interval {:?}: use a positive duration such as \"12h\" or \"7d\"",
-                    i.get_ref()
-                ),
-            )
-        })?),
-        None => None,
-    };
+    let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
-    let checksums = match &v.checksums {
-        Some(c) if *c.get_ref() && !bitmap => {
-            return Err(src.invalid(
-                c.span(),
-                format!("{key}.checksums"),
-                "checksums need the write-intent bitmap (it makes them crash-safe): \
-                 remove `bitmap = false` or set `checksums = false`",
-            ))
-        }
-        Some(c) => *c.get_ref(),
-        None => bitmap,
-    };
+    let checksums = checksums_key(src, key, v.checksums.as_ref(), bitmap)?;
     Ok(VolumeConfig {
         name,
         level,
@@ -656,6 +550,166 @@ fn volume(
         write_hole_protection: v.write_hole_protection.unwrap_or(true),
         force_assemble: v.force_assemble,
     })
+}
+
+/// `name`: a valid array name.
+fn volume_name(src: &Source<'_>, key: &str, v: &Spanned<String>) -> Result<String, ConfigError> {
+    let name = v.get_ref().clone();
+    if !valid_name(&name) {
+        return Err(src.invalid(
+            v.span(),
+            format!("{key}.name"),
+            format!("invalid name {name:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(name)
+}
+
+/// `level`: 0, 1 or 5, as a number or a string.
+fn volume_level(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<Level, ConfigError> {
+    match v.get_ref() {
+        Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
+        Scalar::Str(s) => s.parse::<Level>().ok(),
+    }
+    .ok_or_else(|| {
+        src.invalid(
+            v.span(),
+            format!("{key}.level"),
+            "unknown RAID level: expected 0, 1 or 5",
+        )
+    })
+}
+
+/// `chunk_size`: a power of two from 4K to 16M (default 64K).
+fn chunk_size(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<Scalar>>,
+) -> Result<u64, ConfigError> {
+    let Some(c) = v else {
+        return Ok(DEFAULT_CHUNK_SIZE);
+    };
+    let ckey = format!("{key}.chunk_size");
+    let n = size(src, &ckey, c)?;
+    if !valid_chunk_size(n) {
+        return Err(src.invalid(
+            c.span(),
+            ckey,
+            format!("{n} is not a power of two from 4K to 16M"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `members` or `spares` (`key`): non-empty paths, none used twice in the
+/// whole file (recorded in `paths`).
+fn unique_paths(
+    src: &Source<'_>,
+    key: &str,
+    list: &[Spanned<String>],
+    paths: &mut TakenPaths,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (j, m) in list.iter().enumerate() {
+        let mkey = format!("{key}[{j}]");
+        if m.get_ref().is_empty() {
+            return Err(src.invalid(m.span(), mkey, "empty path"));
+        }
+        let p = PathBuf::from(m.get_ref());
+        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
+            return Err(src.invalid(
+                m.span(),
+                mkey,
+                format!("{} is already used as {other}", p.display()),
+            ));
+        }
+        paths.push((p.clone(), mkey));
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// `rebuild_max_mbps`: 0 (unlimited) or a positive rate.
+fn rebuild_max_mbps(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<i64>>,
+) -> Result<u64, ConfigError> {
+    let Some(n) = v else {
+        return Ok(DEFAULT_REBUILD_MAX_MBPS);
+    };
+    u64::try_from(*n.get_ref()).map_err(|_| {
+        src.invalid(
+            n.span(),
+            format!("{key}.rebuild_max_mbps"),
+            "must be 0 (unlimited) or a positive number of MB/s",
+        )
+    })
+}
+
+/// `create`: a member size that holds the metadata and one chunk.
+fn create_key(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&RawCreate>,
+    chunk_size: u64,
+) -> Result<Option<CreateConfig>, ConfigError> {
+    let Some(c) = v else {
+        return Ok(None);
+    };
+    let ckey = format!("{key}.create.member_size");
+    let member_size = size(src, &ckey, &c.member_size)?;
+    let fits = metadata_layout(member_size).is_some_and(|l| l.data_size >= chunk_size);
+    if !fits {
+        return Err(src.invalid(
+            c.member_size.span(),
+            ckey,
+            format!("{member_size} bytes cannot hold the metadata and one chunk"),
+        ));
+    }
+    Ok(Some(CreateConfig { member_size }))
+}
+
+/// `scrub_interval`: a positive duration.
+fn scrub_interval(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let Some(i) = v else {
+        return Ok(None);
+    };
+    crate::duration::parse_positive(i.get_ref())
+        .map(Some)
+        .map_err(|_| {
+            src.invalid(
+                i.span(),
+                format!("{key}.scrub_interval"),
+                format!(
+                    "invalid interval {:?}: use a positive duration such as \"12h\" or \"7d\"",
+                    i.get_ref()
+                ),
+            )
+        })
+}
+
+/// `checksums`: on by default with the bitmap, refused without it.
+fn checksums_key(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<bool>>,
+    bitmap: bool,
+) -> Result<bool, ConfigError> {
+    match v {
+        Some(c) if *c.get_ref() && !bitmap => Err(src.invalid(
+            c.span(),
+            format!("{key}.checksums"),
+            "checksums need the write-intent bitmap (it makes them crash-safe): \
+             remove `bitmap = false` or set `checksums = false`",
+        )),
+        Some(c) => Ok(*c.get_ref()),
+        None => Ok(bitmap),
+    }
 }
 
 fn fault(
@@ -739,7 +793,7 @@ fn vhost_keys(
     src: &Source<'_>,
     key: &str,
     v: &RawVolume,
-    paths: &mut Vec<(PathBuf, String)>,
+    paths: &mut TakenPaths,
 ) -> Result<(Option<PathBuf>, u16), ConfigError> {
     let socket = match &v.vhost_user_blk {
         Some(p) if p.get_ref().is_empty() => {
