@@ -4,7 +4,7 @@
 //! The control plane's `add`, `replace` and `set` map onto [`ArrayHandle`].
 //!
 //! ```text
-//!  bring-up ─► ArrayHandle::start ─► supervisor task:
+//!  bring-up ─► ArrayHandle::new ─► (control handle) ─► ArrayHandle::start ─► supervisor:
 //!      resync dirty regions (if the array was dirty) ─► planned rebuild
 //!      ─► loop: member failed (from MetaEvents) ─► spare? ─► start_rebuild
 //!  add_member(path)     ─► down slot? start_rebuild : spares += path

@@ -1,6 +1,17 @@
 //! Bringing arrays up and down: creating members and superblocks, assembling
 //! a volume from member paths, and persisting member failures the RAID layer
 //! reports (the [`MetaEvents`] bridge from `raid` back to `meta`).
+//!
+//! An array is built in dependency order, each part given what it needs
+//! when it is made (nothing is patched in afterwards):
+//!
+//! ```text
+//!  members ─► meta::assemble ─► bitmap (+ checksum write-back before clears)
+//!   ─► checksums ─► members wrapped (faults, checksums, counters) ─► Volume
+//!   ─► journal replay ─► Arc<Volume> (its journal holds a Weak of it: new_cyclic)
+//!   ─► journal barriers ─► sync plan ─► ArrayHandle ─► VolumeHandle (engine)
+//!   ─► supervisor started
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
