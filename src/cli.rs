@@ -1,10 +1,15 @@
-//! Command-line definitions (clap). Parsing only; `main.rs` dispatches.
+//! Command-line definitions (clap). Parsing only, then each command's
+//! arguments become the plain options the daemon takes; `main.rs`
+//! dispatches.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::daemon::{CreateRequest, ServeOptions};
+use crate::duration;
+use crate::member::EngineKind;
 use crate::raid::Level;
 use crate::units::parse_size;
 
@@ -218,7 +223,7 @@ pub struct FaultAddArgs {
     #[arg(long)]
     pub probability: Option<f64>,
     /// Delay of --kind delay (e.g. 50ms, 2s, 500us).
-    #[arg(long, value_parser = parse_duration_arg)]
+    #[arg(long, value_parser = duration::parse)]
     pub delay: Option<std::time::Duration>,
     /// Expire after this many hits.
     #[arg(long)]
@@ -244,22 +249,6 @@ pub struct FaultClearArgs {
     pub control: ControlArg,
     /// Fault id (from `vraid fault list`); all faults when omitted.
     pub id: Option<u64>,
-}
-
-/// Parses `50ms`, `2s`, `500us`; a bare number is milliseconds.
-pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 50ms, 2s, 500us"))?;
-    match unit {
-        "" | "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "us" => Ok(std::time::Duration::from_micros(n)),
-        _ => Err(format!("invalid duration {s:?}: use e.g. 50ms, 2s, 500us")),
-    }
 }
 
 /// `vraid create`.
@@ -296,17 +285,6 @@ pub struct ExamineArgs {
     pub member: PathBuf,
 }
 
-/// Which member I/O engine to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EngineArg {
-    /// io_uring, falling back to pread/pwrite if unavailable.
-    Auto,
-    /// io_uring only.
-    Uring,
-    /// pread/pwrite on a thread pool.
-    Sync,
-}
-
 /// `vraid serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -321,7 +299,7 @@ pub struct ServeArgs {
     pub nbd_socket: Option<PathBuf>,
     /// Drop an NBD client that has not finished the handshake by then
     /// (default 10s; `[server] nbd_handshake_timeout`).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub nbd_handshake_timeout: Option<std::time::Duration>,
     /// Open NBD connections allowed, all clients together (default 256,
     /// lowered to fit the descriptor limit; `[server] nbd_max_connections`).
@@ -344,11 +322,11 @@ pub struct ServeArgs {
     /// (it does not read them), or whose WRITE payload did not arrive
     /// within it, freeing what it held (default 30s;
     /// `[server] nbd_write_timeout`).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub nbd_write_timeout: Option<std::time::Duration>,
     /// Member I/O engine (also VRAID_IO_ENGINE).
     #[arg(long, value_enum)]
-    pub io_engine: Option<EngineArg>,
+    pub io_engine: Option<EngineKind>,
     /// Export read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -402,11 +380,47 @@ fn parse_pool_size(s: &str) -> Result<u64, String> {
     }
 }
 
-/// [`parse_duration_arg`], refusing zero.
-fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
-    match parse_duration_arg(s)? {
-        d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
-        d => Ok(d),
+impl CreateArgs {
+    /// The array `vraid create` asks for.
+    pub fn request(&self) -> CreateRequest {
+        CreateRequest {
+            name: self.name.clone(),
+            level: self.level,
+            chunk_size: self.chunk_size,
+            member_size: self.member_size,
+            force: self.force,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The daemon's options, as given on the command line.
+    pub fn into_options(self) -> ServeOptions {
+        let as_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        ServeOptions {
+            config: self.config,
+            nbd: self.nbd,
+            nbd_socket: self.nbd_socket,
+            nbd_limits: crate::config::NbdLimitKeys {
+                handshake_timeout: self.nbd_handshake_timeout,
+                max_connections: self.nbd_max_connections.map(as_usize),
+                max_connections_per_client: self.nbd_max_connections_per_client.map(as_usize),
+                connection_memory: self.nbd_connection_memory,
+                memory: self.nbd_memory,
+                write_timeout: self.nbd_write_timeout,
+            },
+            io_engine: self.io_engine,
+            read_only: self.read_only,
+            demo_dir: self.demo_dir,
+            vhost_user_blk: self.vhost_user_blk,
+            vhost_queues: self.vhost_queues,
+            members: self.members,
+            control: self.control,
+            metrics: self.metrics,
+            no_checksums: self.no_checksums,
+            no_journal: self.no_journal,
+            force_assemble: self.force_assemble,
+        }
     }
 }
 
@@ -494,7 +508,10 @@ mod tests {
         assert_eq!((a.offset, a.length), (Some(1 << 20), Some(64 << 10)));
         assert_eq!(a.delay, Some(std::time::Duration::from_millis(50)));
         assert_eq!(a.count, Some(3));
-        assert!(parse_duration_arg("5parsecs").is_err());
+        assert!(Cli::try_parse_from([
+            "vraid", "fault", "add", "v", "0", "--kind", "delay", "--delay", "5parsecs"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::member::EngineKind;
 use crate::meta::superblock::{metadata_layout, valid_chunk_size, valid_name, MAX_MEMBERS};
 use crate::raid::Level;
 use crate::units::parse_size;
@@ -41,7 +42,7 @@ pub struct ServerConfig {
     /// NBD Unix socket path.
     pub nbd_socket: Option<PathBuf>,
     /// Member I/O engine.
-    pub io_engine: IoEngine,
+    pub io_engine: EngineKind,
     /// Control socket path.
     pub control: Option<PathBuf>,
     /// Prometheus metrics listen address.
@@ -68,18 +69,6 @@ pub struct NbdLimitKeys {
     pub memory: Option<u64>,
     /// `nbd_write_timeout`.
     pub write_timeout: Option<std::time::Duration>,
-}
-
-/// Which member I/O engine to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum IoEngine {
-    /// io_uring if it works here, else pread/pwrite.
-    #[default]
-    Auto,
-    /// io_uring only.
-    Uring,
-    /// pread/pwrite only.
-    Sync,
 }
 
 /// One `[[volume]]`.
@@ -414,19 +403,17 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         None => None,
     };
     let io_engine = match s.io_engine {
-        None => IoEngine::Auto,
-        Some(e) => match e.get_ref().as_str() {
-            "auto" => IoEngine::Auto,
-            "uring" => IoEngine::Uring,
-            "sync" => IoEngine::Sync,
-            other => {
-                return Err(src.invalid(
-                    e.span(),
-                    "server.io_engine",
-                    format!("unknown engine {other:?}: expected auto, uring or sync"),
-                ))
-            }
-        },
+        None => EngineKind::Auto,
+        Some(e) => <EngineKind as clap::ValueEnum>::from_str(e.get_ref(), false).map_err(|_| {
+            src.invalid(
+                e.span(),
+                "server.io_engine",
+                format!(
+                    "unknown engine {:?}: expected auto, uring or sync",
+                    e.get_ref()
+                ),
+            )
+        })?,
     };
     let control = match s.control {
         Some(p) if p.get_ref().is_empty() => {
@@ -474,13 +461,15 @@ fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, Confi
         None => Ok(None),
     };
     let duration = |key: &str, v: &Option<Spanned<String>>| match v {
-        Some(t) => parse_interval(t.get_ref()).map(Some).ok_or_else(|| {
-            src.invalid(
-                t.span(),
-                key,
-                format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
-            )
-        }),
+        Some(t) => crate::duration::parse_positive(t.get_ref())
+            .map(Some)
+            .map_err(|_| {
+                src.invalid(
+                    t.span(),
+                    key,
+                    format!("{:?} is not a duration like \"10s\" or \"1m\"", t.get_ref()),
+                )
+            }),
         None => Ok(None),
     };
     Ok(NbdLimitKeys {
@@ -505,46 +494,18 @@ fn size(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<u64, ConfigE
     }
 }
 
+/// Paths already taken by a member or spare, with the key that took each.
+type TakenPaths = Vec<(PathBuf, String)>;
+
 fn volume(
     src: &Source<'_>,
     key: &str,
     v: RawVolume,
-    paths: &mut Vec<(PathBuf, String)>,
+    paths: &mut TakenPaths,
 ) -> Result<VolumeConfig, ConfigError> {
-    let name = v.name.get_ref().clone();
-    if !valid_name(&name) {
-        return Err(src.invalid(
-            v.name.span(),
-            format!("{key}.name"),
-            format!("invalid name {name:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -"),
-        ));
-    }
-    let level = match v.level.get_ref() {
-        Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
-        Scalar::Str(s) => s.parse::<Level>().ok(),
-    }
-    .ok_or_else(|| {
-        src.invalid(
-            v.level.span(),
-            format!("{key}.level"),
-            "unknown RAID level: expected 0, 1 or 5",
-        )
-    })?;
-    let chunk_size = match &v.chunk_size {
-        Some(c) => {
-            let ckey = format!("{key}.chunk_size");
-            let n = size(src, &ckey, c)?;
-            if !valid_chunk_size(n) {
-                return Err(src.invalid(
-                    c.span(),
-                    ckey,
-                    format!("{n} is not a power of two from 4K to 16M"),
-                ));
-            }
-            n
-        }
-        None => DEFAULT_CHUNK_SIZE,
-    };
+    let name = volume_name(src, key, &v.name)?;
+    let level = volume_level(src, key, &v.level)?;
+    let chunk_size = chunk_size(src, key, v.chunk_size.as_ref())?;
     let count = v.members.get_ref().len();
     if !(level.min_members()..=MAX_MEMBERS).contains(&count) {
         return Err(src.invalid(
@@ -556,97 +517,19 @@ fn volume(
             ),
         ));
     }
-    let mut members = Vec::with_capacity(count);
-    for (j, m) in v.members.get_ref().iter().enumerate() {
-        let mkey = format!("{key}.members[{j}]");
-        if m.get_ref().is_empty() {
-            return Err(src.invalid(m.span(), mkey, "empty path"));
-        }
-        let p = PathBuf::from(m.get_ref());
-        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
-            return Err(src.invalid(
-                m.span(),
-                mkey,
-                format!("{} is already used as {other}", p.display()),
-            ));
-        }
-        paths.push((p.clone(), mkey));
-        members.push(p);
-    }
-    let mut spares = Vec::new();
-    for (j, m) in v.spares.iter().flatten().enumerate() {
-        let skey = format!("{key}.spares[{j}]");
-        if m.get_ref().is_empty() {
-            return Err(src.invalid(m.span(), skey, "empty path"));
-        }
-        let p = PathBuf::from(m.get_ref());
-        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
-            return Err(src.invalid(
-                m.span(),
-                skey,
-                format!("{} is already used as {other}", p.display()),
-            ));
-        }
-        paths.push((p.clone(), skey));
-        spares.push(p);
-    }
-    let rebuild_max_mbps = match &v.rebuild_max_mbps {
-        Some(n) => u64::try_from(*n.get_ref()).map_err(|_| {
-            src.invalid(
-                n.span(),
-                format!("{key}.rebuild_max_mbps"),
-                "must be 0 (unlimited) or a positive number of MB/s",
-            )
-        })?,
-        None => DEFAULT_REBUILD_MAX_MBPS,
-    };
-    let create = match &v.create {
-        Some(c) => {
-            let ckey = format!("{key}.create.member_size");
-            let member_size = size(src, &ckey, &c.member_size)?;
-            let fits = metadata_layout(member_size).is_some_and(|l| l.data_size >= chunk_size);
-            if !fits {
-                return Err(src.invalid(
-                    c.member_size.span(),
-                    ckey,
-                    format!("{member_size} bytes cannot hold the metadata and one chunk"),
-                ));
-            }
-            Some(CreateConfig { member_size })
-        }
-        None => None,
-    };
+    let members = unique_paths(src, &format!("{key}.members"), v.members.get_ref(), paths)?;
+    let spare_list = v.spares.as_deref().unwrap_or_default();
+    let spares = unique_paths(src, &format!("{key}.spares"), spare_list, paths)?;
+    let rebuild_max_mbps = rebuild_max_mbps(src, key, v.rebuild_max_mbps.as_ref())?;
+    let create = create_key(src, key, v.create.as_ref(), chunk_size)?;
     let mut faults = Vec::with_capacity(v.fault.len());
     for (j, f) in v.fault.iter().enumerate() {
         faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
     }
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
-    let scrub_interval = match &v.scrub_interval {
-        Some(i) => Some(parse_interval(i.get_ref()).ok_or_else(|| {
-            src.invalid(
-                i.span(),
-                format!("{key}.scrub_interval"),
-                format!(
-                    "invalid interval {:?}: use a positive number with s, m, h or d (e.g. \"7d\")",
-                    i.get_ref()
-                ),
-            )
-        })?),
-        None => None,
-    };
+    let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
-    let checksums = match &v.checksums {
-        Some(c) if *c.get_ref() && !bitmap => {
-            return Err(src.invalid(
-                c.span(),
-                format!("{key}.checksums"),
-                "checksums need the write-intent bitmap (it makes them crash-safe): \
-                 remove `bitmap = false` or set `checksums = false`",
-            ))
-        }
-        Some(c) => *c.get_ref(),
-        None => bitmap,
-    };
+    let checksums = checksums_key(src, key, v.checksums.as_ref(), bitmap)?;
     Ok(VolumeConfig {
         name,
         level,
@@ -669,20 +552,164 @@ fn volume(
     })
 }
 
-/// `"7d"`, `"12h"`, `"30m"`, `"90s"`: a positive whole number and a unit.
-pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim();
-    let unit_at = t.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = t.split_at(unit_at);
-    let n: u64 = num.parse().ok().filter(|&n| n > 0)?;
-    let secs_per = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
+/// `name`: a valid array name.
+fn volume_name(src: &Source<'_>, key: &str, v: &Spanned<String>) -> Result<String, ConfigError> {
+    let name = v.get_ref().clone();
+    if !valid_name(&name) {
+        return Err(src.invalid(
+            v.span(),
+            format!("{key}.name"),
+            format!("invalid name {name:?}: use 1..=64 characters from A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(name)
+}
+
+/// `level`: 0, 1 or 5, as a number or a string.
+fn volume_level(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<Level, ConfigError> {
+    match v.get_ref() {
+        Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
+        Scalar::Str(s) => s.parse::<Level>().ok(),
+    }
+    .ok_or_else(|| {
+        src.invalid(
+            v.span(),
+            format!("{key}.level"),
+            "unknown RAID level: expected 0, 1 or 5",
+        )
+    })
+}
+
+/// `chunk_size`: a power of two from 4K to 16M (default 64K).
+fn chunk_size(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<Scalar>>,
+) -> Result<u64, ConfigError> {
+    let Some(c) = v else {
+        return Ok(DEFAULT_CHUNK_SIZE);
     };
-    n.checked_mul(secs_per).map(std::time::Duration::from_secs)
+    let ckey = format!("{key}.chunk_size");
+    let n = size(src, &ckey, c)?;
+    if !valid_chunk_size(n) {
+        return Err(src.invalid(
+            c.span(),
+            ckey,
+            format!("{n} is not a power of two from 4K to 16M"),
+        ));
+    }
+    Ok(n)
+}
+
+/// `members` or `spares` (`key`): non-empty paths, none used twice in the
+/// whole file (recorded in `paths`).
+fn unique_paths(
+    src: &Source<'_>,
+    key: &str,
+    list: &[Spanned<String>],
+    paths: &mut TakenPaths,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (j, m) in list.iter().enumerate() {
+        let mkey = format!("{key}[{j}]");
+        if m.get_ref().is_empty() {
+            return Err(src.invalid(m.span(), mkey, "empty path"));
+        }
+        let p = PathBuf::from(m.get_ref());
+        if let Some((_, other)) = paths.iter().find(|(q, _)| *q == p) {
+            return Err(src.invalid(
+                m.span(),
+                mkey,
+                format!("{} is already used as {other}", p.display()),
+            ));
+        }
+        paths.push((p.clone(), mkey));
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// `rebuild_max_mbps`: 0 (unlimited) or a positive rate.
+fn rebuild_max_mbps(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<i64>>,
+) -> Result<u64, ConfigError> {
+    let Some(n) = v else {
+        return Ok(DEFAULT_REBUILD_MAX_MBPS);
+    };
+    u64::try_from(*n.get_ref()).map_err(|_| {
+        src.invalid(
+            n.span(),
+            format!("{key}.rebuild_max_mbps"),
+            "must be 0 (unlimited) or a positive number of MB/s",
+        )
+    })
+}
+
+/// `create`: a member size that holds the metadata and one chunk.
+fn create_key(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&RawCreate>,
+    chunk_size: u64,
+) -> Result<Option<CreateConfig>, ConfigError> {
+    let Some(c) = v else {
+        return Ok(None);
+    };
+    let ckey = format!("{key}.create.member_size");
+    let member_size = size(src, &ckey, &c.member_size)?;
+    let fits = metadata_layout(member_size).is_some_and(|l| l.data_size >= chunk_size);
+    if !fits {
+        return Err(src.invalid(
+            c.member_size.span(),
+            ckey,
+            format!("{member_size} bytes cannot hold the metadata and one chunk"),
+        ));
+    }
+    Ok(Some(CreateConfig { member_size }))
+}
+
+/// `scrub_interval`: a positive duration.
+fn scrub_interval(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let Some(i) = v else {
+        return Ok(None);
+    };
+    crate::duration::parse_positive(i.get_ref())
+        .map(Some)
+        .map_err(|_| {
+            src.invalid(
+                i.span(),
+                format!("{key}.scrub_interval"),
+                format!(
+                    "invalid interval {:?}: use a positive duration such as \"12h\" or \"7d\"",
+                    i.get_ref()
+                ),
+            )
+        })
+}
+
+/// `checksums`: on by default with the bitmap, refused without it.
+fn checksums_key(
+    src: &Source<'_>,
+    key: &str,
+    v: Option<&Spanned<bool>>,
+    bitmap: bool,
+) -> Result<bool, ConfigError> {
+    match v {
+        Some(c) if *c.get_ref() && !bitmap => Err(src.invalid(
+            c.span(),
+            format!("{key}.checksums"),
+            "checksums need the write-intent bitmap (it makes them crash-safe): \
+             remove `bitmap = false` or set `checksums = false`",
+        )),
+        Some(c) => Ok(*c.get_ref()),
+        None => Ok(bitmap),
+    }
 }
 
 fn fault(
@@ -741,7 +768,7 @@ fn fault(
                 Scalar::Int(ms) => u64::try_from(*ms)
                     .map(std::time::Duration::from_millis)
                     .map_err(|_| format!("{ms} is negative")),
-                Scalar::Str(s) => crate::cli::parse_duration_arg(s),
+                Scalar::Str(s) => crate::duration::parse(s),
             };
             let d2 = parsed.map_err(|e| src.invalid(d.span(), format!("{key}.delay"), e))?;
             u64::try_from(d2.as_micros()).unwrap_or(u64::MAX)
@@ -766,7 +793,7 @@ fn vhost_keys(
     src: &Source<'_>,
     key: &str,
     v: &RawVolume,
-    paths: &mut Vec<(PathBuf, String)>,
+    paths: &mut TakenPaths,
 ) -> Result<(Option<PathBuf>, u16), ConfigError> {
     let socket = match &v.vhost_user_blk {
         Some(p) if p.get_ref().is_empty() => {
@@ -874,22 +901,13 @@ mod tests {
             (none.volumes[0].scrub_interval, none.volumes[0].scrub_repair),
             (None, false)
         );
-        for bad in ["\"\"", "\"0d\"", "\"7w\"", "\"d\"", "\"-1h\"", "\"1.5h\""] {
+        for bad in ["\"\"", "\"0d\"", "\"7x\"", "\"d\"", "\"-1h\"", "\"1.5x\""] {
             let e = err(&format!("{base}scrub_interval = {bad}\n"));
             assert!(
                 e.contains(":5:18: volume[0].scrub_interval: invalid interval"),
                 "{e}"
             );
         }
-        assert_eq!(
-            parse_interval("1s"),
-            Some(std::time::Duration::from_secs(1))
-        );
-        assert_eq!(
-            parse_interval("30m"),
-            Some(std::time::Duration::from_secs(1800))
-        );
-        assert_eq!(parse_interval("99999999999999999999d"), None);
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -963,7 +981,7 @@ members = ["/d", "/e"]
 
         assert_eq!(c.server.nbd, Some("127.0.0.1:10809".parse().unwrap()));
         assert_eq!(c.server.nbd_socket, Some(PathBuf::from("/run/vraid.sock")));
-        assert_eq!(c.server.io_engine, IoEngine::Uring);
+        assert_eq!(c.server.io_engine, EngineKind::Uring);
         let v = &c.volumes[0];
         assert_eq!(
             (v.name.as_str(), v.level, v.chunk_size),

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod duration;
 pub mod export;
 pub mod integrity;
 pub mod member;

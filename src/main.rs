@@ -40,9 +40,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Create(args) => vraid::daemon::create(args).await,
-            Command::Examine(args) => vraid::daemon::examine(args).await,
-            Command::Serve(args) => vraid::daemon::serve(args).await,
+            Command::Create(args) => vraid::daemon::create(&args.members, &args.request()).await,
+            Command::Examine(args) => vraid::daemon::examine(&args.member, args.json).await,
+            Command::Serve(args) => vraid::daemon::serve(args.into_options()).await,
             Command::Status(args) => vraid::control::cli::status(args).map_err(Into::into),
             Command::Fail(args) => vraid::control::cli::fail(args).map_err(Into::into),
             Command::Remove(args) => vraid::control::cli::remove(args).map_err(Into::into),

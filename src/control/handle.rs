@@ -3,13 +3,12 @@
 //! rules and counters, events), gathered in a [`Registry`].
 //!
 //! Engine operations (add a member, replace one, tune the rebuild) belong to
-//! the rebuild engine; it plugs in through [`EngineOps`] with
-//! [`VolumeHandle::set_engine`]. Until it does, those methods answer
-//! "not available".
+//! the rebuild engine; it plugs in through [`EngineOps`], given to
+//! [`VolumeHandle::new`]. Without one, those methods answer "not available".
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -171,10 +170,38 @@ pub struct VolumeHandle {
     /// Client-facing I/O counters.
     pub stats: Arc<IoStats>,
     /// Member slots by role.
-    pub members: Vec<MemberHandle>,
+    pub members: MemberSlots,
     /// Its events.
     pub events: Arc<EventLog>,
-    engine: OnceLock<Arc<dyn EngineOps>>,
+    engine: Option<Arc<dyn EngineOps>>,
+}
+
+/// The member slots of a volume by role, shared with what wraps members
+/// that join later (their fault rules and counters live here).
+#[derive(Clone, Debug)]
+pub struct MemberSlots(Arc<[MemberHandle]>);
+
+impl From<Vec<MemberHandle>> for MemberSlots {
+    fn from(members: Vec<MemberHandle>) -> MemberSlots {
+        MemberSlots(members.into())
+    }
+}
+
+impl std::ops::Deref for MemberSlots {
+    type Target = [MemberHandle];
+
+    fn deref(&self) -> &[MemberHandle] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a MemberSlots {
+    type Item = &'a MemberHandle;
+    type IntoIter = std::slice::Iter<'a, MemberHandle>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 impl std::fmt::Debug for VolumeHandle {
@@ -287,34 +314,31 @@ pub struct FaultStatus {
 }
 
 impl VolumeHandle {
-    /// A handle; `members` must be in role order.
+    /// A handle; `members` must be in role order. Without an `engine`
+    /// its methods answer "not available".
     pub fn new(
         volume: Arc<Volume>,
         metadata: Arc<ArrayMetadata>,
         stats: Arc<IoStats>,
-        members: Vec<MemberHandle>,
+        members: impl Into<MemberSlots>,
         events: Arc<EventLog>,
+        engine: Option<Arc<dyn EngineOps>>,
     ) -> VolumeHandle {
         VolumeHandle {
             name: crate::block::BlockDevice::name(&*volume).to_string(),
             volume,
             metadata,
             stats,
-            members,
+            members: members.into(),
             events,
-            engine: OnceLock::new(),
+            engine,
         }
-    }
-
-    /// Plugs the rebuild engine in; false if one already was.
-    pub fn set_engine(&self, engine: Arc<dyn EngineOps>) -> bool {
-        self.engine.set(engine).is_ok()
     }
 
     /// The engine, or "not available" naming `method`.
     pub fn engine(&self, method: &str) -> Result<&Arc<dyn EngineOps>, ControlError> {
         self.engine
-            .get()
+            .as_ref()
             .ok_or_else(|| ControlError::NotAvailable(method.to_string()))
     }
 
@@ -359,7 +383,7 @@ impl VolumeHandle {
     /// start-up path.
     pub fn current_path(&self, role: usize) -> Option<String> {
         self.engine
-            .get()
+            .as_ref()
             .and_then(|e| e.member_path(role))
             .or_else(|| self.members.get(role).and_then(|m| m.path.clone()))
     }
@@ -393,7 +417,7 @@ impl VolumeHandle {
     /// The engine's part of `status` (`sync`, `journal`, spares, …); empty
     /// without an engine.
     pub fn engine_status(&self) -> serde_json::Map<String, Value> {
-        self.engine.get().map(|e| e.status()).unwrap_or_default()
+        self.engine.as_ref().map(|e| e.status()).unwrap_or_default()
     }
 
     /// The state `status` shows given the engine's part of it: failed,

@@ -25,7 +25,7 @@ mod tests;
 
 pub use client::{default_client_path, ClientError};
 pub use events::{Event, EventLog};
-pub use handle::{EngineOps, MemberHandle, Registry, VolumeHandle};
+pub use handle::{EngineOps, MemberHandle, MemberSlots, Registry, VolumeHandle};
 pub use server::ControlServer;
 
 /// Errors a control request can end with, each with its JSON-RPC code.

@@ -20,12 +20,21 @@ use crate::units::ByteOffset;
 struct Quiet;
 
 impl VolumeEvents for Quiet {
-    fn member_failed(&self, _: MemberIndex, _: &BlockError) -> BoxFuture<'_, ()> {
+    fn member_failed(
+        &self,
+        _: MemberIndex,
+        _: &BlockError,
+        _: &[crate::raid::MemberState],
+    ) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
 }
 
 async fn registry() -> Registry {
+    registry_with(None).await
+}
+
+async fn registry_with(engine: Option<Arc<dyn EngineOps>>) -> Registry {
     let devs: Vec<Arc<dyn BlockDevice>> = (0..3)
         .map(|i| Arc::new(MemDevice::new(format!("/m{i}"), 8 << 20)) as Arc<dyn BlockDevice>)
         .collect();
@@ -68,6 +77,7 @@ async fn registry() -> Registry {
         IoStats::new(),
         handles,
         Arc::new(EventLog::new()),
+        engine,
     );
     Registry::new(vec![Arc::new(handle)])
 }
@@ -160,10 +170,14 @@ impl EngineOps for FakeEngine {
 #[tokio::test]
 async fn engine_methods_answer_not_available_until_an_engine_is_registered() {
     // Arrange
-    let reg = registry().await;
-    let before = call(&reg, "add", json!({"volume": "vol0", "path": "/new"})).await;
+    let before = call(
+        &registry().await,
+        "add",
+        json!({"volume": "vol0", "path": "/new"}),
+    )
+    .await;
     // Act
-    assert!(reg.volumes()[0].set_engine(Arc::new(FakeEngine)));
+    let reg = registry_with(Some(Arc::new(FakeEngine))).await;
     let add = call(&reg, "add", json!({"volume": "vol0", "path": "/new"})).await;
     let replace = call(
         &reg,
@@ -227,10 +241,9 @@ impl EngineOps for ScrubEngine {
 #[tokio::test]
 async fn scrub_method_passes_its_flags_to_the_engine_and_checks_params() {
     // Arrange
-    let reg = registry().await;
-    let fake_only = call(&reg, "scrub", json!({"volume": "vol0"})).await;
+    let fake_only = call(&registry().await, "scrub", json!({"volume": "vol0"})).await;
     let engine = Arc::new(ScrubEngine(std::sync::Mutex::new(Vec::new())));
-    assert!(reg.volumes()[0].set_engine(engine.clone()));
+    let reg = registry_with(Some(engine.clone())).await;
     // Act
     let ok = call(
         &reg,

@@ -4,7 +4,7 @@
 //! The control plane's `add`, `replace` and `set` map onto [`ArrayHandle`].
 //!
 //! ```text
-//!  bring-up ─► ArrayHandle::start ─► supervisor task:
+//!  bring-up ─► ArrayHandle::new ─► (control handle) ─► ArrayHandle::start ─► supervisor:
 //!      resync dirty regions (if the array was dirty) ─► planned rebuild
 //!      ─► loop: member failed (from MetaEvents) ─► spare? ─► start_rebuild
 //!  add_member(path)     ─► down slot? start_rebuild : spares += path
@@ -16,7 +16,7 @@
 //! One rebuild or replace runs at a time (the superblock has one checkpoint).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ use crate::raid::{
 #[path = "array_scrub.rs"]
 mod scrub;
 pub use scrub::LastScrub;
+#[path = "array_state.rs"]
+mod state;
+use state::{ArrayState, Pass};
 
 /// Per-volume operation settings (from the config).
 #[derive(Clone, Debug)]
@@ -110,22 +113,34 @@ pub(super) struct PlannedRebuild {
     pub(super) replace: Option<String>,
 }
 
-/// Everything bring-up decided for [`ArrayHandle::start`].
-pub(super) struct StartPlan {
+/// Everything bring-up built for [`ArrayHandle::new`].
+pub(super) struct ArrayParts {
     pub(super) volume: Arc<Volume>,
     pub(super) metadata: Arc<ArrayMetadata>,
     pub(super) bitmap: Option<Arc<DiskBitmap>>,
     pub(super) data_offset: u64,
     pub(super) data_size: u64,
-    pub(super) resync: Option<Vec<(u64, u64)>>,
-    pub(super) rebuild: Option<PlannedRebuild>,
     pub(super) spares: Vec<Spare>,
     pub(super) paths: Vec<Option<String>>,
-    pub(super) failures: UnboundedReceiver<MemberIndex>,
     pub(super) max_mbps: u64,
     pub(super) opts: MemberOptions,
     pub(super) scrub_interval: Option<Duration>,
     pub(super) scrub_repair: bool,
+    /// Where operational events go (`vraid status` shows them).
+    pub(super) events: Arc<crate::control::events::EventLog>,
+    /// Wraps the data window of a member that joins (fault rules, counters).
+    pub(super) wrap: MemberWrap,
+    /// Told when a member takes a role during the run (its journal ring).
+    pub(super) joined: Option<JoinHook>,
+}
+
+/// What the supervisor runs first ([`ArrayHandle::start`]), as bring-up
+/// decided it.
+pub(super) struct Startup {
+    pub(super) resync: Option<Vec<(u64, u64)>>,
+    pub(super) rebuild: Option<PlannedRebuild>,
+    /// Member failures the RAID layer reported (spare activation).
+    pub(super) failures: UnboundedReceiver<MemberIndex>,
 }
 
 /// Operations on one running array.
@@ -145,17 +160,8 @@ pub struct ArrayHandle {
     member_set: Arc<tokio::sync::Mutex<()>>,
     /// Path of each role's member (the new one once a rebuild starts).
     paths: Mutex<Vec<Option<String>>>,
-    /// A rebuild is running (only one at a time).
-    rebuilding: AtomicBool,
-    /// The replace running: its role and the new member's path.
-    replacing: Mutex<Option<(usize, String)>>,
-    /// A crash resync has not finished yet (the array stays dirty).
-    resync_pending: AtomicBool,
-    /// The crash resync is running now (it may stop unfinished, e.g. out
-    /// of space, and leave `resync_pending` set).
-    resync_running: AtomicBool,
-    /// Shutting down: no new rebuild starts.
-    stopping: AtomicBool,
+    /// Resync, rebuild/replace, scrub and shutdown state.
+    state: Mutex<ArrayState>,
     /// Wakes the supervisor to stop.
     stop: tokio::sync::Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -163,15 +169,24 @@ pub struct ArrayHandle {
     pub resynced_bytes: AtomicU64,
     /// Bytes copied onto new or re-added members in this run.
     pub rebuilt_bytes: AtomicU64,
-    /// Where operational events go for `vraid status` (set once by the daemon).
-    events: std::sync::OnceLock<Arc<crate::control::events::EventLog>>,
+    /// Where operational events go for `vraid status`.
+    events: Arc<crate::control::events::EventLog>,
     /// Wraps a joining member's data window (fault rules, counters) by role.
-    wrap: std::sync::OnceLock<MemberWrap>,
-    /// The running scrub and the last result.
+    wrap: MemberWrap,
+    /// Gives a member that takes a role what the others have (a journal ring).
+    joined: Option<JoinHook>,
+    /// The last scrub's result.
     scrub: scrub::ScrubState,
     scrub_interval: Option<Duration>,
     scrub_repair: bool,
 }
+
+/// Told when a member takes a role during the run (`begin_rebuild`: a new
+/// member, a spare or a re-added one; `finish_replace`): role, raw device,
+/// member UUID. The array gives it what members assembled at start-up have
+/// (a partial-parity journal ring).
+pub type JoinHook =
+    Arc<dyn Fn(usize, Arc<dyn BlockDevice>, Uuid) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Wraps the data window of the member joining role `usize`: the raw
 /// member, its data window, and whether it is new to the array (`fresh`:
@@ -197,6 +212,8 @@ impl std::fmt::Debug for ArrayHandle {
 struct MetaSink {
     metadata: Arc<ArrayMetadata>,
     replace: bool,
+    /// Told about the replacement once it holds the role.
+    joined: Option<JoinHook>,
 }
 
 impl RebuildSink for MetaSink {
@@ -210,73 +227,81 @@ impl RebuildSink for MetaSink {
     }
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let done = if self.replace {
-                self.metadata.finish_replace(member.0).await
-            } else {
-                self.metadata.finish_rebuild(member.0).await
-            };
-            done.map_err(|e| error_chain(&e))
+            if !self.replace {
+                return self
+                    .metadata
+                    .finish_rebuild(member.0)
+                    .await
+                    .map_err(|e| error_chain(&e));
+            }
+            let (device, uuid) = self
+                .metadata
+                .finish_replace(member.0)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if let Some(joined) = &self.joined {
+                joined(member.0, device, uuid).await;
+            }
+            Ok(())
         })
     }
 }
 
 impl ArrayHandle {
-    /// Starts the supervisor: resync, planned rebuild, then spare activation
-    /// on member failures.
-    pub(super) fn start(plan: StartPlan) -> Arc<ArrayHandle> {
-        let StartPlan {
-            volume,
-            metadata,
-            bitmap,
-            data_offset,
-            data_size,
-            resync,
-            rebuild,
-            spares,
-            paths,
-            mut failures,
-            max_mbps,
-            opts,
-            scrub_interval,
-            scrub_repair,
-        } = plan;
+    /// The handle of a running array, registered among this process's
+    /// arrays; nothing runs until [`ArrayHandle::start`].
+    pub(super) fn new(parts: ArrayParts, startup: &Startup) -> Arc<ArrayHandle> {
+        let pass = match &startup.rebuild {
+            Some(PlannedRebuild {
+                role,
+                replace: Some(path),
+                ..
+            }) => Pass::Replace {
+                role: *role,
+                path: path.clone(),
+            },
+            Some(_) => Pass::Rebuild,
+            None => Pass::Idle,
+        };
         let handle = Arc::new(ArrayHandle {
-            name: volume.volume_name().to_string(),
-            volume,
-            metadata,
-            bitmap,
-            data_offset,
-            data_size,
-            control: RebuildControl::new(max_mbps),
-            opts,
-            spares: Mutex::new(spares),
+            name: parts.volume.volume_name().to_string(),
+            volume: parts.volume,
+            metadata: parts.metadata,
+            bitmap: parts.bitmap,
+            data_offset: parts.data_offset,
+            data_size: parts.data_size,
+            control: RebuildControl::new(parts.max_mbps),
+            opts: parts.opts,
+            spares: Mutex::new(parts.spares),
             member_set: Arc::new(tokio::sync::Mutex::new(())),
-            paths: Mutex::new(paths),
-            rebuilding: AtomicBool::new(rebuild.is_some()),
-            replacing: Mutex::new(
-                rebuild
-                    .as_ref()
-                    .and_then(|r| r.replace.clone().map(|path| (r.role, path))),
-            ),
-            resync_pending: AtomicBool::new(resync.is_some()),
-            resync_running: AtomicBool::new(resync.is_some()),
-            stopping: AtomicBool::new(false),
+            paths: Mutex::new(parts.paths),
+            state: Mutex::new(ArrayState::new(startup.resync.is_some(), pass)),
             stop: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
             resynced_bytes: AtomicU64::new(0),
             rebuilt_bytes: AtomicU64::new(0),
-            events: std::sync::OnceLock::new(),
-            wrap: std::sync::OnceLock::new(),
+            events: parts.events,
+            wrap: parts.wrap,
+            joined: parts.joined,
             scrub: scrub::ScrubState::default(),
-            scrub_interval,
-            scrub_repair,
+            scrub_interval: parts.scrub_interval,
+            scrub_repair: parts.scrub_repair,
         });
-        {
-            let mut all = arrays().lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|a| a.strong_count() > 0);
-            all.push(Arc::downgrade(&handle));
-        }
-        let h = handle.clone();
+        let mut all = arrays().lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|a| a.strong_count() > 0);
+        all.push(Arc::downgrade(&handle));
+        handle
+    }
+
+    /// Starts the supervisor: resync, planned rebuild, then spare activation
+    /// on member failures.
+    pub(super) fn start(self: &Arc<Self>, startup: Startup) {
+        let Startup {
+            resync,
+            rebuild,
+            mut failures,
+        } = startup;
+        let h = self.clone();
         let supervisor = tokio::spawn(async move {
             let spares: Vec<Arc<dyn BlockDevice>> = h
                 .spares
@@ -294,13 +319,7 @@ impl ArrayHandle {
             if let Some(r) = rebuild {
                 match r.replace {
                     Some(path) => h.run_replace(r.role, Path::new(&path)).await,
-                    None => {
-                        let sink = MetaSink {
-                            metadata: h.metadata.clone(),
-                            replace: false,
-                        };
-                        h.run_rebuild(r.role, r.only, &sink, false).await;
-                    }
+                    None => h.run_rebuild(r.role, r.only, &h.sink(false), false).await,
                 }
             }
             h.activate_spares().await;
@@ -319,27 +338,35 @@ impl ArrayHandle {
                 }
             }
         });
-        handle
-            .tasks
+        self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(supervisor);
-        handle
     }
 
-    /// Sends spare, rebuild and resync events to `log` as well as to the
-    /// tracing log (`vraid status --json` shows them).
-    pub fn set_event_log(&self, log: Arc<crate::control::events::EventLog>) {
-        let _ = self.events.set(log);
+    /// The state, locked.
+    fn state(&self) -> std::sync::MutexGuard<'_, ArrayState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Members that join from now on go through `wrap` (set once by the daemon).
-    pub fn set_member_wrap(&self, wrap: MemberWrap) {
-        let _ = self.wrap.set(wrap);
+    /// Persists a rebuild (`replace`: the copy of a replace).
+    fn sink(&self, replace: bool) -> MetaSink {
+        MetaSink {
+            metadata: self.metadata.clone(),
+            replace,
+            joined: self.joined.clone(),
+        }
     }
 
-    /// The data window of `device` as member `role`, wrapped when the
-    /// daemon asked for it.
+    /// Tells the journal that `device` took `role` (after the superblocks
+    /// say so).
+    async fn member_joined(&self, role: usize, device: Arc<dyn BlockDevice>, uuid: Uuid) {
+        if let Some(joined) = &self.joined {
+            joined(role, device, uuid).await;
+        }
+    }
+
+    /// The data window of `device` as member `role`, wrapped.
     fn member_window(
         &self,
         role: usize,
@@ -347,19 +374,13 @@ impl ArrayHandle {
         fresh: bool,
     ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
         let window = self.window(device)?;
-        Ok(match self.wrap.get() {
-            Some(wrap) => wrap(role, device.clone(), window, fresh),
-            None => window,
-        })
+        Ok((self.wrap)(role, device.clone(), window, fresh))
     }
 
-    /// Records an operational event: in the status event ring when the
-    /// daemon gave one (which also logs it), else in the log only.
+    /// Records an operational event in the status event ring (which also
+    /// logs it).
     fn event(&self, kind: &str, member: Option<usize>, message: String) {
-        match self.events.get() {
-            Some(log) => log.push(&self.name, kind, member, message),
-            None => info!("{message}"),
-        }
+        self.events.push(&self.name, kind, member, message);
     }
 
     /// Its superblock updates.
@@ -427,8 +448,8 @@ impl ArrayHandle {
 
     /// The replace running, for `status`: `{"member": role, "path": new}`.
     pub fn replacing(&self) -> Option<serde_json::Value> {
-        let r = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
-        r.as_ref()
+        self.state()
+            .replace()
             .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
     }
 
@@ -461,7 +482,7 @@ impl ArrayHandle {
         let _new = new_members().lock().await;
         let device = self.open_new(path, force).await?;
         if let Some(role) = self.readd_role(&device).await {
-            if !self.rebuilding.swap(true, Ordering::AcqRel) {
+            if self.state().claim_pass() {
                 self.start_recovery(role, device, path).await?;
                 return Ok(AddOutcome::Rebuilding { role });
             }
@@ -471,7 +492,7 @@ impl ArrayHandle {
             device,
         };
         match self.down_role() {
-            Some(role) if !self.rebuilding.swap(true, Ordering::AcqRel) => {
+            Some(role) if self.state().claim_pass() => {
                 self.start_rebuild(role, spare).await?;
                 Ok(AddOutcome::Rebuilding { role })
             }
@@ -562,7 +583,7 @@ impl ArrayHandle {
         path: &Path,
     ) -> Result<(), DaemonError> {
         let Some(bitmap) = self.bitmap.clone() else {
-            self.rebuilding.store(false, Ordering::Release);
+            self.state().end_pass();
             return Err(DaemonError::Usage(format!("{}: no bitmap", self.name)));
         };
         let attach = async {
@@ -583,10 +604,11 @@ impl ArrayHandle {
                 self.volume.detach_rebuild_target(MemberIndex(role));
                 return Err(DaemonError::from(e));
             }
+            self.member_joined(role, device.clone(), uuid).await;
             Ok(())
         };
         if let Err(e) = attach.await {
-            self.rebuilding.store(false, Ordering::Release);
+            self.state().end_pass();
             return Err(e);
         }
         let ranges = bitmap.dirty_ranges();
@@ -603,11 +625,8 @@ impl ArrayHandle {
         );
         let h = self.clone();
         let task = tokio::spawn(async move {
-            let sink = MetaSink {
-                metadata: h.metadata.clone(),
-                replace: false,
-            };
-            h.run_rebuild(role, Some(ranges), &sink, false).await;
+            h.run_rebuild(role, Some(ranges), &h.sink(false), false)
+                .await;
             h.activate_spares().await;
         });
         self.tasks
@@ -640,7 +659,7 @@ impl ArrayHandle {
             )));
         }
         let device = self.open_new(path, force).await?;
-        if self.rebuilding.swap(true, Ordering::AcqRel) {
+        if !self.state().claim_pass() {
             return Err(DaemonError::Usage(format!(
                 "{}: a rebuild is already running",
                 self.name
@@ -649,7 +668,7 @@ impl ArrayHandle {
         let window = match self.member_window(role, &device, true) {
             Ok(w) => w,
             Err(e) => {
-                self.rebuilding.store(false, Ordering::Release);
+                self.state().end_pass();
                 return Err(e);
             }
         };
@@ -657,7 +676,7 @@ impl ArrayHandle {
             .volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
         {
-            self.rebuilding.store(false, Ordering::Release);
+            self.state().end_pass();
             return Err(self.raid_err(e));
         }
         if let Err(e) = self
@@ -666,7 +685,7 @@ impl ArrayHandle {
             .await
         {
             self.volume.detach_rebuild_target(MemberIndex(role));
-            self.rebuilding.store(false, Ordering::Release);
+            self.state().end_pass();
             return Err(e.into());
         }
         self.event(
@@ -678,7 +697,7 @@ impl ArrayHandle {
                 path.display()
             ),
         );
-        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = Some((role, show_path(path)));
+        self.state().replacing(role, show_path(path));
         let h = self.clone();
         let new_path = path.to_path_buf();
         let task = tokio::spawn(async move {
@@ -695,14 +714,9 @@ impl ArrayHandle {
     /// Runs the copy of a replace (new or resumed) and gives the role's
     /// path to the new member once it holds the role.
     async fn run_replace(&self, role: usize, new_path: &Path) {
-        let sink = MetaSink {
-            metadata: self.metadata.clone(),
-            replace: true,
-        };
         let uuid = self.metadata.replace().await.map(|(_, u)| u);
-        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((role, show_path(new_path)));
-        self.run_rebuild(role, None, &sink, true).await;
+        self.state().replacing(role, show_path(new_path));
+        self.run_rebuild(role, None, &self.sink(true), true).await;
         let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
         if uuid.is_some()
             && holder == uuid
@@ -710,15 +724,15 @@ impl ArrayHandle {
         {
             self.set_path(role, new_path);
         }
-        // Cleared only now: from `replace` until here `status` shows the
+        // Ended only now: from `replace` until here `status` shows the
         // replace running, so "optimal with no pass" means the role moved.
-        *self.replacing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.state().end_pass();
     }
 
     /// Stops running passes (recording the rebuild checkpoint). Returns
     /// false when a crash resync is unfinished: the array must stay dirty.
     pub async fn shutdown(&self) -> bool {
-        self.stopping.store(true, Ordering::Release);
+        self.state().stop();
         self.control.cancel();
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -734,8 +748,9 @@ impl ArrayHandle {
                 abort.abort();
             }
         }
+        let resync_pending = self.state().resync_pending();
         if let Some(b) = &self.bitmap {
-            if !self.resync_pending.load(Ordering::Acquire) {
+            if !resync_pending {
                 if let Err(e) = b.clear_all().await {
                     warn!(
                         "{}: clearing the bitmap failed: {}",
@@ -745,7 +760,7 @@ impl ArrayHandle {
                 }
             }
         }
-        !self.resync_pending.load(Ordering::Acquire)
+        !resync_pending
     }
 
     async fn run_resync(&self, ranges: Vec<(u64, u64)>) {
@@ -769,7 +784,7 @@ impl ArrayHandle {
         match self.volume.resync(ranges, &self.control, &done).await {
             Ok(rewritten) => {
                 self.resynced_bytes.fetch_add(rewritten, Ordering::Relaxed);
-                self.resync_pending.store(false, Ordering::Release);
+                self.state().resync_ended(true);
                 self.event(
                     "resync_finished",
                     None,
@@ -780,6 +795,7 @@ impl ArrayHandle {
                 );
             }
             Err(e) => {
+                self.state().resync_ended(false);
                 warn!("{}: resync stopped: {}", self.name, error_chain(&e));
                 self.event(
                     "resync_stopped",
@@ -792,12 +808,6 @@ impl ArrayHandle {
                 );
             }
         }
-        self.resync_running.store(false, Ordering::Release);
-    }
-
-    /// True while the crash resync runs.
-    pub(super) fn resync_running(&self) -> bool {
-        self.resync_running.load(Ordering::Acquire)
     }
 
     /// Runs one rebuild, or the copy of a replace (`replace`: an
@@ -872,7 +882,10 @@ impl ArrayHandle {
                 }
             }
         }
-        self.rebuilding.store(false, Ordering::Release);
+        if !replace {
+            // A replace's pass ends once the role has moved (`run_replace`).
+            self.state().end_pass();
+        }
     }
 
     /// Starts rebuilds from spares into down roles, one at a time.
@@ -887,10 +900,7 @@ impl ArrayHandle {
                 };
                 let spare = {
                     let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
-                    if spares.is_empty() {
-                        return;
-                    }
-                    if self.rebuilding.swap(true, Ordering::AcqRel) {
+                    if spares.is_empty() || !self.state().claim_pass() {
                         return;
                     }
                     spares.remove(0)
@@ -920,7 +930,7 @@ impl ArrayHandle {
 
     /// A failed or missing role with no rebuild attached.
     fn down_role(&self) -> Option<usize> {
-        if self.stopping.load(Ordering::Acquire) {
+        if self.state().stopping() {
             return None;
         }
         self.volume
@@ -930,11 +940,11 @@ impl ArrayHandle {
     }
 
     /// Gives `role` to `spare` and rebuilds it in the background. The
-    /// caller has set `rebuilding`; it is cleared on error.
+    /// caller has claimed the pass; it is ended on error.
     async fn start_rebuild(self: &Arc<Self>, role: usize, spare: Spare) -> Result<(), DaemonError> {
         let result = self.begin(role, &spare).await;
         if result.is_err() {
-            self.rebuilding.store(false, Ordering::Release);
+            self.state().end_pass();
             return result;
         }
         self.set_path(role, &spare.path);
@@ -949,11 +959,7 @@ impl ArrayHandle {
         );
         let h = self.clone();
         let task = tokio::spawn(async move {
-            let sink = MetaSink {
-                metadata: h.metadata.clone(),
-                replace: false,
-            };
-            h.run_rebuild(role, None, &sink, false).await;
+            h.run_rebuild(role, None, &h.sink(false), false).await;
             h.activate_spares().await;
         });
         self.tasks
@@ -968,14 +974,16 @@ impl ArrayHandle {
         self.volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
             .map_err(|e| self.raid_err(e))?;
+        let uuid = Uuid::new_v4();
         if let Err(e) = self
             .metadata
-            .begin_rebuild(role, spare.device.clone(), Uuid::new_v4(), false)
+            .begin_rebuild(role, spare.device.clone(), uuid, false)
             .await
         {
             self.volume.detach_rebuild_target(MemberIndex(role));
             return Err(e.into());
         }
+        self.member_joined(role, spare.device.clone(), uuid).await;
         Ok(())
     }
 

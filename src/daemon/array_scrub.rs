@@ -10,7 +10,7 @@
 //!  supervisor tick ─► now - scrub_time >= scrub_interval ─► start_scrub
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,11 +45,9 @@ pub struct LastScrub {
     pub report: ScrubReport,
 }
 
-/// Scrub state of an [`ArrayHandle`].
+/// The last scrub of an [`ArrayHandle`] (the running one is in its state).
 #[derive(Debug, Default)]
 pub(super) struct ScrubState {
-    /// Cancel flag of the running scrub.
-    running: std::sync::Mutex<Option<Arc<AtomicBool>>>,
     last: std::sync::Mutex<Option<LastScrub>>,
 }
 
@@ -68,24 +66,10 @@ impl ArrayHandle {
         repair: bool,
         trigger: &'static str,
     ) -> Result<oneshot::Receiver<LastScrub>, DaemonError> {
-        let refuse = |why: &str| Err(DaemonError::Usage(format!("{}: {why}", self.name)));
-        if self.stopping.load(Ordering::Acquire) {
-            return refuse("shutting down");
-        }
-        if self.resync_running() {
-            return refuse("a crash resync is running; scrub after it finishes");
-        }
-        if self.rebuilding.load(Ordering::Acquire) {
-            return refuse("a rebuild is running; scrub after it finishes");
-        }
-        let cancel = Arc::new(AtomicBool::new(false));
-        {
-            let mut running = self.scrub.running.lock().unwrap_or_else(|e| e.into_inner());
-            if running.is_some() {
-                return refuse("a scrub is already running (vraid scrub --cancel stops it)");
-            }
-            *running = Some(cancel.clone());
-        }
+        let cancel = self
+            .state()
+            .start_scrub()
+            .map_err(|why| DaemonError::Usage(format!("{}: {why}", self.name)))?;
         let mode = if repair { "repair" } else { "check" };
         self.event(
             "scrub_started",
@@ -124,7 +108,7 @@ impl ArrayHandle {
             }
             h.event("scrub_finished", None, describe(&h.name, &last));
             *h.scrub.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(last.clone());
-            *h.scrub.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            h.state().scrub_ended();
             let _ = tx.send(last);
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,8 +120,7 @@ impl ArrayHandle {
 
     /// Stops the running scrub at its next step; false when none runs.
     pub fn cancel_scrub(&self) -> bool {
-        let running = self.scrub.running.lock().unwrap_or_else(|e| e.into_inner());
-        match running.as_ref() {
+        match self.state().scrub() {
             Some(flag) => {
                 flag.store(true, Ordering::Relaxed);
                 true
@@ -174,13 +157,7 @@ impl ArrayHandle {
         if unix_now().saturating_sub(last) < interval.as_secs() {
             return;
         }
-        if self
-            .scrub
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if self.state().scrub().is_some() {
             return;
         }
         if let Err(e) = self.start_scrub(self.scrub_repair, "scheduled") {

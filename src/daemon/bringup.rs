@@ -1,25 +1,37 @@
 //! Bringing arrays up and down: creating members and superblocks, assembling
 //! a volume from member paths, and persisting member failures the RAID layer
 //! reports (the [`MetaEvents`] bridge from `raid` back to `meta`).
+//!
+//! An array is built in dependency order, each part given what it needs
+//! when it is made (nothing is patched in afterwards):
+//!
+//! ```text
+//!  members ─► meta::assemble ─► bitmap (+ checksum write-back before clears)
+//!   ─► checksums ─► members wrapped (faults, checksums, counters) ─► Volume
+//!   ─► journal replay ─► Arc<Volume> (its journal holds a Weak of it: new_cyclic)
+//!   ─► journal barriers ─► sync plan ─► ArrayHandle ─► VolumeHandle (engine)
+//!   ─► supervisor started
+//! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::array::MemberWrap;
-use super::array::{ArrayHandle, ArrayOptions, PlannedRebuild, Spare, StartPlan};
-use super::{show_path, DaemonError};
-use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
-use crate::cli::EngineArg;
-use crate::control::{EventLog, MemberHandle, VolumeHandle};
+use super::array::{ArrayHandle, ArrayOptions, ArrayParts, PlannedRebuild, Spare, Startup};
+use super::array::{JoinHook, MemberWrap};
+use super::{journal, show_path, sync_plan, DaemonError};
+use crate::block::{BlockDevice, BlockError, BoxFuture};
+use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
 use crate::integrity::Checksums;
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
 use crate::metrics::stats::{IoStats, StatsDevice};
-use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
-use crate::raid::{PplRecord, RingLog};
+use crate::raid::{
+    ChunkSize, Geometry, Level, MemberIndex, RaidError, RingLog, Volume, VolumeEvents,
+};
 
 /// What `vraid create` (or a config's `create` table, or the demo) asks for.
 #[derive(Clone, Debug)]
@@ -37,14 +49,8 @@ pub struct CreateRequest {
 }
 
 /// Member options from the CLI flag, else `VRAID_IO_ENGINE`, else auto.
-pub fn member_options(engine: Option<EngineArg>) -> MemberOptions {
-    let engine = match engine {
-        Some(EngineArg::Auto) => EngineKind::Auto,
-        Some(EngineArg::Uring) => EngineKind::Uring,
-        Some(EngineArg::Sync) => EngineKind::Sync,
-        None => EngineKind::from_env(),
-    };
-    engine_options(engine)
+pub fn member_options(engine: Option<EngineKind>) -> MemberOptions {
+    engine_options(engine.unwrap_or_else(EngineKind::from_env))
 }
 
 /// Member options for an engine choice.
@@ -204,25 +210,100 @@ impl std::fmt::Debug for Assembled {
 /// bitmap and rebuild settings; also plans
 /// and starts the crash resync, an interrupted rebuild or a bitmap
 /// recovery, and hot-spare activation.
+///
+/// Built in dependency order: members ─► metadata ─► bitmap ─► checksums
+/// ─► volume (journal replay, then its journal) ─► sync plan ─► array
+/// handle ─► control-plane handle ─► supervisor started.
 pub async fn assemble_volume_with(
     paths: &[PathBuf],
     opts: &MemberOptions,
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
-    let read_only;
-    let (opts, aopts) = if aopts.read_only {
-        if !aopts.spares.is_empty() {
-            warn!("read-only: hot spares are not used");
-        }
-        let member_opts = MemberOptions {
-            read_only: true,
-            ..*opts
-        };
-        read_only = (member_opts, super::read_only::options(aopts));
-        (&read_only.0, &read_only.1)
-    } else {
-        (opts, aopts)
+    let (opts, aopts) = effective_options(opts, aopts);
+    let mut devices = open_present_members(paths, &opts)?;
+    let spares = open_spares(&aopts, &opts, &mut devices).await?;
+    let force = meta::AssembleOptions {
+        force: aopts.force_assemble,
     };
+    let assembly = Arc::new(meta::assemble_with(devices, force).await?);
+    prepare_metadata(&assembly, &aopts).await?;
+    let slots = MemberSlots::from(member_handles(&assembly));
+    let log = Arc::new(EventLog::new());
+    let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
+    let events = Arc::new(MetaEvents::new(&assembly, log.clone(), notify));
+    let built = build_volume(&assembly, &aopts, &slots, events).await?;
+    report_left_out(&assembly, &log);
+    let plan = plan_startup(&assembly, &aopts, &built).await?;
+    arm_bitmap(&assembly, built.bitmap.as_ref(), &plan).await?;
+    assembly.mark_dirty().await?;
+    warn_unclean(&assembly, &aopts, built.bitmap.is_some());
+    let startup = Startup {
+        resync: plan.resync,
+        rebuild: plan.rebuild,
+        failures,
+    };
+    let parts = ArrayParts {
+        volume: built.volume.clone(),
+        metadata: assembly.metadata.clone(),
+        bitmap: built.bitmap,
+        data_offset: assembly.data_offset,
+        data_size: assembly.data_size,
+        spares,
+        paths: member_paths_by_role(&assembly),
+        max_mbps: aopts.rebuild_max_mbps,
+        opts,
+        scrub_interval: aopts.scrub_interval,
+        scrub_repair: aopts.scrub_repair,
+        events: log.clone(),
+        wrap: built.wrap,
+        joined: built.joined,
+    };
+    let array = ArrayHandle::new(parts, &startup);
+    let engine = Arc::new(super::engine_ops::ArrayEngine(array.clone()));
+    let handle = Arc::new(VolumeHandle::new(
+        built.volume.clone(),
+        assembly.metadata.clone(),
+        IoStats::new(),
+        slots,
+        log,
+        Some(engine),
+    ));
+    array.start(startup);
+    report_assembled(&assembly, &built.volume);
+    Ok(Assembled {
+        volume: built.volume,
+        assembly,
+        handle,
+        array,
+        checksums: built.checksums.map(|c| c.set),
+    })
+}
+
+/// The options a run actually uses: as asked, or with everything that
+/// writes to members off when served read-only.
+fn effective_options(opts: &MemberOptions, aopts: &ArrayOptions) -> (MemberOptions, ArrayOptions) {
+    if !aopts.read_only {
+        return (*opts, aopts.clone());
+    }
+    if !aopts.spares.is_empty() {
+        warn!("read-only: hot spares are not used");
+    }
+    let member_opts = MemberOptions {
+        read_only: true,
+        ..*opts
+    };
+    (member_opts, super::read_only::options(aopts))
+}
+
+/// A member device with the path it was opened by.
+type NamedDevice = (String, Arc<dyn BlockDevice>);
+
+/// Opens the members given; a missing file is left out (assembly decides
+/// whether the array can run without it), any other failure is an error.
+fn open_present_members(
+    paths: &[PathBuf],
+    opts: &MemberOptions,
+) -> Result<Vec<NamedDevice>, DaemonError> {
     let mut devices = Vec::with_capacity(paths.len());
     for p in paths {
         match member::open_member(p, opts) {
@@ -237,21 +318,22 @@ pub async fn assemble_volume_with(
             Err(e) => return Err(e.into()),
         }
     }
-    let spares = open_spares(aopts, opts, &mut devices).await?;
-    let force = meta::AssembleOptions {
-        force: aopts.force_assemble,
-    };
-    let assembly = Arc::new(meta::assemble_with(devices, force).await?);
+    Ok(devices)
+}
+
+/// Before anything could write: a read-only run keeps every update in
+/// memory (and refuses what it cannot serve); a read-write run reserves
+/// the metadata areas. Block checksums need the bitmap.
+async fn prepare_metadata(assembly: &Assembly, aopts: &ArrayOptions) -> Result<(), DaemonError> {
     if aopts.read_only {
-        // Before anything could write: every update stays in memory.
         assembly.metadata.set_read_only().await;
-        super::read_only::servable(&assembly)?;
+        super::read_only::servable(assembly)?;
         info!(
             "{}: read-only: members are opened O_RDONLY and not written",
             assembly.name
         );
     } else {
-        reserve_metadata(&assembly).await;
+        reserve_metadata(assembly).await;
     }
     if aopts.checksums && !aopts.bitmap {
         return Err(DaemonError::Usage(format!(
@@ -259,64 +341,48 @@ pub async fn assemble_volume_with(
             assembly.name
         )));
     }
-    let handles = member_handles(&assembly);
-    let csum = aopts.checksums.then(|| CsumWiring {
-        set: Checksums::new(),
-        offset: assembly.layout.csum_offset,
-        bitmap: Arc::new(OnceLock::new()),
-    });
-    // Each member's data window sits behind its fault rules and counters:
-    // Volume ─► StatsDevice ─► [ChecksumDevice ─►] FaultDevice ─► Window.
-    let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
-        .members
-        .iter()
-        .zip(&handles)
-        .map(|(m, h)| {
-            m.as_ref().map(|m| {
-                let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
-                wrap_member_with(h, csum.as_ref(), m.device.clone(), window, false)
-            })
-        })
-        .collect();
+    Ok(())
+}
+
+/// The volume and what was built with it.
+struct BuiltVolume {
+    volume: Arc<Volume>,
+    bitmap: Option<Arc<DiskBitmap>>,
+    checksums: Option<CsumWiring>,
+    /// Wraps members that join later as the assembled ones are.
+    wrap: MemberWrap,
+    /// Gives members that join later a journal ring.
+    joined: Option<JoinHook>,
+}
+
+/// Builds the volume in dependency order: geometry, bitmap, block
+/// checksums, members wrapped, the volume, the journal replay, then the
+/// volume with its journal and bitmap attached.
+async fn build_volume(
+    assembly: &Assembly,
+    aopts: &ArrayOptions,
+    slots: &MemberSlots,
+    events: Arc<MetaEvents>,
+) -> Result<BuiltVolume, DaemonError> {
     let name = assembly.name.clone();
     let raid_err = |source| DaemonError::Raid {
         name: name.clone(),
         source,
     };
-    let chunk = ChunkSize::new(u64::from(assembly.chunk_size))
-        .map_err(|e| raid_err(RaidError::Layout(e)))?;
-    let geometry = Geometry::new(
-        assembly.level,
-        assembly.member_count as usize,
-        chunk,
-        assembly.data_size,
-    )
-    .map_err(|e| raid_err(RaidError::Layout(e)))?;
-    let log = Arc::new(EventLog::new());
-    let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
-    let events = Arc::new(MetaEvents {
-        name: name.clone(),
-        metadata: assembly.metadata.clone(),
-        log: log.clone(),
-        volume: OnceLock::new(),
-        notify: Some(notify),
-    });
-    let bitmap = if aopts.bitmap && (assembly.level != Level::Raid0 || aopts.checksums) {
-        let b = DiskBitmap::load(
-            assembly.metadata.clone(),
-            &assembly.layout,
-            assembly.data_size,
-            assembly.bitmap_valid,
-        )
-        .await;
-        Some(Arc::new(b))
-    } else {
-        None
-    };
+    let geometry = geometry_of(assembly).map_err(raid_err)?;
+    let set = aopts.checksums.then(Checksums::new);
+    let bitmap = load_bitmap(assembly, aopts, set.as_ref()).await;
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
-    let mut volume =
-        Volume::new(name.clone(), geometry, members, events.clone()).map_err(raid_err)?;
-    if let (Some(c), Some(_)) = (&csum, &bitmap) {
+    let csum = set.zip(bitmap.clone()).map(|(set, bitmap)| CsumWiring {
+        set,
+        offset: assembly.layout.csum_offset,
+        bitmap,
+        verifying: Arc::new(AtomicBool::new(false)),
+    });
+    let wrap = member_wrap(slots.clone(), csum.clone());
+    let members = wrap_assembled(assembly, &wrap);
+    let mut volume = Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?;
+    if let Some(c) = &csum {
         // Before the journal replay: it asks the checksums which blocks to
         // trust (docs/FORMAT.md §8), unless the last run did not keep them.
         if !assembly.checksums_valid {
@@ -324,38 +390,123 @@ pub async fn assemble_volume_with(
         }
         volume = volume.with_checksums(c.set.clone());
     }
-    let (volume, parity_log) =
-        setup_journal(&assembly, volume, aopts.write_hole_protection).await?;
-    let mut volume = volume;
-    if let (Some(c), Some(b)) = (&csum, &bitmap) {
-        let _ = c.bitmap.set(b.clone());
-        let set = c.set.clone();
-        b.set_before_clear(Arc::new(move || {
+    let journal = journal::replay_and_plan(assembly, &volume, aopts.write_hole_protection).await?;
+    let (volume, ring) = seal_volume(volume, journal.as_ref(), bitmap.as_ref())
+        .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
+    let joined = match (ring, journal) {
+        (Some(ring), Some(plan)) => Some(journal::start(assembly, &ring, plan.encoder).await?),
+        _ => None,
+    };
+    if let Some(c) = &csum {
+        // After the replay, which reads chunks whose checksums a crash may
+        // have torn from their data: every settled region is verified.
+        c.verifying.store(true, Ordering::Release);
+    }
+    Ok(BuiltVolume {
+        volume,
+        bitmap,
+        checksums: csum,
+        wrap,
+        joined,
+    })
+}
+
+/// The array's geometry from its superblocks.
+fn geometry_of(assembly: &Assembly) -> Result<Geometry, RaidError> {
+    let chunk = ChunkSize::new(u64::from(assembly.chunk_size)).map_err(RaidError::Layout)?;
+    Geometry::new(
+        assembly.level,
+        assembly.member_count as usize,
+        chunk,
+        assembly.data_size,
+    )
+    .map_err(RaidError::Layout)
+}
+
+/// The write-intent bitmap, when kept: for a redundant array, or a RAID-0
+/// with block checksums. With checksums every clearing step writes them
+/// back first.
+async fn load_bitmap(
+    assembly: &Assembly,
+    aopts: &ArrayOptions,
+    checksums: Option<&Arc<Checksums>>,
+) -> Option<Arc<DiskBitmap>> {
+    if !aopts.bitmap || (assembly.level == Level::Raid0 && !aopts.checksums) {
+        return None;
+    }
+    let mut b = DiskBitmap::load(
+        assembly.metadata.clone(),
+        &assembly.layout,
+        assembly.data_size,
+        assembly.bitmap_valid,
+    )
+    .await;
+    if let Some(set) = checksums {
+        let set = set.clone();
+        b = b.with_before_clear(Arc::new(move || {
             let set = set.clone();
             Box::pin(async move { set.writeback_all().await })
         }));
     }
-    if let Some(b) = &bitmap {
-        volume = volume.with_write_intent(b.clone());
+    Some(Arc::new(b))
+}
+
+/// Each assembled member's data window behind its slot's wrapping.
+fn wrap_assembled(assembly: &Assembly, wrap: &MemberWrap) -> Vec<Option<Arc<dyn BlockDevice>>> {
+    assembly
+        .members
+        .iter()
+        .enumerate()
+        .map(|(role, m)| {
+            m.as_ref().map(|m| {
+                let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
+                wrap(role, m.device.clone(), window, false)
+            })
+        })
+        .collect()
+}
+
+/// The volume in its `Arc`, with this run's journal (whose checkpoints
+/// flush the volume that owns it) and the bitmap attached.
+fn seal_volume(
+    volume: Volume,
+    journal: Option<&journal::JournalPlan>,
+    bitmap: Option<&Arc<DiskBitmap>>,
+) -> Result<(Arc<Volume>, Option<Arc<RingLog>>), crate::raid::ppl::PplError> {
+    let mut ring = None;
+    let mut failed = None;
+    let volume = Arc::new_cyclic(|me| {
+        let mut volume = volume;
+        if let Some(j) = journal {
+            match RingLog::for_volume(j.journals.clone(), j.encoder.clone(), me.clone()) {
+                Ok(log) => {
+                    let log = Arc::new(log);
+                    volume = volume.with_parity_log(log.clone());
+                    ring = Some(log);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(b) = bitmap {
+            volume = volume.with_write_intent(b.clone());
+        }
+        volume
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((volume, ring)),
     }
-    let volume = Arc::new(volume);
-    let _ = events.volume.set(Arc::downgrade(&volume));
-    if let Some(log) = &parity_log {
-        log.attach_volume(Arc::downgrade(&volume));
-    }
-    let handle = Arc::new(VolumeHandle::new(
-        volume.clone(),
-        assembly.metadata.clone(),
-        IoStats::new(),
-        handles,
-        log,
-    ));
+}
+
+/// Logs the members assembly left out, and records a dropped replace.
+fn report_left_out(assembly: &Assembly, log: &EventLog) {
+    let name = &assembly.name;
     for ex in &assembly.excluded {
         warn!("{name}: left out {}: {}", ex.path, ex.reason);
     }
     if let Some(role) = assembly.replace_dropped {
-        handle.events.push(
-            &name,
+        log.push(
+            name,
             "replace_dropped",
             Some(role),
             format!(
@@ -364,38 +515,48 @@ pub async fn assemble_volume_with(
             ),
         );
     }
-    // Members that join later (rebuild targets, spares, added members) sit
-    // behind the same fault rules and counters as the ones assembled now.
-    let weak = Arc::downgrade(&handle);
-    let wrap_csum = csum.clone();
-    let wrap: MemberWrap = Arc::new(move |role, raw, window, fresh| {
-        match weak.upgrade().as_ref().and_then(|h| h.members.get(role)) {
-            Some(h) => wrap_member_with(h, wrap_csum.as_ref(), raw, window, fresh),
-            None => window,
-        }
-    });
+}
+
+/// What the supervisor runs first.
+struct SyncPlan {
+    resync: sync_plan::Ranges,
+    rebuild: Option<PlannedRebuild>,
+    /// The whole array is resealed (checksums were not maintained).
+    reseal_all: bool,
+}
+
+/// Decides the crash resync and the pass to run first (none read-only:
+/// torn stripes are then distrusted instead), and a whole-array reseal
+/// when the last run did not maintain the block checksums.
+async fn plan_startup(
+    assembly: &Assembly,
+    aopts: &ArrayOptions,
+    built: &BuiltVolume,
+) -> Result<SyncPlan, DaemonError> {
+    let name = &assembly.name;
     let (mut resync, rebuild) = if aopts.read_only {
         if assembly.was_dirty {
             warn!("{name} was not shut down cleanly; read-only: no resync, served as on disk");
             // Torn stripes stay torn: a member lost later must not have
             // its data rebuilt from their parity (read errors instead).
-            volume.distrust_parity(0, u64::MAX);
+            built.volume.distrust_parity(0, u64::MAX);
         }
         (None, None)
     } else {
-        plan_sync(
-            &assembly,
-            &volume,
-            bitmap.as_deref(),
-            &wrap,
+        sync_plan::plan_sync(
+            assembly,
+            &built.volume,
+            built.bitmap.as_deref(),
+            &built.wrap,
             aopts.checksums,
+            built.joined.as_ref(),
         )
         .await?
     };
     // Checksums not maintained by the last run (or never): reseal the
     // whole array, like a full resync; valid again once it is done.
     let reseal_all = aopts.checksums && !assembly.checksums_valid;
-    if let (true, Some(b)) = (reseal_all, &bitmap) {
+    if let (true, Some(b)) = (reseal_all, &built.bitmap) {
         warn!("{name}: block checksums were not maintained; resealing the whole array");
         b.set_all();
         resync = Some(b.dirty_ranges());
@@ -403,46 +564,57 @@ pub async fn assemble_volume_with(
     if !aopts.checksums {
         assembly.metadata.set_checksums_valid(false).await;
     }
-    if let Some(b) = &bitmap {
-        if resync.is_some() || rebuild.as_ref().is_some_and(|r| r.only.is_some()) {
-            b.pin_dirty();
-            b.persist().await.map_err(|source| DaemonError::Block {
-                context: format!("{name}: writing the write-intent bitmap"),
-                source,
-            })?;
-        }
-        b.spawn_cleaner(std::time::Duration::from_secs(1));
-        if reseal_all {
-            spawn_checksums_valid(b.clone(), assembly.metadata.clone());
-        }
+    Ok(SyncPlan {
+        resync,
+        rebuild,
+        reseal_all,
+    })
+}
+
+/// Pins (and persists) the bitmap's dirty regions when a resync or a
+/// bitmap recovery will copy them, and starts its cleaner (and the wait
+/// for a whole-array reseal).
+async fn arm_bitmap(
+    assembly: &Assembly,
+    bitmap: Option<&Arc<DiskBitmap>>,
+    plan: &SyncPlan,
+) -> Result<(), DaemonError> {
+    let Some(b) = bitmap else {
+        return Ok(());
+    };
+    let recovery = plan.rebuild.as_ref().is_some_and(|r| r.only.is_some());
+    if plan.resync.is_some() || recovery {
+        b.pin_dirty();
+        b.persist().await.map_err(|source| DaemonError::Block {
+            context: format!("{}: writing the write-intent bitmap", assembly.name),
+            source,
+        })?;
     }
-    assembly.mark_dirty().await?;
+    b.spawn_cleaner(std::time::Duration::from_secs(1));
+    if plan.reseal_all {
+        spawn_checksums_valid(b.clone(), assembly.metadata.clone());
+    }
+    Ok(())
+}
+
+/// Says what the crash resync of an array not shut down cleanly covers.
+fn warn_unclean(assembly: &Assembly, aopts: &ArrayOptions, bitmap: bool) {
     if assembly.was_dirty && assembly.level != Level::Raid0 && !aopts.read_only {
         warn!(
-            "{name} was not shut down cleanly; resyncing {}",
-            if bitmap.is_some() && assembly.bitmap_valid {
+            "{} was not shut down cleanly; resyncing {}",
+            assembly.name,
+            if bitmap && assembly.bitmap_valid {
                 "the regions marked in the write-intent bitmap"
             } else {
                 "the whole array"
             }
         );
     }
-    let array = ArrayHandle::start(StartPlan {
-        volume: volume.clone(),
-        metadata: assembly.metadata.clone(),
-        bitmap,
-        data_offset: assembly.data_offset,
-        data_size: assembly.data_size,
-        resync,
-        rebuild,
-        spares,
-        paths: member_paths_by_role(&assembly),
-        failures,
-        max_mbps: aopts.rebuild_max_mbps,
-        opts: *opts,
-        scrub_interval: aopts.scrub_interval,
-        scrub_repair: aopts.scrub_repair,
-    });
+}
+
+/// Logs the assembled array (and how degraded it runs).
+fn report_assembled(assembly: &Assembly, volume: &Volume) {
+    let name = &assembly.name;
     let missing = volume
         .member_states()
         .iter()
@@ -461,16 +633,6 @@ pub async fn assemble_volume_with(
         crate::units::format_size(u64::from(assembly.chunk_size)),
         volume.size()
     );
-    handle.set_engine(Arc::new(super::engine_ops::ArrayEngine(array.clone())));
-    array.set_event_log(handle.events.clone());
-    array.set_member_wrap(wrap);
-    Ok(Assembled {
-        volume,
-        assembly,
-        handle,
-        array,
-        checksums: csum.map(|c| c.set),
-    })
 }
 
 /// Reserves the metadata area (superblocks, bitmap, journal, checksums) of
@@ -505,8 +667,20 @@ struct CsumWiring {
     set: Arc<Checksums>,
     /// `csum_offset` of the members.
     offset: u64,
-    /// The bitmap, whose pinned regions are not verified (set once built).
-    bitmap: Arc<OnceLock<Arc<DiskBitmap>>>,
+    /// The bitmap, whose pinned regions are not verified.
+    bitmap: Arc<DiskBitmap>,
+    /// Nothing is verified until the partial-parity replay is done (it
+    /// reads chunks whose checksums a crash may have torn from their data).
+    verifying: Arc<AtomicBool>,
+}
+
+/// Wraps the members joining each role (assembled now or later) as
+/// [`wrap_member_with`] does, behind that role's slot.
+fn member_wrap(slots: MemberSlots, csum: Option<CsumWiring>) -> MemberWrap {
+    Arc::new(move |role, raw, window, fresh| match slots.get(role) {
+        Some(h) => wrap_member_with(h, csum.as_ref(), raw, window, fresh),
+        None => window,
+    })
 }
 
 /// Puts a member's data window behind its slot's fault rules, block
@@ -525,12 +699,9 @@ fn wrap_member_with(
     let faulty = FaultDevice::new(window, h.faults.clone(), seed).with_device(tag);
     let mut dev: Arc<dyn BlockDevice> = Arc::new(faulty);
     if let Some(c) = csum {
-        let bitmap = c.bitmap.clone();
-        // Nothing is verified until the bitmap is attached (after the
-        // partial-parity replay, which reads chunks whose checksums a crash
-        // may have torn from their data), then every settled region is.
+        let (bitmap, verifying) = (c.bitmap.clone(), c.verifying.clone());
         let trusted: crate::integrity::Trusted =
-            Arc::new(move |off| bitmap.get().is_some_and(|b| b.settled(off)));
+            Arc::new(move |off| verifying.load(Ordering::Acquire) && bitmap.settled(off));
         dev = c.set.wrap(
             h.role,
             raw,
@@ -697,145 +868,65 @@ async fn spare_refusal(
     }
 }
 
-/// Decides the crash resync (dirty ranges) and the rebuild to run: an
-/// interrupted one resumes from its checkpoint (from the first dirty range
-/// below it after a crash), else a re-added member recovers from the bitmap.
-async fn plan_sync(
-    assembly: &Assembly,
-    volume: &Volume,
-    bitmap: Option<&DiskBitmap>,
-    wrap: &MemberWrap,
-    checksums: bool,
-) -> Result<(Option<Vec<(u64, u64)>>, Option<PlannedRebuild>), DaemonError> {
-    let whole = vec![(0, assembly.data_size)];
-    let trusted = bitmap.filter(|_| assembly.bitmap_valid);
-    // RAID-0 has nothing to resync, except its block checksums.
-    let resyncs = assembly.level != Level::Raid0 || checksums;
-    let resync = (assembly.was_dirty && resyncs).then(|| {
-        if let Some(b) = bitmap {
-            if !assembly.bitmap_valid {
-                b.set_all();
-            }
-        }
-        bitmap.map_or(whole.clone(), |b| b.dirty_ranges())
-    });
-    let name = &assembly.name;
-    let raid_err = |e: crate::raid::RebuildError| DaemonError::Usage(format!("{name}: {e}"));
-    if let Some(t) = &assembly.rebuild {
-        let mut up_to = t.up_to;
-        if let Some(r) = &resync {
-            up_to = r.iter().map(|&(a, _)| a).fold(up_to, u64::min);
-        }
-        let only = t
-            .recovering
-            .then(|| trusted.map_or(whole.clone(), |b| b.dirty_ranges()));
-        volume
-            .attach_rebuild_target(
-                MemberIndex(t.role),
-                wrap(
-                    t.role,
-                    t.member.device.clone(),
-                    Arc::new(t.member.data.clone()),
-                    !t.recovering,
-                ),
-                up_to,
-            )
-            .map_err(raid_err)?;
-        info!(
-            "{name}: resuming the {} of member {} at {up_to}",
-            if t.recovering { "recovery" } else { "rebuild" },
-            t.role
-        );
-        return Ok((
-            resync,
-            Some(PlannedRebuild {
-                role: t.role,
-                only,
-                replace: None,
-            }),
-        ));
-    }
-    if let Some(t) = &assembly.replace {
-        let mut up_to = t.up_to;
-        if let Some(r) = &resync {
-            up_to = r.iter().map(|&(a, _)| a).fold(up_to, u64::min);
-        }
-        volume
-            .attach_rebuild_target(
-                MemberIndex(t.role),
-                wrap(
-                    t.role,
-                    t.member.device.clone(),
-                    Arc::new(t.member.data.clone()),
-                    true,
-                ),
-                up_to,
-            )
-            .map_err(raid_err)?;
-        info!(
-            "{name}: resuming the replace of member {} onto {} at {up_to}",
-            t.role, t.member.path
-        );
-        return Ok((
-            resync,
-            Some(PlannedRebuild {
-                role: t.role,
-                only: None,
-                replace: Some(t.member.path.clone()),
-            }),
-        ));
-    }
-    if let (Some(b), Some((role, m))) = (trusted, assembly.readd.first()) {
-        let ranges = b.dirty_ranges();
-        volume
-            .attach_rebuild_target(
-                MemberIndex(*role),
-                wrap(*role, m.device.clone(), Arc::new(m.data.clone()), false),
-                0,
-            )
-            .map_err(raid_err)?;
-        if let Err(e) = assembly
-            .metadata
-            .begin_rebuild(*role, m.device.clone(), m.member_uuid, true)
-            .await
-        {
-            volume.detach_rebuild_target(MemberIndex(*role));
-            return Err(e.into());
-        }
-        info!(
-            "{name}: re-adding {} as member {role}: catching up {} dirty bytes from the bitmap",
-            m.path,
-            ranges.iter().map(|(a, b)| b - a).sum::<u64>()
-        );
-        return Ok((
-            resync,
-            Some(PlannedRebuild {
-                role: *role,
-                only: Some(ranges),
-                replace: None,
-            }),
-        ));
-    }
-    Ok((resync, None))
-}
-
 /// Persists member failures the RAID layer reports into the other members'
 /// superblocks (event counter bumped), so the failed member is not trusted
 /// at the next assembly.
 struct MetaEvents {
     name: String,
     metadata: Arc<ArrayMetadata>,
+    level: Level,
     /// Where operational events go (shown by `vraid status`).
     log: Arc<EventLog>,
-    /// The volume, to tell degraded from failed (weak: it owns us).
-    volume: OnceLock<Weak<Volume>>,
     /// Told about every recorded failure (hot-spare activation).
-    notify: Option<tokio::sync::mpsc::UnboundedSender<MemberIndex>>,
+    notify: tokio::sync::mpsc::UnboundedSender<MemberIndex>,
+}
+
+impl MetaEvents {
+    fn new(
+        assembly: &Assembly,
+        log: Arc<EventLog>,
+        notify: tokio::sync::mpsc::UnboundedSender<MemberIndex>,
+    ) -> MetaEvents {
+        MetaEvents {
+            name: assembly.name.clone(),
+            metadata: assembly.metadata.clone(),
+            level: assembly.level,
+            log,
+            notify,
+        }
+    }
+
+    /// Records whether the array runs degraded or has failed, given the
+    /// members' states.
+    fn health_event(&self, states: &[crate::raid::MemberState]) {
+        let down = states
+            .iter()
+            .filter(|s| !matches!(s, crate::raid::MemberState::Active))
+            .count();
+        let members = states.len();
+        let (kind, what) = if down > self.level.redundancy(members) {
+            ("failed", "FAILED: some data is unavailable")
+        } else {
+            ("degraded", "degraded")
+        };
+        self.log.push(
+            &self.name,
+            kind,
+            None,
+            format!("{}: {what} ({down} of {members} members down)", self.name),
+        );
+    }
 }
 
 impl VolumeEvents for MetaEvents {
-    fn member_failed(&self, member: MemberIndex, error: &BlockError) -> BoxFuture<'_, ()> {
+    fn member_failed(
+        &self,
+        member: MemberIndex,
+        error: &BlockError,
+        states: &[crate::raid::MemberState],
+    ) -> BoxFuture<'_, ()> {
         let reason = super::error_chain(error);
+        let states = states.to_vec();
         Box::pin(async move {
             warn!(
                 "{}: member {} failed ({reason}); continuing degraded",
@@ -855,236 +946,8 @@ impl VolumeEvents for MetaEvents {
                 Some(member.0),
                 format!("{}: member {} failed: {reason}", self.name, member.0),
             );
-            if let Some(vol) = self.volume.get().and_then(Weak::upgrade) {
-                let down = vol
-                    .member_states()
-                    .iter()
-                    .filter(|s| !matches!(s, crate::raid::MemberState::Active))
-                    .count();
-                let level = vol.geometry().level();
-                let members = vol.geometry().members();
-                let (kind, what) = if down > level.redundancy(members) {
-                    ("failed", "FAILED: some data is unavailable")
-                } else {
-                    ("degraded", "degraded")
-                };
-                self.log.push(
-                    &self.name,
-                    kind,
-                    None,
-                    format!("{}: {what} ({down} of {members} members down)", self.name),
-                );
-            }
-            if let Some(n) = &self.notify {
-                let _ = n.send(member);
-            }
+            self.health_event(&states);
+            let _ = self.notify.send(member);
         })
     }
-}
-
-/// RAID-5 write-hole protection at assembly (docs/FORMAT.md §9): replays
-/// the partial-parity journal of a run that crashed, then, when enabled,
-/// starts this run's log (a barrier in every member's ring) and attaches it
-/// to the volume. Records `journal_state` for the next superblock update.
-async fn setup_journal(
-    assembly: &Assembly,
-    volume: Volume,
-    enabled: bool,
-) -> Result<(Volume, Option<Arc<RingLog>>), DaemonError> {
-    if assembly.level != Level::Raid5 {
-        return Ok((volume, None));
-    }
-    let name = &assembly.name;
-    let layout = &assembly.layout;
-    // Members that join at assembly (an interrupted rebuild, a re-added
-    // member) get a ring too: once in sync they hold parity like the others.
-    let joining = joining_members(assembly);
-    let journals: Vec<Option<Arc<dyn BlockDevice>>> = joining
-        .iter()
-        .map(|m| {
-            let m = m.as_ref()?;
-            let w = Window::new(m.device.clone(), layout.journal_offset, layout.journal_len);
-            w.ok().map(|w| Arc::new(w) as Arc<dyn BlockDevice>)
-        })
-        .collect();
-    // Replay reads only the rings of the members assembled in sync.
-    let replay_journals: Vec<Option<Arc<dyn BlockDevice>>> = journals
-        .iter()
-        .zip(&assembly.members)
-        .map(|(j, m)| m.as_ref().and(j.clone()))
-        .collect();
-    let read_only = assembly.metadata.is_read_only().await;
-    if assembly.was_dirty && assembly.journal_valid && read_only {
-        warn!("{name}: read-only: the partial-parity journal is not replayed");
-    } else if assembly.was_dirty && assembly.journal_valid {
-        let records = read_journals(assembly, &replay_journals).await;
-        let stats = crate::raid::ppl::replay(&volume, &records)
-            .await
-            .map_err(|source| DaemonError::Block {
-                context: format!("{name}: replaying the partial-parity journal"),
-                source,
-            })?;
-        info!(
-            "{name}: replayed {} partial-parity records ({} skipped: a chunk they wrote is missing)",
-            stats.replayed, stats.skipped
-        );
-    } else if assembly.was_dirty {
-        warn!("{name}: the partial-parity journal was off in the last run; nothing to replay");
-    }
-    if !enabled {
-        assembly.metadata.set_journal_valid(false).await;
-        info!("{name}: write-hole protection is off");
-        return Ok((volume, None));
-    }
-    let encoder = Arc::new(LiveEncoder(std::sync::RwLock::new(
-        meta::journal::JournalEncoder {
-            array_uuid: assembly.array_uuid,
-            members: joining
-                .iter()
-                .map(|m| m.as_ref().map(|m| m.member_uuid))
-                .collect(),
-            epoch: assembly.metadata.events().await,
-        },
-    )));
-    let usable = || {
-        journals
-            .iter()
-            .all(|j| j.as_ref().is_none_or(|j| j.size() >= 16 << 10))
-    };
-    if !usable() {
-        warn!("{name}: journal area too small; write-hole protection is off");
-        assembly.metadata.set_journal_valid(false).await;
-        return Ok((volume, None));
-    }
-    let log = RingLog::new(journals, encoder.clone())
-        .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
-    log.write_barriers()
-        .await
-        .map_err(|e| DaemonError::Usage(format!("{name}: {}", super::error_chain(&e))))?;
-    assembly.metadata.set_journal_valid(true).await;
-    let log = Arc::new(log);
-    assembly.metadata.set_join_hook(join_hook(
-        name.clone(),
-        *layout,
-        encoder,
-        Arc::downgrade(&log),
-    ));
-    Ok((volume.with_parity_log(log.clone()), Some(log)))
-}
-
-/// The journal encoder of this run, told about members that join it.
-struct LiveEncoder(std::sync::RwLock<meta::journal::JournalEncoder>);
-
-impl crate::raid::ppl::BatchEncoder for LiveEncoder {
-    fn encode(
-        &self,
-        member: MemberIndex,
-        seq: u64,
-        durable_below: u64,
-        records: &[&PplRecord],
-    ) -> Vec<u8> {
-        let enc = self.0.read().unwrap_or_else(|e| e.into_inner());
-        enc.encode(member, seq, durable_below, records)
-    }
-}
-
-/// Gives a member that takes a role during the run a journal ring of its
-/// own, as the members assembled at start-up have (a member re-added with
-/// the UUID its ring already has keeps that ring).
-fn join_hook(
-    name: String,
-    layout: meta::MetaLayout,
-    encoder: Arc<LiveEncoder>,
-    log: Weak<RingLog>,
-) -> meta::JoinHook {
-    Arc::new(move |role, device, member_uuid| {
-        let (name, encoder, log) = (name.clone(), encoder.clone(), log.clone());
-        Box::pin(async move {
-            let Some(log) = log.upgrade() else { return };
-            let known = {
-                let enc = encoder.0.read().unwrap_or_else(|e| e.into_inner());
-                enc.members.get(role).copied().flatten()
-            };
-            if known == Some(member_uuid) && log.has_ring(MemberIndex(role)) {
-                return;
-            }
-            let window = match Window::new(device, layout.journal_offset, layout.journal_len) {
-                Ok(w) => Arc::new(w) as Arc<dyn BlockDevice>,
-                Err(e) => {
-                    warn!("{name}: member {role} has no room for a journal: {e}");
-                    return;
-                }
-            };
-            if let Some(slot) = encoder
-                .0
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .members
-                .get_mut(role)
-            {
-                *slot = Some(member_uuid);
-            }
-            match log.attach_ring(MemberIndex(role), window).await {
-                Ok(()) => info!("{name}: member {role} has a journal ring"),
-                Err(e) => warn!(
-                    "{name}: cannot start the journal of member {role}: {}",
-                    super::error_chain(&e)
-                ),
-            }
-        })
-    })
-}
-
-/// Every role's member in this run: the accepted ones, and the rebuild
-/// target or the re-added member that `plan_sync` attaches.
-fn joining_members(assembly: &Assembly) -> Vec<Option<meta::AssembledMember>> {
-    let mut members = assembly.members.clone();
-    let joining = assembly
-        .rebuild
-        .as_ref()
-        .map(|t| (t.role, &t.member))
-        .or_else(|| {
-            let (role, m) = assembly.readd.first()?;
-            assembly.bitmap_valid.then_some((*role, m))
-        });
-    if let Some((role, m)) = joining {
-        if members[role].is_none() {
-            members[role] = Some(m.clone());
-        }
-    }
-    members
-}
-
-/// The entries to replay from every accepted member's ring, in log order:
-/// only rings of the newest epoch, each the run of consecutive batches
-/// ending at its newest (docs/FORMAT.md §9).
-async fn read_journals(
-    assembly: &Assembly,
-    journals: &[Option<Arc<dyn BlockDevice>>],
-) -> Vec<(MemberIndex, PplRecord)> {
-    let mut rings = Vec::new();
-    for (role, (m, j)) in assembly.members.iter().zip(journals).enumerate() {
-        let (Some(m), Some(j)) = (m, j) else { continue };
-        let mut buf = vec![0u8; j.size() as usize];
-        if let Err(e) = j.read(crate::units::ByteOffset(0), &mut buf).await {
-            warn!(
-                "{}: cannot read the journal of member {role}: {}",
-                assembly.name,
-                super::error_chain(&e)
-            );
-            continue;
-        }
-        let batches = meta::journal::scan_ring(&buf, assembly.array_uuid, m.member_uuid);
-        rings.push((role, batches));
-    }
-    let Some(epoch) = meta::journal::newest_epoch(rings.iter().flat_map(|(_, b)| b)) else {
-        return Vec::new();
-    };
-    let mut records = Vec::new();
-    for (role, batches) in &rings {
-        for b in meta::journal::replay_set(batches, epoch) {
-            records.extend(b.records.iter().map(|r| (MemberIndex(*role), r.clone())));
-        }
-    }
-    records
 }

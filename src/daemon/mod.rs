@@ -12,15 +12,16 @@ pub mod array;
 mod bringup;
 mod demo;
 mod engine_ops;
+mod journal;
 mod read_only;
 mod serve;
+mod sync_plan;
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
-pub use serve::serve;
-
-use crate::cli::{CreateArgs, ExamineArgs};
+pub use bringup::CreateRequest;
+pub use serve::{serve, ServeOptions};
 
 /// Errors of the CLI commands and the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +94,9 @@ pub fn error_chain(e: &dyn StdError) -> String {
     text
 }
 
-/// `vraid create`.
-pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
-    let spec = bringup::CreateRequest {
-        name: args.name,
-        level: args.level,
-        chunk_size: args.chunk_size,
-        member_size: args.member_size,
-        force: args.force,
-    };
-    let info = bringup::create_array(&args.members, &spec, &bringup::member_options(None)).await?;
+/// `vraid create`: the array `req` on `members`, in role order.
+pub async fn create(members: &[PathBuf], req: &CreateRequest) -> Result<(), DaemonError> {
+    let info = bringup::create_array(members, req, &bringup::member_options(None)).await?;
     println!(
         "created {} ({}, {} members, chunk {}, {} bytes per member, array {})",
         info.name,
@@ -116,12 +110,12 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// `vraid examine`.
-pub async fn examine(args: ExamineArgs) -> Result<(), DaemonError> {
-    let report = match bringup::examine_member(&args.member).await? {
+/// `vraid examine` of `member` (`json`: print JSON instead of text).
+pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
+    let report = match bringup::examine_member(member).await? {
         bringup::Examined::Member(report) => report,
         bringup::Examined::Foreign(foreign) => {
-            if args.json {
+            if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&foreign).expect("report serializes")
@@ -131,12 +125,12 @@ pub async fn examine(args: ExamineArgs) -> Result<(), DaemonError> {
             }
             return Err(DaemonError::Usage(format!(
                 "{}: no vraid superblock; it holds {}",
-                show_path(&args.member),
+                show_path(member),
                 foreign.summary()
             )));
         }
     };
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).expect("report serializes")

@@ -16,8 +16,7 @@ use super::array::ArrayOptions;
 use super::bringup::{self, Assembled, CreateRequest};
 use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
-use crate::cli::ServeArgs;
-use crate::config::{Config, IoEngine, NbdLimitKeys};
+use crate::config::{Config, NbdLimitKeys, ServerConfig};
 use crate::control::{ControlServer, Registry};
 use crate::export::nbd::{Export, NbdLimits, NbdServer};
 use crate::export::vhost::{VhostExport, VhostServer};
@@ -49,116 +48,162 @@ struct VolumeSpec {
     array: ArrayOptions,
 }
 
+/// What `vraid serve` is asked on the command line (plain options; the
+/// CLI's argument parser builds them).
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Serve every volume of this config file.
+    pub config: Option<PathBuf>,
+    /// NBD TCP listen address.
+    pub nbd: Option<SocketAddr>,
+    /// NBD Unix socket path.
+    pub nbd_socket: Option<PathBuf>,
+    /// NBD limits given on the command line (they win over the config's).
+    pub nbd_limits: NbdLimitKeys,
+    /// Member I/O engine (else `VRAID_IO_ENGINE`, else the config's).
+    pub io_engine: Option<EngineKind>,
+    /// Export every volume read-only.
+    pub read_only: bool,
+    /// Directory of the built-in demo.
+    pub demo_dir: PathBuf,
+    /// vhost-user-blk socket of the volume given by its members (or the demo).
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of that vhost-user-blk export.
+    pub vhost_queues: u16,
+    /// Members of one array to serve.
+    pub members: Vec<PathBuf>,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Prometheus metrics listen address.
+    pub metrics: Option<SocketAddr>,
+    /// Turn block checksums off on every volume.
+    pub no_checksums: bool,
+    /// Turn the RAID-5 partial-parity journal off on every volume.
+    pub no_journal: bool,
+    /// Forced assembly of every volume.
+    pub force_assemble: bool,
+}
+
+/// What `serve` decided from its options and the config.
+struct ServePlan {
+    opts: MemberOptions,
+    nbd: Option<SocketAddr>,
+    nbd_socket: Option<PathBuf>,
+    control: PathBuf,
+    metrics: Option<SocketAddr>,
+    limits: NbdLimits,
+    specs: Vec<VolumeSpec>,
+    demo_mode: bool,
+}
+
 /// `vraid serve`.
-pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
-    let mut opts = bringup::member_options(args.io_engine);
-    let mut nbd = args.nbd;
-    let mut nbd_socket = args.nbd_socket.clone();
-    let mut demo_mode = false;
-    let mut control = args.control.clone();
-    let mut metrics = args.metrics;
-    let mut limit_keys = NbdLimitKeys::default();
-    let specs = if let Some(path) = &args.config {
-        let config = Config::load(path)?;
-        limit_keys = config.server.nbd_limits;
-        control = control.or_else(|| config.server.control.clone());
-        metrics = metrics.or(config.server.metrics);
-        nbd = nbd.or(config.server.nbd);
-        nbd_socket = nbd_socket.or_else(|| config.server.nbd_socket.clone());
-        if args.io_engine.is_none() && std::env::var_os(EngineKind::ENV).is_none() {
-            opts = bringup::engine_options(match config.server.io_engine {
-                IoEngine::Auto => EngineKind::Auto,
-                IoEngine::Uring => EngineKind::Uring,
-                IoEngine::Sync => EngineKind::Sync,
-            });
+pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
+    let plan = plan_serve(&args)?;
+    // Refuse before touching any member if another daemon owns the socket.
+    ControlServer::check_free(&plan.control)?;
+    // Refuse a live vhost-user socket before touching any member.
+    for socket in plan.specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
+    let volumes = bring_up_all(plan.specs, &plan.opts).await?;
+    let ops = match start_ops(&volumes, &plan.control, plan.metrics).await {
+        Ok(ops) => ops,
+        Err(e) => {
+            shutdown_volumes(&volumes).await;
+            return Err(e);
         }
-        config
-            .volumes
-            .iter()
-            .map(|v| VolumeSpec {
-                expected_name: Some(v.name.clone()),
-                members: v.members.clone(),
-                create: v.create.as_ref().map(|c| CreateRequest {
-                    name: v.name.clone(),
-                    level: v.level,
-                    chunk_size: v.chunk_size,
-                    member_size: c.member_size,
-                    force: false,
-                }),
-                read_only: v.read_only || args.read_only,
-                description: v.description.clone(),
-                faults: v.faults.clone(),
-                vhost_socket: v.vhost_user_blk.clone(),
-                num_queues: v.num_queues,
-                array: ArrayOptions {
-                    spares: v.spares.clone(),
-                    rebuild_max_mbps: v.rebuild_max_mbps,
-                    bitmap: v.bitmap,
-                    write_hole_protection: v.write_hole_protection,
-                    create_size: v.create.as_ref().map(|c| c.member_size),
-                    scrub_interval: v.scrub_interval,
-                    scrub_repair: v.scrub_repair,
-                    checksums: v.checksums && !args.no_checksums,
-                    read_only: v.read_only || args.read_only,
-                    force_assemble: v.force_assemble || args.force_assemble,
-                },
-            })
-            .collect::<Vec<_>>()
-    } else if !args.members.is_empty() {
-        vec![VolumeSpec {
-            expected_name: None,
-            members: args.members.clone(),
-            create: None,
-            read_only: args.read_only,
-            description: None,
-            faults: Vec::new(),
-            vhost_socket: args.vhost_user_blk.clone(),
-            num_queues: args.vhost_queues,
-            array: ArrayOptions {
-                checksums: !args.no_checksums,
-                read_only: args.read_only,
-                ..ArrayOptions::default()
-            },
-        }]
-    } else {
-        demo_mode = true;
-        let d = demo::spec(&args.demo_dir);
-        vec![VolumeSpec {
-            expected_name: Some(d.name.clone()),
-            members: d.members,
-            create: Some(d.create),
-            read_only: args.read_only,
-            description: Some(d.description),
-            faults: Vec::new(),
-            vhost_socket: Some(
-                args.vhost_user_blk
-                    .clone()
-                    .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
-            ),
-            num_queues: args.vhost_queues,
-            array: ArrayOptions {
-                checksums: !args.no_checksums,
-                read_only: args.read_only,
-                ..ArrayOptions::default()
-            },
-        }]
     };
-    let mut specs = specs;
-    if args.no_journal {
-        for s in &mut specs {
+    let server = Arc::new(NbdServer::with_limits(nbd_exports(&volumes), plan.limits));
+    let vhost = match start_vhost(&volumes) {
+        Ok(v) => v,
+        Err(e) => {
+            for task in ops {
+                task.abort();
+            }
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
+    let nbd_socket = plan.nbd_socket.as_deref();
+    let result = run_listeners(&server, plan.nbd, nbd_socket, &volumes, plan.demo_mode).await;
+    for task in ops {
+        task.abort();
+    }
+    info!("shutting down: draining in-flight requests");
+    stop_vhost(vhost).await;
+    server.shutdown();
+    if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
+    }
+    shutdown_volumes(&volumes).await;
+    if let Some(path) = nbd_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Decides what to serve and how: the volumes (config, members on the
+/// command line, or the demo), the member engine, the listeners and the
+/// NBD limits, the command line winning over the config.
+fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let server = config.as_ref().map(|c| &c.server);
+    let demo_mode = config.is_none() && args.members.is_empty();
+    let mut specs = match &config {
+        Some(config) => config_specs(config, args),
+        None if !demo_mode => vec![members_spec(args)],
+        None => vec![demo_spec(args)],
+    };
+    for s in &mut specs {
+        if args.no_journal {
             s.array.write_hole_protection = false;
         }
-    }
-    if args.force_assemble {
-        for s in &mut specs {
+        if args.force_assemble {
             s.array.force_assemble = true;
         }
     }
+    let mut nbd = args.nbd.or(server.and_then(|s| s.nbd));
+    let nbd_socket = args
+        .nbd_socket
+        .clone()
+        .or_else(|| server.and_then(|s| s.nbd_socket.clone()));
     if nbd.is_none() && nbd_socket.is_none() {
         nbd = Some(DEFAULT_NBD_ADDR.parse().expect("valid default address"));
     }
+    let config_control = server.and_then(|s| s.control.clone());
+    let limit_keys = server.map(|s| s.nbd_limits).unwrap_or_default();
+    Ok(ServePlan {
+        opts: member_options(args, server),
+        nbd,
+        nbd_socket,
+        control: control_path(args, config_control, demo_mode),
+        metrics: args.metrics.or(server.and_then(|s| s.metrics)),
+        limits: nbd_limits(&args.nbd_limits, limit_keys),
+        specs,
+        demo_mode,
+    })
+}
 
-    let control = control
+/// The member engine: the command line's, else `VRAID_IO_ENGINE`, else the
+/// config's, else auto.
+fn member_options(args: &ServeOptions, server: Option<&ServerConfig>) -> MemberOptions {
+    match server {
+        Some(s) if args.io_engine.is_none() && std::env::var_os(EngineKind::ENV).is_none() => {
+            bringup::engine_options(s.io_engine)
+        }
+        _ => bringup::member_options(args.io_engine),
+    }
+}
+
+/// The control socket: the command line's, else the config's, else
+/// `$VRAID_CONTROL`, else in the demo directory or the working directory.
+fn control_path(args: &ServeOptions, config: Option<PathBuf>, demo_mode: bool) -> PathBuf {
+    args.control
+        .clone()
+        .or(config)
         .or_else(|| std::env::var_os(crate::control::client::CONTROL_ENV).map(PathBuf::from))
         .unwrap_or_else(|| {
             if demo_mode {
@@ -166,35 +211,110 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             } else {
                 PathBuf::from(crate::control::client::DEFAULT_CONTROL)
             }
-        });
-    // Refuse before touching any member if another daemon owns the socket.
-    ControlServer::check_free(&control)?;
+        })
+}
 
-    // Refuse a live vhost-user socket before touching any member.
-    for socket in specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
-        crate::export::vhost::check_socket_free(socket)?;
+/// The volumes of a config file, with the command line's overrides.
+fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
+    config
+        .volumes
+        .iter()
+        .map(|v| VolumeSpec {
+            expected_name: Some(v.name.clone()),
+            members: v.members.clone(),
+            create: v.create.as_ref().map(|c| CreateRequest {
+                name: v.name.clone(),
+                level: v.level,
+                chunk_size: v.chunk_size,
+                member_size: c.member_size,
+                force: false,
+            }),
+            read_only: v.read_only || args.read_only,
+            description: v.description.clone(),
+            faults: v.faults.clone(),
+            vhost_socket: v.vhost_user_blk.clone(),
+            num_queues: v.num_queues,
+            array: ArrayOptions {
+                spares: v.spares.clone(),
+                rebuild_max_mbps: v.rebuild_max_mbps,
+                bitmap: v.bitmap,
+                write_hole_protection: v.write_hole_protection,
+                create_size: v.create.as_ref().map(|c| c.member_size),
+                scrub_interval: v.scrub_interval,
+                scrub_repair: v.scrub_repair,
+                checksums: v.checksums && !args.no_checksums,
+                read_only: v.read_only || args.read_only,
+                force_assemble: v.force_assemble || args.force_assemble,
+            },
+        })
+        .collect()
+}
+
+/// The one volume whose members are given on the command line.
+fn members_spec(args: &ServeOptions) -> VolumeSpec {
+    VolumeSpec {
+        expected_name: None,
+        members: args.members.clone(),
+        create: None,
+        read_only: args.read_only,
+        description: None,
+        faults: Vec::new(),
+        vhost_socket: args.vhost_user_blk.clone(),
+        num_queues: args.vhost_queues,
+        array: command_line_array(args),
     }
+}
+
+/// The built-in demo volume (created on first start).
+fn demo_spec(args: &ServeOptions) -> VolumeSpec {
+    let d = demo::spec(&args.demo_dir);
+    VolumeSpec {
+        expected_name: Some(d.name.clone()),
+        members: d.members,
+        create: Some(d.create),
+        read_only: args.read_only,
+        description: Some(d.description),
+        faults: Vec::new(),
+        vhost_socket: Some(
+            args.vhost_user_blk
+                .clone()
+                .unwrap_or_else(|| args.demo_dir.join(demo::DEMO_SOCKET)),
+        ),
+        num_queues: args.vhost_queues,
+        array: command_line_array(args),
+    }
+}
+
+/// Array options of a volume without a config: defaults and the flags.
+fn command_line_array(args: &ServeOptions) -> ArrayOptions {
+    ArrayOptions {
+        checksums: !args.no_checksums,
+        read_only: args.read_only,
+        ..ArrayOptions::default()
+    }
+}
+
+/// Brings every volume up in order; on a failure, shuts down the ones up.
+async fn bring_up_all(
+    specs: Vec<VolumeSpec>,
+    opts: &MemberOptions,
+) -> Result<Vec<(Assembled, VolumeSpec)>, DaemonError> {
     let mut volumes: Vec<(Assembled, VolumeSpec)> = Vec::new();
     for spec in specs {
-        let assembled = match bring_up(&spec, &opts).await {
-            Ok(a) => a,
+        match bring_up(&spec, opts).await {
+            Ok(a) => volumes.push((a, spec)),
             Err(e) => {
                 shutdown_volumes(&volumes).await;
                 return Err(e);
             }
-        };
-        volumes.push((assembled, spec));
-    }
-
-    let ops = match start_ops(&volumes, &control, metrics).await {
-        Ok(ops) => ops,
-        Err(e) => {
-            shutdown_volumes(&volumes).await;
-            return Err(e);
         }
-    };
+    }
+    Ok(volumes)
+}
 
-    let exports = volumes
+/// The NBD export of every volume (client I/O counted in its stats).
+fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
+    volumes
         .iter()
         .map(|(a, spec)| Export {
             name: a.assembly.name.clone(),
@@ -212,40 +332,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             preferred_block: 4096,
             multi_conn: true,
         })
-        .collect();
-    let server = Arc::new(NbdServer::with_limits(
-        exports,
-        nbd_limits(&args, limit_keys),
-    ));
-
-    let vhost = match start_vhost(&volumes) {
-        Ok(v) => v,
-        Err(e) => {
-            for task in ops {
-                task.abort();
-            }
-            shutdown_volumes(&volumes).await;
-            return Err(e);
-        }
-    };
-    let result = run_listeners(&server, nbd, nbd_socket.as_deref(), &volumes, demo_mode).await;
-    for task in ops {
-        task.abort();
-    }
-    info!("shutting down: draining in-flight requests");
-    stop_vhost(vhost).await;
-    server.shutdown();
-    if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
-        .await
-        .is_err()
-    {
-        warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
-    }
-    shutdown_volumes(&volumes).await;
-    if let Some(path) = &nbd_socket {
-        let _ = std::fs::remove_file(path);
-    }
-    result
+        .collect()
 }
 
 /// Installs start-up faults, binds the control socket and the metrics
@@ -461,31 +548,28 @@ async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
 /// The NBD limits: command line over config over defaults, the connection
 /// limit fitted under `RLIMIT_NOFILE` so accept never runs out of descriptors
 /// because of idle clients.
-fn nbd_limits(args: &ServeArgs, keys: NbdLimitKeys) -> NbdLimits {
+fn nbd_limits(args: &NbdLimitKeys, keys: NbdLimitKeys) -> NbdLimits {
     let d = NbdLimits::default();
-    let as_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
     let mut limits = NbdLimits {
         handshake_timeout: args
-            .nbd_handshake_timeout
+            .handshake_timeout
             .or(keys.handshake_timeout)
             .unwrap_or(d.handshake_timeout),
         max_connections: args
-            .nbd_max_connections
-            .map(as_usize)
+            .max_connections
             .or(keys.max_connections)
             .unwrap_or(d.max_connections),
         max_connections_per_client: args
-            .nbd_max_connections_per_client
-            .map(as_usize)
+            .max_connections_per_client
             .or(keys.max_connections_per_client)
             .unwrap_or(d.max_connections_per_client),
         connection_memory: args
-            .nbd_connection_memory
+            .connection_memory
             .or(keys.connection_memory)
             .unwrap_or(d.connection_memory),
-        memory: args.nbd_memory.or(keys.memory).unwrap_or(d.memory),
+        memory: args.memory.or(keys.memory).unwrap_or(d.memory),
         write_timeout: args
-            .nbd_write_timeout
+            .write_timeout
             .or(keys.write_timeout)
             .unwrap_or(d.write_timeout),
     };

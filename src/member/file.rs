@@ -44,8 +44,9 @@ const MAX_IO: u64 = 8 << 20;
 const ZERO_CHUNK: usize = 1 << 20;
 static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
-/// Which I/O engine a member uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which I/O engine a member uses (`--io-engine`, `[server] io_engine`,
+/// `VRAID_IO_ENGINE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
     /// io_uring if it can be set up, else the synchronous fallback.
     #[default]

@@ -267,65 +267,25 @@ pub async fn assemble_with(
     opts: AssembleOptions,
 ) -> Result<Assembly, AssembleError> {
     let given = devices.len();
-    let (candidates, mut excluded) = read_candidates(devices).await;
+    let (candidates, excluded) = read_candidates(devices).await;
     let home = home_array(&candidates).ok_or(AssembleError::NoSuperblocks(given))?;
     check_foreign_and_duplicates(&candidates, home)?;
     let mut freshest = freshest(&candidates)?.sb.clone();
-    let count = freshest.member_count as usize;
-    let mut members: Vec<Option<AssembledMember>> = vec![None; count];
-    let mut rebuild = None;
-    let mut replacement = None;
-    let mut readd = Vec::new();
-    let mut forceable = Vec::new();
     let ctx = Context {
         bits_set: bits_set(&candidates, &freshest).await,
     };
+    let mut sorted = Sorted::new(freshest.member_count as usize, excluded);
     for c in candidates {
-        let role = c.sb.role as usize;
-        if let Some(f) = forceable_member(&c, &freshest) {
-            if freshest.level.redundancy(count) == 0 {
-                // Rule 5: no write can have skipped a RAID-0 member.
-                tracing::info!(path = %c.path, role, events = c.sb.events, since = f.since,
-                    "member was marked failed but is unchanged since; no redundancy, so no \
-                     write skipped it: accepting");
-                freshest.members[role] = super::superblock::RoleEntry::active(c.sb.member_uuid);
-                members[role] = Some(f.member);
-                continue;
-            }
-            forceable.push(f);
-        }
-        match accept(&c, &freshest, &ctx)? {
-            Verdict::Replacement(member) => replacement = Some((role, member)),
-            Verdict::Active(member) => members[role] = Some(member),
-            Verdict::Rebuild(member, recovering) => {
-                let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
-                tracing::info!(path = %c.path, role, up_to, "member is being rebuilt; resuming");
-                rebuild = Some(RebuildTarget {
-                    role,
-                    member,
-                    up_to,
-                    recovering,
-                });
-            }
-            Verdict::ReAdd(member) => {
-                tracing::info!(path = %c.path, role, "stale member can catch up from the bitmap");
-                readd.push((role, member));
-            }
-            Verdict::Stale(reason) => {
-                tracing::warn!(path = %c.path, role = c.sb.role, "excluding member: {reason}");
-                // A removed member no longer names its old slot.
-                let removed = freshest
-                    .members
-                    .get(role)
-                    .is_some_and(|e| e.member_uuid.is_nil());
-                excluded.push(Excluded {
-                    path: c.path,
-                    role: (!removed).then_some(c.sb.role),
-                    reason,
-                });
-            }
-        }
+        sorted.place(c, &mut freshest, &ctx)?;
     }
+    let Sorted {
+        mut members,
+        mut rebuild,
+        replacement,
+        mut readd,
+        forceable,
+        mut excluded,
+    } = sorted;
     let (replace, replace_dropped) = resolve_replace(
         &mut freshest,
         replacement,
@@ -346,14 +306,7 @@ pub async fn assemble_with(
     if missing > 0 {
         tracing::warn!(name = %freshest.name, missing, "assembling degraded");
     }
-    let mut devices: Vec<_> = members
-        .iter()
-        .map(|m| m.as_ref().map(|m| (m.device.clone(), m.member_uuid)))
-        .collect();
-    if let Some(t) = &rebuild {
-        devices[t.role] = Some((t.member.device.clone(), t.member.member_uuid));
-    }
-    let replacement_device = replace.as_ref().map(|t| t.member.device.clone());
+    let metadata = running_metadata(&freshest, &members, &rebuild, &replace);
     Ok(Assembly {
         name: freshest.name.clone(),
         array_uuid: freshest.array_uuid,
@@ -373,8 +326,112 @@ pub async fn assemble_with(
         replace_dropped,
         readd,
         excluded,
-        metadata: Arc::new(ArrayMetadata::new(freshest, devices, replacement_device)),
+        metadata: Arc::new(metadata),
     })
+}
+
+/// The superblock updates of the run: the freshest table written to the
+/// members present (the rebuild target included) and the replacement.
+fn running_metadata(
+    freshest: &Superblock,
+    members: &[Option<AssembledMember>],
+    rebuild: &Option<RebuildTarget>,
+    replace: &Option<RebuildTarget>,
+) -> ArrayMetadata {
+    let mut devices: Vec<_> = members
+        .iter()
+        .map(|m| m.as_ref().map(|m| (m.device.clone(), m.member_uuid)))
+        .collect();
+    if let Some(t) = rebuild {
+        devices[t.role] = Some((t.member.device.clone(), t.member.member_uuid));
+    }
+    let replacement_device = replace.as_ref().map(|t| t.member.device.clone());
+    ArrayMetadata::new(freshest.clone(), devices, replacement_device)
+}
+
+/// Where each candidate went.
+struct Sorted {
+    /// In sync, by role.
+    members: Vec<Option<AssembledMember>>,
+    /// Being rebuilt (or recovered): resume.
+    rebuild: Option<RebuildTarget>,
+    /// The new member of a replace, by the role it replaces.
+    replacement: Option<(usize, AssembledMember)>,
+    /// Stale, but able to catch up from the bitmap.
+    readd: Vec<(usize, AssembledMember)>,
+    /// Marked failed but current when they failed (forced assembly).
+    forceable: Vec<Forceable>,
+    /// Left out, with why.
+    excluded: Vec<Excluded>,
+}
+
+impl Sorted {
+    fn new(count: usize, excluded: Vec<Excluded>) -> Sorted {
+        Sorted {
+            members: vec![None; count],
+            rebuild: None,
+            replacement: None,
+            readd: Vec::new(),
+            forceable: Vec::new(),
+            excluded,
+        }
+    }
+
+    /// Sorts one candidate by the rules of docs/FORMAT.md §3 (rule 5 may
+    /// take a failed RAID-0 member back into `freshest`).
+    fn place(
+        &mut self,
+        c: Candidate,
+        freshest: &mut Superblock,
+        ctx: &Context,
+    ) -> Result<(), AssembleError> {
+        let role = c.sb.role as usize;
+        let count = self.members.len();
+        if let Some(f) = forceable_member(&c, freshest) {
+            if freshest.level.redundancy(count) == 0 {
+                // Rule 5: no write can have skipped a RAID-0 member.
+                tracing::info!(path = %c.path, role, events = c.sb.events, since = f.since,
+                    "member was marked failed but is unchanged since; no redundancy, so no \
+                     write skipped it: accepting");
+                freshest.members[role] = super::superblock::RoleEntry::active(c.sb.member_uuid);
+                self.members[role] = Some(f.member);
+                return Ok(());
+            }
+            self.forceable.push(f);
+        }
+        match accept(&c, freshest, ctx)? {
+            Verdict::Replacement(member) => self.replacement = Some((role, member)),
+            Verdict::Active(member) => self.members[role] = Some(member),
+            Verdict::Rebuild(member, recovering) => {
+                let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
+                tracing::info!(path = %c.path, role, up_to, "member is being rebuilt; resuming");
+                self.rebuild = Some(RebuildTarget {
+                    role,
+                    member,
+                    up_to,
+                    recovering,
+                });
+            }
+            Verdict::ReAdd(member) => {
+                tracing::info!(path = %c.path, role, "stale member can catch up from the bitmap");
+                self.readd.push((role, member));
+            }
+            Verdict::Stale(reason) => {
+                tracing::warn!(path = %c.path, role = c.sb.role, "excluding member: {reason}");
+                // A removed member no longer names its old slot.
+                let removed = freshest
+                    .members
+                    .get(role)
+                    .is_some_and(|e| e.member_uuid.is_nil());
+                self.excluded.push(Excluded {
+                    path: c.path,
+                    role: (!removed).then_some(c.sb.role),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads every path's superblock: the candidates, and the paths left out

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -51,7 +51,7 @@ pub struct DiskBitmap {
     /// Bitmap writes issued (each one write + flush per member).
     pub writes: AtomicU64,
     /// Runs before bits are cleared (the block checksums' write-back).
-    before_clear: OnceLock<BeforeClear>,
+    before_clear: Option<BeforeClear>,
     /// `inner.pinned.len()`: lets [`DiskBitmap::settled`] (called on every
     /// verified read) skip the lock when nothing is pinned.
     pinned_len: AtomicUsize,
@@ -150,15 +150,18 @@ impl DiskBitmap {
             }),
             writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
-            before_clear: OnceLock::new(),
+            before_clear: None,
             pinned_len: AtomicUsize::new(0),
         }
     }
 
     /// Makes every clearing step run `hook` (and succeed) before any bit
-    /// is cleared on disk. Set once.
-    pub fn set_before_clear(&self, hook: BeforeClear) {
-        let _ = self.before_clear.set(hook);
+    /// is cleared on disk.
+    pub fn with_before_clear(self, hook: BeforeClear) -> DiskBitmap {
+        DiskBitmap {
+            before_clear: Some(hook),
+            ..self
+        }
     }
 
     /// False while the region of member data offset `offset` is pinned
@@ -372,7 +375,7 @@ impl DiskBitmap {
                 std::io::Error::other(e.to_string()),
             )
         });
-        let hooked = match (allowed, self.before_clear.get()) {
+        let hooked = match (allowed, self.before_clear.as_ref()) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(hook)) => hook().await,
             (Ok(()), None) => Ok(()),

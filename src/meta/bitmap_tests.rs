@@ -129,7 +129,7 @@ async fn before_clear_hook_runs_first_and_its_failure_keeps_the_bits() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (dev, layout) = (devs[0].clone(), asm.layout);
-    bm.set_before_clear(Arc::new({
+    let bm = Arc::into_inner(bm).unwrap().with_before_clear(Arc::new({
         let (seen, fail) = (seen.clone(), fail.clone());
         move || {
             let (seen, fail, dev) = (seen.clone(), fail.clone(), dev.clone());

@@ -25,6 +25,7 @@ mod update;
 
 pub use assemble::{
     assemble, assemble_with, AssembleError, AssembleOptions, AssembledMember, Assembly, Excluded,
+    RebuildTarget,
 };
 pub use bitmap::DiskBitmap;
 pub use create::{create_array, ArrayInfo, CreateSpec};
@@ -33,7 +34,7 @@ pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
     SuperblockError,
 };
-pub use update::{ArrayMetadata, JoinHook};
+pub use update::ArrayMetadata;
 
 use crate::block::BlockError;
 use crate::raid::Level;

@@ -17,20 +17,11 @@ use super::superblock::{write_superblock, ArrayState, MemberState, ReplaceRecord
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
-/// Told when a member takes a role during the run (`begin_rebuild`: a new
-/// member, a spare or a re-added one; `finish_replace`): role, raw device,
-/// member UUID. The array gives it what members assembled at start-up have
-/// (a partial-parity journal ring).
-pub type JoinHook = Arc<
-    dyn Fn(usize, Arc<dyn BlockDevice>, Uuid) -> crate::block::BoxFuture<'static, ()> + Send + Sync,
->;
-
 /// Superblock updates of a running array. Updates are serialized: each one
 /// bumps `events` and writes the same table to every present member.
 pub struct ArrayMetadata {
     name: String,
     state: tokio::sync::Mutex<MetaState>,
-    on_join: std::sync::OnceLock<JoinHook>,
 }
 
 impl std::fmt::Debug for ArrayMetadata {
@@ -68,7 +59,6 @@ impl ArrayMetadata {
         replacement: Option<Arc<dyn BlockDevice>>,
     ) -> Self {
         ArrayMetadata {
-            on_join: std::sync::OnceLock::new(),
             name: template.name.clone(),
             state: tokio::sync::Mutex::new(MetaState {
                 template,
@@ -79,18 +69,6 @@ impl ArrayMetadata {
                 read_only: false,
                 read_only_unsynced: false,
             }),
-        }
-    }
-
-    /// Sets the hook told about members that take a role during the run
-    /// (set once).
-    pub fn set_join_hook(&self, hook: JoinHook) {
-        let _ = self.on_join.set(hook);
-    }
-
-    async fn joined(&self, role: usize, device: Arc<dyn BlockDevice>, member_uuid: Uuid) {
-        if let Some(hook) = self.on_join.get() {
-            hook(role, device, member_uuid).await;
         }
     }
 
@@ -338,10 +316,7 @@ impl ArrayMetadata {
         st.template.rebuild_checkpoint = Some(0);
         st.devices[role] = Some((device.clone(), member_uuid));
         tracing::info!(name = %self.name, role, %member_uuid, recovering, "recording rebuild start");
-        Self::write_all(&mut st).await?;
-        drop(st);
-        self.joined(role, device, member_uuid).await;
-        Ok(())
+        Self::write_all(&mut st).await
     }
 
     /// Records rebuild progress: the member in `role` (rebuilt, recovering,
@@ -416,8 +391,12 @@ impl ArrayMetadata {
 
     /// Gives `role` to the replacement recorded by `begin_replace` (or
     /// resumed at assembly), in sync: the old member of the role is no
-    /// longer written and becomes stale.
-    pub async fn finish_replace(&self, role: usize) -> Result<(), MetaError> {
+    /// longer written and becomes stale. Returns the member that took the
+    /// role (raw device, member UUID).
+    pub async fn finish_replace(
+        &self,
+        role: usize,
+    ) -> Result<(Arc<dyn BlockDevice>, Uuid), MetaError> {
         let mut st = self.state.lock().await;
         let Some(record) = st.template.replace.filter(|r| r.role as usize == role) else {
             return Err(MetaError::NoSuchRole(role));
@@ -434,9 +413,7 @@ impl ArrayMetadata {
         tracing::info!(name = %self.name, role, member_uuid = %record.member_uuid,
             "recording replacement in sync");
         Self::write_all(&mut st).await?;
-        drop(st);
-        self.joined(role, device, record.member_uuid).await;
-        Ok(())
+        Ok((device, record.member_uuid))
     }
 
     /// Records an abandoned replace: the new member is no longer written

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::future::join_all;
 use tokio::sync::{oneshot, Notify};
@@ -298,7 +298,7 @@ pub struct LogInner {
     rings: Vec<std::sync::RwLock<Option<Arc<MemberRing>>>>,
     encoder: Arc<dyn BatchEncoder>,
     /// Flushed by checkpoints (every member, rebuild targets included).
-    volume: OnceLock<Weak<Volume>>,
+    volume: Weak<Volume>,
     /// Batch and checkpoint counters.
     pub stats: RingStats,
 }
@@ -330,10 +330,21 @@ pub enum PplError {
 
 impl RingLog {
     /// A log over the journal windows of the members (`None`: no journal,
-    /// e.g. a missing member). Call [`RingLog::write_barriers`] before use.
+    /// e.g. a missing member) whose checkpoints flush only the rings. Call
+    /// [`RingLog::write_barriers`] before use.
     pub fn new(
         journals: Vec<Option<Arc<dyn BlockDevice>>>,
         encoder: Arc<dyn BatchEncoder>,
+    ) -> Result<RingLog, PplError> {
+        RingLog::for_volume(journals, encoder, Weak::new())
+    }
+
+    /// A log whose checkpoints flush every member of `volume` (the volume
+    /// that owns it: build both with `Arc::new_cyclic`).
+    pub fn for_volume(
+        journals: Vec<Option<Arc<dyn BlockDevice>>>,
+        encoder: Arc<dyn BatchEncoder>,
+        volume: Weak<Volume>,
     ) -> Result<RingLog, PplError> {
         let mut rings = Vec::with_capacity(journals.len());
         for j in journals {
@@ -344,7 +355,7 @@ impl RingLog {
             inner: Arc::new(LogInner {
                 rings,
                 encoder,
-                volume: OnceLock::new(),
+                volume,
                 stats: RingStats::default(),
             }),
         })
@@ -418,11 +429,6 @@ impl LogInner {
         st.next_seq = 2;
         st.head = bytes.len() as u64;
         Ok(())
-    }
-
-    /// The volume whose members checkpoints flush.
-    pub fn attach_volume(&self, volume: Weak<Volume>) {
-        let _ = self.volume.set(volume);
     }
 
     /// Writes every ring's barrier (an empty batch, seq 1, at offset 0)
@@ -542,7 +548,7 @@ impl LogInner {
     async fn checkpoint(&self, ring: &MemberRing, st: &mut RingState, own: u64) {
         ring.writing.none_below(own).await;
         ring.inflight.drained().await;
-        let volume = self.volume.get().and_then(Weak::upgrade);
+        let volume = self.volume.upgrade();
         let flushed = match volume {
             Some(v) => v.flush().await,
             None => ring.dev.flush().await,

@@ -471,14 +471,14 @@ async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
         .iter()
         .map(|r| Some(r.clone() as Arc<dyn BlockDevice>))
         .collect();
-    let log = Arc::new(RingLog::new(journals, encoder).unwrap());
+    let mut log = None;
+    let vol = Arc::new_cyclic(|weak| {
+        let l = Arc::new(RingLog::for_volume(journals, encoder, weak.clone()).unwrap());
+        log = Some(l.clone());
+        Array::over(g, data, &[]).volume.with_parity_log(l)
+    });
+    let log = log.unwrap();
     log.write_barriers().await.unwrap();
-    let vol = Arc::new(
-        Array::over(g, data, &[])
-            .volume
-            .with_parity_log(log.clone()),
-    );
-    log.attach_volume(Arc::downgrade(&vol));
     (vol, log)
 }
 

@@ -20,7 +20,12 @@ pub struct Events {
 }
 
 impl VolumeEvents for Events {
-    fn member_failed(&self, member: MemberIndex, _error: &BlockError) -> BoxFuture<'_, ()> {
+    fn member_failed(
+        &self,
+        member: MemberIndex,
+        _error: &BlockError,
+        _states: &[super::MemberState],
+    ) -> BoxFuture<'_, ()> {
         self.failed.lock().unwrap().push(member);
         Box::pin(async {})
     }

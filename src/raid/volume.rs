@@ -32,7 +32,13 @@ use crate::units::ByteOffset;
 /// Receives member failures so they can be persisted (superblock event bump).
 pub trait VolumeEvents: Send + Sync {
     /// `member` failed with `error`; resolves once the failure is recorded.
-    fn member_failed(&self, member: MemberIndex, error: &BlockError) -> BoxFuture<'_, ()>;
+    /// `states`: every member's state once it failed.
+    fn member_failed(
+        &self,
+        member: MemberIndex,
+        error: &BlockError,
+        states: &[MemberState],
+    ) -> BoxFuture<'_, ()>;
 }
 
 /// State of one member slot.
@@ -609,8 +615,9 @@ impl Volume {
             let events = self.events.clone();
             let recorded = slot.recorded();
             let error = copy_error(error);
+            let states = self.member_states();
             let record = async move {
-                events.member_failed(member, &error).await;
+                events.member_failed(member, &error, &states).await;
                 recorded.send_replace(true);
             };
             // Recorded in its own task, so a cancelled request cannot leave

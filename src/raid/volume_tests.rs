@@ -337,6 +337,7 @@ impl super::volume::VolumeEvents for SlowEvents {
         &self,
         _member: MemberIndex,
         _error: &BlockError,
+        _states: &[super::MemberState],
     ) -> crate::block::BoxFuture<'_, ()> {
         Box::pin(self.release.notified())
     }
