@@ -16,8 +16,10 @@ pub mod client;
 pub mod events;
 pub mod handle;
 pub mod methods;
+pub mod replies;
 pub mod rpc;
 pub mod server;
+pub mod status;
 pub mod watch;
 
 #[cfg(test)]

@@ -425,11 +425,14 @@ impl ArrayHandle {
         }
     }
 
-    /// The replace running, for `status`: `{"member": role, "path": new}`.
-    pub fn replacing(&self) -> Option<serde_json::Value> {
+    /// The replace running, for `status`.
+    pub fn replacing(&self) -> Option<crate::control::status::ReplaceStatus> {
         let r = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
         r.as_ref()
-            .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
+            .map(|(role, path)| crate::control::status::ReplaceStatus {
+                member: *role,
+                path: path.clone(),
+            })
     }
 
     /// The lock every member-set change holds (`fail` and `remove` take

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -82,7 +82,7 @@ pub struct IoStats {
 }
 
 /// A point-in-time copy of the plain counters, for status output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoSummary {
     /// Reads completed.
     pub reads: u64,
