@@ -351,3 +351,7 @@ impl Collector for Scrape {
         self.sync(&mut enc)
     }
 }
+
+#[cfg(test)]
+#[path = "prometheus_tests.rs"]
+mod tests;
