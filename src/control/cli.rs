@@ -10,8 +10,13 @@ use indicatif::BinaryBytes;
 use serde::Serialize;
 
 use super::client::{call, default_client_path, ClientError};
+use super::params::{
+    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
+    ScrubParams, SetParams, VolumeFilter,
+};
 use super::replies::{
-    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply, ScrubReply,
+    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply, ReplaceReply,
+    ScrubReply, SetReply,
 };
 use super::status::{wire_name, FaultStatus, ScrubStatus, StatusReply, VolumeStatus};
 use crate::cli::{
@@ -27,7 +32,7 @@ fn socket(arg: &ControlArg) -> PathBuf {
 /// `vraid status`.
 pub fn status(args: StatusArgs) -> Result<(), ClientError> {
     let path = socket(&args.control);
-    let params = StatusParams {
+    let params = VolumeFilter {
         volume: args.volume.clone(),
     };
     loop {
@@ -59,13 +64,6 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
         drop(out);
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-/// Parameters of the `status` method.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusParams {
-    /// Only this volume.
-    pub volume: Option<String>,
 }
 
 /// `reply` as pretty JSON on stdout (`--json`).
@@ -206,7 +204,7 @@ pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
         &socket(&args.control),
         "fail",
         &MemberParams {
-            volume: &args.volume,
+            volume: args.volume.clone(),
             member: member_arg(&args.member),
         },
     )?;
@@ -215,13 +213,6 @@ pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
         args.volume, reply.member, reply.volume_state
     );
     Ok(())
-}
-
-/// Parameters naming a member of a volume (`fail`, `remove`).
-#[derive(Debug, Serialize)]
-struct MemberParams<'a> {
-    volume: &'a str,
-    member: String,
 }
 
 /// A path as the daemon must see it: absolute, since its working directory
@@ -233,28 +224,22 @@ fn absolute(path: &Path) -> PathBuf {
 /// A member named on the command line (a role number or a path) as the
 /// daemon must see it: a path made absolute, since a relative one means
 /// a file in *our* working directory, not in the daemon's.
-fn member_arg(member: &str) -> String {
-    if member.parse::<usize>().is_ok() {
-        return member.to_string();
+fn member_arg(member: &str) -> MemberArg {
+    if let Ok(role) = member.parse::<usize>() {
+        return MemberArg::Role(role);
     }
-    absolute(Path::new(member)).display().to_string()
+    MemberArg::Path(absolute(Path::new(member)).display().to_string())
 }
 
 /// `vraid add`.
 pub fn add(args: AddArgs) -> Result<(), ClientError> {
     let path = absolute(&args.path);
-    #[derive(Serialize)]
-    struct Params<'a> {
-        volume: &'a str,
-        path: &'a Path,
-        force: bool,
-    }
     let reply: AddReply = call(
         &socket(&args.control),
         "add",
-        &Params {
-            volume: &args.volume,
-            path: &path,
+        &AddParams {
+            volume: args.volume.clone(),
+            path: path.clone(),
             force: args.force,
         },
     )?;
@@ -272,20 +257,13 @@ pub fn add(args: AddArgs) -> Result<(), ClientError> {
 /// `vraid replace`.
 pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
     let path = absolute(&args.path);
-    #[derive(Serialize)]
-    struct Params<'a> {
-        volume: &'a str,
-        member: String,
-        path: &'a Path,
-        force: bool,
-    }
-    let _: super::replies::ReplaceReply = call(
+    let _: ReplaceReply = call(
         &socket(&args.control),
         "replace",
-        &Params {
-            volume: &args.volume,
+        &ReplaceParams {
+            volume: args.volume.clone(),
             member: member_arg(&args.member),
-            path: &path,
+            path: path.clone(),
             force: args.force,
         },
     )?;
@@ -301,16 +279,11 @@ pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
 /// `vraid set`.
 pub fn set(args: SetArgs) -> Result<(), ClientError> {
     if let Some(mbps) = args.rebuild_max_mbps {
-        #[derive(Serialize)]
-        struct Params<'a> {
-            volume: &'a str,
-            rebuild_max_mbps: u64,
-        }
-        let _: super::replies::SetReply = call(
+        let _: SetReply = call(
             &socket(&args.control),
             "set",
-            &Params {
-                volume: &args.volume,
+            &SetParams {
+                volume: args.volume.clone(),
                 rebuild_max_mbps: mbps,
             },
         )?;
@@ -321,18 +294,11 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
 
 /// `vraid scrub`.
 pub fn scrub(args: ScrubArgs) -> Result<(), ClientError> {
-    #[derive(Serialize)]
-    struct Params<'a> {
-        volume: &'a str,
-        repair: bool,
-        cancel: bool,
-        wait: bool,
-    }
     let reply: ScrubReply = call(
         &socket(&args.control),
         "scrub",
-        &Params {
-            volume: &args.volume,
+        &ScrubParams {
+            volume: args.volume.clone(),
             repair: args.repair,
             cancel: args.cancel,
             wait: !args.no_wait,
@@ -390,7 +356,7 @@ pub fn remove(args: MemberCmdArgs) -> Result<(), ClientError> {
         &socket(&args.control),
         "remove",
         &MemberParams {
-            volume: &args.volume,
+            volume: args.volume.clone(),
             member: member_arg(&args.member),
         },
     )?;
@@ -409,20 +375,6 @@ pub fn fault(cmd: FaultCommand) -> Result<(), ClientError> {
         FaultCommand::List(a) => fault_list(a),
         FaultCommand::Clear(a) => fault_clear(a),
     }
-}
-
-/// Parameters of `fault.add`.
-#[derive(Debug, Serialize)]
-struct FaultAddParams<'a> {
-    volume: &'a str,
-    member: String,
-    kind: FaultKind,
-    op: FaultOp,
-    offset: Option<u64>,
-    length: Option<u64>,
-    probability: Option<f64>,
-    delay_us: Option<u64>,
-    count: Option<u64>,
 }
 
 fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
@@ -444,7 +396,7 @@ fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
         &socket(&a.control),
         "fault.add",
         &FaultAddParams {
-            volume: &a.volume,
+            volume: a.volume.clone(),
             member: member_arg(&a.member),
             kind,
             op,
@@ -462,12 +414,8 @@ fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// No parameters.
-#[derive(Debug, Serialize)]
-struct NoParams {}
-
 fn fault_list(a: FaultListArgs) -> Result<(), ClientError> {
-    let reply: FaultListReply = call(&socket(&a.control), "fault.list", &NoParams {})?;
+    let reply: FaultListReply = call(&socket(&a.control), "fault.list", &VolumeFilter::default())?;
     if a.json {
         print_json(&reply);
         return Ok(());
@@ -527,11 +475,11 @@ fn print_fault(f: &FaultStatus) {
 }
 
 fn fault_clear(a: FaultClearArgs) -> Result<(), ClientError> {
-    #[derive(Serialize)]
-    struct Params {
-        id: Option<u64>,
-    }
-    let reply: FaultClearReply = call(&socket(&a.control), "fault.clear", &Params { id: a.id })?;
+    let reply: FaultClearReply = call(
+        &socket(&a.control),
+        "fault.clear",
+        &FaultClearParams { id: a.id },
+    )?;
     println!("cleared {} fault rule(s)", reply.cleared);
     Ok(())
 }

@@ -16,31 +16,25 @@
 //!
 //! `member` is a role number or the member path given at start-up.
 
-use std::path::PathBuf;
-
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::handle::{Registry, ScrubRequest, VolumeHandle};
+use super::params::{
+    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
+    ScrubParams, SetParams, VolumeFilter,
+};
 use super::replies::{FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply};
 use super::status::StatusReply;
 use super::ControlError;
-use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
-
-/// A member given by role number or path.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum MemberArg {
-    Role(usize),
-    Path(String),
-}
+use crate::member::fault::{FaultKind, FaultSpec};
 
 impl MemberArg {
     /// The role named. A path names the device that holds the role now:
     /// the start-up path of a role another device took since (a spare, a
     /// replace) is refused, or `fail` and `remove` would hit the newcomer.
-    fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
+    pub(super) fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
         let text = match self {
             MemberArg::Role(r) => r.to_string(),
             MemberArg::Path(p) => p.clone(),
@@ -55,80 +49,6 @@ impl MemberArg {
         }
         Ok(role)
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeFilter {
-    volume: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberParams {
-    volume: String,
-    member: MemberArg,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultAddParams {
-    volume: String,
-    member: MemberArg,
-    kind: FaultKind,
-    #[serde(default)]
-    op: FaultOp,
-    offset: Option<u64>,
-    length: Option<u64>,
-    probability: Option<f64>,
-    delay_us: Option<u64>,
-    count: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultClearParams {
-    id: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddParams {
-    volume: String,
-    path: PathBuf,
-    /// Overwrite what the pre-write check finds.
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplaceParams {
-    volume: String,
-    member: MemberArg,
-    path: PathBuf,
-    /// Overwrite what the pre-write check finds.
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScrubParams {
-    volume: String,
-    #[serde(default)]
-    repair: bool,
-    #[serde(default)]
-    cancel: bool,
-    #[serde(default)]
-    wait: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetParams {
-    volume: String,
-    rebuild_max_mbps: u64,
 }
 
 fn params<T: DeserializeOwned>(v: Value) -> Result<T, ControlError> {

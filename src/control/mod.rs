@@ -16,6 +16,7 @@ pub mod client;
 pub mod events;
 pub mod handle;
 pub mod methods;
+pub mod params;
 pub mod replies;
 pub mod rpc;
 pub mod server;

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use indicatif::{BinaryBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::cli::{render_status, StatusParams};
+use super::cli::render_status;
 use super::client::{call, ClientError};
+use super::params::VolumeFilter;
 use super::status::{StatusReply, VolumeStatus};
 
 /// What one volume's progress bar shows.
@@ -64,7 +65,7 @@ pub fn header_text(reply: &StatusReply) -> String {
 }
 
 /// Redraws the status with progress bars until interrupted.
-pub fn watch(path: &Path, params: &StatusParams) -> Result<(), ClientError> {
+pub fn watch(path: &Path, params: &VolumeFilter) -> Result<(), ClientError> {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let header = multi.add(ProgressBar::new_spinner());
     header.set_style(

@@ -193,9 +193,19 @@ fn queries(dashboard: &serde_json::Value) -> Vec<String> {
     out
 }
 
-/// PromQL words that are not metric names (aggregations may be followed
-/// by `by (…)` rather than by their parentheses).
-const KEYWORDS: [&str; 24] = [
+/// PromQL words followed by a list of labels in parentheses.
+const GROUPING: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// Other PromQL words that are not metric names (aggregations may be
+/// followed by `by (…)` rather than by their parentheses).
+const KEYWORDS: [&str; 18] = [
     "sum",
     "min",
     "max",
@@ -208,12 +218,6 @@ const KEYWORDS: [&str; 24] = [
     "bottomk",
     "topk",
     "quantile",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "bool",
     "offset",
     "and",
@@ -270,16 +274,7 @@ fn metric_names(expr: &str) -> Vec<String> {
         }
         let word: String = chars[start..i].iter().collect();
         let next = chars[i..].iter().find(|c| !c.is_whitespace());
-        if [
-            "by",
-            "without",
-            "on",
-            "ignoring",
-            "group_left",
-            "group_right",
-        ]
-        .contains(&word.as_str())
-        {
+        if GROUPING.contains(&word.as_str()) {
             grouping = true;
         } else if next != Some(&'(') && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
             names.push(word);
