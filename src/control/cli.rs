@@ -1,6 +1,8 @@
 //! The CLI verbs that talk to a running daemon: `status`, `fail`, `remove`,
-//! `fault add|list|clear`. Each sends one request and prints the reply;
-//! `status --watch` on a terminal hands over to `watch.rs` (progress bars).
+//! `add`, `replace`, `set`, `scrub`, `fault add|list|clear`. Each sends one
+//! request (typed [`super::params`]) and prints the typed reply, as text or
+//! (`--json`) as the daemon's JSON; `status --watch` on a terminal hands over
+//! to `watch.rs` (progress bars).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

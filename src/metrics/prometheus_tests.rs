@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::{Scrape, VolumeScrape};
-use crate::control::status::{sample_reply, FaultStatus};
+use crate::control::status::tests::sample_reply;
+use crate::control::status::FaultStatus;
 use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
 use crate::metrics::stats::{IoStats, OpType};
 
