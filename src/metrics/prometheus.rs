@@ -4,21 +4,19 @@
 //! [`IoStats`] counters of the volume and its members) and a collector
 //! turns it into metric families.
 //!
-//! The counters stay relaxed atomics on the data path ([`IoStats`]); the
-//! crate's own `Histogram` takes a lock per observation.
+//! The I/O counters and latency histograms are the crate's own metrics
+//! ([`IoStats`]), encoded as they are.
 
 use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::stats::{IoStats, OpType, LATENCY_BUCKETS_US};
+use super::stats::{IoStats, OpCounters, OpType};
 use crate::control::status::{wire_name, FaultStatus, VolumeStatus};
 use crate::control::Registry;
 
@@ -90,48 +88,6 @@ pub async fn render(reg: &Registry) -> String {
     Scrape::take(reg).await.render()
 }
 
-/// A latency histogram read from an [`IoStats`] bucket array.
-#[derive(Debug)]
-struct Latency {
-    sum_seconds: f64,
-    count: u64,
-    /// (upper bound in seconds, non-cumulative count); the last is `+Inf`.
-    buckets: Vec<(f64, u64)>,
-}
-
-impl Latency {
-    fn of(stats: &IoStats, op: OpType) -> Latency {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = stats.op(op);
-        let buckets: Vec<(f64, u64)> = c
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let le = LATENCY_BUCKETS_US
-                    .get(i)
-                    .map_or(f64::INFINITY, |us| *us as f64 / 1e6);
-                (le, b.load(Relaxed))
-            })
-            .collect();
-        Latency {
-            sum_seconds: c.latency_sum_us.load(Relaxed) as f64 / 1e6,
-            count: buckets.iter().map(|(_, n)| n).sum(),
-            buckets,
-        }
-    }
-}
-
-impl EncodeMetric for Latency {
-    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
-        encoder.encode_histogram::<NoLabelSet>(self.sum_seconds, self.count, &self.buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
 /// Encodes the family `name` (counters get `_total` appended) with one
 /// series per `(labels, metric)`; its `# HELP` and `# TYPE` even without
 /// any (every name vraid exports is always listed).
@@ -164,44 +120,42 @@ fn io_families(
     what: &str,
     devices: &[(Labels, Arc<IoStats>)],
 ) -> fmt::Result {
-    use std::sync::atomic::Ordering::Relaxed;
-    let per_op = || {
+    // One series per device and operation type; the crate's metrics are
+    // handles on shared state, so a clone reads the live values.
+    fn per_op<M: EncodeMetric + Clone>(
+        devices: &[(Labels, Arc<IoStats>)],
+        metric: fn(&OpCounters) -> &M,
+    ) -> Vec<(Labels, M)> {
         devices
             .iter()
-            .flat_map(|(l, s)| OpType::ALL.map(|op| (with_op(l, op), s.clone(), op)))
-    };
-    let counter = |f: fn(&super::stats::OpCounters) -> u64| {
-        per_op()
-            .map(move |(l, s, op)| (l, ConstCounter::new(f(s.op(op)))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        enc,
-        &format!("{prefix}_ops"),
-        &format!("{what} operations completed, by type"),
-        MetricType::Counter,
-        counter(|c| c.ops.load(Relaxed)),
-    )?;
-    family(
-        enc,
-        &format!("{prefix}_bytes"),
-        &format!("{what} bytes transferred by successful operations"),
-        MetricType::Counter,
-        counter(|c| c.bytes.load(Relaxed)),
-    )?;
-    family(
-        enc,
-        &format!("{prefix}_errors"),
-        &format!("{what} operations that failed"),
-        MetricType::Counter,
-        counter(|c| c.errors.load(Relaxed)),
-    )?;
+            .flat_map(|(l, s)| OpType::ALL.map(|op| (with_op(l, op), metric(s.op(op)).clone())))
+            .collect()
+    }
+    for (name, help, metric) in [
+        (
+            "ops",
+            "operations completed, by type",
+            (|c| &c.ops) as fn(&OpCounters) -> &_,
+        ),
+        ("bytes", "bytes transferred by successful operations", |c| {
+            &c.bytes
+        }),
+        ("errors", "operations that failed", |c| &c.errors),
+    ] {
+        family(
+            enc,
+            &format!("{prefix}_{name}"),
+            &format!("{what} {help}"),
+            MetricType::Counter,
+            per_op(devices, metric),
+        )?;
+    }
     family(
         enc,
         &format!("{prefix}_latency_seconds"),
         &format!("{what} operation latency"),
         MetricType::Histogram,
-        per_op().map(|(l, s, op)| (l, Latency::of(&s, op))),
+        per_op(devices, |c| &c.latency),
     )
 }
 

@@ -3,7 +3,6 @@
 //! exports.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::{Scrape, VolumeScrape};
@@ -20,10 +19,12 @@ const DASHBOARD: &str = include_str!("../../dashboards/vraid.json");
 fn scrape() -> Scrape {
     let stats = IoStats::new();
     let write = stats.op(OpType::Write);
-    write.ops.fetch_add(3, Relaxed);
-    write.bytes.fetch_add(12288, Relaxed);
-    write.buckets[2].fetch_add(3, Relaxed);
-    write.latency_sum_us.fetch_add(600, Relaxed);
+    write.ops.inc_by(3);
+    write.bytes.inc_by(12288);
+    for _ in 0..3 {
+        // 2^-12 s (244 µs): in the 250 µs bucket, summed exactly.
+        write.latency.observe(1.0 / 4096.0);
+    }
     let volumes = sample_reply()
         .volumes
         .into_iter()
@@ -103,7 +104,7 @@ fn the_exposition_keeps_the_names_labels_and_types_of_every_series() {
     );
     has(
         r#"vraid_volume_latency_seconds_sum{volume="vol0",op="write"}"#,
-        0.0006,
+        3.0 / 4096.0,
     );
     has(
         r#"vraid_volume_latency_seconds_count{volume="vol0",op="write"}"#,
