@@ -4,8 +4,6 @@
 //! every metric the shipped Grafana dashboard queries.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,15 +23,6 @@ fn keys(v: &Value) -> BTreeSet<String> {
 
 fn set(k: &[&str]) -> BTreeSet<String> {
     k.iter().map(|s| s.to_string()).collect()
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// The metric names an exposition declares (`# TYPE`), with the series
