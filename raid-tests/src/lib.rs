@@ -636,3 +636,14 @@ pub fn member_states(volume: &serde_json::Value) -> Vec<String> {
         .map(|m| m["state"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// The whole HTTP reply (head and body) to `GET /metrics` on `addr`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}

@@ -489,7 +489,7 @@ fn scrub_under_fio_writes_finds_nothing_and_shows_progress() {
     );
     let (sync, text) = seen.expect("scrub progress never shown in status");
     assert!(sync["total_bytes"].as_u64().unwrap() > 0, "{sync}");
-    assert!(text.contains("scrub: ["), "{text}");
+    assert!(text.contains("  scrub: ") && text.contains("% "), "{text}");
     assert_eq!(last["outcome"], "finished", "{last}");
     assert_eq!(last["found"], 0, "{last}");
     assert_eq!(after["found"], 0, "{after}");

@@ -1,18 +1,31 @@
 //! The CLI verbs that talk to a running daemon: `status`, `fail`, `remove`,
-//! `fault add|list|clear`. Each sends one request and prints the reply;
-//! `status --watch` on a terminal hands over to `watch.rs` (progress bars).
+//! `add`, `replace`, `set`, `scrub`, `fault add|list|clear`. Each sends one
+//! request (typed [`super::params`]) and prints the typed reply, as text or
+//! (`--json`) as the daemon's JSON; `status --watch` on a terminal hands over
+//! to `watch.rs` (progress bars).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use indicatif::BinaryBytes;
+use serde::Serialize;
 
 use super::client::{call, default_client_path, ClientError};
+use super::params::{
+    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
+    ScrubParams, SetParams, VolumeFilter,
+};
+use super::replies::{
+    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply, ReplaceReply,
+    ScrubReply, SetReply,
+};
+use super::status::{wire_name, FaultStatus, ScrubStatus, StatusReply, VolumeStatus};
 use crate::cli::{
     AddArgs, ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg, FaultListArgs,
     FaultOpArg, MemberCmdArgs, ReplaceArgs, ScrubArgs, SetArgs, StatusArgs,
 };
+use crate::member::fault::{FaultKind, FaultOp};
 
 fn socket(arg: &ControlArg) -> PathBuf {
     arg.control.clone().unwrap_or_else(default_client_path)
@@ -21,14 +34,13 @@ fn socket(arg: &ControlArg) -> PathBuf {
 /// `vraid status`.
 pub fn status(args: StatusArgs) -> Result<(), ClientError> {
     let path = socket(&args.control);
-    let params = json!({ "volume": args.volume });
+    let params = VolumeFilter {
+        volume: args.volume.clone(),
+    };
     loop {
-        let reply = call(&path, "status", params.clone())?;
+        let reply: StatusReply = call(&path, "status", &params)?;
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&reply).unwrap_or_default()
-            );
+            print_json(&reply);
             return Ok(());
         }
         if args.watch && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -56,20 +68,14 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
     }
 }
 
-/// `n` bytes in binary units ("1.5 MiB").
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
+/// `reply` as pretty JSON on stdout (`--json`).
+fn print_json<T: Serialize>(reply: &T) {
+    // Through a `Value`: its keys come out sorted, as they always did.
+    let value = serde_json::to_value(reply).unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
 }
 
 fn clock(ms: u64) -> String {
@@ -84,103 +90,96 @@ fn clock(ms: u64) -> String {
 }
 
 /// The text form of a `status` reply.
-pub fn render_status(reply: &Value) -> String {
+pub fn render_status(reply: &StatusReply) -> String {
     let mut out = String::new();
-    let empty = Vec::new();
-    for v in reply["volumes"].as_array().unwrap_or(&empty) {
-        let io = &v["io"];
-        let _ = writeln!(
-            out,
-            "{}: raid{}, {}, {} ({} bytes), chunk {}, superblock events {}",
-            v["name"].as_str().unwrap_or("?"),
-            v["level"],
-            v["state"].as_str().unwrap_or("?").to_uppercase(),
-            human_bytes(v["size"].as_u64().unwrap_or(0)),
-            v["size"],
-            crate::units::format_size(v["chunk_size"].as_u64().unwrap_or(0)),
-            v["superblock_events"],
-        );
-        let _ = writeln!(
-            out,
-            "  client io: {} reads ({}), {} writes ({}), {} flushes, {} errors",
-            io["reads"],
-            human_bytes(io["read_bytes"].as_u64().unwrap_or(0)),
-            io["writes"],
-            human_bytes(io["write_bytes"].as_u64().unwrap_or(0)),
-            io["flushes"],
-            io["errors"],
-        );
-        let _ = writeln!(
-            out,
-            "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  path",
-            "role", "state", "reads", "writes", "errors", "csum", "faults"
-        );
-        for m in v["members"].as_array().unwrap_or(&empty) {
-            let _ = writeln!(
-                out,
-                "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  {}",
-                m["role"].to_string(),
-                m["state"].as_str().unwrap_or("?"),
-                m["io"]["reads"].to_string(),
-                m["io"]["writes"].to_string(),
-                m["io"]["errors"].to_string(),
-                m["checksum_errors"].as_u64().unwrap_or(0).to_string(),
-                m["faults"].to_string(),
-                m["path"].as_str().unwrap_or("-"),
-            );
-        }
+    for v in &reply.volumes {
+        render_volume(&mut out, v);
         render_sync(&mut out, v);
+        render_engine(&mut out, v);
     }
-    let events = reply["events"].as_array().unwrap_or(&empty);
-    if !events.is_empty() {
+    if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");
-        for e in events.iter().rev().take(10).rev() {
-            let _ = writeln!(
-                out,
-                "  {}  {}",
-                clock(e["time_ms"].as_u64().unwrap_or(0)),
-                e["message"].as_str().unwrap_or("")
-            );
+        for e in reply.events.iter().rev().take(10).rev() {
+            let _ = writeln!(out, "  {}  {}", clock(e.time_ms), e.message);
         }
     }
     out
 }
 
-/// The resync/rebuild line with a progress bar, and the spares.
-fn render_sync(out: &mut String, v: &Value) {
-    let sync = &v["sync"];
-    if let (Some(done), Some(total)) = (sync["done_bytes"].as_u64(), sync["total_bytes"].as_u64()) {
-        let frac = if total == 0 {
-            1.0
-        } else {
-            done as f64 / total as f64
-        };
-        let width = 30;
-        let filled = ((frac * width as f64) as usize).min(width);
-        let what = match sync["member"].as_u64() {
-            Some(m) => format!("{} of member {m}", sync["kind"].as_str().unwrap_or("sync")),
-            None => sync["kind"].as_str().unwrap_or("sync").to_string(),
-        };
-        let rate = sync["bytes_per_sec"].as_f64().unwrap_or(0.0) as u64;
-        let eta = sync["eta_secs"]
-            .as_f64()
-            .map_or_else(|| "-".to_string(), |s| format!("{}s", s.round() as u64));
+/// The volume's header, client I/O line and member table.
+fn render_volume(out: &mut String, v: &VolumeStatus) {
+    let io = &v.io;
+    let _ = writeln!(
+        out,
+        "{}: raid{}, {}, {} ({} bytes), chunk {}, superblock events {}",
+        v.name,
+        v.level,
+        v.state.word().to_uppercase(),
+        BinaryBytes(v.size),
+        v.size,
+        crate::units::format_size(v.chunk_size),
+        v.superblock_events,
+    );
+    let _ = writeln!(
+        out,
+        "  client io: {} reads ({}), {} writes ({}), {} flushes, {} errors",
+        io.reads,
+        BinaryBytes(io.read_bytes),
+        io.writes,
+        BinaryBytes(io.write_bytes),
+        io.flushes,
+        io.errors,
+    );
+    let _ = writeln!(
+        out,
+        "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  path",
+        "role", "state", "reads", "writes", "errors", "csum", "faults"
+    );
+    for m in &v.members {
         let _ = writeln!(
             out,
-            "  {what}: [{}{}] {:5.1}% {} of {}, {}/s, ETA {eta}, limit {} MB/s",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
-            frac * 100.0,
-            human_bytes(done),
-            human_bytes(total),
-            human_bytes(rate),
-            v["rebuild_max_mbps"]
+            "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  {}",
+            m.role,
+            m.state.word(),
+            m.io.reads,
+            m.io.writes,
+            m.io.errors,
+            m.checksum_errors,
+            m.faults,
+            m.path.as_deref().unwrap_or("-"),
         );
     }
-    if v["last_scrub"].is_object() {
-        let name = v["name"].as_str().unwrap_or("?");
-        let prefix = format!("{name}: ");
-        for (i, line) in render_scrub(name, &v["last_scrub"]).lines().enumerate() {
+}
+
+/// The line of the resync/rebuild/scrub running (`status --watch` on a
+/// terminal draws it as a progress bar instead).
+fn render_sync(out: &mut String, v: &VolumeStatus) {
+    let Some(engine) = &v.engine else {
+        return;
+    };
+    if let Some(sync) = &engine.sync {
+        let _ = writeln!(
+            out,
+            "  {}: {:5.1}% {} of {}, {}/s, ETA {}, limit {} MB/s",
+            sync.what(),
+            sync.fraction() * 100.0,
+            BinaryBytes(sync.done_bytes),
+            BinaryBytes(sync.total_bytes),
+            BinaryBytes(sync.bytes_per_sec.max(0.0) as u64),
+            sync.eta_text(),
+            engine.rebuild_max_mbps
+        );
+    }
+}
+
+/// The last scrub, the spares and the journal counters.
+fn render_engine(out: &mut String, v: &VolumeStatus) {
+    let Some(engine) = &v.engine else {
+        return;
+    };
+    if let Some(last) = &engine.last_scrub {
+        let prefix = format!("{}: ", v.name);
+        for (i, line) in render_scrub(&v.name, last).lines().enumerate() {
             let line = if i == 0 {
                 format!("last {}", line.strip_prefix(&prefix).unwrap_or(line))
             } else {
@@ -189,35 +188,31 @@ fn render_sync(out: &mut String, v: &Value) {
             let _ = writeln!(out, "  {line}");
         }
     }
-    if let Some(spares) = v["spares"].as_array().filter(|s| !s.is_empty()) {
-        let names: Vec<&str> = spares.iter().filter_map(Value::as_str).collect();
-        let _ = writeln!(out, "  spares: {}", names.join(", "));
+    if !engine.spares.is_empty() {
+        let _ = writeln!(out, "  spares: {}", engine.spares.join(", "));
     }
-    let j = &v["journal"];
-    if let (Some(b), Some(e), Some(c)) = (
-        j["batches"].as_u64(),
-        j["entries"].as_u64(),
-        j["checkpoints"].as_u64(),
-    ) {
+    if let Some(j) = engine.journal {
         let _ = writeln!(
             out,
-            "  write-hole journal: {e} entries in {b} batches, {c} checkpoints"
+            "  write-hole journal: {} entries in {} batches, {} checkpoints",
+            j.entries, j.batches, j.checkpoints
         );
     }
 }
 
 /// `vraid fail`.
 pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
-    let reply = call(
+    let reply: FailReply = call(
         &socket(&args.control),
         "fail",
-        json!({"volume": args.volume, "member": member_arg(&args.member)}),
+        &MemberParams {
+            volume: args.volume.clone(),
+            member: member_arg(&args.member),
+        },
     )?;
     println!(
         "{}: member {} failed; volume is {}",
-        args.volume,
-        reply["member"],
-        reply["volume_state"].as_str().unwrap_or("?")
+        args.volume, reply.member, reply.volume_state
     );
     Ok(())
 }
@@ -231,22 +226,26 @@ fn absolute(path: &Path) -> PathBuf {
 /// A member named on the command line (a role number or a path) as the
 /// daemon must see it: a path made absolute, since a relative one means
 /// a file in *our* working directory, not in the daemon's.
-fn member_arg(member: &str) -> String {
-    if member.parse::<usize>().is_ok() {
-        return member.to_string();
+fn member_arg(member: &str) -> MemberArg {
+    if let Ok(role) = member.parse::<usize>() {
+        return MemberArg::Role(role);
     }
-    absolute(Path::new(member)).display().to_string()
+    MemberArg::Path(absolute(Path::new(member)).display().to_string())
 }
 
 /// `vraid add`.
 pub fn add(args: AddArgs) -> Result<(), ClientError> {
     let path = absolute(&args.path);
-    let reply = call(
+    let reply: AddReply = call(
         &socket(&args.control),
         "add",
-        json!({"volume": args.volume, "path": path, "force": args.force}),
+        &AddParams {
+            volume: args.volume.clone(),
+            path: path.clone(),
+            force: args.force,
+        },
     )?;
-    match reply["role"].as_u64() {
+    match reply.role {
         Some(role) => println!(
             "{}: {} added as member {role}; rebuilding (watch with: vraid status --watch)",
             args.volume,
@@ -260,10 +259,15 @@ pub fn add(args: AddArgs) -> Result<(), ClientError> {
 /// `vraid replace`.
 pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
     let path = absolute(&args.path);
-    call(
+    let _: ReplaceReply = call(
         &socket(&args.control),
         "replace",
-        json!({"volume": args.volume, "member": member_arg(&args.member), "path": path, "force": args.force}),
+        &ReplaceParams {
+            volume: args.volume.clone(),
+            member: member_arg(&args.member),
+            path: path.clone(),
+            force: args.force,
+        },
     )?;
     println!(
         "{}: copying member {} onto {}; it keeps serving until the copy is in sync",
@@ -277,10 +281,13 @@ pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
 /// `vraid set`.
 pub fn set(args: SetArgs) -> Result<(), ClientError> {
     if let Some(mbps) = args.rebuild_max_mbps {
-        call(
+        let _: SetReply = call(
             &socket(&args.control),
             "set",
-            json!({"volume": args.volume, "rebuild_max_mbps": mbps}),
+            &SetParams {
+                volume: args.volume.clone(),
+                rebuild_max_mbps: mbps,
+            },
         )?;
         println!("{}: rebuild rate limit {mbps} MB/s", args.volume);
     }
@@ -289,16 +296,18 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
 
 /// `vraid scrub`.
 pub fn scrub(args: ScrubArgs) -> Result<(), ClientError> {
-    let reply = call(
+    let reply: ScrubReply = call(
         &socket(&args.control),
         "scrub",
-        json!({"volume": args.volume, "repair": args.repair, "cancel": args.cancel, "wait": !args.no_wait}),
+        &ScrubParams {
+            volume: args.volume.clone(),
+            repair: args.repair,
+            cancel: args.cancel,
+            wait: !args.no_wait,
+        },
     )?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).unwrap_or_default()
-        );
+        print_json(&reply);
     } else if args.cancel {
         println!("{}: scrub cancelled", args.volume);
     } else if args.no_wait {
@@ -306,63 +315,57 @@ pub fn scrub(args: ScrubArgs) -> Result<(), ClientError> {
             "{}: scrub started (watch with: vraid status --watch)",
             args.volume
         );
-    } else {
-        print!("{}", render_scrub(&args.volume, &reply["scrub"]));
+    } else if let Some(result) = &reply.scrub {
+        print!("{}", render_scrub(&args.volume, result));
     }
     Ok(())
 }
 
 /// The text form of a scrub result (`last_scrub` in status).
-fn render_scrub(volume: &str, s: &Value) -> String {
+fn render_scrub(volume: &str, s: &ScrubStatus) -> String {
     let mut out = String::new();
-    let sum = |key: &str| -> u64 {
-        s["members"]
-            .as_array()
-            .map_or(0, |ms| ms.iter().filter_map(|m| m[key].as_u64()).sum())
-    };
+    let total = s.total();
     let _ = writeln!(
         out,
         "{volume}: scrub {} ({}) in {:.1} s: checked {}, {} mismatches, {} checksum errors, {} read errors, {} repaired{}",
-        s["outcome"].as_str().unwrap_or("?"),
-        if s["repair"].as_bool() == Some(true) { "repair" } else { "check" },
-        s["secs"].as_f64().unwrap_or(0.0),
-        human_bytes(s["bytes_checked"].as_u64().unwrap_or(0)),
-        sum("mismatch"),
-        sum("checksum"),
-        sum("io"),
-        sum("repaired"),
-        if s["degraded"].as_bool() == Some(true) {
+        s.outcome,
+        if s.repair { "repair" } else { "check" },
+        s.secs,
+        BinaryBytes(s.bytes_checked),
+        total.mismatch,
+        total.checksum,
+        total.io,
+        total.repaired,
+        if s.degraded {
             " (degraded: not everything could be checked)"
         } else {
             ""
         },
     );
-    for m in s["members"].as_array().into_iter().flatten() {
-        let found: u64 = ["mismatch", "checksum", "io"]
-            .iter()
-            .filter_map(|k| m[*k].as_u64())
-            .sum();
-        if found > 0 {
-            let _ = writeln!(
-                out,
-                "  member {}: {} mismatches, {} checksum errors, {} read errors, {} repaired",
-                m["role"], m["mismatch"], m["checksum"], m["io"], m["repaired"]
-            );
-        }
+    for m in s.members.iter().filter(|m| m.found() > 0) {
+        let _ = writeln!(
+            out,
+            "  member {}: {} mismatches, {} checksum errors, {} read errors, {} repaired",
+            m.role, m.mismatch, m.checksum, m.io, m.repaired
+        );
     }
     out
 }
 
 /// `vraid remove`.
 pub fn remove(args: MemberCmdArgs) -> Result<(), ClientError> {
-    let reply = call(
+    let reply: RemoveReply = call(
         &socket(&args.control),
         "remove",
-        json!({"volume": args.volume, "member": member_arg(&args.member)}),
+        &MemberParams {
+            volume: args.volume.clone(),
+            member: member_arg(&args.member),
+        },
     )?;
-    match reply["spare"].as_str() {
-        Some(spare) => println!("{}: hot spare {spare} removed", args.volume),
-        None => println!("{}: member {} removed", args.volume, reply["member"]),
+    match (reply.spare, reply.member) {
+        (Some(spare), _) => println!("{}: hot spare {spare} removed", args.volume),
+        (None, Some(role)) => println!("{}: member {role} removed", args.volume),
+        (None, None) => println!("{}: member {} removed", args.volume, args.member),
     }
     Ok(())
 }
@@ -378,47 +381,48 @@ pub fn fault(cmd: FaultCommand) -> Result<(), ClientError> {
 
 fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
     let kind = match a.kind {
-        FaultKindArg::Error => "error",
-        FaultKindArg::Delay => "delay",
-        FaultKindArg::Corrupt => "corrupt",
-        FaultKindArg::Offline => "offline",
+        FaultKindArg::Error => FaultKind::Error,
+        FaultKindArg::Delay => FaultKind::Delay,
+        FaultKindArg::Corrupt => FaultKind::Corrupt,
+        FaultKindArg::Offline => FaultKind::Offline,
     };
     let op = match a.op {
-        FaultOpArg::Read => "read",
-        FaultOpArg::Write => "write",
-        FaultOpArg::Any => "any",
+        FaultOpArg::Read => FaultOp::Read,
+        FaultOpArg::Write => FaultOp::Write,
+        FaultOpArg::Any => FaultOp::Any,
     };
     let delay_us = a
         .delay
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let reply = call(
+    let reply: FaultAddReply = call(
         &socket(&a.control),
         "fault.add",
-        json!({
-            "volume": a.volume, "member": member_arg(&a.member), "kind": kind, "op": op,
-            "offset": a.offset, "length": a.length, "probability": a.probability,
-            "delay_us": delay_us, "count": a.count,
-        }),
+        &FaultAddParams {
+            volume: a.volume.clone(),
+            member: member_arg(&a.member),
+            kind,
+            op,
+            offset: a.offset,
+            length: a.length,
+            probability: a.probability,
+            delay_us,
+            count: a.count,
+        },
     )?;
     println!(
         "fault {} added on {} member {}",
-        reply["id"], a.volume, reply["member"]
+        reply.id, a.volume, reply.member
     );
     Ok(())
 }
 
 fn fault_list(a: FaultListArgs) -> Result<(), ClientError> {
-    let reply = call(&socket(&a.control), "fault.list", json!({}))?;
+    let reply: FaultListReply = call(&socket(&a.control), "fault.list", &VolumeFilter::default())?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).unwrap_or_default()
-        );
+        print_json(&reply);
         return Ok(());
     }
-    let empty = Vec::new();
-    let faults = reply["faults"].as_array().unwrap_or(&empty);
-    if faults.is_empty() {
+    if reply.faults.is_empty() {
         println!("no faults");
         return Ok(());
     }
@@ -426,47 +430,58 @@ fn fault_list(a: FaultListArgs) -> Result<(), ClientError> {
         "{:>4}  {:<12} {:>6}  {:<8} {:<6} {:>8} {:>8}  range",
         "id", "volume", "member", "kind", "op", "hits", "left"
     );
-    for f in faults {
-        let range = match (f["offset"].as_u64(), f["length"].as_u64()) {
-            (None, None) => "all".to_string(),
-            (o, Some(l)) => format!("{}+{l}", o.unwrap_or(0)),
-            (Some(o), None) => format!("{o}.."),
-        };
-        let left = f["remaining"]
-            .as_u64()
-            .map_or_else(|| "-".to_string(), |n| n.to_string());
-        println!(
-            "{:>4}  {:<12} {:>6}  {:<8} {:<6} {:>8} {:>8}  {range}{}{}",
-            f["id"].to_string(),
-            f["volume"].as_str().unwrap_or("?"),
-            f["member"].to_string(),
-            f["kind"].as_str().unwrap_or("?"),
-            f["op"].as_str().unwrap_or("?"),
-            f["hits"].to_string(),
-            left,
-            if f["probability"].as_f64().unwrap_or(1.0) < 1.0 {
-                format!(" p={}", f["probability"])
-            } else {
-                String::new()
-            },
-            match f["delay_us"].as_u64() {
-                Some(us) if us > 0 => format!(" delay={us}us"),
-                _ => String::new(),
-            },
-        );
-        if f["holds_role"] == false {
-            println!(
-                "      stays with {}, which no longer holds member {}",
-                f["path"].as_str().unwrap_or("?"),
-                f["member"]
-            );
-        }
+    for f in &reply.faults {
+        print_fault(f);
     }
     Ok(())
 }
 
+/// One row of `fault list`.
+fn print_fault(f: &FaultStatus) {
+    let spec = &f.spec;
+    let range = match (spec.offset, spec.length) {
+        (None, None) => "all".to_string(),
+        (o, Some(l)) => format!("{}+{l}", o.unwrap_or(0)),
+        (Some(o), None) => format!("{o}.."),
+    };
+    let left = f
+        .remaining
+        .map_or_else(|| "-".to_string(), |n| n.to_string());
+    println!(
+        "{:>4}  {:<12} {:>6}  {:<8} {:<6} {:>8} {:>8}  {range}{}{}",
+        f.id,
+        f.volume,
+        f.member,
+        wire_name(&spec.kind),
+        wire_name(&spec.op),
+        f.hits,
+        left,
+        if spec.probability < 1.0 {
+            format!(" p={}", spec.probability)
+        } else {
+            String::new()
+        },
+        if spec.delay_us > 0 {
+            format!(" delay={}us", spec.delay_us)
+        } else {
+            String::new()
+        },
+    );
+    if !f.holds_role {
+        println!(
+            "      stays with {}, which no longer holds member {}",
+            f.path.as_deref().unwrap_or("?"),
+            f.member
+        );
+    }
+}
+
 fn fault_clear(a: FaultClearArgs) -> Result<(), ClientError> {
-    let reply = call(&socket(&a.control), "fault.clear", json!({ "id": a.id }))?;
-    println!("cleared {} fault rule(s)", reply["cleared"]);
+    let reply: FaultClearReply = call(
+        &socket(&a.control),
+        "fault.clear",
+        &FaultClearParams { id: a.id },
+    )?;
+    println!("cleared {} fault rule(s)", reply.cleared);
     Ok(())
 }

@@ -5,7 +5,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::rpc::{OutgoingRequest, Response};
 
 /// Environment variable naming the control socket.
 pub const CONTROL_ENV: &str = "VRAID_CONTROL";
@@ -62,8 +65,13 @@ pub fn default_client_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEMO_CONTROL))
 }
 
-/// Sends `method(params)` to the daemon at `path` and returns its result.
-pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientError> {
+/// Sends `method(params)` to the daemon at `path` and returns its result
+/// as `R`.
+pub fn call<P: Serialize, R: DeserializeOwned>(
+    path: &Path,
+    method: &str,
+    params: &P,
+) -> Result<R, ClientError> {
     let shown = path.display().to_string();
     let io = |source| ClientError::Io {
         path: shown.clone(),
@@ -77,28 +85,26 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, ClientErr
         }
         _ => io(e),
     })?;
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let request = serde_json::to_string(&OutgoingRequest::new(method, params))
+        .map_err(|e| ClientError::BadReply(format!("cannot encode the request: {e}")))?;
     send_all(&stream, format!("{request}\n").as_bytes()).map_err(io)?;
     let mut line = Vec::new();
     BufReader::new(stream)
         .take(MAX_REPLY)
         .read_until(b'\n', &mut line)
         .map_err(io)?;
-    let reply: Value = serde_json::from_slice(&line)
-        .map_err(|e| ClientError::BadReply(format!("{e}: {}", shown_reply(&line))))?;
-    if let Some(err) = reply.get("error") {
+    let bad = |e: serde_json::Error| ClientError::BadReply(format!("{e}: {}", shown_reply(&line)));
+    let reply: Response = serde_json::from_slice(&line).map_err(bad)?;
+    if let Some(err) = reply.error {
         return Err(ClientError::Rpc {
-            code: err["code"].as_i64().unwrap_or(0),
-            message: err["message"]
-                .as_str()
-                .unwrap_or("unknown error")
-                .to_string(),
+            code: err.code,
+            message: err.message,
         });
     }
-    reply
-        .get("result")
-        .cloned()
-        .ok_or_else(|| ClientError::BadReply(shown_reply(reply.to_string().as_bytes())))
+    let result = reply
+        .result
+        .ok_or_else(|| ClientError::BadReply(shown_reply(&line)))?;
+    serde_json::from_value(result).map_err(bad)
 }
 
 /// Most of a bad reply an error message shows.

@@ -5,13 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Events kept per volume; older ones are dropped.
 pub const EVENT_CAPACITY: usize = 256;
 
 /// One event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
@@ -21,7 +21,7 @@ pub struct Event {
     /// `member_removed`, `fault_added`, `fault_cleared`.
     pub kind: String,
     /// Member role, when the event is about one member.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<usize>,
     /// Human-readable text.
     pub message: String,

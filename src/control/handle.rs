@@ -10,15 +10,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-use serde_json::Value;
-
 use super::events::{Event, EventLog};
+use super::replies::{AddReply, ReplaceReply, ScrubReply, SetReply};
+use super::status::{
+    EngineStatus, FaultStatus, MemberStatus, MemberStatusState, VolumeState, VolumeStatus,
+};
 use super::ControlError;
 use crate::block::BoxFuture;
 use crate::member::fault::{DeviceTag, FaultRule, FaultSet, FaultSpec};
 use crate::meta::ArrayMetadata;
-use crate::metrics::stats::{IoStats, IoSummary};
+use crate::metrics::stats::IoStats;
 use crate::raid::{Level, MemberIndex, MemberState, Volume};
 
 /// Fault ids are unique for the life of the process.
@@ -31,18 +32,18 @@ static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
 pub trait EngineOps: Send + Sync {
     /// `vraid add VOLUME PATH [--force]`: a spare, or straight into a
     /// failed slot (`force`: overwrite what the pre-write check finds).
-    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>>;
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<AddReply, ControlError>>;
     /// `vraid replace VOLUME MEMBER PATH [--force]`: copy onto `path` while `member` serves.
     fn replace(
         &self,
         member: usize,
         path: PathBuf,
         force: bool,
-    ) -> BoxFuture<'_, Result<Value, ControlError>>;
+    ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>>;
     /// `vraid set VOLUME --rebuild-max-mbps N`.
-    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>>;
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<SetReply, ControlError>>;
     /// Extra `status` fields: resync/rebuild progress, spares, rate limit.
-    fn status(&self) -> serde_json::Map<String, Value>;
+    fn status(&self) -> EngineStatus;
     /// The path of the member holding `role` now (a spare, `add` or
     /// `replace` may have given it a new one); `None`: the start-up path.
     fn member_path(&self, role: usize) -> Option<String> {
@@ -62,7 +63,7 @@ pub trait EngineOps: Send + Sync {
     }
     /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
     /// once it ends) and `vraid scrub VOLUME --cancel`.
-    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
         let _ = req;
         Box::pin(async { Err(ControlError::NotAvailable("scrub".into())) })
     }
@@ -213,106 +214,6 @@ impl std::fmt::Debug for VolumeHandle {
     }
 }
 
-/// State of a member in status output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberStatusState {
-    /// In sync, serving.
-    Active,
-    /// Failed at run time.
-    Failed,
-    /// Absent since assembly.
-    Missing,
-    /// Taken out with `vraid remove`.
-    Removed,
-    /// Being rebuilt (or caught up from the bitmap); not yet in sync.
-    Rebuilding,
-}
-
-/// State of a volume in status output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VolumeState {
-    /// Every member active.
-    Optimal,
-    /// Members down, all data still available.
-    Degraded,
-    /// A member is being rebuilt or replaced (its data copied onto it).
-    Rebuilding,
-    /// Every member active; parity or mirrors of dirty regions are being
-    /// made consistent after an unclean shutdown.
-    Resyncing,
-    /// More members down than the level tolerates: some data is lost.
-    Failed,
-}
-
-/// One member in `status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberStatus {
-    /// Role.
-    pub role: usize,
-    /// Path of the member holding the role now (as given at start-up, or
-    /// to `add`/`replace`, or of the spare that took it).
-    pub path: Option<String>,
-    /// State.
-    pub state: MemberStatusState,
-    /// Fault rules installed on it.
-    pub faults: usize,
-    /// Counters of its data window.
-    pub io: IoSummary,
-    /// 4 KiB blocks that failed their checksum when read.
-    pub checksum_errors: u64,
-}
-
-/// One volume in `status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct VolumeStatus {
-    /// Name.
-    pub name: String,
-    /// RAID level number (0, 1, 5).
-    pub level: u32,
-    /// State.
-    pub state: VolumeState,
-    /// Size in bytes.
-    pub size: u64,
-    /// Chunk size in bytes.
-    pub chunk_size: u64,
-    /// Superblock event counter.
-    pub superblock_events: u64,
-    /// Client-facing counters.
-    pub io: IoSummary,
-    /// Members by role.
-    pub members: Vec<MemberStatus>,
-    /// Engine fields (`sync` progress, `spares`, `rebuild_max_mbps`).
-    #[serde(flatten)]
-    pub engine: serde_json::Map<String, Value>,
-}
-
-/// A fault rule in `fault.list`.
-#[derive(Clone, Debug, Serialize)]
-pub struct FaultStatus {
-    /// Id for `fault.clear`.
-    pub id: u64,
-    /// Volume.
-    pub volume: String,
-    /// Member role.
-    pub member: usize,
-    /// Path of the device the rule belongs to.
-    pub path: Option<String>,
-    /// False once another device took the role: the rule stays with its
-    /// device and no longer fires.
-    pub holds_role: bool,
-    /// The rule.
-    #[serde(flatten)]
-    pub spec: FaultSpec,
-    /// Times it fired.
-    pub hits: u64,
-    /// Hits left (`null`: unlimited).
-    pub remaining: Option<u64>,
-    /// True while it can still fire.
-    pub active: bool,
-}
-
 impl VolumeHandle {
     /// A handle; `members` must be in role order. Without an `engine`
     /// its methods answer "not available".
@@ -352,11 +253,8 @@ impl VolumeHandle {
         // A removed slot stays "removed" until a new member fills it.
         let removed = self.members.get(role).is_some_and(|m| m.is_removed());
         match self.volume.state(MemberIndex(role)) {
-            MemberState::Active => MemberStatusState::Active,
-            MemberState::Rebuilding { .. } => MemberStatusState::Rebuilding,
             MemberState::Failed | MemberState::Missing if removed => MemberStatusState::Removed,
-            MemberState::Failed => MemberStatusState::Failed,
-            MemberState::Missing => MemberStatusState::Missing,
+            s => s.into(),
         }
     }
 
@@ -414,46 +312,46 @@ impl VolumeHandle {
             .ok_or_else(unknown)
     }
 
-    /// The engine's part of `status` (`sync`, `journal`, spares, …); empty
-    /// without an engine.
-    pub fn engine_status(&self) -> serde_json::Map<String, Value> {
-        self.engine.as_ref().map(|e| e.status()).unwrap_or_default()
+    /// The engine's part of `status` (`sync`, `journal`, spares, …);
+    /// `None` without an engine.
+    pub fn engine_status(&self) -> Option<EngineStatus> {
+        self.engine.as_ref().map(|e| e.status())
     }
 
-    /// The state `status` shows given the engine's part of it: failed,
-    /// rebuilding (a rebuild, recovery or replace runs), degraded,
-    /// resyncing, or optimal, in that order.
-    pub fn status_state(&self, engine: &serde_json::Map<String, Value>) -> VolumeState {
-        pass_state(
-            self.state(),
-            engine.get("sync").and_then(|s| s["kind"].as_str()),
-        )
+    /// The state `status` shows given the engine's part of it (see
+    /// [`VolumeState::with_pass`]).
+    pub fn status_state(&self, engine: Option<&EngineStatus>) -> VolumeState {
+        let pass = engine.and_then(|e| e.sync.as_ref()).map(|s| s.kind);
+        self.state().with_pass(pass)
+    }
+
+    /// The members' part of `status`.
+    pub fn member_status(&self) -> Vec<MemberStatus> {
+        self.members
+            .iter()
+            .map(|m| MemberStatus {
+                role: m.role,
+                path: self.current_path(m.role),
+                state: self.member_state(m.role),
+                faults: m.faults.rules().len(),
+                io: m.stats.summary(),
+                checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Status snapshot.
     pub async fn status(&self) -> VolumeStatus {
-        let g = self.volume.geometry();
         let engine = self.engine_status();
         VolumeStatus {
             name: self.name.clone(),
             level: self.level().number(),
-            state: self.status_state(&engine),
+            state: self.status_state(engine.as_ref()),
             size: crate::block::BlockDevice::size(&*self.volume),
-            chunk_size: g.chunk().get(),
+            chunk_size: self.volume.geometry().chunk().get(),
             superblock_events: self.metadata.events().await,
             io: self.stats.summary(),
-            members: self
-                .members
-                .iter()
-                .map(|m| MemberStatus {
-                    role: m.role,
-                    path: self.current_path(m.role),
-                    state: self.member_state(m.role),
-                    faults: m.faults.rules().len(),
-                    io: m.stats.summary(),
-                    checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
-                })
-                .collect(),
+            members: self.member_status(),
             engine,
         }
     }
@@ -465,8 +363,7 @@ impl VolumeHandle {
         if state != MemberStatusState::Active {
             return Err(ControlError::Refused(format!(
                 "member {role} of {} is already {}",
-                self.name,
-                state_word(state)
+                self.name, state
             )));
         }
         // The start-up check of a read-only run (a crashed RAID-5 with a
@@ -557,8 +454,7 @@ impl VolumeHandle {
         ) {
             return Err(ControlError::Refused(format!(
                 "member {role} of {} is {}: no I/O reaches it",
-                self.name,
-                state_word(state)
+                self.name, state
             )));
         }
         let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
@@ -641,28 +537,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The volume state given the member-based one and the kind of the pass
-/// running (`sync.kind` of the engine status).
-fn pass_state(base: VolumeState, pass: Option<&str>) -> VolumeState {
-    match (base, pass) {
-        (VolumeState::Failed, _) => VolumeState::Failed,
-        (_, Some("rebuild" | "recovery" | "replace")) => VolumeState::Rebuilding,
-        (VolumeState::Degraded, _) => VolumeState::Degraded,
-        (_, Some("resync")) => VolumeState::Resyncing,
-        (b, _) => b,
-    }
-}
-
-fn state_word(s: MemberStatusState) -> &'static str {
-    match s {
-        MemberStatusState::Active => "active",
-        MemberStatusState::Failed => "failed",
-        MemberStatusState::Missing => "missing",
-        MemberStatusState::Removed => "removed",
-        MemberStatusState::Rebuilding => "rebuilding",
-    }
-}
-
 /// One line describing a fault spec, for events and `fault list`.
 pub fn describe(spec: &FaultSpec) -> String {
     let mut s = format!("{:?} on {:?}", spec.kind, spec.op).to_lowercase();
@@ -733,22 +607,22 @@ impl Registry {
 
 #[cfg(test)]
 mod state_tests {
-    use super::{pass_state, VolumeState as S};
+    use crate::control::status::{PassKind as P, VolumeState as S};
 
     #[test]
     fn the_pass_running_names_the_volume_state() {
         for (base, pass, want) in [
             (S::Optimal, None, S::Optimal),
-            (S::Optimal, Some("scrub"), S::Optimal),
-            (S::Optimal, Some("resync"), S::Resyncing),
-            (S::Optimal, Some("replace"), S::Rebuilding),
+            (S::Optimal, Some(P::Scrub), S::Optimal),
+            (S::Optimal, Some(P::Resync), S::Resyncing),
+            (S::Optimal, Some(P::Replace), S::Rebuilding),
             (S::Degraded, None, S::Degraded),
-            (S::Degraded, Some("resync"), S::Degraded),
-            (S::Degraded, Some("rebuild"), S::Rebuilding),
-            (S::Degraded, Some("recovery"), S::Rebuilding),
-            (S::Failed, Some("rebuild"), S::Failed),
+            (S::Degraded, Some(P::Resync), S::Degraded),
+            (S::Degraded, Some(P::Rebuild), S::Rebuilding),
+            (S::Degraded, Some(P::Recovery), S::Rebuilding),
+            (S::Failed, Some(P::Rebuild), S::Failed),
         ] {
-            assert_eq!(pass_state(base, pass), want, "{base:?} {pass:?}");
+            assert_eq!(base.with_pass(pass), want, "{base:?} {pass:?}");
         }
     }
 }

@@ -16,29 +16,25 @@
 //!
 //! `member` is a role number or the member path given at start-up.
 
-use std::path::PathBuf;
-
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::handle::{Registry, ScrubRequest, VolumeHandle};
+use super::params::{
+    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
+    ScrubParams, SetParams, VolumeFilter,
+};
+use super::replies::{FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply};
+use super::status::StatusReply;
 use super::ControlError;
-use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
-
-/// A member given by role number or path.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum MemberArg {
-    Role(usize),
-    Path(String),
-}
+use crate::member::fault::{FaultKind, FaultSpec};
 
 impl MemberArg {
     /// The role named. A path names the device that holds the role now:
     /// the start-up path of a role another device took since (a spare, a
     /// replace) is refused, or `fail` and `remove` would hit the newcomer.
-    fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
+    pub(super) fn resolve(&self, vol: &VolumeHandle) -> Result<usize, ControlError> {
         let text = match self {
             MemberArg::Role(r) => r.to_string(),
             MemberArg::Path(p) => p.clone(),
@@ -55,146 +51,103 @@ impl MemberArg {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeFilter {
-    volume: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberParams {
-    volume: String,
-    member: MemberArg,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultAddParams {
-    volume: String,
-    member: MemberArg,
-    kind: FaultKind,
-    #[serde(default)]
-    op: FaultOp,
-    offset: Option<u64>,
-    length: Option<u64>,
-    probability: Option<f64>,
-    delay_us: Option<u64>,
-    count: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultClearParams {
-    id: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddParams {
-    volume: String,
-    path: PathBuf,
-    /// Overwrite what the pre-write check finds.
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplaceParams {
-    volume: String,
-    member: MemberArg,
-    path: PathBuf,
-    /// Overwrite what the pre-write check finds.
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScrubParams {
-    volume: String,
-    #[serde(default)]
-    repair: bool,
-    #[serde(default)]
-    cancel: bool,
-    #[serde(default)]
-    wait: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetParams {
-    volume: String,
-    rebuild_max_mbps: u64,
-}
-
 fn params<T: DeserializeOwned>(v: Value) -> Result<T, ControlError> {
     serde_json::from_value(v).map_err(|e| ControlError::InvalidParams(e.to_string()))
+}
+
+/// A typed result as the JSON the envelope carries.
+fn result<T: Serialize>(r: Result<T, ControlError>) -> Result<Value, ControlError> {
+    // Serializing the reply types (plain structs, string-keyed) cannot fail.
+    r.map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
 }
 
 /// Runs one method.
 pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, ControlError> {
     match method {
-        "status" => status(reg, params(p)?).await,
-        "fail" => {
-            let p: MemberParams = params(p)?;
-            let vol = reg.volume(&p.volume)?;
-            let role = p.member.resolve(vol)?;
-            let _set = member_set_guard(vol).await;
-            vol.fail(role).await?;
-            Ok(
-                json!({"volume": vol.name, "member": role, "state": vol.member_state(role), "volume_state": vol.state()}),
-            )
-        }
-        "remove" => {
-            let p: MemberParams = params(p)?;
-            let vol = reg.volume(&p.volume)?;
-            let _set = member_set_guard(vol).await;
-            // An idle hot spare named by its path leaves the spare list.
-            if let MemberArg::Path(path) = &p.member {
-                if vol.find_member(path).is_err() {
-                    if let Some(spare) =
-                        vol.engine("remove").ok().and_then(|e| e.remove_spare(path))
-                    {
-                        return Ok(json!({"volume": vol.name, "spare": spare, "removed": true}));
-                    }
-                }
-            }
-            let role = p.member.resolve(vol)?;
-            vol.remove(role).await?;
-            Ok(json!({"volume": vol.name, "member": role, "state": vol.member_state(role)}))
-        }
-        "fault.add" => fault_add(reg, params(p)?),
-        "fault.list" => {
-            let p: VolumeFilter = params(p)?;
-            let faults: Vec<_> = match &p.volume {
-                Some(name) => reg.volume(name)?.faults(),
-                None => reg.volumes().iter().flat_map(|v| v.faults()).collect(),
-            };
-            Ok(json!({ "faults": faults }))
-        }
+        "status" => result(status(reg, params(p)?).await),
+        "fail" => result(fail(reg, params(p)?).await),
+        "remove" => result(remove(reg, params(p)?).await),
+        "fault.add" => result(fault_add(reg, params(p)?)),
+        "fault.list" => result(fault_list(reg, params(p)?)),
         "fault.clear" => {
             let p: FaultClearParams = params(p)?;
-            Ok(json!({ "cleared": reg.clear_faults(p.id)? }))
+            result(
+                reg.clear_faults(p.id)
+                    .map(|cleared| FaultClearReply { cleared }),
+            )
         }
+        _ => engine_method(reg, method, p).await,
+    }
+}
+
+async fn fail(reg: &Registry, p: MemberParams) -> Result<FailReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let role = p.member.resolve(vol)?;
+    let _set = member_set_guard(vol).await;
+    vol.fail(role).await?;
+    Ok(FailReply {
+        volume: vol.name.clone(),
+        member: role,
+        state: vol.member_state(role),
+        volume_state: vol.state(),
+    })
+}
+
+async fn remove(reg: &Registry, p: MemberParams) -> Result<RemoveReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let _set = member_set_guard(vol).await;
+    let mut reply = RemoveReply {
+        volume: vol.name.clone(),
+        spare: None,
+        removed: None,
+        member: None,
+        state: None,
+    };
+    // An idle hot spare named by its path leaves the spare list.
+    if let MemberArg::Path(path) = &p.member {
+        if vol.find_member(path).is_err() {
+            if let Some(spare) = vol.engine("remove").ok().and_then(|e| e.remove_spare(path)) {
+                reply.spare = Some(spare);
+                reply.removed = Some(true);
+                return Ok(reply);
+            }
+        }
+    }
+    let role = p.member.resolve(vol)?;
+    vol.remove(role).await?;
+    reply.member = Some(role);
+    reply.state = Some(vol.member_state(role));
+    Ok(reply)
+}
+
+fn fault_list(reg: &Registry, p: VolumeFilter) -> Result<FaultListReply, ControlError> {
+    let faults = match &p.volume {
+        Some(name) => reg.volume(name)?.faults(),
+        None => reg.volumes().iter().flat_map(|v| v.faults()).collect(),
+    };
+    Ok(FaultListReply { faults })
+}
+
+/// The methods the rebuild engine answers (`add`, `replace`, `set`,
+/// `scrub`), as their JSON results.
+async fn engine_method(reg: &Registry, method: &str, p: Value) -> Result<Value, ControlError> {
+    match method {
         "add" => {
             let p: AddParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
-            vol.engine("add")?.add(p.path, p.force).await
+            result(vol.engine("add")?.add(p.path, p.force).await)
         }
         "replace" => {
             let p: ReplaceParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
             let role = p.member.resolve(vol)?;
-            vol.engine("replace")?.replace(role, p.path, p.force).await
+            result(vol.engine("replace")?.replace(role, p.path, p.force).await)
         }
         "set" => {
             let p: SetParams = params(p)?;
             let vol = reg.volume(&p.volume)?;
-            vol.engine("set")?
-                .set_rebuild_max_mbps(p.rebuild_max_mbps)
-                .await
+            let engine = vol.engine("set")?;
+            result(engine.set_rebuild_max_mbps(p.rebuild_max_mbps).await)
         }
         "scrub" => {
             let p: ScrubParams = params(p)?;
@@ -204,7 +157,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
                 cancel: p.cancel,
                 wait: p.wait,
             };
-            vol.engine("scrub")?.scrub(req).await
+            result(vol.engine("scrub")?.scrub(req).await)
         }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }
@@ -220,7 +173,7 @@ async fn member_set_guard(
     Some(lock.lock_owned().await)
 }
 
-async fn status(reg: &Registry, p: VolumeFilter) -> Result<Value, ControlError> {
+async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlError> {
     let mut volumes = Vec::new();
     match &p.volume {
         Some(name) => volumes.push(reg.volume(name)?.status().await),
@@ -235,10 +188,10 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<Value, ControlError> 
         .into_iter()
         .filter(|e| p.volume.as_ref().is_none_or(|n| *n == e.volume))
         .collect();
-    Ok(json!({ "volumes": volumes, "events": events }))
+    Ok(StatusReply { volumes, events })
 }
 
-fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<Value, ControlError> {
+fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<FaultAddReply, ControlError> {
     let vol = reg.volume(&p.volume)?;
     let role = p.member.resolve(vol)?;
     let spec = FaultSpec {
@@ -259,5 +212,9 @@ fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<Value, ControlError> {
     // path once another device took its role (the rule would land on the
     // newcomer).
     let id = vol.add_fault(role, spec)?;
-    Ok(json!({ "id": id, "volume": vol.name, "member": role }))
+    Ok(FaultAddReply {
+        id,
+        volume: vol.name.clone(),
+        member: role,
+    })
 }

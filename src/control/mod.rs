@@ -3,21 +3,28 @@
 //!
 //! ```text
 //!  vraid status|fail|remove|fault ─► client ─► control.sock ─► server
-//!                                                                │ rpc: frame, parse, reply
-//!                                                                ▼
+//!       (params ─►)                                              │ rpc: frame, parse, reply
+//!       (◄─ status, replies: typed)                              ▼
 //!                      methods ─► Registry ─► VolumeHandle (per volume)
 //!                                               │ raid::Volume (fail), FaultSet per member,
 //!                                               │ IoStats per member and volume, EventLog
 //!                                               └ EngineOps (add/replace/set, wired by the engine)
 //! ```
+//!
+//! What travels is typed on both sides: [`params`] (method parameters),
+//! [`status`] (the `status` reply) and [`replies`] (the other results);
+//! only [`rpc`] handles the JSON-RPC envelope as untyped JSON.
 
 pub mod cli;
 pub mod client;
 pub mod events;
 pub mod handle;
 pub mod methods;
+pub mod params;
+pub mod replies;
 pub mod rpc;
 pub mod server;
+pub mod status;
 pub mod watch;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! Only single requests with object params are accepted (no batches). A
 //! request without `id` is a notification: it runs but gets no reply.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::ControlError;
@@ -83,6 +84,57 @@ pub fn failure(id: Value, error: &ControlError) -> String {
         "error": {"code": error.code(), "message": error.to_string()},
     })
     .to_string()
+}
+
+/// A request as the client sends it.
+#[derive(Debug, Serialize)]
+pub struct OutgoingRequest<'a, P> {
+    /// Always "2.0".
+    pub jsonrpc: &'static str,
+    /// Request id.
+    pub id: u64,
+    /// Method name.
+    pub method: &'a str,
+    /// Parameters.
+    pub params: P,
+}
+
+impl<'a, P: Serialize> OutgoingRequest<'a, P> {
+    /// Request 1 of `method(params)`.
+    pub fn new(method: &'a str, params: P) -> Self {
+        OutgoingRequest {
+            jsonrpc: "2.0",
+            id: 1,
+            method,
+            params,
+        }
+    }
+}
+
+/// A response as the client reads it: a result or an error.
+#[derive(Debug, Deserialize)]
+pub struct Response {
+    /// The result, on success.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// The error, on failure.
+    #[serde(default)]
+    pub error: Option<ErrorObject>,
+}
+
+/// The `error` member of a response.
+#[derive(Debug, Deserialize)]
+pub struct ErrorObject {
+    /// JSON-RPC error code (0 when missing).
+    #[serde(default)]
+    pub code: i64,
+    /// Message (a placeholder when missing).
+    #[serde(default = "unknown_error")]
+    pub message: String,
+}
+
+fn unknown_error() -> String {
+    "unknown error".to_string()
 }
 
 #[cfg(test)]

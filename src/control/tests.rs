@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::replies::{AddReply, AddedAs, ReplaceReply, ScrubReply, SetReply};
+use super::status::EngineStatus;
+
 use super::handle::{EngineOps, MemberHandle, Registry, VolumeHandle};
 use super::server::answer;
 use super::{ControlError, EventLog};
@@ -146,24 +149,41 @@ async fn fail_then_remove_changes_member_state_and_volume_state() {
 struct FakeEngine;
 
 impl EngineOps for FakeEngine {
-    fn add(&self, path: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async move { Ok(json!({"added": path})) })
+    fn add(&self, path: PathBuf, _: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
+        Box::pin(async move {
+            Ok(AddReply {
+                path,
+                added_as: AddedAs::Spare,
+                role: None,
+                rebuilding: None,
+            })
+        })
     }
     fn replace(
         &self,
         member: usize,
-        _: PathBuf,
+        path: PathBuf,
         _: bool,
-    ) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async move { Ok(json!({"replacing": member})) })
+    ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
+        Box::pin(async move {
+            Ok(ReplaceReply {
+                path,
+                replacing: member,
+            })
+        })
     }
-    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async move { Ok(json!({"mbps": mbps})) })
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
+        Box::pin(async move {
+            Ok(SetReply {
+                rebuild_max_mbps: mbps,
+            })
+        })
     }
-    fn status(&self) -> serde_json::Map<String, Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("rebuild_max_mbps".into(), json!(7));
-        m
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            rebuild_max_mbps: 7,
+            ..EngineStatus::default()
+        }
     }
 }
 
@@ -199,9 +219,10 @@ async fn engine_methods_answer_not_available_until_an_engine_is_registered() {
     .await;
     // Assert
     assert_eq!(before["error"]["code"], -32004);
-    assert_eq!(add["result"]["added"], "/new");
+    assert_eq!(add["result"]["path"], "/new");
+    assert_eq!(add["result"]["added_as"], "spare");
     assert_eq!(replace["result"]["replacing"], 1);
-    assert_eq!(set["result"]["mbps"], 50);
+    assert_eq!(set["result"]["rebuild_max_mbps"], 50);
     assert_eq!(bad["error"]["code"], -32602);
 }
 
@@ -217,24 +238,29 @@ async fn notification_runs_but_gets_no_reply() {
 struct ScrubEngine(std::sync::Mutex<Vec<crate::control::handle::ScrubRequest>>);
 
 impl EngineOps for ScrubEngine {
-    fn add(&self, _: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async { Ok(Value::Null) })
+    fn add(&self, _: PathBuf, _: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
+        Box::pin(async { Err(ControlError::NotAvailable("add".into())) })
     }
-    fn replace(&self, _: usize, _: PathBuf, _: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async { Ok(Value::Null) })
+    fn replace(
+        &self,
+        _: usize,
+        _: PathBuf,
+        _: bool,
+    ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
+        Box::pin(async { Err(ControlError::NotAvailable("replace".into())) })
     }
-    fn set_rebuild_max_mbps(&self, _: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async { Ok(Value::Null) })
+    fn set_rebuild_max_mbps(&self, _: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
+        Box::pin(async { Err(ControlError::NotAvailable("set".into())) })
     }
-    fn status(&self) -> serde_json::Map<String, Value> {
-        serde_json::Map::new()
+    fn status(&self) -> EngineStatus {
+        EngineStatus::default()
     }
     fn scrub(
         &self,
         req: crate::control::handle::ScrubRequest,
-    ) -> BoxFuture<'_, Result<Value, ControlError>> {
+    ) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
         self.0.lock().unwrap().push(req);
-        Box::pin(async { Ok(json!({"started": true})) })
+        Box::pin(async move { Ok(ScrubReply::started("vol0".into(), req.repair)) })
     }
 }
 

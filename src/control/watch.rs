@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
+use indicatif::{BinaryBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::cli::{human_bytes, render_status};
+use super::cli::render_status;
 use super::client::{call, ClientError};
+use super::params::VolumeFilter;
+use super::status::{StatusReply, VolumeStatus};
 
 /// What one volume's progress bar shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,47 +30,32 @@ pub struct SyncBar {
     pub message: String,
 }
 
-/// The bar of volume `v` (one entry of a `status` reply's `volumes`), or
-/// `None` when no rebuild, resync or scrub runs.
-pub fn sync_bar(v: &Value) -> Option<SyncBar> {
-    let sync = &v["sync"];
-    let done = sync["done_bytes"].as_u64()?;
-    let total = sync["total_bytes"].as_u64()?;
-    let kind = sync["kind"].as_str().unwrap_or("sync");
-    let what = match sync["member"].as_u64() {
-        Some(m) => format!("{kind} of member {m}"),
-        None => kind.to_string(),
-    };
-    let rate = sync["bytes_per_sec"].as_f64().unwrap_or(0.0).max(0.0) as u64;
-    let eta = sync["eta_secs"].as_f64().map_or_else(
-        || "-".to_string(),
-        |s| format!("{}s", s.max(0.0).round() as u64),
-    );
-    let limit = match v["rebuild_max_mbps"].as_u64() {
-        Some(0) => "unlimited".to_string(),
-        Some(n) => format!("limit {n} MB/s"),
-        None => "limit ?".to_string(),
+/// The bar of volume `v`, or `None` when no rebuild, resync or scrub runs.
+pub fn sync_bar(v: &VolumeStatus) -> Option<SyncBar> {
+    let engine = v.engine.as_ref()?;
+    let sync = engine.sync.as_ref()?;
+    let limit = match engine.rebuild_max_mbps {
+        0 => "unlimited".to_string(),
+        n => format!("limit {n} MB/s"),
     };
     Some(SyncBar {
-        position: done.min(total),
-        length: total,
+        position: sync.done_bytes.min(sync.total_bytes),
+        length: sync.total_bytes,
         message: format!(
-            "{}: {what}, {}/s, ETA {eta}, {limit}",
-            v["name"].as_str().unwrap_or("?"),
-            human_bytes(rate)
+            "{}: {}, {}/s, ETA {}, {limit}",
+            v.name,
+            sync.what(),
+            BinaryBytes(sync.bytes_per_sec.max(0.0) as u64),
+            sync.eta_text()
         ),
     })
 }
 
 /// The status text without the sync lines (the bars show them).
-pub fn header_text(reply: &Value) -> String {
+pub fn header_text(reply: &StatusReply) -> String {
     let mut reply = reply.clone();
-    if let Some(volumes) = reply["volumes"].as_array_mut() {
-        for v in volumes {
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("sync");
-            }
-        }
+    for engine in reply.volumes.iter_mut().filter_map(|v| v.engine.as_mut()) {
+        engine.sync = None;
     }
     let text = render_status(&reply);
     format!(
@@ -79,7 +65,7 @@ pub fn header_text(reply: &Value) -> String {
 }
 
 /// Redraws the status with progress bars until interrupted.
-pub fn watch(path: &Path, params: &Value) -> Result<(), ClientError> {
+pub fn watch(path: &Path, params: &VolumeFilter) -> Result<(), ClientError> {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let header = multi.add(ProgressBar::new_spinner());
     header.set_style(
@@ -92,13 +78,11 @@ pub fn watch(path: &Path, params: &Value) -> Result<(), ClientError> {
     .progress_chars("#>-");
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     loop {
-        let reply = call(path, "status", params.clone())?;
+        let reply: StatusReply = call(path, "status", params)?;
         header.set_message(header_text(&reply));
-        let empty = Vec::new();
-        let volumes = reply["volumes"].as_array().unwrap_or(&empty);
         let mut seen = Vec::new();
-        for v in volumes {
-            let name = v["name"].as_str().unwrap_or("?").to_string();
+        for v in &reply.volumes {
+            let name = v.name.clone();
             let Some(state) = sync_bar(v) else {
                 continue;
             };
@@ -127,19 +111,54 @@ pub fn watch(path: &Path, params: &Value) -> Result<(), ClientError> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::control::status::{
+        EngineStatus, MemberStatus, MemberStatusState, PassKind, SyncStatus, VolumeState,
+    };
+
+    fn volume(name: &str, limit: u64, sync: Option<SyncStatus>) -> VolumeStatus {
+        VolumeStatus {
+            name: name.into(),
+            level: 5,
+            state: VolumeState::Degraded,
+            size: 1,
+            chunk_size: 65536,
+            superblock_events: 3,
+            io: Default::default(),
+            members: vec![MemberStatus {
+                role: 0,
+                path: Some("/dev/new".into()),
+                state: MemberStatusState::Rebuilding,
+                faults: 0,
+                io: Default::default(),
+                checksum_errors: 0,
+            }],
+            engine: Some(EngineStatus {
+                sync,
+                rebuild_max_mbps: limit,
+                ..EngineStatus::default()
+            }),
+        }
+    }
+
+    fn sync(kind: PassKind, member: Option<usize>, done: u64, total: u64) -> SyncStatus {
+        SyncStatus {
+            kind,
+            member,
+            done_bytes: done,
+            total_bytes: total,
+            bytes_per_sec: 0.0,
+            eta_secs: None,
+        }
+    }
 
     #[test]
     fn sync_bar_shows_position_rate_eta_and_limit_of_a_rebuild() {
         // Arrange
-        let v = json!({
-            "name": "vol0",
-            "rebuild_max_mbps": 100,
-            "sync": {"kind": "rebuild", "member": 1, "done_bytes": 3 << 20,
-                     "total_bytes": 8 << 20, "bytes_per_sec": 1048576.0, "eta_secs": 5.2},
-        });
+        let mut s = sync(PassKind::Rebuild, Some(1), 3 << 20, 8 << 20);
+        s.bytes_per_sec = 1048576.0;
+        s.eta_secs = Some(5.2);
+        let v = volume("vol0", 100, Some(s));
 
         // Act
         let bar = sync_bar(&v).unwrap();
@@ -148,31 +167,32 @@ mod tests {
         assert_eq!((bar.position, bar.length), (3 << 20, 8 << 20));
         assert_eq!(
             bar.message,
-            "vol0: rebuild of member 1, 1.0 MiB/s, ETA 5s, limit 100 MB/s"
+            "vol0: rebuild of member 1, 1.00 MiB/s, ETA 5s, limit 100 MB/s"
         );
     }
 
     #[test]
     fn sync_bar_of_a_resync_without_eta_or_limit_and_none_when_idle() {
-        let v = json!({
-            "name": "m", "rebuild_max_mbps": 0,
-            "sync": {"kind": "resync", "member": null, "done_bytes": 9,
-                     "total_bytes": 4, "bytes_per_sec": 0.0, "eta_secs": null},
-        });
+        let v = volume("m", 0, Some(sync(PassKind::Resync, None, 9, 4)));
         let bar = sync_bar(&v).unwrap();
         assert_eq!((bar.position, bar.length), (4, 4));
         assert_eq!(bar.message, "m: resync, 0 B/s, ETA -, unlimited");
-        assert_eq!(sync_bar(&json!({"name": "m", "sync": null})), None);
+        assert_eq!(sync_bar(&volume("m", 0, None)), None);
+        let mut no_engine = volume("m", 0, None);
+        no_engine.engine = None;
+        assert_eq!(sync_bar(&no_engine), None);
     }
 
     #[test]
     fn header_leaves_the_sync_line_to_the_bar_but_keeps_the_members() {
-        let reply = json!({"volumes": [{
-            "name": "vol0", "level": 5, "state": "degraded", "size": 1, "chunk_size": 65536,
-            "superblock_events": 3, "io": {}, "members": [{"role": 0, "state": "rebuilding",
-            "path": "/dev/new", "io": {}, "faults": 0}],
-            "sync": {"kind": "rebuild", "member": 0, "done_bytes": 1, "total_bytes": 2},
-        }]});
+        let reply = StatusReply {
+            volumes: vec![volume(
+                "vol0",
+                0,
+                Some(sync(PassKind::Rebuild, Some(0), 1, 2)),
+            )],
+            events: Vec::new(),
+        };
         let text = header_text(&reply);
         assert!(text.contains("/dev/new"), "{text}");
         assert!(!text.contains("rebuild of member"), "{text}");

@@ -446,11 +446,14 @@ impl ArrayHandle {
         }
     }
 
-    /// The replace running, for `status`: `{"member": role, "path": new}`.
-    pub fn replacing(&self) -> Option<serde_json::Value> {
+    /// The replace running, for `status`.
+    pub fn replacing(&self) -> Option<crate::control::status::ReplaceStatus> {
         self.state()
             .replace()
-            .map(|(role, path)| serde_json::json!({"member": role, "path": path}))
+            .map(|(role, path)| crate::control::status::ReplaceStatus {
+                member: role,
+                path: path.to_owned(),
+            })
     }
 
     /// The lock every member-set change holds (`fail` and `remove` take

@@ -18,32 +18,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::{ArrayHandle, DaemonError};
+use crate::control::status::ScrubTrigger;
 use crate::daemon::error_chain;
-use crate::raid::ScrubReport;
 
 /// The result of the last scrub of this run, for `vraid status`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LastScrub {
-    /// `manual` or `scheduled`.
-    pub trigger: &'static str,
-    /// `finished` or `cancelled`.
-    pub outcome: &'static str,
-    /// Unix seconds at the start.
-    pub started: u64,
-    /// Unix seconds at the end.
-    pub finished: u64,
-    /// Wall-clock duration.
-    pub secs: f64,
-    /// Bad blocks and mismatches found (4 KiB blocks).
-    pub found: u64,
-    /// Mismatches among them (md's mismatch_cnt).
-    pub mismatches: u64,
-    /// Blocks rewritten.
-    pub repaired: u64,
-    /// Counts per member and kind, bytes checked, repair, degraded.
-    #[serde(flatten)]
-    pub report: ScrubReport,
-}
+pub use crate::control::status::ScrubStatus as LastScrub;
 
 /// The last scrub of an [`ArrayHandle`] (the running one is in its state).
 #[derive(Debug, Default)]
@@ -64,7 +43,7 @@ impl ArrayHandle {
     pub fn start_scrub(
         self: &Arc<Self>,
         repair: bool,
-        trigger: &'static str,
+        trigger: ScrubTrigger,
     ) -> Result<oneshot::Receiver<LastScrub>, DaemonError> {
         let cancel = self
             .state()
@@ -74,7 +53,7 @@ impl ArrayHandle {
         self.event(
             "scrub_started",
             None,
-            format!("{}: scrub started ({mode}, {trigger})", self.name),
+            format!("{}: scrub started ({mode}, {})", self.name, trigger.word()),
         );
         let (tx, rx) = oneshot::channel();
         let h = self.clone();
@@ -82,22 +61,14 @@ impl ArrayHandle {
             let started = unix_now();
             let clock = Instant::now();
             let report = h.volume.scrub(repair, &h.control, &cancel).await;
-            let last = LastScrub {
+            let last = LastScrub::new(
                 trigger,
-                outcome: if report.cancelled {
-                    "cancelled"
-                } else {
-                    "finished"
-                },
+                &report,
                 started,
-                finished: unix_now(),
-                secs: clock.elapsed().as_secs_f64(),
-                found: report.found(),
-                mismatches: report.mismatches(),
-                repaired: report.repaired(),
-                report,
-            };
-            if !last.report.cancelled {
+                unix_now(),
+                clock.elapsed().as_secs_f64(),
+            );
+            if !last.cancelled {
                 if let Err(e) = h.metadata.record_scrub(last.finished).await {
                     warn!(
                         "{}: recording the scrub time failed: {}",
@@ -160,7 +131,7 @@ impl ArrayHandle {
         if self.state().scrub().is_some() {
             return;
         }
-        if let Err(e) = self.start_scrub(self.scrub_repair, "scheduled") {
+        if let Err(e) = self.start_scrub(self.scrub_repair, ScrubTrigger::Scheduled) {
             debug!(
                 "{}: scheduled scrub deferred: {}",
                 self.name,
@@ -182,7 +153,7 @@ pub(super) async fn tick(t: &mut Option<tokio::time::Interval>) {
 
 /// The `scrub_finished` event text.
 fn describe(name: &str, s: &LastScrub) -> String {
-    let r = &s.report;
+    let r = s;
     let mut text = format!(
         "{name}: scrub {} ({}) in {:.1} s: checked {} bytes, found {} bad blocks (mismatch {}, checksum {}, io {}), repaired {}",
         s.outcome,
@@ -191,15 +162,11 @@ fn describe(name: &str, s: &LastScrub) -> String {
         r.bytes_checked,
         s.found,
         s.mismatches,
-        r.members.iter().map(|m| m.checksum).sum::<u64>(),
-        r.members.iter().map(|m| m.io).sum::<u64>(),
+        s.total().checksum,
+        s.total().io,
         s.repaired,
     );
-    for m in r
-        .members
-        .iter()
-        .filter(|m| m.checksum + m.io + m.mismatch > 0)
-    {
+    for m in r.members.iter().filter(|m| m.found() > 0) {
         text.push_str(&format!(
             "; member {}: mismatch {} checksum {} io {} repaired {}",
             m.role, m.mismatch, m.checksum, m.io, m.repaired

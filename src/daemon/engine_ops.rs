@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
-
 use super::array::{AddOutcome, ArrayHandle};
 use super::error_chain;
 use crate::block::BoxFuture;
 use crate::control::handle::{EngineOps, ScrubRequest};
+use crate::control::replies::{AddReply, AddedAs, ReplaceReply, ScrubReply, SetReply};
+use crate::control::status::{EngineStatus, PassKind, ReplaceStatus, SyncStatus};
 use crate::control::ControlError;
 
 /// [`EngineOps`] of one array.
@@ -21,31 +21,44 @@ use crate::control::ControlError;
 pub struct ArrayEngine(pub Arc<ArrayHandle>);
 
 impl ArrayEngine {
+    /// The pass running, as `status` shows it: a replace runs as a rebuild
+    /// of its role and is named as such.
+    fn sync(&self, replacing: Option<&ReplaceStatus>) -> Option<SyncStatus> {
+        let Some(p) = self.0.progress() else {
+            return self.pass_not_counting_yet(replacing);
+        };
+        let kind = match replacing {
+            Some(r) if p.member == Some(r.member) => PassKind::Replace,
+            _ => p.kind.into(),
+        };
+        Some(SyncStatus::from_progress(p, kind))
+    }
+
     /// A pass that runs but has no progress counter (yet or any more): a
     /// replace from its acceptance until the role's path has moved, and a
     /// rebuild from `add` or a spare whose target is attached (the member
     /// shows `rebuilding`) before its task starts counting.
-    fn pass_not_counting_yet(&self, replacing: &Option<Value>) -> Option<Value> {
+    fn pass_not_counting_yet(&self, replacing: Option<&ReplaceStatus>) -> Option<SyncStatus> {
         let volume = self.0.volume();
-        let replace_role = replacing
-            .as_ref()
-            .and_then(|r| r["member"].as_u64())
-            .map(|r| r as usize);
         let target = |role: usize| volume.rebuild_target(crate::raid::MemberIndex(role));
-        let (role, done) = match replace_role {
+        let (role, done) = match replacing.map(|r| r.member) {
             // Attached and not started (0), or copied and detached (all).
             Some(role) => (role, target(role).map_or(self.0.data_size(), |(_, up)| up)),
             None => (0..volume.geometry().members())
                 .find_map(|role| target(role).map(|(_, up)| (role, up)))?,
         };
-        Some(json!({
-            "kind": if replace_role.is_some() { "replace" } else { "rebuild" },
-            "member": role,
-            "done_bytes": done,
-            "total_bytes": self.0.data_size(),
-            "bytes_per_sec": 0.0,
-            "eta_secs": null,
-        }))
+        Some(SyncStatus {
+            kind: if replacing.is_some() {
+                PassKind::Replace
+            } else {
+                PassKind::Rebuild
+            },
+            member: Some(role),
+            done_bytes: done,
+            total_bytes: self.0.data_size(),
+            bytes_per_sec: 0.0,
+            eta_secs: None,
+        })
     }
 }
 
@@ -63,14 +76,22 @@ impl ArrayEngine {
 }
 
 impl EngineOps for ArrayEngine {
-    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
         Box::pin(async move {
             self.writable("add").await?;
             match self.0.add_member(&path, force).await {
-                Ok(AddOutcome::Spare) => Ok(json!({"path": path, "added_as": "spare"})),
-                Ok(AddOutcome::Rebuilding { role }) => Ok(
-                    json!({"path": path, "added_as": "member", "role": role, "rebuilding": true}),
-                ),
+                Ok(AddOutcome::Spare) => Ok(AddReply {
+                    path,
+                    added_as: AddedAs::Spare,
+                    role: None,
+                    rebuilding: None,
+                }),
+                Ok(AddOutcome::Rebuilding { role }) => Ok(AddReply {
+                    path,
+                    added_as: AddedAs::Member,
+                    role: Some(role),
+                    rebuilding: Some(true),
+                }),
                 Err(e) => Err(ControlError::Refused(error_chain(&e))),
             }
         })
@@ -81,14 +102,17 @@ impl EngineOps for ArrayEngine {
         member: usize,
         path: PathBuf,
         force: bool,
-    ) -> BoxFuture<'_, Result<Value, ControlError>> {
+    ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
         Box::pin(async move {
             self.writable("replace").await?;
             self.0
                 .replace_member(member, &path, force)
                 .await
                 .map_err(|e| ControlError::Refused(error_chain(&e)))?;
-            Ok(json!({"path": path, "replacing": member}))
+            Ok(ReplaceReply {
+                path,
+                replacing: member,
+            })
         })
     }
 
@@ -100,49 +124,33 @@ impl EngineOps for ArrayEngine {
         self.0.remove_spare(std::path::Path::new(path))
     }
 
-    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
         Box::pin(async move {
             self.0.set_rebuild_max_mbps(mbps);
-            Ok(json!({"rebuild_max_mbps": mbps}))
+            Ok(SetReply {
+                rebuild_max_mbps: mbps,
+            })
         })
     }
 
-    fn status(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        let replacing = self.0.replacing();
-        let sync = self.0.progress().map(|p| {
-            // A replace runs as a rebuild of its role; name it as such.
-            let kind = match &replacing {
-                Some(r) if p.member.is_some() && r["member"] == json!(p.member) => {
-                    "replace".to_string()
-                }
-                _ => format!("{:?}", p.kind).to_lowercase(),
-            };
-            json!({
-                "kind": kind,
-                "member": p.member,
-                "done_bytes": p.done_bytes,
-                "total_bytes": p.total_bytes,
-                "bytes_per_sec": p.bytes_per_sec,
-                "eta_secs": p.eta_secs,
-            })
-        });
-        let sync = sync.or_else(|| self.pass_not_counting_yet(&replacing));
-        m.insert("sync".into(), sync.unwrap_or(Value::Null));
-        m.insert("spares".into(), json!(self.0.spares()));
-        m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
-        m.insert("last_scrub".into(), json!(self.0.last_scrub()));
-        m.insert("journal".into(), json!(self.0.volume().journal_counters()));
-        m.insert("replace".into(), replacing.unwrap_or(Value::Null));
-        m
+    fn status(&self) -> EngineStatus {
+        let replace = self.0.replacing();
+        EngineStatus {
+            sync: self.sync(replace.as_ref()),
+            spares: self.0.spares(),
+            rebuild_max_mbps: self.0.rebuild_max_mbps(),
+            last_scrub: self.0.last_scrub(),
+            journal: self.0.volume().journal_counters().map(Into::into),
+            replace,
+        }
     }
 
-    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<Value, ControlError>> {
+    fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
         Box::pin(async move {
             let name = crate::block::BlockDevice::name(&**self.0.volume()).to_string();
             if req.cancel {
                 return if self.0.cancel_scrub() {
-                    Ok(json!({"volume": name, "cancelled": true}))
+                    Ok(ScrubReply::cancelled(name))
                 } else {
                     Err(ControlError::Refused(format!(
                         "{name}: no scrub is running"
@@ -154,15 +162,15 @@ impl EngineOps for ArrayEngine {
             }
             let done = self
                 .0
-                .start_scrub(req.repair, "manual")
+                .start_scrub(req.repair, crate::control::status::ScrubTrigger::Manual)
                 .map_err(|e| ControlError::Refused(error_chain(&e)))?;
             if !req.wait {
-                return Ok(json!({"volume": name, "started": true, "repair": req.repair}));
+                return Ok(ScrubReply::started(name, req.repair));
             }
             let last = done.await.map_err(|_| {
                 ControlError::Refused(format!("{name}: the scrub stopped without a result"))
             })?;
-            Ok(json!({"volume": name, "scrub": last}))
+            Ok(ScrubReply::finished(name, last))
         })
     }
 

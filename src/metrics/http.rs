@@ -50,7 +50,7 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET", "/metrics") => {
-            let body = super::prometheus::render(registry);
+            let body = super::prometheus::render(registry).await;
             respond(&mut stream, "200 OK", &body).await
         }
         ("GET", _) => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
@@ -60,7 +60,8 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
 
 async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        super::prometheus::CONTENT_TYPE,
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -1,10 +1,12 @@
 //! Metrics: per-device I/O counters ([`stats`]) and their Prometheus text
-//! exposition over a tiny HTTP endpoint ([`http`]).
+//! exposition ([`prometheus`], encoded by `prometheus-client` from the typed
+//! status and the counters) over a tiny HTTP endpoint ([`http`]). The
+//! Grafana dashboard `dashboards/vraid.json` queries these series.
 //!
 //! ```text
 //!  NBD ─► StatsDevice(volume) ─► Volume ─► StatsDevice(member) ─► FaultDevice ─► window
 //!              │ IoStats                         │ IoStats
-//!              └──────────► render(Registry) ◄───┘ + states + fault hits ─► GET /metrics
+//!              └──────────► render(Registry) ◄───┘ + VolumeStatus + fault hits ─► GET /metrics
 //! ```
 
 pub mod http;

@@ -1,166 +1,311 @@
-//! Renders the registry's counters in the Prometheus text format (0.0.4).
+//! The Prometheus exposition (text format 0.0.4) of the registry, encoded
+//! by `prometheus-client`: one scrape takes a [`Scrape`] snapshot (each
+//! volume's typed [`VolumeStatus`], its fault rules, and the lock-free
+//! [`IoStats`] counters of the volume and its members) and a collector
+//! turns it into metric families.
+//!
+//! The I/O counters and latency histograms are the crate's own metrics
+//! ([`IoStats`]), encoded as they are.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::fmt;
+use std::sync::Arc;
 
-use super::stats::{IoStats, OpType, LATENCY_BUCKETS_US};
-use crate::control::handle::{MemberStatusState, VolumeState};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use super::stats::{IoStats, OpCounters, OpType};
+use crate::control::status::{wire_name, FaultStatus, VolumeStatus};
 use crate::control::Registry;
 
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// `Content-Type` of the exposition.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Label pairs of one series.
+type Labels = Vec<(&'static str, String)>;
+
+/// What one scrape shows of a volume.
+#[derive(Debug)]
+struct VolumeScrape {
+    status: VolumeStatus,
+    stats: Arc<IoStats>,
+    /// Per role: the member's labels (start-up path) and counters.
+    members: Vec<(Labels, Arc<IoStats>)>,
+    faults: Vec<FaultStatus>,
 }
 
-fn io_series(out: &mut String, prefix: &str, labels: &str, stats: &IoStats) {
-    for op in OpType::ALL {
-        let c = stats.op(op);
-        let l = format!("{labels},op=\"{}\"", op.label());
-        let _ = writeln!(
-            out,
-            "{prefix}_ops_total{{{l}}} {}",
-            c.ops.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "{prefix}_bytes_total{{{l}}} {}",
-            c.bytes.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "{prefix}_errors_total{{{l}}} {}",
-            c.errors.load(Ordering::Relaxed)
-        );
-        let mut cumulative = 0;
-        for (i, b) in c.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let le = LATENCY_BUCKETS_US
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
-            let _ = writeln!(
-                out,
-                "{prefix}_latency_seconds_bucket{{{l},le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{prefix}_latency_seconds_sum{{{l}}} {}",
-            c.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{prefix}_latency_seconds_count{{{l}}} {cumulative}");
+impl VolumeScrape {
+    fn labels(&self) -> Labels {
+        vec![("volume", self.status.name.clone())]
     }
 }
 
-const HEADERS: &str = "\
-# HELP vraid_volume_state Volume state: 0 optimal, 1 degraded, 2 failed, 3 rebuilding, 4 resyncing.
-# TYPE vraid_volume_state gauge
-# HELP vraid_member_state Member state: 0 active, 1 failed, 2 missing, 3 removed, 4 rebuilding.
-# TYPE vraid_member_state gauge
-# HELP vraid_volume_ops_total Client operations completed, by type.
-# TYPE vraid_volume_ops_total counter
-# HELP vraid_volume_bytes_total Client bytes transferred by successful operations.
-# TYPE vraid_volume_bytes_total counter
-# HELP vraid_volume_errors_total Client operations that failed.
-# TYPE vraid_volume_errors_total counter
-# HELP vraid_volume_latency_seconds Client operation latency.
-# TYPE vraid_volume_latency_seconds histogram
-# HELP vraid_member_ops_total Member operations completed, by type.
-# TYPE vraid_member_ops_total counter
-# HELP vraid_member_bytes_total Member bytes transferred by successful operations.
-# TYPE vraid_member_bytes_total counter
-# HELP vraid_member_errors_total Member operations that failed.
-# TYPE vraid_member_errors_total counter
-# HELP vraid_member_latency_seconds Member operation latency.
-# TYPE vraid_member_latency_seconds histogram
-# HELP vraid_member_checksum_errors_total Member 4 KiB blocks that failed their checksum when read.
-# TYPE vraid_member_checksum_errors_total counter
-# HELP vraid_fault_hits_total Times an injected fault rule fired.
-# TYPE vraid_fault_hits_total counter
-# HELP vraid_volume_journal_batches_total Write-hole journal batches written (FUA), summed over members.
-# TYPE vraid_volume_journal_batches_total counter
-# HELP vraid_volume_journal_entries_total Write-hole journal entries (stripe writes logged).
-# TYPE vraid_volume_journal_entries_total counter
-# HELP vraid_volume_journal_checkpoints_total Write-hole journal checkpoints (every member flushed).
-# TYPE vraid_volume_journal_checkpoints_total counter
-# HELP vraid_volume_sync_done_bytes Bytes per member handled so far by the pass running (kind: rebuild, recovery, replace, resync, scrub).
-# TYPE vraid_volume_sync_done_bytes gauge
-# HELP vraid_volume_sync_total_bytes Bytes per member the pass running handles in all.
-# TYPE vraid_volume_sync_total_bytes gauge
-# HELP vraid_volume_sync_bytes_per_second Average rate of the pass running since it started.
-# TYPE vraid_volume_sync_bytes_per_second gauge
-";
+/// One scrape's snapshot of every volume.
+#[derive(Debug)]
+pub struct Scrape(Vec<VolumeScrape>);
 
-/// The whole exposition.
-pub fn render(reg: &Registry) -> String {
-    let mut out = String::from(HEADERS);
-    for v in reg.volumes() {
-        let vl = format!("volume=\"{}\"", esc(&v.name));
-        let engine = v.engine_status();
-        let state = match v.status_state(&engine) {
-            VolumeState::Optimal => 0,
-            VolumeState::Degraded => 1,
-            VolumeState::Failed => 2,
-            VolumeState::Rebuilding => 3,
-            VolumeState::Resyncing => 4,
+impl Scrape {
+    /// The snapshot of every volume of `reg`.
+    pub async fn take(reg: &Registry) -> Scrape {
+        let mut volumes = Vec::new();
+        for v in reg.volumes() {
+            let vl: Labels = vec![("volume", v.name.clone())];
+            let members = v
+                .members
+                .iter()
+                .map(|m| {
+                    let mut l = vl.clone();
+                    l.push(("member", m.role.to_string()));
+                    l.push(("path", m.path.clone().unwrap_or_default()));
+                    (l, m.stats.clone())
+                })
+                .collect();
+            volumes.push(VolumeScrape {
+                status: v.status().await,
+                stats: v.stats.clone(),
+                members,
+                faults: v.faults(),
+            });
+        }
+        Scrape(volumes)
+    }
+
+    /// The exposition text.
+    pub fn render(self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The whole exposition of `reg` now.
+pub async fn render(reg: &Registry) -> String {
+    Scrape::take(reg).await.render()
+}
+
+/// Encodes the family `name` (counters get `_total` appended) with one
+/// series per `(labels, metric)`; its `# HELP` and `# TYPE` even without
+/// any (every name vraid exports is always listed).
+fn family<S: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (S, M)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in series {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// `labels` plus `op`.
+fn with_op(labels: &Labels, op: OpType) -> Labels {
+    let mut l = labels.clone();
+    l.push(("op", op.label().to_string()));
+    l
+}
+
+/// The I/O families of `prefix` (`vraid_volume`, `vraid_member`), one
+/// series per device and operation type.
+fn io_families(
+    enc: &mut DescriptorEncoder,
+    prefix: &str,
+    what: &str,
+    devices: &[(Labels, Arc<IoStats>)],
+) -> fmt::Result {
+    // One series per device and operation type; the crate's metrics are
+    // handles on shared state, so a clone reads the live values.
+    fn per_op<M: EncodeMetric + Clone>(
+        devices: &[(Labels, Arc<IoStats>)],
+        metric: fn(&OpCounters) -> &M,
+    ) -> Vec<(Labels, M)> {
+        devices
+            .iter()
+            .flat_map(|(l, s)| OpType::ALL.map(|op| (with_op(l, op), metric(s.op(op)).clone())))
+            .collect()
+    }
+    for (name, help, metric) in [
+        (
+            "ops",
+            "operations completed, by type",
+            (|c| &c.ops) as fn(&OpCounters) -> &_,
+        ),
+        ("bytes", "bytes transferred by successful operations", |c| {
+            &c.bytes
+        }),
+        ("errors", "operations that failed", |c| &c.errors),
+    ] {
+        family(
+            enc,
+            &format!("{prefix}_{name}"),
+            &format!("{what} {help}"),
+            MetricType::Counter,
+            per_op(devices, metric),
+        )?;
+    }
+    family(
+        enc,
+        &format!("{prefix}_latency_seconds"),
+        &format!("{what} operation latency"),
+        MetricType::Histogram,
+        per_op(devices, |c| &c.latency),
+    )
+}
+
+impl Scrape {
+    fn states(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            enc,
+            "vraid_volume_state",
+            "Volume state: 0 optimal, 1 degraded, 2 failed, 3 rebuilding, 4 resyncing",
+            MetricType::Gauge,
+            self.0
+                .iter()
+                .map(|v| (v.labels(), ConstGauge::new(v.status.state.code()))),
+        )?;
+        family(
+            enc,
+            "vraid_member_state",
+            "Member state: 0 active, 1 failed, 2 missing, 3 removed, 4 rebuilding",
+            MetricType::Gauge,
+            self.0.iter().flat_map(|v| {
+                v.members
+                    .iter()
+                    .zip(&v.status.members)
+                    .map(|((l, _), m)| (l.clone(), ConstGauge::new(m.state.code())))
+            }),
+        )
+    }
+
+    fn io(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let volumes: Vec<_> = self
+            .0
+            .iter()
+            .map(|v| (v.labels(), v.stats.clone()))
+            .collect();
+        io_families(enc, "vraid_volume", "Client", &volumes)?;
+        let members: Vec<_> = self
+            .0
+            .iter()
+            .flat_map(|v| v.members.iter().cloned())
+            .collect();
+        io_families(enc, "vraid_member", "Member", &members)?;
+        family(
+            enc,
+            "vraid_member_checksum_errors",
+            "Member 4 KiB blocks that failed their checksum when read",
+            MetricType::Counter,
+            self.0.iter().flat_map(|v| {
+                v.members
+                    .iter()
+                    .zip(&v.status.members)
+                    .map(|((l, _), m)| (l.clone(), ConstCounter::new(m.checksum_errors)))
+            }),
+        )
+    }
+
+    fn faults(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            enc,
+            "vraid_fault_hits",
+            "Times an injected fault rule fired",
+            MetricType::Counter,
+            self.0.iter().flat_map(|v| {
+                v.faults.iter().map(|f| {
+                    let mut l = v.labels();
+                    l.push(("member", f.member.to_string()));
+                    l.push(("id", f.id.to_string()));
+                    l.push(("kind", wire_name(&f.spec.kind)));
+                    (l, ConstCounter::new(f.hits))
+                })
+            }),
+        )
+    }
+
+    fn journal(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let journals = || {
+            self.0.iter().filter_map(|v| {
+                let j = v.status.engine.as_ref()?.journal?;
+                Some((v.labels(), j))
+            })
         };
-        let _ = writeln!(out, "vraid_volume_state{{{vl}}} {state}");
-        if let Some(j) = engine.get("journal") {
-            for key in ["batches", "entries", "checkpoints"] {
-                if let Some(n) = j[key].as_u64() {
-                    let _ = writeln!(out, "vraid_volume_journal_{key}_total{{{vl}}} {n}");
-                }
-            }
+        for (name, help, field) in [
+            (
+                "vraid_volume_journal_batches",
+                "Write-hole journal batches written (FUA), summed over members",
+                (|j| j.batches) as fn(&crate::control::status::JournalStatus) -> u64,
+            ),
+            (
+                "vraid_volume_journal_entries",
+                "Write-hole journal entries (stripe writes logged)",
+                |j| j.entries,
+            ),
+            (
+                "vraid_volume_journal_checkpoints",
+                "Write-hole journal checkpoints (every member flushed)",
+                |j| j.checkpoints,
+            ),
+        ] {
+            let series = journals().map(|(l, j)| (l, ConstCounter::new(field(&j))));
+            family(enc, name, help, MetricType::Counter, series)?;
         }
-        if let Some(sync) = engine.get("sync").filter(|s| s.is_object()) {
-            let kind = esc(sync["kind"].as_str().unwrap_or(""));
-            let member = sync["member"]
-                .as_u64()
-                .map_or_else(String::new, |m| m.to_string());
-            let sl = format!("{vl},kind=\"{kind}\",member=\"{member}\"");
-            for (series, field) in [
-                ("done_bytes", "done_bytes"),
-                ("total_bytes", "total_bytes"),
-                ("bytes_per_second", "bytes_per_sec"),
-            ] {
-                if let Some(x) = sync[field].as_f64() {
-                    let _ = writeln!(out, "vraid_volume_sync_{series}{{{sl}}} {x}");
-                }
-            }
-        }
-        io_series(&mut out, "vraid_volume", &vl, &v.stats);
-        for m in &v.members {
-            let ml = format!(
-                "{vl},member=\"{}\",path=\"{}\"",
-                m.role,
-                esc(m.path.as_deref().unwrap_or(""))
-            );
-            let state = match v.member_state(m.role) {
-                MemberStatusState::Active => 0,
-                MemberStatusState::Failed => 1,
-                MemberStatusState::Missing => 2,
-                MemberStatusState::Removed => 3,
-                MemberStatusState::Rebuilding => 4,
-            };
-            let _ = writeln!(out, "vraid_member_state{{{ml}}} {state}");
-            io_series(&mut out, "vraid_member", &ml, &m.stats);
-            let _ = writeln!(
-                out,
-                "vraid_member_checksum_errors_total{{{ml}}} {}",
-                m.checksum_errors.load(Ordering::Relaxed)
-            );
-        }
-        for f in v.faults() {
-            let kind = serde_json::to_value(f.spec.kind)
-                .ok()
-                .and_then(|k| k.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "vraid_fault_hits_total{{{vl},member=\"{}\",id=\"{}\",kind=\"{kind}\"}} {}",
-                f.member, f.id, f.hits
-            );
-        }
+        Ok(())
     }
-    out
+
+    fn sync(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let passes = || {
+            self.0.iter().filter_map(|v| {
+                let s = v.status.engine.as_ref()?.sync.clone()?;
+                let mut l = v.labels();
+                l.push(("kind", s.kind.word().to_string()));
+                l.push((
+                    "member",
+                    s.member.map_or_else(String::new, |m| m.to_string()),
+                ));
+                Some((l, s))
+            })
+        };
+        family(
+            enc,
+            "vraid_volume_sync_done_bytes",
+            "Bytes per member handled so far by the pass running (kind: rebuild, recovery, replace, resync, scrub)",
+            MetricType::Gauge,
+            passes().map(|(l, s)| (l, ConstGauge::new(s.done_bytes))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_sync_total_bytes",
+            "Bytes per member the pass running handles in all",
+            MetricType::Gauge,
+            passes().map(|(l, s)| (l, ConstGauge::new(s.total_bytes))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_sync_bytes_per_second",
+            "Average rate of the pass running since it started",
+            MetricType::Gauge,
+            passes().map(|(l, s)| (l, ConstGauge::new(s.bytes_per_sec))),
+        )
+    }
 }
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        self.states(&mut enc)?;
+        self.io(&mut enc)?;
+        self.faults(&mut enc)?;
+        self.journal(&mut enc)?;
+        self.sync(&mut enc)
+    }
+}
+
+#[cfg(test)]
+#[path = "prometheus_tests.rs"]
+mod tests;

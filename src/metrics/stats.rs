@@ -1,18 +1,21 @@
 //! Per-device I/O counters: a [`BlockDevice`] wrapper that counts operations,
-//! bytes, errors and latency with relaxed atomics (no locks on the data path).
+//! bytes and errors (`prometheus-client` counters: relaxed atomics) and
+//! latency (its histogram: a short uncontended lock per operation, ~10 ns
+//! more than atomics).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability, IoFuture};
 use crate::units::ByteOffset;
 
-/// Latency histogram bucket upper bounds, in microseconds (`+Inf` implied).
-pub const LATENCY_BUCKETS_US: [u64; 12] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 500_000, 2_000_000,
+/// Latency histogram bucket upper bounds, in seconds (`+Inf` implied).
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 0.5, 2.0,
 ];
 
 /// Operation types counted separately.
@@ -44,34 +47,38 @@ impl OpType {
 }
 
 /// Counters of one operation type.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OpCounters {
     /// Completed operations (successful or not).
-    pub ops: AtomicU64,
+    pub ops: Counter,
     /// Bytes of successful operations.
-    pub bytes: AtomicU64,
+    pub bytes: Counter,
     /// Failed operations.
-    pub errors: AtomicU64,
-    /// Sum of latencies in microseconds.
-    pub latency_sum_us: AtomicU64,
-    /// Non-cumulative bucket counts; the last is `+Inf`.
-    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub errors: Counter,
+    /// Latencies in seconds.
+    pub latency: Histogram,
+}
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        OpCounters {
+            ops: Counter::default(),
+            bytes: Counter::default(),
+            errors: Counter::default(),
+            latency: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl OpCounters {
-    fn record(&self, bytes: u64, ok: bool, elapsed_us: u64) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
+    fn record(&self, bytes: u64, ok: bool, elapsed_seconds: f64) {
+        self.ops.inc();
         if ok {
-            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.bytes.inc_by(bytes);
         } else {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.inc();
         }
-        self.latency_sum_us.fetch_add(elapsed_us, Ordering::Relaxed);
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| elapsed_us <= b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed_seconds);
     }
 }
 
@@ -82,7 +89,7 @@ pub struct IoStats {
 }
 
 /// A point-in-time copy of the plain counters, for status output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoSummary {
     /// Reads completed.
     pub reads: u64,
@@ -113,8 +120,7 @@ impl IoStats {
 
     /// A copy of the plain counters.
     pub fn summary(&self) -> IoSummary {
-        let get =
-            |op: OpType, f: fn(&OpCounters) -> &AtomicU64| f(self.op(op)).load(Ordering::Relaxed);
+        let get = |op: OpType, f: fn(&OpCounters) -> &Counter| f(self.op(op)).get();
         IoSummary {
             reads: get(OpType::Read, |c| &c.ops),
             writes: get(OpType::Write, |c| &c.ops),
@@ -150,8 +156,8 @@ impl StatsDevice {
     async fn timed(&self, op: OpType, bytes: u64, fut: BoxFuture<'_, BlockResult>) -> BlockResult {
         let start = Instant::now();
         let result = fut.await;
-        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.op(op).record(bytes, result.is_ok(), us);
+        let seconds = start.elapsed().as_secs_f64();
+        self.stats.op(op).record(bytes, result.is_ok(), seconds);
         result
     }
 }
@@ -212,12 +218,10 @@ mod tests {
         assert_eq!((s.reads, s.writes, s.flushes), (3, 1, 1));
         assert_eq!((s.read_bytes, s.write_bytes), (8192, 4096));
         assert_eq!(s.errors, 2);
-        let buckets: u64 = stats
-            .op(OpType::Read)
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum();
-        assert_eq!(buckets, 3);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("read", "", stats.op(OpType::Read).latency.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("\nread_count 3\n"), "{text}");
     }
 }

@@ -1,0 +1,126 @@
+//! The parameters of the control methods, typed on both sides of the
+//! socket: the CLI serializes them, the server reads them (unknown keys
+//! refused).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::member::fault::{FaultKind, FaultOp};
+
+/// A member given by role number or path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemberArg {
+    /// Its role.
+    Role(usize),
+    /// Its path (or a role number as text).
+    Path(String),
+}
+
+/// `status` and `fault.list`: every volume, or one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFilter {
+    /// Only this volume.
+    pub volume: Option<String>,
+}
+
+/// `fail` and `remove`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberParams {
+    /// Volume.
+    pub volume: String,
+    /// The member.
+    pub member: MemberArg,
+}
+
+/// `fault.add`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAddParams {
+    /// Volume.
+    pub volume: String,
+    /// The member.
+    pub member: MemberArg,
+    /// What happens.
+    pub kind: FaultKind,
+    /// Which operations.
+    #[serde(default)]
+    pub op: FaultOp,
+    /// First member data byte affected.
+    pub offset: Option<u64>,
+    /// Bytes affected from `offset`.
+    pub length: Option<u64>,
+    /// Chance that a matching operation is hit (default 1).
+    pub probability: Option<f64>,
+    /// Delay of a `delay` rule, in microseconds.
+    pub delay_us: Option<u64>,
+    /// Hits after which the rule expires.
+    pub count: Option<u64>,
+}
+
+/// `fault.clear`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultClearParams {
+    /// The rule; `None`: every rule.
+    pub id: Option<u64>,
+}
+
+/// `add`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddParams {
+    /// Volume.
+    pub volume: String,
+    /// The new member (absolute: the daemon's working directory is not
+    /// the CLI's).
+    pub path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `replace`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceParams {
+    /// Volume.
+    pub volume: String,
+    /// The member replaced.
+    pub member: MemberArg,
+    /// The new member.
+    pub path: PathBuf,
+    /// Overwrite what the pre-write check finds.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `scrub`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubParams {
+    /// Volume.
+    pub volume: String,
+    /// Rewrite bad blocks and mismatches.
+    #[serde(default)]
+    pub repair: bool,
+    /// Stop the running scrub instead.
+    #[serde(default)]
+    pub cancel: bool,
+    /// Reply once it ends, with its result.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `set`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetParams {
+    /// Volume.
+    pub volume: String,
+    /// Rebuild/resync rate limit, MB/s (0: unlimited).
+    pub rebuild_max_mbps: u64,
+}
