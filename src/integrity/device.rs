@@ -181,6 +181,9 @@ impl ChecksumDevice {
         }
         let (b0, b1) = hull(offset.get(), buf.len() as u64);
         let head = (offset.get() - b0 * BLOCK) as usize;
+        // Pages the entries go to are reserved before the data is written:
+        // running out of space fails this write, not a later write-back.
+        self.store.prepare(b0, b1 - b0).await?;
         if head == 0 && buf.len() == self.span(b0, b1) {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
@@ -228,6 +231,16 @@ impl ChecksumDevice {
             self.store.write_pages(Durability::Fua).await?;
         }
         Ok(())
+    }
+
+    /// Reserves the pages of `offset..offset + len` before it changes.
+    async fn prepare_range(&self, offset: ByteOffset, len: u64) -> BlockResult {
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        self.store.prepare(b0, b1 - b0).await
     }
 
     /// After a discard or write-zeroes of `offset..+len`: whole blocks are
@@ -299,6 +312,7 @@ impl BlockDevice for ChecksumDevice {
                 return Ok(());
             }
             let (b0, b1) = hull(offset.get(), len);
+            self.store.prepare(b0, b1 - b0).await?;
             let zeros = vec![0u8; self.span(b0, b1)];
             self.inner
                 .write(ByteOffset(b0 * BLOCK), &zeros, Durability::Normal)
@@ -310,6 +324,7 @@ impl BlockDevice for ChecksumDevice {
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
+            self.prepare_range(offset, len).await?;
             self.inner.discard(offset, len).await?;
             self.after_clear(offset.get(), len).await
         })
@@ -322,6 +337,7 @@ impl BlockDevice for ChecksumDevice {
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
+            self.prepare_range(offset, len).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             self.after_clear(offset.get(), len).await
         })
