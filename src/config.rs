@@ -125,6 +125,9 @@ pub struct VolumeConfig {
     /// they failed, when too many roles are down (`force_assemble`,
     /// default false; also `vraid serve --force-assemble`).
     pub force_assemble: bool,
+    /// Bytes of checksum pages this array keeps in memory
+    /// (`checksum_cache`, default 64M; also `vraid serve --checksum-cache`).
+    pub checksum_cache: u64,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -276,6 +279,7 @@ struct RawVolume {
     scrub_interval: Option<Spanned<String>>,
     scrub_repair: Option<bool>,
     checksums: Option<Spanned<bool>>,
+    checksum_cache: Option<Spanned<Scalar>>,
     write_hole_protection: Option<bool>,
     #[serde(default)]
     force_assemble: bool,
@@ -647,6 +651,10 @@ fn volume(
         Some(c) => *c.get_ref(),
         None => bitmap,
     };
+    let checksum_cache = match &v.checksum_cache {
+        Some(c) => size(src, &format!("{key}.checksum_cache"), c)?,
+        None => crate::integrity::cache::DEFAULT_BUDGET,
+    };
     Ok(VolumeConfig {
         name,
         level,
@@ -666,6 +674,7 @@ fn volume(
         checksums,
         write_hole_protection: v.write_hole_protection.unwrap_or(true),
         force_assemble: v.force_assemble,
+        checksum_cache,
     })
 }
 

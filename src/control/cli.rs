@@ -204,6 +204,26 @@ fn render_sync(out: &mut String, v: &Value) {
             "  write-hole journal: {e} entries in {b} batches, {c} checkpoints"
         );
     }
+    render_checksum_cache(out, &v["checksum_cache"]);
+}
+
+/// The checksum-page cache line of `vraid status` (issue 15).
+fn render_checksum_cache(out: &mut String, c: &Value) {
+    let Ok(c) = serde_json::from_value::<crate::integrity::CacheStats>(c.clone()) else {
+        return;
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let _ = writeln!(
+        out,
+        "  checksum cache: {:.1} of {:.1} MiB, hit rate {:.1}% ({} hits, {} misses, {} evictions, {} written back)",
+        mib(c.resident_bytes),
+        mib(c.budget_bytes),
+        100.0 * c.hit_rate(),
+        c.hits,
+        c.misses,
+        c.evictions,
+        c.writebacks
+    );
 }
 
 /// `vraid fail`.

@@ -133,6 +133,10 @@ impl EngineOps for ArrayEngine {
         m.insert("rebuild_max_mbps".into(), json!(self.0.rebuild_max_mbps()));
         m.insert("last_scrub".into(), json!(self.0.last_scrub()));
         m.insert("journal".into(), json!(self.0.volume().journal_counters()));
+        m.insert(
+            "checksum_cache".into(),
+            json!(self.0.volume().checksum_cache()),
+        );
         m.insert("replace".into(), replacing.unwrap_or(Value::Null));
         m
     }

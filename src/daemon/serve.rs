@@ -101,6 +101,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     checksums: v.checksums && !args.no_checksums,
                     read_only: v.read_only || args.read_only,
                     force_assemble: v.force_assemble || args.force_assemble,
+                    checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
                 },
             })
             .collect::<Vec<_>>()
@@ -117,6 +118,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             array: ArrayOptions {
                 checksums: !args.no_checksums,
                 read_only: args.read_only,
+                checksum_cache: args
+                    .checksum_cache
+                    .unwrap_or(crate::integrity::cache::DEFAULT_BUDGET),
                 ..ArrayOptions::default()
             },
         }]
@@ -139,6 +143,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
             array: ArrayOptions {
                 checksums: !args.no_checksums,
                 read_only: args.read_only,
+                checksum_cache: args
+                    .checksum_cache
+                    .unwrap_or(crate::integrity::cache::DEFAULT_BUDGET),
                 ..ArrayOptions::default()
             },
         }]

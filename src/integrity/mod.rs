@@ -180,6 +180,10 @@ impl Checksums {
 }
 
 impl ChecksumHook for Checksums {
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(Checksums::cache_stats(self))
+    }
+
     fn reseal<'a>(
         &'a self,
         member: MemberIndex,

@@ -83,6 +83,18 @@ const HEADERS: &str = "\
 # TYPE vraid_volume_journal_entries_total counter
 # HELP vraid_volume_journal_checkpoints_total Write-hole journal checkpoints (every member flushed).
 # TYPE vraid_volume_journal_checkpoints_total counter
+# HELP vraid_volume_checksum_cache_hits_total Checksum-page look-ups served from memory.
+# TYPE vraid_volume_checksum_cache_hits_total counter
+# HELP vraid_volume_checksum_cache_misses_total Checksum-page look-ups that loaded the page.
+# TYPE vraid_volume_checksum_cache_misses_total counter
+# HELP vraid_volume_checksum_cache_evictions_total Checksum pages evicted to stay within the budget.
+# TYPE vraid_volume_checksum_cache_evictions_total counter
+# HELP vraid_volume_checksum_cache_writebacks_total Dirty checksum pages written back to make room.
+# TYPE vraid_volume_checksum_cache_writebacks_total counter
+# HELP vraid_volume_checksum_cache_resident_bytes Checksum pages held in memory.
+# TYPE vraid_volume_checksum_cache_resident_bytes gauge
+# HELP vraid_volume_checksum_cache_budget_bytes Checksum-page cache budget.
+# TYPE vraid_volume_checksum_cache_budget_bytes gauge
 # HELP vraid_volume_sync_done_bytes Bytes per member handled so far by the pass running (kind: rebuild, recovery, replace, resync, scrub).
 # TYPE vraid_volume_sync_done_bytes gauge
 # HELP vraid_volume_sync_total_bytes Bytes per member the pass running handles in all.
@@ -109,6 +121,18 @@ pub fn render(reg: &Registry) -> String {
             for key in ["batches", "entries", "checkpoints"] {
                 if let Some(n) = j[key].as_u64() {
                     let _ = writeln!(out, "vraid_volume_journal_{key}_total{{{vl}}} {n}");
+                }
+            }
+        }
+        if let Some(c) = engine.get("checksum_cache").filter(|c| c.is_object()) {
+            for key in ["hits", "misses", "evictions", "writebacks"] {
+                if let Some(n) = c[key].as_u64() {
+                    let _ = writeln!(out, "vraid_volume_checksum_cache_{key}_total{{{vl}}} {n}");
+                }
+            }
+            for key in ["resident_bytes", "budget_bytes"] {
+                if let Some(n) = c[key].as_u64() {
+                    let _ = writeln!(out, "vraid_volume_checksum_cache_{key}{{{vl}}} {n}");
                 }
             }
         }
