@@ -184,12 +184,13 @@ impl ChecksumDevice {
         // Pages the entries go to are reserved before the data is written:
         // running out of space fails this write, not a later write-back.
         self.store.prepare(b0, b1 - b0).await?;
+        let epoch = self.store.eviction_writes();
         if head == 0 && buf.len() == self.span(b0, b1) {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
             self.forget_bad(b0, b1);
             self.store.set(b0, &entries).await?;
-            return self.after_write(dur).await;
+            return self.after_write(dur, epoch).await;
         }
         // Unaligned: merge the new bytes into the old edge blocks to know
         // the blocks' checksums. Writers of one block are serialized by the
@@ -222,13 +223,14 @@ impl ChecksumDevice {
             }
         }
         self.store.set(b0, &entries).await?;
-        self.after_write(dur).await
+        self.after_write(dur, epoch).await
     }
 
-    /// A FUA write is durable when it completes: so are its entries.
-    async fn after_write(&self, dur: Durability) -> BlockResult {
+    /// A FUA write is durable when it completes: so are its entries (an
+    /// eviction since `epoch` may have written its page plainly).
+    async fn after_write(&self, dur: Durability, epoch: u64) -> BlockResult {
         if dur == Durability::Fua {
-            self.store.write_pages(Durability::Fua).await?;
+            self.store.write_pages_fua(epoch).await?;
         }
         Ok(())
     }

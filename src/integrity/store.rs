@@ -21,7 +21,7 @@
 //! member's capacity.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::OnceCell;
@@ -83,6 +83,9 @@ pub struct CsumStore {
     /// Held by every write of pages (flush write-backs and evictions), so
     /// a write-back that returns has no page write of this store behind it.
     writer: tokio::sync::Mutex<()>,
+    /// Eviction write-back batches done (plain writes, not durable until
+    /// the member's next flush): a FUA write compares it.
+    eviction_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for CsumStore {
@@ -130,6 +133,7 @@ impl CsumStore {
             budget,
             any_dirty: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(()),
+            eviction_writes: AtomicU64::new(0),
         }
     }
 
@@ -332,6 +336,24 @@ impl CsumStore {
         Ok(written)
     }
 
+    /// Eviction write-backs so far (compare before and after an update).
+    pub fn eviction_writes(&self) -> u64 {
+        self.eviction_writes.load(Ordering::Acquire)
+    }
+
+    /// Makes the entries of an update durable without a full write-back
+    /// flush: dirty pages written FUA, and the member flushed if an
+    /// eviction wrote pages (plainly) since `epoch` (from
+    /// [`CsumStore::eviction_writes`] before the update) — it may have
+    /// taken the update's page.
+    pub async fn write_pages_fua(&self, epoch: u64) -> BlockResult {
+        self.write_pages(Durability::Fua).await?;
+        if self.eviction_writes() != epoch {
+            self.raw.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Writes every dirty page to the member with `durability`, without a
     /// flush (a flush of the member's data that follows covers them). It
     /// waits for page writes of evictions in flight too.
@@ -420,6 +442,7 @@ impl CsumStore {
                 return Ok(());
             }
             let n = self.write_cells(&dirty, Durability::Normal).await?;
+            self.eviction_writes.fetch_add(1, Ordering::AcqRel);
             self.budget.written_back(n as u64);
         }
         Ok(())
