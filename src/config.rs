@@ -817,6 +817,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn checksum_cache_defaults_to_64m_and_takes_a_size() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        assert_eq!(parse(base).unwrap().volumes[0].checksum_cache, 64 << 20);
+        let small = format!("{base}checksum_cache = \"4M\"\n");
+        assert_eq!(parse(&small).unwrap().volumes[0].checksum_cache, 4 << 20);
+        let bad = format!("{base}checksum_cache = \"lots\"\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("volume[0].checksum_cache"), "{e}");
+    }
+
+    #[test]
     fn checksums_default_to_the_bitmap_and_refuse_to_run_without_it() {
         let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
         assert!(parse(base).unwrap().volumes[0].checksums);
