@@ -356,6 +356,12 @@ pub struct ServeArgs {
     /// line; overrides `checksums = true` in the config).
     #[arg(long)]
     pub no_checksums: bool,
+    /// Bytes of checksum pages each array keeps in memory (default 64M;
+    /// every volume of this command line; overrides the per-volume
+    /// `checksum_cache` key). Pages beyond it are evicted, dirty ones
+    /// written back first.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub checksum_cache: Option<u64>,
     /// Turn off the RAID-5 write-hole protection (the partial-parity
     /// journal) of every volume, for benchmarks: a crash followed by a
     /// missing member may then corrupt chunks nobody was writing.
@@ -418,6 +424,7 @@ impl ServeArgs {
             control: self.control,
             metrics: self.metrics,
             no_checksums: self.no_checksums,
+            checksum_cache: self.checksum_cache,
             no_journal: self.no_journal,
             force_assemble: self.force_assemble,
         }

@@ -114,6 +114,9 @@ pub struct VolumeConfig {
     /// they failed, when too many roles are down (`force_assemble`,
     /// default false; also `vraid serve --force-assemble`).
     pub force_assemble: bool,
+    /// Bytes of checksum pages this array keeps in memory
+    /// (`checksum_cache`, default 64M; also `vraid serve --checksum-cache`).
+    pub checksum_cache: u64,
 }
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
@@ -265,6 +268,7 @@ struct RawVolume {
     scrub_interval: Option<Spanned<String>>,
     scrub_repair: Option<bool>,
     checksums: Option<Spanned<bool>>,
+    checksum_cache: Option<Spanned<Scalar>>,
     write_hole_protection: Option<bool>,
     #[serde(default)]
     force_assemble: bool,
@@ -549,6 +553,10 @@ fn volume(
         checksums,
         write_hole_protection: v.write_hole_protection.unwrap_or(true),
         force_assemble: v.force_assemble,
+        checksum_cache: match &v.checksum_cache {
+            Some(c) => size(src, &format!("{key}.checksum_cache"), c)?,
+            None => crate::integrity::cache::DEFAULT_BUDGET,
+        },
     })
 }
 
@@ -833,6 +841,17 @@ fn vhost_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_cache_defaults_to_64m_and_takes_a_size() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        assert_eq!(parse(base).unwrap().volumes[0].checksum_cache, 64 << 20);
+        let small = format!("{base}checksum_cache = \"4M\"\n");
+        assert_eq!(parse(&small).unwrap().volumes[0].checksum_cache, 4 << 20);
+        let bad = format!("{base}checksum_cache = \"lots\"\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("volume[0].checksum_cache"), "{e}");
+    }
 
     #[test]
     fn checksums_default_to_the_bitmap_and_refuse_to_run_without_it() {

@@ -346,8 +346,9 @@ impl Drop for TmpfsMount {
 
 #[test]
 fn members_on_a_full_filesystem_fail_writes_with_enospc_and_stay_active() {
-    // Arrange: a RAID-5 of 3 sparse 16M members on a 20M tmpfs (the 1M
-    // metadata areas are reserved at assembly), 8M written.
+    // Arrange: a RAID-5 of 3 sparse 16M members on a 20M tmpfs (the
+    // metadata areas up to the checksums are reserved at assembly, the
+    // checksum pages when first written), 8M written.
     let dir = scratch_dir("safety-enospc");
     let mount = TmpfsMount::new(&dir.path().join("mnt"), "20M");
     let paths = member_paths(&dir.path().join("mnt"), 3);
@@ -357,12 +358,12 @@ fn members_on_a_full_filesystem_fail_writes_with_enospc_and_stay_active() {
     args.extend(["--control", control.to_str().unwrap()]);
     let server = Server::start(&args);
     let uri = server.uri("vol0");
-    let data_offset = examine(&paths[0])["data_offset"].as_u64().unwrap();
+    let csum_offset = examine(&paths[0])["csum_offset"].as_u64().unwrap();
     for p in &paths {
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(p).unwrap().blocks() * 512;
         assert!(
-            allocated >= data_offset,
+            allocated >= csum_offset,
             "{}: metadata area not reserved: {allocated} bytes",
             p.display()
         );

@@ -132,6 +132,7 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
             "rebuild_max_mbps",
             "last_scrub",
             "journal",
+            "checksum_cache",
             "replace",
         ])
     );

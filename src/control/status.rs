@@ -213,6 +213,8 @@ pub struct EngineStatus {
     pub last_scrub: Option<ScrubStatus>,
     /// Write-hole journal counters (`null`: no on-disk journal).
     pub journal: Option<JournalStatus>,
+    /// The block checksums' page cache (`null`: checksums off).
+    pub checksum_cache: Option<crate::integrity::CacheStats>,
     /// The replace running (`null`: none).
     pub replace: Option<ReplaceStatus>,
 }

@@ -50,6 +50,7 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "rebuild_max_mbps",
             "last_scrub",
             "journal",
+            "checksum_cache",
             "replace",
         ])
     );
@@ -137,7 +138,7 @@ fn idle_and_engineless_volumes_keep_their_nulls_and_absent_keys() {
     // Assert: an idle engine shows `null`s; no engine, no engine keys.
     assert_eq!(back, reply);
     let idle = &json["volumes"][0];
-    for key in ["sync", "last_scrub", "journal", "replace"] {
+    for key in ["sync", "last_scrub", "journal", "checksum_cache", "replace"] {
         assert_eq!(idle[key], Value::Null, "{key}");
         assert!(keys(idle).contains(key), "{key}");
     }
@@ -210,6 +211,14 @@ pub(crate) fn sample_reply() -> StatusReply {
                     batches: 4,
                     entries: 5,
                     checkpoints: 6,
+                }),
+                checksum_cache: Some(crate::integrity::CacheStats {
+                    budget_bytes: 64 << 20,
+                    resident_bytes: 4096,
+                    hits: 7,
+                    misses: 8,
+                    evictions: 9,
+                    writebacks: 10,
                 }),
                 replace: Some(ReplaceStatus {
                     member: 1,

@@ -65,6 +65,8 @@ pub struct ArrayOptions {
     pub read_only: bool,
     /// Forced assembly (docs/FORMAT.md §3 rule 5).
     pub force_assemble: bool,
+    /// Bytes of checksum pages kept in memory (docs/FORMAT.md §8).
+    pub checksum_cache: u64,
 }
 
 impl Default for ArrayOptions {
@@ -80,6 +82,7 @@ impl Default for ArrayOptions {
             write_hole_protection: true,
             read_only: false,
             force_assemble: false,
+            checksum_cache: crate::integrity::cache::DEFAULT_BUDGET,
         }
     }
 }

@@ -141,6 +141,7 @@ impl EngineOps for ArrayEngine {
             rebuild_max_mbps: self.0.rebuild_max_mbps(),
             last_scrub: self.0.last_scrub(),
             journal: self.0.volume().journal_counters().map(Into::into),
+            checksum_cache: self.0.volume().checksum_cache(),
             replace,
         }
     }

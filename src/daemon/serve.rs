@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub metrics: Option<SocketAddr>,
     /// Turn block checksums off on every volume.
     pub no_checksums: bool,
+    /// Checksum-page cache budget of every volume (over the config's key).
+    pub checksum_cache: Option<u64>,
     /// Turn the RAID-5 partial-parity journal off on every volume.
     pub no_journal: bool,
     /// Forced assembly of every volume.
@@ -245,6 +247,7 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 checksums: v.checksums && !args.no_checksums,
                 read_only: v.read_only || args.read_only,
                 force_assemble: v.force_assemble || args.force_assemble,
+                checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
             },
         })
         .collect()
@@ -290,6 +293,9 @@ fn command_line_array(args: &ServeOptions) -> ArrayOptions {
     ArrayOptions {
         checksums: !args.no_checksums,
         read_only: args.read_only,
+        checksum_cache: args
+            .checksum_cache
+            .unwrap_or(crate::integrity::cache::DEFAULT_BUDGET),
         ..ArrayOptions::default()
     }
 }

@@ -181,12 +181,16 @@ impl ChecksumDevice {
         }
         let (b0, b1) = hull(offset.get(), buf.len() as u64);
         let head = (offset.get() - b0 * BLOCK) as usize;
+        // Pages the entries go to are reserved before the data is written:
+        // running out of space fails this write, not a later write-back.
+        self.store.prepare(b0, b1 - b0).await?;
+        let epoch = self.store.eviction_writes();
         if head == 0 && buf.len() == self.span(b0, b1) {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
             self.forget_bad(b0, b1);
             self.store.set(b0, &entries).await?;
-            return self.after_write(dur).await;
+            return self.after_write(dur, epoch).await;
         }
         // Unaligned: merge the new bytes into the old edge blocks to know
         // the blocks' checksums. Writers of one block are serialized by the
@@ -219,15 +223,26 @@ impl ChecksumDevice {
             }
         }
         self.store.set(b0, &entries).await?;
-        self.after_write(dur).await
+        self.after_write(dur, epoch).await
     }
 
-    /// A FUA write is durable when it completes: so are its entries.
-    async fn after_write(&self, dur: Durability) -> BlockResult {
+    /// A FUA write is durable when it completes: so are its entries (an
+    /// eviction since `epoch` may have written its page plainly).
+    async fn after_write(&self, dur: Durability, epoch: u64) -> BlockResult {
         if dur == Durability::Fua {
-            self.store.write_pages(Durability::Fua).await?;
+            self.store.write_pages_fua(epoch).await?;
         }
         Ok(())
+    }
+
+    /// Reserves the pages of `offset..offset + len` before it changes.
+    async fn prepare_range(&self, offset: ByteOffset, len: u64) -> BlockResult {
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        self.store.prepare(b0, b1 - b0).await
     }
 
     /// After a discard or write-zeroes of `offset..+len`: whole blocks are
@@ -293,6 +308,7 @@ impl BlockDevice for ChecksumDevice {
                 return Ok(());
             }
             let (b0, b1) = hull(offset.get(), len);
+            self.store.prepare(b0, b1 - b0).await?;
             let zeros = vec![0u8; self.span(b0, b1)];
             self.inner
                 .write(ByteOffset(b0 * BLOCK), &zeros, Durability::Normal)
@@ -304,6 +320,7 @@ impl BlockDevice for ChecksumDevice {
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
+            self.prepare_range(offset, len).await?;
             self.inner.discard(offset, len).await?;
             self.after_clear(offset.get(), len).await
         })
@@ -316,6 +333,7 @@ impl BlockDevice for ChecksumDevice {
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
         Box::pin(async move {
+            self.prepare_range(offset, len).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             self.after_clear(offset.get(), len).await
         })

@@ -5,20 +5,27 @@
 //!                               │ entries
 //!                               ▼
 //!                           CsumStore (per member, pages cached) ─► csum area
+//!                               │ pages counted against
+//!                               ▼
+//!                           CacheBudget (per array) ─► cache_stats()
 //!  Checksums (per array): every store by role ─► writeback_all (before the
 //!      bitmap clears bits, at clean shutdown) ─► reseal (after a resync step)
 //! ```
 
+pub mod cache;
 pub mod device;
 pub mod page;
 pub mod store;
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+pub use cache::{CacheBudget, CacheStats};
 pub use device::{ChecksumDevice, Trusted};
 pub use store::CsumStore;
 
@@ -35,6 +42,8 @@ pub struct Checksums {
     /// The stored entries predate writes made without checksums
     /// (`csum_state` = 0): no verdict may rely on them.
     stale: AtomicBool,
+    /// The page budget every store of the array shares.
+    budget: Arc<CacheBudget>,
 }
 
 impl std::fmt::Debug for Checksums {
@@ -44,9 +53,24 @@ impl std::fmt::Debug for Checksums {
 }
 
 impl Checksums {
-    /// An empty set.
+    /// An empty set, with the default page budget.
     pub fn new() -> Arc<Checksums> {
         Arc::new(Checksums::default())
+    }
+
+    /// An empty set whose stores keep at most `budget` bytes of pages in
+    /// memory together (docs/FORMAT.md §8, "Page cache").
+    pub fn with_cache(budget: u64) -> Arc<Checksums> {
+        Arc::new(Checksums {
+            budget: Arc::new(CacheBudget::new(budget)),
+            ..Checksums::default()
+        })
+    }
+
+    /// The page cache's budget, residency and counters (`vraid status`,
+    /// metrics).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.budget.stats()
     }
 
     /// The entries on the members are not maintained (`csum_state` = 0):
@@ -81,7 +105,14 @@ impl Checksums {
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
         let blocks = window.size().div_ceil(page::BLOCK);
-        let store = Arc::new(CsumStore::new(raw, csum_offset, blocks, fresh));
+        let budget = self.budget.clone();
+        let store = Arc::new(CsumStore::with_budget(
+            raw,
+            csum_offset,
+            blocks,
+            fresh,
+            budget,
+        ));
         self.roles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -149,6 +180,10 @@ impl Checksums {
 }
 
 impl ChecksumHook for Checksums {
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(Checksums::cache_stats(self))
+    }
+
     fn reseal<'a>(
         &'a self,
         member: MemberIndex,

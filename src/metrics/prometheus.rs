@@ -259,6 +259,63 @@ impl Scrape {
         Ok(())
     }
 
+    fn checksum_cache(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Field = (
+            &'static str,
+            &'static str,
+            fn(&crate::integrity::CacheStats) -> u64,
+        );
+        let caches = || {
+            self.0.iter().filter_map(|v| {
+                let c = v.status.engine.as_ref()?.checksum_cache?;
+                Some((v.labels(), c))
+            })
+        };
+        let counters: [Field; 4] = [
+            (
+                "vraid_volume_checksum_cache_hits",
+                "Checksum-page look-ups served from memory",
+                |c| c.hits,
+            ),
+            (
+                "vraid_volume_checksum_cache_misses",
+                "Checksum-page look-ups that loaded the page",
+                |c| c.misses,
+            ),
+            (
+                "vraid_volume_checksum_cache_evictions",
+                "Checksum pages evicted to stay within the budget",
+                |c| c.evictions,
+            ),
+            (
+                "vraid_volume_checksum_cache_writebacks",
+                "Dirty checksum pages written back to make room",
+                |c| c.writebacks,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let series = caches().map(|(l, c)| (l, ConstCounter::new(field(&c))));
+            family(enc, name, help, MetricType::Counter, series)?;
+        }
+        let gauges: [Field; 2] = [
+            (
+                "vraid_volume_checksum_cache_resident_bytes",
+                "Checksum pages held in memory",
+                |c| c.resident_bytes,
+            ),
+            (
+                "vraid_volume_checksum_cache_budget_bytes",
+                "Checksum-page cache budget",
+                |c| c.budget_bytes,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let series = caches().map(|(l, c)| (l, ConstGauge::new(field(&c))));
+            family(enc, name, help, MetricType::Gauge, series)?;
+        }
+        Ok(())
+    }
+
     fn sync(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let passes = || {
             self.0.iter().filter_map(|v| {
@@ -302,6 +359,7 @@ impl Collector for Scrape {
         self.io(&mut enc)?;
         self.faults(&mut enc)?;
         self.journal(&mut enc)?;
+        self.checksum_cache(&mut enc)?;
         self.sync(&mut enc)
     }
 }

@@ -36,6 +36,11 @@ pub trait ChecksumHook: Send + Sync {
         offset: ByteOffset,
         data: &'a [u8],
     ) -> BoxFuture<'a, Vec<Verdict>>;
+
+    /// The checksum-page cache's counters (`vraid status`, metrics).
+    fn cache_stats(&self) -> Option<crate::integrity::CacheStats> {
+        None
+    }
 }
 
 /// One block against its stored checksum entry.

@@ -315,6 +315,12 @@ impl Volume {
         self.parity_log.as_ref().and_then(|l| l.counters())
     }
 
+    /// The checksum-page cache's counters, when the volume runs with block
+    /// checksums.
+    pub fn checksum_cache(&self) -> Option<crate::integrity::CacheStats> {
+        self.checksums.as_ref().and_then(|c| c.cache_stats())
+    }
+
     pub(super) fn parity_log(&self) -> Option<&Arc<dyn ParityLog>> {
         self.parity_log.as_ref()
     }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# checksum-cache.sh — 4k random writes over a working set far larger than
+# the checksum-page cache, checksums on vs off, in one run (issue 15).
+#
+# Two RAID-5 arrays of four sparse members (MEMBER_SIZE each, on the disk:
+# WORKDIR defaults to /var/tmp, not tmpfs) are created: "on" is served with
+# `--checksum-cache CACHE`, "off" with `--no-checksums`. ROUNDS rounds
+# alternate them (on, off, on, off, ...); each round starts the server,
+# runs fio (libnbd engine, 4k randwrite, iodepth 32) over WORKING_SET bytes
+# of the volume for RUNTIME seconds, and reads the server's utime+stime
+# from /proc/PID/stat before and after. The cache holds CACHE / 4 KiB pages,
+# each covering 4 MiB of one member's data: the working set is reported as
+# a multiple of the member data the cache can cover (>= 100x by default).
+# Prints a markdown table: IOPS and server CPU microseconds per I/O, per
+# mode (mean over rounds), and on/off.
+#
+# Environment (defaults in brackets):
+#   MEMBER_SIZE  sparse member size [1T]     WORKING_SET  fio --size [1200G]
+#   CACHE        --checksum-cache [4M]       RUNTIME      seconds per round [20]
+#   ROUNDS       rounds per mode [2]         WORKDIR      [/var/tmp/vraid-checksum-cache]
+#   VRAID        binary [target/release/vraid]
+#   FIO_EXTRA    more fio options, e.g. "--fsync=32" [""]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+MEMBER_SIZE=${MEMBER_SIZE:-1T}
+WORKING_SET=${WORKING_SET:-1200G}
+CACHE=${CACHE:-4M}
+RUNTIME=${RUNTIME:-20}
+ROUNDS=${ROUNDS:-2}
+WORKDIR=${WORKDIR:-/var/tmp/vraid-checksum-cache}
+VRAID=${VRAID:-target/release/vraid}
+
+log() { printf '[checksum-cache %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v fio >/dev/null || die "fio not found (apt-get install fio)"
+command -v python3 >/dev/null || die "python3 not found"
+[[ -x $VRAID ]] || die "$VRAID not found: cargo build --release -p vraid"
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
+
+mkdir -p "$WORKDIR"
+WORKDIR=$(cd "$WORKDIR" && pwd)
+RESULTS=$WORKDIR/results.tsv
+: >"$RESULTS"
+SERVER_PID=
+
+cleanup() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    # The member images go; the logs stay.
+    rm -f "$WORKDIR"/on/m?.img "$WORKDIR"/off/m?.img
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+create() {
+    local dir=$WORKDIR/$1
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    for i in 0 1 2 3; do truncate -s "$MEMBER_SIZE" "$dir/m$i.img"; done
+    "$VRAID" create --level 5 --name vol "$dir"/m{0,1,2,3}.img >"$dir/create.log" 2>&1 ||
+        die "$1: create failed: $(tail -n 3 "$dir/create.log")"
+}
+
+# round MODE N
+round() {
+    local mode=$1 n=$2 dir=$WORKDIR/$1 port extra=()
+    port=$(free_port)
+    if [[ $mode == off ]]; then extra+=(--no-checksums); else extra+=(--checksum-cache "$CACHE"); fi
+    "$VRAID" serve --nbd "127.0.0.1:$port" --control "$dir/control.sock" "${extra[@]}" \
+        "$dir"/m{0,1,2,3}.img >>"$dir/serve.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        kill -0 "$SERVER_PID" 2>/dev/null || die "$mode: serve exited: $(tail -n 5 "$dir/serve.log")"
+        sleep 0.1
+    done
+    local before after out=$dir/round$n.json
+    before=$(cpu_ticks "$SERVER_PID")
+    log "$mode round $n: randwrite 4k over $WORKING_SET (${RUNTIME}s)"
+    # shellcheck disable=SC2086
+    fio --name=rw --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol" --rw=randwrite --bs=4k \
+        --iodepth=32 --size="$WORKING_SET" --norandommap --randrepeat=0 --time_based \
+        --runtime="$RUNTIME" ${FIO_EXTRA:-} --output-format=json --output="$out" >/dev/null
+    after=$(cpu_ticks "$SERVER_PID")
+    if [[ $mode == on ]]; then
+        "$VRAID" status --control "$dir/control.sock" | grep "checksum cache" >&2 || true
+    fi
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || die "$mode: serve exited with an error"
+    SERVER_PID=
+    printf '%s\t%s\t%s\t%s\n' "$mode" "$out" "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS"
+}
+
+create on
+create off
+for ((n = 1; n <= ROUNDS; n++)); do
+    round on "$n"
+    round off "$n"
+done
+grep -q "checksum mismatch" "$WORKDIR/on/serve.log" && die "checksum errors during the bench"
+
+python3 - "$RESULTS" "$WORKING_SET" "$CACHE" "$RUNTIME" <<'PY'
+import json, sys
+def size(s):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+agg = {}
+for mode, path, ticks, hz in rows:
+    w = json.load(open(path))["jobs"][0]["write"]
+    a = agg.setdefault(mode, {"iops": [], "us": []})
+    a["iops"].append(w["iops"])
+    a["us"].append(int(ticks) / int(hz) * 1e6 / max(w["total_ios"], 1))
+ws, cache = size(sys.argv[2]), size(sys.argv[3])
+covered = cache // 4096 * (4 << 20)
+print(f"\n4k random writes, RAID-5 4 members, working set {sys.argv[2]} "
+      f"= {ws * 4 / 3 / covered:.0f}x the member data the {sys.argv[3]} cache covers, "
+      f"{sys.argv[4]}s x {len(agg.get('on', {'iops': []})['iops'])} rounds\n")
+print("| checksums | IOPS (per round) | mean IOPS | server CPU us/IO |")
+print("|---|---|---:|---:|")
+mean = {}
+for mode in ["on", "off"]:
+    if mode not in agg:
+        continue
+    a = agg[mode]
+    mean[mode] = (sum(a["iops"]) / len(a["iops"]), sum(a["us"]) / len(a["us"]))
+    rounds = " / ".join(f"{x:.0f}" for x in a["iops"])
+    print(f"| {mode} | {rounds} | {mean[mode][0]:.0f} | {mean[mode][1]:.1f} |")
+if len(mean) == 2:
+    print(f"| on/off | | {mean['on'][0] / mean['off'][0]:.2f} | {mean['on'][1] / mean['off'][1]:.2f} |")
+PY

@@ -1,0 +1,233 @@
+//! Issue 15: memory that does not grow with the array. Sparse members of
+//! terabytes on the real disk: idle RSS independent of capacity, RSS under
+//! random writes bounded by the checksum-page budget, no flushed write lost
+//! to SIGKILL, and the checksum area allocated only where written.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raid_tests::*;
+
+const TIB: u64 = 1 << 40;
+const MIB: u64 = 1 << 20;
+const CHUNK: u64 = 64 * 1024;
+
+/// Sparse member files of `size` bytes, created as a RAID-5 `vol0`.
+fn sparse_raid5(dir: &Path, size: u64) -> Vec<PathBuf> {
+    let members = member_paths(dir, 4);
+    for m in &members {
+        std::fs::File::create(m).unwrap().set_len(size).unwrap();
+    }
+    create_array(5, "64K", "256M", "vol0", &members);
+    members
+}
+
+/// Bytes allocated on the disk for all `members`.
+fn allocated(members: &[PathBuf]) -> u64 {
+    members
+        .iter()
+        .map(|m| std::fs::metadata(m).unwrap().blocks() * 512)
+        .sum()
+}
+
+fn serve(members: &[PathBuf], control: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--control", control.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend(members.iter().map(|m| m.to_str().unwrap()));
+    let server = Server::start(&args);
+    wait_for_socket(control);
+    server
+}
+
+fn rss_kib(server: &Server) -> u64 {
+    proc_status_kib(server.pid(), "VmRSS")
+}
+
+/// Polls `cond` every 100 ms until it holds; panics after `limit`.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn idle_rss_of_four_16tib_sparse_members_is_under_16_mib() {
+    let dir = scratch_dir("scale-idle");
+    // ext4's largest file is 16 TiB - 4 KiB.
+    let members = sparse_raid5(dir.path(), 16 * TIB - MIB);
+    let control = dir.path().join("ctl.sock");
+    let server = serve(&members, &control, &[]);
+    let v = volume_status(&control, "vol0");
+    assert_eq!(member_states(&v), vec!["active"; 4], "{v}");
+    let mut worst = 0;
+    for _ in 0..10 {
+        worst = worst.max(rss_kib(&server));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("idle VmRSS of 4 x 16 TiB RAID-5: {worst} KiB");
+    assert!(worst <= 16 * 1024, "idle VmRSS {worst} KiB for 4 x 16 TiB");
+    // The checksum area (16 GiB per member) is not reserved up front: the
+    // superblocks, bitmaps and journals are (16 MiB journals).
+    let used = allocated(&members);
+    assert!(used < 4 * 64 * MIB, "{used} bytes allocated");
+    let cache = &v["checksum_cache"];
+    assert_eq!(cache["resident_bytes"], 0, "{cache}");
+    assert_eq!(cache["budget_bytes"], 64 * MIB, "{cache}");
+    assert_eq!(server.stop(), 0);
+}
+
+/// Samples the VmRSS of `pid` every 50 ms until `stop`; returns the worst.
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut worst = 0;
+        while !stop.load(Ordering::Relaxed) {
+            worst = worst.max(proc_status_kib(pid, "VmRSS"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        worst
+    })
+}
+
+fn fio_random_writes(uri: &str, seconds: u32) {
+    let out = run(Command::new("fio").args([
+        "--name=scale",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=32",
+        "--norandommap",
+        "--randrepeat=0",
+        "--time_based",
+        &format!("--runtime={seconds}"),
+        "--output-format=json",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "{job}");
+    assert!(job["write"]["total_ios"].as_u64().unwrap() > 1000, "{job}");
+}
+
+/// Volume offsets spread over the whole volume, 4 KiB aligned, distinct
+/// stripes, with a pattern byte each.
+fn pattern_writes(volume_size: u64, n: u64) -> Vec<(u64, u8)> {
+    let stripe = 3 * CHUNK;
+    (0..n)
+        .map(|i| {
+            let s = (volume_size / stripe) / n * i + 7 * i + 3;
+            let at = s * stripe + (i % 3) * CHUNK + 4096 * (i % 16);
+            (at, (i as u8).wrapping_mul(37) | 1)
+        })
+        .collect()
+}
+
+/// The XOR of the chunk row `stripe` over every member file (0: parity
+/// consistent there).
+fn row_xor_is_zero(members: &[PathBuf], data_offset: u64, stripe: u64) -> bool {
+    let mut x = vec![0u8; CHUNK as usize];
+    for m in members {
+        let mut buf = vec![0u8; CHUNK as usize];
+        let f = std::fs::File::open(m).unwrap();
+        f.read_exact_at(&mut buf, data_offset + stripe * CHUNK)
+            .unwrap();
+        x.iter_mut().zip(&buf).for_each(|(a, b)| *a ^= b);
+    }
+    x.iter().all(|&b| b == 0)
+}
+
+#[test]
+fn random_writes_over_4x4tib_stay_within_the_cache_budget_and_survive_sigkill() {
+    let dir = scratch_dir("scale-rw");
+    let members = sparse_raid5(dir.path(), 4 * TIB);
+    let control = dir.path().join("ctl.sock");
+    let budget = 4 * MIB;
+    let server = serve(&members, &control, &["--checksum-cache", "4M"]);
+    let idle = rss_kib(&server);
+
+    // Random 4k writes over the whole 12 TiB volume, RSS sampled.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(server.pid(), stop.clone());
+    fio_random_writes(&server.uri("vol0"), 15);
+    stop.store(true, Ordering::Relaxed);
+    let worst = sampler.join().unwrap();
+    eprintln!("VmRSS idle {idle} KiB, peak {worst} KiB under random writes (budget 4 MiB)");
+    let margin_kib = 32 * 1024;
+    assert!(
+        worst <= budget / 1024 + margin_kib,
+        "VmRSS peaked at {worst} KiB (idle {idle} KiB, budget 4 MiB + 32 MiB margin)"
+    );
+    let v = volume_status(&control, "vol0");
+    let cache = v["checksum_cache"].clone();
+    assert!(
+        cache["resident_bytes"].as_u64().unwrap() <= budget + 64 * 1024,
+        "{cache}"
+    );
+    assert!(cache["evictions"].as_u64().unwrap() > 1000, "{cache}");
+    assert!(cache["writebacks"].as_u64().unwrap() > 0, "{cache}");
+    eprintln!("checksum cache after the random writes: {cache}");
+    let text = vraid_ctl_ok(&control, &["status"]);
+    assert!(text.contains("checksum cache: "), "{text}");
+
+    // Wait for the bitmap to clear (its pages written back), so the
+    // restart resyncs only what the pattern writes leave dirty.
+    wait_until("bitmap clean", Duration::from_secs(60), || {
+        members.iter().all(|m| {
+            examine(m)["bitmap_dirty_regions"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        })
+    });
+
+    // A pattern written and flushed, then SIGKILL.
+    let volume_size = v["size"].as_u64().unwrap();
+    let writes = pattern_writes(volume_size, 16);
+    let mut cmds: Vec<String> = writes
+        .iter()
+        .map(|(at, p)| format!("write -P {p} {at} 4k"))
+        .collect();
+    cmds.push("flush".into());
+    qemu_io(&server.uri("vol0"), &cmds);
+    server.kill();
+
+    let server = serve(&members, &control, &["--checksum-cache", "4M"]);
+    wait_until("resync done", Duration::from_secs(120), || {
+        let v = volume_status(&control, "vol0");
+        v["sync"].is_null() && member_states(&v) == vec!["active"; 4]
+    });
+    let reads: Vec<String> = writes
+        .iter()
+        .map(|(at, p)| format!("read -P {p} {at} 4k"))
+        .collect();
+    qemu_io(&server.uri("vol0"), &reads);
+    let v = volume_status(&control, "vol0");
+    for m in v["members"].as_array().unwrap() {
+        assert_eq!(m["checksum_errors"], 0, "{m}");
+    }
+    assert_eq!(server.stop(), 0);
+
+    // Parity of every row written is consistent on the members.
+    let data_offset = examine(&members[0])["data_offset"].as_u64().unwrap();
+    for (at, _) in &writes {
+        let stripe = at / (3 * CHUNK);
+        assert!(
+            row_xor_is_zero(&members, data_offset, stripe),
+            "row {stripe}"
+        );
+    }
+    // Only what was written is allocated: no up-front checksum area.
+    let used = allocated(&members);
+    assert!(used < 8 << 30, "{used} bytes allocated");
+}
