@@ -147,11 +147,14 @@ impl Eq for FaultConfig {}
 /// Default `rebuild_max_mbps`.
 pub const DEFAULT_REBUILD_MAX_MBPS: u64 = 200;
 
-/// `create = { member_size = "256M" }`.
+/// `create = { member_size = "256M", checksum_layout = "inline" }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateConfig {
     /// Size of each member file to create, in bytes.
     pub member_size: u64,
+    /// Where the new array keeps its block checksums (default `separate`;
+    /// docs/FORMAT.md §8 "Inline layout").
+    pub checksum_layout: crate::meta::layout::ChecksumLayout,
 }
 
 /// Why a configuration was refused.
@@ -302,6 +305,7 @@ struct RawFault {
 #[serde(deny_unknown_fields)]
 struct RawCreate {
     member_size: Spanned<Scalar>,
+    checksum_layout: Option<Spanned<String>>,
 }
 
 /// Turns byte offsets into `path:line:column` errors.
@@ -612,7 +616,16 @@ fn volume(
                     format!("{member_size} bytes cannot hold the metadata and one chunk"),
                 ));
             }
-            Some(CreateConfig { member_size })
+            let checksum_layout = match &c.checksum_layout {
+                Some(l) => l.get_ref().parse().map_err(|e: String| {
+                    src.invalid(l.span(), format!("{key}.create.checksum_layout"), e)
+                })?,
+                None => Default::default(),
+            };
+            Some(CreateConfig {
+                member_size,
+                checksum_layout,
+            })
         }
         None => None,
     };
@@ -973,7 +986,8 @@ members = ["/d", "/e"]
         assert_eq!(
             v.create,
             Some(CreateConfig {
-                member_size: 256 << 20
+                member_size: 256 << 20,
+                checksum_layout: Default::default(),
             })
         );
         assert!(v.read_only);

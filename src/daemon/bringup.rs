@@ -13,9 +13,10 @@ use super::{show_path, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::cli::EngineArg;
 use crate::control::{EventLog, MemberHandle, VolumeHandle};
-use crate::integrity::Checksums;
+use crate::integrity::{Checksums, InlineDevice};
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
+use crate::meta::layout::ChecksumLayout;
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
 use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{ChunkSize, Geometry, Level, MemberIndex, RaidError, Volume, VolumeEvents};
@@ -34,6 +35,8 @@ pub struct CreateRequest {
     pub member_size: u64,
     /// Overwrite existing vraid members.
     pub force: bool,
+    /// Where the block checksums live (FORMAT.md §8).
+    pub checksum_layout: ChecksumLayout,
 }
 
 /// Member options from the CLI flag, else `VRAID_IO_ENGINE`, else auto.
@@ -120,6 +123,7 @@ async fn create_members(
     opts: &MemberOptions,
     created: &mut Vec<PathBuf>,
 ) -> Result<meta::ArrayInfo, DaemonError> {
+    let csum_layout = req.checksum_layout;
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
     for p in paths {
         if !p.exists() {
@@ -135,7 +139,11 @@ async fn create_members(
             member::create_sparse(p, req.member_size)?;
             created.push(p.clone());
         }
-        devices.push(member::open_member(p, opts)?);
+        let device = member::open_member(p, opts)?;
+        if csum_layout == ChecksumLayout::Inline && device.is_direct() {
+            inline_fits(p, device.block_size())?;
+        }
+        devices.push(device);
     }
     let spec = CreateSpec {
         name: req.name.clone(),
@@ -143,7 +151,21 @@ async fn create_members(
         chunk_size: req.chunk_size,
         force: req.force,
     };
-    Ok(meta::create_array(&devices, &spec).await?)
+    Ok(meta::create_array_with(&devices, &spec, csum_layout).await?)
+}
+
+/// The inline layout writes 512-byte tag sectors: a member must take
+/// 512-byte I/O (FORMAT.md §8 "Inline layout", "Alignment").
+fn inline_fits(path: &Path, block_size: u64) -> Result<(), DaemonError> {
+    if block_size <= crate::integrity::tag::TAG {
+        return Ok(());
+    }
+    Err(DaemonError::Usage(format!(
+        "member {} has {block_size}-byte logical sectors: the inline checksum layout needs \
+         members with 512-byte logical sectors (it writes a 512-byte tag after each 4 KiB \
+         block); use --checksum-layout separate",
+        show_path(path)
+    )))
 }
 
 /// `vraid examine` of one member.
@@ -265,6 +287,10 @@ pub async fn assemble_volume_with(
         offset: assembly.layout.csum_offset,
         bitmap: Arc::new(OnceLock::new()),
     });
+    // Inline layout: the members' data areas interleave tags, checksums on
+    // or off (off: tags are still written, reads are not verified).
+    let inline = (assembly.checksum_layout == ChecksumLayout::Inline)
+        .then_some((assembly.data_offset, assembly.data_size));
     // Each member's data window sits behind its fault rules and counters:
     // Volume ─► StatsDevice ─► [ChecksumDevice ─►] FaultDevice ─► Window.
     let members: Vec<Option<Arc<dyn BlockDevice>>> = assembly
@@ -274,7 +300,7 @@ pub async fn assemble_volume_with(
         .map(|(m, h)| {
             m.as_ref().map(|m| {
                 let window = Arc::new(m.data.clone()) as Arc<dyn BlockDevice>;
-                wrap_member_with(h, csum.as_ref(), m.device.clone(), window, false)
+                wrap_member_with(h, csum.as_ref(), inline, m.device.clone(), window, false)
             })
         })
         .collect();
@@ -370,7 +396,7 @@ pub async fn assemble_volume_with(
     let wrap_csum = csum.clone();
     let wrap: MemberWrap = Arc::new(move |role, raw, window, fresh| {
         match weak.upgrade().as_ref().and_then(|h| h.members.get(role)) {
-            Some(h) => wrap_member_with(h, wrap_csum.as_ref(), raw, window, fresh),
+            Some(h) => wrap_member_with(h, wrap_csum.as_ref(), inline, raw, window, fresh),
             None => window,
         }
     });
@@ -509,12 +535,42 @@ struct CsumWiring {
     bitmap: Arc<OnceLock<Arc<DiskBitmap>>>,
 }
 
+impl CsumWiring {
+    /// Nothing is verified until the bitmap is attached (after the
+    /// partial-parity replay, which reads chunks whose checksums a crash
+    /// may have torn from their data), then every settled region is.
+    fn trusted(&self) -> crate::integrity::Trusted {
+        let bitmap = self.bitmap.clone();
+        Arc::new(move |off| bitmap.get().is_some_and(|b| b.settled(off)))
+    }
+}
+
+/// The physical data area of an inline-layout member (`area`: data offset
+/// and logical size). A member too small for it gets what it holds: I/O
+/// past its end fails like any out-of-range member I/O.
+fn inline_window(
+    raw: &Arc<dyn BlockDevice>,
+    (offset, logical): (u64, u64),
+) -> Arc<dyn BlockDevice> {
+    use crate::integrity::tag::{physical_len, STRIDE};
+    let fits = raw.size().saturating_sub(offset) / STRIDE * STRIDE;
+    let len = physical_len(logical).min(fits);
+    if len < physical_len(logical) {
+        warn!("{}: too small for its inline-layout data area", raw.name());
+    }
+    match Window::new(raw.clone(), offset, len) {
+        Ok(w) => Arc::new(w),
+        Err(_) => Arc::new(Window::new(raw.clone(), 0, 0).expect("an empty window fits")),
+    }
+}
+
 /// Puts a member's data window behind its slot's fault rules, block
 /// checksums (when on) and counters:
 /// Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
 fn wrap_member_with(
     h: &MemberHandle,
     csum: Option<&CsumWiring>,
+    inline: Option<(u64, u64)>,
     raw: Arc<dyn BlockDevice>,
     window: Arc<dyn BlockDevice>,
     fresh: bool,
@@ -522,22 +578,35 @@ fn wrap_member_with(
     let seed = 0x5eed_0000 + h.role as u64;
     // Rules added from now on for this device stay with it (not the slot).
     let tag = h.join_device(raw.name());
+    if let Some(area) = inline {
+        // Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice ─► physical
+        // window; fault rules keep meaning logical data offsets.
+        let faulty = FaultDevice::new(inline_window(&raw, area), h.faults.clone(), seed)
+            .with_device(tag)
+            .with_inline_layout();
+        let errors = h.checksum_errors.clone();
+        let dev = match csum {
+            Some(c) => c
+                .set
+                .wrap_inline(h.role, Arc::new(faulty), c.trusted(), errors),
+            None => Arc::new(InlineDevice::new(
+                Arc::new(faulty),
+                Arc::new(|_| false),
+                errors,
+            )),
+        };
+        return Arc::new(StatsDevice::new(dev, h.stats.clone()));
+    }
     let faulty = FaultDevice::new(window, h.faults.clone(), seed).with_device(tag);
     let mut dev: Arc<dyn BlockDevice> = Arc::new(faulty);
     if let Some(c) = csum {
-        let bitmap = c.bitmap.clone();
-        // Nothing is verified until the bitmap is attached (after the
-        // partial-parity replay, which reads chunks whose checksums a crash
-        // may have torn from their data), then every settled region is.
-        let trusted: crate::integrity::Trusted =
-            Arc::new(move |off| bitmap.get().is_some_and(|b| b.settled(off)));
         dev = c.set.wrap(
             h.role,
             raw,
             c.offset,
             dev,
             fresh,
-            trusted,
+            c.trusted(),
             h.checksum_errors.clone(),
         );
     }

@@ -101,8 +101,15 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
         chunk_size: args.chunk_size,
         member_size: args.member_size,
         force: args.force,
+        checksum_layout: args.checksum_layout,
     };
     let info = bringup::create_array(&args.members, &spec, &bringup::member_options(None)).await?;
+    if args.checksum_layout == crate::meta::layout::ChecksumLayout::Inline {
+        println!(
+            "checksums inline: a 512-byte tag after each 4 KiB block; 1/9 (11.1 %) of each \
+             member's data area holds tags"
+        );
+    }
     println!(
         "created {} ({}, {} members, chunk {}, {} bytes per member, array {})",
         info.name,

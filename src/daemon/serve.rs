@@ -84,6 +84,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), DaemonError> {
                     chunk_size: v.chunk_size,
                     member_size: c.member_size,
                     force: false,
+                    checksum_layout: c.checksum_layout,
                 }),
                 read_only: v.read_only || args.read_only,
                 description: v.description.clone(),
