@@ -19,6 +19,8 @@ pub mod store;
 pub mod tag;
 
 #[cfg(test)]
+mod inline_raid_tests;
+#[cfg(test)]
 mod inline_tests;
 #[cfg(test)]
 mod tests;
