@@ -104,12 +104,6 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
         checksum_layout: args.checksum_layout,
     };
     let info = bringup::create_array(&args.members, &spec, &bringup::member_options(None)).await?;
-    if args.checksum_layout == crate::meta::layout::ChecksumLayout::Inline {
-        println!(
-            "checksums inline: a 512-byte tag after each 4 KiB block; 1/9 (11.1 %) of each \
-             member's data area holds tags"
-        );
-    }
     println!(
         "created {} ({}, {} members, chunk {}, {} bytes per member, array {})",
         info.name,
@@ -120,6 +114,12 @@ pub async fn create(args: CreateArgs) -> Result<(), DaemonError> {
         info.data_size,
         info.array_uuid
     );
+    if args.checksum_layout == crate::meta::layout::ChecksumLayout::Inline {
+        println!(
+            "checksums inline: a 512-byte tag after each 4 KiB block; 1/9 (11.1 %) of each \
+             member's data area holds tags"
+        );
+    }
     Ok(())
 }
 

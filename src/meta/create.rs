@@ -12,10 +12,10 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use uuid::Uuid;
 
-use super::layout::{inline_data_size, ChecksumLayout};
+use super::layout::{inline_layout, ChecksumLayout};
 use super::superblock::{
     metadata_layout, read_superblock, valid_chunk_size, valid_name, ArrayState, MemberState,
-    MetaLayout, RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, FLAG_INLINE_CSUM, MAX_MEMBERS,
+    RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, FLAG_INLINE_CSUM, MAX_MEMBERS,
     SUPERBLOCK_SIZE,
 };
 use super::{now, signature, MetaError};
@@ -122,15 +122,12 @@ pub async fn create_array_with(
         .map(|l| l.data_offset)
         .unwrap_or(DATA_ALIGN)
         + spec.chunk_size;
-    let usable = |l: &MetaLayout| match csum_layout {
-        ChecksumLayout::Separate => l.data_size,
-        ChecksumLayout::Inline => inline_data_size(l.data_size),
+    let layout = match csum_layout {
+        ChecksumLayout::Separate => metadata_layout(smallest),
+        ChecksumLayout::Inline => inline_layout(smallest),
     };
-    let mut layout = match metadata_layout(smallest) {
-        Some(mut l) if usable(&l) >= spec.chunk_size => {
-            l.data_size = usable(&l);
-            l
-        }
+    let mut layout = match layout {
+        Some(l) if l.data_size >= spec.chunk_size => l,
         _ => {
             let small = devices.iter().min_by_key(|d| d.size());
             return Err(MetaError::TooSmall {

@@ -122,10 +122,18 @@ impl std::fmt::Display for ChecksumLayout {
     }
 }
 
-/// The logical data-area bytes (whole 4 KiB blocks) that `physical` bytes
-/// of a member hold in the inline layout (each block takes 4608 bytes).
-pub fn inline_data_size(physical: u64) -> u64 {
-    crate::integrity::tag::logical_len(physical)
+/// The layout of a member of `member_size` bytes in the inline checksum
+/// layout (FORMAT.md §8 "Inline layout"): no separate checksum area
+/// (`csum_len` = 0), and `data_size` is the logical data area its physical
+/// one holds (4608 member bytes per 4 KiB block). `None` as for
+/// [`metadata_layout`].
+pub fn inline_layout(member_size: u64) -> Option<MetaLayout> {
+    let mut l = metadata_layout(member_size)?;
+    l.csum_len = 0;
+    l.data_offset = round_up(l.csum_offset, DATA_ALIGN)?;
+    let physical = member_size.checked_sub(l.data_offset)?;
+    l.data_size = crate::integrity::tag::logical_len(physical);
+    (l.data_size > 0).then_some(l)
 }
 
 /// Is `name` a valid array/volume name: `[A-Za-z0-9._-]`, 1..=64 bytes.

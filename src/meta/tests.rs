@@ -802,7 +802,9 @@ async fn an_inline_array_gets_the_flag_and_a_logical_data_size_that_fits() {
     )
     .await
     .unwrap();
-    // 7 MiB of member data area hold 7 MiB × 8/9, rounded down to the chunk.
+    // No separate checksum area; 7 MiB of member data area hold 7 MiB ×
+    // 8/9, rounded down to the chunk.
+    assert_eq!(info.data_offset, 1 << 20);
     assert_eq!(
         info.data_size,
         (7 << 20) / 4608 * 4096 / (64 << 10) * (64 << 10)
@@ -812,6 +814,7 @@ async fn an_inline_array_gets_the_flag_and_a_logical_data_size_that_fits() {
         let sb = Superblock::decode(&dev.snapshot()[..4096]).unwrap();
         assert_eq!(sb.checksum_layout(), ChecksumLayout::Inline);
         assert_eq!(sb.layout.data_size, info.data_size);
+        assert_eq!(sb.layout.csum_len, 0);
     }
     let assembled = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
     assert_eq!(assembled.checksum_layout, ChecksumLayout::Inline);
