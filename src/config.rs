@@ -1250,4 +1250,23 @@ probability = 0.5
         let on = parse(&format!("{base}force_assemble = true\n")).unwrap();
         assert!(on.volumes[0].force_assemble);
     }
+
+    #[test]
+    fn create_checksum_layout_is_read_and_checked() {
+        use crate::meta::layout::ChecksumLayout;
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        let create = |extra: &str| format!("{base}create = {{ member_size = \"64M\"{extra} }}\n");
+        let layout = |text: &str| {
+            parse(text).unwrap().volumes[0]
+                .create
+                .unwrap()
+                .checksum_layout
+        };
+        assert_eq!(layout(&create("")), ChecksumLayout::Separate);
+        let inline = create(", checksum_layout = \"inline\"");
+        assert_eq!(layout(&inline), ChecksumLayout::Inline);
+        let e = err(&create(", checksum_layout = \"sideways\""));
+        assert!(e.contains("volume[0].create.checksum_layout"), "{e}");
+        assert!(e.contains("use `separate` or `inline`"), "{e}");
+    }
 }
