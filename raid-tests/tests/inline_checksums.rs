@@ -378,3 +378,44 @@ fn raid5_inline_member_failed_and_replaced_is_rebuilt_with_tags_and_scrubs_clean
     );
     assert_eq!(states, vec!["active"; 3]);
 }
+
+#[test]
+fn an_inline_array_moved_onto_4k_logical_sector_devices_is_refused_at_assembly() {
+    // Arrange: an inline RAID-1 on 512-byte-sector loop devices, then the
+    // same files attached with 4096-byte sectors.
+    let dir = scratch_dir("inline-4kn-assemble");
+    let files: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("b{i}.img")))
+        .collect();
+    let attach = |sector: &str| {
+        let mut loops = Loops(Vec::new());
+        for f in &files {
+            let dev = run_ok(
+                Command::new("losetup")
+                    .args(["--find", "--show", "--sector-size", sector])
+                    .arg(f),
+            );
+            loops.0.push(dev.trim().to_string());
+        }
+        loops
+    };
+    for f in &files {
+        std::fs::File::create(f).unwrap().set_len(64 << 20).unwrap();
+    }
+    let loops = attach("512");
+    let members: Vec<PathBuf> = loops.0.iter().map(PathBuf::from).collect();
+    create_inline(1, "64M", &members);
+    drop(loops);
+    let loops = attach("4096");
+
+    // Act
+    let mut c = vraid(&["serve", "--nbd", &format!("127.0.0.1:{}", free_port())]);
+    c.args(&loops.0);
+    let out = run(&mut c);
+
+    // Assert
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("4096-byte logical sectors"), "{err}");
+    assert!(err.contains("512-byte logical sectors"), "{err}");
+}

@@ -246,9 +246,16 @@ pub async fn assemble_volume_with(
         (opts, aopts)
     };
     let mut devices = Vec::with_capacity(paths.len());
+    // O_DIRECT granule of each member (the inline layout needs 512).
+    let mut granules = Vec::new();
     for p in paths {
         match member::open_member(p, opts) {
-            Ok(dev) => devices.push((show_path(p), dev as Arc<dyn BlockDevice>)),
+            Ok(dev) => {
+                if dev.is_direct() {
+                    granules.push((p, dev.block_size()));
+                }
+                devices.push((show_path(p), dev as Arc<dyn BlockDevice>))
+            }
             Err(e) if !p.exists() => {
                 warn!(
                     "member {} is missing: {}",
@@ -264,6 +271,11 @@ pub async fn assemble_volume_with(
         force: aopts.force_assemble,
     };
     let assembly = Arc::new(meta::assemble_with(devices, force).await?);
+    if assembly.checksum_layout == ChecksumLayout::Inline {
+        for (p, granule) in granules {
+            inline_fits(p, granule)?;
+        }
+    }
     if aopts.read_only {
         // Before anything could write: every update stays in memory.
         assembly.metadata.set_read_only().await;
