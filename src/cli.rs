@@ -269,6 +269,11 @@ pub struct CreateArgs {
     /// Overwrite members that already hold a vraid superblock.
     #[arg(long)]
     pub force: bool,
+    /// Where block checksums live: `separate` (a checksum area per member)
+    /// or `inline` (a 512-byte tag after each 4 KiB block, written with it:
+    /// random writes cost no extra I/O; uses 1/9 = 11.1 % of each member).
+    #[arg(long, default_value = "separate")]
+    pub checksum_layout: crate::meta::layout::ChecksumLayout,
     /// Member files or block devices, in role order.
     #[arg(required = true, value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
@@ -395,6 +400,7 @@ impl CreateArgs {
             chunk_size: self.chunk_size,
             member_size: self.member_size,
             force: self.force,
+            checksum_layout: self.checksum_layout,
         }
     }
 }

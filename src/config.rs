@@ -139,11 +139,14 @@ impl Eq for FaultConfig {}
 /// Default `rebuild_max_mbps`.
 pub const DEFAULT_REBUILD_MAX_MBPS: u64 = 200;
 
-/// `create = { member_size = "256M" }`.
+/// `create = { member_size = "256M", checksum_layout = "inline" }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateConfig {
     /// Size of each member file to create, in bytes.
     pub member_size: u64,
+    /// Where the new array keeps its block checksums (default `separate`;
+    /// docs/FORMAT.md §8 "Inline layout").
+    pub checksum_layout: crate::meta::layout::ChecksumLayout,
 }
 
 /// Why a configuration was refused.
@@ -295,6 +298,7 @@ struct RawFault {
 #[serde(deny_unknown_fields)]
 struct RawCreate {
     member_size: Spanned<Scalar>,
+    checksum_layout: Option<Spanned<String>>,
 }
 
 /// Turns byte offsets into `path:line:column` errors.
@@ -675,7 +679,16 @@ fn create_key(
             format!("{member_size} bytes cannot hold the metadata and one chunk"),
         ));
     }
-    Ok(Some(CreateConfig { member_size }))
+    let checksum_layout = match &c.checksum_layout {
+        Some(l) => l.get_ref().parse().map_err(|e: String| {
+            src.invalid(l.span(), format!("{key}.create.checksum_layout"), e)
+        })?,
+        None => Default::default(),
+    };
+    Ok(Some(CreateConfig {
+        member_size,
+        checksum_layout,
+    }))
 }
 
 /// `scrub_interval`: a positive duration.
@@ -1010,7 +1023,8 @@ members = ["/d", "/e"]
         assert_eq!(
             v.create,
             Some(CreateConfig {
-                member_size: 256 << 20
+                member_size: 256 << 20,
+                checksum_layout: Default::default(),
             })
         );
         assert!(v.read_only);
@@ -1272,5 +1286,24 @@ probability = 0.5
         assert!(!parse(base).unwrap().volumes[0].force_assemble);
         let on = parse(&format!("{base}force_assemble = true\n")).unwrap();
         assert!(on.volumes[0].force_assemble);
+    }
+
+    #[test]
+    fn create_checksum_layout_is_read_and_checked() {
+        use crate::meta::layout::ChecksumLayout;
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        let create = |extra: &str| format!("{base}create = {{ member_size = \"64M\"{extra} }}\n");
+        let layout = |text: &str| {
+            parse(text).unwrap().volumes[0]
+                .create
+                .unwrap()
+                .checksum_layout
+        };
+        assert_eq!(layout(&create("")), ChecksumLayout::Separate);
+        let inline = create(", checksum_layout = \"inline\"");
+        assert_eq!(layout(&inline), ChecksumLayout::Inline);
+        let e = err(&create(", checksum_layout = \"sideways\""));
+        assert!(e.contains("volume[0].create.checksum_layout"), "{e}");
+        assert!(e.contains("use `separate` or `inline`"), "{e}");
     }
 }

@@ -28,6 +28,7 @@ async fn create(dir: &Path, n: usize) -> Vec<PathBuf> {
         chunk_size: 64 << 10,
         member_size: SIZE,
         force: false,
+        checksum_layout: Default::default(),
     };
     bringup::create_array(&paths, &req, &MemberOptions::default())
         .await

@@ -22,11 +22,12 @@ use tracing::{info, warn};
 use super::array::{ArrayHandle, ArrayOptions, ArrayParts, PlannedRebuild, Spare, Startup};
 use super::array::{JoinHook, MemberWrap};
 use super::{journal, show_path, sync_plan, DaemonError};
-use crate::block::{BlockDevice, BlockError, BoxFuture};
+use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
-use crate::integrity::Checksums;
+use crate::integrity::{Checksums, InlineDevice};
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
+use crate::meta::layout::ChecksumLayout;
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
 use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{
@@ -46,6 +47,8 @@ pub struct CreateRequest {
     pub member_size: u64,
     /// Overwrite existing vraid members.
     pub force: bool,
+    /// Where the block checksums live (FORMAT.md §8).
+    pub checksum_layout: ChecksumLayout,
 }
 
 /// Member options from the CLI flag, else `VRAID_IO_ENGINE`, else auto.
@@ -141,7 +144,11 @@ async fn create_members(
             member::create_sparse(p, req.member_size)?;
             created.push(p.clone());
         }
-        devices.push(member::open_member(p, opts)?);
+        let device = member::open_member(p, opts)?;
+        if req.checksum_layout == ChecksumLayout::Inline && device.is_direct() {
+            inline_fits(p, device.block_size())?;
+        }
+        devices.push(device);
     }
     let spec = CreateSpec {
         name: req.name.clone(),
@@ -149,7 +156,21 @@ async fn create_members(
         chunk_size: req.chunk_size,
         force: req.force,
     };
-    Ok(meta::create_array(&devices, &spec).await?)
+    Ok(meta::create_array_with(&devices, &spec, req.checksum_layout).await?)
+}
+
+/// The inline layout writes 512-byte tag sectors: a member must take
+/// 512-byte I/O (FORMAT.md §8 "Inline layout", "Alignment").
+fn inline_fits(path: &Path, block_size: u64) -> Result<(), DaemonError> {
+    if block_size <= crate::integrity::tag::TAG {
+        return Ok(());
+    }
+    Err(DaemonError::Usage(format!(
+        "member {} has {block_size}-byte logical sectors: the inline checksum layout needs \
+         members with 512-byte logical sectors (it writes a 512-byte tag after each 4 KiB \
+         block); use --checksum-layout separate",
+        show_path(path)
+    )))
 }
 
 /// `vraid examine` of one member.
@@ -220,12 +241,17 @@ pub async fn assemble_volume_with(
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
     let (opts, aopts) = effective_options(opts, aopts);
-    let mut devices = open_present_members(paths, &opts)?;
+    let (mut devices, granules) = open_present_members(paths, &opts)?;
     let spares = open_spares(&aopts, &opts, &mut devices).await?;
     let force = meta::AssembleOptions {
         force: aopts.force_assemble,
     };
     let assembly = Arc::new(meta::assemble_with(devices, force).await?);
+    if assembly.checksum_layout == ChecksumLayout::Inline {
+        for (p, granule) in &granules {
+            inline_fits(p, *granule)?;
+        }
+    }
     prepare_metadata(&assembly, &aopts).await?;
     let slots = MemberSlots::from(member_handles(&assembly));
     let log = Arc::new(EventLog::new());
@@ -298,16 +324,26 @@ fn effective_options(opts: &MemberOptions, aopts: &ArrayOptions) -> (MemberOptio
 /// A member device with the path it was opened by.
 type NamedDevice = (String, Arc<dyn BlockDevice>);
 
+/// The O_DIRECT granule of each member opened for direct I/O (the inline
+/// layout needs 512).
+type Granules = Vec<(PathBuf, u64)>;
+
 /// Opens the members given; a missing file is left out (assembly decides
 /// whether the array can run without it), any other failure is an error.
 fn open_present_members(
     paths: &[PathBuf],
     opts: &MemberOptions,
-) -> Result<Vec<NamedDevice>, DaemonError> {
+) -> Result<(Vec<NamedDevice>, Granules), DaemonError> {
     let mut devices = Vec::with_capacity(paths.len());
+    let mut granules = Vec::new();
     for p in paths {
         match member::open_member(p, opts) {
-            Ok(dev) => devices.push((show_path(p), dev as Arc<dyn BlockDevice>)),
+            Ok(dev) => {
+                if dev.is_direct() {
+                    granules.push((p.clone(), dev.block_size()));
+                }
+                devices.push((show_path(p), dev as Arc<dyn BlockDevice>))
+            }
             Err(e) if !p.exists() => {
                 warn!(
                     "member {} is missing: {}",
@@ -318,7 +354,7 @@ fn open_present_members(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(devices)
+    Ok((devices, granules))
 }
 
 /// Before anything could write: a read-only run keeps every update in
@@ -381,7 +417,11 @@ async fn build_volume(
         bitmap,
         verifying: Arc::new(AtomicBool::new(false)),
     });
-    let wrap = member_wrap(slots.clone(), csum.clone());
+    // Inline layout: the members' data areas interleave tags, checksums on
+    // or off (off: tags are still written, reads are not verified).
+    let inline = (assembly.checksum_layout == ChecksumLayout::Inline)
+        .then_some((assembly.data_offset, assembly.data_size));
+    let wrap = member_wrap(slots.clone(), csum.clone(), inline);
     let members = wrap_assembled(assembly, &wrap);
     let mut volume = Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?;
     if let Some(c) = &csum {
@@ -680,11 +720,70 @@ struct CsumWiring {
     verifying: Arc<AtomicBool>,
 }
 
+impl CsumWiring {
+    /// Verified: settled regions, once the journal replay is done.
+    fn trusted(&self) -> crate::integrity::Trusted {
+        let (bitmap, verifying) = (self.bitmap.clone(), self.verifying.clone());
+        Arc::new(move |off| verifying.load(Ordering::Acquire) && bitmap.settled(off))
+    }
+}
+
+/// The physical data area of an inline-layout member (`area`: data offset
+/// and logical size). A member too small for it gets what it holds: I/O
+/// past its end fails like any out-of-range member I/O.
+fn inline_window(
+    raw: &Arc<dyn BlockDevice>,
+    (offset, logical): (u64, u64),
+) -> Arc<dyn BlockDevice> {
+    use crate::integrity::tag::{physical_len, STRIDE};
+    let fits = raw.size().saturating_sub(offset) / STRIDE * STRIDE;
+    let len = physical_len(logical).min(fits);
+    if len < physical_len(logical) {
+        warn!("{}: too small for its inline-layout data area", raw.name());
+    }
+    match Window::new(raw.clone(), offset, len) {
+        Ok(w) => Arc::new(w),
+        Err(_) => Arc::new(Window::new(raw.clone(), 0, 0).expect("an empty window fits")),
+    }
+}
+
+/// An inline-layout member: Volume ─► StatsDevice ─► InlineDevice ─►
+/// FaultDevice ─► physical window; fault rules keep meaning logical data
+/// offsets.
+fn wrap_inline_member(
+    h: &MemberHandle,
+    csum: Option<&CsumWiring>,
+    area: (u64, u64),
+    raw: Arc<dyn BlockDevice>,
+    tag: crate::member::fault::DeviceTag,
+) -> Arc<dyn BlockDevice> {
+    let seed = 0x5eed_0000 + h.role as u64;
+    let faulty = FaultDevice::new(inline_window(&raw, area), h.faults.clone(), seed)
+        .with_device(tag)
+        .with_inline_layout();
+    let errors = h.checksum_errors.clone();
+    let dev = match csum {
+        Some(c) => c
+            .set
+            .wrap_inline(h.role, Arc::new(faulty), c.trusted(), errors),
+        None => Arc::new(InlineDevice::new(
+            Arc::new(faulty),
+            Arc::new(|_| false),
+            errors,
+        )),
+    };
+    Arc::new(StatsDevice::new(dev, h.stats.clone()))
+}
+
 /// Wraps the members joining each role (assembled now or later) as
 /// [`wrap_member_with`] does, behind that role's slot.
-fn member_wrap(slots: MemberSlots, csum: Option<CsumWiring>) -> MemberWrap {
+fn member_wrap(
+    slots: MemberSlots,
+    csum: Option<CsumWiring>,
+    inline: Option<(u64, u64)>,
+) -> MemberWrap {
     Arc::new(move |role, raw, window, fresh| match slots.get(role) {
-        Some(h) => wrap_member_with(h, csum.as_ref(), raw, window, fresh),
+        Some(h) => wrap_member_with(h, csum.as_ref(), inline, raw, window, fresh),
         None => window,
     })
 }
@@ -695,6 +794,7 @@ fn member_wrap(slots: MemberSlots, csum: Option<CsumWiring>) -> MemberWrap {
 fn wrap_member_with(
     h: &MemberHandle,
     csum: Option<&CsumWiring>,
+    inline: Option<(u64, u64)>,
     raw: Arc<dyn BlockDevice>,
     window: Arc<dyn BlockDevice>,
     fresh: bool,
@@ -702,12 +802,13 @@ fn wrap_member_with(
     let seed = 0x5eed_0000 + h.role as u64;
     // Rules added from now on for this device stay with it (not the slot).
     let tag = h.join_device(raw.name());
+    if let Some(area) = inline {
+        return wrap_inline_member(h, csum, area, raw, tag);
+    }
     let faulty = FaultDevice::new(window, h.faults.clone(), seed).with_device(tag);
     let mut dev: Arc<dyn BlockDevice> = Arc::new(faulty);
     if let Some(c) = csum {
-        let (bitmap, verifying) = (c.bitmap.clone(), c.verifying.clone());
-        let trusted: crate::integrity::Trusted =
-            Arc::new(move |off| verifying.load(Ordering::Acquire) && bitmap.settled(off));
+        let trusted = c.trusted();
         dev = c.set.wrap(
             h.role,
             raw,

@@ -45,6 +45,7 @@ pub fn spec(dir: &Path) -> DemoSpec {
             chunk_size: DEMO_CHUNK,
             member_size: DEMO_MEMBER_SIZE,
             force: false,
+            checksum_layout: Default::default(),
         },
         description: "vraid demo: RAID-5 over 4 sparse files in ./vraid-data".to_string(),
     }

@@ -230,6 +230,7 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 chunk_size: v.chunk_size,
                 member_size: c.member_size,
                 force: false,
+                checksum_layout: c.checksum_layout,
             }),
             read_only: v.read_only || args.read_only,
             description: v.description.clone(),

@@ -10,15 +10,24 @@
 //!                           CacheBudget (per array) ─► cache_stats()
 //!  Checksums (per array): every store by role ─► writeback_all (before the
 //!      bitmap clears bits, at clean shutdown) ─► reseal (after a resync step)
+//!
+//!  Inline layout (§8 "Inline layout"): no store, tags next to the data:
+//!  Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice (told the layout) ─► Window
 //! ```
 
 pub mod cache;
 pub mod device;
+pub mod inline;
 pub mod page;
 pub mod store;
+pub mod tag;
 
 #[cfg(test)]
 mod cache_tests;
+#[cfg(test)]
+mod inline_raid_tests;
+#[cfg(test)]
+mod inline_tests;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +36,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 pub use cache::{CacheBudget, CacheStats};
 pub use device::{ChecksumDevice, Trusted};
+pub use inline::InlineDevice;
 pub use store::CsumStore;
 
 use crate::block::{BlockDevice, BlockResult, BoxFuture};
@@ -39,6 +49,8 @@ use crate::units::ByteOffset;
 #[derive(Default)]
 pub struct Checksums {
     roles: Mutex<Vec<(usize, Weak<CsumStore>)>>,
+    /// The inline-layout members, by role (no store: tags are on them).
+    inline: Mutex<Vec<(usize, Weak<InlineDevice>)>>,
     /// The stored entries predate writes made without checksums
     /// (`csum_state` = 0): no verdict may rely on them.
     stale: AtomicBool,
@@ -120,6 +132,32 @@ impl Checksums {
         Arc::new(ChecksumDevice::new(window, store, trusted, errors))
     }
 
+    /// Wraps the physical data area `raw_data` of the member in role `role`
+    /// in the inline layout (§8 "Inline layout"): tags are written with
+    /// their data, so there is no store and nothing to write back.
+    pub fn wrap_inline(
+        &self,
+        role: usize,
+        raw_data: Arc<dyn BlockDevice>,
+        trusted: Trusted,
+        errors: Arc<AtomicU64>,
+    ) -> Arc<dyn BlockDevice> {
+        let dev = Arc::new(InlineDevice::new(raw_data, trusted, errors));
+        let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+        inline.retain(|(_, d)| d.strong_count() > 0);
+        inline.push((role, Arc::downgrade(&dev)));
+        dev
+    }
+
+    fn inline_of(&self, role: usize) -> Vec<Arc<InlineDevice>> {
+        let inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+        inline
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .filter_map(|(_, d)| d.upgrade())
+            .collect()
+    }
+
     /// Writes back the dirty pages of every member (each then flushed).
     /// Every member is tried; the first error is returned.
     pub async fn writeback_all(&self) -> BlockResult {
@@ -198,6 +236,11 @@ impl ChecksumHook for Checksums {
                     tracing::warn!(%member, %e, "resealing checksums failed");
                 }
             }
+            for d in self.inline_of(member.0) {
+                if let Err(e) = d.reseal(offset.get(), data).await {
+                    tracing::warn!(%member, %e, "resealing inline tags failed");
+                }
+            }
         })
     }
 
@@ -210,7 +253,14 @@ impl ChecksumHook for Checksums {
         Box::pin(async move {
             let first = offset.get() / page::BLOCK;
             let n = (data.len() as u64).div_ceil(page::BLOCK);
-            let store = if self.stale.load(Ordering::Relaxed) {
+            let stale = self.stale.load(Ordering::Relaxed);
+            if let Some(d) = self.inline_of(member.0).first().filter(|_| !stale) {
+                if let Ok(v) = d.verdicts(offset.get(), data).await {
+                    return v;
+                }
+                return vec![Verdict::Unknown; n as usize];
+            }
+            let store = if stale {
                 None
             } else {
                 self.live().into_iter().find(|(r, _)| *r == member.0)

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Offsets in rules are member data offsets (byte 0 = first byte after the
-//! member's metadata area). Each rule filters on operation, byte range,
+//! member's metadata area). Below an inline-checksum member
+//! ([`FaultDevice::with_inline_layout`]) they stay logical data offsets: the
+//! device maps its physical offsets back, and corruption flips data bytes
+//! only, never tags (docs/FORMAT.md §8 "Inline layout"). Each rule filters on operation, byte range,
 //! probability (a seedable splitmix64 generator, lock-free) and a hit budget
 //! (`count`: the rule expires after N hits). Every hit is counted per rule.
 //!
@@ -365,6 +368,8 @@ pub struct FaultDevice {
     faults: Arc<FaultSet>,
     device: Option<DeviceTag>,
     rng: Rng,
+    /// Below an inline-checksum member: offsets are physical.
+    inline: bool,
 }
 
 impl std::fmt::Debug for FaultDevice {
@@ -384,6 +389,41 @@ impl FaultDevice {
             faults,
             device: None,
             rng: Rng(AtomicU64::new(seed)),
+            inline: false,
+        }
+    }
+
+    /// The same device below an inline-checksum member: it sees physical
+    /// data-area offsets and maps them to the logical ones of its rules.
+    pub fn with_inline_layout(mut self) -> FaultDevice {
+        self.inline = true;
+        self
+    }
+
+    /// The rules' view of the physical range `offset..+len`.
+    fn logical(&self, offset: u64, len: u64) -> (u64, u64) {
+        if !self.inline {
+            return (offset, len);
+        }
+        let a = crate::integrity::tag::logical_of(offset);
+        (a, crate::integrity::tag::logical_of(offset + len) - a)
+    }
+
+    /// Applies corrupt ranges (logical offsets) to `buf` at `offset`.
+    fn corrupt(&self, buf: &mut [u8], offset: u64, ranges: &[(u64, u64)]) {
+        if !self.inline {
+            return corrupt(buf, offset, ranges);
+        }
+        use crate::integrity::tag::{logical_of, STRIDE, TAG};
+        let block = (STRIDE - TAG) as usize;
+        let mut pos = 0;
+        while pos < buf.len() {
+            let phys = offset + pos as u64;
+            let in_block = (phys % STRIDE) as usize;
+            let n = (STRIDE as usize - in_block).min(buf.len() - pos);
+            let data = block.saturating_sub(in_block).min(n);
+            corrupt(&mut buf[pos..pos + data], logical_of(phys), ranges);
+            pos += n;
         }
     }
 
@@ -402,6 +442,7 @@ impl FaultDevice {
         if self.faults.is_empty() {
             return None;
         }
+        let (offset, len) = self.logical(offset, len);
         let rules = self.faults.rules();
         let mut verdict = Verdict::default();
         let mut any = false;
@@ -464,7 +505,7 @@ impl BlockDevice for FaultDevice {
         Box::pin(async move {
             self.enforce(&verdict).await?;
             self.inner.read(offset, buf).await?;
-            corrupt(buf, offset.get(), &verdict.corrupt);
+            self.corrupt(buf, offset.get(), &verdict.corrupt);
             Ok(())
         })
     }
@@ -479,7 +520,7 @@ impl BlockDevice for FaultDevice {
                 return self.inner.write(at, buf, durability).await;
             }
             let mut bad = buf.to_vec();
-            corrupt(&mut bad, at.get(), &verdict.corrupt);
+            self.corrupt(&mut bad, at.get(), &verdict.corrupt);
             self.inner.write(at, &bad, durability).await
         })
     }

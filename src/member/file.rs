@@ -11,7 +11,9 @@
 //! Writes are "aligned" at the larger of the logical block size and the page
 //! size, so a direct write never shares a page-cache page with a buffered
 //! write of another request; the kernel writes back and invalidates the page
-//! cache around direct I/O, which keeps both descriptors coherent.
+//! cache around direct I/O, which keeps both descriptors coherent. A write
+//! of whole logical blocks goes direct as it is (an inline-checksum member
+//! issues only such writes: docs/FORMAT.md §8 "Inline layout").
 //!
 //! I/O runs on the shared io_uring engine ([`UringEngine`]) or, when that is
 //! unavailable or `VRAID_IO_ENGINE=sync`, on the pread/pwrite fallback.
@@ -545,6 +547,14 @@ impl FileMember {
         let Some(direct) = &self.direct else {
             return self.write_via(&self.buffered, offset, data, fua).await;
         };
+        let b = self.block_size;
+        if b < self.write_align && offset.is_multiple_of(b) && (data.len() as u64).is_multiple_of(b)
+        {
+            // Whole logical blocks (an inline-checksum member's 4608-byte
+            // units): straight to O_DIRECT, which takes them. Only a write
+            // that is not block-aligned goes through the page cache.
+            return self.write_via(direct, offset, data, fua).await;
+        }
         let a = self.write_align;
         let end = offset + data.len() as u64;
         let mid_start = offset.div_ceil(a) * a;

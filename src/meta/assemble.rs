@@ -196,6 +196,8 @@ pub struct Assembly {
     pub members: Vec<Option<AssembledMember>>,
     /// Metadata layout of the members.
     pub layout: MetaLayout,
+    /// Where the block checksums live (FORMAT.md §8).
+    pub checksum_layout: super::layout::ChecksumLayout,
     /// The freshest superblock says the write-intent bitmap is maintained.
     pub bitmap_valid: bool,
     /// The freshest superblock says the block checksums are maintained.
@@ -318,6 +320,7 @@ pub async fn assemble_with(
         was_dirty: forced || freshest.state == ArrayState::Dirty,
         members,
         layout: freshest.layout,
+        checksum_layout: freshest.checksum_layout(),
         bitmap_valid: freshest.bitmap_valid,
         checksums_valid: freshest.checksums_valid,
         journal_valid: freshest.journal_valid,
@@ -767,6 +770,7 @@ fn geometry_differs(c: &Candidate, freshest: &Superblock) -> Option<(&'static st
             ("member_count", sb.member_count as u64),
             ("data_offset", sb.layout.data_offset),
             ("data_size", sb.layout.data_size),
+            ("flags", u64::from(sb.flags)),
         ]
     };
     g(freshest)

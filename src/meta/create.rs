@@ -12,12 +12,15 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use uuid::Uuid;
 
+use super::layout::{inline_layout, ChecksumLayout};
 use super::superblock::{
     metadata_layout, read_superblock, valid_chunk_size, valid_name, ArrayState, MemberState,
-    RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, MAX_MEMBERS, SUPERBLOCK_SIZE,
+    RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, FLAG_INLINE_CSUM, MAX_MEMBERS,
+    SUPERBLOCK_SIZE,
 };
 use super::{now, signature, MetaError};
 use crate::block::{BlockDevice, Durability};
+use crate::integrity::tag::physical_len;
 use crate::raid::Level;
 use crate::units::ByteOffset;
 
@@ -102,13 +105,28 @@ pub async fn create_array(
     devices: &[Arc<dyn BlockDevice>],
     spec: &CreateSpec,
 ) -> Result<ArrayInfo, MetaError> {
+    create_array_with(devices, spec, ChecksumLayout::Separate).await
+}
+
+/// [`create_array`] with the block checksums kept in `csum_layout`: inline,
+/// `data_size` is the logical data area and each member holds 4608 bytes
+/// per 4 KiB block of it (FORMAT.md §8 "Inline layout").
+pub async fn create_array_with(
+    devices: &[Arc<dyn BlockDevice>],
+    spec: &CreateSpec,
+    csum_layout: ChecksumLayout,
+) -> Result<ArrayInfo, MetaError> {
     validate(devices, spec)?;
     let smallest = devices.iter().map(|d| d.size()).min().unwrap_or(0);
     let needed = metadata_layout(smallest)
         .map(|l| l.data_offset)
         .unwrap_or(DATA_ALIGN)
         + spec.chunk_size;
-    let mut layout = match metadata_layout(smallest) {
+    let layout = match csum_layout {
+        ChecksumLayout::Separate => metadata_layout(smallest),
+        ChecksumLayout::Inline => inline_layout(smallest),
+    };
+    let mut layout = match layout {
         Some(l) if l.data_size >= spec.chunk_size => l,
         _ => {
             let small = devices.iter().min_by_key(|d| d.size());
@@ -120,6 +138,10 @@ pub async fn create_array(
         }
     };
     layout.data_size = layout.data_size / spec.chunk_size * spec.chunk_size;
+    let (flags, physical) = match csum_layout {
+        ChecksumLayout::Separate => (0, layout.data_size),
+        ChecksumLayout::Inline => (FLAG_INLINE_CSUM, physical_len(layout.data_size)),
+    };
     if !spec.force {
         for device in devices {
             refuse_occupied(device.as_ref()).await?;
@@ -128,7 +150,7 @@ pub async fn create_array(
     try_join_all(
         devices
             .iter()
-            .map(|d| wipe(d.as_ref(), layout.data_offset, layout.data_size)),
+            .map(|d| wipe(d.as_ref(), layout.data_offset, physical)),
     )
     .await?;
 
@@ -146,7 +168,7 @@ pub async fn create_array(
         .iter()
         .enumerate()
         .map(|(role, entry)| Superblock {
-            flags: 0,
+            flags,
             array_uuid,
             member_uuid: entry.member_uuid,
             role: role as u32,

@@ -87,6 +87,55 @@ pub fn metadata_layout(member_size: u64) -> Option<MetaLayout> {
     })
 }
 
+/// Where an array keeps its block checksums (FORMAT.md §8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumLayout {
+    /// One checksum area per member, pages of entries (superblock flag clear).
+    #[default]
+    Separate,
+    /// A 512-byte tag sector after each 4 KiB block ("Inline layout";
+    /// superblock flag `0x1`): 1/9 of the data area.
+    Inline,
+}
+
+impl std::str::FromStr for ChecksumLayout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "separate" => Ok(ChecksumLayout::Separate),
+            "inline" => Ok(ChecksumLayout::Inline),
+            _ => Err(format!(
+                "unknown checksum layout {s:?}: use `separate` or `inline`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ChecksumLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChecksumLayout::Separate => "separate",
+            ChecksumLayout::Inline => "inline",
+        })
+    }
+}
+
+/// The layout of a member of `member_size` bytes in the inline checksum
+/// layout (FORMAT.md §8 "Inline layout"): no separate checksum area
+/// (`csum_len` = 0), and `data_size` is the logical data area its physical
+/// one holds (4608 member bytes per 4 KiB block). `None` as for
+/// [`metadata_layout`].
+pub fn inline_layout(member_size: u64) -> Option<MetaLayout> {
+    let mut l = metadata_layout(member_size)?;
+    l.csum_len = 0;
+    l.data_offset = round_up(l.csum_offset, DATA_ALIGN)?;
+    let physical = member_size.checked_sub(l.data_offset)?;
+    l.data_size = crate::integrity::tag::logical_len(physical);
+    (l.data_size > 0).then_some(l)
+}
+
 /// Is `name` a valid array/volume name: `[A-Za-z0-9._-]`, 1..=64 bytes.
 pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())

@@ -28,7 +28,7 @@ pub use assemble::{
     RebuildTarget,
 };
 pub use bitmap::DiskBitmap;
-pub use create::{create_array, ArrayInfo, CreateSpec};
+pub use create::{create_array, create_array_with, ArrayInfo, CreateSpec};
 pub use examine::{examine, ExamineReport, ForeignReport};
 pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,

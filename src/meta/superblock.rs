@@ -33,6 +33,10 @@ pub const VERSION: u32 = 1;
 pub const MAX_MEMBERS: usize = 32;
 /// `role` of a hot spare: it belongs to the array but holds no role.
 pub const SPARE_ROLE: u32 = u32::MAX;
+/// `flags` bit: the inline checksum layout (FORMAT.md §8 "Inline layout").
+pub const FLAG_INLINE_CSUM: u32 = 0x1;
+/// Every `flags` bit this build knows.
+const KNOWN_FLAGS: u32 = FLAG_INLINE_CSUM;
 /// `rebuild_checkpoint` value meaning "no rebuild in progress".
 pub const NO_CHECKPOINT: u64 = u64::MAX;
 
@@ -141,7 +145,7 @@ pub struct ReplaceRecord {
 /// One decoded superblock (FORMAT.md §2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
-    /// Incompatible-feature flags (none defined; always 0 in v1).
+    /// Incompatible-feature flags: [`FLAG_INLINE_CSUM`] or 0.
     pub flags: u32,
     /// The array this member belongs to.
     pub array_uuid: Uuid,
@@ -351,9 +355,8 @@ impl Superblock {
             VERSION => {}
             v => return Err(SuperblockError::Version(v)),
         }
-        match f.u32(12) {
-            0 => {}
-            flags => return Err(SuperblockError::Flags(flags)),
+        if f.u32(12) & !KNOWN_FLAGS != 0 {
+            return Err(SuperblockError::Flags(f.u32(12)));
         }
         for (from, to) in [
             (180, 184),
@@ -446,7 +449,7 @@ impl Superblock {
             })
         };
         Ok(Superblock {
-            flags: 0,
+            flags: f.u32(12),
             array_uuid: f.uuid(16),
             member_uuid: f.uuid(32),
             role: f.u32(48),
@@ -480,9 +483,18 @@ impl Superblock {
         })
     }
 
+    /// Where this array keeps its block checksums (`flags` bit 0).
+    pub fn checksum_layout(&self) -> super::layout::ChecksumLayout {
+        if self.flags & FLAG_INLINE_CSUM != 0 {
+            super::layout::ChecksumLayout::Inline
+        } else {
+            super::layout::ChecksumLayout::Separate
+        }
+    }
+
     /// Checks every field's range (FORMAT.md §2); `decode` calls it.
     pub fn validate(&self) -> Result<(), SuperblockError> {
-        if self.flags != 0 {
+        if self.flags & !KNOWN_FLAGS != 0 {
             return Err(SuperblockError::Flags(self.flags));
         }
         if self.array_uuid.is_nil() {

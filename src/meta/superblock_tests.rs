@@ -481,3 +481,19 @@ fn decode_refuses_inconsistent_replace_records() {
     sb.members[1].since = 6;
     assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
 }
+
+#[test]
+fn the_inline_checksum_flag_round_trips_and_other_bits_stay_refused() {
+    use crate::meta::layout::ChecksumLayout;
+    let mut sb = sample();
+    assert_eq!(sb.checksum_layout(), ChecksumLayout::Separate);
+    sb.flags = FLAG_INLINE_CSUM;
+    let back = Superblock::decode(&sb.encode()).unwrap();
+    assert_eq!(back.flags, FLAG_INLINE_CSUM);
+    assert_eq!(back.checksum_layout(), ChecksumLayout::Inline);
+    sb.flags = FLAG_INLINE_CSUM | 2;
+    assert!(matches!(
+        Superblock::decode(&sb.encode()),
+        Err(SuperblockError::Flags(3))
+    ));
+}

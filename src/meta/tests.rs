@@ -789,3 +789,33 @@ async fn member_failed_during_a_run_stays_recoverable_after_the_closing_update()
     assert_eq!(next.readd.len(), 1, "{:?}", next.excluded);
     assert_eq!(next.readd[0].0, 2);
 }
+
+#[tokio::test]
+async fn an_inline_array_gets_the_flag_and_a_logical_data_size_that_fits() {
+    use crate::integrity::tag::physical_len;
+    use crate::meta::layout::ChecksumLayout;
+    let devs = mem_devices("i", 3);
+    let info = create_array_with(
+        &dyns(&devs),
+        &spec("inl", Level::Raid5),
+        ChecksumLayout::Inline,
+    )
+    .await
+    .unwrap();
+    // No separate checksum area; 7 MiB of member data area hold 7 MiB ×
+    // 8/9, rounded down to the chunk.
+    assert_eq!(info.data_offset, 1 << 20);
+    assert_eq!(
+        info.data_size,
+        (7 << 20) / 4608 * 4096 / (64 << 10) * (64 << 10)
+    );
+    assert!(info.data_offset + physical_len(info.data_size) <= MEMBER_SIZE);
+    for dev in &devs {
+        let sb = Superblock::decode(&dev.snapshot()[..4096]).unwrap();
+        assert_eq!(sb.checksum_layout(), ChecksumLayout::Inline);
+        assert_eq!(sb.layout.data_size, info.data_size);
+        assert_eq!(sb.layout.csum_len, 0);
+    }
+    let assembled = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
+    assert_eq!(assembled.checksum_layout, ChecksumLayout::Inline);
+}
