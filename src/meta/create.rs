@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use uuid::Uuid;
 
-use super::layout::{inline_layout, ChecksumLayout};
+use super::layout::{inline_layout, ChecksumLayout, MetaLayout};
 use super::superblock::{
     metadata_layout, read_superblock, valid_chunk_size, valid_name, ArrayState, MemberState,
     RoleEntry, Superblock, COPY_OFFSETS, DATA_ALIGN, FLAG_INLINE_CSUM, MAX_MEMBERS,
@@ -117,27 +117,7 @@ pub async fn create_array_with(
     csum_layout: ChecksumLayout,
 ) -> Result<ArrayInfo, MetaError> {
     validate(devices, spec)?;
-    let smallest = devices.iter().map(|d| d.size()).min().unwrap_or(0);
-    let needed = metadata_layout(smallest)
-        .map(|l| l.data_offset)
-        .unwrap_or(DATA_ALIGN)
-        + spec.chunk_size;
-    let layout = match csum_layout {
-        ChecksumLayout::Separate => metadata_layout(smallest),
-        ChecksumLayout::Inline => inline_layout(smallest),
-    };
-    let mut layout = match layout {
-        Some(l) if l.data_size >= spec.chunk_size => l,
-        _ => {
-            let small = devices.iter().min_by_key(|d| d.size());
-            return Err(MetaError::TooSmall {
-                device: small.map(|d| d.name().to_string()).unwrap_or_default(),
-                size: smallest,
-                needed,
-            });
-        }
-    };
-    layout.data_size = layout.data_size / spec.chunk_size * spec.chunk_size;
+    let layout = choose_layout(devices, spec, csum_layout)?;
     let (flags, physical) = match csum_layout {
         ChecksumLayout::Separate => (0, layout.data_size),
         ChecksumLayout::Inline => (FLAG_INLINE_CSUM, physical_len(layout.data_size)),
@@ -153,7 +133,6 @@ pub async fn create_array_with(
             .map(|d| wipe(d.as_ref(), layout.data_offset, physical)),
     )
     .await?;
-
     let array_uuid = Uuid::new_v4();
     let members: Vec<RoleEntry> = devices
         .iter()
@@ -163,8 +142,64 @@ pub async fn create_array_with(
             since: 0,
         })
         .collect();
+    let superblocks = first_superblocks(spec, flags, array_uuid, layout, &members);
+    write_superblocks(devices, &superblocks).await?;
+    tracing::info!(name = %spec.name, uuid = %array_uuid, level = %spec.level,
+        members = devices.len(), data_size = layout.data_size, "created array");
+    Ok(ArrayInfo {
+        name: spec.name.clone(),
+        array_uuid,
+        member_uuids: members.iter().map(|m| m.member_uuid).collect(),
+        level: spec.level.number(),
+        chunk_size: spec.chunk_size as u32,
+        member_count: devices.len() as u32,
+        data_offset: layout.data_offset,
+        data_size: layout.data_size,
+    })
+}
+
+/// The member layout for the smallest device, its data area a whole
+/// number of chunks; refuses devices too small for one chunk.
+fn choose_layout(
+    devices: &[Arc<dyn BlockDevice>],
+    spec: &CreateSpec,
+    csum_layout: ChecksumLayout,
+) -> Result<MetaLayout, MetaError> {
+    let smallest = devices.iter().map(|d| d.size()).min().unwrap_or(0);
+    let layout = match csum_layout {
+        ChecksumLayout::Separate => metadata_layout(smallest),
+        ChecksumLayout::Inline => inline_layout(smallest),
+    };
+    match layout {
+        Some(mut l) if l.data_size >= spec.chunk_size => {
+            l.data_size = l.data_size / spec.chunk_size * spec.chunk_size;
+            Ok(l)
+        }
+        _ => {
+            let small = devices.iter().min_by_key(|d| d.size());
+            let needed = metadata_layout(smallest)
+                .map(|l| l.data_offset)
+                .unwrap_or(DATA_ALIGN)
+                + spec.chunk_size;
+            Err(MetaError::TooSmall {
+                device: small.map(|d| d.name().to_string()).unwrap_or_default(),
+                size: smallest,
+                needed,
+            })
+        }
+    }
+}
+
+/// The first superblock of every role of a new, clean array.
+fn first_superblocks(
+    spec: &CreateSpec,
+    flags: u32,
+    array_uuid: Uuid,
+    layout: MetaLayout,
+    members: &[RoleEntry],
+) -> Vec<Superblock> {
     let time = now();
-    let superblocks: Vec<Superblock> = members
+    members
         .iter()
         .enumerate()
         .map(|(role, entry)| Superblock {
@@ -173,7 +208,7 @@ pub async fn create_array_with(
             member_uuid: entry.member_uuid,
             role: role as u32,
             level: spec.level,
-            member_count: devices.len() as u32,
+            member_count: members.len() as u32,
             chunk_size: spec.chunk_size as u32,
             layout,
             events: 1,
@@ -188,11 +223,18 @@ pub async fn create_array_with(
             replace: None,
             events_cleared: 1,
             name: spec.name.clone(),
-            members: members.clone(),
+            members: members.to_vec(),
         })
-        .collect();
+        .collect()
+}
+
+/// Writes and flushes copy A on every member, then copy B.
+async fn write_superblocks(
+    devices: &[Arc<dyn BlockDevice>],
+    superblocks: &[Superblock],
+) -> Result<(), MetaError> {
     for offset in COPY_OFFSETS {
-        try_join_all(devices.iter().zip(&superblocks).map(|(d, sb)| async move {
+        try_join_all(devices.iter().zip(superblocks).map(|(d, sb)| async move {
             let block = sb.encode();
             let d = d.as_ref();
             d.write(ByteOffset(offset), &block, Durability::Normal)
@@ -202,18 +244,7 @@ pub async fn create_array_with(
         }))
         .await?;
     }
-    tracing::info!(name = %spec.name, uuid = %array_uuid, level = %spec.level,
-        members = devices.len(), data_size = layout.data_size, "created array");
-    Ok(ArrayInfo {
-        name: spec.name.clone(),
-        array_uuid,
-        member_uuids: members.iter().map(|m| m.member_uuid).collect(),
-        level: spec.level.number(),
-        chunk_size: spec.chunk_size as u32,
-        member_count: devices.len() as u32,
-        data_offset: layout.data_offset,
-        data_size: layout.data_size,
-    })
+    Ok(())
 }
 
 /// The pre-write check of `create` (FORMAT.md §4 step 1): refuses a

@@ -512,6 +512,25 @@ impl Superblock {
         if self.member_uuid.is_nil() {
             return Err(field("member_uuid", "nil UUID"));
         }
+        self.validate_roles()?;
+        self.validate_replace()?;
+        if !valid_chunk_size(self.chunk_size as u64) {
+            return Err(field(
+                "chunk_size",
+                format!("{} is not a power of two in 4K..=16M", self.chunk_size),
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN || self.name.contains('\0') {
+            return Err(field("name", "must be 1..=64 bytes without NUL"));
+        }
+        if self.events == 0 {
+            return Err(field("events", "zero"));
+        }
+        self.validate_layout()
+    }
+
+    /// The member count, the member table and this member's own role.
+    fn validate_roles(&self) -> Result<(), SuperblockError> {
         let count = self.member_count as usize;
         if !(1..=MAX_MEMBERS).contains(&count) || count < self.level.min_members() {
             return Err(field(
@@ -547,6 +566,12 @@ impl Superblock {
                 "own role lists a different member_uuid",
             ));
         }
+        Ok(())
+    }
+
+    /// A replace in progress names a free role-less member and a checkpoint.
+    fn validate_replace(&self) -> Result<(), SuperblockError> {
+        let count = self.member_count as usize;
         if let Some(r) = &self.replace {
             if r.role >= self.member_count {
                 return Err(field(
@@ -571,19 +596,7 @@ impl Superblock {
                 ));
             }
         }
-        if !valid_chunk_size(self.chunk_size as u64) {
-            return Err(field(
-                "chunk_size",
-                format!("{} is not a power of two in 4K..=16M", self.chunk_size),
-            ));
-        }
-        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN || self.name.contains('\0') {
-            return Err(field("name", "must be 1..=64 bytes without NUL"));
-        }
-        if self.events == 0 {
-            return Err(field("events", "zero"));
-        }
-        self.validate_layout()
+        Ok(())
     }
 
     /// This superblock is the one of the new member of a replace in progress.

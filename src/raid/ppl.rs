@@ -802,34 +802,56 @@ async fn replay_one(
     rec: &PplRecord,
     rows: &[(u64, u64)],
 ) -> bool {
+    let stripe = StripeIndex(rec.stripe);
+    let g = vol.geometry();
+    if !record_fits(vol, rec) || g.parity_member(stripe) != Some(member) || !vol.is_active(member) {
+        return false;
+    }
+    let _guard = vol.locks().lock(stripe).await;
+    let Some((parity, unknown)) = fold_data(vol, rec).await else {
+        return false;
+    };
+    // Rows where a missing member's chunk was being written cannot be
+    // fixed (that chunk was never acknowledged); every other row can.
+    let writable: Vec<(u64, u64)> = match unknown {
+        Some(u) => rows.iter().flat_map(|&r| subtract(r, &[u])).collect(),
+        None => rows.to_vec(),
+    };
+    !writable.is_empty() && write_parity(vol, member, rec, &parity, writable).await
+}
+
+/// The record describes a stripe of this array and a row range of a chunk.
+fn record_fits(vol: &Volume, rec: &PplRecord) -> bool {
     let g = vol.geometry();
     let chunk = g.chunk().get();
-    let k = g.data_members();
-    let (rlo, rhi) = (u64::from(rec.rlo), u64::from(rec.rhi));
-    let len = u64::from(rec.len);
-    let fits = rec.stripe < g.stripe_count()
+    let (rlo, rhi, len) = (u64::from(rec.rlo), u64::from(rec.rhi), u64::from(rec.len));
+    rec.stripe < g.stripe_count()
         && rlo < rhi
         && rhi <= chunk
         && len > 0
         && rec
             .start
             .checked_add(len)
-            .is_some_and(|e| e <= k as u64 * chunk)
-        && rec.pp.len() == rec.pp_len();
+            .is_some_and(|e| e <= g.data_members() as u64 * chunk)
+        && rec.pp.len() == rec.pp_len()
+}
+
+/// The parity of the record's rows: its partial parity (zeros for a full
+/// write) XOR the data members' rows it covers, and the rows of the one
+/// missing member among them, if any. `None`: a read failed, or two
+/// members it covers are missing.
+async fn fold_data(vol: &Volume, rec: &PplRecord) -> Option<(Vec<u8>, Option<(u64, u64)>)> {
+    let g = vol.geometry();
+    let chunk = g.chunk().get();
     let stripe = StripeIndex(rec.stripe);
-    if !fits || g.parity_member(stripe) != Some(member) || !vol.is_active(member) {
-        return false;
-    }
-    let _guard = vol.locks().lock(stripe).await;
+    let (rlo, rhi, len) = (u64::from(rec.rlo), u64::from(rec.rhi), u64::from(rec.len));
     let mut parity = if rec.full {
         vec![0u8; (rhi - rlo) as usize]
     } else {
         rec.pp.clone()
     };
-    // Rows where a missing member's chunk was being written cannot be
-    // fixed (that chunk was never acknowledged); every other row can.
     let mut unknown: Option<(u64, u64)> = None;
-    for d in 0..k {
+    for d in 0..g.data_members() {
         let range = if rec.full {
             Some((rlo, rhi))
         } else {
@@ -839,26 +861,33 @@ async fn replay_one(
         let m = g.data_member(stripe, d);
         if !vol.is_active(m) {
             if unknown.is_some() {
-                return false;
+                return None;
             }
             unknown = Some((lo, hi));
             continue;
         }
         let mut buf = vec![0u8; (hi - lo) as usize];
         let at = ByteOffset(rec.stripe * chunk + lo);
-        if vol.read_member(m, at, &mut buf).await.is_err() {
-            return false;
-        }
+        vol.read_member(m, at, &mut buf).await.ok()?;
         xor_into(&mut parity[(lo - rlo) as usize..(hi - rlo) as usize], &buf);
     }
-    let writable = match unknown {
-        Some(u) => rows.iter().flat_map(|&r| subtract(r, &[u])).collect(),
-        None => rows.to_vec(),
-    };
-    let mut ok = !writable.is_empty();
-    let base = rec.stripe * chunk;
+    Some((parity, unknown))
+}
+
+/// Writes the replayed parity of `rows` onto the parity member, block by
+/// block, keeping the parity where a data block fails its checksum.
+async fn write_parity(
+    vol: &Volume,
+    member: MemberIndex,
+    rec: &PplRecord,
+    parity: &[u8],
+    rows: Vec<(u64, u64)>,
+) -> bool {
+    let rlo = u64::from(rec.rlo);
+    let base = rec.stripe * vol.geometry().chunk().get();
+    let mut ok = true;
     let mut kept = 0;
-    for (lo, hi) in writable.into_iter().flat_map(|(lo, hi)| blocks_of(lo, hi)) {
+    for (lo, hi) in rows.into_iter().flat_map(|(lo, hi)| blocks_of(lo, hi)) {
         // A data block written wrong (it fails its checksum, and the
         // parity on disk still rebuilds the block it should be) must not
         // become the truth of its parity (docs/FORMAT.md §8).
