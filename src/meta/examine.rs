@@ -52,6 +52,9 @@ pub struct ExamineReport {
     pub bitmap_valid: bool,
     /// The block checksum area is maintained (`csum_state` = 1).
     pub checksums_valid: bool,
+    /// Where the block checksums live: `"inline"` (a tag sector after each
+    /// 4 KiB block, superblock flag `INLINE_CSUM`) or `"separate"`.
+    pub checksum_layout: &'static str,
     /// The RAID-5 partial-parity journal is maintained (`journal_state` = 1).
     pub journal_valid: bool,
     /// Unix seconds of the last completed scrub (0 = never).
@@ -171,6 +174,11 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         rebuild_checkpoint: sb.rebuild_checkpoint,
         bitmap_valid: sb.bitmap_valid,
         checksums_valid: sb.checksums_valid,
+        checksum_layout: if sb.flags & super::superblock::FLAG_INLINE_CSUM != 0 {
+            "inline"
+        } else {
+            "separate"
+        },
         journal_valid: sb.journal_valid,
         scrub_time: sb.scrub_time,
         replace: sb.replace,
@@ -227,8 +235,9 @@ impl fmt::Display for ExamineReport {
         let maintained = |on: bool| if on { "maintained" } else { "not maintained" };
         writeln!(
             f,
-            "    Checksums     : {}",
-            maintained(self.checksums_valid)
+            "    Checksums     : {}, {} layout",
+            maintained(self.checksums_valid),
+            self.checksum_layout
         )?;
         writeln!(f, "    PPL journal   : {}", maintained(self.journal_valid))?;
         if self.scrub_time > 0 {
