@@ -272,15 +272,21 @@ impl Drop for Server {
     }
 }
 
-/// qemu-io that may fail: (success, combined output). Success means exit
-/// status 0 and no error, failure or pattern-mismatch message.
-pub fn qemu_io_try<S: AsRef<str>>(uri: &str, cmds: &[S]) -> (bool, String) {
+/// `qemu-io -f raw -c CMD... URI`, to run or spawn.
+pub fn qemu_io_command<S: AsRef<str>>(uri: &str, cmds: &[S]) -> Command {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
     for cmd in cmds {
         c.arg("-c").arg(cmd.as_ref());
     }
-    let out = run(c.arg(uri));
+    c.arg(uri);
+    c
+}
+
+/// qemu-io that may fail: (success, combined output). Success means exit
+/// status 0 and no error, failure or pattern-mismatch message.
+pub fn qemu_io_try<S: AsRef<str>>(uri: &str, cmds: &[S]) -> (bool, String) {
+    let out = run(&mut qemu_io_command(uri, cmds));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -325,13 +331,7 @@ pub fn flip_byte(member: &Path, at: u64) {
 /// Runs qemu-io commands against an NBD URI; panics on failure or on a
 /// "Pattern verification failed" line.
 pub fn qemu_io(uri: &str, cmds: &[String]) -> String {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(uri);
-    let out = run_ok(&mut c);
+    let out = run_ok(&mut qemu_io_command(uri, cmds));
     assert!(
         !out.contains("verification failed") && !out.contains("error"),
         "qemu-io reported a problem:\n{out}"

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use raid_tests::*;
@@ -61,13 +61,7 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
             cmds.push(format!("write -P {pattern} {} {SLOT}", slot * SLOT));
             cmds.push("flush".to_string());
         }
-        let mut c = Command::new("qemu-io");
-        c.args(["-f", "raw"]);
-        for cmd in &cmds {
-            c.arg("-c").arg(cmd);
-        }
-        let child = c
-            .arg(server.uri("vol0"))
+        let child = qemu_io_command(&server.uri("vol0"), &cmds)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

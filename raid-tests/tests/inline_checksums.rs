@@ -209,13 +209,7 @@ fn sigkill_cycles(level: u32, members: usize, cycles: u64) {
             ));
             cmds.push("flush".to_string());
         }
-        let mut c = Command::new("qemu-io");
-        c.args(["-f", "raw"]);
-        for cmd in &cmds {
-            c.arg("-c").arg(cmd);
-        }
-        let child = c
-            .arg(server.uri("vol0"))
+        let child = qemu_io_command(&server.uri("vol0"), &cmds)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
