@@ -1,12 +1,15 @@
 //! Parity XOR throughput for 3–8 member RAID-5 stripes, beside a plain
 //! `copy_from_slice` of the same number of bytes (the memory-bandwidth
-//! yardstick), in the same run.
+//! yardstick), in the same run; then RAID-6 P+Q generation beside XOR over
+//! the same data blocks (issue 12's goal: syndrome ≥ 0.5× XOR) and the
+//! recovery of two lost data blocks.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vraid::raid::parity::xor_sources;
+use vraid::raid::syndrome::{gen_syndrome, recover, Lost};
 
 fn parity(c: &mut Criterion) {
     for chunk in [64usize << 10, 256 << 10, 1 << 20] {
@@ -32,12 +35,41 @@ fn parity(c: &mut Criterion) {
     }
 }
 
+fn syndrome(c: &mut Criterion) {
+    let chunk = 64usize << 10;
+    let mut group = c.benchmark_group("raid6_64k");
+    for data_disks in [4usize, 8, 14] {
+        let sources: Vec<Vec<u8>> = (0..data_disks)
+            .map(|i| (0..chunk).map(|b| (b * 31 + i * 7) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = sources.iter().map(Vec::as_slice).collect();
+        let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
+        group.throughput(Throughput::Bytes((data_disks * chunk) as u64));
+        group.bench_with_input(BenchmarkId::new("xor", data_disks), &refs, |b, refs| {
+            b.iter(|| xor_sources(black_box(&mut p), black_box(refs)))
+        });
+        group.bench_with_input(BenchmarkId::new("pq", data_disks), &refs, |b, refs| {
+            b.iter(|| gen_syndrome(black_box(&mut p), &mut q, black_box(refs)))
+        });
+        gen_syndrome(&mut p, &mut q, &refs);
+        let mut lost = sources.clone();
+        let mut scratch = vec![0u8; chunk];
+        group.bench_function(BenchmarkId::new("recover2", data_disks), |b| {
+            b.iter(|| {
+                let mut blocks: Vec<&mut [u8]> = lost.iter_mut().map(Vec::as_mut_slice).collect();
+                recover(&mut blocks, &p, &q, Lost::TwoData(0, 1), &mut scratch)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = parity
+    targets = parity, syndrome
 }
 criterion_main!(benches);

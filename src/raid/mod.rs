@@ -7,7 +7,8 @@
 //!        ◄──── member methods: read_member, write_member, member_op, ┘
 //!              fail_member, locks, checksums, parity_log
 //!  layout.rs: volume range → per-member extents (pure math); striped.rs: what RAID-0/5 share
-//!  parity.rs: XOR; stripe_lock.rs: per-stripe / per-region writer serialization
+//!  parity.rs: XOR; syndrome.rs: RAID-6 P/Q and two-block recovery;
+//!  stripe_lock.rs: per-stripe / per-region writer serialization
 //!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
 //!  raid1_sync.rs, raid5_sync.rs: those levels' parts of the passes
 //! ```
@@ -35,6 +36,7 @@ pub mod ppl;
 pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;
+pub mod syndrome;
 pub mod volume;
 
 mod level;
