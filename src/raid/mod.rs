@@ -8,6 +8,7 @@
 //!              fail_member, locks, checksums, parity_log
 //!  layout.rs: volume range → per-member extents (pure math); striped.rs: what RAID-0/5 share
 //!  parity.rs: XOR; syndrome.rs: RAID-6 P/Q and two-block recovery;
+//!  md_layout.rs: Linux md RAID-4/5/6/10 placement (pure math);
 //!  stripe_lock.rs: per-stripe / per-region writer serialization
 //!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
 //!  raid1_sync.rs, raid5_sync.rs: those levels' parts of the passes
@@ -31,6 +32,7 @@
 pub mod checksum;
 pub mod intent;
 pub mod layout;
+pub mod md_layout;
 pub mod parity;
 pub mod ppl;
 pub mod rebuild;
