@@ -24,6 +24,8 @@
 #   RUNTIME   seconds per job [10]       RAMP         ramp seconds [2]
 #   ROUNDS    rounds [3]                 CHUNK        chunk size [64K]
 #   JOBS      ["randwrite4k randread4k"] MODES        ["off separate inline"]
+#             (also overwrite4k: random writes over the prefilled span, where
+#             the members' blocks are already written: no hole filling)
 #   PREFILL   bytes written once and read by randread4k [1G]
 #   CACHE     `--checksum-cache` of the checksum-on modes [1M]: the separate
 #             layout's working set is then >= 100x the cache (inline has none)
@@ -72,6 +74,7 @@ job_args() {
     case $1 in
         randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
         randread4k) echo "--rw=randread --bs=4k --iodepth=32 --size=$PREFILL" ;;
+        overwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32 --size=$PREFILL" ;;
     esac
 }
 
@@ -167,7 +170,7 @@ jobs = list(dict.fromkeys(r[2] for r in rows))
 print(f"\nRAID-5, {sys.argv[3]} x {sys.argv[4]} sparse members in {sys.argv[5]}, "
       f"{sys.argv[6]} s per run, QD32; randwrite4k over the whole volume, "
       f"randread4k over the prefilled span\n")
-print("| job | mode | IOPS (per round) | mean IOPS | vs off (min-max per round) | server CPU µs/I/O |")
+print("| job | mode | IOPS (per round) | mean IOPS | vs off (per-round median, min-max) | server CPU µs/I/O |")
 print("|---|---|---|---:|---:|---:|")
 for job in jobs:
     off = acc.get(("off", job))
@@ -183,6 +186,7 @@ for job in jobs:
         if base and off and len(off) == len(v):
             # Rounds alternate modes: round k of a mode against round k of off.
             per_round = [i / o for (i, _), (o, _) in zip(v, off) if o]
-            ratio += f" ({min(per_round):.2f}-{max(per_round):.2f})"
+            med = sorted(per_round)[len(per_round) // 2]
+            ratio += f" (median {med:.2f}, {min(per_round):.2f}-{max(per_round):.2f})"
         print(f"| {job} | {mode} | {per} | {mean:.0f} | {ratio} | {cpu:.1f} |")
 PY
