@@ -22,9 +22,13 @@
 #             use a tmpfs path (/dev/shm/...) for the tmpfs numbers
 #   MEMBERS   members [4]                MEMBER_SIZE  member file size [2T]
 #   RUNTIME   seconds per job [10]       RAMP         ramp seconds [2]
-#   ROUNDS    rounds [2]                 CHUNK        chunk size [64K]
+#   ROUNDS    rounds [3]                 CHUNK        chunk size [64K]
 #   JOBS      ["randwrite4k randread4k"] MODES        ["off separate inline"]
+#             (also overwrite4k: random writes over the prefilled span, where
+#             the members' blocks are already written: no hole filling)
 #   PREFILL   bytes written once and read by randread4k [1G]
+#   CACHE     `--checksum-cache` of the checksum-on modes [1M]: the separate
+#             layout's working set is then >= 100x the cache (inline has none)
 #   VRAID     binary [target/release/vraid]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,11 +38,12 @@ MEMBERS=${MEMBERS:-4}
 MEMBER_SIZE=${MEMBER_SIZE:-2T}
 RUNTIME=${RUNTIME:-10}
 RAMP=${RAMP:-2}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 CHUNK=${CHUNK:-64K}
 JOBS=${JOBS:-"randwrite4k randread4k"}
 MODES=${MODES:-"off separate inline"}
 PREFILL=${PREFILL:-1G}
+CACHE=${CACHE:-1M}
 VRAID=${VRAID:-target/release/vraid}
 
 log() { printf '[inline-compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -69,6 +74,7 @@ job_args() {
     case $1 in
         randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
         randread4k) echo "--rw=randread --bs=4k --iodepth=32 --size=$PREFILL" ;;
+        overwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32 --size=$PREFILL" ;;
     esac
 }
 
@@ -100,7 +106,7 @@ create() {
 run() {
     local round=$1 mode=$2 port extra=() uri t0 t1
     mapfile -t paths < <(paths_of "$mode")
-    [[ $mode == off ]] && extra+=(--no-checksums)
+    if [[ $mode == off ]]; then extra+=(--no-checksums); else extra+=(--checksum-cache "$CACHE"); fi
     port=$(free_port)
     "$VRAID" serve --nbd "127.0.0.1:$port" --control "$DIR/$mode/control.sock" \
         "${extra[@]}" "${paths[@]}" >>"$DIR/$mode/serve.log" 2>&1 &
@@ -164,7 +170,7 @@ jobs = list(dict.fromkeys(r[2] for r in rows))
 print(f"\nRAID-5, {sys.argv[3]} x {sys.argv[4]} sparse members in {sys.argv[5]}, "
       f"{sys.argv[6]} s per run, QD32; randwrite4k over the whole volume, "
       f"randread4k over the prefilled span\n")
-print("| job | mode | IOPS (per round) | mean IOPS | vs off | server CPU µs/I/O |")
+print("| job | mode | IOPS (per round) | mean IOPS | vs off (per-round median, min-max) | server CPU µs/I/O |")
 print("|---|---|---|---:|---:|---:|")
 for job in jobs:
     off = acc.get(("off", job))
@@ -177,5 +183,10 @@ for job in jobs:
         cpu = sum(c for _, c in v) / len(v)
         per = " / ".join(f"{i:.0f}" for i, _ in v)
         ratio = f"{mean / base:.2f}" if base else "-"
+        if base and off and len(off) == len(v):
+            # Rounds alternate modes: round k of a mode against round k of off.
+            per_round = [i / o for (i, _), (o, _) in zip(v, off) if o]
+            med = sorted(per_round)[len(per_round) // 2]
+            ratio += f" (median {med:.2f}, {min(per_round):.2f}-{max(per_round):.2f})"
         print(f"| {job} | {mode} | {per} | {mean:.0f} | {ratio} | {cpu:.1f} |")
 PY

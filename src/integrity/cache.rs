@@ -17,8 +17,10 @@ use super::page::PAGE_BYTES;
 
 /// The default budget of one array's checksum pages.
 pub const DEFAULT_BUDGET: u64 = 64 << 20;
-/// The smallest budget honoured (smaller ones are raised to it): a few
-/// pages per member, so a request spanning two pages never evicts itself.
+/// The smallest budget honoured: a few pages per member, so a request
+/// spanning two pages never evicts itself. A smaller one is raised to it,
+/// with a warning ([`CacheBudget::new`]): the memory used is then more than
+/// the configuration said.
 pub const MIN_BUDGET: u64 = 64 * PAGE_BYTES as u64;
 
 /// The budget and counters of one array's checksum pages.
@@ -64,8 +66,15 @@ impl CacheStats {
 }
 
 impl CacheBudget {
-    /// A budget of `limit` bytes (raised to [`MIN_BUDGET`]).
+    /// A budget of `limit` bytes (raised to [`MIN_BUDGET`], with a warning).
     pub fn new(limit: u64) -> CacheBudget {
+        if limit < MIN_BUDGET {
+            tracing::warn!(
+                requested = limit,
+                minimum = MIN_BUDGET,
+                "checksum cache budget below the minimum: raised to 256K"
+            );
+        }
         CacheBudget {
             limit: limit.max(MIN_BUDGET),
             resident: AtomicU64::new(0),

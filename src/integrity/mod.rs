@@ -25,6 +25,8 @@ pub mod tag;
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
+mod fua_evict_tests;
+#[cfg(test)]
 mod inline_raid_tests;
 #[cfg(test)]
 mod inline_tests;
