@@ -90,12 +90,6 @@ pub(super) struct ScrubCheck<'a> {
 /// not empty), counted the request busy and recorded its write intent.
 /// The defaults are those of a striped level without redundancy (RAID-0).
 pub(super) trait LevelIo: Send + Sync {
-    /// Reads `buf.len()` volume bytes at `at`.
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a>;
-
-    /// Writes `buf` at volume offset `at`.
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a>;
-
     /// Discards or zeroes `len` volume bytes at `at`.
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a>;
 

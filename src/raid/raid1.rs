@@ -26,17 +26,6 @@ const REGION_SHIFT: u32 = 20;
 pub(super) struct Raid1;
 
 impl LevelIo for Raid1 {
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
-        Box::pin(read(vol, at, buf))
-    }
-
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
-        Box::pin(async move {
-            let _guards = lock_regions(vol, at, buf.len() as u64).await;
-            all_mirrors(vol, MemberOp::Write(at, buf, d)).await
-        })
-    }
-
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
         Box::pin(async move {
             let _guards = lock_regions(vol, at, len).await;
@@ -72,6 +61,12 @@ impl LevelIo for Raid1 {
     }
 }
 
+/// Writes every active mirror under the region locks.
+pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durability) -> BlockResult {
+    let _guards = lock_regions(vol, at, buf.len() as u64).await;
+    all_mirrors(vol, MemberOp::Write(at, buf, d)).await
+}
+
 /// Locks the regions holding `offset..+len` (`len > 0`).
 async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
     let first = offset.get() >> REGION_SHIFT;
@@ -81,15 +76,19 @@ async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeG
         .await
 }
 
-async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let active: Vec<MemberIndex> = (0..vol.geometry().members())
-        .map(MemberIndex)
-        .filter(|&m| vol.is_active(m))
-        .collect();
+/// Reads from one mirror (rotating), the next one on an error.
+pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    let n = vol.geometry().members();
     let start = vol.next_mirror();
     let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
-    for i in 0..active.len() {
-        let m = active[(start + i) % active.len()];
+    // The active mirrors in turn, from a rotating start (counted among the
+    // mirrors active now, as the rotation always was).
+    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
+    let count = active.clone().count();
+    if count == 0 {
+        return Err(vol.data_lost());
+    }
+    for m in active.clone().cycle().skip(start % count).take(count) {
         match vol.read_member(m, offset, buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, m, bad, offset, buf).await,

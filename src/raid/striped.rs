@@ -20,9 +20,17 @@ where
     F: Fn(&'a Volume, Extent, &'a mut [u8]) -> Fut,
     Fut: std::future::Future<Output = BlockResult> + 'a,
 {
+    let mut extents = vol.geometry().extents(offset, buf.len() as u64);
+    let (Some(first), second) = (extents.next(), extents.next()) else {
+        return Ok(());
+    };
+    let Some(second) = second else {
+        // One chunk (every small request): no list of futures.
+        return read_extent(vol, first, buf).await;
+    };
     let mut rest = buf;
     let mut reads = Vec::new();
-    for e in vol.geometry().extents(offset, rest.len() as u64) {
+    for e in [first, second].into_iter().chain(extents) {
         let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
         rest = tail;
         reads.push(read_extent(vol, e, piece));

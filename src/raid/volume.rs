@@ -909,7 +909,7 @@ impl BlockDevice for Volume {
                 return Ok(());
             }
             let _busy = Busy::new(&self.busy);
-            self.level_io.read(self, offset, buf).await
+            super::data_path::read(self, offset, buf).await
         })
     }
 
@@ -926,7 +926,7 @@ impl BlockDevice for Volume {
             }
             let _busy = Busy::new(&self.busy);
             let intent = self.intent_begin(offset, buf.len() as u64).await?;
-            let write = self.level_io.write(self, offset, buf, durability);
+            let write = super::data_path::write(self, offset, buf, durability);
             let (result, no_space) = super::no_space::watch(write).await;
             self.settle_no_space(
                 result,
