@@ -33,11 +33,11 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -271,9 +271,10 @@ impl Drop for Completion<'_> {
         // the lock.
         let done = match queue.replies.get_mut(key) {
             None => None,
-            Some(Reply::Waiting(_)) if !stopped => {
-                queue.replies.get_mut(key).map(|slot| std::mem::replace(slot, Reply::Abandoned))
-            }
+            Some(Reply::Waiting(_)) if !stopped => queue
+                .replies
+                .get_mut(key)
+                .map(|slot| std::mem::replace(slot, Reply::Abandoned)),
             Some(_) => Some(queue.replies.remove(key)),
         };
         drop(queue);

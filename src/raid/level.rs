@@ -15,7 +15,7 @@
 use super::layout::MemberIndex;
 use super::rebuild::{Lost, RebuildError, SourceErrors};
 use super::scrub::{MemberScrub, Read};
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::striped::lock_member_stripes;
 use super::volume::Volume;
 use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability};
@@ -136,5 +136,29 @@ pub(super) trait LevelIo: Send + Sync {
     }
 }
 
+/// Runs `op(m)` for every member `m` in `0..n` concurrently and counts
+/// those that returned true. Up to four members run without allocating
+/// a list of futures (the per-request path of RAID-1 writes and flushes).
+pub(super) async fn count_true<F, Fut>(n: usize, op: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use futures::future::{join4, join_all, OptionFuture};
+    if n > 4 {
+        return join_all((0..n).map(op))
+            .await
+            .into_iter()
+            .filter(|&ok| ok)
+            .count();
+    }
+    let one = |m: usize| OptionFuture::from((m < n).then(|| op(m)));
+    let (a, b, c, d) = join4(one(0), one(1), one(2), one(3)).await;
+    [a, b, c, d]
+        .into_iter()
+        .filter(|r| *r == Some(true))
+        .count()
+}
+
 /// Guards of the locks a sync step holds.
-pub(super) type Locks<'a> = Vec<StripeGuard<'a>>;
+pub(super) type Locks<'a> = StripeGuards<'a>;

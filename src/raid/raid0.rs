@@ -90,7 +90,7 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
 /// With block checksums: locks the chunk rows (stripes) of a volume range.
 async fn lock_rows(vol: &Volume, offset: ByteOffset, len: u64) -> Locks<'_> {
     if vol.checksums().is_none() || len == 0 {
-        return Vec::new();
+        return Locks::default();
     }
     let sds = vol.geometry().stripe_data_size();
     let first = offset.get() / sds;

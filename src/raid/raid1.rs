@@ -10,11 +10,12 @@ use futures::future::join_all;
 
 use super::layout::{MemberIndex, RegionIndex};
 use super::level::{
-    Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult,
+    count_true, Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck,
+    StepResult,
 };
 use super::raid1_sync;
 use super::scrub::Read;
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -68,7 +69,7 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
 }
 
 /// Locks the regions holding `offset..+len` (`len > 0`).
-async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
+async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuards<'_> {
     let first = offset.get() >> REGION_SHIFT;
     let last = (offset.get() + len - 1) >> REGION_SHIFT;
     vol.locks()
@@ -140,8 +141,8 @@ async fn repair(
 /// Runs `op` on every active mirror; succeeds if at least one took it.
 async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     let n = vol.geometry().members();
-    let results = join_all((0..n).map(|m| vol.write_member(MemberIndex(m), op))).await;
-    if results.contains(&true) {
+    let took = count_true(n, |m| vol.write_member(MemberIndex(m), op)).await;
+    if took > 0 {
         Ok(())
     } else {
         Err(vol.data_lost())

@@ -2,7 +2,7 @@
 //! per-chunk extents, and locks of whole stripes.
 
 use super::layout::{Extent, StripeIndex};
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::volume::Volume;
 use crate::block::BlockResult;
 use crate::units::ByteOffset;
@@ -39,7 +39,7 @@ where
 }
 
 /// Locks the stripes holding member data `a..b` (`a < b`).
-pub(super) async fn lock_member_stripes(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
+pub(super) async fn lock_member_stripes(vol: &Volume, a: u64, b: u64) -> StripeGuards<'_> {
     let chunk = vol.geometry().chunk().get();
     vol.locks()
         .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))
