@@ -118,7 +118,7 @@ const CASES: &[Case] = &[
         level: Level::Raid5,
         kind: Kind::Write,
         len: 4096,
-        max_per_request: 20.0,
+        max_per_request: 11.0,
     },
     Case {
         level: Level::Raid0,

@@ -136,28 +136,56 @@ pub(super) trait LevelIo: Send + Sync {
     }
 }
 
-/// Runs `op(m)` for every member `m` in `0..n` concurrently and counts
-/// those that returned true. Up to four members run without allocating
-/// a list of futures (the per-request path of RAID-1 writes and flushes).
-pub(super) async fn count_true<F, Fut>(n: usize, op: F) -> usize
+/// The outcomes of [`join_each`], by index.
+pub(super) enum Joined {
+    /// Up to four, held inline (absent ones are false).
+    Few([bool; 4]),
+    Many(Vec<bool>),
+}
+
+impl Joined {
+    /// The outcome of `op(i)`.
+    pub(super) fn get(&self, i: usize) -> bool {
+        match self {
+            Joined::Few(r) => r.get(i).copied().unwrap_or(false),
+            Joined::Many(r) => r.get(i).copied().unwrap_or(false),
+        }
+    }
+
+    /// How many returned true.
+    pub(super) fn count(&self) -> usize {
+        match self {
+            Joined::Few(r) => r.iter().filter(|&&ok| ok).count(),
+            Joined::Many(r) => r.iter().filter(|&&ok| ok).count(),
+        }
+    }
+}
+
+/// Runs `op(i)` for every `i` in `0..n` concurrently (member operations
+/// of one request). Up to four run without allocating a list of futures.
+pub(super) async fn join_each<F, Fut>(n: usize, op: F) -> Joined
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     use futures::future::{join4, join_all, OptionFuture};
     if n > 4 {
-        return join_all((0..n).map(op))
-            .await
-            .into_iter()
-            .filter(|&ok| ok)
-            .count();
+        return Joined::Many(join_all((0..n).map(op)).await);
     }
-    let one = |m: usize| OptionFuture::from((m < n).then(|| op(m)));
+    let one = |i: usize| OptionFuture::from((i < n).then(|| op(i)));
     let (a, b, c, d) = join4(one(0), one(1), one(2), one(3)).await;
-    [a, b, c, d]
-        .into_iter()
-        .filter(|r| *r == Some(true))
-        .count()
+    Joined::Few([a, b, c, d].map(|r| r == Some(true)))
+}
+
+/// Runs `op(m)` for every member `m` in `0..n` concurrently and counts
+/// those that returned true ([`join_each`]: the per-request path of RAID-1
+/// writes and flushes).
+pub(super) async fn count_true<F, Fut>(n: usize, op: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    join_each(n, op).await.count()
 }
 
 /// Guards of the locks a sync step holds.

@@ -217,6 +217,12 @@ pub(super) async fn write(
     let sds = vol.geometry().stripe_data_size();
     let end = offset.get() + buf.len() as u64;
     let (first, last) = (offset.get() / sds, (end - 1) / sds);
+    if first == last {
+        // One stripe (every small write): no list of stripe futures.
+        let _guard = vol.locks().lock(StripeIndex(first)).await;
+        let start = offset.get() - first * sds;
+        return write_stripe(vol, StripeIndex(first), start, buf, durability).await;
+    }
     // Each stripe is locked on its own, only while its parity is updated:
     // sequential writers that share a boundary stripe then overlap instead
     // of queueing behind each other's whole request (one lock at a time per
