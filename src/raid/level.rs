@@ -190,3 +190,21 @@ where
 
 /// Guards of the locks a sync step holds.
 pub(super) type Locks<'a> = StripeGuards<'a>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_each_reports_every_outcome_inline_and_in_a_list() {
+        for n in [0, 1, 3, 4, 5, 9] {
+            let joined = join_each(n, |i| async move { i % 2 == 0 }).await;
+
+            for i in 0..n {
+                assert_eq!(joined.get(i), i % 2 == 0, "n={n} i={i}");
+            }
+            assert!(!joined.get(n), "n={n}: past the end");
+            assert_eq!(joined.count(), n.div_ceil(2), "n={n}");
+        }
+    }
+}
