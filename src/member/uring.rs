@@ -2,12 +2,18 @@
 //! any number of members.
 //!
 //! ```text
-//!  async caller ── Request{file, op, reply} ──► queue (Mutex<Vec>)
-//!        ▲                                      │ eventfd write (coalesced)
-//!        │ oneshot                              ▼
+//!  async caller ── Request{file, op, reply slot} ──► queue (Mutex: requests
+//!        ▲                                          │  and reply slots)
+//!        │ reply slot + waker                       ▼ eventfd write (coalesced)
 //!        └──────────────── ring thread: drain queue → backlog → SQEs
 //!                          submit_and_wait(1) ◄─ CQEs (I/O done or eventfd read)
 //! ```
+//!
+//! Replies go through a slab of reply slots kept under the queue's lock
+//! (no channel allocated per request): the ring thread stores each result
+//! in its slot and wakes the caller's waker the next time it takes the
+//! lock (at the top of its loop, where it also takes new requests), so one
+//! lock round serves both directions.
 //!
 //! The ring thread keeps a read on the eventfd in flight, so one
 //! `submit_and_wait(1)` wakes for both completions and new work. Callers only
@@ -27,15 +33,17 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
-use tokio::sync::oneshot;
 
 use super::op::{Op, OpResult, MAX_CHUNK};
 
@@ -48,16 +56,30 @@ const EVENTFD_KEY: u64 = u64::MAX;
 struct Request {
     file: Arc<File>,
     op: Op,
-    reply: oneshot::Sender<OpResult>,
+    /// Its slot in [`Queue::replies`].
+    reply: usize,
 }
 
-/// Requests waiting for the ring thread.
+/// Where a request's outcome waits for its caller.
+enum Reply {
+    /// In flight; the waker of the caller's last poll.
+    Waiting(Option<Waker>),
+    /// Done; the caller takes it (and frees the slot).
+    Done(OpResult),
+    /// The caller's future was dropped: the ring thread frees the slot.
+    Abandoned,
+}
+
+/// Requests waiting for the ring thread, and the replies of those taken.
 #[derive(Default)]
 struct Queue {
     items: Vec<Request>,
+    replies: Slab<Reply>,
     /// The ring thread found the queue empty and blocks (or is about to)
     /// until a completion or an eventfd write; the next caller must kick.
     sleeping: bool,
+    /// The ring thread has exited: no reply still waiting will come.
+    stopped: bool,
 }
 
 /// State shared between handles and the ring thread.
@@ -68,6 +90,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn kick(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live local to an eventfd we own; an
@@ -170,17 +196,90 @@ impl UringEngine {
 
     /// Runs `op` on `file` through the ring.
     pub(crate) async fn run(&self, file: Arc<File>, op: Op) -> OpResult {
-        let (reply, done) = oneshot::channel();
-        let kick = {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (reply, kick) = {
+            let mut queue = self.shared.lock();
+            let reply = queue.replies.insert(Reply::Waiting(None));
             queue.items.push(Request { file, op, reply });
-            std::mem::replace(&mut queue.sleeping, false)
+            (reply, std::mem::replace(&mut queue.sleeping, false))
         };
         if kick {
             self.shared.kick();
         }
-        done.await
-            .unwrap_or_else(|_| Err(io::Error::other("io_uring engine stopped")))
+        Completion {
+            shared: &self.shared,
+            reply: Some(reply),
+        }
+        .await
+    }
+}
+
+/// The caller's side of a request: resolves to the result in its reply
+/// slot. Dropped before that, it marks the slot abandoned.
+struct Completion<'a> {
+    shared: &'a Shared,
+    /// The slot, until its result is taken.
+    reply: Option<usize>,
+}
+
+impl Future for Completion<'_> {
+    type Output = OpResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
+        let Some(key) = self.reply else {
+            return Poll::Ready(Err(io::Error::other("io_uring reply polled twice")));
+        };
+        let mut queue = self.shared.lock();
+        let stopped = queue.stopped;
+        let Some(slot) = queue.replies.get_mut(key) else {
+            return Poll::Ready(Err(io::Error::other("io_uring reply slot lost")));
+        };
+        match slot {
+            Reply::Done(_) => {
+                let Reply::Done(result) = queue.replies.remove(key) else {
+                    unreachable!("matched Done above");
+                };
+                drop(queue);
+                self.reply = None;
+                Poll::Ready(result)
+            }
+            _ if stopped => {
+                queue.replies.remove(key);
+                drop(queue);
+                self.reply = None;
+                Poll::Ready(Err(io::Error::other("io_uring engine stopped")))
+            }
+            Reply::Waiting(waker) => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            Reply::Abandoned => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Completion<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.reply.take() else {
+            return;
+        };
+        let mut queue = self.shared.lock();
+        let stopped = queue.stopped;
+        // Whatever leaves the slot (a result, a waker) is dropped outside
+        // the lock.
+        let done = match queue.replies.get_mut(key) {
+            None => None,
+            Some(Reply::Waiting(_)) if !stopped => queue
+                .replies
+                .get_mut(key)
+                .map(|slot| std::mem::replace(slot, Reply::Abandoned)),
+            Some(_) => Some(queue.replies.remove(key)),
+        };
+        drop(queue);
+        // A finished read's buffer goes back to its pool outside the lock.
+        drop(done);
     }
 }
 
@@ -224,6 +323,7 @@ struct RingThread {
     /// Slab keys whose SQE must be (re)pushed.
     pending: Vec<usize>,
     incoming: Vec<Request>,
+    outbox: Outbox,
     /// Reaped completions (user_data, result), reused across rounds.
     cqes: Vec<(u64, i32)>,
     /// The eventfd read's target; boxed so its address is stable.
@@ -241,6 +341,11 @@ impl RingThread {
             backlog: VecDeque::new(),
             pending: Vec::with_capacity(depth),
             incoming: Vec::with_capacity(depth),
+            outbox: Outbox {
+                finished: Vec::with_capacity(depth),
+                wakers: Vec::with_capacity(depth),
+                discarded: Vec::with_capacity(depth),
+            },
             cqes: Vec::with_capacity(depth),
             efd_buf: Box::new(0),
             efd_armed: false,
@@ -278,18 +383,22 @@ impl RingThread {
             && !self.efd_armed
             && self.inflight.is_empty()
             && self.backlog.is_empty()
+            && self.outbox.finished.is_empty()
     }
 
-    /// Moves queued requests into the ring's backlog and the in-flight
-    /// table. Returns true (and marks the thread sleeping) if there were none.
+    /// Delivers the finished requests' results and moves queued requests
+    /// into the ring's backlog and the in-flight table, under one lock.
+    /// Returns true (and marks the thread sleeping) if there were none.
     fn take_incoming(&mut self) -> bool {
         let idle = {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queue = self.shared.lock();
+            self.outbox.deliver(&mut queue);
             std::mem::swap(&mut queue.items, &mut self.incoming);
             let idle = self.incoming.is_empty();
             queue.sleeping = idle;
             idle
         };
+        self.outbox.wake();
         self.backlog.extend(self.incoming.drain(..));
         while self.inflight.len() < self.max_inflight {
             let Some(req) = self.backlog.pop_front() else {
@@ -415,8 +524,64 @@ impl RingThread {
             Op::Read { buf, .. } => Some(buf),
             _ => None,
         });
-        // A dropped receiver means the caller gave up: discard.
-        let _ = entry.req.reply.send(result);
+        self.outbox.finished.push((entry.req.reply, result));
+    }
+}
+
+impl Drop for RingThread {
+    /// The thread is leaving (shutdown or a panic): every caller still
+    /// waiting is woken to find the engine stopped.
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        self.outbox.deliver(&mut queue);
+        queue.stopped = true;
+        for (_, slot) in queue.replies.iter_mut() {
+            if let Reply::Waiting(waker) = slot {
+                self.outbox.wakers.extend(waker.take());
+            }
+        }
+        drop(queue);
+        self.outbox.wake();
+    }
+}
+
+/// Results on their way to the callers' reply slots.
+struct Outbox {
+    /// Finished requests (reply slot, result), delivered at the next lock.
+    finished: Vec<(usize, OpResult)>,
+    /// Callers to wake once the lock is released; reused across rounds.
+    wakers: Vec<Waker>,
+    /// Results of abandoned requests, dropped outside the lock.
+    discarded: Vec<OpResult>,
+}
+
+impl Outbox {
+    /// Stores each finished result in its reply slot (the queue's lock is
+    /// held) and collects the wakers to wake; abandoned slots are freed.
+    fn deliver(&mut self, queue: &mut Queue) {
+        for (key, result) in self.finished.drain(..) {
+            let Some(slot) = queue.replies.get_mut(key) else {
+                continue;
+            };
+            match std::mem::replace(slot, Reply::Done(result)) {
+                Reply::Waiting(waker) => self.wakers.extend(waker),
+                Reply::Abandoned => {
+                    if let Reply::Done(result) = queue.replies.remove(key) {
+                        self.discarded.push(result);
+                    }
+                }
+                Reply::Done(_) => {}
+            }
+        }
+    }
+
+    /// Wakes the callers collected by [`Outbox::deliver`] and frees the
+    /// abandoned results (after the lock is released).
+    fn wake(&mut self) {
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+        self.discarded.clear();
     }
 }
 

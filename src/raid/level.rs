@@ -15,7 +15,7 @@
 use super::layout::MemberIndex;
 use super::rebuild::{Lost, RebuildError, SourceErrors};
 use super::scrub::{MemberScrub, Read};
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::striped::lock_member_stripes;
 use super::volume::Volume;
 use crate::block::{BlockDevice, BlockResult, BoxFuture, Durability};
@@ -90,12 +90,6 @@ pub(super) struct ScrubCheck<'a> {
 /// not empty), counted the request busy and recorded its write intent.
 /// The defaults are those of a striped level without redundancy (RAID-0).
 pub(super) trait LevelIo: Send + Sync {
-    /// Reads `buf.len()` volume bytes at `at`.
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a>;
-
-    /// Writes `buf` at volume offset `at`.
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a>;
-
     /// Discards or zeroes `len` volume bytes at `at`.
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a>;
 
@@ -142,5 +136,75 @@ pub(super) trait LevelIo: Send + Sync {
     }
 }
 
+/// The outcomes of [`join_each`], by index.
+pub(super) enum Joined {
+    /// Up to four, held inline (absent ones are false).
+    Few([bool; 4]),
+    Many(Vec<bool>),
+}
+
+impl Joined {
+    /// The outcome of `op(i)`.
+    pub(super) fn get(&self, i: usize) -> bool {
+        match self {
+            Joined::Few(r) => r.get(i).copied().unwrap_or(false),
+            Joined::Many(r) => r.get(i).copied().unwrap_or(false),
+        }
+    }
+
+    /// How many returned true.
+    pub(super) fn count(&self) -> usize {
+        match self {
+            Joined::Few(r) => r.iter().filter(|&&ok| ok).count(),
+            Joined::Many(r) => r.iter().filter(|&&ok| ok).count(),
+        }
+    }
+}
+
+/// Runs `op(i)` for every `i` in `0..n` concurrently (member operations
+/// of one request). Up to four run without allocating a list of futures.
+pub(super) async fn join_each<F, Fut>(n: usize, op: F) -> Joined
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use futures::future::{join4, join_all, OptionFuture};
+    if n > 4 {
+        return Joined::Many(join_all((0..n).map(op)).await);
+    }
+    let one = |i: usize| OptionFuture::from((i < n).then(|| op(i)));
+    let (a, b, c, d) = join4(one(0), one(1), one(2), one(3)).await;
+    Joined::Few([a, b, c, d].map(|r| r == Some(true)))
+}
+
+/// Runs `op(m)` for every member `m` in `0..n` concurrently and counts
+/// those that returned true ([`join_each`]: the per-request path of RAID-1
+/// writes and flushes).
+pub(super) async fn count_true<F, Fut>(n: usize, op: F) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    join_each(n, op).await.count()
+}
+
 /// Guards of the locks a sync step holds.
-pub(super) type Locks<'a> = Vec<StripeGuard<'a>>;
+pub(super) type Locks<'a> = StripeGuards<'a>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn join_each_reports_every_outcome_inline_and_in_a_list() {
+        for n in [0, 1, 3, 4, 5, 9] {
+            let joined = join_each(n, |i| async move { i % 2 == 0 }).await;
+
+            for i in 0..n {
+                assert_eq!(joined.get(i), i % 2 == 0, "n={n} i={i}");
+            }
+            assert!(!joined.get(n), "n={n}: past the end");
+            assert_eq!(joined.count(), n.div_ceil(2), "n={n}");
+        }
+    }
+}

@@ -23,7 +23,8 @@
 //! come from the others, and its scrub checks (reuse `striped.rs`, and
 //! `raid1_sync.rs`/`raid5_sync.rs` where a mirror or XOR parity fits;
 //! RAID-6 needs its own Q-parity versions, e.g. in `raid6_sync.rs`);
-//! (4) add its arm to `volume.rs`'s `level_io`, the one dispatch point.
+//! (4) add its arm to `volume.rs`'s `level_io` and to `data_path.rs`'s
+//! `read` and `write` (the per-request path, dispatched without boxing).
 //! Levels reach the members only through `Volume`'s methods, never its
 //! fields. (Outside `src/raid/`, the daemon still tests `Level::Raid0` and
 //! `Level::Raid5` by name in a few places, e.g. for the bitmap and the
@@ -41,6 +42,7 @@ pub mod stripe_lock;
 pub mod syndrome;
 pub mod volume;
 
+mod data_path;
 mod level;
 mod no_space;
 mod raid0;

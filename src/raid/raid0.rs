@@ -17,30 +17,37 @@ use crate::units::ByteOffset;
 /// RAID-0's [`LevelIo`]: the trait's defaults (no redundancy) for the rest.
 pub(super) struct Raid0;
 
+/// Reads by chunk extent, concurrently.
+pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    read_extents(vol, at, buf, read_extent).await
+}
+
+/// Writes every extent concurrently (one extent: no list).
+pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durability) -> BlockResult {
+    let _rows = lock_rows(vol, at, buf.len() as u64).await;
+    let mut extents = vol.geometry().extents(at, buf.len() as u64);
+    let Some(first) = extents.next() else {
+        return Ok(());
+    };
+    let first_op = MemberOp::Write(first.member_offset, &buf[..first.len as usize], d);
+    let mut pos = first.len as usize;
+    let Some(second) = extents.next() else {
+        return run(vol, first.member, first_op).await;
+    };
+    let mut writes = vec![run(vol, first.member, first_op)];
+    for e in std::iter::once(second).chain(extents) {
+        let piece = &buf[pos..pos + e.len as usize];
+        pos += piece.len();
+        writes.push(run(
+            vol,
+            e.member,
+            MemberOp::Write(e.member_offset, piece, d),
+        ));
+    }
+    try_join_all(writes).await.map(drop)
+}
+
 impl LevelIo for Raid0 {
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
-        Box::pin(read_extents(vol, at, buf, read_extent))
-    }
-
-    /// Every extent concurrently.
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
-        Box::pin(async move {
-            let _rows = lock_rows(vol, at, buf.len() as u64).await;
-            let mut writes = Vec::new();
-            let mut pos = 0;
-            for e in vol.geometry().extents(at, buf.len() as u64) {
-                let piece = &buf[pos..pos + e.len as usize];
-                pos += piece.len();
-                writes.push(run(
-                    vol,
-                    e.member,
-                    MemberOp::Write(e.member_offset, piece, d),
-                ));
-            }
-            try_join_all(writes).await.map(drop)
-        })
-    }
-
     /// Partial stripes extent by extent, whole stripes as one contiguous
     /// range per member.
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
@@ -83,7 +90,7 @@ async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
 /// With block checksums: locks the chunk rows (stripes) of a volume range.
 async fn lock_rows(vol: &Volume, offset: ByteOffset, len: u64) -> Locks<'_> {
     if vol.checksums().is_none() || len == 0 {
-        return Vec::new();
+        return Locks::default();
     }
     let sds = vol.geometry().stripe_data_size();
     let first = offset.get() / sds;

@@ -10,11 +10,12 @@ use futures::future::join_all;
 
 use super::layout::{MemberIndex, RegionIndex};
 use super::level::{
-    Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult,
+    count_true, Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck,
+    StepResult,
 };
 use super::raid1_sync;
 use super::scrub::Read;
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -26,17 +27,6 @@ const REGION_SHIFT: u32 = 20;
 pub(super) struct Raid1;
 
 impl LevelIo for Raid1 {
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
-        Box::pin(read(vol, at, buf))
-    }
-
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
-        Box::pin(async move {
-            let _guards = lock_regions(vol, at, buf.len() as u64).await;
-            all_mirrors(vol, MemberOp::Write(at, buf, d)).await
-        })
-    }
-
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
         Box::pin(async move {
             let _guards = lock_regions(vol, at, len).await;
@@ -72,8 +62,14 @@ impl LevelIo for Raid1 {
     }
 }
 
+/// Writes every active mirror under the region locks.
+pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durability) -> BlockResult {
+    let _guards = lock_regions(vol, at, buf.len() as u64).await;
+    all_mirrors(vol, MemberOp::Write(at, buf, d)).await
+}
+
 /// Locks the regions holding `offset..+len` (`len > 0`).
-async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeGuard<'_>> {
+async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuards<'_> {
     let first = offset.get() >> REGION_SHIFT;
     let last = (offset.get() + len - 1) >> REGION_SHIFT;
     vol.locks()
@@ -81,15 +77,19 @@ async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> Vec<StripeG
         .await
 }
 
-async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let active: Vec<MemberIndex> = (0..vol.geometry().members())
-        .map(MemberIndex)
-        .filter(|&m| vol.is_active(m))
-        .collect();
+/// Reads from one mirror (rotating), the next one on an error.
+pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    let n = vol.geometry().members();
     let start = vol.next_mirror();
     let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
-    for i in 0..active.len() {
-        let m = active[(start + i) % active.len()];
+    // The active mirrors in turn, from a rotating start (counted among the
+    // mirrors active now, as the rotation always was).
+    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
+    let count = active.clone().count();
+    if count == 0 {
+        return Err(vol.data_lost());
+    }
+    for m in active.clone().cycle().skip(start % count).take(count) {
         match vol.read_member(m, offset, buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, m, bad, offset, buf).await,
@@ -141,8 +141,8 @@ async fn repair(
 /// Runs `op` on every active mirror; succeeds if at least one took it.
 async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     let n = vol.geometry().members();
-    let results = join_all((0..n).map(|m| vol.write_member(MemberIndex(m), op))).await;
-    if results.contains(&true) {
+    let took = count_true(n, |m| vol.write_member(MemberIndex(m), op)).await;
+    if took > 0 {
         Ok(())
     } else {
         Err(vol.data_lost())

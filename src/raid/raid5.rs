@@ -30,15 +30,6 @@ const CLEAR_BATCH: u64 = 64;
 pub(super) struct Raid5;
 
 impl LevelIo for Raid5 {
-    fn read<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a mut [u8]) -> Io<'a> {
-        Box::pin(read_extents(vol, at, buf, read_extent))
-    }
-
-    /// Per stripe, concurrently ([`write`]).
-    fn write<'a>(&self, vol: &'a Volume, at: ByteOffset, buf: &'a [u8], d: Durability) -> Io<'a> {
-        Box::pin(write(vol, at, buf, d))
-    }
-
     /// Whole stripes on every member, partial stripes as zeroes ([`clear`]).
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
         Box::pin(clear(vol, at, len, how))
@@ -91,6 +82,12 @@ impl LevelIo for Raid5 {
     fn takes_parity_log(&self) -> bool {
         true
     }
+}
+
+/// Reads by chunk extent, concurrently; a member that cannot serve its
+/// extent has it rebuilt from the others.
+pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    read_extents(vol, at, buf, read_extent).await
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
@@ -210,7 +207,8 @@ pub(super) async fn repair_range(
     ok
 }
 
-async fn write(
+/// Per stripe, concurrently, each under its stripe lock.
+pub(super) async fn write(
     vol: &Volume,
     offset: ByteOffset,
     buf: &[u8],
@@ -219,6 +217,12 @@ async fn write(
     let sds = vol.geometry().stripe_data_size();
     let end = offset.get() + buf.len() as u64;
     let (first, last) = (offset.get() / sds, (end - 1) / sds);
+    if first == last {
+        // One stripe (every small write): no list of stripe futures.
+        let _guard = vol.locks().lock(StripeIndex(first)).await;
+        let start = offset.get() - first * sds;
+        return write_stripe(vol, StripeIndex(first), start, buf, durability).await;
+    }
     // Each stripe is locked on its own, only while its parity is updated:
     // sequential writers that share a boundary stripe then overlap instead
     // of queueing behind each other's whole request (one lock at a time per

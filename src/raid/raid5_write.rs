@@ -20,7 +20,7 @@
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, StripeIndex};
-use super::level::MemberOp;
+use super::level::{join_each, MemberOp};
 use super::parity::{xor_into, xor_sources};
 use super::ppl::{PplRecord, PplTicket};
 use super::volume::Volume;
@@ -214,6 +214,28 @@ impl StripeWrite<'_> {
     async fn rmw_parity(&self) -> Option<Computed> {
         let (rlo, rhi) = self.hull();
         let mut parity = vec![0u8; (rhi - rlo) as usize];
+        let mut touched = self.touched_all();
+        let (Some((d, lo, hi)), None) = (touched.next(), touched.next()) else {
+            return self.rmw_parity_many(rlo, parity).await;
+        };
+        // One data chunk (every small write): its rows are the hull.
+        let mut old = vec![0u8; (hi - lo) as usize];
+        let (p_ok, d_ok) = futures::join!(
+            self.read(self.parity_member(), rlo, &mut parity),
+            self.read(self.member(d), lo, &mut old),
+        );
+        if !(p_ok && d_ok) {
+            return None;
+        }
+        xor_into(&mut parity, &old);
+        // Old parity without the old bytes being replaced: the partial parity.
+        let pp = self.logging().then(|| parity.clone());
+        xor_into(&mut parity, self.new_data(d, lo, hi));
+        Some(Computed { rlo, parity, pp })
+    }
+
+    /// [`Self::rmw_parity`] of a write over several data chunks.
+    async fn rmw_parity_many(&self, rlo: u64, mut parity: Vec<u8>) -> Option<Computed> {
         let touched: Vec<(usize, u64, u64)> = self.touched_all().collect();
         let mut old: Vec<Vec<u8>> = touched
             .iter()
@@ -293,11 +315,12 @@ impl StripeWrite<'_> {
     async fn rows_parity(&self, missing: Option<usize>) -> Option<Computed> {
         let (rlo, rhi) = self.hull();
         let width = (rhi - rlo) as usize;
-        let mut rows = vec![vec![0u8; width]; self.k];
+        // The k rows side by side in one buffer (row d at d * width).
+        let mut rows = vec![0u8; width * self.k];
         let mut old_parity = vec![0u8; if missing.is_some() { width } else { 0 }];
         {
             let mut reads = Vec::new();
-            for (d, row) in rows.iter_mut().enumerate() {
+            for (d, row) in rows.chunks_mut(width).enumerate() {
                 let m = self.member(d);
                 match (missing, self.touched(d)) {
                     (Some(dm), _) if dm == d => {}
@@ -323,31 +346,28 @@ impl StripeWrite<'_> {
         }
         if let Some(dm) = missing {
             let mut rebuilt = old_parity;
-            for (d, row) in rows.iter().enumerate() {
+            for (d, row) in rows.chunks(width).enumerate() {
                 if d != dm {
                     xor_into(&mut rebuilt, row);
                 }
             }
-            rows[dm] = rebuilt;
+            rows[dm * width..(dm + 1) * width].copy_from_slice(&rebuilt);
         }
         let pp = self.logging().then(|| {
             // XOR of every row, minus the bytes this write replaces.
-            let sources: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
-            let mut pp = vec![0u8; width];
-            xor_sources(&mut pp, &sources);
+            let mut pp = xor_rows(&rows, width);
             for (d, lo, hi) in self.touched_all() {
                 let r = (lo - rlo) as usize..(hi - rlo) as usize;
-                xor_into(&mut pp[r.clone()], &rows[d][r]);
+                let old = &rows[d * width..(d + 1) * width][r.clone()];
+                xor_into(&mut pp[r], old);
             }
             pp
         });
         for (d, lo, hi) in self.touched_all() {
-            rows[d][(lo - rlo) as usize..(hi - rlo) as usize]
-                .copy_from_slice(self.new_data(d, lo, hi));
+            let row = &mut rows[d * width..(d + 1) * width];
+            row[(lo - rlo) as usize..(hi - rlo) as usize].copy_from_slice(self.new_data(d, lo, hi));
         }
-        let sources: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
-        let mut parity = vec![0u8; width];
-        xor_sources(&mut parity, &sources);
+        let parity = xor_rows(&rows, width);
         Some(Computed { rlo, parity, pp })
     }
 
@@ -371,8 +391,8 @@ impl StripeWrite<'_> {
             let op = MemberOp::Write(self.member_offset(*rlo), parity, self.durability);
             ops.push((self.parity_member(), op));
         }
-        let results = join_all(ops.iter().map(|&(m, op)| vol.write_member(m, op))).await;
-        let took = |m: MemberIndex| ops.iter().zip(&results).any(|((x, _), &ok)| *x == m && ok);
+        let results = join_each(ops.len(), |i| vol.write_member(ops[i].0, ops[i].1)).await;
+        let took = |m: MemberIndex| (0..ops.len()).any(|i| ops[i].0 == m && results.get(i));
         let recoverable = parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
         if self
             .touched_all()
@@ -383,4 +403,13 @@ impl StripeWrite<'_> {
             Err(vol.data_lost())
         }
     }
+}
+
+/// The XOR of the `width`-byte rows laid side by side in `rows`.
+fn xor_rows(rows: &[u8], width: usize) -> Vec<u8> {
+    let mut out = vec![0u8; width];
+    for row in rows.chunks(width) {
+        xor_into(&mut out, row);
+    }
+    out
 }

@@ -28,7 +28,7 @@ use futures::StreamExt;
 
 use super::layout::MemberIndex;
 use super::level::RebuildRead;
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::volume::{Incoming, Volume};
 use super::Level;
 use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
@@ -297,7 +297,7 @@ impl Pacer {
 
 /// Locks of one step: the level's locks (RAID-1 regions, RAID-0/5
 /// stripes) covering member data `a..b`.
-pub(super) async fn lock_step(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
+pub(super) async fn lock_step(vol: &Volume, a: u64, b: u64) -> StripeGuards<'_> {
     vol.level_io().lock_member_range(vol, a, b).await
 }
 

@@ -5,7 +5,9 @@
 //! The table maps a unit number to its own lock; an entry lives only
 //! while someone holds or waits for it, so the table stays as small as the
 //! number of stripes in flight. The table's std mutex is held only for a map
-//! insert or remove, never across an await.
+//! insert or remove, never across an await. The locks of removed entries
+//! are kept for reuse (up to [`SPARE_LOCKS`]), and a range of one unit
+//! holds its guard inline: locking allocates nothing in steady state.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,10 +34,20 @@ impl LockUnit for RegionIndex {
     }
 }
 
+/// Unused locks kept for reuse at most.
+const SPARE_LOCKS: usize = 64;
+
 /// The lock table of one volume.
 #[derive(Debug, Default)]
 pub struct StripeLocks {
-    table: Mutex<HashMap<u64, Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// Locks of removed entries nobody holds, for the next new entry.
+    spare: Vec<Arc<AsyncMutex<()>>>,
 }
 
 #[derive(Debug)]
@@ -51,6 +63,33 @@ pub struct StripeGuard<'a> {
     _user: User<'a>,
 }
 
+/// The guards of a range of units, in locking order: the first inline,
+/// the rest (ranges of more than one unit) in a list.
+#[derive(Debug, Default)]
+pub struct StripeGuards<'a> {
+    first: Option<StripeGuard<'a>>,
+    rest: Vec<StripeGuard<'a>>,
+}
+
+impl<'a> StripeGuards<'a> {
+    fn push(&mut self, guard: StripeGuard<'a>) {
+        match self.first {
+            None => self.first = Some(guard),
+            Some(_) => self.rest.push(guard),
+        }
+    }
+
+    /// Number of units held.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    /// True when no unit is held.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
 /// A registered user of a table entry; deregisters on drop, also when the
 /// lock future is cancelled while waiting.
 #[derive(Debug)]
@@ -62,10 +101,18 @@ struct User<'a> {
 impl Drop for User<'_> {
     fn drop(&mut self) {
         let mut table = self.locks.table.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = table.get_mut(&self.stripe) {
+        let Table { entries, spare } = &mut *table;
+        if let Some(entry) = entries.get_mut(&self.stripe) {
             entry.users -= 1;
             if entry.users == 0 {
-                table.remove(&self.stripe);
+                let lock = entries.remove(&self.stripe).map(|e| e.lock);
+                // Kept only when nobody else holds it (a cancelled waiter's
+                // lock future may still own a clone).
+                if let Some(lock) = lock.filter(|l| Arc::strong_count(l) == 1) {
+                    if spare.len() < SPARE_LOCKS {
+                        spare.push(lock);
+                    }
+                }
             }
         }
     }
@@ -85,9 +132,10 @@ impl StripeLocks {
     async fn lock_number(&self, stripe: u64) -> StripeGuard<'_> {
         let lock = {
             let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = table.entry(stripe).or_insert_with(|| Entry {
+            let Table { entries, spare } = &mut *table;
+            let entry = entries.entry(stripe).or_insert_with(|| Entry {
                 users: 0,
-                lock: Arc::new(AsyncMutex::new(())),
+                lock: spare.pop().unwrap_or_else(|| Arc::new(AsyncMutex::new(()))),
             });
             entry.users += 1;
             entry.lock.clone()
@@ -104,9 +152,9 @@ impl StripeLocks {
 
     /// Locks every unit of `first..=last` in ascending order (deadlock-free
     /// against other multi-unit lockers).
-    pub async fn lock_range<U: LockUnit>(&self, first: U, last: U) -> Vec<StripeGuard<'_>> {
+    pub async fn lock_range<U: LockUnit>(&self, first: U, last: U) -> StripeGuards<'_> {
         let (first, last) = (first.number(), last.number());
-        let mut guards = Vec::with_capacity((last.saturating_sub(first) + 1) as usize);
+        let mut guards = StripeGuards::default();
         for s in first..=last {
             guards.push(self.lock_number(s).await);
         }
@@ -115,7 +163,8 @@ impl StripeLocks {
 
     /// Number of stripes currently locked or waited for.
     pub fn len(&self) -> usize {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.entries.len()
     }
 
     /// True when no stripe is locked.

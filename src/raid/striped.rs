@@ -2,7 +2,7 @@
 //! per-chunk extents, and locks of whole stripes.
 
 use super::layout::{Extent, StripeIndex};
-use super::stripe_lock::StripeGuard;
+use super::stripe_lock::StripeGuards;
 use super::volume::Volume;
 use crate::block::BlockResult;
 use crate::units::ByteOffset;
@@ -20,9 +20,17 @@ where
     F: Fn(&'a Volume, Extent, &'a mut [u8]) -> Fut,
     Fut: std::future::Future<Output = BlockResult> + 'a,
 {
+    let mut extents = vol.geometry().extents(offset, buf.len() as u64);
+    let (Some(first), second) = (extents.next(), extents.next()) else {
+        return Ok(());
+    };
+    let Some(second) = second else {
+        // One chunk (every small request): no list of futures.
+        return read_extent(vol, first, buf).await;
+    };
     let mut rest = buf;
     let mut reads = Vec::new();
-    for e in vol.geometry().extents(offset, rest.len() as u64) {
+    for e in [first, second].into_iter().chain(extents) {
         let (piece, tail) = std::mem::take(&mut rest).split_at_mut(e.len as usize);
         rest = tail;
         reads.push(read_extent(vol, e, piece));
@@ -31,7 +39,7 @@ where
 }
 
 /// Locks the stripes holding member data `a..b` (`a < b`).
-pub(super) async fn lock_member_stripes(vol: &Volume, a: u64, b: u64) -> Vec<StripeGuard<'_>> {
+pub(super) async fn lock_member_stripes(vol: &Volume, a: u64, b: u64) -> StripeGuards<'_> {
     let chunk = vol.geometry().chunk().get();
     vol.locks()
         .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))

@@ -15,13 +15,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use futures::future::join_all;
 use tokio::sync::watch;
 
 use super::checksum::ChecksumHook;
 use super::intent::{IntentGuard, WriteIntent};
 use super::layout::{Geometry, LayoutError, MemberIndex};
-use super::level::{Clear, LevelIo, MemberOp};
+use super::level::{count_true, Clear, LevelIo, MemberOp};
 use super::ppl::ParityLog;
 use super::rebuild::{RebuildError, SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
@@ -719,12 +718,10 @@ impl Volume {
 
     /// Flushes every active member concurrently.
     async fn flush_members(&self) -> BlockResult {
-        let results = join_all(
-            (0..self.slots.len()).map(|i| self.write_member(MemberIndex(i), MemberOp::Flush)),
-        )
-        .await;
+        let n = self.slots.len();
+        let flushed = count_true(n, |i| self.write_member(MemberIndex(i), MemberOp::Flush)).await;
         let lost = match self.redundancy() {
-            0 => results.contains(&false),
+            0 => flushed < n,
             redundancy => self.down_count() > redundancy,
         };
         if lost {
@@ -909,7 +906,7 @@ impl BlockDevice for Volume {
                 return Ok(());
             }
             let _busy = Busy::new(&self.busy);
-            self.level_io.read(self, offset, buf).await
+            super::data_path::read(self, offset, buf).await
         })
     }
 
@@ -926,7 +923,7 @@ impl BlockDevice for Volume {
             }
             let _busy = Busy::new(&self.busy);
             let intent = self.intent_begin(offset, buf.len() as u64).await?;
-            let write = self.level_io.write(self, offset, buf, durability);
+            let write = super::data_path::write(self, offset, buf, durability);
             let (result, no_space) = super::no_space::watch(write).await;
             self.settle_no_space(
                 result,
