@@ -180,6 +180,7 @@ fn nbd_clients_that_never_read_replies_pin_at_most_their_connection_memory() {
         "qemu-io not served beside non-reading clients:\n{out}"
     );
     let peak = proc_status_kib(pid, "VmHWM") / 1024;
+    println!("peak RSS {peak} MiB, baseline {baseline} MiB, limit {limit} MiB + {RSS_SLACK_MIB}");
     assert!(
         !over(peak),
         "server peak RSS {peak} MiB, baseline {baseline} MiB, limit {limit} MiB + {RSS_SLACK_MIB}"
@@ -231,6 +232,7 @@ fn nbd_clients_that_never_read_replies_pin_at_most_the_server_memory() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let peak = proc_status_kib(pid, "VmHWM") / 1024;
+    println!("peak RSS {peak} MiB, baseline {baseline} MiB, bound {bound} MiB + {RSS_SLACK_MIB}");
     assert!(
         peak <= baseline + bound + RSS_SLACK_MIB,
         "peak RSS {peak} MiB"
