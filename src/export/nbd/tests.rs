@@ -1227,7 +1227,7 @@ async fn requests_reach_the_volume_in_pieces_within_the_device_budget() {
     assert!(dev.largest.load(SeqCst) <= DEVICE_PIECE);
     let most = dev.most_inside.load(SeqCst);
     assert!(
-        most <= DEVICE_BUDGET && most >= 2 * DEVICE_PIECE,
+        (2 * DEVICE_PIECE..=DEVICE_BUDGET).contains(&most),
         "{most} bytes inside the volume at once (budget {DEVICE_BUDGET})"
     );
 }
