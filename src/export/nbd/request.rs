@@ -124,7 +124,7 @@ pub(super) async fn serve(
         Ok(reply) => reply,
         Err(f) => {
             tracing::debug!(cookie = req.cookie, error = f.error, message = %f.message, "NBD request failed");
-            error_reply(&ctx, req.cookie, &f)
+            error_reply(ctx.structured, req.cookie, &f)
         }
     };
     reply.charge = charge;
@@ -283,8 +283,17 @@ async fn read(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
     Ok(Reply::new(&head, data))
 }
 
-fn error_reply(ctx: &Context, cookie: u64, f: &Failure) -> Reply {
-    if ctx.structured {
+/// The EIO reply of a request whose future panicked; its server bytes
+/// went back in the unwinding, `connection` bytes go back with the reply.
+pub(super) fn panicked(cookie: u64, structured: bool, connection: u64) -> Reply {
+    let f = Failure::new(errno::EIO, "internal error");
+    let mut reply = error_reply(structured, cookie, &f);
+    reply.charge.connection = connection;
+    reply
+}
+
+fn error_reply(structured: bool, cookie: u64, f: &Failure) -> Reply {
+    if structured {
         let mut chunk = Vec::new();
         proto::encode_error_chunk(&mut chunk, cookie, f.error, &f.message);
         Reply::new(&[], chunk)

@@ -1231,3 +1231,54 @@ async fn requests_reach_the_volume_in_pieces_within_the_device_budget() {
         "{most} bytes inside the volume at once (budget {DEVICE_BUDGET})"
     );
 }
+
+/// Panics on reads at offset 0 (a bug below the export); other calls go
+/// to RAM.
+struct PanickyDevice(MemDevice);
+
+impl BlockDevice for PanickyDevice {
+    crate::block::forward_to!(0 => name, size, write, flush, discard, write_zeroes);
+
+    fn read<'a>(
+        &'a self,
+        offset: crate::units::ByteOffset,
+        buf: &'a mut [u8],
+    ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            assert_ne!(offset.get(), 0, "PanickyDevice: read at 0");
+            self.0.read(offset, buf).await
+        })
+    }
+}
+
+/// A request whose future panics fails alone with EIO: the requests
+/// pipelined around it on the same connection are answered, and the
+/// connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_request_fails_alone_and_the_connection_goes_on() {
+    let (_, mut export) = mem_export("p", MIB, false);
+    export.device = Arc::new(PanickyDevice(MemDevice::new("p", MIB)));
+    let (server, addr) = start_tcp(vec![export]).await;
+    let mut c = Raw::ready(addr, "p", false).await;
+
+    c.send(req(Command::Write, 1, 4096, 4096), &[7; 4096]).await;
+    c.send(req(Command::Read, 2, 0, 4096), &[]).await;
+    c.send(req(Command::Read, 3, 4096, 4096), &[]).await;
+    let lens: HashMap<u64, u32> = [(2, 4096), (3, 4096)].into();
+    let mut replies = HashMap::new();
+    for _ in 0..3 {
+        let r = c.reply(&lens).await;
+        replies.insert(r.cookie, r);
+    }
+    let later = c.call(req(Command::Read, 4, 4096, 512), &[]).await;
+
+    assert_eq!(replies[&1].error, 0);
+    assert_eq!(replies[&2].error, errno::EIO);
+    assert_eq!(
+        (replies[&3].error, replies[&3].data.clone()),
+        (0, vec![7; 4096])
+    );
+    assert_eq!((later.error, later.data), (0, vec![7; 512]));
+    assert!(eventually(|| server.stats().in_flight == 0).await);
+}

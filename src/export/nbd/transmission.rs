@@ -31,10 +31,11 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::future::OptionFuture;
+use futures::future::{FutureExt, OptionFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -141,8 +142,19 @@ struct Start {
 }
 
 impl Start {
+    /// The request's future. A panic in it (a bug) fails only this
+    /// request with EIO: the connection and its other requests, writes
+    /// among them, go on rather than being dropped half-way.
     fn run(self) -> impl Future<Output = Reply> + Send + 'static {
-        request::serve(self.ctx, self.req, self.payload, self.charge, self.guard)
+        let (cookie, structured) = (self.req.cookie, self.ctx.structured);
+        let held = self.charge.connection;
+        let serve = request::serve(self.ctx, self.req, self.payload, self.charge, self.guard);
+        AssertUnwindSafe(serve).catch_unwind().map(move |done| {
+            done.unwrap_or_else(|_| {
+                tracing::error!(cookie, "NBD request panicked, failed with EIO");
+                request::panicked(cookie, structured, held)
+            })
+        })
     }
 }
 
