@@ -13,6 +13,11 @@
 # Environment (defaults in brackets):
 #   JOBS     ["randread4k randwrite4k"]    REPS  rounds [5]
 #   RUNTIME  seconds per fio run [4]       WORKDIR [target/engine-ab]
+#   PEER     "nbdkit-mem" adds nbdkit's memory plugin (1G, prefilled on
+#            each start since it keeps nothing) to every round, as the NBD
+#            transport's ceiling [none]
+#   Members on tmpfs (the engine is then the only cost):
+#   WORKDIR=/dev/shm/engine-ab.
 #   Any other variable (TOKIO_WORKER_THREADS, VRAID_IO_ENGINE...) reaches the
 #   servers unchanged.
 # Output: one line per run, then the median per binary and job.
@@ -23,6 +28,18 @@ if (($# != 2)); then
     exit 2
 fi
 BINS=("$1" "$2")
+PEER=${PEER:-}
+case $PEER in
+"") ;;
+nbdkit-mem) command -v nbdkit >/dev/null || {
+    echo "PEER=nbdkit-mem needs nbdkit (apt-get install nbdkit)" >&2
+    exit 2
+} ;;
+*)
+    echo "unknown PEER $PEER" >&2
+    exit 2
+    ;;
+esac
 JOBS=${JOBS:-"randread4k randwrite4k"}
 REPS=${REPS:-5}
 RUNTIME=${RUNTIME:-4}
@@ -42,11 +59,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_server() { # BIN -> sets SERVER and URI
+start_server() { # BIN (or nbdkit-mem) -> sets SERVER and URI
     local port=$((20000 + RANDOM % 20000)) i
-    "$1" serve --nbd "127.0.0.1:$port" "${MEMBERS[@]}" >"$WORKDIR/serve.log" 2>&1 &
-    SERVER=$!
-    URI=nbd://127.0.0.1:$port/ab
+    if [[ $1 == nbdkit-mem ]]; then
+        nbdkit -f -i 127.0.0.1 -p "$port" memory 1G >"$WORKDIR/serve.log" 2>&1 &
+        SERVER=$!
+        URI=nbd://127.0.0.1:$port/
+    else
+        "$1" serve --nbd "127.0.0.1:$port" "${MEMBERS[@]}" >"$WORKDIR/serve.log" 2>&1 &
+        SERVER=$!
+        URI=nbd://127.0.0.1:$port/ab
+    fi
     for ((i = 0; i < 100; i++)); do
         if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
         sleep 0.1
@@ -81,7 +104,7 @@ stop_server
 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 for ((rep = 1; rep <= REPS; rep++)); do
-    for bin in "${BINS[@]}"; do
+    for bin in "${BINS[@]}" $PEER; do
         for job in $JOBS; do
             case $job in
             randread4k) rw=randread ;;
@@ -92,6 +115,10 @@ for ((rep = 1; rep <= REPS; rep++)); do
                 ;;
             esac
             start_server "$bin"
+            if [[ $bin == nbdkit-mem ]]; then
+                fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 \
+                    --size=1G >"$WORKDIR/fill.log" 2>&1
+            fi
             fio --name=warm --ioengine=nbd --uri="$URI" --rw=$rw --bs=4k --iodepth=32 \
                 --size=1G --time_based --runtime=1 >/dev/null 2>&1
             read -r c0 v0 n0 < <(costs)

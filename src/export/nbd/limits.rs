@@ -11,6 +11,15 @@
 //!  and from the server's (`memory`) until its reply left the writer;
 //!  a reply not written within `write_timeout` ends the connection
 //! ```
+//!
+//! What a request really holds in memory is its payload (a WRITE's data,
+//! a READ's reply) plus, while the volume serves it, the members' aligned
+//! bounce copy of the bytes in flight (`member::buf`). The payload is
+//! charged to the two pools above; the bounce copy to a third, fixed
+//! server-wide budget ([`DEVICE_BUDGET`]): a request calls the volume in
+//! pieces of at most [`DEVICE_PIECE`] bytes, each holding its size of that
+//! budget. So the NBD data in memory is at most `memory` +
+//! [`DEVICE_BUDGET`], however many clients stop reading their replies.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +39,11 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECTION_MEMORY: u64 = 256 * 1024 * 1024;
 /// Default bytes of requests and replies buffered over all connections.
 pub const DEFAULT_MEMORY: u64 = 1024 * 1024 * 1024;
+/// Largest piece of a READ or WRITE handed to the volume at once.
+pub const DEVICE_PIECE: usize = 4 * 1024 * 1024;
+/// Bytes of pieces in the volume at once, all NBD requests together: the
+/// bound on the members' bounce copies of NBD data.
+pub const DEVICE_BUDGET: usize = 16 * 1024 * 1024;
 /// Descriptors kept free for members, sockets and the control plane when
 /// the connection limit is fitted under `RLIMIT_NOFILE`.
 pub const FD_RESERVE: u64 = 64;

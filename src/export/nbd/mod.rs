@@ -6,7 +6,9 @@
 //!  handshake    option haggling as a state machine (no I/O)
 //!  catalog      exports by name, transmission flags, block sizes
 //!  limits       handshake timeout, connection limits, byte pools
-//!  transmission one connection's request pipeline
+//!  transmission one connection's request pipeline (one task, one loop)
+//!  wire         its batched request reads and reply writes (writev)
+//!  request      one request's volume call and reply
 //!  server       listeners, connection lifecycle, shutdown, stats
 //! ```
 //!
@@ -16,8 +18,10 @@ mod catalog;
 pub mod handshake;
 pub mod limits;
 pub mod proto;
+mod request;
 mod server;
 mod transmission;
+mod wire;
 
 pub use catalog::{Export, ExportTable};
 pub use limits::NbdLimits;

@@ -520,6 +520,32 @@ pub fn fill_offset_data_prefix(buf: &mut [u8], cookie: u64, offset: u64, done: b
     Some(())
 }
 
+/// The [`OFFSET_DATA_PREFIX`] bytes that go before `data_len` bytes of
+/// data in an `OFFSET_DATA` chunk, for a reply written as header + data
+/// without copying the data. `None` if `data_len` is 0 or does not fit the
+/// 32-bit chunk length.
+pub fn offset_data_header(
+    cookie: u64,
+    offset: u64,
+    data_len: usize,
+    done: bool,
+) -> Option<[u8; OFFSET_DATA_PREFIX]> {
+    if data_len == 0 {
+        return None;
+    }
+    let length = u32::try_from(data_len.checked_add(8)?).ok()?;
+    let flags = if done { REPLY_FLAG_DONE } else { 0 };
+    let mut out = [0u8; OFFSET_DATA_PREFIX];
+    out[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+        flags,
+        REPLY_TYPE_OFFSET_DATA,
+        cookie,
+        length,
+    ));
+    out[CHUNK_HEADER_LEN..].copy_from_slice(&offset.to_be_bytes());
+    Some(out)
+}
+
 /// Appends an `OFFSET_DATA` chunk (copying `data`).
 pub fn encode_offset_data(out: &mut Vec<u8>, cookie: u64, offset: u64, data: &[u8], done: bool) {
     let start = out.len();

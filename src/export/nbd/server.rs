@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use super::catalog::{Export, ExportTable};
 use super::handshake::{Negotiation, Step};
-use super::limits::{Admission, Admitted, LogGate, NbdLimits};
+use super::limits::{Admission, Admitted, LogGate, NbdLimits, DEVICE_BUDGET};
 use super::proto;
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
@@ -59,6 +59,7 @@ struct Shared {
     limits: NbdLimits,
     admission: Admission,
     memory: Arc<Semaphore>,
+    device_budget: Arc<Semaphore>,
     refusals: LogGate,
     accept_errors: LogGate,
 }
@@ -95,10 +96,38 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A connection's socket, split into owned halves (no lock between them).
+trait Split: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half.
+    type Reader: AsyncRead + Unpin + Send;
+    /// The writing half.
+    type Writer: AsyncWrite + Unpin + Send;
+
+    fn halves(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Split for tokio::net::TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+    fn halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl Split for tokio::net::UnixStream {
+    type Reader = tokio::net::unix::OwnedReadHalf;
+    type Writer = tokio::net::unix::OwnedWriteHalf;
+
+    fn halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
 /// What the accept loop needs of a listening socket, TCP or Unix.
 trait Listener {
     /// A connection.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: Split;
 
     /// The next connection, with the client's address (for the per-client
     /// limit; none on a Unix socket) and its name for the log.
@@ -158,6 +187,7 @@ impl NbdServer {
                     limits.max_connections_per_client,
                 ),
                 memory: Arc::new(Semaphore::new(memory.min(Semaphore::MAX_PERMITS))),
+                device_budget: Arc::new(Semaphore::new(DEVICE_BUDGET)),
                 refusals: LogGate::default(),
                 accept_errors: LogGate::default(),
             }),
@@ -254,10 +284,7 @@ impl NbdServer {
         }
     }
 
-    fn spawn_connection<S>(&self, stream: S, peer: String, admitted: Admitted)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    fn spawn_connection<S: Split>(&self, stream: S, peer: String, admitted: Admitted) {
         let guard = ConnectionGuard::new(&self.shared);
         tokio::spawn(async move {
             tracing::info!(%peer, "NBD client connected");
@@ -298,10 +325,10 @@ impl fmt::Display for ConnectionEnd {
     }
 }
 
-async fn serve_connection<S>(shared: &Arc<Shared>, mut stream: S) -> io::Result<ConnectionEnd>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_connection<S: Split>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+) -> io::Result<ConnectionEnd> {
     let mut stop = shared.shutdown.subscribe();
     // A client may sit in the handshake forever: shutdown or the handshake
     // timeout closes it there.
@@ -327,8 +354,9 @@ where
         in_flight: shared.in_flight.clone(),
         limits: shared.limits,
         memory: shared.memory.clone(),
+        device_budget: shared.device_budget.clone(),
     };
-    let (reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = stream.halves();
     let ending = session.run(reader, writer, stop).await?;
     Ok(ConnectionEnd::Transmission(ending))
 }

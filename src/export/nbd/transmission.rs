@@ -1,41 +1,53 @@
 //! The transmission phase of one connection: pipelined requests, replies out
-//! of order.
+//! of order, all on the connection's own task.
 //!
 //! ```text
-//!  socket ─► reader loop ─ parse header (+ WRITE payload) ─► spawn request future
-//!                 ▲ permit (≤ MAX_IN_FLIGHT)                        │ BlockDevice call
-//!                 └──────────── released when the future ends ◄─────┤
-//!  socket ◄─ writer task ◄──────── mpsc of encoded replies ◄────────┘
-//!                 └─ byte permits (connection + server pools) released
-//!                    once the reply is written, not when it is queued
+//!  socket ─ read (batch) ─► Inbox ─ headers ─► charge bytes ─► (WRITE payload) ─► request future
+//!                                     ▲ ≤ MAX_IN_FLIGHT              FuturesUnordered │ volume call
+//!  socket ◄─ writev (batch) ◄─ Outbox ◄──────────── Reply (head + data) ◄─────────────┘
+//!            written: the reply is dropped, then its bytes go back
 //! ```
 //!
-//! A WRITE's bytes are taken before its payload is read, so the payload
-//! must arrive within the write timeout too (else the connection ends):
-//! headers alone must not pin the pools.
+//! One `select!` loop owns both halves of the socket, the queues and the
+//! request futures: no task per request, no channel, no lock. Every branch
+//! is cancel-safe (a socket read or `writev` either happened or did not, a
+//! request future stays in its set), so whichever wakes first runs.
 //!
-//! A client that sends large READs and never reads the replies therefore
-//! pins at most its connection's byte pool (and all such clients together
-//! at most the server's pool), however many requests it sends.
+//! A READ/WRITE holds its bytes from its connection's pool and the
+//! server's (see `limits`) from before its payload is read until its reply
+//! is written; a WRITE's payload must arrive within the write timeout (else
+//! the connection ends): headers alone must not pin the pools. A client
+//! that sends large READs and never reads the replies therefore pins at
+//! most its connection's pool (and all such clients together at most the
+//! server's), however many requests it sends. A reply not written whole
+//! within the write timeout ends the connection.
 //!
-//! The reader stops on `NBD_CMD_DISC`, end of stream, a protocol violation or
-//! server shutdown; in every case the in-flight futures finish before the
-//! writer is told to close, and each future's in-flight count is released by
-//! a guard even if the future is dropped.
+//! Reading stops on `NBD_CMD_DISC`, end of stream, a protocol violation,
+//! a write failure or server shutdown; then the requests in flight finish
+//! and their replies go out within [`DRAIN_TIMEOUT`]. Requests still
+//! running after it are detached, not dropped (a volume write cut off
+//! half-way would leave redundancy wrong); FLUSH needs no ordering here:
+//! every write acknowledged before it has completed.
 
-use std::io;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use futures::future::{FutureExt, OptionFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 
 use super::catalog::Export;
 use super::limits::NbdLimits;
 use super::proto::{self, errno, Command, Request};
-use crate::block::{BlockError, Durability};
+use super::request::{self, Charge, Context, Reply};
+use super::wire::{Inbox, Outbox, MAX_IOV};
+use crate::block::BlockError;
 use crate::export::in_flight::InFlightRequests;
-use crate::units::ByteOffset;
 
 /// Requests in flight per connection before the reader stops reading.
 pub const MAX_IN_FLIGHT: usize = 128;
@@ -79,34 +91,6 @@ pub fn errno_to_nbd(code: i32) -> u32 {
     }
 }
 
-/// A failed request: NBD error value and a message for the client.
-#[derive(Debug)]
-struct Failure {
-    error: u32,
-    message: String,
-}
-
-impl Failure {
-    fn new(error: u32, message: impl Into<String>) -> Self {
-        Failure {
-            error,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<BlockError> for Failure {
-    fn from(e: BlockError) -> Self {
-        Failure::new(nbd_error(&e), e.to_string())
-    }
-}
-
-/// The byte permits of one READ/WRITE: its connection's and the server's.
-type BytePermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
-
-/// An encoded reply and the byte permits it holds until it is written.
-type Outgoing = (Vec<u8>, BytePermits);
-
 /// One connection in transmission.
 #[derive(Debug)]
 pub struct Session {
@@ -120,300 +104,472 @@ pub struct Session {
     pub limits: NbdLimits,
     /// The server-wide byte pool.
     pub memory: Arc<Semaphore>,
+    /// The server-wide budget of bytes in the volume at once.
+    pub device_budget: Arc<Semaphore>,
 }
 
-/// How a step of the reader loop ends the connection: `Err` carries what
-/// [`Session::run`] returns.
-type Step<T> = Result<T, io::Result<Ending>>;
+/// How the connection ends: `Err` is a socket error other than the
+/// client going away.
+type End = io::Result<Ending>;
 
-/// What stops the reader whatever it is waiting for: server shutdown, or
-/// the writer task gone (replies can no longer be written).
-struct Stops {
-    shutdown: watch::Receiver<bool>,
-    writer_dead: oneshot::Receiver<()>,
+/// Waiting for the server pool's bytes.
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A request parsed and waiting for its bytes.
+struct Waiting {
+    req: Request,
+    bytes: u64,
+    acquire: Option<Acquire>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Stops {
-    /// Runs `fut` unless a stop comes first.
-    async fn or_stop<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Step<T> {
-        tokio::select! {
-            v = fut => Ok(v),
-            _ = self.shutdown.wait_for(|stop| *stop) => Err(Ok(Ending::Shutdown)),
-            _ = &mut self.writer_dead => Err(Ok(Ending::WriteFailed)),
-        }
+/// A WRITE whose bytes are held and whose payload is being read.
+struct Payload {
+    req: Request,
+    data: Vec<u8>,
+    filled: usize,
+    charge: Charge,
+    since: Instant,
+}
+
+/// A request ready to run.
+struct Start {
+    ctx: Arc<Context>,
+    req: Request,
+    payload: Vec<u8>,
+    charge: Charge,
+    guard: crate::export::in_flight::InFlightRequest,
+}
+
+impl Start {
+    /// The request's future. A panic in it (a bug) fails only this
+    /// request with EIO: the connection and its other requests, writes
+    /// among them, go on rather than being dropped half-way.
+    fn run(self) -> impl Future<Output = Reply> + Send + 'static {
+        let (cookie, structured) = (self.req.cookie, self.ctx.structured);
+        let held = self.charge.connection;
+        let serve = request::serve(self.ctx, self.req, self.payload, self.charge, self.guard);
+        AssertUnwindSafe(serve).catch_unwind().map(move |done| {
+            done.unwrap_or_else(|_| {
+                tracing::error!(cookie, "NBD request panicked, failed with EIO");
+                request::panicked(cookie, structured, held)
+            })
+        })
     }
 }
 
-/// The connection's limits on what its requests hold: requests in flight
-/// and bytes buffered.
-struct ConnectionPools {
-    requests: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
+/// What woke the loop.
+enum Event {
+    Stop,
+    Timer,
+    Bytes(Option<Result<OwnedSemaphorePermit, AcquireError>>),
+    Done(Reply),
+    Wrote(io::Result<usize>),
+    Read(io::Result<usize>),
+    Idle,
+}
+
+/// The connection's state outside its request futures.
+struct Pipeline<'s, R, W> {
+    session: &'s Session,
+    ctx: Arc<Context>,
+    reader: R,
+    inbox: Inbox,
+    payload: Option<Payload>,
+    waiting: Option<Waiting>,
+    writer: W,
+    writer_alive: bool,
+    outbox: Outbox,
+    /// Bytes of the connection's pool held, and its size.
+    held: u64,
+    pool: u64,
+    end: Option<End>,
+    drain_until: Option<Instant>,
 }
 
 impl Session {
     /// Serves requests until the connection ends; returns why it ended.
     pub async fn run<R, W>(
         self,
-        mut reader: R,
+        reader: R,
         writer: W,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<Ending>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin,
     {
-        let session = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-        let (dead_tx, writer_dead) = oneshot::channel::<()>();
-        let limit = session.limits.write_timeout;
-        let writer_task = tokio::spawn(write_replies(writer, rx, dead_tx, limit));
-        let mut stops = Stops {
-            shutdown,
-            writer_dead,
-        };
-        let bytes = usize::try_from(session.limits.connection_memory).unwrap_or(usize::MAX);
-        let pools = ConnectionPools {
-            requests: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
-        };
-        let mut tasks = JoinSet::new();
-        let ending = loop {
-            while tasks.try_join_next().is_some() {}
-            let step = session
-                .start_next(&mut reader, &mut stops, &pools, &tx, &mut tasks)
-                .await;
-            if let Err(ending) = step {
-                break ending;
+        let mut pl = Pipeline::new(&self, reader, writer);
+        let mut inflight = FuturesUnordered::new();
+        let stop = shutdown.wait_for(|stop| *stop);
+        tokio::pin!(stop);
+        let mut stopped = false;
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        loop {
+            while pl.end.is_none() {
+                match pl.next_start(inflight.len()) {
+                    Ok(Some(start)) => inflight.push(start.run()),
+                    Ok(None) => break,
+                    Err(end) => pl.close(end),
+                }
             }
-        };
-        drain(tasks, tx, writer_task).await;
-        ending
+            if pl.finished(inflight.is_empty()) {
+                break;
+            }
+            let deadline = pl.next_deadline();
+            if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
+                timer.as_mut().reset(d);
+            }
+            let event = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = if pl.writer_alive {
+                    pl.outbox.slices(&mut iov)
+                } else {
+                    0
+                };
+                let can_read = pl.can_read(inflight.len());
+                let acquire = pl.waiting.as_mut().and_then(|w| w.acquire.as_mut());
+                let waits = acquire.is_some();
+                let acquire = OptionFuture::from(acquire);
+                let reading = read_some(&mut pl.reader, &mut pl.inbox, &mut pl.payload);
+                tokio::select! {
+                    biased;
+                    _ = &mut stop, if !stopped => Event::Stop,
+                    _ = &mut timer, if deadline.is_some() => Event::Timer,
+                    r = acquire, if waits => Event::Bytes(r),
+                    Some(reply) = inflight.next(), if !inflight.is_empty() => Event::Done(reply),
+                    r = pl.writer.write_vectored(&iov[..n]), if n > 0 => Event::Wrote(r),
+                    r = reading, if can_read => Event::Read(r),
+                    else => Event::Idle,
+                }
+            };
+            match event {
+                Event::Stop => {
+                    stopped = true;
+                    pl.close(Ok(Ending::Shutdown));
+                }
+                Event::Timer => {
+                    if pl.on_timer(&mut timer) {
+                        detach(inflight, pl.outbox.is_empty());
+                        break;
+                    }
+                }
+                Event::Bytes(r) => pl.on_bytes(r),
+                Event::Done(reply) => pl.on_done(reply),
+                Event::Wrote(r) => pl.on_wrote(r),
+                Event::Read(r) => pl.on_read(r),
+                Event::Idle => pl.close(Ok(Ending::ClientGone)),
+            }
+        }
+        pl.shut_writer().await;
+        pl.end.unwrap_or(Ok(Ending::ClientGone))
+    }
+}
+
+/// Reads what the client sent: into the WRITE payload being read if it
+/// still wants bytes (the inbox is empty then), else into the inbox.
+/// Cancel-safe: a read either happened or did not.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    inbox: &mut Inbox,
+    payload: &mut Option<Payload>,
+) -> io::Result<usize> {
+    match payload {
+        Some(p) if p.filled < p.data.len() => reader.read(&mut p.data[p.filled..]).await,
+        _ => reader.read(inbox.space()).await,
+    }
+}
+
+/// Leaves the requests still running after the drain timeout to finish
+/// on their own (unanswered): a volume request cut off half-way (a RAID-5
+/// stripe with its data written and its parity not, a journal entry in
+/// flight without its stripe lock) would leave redundancy wrong with no
+/// crash to resync it.
+fn detach<F>(mut inflight: FuturesUnordered<F>, replies_written: bool)
+where
+    F: Future<Output = Reply> + Send + 'static,
+{
+    if !inflight.is_empty() {
+        tracing::warn!(
+            left = inflight.len(),
+            "NBD client not reading replies, leaving its requests to finish unanswered"
+        );
+        tokio::spawn(async move { while inflight.next().await.is_some() {} });
+    }
+    if !replies_written {
+        tracing::warn!("NBD client not reading replies, closing");
+    }
+}
+
+impl<'s, R, W> Pipeline<'s, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(session: &'s Session, reader: R, writer: W) -> Self {
+        let ctx = Arc::new(Context {
+            export: session.export.clone(),
+            structured: session.structured,
+            device_budget: session.device_budget.clone(),
+        });
+        Pipeline {
+            session,
+            ctx,
+            reader,
+            inbox: Inbox::new(),
+            payload: None,
+            waiting: None,
+            writer,
+            writer_alive: true,
+            outbox: Outbox::default(),
+            held: 0,
+            pool: session.limits.connection_memory,
+            end: None,
+            drain_until: None,
+        }
     }
 
-    /// Reads the next request (with its WRITE payload) and starts it.
-    async fn start_next<R: AsyncRead + Unpin>(
-        self: &Arc<Self>,
-        reader: &mut R,
-        stops: &mut Stops,
-        pools: &ConnectionPools,
-        tx: &mpsc::Sender<Outgoing>,
-        tasks: &mut JoinSet<()>,
-    ) -> Step<()> {
-        let permit = stops
-            .or_stop(pools.requests.clone().acquire_owned())
-            .await?;
-        let permit = permit.map_err(|_| Ok(Ending::ProtocolError))?;
-        let req = read_request(reader, stops).await?;
-        // Bounded by MAX_PAYLOAD below (WRITE) or refused in validate (READ).
-        let buffered = match req.command {
+    /// Stops reading requests; the first reason to end is kept.
+    fn close(&mut self, end: End) {
+        if self.end.is_none() {
+            self.end = Some(end);
+            self.drain_until = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+        if let Some(p) = self.payload.take() {
+            self.release(p.charge);
+        }
+        self.waiting = None;
+    }
+
+    fn release(&mut self, charge: Charge) {
+        self.held -= charge.connection;
+    }
+
+    /// Done once reading stopped, every request ended and every reply
+    /// went out (or cannot).
+    fn finished(&self, idle: bool) -> bool {
+        self.end.is_some() && idle && (self.outbox.is_empty() || !self.writer_alive)
+    }
+
+    fn can_read(&self, in_flight: usize) -> bool {
+        let wants_payload = self
+            .payload
+            .as_ref()
+            .is_some_and(|p| p.filled < p.data.len());
+        self.end.is_none() && self.waiting.is_none() && (wants_payload || in_flight < MAX_IN_FLIGHT)
+    }
+
+    /// The earliest of: the first reply's write deadline, the WRITE
+    /// payload's, the drain's.
+    fn next_deadline(&self) -> Option<Instant> {
+        let limit = self.session.limits.write_timeout;
+        let reply = self
+            .outbox
+            .waiting_since()
+            .filter(|_| self.writer_alive)
+            .map(|t| t + limit);
+        let payload = self.payload.as_ref().map(|p| p.since + limit);
+        [reply, payload, self.drain_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Acts on the deadlines that passed; true once the drain is over.
+    fn on_timer(&mut self, timer: &mut Pin<&mut tokio::time::Sleep>) -> bool {
+        let now = Instant::now();
+        let limit = self.session.limits.write_timeout;
+        if self.drain_until.is_some_and(|d| d <= now) {
+            return true;
+        }
+        let stuck = self
+            .outbox
+            .waiting_since()
+            .is_some_and(|t| t + limit <= now);
+        if self.writer_alive && stuck {
+            tracing::warn!("NBD client not reading replies for {limit:?}, closing");
+            self.writer_gone();
+        }
+        if let Some(p) = self.payload.as_ref().filter(|p| p.since + limit <= now) {
+            tracing::warn!(
+                length = p.req.length,
+                "NBD write payload not received within {limit:?}, closing"
+            );
+            self.close(Ok(Ending::PayloadStalled));
+        }
+        if let Some(d) = self.next_deadline() {
+            timer.as_mut().reset(d);
+        }
+        false
+    }
+
+    fn writer_gone(&mut self) {
+        self.writer_alive = false;
+        self.held -= self.outbox.clear();
+        self.close(Ok(Ending::WriteFailed));
+    }
+
+    fn on_bytes(&mut self, r: Option<Result<OwnedSemaphorePermit, AcquireError>>) {
+        match (r, self.waiting.as_mut()) {
+            (Some(Ok(permit)), Some(w)) => {
+                w.permit = Some(permit);
+                w.acquire = None;
+            }
+            _ => self.close(Ok(Ending::ProtocolError)),
+        }
+    }
+
+    fn on_done(&mut self, reply: Reply) {
+        if self.writer_alive {
+            self.outbox.push(reply);
+        } else {
+            self.release(reply.charge);
+        }
+    }
+
+    fn on_wrote(&mut self, r: io::Result<usize>) {
+        match r {
+            Ok(0) => self.writer_gone(),
+            Ok(n) => self.held -= self.outbox.advance(n),
+            Err(e) => {
+                if !is_gone(&e) {
+                    tracing::warn!(error = %e, "NBD reply write failed");
+                }
+                self.writer_gone();
+            }
+        }
+    }
+
+    fn on_read(&mut self, r: io::Result<usize>) {
+        match r {
+            Ok(0) => self.close(Ok(Ending::ClientGone)),
+            Ok(n) => match &mut self.payload {
+                Some(p) if p.filled < p.data.len() => p.filled += n,
+                _ => self.inbox.filled(n),
+            },
+            Err(e) if is_gone(&e) => self.close(Ok(Ending::ClientGone)),
+            Err(e) => self.close(Err(e)),
+        }
+    }
+
+    /// The next request that can start, if any: a WRITE whose payload is
+    /// all here, a request whose bytes are now held, or a new header.
+    fn next_start(&mut self, in_flight: usize) -> Result<Option<Start>, End> {
+        loop {
+            if let Some(p) = &mut self.payload {
+                p.filled += self.inbox.take_into(&mut p.data[p.filled..]);
+                if p.filled < p.data.len() {
+                    return Ok(None);
+                }
+                return Ok(self
+                    .payload
+                    .take()
+                    .map(|p| self.start(p.req, p.data, p.charge)));
+            }
+            if let Some(mut w) = self.waiting.take() {
+                let Some(charge) = self.try_charge(&mut w) else {
+                    self.waiting = Some(w);
+                    return Ok(None);
+                };
+                if w.req.command != Command::Write {
+                    return Ok(Some(self.start(w.req, Vec::new(), charge)));
+                }
+                self.payload = Some(Payload {
+                    req: w.req,
+                    data: vec![0u8; w.req.length as usize],
+                    filled: 0,
+                    charge,
+                    since: Instant::now(),
+                });
+                continue;
+            }
+            if in_flight >= MAX_IN_FLIGHT {
+                return Ok(None);
+            }
+            let Some(head) = self.inbox.next_header() else {
+                return Ok(None);
+            };
+            self.waiting = Some(self.parse(&head)?);
+        }
+    }
+
+    fn parse(&self, head: &[u8; proto::REQUEST_LEN]) -> Result<Waiting, End> {
+        let req = proto::parse_request(head).map_err(|e| {
+            tracing::warn!(error = %e, "NBD protocol error, closing connection");
+            Ok(Ending::ProtocolError)
+        })?;
+        let bytes = match req.command {
+            Command::Disconnect => return Err(Ok(Ending::Disconnect)),
+            Command::Write if req.length > proto::MAX_PAYLOAD => {
+                tracing::warn!(
+                    length = req.length,
+                    "NBD write larger than the maximum block size, closing connection"
+                );
+                return Err(Ok(Ending::ProtocolError));
+            }
+            // Bounded by MAX_PAYLOAD (WRITE above, READ refused later).
             Command::Read | Command::Write => self
+                .session
                 .limits
                 .request_bytes(req.length.min(proto::MAX_PAYLOAD)),
             _ => 0,
         };
-        let byte_permits = stops
-            .or_stop(acquire_bytes(&pools.bytes, &self.memory, buffered))
-            .await?
-            .ok_or(Ok(Ending::ProtocolError))?;
-        let payload = self.read_payload(reader, stops, &req).await?;
-        let guard = self.in_flight.begin();
-        let tx = tx.clone();
-        let session = self.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            let _guard = guard;
-            let reply = session.execute(req, payload).await;
-            // The writer is gone only if the client is; nothing to tell.
-            let _ = tx.send((reply, byte_permits)).await;
-        });
-        Ok(())
+        Ok(Waiting {
+            req,
+            bytes: u64::from(bytes),
+            acquire: None,
+            permit: None,
+        })
     }
 
-    /// Reads a WRITE's payload (nothing for other commands). Its bytes are
-    /// already held from both pools: a client that sends the header and
-    /// then stalls would pin them (and with enough connections the whole
-    /// server pool) forever. It gets the write timeout to deliver them,
-    /// and shutdown does not wait for it.
-    async fn read_payload<R: AsyncRead + Unpin>(
-        &self,
-        reader: &mut R,
-        stops: &mut Stops,
-        req: &Request,
-    ) -> Step<Vec<u8>> {
-        if req.command != Command::Write {
-            return Ok(Vec::new());
+    /// Takes the request's bytes from the connection's pool, then from the
+    /// server's; `None` (and an acquisition to wait on) if either is short.
+    fn try_charge(&mut self, w: &mut Waiting) -> Option<Charge> {
+        if w.bytes == 0 {
+            return Some(Charge::default());
         }
-        if req.length > proto::MAX_PAYLOAD {
-            tracing::warn!(
-                length = req.length,
-                "NBD write larger than the maximum block size, closing connection"
-            );
-            return Err(Ok(Ending::ProtocolError));
+        // Only this connection takes from its pool: once the bytes fit
+        // they stay free while the server pool is awaited.
+        if self.held + w.bytes > self.pool {
+            return None;
         }
-        let mut buf = vec![0u8; req.length as usize];
-        let limit = self.limits.write_timeout;
-        let got = stops
-            .or_stop(tokio::time::timeout(limit, reader.read_exact(&mut buf)))
-            .await?;
-        match got {
-            Ok(Ok(_)) => Ok(buf),
-            Ok(Err(e)) if is_gone(&e) => Err(Ok(Ending::ClientGone)),
-            Ok(Err(e)) => Err(Err(e)),
-            Err(_) => {
-                tracing::warn!(
-                    length = req.length,
-                    "NBD write payload not received within {limit:?}, closing"
-                );
-                Err(Ok(Ending::PayloadStalled))
-            }
-        }
-    }
-
-    /// Runs one request and encodes its reply.
-    async fn execute(&self, req: Request, payload: Vec<u8>) -> Vec<u8> {
-        let result = match self.validate(&req) {
-            Ok(()) => self.perform(&req, payload).await,
-            Err(f) => Err(f),
-        };
-        match result {
-            Ok(reply) => reply,
-            Err(f) => {
-                tracing::debug!(cookie = req.cookie, error = f.error, message = %f.message, "NBD request failed");
-                self.error_reply(req.cookie, &f)
-            }
-        }
-    }
-
-    fn validate(&self, req: &Request) -> Result<(), Failure> {
-        let cmd = req.command;
-        if let Command::Unknown(code) = cmd {
-            return Err(Failure::new(
-                errno::EINVAL,
-                format!("unknown command {code}"),
-            ));
-        }
-        let df_ok = self.structured || req.flags & proto::CMD_FLAG_DF == 0;
-        if req.flags & !cmd.allowed_flags() != 0 || !df_ok {
-            let msg = format!("flags {:#x} not valid for {cmd:?}", req.flags);
-            return Err(Failure::new(errno::EINVAL, msg));
-        }
-        let writes = matches!(cmd, Command::Write | Command::Trim | Command::WriteZeroes);
-        if writes && self.export.read_only {
-            return Err(Failure::new(errno::EPERM, "export is read-only"));
-        }
-        if cmd == Command::Read && req.length > proto::MAX_PAYLOAD {
-            let error = if req.flags & proto::CMD_FLAG_DF != 0 {
-                errno::EOVERFLOW
-            } else {
-                errno::EINVAL
-            };
-            return Err(Failure::new(
-                error,
-                "read larger than the maximum block size",
-            ));
-        }
-        if matches!(
-            cmd,
-            Command::Read | Command::Write | Command::Trim | Command::WriteZeroes | Command::Cache
-        ) {
-            let size = self.export.device.size();
-            let end = req.offset.checked_add(u64::from(req.length));
-            if end.is_none_or(|end| end > size) {
-                let error = if matches!(cmd, Command::Write | Command::WriteZeroes) {
-                    errno::ENOSPC
-                } else {
-                    errno::EINVAL
-                };
-                let msg = format!(
-                    "request at {} of {} bytes is past the end of the export ({size} bytes)",
-                    req.offset, req.length
-                );
-                return Err(Failure::new(error, msg));
-            }
-        }
-        Ok(())
-    }
-
-    async fn perform(&self, req: &Request, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
-        let dev = &self.export.device;
-        let offset = ByteOffset(req.offset);
-        let len = u64::from(req.length);
-        let fua = req.flags & proto::CMD_FLAG_FUA != 0;
-        match req.command {
-            Command::Read => return self.read(req).await,
-            Command::Write => {
-                let durability = if fua {
-                    Durability::Fua
-                } else {
-                    Durability::Normal
-                };
-                dev.write(offset, &payload, durability).await?;
-            }
-            Command::Flush => dev.flush().await?,
-            Command::Trim => {
-                if len > 0 {
-                    dev.discard(offset, len).await?;
-                    if fua {
-                        dev.flush().await?;
+        let n = w.bytes as u32;
+        let permit = match w.permit.take() {
+            Some(p) => p,
+            None => match self.session.memory.clone().try_acquire_many_owned(n) {
+                Ok(p) => p,
+                Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                    if w.acquire.is_none() {
+                        let pool = self.session.memory.clone();
+                        w.acquire = Some(Box::pin(pool.acquire_many_owned(n)));
                     }
+                    return None;
                 }
-            }
-            Command::WriteZeroes => {
-                if len > 0 {
-                    let may_unmap = req.flags & proto::CMD_FLAG_NO_HOLE == 0;
-                    dev.write_zeroes(offset, len, may_unmap).await?;
-                    if fua {
-                        dev.flush().await?;
-                    }
-                }
-            }
-            // Range already validated; there is no cache to warm.
-            Command::Cache => {}
-            Command::Disconnect | Command::Unknown(_) => {
-                return Err(Failure::new(errno::EINVAL, "unexpected command"));
-            }
-        }
-        Ok(proto::simple_reply(req.cookie, 0).to_vec())
-    }
-
-    /// Reads straight into the reply buffer, behind its header.
-    async fn read(&self, req: &Request) -> Result<Vec<u8>, Failure> {
-        if req.length == 0 {
-            let mut out = Vec::new();
-            if self.structured {
-                proto::encode_none(&mut out, req.cookie);
-            } else {
-                out.extend_from_slice(&proto::simple_reply(req.cookie, 0));
-            }
-            return Ok(out);
-        }
-        let prefix = if self.structured {
-            proto::OFFSET_DATA_PREFIX
-        } else {
-            proto::SIMPLE_REPLY_LEN
+            },
         };
-        let mut buf = vec![0u8; prefix + req.length as usize];
-        self.export
-            .device
-            .read(ByteOffset(req.offset), &mut buf[prefix..])
-            .await?;
-        if self.structured {
-            proto::fill_offset_data_prefix(&mut buf, req.cookie, req.offset, true)
-                .ok_or_else(|| Failure::new(errno::EINVAL, "read too large for one chunk"))?;
-        } else {
-            buf[..prefix].copy_from_slice(&proto::simple_reply(req.cookie, 0));
-        }
-        Ok(buf)
+        self.held += w.bytes;
+        Some(Charge {
+            connection: w.bytes,
+            _server: Some(permit),
+        })
     }
 
-    fn error_reply(&self, cookie: u64, f: &Failure) -> Vec<u8> {
-        if self.structured {
-            let mut out = Vec::new();
-            proto::encode_error_chunk(&mut out, cookie, f.error, &f.message);
-            out
-        } else {
-            proto::simple_reply(cookie, f.error).to_vec()
+    fn start(&self, req: Request, payload: Vec<u8>, charge: Charge) -> Start {
+        Start {
+            ctx: self.ctx.clone(),
+            req,
+            payload,
+            charge,
+            guard: self.session.in_flight.begin(),
+        }
+    }
+
+    /// Ends the stream to the client, if it can still be written.
+    async fn shut_writer(&mut self) {
+        if self.writer_alive {
+            let limit = self.session.limits.write_timeout;
+            let _ = tokio::time::timeout(limit, self.writer.shutdown()).await;
         }
     }
 }
@@ -426,116 +582,4 @@ fn is_gone(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
-}
-
-/// Reads and parses the next request header; a disconnect ends the
-/// connection here.
-async fn read_request<R: AsyncRead + Unpin>(reader: &mut R, stops: &mut Stops) -> Step<Request> {
-    let mut head = [0u8; proto::REQUEST_LEN];
-    match stops.or_stop(reader.read_exact(&mut head)).await? {
-        Ok(_) => {}
-        Err(e) if is_gone(&e) => return Err(Ok(Ending::ClientGone)),
-        Err(e) => return Err(Err(e)),
-    }
-    let req = proto::parse_request(&head).map_err(|e| {
-        tracing::warn!(error = %e, "NBD protocol error, closing connection");
-        Ok(Ending::ProtocolError)
-    })?;
-    if req.command == Command::Disconnect {
-        return Err(Ok(Ending::Disconnect));
-    }
-    Ok(req)
-}
-
-/// Lets the requests of an ending connection finish and their replies go
-/// out, within [`DRAIN_TIMEOUT`] (a client that stops reading replies
-/// would stall the drain forever).
-async fn drain(
-    mut tasks: JoinSet<()>,
-    tx: mpsc::Sender<Outgoing>,
-    mut writer_task: tokio::task::JoinHandle<io::Result<()>>,
-) {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    let drained = tokio::time::timeout_at(deadline, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        // Detached, not aborted: a volume request cut off half-way (a
-        // RAID-5 stripe with its data written and its parity not, a
-        // journal entry in flight without its stripe lock) would leave
-        // redundancy wrong with no crash to resync it. They finish on
-        // their own; only their replies go nowhere.
-        tracing::warn!(
-            left = tasks.len(),
-            "NBD client not reading replies, leaving its requests to finish unanswered"
-        );
-        tasks.detach_all();
-    }
-    drop(tx);
-    match tokio::time::timeout_at(deadline, &mut writer_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) if is_gone(&e) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "NBD reply write failed"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "NBD writer task failed"),
-        Err(_) => {
-            tracing::warn!("NBD client not reading replies, closing");
-            writer_task.abort();
-        }
-    }
-}
-
-/// Takes `n` bytes from the connection's pool, then from the server's;
-/// `None` if a pool is closed (never: they live as long as the session).
-async fn acquire_bytes(
-    connection: &Arc<Semaphore>,
-    server: &Arc<Semaphore>,
-    n: u32,
-) -> Option<BytePermits> {
-    let mine = connection.clone().acquire_many_owned(n).await.ok()?;
-    let shared = server.clone().acquire_many_owned(n).await.ok()?;
-    Some((mine, shared))
-}
-
-/// Writes encoded replies in completion order; flushes when the queue is
-/// empty. A reply's byte permits go back once its bytes are in the socket
-/// (or in the writer's fixed 64 KiB buffer), not before. One reply (or the
-/// final flush) not written whole within `limit` fails the writer, however
-/// much of it went out: the queued replies and their permits are dropped
-/// with it. So a client must take a 32 MiB reply at more than
-/// 32 MiB / `limit` (about 1.1 MiB/s at the default 30 s) to stay.
-async fn write_replies<W: AsyncWrite + Unpin>(
-    writer: W,
-    mut rx: mpsc::Receiver<Outgoing>,
-    _dead: oneshot::Sender<()>,
-    limit: std::time::Duration,
-) -> io::Result<()> {
-    let mut w = BufWriter::with_capacity(64 * 1024, writer);
-    while let Some((reply, permits)) = rx.recv().await {
-        within(limit, w.write_all(&reply)).await?;
-        drop((reply, permits));
-        while let Ok((reply, permits)) = rx.try_recv() {
-            within(limit, w.write_all(&reply)).await?;
-            drop((reply, permits));
-        }
-        within(limit, w.flush()).await?;
-    }
-    w.shutdown().await
-}
-
-/// Runs a socket write, failing with `TimedOut` if it takes over `limit`.
-async fn within(
-    limit: std::time::Duration,
-    write: impl std::future::Future<Output = io::Result<()>>,
-) -> io::Result<()> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("NBD client not reading replies for {limit:?}, closing");
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client not reading replies",
-            ))
-        }
-    }
 }
