@@ -122,6 +122,8 @@ pub async fn create_array_with(
         ChecksumLayout::Separate => (0, layout.data_size),
         ChecksumLayout::Inline => (FLAG_INLINE_CSUM, physical_len(layout.data_size)),
     };
+    // Every new array keeps the written-region map (FORMAT.md §10).
+    let flags = flags | super::superblock::FLAG_WRITTEN_MAP;
     if !spec.force {
         for device in devices {
             refuse_occupied(device.as_ref()).await?;

@@ -36,6 +36,7 @@ pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;
 pub mod volume;
+pub mod written;
 
 mod level;
 mod no_space;
@@ -62,6 +63,7 @@ pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
 pub use rebuild::{RebuildControl, RebuildError, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};
 pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
+pub use written::WrittenRegions;
 
 use std::fmt;
 use std::str::FromStr;

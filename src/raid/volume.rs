@@ -208,6 +208,8 @@ pub struct Volume {
     /// space, or the array is served read-only unsynced after a crash. A
     /// RAID-5 never rebuilds data from them (`raid5::reconstruct`).
     untrusted_parity: Mutex<Vec<(u64, u64)>>,
+    /// Which regions were ever written (docs/FORMAT.md §10); `None`: all.
+    written: Option<Arc<dyn super::WrittenRegions>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -273,6 +275,7 @@ impl Volume {
             progress: Mutex::new(None),
             no_space_unsynced: AtomicBool::new(false),
             untrusted_parity: Mutex::new(Vec::new()),
+            written: None,
         })
     }
 
@@ -286,6 +289,18 @@ impl Volume {
             self.intent = Some(intent);
         }
         self
+    }
+
+    /// Makes rebuilds, resyncs and scrubs skip the regions `map` says
+    /// were never written (docs/FORMAT.md §10).
+    pub fn with_written(mut self, map: Arc<dyn super::WrittenRegions>) -> Volume {
+        self.written = Some(map);
+        self
+    }
+
+    /// The written-region map, if the array keeps one.
+    pub fn written(&self) -> Option<&Arc<dyn super::WrittenRegions>> {
+        self.written.as_ref()
     }
 
     /// Makes resyncs reseal the members' block checksums through `hook`
