@@ -339,6 +339,10 @@ impl crate::raid::WrittenRegions for WrittenMap {
     fn is_written(&self, start: u64, end: u64) -> bool {
         self.lock().is_written(start, end)
     }
+
+    fn written_bytes(&self) -> u64 {
+        WrittenMap::written_bytes(self)
+    }
 }
 
 #[cfg(test)]

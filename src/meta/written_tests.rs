@@ -7,7 +7,8 @@ const TIB: u64 = 1 << 40;
 fn shift_stays_at_the_bitmap_region_up_to_28_tib_then_coarsens() {
     assert_eq!(written_shift(26, 4 * TIB), 26);
     assert_eq!(written_shift(26, 16 * TIB), 26);
-    assert_eq!(written_shift(26, 28 * TIB - GIB), 26);
+    assert_eq!(written_shift(26, 27 * TIB), 26);
+    assert_eq!(written_shift(26, 28 * TIB), 27);
     assert_eq!(written_shift(26, 40 * TIB), 27);
     for size in [GIB, 16 * TIB, 100 * TIB, 1 << 62] {
         let w = WrittenImage::empty(written_shift(26, size), size);

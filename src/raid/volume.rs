@@ -210,6 +210,8 @@ pub struct Volume {
     untrusted_parity: Mutex<Vec<(u64, u64)>>,
     /// Which regions were ever written (docs/FORMAT.md §10); `None`: all.
     written: Option<Arc<dyn super::WrittenRegions>>,
+    /// The final progress of the last pass that ended.
+    last_sync: Mutex<Option<super::SyncProgress>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -276,6 +278,7 @@ impl Volume {
             no_space_unsynced: AtomicBool::new(false),
             untrusted_parity: Mutex::new(Vec::new()),
             written: None,
+            last_sync: Mutex::new(None),
         })
     }
 
@@ -358,7 +361,26 @@ impl Volume {
 
     /// Shows `tracker` as the running pass's progress (`None`: no pass).
     pub(super) fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
+        let old = std::mem::replace(
+            &mut *self.progress.lock().unwrap_or_else(|e| e.into_inner()),
+            tracker,
+        );
+        self.keep_last(old);
+    }
+
+    /// Remembers the final progress of a pass that ended.
+    fn keep_last(&self, ended: Option<Arc<SyncTracker>>) {
+        if let Some(t) = ended {
+            *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.snapshot());
+        }
+    }
+
+    /// The final progress of the last pass that ended in this run.
+    pub fn last_sync(&self) -> Option<super::SyncProgress> {
+        self.last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Clears the progress slot if it still shows `mine` (another pass may
@@ -366,7 +388,9 @@ impl Volume {
     pub(super) fn clear_progress_if(&self, mine: &Arc<SyncTracker>) {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         if p.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, mine)) {
-            *p = None;
+            let old = p.take();
+            drop(p);
+            self.keep_last(old);
         }
     }
 

@@ -16,6 +16,8 @@ pub trait WrittenRegions: Send + Sync + std::fmt::Debug {
     fn region_size(&self) -> u64;
     /// Was any region overlapping member bytes `start..end` ever written?
     fn is_written(&self, start: u64, end: u64) -> bool;
+    /// Bytes of member data counted as written.
+    fn written_bytes(&self) -> u64;
 }
 
 /// `a..b` cut at region boundaries, each piece with whether it is written
@@ -53,7 +55,10 @@ mod tests {
             64
         }
         fn is_written(&self, start: u64, _end: u64) -> bool {
-            (start / 64) % self.0 == 0
+            (start / 64).is_multiple_of(self.0)
+        }
+        fn written_bytes(&self) -> u64 {
+            0
         }
     }
 
