@@ -198,6 +198,19 @@ impl WrittenImage {
         1 << self.shift
     }
 
+    /// Bytes of a data area of `data_size` bytes in set regions (the last
+    /// region may be partial).
+    pub fn bytes(&self, data_size: u64) -> u64 {
+        let full = self.count() * self.region_size();
+        let last = self.regions.saturating_sub(1);
+        let overhang = (self.regions << self.shift).saturating_sub(data_size);
+        if self.regions > 0 && self.get(last) {
+            full - overhang
+        } else {
+            full
+        }
+    }
+
     /// Regions set.
     pub fn count(&self) -> u64 {
         self.bits.iter().map(|b| u64::from(b.count_ones())).sum()
@@ -291,8 +304,7 @@ impl WrittenMap {
 
     /// Bytes of the data area counted as written.
     pub fn written_bytes(&self) -> u64 {
-        let w = self.lock();
-        (w.count() * w.region_size()).min(self.data_size)
+        self.lock().bytes(self.data_size)
     }
 
     /// Writes the image to every present member and flushes; succeeds if

@@ -76,6 +76,16 @@ fn absorb_coarsens_bitmap_bits() {
 }
 
 #[test]
+fn bytes_count_the_partial_last_region_as_far_as_the_data_goes() {
+    let size = 3 * (1 << 26) + 4096;
+    let mut w = WrittenImage::empty(26, size);
+    w.set_range(0, 1);
+    assert_eq!(w.bytes(size), 1 << 26);
+    w.set_range(size - 1, size);
+    assert_eq!(w.bytes(size), (1 << 26) + 4096);
+}
+
+#[test]
 fn tail_bits_past_the_last_region_are_ignored() {
     let size = 10 << 26;
     let mut raw = WrittenImage::all_set(26, size).encode();
