@@ -141,7 +141,7 @@ fn raid5_over_4x4tib_rebuilds_and_scrubs_only_the_written_regions() {
     eprintln!("written regions per member: {} MiB", written / MIB);
     // Each run covers 256/3 MiB of every member: two or three regions.
     assert!(
-        written >= 4 * 2 * REGION && written <= 4 * 3 * REGION,
+        (4 * 2 * REGION..=4 * 3 * REGION).contains(&written),
         "{written}"
     );
 
