@@ -392,7 +392,8 @@ impl Volume {
         match &result {
             Ok(bytes) => {
                 self.promote_incoming(member);
-                tracing::info!(volume = %self.volume_name(), %member, bytes, "rebuild finished; member in sync");
+                let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
+                tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
             }
             // Cancelled (shutdown): the target stays attached; the caller
             // records its progress and resumes later.
