@@ -67,6 +67,15 @@ fn replace_killed_mid_copy(dir: &Path, ctl: &Path) -> (Vec<PathBuf>, PathBuf, u6
     create_array(5, "64K", "256M", "vol", &paths);
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let server = serve(ctl, &refs);
+    // Every region written first: a replace skips regions never written
+    // (FORMAT.md §10), and this needs one long enough to checkpoint.
+    run_ok(std::process::Command::new("fio").args([
+        "--name=fill",
+        "--ioengine=nbd",
+        &format!("--uri={}", server.uri("vol")),
+        "--rw=write",
+        "--bs=1M",
+    ]));
     fio_ok(&server.uri("vol"), "before", "64M", "0", false);
     // A clean stop: no bitmap bit left to resync, so the resume point is the
     // checkpoint itself.

@@ -130,6 +130,12 @@ fn raid5_spare_rebuild_killed_resumes_from_checkpoint_under_load() {
     let paths = member_paths(dir.path(), 3);
     create_array(5, "64K", "320M", "vol0", &paths);
     let server = Server::start(&args_of(&paths));
+    // Every region written first: the rebuild skips regions never written
+    // (FORMAT.md §10), and this test needs one long enough to checkpoint.
+    fio(
+        &server.uri("vol0"),
+        &["--rw=write", "--bs=1M", "--verify=0"],
+    );
     fio(
         &server.uri("vol0"),
         &[

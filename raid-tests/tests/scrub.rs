@@ -458,6 +458,9 @@ fn scrub_under_fio_writes_finds_nothing_and_shows_progress() {
     let server = Server::start(&args_of(&ctl, &paths));
     let uri = server.uri("vol0");
     vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "40"]);
+    // Region 0 (all of these members) written before the scrub starts: it
+    // skips regions never written (FORMAT.md §10).
+    qemu_io(&uri, &["write -P 5 0 1M".into(), "flush".into()]);
 
     // Act
     let fio = spawn_fio(&uri, "under-scrub", "24M", "0");
@@ -508,6 +511,11 @@ fn scrub_refuses_bad_requests_and_a_rebuild_cancels_it() {
     let ctl = dir.path().join("ctl.sock");
     let server = Server::start(&args_of(&ctl, &paths));
     vraid_ctl_ok(&ctl, &["set", "mirror", "--rebuild-max-mbps", "1"]);
+    // Written, or the scrub skips it all (FORMAT.md §10).
+    qemu_io(
+        &server.uri("mirror"),
+        &["write -P 5 0 1M".into(), "flush".into()],
+    );
     let new = dir.path().join("new.img");
     std::fs::File::create(&new)
         .unwrap()

@@ -134,6 +134,8 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
             "journal",
             "checksum_cache",
             "replace",
+            "last_sync",
+            "written_bytes",
         ])
     );
     assert_eq!(
@@ -156,7 +158,7 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
         keys(&v["journal"]),
         set(&["batches", "entries", "checkpoints"])
     );
-    for idle in ["sync", "last_scrub", "replace"] {
+    for idle in ["sync", "last_scrub", "replace", "last_sync"] {
         assert!(v[idle].is_null(), "{idle}: {v}");
     }
 
@@ -179,7 +181,8 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
             "done_bytes",
             "total_bytes",
             "bytes_per_sec",
-            "eta_secs"
+            "eta_secs",
+            "skipped_bytes"
         ])
     );
     assert_eq!(
@@ -210,6 +213,7 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
         "repaired",
         "repair",
         "bytes_checked",
+        "skipped_bytes",
         "members",
         "degraded",
         "cancelled",

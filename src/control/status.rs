@@ -217,6 +217,14 @@ pub struct EngineStatus {
     pub checksum_cache: Option<crate::integrity::CacheStats>,
     /// The replace running (`null`: none).
     pub replace: Option<ReplaceStatus>,
+    /// The final progress of the last rebuild, recovery, resync or scrub
+    /// that ended in this run (`null`: none yet).
+    #[serde(default)]
+    pub last_sync: Option<SyncStatus>,
+    /// Bytes of each member's data area counted as ever written (the
+    /// written-region map, FORMAT.md §10; `null`: the array keeps none).
+    #[serde(default)]
+    pub written_bytes: Option<u64>,
 }
 
 /// What a running pass does: a `raid::SyncKind`, or a replace (which runs
@@ -281,6 +289,9 @@ pub struct SyncStatus {
     pub bytes_per_sec: f64,
     /// Seconds left at that rate.
     pub eta_secs: Option<f64>,
+    /// Of `done_bytes`, skipped because never written (FORMAT.md §10).
+    #[serde(default)]
+    pub skipped_bytes: u64,
 }
 
 impl SyncStatus {
@@ -293,6 +304,7 @@ impl SyncStatus {
             total_bytes: p.total_bytes,
             bytes_per_sec: p.bytes_per_sec,
             eta_secs: p.eta_secs,
+            skipped_bytes: p.skipped_bytes,
         }
     }
 
@@ -415,6 +427,9 @@ pub struct ScrubStatus {
     pub repair: bool,
     /// Member bytes read and checked (summed over members).
     pub bytes_checked: u64,
+    /// Bytes of each member's data area skipped as never written.
+    #[serde(default)]
+    pub skipped_bytes: u64,
     /// Per member, by role.
     pub members: Vec<MemberScrubStatus>,
     /// A member was down for part of the pass.
@@ -447,6 +462,7 @@ impl ScrubStatus {
             repaired: report.repaired(),
             repair: report.repair,
             bytes_checked: report.bytes_checked,
+            skipped_bytes: report.skipped_bytes,
             members: report.members.iter().map(MemberScrubStatus::from).collect(),
             degraded: report.degraded,
             cancelled: report.cancelled,

@@ -52,6 +52,8 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "journal",
             "checksum_cache",
             "replace",
+            "last_sync",
+            "written_bytes",
         ])
     );
     assert_eq!(
@@ -78,7 +80,8 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "done_bytes",
             "total_bytes",
             "bytes_per_sec",
-            "eta_secs"
+            "eta_secs",
+            "skipped_bytes"
         ])
     );
     assert_eq!(
@@ -94,6 +97,7 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "repaired",
             "repair",
             "bytes_checked",
+            "skipped_bytes",
             "members",
             "degraded",
             "cancelled",
@@ -183,6 +187,7 @@ pub(crate) fn sample_reply() -> StatusReply {
                     total_bytes: 8 << 20,
                     bytes_per_sec: 1048576.5,
                     eta_secs: Some(5.25),
+                    skipped_bytes: 1 << 20,
                 }),
                 spares: vec!["/spare".into()],
                 rebuild_max_mbps: 200,
@@ -197,6 +202,7 @@ pub(crate) fn sample_reply() -> StatusReply {
                     repaired: 1,
                     repair: true,
                     bytes_checked: 4096,
+                    skipped_bytes: 64 << 20,
                     members: vec![MemberScrubStatus {
                         role: 2,
                         checksum: 1,
@@ -224,6 +230,8 @@ pub(crate) fn sample_reply() -> StatusReply {
                     member: 1,
                     path: "/new".into(),
                 }),
+                last_sync: None,
+                written_bytes: Some(128 << 20),
             }),
         }],
         events: vec![Event {

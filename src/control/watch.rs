@@ -149,6 +149,7 @@ mod tests {
             total_bytes: total,
             bytes_per_sec: 0.0,
             eta_secs: None,
+            skipped_bytes: 0,
         }
     }
 

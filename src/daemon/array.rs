@@ -671,7 +671,11 @@ impl ArrayHandle {
                 self.name
             )));
         }
-        let window = match self.member_window(role, &device, true) {
+        let window = match self.wipe_joining(&device).await {
+            Ok(()) => self.member_window(role, &device, true),
+            Err(e) => Err(e),
+        };
+        let window = match window {
             Ok(w) => w,
             Err(e) => {
                 self.state().end_pass();
@@ -694,6 +698,7 @@ impl ArrayHandle {
             self.state().end_pass();
             return Err(e.into());
         }
+        self.share_written().await;
         self.event(
             "replace_started",
             Some(role),
@@ -769,6 +774,11 @@ impl ArrayHandle {
         !resync_pending
     }
 
+    /// Bytes the last pass that ended skipped as never written.
+    fn last_skipped(&self) -> u64 {
+        self.volume.last_sync().map_or(0, |p| p.skipped_bytes)
+    }
+
     async fn run_resync(&self, ranges: Vec<(u64, u64)>) {
         let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         self.event(
@@ -795,8 +805,9 @@ impl ArrayHandle {
                     "resync_finished",
                     None,
                     format!(
-                        "{}: resync finished: scanned {total} bytes, rewrote {rewritten} bytes",
-                        self.name
+                        "{}: resync finished: scanned {total} bytes, rewrote {rewritten} bytes, skipped {} bytes never written",
+                        self.name,
+                        self.last_skipped()
                     ),
                 );
             }
@@ -847,7 +858,7 @@ impl ArrayHandle {
                     "rebuild_finished",
                     Some(role),
                     format!(
-                        "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s)",
+                        "{}: {} of member {role} finished: copied {copied} bytes of {} in {secs:.2} s ({:.1} MB/s), skipped {} bytes never written",
                         self.name,
                         if replace {
                             "replace"
@@ -857,7 +868,8 @@ impl ArrayHandle {
                             "rebuild"
                         },
                         self.data_size,
-                        copied as f64 / secs.max(1e-6) / 1e6
+                        copied as f64 / secs.max(1e-6) / 1e6,
+                        self.last_skipped()
                     ),
                 );
             }
@@ -976,6 +988,7 @@ impl ArrayHandle {
     }
 
     async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
+        self.wipe_joining(&spare.device).await?;
         let window = self.member_window(role, &spare.device, true)?;
         self.volume
             .attach_rebuild_target(MemberIndex(role), window, 0)
@@ -990,7 +1003,46 @@ impl ArrayHandle {
             return Err(e.into());
         }
         self.member_joined(role, spare.device.clone(), uuid).await;
+        self.share_written().await;
         Ok(())
+    }
+
+    /// With the written-region map, a joining member is wiped like a
+    /// creation member before it is attached: the regions the copy skips
+    /// must read as zeroes with unknown checksums (docs/FORMAT.md §10).
+    async fn wipe_joining(&self, device: &Arc<dyn BlockDevice>) -> Result<(), DaemonError> {
+        if self.volume.written().is_none() {
+            return Ok(());
+        }
+        let from = meta::written::WRITTEN_OFFSET;
+        let wiped = async {
+            device
+                .write_zeroes(
+                    crate::units::ByteOffset(from),
+                    device.size().saturating_sub(from),
+                    true,
+                )
+                .await?;
+            device.flush().await
+        };
+        wiped.await.map_err(|e| {
+            DaemonError::Usage(format!(
+                "{}: wiping {} before it joins: {e}",
+                self.name,
+                device.name()
+            ))
+        })
+    }
+
+    /// Writes the written-region map to every present member (a member
+    /// that just joined holds none yet).
+    async fn share_written(&self) {
+        let Some(w) = self.bitmap.as_ref().and_then(|b| b.written()) else {
+            return;
+        };
+        if let Err(e) = w.persist(&self.metadata).await {
+            warn!("{}: writing the written-region map: {e}", self.name);
+        }
     }
 
     fn window(&self, device: &Arc<dyn BlockDevice>) -> Result<Arc<dyn BlockDevice>, DaemonError> {

@@ -155,11 +155,12 @@ pub(super) async fn tick(t: &mut Option<tokio::time::Interval>) {
 fn describe(name: &str, s: &LastScrub) -> String {
     let r = s;
     let mut text = format!(
-        "{name}: scrub {} ({}) in {:.1} s: checked {} bytes, found {} bad blocks (mismatch {}, checksum {}, io {}), repaired {}",
+        "{name}: scrub {} ({}) in {:.1} s: checked {} bytes, skipped {} bytes per member never written, found {} bad blocks (mismatch {}, checksum {}, io {}), repaired {}",
         s.outcome,
         if r.repair { "repair" } else { "check" },
         s.secs,
         r.bytes_checked,
+        r.skipped_bytes,
         s.found,
         s.mismatches,
         s.total().checksum,

@@ -28,7 +28,7 @@ use crate::integrity::{Checksums, InlineDevice};
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::layout::ChecksumLayout;
-use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap};
+use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap, WrittenMap};
 use crate::metrics::stats::{IoStats, StatsDevice};
 use crate::raid::{
     ChunkSize, Geometry, Level, MemberIndex, RaidError, RingLog, Volume, VolumeEvents,
@@ -409,8 +409,15 @@ async fn build_volume(
     let set = aopts
         .checksums
         .then(|| Checksums::with_cache(aopts.checksum_cache));
-    let bitmap = load_bitmap(assembly, aopts, set.as_ref()).await;
+    let written = load_written(assembly).await;
+    let bitmap = load_bitmap(assembly, aopts, set.as_ref(), written.as_ref()).await;
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
+    if let Some(w) = written
+        .as_ref()
+        .filter(|_| bitmap.is_none() && !aopts.read_only)
+    {
+        untracked_run(assembly, w).await?;
+    }
     let csum = set.zip(bitmap.clone()).map(|(set, bitmap)| CsumWiring {
         set,
         offset: assembly.layout.csum_offset,
@@ -424,6 +431,9 @@ async fn build_volume(
     let wrap = member_wrap(slots.clone(), csum.clone(), inline);
     let members = wrap_assembled(assembly, &wrap);
     let mut volume = Volume::new(name.clone(), geometry, members, events).map_err(raid_err)?;
+    if let Some(w) = &written {
+        volume = volume.with_written(w.clone());
+    }
     if let Some(c) = &csum {
         // Before the journal replay: it asks the checksums which blocks to
         // trust (docs/FORMAT.md §8), unless the last run did not keep them.
@@ -472,6 +482,7 @@ async fn load_bitmap(
     assembly: &Assembly,
     aopts: &ArrayOptions,
     checksums: Option<&Arc<Checksums>>,
+    written: Option<&Arc<WrittenMap>>,
 ) -> Option<Arc<DiskBitmap>> {
     if !aopts.bitmap || (assembly.level == Level::Raid0 && !aopts.checksums) {
         return None;
@@ -483,6 +494,9 @@ async fn load_bitmap(
         assembly.bitmap_valid,
     )
     .await;
+    if let Some(w) = written {
+        b = b.with_written(w.clone());
+    }
     if let Some(set) = checksums {
         let set = set.clone();
         b = b.with_before_clear(Arc::new(move || {
@@ -491,6 +505,44 @@ async fn load_bitmap(
         }));
     }
     Some(Arc::new(b))
+}
+
+/// The written-region map of an array that keeps one (FORMAT.md §10).
+async fn load_written(assembly: &Assembly) -> Option<Arc<WrittenMap>> {
+    if !assembly.written_map {
+        return None;
+    }
+    let map = WrittenMap::load(
+        &assembly.metadata,
+        assembly.layout.bitmap_region_shift,
+        assembly.data_size,
+    )
+    .await;
+    info!(
+        "{}: written-region map: {} of {} bytes per member written",
+        assembly.name,
+        map.written_bytes(),
+        assembly.data_size
+    );
+    Some(Arc::new(map))
+}
+
+/// A read-write run without the bitmap cannot track first writes: every
+/// region counts as written from now on, on disk before any write
+/// (FORMAT.md §10, case 63).
+async fn untracked_run(assembly: &Assembly, written: &WrittenMap) -> Result<(), DaemonError> {
+    written.set_all();
+    written.persist(&assembly.metadata).await.map_err(|e| {
+        DaemonError::Usage(format!(
+            "{}: writing the written-region map: {e}",
+            assembly.name
+        ))
+    })?;
+    warn!(
+        "{}: running without the write-intent bitmap: every region now counts as written",
+        assembly.name
+    );
+    Ok(())
 }
 
 /// Each assembled member's data window behind its slot's wrapping.

@@ -58,6 +58,7 @@ impl ArrayEngine {
             total_bytes: self.0.data_size(),
             bytes_per_sec: 0.0,
             eta_secs: None,
+            skipped_bytes: 0,
         })
     }
 }
@@ -143,6 +144,11 @@ impl EngineOps for ArrayEngine {
             journal: self.0.volume().journal_counters().map(Into::into),
             checksum_cache: self.0.volume().checksum_cache(),
             replace,
+            last_sync: self.0.volume().last_sync().map(|p| {
+                let kind = p.kind.into();
+                SyncStatus::from_progress(p, kind)
+            }),
+            written_bytes: self.0.volume().written().map(|w| w.written_bytes()),
         }
     }
 

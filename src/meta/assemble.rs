@@ -200,6 +200,8 @@ pub struct Assembly {
     pub checksum_layout: super::layout::ChecksumLayout,
     /// The freshest superblock says the write-intent bitmap is maintained.
     pub bitmap_valid: bool,
+    /// The array keeps the written-region map (FORMAT.md §10).
+    pub written_map: bool,
     /// The freshest superblock says the block checksums are maintained.
     pub checksums_valid: bool,
     /// The freshest superblock says the partial-parity journal is maintained.
@@ -322,6 +324,7 @@ pub async fn assemble_with(
         layout: freshest.layout,
         checksum_layout: freshest.checksum_layout(),
         bitmap_valid: freshest.bitmap_valid,
+        written_map: freshest.has_written_map(),
         checksums_valid: freshest.checksums_valid,
         journal_valid: freshest.journal_valid,
         rebuild,

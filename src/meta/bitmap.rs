@@ -29,6 +29,7 @@ use futures::future::join_all;
 
 use super::bitmap_image;
 use super::update::ArrayMetadata;
+use super::written::{WrittenMap, WRITTEN_OFFSET};
 use super::MetaLayout;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::raid::WriteIntent;
@@ -55,6 +56,8 @@ pub struct DiskBitmap {
     /// `inner.pinned.len()`: lets [`DiskBitmap::settled`] (called on every
     /// verified read) skip the lock when nothing is pinned.
     pinned_len: AtomicUsize,
+    /// The written-region map set with each bitmap write (FORMAT.md §10).
+    written: Option<Arc<WrittenMap>>,
 }
 
 /// What must be durable before write-intent bits are cleared, besides the
@@ -152,6 +155,7 @@ impl DiskBitmap {
             writes: AtomicU64::new(0),
             before_clear: None,
             pinned_len: AtomicUsize::new(0),
+            written: None,
         }
     }
 
@@ -162,6 +166,20 @@ impl DiskBitmap {
             before_clear: Some(hook),
             ..self
         }
+    }
+
+    /// Makes every bitmap write first set (and write) the written-region
+    /// bits of its regions, so they are durable before the data writes.
+    pub fn with_written(self, written: Arc<WrittenMap>) -> DiskBitmap {
+        DiskBitmap {
+            written: Some(written),
+            ..self
+        }
+    }
+
+    /// The written-region map kept with this bitmap.
+    pub fn written(&self) -> Option<&Arc<WrittenMap>> {
+        self.written.as_ref()
     }
 
     /// False while the region of member data offset `offset` is pinned
@@ -301,7 +319,17 @@ impl DiskBitmap {
         let devices = self.meta.present_devices().await;
         self.writes.fetch_add(1, Ordering::Relaxed);
         let block = &block;
+        // A new written bit goes first; the same flush makes both durable.
+        let written = self
+            .written
+            .as_ref()
+            .and_then(|w| w.absorb(&image, self.shift));
+        let written = &written;
         let results = join_all(devices.iter().map(|d| async move {
+            if let Some(w) = written {
+                d.write(ByteOffset(WRITTEN_OFFSET), w, Durability::Normal)
+                    .await?;
+            }
             d.write(ByteOffset(self.offset), block, Durability::Normal)
                 .await?;
             d.flush().await
@@ -322,6 +350,9 @@ impl DiskBitmap {
             return Err(first_err.unwrap_or(BlockError::DataLost {
                 volume: "bitmap".into(),
             }));
+        }
+        if let (Some(w), Some(_)) = (&self.written, written) {
+            w.saved();
         }
         self.lock().durable = image;
         Ok(())

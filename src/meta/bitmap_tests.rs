@@ -164,3 +164,42 @@ async fn pinned_regions_are_not_settled_until_synced() {
     assert!(bm.settled(5 << 20));
     assert!(!bm.settled(64 << 20));
 }
+
+#[tokio::test]
+async fn a_written_bit_is_on_every_member_before_mark_returns_and_is_never_cleared() {
+    use crate::meta::written::{WrittenImage, WrittenMap, WRITTEN_OFFSET};
+    // Arrange: a bitmap carrying the array's written-region map.
+    let (devs, bm, asm) = setup(2).await;
+    assert!(asm.written_map);
+    let shift = asm.layout.bitmap_region_shift;
+    let written = Arc::new(WrittenMap::load(&asm.metadata, shift, asm.data_size).await);
+    assert_eq!(written.written_bytes(), 0);
+    let bm = Arc::new(Arc::try_unwrap(bm).unwrap().with_written(written.clone()));
+    let on_disk = |dev: &Arc<MemDevice>| {
+        let raw = dev.snapshot()[WRITTEN_OFFSET as usize..][..4096].to_vec();
+        WrittenImage::decode(&raw, shift, asm.data_size).unwrap()
+    };
+
+    // Act: a write to region 2, then its bit cleared once idle.
+    let (a, b) = (
+        ByteOffset((128 << 20) + 4096),
+        ByteOffset((128 << 20) + 8192),
+    );
+    bm.mark(a, b).await.unwrap();
+    let before_data: Vec<WrittenImage> = devs.iter().map(on_disk).collect();
+    bm.done(a, b);
+    bm.clear_all().await.unwrap();
+
+    // Assert: durable on both members before the data write could start,
+    // still there after the write-intent bit went, and loaded back.
+    for image in &before_data {
+        assert!(image.is_written(128 << 20, (128 << 20) + 1));
+        assert_eq!(image.count(), 1);
+    }
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0);
+    for dev in &devs {
+        assert!(on_disk(dev).is_written(128 << 20, 192 << 20));
+    }
+    let reloaded = WrittenMap::load(&asm.metadata, shift, asm.data_size).await;
+    assert_eq!(reloaded.written_bytes(), 64 << 20);
+}

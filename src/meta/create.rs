@@ -122,6 +122,8 @@ pub async fn create_array_with(
         ChecksumLayout::Separate => (0, layout.data_size),
         ChecksumLayout::Inline => (FLAG_INLINE_CSUM, physical_len(layout.data_size)),
     };
+    // Every new array keeps the written-region map (FORMAT.md §10).
+    let flags = flags | super::superblock::FLAG_WRITTEN_MAP;
     if !spec.force {
         for device in devices {
             refuse_occupied(device.as_ref()).await?;
@@ -132,6 +134,18 @@ pub async fn create_array_with(
             .iter()
             .map(|d| wipe(d.as_ref(), layout.data_offset, physical)),
     )
+    .await?;
+    // An empty written-region map on every member (FORMAT.md §10).
+    let shift = super::written::written_shift(layout.bitmap_region_shift, layout.data_size);
+    let empty = super::written::WrittenImage::empty(shift, layout.data_size).encode();
+    try_join_all(devices.iter().map(|d| async {
+        let d = d.as_ref();
+        let at = ByteOffset(super::written::WRITTEN_OFFSET);
+        d.write(at, &empty, crate::block::Durability::Normal)
+            .await
+            .map_err(io_err(d))?;
+        d.flush().await.map_err(io_err(d))
+    }))
     .await?;
     let array_uuid = Uuid::new_v4();
     let members: Vec<RoleEntry> = devices

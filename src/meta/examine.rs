@@ -55,6 +55,8 @@ pub struct ExamineReport {
     /// Where the block checksums live: `"inline"` (a tag sector after each
     /// 4 KiB block, superblock flag `INLINE_CSUM`) or `"separate"`.
     pub checksum_layout: &'static str,
+    /// The written-region map is kept (superblock flag `WRITTEN_MAP`, §10).
+    pub written_map: bool,
     /// The RAID-5 partial-parity journal is maintained (`journal_state` = 1).
     pub journal_valid: bool,
     /// Unix seconds of the last completed scrub (0 = never).
@@ -170,6 +172,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         state: sb.state,
         creation_time: sb.creation_time,
         update_time: sb.update_time,
+        written_map: sb.flags & super::superblock::FLAG_WRITTEN_MAP != 0,
         members: sb.members,
         rebuild_checkpoint: sb.rebuild_checkpoint,
         bitmap_valid: sb.bitmap_valid,

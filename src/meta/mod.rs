@@ -22,6 +22,7 @@ pub mod layout;
 pub mod signature;
 pub mod superblock;
 mod update;
+pub mod written;
 
 pub use assemble::{
     assemble, assemble_with, AssembleError, AssembleOptions, AssembledMember, Assembly, Excluded,
@@ -35,6 +36,7 @@ pub use superblock::{
     SuperblockError,
 };
 pub use update::ArrayMetadata;
+pub use written::WrittenMap;
 
 use crate::block::BlockError;
 use crate::raid::Level;

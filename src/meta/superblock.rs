@@ -35,8 +35,10 @@ pub const MAX_MEMBERS: usize = 32;
 pub const SPARE_ROLE: u32 = u32::MAX;
 /// `flags` bit: the inline checksum layout (FORMAT.md §8 "Inline layout").
 pub const FLAG_INLINE_CSUM: u32 = 0x1;
+/// `flags` bit: the written-region map is kept (FORMAT.md §10).
+pub const FLAG_WRITTEN_MAP: u32 = 0x2;
 /// Every `flags` bit this build knows.
-const KNOWN_FLAGS: u32 = FLAG_INLINE_CSUM;
+const KNOWN_FLAGS: u32 = FLAG_INLINE_CSUM | FLAG_WRITTEN_MAP;
 /// `rebuild_checkpoint` value meaning "no rebuild in progress".
 pub const NO_CHECKPOINT: u64 = u64::MAX;
 
@@ -490,6 +492,11 @@ impl Superblock {
         } else {
             super::layout::ChecksumLayout::Separate
         }
+    }
+
+    /// Whether the array keeps the written-region map (`flags` bit 1).
+    pub fn has_written_map(&self) -> bool {
+        self.flags & FLAG_WRITTEN_MAP != 0
     }
 
     /// Checks every field's range (FORMAT.md §2); `decode` calls it.

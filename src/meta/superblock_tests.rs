@@ -491,9 +491,13 @@ fn the_inline_checksum_flag_round_trips_and_other_bits_stay_refused() {
     let back = Superblock::decode(&sb.encode()).unwrap();
     assert_eq!(back.flags, FLAG_INLINE_CSUM);
     assert_eq!(back.checksum_layout(), ChecksumLayout::Inline);
-    sb.flags = FLAG_INLINE_CSUM | 2;
+    sb.flags = FLAG_INLINE_CSUM | FLAG_WRITTEN_MAP;
+    let back = Superblock::decode(&sb.encode()).unwrap();
+    assert!(back.has_written_map());
+    assert_eq!(back.checksum_layout(), ChecksumLayout::Inline);
+    sb.flags = FLAG_INLINE_CSUM | 4;
     assert!(matches!(
         Superblock::decode(&sb.encode()),
-        Err(SuperblockError::Flags(3))
+        Err(SuperblockError::Flags(5))
     ));
 }

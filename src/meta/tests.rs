@@ -106,7 +106,24 @@ async fn forced_create_discards_old_data_and_metadata() {
     create_array(&dyns(&devs), &forced).await.unwrap();
 
     for d in &devs {
-        assert!(d.snapshot()[8192..].iter().all(|&b| b == 0));
+        // Zero past the superblocks, except an empty written-region map
+        // (FORMAT.md §10): a header, no bit set.
+        let snap = d.snapshot();
+        let map_end = 8192 + 4096;
+        assert!(snap[map_end..].iter().all(|&b| b == 0));
+        assert_eq!(&snap[8192..8200], b"VRAIDWR1");
+        let image = crate::meta::written::WrittenImage::decode(
+            &snap[8192..map_end],
+            26,
+            crate::meta::read_superblock(d.as_ref())
+                .await
+                .unwrap()
+                .superblock
+                .layout
+                .data_size,
+        )
+        .unwrap();
+        assert_eq!(image.count(), 0);
     }
 }
 

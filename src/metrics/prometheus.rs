@@ -345,6 +345,13 @@ impl Scrape {
         )?;
         family(
             enc,
+            "vraid_volume_sync_skipped_bytes",
+            "Bytes of done_bytes the pass running skipped because no write ever reached them",
+            MetricType::Gauge,
+            passes().map(|(l, s)| (l, ConstGauge::new(s.skipped_bytes))),
+        )?;
+        family(
+            enc,
             "vraid_volume_sync_bytes_per_second",
             "Average rate of the pass running since it started",
             MetricType::Gauge,

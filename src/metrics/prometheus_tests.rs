@@ -131,6 +131,7 @@ fn the_exposition_keeps_the_names_labels_and_types_of_every_series() {
     let sl = r#"{volume="vol0",kind="replace",member="1"}"#;
     has(&format!("vraid_volume_sync_done_bytes{sl}"), 3145728.0);
     has(&format!("vraid_volume_sync_total_bytes{sl}"), 8388608.0);
+    has(&format!("vraid_volume_sync_skipped_bytes{sl}"), 1048576.0);
     has(
         &format!("vraid_volume_sync_bytes_per_second{sl}"),
         1048576.5,

@@ -41,6 +41,7 @@ pub mod scrub;
 pub mod stripe_lock;
 pub mod syndrome;
 pub mod volume;
+pub mod written;
 
 mod data_path;
 mod level;
@@ -68,6 +69,7 @@ pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
 pub use rebuild::{RebuildControl, RebuildError, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};
 pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
+pub use written::WrittenRegions;
 
 use std::fmt;
 use std::str::FromStr;

@@ -30,6 +30,7 @@ use super::layout::MemberIndex;
 use super::level::RebuildRead;
 use super::stripe_lock::StripeGuards;
 use super::volume::{Incoming, Volume};
+use super::written::{pieces, WrittenRegions};
 use super::Level;
 use crate::block::{BlockDevice, BlockError, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -168,6 +169,9 @@ pub struct SyncProgress {
     pub bytes_per_sec: f64,
     /// Seconds left at that rate.
     pub eta_secs: Option<f64>,
+    /// Bytes of `done_bytes` passed over because no write ever reached
+    /// them (the written-region map, docs/FORMAT.md §10).
+    pub skipped_bytes: u64,
 }
 
 /// Live progress counters of one pass.
@@ -176,6 +180,8 @@ pub struct SyncTracker {
     kind: SyncKind,
     member: Option<usize>,
     pub(super) done: AtomicU64,
+    /// Of `done`, skipped as never written.
+    pub(super) skipped: AtomicU64,
     total: u64,
     started: Instant,
 }
@@ -186,6 +192,7 @@ impl SyncTracker {
             kind,
             member,
             done: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             total,
             started: Instant::now(),
         })
@@ -194,8 +201,9 @@ impl SyncTracker {
     /// The current progress.
     pub fn snapshot(&self) -> SyncProgress {
         let done = self.done.load(Ordering::Relaxed);
+        let skipped = self.skipped.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
+        let rate = done.saturating_sub(skipped) as f64 / secs;
         SyncProgress {
             kind: self.kind,
             member: self.member,
@@ -203,6 +211,7 @@ impl SyncTracker {
             total_bytes: self.total,
             bytes_per_sec: rate,
             eta_secs: (rate > 0.0).then(|| self.total.saturating_sub(done) as f64 / rate),
+            skipped_bytes: skipped,
         }
     }
 }
@@ -314,6 +323,20 @@ pub(super) fn steps(a: u64, b: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
+/// The steps of a pass over `a..b`: `STEP`-sized in written regions, one
+/// whole region per never-written one (`false`: nothing to do there).
+pub(super) fn pass_steps(
+    written: Option<&Arc<dyn WrittenRegions>>,
+    a: u64,
+    b: u64,
+) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+    pieces(written, a, b).flat_map(|(a, b, w)| {
+        let whole = (!w).then_some((a, b, false));
+        let split = w.then(|| steps(a, b).map(|(x, y)| (x, y, true)));
+        whole.into_iter().chain(split.into_iter().flatten())
+    })
+}
+
 fn overlaps(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
     ranges.iter().any(|&(s, e)| s < b && a < e)
 }
@@ -369,7 +392,8 @@ impl Volume {
         match &result {
             Ok(bytes) => {
                 self.promote_incoming(member);
-                tracing::info!(volume = %self.volume_name(), %member, bytes, "rebuild finished; member in sync");
+                let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
+                tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
             }
             // Cancelled (shutdown): the target stays attached; the caller
             // records its progress and resumes later.
@@ -405,10 +429,13 @@ impl Volume {
         let errors = &SourceErrors::new(self.geometry().members());
         let mut copied = 0;
         let mut last_checkpoint = start;
+        let mut unsaved = false;
+        let only = only.as_deref();
         // Up to DEPTH steps in flight (they lock disjoint stripes); results
-        // come back in order, so `up_to` only covers finished steps.
-        let work = steps(start, mds).map(|(a, b)| {
-            let needed = only.as_ref().is_none_or(|r| overlaps(r, a, b));
+        // come back in order, so `up_to` only covers finished steps. A
+        // region never written is one step that copies nothing (§10).
+        let work = pass_steps(self.written(), start, mds).map(|(a, b, written)| {
+            let needed = written && only.is_none_or(|r| overlaps(r, a, b));
             let target = inc.device().clone();
             let pacer = &pacer;
             async move {
@@ -420,24 +447,32 @@ impl Volume {
                     self.rebuild_step(member, &*target, a, &mut buf, errors)
                         .await?;
                 }
-                Ok::<_, RebuildError>((a, b, needed))
+                Ok::<_, RebuildError>((a, b, needed, written))
             }
         });
         let mut work = futures::stream::iter(work).buffered(DEPTH);
         while let Some(step) = work.next().await {
-            let (a, b, needed) = step?;
+            let (a, b, needed, written) = step?;
             still_going(ctl, &inc)?;
             if needed {
                 copied += b - a;
+                unsaved = true;
+            }
+            if only.is_none_or(|r| overlaps(r, a, b)) {
                 tracker.done.fetch_add(b - a, Ordering::Relaxed);
+                if !written {
+                    tracker.skipped.fetch_add(b - a, Ordering::Relaxed);
+                }
             }
             inc.set_up_to(b);
-            if b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
+            // Checkpoints only after copying: skipping writes nothing.
+            if unsaved && b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
                 inc.device().flush().await.map_err(RebuildError::Target)?;
                 sink.checkpoint(member, b)
                     .await
                     .map_err(RebuildError::Checkpoint)?;
                 last_checkpoint = b;
+                unsaved = false;
             }
         }
         drop(work);

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 use super::layout::MemberIndex;
 use super::rebuild::{
-    lock_step, steps, Pacer, RebuildControl, RebuildError, SyncKind, SyncTracker,
+    lock_step, pass_steps, Pacer, RebuildControl, RebuildError, SyncKind, SyncTracker,
 };
 use super::volume::Volume;
 use crate::units::ByteOffset;
@@ -63,9 +63,15 @@ impl Volume {
         let mut pacer = Pacer::new();
         let mut rewritten = 0;
         for &(a, b) in ranges {
-            for (s, e) in steps(a, b) {
+            for (s, e, written) in pass_steps(self.written(), a, b) {
                 if ctl.is_cancelled() {
                     return Err(RebuildError::Cancelled);
+                }
+                if !written {
+                    // Never written: zeroes everywhere, consistent (§10).
+                    tracker.done.fetch_add(e - s, Ordering::Relaxed);
+                    tracker.skipped.fetch_add(e - s, Ordering::Relaxed);
+                    continue;
                 }
                 let step = self.level_io().resync_step(self, s, e);
                 let (step, no_space) = super::no_space::watch(step).await;

@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 use super::layout::MemberIndex;
 use super::level::{MemberOp, ScrubCheck};
-use super::rebuild::{lock_step, steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
+use super::rebuild::{lock_step, pass_steps, Pacer, RebuildControl, SyncKind, SyncTracker, STEP};
 use super::volume::Volume;
 use crate::block::{BlockError, Durability};
 use crate::units::ByteOffset;
@@ -74,6 +74,9 @@ pub struct ScrubReport {
     pub repair: bool,
     /// Member bytes read and checked (summed over members).
     pub bytes_checked: u64,
+    /// Bytes of each member's data area not read because no write ever
+    /// reached them (the written-region map, docs/FORMAT.md §10).
+    pub skipped_bytes: u64,
     /// Per member, by role.
     pub members: Vec<MemberScrub>,
     /// A member was down for part of the pass: that part could not be
@@ -165,9 +168,12 @@ impl Volume {
         };
         let stopped = || ctl.is_cancelled() || cancel.load(Ordering::Relaxed);
         let pacer = tokio::sync::Mutex::new(Pacer::new());
-        let work = steps(0, mds).map(|(a, b)| {
+        let work = pass_steps(self.written(), 0, mds).map(|(a, b, written)| {
             let pacer = &pacer;
             async move {
+                if !written {
+                    return (!stopped()).then_some((b - a, None));
+                }
                 {
                     let mut p = pacer.lock().await;
                     if stopped() {
@@ -178,7 +184,7 @@ impl Volume {
                 if stopped() {
                     return None;
                 }
-                Some((b - a, self.scrub_step(a, b, repair).await))
+                Some((b - a, Some(self.scrub_step(a, b, repair).await)))
             }
         });
         let depth = (IN_FLIGHT / (n * STEP as usize)).clamp(1, DEPTH);
@@ -188,12 +194,17 @@ impl Volume {
                 report.cancelled = true;
                 break;
             };
+            tracker.done.fetch_add(len, Ordering::Relaxed);
+            let Some(step) = step else {
+                report.skipped_bytes += len;
+                tracker.skipped.fetch_add(len, Ordering::Relaxed);
+                continue;
+            };
             for (total, m) in report.members.iter_mut().zip(&step.members) {
                 total.add(m);
             }
             report.bytes_checked += step.bytes;
             report.degraded |= step.degraded;
-            tracker.done.fetch_add(len, Ordering::Relaxed);
         }
         drop(work);
         // A rebuild may have taken the progress slot over meanwhile.

@@ -207,6 +207,10 @@ pub struct Volume {
     /// space, or the array is served read-only unsynced after a crash. A
     /// RAID-5 never rebuilds data from them (`raid5::reconstruct`).
     untrusted_parity: Mutex<Vec<(u64, u64)>>,
+    /// Which regions were ever written (docs/FORMAT.md §10); `None`: all.
+    written: Option<Arc<dyn super::WrittenRegions>>,
+    /// The final progress of the last pass that ended.
+    last_sync: Mutex<Option<super::SyncProgress>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -272,6 +276,8 @@ impl Volume {
             progress: Mutex::new(None),
             no_space_unsynced: AtomicBool::new(false),
             untrusted_parity: Mutex::new(Vec::new()),
+            written: None,
+            last_sync: Mutex::new(None),
         })
     }
 
@@ -285,6 +291,18 @@ impl Volume {
             self.intent = Some(intent);
         }
         self
+    }
+
+    /// Makes rebuilds, resyncs and scrubs skip the regions `map` says
+    /// were never written (docs/FORMAT.md §10).
+    pub fn with_written(mut self, map: Arc<dyn super::WrittenRegions>) -> Volume {
+        self.written = Some(map);
+        self
+    }
+
+    /// The written-region map, if the array keeps one.
+    pub fn written(&self) -> Option<&Arc<dyn super::WrittenRegions>> {
+        self.written.as_ref()
     }
 
     /// Makes resyncs reseal the members' block checksums through `hook`
@@ -342,7 +360,26 @@ impl Volume {
 
     /// Shows `tracker` as the running pass's progress (`None`: no pass).
     pub(super) fn set_progress(&self, tracker: Option<Arc<SyncTracker>>) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = tracker;
+        let old = std::mem::replace(
+            &mut *self.progress.lock().unwrap_or_else(|e| e.into_inner()),
+            tracker,
+        );
+        self.keep_last(old);
+    }
+
+    /// Remembers the final progress of a pass that ended.
+    fn keep_last(&self, ended: Option<Arc<SyncTracker>>) {
+        if let Some(t) = ended {
+            *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.snapshot());
+        }
+    }
+
+    /// The final progress of the last pass that ended in this run.
+    pub fn last_sync(&self) -> Option<super::SyncProgress> {
+        self.last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Clears the progress slot if it still shows `mine` (another pass may
@@ -350,7 +387,9 @@ impl Volume {
     pub(super) fn clear_progress_if(&self, mine: &Arc<SyncTracker>) {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         if p.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, mine)) {
-            *p = None;
+            let old = p.take();
+            drop(p);
+            self.keep_last(old);
         }
     }
 
