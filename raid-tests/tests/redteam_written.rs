@@ -113,3 +113,218 @@ fn readded_member_alone_keeps_regions_written_while_away(by_add: bool) {
     );
     assert_eq!(server.stop(), 0);
 }
+
+fn create_raid5(members: &[PathBuf], layout: &str) {
+    let mut c = vraid(&[
+        "create",
+        "--level",
+        "5",
+        "--chunk-size",
+        "64K",
+        "--member-size",
+        "256M",
+        "--name",
+        "vol0",
+        "--checksum-layout",
+        layout,
+    ]);
+    c.args(members);
+    run_ok(&mut c);
+}
+
+/// A file full of `byte` (a disk used before).
+fn used_disk(path: &Path, size: u64, byte: u8) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![byte; MIB as usize];
+    for _ in 0..size / MIB {
+        f.write_all(&block).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn scrub_clean(ctl: &Path) {
+    let out = vraid_ctl_ok(ctl, &["scrub", "vol0", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = &v["scrub"];
+    assert_eq!(s["outcome"], "finished", "{s}");
+    assert_eq!(s["found"], 0, "{s}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+}
+
+/// A RAID-5 member replaced by a disk full of old bytes: the regions the
+/// rebuild skips must read as zeroes, and a partial-stripe write there
+/// later (read-modify-write against the skipped parity/data) must survive
+/// the loss of another member.
+fn used_spare_skipped_regions_are_zero_and_consistent(layout: &str) {
+    // Arrange: 4 MiB written in region 0; regions 1.. never written.
+    let dir = scratch_dir("rt-used-spare");
+    let ctl = dir.path().join("ctl.sock");
+    let members = sparse_members(dir.path(), 3, 256 * MIB);
+    create_raid5(&members, layout);
+    let server = serve(&members, &ctl);
+    write_flush(&server, 0, 4 * MIB, 0x11);
+    let spare = dir.path().join("used.img");
+    used_disk(&spare, 256 * MIB, 0xa5);
+
+    // Act: member 2 replaced by the used disk.
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "2"]);
+    vraid_ctl_ok(&ctl, &["remove", "vol0", "2"]);
+    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap(), "--force"]);
+    let log = server.wait_log("rebuild of member 2 finished", WAIT);
+    assert!(!log.contains("skipped 0 bytes"), "{log}");
+
+    // Assert: never-written bytes read as zeroes; scrub clean.
+    let at = 300 * MIB;
+    let (ok, out) = read_ok(&server, at, 4 * MIB, 0);
+    assert!(
+        ok,
+        "a skipped region of the used disk leaks old bytes:\n{out}"
+    );
+    scrub_clean(&ctl);
+    // Partial-stripe writes in a skipped region, then another member lost.
+    qemu_io(
+        &server.uri("vol0"),
+        &[
+            format!("write -P 0x33 {} 4096", at + 4096),
+            format!("write -P 0x44 {} 4096", at + 64 * 1024 + 8192),
+            "flush".into(),
+        ],
+    );
+    scrub_clean(&ctl);
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+    let cmds = [
+        format!("read -P 0 {at} 4096"),
+        format!("read -P 0x33 {} 4096", at + 4096),
+        format!("read -P 0 {} {}", at + 8192, 64 * 1024),
+        format!("read -P 0x44 {} 4096", at + 64 * 1024 + 8192),
+        format!("read -P 0 {} {}", at + 64 * 1024 + 12288, 2 * MIB),
+        format!("read -P 0x11 0 {}", 4 * MIB),
+    ];
+    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
+    assert!(
+        ok,
+        "degraded read after the rebuild onto a used disk:\n{out}"
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn used_spare_separate_checksums_skipped_regions_read_zero_and_hold_parity() {
+    used_spare_skipped_regions_are_zero_and_consistent("separate");
+}
+
+#[test]
+fn used_spare_inline_checksums_skipped_regions_read_zero_and_hold_parity() {
+    used_spare_skipped_regions_are_zero_and_consistent("inline");
+}
+
+/// A run without the write-intent bitmap (`bitmap = false`) cannot track
+/// first writes: a region it writes must still be copied by a later
+/// rebuild (FORMAT.md §10, W-6).
+#[test]
+fn region_first_written_by_a_run_without_bitmap_is_rebuilt() {
+    // Arrange: region 0 written normally, region 3 by a run without bitmap.
+    let dir = scratch_dir("rt-nobitmap");
+    let ctl = dir.path().join("ctl.sock");
+    let members = sparse_members(dir.path(), 2, 512 * MIB);
+    create_array(1, "64K", "512M", "vol0", &members);
+    let server = serve(&members, &ctl);
+    write_flush(&server, 0, 4 * MIB, 0x11);
+    assert_eq!(server.stop(), 0);
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[volume]]\nname = \"vol0\"\nlevel = 1\nmembers = [{:?}, {:?}]\nbitmap = false\nchecksums = false\n",
+            members[0], members[1]
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--control",
+        ctl.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    wait_for_socket(&ctl);
+    write_flush(&server, 200 * MIB, 4 * MIB, 0x22);
+    assert_eq!(server.stop(), 0);
+
+    // Act: back with the bitmap; member 0 replaced by a new disk.
+    let server = serve(&members, &ctl);
+    std::fs::remove_file(&members[0]).unwrap();
+    let fresh = dir.path().join("fresh.img");
+    std::fs::File::create(&fresh)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+    vraid_ctl_ok(&ctl, &["remove", "vol0", "0"]);
+    vraid_ctl_ok(&ctl, &["add", "vol0", fresh.to_str().unwrap(), "--force"]);
+    server.wait_log("rebuild of member 0 finished", WAIT);
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
+
+    // Assert
+    let (ok, out) = read_ok(&server, 200 * MIB, 4 * MIB, 0x22);
+    assert!(ok, "region written without the bitmap lost:\n{out}");
+    let (ok, out) = read_ok(&server, 0, 4 * MIB, 0x11);
+    assert!(ok, "{out}");
+    assert_eq!(server.stop(), 0);
+}
+
+/// First writes at the edges of the map: a write straddling two regions
+/// of member data, the last 4 KiB of the volume (the partial last region),
+/// a write-zeroes and a discard as the first writes of their regions. A
+/// rebuild onto a used disk, then another member lost: every byte reads
+/// back.
+#[test]
+fn straddling_and_last_partial_region_writes_survive_a_rebuild() {
+    // Arrange
+    let dir = scratch_dir("rt-edges");
+    let ctl = dir.path().join("ctl.sock");
+    let members = sparse_members(dir.path(), 3, 256 * MIB);
+    create_raid5(&members, "separate");
+    let server = serve(&members, &ctl);
+    let size = volume_status(&ctl, "vol0")["size"].as_u64().unwrap();
+    // Member offset 64 MiB (region 1) starts at volume 128 MiB (2 data
+    // chunks a stripe).
+    let edge = 128 * MIB;
+    qemu_io(
+        &server.uri("vol0"),
+        &[
+            format!("write -P 0x5a {} 16384", edge - 8192),
+            format!("write -P 0x6b {} 4096", size - 4096),
+            format!("write -P 0x7c {} 4096", size - 8192),
+            format!("write -z {} 65536", 70 * MIB),
+            format!("discard {} 131072", 200 * MIB),
+            "flush".into(),
+        ],
+    );
+    let written = written_bytes(&ctl);
+    let spare = dir.path().join("used.img");
+    used_disk(&spare, 256 * MIB, 0xa5);
+
+    // Act
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
+    vraid_ctl_ok(&ctl, &["remove", "vol0", "1"]);
+    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap(), "--force"]);
+    server.wait_log("rebuild of member 1 finished", WAIT);
+    scrub_clean(&ctl);
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+
+    // Assert
+    let cmds = [
+        format!("read -P 0 {} 65536", edge - 73728),
+        format!("read -P 0x5a {} 16384", edge - 8192),
+        format!("read -P 0 {} 65536", edge + 8192),
+        format!("read -P 0x7c {} 4096", size - 8192),
+        format!("read -P 0x6b {} 4096", size - 4096),
+        format!("read -P 0 {} 1048576", size - MIB - 8192),
+        format!("read -P 0 {} 1048576", 70 * MIB),
+        format!("read -P 0 {} 1048576", 200 * MIB),
+    ];
+    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
+    assert!(ok, "written {written}:\n{out}");
+    assert_eq!(server.stop(), 0);
+}
