@@ -425,3 +425,42 @@ fn rebuild_killed_after_writes_into_skipped_regions_resumes_without_loss() {
     assert!(ok, "{out}\n{}", server.log());
     assert_eq!(server.stop(), 0);
 }
+
+/// `replace` of a live RAID-1 member onto a used disk, with a write into
+/// a never-written region while it runs: the new disk alone holds every
+/// write and reads zeroes elsewhere.
+#[test]
+fn replace_onto_a_used_disk_keeps_writes_and_zeroes() {
+    // Arrange
+    let dir = scratch_dir("rt-replace");
+    let ctl = dir.path().join("ctl.sock");
+    let members = sparse_members(dir.path(), 2, 512 * MIB);
+    create_array(1, "64K", "512M", "vol0", &members);
+    let server = serve(&members, &ctl);
+    write_flush(&server, 0, 8 * MIB, 0x11);
+    let new = dir.path().join("used.img");
+    used_disk(&new, 512 * MIB, 0xa5);
+    vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "20"]);
+
+    // Act: replace member 1; a first write to region 6 while it copies.
+    let m1 = members[1].to_str().unwrap();
+    vraid_ctl_ok(
+        &ctl,
+        &["replace", "vol0", m1, new.to_str().unwrap(), "--force"],
+    );
+    write_flush(&server, 400 * MIB, 4 * MIB, 0x66);
+    server.wait_log("replace of member 1 finished", WAIT);
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+
+    // Assert
+    let cmds = [
+        format!("read -P 0x11 0 {}", 8 * MIB),
+        format!("read -P 0 {} {}", 8 * MIB, 4 * MIB),
+        format!("read -P 0 {} {}", 200 * MIB, 4 * MIB),
+        format!("read -P 0x66 {} {}", 400 * MIB, 4 * MIB),
+        format!("read -P 0 {} {}", 404 * MIB, 4 * MIB),
+    ];
+    let (ok, out) = qemu_io_try(&server.uri("vol0"), &cmds);
+    assert!(ok, "{out}");
+    assert_eq!(server.stop(), 0);
+}
