@@ -617,6 +617,8 @@ impl ArrayHandle {
             self.state().end_pass();
             return Err(e);
         }
+        // Its image missed the regions first written while it was away.
+        self.share_written().await;
         let ranges = bitmap.dirty_ranges();
         self.set_path(role, path);
         self.event(
@@ -1037,10 +1039,10 @@ impl ArrayHandle {
     /// Writes the written-region map to every present member (a member
     /// that just joined holds none yet).
     async fn share_written(&self) {
-        let Some(w) = self.bitmap.as_ref().and_then(|b| b.written()) else {
+        let Some(b) = self.bitmap.as_ref() else {
             return;
         };
-        if let Err(e) = w.persist(&self.metadata).await {
+        if let Err(e) = b.share_written().await {
             warn!("{}: writing the written-region map: {e}", self.name);
         }
     }

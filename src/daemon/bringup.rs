@@ -684,6 +684,16 @@ async fn arm_bitmap(
             source,
         })?;
     }
+    if recovery {
+        // The re-added member's written image missed the regions first
+        // written while it was away (FORMAT.md §10, W-3).
+        b.share_written()
+            .await
+            .map_err(|source| DaemonError::Block {
+                context: format!("{}: writing the written-region map", assembly.name),
+                source,
+            })?;
+    }
     b.spawn_cleaner(std::time::Duration::from_secs(1));
     if plan.reseal_all {
         spawn_checksums_valid(b.clone(), assembly.metadata.clone());

@@ -182,6 +182,17 @@ impl DiskBitmap {
         self.written.as_ref()
     }
 
+    /// Writes the written-region map to every present member (one that
+    /// joined or was re-added holds a stale image or none), under the
+    /// writer lock: an older image never lands after a newer one.
+    pub async fn share_written(&self) -> BlockResult {
+        let Some(w) = &self.written else {
+            return Ok(());
+        };
+        let _w = self.writer.lock().await;
+        w.persist(&self.meta).await
+    }
+
     /// False while the region of member data offset `offset` is pinned
     /// (dirty at assembly, not yet resynced): its block checksums may be
     /// torn from their data and must not be trusted.
