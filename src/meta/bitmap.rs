@@ -362,7 +362,9 @@ impl DiskBitmap {
                 volume: "bitmap".into(),
             }));
         }
-        if let (Some(w), Some(_)) = (&self.written, written) {
+        // Saved only once every member took it: a member that missed it
+        // gets it again with the next bitmap write (FORMAT.md §10).
+        if let (Some(w), Some(_), None) = (&self.written, written, &first_err) {
             w.saved();
         }
         self.lock().durable = image;

@@ -308,16 +308,21 @@ impl WrittenMap {
     }
 
     /// Writes the image to every present member and flushes; succeeds if
-    /// one took it.
+    /// one took it. The image counts as saved only if every member took
+    /// it: otherwise the next bitmap write sends it again, so a member
+    /// that missed it cannot keep a stale map (it could be the only copy
+    /// left for a later rebuild).
     pub async fn persist(&self, meta: &ArrayMetadata) -> BlockResult {
-        write_all(&meta.present_devices().await, &self.encoded()).await?;
-        self.saved();
+        if write_all(&meta.present_devices().await, &self.encoded()).await? {
+            self.saved();
+        }
         Ok(())
     }
 }
 
 /// Writes `image` at [`WRITTEN_OFFSET`] of every device and flushes.
-pub async fn write_all(devices: &[Arc<dyn BlockDevice>], image: &[u8]) -> BlockResult {
+/// Succeeds if one device took it; `true` if every device did.
+pub async fn write_all(devices: &[Arc<dyn BlockDevice>], image: &[u8]) -> BlockResult<bool> {
     let results = join_all(devices.iter().map(|d| async move {
         d.write(ByteOffset(WRITTEN_OFFSET), image, Durability::Normal)
             .await?;
@@ -336,7 +341,7 @@ pub async fn write_all(devices: &[Arc<dyn BlockDevice>], image: &[u8]) -> BlockR
         }
     }
     if ok {
-        return Ok(());
+        return Ok(first_err.is_none());
     }
     Err(first_err.unwrap_or(BlockError::DataLost {
         volume: "written map".into(),
