@@ -55,6 +55,10 @@ pub const MAX_IN_FLIGHT: usize = 128;
 /// replies before dropping them.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What one reply costs beside its data while it waits to be written: the
+/// `Reply` and its slot in the outbox queue (which grows by doubling).
+const REPLY_COST: u32 = 2 * std::mem::size_of::<Reply>() as u32;
+
 /// Why the transmission phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -509,12 +513,13 @@ where
                 return Err(Ok(Ending::ProtocolError));
             }
             // Bounded by MAX_PAYLOAD (WRITE above, READ refused later).
-            Command::Read | Command::Write => self
-                .session
-                .limits
-                .request_bytes(req.length.min(proto::MAX_PAYLOAD)),
+            Command::Read | Command::Write => req.length.min(proto::MAX_PAYLOAD),
             _ => 0,
         };
+        // Every reply costs memory until it is written, data or not: a
+        // client sending dataless (or tiny) requests and never reading the
+        // replies must fill its pool too.
+        let bytes = (self.session.limits).request_bytes(bytes.max(REPLY_COST));
         Ok(Waiting {
             req,
             bytes: u64::from(bytes),
