@@ -385,3 +385,75 @@ fn sigterm_with_unread_replies_and_stalled_payload_keeps_acknowledged_writes() {
     assert_eq!(server.stop(), 0);
     drop((idle, stalled));
 }
+
+/// A client that fills its pool with replies and then reads a trickle, so
+/// that some reply completes every few milliseconds, is still dropped once
+/// its oldest unwritten reply has waited `--nbd-write-timeout`: the clock
+/// runs from the oldest reply, not from the last one written (before, each
+/// completed reply restarted it and such a client held the whole server
+/// pool for as long as it liked, locking every other client out).
+#[test]
+fn a_trickle_reading_client_is_dropped_after_the_write_timeout() {
+    let dir = scratch_dir("rt-nbd-trickle");
+    let members = raid5_vol0(dir.path());
+    let server = serve_members(
+        &members,
+        &[
+            "--nbd-memory",
+            "8M",
+            "--nbd-connection-memory",
+            "8M",
+            "--nbd-write-timeout",
+            "3s",
+        ],
+    );
+    let (served, out) = qemu_io_read_within(&server.uri("vol0"), Duration::from_secs(30));
+    assert!(served, "{out}");
+
+    let mut s = connect(&server);
+    let mut reader = s.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_reader = stop.clone();
+    // Reads 512 bytes every 20 ms for at most 40 s: replies keep completing.
+    let trickle = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline && !stop_reader.load(std::sync::atomic::Ordering::Relaxed) {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let one = request(READ, 0, 1, 0, 0, &[]);
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let flood_stop = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut sent = 0usize;
+        while Instant::now() < deadline && !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let at = sent % batch.len();
+            match s.write(&batch[at..]) {
+                Ok(0) => return,
+                Ok(n) => sent += n,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    });
+    // Let the flood fill the pools, then another client must be served
+    // within the write timeout plus a margin.
+    std::thread::sleep(Duration::from_secs(1));
+    let (served, out) = qemu_io_read_within(&server.uri("vol0"), Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    trickle.join().unwrap();
+    assert!(
+        served,
+        "qemu-io locked out by a trickle-reading client:\n{out}"
+    );
+}

@@ -89,8 +89,10 @@ pub(super) struct Outbox {
     queue: VecDeque<Reply>,
     /// Bytes of the first reply already written.
     written: usize,
-    /// Since when the first reply waits to be written whole.
-    since: Option<Instant>,
+    /// When each queued reply was queued: the write timeout runs from the
+    /// oldest, so a client that reads a little now and then cannot hold
+    /// its replies (and their memory) for ever.
+    queued_at: VecDeque<Instant>,
 }
 
 impl Outbox {
@@ -100,15 +102,13 @@ impl Outbox {
 
     /// Queues a finished reply.
     pub(super) fn push(&mut self, reply: Reply) {
-        if self.queue.is_empty() {
-            self.since = Some(Instant::now());
-        }
+        self.queued_at.push_back(Instant::now());
         self.queue.push_back(reply);
     }
 
-    /// Since when the first reply waits, if any does.
+    /// Since when the oldest unwritten reply waits, if any does.
     pub(super) fn waiting_since(&self) -> Option<Instant> {
-        self.since
+        self.queued_at.front().copied()
     }
 
     /// Fills `iov` with what is left to write; returns how many slices.
@@ -136,7 +136,6 @@ impl Outbox {
     /// returns the connection-pool bytes they held.
     pub(super) fn advance(&mut self, mut n: usize) -> u64 {
         let mut released = 0;
-        let mut popped = false;
         while let Some(front) = self.queue.front() {
             let left = front.len() - self.written;
             if n < left {
@@ -148,10 +147,7 @@ impl Outbox {
             if let Some(reply) = self.queue.pop_front() {
                 released += reply.charge.connection;
             }
-            popped = true;
-        }
-        if popped {
-            self.since = (!self.queue.is_empty()).then(Instant::now);
+            self.queued_at.pop_front();
         }
         released
     }
@@ -162,7 +158,7 @@ impl Outbox {
         let released = self.queue.iter().map(|r| r.charge.connection).sum();
         self.queue.clear();
         self.written = 0;
-        self.since = None;
+        self.queued_at.clear();
         released
     }
 }
