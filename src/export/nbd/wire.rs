@@ -89,10 +89,8 @@ pub(super) struct Outbox {
     queue: VecDeque<Reply>,
     /// Bytes of the first reply already written.
     written: usize,
-    /// When each queued reply was queued: the write timeout runs from the
-    /// oldest, so a client that reads a little now and then cannot hold
-    /// its replies (and their memory) for ever.
-    queued_at: VecDeque<Instant>,
+    /// Since when the first reply waits to be written whole.
+    since: Option<Instant>,
 }
 
 impl Outbox {
@@ -102,13 +100,15 @@ impl Outbox {
 
     /// Queues a finished reply.
     pub(super) fn push(&mut self, reply: Reply) {
-        self.queued_at.push_back(Instant::now());
+        if self.queue.is_empty() {
+            self.since = Some(Instant::now());
+        }
         self.queue.push_back(reply);
     }
 
-    /// Since when the oldest unwritten reply waits, if any does.
+    /// Since when the first reply waits, if any does.
     pub(super) fn waiting_since(&self) -> Option<Instant> {
-        self.queued_at.front().copied()
+        self.since
     }
 
     /// Fills `iov` with what is left to write; returns how many slices.
@@ -136,6 +136,7 @@ impl Outbox {
     /// returns the connection-pool bytes they held.
     pub(super) fn advance(&mut self, mut n: usize) -> u64 {
         let mut released = 0;
+        let mut popped = false;
         while let Some(front) = self.queue.front() {
             let left = front.len() - self.written;
             if n < left {
@@ -147,7 +148,10 @@ impl Outbox {
             if let Some(reply) = self.queue.pop_front() {
                 released += reply.charge.connection;
             }
-            self.queued_at.pop_front();
+            popped = true;
+        }
+        if popped {
+            self.since = (!self.queue.is_empty()).then(Instant::now);
         }
         released
     }
@@ -158,7 +162,7 @@ impl Outbox {
         let released = self.queue.iter().map(|r| r.charge.connection).sum();
         self.queue.clear();
         self.written = 0;
-        self.queued_at.clear();
+        self.since = None;
         released
     }
 }
