@@ -311,6 +311,8 @@ fn array_without_the_map_assembles_and_rebuilds_everything() {
         make_old_format(m);
     }
     assert_eq!(examine(&members[0])["written_map"], false);
+    let text = run_ok(vraid(&["examine"]).arg(&members[0]));
+    assert!(text.contains("Written map   : none"), "{text}");
     let control = dir.path().join("ctl.sock");
     let server = serve(&members, &control, &[]);
     let v = volume_status(&control, "vol0");
@@ -334,6 +336,8 @@ fn damaged_maps_are_ignored_per_member_and_all_damaged_means_all_written() {
     let dir = scratch_dir("written-bad");
     let members = sparse_members(dir.path(), 3, GIB);
     create_array(5, "64K", "256M", "vol0", &members);
+    let text = run_ok(vraid(&["examine"]).arg(&members[0]));
+    assert!(text.contains("Written map   : kept"), "{text}");
     let control = dir.path().join("ctl.sock");
     let server = serve(&members, &control, &[]);
     let size = u(&volume_status(&control, "vol0")["size"]);

@@ -243,6 +243,15 @@ impl fmt::Display for ExamineReport {
             self.checksum_layout
         )?;
         writeln!(f, "    PPL journal   : {}", maintained(self.journal_valid))?;
+        writeln!(
+            f,
+            "    Written map   : {}",
+            if self.written_map {
+                "kept (passes skip regions never written)"
+            } else {
+                "none (array made before it: passes walk everything)"
+            }
+        )?;
         if self.scrub_time > 0 {
             writeln!(f, "    Last scrub    : {} (Unix seconds)", self.scrub_time)?;
         }
