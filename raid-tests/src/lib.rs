@@ -91,6 +91,23 @@ pub fn member_paths(dir: &Path, n: usize) -> Vec<PathBuf> {
     (0..n).map(|i| dir.join(format!("m{i}.img"))).collect()
 }
 
+/// [`member_paths`] created as sparse files of `size` bytes.
+pub fn sparse_members(dir: &Path, n: usize, size: u64) -> Vec<PathBuf> {
+    let members = member_paths(dir, n);
+    for m in &members {
+        std::fs::File::create(m).unwrap().set_len(size).unwrap();
+    }
+    members
+}
+
+/// Fails and removes role `role` of `vol0`, then adds `new` (with
+/// `--force`) in its place: the rebuild starts.
+pub fn fail_remove_add(control: &Path, role: &str, new: &Path) {
+    vraid_ctl_ok(control, &["fail", "vol0", role]);
+    vraid_ctl_ok(control, &["remove", "vol0", role]);
+    vraid_ctl_ok(control, &["add", "vol0", new.to_str().unwrap(), "--force"]);
+}
+
 /// Creates an array with `vraid create`.
 pub fn create_array(level: u32, chunk: &str, member_size: &str, name: &str, members: &[PathBuf]) {
     let mut c = vraid(&[

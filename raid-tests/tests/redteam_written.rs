@@ -11,14 +11,6 @@ use raid_tests::*;
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(60);
 
-fn sparse_members(dir: &Path, n: usize, size: u64) -> Vec<PathBuf> {
-    let members = member_paths(dir, n);
-    for m in &members {
-        std::fs::File::create(m).unwrap().set_len(size).unwrap();
-    }
-    members
-}
-
 fn serve(members: &[PathBuf], control: &Path) -> Server {
     let mut args = vec!["--control", control.to_str().unwrap()];
     args.extend(members.iter().map(|m| m.to_str().unwrap()));
@@ -168,9 +160,7 @@ fn used_spare_skipped_regions_are_zero_and_consistent(layout: &str) {
     used_disk(&spare, 256 * MIB, 0xa5);
 
     // Act: member 2 replaced by the used disk.
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "2"]);
-    vraid_ctl_ok(&ctl, &["remove", "vol0", "2"]);
-    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap(), "--force"]);
+    fail_remove_add(&ctl, "2", &spare);
     let log = server.wait_log("rebuild of member 2 finished", WAIT);
     assert!(!log.contains("skipped 0 bytes"), "{log}");
 
@@ -259,9 +249,7 @@ fn region_first_written_by_a_run_without_bitmap_is_rebuilt() {
         .unwrap()
         .set_len(512 * MIB)
         .unwrap();
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
-    vraid_ctl_ok(&ctl, &["remove", "vol0", "0"]);
-    vraid_ctl_ok(&ctl, &["add", "vol0", fresh.to_str().unwrap(), "--force"]);
+    fail_remove_add(&ctl, "0", &fresh);
     server.wait_log("rebuild of member 0 finished", WAIT);
     vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
 
@@ -306,9 +294,7 @@ fn straddling_and_last_partial_region_writes_survive_a_rebuild() {
     used_disk(&spare, 256 * MIB, 0xa5);
 
     // Act
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
-    vraid_ctl_ok(&ctl, &["remove", "vol0", "1"]);
-    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap(), "--force"]);
+    fail_remove_add(&ctl, "1", &spare);
     server.wait_log("rebuild of member 1 finished", WAIT);
     scrub_clean(&ctl);
     vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
@@ -370,9 +356,7 @@ fn rebuild_killed_after_writes_into_skipped_regions_resumes_without_loss() {
 
     // Act: member 2 replaced by the used disk; writes into region 2
     // (skipped) and 7 (ahead) while the pass copies region 5; SIGKILL.
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "2"]);
-    vraid_ctl_ok(&ctl, &["remove", "vol0", "2"]);
-    vraid_ctl_ok(&ctl, &["add", "vol0", spare.to_str().unwrap(), "--force"]);
+    fail_remove_add(&ctl, "2", &spare);
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let v = volume_status(&ctl, "vol0");

@@ -19,10 +19,7 @@ const CHUNK: u64 = 64 * 1024;
 
 /// Sparse member files of `size` bytes, created as a RAID-5 `vol0`.
 fn sparse_raid5(dir: &Path, size: u64) -> Vec<PathBuf> {
-    let members = member_paths(dir, 4);
-    for m in &members {
-        std::fs::File::create(m).unwrap().set_len(size).unwrap();
-    }
+    let members = sparse_members(dir, 4, size);
     create_array(5, "64K", "256M", "vol0", &members);
     members
 }

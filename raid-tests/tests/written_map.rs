@@ -18,14 +18,6 @@ const MIB: u64 = 1 << 20;
 /// One written region (= one write-intent region) on members up to 27 TiB.
 const REGION: u64 = 64 * MIB;
 
-fn sparse_members(dir: &Path, n: usize, size: u64) -> Vec<PathBuf> {
-    let members = member_paths(dir, n);
-    for m in &members {
-        std::fs::File::create(m).unwrap().set_len(size).unwrap();
-    }
-    members
-}
-
 fn serve(members: &[PathBuf], control: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--control", control.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -84,12 +76,6 @@ fn finished_pass(control: &Path, kind: &str, members: usize) -> Value {
         v["sync"].is_null() && last["kind"] == kind && member_states(&v) == vec!["active"; members]
     });
     last
-}
-
-fn fail_remove_add(control: &Path, role: &str, new: &Path) {
-    vraid_ctl_ok(control, &["fail", "vol0", role]);
-    vraid_ctl_ok(control, &["remove", "vol0", role]);
-    vraid_ctl_ok(control, &["add", "vol0", new.to_str().unwrap(), "--force"]);
 }
 
 fn scrub(control: &Path) -> Value {
