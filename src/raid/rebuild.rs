@@ -374,6 +374,35 @@ fn still_going(ctl: &RebuildControl, inc: &Incoming) -> Result<(), RebuildError>
     Ok(())
 }
 
+/// What every step of one rebuild pass shares.
+struct Pass<'a> {
+    member: MemberIndex,
+    only: Option<&'a [(u64, u64)]>,
+    ctl: &'a RebuildControl,
+    inc: &'a Incoming,
+    tracker: &'a SyncTracker,
+    pacer: tokio::sync::Mutex<Pacer>,
+    errors: SourceErrors,
+}
+
+/// The steps of a pass cut into windows that end at multiples of
+/// [`CHECKPOINT_EVERY`] (steps never cross one: they are aligned to
+/// `STEP` and to regions).
+fn checkpoint_windows(
+    steps: impl Iterator<Item = (u64, u64, bool)>,
+) -> impl Iterator<Item = Vec<(u64, u64, bool)>> {
+    let mut steps = steps.peekable();
+    std::iter::from_fn(move || {
+        let first = steps.next()?;
+        let boundary = (first.0 / CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY;
+        let mut window = vec![first];
+        while let Some(step) = steps.next_if(|s| s.0 < boundary) {
+            window.push(step);
+        }
+        Some(window)
+    })
+}
+
 impl Volume {
     /// Rebuilds the member attached into slot `member` from its `up_to` to
     /// the end (only the parts overlapping `only` when given: a bitmap
@@ -425,57 +454,31 @@ impl Volume {
         let tracker = SyncTracker::new(kind, Some(member.0), total);
         self.set_progress(Some(tracker.clone()));
         tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
-        let pacer = tokio::sync::Mutex::new(Pacer::new());
-        let errors = &SourceErrors::new(self.geometry().members());
+        let pass = Pass {
+            member,
+            only: only.as_deref(),
+            ctl,
+            inc: &inc,
+            tracker: &tracker,
+            pacer: tokio::sync::Mutex::new(Pacer::new()),
+            errors: SourceErrors::new(self.geometry().members()),
+        };
         let mut copied = 0;
-        let mut last_checkpoint = start;
-        let mut unsaved = false;
-        let only = only.as_deref();
-        // Up to DEPTH steps in flight (they lock disjoint stripes); results
-        // come back in order, so `up_to` only covers finished steps. A
-        // region never written is one step that copies nothing (§10).
-        let work = pass_steps(self.written(), start, mds).map(|(a, b, written)| {
-            let needed = written && only.is_none_or(|r| overlaps(r, a, b));
-            let target = inc.device().clone();
-            let pacer = &pacer;
-            async move {
-                if needed {
-                    // Paced before the locks are taken, so a step never
-                    // holds stripes while it waits for its budget.
-                    pacer.lock().await.step(self, ctl, b - a).await;
-                    let mut buf = vec![0u8; (b - a) as usize];
-                    self.rebuild_step(member, &*target, a, &mut buf, errors)
-                        .await?;
-                }
-                Ok::<_, RebuildError>((a, b, needed, written))
-            }
-        });
-        let mut work = futures::stream::iter(work).buffered(DEPTH);
-        while let Some(step) = work.next().await {
-            let (a, b, needed, written) = step?;
-            still_going(ctl, &inc)?;
-            if needed {
-                copied += b - a;
-                unsaved = true;
-            }
-            if only.is_none_or(|r| overlaps(r, a, b)) {
-                tracker.done.fetch_add(b - a, Ordering::Relaxed);
-                if !written {
-                    tracker.skipped.fetch_add(b - a, Ordering::Relaxed);
-                }
-            }
-            inc.set_up_to(b);
-            // Checkpoints only after copying: skipping writes nothing.
-            if unsaved && b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
+        // The steps go in windows that end at checkpoints, each drained
+        // before its checkpoint: a step left unpolled while the loop
+        // awaited the flush would hold its stripe locks (blocking client
+        // writes) and perhaps the checksum store's writer lock, which the
+        // flush waits for (a deadlock with small checksum caches).
+        for window in checkpoint_windows(pass_steps(self.written(), start, mds)) {
+            let (bytes, end) = self.rebuild_window(&pass, window).await?;
+            copied += bytes;
+            if bytes > 0 && end < mds {
                 inc.device().flush().await.map_err(RebuildError::Target)?;
-                sink.checkpoint(member, b)
+                sink.checkpoint(member, end)
                     .await
                     .map_err(RebuildError::Checkpoint)?;
-                last_checkpoint = b;
-                unsaved = false;
             }
         }
-        drop(work);
         inc.device().flush().await.map_err(RebuildError::Target)?;
         if inc.is_broken() {
             return Err(target_broken(&inc));
@@ -484,6 +487,52 @@ impl Volume {
             .await
             .map_err(RebuildError::Checkpoint)?;
         Ok(copied)
+    }
+
+    /// Runs the steps of one checkpoint window, up to [`DEPTH`] in flight
+    /// (they lock disjoint stripes; results come back in order, so `up_to`
+    /// only covers finished steps), and returns the bytes copied and where
+    /// the window ends. A region never written is one step that copies
+    /// nothing (§10).
+    async fn rebuild_window(
+        &self,
+        pass: &Pass<'_>,
+        window: Vec<(u64, u64, bool)>,
+    ) -> Result<(u64, u64), RebuildError> {
+        let mut end = pass.inc.up_to();
+        let work = window.into_iter().map(|(a, b, written)| {
+            let needed = written && pass.only.is_none_or(|r| overlaps(r, a, b));
+            let target = pass.inc.device().clone();
+            async move {
+                if needed {
+                    // Paced before the locks are taken, so a step never
+                    // holds stripes while it waits for its budget.
+                    pass.pacer.lock().await.step(self, pass.ctl, b - a).await;
+                    let mut buf = vec![0u8; (b - a) as usize];
+                    self.rebuild_step(pass.member, &*target, a, &mut buf, &pass.errors)
+                        .await?;
+                }
+                Ok::<_, RebuildError>((a, b, needed, written))
+            }
+        });
+        let mut work = futures::stream::iter(work).buffered(DEPTH);
+        let mut copied = 0;
+        while let Some(step) = work.next().await {
+            let (a, b, needed, written) = step?;
+            still_going(pass.ctl, pass.inc)?;
+            if needed {
+                copied += b - a;
+            }
+            if pass.only.is_none_or(|r| overlaps(r, a, b)) {
+                pass.tracker.done.fetch_add(b - a, Ordering::Relaxed);
+                if !written {
+                    pass.tracker.skipped.fetch_add(b - a, Ordering::Relaxed);
+                }
+            }
+            pass.inc.set_up_to(b);
+            end = b;
+        }
+        Ok((copied, end))
     }
 
     /// Copies member data `a..a+buf.len()` of slot `member` onto `target`

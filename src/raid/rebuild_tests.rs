@@ -181,7 +181,8 @@ async fn replace_copies_a_live_member_and_promotes_the_new_one() {
 
 #[tokio::test]
 async fn rebuild_checkpoints_and_resumes_from_up_to() {
-    // Arrange: 136 MiB members, resumed at 8 MiB: one checkpoint at 72 MiB.
+    // Arrange: 136 MiB members, resumed at 8 MiB: checkpoints at the 64 MiB
+    // boundaries after it (64 and 128 MiB), none at the end.
     let member_size = 136 << 20;
     let array = Array::new(Level::Raid1, 2, C, member_size, &[1]);
     let data = pattern(1 << 20, 5);
@@ -207,7 +208,7 @@ async fn rebuild_checkpoints_and_resumes_from_up_to() {
         .unwrap();
     // Assert: only bytes from the checkpoint on were copied.
     assert_eq!(copied, member_size - resume_at);
-    assert_eq!(*sink.checkpoints.lock().unwrap(), vec![72 << 20]);
+    assert_eq!(*sink.checkpoints.lock().unwrap(), vec![64 << 20, 128 << 20]);
     let snap = fresh.mem.snapshot();
     assert!(
         snap[..1 << 20].iter().all(|&b| b == 0),
