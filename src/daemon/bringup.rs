@@ -888,9 +888,7 @@ fn wrap_member_with(
 /// whole-array reseal (every bit pinned) is done.
 fn spawn_checksums_valid(bitmap: Arc<DiskBitmap>, metadata: Arc<ArrayMetadata>) {
     tokio::spawn(async move {
-        while bitmap.pinned() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        bitmap.wait_unpinned().await;
         metadata.set_checksums_valid(true).await;
         info!("block checksums resealed");
     });

@@ -56,6 +56,8 @@ pub struct DiskBitmap {
     /// `inner.pinned.len()`: lets [`DiskBitmap::settled`] (called on every
     /// verified read) skip the lock when nothing is pinned.
     pinned_len: AtomicUsize,
+    /// Woken when the last pinned region is synced.
+    unpinned: tokio::sync::Notify,
     /// The written-region map set with each bitmap write (FORMAT.md §10).
     written: Option<Arc<WrittenMap>>,
 }
@@ -155,6 +157,7 @@ impl DiskBitmap {
             writes: AtomicU64::new(0),
             before_clear: None,
             pinned_len: AtomicUsize::new(0),
+            unpinned: tokio::sync::Notify::new(),
             written: None,
         }
     }
@@ -253,6 +256,21 @@ impl DiskBitmap {
         self.lock().pinned.len()
     }
 
+    /// Waits until no region is pinned (at once when none is).
+    pub async fn wait_unpinned(&self) {
+        loop {
+            let notified = self.unpinned.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake-up between the check
+            // and the await is not missed.
+            notified.as_mut().enable();
+            if self.pinned_len.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// The regions of `start..end` are in sync again; they may be cleared.
     pub fn synced(&self, start: u64, end: u64) {
         let (r0, r1) = (start >> self.shift, end.saturating_sub(1) >> self.shift);
@@ -260,6 +278,9 @@ impl DiskBitmap {
         let mut inner = self.lock();
         inner.pinned.retain(|r| !(r0..=r1).contains(r));
         self.pinned_len.store(inner.pinned.len(), Ordering::Release);
+        if inner.pinned.is_empty() {
+            self.unpinned.notify_waiters();
+        }
         for r in r0..=r1 {
             inner.last_done.insert(r, now);
         }

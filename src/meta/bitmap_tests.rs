@@ -113,8 +113,19 @@ async fn loaded_dirty_regions_are_pinned_until_synced() {
         .await
         .with_idle(Duration::ZERO);
     bm.pin_dirty();
+    let bm = Arc::new(bm);
+    let waiter = tokio::spawn({
+        let bm = bm.clone();
+        async move { bm.wait_unpinned().await }
+    });
     assert_eq!(bm.clear_idle().await.unwrap(), 0);
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "woken while a region is pinned");
     bm.synced(0, 64 << 20);
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken when the last pinned region is synced")
+        .unwrap();
     assert_eq!(bm.clear_idle().await.unwrap(), 1);
     assert_eq!(disk_bits(&devs[0], &asm.layout).await, 0);
 }
