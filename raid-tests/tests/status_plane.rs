@@ -228,3 +228,34 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
     assert!(keys(last).is_subset(&set(&["time_ms", "volume", "kind", "member", "message"])));
     assert_eq!(server.stop(), 0);
 }
+
+#[test]
+fn member_series_carry_the_path_that_holds_the_role_after_a_replacement() {
+    // Arrange: role 1 failed, removed and taken by a new file.
+    let dir = scratch_dir("status-plane-path");
+    let (server, control, metrics, paths) = serve(dir.path());
+    qemu_io(&server.uri("vol0"), &["write -P 7 0 1M".into()]);
+    let fresh = dir.path().join("fresh.img");
+    std::fs::File::create(&fresh)
+        .unwrap()
+        .set_len(std::fs::metadata(&paths[1]).unwrap().len())
+        .unwrap();
+    fail_remove_add(&control, "1", &fresh);
+    wait_for(&control, "rebuild end", |v| {
+        v["sync"].is_null() && v["members"][1]["state"] == "active"
+    });
+
+    // Act
+    let text = scrape(&metrics);
+
+    // Assert: the series of role 1 name the new file, not the old one.
+    let series = |path: &Path| {
+        format!(
+            r#"vraid_member_state{{volume="vol0",member="1",path="{}"}}"#,
+            path.display()
+        )
+    };
+    assert!(text.contains(&series(&fresh)), "{text}");
+    assert!(!text.contains(&series(&paths[1])), "{text}");
+    assert_eq!(server.stop(), 0);
+}

@@ -31,7 +31,8 @@ type Labels = Vec<(&'static str, String)>;
 struct VolumeScrape {
     status: VolumeStatus,
     stats: Arc<IoStats>,
-    /// Per role: the member's labels (start-up path) and counters.
+    /// Per role: the member's labels (the path holding the role now) and
+    /// counters.
     members: Vec<(Labels, Arc<IoStats>)>,
     faults: Vec<FaultStatus>,
 }
@@ -51,19 +52,30 @@ impl Scrape {
     pub async fn take(reg: &Registry) -> Scrape {
         let mut volumes = Vec::new();
         for v in reg.volumes() {
+            let status = v.status().await;
             let vl: Labels = vec![("volume", v.name.clone())];
+            // The path label is the one that holds the role now (after a
+            // spare, `add` or `replace` took it), as `status` shows.
+            let path_now = |role: usize| {
+                status
+                    .members
+                    .iter()
+                    .find(|s| s.role == role)
+                    .and_then(|s| s.path.clone())
+            };
             let members = v
                 .members
                 .iter()
                 .map(|m| {
                     let mut l = vl.clone();
                     l.push(("member", m.role.to_string()));
-                    l.push(("path", m.path.clone().unwrap_or_default()));
+                    let path = path_now(m.role).or_else(|| m.path.clone());
+                    l.push(("path", path.unwrap_or_default()));
                     (l, m.stats.clone())
                 })
                 .collect();
             volumes.push(VolumeScrape {
-                status: v.status().await,
+                status,
                 stats: v.stats.clone(),
                 members,
                 faults: v.faults(),
