@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::future::join_all;
+use futures::StreamExt;
 use tokio::sync::{oneshot, Notify};
 
 use super::layout::{MemberIndex, StripeIndex};
@@ -748,6 +749,9 @@ fn touched(chunk: u64, start: u64, len: u64, d: usize, rlo: u64, rhi: u64) -> Op
     (lo < hi).then_some((lo, hi))
 }
 
+/// Journal entries replayed at once after a crash.
+const REPLAY_DEPTH: usize = 16;
+
 /// Replays `records` (each with the member whose journal held it, in log
 /// order) onto `vol`: parity rows := PP XOR the current data of the
 /// chunks each entry wrote. The volume must not serve yet. Flushes at the
@@ -761,20 +765,31 @@ pub async fn replay(
     // rows cover it; older entries never write a row a newer one covers
     // (the newer one may not be replayable, and the older PP is stale).
     let mut claimed: std::collections::HashMap<u64, Vec<(u64, u64)>> = Default::default();
+    let mut work = Vec::new();
     for (member, rec) in records.iter().rev() {
         let taken = claimed.entry(rec.stripe).or_default();
         let window = (u64::from(rec.rlo), u64::from(rec.rhi));
         let free = subtract(window, taken);
         taken.push(window);
-        if free.is_empty() {
-            continue;
+        if !free.is_empty() {
+            work.push((*member, rec, free));
         }
-        if replay_one(vol, *member, rec, &free).await {
+    }
+    // The rows left to each entry are disjoint from every other entry's
+    // (and entries of one stripe take its lock), so they replay in any
+    // order: several at once, as each is a few dependent member I/Os.
+    let replays = work
+        .iter()
+        .map(|(member, rec, free)| replay_one(vol, *member, rec, free));
+    let mut done = futures::stream::iter(replays).buffer_unordered(REPLAY_DEPTH);
+    while let Some(replayed) = done.next().await {
+        if replayed {
             stats.replayed += 1;
         } else {
             stats.skipped += 1;
         }
     }
+    drop(done);
     if stats.replayed > 0 {
         vol.flush().await?;
     }
