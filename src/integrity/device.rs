@@ -168,11 +168,7 @@ impl ChecksumDevice {
         self.inner.write(offset, buf, dur).await?;
         // Edge blocks that were bad keep a mismatching entry: forget only
         // the blocks that are now whole and good.
-        for (i, ok) in good.iter().enumerate() {
-            if *ok {
-                self.reported.forget(b0 + i as u64, b0 + i as u64 + 1);
-            }
-        }
+        self.reported.forget_good(b0, &good);
         self.store.set(b0, &entries).await?;
         self.after_write(dur, epoch).await
     }

@@ -194,11 +194,7 @@ impl InlineDevice {
         });
         let raw = image(b0, &wide, entries);
         self.write_raw(b0, &raw, dur).await?;
-        for (i, ok) in good.iter().enumerate() {
-            if *ok {
-                self.reported.forget(b0 + i as u64, b0 + i as u64 + 1);
-            }
-        }
+        self.reported.forget_good(b0, &good);
         Ok(())
     }
 

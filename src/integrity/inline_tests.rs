@@ -14,7 +14,7 @@ use super::Trusted;
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::member::fault::{FaultDevice, FaultKind, FaultOp, FaultRule, FaultSet, FaultSpec};
 use crate::raid::checksum::Verdict;
-use crate::raid::test_support::{pattern, TestDevice};
+use crate::raid::test_support::{pattern, xor_byte, TestDevice};
 use crate::units::ByteOffset;
 
 const BLOCKS: u64 = 16;
@@ -38,13 +38,7 @@ fn rig() -> Rig {
 }
 
 async fn flip(dev: &TestDevice, at: u64) {
-    let mut b = [0u8; 1];
-    dev.mem.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x5a;
-    dev.mem
-        .write(ByteOffset(at), &b, Durability::Normal)
-        .await
-        .unwrap();
+    xor_byte(&dev.mem, at, 0x5a).await.unwrap();
 }
 
 async fn read(dev: &InlineDevice, offset: u64, len: usize) -> Result<Vec<u8>, BlockError> {

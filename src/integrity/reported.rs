@@ -67,6 +67,16 @@ impl Reported {
         })
     }
 
+    /// Blocks `b0 + i` were rewritten whole and good for each `i` where
+    /// `good[i]` (edge blocks that were bad keep a mismatching checksum).
+    pub(super) fn forget_good(&self, b0: u64, good: &[bool]) {
+        for (i, ok) in good.iter().enumerate() {
+            if *ok {
+                self.forget(b0 + i as u64, b0 + i as u64 + 1);
+            }
+        }
+    }
+
     /// Blocks `b0..b1` were rewritten: they may be counted again.
     pub(super) fn forget(&self, b0: u64, b1: u64) {
         if self.len.load(Ordering::Acquire) == 0 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::page::{block_entry, decode_page, encode_page, zero_entry, BLOCK, UNKNOWN};
 use super::{ChecksumDevice, CsumStore, Trusted};
 use crate::block::{BlockDevice, BlockError, Durability};
-use crate::raid::test_support::{pattern, TestDevice};
+use crate::raid::test_support::{pattern, xor_byte, TestDevice};
 use crate::units::ByteOffset;
 
 const B: usize = BLOCK as usize;
@@ -39,13 +39,7 @@ fn rig(blocks: u64, trusted: Trusted) -> Rig {
 }
 
 async fn flip(dev: &TestDevice, at: u64) {
-    let mut b = [0u8; 1];
-    dev.mem.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x5a;
-    dev.mem
-        .write(ByteOffset(at), &b, Durability::Normal)
-        .await
-        .unwrap();
+    xor_byte(&dev.mem, at, 0x5a).await.unwrap();
 }
 
 #[tokio::test]
