@@ -37,6 +37,21 @@ fn rig() -> Rig {
     rig_trusting(Arc::new(|_| true))
 }
 
+/// A rig whose whole device holds `pattern(SIZE, seed)`, written through
+/// it (tags known).
+async fn written_rig(seed: u64) -> Rig {
+    let r = rig();
+    r.dev
+        .write(
+            ByteOffset(0),
+            &pattern(SIZE as usize, seed),
+            Durability::Normal,
+        )
+        .await
+        .unwrap();
+    r
+}
+
 async fn flip(dev: &TestDevice, at: u64) {
     xor_byte(&dev.mem, at, 0x5a).await.unwrap();
 }
@@ -75,15 +90,7 @@ async fn a_write_of_n_blocks_is_one_member_write_and_a_read_one_member_read() {
 
 #[tokio::test]
 async fn corrupt_data_or_tag_is_detected_and_counted_once() {
-    let r = rig();
-    r.dev
-        .write(
-            ByteOffset(0),
-            &pattern(SIZE as usize, 2),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
+    let r = written_rig(2).await;
     flip(&r.raw, 3 * STRIDE + 100).await; // data of block 3
     flip(&r.raw, 5 * STRIDE + BLOCK + 9).await; // tag of block 5
     assert!(is_corrupt(&read(&r.dev, 3 * BLOCK, 10).await));
@@ -104,15 +111,7 @@ async fn corrupt_data_or_tag_is_detected_and_counted_once() {
 
 #[tokio::test]
 async fn a_misdirected_write_is_detected() {
-    let r = rig();
-    r.dev
-        .write(
-            ByteOffset(0),
-            &pattern(SIZE as usize, 3),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
+    let r = written_rig(3).await;
     // The disk put block 1's 4608 bytes where block 6 lives.
     let mut unit = vec![0u8; STRIDE as usize];
     r.raw.mem.read(ByteOffset(STRIDE), &mut unit).await.unwrap();

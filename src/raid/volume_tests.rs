@@ -287,7 +287,9 @@ fn volume_new_refuses_too_many_missing_and_small_members() {
     ));
 }
 
-#[tokio::test]
+// The clock is paused: a sleep or timeout ends only once every task waits
+// (in-memory members, no real I/O), so "still waiting" is deterministic.
+#[tokio::test(start_paused = true)]
 async fn writers_of_different_stripes_do_not_serialize() {
     // Arrange: member 0's writes are held, so a write to stripe 0 (which
     // touches member 0) hangs while holding stripe 0's lock.
@@ -343,7 +345,8 @@ impl super::volume::VolumeEvents for SlowEvents {
     }
 }
 
-#[tokio::test]
+// Paused clock: the sleep and the timeout end only once every task waits.
+#[tokio::test(start_paused = true)]
 async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
     // Arrange: a mirror that fails, and an event sink that has not yet
     // persisted the failure.
