@@ -16,8 +16,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use super::page::{bad_blocks, block_entry, entries_of, seal, zero_entry, BLOCK, UNKNOWN};
-use super::reported::{hull, warn_bad_edge, Reported};
+use super::page::{bad_blocks, block_entry, entries_of, hull, seal, zero_entry, BLOCK, UNKNOWN};
+use super::reported::{warn_bad_edge, Reported};
 use super::store::CsumStore;
 use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;

@@ -19,8 +19,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use super::page::{block_entry, seal, zero_entry, BLOCK};
-use super::reported::{hull, warn_bad_edge, Reported};
+use super::page::{block_entry, hull, seal, zero_entry, BLOCK};
+use super::reported::{warn_bad_edge, Reported};
 use super::tag::{decode_tag, encode_tag, logical_len, Tag, STRIDE};
 use super::Trusted;
 use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};

@@ -11,11 +11,6 @@ use std::sync::{Arc, Mutex};
 use super::page::BLOCK;
 use crate::block::{BlockError, BlockResult};
 
-/// The 4 KiB-aligned hull of `offset..offset + len`, as block numbers.
-pub(super) fn hull(offset: u64, len: u64) -> (u64, u64) {
-    (offset / BLOCK, (offset + len).div_ceil(BLOCK))
-}
-
 /// Logs an edge block of a partial write that fails its checksum where it
 /// is verified (the merge keeps it mismatching).
 pub(super) fn warn_bad_edge(device: &str, block: u64) {
