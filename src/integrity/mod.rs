@@ -72,6 +72,7 @@ impl<T> Default for ByRole<T> {
 }
 
 impl<T> ByRole<T> {
+    /// Registers `obj` for role `role` (without keeping it alive).
     fn add(&self, role: usize, obj: &Arc<T>) {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|(_, o)| o.strong_count() > 0);
