@@ -221,19 +221,27 @@ fn render_checksum_cache(out: &mut String, c: &crate::integrity::CacheStats) {
 
 /// `vraid fail`.
 pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
-    let reply: FailReply = call(
-        &socket(&args.control),
-        "fail",
-        &MemberParams {
-            volume: args.volume.clone(),
-            member: member_arg(&args.member),
-        },
-    )?;
+    let reply: FailReply = member_call(&args, "fail")?;
     println!(
         "{}: member {} failed; volume is {}",
         args.volume, reply.member, reply.volume_state
     );
     Ok(())
+}
+
+/// Sends `verb` about one member of a volume (`fail`, `remove`).
+fn member_call<R: serde::de::DeserializeOwned>(
+    args: &MemberCmdArgs,
+    verb: &str,
+) -> Result<R, ClientError> {
+    call(
+        &socket(&args.control),
+        verb,
+        &MemberParams {
+            volume: args.volume.clone(),
+            member: member_arg(&args.member),
+        },
+    )
 }
 
 /// A path as the daemon must see it: absolute, since its working directory
@@ -373,14 +381,7 @@ fn render_scrub(volume: &str, s: &ScrubStatus) -> String {
 
 /// `vraid remove`.
 pub fn remove(args: MemberCmdArgs) -> Result<(), ClientError> {
-    let reply: RemoveReply = call(
-        &socket(&args.control),
-        "remove",
-        &MemberParams {
-            volume: args.volume.clone(),
-            member: member_arg(&args.member),
-        },
-    )?;
+    let reply: RemoveReply = member_call(&args, "remove")?;
     match (reply.spare, reply.member) {
         (Some(spare), _) => println!("{}: hot spare {spare} removed", args.volume),
         (None, Some(role)) => println!("{}: member {role} removed", args.volume),

@@ -341,10 +341,25 @@ impl ArrayHandle {
                 }
             }
         });
+        self.track(supervisor);
+    }
+
+    /// Keeps `task` for [`ArrayHandle::shutdown`] to stop.
+    fn track(&self, task: JoinHandle<()>) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(supervisor);
+            .push(task);
+    }
+
+    /// Rebuilds role `role` in the background (only the byte ranges of
+    /// `only`, if given), then puts spares to work.
+    fn spawn_rebuild(self: &Arc<Self>, role: usize, only: Option<Vec<(u64, u64)>>) {
+        let h = self.clone();
+        self.track(tokio::spawn(async move {
+            h.run_rebuild(role, only, &h.sink(false), false).await;
+            h.activate_spares().await;
+        }));
     }
 
     /// The state, locked.
@@ -631,16 +646,7 @@ impl ArrayHandle {
                 ranges.iter().map(|(a, b)| b - a).sum::<u64>()
             ),
         );
-        let h = self.clone();
-        let task = tokio::spawn(async move {
-            h.run_rebuild(role, Some(ranges), &h.sink(false), false)
-                .await;
-            h.activate_spares().await;
-        });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.spawn_rebuild(role, Some(ranges));
         Ok(())
     }
 
@@ -713,14 +719,10 @@ impl ArrayHandle {
         self.state().replacing(role, show_path(path));
         let h = self.clone();
         let new_path = path.to_path_buf();
-        let task = tokio::spawn(async move {
+        self.track(tokio::spawn(async move {
             h.run_replace(role, &new_path).await;
             h.activate_spares().await;
-        });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        }));
         Ok(())
     }
 
@@ -977,15 +979,7 @@ impl ArrayHandle {
                 spare.path.display()
             ),
         );
-        let h = self.clone();
-        let task = tokio::spawn(async move {
-            h.run_rebuild(role, None, &h.sink(false), false).await;
-            h.activate_spares().await;
-        });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.spawn_rebuild(role, None);
         Ok(())
     }
 

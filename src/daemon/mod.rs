@@ -121,14 +121,7 @@ pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
     let report = match bringup::examine_member(member).await? {
         bringup::Examined::Member(report) => report,
         bringup::Examined::Foreign(foreign) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&foreign).expect("report serializes")
-                );
-            } else {
-                print!("{foreign}");
-            }
+            print_report(&foreign, json);
             return Err(DaemonError::Usage(format!(
                 "{}: no vraid superblock; it holds {}",
                 show_path(member),
@@ -136,15 +129,20 @@ pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
             )));
         }
     };
+    print_report(&report, json);
+    Ok(())
+}
+
+/// Prints an `examine` report as JSON or as text.
+fn print_report<R: serde::Serialize + std::fmt::Display>(report: &R, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
+            serde_json::to_string_pretty(report).expect("report serializes")
         );
     } else {
         print!("{report}");
     }
-    Ok(())
 }
 
 fn show_path(p: &Path) -> String {

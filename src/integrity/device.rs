@@ -13,13 +13,13 @@
 //! It sits below the member's counters and above its fault rules:
 //! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use super::page::{bad_blocks, block_entry, entries_of, seal, zero_entry, BLOCK, UNKNOWN};
+use super::page::{bad_blocks, block_entry, entries_of, hull, seal, zero_entry, BLOCK, UNKNOWN};
+use super::reported::{warn_bad_edge, Reported};
 use super::store::CsumStore;
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Says whether a member data offset may be verified (false while the
@@ -31,14 +31,8 @@ pub struct ChecksumDevice {
     inner: Arc<dyn BlockDevice>,
     store: Arc<CsumStore>,
     trusted: Trusted,
-    errors: Arc<AtomicU64>,
-    /// Blocks counted bad and not rewritten since: a block is counted once
-    /// however often it is read (a scrub's step read and its block-by-block
-    /// re-read, repeated RAID-0 reads), and again only if it goes bad again
-    /// after a rewrite.
-    reported: Mutex<HashSet<u64>>,
-    /// `reported.len()`, so writes skip the lock while nothing is reported.
-    reported_len: AtomicUsize,
+    /// Blocks counted bad and not rewritten since.
+    reported: Reported,
 }
 
 impl std::fmt::Debug for ChecksumDevice {
@@ -48,11 +42,6 @@ impl std::fmt::Debug for ChecksumDevice {
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
-}
-
-/// The 4 KiB-aligned hull of `offset..offset + len`, as block numbers.
-fn hull(offset: u64, len: u64) -> (u64, u64) {
-    (offset / BLOCK, (offset + len).div_ceil(BLOCK))
 }
 
 impl ChecksumDevice {
@@ -68,28 +57,8 @@ impl ChecksumDevice {
             inner,
             store,
             trusted,
-            errors,
-            reported: Mutex::new(HashSet::new()),
-            reported_len: AtomicUsize::new(0),
+            reported: Reported::new(errors),
         }
-    }
-
-    /// Counts the blocks of `bad` (block numbers) not counted yet.
-    fn count_bad(&self, bad: impl Iterator<Item = u64>) {
-        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        let new = bad.filter(|&b| set.insert(b)).count();
-        self.reported_len.store(set.len(), Ordering::Release);
-        self.errors.fetch_add(new as u64, Ordering::Relaxed);
-    }
-
-    /// Blocks `b0..b1` were rewritten: they may be counted again.
-    fn forget_bad(&self, b0: u64, b1: u64) {
-        if self.reported_len.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        set.retain(|&b| b < b0 || b >= b1);
-        self.reported_len.store(set.len(), Ordering::Release);
     }
 
     /// Bytes of blocks `b0..b1` (the last block of a device whose size is
@@ -130,21 +99,7 @@ impl ChecksumDevice {
             tokio::task::yield_now().await;
             bad = self.read_checked(b0, b1, data).await?;
         }
-        if let Some(&first) = bad.first() {
-            self.count_bad(bad.iter().map(|&i| b0 + i as u64));
-            let offset = (b0 + first as u64) * BLOCK;
-            tracing::warn!(
-                device = self.inner.name(),
-                offset,
-                blocks = bad.len(),
-                "checksum mismatch"
-            );
-            return Err(BlockError::Corrupt {
-                device: self.inner.name().to_string(),
-                offset,
-                blocks: bad.len() as u64,
-            });
-        }
+        self.reported.check(self.inner.name(), b0, &bad)?;
         if !aligned {
             let at = (offset.get() - b0 * BLOCK) as usize;
             buf.copy_from_slice(&wide[at..at + buf.len()]);
@@ -165,11 +120,7 @@ impl ChecksumDevice {
         // reseals it.
         let ok = entry == UNKNOWN || entry == block_entry(old);
         if !ok && (self.trusted)(block * BLOCK) {
-            tracing::warn!(
-                device = self.inner.name(),
-                offset = block * BLOCK,
-                "checksum mismatch under a partial write; the block stays marked bad"
-            );
+            warn_bad_edge(self.inner.name(), block);
         }
         Ok(ok)
     }
@@ -188,7 +139,7 @@ impl ChecksumDevice {
         if head == 0 && buf.len() == self.span(b0, b1) {
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
-            self.forget_bad(b0, b1);
+            self.reported.forget(b0, b1);
             self.store.set(b0, &entries).await?;
             return self.after_write(dur, epoch).await;
         }
@@ -217,11 +168,7 @@ impl ChecksumDevice {
         self.inner.write(offset, buf, dur).await?;
         // Edge blocks that were bad keep a mismatching entry: forget only
         // the blocks that are now whole and good.
-        for (i, ok) in good.iter().enumerate() {
-            if *ok {
-                self.forget_bad(b0 + i as u64, b0 + i as u64 + 1);
-            }
-        }
+        self.reported.forget_good(b0, &good);
         self.store.set(b0, &entries).await?;
         self.after_write(dur, epoch).await
     }
@@ -252,7 +199,7 @@ impl ChecksumDevice {
             return Ok(());
         }
         let (b0, b1) = hull(offset, len);
-        self.forget_bad(b0, b1);
+        self.reported.forget(b0, b1);
         let whole0 = offset.div_ceil(BLOCK);
         let whole1 = (offset + len) / BLOCK;
         if whole1 > whole0 {

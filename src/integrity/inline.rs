@@ -16,13 +16,14 @@
 //! The [`super::super::member::fault::FaultDevice`] below it is told the
 //! layout: its rules keep meaning logical data-area offsets.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use super::page::{block_entry, seal, zero_entry, BLOCK};
+use super::page::{block_entry, hull, seal, zero_entry, BLOCK};
+use super::reported::{warn_bad_edge, Reported};
 use super::tag::{decode_tag, encode_tag, logical_len, Tag, STRIDE};
 use super::Trusted;
-use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};
 use crate::raid::checksum::Verdict;
 use crate::units::ByteOffset;
 
@@ -31,10 +32,8 @@ pub struct InlineDevice {
     inner: Arc<dyn BlockDevice>,
     size: u64,
     trusted: Trusted,
-    errors: Arc<AtomicU64>,
-    /// Blocks counted bad and not rewritten since (counted once however
-    /// often they are read, as [`super::ChecksumDevice`] does).
-    reported: Mutex<std::collections::HashSet<u64>>,
+    /// Blocks counted bad and not rewritten since.
+    reported: Reported,
 }
 
 impl std::fmt::Debug for InlineDevice {
@@ -44,11 +43,6 @@ impl std::fmt::Debug for InlineDevice {
             .field("size", &self.size)
             .finish_non_exhaustive()
     }
-}
-
-/// The 4 KiB-aligned hull of `offset..offset + len`, as block numbers.
-fn hull(offset: u64, len: u64) -> (u64, u64) {
-    (offset / BLOCK, (offset + len).div_ceil(BLOCK))
 }
 
 /// The data of block `i` of a member image.
@@ -91,21 +85,7 @@ impl InlineDevice {
             size: logical_len(inner.size()),
             inner,
             trusted,
-            errors,
-            reported: Mutex::new(Default::default()),
-        }
-    }
-
-    fn count_bad(&self, bad: impl Iterator<Item = u64>) {
-        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        let new = bad.filter(|&b| set.insert(b)).count();
-        self.errors.fetch_add(new as u64, Ordering::Relaxed);
-    }
-
-    fn forget_bad(&self, b0: u64, b1: u64) {
-        let mut set = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        if !set.is_empty() {
-            set.retain(|&b| b < b0 || b >= b1);
+            reported: Reported::new(errors),
         }
     }
 
@@ -153,21 +133,7 @@ impl InlineDevice {
             raw = self.read_raw(b0, b1).await?;
             bad = self.bad_trusted(b0, &raw);
         }
-        if let Some(&first) = bad.first() {
-            self.count_bad(bad.iter().map(|&i| b0 + i as u64));
-            let offset = (b0 + first as u64) * BLOCK;
-            tracing::warn!(
-                device = self.inner.name(),
-                offset,
-                blocks = bad.len(),
-                "checksum mismatch"
-            );
-            return Err(BlockError::Corrupt {
-                device: self.inner.name().to_string(),
-                offset,
-                blocks: bad.len() as u64,
-            });
-        }
+        self.reported.check(self.inner.name(), b0, &bad)?;
         let mut pos = offset.get();
         let mut out = 0;
         while out < buf.len() {
@@ -188,11 +154,7 @@ impl InlineDevice {
         old.copy_from_slice(data_of(&raw, 0));
         let ok = judge(old, decode_tag(tag_of(&raw, 0), block)) != Verdict::Bad;
         if !ok && (self.trusted)(block * BLOCK) {
-            tracing::warn!(
-                device = self.inner.name(),
-                offset = block * BLOCK,
-                "checksum mismatch under a partial write; the block stays marked bad"
-            );
+            warn_bad_edge(self.inner.name(), block);
         }
         Ok(ok)
     }
@@ -207,7 +169,7 @@ impl InlineDevice {
         if head == 0 && buf.len() as u64 == (b1 - b0) * BLOCK {
             let raw = image(b0, buf, buf.chunks(BLOCK as usize).map(block_entry));
             self.write_raw(b0, &raw, dur).await?;
-            self.forget_bad(b0, b1);
+            self.reported.forget(b0, b1);
             return Ok(());
         }
         // Unaligned: merge into the old edge blocks. Writers of one block
@@ -232,11 +194,7 @@ impl InlineDevice {
         });
         let raw = image(b0, &wide, entries);
         self.write_raw(b0, &raw, dur).await?;
-        for (i, ok) in good.iter().enumerate() {
-            if *ok {
-                self.forget_bad(b0 + i as u64, b0 + i as u64 + 1);
-            }
-        }
+        self.reported.forget_good(b0, &good);
         Ok(())
     }
 
@@ -259,7 +217,7 @@ impl InlineDevice {
                 .await;
         }
         clear(ByteOffset(w0 * STRIDE), (w1 - w0) * STRIDE).await?;
-        self.forget_bad(w0, w1);
+        self.reported.forget(w0, w1);
         for (a, b) in [(offset, w0 * BLOCK), (w1 * BLOCK, end)] {
             if b > a {
                 let zeros = vec![0u8; (b - a) as usize];
@@ -276,7 +234,8 @@ impl InlineDevice {
         let b0 = offset / BLOCK;
         let raw = image(b0, data, data.chunks(BLOCK as usize).map(block_entry));
         self.write_raw(b0, &raw, Durability::Normal).await?;
-        self.forget_bad(b0, b0 + (data.len() as u64).div_ceil(BLOCK));
+        self.reported
+            .forget(b0, b0 + (data.len() as u64).div_ceil(BLOCK));
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::tag::{physical_len, STRIDE};
 use super::Checksums;
 use crate::block::{BlockDevice, Durability};
-use crate::raid::test_support::{pattern, Array, TestDevice};
+use crate::raid::test_support::{pattern, xor_byte, Array, TestDevice};
 use crate::raid::{ChunkSize, Geometry, Level};
 use crate::units::ByteOffset;
 
@@ -67,13 +67,7 @@ async fn flip(d: &TestDevice, at: u64) {
     } else {
         at
     };
-    let mut b = [0u8; 1];
-    d.mem.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x81;
-    d.mem
-        .write(ByteOffset(at), &b, Durability::Normal)
-        .await
-        .unwrap();
+    xor_byte(&d.mem, at, 0x81).await.unwrap();
 }
 
 async fn run(level: Level, bad: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {

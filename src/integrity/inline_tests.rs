@@ -14,7 +14,7 @@ use super::Trusted;
 use crate::block::{BlockDevice, BlockError, Durability};
 use crate::member::fault::{FaultDevice, FaultKind, FaultOp, FaultRule, FaultSet, FaultSpec};
 use crate::raid::checksum::Verdict;
-use crate::raid::test_support::{pattern, TestDevice};
+use crate::raid::test_support::{pattern, xor_byte, TestDevice};
 use crate::units::ByteOffset;
 
 const BLOCKS: u64 = 16;
@@ -37,14 +37,23 @@ fn rig() -> Rig {
     rig_trusting(Arc::new(|_| true))
 }
 
-async fn flip(dev: &TestDevice, at: u64) {
-    let mut b = [0u8; 1];
-    dev.mem.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x5a;
-    dev.mem
-        .write(ByteOffset(at), &b, Durability::Normal)
+/// A rig whose whole device holds `pattern(SIZE, seed)`, written through
+/// it (tags known).
+async fn written_rig(seed: u64) -> Rig {
+    let r = rig();
+    r.dev
+        .write(
+            ByteOffset(0),
+            &pattern(SIZE as usize, seed),
+            Durability::Normal,
+        )
         .await
         .unwrap();
+    r
+}
+
+async fn flip(dev: &TestDevice, at: u64) {
+    xor_byte(&dev.mem, at, 0x5a).await.unwrap();
 }
 
 async fn read(dev: &InlineDevice, offset: u64, len: usize) -> Result<Vec<u8>, BlockError> {
@@ -81,15 +90,7 @@ async fn a_write_of_n_blocks_is_one_member_write_and_a_read_one_member_read() {
 
 #[tokio::test]
 async fn corrupt_data_or_tag_is_detected_and_counted_once() {
-    let r = rig();
-    r.dev
-        .write(
-            ByteOffset(0),
-            &pattern(SIZE as usize, 2),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
+    let r = written_rig(2).await;
     flip(&r.raw, 3 * STRIDE + 100).await; // data of block 3
     flip(&r.raw, 5 * STRIDE + BLOCK + 9).await; // tag of block 5
     assert!(is_corrupt(&read(&r.dev, 3 * BLOCK, 10).await));
@@ -110,15 +111,7 @@ async fn corrupt_data_or_tag_is_detected_and_counted_once() {
 
 #[tokio::test]
 async fn a_misdirected_write_is_detected() {
-    let r = rig();
-    r.dev
-        .write(
-            ByteOffset(0),
-            &pattern(SIZE as usize, 3),
-            Durability::Normal,
-        )
-        .await
-        .unwrap();
+    let r = written_rig(3).await;
     // The disk put block 1's 4608 bytes where block 6 lives.
     let mut unit = vec![0u8; STRIDE as usize];
     r.raw.mem.read(ByteOffset(STRIDE), &mut unit).await.unwrap();

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod device;
 pub mod inline;
 pub mod page;
+mod reported;
 pub mod store;
 pub mod tag;
 
@@ -50,14 +51,50 @@ use crate::units::ByteOffset;
 /// member and one being rebuilt into it).
 #[derive(Default)]
 pub struct Checksums {
-    roles: Mutex<Vec<(usize, Weak<CsumStore>)>>,
+    roles: ByRole<CsumStore>,
     /// The inline-layout members, by role (no store: tags are on them).
-    inline: Mutex<Vec<(usize, Weak<InlineDevice>)>>,
+    inline: ByRole<InlineDevice>,
     /// The stored entries predate writes made without checksums
     /// (`csum_state` = 0): no verdict may rely on them.
     stale: AtomicBool,
     /// The page budget every store of the array shares.
     budget: Arc<CacheBudget>,
+}
+
+/// Per-role objects of one array, held weakly: the members own them, and
+/// the ones dropped (a member failed or replaced) are pruned.
+struct ByRole<T>(Mutex<Vec<(usize, Weak<T>)>>);
+
+impl<T> Default for ByRole<T> {
+    fn default() -> Self {
+        ByRole(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> ByRole<T> {
+    /// Registers `obj` for role `role` (without keeping it alive).
+    fn add(&self, role: usize, obj: &Arc<T>) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, o)| o.strong_count() > 0);
+        all.push((role, Arc::downgrade(obj)));
+    }
+
+    /// Every live object with its role.
+    fn all(&self) -> Vec<(usize, Arc<T>)> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(_, o)| o.strong_count() > 0);
+        all.iter()
+            .filter_map(|(r, o)| o.upgrade().map(|o| (*r, o)))
+            .collect()
+    }
+
+    /// The live objects of role `role`.
+    fn of(&self, role: usize) -> Vec<Arc<T>> {
+        self.all()
+            .into_iter()
+            .filter_map(|(r, o)| (r == role).then_some(o))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Checksums {
@@ -93,15 +130,6 @@ impl Checksums {
         self.stale.store(true, Ordering::Relaxed);
     }
 
-    fn live(&self) -> Vec<(usize, Arc<CsumStore>)> {
-        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
-        roles.retain(|(_, s)| s.strong_count() > 0);
-        roles
-            .iter()
-            .filter_map(|(r, s)| s.upgrade().map(|s| (*r, s)))
-            .collect()
-    }
-
     /// Wraps the data `window` of the member `raw` in role `role`: its
     /// checksum area lies at `csum_offset` of `raw`. `window` must lie on
     /// `raw`: a flush of the window makes the pages written before it
@@ -127,10 +155,7 @@ impl Checksums {
             fresh,
             budget,
         ));
-        self.roles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((role, Arc::downgrade(&store)));
+        self.roles.add(role, &store);
         Arc::new(ChecksumDevice::new(window, store, trusted, errors))
     }
 
@@ -145,19 +170,8 @@ impl Checksums {
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
         let dev = Arc::new(InlineDevice::new(raw_data, trusted, errors));
-        let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
-        inline.retain(|(_, d)| d.strong_count() > 0);
-        inline.push((role, Arc::downgrade(&dev)));
+        self.inline.add(role, &dev);
         dev
-    }
-
-    fn inline_of(&self, role: usize) -> Vec<Arc<InlineDevice>> {
-        let inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
-        inline
-            .iter()
-            .filter(|(r, _)| *r == role)
-            .filter_map(|(_, d)| d.upgrade())
-            .collect()
     }
 
     /// Writes back the dirty pages of every member (each then flushed).
@@ -173,7 +187,7 @@ impl Checksums {
     /// Writes back the dirty pages of every member; returns the errors, by
     /// role (a failed member's may be ignored: it is not trusted again).
     pub async fn writeback_roles(&self) -> Vec<(usize, crate::block::BlockError)> {
-        let stores = self.live();
+        let stores = self.roles.all();
         let results = futures::future::join_all(stores.iter().map(|(_, s)| s.writeback())).await;
         let mut errors = Vec::new();
         for ((role, s), r) in stores.iter().zip(results) {
@@ -197,9 +211,7 @@ impl Checksums {
         fresh: bool,
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
-        let blocks = window.size().div_ceil(page::BLOCK);
-        let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
-        let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
+        let raw = in_memory_area(&*window);
         self.wrap(role, raw, 0, window, fresh, Arc::new(|_| true), errors)
     }
 
@@ -212,11 +224,17 @@ impl Checksums {
         errors: Arc<AtomicU64>,
         trusted: Trusted,
     ) -> Arc<dyn BlockDevice> {
-        let blocks = window.size().div_ceil(page::BLOCK);
-        let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
-        let raw = Arc::new(crate::member::memory::MemDevice::new("csum", area_len));
+        let raw = in_memory_area(&*window);
         self.wrap(role, raw, 0, window, false, trusted, errors)
     }
+}
+
+/// Test wiring: an in-memory checksum area big enough for `window`.
+#[cfg(test)]
+fn in_memory_area(window: &dyn BlockDevice) -> Arc<dyn BlockDevice> {
+    let blocks = window.size().div_ceil(page::BLOCK);
+    let area_len = blocks.div_ceil(page::PAGE_ENTRIES as u64).max(1) * page::PAGE_BYTES as u64;
+    Arc::new(crate::member::memory::MemDevice::new("csum", area_len))
 }
 
 impl ChecksumHook for Checksums {
@@ -233,12 +251,12 @@ impl ChecksumHook for Checksums {
         Box::pin(async move {
             let entries = page::entries_of(data);
             let first = offset.get() / page::BLOCK;
-            for (_, s) in self.live().into_iter().filter(|(r, _)| *r == member.0) {
+            for s in self.roles.of(member.0) {
                 if let Err(e) = s.set(first, &entries).await {
                     tracing::warn!(%member, %e, "resealing checksums failed");
                 }
             }
-            for d in self.inline_of(member.0) {
+            for d in self.inline.of(member.0) {
                 if let Err(e) = d.reseal(offset.get(), data).await {
                     tracing::warn!(%member, %e, "resealing inline tags failed");
                 }
@@ -256,7 +274,7 @@ impl ChecksumHook for Checksums {
             let first = offset.get() / page::BLOCK;
             let n = (data.len() as u64).div_ceil(page::BLOCK);
             let stale = self.stale.load(Ordering::Relaxed);
-            if let Some(d) = self.inline_of(member.0).first().filter(|_| !stale) {
+            if let Some(d) = self.inline.of(member.0).first().filter(|_| !stale) {
                 if let Ok(v) = d.verdicts(offset.get(), data).await {
                     return v;
                 }
@@ -265,10 +283,10 @@ impl ChecksumHook for Checksums {
             let store = if stale {
                 None
             } else {
-                self.live().into_iter().find(|(r, _)| *r == member.0)
+                self.roles.of(member.0).into_iter().next()
             };
             let entries = match store {
-                Some((_, s)) => s.entries(first, n).await.ok(),
+                Some(s) => s.entries(first, n).await.ok(),
                 None => None,
             };
             let entries = entries.unwrap_or_else(|| vec![page::UNKNOWN; n as usize]);

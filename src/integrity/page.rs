@@ -13,6 +13,11 @@ pub const PAGE_ENTRIES: usize = PAGE_BYTES / 4;
 /// The entry value that means "not known".
 pub const UNKNOWN: u32 = 0;
 
+/// The 4 KiB-aligned hull of `offset..offset + len`, as block numbers.
+pub fn hull(offset: u64, len: u64) -> (u64, u64) {
+    (offset / BLOCK, (offset + len).div_ceil(BLOCK))
+}
+
 /// A CRC32 as stored: never 0 (which means unknown).
 pub fn seal(crc: u32) -> u32 {
     crc.max(1)

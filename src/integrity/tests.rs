@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::page::{block_entry, decode_page, encode_page, zero_entry, BLOCK, UNKNOWN};
 use super::{ChecksumDevice, CsumStore, Trusted};
 use crate::block::{BlockDevice, BlockError, Durability};
-use crate::raid::test_support::{pattern, TestDevice};
+use crate::raid::test_support::{pattern, xor_byte, TestDevice};
 use crate::units::ByteOffset;
 
 const B: usize = BLOCK as usize;
@@ -38,14 +38,20 @@ fn rig(blocks: u64, trusted: Trusted) -> Rig {
     }
 }
 
-async fn flip(dev: &TestDevice, at: u64) {
-    let mut b = [0u8; 1];
-    dev.mem.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x5a;
-    dev.mem
-        .write(ByteOffset(at), &b, Durability::Normal)
+/// A rig whose `blocks` blocks hold `pattern(.., seed)`, written through
+/// the device (entries known).
+async fn written_rig(blocks: u64, trusted: Trusted, seed: u64) -> (Rig, Vec<u8>) {
+    let r = rig(blocks, trusted);
+    let data = pattern(blocks as usize * B, seed);
+    r.dev
+        .write(ByteOffset(0), &data, Durability::Normal)
         .await
         .unwrap();
+    (r, data)
+}
+
+async fn flip(dev: &TestDevice, at: u64) {
+    xor_byte(&dev.mem, at, 0x5a).await.unwrap();
 }
 
 #[tokio::test]
@@ -124,12 +130,7 @@ async fn fresh_store_reads_nothing_and_writes_back_every_touched_page() {
 
 #[tokio::test]
 async fn flipped_bytes_are_reported_with_the_exact_block_count() {
-    let r = rig(8, all_trusted());
-    let data = pattern(8 * B, 1);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, data) = written_rig(8, all_trusted(), 1).await;
     flip(&r.data, 2 * BLOCK + 17).await;
     flip(&r.data, 5 * BLOCK).await;
     let mut buf = vec![0u8; 8 * B];
@@ -147,12 +148,7 @@ async fn flipped_bytes_are_reported_with_the_exact_block_count() {
 
 #[tokio::test]
 async fn a_bad_block_is_counted_once_until_it_is_rewritten() {
-    let r = rig(4, all_trusted());
-    let data = pattern(4 * B, 5);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, data) = written_rig(4, all_trusted(), 5).await;
     flip(&r.data, BLOCK + 9).await;
     let mut buf = vec![0u8; 4 * B];
     let mut one = vec![0u8; B];
@@ -180,12 +176,7 @@ async fn a_bad_block_is_counted_once_until_it_is_rewritten() {
 
 #[tokio::test]
 async fn unaligned_write_merges_the_edges_into_the_checksum() {
-    let r = rig(4, all_trusted());
-    let data = pattern(4 * B, 2);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, data) = written_rig(4, all_trusted(), 2).await;
     let patch = pattern(5000, 3);
     r.dev
         .write(ByteOffset(3000), &patch, Durability::Normal)
@@ -204,12 +195,7 @@ async fn unaligned_write_merges_the_edges_into_the_checksum() {
 
 #[tokio::test]
 async fn unaligned_write_over_a_bad_block_keeps_it_detectably_bad() {
-    let r = rig(2, all_trusted());
-    let data = pattern(2 * B, 4);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, _) = written_rig(2, all_trusted(), 4).await;
     flip(&r.data, 4000).await;
     r.dev
         .write(ByteOffset(10), &[1, 2, 3], Durability::Normal)
@@ -231,12 +217,7 @@ async fn unaligned_write_over_a_bad_block_keeps_it_detectably_bad() {
 
 #[tokio::test]
 async fn untrusted_blocks_are_not_verified() {
-    let r = rig(2, Arc::new(|off| off >= BLOCK));
-    let data = pattern(2 * B, 5);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, _) = written_rig(2, Arc::new(|off| off >= BLOCK), 5).await;
     flip(&r.data, 10).await;
     let mut buf = vec![0u8; B];
     r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
@@ -306,12 +287,7 @@ async fn a_flush_writes_back_the_pages_of_the_writes_before_it_and_only_then() {
 async fn unaligned_write_over_a_bad_block_of_an_unverified_region_is_not_sealed() {
     // Arrange: a region dirty at a crash (not verified) whose block was
     // written wrong before it: the entry names the good bytes.
-    let r = rig(2, Arc::new(|_| false));
-    let data = pattern(2 * B, 7);
-    r.dev
-        .write(ByteOffset(0), &data, Durability::Normal)
-        .await
-        .unwrap();
+    let (r, _) = written_rig(2, Arc::new(|_| false), 7).await;
     flip(&r.data, 4000).await;
 
     // Act: a client writes 3 bytes into it before the resync.

@@ -367,25 +367,10 @@ impl DiskBitmap {
             d.flush().await
         }))
         .await;
-        let mut ok = false;
-        let mut first_err = None;
-        for (d, r) in devices.iter().zip(results) {
-            match r {
-                Ok(()) => ok = true,
-                Err(e) => {
-                    tracing::warn!(device = d.name(), %e, "bitmap write failed");
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if !ok {
-            return Err(first_err.unwrap_or(BlockError::DataLost {
-                volume: "bitmap".into(),
-            }));
-        }
+        let every = super::written::any_took(&devices, results, "bitmap", "bitmap")?;
         // Saved only once every member took it: a member that missed it
         // gets it again with the next bitmap write (FORMAT.md §10).
-        if let (Some(w), Some(_), None) = (&self.written, written, &first_err) {
+        if let (Some(w), Some(_), true) = (&self.written, written, every) {
             w.saved();
         }
         self.lock().durable = image;

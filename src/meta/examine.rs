@@ -196,6 +196,14 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
 
 impl fmt::Display for ExamineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_identity(f)?;
+        self.fmt_metadata(f)
+    }
+}
+
+impl ExamineReport {
+    /// The array, this member's place in it and the data area.
+    fn fmt_identity(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}:", self.device)?;
         writeln!(f, "       Array name : {}", self.name)?;
         writeln!(f, "       Array UUID : {}", self.array_uuid)?;
@@ -221,7 +229,11 @@ impl fmt::Display for ExamineReport {
         )?;
         writeln!(f, "           Events : {}", self.events)?;
         writeln!(f, "            State : {:?}", self.state)?;
-        writeln!(f, "  Superblock copy : {:?}", self.copy_used)?;
+        writeln!(f, "  Superblock copy : {:?}", self.copy_used)
+    }
+
+    /// The metadata areas' states, passes in progress and the member table.
+    fn fmt_metadata(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(c) = self.rebuild_checkpoint {
             writeln!(f, "  Rebuild checkpt : {c} bytes ({})", format_size(c))?;
         }

@@ -225,22 +225,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
     if durable_below > seq {
         return Err(JournalError::DurableBelow { durable_below, seq });
     }
-    let mut entries = Vec::with_capacity(count as usize);
-    let mut sum: u64 = 0;
-    for i in 0..count as usize {
-        let e = &header[ENTRIES_AT + i * ENTRY..ENTRIES_AT + (i + 1) * ENTRY];
-        let (len, rlo, rhi, flags) = (u32_at(e, 16), u32_at(e, 20), u32_at(e, 24), u32_at(e, 28));
-        if len == 0 || rlo >= rhi || rhi > MAX_ROW || flags & !FLAG_FULL != 0 {
-            return Err(JournalError::Entry(i));
-        }
-        let full = flags & FLAG_FULL != 0;
-        let pp = if full { 0 } else { rhi - rlo };
-        sum += u64::from(pp);
-        entries.push((u64_at(e, 0), u64_at(e, 8), len, rlo, rhi, full, pp as usize));
-    }
-    if sum != u64::from(data_len) {
-        return Err(JournalError::DataLen(data_len));
-    }
+    let entries = decode_entries(header, count, data_len)?;
     let data_end = BATCH_HEADER + data_len as usize;
     let data = bytes
         .get(BATCH_HEADER..data_end)
@@ -254,16 +239,9 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
     let mut at = 0;
     let records = entries
         .into_iter()
-        .map(|(stripe, start, len, rlo, rhi, full, pp)| {
-            let r = PplRecord {
-                stripe,
-                start,
-                len,
-                rlo,
-                rhi,
-                full,
-                pp: data[at..at + pp].to_vec(),
-            };
+        .map(|mut r| {
+            let pp = r.pp_len();
+            r.pp = data[at..at + pp].to_vec();
             at += pp;
             r
         })
@@ -280,6 +258,39 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, JournalError> {
         pos: 0,
         len: (BATCH_HEADER + (data_len as usize).div_ceil(4096) * 4096) as u64,
     })
+}
+
+/// The `count` entry heads of a batch header, as records without their PP
+/// yet; the PP they ask for must add up to `data_len`.
+fn decode_entries(
+    header: &[u8],
+    count: u32,
+    data_len: u32,
+) -> Result<Vec<PplRecord>, JournalError> {
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut sum: u64 = 0;
+    for i in 0..count as usize {
+        let e = &header[ENTRIES_AT + i * ENTRY..ENTRIES_AT + (i + 1) * ENTRY];
+        let (len, rlo, rhi, flags) = (u32_at(e, 16), u32_at(e, 20), u32_at(e, 24), u32_at(e, 28));
+        if len == 0 || rlo >= rhi || rhi > MAX_ROW || flags & !FLAG_FULL != 0 {
+            return Err(JournalError::Entry(i));
+        }
+        let full = flags & FLAG_FULL != 0;
+        sum += u64::from(if full { 0 } else { rhi - rlo });
+        entries.push(PplRecord {
+            stripe: u64_at(e, 0),
+            start: u64_at(e, 8),
+            len,
+            rlo,
+            rhi,
+            full,
+            pp: Vec::new(),
+        });
+    }
+    if sum != u64::from(data_len) {
+        return Err(JournalError::DataLen(data_len));
+    }
+    Ok(entries)
 }
 
 /// Every valid batch of `array`/`member` in a ring image, in ring order.

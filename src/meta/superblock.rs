@@ -272,6 +272,79 @@ impl Fields<'_> {
     fn zero(&self, from: usize, to: usize) -> bool {
         self.0[from..to].iter().all(|&b| b == 0)
     }
+
+    /// A 0/1 state word; any other value is an error naming `name`.
+    fn flag(&self, at: usize, name: &'static str) -> Result<bool, SuperblockError> {
+        match self.u32(at) {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(field(name, format!("unknown value {v}"))),
+        }
+    }
+
+    /// The NUL-padded UTF-8 name: no byte after the first NUL may be set.
+    fn name(&self) -> Result<String, SuperblockError> {
+        let name_bytes = &self.0[NAME_OFFSET..NAME_OFFSET + MAX_NAME_LEN];
+        let name_len = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_NAME_LEN);
+        if !self.zero(NAME_OFFSET + name_len, NAME_OFFSET + MAX_NAME_LEN) {
+            return Err(field("name", "NUL byte inside the name"));
+        }
+        Ok(std::str::from_utf8(&name_bytes[..name_len])
+            .map_err(|_| field("name", "not valid UTF-8"))?
+            .to_string())
+    }
+
+    /// The member table: `member_count` entries with known states, every
+    /// later entry and every entry's reserved bytes zero.
+    fn members(&self, member_count: u32) -> Result<Vec<RoleEntry>, SuperblockError> {
+        let mut members = Vec::new();
+        for role in 0..MAX_MEMBERS {
+            let at = TABLE_OFFSET + role * TABLE_ENTRY;
+            let code = self.u32(at + 16);
+            if !self.zero(at + ENTRY_RESERVED, at + TABLE_ENTRY) {
+                return Err(field(
+                    "member table",
+                    format!("role {role}: reserved bytes set"),
+                ));
+            }
+            if (role as u64) < member_count as u64 {
+                let state = MemberState::from_code(code).ok_or_else(|| {
+                    field("member table", format!("role {role}: unknown state {code}"))
+                })?;
+                members.push(RoleEntry {
+                    member_uuid: self.uuid(at),
+                    state,
+                    since: self.u64(at + ENTRY_SINCE),
+                });
+            } else if !self.zero(at, at + TABLE_ENTRY) {
+                return Err(field(
+                    "member table",
+                    format!("role {role} is beyond member_count but not empty"),
+                ));
+            }
+        }
+        Ok(members)
+    }
+
+    /// The replacement record: a nil UUID means none, and then the role
+    /// must be zero too.
+    fn replace(&self) -> Result<Option<ReplaceRecord>, SuperblockError> {
+        let replace_uuid = self.uuid(REPLACE_UUID_OFFSET);
+        let replace_role = self.u32(REPLACE_ROLE_OFFSET);
+        if replace_uuid.is_nil() {
+            if replace_role != 0 {
+                return Err(field("replace_role", "set without a replace_uuid"));
+            }
+            return Ok(None);
+        }
+        Ok(Some(ReplaceRecord {
+            role: replace_role,
+            member_uuid: replace_uuid,
+        }))
+    }
 }
 
 fn crc_of(block: &[u8]) -> u32 {
@@ -279,6 +352,18 @@ fn crc_of(block: &[u8]) -> u32 {
     h.update(&block[..CRC_OFFSET]);
     h.update(&[0; 4]);
     h.finalize()
+}
+
+/// Writes the magic and a matching CRC into a 4 KiB block (for fuzzing:
+/// lets arbitrary bytes reach the field checks). Other lengths are left
+/// as they are.
+pub fn reseal(block: &mut [u8]) {
+    if block.len() != SUPERBLOCK_SIZE {
+        return;
+    }
+    block[..8].copy_from_slice(&MAGIC);
+    let crc = crc_of(block);
+    block[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
 }
 
 impl Superblock {
@@ -386,70 +471,14 @@ impl Superblock {
             1 => ArrayState::Dirty,
             s => return Err(field("state", format!("unknown state {s}"))),
         };
-        let name_bytes = &f.0[NAME_OFFSET..NAME_OFFSET + MAX_NAME_LEN];
-        let name_len = name_bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(MAX_NAME_LEN);
-        if !f.zero(NAME_OFFSET + name_len, NAME_OFFSET + MAX_NAME_LEN) {
-            return Err(field("name", "NUL byte inside the name"));
-        }
-        let name = std::str::from_utf8(&name_bytes[..name_len])
-            .map_err(|_| field("name", "not valid UTF-8"))?
-            .to_string();
+        let name = f.name()?;
         let member_count = f.u32(56);
-        let mut members = Vec::new();
-        for role in 0..MAX_MEMBERS {
-            let at = TABLE_OFFSET + role * TABLE_ENTRY;
-            let code = f.u32(at + 16);
-            if !f.zero(at + ENTRY_RESERVED, at + TABLE_ENTRY) {
-                return Err(field(
-                    "member table",
-                    format!("role {role}: reserved bytes set"),
-                ));
-            }
-            if (role as u64) < member_count as u64 {
-                let state = MemberState::from_code(code).ok_or_else(|| {
-                    field("member table", format!("role {role}: unknown state {code}"))
-                })?;
-                members.push(RoleEntry {
-                    member_uuid: f.uuid(at),
-                    state,
-                    since: f.u64(at + ENTRY_SINCE),
-                });
-            } else if !f.zero(at, at + TABLE_ENTRY) {
-                return Err(field(
-                    "member table",
-                    format!("role {role} is beyond member_count but not empty"),
-                ));
-            }
-        }
+        let members = f.members(member_count)?;
         let checkpoint = f.u64(160);
-        let bitmap_valid = match f.u32(168) {
-            0 => false,
-            1 => true,
-            v => return Err(field("bitmap_state", format!("unknown value {v}"))),
-        };
-        let flag = |at: usize, name: &'static str| match f.u32(at) {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(field(name, format!("unknown value {v}"))),
-        };
-        let checksums_valid = flag(172, "csum_state")?;
-        let journal_valid = flag(176, "journal_state")?;
-        let replace_uuid = f.uuid(REPLACE_UUID_OFFSET);
-        let replace_role = f.u32(REPLACE_ROLE_OFFSET);
-        let replace = if replace_uuid.is_nil() {
-            if replace_role != 0 {
-                return Err(field("replace_role", "set without a replace_uuid"));
-            }
-            None
-        } else {
-            Some(ReplaceRecord {
-                role: replace_role,
-                member_uuid: replace_uuid,
-            })
-        };
+        let bitmap_valid = f.flag(168, "bitmap_state")?;
+        let checksums_valid = f.flag(172, "csum_state")?;
+        let journal_valid = f.flag(176, "journal_state")?;
+        let replace = f.replace()?;
         Ok(Superblock {
             flags: f.u32(12),
             array_uuid: f.uuid(16),

@@ -538,10 +538,7 @@ async fn examine_reports_which_copy_is_bad() {
 
 /// Flips one byte of `dev` at `at`.
 async fn flip_byte(dev: &MemDevice, at: u64) {
-    let mut b = [0u8; 1];
-    dev.read(ByteOffset(at), &mut b).await.unwrap();
-    b[0] ^= 0x5a;
-    dev.write(ByteOffset(at), &b, Durability::Normal)
+    crate::raid::test_support::xor_byte(dev, at, 0x5a)
         .await
         .unwrap();
 }

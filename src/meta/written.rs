@@ -329,13 +329,26 @@ pub async fn write_all(devices: &[Arc<dyn BlockDevice>], image: &[u8]) -> BlockR
         d.flush().await
     }))
     .await;
+    any_took(devices, results, "written-region map", "written map")
+}
+
+/// The outcome of one metadata write to every device (`results` in the
+/// order of `devices`): it succeeds if one device took it, `true` if every
+/// device did. Each failure is logged as a failed `what` write; none
+/// taking it is [`BlockError::DataLost`] of `volume`.
+pub(super) fn any_took(
+    devices: &[Arc<dyn BlockDevice>],
+    results: Vec<BlockResult>,
+    what: &str,
+    volume: &str,
+) -> BlockResult<bool> {
     let mut ok = false;
     let mut first_err = None;
     for (d, r) in devices.iter().zip(results) {
         match r {
             Ok(()) => ok = true,
             Err(e) => {
-                tracing::warn!(device = d.name(), %e, "written-region map write failed");
+                tracing::warn!(device = d.name(), %e, "{what} write failed");
                 first_err.get_or_insert(e);
             }
         }
@@ -344,7 +357,7 @@ pub async fn write_all(devices: &[Arc<dyn BlockDevice>], image: &[u8]) -> BlockR
         return Ok(first_err.is_none());
     }
     Err(first_err.unwrap_or(BlockError::DataLost {
-        volume: "written map".into(),
+        volume: volume.into(),
     }))
 }
 

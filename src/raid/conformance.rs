@@ -524,16 +524,9 @@ async fn run_flips(
             }
             FlipOp::Flip { at } => {
                 let at = at % member_size;
-                let mut b = [0u8; 1];
-                dev.mem
-                    .read(ByteOffset(at), &mut b)
+                super::test_support::xor_byte(&dev.mem, at, 0x81)
                     .await
-                    .map_err(fail("peek"))?;
-                b[0] ^= 0x81;
-                dev.mem
-                    .write(ByteOffset(at), &b, Durability::Normal)
-                    .await
-                    .map_err(fail("poke"))?;
+                    .map_err(fail("flip"))?;
             }
         }
     }

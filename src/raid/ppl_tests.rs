@@ -258,8 +258,7 @@ async fn replayable(ring: &MemDevice) -> Vec<u64> {
 async fn ring_wraps_and_replays_a_suffix_of_what_was_logged() {
     // Arrange: a 64K ring (16 KiB batches at most), many records.
     let ring = Arc::new(MemDevice::new("journal", 64 << 10));
-    let log = RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap();
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring.clone()).await;
 
     // Act: one at a time, so the log order is known; tickets dropped at once.
     for s in 0..200u64 {
@@ -275,20 +274,14 @@ async fn ring_wraps_and_replays_a_suffix_of_what_was_logged() {
     assert!(!set.is_empty());
     let first = set[0];
     assert_eq!(set, (first..200).collect::<Vec<_>>(), "a suffix, in order");
-    assert!(
-        log.stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(checkpoints(&log) > 0);
 }
 
 #[tokio::test]
 async fn concurrent_records_share_batches() {
     // Arrange: a journal whose writes yield, like real I/O.
     let ring = TestDevice::new("journal", 1 << 20);
-    let log = RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap();
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring.clone()).await;
     ring.yield_first
         .store(true, std::sync::atomic::Ordering::SeqCst);
 
@@ -312,10 +305,7 @@ async fn concurrent_records_share_batches() {
 async fn a_second_commit_is_written_while_the_first_is_in_flight() {
     // Arrange: journal writes held at a gate.
     let ring = TestDevice::new("journal", 1 << 20);
-    let log = Arc::new(
-        RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap(),
-    );
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring.clone()).await;
     ring.gate_closed
         .store(true, std::sync::atomic::Ordering::SeqCst);
 
@@ -372,10 +362,7 @@ async fn pipelined_commits_through_many_checkpoints_do_not_deadlock() {
     let ring = TestDevice::new("journal", 64 << 10);
     ring.yield_first
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let log = Arc::new(
-        RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap(),
-    );
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring.clone()).await;
 
     // Act
     let writers = (0..32u64).map(|w| {
@@ -393,12 +380,21 @@ async fn pipelined_commits_through_many_checkpoints_do_not_deadlock() {
     // Assert
     let done = tokio::time::timeout(Duration::from_secs(30), all).await;
     assert!(done.is_ok(), "journal commits deadlocked");
-    assert!(
-        log.stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 10
-    );
+    assert!(checkpoints(&log) > 10);
+}
+
+/// A log over the one ring `ring`, its barriers written.
+async fn one_ring_log(ring: Arc<dyn BlockDevice>) -> Arc<RingLog> {
+    let log = Arc::new(RingLog::new(vec![Some(ring)], encoder()).unwrap());
+    log.write_barriers().await.unwrap();
+    log
+}
+
+/// Checkpoints `log` has taken.
+fn checkpoints(log: &RingLog) -> usize {
+    log.stats
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Returns once every task of the test's runtime (current-thread, clock
@@ -412,8 +408,7 @@ async fn until_idle() {
 async fn checkpoint_waits_for_writes_holding_tickets() {
     // Arrange: a 64K ring; a ticket held, then records past half the ring.
     let ring = Arc::new(MemDevice::new("journal", 64 << 10));
-    let log = Arc::new(RingLog::new(vec![Some(ring as Arc<dyn BlockDevice>)], encoder()).unwrap());
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring).await;
     let held = log.log(MemberIndex(0), vec![rec(1, 8192)]).await.unwrap();
     drop(log.log(MemberIndex(0), vec![rec(2, 8192)]).await.unwrap());
 
@@ -421,17 +416,9 @@ async fn checkpoint_waits_for_writes_holding_tickets() {
     let l2 = log.clone();
     let next =
         tokio::spawn(async move { l2.log(MemberIndex(0), vec![rec(9, 8192)]).await.map(drop) });
-    let checkpoints = log
-        .stats
-        .checkpoints
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = checkpoints(&log);
     until_idle().await;
-    let waited = !next.is_finished()
-        && log
-            .stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == checkpoints;
+    let waited = !next.is_finished() && checkpoints(&log) == before;
     drop(held);
 
     // Assert
@@ -520,12 +507,7 @@ async fn concurrent_multi_stripe_writes_through_checkpoints_do_not_deadlock() {
     .await;
 
     // Assert
-    assert!(
-        log.stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(checkpoints(&log) > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,12 +536,7 @@ async fn concurrent_clears_and_writes_through_checkpoints_do_not_deadlock() {
     .await;
 
     // Assert
-    assert!(
-        log.stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(checkpoints(&log) > 0);
 }
 
 #[tokio::test]
@@ -568,10 +545,7 @@ async fn a_dropped_writer_neither_wedges_the_ring_nor_leaves_its_entry_queued() 
     // first writer is aborted while its batch is being written), and a
     // third writer aborted while its request waits in the queue.
     let ring = TestDevice::new("journal", 64 << 10);
-    let log = Arc::new(
-        RingLog::new(vec![Some(ring.clone() as Arc<dyn BlockDevice>)], encoder()).unwrap(),
-    );
-    log.write_barriers().await.unwrap();
+    let log = one_ring_log(ring.clone()).await;
     ring.gate_closed
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let spawn_log = |stripe: u64| {
@@ -633,12 +607,7 @@ async fn a_dropped_writer_neither_wedges_the_ring_nor_leaves_its_entry_queued() 
             .collect();
     assert!(stripes.contains(&1) && stripes.contains(&10), "{stripes:?}");
     assert!(!stripes.contains(&3), "{stripes:?}");
-    assert!(
-        log.stats
-            .checkpoints
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-    );
+    assert!(checkpoints(&log) > 0);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::layout::{ChunkSize, Geometry};
 use super::rebuild::RebuildControl;
 use super::scrub::{ScrubReport, BLOCK};
-use super::test_support::{pattern, Events, TestDevice};
+use super::test_support::{pattern, xor_byte, Events, TestDevice};
 use super::{Level, Volume};
 use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -125,18 +125,7 @@ impl Rig {
 
     /// Flips one byte of member `m` behind the volume's back.
     async fn flip(&self, m: usize, at: u64) {
-        let mut b = [0u8; 1];
-        self.devices[m]
-            .mem
-            .read(ByteOffset(at), &mut b)
-            .await
-            .unwrap();
-        b[0] ^= 0x5a;
-        self.devices[m]
-            .mem
-            .write(ByteOffset(at), &b, Durability::Normal)
-            .await
-            .unwrap();
+        xor_byte(&self.devices[m].mem, at, 0x5a).await.unwrap();
     }
 
     async fn scrub(&self, repair: bool) -> ScrubReport {

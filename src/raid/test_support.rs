@@ -210,6 +210,15 @@ impl Array {
     }
 }
 
+/// Flips the bits of `mask` in the byte at `at` of `dev`, behind the back
+/// of whatever sits on it (corruption for checksum and scrub tests).
+pub async fn xor_byte(dev: &MemDevice, at: u64, mask: u8) -> crate::block::BlockResult {
+    let mut b = [0u8; 1];
+    dev.read(ByteOffset(at), &mut b).await?;
+    b[0] ^= mask;
+    dev.write(ByteOffset(at), &b, Durability::Normal).await
+}
+
 /// Deterministic non-trivial fill.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -287,7 +287,9 @@ fn volume_new_refuses_too_many_missing_and_small_members() {
     ));
 }
 
-#[tokio::test]
+// The clock is paused: a sleep or timeout ends only once every task waits
+// (in-memory members, no real I/O), so "still waiting" is deterministic.
+#[tokio::test(start_paused = true)]
 async fn writers_of_different_stripes_do_not_serialize() {
     // Arrange: member 0's writes are held, so a write to stripe 0 (which
     // touches member 0) hangs while holding stripe 0's lock.
@@ -343,10 +345,9 @@ impl super::volume::VolumeEvents for SlowEvents {
     }
 }
 
-#[tokio::test]
-async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
-    // Arrange: a mirror that fails, and an event sink that has not yet
-    // persisted the failure.
+/// A RAID-1 volume whose member 0 fails every I/O, over events that record
+/// a failure only once `release` is notified.
+fn mirror_failing_slowly() -> (Arc<Volume>, Arc<SlowEvents>) {
     let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 2 << 20).unwrap();
     let devs: Vec<Arc<MemDevice>> = (0..2)
         .map(|_| Arc::new(MemDevice::new("m", 2 << 20)))
@@ -358,6 +359,15 @@ async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
         .collect();
     let vol = Arc::new(Volume::new("v".into(), g, members, events.clone()).unwrap());
     devs[0].set_failing(true);
+    (vol, events)
+}
+
+// Paused clock: the sleep and the timeout end only once every task waits.
+#[tokio::test(start_paused = true)]
+async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
+    // Arrange: a mirror that fails, and an event sink that has not yet
+    // persisted the failure.
+    let (vol, events) = mirror_failing_slowly();
     let first = {
         let vol = vol.clone();
         tokio::spawn(async move { vol.write(ByteOffset(0), &[1; 10], Durability::Normal).await })
@@ -382,19 +392,11 @@ async fn writes_are_not_acknowledged_before_member_failure_is_recorded() {
         .unwrap();
 }
 
-#[tokio::test]
+// Paused clock: the 20 ms timeout fires only once the write waits for the
+// failure to be recorded, so it is dropped exactly there.
+#[tokio::test(start_paused = true)]
 async fn failure_is_recorded_even_if_the_failing_request_is_cancelled() {
-    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 2 << 20).unwrap();
-    let devs: Vec<Arc<MemDevice>> = (0..2)
-        .map(|_| Arc::new(MemDevice::new("m", 2 << 20)))
-        .collect();
-    let events = Arc::new(SlowEvents::default());
-    let members = devs
-        .iter()
-        .map(|d| Some(d.clone() as Arc<dyn BlockDevice>))
-        .collect();
-    let vol = Volume::new("v".into(), g, members, events.clone()).unwrap();
-    devs[0].set_failing(true);
+    let (vol, events) = mirror_failing_slowly();
     // Act: the request that hits the failure is dropped while recording.
     let cancelled = tokio::time::timeout(
         Duration::from_millis(20),

@@ -230,7 +230,8 @@ struct Report {
     capacity: u64,
 }
 
-fn run(args: &Args) -> Result<Report, BenchError> {
+/// Rejects jobs the queues cannot run.
+fn check_args(args: &Args) -> Result<(), BenchError> {
     if args.bs == 0 || !args.bs.is_multiple_of(512) {
         return Err(BenchError::Job(format!(
             "bs {} is not a multiple of 512",
@@ -251,7 +252,11 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             args.runtime
         )));
     }
+    Ok(())
+}
 
+fn run(args: &Args) -> Result<Report, BenchError> {
+    check_args(args)?;
     let mut b = Blkio::new("virtio-blk-vhost-user").map_err(blkio_err("new"))?;
     b.set_str("path", &args.path)
         .map_err(blkio_err("set path"))?;
@@ -318,6 +323,16 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             std::thread::spawn(move || run_queue(q, job))
         })
         .collect();
+    join_queues(handles, start, capacity)
+}
+
+/// Waits for every queue's thread and adds up their counts; the first
+/// error wins.
+fn join_queues(
+    handles: Vec<std::thread::JoinHandle<Result<QueueStats, BenchError>>>,
+    start: Instant,
+    capacity: u64,
+) -> Result<Report, BenchError> {
     let mut report = Report {
         ios: 0,
         bytes: 0,
