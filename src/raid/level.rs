@@ -114,9 +114,17 @@ pub(super) trait LevelIo: Send + Sync {
         Box::pin(async move { Err(RebuildError::NoRedundancy(level)) })
     }
 
-    /// Block `block` of member `m` in a scrub step, rebuilt from the other
-    /// members' reads; `None` when redundancy does not cover it (default).
-    fn scrub_rebuild_block(&self, _reads: &[Read], _m: usize, _block: usize) -> Option<Vec<u8>> {
+    /// Block `block` of member `m` in a scrub step at member data offset
+    /// `a`, rebuilt from the other members' reads; `None` when redundancy
+    /// does not cover it (default).
+    fn scrub_rebuild_block(
+        &self,
+        _vol: &Volume,
+        _a: u64,
+        _reads: &[Read],
+        _m: usize,
+        _block: usize,
+    ) -> Option<Vec<u8>> {
         None
     }
 

@@ -52,6 +52,9 @@ mod raid1_sync;
 mod raid5;
 mod raid5_sync;
 mod raid5_write;
+mod raid6;
+mod raid6_sync;
+mod raid6_write;
 mod resync;
 mod striped;
 mod trust;
@@ -86,15 +89,19 @@ pub enum Level {
     /// Striping with rotating parity (md left-symmetric).
     #[serde(rename = "5")]
     Raid5,
+    /// Striping with rotating P and Q parity (md left-symmetric, layout 2).
+    #[serde(rename = "6")]
+    Raid6,
 }
 
 impl Level {
-    /// The number stored on disk and shown to users (0, 1, 5).
+    /// The number stored on disk and shown to users (0, 1, 5, 6).
     pub const fn number(self) -> u32 {
         match self {
             Level::Raid0 => 0,
             Level::Raid1 => 1,
             Level::Raid5 => 5,
+            Level::Raid6 => 6,
         }
     }
 
@@ -104,6 +111,7 @@ impl Level {
             0 => Some(Level::Raid0),
             1 => Some(Level::Raid1),
             5 => Some(Level::Raid5),
+            6 => Some(Level::Raid6),
             _ => None,
         }
     }
@@ -113,6 +121,7 @@ impl Level {
         match self {
             Level::Raid0 | Level::Raid1 => 2,
             Level::Raid5 => 3,
+            Level::Raid6 => 4,
         }
     }
 
@@ -123,6 +132,7 @@ impl Level {
             Level::Raid0 => 0,
             Level::Raid1 => members.saturating_sub(1),
             Level::Raid5 => 1,
+            Level::Raid6 => 2,
         }
     }
 }
@@ -141,7 +151,7 @@ impl FromStr for Level {
         t.parse::<u32>()
             .ok()
             .and_then(Level::from_number)
-            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1 or 5"))
+            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1, 5 or 6"))
     }
 }
 
