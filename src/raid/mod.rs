@@ -125,6 +125,12 @@ impl Level {
         }
     }
 
+    /// True for the levels with parity stripes (RAID-5, RAID-6): data is
+    /// rebuilt from parity, which a crash may leave stale until resynced.
+    pub const fn has_parity(self) -> bool {
+        matches!(self, Level::Raid5 | Level::Raid6)
+    }
+
     /// How many members may be missing while all data stays available,
     /// for an array of `members` members.
     pub const fn redundancy(self, members: usize) -> usize {
@@ -157,6 +163,8 @@ impl FromStr for Level {
 
 #[cfg(test)]
 mod ppl_tests;
+#[cfg(test)]
+mod raid6_tests;
 #[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]
