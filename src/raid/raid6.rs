@@ -39,6 +39,15 @@ impl LevelIo for Raid6 {
         Box::pin(raid6_sync::rebuild_read(vol, r))
     }
 
+    /// Every member's buffer from one read of the others per stripe.
+    fn rebuild_read_many<'a>(
+        &self,
+        vol: &'a Volume,
+        reads: Vec<RebuildRead<'a>>,
+    ) -> StepResult<'a, Vec<LostBlocks>> {
+        Box::pin(raid6_sync::rebuild_read_many(vol, reads))
+    }
+
     fn scrub_rebuild_block(
         &self,
         vol: &Volume,

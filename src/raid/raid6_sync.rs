@@ -45,28 +45,46 @@ fn stripe_pieces(vol: &Volume, a: u64, b: u64) -> impl Iterator<Item = (StripeIn
     })
 }
 
-/// Fills a rebuild step's buffer: each stripe piece rebuilt from the
-/// others; a piece that cannot be is redone 4 KiB at a time
-/// ([`rebuild_by_block`]).
+/// Fills a rebuild step's buffer ([`rebuild_read_many`] of one).
 pub(super) async fn rebuild_read(
     vol: &Volume,
     r: RebuildRead<'_>,
 ) -> Result<LostBlocks, RebuildError> {
-    let mut lost = Vec::new();
-    for (stripe, x, y) in stripe_pieces(vol, r.a, r.a + r.buf.len() as u64) {
-        let piece = &mut r.buf[(x - r.a) as usize..(y - r.a) as usize];
-        let mine = role(vol, stripe, r.member);
-        match stripe_rows(vol, stripe, ByteOffset(x), piece.len(), &[r.member]).await {
-            Ok(rows) => piece.copy_from_slice(rows.of(mine)),
-            Err(_) => {
-                let piece = RebuildRead {
-                    member: r.member,
-                    a: x,
-                    buf: piece,
-                    errors: r.errors,
-                };
-                lost.extend(rebuild_by_block(vol, stripe, piece).await?);
+    Ok(rebuild_read_many(vol, vec![r])
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// The buffers of several members' rebuild step (all at the same member
+/// offsets): each stripe piece of all of them from one read of the other
+/// members; a piece that cannot be is redone per member, 4 KiB at a time.
+pub(super) async fn rebuild_read_many(
+    vol: &Volume,
+    mut reads: Vec<RebuildRead<'_>>,
+) -> Result<Vec<LostBlocks>, RebuildError> {
+    let Some(first) = reads.first() else {
+        return Ok(Vec::new());
+    };
+    let (a, len) = (first.a, first.buf.len());
+    let members: Vec<MemberIndex> = reads.iter().map(|r| r.member).collect();
+    let mut lost = vec![Vec::new(); reads.len()];
+    for (stripe, x, y) in stripe_pieces(vol, a, a + len as u64) {
+        let span = (x - a) as usize..(y - a) as usize;
+        if let Ok(rows) = stripe_rows(vol, stripe, ByteOffset(x), span.len(), &members).await {
+            for r in reads.iter_mut() {
+                r.buf[span.clone()].copy_from_slice(rows.of(role(vol, stripe, r.member)));
             }
+            continue;
+        }
+        for (r, lost) in reads.iter_mut().zip(lost.iter_mut()) {
+            let piece = RebuildRead {
+                member: r.member,
+                a: x,
+                buf: &mut r.buf[span.clone()],
+                errors: r.errors,
+            };
+            lost.extend(rebuild_by_block(vol, stripe, piece).await?);
         }
     }
     Ok(lost)

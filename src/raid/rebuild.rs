@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::layout::MemberIndex;
-use super::level::RebuildRead;
+use super::level::{LostBlocks, RebuildRead};
 use super::stripe_lock::StripeGuards;
 use super::volume::{Incoming, Volume};
 use super::written::{pieces, WrittenRegions};
@@ -387,20 +387,36 @@ impl Volume {
         ctl: &RebuildControl,
         sink: &dyn RebuildSink,
     ) -> Result<u64, RebuildError> {
-        let result = self.rebuild_inner(member, only, ctl, sink).await;
+        self.rebuild_together(&[member], only, ctl, sink).await
+    }
+
+    /// [`Volume::rebuild`] of several members attached at once (a RAID-6
+    /// that lost two) in one pass: each step reads the other members once
+    /// and fills every new member (`LevelIo::rebuild_read_many`). Returns
+    /// the bytes copied per member.
+    pub async fn rebuild_together(
+        &self,
+        members: &[MemberIndex],
+        only: Option<Vec<(u64, u64)>>,
+        ctl: &RebuildControl,
+        sink: &dyn RebuildSink,
+    ) -> Result<u64, RebuildError> {
+        let result = self.rebuild_inner(members, only, ctl, sink).await;
         self.set_progress(None);
-        match &result {
-            Ok(bytes) => {
-                self.promote_incoming(member);
-                let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
-                tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
-            }
-            // Cancelled (shutdown): the target stays attached; the caller
-            // records its progress and resumes later.
-            Err(RebuildError::Cancelled) => {}
-            Err(e) => {
-                self.detach_rebuild_target(member);
-                tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
+        for &member in members {
+            match &result {
+                Ok(bytes) => {
+                    self.promote_incoming(member);
+                    let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
+                    tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
+                }
+                // Cancelled (shutdown): the target stays attached; the caller
+                // records its progress and resumes later.
+                Err(RebuildError::Cancelled) => {}
+                Err(e) => {
+                    self.detach_rebuild_target(member);
+                    tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
+                }
             }
         }
         result
@@ -408,7 +424,7 @@ impl Volume {
 
     async fn rebuild_inner(
         &self,
-        member: MemberIndex,
+        members: &[MemberIndex],
         only: Option<Vec<(u64, u64)>>,
         ctl: &RebuildControl,
         sink: &dyn RebuildSink,
@@ -416,36 +432,35 @@ impl Volume {
         if self.redundancy() == 0 {
             return Err(RebuildError::NoRedundancy(self.geometry().level()));
         }
-        let inc = self
-            .incoming(member)
-            .ok_or(RebuildError::NoSuchMember(member))?;
+        let incs = members
+            .iter()
+            .map(|&m| self.incoming(m).ok_or(RebuildError::NoSuchMember(m)))
+            .collect::<Result<Vec<_>, _>>()?;
         let mds = self.geometry().member_data_size();
-        let start = inc.up_to();
+        let start = incs.iter().map(|i| i.up_to()).min().unwrap_or(mds);
         let (kind, total) = rebuild_total(only.as_deref(), start, mds);
-        let tracker = SyncTracker::new(kind, Some(member.0), total);
+        let tracker = SyncTracker::new(kind, members.first().map(|m| m.0), total);
         self.set_progress(Some(tracker.clone()));
-        tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
+        tracing::info!(volume = %self.volume_name(), ?members, ?kind, from = start, total, "rebuild started");
         let pacer = tokio::sync::Mutex::new(Pacer::new());
         let errors = &SourceErrors::new(self.geometry().members());
         let mut copied = 0;
         let mut last_checkpoint = start;
         let mut unsaved = false;
         let only = only.as_deref();
+        let targets: Vec<Arc<dyn BlockDevice>> = incs.iter().map(|i| i.device().clone()).collect();
         // Up to DEPTH steps in flight (they lock disjoint stripes); results
         // come back in order, so `up_to` only covers finished steps. A
         // region never written is one step that copies nothing (§10).
         let work = pass_steps(self.written(), start, mds).map(|(a, b, written)| {
             let needed = written && only.is_none_or(|r| overlaps(r, a, b));
-            let target = inc.device().clone();
-            let pacer = &pacer;
+            let (pacer, targets) = (&pacer, &targets);
             async move {
                 if needed {
                     // Paced before the locks are taken, so a step never
                     // holds stripes while it waits for its budget.
                     pacer.lock().await.step(self, ctl, b - a).await;
-                    let mut buf = vec![0u8; (b - a) as usize];
-                    self.rebuild_step(member, &*target, a, &mut buf, errors)
-                        .await?;
+                    self.rebuild_step(members, targets, a, b, errors).await?;
                 }
                 Ok::<_, RebuildError>((a, b, needed, written))
             }
@@ -453,7 +468,9 @@ impl Volume {
         let mut work = futures::stream::iter(work).buffered(DEPTH);
         while let Some(step) = work.next().await {
             let (a, b, needed, written) = step?;
-            still_going(ctl, &inc)?;
+            for inc in &incs {
+                still_going(ctl, inc)?;
+            }
             if needed {
                 copied += b - a;
                 unsaved = true;
@@ -464,58 +481,97 @@ impl Volume {
                     tracker.skipped.fetch_add(b - a, Ordering::Relaxed);
                 }
             }
-            inc.set_up_to(b);
+            for inc in &incs {
+                inc.set_up_to(b.max(inc.up_to()));
+            }
             // Checkpoints only after copying: skipping writes nothing.
             if unsaved && b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
-                inc.device().flush().await.map_err(RebuildError::Target)?;
-                sink.checkpoint(member, b)
-                    .await
-                    .map_err(RebuildError::Checkpoint)?;
+                for (&member, inc) in members.iter().zip(&incs) {
+                    inc.device().flush().await.map_err(RebuildError::Target)?;
+                    sink.checkpoint(member, inc.up_to())
+                        .await
+                        .map_err(RebuildError::Checkpoint)?;
+                }
                 last_checkpoint = b;
                 unsaved = false;
             }
         }
         drop(work);
-        inc.device().flush().await.map_err(RebuildError::Target)?;
-        if inc.is_broken() {
-            return Err(target_broken(&inc));
+        for inc in &incs {
+            inc.device().flush().await.map_err(RebuildError::Target)?;
+            if inc.is_broken() {
+                return Err(target_broken(inc));
+            }
         }
-        sink.finished(member)
-            .await
-            .map_err(RebuildError::Checkpoint)?;
+        for &member in members {
+            sink.finished(member)
+                .await
+                .map_err(RebuildError::Checkpoint)?;
+        }
         Ok(copied)
     }
 
-    /// Copies member data `a..a+buf.len()` of slot `member` onto `target`
-    /// under the step's locks.
+    /// Copies member data `a..b` of the slots `members` onto their
+    /// `targets` under the step's locks: a live member (a replace) is
+    /// copied, the others rebuilt from the rest of the array together.
     async fn rebuild_step(
+        &self,
+        members: &[MemberIndex],
+        targets: &[Arc<dyn BlockDevice>],
+        a: u64,
+        b: u64,
+        errors: &SourceErrors,
+    ) -> Result<(), RebuildError> {
+        let _guards = lock_step(self, a, b).await;
+        let off = ByteOffset(a);
+        let mut bufs = vec![vec![0u8; (b - a) as usize]; members.len()];
+        let mut rebuilt = Vec::new();
+        for (&member, buf) in members.iter().zip(bufs.iter_mut()) {
+            if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
+                // Replacing a live member: copy it.
+                continue;
+            }
+            rebuilt.push(RebuildRead {
+                member,
+                a,
+                buf,
+                errors,
+            });
+        }
+        let rebuilt_members: Vec<MemberIndex> = rebuilt.iter().map(|r| r.member).collect();
+        let lost = match rebuilt.is_empty() {
+            true => Vec::new(),
+            false => self.level_io().rebuild_read_many(self, rebuilt).await?,
+        };
+        for ((&member, target), buf) in members.iter().zip(targets).zip(&bufs) {
+            let no_lost = Vec::new();
+            let lost = rebuilt_members
+                .iter()
+                .position(|&m| m == member)
+                .and_then(|i| lost.get(i))
+                .unwrap_or(&no_lost);
+            self.write_rebuilt(member, &**target, off, buf, lost)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a rebuilt step onto the new member of `member`; its `lost`
+    /// blocks are marked lost there.
+    async fn write_rebuilt(
         &self,
         member: MemberIndex,
         target: &dyn BlockDevice,
-        a: u64,
-        buf: &mut [u8],
-        errors: &SourceErrors,
+        off: ByteOffset,
+        buf: &[u8],
+        lost: &LostBlocks,
     ) -> Result<(), RebuildError> {
-        let b = a + buf.len() as u64;
-        let _guards = lock_step(self, a, b).await;
-        let off = ByteOffset(a);
-        let mut lost = Vec::new();
-        if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
-            // Replacing a live member: copy it.
-        } else {
-            let read = RebuildRead {
-                member,
-                a,
-                buf: &mut *buf,
-                errors,
-            };
-            lost = self.level_io().rebuild_read(self, read).await?;
-        }
+        let a = off.get();
         target
             .write(off, buf, Durability::Normal)
             .await
             .map_err(RebuildError::Target)?;
-        for &(at, _) in &lost {
+        for &(at, _) in lost {
             // Without a way to mark them, lost blocks would read back as
             // zeroes: better no rebuild than silently wrong data.
             target
