@@ -156,7 +156,7 @@ r6two=$(rebuild_secs raid6 2)
         read -r -a c5 <<<"${CPU[$job-raid5]}"
         read -r -a c6 <<<"${CPU[$job-raid6]}"
         i0=$(median "${a0[@]}") i5=$(median "${a5[@]}") i6=$(median "${a6[@]}")
-        python3 -c "print(f'| $job | {$i0:.0f} | {$i5:.0f} | {$i6:.0f} | {$i6/$i5:.2f} | {$i6/$i0:.2f} | $(median "${c0[@]}") / $(median "${c5[@]}") / $(median "${c6[@]}") |')"
+        python3 -c "print(f'| $job | {$i0:.0f} | {$i5:.0f} | {$i6:.0f} | {$i6/$i5:.2f} | {$i6/$i0:.2f} | {$(median "${c0[@]}"):.1f} / {$(median "${c5[@]}"):.1f} / {$(median "${c6[@]}"):.1f} |')"
     done
     echo
     echo "| rebuild after the jobs (unlimited rate, written regions) | seconds |"

@@ -1,8 +1,9 @@
-//! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
+//! RAID volumes: layout math, levels 0/1/5/6, parity and stripe locks.
 //!
 //! ```text
-//!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 : LevelIo
+//!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 / Raid6 : LevelIo
 //!        │ range check, busy count,        (level.rs)      raid0.rs raid1.rs raid5.rs(+raid5_write.rs)
+//!        │                                                 raid6.rs(+raid6_write.rs, raid6_sync.rs)
 //!        │ write intent, ENOSPC                                     │
 //!        ◄──── member methods: read_member, write_member, member_op, ┘
 //!              fail_member, locks, checksums, parity_log
@@ -11,7 +12,7 @@
 //!  md_layout.rs: Linux md RAID-4/5/6/10 placement (pure math);
 //!  stripe_lock.rs: per-stripe / per-region writer serialization
 //!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
-//!  raid1_sync.rs, raid5_sync.rs: those levels' parts of the passes
+//!  raid1_sync.rs, raid5_sync.rs, raid6_sync.rs: those levels' parts of the passes
 //! ```
 //!
 //! Adding a level (RAID-6, RAID-10): (1) give it a [`Level`] variant here,
