@@ -374,6 +374,22 @@ fn still_going(ctl: &RebuildControl, inc: &Incoming) -> Result<(), RebuildError>
     Ok(())
 }
 
+/// Flushes every new member of a pass and records its `up_to` through
+/// `sink` (its superblock checkpoint).
+async fn checkpoint(
+    members: &[MemberIndex],
+    incs: &[Arc<Incoming>],
+    sink: &dyn RebuildSink,
+) -> Result<(), RebuildError> {
+    for (&member, inc) in members.iter().zip(incs) {
+        inc.device().flush().await.map_err(RebuildError::Target)?;
+        sink.checkpoint(member, inc.up_to())
+            .await
+            .map_err(RebuildError::Checkpoint)?;
+    }
+    Ok(())
+}
+
 impl Volume {
     /// Rebuilds the member attached into slot `member` from its `up_to` to
     /// the end (only the parts overlapping `only` when given: a bitmap
@@ -438,10 +454,7 @@ impl Volume {
             .collect::<Result<Vec<_>, _>>()?;
         let mds = self.geometry().member_data_size();
         let start = incs.iter().map(|i| i.up_to()).min().unwrap_or(mds);
-        let (kind, total) = rebuild_total(only.as_deref(), start, mds);
-        let tracker = SyncTracker::new(kind, members.first().map(|m| m.0), total);
-        self.set_progress(Some(tracker.clone()));
-        tracing::info!(volume = %self.volume_name(), ?members, ?kind, from = start, total, "rebuild started");
+        let tracker = self.rebuild_tracker(members, only.as_deref(), start);
         let pacer = tokio::sync::Mutex::new(Pacer::new());
         let errors = &SourceErrors::new(self.geometry().members());
         let mut copied = 0;
@@ -486,12 +499,7 @@ impl Volume {
             }
             // Checkpoints only after copying: skipping writes nothing.
             if unsaved && b - last_checkpoint >= CHECKPOINT_EVERY && b < mds {
-                for (&member, inc) in members.iter().zip(&incs) {
-                    inc.device().flush().await.map_err(RebuildError::Target)?;
-                    sink.checkpoint(member, inc.up_to())
-                        .await
-                        .map_err(RebuildError::Checkpoint)?;
-                }
+                checkpoint(members, &incs, sink).await?;
                 last_checkpoint = b;
                 unsaved = false;
             }
@@ -509,6 +517,20 @@ impl Volume {
                 .map_err(RebuildError::Checkpoint)?;
         }
         Ok(copied)
+    }
+
+    /// The progress of a pass rebuilding `members` from `start`, shown.
+    fn rebuild_tracker(
+        &self,
+        members: &[MemberIndex],
+        only: Option<&[(u64, u64)]>,
+        start: u64,
+    ) -> Arc<SyncTracker> {
+        let (kind, total) = rebuild_total(only, start, self.geometry().member_data_size());
+        let tracker = SyncTracker::new(kind, members.first().map(|m| m.0), total);
+        self.set_progress(Some(tracker.clone()));
+        tracing::info!(volume = %self.volume_name(), ?members, ?kind, from = start, total, "rebuild started");
+        tracker
     }
 
     /// Copies member data `a..b` of the slots `members` onto their
