@@ -254,7 +254,7 @@ pub struct FaultClearArgs {
 /// `vraid create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// RAID level: 0, 1 or 5.
+    /// RAID level: 0, 1, 5 or 6.
     #[arg(long, value_parser = parse_level)]
     pub level: Level,
     /// Chunk size (power of two, 4K to 16M).
@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn create_rejects_bad_level_and_size() {
-        assert!(Cli::try_parse_from(["vraid", "create", "--level", "6", "a"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "create", "--level", "7", "a"]).is_err());
         assert!(
             Cli::try_parse_from(["vraid", "create", "--level", "1", "--chunk-size", "x", "a"])
                 .is_err()

@@ -577,7 +577,7 @@ fn volume_name(src: &Source<'_>, key: &str, v: &Spanned<String>) -> Result<Strin
     Ok(name)
 }
 
-/// `level`: 0, 1 or 5, as a number or a string.
+/// `level`: 0, 1, 5 or 6, as a number or a string.
 fn volume_level(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<Level, ConfigError> {
     match v.get_ref() {
         Scalar::Int(n) => u32::try_from(*n).ok().and_then(Level::from_number),
@@ -587,7 +587,7 @@ fn volume_level(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<Leve
         src.invalid(
             v.span(),
             format!("{key}.level"),
-            "unknown RAID level: expected 0, 1 or 5",
+            "unknown RAID level: expected 0, 1, 5 or 6",
         )
     })
 }

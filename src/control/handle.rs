@@ -370,7 +370,7 @@ impl VolumeHandle {
         // member missing is refused) holds for the rest of the run: reads
         // rebuilt from parity that was never resynced return bytes nobody
         // wrote.
-        if self.level() == Level::Raid5 && self.metadata.read_only_unsynced().await {
+        if self.level().has_parity() && self.metadata.read_only_unsynced().await {
             return Err(ControlError::Refused(format!(
                 "{} is served read-only and was not shut down cleanly: its parity was not \
                  resynced, so data rebuilt without member {role} could be wrong; serve it \

@@ -840,17 +840,54 @@ impl ArrayHandle {
         sink: &dyn RebuildSink,
         replace: bool,
     ) {
-        let member = MemberIndex(role);
+        self.run_rebuilds(&[role], only, sink, replace).await
+    }
+
+    /// [`Self::run_rebuild`] of one or more roles in one pass (a RAID-6
+    /// rebuilding two members at once).
+    async fn run_rebuilds(
+        &self,
+        roles: &[usize],
+        only: Option<Vec<(u64, u64)>>,
+        sink: &dyn RebuildSink,
+        replace: bool,
+    ) {
+        let members: Vec<MemberIndex> = roles.iter().map(|&r| MemberIndex(r)).collect();
         if self.cancel_scrub() {
             info!(
-                "{}: rebuild of member {role} starts: scrub cancelled",
+                "{}: rebuild of member(s) {roles:?} starts: scrub cancelled",
                 self.name
             );
         }
         let recovery = only.is_some();
         let started = std::time::Instant::now();
-        match self.volume.rebuild(member, only, &self.control, sink).await {
+        let result = self
+            .volume
+            .rebuild_together(&members, only, &self.control, sink)
+            .await;
+        for &role in roles {
+            self.rebuild_ended(role, &result, recovery, replace, started)
+                .await;
+        }
+        if !replace {
+            // A replace's pass ends once the role has moved (`run_replace`).
+            self.state().end_pass();
+        }
+    }
+
+    /// Records how the rebuild of `role` ended (`result`, the pass's).
+    async fn rebuild_ended(
+        &self,
+        role: usize,
+        result: &Result<u64, RebuildError>,
+        recovery: bool,
+        replace: bool,
+        started: std::time::Instant,
+    ) {
+        let member = MemberIndex(role);
+        match result {
             Ok(copied) => {
+                let copied = *copied;
                 self.rebuilt_bytes.fetch_add(copied, Ordering::Relaxed);
                 if recovery {
                     if let Some(b) = &self.bitmap {
@@ -892,7 +929,7 @@ impl ArrayHandle {
                 warn!(
                     "{}: rebuild of member {role} failed: {}",
                     self.name,
-                    error_chain(&e)
+                    error_chain(e)
                 );
                 let aborted = if replace {
                     self.metadata.abort_replace(role).await
@@ -903,10 +940,6 @@ impl ArrayHandle {
                     warn!("{}: {}", self.name, error_chain(&e));
                 }
             }
-        }
-        if !replace {
-            // A replace's pass ends once the role has moved (`run_replace`).
-            self.state().end_pass();
         }
     }
 
@@ -969,17 +1002,14 @@ impl ArrayHandle {
             self.state().end_pass();
             return result;
         }
-        self.set_path(role, &spare.path);
-        self.event(
-            "rebuild_started",
-            Some(role),
-            format!(
-                "{}: rebuilding member {role} onto {}",
-                self.name,
-                spare.path.display()
-            ),
-        );
-        self.spawn_rebuild(role, None);
+        self.rebuild_started(role, &spare);
+        let mut roles = vec![role];
+        roles.extend(self.second_rebuild().await);
+        let h = self.clone();
+        self.track(tokio::spawn(async move {
+            h.run_rebuilds(&roles, None, &h.sink(false), false).await;
+            h.activate_spares().await;
+        }));
         Ok(())
     }
 
@@ -1001,6 +1031,55 @@ impl ArrayHandle {
         self.member_joined(role, spare.device.clone(), uuid).await;
         self.share_written().await;
         Ok(())
+    }
+
+    /// `role` took `spare`: its path, and the event.
+    fn rebuild_started(&self, role: usize, spare: &Spare) {
+        self.set_path(role, &spare.path);
+        self.event(
+            "rebuild_started",
+            Some(role),
+            format!(
+                "{}: rebuilding member {role} onto {}",
+                self.name,
+                spare.path.display()
+            ),
+        );
+    }
+
+    /// A second down role that joins the rebuild pass just started (an
+    /// array with two members' redundancy, RAID-6) when an idle spare is
+    /// there for it: both are rebuilt from one read of the others.
+    async fn second_rebuild(&self) -> Option<usize> {
+        if self
+            .volume
+            .geometry()
+            .level()
+            .redundancy(self.volume.geometry().members())
+            < 2
+        {
+            return None;
+        }
+        let role = self.down_role()?;
+        let spare = {
+            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            (!spares.is_empty()).then(|| spares.remove(0))?
+        };
+        match self.begin(role, &spare).await {
+            Ok(()) => {
+                self.rebuild_started(role, &spare);
+                Some(role)
+            }
+            Err(e) => {
+                warn!(
+                    "{}: spare {} unusable: {}",
+                    self.name,
+                    spare.path.display(),
+                    error_chain(&e)
+                );
+                None
+            }
+        }
     }
 
     /// With the written-region map, a joining member is wiped like a

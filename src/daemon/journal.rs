@@ -30,12 +30,23 @@ pub(super) struct JournalPlan {
 /// Replays the partial-parity journal of a run that crashed (a RAID-5 whose
 /// last run kept one), then decides this run's: `None` when the array is
 /// not RAID-5, protection is off or the journal area is too small (recorded
-/// as `journal_state` for the next superblock update).
+/// as `journal_state` for the next superblock update). A RAID-6 asked for
+/// protection is refused: it has no journal yet, and must not run as if
+/// it had one.
 pub(super) async fn replay_and_plan(
     assembly: &Assembly,
     volume: &Volume,
     enabled: bool,
 ) -> Result<Option<JournalPlan>, DaemonError> {
+    if assembly.level == Level::Raid6 && enabled {
+        return Err(DaemonError::Usage(format!(
+            "{}: RAID-6 has no write-hole journal yet (the partial-parity journal of \
+             docs/FORMAT.md §9 is RAID-5's); serve it with --no-journal (config: \
+             write_hole_protection = false), accepting that a crash followed by the loss of a \
+             member before the resync ends may corrupt chunks nobody was writing",
+            assembly.name
+        )));
+    }
     if assembly.level != Level::Raid5 {
         return Ok(None);
     }

@@ -7,13 +7,12 @@
 //!
 //! ```text
 //!  ArrayOptions ─► options(): no spares, bitmap, checksums, journal, scrub
-//!  Assembly     ─► servable(): a dirty RAID-5 must have every member
+//!  Assembly     ─► servable(): a dirty RAID-5 or RAID-6 must have every member
 //! ```
 
 use super::array::ArrayOptions;
 use super::DaemonError;
 use crate::meta::Assembly;
-use crate::raid::Level;
 
 /// The options a read-only run actually uses: everything that writes to
 /// members off (spares, write-intent bitmap, block checksums, whose
@@ -33,14 +32,14 @@ pub(super) fn options(asked: &ArrayOptions) -> ArrayOptions {
     }
 }
 
-/// Refuses a RAID-5 that crashed (dirty) with a member missing: its torn
+/// Refuses a RAID-5 or RAID-6 that crashed (dirty) with a member missing: its torn
 /// stripes are made consistent only by the journal replay or resync a
 /// read-only run does not do, so a chunk rebuilt from their parity could be
 /// wrong. Any other array is served as it is on disk: a whole RAID-5 reads
 /// data chunks only, each mirror of a RAID-1 holds a complete write.
 pub(super) fn servable(assembly: &Assembly) -> Result<(), DaemonError> {
     let missing = assembly.missing();
-    if assembly.level == Level::Raid5 && assembly.was_dirty && missing > 0 {
+    if assembly.level.has_parity() && assembly.was_dirty && missing > 0 {
         return Err(DaemonError::Usage(format!(
             "{}: not shut down cleanly and {missing} member(s) missing: a read-only run cannot \
              replay the journal or resync, and data rebuilt from torn stripes could be wrong; \

@@ -408,6 +408,14 @@ impl Sorted {
         match accept(&c, freshest, ctx)? {
             Verdict::Replacement(member) => self.replacement = Some((role, member)),
             Verdict::Active(member) => self.members[role] = Some(member),
+            Verdict::Rebuild(_, _) if self.rebuild.is_some() => {
+                // A RAID-6 pass rebuilding two members at once was
+                // interrupted: one resumes, the other is left out (FORMAT.md
+                // §7, crash case R6-1) and rebuilt again when added back.
+                tracing::warn!(path = %c.path, role,
+                    "a second member being rebuilt (a two-member rebuild was interrupted) is left \
+                     out; add it again to rebuild it");
+            }
             Verdict::Rebuild(member, recovering) => {
                 let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
                 tracing::info!(path = %c.path, role, up_to, "member is being rebuilt; resuming");

@@ -85,7 +85,7 @@ proptest! {
         array in 1u128..,
         count in 3u32..=32,
         role_seed in any::<u32>(),
-        level in prop::sample::select(vec![Level::Raid0, Level::Raid1, Level::Raid5]),
+        level in prop::sample::select(vec![Level::Raid0, Level::Raid1, Level::Raid5, Level::Raid6]),
         chunk_shift in 12u32..=24,
         events in 1u64..,
         dirty in any::<bool>(),
@@ -96,6 +96,7 @@ proptest! {
         uuids in prop::collection::vec(1u128.., 32),
     ) {
         let chunk = 1u32 << chunk_shift;
+        let count = count.max(level.min_members() as u32);
         let mut layout = metadata_layout(1 << 30).unwrap();
         layout.data_size = (64 << 20) / chunk as u64 * chunk as u64;
         let role = role_seed % count;
@@ -236,17 +237,36 @@ fn decode_refuses_well_checksummed_out_of_range_fields() {
 
 #[test]
 fn decode_refuses_unknown_level_and_flags() {
-    let mut b = sample().encode();
-    b[52] = 3;
-    let crc = crc_of(&b);
-    b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
-    assert_eq!(field_of(Superblock::decode(&b).unwrap_err()), "level");
+    for unknown in [3u8, 4, 7, 10] {
+        let mut b = sample().encode();
+        b[52] = unknown;
+        let crc = crc_of(&b);
+        b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        let err = Superblock::decode(&b).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("unknown RAID level {unknown}")),
+            "{err}"
+        );
+        assert_eq!(field_of(err), "level");
+    }
     let mut sb = sample();
     sb.flags = 4;
     assert!(matches!(
         Superblock::decode(&sb.encode()),
         Err(SuperblockError::Flags(4))
     ));
+}
+
+#[test]
+fn level_6_is_stored_as_6_and_read_back() {
+    let sb = Superblock {
+        level: Level::Raid6,
+        ..sample()
+    };
+    let b = sb.encode();
+    assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 6);
+    assert_eq!(Superblock::decode(&b).unwrap().level, Level::Raid6);
 }
 
 async fn device_with(a: &[u8], b: &[u8]) -> Arc<MemDevice> {

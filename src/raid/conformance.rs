@@ -67,6 +67,8 @@ struct Case {
     chunk: u64,
     member_size: u64,
     missing: Option<usize>,
+    /// A second missing member (RAID-6).
+    missing2: Option<usize>,
     ops: Vec<Op>,
     /// Members wrapped in checksum devices.
     checksums: bool,
@@ -90,13 +92,19 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
-    let level = prop_oneof![Just(Level::Raid0), Just(Level::Raid1), Just(Level::Raid5)];
+    let level = prop_oneof![
+        Just(Level::Raid0),
+        Just(Level::Raid1),
+        Just(Level::Raid5),
+        Just(Level::Raid6)
+    ];
     level
         .prop_flat_map(|level| {
             let members = match level {
                 Level::Raid0 => 2usize..=4,
                 Level::Raid1 => 2usize..=3,
                 Level::Raid5 => 3usize..=5,
+                Level::Raid6 => 4usize..=6,
             };
             (
                 Just(level),
@@ -105,12 +113,13 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 1u64..5,
                 0u64..3000,
                 proptest::option::weighted(0.25, 0usize..8),
+                proptest::option::weighted(0.25, 0usize..8),
                 proptest::collection::vec(op_strategy(), 1..32),
                 any::<bool>(),
             )
         })
         .prop_map(
-            |(level, members, shift, chunks, extra, missing, ops, checksums)| {
+            |(level, members, shift, chunks, extra, missing, missing2, ops, checksums)| {
                 let chunk = 4096u64 << shift;
                 Case {
                     level,
@@ -119,6 +128,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     member_size: chunks * chunk + extra,
                     missing: missing
                         .filter(|_| level != Level::Raid0)
+                        .map(|m| m % members),
+                    // RAID-6 may start with two members missing.
+                    missing2: missing2
+                        .filter(|_| level == Level::Raid6)
                         .map(|m| m % members),
                     ops,
                     checksums,
@@ -175,7 +188,10 @@ struct Run<'a> {
 }
 
 async fn run(case: Case) -> Result<(), TestCaseError> {
-    let missing: Vec<usize> = case.missing.into_iter().collect();
+    let mut missing: Vec<usize> = case.missing.into_iter().collect();
+    if let Some(m) = case.missing2.filter(|m| !missing.contains(m)) {
+        missing.push(m);
+    }
     let csums = crate::integrity::Checksums::new();
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let array = build_array(&case, &missing, &csums, &errors);
@@ -421,7 +437,26 @@ fn check_redundancy(
                 );
             }
         }
-        Level::Raid5 => {}
+        Level::Raid6 if active.len() == g.members() => check_syndromes(g, &snaps)?,
+        Level::Raid5 | Level::Raid6 => {}
+    }
+    Ok(())
+}
+
+/// RAID-6: P and Q of every stripe are those of its data, in md's slot order.
+fn check_syndromes(g: &super::Geometry, snaps: &[Vec<u8>]) -> Result<(), TestCaseError> {
+    let c = g.chunk().get() as usize;
+    for s in 0..g.stripe_count() {
+        let at = |m: MemberIndex| &snaps[m.0][s as usize * c..(s as usize + 1) * c];
+        let stripe = StripeIndex(s);
+        let data: Vec<&[u8]> = (0..g.data_members())
+            .map(|d| at(g.data_member(stripe, d)))
+            .collect();
+        let (p, q) = super::syndrome::reference::syndrome(&data, c);
+        let pm = g.parity_member(stripe).unwrap_or(MemberIndex(0));
+        let qm = g.q_member(stripe).unwrap_or(MemberIndex(0));
+        prop_assert!(at(pm) == p, "stripe {s}: P on {pm} is wrong");
+        prop_assert!(at(qm) == q, "stripe {s}: Q on {qm} is wrong");
     }
     Ok(())
 }
@@ -465,7 +500,7 @@ fn flip_case() -> impl Strategy<Value = (Level, usize, u64, Vec<FlipOp>)> {
         (0u64..1 << 20).prop_map(|at| FlipOp::Flip { at }),
     ];
     (
-        prop_oneof![Just(Level::Raid1), Just(Level::Raid5)],
+        prop_oneof![Just(Level::Raid1), Just(Level::Raid5), Just(Level::Raid6)],
         0usize..3,
         0u32..3,
         proptest::collection::vec(op, 1..24),
@@ -482,7 +517,11 @@ async fn run_flips(
     chunk: u64,
     ops: Vec<FlipOp>,
 ) -> Result<(), TestCaseError> {
-    let members = if level == Level::Raid1 { 2 } else { 3 };
+    let members = match level {
+        Level::Raid1 => 2,
+        Level::Raid6 => 4,
+        _ => 3,
+    };
     let member_size = 16 * chunk;
     let csums = crate::integrity::Checksums::new();
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

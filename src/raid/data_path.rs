@@ -4,7 +4,7 @@
 //! (clears, sync steps, scrub) is [`super::level::LevelIo`].
 
 use super::volume::Volume;
-use super::{raid0, raid1, raid5, Level};
+use super::{raid0, raid1, raid5, raid6, Level};
 use crate::block::{BlockResult, Durability};
 use crate::units::ByteOffset;
 
@@ -14,6 +14,7 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
         Level::Raid0 => raid0::read(vol, at, buf).await,
         Level::Raid1 => raid1::read(vol, at, buf).await,
         Level::Raid5 => raid5::read(vol, at, buf).await,
+        Level::Raid6 => raid6::read(vol, at, buf).await,
     }
 }
 
@@ -24,5 +25,6 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
         Level::Raid0 => raid0::write(vol, at, buf, d).await,
         Level::Raid1 => raid1::write(vol, at, buf, d).await,
         Level::Raid5 => raid5::write(vol, at, buf, d).await,
+        Level::Raid6 => raid6::write(vol, at, buf, d).await,
     }
 }

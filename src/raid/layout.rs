@@ -13,8 +13,11 @@
 //!
 //! RAID-0 stripes chunks round-robin over all members; RAID-5 uses md's
 //! default left-symmetric layout (parity member `(n-1) - (s mod n)`, data
-//! chunk `d` on member `(parity + 1 + d) mod n`); RAID-1 maps every byte to
-//! the same offset on every mirror (extents name member 0).
+//! chunk `d` on member `(parity + 1 + d) mod n`); RAID-6 uses md's default
+//! left-symmetric layout too (`layout = 2`: P on `(n-1) - (s mod n)`, Q on
+//! the member after it, data chunk `d` on `(P + 2 + d) mod n`, so data chunk
+//! `d` is Q-syndrome slot `d`, as md's `raid6_idx_to_slot` counts); RAID-1
+//! maps every byte to the same offset on every mirror (extents name member 0).
 
 use std::fmt;
 
@@ -128,8 +131,10 @@ pub struct Extent {
 pub enum MemberByte {
     /// Data of this volume offset.
     Data(ByteOffset),
-    /// Parity of this stripe.
+    /// Parity (RAID-5 parity, RAID-6 P) of this stripe.
     Parity(StripeIndex),
+    /// RAID-6 Q syndrome of this stripe.
+    Q(StripeIndex),
 }
 
 impl Geometry {
@@ -150,7 +155,9 @@ impl Geometry {
         }
         let size = match level {
             Level::Raid1 => member_data_size,
-            Level::Raid0 | Level::Raid5 => member_data_size - member_data_size % chunk.get(),
+            Level::Raid0 | Level::Raid5 | Level::Raid6 => {
+                member_data_size - member_data_size % chunk.get()
+            }
         };
         if size < chunk.get() {
             return Err(LayoutError::TooSmall {
@@ -195,6 +202,7 @@ impl Geometry {
             Level::Raid0 => self.members,
             Level::Raid1 => 1,
             Level::Raid5 => self.members - 1,
+            Level::Raid6 => self.members - 2,
         }
     }
 
@@ -203,7 +211,7 @@ impl Geometry {
     /// write-intent bitmap: whole chunk rows for striped levels.
     pub fn member_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
         match self.level {
-            Level::Raid5 | Level::Raid0 => {
+            Level::Raid5 | Level::Raid6 | Level::Raid0 => {
                 let sds = self.stripe_data_size();
                 let chunk = self.chunk.get();
                 let first = offset.get() / sds;
@@ -229,10 +237,10 @@ impl Geometry {
         self.member_data_size / self.chunk.get()
     }
 
-    /// Member holding the parity of `stripe` (RAID-5 only).
+    /// Member holding the parity of `stripe` (RAID-5), or its P (RAID-6).
     pub fn parity_member(&self, stripe: StripeIndex) -> Option<MemberIndex> {
         match self.level {
-            Level::Raid5 => {
+            Level::Raid5 | Level::Raid6 => {
                 let n = self.members as u64;
                 Some(MemberIndex((n - 1 - stripe.0 % n) as usize))
             }
@@ -240,10 +248,28 @@ impl Geometry {
         }
     }
 
+    /// Member holding the Q syndrome of `stripe` (RAID-6 only): the one
+    /// after P.
+    pub fn q_member(&self, stripe: StripeIndex) -> Option<MemberIndex> {
+        match (self.level, self.parity_member(stripe)) {
+            (Level::Raid6, Some(p)) => Some(MemberIndex((p.0 + 1) % self.members)),
+            _ => None,
+        }
+    }
+
+    /// Parity members before the data of a stripe (1 for RAID-5, 2 for
+    /// RAID-6 whose Q follows P).
+    fn parity_width(&self) -> usize {
+        match self.level {
+            Level::Raid6 => 2,
+            _ => 1,
+        }
+    }
+
     /// Member holding data chunk `data_index` of `stripe`.
     pub fn data_member(&self, stripe: StripeIndex, data_index: usize) -> MemberIndex {
         match self.parity_member(stripe) {
-            Some(p) => MemberIndex((p.0 + 1 + data_index) % self.members),
+            Some(p) => MemberIndex((p.0 + self.parity_width() + data_index) % self.members),
             None if self.level == Level::Raid1 => MemberIndex(0),
             None => MemberIndex(data_index),
         }
@@ -253,7 +279,8 @@ impl Geometry {
     pub fn data_index(&self, stripe: StripeIndex, member: MemberIndex) -> Option<usize> {
         match self.parity_member(stripe) {
             Some(p) if p == member => None,
-            Some(p) => Some((member.0 + self.members - p.0 - 1) % self.members),
+            Some(_) if self.q_member(stripe) == Some(member) => None,
+            Some(p) => Some((member.0 + self.members - p.0 - self.parity_width()) % self.members),
             None => Some(member.0),
         }
     }
@@ -312,6 +339,7 @@ impl Geometry {
         let chunk = self.chunk.get();
         let stripe = StripeIndex(off / chunk);
         let data_index = match self.data_index(stripe, member) {
+            None if self.q_member(stripe) == Some(member) => return Some(MemberByte::Q(stripe)),
             None => return Some(MemberByte::Parity(stripe)),
             Some(d) => d as u64,
         };
@@ -386,7 +414,12 @@ mod tests {
 
     fn geometry_strategy() -> impl Strategy<Value = Geometry> {
         (
-            prop_oneof![Just(Level::Raid0), Just(Level::Raid1), Just(Level::Raid5)],
+            prop_oneof![
+                Just(Level::Raid0),
+                Just(Level::Raid1),
+                Just(Level::Raid5),
+                Just(Level::Raid6)
+            ],
             2usize..=8,
             0u32..3,
             1u64..6,
@@ -512,6 +545,10 @@ mod tests {
                             prop_assert_eq!(s.0, off / g.chunk().get());
                             prop_assert_eq!(g.parity_member(s), Some(MemberIndex(m)));
                         }
+                        MemberByte::Q(s) => {
+                            prop_assert_eq!(s.0, off / g.chunk().get());
+                            prop_assert_eq!(g.q_member(s), Some(MemberIndex(m)));
+                        }
                     }
                     off += 1021;
                 }
@@ -530,6 +567,30 @@ mod tests {
             members.push(p.0);
             members.sort_unstable();
             prop_assert_eq!(members, (0..n).collect::<Vec<_>>());
+        }
+
+        /// Our RAID-6 placement is md's left-symmetric (layout 2), P, Q and
+        /// every data chunk, and data index `d` is md's Q slot `d`.
+        #[test]
+        fn raid6_layout_is_md_left_symmetric(n in 4usize..=16, s in 0u64..10_000) {
+            let chunk = ChunkSize::new(K4).unwrap();
+            let g = Geometry::new(Level::Raid6, n, chunk, 10_000 * K4).unwrap();
+            let md = super::super::md_layout::ParityLayout::new(6, n, 2).unwrap();
+            prop_assert_eq!(g.data_members(), md.data_disks());
+            let roles = md.roles(s);
+            prop_assert_eq!(g.parity_member(StripeIndex(s)), Some(MemberIndex(roles.p)));
+            prop_assert_eq!(g.q_member(StripeIndex(s)), roles.q.map(MemberIndex));
+            for d in 0..g.data_members() {
+                let m = g.data_member(StripeIndex(s), d);
+                prop_assert_eq!(m.0, md.data_disk(s, d));
+                prop_assert_eq!(g.data_index(StripeIndex(s), m), Some(d));
+                prop_assert_eq!(md.q_slot(s, m.0), Some(d));
+                let chunk_no = s * g.data_members() as u64 + d as u64;
+                prop_assert_eq!(md.locate(chunk_no), (s, m.0));
+            }
+            for m in [roles.p, roles.q.unwrap()] {
+                prop_assert_eq!(g.data_index(StripeIndex(s), MemberIndex(m)), None);
+            }
         }
 
         #[test]

@@ -114,9 +114,34 @@ pub(super) trait LevelIo: Send + Sync {
         Box::pin(async move { Err(RebuildError::NoRedundancy(level)) })
     }
 
-    /// Block `block` of member `m` in a scrub step, rebuilt from the other
-    /// members' reads; `None` when redundancy does not cover it (default).
-    fn scrub_rebuild_block(&self, _reads: &[Read], _m: usize, _block: usize) -> Option<Vec<u8>> {
+    /// [`LevelIo::rebuild_read`] of several members' buffers of the same
+    /// step (a rebuild of two members at once), with each one's lost
+    /// blocks, in order. Default: one after the other.
+    fn rebuild_read_many<'a>(
+        &self,
+        vol: &'a Volume,
+        reads: Vec<RebuildRead<'a>>,
+    ) -> StepResult<'a, Vec<LostBlocks>> {
+        Box::pin(async move {
+            let mut lost = Vec::with_capacity(reads.len());
+            for r in reads {
+                lost.push(vol.level_io().rebuild_read(vol, r).await?);
+            }
+            Ok(lost)
+        })
+    }
+
+    /// Block `block` of member `m` in a scrub step at member data offset
+    /// `a`, rebuilt from the other members' reads; `None` when redundancy
+    /// does not cover it (default).
+    fn scrub_rebuild_block(
+        &self,
+        _vol: &Volume,
+        _a: u64,
+        _reads: &[Read],
+        _m: usize,
+        _block: usize,
+    ) -> Option<Vec<u8>> {
         None
     }
 

@@ -1,8 +1,9 @@
-//! RAID volumes: layout math, levels 0/1/5, parity and stripe locks.
+//! RAID volumes: layout math, levels 0/1/5/6, parity and stripe locks.
 //!
 //! ```text
-//!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 : LevelIo
+//!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 / Raid6 : LevelIo
 //!        │ range check, busy count,        (level.rs)      raid0.rs raid1.rs raid5.rs(+raid5_write.rs)
+//!        │                                                 raid6.rs(+raid6_write.rs, raid6_sync.rs)
 //!        │ write intent, ENOSPC                                     │
 //!        ◄──── member methods: read_member, write_member, member_op, ┘
 //!              fail_member, locks, checksums, parity_log
@@ -11,7 +12,7 @@
 //!  md_layout.rs: Linux md RAID-4/5/6/10 placement (pure math);
 //!  stripe_lock.rs: per-stripe / per-region writer serialization
 //!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
-//!  raid1_sync.rs, raid5_sync.rs: those levels' parts of the passes
+//!  raid1_sync.rs, raid5_sync.rs, raid6_sync.rs: those levels' parts of the passes
 //! ```
 //!
 //! Adding a level (RAID-6, RAID-10): (1) give it a [`Level`] variant here,
@@ -52,6 +53,9 @@ mod raid1_sync;
 mod raid5;
 mod raid5_sync;
 mod raid5_write;
+mod raid6;
+mod raid6_sync;
+mod raid6_write;
 mod resync;
 mod striped;
 mod trust;
@@ -86,15 +90,19 @@ pub enum Level {
     /// Striping with rotating parity (md left-symmetric).
     #[serde(rename = "5")]
     Raid5,
+    /// Striping with rotating P and Q parity (md left-symmetric, layout 2).
+    #[serde(rename = "6")]
+    Raid6,
 }
 
 impl Level {
-    /// The number stored on disk and shown to users (0, 1, 5).
+    /// The number stored on disk and shown to users (0, 1, 5, 6).
     pub const fn number(self) -> u32 {
         match self {
             Level::Raid0 => 0,
             Level::Raid1 => 1,
             Level::Raid5 => 5,
+            Level::Raid6 => 6,
         }
     }
 
@@ -104,6 +112,7 @@ impl Level {
             0 => Some(Level::Raid0),
             1 => Some(Level::Raid1),
             5 => Some(Level::Raid5),
+            6 => Some(Level::Raid6),
             _ => None,
         }
     }
@@ -113,7 +122,14 @@ impl Level {
         match self {
             Level::Raid0 | Level::Raid1 => 2,
             Level::Raid5 => 3,
+            Level::Raid6 => 4,
         }
+    }
+
+    /// True for the levels with parity stripes (RAID-5, RAID-6): data is
+    /// rebuilt from parity, which a crash may leave stale until resynced.
+    pub const fn has_parity(self) -> bool {
+        matches!(self, Level::Raid5 | Level::Raid6)
     }
 
     /// How many members may be missing while all data stays available,
@@ -123,6 +139,7 @@ impl Level {
             Level::Raid0 => 0,
             Level::Raid1 => members.saturating_sub(1),
             Level::Raid5 => 1,
+            Level::Raid6 => 2,
         }
     }
 }
@@ -141,12 +158,14 @@ impl FromStr for Level {
         t.parse::<u32>()
             .ok()
             .and_then(Level::from_number)
-            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1 or 5"))
+            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1, 5 or 6"))
     }
 }
 
 #[cfg(test)]
 mod ppl_tests;
+#[cfg(test)]
+mod raid6_tests;
 #[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]

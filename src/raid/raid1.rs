@@ -48,7 +48,14 @@ impl LevelIo for Raid1 {
     }
 
     /// The block from a mirror that read it well.
-    fn scrub_rebuild_block(&self, reads: &[Read], m: usize, block: usize) -> Option<Vec<u8>> {
+    fn scrub_rebuild_block(
+        &self,
+        _vol: &Volume,
+        _a: u64,
+        reads: &[Read],
+        m: usize,
+        block: usize,
+    ) -> Option<Vec<u8>> {
         (0..reads.len())
             .filter(|&k| k != m)
             .find(|&k| reads[k].good(block))

@@ -18,7 +18,7 @@ use super::parity::xor_into;
 use super::raid5_sync;
 use super::raid5_write::write_stripe;
 use super::scrub::{Read, BLOCK};
-use super::striped::read_extents;
+use super::striped::{read_extents, write_stripes};
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
@@ -53,7 +53,14 @@ impl LevelIo for Raid5 {
     }
 
     /// The XOR of the block on every other member, when all read it well.
-    fn scrub_rebuild_block(&self, reads: &[Read], m: usize, block: usize) -> Option<Vec<u8>> {
+    fn scrub_rebuild_block(
+        &self,
+        _vol: &Volume,
+        _a: u64,
+        reads: &[Read],
+        m: usize,
+        block: usize,
+    ) -> Option<Vec<u8>> {
         let others = (0..reads.len()).filter(|&k| k != m);
         others.clone().all(|k| reads[k].good(block)).then(|| {
             let mut x = vec![0u8; BLOCK];
@@ -214,31 +221,7 @@ pub(super) async fn write(
     buf: &[u8],
     durability: Durability,
 ) -> BlockResult {
-    let sds = vol.geometry().stripe_data_size();
-    let end = offset.get() + buf.len() as u64;
-    let (first, last) = (offset.get() / sds, (end - 1) / sds);
-    if first == last {
-        // One stripe (every small write): no list of stripe futures.
-        let _guard = vol.locks().lock(StripeIndex(first)).await;
-        let start = offset.get() - first * sds;
-        return write_stripe(vol, StripeIndex(first), start, buf, durability).await;
-    }
-    // Each stripe is locked on its own, only while its parity is updated:
-    // sequential writers that share a boundary stripe then overlap instead
-    // of queueing behind each other's whole request (one lock at a time per
-    // future, so no lock-order deadlock is possible).
-    let mut stripes = Vec::new();
-    for s in first..=last {
-        let base = s * sds;
-        let a = offset.get().max(base);
-        let b = end.min(base + sds);
-        let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
-        stripes.push(async move {
-            let _guard = vol.locks().lock(StripeIndex(s)).await;
-            write_stripe(vol, StripeIndex(s), a - base, data, durability).await
-        });
-    }
-    all_complete(stripes).await
+    write_stripes(vol, offset, buf, durability, write_stripe).await
 }
 
 /// Runs every future to completion (a stripe write is never abandoned
@@ -250,7 +233,10 @@ where
     join_all(futures).await.into_iter().collect()
 }
 
-async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
+/// Clears a range of a parity level (RAID-5 and RAID-6): whole stripes on
+/// every member, parity included (zero data has zero P and Q), partial
+/// stripes written as zeroes through the level's write.
+pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockResult {
     let split = vol.geometry().split_stripes(offset, len);
     let mut parts: Vec<BoxFuture<'_, BlockResult>> = Vec::new();
     for (off, len) in [split.head, split.tail] {
@@ -270,7 +256,7 @@ async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear) -> BlockR
 
 async fn write_zeroes_partial(vol: &Volume, offset: ByteOffset, len: u64) -> BlockResult {
     let zeros = vec![0u8; len as usize];
-    write(vol, offset, &zeros, Durability::Normal).await
+    super::data_path::write(vol, offset, &zeros, Durability::Normal).await
 }
 
 /// Clears `count` whole stripes on every member, parity included: zero data
@@ -287,7 +273,7 @@ async fn clear_stripes(vol: &Volume, first: StripeIndex, count: u64, how: Clear)
     let _tickets = super::ppl::log_full_stripes(vol, first, count).await;
     let op = how.op(ByteOffset(first.0 * chunk), count * chunk);
     join_all((0..g.members()).map(|m| vol.write_member(MemberIndex(m), op))).await;
-    if vol.down_count() > 1 {
+    if vol.down_count() > vol.redundancy() {
         Err(vol.data_lost())
     } else {
         Ok(())

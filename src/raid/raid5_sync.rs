@@ -156,7 +156,7 @@ fn parity_member_at(vol: &Volume, off: u64) -> MemberIndex {
 }
 
 /// The runs `[x, y)` of consecutive `true` in `flags`.
-fn runs(flags: &[bool]) -> Vec<(usize, usize)> {
+pub(super) fn runs(flags: &[bool]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, &f) in flags.iter().chain([&false]).enumerate() {
@@ -213,7 +213,7 @@ pub(super) async fn check_parity(
 
 /// True when every byte is zero (a branch-free OR over words, so it
 /// vectorizes).
-fn is_zero(block: &[u8]) -> bool {
+pub(super) fn is_zero(block: &[u8]) -> bool {
     block.chunks_exact(8).fold(0u64, |acc, w| {
         acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
     }) == 0

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::layout::MemberIndex;
-use super::level::RebuildRead;
+use super::level::{LostBlocks, RebuildRead};
 use super::stripe_lock::StripeGuards;
 use super::volume::{Incoming, Volume};
 use super::written::{pieces, WrittenRegions};
@@ -376,10 +376,11 @@ fn still_going(ctl: &RebuildControl, inc: &Incoming) -> Result<(), RebuildError>
 
 /// What every step of one rebuild pass shares.
 struct Pass<'a> {
-    member: MemberIndex,
+    members: &'a [MemberIndex],
     only: Option<&'a [(u64, u64)]>,
     ctl: &'a RebuildControl,
-    inc: &'a Incoming,
+    incs: &'a [Arc<Incoming>],
+    targets: Vec<Arc<dyn BlockDevice>>,
     tracker: &'a SyncTracker,
     pacer: tokio::sync::Mutex<Pacer>,
     errors: SourceErrors,
@@ -403,6 +404,22 @@ fn checkpoint_windows(
     })
 }
 
+/// Flushes every new member of a pass and records its `up_to` through
+/// `sink` (its superblock checkpoint).
+async fn checkpoint(
+    members: &[MemberIndex],
+    incs: &[Arc<Incoming>],
+    sink: &dyn RebuildSink,
+) -> Result<(), RebuildError> {
+    for (&member, inc) in members.iter().zip(incs) {
+        inc.device().flush().await.map_err(RebuildError::Target)?;
+        sink.checkpoint(member, inc.up_to())
+            .await
+            .map_err(RebuildError::Checkpoint)?;
+    }
+    Ok(())
+}
+
 impl Volume {
     /// Rebuilds the member attached into slot `member` from its `up_to` to
     /// the end (only the parts overlapping `only` when given: a bitmap
@@ -416,20 +433,36 @@ impl Volume {
         ctl: &RebuildControl,
         sink: &dyn RebuildSink,
     ) -> Result<u64, RebuildError> {
-        let result = self.rebuild_inner(member, only, ctl, sink).await;
+        self.rebuild_together(&[member], only, ctl, sink).await
+    }
+
+    /// [`Volume::rebuild`] of several members attached at once (a RAID-6
+    /// that lost two) in one pass: each step reads the other members once
+    /// and fills every new member (`LevelIo::rebuild_read_many`). Returns
+    /// the bytes copied per member.
+    pub async fn rebuild_together(
+        &self,
+        members: &[MemberIndex],
+        only: Option<Vec<(u64, u64)>>,
+        ctl: &RebuildControl,
+        sink: &dyn RebuildSink,
+    ) -> Result<u64, RebuildError> {
+        let result = self.rebuild_inner(members, only, ctl, sink).await;
         self.set_progress(None);
-        match &result {
-            Ok(bytes) => {
-                self.promote_incoming(member);
-                let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
-                tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
-            }
-            // Cancelled (shutdown): the target stays attached; the caller
-            // records its progress and resumes later.
-            Err(RebuildError::Cancelled) => {}
-            Err(e) => {
-                self.detach_rebuild_target(member);
-                tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
+        for &member in members {
+            match &result {
+                Ok(bytes) => {
+                    self.promote_incoming(member);
+                    let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
+                    tracing::info!(volume = %self.volume_name(), %member, bytes, skipped, "rebuild finished; member in sync");
+                }
+                // Cancelled (shutdown): the target stays attached; the caller
+                // records its progress and resumes later.
+                Err(RebuildError::Cancelled) => {}
+                Err(e) => {
+                    self.detach_rebuild_target(member);
+                    tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
+                }
             }
         }
         result
@@ -437,7 +470,7 @@ impl Volume {
 
     async fn rebuild_inner(
         &self,
-        member: MemberIndex,
+        members: &[MemberIndex],
         only: Option<Vec<(u64, u64)>>,
         ctl: &RebuildControl,
         sink: &dyn RebuildSink,
@@ -445,20 +478,19 @@ impl Volume {
         if self.redundancy() == 0 {
             return Err(RebuildError::NoRedundancy(self.geometry().level()));
         }
-        let inc = self
-            .incoming(member)
-            .ok_or(RebuildError::NoSuchMember(member))?;
+        let incs = members
+            .iter()
+            .map(|&m| self.incoming(m).ok_or(RebuildError::NoSuchMember(m)))
+            .collect::<Result<Vec<_>, _>>()?;
         let mds = self.geometry().member_data_size();
-        let start = inc.up_to();
-        let (kind, total) = rebuild_total(only.as_deref(), start, mds);
-        let tracker = SyncTracker::new(kind, Some(member.0), total);
-        self.set_progress(Some(tracker.clone()));
-        tracing::info!(volume = %self.volume_name(), %member, ?kind, from = start, total, "rebuild started");
+        let start = incs.iter().map(|i| i.up_to()).min().unwrap_or(mds);
+        let tracker = self.rebuild_tracker(members, only.as_deref(), start);
         let pass = Pass {
-            member,
+            members,
             only: only.as_deref(),
             ctl,
-            inc: &inc,
+            incs: &incs,
+            targets: incs.iter().map(|i| i.device().clone()).collect(),
             tracker: &tracker,
             pacer: tokio::sync::Mutex::new(Pacer::new()),
             errors: SourceErrors::new(self.geometry().members()),
@@ -472,20 +504,22 @@ impl Volume {
         for window in checkpoint_windows(pass_steps(self.written(), start, mds)) {
             let (bytes, end) = self.rebuild_window(&pass, window).await?;
             copied += bytes;
+            // Checkpoints only after copying: skipping writes nothing.
             if bytes > 0 && end < mds {
-                inc.device().flush().await.map_err(RebuildError::Target)?;
-                sink.checkpoint(member, end)
-                    .await
-                    .map_err(RebuildError::Checkpoint)?;
+                checkpoint(members, &incs, sink).await?;
             }
         }
-        inc.device().flush().await.map_err(RebuildError::Target)?;
-        if inc.is_broken() {
-            return Err(target_broken(&inc));
+        for inc in &incs {
+            inc.device().flush().await.map_err(RebuildError::Target)?;
+            if inc.is_broken() {
+                return Err(target_broken(inc));
+            }
         }
-        sink.finished(member)
-            .await
-            .map_err(RebuildError::Checkpoint)?;
+        for &member in members {
+            sink.finished(member)
+                .await
+                .map_err(RebuildError::Checkpoint)?;
+        }
         Ok(copied)
     }
 
@@ -499,17 +533,15 @@ impl Volume {
         pass: &Pass<'_>,
         window: Vec<(u64, u64, bool)>,
     ) -> Result<(u64, u64), RebuildError> {
-        let mut end = pass.inc.up_to();
+        let mut end = 0;
         let work = window.into_iter().map(|(a, b, written)| {
             let needed = written && pass.only.is_none_or(|r| overlaps(r, a, b));
-            let target = pass.inc.device().clone();
             async move {
                 if needed {
                     // Paced before the locks are taken, so a step never
                     // holds stripes while it waits for its budget.
                     pass.pacer.lock().await.step(self, pass.ctl, b - a).await;
-                    let mut buf = vec![0u8; (b - a) as usize];
-                    self.rebuild_step(pass.member, &*target, a, &mut buf, &pass.errors)
+                    self.rebuild_step(pass.members, &pass.targets, a, b, &pass.errors)
                         .await?;
                 }
                 Ok::<_, RebuildError>((a, b, needed, written))
@@ -519,7 +551,9 @@ impl Volume {
         let mut copied = 0;
         while let Some(step) = work.next().await {
             let (a, b, needed, written) = step?;
-            still_going(pass.ctl, pass.inc)?;
+            for inc in pass.incs {
+                still_going(pass.ctl, inc)?;
+            }
             if needed {
                 copied += b - a;
             }
@@ -529,42 +563,89 @@ impl Volume {
                     pass.tracker.skipped.fetch_add(b - a, Ordering::Relaxed);
                 }
             }
-            pass.inc.set_up_to(b);
+            for inc in pass.incs {
+                inc.set_up_to(b.max(inc.up_to()));
+            }
             end = b;
         }
         Ok((copied, end))
     }
 
-    /// Copies member data `a..a+buf.len()` of slot `member` onto `target`
-    /// under the step's locks.
+    /// The progress of a pass rebuilding `members` from `start`, shown.
+    fn rebuild_tracker(
+        &self,
+        members: &[MemberIndex],
+        only: Option<&[(u64, u64)]>,
+        start: u64,
+    ) -> Arc<SyncTracker> {
+        let (kind, total) = rebuild_total(only, start, self.geometry().member_data_size());
+        let tracker = SyncTracker::new(kind, members.first().map(|m| m.0), total);
+        self.set_progress(Some(tracker.clone()));
+        tracing::info!(volume = %self.volume_name(), ?members, ?kind, from = start, total, "rebuild started");
+        tracker
+    }
+
+    /// Copies member data `a..b` of the slots `members` onto their
+    /// `targets` under the step's locks: a live member (a replace) is
+    /// copied, the others rebuilt from the rest of the array together.
     async fn rebuild_step(
+        &self,
+        members: &[MemberIndex],
+        targets: &[Arc<dyn BlockDevice>],
+        a: u64,
+        b: u64,
+        errors: &SourceErrors,
+    ) -> Result<(), RebuildError> {
+        let _guards = lock_step(self, a, b).await;
+        let off = ByteOffset(a);
+        let mut bufs = vec![vec![0u8; (b - a) as usize]; members.len()];
+        let mut rebuilt = Vec::new();
+        for (&member, buf) in members.iter().zip(bufs.iter_mut()) {
+            if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
+                // Replacing a live member: copy it.
+                continue;
+            }
+            rebuilt.push(RebuildRead {
+                member,
+                a,
+                buf,
+                errors,
+            });
+        }
+        let rebuilt_members: Vec<MemberIndex> = rebuilt.iter().map(|r| r.member).collect();
+        let lost = match rebuilt.is_empty() {
+            true => Vec::new(),
+            false => self.level_io().rebuild_read_many(self, rebuilt).await?,
+        };
+        for ((&member, target), buf) in members.iter().zip(targets).zip(&bufs) {
+            let no_lost = Vec::new();
+            let lost = rebuilt_members
+                .iter()
+                .position(|&m| m == member)
+                .and_then(|i| lost.get(i))
+                .unwrap_or(&no_lost);
+            self.write_rebuilt(member, &**target, off, buf, lost)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a rebuilt step onto the new member of `member`; its `lost`
+    /// blocks are marked lost there.
+    async fn write_rebuilt(
         &self,
         member: MemberIndex,
         target: &dyn BlockDevice,
-        a: u64,
-        buf: &mut [u8],
-        errors: &SourceErrors,
+        off: ByteOffset,
+        buf: &[u8],
+        lost: &LostBlocks,
     ) -> Result<(), RebuildError> {
-        let b = a + buf.len() as u64;
-        let _guards = lock_step(self, a, b).await;
-        let off = ByteOffset(a);
-        let mut lost = Vec::new();
-        if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
-            // Replacing a live member: copy it.
-        } else {
-            let read = RebuildRead {
-                member,
-                a,
-                buf: &mut *buf,
-                errors,
-            };
-            lost = self.level_io().rebuild_read(self, read).await?;
-        }
+        let a = off.get();
         target
             .write(off, buf, Durability::Normal)
             .await
             .map_err(RebuildError::Target)?;
-        for &(at, _) in &lost {
+        for &(at, _) in lost {
             // Without a way to mark them, lost blocks would read back as
             // zeroes: better no rebuild than silently wrong data.
             target

@@ -307,7 +307,7 @@ impl Volume {
                 if reads[m].bad[i].is_none() {
                     continue;
                 }
-                let Some(fixed) = level.scrub_rebuild_block(reads, m, i) else {
+                let Some(fixed) = level.scrub_rebuild_block(self, a, reads, m, i) else {
                     continue;
                 };
                 let off = ByteOffset(a + (i * BLOCK) as u64);

@@ -355,3 +355,64 @@ async fn cancelled_scrub_stops_early() {
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert!(report.bytes_checked < 3 * rig.volume.geometry().member_data_size());
 }
+
+#[tokio::test]
+async fn raid6_check_names_the_wrong_member_p_q_or_data() {
+    // Arrange: in stripe 0 (5 members: P on 4, Q on 0) one byte flipped
+    // on P, one on Q in another block, one on data member 2 in a third.
+    let rig = Rig::new(Level::Raid6, 5, None).await;
+    let g = *rig.volume.geometry();
+    let s0 = super::StripeIndex(0);
+    let (p, q) = (g.parity_member(s0).unwrap().0, g.q_member(s0).unwrap().0);
+    let d = g.data_member(s0, 1).0;
+    rig.flip(p, 5).await;
+    rig.flip(q, 4096 + 7).await;
+    rig.flip(d, 2 * 4096 + 11).await;
+
+    // Act
+    let report = rig.scrub(false).await;
+
+    // Assert: each counted once, on the member that holds the wrong byte.
+    assert_eq!((p, q, d), (4, 0, 2));
+    assert_eq!(report.members[p].mismatch, 1);
+    assert_eq!(report.members[q].mismatch, 1);
+    assert_eq!(report.members[d].mismatch, 1);
+    assert_eq!(report.found(), 3);
+    assert_eq!(rig.writes(), 0);
+}
+
+#[tokio::test]
+async fn raid6_repair_makes_p_and_q_match_and_a_second_check_is_clean() {
+    // Arrange
+    let rig = Rig::new(Level::Raid6, 4, None).await;
+    rig.flip(1, 3 << 20).await;
+    rig.flip(3, (1 << 20) + 4096 * 3).await;
+
+    // Act
+    let repaired = rig.scrub(true).await;
+    let again = rig.scrub(false).await;
+
+    // Assert
+    assert_eq!(repaired.found(), 2);
+    assert_eq!(repaired.repaired(), 2);
+    assert_eq!(again.found(), 0);
+}
+
+#[tokio::test]
+async fn raid6_repair_rewrites_an_unreadable_block_from_the_others() {
+    // Arrange: member 1 has a bad sector (its bytes flipped too).
+    let rig = Rig::new(Level::Raid6, 5, Some((1, false))).await;
+    let w = rig.wrapped.as_ref().unwrap();
+    w.bad.lock().unwrap().push(8192);
+    let before = rig.member_bytes(1, 8192, 4096).await;
+    rig.flip(1, 8192 + 3).await;
+
+    // Act
+    let report = rig.scrub(true).await;
+
+    // Assert: the bad block came back from the others.
+    assert_eq!(report.members[1].io, 1);
+    assert_eq!(report.members[1].repaired, 1);
+    assert_eq!(rig.member_bytes(1, 8192, 4096).await, before);
+    assert_eq!(rig.scrub(false).await.found(), 0);
+}

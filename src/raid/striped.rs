@@ -1,10 +1,11 @@
-//! What the striped levels (RAID-0, RAID-5) share: a read split into
-//! per-chunk extents, and locks of whole stripes.
+//! What the striped levels (RAID-0, RAID-5, RAID-6) share: a read split
+//! into per-chunk extents, a parity write split into per-stripe writes,
+//! and locks of whole stripes.
 
 use super::layout::{Extent, StripeIndex};
 use super::stripe_lock::StripeGuards;
 use super::volume::Volume;
-use crate::block::BlockResult;
+use crate::block::{BlockResult, Durability};
 use crate::units::ByteOffset;
 
 /// Splits a striped read into per-chunk extents and reads them all
@@ -44,4 +45,49 @@ pub(super) async fn lock_member_stripes(vol: &Volume, a: u64, b: u64) -> StripeG
     vol.locks()
         .lock_range(StripeIndex(a / chunk), StripeIndex((b - 1) / chunk))
         .await
+}
+
+/// A parity level's write of `buf` at volume offset `offset`, split per
+/// stripe: each stripe runs `write_stripe(vol, stripe, start in the
+/// stripe's data, bytes, durability)` under its own stripe lock,
+/// concurrently. Sequential writers that share a boundary stripe overlap
+/// instead of queueing behind each other's whole request (one lock at a
+/// time per future, so no lock-order deadlock is possible); every stripe
+/// runs to completion and the first error is returned.
+pub(super) async fn write_stripes<'a, F, Fut>(
+    vol: &'a Volume,
+    offset: ByteOffset,
+    buf: &'a [u8],
+    durability: Durability,
+    write_stripe: F,
+) -> BlockResult
+where
+    F: Fn(&'a Volume, StripeIndex, u64, &'a [u8], Durability) -> Fut,
+    Fut: std::future::Future<Output = BlockResult> + 'a,
+{
+    let sds = vol.geometry().stripe_data_size();
+    let end = offset.get() + buf.len() as u64;
+    let (first, last) = (offset.get() / sds, (end - 1) / sds);
+    if first == last {
+        // One stripe (every small write): no list of stripe futures.
+        let _guard = vol.locks().lock(StripeIndex(first)).await;
+        let start = offset.get() - first * sds;
+        return write_stripe(vol, StripeIndex(first), start, buf, durability).await;
+    }
+    let mut stripes = Vec::new();
+    for s in first..=last {
+        let base = s * sds;
+        let a = offset.get().max(base);
+        let b = end.min(base + sds);
+        let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
+        let stripe = write_stripe(vol, StripeIndex(s), a - base, data, durability);
+        stripes.push(async move {
+            let _guard = vol.locks().lock(StripeIndex(s)).await;
+            stripe.await
+        });
+    }
+    futures::future::join_all(stripes)
+        .await
+        .into_iter()
+        .collect()
 }

@@ -24,7 +24,7 @@ use super::level::{count_true, Clear, LevelIo, MemberOp};
 use super::ppl::ParityLog;
 use super::rebuild::{RebuildError, SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
-use super::{raid0, raid1, raid5, Level};
+use super::{raid0, raid1, raid5, raid6, Level};
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
@@ -178,6 +178,7 @@ fn level_io(level: Level) -> &'static dyn LevelIo {
         Level::Raid0 => &raid0::Raid0,
         Level::Raid1 => &raid1::Raid1,
         Level::Raid5 => &raid5::Raid5,
+        Level::Raid6 => &raid6::Raid6,
     }
 }
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# raid6-compare.sh — RAID-6 against RAID-5 and RAID-0 of the same data
+# members, in one run, over NBD with fio's libnbd engine, and RAID-6's
+# two-member rebuild against its one-member rebuild and RAID-5's.
+#
+# Arrays (sparse members of MEMBER_SIZE, chunk CHUNK, 3 data members each):
+#   raid0: 3 members; raid5: 4 members; raid6: 5 members.
+# Each is prefilled over SIZE (1M sequential writes), then the jobs run
+# time based against each in turn; with ROUNDS > 1 the levels alternate
+# (raid0, raid5, raid6, raid0, ...) and the table shows medians. Server
+# CPU per I/O is utime+stime of the vraid process (/proc/PID/stat) over
+# the job divided by the job's I/Os.
+# Rebuild: after the jobs, RAID-5 loses one member, RAID-6 one and then
+# (a fresh run) two; fresh members are added with `vraid add` at an
+# unlimited rebuild rate and the time until every rebuild finished is
+# taken from the daemon's events (the written-region map limits the
+# copy to the regions written).
+#
+# Environment (defaults in brackets):
+#   SIZE [512M] bytes of each volume the jobs cover; RUNTIME [5] s per job
+#   RAMP [1]; ROUNDS [1]; CHUNK [64K]; MEMBER_SIZE [1G]
+#   JOBS ["randwrite4k randread4k write1M"]
+#   WORKDIR [target/raid6-compare]; VRAID [target/release/vraid]
+# Output: tables on stdout and in $WORKDIR/results.md.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SIZE=${SIZE:-512M}
+RUNTIME=${RUNTIME:-5}
+RAMP=${RAMP:-1}
+ROUNDS=${ROUNDS:-1}
+CHUNK=${CHUNK:-64K}
+MEMBER_SIZE=${MEMBER_SIZE:-1G}
+JOBS=${JOBS:-"randwrite4k randread4k write1M"}
+WORKDIR=${WORKDIR:-target/raid6-compare}
+VRAID=${VRAID:-target/release/vraid}
+OUT=$WORKDIR/results.md
+
+for tool in fio python3 "$VRAID"; do
+    command -v "$tool" >/dev/null || { echo "raid6-compare: $tool not found" >&2; exit 2; }
+done
+rm -rf "$WORKDIR"
+mkdir -p "$WORKDIR"
+W=$(cd "$WORKDIR" && pwd)
+
+job_args() {
+    case $1 in
+        randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+        randread4k) echo "--rw=randread --bs=4k --iodepth=32" ;;
+        write1M) echo "--rw=write --bs=1M --iodepth=8" ;;
+        *) echo "raid6-compare: unknown job $1" >&2; exit 2 ;;
+    esac
+}
+median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+declare -A COUNT=([raid0]=3 [raid5]=4 [raid6]=5) LEVEL=([raid0]=0 [raid5]=5 [raid6]=6)
+members() { local l=$1; for i in $(seq 0 $((COUNT[$l] - 1))); do echo "$W/$l-m$i.img"; done; }
+
+PID=""
+PORT=""
+serve() { # level [extra args]
+    local l=$1
+    shift
+    mapfile -t ms < <(members "$l")
+    PORT=$(free_port)
+    "$VRAID" serve --nbd "127.0.0.1:$PORT" --control "$W/$l.sock" --no-journal "$@" \
+        "${ms[@]}" >>"$W/serve-$l.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+        sleep 0.1
+    done
+    echo "raid6-compare: $l did not start" >&2
+    exit 1
+}
+stop() { kill -TERM "$PID"; wait "$PID" || true; }
+
+for l in raid0 raid5 raid6; do
+    mapfile -t ms < <(members "$l")
+    "$VRAID" create --level "${LEVEL[$l]}" --chunk-size "$CHUNK" --member-size "$MEMBER_SIZE" \
+        --name "$l" "${ms[@]}" >"$W/create-$l.log" 2>&1
+    serve "$l"
+    fio --name=prefill --ioengine=nbd --uri="nbd://127.0.0.1:$PORT/$l" --rw=write --bs=1M \
+        --iodepth=8 --size="$SIZE" >"$W/prefill-$l.log" 2>&1
+    stop
+done
+sync
+
+declare -A IOPS CPU
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+for _ in $(seq "$ROUNDS"); do
+    for l in raid0 raid5 raid6; do
+        serve "$l"
+        for job in $JOBS; do
+            read -r -a args <<<"$(job_args "$job")"
+            before=$(cpu_ticks "$PID")
+            fio --name="$job" --ioengine=nbd --uri="nbd://127.0.0.1:$PORT/$l" "${args[@]}" \
+                --size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+                --group_reporting --output-format=json --output="$W/$job-$l.json" >/dev/null 2>&1
+            after=$(cpu_ticks "$PID")
+            read -r iops ios < <(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+print(round(j["read"]["iops"] + j["write"]["iops"]), j["read"]["total_ios"] + j["write"]["total_ios"])' "$W/$job-$l.json")
+            cpu=$(python3 -c "print(round(($after - $before) * $tick_us / max($ios, 1), 1))")
+            IOPS[$job-$l]="${IOPS[$job-$l]:-} $iops"
+            CPU[$job-$l]="${CPU[$job-$l]:-} $cpu"
+            echo "raid6-compare: $job $l: $iops IOPS, $cpu CPU us/IO" >&2
+        done
+        stop
+    done
+done
+
+# Rebuild: `fails` members of level $1 failed, removed and replaced by
+# fresh ones at once; prints the seconds until every rebuild finished.
+rebuild_secs() { # level fails
+    local l=$1 n=$2
+    serve "$l"
+    "$VRAID" set "$l" --rebuild-max-mbps 0 --control "$W/$l.sock" >/dev/null
+    local roles=(1 3)
+    for r in "${roles[@]:0:$n}"; do
+        "$VRAID" fail "$l" "$r" --control "$W/$l.sock" >/dev/null
+        "$VRAID" remove "$l" "$r" --control "$W/$l.sock" >/dev/null
+    done
+    local t0 log
+    t0=$(date +%s.%N)
+    log=$(wc -l <"$W/serve-$l.log")
+    for r in "${roles[@]:0:$n}"; do
+        truncate -s "$MEMBER_SIZE" "$W/$l-new$r-$n.img"
+        "$VRAID" add "$l" "$W/$l-new$r-$n.img" --force --control "$W/$l.sock" >/dev/null
+    done
+    for _ in $(seq 6000); do
+        done_count=$(tail -n +"$log" "$W/serve-$l.log" | grep -c "rebuild of member .* finished" || true)
+        [[ $done_count -ge $n ]] && break
+        sleep 0.05
+    done
+    python3 -c "import time; print(round(time.time() - $t0, 2))"
+    stop
+    # The new members take the roles for the next run.
+    for r in "${roles[@]:0:$n}"; do mv "$W/$l-new$r-$n.img" "$W/$l-m$r.img"; done
+}
+r5=$(rebuild_secs raid5 1)
+r6one=$(rebuild_secs raid6 1)
+r6two=$(rebuild_secs raid6 2)
+
+{
+    echo "| job (3 data members, chunk $CHUNK, SIZE $SIZE, rounds $ROUNDS) | RAID-0 IOPS | RAID-5 IOPS | RAID-6 IOPS | RAID-6/RAID-5 | RAID-6/RAID-0 | CPU us/IO 0 / 5 / 6 |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for job in $JOBS; do
+        read -r -a a0 <<<"${IOPS[$job-raid0]}"
+        read -r -a a5 <<<"${IOPS[$job-raid5]}"
+        read -r -a a6 <<<"${IOPS[$job-raid6]}"
+        read -r -a c0 <<<"${CPU[$job-raid0]}"
+        read -r -a c5 <<<"${CPU[$job-raid5]}"
+        read -r -a c6 <<<"${CPU[$job-raid6]}"
+        i0=$(median "${a0[@]}") i5=$(median "${a5[@]}") i6=$(median "${a6[@]}")
+        python3 -c "print(f'| $job | {$i0:.0f} | {$i5:.0f} | {$i6:.0f} | {$i6/$i5:.2f} | {$i6/$i0:.2f} | {$(median "${c0[@]}"):.1f} / {$(median "${c5[@]}"):.1f} / {$(median "${c6[@]}"):.1f} |')"
+    done
+    echo
+    echo "| rebuild after the jobs (unlimited rate, written regions) | seconds |"
+    echo "|---|---:|"
+    echo "| RAID-5, one member | $r5 |"
+    echo "| RAID-6, one member | $r6one |"
+    echo "| RAID-6, two members (rebuilt one after the other) | $r6two |"
+} | tee "$OUT"

@@ -1,0 +1,305 @@
+//! RAID-6 write of the part of one stripe a request covers (the caller
+//! holds that stripe's lock).
+//!
+//! ```text
+//!  plan ─► Full      P, Q from the new chunks, nothing read
+//!       ├► Rmw       read old data + old P, Q rows; Δ = old ^ new:
+//!       │            P ^= Δ, Q ^= g^d·Δ (the delta syndrome)
+//!       ├► Rcw       read the untouched data rows, P, Q from all rows
+//!       ├► Degraded  a member down: read every live row (raid6::stripe_rows),
+//!       │            rebuild the missing ones, P, Q from all rows
+//!       └► DataOnly  more than two members down (beyond repair)
+//!  reads fail ─► the member is failed ─► plan again (bounded)
+//!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
+//!  commit: data + P + Q concurrently (down slots: to a member being rebuilt
+//!          into them); succeeds if every written chunk is on a member that
+//!          took it, or at most two members are down
+//! ```
+//! Rmw is chosen over Rcw when it reads fewer bytes. There is no write-hole
+//! journal for RAID-6 yet (`vraid create --journal` refuses it).
+
+use futures::future::join_all;
+
+use super::layout::{MemberIndex, StripeIndex};
+use super::level::{join_each, MemberOp};
+use super::parity::xor_into;
+use super::raid6::{rows_or_lost, StripeRows};
+use super::syndrome::{gen_syndrome, gf_pow2, mul_xor_into};
+use super::volume::Volume;
+use crate::block::{BlockError, BlockResult, Durability};
+use crate::units::ByteOffset;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Full,
+    Rmw,
+    Rcw,
+    Degraded,
+    DataOnly,
+}
+
+/// New P and Q rows from chunk-relative row `rlo`.
+struct Syndromes {
+    rlo: u64,
+    p: Vec<u8>,
+    q: Vec<u8>,
+}
+
+struct StripeWrite<'a> {
+    vol: &'a Volume,
+    stripe: StripeIndex,
+    /// Offset of `data` within the stripe's data bytes.
+    start: u64,
+    data: &'a [u8],
+    durability: Durability,
+    k: usize,
+    chunk: u64,
+}
+
+/// Writes `data` at `start` within the data of `stripe`.
+pub(super) async fn write_stripe(
+    vol: &Volume,
+    stripe: StripeIndex,
+    start: u64,
+    data: &[u8],
+    durability: Durability,
+) -> BlockResult {
+    let g = vol.geometry();
+    let w = StripeWrite {
+        vol,
+        stripe,
+        start,
+        data,
+        durability,
+        k: g.data_members(),
+        chunk: g.chunk().get(),
+    };
+    for _ in 0..=g.members() {
+        let computed = match w.mode() {
+            Mode::Full => Some(w.full()),
+            Mode::DataOnly => None,
+            Mode::Rmw => match w.rmw().await {
+                Some(c) => Some(c),
+                None => continue,
+            },
+            Mode::Rcw => match w.rcw().await {
+                Some(c) => Some(c),
+                None => continue,
+            },
+            Mode::Degraded => Some(w.degraded().await?),
+        };
+        return w.commit(computed).await;
+    }
+    Err(vol.data_lost())
+}
+
+impl StripeWrite<'_> {
+    /// Chunk-relative range of data chunk `d` this write covers.
+    fn touched(&self, d: usize) -> Option<(u64, u64)> {
+        let base = d as u64 * self.chunk;
+        let lo = self.start.max(base);
+        let hi = (self.start + self.data.len() as u64).min(base + self.chunk);
+        (lo < hi).then(|| (lo - base, hi - base))
+    }
+
+    fn touched_all(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        (0..self.k).filter_map(|d| self.touched(d).map(|(lo, hi)| (d, lo, hi)))
+    }
+
+    fn new_data(&self, d: usize, lo: u64, hi: u64) -> &[u8] {
+        let at = (d as u64 * self.chunk + lo - self.start) as usize;
+        &self.data[at..at + (hi - lo) as usize]
+    }
+
+    fn member(&self, d: usize) -> MemberIndex {
+        self.vol.geometry().data_member(self.stripe, d)
+    }
+
+    fn p_member(&self) -> MemberIndex {
+        let g = self.vol.geometry();
+        g.parity_member(self.stripe).unwrap_or(MemberIndex(0))
+    }
+
+    fn q_member(&self) -> MemberIndex {
+        let g = self.vol.geometry();
+        g.q_member(self.stripe).unwrap_or(MemberIndex(0))
+    }
+
+    fn member_offset(&self, row: u64) -> ByteOffset {
+        ByteOffset(self.stripe.0 * self.chunk + row)
+    }
+
+    /// Smallest chunk-relative row range holding every touched byte.
+    fn hull(&self) -> (u64, u64) {
+        self.touched_all()
+            .fold((self.chunk, 0), |(a, b), (_, lo, hi)| {
+                (a.min(lo), b.max(hi))
+            })
+    }
+
+    fn mode(&self) -> Mode {
+        let down = self.vol.down_count();
+        if down > 2 {
+            return Mode::DataOnly;
+        }
+        if self.start == 0 && self.data.len() as u64 == self.k as u64 * self.chunk {
+            return Mode::Full;
+        }
+        if down > 0 {
+            return Mode::Degraded;
+        }
+        let (rlo, rhi) = self.hull();
+        let rows = rhi - rlo;
+        let written: u64 = self.touched_all().map(|(_, lo, hi)| hi - lo).sum();
+        let rmw_reads = written + 2 * rows;
+        let rcw_reads = self.k as u64 * rows - written;
+        if rmw_reads < rcw_reads {
+            Mode::Rmw
+        } else {
+            Mode::Rcw
+        }
+    }
+
+    fn full(&self) -> Syndromes {
+        let c = self.chunk as usize;
+        let sources: Vec<&[u8]> = self.data.chunks(c).collect();
+        let (mut p, mut q) = (vec![0u8; c], vec![0u8; c]);
+        gen_syndrome(&mut p, &mut q, &sources);
+        Syndromes { rlo: 0, p, q }
+    }
+
+    /// Reads for planning; a member that fails is failed (the plan is redone).
+    async fn read(&self, member: MemberIndex, row: u64, buf: &mut [u8]) -> bool {
+        let off = self.member_offset(row);
+        match self.vol.read_member(member, off, buf).await {
+            Ok(()) => true,
+            Err(Some(error @ BlockError::Corrupt { .. })) => {
+                // Bad bytes on a live member: rebuild them from the others
+                // first (never fold them into P and Q), then plan again.
+                super::raid6::repair_range(self.vol, self.stripe, member, off, buf.len()).await;
+                tracing::debug!(%member, %error, "stripe write found a bad block");
+                false
+            }
+            Err(error) => {
+                if let Some(error) = error {
+                    self.vol.fail_member(member, &error).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Read-modify-write with the delta syndrome.
+    async fn rmw(&self) -> Option<Syndromes> {
+        let (rlo, rhi) = self.hull();
+        let width = (rhi - rlo) as usize;
+        let (mut p, mut q) = (vec![0u8; width], vec![0u8; width]);
+        let touched: Vec<(usize, u64, u64)> = self.touched_all().collect();
+        let mut old: Vec<Vec<u8>> = touched
+            .iter()
+            .map(|&(_, lo, hi)| vec![0u8; (hi - lo) as usize])
+            .collect();
+        {
+            let (pm, qm) = (self.p_member(), self.q_member());
+            let mut reads = vec![self.read(pm, rlo, &mut p), self.read(qm, rlo, &mut q)];
+            for (&(d, lo, _), buf) in touched.iter().zip(old.iter_mut()) {
+                reads.push(self.read(self.member(d), lo, buf));
+            }
+            if join_all(reads).await.contains(&false) {
+                return None;
+            }
+        }
+        for (&(d, lo, hi), delta) in touched.iter().zip(old.iter_mut()) {
+            xor_into(delta, self.new_data(d, lo, hi));
+            let r = (lo - rlo) as usize..(hi - rlo) as usize;
+            xor_into(&mut p[r.clone()], delta);
+            mul_xor_into(&mut q[r], delta, gf_pow2(d));
+        }
+        Some(Syndromes { rlo, p, q })
+    }
+
+    /// Reconstruct-write: P and Q from full data rows (the untouched parts
+    /// read from the members).
+    async fn rcw(&self) -> Option<Syndromes> {
+        let (rlo, rhi) = self.hull();
+        let width = (rhi - rlo) as usize;
+        let mut rows = vec![vec![0u8; width]; self.k];
+        {
+            let mut reads = Vec::new();
+            for (d, row) in rows.iter_mut().enumerate() {
+                match self.touched(d) {
+                    Some((lo, hi)) if lo <= rlo && hi >= rhi => {}
+                    _ => reads.push(self.read(self.member(d), rlo, row)),
+                }
+            }
+            if join_all(reads).await.contains(&false) {
+                return None;
+            }
+        }
+        Some(self.with_new_data(rows, rlo))
+    }
+
+    /// A member is down: every live member's rows, the missing rebuilt.
+    async fn degraded(&self) -> BlockResult<Syndromes> {
+        let (rlo, rhi) = self.hull();
+        let down: Vec<MemberIndex> = (0..self.vol.geometry().members())
+            .map(MemberIndex)
+            .filter(|&m| !self.vol.is_active(m))
+            .collect();
+        let off = self.member_offset(rlo);
+        let rows = rows_or_lost(self.vol, self.stripe, off, (rhi - rlo) as usize, &down).await?;
+        Ok(self.with_new_data(rows.data, rlo))
+    }
+
+    /// P and Q of `rows` (the data rows from `rlo`) with this write's
+    /// bytes laid over them.
+    fn with_new_data(&self, mut data: Vec<Vec<u8>>, rlo: u64) -> Syndromes {
+        for (d, lo, hi) in self.touched_all() {
+            let r = (lo - rlo) as usize..(hi - rlo) as usize;
+            data[d][r].copy_from_slice(self.new_data(d, lo, hi));
+        }
+        let width = data.first().map_or(0, Vec::len);
+        let mut rows = StripeRows {
+            data,
+            p: vec![0u8; width],
+            q: vec![0u8; width],
+        };
+        rows.regenerate();
+        Syndromes {
+            rlo,
+            p: rows.p,
+            q: rows.q,
+        }
+    }
+
+    /// Writes the new data, P and Q rows concurrently.
+    async fn commit(&self, syndromes: Option<Syndromes>) -> BlockResult {
+        let vol = self.vol;
+        // Down members are included: a member being rebuilt into their
+        // slot takes the write; the slot itself reports false.
+        let mut ops: Vec<(MemberIndex, MemberOp<'_>)> = self
+            .touched_all()
+            .map(|(d, lo, hi)| {
+                let bytes = self.new_data(d, lo, hi);
+                let op = MemberOp::Write(self.member_offset(lo), bytes, self.durability);
+                (self.member(d), op)
+            })
+            .collect();
+        if let Some(s) = &syndromes {
+            let at = self.member_offset(s.rlo);
+            ops.push((self.p_member(), MemberOp::Write(at, &s.p, self.durability)));
+            ops.push((self.q_member(), MemberOp::Write(at, &s.q, self.durability)));
+        }
+        let results = join_each(ops.len(), |i| vol.write_member(ops[i].0, ops[i].1)).await;
+        let took = |m: MemberIndex| (0..ops.len()).any(|i| ops[i].0 == m && results.get(i));
+        let recoverable = syndromes.is_some() && vol.down_count() <= 2;
+        if self
+            .touched_all()
+            .all(|(d, _, _)| took(self.member(d)) || recoverable)
+        {
+            Ok(())
+        } else {
+            Err(vol.data_lost())
+        }
+    }
+}
