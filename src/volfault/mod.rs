@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{CacheMode, CacheStatus, WriteCache};
+pub use cache::{CacheMode, CacheStatus, WriteCache, DEFAULT_CACHE_SIZE};
 pub use cache_state::{KeepPolicy, PowerCutReport};
 pub use device::VolumeFaultDevice;
 
