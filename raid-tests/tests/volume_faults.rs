@@ -315,6 +315,11 @@ fn power_cut_drops_unflushed_writes_and_keeps_flushed_ones() {
     assert_eq!(st["cache"]["powercuts"], 1);
     assert_eq!(st["cache"]["dirty_writes"], 0);
     assert_eq!(st["cache"]["last_powercut"]["keep"], "none");
+    let text = vraid_ctl_ok(&v.control, &["status"]);
+    assert!(
+        text.contains("write cache: volatile") && text.contains("1 power cuts dropped 2 writes"),
+        "{text}"
+    );
     // The volume goes on from there, still volatile.
     qemu_io(&v.uri, &["write -P 0x33 0 4K".into(), "flush".into()]);
     assert_eq!(powercut(&v.control, &[])["dropped_writes"], 0);

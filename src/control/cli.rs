@@ -134,6 +134,7 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
         io.flushes,
         io.errors,
     );
+    render_client(out, v);
     let _ = writeln!(
         out,
         "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  path",
@@ -151,6 +152,33 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
             m.checksum_errors,
             m.faults,
             m.path.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// The write cache and volume faults, when either is in use.
+fn render_client(out: &mut String, v: &VolumeStatus) {
+    if let Some(c) = v
+        .cache
+        .as_ref()
+        .filter(|c| c.mode == CacheMode::Volatile || c.powercuts > 0)
+    {
+        let _ = writeln!(
+            out,
+            "  write cache: {}, {} dirty in {} writes (of {}), {} power cuts dropped {} writes",
+            wire_name(&c.mode),
+            BinaryBytes(c.dirty_bytes),
+            c.dirty_writes,
+            BinaryBytes(c.capacity),
+            c.powercuts,
+            c.dropped_writes,
+        );
+    }
+    if let Some(f) = v.volume_faults.filter(|f| f.rules > 0 || f.stalled > 0) {
+        let _ = writeln!(
+            out,
+            "  volume faults: {} rules, {} requests stalled, {} bad bytes",
+            f.rules, f.stalled, f.bad_bytes
         );
     }
 }

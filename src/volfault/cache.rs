@@ -18,7 +18,7 @@
 //! bytes or bytes that must win over them to the volume: one piece at a
 //! time, so a power cut never waits long and never races a write-back.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,9 @@ pub struct WriteCache {
     mode: AtomicU8,
     capacity: AtomicU64,
     state: Mutex<CacheState>,
+    /// True while `state` holds nothing: the write-through fast path
+    /// checks it without taking the lock.
+    empty: AtomicBool,
     writeback: tokio::sync::Mutex<()>,
     counters: Counters,
     last_cut: Mutex<Option<PowerCutReport>>,
@@ -131,6 +134,7 @@ impl WriteCache {
             mode: AtomicU8::new(CacheMode::Writethrough.code()),
             capacity: AtomicU64::new(DEFAULT_CACHE_SIZE),
             state: Mutex::new(CacheState::new()),
+            empty: AtomicBool::new(true),
             writeback: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             last_cut: Mutex::new(None),
@@ -139,6 +143,18 @@ impl WriteCache {
 
     fn state(&self) -> MutexGuard<'_, CacheState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the state under its lock, keeping `empty` in step.
+    fn mutate<R>(&self, f: impl FnOnce(&mut CacheState) -> R) -> R {
+        let mut s = self.state();
+        let r = f(&mut s);
+        self.empty.store(s.is_empty(), Ordering::Release);
+        r
+    }
+
+    fn is_empty(&self) -> bool {
+        self.empty.load(Ordering::Acquire)
     }
 
     /// The mode now.
@@ -223,7 +239,7 @@ impl WriteCache {
             return Ok(false);
         };
         self.put(&p).await?;
-        self.state().remove((p.seq, p.offset));
+        self.mutate(|s| s.remove((p.seq, p.offset)));
         Ok(true)
     }
 
@@ -240,20 +256,20 @@ impl WriteCache {
 
     /// Caches a write (volatile mode) and makes room for it.
     async fn cache(&self, offset: u64, len: u64, payload: Payload) -> BlockResult {
-        self.state().insert(offset, len, payload);
+        self.mutate(|s| s.insert(offset, len, payload));
         self.make_room().await
     }
 
     /// Runs a write straight on the volume; cached bytes it overwrites
     /// are trimmed so that no write-back ever lands over it.
     async fn write_through(&self, offset: u64, len: u64, run: IoFuture<'_>) -> BlockResult {
-        if self.state().is_empty() {
+        if self.is_empty() {
             return run.await;
         }
         let _order = self.writeback.lock().await;
         let seq = self.state().next_seq();
         run.await?;
-        self.state().trim(offset, len, seq);
+        self.mutate(|s| s.trim(offset, len, seq));
         Ok(())
     }
 
@@ -262,7 +278,7 @@ impl WriteCache {
     pub async fn power_cut(&self, keep: KeepPolicy, seed: u64) -> BlockResult<PowerCutReport> {
         let cut = {
             let _order = self.writeback.lock().await;
-            self.state().power_cut(keep, seed)
+            self.mutate(|s| s.power_cut(keep, seed))
         };
         let c = &self.counters;
         c.powercuts.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +292,7 @@ impl WriteCache {
             let piece = self.state().get(*key);
             if let Some(p) = piece {
                 self.put(&p).await?;
-                self.state().remove(*key);
+                self.mutate(|s| s.remove(*key));
             }
         }
         self.inner.flush().await?;
@@ -315,7 +331,7 @@ impl BlockDevice for WriteCache {
     crate::block::forward_to!(inner => name, size, mark_lost, reserve);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        if self.state().is_empty() {
+        if self.is_empty() {
             return self.inner.read(offset, buf);
         }
         Box::pin(self.read_overlaid(offset, buf))

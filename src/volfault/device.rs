@@ -191,6 +191,7 @@ impl BlockDevice for VolumeFaultDevice {
         let len = buf.len() as u64;
         match self.judge(Req::Write { data: true }, at.get(), len) {
             Some(v) => Box::pin(self.write_judged(at, buf, durability, v)),
+            None if !self.faults.has_bad_sectors() => self.inner.write(at, buf, durability),
             None => Box::pin(async move {
                 self.inner.write(at, buf, durability).await?;
                 self.faults.heal(at.get(), len);

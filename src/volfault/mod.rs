@@ -134,9 +134,14 @@ impl VolumeFaults {
         self.bad().get(&id).is_some_and(|s| s.overlaps(offset, len))
     }
 
+    /// True while a `bad-sector` rule is installed.
+    fn has_bad_sectors(&self) -> bool {
+        self.bad_rules.load(Ordering::Acquire) != 0
+    }
+
     /// A write of `offset..+len` succeeded: its sectors are good again.
     fn heal(&self, offset: u64, len: u64) {
-        if self.bad_rules.load(Ordering::Acquire) == 0 {
+        if !self.has_bad_sectors() {
             return;
         }
         for set in self.bad().values_mut() {
