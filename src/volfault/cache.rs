@@ -30,6 +30,9 @@ use crate::units::ByteOffset;
 /// Default cache budget (`cache_size`).
 pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
 
+/// Most pieces written back at once.
+const WRITE_BACK_BATCH: usize = 64;
+
 /// Smallest budget a user may give.
 pub const MIN_CACHE_SIZE: u64 = 64 << 10;
 
@@ -74,7 +77,7 @@ pub struct CacheStatus {
     pub dirty_writes: u64,
     /// Flushes served.
     pub flushes: u64,
-    /// Pieces written back to make room.
+    /// Pieces written back (to make room, or by a flush).
     pub writebacks: u64,
     /// Power cuts so far.
     pub powercuts: u64,
@@ -224,32 +227,42 @@ impl WriteCache {
         }
     }
 
-    /// Writes back the oldest piece of a write older than `bound`; false
-    /// when there is none. Fails with EIO when power was cut since `epoch`.
-    async fn write_back_one(&self, bound: u64, epoch: Option<u64>) -> BlockResult<bool> {
+    /// Writes back the oldest pieces of writes older than `bound` (a
+    /// batch that overlaps nothing older, written at once); false when
+    /// there is none. Fails with EIO when power was cut since `epoch`.
+    async fn write_back_batch(&self, bound: u64, epoch: Option<u64>) -> BlockResult<bool> {
         let _order = self.writeback.lock().await;
-        let piece = {
+        let batch = {
             let s = self.state();
             if epoch.is_some_and(|e| e != s.epoch()) {
                 return Err(power_lost(self.inner.name()));
             }
-            s.oldest_below(bound)
+            s.oldest_batch(bound, WRITE_BACK_BATCH)
         };
-        let Some(p) = piece else {
+        if batch.is_empty() {
             return Ok(false);
-        };
-        self.put(&p).await?;
-        self.mutate(|s| s.remove((p.seq, p.offset)));
+        }
+        let results = futures::future::join_all(batch.iter().map(|p| self.put(p))).await;
+        self.mutate(|s| {
+            for (p, r) in batch.iter().zip(&results) {
+                if r.is_ok() {
+                    s.remove((p.seq, p.offset));
+                }
+            }
+        });
+        self.counters
+            .writebacks
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        results.into_iter().collect::<BlockResult<Vec<()>>>()?;
         Ok(true)
     }
 
     /// Writes back the oldest pieces until the cache fits its budget.
     async fn make_room(&self) -> BlockResult {
         while self.state().cost() > self.capacity.load(Ordering::Acquire) {
-            if !self.write_back_one(u64::MAX, None).await? {
+            if !self.write_back_batch(u64::MAX, None).await? {
                 break;
             }
-            self.counters.writebacks.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -360,7 +373,7 @@ impl BlockDevice for WriteCache {
                 let s = self.state();
                 (s.seq_bound(), s.epoch())
             };
-            while self.write_back_one(bound, Some(epoch)).await? {}
+            while self.write_back_batch(bound, Some(epoch)).await? {}
             self.inner.flush().await
         })
     }

@@ -259,6 +259,33 @@ impl CacheState {
             .map(|(_, p)| p.clone())
     }
 
+    /// The oldest writes older than `bound`, whole (every piece of each),
+    /// in order: about `max` pieces, none overlapping a piece of an older
+    /// write in the batch, so they can be written back at once in any
+    /// order with the same result. Never empty while such a write exists.
+    pub fn oldest_batch(&self, bound: u64, max: usize) -> Vec<Piece> {
+        let mut batch: Vec<Piece> = Vec::new();
+        // Where the pieces of the write being added start in `batch`.
+        let mut write_start = 0;
+        for p in self.pieces.values().take_while(|p| p.seq < bound) {
+            if batch.last().is_none_or(|l| l.seq != p.seq) {
+                if batch.len() >= max {
+                    break;
+                }
+                write_start = batch.len();
+            }
+            let overlaps = batch[..write_start]
+                .iter()
+                .any(|b| b.offset < p.offset + p.len && p.offset < b.offset + b.len);
+            if overlaps {
+                batch.truncate(write_start);
+                break;
+            }
+            batch.push(p.clone());
+        }
+        batch
+    }
+
     /// Cuts `[offset, offset + len)` out of every piece of a write older
     /// than `seq`: a durable newer write there supersedes them, so they
     /// must never be written back over it.

@@ -85,8 +85,14 @@ fn run_model(ops: &[Op], evict_every: usize) -> (CacheState, Vec<u8>, Vec<Option
     let mut st = CacheState::new();
     let mut vol = vec![0u8; (BLOCKS * BLOCK) as usize];
     let mut seqs = Vec::new();
-    let write_back = |st: &mut CacheState, vol: &mut Vec<u8>, bound: u64| {
-        while let Some(p) = st.oldest_below(bound) {
+    // As the device: batches of whole, mutually independent writes, each
+    // batch's pieces applied in reverse (any order must do).
+    let write_back = |st: &mut CacheState, vol: &mut Vec<u8>, bound: u64| loop {
+        let batch = st.oldest_batch(bound, 3);
+        if batch.is_empty() {
+            break;
+        }
+        for p in batch.iter().rev() {
             p.overlay(
                 &mut vol[p.offset as usize..(p.offset + p.len) as usize],
                 p.offset,
