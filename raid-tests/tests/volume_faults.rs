@@ -3,7 +3,9 @@
 //! heal when rewritten, a torn write lands a prefix, a stalled request
 //! resumes after `vraid fault clear`; unflushed writes vanish in a power
 //! cut while flushed ones stay; the vhost-user-blk export sees the same
-//! rules (libblkio). Everything through the control verbs and `status`.
+//! rules (libblkio); ext4 over nbdfuse + loop keeps every fsynced file and
+//! stays e2fsck-clean across 20 random-subset power cuts. Everything
+//! through the control verbs and `status`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -556,4 +558,144 @@ fn the_vhost_user_blk_export_sees_volume_faults_and_the_volatile_cache() {
     assert_eq!(blk.reap(), 0);
     assert_eq!(powercut(&v.control, &[])["dropped_writes"], 0);
     assert_eq!(blk.read(3 << 20, 4096).unwrap(), vec![0x67; 4096]);
+}
+
+/// An nbdfuse mount of an export and a loop device on its file; torn down
+/// on drop (as in ext4.rs).
+struct FuseLoop {
+    mountpoint: PathBuf,
+    nbdfuse: std::process::Child,
+    dev: String,
+}
+
+impl FuseLoop {
+    fn attach(uri: &str, mountpoint: &Path) -> FuseLoop {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let pidfile = mountpoint.with_extension("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let nbdfuse = Command::new("nbdfuse")
+            .arg("-P")
+            .arg(&pidfile)
+            .arg(mountpoint)
+            .arg(uri)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nbdfuse (package libnbd-bin)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pidfile.exists() || !mountpoint.join("nbd").exists() {
+            assert!(Instant::now() < deadline, "nbdfuse did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dev = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show", "--direct-io=off"])
+                .arg(mountpoint.join("nbd")),
+        )
+        .trim()
+        .to_string();
+        FuseLoop {
+            mountpoint: mountpoint.to_path_buf(),
+            nbdfuse,
+            dev,
+        }
+    }
+}
+
+impl Drop for FuseLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
+    }
+}
+
+/// Writes `data` to `path`; with `sync`, fsyncs the file and its
+/// directory (the file then must survive any power cut); without, only
+/// starts its write-back (`sync_file_range`, no FLUSH): its blocks reach
+/// the volume's volatile cache and may be lost.
+fn write_file(path: &Path, data: &[u8], sync: bool) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    if sync {
+        f.sync_all().unwrap();
+        std::fs::File::open(path.parent().unwrap())
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        return;
+    }
+    let flags = libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, flags) };
+    assert_eq!(
+        rc,
+        0,
+        "sync_file_range: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn ext4_keeps_every_fsynced_file_across_power_cuts() {
+    // Arrange: ext4 on a volatile volume through nbdfuse + loop.
+    const CUTS: u64 = 20;
+    let v = serve_vol("vf-ext4", &[]);
+    let dir = v._dir.path();
+    let (mnt, fsdir) = (dir.join("fuse"), dir.join("fuse.fs"));
+    std::fs::create_dir_all(&fsdir).unwrap();
+    vraid_ctl_ok(&v.control, &["set", "vol0", "--cache", "volatile"]);
+    {
+        let fl = FuseLoop::attach(&v.uri, &mnt);
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fl.dev));
+    }
+    let mut synced: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut dropped = 0;
+    for round in 0..CUTS {
+        let fl = FuseLoop::attach(&v.uri, &mnt);
+        // Assert (after the previous cut): the journal replays, the
+        // filesystem is clean, every fsynced file is intact.
+        run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+        run_ok(Command::new("umount").arg(&fsdir));
+        run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(&fl.dev));
+        run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+        for (name, data) in &synced {
+            let got = std::fs::read(fsdir.join(name))
+                .unwrap_or_else(|e| panic!("round {round}: {name}: {e}"));
+            assert!(got == *data, "round {round}: fsynced {name} differs");
+        }
+        // Act: files fsynced and files not, then the power goes (the disk
+        // first stops taking writes, so nothing after the cut lands).
+        for i in 0..6u64 {
+            let name = format!("r{round}-{i}.bin");
+            let data = pseudo_random(4096 + (i as usize * 50_000) % 300_000, round * 10 + i);
+            let sync = i % 2 == 0;
+            write_file(&fsdir.join(&name), &data, sync);
+            if sync {
+                synced.push((name, data));
+            }
+        }
+        let id = add_volume_fault(&v.control, &["--kind", "error", "--op", "write"]);
+        let seed = round.to_string();
+        let cut = powercut(&v.control, &["--keep", "random-subset", "--seed", &seed]);
+        dropped += cut["dropped_writes"].as_u64().unwrap();
+        // The kernel's own dirty state dies with the "machine": its
+        // write-back now fails, as after a real power cut.
+        if !Command::new("umount")
+            .arg(&fsdir)
+            .status()
+            .unwrap()
+            .success()
+        {
+            run_ok(Command::new("umount").arg("-l").arg(&fsdir));
+        }
+        drop(fl);
+        vraid_ctl_ok(&v.control, &["fault", "clear", &id.to_string()]);
+    }
+    // The cache was in play: the cuts lost writes the kernel had sent.
+    assert!(dropped > 0, "no cut dropped anything");
+    let fl = FuseLoop::attach(&v.uri, &mnt);
+    run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+    run_ok(Command::new("umount").arg(&fsdir));
+    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(&fl.dev));
 }
