@@ -155,3 +155,40 @@ pub fn add(reg: &Registry, p: VolumeFaultAddParams) -> Result<VolumeFaultAddRepl
         volume: vol.name.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_specs_that_could_never_fire_or_belong_to_members_are_refused() {
+        let spec = |kind, op| FaultSpec {
+            op,
+            ..FaultSpec::new(kind)
+        };
+        for bad in [
+            spec(FaultKind::Offline, FaultOp::Any),
+            spec(FaultKind::Torn, FaultOp::Read),
+            spec(FaultKind::Readonly, FaultOp::Read),
+            spec(FaultKind::BadSector, FaultOp::Write),
+            FaultSpec {
+                delay_us: 5,
+                ..FaultSpec::new(FaultKind::Error)
+            },
+            FaultSpec {
+                probability: -1.0,
+                ..FaultSpec::new(FaultKind::Stall)
+            },
+        ] {
+            assert!(check_volume_spec(&bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            spec(FaultKind::Stall, FaultOp::Write),
+            spec(FaultKind::BadSector, FaultOp::Read),
+            spec(FaultKind::Torn, FaultOp::Any),
+            spec(FaultKind::Corrupt, FaultOp::Read),
+        ] {
+            assert!(check_volume_spec(&good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -348,3 +348,40 @@ async fn a_full_cache_writes_back_its_oldest_writes() {
     assert!(cache.status().writebacks >= 1);
     assert!(cache.status().dirty_bytes <= 3 * 4096);
 }
+
+#[test]
+fn a_write_back_batch_takes_writes_whole_and_stops_at_an_overlap() {
+    // Arrange: write 1 split in two by a durable write 2 in its middle,
+    // write 3 elsewhere, write 4 over write 3.
+    let mut st = CacheState::new();
+    let data = |n: usize| -> Arc<[u8]> { vec![1u8; n].into() };
+    st.insert(
+        0,
+        3 * BLOCK,
+        Payload::Data {
+            data: data(1536),
+            start: 0,
+        },
+    );
+    let fua = st.next_seq();
+    st.trim(BLOCK, BLOCK, fua);
+    st.insert(
+        8 * BLOCK,
+        BLOCK,
+        Payload::Data {
+            data: data(512),
+            start: 0,
+        },
+    );
+    st.insert(8 * BLOCK, BLOCK, Payload::Zero { unmap: false });
+    // Act
+    let small = st.oldest_batch(u64::MAX, 1);
+    let all = st.oldest_batch(u64::MAX, 64);
+    // Assert: both pieces of write 1 even with max 1; write 4 waits for 3.
+    assert_eq!(
+        small.iter().map(|p| (p.seq, p.offset)).collect::<Vec<_>>(),
+        [(1, 0), (1, 2 * BLOCK)]
+    );
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|p| p.seq != 4));
+}
