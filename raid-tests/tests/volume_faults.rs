@@ -636,6 +636,25 @@ fn write_file(path: &Path, data: &[u8], sync: bool) {
     );
 }
 
+/// Unmounts a filesystem whose disk fails writes: the kernel's failing
+/// write-back can keep it busy for a moment, so this retries (bounded).
+fn unmount_failing(fsdir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(Command::new("umount").arg(fsdir));
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            Instant::now() < deadline,
+            "{} stays mounted: {err}",
+            fsdir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn ext4_keeps_every_fsynced_file_across_power_cuts() {
     // Arrange: ext4 on a volatile volume through nbdfuse + loop.
@@ -688,14 +707,7 @@ fn ext4_keeps_every_fsynced_file_across_power_cuts() {
         dropped += cut["dropped_writes"].as_u64().unwrap();
         // The kernel's own dirty state dies with the "machine": its
         // write-back now fails, as after a real power cut.
-        if !Command::new("umount")
-            .arg(&fsdir)
-            .status()
-            .unwrap()
-            .success()
-        {
-            run_ok(Command::new("umount").arg("-l").arg(&fsdir));
-        }
+        unmount_failing(&fsdir);
         drop(fl);
         vraid_ctl_ok(&v.control, &["fault", "clear", &id.to_string()]);
     }
