@@ -135,8 +135,37 @@ pub struct SetArgs {
     /// Volume name.
     pub volume: String,
     /// Rebuild/resync rate limit in MB/s (0 = unlimited).
-    #[arg(long, value_name = "N", required = true)]
+    #[arg(long, value_name = "N", required_unless_present_any = ["cache", "cache_size"])]
     pub rebuild_max_mbps: Option<u64>,
+    /// Write cache: `volatile` holds acknowledged writes in memory until
+    /// FLUSH or FUA (a power cut loses them), `writethrough` writes them
+    /// at once (switching to it writes the cache back).
+    #[arg(long, value_enum)]
+    pub cache: Option<CacheModeArg>,
+    /// Write cache budget (e.g. 64M; at least 64K); when full, the oldest
+    /// writes go to the volume.
+    #[arg(long, value_parser = parse_size_arg, value_name = "SIZE")]
+    pub cache_size: Option<u64>,
+}
+
+/// `vraid set --cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheModeArg {
+    /// Writes reach the volume before they are acknowledged.
+    Writethrough,
+    /// Writes stay in memory until FLUSH or FUA.
+    Volatile,
+}
+
+/// `vraid fault powercut --keep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeepArg {
+    /// Drop every unflushed write.
+    None,
+    /// Keep the oldest N unflushed writes (N at random).
+    OrderedPrefix,
+    /// Keep each unflushed write with probability 1/2.
+    RandomSubset,
 }
 
 /// `vraid scrub`.
@@ -171,6 +200,27 @@ pub enum FaultCommand {
     List(FaultListArgs),
     /// Remove one fault rule (by id), or all of them.
     Clear(FaultClearArgs),
+    /// Cut a volume's power: drop the writes its volatile cache holds.
+    Powercut(PowercutArgs),
+}
+
+/// `vraid fault powercut`.
+#[derive(Debug, Args)]
+pub struct PowercutArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Which unflushed writes survive.
+    #[arg(long, value_enum, default_value = "none")]
+    pub keep: KeepArg,
+    /// Seed of the choice (default: from the clock; printed, to repeat a cut).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the daemon's JSON reply.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Kind of injected fault.
@@ -184,6 +234,14 @@ pub enum FaultKindArg {
     Corrupt,
     /// Fail every operation (the member is gone).
     Offline,
+    /// Volume only: hold matching requests until the rule is cleared.
+    Stall,
+    /// Volume only: fail matching writes with EPERM.
+    Readonly,
+    /// Volume only: the range's sectors fail reads until written (dm-dust).
+    BadSector,
+    /// Volume only: a write over a block lands a prefix of its blocks, then fails.
+    Torn,
 }
 
 /// Operations a fault applies to.
@@ -205,15 +263,19 @@ pub struct FaultAddArgs {
     pub control: ControlArg,
     /// Volume name.
     pub volume: String,
-    /// Member path as given at start-up, or its role number.
-    pub member: String,
+    /// Member path as given at start-up, or its role number (not with --volume).
+    #[arg(required_unless_present = "on_volume", conflicts_with = "on_volume")]
+    pub member: Option<String>,
+    /// A volume fault: acts on what the volume's clients see.
+    #[arg(long = "volume", id = "on_volume")]
+    pub on_volume: bool,
     /// What the fault does.
     #[arg(long, value_enum)]
     pub kind: FaultKindArg,
     /// Which operations it hits.
     #[arg(long, value_enum, default_value = "any")]
     pub op: FaultOpArg,
-    /// First member data byte affected (e.g. 1M).
+    /// First member data byte (volume byte with --volume) affected (e.g. 1M).
     #[arg(long, value_parser = parse_size_arg)]
     pub offset: Option<u64>,
     /// Bytes affected from --offset (e.g. 64K).
@@ -515,7 +577,10 @@ mod tests {
         let Command::Fault(FaultCommand::Add(a)) = cli.command else {
             panic!("not fault add")
         };
-        assert_eq!((a.volume.as_str(), a.member.as_str()), ("vol0", "2"));
+        assert_eq!(
+            (a.volume.as_str(), a.member.as_deref()),
+            ("vol0", Some("2"))
+        );
         assert_eq!(a.kind, FaultKindArg::Delay);
         assert_eq!(a.op, FaultOpArg::Read);
         assert_eq!((a.offset, a.length), (Some(1 << 20), Some(64 << 10)));
@@ -525,6 +590,58 @@ mod tests {
             "vraid", "fault", "add", "v", "0", "--kind", "delay", "--delay", "5parsecs"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn volume_fault_powercut_and_cache_verbs_parse() {
+        let cli = Cli::try_parse_from([
+            "vraid",
+            "fault",
+            "add",
+            "v",
+            "--volume",
+            "--kind",
+            "bad-sector",
+            "--offset",
+            "4K",
+        ])
+        .unwrap();
+        let Command::Fault(FaultCommand::Add(a)) = cli.command else {
+            panic!("not fault add")
+        };
+        assert!(a.on_volume && a.member.is_none());
+        assert_eq!(a.kind, FaultKindArg::BadSector);
+        // A member and --volume together, or neither, are refused.
+        assert!(Cli::try_parse_from([
+            "vraid", "fault", "add", "v", "0", "--volume", "--kind", "stall"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["vraid", "fault", "add", "v", "--kind", "stall"]).is_err());
+        let cli = Cli::try_parse_from([
+            "vraid",
+            "fault",
+            "powercut",
+            "v",
+            "--keep",
+            "ordered-prefix",
+            "--seed",
+            "9",
+        ])
+        .unwrap();
+        let Command::Fault(FaultCommand::Powercut(p)) = cli.command else {
+            panic!("not powercut")
+        };
+        assert_eq!((p.keep, p.seed), (KeepArg::OrderedPrefix, Some(9)));
+        let cli = Cli::try_parse_from(["vraid", "set", "v", "--cache", "volatile"]).unwrap();
+        let Command::Set(s) = cli.command else {
+            panic!("not set")
+        };
+        assert_eq!(
+            (s.cache, s.rebuild_max_mbps),
+            (Some(CacheModeArg::Volatile), None)
+        );
+        assert!(Cli::try_parse_from(["vraid", "set", "v"]).is_err());
+        assert!(Cli::try_parse_from(["vraid", "set", "v", "--cache", "sometimes"]).is_err());
     }
 
     #[test]

@@ -117,7 +117,26 @@ pub struct VolumeConfig {
     /// Bytes of checksum pages this array keeps in memory
     /// (`checksum_cache`, default 64M; also `vraid serve --checksum-cache`).
     pub checksum_cache: u64,
+    /// Write cache in front of the volume (`cache`, default
+    /// `writethrough`; `volatile` holds writes until FLUSH or FUA).
+    pub cache: crate::volfault::CacheMode,
+    /// Its budget (`cache_size`, default 64M).
+    pub cache_size: u64,
+    /// Volume faults installed at start-up (`[[volume.fault]]` with
+    /// `volume = true`).
+    pub volume_faults: Vec<VolumeFaultConfig>,
 }
+
+/// One `[[volume.fault]]` with `volume = true`: a rule on what the
+/// volume's clients see.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeFaultConfig {
+    /// The rule (validated).
+    pub spec: crate::member::fault::FaultSpec,
+}
+
+// Validated specs hold finite probabilities, so equality is reflexive.
+impl Eq for VolumeFaultConfig {}
 
 /// Queues of a vhost-user-blk export when `num_queues` is not given.
 pub const DEFAULT_NUM_QUEUES: u16 = 4;
@@ -272,6 +291,8 @@ struct RawVolume {
     scrub_repair: Option<bool>,
     checksums: Option<Spanned<bool>>,
     checksum_cache: Option<Spanned<Scalar>>,
+    cache: Option<Spanned<String>>,
+    cache_size: Option<Spanned<Scalar>>,
     write_hole_protection: Option<bool>,
     #[serde(default)]
     force_assemble: bool,
@@ -284,7 +305,8 @@ struct RawVolume {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFault {
-    member: Spanned<Scalar>,
+    member: Option<Spanned<Scalar>>,
+    volume: Option<Spanned<bool>>,
     kind: Spanned<String>,
     op: Option<Spanned<String>>,
     offset: Option<Spanned<Scalar>>,
@@ -531,9 +553,14 @@ fn volume(
     let rebuild_max_mbps = rebuild_max_mbps(src, key, v.rebuild_max_mbps.as_ref())?;
     let create = create_key(src, key, v.create.as_ref(), chunk_size)?;
     let mut faults = Vec::with_capacity(v.fault.len());
+    let mut volume_faults = Vec::new();
     for (j, f) in v.fault.iter().enumerate() {
-        faults.push(fault(src, &format!("{key}.fault[{j}]"), f, &members)?);
+        match fault(src, &format!("{key}.fault[{j}]"), f, &members)? {
+            FaultTarget::Member(f) => faults.push(f),
+            FaultTarget::Volume(spec) => volume_faults.push(spec),
+        }
     }
+    let (cache, cache_size) = cache_keys(src, key, &v)?;
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
     let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
@@ -561,7 +588,47 @@ fn volume(
             Some(c) => size(src, &format!("{key}.checksum_cache"), c)?,
             None => crate::integrity::cache::DEFAULT_BUDGET,
         },
+        cache,
+        cache_size,
+        volume_faults,
     })
+}
+
+/// `cache` and `cache_size` of a volume.
+fn cache_keys(
+    src: &Source<'_>,
+    key: &str,
+    v: &RawVolume,
+) -> Result<(crate::volfault::CacheMode, u64), ConfigError> {
+    use crate::volfault::{CacheMode, WriteCache, DEFAULT_CACHE_SIZE};
+    let mode = match v.cache.as_ref().map(|c| (c, c.get_ref().as_str())) {
+        None | Some((_, "writethrough")) => CacheMode::Writethrough,
+        Some((_, "volatile")) => CacheMode::Volatile,
+        Some((c, other)) => {
+            return Err(src.invalid(
+                c.span(),
+                format!("{key}.cache"),
+                format!("unknown cache mode {other:?}: expected writethrough or volatile"),
+            ))
+        }
+    };
+    let bytes = match &v.cache_size {
+        None => DEFAULT_CACHE_SIZE,
+        Some(c) => {
+            let ckey = format!("{key}.cache_size");
+            let bytes = size(src, &ckey, c)?;
+            WriteCache::check_capacity(bytes)
+                .map_err(|e| src.invalid(c.span(), ckey, e.to_string()))?;
+            bytes
+        }
+    };
+    Ok((mode, bytes))
+}
+
+/// Where a `[[volume.fault]]` goes.
+enum FaultTarget {
+    Member(FaultConfig),
+    Volume(VolumeFaultConfig),
 }
 
 /// `name`: a valid array name.
@@ -738,33 +805,11 @@ fn fault(
     key: &str,
     f: &Spanned<RawFault>,
     members: &[PathBuf],
-) -> Result<FaultConfig, ConfigError> {
-    use crate::member::fault::{FaultKind, FaultOp, FaultSpec};
+) -> Result<FaultTarget, ConfigError> {
+    use crate::member::fault::{FaultOp, FaultSpec};
     let raw = f.get_ref();
-    let member = match raw.member.get_ref() {
-        Scalar::Int(n) if usize::try_from(*n).is_ok_and(|r| r < members.len()) => n.to_string(),
-        Scalar::Str(p) if members.iter().any(|m| m == Path::new(p)) => p.clone(),
-        _ => {
-            return Err(src.invalid(
-                raw.member.span(),
-                format!("{key}.member"),
-                "not one of this volume's members (give its path or role number)",
-            ))
-        }
-    };
-    let kind = match raw.kind.get_ref().as_str() {
-        "error" => FaultKind::Error,
-        "delay" => FaultKind::Delay,
-        "corrupt" => FaultKind::Corrupt,
-        "offline" => FaultKind::Offline,
-        other => {
-            return Err(src.invalid(
-                raw.kind.span(),
-                format!("{key}.kind"),
-                format!("unknown fault kind {other:?}: expected error, delay, corrupt or offline"),
-            ))
-        }
-    };
+    let member = fault_member(src, key, f, members)?;
+    let kind = fault_kind(src, key, &raw.kind, member.is_none())?;
     let op = match raw.op.as_ref().map(|o| (o, o.get_ref().as_str())) {
         None | Some((_, "any")) => FaultOp::Any,
         Some((_, "read")) => FaultOp::Read,
@@ -804,9 +849,88 @@ fn fault(
         delay_us,
         count: raw.count.as_ref().map(|c| *c.get_ref()),
     };
+    let Some(member) = member else {
+        crate::control::volume_faults::check_volume_spec(&spec)
+            .map_err(|e| src.invalid(f.span(), key, e))?;
+        return Ok(FaultTarget::Volume(VolumeFaultConfig { spec }));
+    };
     spec.validate()
         .map_err(|e| src.invalid(f.span(), key, e.to_string()))?;
-    Ok(FaultConfig { member, spec })
+    Ok(FaultTarget::Member(FaultConfig { member, spec }))
+}
+
+/// The member a fault names (`None`: a volume fault, `volume = true`).
+fn fault_member(
+    src: &Source<'_>,
+    key: &str,
+    f: &Spanned<RawFault>,
+    members: &[PathBuf],
+) -> Result<Option<String>, ConfigError> {
+    let raw = f.get_ref();
+    let volume = raw.volume.as_ref().is_some_and(|v| *v.get_ref());
+    let m = match (&raw.member, volume) {
+        (None, true) => return Ok(None),
+        (Some(m), false) => m,
+        (Some(m), true) => {
+            return Err(src.invalid(
+                m.span(),
+                format!("{key}.member"),
+                "a volume fault (volume = true) names no member",
+            ))
+        }
+        (None, false) => {
+            return Err(src.invalid(
+                f.span(),
+                key,
+                "give member = PATH or ROLE, or volume = true for a volume fault",
+            ))
+        }
+    };
+    match m.get_ref() {
+        Scalar::Int(n) if usize::try_from(*n).is_ok_and(|r| r < members.len()) => {
+            Ok(Some(n.to_string()))
+        }
+        Scalar::Str(p) if members.iter().any(|x| x == Path::new(p)) => Ok(Some(p.clone())),
+        _ => Err(src.invalid(
+            m.span(),
+            format!("{key}.member"),
+            "not one of this volume's members (give its path or role number)",
+        )),
+    }
+}
+
+/// A fault's `kind`; the volume-only kinds only on a volume fault.
+fn fault_kind(
+    src: &Source<'_>,
+    key: &str,
+    kind: &Spanned<String>,
+    volume: bool,
+) -> Result<crate::member::fault::FaultKind, ConfigError> {
+    use crate::member::fault::FaultKind;
+    let parsed: Option<FaultKind> = serde::Deserialize::deserialize(
+        serde::de::value::StrDeserializer::<serde::de::value::Error>::new(kind.get_ref()),
+    )
+    .ok();
+    match parsed {
+        Some(k) if volume || !k.volume_only() => Ok(k),
+        Some(_) => Err(src.invalid(
+            kind.span(),
+            format!("{key}.kind"),
+            format!(
+                "{:?} is a volume fault: set volume = true instead of member",
+                kind.get_ref()
+            ),
+        )),
+        None => Err(src.invalid(
+            kind.span(),
+            format!("{key}.kind"),
+            format!(
+                "unknown fault kind {:?}: expected error, delay, corrupt or offline (members), \
+                 or error, delay, corrupt, stall, readonly, bad-sector or torn (volume = true)",
+                kind.get_ref()
+            ),
+        )),
+    }
 }
 
 /// `vhost_user_blk` and `num_queues` of a volume; socket paths must be unique.
@@ -1034,6 +1158,51 @@ members = ["/d", "/e"]
             (Level::Raid1, DEFAULT_CHUNK_SIZE, None)
         );
         assert!(!m.read_only);
+    }
+
+    #[test]
+    fn volume_faults_and_the_write_cache_parse_and_bad_ones_are_refused() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        let good = format!(
+            "{base}cache = \"volatile\"\ncache_size = \"8M\"\n\
+             [[volume.fault]]\nvolume = true\nkind = \"bad-sector\"\noffset = \"4K\"\nlength = 512\n"
+        );
+        let c = parse(&good).unwrap();
+        let v = &c.volumes[0];
+        assert_eq!(
+            (v.cache, v.cache_size),
+            (crate::volfault::CacheMode::Volatile, 8 << 20)
+        );
+        assert!(v.faults.is_empty());
+        assert_eq!(v.volume_faults.len(), 1);
+        assert_eq!(
+            v.volume_faults[0].spec.kind,
+            crate::member::fault::FaultKind::BadSector
+        );
+        let d = parse(base).unwrap();
+        assert_eq!(d.volumes[0].cache, crate::volfault::CacheMode::Writethrough);
+        assert_eq!(d.volumes[0].cache_size, 64 << 20);
+        for (extra, key) in [
+            ("cache = \"sometimes\"\n", "cache"),
+            ("cache_size = \"1K\"\n", "cache_size"),
+            ("[[volume.fault]]\nmember = 0\nkind = \"stall\"\n", "kind"),
+            ("[[volume.fault]]\nkind = \"error\"\n", "fault[0]"),
+            (
+                "[[volume.fault]]\nvolume = true\nmember = 0\nkind = \"error\"\n",
+                "member",
+            ),
+            (
+                "[[volume.fault]]\nvolume = true\nkind = \"torn\"\nop = \"read\"\n",
+                "fault[0]",
+            ),
+            (
+                "[[volume.fault]]\nvolume = true\nkind = \"offline\"\n",
+                "fault[0]",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -23,3 +23,4 @@ pub mod meta;
 pub mod metrics;
 pub mod raid;
 pub mod units;
+pub mod volfault;

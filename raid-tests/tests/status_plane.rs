@@ -136,6 +136,8 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
             "replace",
             "last_sync",
             "written_bytes",
+            "cache",
+            "volume_faults",
         ])
     );
     assert_eq!(

@@ -13,19 +13,23 @@ use serde::Serialize;
 
 use super::client::{call, default_client_path, ClientError};
 use super::params::{
-    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
-    ScrubParams, SetParams, VolumeFilter,
+    AddParams, CacheSetParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams,
+    PowercutParams, ReplaceParams, ScrubParams, SetParams, VolumeFaultAddParams, VolumeFilter,
 };
 use super::replies::{
-    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply, ReplaceReply,
-    ScrubReply, SetReply,
+    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, PowercutReply,
+    RemoveReply, ReplaceReply, ScrubReply, SetReply, VolumeFaultAddReply,
 };
-use super::status::{wire_name, FaultStatus, ScrubStatus, StatusReply, VolumeStatus};
+use super::status::{
+    wire_name, FaultStatus, ScrubStatus, StatusReply, VolumeFaultStatus, VolumeStatus,
+};
 use crate::cli::{
-    AddArgs, ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg, FaultListArgs,
-    FaultOpArg, MemberCmdArgs, ReplaceArgs, ScrubArgs, SetArgs, StatusArgs,
+    AddArgs, CacheModeArg, ControlArg, FaultAddArgs, FaultClearArgs, FaultCommand, FaultKindArg,
+    FaultListArgs, FaultOpArg, KeepArg, MemberCmdArgs, PowercutArgs, ReplaceArgs, ScrubArgs,
+    SetArgs, StatusArgs,
 };
 use crate::member::fault::{FaultKind, FaultOp};
+use crate::volfault::{CacheMode, CacheStatus, KeepPolicy};
 
 fn socket(arg: &ControlArg) -> PathBuf {
     arg.control.clone().unwrap_or_else(default_client_path)
@@ -130,6 +134,7 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
         io.flushes,
         io.errors,
     );
+    render_client(out, v);
     let _ = writeln!(
         out,
         "  {:<5} {:<8} {:>9} {:>9} {:>7} {:>6} {:>6}  path",
@@ -147,6 +152,33 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
             m.checksum_errors,
             m.faults,
             m.path.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// The write cache and volume faults, when either is in use.
+fn render_client(out: &mut String, v: &VolumeStatus) {
+    if let Some(c) = v
+        .cache
+        .as_ref()
+        .filter(|c| c.mode == CacheMode::Volatile || c.powercuts > 0)
+    {
+        let _ = writeln!(
+            out,
+            "  write cache: {}, {} dirty in {} writes (of {}), {} power cuts dropped {} writes",
+            wire_name(&c.mode),
+            BinaryBytes(c.dirty_bytes),
+            c.dirty_writes,
+            BinaryBytes(c.capacity),
+            c.powercuts,
+            c.dropped_writes,
+        );
+    }
+    if let Some(f) = v.volume_faults.filter(|f| f.rules > 0 || f.stalled > 0) {
+        let _ = writeln!(
+            out,
+            "  volume faults: {} rules, {} requests stalled, {} bad bytes",
+            f.rules, f.stalled, f.bad_bytes
         );
     }
 }
@@ -307,6 +339,28 @@ pub fn replace(args: ReplaceArgs) -> Result<(), ClientError> {
 
 /// `vraid set`.
 pub fn set(args: SetArgs) -> Result<(), ClientError> {
+    if args.cache.is_some() || args.cache_size.is_some() {
+        let mode = args.cache.map(|m| match m {
+            CacheModeArg::Volatile => CacheMode::Volatile,
+            CacheModeArg::Writethrough => CacheMode::Writethrough,
+        });
+        let st: CacheStatus = call(
+            &socket(&args.control),
+            "cache.set",
+            &CacheSetParams {
+                volume: args.volume.clone(),
+                mode,
+                size: args.cache_size,
+            },
+        )?;
+        println!(
+            "{}: write cache {}, {} bytes, {} dirty",
+            args.volume,
+            wire_name(&st.mode),
+            st.capacity,
+            st.dirty_bytes
+        );
+    }
     if let Some(mbps) = args.rebuild_max_mbps {
         let _: SetReply = call(
             &socket(&args.control),
@@ -396,7 +450,67 @@ pub fn fault(cmd: FaultCommand) -> Result<(), ClientError> {
         FaultCommand::Add(a) => fault_add(a),
         FaultCommand::List(a) => fault_list(a),
         FaultCommand::Clear(a) => fault_clear(a),
+        FaultCommand::Powercut(a) => powercut(a),
     }
+}
+
+/// `vraid fault powercut`.
+fn powercut(a: PowercutArgs) -> Result<(), ClientError> {
+    let keep = match a.keep {
+        KeepArg::None => KeepPolicy::None,
+        KeepArg::OrderedPrefix => KeepPolicy::OrderedPrefix,
+        KeepArg::RandomSubset => KeepPolicy::RandomSubset,
+    };
+    let reply: PowercutReply = call(
+        &socket(&a.control),
+        "fault.powercut",
+        &PowercutParams {
+            volume: a.volume.clone(),
+            keep,
+            seed: a.seed,
+        },
+    )?;
+    if a.json {
+        print_json(&reply);
+        return Ok(());
+    }
+    let r = &reply.report;
+    println!(
+        "{}: power cut (keep {}, seed {}): dropped {} unflushed writes ({} bytes), kept {} ({} bytes)",
+        reply.volume,
+        wire_name(&r.keep),
+        r.seed,
+        r.dropped_writes,
+        r.dropped_bytes,
+        r.kept_writes,
+        r.kept_bytes
+    );
+    Ok(())
+}
+
+/// `vraid fault add VOL --volume ...`.
+fn volume_fault_add(a: &FaultAddArgs, kind: FaultKind, op: FaultOp) -> Result<(), ClientError> {
+    let reply: VolumeFaultAddReply = call(
+        &socket(&a.control),
+        "fault.add_volume",
+        &VolumeFaultAddParams {
+            volume: a.volume.clone(),
+            kind,
+            op,
+            offset: a.offset,
+            length: a.length,
+            probability: a.probability,
+            delay_us: delay_us(a),
+            count: a.count,
+        },
+    )?;
+    println!("fault {} added on volume {}", reply.id, reply.volume);
+    Ok(())
+}
+
+fn delay_us(a: &FaultAddArgs) -> Option<u64> {
+    a.delay
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
@@ -405,27 +519,31 @@ fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
         FaultKindArg::Delay => FaultKind::Delay,
         FaultKindArg::Corrupt => FaultKind::Corrupt,
         FaultKindArg::Offline => FaultKind::Offline,
+        FaultKindArg::Stall => FaultKind::Stall,
+        FaultKindArg::Readonly => FaultKind::Readonly,
+        FaultKindArg::BadSector => FaultKind::BadSector,
+        FaultKindArg::Torn => FaultKind::Torn,
     };
     let op = match a.op {
         FaultOpArg::Read => FaultOp::Read,
         FaultOpArg::Write => FaultOp::Write,
         FaultOpArg::Any => FaultOp::Any,
     };
-    let delay_us = a
-        .delay
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let Some(member) = a.member.as_deref().filter(|_| !a.on_volume) else {
+        return volume_fault_add(&a, kind, op);
+    };
     let reply: FaultAddReply = call(
         &socket(&a.control),
         "fault.add",
         &FaultAddParams {
             volume: a.volume.clone(),
-            member: member_arg(&a.member),
+            member: member_arg(member),
             kind,
             op,
             offset: a.offset,
             length: a.length,
             probability: a.probability,
-            delay_us,
+            delay_us: delay_us(&a),
             count: a.count,
         },
     )?;
@@ -442,33 +560,59 @@ fn fault_list(a: FaultListArgs) -> Result<(), ClientError> {
         print_json(&reply);
         return Ok(());
     }
-    if reply.faults.is_empty() {
+    if reply.faults.is_empty() && reply.volume_faults.is_empty() {
         println!("no faults");
         return Ok(());
     }
     println!(
-        "{:>4}  {:<12} {:>6}  {:<8} {:<6} {:>8} {:>8}  range",
+        "{:>4}  {:<12} {:>6}  {:<10} {:<6} {:>8} {:>8}  range",
         "id", "volume", "member", "kind", "op", "hits", "left"
     );
     for f in &reply.faults {
         print_fault(f);
     }
+    for f in &reply.volume_faults {
+        print_volume_fault(f);
+    }
     Ok(())
+}
+
+/// One row of `fault list` for a volume rule (member column `volume`).
+fn print_volume_fault(f: &VolumeFaultStatus) {
+    let spec = &f.spec;
+    let left = f
+        .remaining
+        .map_or_else(|| "-".to_string(), |n| n.to_string());
+    println!(
+        "{:>4}  {:<12} {:>6}  {:<10} {:<6} {:>8} {:>8}  {}",
+        f.id,
+        f.volume,
+        "volume",
+        wire_name(&spec.kind),
+        wire_name(&spec.op),
+        f.hits,
+        left,
+        range_text(spec),
+    );
+}
+
+fn range_text(spec: &crate::member::fault::FaultSpec) -> String {
+    match (spec.offset, spec.length) {
+        (None, None) => "all".to_string(),
+        (o, Some(l)) => format!("{}+{l}", o.unwrap_or(0)),
+        (Some(o), None) => format!("{o}.."),
+    }
 }
 
 /// One row of `fault list`.
 fn print_fault(f: &FaultStatus) {
     let spec = &f.spec;
-    let range = match (spec.offset, spec.length) {
-        (None, None) => "all".to_string(),
-        (o, Some(l)) => format!("{}+{l}", o.unwrap_or(0)),
-        (Some(o), None) => format!("{o}.."),
-    };
+    let range = range_text(spec);
     let left = f
         .remaining
         .map_or_else(|| "-".to_string(), |n| n.to_string());
     println!(
-        "{:>4}  {:<12} {:>6}  {:<8} {:<6} {:>8} {:>8}  {range}{}{}",
+        "{:>4}  {:<12} {:>6}  {:<10} {:<6} {:>8} {:>8}  {range}{}{}",
         f.id,
         f.volume,
         f.member,

@@ -22,8 +22,9 @@ use crate::meta::ArrayMetadata;
 use crate::metrics::stats::IoStats;
 use crate::raid::{Level, MemberIndex, MemberState, Volume};
 
-/// Fault ids are unique for the life of the process.
-static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
+/// Fault ids are unique for the life of the process (member and volume
+/// faults share them, so `fault clear ID` needs no scope).
+pub(super) static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Device tags are unique for the life of the process.
 static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
@@ -174,6 +175,9 @@ pub struct VolumeHandle {
     pub members: MemberSlots,
     /// Its events.
     pub events: Arc<EventLog>,
+    /// Volume faults and the write cache between the volume and its
+    /// exports (what the exports serve is `client.device`).
+    pub client: crate::volfault::ClientStack,
     engine: Option<Arc<dyn EngineOps>>,
 }
 
@@ -225,8 +229,10 @@ impl VolumeHandle {
         events: Arc<EventLog>,
         engine: Option<Arc<dyn EngineOps>>,
     ) -> VolumeHandle {
+        let client = crate::volfault::ClientStack::new(volume.clone());
         VolumeHandle {
             name: crate::block::BlockDevice::name(&*volume).to_string(),
+            client,
             volume,
             metadata,
             stats,
@@ -353,6 +359,8 @@ impl VolumeHandle {
             io: self.stats.summary(),
             members: self.member_status(),
             engine,
+            cache: Some(self.client.cache.status()),
+            volume_faults: Some(self.client.faults.status()),
         }
     }
 
@@ -440,6 +448,12 @@ impl VolumeHandle {
     pub fn add_fault(&self, role: usize, spec: FaultSpec) -> Result<u64, ControlError> {
         spec.validate()
             .map_err(|e| ControlError::InvalidParams(e.to_string()))?;
+        if spec.kind.volume_only() {
+            return Err(ControlError::InvalidParams(format!(
+                "kind {:?} is a volume fault: give --volume instead of a member",
+                super::status::wire_name(&spec.kind)
+            )));
+        }
         let member = self
             .members
             .get(role)
@@ -503,9 +517,13 @@ impl VolumeHandle {
         out
     }
 
-    /// Removes fault `id` (or every fault with `None`); returns how many.
+    /// Removes fault `id` (or every fault with `None`), member and volume
+    /// faults alike; returns how many.
     pub fn clear_faults(&self, id: Option<u64>) -> usize {
-        let mut n = 0;
+        let mut n = match id {
+            Some(id) => usize::from(self.client.faults.remove(id)),
+            None => self.client.faults.clear(),
+        };
         for m in &self.members {
             n += match id {
                 Some(id) => usize::from(m.faults.remove(id)),

@@ -8,7 +8,10 @@
 //! | `remove`      | `volume`, `member`                                  |
 //! | `fault.add`   | `volume`, `member`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.list`  | `volume?`                                           |
-//! | `fault.clear` | `id?`                                               |
+//! | `fault.clear` | `id?` (member or volume rule)                       |
+//! | `fault.add_volume` | `volume`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
+//! | `fault.powercut` | `volume`, `keep?` (`none`, `ordered-prefix`, `random-subset`), `seed?` |
+//! | `cache.set`   | `volume`, `mode?` (`writethrough`, `volatile`), `size?` |
 //! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
 //! | `replace`     | `volume`, `member`, `path`, `force?` (rebuild engine) |
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
@@ -22,8 +25,8 @@ use serde_json::Value;
 
 use super::handle::{Registry, ScrubRequest, VolumeHandle};
 use super::params::{
-    AddParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams, ReplaceParams,
-    ScrubParams, SetParams, VolumeFilter,
+    AddParams, CacheSetParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams,
+    PowercutParams, ReplaceParams, ScrubParams, SetParams, VolumeFilter,
 };
 use super::replies::{FailReply, FaultAddReply, FaultClearReply, FaultListReply, RemoveReply};
 use super::status::StatusReply;
@@ -69,6 +72,15 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "remove" => result(remove(reg, params(p)?).await),
         "fault.add" => result(fault_add(reg, params(p)?)),
         "fault.list" => result(fault_list(reg, params(p)?)),
+        "fault.add_volume" => result(super::volume_faults::add(reg, params(p)?)),
+        "fault.powercut" => {
+            let p: PowercutParams = params(p)?;
+            result(reg.volume(&p.volume)?.power_cut(&p).await)
+        }
+        "cache.set" => {
+            let p: CacheSetParams = params(p)?;
+            result(reg.volume(&p.volume)?.set_cache(&p).await)
+        }
         "fault.clear" => {
             let p: FaultClearParams = params(p)?;
             result(
@@ -121,11 +133,14 @@ async fn remove(reg: &Registry, p: MemberParams) -> Result<RemoveReply, ControlE
 }
 
 fn fault_list(reg: &Registry, p: VolumeFilter) -> Result<FaultListReply, ControlError> {
-    let faults = match &p.volume {
-        Some(name) => reg.volume(name)?.faults(),
-        None => reg.volumes().iter().flat_map(|v| v.faults()).collect(),
+    let volumes = match &p.volume {
+        Some(name) => vec![reg.volume(name)?.clone()],
+        None => reg.volumes().to_vec(),
     };
-    Ok(FaultListReply { faults })
+    Ok(FaultListReply {
+        faults: volumes.iter().flat_map(|v| v.faults()).collect(),
+        volume_faults: volumes.iter().flat_map(|v| v.volume_faults()).collect(),
+    })
 }
 
 /// The methods the rebuild engine answers (`add`, `replace`, `set`,

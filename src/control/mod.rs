@@ -7,6 +7,7 @@
 //!       (◄─ status, replies: typed)                              ▼
 //!                      methods ─► Registry ─► VolumeHandle (per volume)
 //!                                               │ raid::Volume (fail), FaultSet per member,
+//!                                               │ volfault::ClientStack (volume faults, cache),
 //!                                               │ IoStats per member and volume, EventLog
 //!                                               └ EngineOps (add/replace/set, wired by the engine)
 //! ```
@@ -25,6 +26,7 @@ pub mod replies;
 pub mod rpc;
 pub mod server;
 pub mod status;
+pub mod volume_faults;
 pub mod watch;
 
 #[cfg(test)]

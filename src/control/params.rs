@@ -124,3 +124,51 @@ pub struct SetParams {
     /// Rebuild/resync rate limit, MB/s (0: unlimited).
     pub rebuild_max_mbps: u64,
 }
+
+/// `fault.add_volume`: a rule on what a volume's clients see.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFaultAddParams {
+    /// Volume.
+    pub volume: String,
+    /// What happens.
+    pub kind: FaultKind,
+    /// Which operations.
+    #[serde(default)]
+    pub op: FaultOp,
+    /// First volume byte affected.
+    pub offset: Option<u64>,
+    /// Bytes affected from `offset`.
+    pub length: Option<u64>,
+    /// Chance that a matching operation is hit (default 1).
+    pub probability: Option<f64>,
+    /// Delay of a `delay` rule, in microseconds.
+    pub delay_us: Option<u64>,
+    /// Hits after which the rule expires.
+    pub count: Option<u64>,
+}
+
+/// `fault.powercut`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowercutParams {
+    /// Volume.
+    pub volume: String,
+    /// Which unflushed writes survive (default: none).
+    #[serde(default)]
+    pub keep: crate::volfault::KeepPolicy,
+    /// Seed of the choice (default: from the clock; the reply names it).
+    pub seed: Option<u64>,
+}
+
+/// `cache.set`: the write cache of a volume, live.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSetParams {
+    /// Volume.
+    pub volume: String,
+    /// New mode.
+    pub mode: Option<crate::volfault::CacheMode>,
+    /// New budget, bytes.
+    pub size: Option<u64>,
+}

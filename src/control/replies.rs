@@ -58,8 +58,30 @@ pub struct FaultAddReply {
 /// `fault.list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaultListReply {
-    /// Every rule.
+    /// Every member rule.
     pub faults: Vec<FaultStatus>,
+    /// Every volume rule.
+    #[serde(default)]
+    pub volume_faults: Vec<super::status::VolumeFaultStatus>,
+}
+
+/// `fault.add_volume`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeFaultAddReply {
+    /// Id for `fault.clear`.
+    pub id: u64,
+    /// Volume.
+    pub volume: String,
+}
+
+/// `fault.powercut`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowercutReply {
+    /// Volume.
+    pub volume: String,
+    /// What was dropped and kept.
+    #[serde(flatten)]
+    pub report: crate::volfault::PowerCutReport,
 }
 
 /// `fault.clear`.

@@ -197,6 +197,13 @@ pub struct VolumeStatus {
     /// The rebuild engine's part (absent without an engine).
     #[serde(flatten)]
     pub engine: Option<EngineStatus>,
+    /// The volatile write cache between the exports and the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::volfault::CacheStatus>,
+    /// Volume (client-facing) fault rules: count, stalled requests, bad
+    /// sectors left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_faults: Option<crate::volfault::VolumeFaultsStatus>,
 }
 
 /// The rebuild engine's part of a volume's status (its keys sit next to
@@ -539,6 +546,24 @@ pub struct FaultStatus {
     /// False once another device took the role: the rule stays with its
     /// device and no longer fires.
     pub holds_role: bool,
+    /// The rule.
+    #[serde(flatten)]
+    pub spec: FaultSpec,
+    /// Times it fired.
+    pub hits: u64,
+    /// Hits left (`null`: unlimited).
+    pub remaining: Option<u64>,
+    /// True while it can still fire.
+    pub active: bool,
+}
+
+/// A volume fault rule in `fault.list` (`volume_faults`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeFaultStatus {
+    /// Id for `fault.clear`.
+    pub id: u64,
+    /// Volume.
+    pub volume: String,
     /// The rule.
     #[serde(flatten)]
     pub spec: FaultSpec,

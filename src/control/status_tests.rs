@@ -54,6 +54,8 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "replace",
             "last_sync",
             "written_bytes",
+            "cache",
+            "volume_faults",
         ])
     );
     assert_eq!(
@@ -132,6 +134,7 @@ fn idle_and_engineless_volumes_keep_their_nulls_and_absent_keys() {
     };
     let mut bare = reply.volumes[0].clone();
     bare.engine = None;
+    (bare.cache, bare.volume_faults) = (None, None);
     reply.volumes.push(bare);
     reply.events[0].member = None;
 
@@ -179,6 +182,13 @@ pub(crate) fn sample_reply() -> StatusReply {
             superblock_events: 9,
             io,
             members: vec![member(0), member(1), member(2)],
+            cache: Some(crate::volfault::CacheStatus {
+                mode: crate::volfault::CacheMode::Volatile,
+                dirty_bytes: 4096,
+                last_powercut: Some(crate::volfault::PowerCutReport::default()),
+                ..Default::default()
+            }),
+            volume_faults: Some(crate::volfault::VolumeFaultsStatus::default()),
             engine: Some(EngineStatus {
                 sync: Some(SyncStatus {
                     kind: PassKind::Replace,

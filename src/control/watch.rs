@@ -133,6 +133,8 @@ mod tests {
                 io: Default::default(),
                 checksum_errors: 0,
             }],
+            cache: None,
+            volume_faults: None,
             engine: Some(EngineStatus {
                 sync,
                 rebuild_max_mbps: limit,

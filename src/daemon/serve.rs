@@ -22,6 +22,7 @@ use crate::export::nbd::{Export, NbdLimits, NbdServer};
 use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
 use crate::metrics::stats::StatsDevice;
+use crate::volfault::CacheMode;
 
 /// Default NBD TCP address: loopback only.
 pub const DEFAULT_NBD_ADDR: &str = "127.0.0.1:10809";
@@ -46,6 +47,26 @@ struct VolumeSpec {
     num_queues: u16,
     /// Spares, bitmap and rebuild settings.
     array: ArrayOptions,
+    /// Volume faults and the write cache at start-up.
+    client: ClientSettings,
+}
+
+/// Volume faults and the write cache of a volume at start-up (config).
+#[derive(Debug)]
+struct ClientSettings {
+    cache: CacheMode,
+    cache_size: u64,
+    faults: Vec<crate::config::VolumeFaultConfig>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            cache: CacheMode::Writethrough,
+            cache_size: crate::volfault::DEFAULT_CACHE_SIZE,
+            faults: Vec::new(),
+        }
+    }
 }
 
 /// What `vraid serve` is asked on the command line (plain options; the
@@ -132,6 +153,10 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         task.abort();
     }
     info!("shutting down: draining in-flight requests");
+    // Stalled requests go on (their rules go), or the drain would wait.
+    for (a, _) in &volumes {
+        a.handle.client.faults.clear();
+    }
     stop_vhost(vhost).await;
     server.shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
@@ -250,6 +275,11 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 force_assemble: v.force_assemble || args.force_assemble,
                 checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
             },
+            client: ClientSettings {
+                cache: v.cache,
+                cache_size: v.cache_size,
+                faults: v.volume_faults.clone(),
+            },
         })
         .collect()
 }
@@ -266,6 +296,7 @@ fn members_spec(args: &ServeOptions) -> VolumeSpec {
         vhost_socket: args.vhost_user_blk.clone(),
         num_queues: args.vhost_queues,
         array: command_line_array(args),
+        client: ClientSettings::default(),
     }
 }
 
@@ -286,6 +317,7 @@ fn demo_spec(args: &ServeOptions) -> VolumeSpec {
         ),
         num_queues: args.vhost_queues,
         array: command_line_array(args),
+        client: ClientSettings::default(),
     }
 }
 
@@ -332,7 +364,7 @@ fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
                 )
             }),
             device: Arc::new(StatsDevice::new(
-                a.volume.clone() as Arc<dyn BlockDevice>,
+                a.handle.client.device.clone(),
                 a.handle.stats.clone(),
             )) as Arc<dyn BlockDevice>,
             read_only: spec.read_only,
@@ -350,6 +382,7 @@ async fn start_ops(
     metrics: Option<SocketAddr>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     for (a, spec) in volumes {
+        start_client(a, &spec.client).await?;
         for f in &spec.faults {
             let added = a
                 .handle
@@ -400,6 +433,25 @@ async fn start_ops(
     Ok(tasks)
 }
 
+/// Sets a volume's write cache and installs its start-up volume faults.
+async fn start_client(a: &Assembled, c: &ClientSettings) -> Result<(), DaemonError> {
+    let name = &a.handle.name;
+    let cache = &a.handle.client.cache;
+    let cache_failed =
+        |e: crate::block::BlockError| DaemonError::Usage(format!("volume {name}: cache: {e}"));
+    cache
+        .set_capacity(c.cache_size)
+        .await
+        .map_err(cache_failed)?;
+    cache.set_mode(c.cache).await.map_err(cache_failed)?;
+    for f in &c.faults {
+        a.handle.add_volume_fault(f.spec.clone()).map_err(|e| {
+            DaemonError::Usage(format!("volume {name}: start-up volume fault: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
 /// Starts the vhost-user-blk export of every volume that has a socket.
 fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, DaemonError> {
     let mut servers = Vec::new();
@@ -410,7 +462,7 @@ fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, 
         let geometry = a.volume.geometry();
         let export = VhostExport {
             device: Arc::new(StatsDevice::new(
-                a.volume.clone() as Arc<dyn BlockDevice>,
+                a.handle.client.device.clone(),
                 a.handle.stats.clone(),
             )) as Arc<dyn BlockDevice>,
             socket: socket.clone(),
@@ -487,6 +539,7 @@ impl VolumeSpec {
             vhost_socket: None,
             num_queues: 1,
             array: ArrayOptions::default(),
+            client: ClientSettings::default(),
         }
     }
 }
@@ -509,6 +562,19 @@ async fn any_member_initialised(paths: &[PathBuf]) -> bool {
 async fn shutdown_volumes(volumes: &[(Assembled, VolumeSpec)]) {
     for (a, _) in volumes {
         let name = &a.assembly.name;
+        // A clean stop writes the volatile cache back (no power was cut).
+        if let Err(e) = a
+            .handle
+            .client
+            .cache
+            .set_mode(CacheMode::Writethrough)
+            .await
+        {
+            warn!(
+                "{name}: writing back the write cache failed: {}",
+                error_chain(&e)
+            );
+        }
         let resynced = a.array.shutdown().await;
         if let Err(e) = a.volume.flush().await {
             warn!("{name}: final flush failed: {}", error_chain(&e));

@@ -43,6 +43,28 @@ pub enum FaultKind {
     Corrupt,
     /// Every operation fails with EIO, whatever the filters say about op and range.
     Offline,
+    /// Volume faults only: matching requests hang until the rule is
+    /// cleared, then run (`volfault`).
+    Stall,
+    /// Volume faults only: matching writes fail with EPERM.
+    Readonly,
+    /// Volume faults only: the range's 512-byte sectors are bad until
+    /// written (as dm-dust): reads of them fail, a write heals them.
+    #[serde(rename = "bad-sector")]
+    BadSector,
+    /// Volume faults only: a matching write larger than a block lands a
+    /// prefix of its blocks, then fails.
+    Torn,
+}
+
+impl FaultKind {
+    /// True for the kinds only a volume (client-facing) rule can have.
+    pub fn volume_only(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Stall | FaultKind::Readonly | FaultKind::BadSector | FaultKind::Torn
+        )
+    }
 }
 
 /// Which operations a rule applies to.
@@ -158,7 +180,7 @@ impl FaultSpec {
     }
 
     /// The affected byte range `[start, end)`.
-    fn range(&self) -> (u64, u64) {
+    pub fn range(&self) -> (u64, u64) {
         let start = self.offset.unwrap_or(0);
         let end = self.length.map_or(u64::MAX, |l| start.saturating_add(l));
         (start, end)
@@ -225,7 +247,7 @@ impl FaultRule {
     }
 
     /// Whether this rule fires for `op` on `[offset, offset + len)`; counts the hit.
-    fn fires(&self, op: IoKind, offset: u64, len: u64, rng: &Rng) -> bool {
+    pub(crate) fn fires(&self, op: IoKind, offset: u64, len: u64, rng: &Rng) -> bool {
         if self.spec.kind != FaultKind::Offline {
             if !self.spec.op.covers(op) {
                 return false;
@@ -313,6 +335,38 @@ impl FaultSet {
         self.len.load(Ordering::Acquire) == 0
     }
 
+    /// True while rule `id` is installed.
+    pub fn contains(&self, id: u64) -> bool {
+        self.rules().iter().any(|r| r.id == id)
+    }
+
+    /// Runs the filters (op, range, probability, count) of every rule that
+    /// applies to the device tagged `tag` and that `eligible` lets through,
+    /// for `op` on `offset..+len`; calls `on_hit` with each rule that
+    /// fires (its hit counted). True when any fired. The one rule filter
+    /// of member and volume faults.
+    pub(crate) fn fire(
+        &self,
+        tag: Option<DeviceTag>,
+        op: IoKind,
+        (offset, len): (u64, u64),
+        rng: &Rng,
+        mut eligible: impl FnMut(&FaultRule) -> bool,
+        mut on_hit: impl FnMut(&FaultRule),
+    ) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        for rule in self.rules().iter() {
+            if rule.applies_to(tag) && eligible(rule) && rule.fires(op, offset, len, rng) {
+                any = true;
+                on_hit(rule);
+            }
+        }
+        any
+    }
+
     fn update(&self, f: impl FnOnce(&mut Vec<Arc<FaultRule>>)) {
         let mut guard = self
             .rules
@@ -327,7 +381,7 @@ impl FaultSet {
 
 /// Kind of I/O, for rule matching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IoKind {
+pub(crate) enum IoKind {
     Read,
     Write,
     Flush,
@@ -344,10 +398,16 @@ struct Verdict {
 
 /// Lock-free splitmix64.
 #[derive(Debug)]
-struct Rng(AtomicU64);
+pub(crate) struct Rng(AtomicU64);
 
 impl Rng {
-    fn next_u64(&self) -> u64 {
+    /// A generator seeded with `seed`.
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(AtomicU64::new(seed))
+    }
+
+    /// The next number.
+    pub(crate) fn next_u64(&self) -> u64 {
         let mut z = self
             .0
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
@@ -388,7 +448,7 @@ impl FaultDevice {
             inner,
             faults,
             device: None,
-            rng: Rng(AtomicU64::new(seed)),
+            rng: Rng::new(seed),
             inline: false,
         }
     }
@@ -442,26 +502,24 @@ impl FaultDevice {
         if self.faults.is_empty() {
             return None;
         }
-        let (offset, len) = self.logical(offset, len);
-        let rules = self.faults.rules();
+        let range = self.logical(offset, len);
         let mut verdict = Verdict::default();
-        let mut any = false;
-        for rule in rules.iter() {
-            if !rule.applies_to(self.device) || !rule.fires(op, offset, len, &self.rng) {
-                continue;
-            }
-            any = true;
-            match rule.spec.kind {
-                FaultKind::Error | FaultKind::Offline => verdict.fail = true,
+        // Volume-only kinds are refused on members (`add_fault`, config).
+        let member_kind = |r: &FaultRule| !r.spec.kind.volume_only();
+        let any = self.faults.fire(
+            self.device,
+            op,
+            range,
+            &self.rng,
+            member_kind,
+            |rule| match rule.spec.kind {
                 FaultKind::Delay => {
                     verdict.delay += Duration::from_micros(rule.spec.delay_us);
                 }
-                FaultKind::Corrupt => {
-                    let (start, end) = rule.spec.range();
-                    verdict.corrupt.push((start, end));
-                }
-            }
-        }
+                FaultKind::Corrupt => verdict.corrupt.push(rule.spec.range()),
+                _ => verdict.fail = true,
+            },
+        );
         any.then_some(verdict)
     }
 
@@ -482,7 +540,7 @@ impl FaultDevice {
 
 /// Flips every byte of `buf` (which starts at device offset `offset`) that
 /// lies inside one of `ranges`.
-fn corrupt(buf: &mut [u8], offset: u64, ranges: &[(u64, u64)]) {
+pub(crate) fn corrupt(buf: &mut [u8], offset: u64, ranges: &[(u64, u64)]) {
     let end = offset + buf.len() as u64;
     for &(a, b) in ranges {
         let a = a.max(offset);

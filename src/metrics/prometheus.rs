@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::stats::{IoStats, OpCounters, OpType};
-use crate::control::status::{wire_name, FaultStatus, VolumeStatus};
+use crate::control::status::{wire_name, FaultStatus, VolumeFaultStatus, VolumeStatus};
 use crate::control::Registry;
 
 /// `Content-Type` of the exposition.
@@ -35,6 +35,7 @@ struct VolumeScrape {
     /// counters.
     members: Vec<(Labels, Arc<IoStats>)>,
     faults: Vec<FaultStatus>,
+    volume_faults: Vec<VolumeFaultStatus>,
 }
 
 impl VolumeScrape {
@@ -79,6 +80,7 @@ impl Scrape {
                 stats: v.stats.clone(),
                 members,
                 faults: v.faults(),
+                volume_faults: v.volume_faults(),
             });
         }
         Scrape(volumes)
@@ -372,11 +374,68 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// Volume faults and the write cache.
+    fn client(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        family(
+            enc,
+            "vraid_volume_fault_hits",
+            "Times an injected volume (client-facing) fault rule fired",
+            MetricType::Counter,
+            self.0.iter().flat_map(|v| {
+                v.volume_faults.iter().map(|f| {
+                    let mut l = v.labels();
+                    l.push(("id", f.id.to_string()));
+                    l.push(("kind", wire_name(&f.spec.kind)));
+                    (l, ConstCounter::new(f.hits))
+                })
+            }),
+        )?;
+        family(
+            enc,
+            "vraid_volume_stalled_requests",
+            "Client requests held by stall rules now",
+            MetricType::Gauge,
+            self.0.iter().filter_map(|v| {
+                let f = v.status.volume_faults?;
+                Some((v.labels(), ConstGauge::new(f.stalled as i64)))
+            }),
+        )?;
+        let caches = || {
+            self.0
+                .iter()
+                .filter_map(|v| Some((v.labels(), v.status.cache.clone()?)))
+        };
+        family(
+            enc,
+            "vraid_volume_cache_dirty_bytes",
+            "Bytes of acknowledged writes held in the volatile write cache",
+            MetricType::Gauge,
+            caches().map(|(l, c)| (l, ConstGauge::new(c.dirty_bytes as i64))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_powercuts",
+            "Power cuts injected",
+            MetricType::Counter,
+            caches().map(|(l, c)| (l, ConstCounter::new(c.powercuts))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_powercut_dropped_writes",
+            "Unflushed writes dropped by power cuts",
+            MetricType::Counter,
+            caches().map(|(l, c)| (l, ConstCounter::new(c.dropped_writes))),
+        )
+    }
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         self.states(&mut enc)?;
         self.io(&mut enc)?;
         self.faults(&mut enc)?;
+        self.client(&mut enc)?;
         self.journal(&mut enc)?;
         self.checksum_cache(&mut enc)?;
         self.sync(&mut enc)

@@ -41,6 +41,7 @@ fn scrape() -> Scrape {
                     (labels, IoStats::new())
                 })
                 .collect(),
+            volume_faults: Vec::new(),
             faults: vec![FaultStatus {
                 id: 4,
                 volume: status.name.clone(),

@@ -1,0 +1,194 @@
+//! The control plane's side of volume faults and the write cache
+//! (`fault.add_volume`, `fault.powercut`, `cache.set`; `fault.list` and
+//! `fault.clear` take volume rules too): checks the parameters, acts on
+//! the volume's [`crate::volfault::ClientStack`], records events.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::handle::{describe, VolumeHandle, NEXT_FAULT_ID};
+use super::params::{CacheSetParams, PowercutParams, VolumeFaultAddParams};
+use super::replies::{PowercutReply, VolumeFaultAddReply};
+use super::status::VolumeFaultStatus;
+use super::{ControlError, Registry};
+use crate::member::fault::{FaultKind, FaultOp, FaultRule, FaultSpec};
+use crate::volfault::{CacheStatus, WriteCache};
+
+/// The spec of a `fault.add_volume`, checked.
+pub fn volume_spec(p: &VolumeFaultAddParams) -> Result<FaultSpec, ControlError> {
+    let spec = FaultSpec {
+        kind: p.kind,
+        op: p.op,
+        offset: p.offset,
+        length: p.length,
+        probability: p.probability.unwrap_or(1.0),
+        delay_us: p.delay_us.unwrap_or(0),
+        count: p.count,
+    };
+    check_volume_spec(&spec).map_err(ControlError::InvalidParams)?;
+    Ok(spec)
+}
+
+/// Why `spec` cannot be a volume rule, in words (also for the config).
+pub fn check_volume_spec(spec: &FaultSpec) -> Result<(), String> {
+    spec.validate().map_err(|e| e.to_string())?;
+    if spec.kind != FaultKind::Delay && spec.delay_us != 0 {
+        return Err("delay_us only applies to kind \"delay\"".into());
+    }
+    let writes_only = matches!(spec.kind, FaultKind::Readonly | FaultKind::Torn);
+    if writes_only && spec.op == FaultOp::Read {
+        return Err(
+            format!("kind {:?} acts on writes: op read never fires", spec.kind).to_lowercase(),
+        );
+    }
+    if spec.kind == FaultKind::BadSector && spec.op == FaultOp::Write {
+        return Err("kind \"bad-sector\" fails reads: op write never fires".into());
+    }
+    if spec.kind == FaultKind::Offline {
+        return Err("kind \"offline\" is a member fault: use \"error\" on a volume".into());
+    }
+    Ok(())
+}
+
+impl VolumeHandle {
+    /// Installs a volume rule (checked with [`check_volume_spec`]); returns its id.
+    pub fn add_volume_fault(&self, spec: FaultSpec) -> Result<u64, ControlError> {
+        check_volume_spec(&spec).map_err(ControlError::InvalidParams)?;
+        let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
+        let text = describe(&spec);
+        self.client.faults.add(Arc::new(FaultRule::new(id, spec)));
+        self.events.push(
+            &self.name,
+            "fault_added",
+            None,
+            format!("{}: volume fault {id} added: {text}", self.name),
+        );
+        Ok(id)
+    }
+
+    /// Every volume rule of this volume.
+    pub fn volume_faults(&self) -> Vec<VolumeFaultStatus> {
+        self.client
+            .faults
+            .rules()
+            .rules()
+            .iter()
+            .map(|r| VolumeFaultStatus {
+                id: r.id,
+                volume: self.name.clone(),
+                spec: r.spec.clone(),
+                hits: r.hits(),
+                remaining: r.remaining(),
+                active: !r.expired(),
+            })
+            .collect()
+    }
+
+    /// `vraid fault powercut`.
+    pub async fn power_cut(&self, p: &PowercutParams) -> Result<PowercutReply, ControlError> {
+        let seed = p.seed.unwrap_or_else(clock_seed);
+        let report = self
+            .client
+            .cache
+            .power_cut(p.keep, seed)
+            .await
+            .map_err(|e| ControlError::Refused(format!("power cut of {}: {e}", self.name)))?;
+        self.events.push(
+            &self.name,
+            "power_cut",
+            None,
+            format!(
+                "{}: power cut ({}, seed {seed}): {} unflushed writes ({} bytes) dropped, {} kept",
+                self.name,
+                super::status::wire_name(&p.keep),
+                report.dropped_writes,
+                report.dropped_bytes,
+                report.kept_writes
+            ),
+        );
+        Ok(PowercutReply {
+            volume: self.name.clone(),
+            report,
+        })
+    }
+
+    /// `vraid set VOL --cache MODE --cache-size SIZE`.
+    pub async fn set_cache(&self, p: &CacheSetParams) -> Result<CacheStatus, ControlError> {
+        let cache = &self.client.cache;
+        let failed = |e: crate::block::BlockError| {
+            ControlError::Refused(format!("write-back of the cache of {}: {e}", self.name))
+        };
+        if let Some(size) = p.size {
+            WriteCache::check_capacity(size)
+                .map_err(|e| ControlError::InvalidParams(e.to_string()))?;
+            cache.set_capacity(size).await.map_err(failed)?;
+        }
+        if let Some(mode) = p.mode {
+            cache.set_mode(mode).await.map_err(failed)?;
+            self.events.push(
+                &self.name,
+                "cache_mode",
+                None,
+                format!(
+                    "{}: write cache {}",
+                    self.name,
+                    super::status::wire_name(&mode)
+                ),
+            );
+        }
+        Ok(cache.status())
+    }
+}
+
+/// A seed from the clock, for a power cut given none.
+fn clock_seed() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// `fault.add_volume`.
+pub fn add(reg: &Registry, p: VolumeFaultAddParams) -> Result<VolumeFaultAddReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let id = vol.add_volume_fault(volume_spec(&p)?)?;
+    Ok(VolumeFaultAddReply {
+        id,
+        volume: vol.name.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_specs_that_could_never_fire_or_belong_to_members_are_refused() {
+        let spec = |kind, op| FaultSpec {
+            op,
+            ..FaultSpec::new(kind)
+        };
+        for bad in [
+            spec(FaultKind::Offline, FaultOp::Any),
+            spec(FaultKind::Torn, FaultOp::Read),
+            spec(FaultKind::Readonly, FaultOp::Read),
+            spec(FaultKind::BadSector, FaultOp::Write),
+            FaultSpec {
+                delay_us: 5,
+                ..FaultSpec::new(FaultKind::Error)
+            },
+            FaultSpec {
+                probability: -1.0,
+                ..FaultSpec::new(FaultKind::Stall)
+            },
+        ] {
+            assert!(check_volume_spec(&bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            spec(FaultKind::Stall, FaultOp::Write),
+            spec(FaultKind::BadSector, FaultOp::Read),
+            spec(FaultKind::Torn, FaultOp::Any),
+            spec(FaultKind::Corrupt, FaultOp::Read),
+        ] {
+            assert!(check_volume_spec(&good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The volume fault device: applies a volume's rules to each request a
+//! client sends, before it reaches the cache and the volume.
+//!
+//! A request's matching rules combine into one [`Verdict`], applied in
+//! this order: stall (wait until the rule is cleared), delay, failure
+//! (error, readonly, bad sector), then the request runs, torn (a prefix
+//! of its blocks, then EIO) or corrupted. A write that succeeds heals the
+//! bad sectors it covers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::VolumeFaults;
+use crate::block::{BlockDevice, BlockError, BlockResult, Durability, IoFuture};
+use crate::member::fault::{corrupt, FaultKind, FaultRule, IoKind};
+use crate::units::ByteOffset;
+
+/// Block size of torn writes: a torn write lands whole blocks of it.
+pub const TORN_BLOCK: u64 = 4096;
+
+/// What the matching rules ask of one request.
+#[derive(Debug, Default)]
+struct Verdict {
+    stall: Vec<u64>,
+    delay: Duration,
+    fail: Option<Failure>,
+    corrupt: Vec<(u64, u64)>,
+    torn: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    Eio,
+    ReadOnly,
+}
+
+/// The request as the rules see it.
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Read,
+    /// A write; `data`: with a buffer (not a discard or zeroing).
+    Write {
+        data: bool,
+    },
+    Flush,
+}
+
+/// Volume faults as a [`BlockDevice`].
+pub struct VolumeFaultDevice {
+    inner: Arc<dyn BlockDevice>,
+    faults: Arc<VolumeFaults>,
+}
+
+impl std::fmt::Debug for VolumeFaultDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeFaultDevice")
+            .field("inner", &self.inner.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VolumeFaultDevice {
+    /// `inner` under the rules of `faults`.
+    pub fn new(inner: Arc<dyn BlockDevice>, faults: Arc<VolumeFaults>) -> VolumeFaultDevice {
+        VolumeFaultDevice { inner, faults }
+    }
+
+    /// Whether `rule` may fire on `req` at `offset..+len` before its
+    /// filters run (so that a rule that cannot act is not counted).
+    fn eligible(&self, rule: &FaultRule, req: Req, offset: u64, len: u64) -> bool {
+        match (rule.spec.kind, req) {
+            (FaultKind::Readonly, Req::Write { .. }) => true,
+            (FaultKind::Readonly, _) => false,
+            (FaultKind::BadSector, Req::Read) => self.faults.bad_in(rule.id, offset, len),
+            (FaultKind::BadSector, _) => false,
+            (FaultKind::Torn, Req::Write { data: true }) => len > TORN_BLOCK,
+            (FaultKind::Torn, _) => false,
+            _ => true,
+        }
+    }
+
+    fn judge(&self, req: Req, offset: u64, len: u64) -> Option<Verdict> {
+        let op = match req {
+            Req::Read => IoKind::Read,
+            Req::Write { .. } => IoKind::Write,
+            Req::Flush => IoKind::Flush,
+        };
+        let mut v = Verdict::default();
+        let eligible = |r: &FaultRule| self.eligible(r, req, offset, len);
+        let f = &self.faults;
+        let any =
+            f.rules.fire(
+                None,
+                op,
+                (offset, len),
+                &f.rng,
+                eligible,
+                |rule| match rule.spec.kind {
+                    FaultKind::Stall => v.stall.push(rule.id),
+                    FaultKind::Delay => v.delay += Duration::from_micros(rule.spec.delay_us),
+                    FaultKind::Corrupt => v.corrupt.push(rule.spec.range()),
+                    FaultKind::Torn => v.torn = true,
+                    FaultKind::Readonly => v.fail = v.fail.or(Some(Failure::ReadOnly)),
+                    _ => v.fail = Some(Failure::Eio),
+                },
+            );
+        any.then_some(v)
+    }
+
+    /// Stall, delay and failure of a verdict; Ok when the request may run.
+    async fn enforce(&self, v: &Verdict) -> BlockResult {
+        if !v.stall.is_empty() {
+            self.faults.wait_cleared(&v.stall).await;
+        }
+        if !v.delay.is_zero() {
+            tokio::time::sleep(v.delay).await;
+        }
+        match v.fail {
+            None => Ok(()),
+            Some(Failure::ReadOnly) => Err(BlockError::ReadOnly),
+            Some(Failure::Eio) => Err(self.eio()),
+        }
+    }
+
+    fn eio(&self) -> BlockError {
+        BlockError::io(
+            self.inner.name().to_string(),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )
+    }
+
+    /// A write under a verdict: corrupted, torn, healed.
+    async fn write_judged(
+        &self,
+        at: ByteOffset,
+        buf: &[u8],
+        d: Durability,
+        v: Verdict,
+    ) -> BlockResult {
+        self.enforce(&v).await?;
+        let mut data = std::borrow::Cow::Borrowed(buf);
+        if !v.corrupt.is_empty() {
+            corrupt(data.to_mut(), at.get(), &v.corrupt);
+        }
+        if v.torn {
+            let blocks = (buf.len() as u64).div_ceil(TORN_BLOCK);
+            let landed = 1 + self.faults.rng.next_u64() % (blocks - 1);
+            let prefix = (landed * TORN_BLOCK) as usize;
+            self.inner.write(at, &data[..prefix], d).await?;
+            self.faults.heal(at.get(), prefix as u64);
+            return Err(self.eio());
+        }
+        self.inner.write(at, &data, d).await?;
+        self.faults.heal(at.get(), buf.len() as u64);
+        Ok(())
+    }
+
+    /// A discard or zeroing under a verdict.
+    async fn zero_judged(
+        &self,
+        run: IoFuture<'_>,
+        at: u64,
+        len: u64,
+        v: Option<Verdict>,
+    ) -> BlockResult {
+        if let Some(v) = &v {
+            self.enforce(v).await?;
+        }
+        run.await?;
+        self.faults.heal(at, len);
+        Ok(())
+    }
+}
+
+impl BlockDevice for VolumeFaultDevice {
+    crate::block::forward_to!(inner => name, size, mark_lost, reserve);
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
+        let Some(v) = self.judge(Req::Read, offset.get(), buf.len() as u64) else {
+            return self.inner.read(offset, buf);
+        };
+        Box::pin(async move {
+            self.enforce(&v).await?;
+            self.inner.read(offset, buf).await?;
+            corrupt(buf, offset.get(), &v.corrupt);
+            Ok(())
+        })
+    }
+
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
+        let len = buf.len() as u64;
+        match self.judge(Req::Write { data: true }, at.get(), len) {
+            Some(v) => Box::pin(self.write_judged(at, buf, durability, v)),
+            None if !self.faults.has_bad_sectors() => self.inner.write(at, buf, durability),
+            None => Box::pin(async move {
+                self.inner.write(at, buf, durability).await?;
+                self.faults.heal(at.get(), len);
+                Ok(())
+            }),
+        }
+    }
+
+    fn flush(&self) -> IoFuture<'_> {
+        let Some(v) = self.judge(Req::Flush, 0, 0) else {
+            return self.inner.flush();
+        };
+        Box::pin(async move {
+            self.enforce(&v).await?;
+            self.inner.flush().await
+        })
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+        let v = self.judge(Req::Write { data: false }, offset.get(), len);
+        let run = self.inner.discard(offset, len);
+        Box::pin(self.zero_judged(run, offset.get(), len, v))
+    }
+
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
+        let v = self.judge(Req::Write { data: false }, offset.get(), len);
+        let run = self.inner.write_zeroes(offset, len, may_unmap);
+        Box::pin(self.zero_judged(run, offset.get(), len, v))
+    }
+}
