@@ -293,7 +293,7 @@ async fn vectored_io_reads_back_and_bounces_only_unaligned(kind: EngineKind) {
     use std::io::{IoSlice, IoSliceMut};
     let f = fixture(kind, 4 * MIB);
     let data = pattern(21, 3 * 4096);
-    let mut buf = buf::AlignedBuf::copy_from(&data);
+    let buf = buf::AlignedBuf::copy_from(&data);
     let (a, b) = buf.as_slice().split_at(4096);
     let before = f.member.bounced_bytes();
 
