@@ -10,10 +10,16 @@
 //!  flush ─► write back dirty pages ─► inner flush (FUA write: pages FUA)
 //! ```
 //!
+//! Vectored reads and writes of whole 4 KiB blocks (offset and every
+//! segment's length multiples of 4 KiB) are checked and sealed in the
+//! caller's segments and passed down as they are; others go through a
+//! contiguous copy.
+//!
 //! It sits below the member's counters and above its fault rules:
 //! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
 
 use std::collections::HashSet;
+use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -130,26 +136,107 @@ impl ChecksumDevice {
             tokio::task::yield_now().await;
             bad = self.read_checked(b0, b1, data).await?;
         }
-        if let Some(&first) = bad.first() {
-            self.count_bad(bad.iter().map(|&i| b0 + i as u64));
-            let offset = (b0 + first as u64) * BLOCK;
-            tracing::warn!(
-                device = self.inner.name(),
-                offset,
-                blocks = bad.len(),
-                "checksum mismatch"
-            );
-            return Err(BlockError::Corrupt {
-                device: self.inner.name().to_string(),
-                offset,
-                blocks: bad.len() as u64,
-            });
-        }
+        self.report_bad(b0, &bad)?;
         if !aligned {
             let at = (offset.get() - b0 * BLOCK) as usize;
             buf.copy_from_slice(&wide[at..at + buf.len()]);
         }
         Ok(())
+    }
+
+    /// Counts and reports the bad blocks `bad` (relative to `b0`) of a read.
+    fn report_bad(&self, b0: u64, bad: &[usize]) -> BlockResult {
+        let Some(&first) = bad.first() else {
+            return Ok(());
+        };
+        self.count_bad(bad.iter().map(|&i| b0 + i as u64));
+        let offset = (b0 + first as u64) * BLOCK;
+        tracing::warn!(
+            device = self.inner.name(),
+            offset,
+            blocks = bad.len(),
+            "checksum mismatch"
+        );
+        Err(BlockError::Corrupt {
+            device: self.inner.name().to_string(),
+            offset,
+            blocks: bad.len() as u64,
+        })
+    }
+
+    /// True when a vectored request at `offset` is whole blocks in every
+    /// segment, so it can be checked in place.
+    fn whole_blocks<'s>(offset: ByteOffset, segs: impl IntoIterator<Item = &'s [u8]>) -> bool {
+        offset.get().is_multiple_of(BLOCK)
+            && segs
+                .into_iter()
+                .all(|s| (s.len() as u64).is_multiple_of(BLOCK))
+    }
+
+    /// [`Self::read_checked`] into whole-block segments.
+    async fn read_checked_segments(
+        &self,
+        b0: u64,
+        b1: u64,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> BlockResult<Vec<usize>> {
+        self.inner
+            .read_vectored(ByteOffset(b0 * BLOCK), bufs)
+            .await?;
+        let entries = self.store.entries(b0, b1 - b0).await?;
+        let mut bad = Vec::new();
+        let mut at = 0;
+        for seg in bufs.iter() {
+            let n = seg.len() / BLOCK as usize;
+            let found = bad_blocks(&entries[at..at + n], seg).into_iter();
+            bad.extend(found.map(|i| i + at));
+            at += n;
+        }
+        bad.retain(|&i| (self.trusted)((b0 + i as u64) * BLOCK));
+        Ok(bad)
+    }
+
+    /// A vectored read of whole blocks, verified in the caller's segments.
+    async fn read_verified_segments(
+        &self,
+        offset: ByteOffset,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> BlockResult {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        let mut bad = self.read_checked_segments(b0, b1, bufs).await?;
+        if !bad.is_empty() {
+            // A racing write of the same block: as in `read_verified`.
+            tokio::task::yield_now().await;
+            bad = self.read_checked_segments(b0, b1, bufs).await?;
+        }
+        self.report_bad(b0, &bad)
+    }
+
+    /// A vectored write of whole blocks, sealed from the caller's segments.
+    async fn write_sealed_segments(
+        &self,
+        offset: ByteOffset,
+        bufs: &[IoSlice<'_>],
+        dur: Durability,
+    ) -> BlockResult {
+        let len = crate::iovec::len(bufs) as u64;
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        self.store.prepare(b0, b1 - b0).await?;
+        let epoch = self.store.eviction_writes();
+        let entries: Vec<u32> = bufs.iter().flat_map(|s| entries_of(s)).collect();
+        self.inner.write_vectored(offset, bufs, dur).await?;
+        self.forget_bad(b0, b1);
+        self.store.set(b0, &entries).await?;
+        self.after_write(dur, epoch).await
     }
 
     /// Reads the old bytes of an edge block into `old`; false when they
@@ -285,6 +372,35 @@ impl BlockDevice for ChecksumDevice {
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
         Box::pin(self.write_sealed(offset, buf, durability))
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> BoxFuture<'a, BlockResult> {
+        match bufs {
+            [one] => Box::pin(self.read_verified(offset, one)),
+            _ if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) => {
+                Box::pin(self.read_verified_segments(offset, bufs))
+            }
+            _ => crate::block::read_through_copy(self, offset, bufs),
+        }
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        match bufs {
+            [one] => Box::pin(self.write_sealed(offset, one, durability)),
+            _ if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) => {
+                Box::pin(self.write_sealed_segments(offset, bufs, durability))
+            }
+            _ => crate::block::write_through_copy(self, offset, bufs, durability),
+        }
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {

@@ -6,6 +6,8 @@
 //! failing one (which is failed only if that rewrite fails too). Writers and
 //! repairs lock 1 MiB regions so a repair never overwrites newer data.
 
+use std::io::{IoSlice, IoSliceMut};
+
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, RegionIndex};
@@ -66,6 +68,43 @@ impl LevelIo for Raid1 {
 pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durability) -> BlockResult {
     let _guards = lock_regions(vol, at, buf.len() as u64).await;
     all_mirrors(vol, MemberOp::Write(at, buf, d)).await
+}
+
+/// Writes a scatter-gather list to every active mirror, as it is.
+pub(super) async fn write_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &[IoSlice<'_>],
+    d: Durability,
+) -> BlockResult {
+    let _guards = lock_regions(vol, at, crate::iovec::len(bufs) as u64).await;
+    all_mirrors(vol, MemberOp::WriteV(at, bufs, d)).await
+}
+
+/// Reads a scatter-gather list from one mirror (rotating); on any error
+/// the request starts over through a contiguous buffer, where [`read`]
+/// tries the other mirrors and repairs.
+pub(super) async fn read_segments(
+    vol: &Volume,
+    offset: ByteOffset,
+    bufs: &mut [IoSliceMut<'_>],
+) -> BlockResult {
+    let n = vol.geometry().members();
+    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
+    let count = active.clone().count();
+    if count == 0 {
+        return Err(vol.data_lost());
+    }
+    let start = vol.next_mirror() % count;
+    if let Some(m) = active.clone().nth(start) {
+        if vol.read_member_segments(m, offset, bufs).await.is_ok() {
+            return Ok(());
+        }
+    }
+    let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
+    read(vol, offset, &mut data).await?;
+    crate::iovec::scatter(&data, bufs);
+    Ok(())
 }
 
 /// Locks the regions holding `offset..+len` (`len > 0`).
