@@ -25,11 +25,20 @@
 //! buffer and counts the bytes (`vraid_member_bounce_bytes_total`).
 //!
 //! The contiguous `read`/`write` stay the methods every device implements
-//! (a one-segment list is the common case and the levels' own buffers are
-//! contiguous); the vectored methods are provided: a one-segment list goes
-//! to `read`/`write` as it is, a longer one through a copy. Devices on the
-//! data path (members, windows, wrappers, the checksum layer, volumes)
-//! override them so that the list reaches the member.
+//! (the levels' own buffers are contiguous); the vectored methods are
+//! provided: a read list of one segment goes to `read` as it is, anything
+//! else through a copy. Devices on the data path (members, windows,
+//! wrappers, the checksum layer, volumes) override them so that the list
+//! reaches the member.
+//!
+//! Stability: the bytes of a `write` buffer do not change during the call.
+//! Those of a `write_vectored` list may (guest memory: a guest kernel
+//! rewrites a page under writeback unless the device asks for stable
+//! pages, and virtio-blk does not). A device that derives something from
+//! the bytes it writes (parity, checksums) copies them first (the default,
+//! RAID-5) or checks them again after the write (the checksum layer reads
+//! back and seals the blocks that changed). RAID-1 mirrors may then differ
+//! in such a block, as md's do, until the guest writes it again.
 //! It is not always consistent: a RAID-5 write dropped between its data and
 //! parity writes leaves the stripe wrong with no crash to resync it, so
 //! exports never drop a write in flight (`export::finish::FinishOnDrop`,
@@ -192,9 +201,9 @@ pub trait BlockDevice: Send + Sync {
         read_through_copy(self, offset, bufs)
     }
 
-    /// Writes the segments of `bufs`, in order, at `offset`. Default: one
-    /// segment goes to [`BlockDevice::write`]; more through a contiguous
-    /// copy.
+    /// Writes the segments of `bufs`, in order, at `offset`; their bytes
+    /// may change during the call (see "Stability" above). Default: through
+    /// a contiguous copy to [`BlockDevice::write`].
     fn write_vectored<'a>(
         &'a self,
         offset: ByteOffset,
@@ -251,17 +260,15 @@ pub fn read_through_copy<'a, D: BlockDevice + ?Sized>(
     })
 }
 
-/// [`BlockDevice::write_vectored`] on the device's contiguous `write`: a
-/// one-segment list as it is, a longer one through a copy.
+/// [`BlockDevice::write_vectored`] on the device's contiguous `write`,
+/// through a copy (which is also a stable image of bytes that may change
+/// meanwhile).
 pub fn write_through_copy<'a, D: BlockDevice + ?Sized>(
     dev: &'a D,
     offset: ByteOffset,
     bufs: &'a [IoSlice<'a>],
     durability: Durability,
 ) -> IoFuture<'a> {
-    if let [one] = bufs {
-        return dev.write(offset, one, durability);
-    }
     Box::pin(async move {
         let mut data = vec![0u8; crate::iovec::len(bufs)];
         crate::iovec::gather(bufs, &mut data);

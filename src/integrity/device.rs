@@ -13,7 +13,9 @@
 //! Vectored reads and writes of whole 4 KiB blocks (offset and every
 //! segment's length multiples of 4 KiB) are checked and sealed in the
 //! caller's segments and passed down as they are; others go through a
-//! contiguous copy.
+//! contiguous copy. A vectored write's bytes may change while it runs
+//! (guest memory): after the write the blocks are hashed again, and those
+//! that changed are read back and sealed as the member holds them.
 //!
 //! It sits below the member's counters and above its fault rules:
 //! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
@@ -232,11 +234,37 @@ impl ChecksumDevice {
         let (b0, b1) = hull(offset.get(), len);
         self.store.prepare(b0, b1 - b0).await?;
         let epoch = self.store.eviction_writes();
-        let entries: Vec<u32> = bufs.iter().flat_map(|s| entries_of(s)).collect();
+        let blocks = || bufs.iter().flat_map(|s| s.chunks(BLOCK as usize));
+        let mut entries: Vec<u32> = blocks().map(block_entry).collect();
         self.inner.write_vectored(offset, bufs, dur).await?;
+        self.reseal_changed(b0, blocks(), &mut entries).await?;
         self.forget_bad(b0, b1);
         self.store.set(b0, &entries).await?;
         self.after_write(dur, epoch).await
+    }
+
+    /// After a write of bytes that may have changed meanwhile: blocks
+    /// whose bytes no longer hash to their new entry are read back from the
+    /// member and sealed as written there.
+    async fn reseal_changed<'s>(
+        &self,
+        b0: u64,
+        blocks: impl Iterator<Item = &'s [u8]>,
+        entries: &mut [u32],
+    ) -> BlockResult {
+        let changed: Vec<usize> = blocks
+            .zip(entries.iter())
+            .enumerate()
+            .filter(|(_, (block, &e))| block_entry(block) != e)
+            .map(|(i, _)| i)
+            .collect();
+        for i in changed {
+            let b = b0 + i as u64;
+            let mut block = vec![0u8; self.span(b, b + 1)];
+            self.inner.read(ByteOffset(b * BLOCK), &mut block).await?;
+            entries[i] = block_entry(&block);
+        }
+        Ok(())
     }
 
     /// Reads the old bytes of an edge block into `old`; false when they
@@ -394,12 +422,10 @@ impl BlockDevice for ChecksumDevice {
         bufs: &'a [IoSlice<'a>],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        match bufs {
-            [one] => Box::pin(self.write_sealed(offset, one, durability)),
-            _ if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) => {
-                Box::pin(self.write_sealed_segments(offset, bufs, durability))
-            }
-            _ => crate::block::write_through_copy(self, offset, bufs, durability),
+        if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) {
+            Box::pin(self.write_sealed_segments(offset, bufs, durability))
+        } else {
+            crate::block::write_through_copy(self, offset, bufs, durability)
         }
     }
 

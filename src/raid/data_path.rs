@@ -66,7 +66,7 @@ pub(super) async fn write_segments(
     match vol.geometry().level() {
         Level::Raid0 => raid0::write_segments(vol, at, bufs, d).await,
         Level::Raid1 => raid1::write_segments(vol, at, bufs, d).await,
-        // RAID-5 computes parity over its own stripe buffers.
+        // RAID-5 computes parity from the bytes: a stable copy first.
         _ => {
             let mut data = vec![0u8; crate::iovec::len(bufs)];
             crate::iovec::gather(bufs, &mut data);

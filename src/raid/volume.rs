@@ -1016,9 +1016,6 @@ impl BlockDevice for Volume {
         bufs: &'a [std::io::IoSlice<'a>],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        if let [one] = bufs {
-            return self.write(offset, one, durability);
-        }
         Box::pin(async move {
             let len = crate::iovec::len(bufs) as u64;
             check_range(offset, len, self.size())?;
