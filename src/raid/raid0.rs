@@ -57,6 +57,11 @@ pub(super) async fn read_segments(
     bufs: &mut [IoSliceMut<'_>],
 ) -> BlockResult {
     let len = crate::iovec::len_mut(bufs) as u64;
+    let mut one = vol.geometry().extents(at, len);
+    if let (Some(e), None) = (one.next(), one.next()) {
+        // One chunk (every small request): the list as it is.
+        return read_extent_segments(vol, e, bufs).await;
+    }
     let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
     let mut lists = crate::iovec::split_mut(bufs, extents.iter().map(|e| e.len as usize));
     let reads = extents
@@ -75,6 +80,10 @@ pub(super) async fn write_segments(
 ) -> BlockResult {
     let len = crate::iovec::len(bufs) as u64;
     let _rows = lock_rows(vol, at, len).await;
+    let mut one = vol.geometry().extents(at, len);
+    if let (Some(e), None) = (one.next(), one.next()) {
+        return run(vol, e.member, MemberOp::WriteV(e.member_offset, bufs, d)).await;
+    }
     let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
     let lists = crate::iovec::split(bufs, extents.iter().map(|e| e.len as usize));
     let writes = extents.iter().zip(&lists).map(|(e, list)| {
