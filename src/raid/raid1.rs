@@ -81,9 +81,9 @@ pub(super) async fn write_segments(
     all_mirrors(vol, MemberOp::WriteV(at, bufs, d)).await
 }
 
-/// Reads a scatter-gather list from one mirror (rotating); on any error
-/// the request starts over through a contiguous buffer, where [`read`]
-/// tries the other mirrors and repairs.
+/// Reads a scatter-gather list from one mirror (rotating); on an error
+/// the other mirrors serve it through a contiguous buffer, and the failing
+/// mirror is repaired from them as [`read`] does.
 pub(super) async fn read_segments(
     vol: &Volume,
     offset: ByteOffset,
@@ -96,13 +96,16 @@ pub(super) async fn read_segments(
         return Err(vol.data_lost());
     }
     let start = vol.next_mirror() % count;
+    let mut bad = Vec::new();
     if let Some(m) = active.clone().nth(start) {
-        if vol.read_member_segments(m, offset, bufs).await.is_ok() {
-            return Ok(());
+        match vol.read_member_segments(m, offset, bufs).await {
+            Ok(()) => return Ok(()),
+            Err(Some(e)) => bad.push((m, e)),
+            Err(None) => {}
         }
     }
     let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
-    read(vol, offset, &mut data).await?;
+    read_after(vol, offset, &mut data, bad).await?;
     crate::iovec::scatter(&data, bufs);
     Ok(())
 }
@@ -118,9 +121,19 @@ async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuard
 
 /// Reads from one mirror (rotating), the next one on an error.
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    read_after(vol, offset, buf, Vec::new()).await
+}
+
+/// [`read`], the mirrors in `bad` having failed it already (they are
+/// skipped, and repaired once another mirror served the range).
+async fn read_after(
+    vol: &Volume,
+    offset: ByteOffset,
+    buf: &mut [u8],
+    mut bad: Vec<(MemberIndex, BlockError)>,
+) -> BlockResult {
     let n = vol.geometry().members();
     let start = vol.next_mirror();
-    let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
     // The active mirrors in turn, from a rotating start (counted among the
     // mirrors active now, as the rotation always was).
     let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
@@ -129,6 +142,9 @@ pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> Bl
         return Err(vol.data_lost());
     }
     for m in active.clone().cycle().skip(start % count).take(count) {
+        if bad.iter().any(|(b, _)| *b == m) {
+            continue;
+        }
         match vol.read_member(m, offset, buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, m, bad, offset, buf).await,

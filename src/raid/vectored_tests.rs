@@ -133,3 +133,33 @@ async fn aligned_lists_reach_file_members_without_a_bounce() {
     assert!(dst.as_slice() == &data[..]);
     assert_eq!(members.iter().map(|m| m.bounced_bytes()).sum::<u64>(), 0);
 }
+
+/// A mirror that fails a vectored read is skipped, the other serves the
+/// list, and the failing mirror is rewritten from it (not failed).
+#[tokio::test]
+async fn raid1_vectored_read_error_is_served_by_the_other_mirror_and_repaired() {
+    // Arrange
+    let array = Array::new(Level::Raid1, 2, C, 16 * C, &[]);
+    let data = pattern(3 * C as usize, 43);
+    array
+        .volume
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    array.devices[0].reset_counters();
+    array.devices[0]
+        .fail_reads
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+
+    // Act: two reads, so the rotation tries mirror 0 first in one of them.
+    let first = read_v(&array.volume, 0, data.len()).await;
+    let second = read_v(&array.volume, 0, data.len()).await;
+
+    // Assert
+    assert!(first == data && second == data);
+    let repairs = array.devices[0]
+        .writes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(repairs, 1, "the failing mirror is rewritten once");
+    assert!(array.events.failed.lock().unwrap().is_empty());
+}
