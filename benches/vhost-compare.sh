@@ -7,11 +7,16 @@
 #   vraid-r5   vraid serve --vhost-user-blk, RAID-5 of 4 member files
 #   qsd        qemu-storage-daemon --export type=vhost-user-blk of one raw file
 #              (cache.direct=on, aio=io_uring, one iothread: its fast setup)
+#   base-r0    as vraid-r0 with the binary $VRAID_BASE (another build, e.g.
+#   base-r5    main's, for a before/after in the same run)
 # Every target is started and prefilled with one sequential 1M pass; then each
 # job runs RUNTIME seconds with 1 and with 2 queues on the targets in turn:
 #   randread4k randwrite4k (QD32 per queue)   seqread1m seqwrite1m (QD8)
-# Prints a table of IOPS, MiB/s and the ratios vraid/qsd, and writes it as
-# markdown (with date, machine and versions) to $OUT.
+# Prints a table of IOPS, MiB/s, server CPU per I/O (utime+stime of the
+# server process over the job, from /proc/PID/stat, over the I/Os done) and
+# the ratios vraid/qsd, and writes it as markdown (with date, machine and
+# versions) to $OUT. Put WORKDIR on tmpfs (/dev/shm/...) to measure the
+# engine rather than the disk.
 #
 #   benches/vhost-compare.sh               # full run (~7 min)
 #   QUICK=1 benches/vhost-compare.sh       # smoke run (~1 min)
@@ -28,6 +33,7 @@
 #   WORKDIR  member files, images, logs, JSON [target/vhost-compare]
 #   OUT      markdown results [$WORKDIR/results.md]
 #   VRAID    vraid binary [target/release/vraid, built if missing]
+#   VRAID_BASE  binary of the base-* targets [unset]
 # Exit status: 0 when every target/job produced a result, 1 otherwise.
 set -euo pipefail
 
@@ -73,7 +79,14 @@ MIB=$((1 << 20))
 ((SIZE_BYTES >= 16 * MIB && SIZE_BYTES % MIB == 0)) || die "SIZE must be whole MiB, at least 16M"
 [[ $RUNTIME =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RUNTIME must be a number of seconds"
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer"
-for t in $TARGETS; do [[ $t =~ ^(vraid-r0|vraid-r5|qsd)$ ]] || die "unknown target $t"; done
+for t in $TARGETS; do [[ $t =~ ^(vraid-r0|vraid-r5|base-r0|base-r5|qsd)$ ]] || die "unknown target $t"; done
+if [[ " $TARGETS " == *" base-"* ]]; then
+    [[ -x ${VRAID_BASE:-} ]] || die "base-* targets need VRAID_BASE, an executable vraid"
+fi
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # cpu_ticks PID: utime+stime of the process (all its threads)
+    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
 for j in $JOBS; do [[ $j =~ ^(randread4k|randwrite4k|seqread1m|seqwrite1m)$ ]] || die "unknown job $j"; done
 for q in $QUEUES; do ((q >= 1 && q <= MAX_QUEUES)) || die "QUEUES entries must be 1..$MAX_QUEUES"; done
 
@@ -146,22 +159,24 @@ start_target() {
                 >"$dir/server.log" 2>&1 &
             SERVER_PID=$!
             ;;
-        vraid-r0 | vraid-r5)
-            if [[ $target == vraid-r0 ]]; then level=0 data=4; else level=5 data=3; fi
+        vraid-r0 | vraid-r5 | base-r0 | base-r5)
+            local bin=$VRAID
+            [[ $target != base-* ]] || bin=$VRAID_BASE
+            if [[ $target == *-r0 ]]; then level=0 data=4; else level=5 data=3; fi
             # Data per member rounded up to the chunk, plus room for metadata.
             local chunk member_data member i
             chunk=$(to_bytes "$CHUNK")
             member_data=$(((SIZE_BYTES / data + chunk - 1) / chunk * chunk))
             member=$(((member_data + member_data / 512 + 4 * MIB + MIB - 1) / MIB))
             for ((i = 0; i < 4; i++)); do members+=("$dir/m$i.img"); done
-            "$VRAID" create --level "$level" --chunk-size "$CHUNK" --member-size "${member}M" \
+            "$bin" create --level "$level" --chunk-size "$CHUNK" --member-size "${member}M" \
                 --name vol0 "${members[@]}" >"$dir/create.log" 2>&1 ||
                 { tail -n 20 "$dir/create.log" >&2; return 1; }
             port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
             # Both vraid targets run at once: each gets its own control socket.
             local control=()
-            grep -q -- --control <<<"$("$VRAID" serve --help)" && control=(--control "$dir/control.sock")
-            "$VRAID" serve --nbd "127.0.0.1:$port" "${control[@]}" \
+            grep -q -- --control <<<"$("$bin" serve --help)" && control=(--control "$dir/control.sock")
+            "$bin" serve --nbd "127.0.0.1:$port" "${control[@]}" \
                 --vhost-user-blk "$sock" --vhost-queues "$MAX_QUEUES" \
                 "${members[@]}" >"$dir/server.log" 2>&1 &
             SERVER_PID=$!
@@ -216,11 +231,13 @@ for ((round = 1; round <= REPEAT; round++)); do
                 log "round $round/$REPEAT: $target: $job, $q queue(s), ${RUNTIME}s"
                 # A job that overruns by a minute has requests stuck in the server.
                 rc=0
+                cpu0=$(cpu_ticks "${PID_OF[$target]}")
                 out=$(timeout "$JOB_TIMEOUT" "$BENCH" --path "${SOCK_OF[$target]}" "${args[@]}" --queues "$q" \
                     --size "$SIZE_BYTES" --runtime "$RUNTIME" 2>"$dir/$job-q$q.err") || rc=$?
+                cpu1=$(cpu_ticks "${PID_OF[$target]}")
                 if ((rc == 0)); then
-                    printf '{"target":"%s","job":"%s","round":%d,"result":%s}\n' \
-                        "$target" "$job" "$round" "$out" >>"$RESULTS"
+                    printf '{"target":"%s","job":"%s","round":%d,"cpu_ticks":%d,"clk_tck":%d,"result":%s}\n' \
+                        "$target" "$job" "$round" $((cpu1 - cpu0)) "$CLK_TCK" "$out" >>"$RESULTS"
                 elif ((rc == 124)); then
                     log "$target: $job q$q FAILED: no completion within ${JOB_TIMEOUT}s (requests stuck in the server)"
                     FAILED=1
@@ -241,8 +258,9 @@ machine="$(uname -sr), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit
 machine="$machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 vraid_version="vraid $VRAID"
 [[ $VRAID != target/release/vraid ]] || vraid_version="vraid $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+[[ -z ${VRAID_BASE:-} ]] || vraid_version="$vraid_version, base-* $VRAID_BASE"
 versions="$vraid_version, $(qemu-storage-daemon --version | head -n1)"
-command_line="VRAID=$VRAID QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME REPEAT=$REPEAT TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
+command_line="VRAID=$VRAID VRAID_BASE=${VRAID_BASE:-} WORKDIR=$WORKDIR QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME REPEAT=$REPEAT TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
 python3 - "$RESULTS" "$OUT" "$machine" "$versions" "$command_line" <<'EOF'
 import json, sys, datetime
 results_path, out_path, machine, versions, command = sys.argv[1:6]
@@ -251,24 +269,37 @@ rows = [json.loads(l) for l in open(results_path) if l.strip()]
 rounds = {}
 for r in rows:
     rounds.setdefault((r["target"], r["job"], r["result"]["queues"]), []).append(r["result"])
+for r in rows:
+    ios = r["result"].get("ios") or 0
+    r["result"]["cpu_us_io"] = (
+        r["cpu_ticks"] * 1e6 / r["clk_tck"] / ios if "cpu_ticks" in r and ios else None
+    )
 by = {k: sorted(v, key=lambda x: x["iops"])[len(v) // 2] for k, v in rounds.items()}
 targets = list(dict.fromkeys(r["target"] for r in rows))
 keys = list(dict.fromkeys((r["job"], r["result"]["queues"]) for r in rows))
 head = ["job", "queues"]
 for t in targets:
-    head += [f"{t} IOPS", f"{t} MiB/s"]
+    head += [f"{t} IOPS", f"{t} MiB/s", f"{t} CPU µs/IO"]
 ratio_targets = [t for t in targets if t != "qsd"] if "qsd" in targets else []
 head += [f"{t}/qsd" for t in ratio_targets]
+base_pairs = [(t, "base-" + t[len("vraid-"):]) for t in targets
+              if t.startswith("vraid-") and "base-" + t[len("vraid-"):] in targets]
+head += [f"{a}/{b}" for a, b in base_pairs]
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 for job, q in keys:
     cells = [job, str(q)]
     for t in targets:
         r = by.get((t, job, q))
-        cells += [f"{r['iops']:.0f}", f"{r['mib_s']:.1f}"] if r else ["—", "—"]
+        cpu = r and r.get("cpu_us_io")
+        cells += ([f"{r['iops']:.0f}", f"{r['mib_s']:.1f}", f"{cpu:.1f}" if cpu else "—"]
+                  if r else ["—", "—", "—"])
     base = by.get(("qsd", job, q))
     for t in ratio_targets:
         r = by.get((t, job, q))
         cells.append(f"{r['iops'] / base['iops']:.2f}×" if r and base and base["iops"] > 0 else "—")
+    for a, b in base_pairs:
+        ra, rb = by.get((a, job, q)), by.get((b, job, q))
+        cells.append(f"{ra['iops'] / rb['iops']:.2f}×" if ra and rb and rb["iops"] > 0 else "—")
     lines.append("| " + " | ".join(cells) + " |")
 table = "\n".join(lines)
 print(table)
@@ -282,7 +313,8 @@ md = f"""# vhost-user-blk: vraid vs qemu-storage-daemon
   random jobs QD32 per queue over the whole SIZE, sequential jobs QD8 per queue, each
   queue on its own slice; every target prefilled once; jobs interleaved across targets;
   each cell is the median of the rounds (raw JSON lines: results.jsonl beside this file);
-  ratios are IOPS (= MiB/s) ratios.
+  ratios are IOPS (= MiB/s) ratios; CPU µs/IO is the server process's utime+stime
+  over the job (all its threads, from /proc/PID/stat) divided by the I/Os done.
 
 {table}
 """

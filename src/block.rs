@@ -5,16 +5,47 @@
 //! Exports translate their wire format into calls on this trait and map
 //! [`BlockError`] back to a wire status with [`BlockError::errno`].
 //!
-//! Buffers are borrowed for the duration of the call. Implementations that
-//! hand memory to the kernel asynchronously (io_uring) must copy into memory
-//! they own, so that dropping a future mid-flight is always memory-safe.
+//! Buffers are borrowed for the duration of the call. Dropping a future
+//! mid-flight must always be memory-safe: an implementation that hands a
+//! caller's memory to the kernel asynchronously (io_uring) makes the
+//! future's drop wait until the kernel is done with it (`member::uring`),
+//! or copies into memory it owns.
+//!
+//! ## Vectored I/O (zero copy)
+//!
+//! [`BlockDevice::read_vectored`] and [`BlockDevice::write_vectored`] take
+//! a scatter-gather list ([`IoSliceMut`] / [`IoSlice`], ABI-compatible with
+//! `struct iovec`; helpers in [`crate::iovec`]): the guest memory regions
+//! of a vhost-user request, an NBD request or reply buffer. The layers
+//! pass sub-lists down without copying (a striped level cuts the list by
+//! extent: [`crate::iovec::split_mut`]) and a file member reads or writes
+//! straight into the segments with `READV`/`WRITEV` when every segment's
+//! address and length and the offset are multiples of its logical block
+//! size (what O_DIRECT asks); otherwise it bounces through an aligned
+//! buffer and counts the bytes (`vraid_member_bounce_bytes_total`).
+//!
+//! The contiguous `read`/`write` stay the methods every device implements
+//! (the levels' own buffers are contiguous); the vectored methods are
+//! provided: a read list of one segment goes to `read` as it is, anything
+//! else through a copy. Devices on the data path (members, windows,
+//! wrappers, the checksum layer, volumes) override them so that the list
+//! reaches the member.
+//!
+//! Stability: the bytes of a `write` buffer do not change during the call.
+//! Those of a `write_vectored` list may (guest memory: a guest kernel
+//! rewrites a page under writeback unless the device asks for stable
+//! pages, and virtio-blk does not). A device that derives something from
+//! the bytes it writes (parity, checksums) copies them first (the default,
+//! RAID-5) or checks them again after the write (the checksum layer reads
+//! back and seals the blocks that changed). RAID-1 mirrors may then differ
+//! in such a block, as md's do, until the guest writes it again.
 //! It is not always consistent: a RAID-5 write dropped between its data and
 //! parity writes leaves the stripe wrong with no crash to resync it, so
 //! exports never drop a write in flight (`export::finish::FinishOnDrop`,
 //! NBD requests detached rather than aborted).
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -159,6 +190,29 @@ pub trait BlockDevice: Send + Sync {
         durability: Durability,
     ) -> IoFuture<'a>;
 
+    /// Reads into the segments of `bufs`, in order, from `offset`.
+    /// Default: one segment goes to [`BlockDevice::read`]; more through a
+    /// contiguous copy.
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        read_through_copy(self, offset, bufs)
+    }
+
+    /// Writes the segments of `bufs`, in order, at `offset`; their bytes
+    /// may change during the call (see "Stability" above). Default: through
+    /// a contiguous copy to [`BlockDevice::write`].
+    fn write_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        write_through_copy(self, offset, bufs, durability)
+    }
+
     /// Makes every completed write durable.
     fn flush(&self) -> IoFuture<'_>;
 
@@ -186,6 +240,40 @@ pub trait BlockDevice: Send + Sync {
 
     /// Zeroes a range. With `may_unmap` the device may deallocate it.
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_>;
+}
+
+/// [`BlockDevice::read_vectored`] on the device's contiguous `read`: a
+/// one-segment list as it is, a longer one through a copy.
+pub fn read_through_copy<'a, D: BlockDevice + ?Sized>(
+    dev: &'a D,
+    offset: ByteOffset,
+    bufs: &'a mut [IoSliceMut<'_>],
+) -> IoFuture<'a> {
+    if let [one] = bufs {
+        return dev.read(offset, one);
+    }
+    Box::pin(async move {
+        let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
+        dev.read(offset, &mut data).await?;
+        crate::iovec::scatter(&data, bufs);
+        Ok(())
+    })
+}
+
+/// [`BlockDevice::write_vectored`] on the device's contiguous `write`,
+/// through a copy (which is also a stable image of bytes that may change
+/// meanwhile).
+pub fn write_through_copy<'a, D: BlockDevice + ?Sized>(
+    dev: &'a D,
+    offset: ByteOffset,
+    bufs: &'a [IoSlice<'a>],
+    durability: Durability,
+) -> IoFuture<'a> {
+    Box::pin(async move {
+        let mut data = vec![0u8; crate::iovec::len(bufs)];
+        crate::iovec::gather(bufs, &mut data);
+        dev.write(offset, &data, durability).await
+    })
 }
 
 /// Implements the named [`BlockDevice`] methods by handing each call
@@ -235,6 +323,25 @@ macro_rules! forward_to {
             durability: $crate::block::Durability,
         ) -> $crate::block::IoFuture<'a> {
             self.$i.write(offset, buf, durability)
+        }
+    };
+    (@one $i:tt read_vectored) => {
+        fn read_vectored<'a>(
+            &'a self,
+            offset: $crate::units::ByteOffset,
+            bufs: &'a mut [std::io::IoSliceMut<'_>],
+        ) -> $crate::block::IoFuture<'a> {
+            self.$i.read_vectored(offset, bufs)
+        }
+    };
+    (@one $i:tt write_vectored) => {
+        fn write_vectored<'a>(
+            &'a self,
+            offset: $crate::units::ByteOffset,
+            bufs: &'a [std::io::IoSlice<'a>],
+            durability: $crate::block::Durability,
+        ) -> $crate::block::IoFuture<'a> {
+            self.$i.write_vectored(offset, bufs, durability)
         }
     };
     (@one $i:tt flush) => {
@@ -333,6 +440,29 @@ impl BlockDevice for Window {
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         match check_range(at, buf.len() as u64, self.len) {
             Ok(()) => self.inner.write(at + self.start, buf, durability),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        match check_range(offset, crate::iovec::len_mut(bufs) as u64, self.len) {
+            Ok(()) => self.inner.read_vectored(offset + self.start, bufs),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        match check_range(at, crate::iovec::len(bufs) as u64, self.len) {
+            Ok(()) => self.inner.write_vectored(at + self.start, bufs, durability),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }

@@ -10,9 +10,17 @@
 //!  flush ─► write back dirty pages ─► inner flush (FUA write: pages FUA)
 //! ```
 //!
+//! Vectored reads and writes of whole 4 KiB blocks (offset and every
+//! segment's length multiples of 4 KiB) are checked and sealed in the
+//! caller's segments and passed down as they are; others go through a
+//! contiguous copy. A vectored write's bytes may change while it runs
+//! (guest memory): after the write the blocks are hashed again, and those
+//! that changed are read back and sealed as the member holds them.
+//!
 //! It sits below the member's counters and above its fault rules:
 //! Volume ─► StatsDevice ─► ChecksumDevice ─► FaultDevice ─► Window.
 
+use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -103,6 +111,107 @@ impl ChecksumDevice {
         if !aligned {
             let at = (offset.get() - b0 * BLOCK) as usize;
             buf.copy_from_slice(&wide[at..at + buf.len()]);
+        }
+        Ok(())
+    }
+
+    /// True when a vectored request at `offset` is whole blocks in every
+    /// segment, so it can be checked in place.
+    fn whole_blocks<'s>(offset: ByteOffset, segs: impl IntoIterator<Item = &'s [u8]>) -> bool {
+        offset.get().is_multiple_of(BLOCK)
+            && segs
+                .into_iter()
+                .all(|s| (s.len() as u64).is_multiple_of(BLOCK))
+    }
+
+    /// [`Self::read_checked`] into whole-block segments.
+    async fn read_checked_segments(
+        &self,
+        b0: u64,
+        b1: u64,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> BlockResult<Vec<usize>> {
+        self.inner
+            .read_vectored(ByteOffset(b0 * BLOCK), bufs)
+            .await?;
+        let entries = self.store.entries(b0, b1 - b0).await?;
+        let mut bad = Vec::new();
+        let mut at = 0;
+        for seg in bufs.iter() {
+            let n = seg.len() / BLOCK as usize;
+            let found = bad_blocks(&entries[at..at + n], seg).into_iter();
+            bad.extend(found.map(|i| i + at));
+            at += n;
+        }
+        bad.retain(|&i| (self.trusted)((b0 + i as u64) * BLOCK));
+        Ok(bad)
+    }
+
+    /// A vectored read of whole blocks, verified in the caller's segments.
+    async fn read_verified_segments(
+        &self,
+        offset: ByteOffset,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> BlockResult {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        let mut bad = self.read_checked_segments(b0, b1, bufs).await?;
+        if !bad.is_empty() {
+            // A racing write of the same block: as in `read_verified`.
+            tokio::task::yield_now().await;
+            bad = self.read_checked_segments(b0, b1, bufs).await?;
+        }
+        self.reported.check(self.inner.name(), b0, &bad)
+    }
+
+    /// A vectored write of whole blocks, sealed from the caller's segments.
+    async fn write_sealed_segments(
+        &self,
+        offset: ByteOffset,
+        bufs: &[IoSlice<'_>],
+        dur: Durability,
+    ) -> BlockResult {
+        let len = crate::iovec::len(bufs) as u64;
+        check_range(offset, len, self.size())?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        self.store.prepare(b0, b1 - b0).await?;
+        let epoch = self.store.eviction_writes();
+        let blocks = || bufs.iter().flat_map(|s| s.chunks(BLOCK as usize));
+        let mut entries: Vec<u32> = blocks().map(block_entry).collect();
+        self.inner.write_vectored(offset, bufs, dur).await?;
+        self.reseal_changed(b0, blocks(), &mut entries).await?;
+        self.reported.forget(b0, b1);
+        self.store.set(b0, &entries).await?;
+        self.after_write(dur, epoch).await
+    }
+
+    /// After a write of bytes that may have changed meanwhile: blocks
+    /// whose bytes no longer hash to their new entry are read back from the
+    /// member and sealed as written there.
+    async fn reseal_changed<'s>(
+        &self,
+        b0: u64,
+        blocks: impl Iterator<Item = &'s [u8]>,
+        entries: &mut [u32],
+    ) -> BlockResult {
+        let changed: Vec<usize> = blocks
+            .zip(entries.iter())
+            .enumerate()
+            .filter(|(_, (block, &e))| block_entry(block) != e)
+            .map(|(i, _)| i)
+            .collect();
+        for i in changed {
+            let b = b0 + i as u64;
+            let mut block = vec![0u8; self.span(b, b + 1)];
+            self.inner.read(ByteOffset(b * BLOCK), &mut block).await?;
+            entries[i] = block_entry(&block);
         }
         Ok(())
     }
@@ -232,6 +341,33 @@ impl BlockDevice for ChecksumDevice {
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
         Box::pin(self.write_sealed(offset, buf, durability))
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> BoxFuture<'a, BlockResult> {
+        match bufs {
+            [one] => Box::pin(self.read_verified(offset, one)),
+            _ if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) => {
+                Box::pin(self.read_verified_segments(offset, bufs))
+            }
+            _ => crate::block::read_through_copy(self, offset, bufs),
+        }
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) {
+            Box::pin(self.write_sealed_segments(offset, bufs, durability))
+        } else {
+            crate::block::write_through_copy(self, offset, bufs, durability)
+        }
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {

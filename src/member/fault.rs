@@ -583,6 +583,31 @@ impl BlockDevice for FaultDevice {
         })
     }
 
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [std::io::IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        match self.judge(IoKind::Read, offset.get(), len) {
+            None => self.inner.read_vectored(offset, bufs),
+            Some(_) => crate::block::read_through_copy(self, offset, bufs),
+        }
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [std::io::IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len(bufs) as u64;
+        match self.judge(IoKind::Write, at.get(), len) {
+            None => self.inner.write_vectored(at, bufs, durability),
+            Some(_) => crate::block::write_through_copy(self, at, bufs, durability),
+        }
+    }
+
     fn flush(&self) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Flush, 0, 0) else {
             return self.inner.flush();

@@ -2,6 +2,10 @@
 //! [`BlockDevice`], opened with O_DIRECT where the filesystem allows it.
 //!
 //! ```text
+//!  read/write, every segment and the offset block-aligned ─► READV/WRITEV
+//!            straight into the caller's segments (O_DIRECT fd; buffered fd
+//!            when O_DIRECT is refused)
+//!  otherwise (bounced, counted in `bounce_bytes`):
 //!  read  any range ─► aligned superset ─► O_DIRECT fd ─► bounce buffer ─► copy out
 //!  write aligned   ─► owned aligned copy ─► O_DIRECT fd
 //!  write unaligned ─► head/tail ─► buffered fd   (aligned middle ─► O_DIRECT fd)
@@ -20,19 +24,20 @@
 
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::buf::AlignedBuf;
 use super::claim::{claim, held_by_this_process, Claim, DeviceId};
-use super::op::{Op, OpResult};
+use super::op::{IoVecs, Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
-use crate::block::{check_range, BlockDevice, BlockError, Durability, IoFuture};
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// `BLKGETSIZE64`: device size in bytes (`_IOR(0x12, 114, u64)`).
@@ -45,6 +50,15 @@ const MAX_IO: u64 = 8 << 20;
 /// Zeroes written per request when fallocate cannot zero a range.
 const ZERO_CHUNK: usize = 1 << 20;
 static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+/// Bytes every file member copied through a bounce buffer.
+static BOUNCED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes the file members of this process copied through a bounce buffer
+/// (I/O not aligned for O_DIRECT, or on the pread/pwrite fallback), read
+/// and write together; aligned I/O on io_uring adds nothing.
+pub fn bounce_bytes() -> u64 {
+    BOUNCED.load(Ordering::Relaxed)
+}
 
 /// Which I/O engine a member uses (`--io-engine`, `[server] io_engine`,
 /// `VRAID_IO_ENGINE`).
@@ -243,6 +257,8 @@ pub struct FileMember {
     id: DeviceId,
     /// This process's claim (O_EXCL or flock), when opened exclusively.
     _claim: Option<Claim>,
+    /// Bytes this member copied through a bounce buffer.
+    bounced: AtomicU64,
 }
 
 /// Creates a sparse regular file of `size` bytes at `path` if it is absent.
@@ -433,6 +449,7 @@ impl FileMember {
             engine,
             id,
             _claim: claim,
+            bounced: AtomicU64::new(0),
         })
     }
 
@@ -476,6 +493,17 @@ impl FileMember {
         self.block_size
     }
 
+    /// Bytes this member copied through a bounce buffer (see
+    /// [`bounce_bytes`]).
+    pub fn bounced_bytes(&self) -> u64 {
+        self.bounced.load(Ordering::Relaxed)
+    }
+
+    fn count_bounce(&self, len: usize) {
+        self.bounced.fetch_add(len as u64, Ordering::Relaxed);
+        BOUNCED.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
     fn io_err(&self, source: io::Error) -> BlockError {
         BlockError::io(self.name.clone(), source)
     }
@@ -516,6 +544,7 @@ impl FileMember {
             _ => (&self.buffered, offset, offset + len),
         };
         let buf = AlignedBuf::new((end - start) as usize);
+        self.count_bounce(out.len());
         let buf = self
             .engine
             .run(file, Op::Read { offset: start, buf })
@@ -537,6 +566,7 @@ impl FileMember {
             return Ok(());
         }
         let buf = AlignedBuf::copy_from(data);
+        self.count_bounce(data.len());
         self.engine
             .run(file, Op::Write { offset, buf, fua })
             .await
@@ -572,6 +602,86 @@ impl FileMember {
             self.write_via(&self.buffered, mid_end, tail_data, fua),
         );
         h.and(m).and(t)
+    }
+
+    /// The engine and descriptor that can take a vectored transfer of
+    /// `segs` at `offset` straight, if any: io_uring on the O_DIRECT
+    /// descriptor when the offset and every segment are block-aligned, or
+    /// on the buffered one when O_DIRECT was refused.
+    fn zero_copy<'s>(
+        &self,
+        offset: u64,
+        segs: impl IntoIterator<Item = &'s [u8]>,
+    ) -> Option<(&UringEngine, &Arc<File>)> {
+        let Engine::Uring(ring) = &self.engine else {
+            return None;
+        };
+        match &self.direct {
+            None => Some((ring, &self.buffered)),
+            Some(direct) => {
+                let b = self.block_size;
+                (offset.is_multiple_of(b) && crate::iovec::is_aligned(segs, b))
+                    .then_some((ring, direct))
+            }
+        }
+    }
+
+    /// Reads into `bufs` at `offset` (in range, not empty).
+    async fn read_segments(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        if let Some((ring, file)) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
+            let iov = IoVecs::new(bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())));
+            let op = Op::ReadV { offset, iov };
+            return ring.run(Arc::clone(file), op).await.map(drop);
+        }
+        if let [one] = bufs {
+            return self.read_at(offset, one).await;
+        }
+        let mut buf = AlignedBuf::new(crate::iovec::len_mut(bufs));
+        self.read_at(offset, buf.as_mut_slice()).await?;
+        crate::iovec::scatter(buf.as_slice(), bufs);
+        Ok(())
+    }
+
+    /// Writes `bufs` at `offset` (in range, not empty).
+    async fn write_segments(&self, offset: u64, bufs: &[IoSlice<'_>], fua: bool) -> io::Result<()> {
+        if let Some((ring, file)) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
+            let iov = IoVecs::new(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
+            let op = Op::WriteV { offset, iov, fua };
+            return ring.run(Arc::clone(file), op).await.map(drop);
+        }
+        if let [one] = bufs {
+            return self.write_at(offset, one, fua).await;
+        }
+        let mut buf = AlignedBuf::new(crate::iovec::len(bufs));
+        crate::iovec::gather(bufs, buf.as_mut_slice());
+        self.write_at(offset, buf.as_slice(), fua).await
+    }
+
+    async fn read_checked(&self, offset: ByteOffset, bufs: &mut [IoSliceMut<'_>]) -> BlockResult {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        check_range(offset, len, self.size)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.read_segments(offset.get(), bufs)
+            .await
+            .map_err(|e| self.io_err(e))
+    }
+
+    async fn write_checked(
+        &self,
+        at: ByteOffset,
+        bufs: &[IoSlice<'_>],
+        d: Durability,
+    ) -> BlockResult {
+        let len = crate::iovec::len(bufs) as u64;
+        check_range(at, len, self.size)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.write_segments(at.get(), bufs, d == Durability::Fua)
+            .await
+            .map_err(|e| self.io_err(e))
     }
 
     async fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
@@ -634,20 +744,33 @@ impl BlockDevice for FileMember {
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         Box::pin(async move {
-            check_range(offset, buf.len() as u64, self.size)?;
-            self.read_at(offset.get(), buf)
-                .await
-                .map_err(|e| self.io_err(e))
+            let mut one = [IoSliceMut::new(buf)];
+            self.read_checked(offset, &mut one).await
         })
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         Box::pin(async move {
-            check_range(at, buf.len() as u64, self.size)?;
-            self.write_at(at.get(), buf, durability == Durability::Fua)
-                .await
-                .map_err(|e| self.io_err(e))
+            let one = [IoSlice::new(buf)];
+            self.write_checked(at, &one, durability).await
         })
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        Box::pin(self.read_checked(offset, bufs))
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        Box::pin(self.write_checked(at, bufs, durability))
     }
 
     fn flush(&self) -> IoFuture<'_> {

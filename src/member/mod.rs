@@ -21,6 +21,7 @@ mod tests;
 
 pub use claim::DeviceId;
 pub use file::{
-    create_sparse, open_member, open_member_on, EngineKind, FileMember, MemberError, MemberOptions,
+    bounce_bytes, create_sparse, open_member, open_member_on, EngineKind, FileMember, MemberError,
+    MemberOptions,
 };
 pub use uring::{UringEngine, DEFAULT_DEPTH};

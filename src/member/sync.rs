@@ -32,6 +32,9 @@ pub(crate) fn run_blocking(file: &File, op: Op) -> OpResult {
             write_full(file, offset, buf.as_slice(), fua)?;
             Ok(None)
         }
+        // A blocking-pool thread would outlive a dropped caller's borrow:
+        // the file member bounces instead (`FileMember::read_vectored`).
+        Op::ReadV { .. } | Op::WriteV { .. } => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
         Op::Flush => {
             file.sync_data()?;
             Ok(None)

@@ -24,7 +24,11 @@
 //! Ownership: a request's buffer and file handle live in the in-flight slab
 //! (keyed by `user_data`) until its completion is reaped. If the caller's
 //! future was dropped the result is discarded; the kernel never sees freed
-//! memory. At most `depth - 1` operations are in the ring; the rest wait in a
+//! memory. A vectored request (`Op::ReadV`/`Op::WriteV`) points into memory
+//! its caller only borrows: dropping its future blocks the dropping thread
+//! until the kernel has completed it (the ring thread signals a condition
+//! variable), so the borrow cannot end while the kernel still uses the
+//! memory. Exports never drop requests in flight, so that wait is rare. At most `depth - 1` operations are in the ring; the rest wait in a
 //! backlog (back-pressure, not an error). Short reads/writes are resubmitted
 //! for the remainder; a read at end-of-file fills the rest with zeroes.
 //!
@@ -38,7 +42,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
@@ -80,11 +84,16 @@ struct Queue {
     sleeping: bool,
     /// The ring thread has exited: no reply still waiting will come.
     stopped: bool,
+    /// Dropped futures of vectored requests waiting on [`Shared::done`]
+    /// for the kernel to finish with their caller's memory.
+    blocked: usize,
 }
 
 /// State shared between handles and the ring thread.
 struct Shared {
     queue: Mutex<Queue>,
+    /// Signalled when results are delivered while `Queue::blocked > 0`.
+    done: Condvar,
     shutdown: AtomicBool,
     eventfd: OwnedFd,
 }
@@ -143,6 +152,7 @@ impl UringEngine {
         let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            done: Condvar::new(),
             shutdown: AtomicBool::new(false),
             eventfd,
         });
@@ -196,6 +206,7 @@ impl UringEngine {
 
     /// Runs `op` on `file` through the ring.
     pub(crate) async fn run(&self, file: Arc<File>, op: Op) -> OpResult {
+        let borrows = op.borrows();
         let (reply, kick) = {
             let mut queue = self.shared.lock();
             let reply = queue.replies.insert(Reply::Waiting(None));
@@ -208,6 +219,7 @@ impl UringEngine {
         Completion {
             shared: &self.shared,
             reply: Some(reply),
+            borrows,
         }
         .await
     }
@@ -219,6 +231,8 @@ struct Completion<'a> {
     shared: &'a Shared,
     /// The slot, until its result is taken.
     reply: Option<usize>,
+    /// The op points into the caller's memory: a drop waits for the kernel.
+    borrows: bool,
 }
 
 impl Future for Completion<'_> {
@@ -266,6 +280,9 @@ impl Drop for Completion<'_> {
             return;
         };
         let mut queue = self.shared.lock();
+        if self.borrows {
+            queue = self.wait_done(queue, key);
+        }
         let stopped = queue.stopped;
         // Whatever leaves the slot (a result, a waker) is dropped outside
         // the lock.
@@ -280,6 +297,23 @@ impl Drop for Completion<'_> {
         drop(queue);
         // A finished read's buffer goes back to its pool outside the lock.
         drop(done);
+    }
+}
+
+impl<'a> Completion<'a> {
+    /// Blocks until the request in slot `key` is no longer in the kernel's
+    /// hands (its result is delivered, or the engine stopped).
+    fn wait_done(&self, mut queue: MutexGuard<'a, Queue>, key: usize) -> MutexGuard<'a, Queue> {
+        while matches!(queue.replies.get(key), Some(Reply::Waiting(_))) && !queue.stopped {
+            queue.blocked += 1;
+            queue = self
+                .shared
+                .done
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner());
+            queue.blocked -= 1;
+        }
+        queue
     }
 }
 
@@ -393,6 +427,9 @@ impl RingThread {
         let idle = {
             let mut queue = self.shared.lock();
             self.outbox.deliver(&mut queue);
+            if queue.blocked > 0 {
+                self.shared.done.notify_all();
+            }
             std::mem::swap(&mut queue.items, &mut self.incoming);
             let idle = self.incoming.is_empty();
             queue.sleeping = idle;
@@ -447,8 +484,10 @@ impl RingThread {
             let sqe = build_sqe(entry).user_data(key as u64);
             // SAFETY: the SQE points into `entry.req.op`'s buffer (heap memory
             // owned by the slab entry, which is only removed after its CQE is
-            // reaped) and at `entry.req.file`'s fd (kept open by the Arc in
-            // the same entry).
+            // reaped) or, for a vectored op, at its iovec array (owned by the
+            // entry) and the caller's memory (kept borrowed until the CQE is
+            // delivered: `Completion::drop` waits), and at `entry.req.file`'s
+            // fd (kept open by the Arc in the same entry).
             if unsafe { sq.push(&sqe) }.is_err() {
                 stalled.push(key);
             }
@@ -510,6 +549,24 @@ impl RingThread {
                     (entry.done >= buf.len()).then_some(Ok(()))
                 }
             }
+            Op::ReadV { iov, .. } => {
+                if n == 0 {
+                    iov.zero_rest();
+                } else {
+                    entry.done += n;
+                    iov.advance(n);
+                }
+                iov.is_done().then_some(Ok(()))
+            }
+            Op::WriteV { iov, .. } => {
+                if n == 0 {
+                    Some(Err(io::Error::from(io::ErrorKind::WriteZero)))
+                } else {
+                    entry.done += n;
+                    iov.advance(n);
+                    iov.is_done().then_some(Ok(()))
+                }
+            }
             Op::Flush | Op::Fallocate { .. } => Some(Ok(())),
         };
         match outcome {
@@ -532,9 +589,11 @@ impl Drop for RingThread {
     /// The thread is leaving (shutdown or a panic): every caller still
     /// waiting is woken to find the engine stopped.
     fn drop(&mut self) {
+        self.drain_inflight();
         let mut queue = self.shared.lock();
         self.outbox.deliver(&mut queue);
         queue.stopped = true;
+        self.shared.done.notify_all();
         for (_, slot) in queue.replies.iter_mut() {
             if let Reply::Waiting(waker) = slot {
                 self.outbox.wakers.extend(waker.take());
@@ -542,6 +601,33 @@ impl Drop for RingThread {
         }
         drop(queue);
         self.outbox.wake();
+    }
+}
+
+impl RingThread {
+    /// Waits (bounded) for every operation still in the kernel before the
+    /// thread leaves after a panic: a vectored op points into its caller's
+    /// memory, which the caller may free once it sees the engine stopped.
+    fn drain_inflight(&mut self) {
+        // Those waiting for (re)submission are not in the kernel.
+        for key in std::mem::take(&mut self.pending) {
+            self.inflight.try_remove(key);
+        }
+        for _ in 0..10_000 {
+            if self.inflight.is_empty() {
+                return;
+            }
+            if self.ring.submit_and_wait(1).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
+            for key in done {
+                if key != EVENTFD_KEY {
+                    self.inflight.try_remove(key as usize);
+                }
+            }
+        }
+        tracing::error!("io_uring thread left with operations in flight");
     }
 }
 
@@ -602,6 +688,20 @@ fn build_sqe(entry: &mut RingOp) -> squeue::Entry {
             let len = rest.len().min(MAX_CHUNK) as u32;
             let flags = if *fua { libc::RWF_DSYNC } else { 0 };
             opcode::Write::new(fd, rest.as_ptr(), len)
+                .offset(*offset + done as u64)
+                .rw_flags(flags)
+                .build()
+        }
+        Op::ReadV { offset, iov } => {
+            let rest = iov.rest();
+            opcode::Readv::new(fd, rest.as_ptr(), rest.len() as u32)
+                .offset(*offset + done as u64)
+                .build()
+        }
+        Op::WriteV { offset, iov, fua } => {
+            let rest = iov.rest();
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            opcode::Writev::new(fd, rest.as_ptr(), rest.len() as u32)
                 .offset(*offset + done as u64)
                 .rw_flags(flags)
                 .build()

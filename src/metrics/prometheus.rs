@@ -173,6 +173,22 @@ fn io_families(
     )
 }
 
+/// The members' bounce copies, all members of the process together (one
+/// series: the count is kept per process, `member::bounce_bytes`).
+fn bounce(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let series = [(
+        Labels::new(),
+        ConstCounter::new(crate::member::bounce_bytes()),
+    )];
+    family(
+        enc,
+        "vraid_member_bounce_bytes",
+        "Bytes file members copied through an aligned bounce buffer (I/O not aligned for O_DIRECT, or the pread fallback), all members of this process",
+        MetricType::Counter,
+        series,
+    )
+}
+
 impl Scrape {
     fn states(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         family(
@@ -438,7 +454,8 @@ impl Collector for Scrape {
         self.client(&mut enc)?;
         self.journal(&mut enc)?;
         self.checksum_cache(&mut enc)?;
-        self.sync(&mut enc)
+        self.sync(&mut enc)?;
+        bounce(&mut enc)
     }
 }
 

@@ -175,6 +175,26 @@ impl BlockDevice for StatsDevice {
         Box::pin(self.timed(OpType::Write, len, self.inner.write(at, buf, durability)))
     }
 
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [std::io::IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        Box::pin(self.timed(OpType::Read, len, self.inner.read_vectored(offset, bufs)))
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [std::io::IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len(bufs) as u64;
+        let inner = self.inner.write_vectored(at, bufs, durability);
+        Box::pin(self.timed(OpType::Write, len, inner))
+    }
+
     fn flush(&self) -> IoFuture<'_> {
         Box::pin(self.timed(OpType::Flush, 0, self.inner.flush()))
     }

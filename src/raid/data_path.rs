@@ -2,6 +2,13 @@
 //! `match` on the level: the request runs inside the volume's one future,
 //! with no boxed future per level call. The rest of a level's contract
 //! (clears, sync steps, scrub) is [`super::level::LevelIo`].
+//!
+//! The `_segments` forms take a scatter-gather list of more than one
+//! segment (`BlockDevice::read_vectored`): RAID-0 and RAID-1 pass sub-lists
+//! to the members, RAID-5 reads so too (writes gather into one buffer for
+//! the parity path); a level without its own goes through a copy.
+
+use std::io::{IoSlice, IoSliceMut};
 
 use super::volume::Volume;
 use super::{raid0, raid1, raid5, raid6, Level};
@@ -26,5 +33,46 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
         Level::Raid1 => raid1::write(vol, at, buf, d).await,
         Level::Raid5 => raid5::write(vol, at, buf, d).await,
         Level::Raid6 => raid6::write(vol, at, buf, d).await,
+    }
+}
+
+/// Reads volume bytes at `at` into the segments of `bufs` (checked,
+/// non-empty, counted busy).
+pub(super) async fn read_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &mut [IoSliceMut<'_>],
+) -> BlockResult {
+    #[allow(unreachable_patterns)]
+    match vol.geometry().level() {
+        Level::Raid0 => raid0::read_segments(vol, at, bufs).await,
+        Level::Raid1 => raid1::read_segments(vol, at, bufs).await,
+        Level::Raid5 => raid5::read_segments(vol, at, bufs).await,
+        _ => {
+            let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
+            read(vol, at, &mut data).await?;
+            crate::iovec::scatter(&data, bufs);
+            Ok(())
+        }
+    }
+}
+
+/// Writes the segments of `bufs` at volume offset `at` (checked,
+/// non-empty, counted busy, write intent recorded).
+pub(super) async fn write_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &[IoSlice<'_>],
+    d: Durability,
+) -> BlockResult {
+    match vol.geometry().level() {
+        Level::Raid0 => raid0::write_segments(vol, at, bufs, d).await,
+        Level::Raid1 => raid1::write_segments(vol, at, bufs, d).await,
+        // RAID-5 computes parity from the bytes: a stable copy first.
+        _ => {
+            let mut data = vec![0u8; crate::iovec::len(bufs)];
+            crate::iovec::gather(bufs, &mut data);
+            write(vol, at, &data, d).await
+        }
     }
 }

@@ -25,6 +25,8 @@ use crate::units::ByteOffset;
 #[derive(Clone, Copy, Debug)]
 pub(super) enum MemberOp<'a> {
     Write(ByteOffset, &'a [u8], Durability),
+    /// A write of a caller's scatter-gather list, passed down as it is.
+    WriteV(ByteOffset, &'a [std::io::IoSlice<'a>], Durability),
     Discard(ByteOffset, u64),
     Zeroes(ByteOffset, u64, bool),
     Flush,
@@ -35,6 +37,7 @@ impl MemberOp<'_> {
     pub(super) async fn run(self, dev: &dyn BlockDevice) -> BlockResult {
         match self {
             MemberOp::Write(off, buf, dur) => dev.write(off, buf, dur).await,
+            MemberOp::WriteV(off, bufs, dur) => dev.write_vectored(off, bufs, dur).await,
             MemberOp::Discard(off, len) => dev.discard(off, len).await,
             MemberOp::Zeroes(off, len, unmap) => dev.write_zeroes(off, len, unmap).await,
             MemberOp::Flush => dev.flush().await,

@@ -172,3 +172,5 @@ mod rebuild_tests;
 mod resync_tests;
 #[cfg(test)]
 mod scrub_tests;
+#[cfg(test)]
+mod vectored_tests;

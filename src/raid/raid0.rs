@@ -5,6 +5,8 @@
 //! checksums, writers lock the chunk rows they touch, so two writes of one
 //! 4 KiB block never interleave their data and checksum updates.
 
+use std::io::{IoSlice, IoSliceMut};
+
 use futures::future::try_join_all;
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
@@ -47,6 +49,50 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
     try_join_all(writes).await.map(drop)
 }
 
+/// Reads a scatter-gather list: each extent reads into its own sub-list
+/// of the caller's segments.
+pub(super) async fn read_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &mut [IoSliceMut<'_>],
+) -> BlockResult {
+    let len = crate::iovec::len_mut(bufs) as u64;
+    let mut one = vol.geometry().extents(at, len);
+    if let (Some(e), None) = (one.next(), one.next()) {
+        // One chunk (every small request): the list as it is.
+        return read_extent_segments(vol, e, bufs).await;
+    }
+    let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
+    let mut lists = crate::iovec::split_mut(bufs, extents.iter().map(|e| e.len as usize));
+    let reads = extents
+        .iter()
+        .zip(lists.iter_mut())
+        .map(|(e, list)| read_extent_segments(vol, *e, list));
+    try_join_all(reads).await.map(drop)
+}
+
+/// Writes a scatter-gather list: each extent writes its own sub-list.
+pub(super) async fn write_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &[IoSlice<'_>],
+    d: Durability,
+) -> BlockResult {
+    let len = crate::iovec::len(bufs) as u64;
+    let _rows = lock_rows(vol, at, len).await;
+    let mut one = vol.geometry().extents(at, len);
+    if let (Some(e), None) = (one.next(), one.next()) {
+        return run(vol, e.member, MemberOp::WriteV(e.member_offset, bufs, d)).await;
+    }
+    let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
+    let lists = crate::iovec::split(bufs, extents.iter().map(|e| e.len as usize));
+    let writes = extents.iter().zip(&lists).map(|(e, list)| {
+        let op = MemberOp::WriteV(e.member_offset, list, d);
+        run(vol, e.member, op)
+    });
+    try_join_all(writes).await.map(drop)
+}
+
 impl LevelIo for Raid0 {
     /// Partial stripes extent by extent, whole stripes as one contiguous
     /// range per member.
@@ -75,7 +121,25 @@ impl LevelIo for Raid0 {
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
-    match vol.read_member(e.member, e.member_offset, piece).await {
+    let result = vol.read_member(e.member, e.member_offset, piece).await;
+    read_outcome(vol, e, result).await
+}
+
+async fn read_extent_segments(vol: &Volume, e: Extent, list: &mut [IoSliceMut<'_>]) -> BlockResult {
+    let result = vol
+        .read_member_segments(e.member, e.member_offset, list)
+        .await;
+    read_outcome(vol, e, result).await
+}
+
+/// What a member read of extent `e` means for the request: a checksum
+/// mismatch is its error, any other error fails the member.
+async fn read_outcome(
+    vol: &Volume,
+    e: Extent,
+    result: Result<(), Option<BlockError>>,
+) -> BlockResult {
+    match result {
         Ok(()) => Ok(()),
         Err(Some(error @ BlockError::Corrupt { .. })) => Err(error),
         Err(error) => {

@@ -6,6 +6,8 @@
 //! failing one (which is failed only if that rewrite fails too). Writers and
 //! repairs lock 1 MiB regions so a repair never overwrites newer data.
 
+use std::io::{IoSlice, IoSliceMut};
+
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, RegionIndex};
@@ -75,6 +77,46 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
     all_mirrors(vol, MemberOp::Write(at, buf, d)).await
 }
 
+/// Writes a scatter-gather list to every active mirror, as it is.
+pub(super) async fn write_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &[IoSlice<'_>],
+    d: Durability,
+) -> BlockResult {
+    let _guards = lock_regions(vol, at, crate::iovec::len(bufs) as u64).await;
+    all_mirrors(vol, MemberOp::WriteV(at, bufs, d)).await
+}
+
+/// Reads a scatter-gather list from one mirror (rotating); on an error
+/// the other mirrors serve it through a contiguous buffer, and the failing
+/// mirror is repaired from them as [`read`] does.
+pub(super) async fn read_segments(
+    vol: &Volume,
+    offset: ByteOffset,
+    bufs: &mut [IoSliceMut<'_>],
+) -> BlockResult {
+    let n = vol.geometry().members();
+    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
+    let count = active.clone().count();
+    if count == 0 {
+        return Err(vol.data_lost());
+    }
+    let start = vol.next_mirror() % count;
+    let mut bad = Vec::new();
+    if let Some(m) = active.clone().nth(start) {
+        match vol.read_member_segments(m, offset, bufs).await {
+            Ok(()) => return Ok(()),
+            Err(Some(e)) => bad.push((m, e)),
+            Err(None) => {}
+        }
+    }
+    let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
+    read_after(vol, offset, &mut data, bad).await?;
+    crate::iovec::scatter(&data, bufs);
+    Ok(())
+}
+
 /// Locks the regions holding `offset..+len` (`len > 0`).
 async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuards<'_> {
     let first = offset.get() >> REGION_SHIFT;
@@ -86,9 +128,19 @@ async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuard
 
 /// Reads from one mirror (rotating), the next one on an error.
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+    read_after(vol, offset, buf, Vec::new()).await
+}
+
+/// [`read`], the mirrors in `bad` having failed it already (they are
+/// skipped, and repaired once another mirror served the range).
+async fn read_after(
+    vol: &Volume,
+    offset: ByteOffset,
+    buf: &mut [u8],
+    mut bad: Vec<(MemberIndex, BlockError)>,
+) -> BlockResult {
     let n = vol.geometry().members();
     let start = vol.next_mirror();
-    let mut bad: Vec<(MemberIndex, BlockError)> = Vec::new();
     // The active mirrors in turn, from a rotating start (counted among the
     // mirrors active now, as the rotation always was).
     let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
@@ -97,6 +149,9 @@ pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> Bl
         return Err(vol.data_lost());
     }
     for m in active.clone().cycle().skip(start % count).take(count) {
+        if bad.iter().any(|(b, _)| *b == m) {
+            continue;
+        }
         match vol.read_member(m, offset, buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, m, bad, offset, buf).await,

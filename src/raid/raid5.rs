@@ -97,6 +97,42 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
     read_extents(vol, at, buf, read_extent).await
 }
 
+/// Reads a scatter-gather list: each extent into its own sub-list of the
+/// caller's segments; an extent whose member read fails is recovered
+/// through a buffer of its own ([`read_extent`]).
+pub(super) async fn read_segments(
+    vol: &Volume,
+    at: ByteOffset,
+    bufs: &mut [std::io::IoSliceMut<'_>],
+) -> BlockResult {
+    let len = crate::iovec::len_mut(bufs) as u64;
+    let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
+    let mut lists = crate::iovec::split_mut(bufs, extents.iter().map(|e| e.len as usize));
+    let reads = extents
+        .iter()
+        .zip(lists.iter_mut())
+        .map(|(e, list)| read_extent_segments(vol, *e, list));
+    try_join_all(reads).await.map(drop)
+}
+
+async fn read_extent_segments(
+    vol: &Volume,
+    e: Extent,
+    list: &mut [std::io::IoSliceMut<'_>],
+) -> BlockResult {
+    if let [one] = list {
+        return read_extent(vol, e, one).await;
+    }
+    let direct = vol.read_member_segments(e.member, e.member_offset, list);
+    if direct.await.is_ok() {
+        return Ok(());
+    }
+    let mut piece = vec![0u8; crate::iovec::len_mut(list)];
+    read_extent(vol, e, &mut piece).await?;
+    crate::iovec::scatter(&piece, list);
+    Ok(())
+}
+
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
     let error = match vol.read_member(e.member, e.member_offset, piece).await {
         Ok(()) => return Ok(()),

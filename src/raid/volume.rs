@@ -729,6 +729,24 @@ impl Volume {
         Ok(())
     }
 
+    /// [`Self::read_member`] into a scatter-gather list.
+    pub(super) async fn read_member_segments(
+        &self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+    ) -> Result<(), Option<BlockError>> {
+        let dev = self.device(member).ok_or(None)?;
+        if let Err(e) = dev.read_vectored(offset, bufs).await {
+            if matches!(e, BlockError::Corrupt { .. }) {
+                return Err(Some(e));
+            }
+            tracing::debug!(volume = %self.name, %member, %e, "member read failed, retrying");
+            dev.read_vectored(offset, bufs).await.map_err(Some)?;
+        }
+        Ok(())
+    }
+
     /// Runs `op` on `member`, retrying once; on a second error the member is
     /// failed. True when the op succeeded.
     pub(super) async fn member_op(&self, member: MemberIndex, op: MemberOp<'_>) -> bool {
@@ -971,6 +989,45 @@ impl BlockDevice for Volume {
                 intent.as_ref(),
                 (offset, buf.len() as u64),
             )
+        })
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [std::io::IoSliceMut<'_>],
+    ) -> BoxFuture<'a, BlockResult> {
+        if let [one] = bufs {
+            return self.read(offset, one);
+        }
+        Box::pin(async move {
+            let len = crate::iovec::len_mut(bufs) as u64;
+            check_range(offset, len, self.size())?;
+            if len == 0 {
+                return Ok(());
+            }
+            let _busy = Busy::new(&self.busy);
+            super::data_path::read_segments(self, offset, bufs).await
+        })
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a [std::io::IoSlice<'a>],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        Box::pin(async move {
+            let len = crate::iovec::len(bufs) as u64;
+            check_range(offset, len, self.size())?;
+            if len == 0 {
+                return Ok(());
+            }
+            let _busy = Busy::new(&self.busy);
+            let intent = self.intent_begin(offset, len).await?;
+            let write = super::data_path::write_segments(self, offset, bufs, durability);
+            let (result, no_space) = super::no_space::watch(write).await;
+            self.settle_no_space(result, no_space, intent.as_ref(), (offset, len))
         })
     }
 

@@ -18,6 +18,7 @@
 //! bytes or bytes that must win over them to the volume: one piece at a
 //! time, so a power cut never waits long and never races a write-back.
 
+use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -364,6 +365,37 @@ impl BlockDevice for WriteCache {
             start: 0,
         };
         Box::pin(self.cache(at.get(), len, payload))
+    }
+
+    /// An empty cache reads the list straight from the volume (zero copy).
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        if self.is_empty() {
+            return self.inner.read_vectored(offset, bufs);
+        }
+        crate::block::read_through_copy(self, offset, bufs)
+    }
+
+    /// Write-through and FUA writes go down as lists (zero copy); a
+    /// cached write keeps its own copy of the bytes anyway.
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len(bufs) as u64;
+        if let Err(e) = check_range(at, len, self.size()) {
+            return ready(Err(e));
+        }
+        if durability == Durability::Fua || !self.volatile() {
+            let run = self.inner.write_vectored(at, bufs, durability);
+            return Box::pin(self.write_through(at.get(), len, run));
+        }
+        crate::block::write_through_copy(self, at, bufs, durability)
     }
 
     fn flush(&self) -> IoFuture<'_> {

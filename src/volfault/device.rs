@@ -7,6 +7,7 @@
 //! of its blocks, then EIO) or corrupted. A write that succeeds heals the
 //! bad sectors it covers.
 
+use std::io::{IoSlice, IoSliceMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,6 +199,56 @@ impl BlockDevice for VolumeFaultDevice {
                 Ok(())
             }),
         }
+    }
+
+    /// Without a rule for it, the list goes through untouched (zero
+    /// copy); a judged read corrupts each segment at its own offset.
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len_mut(bufs) as u64;
+        let Some(v) = self.judge(Req::Read, offset.get(), len) else {
+            return self.inner.read_vectored(offset, bufs);
+        };
+        Box::pin(async move {
+            self.enforce(&v).await?;
+            self.inner.read_vectored(offset, bufs).await?;
+            let mut at = offset.get();
+            for seg in bufs.iter_mut() {
+                corrupt(seg, at, &v.corrupt);
+                at += seg.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// Without a rule or bad sectors, the list goes through untouched
+    /// (zero copy); otherwise through one contiguous copy, judged once.
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [IoSlice<'a>],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        let len = crate::iovec::len(bufs) as u64;
+        let verdict = self.judge(Req::Write { data: true }, at.get(), len);
+        if verdict.is_none() && !self.faults.has_bad_sectors() {
+            return self.inner.write_vectored(at, bufs, durability);
+        }
+        Box::pin(async move {
+            let mut data = vec![0u8; len as usize];
+            crate::iovec::gather(bufs, &mut data);
+            match verdict {
+                Some(v) => self.write_judged(at, &data, durability, v).await,
+                None => {
+                    self.inner.write(at, &data, durability).await?;
+                    self.faults.heal(at.get(), len);
+                    Ok(())
+                }
+            }
+        })
     }
 
     fn flush(&self) -> IoFuture<'_> {

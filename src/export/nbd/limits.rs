@@ -13,13 +13,22 @@
 //! ```
 //!
 //! What a request really holds in memory is its payload (a WRITE's data,
-//! a READ's reply) plus, while the volume serves it, the members' aligned
-//! bounce copy of the bytes in flight (`member::buf`). The payload is
-//! charged to the two pools above; the bounce copy to a third, fixed
-//! server-wide budget ([`DEVICE_BUDGET`]): a request calls the volume in
-//! pieces of at most [`DEVICE_PIECE`] bytes, each holding its size of that
-//! budget. So the NBD data in memory is at most `memory` +
-//! [`DEVICE_BUDGET`], however many clients stop reading their replies.
+//! a READ's reply) plus, while the volume serves it, whatever copies the
+//! layers below make of the bytes in flight. The payload is charged to the
+//! two pools above; the copies to a third, fixed server-wide budget
+//! ([`DEVICE_BUDGET`]): a request calls the volume in pieces of at most
+//! [`DEVICE_PIECE`] bytes, each holding its size of that budget. So the
+//! NBD data in memory is at most `memory` + [`DEVICE_BUDGET`], however
+//! many clients stop reading their replies.
+//!
+//! Payloads are aligned buffers, so a request aligned to the members'
+//! block size is read and written by the members in place (no copy,
+//! `member::file`); what the budget still bounds is the copies of the rest:
+//! the members' bounce buffers of unaligned requests (counted in
+//! `vraid_member_bounce_bytes_total`), RAID-5's stripe buffers, the
+//! checksum layer's edge blocks. It stays at 16 MiB: it costs one
+//! uncontended semaphore acquire per piece, and those copies are still
+//! there for unaligned I/O and RAID-5 writes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,7 +51,8 @@ pub const DEFAULT_MEMORY: u64 = 1024 * 1024 * 1024;
 /// Largest piece of a READ or WRITE handed to the volume at once.
 pub const DEVICE_PIECE: usize = 4 * 1024 * 1024;
 /// Bytes of pieces in the volume at once, all NBD requests together: the
-/// bound on the members' bounce copies of NBD data.
+/// bound on the copies the layers below make of NBD data (unaligned
+/// requests, RAID-5 stripes).
 pub const DEVICE_BUDGET: usize = 16 * 1024 * 1024;
 /// Descriptors kept free for members, sockets and the control plane when
 /// the connection limit is fitted under `RLIMIT_NOFILE`.

@@ -21,6 +21,7 @@ use super::proto::{self, errno, Command, Request};
 use super::transmission::nbd_error;
 use crate::block::{BlockError, Durability};
 use crate::export::in_flight::InFlightRequest;
+use crate::member::buf::AlignedBuf;
 use crate::units::ByteOffset;
 
 /// What every request of a connection needs, shared by its futures.
@@ -45,13 +46,34 @@ pub(super) struct Charge {
     pub _server: Option<OwnedSemaphorePermit>,
 }
 
+/// A payload: READ or WRITE data in an aligned buffer (the members read
+/// and write it in place, `member::file`), or encoded bytes (an error
+/// chunk).
+#[derive(Debug)]
+pub(super) enum Body {
+    /// Encoded bytes.
+    Plain(Vec<u8>),
+    /// Data in an O_DIRECT-aligned buffer.
+    Data(AlignedBuf),
+}
+
+impl Body {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Plain(v) => v,
+            Body::Data(b) => b.as_slice(),
+        }
+    }
+}
+
 /// An encoded reply: `head` then `body`, written as they are.
 #[derive(Debug)]
 pub(super) struct Reply {
     head: [u8; proto::OFFSET_DATA_PREFIX],
     head_len: u8,
     /// READ data, or a whole structured error chunk.
-    body: Vec<u8>,
+    body: Body,
     /// Dropped after `body` (fields drop in order): the bytes go back
     /// once the memory is free.
     pub charge: Charge,
@@ -59,6 +81,10 @@ pub(super) struct Reply {
 
 impl Reply {
     fn new(head: &[u8], body: Vec<u8>) -> Reply {
+        Reply::with_body(head, Body::Plain(body))
+    }
+
+    fn with_body(head: &[u8], body: Body) -> Reply {
         let mut h = [0u8; proto::OFFSET_DATA_PREFIX];
         h[..head.len()].copy_from_slice(head);
         Reply {
@@ -76,12 +102,12 @@ impl Reply {
 
     /// The bytes after the header.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        self.body.as_slice()
     }
 
     /// Bytes on the wire.
     pub fn len(&self) -> usize {
-        usize::from(self.head_len) + self.body.len()
+        usize::from(self.head_len) + self.body().len()
     }
 }
 
@@ -112,7 +138,7 @@ impl From<BlockError> for Failure {
 pub(super) async fn serve(
     ctx: Arc<Context>,
     req: Request,
-    payload: Vec<u8>,
+    payload: Option<AlignedBuf>,
     charge: Charge,
     _in_flight: InFlightRequest,
 ) -> Reply {
@@ -186,7 +212,11 @@ fn check_range(ctx: &Context, req: &Request) -> Result<(), Failure> {
     Err(Failure::new(error, msg))
 }
 
-async fn perform(ctx: &Context, req: &Request, payload: Vec<u8>) -> Result<Reply, Failure> {
+async fn perform(
+    ctx: &Context,
+    req: &Request,
+    payload: Option<AlignedBuf>,
+) -> Result<Reply, Failure> {
     let dev = &ctx.export.device;
     let offset = ByteOffset(req.offset);
     let len = u64::from(req.length);
@@ -199,7 +229,8 @@ async fn perform(ctx: &Context, req: &Request, payload: Vec<u8>) -> Result<Reply
             } else {
                 Durability::Normal
             };
-            write(ctx, req.offset, &payload, durability).await?;
+            let data = payload.as_ref().map_or(&[][..], AlignedBuf::as_slice);
+            write(ctx, req.offset, data, durability).await?;
             drop(payload);
         }
         Command::Flush => dev.flush().await?,
@@ -268,19 +299,21 @@ async fn read(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
             Reply::new(&proto::simple_reply(req.cookie, 0), Vec::new())
         });
     }
-    let mut data = vec![0u8; req.length as usize];
+    // Aligned: a member reads into it in place when the request is aligned.
+    let mut data = AlignedBuf::new(req.length as usize);
     let mut pos = req.offset;
-    for piece in data.chunks_mut(DEVICE_PIECE) {
+    for piece in data.as_mut_slice().chunks_mut(DEVICE_PIECE) {
         let _budget = piece_permit(ctx, piece.len()).await?;
         ctx.export.device.read(ByteOffset(pos), piece).await?;
         pos += piece.len() as u64;
     }
     if !ctx.structured {
-        return Ok(Reply::new(&proto::simple_reply(req.cookie, 0), data));
+        let head = proto::simple_reply(req.cookie, 0);
+        return Ok(Reply::with_body(&head, Body::Data(data)));
     }
     let head = proto::offset_data_header(req.cookie, req.offset, data.len(), true)
         .ok_or_else(|| Failure::new(errno::EINVAL, "read too large for one chunk"))?;
-    Ok(Reply::new(&head, data))
+    Ok(Reply::with_body(&head, Body::Data(data)))
 }
 
 /// The EIO reply of a request whose future panicked; its server bytes

@@ -48,6 +48,7 @@ use super::request::{self, Charge, Context, Reply};
 use super::wire::{Inbox, Outbox, MAX_IOV};
 use crate::block::BlockError;
 use crate::export::in_flight::InFlightRequests;
+use crate::member::buf::AlignedBuf;
 
 /// Requests in flight per connection before the reader stops reading.
 pub const MAX_IN_FLIGHT: usize = 128;
@@ -130,7 +131,8 @@ struct Waiting {
 /// A WRITE whose bytes are held and whose payload is being read.
 struct Payload {
     req: Request,
-    data: Vec<u8>,
+    /// Aligned, so the members write it in place.
+    data: AlignedBuf,
     filled: usize,
     charge: Charge,
     since: Instant,
@@ -140,7 +142,7 @@ struct Payload {
 struct Start {
     ctx: Arc<Context>,
     req: Request,
-    payload: Vec<u8>,
+    payload: Option<AlignedBuf>,
     charge: Charge,
     guard: crate::export::in_flight::InFlightRequest,
 }
@@ -280,7 +282,9 @@ async fn read_some<R: AsyncRead + Unpin>(
     payload: &mut Option<Payload>,
 ) -> io::Result<usize> {
     match payload {
-        Some(p) if p.filled < p.data.len() => reader.read(&mut p.data[p.filled..]).await,
+        Some(p) if p.filled < p.data.len() => {
+            reader.read(&mut p.data.as_mut_slice()[p.filled..]).await
+        }
         _ => reader.read(inbox.space()).await,
     }
 }
@@ -462,14 +466,14 @@ where
     fn next_start(&mut self, in_flight: usize) -> Result<Option<Start>, End> {
         loop {
             if let Some(p) = &mut self.payload {
-                p.filled += self.inbox.take_into(&mut p.data[p.filled..]);
+                p.filled += self.inbox.take_into(&mut p.data.as_mut_slice()[p.filled..]);
                 if p.filled < p.data.len() {
                     return Ok(None);
                 }
                 return Ok(self
                     .payload
                     .take()
-                    .map(|p| self.start(p.req, p.data, p.charge)));
+                    .map(|p| self.start(p.req, Some(p.data), p.charge)));
             }
             if let Some(mut w) = self.waiting.take() {
                 let Some(charge) = self.try_charge(&mut w) else {
@@ -477,11 +481,11 @@ where
                     return Ok(None);
                 };
                 if w.req.command != Command::Write {
-                    return Ok(Some(self.start(w.req, Vec::new(), charge)));
+                    return Ok(Some(self.start(w.req, None, charge)));
                 }
                 self.payload = Some(Payload {
                     req: w.req,
-                    data: vec![0u8; w.req.length as usize],
+                    data: AlignedBuf::new(w.req.length as usize),
                     filled: 0,
                     charge,
                     since: Instant::now(),
@@ -560,7 +564,7 @@ where
         })
     }
 
-    fn start(&self, req: Request, payload: Vec<u8>, charge: Charge) -> Start {
+    fn start(&self, req: Request, payload: Option<AlignedBuf>, charge: Charge) -> Start {
         Start {
             ctx: self.ctx.clone(),
             req,

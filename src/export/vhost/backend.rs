@@ -220,7 +220,7 @@ impl BlkBackend {
                     let mem = mem.clone();
                     let vring = vring.clone();
                     self.executors[index].push(Box::pin(async move {
-                        let (status, data_in) = execute(&ctx, &pool, &*mem, &req).await;
+                        let (status, data_in) = execute(&ctx, &pool, &mem, &req).await;
                         let used = answer(&*mem, req.status, status, data_in);
                         complete(&vring, head, used);
                         drop(guard);

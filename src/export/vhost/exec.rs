@@ -1,16 +1,30 @@
 //! Runs one parsed [`BlockRequest`] on the volume and answers it in guest
-//! memory: data-in copied to the segments, then the status byte.
+//! memory: data-in into the segments, then the status byte.
 //!
 //! ```text
-//!  BlockRequest ─► range / read-only checks ─► BlockDevice call ─► copy data in
-//!                        │ refuse: IOERR / UNSUPP              ─► status byte
+//!  BlockRequest ─► range / read-only checks ─► BlockDevice call ─► status byte
+//!                        │ refuse: IOERR / UNSUPP
+//!  read / write data: the guest's segments as the scatter-gather list
+//!        (read_vectored / write_vectored, no copy); a segment list that
+//!        overlaps itself or crosses memory regions goes through a buffer
 //! ```
+//!
+//! Guest memory as I/O segments: the memory map is a snapshot (`Arc`) the
+//! request holds until it is answered, so the mapping outlives the I/O; a
+//! dropped read waits for the kernel (`member::uring`), a write is never
+//! dropped ([`FinishOnDrop`]). The guest owns those buffers until the used
+//! ring says otherwise; if it changes a write buffer meanwhile, the layers
+//! that hash or mirror the bytes cope (`block`, "Stability"). Segments
+//! that overlap each other are not handed out as separate `&mut` slices:
+//! such a request is copied.
 
+use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::device::DeviceSpec;
 use super::request::{
@@ -86,17 +100,17 @@ pub fn answer<M: GuestMemory + ?Sized>(
 
 /// Executes `req`; returns the status and the bytes of data written into
 /// guest memory.
-pub(crate) async fn execute<M: GuestMemory + ?Sized>(
+pub(crate) async fn execute<M: GuestMemory + Send + Sync + 'static>(
     ctx: &ExportContext,
     pool: &Arc<BufPool>,
-    mem: &M,
+    mem: &Arc<M>,
     req: &BlockRequest,
 ) -> (Status, u32) {
     let result = match &req.op {
-        Op::Read(segs) => return read(ctx, pool, mem, req.sector, segs).await,
+        Op::Read(segs) => return read(ctx, pool, &**mem, req.sector, segs).await,
         Op::Write(segs) => write(ctx, pool, mem, req.sector, segs).await,
         Op::Flush => ctx.device.flush().await.map_err(|e| status_of(&e)),
-        Op::GetId(segs) => return (Status::OK, scatter(mem, segs, &ctx.spec.id())),
+        Op::GetId(segs) => return (Status::OK, scatter(&**mem, segs, &ctx.spec.id())),
         Op::Discard(ranges) => clear(ctx, ranges, false).await,
         Op::WriteZeroes(ranges) => clear(ctx, ranges, true).await,
         Op::Unsupported(_) => Err(Status::UNSUPP),
@@ -113,6 +127,43 @@ fn byte_range(ctx: &ExportContext, sector: Sector, len: u64) -> Result<ByteOffse
     }
 }
 
+/// The host memory of `segs` as (address, length) pieces, or `None` when
+/// a segment is not mapped with `access` or two pieces overlap.
+fn host_pieces<M: GuestMemory + ?Sized>(
+    mem: &M,
+    segs: &[Segment],
+    access: Permissions,
+) -> Option<Vec<(usize, usize)>> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        for slice in mem.get_slices(s.addr, s.len as usize, access).ok()? {
+            let slice = slice.ok()?;
+            out.push((slice.ptr_guard_mut().as_ptr() as usize, slice.len()));
+        }
+    }
+    (!overlapping(&out)).then_some(out)
+}
+
+/// True when two of the pieces share a byte.
+fn overlapping(pieces: &[(usize, usize)]) -> bool {
+    let mut spans: Vec<(usize, usize)> = pieces.iter().map(|&(a, n)| (a, a + n)).collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+/// Marks the guest pages of `segs` dirty (for a dirty-page log) after the
+/// device wrote them.
+fn mark_dirty<M: GuestMemory + ?Sized>(mem: &M, segs: &[Segment]) {
+    for s in segs {
+        let Ok(slices) = mem.get_slices(s.addr, s.len as usize, Permissions::Write) else {
+            continue;
+        };
+        for slice in slices.flatten() {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+    }
+}
+
 async fn read<M: GuestMemory + ?Sized>(
     ctx: &ExportContext,
     pool: &Arc<BufPool>,
@@ -125,6 +176,38 @@ async fn read<M: GuestMemory + ?Sized>(
         Ok(o) => o,
         Err(s) => return (s, 0),
     };
+    let Some(pieces) = host_pieces(mem, segs, Permissions::Write) else {
+        return read_copied(ctx, pool, mem, offset, segs).await;
+    };
+    // SAFETY: each piece is guest memory mapped for writing by the memory
+    // map `mem` borrows (kept alive by the request until it is answered),
+    // lent to the device by the guest for this request, and no two pieces
+    // overlap; the borrow ends before the request is answered.
+    let mut list: Vec<IoSliceMut<'_>> = pieces
+        .iter()
+        .map(|&(a, n)| IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(a as *mut u8, n) }))
+        .collect();
+    drop(pieces);
+    let result = ctx.device.read_vectored(offset, &mut list).await;
+    drop(list);
+    match result {
+        Ok(()) => {
+            mark_dirty(mem, segs);
+            (Status::OK, u32::try_from(len).unwrap_or(u32::MAX))
+        }
+        Err(e) => (status_of(&e), 0),
+    }
+}
+
+/// A read through a buffer of the queue's pool, copied into guest memory.
+async fn read_copied<M: GuestMemory + ?Sized>(
+    ctx: &ExportContext,
+    pool: &Arc<BufPool>,
+    mem: &M,
+    offset: ByteOffset,
+    segs: &[Segment],
+) -> (Status, u32) {
+    let len = total(segs);
     let mut buf = pool.take(len as usize);
     match ctx.device.read(offset, buf.as_mut_slice()).await {
         Ok(()) => match scatter(mem, segs, buf.as_slice()) {
@@ -135,10 +218,10 @@ async fn read<M: GuestMemory + ?Sized>(
     }
 }
 
-async fn write<M: GuestMemory + ?Sized>(
+async fn write<M: GuestMemory + Send + Sync + 'static>(
     ctx: &ExportContext,
     pool: &Arc<BufPool>,
-    mem: &M,
+    mem: &Arc<M>,
     sector: Sector,
     segs: &[Segment],
 ) -> Result<(), Status> {
@@ -152,6 +235,36 @@ async fn write<M: GuestMemory + ?Sized>(
     } else {
         Durability::Fua
     };
+    let Some(pieces) = host_pieces(&**mem, segs, Permissions::Read) else {
+        return write_copied(ctx, pool, &**mem, (offset, durability), segs).await;
+    };
+    // Finished even if this request is dropped, holding the memory map.
+    let (device, mem) = (ctx.device.clone(), mem.clone());
+    let result = FinishOnDrop::new(async move {
+        // SAFETY: guest memory mapped for reading by `mem`, which this
+        // future owns, lent by the guest for this request (see the header).
+        let list: Vec<IoSlice<'_>> = pieces
+            .iter()
+            .map(|&(a, n)| IoSlice::new(unsafe { std::slice::from_raw_parts(a as *const u8, n) }))
+            .collect();
+        let result = device.write_vectored(offset, &list, durability).await;
+        drop(list);
+        drop(mem);
+        result
+    })
+    .await;
+    result.map_err(|e| status_of(&e))
+}
+
+/// A write copied out of guest memory into a buffer of the queue's pool.
+async fn write_copied<M: GuestMemory + ?Sized>(
+    ctx: &ExportContext,
+    pool: &Arc<BufPool>,
+    mem: &M,
+    (offset, durability): (ByteOffset, Durability),
+    segs: &[Segment],
+) -> Result<(), Status> {
+    let len = total(segs);
     let mut buf: AlignedBuf = pool.take(len as usize);
     gather(mem, segs, buf.as_mut_slice())?;
     // Finished even if this request is dropped (queue reset, front-end
