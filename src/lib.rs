@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod duration;
 pub mod export;
 pub mod integrity;
+pub mod md;
 pub mod member;
 pub mod meta;
 pub mod metrics;
