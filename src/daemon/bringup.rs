@@ -188,6 +188,9 @@ pub async fn examine_member(path: &Path) -> Result<Examined, DaemonError> {
             Ok(Examined::Member(Box::new(report)))
         }
         Err(meta::MetaError::Superblock { .. }) => {
+            if let Some(md) = super::md::examine(&*dev).await? {
+                return Ok(Examined::Md(Box::new(md)));
+            }
             let mut report = meta::ForeignReport::probe(&*dev).await?;
             report.in_use_elsewhere = busy;
             Ok(Examined::Foreign(report))
@@ -202,6 +205,8 @@ pub enum Examined {
     Member(Box<meta::ExamineReport>),
     /// No vraid superblock: what the pre-write check sees instead.
     Foreign(meta::ForeignReport),
+    /// A Linux md member.
+    Md(Box<crate::md::MdReport>),
 }
 
 /// One assembled, running array.

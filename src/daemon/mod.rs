@@ -13,6 +13,7 @@ mod bringup;
 mod demo;
 mod engine_ops;
 mod journal;
+mod md;
 mod read_only;
 mod serve;
 mod sync_plan;
@@ -120,6 +121,17 @@ pub async fn create(members: &[PathBuf], req: &CreateRequest) -> Result<(), Daem
 pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
     let report = match bringup::examine_member(member).await? {
         bringup::Examined::Member(report) => report,
+        bringup::Examined::Md(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{report}");
+            }
+            return Ok(());
+        }
         bringup::Examined::Foreign(foreign) => {
             if json {
                 println!(

@@ -84,6 +84,8 @@ pub struct ServeOptions {
     pub no_journal: bool,
     /// Forced assembly of every volume.
     pub force_assemble: bool,
+    /// `members` are the members of a Linux md array (served read-only).
+    pub md: bool,
 }
 
 /// What `serve` decided from its options and the config.
@@ -95,6 +97,8 @@ struct ServePlan {
     metrics: Option<SocketAddr>,
     limits: NbdLimits,
     specs: Vec<VolumeSpec>,
+    /// Members of a Linux md array to serve read-only.
+    md: Vec<PathBuf>,
     demo_mode: bool,
 }
 
@@ -108,6 +112,13 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         crate::export::vhost::check_socket_free(socket)?;
     }
     let volumes = bring_up_all(plan.specs, &plan.opts).await?;
+    let md = match bring_up_md(&plan.md, &plan.opts).await {
+        Ok(md) => md,
+        Err(e) => {
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
     let ops = match start_ops(&volumes, &plan.control, plan.metrics).await {
         Ok(ops) => ops,
         Err(e) => {
@@ -115,7 +126,9 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let server = Arc::new(NbdServer::with_limits(nbd_exports(&volumes), plan.limits));
+    let mut exports = nbd_exports(&volumes);
+    exports.extend(md.iter().map(|m| m.export()));
+    let server = Arc::new(NbdServer::with_limits(exports, plan.limits));
     let vhost = match start_vhost(&volumes) {
         Ok(v) => v,
         Err(e) => {
@@ -156,6 +169,7 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
     let demo_mode = config.is_none() && args.members.is_empty();
     let mut specs = match &config {
         Some(config) => config_specs(config, args),
+        None if args.md => Vec::new(),
         None if !demo_mode => vec![members_spec(args)],
         None => vec![demo_spec(args)],
     };
@@ -185,8 +199,24 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         metrics: args.metrics.or(server.and_then(|s| s.metrics)),
         limits: nbd_limits(&args.nbd_limits, limit_keys),
         specs,
+        md: if args.md {
+            args.members.clone()
+        } else {
+            Vec::new()
+        },
         demo_mode,
     })
+}
+
+/// The md array given by `--md` (none without it).
+async fn bring_up_md(
+    paths: &[PathBuf],
+    opts: &MemberOptions,
+) -> Result<Option<super::md::MdServed>, DaemonError> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    super::md::bring_up(paths, opts).await.map(Some)
 }
 
 /// The member engine: the command line's, else `VRAID_IO_ENGINE`, else the

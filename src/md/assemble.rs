@@ -165,7 +165,10 @@ fn one_array(
         }
         return Err(MdAssembleError::Empty);
     };
-    if members.iter().all(|(_, sb)| sb.array_uuid == first.array_uuid) {
+    if members
+        .iter()
+        .all(|(_, sb)| sb.array_uuid == first.array_uuid)
+    {
         return Ok(());
     }
     let mut groups: Vec<([u8; 16], Vec<String>)> = Vec::new();
@@ -240,7 +243,8 @@ fn level_of(
         why,
     };
     let striped = matches!(sb.level, 0 | 4 | 5 | 6 | 10);
-    if striped && (sb.chunk_bytes == 0 || sb.chunk_bytes % 4096 != 0 || sb.chunk_bytes > 1 << 30)
+    if striped
+        && (sb.chunk_bytes == 0 || !sb.chunk_bytes.is_multiple_of(4096) || sb.chunk_bytes > 1 << 30)
     {
         return Err(refuse(format!(
             "chunk size {} bytes is not a multiple of 4 KiB up to 1 GiB",
@@ -315,7 +319,10 @@ fn unusable(fresh: &MdSuperblock, sb: &MdSuperblock) -> Option<String> {
         return None;
     };
     if r >= fresh.raid_disks {
-        return Some(format!("role {r} past the array's {} devices", fresh.raid_disks));
+        return Some(format!(
+            "role {r} past the array's {} devices",
+            fresh.raid_disks
+        ));
     }
     match fresh.roles.get(sb.dev_number as usize) {
         Some(seen) if *seen != sb.role => {
@@ -326,7 +333,11 @@ fn unusable(fresh: &MdSuperblock, sb: &MdSuperblock) -> Option<String> {
         }
         _ => {}
     }
-    let needed = if fresh.level == 0 { 0 } else { fresh.component_sectors };
+    let needed = if fresh.level == 0 {
+        0
+    } else {
+        fresh.component_sectors
+    };
     if sb.data_size < needed {
         return Some(format!(
             "data area of {} sectors, smaller than the array's {needed}",

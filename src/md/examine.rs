@@ -154,7 +154,11 @@ fn raid10_layout_name(layout: u32) -> String {
         parts.push(format!("near={near}"));
     }
     if far != 1 {
-        let kind = if layout & 0x10000 != 0 { "offset" } else { "far" };
+        let kind = if layout & 0x10000 != 0 {
+            "offset"
+        } else {
+            "far"
+        };
         parts.push(format!("{kind}={far}"));
     }
     parts.join(", ")

@@ -353,7 +353,11 @@ pub fn parse_at(
 
 /// True when `block` starts with md's magic in either byte order.
 fn has_magic(block: &[u8]) -> bool {
-    let w: [u8; 4] = Fields { b: block, big: false }.bytes(0);
+    let w: [u8; 4] = Fields {
+        b: block,
+        big: false,
+    }
+    .bytes(0);
     u32::from_le_bytes(w) == MAGIC || u32::from_be_bytes(w) == MAGIC
 }
 

@@ -13,8 +13,8 @@
 //! ```
 
 use super::superblock::{
-    bad, fold_csum, Fields, MdSuperblock, MdSuperblockError, MdVersion, Reshape, Role,
-    DISKS_0_90, IN_SYNC, MAGIC, SB_BYTES,
+    bad, fold_csum, Fields, MdSuperblock, MdSuperblockError, MdVersion, Reshape, Role, DISKS_0_90,
+    IN_SYNC, MAGIC, SB_BYTES,
 };
 
 /// Byte offset of `sb_csum` (word 38).
@@ -48,7 +48,12 @@ fn descriptor_role(f: &Fields<'_>, at: usize, raid_disks: u32) -> Role {
 /// Decodes a 0.90 superblock found at byte `at` of a device of `size` bytes.
 pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockError> {
     let version = MdVersion::V0_90;
-    let big = match (Fields { b: block, big: false }).u32(0) {
+    let big = match (Fields {
+        b: block,
+        big: false,
+    })
+    .u32(0)
+    {
         MAGIC => false,
         m if m.swap_bytes() == MAGIC => true,
         _ => return Err(MdSuperblockError::BadMagic { version, at }),
@@ -63,15 +68,33 @@ pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockE
     }
     let raid_disks = f.u32(40);
     if raid_disks == 0 || raid_disks as usize > DISKS_0_90 {
-        return Err(bad(version, at, "raid_disks", raid_disks.into(), "not 1 to 27"));
+        return Err(bad(
+            version,
+            at,
+            "raid_disks",
+            raid_disks.into(),
+            "not 1 to 27",
+        ));
     }
     let dev_number = f.u32(THIS_DISK_AT);
     if dev_number as usize >= DISKS_0_90 {
-        return Err(bad(version, at, "this_disk.number", dev_number.into(), "not 0 to 26"));
+        return Err(bad(
+            version,
+            at,
+            "this_disk.number",
+            dev_number.into(),
+            "not 0 to 26",
+        ));
     }
     let component_sectors = f.u32(32) as u64 * 2;
     if component_sectors * 512 > at {
-        return Err(bad(version, at, "size", component_sectors / 2, "reaches past the superblock"));
+        return Err(bad(
+            version,
+            at,
+            "size",
+            component_sectors / 2,
+            "reaches past the superblock",
+        ));
     }
     let roles = (0..DISKS_0_90)
         .map(|i| descriptor_role(&f, DISKS_AT + i * DESC_BYTES, raid_disks))
@@ -92,7 +115,11 @@ pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockE
         data_offset: 0,
         data_size: at / 512,
         events: events_of(&f),
-        resync_offset: if f.u32(132) & SB_CLEAN != 0 { IN_SYNC } else { 0 },
+        resync_offset: if f.u32(132) & SB_CLEAN != 0 {
+            IN_SYNC
+        } else {
+            0
+        },
         dev_number,
         device_uuid: None,
         role: descriptor_role(&f, THIS_DISK_AT, raid_disks),

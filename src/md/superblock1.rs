@@ -41,7 +41,10 @@ pub(super) fn parse(
     at: u64,
     size: u64,
 ) -> Result<MdSuperblock, MdSuperblockError> {
-    let f = Fields { b: block, big: false };
+    let f = Fields {
+        b: block,
+        big: false,
+    };
     if f.u32(0) != MAGIC {
         return Err(MdSuperblockError::BadMagic { version, at });
     }
@@ -54,19 +57,31 @@ pub(super) fn parse(
     }
     let max_dev = f.u32(220);
     if max_dev > MAX_DEV_1 {
-        return Err(bad(version, at, "max_dev", max_dev.into(), "more than 4 KiB holds"));
+        return Err(bad(
+            version,
+            at,
+            "max_dev",
+            max_dev.into(),
+            "more than 4 KiB holds",
+        ));
     }
     check_offsets(&f, version, at, size)?;
     let roles: Vec<Role> = (0..max_dev as usize)
         .map(|i| role_of(f.u16(256 + 2 * i)))
         .collect();
     let dev_number = f.u32(160);
-    let role = *roles.get(dev_number as usize).ok_or_else(|| {
-        bad(version, at, "dev_number", dev_number.into(), "past max_dev")
-    })?;
+    let role = *roles
+        .get(dev_number as usize)
+        .ok_or_else(|| bad(version, at, "dev_number", dev_number.into(), "past max_dev"))?;
     let raid_disks = f.u32(92);
     if raid_disks == 0 || raid_disks > MAX_DEV_1 {
-        return Err(bad(version, at, "raid_disks", raid_disks.into(), "out of range"));
+        return Err(bad(
+            version,
+            at,
+            "raid_disks",
+            raid_disks.into(),
+            "out of range",
+        ));
     }
     let feature_map = f.u32(8);
     Ok(MdSuperblock {

@@ -159,7 +159,12 @@ impl MdVolume {
     }
 
     /// RAID-4/5: the lost block is the XOR of all the others.
-    fn rebuild_xor(&self, blocks: &[Option<Vec<u8>>], target: usize, out: &mut [u8]) -> BlockResult {
+    fn rebuild_xor(
+        &self,
+        blocks: &[Option<Vec<u8>>],
+        target: usize,
+        out: &mut [u8],
+    ) -> BlockResult {
         out.fill(0);
         for (disk, b) in blocks.iter().enumerate() {
             if disk == target {
