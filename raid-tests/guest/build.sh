@@ -61,8 +61,8 @@ fi
 # modules.list (dependencies first, found depth-first over modules.dep). The
 # full extraction (~400 MB) is deleted afterwards.
 kdir="$out/kernel-$(basename "$deb" .deb)"
-# .done-md: extracted with md's modules too (md-modules.list).
-if [ ! -f "$kdir/.done-md" ]; then
+# .done-md2: extracted with md's modules too (md-modules.list).
+if [ ! -f "$kdir/.done-md2" ]; then
   rm -rf "$kdir"
   mkdir -p "$kdir/modules"
   dpkg-deb -x "$deb" "$kdir/root"
@@ -91,7 +91,7 @@ if [ ! -f "$kdir/.done-md" ]; then
   # md's personalities and what they need (async_*, xor, raid6_pq), loaded
   # after the list above only by the md guest.
   order=()
-  for m in md-mod raid0 raid1 raid10 raid456; do
+  for m in md-mod linear raid0 raid1 raid10 raid456; do
     rel="$(grep -m1 -o "^[^:]*/$m\.ko" "$moddir/modules.dep")" || { echo "build.sh: module $m not found" >&2; exit 1; }
     visit "$rel"
   done
@@ -102,7 +102,7 @@ if [ ! -f "$kdir/.done-md" ]; then
   done
   cp "$kdir/root/boot/vmlinuz-$kver" "$kdir/vmlinuz"
   rm -rf "$kdir/root"
-  touch "$kdir/.done-md"
+  touch "$kdir/.done-md2"
 fi
 
 # --- mdadm (for the md guest) ---------------------------------------------------

@@ -7,8 +7,10 @@
 #                    one array per entry, on disks FIRST..FIRST+COUNT-1
 #                    (0 = /dev/vda, in the order of the -drive options);
 #                    LAYOUT and CHUNK "-" for mdadm's default, BITMAP
-#                    "bitmap" for an internal write-intent bitmap, else "-".
+#                    "bitmap" for an internal write-intent bitmap, "ext4"
+#                    for an ext4 with files instead of random data, else "-".
 # For each array it prints
+#   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: each file written)
 #   VRAID-MD-ARRAY NAME SIZE MD5 UUID
 # (the array's size in bytes, the md5 of all of it as md reads it, and the
 # UUID as mdadm prints it) after `mdadm --examine` of its disks.
@@ -24,6 +26,20 @@ write_random() {
     || fail "dd into /dev/md0 at $1 x 64 KiB"
 }
 
+# write_ext4 NAME: an ext4 on /dev/md0 with a few files, their md5 printed.
+write_ext4() {
+  mkfs.ext4 -q -F /dev/md0 || fail "mkfs.ext4 on $1"
+  mount -t ext4 /dev/md0 /mnt || fail "mount of $1"
+  mkdir -p /mnt/dir
+  dd if=/dev/urandom of=/mnt/big bs=65536 count=100 2>/dev/null || fail "write big"
+  dd if=/dev/urandom of=/mnt/dir/odd bs=4097 count=33 2>/dev/null || fail "write odd"
+  echo "md array $1 made by Linux" >/mnt/dir/small
+  for f in big dir/odd dir/small; do
+    echo "VRAID-MD-FILE $1 $f $(md5sum </mnt/$f | cut -d' ' -f1)"
+  done
+  umount /mnt || fail "umount of $1"
+}
+
 for spec in $(echo "$VRAID_MD_ARRAYS" | tr ',' ' '); do
   IFS=: read -r name level layout meta chunk first count bitmap <<EOF
 $spec
@@ -35,7 +51,7 @@ EOF
     i=$(( i + 1 ))
   done
   opts="--metadata=$meta --level=$level --raid-devices=$count --run --homehost=vraidguest"
-  [ "$level" = 0 ] || opts="$opts --assume-clean"
+  case $level in 0 | linear) ;; *) opts="$opts --assume-clean" ;; esac
   [ "$chunk" = - ] || opts="$opts --chunk=$chunk"
   [ "$layout" = - ] || opts="$opts --layout=$layout"
   [ "$bitmap" = bitmap ] && opts="$opts --bitmap=internal"
@@ -45,10 +61,14 @@ EOF
     || { cat /tmp/create.log; fail "mdadm --create $name ($opts)"; }
   size=$(blockdev --getsize64 /dev/md0) || fail "size of $name"
   units=$(( size / 65536 ))
-  # The start, a piece in the middle off the chunk grid, the end.
-  write_random 0 128
-  write_random $(( units / 2 + 3 )) 37
-  write_random $(( units - 32 )) 32
+  if [ "$bitmap" = ext4 ]; then
+    write_ext4 "$name"
+  else
+    # The start, a piece in the middle off the chunk grid, the end.
+    write_random 0 128
+    write_random $(( units / 2 + 3 )) 37
+    write_random $(( units - 32 )) 32
+  fi
   sync
   echo 3 >/proc/sys/vm/drop_caches
   sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"

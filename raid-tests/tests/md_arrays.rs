@@ -28,7 +28,8 @@ const DISK_SIZE: u64 = 64 << 20;
 /// One md array the guest makes.
 struct MdSpec {
     name: &'static str,
-    level: u32,
+    /// mdadm's `--level`: "0", "5", "linear", ...
+    level: &'static str,
     /// mdadm's `--layout` ("-" for the default).
     layout: &'static str,
     metadata: &'static str,
@@ -37,6 +38,9 @@ struct MdSpec {
     first: usize,
     count: usize,
     bitmap: bool,
+    /// An ext4 with files instead of random data (checked on the host with
+    /// e2fsck and debugfs, whole and degraded).
+    ext4: bool,
     /// The layout name `vraid examine` should show.
     layout_name: Option<&'static str>,
     /// Member sets (by role) to leave out for the degraded checks.
@@ -54,7 +58,11 @@ impl MdSpec {
             self.chunk,
             self.first,
             self.count,
-            if self.bitmap { "bitmap" } else { "-" }
+            match (self.bitmap, self.ext4) {
+                (true, _) => "bitmap",
+                (_, true) => "ext4",
+                _ => "-",
+            }
         )
     }
 }
@@ -150,13 +158,53 @@ fn made(console: &str, name: &str) -> Made {
 
 /// md5 of the whole export, read with nbdcopy, and its size.
 fn export_md5(uri: &str, scratch: &Path) -> (u64, String) {
+    let out = export_image(uri, scratch);
+    let size = std::fs::metadata(&out).unwrap().len();
+    let sum = md5_of(&out);
+    let _ = std::fs::remove_file(&out);
+    (size, sum)
+}
+
+/// The whole export copied into a file with nbdcopy.
+fn export_image(uri: &str, scratch: &Path) -> PathBuf {
     let out = scratch.join("md-export.raw");
     let _ = std::fs::remove_file(&out);
     run_ok(Command::new("nbdcopy").arg(uri).arg(&out));
-    let size = std::fs::metadata(&out).unwrap().len();
-    let sum = run_ok(Command::new("md5sum").arg(&out));
-    let _ = std::fs::remove_file(&out);
-    (size, sum.split_whitespace().next().unwrap().to_string())
+    out
+}
+
+fn md5_of(path: &Path) -> String {
+    let sum = run_ok(Command::new("md5sum").arg(path));
+    sum.split_whitespace().next().unwrap().to_string()
+}
+
+/// The guest's `VRAID-MD-FILE NAME FILE MD5` lines of array `name`.
+fn guest_files(console: &str, name: &str) -> Vec<(String, String)> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-FILE "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 3 && f[0] == name)
+        .map(|f| (f[1].to_string(), f[2].to_string()))
+        .collect()
+}
+
+/// The ext4 in `image` is clean (`e2fsck -fn`) and holds `files` with the
+/// md5 the guest printed (dumped with debugfs).
+fn check_ext4(image: &Path, files: &[(String, String)], scratch: &Path) {
+    assert!(!files.is_empty(), "guest printed no files");
+    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(image));
+    for (file, md5) in files {
+        let dump = scratch.join("md-dumped-file");
+        let _ = std::fs::remove_file(&dump);
+        run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("dump /{file} {}", dump.display()))
+                .arg(image),
+        );
+        assert_eq!(&md5_of(&dump), md5, "file {file} read through vraid");
+    }
 }
 
 fn serve_md(members: &[&PathBuf]) -> Server {
@@ -174,7 +222,11 @@ fn check_examine(spec: &MdSpec, disks: &[PathBuf], m: &Made) {
         assert_eq!(e["kind"], "md", "{what}");
         assert_eq!(e["version"], spec.metadata, "{what}");
         assert_eq!(e["array_uuid"], m.uuid.as_str(), "{what}");
-        assert_eq!(e["raid_level"], format!("raid{}", spec.level), "{what}");
+        let level = match spec.level.parse::<u32>() {
+            Ok(n) => format!("raid{n}"),
+            Err(_) => spec.level.to_string(),
+        };
+        assert_eq!(e["raid_level"], level, "{what}");
         assert_eq!(e["raid_devices"], spec.count as u64, "{what}");
         assert_eq!(e["checksum_ok"], true, "{what}");
         assert_eq!(e["state"], "clean", "{what}");
@@ -198,8 +250,15 @@ fn check_examine(spec: &MdSpec, disks: &[PathBuf], m: &Made) {
 }
 
 /// Serves `spec`'s members whole and with each `lose` set left out, and
-/// compares every byte (by md5) with what md read in the guest.
-fn check_served(spec: &MdSpec, disks: &[PathBuf], m: &Made, scratch: &Path) {
+/// compares every byte (by md5) with what md read in the guest; an ext4
+/// is checked file by file too.
+fn check_served(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    files: &[(String, String)],
+    scratch: &Path,
+) {
     let export = if spec.metadata == "0.90" {
         m.uuid.clone()
     } else {
@@ -216,9 +275,14 @@ fn check_served(spec: &MdSpec, disks: &[PathBuf], m: &Made, scratch: &Path) {
     }
     for members in sets {
         let server = serve_md(&members);
-        let (size, md5) = export_md5(&server.uri(&export), scratch);
+        let image = export_image(&server.uri(&export), scratch);
         let log = server.log();
         assert_eq!(server.stop(), 0);
+        let (size, md5) = (std::fs::metadata(&image).unwrap().len(), md5_of(&image));
+        if spec.ext4 {
+            check_ext4(&image, files, scratch);
+        }
+        let _ = std::fs::remove_file(&image);
         let what = format!(
             "{} served from {} of {} members",
             spec.name,
@@ -233,18 +297,29 @@ fn check_served(spec: &MdSpec, disks: &[PathBuf], m: &Made, scratch: &Path) {
     }
 }
 
-fn run_guest_arrays(test: &str, specs: &[MdSpec]) {
+/// Boots the guest once to make `specs` on 64 MiB disks (`resize`:
+/// (disk, bytes) made smaller first), then checks every array.
+fn run_guest_arrays(test: &str, specs: &[MdSpec], resize: &[(usize, u64)]) {
     let dir = scratch_dir(test);
     let disks = sparse_members(
         dir.path(),
         specs.iter().map(|s| s.first + s.count).max().unwrap(),
         DISK_SIZE,
     );
+    for &(disk, size) in resize {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disks[disk])
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
     let console = boot_md_guest(&disks, specs, dir.path());
     for spec in specs {
         let m = made(&console, spec.name);
         check_examine(spec, &disks, &m);
-        check_served(spec, &disks, &m, dir.path());
+        let files = guest_files(&console, spec.name);
+        check_served(spec, &disks, &m, &files, dir.path());
     }
 }
 
@@ -255,159 +330,231 @@ fn md_raid5_raid6_raid0_made_by_linux_are_served_whole_and_degraded() {
         &[
             MdSpec {
                 name: "r5ls",
-                level: 5,
+                level: "5",
                 layout: "-",
                 metadata: "1.2",
                 chunk: "64",
                 first: 0,
                 count: 4,
                 bitmap: true,
+                ext4: false,
                 layout_name: Some("left-symmetric"),
                 lose: &[&[0], &[3]],
             },
             MdSpec {
                 name: "r5ra",
-                level: 5,
+                level: "5",
                 layout: "right-asymmetric",
                 metadata: "0.90",
                 chunk: "32",
                 first: 4,
                 count: 4,
                 bitmap: false,
+                ext4: false,
                 layout_name: Some("right-asymmetric"),
                 lose: &[&[1]],
             },
             MdSpec {
                 name: "r6",
-                level: 6,
+                level: "6",
                 layout: "-",
                 metadata: "1.0",
                 chunk: "64",
                 first: 8,
                 count: 5,
                 bitmap: false,
+                ext4: false,
                 layout_name: Some("left-symmetric"),
                 lose: &[&[0, 1], &[2, 4], &[3]],
             },
             MdSpec {
                 name: "r0",
-                level: 0,
+                level: "0",
                 layout: "-",
                 metadata: "1.1",
                 chunk: "128",
                 first: 13,
                 count: 3,
                 bitmap: false,
+                ext4: false,
                 layout_name: None,
                 lose: &[],
             },
         ],
+        &[],
     );
 }
 
 #[test]
-fn md_raid1_raid10_and_raid6_q_last_made_by_linux_are_served_whole_and_degraded() {
+fn md_raid1_raid10_and_raid6_q_last_made_by_linux_with_ext4_are_served_whole_and_degraded() {
     run_guest_arrays(
         "md-mirror",
         &[
             MdSpec {
                 name: "r1",
-                level: 1,
+                level: "1",
                 layout: "-",
                 metadata: "1.2",
                 chunk: "-",
                 first: 0,
                 count: 3,
                 bitmap: false,
+                ext4: false,
                 layout_name: None,
                 lose: &[&[0, 2]],
             },
             MdSpec {
                 name: "r10n2",
-                level: 10,
+                level: "10",
                 layout: "n2",
                 metadata: "1.2",
                 chunk: "64",
                 first: 3,
                 count: 3,
                 bitmap: false,
+                ext4: true,
                 layout_name: Some("near=2"),
                 lose: &[&[1]],
             },
             MdSpec {
                 name: "r10f2",
-                level: 10,
+                level: "10",
                 layout: "f2",
                 metadata: "1.0",
                 chunk: "64",
                 first: 6,
                 count: 4,
                 bitmap: false,
+                ext4: false,
                 layout_name: Some("far=2"),
                 lose: &[&[0], &[1, 3]],
             },
             MdSpec {
                 name: "r10o2",
-                level: 10,
+                level: "10",
                 layout: "o2",
                 metadata: "1.1",
                 chunk: "64",
                 first: 10,
                 count: 4,
                 bitmap: false,
+                ext4: false,
                 layout_name: Some("offset=2"),
                 lose: &[&[2]],
             },
             MdSpec {
                 name: "r6q",
-                level: 6,
+                level: "6",
                 layout: "left-symmetric-6",
                 metadata: "1.2",
                 chunk: "64",
                 first: 14,
                 count: 4,
                 bitmap: false,
+                ext4: true,
                 layout_name: Some("left-symmetric-6"),
                 lose: &[&[0, 3], &[1]],
             },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn md_multi_zone_raid0_in_both_layouts_and_linear_made_by_linux_are_served() {
+    // Members of different sizes: RAID-0 then has several strip zones.
+    let zoned = |name, layout: &'static str, first| MdSpec {
+        name,
+        level: "0",
+        layout,
+        metadata: "1.2",
+        chunk: "64",
+        first,
+        count: 3,
+        bitmap: false,
+        ext4: false,
+        layout_name: Some(layout),
+        lose: &[],
+    };
+    run_guest_arrays(
+        "md-zones",
+        &[
+            zoned("zalt", "alternate", 0),
+            zoned("zorig", "original", 3),
+            MdSpec {
+                name: "lin",
+                level: "linear",
+                layout: "-",
+                metadata: "1.0",
+                chunk: "-",
+                first: 6,
+                count: 3,
+                bitmap: false,
+                ext4: false,
+                layout_name: None,
+                lose: &[],
+            },
+        ],
+        &[
+            (1, 40 << 20),
+            (2, 52 << 20),
+            (3, 36 << 20),
+            (5, 50 << 20),
+            (6, 44 << 20),
+            (8, 56 << 20),
         ],
     );
 }
 
 #[test]
-fn md_raid0_missing_a_member_and_mixed_arrays_are_refused_with_the_reason() {
+fn md_raid0_missing_a_member_mixed_arrays_and_bad_checksums_are_refused_and_config_md_serves() {
     // Arrange: two RAID-0 arrays from one boot.
     let specs = [
         MdSpec {
             name: "a",
-            level: 0,
+            level: "0",
             layout: "-",
             metadata: "1.2",
             chunk: "64",
             first: 0,
             count: 2,
             bitmap: false,
+            ext4: false,
             layout_name: None,
             lose: &[],
         },
         MdSpec {
             name: "b",
-            level: 0,
+            level: "0",
             layout: "-",
             metadata: "1.2",
             chunk: "64",
             first: 2,
             count: 2,
             bitmap: false,
+            ext4: false,
             layout_name: None,
             lose: &[],
         },
     ];
     let dir = scratch_dir("md-refusals");
     let disks = sparse_members(dir.path(), 4, DISK_SIZE);
-    boot_md_guest(&disks, &specs, dir.path());
+    let console = boot_md_guest(&disks, &specs, dir.path());
+    let b = made(&console, "b");
+    let cfg = dir.path().join("md.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[md]]\nmembers = [{:?}, {:?}]\nname = \"bee\"\n",
+            disks[3], disks[2]
+        ),
+    )
+    .unwrap();
 
     // Act
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let (size, md5) = export_md5(&server.uri("bee"), dir.path());
+    assert_eq!(server.stop(), 0);
     let serve = |members: &[&PathBuf]| {
         let mut c = vraid(&["serve", "--nbd", "127.0.0.1:0", "--md"]);
         c.args(members.iter().map(|p| p.as_os_str()));
@@ -423,6 +570,11 @@ fn md_raid0_missing_a_member_and_mixed_arrays_are_refused_with_the_reason() {
     let examined = run(vraid(&["examine", "--json"]).arg(&disks[1]));
 
     // Assert
+    assert_eq!(
+        (size, md5),
+        (b.size, b.md5),
+        "[[md]] in a config serves array b"
+    );
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!missing.status.success());
     assert!(

@@ -36,8 +36,13 @@ pub struct MdServed {
     pub volume: Arc<MdVolume>,
 }
 
-/// Opens `paths` read-only and assembles the md array they hold.
-pub async fn bring_up(paths: &[PathBuf], opts: &MemberOptions) -> Result<MdServed, DaemonError> {
+/// Opens `paths` read-only and assembles the md array they hold, exported
+/// as `name` if given.
+pub async fn bring_up(
+    paths: &[PathBuf],
+    name: Option<&str>,
+    opts: &MemberOptions,
+) -> Result<MdServed, DaemonError> {
     let opts = MemberOptions {
         read_only: true,
         ..*opts
@@ -50,7 +55,10 @@ pub async fn bring_up(paths: &[PathBuf], opts: &MemberOptions) -> Result<MdServe
             .map_err(|e| DaemonError::Usage(format!("{}: {e}", path.display())))?;
         members.push((device, sb));
     }
-    let array = md::assemble(members).map_err(|e| DaemonError::Usage(e.to_string()))?;
+    let mut array = md::assemble(members).map_err(|e| DaemonError::Usage(e.to_string()))?;
+    if let Some(name) = name {
+        array.name = name.to_string();
+    }
     for l in &array.left_out {
         warn!("md {}: {} left out: {}", array.name, l.device, l.why);
     }

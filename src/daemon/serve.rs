@@ -97,8 +97,8 @@ struct ServePlan {
     metrics: Option<SocketAddr>,
     limits: NbdLimits,
     specs: Vec<VolumeSpec>,
-    /// Members of a Linux md array to serve read-only.
-    md: Vec<PathBuf>,
+    /// Linux md arrays to serve read-only.
+    md: Vec<crate::config::MdConfig>,
     demo_mode: bool,
 }
 
@@ -167,6 +167,14 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
     let config = args.config.as_deref().map(Config::load).transpose()?;
     let server = config.as_ref().map(|c| &c.server);
     let demo_mode = config.is_none() && args.members.is_empty();
+    let md = match &config {
+        Some(config) => config.md.clone(),
+        None if args.md => vec![crate::config::MdConfig {
+            members: args.members.clone(),
+            name: None,
+        }],
+        None => Vec::new(),
+    };
     let mut specs = match &config {
         Some(config) => config_specs(config, args),
         None if args.md => Vec::new(),
@@ -199,24 +207,21 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         metrics: args.metrics.or(server.and_then(|s| s.metrics)),
         limits: nbd_limits(&args.nbd_limits, limit_keys),
         specs,
-        md: if args.md {
-            args.members.clone()
-        } else {
-            Vec::new()
-        },
+        md,
         demo_mode,
     })
 }
 
-/// The md array given by `--md` (none without it).
+/// The md arrays given by `--md` or `[[md]]`.
 async fn bring_up_md(
-    paths: &[PathBuf],
+    specs: &[crate::config::MdConfig],
     opts: &MemberOptions,
-) -> Result<Option<super::md::MdServed>, DaemonError> {
-    if paths.is_empty() {
-        return Ok(None);
+) -> Result<Vec<super::md::MdServed>, DaemonError> {
+    let mut served = Vec::with_capacity(specs.len());
+    for spec in specs {
+        served.push(super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?);
     }
-    super::md::bring_up(paths, opts).await.map(Some)
+    Ok(served)
 }
 
 /// The member engine: the command line's, else `VRAID_IO_ENGINE`, else the

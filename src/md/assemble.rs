@@ -16,6 +16,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::superblock::{feature, mdadm_uuid, MdSuperblock, Role};
+use super::zones::{LinearMap, Raid0Layout, Raid0Map};
 use crate::block::BlockDevice;
 use crate::raid::md_layout::{MdLayoutError, ParityLayout, Raid10Layout};
 
@@ -45,9 +46,11 @@ pub enum MdAssembleError {
 }
 
 /// md's levels that vraid serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MdLevel {
-    Raid0,
+    /// RAID-0 in md's strip zones (one zone when the members are of a size).
+    Raid0(Raid0Map),
+    Linear(LinearMap),
     Raid1,
     /// RAID-4, 5 or 6 in md's algorithm.
     Parity(ParityLayout),
@@ -60,6 +63,8 @@ pub struct Slot {
     pub device: Arc<dyn BlockDevice>,
     /// Byte offset of the member's data area.
     pub data_offset: u64,
+    /// Sectors of its data area (`data_size`).
+    pub data_sectors: u64,
 }
 
 impl std::fmt::Debug for Slot {
@@ -136,19 +141,51 @@ pub fn assemble(
     refuse_unservable(&freshest)?;
     let level = level_of(&freshest, &members)?;
     let slots = place(&freshest, members, &mut left_out)?;
-    let array = MdArray {
+    let mut array = MdArray {
         name: export_name(&freshest),
         uuid,
         level_number: freshest.level,
         level,
         chunk_bytes: freshest.chunk_bytes,
-        size: array_bytes(&freshest, level, &slots),
+        size: 0,
         slots,
         left_out,
         freshest,
     };
     check_redundancy(&array)?;
+    array.level = with_sizes(&array)?;
+    array.size = array_bytes(&array.freshest, &array.level);
     Ok(array)
+}
+
+/// RAID-0 and linear with their maps, from every member's size (all
+/// present: `check_redundancy` refused them otherwise).
+fn with_sizes(a: &MdArray) -> Result<MdLevel, MdAssembleError> {
+    let sizes: Vec<u64> = a.slots.iter().flatten().map(|s| s.data_sectors).collect();
+    let chunk = a.chunk_bytes / 512;
+    Ok(match &a.level {
+        MdLevel::Raid0(_) => {
+            let layout = match (
+                a.freshest.feature_map & feature::RAID0_LAYOUT,
+                a.freshest.layout,
+            ) {
+                (0, _) => None,
+                (_, 1) => Some(Raid0Layout::Original),
+                (_, 2) => Some(Raid0Layout::Alternate),
+                _ => None,
+            };
+            MdLevel::Raid0(Raid0Map::new(&sizes, chunk, layout).ok_or_else(|| {
+                MdAssembleError::Refused {
+                    uuid: a.uuid.clone(),
+                    why: "RAID-0 over members of different sizes (several zones) without a \
+                          zone layout (original or alternate) recorded; md refuses it too"
+                        .into(),
+                }
+            })?)
+        }
+        MdLevel::Linear(_) => MdLevel::Linear(LinearMap::new(&sizes, chunk)),
+        other => other.clone(),
+    })
 }
 
 /// Every member is of one array (UUID).
@@ -226,9 +263,6 @@ fn level_of(
             "the number of devices"
         } else if other.component_sectors != sb.component_sectors && sb.level != 0 {
             "the device size"
-        } else if sb.level == 0 && raid0_dev_sectors(other) != raid0_dev_sectors(sb) {
-            "the member size (RAID-0 over members of different sizes has several zones, \
-             which vraid does not serve)"
         } else {
             continue;
         };
@@ -243,6 +277,9 @@ fn level_of(
         why,
     };
     let striped = matches!(sb.level, 0 | 4 | 5 | 6 | 10);
+    if sb.level == -1 && !sb.chunk_bytes.is_multiple_of(512) {
+        return Err(refuse(format!("rounding of {} bytes", sb.chunk_bytes)));
+    }
     if striped
         && (sb.chunk_bytes == 0 || !sb.chunk_bytes.is_multiple_of(4096) || sb.chunk_bytes > 1 << 30)
     {
@@ -254,7 +291,8 @@ fn level_of(
     let disks = sb.raid_disks as usize;
     let layout_err = |e| MdAssembleError::Layout(e, uuid.clone());
     Ok(match sb.level {
-        0 => MdLevel::Raid0,
+        0 => MdLevel::Raid0(Raid0Map::new(&[], 1, None).expect("no zones")),
+        -1 => MdLevel::Linear(LinearMap::new(&[], 0)),
         1 => MdLevel::Raid1,
         4..=6 => MdLevel::Parity(
             ParityLayout::new(sb.level as u32, disks, sb.layout).map_err(layout_err)?,
@@ -263,7 +301,6 @@ fn level_of(
             Raid10Layout::new(sb.layout, disks, sb.chunk_bytes / 512, sb.component_sectors)
                 .map_err(layout_err)?,
         ),
-        -1 => return Err(refuse("linear arrays are not served".into())),
         l => return Err(refuse(format!("level {l} is not served"))),
     })
 }
@@ -301,8 +338,9 @@ fn place(
         let slot = Slot {
             device,
             data_offset: sb.data_offset * 512,
+            data_sectors: sb.data_size,
         };
-        slots[role] = Some((slot, sb.data_size));
+        slots[role] = Some((slot, sb.events));
     }
     Ok(slots.into_iter().map(|s| s.map(|(slot, _)| slot)).collect())
 }
@@ -353,24 +391,17 @@ fn unusable(fresh: &MdSuperblock, sb: &MdSuperblock) -> Option<String> {
 }
 
 /// The array size in bytes, as md computes it.
-fn array_bytes(sb: &MdSuperblock, level: MdLevel, slots: &[Option<Slot>]) -> u64 {
+fn array_bytes(sb: &MdSuperblock, level: &MdLevel) -> u64 {
     let chunk_sectors = (sb.chunk_bytes / 512).max(1);
     let per_dev = sb.component_sectors / chunk_sectors * chunk_sectors;
     let sectors = match level {
-        MdLevel::Raid0 => raid0_dev_sectors(sb) * slots.len() as u64,
+        MdLevel::Raid0(z) => z.sectors(),
+        MdLevel::Linear(l) => l.sectors(),
         MdLevel::Raid1 => sb.component_sectors,
         MdLevel::Parity(p) => per_dev * p.data_disks() as u64,
         MdLevel::Raid10(r) => r.array_sectors(sb.component_sectors),
     };
     sectors * 512
-}
-
-/// RAID-0's per-member sectors: md uses each member's whole data area
-/// rounded down to the chunk (several zones when they differ; vraid
-/// serves one zone, so `level_of` refuses unequal members).
-pub(super) fn raid0_dev_sectors(sb: &MdSuperblock) -> u64 {
-    let chunk_sectors = (sb.chunk_bytes / 512).max(1);
-    sb.data_size / chunk_sectors * chunk_sectors
 }
 
 /// Enough members for every byte, and no torn parity used to rebuild.
@@ -380,11 +411,11 @@ fn check_redundancy(a: &MdArray) -> Result<(), MdAssembleError> {
         uuid: a.uuid.clone(),
         why,
     };
-    let tolerated = match a.level {
-        MdLevel::Raid0 => 0,
+    let tolerated = match &a.level {
+        MdLevel::Raid0(_) | MdLevel::Linear(_) => 0,
         MdLevel::Raid1 => a.slots.len() - 1,
         MdLevel::Parity(p) => p.disks() - p.data_disks(),
-        MdLevel::Raid10(r) => raid10_tolerates(&r, &a.slots, a.chunk_bytes / 512),
+        MdLevel::Raid10(r) => raid10_tolerates(r, &a.slots, a.chunk_bytes / 512),
     };
     if missing > tolerated {
         return Err(refuse(format!(

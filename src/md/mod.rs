@@ -23,6 +23,7 @@ pub mod superblock;
 mod superblock0;
 mod superblock1;
 pub mod volume;
+pub mod zones;
 
 #[cfg(test)]
 mod encode;

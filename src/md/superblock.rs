@@ -47,7 +47,7 @@ pub mod feature {
     pub const JOURNAL: u32 = 512;
     pub const PPL: u32 = 1024;
     pub const MULTIPLE_PPLS: u32 = 2048;
-    pub const RAID0_LAYOUT: u32 = 8192;
+    pub const RAID0_LAYOUT: u32 = 4096;
 }
 
 /// The superblock versions md writes.

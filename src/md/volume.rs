@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  read(offset, len) ─► pieces of at most one chunk
-//!    RAID-0   chunk c ─► disk c mod n, row c div n
+//!    RAID-0   zones::Raid0Map (md's strip zones) ─► member, sector
+//!    linear   zones::LinearMap ─► member, sector
 //!    RAID-1   any member holding a good copy
 //!    RAID-10  find_phys(chunk start) ─► the first copy that reads
 //!    4/5/6    locate(c) ─► (stripe, disk) ─► read, or rebuild from the
@@ -53,29 +54,46 @@ impl MdVolume {
             let pos = offset + done as u64;
             let in_chunk = pos % chunk;
             let n = ((chunk - in_chunk) as usize).min(buf.len() - done);
+            let n = match &self.array.level {
+                MdLevel::Raid0(z) => z.chunk_left(pos / 512) * 512 - pos % 512,
+                MdLevel::Linear(l) => l.map(pos / 512).2 * 512 - pos % 512,
+                _ => n as u64,
+            }
+            .min((buf.len() - done) as u64) as usize;
             let piece = &mut buf[done..done + n];
             let index = pos / chunk;
-            match self.array.level {
-                MdLevel::Raid0 => self.read_raid0(index, in_chunk, piece).await?,
+            match &self.array.level {
+                MdLevel::Raid0(z) => {
+                    let (role, sector) = z.map(pos / 512);
+                    self.read_role(role, sector * 512 + pos % 512, piece)
+                        .await?
+                }
+                MdLevel::Linear(l) => {
+                    let (role, sector, _) = l.map(pos / 512);
+                    self.read_role(role, sector * 512 + pos % 512, piece)
+                        .await?
+                }
                 MdLevel::Raid1 => self.read_copies(&self.raid1_copies(pos), piece).await?,
                 MdLevel::Raid10(_) => {
                     self.read_copies(&self.raid10_copies(index, in_chunk), piece)
                         .await?
                 }
-                MdLevel::Parity(p) => self.read_parity(&p, index, in_chunk, piece).await?,
+                MdLevel::Parity(p) => self.read_parity(p, index, in_chunk, piece).await?,
             }
             done += n;
         }
         Ok(())
     }
 
-    async fn read_raid0(&self, chunk: u64, in_chunk: u64, buf: &mut [u8]) -> BlockResult {
-        let n = self.array.slots.len() as u64;
-        let row = chunk / n;
-        let slot = self.array.slots[(chunk % n) as usize]
-            .as_ref()
+    /// Reads `buf` at byte `at` of the data area of the member in `role`.
+    async fn read_role(&self, role: usize, at: u64, buf: &mut [u8]) -> BlockResult {
+        let slot = self
+            .array
+            .slots
+            .get(role)
+            .and_then(|s| s.as_ref())
             .ok_or_else(|| self.lost())?;
-        read_slot(slot, row * self.array.chunk_bytes + in_chunk, buf).await
+        read_slot(slot, at, buf).await
     }
 
     /// Every RAID-1 member at `pos`, starting from one picked by the
@@ -88,7 +106,7 @@ impl MdVolume {
 
     /// Every copy of a RAID-10 chunk piece: (disk, member byte offset).
     fn raid10_copies(&self, chunk: u64, in_chunk: u64) -> Vec<(usize, u64)> {
-        let MdLevel::Raid10(r) = self.array.level else {
+        let MdLevel::Raid10(r) = &self.array.level else {
             return Vec::new();
         };
         let chunk_sectors = self.array.chunk_bytes / 512;
