@@ -276,6 +276,12 @@ fn level_of(
         uuid: uuid.clone(),
         why,
     };
+    if !matches!(sb.level, 0 | -1) && sb.component_sectors > sb.data_size {
+        return Err(refuse(format!(
+            "device size {} sectors is larger than the freshest member's data area of {}",
+            sb.component_sectors, sb.data_size
+        )));
+    }
     let striped = matches!(sb.level, 0 | 4 | 5 | 6 | 10);
     if sb.level == -1 && !sb.chunk_bytes.is_multiple_of(512) {
         return Err(refuse(format!("rounding of {} bytes", sb.chunk_bytes)));

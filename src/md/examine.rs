@@ -188,7 +188,7 @@ fn role_text(role: Role) -> String {
 }
 
 fn sectors_text(s: u64) -> String {
-    format!("{s} sectors ({})", format_size(s * 512))
+    format!("{s} sectors ({})", format_size(s.saturating_mul(512)))
 }
 
 impl fmt::Display for MdReport {
