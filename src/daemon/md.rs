@@ -20,14 +20,14 @@ use crate::export::nbd::Export;
 use crate::md::{self, MdReport, MdVolume};
 use crate::member::{self, MemberOptions};
 
-/// The md report of a device holding an md superblock, `None` if it holds
-/// none (a corrupt one still gives a report: its checksum shows bad, or
-/// the field error is returned).
-pub async fn examine(device: &dyn BlockDevice) -> Result<Option<MdReport>, DaemonError> {
+/// The md report of a device holding an md superblock (a bad checksum
+/// still gives one: it shows bad); `Err` with the reason when one is found
+/// but a field is out of bounds; `Ok(None)` when there is none.
+pub async fn examine(device: &dyn BlockDevice) -> Result<Option<MdReport>, String> {
     match md::superblock::read(device).await {
         Ok(sb) => Ok(Some(MdReport::new(device.name(), &sb))),
         Err(md::MdSuperblockError::NotMd) => Ok(None),
-        Err(e) => Err(DaemonError::Usage(format!("{}: {e}", device.name()))),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -141,8 +141,13 @@ pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
             } else {
                 print!("{foreign}");
             }
+            let md = foreign
+                .md_error
+                .as_ref()
+                .map(|e| format!(" (unreadable: {e})"))
+                .unwrap_or_default();
             return Err(DaemonError::Usage(format!(
-                "{}: no vraid superblock; it holds {}",
+                "{}: no vraid superblock; it holds {}{md}",
                 show_path(member),
                 foreign.summary()
             )));
