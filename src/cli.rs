@@ -412,6 +412,10 @@ pub struct ServeArgs {
     /// Members of one array to assemble and serve (any order).
     #[arg(value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
+    /// The MEMBERs are the disks (or images) of a Linux md array: assemble
+    /// it from its md superblocks and serve it read-only.
+    #[arg(long, requires = "members", conflicts_with_all = ["config", "vhost_user_blk"])]
+    pub md: bool,
     /// Control socket path (default: DEMO_DIR/control.sock for the demo,
     /// else ./vraid-control.sock; also $VRAID_CONTROL or `[server] control`).
     #[arg(long, value_name = "PATH")]
@@ -495,6 +499,7 @@ impl ServeArgs {
             checksum_cache: self.checksum_cache,
             no_journal: self.no_journal,
             force_assemble: self.force_assemble,
+            md: self.md,
         }
     }
 }

@@ -32,6 +32,19 @@ pub struct Config {
     pub server: ServerConfig,
     /// Volumes, in file order.
     pub volumes: Vec<VolumeConfig>,
+    /// Linux md arrays served read-only (`[[md]]`), in file order.
+    pub md: Vec<MdConfig>,
+}
+
+/// One `[[md]]`: a Linux md array assembled from its members and served
+/// read-only (as `vraid serve --md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MdConfig {
+    /// Member paths, in any order.
+    pub members: Vec<PathBuf>,
+    /// Export name (default: the md name without its host part, or the
+    /// array UUID for 0.90).
+    pub name: Option<String>,
 }
 
 /// The `[server]` table.
@@ -255,6 +268,15 @@ struct RawConfig {
     server: Option<RawServer>,
     #[serde(default)]
     volume: Vec<RawVolume>,
+    #[serde(default)]
+    md: Vec<RawMd>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMd {
+    members: Spanned<Vec<Spanned<String>>>,
+    name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -409,8 +431,42 @@ impl Config {
             let vol = volume(&src, &key, v, &mut paths)?;
             volumes.push(vol);
         }
-        Ok(Config { server, volumes })
+        let md = raw
+            .md
+            .iter()
+            .enumerate()
+            .map(|(i, m)| md_array(&src, &format!("md[{i}]"), m, &mut paths))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            server,
+            volumes,
+            md,
+        })
     }
+}
+
+/// One `[[md]]`: at least one member, paths not used elsewhere, a valid
+/// export name if given.
+fn md_array(
+    src: &Source<'_>,
+    key: &str,
+    m: &RawMd,
+    paths: &mut TakenPaths,
+) -> Result<MdConfig, ConfigError> {
+    if m.members.get_ref().is_empty() {
+        return Err(src.invalid(
+            m.members.span(),
+            format!("{key}.members"),
+            "an md array needs at least one member",
+        ));
+    }
+    let members = unique_paths(src, &format!("{key}.members"), m.members.get_ref(), paths)?;
+    let name = m
+        .name
+        .as_ref()
+        .map(|n| volume_name(src, key, n))
+        .transpose()?;
+    Ok(MdConfig { members, name })
 }
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -1124,7 +1180,8 @@ members = ["/d", "/e"]
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                assert!(!config.volumes.is_empty(), "{}", path.display());
+                let served = config.volumes.len() + config.md.len();
+                assert!(served > 0, "{}", path.display());
                 seen += 1;
             }
         }
@@ -1474,5 +1531,22 @@ probability = 0.5
         let e = err(&create(", checksum_layout = \"sideways\""));
         assert!(e.contains("volume[0].create.checksum_layout"), "{e}");
         assert!(e.contains("use `separate` or `inline`"), "{e}");
+    }
+    #[test]
+    fn md_tables_are_read_and_their_paths_checked() {
+        let md = "[[md]]\nmembers = [\"/a\", \"/b\"]\nname = \"nas\"\n";
+        let c = parse(md).unwrap();
+        assert_eq!(c.md.len(), 1);
+        assert_eq!(c.md[0].members, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(c.md[0].name.as_deref(), Some("nas"));
+        let e = err(&format!("{md}[[md]]\nmembers = [\"/b\"]\n"));
+        assert!(
+            e.contains("md[1].members[0]") && e.contains("already used"),
+            "{e}"
+        );
+        let e = err("[[md]]\nmembers = []\n");
+        assert!(e.contains("at least one member"), "{e}");
+        let example = include_str!("../config/md.toml");
+        assert_eq!(parse(example).unwrap().md[0].members.len(), 4);
     }
 }

@@ -19,6 +19,7 @@ pub mod duration;
 pub mod export;
 pub mod integrity;
 pub mod iovec;
+pub mod md;
 pub mod member;
 pub mod meta;
 pub mod metrics;

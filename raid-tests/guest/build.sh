@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the test guest: a Debian 6.1 kernel and a busybox-static initramfs
-# that loads the virtio-blk and ext4 modules and runs guest-test.sh.
+# that loads the virtio-blk and ext4 modules and runs guest-test.sh (or, with
+# VRAID_GUEST=md on the kernel command line, loads md's modules too and runs
+# md-test.sh with mdadm from Debian's mdadm package).
 #
 #   raid-tests/guest/build.sh [OUT_DIR]     # default: target/guest-cache
 #
 # OUT_DIR receives:
 #   linux-image-*.deb       the kernel package (apt-get download; kept as cache)
+#   mdadm_*.deb             mdadm (apt-get download; kept as cache)
 #   vmlinuz                 the kernel
 #   initramfs.cpio.gz       /init + busybox + modules + mke2fs and its libraries
 #
@@ -58,7 +61,8 @@ fi
 # modules.list (dependencies first, found depth-first over modules.dep). The
 # full extraction (~400 MB) is deleted afterwards.
 kdir="$out/kernel-$(basename "$deb" .deb)"
-if [ ! -f "$kdir/.done" ]; then
+# .done-md2: extracted with md's modules too (md-modules.list).
+if [ ! -f "$kdir/.done-md2" ]; then
   rm -rf "$kdir"
   mkdir -p "$kdir/modules"
   dpkg-deb -x "$deb" "$kdir/root"
@@ -84,9 +88,36 @@ if [ ! -f "$kdir/.done" ]; then
     cp "$moddir/$rel" "$kdir/modules/"
     basename "$rel" >>"$kdir/modules.list"
   done
+  # md's personalities and what they need (async_*, xor, raid6_pq), loaded
+  # after the list above only by the md guest.
+  order=()
+  for m in md-mod linear raid0 raid1 raid10 raid456; do
+    rel="$(grep -m1 -o "^[^:]*/$m\.ko" "$moddir/modules.dep")" || { echo "build.sh: module $m not found" >&2; exit 1; }
+    visit "$rel"
+  done
+  : >"$kdir/md-modules.list"
+  for rel in "${order[@]}"; do
+    cp "$moddir/$rel" "$kdir/modules/"
+    basename "$rel" >>"$kdir/md-modules.list"
+  done
   cp "$kdir/root/boot/vmlinuz-$kver" "$kdir/vmlinuz"
   rm -rf "$kdir/root"
-  touch "$kdir/.done"
+  touch "$kdir/.done-md2"
+fi
+
+# --- mdadm (for the md guest) ---------------------------------------------------
+mdeb="$(ls "$out"/mdadm_*.deb 2>/dev/null | sort -V | tail -n1 || true)"
+if [ -z "$mdeb" ]; then
+  download mdadm || { apt-get update -qq; download mdadm; } || { cat "$out/download.log" >&2; echo "build.sh: apt-get download mdadm failed" >&2; exit 1; }
+  mdeb="$(ls "$out"/mdadm_*.deb | sort -V | tail -n1)"
+fi
+mdir="$out/mdadm-$(basename "$mdeb" .deb)"
+if [ ! -x "$mdir/mdadm" ]; then
+  rm -rf "$mdir"
+  mkdir -p "$mdir"
+  dpkg-deb -x "$mdeb" "$mdir/root"
+  cp "$mdir/root/sbin/mdadm" "$mdir/mdadm"
+  rm -rf "$mdir/root"
 fi
 cp "$kdir/vmlinuz" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
@@ -94,11 +125,12 @@ mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 # --- initramfs tree -------------------------------------------------------------------
 root="$(mktemp -d "$out/initramfs.XXXXXX")"
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,lib/modules,lib64,lib/x86_64-linux-gnu}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt,etc,run,lib/modules,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$root/bin/busybox"
 for applet in sh mount umount insmod poweroff; do ln -s busybox "$root/bin/$applet"; done
 cp "$kdir"/modules/*.ko "$root/lib/modules/"
 cp "$kdir/modules.list" "$root/modules.list"
+cp "$kdir/md-modules.list" "$root/md-modules.list"
 # mke2fs with its shared libraries (busybox's mke2fs only writes ext2).
 cp /sbin/mke2fs "$root/sbin/mke2fs"
 ln -s mke2fs "$root/sbin/mkfs.ext4"
@@ -106,9 +138,15 @@ ln -s mke2fs "$root/sbin/mkfs.ext4"
 ldd /sbin/mke2fs | grep -o '/[^ ]*' | while read -r lib; do
   cp -L "$lib" "$root$lib"
 done
+# mdadm with its shared libraries (the host's: the same Debian release).
+cp "$mdir/mdadm" "$root/sbin/mdadm"
+ldd "$root/sbin/mdadm" | grep -o '/[^ ]*' | while read -r lib; do
+  cp -L "$lib" "$root$lib"
+done
 cp "$here/init" "$root/init"
 cp "$here/guest-test.sh" "$root/guest-test.sh"
-chmod 0755 "$root/init" "$root/guest-test.sh"
+cp "$here/md-test.sh" "$root/md-test.sh"
+chmod 0755 "$root/init" "$root/guest-test.sh" "$root/md-test.sh"
 
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out/initramfs.cpio.gz.tmp"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"

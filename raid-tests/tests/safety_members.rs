@@ -275,7 +275,16 @@ fn foreign_contents_are_refused_by_add_replace_create_and_config_spares() {
     for t in &targets {
         let shown = t.path.display().to_string();
         let ex = run(vraid(&["examine"]).arg(&t.path));
-        refused(&ex, t.needle, &format!("examine {shown}"));
+        if ex.status.success() && t.needle.contains("md superblock") {
+            // An md superblock that parses: examine shows it (md_arrays.rs).
+            let out = String::from_utf8_lossy(&ex.stdout);
+            assert!(
+                ex.status.success() && out.contains("Magic : a92b4efc"),
+                "examine {shown}: {ex:?}"
+            );
+        } else {
+            refused(&ex, t.needle, &format!("examine {shown}"));
+        }
         let refusal = format!("spare {shown} refused: it holds");
         assert!(
             log.lines()

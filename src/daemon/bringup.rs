@@ -188,7 +188,13 @@ pub async fn examine_member(path: &Path) -> Result<Examined, DaemonError> {
             Ok(Examined::Member(Box::new(report)))
         }
         Err(meta::MetaError::Superblock { .. }) => {
+            let md_error = match super::md::examine(&*dev).await {
+                Ok(Some(md)) => return Ok(Examined::Md(Box::new(md))),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
             let mut report = meta::ForeignReport::probe(&*dev).await?;
+            report.md_error = md_error;
             report.in_use_elsewhere = busy;
             Ok(Examined::Foreign(report))
         }
@@ -202,6 +208,8 @@ pub enum Examined {
     Member(Box<meta::ExamineReport>),
     /// No vraid superblock: what the pre-write check sees instead.
     Foreign(meta::ForeignReport),
+    /// A Linux md member.
+    Md(Box<crate::md::MdReport>),
 }
 
 /// One assembled, running array.

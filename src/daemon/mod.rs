@@ -13,6 +13,7 @@ mod bringup;
 mod demo;
 mod engine_ops;
 mod journal;
+mod md;
 mod read_only;
 mod serve;
 mod sync_plan;
@@ -120,10 +121,19 @@ pub async fn create(members: &[PathBuf], req: &CreateRequest) -> Result<(), Daem
 pub async fn examine(member: &Path, json: bool) -> Result<(), DaemonError> {
     let report = match bringup::examine_member(member).await? {
         bringup::Examined::Member(report) => report,
+        bringup::Examined::Md(report) => {
+            print_report(&report, json);
+            return Ok(());
+        }
         bringup::Examined::Foreign(foreign) => {
             print_report(&foreign, json);
+            let md = foreign
+                .md_error
+                .as_ref()
+                .map(|e| format!(" (unreadable: {e})"))
+                .unwrap_or_default();
             return Err(DaemonError::Usage(format!(
-                "{}: no vraid superblock; it holds {}",
+                "{}: no vraid superblock; it holds {}{md}",
                 show_path(member),
                 foreign.summary()
             )));

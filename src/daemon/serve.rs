@@ -105,6 +105,8 @@ pub struct ServeOptions {
     pub no_journal: bool,
     /// Forced assembly of every volume.
     pub force_assemble: bool,
+    /// `members` are the members of a Linux md array (served read-only).
+    pub md: bool,
 }
 
 /// What `serve` decided from its options and the config.
@@ -116,6 +118,8 @@ struct ServePlan {
     metrics: Option<SocketAddr>,
     limits: NbdLimits,
     specs: Vec<VolumeSpec>,
+    /// Linux md arrays to serve read-only.
+    md: Vec<crate::config::MdConfig>,
     demo_mode: bool,
 }
 
@@ -129,6 +133,13 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         crate::export::vhost::check_socket_free(socket)?;
     }
     let volumes = bring_up_all(plan.specs, &plan.opts).await?;
+    let md = match bring_up_md(&plan.md, &plan.opts).await {
+        Ok(md) => md,
+        Err(e) => {
+            shutdown_volumes(&volumes).await;
+            return Err(e);
+        }
+    };
     let ops = match start_ops(&volumes, &plan.control, plan.metrics).await {
         Ok(ops) => ops,
         Err(e) => {
@@ -136,7 +147,9 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let server = Arc::new(NbdServer::with_limits(nbd_exports(&volumes), plan.limits));
+    let mut exports = nbd_exports(&volumes);
+    exports.extend(md.iter().map(|m| m.export()));
+    let server = Arc::new(NbdServer::with_limits(exports, plan.limits));
     let vhost = match start_vhost(&volumes) {
         Ok(v) => v,
         Err(e) => {
@@ -179,8 +192,17 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
     let config = args.config.as_deref().map(Config::load).transpose()?;
     let server = config.as_ref().map(|c| &c.server);
     let demo_mode = config.is_none() && args.members.is_empty();
+    let md = match &config {
+        Some(config) => config.md.clone(),
+        None if args.md => vec![crate::config::MdConfig {
+            members: args.members.clone(),
+            name: None,
+        }],
+        None => Vec::new(),
+    };
     let mut specs = match &config {
         Some(config) => config_specs(config, args),
+        None if args.md => Vec::new(),
         None if !demo_mode => vec![members_spec(args)],
         None => vec![demo_spec(args)],
     };
@@ -210,8 +232,21 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         metrics: args.metrics.or(server.and_then(|s| s.metrics)),
         limits: nbd_limits(&args.nbd_limits, limit_keys),
         specs,
+        md,
         demo_mode,
     })
+}
+
+/// The md arrays given by `--md` or `[[md]]`.
+async fn bring_up_md(
+    specs: &[crate::config::MdConfig],
+    opts: &MemberOptions,
+) -> Result<Vec<super::md::MdServed>, DaemonError> {
+    let mut served = Vec::with_capacity(specs.len());
+    for spec in specs {
+        served.push(super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?);
+    }
+    Ok(served)
 }
 
 /// The member engine: the command line's, else `VRAID_IO_ENGINE`, else the

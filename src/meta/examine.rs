@@ -85,6 +85,9 @@ pub struct ForeignReport {
     pub found: Vec<super::signature::Signature>,
     /// Another process holds the device exclusively.
     pub in_use_elsewhere: Option<bool>,
+    /// An md superblock was found but cannot be read: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md_error: Option<String>,
 }
 
 impl ForeignReport {
@@ -101,6 +104,7 @@ impl ForeignReport {
             vraid: false,
             found,
             in_use_elsewhere: None,
+            md_error: None,
         })
     }
 
@@ -119,6 +123,9 @@ impl fmt::Display for ForeignReport {
         writeln!(f, "{}:", self.device)?;
         writeln!(f, "  vraid superblock : none")?;
         writeln!(f, "            Holds : {}", self.summary())?;
+        if let Some(e) = &self.md_error {
+            writeln!(f, "    md superblock : unreadable: {e}")?;
+        }
         if let Some(busy) = self.in_use_elsewhere {
             writeln!(f, "           In use : {}", in_use_text(busy))?;
         }

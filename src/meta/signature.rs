@@ -31,9 +31,6 @@ pub const HEAD_LEN: u64 = 1 << 20;
 /// Bytes read from the end of a device.
 pub const TAIL_LEN: u64 = 1 << 20;
 
-/// md's superblock magic (`MD_SB_MAGIC`).
-const MD_MAGIC: u32 = 0xa92b_4efc;
-
 /// One thing found on a device.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -186,26 +183,28 @@ fn vraid(v: &View<'_>) -> Option<Signature> {
     })
 }
 
+/// md superblocks where md puts them (`md::superblock::MdVersion::offset`),
+/// by magic and major version.
 fn md(v: &View<'_>) -> Vec<Signature> {
-    let sectors = v.size / 512;
-    let mut places = vec![("1.1", Some(0)), ("1.2", Some(4096))];
-    // 1.0: 8 KiB before the end, 4 KiB aligned (super1.c).
-    places.push(("1.0", sectors.checked_sub(16).map(|s| (s & !7) * 512)));
-    // 0.90: the last 64 KiB-aligned 64 KiB block (MD_NEW_SIZE_SECTORS).
-    places.push(("0.90", (v.size & !0xffff).checked_sub(0x10000)));
-    places
-        .into_iter()
-        .filter_map(|(version, off)| {
-            let off = off?;
-            let major = if version == "0.90" { 0 } else { 1 };
-            (v.le32(off) == Some(MD_MAGIC) && v.le32(off + 4) == Some(major)).then_some(
-                Signature::Md {
-                    version,
-                    offset: off,
-                },
-            )
+    use crate::md::superblock::{MdVersion, MAGIC};
+    [
+        MdVersion::V1_1,
+        MdVersion::V1_2,
+        MdVersion::V1_0,
+        MdVersion::V0_90,
+    ]
+    .into_iter()
+    .filter_map(|version| {
+        let off = version.offset(v.size)?;
+        let v0 = version == MdVersion::V0_90;
+        // 0.90 is in its writer's byte order; its major version is 0 either way.
+        let magic = v.le32(off) == Some(MAGIC) || (v0 && v.le32(off) == Some(MAGIC.swap_bytes()));
+        (magic && v.le32(off + 4) == Some(u32::from(!v0))).then_some(Signature::Md {
+            version: version.as_str(),
+            offset: off,
         })
-        .collect()
+    })
+    .collect()
 }
 
 fn filesystem(v: &View<'_>) -> Option<&'static str> {

@@ -35,6 +35,8 @@ fn zeroed_device_holds_nothing() {
 fn md_superblocks_are_found_at_every_version_offset() {
     let v1 = [0xfc, 0x4e, 0x2b, 0xa9, 1, 0, 0, 0];
     let v0 = [0xfc, 0x4e, 0x2b, 0xa9, 0, 0, 0, 0];
+    // 0.90 written by a big-endian machine.
+    let v0_be = [0xa9, 0x2b, 0x4e, 0xfc, 0, 0, 0, 0];
     let end_1_0 = ((SIZE / 512 - 16) & !7) * 512;
     let end_0_90 = (SIZE & !0xffff) - 0x10000;
     for (at, magic, version) in [
@@ -42,6 +44,7 @@ fn md_superblocks_are_found_at_every_version_offset() {
         (4096, &v1, "1.2"),
         (end_1_0, &v1, "1.0"),
         (end_0_90, &v0, "0.90"),
+        (end_0_90, &v0_be, "0.90"),
     ] {
         let f = found(&[(at, magic)]);
         assert_eq!(

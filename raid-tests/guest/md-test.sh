@@ -1,0 +1,80 @@
+#!/bin/sh
+# Runs inside the md test guest (VRAID_GUEST=md): makes md arrays with the
+# real kernel md and mdadm on the virtio disks, writes random data into each,
+# prints what the host checks, and stops them. Parameters (kernel command
+# line, so init's environment):
+#   VRAID_MD_ARRAYS  NAME:LEVEL:LAYOUT:METADATA:CHUNK:FIRST:COUNT:BITMAP,...
+#                    one array per entry, on disks FIRST..FIRST+COUNT-1
+#                    (0 = /dev/vda, in the order of the -drive options);
+#                    LAYOUT and CHUNK "-" for mdadm's default, BITMAP
+#                    "bitmap" for an internal write-intent bitmap, "ext4"
+#                    for an ext4 with files instead of random data, else "-".
+# For each array it prints
+#   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: each file written)
+#   VRAID-MD-ARRAY NAME SIZE MD5 UUID
+# (the array's size in bytes, the md5 of all of it as md reads it, and the
+# UUID as mdadm prints it) after `mdadm --examine` of its disks.
+set -u
+fail() { echo "VRAID-GUEST-FAIL: $*"; exit 1; }
+letters=abcdefghijklmnopqrstuvwxyz
+disk() { echo "/dev/vd$(echo $letters | cut -c$(( $1 + 1 )))"; }
+[ -n "${VRAID_MD_ARRAYS:-}" ] || fail "VRAID_MD_ARRAYS is not set"
+
+# write_random SEEK_64K COUNT_64K: random bytes into /dev/md0.
+write_random() {
+  dd if=/dev/urandom of=/dev/md0 bs=65536 seek="$1" count="$2" conv=fsync 2>/dev/null \
+    || fail "dd into /dev/md0 at $1 x 64 KiB"
+}
+
+# write_ext4 NAME: an ext4 on /dev/md0 with a few files, their md5 printed.
+write_ext4() {
+  mkfs.ext4 -q -F /dev/md0 || fail "mkfs.ext4 on $1"
+  mount -t ext4 /dev/md0 /mnt || fail "mount of $1"
+  mkdir -p /mnt/dir
+  dd if=/dev/urandom of=/mnt/big bs=65536 count=100 2>/dev/null || fail "write big"
+  dd if=/dev/urandom of=/mnt/dir/odd bs=4097 count=33 2>/dev/null || fail "write odd"
+  echo "md array $1 made by Linux" >/mnt/dir/small
+  for f in big dir/odd dir/small; do
+    echo "VRAID-MD-FILE $1 $f $(md5sum </mnt/$f | cut -d' ' -f1)"
+  done
+  umount /mnt || fail "umount of $1"
+}
+
+for spec in $(echo "$VRAID_MD_ARRAYS" | tr ',' ' '); do
+  IFS=: read -r name level layout meta chunk first count bitmap <<EOF
+$spec
+EOF
+  devs=""
+  i=0
+  while [ "$i" -lt "$count" ]; do
+    devs="$devs $(disk $(( first + i )))"
+    i=$(( i + 1 ))
+  done
+  opts="--metadata=$meta --level=$level --raid-devices=$count --run --homehost=vraidguest"
+  case $level in 0 | linear) ;; *) opts="$opts --assume-clean" ;; esac
+  [ "$chunk" = - ] || opts="$opts --chunk=$chunk"
+  [ "$layout" = - ] || opts="$opts --layout=$layout"
+  [ "$bitmap" = bitmap ] && opts="$opts --bitmap=internal"
+  [ "$meta" = 0.90 ] || opts="$opts --name=$name"
+  # shellcheck disable=SC2086
+  yes | mdadm --create /dev/md0 $opts $devs >/tmp/create.log 2>&1 \
+    || { cat /tmp/create.log; fail "mdadm --create $name ($opts)"; }
+  size=$(blockdev --getsize64 /dev/md0) || fail "size of $name"
+  units=$(( size / 65536 ))
+  if [ "$bitmap" = ext4 ]; then
+    write_ext4 "$name"
+  else
+    # The start, a piece in the middle off the chunk grid, the end.
+    write_random 0 128
+    write_random $(( units / 2 + 3 )) 37
+    write_random $(( units - 32 )) 32
+  fi
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+  sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"
+  uuid=$(mdadm --detail /dev/md0 | sed -n 's/^ *UUID : \([0-9a-f:]*\).*/\1/p')
+  # shellcheck disable=SC2086
+  mdadm --examine $devs
+  mdadm --stop /dev/md0 || fail "mdadm --stop $name"
+  echo "VRAID-MD-ARRAY $name $size $sum $uuid"
+done

@@ -1,0 +1,597 @@
+//! Arrays made by the real Linux md: QEMU under TCG boots the Debian 6.1
+//! kernel with md's modules and Debian's mdadm (`raid-tests/guest/`,
+//! `VRAID_GUEST=md`), which creates md arrays on raw files attached as
+//! virtio disks, writes random data into each, prints the md5 of the whole
+//! array as md reads it, and stops them. The host then runs `vraid
+//! examine` on every member and `vraid serve --md` on the members, and
+//! compares the md5 of what nbdcopy reads with the guest's; again with
+//! members left out (one, two for RAID-6) to check reconstruction.
+//!
+//! ```text
+//!  guest: mdadm --create ... /dev/vdX.. ─► dd urandom ─► md5sum /dev/md0 ─► --stop
+//!  host:  vraid examine --json each file (UUID, level, layout, role, csum)
+//!         vraid serve --md FILES ─► nbdcopy ─► md5 == guest's   (whole)
+//!         vraid serve --md FILES minus 1 or 2 ─► md5 == guest's (degraded)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use raid_tests::*;
+
+/// Boots take ~30 s on an idle TCG host; leave room for a loaded one.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const DISK_SIZE: u64 = 64 << 20;
+
+/// One md array the guest makes.
+struct MdSpec {
+    name: &'static str,
+    /// mdadm's `--level`: "0", "5", "linear", ...
+    level: &'static str,
+    /// mdadm's `--layout` ("-" for the default).
+    layout: &'static str,
+    metadata: &'static str,
+    /// mdadm's `--chunk` in KiB ("-" for none).
+    chunk: &'static str,
+    first: usize,
+    count: usize,
+    bitmap: bool,
+    /// An ext4 with files instead of random data (checked on the host with
+    /// e2fsck and debugfs, whole and degraded).
+    ext4: bool,
+    /// The layout name `vraid examine` should show.
+    layout_name: Option<&'static str>,
+    /// Member sets (by role) to leave out for the degraded checks.
+    lose: &'static [&'static [usize]],
+}
+
+impl MdSpec {
+    fn arg(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}:{}:{}:{}",
+            self.name,
+            self.level,
+            self.layout,
+            self.metadata,
+            self.chunk,
+            self.first,
+            self.count,
+            match (self.bitmap, self.ext4) {
+                (true, _) => "bitmap",
+                (_, true) => "ext4",
+                _ => "-",
+            }
+        )
+    }
+}
+
+/// What the guest printed of an array: size, md5, UUID.
+struct Made {
+    size: u64,
+    md5: String,
+    uuid: String,
+}
+
+fn guest_image() -> &'static (PathBuf, PathBuf) {
+    static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let root = workspace_root();
+        let cache = root.join("target").join("guest-cache");
+        run_ok(
+            Command::new("bash")
+                .arg(root.join("raid-tests/guest/build.sh"))
+                .arg(&cache),
+        );
+        (cache.join("vmlinuz"), cache.join("initramfs.cpio.gz"))
+    })
+}
+
+/// Boots the md guest on `disks` and returns its console.
+fn boot_md_guest(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path) -> String {
+    let (kernel, initrd) = guest_image();
+    let console = scratch.join("console.log");
+    let log = std::fs::File::create(&console).unwrap();
+    let arrays: Vec<String> = specs.iter().map(MdSpec::arg).collect();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "2", "-m", "512"])
+        .args(["-vga", "none", "-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!(
+            // no_timer_check: under TCG on a loaded host the kernel's IO-APIC
+            // timer check can fail and panic the boot.
+            "console=ttyS0 quiet panic=-1 no_timer_check VRAID_GUEST=md VRAID_MD_ARRAYS={}",
+            arrays.join(",")
+        ))
+        .args(["-nographic", "-no-reboot"]);
+    for d in disks {
+        cmd.arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", d.display()));
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e}"));
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "md guest did not power off within {BOOT_TIMEOUT:?}; console:\n{}",
+                String::from_utf8_lossy(&std::fs::read(&console).unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+    assert!(status.success(), "qemu exited with {status}:\n{text}");
+    assert!(
+        text.contains("VRAID-GUEST-PASS") && !text.contains("VRAID-GUEST-FAIL"),
+        "md guest failed; console:\n{text}"
+    );
+    text
+}
+
+/// The guest's `VRAID-MD-ARRAY NAME SIZE MD5 UUID` line of `name`.
+fn made(console: &str, name: &str) -> Made {
+    let line = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-ARRAY "))
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("guest printed nothing for {name}:\n{console}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    Made {
+        size: f[1].parse().unwrap(),
+        md5: f[2].to_string(),
+        uuid: f.get(3).unwrap_or(&"").to_string(),
+    }
+}
+
+/// md5 of the whole export, read with nbdcopy, and its size.
+fn export_md5(uri: &str, scratch: &Path) -> (u64, String) {
+    let out = export_image(uri, scratch);
+    let size = std::fs::metadata(&out).unwrap().len();
+    let sum = md5_of(&out);
+    let _ = std::fs::remove_file(&out);
+    (size, sum)
+}
+
+/// The whole export copied into a file with nbdcopy.
+fn export_image(uri: &str, scratch: &Path) -> PathBuf {
+    let out = scratch.join("md-export.raw");
+    let _ = std::fs::remove_file(&out);
+    run_ok(Command::new("nbdcopy").arg(uri).arg(&out));
+    out
+}
+
+fn md5_of(path: &Path) -> String {
+    let sum = run_ok(Command::new("md5sum").arg(path));
+    sum.split_whitespace().next().unwrap().to_string()
+}
+
+/// The guest's `VRAID-MD-FILE NAME FILE MD5` lines of array `name`.
+fn guest_files(console: &str, name: &str) -> Vec<(String, String)> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-FILE "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 3 && f[0] == name)
+        .map(|f| (f[1].to_string(), f[2].to_string()))
+        .collect()
+}
+
+/// The ext4 in `image` is clean (`e2fsck -fn`) and holds `files` with the
+/// md5 the guest printed (dumped with debugfs).
+fn check_ext4(image: &Path, files: &[(String, String)], scratch: &Path) {
+    assert!(!files.is_empty(), "guest printed no files");
+    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(image));
+    for (file, md5) in files {
+        let dump = scratch.join("md-dumped-file");
+        let _ = std::fs::remove_file(&dump);
+        run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("dump /{file} {}", dump.display()))
+                .arg(image),
+        );
+        assert_eq!(&md5_of(&dump), md5, "file {file} read through vraid");
+    }
+}
+
+fn serve_md(members: &[&PathBuf]) -> Server {
+    let mut args = vec!["--md"];
+    args.extend(members.iter().map(|p| p.to_str().unwrap()));
+    Server::start(&args)
+}
+
+/// Checks `vraid examine` of every member of `spec` against the guest.
+fn check_examine(spec: &MdSpec, disks: &[PathBuf], m: &Made) {
+    for role in 0..spec.count {
+        let disk = &disks[spec.first + role];
+        let e = examine(disk);
+        let what = format!("{} member {role} ({}): {e:#}", spec.name, disk.display());
+        assert_eq!(e["kind"], "md", "{what}");
+        assert_eq!(e["version"], spec.metadata, "{what}");
+        assert_eq!(e["array_uuid"], m.uuid.as_str(), "{what}");
+        let level = match spec.level.parse::<u32>() {
+            Ok(n) => format!("raid{n}"),
+            Err(_) => spec.level.to_string(),
+        };
+        assert_eq!(e["raid_level"], level, "{what}");
+        assert_eq!(e["raid_devices"], spec.count as u64, "{what}");
+        assert_eq!(e["checksum_ok"], true, "{what}");
+        assert_eq!(e["state"], "clean", "{what}");
+        assert_eq!(e["bitmap"], spec.bitmap, "{what}");
+        assert_eq!(e["reshape"], serde_json::Value::Null, "{what}");
+        assert_eq!(e["device_role"]["kind"], "active", "{what}");
+        assert_eq!(e["device_role"]["slot"], role as u64, "{what}");
+        assert_eq!(e["array_state"], "A".repeat(spec.count), "{what}");
+        if let Some(name) = spec.layout_name {
+            assert_eq!(e["layout_name"], name, "{what}");
+        }
+        if spec.metadata != "0.90" {
+            assert_eq!(e["name"], format!("vraidguest:{}", spec.name), "{what}");
+        }
+    }
+    let text = run_ok(vraid(&["examine"]).arg(&disks[spec.first]));
+    assert!(
+        text.contains(&m.uuid) && text.contains("- correct"),
+        "{text}"
+    );
+}
+
+/// Serves `spec`'s members whole and with each `lose` set left out, and
+/// compares every byte (by md5) with what md read in the guest; an ext4
+/// is checked file by file too.
+fn check_served(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    files: &[(String, String)],
+    scratch: &Path,
+) {
+    let export = if spec.metadata == "0.90" {
+        m.uuid.clone()
+    } else {
+        spec.name.to_string()
+    };
+    let all: Vec<&PathBuf> = disks[spec.first..spec.first + spec.count].iter().collect();
+    let mut sets: Vec<Vec<&PathBuf>> = vec![all.iter().rev().copied().collect()];
+    for lose in spec.lose {
+        let kept = (0..spec.count)
+            .filter(|r| !lose.contains(r))
+            .map(|r| all[r])
+            .collect();
+        sets.push(kept);
+    }
+    for members in sets {
+        let server = serve_md(&members);
+        let image = export_image(&server.uri(&export), scratch);
+        let log = server.log();
+        assert_eq!(server.stop(), 0);
+        let (size, md5) = (std::fs::metadata(&image).unwrap().len(), md5_of(&image));
+        if spec.ext4 {
+            check_ext4(&image, files, scratch);
+        }
+        let _ = std::fs::remove_file(&image);
+        let what = format!(
+            "{} served from {} of {} members",
+            spec.name,
+            members.len(),
+            spec.count
+        );
+        assert_eq!(size, m.size, "{what}: size\n{log}");
+        assert_eq!(md5, m.md5, "{what}: bytes differ from md's\n{log}");
+        if members.len() < spec.count {
+            assert!(log.contains("DEGRADED"), "{what}\n{log}");
+        }
+    }
+}
+
+/// Boots the guest once to make `specs` on 64 MiB disks (`resize`:
+/// (disk, bytes) made smaller first), then checks every array.
+fn run_guest_arrays(test: &str, specs: &[MdSpec], resize: &[(usize, u64)]) {
+    let dir = scratch_dir(test);
+    let disks = sparse_members(
+        dir.path(),
+        specs.iter().map(|s| s.first + s.count).max().unwrap(),
+        DISK_SIZE,
+    );
+    for &(disk, size) in resize {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disks[disk])
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
+    let console = boot_md_guest(&disks, specs, dir.path());
+    for spec in specs {
+        let m = made(&console, spec.name);
+        check_examine(spec, &disks, &m);
+        let files = guest_files(&console, spec.name);
+        check_served(spec, &disks, &m, &files, dir.path());
+    }
+}
+
+#[test]
+fn md_raid5_raid6_raid0_made_by_linux_are_served_whole_and_degraded() {
+    run_guest_arrays(
+        "md-parity",
+        &[
+            MdSpec {
+                name: "r5ls",
+                level: "5",
+                layout: "-",
+                metadata: "1.2",
+                chunk: "64",
+                first: 0,
+                count: 4,
+                bitmap: true,
+                ext4: false,
+                layout_name: Some("left-symmetric"),
+                lose: &[&[0], &[3]],
+            },
+            MdSpec {
+                name: "r5ra",
+                level: "5",
+                layout: "right-asymmetric",
+                metadata: "0.90",
+                chunk: "32",
+                first: 4,
+                count: 4,
+                bitmap: false,
+                ext4: false,
+                layout_name: Some("right-asymmetric"),
+                lose: &[&[1]],
+            },
+            MdSpec {
+                name: "r6",
+                level: "6",
+                layout: "-",
+                metadata: "1.0",
+                chunk: "64",
+                first: 8,
+                count: 5,
+                bitmap: false,
+                ext4: false,
+                layout_name: Some("left-symmetric"),
+                lose: &[&[0, 1], &[2, 4], &[3]],
+            },
+            MdSpec {
+                name: "r0",
+                level: "0",
+                layout: "-",
+                metadata: "1.1",
+                chunk: "128",
+                first: 13,
+                count: 3,
+                bitmap: false,
+                ext4: false,
+                layout_name: None,
+                lose: &[],
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn md_raid1_raid10_and_raid6_q_last_made_by_linux_with_ext4_are_served_whole_and_degraded() {
+    run_guest_arrays(
+        "md-mirror",
+        &[
+            MdSpec {
+                name: "r1",
+                level: "1",
+                layout: "-",
+                metadata: "1.2",
+                chunk: "-",
+                first: 0,
+                count: 3,
+                bitmap: false,
+                ext4: false,
+                layout_name: None,
+                lose: &[&[0, 2]],
+            },
+            MdSpec {
+                name: "r10n2",
+                level: "10",
+                layout: "n2",
+                metadata: "1.2",
+                chunk: "64",
+                first: 3,
+                count: 3,
+                bitmap: false,
+                ext4: true,
+                layout_name: Some("near=2"),
+                lose: &[&[1]],
+            },
+            MdSpec {
+                name: "r10f2",
+                level: "10",
+                layout: "f2",
+                metadata: "1.0",
+                chunk: "64",
+                first: 6,
+                count: 4,
+                bitmap: false,
+                ext4: false,
+                layout_name: Some("far=2"),
+                lose: &[&[0], &[1, 3]],
+            },
+            MdSpec {
+                name: "r10o2",
+                level: "10",
+                layout: "o2",
+                metadata: "1.1",
+                chunk: "64",
+                first: 10,
+                count: 4,
+                bitmap: false,
+                ext4: false,
+                layout_name: Some("offset=2"),
+                lose: &[&[2]],
+            },
+            MdSpec {
+                name: "r6q",
+                level: "6",
+                layout: "left-symmetric-6",
+                metadata: "1.2",
+                chunk: "64",
+                first: 14,
+                count: 4,
+                bitmap: false,
+                ext4: true,
+                layout_name: Some("left-symmetric-6"),
+                lose: &[&[0, 3], &[1]],
+            },
+        ],
+        &[],
+    );
+}
+
+#[test]
+fn md_multi_zone_raid0_in_both_layouts_and_linear_made_by_linux_are_served() {
+    // Members of different sizes: RAID-0 then has several strip zones.
+    let zoned = |name, layout: &'static str, first| MdSpec {
+        name,
+        level: "0",
+        layout,
+        metadata: "1.2",
+        chunk: "64",
+        first,
+        count: 3,
+        bitmap: false,
+        ext4: false,
+        layout_name: Some(layout),
+        lose: &[],
+    };
+    run_guest_arrays(
+        "md-zones",
+        &[
+            zoned("zalt", "alternate", 0),
+            zoned("zorig", "original", 3),
+            MdSpec {
+                name: "lin",
+                level: "linear",
+                layout: "-",
+                metadata: "1.0",
+                chunk: "-",
+                first: 6,
+                count: 3,
+                bitmap: false,
+                ext4: false,
+                layout_name: None,
+                lose: &[],
+            },
+        ],
+        &[
+            (1, 40 << 20),
+            (2, 52 << 20),
+            (3, 36 << 20),
+            (5, 50 << 20),
+            (6, 44 << 20),
+            (8, 56 << 20),
+        ],
+    );
+}
+
+#[test]
+fn md_raid0_missing_a_member_mixed_arrays_and_bad_checksums_are_refused_and_config_md_serves() {
+    // Arrange: two RAID-0 arrays from one boot.
+    let specs = [
+        MdSpec {
+            name: "a",
+            level: "0",
+            layout: "-",
+            metadata: "1.2",
+            chunk: "64",
+            first: 0,
+            count: 2,
+            bitmap: false,
+            ext4: false,
+            layout_name: None,
+            lose: &[],
+        },
+        MdSpec {
+            name: "b",
+            level: "0",
+            layout: "-",
+            metadata: "1.2",
+            chunk: "64",
+            first: 2,
+            count: 2,
+            bitmap: false,
+            ext4: false,
+            layout_name: None,
+            lose: &[],
+        },
+    ];
+    let dir = scratch_dir("md-refusals");
+    let disks = sparse_members(dir.path(), 4, DISK_SIZE);
+    let console = boot_md_guest(&disks, &specs, dir.path());
+    let b = made(&console, "b");
+    let cfg = dir.path().join("md.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[md]]\nmembers = [{:?}, {:?}]\nname = \"bee\"\n",
+            disks[3], disks[2]
+        ),
+    )
+    .unwrap();
+
+    // Act
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let (size, md5) = export_md5(&server.uri("bee"), dir.path());
+    assert_eq!(server.stop(), 0);
+    let serve = |members: &[&PathBuf]| {
+        let mut c = vraid(&["serve", "--nbd", "127.0.0.1:0", "--md"]);
+        c.args(members.iter().map(|p| p.as_os_str()));
+        run(c)
+    };
+    let missing = serve(&[&disks[0]]);
+    let mixed = serve(&[&disks[0], &disks[1], &disks[2]]);
+    // A corrupt superblock byte: the member is left out, so RAID-0 fails.
+    let mut sb = peek(&disks[1], 4096, 4096);
+    sb[100] ^= 0x40;
+    poke(&disks[1], 4096, &sb);
+    let corrupt = serve(&[&disks[0], &disks[1]]);
+    let examined = run(vraid(&["examine", "--json"]).arg(&disks[1]));
+
+    // Assert
+    assert_eq!(
+        (size, md5),
+        (b.size, b.md5),
+        "[[md]] in a config serves array b"
+    );
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!missing.status.success());
+    assert!(
+        err(&missing).contains("1 of 2 members missing"),
+        "{}",
+        err(&missing)
+    );
+    assert!(!mixed.status.success());
+    assert!(
+        err(&mixed).contains("different md arrays"),
+        "{}",
+        err(&mixed)
+    );
+    assert!(!corrupt.status.success());
+    assert!(err(&corrupt).contains("checksum"), "{}", err(&corrupt));
+    let e: serde_json::Value = serde_json::from_slice(&examined.stdout).unwrap();
+    assert_eq!(e["checksum_ok"], false, "{e:#}");
+}

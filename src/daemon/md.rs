@@ -1,0 +1,99 @@
+//! The daemon's side of Linux md arrays: `vraid examine` of an md member
+//! and `vraid serve --md MEMBER...`, which opens the members read-only
+//! (O_RDONLY, claimed as vraid members are: nothing is written), reads their md
+//! superblocks, assembles the array (`md::assemble`) and exports it as a
+//! read-only NBD volume beside any vraid volumes.
+//!
+//! ```text
+//!  paths ─► open O_RDONLY ─► md::superblock::read ─► md::assemble ─► MdVolume
+//!        ─► nbd::Export { read_only: true }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::DaemonError;
+use crate::block::BlockDevice;
+use crate::export::nbd::Export;
+use crate::md::{self, MdReport, MdVolume};
+use crate::member::{self, MemberOptions};
+
+/// The md report of a device holding an md superblock (a bad checksum
+/// still gives one: it shows bad); `Err` with the reason when one is found
+/// but a field is out of bounds; `Ok(None)` when there is none.
+pub async fn examine(device: &dyn BlockDevice) -> Result<Option<MdReport>, String> {
+    match md::superblock::read(device).await {
+        Ok(sb) => Ok(Some(MdReport::new(device.name(), &sb))),
+        Err(md::MdSuperblockError::NotMd) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An md array assembled for serving.
+pub struct MdServed {
+    pub volume: Arc<MdVolume>,
+}
+
+/// Opens `paths` read-only and assembles the md array they hold, exported
+/// as `name` if given.
+pub async fn bring_up(
+    paths: &[PathBuf],
+    name: Option<&str>,
+    opts: &MemberOptions,
+) -> Result<MdServed, DaemonError> {
+    let opts = MemberOptions {
+        read_only: true,
+        ..*opts
+    };
+    let mut members = Vec::with_capacity(paths.len());
+    for path in paths {
+        let device: Arc<dyn BlockDevice> = member::open_member(path, &opts)?;
+        let sb = md::superblock::read(&*device)
+            .await
+            .map_err(|e| DaemonError::Usage(format!("{}: {e}", path.display())))?;
+        members.push((device, sb));
+    }
+    let mut array = md::assemble(members).map_err(|e| DaemonError::Usage(e.to_string()))?;
+    if let Some(name) = name {
+        array.name = name.to_string();
+    }
+    for l in &array.left_out {
+        warn!("md {}: {} left out: {}", array.name, l.device, l.why);
+    }
+    let missing = array.missing();
+    info!(
+        "md {} ({}): {}, {} of {} members{}, {} bytes, read-only",
+        array.name,
+        array.uuid,
+        md::assemble::level_name(array.level_number),
+        array.slots.len() - missing,
+        array.slots.len(),
+        if missing > 0 { " (DEGRADED)" } else { "" },
+        array.size
+    );
+    Ok(MdServed {
+        volume: Arc::new(MdVolume::new(array)),
+    })
+}
+
+impl MdServed {
+    /// Its read-only NBD export, named as the array.
+    pub fn export(&self) -> Export {
+        let a = self.volume.array();
+        Export {
+            name: a.name.clone(),
+            description: format!(
+                "Linux md {} array {}, {} members, read-only",
+                md::assemble::level_name(a.level_number),
+                a.uuid,
+                a.slots.len()
+            ),
+            device: self.volume.clone() as Arc<dyn BlockDevice>,
+            read_only: true,
+            preferred_block: 4096,
+            multi_conn: true,
+        }
+    }
+}

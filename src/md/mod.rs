@@ -1,0 +1,36 @@
+//! Linux md arrays, served from their members' images or devices in
+//! userspace, read-only: md's superblocks (0.90 in either byte order, 1.0,
+//! 1.1, 1.2), what `vraid examine` shows of them, the assembly of an array
+//! from its members (grouped by array UUID, ordered by role, stale members
+//! left out by event count) and a read-only [`crate::block::BlockDevice`]
+//! over the members that maps array bytes through md's own layouts
+//! (`raid::md_layout`) and reconstructs what missing members held.
+//!
+//! ```text
+//!  member bytes ─► superblock::read / parse ─► MdSuperblock (checksum checked)
+//!                                               │
+//!  examine::MdReport ◄──────────────────────────┤ (vraid examine)
+//!  assemble::assemble(members) ─► MdArray ──────┘ (freshest events, roles)
+//!  volume::MdVolume::new(MdArray) ─► BlockDevice (read-only) ─► NBD export
+//! ```
+//!
+//! Nothing here writes to a member: members are opened O_RDONLY by the
+//! caller and the volume answers every write with `ReadOnly`.
+
+pub mod assemble;
+pub mod examine;
+pub mod superblock;
+mod superblock0;
+mod superblock1;
+pub mod volume;
+pub mod zones;
+
+#[cfg(test)]
+mod encode;
+#[cfg(test)]
+mod tests;
+
+pub use assemble::{assemble, MdArray, MdAssembleError};
+pub use examine::MdReport;
+pub use superblock::{MdSuperblock, MdSuperblockError, MdVersion, Role};
+pub use volume::MdVolume;
