@@ -45,20 +45,27 @@ fn descriptor_role(f: &Fields<'_>, at: usize, raid_disks: u32) -> Role {
     }
 }
 
-/// Decodes a 0.90 superblock found at byte `at` of a device of `size` bytes.
-pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockError> {
-    let version = MdVersion::V0_90;
-    let big = match (Fields {
+/// The byte order of the superblock at `at` (true: big-endian), from its
+/// magic.
+fn byte_order(block: &[u8], at: u64) -> Result<bool, MdSuperblockError> {
+    let little = Fields {
         b: block,
         big: false,
-    })
-    .u32(0)
-    {
-        MAGIC => false,
-        m if m.swap_bytes() == MAGIC => true,
-        _ => return Err(MdSuperblockError::BadMagic { version, at }),
     };
-    let f = Fields { b: block, big };
+    match little.u32(0) {
+        MAGIC => Ok(false),
+        m if m.swap_bytes() == MAGIC => Ok(true),
+        _ => Err(MdSuperblockError::BadMagic {
+            version: MdVersion::V0_90,
+            at,
+        }),
+    }
+}
+
+/// `raid_disks`, this disk's number and the component size in sectors,
+/// each checked against its bound.
+fn checked_counts(f: &Fields<'_>, at: u64) -> Result<(u32, u32, u64), MdSuperblockError> {
+    let version = MdVersion::V0_90;
     if f.u32(4) != 0 {
         return Err(MdSuperblockError::BadMajor {
             version,
@@ -68,34 +75,28 @@ pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockE
     }
     let raid_disks = f.u32(40);
     if raid_disks == 0 || raid_disks as usize > DISKS_0_90 {
-        return Err(bad(
-            version,
-            at,
-            "raid_disks",
-            raid_disks.into(),
-            "not 1 to 27",
-        ));
+        let why = "not 1 to 27";
+        return Err(bad(version, at, "raid_disks", raid_disks.into(), why));
     }
     let dev_number = f.u32(THIS_DISK_AT);
     if dev_number as usize >= DISKS_0_90 {
-        return Err(bad(
-            version,
-            at,
-            "this_disk.number",
-            dev_number.into(),
-            "not 0 to 26",
-        ));
+        let why = "not 0 to 26";
+        return Err(bad(version, at, "this_disk.number", dev_number.into(), why));
     }
     let component_sectors = f.u32(32) as u64 * 2;
     if component_sectors * 512 > at {
-        return Err(bad(
-            version,
-            at,
-            "size",
-            component_sectors / 2,
-            "reaches past the superblock",
-        ));
+        let why = "reaches past the superblock";
+        return Err(bad(version, at, "size", component_sectors / 2, why));
     }
+    Ok((raid_disks, dev_number, component_sectors))
+}
+
+/// Decodes a 0.90 superblock found at byte `at` of a device of `size` bytes.
+pub(super) fn parse(block: &[u8], at: u64) -> Result<MdSuperblock, MdSuperblockError> {
+    let version = MdVersion::V0_90;
+    let big = byte_order(block, at)?;
+    let f = Fields { b: block, big };
+    let (raid_disks, dev_number, component_sectors) = checked_counts(&f, at)?;
     let roles = (0..DISKS_0_90)
         .map(|i| descriptor_role(&f, DISKS_AT + i * DESC_BYTES, raid_disks))
         .collect();

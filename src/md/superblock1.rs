@@ -34,17 +34,8 @@ pub(super) fn role_of(raw: u16) -> Role {
     }
 }
 
-/// Decodes a 1.x superblock found at byte `at` of a device of `size` bytes.
-pub(super) fn parse(
-    version: MdVersion,
-    block: &[u8],
-    at: u64,
-    size: u64,
-) -> Result<MdSuperblock, MdSuperblockError> {
-    let f = Fields {
-        b: block,
-        big: false,
-    };
+/// Magic, major version and `max_dev` (returned) of a 1.x superblock.
+fn check_header(f: &Fields<'_>, version: MdVersion, at: u64) -> Result<u32, MdSuperblockError> {
     if f.u32(0) != MAGIC {
         return Err(MdSuperblockError::BadMagic { version, at });
     }
@@ -57,14 +48,24 @@ pub(super) fn parse(
     }
     let max_dev = f.u32(220);
     if max_dev > MAX_DEV_1 {
-        return Err(bad(
-            version,
-            at,
-            "max_dev",
-            max_dev.into(),
-            "more than 4 KiB holds",
-        ));
+        let why = "more than 4 KiB holds";
+        return Err(bad(version, at, "max_dev", max_dev.into(), why));
     }
+    Ok(max_dev)
+}
+
+/// Decodes a 1.x superblock found at byte `at` of a device of `size` bytes.
+pub(super) fn parse(
+    version: MdVersion,
+    block: &[u8],
+    at: u64,
+    size: u64,
+) -> Result<MdSuperblock, MdSuperblockError> {
+    let f = Fields {
+        b: block,
+        big: false,
+    };
+    let max_dev = check_header(&f, version, at)?;
     check_offsets(&f, version, at, size)?;
     let roles: Vec<Role> = (0..max_dev as usize)
         .map(|i| role_of(f.u16(256 + 2 * i)))
@@ -75,13 +76,8 @@ pub(super) fn parse(
         .ok_or_else(|| bad(version, at, "dev_number", dev_number.into(), "past max_dev"))?;
     let raid_disks = f.u32(92);
     if raid_disks == 0 || raid_disks > MAX_DEV_1 {
-        return Err(bad(
-            version,
-            at,
-            "raid_disks",
-            raid_disks.into(),
-            "out of range",
-        ));
+        let why = "out of range";
+        return Err(bad(version, at, "raid_disks", raid_disks.into(), why));
     }
     let feature_map = f.u32(8);
     Ok(MdSuperblock {
