@@ -319,7 +319,7 @@ fn random_writes_over_4x4tib_survive_sigkill_scrub_clean_and_rebuild_only_writte
     // 200 writes in distinct regions of a member's 64 MiB map, each
     // member holding data or parity of every row written.
     assert!(
-        written >= 100 * 64 * MIB && written <= 200 * 64 * MIB,
+        (100 * 64 * MIB..=200 * 64 * MIB).contains(&written),
         "{written}"
     );
 
