@@ -74,10 +74,15 @@ impl Piece {
         let a = a.max(self.offset);
         let b = b.min(self.offset + self.len);
         let payload = match &self.payload {
-            Payload::Data { data, start } => Payload::Data {
-                data: data.clone(),
-                start: start + (a - self.offset) as usize,
-            },
+            // A copy of its bytes only: a remnant sharing the whole
+            // write's buffer would hold memory the budget does not charge.
+            Payload::Data { data, start } => {
+                let from = start + (a - self.offset) as usize;
+                Payload::Data {
+                    data: Arc::from(&data[from..from + (b - a) as usize]),
+                    start: 0,
+                }
+            }
             z @ Payload::Zero { .. } => z.clone(),
         };
         Piece {
@@ -220,6 +225,18 @@ impl CacheState {
         self.data_bytes += p.len;
         self.index.insert((p.offset, p.seq));
         self.pieces.insert((p.seq, p.offset), p);
+    }
+
+    /// Removes every piece of write `seq` (a write that failed).
+    pub fn remove_write(&mut self, seq: u64) {
+        let keys: Vec<(u64, u64)> = self
+            .pieces
+            .range((seq, 0)..=(seq, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.remove(key);
+        }
     }
 
     /// The piece at `key` (seq, offset).
