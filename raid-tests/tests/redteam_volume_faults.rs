@@ -256,3 +256,67 @@ fn writes_failing_on_a_dead_volume_do_not_pile_up_in_the_cache() {
     assert!(grown_kib < 24 << 10, "RSS grew by {grown_kib} KiB");
     assert!(v.server.log().find("panicked").is_none());
 }
+
+/// Break: each cached piece was charged 64 bytes on top of its data but
+/// costs about 200 (two B-tree entries, the `Arc` header): a client
+/// writing single bytes without a FLUSH held 3x the budget (50M of RSS
+/// under a 16M cache).
+#[test]
+fn one_byte_writes_without_flush_keep_memory_near_the_budget() {
+    // Arrange
+    let v = serve_vol("rt-tinywrites");
+    volatile(&v.control, "8M");
+    let pid = v.server.pid();
+    nbdsh(&v.uri, "h.pwrite(b'x', 0)\nh.shutdown()\n");
+    let before = proc_status_kib(pid, "VmRSS");
+    // Act: 150k 1-byte writes, 64 in flight, never a FLUSH.
+    nbdsh(
+        &v.uri,
+        "buf = nbd.Buffer.from_bytearray(bytearray(b'x'))\n\
+         for i in range(150000):\n    h.aio_pwrite(buf, (i * 7919) % (60 << 20))\n    \
+         while h.aio_in_flight() > 64:\n        h.poll(-1)\n\
+         while h.aio_in_flight() > 0:\n    h.poll(-1)\nh.shutdown()\n",
+    );
+    // Assert
+    let st = volume_status(&v.control, "vol0");
+    assert!(st["cache"]["dirty_writes"].as_u64().unwrap() > 1000, "{st}");
+    let grown_kib = proc_status_kib(pid, "VmRSS").saturating_sub(before);
+    assert!(
+        grown_kib < 14 << 10,
+        "RSS grew by {grown_kib} KiB under an 8M cache"
+    );
+}
+
+/// Breaks: `--probability nan` and `--probability 1e309` were accepted
+/// and installed as "always" (the CLI sent JSON `null`); a volume rule
+/// starting past the end of the volume was installed and never fired.
+#[test]
+fn nonsense_probabilities_and_rules_past_the_end_are_refused() {
+    let v = serve_vol("rt-badinput");
+    for (args, needle) in [
+        (
+            vec!["--kind", "error", "--probability", "nan"],
+            "probability",
+        ),
+        (
+            vec!["--kind", "error", "--probability", "1e309"],
+            "probability",
+        ),
+        (vec!["--kind", "error", "--probability=-0.5"], "probability"),
+        (
+            vec!["--kind", "bad-sector", "--offset", "1T", "--length", "4K"],
+            "beyond the end",
+        ),
+    ] {
+        let mut all = vec!["fault", "add", "vol0", "--volume"];
+        all.extend(&args);
+        let out = vraid_ctl(&v.control, &all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let list = vraid_ctl_ok(&v.control, &["fault", "list", "--json"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["volume_faults"].as_array().unwrap().len(), 0, "{list}");
+    assert!(v.server.log().find("panicked").is_none());
+}
