@@ -282,7 +282,7 @@ pub struct FaultAddArgs {
     #[arg(long, value_parser = parse_size_arg)]
     pub length: Option<u64>,
     /// Chance each matching operation is hit (0..1).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_probability)]
     pub probability: Option<f64>,
     /// Delay of --kind delay (e.g. 50ms, 2s, 500us).
     #[arg(long, value_parser = duration::parse)]
@@ -510,6 +510,15 @@ fn parse_level(s: &str) -> Result<Level, String> {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A probability in 0..=1 (NaN and infinities would reach the daemon as
+/// JSON `null`, i.e. "always").
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
 }
 
 #[cfg(test)]

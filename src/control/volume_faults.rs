@@ -54,6 +54,14 @@ impl VolumeHandle {
     /// Installs a volume rule (checked with [`check_volume_spec`]); returns its id.
     pub fn add_volume_fault(&self, spec: FaultSpec) -> Result<u64, ControlError> {
         check_volume_spec(&spec).map_err(ControlError::InvalidParams)?;
+        let size = self.client.device.size();
+        if spec.offset.is_some_and(|o| o >= size) {
+            return Err(ControlError::InvalidParams(format!(
+                "offset {} is beyond the end of {} ({size} bytes): the rule never fires",
+                spec.offset.unwrap_or(0),
+                self.name
+            )));
+        }
         let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
         let text = describe(&spec);
         self.client.faults.add(Arc::new(FaultRule::new(id, spec)));

@@ -268,10 +268,17 @@ impl WriteCache {
         Ok(())
     }
 
-    /// Caches a write (volatile mode) and makes room for it.
+    /// Caches a write (volatile mode) and makes room for it. A write whose
+    /// room cannot be made (the volume fails the write-back) fails and is
+    /// not kept: else a failing volume would let the cache grow past its
+    /// budget by every write a client retries.
     async fn cache(&self, offset: u64, len: u64, payload: Payload) -> BlockResult {
-        self.mutate(|s| s.insert(offset, len, payload));
-        self.make_room().await
+        let seq = self.mutate(|s| s.insert(offset, len, payload));
+        let made = self.make_room().await;
+        if made.is_err() {
+            self.mutate(|s| s.remove_write(seq));
+        }
+        made
     }
 
     /// Runs a write straight on the volume; cached bytes it overwrites

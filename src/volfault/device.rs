@@ -156,10 +156,12 @@ impl VolumeFaultDevice {
         Ok(())
     }
 
-    /// A discard or zeroing under a verdict.
-    async fn zero_judged(
-        &self,
-        run: IoFuture<'_>,
+    /// A discard or zeroing under a verdict; `run` builds it only once
+    /// the verdict lets it go (the cache picks its path when a request is
+    /// built: a stalled one must not have picked it yet).
+    async fn zero_judged<'a>(
+        &'a self,
+        run: impl FnOnce() -> IoFuture<'a>,
         at: u64,
         len: u64,
         v: Option<Verdict>,
@@ -167,7 +169,7 @@ impl VolumeFaultDevice {
         if let Some(v) = &v {
             self.enforce(v).await?;
         }
-        run.await?;
+        run().await?;
         self.faults.heal(at, len);
         Ok(())
     }
@@ -263,13 +265,13 @@ impl BlockDevice for VolumeFaultDevice {
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let v = self.judge(Req::Write { data: false }, offset.get(), len);
-        let run = self.inner.discard(offset, len);
+        let run = move || self.inner.discard(offset, len);
         Box::pin(self.zero_judged(run, offset.get(), len, v))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         let v = self.judge(Req::Write { data: false }, offset.get(), len);
-        let run = self.inner.write_zeroes(offset, len, may_unmap);
+        let run = move || self.inner.write_zeroes(offset, len, may_unmap);
         Box::pin(self.zero_judged(run, offset.get(), len, v))
     }
 }

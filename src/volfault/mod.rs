@@ -217,4 +217,6 @@ impl ClientStack {
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
+mod redteam_tests;
+#[cfg(test)]
 mod tests;
