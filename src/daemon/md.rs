@@ -79,6 +79,21 @@ pub async fn bring_up(
 }
 
 impl MdServed {
+    /// Adds its export name to `taken`, refusing one already there (the
+    /// NBD export table would silently keep only the later of the two).
+    pub fn claim_name(&self, taken: &mut Vec<String>) -> Result<(), DaemonError> {
+        let a = self.volume.array();
+        if taken.contains(&a.name) {
+            return Err(DaemonError::Usage(format!(
+                "md array {}: export name {:?} is already served; give it another \
+                 (`name` in its [[md]] table)",
+                a.uuid, a.name
+            )));
+        }
+        taken.push(a.name.clone());
+        Ok(())
+    }
+
     /// Its read-only NBD export, named as the array.
     pub fn export(&self) -> Export {
         let a = self.volume.array();

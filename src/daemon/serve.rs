@@ -133,7 +133,11 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         crate::export::vhost::check_socket_free(socket)?;
     }
     let volumes = bring_up_all(plan.specs, &plan.opts).await?;
-    let md = match bring_up_md(&plan.md, &plan.opts).await {
+    let taken: Vec<String> = volumes
+        .iter()
+        .map(|(a, _)| a.assembly.name.clone())
+        .collect();
+    let md = match bring_up_md(&plan.md, &plan.opts, taken).await {
         Ok(md) => md,
         Err(e) => {
             shutdown_volumes(&volumes).await;
@@ -241,10 +245,13 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
 async fn bring_up_md(
     specs: &[crate::config::MdConfig],
     opts: &MemberOptions,
+    mut taken: Vec<String>,
 ) -> Result<Vec<super::md::MdServed>, DaemonError> {
     let mut served = Vec::with_capacity(specs.len());
     for spec in specs {
-        served.push(super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?);
+        let md = super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?;
+        md.claim_name(&mut taken)?;
+        served.push(md);
     }
     Ok(served)
 }

@@ -139,6 +139,7 @@ pub fn assemble(
         .ok_or(MdAssembleError::Empty)?;
     let uuid = freshest.uuid_string();
     refuse_unservable(&freshest)?;
+    device_size_fits(&freshest, &members)?;
     let level = level_of(&freshest, &members)?;
     let slots = place(&freshest, members, &mut left_out)?;
     let mut array = MdArray {
@@ -220,6 +221,27 @@ fn one_array(
         .map(|(u, names)| format!("{} ({})", mdadm_uuid(u), names.join(", ")))
         .collect();
     Err(MdAssembleError::Mixed(text.join("; ")))
+}
+
+/// The array's device size (md's `size`) fits in some member's data area,
+/// so the layout math over it stays within the members (a hostile value
+/// near 2^64 would overflow it). RAID-0 does not use it.
+fn device_size_fits(
+    sb: &MdSuperblock,
+    members: &[(Arc<dyn BlockDevice>, MdSuperblock)],
+) -> Result<(), MdAssembleError> {
+    let largest = members.iter().map(|(_, m)| m.data_size).max().unwrap_or(0);
+    if sb.level == 0 || sb.component_sectors <= largest {
+        return Ok(());
+    }
+    Err(MdAssembleError::Refused {
+        uuid: sb.uuid_string(),
+        why: format!(
+            "device size of {} sectors is larger than every member's data area \
+             (at most {largest} sectors)",
+            sb.component_sectors
+        ),
+    })
 }
 
 /// Reshape, a journal device and clustered arrays: one-line refusals.
@@ -331,24 +353,58 @@ fn place(
                 continue;
             }
         };
-        if let Some((other, _)) = &slots[role] {
-            return Err(MdAssembleError::Refused {
-                uuid: fresh.uuid_string(),
-                why: format!(
-                    "{} and {} both hold role {role}",
-                    other.device.name(),
-                    device.name()
-                ),
-            });
-        }
         let slot = Slot {
             device,
             data_offset: sb.data_offset * 512,
             data_sectors: sb.data_size,
         };
-        slots[role] = Some((slot, sb.events));
+        if let Some(loser) = fresher_of(fresh, &mut slots[role], (slot, sb.events), role)? {
+            left_out.push(loser);
+        }
     }
     Ok(slots.into_iter().map(|s| s.map(|(slot, _)| slot)).collect())
+}
+
+/// Puts `new` into a role's `held` slot; with two members in one role the
+/// one with more events stays and the other is left out (mdadm picks the
+/// highest event count per role); equal events (a copied image, or one
+/// device given twice) are refused.
+fn fresher_of(
+    fresh: &MdSuperblock,
+    held: &mut Option<(Slot, u64)>,
+    new: (Slot, u64),
+    role: usize,
+) -> Result<Option<LeftOut>, MdAssembleError> {
+    let Some(old) = held.take() else {
+        *held = Some(new);
+        return Ok(None);
+    };
+    if old.1 == new.1 {
+        return Err(MdAssembleError::Refused {
+            uuid: fresh.uuid_string(),
+            why: format!(
+                "{} and {} both hold role {role}",
+                old.0.device.name(),
+                new.0.device.name()
+            ),
+        });
+    }
+    let (keep, lose) = if new.1 > old.1 {
+        (new, old)
+    } else {
+        (old, new)
+    };
+    let why = format!(
+        "role {role} is held by {} with more events ({} > {})",
+        keep.0.device.name(),
+        keep.1,
+        lose.1
+    );
+    *held = Some(keep);
+    Ok(Some(LeftOut {
+        device: lose.0.device.name().to_string(),
+        why,
+    }))
 }
 
 /// Why the freshest superblock's view rules `sb`'s member out, if it does.

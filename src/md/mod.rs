@@ -28,6 +28,8 @@ pub mod zones;
 #[cfg(test)]
 mod encode;
 #[cfg(test)]
+mod redteam_tests;
+#[cfg(test)]
 mod tests;
 
 pub use assemble::{assemble, MdArray, MdAssembleError};

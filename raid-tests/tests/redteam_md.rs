@@ -1,0 +1,228 @@
+//! Red-team end-to-end tests of `vraid serve --md` and `vraid examine` on
+//! md members: md 1.2 RAID-1 images written here byte by byte (a valid
+//! checksum, mdadm's field offsets), then served by the real binary and
+//! read and attacked through qemu-io and nbdinfo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use raid_tests::*;
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 8 * MIB;
+const DATA_OFFSET: u64 = 2048;
+const DATA_SECTORS: u64 = (SIZE - MIB) / 512;
+
+/// A 1.2 superblock of a clean 2-disk md RAID-1, device `role`.
+fn superblock(role: u32, events: u64) -> Vec<u8> {
+    superblock_of(0x42, role, events)
+}
+
+/// The same, of the array whose UUID is 16 bytes of `uuid`.
+fn superblock_of(uuid: u8, role: u32, events: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    put(0, &0xa92b_4efcu32.to_le_bytes());
+    put(4, &1u32.to_le_bytes());
+    put(16, &[uuid; 16]);
+    put(32, b"host:redmd");
+    put(64, &1_700_000_000u64.to_le_bytes());
+    put(72, &1u32.to_le_bytes());
+    put(80, &DATA_SECTORS.to_le_bytes());
+    put(92, &2u32.to_le_bytes());
+    put(128, &DATA_OFFSET.to_le_bytes());
+    put(136, &DATA_SECTORS.to_le_bytes());
+    put(144, &8u64.to_le_bytes());
+    put(160, &role.to_le_bytes());
+    put(168, &[role as u8 + 1; 16]);
+    put(192, &1_700_000_100u64.to_le_bytes());
+    put(200, &events.to_le_bytes());
+    put(208, &u64::MAX.to_le_bytes());
+    put(220, &2u32.to_le_bytes());
+    put(256, &0u16.to_le_bytes());
+    put(258, &1u16.to_le_bytes());
+    let len = 256 + 2 * 2;
+    let sum: u64 = (0..len / 4)
+        .filter(|w| *w * 4 != 216)
+        .map(|w| u32::from_le_bytes(b[w * 4..w * 4 + 4].try_into().unwrap()) as u64)
+        .sum();
+    let csum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
+    b[216..220].copy_from_slice(&csum.to_le_bytes());
+    b
+}
+
+/// Two RAID-1 member images holding `data` at their data offset.
+fn raid1_members(dir: &Path, data: &[u8]) -> Vec<PathBuf> {
+    raid1_members_of(dir, 0x42, data)
+}
+
+/// The same, of the array whose UUID is 16 bytes of `uuid`.
+fn raid1_members_of(dir: &Path, uuid: u8, data: &[u8]) -> Vec<PathBuf> {
+    (0..2u32)
+        .map(|role| {
+            let path = dir.join(format!("md{uuid:02x}-{role}.img"));
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_len(SIZE).unwrap();
+            drop(f);
+            poke(&path, 4096, &superblock_of(uuid, role, 10));
+            poke(&path, DATA_OFFSET * 512, data);
+            path
+        })
+        .collect()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `vraid serve --nbd 127.0.0.1:0 ARGS...` that must refuse to start (a
+/// server that starts anyway is stopped by `timeout` and fails the test):
+/// its stderr, checked to hold no panic.
+fn serve_refused(dir: &Path, args: &[&str]) -> String {
+    let out = run(Command::new("timeout")
+        .arg("30")
+        .arg(vraid_bin())
+        .args(["serve", "--nbd", "127.0.0.1:0"])
+        .args(args)
+        .env("VRAID_CONTROL", dir.join("ctl.sock")));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "vraid serve {args:?} started: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(!err.trim().is_empty(), "{args:?}: no message");
+    err
+}
+
+#[test]
+fn md_export_is_read_only_and_no_member_byte_changes_under_write_attempts() {
+    let dir = scratch_dir("redteam_md_ro");
+    let data = pseudo_random(DATA_SECTORS as usize * 512, 7);
+    let members = raid1_members(dir.path(), &data);
+    let before: Vec<Vec<u8>> = members.iter().map(|m| std::fs::read(m).unwrap()).collect();
+    let server = Server::start(&["--md", path_str(&members[0]), path_str(&members[1])]);
+    let uri = server.uri("redmd");
+    let info = run_ok(Command::new("nbdinfo").arg(&uri));
+    assert!(info.contains("is_read_only: true"), "{info}");
+    assert!(
+        read_export(&uri, dir.path()) == data,
+        "export differs from the mirrored data"
+    );
+    for cmd in [
+        "write -P 0xab 0 64k",
+        "discard 0 1M",
+        "write -z 0 1M",
+        "write -P 0xcd 7M 4k",
+    ] {
+        let (ok, out) = qemu_io_try(&uri, &[cmd]);
+        assert!(!ok, "{cmd} succeeded on a read-only md export: {out}");
+    }
+    // Reads straddling and past the end fail cleanly; the server lives on.
+    let end = DATA_SECTORS * 512;
+    let (ok, out) = qemu_io_try(&uri, &[format!("read {} 8192", end - 4096)]);
+    assert!(!ok, "read across the end: {out}");
+    assert_eq!(read_export(&uri, dir.path()).len(), data.len());
+    server.stop();
+    for (m, b) in members.iter().zip(&before) {
+        assert!(std::fs::read(m).unwrap() == *b, "{} changed", m.display());
+    }
+}
+
+#[test]
+fn md_member_given_twice_under_other_spellings_is_refused() {
+    let dir = scratch_dir("redteam_md_twice");
+    let data = pseudo_random(64 << 10, 3);
+    let members = raid1_members(dir.path(), &data);
+    let link = dir.path().join("link0.img");
+    std::os::unix::fs::symlink(&members[0], &link).unwrap();
+    let hard = dir.path().join("hard0.img");
+    std::fs::hard_link(&members[0], &hard).unwrap();
+    let dotted = format!("{}/./md42-0.img", dir.path().display());
+    for other in [path_str(&link), path_str(&hard), dotted.as_str()] {
+        let err = serve_refused(dir.path(), &["--md", path_str(&members[0]), other]);
+        assert!(err.contains("both hold role 0"), "{err}");
+    }
+}
+
+#[test]
+fn md_stale_mirror_is_left_out_and_the_fresh_one_served() {
+    let dir = scratch_dir("redteam_md_stale");
+    let data = pseudo_random(64 << 10, 5);
+    let members = raid1_members(dir.path(), &data);
+    // Member 1: 5 events behind, and its data never got the last writes.
+    poke(&members[1], 4096, &superblock(1, 5));
+    poke(&members[1], DATA_OFFSET * 512, &vec![0xee; 64 << 10]);
+    let server = Server::start(&["--md", path_str(&members[1]), path_str(&members[0])]);
+    let got = read_export(&server.uri("redmd"), dir.path());
+    assert!(got[..data.len()] == data[..], "stale mirror's bytes served");
+    assert!(server.log().contains("stale"), "{}", server.log());
+    server.stop();
+}
+
+#[test]
+fn examine_and_serve_md_on_non_members_fail_with_words_not_panics() {
+    let dir = scratch_dir("redteam_md_exposure");
+    let empty = dir.path().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let truncated = dir.path().join("trunc.img");
+    std::fs::write(&truncated, superblock(0, 1)).unwrap();
+    let zeros = dir.path().join("zeros.img");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let targets = [
+        PathBuf::from("/dev/null"),
+        dir.path().to_path_buf(),
+        empty,
+        truncated,
+        zeros,
+        dir.path().join("absent.img"),
+    ];
+    for t in &targets {
+        for args in [vec!["examine"], vec!["examine", "--json"]] {
+            let out = run(vraid(&args).arg(t));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("panicked"), "{args:?} {}: {err}", t.display());
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                if args.len() == 2 {
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .unwrap_or_else(|e| panic!("{}: {e}: {text}", t.display()));
+                }
+            }
+        }
+        serve_refused(dir.path(), &["--md", t.to_str().unwrap()]);
+    }
+    serve_refused(dir.path(), &["--md"]);
+}
+
+/// Two md arrays whose md names are the same (two NAS boxes both called
+/// "host:redmd") must not silently shadow one another's NBD export.
+#[test]
+fn two_md_arrays_with_one_export_name_are_refused() {
+    let dir = scratch_dir("redteam_md_names");
+    let a = raid1_members_of(dir.path(), 0x42, &pseudo_random(4096, 1));
+    let b = raid1_members_of(dir.path(), 0x43, &pseudo_random(4096, 2));
+    let table = |m: &[PathBuf]| {
+        format!(
+            "[[md]]\nmembers = [\"{}\", \"{}\"]\n",
+            m[0].display(),
+            m[1].display()
+        )
+    };
+    let config = dir.path().join("md.toml");
+    std::fs::write(&config, table(&a) + &table(&b)).unwrap();
+    let err = serve_refused(dir.path(), &["--config", path_str(&config)]);
+    assert!(err.contains("already served"), "{err}");
+    // Named apart, both are served, each with its own bytes.
+    let named = format!("{}name = \"a\"\n{}name = \"b\"\n", table(&a), table(&b));
+    std::fs::write(&config, named).unwrap();
+    let server = Server::start(&["--config", path_str(&config)]);
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let got = read_export(&server.uri(name), dir.path());
+        assert!(
+            got[..4096] == pseudo_random(4096, seed)[..],
+            "export {name}"
+        );
+    }
+    server.stop();
+}
