@@ -6,7 +6,7 @@
 //! scrub names the member whose byte was flipped, `level = 6` in the
 //! config creates and serves an array, two members are rebuilt onto
 //! config spares in one pass (and a pass killed mid-way resumes one of
-//! them, FORMAT.md §7 R6-1), and a RAID-6 asked for write-hole protection
+//! them, FORMAT.md §7 crash case 64), and a RAID-6 asked for write-hole protection
 //! it does not have is refused.
 
 use std::path::{Path, PathBuf};

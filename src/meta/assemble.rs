@@ -411,7 +411,7 @@ impl Sorted {
             Verdict::Rebuild(_, _) if self.rebuild.is_some() => {
                 // A RAID-6 pass rebuilding two members at once was
                 // interrupted: one resumes, the other is left out (FORMAT.md
-                // §7, crash case R6-1) and rebuilt again when added back.
+                // §7, crash case 64) and rebuilt again when added back.
                 tracing::warn!(path = %c.path, role,
                     "a second member being rebuilt (a two-member rebuild was interrupted) is left \
                      out; add it again to rebuild it");
