@@ -113,8 +113,10 @@ impl GuestPlan {
             GuestMode::Write => "write",
             GuestMode::Verify => "verify",
         };
+        // no_timer_check: under TCG on a loaded host the kernel's IO-APIC
+        // timer check can fail and panic the boot (seen in md_arrays.rs).
         let mut line = format!(
-            "console=ttyS0 quiet panic=-1 VRAID_MODE={mode} VRAID_SIZE={} VRAID_QUEUES={} VRAID_FS_MIB={FS_MIB} VRAID_PATTERNS={}",
+            "console=ttyS0 quiet panic=-1 no_timer_check VRAID_MODE={mode} VRAID_SIZE={} VRAID_QUEUES={} VRAID_FS_MIB={FS_MIB} VRAID_PATTERNS={}",
             self.size,
             self.queues,
             patterns.join(",")
