@@ -98,18 +98,7 @@ pub(super) async fn resync_parity_step(vol: &Volume, a: u64, b: u64) -> Result<u
     }
     let _guards = lock_step(vol, a, b).await;
     let len = (b - a) as usize;
-    let mut bufs = vec![vec![0u8; len]; n];
-    let reads = bufs
-        .iter_mut()
-        .enumerate()
-        .map(|(m, buf)| raid5::read_or_fail(vol, MemberIndex(m), ByteOffset(a), buf));
-    for r in join_all(reads).await {
-        r.map_err(RebuildError::Sources)?;
-    }
-    let mut verdicts = Vec::with_capacity(n);
-    for (m, buf) in bufs.iter().enumerate() {
-        verdicts.push(vol.verdicts(MemberIndex(m), ByteOffset(a), buf).await);
-    }
+    let (mut bufs, verdicts) = read_with_verdicts(vol, a, len).await?;
     let mut changed = vec![vec![false; len.div_ceil(trust::BLOCK)]; n];
     for (i, at) in (0..len).step_by(trust::BLOCK).enumerate() {
         let rows = at..(at + trust::BLOCK).min(len);
@@ -218,4 +207,28 @@ pub(super) fn is_zero(block: &[u8]) -> bool {
         acc | u64::from_ne_bytes(w.try_into().unwrap_or_default())
     }) == 0
         && block.chunks_exact(8).remainder().iter().all(|&b| b == 0)
+}
+
+/// Every member's bytes of member data `a..a + len` (the caller holds the
+/// step's locks) and the checksum verdict of each of their blocks: the
+/// start of a parity level's resync step (RAID-5 and RAID-6).
+pub(super) async fn read_with_verdicts(
+    vol: &Volume,
+    a: u64,
+    len: usize,
+) -> Result<(Vec<Vec<u8>>, Vec<Vec<Verdict>>), RebuildError> {
+    let n = vol.geometry().members();
+    let mut bufs = vec![vec![0u8; len]; n];
+    let reads = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(m, buf)| raid5::read_or_fail(vol, MemberIndex(m), ByteOffset(a), buf));
+    for r in join_all(reads).await {
+        r.map_err(RebuildError::Sources)?;
+    }
+    let mut verdicts = Vec::with_capacity(n);
+    for (m, buf) in bufs.iter().enumerate() {
+        verdicts.push(vol.verdicts(MemberIndex(m), ByteOffset(a), buf).await);
+    }
+    Ok((bufs, verdicts))
 }

@@ -16,8 +16,6 @@
 //! Two members being rebuilt at once each run their own pass; a step of
 //! one reads the other from its new member where that is already in sync.
 
-use futures::future::join_all;
-
 use super::checksum::Verdict;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{LostBlocks, MemberOp, RebuildRead, ScrubCheck};
@@ -26,8 +24,8 @@ use super::raid6::{role, stripe_rows, Role, StripeRows};
 use super::rebuild::{lock_step, Lost, RebuildError, LOST_BLOCK};
 use super::scrub::{Read, BLOCK};
 use super::syndrome::{gen_syndrome, gf_inv, gf_mul, gf_pow2};
+use super::trust;
 use super::volume::Volume;
-use super::{raid5, trust};
 use crate::block::{BlockError, Durability};
 use crate::units::ByteOffset;
 
@@ -160,18 +158,7 @@ pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, Reb
     }
     let _guards = lock_step(vol, a, b).await;
     let len = (b - a) as usize;
-    let mut bufs = vec![vec![0u8; len]; n];
-    let reads = bufs
-        .iter_mut()
-        .enumerate()
-        .map(|(m, buf)| raid5::read_or_fail(vol, MemberIndex(m), ByteOffset(a), buf));
-    for r in join_all(reads).await {
-        r.map_err(RebuildError::Sources)?;
-    }
-    let mut verdicts = Vec::with_capacity(n);
-    for (m, buf) in bufs.iter().enumerate() {
-        verdicts.push(vol.verdicts(MemberIndex(m), ByteOffset(a), buf).await);
-    }
+    let (mut bufs, verdicts) = super::raid5_sync::read_with_verdicts(vol, a, len).await?;
     let mut changed = vec![vec![false; len.div_ceil(trust::BLOCK)]; n];
     for (i, at) in (0..len).step_by(trust::BLOCK).enumerate() {
         let span = at..(at + trust::BLOCK).min(len);
