@@ -9,7 +9,7 @@ use super::checksum::Verdict;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{LostBlocks, MemberOp, RebuildRead};
 use super::parity::xor_into;
-use super::rebuild::{lock_step, Lost, RebuildError, LOST_BLOCK};
+use super::rebuild::{lock_step, RebuildError, LOST_BLOCK};
 use super::scrub::{MemberScrub, Read, BLOCK};
 use super::volume::Volume;
 use super::{raid5, trust};
@@ -65,19 +65,7 @@ pub(super) async fn reconstruct_by_block(
         let Err(failed) = reconstruct_quiet(vol, r.member, ByteOffset(at), piece).await else {
             continue;
         };
-        let mut reason = Lost::Checksum;
-        for (m, e) in &failed {
-            if let Some(e) = e
-                .as_ref()
-                .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
-            {
-                reason = Lost::ReadError;
-                r.errors.note(vol, *m, e).await;
-            }
-        }
-        if vol.down_count() > allowed_down {
-            return Err(RebuildError::Sources(vol.data_lost()));
-        }
+        let reason = r.errors.settle(vol, &failed, allowed_down).await?;
         piece.fill(0);
         lost.push((at, reason));
     }

@@ -21,12 +21,12 @@ use super::layout::{MemberIndex, StripeIndex};
 use super::level::{LostBlocks, MemberOp, RebuildRead, ScrubCheck};
 use super::raid5_sync::{is_zero, runs};
 use super::raid6::{role, stripe_rows, Role, StripeRows};
-use super::rebuild::{lock_step, Lost, RebuildError, LOST_BLOCK};
+use super::rebuild::{lock_step, RebuildError, LOST_BLOCK};
 use super::scrub::{Read, BLOCK};
 use super::syndrome::{gen_syndrome, gf_inv, gf_mul, gf_pow2};
 use super::trust;
 use super::volume::Volume;
-use crate::block::{BlockError, Durability};
+use crate::block::Durability;
 use crate::units::ByteOffset;
 
 /// The pieces of member data `a..b` cut at chunk (stripe) boundaries.
@@ -109,19 +109,7 @@ async fn rebuild_by_block(
             }
             Err(failed) => failed,
         };
-        let mut reason = Lost::Checksum;
-        for (m, e) in &failed {
-            if let Some(e) = e
-                .as_ref()
-                .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
-            {
-                reason = Lost::ReadError;
-                r.errors.note(vol, *m, e).await;
-            }
-        }
-        if vol.down_count() > allowed_down {
-            return Err(RebuildError::Sources(vol.data_lost()));
-        }
+        let reason = r.errors.settle(vol, &failed, allowed_down).await?;
         piece.fill(0);
         lost.push((at, reason));
     }

@@ -120,6 +120,32 @@ impl SourceErrors {
         SourceErrors((0..members).map(|_| AtomicU64::new(0)).collect())
     }
 
+    /// Why a block whose rebuild read failed on `failed` (member, error;
+    /// `None`: down) is lost, counting the read errors; an error when more
+    /// than `allowed_down` members are down by now (the rebuild cannot go
+    /// on).
+    pub(super) async fn settle(
+        &self,
+        vol: &Volume,
+        failed: &[(MemberIndex, Option<BlockError>)],
+        allowed_down: usize,
+    ) -> Result<Lost, RebuildError> {
+        let mut reason = Lost::Checksum;
+        for (m, e) in failed {
+            if let Some(e) = e
+                .as_ref()
+                .filter(|e| !matches!(e, BlockError::Corrupt { .. }))
+            {
+                reason = Lost::ReadError;
+                self.note(vol, *m, e).await;
+            }
+        }
+        if vol.down_count() > allowed_down {
+            return Err(RebuildError::Sources(vol.data_lost()));
+        }
+        Ok(reason)
+    }
+
     /// Counts one unreadable block of `member`; at [`SOURCE_ERROR_LIMIT`]
     /// the member is failed (the rebuild then stops if it needed it).
     pub(super) async fn note(&self, vol: &Volume, member: MemberIndex, error: &BlockError) {
