@@ -43,7 +43,7 @@ impl QosDevice {
 }
 
 impl BlockDevice for QosDevice {
-    crate::block::forward_to!(inner => name, size, device_id, flush, mark_lost, reserve);
+    crate::block::forward_to!(inner => name, size, device_id, flush, mark_lost, reserve, allocation);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;
