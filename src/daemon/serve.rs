@@ -415,6 +415,7 @@ fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
             read_only: spec.read_only,
             preferred_block: 4096,
             multi_conn: true,
+            contexts: Default::default(),
         })
         .collect()
 }
