@@ -22,7 +22,9 @@ fn written_raid5(test: &str) -> (tempfile::TempDir, Server) {
     let dir = scratch_dir(test);
     let paths = member_paths(dir.path(), 3);
     create_array(5, "64K", "512M", "vol0", &paths);
-    let args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    let control = dir.path().join("control.sock");
+    let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--control", control.to_str().unwrap()]);
     let server = Server::start(&args);
     qemu_io(
         &server.uri("vol0"),
@@ -92,7 +94,12 @@ fn nbdinfo_and_qemu_img_see_never_written_regions_as_zero_holes() {
         .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
         .collect();
     assert_eq!(data, vec![(g, g), (5 * g, g)], "{qemu}");
-    let zero_holes = qemu.as_array().unwrap().iter().filter(|e| e["zero"] == true).count();
+    let zero_holes = qemu
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["zero"] == true)
+        .count();
     assert_eq!(zero_holes, 3, "{qemu}");
 }
 
@@ -101,10 +108,28 @@ fn nbdcopy_skips_the_holes_and_copies_the_data() {
     let (dir, server) = written_raid5("block-status-copy");
     let uri = server.uri("vol0");
     let out = dir.path().join("copy.img");
-    std::fs::File::create(&out).unwrap().set_len(1 << 30).unwrap();
+    std::fs::File::create(&out)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+
+    let control = dir.path().join("control.sock");
+    let read_before = volume_status(&control, "vol0")["io"]["read_bytes"]
+        .as_u64()
+        .unwrap();
 
     run_ok(Command::new("nbdcopy").args([&uri, out.to_str().unwrap()]));
 
+    // It asked for the data extents only: two regions of 128 MiB.
+    let read = volume_status(&control, "vol0")["io"]["read_bytes"]
+        .as_u64()
+        .unwrap()
+        - read_before;
+    assert!(
+        read <= 2 * 128 * MIB,
+        "nbdcopy read {read} bytes, holes included"
+    );
+    assert!(read >= MIB, "nbdcopy read {read} bytes");
     let meta = std::fs::metadata(&out).unwrap();
     let allocated = meta.blocks() * 512;
     assert!(
@@ -175,10 +200,22 @@ fn malformed_set_meta_context_gets_error_replies_and_the_server_goes_on() {
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
         ("name past the end", vec![0, 0, 1, 0, b'v'], ERR_INVALID),
         ("query past the end", past_end, ERR_INVALID),
-        ("count past the end", meta(b"vol0", 5, &[b"base:allocation"]), ERR_INVALID),
+        (
+            "count past the end",
+            meta(b"vol0", 5, &[b"base:allocation"]),
+            ERR_INVALID,
+        ),
         ("too many queries", meta(b"vol0", 1000, &many), ERR_TOO_BIG),
-        ("no namespace", meta(b"vol0", 1, &[b"allocation"]), ERR_INVALID),
-        ("unknown export", meta(b"nope", 1, &[b"base:allocation"]), ERR_UNKNOWN),
+        (
+            "no namespace",
+            meta(b"vol0", 1, &[b"allocation"]),
+            ERR_INVALID,
+        ),
+        (
+            "unknown export",
+            meta(b"nope", 1, &[b"base:allocation"]),
+            ERR_UNKNOWN,
+        ),
         ("not UTF-8", meta(b"vol0", 1, &[b"base:\xff"]), ERR_INVALID),
     ];
     let got: Vec<(&str, Vec<u32>)> = cases

@@ -112,7 +112,10 @@ fn an_iops_limit_holds_and_vraid_set_changes_it_live() {
 fn a_write_bytes_limit_holds_and_leaves_reads_alone() {
     let v = serve_vol("qos-bps", None, &[]);
     let uri = v.server.uri("vol0");
-    vraid_ctl_ok(&v.control, &["set", "vol0", "--write-bps", "2M", "--burst", "50ms"]);
+    vraid_ctl_ok(
+        &v.control,
+        &["set", "vol0", "--write-bps", "2M", "--burst", "50ms"],
+    );
 
     let writes = fio(&uri, "randwrite", "64k", 8, 4)["write"]["bw_bytes"]
         .as_f64()
