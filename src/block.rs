@@ -149,6 +149,55 @@ impl BlockError {
     }
 }
 
+/// What a byte range of a device holds, as far as the device knows
+/// (NBD's `base:allocation`, `SEEK_HOLE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// Not backed by storage (never written, or given back): a write
+    /// there may need space.
+    pub hole: bool,
+    /// Guaranteed to read as zeroes.
+    pub zero: bool,
+}
+
+impl Allocation {
+    /// Allocated, contents unknown: what a device that knows nothing says.
+    pub const DATA: Allocation = Allocation {
+        hole: false,
+        zero: false,
+    };
+    /// Never written and reads as zeroes.
+    pub const HOLE_ZERO: Allocation = Allocation {
+        hole: true,
+        zero: true,
+    };
+}
+
+/// `len` bytes with one [`Allocation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocationExtent {
+    /// Bytes (> 0).
+    pub len: u64,
+    /// What they hold.
+    pub state: Allocation,
+}
+
+/// The answer to [`BlockDevice::allocation`]: extents in order from the
+/// asked offset, covering at least one byte and at most the asked range.
+pub type AllocationMap = Vec<AllocationExtent>;
+
+/// Appends `len` bytes of `state` to `map`, merged with the last extent
+/// when it has the same state.
+pub fn push_extent(map: &mut AllocationMap, len: u64, state: Allocation) {
+    if len == 0 {
+        return;
+    }
+    match map.last_mut() {
+        Some(last) if last.state == state => last.len += len,
+        _ => map.push(AllocationExtent { len, state }),
+    }
+}
+
 /// Checks `offset + len <= size` without overflow.
 pub fn check_range(offset: ByteOffset, len: u64, size: u64) -> BlockResult {
     match offset.get().checked_add(len) {
@@ -240,6 +289,24 @@ pub trait BlockDevice: Send + Sync {
 
     /// Zeroes a range. With `may_unmap` the device may deallocate it.
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_>;
+
+    /// How `offset..offset + len` (`len > 0`, inside the device) is
+    /// allocated: extents from `offset`, at least one byte, at most `len`
+    /// (a shorter answer is fine; the asker asks again from its end).
+    /// `zero` only where reads are guaranteed to return zeroes. Default:
+    /// all data, contents unknown. Wrappers that change what reads return
+    /// or hold writes of their own override it.
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> BoxFuture<'_, BlockResult<AllocationMap>> {
+        let _ = offset;
+        Box::pin(std::future::ready(Ok(vec![AllocationExtent {
+            len,
+            state: Allocation::DATA,
+        }])))
+    }
 }
 
 /// [`BlockDevice::read_vectored`] on the device's contiguous `read`: a
@@ -374,6 +441,16 @@ macro_rules! forward_to {
             len: u64,
         ) -> $crate::block::IoFuture<'_> {
             self.$i.discard(offset, len)
+        }
+    };
+    (@one $i:tt allocation) => {
+        fn allocation(
+            &self,
+            offset: $crate::units::ByteOffset,
+            len: u64,
+        ) -> $crate::block::BoxFuture<'_, $crate::block::BlockResult<$crate::block::AllocationMap>>
+        {
+            self.$i.allocation(offset, len)
         }
     };
     (@one $i:tt write_zeroes) => {

@@ -135,7 +135,10 @@ pub struct SetArgs {
     /// Volume name.
     pub volume: String,
     /// Rebuild/resync rate limit in MB/s (0 = unlimited).
-    #[arg(long, value_name = "N", required_unless_present_any = ["cache", "cache_size"])]
+    #[arg(long, value_name = "N", required_unless_present_any = [
+        "cache", "cache_size", "iops", "read_iops", "write_iops", "bps", "read_bps",
+        "write_bps", "burst",
+    ])]
     pub rebuild_max_mbps: Option<u64>,
     /// Write cache: `volatile` holds acknowledged writes in memory until
     /// FLUSH or FUA (a power cut loses them), `writethrough` writes them
@@ -146,6 +149,69 @@ pub struct SetArgs {
     /// writes go to the volume.
     #[arg(long, value_parser = parse_size_arg, value_name = "SIZE")]
     pub cache_size: Option<u64>,
+    /// QoS: reads and writes per second together (0 or `none`: no limit).
+    /// A volume at a limit queues its requests; none fails.
+    #[arg(long, value_parser = parse_count_limit, value_name = "N")]
+    pub iops: Option<u64>,
+    /// QoS: reads per second.
+    #[arg(long, value_parser = parse_count_limit, value_name = "N")]
+    pub read_iops: Option<u64>,
+    /// QoS: writes (and TRIMs, WRITE_ZEROES) per second.
+    #[arg(long, value_parser = parse_count_limit, value_name = "N")]
+    pub write_iops: Option<u64>,
+    /// QoS: bytes read and written per second together (e.g. 100M).
+    #[arg(long, value_parser = parse_size_limit, value_name = "SIZE")]
+    pub bps: Option<u64>,
+    /// QoS: bytes read per second.
+    #[arg(long, value_parser = parse_size_limit, value_name = "SIZE")]
+    pub read_bps: Option<u64>,
+    /// QoS: bytes written per second.
+    #[arg(long, value_parser = parse_size_limit, value_name = "SIZE")]
+    pub write_bps: Option<u64>,
+    /// QoS: how much an idle volume saves up, as time at each rate
+    /// (e.g. 500ms, 2s; default 100ms).
+    #[arg(long, value_parser = parse_burst, value_name = "DURATION")]
+    pub burst: Option<u64>,
+}
+
+impl SetArgs {
+    /// True when a QoS limit is to change.
+    pub fn sets_qos(&self) -> bool {
+        [
+            self.iops,
+            self.read_iops,
+            self.write_iops,
+            self.bps,
+            self.read_bps,
+            self.write_bps,
+            self.burst,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+}
+
+/// A count limit: a number, 0 or `none` (no limit).
+fn parse_count_limit(s: &str) -> Result<u64, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(0);
+    }
+    s.parse::<u64>()
+        .map_err(|_| format!("{s:?} is not a count (or `none`)"))
+}
+
+/// A bytes-per-second limit: a size (100M), 0 or `none` (no limit).
+fn parse_size_limit(s: &str) -> Result<u64, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(0);
+    }
+    parse_size_arg(s)
+}
+
+/// A burst as whole milliseconds.
+fn parse_burst(s: &str) -> Result<u64, String> {
+    let d = crate::duration::parse(s)?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `vraid set --cache`.

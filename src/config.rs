@@ -138,6 +138,10 @@ pub struct VolumeConfig {
     /// Volume faults installed at start-up (`[[volume.fault]]` with
     /// `volume = true`).
     pub volume_faults: Vec<VolumeFaultConfig>,
+    /// QoS limits (`[volume.qos]`: `iops`, `read_iops`, `write_iops`,
+    /// `bps`, `read_bps`, `write_bps` (sizes: "100M"), `burst` (a
+    /// duration); absent or 0: no limit).
+    pub qos: crate::qos::QosLimits,
 }
 
 /// One `[[volume.fault]]` with `volume = true`: a rule on what the
@@ -322,6 +326,20 @@ struct RawVolume {
     num_queues: Option<Spanned<i64>>,
     #[serde(default)]
     fault: Vec<Spanned<RawFault>>,
+    qos: Option<RawQos>,
+}
+
+/// `[volume.qos]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQos {
+    iops: Option<Spanned<Scalar>>,
+    read_iops: Option<Spanned<Scalar>>,
+    write_iops: Option<Spanned<Scalar>>,
+    bps: Option<Spanned<Scalar>>,
+    read_bps: Option<Spanned<Scalar>>,
+    write_bps: Option<Spanned<Scalar>>,
+    burst: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -647,6 +665,37 @@ fn volume(
         cache,
         cache_size,
         volume_faults,
+        qos: qos_keys(src, key, v.qos.as_ref())?,
+    })
+}
+
+/// `[volume.qos]`: counts and sizes (0: no limit) and a burst duration.
+fn qos_keys(
+    src: &Source<'_>,
+    key: &str,
+    q: Option<&RawQos>,
+) -> Result<crate::qos::QosLimits, ConfigError> {
+    let Some(q) = q else {
+        return Ok(crate::qos::QosLimits::default());
+    };
+    let get = |name: &str, v: &Option<Spanned<Scalar>>| match v {
+        Some(v) => size(src, &format!("{key}.qos.{name}"), v),
+        None => Ok(0),
+    };
+    let burst_ms = match &q.burst {
+        None => 0,
+        Some(b) => crate::duration::parse(b.get_ref())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|e| src.invalid(b.span(), format!("{key}.qos.burst"), e))?,
+    };
+    Ok(crate::qos::QosLimits {
+        iops: get("iops", &q.iops)?,
+        read_iops: get("read_iops", &q.read_iops)?,
+        write_iops: get("write_iops", &q.write_iops)?,
+        bps: get("bps", &q.bps)?,
+        read_bps: get("read_bps", &q.read_bps)?,
+        write_bps: get("write_bps", &q.write_bps)?,
+        burst_ms,
     })
 }
 
@@ -1218,6 +1267,26 @@ members = ["/d", "/e"]
     }
 
     #[test]
+    fn qos_keys_parse_and_bad_ones_are_refused() {
+        let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
+        let good =
+            format!("{base}[volume.qos]\niops = 500\nwrite_bps = \"100M\"\nburst = \"2s\"\n");
+
+        let q = parse(&good).unwrap().volumes[0].qos;
+
+        assert_eq!((q.iops, q.write_bps, q.burst_ms), (500, 100 << 20, 2000));
+        assert_eq!((q.read_iops, q.bps), (0, 0));
+        for extra in [
+            "[volume.qos]\niops = -1\n",
+            "[volume.qos]\nburst = \"soon\"\n",
+            "[volume.qos]\nlatency = 1\n",
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains("qos") || e.contains("latency"), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn volume_faults_and_the_write_cache_parse_and_bad_ones_are_refused() {
         let base = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"/b\"]\n";
         let good = format!(
@@ -1238,6 +1307,7 @@ members = ["/d", "/e"]
         );
         let d = parse(base).unwrap();
         assert_eq!(d.volumes[0].cache, crate::volfault::CacheMode::Writethrough);
+        assert!(!d.volumes[0].qos.any());
         assert_eq!(d.volumes[0].cache_size, 64 << 20);
         for (extra, key) in [
             ("cache = \"sometimes\"\n", "cache"),

@@ -210,6 +210,7 @@ fn nbd_reads_and_writes_of_4k_allocate_at_most_a_few_times_each() {
         read_only: false,
         preferred_block: 4096,
         multi_conn: true,
+        contexts: Default::default(),
     };
     let server = Arc::new(NbdServer::new(vec![export]));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -50,6 +50,7 @@ fn export(name: &str) -> Export {
         read_only: name == "ro",
         preferred_block: 4096,
         multi_conn: true,
+        contexts: Default::default(),
     }
 }
 

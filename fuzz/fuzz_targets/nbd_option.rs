@@ -1,4 +1,5 @@
-//! Fuzzes the NBD option parsers: header (magic check) and every payload.
+//! Fuzzes the NBD option parsers: header (magic check) and every payload,
+//! the metadata context ones (`NBD_OPT_{LIST,SET}_META_CONTEXT`) included.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,4 +24,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!req.name.contains('\0'));
     }
     let _ = proto::parse_info_request(payload);
+    if let Ok(req) = proto::parse_meta_context_request(payload) {
+        assert!(req.queries.len() <= proto::MAX_META_QUERIES);
+        assert!(req.queries.iter().all(|q| q.len() <= proto::MAX_STRING));
+    }
 });

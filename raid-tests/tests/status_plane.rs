@@ -138,6 +138,7 @@ fn status_json_keeps_its_keys_idle_rebuilding_and_after_a_scrub() {
             "written_bytes",
             "cache",
             "volume_faults",
+            "qos",
         ])
     );
     assert_eq!(

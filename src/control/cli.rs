@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::client::{call, default_client_path, ClientError};
 use super::params::{
     AddParams, CacheSetParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams,
-    PowercutParams, ReplaceParams, ScrubParams, SetParams, VolumeFaultAddParams, VolumeFilter,
+    PowercutParams, QosSetParams, ReplaceParams, ScrubParams, SetParams, VolumeFaultAddParams,
+    VolumeFilter,
 };
 use super::replies::{
     AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, PowercutReply,
@@ -156,8 +157,18 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
     }
 }
 
-/// The write cache and volume faults, when either is in use.
+/// The write cache, QoS and volume faults, when in use.
 fn render_client(out: &mut String, v: &VolumeStatus) {
+    if let Some(q) = v.qos.filter(|q| q.limits.any() || q.throttled_requests > 0) {
+        let _ = writeln!(
+            out,
+            "  qos: {}; {} requests throttled for {:.3} s, {} waiting",
+            q.limits.describe(),
+            q.throttled_requests,
+            q.throttled_us as f64 / 1e6,
+            q.waiting,
+        );
+    }
     if let Some(c) = v
         .cache
         .as_ref()
@@ -361,6 +372,9 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
             st.dirty_bytes
         );
     }
+    if args.sets_qos() {
+        set_qos(&args)?;
+    }
     if let Some(mbps) = args.rebuild_max_mbps {
         let _: SetReply = call(
             &socket(&args.control),
@@ -372,6 +386,27 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
         )?;
         println!("{}: rebuild rate limit {mbps} MB/s", args.volume);
     }
+    Ok(())
+}
+
+/// `vraid set --iops ... --bps ...`: the QoS limits named change, the
+/// others stay.
+fn set_qos(args: &SetArgs) -> Result<(), ClientError> {
+    let st: crate::qos::QosStatus = call(
+        &socket(&args.control),
+        "qos.set",
+        &QosSetParams {
+            volume: args.volume.clone(),
+            iops: args.iops,
+            read_iops: args.read_iops,
+            write_iops: args.write_iops,
+            bps: args.bps,
+            read_bps: args.read_bps,
+            write_bps: args.write_bps,
+            burst_ms: args.burst,
+        },
+    )?;
+    println!("{}: QoS {}", args.volume, st.limits.describe());
     Ok(())
 }
 

@@ -361,6 +361,7 @@ impl VolumeHandle {
             engine,
             cache: Some(self.client.cache.status()),
             volume_faults: Some(self.client.faults.status()),
+            qos: Some(self.client.qos.status()),
         }
     }
 

@@ -12,6 +12,7 @@
 //! | `fault.add_volume` | `volume`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.powercut` | `volume`, `keep?` (`none`, `ordered-prefix`, `random-subset`), `seed?` |
 //! | `cache.set`   | `volume`, `mode?` (`writethrough`, `volatile`), `size?` |
+//! | `qos.set`     | `volume`, `iops?`, `read_iops?`, `write_iops?`, `bps?`, `read_bps?`, `write_bps?`, `burst_ms?` (0: no limit) |
 //! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
 //! | `replace`     | `volume`, `member`, `path`, `force?` (rebuild engine) |
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
@@ -76,6 +77,10 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "fault.powercut" => {
             let p: PowercutParams = params(p)?;
             result(reg.volume(&p.volume)?.power_cut(&p).await)
+        }
+        "qos.set" => {
+            let p: super::params::QosSetParams = params(p)?;
+            result(reg.volume(&p.volume)?.set_qos(&p))
         }
         "cache.set" => {
             let p: CacheSetParams = params(p)?;

@@ -161,6 +161,44 @@ pub struct PowercutParams {
     pub seed: Option<u64>,
 }
 
+/// `qos.set`: the QoS limits of a volume, live (absent fields are kept,
+/// 0 removes a limit).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosSetParams {
+    /// Volume.
+    pub volume: String,
+    /// Total IOPS.
+    pub iops: Option<u64>,
+    /// Read IOPS.
+    pub read_iops: Option<u64>,
+    /// Write IOPS.
+    pub write_iops: Option<u64>,
+    /// Total bytes per second.
+    pub bps: Option<u64>,
+    /// Read bytes per second.
+    pub read_bps: Option<u64>,
+    /// Write bytes per second.
+    pub write_bps: Option<u64>,
+    /// Burst, milliseconds of each rate.
+    pub burst_ms: Option<u64>,
+}
+
+impl QosSetParams {
+    /// The change asked for.
+    pub fn update(&self) -> crate::qos::QosUpdate {
+        crate::qos::QosUpdate {
+            iops: self.iops,
+            read_iops: self.read_iops,
+            write_iops: self.write_iops,
+            bps: self.bps,
+            read_bps: self.read_bps,
+            write_bps: self.write_bps,
+            burst_ms: self.burst_ms,
+        }
+    }
+}
+
 /// `cache.set`: the write cache of a volume, live.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -204,6 +204,9 @@ pub struct VolumeStatus {
     /// sectors left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_faults: Option<crate::volfault::VolumeFaultsStatus>,
+    /// QoS limits and how long they held requests (`crate::qos`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<crate::qos::QosStatus>,
 }
 
 /// The rebuild engine's part of a volume's status (its keys sit next to

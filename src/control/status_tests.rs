@@ -189,6 +189,7 @@ pub(crate) fn sample_reply() -> StatusReply {
                 ..Default::default()
             }),
             volume_faults: Some(crate::volfault::VolumeFaultsStatus::default()),
+            qos: None,
             engine: Some(EngineStatus {
                 sync: Some(SyncStatus {
                     kind: PassKind::Replace,

@@ -120,6 +120,24 @@ impl VolumeHandle {
         })
     }
 
+    /// `vraid set VOL --iops N --bps SIZE ...`: replaces the limits the
+    /// params name, keeps the others; logs an event.
+    pub fn set_qos(
+        &self,
+        p: &super::params::QosSetParams,
+    ) -> Result<crate::qos::QosStatus, ControlError> {
+        let qos = &self.client.qos;
+        let limits = qos.limits().updated(&p.update());
+        qos.set(limits);
+        self.events.push(
+            &self.name,
+            "qos",
+            None,
+            format!("QoS: {}", limits.describe()),
+        );
+        Ok(qos.status())
+    }
+
     /// `vraid set VOL --cache MODE --cache-size SIZE`.
     pub async fn set_cache(&self, p: &CacheSetParams) -> Result<CacheStatus, ControlError> {
         let cache = &self.client.cache;

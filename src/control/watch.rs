@@ -135,6 +135,7 @@ mod tests {
             }],
             cache: None,
             volume_faults: None,
+            qos: None,
             engine: Some(EngineStatus {
                 sync,
                 rebuild_max_mbps: limit,

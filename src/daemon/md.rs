@@ -109,6 +109,7 @@ impl MdServed {
             read_only: true,
             preferred_block: 4096,
             multi_conn: true,
+            contexts: Default::default(),
         }
     }
 }

@@ -54,6 +54,7 @@ struct VolumeSpec {
 /// Volume faults and the write cache of a volume at start-up (config).
 #[derive(Debug)]
 struct ClientSettings {
+    qos: crate::qos::QosLimits,
     cache: CacheMode,
     cache_size: u64,
     faults: Vec<crate::config::VolumeFaultConfig>,
@@ -62,6 +63,7 @@ struct ClientSettings {
 impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
+            qos: crate::qos::QosLimits::default(),
             cache: CacheMode::Writethrough,
             cache_size: crate::volfault::DEFAULT_CACHE_SIZE,
             faults: Vec::new(),
@@ -318,6 +320,7 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
             },
             client: ClientSettings {
+                qos: v.qos,
                 cache: v.cache,
                 cache_size: v.cache_size,
                 faults: v.volume_faults.clone(),
@@ -412,6 +415,7 @@ fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
             read_only: spec.read_only,
             preferred_block: 4096,
             multi_conn: true,
+            contexts: Default::default(),
         })
         .collect()
 }
@@ -486,6 +490,7 @@ async fn start_client(a: &Assembled, c: &ClientSettings) -> Result<(), DaemonErr
         .await
         .map_err(cache_failed)?;
     cache.set_mode(c.cache).await.map_err(cache_failed)?;
+    a.handle.client.qos.set(c.qos);
     for f in &c.faults {
         a.handle.add_volume_fault(f.spec.clone()).map_err(|e| {
             DaemonError::Usage(format!("volume {name}: start-up volume fault: {e}"))

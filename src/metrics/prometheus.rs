@@ -446,12 +446,45 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// QoS: requests a limit held and for how long (`crate::qos`).
+    fn qos(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let qos = || {
+            self.0
+                .iter()
+                .filter_map(|v| Some((v.labels(), v.status.qos?)))
+        };
+        family(
+            enc,
+            "vraid_volume_qos_throttled_requests",
+            "Client requests that waited for a QoS limit",
+            MetricType::Counter,
+            qos().map(|(l, q)| (l, ConstCounter::new(q.throttled_requests))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_qos_throttled_seconds",
+            "Time client requests waited for QoS limits, together",
+            MetricType::Counter,
+            qos().map(|(l, q)| (l, ConstCounter::new(q.throttled_us as f64 / 1e6))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_qos_waiting_requests",
+            "Client requests waiting for a QoS limit now",
+            MetricType::Gauge,
+            qos().map(|(l, q)| (l, ConstGauge::new(q.waiting as i64))),
+        )
+    }
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         self.states(&mut enc)?;
         self.io(&mut enc)?;
         self.faults(&mut enc)?;
         self.client(&mut enc)?;
+        self.qos(&mut enc)?;
         self.journal(&mut enc)?;
         self.checksum_cache(&mut enc)?;
         self.sync(&mut enc)?;

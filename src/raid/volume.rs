@@ -953,6 +953,19 @@ impl BlockDevice for Volume {
         &self.name
     }
 
+    /// From the written-region map (docs/FORMAT.md §10): never-written
+    /// regions are holes reading as zeroes; all data without a map.
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
+        let map = check_range(offset, len, self.size()).map(|()| {
+            super::written::allocation(&self.geometry, self.written.as_ref(), offset.get(), len)
+        });
+        Box::pin(std::future::ready(map))
+    }
+
     fn size(&self) -> u64 {
         self.geometry.volume_size()
     }

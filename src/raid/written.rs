@@ -6,9 +6,15 @@
 //! ```text
 //!  pieces(map, a, b) ─► (start, end, written?) per region of a..b
 //!  rebuild / resync / scrub: written ─► work; else ─► skipped_bytes
+//!  allocation(geometry, map, volume range) ─► exports (NBD base:allocation):
+//!      never written ─► hole, reads as zeroes; else data
 //! ```
 
 use std::sync::Arc;
+
+use super::layout::Geometry;
+use crate::block::{push_extent, Allocation, AllocationMap};
+use crate::units::ByteOffset;
 
 /// The regions of member data that were ever written.
 pub trait WrittenRegions: Send + Sync + std::fmt::Debug {
@@ -43,6 +49,47 @@ pub fn pieces(
     })
 }
 
+/// Most pieces one [`allocation`] answer looks at (a shorter answer is
+/// fine: the asker asks again from its end).
+const MAX_ALLOCATION_PIECES: usize = 1 << 16;
+
+/// The allocation of volume bytes `offset..offset + len`: a region never
+/// written reads as zeroes on every member (docs/FORMAT.md §10), so it is
+/// a hole that reads as zeroes; the rest is data. Without a map: all data.
+pub fn allocation(
+    geometry: &Geometry,
+    map: Option<&Arc<dyn WrittenRegions>>,
+    offset: u64,
+    len: u64,
+) -> AllocationMap {
+    let Some(map) = map else {
+        let mut all = AllocationMap::new();
+        push_extent(&mut all, len, Allocation::DATA);
+        return all;
+    };
+    // Volume bytes whose member rows fill whole regions (or one row when
+    // a chunk is larger than a region).
+    let rows = (map.region_size().max(1) / geometry.chunk().get()).max(1);
+    let group = geometry.stripe_data_size().saturating_mul(rows);
+    let end = offset.saturating_add(len);
+    let mut out = AllocationMap::new();
+    let mut pos = offset;
+    for _ in 0..MAX_ALLOCATION_PIECES {
+        if pos >= end {
+            break;
+        }
+        let piece_end = (pos / group + 1).saturating_mul(group).min(end);
+        let (a, b) = geometry.member_span(ByteOffset(pos), piece_end - pos);
+        let state = match map.is_written(a.get(), b.get()) {
+            true => Allocation::DATA,
+            false => Allocation::HOLE_ZERO,
+        };
+        push_extent(&mut out, piece_end - pos, state);
+        pos = piece_end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +107,49 @@ mod tests {
         fn written_bytes(&self) -> u64 {
             0
         }
+    }
+
+    /// Regions of 1 MiB; the listed ones written.
+    #[derive(Debug)]
+    struct Written(Vec<u64>);
+
+    impl WrittenRegions for Written {
+        fn region_size(&self) -> u64 {
+            1 << 20
+        }
+        fn is_written(&self, start: u64, end: u64) -> bool {
+            (start >> 20..=(end - 1) >> 20).any(|r| self.0.contains(&r))
+        }
+        fn written_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn never_written_regions_are_holes_that_read_as_zeroes() {
+        use super::super::{ChunkSize, Level};
+        let chunk = ChunkSize::new(64 << 10).unwrap();
+        let g = Geometry::new(Level::Raid5, 3, chunk, 8 << 20).unwrap();
+        let map: Arc<dyn WrittenRegions> = Arc::new(Written(vec![1]));
+        let mib = 1u64 << 20;
+
+        let got = allocation(&g, Some(&map), 0, 16 * mib);
+
+        // A member region of 1 MiB holds 2 MiB of a 3-member RAID-5.
+        let e = |len, state| crate::block::AllocationExtent { len, state };
+        assert_eq!(
+            got,
+            vec![
+                e(2 * mib, Allocation::HOLE_ZERO),
+                e(2 * mib, Allocation::DATA),
+                e(12 * mib, Allocation::HOLE_ZERO),
+            ]
+        );
+        assert_eq!(
+            allocation(&g, Some(&map), 3 * mib, 4096),
+            vec![e(4096, Allocation::DATA)]
+        );
+        assert_eq!(allocation(&g, None, 5, 7), vec![e(7, Allocation::DATA)]);
     }
 
     #[test]

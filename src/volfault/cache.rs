@@ -351,6 +351,23 @@ fn ready(r: BlockResult) -> IoFuture<'static> {
 impl BlockDevice for WriteCache {
     crate::block::forward_to!(inner => name, size, mark_lost, reserve);
 
+    /// The volume's map where the cache holds nothing of the range; all
+    /// data where it does (cached bytes are not on the volume yet).
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
+        if self.is_empty() || self.state().overlapping(offset.get(), len).is_empty() {
+            return self.inner.allocation(offset, len);
+        }
+        let data = crate::block::AllocationExtent {
+            len,
+            state: crate::block::Allocation::DATA,
+        };
+        Box::pin(std::future::ready(Ok(vec![data])))
+    }
+
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         if self.is_empty() {
             return self.inner.read(offset, buf);

@@ -178,6 +178,25 @@ impl VolumeFaultDevice {
 impl BlockDevice for VolumeFaultDevice {
     crate::block::forward_to!(inner => name, size, mark_lost, reserve);
 
+    /// The volume's map, but nothing is sure to read as zeroes while a
+    /// rule may corrupt or fail reads.
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
+        if self.faults.rules().rules().is_empty() {
+            return self.inner.allocation(offset, len);
+        }
+        Box::pin(async move {
+            let mut map = self.inner.allocation(offset, len).await?;
+            for e in &mut map {
+                e.state.zero = false;
+            }
+            Ok(map)
+        })
+    }
+
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let Some(v) = self.judge(Req::Read, offset.get(), buf.len() as u64) else {
             return self.inner.read(offset, buf);

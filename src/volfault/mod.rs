@@ -4,7 +4,7 @@
 //! database on top of it.
 //!
 //! ```text
-//!  NBD / vhost-user-blk ─► StatsDevice ─► VolumeFaultDevice ─► WriteCache ─► raid::Volume
+//!  NBD / vhost-user-blk ─► StatsDevice ─► QosDevice ─► VolumeFaultDevice ─► WriteCache ─► raid::Volume
 //!                                          │ rules: a FaultSet (the member      │ volatile mode:
 //!                                          │ rule filters), bad sectors,        │ writes held until
 //!                                          │ stalls released on clear           │ FLUSH/FUA; power cut
@@ -184,6 +184,8 @@ pub struct ClientStack {
     pub faults: Arc<VolumeFaults>,
     /// The write cache.
     pub cache: Arc<WriteCache>,
+    /// The QoS limits (`crate::qos`), on top of the chain.
+    pub qos: Arc<crate::qos::Limiter>,
     /// The top of the chain: what the exports serve.
     pub device: Arc<dyn BlockDevice>,
 }
@@ -193,22 +195,26 @@ impl std::fmt::Debug for ClientStack {
         f.debug_struct("ClientStack")
             .field("faults", &self.faults)
             .field("cache", &self.cache)
+            .field("qos", &self.qos)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientStack {
-    /// Faults over a (write-through) cache over `volume`.
+    /// QoS (no limits) over faults over a (write-through) cache over `volume`.
     pub fn new(volume: Arc<dyn BlockDevice>) -> ClientStack {
         let faults = Arc::new(VolumeFaults::new(volume.size()));
         let cache = Arc::new(WriteCache::new(volume));
-        let device = Arc::new(VolumeFaultDevice::new(
+        let faulty = Arc::new(VolumeFaultDevice::new(
             cache.clone() as Arc<dyn BlockDevice>,
             faults.clone(),
         ));
+        let qos = Arc::new(crate::qos::Limiter::default());
+        let device = Arc::new(crate::qos::QosDevice::new(faulty, qos.clone()));
         ClientStack {
             faults,
             cache,
+            qos,
             device,
         }
     }

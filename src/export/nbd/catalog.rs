@@ -22,6 +22,9 @@ pub struct Export {
     pub preferred_block: u32,
     /// Advertise `NBD_FLAG_CAN_MULTI_CONN` (flushes visible across connections).
     pub multi_conn: bool,
+    /// Metadata contexts beside `base:allocation`, which every export
+    /// offers from `device` (`meta`).
+    pub contexts: super::meta::MetaContexts,
 }
 
 impl fmt::Debug for Export {
@@ -33,6 +36,7 @@ impl fmt::Debug for Export {
             .field("read_only", &self.read_only)
             .field("preferred_block", &self.preferred_block)
             .field("multi_conn", &self.multi_conn)
+            .field("contexts", &self.contexts)
             .finish()
     }
 }
@@ -58,6 +62,11 @@ impl Export {
             flags |= proto::TFLAG_SEND_DF;
         }
         flags
+    }
+
+    /// Every metadata context it offers, `base:allocation` first.
+    pub fn meta_contexts(&self) -> Vec<Arc<dyn super::meta::MetaContext>> {
+        super::meta::offered(&self.device, &self.contexts)
     }
 
     /// Minimum, preferred and maximum block sizes for `NBD_INFO_BLOCK_SIZE`.

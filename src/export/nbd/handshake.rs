@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 use super::catalog::{Export, ExportTable};
-use super::proto::{self, ClientFlags, ClientOption, InfoRequest, OptionHeader};
+use super::meta::{self, Selection};
+use super::proto::{
+    self, ClientFlags, ClientOption, InfoRequest, MetaContextRequest, OptionHeader,
+};
 
 /// What the connection does after an option.
 #[derive(Debug)]
@@ -27,6 +30,8 @@ pub struct Negotiation<'a> {
     exports: &'a ExportTable,
     client: ClientFlags,
     structured: bool,
+    /// The last `NBD_OPT_SET_META_CONTEXT`: its export and selection.
+    meta: Option<(Arc<Export>, Selection)>,
 }
 
 impl<'a> Negotiation<'a> {
@@ -36,6 +41,16 @@ impl<'a> Negotiation<'a> {
             exports,
             client,
             structured: false,
+            meta: None,
+        }
+    }
+
+    /// The metadata contexts selected for `export` (none unless the last
+    /// `NBD_OPT_SET_META_CONTEXT` named this export).
+    pub fn selection(&self, export: &Arc<Export>) -> Selection {
+        match &self.meta {
+            Some((e, s)) if Arc::ptr_eq(e, export) => s.clone(),
+            _ => Selection::default(),
         }
     }
 
@@ -64,13 +79,15 @@ impl<'a> Negotiation<'a> {
                 if header.option == proto::OPT_EXPORT_NAME {
                     return Step::Close;
                 }
-                let msg = e.to_string();
-                proto::encode_option_reply(
-                    out,
-                    header.option,
-                    proto::REP_ERR_INVALID,
-                    msg.as_bytes(),
-                );
+                if header.option == proto::OPT_SET_META_CONTEXT {
+                    // A failed SET still replaces the selection.
+                    self.meta = None;
+                }
+                let reply = match e {
+                    proto::ProtoError::TooManyQueries(_) => proto::REP_ERR_TOO_BIG,
+                    _ => proto::REP_ERR_INVALID,
+                };
+                proto::encode_option_reply(out, header.option, reply, e.to_string().as_bytes());
                 return Step::Continue;
             }
         };
@@ -101,12 +118,79 @@ impl<'a> Negotiation<'a> {
                 Some(export) => Step::Transmit(export),
                 None => Step::Continue,
             },
+            ClientOption::ListMetaContext(req) => {
+                self.list_meta(&req, out);
+                Step::Continue
+            }
+            ClientOption::SetMetaContext(req) => {
+                self.set_meta(&req, out);
+                Step::Continue
+            }
             ClientOption::Unsupported(code) => {
                 tracing::debug!(option = code, "unsupported NBD option");
                 proto::encode_option_reply(out, code, proto::REP_ERR_UNSUP, &[]);
                 Step::Continue
             }
         }
+    }
+
+    /// The export a metadata context option names, after the checks both
+    /// options share; `None` once an error reply is written.
+    fn meta_export(
+        &self,
+        option: u32,
+        req: &MetaContextRequest,
+        out: &mut Vec<u8>,
+    ) -> Option<Arc<Export>> {
+        let refuse = |out: &mut Vec<u8>, reply: u32, msg: String| {
+            proto::encode_option_reply(out, option, reply, msg.as_bytes());
+            None
+        };
+        if !self.structured {
+            let msg = "negotiate NBD_OPT_STRUCTURED_REPLY first".to_string();
+            return refuse(out, proto::REP_ERR_INVALID, msg);
+        }
+        if let Some(bad) = req.queries.iter().find_map(|q| meta::check_query(q).err()) {
+            return refuse(out, proto::REP_ERR_INVALID, bad);
+        }
+        match self.exports.lookup(&req.name) {
+            Some(export) => Some(export.clone()),
+            None => refuse(
+                out,
+                proto::REP_ERR_UNKNOWN,
+                format!("no export named {:?}", req.name),
+            ),
+        }
+    }
+
+    /// `NBD_OPT_LIST_META_CONTEXT`: the contexts the queries name (id 0).
+    fn list_meta(&self, req: &MetaContextRequest, out: &mut Vec<u8>) {
+        let option = proto::OPT_LIST_META_CONTEXT;
+        let Some(export) = self.meta_export(option, req, out) else {
+            return;
+        };
+        for c in meta::list(&export.meta_contexts(), &req.queries) {
+            let p = proto::rep_meta_context_payload(0, c.name());
+            proto::encode_option_reply(out, option, proto::REP_META_CONTEXT, &p);
+        }
+        proto::encode_option_reply(out, option, proto::REP_ACK, &[]);
+    }
+
+    /// `NBD_OPT_SET_META_CONTEXT`: replaces the selection (also when it
+    /// fails) and names the contexts chosen with their ids.
+    fn set_meta(&mut self, req: &MetaContextRequest, out: &mut Vec<u8>) {
+        let option = proto::OPT_SET_META_CONTEXT;
+        self.meta = None;
+        let Some(export) = self.meta_export(option, req, out) else {
+            return;
+        };
+        let selection = Selection::select(&export.meta_contexts(), &req.queries);
+        for (id, c) in selection.iter() {
+            let p = proto::rep_meta_context_payload(*id, c.name());
+            proto::encode_option_reply(out, option, proto::REP_META_CONTEXT, &p);
+        }
+        proto::encode_option_reply(out, option, proto::REP_ACK, &[]);
+        self.meta = Some((export, selection));
     }
 
     fn export_name(&self, name: &str, out: &mut Vec<u8>) -> Step {

@@ -5,6 +5,7 @@
 //!  proto        pure wire parsers/encoders (fuzzed in fuzz/)
 //!  handshake    option haggling as a state machine (no I/O)
 //!  catalog      exports by name, transmission flags, block sizes
+//!  meta         metadata contexts: base:allocation, registry, selection
 //!  limits       handshake timeout, connection limits, byte pools
 //!  transmission one connection's request pipeline (one task, one loop)
 //!  wire         its batched request reads and reply writes (writev)
@@ -17,6 +18,7 @@
 mod catalog;
 pub mod handshake;
 pub mod limits;
+pub mod meta;
 pub mod proto;
 mod request;
 mod server;
@@ -25,8 +27,11 @@ mod wire;
 
 pub use catalog::{Export, ExportTable};
 pub use limits::NbdLimits;
+pub use meta::{MetaContext, MetaContexts};
 pub use server::{NbdServer, NbdStats};
 pub use transmission::{errno_to_nbd, nbd_error, MAX_IN_FLIGHT};
 
+#[cfg(test)]
+mod meta_tests;
 #[cfg(test)]
 mod tests;

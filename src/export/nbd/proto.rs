@@ -45,9 +45,9 @@ pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 /// Option: negotiate structured replies.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
-/// Option: list metadata contexts (unsupported here).
+/// Option: list metadata contexts.
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
-/// Option: set metadata contexts (unsupported here).
+/// Option: select metadata contexts for `NBD_CMD_BLOCK_STATUS`.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 /// Option: extended headers (unsupported here).
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
@@ -58,6 +58,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply: one piece of export information.
 pub const REP_INFO: u32 = 3;
+/// Option reply: one metadata context (id and name).
+pub const REP_META_CONTEXT: u32 = 4;
 const REP_ERR: u32 = 1 << 31;
 /// Option reply: unknown option.
 pub const REP_ERR_UNSUP: u32 = REP_ERR | 1;
@@ -108,6 +110,8 @@ pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 /// Command flag: don't fragment the read reply.
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag: one extent per context in a block status reply.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 /// Command flag: fail write zeroes unless it is fast.
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
@@ -117,8 +121,15 @@ pub const REPLY_FLAG_DONE: u16 = 1 << 0;
 pub const REPLY_TYPE_NONE: u16 = 0;
 /// Structured reply type: data at an offset.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply type: block status descriptors of one context.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 /// Structured reply type: error with a message.
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+
+/// `base:allocation` flag: the extent is a hole.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` flag: the extent reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// NBD error values (a fixed subset of errno).
 pub mod errno {
@@ -154,6 +165,9 @@ pub const REQUEST_LEN: usize = 28;
 pub const SIMPLE_REPLY_LEN: usize = 16;
 /// Bytes of a structured reply chunk header.
 pub const CHUNK_HEADER_LEN: usize = 20;
+/// Most queries one `NBD_OPT_{LIST,SET}_META_CONTEXT` may carry; more get
+/// `NBD_REP_ERR_TOO_BIG`.
+pub const MAX_META_QUERIES: usize = 32;
 
 /// Malformed bytes from a client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,6 +193,9 @@ pub enum ProtoError {
     /// A string is not UTF-8 or contains NUL.
     #[error("string is not valid UTF-8 without NUL")]
     BadString,
+    /// A metadata context option carries more queries than we take.
+    #[error("{0} metadata context queries, at most {MAX_META_QUERIES} are taken")]
+    TooManyQueries(u32),
 }
 
 /// Handshake flags the client accepted.
@@ -257,6 +274,10 @@ pub enum ClientOption {
     Go(InfoRequest),
     /// `NBD_OPT_STRUCTURED_REPLY`.
     StructuredReply,
+    /// `NBD_OPT_LIST_META_CONTEXT`.
+    ListMetaContext(MetaContextRequest),
+    /// `NBD_OPT_SET_META_CONTEXT`.
+    SetMetaContext(MetaContextRequest),
     /// Any option we do not implement; answered with `NBD_REP_ERR_UNSUP`.
     Unsupported(u32),
 }
@@ -277,6 +298,12 @@ pub fn parse_option(header: OptionHeader, payload: &[u8]) -> Result<ClientOption
         }
         OPT_INFO => Ok(ClientOption::Info(parse_info_request(payload)?)),
         OPT_GO => Ok(ClientOption::Go(parse_info_request(payload)?)),
+        OPT_LIST_META_CONTEXT => Ok(ClientOption::ListMetaContext(parse_meta_context_request(
+            payload,
+        )?)),
+        OPT_SET_META_CONTEXT => Ok(ClientOption::SetMetaContext(parse_meta_context_request(
+            payload,
+        )?)),
         other => Ok(ClientOption::Unsupported(other)),
     }
 }
@@ -294,6 +321,35 @@ pub fn parse_info_request(payload: &[u8]) -> Result<InfoRequest, ProtoError> {
     }
     r.finish()?;
     Ok(InfoRequest { name, info })
+}
+
+/// Export name and queries of `NBD_OPT_LIST_META_CONTEXT` /
+/// `NBD_OPT_SET_META_CONTEXT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// Export name.
+    pub name: String,
+    /// Queries (`namespace:leaf`), in the order sent.
+    pub queries: Vec<String>,
+}
+
+/// Parses the metadata context payload: u32 name length, name, u32
+/// count, count × (u32 length, query). At most [`MAX_META_QUERIES`].
+pub fn parse_meta_context_request(payload: &[u8]) -> Result<MetaContextRequest, ProtoError> {
+    let mut r = Reader::new(payload, "NBD_OPT_*_META_CONTEXT");
+    let name_len = r.u32()? as usize;
+    let name = parse_string(r.bytes(name_len)?)?;
+    let count = r.u32()?;
+    if count as usize > MAX_META_QUERIES {
+        return Err(ProtoError::TooManyQueries(count));
+    }
+    let mut queries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = r.u32()? as usize;
+        queries.push(parse_string(r.bytes(len)?)?);
+    }
+    r.finish()?;
+    Ok(MetaContextRequest { name, queries })
 }
 
 fn expect_empty(payload: &[u8], what: &'static str) -> Result<(), ProtoError> {
@@ -331,6 +387,8 @@ pub enum Command {
     Cache,
     /// `NBD_CMD_WRITE_ZEROES` (6).
     WriteZeroes,
+    /// `NBD_CMD_BLOCK_STATUS` (7).
+    BlockStatus,
     /// Anything else (answered with `EINVAL`).
     Unknown(u16),
 }
@@ -346,6 +404,7 @@ impl Command {
             4 => Command::Trim,
             5 => Command::Cache,
             6 => Command::WriteZeroes,
+            7 => Command::BlockStatus,
             other => Command::Unknown(other),
         }
     }
@@ -360,6 +419,7 @@ impl Command {
             Command::Trim => 4,
             Command::Cache => 5,
             Command::WriteZeroes => 6,
+            Command::BlockStatus => 7,
             Command::Unknown(other) => other,
         }
     }
@@ -369,6 +429,7 @@ impl Command {
         match self {
             Command::Read => CMD_FLAG_FUA | CMD_FLAG_DF,
             Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            Command::BlockStatus => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
             _ => CMD_FLAG_FUA,
         }
     }
@@ -442,6 +503,44 @@ pub fn info_export_payload(size: u64, flags: u16) -> Vec<u8> {
     p.extend_from_slice(&size.to_be_bytes());
     p.extend_from_slice(&flags.to_be_bytes());
     p
+}
+
+/// Payload of `NBD_REP_META_CONTEXT`: context id, then its name.
+pub fn rep_meta_context_payload(id: u32, name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(4 + name.len());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(name.as_bytes());
+    p
+}
+
+/// Appends a `BLOCK_STATUS` chunk: the context id, then one (length,
+/// flags) descriptor per extent. Nothing is appended for no extents (the
+/// chunk needs one).
+pub fn encode_block_status(
+    out: &mut Vec<u8>,
+    cookie: u64,
+    context: u32,
+    extents: &[(u32, u32)],
+    done: bool,
+) {
+    let Ok(length) = u32::try_from(4 + 8 * extents.len()) else {
+        return;
+    };
+    if extents.is_empty() {
+        return;
+    }
+    let flags = if done { REPLY_FLAG_DONE } else { 0 };
+    out.extend_from_slice(&chunk_header(
+        flags,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        length,
+    ));
+    out.extend_from_slice(&context.to_be_bytes());
+    for (len, state) in extents {
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&state.to_be_bytes());
+    }
 }
 
 /// Payload of `NBD_REP_INFO` for `NBD_INFO_NAME` or `NBD_INFO_DESCRIPTION`.
@@ -847,12 +946,85 @@ mod tests {
         assert_eq!(&out[20..], &[0, 0, 0, 1, b'a', b'd']);
     }
 
+    fn meta_payload(name: &[u8], count: u32, queries: &[&[u8]]) -> Vec<u8> {
+        let mut p = (name.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(name);
+        p.extend_from_slice(&count.to_be_bytes());
+        for q in queries {
+            p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            p.extend_from_slice(q);
+        }
+        p
+    }
+
+    #[test]
+    fn meta_context_payload_parses_name_and_queries() {
+        let p = meta_payload(b"vol", 2, &[b"base:allocation", b"qemu:"]);
+        let h = OptionHeader {
+            option: OPT_SET_META_CONTEXT,
+            length: p.len() as u32,
+        };
+
+        let got = parse_option(h, &p);
+
+        assert_eq!(
+            got,
+            Ok(ClientOption::SetMetaContext(MetaContextRequest {
+                name: "vol".into(),
+                queries: vec!["base:allocation".into(), "qemu:".into()],
+            }))
+        );
+    }
+
+    #[test]
+    fn meta_context_payload_with_bad_lengths_is_an_error_not_a_panic() {
+        let ok = meta_payload(b"vol", 1, &[b"base:allocation"]);
+        assert!(parse_meta_context_request(&ok[..ok.len() - 1]).is_err());
+        let mut trailing = ok.clone();
+        trailing.push(0);
+        assert!(parse_meta_context_request(&trailing).is_err());
+        assert!(parse_meta_context_request(&meta_payload(b"vol", 2, &[b"base:"])).is_err());
+        let mut huge = meta_payload(b"vol", 1, &[]);
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_meta_context_request(&huge).is_err());
+        assert_eq!(
+            parse_meta_context_request(&meta_payload(b"vol", 1000, &[])),
+            Err(ProtoError::TooManyQueries(1000))
+        );
+        assert_eq!(
+            parse_meta_context_request(&meta_payload(b"vol", 1, &[b"a\0:b"])),
+            Err(ProtoError::BadString)
+        );
+    }
+
+    #[test]
+    fn block_status_chunk_layout_matches_spec() {
+        let mut out = Vec::new();
+
+        encode_block_status(
+            &mut out,
+            3,
+            1,
+            &[(4096, STATE_HOLE | STATE_ZERO), (512, 0)],
+            true,
+        );
+
+        assert_eq!(&out[4..6], &REPLY_FLAG_DONE.to_be_bytes());
+        assert_eq!(&out[6..8], &REPLY_TYPE_BLOCK_STATUS.to_be_bytes());
+        assert_eq!(&out[16..20], &20u32.to_be_bytes());
+        assert_eq!(&out[20..24], &1u32.to_be_bytes());
+        assert_eq!(&out[24..32], &[0, 0, 0x10, 0, 0, 0, 0, 3]);
+        assert_eq!(&out[32..40], &[0, 0, 2, 0, 0, 0, 0, 0]);
+        assert_eq!(Command::from_wire(7), Command::BlockStatus);
+    }
+
     proptest::proptest! {
         #[test]
         fn option_parsers_never_panic(option in 0u32..16, payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
             let header = OptionHeader { option, length: payload.len() as u32 };
             let _ = parse_option(header, &payload);
             let _ = parse_info_request(&payload);
+            let _ = parse_meta_context_request(&payload);
         }
 
         #[test]

@@ -31,6 +31,8 @@ pub(super) struct Context {
     pub export: Arc<Export>,
     /// Whether structured replies were negotiated.
     pub structured: bool,
+    /// The metadata contexts selected for `NBD_CMD_BLOCK_STATUS`.
+    pub meta: super::meta::Selection,
     /// The server-wide budget of bytes in the volume at once
     /// ([`super::limits::DEVICE_BUDGET`]).
     pub device_budget: Arc<Semaphore>,
@@ -185,13 +187,54 @@ fn validate(ctx: &Context, req: &Request) -> Result<(), Failure> {
             "read larger than the maximum block size",
         ));
     }
+    if cmd == Command::BlockStatus {
+        check_block_status(ctx, req)?;
+    }
     if matches!(
         cmd,
-        Command::Read | Command::Write | Command::Trim | Command::WriteZeroes | Command::Cache
+        Command::Read
+            | Command::Write
+            | Command::Trim
+            | Command::WriteZeroes
+            | Command::Cache
+            | Command::BlockStatus
     ) {
         check_range(ctx, req)?;
     }
     Ok(())
+}
+
+/// What a block status reply may hold: one chunk per selected context of
+/// at most `MAX_DESCRIPTORS` descriptors; charged like a READ of as many
+/// bytes (two contexts' worth).
+pub(super) const BLOCK_STATUS_BYTES: u32 = 2 * (super::meta::MAX_DESCRIPTORS as u32 * 8 + 64);
+
+fn check_block_status(ctx: &Context, req: &Request) -> Result<(), Failure> {
+    if !ctx.structured || ctx.meta.is_empty() {
+        let msg = "no metadata context selected (NBD_OPT_SET_META_CONTEXT)";
+        return Err(Failure::new(errno::EINVAL, msg));
+    }
+    if req.length == 0 {
+        return Err(Failure::new(errno::EINVAL, "block status of 0 bytes"));
+    }
+    Ok(())
+}
+
+/// One `BLOCK_STATUS` chunk per selected context, the last one DONE.
+async fn block_status(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
+    let req_one = req.flags & proto::CMD_FLAG_REQ_ONE != 0;
+    let count = ctx.meta.iter().count();
+    let mut body = Vec::new();
+    for (i, (id, context)) in ctx.meta.iter().enumerate() {
+        let extents = context.extents(req.offset, u64::from(req.length)).await?;
+        let wire = super::meta::descriptors(&extents, req.length, req_one);
+        if wire.is_empty() {
+            let msg = format!("context {} gave no extent", context.name());
+            return Err(Failure::new(errno::EIO, msg));
+        }
+        proto::encode_block_status(&mut body, req.cookie, *id, &wire, i + 1 == count);
+    }
+    Ok(Reply::new(&[], body))
 }
 
 fn check_range(ctx: &Context, req: &Request) -> Result<(), Failure> {
@@ -223,6 +266,7 @@ async fn perform(
     let fua = req.flags & proto::CMD_FLAG_FUA != 0;
     match req.command {
         Command::Read => return read(ctx, req).await,
+        Command::BlockStatus => return block_status(ctx, req).await,
         Command::Write => {
             let durability = if fua {
                 Durability::Fua

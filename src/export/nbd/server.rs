@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use super::catalog::{Export, ExportTable};
 use super::handshake::{Negotiation, Step};
 use super::limits::{Admission, Admitted, LogGate, NbdLimits, DEVICE_BUDGET};
+use super::meta::Selection;
 use super::proto;
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
@@ -340,7 +341,7 @@ async fn serve_connection<S: Split>(
         },
         _ = stop.wait_for(|s| *s) => Err("server shutdown"),
     };
-    let (export, structured) = match negotiated {
+    let (export, structured, meta) = match negotiated {
         Ok(chosen) => chosen,
         Err(why) => {
             let _ = stream.shutdown().await;
@@ -351,6 +352,7 @@ async fn serve_connection<S: Split>(
     let session = Session {
         export,
         structured,
+        meta,
         in_flight: shared.in_flight.clone(),
         limits: shared.limits,
         memory: shared.memory.clone(),
@@ -365,7 +367,7 @@ async fn serve_connection<S: Split>(
 async fn handshake<S>(
     shared: &Shared,
     stream: &mut S,
-) -> io::Result<Result<(Arc<Export>, bool), &'static str>>
+) -> io::Result<Result<(Arc<Export>, bool, Selection), &'static str>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -422,7 +424,8 @@ where
             }
             Step::Transmit(export) => {
                 stream.flush().await?;
-                return Ok(Ok((export, neg.structured())));
+                let meta = neg.selection(&export);
+                return Ok(Ok((export, neg.structured(), meta)));
             }
         }
     }

@@ -27,6 +27,7 @@ fn mem_export(name: &str, size: u64, read_only: bool) -> (Arc<MemDevice>, Export
         read_only,
         preferred_block: 65536,
         multi_conn: true,
+        contexts: Default::default(),
     };
     (dev, export)
 }
@@ -279,7 +280,7 @@ fn unknown_export_and_unknown_option_are_errors_and_handshake_continues() {
     let input = client_bytes(&[
         (proto::OPT_INFO, go_payload("nope", &[])),
         (proto::OPT_GO, go_payload("", &[])),
-        (proto::OPT_SET_META_CONTEXT, vec![0; 8]),
+        (42, vec![0; 8]),
         (proto::OPT_LIST, vec![]),
         (proto::OPT_INFO, vec![1, 2]),
         (proto::OPT_ABORT, vec![]),
@@ -294,7 +295,7 @@ fn unknown_export_and_unknown_option_are_errors_and_handshake_continues() {
         vec![
             (proto::OPT_INFO, proto::REP_ERR_UNKNOWN),
             (proto::OPT_GO, proto::REP_ERR_UNKNOWN),
-            (proto::OPT_SET_META_CONTEXT, proto::REP_ERR_UNSUP),
+            (42, proto::REP_ERR_UNSUP),
             (proto::OPT_LIST, proto::REP_SERVER),
             (proto::OPT_LIST, proto::REP_SERVER),
             (proto::OPT_LIST, proto::REP_ACK),

@@ -103,6 +103,8 @@ pub struct Session {
     pub export: Arc<Export>,
     /// Whether structured replies were negotiated.
     pub structured: bool,
+    /// The metadata contexts selected for `NBD_CMD_BLOCK_STATUS`.
+    pub meta: super::meta::Selection,
     /// Server-wide in-flight request counter.
     pub in_flight: Arc<InFlightRequests>,
     /// The server's limits (this connection's byte pool is sized from them).
@@ -319,6 +321,7 @@ where
         let ctx = Arc::new(Context {
             export: session.export.clone(),
             structured: session.structured,
+            meta: session.meta.clone(),
             device_budget: session.device_budget.clone(),
         });
         Pipeline {
@@ -518,6 +521,7 @@ where
             }
             // Bounded by MAX_PAYLOAD (WRITE above, READ refused later).
             Command::Read | Command::Write => req.length.min(proto::MAX_PAYLOAD),
+            Command::BlockStatus => request::BLOCK_STATUS_BYTES,
             _ => 0,
         };
         // Every reply costs memory until it is written, data or not: a

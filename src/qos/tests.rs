@@ -1,0 +1,153 @@
+//! The limiter and the QoS device on tokio's paused clock: the bucket
+//! math as time, not as sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::block::{BlockDevice, Durability};
+use crate::member::memory::MemDevice;
+use crate::units::ByteOffset;
+
+fn limits(f: impl FnOnce(&mut QosLimits)) -> QosLimits {
+    let mut l = QosLimits::default();
+    f(&mut l);
+    l
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_limits_nothing_waits_or_counts() {
+    let l = Limiter::default();
+    let t0 = Instant::now();
+
+    for _ in 0..1000 {
+        l.admit(Direction::Write, 4096).await;
+    }
+
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(l.status().throttled_requests, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_iops_limit_lets_the_burst_through_then_paces_requests() {
+    let l = Limiter::new(limits(|l| l.iops = 100));
+    let t0 = Instant::now();
+
+    for _ in 0..10 {
+        l.admit(Direction::Read, 4096).await;
+    }
+    assert_eq!(Instant::now(), t0, "the 100 ms burst holds 10 requests");
+    for _ in 0..100 {
+        l.admit(Direction::Read, 4096).await;
+    }
+
+    assert_eq!(Instant::now() - t0, Duration::from_secs(1));
+    let st = l.status();
+    assert_eq!(st.throttled_requests, 100);
+    assert_eq!(st.throttled_us, 1_000_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bytes_limit_paces_by_bytes_and_ignores_trims() {
+    let l = Limiter::new(limits(|l| {
+        l.write_bps = 1 << 20;
+        l.burst_ms = 1000;
+    }));
+    let t0 = Instant::now();
+
+    for _ in 0..5 {
+        l.admit(Direction::Write, 1 << 20).await;
+    }
+    for _ in 0..100 {
+        l.admit(Direction::Write, 0).await;
+    }
+    l.admit(Direction::Read, 1 << 30).await;
+
+    // The first from the 1 s burst, then one a second; TRIMs and reads
+    // have no bucket here.
+    assert_eq!(Instant::now() - t0, Duration::from_secs(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_do_not_queue_behind_writes_held_by_the_write_limit() {
+    let l = Arc::new(Limiter::new(limits(|l| l.write_iops = 1)));
+    l.admit(Direction::Write, 0).await;
+    let t0 = Instant::now();
+    let held = {
+        let l = l.clone();
+        tokio::spawn(async move { l.admit(Direction::Write, 0).await })
+    };
+    tokio::task::yield_now().await;
+
+    l.admit(Direction::Read, 4096).await;
+
+    assert_eq!(Instant::now(), t0);
+    assert_eq!(l.status().waiting, 1);
+    held.await.unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_the_limit_releases_waiting_requests_at_once() {
+    let l = Arc::new(Limiter::new(limits(|l| l.iops = 1)));
+    l.admit(Direction::Read, 0).await;
+    let t0 = Instant::now();
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move { l.admit(Direction::Read, 0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiter.is_finished());
+
+    l.set(QosLimits::default());
+    waiter.await.unwrap();
+
+    assert_eq!(Instant::now() - t0, Duration::from_millis(10));
+    assert!(!l.enabled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_device_holds_reads_and_writes_and_passes_flushes() {
+    let mem = Arc::new(MemDevice::new("vol", 1 << 20));
+    let limiter = Arc::new(Limiter::new(limits(|l| l.iops = 10)));
+    let dev = QosDevice::new(mem, limiter.clone());
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4096];
+
+    for i in 0..11u64 {
+        dev.write(ByteOffset(i * 4096), &buf, Durability::Normal)
+            .await
+            .unwrap();
+    }
+    let after_writes = Instant::now() - t0;
+    dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    for _ in 0..100 {
+        dev.flush().await.unwrap();
+    }
+
+    assert_eq!(after_writes, Duration::from_millis(1000));
+    assert_eq!(Instant::now() - t0, Duration::from_millis(1100));
+    assert_eq!(limiter.status().throttled_requests, 11);
+}
+
+#[test]
+fn an_update_changes_only_the_fields_it_sets() {
+    let l = limits(|l| {
+        l.iops = 5;
+        l.bps = 7;
+    });
+    let u = QosUpdate {
+        iops: Some(0),
+        write_bps: Some(9),
+        ..QosUpdate::default()
+    };
+
+    let n = l.updated(&u);
+
+    assert_eq!((n.iops, n.bps, n.write_bps), (0, 7, 9));
+    assert!(n.any());
+    assert!(!QosLimits::default().any());
+    assert_eq!(QosLimits::default().describe(), "no limits");
+}
