@@ -30,3 +30,5 @@ pub use transmission::{errno_to_nbd, nbd_error, MAX_IN_FLIGHT};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
