@@ -114,9 +114,11 @@ impl ServerTls {
                 }))
             }
         };
-        let server = builder
+        let mut server = builder
             .with_single_cert(certs, key)
             .map_err(TlsError::Config)?;
+        // Our order (AES-128-GCM first, see `provider`), not the client's.
+        server.ignore_client_order = true;
         Ok(ServerTls {
             mode: config.mode,
             acceptor: TlsAcceptor::from(Arc::new(server)),

@@ -31,7 +31,7 @@ use super::limits::{Admission, Admitted, LogGate, NbdLimits, DEVICE_BUDGET};
 use super::proto;
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
-use crate::tls::{ServerTls, ServerTlsStream, TlsMode};
+use crate::tls::{Flushed, ServerTls, ServerTlsStream, TlsMode};
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
@@ -371,7 +371,10 @@ async fn serve_connection<S: Split>(
             let upgraded = guarded(deadline, &mut stop, over_tls(tls, neg, stream)).await?;
             match upgraded {
                 Ok((tls_stream, export, structured)) => {
+                    // The transmission loop writes only when it has replies:
+                    // each write must leave nothing in the TLS buffer.
                     let (reader, writer) = tokio::io::split(tls_stream);
+                    let writer = Flushed::new(writer);
                     transmit(shared, export, structured, reader, writer, stop).await
                 }
                 Err(why) => Ok(ConnectionEnd::Handshake(why)),
