@@ -457,6 +457,9 @@ pub struct ServeArgs {
     /// `[server] nbd_write_timeout`).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub nbd_write_timeout: Option<std::time::Duration>,
+    /// TLS on the NBD exports.
+    #[command(flatten)]
+    pub tls: Box<TlsArgs>,
     /// Member I/O engine (also VRAID_IO_ENGINE).
     #[arg(long, value_enum)]
     pub io_engine: Option<EngineKind>,
@@ -513,6 +516,30 @@ pub struct ServeArgs {
     pub force_assemble: bool,
 }
 
+/// `vraid serve`'s TLS options.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// TLS on the NBD exports: `require` (NBD_OPT_STARTTLS before anything
+    /// else), `allow` (TLS or plain text) or `off` (default: require when
+    /// --tls-cert is given, else off; `[server] tls`).
+    #[arg(long, value_name = "MODE", value_parser = parse_tls_mode)]
+    pub tls: Option<crate::tls::TlsMode>,
+    /// Server certificate chain, PEM (`[server] tls_cert`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert, PEM (`[server] tls_key`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Ask clients for a certificate signed by this CA bundle, PEM
+    /// (`[server] tls_ca`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Only client certificates naming one of these (subject CN or SAN DNS
+    /// name) are accepted; needs --tls-ca (`[server] tls_allow`).
+    #[arg(long, value_name = "NAME", num_args = 1..)]
+    pub tls_allow: Vec<String>,
+}
+
 /// A byte pool size: at least one maximum-size NBD request (32M).
 fn parse_pool_size(s: &str) -> Result<u64, String> {
     match parse_size_arg(s)? {
@@ -553,6 +580,13 @@ impl ServeArgs {
                 memory: self.nbd_memory,
                 write_timeout: self.nbd_write_timeout,
             },
+            tls: crate::config::TlsKeys {
+                mode: self.tls.tls,
+                cert: self.tls.tls_cert,
+                key: self.tls.tls_key,
+                ca: self.tls.tls_ca,
+                allow: self.tls.tls_allow,
+            },
             io_engine: self.io_engine,
             read_only: self.read_only,
             demo_dir: self.demo_dir,
@@ -568,6 +602,10 @@ impl ServeArgs {
             md: self.md,
         }
     }
+}
+
+fn parse_tls_mode(s: &str) -> Result<crate::tls::TlsMode, String> {
+    s.parse()
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {

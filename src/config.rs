@@ -62,6 +62,25 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// What NBD clients may take (`nbd_*` keys); unset ones keep their defaults.
     pub nbd_limits: NbdLimitKeys,
+    /// TLS on the NBD exports (`tls*` keys).
+    pub tls: TlsKeys,
+}
+
+/// The `tls*` keys of `[server]` (and the `--tls*` options): TLS on the NBD
+/// exports. Unset ones fall back (command line, then config, then default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsKeys {
+    /// `tls`: `require`, `allow` or `off` (default: `require` when a
+    /// certificate is given, else `off`).
+    pub mode: Option<crate::tls::TlsMode>,
+    /// `tls_cert`: the server's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// `tls_key`: its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// `tls_ca`: CA bundle (PEM) client certificates must chain to.
+    pub ca: Option<PathBuf>,
+    /// `tls_allow`: names (CN or SAN) a client certificate must carry.
+    pub allow: Vec<String>,
 }
 
 /// Smallest NBD byte pool: one maximum-size request (32 MiB).
@@ -297,6 +316,11 @@ struct RawServer {
     nbd_connection_memory: Option<Spanned<Scalar>>,
     nbd_memory: Option<Spanned<Scalar>>,
     nbd_write_timeout: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
+    tls_allow: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -489,6 +513,7 @@ fn md_array(
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
     let nbd_limits = nbd_limit_keys(src, &s)?;
+    let tls = tls_keys(src, &s)?;
     let nbd = match s.nbd {
         Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
             src.invalid(
@@ -543,6 +568,37 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         control,
         metrics,
         nbd_limits,
+        tls,
+    })
+}
+
+fn tls_keys(src: &Source<'_>, s: &RawServer) -> Result<TlsKeys, ConfigError> {
+    let path = |key: &str, v: &Option<Spanned<String>>| match v {
+        Some(p) if p.get_ref().is_empty() => Err(src.invalid(p.span(), key, "empty path")),
+        Some(p) => Ok(Some(PathBuf::from(p.get_ref()))),
+        None => Ok(None),
+    };
+    let mode = match &s.tls {
+        Some(m) => Some(
+            m.get_ref()
+                .parse::<crate::tls::TlsMode>()
+                .map_err(|e| src.invalid(m.span(), "server.tls", e))?,
+        ),
+        None => None,
+    };
+    let mut allow = Vec::new();
+    for name in s.tls_allow.iter().flatten() {
+        if name.get_ref().is_empty() {
+            return Err(src.invalid(name.span(), "server.tls_allow", "empty name"));
+        }
+        allow.push(name.get_ref().clone());
+    }
+    Ok(TlsKeys {
+        mode,
+        cert: path("server.tls_cert", &s.tls_cert)?,
+        key: path("server.tls_key", &s.tls_key)?,
+        ca: path("server.tls_ca", &s.tls_ca)?,
+        allow,
     })
 }
 
@@ -1177,6 +1233,23 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tls_keys_parse_and_refuse_unknown_modes_and_empty_paths() {
+        let c = parse(
+            "[server]\ntls = \"allow\"\ntls_cert = \"s.pem\"\ntls_key = \"k.pem\"\n\
+             tls_ca = \"ca.pem\"\ntls_allow = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let t = c.server.tls;
+        assert_eq!(t.mode, Some(crate::tls::TlsMode::Allow));
+        assert_eq!(t.cert, Some(PathBuf::from("s.pem")));
+        assert_eq!(t.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(t.allow, vec!["a", "b"]);
+        assert!(err("[server]\ntls = \"maybe\"\n").contains("server.tls"));
+        assert!(err("[server]\ntls_key = \"\"\n").contains("server.tls_key"));
+        assert!(err("[server]\ntls_allow = [\"\"]\n").contains("server.tls_allow"));
     }
 
     #[test]

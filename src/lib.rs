@@ -25,5 +25,6 @@ pub mod meta;
 pub mod metrics;
 pub mod qos;
 pub mod raid;
+pub mod tls;
 pub mod units;
 pub mod volfault;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vraid::block::{BlockDevice, BlockResult, BoxFuture, Durability};
-use vraid::export::nbd::handshake::negotiate_bytes;
+use vraid::export::nbd::handshake::{negotiate_bytes_tls, TlsState};
 use vraid::export::nbd::{Export, ExportTable};
 use vraid::units::ByteOffset;
 
@@ -64,6 +64,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         ExportTable::new(vec![export("a"), export("ro")])
     };
-    let t = negotiate_bytes(&table, input);
+    // Bits 1-2: TLS off, allowed, required, or already running.
+    let tls = match (selector >> 1) & 3 {
+        0 => TlsState::Off,
+        1 => TlsState::Offered { required: false },
+        2 => TlsState::Offered { required: true },
+        _ => TlsState::Active,
+    };
+    let t = negotiate_bytes_tls(&table, tls, input);
     assert!(t.output.len() >= 18, "greeting always sent");
+    if tls == (TlsState::Offered { required: true }) {
+        assert!(t.export.is_none(), "no transmission in plain text when TLS is required");
+    }
+    if matches!(tls, TlsState::Off | TlsState::Active) {
+        assert!(!t.starttls, "STARTTLS accepted without TLS on offer");
+    }
 });

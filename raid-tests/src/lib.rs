@@ -664,3 +664,125 @@ pub fn scrape(addr: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+/// X.509 credentials for TLS tests, made with `openssl` (EC P-256): a CA,
+/// a server certificate for `localhost` / 127.0.0.1, and client
+/// certificates by common name. Directories are laid out as QEMU's
+/// `tls-creds-x509` and libnbd's `tls-certificates` expect them.
+#[derive(Debug)]
+pub struct TestPki {
+    root: PathBuf,
+}
+
+impl TestPki {
+    /// Makes the CA and the server certificate under `dir/pki`.
+    pub fn new(dir: &Path) -> TestPki {
+        let root = dir.join("pki");
+        std::fs::create_dir_all(&root).unwrap();
+        let pki = TestPki { root };
+        let mut ca = Command::new("openssl");
+        ca.args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=vraid test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(pki.ca_key())
+        .arg("-out")
+        .arg(pki.ca_cert());
+        run_ok(ca);
+        let server = pki.root.join("server");
+        pki.leaf(
+            &server,
+            "server",
+            "localhost",
+            "serverAuth",
+            Some("DNS:localhost,IP:127.0.0.1"),
+        );
+        pki
+    }
+
+    fn ca_key(&self) -> PathBuf {
+        self.root.join("ca-key.pem")
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca-cert.pem")
+    }
+
+    /// The server's directory: `ca-cert.pem`, `server-cert.pem`, `server-key.pem`.
+    pub fn server_dir(&self) -> PathBuf {
+        self.root.join("server")
+    }
+
+    /// A client directory with the CA only (no client certificate).
+    pub fn anonymous_client(&self) -> PathBuf {
+        let dir = self.root.join("anonymous");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(self.ca_cert(), dir.join("ca-cert.pem")).unwrap();
+        dir
+    }
+
+    /// A client directory whose `client-cert.pem` has subject CN `cn`,
+    /// signed by `ca` (this PKI's CA unless another is given).
+    pub fn client(&self, cn: &str, ca: Option<&TestPki>) -> PathBuf {
+        let dir = self.root.join(format!("client-{cn}"));
+        ca.unwrap_or(self)
+            .leaf(&dir, "client", cn, "clientAuth", None);
+        std::fs::copy(self.ca_cert(), dir.join("ca-cert.pem")).unwrap();
+        dir
+    }
+
+    /// `dir/{prefix}-cert.pem` and `-key.pem` signed by the CA, plus the CA.
+    fn leaf(&self, dir: &Path, prefix: &str, cn: &str, eku: &str, san: Option<&str>) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut c = Command::new("openssl");
+        c.args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+        .arg("-CA")
+        .arg(self.ca_cert())
+        .arg("-CAkey")
+        .arg(self.ca_key())
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args([
+            "-addext",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+        ])
+        .args(["-addext", &format!("extendedKeyUsage={eku}")])
+        .arg("-keyout")
+        .arg(dir.join(format!("{prefix}-key.pem")))
+        .arg("-out")
+        .arg(dir.join(format!("{prefix}-cert.pem")));
+        if let Some(san) = san {
+            c.args(["-addext", &format!("subjectAltName={san}")]);
+        }
+        run_ok(c);
+        std::fs::copy(self.ca_cert(), dir.join("ca-cert.pem")).unwrap();
+    }
+
+    /// `vraid serve` options serving with this PKI's server certificate.
+    pub fn serve_args(&self, mode: &str) -> Vec<String> {
+        let dir = self.server_dir();
+        vec![
+            format!("--tls={mode}"),
+            "--tls-cert".into(),
+            dir.join("server-cert.pem").display().to_string(),
+            "--tls-key".into(),
+            dir.join("server-key.pem").display().to_string(),
+        ]
+    }
+}

@@ -16,6 +16,7 @@ mod journal;
 mod md;
 mod read_only;
 mod serve;
+mod serve_tls;
 mod sync_plan;
 
 use std::error::Error as StdError;
@@ -48,6 +49,9 @@ pub enum DaemonError {
         #[source]
         source: crate::raid::RaidError,
     },
+    /// The NBD TLS credentials could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A socket could not be set up.
     #[error("cannot listen on {what}")]
     Listen {

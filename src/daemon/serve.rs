@@ -83,6 +83,8 @@ pub struct ServeOptions {
     pub nbd_socket: Option<PathBuf>,
     /// NBD limits given on the command line (they win over the config's).
     pub nbd_limits: NbdLimitKeys,
+    /// TLS settings given on the command line (they win over the config's).
+    pub tls: crate::config::TlsKeys,
     /// Member I/O engine (else `VRAID_IO_ENGINE`, else the config's).
     pub io_engine: Option<EngineKind>,
     /// Export every volume read-only.
@@ -119,6 +121,8 @@ struct ServePlan {
     control: PathBuf,
     metrics: Option<SocketAddr>,
     limits: NbdLimits,
+    /// TLS on the NBD exports, credentials loaded.
+    tls: Option<crate::tls::ServerTls>,
     specs: Vec<VolumeSpec>,
     /// Linux md arrays to serve read-only.
     md: Vec<crate::config::MdConfig>,
@@ -155,7 +159,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
     };
     let mut exports = nbd_exports(&volumes);
     exports.extend(md.iter().map(|m| m.export()));
-    let server = Arc::new(NbdServer::with_limits(exports, plan.limits));
+    let server = Arc::new(NbdServer::with_tls(exports, plan.limits, plan.tls));
     let vhost = match start_vhost(&volumes) {
         Ok(v) => v,
         Err(e) => {
@@ -230,6 +234,7 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
     }
     let config_control = server.and_then(|s| s.control.clone());
     let limit_keys = server.map(|s| s.nbd_limits).unwrap_or_default();
+    let tls = super::serve_tls::load(&args.tls, server.map(|s| &s.tls), nbd)?;
     Ok(ServePlan {
         opts: member_options(args, server),
         nbd,
@@ -237,6 +242,7 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         control: control_path(args, config_control, demo_mode),
         metrics: args.metrics.or(server.and_then(|s| s.metrics)),
         limits: nbd_limits(&args.nbd_limits, limit_keys),
+        tls,
         specs,
         md,
         demo_mode,

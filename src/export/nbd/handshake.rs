@@ -22,6 +22,24 @@ pub enum Step {
     Close,
     /// Write the replies, then enter transmission on this export.
     Transmit(Arc<Export>),
+    /// Write the replies, then run the TLS handshake as the server and go on
+    /// reading options over TLS.
+    StartTls,
+}
+
+/// Where a connection stands with TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsState {
+    /// The server offers no TLS: `NBD_OPT_STARTTLS` is unsupported.
+    Off,
+    /// TLS may be started; `required` refuses every other option but
+    /// `NBD_OPT_ABORT` until then (`NBD_REP_ERR_TLS_REQD`).
+    Offered {
+        /// Plain-text transmission is refused.
+        required: bool,
+    },
+    /// The connection runs over TLS.
+    Active,
 }
 
 /// The negotiation state of one connection.
@@ -32,6 +50,7 @@ pub struct Negotiation<'a> {
     structured: bool,
     /// The last `NBD_OPT_SET_META_CONTEXT`: its export and selection.
     meta: Option<(Arc<Export>, Selection)>,
+    tls: TlsState,
 }
 
 impl<'a> Negotiation<'a> {
@@ -42,6 +61,7 @@ impl<'a> Negotiation<'a> {
             client,
             structured: false,
             meta: None,
+            tls: TlsState::Off,
         }
     }
 
@@ -52,6 +72,25 @@ impl<'a> Negotiation<'a> {
             Some((e, s)) if Arc::ptr_eq(e, export) => s.clone(),
             _ => Selection::default(),
         }
+    }
+
+    /// The same, offering TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsState) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Where the connection stands with TLS.
+    pub fn tls(&self) -> TlsState {
+        self.tls
+    }
+
+    /// The TLS handshake after `Step::StartTls` succeeded: what was
+    /// negotiated in plain text is forgotten (the spec lets a client redo it).
+    pub fn tls_started(&mut self) {
+        self.tls = TlsState::Active;
+        self.structured = false;
+        self.meta = None;
     }
 
     /// Whether structured replies have been negotiated.
@@ -72,6 +111,9 @@ impl<'a> Negotiation<'a> {
 
     /// Answers one option, appending reply bytes to `out`.
     pub fn handle(&mut self, header: OptionHeader, payload: &[u8], out: &mut Vec<u8>) -> Step {
+        if let Some(step) = self.tls_gate(header.option, out) {
+            return step;
+        }
         let option = match proto::parse_option(header, payload) {
             Ok(option) => option,
             Err(e) => {
@@ -126,6 +168,7 @@ impl<'a> Negotiation<'a> {
                 self.set_meta(&req, out);
                 Step::Continue
             }
+            ClientOption::StartTls => self.start_tls(out),
             ClientOption::Unsupported(code) => {
                 tracing::debug!(option = code, "unsupported NBD option");
                 proto::encode_option_reply(out, code, proto::REP_ERR_UNSUP, &[]);
@@ -193,6 +236,39 @@ impl<'a> Negotiation<'a> {
         self.meta = Some((export, selection));
     }
 
+    /// Under `TlsState::Offered { required: true }`, refuses every option
+    /// but STARTTLS and ABORT (EXPORT_NAME cannot be answered: it closes).
+    fn tls_gate(&self, option: u32, out: &mut Vec<u8>) -> Option<Step> {
+        if self.tls != (TlsState::Offered { required: true }) {
+            return None;
+        }
+        match option {
+            proto::OPT_STARTTLS | proto::OPT_ABORT => None,
+            proto::OPT_EXPORT_NAME => {
+                tracing::warn!("NBD_OPT_EXPORT_NAME before TLS, which this server requires");
+                Some(Step::Close)
+            }
+            _ => {
+                let msg = b"this server requires TLS: send NBD_OPT_STARTTLS first";
+                proto::encode_option_reply(out, option, proto::REP_ERR_TLS_REQD, msg);
+                Some(Step::Continue)
+            }
+        }
+    }
+
+    fn start_tls(&self, out: &mut Vec<u8>) -> Step {
+        let (reply, msg): (u32, &[u8]) = match self.tls {
+            TlsState::Off => (proto::REP_ERR_UNSUP, b"this server does not offer TLS"),
+            TlsState::Active => (proto::REP_ERR_INVALID, b"TLS is already negotiated"),
+            TlsState::Offered { .. } => {
+                proto::encode_option_reply(out, proto::OPT_STARTTLS, proto::REP_ACK, &[]);
+                return Step::StartTls;
+            }
+        };
+        proto::encode_option_reply(out, proto::OPT_STARTTLS, reply, msg);
+        Step::Continue
+    }
+
     fn export_name(&self, name: &str, out: &mut Vec<u8>) -> Step {
         let Some(export) = self.exports.lookup(name) else {
             tracing::warn!(export = name, "NBD_OPT_EXPORT_NAME for unknown export");
@@ -249,15 +325,24 @@ pub struct Transcript {
     pub export: Option<Arc<Export>>,
     /// Whether structured replies were negotiated.
     pub structured: bool,
+    /// Whether the client got as far as an accepted `NBD_OPT_STARTTLS`
+    /// (the transcript stops there: the TLS handshake is not simulated).
+    pub starttls: bool,
 }
 
 /// Runs the whole handshake over `input` (client flags, then options) as the
 /// server would, without I/O. Stops at the end of input, a close or transmission.
 pub fn negotiate_bytes(exports: &ExportTable, input: &[u8]) -> Transcript {
+    negotiate_bytes_tls(exports, TlsState::Off, input)
+}
+
+/// [`negotiate_bytes`] on a server whose connection stands at `tls`.
+pub fn negotiate_bytes_tls(exports: &ExportTable, tls: TlsState, input: &[u8]) -> Transcript {
     let mut t = Transcript {
         output: proto::greeting().to_vec(),
         export: None,
         structured: false,
+        starttls: false,
     };
     let Some((flags, mut rest)) = input.split_first_chunk::<4>() else {
         return t;
@@ -265,7 +350,7 @@ pub fn negotiate_bytes(exports: &ExportTable, input: &[u8]) -> Transcript {
     let Ok(client) = proto::parse_client_flags(flags) else {
         return t;
     };
-    let mut neg = Negotiation::new(exports, client);
+    let mut neg = Negotiation::new(exports, client).with_tls(tls);
     while let Some((head, tail)) = rest.split_first_chunk::<{ proto::OPTION_HEADER_LEN }>() {
         let Ok(header) = proto::parse_option_header(head) else {
             break;
@@ -287,6 +372,10 @@ pub fn negotiate_bytes(exports: &ExportTable, input: &[u8]) -> Transcript {
             Step::Close => break,
             Step::Transmit(export) => {
                 t.export = Some(export);
+                break;
+            }
+            Step::StartTls => {
+                t.starttls = true;
                 break;
             }
         }

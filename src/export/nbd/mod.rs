@@ -35,3 +35,5 @@ pub use transmission::{errno_to_nbd, nbd_error, MAX_IN_FLIGHT};
 mod meta_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -67,6 +67,8 @@ pub const REP_ERR_UNSUP: u32 = REP_ERR | 1;
 pub const REP_ERR_POLICY: u32 = REP_ERR | 2;
 /// Option reply: malformed option.
 pub const REP_ERR_INVALID: u32 = REP_ERR | 3;
+/// Option reply: TLS must be negotiated first (`NBD_OPT_STARTTLS`).
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 /// Option reply: no such export.
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
 /// Option reply: the server is shutting down.
@@ -278,6 +280,8 @@ pub enum ClientOption {
     ListMetaContext(MetaContextRequest),
     /// `NBD_OPT_SET_META_CONTEXT`.
     SetMetaContext(MetaContextRequest),
+    /// `NBD_OPT_STARTTLS`.
+    StartTls,
     /// Any option we do not implement; answered with `NBD_REP_ERR_UNSUP`.
     Unsupported(u32),
 }
@@ -304,6 +308,10 @@ pub fn parse_option(header: OptionHeader, payload: &[u8]) -> Result<ClientOption
         OPT_SET_META_CONTEXT => Ok(ClientOption::SetMetaContext(parse_meta_context_request(
             payload,
         )?)),
+        OPT_STARTTLS => {
+            expect_empty(payload, "NBD_OPT_STARTTLS")?;
+            Ok(ClientOption::StartTls)
+        }
         other => Ok(ClientOption::Unsupported(other)),
     }
 }
@@ -841,8 +849,9 @@ mod tests {
         );
         assert_eq!(
             parse_option(h(OPT_STARTTLS, 0), b""),
-            Ok(ClientOption::Unsupported(OPT_STARTTLS))
+            Ok(ClientOption::StartTls)
         );
+        assert!(parse_option(h(OPT_STARTTLS, 1), b"x").is_err());
         assert_eq!(
             parse_option(h(0xdead, 0), b""),
             Ok(ClientOption::Unsupported(0xdead))

@@ -6,6 +6,8 @@
 //!        (until shutdown)               └─► connection task
 //!                                            handshake (Negotiation, within the
 //!                                            handshake timeout) ─► Session::run
+//!                                            (STARTTLS: TLS handshake, the rest
+//!                                            of it and Session::run over TLS)
 //!  accept errors (EMFILE...): logged at most once a second, 100 ms back-off
 //!  shutdown(): listeners stop; idle connections close; busy ones drain first
 //!  wait_idle(): resolves once the connection count is back to zero
@@ -21,14 +23,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
 
 use super::catalog::{Export, ExportTable};
-use super::handshake::{Negotiation, Step};
+use super::handshake::{Negotiation, Step, TlsState};
 use super::limits::{Admission, Admitted, LogGate, NbdLimits, DEVICE_BUDGET};
 use super::meta::Selection;
 use super::proto;
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
+use crate::tls::{Flushed, ServerTls, ServerTlsStream, TlsMode};
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
@@ -63,6 +67,8 @@ struct Shared {
     device_budget: Arc<Semaphore>,
     refusals: LogGate,
     accept_errors: LogGate,
+    /// TLS on offer (`allow` or `require`), if any.
+    tls: Option<ServerTls>,
 }
 
 /// An NBD server over a fixed set of exports.
@@ -172,6 +178,12 @@ impl NbdServer {
 
     /// A server offering `exports` under `limits`.
     pub fn with_limits(exports: Vec<Export>, limits: NbdLimits) -> Self {
+        Self::with_tls(exports, limits, None)
+    }
+
+    /// A server offering `exports` under `limits`, with TLS as `tls` says
+    /// (`None`: `NBD_OPT_STARTTLS` is unsupported).
+    pub fn with_tls(exports: Vec<Export>, limits: NbdLimits, tls: Option<ServerTls>) -> Self {
         let (shutdown, _) = watch::channel(false);
         let memory = usize::try_from(limits.memory).unwrap_or(usize::MAX);
         NbdServer {
@@ -191,6 +203,7 @@ impl NbdServer {
                 device_budget: Arc::new(Semaphore::new(DEVICE_BUDGET)),
                 refusals: LogGate::default(),
                 accept_errors: LogGate::default(),
+                tls,
             }),
         }
     }
@@ -332,22 +345,113 @@ async fn serve_connection<S: Split>(
 ) -> io::Result<ConnectionEnd> {
     let mut stop = shared.shutdown.subscribe();
     // A client may sit in the handshake forever: shutdown or the handshake
-    // timeout closes it there.
-    let timeout = shared.limits.handshake_timeout;
-    let negotiated = tokio::select! {
-        r = tokio::time::timeout(timeout, handshake(shared, &mut stream)) => match r {
-            Ok(r) => r?,
-            Err(_) => Err("not finished within the handshake timeout"),
-        },
-        _ = stop.wait_for(|s| *s) => Err("server shutdown"),
+    // timeout (over both the plain and the TLS part) closes it there.
+    let deadline = Instant::now() + shared.limits.handshake_timeout;
+    let plain = async {
+        let mut neg = match greet(shared, &mut stream).await? {
+            Ok(neg) => neg,
+            Err(why) => return Ok(Err(why)),
+        };
+        let haggled = option_loop(&mut neg, &mut stream).await?;
+        Ok(Ok((neg, haggled)))
     };
-    let (export, structured, meta) = match negotiated {
+    let (neg, haggled) = match guarded(deadline, &mut stop, plain).await? {
         Ok(chosen) => chosen,
-        Err(why) => {
-            let _ = stream.shutdown().await;
-            return Ok(ConnectionEnd::Handshake(why));
+        Err(why) => return Ok(close_plain(stream, why).await),
+    };
+    match haggled {
+        Haggled::Close(why) => Ok(close_plain(stream, why).await),
+        Haggled::Transmit(chosen) => {
+            let (reader, writer) = stream.halves();
+            transmit(shared, chosen, reader, writer, stop).await
+        }
+        Haggled::StartTls => {
+            let Some(tls) = shared.tls.as_ref() else {
+                return Ok(close_plain(stream, "STARTTLS without TLS").await);
+            };
+            let upgraded = guarded(deadline, &mut stop, over_tls(tls, neg, stream)).await?;
+            match upgraded {
+                Ok((tls_stream, chosen)) => {
+                    // The transmission loop writes only when it has replies:
+                    // each write must leave nothing in the TLS buffer.
+                    let (reader, writer) = tokio::io::split(tls_stream);
+                    let writer = Flushed::new(writer);
+                    transmit(shared, chosen, reader, writer, stop).await
+                }
+                Err(why) => Ok(ConnectionEnd::Handshake(why)),
+            }
+        }
+    }
+}
+
+/// Ends a plain-text handshake: the write side is shut down, then closed.
+async fn close_plain<S: AsyncWrite + Unpin>(mut stream: S, why: &'static str) -> ConnectionEnd {
+    let _ = stream.shutdown().await;
+    ConnectionEnd::Handshake(why)
+}
+
+/// Runs a handshake step until `deadline` or server shutdown, whichever
+/// comes first; either is a reason to close.
+async fn guarded<T>(
+    deadline: Instant,
+    stop: &mut watch::Receiver<bool>,
+    step: impl std::future::Future<Output = io::Result<Result<T, &'static str>>>,
+) -> io::Result<Result<T, &'static str>> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, step) => match r {
+            Ok(r) => r,
+            Err(_) => Ok(Err("not finished within the handshake timeout")),
+        },
+        _ = stop.wait_for(|s| *s) => Ok(Err("server shutdown")),
+    }
+}
+
+/// The TLS handshake after `NBD_OPT_STARTTLS`, then the rest of option
+/// haggling over TLS. A failed TLS handshake drops the connection.
+async fn over_tls<'a, S: Split>(
+    tls: &ServerTls,
+    mut neg: Negotiation<'a>,
+    stream: S,
+) -> io::Result<Result<(ServerTlsStream<S>, Chosen), &'static str>> {
+    let mut tls_stream = match tls.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|c| c.to_string());
+            tracing::warn!(
+                error = cause.as_deref().unwrap_or(""),
+                "NBD TLS handshake failed"
+            );
+            return Ok(Err("TLS handshake failed"));
         }
     };
+    neg.tls_started();
+    match option_loop(&mut neg, &mut tls_stream).await? {
+        Haggled::Transmit(chosen) => Ok(Ok((tls_stream, chosen))),
+        Haggled::Close(why) => {
+            let _ = tls_stream.shutdown().await;
+            Ok(Err(why))
+        }
+        Haggled::StartTls => Ok(Err("STARTTLS over TLS")),
+    }
+}
+
+/// Serves the transmission phase over `reader` and `writer`.
+async fn transmit<R, W>(
+    shared: &Arc<Shared>,
+    chosen: Chosen,
+    reader: R,
+    writer: W,
+    stop: watch::Receiver<bool>,
+) -> io::Result<ConnectionEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Chosen {
+        export,
+        structured,
+        meta,
+    } = chosen;
     tracing::info!(export = %export.name, structured, "NBD client entered transmission");
     let session = Session {
         export,
@@ -358,16 +462,35 @@ async fn serve_connection<S: Split>(
         memory: shared.memory.clone(),
         device_budget: shared.device_budget.clone(),
     };
-    let (reader, writer) = stream.halves();
     let ending = session.run(reader, writer, stop).await?;
     Ok(ConnectionEnd::Transmission(ending))
 }
 
-/// Runs option haggling; `Ok(Err(why))` means the connection must close.
-async fn handshake<S>(
-    shared: &Shared,
+/// What option haggling chose for the transmission phase.
+struct Chosen {
+    export: Arc<Export>,
+    /// Structured replies were negotiated.
+    structured: bool,
+    /// The metadata contexts selected for `export`.
+    meta: Selection,
+}
+
+/// How option haggling ended.
+enum Haggled {
+    /// Transmission with what was chosen.
+    Transmit(Chosen),
+    /// `NBD_OPT_STARTTLS` was accepted: the TLS handshake comes next.
+    StartTls,
+    /// The connection closes, for this reason.
+    Close(&'static str),
+}
+
+/// Sends the greeting and reads the client flags; `Ok(Err(why))` means the
+/// connection must close.
+async fn greet<'a, S>(
+    shared: &'a Shared,
     stream: &mut S,
-) -> io::Result<Result<(Arc<Export>, bool, Selection), &'static str>>
+) -> io::Result<Result<Negotiation<'a>, &'static str>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -381,7 +504,20 @@ where
             return Ok(Err("bad client flags"));
         }
     };
-    let mut neg = Negotiation::new(&shared.exports, client);
+    let tls = match &shared.tls {
+        None => TlsState::Off,
+        Some(tls) => TlsState::Offered {
+            required: tls.mode() == TlsMode::Require,
+        },
+    };
+    Ok(Ok(Negotiation::new(&shared.exports, client).with_tls(tls)))
+}
+
+/// Runs option haggling until transmission, STARTTLS or a close.
+async fn option_loop<S>(neg: &mut Negotiation<'_>, stream: &mut S) -> io::Result<Haggled>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let mut head = [0u8; proto::OPTION_HEADER_LEN];
         stream.read_exact(&mut head).await?;
@@ -389,7 +525,7 @@ where
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "NBD protocol error in handshake, closing connection");
-                return Ok(Err("bad option magic"));
+                return Ok(Haggled::Close("bad option magic"));
             }
         };
         let mut out = Vec::new();
@@ -400,7 +536,7 @@ where
                     length = header.length,
                     "NBD option payload far too large, closing connection"
                 );
-                return Ok(Err("option too large"));
+                return Ok(Haggled::Close("option too large"));
             }
             tracing::warn!(
                 option = header.option,
@@ -416,17 +552,17 @@ where
             neg.handle(header, &payload, &mut out)
         };
         stream.write_all(&out).await?;
-        match step {
-            Step::Continue => {}
-            Step::Close => {
-                stream.flush().await?;
-                return Ok(Err("client aborted or chose an unknown export"));
-            }
-            Step::Transmit(export) => {
-                stream.flush().await?;
-                let meta = neg.selection(&export);
-                return Ok(Ok((export, neg.structured(), meta)));
-            }
-        }
+        let haggled = match step {
+            Step::Continue => continue,
+            Step::Close => Haggled::Close("client aborted or chose an unknown export"),
+            Step::Transmit(export) => Haggled::Transmit(Chosen {
+                meta: neg.selection(&export),
+                structured: neg.structured(),
+                export,
+            }),
+            Step::StartTls => Haggled::StartTls,
+        };
+        stream.flush().await?;
+        return Ok(haggled);
     }
 }

@@ -16,9 +16,9 @@ use super::{Export, ExportTable, NbdLimits, NbdServer};
 use crate::block::BlockDevice;
 use crate::member::memory::MemDevice;
 
-const MIB: u64 = 1024 * 1024;
+pub(super) const MIB: u64 = 1024 * 1024;
 
-fn mem_export(name: &str, size: u64, read_only: bool) -> (Arc<MemDevice>, Export) {
+pub(super) fn mem_export(name: &str, size: u64, read_only: bool) -> (Arc<MemDevice>, Export) {
     let dev = Arc::new(MemDevice::new(name, size));
     let export = Export {
         name: name.to_string(),
@@ -72,7 +72,7 @@ fn option_bytes(option: u32, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
+pub(super) fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
     let mut p = (name.len() as u32).to_be_bytes().to_vec();
     p.extend_from_slice(name.as_bytes());
     p.extend_from_slice(&(infos.len() as u16).to_be_bytes());
@@ -230,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
 // ------------------------------------------------------ handshake state machine
 
-fn client_bytes(options: &[(u32, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn client_bytes(options: &[(u32, Vec<u8>)]) -> Vec<u8> {
     let mut b = 3u32.to_be_bytes().to_vec();
     for (opt, payload) in options {
         b.extend_from_slice(&option_bytes(*opt, payload));
@@ -239,7 +239,7 @@ fn client_bytes(options: &[(u32, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Splits server output after the greeting into (option, reply type) pairs.
-fn option_replies(output: &[u8]) -> Vec<(u32, u32)> {
+pub(super) fn option_replies(output: &[u8]) -> Vec<(u32, u32)> {
     let mut rest = &output[18..];
     let mut out = Vec::new();
     while rest.len() >= 20 {

@@ -1,0 +1,71 @@
+//! The client side: a connector for NBD clients (`nbds://` members) that
+//! checks the server against a CA file and may present a client certificate.
+//!
+//! The NBD client sends `NBD_OPT_STARTTLS`, reads the `NBD_REP_ACK`, then
+//! hands its stream to [`ClientTls::connect`] and goes on over the result.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+
+use super::{pem, provider, TlsError};
+
+/// A client-side TLS stream.
+pub type ClientTlsStream<S> = tokio_rustls::client::TlsStream<S>;
+
+/// A loaded client-side TLS setup, cheap to clone (one per member).
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates of `ca` (PEM); presents the certificate
+    /// chain and key of `identity` (PEM files: cert, key) if the server asks.
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, TlsError> {
+        let roots = pem::roots(ca)?;
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(pem::certs(cert, "certificate")?, pem::key(key)?)
+                .map_err(TlsError::Config)?,
+        };
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Runs the TLS handshake as the client over `stream`, checking that
+    /// the server's certificate is valid for `server_name` (a DNS name or
+    /// an IP address, as in the URI).
+    pub async fn connect<S>(
+        &self,
+        server_name: &str,
+        stream: S,
+    ) -> Result<ClientTlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
+        self.connector
+            .connect(name, stream)
+            .await
+            .map_err(TlsError::Handshake)
+    }
+}
