@@ -24,5 +24,6 @@ pub mod member;
 pub mod meta;
 pub mod metrics;
 pub mod raid;
+pub mod remote;
 pub mod units;
 pub mod volfault;
