@@ -599,7 +599,7 @@ impl VolumeSpec {
 
 async fn any_member_initialised(paths: &[PathBuf]) -> bool {
     for p in paths {
-        if p.exists()
+        if (p.exists() || crate::remote::is_nbd_uri(p))
             && matches!(
                 bringup::examine_member(p).await,
                 Ok(bringup::Examined::Member(_))

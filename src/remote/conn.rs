@@ -119,7 +119,11 @@ impl Conn {
         let p = pending.clone();
         let read = tokio::spawn(async move {
             if let Err(e) = read_replies(reader, &p).await {
-                tracing::warn!(error = %e, "NBD member connection dropped");
+                if lock(&p).waiters.is_empty() {
+                    tracing::debug!(error = %e, "NBD member connection closed");
+                } else {
+                    tracing::warn!(error = %e, "NBD member connection dropped");
+                }
             }
             close(&p);
         });

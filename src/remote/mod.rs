@@ -38,3 +38,6 @@ pub fn open(
             source,
         })
 }
+
+#[cfg(test)]
+mod tests;
