@@ -331,3 +331,189 @@ fn nbds_members_are_refused_until_tls_is_built() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS not built yet"), "{err}");
 }
+
+/// A network namespace with a veth pair to it and nbdkit inside, all
+/// removed when dropped (also when the test fails).
+struct Netns {
+    name: String,
+    /// The root namespace's end of the veth pair.
+    outer: String,
+    /// The remote's address (port 10809, NBD's default).
+    addr: String,
+    nbdkit: Option<Child>,
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+impl Netns {
+    /// Namespace, veth pair (10.213.N.1 outside, .2 inside), nbdkit
+    /// serving `file` inside on port 10809.
+    fn with_nbdkit(file: &Path) -> Netns {
+        let id = std::process::id() % 250;
+        let name = format!("vraidn-{}", std::process::id());
+        let (outer, inner) = (format!("vrn{id}a"), format!("vrn{id}b"));
+        let mut ns = Netns {
+            name: name.clone(),
+            outer: outer.clone(),
+            addr: format!("10.213.{id}.2"),
+            nbdkit: None,
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &name]);
+        ip(&["addr", "add", &format!("10.213.{id}.1/30"), "dev", &outer]);
+        ip(&["link", "set", &outer, "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", name.as_str(), "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("10.213.{id}.2/30"), "dev", &inner]);
+        inside(&["link", "set", &inner, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns.nbdkit = Some(
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &name, "nbdkit", "-f", "-i", &ns.addr, "-p", "10809",
+                ])
+                .args(["file", file.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn nbdkit in the namespace"),
+        );
+        ns.wait_reachable();
+        ns
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd://{}/", self.addr)
+    }
+
+    fn wait_reachable(&self) {
+        let at: std::net::SocketAddr = format!("{}:10809", self.addr).parse().unwrap();
+        wait_until(30, "nbdkit reachable in the namespace", || {
+            TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    /// Takes the link down (`false`) or up.
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.outer, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.nbdkit.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting the namespace removes its veth end and so the pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.outer])
+            .status();
+    }
+}
+
+#[test]
+fn link_down_longer_than_member_timeout_fails_the_member_and_readds_it() {
+    // Arrange: a RAID-1 of a local file and nbdkit in another namespace.
+    let dir = scratch_dir("remote-netns");
+    let (local, file) = (dir.path().join("local.img"), dir.path().join("remote.img"));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let ns = Netns::with_nbdkit(&file);
+    let uri = ns.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let members = [local.to_str().unwrap(), uri.as_str()];
+    assert_eq!(start(&members, &control, "2s").stop(), 0);
+    let server = start(&members, &control, "2s");
+    let before = allocated(&file);
+
+    // Act: the link goes down under fio load, for longer than member_timeout.
+    let fio = fio_verify_cmd(&server.uri("vol0"), "cut", "24M", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "writes reaching the remote", || {
+        allocated(&file) > before + (1 << 20)
+    });
+    ns.link(false);
+    wait_until(60, "the remote member failed", || {
+        member_states(&volume_status(&control, "vol0"))[1] == "failed"
+    });
+    assert_fio_clean(fio);
+    ns.link(true);
+    ns.wait_reachable();
+    vraid_ctl_ok(&control, &["add", "vol0", &uri]);
+    let done = "recovery of member 1 finished";
+    let log = server.wait_log(done, Duration::from_secs(120));
+
+    // Assert: a bitmap catch-up of one region, mirrors equal.
+    let copied = logged_number(&log, &format!("{done}: copied "));
+    assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert!(member_data(&local) == member_data(&file), "mirrors differ");
+}
+
+#[test]
+fn a_config_file_volume_with_a_remote_member_is_created_and_served() {
+    // Arrange: a config naming a local file and an nbdkit export, created
+    // at first start.
+    let dir = scratch_dir("remote-config");
+    let remote = Remote::nbdkit(free_port(), &["memory", "384M"]);
+    let local = dir.path().join("local.img");
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nmember_timeout = \"5s\"\n\n[[volume]]\nname = \"vol0\"\nlevel = 1\n\
+             members = [{:?}, {:?}]\ncreate = {{ member_size = \"{MEMBER}\" }}\n",
+            local.display().to_string(),
+            remote.uri()
+        ),
+    )
+    .unwrap();
+    let control = dir.path().join("ctl.sock");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+    ];
+
+    // Act
+    let server = Server::start(&args);
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "cfg", "8M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let dump = dir.path().join("remote.dump");
+    remote.dump(&dump);
+    assert!(member_data(&local) == member_data(&dump), "mirrors differ");
+}

@@ -102,7 +102,7 @@ fn go<S: Read + Write>(
     send_option(stream, proto::OPT_GO, &go_payload(export))?;
     let mut export_info = None;
     let mut sizes = BlockSizes::default();
-    loop {
+    for _ in 0..MAX_INFO_REPLIES {
         let (head, payload) = read_option_reply(stream, proto::OPT_GO)?;
         match head.kind {
             proto::REP_INFO => match reply::parse_info(&payload)? {
@@ -110,18 +110,23 @@ fn go<S: Read + Write>(
                 Info::BlockSize(s) => sizes = s,
                 Info::Other(_) => {}
             },
-            proto::REP_ACK => break,
+            proto::REP_ACK => {
+                let (size, flags) = export_info.ok_or(HandshakeError::NoExportInfo)?;
+                return Ok(Negotiated {
+                    size,
+                    flags,
+                    sizes,
+                    structured,
+                });
+            }
             _ => return Err(refused("NBD_OPT_GO", head, &payload)),
         }
     }
-    let (size, flags) = export_info.ok_or(HandshakeError::NoExportInfo)?;
-    Ok(Negotiated {
-        size,
-        flags,
-        sizes,
-        structured,
-    })
+    Err(ReplyError::Unexpected("endless NBD_REP_INFO replies").into())
 }
+
+/// Most `NBD_REP_INFO` replies accepted before the `NBD_REP_ACK`.
+const MAX_INFO_REPLIES: usize = 64;
 
 /// The `NBD_OPT_GO` payload: name length, name, one info request.
 pub fn go_payload(export: &str) -> Vec<u8> {
