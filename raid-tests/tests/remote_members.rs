@@ -418,6 +418,7 @@ impl Drop for Netns {
             .status();
         let _ = Command::new("ip")
             .args(["link", "del", &self.outer])
+            .stderr(Stdio::null())
             .status();
     }
 }
