@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// What NBD clients may take (`nbd_*` keys); unset ones keep their defaults.
     pub nbd_limits: NbdLimitKeys,
+    /// `member_timeout`: how long a remote (NBD) member may be unreachable
+    /// before it is failed (`VRAID_MEMBER_TIMEOUT` wins; unset: 30 s).
+    pub member_timeout: Option<std::time::Duration>,
     /// TLS on the NBD exports (`tls*` keys).
     pub tls: TlsKeys,
 }
@@ -321,6 +324,7 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
     tls_allow: Option<Vec<Spanned<String>>>,
+    member_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -568,6 +572,7 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
         control,
         metrics,
         nbd_limits,
+        member_timeout: member_timeout(src, &s.member_timeout)?,
         tls,
     })
 }
@@ -600,6 +605,23 @@ fn tls_keys(src: &Source<'_>, s: &RawServer) -> Result<TlsKeys, ConfigError> {
         ca: path("server.tls_ca", &s.tls_ca)?,
         allow,
     })
+}
+
+/// `[server] member_timeout`, a positive duration.
+fn member_timeout(
+    src: &Source<'_>,
+    v: &Option<Spanned<String>>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let Some(t) = v else { return Ok(None) };
+    crate::duration::parse_positive(t.get_ref())
+        .map(Some)
+        .map_err(|_| {
+            src.invalid(
+                t.span(),
+                "server.member_timeout",
+                format!("{:?} is not a duration like \"30s\"", t.get_ref()),
+            )
+        })
 }
 
 fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, ConfigError> {

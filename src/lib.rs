@@ -25,6 +25,7 @@ pub mod meta;
 pub mod metrics;
 pub mod qos;
 pub mod raid;
+pub mod remote;
 pub mod tls;
 pub mod units;
 pub mod volfault;

@@ -288,8 +288,11 @@ fn member_call<R: serde::de::DeserializeOwned>(
 }
 
 /// A path as the daemon must see it: absolute, since its working directory
-/// may differ from ours.
+/// may differ from ours. An NBD URI stays as it is.
 fn absolute(path: &Path) -> PathBuf {
+    if crate::remote::is_nbd_uri(path) {
+        return path.to_path_buf();
+    }
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 

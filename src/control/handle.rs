@@ -155,6 +155,12 @@ impl MemberHandle {
 /// path is taken from the daemon's working directory, where the start-up
 /// paths were given; the CLI sends the paths it is given as absolute ones.
 fn same_path(a: &str, b: &str) -> bool {
+    if let (Ok(x), Ok(y)) = (
+        crate::remote::NbdUri::parse(a),
+        crate::remote::NbdUri::parse(b),
+    ) {
+        return x.canonical() == y.canonical();
+    }
     let absolute = |p: &str| std::path::absolute(p).ok();
     let canonical = |p: &str| std::fs::canonicalize(p).ok();
     absolute(a).is_some_and(|x| Some(x) == absolute(b))

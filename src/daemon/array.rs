@@ -1145,7 +1145,7 @@ impl ArrayHandle {
         path: &Path,
         force: bool,
     ) -> Result<Arc<dyn BlockDevice>, DaemonError> {
-        let device: Arc<dyn BlockDevice> = member::open_member(path, &self.opts)?;
+        let device = super::bringup::open_any(path, &self.opts)?;
         if let Some(id) = device.device_id() {
             self.refuse_known(path, id).await?;
             // Another array of this daemon holds it: its claim is this

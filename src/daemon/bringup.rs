@@ -131,6 +131,10 @@ async fn create_members(
 ) -> Result<meta::ArrayInfo, DaemonError> {
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::with_capacity(paths.len());
     for p in paths {
+        if crate::remote::is_nbd_uri(p) {
+            devices.push(crate::remote::open(p, opts)?);
+            continue;
+        }
         if !p.exists() {
             if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| {
@@ -180,6 +184,11 @@ pub async fn examine_member(path: &Path) -> Result<Examined, DaemonError> {
         read_only: true,
         ..MemberOptions::default()
     };
+    if crate::remote::is_nbd_uri(path) {
+        let dev = crate::remote::open(path, &opts)?;
+        let report = meta::examine(&*dev).await?;
+        return Ok(Examined::Member(Box::new(report)));
+    }
     let dev = member::open_member(path, &opts)?;
     let busy = member::claim::in_use_elsewhere(path).ok();
     match meta::examine(&*dev).await {
@@ -345,6 +354,18 @@ fn open_present_members(
     let mut devices = Vec::with_capacity(paths.len());
     let mut granules = Vec::new();
     for p in paths {
+        if crate::remote::is_nbd_uri(p) {
+            match crate::remote::open(p, opts) {
+                Ok(dev) => devices.push((show_path(p), dev as Arc<dyn BlockDevice>)),
+                // Unreachable at start: assembly treats it as missing.
+                Err(e) => warn!(
+                    "member {} is unreachable: {}",
+                    show_path(p),
+                    super::error_chain(&e)
+                ),
+            }
+            continue;
+        }
         match member::open_member(p, opts) {
             Ok(dev) => {
                 if dev.is_direct() {
@@ -951,7 +972,7 @@ async fn open_spares(
 ) -> Result<Vec<Spare>, DaemonError> {
     let mut spares = Vec::new();
     for p in &aopts.spares {
-        if !p.exists() {
+        if !p.exists() && !crate::remote::is_nbd_uri(p) {
             match aopts.create_size {
                 Some(size) => member::create_sparse(p, size)?,
                 None => {
@@ -960,7 +981,7 @@ async fn open_spares(
                 }
             }
         }
-        let device: Arc<dyn BlockDevice> = match member::open_member(p, opts) {
+        let device: Arc<dyn BlockDevice> = match open_any(p, opts) {
             Ok(d) => d,
             Err(e) => {
                 warn!(
@@ -1124,5 +1145,18 @@ impl VolumeEvents for MetaEvents {
             self.health_event(&states);
             let _ = self.notify.send(member);
         })
+    }
+}
+
+/// Opens a member path: an NBD URI as a remote member, anything else as a
+/// file or block device.
+pub(super) fn open_any(
+    path: &Path,
+    opts: &MemberOptions,
+) -> Result<Arc<dyn BlockDevice>, member::MemberError> {
+    if crate::remote::is_nbd_uri(path) {
+        Ok(crate::remote::open(path, opts)?)
+    } else {
+        Ok(member::open_member(path, opts)?)
     }
 }

@@ -267,6 +267,17 @@ async fn bring_up_md(
 /// The member engine: the command line's, else `VRAID_IO_ENGINE`, else the
 /// config's, else auto.
 fn member_options(args: &ServeOptions, server: Option<&ServerConfig>) -> MemberOptions {
+    let mut opts = engine_choice(args, server);
+    if let Some(t) = server.and_then(|s| s.member_timeout) {
+        if std::env::var_os(crate::remote::RemoteOptions::ENV).is_none() {
+            opts.remote.member_timeout = t;
+        }
+    }
+    opts
+}
+
+/// The engine part of [`member_options`].
+fn engine_choice(args: &ServeOptions, server: Option<&ServerConfig>) -> MemberOptions {
     match server {
         Some(s) if args.io_engine.is_none() && std::env::var_os(EngineKind::ENV).is_none() => {
             bringup::engine_options(s.io_engine)
@@ -599,7 +610,7 @@ impl VolumeSpec {
 
 async fn any_member_initialised(paths: &[PathBuf]) -> bool {
     for p in paths {
-        if p.exists()
+        if (p.exists() || crate::remote::is_nbd_uri(p))
             && matches!(
                 bringup::examine_member(p).await,
                 Ok(bringup::Examined::Member(_))

@@ -47,6 +47,11 @@ pub enum DeviceId {
         /// `st_ino`.
         ino: u64,
     },
+    /// A remote member (an NBD export): a hash of its canonical URI.
+    Remote {
+        /// FNV-1a of the canonical URI.
+        key: u64,
+    },
 }
 
 impl DeviceId {
@@ -65,6 +70,14 @@ impl DeviceId {
     /// The identity of the file `path` names (symlinks followed).
     pub fn of_path(path: &Path) -> io::Result<DeviceId> {
         std::fs::metadata(path).map(|m| DeviceId::of_metadata(&m))
+    }
+
+    /// The identity of a remote member by its canonical URI.
+    pub fn remote(canonical: &str) -> DeviceId {
+        let key = canonical.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        DeviceId::Remote { key }
     }
 
     /// The identity of an open file.
@@ -90,6 +103,7 @@ impl fmt::Display for DeviceId {
                 libc::major(dev),
                 libc::minor(dev)
             ),
+            DeviceId::Remote { key } => write!(f, "remote export {key:016x}"),
         }
     }
 }

@@ -127,6 +127,8 @@ pub struct MemberOptions {
     /// fallocate fails with EBADF, so nothing can change the member (a
     /// `--read-only` volume, `vraid examine`).
     pub read_only: bool,
+    /// Timeouts of remote (NBD) members.
+    pub remote: crate::remote::RemoteOptions,
 }
 
 impl Default for MemberOptions {
@@ -137,6 +139,7 @@ impl Default for MemberOptions {
             direct: true,
             exclusive: true,
             read_only: false,
+            remote: crate::remote::RemoteOptions::from_env(),
         }
     }
 }
@@ -211,6 +214,15 @@ pub enum MemberError {
     /// `VRAID_IO_ENGINE` or a config value names no engine.
     #[error("unknown I/O engine {0:?}: expected uring, sync or auto")]
     UnknownEngine(String),
+    /// A remote (NBD) member cannot be reached or used.
+    #[error("remote member {path}")]
+    Remote {
+        /// Member path (the URI as given).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::remote::LinkError,
+    },
 }
 
 /// The engine a member actually runs on.

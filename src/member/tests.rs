@@ -37,6 +37,7 @@ fn fixture_in(dir: TempDir, kind: EngineKind, size: u64, direct: bool) -> Fixtur
         direct,
         exclusive: true,
         read_only: false,
+        ..MemberOptions::default()
     };
     let member = open_member(&path, &opts).unwrap();
     assert_eq!(member.engine_kind(), kind);
@@ -459,6 +460,7 @@ fn o_direct_is_used_on_the_real_disk() {
         direct: true,
         exclusive: true,
         read_only: false,
+        ..MemberOptions::default()
     };
 
     let member = open_member(&path, &opts).unwrap();

@@ -98,6 +98,7 @@ async fn aligned_lists_reach_file_members_without_a_bounce() {
         direct: true,
         exclusive: true,
         read_only: false,
+        ..MemberOptions::default()
     };
     let members: Vec<_> = (0..2)
         .map(|i| {

@@ -1,0 +1,520 @@
+//! Remote (NBD) members against real servers: a RAID-1 of a local file and
+//! an export of nbdkit (memory and file plugins), qemu-nbd, or another
+//! vraid, written through our export with fio verify and compared byte for
+//! byte; the remote server SIGKILLed under load (the array goes on
+//! degraded, fio sees no error), restarted and re-added with a bitmap
+//! catch-up of the dirty regions only.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raid_tests::*;
+
+/// Bytes of every member.
+const MEMBER: &str = "256M";
+
+/// A remote NBD server the test runs, killed when dropped.
+struct Remote {
+    child: Option<Child>,
+    port: u16,
+    /// The export name in the URI.
+    export: String,
+    /// vraid's own server, when the remote is one.
+    vraid: Option<Server>,
+}
+
+impl Remote {
+    /// `nbdkit ARGS...` on a fresh (or the given) port.
+    fn nbdkit(port: u16, plugin: &[&str]) -> Remote {
+        let child = Command::new("nbdkit")
+            .args(["-f", "-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(plugin)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nbdkit");
+        Remote::ready(child, port, "")
+    }
+
+    /// `qemu-nbd` serving `file` as export `exp`.
+    fn qemu_nbd(file: &Path) -> Remote {
+        let port = free_port();
+        let child = Command::new("qemu-nbd")
+            .args(["-f", "raw", "-t", "-b", "127.0.0.1", "-x", "exp"])
+            .args(["-p", &port.to_string()])
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn qemu-nbd");
+        Remote::ready(child, port, "exp")
+    }
+
+    /// Another vraid serving a RAID-1 of two files in `dir` as `rvol`.
+    fn vraid(dir: &Path) -> Remote {
+        let paths = vec![dir.join("r0.img"), dir.join("r1.img")];
+        create_array(1, "64K", "288M", "rvol", &paths);
+        let control = dir.join("rctl.sock");
+        let server = Server::start(&[
+            paths[0].to_str().unwrap(),
+            paths[1].to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ]);
+        Remote {
+            child: None,
+            port: server.addr.port(),
+            export: "rvol".into(),
+            vraid: Some(server),
+        }
+    }
+
+    fn ready(mut child: Child, port: u16, export: &str) -> Remote {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "NBD server exited");
+            assert!(Instant::now() < deadline, "NBD server not up in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Remote {
+            child: Some(child),
+            port,
+            export: export.into(),
+            vraid: None,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}/{}", self.port, self.export)
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(s) = self.vraid.take() {
+            s.kill();
+        }
+    }
+
+    /// Copies the whole export into `file` (for `member_data`).
+    fn dump(&self, file: &Path) {
+        run_ok(Command::new("nbdcopy").arg(self.uri()).arg(file));
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn control_args(control: &Path, members: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+    a.extend(["--control".into(), control.display().to_string()]);
+    a
+}
+
+fn start(members: &[&str], control: &Path, timeout: &str) -> Server {
+    let args = control_args(control, members);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_with_env(&args, &[("VRAID_MEMBER_TIMEOUT", timeout)])
+}
+
+/// fio writes 16 MiB with verify through our export, whose second mirror
+/// is `remote`; then both mirrors hold the same bytes.
+fn mirror_over(remote: &Remote, dir: &Path) {
+    // Arrange
+    let local = dir.join("local.img");
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.join("ctl.sock");
+    let server = start(&[local.to_str().unwrap(), &uri], &control, "30s");
+
+    // Act
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "mirror", "16M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let dump = dir.join("remote.dump");
+    remote.dump(&dump);
+    assert!(member_data(&local) == member_data(&dump), "mirrors differ");
+}
+
+#[test]
+fn raid1_with_an_nbdkit_memory_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbdkit-mem");
+    let remote = Remote::nbdkit(free_port(), &["memory", "384M"]);
+    mirror_over(&remote, dir.path());
+}
+
+#[test]
+fn raid1_with_an_nbdkit_file_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbdkit-file");
+    let file = dir.path().join("remote.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let remote = Remote::nbdkit(free_port(), &["file", file.to_str().unwrap()]);
+    mirror_over(&remote, dir.path());
+    assert!(member_data(&file) == member_data(&dir.path().join("local.img")));
+}
+
+#[test]
+fn raid1_with_a_qemu_nbd_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-qemu-nbd");
+    let file = dir.path().join("remote.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let remote = Remote::qemu_nbd(&file);
+    mirror_over(&remote, dir.path());
+}
+
+#[test]
+fn raid1_with_a_vraid_export_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-vraid");
+    let remote = Remote::vraid(dir.path());
+    mirror_over(&remote, dir.path());
+}
+
+/// Polls `cond` every 50 ms for at most `secs` seconds.
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Bytes allocated to `file` on disk.
+fn allocated(file: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).unwrap().blocks() * 512
+}
+
+/// The number after `prefix` in the first log line holding it.
+fn logged_number(log: &str, prefix: &str) -> u64 {
+    let at = log.find(prefix).unwrap() + prefix.len();
+    log[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn remote_member_killed_under_load_fails_then_readds_from_the_bitmap() {
+    // Arrange: a whole RAID-1 of a local file and an nbdkit file export,
+    // started once so the bitmap is maintained.
+    let dir = scratch_dir("remote-kill");
+    let (local, file) = (dir.path().join("local.img"), dir.path().join("remote.img"));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let port = free_port();
+    let mut remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let members = [local.to_str().unwrap(), uri.as_str()];
+    assert_eq!(start(&members, &control, "3s").stop(), 0);
+    let server = start(&members, &control, "3s");
+    let before = allocated(&file);
+
+    // Act: SIGKILL the remote server while fio writes.
+    let fio = fio_verify_cmd(&server.uri("vol0"), "cut", "24M", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "writes reaching the remote", || {
+        allocated(&file) > before + (1 << 20)
+    });
+    remote.kill();
+    assert_fio_clean(fio);
+    wait_until(60, "the remote member failed", || {
+        member_states(&volume_status(&control, "vol0"))[1] == "failed"
+    });
+    let remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    vraid_ctl_ok(&control, &["add", "vol0", &remote.uri()]);
+    let done = "recovery of member 1 finished";
+    let log = server.wait_log(done, Duration::from_secs(120));
+
+    // Assert: only dirty regions copied, data intact, mirrors equal.
+    let copied = logged_number(&log, &format!("{done}: copied "));
+    let data_size = examine(&local)["data_size"].as_u64().unwrap();
+    // fio wrote 24 MiB at offset 0: one 64 MiB bitmap region.
+    assert!(
+        copied > 0 && copied <= 64 << 20,
+        "copied {copied} of {data_size}"
+    );
+    assert!(copied * 3 < data_size, "copied {copied} of {data_size}");
+    assert!(log.contains("catching up"), "not a bitmap re-add:\n{log}");
+    let status = volume_status(&control, "vol0");
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "after", "8M", "64M")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(server.stop(), 0);
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert!(member_data(&local) == member_data(&file), "mirrors differ");
+}
+
+#[test]
+fn the_same_export_twice_in_one_array_is_refused() {
+    let dir = scratch_dir("remote-twice");
+    let remote = Remote::nbdkit(free_port(), &["memory", "384M"]);
+    let uri = remote.uri();
+    // The same port spelled with a leading zero: another path, one export.
+    let spelled = uri.replace("127.0.0.1:", "127.0.0.1:0");
+    let out = run(vraid(&[
+        "create",
+        "--level",
+        "1",
+        "--chunk-size",
+        "64K",
+        "--member-size",
+        MEMBER,
+        "--name",
+        "vol0",
+    ])
+    .arg(dir.path().join("local.img"))
+    .arg(&uri)
+    .arg(&spelled));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("are the same device"), "{err}");
+}
+
+#[test]
+fn nbds_members_are_refused_until_tls_is_built() {
+    let dir = scratch_dir("remote-nbds");
+    let out = run(vraid(&[
+        "create",
+        "--level",
+        "1",
+        "--member-size",
+        MEMBER,
+        "--name",
+        "vol0",
+    ])
+    .arg(dir.path().join("local.img"))
+    .arg("nbds://127.0.0.1:1/x"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS not built yet"), "{err}");
+}
+
+/// A network namespace with a veth pair to it and nbdkit inside, all
+/// removed when dropped (also when the test fails).
+struct Netns {
+    name: String,
+    /// The root namespace's end of the veth pair.
+    outer: String,
+    /// The remote's address (port 10809, NBD's default).
+    addr: String,
+    nbdkit: Option<Child>,
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+impl Netns {
+    /// Namespace, veth pair (10.213.N.1 outside, .2 inside), nbdkit
+    /// serving `file` inside on port 10809.
+    fn with_nbdkit(file: &Path) -> Netns {
+        let id = std::process::id() % 250;
+        let name = format!("vraidn-{}", std::process::id());
+        let (outer, inner) = (format!("vrn{id}a"), format!("vrn{id}b"));
+        let mut ns = Netns {
+            name: name.clone(),
+            outer: outer.clone(),
+            addr: format!("10.213.{id}.2"),
+            nbdkit: None,
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &name]);
+        ip(&["addr", "add", &format!("10.213.{id}.1/30"), "dev", &outer]);
+        ip(&["link", "set", &outer, "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", name.as_str(), "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("10.213.{id}.2/30"), "dev", &inner]);
+        inside(&["link", "set", &inner, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        ns.nbdkit = Some(
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &name, "nbdkit", "-f", "-i", &ns.addr, "-p", "10809",
+                ])
+                .args(["file", file.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn nbdkit in the namespace"),
+        );
+        ns.wait_reachable();
+        ns
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd://{}/", self.addr)
+    }
+
+    fn wait_reachable(&self) {
+        let at: std::net::SocketAddr = format!("{}:10809", self.addr).parse().unwrap();
+        wait_until(30, "nbdkit reachable in the namespace", || {
+            TcpStream::connect_timeout(&at, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    /// Takes the link down (`false`) or up.
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.outer, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.nbdkit.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting the namespace removes its veth end and so the pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.outer])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn link_down_longer_than_member_timeout_fails_the_member_and_readds_it() {
+    // Arrange: a RAID-1 of a local file and nbdkit in another namespace.
+    let dir = scratch_dir("remote-netns");
+    let (local, file) = (dir.path().join("local.img"), dir.path().join("remote.img"));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let ns = Netns::with_nbdkit(&file);
+    let uri = ns.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let members = [local.to_str().unwrap(), uri.as_str()];
+    assert_eq!(start(&members, &control, "2s").stop(), 0);
+    let server = start(&members, &control, "2s");
+    let before = allocated(&file);
+
+    // Act: the link goes down under fio load, for longer than member_timeout.
+    let fio = fio_verify_cmd(&server.uri("vol0"), "cut", "24M", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "writes reaching the remote", || {
+        allocated(&file) > before + (1 << 20)
+    });
+    ns.link(false);
+    wait_until(60, "the remote member failed", || {
+        member_states(&volume_status(&control, "vol0"))[1] == "failed"
+    });
+    assert_fio_clean(fio);
+    ns.link(true);
+    ns.wait_reachable();
+    vraid_ctl_ok(&control, &["add", "vol0", &uri]);
+    let done = "recovery of member 1 finished";
+    let log = server.wait_log(done, Duration::from_secs(120));
+
+    // Assert: a bitmap catch-up of one region, mirrors equal.
+    let copied = logged_number(&log, &format!("{done}: copied "));
+    assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert!(member_data(&local) == member_data(&file), "mirrors differ");
+}
+
+#[test]
+fn a_config_file_volume_with_a_remote_member_is_created_and_served() {
+    // Arrange: a config naming a local file and an nbdkit export, created
+    // at first start.
+    let dir = scratch_dir("remote-config");
+    let remote = Remote::nbdkit(free_port(), &["memory", "384M"]);
+    let local = dir.path().join("local.img");
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nmember_timeout = \"5s\"\n\n[[volume]]\nname = \"vol0\"\nlevel = 1\n\
+             members = [{:?}, {:?}]\ncreate = {{ member_size = \"{MEMBER}\" }}\n",
+            local.display().to_string(),
+            remote.uri()
+        ),
+    )
+    .unwrap();
+    let control = dir.path().join("ctl.sock");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+    ];
+
+    // Act
+    let server = Server::start(&args);
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "cfg", "8M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let dump = dir.path().join("remote.dump");
+    remote.dump(&dump);
+    assert!(member_data(&local) == member_data(&dump), "mirrors differ");
+}

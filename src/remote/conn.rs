@@ -1,0 +1,338 @@
+//! One NBD connection in transmission: pipelined requests matched to their
+//! replies by handle.
+//!
+//! ```text
+//!  call() ─ waiter(handle) into Pending ─ request bytes ─► writer task ─► socket
+//!  socket ─► reader task ─ header ─► Pending[handle] ─ chunks ─► data / error
+//!                                     └ DONE ─► the caller's oneshot
+//! ```
+//!
+//! Request bytes go to the socket from a task of their own, so a caller
+//! dropped mid-request (a timeout) can never leave half a request on the
+//! wire. READ data lands in a buffer the waiter owns (never a buffer the
+//! server sized: every chunk is placed inside the request it answers or the
+//! connection is dropped). When either task ends, every waiter gets
+//! [`CallError::Closed`]: a request is answered, or known not to be.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::handshake::Negotiated;
+use super::reply::{self, ReplyError, ReplyHeader};
+use crate::export::nbd::proto::{self, Command, Request};
+
+/// How a call ended without data.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The server answered with an NBD error value.
+    #[error("the server answered error {0}")]
+    Server(u32),
+    /// The connection is gone; the request may or may not have been done.
+    #[error("the connection closed before the reply")]
+    Closed,
+}
+
+/// One request waiting for its reply.
+struct Waiter {
+    offset: u64,
+    read: bool,
+    data: Vec<u8>,
+    error: Option<u32>,
+    done: Option<oneshot::Sender<Result<Vec<u8>, CallError>>>,
+}
+
+impl Waiter {
+    fn finish(mut self) {
+        let result = match self.error {
+            Some(e) => Err(CallError::Server(e)),
+            None => Ok(std::mem::take(&mut self.data)),
+        };
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Requests sent and not yet answered.
+#[derive(Default)]
+pub(crate) struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    next: u64,
+    closed: bool,
+}
+
+type Shared = Arc<Mutex<Pending>>;
+
+fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks the connection closed and answers every waiter `Closed`.
+fn close(p: &Shared) {
+    let waiters: Vec<Waiter> = {
+        let mut g = lock(p);
+        g.closed = true;
+        g.waiters.drain().map(|(_, w)| w).collect()
+    };
+    drop(waiters);
+}
+
+/// A connection in transmission.
+pub struct Conn {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Shared,
+    tasks: [JoinHandle<()>; 2],
+    /// What the handshake settled.
+    pub info: Negotiated,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        close(&self.pending);
+    }
+}
+
+impl Conn {
+    /// Starts the reader and writer tasks on a connection past its handshake.
+    pub fn start<R, W>(reader: R, writer: W, info: Negotiated) -> Conn
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let pending = Shared::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let p = pending.clone();
+        let read = tokio::spawn(async move {
+            if let Err(e) = read_replies(reader, &p).await {
+                if lock(&p).waiters.is_empty() {
+                    tracing::debug!(error = %e, "NBD member connection closed");
+                } else {
+                    tracing::warn!(error = %e, "NBD member connection dropped");
+                }
+            }
+            close(&p);
+        });
+        let p = pending.clone();
+        let write = tokio::spawn(async move {
+            let _ = write_requests(writer, rx).await;
+            close(&p);
+        });
+        Conn {
+            tx,
+            pending,
+            tasks: [read, write],
+            info,
+        }
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.pending).closed
+    }
+
+    /// Sends one request and waits for its reply: READ data, or nothing.
+    pub async fn call(
+        &self,
+        command: Command,
+        flags: u16,
+        offset: u64,
+        length: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let read = command == Command::Read;
+        let (done, rx) = oneshot::channel();
+        let handle = {
+            let mut g = lock(&self.pending);
+            if g.closed {
+                return Err(CallError::Closed);
+            }
+            let handle = g.next;
+            g.next = g.next.wrapping_add(1);
+            let data = if read {
+                vec![0u8; length as usize]
+            } else {
+                Vec::new()
+            };
+            let waiter = Waiter {
+                offset,
+                read,
+                data,
+                error: None,
+                done: Some(done),
+            };
+            g.waiters.insert(handle, waiter);
+            handle
+        };
+        let request = Request {
+            flags,
+            command,
+            cookie: handle,
+            offset,
+            length,
+        };
+        let mut bytes = Vec::with_capacity(proto::REQUEST_LEN + payload.len());
+        bytes.extend_from_slice(&proto::encode_request(&request));
+        bytes.extend_from_slice(payload);
+        if self.tx.send(bytes).is_err() {
+            lock(&self.pending).waiters.remove(&handle);
+            return Err(CallError::Closed);
+        }
+        rx.await.unwrap_or(Err(CallError::Closed))
+    }
+
+    /// Sends `NBD_CMD_DISC` (best effort; the server closes).
+    pub fn disconnect(&self) {
+        let request = Request {
+            flags: 0,
+            command: Command::Disconnect,
+            cookie: u64::MAX,
+            offset: 0,
+            length: 0,
+        };
+        let _ = self.tx.send(proto::encode_request(&request).to_vec());
+    }
+}
+
+/// Writes queued requests, several per flush when they queue up.
+async fn write_requests<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Some(first) = rx.recv().await {
+        w.write_all(&first).await?;
+        while let Ok(more) = rx.try_recv() {
+            w.write_all(&more).await?;
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// Why the reader stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed or closed.
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Reply(#[from] ReplyError),
+}
+
+/// Reads replies until the connection fails or the server errs.
+pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
+    mut r: R,
+    pending: &Shared,
+) -> Result<(), ReadError> {
+    loop {
+        let mut head = [0u8; proto::CHUNK_HEADER_LEN];
+        r.read_exact(&mut head[..4]).await?;
+        let len = reply::reply_kind([head[0], head[1], head[2], head[3]])?.header_len();
+        r.read_exact(&mut head[4..len]).await?;
+        let h = reply::parse_reply_header(&head[..len])?;
+        let mut w = lock(pending)
+            .waiters
+            .remove(&h.handle)
+            .ok_or(ReplyError::UnknownHandle(h.handle))?;
+        if h.structured {
+            read_chunk(&mut r, &h, &mut w).await?;
+        } else if h.error != 0 {
+            w.error = Some(h.error);
+        } else if w.read {
+            r.read_exact(&mut w.data).await?;
+        }
+        if h.done() {
+            w.finish();
+        } else {
+            lock(pending).waiters.insert(h.handle, w);
+        }
+    }
+}
+
+/// Reads one structured chunk's payload into its waiter.
+async fn read_chunk<R: AsyncRead + Unpin>(
+    r: &mut R,
+    h: &ReplyHeader,
+    w: &mut Waiter,
+) -> Result<(), ReadError> {
+    match h.kind {
+        proto::REPLY_TYPE_NONE if h.length == 0 => Ok(()),
+        proto::REPLY_TYPE_OFFSET_DATA if w.read && h.length > 8 => {
+            let offset = r.read_u64().await?;
+            let len = u64::from(h.length - 8);
+            let at = reply::place(offset, len, w.offset, w.data.len() as u64)?;
+            r.read_exact(&mut w.data[at]).await?;
+            Ok(())
+        }
+        reply::REPLY_TYPE_OFFSET_HOLE if w.read && h.length == 12 => {
+            let mut p = [0u8; 12];
+            r.read_exact(&mut p).await?;
+            let (offset, len) = reply::parse_hole(&p)?;
+            let at = reply::place(offset, u64::from(len), w.offset, w.data.len() as u64)?;
+            w.data[at].fill(0);
+            Ok(())
+        }
+        kind if kind & 0x8000 != 0 && h.length <= reply::MAX_OPTION_REPLY => {
+            let mut p = vec![0u8; h.length as usize];
+            r.read_exact(&mut p).await?;
+            let e = reply::parse_error_payload(&p)?;
+            w.error = Some(if e == 0 { proto::errno::EIO } else { e });
+            Ok(())
+        }
+        proto::REPLY_TYPE_NONE | proto::REPLY_TYPE_OFFSET_DATA | reply::REPLY_TYPE_OFFSET_HOLE => {
+            Err(ReplyError::BadLength("reply chunk").into())
+        }
+        _ => Err(ReplyError::Unexpected("reply chunk type").into()),
+    }
+}
+
+/// Feeds `bytes` as server replies to requests with handles `0..n`
+/// (`reads[i]`: request `i` is a READ of `len` bytes at `offset`); returns
+/// how many were answered. For the fuzz target.
+#[doc(hidden)]
+pub fn decode_for_fuzz(bytes: &[u8], reads: &[(bool, u64, u32)]) -> usize {
+    let pending = Shared::default();
+    let mut answers = Vec::new();
+    {
+        let mut g = lock(&pending);
+        for (i, &(read, offset, len)) in reads.iter().enumerate() {
+            let (done, rx) = oneshot::channel();
+            let data = if read {
+                vec![0u8; len as usize]
+            } else {
+                Vec::new()
+            };
+            let w = Waiter {
+                offset,
+                read,
+                data,
+                error: None,
+                done: Some(done),
+            };
+            g.waiters.insert(i as u64, w);
+            answers.push(rx);
+        }
+    }
+    let _ = futures::executor::block_on(read_replies(bytes, &pending));
+    close(&pending);
+    answers
+        .into_iter()
+        .filter_map(|mut rx| rx.try_recv().ok())
+        .filter(Result::is_ok)
+        .count()
+}

@@ -1,0 +1,255 @@
+//! NBD member URIs (the NBD URI standard, `doc/uri.md` of the NBD project):
+//! `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` and their
+//! TLS forms `nbds://`, `nbds+unix://`.
+//!
+//! A member path that starts with one of these schemes is a remote member.
+//! [`NbdUri::canonical`] is its identity: two paths naming the same export
+//! of the same server (port spelled or not) are one member.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The IANA port of NBD.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// A URI that is not a valid NBD member URI.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UriError {
+    /// Not one of the four schemes.
+    #[error("{0}: not an nbd://, nbd+unix://, nbds:// or nbds+unix:// URI")]
+    Scheme(String),
+    /// A TCP URI without a host.
+    #[error("{0}: no host")]
+    NoHost(String),
+    /// The port is not a number from 1 to 65535.
+    #[error("{0}: bad port")]
+    Port(String),
+    /// A Unix URI without `?socket=PATH`.
+    #[error("{0}: a Unix-socket URI needs ?socket=PATH")]
+    NoSocket(String),
+    /// A Unix URI with a host, or query parameters we do not know.
+    #[error("{0}: {1}")]
+    Unsupported(String, &'static str),
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// TCP host (name or address; IPv6 without brackets) and port.
+    Tcp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+/// A parsed NBD member URI.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NbdUri {
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// Export name (empty: the server's default export).
+    pub export: String,
+    /// TLS (`nbds`).
+    pub tls: bool,
+}
+
+/// True when `path` is written as an NBD URI (whether or not it is valid).
+pub fn is_nbd_uri(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| {
+        ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
+            .iter()
+            .any(|p| s.starts_with(p))
+    })
+}
+
+impl NbdUri {
+    /// Parses a URI.
+    pub fn parse(s: &str) -> Result<NbdUri, UriError> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| UriError::Scheme(s.into()))?;
+        let (tls, unix) = match scheme {
+            "nbd" => (false, false),
+            "nbds" => (true, false),
+            "nbd+unix" => (false, true),
+            "nbds+unix" => (true, true),
+            _ => return Err(UriError::Scheme(s.into())),
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, export) = match rest.split_once('/') {
+            Some((a, e)) => (a, percent_decode(e)),
+            None => (rest, String::new()),
+        };
+        let endpoint = if unix {
+            unix_endpoint(s, authority, query)?
+        } else {
+            if query.is_some() {
+                return Err(UriError::Unsupported(
+                    s.into(),
+                    "no query parameters for TCP",
+                ));
+            }
+            tcp_endpoint(s, authority)?
+        };
+        Ok(NbdUri {
+            endpoint,
+            export,
+            tls,
+        })
+    }
+
+    /// Parses a member path written as a URI.
+    pub fn from_path(path: &Path) -> Result<NbdUri, UriError> {
+        let s = path
+            .to_str()
+            .ok_or_else(|| UriError::Scheme(path.display().to_string()))?;
+        NbdUri::parse(s)
+    }
+
+    /// The identity of the export: scheme, endpoint with its port, export.
+    pub fn canonical(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for NbdUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.tls { "s" } else { "" };
+        match &self.endpoint {
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "nbd{s}://[{host}]:{port}/{}", self.export)
+            }
+            Endpoint::Tcp { host, port } => write!(f, "nbd{s}://{host}:{port}/{}", self.export),
+            Endpoint::Unix(p) => write!(f, "nbd{s}+unix:///{}?socket={}", self.export, p.display()),
+        }
+    }
+}
+
+fn unix_endpoint(s: &str, authority: &str, query: Option<&str>) -> Result<Endpoint, UriError> {
+    if !authority.is_empty() {
+        return Err(UriError::Unsupported(
+            s.into(),
+            "a Unix-socket URI has no host",
+        ));
+    }
+    let mut socket = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(percent_decode(v))),
+            _ => return Err(UriError::Unsupported(s.into(), "unknown query parameter")),
+        }
+    }
+    socket
+        .map(Endpoint::Unix)
+        .ok_or_else(|| UriError::NoSocket(s.into()))
+}
+
+fn tcp_endpoint(s: &str, authority: &str) -> Result<Endpoint, UriError> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| UriError::NoHost(s.into()))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UriError::NoHost(s.into()));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| UriError::Port(s.into()))?,
+    };
+    Ok(Endpoint::Tcp {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Decodes `%XX` escapes; malformed escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_uris_parse_with_and_without_port() {
+        let u = NbdUri::parse("nbd://127.0.0.1:10900/vol0").unwrap();
+        assert_eq!(
+            u.endpoint,
+            Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 10900
+            }
+        );
+        assert_eq!(u.export, "vol0");
+        assert!(!u.tls);
+        let d = NbdUri::parse("nbd://example/").unwrap();
+        assert_eq!(d.canonical(), "nbd://example:10809/");
+        assert_eq!(
+            NbdUri::parse("nbd://[::1]:99/a%20b").unwrap().canonical(),
+            "nbd://[::1]:99/a b"
+        );
+        assert!(NbdUri::parse("nbds://h/x").unwrap().tls);
+    }
+
+    #[test]
+    fn unix_uris_need_a_socket_and_no_host() {
+        let u = NbdUri::parse("nbd+unix:///e?socket=/run/s.sock").unwrap();
+        assert_eq!(u.endpoint, Endpoint::Unix("/run/s.sock".into()));
+        assert_eq!(u.export, "e");
+        assert!(NbdUri::parse("nbd+unix:///e").is_err());
+        assert!(NbdUri::parse("nbd+unix://h/e?socket=/s").is_err());
+        assert!(NbdUri::parse("nbds+unix:///?socket=/s").unwrap().tls);
+    }
+
+    #[test]
+    fn bad_uris_are_refused() {
+        for bad in [
+            "http://h/x",
+            "nbd://",
+            "nbd://:1/x",
+            "nbd://h:0/x",
+            "nbd://h:99999/x",
+        ] {
+            assert!(NbdUri::parse(bad).is_err(), "{bad}");
+        }
+        assert!(is_nbd_uri(Path::new("nbd://h/x")));
+        assert!(!is_nbd_uri(Path::new("/tmp/nbd://x")));
+    }
+}
