@@ -26,3 +26,4 @@ pub mod metrics;
 pub mod raid;
 pub mod units;
 pub mod volfault;
+pub mod wlog;

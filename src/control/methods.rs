@@ -11,6 +11,7 @@
 //! | `fault.clear` | `id?` (member or volume rule)                       |
 //! | `fault.add_volume` | `volume`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.powercut` | `volume`, `keep?` (`none`, `ordered-prefix`, `random-subset`), `seed?` |
+//! | `log.start`, `log.mark`, `log.stop` | see `log_methods` |
 //! | `cache.set`   | `volume`, `mode?` (`writethrough`, `volatile`), `size?` |
 //! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
 //! | `replace`     | `volume`, `member`, `path`, `force?` (rebuild engine) |
@@ -77,6 +78,9 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: PowercutParams = params(p)?;
             result(reg.volume(&p.volume)?.power_cut(&p).await)
         }
+        "log.start" => result(super::log_methods::start(reg, params(p)?)),
+        "log.mark" => result(super::log_methods::mark(reg, params(p)?).await),
+        "log.stop" => result(super::log_methods::stop(reg, params(p)?).await),
         "cache.set" => {
             let p: CacheSetParams = params(p)?;
             result(reg.volume(&p.volume)?.set_cache(&p).await)

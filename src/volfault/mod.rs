@@ -4,7 +4,7 @@
 //! database on top of it.
 //!
 //! ```text
-//!  NBD / vhost-user-blk ─► StatsDevice ─► VolumeFaultDevice ─► WriteCache ─► raid::Volume
+//!  NBD / vhost-user-blk ─► StatsDevice ─► VolumeFaultDevice ─► (wlog::LogDevice) ─► WriteCache ─► raid::Volume
 //!                                          │ rules: a FaultSet (the member      │ volatile mode:
 //!                                          │ rule filters), bad sectors,        │ writes held until
 //!                                          │ stalls released on clear           │ FLUSH/FUA; power cut
@@ -184,6 +184,8 @@ pub struct ClientStack {
     pub faults: Arc<VolumeFaults>,
     /// The write cache.
     pub cache: Arc<WriteCache>,
+    /// The write log (`vraid log start`), between the faults and the cache.
+    pub log: Arc<crate::wlog::WriteLog>,
     /// The top of the chain: what the exports serve.
     pub device: Arc<dyn BlockDevice>,
 }
@@ -198,17 +200,18 @@ impl std::fmt::Debug for ClientStack {
 }
 
 impl ClientStack {
-    /// Faults over a (write-through) cache over `volume`.
+    /// Faults over an idle write log over a (write-through) cache over
+    /// `volume`.
     pub fn new(volume: Arc<dyn BlockDevice>) -> ClientStack {
         let faults = Arc::new(VolumeFaults::new(volume.size()));
         let cache = Arc::new(WriteCache::new(volume));
-        let device = Arc::new(VolumeFaultDevice::new(
-            cache.clone() as Arc<dyn BlockDevice>,
-            faults.clone(),
-        ));
+        let log = Arc::new(crate::wlog::WriteLog::new());
+        let logged = crate::wlog::LogDevice::new(cache.clone(), log.clone());
+        let device = Arc::new(VolumeFaultDevice::new(Arc::new(logged), faults.clone()));
         ClientStack {
             faults,
             cache,
+            log,
             device,
         }
     }
