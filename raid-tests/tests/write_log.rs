@@ -21,8 +21,6 @@ struct Vol {
     uri: String,
 }
 
-const VOL_SIZE: u64 = 64 << 20;
-
 fn serve_vol(test: &str) -> Vol {
     let dir = scratch_dir(test);
     let paths = member_paths(dir.path(), 2);
@@ -103,7 +101,7 @@ fn qemu_io_writes_replay_exactly_to_each_flush_and_mark() {
     let (ok, text) = vraid_log(&["replay", s(&log), s(&img), "--to-mark", "two"]);
     assert!(ok, "{text}");
     let bytes = std::fs::read(&img).unwrap();
-    assert_eq!(bytes.len() as u64, VOL_SIZE);
+    assert_eq!(bytes.len() as u64, listed["volume_size"].as_u64().unwrap());
     assert!(bytes[..65536].iter().all(|&b| b == 0x11));
     assert!(bytes[65536..131072].iter().all(|&b| b == 0x22));
     assert!(bytes[131072..].iter().all(|&b| b == 0));
@@ -295,6 +293,25 @@ fn ext4_workload_is_e2fsck_clean_at_every_flush_point_and_crash_subset() {
     assert!(count(" flush:") >= 5, "{text}");
     assert!(count(" subset:") >= 5, "{text}");
     eprintln!("{}", text.lines().last().unwrap_or(""));
+    // The same check finds the broken states: a crash in the middle of
+    // mkfs (its first flush points, subsets of its writes) is not clean.
+    let (ok, text) = vraid_log(&[
+        "check",
+        s(&log),
+        "--image",
+        s(&img),
+        "--subsets",
+        "5",
+        "--max",
+        "40",
+        "--",
+        "sh",
+        "-c",
+        FSCK,
+    ]);
+    assert!(!ok && text.contains("FAILED subset:"), "{text}");
+    assert!(text.contains("Bad magic number"), "{text}");
+    assert!(text.contains("crash points failed the check"), "{text}");
     // The full replay is the volume, byte for byte.
     let full = v.path("full.img");
     let (ok, text) = vraid_log(&["replay", s(&log), s(&full)]);
