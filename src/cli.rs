@@ -245,6 +245,8 @@ pub enum FaultKindArg {
     BadSector,
     /// Volume only: a write over a block lands a prefix of its blocks, then fails.
     Torn,
+    /// Member only: a volatile write cache; `fault powercut` drops what the member did not flush.
+    Volatile,
 }
 
 /// Operations a fault applies to.
