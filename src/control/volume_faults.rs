@@ -98,9 +98,24 @@ impl VolumeHandle {
             .collect()
     }
 
-    /// `vraid fault powercut`.
+    /// `vraid fault powercut`. With `volatile` member rules the cut is the
+    /// members' (the volume cache's unflushed writes die with the process,
+    /// which must be killed and restarted: the members stay frozen);
+    /// else the volume cache's.
     pub async fn power_cut(&self, p: &PowercutParams) -> Result<PowercutReply, ControlError> {
         let seed = p.seed.unwrap_or_else(clock_seed);
+        if self.has_volatile_members() {
+            let members = self.member_power_cut(p.keep, seed).await?;
+            return Ok(PowercutReply {
+                volume: self.name.clone(),
+                report: crate::volfault::PowerCutReport {
+                    keep: p.keep,
+                    seed,
+                    ..Default::default()
+                },
+                members,
+            });
+        }
         let report = self
             .client
             .cache
@@ -120,11 +135,19 @@ impl VolumeHandle {
                 report.kept_writes
             ),
         );
-        let members = self.member_power_cut(p.keep, seed).await?;
         Ok(PowercutReply {
             volume: self.name.clone(),
             report,
-            members,
+            members: Vec::new(),
+        })
+    }
+
+    fn has_volatile_members(&self) -> bool {
+        self.members.iter().any(|m| {
+            m.faults
+                .rules()
+                .iter()
+                .any(|r| r.spec.kind == FaultKind::Volatile)
         })
     }
 
