@@ -108,7 +108,7 @@ impl Undo {
             self.capture(inner, at, len).await?;
         }
         op.await?;
-        if let Some(data) = fua {
+        if let Some(data) = fua.filter(|d| !d.is_empty()) {
             self.make_durable(at, data);
         }
         Ok(())
@@ -116,6 +116,7 @@ impl Undo {
 
     async fn capture(&self, inner: &Arc<dyn BlockDevice>, at: u64, len: u64) -> BlockResult {
         let size = inner.size();
+        crate::block::check_range(ByteOffset(at), len, size)?;
         for b in at / BLOCK..=(at + len - 1) / BLOCK {
             if self.state().blocks.contains_key(&b) {
                 continue;
