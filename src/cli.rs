@@ -52,6 +52,9 @@ pub enum Command {
     /// Inject, list and clear member faults in a running daemon.
     #[command(subcommand)]
     Fault(FaultCommand),
+    /// Record a volume's writes to a log file; replay it, list its crash points, check each.
+    #[command(subcommand)]
+    Log(LogCommand),
 }
 
 /// `--control PATH` of the client verbs.
@@ -308,6 +311,8 @@ pub enum FaultKindArg {
     BadSector,
     /// Volume only: a write over a block lands a prefix of its blocks, then fails.
     Torn,
+    /// Member only: a volatile write cache; `fault powercut` drops what the member did not flush.
+    Volatile,
 }
 
 /// Operations a fault applies to.
@@ -791,4 +796,160 @@ mod tests {
                 .is_err()
         );
     }
+}
+
+/// `vraid log ...` (docs/FAULTS.md "Write log").
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Start recording every write, trim, zeroing, FLUSH and FUA of VOLUME to FILE (new).
+    Start(LogStartArgs),
+    /// Insert a named point into VOLUME's log.
+    Mark(LogMarkArgs),
+    /// Stop recording (the log is complete and synced when this returns).
+    Stop(LogStopArgs),
+    /// Show a log's header, entries, flushes and marks.
+    List(LogListArgs),
+    /// Write a prefix of the log (or one crash point) onto TARGET.
+    Replay(LogReplayArgs),
+    /// List the crash states a volatile disk cache allows at the log's points.
+    Crashpoints(LogCrashArgs),
+    /// Build every crash state on IMAGE in turn and run COMMAND on each.
+    Check(LogCheckArgs),
+}
+
+/// `vraid log start`.
+#[derive(Debug, Args)]
+pub struct LogStartArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Log file to create.
+    pub file: PathBuf,
+}
+
+/// `vraid log mark`.
+#[derive(Debug, Args)]
+pub struct LogMarkArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Name of the point (1 to 255 bytes).
+    pub name: String,
+}
+
+/// `vraid log stop`.
+#[derive(Debug, Args)]
+pub struct LogStopArgs {
+    /// Control socket.
+    #[command(flatten)]
+    pub control: ControlArg,
+    /// Volume name.
+    pub volume: String,
+    /// Print the daemon's JSON reply.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The log file argument of the offline verbs.
+#[derive(Debug, Args)]
+pub struct LogFileArg {
+    /// The log file.
+    pub file: PathBuf,
+    /// Use the complete entries of an unfinished (torn) log.
+    #[arg(long)]
+    pub allow_torn: bool,
+}
+
+/// `vraid log list`.
+#[derive(Debug, Args)]
+pub struct LogListArgs {
+    /// The log.
+    #[command(flatten)]
+    pub log: LogFileArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which crash states to enumerate.
+#[derive(Clone, Debug, Args)]
+pub struct CrashArgs {
+    /// Random subsets of the unflushed writes drawn per window between FLUSHes (0: flush points only).
+    #[arg(long, default_value_t = 0)]
+    pub subsets: usize,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// At most this many crash points.
+    #[arg(long, default_value_t = 10_000)]
+    pub max: usize,
+    /// Only points after entry N (e.g. past a mark's entry: skip the mkfs).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub after: u64,
+    /// Only points after the mark NAME.
+    #[arg(long, value_name = "NAME", conflicts_with = "after")]
+    pub after_mark: Option<String>,
+}
+
+/// `vraid log replay`.
+#[derive(Debug, Args)]
+pub struct LogReplayArgs {
+    /// The log.
+    #[command(flatten)]
+    pub log: LogFileArg,
+    /// Image file or block device holding the volume as it was when logging started (created zeroed if missing).
+    pub target: PathBuf,
+    /// The first N entries.
+    #[arg(long, value_name = "N", group = "point")]
+    pub to: Option<u64>,
+    /// Up to and including FLUSH number K (from 0).
+    #[arg(long, value_name = "K", group = "point")]
+    pub to_flush: Option<u64>,
+    /// Up to and including the mark NAME.
+    #[arg(long, value_name = "NAME", group = "point")]
+    pub to_mark: Option<String>,
+    /// Crash point ID of `vraid log crashpoints` (same --subsets/--seed/--max/--after).
+    #[arg(long, value_name = "ID", group = "point")]
+    pub crashpoint: Option<usize>,
+    /// The enumeration --crashpoint refers to.
+    #[command(flatten)]
+    pub crash: CrashArgs,
+}
+
+/// `vraid log crashpoints`.
+#[derive(Debug, Args)]
+pub struct LogCrashArgs {
+    /// The log.
+    #[command(flatten)]
+    pub log: LogFileArg,
+    /// Which states.
+    #[command(flatten)]
+    pub crash: CrashArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vraid log check`.
+#[derive(Debug, Args)]
+pub struct LogCheckArgs {
+    /// The log.
+    #[command(flatten)]
+    pub log: LogFileArg,
+    /// Scratch image the states are built on (overwritten).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The volume's image when logging started (default: zeroes).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Which states.
+    #[command(flatten)]
+    pub crash: CrashArgs,
+    /// Command run on each state; `{}` in it is the image path.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

@@ -29,3 +29,4 @@ pub mod remote;
 pub mod tls;
 pub mod units;
 pub mod volfault;
+pub mod wlog;

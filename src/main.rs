@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Set(args) => vraid::control::cli::set(args).map_err(Into::into),
             Command::Scrub(args) => vraid::control::cli::scrub(args).map_err(Into::into),
             Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
+            Command::Log(cmd) => vraid::control::log_cli::log(cmd),
         }
     });
     match result {

@@ -523,6 +523,12 @@ fn powercut(a: PowercutArgs) -> Result<(), ClientError> {
         r.kept_writes,
         r.kept_bytes
     );
+    for m in &reply.members {
+        println!(
+            "{}: member {} power cut: {} unflushed blocks restored, {} kept; frozen until restart",
+            reply.volume, m.member, m.restored_blocks, m.kept_blocks
+        );
+    }
     Ok(())
 }
 
@@ -561,6 +567,7 @@ fn fault_add(a: FaultAddArgs) -> Result<(), ClientError> {
         FaultKindArg::Readonly => FaultKind::Readonly,
         FaultKindArg::BadSector => FaultKind::BadSector,
         FaultKindArg::Torn => FaultKind::Torn,
+        FaultKindArg::Volatile => FaultKind::Volatile,
     };
     let op = match a.op {
         FaultOpArg::Read => FaultOp::Read,

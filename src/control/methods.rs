@@ -11,6 +11,7 @@
 //! | `fault.clear` | `id?` (member or volume rule)                       |
 //! | `fault.add_volume` | `volume`, `kind`, `op?`, `offset?`, `length?`, `probability?`, `delay_us?`, `count?` |
 //! | `fault.powercut` | `volume`, `keep?` (`none`, `ordered-prefix`, `random-subset`), `seed?` |
+//! | `log.start`, `log.mark`, `log.stop` | see `log_methods` |
 //! | `cache.set`   | `volume`, `mode?` (`writethrough`, `volatile`), `size?` |
 //! | `qos.set`     | `volume`, `iops?`, `read_iops?`, `write_iops?`, `bps?`, `read_bps?`, `write_bps?`, `burst_ms?` (0: no limit) |
 //! | `add`         | `volume`, `path`, `force?` (rebuild engine)         |
@@ -82,6 +83,9 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: super::params::QosSetParams = params(p)?;
             result(reg.volume(&p.volume)?.set_qos(&p))
         }
+        "log.start" => result(super::log_methods::start(reg, params(p)?)),
+        "log.mark" => result(super::log_methods::mark(reg, params(p)?).await),
+        "log.stop" => result(super::log_methods::stop(reg, params(p)?).await),
         "cache.set" => {
             let p: CacheSetParams = params(p)?;
             result(reg.volume(&p.volume)?.set_cache(&p).await)

@@ -20,6 +20,8 @@ pub mod cli;
 pub mod client;
 pub mod events;
 pub mod handle;
+pub mod log_cli;
+pub mod log_methods;
 pub mod methods;
 pub mod params;
 pub mod replies;

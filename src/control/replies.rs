@@ -82,6 +82,9 @@ pub struct PowercutReply {
     /// What was dropped and kept.
     #[serde(flatten)]
     pub report: crate::volfault::PowerCutReport,
+    /// Members with a `volatile` rule: what each lost (then frozen).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::member::volatile::MemberCut>,
 }
 
 /// `fault.clear`.

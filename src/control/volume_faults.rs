@@ -12,6 +12,7 @@ use super::replies::{PowercutReply, VolumeFaultAddReply};
 use super::status::VolumeFaultStatus;
 use super::{ControlError, Registry};
 use crate::member::fault::{FaultKind, FaultOp, FaultRule, FaultSpec};
+use crate::member::volatile::MemberCut;
 use crate::volfault::{CacheStatus, WriteCache};
 
 /// The spec of a `fault.add_volume`, checked.
@@ -46,6 +47,11 @@ pub fn check_volume_spec(spec: &FaultSpec) -> Result<(), String> {
     }
     if spec.kind == FaultKind::Offline {
         return Err("kind \"offline\" is a member fault: use \"error\" on a volume".into());
+    }
+    if spec.kind == FaultKind::Volatile {
+        return Err(
+            "kind \"volatile\" is a member fault: a volume's volatile cache is `vraid set VOL --cache volatile`".into(),
+        );
     }
     Ok(())
 }
@@ -92,9 +98,24 @@ impl VolumeHandle {
             .collect()
     }
 
-    /// `vraid fault powercut`.
+    /// `vraid fault powercut`. With `volatile` member rules the cut is the
+    /// members' (the volume cache's unflushed writes die with the process,
+    /// which must be killed and restarted: the members stay frozen);
+    /// else the volume cache's.
     pub async fn power_cut(&self, p: &PowercutParams) -> Result<PowercutReply, ControlError> {
         let seed = p.seed.unwrap_or_else(clock_seed);
+        if self.has_volatile_members() {
+            let members = self.member_power_cut(p.keep, seed).await?;
+            return Ok(PowercutReply {
+                volume: self.name.clone(),
+                report: crate::volfault::PowerCutReport {
+                    keep: p.keep,
+                    seed,
+                    ..Default::default()
+                },
+                members,
+            });
+        }
         let report = self
             .client
             .cache
@@ -117,6 +138,7 @@ impl VolumeHandle {
         Ok(PowercutReply {
             volume: self.name.clone(),
             report,
+            members: Vec::new(),
         })
     }
 
@@ -136,6 +158,47 @@ impl VolumeHandle {
             format!("QoS: {}", limits.describe()),
         );
         Ok(qos.status())
+    }
+
+    fn has_volatile_members(&self) -> bool {
+        self.members.iter().any(|m| {
+            m.faults
+                .rules()
+                .iter()
+                .any(|r| r.spec.kind == FaultKind::Volatile)
+        })
+    }
+
+    /// The power cut of every member with a `volatile` rule: their
+    /// unflushed blocks dropped as `keep` says, then the members frozen.
+    async fn member_power_cut(
+        &self,
+        keep: crate::volfault::KeepPolicy,
+        seed: u64,
+    ) -> Result<Vec<MemberCut>, ControlError> {
+        let mut cuts = Vec::new();
+        for m in self.members.iter() {
+            for rule in m.faults.rules().iter() {
+                if rule.spec.kind != FaultKind::Volatile {
+                    continue;
+                }
+                let rule_seed = seed ^ (m.role as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut cut = rule.undo.cut(rule.id, keep, rule_seed).await.map_err(|e| {
+                    ControlError::Refused(format!("power cut of member {}: {e}", m.role))
+                })?;
+                cut.member = m.role;
+                cuts.push(cut);
+            }
+        }
+        if !cuts.is_empty() {
+            let restored: u64 = cuts.iter().map(|c| c.restored_blocks).sum();
+            let text = format!(
+                "{}: member power cut: {restored} unflushed member blocks restored to their old contents; members frozen until restart",
+                self.name
+            );
+            self.events.push(&self.name, "member_power_cut", None, text);
+        }
+        Ok(cuts)
     }
 
     /// `vraid set VOL --cache MODE --cache-size SIZE`.

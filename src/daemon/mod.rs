@@ -79,6 +79,9 @@ pub enum DaemonError {
     /// A vhost-user-blk export could not be started.
     #[error(transparent)]
     Vhost(#[from] crate::export::vhost::VhostError),
+    /// A write log could not be read, replayed or checked.
+    #[error(transparent)]
+    Log(#[from] crate::wlog::LogError),
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -55,6 +55,9 @@ pub enum FaultKind {
     /// Volume faults only: a matching write larger than a block lands a
     /// prefix of its blocks, then fails.
     Torn,
+    /// Member faults only: the member keeps writes volatile until it sees
+    /// a FLUSH or FUA; `fault powercut` drops them (`member::volatile`).
+    Volatile,
 }
 
 impl FaultKind {
@@ -203,6 +206,8 @@ pub struct FaultRule {
     hits: AtomicU64,
     /// Hits left before expiry; `u64::MAX` = unlimited.
     remaining: AtomicU64,
+    /// A `volatile` rule's undo state (empty for the other kinds).
+    pub undo: super::volatile::Undo,
 }
 
 impl FaultRule {
@@ -215,6 +220,7 @@ impl FaultRule {
             device: None,
             hits: AtomicU64::new(0),
             remaining: AtomicU64::new(remaining),
+            undo: super::volatile::Undo::default(),
         }
     }
 
@@ -498,6 +504,18 @@ impl FaultDevice {
         &self.faults
     }
 
+    /// The `volatile` rule of this device, if it has one.
+    fn volatile(&self) -> Option<Arc<FaultRule>> {
+        if self.faults.is_empty() {
+            return None;
+        }
+        let rules = self.faults.rules();
+        rules
+            .iter()
+            .find(|r| r.spec.kind == FaultKind::Volatile && r.applies_to(self.device))
+            .cloned()
+    }
+
     fn judge(&self, op: IoKind, offset: u64, len: u64) -> Option<Verdict> {
         if self.faults.is_empty() {
             return None;
@@ -505,7 +523,8 @@ impl FaultDevice {
         let range = self.logical(offset, len);
         let mut verdict = Verdict::default();
         // Volume-only kinds are refused on members (`add_fault`, config).
-        let member_kind = |r: &FaultRule| !r.spec.kind.volume_only();
+        let member_kind =
+            |r: &FaultRule| !r.spec.kind.volume_only() && r.spec.kind != FaultKind::Volatile;
         let any = self.faults.fire(
             self.device,
             op,
@@ -553,10 +572,8 @@ pub(crate) fn corrupt(buf: &mut [u8], offset: u64, ranges: &[(u64, u64)]) {
     }
 }
 
-impl BlockDevice for FaultDevice {
-    crate::block::forward_to!(inner => name, size);
-
-    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
+impl FaultDevice {
+    fn read_plain<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let Some(verdict) = self.judge(IoKind::Read, offset.get(), buf.len() as u64) else {
             return self.inner.read(offset, buf);
         };
@@ -568,7 +585,12 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
+    fn write_plain<'a>(
+        &'a self,
+        at: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> IoFuture<'a> {
         let Some(verdict) = self.judge(IoKind::Write, at.get(), buf.len() as u64) else {
             return self.inner.write(at, buf, durability);
         };
@@ -583,7 +605,7 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn read_vectored<'a>(
+    fn read_vectored_plain<'a>(
         &'a self,
         offset: ByteOffset,
         bufs: &'a mut [std::io::IoSliceMut<'_>],
@@ -595,7 +617,7 @@ impl BlockDevice for FaultDevice {
         }
     }
 
-    fn write_vectored<'a>(
+    fn write_vectored_plain<'a>(
         &'a self,
         at: ByteOffset,
         bufs: &'a [std::io::IoSlice<'a>],
@@ -608,7 +630,7 @@ impl BlockDevice for FaultDevice {
         }
     }
 
-    fn flush(&self) -> IoFuture<'_> {
+    fn flush_plain(&self) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Flush, 0, 0) else {
             return self.inner.flush();
         };
@@ -618,7 +640,7 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+    fn discard_plain(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.discard(offset, len);
         };
@@ -628,13 +650,93 @@ impl BlockDevice for FaultDevice {
         })
     }
 
-    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
+    fn write_zeroes_plain(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.write_zeroes(offset, len, may_unmap);
         };
         Box::pin(async move {
             self.enforce(&verdict).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await
+        })
+    }
+}
+
+/// With a `volatile` rule on the device, writes capture the old contents
+/// of their blocks first and a FLUSH forgets them (`member::volatile`);
+/// after a power cut every operation hangs.
+impl BlockDevice for FaultDevice {
+    crate::block::forward_to!(inner => name, size);
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
+        match self.volatile() {
+            None => self.read_plain(offset, buf),
+            Some(r) => Box::pin(async move { r.undo.read(self.read_plain(offset, buf)).await }),
+        }
+    }
+
+    fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], d: Durability) -> IoFuture<'a> {
+        let Some(r) = self.volatile() else {
+            return self.write_plain(at, buf, d);
+        };
+        let fua = (d == Durability::Fua).then_some(buf);
+        let range = (at.get(), buf.len() as u64);
+        Box::pin(async move {
+            let op = self.write_plain(at, buf, d);
+            r.undo.write(&self.inner, range, fua, op).await
+        })
+    }
+
+    fn read_vectored<'a>(
+        &'a self,
+        offset: ByteOffset,
+        bufs: &'a mut [std::io::IoSliceMut<'_>],
+    ) -> IoFuture<'a> {
+        match self.volatile() {
+            None => self.read_vectored_plain(offset, bufs),
+            Some(_) => crate::block::read_through_copy(self, offset, bufs),
+        }
+    }
+
+    fn write_vectored<'a>(
+        &'a self,
+        at: ByteOffset,
+        bufs: &'a [std::io::IoSlice<'a>],
+        d: Durability,
+    ) -> IoFuture<'a> {
+        match self.volatile() {
+            None => self.write_vectored_plain(at, bufs, d),
+            Some(_) => crate::block::write_through_copy(self, at, bufs, d),
+        }
+    }
+
+    fn flush(&self) -> IoFuture<'_> {
+        match self.volatile() {
+            None => self.flush_plain(),
+            Some(r) => Box::pin(async move { r.undo.flush(self.flush_plain()).await }),
+        }
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+        let Some(r) = self.volatile() else {
+            return self.discard_plain(offset, len);
+        };
+        Box::pin(async move {
+            let op = self.discard_plain(offset, len);
+            r.undo
+                .write(&self.inner, (offset.get(), len), None, op)
+                .await
+        })
+    }
+
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
+        let Some(r) = self.volatile() else {
+            return self.write_zeroes_plain(offset, len, may_unmap);
+        };
+        Box::pin(async move {
+            let op = self.write_zeroes_plain(offset, len, may_unmap);
+            r.undo
+                .write(&self.inner, (offset.get(), len), None, op)
+                .await
         })
     }
 }

@@ -13,6 +13,7 @@ mod file;
 mod op;
 mod sync;
 mod uring;
+pub mod volatile;
 
 #[cfg(test)]
 pub mod memory;

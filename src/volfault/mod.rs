@@ -4,7 +4,7 @@
 //! database on top of it.
 //!
 //! ```text
-//!  NBD / vhost-user-blk ─► StatsDevice ─► QosDevice ─► VolumeFaultDevice ─► WriteCache ─► raid::Volume
+//!  NBD / vhost-user-blk ─► StatsDevice ─► QosDevice ─► VolumeFaultDevice ─► (wlog::LogDevice) ─► WriteCache ─► raid::Volume
 //!                                          │ rules: a FaultSet (the member      │ volatile mode:
 //!                                          │ rule filters), bad sectors,        │ writes held until
 //!                                          │ stalls released on clear           │ FLUSH/FUA; power cut
@@ -186,6 +186,8 @@ pub struct ClientStack {
     pub cache: Arc<WriteCache>,
     /// The QoS limits (`crate::qos`), on top of the chain.
     pub qos: Arc<crate::qos::Limiter>,
+    /// The write log (`vraid log start`), between the faults and the cache.
+    pub log: Arc<crate::wlog::WriteLog>,
     /// The top of the chain: what the exports serve.
     pub device: Arc<dyn BlockDevice>,
 }
@@ -201,20 +203,21 @@ impl std::fmt::Debug for ClientStack {
 }
 
 impl ClientStack {
-    /// QoS (no limits) over faults over a (write-through) cache over `volume`.
+    /// QoS (no limits) over faults over an idle write log over a
+    /// (write-through) cache over `volume`.
     pub fn new(volume: Arc<dyn BlockDevice>) -> ClientStack {
         let faults = Arc::new(VolumeFaults::new(volume.size()));
         let cache = Arc::new(WriteCache::new(volume));
-        let faulty = Arc::new(VolumeFaultDevice::new(
-            cache.clone() as Arc<dyn BlockDevice>,
-            faults.clone(),
-        ));
+        let log = Arc::new(crate::wlog::WriteLog::new());
+        let logged = crate::wlog::LogDevice::new(cache.clone(), log.clone());
+        let faulty = Arc::new(VolumeFaultDevice::new(Arc::new(logged), faults.clone()));
         let qos = Arc::new(crate::qos::Limiter::default());
         let device = Arc::new(crate::qos::QosDevice::new(faulty, qos.clone()));
         ClientStack {
             faults,
             cache,
             qos,
+            log,
             device,
         }
     }

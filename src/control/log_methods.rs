@@ -1,0 +1,138 @@
+//! The control plane's side of the write log (`log.start`, `log.mark`,
+//! `log.stop`): parameters, replies, and the calls on the volume's
+//! [`crate::wlog::WriteLog`], with events.
+//!
+//! | method      | params                      |
+//! |-------------|-----------------------------|
+//! | `log.start` | `volume`, `path` (absolute) |
+//! | `log.mark`  | `volume`, `name`            |
+//! | `log.stop`  | `volume`                    |
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ControlError, Registry};
+use crate::wlog::LogStatus;
+
+/// `log.start`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogStartParams {
+    /// Volume.
+    pub volume: String,
+    /// New log file (must not exist; absolute).
+    pub path: PathBuf,
+}
+
+/// `log.mark`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogMarkParams {
+    /// Volume.
+    pub volume: String,
+    /// Name of the point.
+    pub name: String,
+}
+
+/// `log.stop`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogStopParams {
+    /// Volume.
+    pub volume: String,
+}
+
+/// Reply of `log.start` and `log.stop`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogReply {
+    /// Volume.
+    pub volume: String,
+    /// The log.
+    pub log: LogStatus,
+}
+
+/// Reply of `log.mark`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMarkReply {
+    /// Volume.
+    pub volume: String,
+    /// Entry number of the mark.
+    pub entry: u64,
+}
+
+fn refused(volume: &str, e: crate::wlog::LogError) -> ControlError {
+    ControlError::Refused(format!(
+        "write log of {volume}: {}",
+        crate::daemon::error_chain(&e)
+    ))
+}
+
+/// `log.start`.
+pub fn start(reg: &Registry, p: LogStartParams) -> Result<LogReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    if !p.path.is_absolute() {
+        return Err(ControlError::InvalidParams(format!(
+            "log path {} is not absolute",
+            p.path.display()
+        )));
+    }
+    let size = vol.client.device.size();
+    let log = &vol.client.log;
+    log.start(&p.path, &vol.name, size)
+        .map_err(|e| refused(&vol.name, e))?;
+    let text = format!("{}: write log started: {}", vol.name, p.path.display());
+    vol.events.push(&vol.name, "log_started", None, text);
+    Ok(LogReply {
+        volume: vol.name.clone(),
+        log: log.status().unwrap_or_else(|| stopped_meanwhile(&p.path)),
+    })
+}
+
+/// The status of a log stopped by someone else meanwhile: empty.
+fn stopped_meanwhile(path: &std::path::Path) -> LogStatus {
+    LogStatus {
+        path: path.to_path_buf(),
+        entries: 0,
+        bytes: 0,
+        failed: Some("stopped at once".into()),
+    }
+}
+
+/// `log.mark`.
+pub async fn mark(reg: &Registry, p: LogMarkParams) -> Result<LogMarkReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let entry = vol
+        .client
+        .log
+        .mark(&p.name)
+        .await
+        .map_err(|e| refused(&vol.name, e))?;
+    Ok(LogMarkReply {
+        volume: vol.name.clone(),
+        entry,
+    })
+}
+
+/// `log.stop`.
+pub async fn stop(reg: &Registry, p: LogStopParams) -> Result<LogReply, ControlError> {
+    let vol = reg.volume(&p.volume)?;
+    let log = vol
+        .client
+        .log
+        .stop()
+        .await
+        .map_err(|e| refused(&vol.name, e))?;
+    let text = format!(
+        "{}: write log stopped: {} ({} entries, {} bytes)",
+        vol.name,
+        log.path.display(),
+        log.entries,
+        log.bytes
+    );
+    vol.events.push(&vol.name, "log_stopped", None, text);
+    Ok(LogReply {
+        volume: vol.name.clone(),
+        log,
+    })
+}

@@ -1,0 +1,288 @@
+//! The member `volatile` fault (docs/FAULTS.md "Power cuts under vraid
+//! itself"): a member that behaves like a disk with a volatile write
+//! cache. Writes land in the member file at once, but the rule keeps the
+//! *old* contents of every 4 KiB block written since the member's last
+//! FLUSH (the first capture of a block wins), so that a power cut can put
+//! them back; a FLUSH that completes forgets them, a FUA write makes its
+//! own bytes durable. After a cut the member is frozen: every later I/O
+//! of the process hangs, as on a machine without power, until the
+//! process is killed and started again.
+//!
+//! Writes hold `order` shared from the capture to the write's completion
+//! and a FLUSH holds it exclusively, so no write straddles the moment a
+//! FLUSH forgets the captures.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::fault::Rng;
+use crate::block::{BlockDevice, BlockResult, Durability};
+use crate::units::ByteOffset;
+use crate::volfault::KeepPolicy;
+
+/// Unit of capture and restore.
+pub const BLOCK: u64 = 4096;
+
+/// What a member power cut did, per rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCut {
+    /// The rule's id.
+    pub rule: u64,
+    /// Member role (filled by the control plane).
+    pub member: usize,
+    /// Blocks written since the last FLUSH whose old contents came back.
+    pub restored_blocks: u64,
+    /// Such blocks kept (the cache had written them).
+    pub kept_blocks: u64,
+}
+
+struct Captured {
+    seq: u64,
+    old: Vec<u8>,
+}
+
+#[derive(Default)]
+struct UndoState {
+    blocks: BTreeMap<u64, Captured>,
+    seq: u64,
+    target: Option<Arc<dyn BlockDevice>>,
+}
+
+/// The undo state of one `volatile` rule.
+#[derive(Default)]
+pub struct Undo {
+    order: tokio::sync::RwLock<()>,
+    state: Mutex<UndoState>,
+    frozen: AtomicBool,
+}
+
+impl std::fmt::Debug for Undo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Undo")
+            .field("blocks", &self.state().blocks.len())
+            .field("frozen", &self.frozen())
+            .finish()
+    }
+}
+
+impl Undo {
+    fn state(&self) -> MutexGuard<'_, UndoState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once a power cut froze the member.
+    pub fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+
+    /// Blocks whose old contents are held now.
+    pub fn dirty_blocks(&self) -> u64 {
+        self.state().blocks.len() as u64
+    }
+
+    /// Hangs forever once frozen (the power is off).
+    async fn hang_if_frozen(&self) {
+        if self.frozen() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Runs `op`, a write (`data` given when it is FUA: its bytes are
+    /// durable after it) or a trim or zeroing of `at..+len` on `inner`,
+    /// with the old contents of its blocks captured first.
+    pub async fn write(
+        &self,
+        inner: &Arc<dyn BlockDevice>,
+        (at, len): (u64, u64),
+        fua: Option<&[u8]>,
+        op: impl Future<Output = BlockResult>,
+    ) -> BlockResult {
+        self.hang_if_frozen().await;
+        let _order = self.order.read().await;
+        self.hang_if_frozen().await;
+        if len > 0 {
+            self.capture(inner, at, len).await?;
+        }
+        op.await?;
+        if let Some(data) = fua.filter(|d| !d.is_empty()) {
+            self.make_durable(at, data);
+        }
+        Ok(())
+    }
+
+    async fn capture(&self, inner: &Arc<dyn BlockDevice>, at: u64, len: u64) -> BlockResult {
+        let size = inner.size();
+        crate::block::check_range(ByteOffset(at), len, size)?;
+        for b in at / BLOCK..=(at + len - 1) / BLOCK {
+            if self.state().blocks.contains_key(&b) {
+                continue;
+            }
+            let start = b * BLOCK;
+            let mut old = vec![0u8; BLOCK.min(size - start) as usize];
+            inner.read(ByteOffset(start), &mut old).await?;
+            let mut st = self.state();
+            st.seq += 1;
+            let seq = st.seq;
+            st.blocks.entry(b).or_insert(Captured { seq, old });
+            st.target.get_or_insert_with(|| inner.clone());
+        }
+        Ok(())
+    }
+
+    /// A FUA write's bytes are on the medium: they become the blocks'
+    /// "old" (durable) contents.
+    fn make_durable(&self, at: u64, data: &[u8]) {
+        let end = at + data.len() as u64;
+        let mut st = self.state();
+        for b in at / BLOCK..=(end - 1) / BLOCK {
+            let start = b * BLOCK;
+            if at <= start && end >= start + BLOCK {
+                st.blocks.remove(&b);
+                continue;
+            }
+            if let Some(c) = st.blocks.get_mut(&b) {
+                let from = at.max(start);
+                let to = end.min(start + c.old.len() as u64);
+                let src = &data[(from - at) as usize..(to - at) as usize];
+                c.old[(from - start) as usize..(to - start) as usize].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// A FLUSH: `op` runs with no write in flight; when it succeeds the
+    /// captures are forgotten.
+    pub async fn flush(&self, op: impl Future<Output = BlockResult>) -> BlockResult {
+        self.hang_if_frozen().await;
+        let _order = self.order.write().await;
+        self.hang_if_frozen().await;
+        op.await?;
+        self.state().blocks.clear();
+        Ok(())
+    }
+
+    /// Hangs a read once frozen.
+    pub async fn read(&self, op: impl Future<Output = BlockResult>) -> BlockResult {
+        self.hang_if_frozen().await;
+        op.await
+    }
+
+    /// The power cut: freezes the member, waits for the writes in flight,
+    /// writes back the old contents of the blocks `keep` drops (FUA, then
+    /// a flush of the member) and stays frozen.
+    pub async fn cut(&self, rule: u64, keep: KeepPolicy, seed: u64) -> BlockResult<MemberCut> {
+        let rng = Rng::new(seed);
+        self.frozen.store(true, Ordering::Release);
+        let _order = self.order.write().await;
+        let (blocks, target) = {
+            let mut st = self.state();
+            (std::mem::take(&mut st.blocks), st.target.clone())
+        };
+        let mut by_seq: Vec<(u64, u64, Vec<u8>)> =
+            blocks.into_iter().map(|(b, c)| (c.seq, b, c.old)).collect();
+        by_seq.sort_unstable_by_key(|e| e.0);
+        let n = by_seq.len();
+        let kept_prefix = (rng.next_u64() % (n as u64 + 1)) as usize;
+        let mut report = MemberCut {
+            rule,
+            ..MemberCut::default()
+        };
+        for (i, (_, b, old)) in by_seq.into_iter().enumerate() {
+            let restore = match keep {
+                KeepPolicy::None => true,
+                KeepPolicy::OrderedPrefix => i >= kept_prefix,
+                KeepPolicy::RandomSubset => rng.next_u64() & 1 == 0,
+            };
+            if !restore {
+                report.kept_blocks += 1;
+                continue;
+            }
+            if let Some(t) = &target {
+                t.write(ByteOffset(b * BLOCK), &old, Durability::Fua)
+                    .await?;
+            }
+            report.restored_blocks += 1;
+        }
+        if let Some(t) = &target {
+            t.flush().await?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::member::fault::{FaultDevice, FaultKind, FaultRule, FaultSet, FaultSpec};
+    use crate::member::memory::MemDevice;
+
+    fn volatile() -> (Arc<MemDevice>, FaultDevice, Arc<FaultRule>) {
+        let mem = Arc::new(MemDevice::new("m", 64 << 10));
+        let set = Arc::new(FaultSet::new());
+        let rule = Arc::new(FaultRule::new(1, FaultSpec::new(FaultKind::Volatile)));
+        set.add(rule.clone());
+        (mem.clone(), FaultDevice::new(mem, set, 1), rule)
+    }
+
+    #[tokio::test]
+    async fn a_cut_restores_unflushed_blocks_and_keeps_flushed_and_fua_bytes() {
+        // Arrange: flushed A, unflushed B over it and elsewhere, a FUA
+        // write of half a block, a trim after the flush.
+        let (mem, dev, rule) = volatile();
+        dev.write(ByteOffset(0), &[0xa; 8192], Durability::Normal)
+            .await
+            .unwrap();
+        dev.flush().await.unwrap();
+        dev.write(ByteOffset(4096), &[0xb; 8192], Durability::Normal)
+            .await
+            .unwrap();
+        dev.write(ByteOffset(16384), &[0xc; 2048], Durability::Fua)
+            .await
+            .unwrap();
+        dev.discard(ByteOffset(0), 4096).await.unwrap();
+        assert_eq!(mem.snapshot()[4096], 0xb, "writes land at once");
+        assert_eq!(rule.undo.dirty_blocks(), 4);
+        // Act
+        let cut = rule.undo.cut(1, KeepPolicy::None, 5).await.unwrap();
+        // Assert
+        assert_eq!((cut.restored_blocks, cut.kept_blocks), (4, 0));
+        let img = mem.snapshot();
+        assert!(img[..8192].iter().all(|&b| b == 0xa), "flushed A is back");
+        assert!(img[8192..16384].iter().all(|&b| b == 0));
+        assert!(
+            img[16384..18432].iter().all(|&b| b == 0xc),
+            "FUA bytes stay"
+        );
+        let mut buf = [0u8; 512];
+        let hung = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            dev.read(ByteOffset(0), &mut buf),
+        );
+        assert!(hung.await.is_err(), "a frozen member hangs");
+    }
+
+    #[tokio::test]
+    async fn random_subset_and_ordered_prefix_restore_part_of_the_blocks() {
+        for keep in [KeepPolicy::RandomSubset, KeepPolicy::OrderedPrefix] {
+            let (mem, dev, rule) = volatile();
+            for b in 0..16u64 {
+                let data = [b as u8 + 1; 4096];
+                dev.write(ByteOffset(b * 4096), &data, Durability::Normal)
+                    .await
+                    .unwrap();
+            }
+            let cut = rule.undo.cut(1, keep, 42).await.unwrap();
+            assert_eq!(cut.restored_blocks + cut.kept_blocks, 16);
+            let img = mem.snapshot();
+            let kept: Vec<bool> = (0..16).map(|b| img[b * 4096] != 0).collect();
+            assert_eq!(kept.iter().filter(|&&k| k).count() as u64, cut.kept_blocks);
+            if keep == KeepPolicy::OrderedPrefix {
+                let n = cut.kept_blocks as usize;
+                assert!(kept[..n].iter().all(|&k| k) && kept[n..].iter().all(|&k| !k));
+            }
+        }
+    }
+}
