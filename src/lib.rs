@@ -23,6 +23,7 @@ pub mod md;
 pub mod member;
 pub mod meta;
 pub mod metrics;
+pub mod pool;
 pub mod raid;
 pub mod units;
 pub mod volfault;
