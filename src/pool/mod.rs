@@ -26,6 +26,8 @@ pub mod tree;
 pub mod volumes;
 
 #[cfg(test)]
+mod scale_tests;
+#[cfg(test)]
 mod tests;
 
 pub use pool::{Pool, PoolSpace, VolumeInfo};
