@@ -51,6 +51,8 @@ fn main() -> ExitCode {
             Command::Set(args) => vraid::control::cli::set(args).map_err(Into::into),
             Command::Scrub(args) => vraid::control::cli::scrub(args).map_err(Into::into),
             Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
+            Command::Pool(cmd) => vraid::control::pool_cli::pool(cmd).map_err(Into::into),
+            Command::Volume(cmd) => vraid::control::pool_cli::volume(cmd).map_err(Into::into),
         }
     });
     match result {

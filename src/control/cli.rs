@@ -31,7 +31,7 @@ use crate::cli::{
 use crate::member::fault::{FaultKind, FaultOp};
 use crate::volfault::{CacheMode, CacheStatus, KeepPolicy};
 
-fn socket(arg: &ControlArg) -> PathBuf {
+pub(crate) fn socket(arg: &ControlArg) -> PathBuf {
     arg.control.clone().unwrap_or_else(default_client_path)
 }
 
@@ -73,7 +73,7 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
 }
 
 /// `reply` as pretty JSON on stdout (`--json`).
-fn print_json<T: Serialize>(reply: &T) {
+pub(crate) fn print_json<T: Serialize>(reply: &T) {
     // Through a `Value`: its keys come out sorted, as they always did.
     let value = serde_json::to_value(reply).unwrap_or_default();
     println!(

@@ -17,6 +17,8 @@
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
 //! | `scrub`       | `volume`, `repair?`, `cancel?`, `wait?` (rebuild engine) |
 //!
+//! | `pool.create` `pool.list` `pool.check` `volume.*` | see `pool_methods` |
+//!
 //! `member` is a role number or the member path given at start-up.
 
 use serde::de::DeserializeOwned;
@@ -173,6 +175,9 @@ async fn engine_method(reg: &Registry, method: &str, p: Value) -> Result<Value, 
                 wait: p.wait,
             };
             result(vol.engine("scrub")?.scrub(req).await)
+        }
+        other if other.starts_with("pool.") || other.starts_with("volume.") => {
+            super::pool_methods::dispatch(reg, other, p).await
         }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }

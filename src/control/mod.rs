@@ -22,6 +22,8 @@ pub mod events;
 pub mod handle;
 pub mod methods;
 pub mod params;
+pub mod pool_cli;
+pub mod pool_methods;
 pub mod replies;
 pub mod rpc;
 pub mod server;

@@ -14,6 +14,7 @@ mod demo;
 mod engine_ops;
 mod journal;
 mod md;
+mod pools;
 mod read_only;
 mod serve;
 mod sync_plan;
@@ -75,6 +76,15 @@ pub enum DaemonError {
     /// A vhost-user-blk export could not be started.
     #[error(transparent)]
     Vhost(#[from] crate::export::vhost::VhostError),
+    /// A pool on an array could not be opened.
+    #[error("pool on array {array}")]
+    Pool {
+        /// Array name.
+        array: String,
+        /// Why.
+        #[source]
+        source: crate::pool::PoolError,
+    },
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -20,6 +20,8 @@ pub mod meta;
 pub mod page;
 #[allow(clippy::module_inception)]
 pub mod pool;
+pub mod service;
+mod service_volumes;
 pub mod store;
 pub mod thin;
 pub mod tree;
