@@ -101,6 +101,9 @@ pub fn render_status(reply: &StatusReply) -> String {
         render_sync(&mut out, v);
         render_engine(&mut out, v);
     }
+    for p in &reply.pools {
+        out.push_str(&super::pool_cli::render_pool(p));
+    }
     if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");
         for e in reply.events.iter().rev().take(10).rev() {

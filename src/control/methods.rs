@@ -208,7 +208,15 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlE
         .into_iter()
         .filter(|e| p.volume.as_ref().is_none_or(|n| *n == e.volume))
         .collect();
-    Ok(StatusReply { volumes, events })
+    let pools = match (reg.pools(), &p.volume) {
+        (Ok(pools), None) => pools.list().await,
+        _ => Vec::new(),
+    };
+    Ok(StatusReply {
+        volumes,
+        events,
+        pools,
+    })
 }
 
 fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<FaultAddReply, ControlError> {

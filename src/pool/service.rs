@@ -66,6 +66,12 @@ impl PoolService {
             match Pool::open(dev.clone(), DEFAULT_CACHE_PAGES).await {
                 Ok(pool) => pools.push((name.clone(), pool)),
                 Err(PoolError::NoPool(_)) => {}
+                Err(PoolError::Io(e)) => {
+                    // Unreadable now: neither its raw bytes (they may be a
+                    // pool) nor volumes are exported.
+                    tracing::error!(array = name, error = %e, "cannot read the array's pool header; not exported");
+                    sink.remove(name);
+                }
                 Err(e) => return Err((name.clone(), e)),
             }
         }
