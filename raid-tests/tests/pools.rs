@@ -118,6 +118,10 @@ fn pool_volumes_are_nbd_exports_with_holes_snapshots_and_clones_across_restarts(
         (64 + 32 + 64) << 20,
         "{pools}"
     );
+    let status = status_json(&control);
+    assert_eq!(status["pools"][0]["space"], pools[0]["space"], "{status}");
+    let text = vraid_ctl_ok(&control, &["status"]);
+    assert!(text.contains("pool vol0: cluster 1024 KiB") && text.contains("snap: snapshot of a"), "{text}");
     vraid_ctl_ok(&control, &["volume", "resize", "b", "--size", "48M"]);
     vraid_ctl_ok(&control, &["volume", "rename", "b", "bee"]);
     assert_eq!(server.stop(), 0);

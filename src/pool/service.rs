@@ -67,10 +67,9 @@ impl PoolService {
                 Ok(pool) => pools.push((name.clone(), pool)),
                 Err(PoolError::NoPool(_)) => {}
                 Err(PoolError::Io(e)) => {
-                    // Unreadable now: neither its raw bytes (they may be a
-                    // pool) nor volumes are exported.
-                    tracing::error!(array = name, error = %e, "cannot read the array's pool header; not exported");
-                    sink.remove(name);
+                    // Unreadable now: served as before pools (a failing
+                    // array is still exported), with the reason logged.
+                    tracing::error!(array = name, error = %e, "cannot read the array's pool header; serving the array itself");
                 }
                 Err(e) => return Err((name.clone(), e)),
             }
