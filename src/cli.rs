@@ -55,6 +55,12 @@ pub enum Command {
     /// Record a volume's writes to a log file; replay it, list its crash points, check each.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Pools on arrays: create, list, check.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Thin volumes of pools: create, delete, list, resize, rename, snapshot, clone.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
 }
 
 /// `--control PATH` of the client verbs.
@@ -952,4 +958,119 @@ pub struct LogCheckArgs {
     /// Command run on each state; `{}` in it is the image path.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// `vraid pool ...`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Lay a pool on a running array (its own export goes; its volumes are exported instead).
+    Create {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Array name.
+        array: String,
+        /// Cluster size (allocation unit), a power of two from 64K to 64M.
+        #[arg(long, default_value = "1M", value_parser = parse_size_arg)]
+        cluster_size: u64,
+        /// Overwrite an array whose first 4 KiB are not zero.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pools with their space and volumes.
+    List {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Print the daemon's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a pool's metadata (read-only); exit status 1 if anything is wrong.
+    Check {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Pool (array) name.
+        pool: String,
+        /// Print the daemon's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vraid volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a thin volume (exported over NBD under its name at once).
+    Create {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Pool (array) name.
+        pool: String,
+        /// Volume name.
+        name: String,
+        /// Size.
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+    },
+    /// Delete a volume or snapshot.
+    Delete {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Volume name.
+        name: String,
+    },
+    /// List the volumes of every pool.
+    List {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Print the daemon's JSON reply.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow a volume (live).
+    Resize {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Volume name.
+        name: String,
+        /// New size.
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+    },
+    /// Rename a volume (and its export).
+    Rename {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Volume name.
+        name: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Take a read-only snapshot (instant; exported read-only).
+    Snapshot {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Volume name.
+        name: String,
+        /// Snapshot name.
+        snapshot: String,
+    },
+    /// Make a writable clone of a snapshot (or volume), sharing its clusters.
+    Clone {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Snapshot (or volume) name.
+        name: String,
+        /// Clone name.
+        clone: String,
+    },
 }

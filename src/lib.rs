@@ -23,6 +23,7 @@ pub mod md;
 pub mod member;
 pub mod meta;
 pub mod metrics;
+pub mod pool;
 pub mod qos;
 pub mod raid;
 pub mod remote;

@@ -52,6 +52,8 @@ fn main() -> ExitCode {
             Command::Scrub(args) => vraid::control::cli::scrub(args).map_err(Into::into),
             Command::Fault(cmd) => vraid::control::cli::fault(cmd).map_err(Into::into),
             Command::Log(cmd) => vraid::control::log_cli::log(cmd),
+            Command::Pool(cmd) => vraid::control::pool_cli::pool(cmd).map_err(Into::into),
+            Command::Volume(cmd) => vraid::control::pool_cli::volume(cmd).map_err(Into::into),
         }
     });
     match result {

@@ -32,7 +32,7 @@ use crate::cli::{
 use crate::member::fault::{FaultKind, FaultOp};
 use crate::volfault::{CacheMode, CacheStatus, KeepPolicy};
 
-fn socket(arg: &ControlArg) -> PathBuf {
+pub(crate) fn socket(arg: &ControlArg) -> PathBuf {
     arg.control.clone().unwrap_or_else(default_client_path)
 }
 
@@ -74,7 +74,7 @@ pub fn status(args: StatusArgs) -> Result<(), ClientError> {
 }
 
 /// `reply` as pretty JSON on stdout (`--json`).
-fn print_json<T: Serialize>(reply: &T) {
+pub(crate) fn print_json<T: Serialize>(reply: &T) {
     // Through a `Value`: its keys come out sorted, as they always did.
     let value = serde_json::to_value(reply).unwrap_or_default();
     println!(
@@ -101,6 +101,9 @@ pub fn render_status(reply: &StatusReply) -> String {
         render_volume(&mut out, v);
         render_sync(&mut out, v);
         render_engine(&mut out, v);
+    }
+    for p in &reply.pools {
+        out.push_str(&super::pool_cli::render_pool(p));
     }
     if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");

@@ -588,12 +588,29 @@ pub fn describe(spec: &FaultSpec) -> String {
 #[derive(Debug, Default)]
 pub struct Registry {
     volumes: Vec<Arc<VolumeHandle>>,
+    pools: Option<Arc<crate::pool::service::PoolService>>,
 }
 
 impl Registry {
     /// A registry of `volumes`.
     pub fn new(volumes: Vec<Arc<VolumeHandle>>) -> Registry {
-        Registry { volumes }
+        Registry {
+            volumes,
+            pools: None,
+        }
+    }
+
+    /// The registry with the daemon's pools (`pool.*`, `volume.*`).
+    pub fn with_pools(mut self, pools: Arc<crate::pool::service::PoolService>) -> Registry {
+        self.pools = Some(pools);
+        self
+    }
+
+    /// The daemon's pools.
+    pub fn pools(&self) -> Result<&Arc<crate::pool::service::PoolService>, ControlError> {
+        self.pools
+            .as_ref()
+            .ok_or_else(|| ControlError::Refused("this daemon serves no pools".into()))
     }
 
     /// Every volume, in start-up order.

@@ -19,6 +19,8 @@
 //! | `set`         | `volume`, `rebuild_max_mbps` (rebuild engine)       |
 //! | `scrub`       | `volume`, `repair?`, `cancel?`, `wait?` (rebuild engine) |
 //!
+//! | `pool.create` `pool.list` `pool.check` `volume.*` | see `pool_methods` |
+//!
 //! `member` is a role number or the member path given at start-up.
 
 use serde::de::DeserializeOwned;
@@ -183,6 +185,9 @@ async fn engine_method(reg: &Registry, method: &str, p: Value) -> Result<Value, 
             };
             result(vol.engine("scrub")?.scrub(req).await)
         }
+        other if other.starts_with("pool.") || other.starts_with("volume.") => {
+            super::pool_methods::dispatch(reg, other, p).await
+        }
         other => Err(ControlError::MethodNotFound(other.to_string())),
     }
 }
@@ -212,7 +217,15 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlE
         .into_iter()
         .filter(|e| p.volume.as_ref().is_none_or(|n| *n == e.volume))
         .collect();
-    Ok(StatusReply { volumes, events })
+    let pools = match (reg.pools(), &p.volume) {
+        (Ok(pools), None) => pools.list().await,
+        _ => Vec::new(),
+    };
+    Ok(StatusReply {
+        volumes,
+        events,
+        pools,
+    })
 }
 
 fn fault_add(reg: &Registry, p: FaultAddParams) -> Result<FaultAddReply, ControlError> {

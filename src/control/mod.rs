@@ -24,6 +24,8 @@ pub mod log_cli;
 pub mod log_methods;
 pub mod methods;
 pub mod params;
+pub mod pool_cli;
+pub mod pool_methods;
 pub mod replies;
 pub mod rpc;
 pub mod server;

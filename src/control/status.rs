@@ -33,6 +33,9 @@ pub struct StatusReply {
     pub volumes: Vec<VolumeStatus>,
     /// Their events, oldest first.
     pub events: Vec<Event>,
+    /// Pools with their space and volumes (docs/FORMAT.md §11).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<crate::pool::service::PoolListing>,
 }
 
 /// State of a member slot as the control plane shows it; the one member

@@ -252,5 +252,6 @@ pub(crate) fn sample_reply() -> StatusReply {
             member: Some(1),
             message: "vol0: member 1 failed".into(),
         }],
+        pools: Vec::new(),
     }
 }

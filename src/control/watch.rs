@@ -196,6 +196,7 @@ mod tests {
                 Some(sync(PassKind::Rebuild, Some(0), 1, 2)),
             )],
             events: Vec::new(),
+            pools: Vec::new(),
         };
         let text = header_text(&reply);
         assert!(text.contains("/dev/new"), "{text}");

@@ -14,6 +14,7 @@ mod demo;
 mod engine_ops;
 mod journal;
 mod md;
+mod pools;
 mod read_only;
 mod serve;
 mod serve_tls;
@@ -82,6 +83,15 @@ pub enum DaemonError {
     /// A write log could not be read, replayed or checked.
     #[error(transparent)]
     Log(#[from] crate::wlog::LogError),
+    /// A pool on an array could not be opened.
+    #[error("pool on array {array}")]
+    Pool {
+        /// Array name.
+        array: String,
+        /// Why.
+        #[source]
+        source: crate::pool::PoolError,
+    },
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),

@@ -150,16 +150,22 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let ops = match start_ops(&volumes, &plan.control, plan.metrics).await {
-        Ok(ops) => ops,
+    let mut exports = nbd_exports(&volumes);
+    exports.extend(md.iter().map(|m| m.export()));
+    let server = Arc::new(NbdServer::with_tls(exports, plan.limits, plan.tls));
+    let started = match super::pools::open_pools(&volumes, server.exports()).await {
+        Ok(pools) => start_ops(&volumes, &plan.control, plan.metrics, pools.clone())
+            .await
+            .map(|ops| (ops, pools)),
+        Err(e) => Err(e),
+    };
+    let (ops, pools) = match started {
+        Ok(x) => x,
         Err(e) => {
             shutdown_volumes(&volumes).await;
             return Err(e);
         }
     };
-    let mut exports = nbd_exports(&volumes);
-    exports.extend(md.iter().map(|m| m.export()));
-    let server = Arc::new(NbdServer::with_tls(exports, plan.limits, plan.tls));
     let vhost = match start_vhost(&volumes) {
         Ok(v) => v,
         Err(e) => {
@@ -188,6 +194,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
     {
         warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
     }
+    pools.flush_all().await;
     shutdown_volumes(&volumes).await;
     if let Some(path) = nbd_socket {
         let _ = std::fs::remove_file(path);
@@ -443,6 +450,7 @@ async fn start_ops(
     volumes: &[(Assembled, VolumeSpec)],
     control: &Path,
     metrics: Option<SocketAddr>,
+    pools: Arc<crate::pool::service::PoolService>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     for (a, spec) in volumes {
         start_client(a, &spec.client).await?;
@@ -459,9 +467,9 @@ async fn start_ops(
             }
         }
     }
-    let registry = Arc::new(Registry::new(
-        volumes.iter().map(|(a, _)| a.handle.clone()).collect(),
-    ));
+    let registry = Arc::new(
+        Registry::new(volumes.iter().map(|(a, _)| a.handle.clone()).collect()).with_pools(pools),
+    );
     let mut tasks = Vec::new();
     let metrics_listener = match metrics {
         Some(addr) => Some((

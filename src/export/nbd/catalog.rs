@@ -86,10 +86,11 @@ impl Export {
     }
 }
 
-/// Exports by name.
-#[derive(Debug, Default)]
+/// Exports by name. Cloning gives another handle onto the same table, so
+/// exports can be added and removed while the server runs (pool volumes).
+#[derive(Debug, Default, Clone)]
 pub struct ExportTable {
-    by_name: BTreeMap<String, Arc<Export>>,
+    by_name: Arc<std::sync::RwLock<BTreeMap<String, Arc<Export>>>>,
 }
 
 impl ExportTable {
@@ -99,23 +100,46 @@ impl ExportTable {
             .into_iter()
             .map(|e| (e.name.clone(), Arc::new(e)))
             .collect();
-        ExportTable { by_name }
+        ExportTable {
+            by_name: Arc::new(std::sync::RwLock::new(by_name)),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Export>>> {
+        self.by_name.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Finds an export; the empty name means the only export when there is
     /// exactly one (an export literally named "" wins).
-    pub fn lookup(&self, name: &str) -> Option<&Arc<Export>> {
-        if let Some(e) = self.by_name.get(name) {
-            return Some(e);
+    pub fn lookup(&self, name: &str) -> Option<Arc<Export>> {
+        let by_name = self.read();
+        if let Some(e) = by_name.get(name) {
+            return Some(e.clone());
         }
-        if name.is_empty() && self.by_name.len() == 1 {
-            return self.by_name.values().next();
+        if name.is_empty() && by_name.len() == 1 {
+            return by_name.values().next().cloned();
         }
         None
     }
 
-    /// All exports in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Export>> {
-        self.by_name.values()
+    /// All exports in name order (a snapshot of the table).
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Export>> {
+        self.read()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// Adds (or replaces) an export; new connections see it at once.
+    pub fn insert(&self, export: Export) {
+        let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        by_name.insert(export.name.clone(), Arc::new(export));
+    }
+
+    /// Removes an export (connections already on it keep their device).
+    pub fn remove(&self, name: &str) -> Option<Arc<Export>> {
+        let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        by_name.remove(name)
     }
 }

@@ -86,7 +86,7 @@ fn set_meta_context_selects_base_allocation_for_the_export_entered() {
     assert_eq!(neg.selection(&chosen).iter().count(), 1);
     let other = table.lookup("b").unwrap();
     assert!(
-        neg.selection(other).is_empty(),
+        neg.selection(&other).is_empty(),
         "selected for another export"
     );
 }
@@ -165,7 +165,7 @@ fn malformed_meta_context_options_get_error_replies_and_clear_the_selection() {
     assert_eq!(kinds(&before_structured), vec![proto::REP_ERR_INVALID]);
     let a = table.lookup("a").unwrap();
     assert!(
-        neg.selection(a).is_empty(),
+        neg.selection(&a).is_empty(),
         "a failed SET clears the selection"
     );
 }

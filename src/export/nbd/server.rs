@@ -214,6 +214,11 @@ impl NbdServer {
         u64::try_from(pool.min(Semaphore::MAX_PERMITS) - free).unwrap_or(u64::MAX)
     }
 
+    /// A handle onto the export table (add and remove exports live).
+    pub fn exports(&self) -> ExportTable {
+        self.shared.exports.clone()
+    }
+
     /// The limits this server enforces.
     pub fn limits(&self) -> NbdLimits {
         self.shared.limits

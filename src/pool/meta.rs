@@ -1,0 +1,330 @@
+//! The pool's metadata logic over the store: reference counts, the
+//! allocators, volume records and the per-volume map trees (lookup,
+//! shadowing, map/unmap, release). Called with the pool's metadata lock
+//! held; every change lands in the store's transaction.
+
+use std::collections::HashSet;
+
+use crate::pool::format::{
+    Geometry, Kind, Summary, VolumeRecord, COUNTS_PER_PAGE, MAP_FANOUT, RECORDS_PER_DIR,
+    SUMMARY_BLOCK,
+};
+use crate::pool::page::Page;
+use crate::pool::store::Store;
+use crate::pool::PoolError;
+
+/// Transaction size at which a safe point commits.
+pub const COMMIT_AT: usize = 256;
+/// How far `zeroed_from` is raised past a fresh cluster.
+const ZEROED_STEP: u64 = 256;
+
+/// Where a volume record lives.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// Directory block.
+    pub block: u64,
+    /// Index in the block.
+    pub index: usize,
+    /// The record.
+    pub rec: VolumeRecord,
+}
+
+/// A cluster handed out by the allocator.
+#[derive(Clone, Copy, Debug)]
+pub struct Fresh {
+    /// Physical cluster.
+    pub cluster: u64,
+    /// True if it is known to read zero.
+    pub zeroed: bool,
+}
+
+/// Metadata state of an open pool.
+#[derive(Debug)]
+pub struct Meta {
+    /// Pages and journal.
+    pub store: Store,
+    /// Pool counters (mirror of the summary page).
+    pub summary: Summary,
+    /// Volume records (mirror of the directory).
+    pub slots: Vec<Slot>,
+    /// Clusters freed since the last quiescent commit.
+    pub pending: HashSet<u64>,
+    /// Clusters whose count dropped since the last commit: the committed
+    /// maps may still share them, so they are never written in place
+    /// until the next commit (copy-on-write instead).
+    pub unshared: HashSet<u64>,
+    fresh_next: u64,
+    cluster_cursor: u64,
+    meta_cursor: u64,
+}
+
+/// Base-508 digits of a virtual cluster, least significant first.
+pub fn digits(vc: u64) -> [usize; 4] {
+    let mut d = [0; 4];
+    let mut v = vc;
+    for x in &mut d {
+        *x = (v % MAP_FANOUT) as usize;
+        v /= MAP_FANOUT;
+    }
+    d
+}
+
+impl Meta {
+    /// Loads the summary and directory of a replayed store.
+    pub async fn load(mut store: Store) -> Result<Meta, PoolError> {
+        let geo = store.geo;
+        let summary = Summary::read(store.page(SUMMARY_BLOCK).await?);
+        summary.check(&geo)?;
+        let mut slots = Vec::new();
+        for block in geo.dir_start()..geo.ccount_start() {
+            let page = store.page(block).await?;
+            for index in 0..RECORDS_PER_DIR {
+                if let Some(rec) = VolumeRecord::read(page, index, &geo)? {
+                    slots.push(Slot { block, index, rec });
+                }
+            }
+        }
+        Ok(Meta {
+            store,
+            fresh_next: summary.zeroed_from,
+            summary,
+            slots,
+            pending: HashSet::new(),
+            unshared: HashSet::new(),
+            cluster_cursor: geo.first_data_cluster,
+            meta_cursor: geo.meta_start(),
+        })
+    }
+
+    /// The geometry.
+    pub fn geo(&self) -> Geometry {
+        self.store.geo
+    }
+
+    /// Writes the summary mirror into its page.
+    pub async fn save_summary(&mut self) -> Result<(), PoolError> {
+        let s = self.summary;
+        s.write(self.store.page_mut(SUMMARY_BLOCK).await?);
+        Ok(())
+    }
+
+    /// Index of the volume named `name`.
+    pub fn find(&self, name: &str) -> Result<usize, PoolError> {
+        self.slots
+            .iter()
+            .position(|s| {
+                s.rec.name == name && s.rec.flags & crate::pool::format::FLAG_DELETING == 0
+            })
+            .ok_or_else(|| PoolError::NotFound(name.to_string()))
+    }
+
+    /// Index of volume `id`.
+    pub fn by_id(&self, id: u32) -> Result<usize, PoolError> {
+        self.slots
+            .iter()
+            .position(|s| s.rec.id == id)
+            .ok_or_else(|| PoolError::NotFound(format!("#{id}")))
+    }
+
+    /// Writes slot `i`'s record into its page.
+    pub async fn save_slot(&mut self, i: usize) -> Result<(), PoolError> {
+        let Slot { block, index, rec } = self.slots[i].clone();
+        rec.write(self.store.page_mut(block).await?, index);
+        Ok(())
+    }
+
+    async fn count_of(&mut self, (block, i): (u64, usize)) -> Result<u32, PoolError> {
+        Ok(self.store.page(block).await?.count(i))
+    }
+
+    async fn set_count_of(&mut self, (block, i): (u64, usize), v: u32) -> Result<(), PoolError> {
+        self.store.page_mut(block).await?.set_count(i, v);
+        Ok(())
+    }
+
+    /// Reference count of data cluster `c`.
+    pub async fn ccount(&mut self, c: u64) -> Result<u32, PoolError> {
+        self.check_cluster(c)?;
+        let at = self.geo().cluster_count_at(c);
+        self.count_of(at).await
+    }
+
+    /// Reference count of map page `b`.
+    pub async fn mcount(&mut self, b: u64) -> Result<u32, PoolError> {
+        self.check_map(b)?;
+        let at = self.geo().map_count_at(b);
+        self.count_of(at).await
+    }
+
+    fn check_cluster(&self, c: u64) -> Result<(), PoolError> {
+        match self.geo().is_data_cluster(c) {
+            true => Ok(()),
+            false => Err(PoolError::Corrupt(format!(
+                "map entry names cluster {c}, outside the data area"
+            ))),
+        }
+    }
+
+    fn check_map(&self, b: u64) -> Result<(), PoolError> {
+        match self.geo().is_map_block(b) {
+            true => Ok(()),
+            false => Err(PoolError::Corrupt(format!(
+                "map pointer names block {b}, outside the map area"
+            ))),
+        }
+    }
+
+    /// Adds `delta` to a data cluster's count; a count reaching 0 makes it
+    /// pending-free.
+    pub async fn add_ccount(&mut self, c: u64, delta: i64) -> Result<(), PoolError> {
+        let n = i64::from(self.ccount(c).await?) + delta;
+        if n < 0 || n > i64::from(u32::MAX) {
+            return Err(PoolError::Corrupt(format!(
+                "count of cluster {c} out of range"
+            )));
+        }
+        let at = self.geo().cluster_count_at(c);
+        self.set_count_of(at, n as u32).await?;
+        if delta < 0 {
+            self.unshared.insert(c);
+        }
+        if n == 0 {
+            self.summary.free_clusters += 1;
+            self.pending.insert(c);
+            self.save_summary().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` to a map page's count; at 0 the page is free.
+    pub async fn add_mcount(&mut self, b: u64, delta: i64) -> Result<u32, PoolError> {
+        let n = i64::from(self.mcount(b).await?) + delta;
+        if n < 0 || n > i64::from(u32::MAX) {
+            return Err(PoolError::Corrupt(format!(
+                "count of map page {b} out of range"
+            )));
+        }
+        let at = self.geo().map_count_at(b);
+        self.set_count_of(at, n as u32).await?;
+        if n == 0 {
+            self.summary.free_meta += 1;
+            self.save_summary().await?;
+        }
+        Ok(n as u32)
+    }
+
+    /// Hands out a data cluster (count 1). May commit (to raise
+    /// `zeroed_from` before the cluster is written).
+    pub async fn alloc_cluster(&mut self) -> Result<Fresh, PoolError> {
+        let g = self.geo();
+        let end = g.first_data_cluster + g.clusters;
+        if self.summary.free_clusters <= self.pending.len() as u64 {
+            return Err(PoolError::NoSpace);
+        }
+        let (cluster, zeroed) = if self.fresh_next < end {
+            self.fresh_next += 1;
+            (self.fresh_next - 1, true)
+        } else {
+            (self.scan_free_cluster().await?, false)
+        };
+        if zeroed && cluster >= self.summary.zeroed_from {
+            // Committed before the count changes: a crash leaves no leak.
+            self.summary.zeroed_from = (cluster + ZEROED_STEP).min(end);
+            self.save_summary().await?;
+            self.commit().await?;
+        }
+        let at = g.cluster_count_at(cluster);
+        self.set_count_of(at, 1).await?;
+        self.summary.free_clusters -= 1;
+        self.save_summary().await?;
+        Ok(Fresh { cluster, zeroed })
+    }
+
+    async fn scan_free_cluster(&mut self) -> Result<u64, PoolError> {
+        let g = self.geo();
+        let end = g.first_data_cluster + g.clusters;
+        for _ in 0..=g.ccount_pages() {
+            let c0 = self.cluster_cursor;
+            let (block, first) = g.cluster_count_at(c0);
+            let page = self.store.page(block).await?;
+            let n = (COUNTS_PER_PAGE as usize - first).min((end - c0) as usize);
+            let found = (0..n)
+                .map(|k| (k, c0 + k as u64))
+                .find(|(k, c)| page.count(first + k) == 0 && !self.pending.contains(c));
+            if let Some((_, c)) = found {
+                self.cluster_cursor = c;
+                return Ok(c);
+            }
+            self.cluster_cursor = if c0 + n as u64 >= end {
+                g.first_data_cluster
+            } else {
+                c0 + n as u64
+            };
+        }
+        Err(PoolError::NoSpace)
+    }
+
+    /// Hands out a map page (count 1), filled with an empty `kind` page.
+    pub async fn alloc_map(&mut self, kind: Kind) -> Result<u64, PoolError> {
+        let g = self.geo();
+        if self.summary.free_meta == 0 {
+            return Err(PoolError::NoSpace);
+        }
+        let b = if self.summary.meta_fresh < g.meta_end() {
+            self.summary.meta_fresh += 1;
+            self.summary.meta_fresh - 1
+        } else {
+            self.scan_free_map().await?
+        };
+        self.set_count_of(g.map_count_at(b), 1).await?;
+        self.summary.free_meta -= 1;
+        self.save_summary().await?;
+        let uuid = self.store.uuid();
+        self.store.put_new(b, Page::new(kind, b, &uuid));
+        Ok(b)
+    }
+
+    async fn scan_free_map(&mut self) -> Result<u64, PoolError> {
+        let g = self.geo();
+        for _ in 0..=g.meta_blocks {
+            let b = self.meta_cursor;
+            self.meta_cursor = if b + 1 >= g.meta_end() {
+                g.meta_start()
+            } else {
+                b + 1
+            };
+            if self.mcount(b).await? == 0 {
+                return Ok(b);
+            }
+        }
+        Err(PoolError::NoSpace)
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(&mut self) -> Result<(), PoolError> {
+        self.store.commit().await?;
+        self.unshared.clear();
+        Ok(())
+    }
+
+    /// True if the volume may write cluster `c` (count 1 now) in place:
+    /// it was not shared at the last commit either.
+    pub fn writable_in_place(&self, c: u64) -> bool {
+        !self.unshared.contains(&c)
+    }
+
+    /// Commits if the transaction is large (a safe point).
+    pub async fn safe_point(&mut self) -> Result<(), PoolError> {
+        if self.store.dirty_pages() >= COMMIT_AT {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Quiescent commit: no I/O is in flight, so pending clusters become
+    /// allocatable; returns them (to discard).
+    pub async fn commit_quiescent(&mut self) -> Result<Vec<u64>, PoolError> {
+        self.commit().await?;
+        Ok(self.pending.drain().collect())
+    }
+}

@@ -1,0 +1,208 @@
+//! The daemon's pools: which arrays hold one, and every operation of the
+//! control socket's `pool.*` / `volume.*` methods, keeping the exports in
+//! step (each volume its own export, named as the volume; an array that
+//! holds a pool is not exported itself). Knows no transport: exports are
+//! added and removed through an [`ExportSink`].
+
+use std::sync::Arc;
+
+use crate::block::BlockDevice;
+use crate::pool::check::CheckReport;
+use crate::pool::pool::CreateOptions;
+use crate::pool::store::DEFAULT_CACHE_PAGES;
+use crate::pool::{Pool, PoolError, PoolSpace, VolumeInfo};
+
+/// Where volume exports go (the NBD export table).
+pub trait ExportSink: Send + Sync {
+    /// Adds or replaces an export.
+    fn add(&self, name: &str, description: String, device: Arc<dyn BlockDevice>, read_only: bool);
+    /// Removes an export.
+    fn remove(&self, name: &str);
+}
+
+/// One pool as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PoolListing {
+    /// Pool name (the array's).
+    pub pool: String,
+    /// Space.
+    pub space: PoolSpace,
+    /// Volumes and snapshots.
+    pub volumes: Vec<VolumeInfo>,
+}
+
+/// The pools of a daemon.
+pub struct PoolService {
+    arrays: Vec<(String, Arc<dyn BlockDevice>)>,
+    pools: tokio::sync::Mutex<Vec<(String, Arc<Pool>)>>,
+    pub(crate) sink: Arc<dyn ExportSink>,
+}
+
+impl std::fmt::Debug for PoolService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolService")
+            .field("arrays", &self.arrays.len())
+            .finish()
+    }
+}
+
+fn describe(pool: &str, v: &VolumeInfo) -> String {
+    match (&v.parent, v.snapshot) {
+        (Some(p), true) => format!("vraid snapshot of {p} in pool {pool}"),
+        (Some(p), false) => format!("vraid thin volume in pool {pool}, cloned from {p}"),
+        _ => format!("vraid thin volume in pool {pool}"),
+    }
+}
+
+impl PoolService {
+    /// Opens the pool of every array that holds one and exports its
+    /// volumes (instead of the array). Corrupt pool metadata is an error.
+    pub async fn open(
+        arrays: Vec<(String, Arc<dyn BlockDevice>)>,
+        sink: Arc<dyn ExportSink>,
+    ) -> Result<Arc<PoolService>, (String, PoolError)> {
+        let mut pools = Vec::new();
+        for (name, dev) in &arrays {
+            match Pool::open(dev.clone(), DEFAULT_CACHE_PAGES).await {
+                Ok(pool) => pools.push((name.clone(), pool)),
+                Err(PoolError::NoPool(_)) => {}
+                Err(PoolError::Io(e)) => {
+                    // Unreadable now: served as before pools (a failing
+                    // array is still exported), with the reason logged.
+                    tracing::error!(array = name, error = %e, "cannot read the array's pool header; serving the array itself");
+                }
+                Err(e) => return Err((name.clone(), e)),
+            }
+        }
+        let service = Arc::new(PoolService {
+            arrays,
+            pools: tokio::sync::Mutex::new(pools.clone()),
+            sink,
+        });
+        for (name, pool) in &pools {
+            service
+                .export_pool(name, pool)
+                .await
+                .map_err(|e| (name.clone(), e))?;
+        }
+        Ok(service)
+    }
+
+    async fn export_pool(&self, name: &str, pool: &Arc<Pool>) -> Result<(), PoolError> {
+        self.sink.remove(name);
+        for v in pool.volumes().await {
+            self.export(name, pool, &v).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn export(
+        &self,
+        pool_name: &str,
+        pool: &Arc<Pool>,
+        v: &VolumeInfo,
+    ) -> Result<(), PoolError> {
+        let dev = Arc::new(pool.open_volume(&v.name).await?);
+        self.sink
+            .add(&v.name, describe(pool_name, v), dev, v.snapshot);
+        Ok(())
+    }
+
+    /// Names of the arrays that hold a pool.
+    pub async fn pooled(&self) -> Vec<String> {
+        self.pools
+            .lock()
+            .await
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub(crate) async fn pool(&self, name: &str) -> Result<Arc<Pool>, PoolError> {
+        let pools = self.pools.lock().await;
+        pools
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| PoolError::Invalid(format!("no pool on array {name:?}")))
+    }
+
+    /// The pool holding volume `name`, and the pool's name.
+    pub(crate) async fn holder(&self, name: &str) -> Result<(String, Arc<Pool>), PoolError> {
+        let pools = self.pools.lock().await.clone();
+        for (n, p) in pools {
+            if p.volumes().await.iter().any(|v| v.name == name) {
+                return Ok((n, p));
+            }
+        }
+        Err(PoolError::NotFound(name.to_string()))
+    }
+
+    pub(crate) async fn check_free_name(&self, name: &str) -> Result<(), PoolError> {
+        match self.holder(name).await {
+            Ok(_) => Err(PoolError::Exists(name.to_string())),
+            Err(_) if self.arrays.iter().any(|(a, _)| a == name) => {
+                Err(PoolError::Exists(name.to_string()))
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// `vraid pool create`: lays a pool on an array and opens it; the
+    /// array's own export goes.
+    pub async fn create_pool(
+        &self,
+        array: &str,
+        opts: CreateOptions,
+    ) -> Result<PoolListing, PoolError> {
+        let dev = self
+            .arrays
+            .iter()
+            .find(|(n, _)| n == array)
+            .map(|(_, d)| d.clone())
+            .ok_or_else(|| PoolError::Invalid(format!("no array named {array:?}")))?;
+        if self.pool(array).await.is_ok() {
+            return Err(PoolError::Exists(format!("pool on {array}")));
+        }
+        Pool::create(dev.as_ref(), opts).await?;
+        let pool = Pool::open(dev, DEFAULT_CACHE_PAGES).await?;
+        self.sink.remove(array);
+        self.pools.lock().await.push((array.to_string(), pool));
+        self.listing(array).await
+    }
+
+    async fn listing(&self, name: &str) -> Result<PoolListing, PoolError> {
+        let pool = self.pool(name).await?;
+        Ok(PoolListing {
+            pool: name.to_string(),
+            space: pool.space().await,
+            volumes: pool.volumes().await,
+        })
+    }
+
+    /// Every pool with its space and volumes.
+    pub async fn list(&self) -> Vec<PoolListing> {
+        let mut out = Vec::new();
+        for name in self.pooled().await {
+            if let Ok(l) = self.listing(&name).await {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// `vraid pool check`.
+    pub async fn check(&self, pool: &str) -> Result<CheckReport, PoolError> {
+        self.pool(pool).await?.check().await
+    }
+
+    /// Commits every pool (at shutdown).
+    pub async fn flush_all(&self) {
+        let pools = self.pools.lock().await.clone();
+        for (name, pool) in pools {
+            if let Err(e) = pool.flush().await {
+                tracing::warn!(pool = name, error = %e, "pool flush at shutdown failed");
+            }
+        }
+    }
+}

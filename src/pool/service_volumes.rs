@@ -1,0 +1,59 @@
+//! The `volume.*` operations of [`PoolService`]: each changes the pool,
+//! then the exports (a new volume, snapshot or clone is exported at once;
+//! a deleted or renamed one's export goes first).
+
+use crate::pool::service::PoolService;
+use crate::pool::{PoolError, VolumeInfo};
+
+impl PoolService {
+    /// `vraid volume create POOL NAME --size SIZE`.
+    pub async fn create_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        size: u64,
+    ) -> Result<VolumeInfo, PoolError> {
+        self.check_free_name(name).await?;
+        let p = self.pool(pool).await?;
+        let v = p.create_volume(name, size).await?;
+        self.export(pool, &p, &v).await?;
+        Ok(v)
+    }
+
+    /// `vraid volume delete NAME`.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
+        let (_, p) = self.holder(name).await?;
+        self.sink.remove(name);
+        p.delete_volume(name).await
+    }
+
+    /// `vraid volume resize NAME --size SIZE` (grow, live).
+    pub async fn resize(&self, name: &str, size: u64) -> Result<VolumeInfo, PoolError> {
+        let (_, p) = self.holder(name).await?;
+        p.resize(name, size).await
+    }
+
+    /// `vraid volume rename NAME NEW`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<VolumeInfo, PoolError> {
+        self.check_free_name(new_name).await?;
+        let (pool, p) = self.holder(name).await?;
+        let v = p.rename(name, new_name).await?;
+        self.sink.remove(name);
+        self.export(&pool, &p, &v).await?;
+        Ok(v)
+    }
+
+    /// `vraid volume snapshot VOL SNAP` / `vraid volume clone SNAP NEW`.
+    pub async fn share(
+        &self,
+        name: &str,
+        new_name: &str,
+        writable: bool,
+    ) -> Result<VolumeInfo, PoolError> {
+        self.check_free_name(new_name).await?;
+        let (pool, p) = self.holder(name).await?;
+        let v = p.share(name, new_name, writable).await?;
+        self.export(&pool, &p, &v).await?;
+        Ok(v)
+    }
+}

@@ -1,0 +1,435 @@
+//! Pool tests: unit cases and the conformance property test against a
+//! model (a byte vector per volume; snapshots and clones as copies),
+//! through writes, trims, flushes, snapshots, clones, deletes, resizes,
+//! clean restarts and crashes (reopen without a flush).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use crate::block::{BlockDevice, Durability};
+use crate::member::memory::MemDevice;
+use crate::pool::pool::CreateOptions;
+use crate::pool::{Pool, PoolError};
+use crate::units::ByteOffset;
+
+const CS: u64 = 64 << 10;
+const ARRAY: u64 = 32 << 20;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn new_pool(size: u64) -> (Arc<MemDevice>, Arc<Pool>) {
+    let dev = Arc::new(MemDevice::new("array", size));
+    let opts = CreateOptions {
+        cluster_size: CS,
+        ..Default::default()
+    };
+    Pool::create(dev.as_ref(), opts).await.unwrap();
+    let pool = Pool::open(dev.clone(), 256).await.unwrap();
+    (dev, pool)
+}
+
+async fn read_all(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
+    let v = pool.open_volume(name).await.unwrap();
+    let mut buf = vec![0u8; v.size() as usize];
+    v.read(ByteOffset(0), &mut buf).await.unwrap();
+    buf
+}
+
+#[test]
+fn thin_volume_reads_holes_as_zero_and_keeps_flushed_writes_across_reopen() {
+    rt().block_on(async {
+        let (dev, pool) = new_pool(ARRAY).await;
+        pool.create_volume("a", 1 << 20).await.unwrap();
+        let v = pool.open_volume("a").await.unwrap();
+        v.write(ByteOffset(70_000), &[7u8; 5000], Durability::Normal)
+            .await
+            .unwrap();
+        v.flush().await.unwrap();
+        assert_eq!(
+            v.allocation(0, 1 << 20).await.unwrap(),
+            vec![(CS, false), (CS, true), ((1 << 20) - 2 * CS, false)]
+        );
+        drop(v);
+        drop(pool);
+        let pool = Pool::open(dev, 256).await.unwrap();
+        let data = read_all(&pool, "a").await;
+        assert!(data[..70_000].iter().all(|b| *b == 0));
+        assert!(data[70_000..75_000].iter().all(|b| *b == 7));
+        assert!(data[75_000..].iter().all(|b| *b == 0));
+        assert!(pool.check().await.unwrap().clean());
+    });
+}
+
+#[test]
+fn full_pool_fails_only_the_allocating_write_and_freed_space_is_reusable() {
+    rt().block_on(async {
+        let (_dev, pool) = new_pool(ARRAY).await;
+        let total = pool.space().await.free_bytes;
+        pool.create_volume("big", 2 * total).await.unwrap();
+        pool.create_volume("other", CS).await.unwrap();
+        let other = pool.open_volume("other").await.unwrap();
+        other
+            .write(ByteOffset(0), &[1u8; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        let big = pool.open_volume("big").await.unwrap();
+        let chunk = vec![9u8; CS as usize];
+        let mut at = 0;
+        let err = loop {
+            match big.write(ByteOffset(at), &chunk, Durability::Normal).await {
+                Ok(()) => at += CS,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.is_no_space(), "{err}");
+        assert_eq!(at, total - CS);
+        other
+            .write(ByteOffset(4096), &[2u8; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        big.write(ByteOffset(0), &[3u8; 512], Durability::Normal)
+            .await
+            .unwrap();
+        big.discard(ByteOffset(CS), CS).await.unwrap();
+        big.write(ByteOffset(at), &chunk, Durability::Normal)
+            .await
+            .unwrap();
+        assert!(pool.check().await.unwrap().clean());
+    });
+}
+
+#[test]
+fn corrupt_directory_page_is_refused_naming_the_block() {
+    rt().block_on(async {
+        // A fresh pool has no journal records that would rewrite the page.
+        let (dev, pool) = new_pool(ARRAY).await;
+        let geo = pool.geo;
+        drop(pool);
+        let at = ByteOffset(geo.dir_start() * 4096 + 100);
+        dev.write(at, &[0xff; 8], Durability::Normal).await.unwrap();
+        let err = Pool::open(dev, 256).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("block {}", geo.dir_start())),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn snapshot_keeps_old_bytes_clone_diverges_and_space_returns_after_last_delete() {
+    rt().block_on(async {
+        let (_dev, pool) = new_pool(ARRAY).await;
+        let free0 = pool.space().await.free_bytes;
+        pool.create_volume("v", 1 << 20).await.unwrap();
+        let v = pool.open_volume("v").await.unwrap();
+        v.write(ByteOffset(0), &[1u8; 8192], Durability::Normal)
+            .await
+            .unwrap();
+        pool.snapshot("v", "s").await.unwrap();
+        v.write(ByteOffset(0), &[2u8; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        pool.clone_volume("s", "c").await.unwrap();
+        let c = pool.open_volume("c").await.unwrap();
+        c.write(ByteOffset(4096), &[3u8; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&pool, "s").await[..8192], [1u8; 8192]);
+        assert_eq!(read_all(&pool, "v").await[..4096], [2u8; 4096]);
+        assert_eq!(read_all(&pool, "c").await[4096..8192], [3u8; 4096]);
+        let s = pool.open_volume("s").await.unwrap();
+        assert!(matches!(
+            s.write(ByteOffset(0), &[0; 512], Durability::Normal).await,
+            Err(crate::block::BlockError::ReadOnly)
+        ));
+        assert!(pool.check().await.unwrap().clean());
+        for name in ["s", "v", "c"] {
+            pool.delete_volume(name).await.unwrap();
+            assert!(pool.check().await.unwrap().clean());
+        }
+        assert_eq!(pool.space().await.free_bytes, free0);
+    });
+}
+
+#[test]
+fn resize_grows_live_and_adds_map_levels() {
+    rt().block_on(async {
+        let (_dev, pool) = new_pool(ARRAY).await;
+        pool.create_volume("v", CS).await.unwrap();
+        let v = pool.open_volume("v").await.unwrap();
+        v.write(ByteOffset(0), &[5u8; 512], Durability::Normal)
+            .await
+            .unwrap();
+        pool.resize("v", 600 * CS).await.unwrap();
+        assert_eq!(v.size(), 600 * CS);
+        v.write(ByteOffset(599 * CS), &[6u8; 512], Durability::Normal)
+            .await
+            .unwrap();
+        let data = read_all(&pool, "v").await;
+        assert_eq!(data[..512], [5u8; 512]);
+        assert_eq!(data[599 * CS as usize..599 * CS as usize + 512], [6u8; 512]);
+        assert!(pool.check().await.unwrap().clean());
+        assert!(matches!(
+            pool.resize("v", CS).await,
+            Err(PoolError::Invalid(_))
+        ));
+    });
+}
+
+/// One step of the conformance test.
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        vol: usize,
+        sector: u64,
+        sectors: u64,
+        seed: u8,
+    },
+    Trim {
+        vol: usize,
+        sector: u64,
+        sectors: u64,
+    },
+    Flush,
+    Snapshot {
+        vol: usize,
+    },
+    Clone {
+        vol: usize,
+    },
+    Delete {
+        vol: usize,
+    },
+    Grow {
+        vol: usize,
+        clusters: u64,
+    },
+    Reopen,
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let vol = 0usize..8;
+    prop_oneof![
+        8 => (vol.clone(), 0u64..512, 1u64..300, any::<u8>())
+            .prop_map(|(vol, sector, sectors, seed)| Op::Write { vol, sector, sectors, seed }),
+        3 => (vol.clone(), 0u64..512, 1u64..400)
+            .prop_map(|(vol, sector, sectors)| Op::Trim { vol, sector, sectors }),
+        2 => Just(Op::Flush),
+        1 => vol.clone().prop_map(|vol| Op::Snapshot { vol }),
+        1 => vol.clone().prop_map(|vol| Op::Clone { vol }),
+        1 => vol.clone().prop_map(|vol| Op::Delete { vol }),
+        1 => (vol, 1u64..4).prop_map(|(vol, clusters)| Op::Grow { vol, clusters }),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
+    ]
+}
+
+/// The model: bytes per volume now and at the last commit, and every
+/// write since (a crash may leave any of them).
+#[derive(Default)]
+struct Model {
+    vols: Vec<(String, bool)>,
+    now: HashMap<String, Vec<u8>>,
+    durable: HashMap<String, Vec<u8>>,
+    since: Vec<(String, u64, Vec<u8>)>,
+    next: u32,
+}
+
+impl Model {
+    fn commit(&mut self) {
+        self.durable = self.now.clone();
+        self.since.clear();
+    }
+    fn pick(&self, i: usize) -> Option<(String, bool)> {
+        (!self.vols.is_empty()).then(|| self.vols[i % self.vols.len()].clone())
+    }
+    fn name(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{}", self.next)
+    }
+    fn add(&mut self, name: String, ro: bool, data: Vec<u8>) {
+        self.vols.push((name.clone(), ro));
+        self.now.insert(name, data);
+        self.commit();
+    }
+}
+
+fn clamp(model: &Model, name: &str, sector: u64, sectors: u64) -> Option<(u64, u64)> {
+    let size = model.now[name].len() as u64;
+    let off = (sector * 512) % size;
+    let len = (sectors * 512).min(size - off);
+    (len > 0).then_some((off, len))
+}
+
+async fn apply(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
+    match *op {
+        Op::Write {
+            vol,
+            sector,
+            sectors,
+            seed,
+        } => {
+            let Some((name, ro)) = model.pick(vol) else {
+                return;
+            };
+            let (off, len) = clamp(model, &name, sector, sectors).unwrap();
+            let data: Vec<u8> = (0..len)
+                .map(|i| seed.wrapping_add((i / 512) as u8) | 1)
+                .collect();
+            let v = pool.open_volume(&name).await.unwrap();
+            let r = v.write(ByteOffset(off), &data, Durability::Normal).await;
+            if ro {
+                assert!(r.is_err());
+                return;
+            }
+            r.unwrap();
+            model.now.get_mut(&name).unwrap()[off as usize..(off + len) as usize]
+                .copy_from_slice(&data);
+            model.since.push((name, off, data));
+        }
+        Op::Trim {
+            vol,
+            sector,
+            sectors,
+        } => {
+            let Some((name, ro)) = model.pick(vol) else {
+                return;
+            };
+            let (off, len) = clamp(model, &name, sector, sectors).unwrap();
+            let v = pool.open_volume(&name).await.unwrap();
+            let r = v.discard(ByteOffset(off), len).await;
+            if ro {
+                assert!(r.is_err());
+                return;
+            }
+            r.unwrap();
+            model.now.get_mut(&name).unwrap()[off as usize..(off + len) as usize].fill(0);
+            model.since.push((name, off, vec![0; len as usize]));
+        }
+        Op::Flush => {
+            pool.flush().await.unwrap();
+            model.commit();
+        }
+        _ => manage(pool, model, op).await,
+    }
+}
+
+async fn manage(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
+    match *op {
+        Op::Snapshot { vol } | Op::Clone { vol } => {
+            let Some((src, _)) = model.pick(vol) else {
+                return;
+            };
+            let writable = matches!(op, Op::Clone { .. });
+            let name = model.name(if writable { "c" } else { "s" });
+            pool.share(&src, &name, writable).await.unwrap();
+            let data = model.now[&src].clone();
+            model.add(name, !writable, data);
+        }
+        Op::Delete { vol } => {
+            let Some((name, _)) = model.pick(vol) else {
+                return;
+            };
+            pool.delete_volume(&name).await.unwrap();
+            model.vols.retain(|(n, _)| *n != name);
+            model.now.remove(&name);
+            model.commit();
+        }
+        Op::Grow { vol, clusters } => {
+            let Some((name, _)) = model.pick(vol) else {
+                return;
+            };
+            let size = model.now[&name].len() as u64 + clusters * CS;
+            pool.resize(&name, size).await.unwrap();
+            model.now.get_mut(&name).unwrap().resize(size as usize, 0);
+            model.commit();
+        }
+        _ => unreachable!("data ops are applied by apply()"),
+    }
+}
+
+/// After a crash: bytes written since the last commit may hold any of the
+/// values written since (or zero, or the committed ones); all others the
+/// committed bytes exactly.
+fn reconcile(model: &mut Model, name: &str, actual: &[u8]) {
+    let durable = &model.durable[name];
+    for s in (0..actual.len()).step_by(512) {
+        let got = &actual[s..s + 512];
+        let writes: Vec<&[u8]> = model
+            .since
+            .iter()
+            .filter(|(n, off, d)| {
+                n == name && (*off as usize) <= s && s + 512 <= *off as usize + d.len()
+            })
+            .map(|(_, off, d)| &d[s - *off as usize..s - *off as usize + 512])
+            .collect();
+        let ok = got == &durable[s..s + 512]
+            || (!writes.is_empty() && (writes.contains(&got) || got.iter().all(|b| *b == 0)));
+        assert!(
+            ok,
+            "{name}: sector {} after a crash holds bytes nobody wrote",
+            s / 512
+        );
+    }
+    model.now.insert(name.to_string(), actual.to_vec());
+}
+
+async fn verify(pool: &Arc<Pool>, model: &Model) {
+    for (name, _) in &model.vols {
+        assert!(
+            read_all(pool, name).await == model.now[name],
+            "{name} differs from the model"
+        );
+    }
+}
+
+fn run(ops: Vec<Op>) {
+    rt().block_on(async {
+        let (dev, mut pool) = new_pool(ARRAY).await;
+        let mut model = Model::default();
+        for base in ["a", "b"] {
+            pool.create_volume(base, 8 * CS).await.unwrap();
+            model.add(base.to_string(), false, vec![0; 8 * CS as usize]);
+        }
+        for op in &ops {
+            match op {
+                Op::Reopen | Op::Crash => {
+                    if matches!(op, Op::Reopen) {
+                        pool.flush().await.unwrap();
+                        model.commit();
+                    }
+                    drop(pool);
+                    pool = Pool::open(dev.clone(), 64).await.unwrap();
+                    for (name, _) in model.vols.clone() {
+                        let actual = read_all(&pool, &name).await;
+                        reconcile(&mut model, &name, &actual);
+                    }
+                    model.commit();
+                }
+                _ => apply(&pool, &mut model, op).await,
+            }
+        }
+        verify(&pool, &model).await;
+        let report = pool.check().await.unwrap();
+        assert!(report.clean(), "{:?}", report.problems);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn pool_matches_model_through_writes_trims_snapshots_clones_deletes_and_restarts(
+        ops in proptest::collection::vec(op(), 1..60)
+    ) {
+        run(ops);
+    }
+}

@@ -1,0 +1,279 @@
+//! A thin volume of a pool as a [`BlockDevice`]: requests are cut at
+//! cluster boundaries; mapped clusters the volume owns are read and
+//! written in place without the metadata lock; holes read zero; a write
+//! to a hole allocates, to a shared cluster copies on write; TRIM and
+//! WRITE_ZEROES of whole clusters unmap them; FLUSH commits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
+use crate::pool::{Pool, PoolError};
+use crate::units::ByteOffset;
+
+/// One volume of a pool.
+pub struct ThinVolume {
+    pool: Arc<Pool>,
+    id: u32,
+    name: String,
+    size: Arc<AtomicU64>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for ThinVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThinVolume")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// A piece of a request inside one cluster.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    vc: u64,
+    off: u64,
+    len: u64,
+    /// Offset of the piece inside the request.
+    at: usize,
+}
+
+fn pieces(offset: u64, len: u64, cs: u64) -> impl Iterator<Item = Piece> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let off = pos % cs;
+        let n = (cs - off).min(end - pos);
+        let p = Piece {
+            vc: pos / cs,
+            off,
+            len: n,
+            at: (pos - offset) as usize,
+        };
+        pos += n;
+        Some(p)
+    })
+}
+
+impl ThinVolume {
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        id: u32,
+        name: String,
+        size: Arc<AtomicU64>,
+        read_only: bool,
+    ) -> Self {
+        ThinVolume {
+            pool,
+            id,
+            name,
+            size,
+            read_only,
+        }
+    }
+
+    /// The pool it belongs to.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// True for a snapshot.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn err(&self, e: PoolError) -> BlockError {
+        e.into_block(&self.name)
+    }
+
+    fn phys(&self, cluster: u64, off: u64) -> ByteOffset {
+        ByteOffset(cluster * self.pool.cluster_size() + off)
+    }
+
+    async fn lookup(&self, vc: u64) -> Result<crate::pool::tree::Lookup, PoolError> {
+        let mut m = self.pool.meta.lock().await;
+        let i = m.by_id(self.id)?;
+        m.lookup(i, vc).await
+    }
+
+    /// Allocation of `offset..offset + len`: runs of (length, allocated),
+    /// in order, cluster-granular (for NBD `base:allocation`).
+    pub async fn allocation(&self, offset: u64, len: u64) -> BlockResult<Vec<(u64, bool)>> {
+        check_range(ByteOffset(offset), len, self.size())?;
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for p in pieces(offset, len, self.pool.cluster_size()) {
+            let mapped = self
+                .lookup(p.vc)
+                .await
+                .map_err(|e| self.err(e))?
+                .cluster
+                .is_some();
+            match runs.last_mut() {
+                Some((n, a)) if *a == mapped => *n += p.len,
+                _ => runs.push((p.len, mapped)),
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn read_at(&self, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let _gate = self.pool.gate.read().await;
+        for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
+            let part = &mut buf[p.at..p.at + p.len as usize];
+            match self.lookup(p.vc).await.map_err(|e| self.err(e))?.cluster {
+                None => part.fill(0),
+                Some(c) => self.pool.dev.read(self.phys(c, p.off), part).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one piece; true if metadata changed.
+    async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
+        let mut m = self.pool.meta.lock().await;
+        let i = m.by_id(self.id)?;
+        let l = m.lookup(i, p.vc).await?;
+        if let (Some(c), true) = (l.cluster, l.exclusive) {
+            drop(m);
+            self.pool
+                .dev
+                .write(self.phys(c, p.off), data, Durability::Normal)
+                .await?;
+            return Ok(false);
+        }
+        m.write_slow(i, p.vc, p.off, data).await?;
+        m.safe_point().await?;
+        Ok(true)
+    }
+
+    async fn write_at(
+        &self,
+        offset: ByteOffset,
+        buf: &[u8],
+        durability: Durability,
+    ) -> BlockResult {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        check_range(offset, buf.len() as u64, self.size())?;
+        let mut changed = false;
+        for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
+            let data = &buf[p.at..p.at + p.len as usize];
+            let gate = self.pool.gate.read().await;
+            let r = self.write_piece(p, data).await;
+            drop(gate);
+            changed |= match r {
+                Err(PoolError::NoSpace) if self.has_pending().await => {
+                    self.pool.flush().await.map_err(|e| self.err(e))?;
+                    let _gate = self.pool.gate.read().await;
+                    self.write_piece(p, data).await.map_err(|e| self.err(e))?
+                }
+                r => r.map_err(|e| self.err(e))?,
+            };
+        }
+        self.finish_durability(changed, durability).await
+    }
+
+    async fn has_pending(&self) -> bool {
+        !self.pool.meta.lock().await.pending.is_empty()
+    }
+
+    async fn finish_durability(&self, changed: bool, durability: Durability) -> BlockResult {
+        if durability == Durability::Normal {
+            return Ok(());
+        }
+        if changed {
+            let mut m = self.pool.meta.lock().await;
+            m.commit().await.map_err(|e| self.err(e))
+        } else {
+            self.pool.dev.flush().await
+        }
+    }
+
+    async fn clear_at(&self, offset: ByteOffset, len: u64) -> BlockResult {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        check_range(offset, len, self.size())?;
+        let cs = self.pool.cluster_size();
+        let _gate = self.pool.gate.read().await;
+        for p in pieces(offset.get(), len, cs) {
+            if p.len == cs {
+                let mut m = self.pool.meta.lock().await;
+                let i = m.by_id(self.id).map_err(|e| self.err(e))?;
+                m.unmap(i, p.vc).await.map_err(|e| self.err(e))?;
+                m.safe_point().await.map_err(|e| self.err(e))?;
+            } else if self
+                .lookup(p.vc)
+                .await
+                .map_err(|e| self.err(e))?
+                .cluster
+                .is_some()
+            {
+                let zeros = vec![0u8; p.len as usize];
+                self.write_piece(p, &zeros).await.map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for ThinVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `base:allocation` for NBD: unmapped clusters are zero holes.
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
+        use crate::block::{push_extent, Allocation};
+        Box::pin(async move {
+            let mut map = Vec::new();
+            for (n, mapped) in ThinVolume::allocation(self, offset.0, len).await? {
+                let state = if mapped {
+                    Allocation::DATA
+                } else {
+                    Allocation::HOLE_ZERO
+                };
+                push_extent(&mut map, n, state);
+            }
+            Ok(map)
+        })
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
+        Box::pin(self.read_at(offset, buf))
+    }
+
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> IoFuture<'a> {
+        Box::pin(self.write_at(offset, buf, durability))
+    }
+
+    fn flush(&self) -> IoFuture<'_> {
+        Box::pin(async move { self.pool.flush().await.map_err(|e| self.err(e)) })
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+        Box::pin(self.clear_at(offset, len))
+    }
+
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
+        Box::pin(self.clear_at(offset, len))
+    }
+}
