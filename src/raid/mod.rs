@@ -191,6 +191,8 @@ impl FromStr for Level {
 #[cfg(test)]
 mod ppl_tests;
 #[cfg(test)]
+mod raid10_tests;
+#[cfg(test)]
 mod raid6_tests;
 #[cfg(test)]
 mod rebuild_tests;

@@ -63,33 +63,69 @@ fn owned_pieces(vol: &Volume, a: u64, b: u64) -> Vec<Piece> {
     out
 }
 
-/// Every copy of `p` read (`None`: down or unreadable), with verdicts.
-async fn read_copies(vol: &Volume, p: &Piece) -> Vec<Option<(Vec<u8>, Vec<Verdict>)>> {
+/// One copy of a piece as read: its bytes and, per 4 KiB block, its
+/// checksum verdict, `None` for a block that could not be read.
+struct CopyRead {
+    data: Vec<u8>,
+    blocks: Vec<Option<Verdict>>,
+}
+
+impl CopyRead {
+    /// Block `i` when it was read.
+    fn block(&self, i: usize) -> Option<(&[u8], Verdict)> {
+        self.blocks[i].map(|v| (block(&self.data, i), v))
+    }
+
+    /// True when every block was read and equals `want`.
+    fn holds(&self, want: &[u8]) -> bool {
+        self.blocks.iter().all(Option::is_some) && self.data == want
+    }
+}
+
+/// Every copy of `p` read (`None`: its member is down); a copy that fails
+/// the whole read is read again block by block.
+async fn read_copies(vol: &Volume, p: &Piece) -> Vec<Option<CopyRead>> {
     join_all(p.copies.iter().map(|&k| async move {
         if !vol.is_active(k.member) {
             return None;
         }
-        let mut buf = vec![0u8; p.len as usize];
+        let mut data = vec![0u8; p.len as usize];
         let at = p.at(vol, k);
-        vol.read_member(k.member, at, &mut buf).await.ok()?;
-        let v = vol.verdicts(k.member, at, &buf).await;
-        Some((buf, v))
+        let n = data.len().div_ceil(trust::BLOCK);
+        let mut readable = vec![true; n];
+        if vol.read_member(k.member, at, &mut data).await.is_err() {
+            for (i, piece) in data.chunks_mut(trust::BLOCK).enumerate() {
+                let off = ByteOffset(at.get() + (i * trust::BLOCK) as u64);
+                match vol.read_member(k.member, off, piece).await {
+                    Ok(()) => {}
+                    Err(None) => return None,
+                    Err(Some(_)) => readable[i] = false,
+                }
+            }
+        }
+        let v = vol.verdicts(k.member, at, &data).await;
+        let blocks = readable
+            .iter()
+            .zip(v)
+            .map(|(&r, v)| r.then_some(v))
+            .collect();
+        Some(CopyRead { data, blocks })
     }))
     .await
 }
 
-/// Per 4 KiB block the copy to keep; `None` when no copy was readable.
-fn chosen(read: &[Option<(Vec<u8>, Vec<Verdict>)>]) -> Option<Vec<u8>> {
-    let len = read.iter().flatten().next()?.0.len();
+/// Per 4 KiB block the copy to keep; `None` when some block could be
+/// read on no copy.
+fn chosen(read: &[Option<CopyRead>]) -> Option<Vec<u8>> {
+    let len = read.iter().flatten().next()?.data.len();
     let mut want = vec![0u8; len];
     for (i, out) in want.chunks_mut(trust::BLOCK).enumerate() {
-        let at = i * trust::BLOCK..i * trust::BLOCK + out.len();
-        let block: Vec<Option<(&[u8], Verdict)>> = read
+        let blocks: Vec<Option<(&[u8], Verdict)>> = read
             .iter()
-            .map(|c| c.as_ref().map(|(d, v)| (&d[at.clone()], v[i])))
+            .map(|c| c.as_ref().and_then(|c| c.block(i)))
             .collect();
-        let pick = trust::pick_copy(&block)?;
-        out.copy_from_slice(block[pick].map_or(&[][..], |(d, _)| d));
+        let pick = trust::pick_copy(&blocks)?;
+        out.copy_from_slice(blocks[pick].map_or(&[][..], |(d, _)| d));
     }
     Some(want)
 }
@@ -109,7 +145,7 @@ pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, Reb
         };
         let op = |k: ChunkCopy| MemberOp::Write(p.at(vol, k), &want, Durability::Normal);
         let fix = p.copies.iter().zip(&read).map(|(&k, r)| {
-            let same = r.as_ref().is_some_and(|(d, _)| *d == want);
+            let same = r.as_ref().is_some_and(|c| c.holds(&want));
             async move {
                 if same {
                     vol.incoming_op(k.member, op(k)).await;
@@ -131,8 +167,8 @@ pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, Reb
 
 /// Scrub: compares the copies of the chunks first held in the step,
 /// block by block; a copy that differs from the chosen one counts a
-/// mismatch on its member, and with `repair` is rewritten (so is a copy
-/// that could not be read, already counted by the scrub's reads).
+/// mismatch on its member. With `repair` those are rewritten, and so are
+/// blocks that could not be read (counted by the scrub's own reads).
 pub(super) async fn check_copies(vol: &Volume, c: ScrubCheck<'_>) {
     let len = c.reads.iter().find(|r| r.live).map_or(0, |r| r.data.len());
     for p in owned_pieces(vol, c.a, c.a + len as u64) {
@@ -141,22 +177,22 @@ pub(super) async fn check_copies(vol: &Volume, c: ScrubCheck<'_>) {
             continue;
         };
         for (&k, r) in p.copies.iter().zip(&read) {
-            if !vol.is_active(k.member) {
-                continue;
-            }
-            let blocks: Vec<usize> = match r {
-                Some((d, _)) => (0..want.len().div_ceil(trust::BLOCK))
-                    .filter(|&i| block(d, i) != block(&want, i))
-                    .collect(),
-                None => (0..want.len().div_ceil(trust::BLOCK)).collect(),
-            };
-            if r.is_some() {
-                c.members[k.member.0].mismatch += blocks.len() as u64;
+            let Some(r) = r else { continue };
+            let mut fix = Vec::new();
+            for i in 0..r.blocks.len() {
+                match r.block(i) {
+                    Some((d, _)) if d == block(&want, i) => {}
+                    Some(_) => {
+                        c.members[k.member.0].mismatch += 1;
+                        fix.push(i);
+                    }
+                    None => fix.push(i),
+                }
             }
             if !c.repair {
                 continue;
             }
-            for i in blocks {
+            for i in fix {
                 let at = ByteOffset(p.at(vol, k).get() + (i * trust::BLOCK) as u64);
                 let op = MemberOp::Write(at, block(&want, i), Durability::Normal);
                 if vol.write_member(k.member, op).await {
