@@ -393,9 +393,12 @@ pub struct FaultClearArgs {
 /// `vraid create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// RAID level: 0, 1, 5 or 6.
+    /// RAID level: 0, 1, 5, 6 or 10.
     #[arg(long, value_parser = parse_level)]
     pub level: Level,
+    /// RAID-10 layout, md's names: n2 (default), n3, f2, f3, o2, o3.
+    #[arg(long, value_parser = parse_raid10_layout)]
+    pub layout: Option<crate::raid::Raid10Shape>,
     /// Chunk size (power of two, 4K to 16M).
     #[arg(long, default_value = "64K", value_parser = parse_size_arg)]
     pub chunk_size: u64,
@@ -562,11 +565,23 @@ fn parse_pool_size(s: &str) -> Result<u64, String> {
 }
 
 impl CreateArgs {
+    /// The level asked for: `--level` with `--layout` for RAID-10; a
+    /// layout with another level is refused.
+    pub fn level(&self) -> Result<Level, String> {
+        match (self.level, self.layout) {
+            (Level::Raid10(_), Some(shape)) => Ok(Level::Raid10(shape)),
+            (level, Some(shape)) => Err(format!(
+                "--layout {shape} is a RAID-10 layout, not one of {level}"
+            )),
+            (level, None) => Ok(level),
+        }
+    }
+
     /// The array `vraid create` asks for.
     pub fn request(&self) -> CreateRequest {
         CreateRequest {
             name: self.name.clone(),
-            level: self.level,
+            level: self.level().unwrap_or(self.level),
             chunk_size: self.chunk_size,
             member_size: self.member_size,
             force: self.force,
@@ -621,6 +636,11 @@ fn parse_tls_mode(s: &str) -> Result<crate::tls::TlsMode, String> {
 
 fn parse_level(s: &str) -> Result<Level, String> {
     s.parse()
+}
+
+fn parse_raid10_layout(s: &str) -> Result<crate::raid::Raid10Shape, String> {
+    s.parse()
+        .map_err(|e: crate::raid::raid10_layout::Raid10Error| e.to_string())
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -332,6 +332,8 @@ struct RawServer {
 struct RawVolume {
     name: Spanned<String>,
     level: Spanned<Scalar>,
+    /// RAID-10 layout (n2, n3, f2, f3, o2, o3).
+    layout: Option<Spanned<String>>,
     chunk_size: Option<Spanned<Scalar>>,
     members: Spanned<Vec<Spanned<String>>>,
     create: Option<RawCreate>,
@@ -687,6 +689,7 @@ fn volume(
 ) -> Result<VolumeConfig, ConfigError> {
     let name = volume_name(src, key, &v.name)?;
     let level = volume_level(src, key, &v.level)?;
+    let level = raid10_layout(src, key, level, v.layout.as_ref())?;
     let chunk_size = chunk_size(src, key, v.chunk_size.as_ref())?;
     let count = v.members.get_ref().len();
     if !(level.min_members()..=MAX_MEMBERS).contains(&count) {
@@ -837,9 +840,32 @@ fn volume_level(src: &Source<'_>, key: &str, v: &Spanned<Scalar>) -> Result<Leve
         src.invalid(
             v.span(),
             format!("{key}.level"),
-            "unknown RAID level: expected 0, 1, 5 or 6",
+            "unknown RAID level: expected 0, 1, 5, 6 or 10",
         )
     })
+}
+
+/// `layout`: a RAID-10 layout (default n2); refused for other levels.
+fn raid10_layout(
+    src: &Source<'_>,
+    key: &str,
+    level: Level,
+    v: Option<&Spanned<String>>,
+) -> Result<Level, ConfigError> {
+    let Some(v) = v else {
+        return Ok(level);
+    };
+    let invalid = |why: String| src.invalid(v.span(), format!("{key}.layout"), why);
+    match level {
+        Level::Raid10(_) => v
+            .get_ref()
+            .parse()
+            .map(Level::Raid10)
+            .map_err(|e: crate::raid::raid10_layout::Raid10Error| invalid(e.to_string())),
+        _ => Err(invalid(format!(
+            "a layout is for RAID-10 only, not {level}"
+        ))),
+    }
 }
 
 /// `chunk_size`: a power of two from 4K to 16M (default 64K).

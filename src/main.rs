@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Create(args) => vraid::daemon::create(&args.members, &args.request()).await,
+            Command::Create(args) => match args.level() {
+                Ok(_) => vraid::daemon::create(&args.members, &args.request()).await,
+                Err(e) => Err(vraid::daemon::DaemonError::Usage(e)),
+            },
             Command::Examine(args) => vraid::daemon::examine(&args.member, args.json).await,
             Command::Serve(args) => vraid::daemon::serve(args.into_options()).await,
             Command::Status(args) => vraid::control::cli::status(args).map_err(Into::into),

@@ -277,12 +277,22 @@ impl VolumeHandle {
             .count()
     }
 
+    /// True when the data stays available with the members down now
+    /// (and `also`): `Geometry::tolerates` (RAID-10 survives more than
+    /// its redundancy when the members down hold different chunks).
+    fn tolerates_down(&self, also: Option<usize>) -> bool {
+        let down: Vec<bool> = (0..self.members.len())
+            .map(|r| Some(r) == also || self.member_state(r) != MemberStatusState::Active)
+            .collect();
+        self.volume.geometry().tolerates(&down)
+    }
+
     /// Optimal, degraded or failed, from the member states alone.
     pub fn state(&self) -> VolumeState {
         let down = self.down();
         if down == 0 {
             VolumeState::Optimal
-        } else if down <= self.level().redundancy(self.members.len()) {
+        } else if self.tolerates_down(None) {
             VolumeState::Degraded
         } else {
             VolumeState::Failed
@@ -394,7 +404,7 @@ impl VolumeHandle {
             )));
         }
         let redundancy = self.level().redundancy(self.members.len());
-        if self.down() + 1 > redundancy {
+        if !self.tolerates_down(Some(role)) {
             return Err(ControlError::Refused(format!(
                 "failing member {role} would make data of {} ({}) unavailable: {} of {} members are down and it tolerates {redundancy}",
                 self.name,

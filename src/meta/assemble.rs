@@ -487,6 +487,19 @@ async fn read_candidates(
     (candidates, excluded)
 }
 
+/// A RAID-10 whose missing members hold different chunks keeps every
+/// chunk (more missing than its redundancy, which counts the worst case).
+fn raid10_survives(freshest: &Superblock, members: &[Option<AssembledMember>]) -> bool {
+    use crate::raid::{ChunkSize, Geometry};
+    if freshest.level.raid10_shape().is_none() {
+        return false;
+    }
+    let down: Vec<bool> = members.iter().map(Option::is_none).collect();
+    ChunkSize::new(u64::from(freshest.chunk_size))
+        .and_then(|c| Geometry::new(freshest.level, members.len(), c, freshest.layout.data_size))
+        .is_ok_and(|g| g.tolerates(&down))
+}
+
 /// Rule 7, with forced assembly (rule 5) when asked: `Ok(true)` when
 /// members marked failed were taken to make up the level's redundancy.
 fn enough_members(
@@ -500,7 +513,7 @@ fn enough_members(
     let count = members.len();
     let tolerates = freshest.level.redundancy(count);
     let missing = |m: &[Option<AssembledMember>]| m.iter().filter(|m| m.is_none()).count();
-    if missing(members) <= tolerates {
+    if missing(members) <= tolerates || raid10_survives(freshest, members) {
         return Ok(false);
     }
     let usable = forceable

@@ -118,6 +118,7 @@ pub async fn create_array_with(
 ) -> Result<ArrayInfo, MetaError> {
     validate(devices, spec)?;
     let layout = choose_layout(devices, spec, csum_layout)?;
+    check_geometry(spec, devices.len(), layout.data_size)?;
     let (flags, physical) = match csum_layout {
         ChecksumLayout::Separate => (0, layout.data_size),
         ChecksumLayout::Inline => (FLAG_INLINE_CSUM, physical_len(layout.data_size)),
@@ -170,6 +171,16 @@ pub async fn create_array_with(
         data_offset: layout.data_offset,
         data_size: layout.data_size,
     })
+}
+
+/// The level's geometry over `members` data areas of `data_size` bytes
+/// can be built (RAID-10: every copy of a chunk fits).
+fn check_geometry(spec: &CreateSpec, members: usize, data_size: u64) -> Result<(), MetaError> {
+    use crate::raid::{ChunkSize, Geometry};
+    ChunkSize::new(spec.chunk_size)
+        .and_then(|c| Geometry::new(spec.level, members, c, data_size))
+        .map(drop)
+        .map_err(MetaError::Geometry)
 }
 
 /// The member layout for the smallest device, its data area a whole

@@ -20,8 +20,11 @@ pub struct ExamineReport {
     pub member_uuid: Uuid,
     /// Array name.
     pub name: String,
-    /// RAID level number (0, 1, 5).
+    /// RAID level number (0, 1, 5, 6, 10).
     pub level: u32,
+    /// RAID-10 layout (n2, n3, f2, f3, o2, o3); absent for other levels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     /// Chunk size in bytes.
     pub chunk_size: u32,
     /// Members in the array.
@@ -168,6 +171,7 @@ pub async fn examine(device: &dyn BlockDevice) -> Result<ExamineReport, MetaErro
         member_uuid: sb.member_uuid,
         name: sb.name,
         level: sb.level.number(),
+        layout: sb.level.raid10_shape().map(|s| s.to_string()),
         chunk_size: sb.chunk_size,
         member_count: sb.member_count,
         role: sb.role,
@@ -216,6 +220,9 @@ impl ExamineReport {
         writeln!(f, "       Array UUID : {}", self.array_uuid)?;
         writeln!(f, "      Member UUID : {}", self.member_uuid)?;
         writeln!(f, "       RAID level : raid{}", self.level)?;
+        if let Some(layout) = &self.layout {
+            writeln!(f, "           Layout : {layout}")?;
+        }
         writeln!(
             f,
             "       Chunk size : {}",

@@ -110,6 +110,10 @@ pub enum MetaError {
     /// Bad chunk size.
     #[error("invalid chunk size {0}: must be a power of two from 4K to 16M")]
     InvalidChunk(u64),
+    /// The level cannot be laid out over these members (a RAID-10 whose
+    /// copies do not fit, ...).
+    #[error("cannot lay out the array: {0}")]
+    Geometry(crate::raid::LayoutError),
     /// A member cannot hold the metadata and one chunk.
     #[error("{device} is too small: {size} bytes, needs at least {needed}")]
     TooSmall {

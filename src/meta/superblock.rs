@@ -254,6 +254,22 @@ fn field(field: &'static str, reason: impl Into<String>) -> SuperblockError {
 struct Fields<'a>(&'a [u8]);
 
 impl Fields<'_> {
+    /// `raid10_layout` (offset 180): md's layout number of a RAID-10,
+    /// zero for the other levels.
+    fn raid10_layout(&self, level: Level) -> Result<Level, SuperblockError> {
+        let code = self.u32(180);
+        match level {
+            Level::Raid10(_) => crate::raid::Raid10Shape::from_code(code)
+                .map(Level::Raid10)
+                .map_err(|e| field("raid10_layout", e.to_string())),
+            _ if code != 0 => Err(field(
+                "raid10_layout",
+                format!("{code:#x} set on a RAID-{} member", level.number()),
+            )),
+            _ => Ok(level),
+        }
+    }
+
     fn u32(&self, at: usize) -> u32 {
         let mut b = [0; 4];
         b.copy_from_slice(&self.0[at..at + 4]);
@@ -403,6 +419,8 @@ impl Superblock {
         put(168, &u32::from(self.bitmap_valid).to_le_bytes());
         put(172, &u32::from(self.checksums_valid).to_le_bytes());
         put(176, &u32::from(self.journal_valid).to_le_bytes());
+        let raid10_layout = self.level.raid10_shape().map_or(0, |s| s.code());
+        put(180, &raid10_layout.to_le_bytes());
         put(184, &self.scrub_time.to_le_bytes());
         if let Some(r) = &self.replace {
             put(REPLACE_UUID_OFFSET, r.member_uuid.as_bytes());
@@ -446,7 +464,6 @@ impl Superblock {
             return Err(SuperblockError::Flags(f.u32(12)));
         }
         for (from, to) in [
-            (180, 184),
             (EVENTS_CLEARED_END, NAME_OFFSET),
             (320, TABLE_OFFSET),
             (2048, CRC_OFFSET),
@@ -466,6 +483,7 @@ impl Superblock {
     fn decode_fields(f: &Fields<'_>) -> Result<Superblock, SuperblockError> {
         let level = Level::from_number(f.u32(52))
             .ok_or_else(|| field("level", format!("unknown RAID level {}", f.u32(52))))?;
+        let level = f.raid10_layout(level)?;
         let state = match f.u32(88) {
             0 => ArrayState::Clean,
             1 => ArrayState::Dirty,

@@ -85,7 +85,14 @@ proptest! {
         array in 1u128..,
         count in 3u32..=32,
         role_seed in any::<u32>(),
-        level in prop::sample::select(vec![Level::Raid0, Level::Raid1, Level::Raid5, Level::Raid6]),
+        level in prop::sample::select(vec![
+            Level::Raid0,
+            Level::Raid1,
+            Level::Raid5,
+            Level::Raid6,
+            Level::Raid10(crate::raid::Raid10Shape::N2),
+            Level::Raid10("o3".parse().unwrap()),
+        ]),
         chunk_shift in 12u32..=24,
         events in 1u64..,
         dirty in any::<bool>(),
@@ -237,7 +244,7 @@ fn decode_refuses_well_checksummed_out_of_range_fields() {
 
 #[test]
 fn decode_refuses_unknown_level_and_flags() {
-    for unknown in [3u8, 4, 7, 10] {
+    for unknown in [3u8, 4, 7, 11] {
         let mut b = sample().encode();
         b[52] = unknown;
         let crc = crc_of(&b);
@@ -267,6 +274,42 @@ fn level_6_is_stored_as_6_and_read_back() {
     let b = sb.encode();
     assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 6);
     assert_eq!(Superblock::decode(&b).unwrap().level, Level::Raid6);
+}
+
+#[test]
+fn raid10_layout_is_stored_at_180_and_read_back() {
+    for name in ["n2", "n3", "f2", "f3", "o2", "o3"] {
+        let shape: crate::raid::Raid10Shape = name.parse().unwrap();
+        let sb = Superblock {
+            level: Level::Raid10(shape),
+            ..sample()
+        };
+        let b = sb.encode();
+        assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 10);
+        assert_eq!(
+            u32::from_le_bytes(b[180..184].try_into().unwrap()),
+            shape.code()
+        );
+        assert_eq!(Superblock::decode(&b).unwrap().level, Level::Raid10(shape));
+    }
+}
+
+#[test]
+fn raid10_layout_is_refused_when_unknown_or_set_for_another_level() {
+    let with_layout = |level: Level, code: u32| {
+        let mut b = Superblock { level, ..sample() }.encode();
+        b[180..184].copy_from_slice(&code.to_le_bytes());
+        reseal(&mut b);
+        Superblock::decode(&b)
+    };
+    let n2 = Level::Raid10(crate::raid::Raid10Shape::N2);
+    for code in [0, 0x101, 0x104, 0x202, 0x20102] {
+        let err = with_layout(n2, code).unwrap_err();
+        assert_eq!(field_of(err), "raid10_layout", "{code:#x}");
+    }
+    let err = with_layout(Level::Raid5, 0x102).unwrap_err();
+    assert_eq!(field_of(err), "raid10_layout");
+    assert!(with_layout(Level::Raid5, 0).is_ok());
 }
 
 async fn device_with(a: &[u8], b: &[u8]) -> Arc<MemDevice> {

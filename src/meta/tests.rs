@@ -833,3 +833,23 @@ async fn an_inline_array_gets_the_flag_and_a_logical_data_size_that_fits() {
     let assembled = assemble(named(&devs, &[0, 1, 2])).await.unwrap();
     assert_eq!(assembled.checksum_layout, ChecksumLayout::Inline);
 }
+
+#[tokio::test]
+async fn create_refuses_a_raid10_whose_far_copies_do_not_fit() {
+    // Arrange: members of two 16M chunk rows: three far copies need three.
+    let devs: Vec<Arc<MemDevice>> = (0..3)
+        .map(|i| Arc::new(MemDevice::new(format!("r10f{i}"), 40 << 20)))
+        .collect();
+    let with = |shape: &str| CreateSpec {
+        chunk_size: 16 << 20,
+        ..spec("r10", Level::Raid10(shape.parse().unwrap()))
+    };
+
+    // Act
+    let f3 = create_array(&dyns(&devs), &with("f3")).await;
+    let n2 = create_array(&dyns(&devs), &with("n2")).await;
+
+    // Assert
+    assert!(matches!(f3, Err(MetaError::Geometry(_))), "{f3:?}");
+    assert_eq!(n2.unwrap().level, 10);
+}

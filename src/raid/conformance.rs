@@ -2,7 +2,8 @@
 //!
 //! Random sequences of write / read / discard / write_zeroes / flush at
 //! unaligned offsets are applied to a volume and to a plain `Vec<u8>`; every
-//! read must match the model. RAID-1/5 arrays also lose members mid-sequence
+//! read must match the model (RAID-10 in all six md layouts, odd member
+//! counts included). Redundant arrays also lose members mid-sequence
 //! (up to their redundancy) or start with one missing. After each sequence
 //! the whole volume is compared, RAID-5 parity is checked on every stripe and
 //! RAID-1 mirrors are compared, for members still active. Down members are
@@ -96,7 +97,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         Just(Level::Raid0),
         Just(Level::Raid1),
         Just(Level::Raid5),
-        Just(Level::Raid6)
+        Just(Level::Raid6),
+        raid10_level(),
     ];
     level
         .prop_flat_map(|level| {
@@ -105,12 +107,19 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 Level::Raid1 => 2usize..=3,
                 Level::Raid5 => 3usize..=5,
                 Level::Raid6 => 4usize..=6,
+                Level::Raid10(s) => s.copies()..=5,
+            };
+            // RAID-10's far copies need a row per copy at least.
+            let chunks = if level.raid10_shape().is_some() {
+                3u64..6
+            } else {
+                1u64..5
             };
             (
                 Just(level),
                 members,
                 0u32..3,
-                1u64..5,
+                chunks,
                 0u64..3000,
                 proptest::option::weighted(0.25, 0usize..8),
                 proptest::option::weighted(0.25, 0usize..8),
@@ -129,15 +138,22 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     missing: missing
                         .filter(|_| level != Level::Raid0)
                         .map(|m| m % members),
-                    // RAID-6 may start with two members missing.
+                    // RAID-6 (and RAID-10, where its copies allow) may
+                    // start with two members missing.
                     missing2: missing2
-                        .filter(|_| level == Level::Raid6)
+                        .filter(|_| level == Level::Raid6 || level.raid10_shape().is_some())
                         .map(|m| m % members),
                     ops,
                     checksums,
                 }
             },
         )
+}
+
+/// RAID-10 in each of its layouts.
+fn raid10_level() -> impl Strategy<Value = Level> {
+    prop::sample::select(vec!["n2", "n3", "f2", "f3", "o2", "o3"])
+        .prop_map(|s| Level::Raid10(s.parse().unwrap()))
 }
 
 /// Clamps a random (at, len) into the volume.
@@ -183,14 +199,29 @@ struct Run<'a> {
     missing: Vec<usize>,
     rebuilt_failed: Vec<MemberIndex>,
     model: Vec<u8>,
-    /// Members down (missing or made failing).
-    lost: usize,
+    /// Members down (missing or made failing), by slot.
+    down: Vec<bool>,
 }
 
 async fn run(case: Case) -> Result<(), TestCaseError> {
     let mut missing: Vec<usize> = case.missing.into_iter().collect();
     if let Some(m) = case.missing2.filter(|m| !missing.contains(m)) {
         missing.push(m);
+    }
+    let mut down = vec![false; case.members];
+    for &m in &missing {
+        down[m] = true;
+    }
+    let g = super::Geometry::new(
+        case.level,
+        case.members,
+        super::ChunkSize::new(case.chunk).unwrap(),
+        case.member_size,
+    )
+    .unwrap();
+    if !g.tolerates(&down) {
+        // Two RAID-10 members holding the same chunks: start with one.
+        down[missing.pop().unwrap_or(0)] = false;
     }
     let csums = crate::integrity::Checksums::new();
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -205,7 +236,7 @@ async fn run(case: Case) -> Result<(), TestCaseError> {
         csums: &csums,
         errors: &errors,
         devices: array.devices.clone(),
-        lost: missing.len(),
+        down,
         missing,
         rebuilt_failed: Vec::new(),
         model: vec![0u8; array.volume.size() as usize],
@@ -330,19 +361,21 @@ impl Run<'_> {
             self.rebuilt_failed.push(MemberIndex(m));
         }
         self.missing.retain(|&x| x != m);
-        self.lost -= 1;
+        self.down[m] = false;
         Ok(())
     }
 
     /// Makes `member` fail its I/O, while the level still tolerates it.
     fn fail(&mut self, member: usize) {
         let member = member % self.case.members;
-        if self.lost < self.case.level.redundancy(self.case.members)
+        let mut down = self.down.clone();
+        down[member] = true;
+        if self.vol.geometry().tolerates(&down)
             && !self.missing.contains(&member)
             && self.vol.state(MemberIndex(member)) == MemberState::Active
         {
             self.devices[member].mem.set_failing(true);
-            self.lost += 1;
+            self.down = down;
         }
     }
 
@@ -439,6 +472,33 @@ fn check_redundancy(
         }
         Level::Raid6 if active.len() == g.members() => check_syndromes(g, &snaps)?,
         Level::Raid5 | Level::Raid6 => {}
+        Level::Raid10(_) => check_copies(g, &states, &snaps, model)?,
+    }
+    Ok(())
+}
+
+/// RAID-10: every copy of every chunk on an active member equals the model.
+fn check_copies(
+    g: &super::Geometry,
+    states: &[MemberState],
+    snaps: &[Vec<u8>],
+    model: &[u8],
+) -> Result<(), TestCaseError> {
+    let (Some(map), c) = (g.raid10(), g.chunk().get() as usize) else {
+        return Err(TestCaseError::fail("RAID-10 without a chunk map"));
+    };
+    for v in 0..map.chunks() as usize {
+        for k in map.copies(v as u64) {
+            if states[k.member.0] != MemberState::Active {
+                continue;
+            }
+            let row = k.row as usize;
+            prop_assert!(
+                snaps[k.member.0][row * c..(row + 1) * c] == model[v * c..(v + 1) * c],
+                "chunk {v}: copy on {} row {row} differs",
+                k.member
+            );
+        }
     }
     Ok(())
 }
@@ -500,7 +560,12 @@ fn flip_case() -> impl Strategy<Value = (Level, usize, u64, Vec<FlipOp>)> {
         (0u64..1 << 20).prop_map(|at| FlipOp::Flip { at }),
     ];
     (
-        prop_oneof![Just(Level::Raid1), Just(Level::Raid5), Just(Level::Raid6)],
+        prop_oneof![
+            Just(Level::Raid1),
+            Just(Level::Raid5),
+            Just(Level::Raid6),
+            raid10_level()
+        ],
         0usize..3,
         0u32..3,
         proptest::collection::vec(op, 1..24),
@@ -520,6 +585,7 @@ async fn run_flips(
     let members = match level {
         Level::Raid1 => 2,
         Level::Raid6 => 4,
+        Level::Raid10(s) => s.copies() + 1,
         _ => 3,
     };
     let member_size = 16 * chunk;

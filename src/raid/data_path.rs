@@ -11,7 +11,7 @@
 use std::io::{IoSlice, IoSliceMut};
 
 use super::volume::Volume;
-use super::{raid0, raid1, raid5, raid6, Level};
+use super::{raid0, raid1, raid10, raid5, raid6, Level};
 use crate::block::{BlockResult, Durability};
 use crate::units::ByteOffset;
 
@@ -22,6 +22,7 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
         Level::Raid1 => raid1::read(vol, at, buf).await,
         Level::Raid5 => raid5::read(vol, at, buf).await,
         Level::Raid6 => raid6::read(vol, at, buf).await,
+        Level::Raid10(_) => raid10::read(vol, at, buf).await,
     }
 }
 
@@ -33,6 +34,7 @@ pub(super) async fn write(vol: &Volume, at: ByteOffset, buf: &[u8], d: Durabilit
         Level::Raid1 => raid1::write(vol, at, buf, d).await,
         Level::Raid5 => raid5::write(vol, at, buf, d).await,
         Level::Raid6 => raid6::write(vol, at, buf, d).await,
+        Level::Raid10(_) => raid10::write(vol, at, buf, d).await,
     }
 }
 

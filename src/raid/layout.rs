@@ -21,6 +21,7 @@
 
 use std::fmt;
 
+use super::raid10_layout::Raid10Map;
 use super::Level;
 use crate::units::ByteOffset;
 
@@ -51,6 +52,9 @@ pub enum LayoutError {
     /// The volume size does not fit in 64 bits.
     #[error("volume size overflows")]
     Overflow,
+    /// md's RAID-10 placement refused the shape for these members.
+    #[error("RAID-10: {0}")]
+    Raid10(#[from] super::raid10_layout::Raid10Error),
 }
 
 /// Most members an array may have.
@@ -107,6 +111,8 @@ pub struct Geometry {
     members: usize,
     chunk: ChunkSize,
     member_data_size: u64,
+    /// Where RAID-10 keeps the copies of each chunk.
+    raid10: Option<Raid10Map>,
 }
 
 /// One contiguous piece of a volume range on one member, never crossing a chunk.
@@ -155,7 +161,7 @@ impl Geometry {
         }
         let size = match level {
             Level::Raid1 => member_data_size,
-            Level::Raid0 | Level::Raid5 | Level::Raid6 => {
+            Level::Raid0 | Level::Raid5 | Level::Raid6 | Level::Raid10(_) => {
                 member_data_size - member_data_size % chunk.get()
             }
         };
@@ -165,11 +171,21 @@ impl Geometry {
                 chunk: chunk.get(),
             });
         }
+        let raid10 = match level {
+            Level::Raid10(shape) => Some(Raid10Map::new(
+                shape,
+                members,
+                chunk.get(),
+                size / chunk.get(),
+            )?),
+            _ => None,
+        };
         let geometry = Geometry {
             level,
             members,
             chunk,
             member_data_size: size,
+            raid10,
         };
         size.checked_mul(geometry.data_members() as u64)
             .ok_or(LayoutError::Overflow)?;
@@ -196,11 +212,12 @@ impl Geometry {
         self.member_data_size
     }
 
-    /// Data chunks per stripe (1 for RAID-1).
+    /// Data chunks per stripe (1 for RAID-1 and RAID-10, whose "stripe"
+    /// is one chunk).
     pub fn data_members(&self) -> usize {
         match self.level {
             Level::Raid0 => self.members,
-            Level::Raid1 => 1,
+            Level::Raid1 | Level::Raid10(_) => 1,
             Level::Raid5 => self.members - 1,
             Level::Raid6 => self.members - 2,
         }
@@ -219,12 +236,16 @@ impl Geometry {
                 (ByteOffset(first * chunk), ByteOffset((last + 1) * chunk))
             }
             Level::Raid1 => (offset, ByteOffset(offset.get() + len)),
+            Level::Raid10(_) => self.raid10_span(offset, len),
         }
     }
 
     /// Usable size of the volume.
     pub fn volume_size(&self) -> u64 {
-        self.member_data_size * self.data_members() as u64
+        match &self.raid10 {
+            Some(map) => map.chunks() * self.chunk.get(),
+            None => self.member_data_size * self.data_members() as u64,
+        }
     }
 
     /// Data bytes in one stripe.
@@ -244,7 +265,7 @@ impl Geometry {
                 let n = self.members as u64;
                 Some(MemberIndex((n - 1 - stripe.0 % n) as usize))
             }
-            Level::Raid0 | Level::Raid1 => None,
+            Level::Raid0 | Level::Raid1 | Level::Raid10(_) => None,
         }
     }
 
@@ -301,6 +322,9 @@ impl Geometry {
     /// Maps one volume offset (must be inside the volume) to its extent of
     /// at most `max_len` bytes.
     fn extent_at(&self, volume_offset: u64, max_len: u64) -> Extent {
+        if let Some(map) = &self.raid10 {
+            return self.raid10_extent(map, volume_offset, max_len);
+        }
         if self.level == Level::Raid1 {
             return Extent {
                 member: MemberIndex(0),
@@ -337,6 +361,10 @@ impl Geometry {
             return Some(MemberByte::Data(member_offset));
         }
         let chunk = self.chunk.get();
+        if let Some(map) = &self.raid10 {
+            let v = map.chunk_at(member, off / chunk)?;
+            return Some(MemberByte::Data(ByteOffset(v * chunk + off % chunk)));
+        }
         let stripe = StripeIndex(off / chunk);
         let data_index = match self.data_index(stripe, member) {
             None if self.q_member(stripe) == Some(member) => return Some(MemberByte::Q(stripe)),
@@ -346,6 +374,60 @@ impl Geometry {
         Some(MemberByte::Data(ByteOffset(
             stripe.0 * self.stripe_data_size() + data_index * chunk + off % chunk,
         )))
+    }
+}
+
+/// RAID-10 (`raid10_layout.rs`): each volume chunk has whole-row copies.
+impl Geometry {
+    /// The RAID-10 chunk map (`None` for the other levels).
+    pub fn raid10(&self) -> Option<&Raid10Map> {
+        self.raid10.as_ref()
+    }
+
+    /// True when the data stays available with the members in `down`
+    /// missing (by index): RAID-10 when every chunk keeps a copy, the
+    /// other levels while no more are down than their redundancy.
+    pub fn tolerates(&self, down: &[bool]) -> bool {
+        match &self.raid10 {
+            Some(map) => map.survives(down),
+            None => {
+                let n = down.iter().filter(|&&d| d).count();
+                n <= self.level.redundancy(self.members)
+            }
+        }
+    }
+
+    /// The extent of a volume offset on its chunk's first copy.
+    fn raid10_extent(&self, map: &Raid10Map, volume_offset: u64, max_len: u64) -> Extent {
+        let chunk = self.chunk.get();
+        let in_chunk = volume_offset % chunk;
+        let first = map.copies(volume_offset / chunk)[0];
+        Extent {
+            member: first.member,
+            member_offset: ByteOffset(first.row * chunk + in_chunk),
+            volume_offset: ByteOffset(volume_offset),
+            len: max_len.min(chunk - in_chunk),
+            stripe: StripeIndex(first.row),
+            data_index: 0,
+        }
+    }
+
+    /// The member rows every copy of the chunks of `offset..+len` lies
+    /// in, first to last (for far layouts a wide span: the bitmap marks
+    /// the regions between too).
+    fn raid10_span(&self, offset: ByteOffset, len: u64) -> (ByteOffset, ByteOffset) {
+        let chunk = self.chunk.get();
+        let (first, last) = (offset.get() / chunk, (offset.get() + len - 1) / chunk);
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        if let Some(map) = &self.raid10 {
+            for c in first..=last.min(map.chunks().saturating_sub(1)) {
+                for k in map.copies(c) {
+                    lo = lo.min(k.row);
+                    hi = hi.max(k.row + 1);
+                }
+            }
+        }
+        (ByteOffset(lo.min(hi) * chunk), ByteOffset(hi * chunk))
     }
 }
 

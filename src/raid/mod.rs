@@ -1,4 +1,4 @@
-//! RAID volumes: layout math, levels 0/1/5/6, parity and stripe locks.
+//! RAID volumes: layout math, levels 0/1/5/6/10, parity and stripe locks.
 //!
 //! ```text
 //!  Volume (BlockDevice, volume.rs) ─► level_io(level) ─► Raid0 / Raid1 / Raid5 / Raid6 : LevelIo
@@ -10,6 +10,8 @@
 //!  layout.rs: volume range → per-member extents (pure math); striped.rs: what RAID-0/5 share
 //!  parity.rs: XOR; syndrome.rs: RAID-6 P/Q and two-block recovery;
 //!  md_layout.rs: Linux md RAID-4/5/6/10 placement (pure math);
+//!  raid10_layout.rs: our RAID-10's shape and chunk map (md's placement);
+//!  raid10.rs (+raid10_sync.rs): RAID-10's data path and sync parts
 //!  stripe_lock.rs: per-stripe / per-region writer serialization
 //!  rebuild.rs, resync.rs, scrub.rs: the sync passes (their loops), calling the level per step;
 //!  raid1_sync.rs, raid5_sync.rs, raid6_sync.rs: those levels' parts of the passes
@@ -37,6 +39,7 @@ pub mod layout;
 pub mod md_layout;
 pub mod parity;
 pub mod ppl;
+pub mod raid10_layout;
 pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;
@@ -49,6 +52,8 @@ mod level;
 mod no_space;
 mod raid0;
 mod raid1;
+mod raid10;
+mod raid10_sync;
 mod raid1_sync;
 mod raid5;
 mod raid5_sync;
@@ -70,6 +75,7 @@ mod volume_tests;
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, RegionIndex, StripeIndex};
 pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
+pub use raid10_layout::{Raid10Map, Raid10Shape};
 pub use rebuild::{RebuildControl, RebuildError, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};
 pub use volume::{MemberState, RaidError, Volume, VolumeEvents};
@@ -93,26 +99,39 @@ pub enum Level {
     /// Striping with rotating P and Q parity (md left-symmetric, layout 2).
     #[serde(rename = "6")]
     Raid6,
+    /// Mirrored chunks in one of md's RAID-10 layouts (`raid10_layout.rs`).
+    #[serde(rename = "10")]
+    Raid10(Raid10Shape),
 }
 
 impl Level {
-    /// The number stored on disk and shown to users (0, 1, 5, 6).
+    /// The number stored on disk and shown to users (0, 1, 5, 6, 10).
     pub const fn number(self) -> u32 {
         match self {
             Level::Raid0 => 0,
             Level::Raid1 => 1,
             Level::Raid5 => 5,
             Level::Raid6 => 6,
+            Level::Raid10(_) => 10,
         }
     }
 
-    /// Inverse of [`Level::number`].
+    /// Inverse of [`Level::number`] (RAID-10 in md's default layout, n2).
     pub const fn from_number(n: u32) -> Option<Level> {
         match n {
             0 => Some(Level::Raid0),
             1 => Some(Level::Raid1),
             5 => Some(Level::Raid5),
             6 => Some(Level::Raid6),
+            10 => Some(Level::Raid10(Raid10Shape::N2)),
+            _ => None,
+        }
+    }
+
+    /// The RAID-10 layout, `None` for the other levels.
+    pub const fn raid10_shape(self) -> Option<Raid10Shape> {
+        match self {
+            Level::Raid10(s) => Some(s),
             _ => None,
         }
     }
@@ -123,6 +142,7 @@ impl Level {
             Level::Raid0 | Level::Raid1 => 2,
             Level::Raid5 => 3,
             Level::Raid6 => 4,
+            Level::Raid10(s) => s.copies(),
         }
     }
 
@@ -133,20 +153,26 @@ impl Level {
     }
 
     /// How many members may be missing while all data stays available,
-    /// for an array of `members` members.
+    /// for an array of `members` members, whichever they are (RAID-10
+    /// survives more when they hold different chunks:
+    /// `Geometry::tolerates`).
     pub const fn redundancy(self, members: usize) -> usize {
         match self {
             Level::Raid0 => 0,
             Level::Raid1 => members.saturating_sub(1),
             Level::Raid5 => 1,
             Level::Raid6 => 2,
+            Level::Raid10(s) => s.copies() - 1,
         }
     }
 }
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raid{}", self.number())
+        match self {
+            Level::Raid10(s) if *s != Raid10Shape::N2 => write!(f, "raid10 ({s})"),
+            _ => write!(f, "raid{}", self.number()),
+        }
     }
 }
 
@@ -158,12 +184,14 @@ impl FromStr for Level {
         t.parse::<u32>()
             .ok()
             .and_then(Level::from_number)
-            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1, 5 or 6"))
+            .ok_or_else(|| format!("unknown RAID level {s:?}: expected 0, 1, 5, 6 or 10"))
     }
 }
 
 #[cfg(test)]
 mod ppl_tests;
+#[cfg(test)]
+mod raid10_tests;
 #[cfg(test)]
 mod raid6_tests;
 #[cfg(test)]

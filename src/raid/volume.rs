@@ -24,7 +24,7 @@ use super::level::{count_true, Clear, LevelIo, MemberOp};
 use super::ppl::ParityLog;
 use super::rebuild::{RebuildError, SyncProgress, SyncTracker};
 use super::stripe_lock::StripeLocks;
-use super::{raid0, raid1, raid5, raid6, Level};
+use super::{raid0, raid1, raid10, raid5, raid6, Level};
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
@@ -179,6 +179,7 @@ fn level_io(level: Level) -> &'static dyn LevelIo {
         Level::Raid1 => &raid1::Raid1,
         Level::Raid5 => &raid5::Raid5,
         Level::Raid6 => &raid6::Raid6,
+        Level::Raid10(_) => &raid10::Raid10,
     }
 }
 
@@ -242,7 +243,8 @@ impl Volume {
         let level = geometry.level();
         let missing = members.iter().filter(|m| m.is_none()).count();
         let redundancy = level.redundancy(geometry.members());
-        if missing > redundancy {
+        let down: Vec<bool> = members.iter().map(Option::is_none).collect();
+        if !geometry.tolerates(&down) {
             return Err(RaidError::TooManyMissing {
                 missing,
                 level,
@@ -424,6 +426,15 @@ impl Volume {
         let (start, end) = self.geometry.member_span(offset, len);
         intent.mark(start, end).await?;
         Ok(Some(IntentGuard::new(intent.clone(), start, end)))
+    }
+
+    /// True while every byte of the volume has a member to come from
+    /// (`Geometry::tolerates` over the members down now).
+    pub(super) fn data_available(&self) -> bool {
+        let down: Vec<bool> = (0..self.slots.len())
+            .map(|m| !self.is_active(MemberIndex(m)))
+            .collect();
+        self.geometry.tolerates(&down)
     }
 
     /// The array geometry.
@@ -780,7 +791,7 @@ impl Volume {
         let flushed = count_true(n, |i| self.write_member(MemberIndex(i), MemberOp::Flush)).await;
         let lost = match self.redundancy() {
             0 => flushed < n,
-            redundancy => self.down_count() > redundancy,
+            _ => !self.data_available(),
         };
         if lost {
             Err(self.data_lost())
