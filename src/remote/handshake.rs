@@ -93,6 +93,10 @@ fn structured_replies<S: Read + Write>(stream: &mut S) -> Result<bool, Handshake
     }
 }
 
+/// `NBD_REP_INFO` replies to GO beyond which a server is taken as hostile
+/// (a server sends one per info type, a handful).
+const MAX_GO_REPLIES: usize = 64;
+
 /// `NBD_OPT_GO` with `NBD_INFO_BLOCK_SIZE` requested.
 fn go<S: Read + Write>(
     stream: &mut S,
@@ -102,7 +106,10 @@ fn go<S: Read + Write>(
     send_option(stream, proto::OPT_GO, &go_payload(export))?;
     let mut export_info = None;
     let mut sizes = BlockSizes::default();
-    loop {
+    for replies in 0.. {
+        if replies == MAX_GO_REPLIES {
+            return Err(ReplyError::Unexpected("NBD_OPT_GO reply after 64 infos").into());
+        }
         let (head, payload) = read_option_reply(stream, proto::OPT_GO)?;
         match head.kind {
             proto::REP_INFO => match reply::parse_info(&payload)? {
