@@ -159,6 +159,7 @@ pub async fn create_array_with(
         .collect();
     let superblocks = first_superblocks(spec, flags, array_uuid, layout, &members);
     write_superblocks(devices, &superblocks).await?;
+    refuse_aliases(devices).await?;
     tracing::info!(name = %spec.name, uuid = %array_uuid, level = %spec.level,
         members = devices.len(), data_size = layout.data_size, "created array");
     Ok(ArrayInfo {
@@ -268,6 +269,29 @@ async fn write_superblocks(
             d.flush().await.map_err(io_err(d))
         }))
         .await?;
+    }
+    Ok(())
+}
+
+/// Two member paths reaching one device by a route `device_id` cannot see
+/// (an NBD export of a file that is also a local member): every member must
+/// read back the superblock of its own role.
+async fn refuse_aliases(devices: &[Arc<dyn BlockDevice>]) -> Result<(), MetaError> {
+    for (role, d) in devices.iter().enumerate() {
+        let found = read_superblock(d.as_ref())
+            .await
+            .map_err(|source| MetaError::Superblock {
+                device: d.name().to_string(),
+                source,
+            })?;
+        let other = found.superblock.role as usize;
+        if other != role {
+            let other = devices.get(other).map_or("another member", |o| o.name());
+            return Err(MetaError::SameDevice(
+                other.to_string(),
+                d.name().to_string(),
+            ));
+        }
     }
     Ok(())
 }

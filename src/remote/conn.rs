@@ -14,7 +14,7 @@
 //! connection is dropped). When either task ends, every waiter gets
 //! [`CallError::Closed`]: a request is answered, or known not to be.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,10 +42,51 @@ struct Waiter {
     read: bool,
     data: Vec<u8>,
     error: Option<u32>,
-    done: Option<oneshot::Sender<Result<Vec<u8>, CallError>>>,
+    /// READ bytes the reply has placed so far, by start (chunks may not
+    /// overlap, and DONE needs them to cover the whole request).
+    covered: BTreeMap<usize, usize>,
+    done: Option<Done>,
 }
 
+type Done = oneshot::Sender<Result<Vec<u8>, CallError>>;
+
 impl Waiter {
+    fn new(read: bool, offset: u64, length: u32, done: Done) -> Waiter {
+        let data = if read {
+            vec![0u8; length as usize]
+        } else {
+            Vec::new()
+        };
+        Waiter {
+            offset,
+            read,
+            data,
+            error: None,
+            covered: BTreeMap::new(),
+            done: Some(done),
+        }
+    }
+
+    /// Records that the reply filled `at`; a chunk over bytes already
+    /// filled is a protocol error.
+    fn cover(&mut self, at: &std::ops::Range<usize>) -> Result<(), ReplyError> {
+        let before = self.covered.range(..=at.start).next_back();
+        let after = self.covered.range(at.start..).next();
+        let overlaps = before.is_some_and(|(_, &end)| end > at.start)
+            || after.is_some_and(|(&start, _)| start < at.end);
+        if overlaps {
+            return Err(ReplyError::Overlap);
+        }
+        self.covered.insert(at.start, at.end);
+        Ok(())
+    }
+
+    /// Whether a successful READ reply has filled every byte asked for.
+    fn complete(&self) -> bool {
+        let filled: usize = self.covered.iter().map(|(s, e)| e - s).sum();
+        !self.read || self.error.is_some() || filled == self.data.len()
+    }
+
     fn finish(mut self) {
         let result = match self.error {
             Some(e) => Err(CallError::Server(e)),
@@ -163,19 +204,8 @@ impl Conn {
             }
             let handle = g.next;
             g.next = g.next.wrapping_add(1);
-            let data = if read {
-                vec![0u8; length as usize]
-            } else {
-                Vec::new()
-            };
-            let waiter = Waiter {
-                offset,
-                read,
-                data,
-                error: None,
-                done: Some(done),
-            };
-            g.waiters.insert(handle, waiter);
+            g.waiters
+                .insert(handle, Waiter::new(read, offset, length, done));
             handle
         };
         let request = Request {
@@ -255,8 +285,12 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
             w.error = Some(h.error);
         } else if w.read {
             r.read_exact(&mut w.data).await?;
+            w.cover(&(0..w.data.len()))?;
         }
         if h.done() {
+            if !w.complete() {
+                return Err(ReplyError::ShortRead(h.handle).into());
+            }
             w.finish();
         } else {
             lock(pending).waiters.insert(h.handle, w);
@@ -276,6 +310,7 @@ async fn read_chunk<R: AsyncRead + Unpin>(
             let offset = r.read_u64().await?;
             let len = u64::from(h.length - 8);
             let at = reply::place(offset, len, w.offset, w.data.len() as u64)?;
+            w.cover(&at)?;
             r.read_exact(&mut w.data[at]).await?;
             Ok(())
         }
@@ -284,6 +319,7 @@ async fn read_chunk<R: AsyncRead + Unpin>(
             r.read_exact(&mut p).await?;
             let (offset, len) = reply::parse_hole(&p)?;
             let at = reply::place(offset, u64::from(len), w.offset, w.data.len() as u64)?;
+            w.cover(&at)?;
             w.data[at].fill(0);
             Ok(())
         }
@@ -312,19 +348,8 @@ pub fn decode_for_fuzz(bytes: &[u8], reads: &[(bool, u64, u32)]) -> usize {
         let mut g = lock(&pending);
         for (i, &(read, offset, len)) in reads.iter().enumerate() {
             let (done, rx) = oneshot::channel();
-            let data = if read {
-                vec![0u8; len as usize]
-            } else {
-                Vec::new()
-            };
-            let w = Waiter {
-                offset,
-                read,
-                data,
-                error: None,
-                done: Some(done),
-            };
-            g.waiters.insert(i as u64, w);
+            g.waiters
+                .insert(i as u64, Waiter::new(read, offset, len, done));
             answers.push(rx);
         }
     }

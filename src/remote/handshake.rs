@@ -93,6 +93,7 @@ fn structured_replies<S: Read + Write>(stream: &mut S) -> Result<bool, Handshake
     }
 }
 
+
 /// `NBD_OPT_GO` with `NBD_INFO_BLOCK_SIZE` requested.
 fn go<S: Read + Write>(
     stream: &mut S,

@@ -5,8 +5,9 @@
 //!  request ─► current connection ─ timeout(request_timeout) ─► reply
 //!     │ connection lost / timed out: drop it, reconnect with backoff
 //!     │ (100 ms doubling to 2 s) and send the request again
-//!     └ unreachable for member_timeout since the first lost request:
-//!       EIO ─► the RAID layer fails the member (degraded, bitmap records)
+//!     └ unreachable, or no answer on live connections, for member_timeout
+//!       since the request began: EIO ─► the RAID layer fails the member
+//!       (degraded, bitmap records)
 //! ```
 //!
 //! A request in flight at a cut is sent again on the new connection (block
@@ -84,6 +85,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 /// An NBD export used as a member.
 pub struct RemoteMember {
     uri: NbdUri,
+    /// [`NbdUri::identity`], resolved at open.
+    identity: String,
     name: String,
     info: Negotiated,
     opts: RemoteOptions,
@@ -101,6 +104,7 @@ impl RemoteMember {
         let uri = NbdUri::from_path(path)?;
         let conn = link::connect_now(&uri, opts.request_timeout())?;
         Ok(RemoteMember {
+            identity: uri.identity(),
             name: path.display().to_string(),
             info: conn.info,
             uri,
@@ -217,10 +221,27 @@ impl RemoteMember {
                 }
                 Ok(Err(_)) | Err(_) => {
                     self.lost(&conn);
+                    // A server that connects but never answers in time is
+                    // as unreachable as one that refuses connections.
+                    if since.elapsed() >= self.opts.member_timeout {
+                        return Err(self.no_answer());
+                    }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    fn no_answer(&self) -> BlockError {
+        let why = format!(
+            "no answer for more than {:?} (member_timeout) over live connections",
+            self.opts.member_timeout
+        );
+        tracing::warn!(member = %self.name, "{why}");
+        BlockError::io(
+            self.name.clone(),
+            io::Error::new(io::ErrorKind::TimedOut, why),
+        )
     }
 
     fn server_error(&self, e: u32) -> BlockError {
@@ -228,9 +249,10 @@ impl RemoteMember {
         BlockError::io(self.name.clone(), io::Error::from_raw_os_error(errno))
     }
 
-    /// Largest payload of one request (a multiple of the minimum block).
+    /// Largest payload of one request: the server's maximum (a multiple
+    /// of its minimum block), however small, capped at 32 MiB.
     fn max_io(&self) -> u64 {
-        u64::from(self.info.sizes.max.min(proto::MAX_PAYLOAD)).max(4096)
+        u64::from(self.info.sizes.max.min(proto::MAX_PAYLOAD)).max(1)
     }
 
     fn check_write(&self, offset: ByteOffset, len: u64) -> BlockResult {
@@ -340,7 +362,7 @@ impl BlockDevice for RemoteMember {
     }
 
     fn device_id(&self) -> Option<DeviceId> {
-        Some(DeviceId::remote(&self.uri.canonical()))
+        Some(DeviceId::remote(&self.identity))
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {

@@ -40,4 +40,6 @@ pub fn open(
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

@@ -56,6 +56,12 @@ pub enum ReplyError {
         /// Bytes it sent.
         len: u64,
     },
+    /// A READ reply's chunks overlap.
+    #[error("reply chunks overlap")]
+    Overlap,
+    /// A READ reply ended before it covered the whole request.
+    #[error("reply to {0:#x} ended before all the data asked for")]
+    ShortRead(u64),
     /// A reply names a handle no request is waiting for.
     #[error("reply for unknown handle {0:#x}")]
     UnknownHandle(u64),
@@ -202,14 +208,14 @@ pub fn parse_info(payload: &[u8]) -> Result<Info, ReplyError> {
 }
 
 /// The protocol's rules: powers of two, min ≤ 64 KiB, min ≤ preferred,
-/// min ≤ max (max need not be a power of two but a multiple of min).
+/// min ≤ max (max need not be a power of two but a multiple of min, or
+/// 0xffffffff for "no limit", as nbdkit's blocksize-policy filter sends).
 fn check_block_sizes(s: BlockSizes) -> Result<BlockSizes, ReplyError> {
     let ok = s.min.is_power_of_two()
         && s.min <= 64 * 1024
         && s.preferred.is_power_of_two()
         && s.preferred >= s.min
-        && s.max >= s.min
-        && s.max.is_multiple_of(s.min);
+        && (s.max == u32::MAX || s.max >= s.min && s.max.is_multiple_of(s.min));
     if ok {
         Ok(s)
     } else {
@@ -429,6 +435,10 @@ mod tests {
             Ok(Info::Export { size: 7, flags: 3 })
         );
         assert!(parse_info(&proto::info_block_size_payload(3, 4096, 4096)).is_err());
+        // Red team: "no maximum" is 0xffffffff, not a multiple of min.
+        let no_max = proto::info_block_size_payload(4096, 4096, u32::MAX);
+        assert!(parse_info(&no_max).is_ok());
+        assert!(parse_info(&proto::info_block_size_payload(4096, 4096, 6144)).is_err());
     }
 
     #[test]

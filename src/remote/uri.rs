@@ -7,6 +7,7 @@
 //! of the same server (port spelled or not) are one member.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 /// The IANA port of NBD.
@@ -57,13 +58,16 @@ pub struct NbdUri {
     pub tls: bool,
 }
 
-/// True when `path` is written as an NBD URI (whether or not it is valid).
+/// True when `path` is written as a URI (`SCHEME://...`), valid or not: a
+/// member path with an unknown scheme (`nbdx://`, `http://`) is refused
+/// when opened ([`UriError::Scheme`]), never taken as a relative file name.
 pub fn is_nbd_uri(path: &Path) -> bool {
-    path.to_str().is_some_and(|s| {
-        ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
-            .iter()
-            .any(|p| s.starts_with(p))
-    })
+    let Some((scheme, _)) = path.to_str().and_then(|s| s.split_once("://")) else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
 }
 
 impl NbdUri {
@@ -117,6 +121,39 @@ impl NbdUri {
     pub fn canonical(&self) -> String {
         self.to_string()
     }
+
+    /// The identity of the export for "same device" checks: the canonical
+    /// URI with the host resolved to its first address (any loopback
+    /// address as 127.0.0.1), the socket path made canonical and TLS left
+    /// out, so two spellings of one export are one member. Blocking (DNS).
+    pub fn identity(&self) -> String {
+        let mut u = self.clone();
+        u.tls = false;
+        match &mut u.endpoint {
+            Endpoint::Tcp { host, port } => {
+                if let Some(ip) = resolve(host, *port) {
+                    *host = ip.to_string();
+                }
+            }
+            Endpoint::Unix(p) => {
+                if let Ok(c) = std::fs::canonicalize(&*p) {
+                    *p = c;
+                }
+            }
+        }
+        u.to_string()
+    }
+}
+
+/// The first address of `host`, loopback as 127.0.0.1, IPv4-mapped IPv6
+/// as IPv4.
+fn resolve(host: &str, port: u16) -> Option<IpAddr> {
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    Some(match addr.ip() {
+        ip if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    })
 }
 
 impl fmt::Display for NbdUri {
@@ -239,6 +276,34 @@ mod tests {
     }
 
     #[test]
+    fn spellings_of_one_export_have_one_identity() {
+        let id = |s: &str| NbdUri::parse(s).unwrap().identity();
+        let one = id("nbd://127.0.0.1:10809/x");
+        for same in [
+            "nbd://localhost/x",
+            "nbd://localhost:10809/x",
+            "nbd://[::1]/x",
+            "nbd://127.0.0.1/x",
+            "nbds://127.0.0.1/x",
+            "nbd://127.0.0.1:10809/%78",
+        ] {
+            assert_eq!(id(same), one, "{same}");
+        }
+        assert_ne!(id("nbd://127.0.0.1:10810/x"), one);
+        assert_ne!(id("nbd://127.0.0.1/y"), one);
+        let (dir, name) = (
+            std::env::temp_dir(),
+            format!("rt-{}.sock", std::process::id()),
+        );
+        let a = format!("nbd+unix:///x?socket={}/{name}", dir.display());
+        let b = format!("nbd+unix:///x?socket={}/./{name}", dir.display());
+        std::fs::write(dir.join(&name), b"").unwrap();
+        let (ia, ib) = (id(&a), id(&b));
+        std::fs::remove_file(dir.join(&name)).unwrap();
+        assert_eq!(ia, ib);
+    }
+
+    #[test]
     fn bad_uris_are_refused() {
         for bad in [
             "http://h/x",
@@ -251,5 +316,11 @@ mod tests {
         }
         assert!(is_nbd_uri(Path::new("nbd://h/x")));
         assert!(!is_nbd_uri(Path::new("/tmp/nbd://x")));
+        assert!(!is_nbd_uri(Path::new("nbd:x")));
+        // Red team: a mistyped scheme is a bad URI, not a file "nbdx:/h/x".
+        for typo in ["nbdx://h/x", "http://h/x", "NBD://h/x"] {
+            assert!(is_nbd_uri(Path::new(typo)), "{typo}");
+            assert!(NbdUri::from_path(Path::new(typo)).is_err(), "{typo}");
+        }
     }
 }
