@@ -307,6 +307,17 @@ pub trait BlockDevice: Send + Sync {
             state: Allocation::DATA,
         }])))
     }
+
+    /// Waits until the device's rate limits (per-volume QoS) let a
+    /// request of `bytes` in `dir` start, and charges it. A caller that
+    /// holds a shared resource while the request runs (the NBD server's
+    /// device budget) waits here first, then makes the request under
+    /// [`crate::qos::prepaid`] so it is not charged twice. Default:
+    /// nothing to wait for.
+    fn admit(&self, dir: crate::qos::Direction, bytes: u64) -> BoxFuture<'_, ()> {
+        let _ = (dir, bytes);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// [`BlockDevice::read_vectored`] on the device's contiguous `read`: a
@@ -451,6 +462,15 @@ macro_rules! forward_to {
         ) -> $crate::block::BoxFuture<'_, $crate::block::BlockResult<$crate::block::AllocationMap>>
         {
             self.$i.allocation(offset, len)
+        }
+    };
+    (@one $i:tt admit) => {
+        fn admit(
+            &self,
+            dir: $crate::qos::Direction,
+            bytes: u64,
+        ) -> $crate::block::BoxFuture<'_, ()> {
+            self.$i.admit(dir, bytes)
         }
     };
     (@one $i:tt write_zeroes) => {

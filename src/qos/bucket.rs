@@ -36,7 +36,10 @@ impl TokenBucket {
     /// `burst` worth of them (at least one token).
     pub fn new(rate: u64, burst: Duration, now: Instant) -> TokenBucket {
         let rate = rate.max(1);
-        let capacity = (i128::from(rate) * burst.as_nanos() as i128).max(NANO);
+        // Saturating: `vraid set --iops 18446744073709551615 --burst 1000d`
+        // must not wrap to a one-token bucket (or panic in a debug build).
+        let burst_ns = i128::try_from(burst.as_nanos()).unwrap_or(i128::MAX);
+        let capacity = i128::from(rate).saturating_mul(burst_ns).max(NANO);
         TokenBucket {
             rate,
             capacity,
@@ -54,8 +57,9 @@ impl TokenBucket {
         if now <= self.at {
             return;
         }
-        let ns = now.duration_since(self.at).as_nanos() as i128;
-        self.level = (self.level + ns * i128::from(self.rate)).min(self.capacity);
+        let ns = i128::try_from(now.duration_since(self.at).as_nanos()).unwrap_or(i128::MAX);
+        let gained = ns.saturating_mul(i128::from(self.rate));
+        self.level = self.level.saturating_add(gained).min(self.capacity);
         self.at = now;
     }
 
@@ -75,13 +79,14 @@ impl TokenBucket {
     /// Takes `cost` tokens at `now` (after [`TokenBucket::ready_at`] said so).
     pub fn take(&mut self, cost: u64, now: Instant) {
         self.refill(now);
-        self.level -= i128::from(cost) * NANO;
+        self.level = self.level.saturating_sub(i128::from(cost) * NANO);
     }
 
     /// Tokens held now, rounded down (negative: owed).
     pub fn level(&mut self, now: Instant) -> i64 {
         self.refill(now);
-        i64::try_from(self.level / NANO).unwrap_or(i64::MIN)
+        let tokens = self.level / NANO;
+        i64::try_from(tokens).unwrap_or(if tokens > 0 { i64::MAX } else { i64::MIN })
     }
 }
 
@@ -160,5 +165,22 @@ mod tests {
         b.take(1, t0);
 
         assert_eq!(b.ready_at(1, t0), t0 + ms(100));
+    }
+
+    /// Red team (RT3): huge rates and bursts (all the CLI and JSON-RPC
+    /// take) saturate instead of wrapping to a one-token bucket or
+    /// panicking.
+    #[tokio::test(start_paused = true)]
+    async fn huge_rates_and_bursts_saturate_instead_of_wrapping() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(u64::MAX, Duration::from_millis(u64::MAX), t0);
+
+        for _ in 0..1000 {
+            assert_eq!(b.ready_at(u64::MAX, t0), t0);
+            b.take(32 << 20, t0);
+        }
+        let much_later = t0 + Duration::from_secs(100 * 365 * 86400);
+        assert_eq!(b.ready_at(u64::MAX, much_later), much_later);
+        assert!(b.level(much_later) > 1 << 40);
     }
 }

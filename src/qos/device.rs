@@ -32,7 +32,7 @@ impl QosDevice {
     /// `op` once the limiter lets a request of `bytes` in `dir` go; `op`
     /// as it is while no limit is set.
     fn limited<'a>(&'a self, dir: Direction, bytes: u64, op: IoFuture<'a>) -> IoFuture<'a> {
-        if !self.limiter.enabled() {
+        if !self.limiter.enabled() || super::is_prepaid() {
             return op;
         }
         Box::pin(async move {
@@ -44,6 +44,10 @@ impl QosDevice {
 
 impl BlockDevice for QosDevice {
     crate::block::forward_to!(inner => name, size, device_id, flush, mark_lost, reserve, allocation);
+
+    fn admit(&self, dir: Direction, bytes: u64) -> crate::block::BoxFuture<'_, ()> {
+        Box::pin(self.limiter.admit(dir, bytes))
+    }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;

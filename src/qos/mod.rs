@@ -12,7 +12,10 @@
 //!
 //! The client stack (`volfault::ClientStack`) puts the [`QosDevice`] on
 //! top, so the time a request waits counts in the volume's latency, and
-//! a held request holds nothing below it.
+//! a held request holds nothing below it. The NBD server waits for
+//! admission ([`crate::block::BlockDevice::admit`]) before it takes its
+//! server-wide device budget and then runs the request [`prepaid`]: a
+//! throttled volume's queue never holds the budget other volumes need.
 
 pub mod bucket;
 mod device;
@@ -24,6 +27,24 @@ use serde::{Deserialize, Serialize};
 
 pub use device::QosDevice;
 pub use limiter::{Direction, Limiter};
+
+tokio::task_local! {
+    /// Set while a request already admitted by
+    /// [`crate::block::BlockDevice::admit`] runs.
+    static PREPAID: ();
+}
+
+/// Runs `fut` as a request already admitted (`BlockDevice::admit`): the
+/// QoS device lets the reads and writes it makes through uncharged. The
+/// device calls must be made inside `fut` (an `async` block), not before.
+pub async fn prepaid<F: std::future::Future>(fut: F) -> F::Output {
+    PREPAID.scope((), fut).await
+}
+
+/// True inside [`prepaid`].
+fn is_prepaid() -> bool {
+    PREPAID.try_with(|_| ()).is_ok()
+}
 
 /// Burst when none is set: a tenth of a second of each rate (QEMU's
 /// default bucket size).

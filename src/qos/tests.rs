@@ -151,3 +151,28 @@ fn an_update_changes_only_the_fields_it_sets() {
     assert!(!QosLimits::default().any());
     assert_eq!(QosLimits::default().describe(), "no limits");
 }
+
+/// Red team (RT3): a request admitted ahead (`BlockDevice::admit`, as
+/// the NBD server does before it takes its device budget) runs under
+/// `prepaid` without being charged again; outside it, the device waits.
+#[tokio::test(start_paused = true)]
+async fn an_admitted_request_is_not_charged_twice() {
+    let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new("m", 1 << 20));
+    let limiter = Arc::new(Limiter::new(limits(|l| l.write_iops = 10)));
+    let dev = QosDevice::new(mem, limiter.clone());
+    let t0 = Instant::now();
+    let buf = vec![7u8; 4096];
+
+    // The burst (one token at 10/s, 100 ms) goes to the admission.
+    dev.admit(Direction::Write, 4096).await;
+    prepaid(async { dev.write(ByteOffset(0), &buf, Durability::Normal).await })
+        .await
+        .unwrap();
+    assert_eq!(Instant::now(), t0, "charged once, at admission");
+    dev.write(ByteOffset(0), &buf, Durability::Normal)
+        .await
+        .unwrap();
+
+    assert_eq!(Instant::now() - t0, Duration::from_millis(100));
+    assert_eq!(limiter.status().throttled_requests, 1);
+}

@@ -22,6 +22,7 @@ use super::transmission::nbd_error;
 use crate::block::{BlockError, Durability};
 use crate::export::in_flight::InFlightRequest;
 use crate::member::buf::AlignedBuf;
+use crate::qos::Direction;
 use crate::units::ByteOffset;
 
 /// What every request of a connection needs, shared by its futures.
@@ -319,9 +320,12 @@ async fn piece_permit(
 /// Writes `data` at `at`, one piece at a time.
 async fn write(ctx: &Context, at: u64, data: &[u8], d: Durability) -> Result<(), Failure> {
     let mut pos = at;
+    let dev = &ctx.export.device;
     for piece in data.chunks(DEVICE_PIECE) {
+        // QoS first: a throttled request must not sit on the budget.
+        dev.admit(Direction::Write, piece.len() as u64).await;
         let _budget = piece_permit(ctx, piece.len()).await?;
-        ctx.export.device.write(ByteOffset(pos), piece, d).await?;
+        crate::qos::prepaid(async { dev.write(ByteOffset(pos), piece, d).await }).await?;
         pos += piece.len() as u64;
     }
     Ok(())
@@ -346,9 +350,11 @@ async fn read(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
     // Aligned: a member reads into it in place when the request is aligned.
     let mut data = AlignedBuf::new(req.length as usize);
     let mut pos = req.offset;
+    let dev = &ctx.export.device;
     for piece in data.as_mut_slice().chunks_mut(DEVICE_PIECE) {
+        dev.admit(Direction::Read, piece.len() as u64).await;
         let _budget = piece_permit(ctx, piece.len()).await?;
-        ctx.export.device.read(ByteOffset(pos), piece).await?;
+        crate::qos::prepaid(async { dev.read(ByteOffset(pos), piece).await }).await?;
         pos += piece.len() as u64;
     }
     if !ctx.structured {
