@@ -457,3 +457,46 @@ fn both_header_copies_damaged_is_a_corrupt_pool_not_no_pool() {
         assert!(matches!(err, PoolError::NoPool(_)), "{err:?}");
     });
 }
+
+/// Break: on a full pool, a TRIM / WRITE_ZEROES of part of a shared
+/// cluster (it must copy on write) failed with ENOSPC although clusters
+/// freed a moment before were pending, where a WRITE of the same bytes
+/// commits them and succeeds. It now frees them the same way.
+#[test]
+fn partial_trim_of_a_shared_cluster_on_a_full_pool_uses_space_just_freed() {
+    rt().block_on(async {
+        let dev = copy_of(&empty_pool_bytes().await).await;
+        let pool = Pool::open(dev, 64).await.unwrap();
+        let total = pool.space().await.free_bytes;
+        pool.create_volume("big", 2 * total).await.unwrap();
+        let big = pool.open_volume("big").await.unwrap();
+        let full = vec![1u8; CS as usize];
+        big.write(ByteOffset(0), &full, Durability::Normal)
+            .await
+            .unwrap();
+        pool.snapshot("big", "s").await.unwrap();
+        let mut at = CS;
+        while big
+            .write(ByteOffset(at), &full, Durability::Normal)
+            .await
+            .is_ok()
+        {
+            at += CS;
+        }
+        big.discard(ByteOffset(CS), CS).await.unwrap();
+        big.discard(ByteOffset(0), 4096).await.unwrap();
+        big.write_zeroes(ByteOffset(8192), 4096, false)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; CS as usize];
+        big.read(ByteOffset(0), &mut buf).await.unwrap();
+        assert!(buf[..4096].iter().all(|b| *b == 0));
+        assert!(buf[4096..8192].iter().all(|b| *b == 1));
+        assert!(buf[8192..12288].iter().all(|b| *b == 0));
+        assert!(buf[12288..].iter().all(|b| *b == 1));
+        let snap = pool.open_volume("s").await.unwrap();
+        snap.read(ByteOffset(0), &mut buf).await.unwrap();
+        assert!(buf.iter().all(|b| *b == 1), "the snapshot keeps its bytes");
+        assert!(pool.check().await.unwrap().clean());
+    });
+}
