@@ -289,6 +289,11 @@ impl Header {
         if !(16..=26).contains(&g.cluster_shift) {
             return bad("cluster shift out of range");
         }
+        // Each checkpoint and commit adds one: 2^62 is never reached by a
+        // real pool, and the counters must not wrap.
+        if self.generation >= 1 << 62 || self.journal_seq >= 1 << 62 {
+            return bad("generation or journal sequence out of range");
+        }
         if !(64..=65536).contains(&g.journal_blocks) || !(1..=64).contains(&g.dir_blocks) {
             return bad("journal or directory size out of range");
         }

@@ -28,6 +28,8 @@ pub mod tree;
 pub mod volumes;
 
 #[cfg(test)]
+mod redteam_tests;
+#[cfg(test)]
 mod scale_tests;
 #[cfg(test)]
 mod tests;

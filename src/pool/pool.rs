@@ -15,8 +15,8 @@ use tokio::sync::{Mutex as AsyncMutex, RwLock};
 
 use crate::block::{BlockDevice, Durability};
 use crate::pool::format::{
-    depth_for, Geometry, Header, Kind, Summary, VolumeRecord, BLOCK, FLAG_DELETING, FLAG_SNAPSHOT,
-    NAME_MAX, RECORDS_PER_DIR, SUMMARY_BLOCK,
+    depth_for, FormatError, Geometry, Header, Kind, Summary, VolumeRecord, BLOCK, FLAG_DELETING,
+    FLAG_SNAPSHOT, NAME_MAX, RECORDS_PER_DIR, SUMMARY_BLOCK,
 };
 use crate::pool::meta::{Meta, Slot};
 use crate::pool::page::Page;
@@ -289,7 +289,7 @@ impl Pool {
                 id: s.rec.id,
                 name: s.rec.name.clone(),
                 size: s.rec.size,
-                mapped_bytes: s.rec.mapped * self.cluster_size(),
+                mapped_bytes: s.rec.mapped.saturating_mul(self.cluster_size()),
                 snapshot: s.rec.is_snapshot(),
                 parent: if s.rec.parent == 0 {
                     None
@@ -311,14 +311,13 @@ impl Pool {
         PoolSpace {
             cluster_size: cs,
             total_bytes: total,
-            used_bytes: total - free,
+            used_bytes: total.saturating_sub(free),
             free_bytes: free,
             provisioned_bytes: m
                 .slots
                 .iter()
                 .filter(|s| !s.rec.is_snapshot() && s.rec.flags & FLAG_DELETING == 0)
-                .map(|s| s.rec.size)
-                .sum(),
+                .fold(0u64, |sum, s| sum.saturating_add(s.rec.size)),
         }
     }
 
@@ -373,12 +372,21 @@ async fn read_header(dev: &dyn BlockDevice) -> Result<(Header, u64), PoolError> 
                 best = Some((h, copy))
             }
             Ok(_) => {}
-            Err(e) => {
-                first_err.get_or_insert(e);
+            // A copy with the pool's magic that fails its checks is a
+            // damaged pool, not "no pool": it must not be served raw.
+            Err(e) if first_err.as_ref().is_none_or(|f| *f == FormatError::Magic) => {
+                first_err = Some(e)
             }
+            Err(_) => {}
         }
     }
-    best.ok_or_else(|| PoolError::NoPool(first_err.expect("both copies failed")))
+    match (best, first_err) {
+        (Some(b), _) => Ok(b),
+        (None, Some(FormatError::Magic)) | (None, None) => {
+            Err(PoolError::NoPool(FormatError::Magic))
+        }
+        (None, Some(e)) => Err(PoolError::Format(e)),
+    }
 }
 
 pub(crate) async fn commit_and_discard(

@@ -35,6 +35,9 @@ pub struct PoolListing {
 pub struct PoolService {
     arrays: Vec<(String, Arc<dyn BlockDevice>)>,
     pools: tokio::sync::Mutex<Vec<(String, Arc<Pool>)>>,
+    /// Arrays whose pool could not be opened, and why: neither the array
+    /// nor its volumes are exported; the other arrays serve on.
+    broken: std::sync::Mutex<Vec<(String, String)>>,
     pub(crate) sink: Arc<dyn ExportSink>,
 }
 
@@ -56,41 +59,60 @@ fn describe(pool: &str, v: &VolumeInfo) -> String {
 
 impl PoolService {
     /// Opens the pool of every array that holds one and exports its
-    /// volumes (instead of the array). Corrupt pool metadata is an error.
+    /// volumes (instead of the array). A pool that cannot be opened
+    /// (corrupt metadata) is logged and left out, its array unexported;
+    /// the other arrays and pools serve on.
     pub async fn open(
         arrays: Vec<(String, Arc<dyn BlockDevice>)>,
         sink: Arc<dyn ExportSink>,
     ) -> Result<Arc<PoolService>, (String, PoolError)> {
         let mut pools = Vec::new();
+        let mut broken = Vec::new();
         for (name, dev) in &arrays {
             match Pool::open(dev.clone(), DEFAULT_CACHE_PAGES).await {
                 Ok(pool) => pools.push((name.clone(), pool)),
                 Err(PoolError::NoPool(_)) => {}
-                Err(PoolError::Io(e)) => {
-                    // Unreadable now: served as before pools (a failing
-                    // array is still exported), with the reason logged.
-                    tracing::error!(array = name, error = %e, "cannot read the array's pool header; serving the array itself");
+                Err(e) => {
+                    tracing::error!(array = %name, error = %e, "pool not opened; array not exported");
+                    sink.remove(name);
+                    broken.push((name.clone(), e.to_string()));
                 }
-                Err(e) => return Err((name.clone(), e)),
             }
         }
         let service = Arc::new(PoolService {
             arrays,
             pools: tokio::sync::Mutex::new(pools.clone()),
+            broken: std::sync::Mutex::new(broken),
             sink,
         });
+        let mut taken: std::collections::HashSet<String> =
+            service.arrays.iter().map(|(n, _)| n.clone()).collect();
         for (name, pool) in &pools {
             service
-                .export_pool(name, pool)
+                .export_pool(name, pool, &mut taken)
                 .await
                 .map_err(|e| (name.clone(), e))?;
         }
         Ok(service)
     }
 
-    async fn export_pool(&self, name: &str, pool: &Arc<Pool>) -> Result<(), PoolError> {
+    /// Exports the volumes of `pool` whose names no array and no earlier
+    /// pool's volume holds (pools laid by different daemons may share a
+    /// name): a volume that would shadow another export is left out and
+    /// logged, so the export and `volume.*` always mean the same volume.
+    async fn export_pool(
+        &self,
+        name: &str,
+        pool: &Arc<Pool>,
+        taken: &mut std::collections::HashSet<String>,
+    ) -> Result<(), PoolError> {
         self.sink.remove(name);
         for v in pool.volumes().await {
+            if !taken.insert(v.name.clone()) {
+                tracing::error!(pool = %name, volume = %v.name,
+                    "volume not exported: an array or another pool's volume has its name");
+                continue;
+            }
             self.export(name, pool, &v).await?;
         }
         Ok(())
@@ -120,11 +142,16 @@ impl PoolService {
 
     pub(crate) async fn pool(&self, name: &str) -> Result<Arc<Pool>, PoolError> {
         let pools = self.pools.lock().await;
-        pools
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p.clone())
-            .ok_or_else(|| PoolError::Invalid(format!("no pool on array {name:?}")))
+        if let Some((_, p)) = pools.iter().find(|(n, _)| n == name) {
+            return Ok(p.clone());
+        }
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        match broken.iter().find(|(n, _)| n == name) {
+            Some((_, why)) => Err(PoolError::Invalid(format!(
+                "the pool on array {name:?} could not be opened: {why}"
+            ))),
+            None => Err(PoolError::Invalid(format!("no pool on array {name:?}"))),
+        }
     }
 
     /// The pool holding volume `name`, and the pool's name.
@@ -161,13 +188,21 @@ impl PoolService {
             .find(|(n, _)| n == array)
             .map(|(_, d)| d.clone())
             .ok_or_else(|| PoolError::Invalid(format!("no array named {array:?}")))?;
-        if self.pool(array).await.is_ok() {
+        // Held through the create: two racing creates on one array must
+        // not both lay a pool and open it.
+        let mut pools = self.pools.lock().await;
+        if pools.iter().any(|(n, _)| n == array) {
             return Err(PoolError::Exists(format!("pool on {array}")));
         }
         Pool::create(dev.as_ref(), opts).await?;
         let pool = Pool::open(dev, DEFAULT_CACHE_PAGES).await?;
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| n != array);
         self.sink.remove(array);
-        self.pools.lock().await.push((array.to_string(), pool));
+        pools.push((array.to_string(), pool));
+        drop(pools);
         self.listing(array).await
     }
 

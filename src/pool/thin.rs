@@ -163,19 +163,25 @@ impl ThinVolume {
         let mut changed = false;
         for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
             let data = &buf[p.at..p.at + p.len as usize];
-            let gate = self.pool.gate.read().await;
-            let r = self.write_piece(p, data).await;
-            drop(gate);
-            changed |= match r {
-                Err(PoolError::NoSpace) if self.has_pending().await => {
-                    self.pool.flush().await.map_err(|e| self.err(e))?;
-                    let _gate = self.pool.gate.read().await;
-                    self.write_piece(p, data).await.map_err(|e| self.err(e))?
-                }
-                r => r.map_err(|e| self.err(e))?,
-            };
+            changed |= self.write_piece_gated(p, data).await?;
         }
         self.finish_durability(changed, durability).await
+    }
+
+    /// One piece under the I/O gate; a pool found full with clusters
+    /// pending is committed (they become free) and the piece tried again.
+    async fn write_piece_gated(&self, p: Piece, data: &[u8]) -> BlockResult<bool> {
+        let gate = self.pool.gate.read().await;
+        let r = self.write_piece(p, data).await;
+        drop(gate);
+        match r {
+            Err(PoolError::NoSpace) if self.has_pending().await => {
+                self.pool.flush().await.map_err(|e| self.err(e))?;
+                let _gate = self.pool.gate.read().await;
+                self.write_piece(p, data).await.map_err(|e| self.err(e))
+            }
+            r => r.map_err(|e| self.err(e)),
+        }
     }
 
     async fn has_pending(&self) -> bool {
@@ -200,9 +206,9 @@ impl ThinVolume {
         }
         check_range(offset, len, self.size())?;
         let cs = self.pool.cluster_size();
-        let _gate = self.pool.gate.read().await;
         for p in pieces(offset.get(), len, cs) {
             if p.len == cs {
+                let _gate = self.pool.gate.read().await;
                 let mut m = self.pool.meta.lock().await;
                 let i = m.by_id(self.id).map_err(|e| self.err(e))?;
                 m.unmap(i, p.vc).await.map_err(|e| self.err(e))?;
@@ -214,8 +220,9 @@ impl ThinVolume {
                 .cluster
                 .is_some()
             {
+                // As a write: a full pool with clusters pending frees them.
                 let zeros = vec![0u8; p.len as usize];
-                self.write_piece(p, &zeros).await.map_err(|e| self.err(e))?;
+                self.write_piece_gated(p, &zeros).await?;
             }
         }
         Ok(())

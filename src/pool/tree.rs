@@ -147,7 +147,12 @@ impl Meta {
         }
         self.store.page_mut(leaf).await?.set_entry(k, 0);
         self.add_ccount(old, -1).await?;
-        self.slots[i].rec.mapped -= 1;
+        self.slots[i].rec.mapped = self.slots[i].rec.mapped.checked_sub(1).ok_or_else(|| {
+            PoolError::Corrupt(format!(
+                "{}: mapped count below zero",
+                self.slots[i].rec.name
+            ))
+        })?;
         self.save_slot(i).await
     }
 
@@ -237,7 +242,7 @@ impl Meta {
         if old != 0 {
             self.add_ccount(old, -1).await
         } else {
-            self.slots[i].rec.mapped += 1;
+            self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
             self.save_slot(i).await
         }
     }
