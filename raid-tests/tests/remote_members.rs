@@ -23,6 +23,8 @@ struct Remote {
     export: String,
     /// vraid's own server, when the remote is one.
     vraid: Option<Server>,
+    /// `nbds://` with this `tls-certificates` directory.
+    tls: Option<PathBuf>,
 }
 
 impl Remote {
@@ -52,20 +54,28 @@ impl Remote {
 
     /// Another vraid serving a RAID-1 of two files in `dir` as `rvol`.
     fn vraid(dir: &Path) -> Remote {
+        Remote::vraid_with(dir, &[])
+    }
+
+    /// [`Remote::vraid`] with more `vraid serve` options.
+    fn vraid_with(dir: &Path, extra: &[String]) -> Remote {
         let paths = vec![dir.join("r0.img"), dir.join("r1.img")];
         create_array(1, "64K", "288M", "rvol", &paths);
         let control = dir.join("rctl.sock");
-        let server = Server::start(&[
+        let mut args = vec![
             paths[0].to_str().unwrap(),
             paths[1].to_str().unwrap(),
             "--control",
             control.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let server = Server::start(&args);
         Remote {
             child: None,
             port: server.addr.port(),
             export: "rvol".into(),
             vraid: Some(server),
+            tls: None,
         }
     }
 
@@ -81,11 +91,26 @@ impl Remote {
             port,
             export: export.into(),
             vraid: None,
+            tls: None,
         }
     }
 
     fn uri(&self) -> String {
-        format!("nbd://127.0.0.1:{}/{}", self.port, self.export)
+        match &self.tls {
+            None => format!("nbd://127.0.0.1:{}/{}", self.port, self.export),
+            Some(d) => format!(
+                "nbds://localhost:{}/{}?tls-certificates={}",
+                self.port,
+                self.export,
+                d.display()
+            ),
+        }
+    }
+
+    /// Names the export `nbds://`, trusting the CA of `client_dir`.
+    fn over_tls(mut self, client_dir: PathBuf) -> Remote {
+        self.tls = Some(client_dir);
+        self
     }
 
     /// SIGKILL.
@@ -313,25 +338,6 @@ fn the_same_export_twice_in_one_array_is_refused() {
     assert!(err.contains("are the same device"), "{err}");
 }
 
-#[test]
-fn nbds_members_are_refused_until_tls_is_built() {
-    let dir = scratch_dir("remote-nbds");
-    let out = run(vraid(&[
-        "create",
-        "--level",
-        "1",
-        "--member-size",
-        MEMBER,
-        "--name",
-        "vol0",
-    ])
-    .arg(dir.path().join("local.img"))
-    .arg("nbds://127.0.0.1:1/x"));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TLS not built yet"), "{err}");
-}
-
 /// A network namespace with a veth pair to it and nbdkit inside, all
 /// removed when dropped (also when the test fails).
 struct Netns {
@@ -517,4 +523,111 @@ fn a_config_file_volume_with_a_remote_member_is_created_and_served() {
     let dump = dir.path().join("remote.dump");
     remote.dump(&dump);
     assert!(member_data(&local) == member_data(&dump), "mirrors differ");
+}
+
+/// qemu-io writes patterns through our export, whose second mirror is
+/// `remote` (an `nbds://` member), reads them back, then both mirrors
+/// hold the same bytes.
+fn mirror_over_qemu_io(remote: &Remote, dir: &Path) {
+    // Arrange
+    let local = dir.join("local.img");
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.join("ctl.sock");
+    let server = start(&[local.to_str().unwrap(), &uri], &control, "30s");
+    let writes = [
+        (0x5a, 0u64, "4M"),
+        (0xa5, 100 << 20, "8M"),
+        (0x3c, 200 << 20, "1M"),
+    ];
+
+    // Act
+    for (p, at, len) in writes {
+        qemu_io(
+            &server.uri("vol0"),
+            &[format!("write -P {p:#x} {at} {len}")],
+        );
+    }
+    for (p, at, len) in writes {
+        qemu_io(&server.uri("vol0"), &[format!("read -P {p:#x} {at} {len}")]);
+    }
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let dump = dir.join("remote.dump");
+    remote.dump(&dump);
+    let data = member_data(&dump);
+    assert!(member_data(&local) == data, "mirrors differ");
+    assert!(data[100 << 20..(100 << 20) + 4096]
+        .iter()
+        .all(|&b| b == 0xa5));
+}
+
+fn nbdkit_tls(port: u16, server_dir: &Path, plugin: &[&str]) -> Remote {
+    let certs = format!("--tls-certificates={}", server_dir.display());
+    let mut args = vec!["--tls=require", certs.as_str()];
+    args.extend(plugin);
+    Remote::nbdkit(port, &args)
+}
+
+#[test]
+fn raid1_with_an_nbds_nbdkit_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbds-nbdkit");
+    let pki = TestPki::new(dir.path());
+    let remote = nbdkit_tls(free_port(), &pki.server_dir(), &["memory", "384M"])
+        .over_tls(pki.anonymous_client());
+    mirror_over_qemu_io(&remote, dir.path());
+}
+
+#[test]
+fn raid1_with_an_nbds_vraid_export_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbds-vraid");
+    let pki = TestPki::new(dir.path());
+    let remote =
+        Remote::vraid_with(dir.path(), &pki.serve_args("require")).over_tls(pki.anonymous_client());
+    mirror_over_qemu_io(&remote, dir.path());
+}
+
+fn create_fails(dir: &Path, member: &str) -> String {
+    let out = run(vraid(&[
+        "create",
+        "--level",
+        "1",
+        "--member-size",
+        MEMBER,
+        "--name",
+        "vol0",
+    ])
+    .arg(dir.join("local.img"))
+    .arg(member));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn nbds_members_refuse_an_untrusted_server_and_a_server_without_tls() {
+    // Arrange: nbdkit with a certificate of our CA; a client trusting
+    // another CA only; a plain nbdkit that does not offer STARTTLS.
+    let dir = scratch_dir("remote-nbds-refused");
+    let pki = TestPki::new(dir.path());
+    let other = TestPki::new(&dir.path().join("other"));
+    let remote = nbdkit_tls(free_port(), &pki.server_dir(), &["memory", "384M"]);
+    let plain = Remote::nbdkit(free_port(), &["memory", "384M"]);
+
+    // Act
+    let untrusted = create_fails(dir.path(), &remote.over_tls(other.anonymous_client()).uri());
+    let refused = create_fails(dir.path(), &plain.over_tls(pki.anonymous_client()).uri());
+
+    // Assert
+    assert!(untrusted.contains("TLS with"), "{untrusted}");
+    assert!(untrusted.contains("certificate"), "{untrusted}");
+    assert!(refused.contains("refused NBD_OPT_STARTTLS"), "{refused}");
 }

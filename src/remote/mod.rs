@@ -4,7 +4,8 @@
 //!  uri        nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds...
 //!  reply      parsers of the server's bytes (fuzzed: nbd_server_bytes)
 //!  handshake  fixed newstyle, STRUCTURED_REPLY, GO + INFO_BLOCK_SIZE
-//!  link       sockets, handshake timeout, the TLS seam (nbds://)
+//!  link       sockets, handshake timeout
+//!  tls_link   nbds://: STARTTLS, the upgrade, the handshake over TLS
 //!  conn       one connection: pipelined requests by handle, reader/writer tasks
 //!  member     RemoteMember: BlockDevice, request timeout, reconnect,
 //!             member_timeout
@@ -20,6 +21,7 @@ pub mod handshake;
 pub mod link;
 mod member;
 pub mod reply;
+mod tls_link;
 pub mod uri;
 
 pub use link::LinkError;
