@@ -631,3 +631,65 @@ fn nbds_members_refuse_an_untrusted_server_and_a_server_without_tls() {
     assert!(untrusted.contains("certificate"), "{untrusted}");
     assert!(refused.contains("refused NBD_OPT_STARTTLS"), "{refused}");
 }
+
+/// The `vraid_member_remote_reconnects_total` value of role 1 in `text`.
+fn scraped_reconnects(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("vraid_member_remote_reconnects_total{") && l.contains("member=\"1\"")
+        })
+        .unwrap_or_else(|| panic!("no remote reconnects series:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn remote_member_stats_count_a_reconnect_after_the_server_restarts() {
+    // Arrange: a RAID-1 of a local file and an nbdkit file export, with
+    // member_timeout long enough for a restart; writes answered.
+    let dir = scratch_dir("remote-stats");
+    let (local, file) = (dir.path().join("local.img"), dir.path().join("remote.img"));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let port = free_port();
+    let mut remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = control_args(&control, &[local.to_str().unwrap(), &uri]);
+    args.extend(["--metrics".into(), metrics.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with_env(&args, &[("VRAID_MEMBER_TIMEOUT", "60s")]);
+    qemu_io(&server.uri("vol0"), &["write -P 0x11 0 1M".to_string()]);
+    let first = volume_status(&control, "vol0")["members"][1]["remote"].clone();
+
+    // Act: SIGKILL the server, restart it on the same port, write again.
+    remote.kill();
+    let _remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    qemu_io(&server.uri("vol0"), &["write -P 0x22 1M 1M".to_string()]);
+    let status = volume_status(&control, "vol0");
+    let text = vraid_ctl_ok(&control, &["status"]);
+    let scraped = scrape(&metrics);
+    assert_eq!(server.stop(), 0);
+
+    // Assert: no reconnect before, one after; latency measured; in the
+    // text, the JSON and the metrics alike.
+    assert_eq!(first["reconnects"], 0, "{first}");
+    assert!(first["requests"].as_u64().unwrap() > 0, "{first}");
+    let after = &status["members"][1]["remote"];
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert_eq!(after["reconnects"], 1, "{after}");
+    assert!(after["latency_us_max"].as_u64().unwrap() > 0, "{after}");
+    assert!(status["members"][0].get("remote").is_none());
+    assert!(text.contains("1 reconnects"), "{text}");
+    assert_eq!(scraped_reconnects(&scraped), 1);
+}

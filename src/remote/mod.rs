@@ -21,11 +21,13 @@ pub mod handshake;
 pub mod link;
 mod member;
 pub mod reply;
+pub mod stats;
 mod tls_link;
 pub mod uri;
 
 pub use link::LinkError;
-pub use member::{RemoteMember, RemoteOptions, RemoteStats};
+pub use member::{RemoteMember, RemoteOptions};
+pub use stats::{RemoteSnapshot, RemoteStats};
 pub use uri::{is_nbd_uri, NbdUri};
 
 /// Opens the remote member a member path names (`is_nbd_uri(path)`).
