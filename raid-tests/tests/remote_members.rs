@@ -693,3 +693,53 @@ fn remote_member_stats_count_a_reconnect_after_the_server_restarts() {
     assert!(text.contains("1 reconnects"), "{text}");
     assert_eq!(scraped_reconnects(&scraped), 1);
 }
+
+#[test]
+fn raid1_with_an_nbds_unix_member_checks_the_tls_hostname() {
+    // Arrange: nbdkit over TLS on a Unix socket (certificate for localhost).
+    let dir = scratch_dir("remote-nbds-unix");
+    let pki = TestPki::new(dir.path());
+    let sock = dir.path().join("nbdkit.sock");
+    let certs = format!("--tls-certificates={}", pki.server_dir().display());
+    let mut nbdkit = Command::new("nbdkit")
+        .args(["-f", "-U"])
+        .arg(&sock)
+        .args(["--tls=require", &certs, "memory", "384M"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn nbdkit");
+    wait_for_socket(&sock);
+    let client = pki.anonymous_client();
+    let uri = |host: &str| {
+        format!(
+            "nbds+unix:///?socket={}&tls-certificates={}&tls-hostname={host}",
+            sock.display(),
+            client.display()
+        )
+    };
+    let local = dir.path().join("local.img");
+
+    // Act
+    let wrong = create_fails(dir.path(), &uri("elsewhere.example"));
+    let good = uri("localhost");
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&good)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let server = start(&[local.to_str().unwrap(), &good], &control, "30s");
+    qemu_io(&server.uri("vol0"), &["write -P 0x77 8M 2M".to_string()]);
+    qemu_io(&server.uri("vol0"), &["read -P 0x77 8M 2M".to_string()]);
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+
+    // Assert
+    assert!(wrong.contains("TLS with"), "{wrong}");
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert!(status["members"][1]["remote"]["requests"].as_u64().unwrap() > 0);
+}

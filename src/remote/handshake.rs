@@ -253,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn start_tls_needs_an_ack_and_a_refusal_is_an_error() {
+        for (kind, ok) in [(proto::REP_ACK, true), (proto::REP_ERR_UNSUP, false)] {
+            let mut s = proto::greeting().to_vec();
+            proto::encode_option_reply(&mut s, proto::OPT_STARTTLS, kind, b"no");
+            let mut stream = Scripted(io::Cursor::new(s));
+            greet(&mut stream).unwrap();
+            let r = start_tls(&mut stream);
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+        }
+    }
+
+    #[test]
     fn truncated_handshakes_are_errors() {
         let bytes = server_bytes(proto::REP_ACK, &[proto::info_export_payload(8, 1)]);
         for cut in 0..bytes.len() {
