@@ -23,6 +23,8 @@ struct Remote {
     export: String,
     /// vraid's own server, when the remote is one.
     vraid: Option<Server>,
+    /// `nbds://` with this `tls-certificates` directory.
+    tls: Option<PathBuf>,
 }
 
 impl Remote {
@@ -52,20 +54,28 @@ impl Remote {
 
     /// Another vraid serving a RAID-1 of two files in `dir` as `rvol`.
     fn vraid(dir: &Path) -> Remote {
+        Remote::vraid_with(dir, &[])
+    }
+
+    /// [`Remote::vraid`] with more `vraid serve` options.
+    fn vraid_with(dir: &Path, extra: &[String]) -> Remote {
         let paths = vec![dir.join("r0.img"), dir.join("r1.img")];
         create_array(1, "64K", "288M", "rvol", &paths);
         let control = dir.join("rctl.sock");
-        let server = Server::start(&[
+        let mut args = vec![
             paths[0].to_str().unwrap(),
             paths[1].to_str().unwrap(),
             "--control",
             control.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let server = Server::start(&args);
         Remote {
             child: None,
             port: server.addr.port(),
             export: "rvol".into(),
             vraid: Some(server),
+            tls: None,
         }
     }
 
@@ -81,11 +91,26 @@ impl Remote {
             port,
             export: export.into(),
             vraid: None,
+            tls: None,
         }
     }
 
     fn uri(&self) -> String {
-        format!("nbd://127.0.0.1:{}/{}", self.port, self.export)
+        match &self.tls {
+            None => format!("nbd://127.0.0.1:{}/{}", self.port, self.export),
+            Some(d) => format!(
+                "nbds://localhost:{}/{}?tls-certificates={}",
+                self.port,
+                self.export,
+                d.display()
+            ),
+        }
+    }
+
+    /// Names the export `nbds://`, trusting the CA of `client_dir`.
+    fn over_tls(mut self, client_dir: PathBuf) -> Remote {
+        self.tls = Some(client_dir);
+        self
     }
 
     /// SIGKILL.
@@ -313,25 +338,6 @@ fn the_same_export_twice_in_one_array_is_refused() {
     assert!(err.contains("are the same device"), "{err}");
 }
 
-#[test]
-fn nbds_members_are_refused_until_tls_is_built() {
-    let dir = scratch_dir("remote-nbds");
-    let out = run(vraid(&[
-        "create",
-        "--level",
-        "1",
-        "--member-size",
-        MEMBER,
-        "--name",
-        "vol0",
-    ])
-    .arg(dir.path().join("local.img"))
-    .arg("nbds://127.0.0.1:1/x"));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("TLS not built yet"), "{err}");
-}
-
 /// A network namespace with a veth pair to it and nbdkit inside, all
 /// removed when dropped (also when the test fails).
 struct Netns {
@@ -517,4 +523,223 @@ fn a_config_file_volume_with_a_remote_member_is_created_and_served() {
     let dump = dir.path().join("remote.dump");
     remote.dump(&dump);
     assert!(member_data(&local) == member_data(&dump), "mirrors differ");
+}
+
+/// qemu-io writes patterns through our export, whose second mirror is
+/// `remote` (an `nbds://` member), reads them back, then both mirrors
+/// hold the same bytes.
+fn mirror_over_qemu_io(remote: &Remote, dir: &Path) {
+    // Arrange
+    let local = dir.join("local.img");
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.join("ctl.sock");
+    let server = start(&[local.to_str().unwrap(), &uri], &control, "30s");
+    let writes = [
+        (0x5a, 0u64, "4M"),
+        (0xa5, 100 << 20, "8M"),
+        (0x3c, 200 << 20, "1M"),
+    ];
+
+    // Act
+    for (p, at, len) in writes {
+        qemu_io(
+            &server.uri("vol0"),
+            &[format!("write -P {p:#x} {at} {len}")],
+        );
+    }
+    for (p, at, len) in writes {
+        qemu_io(&server.uri("vol0"), &[format!("read -P {p:#x} {at} {len}")]);
+    }
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let dump = dir.join("remote.dump");
+    remote.dump(&dump);
+    let data = member_data(&dump);
+    assert!(member_data(&local) == data, "mirrors differ");
+    assert!(data[100 << 20..(100 << 20) + 4096]
+        .iter()
+        .all(|&b| b == 0xa5));
+}
+
+fn nbdkit_tls(port: u16, server_dir: &Path, plugin: &[&str]) -> Remote {
+    let certs = format!("--tls-certificates={}", server_dir.display());
+    let mut args = vec!["--tls=require", certs.as_str()];
+    args.extend(plugin);
+    Remote::nbdkit(port, &args)
+}
+
+#[test]
+fn raid1_with_an_nbds_nbdkit_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbds-nbdkit");
+    let pki = TestPki::new(dir.path());
+    let remote = nbdkit_tls(free_port(), &pki.server_dir(), &["memory", "384M"])
+        .over_tls(pki.anonymous_client());
+    mirror_over_qemu_io(&remote, dir.path());
+}
+
+#[test]
+fn raid1_with_an_nbds_vraid_export_member_mirrors_byte_for_byte() {
+    let dir = scratch_dir("remote-nbds-vraid");
+    let pki = TestPki::new(dir.path());
+    let remote =
+        Remote::vraid_with(dir.path(), &pki.serve_args("require")).over_tls(pki.anonymous_client());
+    mirror_over_qemu_io(&remote, dir.path());
+}
+
+fn create_fails(dir: &Path, member: &str) -> String {
+    let out = run(vraid(&[
+        "create",
+        "--level",
+        "1",
+        "--member-size",
+        MEMBER,
+        "--name",
+        "vol0",
+    ])
+    .arg(dir.join("local.img"))
+    .arg(member));
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn nbds_members_refuse_an_untrusted_server_and_a_server_without_tls() {
+    // Arrange: nbdkit with a certificate of our CA; a client trusting
+    // another CA only; a plain nbdkit that does not offer STARTTLS.
+    let dir = scratch_dir("remote-nbds-refused");
+    let pki = TestPki::new(dir.path());
+    let other = TestPki::new(&dir.path().join("other"));
+    let remote = nbdkit_tls(free_port(), &pki.server_dir(), &["memory", "384M"]);
+    let plain = Remote::nbdkit(free_port(), &["memory", "384M"]);
+
+    // Act
+    let untrusted = create_fails(dir.path(), &remote.over_tls(other.anonymous_client()).uri());
+    let refused = create_fails(dir.path(), &plain.over_tls(pki.anonymous_client()).uri());
+
+    // Assert
+    assert!(untrusted.contains("TLS with"), "{untrusted}");
+    assert!(untrusted.contains("certificate"), "{untrusted}");
+    assert!(refused.contains("refused NBD_OPT_STARTTLS"), "{refused}");
+}
+
+/// The `vraid_member_remote_reconnects_total` value of role 1 in `text`.
+fn scraped_reconnects(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("vraid_member_remote_reconnects_total{") && l.contains("member=\"1\"")
+        })
+        .unwrap_or_else(|| panic!("no remote reconnects series:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn remote_member_stats_count_a_reconnect_after_the_server_restarts() {
+    // Arrange: a RAID-1 of a local file and an nbdkit file export, with
+    // member_timeout long enough for a restart; writes answered.
+    let dir = scratch_dir("remote-stats");
+    let (local, file) = (dir.path().join("local.img"), dir.path().join("remote.img"));
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    let port = free_port();
+    let mut remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    let uri = remote.uri();
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = control_args(&control, &[local.to_str().unwrap(), &uri]);
+    args.extend(["--metrics".into(), metrics.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with_env(&args, &[("VRAID_MEMBER_TIMEOUT", "60s")]);
+    qemu_io(&server.uri("vol0"), &["write -P 0x11 0 1M".to_string()]);
+    let first = volume_status(&control, "vol0")["members"][1]["remote"].clone();
+
+    // Act: SIGKILL the server, restart it on the same port, write again.
+    remote.kill();
+    let _remote = Remote::nbdkit(port, &["file", file.to_str().unwrap()]);
+    qemu_io(&server.uri("vol0"), &["write -P 0x22 1M 1M".to_string()]);
+    let status = volume_status(&control, "vol0");
+    let text = vraid_ctl_ok(&control, &["status"]);
+    let scraped = scrape(&metrics);
+    assert_eq!(server.stop(), 0);
+
+    // Assert: no reconnect before, one after; latency measured; in the
+    // text, the JSON and the metrics alike.
+    assert_eq!(first["reconnects"], 0, "{first}");
+    assert!(first["requests"].as_u64().unwrap() > 0, "{first}");
+    let after = &status["members"][1]["remote"];
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert_eq!(after["reconnects"], 1, "{after}");
+    assert!(after["latency_us_max"].as_u64().unwrap() > 0, "{after}");
+    assert!(status["members"][0].get("remote").is_none());
+    assert!(text.contains("1 reconnects"), "{text}");
+    assert_eq!(scraped_reconnects(&scraped), 1);
+}
+
+#[test]
+fn raid1_with_an_nbds_unix_member_checks_the_tls_hostname() {
+    // Arrange: nbdkit over TLS on a Unix socket (certificate for localhost).
+    let dir = scratch_dir("remote-nbds-unix");
+    let pki = TestPki::new(dir.path());
+    let sock = dir.path().join("nbdkit.sock");
+    let certs = format!("--tls-certificates={}", pki.server_dir().display());
+    let mut nbdkit = Command::new("nbdkit")
+        .args(["-f", "-U"])
+        .arg(&sock)
+        .args(["--tls=require", &certs, "memory", "384M"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn nbdkit");
+    wait_for_socket(&sock);
+    let client = pki.anonymous_client();
+    let uri = |host: &str| {
+        format!(
+            "nbds+unix:///?socket={}&tls-certificates={}&tls-hostname={host}",
+            sock.display(),
+            client.display()
+        )
+    };
+    let local = dir.path().join("local.img");
+
+    // Act
+    let wrong = create_fails(dir.path(), &uri("elsewhere.example"));
+    let good = uri("localhost");
+    create_array(
+        1,
+        "64K",
+        MEMBER,
+        "vol0",
+        &[local.clone(), PathBuf::from(&good)],
+    );
+    let control = dir.path().join("ctl.sock");
+    let server = start(&[local.to_str().unwrap(), &good], &control, "30s");
+    qemu_io(&server.uri("vol0"), &["write -P 0x77 8M 2M".to_string()]);
+    qemu_io(&server.uri("vol0"), &["read -P 0x77 8M 2M".to_string()]);
+    let status = volume_status(&control, "vol0");
+    assert_eq!(server.stop(), 0);
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+
+    // Assert
+    assert!(wrong.contains("TLS with"), "{wrong}");
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    assert!(status["members"][1]["remote"]["requests"].as_u64().unwrap() > 0);
 }

@@ -157,6 +157,14 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
             m.faults,
             m.path.as_deref().unwrap_or("-"),
         );
+        if let Some(r) = &m.remote {
+            let _ = writeln!(
+                out,
+                "        remote: latency avg {} us max {} us over {} requests, \
+                 {} reconnects, {} timeouts, {} retries",
+                r.latency_us_avg, r.latency_us_max, r.requests, r.reconnects, r.timeouts, r.retries,
+            );
+        }
     }
 }
 

@@ -351,13 +351,17 @@ impl VolumeHandle {
     pub fn member_status(&self) -> Vec<MemberStatus> {
         self.members
             .iter()
-            .map(|m| MemberStatus {
-                role: m.role,
-                path: self.current_path(m.role),
-                state: self.member_state(m.role),
-                faults: m.faults.rules().len(),
-                io: m.stats.summary(),
-                checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
+            .map(|m| {
+                let path = self.current_path(m.role);
+                MemberStatus {
+                    role: m.role,
+                    remote: path.as_deref().and_then(crate::remote::stats::snapshot),
+                    path,
+                    state: self.member_state(m.role),
+                    faults: m.faults.rules().len(),
+                    io: m.stats.summary(),
+                    checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
+                }
             })
             .collect()
     }

@@ -176,6 +176,9 @@ pub struct MemberStatus {
     pub io: IoSummary,
     /// 4 KiB blocks that failed their checksum when read.
     pub checksum_errors: u64,
+    /// A remote (NBD) member's latency, reconnects and timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::RemoteSnapshot>,
 }
 
 /// One volume in `status`.

@@ -171,6 +171,7 @@ pub(crate) fn sample_reply() -> StatusReply {
         faults: 1,
         io,
         checksum_errors: 2,
+        remote: None,
     };
     StatusReply {
         volumes: vec![VolumeStatus {

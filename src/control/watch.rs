@@ -132,6 +132,7 @@ mod tests {
                 faults: 0,
                 io: Default::default(),
                 checksum_errors: 0,
+                remote: None,
             }],
             cache: None,
             volume_faults: None,

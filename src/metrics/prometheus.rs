@@ -19,6 +19,7 @@ use prometheus_client::metrics::MetricType;
 use super::stats::{IoStats, OpCounters, OpType};
 use crate::control::status::{wire_name, FaultStatus, VolumeFaultStatus, VolumeStatus};
 use crate::control::Registry;
+use crate::remote::RemoteSnapshot;
 
 /// `Content-Type` of the exposition.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -346,6 +347,58 @@ impl Scrape {
         Ok(())
     }
 
+    /// Remote (NBD) members: requests, latency, reconnects, timeouts.
+    fn remote(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Field = (&'static str, &'static str, fn(&RemoteSnapshot) -> u64);
+        let remotes = || {
+            self.0.iter().flat_map(|v| {
+                v.members
+                    .iter()
+                    .zip(&v.status.members)
+                    .filter_map(|((l, _), m)| Some((l.clone(), m.remote?)))
+            })
+        };
+        let counters: [Field; 5] = [
+            (
+                "vraid_member_remote_requests",
+                "Remote member requests answered",
+                |r| r.requests,
+            ),
+            (
+                "vraid_member_remote_latency_microseconds",
+                "Sum of remote member request latencies",
+                |r| r.latency_us_total,
+            ),
+            (
+                "vraid_member_remote_reconnects",
+                "Remote member reconnections",
+                |r| r.reconnects,
+            ),
+            (
+                "vraid_member_remote_timeouts",
+                "Remote member requests timed out",
+                |r| r.timeouts,
+            ),
+            (
+                "vraid_member_remote_retries",
+                "Remote member requests sent again",
+                |r| r.retries,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let series = remotes().map(|(l, r)| (l, ConstCounter::new(field(&r))));
+            family(enc, name, help, MetricType::Counter, series)?;
+        }
+        let max = remotes().map(|(l, r)| (l, ConstGauge::new(r.latency_us_max as i64)));
+        family(
+            enc,
+            "vraid_member_remote_latency_max_microseconds",
+            "Longest remote member request latency",
+            MetricType::Gauge,
+            max,
+        )
+    }
+
     fn sync(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let passes = || {
             self.0.iter().filter_map(|v| {
@@ -487,6 +540,7 @@ impl Collector for Scrape {
         self.qos(&mut enc)?;
         self.journal(&mut enc)?;
         self.checksum_cache(&mut enc)?;
+        self.remote(&mut enc)?;
         self.sync(&mut enc)?;
         bounce(&mut enc)
     }

@@ -70,6 +70,12 @@ pub fn handshake<S: Read + Write>(
     stream: &mut S,
     export: &str,
 ) -> Result<Negotiated, HandshakeError> {
+    greet(stream)?;
+    options(stream, export)
+}
+
+/// The greeting and the client flags: the part before the first option.
+pub fn greet<S: Read + Write>(stream: &mut S) -> Result<(), HandshakeError> {
     let mut greeting = [0u8; reply::GREETING_LEN];
     stream.read_exact(&mut greeting)?;
     let flags = reply::parse_greeting(&greeting)?;
@@ -78,8 +84,27 @@ pub fn handshake<S: Read + Write>(
         client |= proto::FLAG_C_NO_ZEROES;
     }
     stream.write_all(&client.to_be_bytes())?;
+    Ok(())
+}
+
+/// The options after the greeting (over TLS once `start_tls` is done).
+pub fn options<S: Read + Write>(
+    stream: &mut S,
+    export: &str,
+) -> Result<Negotiated, HandshakeError> {
     let structured = structured_replies(stream)?;
     go(stream, export, structured)
+}
+
+/// `NBD_OPT_STARTTLS`: on `NBD_REP_ACK` the caller upgrades the stream;
+/// anything else is a refusal (never a fall back to plain text).
+pub fn start_tls<S: Read + Write>(stream: &mut S) -> Result<(), HandshakeError> {
+    send_option(stream, proto::OPT_STARTTLS, &[])?;
+    let (head, payload) = read_option_reply(stream, proto::OPT_STARTTLS)?;
+    match head.kind {
+        proto::REP_ACK => Ok(()),
+        _ => Err(refused("NBD_OPT_STARTTLS", head, &payload)),
+    }
 }
 
 /// Asks for structured replies; a refusal means simple replies.
@@ -92,7 +117,6 @@ fn structured_replies<S: Read + Write>(stream: &mut S) -> Result<bool, Handshake
         _ => Err(refused("NBD_OPT_STRUCTURED_REPLY", head, &payload)),
     }
 }
-
 
 /// `NBD_OPT_GO` with `NBD_INFO_BLOCK_SIZE` requested.
 fn go<S: Read + Write>(
@@ -226,6 +250,18 @@ mod tests {
             handshake(&mut Scripted(io::Cursor::new(bytes)), "e"),
             Err(HandshakeError::NoExportInfo)
         ));
+    }
+
+    #[test]
+    fn start_tls_needs_an_ack_and_a_refusal_is_an_error() {
+        for (kind, ok) in [(proto::REP_ACK, true), (proto::REP_ERR_UNSUP, false)] {
+            let mut s = proto::greeting().to_vec();
+            proto::encode_option_reply(&mut s, proto::OPT_STARTTLS, kind, b"no");
+            let mut stream = Scripted(io::Cursor::new(s));
+            greet(&mut stream).unwrap();
+            let r = start_tls(&mut stream);
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::conn::Conn;
 use super::handshake::{self, HandshakeError, Negotiated};
+use super::tls_link;
 use super::uri::{Endpoint, NbdUri, UriError};
 
 /// Why a remote member cannot be reached.
@@ -16,9 +17,18 @@ pub enum LinkError {
     /// The member path is not a valid NBD URI.
     #[error("bad NBD URI")]
     Uri(#[from] UriError),
-    /// `nbds://` asked for and the TLS connector is not in this build.
-    #[error("{0}: TLS not built yet (nbds:// members need the TLS connector, src/tls/)")]
-    TlsNotBuilt(String),
+    /// An `nbds://` URI without what TLS needs.
+    #[error("{0}: {1}")]
+    TlsSetup(String, &'static str),
+    /// TLS credentials or the TLS handshake failed.
+    #[error("TLS with {uri} failed")]
+    Tls {
+        /// The URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// The server cannot be reached.
     #[error("cannot connect to {uri}")]
     Connect {
@@ -62,11 +72,6 @@ enum Socket {
 /// per step. Call off the async threads (`spawn_blocking`) or at open.
 fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<(Socket, Negotiated), LinkError> {
     let shown = uri.to_string();
-    if uri.tls {
-        // The seam for engineer T's connector: STARTTLS goes between the
-        // client flags and the first option (handshake::handshake).
-        return Err(LinkError::TlsNotBuilt(shown));
-    }
     let connect = |source| LinkError::Connect {
         uri: shown.clone(),
         source,
@@ -94,7 +99,11 @@ fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<(Socket, Negotiat
     }
 }
 
-fn tcp_connect(host: &str, port: u16, timeout: Duration) -> io::Result<std::net::TcpStream> {
+pub(super) fn tcp_connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<std::net::TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
     for addr in (host, port).to_socket_addrs()? {
         match std::net::TcpStream::connect_timeout(&addr, timeout) {
@@ -138,6 +147,14 @@ pub fn connect_now(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(LinkError::NoRuntime(uri.to_string()));
     }
+    if uri.tls {
+        return match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| tls_link::connect_blocking(uri, timeout))
+            }
+            _ => tls_link::connect_blocking(uri, timeout),
+        };
+    }
     let (socket, info) = connect_blocking(uri, timeout)?;
     start(socket, info, &uri.to_string())
 }
@@ -145,6 +162,14 @@ pub fn connect_now(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
 /// Connects without blocking the async threads (reconnects).
 pub async fn connect(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
     let u = uri.clone();
+    if uri.tls {
+        let joined =
+            tokio::task::spawn_blocking(move || tls_link::connect_blocking(&u, timeout)).await;
+        return joined.map_err(|e| LinkError::Connect {
+            uri: uri.to_string(),
+            source: io::Error::other(e.to_string()),
+        })?;
+    }
     let joined = tokio::task::spawn_blocking(move || connect_blocking(&u, timeout)).await;
     let (socket, info) = joined.map_err(|e| LinkError::Connect {
         uri: uri.to_string(),

@@ -19,7 +19,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::conn::{CallError, Conn};
 use super::handshake::Negotiated;
 use super::link::{self, LinkError};
+use super::stats::{self, RemoteStats};
 use super::uri::NbdUri;
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::export::nbd::proto::{self, Command};
@@ -70,15 +71,6 @@ impl Default for RemoteOptions {
     }
 }
 
-/// Counters of one remote member.
-#[derive(Debug, Default)]
-pub struct RemoteStats {
-    /// Connections made after the first.
-    pub reconnects: AtomicU64,
-    /// Requests sent again after a lost connection.
-    pub retries: AtomicU64,
-}
-
 /// Largest zero buffer written when the server has no WRITE_ZEROES.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -94,8 +86,8 @@ pub struct RemoteMember {
     current: Mutex<Option<Arc<Conn>>>,
     /// Held while reconnecting; the instant the member went unreachable.
     down: tokio::sync::Mutex<Option<Instant>>,
-    /// Counters.
-    pub stats: RemoteStats,
+    /// Counters (also in the book `stats` keeps for `vraid status`).
+    pub stats: Arc<RemoteStats>,
 }
 
 impl RemoteMember {
@@ -103,16 +95,19 @@ impl RemoteMember {
     pub fn open(path: &Path, opts: RemoteOptions, read_only: bool) -> Result<Self, LinkError> {
         let uri = NbdUri::from_path(path)?;
         let conn = link::connect_now(&uri, opts.request_timeout())?;
+        let name = path.display().to_string();
+        let counters = Arc::new(RemoteStats::default());
+        stats::enter(&name, &counters);
         Ok(RemoteMember {
             identity: uri.identity(),
-            name: path.display().to_string(),
+            name,
             info: conn.info,
             uri,
             opts,
             read_only: read_only || conn.info.has(proto::TFLAG_READ_ONLY),
             current: Mutex::new(Some(Arc::new(conn))),
             down: tokio::sync::Mutex::new(None),
-            stats: RemoteStats::default(),
+            stats: counters,
         })
     }
 
@@ -214,12 +209,19 @@ impl RemoteMember {
         loop {
             let conn = self.connection(since).await?;
             let call = conn.call(command, flags, offset, length, payload);
+            let sent = Instant::now();
             match tokio::time::timeout(self.opts.request_timeout(), call).await {
-                Ok(Ok(data)) => return Ok(data),
+                Ok(Ok(data)) => {
+                    self.stats.answered(sent.elapsed());
+                    return Ok(data);
+                }
                 Ok(Err(CallError::Server(e))) if e != proto::errno::ESHUTDOWN => {
                     return Err(self.server_error(e))
                 }
-                Ok(Err(_)) | Err(_) => {
+                lost => {
+                    if lost.is_err() {
+                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.lost(&conn);
                     // A server that connects but never answers in time is
                     // as unreachable as one that refuses connections.

@@ -4,7 +4,8 @@
 //!  uri        nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds...
 //!  reply      parsers of the server's bytes (fuzzed: nbd_server_bytes)
 //!  handshake  fixed newstyle, STRUCTURED_REPLY, GO + INFO_BLOCK_SIZE
-//!  link       sockets, handshake timeout, the TLS seam (nbds://)
+//!  link       sockets, handshake timeout
+//!  tls_link   nbds://: STARTTLS, the upgrade, the handshake over TLS
 //!  conn       one connection: pipelined requests by handle, reader/writer tasks
 //!  member     RemoteMember: BlockDevice, request timeout, reconnect,
 //!             member_timeout
@@ -20,10 +21,13 @@ pub mod handshake;
 pub mod link;
 mod member;
 pub mod reply;
+pub mod stats;
+mod tls_link;
 pub mod uri;
 
 pub use link::LinkError;
-pub use member::{RemoteMember, RemoteOptions, RemoteStats};
+pub use member::{RemoteMember, RemoteOptions};
+pub use stats::{RemoteSnapshot, RemoteStats};
 pub use uri::{is_nbd_uri, NbdUri};
 
 /// Opens the remote member a member path names (`is_nbd_uri(path)`).

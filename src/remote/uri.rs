@@ -56,6 +56,12 @@ pub struct NbdUri {
     pub export: String,
     /// TLS (`nbds`).
     pub tls: bool,
+    /// `?tls-certificates=DIR`: `ca-cert.pem` and optionally
+    /// `client-cert.pem` / `client-key.pem` (libnbd's layout).
+    pub tls_certificates: Option<PathBuf>,
+    /// `?tls-hostname=NAME`: the name the server certificate must carry
+    /// (default: the URI's host; `localhost` for Unix sockets).
+    pub tls_hostname: Option<String>,
 }
 
 /// True when `path` is written as a URI (`SCHEME://...`), valid or not: a
@@ -91,14 +97,12 @@ impl NbdUri {
             Some((a, e)) => (a, percent_decode(e)),
             None => (rest, String::new()),
         };
+        let q = Query::parse(s, query, tls)?;
         let endpoint = if unix {
-            unix_endpoint(s, authority, query)?
+            unix_endpoint(s, authority, q.socket)?
         } else {
-            if query.is_some() {
-                return Err(UriError::Unsupported(
-                    s.into(),
-                    "no query parameters for TCP",
-                ));
+            if q.socket.is_some() {
+                return Err(UriError::Unsupported(s.into(), "socket= is for nbd+unix"));
             }
             tcp_endpoint(s, authority)?
         };
@@ -106,6 +110,8 @@ impl NbdUri {
             endpoint,
             export,
             tls,
+            tls_certificates: q.tls_certificates,
+            tls_hostname: q.tls_hostname,
         })
     }
 
@@ -169,19 +175,40 @@ impl fmt::Display for NbdUri {
     }
 }
 
-fn unix_endpoint(s: &str, authority: &str, query: Option<&str>) -> Result<Endpoint, UriError> {
+/// The query parameters we know.
+#[derive(Default)]
+struct Query {
+    socket: Option<PathBuf>,
+    tls_certificates: Option<PathBuf>,
+    tls_hostname: Option<String>,
+}
+
+impl Query {
+    /// `socket=`, and for TLS URIs `tls-certificates=` and `tls-hostname=`.
+    fn parse(s: &str, query: Option<&str>, tls: bool) -> Result<Query, UriError> {
+        let mut q = Query::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = match pair.split_once('=') {
+                Some((k, v)) if !v.is_empty() => (k, percent_decode(v)),
+                _ => return Err(UriError::Unsupported(s.into(), "bad query parameter")),
+            };
+            match k {
+                "socket" => q.socket = Some(PathBuf::from(v)),
+                "tls-certificates" if tls => q.tls_certificates = Some(PathBuf::from(v)),
+                "tls-hostname" if tls => q.tls_hostname = Some(v),
+                _ => return Err(UriError::Unsupported(s.into(), "unknown query parameter")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn unix_endpoint(s: &str, authority: &str, socket: Option<PathBuf>) -> Result<Endpoint, UriError> {
     if !authority.is_empty() {
         return Err(UriError::Unsupported(
             s.into(),
             "a Unix-socket URI has no host",
         ));
-    }
-    let mut socket = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(percent_decode(v))),
-            _ => return Err(UriError::Unsupported(s.into(), "unknown query parameter")),
-        }
     }
     socket
         .map(Endpoint::Unix)
@@ -273,6 +300,12 @@ mod tests {
         assert!(NbdUri::parse("nbd+unix:///e").is_err());
         assert!(NbdUri::parse("nbd+unix://h/e?socket=/s").is_err());
         assert!(NbdUri::parse("nbds+unix:///?socket=/s").unwrap().tls);
+        let t = NbdUri::parse("nbds+unix:///e?socket=/s&tls-certificates=/p%20q&tls-hostname=h")
+            .unwrap();
+        assert_eq!(t.tls_certificates, Some(PathBuf::from("/p q")));
+        assert_eq!(t.tls_hostname.as_deref(), Some("h"));
+        assert!(NbdUri::parse("nbd://h/e?tls-certificates=/p").is_err());
+        assert!(NbdUri::parse("nbd://h/e?socket=/s").is_err());
     }
 
     #[test]
