@@ -326,3 +326,108 @@ fn sigkill_loop_under_fio_with_snapshots_and_deletes_keeps_the_pool_consistent()
     }
     assert_eq!(server.take().unwrap().stop(), 0);
 }
+
+/// fio random reads over NBD for `secs` seconds; their IOPS.
+fn fio_read_iops(uri: &str, secs: u32) -> f64 {
+    let out = run_ok(Command::new("fio").args([
+        "--name=poolqos",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=16",
+        "--size=16M",
+        "--time_based=1",
+        &format!("--runtime={secs}"),
+        "--output-format=json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["error"], 0, "fio failed: {job}");
+    job["read"]["iops"].as_f64().unwrap()
+}
+
+/// `nbdinfo --map --json`: (offset, length, type) per extent, merged.
+fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, u64)> {
+    let out = run_ok(Command::new("nbdinfo").args(["--map", "--json", uri]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut map: Vec<(u64, u64, u64)> = Vec::new();
+    for e in v.as_array().unwrap() {
+        let n = |k: &str| e[k].as_u64().unwrap();
+        match map.last_mut() {
+            Some(last) if last.2 == n("type") => last.1 += n("length"),
+            _ => map.push((n("offset"), n("length"), n("type"))),
+        }
+    }
+    map
+}
+
+#[test]
+fn a_pool_volume_has_its_own_qos_faults_and_block_status_through_its_client_stack() {
+    // Arrange
+    let dir = scratch_dir("pool-stack");
+    let (server, control, _) = raid5_server(dir.path(), "128M");
+    vraid_ctl_ok(
+        &control,
+        &["pool", "create", "vol0", "--cluster-size", "1M"],
+    );
+    for name in ["slow", "fast"] {
+        vraid_ctl_ok(
+            &control,
+            &["volume", "create", "vol0", name, "--size", "16M"],
+        );
+    }
+    qemu_io(
+        &server.uri("fast"),
+        &["write -P 0x5a 1M 64k".into(), "flush".into()],
+    );
+
+    // Act
+    vraid_ctl_ok(&control, &["set", "slow", "--iops", "200"]);
+    let slow = fio_read_iops(&server.uri("slow"), 3);
+    let fast = fio_read_iops(&server.uri("fast"), 3);
+    vraid_ctl_ok(&control, &["volume", "rename", "slow", "slower"]);
+    let renamed = fio_read_iops(&server.uri("slower"), 3);
+    let map = nbdinfo_map(&server.uri("fast"));
+    vraid_ctl_ok(
+        &control,
+        &[
+            "fault", "add", "fast", "--volume", "--kind", "error", "--op", "read",
+        ],
+    );
+    let faulted = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 4k", &server.uri("fast")])
+        .output()
+        .unwrap();
+    let log = dir.path().join("fast.wlog");
+    vraid_ctl_ok(&control, &["log", "start", "fast", log.to_str().unwrap()]);
+    vraid_ctl_ok(&control, &["volume", "delete", "slower"]);
+    let gone = vraid_ctl(&control, &["set", "slower", "--iops", "100"]);
+    let array = vraid_ctl(&control, &["set", "vol0", "--iops", "100"]);
+
+    // Assert
+    assert!(
+        slow <= 1.2 * 200.0 && slow > 0.5 * 200.0,
+        "slow at --iops 200: {slow:.0}"
+    );
+    assert!(fast > 2.0 * 200.0, "fast is throttled: {fast:.0}");
+    assert!(
+        renamed <= 1.2 * 200.0 && renamed > 0.5 * 200.0,
+        "the limit did not follow the rename: {renamed:.0}"
+    );
+    let mib = 1 << 20;
+    assert_eq!(
+        map,
+        vec![(0, mib, 3), (mib, mib, 0), (2 * mib, 14 * mib, 3)],
+        "nbdinfo --map of a pool volume"
+    );
+    let text = String::from_utf8_lossy(&faulted.stdout).to_string()
+        + &String::from_utf8_lossy(&faulted.stderr);
+    assert!(
+        !faulted.status.success() || text.contains("read failed"),
+        "read under a volume error rule: {text}"
+    );
+    assert!(log.exists(), "log start on a pool volume made no file");
+    assert!(!gone.status.success(), "a deleted volume kept its stack");
+    assert!(array.status.success(), "the array itself still answers set");
+}

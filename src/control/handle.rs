@@ -603,6 +603,7 @@ pub fn describe(spec: &FaultSpec) -> String {
 pub struct Registry {
     volumes: Vec<Arc<VolumeHandle>>,
     pools: Option<Arc<crate::pool::service::PoolService>>,
+    pool_clients: crate::volfault::named::NamedStacks,
 }
 
 impl Registry {
@@ -611,6 +612,7 @@ impl Registry {
         Registry {
             volumes,
             pools: None,
+            pool_clients: Default::default(),
         }
     }
 
@@ -618,6 +620,32 @@ impl Registry {
     pub fn with_pools(mut self, pools: Arc<crate::pool::service::PoolService>) -> Registry {
         self.pools = Some(pools);
         self
+    }
+
+    /// The registry with the client stacks of the pool volumes.
+    pub fn with_pool_clients(mut self, stacks: crate::volfault::named::NamedStacks) -> Registry {
+        self.pool_clients = stacks;
+        self
+    }
+
+    /// The client stack of the array or pool volume `name`, with the
+    /// array's handle (`None`: a pool volume).
+    pub fn client(
+        &self,
+        name: &str,
+    ) -> Result<(crate::volfault::ClientStack, Option<&Arc<VolumeHandle>>), ControlError> {
+        if let Ok(v) = self.volume(name) {
+            return Ok((v.client.clone(), Some(v)));
+        }
+        self.pool_clients
+            .get(name)
+            .map(|s| (s, None))
+            .ok_or_else(|| ControlError::UnknownVolume(name.to_string()))
+    }
+
+    /// The client stacks of the pool volumes, by name.
+    pub fn pool_clients(&self) -> Vec<(String, crate::volfault::ClientStack)> {
+        self.pool_clients.all()
     }
 
     /// The daemon's pools.
@@ -653,7 +681,13 @@ impl Registry {
 
     /// Removes fault `id` wherever it is, or every fault.
     pub fn clear_faults(&self, id: Option<u64>) -> Result<usize, ControlError> {
-        let n: usize = self.volumes.iter().map(|v| v.clear_faults(id)).sum();
+        let mut n: usize = self.volumes.iter().map(|v| v.clear_faults(id)).sum();
+        for (_, s) in self.pool_clients.all() {
+            n += match id {
+                Some(id) => usize::from(s.faults.remove(id)),
+                None => s.faults.clear(),
+            };
+        }
         match id {
             Some(id) if n == 0 => Err(ControlError::UnknownFault(id)),
             _ => Ok(n),

@@ -70,21 +70,23 @@ fn refused(volume: &str, e: crate::wlog::LogError) -> ControlError {
 
 /// `log.start`.
 pub fn start(reg: &Registry, p: LogStartParams) -> Result<LogReply, ControlError> {
-    let vol = reg.volume(&p.volume)?;
+    let (client, vol) = reg.client(&p.volume)?;
     if !p.path.is_absolute() {
         return Err(ControlError::InvalidParams(format!(
             "log path {} is not absolute",
             p.path.display()
         )));
     }
-    let size = vol.client.device.size();
-    let log = &vol.client.log;
-    log.start(&p.path, &vol.name, size)
-        .map_err(|e| refused(&vol.name, e))?;
-    let text = format!("{}: write log started: {}", vol.name, p.path.display());
-    vol.events.push(&vol.name, "log_started", None, text);
+    let size = client.device.size();
+    let log = &client.log;
+    log.start(&p.path, &p.volume, size)
+        .map_err(|e| refused(&p.volume, e))?;
+    if let Some(vol) = vol {
+        let text = format!("{}: write log started: {}", vol.name, p.path.display());
+        vol.events.push(&vol.name, "log_started", None, text);
+    }
     Ok(LogReply {
-        volume: vol.name.clone(),
+        volume: p.volume.clone(),
         log: log.status().unwrap_or_else(|| stopped_meanwhile(&p.path)),
     })
 }
@@ -101,38 +103,34 @@ fn stopped_meanwhile(path: &std::path::Path) -> LogStatus {
 
 /// `log.mark`.
 pub async fn mark(reg: &Registry, p: LogMarkParams) -> Result<LogMarkReply, ControlError> {
-    let vol = reg.volume(&p.volume)?;
-    let entry = vol
-        .client
+    let (client, _) = reg.client(&p.volume)?;
+    let entry = client
         .log
         .mark(&p.name)
         .await
-        .map_err(|e| refused(&vol.name, e))?;
+        .map_err(|e| refused(&p.volume, e))?;
     Ok(LogMarkReply {
-        volume: vol.name.clone(),
+        volume: p.volume.clone(),
         entry,
     })
 }
 
 /// `log.stop`.
 pub async fn stop(reg: &Registry, p: LogStopParams) -> Result<LogReply, ControlError> {
-    let vol = reg.volume(&p.volume)?;
-    let log = vol
-        .client
-        .log
-        .stop()
-        .await
-        .map_err(|e| refused(&vol.name, e))?;
-    let text = format!(
-        "{}: write log stopped: {} ({} entries, {} bytes)",
-        vol.name,
-        log.path.display(),
-        log.entries,
-        log.bytes
-    );
-    vol.events.push(&vol.name, "log_stopped", None, text);
+    let (client, vol) = reg.client(&p.volume)?;
+    let log = client.log.stop().await.map_err(|e| refused(&p.volume, e))?;
+    if let Some(vol) = vol {
+        let text = format!(
+            "{}: write log stopped: {} ({} entries, {} bytes)",
+            vol.name,
+            log.path.display(),
+            log.entries,
+            log.bytes
+        );
+        vol.events.push(&vol.name, "log_stopped", None, text);
+    }
     Ok(LogReply {
-        volume: vol.name.clone(),
+        volume: p.volume.clone(),
         log,
     })
 }

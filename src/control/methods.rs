@@ -83,7 +83,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         }
         "qos.set" => {
             let p: super::params::QosSetParams = params(p)?;
-            result(reg.volume(&p.volume)?.set_qos(&p))
+            result(super::volume_faults::set_qos(reg, &p))
         }
         "log.start" => result(super::log_methods::start(reg, params(p)?)),
         "log.mark" => result(super::log_methods::mark(reg, params(p)?).await),

@@ -237,12 +237,48 @@ fn clock_seed() -> u64 {
 
 /// `fault.add_volume`.
 pub fn add(reg: &Registry, p: VolumeFaultAddParams) -> Result<VolumeFaultAddReply, ControlError> {
-    let vol = reg.volume(&p.volume)?;
-    let id = vol.add_volume_fault(volume_spec(&p)?)?;
+    let spec = volume_spec(&p)?;
+    let id = match reg.client(&p.volume)? {
+        (_, Some(vol)) => vol.add_volume_fault(spec)?,
+        (client, None) => add_to_stack(&p.volume, &client, spec)?,
+    };
     Ok(VolumeFaultAddReply {
         id,
-        volume: vol.name.clone(),
+        volume: p.volume,
     })
+}
+
+/// Installs a volume rule on the client stack of pool volume `name`.
+fn add_to_stack(
+    name: &str,
+    client: &crate::volfault::ClientStack,
+    spec: FaultSpec,
+) -> Result<u64, ControlError> {
+    let size = client.device.size();
+    if spec.offset.is_some_and(|o| o >= size) {
+        return Err(ControlError::InvalidParams(format!(
+            "offset {} is beyond the end of {name} ({size} bytes): the rule never fires",
+            spec.offset.unwrap_or(0),
+        )));
+    }
+    let id = NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed);
+    client.faults.add(Arc::new(FaultRule::new(id, spec)));
+    Ok(id)
+}
+
+/// `qos.set` on an array or a pool volume.
+pub fn set_qos(
+    reg: &Registry,
+    p: &super::params::QosSetParams,
+) -> Result<crate::qos::QosStatus, ControlError> {
+    match reg.client(&p.volume)? {
+        (_, Some(vol)) => vol.set_qos(p),
+        (client, None) => {
+            let limits = client.qos.limits().updated(&p.update());
+            client.qos.set(limits);
+            Ok(client.qos.status())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -153,10 +153,17 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
     let mut exports = nbd_exports(&volumes);
     exports.extend(md.iter().map(|m| m.export()));
     let server = Arc::new(NbdServer::with_tls(exports, plan.limits, plan.tls));
-    let started = match super::pools::open_pools(&volumes, server.exports()).await {
-        Ok(pools) => start_ops(&volumes, &plan.control, plan.metrics, pools.clone())
-            .await
-            .map(|ops| (ops, pools)),
+    let stacks = crate::volfault::named::NamedStacks::default();
+    let opened = super::pools::open_pools(&volumes, server.exports(), stacks.clone()).await;
+    let started = match opened {
+        Ok(pools) => start_ops(
+            &volumes,
+            &plan.control,
+            plan.metrics,
+            (pools.clone(), stacks),
+        )
+        .await
+        .map(|ops| (ops, pools)),
         Err(e) => Err(e),
     };
     let (ops, pools) = match started {
@@ -450,7 +457,10 @@ async fn start_ops(
     volumes: &[(Assembled, VolumeSpec)],
     control: &Path,
     metrics: Option<SocketAddr>,
-    pools: Arc<crate::pool::service::PoolService>,
+    (pools, stacks): (
+        Arc<crate::pool::service::PoolService>,
+        crate::volfault::named::NamedStacks,
+    ),
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     for (a, spec) in volumes {
         start_client(a, &spec.client).await?;
@@ -468,7 +478,9 @@ async fn start_ops(
         }
     }
     let registry = Arc::new(
-        Registry::new(volumes.iter().map(|(a, _)| a.handle.clone()).collect()).with_pools(pools),
+        Registry::new(volumes.iter().map(|(a, _)| a.handle.clone()).collect())
+            .with_pools(pools)
+            .with_pool_clients(stacks),
     );
     let mut tasks = Vec::new();
     let metrics_listener = match metrics {

@@ -18,6 +18,12 @@ pub trait ExportSink: Send + Sync {
     fn add(&self, name: &str, description: String, device: Arc<dyn BlockDevice>, read_only: bool);
     /// Removes an export.
     fn remove(&self, name: &str);
+    /// Renames an export, keeping its device (and what wraps it); false
+    /// when the sink cannot (the caller then removes and adds).
+    fn rename(&self, old: &str, new: &str) -> bool {
+        let _ = (old, new);
+        false
+    }
 }
 
 /// One pool as listed.

@@ -38,8 +38,10 @@ impl PoolService {
         self.check_free_name(new_name).await?;
         let (pool, p) = self.holder(name).await?;
         let v = p.rename(name, new_name).await?;
-        self.sink.remove(name);
-        self.export(&pool, &p, &v).await?;
+        if !self.sink.rename(name, new_name) {
+            self.sink.remove(name);
+            self.export(&pool, &p, &v).await?;
+        }
         Ok(v)
     }
 

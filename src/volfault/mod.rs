@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod cache_state;
 mod device;
+pub mod named;
 pub mod sectors;
 
 use std::collections::HashMap;
