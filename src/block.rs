@@ -312,11 +312,11 @@ pub trait BlockDevice: Send + Sync {
     /// request of `bytes` in `dir` start, and charges it. A caller that
     /// holds a shared resource while the request runs (the NBD server's
     /// device budget) waits here first, then makes the request under
-    /// [`crate::qos::prepaid`] so it is not charged twice. Default:
-    /// nothing to wait for.
-    fn admit(&self, dir: crate::qos::Direction, bytes: u64) -> BoxFuture<'_, ()> {
+    /// [`crate::qos::prepaid`] so it is not charged twice. `None`: nothing
+    /// to wait for (the default; no allocation on the request path).
+    fn admit(&self, dir: crate::qos::Direction, bytes: u64) -> Option<BoxFuture<'_, ()>> {
         let _ = (dir, bytes);
-        Box::pin(std::future::ready(()))
+        None
     }
 }
 
@@ -469,7 +469,7 @@ macro_rules! forward_to {
             &self,
             dir: $crate::qos::Direction,
             bytes: u64,
-        ) -> $crate::block::BoxFuture<'_, ()> {
+        ) -> Option<$crate::block::BoxFuture<'_, ()>> {
             self.$i.admit(dir, bytes)
         }
     };

@@ -45,8 +45,11 @@ impl QosDevice {
 impl BlockDevice for QosDevice {
     crate::block::forward_to!(inner => name, size, device_id, flush, mark_lost, reserve, allocation);
 
-    fn admit(&self, dir: Direction, bytes: u64) -> crate::block::BoxFuture<'_, ()> {
-        Box::pin(self.limiter.admit(dir, bytes))
+    fn admit(&self, dir: Direction, bytes: u64) -> Option<crate::block::BoxFuture<'_, ()>> {
+        if !self.limiter.enabled() {
+            return None;
+        }
+        Some(Box::pin(self.limiter.admit(dir, bytes)))
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {

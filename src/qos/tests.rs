@@ -157,6 +157,14 @@ fn an_update_changes_only_the_fields_it_sets() {
 /// `prepaid` without being charged again; outside it, the device waits.
 #[tokio::test(start_paused = true)]
 async fn an_admitted_request_is_not_charged_twice() {
+    let unlimited = QosDevice::new(
+        Arc::new(MemDevice::new("u", 1 << 20)),
+        Arc::new(Limiter::default()),
+    );
+    assert!(
+        unlimited.admit(Direction::Write, 4096).is_none(),
+        "no limits: nothing to wait for, nothing allocated"
+    );
     let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new("m", 1 << 20));
     let limiter = Arc::new(Limiter::new(limits(|l| l.write_iops = 10)));
     let dev = QosDevice::new(mem, limiter.clone());
@@ -164,7 +172,9 @@ async fn an_admitted_request_is_not_charged_twice() {
     let buf = vec![7u8; 4096];
 
     // The burst (one token at 10/s, 100 ms) goes to the admission.
-    dev.admit(Direction::Write, 4096).await;
+    dev.admit(Direction::Write, 4096)
+        .expect("a limited device has something to wait for")
+        .await;
     prepaid(async { dev.write(ByteOffset(0), &buf, Durability::Normal).await })
         .await
         .unwrap();

@@ -323,7 +323,9 @@ async fn write(ctx: &Context, at: u64, data: &[u8], d: Durability) -> Result<(),
     let dev = &ctx.export.device;
     for piece in data.chunks(DEVICE_PIECE) {
         // QoS first: a throttled request must not sit on the budget.
-        dev.admit(Direction::Write, piece.len() as u64).await;
+        if let Some(wait) = dev.admit(Direction::Write, piece.len() as u64) {
+            wait.await;
+        }
         let _budget = piece_permit(ctx, piece.len()).await?;
         crate::qos::prepaid(async { dev.write(ByteOffset(pos), piece, d).await }).await?;
         pos += piece.len() as u64;
@@ -352,7 +354,9 @@ async fn read(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
     let mut pos = req.offset;
     let dev = &ctx.export.device;
     for piece in data.as_mut_slice().chunks_mut(DEVICE_PIECE) {
-        dev.admit(Direction::Read, piece.len() as u64).await;
+        if let Some(wait) = dev.admit(Direction::Read, piece.len() as u64) {
+            wait.await;
+        }
         let _budget = piece_permit(ctx, piece.len()).await?;
         crate::qos::prepaid(async { dev.read(ByteOffset(pos), piece).await }).await?;
         pos += piece.len() as u64;
