@@ -67,7 +67,8 @@ impl PoolService {
     /// Opens the pool of every array that holds one and exports its
     /// volumes (instead of the array). A pool that cannot be opened
     /// (corrupt metadata) is logged and left out, its array unexported;
-    /// the other arrays and pools serve on.
+    /// the other arrays and pools serve on. An array whose header cannot
+    /// be read is served itself.
     pub async fn open(
         arrays: Vec<(String, Arc<dyn BlockDevice>)>,
         sink: Arc<dyn ExportSink>,
@@ -78,6 +79,12 @@ impl PoolService {
             match Pool::open(dev.clone(), DEFAULT_CACHE_PAGES).await {
                 Ok(pool) => pools.push((name.clone(), pool)),
                 Err(PoolError::NoPool(_)) => {}
+                // Unreadable (say block 0 lost on a degraded array): it
+                // cannot be told whether a pool is there, so the array is
+                // served as it was before pools, with the reason logged.
+                Err(PoolError::Io(e)) => {
+                    tracing::error!(array = %name, error = %e, "cannot read the pool header; serving the array itself");
+                }
                 Err(e) => {
                     tracing::error!(array = %name, error = %e, "pool not opened; array not exported");
                     sink.remove(name);
