@@ -75,7 +75,10 @@ fn idle_rss_of_four_16tib_sparse_members_is_under_16_mib() {
     let used = allocated(&members);
     assert!(used < 4 * 64 * MIB, "{used} bytes allocated");
     let cache = &v["checksum_cache"];
-    assert_eq!(cache["resident_bytes"], 0, "{cache}");
+    // At most the one checksum page covering block 0, which the pool
+    // probe at start-up reads (is there a pool header?); nothing sized by
+    // capacity.
+    assert!(cache["resident_bytes"].as_u64().unwrap() <= 4096, "{cache}");
     assert_eq!(cache["budget_bytes"], 64 * MIB, "{cache}");
     assert_eq!(server.stop(), 0);
 }
