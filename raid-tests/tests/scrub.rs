@@ -262,9 +262,11 @@ fn raid5_checksum_scrub_finds_bad_data_and_parity_blocks_on_their_member_and_reb
 fn raid1_checksum_scrub_finds_bad_copies_on_either_mirror_and_the_good_copy_wins() {
     // Member 1: flipped bytes. Member 0 (the mirror md's repair copies
     // from): whole blocks replaced by other fio blocks, so the copies
-    // disagree and only the checksum tells which one is right.
+    // disagree and only the checksum tells which one is right. Nothing in
+    // the first 8 KiB: the pool probe at start-up reads (and so repairs)
+    // the two pool-header blocks there.
     let damage = [
-        (1, 4096 + 3, Damage::Flip),
+        (1, 3 * 4096 + 3, Damage::Flip),
         (1, 5 * 4096 + 100, Damage::Flip),
         (1, (1 << 20) + 2 * 4096, Damage::Flip),
         (1, (3 << 20) + 7, Damage::Flip),
