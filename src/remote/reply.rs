@@ -8,6 +8,7 @@
 //! it chose: every length is checked against what the client asked for.
 
 use crate::export::nbd::proto;
+use crate::export::nbd::reader::Reader;
 
 /// Bytes of the server greeting.
 pub const GREETING_LEN: usize = 18;
@@ -353,49 +354,12 @@ pub fn place(
     }
 }
 
-/// Bounds-checked big-endian reader.
-struct Reader<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, what }
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ReplyError> {
-        if self.buf.len() < n {
-            return Err(ReplyError::Truncated(self.what));
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ReplyError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(N)?);
-        Ok(out)
-    }
-
-    fn u16(&mut self) -> Result<u16, ReplyError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, ReplyError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, ReplyError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn finish(self) -> Result<(), ReplyError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(ReplyError::BadLength(self.what))
+impl From<crate::export::nbd::reader::ReadError> for ReplyError {
+    fn from(e: crate::export::nbd::reader::ReadError) -> Self {
+        use crate::export::nbd::reader::ReadError;
+        match e {
+            ReadError::Truncated(w) => ReplyError::Truncated(w),
+            ReadError::Trailing(w) => ReplyError::BadLength(w),
         }
     }
 }

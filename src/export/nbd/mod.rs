@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod limits;
 pub mod meta;
 pub mod proto;
+pub(crate) mod reader;
 mod request;
 mod server;
 mod transmission;

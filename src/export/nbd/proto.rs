@@ -9,6 +9,8 @@
 //! transmission: C request [payload] ─► S simple reply | structured chunks
 //! ```
 
+use super::reader::Reader;
+
 /// `NBDMAGIC`, first word of the server greeting.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`, second word of the greeting and the magic of every option.
@@ -695,46 +697,12 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Bounds-checked big-endian reader over a byte slice.
-struct Reader<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, what }
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
-        if self.buf.len() < n {
-            return Err(ProtoError::Truncated(self.what));
+impl From<super::reader::ReadError> for ProtoError {
+    fn from(e: super::reader::ReadError) -> Self {
+        match e {
+            super::reader::ReadError::Truncated(w) => ProtoError::Truncated(w),
+            super::reader::ReadError::Trailing(w) => ProtoError::TrailingBytes(w),
         }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtoError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(N)?);
-        Ok(out)
-    }
-
-    fn u16(&mut self) -> Result<u16, ProtoError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, ProtoError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, ProtoError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn finish(self) -> Result<(), ProtoError> {
-        expect_empty(self.buf, self.what)
     }
 }
 
