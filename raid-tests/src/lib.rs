@@ -608,6 +608,35 @@ pub fn bad_parity_stripes(members: &[PathBuf], chunk: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `x·2` in GF(2^8) with polynomial 0x11d.
+fn gf_mul2(x: u8) -> u8 {
+    (x << 1) ^ if x & 0x80 != 0 { 0x1d } else { 0 }
+}
+
+/// Stripes of a RAID-6's members (in role order) whose P or Q is not that
+/// of their data, computed independently of vraid: P on `n-1-(s mod n)`,
+/// Q after it, data chunk `d` on the `d`-th member after Q with Q
+/// coefficient 2^d (md's left-symmetric layout).
+pub fn bad_syndrome_stripes(members: &[PathBuf], chunk: usize) -> Vec<usize> {
+    let data: Vec<Vec<u8>> = members.iter().map(|m| member_data(m)).collect();
+    let n = data.len();
+    (0..data[0].len() / chunk)
+        .filter(|&s| {
+            let at = |m: usize| &data[m][s * chunk..(s + 1) * chunk];
+            let p_m = n - 1 - s % n;
+            let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
+            for d in (0..n - 2).rev() {
+                let dm = at((p_m + 2 + d) % n);
+                for i in 0..chunk {
+                    p[i] ^= dm[i];
+                    q[i] = gf_mul2(q[i]) ^ dm[i];
+                }
+            }
+            at(p_m) != p.as_slice() || at((p_m + 1) % n) != q.as_slice()
+        })
+        .collect()
+}
+
 impl Server {
     /// The server's process id (for /proc/PID/...).
     pub fn pid(&self) -> u32 {

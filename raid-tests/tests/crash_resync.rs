@@ -1,6 +1,7 @@
-//! 20 cycles of SIGKILL during flushed random writes on RAID-5 (and a few
-//! on RAID-1): after each restart and resync every flushed write is
-//! present and the redundancy (parity / mirrors), read directly from the
+//! 20 cycles of SIGKILL during flushed random writes on RAID-5 and RAID-6
+//! (with their write-hole journals, replayed at each start; and a few on
+//! RAID-1): after each restart and resync every flushed write is present
+//! and the redundancy (parity, P and Q, mirrors), read directly from the
 //! member files, is consistent.
 
 use std::collections::{HashMap, HashSet};
@@ -111,6 +112,11 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
             bad_parity_stripes(&paths, SLOT as usize),
             Vec::<usize>::new()
         );
+    } else if level == 6 {
+        assert_eq!(
+            bad_syndrome_stripes(&paths, SLOT as usize),
+            Vec::<usize>::new()
+        );
     } else {
         let first = member_data(&paths[0]);
         for p in &paths[1..] {
@@ -122,6 +128,11 @@ fn crash_cycles(level: u32, members: usize, cycles: u64) {
 #[test]
 fn raid5_sigkill_during_flushed_writes_loses_nothing_flushed_and_parity_is_resynced() {
     crash_cycles(5, 3, 20);
+}
+
+#[test]
+fn raid6_sigkill_during_flushed_writes_loses_nothing_flushed_and_p_q_are_consistent() {
+    crash_cycles(6, 5, 20);
 }
 
 #[test]

@@ -1,8 +1,8 @@
-//! The RAID-5 write hole (docs/FORMAT.md §9): a crash in the middle of
-//! partial-stripe writes, then a restart with a data member gone. With the
-//! partial-parity journal every chunk nobody was writing reads back intact;
-//! without it the same crash corrupts them (the evidence that the scenario
-//! really tears stripes).
+//! The RAID-5 and RAID-6 write hole (docs/FORMAT.md §9): a crash in the
+//! middle of partial-stripe writes, then a restart with a member gone (two
+//! for RAID-6). With the journal every chunk nobody was writing reads back
+//! intact; without it the same crash corrupts them (the evidence that the
+//! scenario really tears stripes).
 //!
 //! The torn state is made certain, not lucky: a `delay` fault holds every
 //! data/parity write to member 0 for 30 s, so stripes whose parity lives on
@@ -18,7 +18,8 @@ use std::time::Duration;
 use raid_tests::*;
 
 const CHUNK: u64 = 64 << 10;
-/// Data bytes of one stripe (4 members: 3 data chunks).
+/// Data bytes of one stripe (RAID-5 over 4 members, RAID-6 over 5: 3 data
+/// chunks).
 const SDS: u64 = 3 * CHUNK;
 const STRIPES: u64 = 64;
 const OLD: u8 = 0x5a;
@@ -39,12 +40,46 @@ fn serve_args<'a>(paths: &'a [PathBuf], control: &'a str, protect: bool) -> Vec<
 }
 
 /// Runs the crash scenario; returns how many verified ranges hold wrong
-/// data after the restart with member 1 gone, and the restart's log.
+/// data after the restart with member 1 gone (RAID-6: members 1 and 2),
+/// and the restart's log.
 fn crash_then_lose_a_member(protect: bool) -> (usize, String) {
+    crash_then_lose_members(5, protect, false)
+}
+
+/// Starts `vraid serve` on `paths` and SIGKILLs it as soon as it logs that
+/// it replays the journal (FORMAT.md §9 cases 30, 70).
+fn kill_during_replay(paths: &[PathBuf], ctl: &str, dir: &std::path::Path) {
+    let log = dir.join("replay-kill.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = vraid(&["serve", "--nbd", &format!("127.0.0.1:{}", free_port())])
+        .args(serve_args(paths, ctl, true))
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn vraid serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("replaying the write-hole journal")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replay logged:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn crash_then_lose_members(level: u32, protect: bool, kill_replay: bool) -> (usize, String) {
     // Arrange: a known pattern over the first STRIPES stripes, flushed.
-    let dir = scratch_dir(if protect { "wh-on" } else { "wh-off" });
-    let paths = member_paths(dir.path(), 4);
-    create_array(5, "64K", "48M", "vol0", &paths);
+    let dir = scratch_dir(&format!("wh{level}-{protect}"));
+    let (n, lost) = if level == 6 { (5, 2) } else { (4, 1) };
+    let paths = member_paths(dir.path(), n);
+    create_array(level, "64K", "48M", "vol0", &paths);
     let control = dir.path().join("control.sock");
     let ctl = control.to_str().unwrap().to_string();
     let server = Server::start(&serve_args(&paths, &ctl, protect));
@@ -84,8 +119,16 @@ fn crash_then_lose_a_member(protect: bool) -> (usize, String) {
     server.kill();
     let _ = writer.kill();
     let _ = writer.wait();
-    std::fs::remove_file(&paths[1]).unwrap();
-    let left: Vec<PathBuf> = [0, 2, 3].iter().map(|&i| paths[i].clone()).collect();
+    if kill_replay {
+        kill_during_replay(&paths, &ctl, dir.path());
+    }
+    for p in &paths[1..=lost] {
+        std::fs::remove_file(p).unwrap();
+    }
+    let left: Vec<PathBuf> = (0..n)
+        .filter(|i| !(1..=lost).contains(i))
+        .map(|i| paths[i].clone())
+        .collect();
     let server = Server::start(&serve_args(&left, &ctl, protect));
 
     // Every byte of those stripes except the blocks being written.
@@ -134,4 +177,36 @@ fn without_the_journal_the_same_crash_corrupts_untouched_chunks() {
         "protection not off:\n{log}"
     );
     assert!(bad > 0, "the scenario did not tear any stripe:\n{log}");
+}
+
+#[test]
+fn raid6_untouched_chunks_survive_a_crash_mid_write_and_two_lost_members() {
+    let (bad, log) = crash_then_lose_members(6, true, false);
+    let replayed = log
+        .lines()
+        .find_map(|l| l.split("replayed ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        replayed.is_some_and(|n| n > 0),
+        "no partial-parity records replayed:\n{log}"
+    );
+    assert_eq!(bad, 0, "{bad} untouched ranges corrupted:\n{log}");
+}
+
+#[test]
+fn raid6_without_the_journal_the_same_crash_corrupts_untouched_chunks() {
+    let (bad, log) = crash_then_lose_members(6, false, false);
+    eprintln!("RAID-6 without the journal: {bad} untouched ranges corrupted");
+    assert!(
+        log.contains("write-hole protection is off"),
+        "protection not off:\n{log}"
+    );
+    assert!(bad > 0, "the scenario did not tear any stripe:\n{log}");
+}
+
+#[test]
+fn raid6_a_kill_during_the_replay_then_two_lost_members_keeps_untouched_chunks() {
+    let (bad, log) = crash_then_lose_members(6, true, true);
+    assert_eq!(bad, 0, "{bad} untouched ranges corrupted:\n{log}");
 }

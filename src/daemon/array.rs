@@ -109,6 +109,9 @@ pub(super) struct Spare {
 /// A rebuild decided at assembly, started by the supervisor.
 pub(super) struct PlannedRebuild {
     pub(super) role: usize,
+    /// A second role rebuilt in the same pass (an interrupted two-member
+    /// RAID-6 rebuild resumed).
+    pub(super) also: Option<usize>,
     /// Only these member ranges (bitmap recovery).
     pub(super) only: Option<Vec<(u64, u64)>>,
     /// A resumed `replace`: the new member's path (it takes the role at
@@ -322,7 +325,10 @@ impl ArrayHandle {
             if let Some(r) = rebuild {
                 match r.replace {
                     Some(path) => h.run_replace(r.role, Path::new(&path)).await,
-                    None => h.run_rebuild(r.role, r.only, &h.sink(false), false).await,
+                    None => {
+                        let roles: Vec<usize> = std::iter::once(r.role).chain(r.also).collect();
+                        h.run_rebuilds(&roles, r.only, &h.sink(false), false).await
+                    }
                 }
             }
             h.activate_spares().await;

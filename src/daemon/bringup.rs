@@ -778,6 +778,7 @@ async fn reserve_metadata(assembly: &Assembly) {
         .iter()
         .flatten()
         .chain(assembly.rebuild.iter().map(|t| &t.member))
+        .chain(assembly.rebuild_also.iter().map(|t| &t.member))
         .chain(assembly.replace.iter().map(|t| &t.member))
         .chain(assembly.readd.iter().map(|(_, m)| m));
     for m in joining {
@@ -949,7 +950,7 @@ fn member_paths_by_role(assembly: &Assembly) -> Vec<Option<String>> {
         .iter()
         .map(|m| m.as_ref().map(|m| m.path.clone()))
         .collect();
-    if let Some(t) = &assembly.rebuild {
+    for t in assembly.rebuild.iter().chain(&assembly.rebuild_also) {
         paths[t.role] = Some(t.member.path.clone());
     }
     for (role, m) in &assembly.readd {

@@ -1,4 +1,4 @@
-//! RAID-5 write-hole protection at bring-up (docs/FORMAT.md §9): replays
+//! RAID-5/RAID-6 write-hole protection at bring-up (docs/FORMAT.md §9): replays
 //! the partial-parity journal of a run that crashed, decides whether this
 //! run keeps one, and starts it once the volume that owns it exists.
 //!
@@ -27,27 +27,16 @@ pub(super) struct JournalPlan {
     pub(super) encoder: Arc<LiveEncoder>,
 }
 
-/// Replays the partial-parity journal of a run that crashed (a RAID-5 whose
-/// last run kept one), then decides this run's: `None` when the array is
-/// not RAID-5, protection is off or the journal area is too small (recorded
-/// as `journal_state` for the next superblock update). A RAID-6 asked for
-/// protection is refused: it has no journal yet, and must not run as if
-/// it had one.
+/// Replays the partial-parity journal of a run that crashed (a RAID-5 or
+/// RAID-6 whose last run kept one), then decides this run's: `None` when
+/// the array has no parity, protection is off or the journal area is too
+/// small (recorded as `journal_state` for the next superblock update).
 pub(super) async fn replay_and_plan(
     assembly: &Assembly,
     volume: &Volume,
     enabled: bool,
 ) -> Result<Option<JournalPlan>, DaemonError> {
-    if assembly.level == Level::Raid6 && enabled {
-        return Err(DaemonError::Usage(format!(
-            "{}: RAID-6 has no write-hole journal yet (the partial-parity journal of \
-             docs/FORMAT.md §9 is RAID-5's); serve it with --no-journal (config: \
-             write_hole_protection = false), accepting that a crash followed by the loss of a \
-             member before the resync ends may corrupt chunks nobody was writing",
-            assembly.name
-        )));
-    }
-    if assembly.level != Level::Raid5 {
+    if !matches!(assembly.level, Level::Raid5 | Level::Raid6) {
         return Ok(None);
     }
     let name = &assembly.name;
@@ -137,6 +126,10 @@ async fn replay(
         warn!("{name}: read-only: the partial-parity journal is not replayed");
     } else if assembly.was_dirty && assembly.journal_valid {
         let records = read_journals(assembly, &replay_journals).await;
+        info!(
+            "{name}: replaying the write-hole journal: {} records",
+            records.len()
+        );
         let stats = crate::raid::ppl::replay(volume, &records)
             .await
             .map_err(|source| DaemonError::Block {
@@ -228,7 +221,8 @@ fn joining_members(assembly: &Assembly) -> Vec<Option<meta::AssembledMember>> {
             let (role, m) = assembly.readd.first()?;
             assembly.bitmap_valid.then_some((*role, m))
         });
-    if let Some((role, m)) = joining {
+    let also = assembly.rebuild_also.as_ref().map(|t| (t.role, &t.member));
+    for (role, m) in joining.into_iter().chain(also) {
         if members[role].is_none() {
             members[role] = Some(m.clone());
         }

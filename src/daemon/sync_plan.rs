@@ -36,7 +36,11 @@ pub(super) async fn plan_sync(
 ) -> Result<(Ranges, Option<PlannedRebuild>), DaemonError> {
     let resync = crash_resync(assembly, bitmap, checksums);
     let rebuild = if let Some(t) = &assembly.rebuild {
-        Some(resume_rebuild(assembly, t, volume, bitmap, wrap, &resync)?)
+        let mut planned = resume_rebuild(assembly, t, volume, bitmap, wrap, &resync)?;
+        if let Some(t) = &assembly.rebuild_also {
+            planned.also = Some(resume_rebuild(assembly, t, volume, bitmap, wrap, &resync)?.role);
+        }
+        Some(planned)
     } else if let Some(t) = &assembly.replace {
         Some(resume_replace(assembly, t, volume, wrap, &resync)?)
     } else {
@@ -102,6 +106,7 @@ fn resume_rebuild(
     );
     Ok(PlannedRebuild {
         role: t.role,
+        also: None,
         only,
         replace: None,
     })
@@ -127,6 +132,7 @@ fn resume_replace(
     );
     Ok(PlannedRebuild {
         role: t.role,
+        also: None,
         only: None,
         replace: Some(t.member.path.clone()),
     })
@@ -169,6 +175,7 @@ async fn recover_readded(
     );
     Ok(Some(PlannedRebuild {
         role: *role,
+        also: None,
         only: Some(ranges),
         replace: None,
     }))

@@ -208,6 +208,9 @@ pub struct Assembly {
     pub journal_valid: bool,
     /// A member whose rebuild was interrupted; resume it.
     pub rebuild: Option<RebuildTarget>,
+    /// The second member of an interrupted two-member RAID-6 pass (same
+    /// checkpoint): resumed together with `rebuild` (FORMAT.md §7, case 64).
+    pub rebuild_also: Option<RebuildTarget>,
     /// The new member of an interrupted `vraid replace` whose old member is
     /// present and active: resume the copy from `up_to` while the old one
     /// serves (`recovering` is false). When the old member is absent the
@@ -285,6 +288,7 @@ pub async fn assemble_with(
     let Sorted {
         mut members,
         mut rebuild,
+        rebuild_also,
         replacement,
         mut readd,
         forceable,
@@ -310,7 +314,10 @@ pub async fn assemble_with(
     if missing > 0 {
         tracing::warn!(name = %freshest.name, missing, "assembling degraded");
     }
-    let metadata = running_metadata(&freshest, &members, &rebuild, &replace);
+    // A replace that became a rebuild took `rebuild`'s place: one pass.
+    let rebuild_also = rebuild_also.filter(|t| rebuild.as_ref().is_some_and(|r| r.role != t.role));
+    let targets = [&rebuild, &rebuild_also];
+    let metadata = running_metadata(&freshest, &members, &targets, &replace);
     Ok(Assembly {
         name: freshest.name.clone(),
         array_uuid: freshest.array_uuid,
@@ -328,6 +335,7 @@ pub async fn assemble_with(
         checksums_valid: freshest.checksums_valid,
         journal_valid: freshest.journal_valid,
         rebuild,
+        rebuild_also,
         replace,
         replace_dropped,
         readd,
@@ -341,14 +349,14 @@ pub async fn assemble_with(
 fn running_metadata(
     freshest: &Superblock,
     members: &[Option<AssembledMember>],
-    rebuild: &Option<RebuildTarget>,
+    rebuilds: &[&Option<RebuildTarget>],
     replace: &Option<RebuildTarget>,
 ) -> ArrayMetadata {
     let mut devices: Vec<_> = members
         .iter()
         .map(|m| m.as_ref().map(|m| (m.device.clone(), m.member_uuid)))
         .collect();
-    if let Some(t) = rebuild {
+    for t in rebuilds.iter().copied().flatten() {
         devices[t.role] = Some((t.member.device.clone(), t.member.member_uuid));
     }
     let replacement_device = replace.as_ref().map(|t| t.member.device.clone());
@@ -361,6 +369,8 @@ struct Sorted {
     members: Vec<Option<AssembledMember>>,
     /// Being rebuilt (or recovered): resume.
     rebuild: Option<RebuildTarget>,
+    /// The second target of an interrupted two-member pass.
+    rebuild_also: Option<RebuildTarget>,
     /// The new member of a replace, by the role it replaces.
     replacement: Option<(usize, AssembledMember)>,
     /// Stale, but able to catch up from the bitmap.
@@ -372,10 +382,41 @@ struct Sorted {
 }
 
 impl Sorted {
+    /// A second member being rebuilt: an interrupted two-member RAID-6
+    /// pass resumes both from the one checkpoint (FORMAT.md §7, crash case
+    /// 64); anything else (a recovery, a third) is left out and rebuilt
+    /// again when added back.
+    fn second_rebuild(
+        &mut self,
+        member: AssembledMember,
+        recovering: bool,
+        role: usize,
+        freshest: &Superblock,
+        path: &str,
+    ) {
+        let first_full = self.rebuild.as_ref().is_some_and(|t| !t.recovering);
+        let two = freshest.level.redundancy(self.members.len()) >= 2;
+        if self.rebuild_also.is_none() && first_full && !recovering && two {
+            let up_to = freshest.rebuild_checkpoint.unwrap_or(0);
+            tracing::info!(%path, role, up_to,
+                "second member being rebuilt (a two-member pass was interrupted); resuming both");
+            self.rebuild_also = Some(RebuildTarget {
+                role,
+                member,
+                up_to,
+                recovering: false,
+            });
+        } else {
+            tracing::warn!(%path, role,
+                "another member being rebuilt is left out; add it again to rebuild it");
+        }
+    }
+
     fn new(count: usize, excluded: Vec<Excluded>) -> Sorted {
         Sorted {
             members: vec![None; count],
             rebuild: None,
+            rebuild_also: None,
             replacement: None,
             readd: Vec::new(),
             forceable: Vec::new(),
@@ -408,13 +449,8 @@ impl Sorted {
         match accept(&c, freshest, ctx)? {
             Verdict::Replacement(member) => self.replacement = Some((role, member)),
             Verdict::Active(member) => self.members[role] = Some(member),
-            Verdict::Rebuild(_, _) if self.rebuild.is_some() => {
-                // A RAID-6 pass rebuilding two members at once was
-                // interrupted: one resumes, the other is left out (FORMAT.md
-                // §7, crash case 64) and rebuilt again when added back.
-                tracing::warn!(path = %c.path, role,
-                    "a second member being rebuilt (a two-member rebuild was interrupted) is left \
-                     out; add it again to rebuild it");
+            Verdict::Rebuild(member, recovering) if self.rebuild.is_some() => {
+                self.second_rebuild(member, recovering, role, freshest, &c.path);
             }
             Verdict::Rebuild(member, recovering) => {
                 let up_to = freshest.rebuild_checkpoint.unwrap_or(0);

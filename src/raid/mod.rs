@@ -39,6 +39,7 @@ pub mod layout;
 pub mod md_layout;
 pub mod parity;
 pub mod ppl;
+mod ppl6;
 pub mod raid10_layout;
 pub mod rebuild;
 pub mod scrub;
@@ -188,6 +189,8 @@ impl FromStr for Level {
     }
 }
 
+#[cfg(test)]
+mod ppl6_tests;
 #[cfg(test)]
 mod ppl_tests;
 #[cfg(test)]

@@ -694,10 +694,9 @@ pub(super) async fn log_full_stripes(
     let chunk = g.chunk().get();
     let mut by_member: Vec<Vec<PplRecord>> = vec![Vec::new(); g.members()];
     for s in first.0..first.0 + count {
-        let Some(pm) = g.parity_member(StripeIndex(s)) else {
-            continue;
-        };
-        if vol.is_active(pm) {
+        // RAID-6: the P and the Q member's rings both get the entry.
+        let rings = [g.parity_member(StripeIndex(s)), g.q_member(StripeIndex(s))];
+        for pm in rings.into_iter().flatten().filter(|&m| vol.is_active(m)) {
             by_member[pm.0].push(PplRecord {
                 stripe: s,
                 start: 0,
@@ -739,7 +738,14 @@ pub struct ReplayStats {
 
 /// Rows `[lo, hi)` of data chunk `d` a write of `[start, start+len)` of the
 /// stripe's data touches, clipped to `[rlo, rhi)`.
-fn touched(chunk: u64, start: u64, len: u64, d: usize, rlo: u64, rhi: u64) -> Option<(u64, u64)> {
+pub(super) fn touched(
+    chunk: u64,
+    start: u64,
+    len: u64,
+    d: usize,
+    rlo: u64,
+    rhi: u64,
+) -> Option<(u64, u64)> {
     let base = d as u64 * chunk;
     let lo = start.max(base).saturating_sub(base).max(rlo);
     let hi = (start + len)
@@ -764,10 +770,12 @@ pub async fn replay(
     // Newest first: each parity row is decided by the newest entry whose
     // rows cover it; older entries never write a row a newer one covers
     // (the newer one may not be replayable, and the older PP is stale).
-    let mut claimed: std::collections::HashMap<u64, Vec<(u64, u64)>> = Default::default();
+    // Per ring: a RAID-6 stripe's P rows are decided by the P ring, its Q
+    // rows by the Q ring (FORMAT.md §9, "RAID-6").
+    let mut claimed: std::collections::HashMap<(usize, u64), Vec<(u64, u64)>> = Default::default();
     let mut work = Vec::new();
     for (member, rec) in records.iter().rev() {
-        let taken = claimed.entry(rec.stripe).or_default();
+        let taken = claimed.entry((member.0, rec.stripe)).or_default();
         let window = (u64::from(rec.rlo), u64::from(rec.rhi));
         let free = subtract(window, taken);
         taken.push(window);
@@ -797,7 +805,7 @@ pub async fn replay(
 }
 
 /// `window` minus every interval of `taken`, as disjoint intervals.
-fn subtract(window: (u64, u64), taken: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(super) fn subtract(window: (u64, u64), taken: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut free = vec![window];
     for &(a, b) in taken {
         free = free
@@ -819,6 +827,9 @@ async fn replay_one(
 ) -> bool {
     let stripe = StripeIndex(rec.stripe);
     let g = vol.geometry();
+    if g.level() == super::Level::Raid6 {
+        return super::ppl6::replay_one(vol, member, rec, rows).await;
+    }
     if !record_fits(vol, rec) || g.parity_member(stripe) != Some(member) || !vol.is_active(member) {
         return false;
     }
@@ -836,7 +847,7 @@ async fn replay_one(
 }
 
 /// The record describes a stripe of this array and a row range of a chunk.
-fn record_fits(vol: &Volume, rec: &PplRecord) -> bool {
+pub(super) fn record_fits(vol: &Volume, rec: &PplRecord) -> bool {
     let g = vol.geometry();
     let chunk = g.chunk().get();
     let (rlo, rhi, len) = (u64::from(rec.rlo), u64::from(rec.rhi), u64::from(rec.len));
@@ -931,7 +942,7 @@ async fn write_parity(
 const BLOCK: u64 = 4096;
 
 /// `lo..hi` cut at 4 KiB boundaries.
-fn blocks_of(lo: u64, hi: u64) -> impl Iterator<Item = (u64, u64)> {
+pub(super) fn blocks_of(lo: u64, hi: u64) -> impl Iterator<Item = (u64, u64)> {
     let mut pos = lo;
     std::iter::from_fn(move || {
         (pos < hi).then(|| {

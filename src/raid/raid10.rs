@@ -2,7 +2,8 @@
 //! distinct members, placed as md places them (`raid10_layout.rs`).
 //!
 //! ```text
-//!  read  piece of one chunk ─► one active copy (rotating per request)
+//!  read  piece of one chunk ─► the active copy with the fewest member I/Os
+//!        in flight (ties rotate)
 //!            └─ error ─► the next copy; once one served it, the failing
 //!                        copies are rewritten from it (under the locks)
 //!  write piece of one chunk ─► lock the rows of all its copies (ascending)
@@ -165,9 +166,10 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
     .await
 }
 
-/// Reads one piece from an active copy, rotating the first choice; a
-/// copy that fails is skipped and, once another served the piece,
-/// rewritten from it.
+/// Reads one piece from an active copy, the one with the fewest member
+/// I/Os in flight first (ties rotate, so an idle array still spreads its
+/// reads); a copy that fails is skipped and, once another served the
+/// piece, rewritten from it.
 async fn read_piece(vol: &Volume, p: Piece, buf: &mut [u8]) -> BlockResult {
     let active: Vec<ChunkCopy> = p
         .copies
@@ -178,9 +180,8 @@ async fn read_piece(vol: &Volume, p: Piece, buf: &mut [u8]) -> BlockResult {
     if active.is_empty() {
         return Err(vol.data_lost());
     }
-    let start = vol.next_mirror() % active.len();
     let mut bad: Vec<(ChunkCopy, BlockError)> = Vec::new();
-    for k in active.iter().cycle().skip(start).take(active.len()) {
+    for k in &by_load(vol, active) {
         match vol.read_member(k.member, p.at(vol, *k), buf).await {
             Ok(()) if bad.is_empty() => return Ok(()),
             Ok(()) => return repair(vol, &p, *k, bad, buf).await,
@@ -192,6 +193,17 @@ async fn read_piece(vol: &Volume, p: Piece, buf: &mut [u8]) -> BlockResult {
         vol.fail_member_for_read(k.member, e).await;
     }
     Err(vol.data_lost())
+}
+
+/// The copies in the order reads try them: fewest member I/Os in flight
+/// first (md's `read_balance` takes the least busy near copy), ties from a
+/// rotating start.
+fn by_load(vol: &Volume, mut copies: Vec<ChunkCopy>) -> Vec<ChunkCopy> {
+    let start = vol.next_mirror() % copies.len();
+    copies.rotate_left(start);
+    // Stable: equal loads keep the rotated order.
+    copies.sort_by_key(|k| vol.pending(k.member));
+    copies
 }
 
 /// Rewrites the copies in `bad` from copy `good`, whole 4 KiB blocks,

@@ -233,3 +233,55 @@ impl super::rebuild::RebuildSink for NoSink {
         Box::pin(async { Ok(()) })
     }
 }
+
+#[tokio::test]
+async fn reads_go_to_the_copy_with_fewer_member_ios_in_flight() {
+    // Arrange: n2 over 2 (one chunk, two copies); a write to another chunk
+    // held at member 0 keeps one I/O in flight there.
+    let (a, data) = filled("n2", 2, &[]).await;
+    let vol = Arc::new(a.volume);
+    a.devices[0]
+        .gate_closed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = {
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            vol.write(ByteOffset(C), &[9u8; 4096], Durability::Normal)
+                .await
+        })
+    };
+    for _ in 0..1000 {
+        if vol.pending(MemberIndex(0)) > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        vol.pending(MemberIndex(0)),
+        1,
+        "the held write is not in flight"
+    );
+    a.devices[0].reset_counters();
+    a.devices[1].reset_counters();
+
+    // Act: reads of chunk 0 while member 0 is busy.
+    for _ in 0..8 {
+        let mut buf = vec![0u8; 4096];
+        vol.read(ByteOffset(0), &mut buf).await.unwrap();
+        assert_eq!(buf, data[..4096]);
+    }
+
+    // Assert: every read went to the idle copy; once idle, reads alternate.
+    let reads = |m: usize| a.devices[m].reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((reads(0), reads(1)), (0, 8));
+    a.devices[0]
+        .gate_closed
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    a.devices[0].gate_open.notify_waiters();
+    held.await.unwrap().unwrap();
+    for _ in 0..8 {
+        let mut buf = vec![0u8; 4096];
+        vol.read(ByteOffset(0), &mut buf).await.unwrap();
+    }
+    assert_eq!((reads(0), reads(1)), (4, 12));
+}

@@ -63,6 +63,10 @@ impl LevelIo for Raid6 {
         Box::pin(raid6_sync::check_syndromes(vol, c))
     }
 
+    fn takes_parity_log(&self) -> bool {
+        true
+    }
+
     /// P and Q change only at the in-chunk offsets the request wrote.
     fn distrust_after_no_space(&self, vol: &Volume, at: ByteOffset, len: u64) {
         for e in vol.geometry().extents(at, len) {

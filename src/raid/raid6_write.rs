@@ -11,18 +11,21 @@
 //!       └► DataOnly  more than two members down (beyond repair)
 //!  reads fail ─► the member is failed ─► plan again (bounded)
 //!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
+//!  log: partial P to the P member's journal, then partial Q to the Q
+//!       member's (lower member first), both durable before any write
+//!       (ppl.rs, ppl6.rs; FORMAT.md §9 "RAID-6: partial P and partial Q")
 //!  commit: data + P + Q concurrently (down slots: to a member being rebuilt
 //!          into them); succeeds if every written chunk is on a member that
 //!          took it, or at most two members are down
 //! ```
-//! Rmw is chosen over Rcw when it reads fewer bytes. There is no write-hole
-//! journal for RAID-6 yet (`vraid create --journal` refuses it).
+//! Rmw is chosen over Rcw when it reads fewer bytes.
 
 use futures::future::join_all;
 
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{join_each, MemberOp};
 use super::parity::xor_into;
+use super::ppl::{PplRecord, PplTicket};
 use super::raid6::{rows_or_lost, StripeRows};
 use super::syndrome::{gen_syndrome, gf_pow2, mul_xor_into};
 use super::volume::Volume;
@@ -38,11 +41,13 @@ enum Mode {
     DataOnly,
 }
 
-/// New P and Q rows from chunk-relative row `rlo`.
+/// New P and Q rows from chunk-relative row `rlo`, and the partial P and
+/// Q of the same rows (`None`: a full-stripe write, logged without them).
 struct Syndromes {
     rlo: u64,
     p: Vec<u8>,
     q: Vec<u8>,
+    partial: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 struct StripeWrite<'a> {
@@ -87,6 +92,9 @@ pub(super) async fn write_stripe(
                 None => continue,
             },
             Mode::Degraded => Some(w.degraded().await?),
+        };
+        let Ok(_tickets) = w.log(computed.as_ref()).await else {
+            continue;
         };
         return w.commit(computed).await;
     }
@@ -165,7 +173,12 @@ impl StripeWrite<'_> {
         let sources: Vec<&[u8]> = self.data.chunks(c).collect();
         let (mut p, mut q) = (vec![0u8; c], vec![0u8; c]);
         gen_syndrome(&mut p, &mut q, &sources);
-        Syndromes { rlo: 0, p, q }
+        Syndromes {
+            rlo: 0,
+            p,
+            q,
+            partial: None,
+        }
     }
 
     /// Reads for planning; a member that fails is failed (the plan is redone).
@@ -209,13 +222,23 @@ impl StripeWrite<'_> {
                 return None;
             }
         }
+        // Old P and Q without the old bytes being replaced: the partials.
+        let partial = self.logging().then(|| {
+            let (mut pp, mut pq) = (p.clone(), q.clone());
+            for (&(d, lo, hi), old) in touched.iter().zip(&old) {
+                let r = (lo - rlo) as usize..(hi - rlo) as usize;
+                xor_into(&mut pp[r.clone()], old);
+                mul_xor_into(&mut pq[r], old, gf_pow2(d));
+            }
+            (pp, pq)
+        });
         for (&(d, lo, hi), delta) in touched.iter().zip(old.iter_mut()) {
             xor_into(delta, self.new_data(d, lo, hi));
             let r = (lo - rlo) as usize..(hi - rlo) as usize;
             xor_into(&mut p[r.clone()], delta);
             mul_xor_into(&mut q[r], delta, gf_pow2(d));
         }
-        Some(Syndromes { rlo, p, q })
+        Some(Syndromes { rlo, p, q, partial })
     }
 
     /// Reconstruct-write: P and Q from full data rows (the untouched parts
@@ -254,6 +277,7 @@ impl StripeWrite<'_> {
     /// P and Q of `rows` (the data rows from `rlo`) with this write's
     /// bytes laid over them.
     fn with_new_data(&self, mut data: Vec<Vec<u8>>, rlo: u64) -> Syndromes {
+        let partial = self.logging().then(|| self.partials(&mut data, rlo));
         for (d, lo, hi) in self.touched_all() {
             let r = (lo - rlo) as usize..(hi - rlo) as usize;
             data[d][r].copy_from_slice(self.new_data(d, lo, hi));
@@ -269,7 +293,88 @@ impl StripeWrite<'_> {
             rlo,
             p: rows.p,
             q: rows.q,
+            partial,
         }
+    }
+
+    /// P and Q of the data rows from `rlo` with the bytes this write
+    /// replaces zeroed (left zeroed: the new bytes go there next).
+    fn partials(&self, data: &mut [Vec<u8>], rlo: u64) -> (Vec<u8>, Vec<u8>) {
+        for (d, lo, hi) in self.touched_all() {
+            data[d][(lo - rlo) as usize..(hi - rlo) as usize].fill(0);
+        }
+        let width = data.first().map_or(0, Vec::len);
+        let (mut pp, mut pq) = (vec![0u8; width], vec![0u8; width]);
+        let rows: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        gen_syndrome(&mut pp, &mut pq, &rows);
+        (pp, pq)
+    }
+
+    /// True when this write is logged (a parity log and a live P or Q).
+    fn logging(&self) -> bool {
+        self.vol.parity_log().is_some()
+            && (self.vol.is_active(self.p_member()) || self.vol.is_active(self.q_member()))
+    }
+
+    /// Logs the write's entries, partial P to the P member's journal and
+    /// partial Q to the Q member's, one after the other in member order
+    /// (FORMAT.md §9: a task holds tickets only of rings below the one it
+    /// waits for). `Err` when a journal write failed (its member is failed;
+    /// the caller plans again).
+    async fn log(&self, s: Option<&Syndromes>) -> Result<Vec<PplTicket>, ()> {
+        let (Some(log), Some(s)) = (self.vol.parity_log(), s) else {
+            return Ok(Vec::new());
+        };
+        let full = self.start == 0 && self.data.len() as u64 == self.k as u64 * self.chunk;
+        if s.partial.is_none() && !full {
+            // Planned while neither P nor Q was live: nothing to log to.
+            return Ok(Vec::new());
+        }
+        let mut rings = [
+            (self.p_member(), s.partial.as_ref().map(|p| &p.0)),
+            (self.q_member(), s.partial.as_ref().map(|p| &p.1)),
+        ];
+        rings.sort_by_key(|(m, _)| m.0);
+        let mut tickets = Vec::new();
+        for (m, partial) in rings {
+            if !self.vol.is_active(m) {
+                continue;
+            }
+            let records = self.records(s.rlo, partial, log.max_entry_pp(m).max(512));
+            match log.log(m, records).await {
+                Ok(t) => tickets.push(t),
+                Err(e) => {
+                    self.vol.fail_member(m, &e).await;
+                    return Err(());
+                }
+            }
+        }
+        Ok(tickets)
+    }
+
+    /// The journal entries of this write on one ring: one FULL entry, or
+    /// the partial syndrome split into windows of at most `max` rows.
+    fn records(&self, rlo: u64, partial: Option<&Vec<u8>>, max: usize) -> Vec<PplRecord> {
+        let entry = |lo: u64, hi: u64, full: bool, pp: Vec<u8>| PplRecord {
+            stripe: self.stripe.0,
+            start: self.start,
+            len: self.data.len() as u32,
+            rlo: lo as u32,
+            rhi: hi as u32,
+            full,
+            pp,
+        };
+        let Some(partial) = partial else {
+            return vec![entry(0, self.chunk, true, Vec::new())];
+        };
+        partial
+            .chunks(max)
+            .enumerate()
+            .map(|(i, w)| {
+                let lo = rlo + (i * max) as u64;
+                entry(lo, lo + w.len() as u64, false, w.to_vec())
+            })
+            .collect()
     }
 
     /// Writes the new data, P and Q rows concurrently.

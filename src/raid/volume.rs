@@ -105,6 +105,9 @@ struct Slot {
     /// A member being rebuilt for this slot (into a failed/missing slot, or
     /// replacing a live member). Every write reaches it; reads never do.
     incoming: RwLock<Option<Arc<Incoming>>>,
+    /// Member I/Os in flight through this volume (RAID-10 reads go to the
+    /// copy with the fewest, as md's `read_balance` picks the least busy).
+    pending: AtomicUsize,
 }
 
 impl Slot {
@@ -114,6 +117,7 @@ impl Slot {
             failed: AtomicBool::new(false),
             recorded: RwLock::new(Arc::new(watch::Sender::new(false))),
             incoming: RwLock::new(None),
+            pending: AtomicUsize::new(0),
         }
     }
 
@@ -410,6 +414,18 @@ impl Volume {
     /// readers, repairs and sync steps.
     pub(super) fn locks(&self) -> &StripeLocks {
         &self.locks
+    }
+
+    /// Member I/Os of this volume in flight on `member`.
+    pub(super) fn pending(&self, member: MemberIndex) -> usize {
+        self.slots
+            .get(member.0)
+            .map_or(usize::MAX, |s| s.pending.load(Ordering::Relaxed))
+    }
+
+    /// Counts an I/O in flight on `member` while the guard lives.
+    fn pending_guard(&self, member: MemberIndex) -> Option<Busy<'_>> {
+        self.slots.get(member.0).map(|s| Busy::new(&s.pending))
     }
 
     /// The mirror a RAID-1 read starts with (rotates per read).
@@ -730,6 +746,7 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<(), Option<BlockError>> {
         let dev = self.device(member).ok_or(None)?;
+        let _pending = self.pending_guard(member);
         if let Err(e) = dev.read(offset, buf).await {
             if matches!(e, BlockError::Corrupt { .. }) {
                 return Err(Some(e));
@@ -766,6 +783,7 @@ impl Volume {
             return false;
         };
         let mut last = None;
+        let pending = self.pending_guard(member);
         for _ in 0..2 {
             match op.run(&*dev).await {
                 Ok(()) => return true,
@@ -779,6 +797,7 @@ impl Volume {
                 Err(e) => last = Some(e),
             }
         }
+        drop(pending);
         if let Some(e) = last {
             self.fail_member(member, &e).await;
         }
