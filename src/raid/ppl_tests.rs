@@ -436,11 +436,16 @@ async fn checkpoint_waits_for_writes_holding_tickets() {
 /// A 4-member RAID-5 over devices that yield like real I/O, logging to
 /// small rings (many checkpoints).
 async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
-    let g = geometry(4);
-    let data: Vec<_> = (0..4)
+    stress_volume_of(geometry(4)).await
+}
+
+/// [`stress_volume`] of any parity geometry (RAID-6: two rings per write).
+async fn stress_volume_of(g: Geometry) -> (Arc<Volume>, Arc<RingLog>) {
+    let n = g.members();
+    let data: Vec<_> = (0..n)
         .map(|i| TestDevice::new(&format!("m{i}"), STRIPES * CHUNK))
         .collect();
-    let rings: Vec<Arc<TestDevice>> = (0..4)
+    let rings: Vec<Arc<TestDevice>> = (0..n)
         .map(|i| TestDevice::new(&format!("j{i}"), 32 << 10))
         .collect();
     for d in data.iter().chain(&rings) {
@@ -449,7 +454,7 @@ async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
     }
     let encoder = Arc::new(crate::meta::journal::JournalEncoder {
         array_uuid: uuid::Uuid::from_u128(1),
-        members: (0..4)
+        members: (0..n as u128)
             .map(|i| Some(uuid::Uuid::from_u128(10 + i)))
             .collect(),
         epoch: 1,
@@ -537,6 +542,44 @@ async fn concurrent_clears_and_writes_through_checkpoints_do_not_deadlock() {
 
     // Assert
     assert!(checkpoints(&log) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raid6_writes_and_clears_through_full_rings_do_not_deadlock() {
+    // Arrange: RAID-6 over 5 members, every partial write logged to its P
+    // and its Q ring (lower member first), rings of 32 KiB (full often:
+    // checkpoints on both rings of one write).
+    let g = Geometry::new(
+        Level::Raid6,
+        5,
+        ChunkSize::new(CHUNK).unwrap(),
+        STRIPES * CHUNK,
+    )
+    .unwrap();
+    let (vol, log) = stress_volume_of(g).await;
+    let stripe = g.stripe_data_size();
+    let stripes = vol.size() / stripe;
+
+    // Act
+    run_rounds(&vol, 24, "RAID-6 writes", |vol, round, i| async move {
+        if i % 4 == 0 {
+            let n = 1 + (round + i) % stripes;
+            let first = (round * 3 + i) % (stripes - n + 1);
+            vol.write_zeroes(ByteOffset(first * stripe), n * stripe, false)
+                .await
+        } else {
+            let len = (round * 11 + i * 5) % (2 * stripe) + 512;
+            let at = ((round + i) * 4096) % (vol.size() - len);
+            let buf = pattern(len as usize, round * 24 + i);
+            vol.write(ByteOffset(at), &buf, Durability::Normal).await
+        }
+    })
+    .await;
+
+    // Assert: checkpoints ran, and the entries went to P and Q rings.
+    assert!(checkpoints(&log) > 0);
+    let counters = log.counters().unwrap();
+    assert!(counters.entries > 0, "{counters:?}");
 }
 
 #[tokio::test]
