@@ -499,6 +499,12 @@ pub struct ServeArgs {
     /// it from its md superblocks and serve it read-only.
     #[arg(long, requires = "members", conflicts_with_all = ["config", "vhost_user_blk"])]
     pub md: bool,
+    /// With --md: write through to the md members, keeping md's
+    /// superblocks (events, clean/dirty, checksum) so Linux md assembles
+    /// the array again afterwards. Refused, with the reason, for degraded,
+    /// unclean or bitmap arrays (docs/FORMAT.md §12).
+    #[arg(long, requires = "md")]
+    pub md_writable: bool,
     /// Control socket path (default: DEMO_DIR/control.sock for the demo,
     /// else ./vraid-control.sock; also $VRAID_CONTROL or `[server] control`).
     #[arg(long, value_name = "PATH")]
@@ -626,6 +632,7 @@ impl ServeArgs {
             no_journal: self.no_journal,
             force_assemble: self.force_assemble,
             md: self.md,
+            md_writable: self.md_writable,
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct MdConfig {
     /// Export name (default: the md name without its host part, or the
     /// array UUID for 0.90).
     pub name: Option<String>,
+    /// Write through to the members, keeping md's superblocks
+    /// (`writable = true`; as `--md-writable`).
+    pub writable: bool,
 }
 
 /// The `[server]` table.
@@ -303,6 +306,8 @@ struct RawConfig {
 struct RawMd {
     members: Spanned<Vec<Spanned<String>>>,
     name: Option<Spanned<String>>,
+    #[serde(default)]
+    writable: bool,
 }
 
 #[derive(Deserialize)]
@@ -514,7 +519,11 @@ fn md_array(
         .as_ref()
         .map(|n| volume_name(src, key, n))
         .transpose()?;
-    Ok(MdConfig { members, name })
+    Ok(MdConfig {
+        members,
+        name,
+        writable: m.writable,
+    })
 }
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -1730,6 +1739,11 @@ probability = 0.5
         assert_eq!(c.md.len(), 1);
         assert_eq!(c.md[0].members, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(c.md[0].name.as_deref(), Some("nas"));
+        assert!(!c.md[0].writable, "read-only unless asked");
+        let w = parse("[[md]]\nmembers = [\"/a\"]\nwritable = true\n").unwrap();
+        assert!(w.md[0].writable);
+        let e = err("[[md]]\nmembers = [\"/a\"]\nwritable = \"yes\"\n");
+        assert!(e.contains("writable"), "{e}");
         let e = err(&format!("{md}[[md]]\nmembers = [\"/b\"]\n"));
         assert!(
             e.contains("md[1].members[0]") && e.contains("already used"),

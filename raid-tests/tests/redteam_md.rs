@@ -226,3 +226,93 @@ fn two_md_arrays_with_one_export_name_are_refused() {
     }
     server.stop();
 }
+
+/// The superblock fields of a member `vraid examine --json` shows.
+fn sb_state(member: &Path) -> (String, u64, bool) {
+    let e = examine(member);
+    (
+        e["state"].as_str().unwrap().to_string(),
+        e["events"].as_u64().unwrap(),
+        e["checksum_ok"].as_bool().unwrap(),
+    )
+}
+
+/// `--md-writable`: writes reach both mirrors, the superblocks go dirty
+/// with the first write and clean at SIGTERM (events + 1 each), checksums
+/// right; a SIGKILL mid-session leaves them dirty, and then writable is
+/// refused while read-only serving goes on.
+#[test]
+fn md_writable_session_keeps_the_mirrors_and_md_s_clean_state() {
+    let dir = scratch_dir("redteam_md_rw");
+    let data = pseudo_random(DATA_SECTORS as usize * 512, 9);
+    let members = raid1_members(dir.path(), &data);
+    let args = ["--md-writable", "--md", path_str(&members[1]), path_str(&members[0])];
+    let server = Server::start(&args);
+    let uri = server.uri("redmd");
+    let info = run_ok(Command::new("nbdinfo").arg(&uri));
+    assert!(info.contains("is_read_only: false"), "{info}");
+    assert_eq!(sb_state(&members[0]), ("clean".into(), 10, true), "no write yet");
+    qemu_io(&uri, &["write -P 0x3c 1000 70000".to_string()]);
+    assert_eq!(sb_state(&members[0]), ("active".into(), 11, true), "dirty");
+    let mut want = data.clone();
+    want[1000..71000].fill(0x3c);
+    assert!(read_export(&uri, dir.path()) == want);
+    assert_eq!(server.stop(), 0);
+    for m in &members {
+        assert_eq!(sb_state(m), ("clean".into(), 12, true), "{}", m.display());
+        assert!(peek(m, DATA_OFFSET * 512, want.len()) == want, "{}", m.display());
+    }
+
+    let server = Server::start(&args);
+    qemu_io(&server.uri("redmd"), &["write -P 0x77 0 4096".to_string()]);
+    server.kill();
+    assert_eq!(sb_state(&members[1]), ("active".into(), 13, true));
+    let err = serve_refused(dir.path(), &args);
+    assert!(err.contains("not stopped cleanly"), "{err}");
+    let ro = Server::start(&["--md", path_str(&members[0]), path_str(&members[1])]);
+    want[..4096].fill(0x77);
+    assert!(read_export(&ro.uri("redmd"), dir.path()) == want);
+    ro.stop();
+}
+
+/// What must never be written: a truncated member (left out, so the
+/// array is degraded), a stale mirror given alone in its role, a mirror
+/// given twice. Each is refused writable with the reason and no byte of
+/// any member changes.
+#[test]
+fn md_writable_refuses_degraded_stale_and_truncated_members_without_a_write() {
+    let dir = scratch_dir("redteam_md_rw_refused");
+    let data = pseudo_random(64 << 10, 11);
+    let members = raid1_members(dir.path(), &data);
+    let stale = dir.path().join("stale1.img");
+    std::fs::copy(&members[1], &stale).unwrap();
+    poke(&stale, 4096, &superblock(1, 7));
+    let truncated = dir.path().join("trunc1.img");
+    std::fs::copy(&members[1], &truncated).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(SIZE / 2)
+        .unwrap();
+    let all = [&members[0], &members[1], &stale, &truncated];
+    let before: Vec<Vec<u8>> = all.iter().map(|m| std::fs::read(m).unwrap()).collect();
+    let w = |other: &PathBuf| {
+        let args = ["--md-writable", "--md", path_str(&members[0]), path_str(other)];
+        serve_refused(dir.path(), &args)
+    };
+    let err = w(&stale);
+    assert!(err.contains("degraded") && err.contains("not writable"), "{err}");
+    let err = w(&truncated);
+    assert!(err.contains("past the end of the device"), "{err}");
+    let err = serve_refused(dir.path(), &["--md-writable", path_str(&members[0])]);
+    assert!(err.contains("--md"), "--md-writable needs --md: {err}");
+    // Stale beside the fresh member of its role: served, the stale one
+    // never written.
+    let args = ["--md-writable", "--md", path_str(&stale), path_str(&members[0]), path_str(&members[1])];
+    let server = Server::start(&args);
+    qemu_io(&server.uri("redmd"), &["write -P 0x11 0 8192".to_string()]);
+    assert_eq!(server.stop(), 0);
+    assert!(std::fs::read(&stale).unwrap() == before[2], "stale member written");
+    assert!(std::fs::read(&truncated).unwrap() == before[3]);
+}

@@ -111,6 +111,8 @@ pub struct ServeOptions {
     pub force_assemble: bool,
     /// `members` are the members of a Linux md array (served read-only).
     pub md: bool,
+    /// Serve that md array writable (`--md-writable`).
+    pub md_writable: bool,
 }
 
 /// What `serve` decided from its options and the config.
@@ -202,6 +204,9 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
     }
     pools.flush_all().await;
+    for m in &md {
+        m.close().await;
+    }
     shutdown_volumes(&volumes).await;
     if let Some(path) = nbd_socket {
         let _ = std::fs::remove_file(path);
@@ -221,6 +226,7 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         None if args.md => vec![crate::config::MdConfig {
             members: args.members.clone(),
             name: None,
+            writable: args.md_writable,
         }],
         None => Vec::new(),
     };
@@ -271,7 +277,8 @@ async fn bring_up_md(
 ) -> Result<Vec<super::md::MdServed>, DaemonError> {
     let mut served = Vec::with_capacity(specs.len());
     for spec in specs {
-        let md = super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?;
+        let name = spec.name.as_deref();
+        let md = super::md::bring_up(&spec.members, name, spec.writable, opts).await?;
         md.claim_name(&mut taken)?;
         served.push(md);
     }
