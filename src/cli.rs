@@ -496,8 +496,9 @@ pub struct ServeArgs {
     #[arg(value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
     /// The MEMBERs are the disks (or images) of a Linux md array: assemble
-    /// it from its md superblocks and serve it read-only.
-    #[arg(long, requires = "members", conflicts_with_all = ["config", "vhost_user_blk"])]
+    /// it from its md superblocks and serve it read-only (over NBD, and
+    /// over vhost-user-blk too with --vhost-user-blk).
+    #[arg(long, requires = "members", conflicts_with = "config")]
     pub md: bool,
     /// With --md: write through to the md members, keeping md's
     /// superblocks (events, clean/dirty, checksum) so Linux md assembles

@@ -48,6 +48,10 @@ pub struct MdConfig {
     /// Write through to the members, keeping md's superblocks
     /// (`writable = true`; as `--md-writable`).
     pub writable: bool,
+    /// vhost-user-blk socket to export the array on too, if any.
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of that export.
+    pub num_queues: u16,
 }
 
 /// The `[server]` table.
@@ -308,6 +312,8 @@ struct RawMd {
     name: Option<Spanned<String>>,
     #[serde(default)]
     writable: bool,
+    vhost_user_blk: Option<Spanned<String>>,
+    num_queues: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -519,10 +525,14 @@ fn md_array(
         .as_ref()
         .map(|n| volume_name(src, key, n))
         .transpose()?;
+    let vhost = (&m.vhost_user_blk, &m.num_queues);
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
     Ok(MdConfig {
         members,
         name,
         writable: m.writable,
+        vhost_user_blk,
+        num_queues,
     })
 }
 
@@ -725,7 +735,8 @@ fn volume(
         }
     }
     let (cache, cache_size) = cache_keys(src, key, &v)?;
-    let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
+    let vhost = (&v.vhost_user_blk, &v.num_queues);
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
     let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
     let checksums = checksums_key(src, key, v.checksums.as_ref(), bitmap)?;
@@ -1155,10 +1166,10 @@ fn fault_kind(
 fn vhost_keys(
     src: &Source<'_>,
     key: &str,
-    v: &RawVolume,
+    (vhost_user_blk, num_queues): (&Option<Spanned<String>>, &Option<Spanned<i64>>),
     paths: &mut TakenPaths,
 ) -> Result<(Option<PathBuf>, u16), ConfigError> {
-    let socket = match &v.vhost_user_blk {
+    let socket = match vhost_user_blk {
         Some(p) if p.get_ref().is_empty() => {
             return Err(src.invalid(p.span(), format!("{key}.vhost_user_blk"), "empty path"))
         }
@@ -1177,7 +1188,7 @@ fn vhost_keys(
         }
         None => None,
     };
-    let queues = match &v.num_queues {
+    let queues = match num_queues {
         Some(n) => u16::try_from(*n.get_ref())
             .ok()
             .filter(|q| (1..=MAX_NUM_QUEUES).contains(q))
@@ -1744,6 +1755,18 @@ probability = 0.5
         assert!(w.md[0].writable);
         let e = err("[[md]]\nmembers = [\"/a\"]\nwritable = \"yes\"\n");
         assert!(e.contains("writable"), "{e}");
+        let v = parse("[[md]]\nmembers = [\"/a\"]\nvhost_user_blk = \"/s\"\nnum_queues = 2\n");
+        let v = v.unwrap();
+        assert_eq!(v.md[0].vhost_user_blk, Some(PathBuf::from("/s")));
+        assert_eq!(
+            (v.md[0].num_queues, c.md[0].num_queues),
+            (2, DEFAULT_NUM_QUEUES)
+        );
+        let e = err("[[md]]\nmembers = [\"/a\"]\nvhost_user_blk = \"/a\"\n");
+        assert!(
+            e.contains("md[0].vhost_user_blk") && e.contains("already used"),
+            "{e}"
+        );
         let e = err(&format!("{md}[[md]]\nmembers = [\"/b\"]\n"));
         assert!(
             e.contains("md[1].members[0]") && e.contains("already used"),

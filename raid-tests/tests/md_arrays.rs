@@ -300,7 +300,11 @@ impl FuseLoop {
         std::fs::create_dir_all(dir).unwrap();
         let opts = if read_only { "ro,noload" } else { "rw" };
         let loopdev = self.loopdev.as_deref().unwrap();
-        run_ok(Command::new("mount").args(["-t", "ext4", "-o", opts, loopdev]).arg(dir));
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", opts, loopdev])
+                .arg(dir),
+        );
     }
 }
 
@@ -331,7 +335,10 @@ fn check_ext4_mounted(uri: &str, files: &[(String, String)], scratch: &Path) {
         .collect();
     umount(&mnt);
     drop(fuse);
-    assert_eq!(sums, files, "files read from the ext4 mounted through nbdfuse");
+    assert_eq!(
+        sums, files,
+        "files read from the ext4 mounted through nbdfuse"
+    );
 }
 
 /// Checks `vraid examine` of every member of `spec` against the guest.
@@ -890,7 +897,11 @@ fn write_ext4_through_vraid(
         .collect();
     std::fs::remove_file(mnt.join("dir/small")).unwrap();
     std::fs::create_dir_all(mnt.join("new")).unwrap();
-    for (file, len, seed) in [("dir/odd", 4097 * 5, 1), ("new/a.bin", 700_001, 2), ("new/b.bin", 5000, 3)] {
+    for (file, len, seed) in [
+        ("dir/odd", 4097 * 5, 1),
+        ("new/a.bin", 700_001, 2),
+        ("new/b.bin", 5000, 3),
+    ] {
         std::fs::write(mnt.join(file), pseudo_random(len, seed + spec.first as u64)).unwrap();
         expect.retain(|(f, _)| f != file);
         expect.push((file.to_string(), md5_of(&mnt.join(file))));
@@ -942,12 +953,21 @@ fn write_pattern_through_vraid(
     if kill {
         server.kill();
         assert_superblocks(&members, "active", events + 1, &what);
-        let refused = run(vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
-            .args(members.iter().map(|p| p.as_os_str())));
+        let refused = run(
+            vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
+                .args(members.iter().map(|p| p.as_os_str())),
+        );
         let err = String::from_utf8_lossy(&refused.stderr).into_owned();
-        assert!(!refused.status.success() && err.contains("not stopped cleanly"), "{err}");
+        assert!(
+            !refused.status.success() && err.contains("not stopped cleanly"),
+            "{err}"
+        );
         let ro = serve_md(&members);
-        assert_eq!(export_md5(&ro.uri(&export_of(spec, m)), scratch).1, md5, "{what}");
+        assert_eq!(
+            export_md5(&ro.uri(&export_of(spec, m)), scratch).1,
+            md5,
+            "{what}"
+        );
         assert_eq!(ro.stop(), 0);
     } else {
         assert_eq!(server.stop(), 0);
@@ -965,11 +985,16 @@ fn write_pattern_through_vraid(
 fn check_bitmap_refused(spec: &MdSpec, disks: &[PathBuf]) -> Written {
     let members = members_of(spec, disks);
     let before: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
-    let out = run(vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
-        .args(members.iter().map(|p| p.as_os_str())));
+    let out = run(
+        vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
+            .args(members.iter().map(|p| p.as_os_str())),
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("write-intent bitmap") && !err.contains("panick"), "{err}");
+    assert!(
+        err.contains("write-intent bitmap") && !err.contains("panick"),
+        "{err}"
+    );
     let after: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
     assert_eq!(before, after, "a refused writable start changed a member");
     Written {
@@ -1068,7 +1093,11 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
     for (w, (m, _)) in written.iter().zip(&made_by_md) {
         let (md5, mismatch, fsck) = verified(&verify, w.name);
         let want = if w.md5.is_empty() { &m.md5 } else { &w.md5 };
-        assert_eq!(&md5, want, "{}: md reads what vraid wrote\n{verify}", w.name);
+        assert_eq!(
+            &md5, want,
+            "{}: md reads what vraid wrote\n{verify}",
+            w.name
+        );
         let redundant = w.name != "w0";
         let want_mismatch = if redundant { "0" } else { "-" };
         assert_eq!(mismatch, want_mismatch, "{}: md's check\n{verify}", w.name);

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::DaemonError;
 use crate::block::BlockDevice;
 use crate::export::nbd::Export;
+use crate::export::vhost::VhostExport;
 use crate::md::{self, MdReport, MdVolume};
 use crate::member::{self, MemberOptions};
 
@@ -88,6 +89,13 @@ pub async fn bring_up(
     })
 }
 
+/// Marks every written array clean (orderly shutdown).
+pub async fn close_all(served: &[MdServed]) {
+    for m in served {
+        m.close().await;
+    }
+}
+
 impl MdServed {
     /// Adds its export name to `taken`, refusing one already there (the
     /// NBD export table would silently keep only the later of the two).
@@ -111,6 +119,26 @@ impl MdServed {
                 "md {}: could not mark it clean (md will resync it): {e}",
                 self.volume.array().name
             );
+        }
+    }
+
+    /// Its vhost-user-blk export on `socket`, named as the array.
+    pub fn vhost_export(&self, socket: PathBuf, num_queues: u16) -> VhostExport {
+        let a = self.volume.array();
+        let chunk = a.chunk_bytes.max(4096);
+        let data_members = match &a.level {
+            md::assemble::MdLevel::Parity(p) => p.data_disks(),
+            md::assemble::MdLevel::Raid0(_) => a.slots.len(),
+            _ => 1,
+        };
+        VhostExport {
+            device: self.volume.clone() as Arc<dyn BlockDevice>,
+            socket,
+            name: a.name.clone(),
+            read_only: !self.volume.is_writable(),
+            num_queues,
+            min_io: chunk,
+            opt_io: chunk * data_members as u64,
         }
     }
 

@@ -62,7 +62,11 @@ const V0_IN_SYNC: u32 = u32::MAX;
 pub fn patch(sb: &MdSuperblock, block: &mut [u8], events: u64, clean: bool, now: u64) {
     let big = sb.big_endian;
     let put32 = |b: &mut [u8], at: usize, v: u32| {
-        let w = if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w = if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        };
         b[at..at + 4].copy_from_slice(&w);
     };
     match sb.version {
@@ -92,7 +96,14 @@ pub fn patch(sb: &MdSuperblock, block: &mut [u8], events: u64, clean: bool, now:
             let resync = if clean { superblock::IN_SYNC } else { 0 };
             block[208..216].copy_from_slice(&resync.to_le_bytes());
             let len = 256 + 2 * sb.roles.len();
-            let csum = fold_csum(&Fields { b: block, big: false }, len, v1::CSUM_AT);
+            let csum = fold_csum(
+                &Fields {
+                    b: block,
+                    big: false,
+                },
+                len,
+                v1::CSUM_AT,
+            );
             block[v1::CSUM_AT..v1::CSUM_AT + 4].copy_from_slice(&csum.to_le_bytes());
         }
     }

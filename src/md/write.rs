@@ -108,7 +108,11 @@ impl MdVolume {
         self.set_state(st.events + 1, true).await?;
         st.events += 1;
         st.dirty = false;
-        info!("md {}: marked clean (events {})", self.array().name, st.events);
+        info!(
+            "md {}: marked clean (events {})",
+            self.array().name,
+            st.events
+        );
         Ok(())
     }
 
@@ -130,7 +134,10 @@ impl MdVolume {
         }
         let r = self.write_pieces(offset, buf, d).await;
         if let Err(e) = &r {
-            warn!("md {}: write failed, array left dirty: {e}", self.array().name);
+            warn!(
+                "md {}: write failed, array left dirty: {e}",
+                self.array().name
+            );
             st.failed = true;
         }
         r

@@ -18,7 +18,7 @@ use crate::member::memory::MemDevice;
 use crate::units::ByteOffset;
 
 const MIB: u64 = 1 << 20;
-const SIZE: u64 = 4 * MIB;
+const SIZE: u64 = 2 * MIB;
 
 /// Zeroed members (consistent at every level: parity of zeroes is zero)
 /// of a clean 1.2 array, their superblocks written.
@@ -76,7 +76,9 @@ async fn scribble(vol: &MdVolume, model: &mut [u8], seed: u64) {
 async fn read_all(vol: &MdVolume) -> Vec<u8> {
     let mut out = vec![0u8; vol.size() as usize];
     for (i, piece) in out.chunks_mut(300_000).enumerate() {
-        vol.read(ByteOffset(i as u64 * 300_000), piece).await.unwrap();
+        vol.read(ByteOffset(i as u64 * 300_000), piece)
+            .await
+            .unwrap();
     }
     out
 }
@@ -91,7 +93,8 @@ async fn round_trip(level: i32, layout: u32, disks: u32, lose: &[&[usize]]) {
     scribble(&vol, &mut model, disks as u64 * 7 + layout as u64).await;
     let mid = reread(&devs).await;
     assert!(
-        mid.iter().all(|(_, sb)| sb.events == 21 && !sb.clean() && sb.csum_ok()),
+        mid.iter()
+            .all(|(_, sb)| sb.events == 21 && !sb.clean() && sb.csum_ok()),
         "{what}: dirty with events + 1 while written"
     );
     assert!(read_all(&vol).await == model, "{what}: read back");
@@ -160,7 +163,9 @@ async fn a_failed_member_write_fails_the_session_and_leaves_it_dirty() {
         .await
         .is_err());
     devs[1].set_failing(false);
-    let later = vol.write(ByteOffset(8192), &[3; 512], Durability::Normal).await;
+    let later = vol
+        .write(ByteOffset(8192), &[3; 512], Durability::Normal)
+        .await;
     assert!(later.is_err(), "writes after a failure are refused");
     vol.close().await.unwrap();
     let sbs = reread(&devs).await;
