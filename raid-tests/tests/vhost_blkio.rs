@@ -527,7 +527,7 @@ fn md_array_is_exported_over_vhost_user_blk_read_only_and_writable() {
 
     let server = start(&sock, &members, &["--md-writable", "--md"]);
     let mut c = Client::connect(&sock, 1, 1 << 20);
-    let new = pseudo_random(200_000, 5);
+    let new = pseudo_random(391 * 512, 5);
     assert_eq!(c.write(123 * 512, &new, 0), 0);
     drop(c);
     let nbd = read_export(&server.uri("redmd"), dir.path());
