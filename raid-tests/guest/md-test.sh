@@ -20,6 +20,7 @@
 #   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: every file found)
 #   VRAID-MD-VERIFY NAME MD5 MISMATCH_CNT FSCK_STATUS
 set -u
+echo  # a line of its own after SeaBIOS's escapes
 fail() { echo "VRAID-GUEST-FAIL: $*"; exit 1; }
 letters=abcdefghijklmnopqrstuvwxyz
 disk() { echo "/dev/vd$(echo $letters | cut -c$(( $1 + 1 )))"; }

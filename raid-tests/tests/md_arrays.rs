@@ -180,11 +180,18 @@ fn boot_md_guest_try(
     text
 }
 
+/// What follows `marker` on a console line: the marker may come after
+/// other bytes (SeaBIOS leaves its screen-clearing escapes before the
+/// guest's first line).
+fn marked<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| line[at + marker.len()..].trim())
+}
+
 /// The guest's `VRAID-MD-ARRAY NAME SIZE MD5 UUID` line of `name`.
 fn made(console: &str, name: &str) -> Made {
     let line = console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-ARRAY "))
+        .filter_map(|l| marked(l, "VRAID-MD-ARRAY "))
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("guest printed nothing for {name}:\n{console}"));
     let f: Vec<&str> = line.split_whitespace().collect();
@@ -221,7 +228,7 @@ fn md5_of(path: &Path) -> String {
 fn guest_files(console: &str, name: &str) -> Vec<(String, String)> {
     console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-FILE "))
+        .filter_map(|l| marked(l, "VRAID-MD-FILE "))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() == 3 && f[0] == name)
         .map(|f| (f[1].to_string(), f[2].to_string()))
@@ -454,7 +461,7 @@ fn run_guest_arrays(test: &str, specs: &[MdSpec], resize: &[(usize, u64)]) {
         if spec.level == "6" && spec.layout == "-" {
             check_our_raid6_lays_out_md_s_bytes(spec, &disks, &m, dir.path());
         }
-        if spec.level == "10" && spec.layout != "f2" {
+        if spec.level == "10" {
             check_our_raid10_lays_out_md_s_bytes(spec, &disks, &m, dir.path());
         }
     }
@@ -503,11 +510,18 @@ fn check_our_raid6_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Mad
     let _ = std::fs::remove_file(&image);
 }
 
-/// vraid's own RAID-10 in the same layout (near or offset copies, whose
-/// placement does not depend on the device size; far copies sit a
-/// size-dependent stride down), given the bytes of `spec`'s md array,
-/// holds on every member byte for byte what the kernel's md wrote in
-/// every chunk row md filled whole.
+/// Rows between a far layout's copies (md's `calc_sectors`: chunks in use
+/// per device, then the stride), for members of `dev_rows` chunk rows.
+fn far_stride_rows(dev_rows: u64, disks: u64, far: u64) -> u64 {
+    let chunks = dev_rows / far * disks;
+    (chunks * far).div_ceil(disks) / far
+}
+
+/// vraid's own RAID-10 in the same layout (near, far or offset copies),
+/// given the bytes of `spec`'s md array, holds on every member byte for
+/// byte what the kernel's md wrote in every chunk row md filled whole; far
+/// copies are compared at each array's own stride (md's is set by its
+/// device size, vraid's by its members' data area).
 fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Made, dir: &Path) {
     let md_members = &disks[spec.first..spec.first + spec.count];
     let md_server = serve_md(&md_members.iter().collect::<Vec<_>>());
@@ -534,11 +548,13 @@ fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Ma
 
     let chunk: u64 = spec.chunk.parse::<u64>().unwrap() << 10;
     // Rows md filled whole: near copies fill slots row by row; offset
-    // copies fill a pair of rows per `count` chunks.
+    // copies fill a pair of rows per `count` chunks; far copies one row
+    // per `count` chunks, again a stride down.
     let (chunks, n) = (m.size / chunk, spec.count as u64);
-    let full_rows = match spec.layout.starts_with('o') {
-        true => chunks / n * 2,
-        false => chunks * 2 / n,
+    let full_rows = match spec.layout.as_bytes()[0] {
+        b'o' => chunks / n * 2,
+        b'f' => chunks / n,
+        _ => chunks * 2 / n,
     };
     let per_member = full_rows * chunk;
     let read = |path: &Path, at: u64| {
@@ -549,16 +565,33 @@ fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Ma
             .unwrap();
         buf
     };
+    let md_e = examine(&md_members[0]);
+    let md_rows = md_e["used_dev_size"].as_u64().unwrap() * 512 / chunk;
+    let our_rows = examine(&ours[0])["data_size"].as_u64().unwrap() / chunk;
+    let mut regions = vec![(0, 0)];
+    if spec.layout.starts_with('f') {
+        let far: u64 = spec.layout[1..].parse().unwrap();
+        for copy in 1..far {
+            regions.push((
+                copy * far_stride_rows(md_rows, n, far) * chunk,
+                copy * far_stride_rows(our_rows, n, far) * chunk,
+            ));
+        }
+    }
     for role in 0..spec.count {
         let md_at = examine(&md_members[role])["data_offset"].as_u64().unwrap() * 512;
         let our_at = examine(&ours[role])["data_offset"].as_u64().unwrap();
-        let (theirs, mine) = (read(&md_members[role], md_at), read(&ours[role], our_at));
-        let first_diff = theirs.iter().zip(&mine).position(|(a, b)| a != b);
-        assert_eq!(
-            first_diff, None,
-            "{}: member {role} differs from md's at byte {first_diff:?} of its data area",
-            spec.name
-        );
+        for &(md_off, our_off) in &regions {
+            let theirs = read(&md_members[role], md_at + md_off);
+            let mine = read(&ours[role], our_at + our_off);
+            let first_diff = theirs.iter().zip(&mine).position(|(a, b)| a != b);
+            assert_eq!(
+                first_diff, None,
+                "{}: member {role} differs from md's at byte {first_diff:?} of the \
+                 region {md_off} (md) / {our_off} (vraid) of its data area",
+                spec.name
+            );
+        }
     }
     let _ = std::fs::remove_file(&image);
 }
@@ -1008,7 +1041,7 @@ fn check_bitmap_refused(spec: &MdSpec, disks: &[PathBuf]) -> Written {
 fn verified(console: &str, name: &str) -> (String, String, String) {
     let line = console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-VERIFY "))
+        .filter_map(|l| marked(l, "VRAID-MD-VERIFY "))
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("guest verified nothing for {name}:\n{console}"));
     let f: Vec<&str> = line.split_whitespace().collect();
