@@ -1754,7 +1754,7 @@ probability = 0.5
         let w = parse("[[md]]\nmembers = [\"/a\"]\nwritable = true\n").unwrap();
         assert!(w.md[0].writable);
         let e = err("[[md]]\nmembers = [\"/a\"]\nwritable = \"yes\"\n");
-        assert!(e.contains("writable"), "{e}");
+        assert!(e.contains(":3:") && e.contains("expected a boolean"), "{e}");
         let v = parse("[[md]]\nmembers = [\"/a\"]\nvhost_user_blk = \"/s\"\nnum_queues = 2\n");
         let v = v.unwrap();
         assert_eq!(v.md[0].vhost_user_blk, Some(PathBuf::from("/s")));
