@@ -88,7 +88,10 @@ async fn read_all(vol: &MdVolume) -> Vec<u8> {
 async fn round_trip(level: i32, layout: u32, disks: u32, lose: &[&[usize]]) {
     let what = format!("level {level} layout {layout:#x} over {disks}");
     let (devs, _) = members(level, layout, disks).await;
-    let vol = MdVolume::writable(assemble(reread(&devs).await).unwrap()).unwrap();
+    // Members given in reverse order: placed by their roles.
+    let mut given = reread(&devs).await;
+    given.reverse();
+    let vol = MdVolume::writable(assemble(given).unwrap()).unwrap();
     let mut model = vec![0u8; vol.size() as usize];
     scribble(&vol, &mut model, disks as u64 * 7 + layout as u64).await;
     let mid = reread(&devs).await;
