@@ -496,9 +496,16 @@ pub struct ServeArgs {
     #[arg(value_name = "MEMBER")]
     pub members: Vec<PathBuf>,
     /// The MEMBERs are the disks (or images) of a Linux md array: assemble
-    /// it from its md superblocks and serve it read-only.
-    #[arg(long, requires = "members", conflicts_with_all = ["config", "vhost_user_blk"])]
+    /// it from its md superblocks and serve it read-only (over NBD, and
+    /// over vhost-user-blk too with --vhost-user-blk).
+    #[arg(long, requires = "members", conflicts_with = "config")]
     pub md: bool,
+    /// With --md: write through to the md members, keeping md's
+    /// superblocks (events, clean/dirty, checksum) so Linux md assembles
+    /// the array again afterwards. Refused, with the reason, for degraded,
+    /// unclean or bitmap arrays (docs/FORMAT.md §12).
+    #[arg(long, requires = "md")]
+    pub md_writable: bool,
     /// Control socket path (default: DEMO_DIR/control.sock for the demo,
     /// else ./vraid-control.sock; also $VRAID_CONTROL or `[server] control`).
     #[arg(long, value_name = "PATH")]
@@ -626,6 +633,7 @@ impl ServeArgs {
             no_journal: self.no_journal,
             force_assemble: self.force_assemble,
             md: self.md,
+            md_writable: self.md_writable,
         }
     }
 }

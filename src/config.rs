@@ -45,6 +45,13 @@ pub struct MdConfig {
     /// Export name (default: the md name without its host part, or the
     /// array UUID for 0.90).
     pub name: Option<String>,
+    /// Write through to the members, keeping md's superblocks
+    /// (`writable = true`; as `--md-writable`).
+    pub writable: bool,
+    /// vhost-user-blk socket to export the array on too, if any.
+    pub vhost_user_blk: Option<PathBuf>,
+    /// Request queues of that export.
+    pub num_queues: u16,
 }
 
 /// The `[server]` table.
@@ -303,6 +310,10 @@ struct RawConfig {
 struct RawMd {
     members: Spanned<Vec<Spanned<String>>>,
     name: Option<Spanned<String>>,
+    #[serde(default)]
+    writable: bool,
+    vhost_user_blk: Option<Spanned<String>>,
+    num_queues: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -514,7 +525,15 @@ fn md_array(
         .as_ref()
         .map(|n| volume_name(src, key, n))
         .transpose()?;
-    Ok(MdConfig { members, name })
+    let vhost = (&m.vhost_user_blk, &m.num_queues);
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
+    Ok(MdConfig {
+        members,
+        name,
+        writable: m.writable,
+        vhost_user_blk,
+        num_queues,
+    })
 }
 
 fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -716,7 +735,8 @@ fn volume(
         }
     }
     let (cache, cache_size) = cache_keys(src, key, &v)?;
-    let (vhost_user_blk, num_queues) = vhost_keys(src, key, &v, paths)?;
+    let vhost = (&v.vhost_user_blk, &v.num_queues);
+    let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
     let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
     let checksums = checksums_key(src, key, v.checksums.as_ref(), bitmap)?;
@@ -1146,10 +1166,10 @@ fn fault_kind(
 fn vhost_keys(
     src: &Source<'_>,
     key: &str,
-    v: &RawVolume,
+    (vhost_user_blk, num_queues): (&Option<Spanned<String>>, &Option<Spanned<i64>>),
     paths: &mut TakenPaths,
 ) -> Result<(Option<PathBuf>, u16), ConfigError> {
-    let socket = match &v.vhost_user_blk {
+    let socket = match vhost_user_blk {
         Some(p) if p.get_ref().is_empty() => {
             return Err(src.invalid(p.span(), format!("{key}.vhost_user_blk"), "empty path"))
         }
@@ -1168,7 +1188,7 @@ fn vhost_keys(
         }
         None => None,
     };
-    let queues = match &v.num_queues {
+    let queues = match num_queues {
         Some(n) => u16::try_from(*n.get_ref())
             .ok()
             .filter(|q| (1..=MAX_NUM_QUEUES).contains(q))
@@ -1730,6 +1750,23 @@ probability = 0.5
         assert_eq!(c.md.len(), 1);
         assert_eq!(c.md[0].members, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(c.md[0].name.as_deref(), Some("nas"));
+        assert!(!c.md[0].writable, "read-only unless asked");
+        let w = parse("[[md]]\nmembers = [\"/a\"]\nwritable = true\n").unwrap();
+        assert!(w.md[0].writable);
+        let e = err("[[md]]\nmembers = [\"/a\"]\nwritable = \"yes\"\n");
+        assert!(e.contains(":3:") && e.contains("expected a boolean"), "{e}");
+        let v = parse("[[md]]\nmembers = [\"/a\"]\nvhost_user_blk = \"/s\"\nnum_queues = 2\n");
+        let v = v.unwrap();
+        assert_eq!(v.md[0].vhost_user_blk, Some(PathBuf::from("/s")));
+        assert_eq!(
+            (v.md[0].num_queues, c.md[0].num_queues),
+            (2, DEFAULT_NUM_QUEUES)
+        );
+        let e = err("[[md]]\nmembers = [\"/a\"]\nvhost_user_blk = \"/a\"\n");
+        assert!(
+            e.contains("md[0].vhost_user_blk") && e.contains("already used"),
+            "{e}"
+        );
         let e = err(&format!("{md}[[md]]\nmembers = [\"/b\"]\n"));
         assert!(
             e.contains("md[1].members[0]") && e.contains("already used"),

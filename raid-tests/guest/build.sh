@@ -10,7 +10,7 @@
 #   linux-image-*.deb       the kernel package (apt-get download; kept as cache)
 #   mdadm_*.deb             mdadm (apt-get download; kept as cache)
 #   vmlinuz                 the kernel
-#   initramfs.cpio.gz       /init + busybox + modules + mke2fs and its libraries
+#   initramfs.cpio.gz       /init + busybox + modules + mke2fs, e2fsck, mdadm and their libraries
 #
 # Flow:  apt-get download linux-image-6.1.*-amd64 -> dpkg-deb -x -> busybox
 #        depmod -> modules (dependencies first) -> cpio | gzip.
@@ -131,12 +131,17 @@ for applet in sh mount umount insmod poweroff; do ln -s busybox "$root/bin/$appl
 cp "$kdir"/modules/*.ko "$root/lib/modules/"
 cp "$kdir/modules.list" "$root/modules.list"
 cp "$kdir/md-modules.list" "$root/md-modules.list"
-# mke2fs with its shared libraries (busybox's mke2fs only writes ext2).
+# mke2fs and e2fsck with their shared libraries (busybox's mke2fs only
+# writes ext2; the md guest checks ext4 written by vraid with e2fsck).
+[ -x /sbin/e2fsck ] || { echo "build.sh: /sbin/e2fsck is missing (apt-get install e2fsprogs)" >&2; exit 1; }
 cp /sbin/mke2fs "$root/sbin/mke2fs"
+cp /sbin/e2fsck "$root/sbin/e2fsck"
 ln -s mke2fs "$root/sbin/mkfs.ext4"
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/mke2fs.conf"
-ldd /sbin/mke2fs | grep -o '/[^ ]*' | while read -r lib; do
-  cp -L "$lib" "$root$lib"
+for tool in /sbin/mke2fs /sbin/e2fsck; do
+  ldd "$tool" | grep -o '/[^ ]*' | while read -r lib; do
+    cp -L "$lib" "$root$lib"
+  done
 done
 # mdadm with its shared libraries (the host's: the same Debian release).
 cp "$mdir/mdadm" "$root/sbin/mdadm"

@@ -9,12 +9,18 @@
 #                    LAYOUT and CHUNK "-" for mdadm's default, BITMAP
 #                    "bitmap" for an internal write-intent bitmap, "ext4"
 #                    for an ext4 with files instead of random data, else "-".
+#   VRAID_MD_MODE    "verify": assemble the arrays already on the disks
+#                    instead (after vraid wrote them), see verify_array.
 # For each array it prints
 #   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: each file written)
 #   VRAID-MD-ARRAY NAME SIZE MD5 UUID
 # (the array's size in bytes, the md5 of all of it as md reads it, and the
-# UUID as mdadm prints it) after `mdadm --examine` of its disks.
+# UUID as mdadm prints it) after `mdadm --examine` of its disks; in verify
+# mode
+#   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: every file found)
+#   VRAID-MD-VERIFY NAME MD5 MISMATCH_CNT FSCK_STATUS
 set -u
+echo  # a line of its own after SeaBIOS's escapes
 fail() { echo "VRAID-GUEST-FAIL: $*"; exit 1; }
 letters=abcdefghijklmnopqrstuvwxyz
 disk() { echo "/dev/vd$(echo $letters | cut -c$(( $1 + 1 )))"; }
@@ -40,6 +46,58 @@ write_ext4() {
   umount /mnt || fail "umount of $1"
 }
 
+# wait_idle: until md's sync_action reads idle and the array is in sync
+# (resync_start "none": a resync after an unclean stop is over; it may not
+# have started when the array was just assembled), polled once a second,
+# at most 20 minutes under TCG.
+wait_idle() {
+  n=0
+  while [ "$(cat /sys/block/md0/md/sync_action)" != idle ] \
+    || [ "$(cat /sys/block/md0/md/resync_start)" != none ]; do
+    n=$(( n + 1 ))
+    [ "$n" -lt 1200 ] || fail "md0 not idle after 20 minutes ($(cat /proc/mdstat))"
+    sleep 1
+  done
+}
+
+# verify_array NAME KIND DEVS...: assemble with mdadm, let a resync finish,
+# run md's `check`, e2fsck -fn and list the files of an ext4, print the md5.
+verify_array() {
+  name=$1 kind=$2
+  shift 2
+  mdadm --assemble /dev/md0 --run "$@" >/tmp/assemble.log 2>&1 \
+    || { cat /tmp/assemble.log; fail "mdadm --assemble $name"; }
+  cat /tmp/assemble.log
+  mdadm --readwrite /dev/md0 2>/dev/null
+  mdadm --examine "$@" | grep -E 'Events|State :'
+  mismatch=-
+  case $(cat /sys/block/md0/md/level) in
+    raid0 | linear) ;;
+    *)
+      wait_idle
+      echo check >/sys/block/md0/md/sync_action || fail "check on $name"
+      wait_idle
+      mismatch=$(cat /sys/block/md0/md/mismatch_cnt)
+      ;;
+  esac
+  fsck=-
+  if [ "$kind" = ext4 ]; then
+    [ -e /etc/mtab ] || ln -s /proc/mounts /etc/mtab
+    e2fsck -fn /dev/md0 >/tmp/fsck.log 2>&1
+    fsck=$?
+    [ "$fsck" = 0 ] || cat /tmp/fsck.log
+    mount -t ext4 -o ro /dev/md0 /mnt || fail "mount of $name"
+    (cd /mnt && find . -type f) | while read -r f; do
+      echo "VRAID-MD-FILE $name ${f#./} $(md5sum <"/mnt/$f" | cut -d' ' -f1)"
+    done
+    umount /mnt || fail "umount of $name"
+  fi
+  echo 3 >/proc/sys/vm/drop_caches
+  sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"
+  mdadm --stop /dev/md0 || fail "mdadm --stop $name"
+  echo "VRAID-MD-VERIFY $name $sum $mismatch $fsck"
+}
+
 for spec in $(echo "$VRAID_MD_ARRAYS" | tr ',' ' '); do
   IFS=: read -r name level layout meta chunk first count bitmap <<EOF
 $spec
@@ -50,6 +108,11 @@ EOF
     devs="$devs $(disk $(( first + i )))"
     i=$(( i + 1 ))
   done
+  if [ "${VRAID_MD_MODE:-}" = verify ]; then
+    # shellcheck disable=SC2086
+    verify_array "$name" "$bitmap" $devs
+    continue
+  fi
   opts="--metadata=$meta --level=$level --raid-devices=$count --run --homehost=vraidguest"
   case $level in 0 | linear) ;; *) opts="$opts --assume-clean" ;; esac
   [ "$chunk" = - ] || opts="$opts --chunk=$chunk"

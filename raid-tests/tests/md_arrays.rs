@@ -4,18 +4,25 @@
 //! virtio disks, writes random data into each, prints the md5 of the whole
 //! array as md reads it, and stops them. The host then runs `vraid
 //! examine` on every member and `vraid serve --md` on the members, and
-//! compares the md5 of what nbdcopy reads with the guest's; again with
-//! members left out (one, two for RAID-6) to check reconstruction.
+//! compares the md5 of what nbdcopy reads with the guest's (an ext4 is
+//! also mounted through nbdfuse and its files checked); again with members
+//! left out (one, two for RAID-6) to check reconstruction. The writable
+//! round trip then writes through `vraid serve --md-writable` and boots
+//! the guest again: md assembles each array, resyncs what a killed session
+//! left dirty, runs `check` (mismatch_cnt 0), e2fsck -fn is clean and md
+//! reads what vraid wrote.
 //!
 //! ```text
 //!  guest: mdadm --create ... /dev/vdX.. ─► dd urandom ─► md5sum /dev/md0 ─► --stop
 //!  host:  vraid examine --json each file (UUID, level, layout, role, csum)
 //!         vraid serve --md FILES ─► nbdcopy ─► md5 == guest's   (whole)
 //!         vraid serve --md FILES minus 1 or 2 ─► md5 == guest's (degraded)
+//!         vraid serve --md-writable ─► qemu-io / ext4 via nbdfuse ─► SIGTERM
+//!  guest: mdadm --assemble ─► check ─► mismatch_cnt, e2fsck, md5 == host's
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -92,7 +99,13 @@ fn guest_image() -> &'static (PathBuf, PathBuf) {
 
 /// Boots the md guest on `disks` and returns its console.
 fn boot_md_guest(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path) -> String {
-    boot_md_guest_try(disks, specs, scratch, 1)
+    boot_md_guest_try(disks, specs, scratch, "", 1)
+}
+
+/// Boots the md guest in verify mode: it assembles `specs` from `disks`
+/// (as left by vraid), runs md's check and e2fsck, prints what it read.
+fn boot_md_guest_verify(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path) -> String {
+    boot_md_guest_try(disks, specs, scratch, " VRAID_MD_MODE=verify", 1)
 }
 
 /// QEMU 10.0's TCG sometimes aborts on an assertion of its own memory map
@@ -103,7 +116,13 @@ fn qemu_aborted_in_tcg(status: &std::process::ExitStatus, console: &str) -> bool
     !status.success() && console.contains("iotlb_to_section")
 }
 
-fn boot_md_guest_try(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path, attempt: u32) -> String {
+fn boot_md_guest_try(
+    disks: &[PathBuf],
+    specs: &[MdSpec],
+    scratch: &Path,
+    mode: &str,
+    attempt: u32,
+) -> String {
     let (kernel, initrd) = guest_image();
     let console = scratch.join("console.log");
     let log = std::fs::File::create(&console).unwrap();
@@ -119,7 +138,7 @@ fn boot_md_guest_try(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path, attemp
         .arg(format!(
             // no_timer_check: under TCG on a loaded host the kernel's IO-APIC
             // timer check can fail and panic the boot.
-            "console=ttyS0 quiet panic=-1 no_timer_check VRAID_GUEST=md VRAID_MD_ARRAYS={}",
+            "console=ttyS0 quiet panic=-1 no_timer_check VRAID_GUEST=md VRAID_MD_ARRAYS={}{mode}",
             arrays.join(",")
         ))
         .args(["-nographic", "-no-reboot"]);
@@ -151,7 +170,7 @@ fn boot_md_guest_try(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path, attemp
     let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
     if qemu_aborted_in_tcg(&status, &text) && attempt < 3 {
         eprintln!("qemu aborted in its TCG memory map (a QEMU bug): booting again\n{text}");
-        return boot_md_guest_try(disks, specs, scratch, attempt + 1);
+        return boot_md_guest_try(disks, specs, scratch, mode, attempt + 1);
     }
     assert!(status.success(), "qemu exited with {status}:\n{text}");
     assert!(
@@ -161,11 +180,18 @@ fn boot_md_guest_try(disks: &[PathBuf], specs: &[MdSpec], scratch: &Path, attemp
     text
 }
 
+/// What follows `marker` on a console line: the marker may come after
+/// other bytes (SeaBIOS leaves its screen-clearing escapes before the
+/// guest's first line).
+fn marked<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| line[at + marker.len()..].trim())
+}
+
 /// The guest's `VRAID-MD-ARRAY NAME SIZE MD5 UUID` line of `name`.
 fn made(console: &str, name: &str) -> Made {
     let line = console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-ARRAY "))
+        .filter_map(|l| marked(l, "VRAID-MD-ARRAY "))
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("guest printed nothing for {name}:\n{console}"));
     let f: Vec<&str> = line.split_whitespace().collect();
@@ -202,7 +228,7 @@ fn md5_of(path: &Path) -> String {
 fn guest_files(console: &str, name: &str) -> Vec<(String, String)> {
     console
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VRAID-MD-FILE "))
+        .filter_map(|l| marked(l, "VRAID-MD-FILE "))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() == 3 && f[0] == name)
         .map(|f| (f[1].to_string(), f[2].to_string()))
@@ -231,6 +257,95 @@ fn serve_md(members: &[&PathBuf]) -> Server {
     let mut args = vec!["--md"];
     args.extend(members.iter().map(|p| p.to_str().unwrap()));
     Server::start(&args)
+}
+
+/// An nbdfuse mount of an export and a loop device on its file (this
+/// kernel has no nbd module); torn down on drop.
+struct FuseLoop {
+    mountpoint: PathBuf,
+    nbdfuse: Child,
+    loopdev: Option<String>,
+}
+
+impl FuseLoop {
+    fn attach(uri: &str, mountpoint: &Path, read_only: bool) -> FuseLoop {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let pidfile = mountpoint.with_extension("pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let mut c = Command::new("nbdfuse");
+        if read_only {
+            c.arg("--readonly");
+        }
+        let nbdfuse = c
+            .arg("-P")
+            .arg(&pidfile)
+            .arg(mountpoint)
+            .arg(uri)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nbdfuse (package libnbd-bin)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pidfile.exists() || !mountpoint.join("nbd").exists() {
+            assert!(Instant::now() < deadline, "nbdfuse did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut l = Command::new("losetup");
+        l.args(["--find", "--show", "--direct-io=off"]);
+        if read_only {
+            l.arg("--read-only");
+        }
+        let loopdev = run_ok(l.arg(mountpoint.join("nbd"))).trim().to_string();
+        FuseLoop {
+            mountpoint: mountpoint.to_path_buf(),
+            nbdfuse,
+            loopdev: Some(loopdev),
+        }
+    }
+
+    /// Mounts the ext4 on the loop device at `dir`.
+    fn mount(&self, dir: &Path, read_only: bool) {
+        std::fs::create_dir_all(dir).unwrap();
+        let opts = if read_only { "ro,noload" } else { "rw" };
+        let loopdev = self.loopdev.as_deref().unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", opts, loopdev])
+                .arg(dir),
+        );
+    }
+}
+
+impl Drop for FuseLoop {
+    fn drop(&mut self) {
+        if let Some(dev) = self.loopdev.take() {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+        }
+        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
+    }
+}
+
+/// Unmounts `dir` (a failure fails the test: a busy mount would keep the
+/// loop device and nbdfuse).
+fn umount(dir: &Path) {
+    run_ok(Command::new("umount").arg(dir));
+}
+
+/// Mounts the ext4 of export `uri` read-only through nbdfuse and a loop
+/// device and checks `files` (path, md5) are there with those bytes.
+fn check_ext4_mounted(uri: &str, files: &[(String, String)], scratch: &Path) {
+    let fuse = FuseLoop::attach(uri, &scratch.join("fuse-ro"), true);
+    let mnt = scratch.join("mnt-ro");
+    fuse.mount(&mnt, true);
+    let sums: Vec<(String, String)> = files
+        .iter()
+        .map(|(f, _)| (f.clone(), md5_of(&mnt.join(f))))
+        .collect();
+    umount(&mnt);
+    drop(fuse);
+    assert_eq!(
+        sums, files,
+        "files read from the ext4 mounted through nbdfuse"
+    );
 }
 
 /// Checks `vraid examine` of every member of `spec` against the guest.
@@ -296,6 +411,9 @@ fn check_served(
     for members in sets {
         let server = serve_md(&members);
         let image = export_image(&server.uri(&export), scratch);
+        if spec.ext4 {
+            check_ext4_mounted(&server.uri(&export), files, scratch);
+        }
         let log = server.log();
         assert_eq!(server.stop(), 0);
         let (size, md5) = (std::fs::metadata(&image).unwrap().len(), md5_of(&image));
@@ -343,7 +461,7 @@ fn run_guest_arrays(test: &str, specs: &[MdSpec], resize: &[(usize, u64)]) {
         if spec.level == "6" && spec.layout == "-" {
             check_our_raid6_lays_out_md_s_bytes(spec, &disks, &m, dir.path());
         }
-        if spec.level == "10" && spec.layout != "f2" {
+        if spec.level == "10" {
             check_our_raid10_lays_out_md_s_bytes(spec, &disks, &m, dir.path());
         }
     }
@@ -392,11 +510,18 @@ fn check_our_raid6_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Mad
     let _ = std::fs::remove_file(&image);
 }
 
-/// vraid's own RAID-10 in the same layout (near or offset copies, whose
-/// placement does not depend on the device size; far copies sit a
-/// size-dependent stride down), given the bytes of `spec`'s md array,
-/// holds on every member byte for byte what the kernel's md wrote in
-/// every chunk row md filled whole.
+/// Rows between a far layout's copies (md's `calc_sectors`: chunks in use
+/// per device, then the stride), for members of `dev_rows` chunk rows.
+fn far_stride_rows(dev_rows: u64, disks: u64, far: u64) -> u64 {
+    let chunks = dev_rows / far * disks;
+    (chunks * far).div_ceil(disks) / far
+}
+
+/// vraid's own RAID-10 in the same layout (near, far or offset copies),
+/// given the bytes of `spec`'s md array, holds on every member byte for
+/// byte what the kernel's md wrote in every chunk row md filled whole; far
+/// copies are compared at each array's own stride (md's is set by its
+/// device size, vraid's by its members' data area).
 fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Made, dir: &Path) {
     let md_members = &disks[spec.first..spec.first + spec.count];
     let md_server = serve_md(&md_members.iter().collect::<Vec<_>>());
@@ -423,11 +548,13 @@ fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Ma
 
     let chunk: u64 = spec.chunk.parse::<u64>().unwrap() << 10;
     // Rows md filled whole: near copies fill slots row by row; offset
-    // copies fill a pair of rows per `count` chunks.
+    // copies fill a pair of rows per `count` chunks; far copies one row
+    // per `count` chunks, again a stride down.
     let (chunks, n) = (m.size / chunk, spec.count as u64);
-    let full_rows = match spec.layout.starts_with('o') {
-        true => chunks / n * 2,
-        false => chunks * 2 / n,
+    let full_rows = match spec.layout.as_bytes()[0] {
+        b'o' => chunks / n * 2,
+        b'f' => chunks / n,
+        _ => chunks * 2 / n,
     };
     let per_member = full_rows * chunk;
     let read = |path: &Path, at: u64| {
@@ -438,16 +565,33 @@ fn check_our_raid10_lays_out_md_s_bytes(spec: &MdSpec, disks: &[PathBuf], m: &Ma
             .unwrap();
         buf
     };
+    let md_e = examine(&md_members[0]);
+    let md_rows = md_e["used_dev_size"].as_u64().unwrap() * 512 / chunk;
+    let our_rows = examine(&ours[0])["data_size"].as_u64().unwrap() / chunk;
+    let mut regions = vec![(0, 0)];
+    if spec.layout.starts_with('f') {
+        let far: u64 = spec.layout[1..].parse().unwrap();
+        for copy in 1..far {
+            regions.push((
+                copy * far_stride_rows(md_rows, n, far) * chunk,
+                copy * far_stride_rows(our_rows, n, far) * chunk,
+            ));
+        }
+    }
     for role in 0..spec.count {
         let md_at = examine(&md_members[role])["data_offset"].as_u64().unwrap() * 512;
         let our_at = examine(&ours[role])["data_offset"].as_u64().unwrap();
-        let (theirs, mine) = (read(&md_members[role], md_at), read(&ours[role], our_at));
-        let first_diff = theirs.iter().zip(&mine).position(|(a, b)| a != b);
-        assert_eq!(
-            first_diff, None,
-            "{}: member {role} differs from md's at byte {first_diff:?} of its data area",
-            spec.name
-        );
+        for &(md_off, our_off) in &regions {
+            let theirs = read(&md_members[role], md_at + md_off);
+            let mine = read(&ours[role], our_at + our_off);
+            let first_diff = theirs.iter().zip(&mine).position(|(a, b)| a != b);
+            assert_eq!(
+                first_diff, None,
+                "{}: member {role} differs from md's at byte {first_diff:?} of the \
+                 region {md_off} (md) / {our_off} (vraid) of its data area",
+                spec.name
+            );
+        }
     }
     let _ = std::fs::remove_file(&image);
 }
@@ -721,4 +865,280 @@ fn md_raid0_missing_a_member_mixed_arrays_and_bad_checksums_are_refused_and_conf
     assert!(err(&corrupt).contains("checksum"), "{}", err(&corrupt));
     let e: serde_json::Value = serde_json::from_slice(&examined.stdout).unwrap();
     assert_eq!(e["checksum_ok"], false, "{e:#}");
+}
+
+/// `vraid serve --md-writable --md MEMBERS...`.
+fn serve_md_writable(members: &[&PathBuf]) -> Server {
+    let mut args = vec!["--md-writable", "--md"];
+    args.extend(members.iter().map(|p| p.to_str().unwrap()));
+    Server::start(&args)
+}
+
+/// The members of `spec`, by role.
+fn members_of<'a>(spec: &MdSpec, disks: &'a [PathBuf]) -> Vec<&'a PathBuf> {
+    disks[spec.first..spec.first + spec.count].iter().collect()
+}
+
+/// The export name of `spec` (0.90 arrays have no name: the UUID).
+fn export_of(spec: &MdSpec, m: &Made) -> String {
+    if spec.metadata == "0.90" {
+        m.uuid.clone()
+    } else {
+        spec.name.to_string()
+    }
+}
+
+/// Every member's superblock after a writable session: checksum right,
+/// `state` as given, `events` events on each.
+fn assert_superblocks(members: &[&PathBuf], state: &str, events: u64, what: &str) {
+    for m in members {
+        let e = examine(m);
+        assert_eq!(e["checksum_ok"], true, "{what}: {e:#}");
+        assert_eq!(e["state"], state, "{what}: {e:#}");
+        assert_eq!(e["events"], events, "{what}: {e:#}");
+    }
+}
+
+/// What the host expects the guest's md to read after vraid wrote.
+struct Written {
+    name: &'static str,
+    md5: String,
+    files: Vec<(String, String)>,
+}
+
+/// Changes the ext4 of `spec` through `vraid serve --md-writable`, an
+/// nbdfuse mount and a loop device (files added, one rewritten, one
+/// removed), stops the server cleanly and returns what md should read.
+fn write_ext4_through_vraid(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    files: &[(String, String)],
+    scratch: &Path,
+) -> Written {
+    let members = members_of(spec, disks);
+    let events = examine(members[0])["events"].as_u64().unwrap();
+    let server = serve_md_writable(&members);
+    let uri = server.uri(&export_of(spec, m));
+    let fuse = FuseLoop::attach(&uri, &scratch.join("fuse-rw"), false);
+    let mnt = scratch.join("mnt-rw");
+    fuse.mount(&mnt, false);
+    let mut expect: Vec<(String, String)> = files
+        .iter()
+        .filter(|(f, _)| f != "dir/small")
+        .cloned()
+        .collect();
+    std::fs::remove_file(mnt.join("dir/small")).unwrap();
+    std::fs::create_dir_all(mnt.join("new")).unwrap();
+    for (file, len, seed) in [
+        ("dir/odd", 4097 * 5, 1),
+        ("new/a.bin", 700_001, 2),
+        ("new/b.bin", 5000, 3),
+    ] {
+        std::fs::write(mnt.join(file), pseudo_random(len, seed + spec.first as u64)).unwrap();
+        expect.retain(|(f, _)| f != file);
+        expect.push((file.to_string(), md5_of(&mnt.join(file))));
+    }
+    umount(&mnt);
+    drop(fuse);
+    let (_, md5) = export_md5(&uri, scratch);
+    assert_eq!(server.stop(), 0);
+    let what = format!("{} after an orderly writable session", spec.name);
+    assert_superblocks(&members, "clean", events + 2, &what);
+    expect.sort();
+    Written {
+        name: spec.name,
+        md5,
+        files: expect,
+    }
+}
+
+/// Writes patterns through `vraid serve --md-writable` with qemu-io (odd
+/// offsets and lengths across chunks, the end of the array), then stops
+/// the server cleanly, or with SIGKILL when `kill` (the array is then
+/// left dirty, refused writable, still served read-only).
+fn write_pattern_through_vraid(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    kill: bool,
+    scratch: &Path,
+) -> Written {
+    let members = members_of(spec, disks);
+    let events = examine(members[0])["events"].as_u64().unwrap();
+    let server = serve_md_writable(&members);
+    let uri = server.uri(&export_of(spec, m));
+    let src = scratch.join("pattern.bin");
+    std::fs::write(&src, pseudo_random(3 << 20, spec.first as u64)).unwrap();
+    let src = src.display();
+    qemu_io(
+        &uri,
+        &[
+            format!("write -s {src} 12345 1000000"),
+            format!("write -s {src} {} 3145728", (m.size / 2) & !511),
+            format!("write -P 0x5a {} 4096", m.size - 4096),
+            "write -z 8388608 65536".to_string(),
+            "flush".to_string(),
+        ],
+    );
+    let (_, md5) = export_md5(&uri, scratch);
+    let what = format!("{} after a writable session", spec.name);
+    if kill {
+        server.kill();
+        assert_superblocks(&members, "active", events + 1, &what);
+        let refused = run(
+            vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
+                .args(members.iter().map(|p| p.as_os_str())),
+        );
+        let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(
+            !refused.status.success() && err.contains("not stopped cleanly"),
+            "{err}"
+        );
+        let ro = serve_md(&members);
+        assert_eq!(
+            export_md5(&ro.uri(&export_of(spec, m)), scratch).1,
+            md5,
+            "{what}"
+        );
+        assert_eq!(ro.stop(), 0);
+    } else {
+        assert_eq!(server.stop(), 0);
+        assert_superblocks(&members, "clean", events + 2, &what);
+    }
+    Written {
+        name: spec.name,
+        md5,
+        files: Vec::new(),
+    }
+}
+
+/// `--md-writable` on an array with a write-intent bitmap is refused with
+/// the reason, and not one member byte changes.
+fn check_bitmap_refused(spec: &MdSpec, disks: &[PathBuf]) -> Written {
+    let members = members_of(spec, disks);
+    let before: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
+    let out = run(
+        vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
+            .args(members.iter().map(|p| p.as_os_str())),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("write-intent bitmap") && !err.contains("panick"),
+        "{err}"
+    );
+    let after: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
+    assert_eq!(before, after, "a refused writable start changed a member");
+    Written {
+        name: spec.name,
+        md5: String::new(),
+        files: Vec::new(),
+    }
+}
+
+/// The guest's `VRAID-MD-VERIFY NAME MD5 MISMATCH FSCK` fields of `name`.
+fn verified(console: &str, name: &str) -> (String, String, String) {
+    let line = console
+        .lines()
+        .filter_map(|l| marked(l, "VRAID-MD-VERIFY "))
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("guest verified nothing for {name}:\n{console}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].to_string(), f[2].to_string(), f[3].to_string())
+}
+
+fn writable_specs() -> Vec<MdSpec> {
+    let spec = |name, level, layout, metadata, chunk, first, count| MdSpec {
+        name,
+        level,
+        layout,
+        metadata,
+        chunk,
+        first,
+        count,
+        bitmap: false,
+        ext4: true,
+        layout_name: None,
+        lose: &[],
+    };
+    vec![
+        // RAID-0 has no redundancy: nothing to leave out.
+        spec("w0", "0", "-", "1.2", "64", 0, 2),
+        MdSpec {
+            lose: &[&[0, 1]],
+            ..spec("w1", "1", "-", "1.2", "-", 2, 3)
+        },
+        MdSpec {
+            lose: &[&[2]],
+            ..spec("w5", "5", "-", "1.2", "64", 5, 4)
+        },
+        MdSpec {
+            lose: &[&[0, 3]],
+            ..spec("w6", "6", "-", "1.0", "64", 9, 5)
+        },
+        MdSpec {
+            ext4: false,
+            lose: &[&[1]],
+            ..spec("w10", "10", "n2", "0.90", "64", 14, 4)
+        },
+        MdSpec {
+            ext4: false,
+            ..spec("k5", "5", "left-asymmetric", "1.1", "32", 18, 3)
+        },
+        MdSpec {
+            ext4: false,
+            bitmap: true,
+            ..spec("b1", "1", "-", "1.2", "-", 21, 2)
+        },
+    ]
+}
+
+#[test]
+fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux_md() {
+    // Arrange: one boot makes every array; the read-only checks first.
+    let specs = writable_specs();
+    let dir = scratch_dir("md-writable");
+    let disks = sparse_members(dir.path(), 23, DISK_SIZE);
+    let console = boot_md_guest(&disks, &specs, dir.path());
+    let mut made_by_md = Vec::new();
+    for spec in &specs {
+        let m = made(&console, spec.name);
+        let files = guest_files(&console, spec.name);
+        check_served(spec, &disks, &m, &files, dir.path());
+        made_by_md.push((m, files));
+    }
+
+    // Act: write through vraid (one session killed), then md reads it all.
+    let written: Vec<Written> = specs
+        .iter()
+        .zip(&made_by_md)
+        .map(|(spec, (m, files))| match spec.name {
+            "b1" => check_bitmap_refused(spec, &disks),
+            "k5" => write_pattern_through_vraid(spec, &disks, m, true, dir.path()),
+            _ if spec.ext4 => write_ext4_through_vraid(spec, &disks, m, files, dir.path()),
+            _ => write_pattern_through_vraid(spec, &disks, m, false, dir.path()),
+        })
+        .collect();
+    let verify = boot_md_guest_verify(&disks, &specs, dir.path());
+
+    // Assert
+    for (w, (m, _)) in written.iter().zip(&made_by_md) {
+        let (md5, mismatch, fsck) = verified(&verify, w.name);
+        let want = if w.md5.is_empty() { &m.md5 } else { &w.md5 };
+        assert_eq!(
+            &md5, want,
+            "{}: md reads what vraid wrote\n{verify}",
+            w.name
+        );
+        let redundant = w.name != "w0";
+        let want_mismatch = if redundant { "0" } else { "-" };
+        assert_eq!(mismatch, want_mismatch, "{}: md's check\n{verify}", w.name);
+        if !w.files.is_empty() {
+            assert_eq!(fsck, "0", "{}: e2fsck -fn in the guest\n{verify}", w.name);
+            let mut files = guest_files(&verify, w.name);
+            files.sort();
+            assert_eq!(files, w.files, "{}: files md's ext4 holds", w.name);
+        }
+    }
 }

@@ -8,67 +8,17 @@ use std::process::Command;
 
 use raid_tests::*;
 
-const MIB: u64 = 1 << 20;
-const SIZE: u64 = 8 * MIB;
-const DATA_OFFSET: u64 = 2048;
-const DATA_SECTORS: u64 = (SIZE - MIB) / 512;
+use raid_tests::md_image::{raid1_members as raid1_members_of, raid1_superblock};
+use raid_tests::md_image::{DATA_OFFSET, DATA_SECTORS, SIZE};
 
 /// A 1.2 superblock of a clean 2-disk md RAID-1, device `role`.
 fn superblock(role: u32, events: u64) -> Vec<u8> {
-    superblock_of(0x42, role, events)
-}
-
-/// The same, of the array whose UUID is 16 bytes of `uuid`.
-fn superblock_of(uuid: u8, role: u32, events: u64) -> Vec<u8> {
-    let mut b = vec![0u8; 4096];
-    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-    put(0, &0xa92b_4efcu32.to_le_bytes());
-    put(4, &1u32.to_le_bytes());
-    put(16, &[uuid; 16]);
-    put(32, b"host:redmd");
-    put(64, &1_700_000_000u64.to_le_bytes());
-    put(72, &1u32.to_le_bytes());
-    put(80, &DATA_SECTORS.to_le_bytes());
-    put(92, &2u32.to_le_bytes());
-    put(128, &DATA_OFFSET.to_le_bytes());
-    put(136, &DATA_SECTORS.to_le_bytes());
-    put(144, &8u64.to_le_bytes());
-    put(160, &role.to_le_bytes());
-    put(168, &[role as u8 + 1; 16]);
-    put(192, &1_700_000_100u64.to_le_bytes());
-    put(200, &events.to_le_bytes());
-    put(208, &u64::MAX.to_le_bytes());
-    put(220, &2u32.to_le_bytes());
-    put(256, &0u16.to_le_bytes());
-    put(258, &1u16.to_le_bytes());
-    let len = 256 + 2 * 2;
-    let sum: u64 = (0..len / 4)
-        .filter(|w| *w * 4 != 216)
-        .map(|w| u32::from_le_bytes(b[w * 4..w * 4 + 4].try_into().unwrap()) as u64)
-        .sum();
-    let csum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
-    b[216..220].copy_from_slice(&csum.to_le_bytes());
-    b
+    raid1_superblock(0x42, role, events)
 }
 
 /// Two RAID-1 member images holding `data` at their data offset.
 fn raid1_members(dir: &Path, data: &[u8]) -> Vec<PathBuf> {
     raid1_members_of(dir, 0x42, data)
-}
-
-/// The same, of the array whose UUID is 16 bytes of `uuid`.
-fn raid1_members_of(dir: &Path, uuid: u8, data: &[u8]) -> Vec<PathBuf> {
-    (0..2u32)
-        .map(|role| {
-            let path = dir.join(format!("md{uuid:02x}-{role}.img"));
-            let f = std::fs::File::create(&path).unwrap();
-            f.set_len(SIZE).unwrap();
-            drop(f);
-            poke(&path, 4096, &superblock_of(uuid, role, 10));
-            poke(&path, DATA_OFFSET * 512, data);
-            path
-        })
-        .collect()
 }
 
 fn path_str(p: &Path) -> &str {
@@ -225,4 +175,124 @@ fn two_md_arrays_with_one_export_name_are_refused() {
         );
     }
     server.stop();
+}
+
+/// The superblock fields of a member `vraid examine --json` shows.
+fn sb_state(member: &Path) -> (String, u64, bool) {
+    let e = examine(member);
+    (
+        e["state"].as_str().unwrap().to_string(),
+        e["events"].as_u64().unwrap(),
+        e["checksum_ok"].as_bool().unwrap(),
+    )
+}
+
+/// `--md-writable`: writes reach both mirrors, the superblocks go dirty
+/// with the first write and clean at SIGTERM (events + 1 each), checksums
+/// right; a SIGKILL mid-session leaves them dirty, and then writable is
+/// refused while read-only serving goes on.
+#[test]
+fn md_writable_session_keeps_the_mirrors_and_md_s_clean_state() {
+    let dir = scratch_dir("redteam_md_rw");
+    let data = pseudo_random(DATA_SECTORS as usize * 512, 9);
+    let members = raid1_members(dir.path(), &data);
+    let args = [
+        "--md-writable",
+        "--md",
+        path_str(&members[1]),
+        path_str(&members[0]),
+    ];
+    let server = Server::start(&args);
+    let uri = server.uri("redmd");
+    let info = run_ok(Command::new("nbdinfo").arg(&uri));
+    assert!(info.contains("is_read_only: false"), "{info}");
+    assert_eq!(
+        sb_state(&members[0]),
+        ("clean".into(), 10, true),
+        "no write yet"
+    );
+    qemu_io(&uri, &["write -P 0x3c 1000 70000".to_string()]);
+    assert_eq!(sb_state(&members[0]), ("active".into(), 11, true), "dirty");
+    let mut want = data.clone();
+    want[1000..71000].fill(0x3c);
+    assert!(read_export(&uri, dir.path()) == want);
+    assert_eq!(server.stop(), 0);
+    for m in &members {
+        assert_eq!(sb_state(m), ("clean".into(), 12, true), "{}", m.display());
+        assert!(
+            peek(m, DATA_OFFSET * 512, want.len()) == want,
+            "{}",
+            m.display()
+        );
+    }
+
+    let server = Server::start(&args);
+    qemu_io(&server.uri("redmd"), &["write -P 0x77 0 4096".to_string()]);
+    server.kill();
+    assert_eq!(sb_state(&members[1]), ("active".into(), 13, true));
+    let err = serve_refused(dir.path(), &args);
+    assert!(err.contains("not stopped cleanly"), "{err}");
+    let ro = Server::start(&["--md", path_str(&members[0]), path_str(&members[1])]);
+    want[..4096].fill(0x77);
+    assert!(read_export(&ro.uri("redmd"), dir.path()) == want);
+    ro.stop();
+}
+
+/// What must never be written: a truncated member (left out, so the
+/// array is degraded), a stale mirror given alone in its role, a mirror
+/// given twice. Each is refused writable with the reason and no byte of
+/// any member changes.
+#[test]
+fn md_writable_refuses_degraded_stale_and_truncated_members_without_a_write() {
+    let dir = scratch_dir("redteam_md_rw_refused");
+    let data = pseudo_random(64 << 10, 11);
+    let members = raid1_members(dir.path(), &data);
+    let stale = dir.path().join("stale1.img");
+    std::fs::copy(&members[1], &stale).unwrap();
+    poke(&stale, 4096, &superblock(1, 7));
+    let truncated = dir.path().join("trunc1.img");
+    std::fs::copy(&members[1], &truncated).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(SIZE / 2)
+        .unwrap();
+    let all = [&members[0], &members[1], &stale, &truncated];
+    let before: Vec<Vec<u8>> = all.iter().map(|m| std::fs::read(m).unwrap()).collect();
+    let w = |other: &PathBuf| {
+        let args = [
+            "--md-writable",
+            "--md",
+            path_str(&members[0]),
+            path_str(other),
+        ];
+        serve_refused(dir.path(), &args)
+    };
+    let err = w(&stale);
+    assert!(
+        err.contains("degraded") && err.contains("not writable"),
+        "{err}"
+    );
+    let err = w(&truncated);
+    assert!(err.contains("past the end of the device"), "{err}");
+    let err = serve_refused(dir.path(), &["--md-writable", path_str(&members[0])]);
+    assert!(err.contains("--md"), "--md-writable needs --md: {err}");
+    // Stale beside the fresh member of its role: served, the stale one
+    // never written.
+    let args = [
+        "--md-writable",
+        "--md",
+        path_str(&stale),
+        path_str(&members[0]),
+        path_str(&members[1]),
+    ];
+    let server = Server::start(&args);
+    qemu_io(&server.uri("redmd"), &["write -P 0x11 0 8192".to_string()]);
+    assert_eq!(server.stop(), 0);
+    assert!(
+        std::fs::read(&stale).unwrap() == before[2],
+        "stale member written"
+    );
+    assert!(std::fs::read(&truncated).unwrap() == before[3]);
 }

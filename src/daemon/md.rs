@@ -2,11 +2,15 @@
 //! and `vraid serve --md MEMBER...`, which opens the members read-only
 //! (O_RDONLY, claimed as vraid members are: nothing is written), reads their md
 //! superblocks, assembles the array (`md::assemble`) and exports it as a
-//! read-only NBD volume beside any vraid volumes.
+//! read-only NBD volume beside any vraid volumes. With `--md-writable` (or
+//! `writable = true` in `[[md]]`) the members are opened read-write, the
+//! array is refused with the reason if it cannot be written safely, and
+//! [`MdServed::close`] marks it clean at an orderly shutdown.
 //!
 //! ```text
-//!  paths ─► open O_RDONLY ─► md::superblock::read ─► md::assemble ─► MdVolume
-//!        ─► nbd::Export { read_only: true }
+//!  paths ─► open (O_RDONLY unless writable) ─► md::superblock::read
+//!        ─► md::assemble ─► MdVolume (::writable) ─► nbd::Export
+//!  shutdown ─► MdServed::close ─► superblocks clean
 //! ```
 
 use std::path::PathBuf;
@@ -17,6 +21,7 @@ use tracing::{info, warn};
 use super::DaemonError;
 use crate::block::BlockDevice;
 use crate::export::nbd::Export;
+use crate::export::vhost::VhostExport;
 use crate::md::{self, MdReport, MdVolume};
 use crate::member::{self, MemberOptions};
 
@@ -36,15 +41,16 @@ pub struct MdServed {
     pub volume: Arc<MdVolume>,
 }
 
-/// Opens `paths` read-only and assembles the md array they hold, exported
-/// as `name` if given.
+/// Opens `paths` (read-only unless `writable`) and assembles the md array
+/// they hold, exported as `name` if given.
 pub async fn bring_up(
     paths: &[PathBuf],
     name: Option<&str>,
+    writable: bool,
     opts: &MemberOptions,
 ) -> Result<MdServed, DaemonError> {
     let opts = MemberOptions {
-        read_only: true,
+        read_only: !writable,
         ..*opts
     };
     let mut members = Vec::with_capacity(paths.len());
@@ -64,18 +70,30 @@ pub async fn bring_up(
     }
     let missing = array.missing();
     info!(
-        "md {} ({}): {}, {} of {} members{}, {} bytes, read-only",
+        "md {} ({}): {}, {} of {} members{}, {} bytes, {}",
         array.name,
         array.uuid,
         md::assemble::level_name(array.level_number),
         array.slots.len() - missing,
         array.slots.len(),
         if missing > 0 { " (DEGRADED)" } else { "" },
-        array.size
+        array.size,
+        if writable { "writable" } else { "read-only" }
     );
+    let volume = match writable {
+        true => MdVolume::writable(array).map_err(DaemonError::Usage)?,
+        false => MdVolume::new(array),
+    };
     Ok(MdServed {
-        volume: Arc::new(MdVolume::new(array)),
+        volume: Arc::new(volume),
     })
+}
+
+/// Marks every written array clean (orderly shutdown).
+pub async fn close_all(served: &[MdServed]) {
+    for m in served {
+        m.close().await;
+    }
 }
 
 impl MdServed {
@@ -94,19 +112,51 @@ impl MdServed {
         Ok(())
     }
 
-    /// Its read-only NBD export, named as the array.
+    /// Marks a written array clean (orderly shutdown); logs a failure.
+    pub async fn close(&self) {
+        if let Err(e) = self.volume.close().await {
+            warn!(
+                "md {}: could not mark it clean (md will resync it): {e}",
+                self.volume.array().name
+            );
+        }
+    }
+
+    /// Its vhost-user-blk export on `socket`, named as the array.
+    pub fn vhost_export(&self, socket: PathBuf, num_queues: u16) -> VhostExport {
+        let a = self.volume.array();
+        let chunk = a.chunk_bytes.max(4096);
+        let data_members = match &a.level {
+            md::assemble::MdLevel::Parity(p) => p.data_disks(),
+            md::assemble::MdLevel::Raid0(_) => a.slots.len(),
+            _ => 1,
+        };
+        VhostExport {
+            device: self.volume.clone() as Arc<dyn BlockDevice>,
+            socket,
+            name: a.name.clone(),
+            read_only: !self.volume.is_writable(),
+            num_queues,
+            min_io: chunk,
+            opt_io: chunk * data_members as u64,
+        }
+    }
+
+    /// Its NBD export, named as the array.
     pub fn export(&self) -> Export {
         let a = self.volume.array();
+        let writable = self.volume.is_writable();
         Export {
             name: a.name.clone(),
             description: format!(
-                "Linux md {} array {}, {} members, read-only",
+                "Linux md {} array {}, {} members, {}",
                 md::assemble::level_name(a.level_number),
                 a.uuid,
-                a.slots.len()
+                a.slots.len(),
+                if writable { "writable" } else { "read-only" }
             ),
             device: self.volume.clone() as Arc<dyn BlockDevice>,
-            read_only: true,
+            read_only: !writable,
             preferred_block: 4096,
             multi_conn: true,
             contexts: Default::default(),

@@ -111,6 +111,8 @@ pub struct ServeOptions {
     pub force_assemble: bool,
     /// `members` are the members of a Linux md array (served read-only).
     pub md: bool,
+    /// Serve that md array writable (`--md-writable`).
+    pub md_writable: bool,
 }
 
 /// What `serve` decided from its options and the config.
@@ -134,10 +136,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
     let plan = plan_serve(&args)?;
     // Refuse before touching any member if another daemon owns the socket.
     ControlServer::check_free(&plan.control)?;
-    // Refuse a live vhost-user socket before touching any member.
-    for socket in plan.specs.iter().filter_map(|s| s.vhost_socket.as_deref()) {
-        crate::export::vhost::check_socket_free(socket)?;
-    }
+    check_vhost_sockets(&plan)?;
     let volumes = bring_up_all(plan.specs, &plan.opts).await?;
     let taken: Vec<String> = volumes
         .iter()
@@ -173,7 +172,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let vhost = match start_vhost(&volumes) {
+    let vhost = match start_vhost(&volumes).and_then(|v| start_md_vhost(&md, &plan.md, v)) {
         Ok(v) => v,
         Err(e) => {
             for task in ops {
@@ -202,6 +201,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
     }
     pools.flush_all().await;
+    super::md::close_all(&md).await;
     shutdown_volumes(&volumes).await;
     if let Some(path) = nbd_socket {
         let _ = std::fs::remove_file(path);
@@ -221,6 +221,9 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         None if args.md => vec![crate::config::MdConfig {
             members: args.members.clone(),
             name: None,
+            writable: args.md_writable,
+            vhost_user_blk: args.vhost_user_blk.clone(),
+            num_queues: args.vhost_queues,
         }],
         None => Vec::new(),
     };
@@ -271,7 +274,8 @@ async fn bring_up_md(
 ) -> Result<Vec<super::md::MdServed>, DaemonError> {
     let mut served = Vec::with_capacity(specs.len());
     for spec in specs {
-        let md = super::md::bring_up(&spec.members, spec.name.as_deref(), opts).await?;
+        let name = spec.name.as_deref();
+        let md = super::md::bring_up(&spec.members, name, spec.writable, opts).await?;
         md.claim_name(&mut taken)?;
         served.push(md);
     }
@@ -556,6 +560,42 @@ fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, 
             min_io: geometry.chunk().get(),
             opt_io: geometry.stripe_data_size(),
         };
+        match VhostServer::start(export, tokio::runtime::Handle::current()) {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.shutdown();
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(servers)
+}
+
+/// Refuses a live vhost-user socket (of a volume or an md array) before
+/// any member is touched.
+fn check_vhost_sockets(plan: &ServePlan) -> Result<(), DaemonError> {
+    let md_sockets = plan.md.iter().filter_map(|m| m.vhost_user_blk.as_deref());
+    let sockets = plan.specs.iter().filter_map(|s| s.vhost_socket.as_deref());
+    for socket in sockets.chain(md_sockets) {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
+    Ok(())
+}
+
+/// Adds the vhost-user-blk export of every md array that has a socket to
+/// `servers` (all of them shut down on an error).
+fn start_md_vhost(
+    md: &[super::md::MdServed],
+    specs: &[crate::config::MdConfig],
+    mut servers: Vec<VhostServer>,
+) -> Result<Vec<VhostServer>, DaemonError> {
+    for (m, spec) in md.iter().zip(specs) {
+        let Some(socket) = &spec.vhost_user_blk else {
+            continue;
+        };
+        let export = m.vhost_export(socket.clone(), spec.num_queues);
         match VhostServer::start(export, tokio::runtime::Handle::current()) {
             Ok(s) => servers.push(s),
             Err(e) => {

@@ -12,10 +12,13 @@
 //!  examine::MdReport ◄──────────────────────────┤ (vraid examine)
 //!  assemble::assemble(members) ─► MdArray ──────┘ (freshest events, roles)
 //!  volume::MdVolume::new(MdArray) ─► BlockDevice (read-only) ─► NBD export
+//!  MdVolume::writable(MdArray) ─► write (RMW, mirrors) + writable (superblocks)
 //! ```
 //!
-//! Nothing here writes to a member: members are opened O_RDONLY by the
-//! caller and the volume answers every write with `ReadOnly`.
+//! Nothing here writes to a member unless the volume was built with
+//! `MdVolume::writable` (`--md-writable`, docs/FORMAT.md §12): then
+//! `write` carries writes through md's layouts and `writable` keeps md's
+//! superblocks (events, clean/dirty, checksum) as the kernel's md does.
 
 pub mod assemble;
 pub mod examine;
@@ -23,6 +26,8 @@ pub mod superblock;
 mod superblock0;
 mod superblock1;
 pub mod volume;
+pub mod writable;
+mod write;
 pub mod zones;
 
 #[cfg(test)]
@@ -31,6 +36,8 @@ mod encode;
 mod redteam_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;
 
 pub use assemble::{assemble, MdArray, MdAssembleError};
 pub use examine::MdReport;

@@ -15,7 +15,7 @@ use crate::units::ByteOffset;
 const MIB: u64 = 1 << 20;
 
 /// A clean 1.2 member of a `level` array of `disks` in role `role`.
-fn sb1(level: i32, disks: u32, role: u32, size: u64) -> MdSuperblock {
+pub(super) fn sb1(level: i32, disks: u32, role: u32, size: u64) -> MdSuperblock {
     MdSuperblock {
         version: MdVersion::V1_2,
         big_endian: false,
@@ -47,7 +47,7 @@ fn sb1(level: i32, disks: u32, role: u32, size: u64) -> MdSuperblock {
 }
 
 /// `sb` as `parse_at` gives it back: the checksum fields filled in.
-fn parsed(sb: &MdSuperblock, size: u64) -> MdSuperblock {
+pub(super) fn parsed(sb: &MdSuperblock, size: u64) -> MdSuperblock {
     parse_at(sb.version, &encode(sb), size).expect("encoded superblock parses")
 }
 
@@ -59,7 +59,7 @@ fn role_strategy(disks: u32) -> impl Strategy<Value = Role> {
     ]
 }
 
-fn v1_strategy() -> impl Strategy<Value = (MdSuperblock, u64)> {
+pub(super) fn v1_strategy() -> impl Strategy<Value = (MdSuperblock, u64)> {
     let versions = prop_oneof![
         Just(MdVersion::V1_0),
         Just(MdVersion::V1_1),
@@ -110,7 +110,7 @@ fn v1_strategy() -> impl Strategy<Value = (MdSuperblock, u64)> {
         )
 }
 
-fn v0_strategy() -> impl Strategy<Value = (MdSuperblock, u64)> {
+pub(super) fn v0_strategy() -> impl Strategy<Value = (MdSuperblock, u64)> {
     (
         1u32..27,
         1u64..1024,

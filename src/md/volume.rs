@@ -1,8 +1,10 @@
-//! A read-only block device over an assembled md array: array bytes mapped
-//! to member bytes through md's layouts (`raid::md_layout`), plain reads of
-//! the members, and what a missing or failing member held reconstructed
-//! from the others (RAID-4/5 parity, RAID-6 P and Q, a RAID-1 or RAID-10
-//! copy). Writes answer `ReadOnly`; nothing ever reaches a member.
+//! A block device over an assembled md array: array bytes mapped to member
+//! bytes through md's layouts (`raid::md_layout`), plain reads of the
+//! members, and what a missing or failing member held reconstructed from
+//! the others (RAID-4/5 parity, RAID-6 P and Q, a RAID-1 or RAID-10 copy).
+//! Read-only unless built with [`MdVolume::writable`] (`super::write`):
+//! then writes go through to the members; otherwise they answer
+//! `ReadOnly` and nothing ever reaches a member.
 //!
 //! ```text
 //!  read(offset, len) ─► pieces of at most one chunk
@@ -15,21 +17,61 @@
 //! ```
 
 use super::assemble::{MdArray, MdLevel, Slot};
+use super::write::Session;
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::raid::md_layout::ParityLayout;
 use crate::raid::parity::xor_into;
 use crate::raid::syndrome::{self, Lost};
 use crate::units::ByteOffset;
 
-/// An md array as a read-only [`BlockDevice`].
+/// An md array as a [`BlockDevice`] (read-only unless writable).
 #[derive(Debug)]
 pub struct MdVolume {
     array: MdArray,
+    session: Option<Session>,
 }
 
 impl MdVolume {
+    /// The array, served read-only.
     pub fn new(array: MdArray) -> MdVolume {
-        MdVolume { array }
+        MdVolume::with_session(array, None)
+    }
+
+    pub(super) fn with_session(array: MdArray, session: Option<Session>) -> MdVolume {
+        MdVolume { array, session }
+    }
+
+    pub(super) fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The member in `role`, if present.
+    pub(super) fn slot(&self, role: usize) -> Result<&Slot, BlockError> {
+        self.array
+            .slots
+            .get(role)
+            .and_then(|s| s.as_ref())
+            .ok_or_else(|| self.lost())
+    }
+
+    /// Bytes per piece: the chunk (RAID-1 has none: any size will do).
+    pub(super) fn chunk(&self) -> u64 {
+        match self.array.chunk_bytes {
+            0 => 1 << 20,
+            c => c,
+        }
+    }
+
+    /// Bytes from array byte `pos` to the end of its chunk (or RAID-0 /
+    /// linear zone piece), at most `left`.
+    pub(super) fn piece_len(&self, pos: u64, left: usize) -> usize {
+        let chunk = self.chunk();
+        let n = match &self.array.level {
+            MdLevel::Raid0(z) => z.chunk_left(pos / 512) * 512 - pos % 512,
+            MdLevel::Linear(l) => l.map(pos / 512).2 * 512 - pos % 512,
+            _ => chunk - pos % chunk,
+        };
+        n.min(left as u64) as usize
     }
 
     /// The assembled array.
@@ -37,29 +79,19 @@ impl MdVolume {
         &self.array
     }
 
-    fn lost(&self) -> BlockError {
+    pub(super) fn lost(&self) -> BlockError {
         BlockError::DataLost {
             volume: self.array.name.clone(),
         }
     }
 
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> BlockResult {
-        // RAID-1 has no chunks: any piece size will do.
-        let chunk = match self.array.chunk_bytes {
-            0 => 1 << 20,
-            c => c,
-        };
+        let chunk = self.chunk();
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
             let in_chunk = pos % chunk;
-            let n = ((chunk - in_chunk) as usize).min(buf.len() - done);
-            let n = match &self.array.level {
-                MdLevel::Raid0(z) => z.chunk_left(pos / 512) * 512 - pos % 512,
-                MdLevel::Linear(l) => l.map(pos / 512).2 * 512 - pos % 512,
-                _ => n as u64,
-            }
-            .min((buf.len() - done) as u64) as usize;
+            let n = self.piece_len(pos, buf.len() - done);
             let piece = &mut buf[done..done + n];
             let index = pos / chunk;
             match &self.array.level {
@@ -87,13 +119,7 @@ impl MdVolume {
 
     /// Reads `buf` at byte `at` of the data area of the member in `role`.
     async fn read_role(&self, role: usize, at: u64, buf: &mut [u8]) -> BlockResult {
-        let slot = self
-            .array
-            .slots
-            .get(role)
-            .and_then(|s| s.as_ref())
-            .ok_or_else(|| self.lost())?;
-        read_slot(slot, at, buf).await
+        read_slot(self.slot(role)?, at, buf).await
     }
 
     /// Every RAID-1 member at `pos`, starting from one picked by the
@@ -105,7 +131,7 @@ impl MdVolume {
     }
 
     /// Every copy of a RAID-10 chunk piece: (disk, member byte offset).
-    fn raid10_copies(&self, chunk: u64, in_chunk: u64) -> Vec<(usize, u64)> {
+    pub(super) fn raid10_copies(&self, chunk: u64, in_chunk: u64) -> Vec<(usize, u64)> {
         let MdLevel::Raid10(r) = &self.array.level else {
             return Vec::new();
         };
@@ -241,7 +267,7 @@ impl MdVolume {
 }
 
 /// Reads `buf` at byte `at` of a member's data area.
-async fn read_slot(slot: &Slot, at: u64, buf: &mut [u8]) -> BlockResult {
+pub(super) async fn read_slot(slot: &Slot, at: u64, buf: &mut [u8]) -> BlockResult {
     slot.device
         .read(ByteOffset(slot.data_offset + at), buf)
         .await
@@ -263,19 +289,53 @@ impl BlockDevice for MdVolume {
         })
     }
 
-    fn write<'a>(&'a self, _: ByteOffset, _: &'a [u8], _: Durability) -> IoFuture<'a> {
-        Box::pin(async { Err(BlockError::ReadOnly) })
+    fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], d: Durability) -> IoFuture<'a> {
+        Box::pin(async move {
+            if self.session.is_none() {
+                return Err(BlockError::ReadOnly);
+            }
+            check_range(offset, buf.len() as u64, self.array.size)?;
+            self.write_at(offset.get(), buf, d).await
+        })
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async move {
+            if self.session.is_some() {
+                for slot in self.array.slots.iter().flatten() {
+                    slot.device.flush().await?;
+                }
+            }
+            Ok(())
+        })
     }
 
-    fn discard(&self, _: ByteOffset, _: u64) -> IoFuture<'_> {
-        Box::pin(async { Err(BlockError::ReadOnly) })
+    /// A hint md arrays served here do not pass on: nothing changes (reads
+    /// of the range return what was there, which NBD allows).
+    fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
+        Box::pin(async move {
+            if self.session.is_none() {
+                return Err(BlockError::ReadOnly);
+            }
+            check_range(offset, len, self.array.size)
+        })
     }
 
-    fn write_zeroes(&self, _: ByteOffset, _: u64, _: bool) -> IoFuture<'_> {
-        Box::pin(async { Err(BlockError::ReadOnly) })
+    fn write_zeroes(&self, offset: ByteOffset, len: u64, _: bool) -> IoFuture<'_> {
+        Box::pin(async move {
+            if self.session.is_none() {
+                return Err(BlockError::ReadOnly);
+            }
+            check_range(offset, len, self.array.size)?;
+            let zero = vec![0u8; len.min(1 << 20) as usize];
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(zero.len() as u64) as usize;
+                let at = offset.get() + done;
+                self.write_at(at, &zero[..n], Durability::Normal).await?;
+                done += n as u64;
+            }
+            Ok(())
+        })
     }
 }

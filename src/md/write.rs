@@ -1,0 +1,233 @@
+//! Writes through an md array served `--md-writable` (docs/FORMAT.md §12):
+//! one writer at a time; the superblocks marked dirty (events + 1) before
+//! the first data write of a session and clean (events + 1) at an orderly
+//! close; data mapped through md's layouts: RAID-0/linear the one member,
+//! RAID-1 every mirror, RAID-10 every copy, RAID-4/5/6 read-modify-write of
+//! the chunk piece with P (and Q) updated by the delta.
+//!
+//! ```text
+//!  write(offset, buf) ─► lock ─► dirty? no: writable::set_state(E+1, dirty)
+//!    ─► pieces of at most one chunk
+//!         RAID-0 / linear  zones ─► member
+//!         RAID-1 / 10      every copy
+//!         4/5/6            old data, P, Q ─► delta ─► data, P ^= Δ, Q ^= g^slot·Δ
+//!  close() ─► lock ─► flush members ─► writable::set_state(E+1, clean)
+//! ```
+//!
+//! A member write that fails fails the request and the session: later
+//! writes get EIO and the array is left dirty at close, so md resyncs it.
+
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::assemble::{MdArray, MdLevel};
+use super::volume::{read_slot, MdVolume};
+use super::writable::{self, StateError};
+use crate::block::{BlockDevice, BlockError, BlockResult, Durability};
+use crate::raid::md_layout::ParityLayout;
+use crate::raid::parity::xor_into;
+use crate::raid::syndrome::{gf_pow2, mul_xor_into};
+use crate::units::ByteOffset;
+
+/// The state of a writable session.
+#[derive(Debug)]
+pub struct Session {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The superblocks say dirty (written by this session).
+    dirty: bool,
+    /// The event count every member's superblock holds now.
+    events: u64,
+    /// A member write failed: the array stays dirty.
+    failed: bool,
+}
+
+impl Session {
+    fn new(events: u64) -> Session {
+        Session {
+            state: Mutex::new(State {
+                dirty: false,
+                events,
+                failed: false,
+            }),
+        }
+    }
+}
+
+impl MdVolume {
+    /// The array served writable, or the one-line reason it cannot be.
+    pub fn writable(array: MdArray) -> Result<MdVolume, String> {
+        if let Some(why) = writable::refusal(&array) {
+            return Err(format!("md array {}: not writable: {why}", array.uuid));
+        }
+        let events = array.freshest.events;
+        Ok(MdVolume::with_session(array, Some(Session::new(events))))
+    }
+
+    /// True when served writable.
+    pub fn is_writable(&self) -> bool {
+        self.session().is_some()
+    }
+
+    fn members(&self) -> Vec<&dyn BlockDevice> {
+        let slots = self.array().slots.iter().flatten();
+        slots.map(|s| &*s.device).collect()
+    }
+
+    async fn set_state(&self, events: u64, clean: bool) -> Result<(), StateError> {
+        let uuid = self.array().freshest.array_uuid;
+        writable::set_state(&uuid, &self.members(), events, clean).await
+    }
+
+    /// Marks the array clean after an orderly session (nothing if it was
+    /// never written, or a member write failed: then it stays dirty).
+    pub async fn close(&self) -> Result<(), StateError> {
+        let Some(session) = self.session() else {
+            return Ok(());
+        };
+        let mut st = session.state.lock().await;
+        if !st.dirty {
+            return Ok(());
+        }
+        if st.failed {
+            warn!(
+                "md {}: a member write failed; left dirty for md to resync",
+                self.array().name
+            );
+            return Ok(());
+        }
+        for dev in self.members() {
+            dev.flush().await.map_err(|source| StateError::Io {
+                device: dev.name().to_string(),
+                source,
+            })?;
+        }
+        self.set_state(st.events + 1, true).await?;
+        st.events += 1;
+        st.dirty = false;
+        info!(
+            "md {}: marked clean (events {})",
+            self.array().name,
+            st.events
+        );
+        Ok(())
+    }
+
+    /// Writes `buf` at array byte `offset` (the range checked).
+    pub(super) async fn write_at(&self, offset: u64, buf: &[u8], d: Durability) -> BlockResult {
+        let session = self.session().ok_or(BlockError::ReadOnly)?;
+        let mut st = session.state.lock().await;
+        if st.failed {
+            return Err(self.failed_error());
+        }
+        if !st.dirty {
+            if let Err(e) = self.set_state(st.events + 1, false).await {
+                st.failed = true;
+                warn!("md {}: marking it dirty: {e}", self.array().name);
+                return Err(self.failed_error());
+            }
+            st.events += 1;
+            st.dirty = true;
+        }
+        let r = self.write_pieces(offset, buf, d).await;
+        if let Err(e) = &r {
+            warn!(
+                "md {}: write failed, array left dirty: {e}",
+                self.array().name
+            );
+            st.failed = true;
+        }
+        r
+    }
+
+    fn failed_error(&self) -> BlockError {
+        BlockError::io(
+            self.array().name.clone(),
+            std::io::Error::other("an earlier member write of this md session failed"),
+        )
+    }
+
+    async fn write_pieces(&self, offset: u64, buf: &[u8], d: Durability) -> BlockResult {
+        let chunk = self.chunk();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let n = self.piece_len(pos, buf.len() - done);
+            let piece = &buf[done..done + n];
+            match &self.array().level {
+                MdLevel::Raid0(z) => {
+                    let (role, sector) = z.map(pos / 512);
+                    self.write_role(role, sector * 512 + pos % 512, piece, d)
+                        .await?
+                }
+                MdLevel::Linear(l) => {
+                    let (role, sector, _) = l.map(pos / 512);
+                    self.write_role(role, sector * 512 + pos % 512, piece, d)
+                        .await?
+                }
+                MdLevel::Raid1 => {
+                    for role in 0..self.array().slots.len() {
+                        self.write_role(role, pos, piece, d).await?;
+                    }
+                }
+                MdLevel::Raid10(_) => {
+                    for (disk, at) in self.raid10_copies(pos / chunk, pos % chunk) {
+                        self.write_role(disk, at, piece, d).await?;
+                    }
+                }
+                MdLevel::Parity(p) => self.rmw(p, pos / chunk, pos % chunk, piece, d).await?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at byte `at` of the data area of the member in `role`.
+    async fn write_role(&self, role: usize, at: u64, buf: &[u8], d: Durability) -> BlockResult {
+        let slot = self.slot(role)?;
+        slot.device
+            .write(ByteOffset(slot.data_offset + at), buf, d)
+            .await
+    }
+
+    async fn read_role_of(&self, role: usize, at: u64, buf: &mut [u8]) -> BlockResult {
+        read_slot(self.slot(role)?, at, buf).await
+    }
+
+    /// Read-modify-write of one chunk piece of a RAID-4/5/6 stripe.
+    async fn rmw(
+        &self,
+        p: &ParityLayout,
+        chunk: u64,
+        in_chunk: u64,
+        new: &[u8],
+        d: Durability,
+    ) -> BlockResult {
+        let (stripe, disk) = p.locate(chunk);
+        let at = stripe * self.array().chunk_bytes + in_chunk;
+        let roles = p.roles(stripe);
+        let mut delta = vec![0u8; new.len()];
+        self.read_role_of(disk, at, &mut delta).await?;
+        xor_into(&mut delta, new);
+        let mut pb = vec![0u8; new.len()];
+        self.read_role_of(roles.p, at, &mut pb).await?;
+        xor_into(&mut pb, &delta);
+        let mut qb = None;
+        if let Some(q) = roles.q {
+            let slot = p.q_slot(stripe, disk).ok_or_else(|| self.lost())?;
+            let mut b = vec![0u8; new.len()];
+            self.read_role_of(q, at, &mut b).await?;
+            mul_xor_into(&mut b, &delta, gf_pow2(slot));
+            qb = Some((q, b));
+        }
+        self.write_role(disk, at, new, d).await?;
+        self.write_role(roles.p, at, &pb, d).await?;
+        if let Some((q, b)) = qb {
+            self.write_role(q, at, &b, d).await?;
+        }
+        Ok(())
+    }
+}
