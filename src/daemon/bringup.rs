@@ -24,8 +24,7 @@ use super::array::{JoinHook, MemberWrap};
 use super::{journal, show_path, sync_plan, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
-use crate::integrity::aligned::Probe;
-use crate::integrity::{Checksums, InlineDevice, Trusted};
+use crate::integrity::{Checksums, InlineDevice};
 use crate::member::fault::FaultDevice;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::layout::ChecksumLayout;
@@ -880,15 +879,15 @@ fn wrap_inline_member(
         .with_device(tag)
         .with_inline_layout();
     let errors = h.checksum_errors.clone();
-    let trusted = csum.map_or_else(|| Arc::new(|_| false) as Trusted, |c| c.trusted());
-    let probe = Probe {
-        member: raw,
-        base: area.0,
-    };
-    let inline = InlineDevice::new(Arc::new(faulty), trusted, errors).with_probe(probe);
     let dev = match csum {
-        Some(c) => c.set.add_inline(h.role, inline),
-        None => Arc::new(inline),
+        Some(c) => c
+            .set
+            .wrap_inline(h.role, Arc::new(faulty), c.trusted(), errors),
+        None => Arc::new(InlineDevice::new(
+            Arc::new(faulty),
+            Arc::new(|_| false),
+            errors,
+        )),
     };
     Arc::new(StatsDevice::new(dev, h.stats.clone()))
 }

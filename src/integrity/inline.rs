@@ -19,7 +19,6 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use super::aligned::{Clear, Probe, UnitWriter};
 use super::page::{block_entry, hull, seal, zero_entry, BLOCK};
 use super::reported::{warn_bad_edge, Reported};
 use super::tag::{decode_tag, encode_tag, logical_len, Tag, STRIDE};
@@ -31,8 +30,6 @@ use crate::units::ByteOffset;
 /// A member data area in the inline layout, seen as its logical blocks.
 pub struct InlineDevice {
     inner: Arc<dyn BlockDevice>,
-    /// Every write and clear of `inner` (widened over holes).
-    units: UnitWriter,
     size: u64,
     trusted: Trusted,
     /// Blocks counted bad and not rewritten since.
@@ -86,19 +83,9 @@ impl InlineDevice {
     pub fn new(inner: Arc<dyn BlockDevice>, trusted: Trusted, errors: Arc<AtomicU64>) -> Self {
         InlineDevice {
             size: logical_len(inner.size()),
-            units: UnitWriter::new(inner.clone()),
             inner,
             trusted,
             reported: Reported::new(errors),
-        }
-    }
-
-    /// Widens writes into filesystem holes of the member file, as `probe`
-    /// reports them, to whole 4 KiB blocks (§8 "Writes into holes").
-    pub fn with_probe(self, probe: Probe) -> Self {
-        InlineDevice {
-            units: UnitWriter::new(self.inner.clone()).with_probe(probe),
-            ..self
         }
     }
 
@@ -111,7 +98,7 @@ impl InlineDevice {
 
     /// Writes the member image of blocks `b0..`.
     async fn write_raw(&self, b0: u64, raw: &[u8], dur: Durability) -> BlockResult {
-        self.units.write(b0 * STRIDE, raw, dur).await
+        self.inner.write(ByteOffset(b0 * STRIDE), raw, dur).await
     }
 
     /// Verdicts of blocks `b0..` of a member image.
@@ -211,10 +198,12 @@ impl InlineDevice {
         Ok(())
     }
 
-    /// Clears `offset..+len`: whole blocks as `how` says on the member
-    /// (data and tags), partial edges by writing zeroes through the write
-    /// path.
-    async fn clear(&self, offset: u64, len: u64, how: Clear) -> BlockResult {
+    /// Clears `offset..+len`: whole blocks with `clear` on the member (data
+    /// and tags), partial edges by writing zeroes through the write path.
+    async fn clear<'a, F>(&'a self, offset: u64, len: u64, clear: F) -> BlockResult
+    where
+        F: FnOnce(ByteOffset, u64) -> BoxFuture<'a, BlockResult>,
+    {
         check_range(ByteOffset(offset), len, self.size)?;
         if len == 0 {
             return Ok(());
@@ -227,9 +216,7 @@ impl InlineDevice {
                 .write_sealed(ByteOffset(offset), &zeros, Durability::Normal)
                 .await;
         }
-        self.units
-            .clear(w0 * STRIDE, (w1 - w0) * STRIDE, how)
-            .await?;
+        clear(ByteOffset(w0 * STRIDE), (w1 - w0) * STRIDE).await?;
         self.reported.forget(w0, w1);
         for (a, b) in [(offset, w0 * BLOCK), (w1 * BLOCK, end)] {
             if b > a {
@@ -316,7 +303,7 @@ impl BlockDevice for InlineDevice {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset.get(), len, Clear::Discard))
+        Box::pin(self.clear(offset.get(), len, move |o, l| self.inner.discard(o, l)))
     }
 
     fn write_zeroes(
@@ -325,6 +312,8 @@ impl BlockDevice for InlineDevice {
         len: u64,
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset.get(), len, Clear::Zeroes { may_unmap }))
+        Box::pin(self.clear(offset.get(), len, move |o, l| {
+            self.inner.write_zeroes(o, l, may_unmap)
+        }))
     }
 }

@@ -15,7 +15,6 @@
 //!  Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice (told the layout) ─► Window
 //! ```
 
-pub mod aligned;
 pub mod cache;
 pub mod device;
 pub mod inline;
@@ -24,8 +23,6 @@ mod reported;
 pub mod store;
 pub mod tag;
 
-#[cfg(test)]
-mod aligned_tests;
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
@@ -172,13 +169,7 @@ impl Checksums {
         trusted: Trusted,
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
-        self.add_inline(role, InlineDevice::new(raw_data, trusted, errors))
-    }
-
-    /// Registers the inline-layout member `dev` for role `role` (its tags
-    /// are resealed and judged through it).
-    pub fn add_inline(&self, role: usize, dev: InlineDevice) -> Arc<dyn BlockDevice> {
-        let dev = Arc::new(dev);
+        let dev = Arc::new(InlineDevice::new(raw_data, trusted, errors));
         self.inline.add(role, &dev);
         dev
     }
