@@ -13,12 +13,12 @@
 # small ratio (goal: big <= 16 MiB, ratio ~1: nothing sized by capacity).
 #
 # Environment (defaults in brackets):
-#   BIG [16T-1M]  SMALL [1G]  ROUNDS [3]  LAYOUTS ["separate inline"]
+#   BIG [16 TiB - 1 MiB, in bytes]  SMALL [1G]  ROUNDS [3]  LAYOUTS ["separate inline"]
 #   WORKDIR [/var/tmp/vraid-idle-rss]  VRAID [target/release/vraid]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BIG=${BIG:-16T-1M}
+BIG=${BIG:-$(((16 << 40) - (1 << 20)))}
 SMALL=${SMALL:-1G}
 ROUNDS=${ROUNDS:-3}
 LAYOUTS=${LAYOUTS:-"separate inline"}
