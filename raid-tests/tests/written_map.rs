@@ -1,8 +1,9 @@
 //! Issue 15, "work proportional to data": the written-region map
 //! (docs/FORMAT.md §10). Rebuild, resync and scrub of terabyte sparse
 //! members touch only the regions ever written and say how much they
-//! skipped; arrays without the map (older builds) and damaged maps fall
-//! back to doing everything.
+//! skipped; arrays without the map (older builds) get it from their
+//! members' holes at a clean, whole start (a SIGKILL loop over that
+//! upgrade); damaged maps fall back to doing everything.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
