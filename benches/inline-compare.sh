@@ -30,6 +30,9 @@
 #   CACHE     `--checksum-cache` of the checksum-on modes [1M]: the separate
 #             layout's working set is then >= 100x the cache (inline has none)
 #   VRAID     binary [target/release/vraid]
+#   VRAID_BASE binary serving the mode `inline-base` (an inline array served
+#             by another build, e.g. the main branch's, for an A/B of the
+#             inline write path in the same run) [unset: no such mode]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,6 +48,7 @@ MODES=${MODES:-"off separate inline"}
 PREFILL=${PREFILL:-1G}
 CACHE=${CACHE:-1M}
 VRAID=${VRAID:-target/release/vraid}
+VRAID_BASE=${VRAID_BASE:-}
 
 log() { printf '[inline-compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -93,7 +97,7 @@ paths_of() {
 # create MODE: a fresh array of sparse members.
 create() {
     local mode=$1 layout=separate
-    [[ $mode == inline ]] && layout=inline
+    [[ $mode == inline* ]] && layout=inline
     rm -rf "${DIR:?}/$mode"
     mkdir -p "$DIR/$mode"
     mapfile -t paths < <(paths_of "$mode")
@@ -104,11 +108,12 @@ create() {
 
 # run ROUND MODE: serve MODE's array and run every job on it.
 run() {
-    local round=$1 mode=$2 port extra=() uri t0 t1
+    local round=$1 mode=$2 port extra=() uri t0 t1 bin=$VRAID
+    [[ $mode == inline-base ]] && bin=${VRAID_BASE:?inline-base needs VRAID_BASE}
     mapfile -t paths < <(paths_of "$mode")
     if [[ $mode == off ]]; then extra+=(--no-checksums); else extra+=(--checksum-cache "$CACHE"); fi
     port=$(free_port)
-    "$VRAID" serve --nbd "127.0.0.1:$port" --control "$DIR/$mode/control.sock" \
+    "$bin" serve --nbd "127.0.0.1:$port" --control "$DIR/$mode/control.sock" \
         "${extra[@]}" "${paths[@]}" >>"$DIR/$mode/serve.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 300); do

@@ -438,7 +438,7 @@ async fn build_volume(
     let set = aopts
         .checksums
         .then(|| Checksums::with_cache(aopts.checksum_cache));
-    let written = load_written(assembly).await;
+    let written = load_written(assembly, aopts.read_only).await;
     let bitmap = load_bitmap(assembly, aopts, set.as_ref(), written.as_ref()).await;
     assembly.metadata.set_bitmap_enabled(bitmap.is_some()).await;
     if let Some(w) = written
@@ -537,9 +537,9 @@ async fn load_bitmap(
 }
 
 /// The written-region map of an array that keeps one (FORMAT.md §10).
-async fn load_written(assembly: &Assembly) -> Option<Arc<WrittenMap>> {
+async fn load_written(assembly: &Assembly, read_only: bool) -> Option<Arc<WrittenMap>> {
     if !assembly.written_map {
-        return None;
+        return upgrade_written(assembly, read_only).await;
     }
     let map = WrittenMap::load(
         &assembly.metadata,
@@ -554,6 +554,32 @@ async fn load_written(assembly: &Assembly) -> Option<Arc<WrittenMap>> {
         assembly.data_size
     );
     Some(Arc::new(map))
+}
+
+/// An array created before the written-region map gets one at a start
+/// that allows it (FORMAT.md §10 "Upgrade"); otherwise it runs without,
+/// and says so.
+async fn upgrade_written(assembly: &Assembly, read_only: bool) -> Option<Arc<WrittenMap>> {
+    use crate::meta::written_upgrade::{not_upgradable, upgrade};
+    let name = &assembly.name;
+    if let Some(why) = not_upgradable(assembly, read_only) {
+        warn!("{name}: no written-region map (created by an older vraid), not added now: {why}; rebuild, resync and scrub walk the whole capacity until a clean read-write start with every member adds it");
+        return None;
+    }
+    match upgrade(assembly).await {
+        Ok(map) => {
+            info!(
+                "{name}: written-region map added: {} of {} bytes per member hold data",
+                map.written_bytes(),
+                assembly.data_size
+            );
+            Some(Arc::new(map))
+        }
+        Err(e) => {
+            warn!("{name}: adding the written-region map failed ({e}); running without it");
+            None
+        }
+    }
 }
 
 /// A read-write run without the bitmap cannot track first writes: every

@@ -825,6 +825,24 @@ impl BlockDevice for FileMember {
         })
     }
 
+    /// Holes of a regular file from `SEEK_DATA`/`SEEK_HOLE` (reads there
+    /// return zeroes); a block device, or a filesystem that cannot say,
+    /// answers all data.
+    fn allocation(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
+        let map = check_range(offset, len, self.size).map(|()| {
+            if self.is_block_device {
+                return vec![data_extent(len)];
+            }
+            seek_extents(self.buffered.as_raw_fd(), offset.get(), len)
+                .unwrap_or_else(|_| vec![data_extent(len)])
+        });
+        Box::pin(std::future::ready(map))
+    }
+
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         Box::pin(async move {
             check_range(offset, len, self.size)?;
@@ -838,6 +856,55 @@ impl BlockDevice for FileMember {
                 .map_err(|e| self.io_err(e))
         })
     }
+}
+
+fn data_extent(len: u64) -> crate::block::AllocationExtent {
+    crate::block::AllocationExtent {
+        len,
+        state: crate::block::Allocation::DATA,
+    }
+}
+
+/// `lseek` with `whence` from `at`: `None` when there is nothing of that
+/// kind up to the end of the file (`ENXIO`).
+fn seek(fd: i32, at: u64, whence: i32) -> io::Result<Option<u64>> {
+    let at = libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek on a descriptor this member owns; no memory is passed.
+    let r = unsafe { libc::lseek(fd, at, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Most extents one [`seek_extents`] answer gives.
+const MAX_EXTENTS: usize = 4;
+
+/// Holes and data of `offset..offset + len` of the file `fd`, in order.
+/// `lseek` moves the descriptor's offset, which no I/O of this member uses
+/// (every transfer is positioned).
+fn seek_extents(fd: i32, offset: u64, len: u64) -> io::Result<crate::block::AllocationMap> {
+    use crate::block::{push_extent, Allocation};
+    let end = offset + len;
+    let mut map = Vec::new();
+    let mut pos = offset;
+    // A short answer is fine (the asker asks again from its end): a few
+    // extents, not every one of a fragmented file.
+    while pos < end && map.len() < MAX_EXTENTS {
+        let data = seek(fd, pos, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+        push_extent(&mut map, data - pos, Allocation::HOLE_ZERO);
+        if data >= end {
+            break;
+        }
+        let hole = seek(fd, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        push_extent(&mut map, hole - data, Allocation::DATA);
+        pos = hole.max(data + 1);
+    }
+    Ok(map)
 }
 
 /// Bytes from `offset` up to the next multiple of [`MAX_IO`], at most `left`.

@@ -320,9 +320,14 @@ impl DiskBitmap {
             span: (r0, r1),
             armed: true,
         };
+        // The written bits first (FORMAT.md §10): only writes set them, not
+        // the bits a full resync sets; a bitmap write that carries the want
+        // bit below carries them too.
+        let (a, b) = (r0 << self.shift, (r1 + 1) << self.shift);
+        let unwritten = self.written.as_ref().is_some_and(|w| w.note(a, b));
         let durable = {
             let mut inner = self.lock();
-            let mut durable = true;
+            let mut durable = !unwritten;
             for r in r0..=r1 {
                 *inner.in_flight.entry(r).or_insert(0) += 1;
                 set(&mut inner.want, r, true);
@@ -332,7 +337,8 @@ impl DiskBitmap {
         };
         if !durable {
             let _w = self.writer.lock().await;
-            let still = (r0..=r1).any(|r| !get(&self.lock().durable, r));
+            let missing = self.written.as_ref().is_some_and(|w| w.missing(a, b));
+            let still = missing || (r0..=r1).any(|r| !get(&self.lock().durable, r));
             if still {
                 self.write_image().await?;
             }
@@ -352,14 +358,11 @@ impl DiskBitmap {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let block = &block;
         // A new written bit goes first; the same flush makes both durable.
-        let written = self
-            .written
-            .as_ref()
-            .and_then(|w| w.absorb(&image, self.shift));
+        let written = self.written.as_ref().and_then(|w| w.pending());
         let written = &written;
         let results = join_all(devices.iter().map(|d| async move {
             if let Some(w) = written {
-                d.write(ByteOffset(WRITTEN_OFFSET), w, Durability::Normal)
+                d.write(ByteOffset(WRITTEN_OFFSET), &w.bytes, Durability::Normal)
                     .await?;
             }
             d.write(ByteOffset(self.offset), block, Durability::Normal)
@@ -368,10 +371,10 @@ impl DiskBitmap {
         }))
         .await;
         let every = super::written::any_took(&devices, results, "bitmap", "bitmap")?;
-        // Saved only once every member took it: a member that missed it
-        // gets it again with the next bitmap write (FORMAT.md §10).
-        if let (Some(w), Some(_), true) = (&self.written, written, every) {
-            w.saved();
+        // Everywhere only once every member took it: a member that missed
+        // it gets it again with the next bitmap write (FORMAT.md §10).
+        if let (Some(w), Some(image)) = (&self.written, written) {
+            w.wrote(image, every);
         }
         self.lock().durable = image;
         Ok(())

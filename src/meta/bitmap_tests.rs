@@ -214,3 +214,46 @@ async fn a_written_bit_is_on_every_member_before_mark_returns_and_is_never_clear
     let reloaded = WrittenMap::load(&asm.metadata, shift, asm.data_size).await;
     assert_eq!(reloaded.written_bytes(), 64 << 20);
 }
+
+#[tokio::test]
+async fn a_full_resync_sets_no_written_bit_and_a_write_after_it_still_records_its_own() {
+    use crate::meta::written::{WrittenImage, WrittenMap, WRITTEN_OFFSET};
+    // Arrange: a bitmap with the written map, every bit set as by a crash
+    // resync of an untrusted bitmap, and written to disk.
+    let (devs, bm, asm) = setup(2).await;
+    let shift = asm.layout.bitmap_region_shift;
+    let written = Arc::new(WrittenMap::load(&asm.metadata, shift, asm.data_size).await);
+    let bm = Arc::new(Arc::try_unwrap(bm).unwrap().with_written(written.clone()));
+    let on_disk = |dev: &Arc<MemDevice>| {
+        let raw = dev.snapshot()[WRITTEN_OFFSET as usize..][..4096].to_vec();
+        WrittenImage::decode(&raw, shift, asm.data_size).unwrap()
+    };
+    bm.set_all();
+    bm.persist().await.unwrap();
+    assert_eq!(
+        written.written_bytes(),
+        0,
+        "the resync's bits are not writes"
+    );
+    assert_eq!(bm.dirty_ranges(), vec![(0, asm.data_size)]);
+    assert_ne!(disk_bits(&devs[0], &asm.layout).await, 0);
+    let writes = bm.writes.load(Ordering::Relaxed);
+
+    // Act: a write into region 2, whose bitmap bit is already durable.
+    let (a, b) = (ByteOffset(128 << 20), ByteOffset((128 << 20) + 4096));
+    bm.mark(a, b).await.unwrap();
+
+    // Assert: its written bit reached every member before mark returned
+    // (one more metadata write), and no other region counts as written.
+    assert_eq!(bm.writes.load(Ordering::Relaxed), writes + 1);
+    for dev in &devs {
+        let image = on_disk(dev);
+        assert!(image.is_written(128 << 20, (128 << 20) + 1));
+        assert_eq!(image.count(), 1);
+    }
+    // A second write there needs no metadata write at all.
+    bm.mark(a, b).await.unwrap();
+    assert_eq!(bm.writes.load(Ordering::Relaxed), writes + 1);
+    bm.done(a, b);
+    bm.done(a, b);
+}

@@ -23,6 +23,7 @@ pub mod signature;
 pub mod superblock;
 mod update;
 pub mod written;
+pub mod written_upgrade;
 
 pub use assemble::{
     assemble, assemble_with, AssembleError, AssembleOptions, AssembledMember, Assembly, Excluded,

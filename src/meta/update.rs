@@ -188,6 +188,23 @@ impl ArrayMetadata {
         self.state.lock().await.template.checksums_valid
     }
 
+    /// Records that the array keeps the written-region map from now on
+    /// (superblock flag, FORMAT.md §10 "Upgrade"): one update, written to
+    /// every present member. The image must be on every member first.
+    pub async fn enable_written_map(&self) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        st.template.flags |= super::superblock::FLAG_WRITTEN_MAP;
+        Self::write_all(&mut st).await
+    }
+
+    /// Test wiring: superblocks as a build before the map wrote them.
+    #[cfg(test)]
+    pub async fn clear_written_map_for_tests(&self) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        st.template.flags &= !super::superblock::FLAG_WRITTEN_MAP;
+        Self::write_all(&mut st).await
+    }
+
     /// Sets `journal_state` for the next superblock update.
     pub async fn set_journal_valid(&self, valid: bool) {
         self.state.lock().await.template.journal_valid = valid;

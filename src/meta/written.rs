@@ -4,8 +4,9 @@
 //! ```text
 //!  assembly: every present member's image ─► decode (magic, CRC, shift)
 //!      ─► valid ones ORed ─► none valid: all set
-//!  bitmap write (0→1): absorb(want) ─► new bit? ─► encode ─► written
-//!      to every member before the bitmap image, same flush
+//!  data write (bitmap mark): note(range) ─► region not on disk yet?
+//!      ─► bitmap write: pending image written to every member before the
+//!      bitmap image, same flush (a full resync's set bits add nothing)
 //!  passes: is_written(a, b) per region
 //! ```
 //!
@@ -13,7 +14,6 @@
 //! members over 28 TiB). Decoding is a pure function over untrusted bytes
 //! (fuzzed: `fuzz/fuzz_targets/written.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
@@ -175,22 +175,14 @@ impl WrittenImage {
         self.set_regions(a >> self.shift, ((b - 1) >> self.shift) + 1)
     }
 
-    /// Sets the regions holding any set bit of a write-intent image of
-    /// `bitmap_shift` regions; true if any was clear.
-    pub fn absorb(&mut self, bitmap: &[u8], bitmap_shift: u32) -> bool {
-        let mut changed = false;
-        for (i, &byte) in bitmap.iter().enumerate().filter(|(_, &b)| b != 0) {
-            for bit in (0..8u64).filter(|bit| byte & (1 << bit) != 0) {
-                let at = (i as u64 * 8 + bit) << bitmap_shift;
-                changed |= self.set_range(at, at + (1 << bitmap_shift));
-            }
-        }
-        changed
-    }
-
     /// Does any region overlapping member bytes `a..b` hold a write?
     pub fn is_written(&self, a: u64, b: u64) -> bool {
         b > a && (a >> self.shift..=(b - 1) >> self.shift).any(|r| self.get(r))
+    }
+
+    /// Is any region overlapping member bytes `a..b` not set?
+    pub fn missing(&self, a: u64, b: u64) -> bool {
+        b > a && (a >> self.shift..=(b - 1) >> self.shift).any(|r| r < self.regions && !self.get(r))
     }
 
     /// Bytes of one region.
@@ -225,13 +217,31 @@ fn crc(bytes: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The map of one running array.
+/// The map of one running array: the bits set in memory, the bits on disk
+/// (on at least one member) and whether every member holds them.
 #[derive(Debug)]
 pub struct WrittenMap {
-    image: Mutex<WrittenImage>,
+    state: Mutex<MapState>,
     data_size: u64,
-    /// Bits set in memory that no write has taken yet.
-    unsaved: AtomicBool,
+}
+
+#[derive(Debug)]
+struct MapState {
+    /// Every region known written (what the next image write carries).
+    mem: WrittenImage,
+    /// The bits some present member took (a superset of what a later
+    /// assembly can lose: the images are ORed).
+    on_disk: WrittenImage,
+    /// Every present member took `on_disk`, and `mem` had no other bit.
+    everywhere: bool,
+}
+
+/// An image to write: its bytes and the bits it carries.
+#[derive(Debug)]
+pub struct PendingImage {
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    bits: WrittenImage,
 }
 
 impl WrittenMap {
@@ -239,6 +249,7 @@ impl WrittenMap {
     pub async fn load(meta: &ArrayMetadata, bitmap_shift: u32, data_size: u64) -> WrittenMap {
         let shift = written_shift(bitmap_shift, data_size);
         let mut merged: Option<WrittenImage> = None;
+        let mut same = true;
         let want = HEADER + regions(data_size, shift).div_ceil(8) as usize;
         for dev in meta.present_devices().await {
             let mut raw = vec![0u8; want.div_ceil(4096) * 4096];
@@ -247,75 +258,110 @@ impl WrittenMap {
                 Err(e) => Err(e.to_string()),
             };
             match decoded {
-                Ok(w) => merged.get_or_insert_with(|| w.clone()).merge(&w),
-                Err(e) => tracing::warn!(device = dev.name(), %e, "written-region map not used"),
+                Ok(w) => {
+                    let m = merged.get_or_insert_with(|| w.clone());
+                    same &= *m == w;
+                    m.merge(&w);
+                }
+                Err(e) => {
+                    same = false;
+                    tracing::warn!(device = dev.name(), %e, "written-region map not used");
+                }
             }
         }
         let image = merged.unwrap_or_else(|| {
             tracing::warn!(
                 "no member holds a valid written-region map: every region counts as written"
             );
+            same = false;
             WrittenImage::all_set(shift, data_size)
         });
-        WrittenMap::new(image, data_size)
+        let map = WrittenMap::new(image, data_size);
+        // A member that missed bits (or holds no image) gets them with the
+        // next image write.
+        map.lock().everywhere = same;
+        map
     }
 
-    /// A map holding `image`.
+    /// A map holding `image`, taken to be on every member.
     pub fn new(image: WrittenImage, data_size: u64) -> WrittenMap {
         WrittenMap {
-            image: Mutex::new(image),
+            state: Mutex::new(MapState {
+                on_disk: image.clone(),
+                mem: image,
+                everywhere: true,
+            }),
             data_size,
-            unsaved: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenImage> {
-        self.image.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, MapState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets every region (a run that cannot track writes).
     pub fn set_all(&self) {
-        let mut w = self.lock();
-        let r = w.regions;
-        if w.set_regions(0, r) {
-            self.unsaved.store(true, Ordering::Release);
-        }
+        let mut st = self.lock();
+        let r = st.mem.regions;
+        st.mem.set_regions(0, r);
     }
 
-    /// ORs in a write-intent image; the encoded image when a bit is not
-    /// on disk yet (call [`WrittenMap::saved`] once it is).
-    pub fn absorb(&self, bitmap: &[u8], bitmap_shift: u32) -> Option<Vec<u8>> {
-        let mut w = self.lock();
-        if w.absorb(bitmap, bitmap_shift) {
-            self.unsaved.store(true, Ordering::Release);
-        }
-        self.unsaved.load(Ordering::Acquire).then(|| w.encode())
+    /// A write is about to change member bytes `a..b`: sets their regions
+    /// in memory. True when one of them is not on disk yet: the image must
+    /// be written ([`WrittenMap::pending`]) before the data.
+    pub fn note(&self, a: u64, b: u64) -> bool {
+        let mut st = self.lock();
+        st.mem.set_range(a, b);
+        st.on_disk.missing(a, b)
     }
 
-    /// The image [`WrittenMap::absorb`] returned was written.
-    pub fn saved(&self) {
-        self.unsaved.store(false, Ordering::Release);
+    /// Is a region of member bytes `a..b` not on disk yet?
+    pub fn missing(&self, a: u64, b: u64) -> bool {
+        self.lock().on_disk.missing(a, b)
+    }
+
+    /// The image to write with the next metadata write, when some member
+    /// may lack a bit of it.
+    pub fn pending(&self) -> Option<PendingImage> {
+        let st = self.lock();
+        (!st.everywhere || st.mem != st.on_disk).then(|| PendingImage {
+            bytes: st.mem.encode(),
+            bits: st.mem.clone(),
+        })
+    }
+
+    /// `image` was written to at least one present member (`every`: to all
+    /// of them).
+    pub fn wrote(&self, image: &PendingImage, every: bool) {
+        let mut st = self.lock();
+        st.on_disk.merge(&image.bits);
+        st.everywhere = every && st.mem == image.bits;
     }
 
     /// The encoded image.
     pub fn encoded(&self) -> Vec<u8> {
-        self.lock().encode()
+        self.lock().mem.encode()
     }
 
     /// Bytes of the data area counted as written.
     pub fn written_bytes(&self) -> u64 {
-        self.lock().bytes(self.data_size)
+        self.lock().mem.bytes(self.data_size)
     }
 
     /// Writes the image to every present member and flushes; succeeds if
-    /// one took it. The image counts as saved only if every member took
-    /// it: otherwise the next bitmap write sends it again, so a member
-    /// that missed it cannot keep a stale map (it could be the only copy
-    /// left for a later rebuild).
+    /// one took it. Until every member took it, the next bitmap write sends
+    /// it again, so a member that missed it cannot keep a stale map (it
+    /// could be the only copy left for a later rebuild).
     pub async fn persist(&self, meta: &ArrayMetadata) -> BlockResult {
-        if write_all(&meta.present_devices().await, &self.encoded()).await? {
-            self.saved();
-        }
+        let image = {
+            let st = self.lock();
+            PendingImage {
+                bytes: st.mem.encode(),
+                bits: st.mem.clone(),
+            }
+        };
+        let every = write_all(&meta.present_devices().await, &image.bytes).await?;
+        self.wrote(&image, every);
         Ok(())
     }
 }
@@ -363,11 +409,11 @@ pub(super) fn any_took(
 
 impl crate::raid::WrittenRegions for WrittenMap {
     fn region_size(&self) -> u64 {
-        self.lock().region_size()
+        self.lock().mem.region_size()
     }
 
     fn is_written(&self, start: u64, end: u64) -> bool {
-        self.lock().is_written(start, end)
+        self.lock().mem.is_written(start, end)
     }
 
     fn written_bytes(&self) -> u64 {

@@ -63,16 +63,19 @@ fn bad_images_are_refused_not_trusted() {
 }
 
 #[test]
-fn absorb_coarsens_bitmap_bits() {
+fn set_range_coarsens_to_written_regions_and_missing_says_what_is_not_set() {
     let mut w = WrittenImage::empty(27, 64 * GIB);
     // Bitmap regions 3 and 9 (64 MiB each) fall in written regions 1 and 4.
-    let bitmap = [0b0000_1000u8, 0b0000_0010];
-    assert!(w.absorb(&bitmap, 26));
-    assert!(!w.absorb(&bitmap, 26));
+    assert!(w.set_range(3 << 26, 4 << 26));
+    assert!(w.set_range(9 << 26, (9 << 26) + 1));
+    assert!(!w.set_range(2 << 26, 3 << 26));
     assert_eq!(w.count(), 2);
     assert!(w.is_written(128 << 20, 129 << 20));
     assert!(w.is_written(4 << 27, (4 << 27) + 1));
     assert!(!w.is_written(0, 128 << 20));
+    assert!(!w.missing(128 << 20, 256 << 20));
+    assert!(w.missing(128 << 20, (256 << 20) + 1));
+    assert!(!w.missing(5, 5));
 }
 
 #[test]
