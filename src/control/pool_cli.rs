@@ -172,25 +172,27 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             control,
             name,
             snapshot,
-        } => {
-            let p = VolumeNewNameParams {
-                name,
-                new_name: snapshot,
-            };
-            call(&socket(&control), "volume.snapshot", &p)?
-        }
+        } => share(&control, "volume.snapshot", name, snapshot)?,
         VolumeCommand::Clone {
             control,
             name,
             clone,
-        } => {
-            let p = VolumeNewNameParams {
-                name,
-                new_name: clone,
-            };
-            call(&socket(&control), "volume.clone", &p)?
-        }
+        } => share(&control, "volume.clone", name, clone)?,
     };
     print!("{}", render_volume(&shown));
     Ok(())
+}
+
+/// `vraid volume snapshot` / `clone`.
+fn share(
+    control: &crate::cli::ControlArg,
+    method: &str,
+    name: String,
+    new_name: String,
+) -> Result<VolumeInfo, ClientError> {
+    call(
+        &socket(control),
+        method,
+        &VolumeNewNameParams { name, new_name },
+    )
 }
