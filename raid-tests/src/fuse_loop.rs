@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::{run_ok, stop_nbdfuse};
 
 /// nbdfuse + losetup over one export.
+#[derive(Debug)]
 pub struct FuseLoop {
     mountpoint: PathBuf,
     nbdfuse: Child,

@@ -78,7 +78,7 @@ fn read_range(uri: &str, off: u64, len: u64, scratch: &Path) -> Vec<u8> {
     let _ = std::fs::remove_file(&out);
     let (bs, skip, count) = (CLUSTER, off / CLUSTER, len.div_ceil(CLUSTER));
     assert!(
-        off % CLUSTER == 0,
+        off.is_multiple_of(CLUSTER),
         "dirty extents are cluster-aligned: {off}"
     );
     run_ok(Command::new("qemu-img").args([

@@ -191,10 +191,9 @@ impl crate::pool::Pool {
         // The cluster across b's end: bytes a has there b has not.
         let (sa, sb) = (m.slots[ia].rec.size, m.slots[ib].rec.size);
         let edge = sb / cs;
-        if sa > sb && !sb.is_multiple_of(cs) && (from..to).contains(&edge) {
-            if m.lookup(ia, edge).await?.cluster.is_some() {
-                mark_dirty(&mut runs, edge - from);
-            }
+        let across = sa > sb && !sb.is_multiple_of(cs) && (from..to).contains(&edge);
+        if across && m.lookup(ia, edge).await?.cluster.is_some() {
+            mark_dirty(&mut runs, edge - from);
         }
         drop(m);
         let mut out = Vec::with_capacity(runs.len());
