@@ -42,9 +42,10 @@ impl Pool {
         writable: bool,
     ) -> Result<VolumeInfo, PoolError> {
         {
+            // One commit (the record with whatever the transaction holds
+            // already): the gate is held for one journal FLUSH.
             let _gate = self.gate.write().await;
             let mut m = self.meta.lock().await;
-            commit_and_discard(&mut m, self.dev.as_ref()).await?;
             let s = m.slots[m.find(src)?].rec.clone();
             let mut rec = new_record(&m, name, s.size)?;
             rec.flags = if writable { 0 } else { SNAPSHOT };
