@@ -58,7 +58,7 @@ pub enum Command {
     /// Pools on arrays: create, list, check.
     #[command(subcommand)]
     Pool(PoolCommand),
-    /// Thin volumes of pools: create, delete, list, resize, rename, snapshot, clone.
+    /// Thin volumes of pools: create, delete, list, resize, rename, snapshot, clone, revert.
     #[command(subcommand)]
     Volume(VolumeCommand),
 }
@@ -1014,13 +1014,20 @@ pub enum PoolCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a pool's metadata (read-only); exit status 1 if anything is wrong.
+    /// Verify a pool's metadata (read-only unless --repair); exit status 1 if anything is wrong.
     Check {
         /// Control socket.
         #[command(flatten)]
         control: ControlArg,
         /// Pool (array) name.
         pool: String,
+        /// Reclaim leaked clusters and map pages (counts above their references are lowered).
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: also raise counts below their references (shared clusters the
+        /// counts missed; their bytes may already be mixed).
+        #[arg(long, requires = "repair")]
+        force: bool,
         /// Print the daemon's JSON reply.
         #[arg(long)]
         json: bool,
@@ -1060,7 +1067,7 @@ pub enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Grow a volume (live).
+    /// Grow a volume (live), or shrink it (clusters past the end are freed).
     Resize {
         /// Control socket.
         #[command(flatten)]
@@ -1070,6 +1077,22 @@ pub enum VolumeCommand {
         /// New size.
         #[arg(long, value_parser = parse_size_arg)]
         size: u64,
+        /// Shrink even while clients are connected to the volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a volume hold a snapshot's bytes and size again (instant; the snapshot stays).
+    Revert {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Volume name.
+        name: String,
+        /// A snapshot taken of that volume.
+        snapshot: String,
+        /// Revert even while clients are connected (they see the disk change under them).
+        #[arg(long)]
+        force: bool,
     },
     /// Rename a volume (and its export).
     Rename {

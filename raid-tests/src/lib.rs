@@ -6,6 +6,7 @@
 //! `target/debug/vraid`. A missing binary or client tool fails the test; it
 //! never skips it.
 
+pub mod fuse_loop;
 pub mod md_image;
 pub mod nbd_raw;
 

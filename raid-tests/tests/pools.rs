@@ -2,7 +2,8 @@
 //! / `vraid volume` verbs, each volume its own NBD export (qemu-io,
 //! nbdinfo, fio verify on four volumes of one RAID-5 pool at once),
 //! snapshots and clones, a full pool, restarts, and a SIGKILL loop under
-//! fio load with snapshots and deletes, each followed by `vraid pool check`.
+//! fio load with snapshots, clones, deletes, reverts and shrinks, each
+//! followed by `vraid pool check`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -260,7 +261,13 @@ fn sigkill_loop_under_fio_with_snapshots_and_deletes_keeps_the_pool_consistent()
         &control,
         &["volume", "create", "vol0", "marks", "--size", "1M"],
     );
+    vraid_ctl_ok(&control, &["volume", "create", "vol0", "t", "--size", "8M"]);
+    qemu_io(
+        &server.uri("t"),
+        &["write -P 7 0 8M".to_string(), "flush".to_string()],
+    );
     let mut server = Some(server);
+    let mut shrunk = false;
     for round in 0..20u64 {
         let s = server.take().unwrap();
         // Act: load, a flushed marker, then snapshot / clone / delete
@@ -288,20 +295,38 @@ fn sigkill_loop_under_fio_with_snapshots_and_deletes_keeps_the_pool_consistent()
         if round > 0 {
             vraid_ctl_ok(&control, &["volume", "delete", &format!("s{}", round - 1)]);
         }
-        let racing = vraid(&[
-            "volume",
-            "clone",
-            &format!("s{round}"),
-            &format!("c{round}"),
-            "--control",
-            control.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        // Racing the kill: a clone, a revert of the loaded volume (forced:
+        // fio is connected) and a shrink or grow of `t`.
+        let t_size = if round % 2 == 0 { "4M" } else { "8M" };
+        let snap = format!("s{round}");
+        let clone = format!("c{round}");
+        let racing: Vec<std::process::Child> = [
+            vec!["volume", "clone", &snap, &clone],
+            vec!["volume", "revert", "w", &snap, "--force"],
+            vec!["volume", "resize", "t", "--size", t_size, "--force"],
+        ]
+        .iter()
+        .map(|args| {
+            let mut c = vraid(args);
+            c.arg("--control").arg(&control);
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+        // The kill lands at a moment varied by round: at once, after 20 ms
+        // (the verbs part way), or once the verbs have returned.
+        let mut racing = racing;
+        match round % 3 {
+            0 => {}
+            1 => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => racing.iter_mut().for_each(|r| drop(r.wait())),
+        }
         s.kill();
-        let _ = racing.wait_with_output();
+        for r in racing {
+            let _ = r.wait_with_output();
+        }
         let mut fio = fio;
         let _ = fio.kill();
         let _ = fio.wait();
@@ -321,9 +346,24 @@ fn sigkill_loop_under_fio_with_snapshots_and_deletes_keeps_the_pool_consistent()
             .map(|r| format!("read -P {} {}k 4k", r + 1, r * 4))
             .collect();
         qemu_io(&s.uri("marks"), &reads);
+        let t = run_ok(Command::new("nbdinfo").args(["--size", &s.uri("t")]));
+        let t: u64 = t.trim().parse().unwrap();
+        assert!(
+            t == 4 << 20 || t == 8 << 20,
+            "round {round}: t is {t} bytes"
+        );
+        qemu_io(&s.uri("t"), &["read -P 7 0 4M".to_string()]);
+        if t == 8 << 20 {
+            // Grown back after a shrink: the tail reads zero.
+            let tail = if shrunk { 0 } else { 7 };
+            qemu_io(&s.uri("t"), &[format!("read -P {tail} 4M 4M")]);
+        }
+        shrunk |= t == 4 << 20;
+        eprintln!("round {round}: t is {} MiB", t >> 20);
         let _ = vraid_ctl(&control, &["volume", "delete", &format!("c{round}")]);
         server = Some(s);
     }
+    assert!(shrunk, "no shrink of t survived a round");
     assert_eq!(server.take().unwrap().stop(), 0);
 }
 

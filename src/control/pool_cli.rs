@@ -5,7 +5,7 @@ use super::cli::{print_json, socket};
 use super::client::{call, ClientError};
 use super::pool_methods::{
     DeletedReply, PoolCreateParams, PoolParams, VolumeCreateParams, VolumeNameParams,
-    VolumeNewNameParams, VolumeResizeParams,
+    VolumeNewNameParams, VolumeResizeParams, VolumeRevertParams,
 };
 use crate::cli::{PoolCommand, VolumeCommand};
 use crate::pool::check::CheckReport;
@@ -77,13 +77,16 @@ pub fn pool(cmd: PoolCommand) -> Result<(), ClientError> {
         PoolCommand::Check {
             control,
             pool,
+            repair,
+            force,
             json,
         } => {
-            let reply: CheckReport = call(
-                &socket(&control),
-                "pool.check",
-                &PoolParams { pool: pool.clone() },
-            )?;
+            let p = PoolParams {
+                pool: pool.clone(),
+                repair,
+                force,
+            };
+            let reply: CheckReport = call(&socket(&control), "pool.check", &p)?;
             if json {
                 print_json(&reply);
             } else {
@@ -91,6 +94,10 @@ pub fn pool(cmd: PoolCommand) -> Result<(), ClientError> {
                     "pool {pool}: {} volumes, {} map pages, {} clusters referenced",
                     reply.volumes, reply.map_pages, reply.clusters
                 );
+                reply
+                    .repaired
+                    .iter()
+                    .for_each(|p| println!("  repaired: {p}"));
                 reply.problems.iter().for_each(|p| println!("  {p}"));
             }
             if !reply.clean() {
@@ -133,11 +140,25 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             control,
             name,
             size,
+            force,
         } => call(
             &socket(&control),
             "volume.resize",
-            &VolumeResizeParams { name, size },
+            &VolumeResizeParams { name, size, force },
         )?,
+        VolumeCommand::Revert {
+            control,
+            name,
+            snapshot,
+            force,
+        } => {
+            let p = VolumeRevertParams {
+                name,
+                snapshot,
+                force,
+            };
+            call(&socket(&control), "volume.revert", &p)?
+        }
         VolumeCommand::Rename {
             control,
             name,
@@ -151,25 +172,27 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             control,
             name,
             snapshot,
-        } => {
-            let p = VolumeNewNameParams {
-                name,
-                new_name: snapshot,
-            };
-            call(&socket(&control), "volume.snapshot", &p)?
-        }
+        } => share(&control, "volume.snapshot", name, snapshot)?,
         VolumeCommand::Clone {
             control,
             name,
             clone,
-        } => {
-            let p = VolumeNewNameParams {
-                name,
-                new_name: clone,
-            };
-            call(&socket(&control), "volume.clone", &p)?
-        }
+        } => share(&control, "volume.clone", name, clone)?,
     };
     print!("{}", render_volume(&shown));
     Ok(())
+}
+
+/// `vraid volume snapshot` / `clone`.
+fn share(
+    control: &crate::cli::ControlArg,
+    method: &str,
+    name: String,
+    new_name: String,
+) -> Result<VolumeInfo, ClientError> {
+    call(
+        &socket(control),
+        method,
+        &VolumeNewNameParams { name, new_name },
+    )
 }

@@ -4,10 +4,11 @@
 //! |-------------------|------------------------------------------|--------|
 //! | `pool.create`     | `array`, `cluster_size?`, `force?`       | `PoolListing` |
 //! | `pool.list`       |                                          | `[PoolListing]` |
-//! | `pool.check`      | `pool`                                   | `CheckReport` |
+//! | `pool.check`      | `pool`, `repair?`, `force?`              | `CheckReport` |
 //! | `volume.create`   | `pool`, `name`, `size`                   | `VolumeInfo` |
 //! | `volume.delete`   | `name`                                   | `{}` |
-//! | `volume.resize`   | `name`, `size`                           | `VolumeInfo` |
+//! | `volume.resize`   | `name`, `size`, `force?`                 | `VolumeInfo` |
+//! | `volume.revert`   | `name`, `snapshot`, `force?`             | `VolumeInfo` |
 //! | `volume.rename`   | `name`, `new_name`                       | `VolumeInfo` |
 //! | `volume.snapshot` | `name`, `new_name`                       | `VolumeInfo` |
 //! | `volume.clone`    | `name`, `new_name`                       | `VolumeInfo` |
@@ -39,6 +40,25 @@ pub struct PoolCreateParams {
 pub struct PoolParams {
     /// Pool (array) name.
     pub pool: String,
+    /// Reclaim leaked clusters and pages, lower counts above their
+    /// references.
+    #[serde(default)]
+    pub repair: bool,
+    /// With `repair`: also raise counts below their references.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `volume.revert`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VolumeRevertParams {
+    /// Volume name.
+    pub name: String,
+    /// Snapshot (of that volume) to revert to.
+    pub snapshot: String,
+    /// Even while clients are connected.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `volume.create`.
@@ -66,6 +86,9 @@ pub struct VolumeResizeParams {
     pub name: String,
     /// New size in bytes.
     pub size: u64,
+    /// Shrink even while clients are connected.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `volume.rename`, `volume.snapshot`, `volume.clone`.
@@ -104,7 +127,10 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             result(pools.create_pool(&p.array, opts).await)
         }
         "pool.list" => result(Ok(pools.list().await)),
-        "pool.check" => result(pools.check(&params::<PoolParams>(p)?.pool).await),
+        "pool.check" => {
+            let p: PoolParams = params(p)?;
+            result(pools.check(&p.pool, p.repair, p.force).await)
+        }
         "volume.create" => {
             let p: VolumeCreateParams = params(p)?;
             result(pools.create_volume(&p.pool, &p.name, p.size).await)
@@ -115,7 +141,11 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         }
         "volume.resize" => {
             let p: VolumeResizeParams = params(p)?;
-            result(pools.resize(&p.name, p.size).await)
+            result(pools.resize(&p.name, p.size, p.force).await)
+        }
+        "volume.revert" => {
+            let p: VolumeRevertParams = params(p)?;
+            result(pools.revert(&p.name, &p.snapshot, p.force).await)
         }
         _ => new_name_method(reg, method, p).await,
     }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::block::BlockDevice;
+use crate::export::nbd::meta::MetaContexts;
 use crate::export::nbd::{Export, ExportTable};
 use crate::pool::service::{ExportSink, PoolService};
 use crate::volfault::named::NamedStacks;
@@ -22,7 +23,14 @@ struct NbdSink {
 }
 
 impl ExportSink for NbdSink {
-    fn add(&self, name: &str, description: String, device: Arc<dyn BlockDevice>, read_only: bool) {
+    fn add(
+        &self,
+        name: &str,
+        description: String,
+        device: Arc<dyn BlockDevice>,
+        read_only: bool,
+        contexts: MetaContexts,
+    ) {
         let stack = ClientStack::new(device);
         self.stacks.insert(name, stack.clone());
         self.table.insert(Export {
@@ -32,8 +40,12 @@ impl ExportSink for NbdSink {
             read_only,
             preferred_block: 4096,
             multi_conn: true,
-            contexts: Default::default(),
+            contexts,
         });
+    }
+
+    fn clients(&self, name: &str) -> usize {
+        self.table.clients(name)
     }
 
     fn remove(&self, name: &str) {

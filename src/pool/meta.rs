@@ -53,6 +53,9 @@ pub struct Meta {
     /// maps may still share them, so they are never written in place
     /// until the next commit (copy-on-write instead).
     pub unshared: HashSet<u64>,
+    /// Clusters handed to writes filling a hole with the lock released:
+    /// counted 0 on disk until mapped (crash case P-16).
+    pub reserved: HashSet<u64>,
     fresh_next: u64,
     cluster_cursor: u64,
     meta_cursor: u64,
@@ -91,6 +94,7 @@ impl Meta {
             slots,
             pending: HashSet::new(),
             unshared: HashSet::new(),
+            reserved: HashSet::new(),
             cluster_cursor: geo.first_data_cluster,
             meta_cursor: geo.meta_start(),
         })
@@ -216,9 +220,18 @@ impl Meta {
     /// Hands out a data cluster (count 1). May commit (to raise
     /// `zeroed_from` before the cluster is written).
     pub async fn alloc_cluster(&mut self) -> Result<Fresh, PoolError> {
+        let fresh = self.reserve_cluster().await?;
+        self.claim(fresh.cluster).await?;
+        Ok(fresh)
+    }
+
+    /// Sets a cluster aside for a write (its count stays 0 until
+    /// [`Meta::claim`]; the allocator skips it). May commit (to raise
+    /// `zeroed_from` before the cluster is written).
+    pub async fn reserve_cluster(&mut self) -> Result<Fresh, PoolError> {
         let g = self.geo();
         let end = g.first_data_cluster + g.clusters;
-        if self.summary.free_clusters <= self.pending.len() as u64 {
+        if self.summary.free_clusters <= (self.pending.len() + self.reserved.len()) as u64 {
             return Err(PoolError::NoSpace);
         }
         let (cluster, zeroed) = if self.fresh_next < end {
@@ -228,16 +241,22 @@ impl Meta {
             (self.scan_free_cluster().await?, false)
         };
         if zeroed && cluster >= self.summary.zeroed_from {
-            // Committed before the count changes: a crash leaves no leak.
+            // Committed before the cluster is written: a crash leaves no leak.
             self.summary.zeroed_from = (cluster + ZEROED_STEP).min(end);
             self.save_summary().await?;
             self.commit().await?;
         }
-        let at = g.cluster_count_at(cluster);
+        self.reserved.insert(cluster);
+        Ok(Fresh { cluster, zeroed })
+    }
+
+    /// Gives a reserved cluster count 1 (it is about to be mapped).
+    pub async fn claim(&mut self, cluster: u64) -> Result<(), PoolError> {
+        self.reserved.remove(&cluster);
+        let at = self.geo().cluster_count_at(cluster);
         self.set_count_of(at, 1).await?;
         self.summary.free_clusters -= 1;
-        self.save_summary().await?;
-        Ok(Fresh { cluster, zeroed })
+        self.save_summary().await
     }
 
     async fn scan_free_cluster(&mut self) -> Result<u64, PoolError> {
@@ -248,9 +267,11 @@ impl Meta {
             let (block, first) = g.cluster_count_at(c0);
             let page = self.store.page(block).await?;
             let n = (COUNTS_PER_PAGE as usize - first).min((end - c0) as usize);
-            let found = (0..n)
-                .map(|k| (k, c0 + k as u64))
-                .find(|(k, c)| page.count(first + k) == 0 && !self.pending.contains(c));
+            let found = (0..n).map(|k| (k, c0 + k as u64)).find(|(k, c)| {
+                page.count(first + k) == 0
+                    && !self.pending.contains(c)
+                    && !self.reserved.contains(c)
+            });
             if let Some((_, c)) = found {
                 self.cluster_cursor = c;
                 return Ok(c);

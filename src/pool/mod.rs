@@ -14,6 +14,8 @@
 //! `thin` the block device of one volume, `check` the read-only verifier.
 
 pub mod check;
+pub mod contexts;
+pub mod diff;
 pub use check::CheckReport;
 pub mod format;
 pub mod meta;
@@ -23,10 +25,13 @@ pub mod pool;
 pub mod service;
 mod service_volumes;
 pub mod store;
+mod tail;
 pub mod thin;
 pub mod tree;
 pub mod volumes;
 
+#[cfg(test)]
+mod ops_tests;
 #[cfg(test)]
 mod redteam_tests;
 #[cfg(test)]

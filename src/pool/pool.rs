@@ -63,6 +63,22 @@ pub struct Pool {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) geo: Geometry,
     sizes: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// The directory as last published (read without the async lock:
+    /// NBD negotiation asks it which contexts a volume offers).
+    listing: Mutex<Vec<Listed>>,
+}
+
+/// A volume record as published for synchronous readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Volume id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Parent id, 0 = none.
+    pub parent: u32,
+    /// A read-only snapshot.
+    pub snapshot: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -244,8 +260,11 @@ impl Pool {
             dev,
             geo,
             sizes: Mutex::new(HashMap::new()),
+            listing: Mutex::new(Vec::new()),
         });
         pool.resume_deletes().await?;
+        pool.resume_tail_cuts().await?;
+        pool.publish(&*pool.meta.lock().await);
         Ok(pool)
     }
 
@@ -319,6 +338,31 @@ impl Pool {
                 .filter(|s| !s.rec.is_snapshot() && s.rec.flags & FLAG_DELETING == 0)
                 .fold(0u64, |sum, s| sum.saturating_add(s.rec.size)),
         }
+    }
+
+    /// Publishes the directory for synchronous readers (after every
+    /// change of names, parents or membership).
+    pub(crate) fn publish(&self, m: &Meta) {
+        let listed = m
+            .slots
+            .iter()
+            .filter(|s| s.rec.flags & FLAG_DELETING == 0)
+            .map(|s| Listed {
+                id: s.rec.id,
+                name: s.rec.name.clone(),
+                parent: s.rec.parent,
+                snapshot: s.rec.is_snapshot(),
+            })
+            .collect();
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = listed;
+    }
+
+    /// The directory as last published.
+    pub fn listing(&self) -> Vec<Listed> {
+        self.listing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The live size cell of volume `id` (shared with its thin volumes).

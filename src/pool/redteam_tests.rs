@@ -122,6 +122,7 @@ enum Step {
     Snap(&'static str, &'static str),
     Clone(&'static str, &'static str),
     Resize(&'static str, u64),
+    Revert(&'static str, &'static str),
     Delete(&'static str),
 }
 
@@ -136,8 +137,13 @@ fn scenario() -> Vec<Step> {
         Trim("a", 3 * CS, CS),
         Clone("s", "c"),
         Write("c", CS - 10, 4, 20),
+        Revert("a", "s"),
+        Write("a", 3 * CS + 100, 8, 300),
         Resize("a", 509 * CS),
         Write("a", 508 * CS, 5, 4096),
+        Write("a", 2 * CS, 9, CS as usize),
+        Resize("a", 2 * CS + 4096),
+        Resize("a", 3 * CS),
         Delete("s"),
         Trim("c", 0, 512),
         Create("b", 2 * CS),
@@ -166,6 +172,10 @@ fn apply_model(m: &mut Model, s: &Step) {
             m.insert(n, d);
         }
         Step::Resize(n, size) => Arc::make_mut(m.get_mut(n).unwrap()).resize(size as usize, 0),
+        Step::Revert(n, snap) => {
+            let d = m[snap].clone();
+            m.insert(n, d);
+        }
         Step::Delete(n) => {
             m.remove(n);
         }
@@ -189,6 +199,7 @@ async fn run_step(pool: &Arc<Pool>, s: &Step) -> Result<(), PoolError> {
         Step::Snap(src, n) => pool.snapshot(src, n).await.map(drop)?,
         Step::Clone(src, n) => pool.clone_volume(src, n).await.map(drop)?,
         Step::Resize(n, size) => pool.resize(n, size).await.map(drop)?,
+        Step::Revert(n, snap) => pool.revert(n, snap).await.map(drop)?,
         Step::Delete(n) => pool.delete_volume(n).await?,
     }
     pool.flush().await

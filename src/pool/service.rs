@@ -7,15 +7,31 @@
 use std::sync::Arc;
 
 use crate::block::BlockDevice;
+use crate::export::nbd::meta::MetaContexts;
 use crate::pool::check::CheckReport;
+use crate::pool::contexts::PoolContexts;
 use crate::pool::pool::CreateOptions;
 use crate::pool::store::DEFAULT_CACHE_PAGES;
 use crate::pool::{Pool, PoolError, PoolSpace, VolumeInfo};
 
 /// Where volume exports go (the NBD export table).
 pub trait ExportSink: Send + Sync {
-    /// Adds or replaces an export.
-    fn add(&self, name: &str, description: String, device: Arc<dyn BlockDevice>, read_only: bool);
+    /// Adds or replaces an export offering `contexts` beside
+    /// `base:allocation`.
+    fn add(
+        &self,
+        name: &str,
+        description: String,
+        device: Arc<dyn BlockDevice>,
+        read_only: bool,
+        contexts: MetaContexts,
+    );
+    /// Clients connected to the export now (a shrink or revert of a
+    /// volume in use needs `--force`).
+    fn clients(&self, name: &str) -> usize {
+        let _ = name;
+        0
+    }
     /// Removes an export.
     fn remove(&self, name: &str);
     /// Renames an export, keeping its device (and what wraps it); false
@@ -138,8 +154,9 @@ impl PoolService {
         v: &VolumeInfo,
     ) -> Result<(), PoolError> {
         let dev = Arc::new(pool.open_volume(&v.name).await?);
+        let contexts = MetaContexts::default().with_source(Arc::new(PoolContexts::new(pool, v.id)));
         self.sink
-            .add(&v.name, describe(pool_name, v), dev, v.snapshot);
+            .add(&v.name, describe(pool_name, v), dev, v.snapshot, contexts);
         Ok(())
     }
 
@@ -239,9 +256,19 @@ impl PoolService {
         out
     }
 
-    /// `vraid pool check`.
-    pub async fn check(&self, pool: &str) -> Result<CheckReport, PoolError> {
-        self.pool(pool).await?.check().await
+    /// `vraid pool check` (`--repair`: reclaim leaks; `force`: also raise
+    /// counts below their references).
+    pub async fn check(
+        &self,
+        pool: &str,
+        repair: bool,
+        force: bool,
+    ) -> Result<CheckReport, PoolError> {
+        let p = self.pool(pool).await?;
+        match repair {
+            true => p.repair(force).await,
+            false => p.check().await,
+        }
     }
 
     /// Commits every pool (at shutdown).

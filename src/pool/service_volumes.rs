@@ -27,10 +27,45 @@ impl PoolService {
         p.delete_volume(name).await
     }
 
-    /// `vraid volume resize NAME --size SIZE` (grow, live).
-    pub async fn resize(&self, name: &str, size: u64) -> Result<VolumeInfo, PoolError> {
+    /// `vraid volume resize NAME --size SIZE`: grow (live), or shrink
+    /// (refused while a client is connected unless `force`).
+    pub async fn resize(
+        &self,
+        name: &str,
+        size: u64,
+        force: bool,
+    ) -> Result<VolumeInfo, PoolError> {
         let (_, p) = self.holder(name).await?;
+        let now = p.volumes().await.into_iter().find(|v| v.name == name);
+        if now.is_some_and(|v| size < v.size) {
+            self.refuse_in_use(name, "shrink", force)?;
+        }
         p.resize(name, size).await
+    }
+
+    /// `vraid volume revert NAME SNAP`: the volume becomes the snapshot's
+    /// bytes and size (refused while a client is connected unless
+    /// `force`: the clients then see the disk change under them).
+    pub async fn revert(
+        &self,
+        name: &str,
+        snap: &str,
+        force: bool,
+    ) -> Result<VolumeInfo, PoolError> {
+        let (_, p) = self.holder(name).await?;
+        self.refuse_in_use(name, "revert", force)?;
+        p.revert(name, snap).await
+    }
+
+    fn refuse_in_use(&self, name: &str, what: &str, force: bool) -> Result<(), PoolError> {
+        match self.sink.clients(name) {
+            0 => Ok(()),
+            _ if force => Ok(()),
+            n => Err(PoolError::Invalid(format!(
+                "{name} has {n} client(s) connected: refusing to {what} a volume in use \
+                 (--force does it anyway; the clients see the disk change under them)"
+            ))),
+        }
     }
 
     /// `vraid volume rename NAME NEW`.

@@ -177,10 +177,13 @@ fn resize_grows_live_and_adds_map_levels() {
         assert_eq!(data[..512], [5u8; 512]);
         assert_eq!(data[599 * CS as usize..599 * CS as usize + 512], [6u8; 512]);
         assert!(pool.check().await.unwrap().clean());
+        pool.resize("v", CS).await.unwrap();
+        assert_eq!(v.size(), CS);
         assert!(matches!(
-            pool.resize("v", CS).await,
+            pool.resize("v", 1000).await,
             Err(PoolError::Invalid(_))
         ));
+        assert!(pool.check().await.unwrap().clean());
     });
 }
 
@@ -212,6 +215,14 @@ enum Op {
         vol: usize,
         clusters: u64,
     },
+    Shrink {
+        vol: usize,
+        sectors: u64,
+    },
+    Revert {
+        vol: usize,
+        snap: usize,
+    },
     Reopen,
     Crash,
 }
@@ -227,7 +238,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => vol.clone().prop_map(|vol| Op::Snapshot { vol }),
         1 => vol.clone().prop_map(|vol| Op::Clone { vol }),
         1 => vol.clone().prop_map(|vol| Op::Delete { vol }),
-        1 => (vol, 1u64..4).prop_map(|(vol, clusters)| Op::Grow { vol, clusters }),
+        1 => (vol.clone(), 1u64..4).prop_map(|(vol, clusters)| Op::Grow { vol, clusters }),
+        1 => (vol.clone(), 1u64..700).prop_map(|(vol, sectors)| Op::Shrink { vol, sectors }),
+        1 => (vol, 0usize..8).prop_map(|(vol, snap)| Op::Revert { vol, snap }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -238,6 +251,8 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Model {
     vols: Vec<(String, bool)>,
+    /// Snapshot name -> the volume it was taken of.
+    parent: HashMap<String, String>,
     now: HashMap<String, Vec<u8>>,
     durable: HashMap<String, Vec<u8>>,
     since: Vec<(String, u64, Vec<u8>)>,
@@ -333,6 +348,7 @@ async fn manage(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
             let name = model.name(if writable { "c" } else { "s" });
             pool.share(&src, &name, writable).await.unwrap();
             let data = model.now[&src].clone();
+            model.parent.insert(name.clone(), src);
             model.add(name, !writable, data);
         }
         Op::Delete { vol } => {
@@ -353,7 +369,40 @@ async fn manage(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
             model.now.get_mut(&name).unwrap().resize(size as usize, 0);
             model.commit();
         }
+        Op::Shrink { vol, sectors } => {
+            let Some((name, ro)) = model.pick(vol) else {
+                return;
+            };
+            let len = model.now[&name].len() as u64;
+            let size = len.saturating_sub(sectors * 512).max(512);
+            let r = pool.resize(&name, size).await;
+            if ro || size == len {
+                assert!(ro == r.is_err(), "{name}: shrink of a snapshot: {r:?}");
+                return;
+            }
+            r.unwrap();
+            model.now.get_mut(&name).unwrap().truncate(size as usize);
+            model.commit();
+        }
+        Op::Revert { vol, snap } => revert(pool, model, vol, snap).await,
         _ => unreachable!("data ops are applied by apply()"),
+    }
+}
+
+/// Reverts a writable volume to one of its snapshots (or checks the
+/// refusal when the pick is not a snapshot of it).
+async fn revert(pool: &Arc<Pool>, model: &mut Model, vol: usize, snap: usize) {
+    let (Some((name, _)), Some((s, ro))) = (model.pick(vol), model.pick(snap)) else {
+        return;
+    };
+    let r = pool.revert(&name, &s).await;
+    let ok =
+        ro && model.parent.get(&s) == Some(&name) && !model.vols.contains(&(name.clone(), true));
+    assert_eq!(r.is_ok(), ok, "revert {name} to {s}: {r:?}");
+    if ok {
+        let data = model.now[&s].clone();
+        model.now.insert(name, data);
+        model.commit();
     }
 }
 
@@ -421,7 +470,36 @@ fn run(ops: Vec<Op>) {
         verify(&pool, &model).await;
         let report = pool.check().await.unwrap();
         assert!(report.clean(), "{:?}", report.problems);
+        check_changed_blocks(&pool).await;
     });
+}
+
+/// The changed-blocks walk between every two volumes equals comparing
+/// each cluster's mapping, and a cluster whose bytes differ is dirty.
+async fn check_changed_blocks(pool: &Arc<Pool>) {
+    use crate::pool::ops_tests::{dirty_by_lookup, dirty_clusters};
+    let vols = pool.volumes().await;
+    for a in &vols {
+        let data_a = read_all(pool, &a.name).await;
+        for b in &vols {
+            let walk = dirty_clusters(pool, a.id, b.id, a.size).await;
+            assert_eq!(walk, dirty_by_lookup(pool, a.id, b.id, a.size).await);
+            let data_b = read_all(pool, &b.name).await;
+            for (k, chunk) in data_a.chunks(CS as usize).enumerate() {
+                let other = data_b.get(k * CS as usize..).unwrap_or(&[]);
+                let same = chunk
+                    .iter()
+                    .enumerate()
+                    .all(|(i, x)| *x == other.get(i).copied().unwrap_or(0));
+                assert!(
+                    same || walk.contains(&(k as u64)),
+                    "{} vs {}: cluster {k} differs but is clean",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
 }
 
 proptest! {

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
+use crate::pool::meta::Fresh;
+use crate::pool::tree::fill_cluster;
 use crate::pool::{Pool, PoolError};
 use crate::units::ByteOffset;
 
@@ -132,22 +134,61 @@ impl ThinVolume {
         Ok(())
     }
 
-    /// Writes one piece; true if metadata changed.
+    /// Writes one piece; true if metadata changed. A cluster it owns is
+    /// written in place and a hole filled with the metadata lock released
+    /// during the data I/O (crash case P-16); copy-on-write holds it.
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
-        let mut m = self.pool.meta.lock().await;
-        let i = m.by_id(self.id)?;
-        let l = m.lookup(i, p.vc).await?;
-        if let (Some(c), true) = (l.cluster, l.exclusive) {
-            drop(m);
-            self.pool
-                .dev
-                .write(self.phys(c, p.off), data, Durability::Normal)
-                .await?;
-            return Ok(false);
+        loop {
+            let mut m = self.pool.meta.lock().await;
+            let i = m.by_id(self.id)?;
+            let l = m.lookup(i, p.vc).await?;
+            match (l.cluster, l.exclusive) {
+                (Some(c), true) => {
+                    drop(m);
+                    let at = self.phys(c, p.off);
+                    self.pool.dev.write(at, data, Durability::Normal).await?;
+                    return Ok(false);
+                }
+                (Some(_), false) => {
+                    m.write_slow(i, p.vc, p.off, data).await?;
+                    m.safe_point().await?;
+                    return Ok(true);
+                }
+                (None, _) => {
+                    let fresh = m.reserve_cluster().await?;
+                    drop(m);
+                    if self.fill_hole(p, data, fresh).await? {
+                        return Ok(true);
+                    }
+                }
+            }
         }
-        m.write_slow(i, p.vc, p.off, data).await?;
-        m.safe_point().await?;
-        Ok(true)
+    }
+
+    /// Writes `data` into reserved cluster `fresh` without the lock, then
+    /// maps it; false if another write mapped the hole first (the
+    /// reservation is dropped; the caller writes again).
+    async fn fill_hole(&self, p: Piece, data: &[u8], fresh: Fresh) -> Result<bool, PoolError> {
+        let cs = self.pool.cluster_size();
+        let r = fill_cluster(self.pool.dev.as_ref(), cs, fresh, 0, p.off, data).await;
+        let mut m = self.pool.meta.lock().await;
+        let mapped = match r {
+            Ok(()) => {
+                let i = m.by_id(self.id)?;
+                m.map_reserved(i, p.vc, fresh.cluster).await
+            }
+            Err(e) => Err(e),
+        };
+        match mapped {
+            Ok(true) => {
+                m.safe_point().await?;
+                Ok(true)
+            }
+            other => {
+                m.reserved.remove(&fresh.cluster);
+                other
+            }
+        }
     }
 
     async fn write_at(

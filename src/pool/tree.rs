@@ -100,6 +100,23 @@ impl Meta {
         Ok(new)
     }
 
+    /// Page `cur` at `level` (named by `parent`, or the record's root)
+    /// made the volume's own: shadowed if shared. Returns the page to use.
+    pub async fn own_page(
+        &mut self,
+        i: usize,
+        parent: Option<(u64, usize)>,
+        cur: u64,
+        level: u32,
+    ) -> Result<u64, PoolError> {
+        if self.mcount(cur).await? <= 1 {
+            return Ok(cur);
+        }
+        let new = self.shadow(cur, level).await?;
+        self.set_child(i, parent, new).await?;
+        Ok(new)
+    }
+
     /// Makes the path to `vc` the volume's own (shadowing shared pages;
     /// with `create`, adding missing ones). Returns the leaf and index, or
     /// `None` if a page is missing and `create` is false.
@@ -247,8 +264,22 @@ impl Meta {
         }
     }
 
-    /// Writes a newly allocated cluster: `data` at `off`, the rest from
-    /// `old` (copy-on-write) or zeros (unless known zero already).
+    /// Maps reserved cluster `fresh` (its data written) at hole `vc` of
+    /// slot `i`; false (nothing changed) if `vc` is no longer a hole.
+    pub async fn map_reserved(&mut self, i: usize, vc: u64, fresh: u64) -> Result<bool, PoolError> {
+        if self.lookup(i, vc).await?.cluster.is_some() {
+            return Ok(false);
+        }
+        let Some((leaf, k)) = self.own_path(i, vc, true).await? else {
+            return Err(PoolError::Corrupt("map path not created".into()));
+        };
+        self.claim(fresh).await?;
+        self.store.page_mut(leaf).await?.set_entry(k, fresh);
+        self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
+        self.save_slot(i).await?;
+        Ok(true)
+    }
+
     async fn fill_cluster(
         &mut self,
         fresh: crate::pool::meta::Fresh,
@@ -256,21 +287,41 @@ impl Meta {
         off: u64,
         data: &[u8],
     ) -> Result<(), PoolError> {
-        use crate::units::ByteOffset;
-        let cs = self.geo().cluster_size();
         let dev = self.store.dev().clone();
-        let base = fresh.cluster * cs;
-        let normal = crate::block::Durability::Normal;
-        if old == 0 && (fresh.zeroed || data.len() as u64 == cs) {
-            dev.write(ByteOffset(base + off), data, normal).await?;
-            return Ok(());
-        }
-        let mut buf = vec![0u8; cs as usize];
-        if old != 0 {
-            dev.read(ByteOffset(old * cs), &mut buf).await?;
-        }
-        buf[off as usize..off as usize + data.len()].copy_from_slice(data);
-        dev.write(ByteOffset(base), &buf, normal).await?;
-        Ok(())
+        fill_cluster(
+            dev.as_ref(),
+            self.geo().cluster_size(),
+            fresh,
+            old,
+            off,
+            data,
+        )
+        .await
     }
+}
+
+/// Writes a newly allocated cluster: `data` at `off`, the rest from `old`
+/// (copy-on-write) or zeros (unless known zero already).
+pub async fn fill_cluster(
+    dev: &dyn crate::block::BlockDevice,
+    cs: u64,
+    fresh: crate::pool::meta::Fresh,
+    old: u64,
+    off: u64,
+    data: &[u8],
+) -> Result<(), PoolError> {
+    use crate::units::ByteOffset;
+    let base = fresh.cluster * cs;
+    let normal = crate::block::Durability::Normal;
+    if old == 0 && (fresh.zeroed || data.len() as u64 == cs) {
+        dev.write(ByteOffset(base + off), data, normal).await?;
+        return Ok(());
+    }
+    let mut buf = vec![0u8; cs as usize];
+    if old != 0 {
+        dev.read(ByteOffset(old * cs), &mut buf).await?;
+    }
+    buf[off as usize..off as usize + data.len()].copy_from_slice(data);
+    dev.write(ByteOffset(base), &buf, normal).await?;
+    Ok(())
 }

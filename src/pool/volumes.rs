@@ -28,6 +28,7 @@ impl Pool {
             let rec = new_record(&m, name, size)?;
             add_record(&mut m, rec).await?;
             m.commit().await?;
+            self.publish(&m);
         }
         self.info(name).await
     }
@@ -41,9 +42,10 @@ impl Pool {
         writable: bool,
     ) -> Result<VolumeInfo, PoolError> {
         {
+            // One commit (the record with whatever the transaction holds
+            // already): the gate is held for one journal FLUSH.
             let _gate = self.gate.write().await;
             let mut m = self.meta.lock().await;
-            commit_and_discard(&mut m, self.dev.as_ref()).await?;
             let s = m.slots[m.find(src)?].rec.clone();
             let mut rec = new_record(&m, name, s.size)?;
             rec.flags = if writable { 0 } else { SNAPSHOT };
@@ -53,6 +55,7 @@ impl Pool {
             }
             add_record(&mut m, rec).await?;
             m.commit().await?;
+            self.publish(&m);
         }
         self.info(name).await
     }
@@ -76,28 +79,79 @@ impl Pool {
         m.slots[i].rec.flags |= FLAG_DELETING;
         m.save_slot(i).await?;
         m.commit().await?;
+        self.publish(&m);
         finish_delete(&mut m, i).await?;
         commit_and_discard(&mut m, self.dev.as_ref()).await
     }
 
-    /// Grows a volume (live: open thin volumes see the new size).
+    /// Grows or shrinks a volume (live: open thin volumes see the new
+    /// size). A shrink commits the size, then unmaps the clusters past
+    /// the end (crash case P-14); a snapshot is never shrunk.
     pub async fn resize(&self, name: &str, size: u64) -> Result<VolumeInfo, PoolError> {
         {
             let _gate = self.gate.write().await;
             let mut m = self.meta.lock().await;
             let i = m.find(name)?;
             let rec = m.slots[i].rec.clone();
+            if size == 0 || !size.is_multiple_of(512) {
+                return Err(PoolError::Invalid(
+                    "size must be a positive multiple of 512".into(),
+                ));
+            }
             if size < rec.size {
+                if rec.is_snapshot() {
+                    return Err(PoolError::Invalid(format!(
+                        "{name} is a snapshot (read-only): it cannot shrink"
+                    )));
+                }
+                m.slots[i].rec.size = size;
+                m.save_slot(i).await?;
+                m.commit().await?;
+                self.size_cell(rec.id, size);
+                m.cut_tail(i).await?;
+                commit_and_discard(&mut m, self.dev.as_ref()).await?;
+            } else {
+                grow(&mut m, i, size).await?;
+                m.commit().await?;
+                self.size_cell(rec.id, size);
+            }
+        }
+        self.info(name).await
+    }
+
+    /// Makes volume `name` hold snapshot `snap`'s bytes and size (one
+    /// transaction; its old map is released as a delete releases it:
+    /// crash case P-13). `snap` must be a snapshot taken of `name`.
+    pub async fn revert(&self, name: &str, snap: &str) -> Result<VolumeInfo, PoolError> {
+        {
+            let _gate = self.gate.write().await;
+            let mut m = self.meta.lock().await;
+            commit_and_discard(&mut m, self.dev.as_ref()).await?;
+            let (vi, si) = (m.find(name)?, m.find(snap)?);
+            let (v, s) = (m.slots[vi].rec.clone(), m.slots[si].rec.clone());
+            if v.is_snapshot() {
                 return Err(PoolError::Invalid(format!(
-                    "{name}: shrinking is not supported"
+                    "{name} is a snapshot (read-only): it cannot be reverted"
                 )));
             }
-            if !size.is_multiple_of(512) {
-                return Err(PoolError::Invalid("size must be a multiple of 512".into()));
+            if !s.is_snapshot() || s.parent != v.id {
+                return Err(PoolError::Invalid(format!(
+                    "{snap} is not a snapshot of {name}"
+                )));
             }
-            grow(&mut m, i, size).await?;
+            let mut old = v.clone();
+            (old.id, old.flags, old.parent) = (m.summary.next_volume_id, FLAG_DELETING, 0);
+            let d = add_record(&mut m, old).await?;
+            if s.root != 0 {
+                m.add_mcount(s.root, 1).await?;
+            }
+            let r = &mut m.slots[vi].rec;
+            (r.root, r.depth, r.mapped, r.size) = (s.root, s.depth, s.mapped, s.size);
+            m.save_slot(vi).await?;
             m.commit().await?;
-            self.size_cell(rec.id, size);
+            self.size_cell(v.id, s.size);
+            finish_delete(&mut m, d).await?;
+            commit_and_discard(&mut m, self.dev.as_ref()).await?;
         }
         self.info(name).await
     }
@@ -112,6 +166,7 @@ impl Pool {
             m.slots[i].rec.name = new_name.to_string();
             m.save_slot(i).await?;
             m.commit().await?;
+            self.publish(&m);
         }
         self.info(new_name).await
     }
@@ -128,9 +183,19 @@ impl Pool {
 }
 
 async fn grow(m: &mut Meta, i: usize, size: u64) -> Result<(), PoolError> {
-    let clusters = size.div_ceil(m.geo().cluster_size());
+    let cs = m.geo().cluster_size();
+    let clusters = size.div_ceil(cs);
     if clusters > MAP_FANOUT.pow(crate::pool::format::MAX_DEPTH) {
         return Err(PoolError::Invalid("volume too large".into()));
+    }
+    let old = m.slots[i].rec.size;
+    if !old.is_multiple_of(cs) && size > old {
+        // A shrink may have left bytes past the old end: grown space reads zero.
+        let (vc, off) = (old / cs, old % cs);
+        let n = (cs - off).min(size - old);
+        if m.lookup(i, vc).await?.cluster.is_some() {
+            m.write_slow(i, vc, off, &vec![0u8; n as usize]).await?;
+        }
     }
     m.grow_tree(i, clusters).await?;
     m.slots[i].rec.size = size;

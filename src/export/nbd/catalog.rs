@@ -1,7 +1,7 @@
 //! The exports a server offers: name lookup (with the default export) and the
 //! transmission flags and block sizes each one advertises.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -91,6 +91,32 @@ impl Export {
 #[derive(Debug, Default, Clone)]
 pub struct ExportTable {
     by_name: Arc<std::sync::RwLock<BTreeMap<String, Arc<Export>>>>,
+    /// Connections in transmission, by the address of their export's
+    /// device (kept across a rename, which keeps the device).
+    attached: Arc<std::sync::Mutex<HashMap<usize, usize>>>,
+}
+
+/// A connection in transmission on an export; counted until dropped.
+#[derive(Debug)]
+pub struct Attached {
+    table: Arc<std::sync::Mutex<HashMap<usize, usize>>>,
+    key: usize,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn device_key(e: &Export) -> usize {
+    Arc::as_ptr(&e.device) as *const () as usize
 }
 
 impl ExportTable {
@@ -102,7 +128,28 @@ impl ExportTable {
             .collect();
         ExportTable {
             by_name: Arc::new(std::sync::RwLock::new(by_name)),
+            attached: Default::default(),
         }
+    }
+
+    /// Counts a connection entering transmission on `export`.
+    pub fn attach(&self, export: &Export) -> Attached {
+        let key = device_key(export);
+        let mut t = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        *t.entry(key).or_insert(0) += 1;
+        Attached {
+            table: self.attached.clone(),
+            key,
+        }
+    }
+
+    /// Connections in transmission on the export named `name` now.
+    pub fn clients(&self, name: &str) -> usize {
+        let Some(e) = self.read().get(name).cloned() else {
+            return 0;
+        };
+        let t = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        t.get(&device_key(&e)).copied().unwrap_or(0)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Export>>> {

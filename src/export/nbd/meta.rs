@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  export ─► offered(): base:allocation (its device, always)
-//!                       + its MetaContexts registry (e.g. qemu:dirty-bitmap:SNAP)
+//!                       + its MetaContexts: fixed ones and sources asked
+//!                         at each LIST / SET (e.g. qemu:dirty-bitmap:SNAP)
 //!  LIST queries ─► list(): exact names, `ns:` / `ns:prefix:` wildcards
 //!  SET queries  ─► select(): exact names, ids 1.. ─► Selection ─► transmission
 //!  BLOCK_STATUS ─► each selected context's extents(offset, len)
@@ -69,17 +70,26 @@ impl MetaContext for AllocationContext {
     }
 }
 
+/// Contexts that come and go while an export is served (a pool volume's
+/// `qemu:dirty-bitmap:SNAP` for each of its snapshots): asked at every
+/// `LIST` / `SET`.
+pub trait ContextSource: Send + Sync {
+    /// The contexts offered now.
+    fn contexts(&self) -> Vec<Arc<dyn MetaContext>>;
+}
+
 /// The contexts an export offers beside `base:allocation` (which every
-/// export has, from its device).
+/// export has, from its device): fixed ones and dynamic sources.
 #[derive(Clone, Default)]
 pub struct MetaContexts {
     extra: Vec<Arc<dyn MetaContext>>,
+    sources: Vec<Arc<dyn ContextSource>>,
 }
 
 impl fmt::Debug for MetaContexts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.extra.iter().map(|c| c.name()))
+            .entries(self.iter().map(|c| c.name().to_string()))
             .finish()
     }
 }
@@ -93,20 +103,34 @@ impl MetaContexts {
         self
     }
 
-    /// The registered contexts.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn MetaContext>> {
-        self.extra.iter()
+    /// These contexts and whatever `source` offers when asked.
+    pub fn with_source(mut self, source: Arc<dyn ContextSource>) -> MetaContexts {
+        self.sources.push(source);
+        self
+    }
+
+    /// The contexts offered now: the fixed ones, then the sources' (a
+    /// name offered twice counts once, the first).
+    pub fn iter(&self) -> impl Iterator<Item = Arc<dyn MetaContext>> {
+        let mut all: Vec<Arc<dyn MetaContext>> = self.extra.clone();
+        for c in self.sources.iter().flat_map(|s| s.contexts()) {
+            if all.iter().all(|x| x.name() != c.name()) {
+                all.push(c);
+            }
+        }
+        all.into_iter()
     }
 }
 
 /// Every context of an export: `base:allocation` over `device`, then
 /// `extra` (one named `base:allocation` there replaces the default).
 pub fn offered(device: &Arc<dyn BlockDevice>, extra: &MetaContexts) -> Vec<Arc<dyn MetaContext>> {
-    let mut all: Vec<Arc<dyn MetaContext>> = Vec::with_capacity(1 + extra.extra.len());
+    let extra: Vec<Arc<dyn MetaContext>> = extra.iter().collect();
+    let mut all: Vec<Arc<dyn MetaContext>> = Vec::with_capacity(1 + extra.len());
     if !extra.iter().any(|c| c.name() == BASE_ALLOCATION) {
         all.push(Arc::new(AllocationContext(device.clone())));
     }
-    all.extend(extra.iter().cloned());
+    all.extend(extra);
     all
 }
 

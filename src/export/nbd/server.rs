@@ -458,6 +458,7 @@ where
         meta,
     } = chosen;
     tracing::info!(export = %export.name, structured, "NBD client entered transmission");
+    let _attached = shared.exports.attach(&export);
     let session = Session {
         export,
         structured,

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# pool-compare.sh — a thin volume of a pool against the bare array (issue 11).
+#
+# One daemon serves two arrays of the same shape (LEVEL over MEMBERS sparse
+# members of MEMBER_SIZE each, on the disk: WORKDIR defaults to /var/tmp):
+# "bare" exported itself, and "pooled" carrying a pool (CLUSTER) whose
+# thin volume "thin" (WORKSET, written once in full so its clusters are
+# allocated) is the peer. ROUNDS rounds, the order of the peers
+# alternated, each measure RUNTIME seconds of fio (nbd engine) and the
+# server's utime+stime from /proc/PID/stat:
+#   randwrite   4k random writes at QD16 to allocated clusters (goal >= 0.9x)
+#   randread    4k random reads at QD16 (goal >= 0.95x)
+#   firsttouch  FT_IOS 4k writes at QD16, each to a cluster never written
+#               (a fresh volume each round; on the bare array a region
+#               never written) (goal >= 0.5x)
+# Then the snapshot pause: a 10 GiB volume with every cluster mapped, fio
+# 4k random writes at QD16 on it plus a QD1 4k random-write probe; SNAPS
+# snapshots taken one per second during the run (and deleted after). The
+# probe's largest completion latency with snapshots against a run without
+# is the client-visible pause (goal < 10 ms), with the snapshot commands'
+# own times.
+#
+# Environment (defaults in brackets):
+#   LEVEL [0]  MEMBERS [2]  MEMBER_SIZE [16G]  CLUSTER [1M]  WORKSET [1G]
+#   RUNTIME [10]  ROUNDS [3]  FT_IOS [1024]  SNAPS [5]
+#   WORKDIR [/var/tmp/vraid-pool-compare]  VRAID [target/release/vraid]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+LEVEL=${LEVEL:-0}
+MEMBERS=${MEMBERS:-2}
+MEMBER_SIZE=${MEMBER_SIZE:-16G}
+CLUSTER=${CLUSTER:-1M}
+WORKSET=${WORKSET:-1G}
+RUNTIME=${RUNTIME:-10}
+ROUNDS=${ROUNDS:-3}
+FT_IOS=${FT_IOS:-1024}
+SNAPS=${SNAPS:-5}
+WORKDIR=${WORKDIR:-/var/tmp/vraid-pool-compare}
+VRAID=${VRAID:-target/release/vraid}
+
+log() { printf '[pool-compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v fio >/dev/null || die "fio not found (apt-get install fio)"
+command -v python3 >/dev/null || die "python3 not found"
+[[ -x $VRAID ]] || die "$VRAID not found: cargo build --release -p vraid"
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
+
+rm -rf "$WORKDIR"
+mkdir -p "$WORKDIR"
+WORKDIR=$(cd "$WORKDIR" && pwd)
+RESULTS=$WORKDIR/results.tsv
+: >"$RESULTS"
+SERVER_PID=
+
+cleanup() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -f "$WORKDIR"/*/m*.img
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ctl() { "$VRAID" "$@" --control "$CONTROL" >/dev/null; }
+bytes() { numfmt --from=iec "$1"; }
+
+create() {
+    local dir=$WORKDIR/$1 paths=()
+    mkdir -p "$dir"
+    for ((i = 0; i < MEMBERS; i++)); do
+        truncate -s "$MEMBER_SIZE" "$dir/m$i.img"
+        paths+=("$dir/m$i.img")
+    done
+    "$VRAID" create --level "$LEVEL" --name "$1" "${paths[@]}" >"$dir/create.log" 2>&1 ||
+        die "$1: create failed: $(tail -n 3 "$dir/create.log")"
+}
+
+members() { printf '"%s", ' "$WORKDIR/$1"/m*.img | sed 's/, $//'; }
+
+start_server() {
+    local cfg=$WORKDIR/vraid.toml
+    printf '[[volume]]\nname = "bare"\nlevel = %s\nmembers = [%s]\n\n' "$LEVEL" "$(members bare)" >"$cfg"
+    printf '[[volume]]\nname = "pooled"\nlevel = %s\nmembers = [%s]\n' "$LEVEL" "$(members pooled)" >>"$cfg"
+    PORT=$(free_port)
+    CONTROL=$WORKDIR/control.sock
+    "$VRAID" serve --config "$cfg" --nbd "127.0.0.1:$PORT" --control "$CONTROL" \
+        >"$WORKDIR/serve.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        "$VRAID" status --control "$CONTROL" >/dev/null 2>&1 && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || die "serve exited: $(tail -n 5 "$WORKDIR/serve.log")"
+        sleep 0.1
+    done
+    die "server not up"
+}
+
+uri() { echo "nbd://127.0.0.1:$PORT/$1"; }
+
+json_of() { # FILE EXPR(j = the job) — prints EXPR
+    python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):])["jobs"][0]; assert j["error"] == 0, j["error"]; print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+# run_timed KIND PEER ROUND FIO-ARGS... — one measured fio job.
+run_timed() {
+    local kind=$1 peer=$2 n=$3 out=$WORKDIR/$1-$2-$3.json t0 t1
+    shift 3
+    t0=$(cpu_ticks "$SERVER_PID")
+    fio --name="$kind" --ioengine=nbd --bs=4k --iodepth=16 --output-format=json "$@" >"$out"
+    t1=$(cpu_ticks "$SERVER_PID")
+    local iops ios us
+    iops=$(json_of "$out" 'int(j["read"]["iops"] + j["write"]["iops"])')
+    ios=$(json_of "$out" 'j["read"]["total_ios"] + j["write"]["total_ios"]')
+    us=$(python3 -c "print(round(($t1-$t0)/$(getconf CLK_TCK)*1e6/max(1,$ios),1))")
+    log "$kind $peer round $n: $iops IOPS, $us us CPU/IO"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$kind" "$peer" "$n" "$iops" "$us" >>"$RESULTS"
+}
+
+steady() { # KIND PEER ROUND URI
+    local rw=randwrite
+    [[ $1 == randread ]] && rw=randread
+    run_timed "$1" "$2" "$3" --uri="$4" --rw="$rw" --size="$WORKSET" \
+        --time_based=1 --runtime="$RUNTIME"
+}
+
+# first_touch PEER ROUND: FT_IOS writes, one per cluster, none written before.
+first_touch() {
+    local cs skip offset=0 target
+    cs=$(bytes "$CLUSTER")
+    skip=$((cs - 4096))
+    if [[ $1 == thin ]]; then
+        ctl volume create pooled "ft$2" --size $((FT_IOS * cs))
+        target=$(uri "ft$2")
+    else
+        offset=$(($(bytes "$WORKSET") + ($2 - 1) * FT_IOS * cs))
+        target=$(uri bare)
+    fi
+    run_timed firsttouch "$1" "$2" --uri="$target" --rw="write:$skip" \
+        --offset="$offset" --size=$((FT_IOS * cs)) --number_ios="$FT_IOS"
+    [[ $1 == thin ]] && ctl volume delete "ft$2"
+    return 0
+}
+
+snapshot_pause() {
+    local ten=$((10 << 30)) cs dir=$WORKDIR/snap
+    cs=$(bytes "$CLUSTER")
+    mkdir -p "$dir"
+    ctl volume create pooled big --size "$ten"
+    log "mapping every cluster of a 10 GiB volume (4k into each)"
+    fio --name=map --ioengine=nbd --uri="$(uri big)" --rw="write:$((cs - 4096))" --bs=4k \
+        --iodepth=16 --size="$ten" --output-format=json >"$dir/map.json"
+    "$VRAID" volume list --control "$CONTROL" | grep ' big:' >&2
+    for mode in plain snapshots; do
+        fio --name=load --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=16 \
+            --size="$ten" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
+            >"$dir/load-$mode.json" &
+        local load=$!
+        fio --name=probe --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=1 \
+            --size="$ten" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
+            >"$dir/probe-$mode.json" &
+        local probe=$!
+        sleep 2
+        for ((k = 0; k < SNAPS; k++)); do
+            if [[ $mode == snapshots ]]; then
+                local t0 t1
+                t0=$(date +%s%N)
+                ctl volume snapshot big "snap$k"
+                t1=$(date +%s%N)
+                echo $(((t1 - t0) / 1000)) >>"$dir/snapshot-us"
+            fi
+            sleep 1
+        done
+        wait "$load" "$probe"
+        local max p99
+        max=$(json_of "$dir/probe-$mode.json" 'round(j["write"]["clat_ns"]["max"]/1e6, 2)')
+        p99=$(json_of "$dir/probe-$mode.json" 'round(j["write"]["clat_ns"]["percentile"]["99.000000"]/1e6, 2)')
+        log "probe ($mode): max completion latency $max ms, p99 $p99 ms"
+        printf 'pause\t%s\t%s\t%s\n' "$mode" "$max" "$p99" >>"$RESULTS"
+    done
+    for ((k = 0; k < SNAPS; k++)); do ctl volume delete "snap$k"; done
+    ctl volume delete big
+}
+
+create bare
+create pooled
+start_server
+ctl pool create pooled --cluster-size "$CLUSTER"
+ctl volume create pooled thin --size "$WORKSET"
+for peer in bare thin; do
+    log "writing $WORKSET of $peer once"
+    fio --name=fill --ioengine=nbd --uri="$(uri "$peer")" --rw=write --bs=1M --iodepth=8 \
+        --size="$WORKSET" --output-format=json >"$WORKDIR/fill-$peer.json"
+done
+
+for n in $(seq "$ROUNDS"); do
+    order="bare thin"
+    ((n % 2 == 0)) && order="thin bare"
+    for peer in $order; do
+        target=$(uri "$peer")
+        steady randwrite "$peer" "$n" "$target"
+        steady randread "$peer" "$n" "$target"
+        first_touch "$peer" "$n"
+    done
+done
+snapshot_pause
+
+python3 - "$RESULTS" "$WORKDIR/snap/snapshot-us" <<'PY'
+import sys, collections
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+by = collections.defaultdict(list)
+pause = {}
+for r in rows:
+    if r[0] == "pause":
+        pause[r[1]] = (float(r[2]), float(r[3]))
+    else:
+        by[(r[0], r[1])].append((float(r[3]), float(r[4])))
+mean = lambda xs: sum(xs) / len(xs)
+goal = {"randwrite": 0.9, "randread": 0.95, "firsttouch": 0.5}
+print("| workload | bare IOPS | thin IOPS | thin / bare (goal) | bare CPU us/IO | thin CPU us/IO |")
+print("|---|---:|---:|---:|---:|---:|")
+for k in ("randwrite", "randread", "firsttouch"):
+    b, t = by[(k, "bare")], by[(k, "thin")]
+    bi, ti = mean([x[0] for x in b]), mean([x[0] for x in t])
+    print(f"| {k} | {bi:.0f} | {ti:.0f} | {ti / bi:.2f}x (>= {goal[k]}x) | {mean([x[1] for x in b]):.1f} | {mean([x[1] for x in t]):.1f} |")
+snaps = [int(x) / 1000 for x in open(sys.argv[2]).read().split()]
+print()
+print("| 10 GiB volume under load | probe max latency ms | probe p99 ms |")
+print("|---|---:|---:|")
+for m in ("plain", "snapshots"):
+    print(f"| {m} | {pause[m][0]:.2f} | {pause[m][1]:.2f} |")
+print(f"\nsnapshot commands: {len(snaps)}, {min(snaps):.1f}..{max(snaps):.1f} ms each (CLI round trip)")
+PY
