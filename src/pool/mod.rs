@@ -15,6 +15,7 @@
 
 pub mod check;
 pub use check::CheckReport;
+pub mod fill;
 pub mod format;
 pub mod meta;
 pub mod page;
