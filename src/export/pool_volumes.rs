@@ -236,11 +236,19 @@ impl ExportSink for PoolExports {
             return false;
         };
         self.stacks.rename(old, new);
-        if let Some(plan) = lock(&self.plans).remove(old) {
-            lock(&self.plans).insert(new.to_string(), plan);
+        // One guard each: a second `lock` inside an `if let` on the first
+        // would deadlock (the scrutinee's guard lives through the block).
+        {
+            let mut plans = lock(&self.plans);
+            if let Some(plan) = plans.remove(old) {
+                plans.insert(new.to_string(), plan);
+            }
         }
-        if let Some(s) = lock(&self.servers).remove(old) {
-            lock(&self.servers).insert(new.to_string(), s);
+        {
+            let mut servers = lock(&self.servers);
+            if let Some(s) = servers.remove(old) {
+                servers.insert(new.to_string(), s);
+            }
         }
         self.table.insert(Export {
             name: new.to_string(),
@@ -252,5 +260,81 @@ impl ExportSink for PoolExports {
             contexts: export.contexts.clone(),
         });
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::member::memory::MemDevice;
+    use tokio::runtime::Handle;
+
+    fn volume(name: &str) -> Arc<dyn BlockDevice> {
+        Arc::new(MemDevice::new(name, 8 << 20))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn volumes_get_an_nbd_export_and_their_planned_socket_which_follow_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = ExportTable::default();
+        let sink = PoolExports::new(table.clone(), Default::default(), Handle::current());
+        let sock = dir.path().join("v.sock");
+        sink.plan_vhost(
+            "v",
+            VhostPlan {
+                socket: sock.clone(),
+                num_queues: 1,
+            },
+        );
+
+        sink.add("v", "d".into(), volume("v"), false);
+        sink.add("plain", "d".into(), volume("plain"), false);
+        let held = table.lookup("v").unwrap();
+
+        assert!(sock.exists(), "the planned socket was not bound");
+        assert_eq!(sink.vhost_error("v"), None);
+        assert_eq!(sink.socket_owner(&sock).as_deref(), Some("v"));
+        assert_eq!(sink.stacks().client("v").unwrap().vhost, Some(sock.clone()));
+        assert_eq!(sink.stacks().client("plain").unwrap().vhost, None);
+        assert_eq!(sink.clients("v"), 1, "a holder of the export is a client");
+        drop(held);
+        assert_eq!(sink.clients("v"), 0);
+        assert!(sink.rename("v", "w"));
+        assert!(table.lookup("v").is_none() && table.lookup("w").is_some());
+        assert_eq!(sink.socket_owner(&sock).as_deref(), Some("w"));
+        assert_eq!(sink.stacks().client("w").unwrap().vhost, Some(sock.clone()));
+        sink.remove("w");
+        assert!(!sock.exists(), "a removed volume's socket stayed");
+        assert!(table.lookup("w").is_none() && sink.stacks().get("w").is_none());
+        assert_eq!(sink.socket_owner(&sock), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_path_that_is_a_file_is_refused_and_removing_an_array_cuts_its_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes");
+        std::fs::write(&file, b"keep").unwrap();
+        let sink = PoolExports::new(
+            ExportTable::default(),
+            Default::default(),
+            Handle::current(),
+        );
+        let fence = Fence::new();
+        sink.add_array("arr", fence.clone());
+        sink.plan_vhost(
+            "v",
+            VhostPlan {
+                socket: file.clone(),
+                num_queues: 1,
+            },
+        );
+
+        sink.add("v", "d".into(), volume("v"), false);
+        sink.remove("arr");
+
+        let why = sink.vhost_error("v").expect("a file taken as a socket");
+        assert!(why.contains("not a socket"), "{why}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+        assert!(fence.is_cut());
     }
 }
