@@ -988,6 +988,27 @@ pub struct LogCheckArgs {
     pub command: Vec<String>,
 }
 
+/// Fill-event thresholds as given (`80,90,95`, or `none`).
+#[derive(Clone, Debug)]
+pub struct Thresholds(pub Vec<u8>);
+
+/// `80,90,95` or `none`: ascending percentages from 1 to 100.
+fn parse_thresholds(s: &str) -> Result<Thresholds, String> {
+    if s == "none" {
+        return Ok(Thresholds(Vec::new()));
+    }
+    let t = s
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<u8>()
+                .map_err(|_| format!("{x:?} is not a percentage"))
+        })
+        .collect::<Result<Vec<u8>, String>>()?;
+    crate::pool::fill::check_thresholds(&t)?;
+    Ok(Thresholds(t))
+}
+
 /// `vraid pool ...`.
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
@@ -1001,7 +1022,9 @@ pub enum PoolCommand {
         /// Cluster size (allocation unit), a power of two from 64K to 64M.
         #[arg(long, default_value = "1M", value_parser = parse_size_arg)]
         cluster_size: u64,
-        /// Overwrite an array whose first 4 KiB are not zero.
+        /// Lay it even over data found in the array's first or last MiB
+        /// (a filesystem, a partition table, any non-zero byte), and cut
+        /// off clients connected to the array's own export.
         #[arg(long)]
         force: bool,
     },
@@ -1013,6 +1036,18 @@ pub enum PoolCommand {
         /// Print the daemon's JSON reply.
         #[arg(long)]
         json: bool,
+    },
+    /// Set a pool's fill-event thresholds (percent full; "none" for none).
+    Set {
+        /// Control socket.
+        #[command(flatten)]
+        control: ControlArg,
+        /// Pool (array) name.
+        pool: String,
+        /// Thresholds, e.g. 80,90,95: an event when the pool's used space
+        /// reaches each, another when it falls 5 points below it again.
+        #[arg(long, value_name = "PERCENT,...", value_parser = parse_thresholds)]
+        fill_events: Thresholds,
     },
     /// Verify a pool's metadata (read-only unless --repair); exit status 1 if anything is wrong.
     Check {
@@ -1049,6 +1084,13 @@ pub enum VolumeCommand {
         /// Size.
         #[arg(long, value_parser = parse_size_arg)]
         size: u64,
+        /// Export it over vhost-user-blk on this socket too (for this run;
+        /// `[[pool.volume]] vhost_user_blk` in the config keeps it).
+        #[arg(long, value_name = "PATH")]
+        vhost_socket: Option<PathBuf>,
+        /// Request queues of that export (1 to 16, default 4).
+        #[arg(long, value_name = "N", requires = "vhost_socket")]
+        vhost_queues: Option<u16>,
     },
     /// Delete a volume or snapshot.
     Delete {

@@ -22,6 +22,9 @@ use crate::meta::superblock::{metadata_layout, valid_chunk_size, valid_name, MAX
 use crate::raid::Level;
 use crate::units::parse_size;
 
+mod pool;
+pub use pool::{PoolConfig, PoolVolumeConfig, DEFAULT_FILL_EVENTS};
+
 /// Chunk size used when a volume does not give one.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
 
@@ -34,6 +37,8 @@ pub struct Config {
     pub volumes: Vec<VolumeConfig>,
     /// Linux md arrays served read-only (`[[md]]`), in file order.
     pub md: Vec<MdConfig>,
+    /// Pools on the arrays, with their declared volumes (`[[pool]]`).
+    pub pools: Vec<PoolConfig>,
 }
 
 /// One `[[md]]`: a Linux md array assembled from its members and served
@@ -303,6 +308,8 @@ struct RawConfig {
     volume: Vec<RawVolume>,
     #[serde(default)]
     md: Vec<RawMd>,
+    #[serde(default)]
+    pool: Vec<pool::RawPool>,
 }
 
 #[derive(Deserialize)]
@@ -495,11 +502,13 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, m)| md_array(&src, &format!("md[{i}]"), m, &mut paths))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let pools = pool::pools(&src, raw.pool, &volumes, &md, &mut paths)?;
         Ok(Config {
             server,
             volumes,
             md,
+            pools,
         })
     }
 }
@@ -525,7 +534,7 @@ fn md_array(
         .as_ref()
         .map(|n| volume_name(src, key, n))
         .transpose()?;
-    let vhost = (&m.vhost_user_blk, &m.num_queues);
+    let vhost = (m.vhost_user_blk.as_ref(), m.num_queues.as_ref());
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
     Ok(MdConfig {
         members,
@@ -734,8 +743,8 @@ fn volume(
             FaultTarget::Volume(spec) => volume_faults.push(spec),
         }
     }
-    let (cache, cache_size) = cache_keys(src, key, &v)?;
-    let vhost = (&v.vhost_user_blk, &v.num_queues);
+    let (cache, cache_size) = cache_keys(src, key, v.cache.as_ref(), v.cache_size.as_ref())?;
+    let vhost = (v.vhost_user_blk.as_ref(), v.num_queues.as_ref());
     let (vhost_user_blk, num_queues) = vhost_keys(src, key, vhost, paths)?;
     let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
@@ -804,10 +813,11 @@ fn qos_keys(
 fn cache_keys(
     src: &Source<'_>,
     key: &str,
-    v: &RawVolume,
+    cache: Option<&Spanned<String>>,
+    cache_size: Option<&Spanned<Scalar>>,
 ) -> Result<(crate::volfault::CacheMode, u64), ConfigError> {
     use crate::volfault::{CacheMode, WriteCache, DEFAULT_CACHE_SIZE};
-    let mode = match v.cache.as_ref().map(|c| (c, c.get_ref().as_str())) {
+    let mode = match cache.map(|c| (c, c.get_ref().as_str())) {
         None | Some((_, "writethrough")) => CacheMode::Writethrough,
         Some((_, "volatile")) => CacheMode::Volatile,
         Some((c, other)) => {
@@ -818,7 +828,7 @@ fn cache_keys(
             ))
         }
     };
-    let bytes = match &v.cache_size {
+    let bytes = match cache_size {
         None => DEFAULT_CACHE_SIZE,
         Some(c) => {
             let ckey = format!("{key}.cache_size");
@@ -1166,10 +1176,10 @@ fn fault_kind(
 fn vhost_keys(
     src: &Source<'_>,
     key: &str,
-    (vhost_user_blk, num_queues): (&Option<Spanned<String>>, &Option<Spanned<i64>>),
+    (socket, num_queues): (Option<&Spanned<String>>, Option<&Spanned<i64>>),
     paths: &mut TakenPaths,
 ) -> Result<(Option<PathBuf>, u16), ConfigError> {
-    let socket = match vhost_user_blk {
+    let socket = match socket {
         Some(p) if p.get_ref().is_empty() => {
             return Err(src.invalid(p.span(), format!("{key}.vhost_user_blk"), "empty path"))
         }

@@ -151,7 +151,8 @@ done
 cp "$here/init" "$root/init"
 cp "$here/guest-test.sh" "$root/guest-test.sh"
 cp "$here/md-test.sh" "$root/md-test.sh"
-chmod 0755 "$root/init" "$root/guest-test.sh" "$root/md-test.sh"
+cp "$here/pool-test.sh" "$root/pool-test.sh"
+chmod 0755 "$root/init" "$root/guest-test.sh" "$root/md-test.sh" "$root/pool-test.sh"
 
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out/initramfs.cpio.gz.tmp"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"

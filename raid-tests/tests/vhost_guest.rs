@@ -19,6 +19,12 @@
 //! qemu-storage-daemon variant runs the same guest against a plain raw file
 //! and flips bytes to show the host checks catch them: it proves the guest
 //! and the checks, so a failure of the vraid variants points at vraid.
+//!
+//! Pools: two thin volumes of one RAID-5 pool, declared in the config with
+//! a vhost-user-blk socket each, attached to one guest (`pool-test.sh`):
+//! each formatted, mounted and filled at once; after the daemon's clean
+//! stop and a restart the host reads both over NBD, runs e2fsck and
+//! compares every file with the guest's md5.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,26 +170,34 @@ fn wait_for_socket(sock: &Path, what: &str) {
 
 /// Boots the guest on the vhost-user-blk socket and returns its console.
 fn boot_guest(sock: &Path, plan: &GuestPlan, scratch: &Path) -> String {
+    run_guest(&[sock], plan.queues, &plan.kernel_cmdline(), scratch)
+}
+
+/// Boots the guest with one vhost-user-blk disk per socket (in order:
+/// vda, vdb, ...) and `cmdline`; returns its console once it powered off.
+fn run_guest(socks: &[&Path], queues: u32, cmdline: &str, scratch: &Path) -> String {
     let image = guest_image();
     let console = scratch.join("console.log");
     let log = std::fs::File::create(&console).unwrap();
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-accel", "tcg", "-smp", "2", "-m", "512"])
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "2", "-m", "512"])
         .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-        .args(["-numa", "node,memdev=mem"])
-        .arg("-chardev")
-        .arg(format!("socket,id=c,path={}", sock.display()))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-blk-pci,chardev=c,num-queues={}",
-            plan.queues
-        ))
+        .args(["-numa", "node,memdev=mem"]);
+    for (i, sock) in socks.iter().enumerate() {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=c{i},path={}", sock.display()))
+            .arg("-device")
+            .arg(format!(
+                "vhost-user-blk-pci,chardev=c{i},num-queues={queues}"
+            ));
+    }
+    let child = cmd
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initrd)
         .arg("-append")
-        .arg(plan.kernel_cmdline())
+        .arg(cmdline)
         .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -444,4 +458,115 @@ fn pattern_bytes_match_the_guest_script_format() {
         &bytes[..],
         &b"vraid-guest 000000001234 0000000000\nvraid-guest 000000001234 0000000001\nvraid-gu"[..]
     );
+}
+
+/// The config of a RAID-5 array of four members with a pool and two
+/// volumes, each on a vhost-user-blk socket of its own.
+fn pool_guest_config(dir: &Path, control: &Path) -> PathBuf {
+    let members: Vec<String> = (0..4)
+        .map(|i| format!("\"{}\"", dir.join(format!("m{i}.img")).display()))
+        .collect();
+    let text = format!(
+        "[server]\ncontrol = \"{}\"\n\n\
+         [[volume]]\nname = \"vol0\"\nlevel = 5\nmembers = [{}]\ncreate = {{ member_size = \"96M\" }}\n\n\
+         [[pool]]\narray = \"vol0\"\ncluster_size = \"256K\"\n\n\
+         [[pool.volume]]\nname = \"guest-a\"\nsize = \"{POOL_A}\"\nvhost_user_blk = \"{}\"\nnum_queues = 2\n\n\
+         [[pool.volume]]\nname = \"guest-b\"\nsize = \"{POOL_B}\"\nvhost_user_blk = \"{}\"\nnum_queues = 2\n",
+        control.display(),
+        members.join(", "),
+        dir.join("a.sock").display(),
+        dir.join("b.sock").display(),
+    );
+    let path = dir.join("vraid.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sizes of the two pool volumes (different, so the guest tells them apart).
+const POOL_A: u64 = 96 << 20;
+const POOL_B: u64 = 80 << 20;
+
+/// The host's check of one pool volume: e2fsck clean, every file the guest
+/// summed (`VRAID-MD5 tag ...`) equal over NBD.
+fn check_pool_volume(console: &str, tag: &str, uri: &str, scratch: &Path) {
+    let image = scratch.join(format!("{tag}.raw"));
+    let _ = std::fs::remove_file(&image);
+    run_ok(Command::new("nbdcopy").arg(uri).arg(&image));
+    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(&image));
+    let sums: Vec<(&str, &str)> = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("VRAID-MD5 {tag} ")))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    assert_eq!(
+        sums.len(),
+        17,
+        "guest printed {} sums for {tag}",
+        sums.len()
+    );
+    let dump = scratch.join(format!("files-{tag}"));
+    std::fs::create_dir_all(dump.join("small")).unwrap();
+    let script: String = sums
+        .iter()
+        .map(|(_, name)| format!("dump /{name} {}\n", dump.join(name).display()))
+        .collect();
+    let script_path = scratch.join(format!("debugfs-{tag}.cmds"));
+    std::fs::write(&script_path, script).unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .arg("-f")
+            .arg(&script_path)
+            .arg(&image),
+    );
+    let names: Vec<&str> = sums.iter().map(|(_, n)| *n).collect();
+    let host = run_ok(Command::new("md5sum").args(&names).current_dir(&dump));
+    for ((sum, name), line) in sums.iter().zip(host.lines()) {
+        assert_eq!(
+            line,
+            format!("{sum}  {name}"),
+            "{tag}: {name} differs over NBD"
+        );
+    }
+    let _ = std::fs::remove_file(&image);
+}
+
+#[test]
+fn guest_formats_and_mounts_two_vhost_volumes_of_one_pool() {
+    // Arrange: the config lays the pool and creates both volumes.
+    let dir = scratch_dir("guest-pool");
+    let control = dir.path().join("control.sock");
+    let config = pool_guest_config(dir.path(), &control);
+    let args = ["--config", config.to_str().unwrap()];
+    let server = Server::start(&args);
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    wait_for_socket(&a, "vraid serve");
+    wait_for_socket(&b, "vraid serve");
+    let cmdline = format!(
+        "console=ttyS0 quiet panic=-1 no_timer_check VRAID_GUEST=pool VRAID_SIZE_A={POOL_A} VRAID_SIZE_B={POOL_B}"
+    );
+
+    // Act
+    let console = run_guest(&[&a, &b], 2, &cmdline, dir.path());
+    let status = status_json(&control);
+    assert_eq!(server.stop(), 0);
+    let server = Server::start(&args);
+
+    // Assert
+    assert!(
+        console.contains("pool volumes ok") && console.contains(MARK_PASS),
+        "guest failed; console:\n{console}"
+    );
+    assert!(!console.contains(MARK_FAIL), "{console}");
+    let vols = status["pool_volumes"].as_array().unwrap();
+    for (name, sock) in [("guest-a", &a), ("guest-b", &b)] {
+        let v = vols.iter().find(|v| v["name"] == name).unwrap();
+        assert_eq!(v["vhost_socket"], sock.to_str().unwrap(), "{v}");
+        assert!(v["io"]["write_bytes"].as_u64().unwrap() > 4 << 20, "{v}");
+        assert!(v["mapped_bytes"].as_u64().unwrap() > 4 << 20, "{v}");
+    }
+    check_pool_volume(&console, "a", &server.uri("guest-a"), dir.path());
+    check_pool_volume(&console, "b", &server.uri("guest-b"), dir.path());
+    let check = vraid_ctl_ok(&control, &["pool", "check", "vol0"]);
+    assert!(check.contains("2 volumes"), "{check}");
+    assert_eq!(server.stop(), 0);
 }

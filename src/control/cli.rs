@@ -105,6 +105,7 @@ pub fn render_status(reply: &StatusReply) -> String {
     for p in &reply.pools {
         out.push_str(&super::pool_cli::render_pool(p));
     }
+    out.push_str(&super::pool_cli::render_pool_volumes(&reply.pool_volumes));
     if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");
         for e in reply.events.iter().rev().take(10).rev() {

@@ -604,6 +604,7 @@ pub struct Registry {
     volumes: Vec<Arc<VolumeHandle>>,
     pools: Option<Arc<crate::pool::service::PoolService>>,
     pool_clients: crate::volfault::named::NamedStacks,
+    pool_exports: Option<Arc<crate::export::pool_volumes::PoolExports>>,
 }
 
 impl Registry {
@@ -613,18 +614,44 @@ impl Registry {
             volumes,
             pools: None,
             pool_clients: Default::default(),
+            pool_exports: None,
         }
+    }
+
+    /// The registry with the exports of the pool volumes (their client
+    /// stacks and vhost-user-blk sockets).
+    pub fn with_pool_exports(
+        mut self,
+        exports: Arc<crate::export::pool_volumes::PoolExports>,
+    ) -> Registry {
+        self.pool_clients = exports.stacks().clone();
+        self.pool_exports = Some(exports);
+        self
+    }
+
+    /// The exports of the pool volumes.
+    pub fn pool_exports(
+        &self,
+    ) -> Result<&Arc<crate::export::pool_volumes::PoolExports>, ControlError> {
+        self.pool_exports
+            .as_ref()
+            .ok_or_else(|| ControlError::Refused("this daemon serves no pools".into()))
+    }
+
+    /// The entries (stack, counters, socket) of every pool volume.
+    pub fn pool_volume_clients(&self) -> Vec<(String, crate::volfault::named::NamedClient)> {
+        self.pool_clients.clients()
+    }
+
+    /// The event log of the array whose pool holds volume `name`.
+    pub async fn pool_events(&self, name: &str) -> Option<Arc<EventLog>> {
+        let (pool, _) = self.pools.as_ref()?.holder(name).await.ok()?;
+        self.volume(&pool).ok().map(|v| v.events.clone())
     }
 
     /// The registry with the daemon's pools (`pool.*`, `volume.*`).
     pub fn with_pools(mut self, pools: Arc<crate::pool::service::PoolService>) -> Registry {
         self.pools = Some(pools);
-        self
-    }
-
-    /// The registry with the client stacks of the pool volumes.
-    pub fn with_pool_clients(mut self, stacks: crate::volfault::named::NamedStacks) -> Registry {
-        self.pool_clients = stacks;
         self
     }
 

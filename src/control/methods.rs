@@ -79,7 +79,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "fault.add_volume" => result(super::volume_faults::add(reg, params(p)?)),
         "fault.powercut" => {
             let p: PowercutParams = params(p)?;
-            result(reg.volume(&p.volume)?.power_cut(&p).await)
+            result(super::volume_faults::power_cut(reg, &p).await)
         }
         "qos.set" => {
             let p: super::params::QosSetParams = params(p)?;
@@ -90,7 +90,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
         "log.stop" => result(super::log_methods::stop(reg, params(p)?).await),
         "cache.set" => {
             let p: CacheSetParams = params(p)?;
-            result(reg.volume(&p.volume)?.set_cache(&p).await)
+            result(super::volume_faults::cache_set(reg, &p).await)
         }
         "fault.clear" => {
             let p: FaultClearParams = params(p)?;
@@ -204,8 +204,17 @@ async fn member_set_guard(
 
 async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlError> {
     let mut volumes = Vec::new();
+    let listings = match reg.pools() {
+        Ok(pools) => pools.list().await,
+        Err(_) => Vec::new(),
+    };
+    let mut pool_volumes = super::status_pools::pool_volumes(reg, &listings);
     match &p.volume {
-        Some(name) => volumes.push(reg.volume(name)?.status().await),
+        Some(name) => match reg.volume(name) {
+            Ok(v) => volumes.push(v.status().await),
+            Err(e) if !pool_volumes.iter().any(|v| v.name == *name) => return Err(e),
+            Err(_) => {}
+        },
         None => {
             for v in reg.volumes() {
                 volumes.push(v.status().await);
@@ -217,14 +226,18 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlE
         .into_iter()
         .filter(|e| p.volume.as_ref().is_none_or(|n| *n == e.volume))
         .collect();
-    let pools = match (reg.pools(), &p.volume) {
-        (Ok(pools), None) => pools.list().await,
-        _ => Vec::new(),
+    let pools = match &p.volume {
+        None => listings,
+        Some(_) => Vec::new(),
     };
+    if let Some(name) = &p.volume {
+        pool_volumes.retain(|v| v.name == *name);
+    }
     Ok(StatusReply {
         volumes,
         events,
         pools,
+        pool_volumes,
     })
 }
 

@@ -30,6 +30,7 @@ pub mod replies;
 pub mod rpc;
 pub mod server;
 pub mod status;
+pub mod status_pools;
 pub mod volume_faults;
 pub mod watch;
 

@@ -4,9 +4,10 @@
 use super::cli::{print_json, socket};
 use super::client::{call, ClientError};
 use super::pool_methods::{
-    DeletedReply, PoolCreateParams, PoolParams, VolumeCreateParams, VolumeNameParams,
-    VolumeNewNameParams, VolumeResizeParams, VolumeRevertParams,
+    DeletedReply, PoolCreateParams, PoolParams, PoolSetParams, VolumeCreateParams,
+    VolumeNameParams, VolumeNewNameParams, VolumeResizeParams, VolumeRevertParams,
 };
+use super::status::PoolVolumeStatus;
 use crate::cli::{PoolCommand, VolumeCommand};
 use crate::pool::check::CheckReport;
 use crate::pool::service::PoolListing;
@@ -19,15 +20,24 @@ fn gib(bytes: u64) -> String {
 /// The text form of a pool listing (also in `vraid volume list`).
 pub fn render_pool(p: &PoolListing) -> String {
     let s = &p.space;
+    let events: Vec<String> = p.fill_events.iter().map(|t| format!("{t}%")).collect();
     let mut out = format!(
-        "pool {}: cluster {} KiB, used {} of {}, free {}, provisioned {} ({} volumes)\n",
+        "pool {}: cluster {} KiB, used {} of {} ({:.1}%), free {}, provisioned {} ({:.2}x \
+         overcommit, {} volumes), fill events at {}\n",
         p.pool,
         s.cluster_size >> 10,
         gib(s.used_bytes),
         gib(s.total_bytes),
+        p.used_percent,
         gib(s.free_bytes),
         gib(s.provisioned_bytes),
-        p.volumes.len()
+        p.overcommit,
+        p.volumes.len(),
+        if events.is_empty() {
+            "none".to_string()
+        } else {
+            events.join(", ")
+        }
     );
     for v in &p.volumes {
         out.push_str(&render_volume(v));
@@ -47,6 +57,36 @@ fn render_volume(v: &VolumeInfo) -> String {
         gib(v.size),
         gib(v.mapped_bytes)
     )
+}
+
+/// The text form of the pool volumes of `status`: one line each with
+/// space, client I/O, cache, QoS and vhost socket.
+pub fn render_pool_volumes(volumes: &[PoolVolumeStatus]) -> String {
+    let mut out = String::new();
+    for v in volumes {
+        let io = &v.io;
+        let qos = if v.qos.limits.any() {
+            format!(", qos {}", v.qos.limits.describe())
+        } else {
+            String::new()
+        };
+        let vhost = v
+            .vhost_socket
+            .as_ref()
+            .map_or_else(String::new, |s| format!(", vhost-user-blk {s}"));
+        out.push_str(&format!(
+            "volume {} (pool {}): {} of {} mapped; io {} reads, {} writes, {} errors; cache {}{qos}{vhost}\n",
+            v.name,
+            v.pool,
+            gib(v.mapped_bytes),
+            gib(v.size),
+            io.reads,
+            io.writes,
+            io.errors,
+            super::status::wire_name(&v.cache.mode),
+        ));
+    }
+    out
 }
 
 /// `vraid pool ...`.
@@ -73,6 +113,18 @@ pub fn pool(cmd: PoolCommand) -> Result<(), ClientError> {
             } else {
                 reply.iter().for_each(|p| print!("{}", render_pool(p)));
             }
+        }
+        PoolCommand::Set {
+            control,
+            pool,
+            fill_events,
+        } => {
+            let p = PoolSetParams {
+                pool,
+                fill_events: fill_events.0,
+            };
+            let reply: PoolListing = call(&socket(&control), "pool.set", &p)?;
+            print!("{}", render_pool(&reply));
         }
         PoolCommand::Check {
             control,
@@ -119,11 +171,23 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             pool,
             name,
             size,
-        } => call(
-            &socket(&control),
-            "volume.create",
-            &VolumeCreateParams { pool, name, size },
-        )?,
+            vhost_socket,
+            vhost_queues,
+        } => {
+            let p = VolumeCreateParams {
+                pool,
+                name,
+                size,
+                vhost_socket: vhost_socket.map(|s| std::path::absolute(&s).unwrap_or(s)),
+                num_queues: vhost_queues,
+            };
+            let shown: VolumeInfo = call(&socket(&control), "volume.create", &p)?;
+            print!("{}", render_volume(&shown));
+            if let Some(s) = &p.vhost_socket {
+                println!("  vhost-user-blk: {}", s.display());
+            }
+            return Ok(());
+        }
         VolumeCommand::Delete { control, name } => {
             let _: DeletedReply = call(
                 &socket(&control),

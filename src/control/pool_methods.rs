@@ -5,7 +5,8 @@
 //! | `pool.create`     | `array`, `cluster_size?`, `force?`       | `PoolListing` |
 //! | `pool.list`       |                                          | `[PoolListing]` |
 //! | `pool.check`      | `pool`, `repair?`, `force?`              | `CheckReport` |
-//! | `volume.create`   | `pool`, `name`, `size`                   | `VolumeInfo` |
+//! | `pool.set`        | `pool`, `fill_events`                    | `PoolListing` |
+//! | `volume.create`   | `pool`, `name`, `size`, `vhost_socket?`, `num_queues?` | `VolumeInfo` |
 //! | `volume.delete`   | `name`                                   | `{}` |
 //! | `volume.resize`   | `name`, `size`, `force?`                 | `VolumeInfo` |
 //! | `volume.revert`   | `name`, `snapshot`, `force?`             | `VolumeInfo` |
@@ -70,6 +71,22 @@ pub struct VolumeCreateParams {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
+    /// Export it over vhost-user-blk on this socket too (for this run;
+    /// the config's `[[pool.volume]] vhost_user_blk` makes it lasting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<std::path::PathBuf>,
+    /// Queues of that export (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_queues: Option<u16>,
+}
+
+/// `pool.set`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PoolSetParams {
+    /// Pool (array) name.
+    pub pool: String,
+    /// Percent-full thresholds that raise events (empty: none).
+    pub fill_events: Vec<u8>,
 }
 
 /// `volume.delete`.
@@ -131,9 +148,16 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let p: PoolParams = params(p)?;
             result(pools.check(&p.pool, p.repair, p.force).await)
         }
+        "pool.set" => {
+            let p: PoolSetParams = params(p)?;
+            result(pools.set_fill_events(&p.pool, p.fill_events).await)
+        }
         "volume.create" => {
             let p: VolumeCreateParams = params(p)?;
-            result(pools.create_volume(&p.pool, &p.name, p.size).await)
+            match &p.vhost_socket {
+                Some(socket) => create_with_vhost(reg, &p, socket).await,
+                None => result(pools.create_volume(&p.pool, &p.name, p.size).await),
+            }
         }
         "volume.delete" => {
             let p: VolumeNameParams = params(p)?;
@@ -162,4 +186,55 @@ async fn new_name_method(reg: &Registry, method: &str, p: Value) -> Result<Value
         "volume.snapshot" => result(pools.share(&p.name, &p.new_name, false).await),
         _ => result(pools.share(&p.name, &p.new_name, true).await),
     }
+}
+
+/// `volume.create` with a vhost-user-blk socket: the socket is checked
+/// first (free, not another volume's, not a file), then the volume is
+/// created and exported on it; if the socket still fails, the new volume
+/// is deleted again and the create refused.
+async fn create_with_vhost(
+    reg: &Registry,
+    p: &VolumeCreateParams,
+    socket: &std::path::Path,
+) -> Result<Value, ControlError> {
+    use crate::export::pool_volumes::VhostPlan;
+    let pools = reg.pools()?;
+    let exports = reg.pool_exports()?;
+    let num_queues = p.num_queues.unwrap_or(crate::config::DEFAULT_NUM_QUEUES);
+    if !(1..=crate::config::MAX_NUM_QUEUES).contains(&num_queues) {
+        return Err(ControlError::InvalidParams(format!(
+            "{num_queues} queues: expected 1 to {}",
+            crate::config::MAX_NUM_QUEUES
+        )));
+    }
+    result(pools.check_free_name(&p.name).await)?;
+    if let Some(owner) = exports.socket_owner(socket) {
+        return Err(ControlError::Refused(format!(
+            "vhost-user-blk socket {} is already the socket of volume {owner:?}",
+            socket.display()
+        )));
+    }
+    crate::export::vhost::check_socket_free(socket)
+        .map_err(|e| ControlError::Refused(crate::daemon::error_chain(&e)))?;
+    let plan = VhostPlan {
+        socket: socket.to_path_buf(),
+        num_queues,
+    };
+    exports.plan_vhost(&p.name, plan);
+    let created = pools.create_volume(&p.pool, &p.name, p.size).await;
+    let why = match &created {
+        Err(_) => None,
+        Ok(_) => exports.vhost_error(&p.name),
+    };
+    if created.is_err() || why.is_some() {
+        exports.drop_plan(&p.name);
+    }
+    if let Some(why) = why {
+        let _ = pools.delete_volume(&p.name).await;
+        return Err(ControlError::Refused(format!(
+            "volume {:?} not created: {why}",
+            p.name
+        )));
+    }
+    result(created)
 }

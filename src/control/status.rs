@@ -36,6 +36,41 @@ pub struct StatusReply {
     /// Pools with their space and volumes (docs/FORMAT.md §11).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<crate::pool::service::PoolListing>,
+    /// The volumes of the pools as exports: space, client I/O, cache,
+    /// faults, QoS, vhost-user-blk socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool_volumes: Vec<PoolVolumeStatus>,
+}
+
+/// One pool volume in `status` (`pool_volumes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolVolumeStatus {
+    /// Name (its export name).
+    pub name: String,
+    /// The pool (array) holding it.
+    pub pool: String,
+    /// Size in bytes (provisioned).
+    pub size: u64,
+    /// Bytes of clusters mapped (used; shared ones included).
+    pub mapped_bytes: u64,
+    /// Bytes not mapped yet: what first writes could still ask of the pool.
+    pub unmapped_bytes: u64,
+    /// A read-only snapshot.
+    pub snapshot: bool,
+    /// The volume it was taken of or cloned from.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Client-facing counters (NBD and vhost-user-blk together).
+    pub io: IoSummary,
+    /// Its write cache.
+    pub cache: crate::volfault::CacheStatus,
+    /// Its volume fault rules.
+    pub volume_faults: crate::volfault::VolumeFaultsStatus,
+    /// Its QoS limits.
+    pub qos: crate::qos::QosStatus,
+    /// Its vhost-user-blk socket, while one serves.
+    #[serde(default)]
+    pub vhost_socket: Option<String>,
 }
 
 /// State of a member slot as the control plane shows it; the one member

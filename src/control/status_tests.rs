@@ -254,5 +254,6 @@ pub(crate) fn sample_reply() -> StatusReply {
             message: "vol0: member 1 failed".into(),
         }],
         pools: Vec::new(),
+        pool_volumes: Vec::new(),
     }
 }

@@ -10,10 +10,11 @@ use super::handle::{describe, VolumeHandle, NEXT_FAULT_ID};
 use super::params::{CacheSetParams, PowercutParams, VolumeFaultAddParams};
 use super::replies::{PowercutReply, VolumeFaultAddReply};
 use super::status::VolumeFaultStatus;
+use super::EventLog;
 use super::{ControlError, Registry};
 use crate::member::fault::{FaultKind, FaultOp, FaultRule, FaultSpec};
 use crate::member::volatile::MemberCut;
-use crate::volfault::{CacheStatus, WriteCache};
+use crate::volfault::{CacheStatus, ClientStack, WriteCache};
 
 /// The spec of a `fault.add_volume`, checked.
 pub fn volume_spec(p: &VolumeFaultAddParams) -> Result<FaultSpec, ControlError> {
@@ -116,30 +117,7 @@ impl VolumeHandle {
                 members,
             });
         }
-        let report = self
-            .client
-            .cache
-            .power_cut(p.keep, seed)
-            .await
-            .map_err(|e| ControlError::Refused(format!("power cut of {}: {e}", self.name)))?;
-        self.events.push(
-            &self.name,
-            "power_cut",
-            None,
-            format!(
-                "{}: power cut ({}, seed {seed}): {} unflushed writes ({} bytes) dropped, {} kept",
-                self.name,
-                super::status::wire_name(&p.keep),
-                report.dropped_writes,
-                report.dropped_bytes,
-                report.kept_writes
-            ),
-        );
-        Ok(PowercutReply {
-            volume: self.name.clone(),
-            report,
-            members: Vec::new(),
-        })
+        cache_power_cut(&self.name, &self.client, Some(&self.events), p.keep, seed).await
     }
 
     /// `vraid set VOL --iops N --bps SIZE ...`: replaces the limits the
@@ -203,29 +181,96 @@ impl VolumeHandle {
 
     /// `vraid set VOL --cache MODE --cache-size SIZE`.
     pub async fn set_cache(&self, p: &CacheSetParams) -> Result<CacheStatus, ControlError> {
-        let cache = &self.client.cache;
-        let failed = |e: crate::block::BlockError| {
-            ControlError::Refused(format!("write-back of the cache of {}: {e}", self.name))
-        };
-        if let Some(size) = p.size {
-            WriteCache::check_capacity(size)
-                .map_err(|e| ControlError::InvalidParams(e.to_string()))?;
-            cache.set_capacity(size).await.map_err(failed)?;
-        }
-        if let Some(mode) = p.mode {
-            cache.set_mode(mode).await.map_err(failed)?;
-            self.events.push(
-                &self.name,
+        set_cache(&self.name, &self.client, Some(&self.events), p).await
+    }
+}
+
+/// The power cut of the write cache of volume `name` (an array or a pool
+/// volume): its unflushed writes dropped as `keep` says; an event in
+/// `events`.
+async fn cache_power_cut(
+    name: &str,
+    client: &ClientStack,
+    events: Option<&EventLog>,
+    keep: crate::volfault::KeepPolicy,
+    seed: u64,
+) -> Result<PowercutReply, ControlError> {
+    let report = client
+        .cache
+        .power_cut(keep, seed)
+        .await
+        .map_err(|e| ControlError::Refused(format!("power cut of {name}: {e}")))?;
+    if let Some(events) = events {
+        events.push(
+            name,
+            "power_cut",
+            None,
+            format!(
+                "{name}: power cut ({}, seed {seed}): {} unflushed writes ({} bytes) dropped, {} kept",
+                super::status::wire_name(&keep),
+                report.dropped_writes,
+                report.dropped_bytes,
+                report.kept_writes
+            ),
+        );
+    }
+    Ok(PowercutReply {
+        volume: name.to_string(),
+        report,
+        members: Vec::new(),
+    })
+}
+
+/// `cache.set` on the client stack of volume `name`; an event in `events`.
+async fn set_cache(
+    name: &str,
+    client: &ClientStack,
+    events: Option<&EventLog>,
+    p: &CacheSetParams,
+) -> Result<CacheStatus, ControlError> {
+    let cache = &client.cache;
+    let failed = |e: crate::block::BlockError| {
+        ControlError::Refused(format!("write-back of the cache of {name}: {e}"))
+    };
+    if let Some(size) = p.size {
+        WriteCache::check_capacity(size).map_err(|e| ControlError::InvalidParams(e.to_string()))?;
+        cache.set_capacity(size).await.map_err(failed)?;
+    }
+    if let Some(mode) = p.mode {
+        cache.set_mode(mode).await.map_err(failed)?;
+        if let Some(events) = events {
+            events.push(
+                name,
                 "cache_mode",
                 None,
-                format!(
-                    "{}: write cache {}",
-                    self.name,
-                    super::status::wire_name(&mode)
-                ),
+                format!("{name}: write cache {}", super::status::wire_name(&mode)),
             );
         }
-        Ok(cache.status())
+    }
+    Ok(cache.status())
+}
+
+/// `cache.set` on an array or a pool volume.
+pub async fn cache_set(reg: &Registry, p: &CacheSetParams) -> Result<CacheStatus, ControlError> {
+    match reg.client(&p.volume)? {
+        (_, Some(vol)) => vol.set_cache(p).await,
+        (client, None) => {
+            let events = reg.pool_events(&p.volume).await;
+            set_cache(&p.volume, &client, events.as_deref(), p).await
+        }
+    }
+}
+
+/// `fault.powercut` on an array or a pool volume (a pool volume's cut is
+/// its write cache's: the pool below keeps every write that reached it).
+pub async fn power_cut(reg: &Registry, p: &PowercutParams) -> Result<PowercutReply, ControlError> {
+    match reg.client(&p.volume)? {
+        (_, Some(vol)) => vol.power_cut(p).await,
+        (client, None) => {
+            let events = reg.pool_events(&p.volume).await;
+            let seed = p.seed.unwrap_or_else(clock_seed);
+            cache_power_cut(&p.volume, &client, events.as_deref(), p.keep, seed).await
+        }
     }
 }
 

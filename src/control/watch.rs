@@ -198,6 +198,7 @@ mod tests {
             )],
             events: Vec::new(),
             pools: Vec::new(),
+            pool_volumes: Vec::new(),
         };
         let text = header_text(&reply);
         assert!(text.contains("/dev/new"), "{text}");

@@ -18,10 +18,13 @@ use super::{demo, error_chain, show_path, DaemonError};
 use crate::block::BlockDevice;
 use crate::config::{Config, NbdLimitKeys, ServerConfig};
 use crate::control::{ControlServer, Registry};
+use crate::export::fence::{Fence, FencedDevice};
 use crate::export::nbd::{Export, NbdLimits, NbdServer};
+use crate::export::pool_volumes::{PoolExports, VhostPlan};
 use crate::export::vhost::{VhostExport, VhostServer};
 use crate::member::{EngineKind, MemberOptions};
 use crate::metrics::stats::StatsDevice;
+use crate::pool::service::PoolService;
 use crate::volfault::CacheMode;
 
 /// Default NBD TCP address: loopback only.
@@ -128,6 +131,8 @@ struct ServePlan {
     specs: Vec<VolumeSpec>,
     /// Linux md arrays to serve read-only.
     md: Vec<crate::config::MdConfig>,
+    /// Pools and their volumes from the config.
+    pools: Vec<crate::config::PoolConfig>,
     demo_mode: bool,
 }
 
@@ -149,39 +154,45 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    let mut exports = nbd_exports(&volumes);
+    let fences: Vec<_> = volumes
+        .iter()
+        .map(|_| crate::export::fence::Fence::new())
+        .collect();
+    let mut exports = nbd_exports(&volumes, &fences);
     exports.extend(md.iter().map(|m| m.export()));
     let server = Arc::new(NbdServer::with_tls(exports, plan.limits, plan.tls));
-    let stacks = crate::volfault::named::NamedStacks::default();
-    let opened = super::pools::open_pools(&volumes, server.exports(), stacks.clone()).await;
-    let started = match opened {
-        Ok(pools) => start_ops(
-            &volumes,
-            &plan.control,
-            plan.metrics,
-            (pools.clone(), stacks),
-        )
-        .await
-        .map(|ops| (ops, pools)),
-        Err(e) => Err(e),
+    let sink = PoolExports::new(
+        server.exports(),
+        Default::default(),
+        tokio::runtime::Handle::current(),
+    );
+    for ((a, _), fence) in volumes.iter().zip(&fences) {
+        sink.add_array(&a.assembly.name, fence.clone());
+    }
+    let ops_plan = OpsPlan {
+        control: &plan.control,
+        metrics: plan.metrics,
+        pools: &plan.pools,
     };
+    let started = start_pools_and_ops(&volumes, &ops_plan, &sink, &fences).await;
     let (ops, pools) = match started {
         Ok(x) => x,
         Err(e) => {
+            sink.shutdown().await;
             shutdown_volumes(&volumes).await;
             return Err(e);
         }
     };
-    let vhost = match start_vhost(&volumes).and_then(|v| start_md_vhost(&md, &plan.md, v)) {
-        Ok(v) => v,
-        Err(e) => {
-            for task in ops {
-                task.abort();
-            }
-            shutdown_volumes(&volumes).await;
-            return Err(e);
+    if let Err(e) = start_md_vhost(&md, &plan.md, &sink) {
+        for task in ops {
+            task.abort();
         }
-    };
+        sink.shutdown().await;
+        pools.flush_all().await;
+        super::md::close_all(&md).await;
+        shutdown_volumes(&volumes).await;
+        return Err(e);
+    }
     let nbd_socket = plan.nbd_socket.as_deref();
     let result = run_listeners(&server, plan.nbd, nbd_socket, &volumes, plan.demo_mode).await;
     for task in ops {
@@ -192,7 +203,7 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
     for (a, _) in &volumes {
         a.handle.client.faults.clear();
     }
-    stop_vhost(vhost).await;
+    sink.shutdown().await;
     server.shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
         .await
@@ -207,6 +218,24 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Refuses a live vhost-user socket, or a path that is no socket, of an
+/// array or a pool volume before any member is touched.
+fn check_vhost_sockets(plan: &ServePlan) -> Result<(), DaemonError> {
+    let pool_sockets = plan.pools.iter().flat_map(|p| &p.volumes);
+    let pool_sockets = pool_sockets.filter_map(|v| v.vhost_user_blk.as_deref());
+    let md_sockets = plan.md.iter().filter_map(|m| m.vhost_user_blk.as_deref());
+    for socket in plan
+        .specs
+        .iter()
+        .filter_map(|s| s.vhost_socket.as_deref())
+        .chain(pool_sockets)
+        .chain(md_sockets)
+    {
+        crate::export::vhost::check_socket_free(socket)?;
+    }
+    Ok(())
 }
 
 /// Decides what to serve and how: the volumes (config, members on the
@@ -262,6 +291,7 @@ fn plan_serve(args: &ServeOptions) -> Result<ServePlan, DaemonError> {
         tls,
         specs,
         md,
+        pools: config.as_ref().map(|c| c.pools.clone()).unwrap_or_default(),
         demo_mode,
     })
 }
@@ -431,11 +461,13 @@ async fn bring_up_all(
     Ok(volumes)
 }
 
-/// The NBD export of every volume (client I/O counted in its stats).
-fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
+/// The NBD export of every volume (client I/O counted in its stats),
+/// each behind its fence (cut when a pool takes the array over).
+fn nbd_exports(volumes: &[(Assembled, VolumeSpec)], fences: &[Arc<Fence>]) -> Vec<Export> {
     volumes
         .iter()
-        .map(|(a, spec)| Export {
+        .zip(fences)
+        .map(|((a, spec), fence)| Export {
             name: a.assembly.name.clone(),
             description: spec.description.clone().unwrap_or_else(|| {
                 format!(
@@ -443,10 +475,7 @@ fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
                     a.assembly.level, a.assembly.member_count
                 )
             }),
-            device: Arc::new(StatsDevice::new(
-                a.handle.client.device.clone(),
-                a.handle.stats.clone(),
-            )) as Arc<dyn BlockDevice>,
+            device: array_device(a, fence),
             read_only: spec.read_only,
             preferred_block: 4096,
             multi_conn: true,
@@ -455,16 +484,62 @@ fn nbd_exports(volumes: &[(Assembled, VolumeSpec)]) -> Vec<Export> {
         .collect()
 }
 
+/// What an array's own exports serve: its client stack, counted, behind
+/// its fence.
+fn array_device(a: &Assembled, fence: &Arc<Fence>) -> Arc<dyn BlockDevice> {
+    let counted = StatsDevice::new(a.handle.client.device.clone(), a.handle.stats.clone());
+    Arc::new(FencedDevice::new(Arc::new(counted), fence.clone()))
+}
+
+/// Opens the pools (the config's laid and their volumes created), starts
+/// the control socket and metrics, then the arrays' vhost-user-blk
+/// exports (not of an array that holds a pool).
+/// What [`start_pools_and_ops`] takes of the plan.
+struct OpsPlan<'a> {
+    control: &'a Path,
+    metrics: Option<SocketAddr>,
+    pools: &'a [crate::config::PoolConfig],
+}
+
+async fn start_pools_and_ops(
+    volumes: &[(Assembled, VolumeSpec)],
+    plan: &OpsPlan<'_>,
+    sink: &Arc<PoolExports>,
+    fences: &[Arc<Fence>],
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<PoolService>), DaemonError> {
+    for p in plan.pools {
+        for v in &p.volumes {
+            if let Some(socket) = &v.vhost_user_blk {
+                sink.plan_vhost(
+                    &v.name,
+                    VhostPlan {
+                        socket: socket.clone(),
+                        num_queues: v.num_queues,
+                    },
+                );
+            }
+        }
+    }
+    let pools = super::pools::open_pools(volumes, sink.clone()).await?;
+    super::pool_config::apply(plan.pools, &pools, sink).await?;
+    let ops = start_ops(volumes, plan.control, plan.metrics, (pools.clone(), sink)).await?;
+    let pooled = pools.pooled().await;
+    if let Err(e) = start_vhost(volumes, &pooled, sink, fences) {
+        for task in ops {
+            task.abort();
+        }
+        return Err(e);
+    }
+    Ok((ops, pools))
+}
+
 /// Installs start-up faults, binds the control socket and the metrics
 /// listener, and runs them as tasks (aborted at shutdown).
 async fn start_ops(
     volumes: &[(Assembled, VolumeSpec)],
     control: &Path,
     metrics: Option<SocketAddr>,
-    (pools, stacks): (
-        Arc<crate::pool::service::PoolService>,
-        crate::volfault::named::NamedStacks,
-    ),
+    (pools, sink): (Arc<PoolService>, &Arc<PoolExports>),
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     for (a, spec) in volumes {
         start_client(a, &spec.client).await?;
@@ -484,9 +559,9 @@ async fn start_ops(
     let registry = Arc::new(
         Registry::new(volumes.iter().map(|(a, _)| a.handle.clone()).collect())
             .with_pools(pools)
-            .with_pool_clients(stacks),
+            .with_pool_exports(sink.clone()),
     );
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(watch_pool_fill(registry.clone()))];
     let metrics_listener = match metrics {
         Some(addr) => Some((
             addr,
@@ -520,6 +595,36 @@ async fn start_ops(
     Ok(tasks)
 }
 
+/// How often the pools' fill levels are looked at.
+const FILL_CHECK: Duration = Duration::from_millis(500);
+
+/// Records an event in the pool's array log for every fill threshold a
+/// pool crosses (`pool::fill`), checking every [`FILL_CHECK`].
+async fn watch_pool_fill(reg: Arc<Registry>) {
+    let mut tick = tokio::time::interval(FILL_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(pools) = reg.pools() else { return };
+        for (l, e) in pools.fill_crossings().await {
+            let s = &l.space;
+            let text = match e.kind {
+                "pool_fill" => format!(
+                    "pool {} is {:.1}% full (threshold {}%): {} of {} bytes used, {} free, {:.2}x overcommitted",
+                    l.pool, e.used_percent, e.threshold, s.used_bytes, s.total_bytes, s.free_bytes, l.overcommit
+                ),
+                _ => format!(
+                    "pool {} is back to {:.1}% full, under threshold {}% (re-armed)",
+                    l.pool, e.used_percent, e.threshold
+                ),
+            };
+            if let Ok(v) = reg.volume(&l.pool) {
+                v.events.push(&l.pool, e.kind, None, text);
+            }
+        }
+    }
+}
+
 /// Sets a volume's write cache and installs its start-up volume faults.
 async fn start_client(a: &Assembled, c: &ClientSettings) -> Result<(), DaemonError> {
     let name = &a.handle.name;
@@ -540,82 +645,63 @@ async fn start_client(a: &Assembled, c: &ClientSettings) -> Result<(), DaemonErr
     Ok(())
 }
 
-/// Starts the vhost-user-blk export of every volume that has a socket.
-fn start_vhost(volumes: &[(Assembled, VolumeSpec)]) -> Result<Vec<VhostServer>, DaemonError> {
-    let mut servers = Vec::new();
-    for (a, spec) in volumes {
+/// Starts the vhost-user-blk export of every array that has a socket,
+/// except those holding a pool (their volumes are exported, never the raw
+/// array: the socket is refused with an error in the log); the servers go
+/// to `sink`, which stops them at shutdown or when a pool takes the array.
+fn start_vhost(
+    volumes: &[(Assembled, VolumeSpec)],
+    pooled: &[String],
+    sink: &PoolExports,
+    fences: &[Arc<Fence>],
+) -> Result<(), DaemonError> {
+    for ((a, spec), fence) in volumes.iter().zip(fences) {
         let Some(socket) = &spec.vhost_socket else {
             continue;
         };
+        let name = &a.assembly.name;
+        if pooled.contains(name) {
+            tracing::error!(
+                array = %name,
+                socket = %socket.display(),
+                "array holds a pool: not exported raw over vhost-user-blk; give its volumes \
+                 sockets instead ([[pool.volume]] vhost_user_blk, vraid volume create --vhost-socket)"
+            );
+            continue;
+        }
         let geometry = a.volume.geometry();
         let export = VhostExport {
-            device: Arc::new(StatsDevice::new(
-                a.handle.client.device.clone(),
-                a.handle.stats.clone(),
-            )) as Arc<dyn BlockDevice>,
+            device: array_device(a, fence),
             socket: socket.clone(),
-            name: a.assembly.name.clone(),
+            name: name.clone(),
             read_only: spec.read_only,
             num_queues: spec.num_queues,
             min_io: geometry.chunk().get(),
             opt_io: geometry.stripe_data_size(),
         };
-        match VhostServer::start(export, tokio::runtime::Handle::current()) {
-            Ok(s) => servers.push(s),
-            Err(e) => {
-                for s in servers {
-                    s.shutdown();
-                }
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(servers)
-}
-
-/// Refuses a live vhost-user socket (of a volume or an md array) before
-/// any member is touched.
-fn check_vhost_sockets(plan: &ServePlan) -> Result<(), DaemonError> {
-    let md_sockets = plan.md.iter().filter_map(|m| m.vhost_user_blk.as_deref());
-    let sockets = plan.specs.iter().filter_map(|s| s.vhost_socket.as_deref());
-    for socket in sockets.chain(md_sockets) {
-        crate::export::vhost::check_socket_free(socket)?;
+        let server = VhostServer::start(export, tokio::runtime::Handle::current())?;
+        sink.adopt_vhost(name, server);
     }
     Ok(())
 }
 
-/// Adds the vhost-user-blk export of every md array that has a socket to
-/// `servers` (all of them shut down on an error).
+/// Starts the vhost-user-blk export of every md array that has a socket;
+/// the servers go to `sink`, which stops them at shutdown.
 fn start_md_vhost(
     md: &[super::md::MdServed],
     specs: &[crate::config::MdConfig],
-    mut servers: Vec<VhostServer>,
-) -> Result<Vec<VhostServer>, DaemonError> {
+    sink: &PoolExports,
+) -> Result<(), DaemonError> {
     for (m, spec) in md.iter().zip(specs) {
         let Some(socket) = &spec.vhost_user_blk else {
             continue;
         };
         let export = m.vhost_export(socket.clone(), spec.num_queues);
-        match VhostServer::start(export, tokio::runtime::Handle::current()) {
-            Ok(s) => servers.push(s),
-            Err(e) => {
-                for s in servers {
-                    s.shutdown();
-                }
-                return Err(e.into());
-            }
-        }
+        let name = format!("md:{}", export.name);
+        let server = VhostServer::start(export, tokio::runtime::Handle::current())?;
+        sink.adopt_vhost(&name, server);
     }
-    Ok(servers)
-}
-
-/// Disconnects vhost-user frontends and drains their requests.
-async fn stop_vhost(servers: Vec<VhostServer>) {
-    for s in servers {
-        if let Err(e) = tokio::task::spawn_blocking(move || s.shutdown()).await {
-            warn!("vhost-user-blk shutdown failed: {e}");
-        }
-    }
+    Ok(())
 }
 
 /// Creates the array first when asked to and no member holds a superblock yet,

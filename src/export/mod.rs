@@ -1,6 +1,8 @@
 //! Exports: wire protocols that translate into [`crate::block::BlockDevice`] calls.
 
+pub mod fence;
 pub mod finish;
 pub mod in_flight;
 pub mod nbd;
+pub mod pool_volumes;
 pub mod vhost;

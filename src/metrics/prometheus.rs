@@ -47,7 +47,7 @@ impl VolumeScrape {
 
 /// One scrape's snapshot of every volume.
 #[derive(Debug)]
-pub struct Scrape(Vec<VolumeScrape>);
+pub struct Scrape(Vec<VolumeScrape>, pools::PoolScrape);
 
 impl Scrape {
     /// The snapshot of every volume of `reg`.
@@ -84,7 +84,7 @@ impl Scrape {
                 volume_faults: v.volume_faults(),
             });
         }
-        Scrape(volumes)
+        Scrape(volumes, pools::PoolScrape::take(reg).await)
     }
 
     /// The exposition text.
@@ -216,11 +216,12 @@ impl Scrape {
     }
 
     fn io(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let volumes: Vec<_> = self
+        let mut volumes: Vec<_> = self
             .0
             .iter()
             .map(|v| (v.labels(), v.stats.clone()))
             .collect();
+        volumes.extend(self.1.io());
         io_families(enc, "vraid_volume", "Client", &volumes)?;
         let members: Vec<_> = self
             .0
@@ -538,6 +539,7 @@ impl Collector for Scrape {
         self.faults(&mut enc)?;
         self.client(&mut enc)?;
         self.qos(&mut enc)?;
+        self.1.encode(&mut enc)?;
         self.journal(&mut enc)?;
         self.checksum_cache(&mut enc)?;
         self.remote(&mut enc)?;
@@ -545,6 +547,9 @@ impl Collector for Scrape {
         bounce(&mut enc)
     }
 }
+
+#[path = "prometheus_pools.rs"]
+mod pools;
 
 #[cfg(test)]
 #[path = "prometheus_tests.rs"]

@@ -65,7 +65,7 @@ fn scrape() -> Scrape {
             status,
         })
         .collect();
-    Scrape(volumes)
+    Scrape(volumes, Default::default())
 }
 
 /// The value of the sample line starting with `series`.

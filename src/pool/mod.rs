@@ -17,6 +17,7 @@ pub mod check;
 pub mod contexts;
 pub mod diff;
 pub use check::CheckReport;
+pub mod fill;
 pub mod format;
 pub mod meta;
 pub mod page;

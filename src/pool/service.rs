@@ -26,14 +26,15 @@ pub trait ExportSink: Send + Sync {
         read_only: bool,
         contexts: MetaContexts,
     );
-    /// Clients connected to the export now (a shrink or revert of a
-    /// volume in use needs `--force`).
+    /// Removes an export.
+    fn remove(&self, name: &str);
+    /// Clients connected to export `name` now (NBD connections, a
+    /// vhost-user frontend); 0 if the sink cannot tell. A shrink or revert
+    /// of a volume in use needs `--force`.
     fn clients(&self, name: &str) -> usize {
         let _ = name;
         0
     }
-    /// Removes an export.
-    fn remove(&self, name: &str);
     /// Renames an export, keeping its device (and what wraps it); false
     /// when the sink cannot (the caller then removes and adds).
     fn rename(&self, old: &str, new: &str) -> bool {
@@ -43,7 +44,7 @@ pub trait ExportSink: Send + Sync {
 }
 
 /// One pool as listed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolListing {
     /// Pool name (the array's).
     pub pool: String,
@@ -51,6 +52,30 @@ pub struct PoolListing {
     pub space: PoolSpace,
     /// Volumes and snapshots.
     pub volumes: Vec<VolumeInfo>,
+    /// Used space, percent of the data clusters.
+    #[serde(default)]
+    pub used_percent: f64,
+    /// Provisioned (the writable volumes' sizes) over the pool's data
+    /// space: above 1.0 the volumes can ask for more than there is.
+    #[serde(default)]
+    pub overcommit: f64,
+    /// Percent-full thresholds that raise `pool_fill` events.
+    #[serde(default)]
+    pub fill_events: Vec<u8>,
+}
+
+impl PoolListing {
+    fn new(pool: &str, space: PoolSpace, volumes: Vec<VolumeInfo>, fill_events: Vec<u8>) -> Self {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        PoolListing {
+            pool: pool.to_string(),
+            used_percent: 100.0 * ratio(space.used_bytes, space.total_bytes),
+            overcommit: ratio(space.provisioned_bytes, space.total_bytes),
+            space,
+            volumes,
+            fill_events,
+        }
+    }
 }
 
 /// The pools of a daemon.
@@ -61,6 +86,8 @@ pub struct PoolService {
     /// nor its volumes are exported; the other arrays serve on.
     broken: std::sync::Mutex<Vec<(String, String)>>,
     pub(crate) sink: Arc<dyn ExportSink>,
+    /// Fill thresholds and their state.
+    fill: crate::pool::fill::FillWatch,
 }
 
 impl std::fmt::Debug for PoolService {
@@ -113,6 +140,7 @@ impl PoolService {
             pools: tokio::sync::Mutex::new(pools.clone()),
             broken: std::sync::Mutex::new(broken),
             sink,
+            fill: Default::default(),
         });
         let mut taken: std::collections::HashSet<String> =
             service.arrays.iter().map(|(n, _)| n.clone()).collect();
@@ -158,6 +186,15 @@ impl PoolService {
         self.sink
             .add(&v.name, describe(pool_name, v), dev, v.snapshot, contexts);
         Ok(())
+    }
+
+    /// Why the pool on `array` could not be opened, if it could not.
+    pub fn broken_reason(&self, array: &str) -> Option<String> {
+        let broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        broken
+            .iter()
+            .find(|(n, _)| n == array)
+            .map(|(_, why)| why.clone())
     }
 
     /// Names of the arrays that hold a pool.
@@ -224,25 +261,109 @@ impl PoolService {
         if pools.iter().any(|(n, _)| n == array) {
             return Err(PoolError::Exists(format!("pool on {array}")));
         }
+        self.check_takeover(array, dev.as_ref(), opts).await?;
+        // The array's own exports go first: a client still on them (cut
+        // off with --force) must not write over what is laid now.
+        self.sink.remove(array);
         Pool::create(dev.as_ref(), opts).await?;
         let pool = Pool::open(dev, DEFAULT_CACHE_PAGES).await?;
         self.broken
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(n, _)| n != array);
-        self.sink.remove(array);
         pools.push((array.to_string(), pool));
         drop(pools);
         self.listing(array).await
     }
 
+    /// Refuses to lay a pool over what `array` holds or serves, unless
+    /// `--force`: clients connected to its own export, a known signature
+    /// or any non-zero byte in its first or last MiB (`meta::signature`);
+    /// a cluster size the array cannot take.
+    async fn check_takeover(
+        &self,
+        array: &str,
+        dev: &dyn BlockDevice,
+        opts: CreateOptions,
+    ) -> Result<(), PoolError> {
+        if !opts.cluster_size.is_power_of_two() {
+            return Err(PoolError::Invalid(
+                "cluster size must be a power of two".into(),
+            ));
+        }
+        crate::pool::format::Geometry::plan(dev.size(), opts.cluster_size.trailing_zeros())
+            .map_err(|e| {
+                PoolError::Invalid(format!(
+                    "cannot lay a pool with {} KiB clusters on array {array:?}: {e}",
+                    opts.cluster_size >> 10
+                ))
+            })?;
+        if opts.force {
+            return Ok(());
+        }
+        let clients = self.sink.clients(array);
+        if clients > 0 {
+            return Err(PoolError::Invalid(format!(
+                "{clients} client(s) are connected to array {array:?}'s own export (NBD or \
+                 vhost-user-blk) and would write over the pool: disconnect them, or use --force \
+                 to cut them off"
+            )));
+        }
+        if let Some(why) = self.broken_reason(array) {
+            return Err(PoolError::Invalid(format!(
+                "array {array:?} holds a pool that cannot be opened ({why}); use --force to \
+                 lay a new, empty pool over it"
+            )));
+        }
+        let found = crate::meta::signature::scan(dev).await?;
+        if !found.is_empty() {
+            return Err(PoolError::Invalid(format!(
+                "array {array:?} holds {} (its first and last MiB were checked); use --force \
+                 to lay the pool over it",
+                crate::meta::signature::describe(&found)
+            )));
+        }
+        Ok(())
+    }
+
     async fn listing(&self, name: &str) -> Result<PoolListing, PoolError> {
         let pool = self.pool(name).await?;
-        Ok(PoolListing {
-            pool: name.to_string(),
-            space: pool.space().await,
-            volumes: pool.volumes().await,
-        })
+        Ok(PoolListing::new(
+            name,
+            pool.space().await,
+            pool.volumes().await,
+            self.fill.thresholds(name),
+        ))
+    }
+
+    /// `vraid pool set POOL --fill-events ...`: the thresholds of a pool
+    /// (re-armed: levels already passed are reported once more).
+    pub async fn set_fill_events(
+        &self,
+        pool: &str,
+        thresholds: Vec<u8>,
+    ) -> Result<PoolListing, PoolError> {
+        crate::pool::fill::check_thresholds(&thresholds).map_err(PoolError::Invalid)?;
+        self.pool(pool).await?;
+        self.fill.set(pool, thresholds);
+        self.listing(pool).await
+    }
+
+    /// Sets the thresholds of `pool` before it is open (the config's).
+    pub fn preset_fill_events(&self, pool: &str, thresholds: Vec<u8>) {
+        self.fill.set(pool, thresholds);
+    }
+
+    /// The fill thresholds every pool crossed since the last call.
+    pub async fn fill_crossings(&self) -> Vec<(PoolListing, crate::pool::fill::FillEvent)> {
+        let mut out = Vec::new();
+        for l in self.list().await {
+            let s = &l.space;
+            for e in self.fill.observe(&l.pool, s.used_bytes, s.total_bytes) {
+                out.push((l.clone(), e));
+            }
+        }
+        out
     }
 
     /// Every pool with its space and volumes.

@@ -184,6 +184,15 @@ impl ExportTable {
         by_name.insert(export.name.clone(), Arc::new(export));
     }
 
+    /// How many holders the export `name` has besides the table: each
+    /// connection in transmission on it holds it (one in its handshake may
+    /// for a moment). 0 when there is no such export.
+    pub fn holders(&self, name: &str) -> usize {
+        self.read()
+            .get(name)
+            .map_or(0, |e| Arc::strong_count(e).saturating_sub(1))
+    }
+
     /// Removes an export (connections already on it keep their device).
     pub fn remove(&self, name: &str) -> Option<Arc<Export>> {
         let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());

@@ -41,6 +41,9 @@ pub enum VhostError {
     /// Another server is listening on the socket.
     #[error("vhost-user-blk socket {} is in use by another server", .0.display())]
     InUse(PathBuf),
+    /// Something other than a socket is at the path.
+    #[error("vhost-user-blk socket path {} exists and is not a socket: refusing to replace it", .0.display())]
+    NotSocket(PathBuf),
     /// The queue count is out of range.
     #[error("{0} queues requested: a vhost-user-blk export has 1 to 16")]
     Queues(u16),

@@ -118,6 +118,12 @@ impl VhostServer {
         })
     }
 
+    /// True while a frontend is connected.
+    pub fn has_frontend(&self) -> bool {
+        let c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        c.connection.is_some()
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -158,9 +164,18 @@ impl Drop for VhostServer {
     }
 }
 
-/// Fails if a server already listens on `path`; a stale file is fine.
+/// Fails if a server already listens on `path`, or if something other
+/// than a socket is there (a file the user keeps, a directory: never
+/// removed); a stale socket is fine.
 pub fn check_socket_free(path: &Path) -> Result<(), VhostError> {
-    if std::fs::symlink_metadata(path).is_ok() && UnixStream::connect(path).is_ok() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(VhostError::NotSocket(path.to_path_buf()));
+    }
+    if UnixStream::connect(path).is_ok() {
         return Err(VhostError::InUse(path.to_path_buf()));
     }
     Ok(())
