@@ -7,6 +7,7 @@
 //! never skips it.
 
 pub mod nbd_raw;
+pub mod netns;
 
 use std::borrow::BorrowMut;
 use std::io::{BufRead, BufReader, Read};

@@ -14,6 +14,7 @@ mod demo;
 mod engine_ops;
 mod journal;
 mod md;
+mod mirror;
 mod pools;
 mod read_only;
 mod serve;
