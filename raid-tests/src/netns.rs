@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::run_ok;
 
 /// A namespace with a veth pair to it and the servers started inside.
+#[derive(Debug)]
 pub struct Netns {
     name: String,
     /// The root namespace's end of the veth pair.

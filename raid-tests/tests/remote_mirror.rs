@@ -7,8 +7,10 @@
 //! member: `--write-mostly` keeps reads off it, `--write-behind`
 //! acknowledges writes before it has them, and FLUSH waits for it.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use raid_tests::netns::Netns;
@@ -107,11 +109,12 @@ struct Mirror {
 const PORT: u16 = 10809;
 
 impl Mirror {
-    fn new(test: &str) -> Mirror {
+    /// `tag`: the namespace number, one per test (they run in parallel).
+    fn new(test: &str, tag: u32) -> Mirror {
         let dir = scratch_dir(test);
         let local = dir.path().join("local.img");
         let file = remote_file(dir.path(), "remote.img");
-        let mut ns = Netns::new(0);
+        let mut ns = Netns::new(tag);
         ns.nbdkit(PORT, &["file", file.to_str().unwrap()]);
         let uri = ns.uri(PORT);
         create_array(
@@ -134,19 +137,24 @@ impl Mirror {
         m
     }
 
+    /// Served with a `member_timeout` of 2 s.
     fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_with("2s", extra)
+    }
+
+    fn serve_with(&self, timeout: &str, extra: &[&str]) -> Server {
         let members = [self.local.to_str().unwrap(), self.uri.as_str()];
-        serve(&members, &self.control, "2s", extra)
+        serve(&members, &self.control, timeout, extra)
     }
 }
 
 #[test]
 fn raid1_local_and_remote_pass_fio_verify_and_rejoin_by_themselves_after_a_cut() {
     // Arrange
-    let m = Mirror::new("mirror-cut");
+    let m = Mirror::new("mirror-cut", 0);
     let server = m.serve(&[]);
     assert_fio_clean(
-        fio_verify_cmd(&server.uri("vol0"), "whole", "16M", "128M")
+        fio_verify_cmd(&server.uri("vol0"), "whole", "16M", "0")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -182,7 +190,7 @@ fn raid1_local_and_remote_pass_fio_verify_and_rejoin_by_themselves_after_a_cut()
 #[test]
 fn a_sigkilled_remote_server_restarted_rejoins_by_itself() {
     // Arrange
-    let mut m = Mirror::new("mirror-kill");
+    let mut m = Mirror::new("mirror-kill", 3);
     let server = m.serve(&[]);
     let before = allocated(&m.file);
 
@@ -261,9 +269,40 @@ fn raid5_with_two_remote_members_survives_one_cut_and_serves_from_the_rejoined_o
     assert_eq!(server.stop(), 0);
 }
 
-/// `nbdsh -u URI -c CODE`.
-fn nbdsh(uri: &str, code: &str) {
-    run_ok(Command::new("nbdsh").args(["-u", uri, "-c", code]));
+/// A plain NBD client (simple replies) on the export `vol0` of `server`:
+/// each call waits for its reply; nothing is flushed unless asked.
+struct Client(TcpStream);
+
+impl Client {
+    fn new(server: &Server) -> Client {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        nbd_raw::nbd_handshake(&mut s, "vol0");
+        Client(s)
+    }
+
+    /// One request (type 1 WRITE, 3 FLUSH); asserts a reply without error.
+    fn call(&mut self, kind: u16, offset: u64, payload: &[u8]) {
+        let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&kind.to_be_bytes());
+        req.extend_from_slice(&7u64.to_be_bytes());
+        req.extend_from_slice(&offset.to_be_bytes());
+        req.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        req.extend_from_slice(payload);
+        self.0.write_all(&req).unwrap();
+        let mut reply = [0u8; 16];
+        self.0.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[..4], 0x6744_6698u32.to_be_bytes());
+        assert_eq!(reply[4..8], [0, 0, 0, 0], "NBD error reply");
+    }
+
+    fn write(&mut self, offset: u64, payload: &[u8]) {
+        self.call(1, offset, payload);
+    }
+
+    fn flush(&mut self) {
+        self.call(3, 0, &[]);
+    }
 }
 
 /// The write-behind entry of member `role` in the status.
@@ -273,15 +312,16 @@ fn behind(control: &Path, role: usize) -> serde_json::Value {
 
 #[test]
 fn write_mostly_keeps_reads_off_a_slow_member_and_write_behind_acks_before_it() {
-    // Arrange: the remote made slow by nbdkit's delay filter (1 s a
+    // Arrange: the remote made slow by nbdkit's delay filter (2 s a
     // write, 200 ms a read), write-mostly and write-behind.
-    let mut m = Mirror::new("mirror-slow");
+    let mut m = Mirror::new("mirror-slow", 4);
     let file = m.file.to_str().unwrap().to_string();
     m.ns.replace(
         PORT,
-        &["--filter=delay", "file", &file, "rdelay=200ms", "wdelay=1"],
+        &["--filter=delay", "file", &file, "rdelay=200ms", "wdelay=2"],
     );
-    let server = m.serve(&["--write-mostly", "1", "--write-behind", "8M"]);
+    // A request may take 2 s: member_timeout 20 s (request timeout 10 s).
+    let server = m.serve_with("20s", &["--write-mostly", "1", "--write-behind", "8M"]);
     let uri = server.uri("vol0");
     let reads_of = |role: usize| {
         volume_status(&m.control, "vol0")["members"][role]["io"]["reads"]
@@ -302,8 +342,9 @@ fn write_mostly_keeps_reads_off_a_slow_member_and_write_behind_acks_before_it() 
         true
     );
 
-    // Act 2: a write without FLUSH; the remote takes a second per write.
-    nbdsh(&uri, "h.pwrite(b'\\x5a' * 4096, 1048576)");
+    // Act 2: a write without FLUSH; the remote takes 2 s per write.
+    let mut client = Client::new(&server);
+    client.write(1 << 20, &[0x5a; 4096]);
 
     // Assert 2: acknowledged while the remote lacks it, the lag shown.
     let b = behind(&m.control, 1);
@@ -312,7 +353,7 @@ fn write_mostly_keeps_reads_off_a_slow_member_and_write_behind_acks_before_it() 
     assert_eq!(b["max_bytes"], 8 << 20);
 
     // Act 3: FLUSH.
-    nbdsh(&uri, "h.flush()");
+    client.flush();
 
     // Assert 3: it waited for the remote, which holds the write now.
     assert_eq!(behind(&m.control, 1)["lag_requests"], 0);
@@ -331,32 +372,32 @@ fn write_mostly_keeps_reads_off_a_slow_member_and_write_behind_acks_before_it() 
 #[test]
 fn sigkill_while_write_behind_lags_loses_no_flushed_write_and_resyncs_the_lag() {
     // Arrange: a slow write-behind remote (2 s a write).
-    let mut m = Mirror::new("behind-crash");
+    let mut m = Mirror::new("behind-crash", 5);
     let file = m.file.to_str().unwrap().to_string();
     m.ns.replace(PORT, &["--filter=delay", "file", &file, "wdelay=2"]);
     let flags = ["--write-mostly", "1", "--write-behind", "8M"];
-    let server = m.serve(&flags);
-    let uri = server.uri("vol0");
+    let server = m.serve_with("20s", &flags);
     let data_offset = examine(&m.local)["data_offset"].as_u64().unwrap();
 
     // Act: a flushed write, then unflushed ones still lagging when
     // vraid is SIGKILLed.
-    nbdsh(&uri, "h.pwrite(b'\\x11' * 65536, 0); h.flush()");
-    nbdsh(
-        &uri,
-        "for i in range(4): h.pwrite(b'\\x22' * 4096, (8 << 20) + i * 4096)",
-    );
+    let mut client = Client::new(&server);
+    client.write(0, &[0x11; 65536]);
+    client.flush();
+    for i in 0..4u64 {
+        client.write((8 << 20) + i * 4096, &[0x22; 4096]);
+    }
     assert!(behind(&m.control, 1)["lag_requests"].as_u64().unwrap() >= 1);
     server.kill();
     let lagging = peek(&m.file, data_offset + (8 << 20), 4096);
     assert_ne!(lagging, vec![0x22; 4096], "the remote was not lagging");
     m.ns.replace(PORT, &["file", &file]);
-    let server = m.serve(&flags);
+    let server = m.serve_with("20s", &flags);
 
     // Assert: the flushed write on both members, the lag resynced from
     // the bitmap (dirty regions only), mirrors equal.
     let log = server.wait_log("resync finished", Duration::from_secs(120));
-    let dirty = logged_number(&log, "resyncing ");
+    let dirty = logged_number(&log, "vol0: resyncing ");
     let rewrote = logged_number(&log, "rewrote ");
     assert!(dirty > 0 && dirty <= 64 << 20, "dirty {dirty}:\n{log}");
     assert!(rewrote > 0, "nothing copied to the lagging member:\n{log}");
