@@ -10,8 +10,9 @@
 # (the remote array, plain RAID-1), "behind" (the same array served with
 # --write-mostly 1 --write-behind BEHIND) and "local". ROUNDS rounds
 # alternate them (remote, behind, local, remote, ...); each round starts the
-# server and runs, in turn, fio 4k random writes (iodepth 32) and 1M
-# sequential writes (iodepth 4) through vraid's NBD export for RUNTIME
+# server and runs, in turn, fio 4k random writes (iodepth 32), 1M
+# sequential writes (iodepth 4) and 4k random writes at iodepth 1 (where
+# write-behind hides the remote's latency) through vraid's NBD export for RUNTIME
 # seconds each, reading utime+stime of vraid (and of nbdkit for the remote
 # setups) from /proc/PID/stat around each job. Prints a markdown table:
 # IOPS, vraid CPU us per I/O, nbdkit CPU us per I/O, and the ratios to
@@ -85,7 +86,9 @@ ip netns exec "$NS" ip link set "${VETH}b" up
 ip netns exec "$NS" ip link set lo up
 NBDKIT_PORT=10809
 # `ip netns exec` execs nbdkit: $! is nbdkit's pid.
-ip netns exec "$NS" nbdkit -f -i "$SUBNET.2" -p "$NBDKIT_PORT" --filter=delay memory "$MEMBER_SIZE" \
+# 64 threads: the delay models the network, not a server that serves 16
+# requests at a time (nbdkit's default).
+ip netns exec "$NS" nbdkit -f -t 64 -i "$SUBNET.2" -p "$NBDKIT_PORT" --filter=delay memory "$MEMBER_SIZE" \
     rdelay="$DELAY" wdelay="$DELAY" >"$WORKDIR/nbdkit.log" 2>&1 &
 NBDKIT_PID=$!
 wait_port "$NBDKIT_PORT" "$NBDKIT_PID" "$SUBNET.2"
@@ -134,6 +137,7 @@ round() {
     log "$array round $n"
     job "$array" "$n" rand4k "$port" --rw=randwrite --bs=4k --iodepth=32 --norandommap --randrepeat=0
     job "$array" "$n" seq1m "$port" --rw=write --bs=1M --iodepth=4
+    job "$array" "$n" rand4k-qd1 "$port" --rw=randwrite --bs=4k --iodepth=1 --norandommap --randrepeat=0
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" || die "$array: serve exited with an error"
     SERVER_PID=
@@ -162,7 +166,7 @@ mean = lambda xs: sum(xs) / len(xs)
 print(f"\nRAID-1 local file + nbdkit memory (namespace, delay filter) vs two local files, {sys.argv[2]}s per job\n")
 print("| job | array | IOPS (per round) | mean IOPS | vraid CPU us/IO | nbdkit CPU us/IO |")
 print("|---|---|---|---:|---:|---:|")
-for name in ["rand4k", "seq1m"]:
+for name in ["rand4k", "seq1m", "rand4k-qd1"]:
     m = {}
     for array in ["remote", "behind", "local"]:
         a = agg.get((name, array))

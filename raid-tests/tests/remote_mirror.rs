@@ -413,3 +413,84 @@ fn sigkill_while_write_behind_lags_loses_no_flushed_write_and_resyncs_the_lag() 
         "mirrors differ"
     );
 }
+
+#[test]
+fn redteam_a_cut_during_the_rejoin_recovery_is_retried_until_the_mirrors_agree() {
+    // Arrange: a failed-then-rejoining remote whose recovery is slowed
+    // to 4 MB/s, so the link can be cut while it runs.
+    let m = Mirror::new("rejoin-cut", 6);
+    let server = m.serve(&[]);
+    let before = allocated(&m.file);
+    let fio = fio_verify_cmd(&server.uri("vol0"), "first", "24M", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "writes reaching the remote", || {
+        allocated(&m.file) > before + (1 << 20)
+    });
+    m.ns.link(false);
+    wait_until(60, "the remote member failed", || {
+        state_of(&m.control, 1) == "failed"
+    });
+    assert_fio_clean(fio);
+    vraid_ctl_ok(&m.control, &["set", "vol0", "--rebuild-max-mbps", "4"]);
+    m.ns.link(true);
+    server.wait_log("catching up", Duration::from_secs(60));
+
+    // Act: cut again while the recovery copies; more writes meanwhile.
+    m.ns.link(false);
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "second", "8M", "64M")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(60, "the recovery abandoned", || {
+        state_of(&m.control, 1) == "failed"
+    });
+    vraid_ctl_ok(&m.control, &["set", "vol0", "--rebuild-max-mbps", "0"]);
+    m.ns.link(true);
+    wait_rejoined(&server, &m.control, 1);
+
+    // Assert: whatever was interrupted, the mirrors agree in the end.
+    assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&m.local) == member_data(&m.file),
+        "mirrors differ"
+    );
+}
+
+#[test]
+fn redteam_a_write_behind_member_cut_while_lagging_fails_rejoins_and_catches_up() {
+    // Arrange: write-behind over a remote slowed to 50 ms a write, so it
+    // lags under fio when the link goes down.
+    let mut m = Mirror::new("behind-cut", 7);
+    let file = m.file.to_str().unwrap().to_string();
+    m.ns.replace(PORT, &["--filter=delay", "file", &file, "wdelay=50ms"]);
+    let server = m.serve(&["--write-mostly", "1", "--write-behind", "4M"]);
+
+    // Act
+    let fio = fio_verify_cmd(&server.uri("vol0"), "lag", "24M", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "the remote lagging", || {
+        behind(&m.control, 1)["lag_requests"].as_u64().unwrap_or(0) > 0
+    });
+    m.ns.link(false);
+    wait_until(60, "the remote member failed", || {
+        state_of(&m.control, 1) == "failed"
+    });
+    assert_fio_clean(fio);
+    m.ns.link(true);
+    let copied = wait_rejoined(&server, &m.control, 1);
+
+    // Assert: the lagging writes came back from the bitmap; FLUSH-level
+    // agreement after a clean stop.
+    assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
+    assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&m.local) == member_data(&m.file),
+        "mirrors differ"
+    );
+}

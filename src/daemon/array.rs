@@ -397,6 +397,11 @@ impl ArrayHandle {
         r.remove(&role);
     }
 
+    /// True while a rebuild, resync or replace runs.
+    pub(super) fn pass_running(&self) -> bool {
+        self.state().pass_running()
+    }
+
     /// True once shutdown began.
     pub(super) fn stopping(&self) -> bool {
         self.state().stopping()

@@ -103,7 +103,9 @@ impl ArrayHandle {
             if self.stopping() || !self.volume().failed_by_timeout(MemberIndex(role)) {
                 return;
             }
-            if self.reachable(path).await {
+            // While another pass runs, `add` would keep it as a spare
+            // (a full rebuild later): wait for the pass to end.
+            if !self.pass_running() && self.reachable(path).await {
                 match self.add_member(Path::new(path), false).await {
                     Ok(AddOutcome::Rebuilding { role: r }) if r == role => {
                         info!(

@@ -967,8 +967,10 @@ impl Volume {
 
     /// True when `member` last failed by timing out (an unreachable remote
     /// member), not for an I/O error or an operator's request.
+    /// A member taken out (`vraid remove`, missing) or being rebuilt is
+    /// not: only one still failed in its slot.
     pub fn failed_by_timeout(&self, member: MemberIndex) -> bool {
-        self.state(member) != MemberState::Active
+        self.state(member) == MemberState::Failed
             && self
                 .slots
                 .get(member.0)
