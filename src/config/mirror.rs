@@ -124,3 +124,64 @@ fn member_name(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = "[[volume]]\nname = \"v\"\nlevel = 1\nmembers = [\"/a\", \"nbd://h/\"]\n";
+
+    fn mirror(extra: &str) -> Result<MirrorConfig, String> {
+        Config::parse(&format!("{BASE}{extra}"), "t.toml")
+            .map(|c| c.volumes[0].mirror.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mirror_keys_parse_with_defaults() {
+        assert_eq!(mirror("").unwrap(), MirrorConfig::default());
+        let m = mirror(
+            "write_mostly = [\"nbd://h/\", 0]\nwrite_behind = \"4M\"\n\
+             write_behind_requests = 9\nauto_rejoin = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.write_mostly,
+            vec!["nbd://h/".to_string(), "0".to_string()]
+        );
+        let limits = BehindLimits {
+            max_bytes: 4 << 20,
+            max_requests: 9,
+        };
+        assert_eq!(m.write_behind, Some(limits));
+        assert!(!m.auto_rejoin);
+    }
+
+    #[test]
+    fn mirror_keys_refuse_what_cannot_work() {
+        for (extra, want) in [
+            ("write_behind = \"4M\"\n", "name them in write_mostly"),
+            (
+                "write_mostly = [\"/c\"]\n",
+                "not one of this volume's members",
+            ),
+            ("write_mostly = [2]\n", "not one of this volume's members"),
+            (
+                "write_mostly = [1]\nwrite_behind = \"4M\"\nbitmap = false\nchecksums = false\n",
+                "needs the write-intent bitmap",
+            ),
+            (
+                "write_mostly = [1]\nwrite_behind = \"4M\"\nwrite_behind_requests = 0\n",
+                "positive count",
+            ),
+        ] {
+            let e = mirror(extra).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let raid5 = "[[volume]]\nname = \"v\"\nlevel = 5\nmembers = [\"/a\", \"/b\", \"/c\"]\n\
+                     write_mostly = [1]\n";
+        let e = Config::parse(raid5, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("only a RAID-1"), "{e}");
+    }
+}
