@@ -535,6 +535,54 @@ pub struct ServeArgs {
     /// trusted. Also the per-volume config key `force_assemble`.
     #[arg(long)]
     pub force_assemble: bool,
+    /// RAID-1 mirror policies of the volume given by its members.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+}
+
+/// `vraid serve`'s mirror policies (RAID-1; config keys `write_mostly`,
+/// `write_behind`, `write_behind_requests`, `auto_rejoin`).
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// A member (path as given, or role number) read only when no other
+    /// member can serve the read, like mdadm's --write-mostly; repeat for
+    /// more.
+    #[arg(long, value_name = "MEMBER", conflicts_with = "config")]
+    pub write_mostly: Vec<String>,
+    /// Acknowledge writes once the members that are not write-mostly have
+    /// them; the write-mostly ones lag by at most SIZE (e.g. 8M). FLUSH
+    /// and FUA still wait for every member. Needs --write-mostly.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg,
+          requires = "write_mostly", conflicts_with = "config")]
+    pub write_behind: Option<u64>,
+    /// ... and by at most N requests (default 256).
+    #[arg(long, value_name = "N", requires = "write_behind",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_behind_requests: Option<u64>,
+    /// Do not re-add a remote member failed by member_timeout when its
+    /// server answers again (default: re-added, only dirty regions copied).
+    #[arg(long, conflicts_with = "config")]
+    pub no_auto_rejoin: bool,
+}
+
+impl MirrorArgs {
+    /// The policies these flags ask for.
+    pub fn config(&self) -> crate::config::MirrorConfig {
+        let write_behind =
+            self.write_behind
+                .filter(|&b| b > 0)
+                .map(|max_bytes| crate::raid::BehindLimits {
+                    max_bytes,
+                    max_requests: self
+                        .write_behind_requests
+                        .unwrap_or(crate::raid::BehindLimits::default().max_requests),
+                });
+        crate::config::MirrorConfig {
+            write_mostly: self.write_mostly.clone(),
+            write_behind,
+            auto_rejoin: !self.no_auto_rejoin,
+        }
+    }
 }
 
 /// `vraid serve`'s TLS options.
@@ -632,6 +680,7 @@ impl ServeArgs {
             checksum_cache: self.checksum_cache,
             no_journal: self.no_journal,
             force_assemble: self.force_assemble,
+            mirror: self.mirror.config(),
             md: self.md,
             md_writable: self.md_writable,
         }

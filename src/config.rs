@@ -24,6 +24,8 @@ use crate::units::parse_size;
 
 mod pool;
 pub use pool::{PoolConfig, PoolVolumeConfig, DEFAULT_FILL_EVENTS};
+mod mirror;
+pub use mirror::MirrorConfig;
 
 /// Chunk size used when a volume does not give one.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 10;
@@ -176,6 +178,9 @@ pub struct VolumeConfig {
     /// `bps`, `read_bps`, `write_bps` (sizes: "100M"), `burst` (a
     /// duration); absent or 0: no limit).
     pub qos: crate::qos::QosLimits,
+    /// Mirror policies (`write_mostly`, `write_behind`,
+    /// `write_behind_requests`, `auto_rejoin`).
+    pub mirror: MirrorConfig,
 }
 
 /// One `[[volume.fault]]` with `volume = true`: a rule on what the
@@ -375,6 +380,10 @@ struct RawVolume {
     #[serde(default)]
     fault: Vec<Spanned<RawFault>>,
     qos: Option<RawQos>,
+    write_mostly: Option<Spanned<Vec<Spanned<Scalar>>>>,
+    write_behind: Option<Spanned<Scalar>>,
+    write_behind_requests: Option<Spanned<i64>>,
+    auto_rejoin: Option<bool>,
 }
 
 /// `[volume.qos]`.
@@ -749,7 +758,15 @@ fn volume(
     let scrub_interval = scrub_interval(src, key, v.scrub_interval.as_ref())?;
     let bitmap = v.bitmap.unwrap_or(true);
     let checksums = checksums_key(src, key, v.checksums.as_ref(), bitmap)?;
+    let raw_mirror = mirror::RawMirror {
+        write_mostly: v.write_mostly.as_ref(),
+        write_behind: v.write_behind.as_ref(),
+        write_behind_requests: v.write_behind_requests.as_ref(),
+        auto_rejoin: v.auto_rejoin,
+    };
+    let mirror = mirror::keys(src, key, raw_mirror, level, &members, bitmap)?;
     Ok(VolumeConfig {
+        mirror,
         name,
         level,
         chunk_size,

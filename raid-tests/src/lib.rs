@@ -9,6 +9,7 @@
 pub mod fuse_loop;
 pub mod md_image;
 pub mod nbd_raw;
+pub mod netns;
 
 use std::borrow::BorrowMut;
 use std::io::{BufRead, BufReader, Read};

@@ -142,8 +142,11 @@ fn control_args(control: &Path, members: &[&str]) -> Vec<String> {
     a
 }
 
+/// Served without automatic re-join: these tests re-add with `vraid add`
+/// (the automatic one is `remote_mirror.rs`'s).
 fn start(members: &[&str], control: &Path, timeout: &str) -> Server {
-    let args = control_args(control, members);
+    let mut args = control_args(control, members);
+    args.push("--no-auto-rejoin".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_with_env(&args, &[("VRAID_MEMBER_TIMEOUT", timeout)])
 }

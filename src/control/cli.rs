@@ -166,6 +166,21 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
                 r.latency_us_avg, r.latency_us_max, r.requests, r.reconnects, r.timeouts, r.retries,
             );
         }
+        render_policy(out, m);
+    }
+}
+
+/// A member's mirror policy: write-mostly, and the write-behind lag.
+fn render_policy(out: &mut String, m: &super::status::MemberStatus) {
+    if let Some(b) = &m.behind {
+        let _ = writeln!(
+            out,
+            "        write-mostly, write-behind: lag {} bytes in {} requests (limits {} bytes, \
+             {} requests), {} writes went behind",
+            b.lag_bytes, b.lag_requests, b.max_bytes, b.max_requests, b.queued_total,
+        );
+    } else if m.write_mostly {
+        let _ = writeln!(out, "        write-mostly");
     }
 }
 

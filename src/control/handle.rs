@@ -353,7 +353,11 @@ impl VolumeHandle {
             .iter()
             .map(|m| {
                 let path = self.current_path(m.role);
+                let role = crate::raid::MemberIndex(m.role);
+                let write_mostly = self.volume.is_write_mostly(role);
                 MemberStatus {
+                    write_mostly,
+                    behind: write_mostly.then(|| self.behind_status()).flatten(),
                     role: m.role,
                     remote: path.as_deref().and_then(crate::remote::stats::snapshot),
                     path,
@@ -364,6 +368,18 @@ impl VolumeHandle {
                 }
             })
             .collect()
+    }
+
+    /// The write-behind queue, when on.
+    fn behind_status(&self) -> Option<super::status::BehindStatus> {
+        let (limits, lag) = self.volume.write_behind()?;
+        Some(super::status::BehindStatus {
+            lag_bytes: lag.bytes,
+            lag_requests: lag.requests,
+            max_bytes: limits.max_bytes,
+            max_requests: limits.max_requests,
+            queued_total: self.volume.behind_queued_total(),
+        })
     }
 
     /// Status snapshot.

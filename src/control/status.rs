@@ -214,6 +214,28 @@ pub struct MemberStatus {
     /// A remote (NBD) member's latency, reconnects and timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<crate::remote::RemoteSnapshot>,
+    /// RAID-1: read only when no other member can serve it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub write_mostly: bool,
+    /// A write-behind member: what it has not got yet (the volume's
+    /// write-behind queue) and the limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<BehindStatus>,
+}
+
+/// The write-behind queue as a member entry shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BehindStatus {
+    /// Bytes queued or in flight.
+    pub lag_bytes: u64,
+    /// Requests queued or in flight.
+    pub lag_requests: u64,
+    /// Limit in bytes.
+    pub max_bytes: u64,
+    /// Limit in requests.
+    pub max_requests: u64,
+    /// Writes that went behind since start.
+    pub queued_total: u64,
 }
 
 /// One volume in `status`.

@@ -172,6 +172,8 @@ pub(crate) fn sample_reply() -> StatusReply {
         io,
         checksum_errors: 2,
         remote: None,
+        write_mostly: false,
+        behind: None,
     };
     StatusReply {
         volumes: vec![VolumeStatus {

@@ -133,6 +133,8 @@ mod tests {
                 io: Default::default(),
                 checksum_errors: 0,
                 remote: None,
+                write_mostly: false,
+                behind: None,
             }],
             cache: None,
             volume_faults: None,

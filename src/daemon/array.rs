@@ -67,6 +67,8 @@ pub struct ArrayOptions {
     pub force_assemble: bool,
     /// Bytes of checksum pages kept in memory (docs/FORMAT.md §8).
     pub checksum_cache: u64,
+    /// RAID-1 mirror policies and automatic re-join.
+    pub mirror: crate::config::MirrorConfig,
 }
 
 impl Default for ArrayOptions {
@@ -83,6 +85,7 @@ impl Default for ArrayOptions {
             read_only: false,
             force_assemble: false,
             checksum_cache: crate::integrity::cache::DEFAULT_BUDGET,
+            mirror: crate::config::MirrorConfig::default(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub(super) struct ArrayParts {
     pub(super) wrap: MemberWrap,
     /// Told when a member takes a role during the run (its journal ring).
     pub(super) joined: Option<JoinHook>,
+    /// Re-add remote members failed by `member_timeout`.
+    pub(super) auto_rejoin: bool,
 }
 
 /// What the supervisor runs first ([`ArrayHandle::start`]), as bring-up
@@ -185,6 +190,10 @@ pub struct ArrayHandle {
     scrub: scrub::ScrubState,
     scrub_interval: Option<Duration>,
     scrub_repair: bool,
+    /// Re-add remote members failed by `member_timeout` (`auto_rejoin`).
+    auto_rejoin: bool,
+    /// Roles being re-joined now.
+    rejoining: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// Told when a member takes a role during the run (`begin_rebuild`: a new
@@ -292,6 +301,8 @@ impl ArrayHandle {
             scrub: scrub::ScrubState::default(),
             scrub_interval: parts.scrub_interval,
             scrub_repair: parts.scrub_repair,
+            auto_rejoin: parts.auto_rejoin,
+            rejoining: Mutex::new(Default::default()),
         });
         let mut all = arrays().lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|a| a.strong_count() > 0);
@@ -339,6 +350,7 @@ impl ArrayHandle {
                         Some(member) => {
                             info!("{}: member {} failed", h.name, member.0);
                             h.activate_spares().await;
+                            h.spawn_rejoin(member.0);
                         }
                         None => return,
                     },
@@ -351,7 +363,7 @@ impl ArrayHandle {
     }
 
     /// Keeps `task` for [`ArrayHandle::shutdown`] to stop.
-    fn track(&self, task: JoinHandle<()>) {
+    pub(super) fn track(&self, task: JoinHandle<()>) {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -366,6 +378,61 @@ impl ArrayHandle {
             h.run_rebuild(role, only, &h.sink(false), false).await;
             h.activate_spares().await;
         }));
+    }
+
+    /// Whether `auto_rejoin` is on.
+    pub(super) fn auto_rejoin(&self) -> bool {
+        self.auto_rejoin
+    }
+
+    /// The path of the member holding `role` (as given).
+    pub(super) fn role_path(&self, role: usize) -> Option<String> {
+        let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.get(role).cloned().flatten()
+    }
+
+    /// Claims the re-join of `role`; false when one runs already.
+    pub(super) fn begin_rejoin(&self, role: usize) -> bool {
+        let mut r = self.rejoining.lock().unwrap_or_else(|e| e.into_inner());
+        r.insert(role)
+    }
+
+    /// Ends the re-join of `role`.
+    pub(super) fn end_rejoin(&self, role: usize) {
+        let mut r = self.rejoining.lock().unwrap_or_else(|e| e.into_inner());
+        r.remove(&role);
+    }
+
+    /// True while a rebuild, resync or replace runs.
+    pub(super) fn pass_running(&self) -> bool {
+        self.state().pass_running()
+    }
+
+    /// True once shutdown began.
+    pub(super) fn stopping(&self) -> bool {
+        self.state().stopping()
+    }
+
+    /// The array's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How members are opened.
+    pub(super) fn member_options(&self) -> MemberOptions {
+        self.opts
+    }
+
+    /// Records an automatic re-join in the event ring.
+    pub(super) fn rejoin_event(&self, role: usize, path: &str) {
+        self.event(
+            "member_rejoined",
+            Some(role),
+            format!(
+                "{}: {path} reachable again: re-added as member {role} (automatic re-join)",
+                self.name
+            ),
+        );
     }
 
     /// The state, locked.
@@ -768,6 +835,14 @@ impl ArrayHandle {
                 warn!("{}: a sync task did not stop; aborting it", self.name);
                 abort.abort();
             }
+        }
+        // Write-behind members get what they lag before bits are cleared
+        // (docs/FORMAT.md crash case 83); one still in flight keeps its bits.
+        if tokio::time::timeout(Duration::from_secs(30), self.volume.drain_behind())
+            .await
+            .is_err()
+        {
+            warn!("{}: write-behind queue not drained in 30 s", self.name);
         }
         let resync_pending = self.state().resync_pending();
         if let Some(b) = &self.bitmap {

@@ -275,6 +275,13 @@ pub async fn assemble_volume_with(
     let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
     let events = Arc::new(MetaEvents::new(&assembly, log.clone(), notify));
     let built = build_volume(&assembly, &aopts, &slots, events).await?;
+    super::mirror::apply(
+        &built.volume,
+        &member_paths_by_role(&assembly),
+        &aopts.mirror,
+        built.bitmap.is_some(),
+        aopts.read_only,
+    )?;
     report_left_out(&assembly, &log);
     let plan = plan_startup(&assembly, &aopts, &built).await?;
     arm_bitmap(&assembly, built.bitmap.as_ref(), &plan).await?;
@@ -300,6 +307,7 @@ pub async fn assemble_volume_with(
         events: log.clone(),
         wrap: built.wrap,
         joined: built.joined,
+        auto_rejoin: aopts.mirror.auto_rejoin,
     };
     let array = ArrayHandle::new(parts, &startup);
     let engine = Arc::new(super::engine_ops::ArrayEngine(array.clone()));

@@ -15,6 +15,7 @@ mod engine_ops;
 mod journal;
 mod md;
 mod pool_config;
+mod mirror;
 mod pools;
 mod read_only;
 mod serve;

@@ -112,6 +112,8 @@ pub struct ServeOptions {
     pub no_journal: bool,
     /// Forced assembly of every volume.
     pub force_assemble: bool,
+    /// Mirror policies of the volume given by its members.
+    pub mirror: crate::config::MirrorConfig,
     /// `members` are the members of a Linux md array (served read-only).
     pub md: bool,
     /// Serve that md array writable (`--md-writable`).
@@ -383,6 +385,7 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 read_only: v.read_only || args.read_only,
                 force_assemble: v.force_assemble || args.force_assemble,
                 checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
+                mirror: v.mirror.clone(),
             },
             client: ClientSettings {
                 qos: v.qos,
@@ -439,6 +442,7 @@ fn command_line_array(args: &ServeOptions) -> ArrayOptions {
         checksum_cache: args
             .checksum_cache
             .unwrap_or(crate::integrity::cache::DEFAULT_BUDGET),
+        mirror: args.mirror.clone(),
         ..ArrayOptions::default()
     }
 }

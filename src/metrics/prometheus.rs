@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::stats::{IoStats, OpCounters, OpType};
+use crate::control::status::BehindStatus;
 use crate::control::status::{wire_name, FaultStatus, VolumeFaultStatus, VolumeStatus};
 use crate::control::Registry;
 use crate::remote::RemoteSnapshot;
@@ -397,6 +398,44 @@ impl Scrape {
             "Longest remote member request latency",
             MetricType::Gauge,
             max,
+        )?;
+        self.behind(enc)
+    }
+
+    /// Write-behind members: the lag of the write-behind queue.
+    fn behind(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        type Field = (&'static str, &'static str, fn(&BehindStatus) -> u64);
+        let behind = || {
+            self.0.iter().flat_map(|v| {
+                v.members
+                    .iter()
+                    .zip(&v.status.members)
+                    .filter_map(|((l, _), m)| Some((l.clone(), m.behind?)))
+            })
+        };
+        let gauges: [Field; 2] = [
+            (
+                "vraid_member_behind_lag_bytes",
+                "Bytes a write-behind member has not got yet",
+                |b| b.lag_bytes,
+            ),
+            (
+                "vraid_member_behind_lag_requests",
+                "Writes a write-behind member has not got yet",
+                |b| b.lag_requests,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let series = behind().map(|(l, b)| (l, ConstGauge::new(field(&b) as i64)));
+            family(enc, name, help, MetricType::Gauge, series)?;
+        }
+        let total = behind().map(|(l, b)| (l, ConstCounter::new(b.queued_total)));
+        family(
+            enc,
+            "vraid_member_behind_writes",
+            "Writes that went behind to a write-behind member",
+            MetricType::Counter,
+            total,
         )
     }
 

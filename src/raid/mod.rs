@@ -48,6 +48,7 @@ pub mod syndrome;
 pub mod volume;
 pub mod written;
 
+mod behind;
 mod data_path;
 mod level;
 mod no_space;
@@ -67,12 +68,15 @@ mod striped;
 mod trust;
 
 #[cfg(test)]
+mod behind_tests;
+#[cfg(test)]
 mod conformance;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod volume_tests;
 
+pub use behind::{BehindLimits, Lag as BehindLag};
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, RegionIndex, StripeIndex};
 pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};

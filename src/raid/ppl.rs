@@ -650,8 +650,30 @@ fn overlaps(live: &VecDeque<(u64, u64)>, pos: u64, len: u64) -> bool {
 fn journal_error(ring: &MemberRing, message: String) -> BlockError {
     BlockError::io(
         ring.dev.name().to_string(),
-        std::io::Error::other(format!("journal write failed: {message}")),
+        std::io::Error::new(
+            journal_error_kind(&message),
+            format!("journal write failed: {message}"),
+        ),
     )
+}
+
+/// A remote member unreachable for `member_timeout` stays a timeout
+/// through the journal (the message is all that is left of the error), so
+/// the member is re-joined automatically like one failed by a data write.
+fn journal_error_kind(message: &str) -> std::io::ErrorKind {
+    if message.contains("(member_timeout)") {
+        std::io::ErrorKind::TimedOut
+    } else {
+        std::io::ErrorKind::Other
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_journal_write_that_timed_out_stays_a_timeout() {
+    let e = "I/O error on nbd://h/: unreachable for more than 2s (member_timeout): x";
+    assert_eq!(journal_error_kind(e), std::io::ErrorKind::TimedOut);
+    assert_eq!(journal_error_kind("EIO"), std::io::ErrorKind::Other);
 }
 
 impl ParityLog for RingLog {

@@ -10,6 +10,7 @@ use std::io::{IoSlice, IoSliceMut};
 
 use futures::future::join_all;
 
+use super::behind::{Job, OwnedOp};
 use super::layout::{MemberIndex, RegionIndex};
 use super::level::{
     count_true, Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck,
@@ -96,15 +97,12 @@ pub(super) async fn read_segments(
     offset: ByteOffset,
     bufs: &mut [IoSliceMut<'_>],
 ) -> BlockResult {
-    let n = vol.geometry().members();
-    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
-    let count = active.clone().count();
-    if count == 0 {
+    let mut bad = Vec::new();
+    let first = vol.read_order(vol.next_mirror()).next();
+    if first.is_none() {
         return Err(vol.data_lost());
     }
-    let start = vol.next_mirror() % count;
-    let mut bad = Vec::new();
-    if let Some(m) = active.clone().nth(start) {
+    if let Some(m) = first {
         match vol.read_member_segments(m, offset, bufs).await {
             Ok(()) => return Ok(()),
             Err(Some(e)) => bad.push((m, e)),
@@ -139,16 +137,12 @@ async fn read_after(
     buf: &mut [u8],
     mut bad: Vec<(MemberIndex, BlockError)>,
 ) -> BlockResult {
-    let n = vol.geometry().members();
-    let start = vol.next_mirror();
     // The active mirrors in turn, from a rotating start (counted among the
-    // mirrors active now, as the rotation always was).
-    let active = (0..n).map(MemberIndex).filter(|&m| vol.is_active(m));
-    let count = active.clone().count();
-    if count == 0 {
-        return Err(vol.data_lost());
-    }
-    for m in active.clone().cycle().skip(start % count).take(count) {
+    // mirrors active now, as the rotation always was); write-mostly
+    // mirrors last.
+    let mut tried = 0;
+    for m in vol.read_order(vol.next_mirror()) {
+        tried += 1;
         if bad.iter().any(|(b, _)| *b == m) {
             continue;
         }
@@ -158,6 +152,9 @@ async fn read_after(
             Err(Some(e)) => bad.push((m, e)),
             Err(None) => {}
         }
+    }
+    if tried == 0 {
+        return Err(vol.data_lost());
     }
     for (m, e) in &bad {
         vol.fail_member_for_read(*m, e).await;
@@ -201,12 +198,88 @@ async fn repair(
 }
 
 /// Runs `op` on every active mirror; succeeds if at least one took it.
+/// Write-behind members get it queued ([`behind`]); the write waits for
+/// them only with FUA or when no other member took it.
 async fn all_mirrors(vol: &Volume, op: MemberOp<'_>) -> BlockResult {
     let n = vol.geometry().members();
-    let took = count_true(n, |m| vol.write_member(MemberIndex(m), op)).await;
+    let set = vol.behind_set();
+    if set == 0 {
+        vol.drain_behind().await;
+        let took = count_true(n, |m| vol.write_member(MemberIndex(m), op)).await;
+        return if took > 0 {
+            Ok(())
+        } else {
+            Err(vol.data_lost())
+        };
+    }
+    let queued = queue_behind(vol, set, op).await;
+    let is_behind = |m: usize| m < 64 && set & (1 << m) != 0;
+    let mut took = count_true(n, |m| async move {
+        !is_behind(m) && vol.write_member(MemberIndex(m), op).await
+    })
+    .await;
+    let fua = matches!(
+        op,
+        MemberOp::Write(_, _, Durability::Fua) | MemberOp::WriteV(_, _, Durability::Fua)
+    );
+    if fua || took == 0 {
+        for done in queued {
+            took += usize::from(done.await.unwrap_or(false));
+        }
+    }
     if took > 0 {
         Ok(())
     } else {
         Err(vol.data_lost())
+    }
+}
+
+/// Queues `op` for every member in `set` (bit per member), each after
+/// waiting for room under the lag limits; the receivers tell when each
+/// member took it.
+async fn queue_behind(
+    vol: &Volume,
+    set: u64,
+    op: MemberOp<'_>,
+) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
+    let mut queued = Vec::new();
+    let Some(queue) = vol.behind() else {
+        return queued;
+    };
+    let Some((at, len)) = op_range(op) else {
+        return queued;
+    };
+    for m in (0..64).filter(|m| set & (1 << m) != 0) {
+        let Some(owned) = OwnedOp::of(op) else {
+            continue;
+        };
+        let weight = if matches!(owned, OwnedOp::Write(..)) {
+            len
+        } else {
+            0
+        };
+        queue.admit(weight).await;
+        // Our own in-flight count on the span: the bits stay set until
+        // the member has it (the caller's mark made them durable).
+        let hold = vol.intent_begin(at, len).await.ok().flatten();
+        let (done, rx) = tokio::sync::oneshot::channel();
+        queue.queue(Job {
+            member: MemberIndex(m),
+            op: owned,
+            hold,
+            done,
+        });
+        queued.push(rx);
+    }
+    queued
+}
+
+/// Offset and length of a data-changing op.
+fn op_range(op: MemberOp<'_>) -> Option<(ByteOffset, u64)> {
+    match op {
+        MemberOp::Write(at, buf, _) => Some((at, buf.len() as u64)),
+        MemberOp::WriteV(at, bufs, _) => Some((at, crate::iovec::len(bufs) as u64)),
+        MemberOp::Discard(at, len) | MemberOp::Zeroes(at, len, _) => Some((at, len)),
+        MemberOp::Flush => None,
     }
 }

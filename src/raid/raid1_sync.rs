@@ -34,7 +34,9 @@ pub(super) async fn read_any_mirror(
             .collect::<Vec<_>>()
     };
     let before = sources().len();
-    for m in (0..count).map(MemberIndex) {
+    // Members that are not write-mostly first (a write-mostly one may lag).
+    let order: Vec<MemberIndex> = vol.read_order(0).collect();
+    for m in order {
         if vol.is_active(m) && vol.read_member(m, ByteOffset(r.a), r.buf).await.is_ok() {
             return Ok(Vec::new());
         }
@@ -90,7 +92,7 @@ pub(super) async fn resync_mirror_step(vol: &Volume, a: u64, b: u64) -> Result<u
     let want = if copies.iter().flatten().all(|c| c == first) {
         first.clone()
     } else {
-        chosen_copies(vol, a, &copies).await
+        chosen_copies(vol, a, &current_copies(vol, &copies)).await
     };
     // Mirrors that already agree are left alone; a mirror that cannot
     // be read is rewritten. Members being rebuilt always get the copy.
@@ -112,6 +114,19 @@ pub(super) async fn resync_mirror_step(vol: &Volume, a: u64, b: u64) -> Result<u
         }
     }
     Ok(n * (b - a))
+}
+
+/// The copies a resync may take from: a write-mostly member's copy may lag
+/// (write-behind, docs/FORMAT.md crash case 76), so it is left out while a
+/// member that is not write-mostly gave one.
+fn current_copies(vol: &Volume, copies: &[Option<Vec<u8>>]) -> Vec<Option<Vec<u8>>> {
+    let preferred = |m: usize| !vol.is_write_mostly(MemberIndex(m));
+    if !(0..copies.len()).any(|m| preferred(m) && copies[m].is_some()) {
+        return copies.to_vec();
+    }
+    (0..copies.len())
+        .map(|m| copies[m].clone().filter(|_| preferred(m)))
+        .collect()
 }
 
 /// Mirrors disagree somewhere in the step at `a`: builds the step block

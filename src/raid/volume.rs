@@ -108,6 +108,12 @@ struct Slot {
     /// Member I/Os in flight through this volume (RAID-10 reads go to the
     /// copy with the fewest, as md's `read_balance` picks the least busy).
     pending: AtomicUsize,
+    /// RAID-1: read only when no other member can serve (md write-mostly);
+    /// with write-behind on, written behind.
+    write_mostly: AtomicBool,
+    /// Its last failure was a timeout (a remote member unreachable for
+    /// `member_timeout`), not an I/O error or an operator's `fail`.
+    timed_out: AtomicBool,
 }
 
 impl Slot {
@@ -118,6 +124,8 @@ impl Slot {
             recorded: RwLock::new(Arc::new(watch::Sender::new(false))),
             incoming: RwLock::new(None),
             pending: AtomicUsize::new(0),
+            write_mostly: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
         }
     }
 
@@ -217,6 +225,8 @@ pub struct Volume {
     written: Option<Arc<dyn super::WrittenRegions>>,
     /// The final progress of the last pass that ended.
     last_sync: Mutex<Option<super::SyncProgress>>,
+    /// RAID-1 write-behind queue, once started.
+    behind: std::sync::OnceLock<Arc<super::behind::Behind>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -285,6 +295,7 @@ impl Volume {
             untrusted_parity: Mutex::new(Vec::new()),
             written: None,
             last_sync: Mutex::new(None),
+            behind: std::sync::OnceLock::new(),
         })
     }
 
@@ -435,7 +446,11 @@ impl Volume {
 
     /// Records the write intent for a volume range; the guard reports the
     /// write done when dropped.
-    async fn intent_begin(&self, offset: ByteOffset, len: u64) -> BlockResult<Option<IntentGuard>> {
+    pub(super) async fn intent_begin(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+    ) -> BlockResult<Option<IntentGuard>> {
         let Some(intent) = &self.intent else {
             return Ok(None);
         };
@@ -683,6 +698,9 @@ impl Volume {
             first
         };
         if first {
+            let timed_out = matches!(error, BlockError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::TimedOut);
+            slot.timed_out.store(timed_out, Ordering::Release);
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
             let events = self.events.clone();
             let recorded = slot.recorded();
@@ -746,6 +764,7 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<(), Option<BlockError>> {
         let dev = self.device(member).ok_or(None)?;
+        self.settle_behind(member).await;
         let _pending = self.pending_guard(member);
         if let Err(e) = dev.read(offset, buf).await {
             if matches!(e, BlockError::Corrupt { .. }) {
@@ -765,6 +784,7 @@ impl Volume {
         bufs: &mut [std::io::IoSliceMut<'_>],
     ) -> Result<(), Option<BlockError>> {
         let dev = self.device(member).ok_or(None)?;
+        self.settle_behind(member).await;
         if let Err(e) = dev.read_vectored(offset, bufs).await {
             if matches!(e, BlockError::Corrupt { .. }) {
                 return Err(Some(e));
@@ -806,6 +826,7 @@ impl Volume {
 
     /// Flushes every active member concurrently.
     async fn flush_members(&self) -> BlockResult {
+        self.drain_behind().await;
         let n = self.slots.len();
         let flushed = count_true(n, |i| self.write_member(MemberIndex(i), MemberOp::Flush)).await;
         let lost = match self.redundancy() {
@@ -943,6 +964,118 @@ impl<'a> Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Mirror policies (RAID-1): write-mostly members and the write-behind
+/// queue (docs/FORMAT.md §6, "Write-mostly and write-behind members").
+impl Volume {
+    /// Marks `member` write-mostly (or not).
+    pub fn set_write_mostly(&self, member: MemberIndex, on: bool) {
+        if let Some(slot) = self.slots.get(member.0) {
+            slot.write_mostly.store(on, Ordering::Release);
+        }
+    }
+
+    /// True when `member` is write-mostly.
+    pub fn is_write_mostly(&self, member: MemberIndex) -> bool {
+        self.slots
+            .get(member.0)
+            .is_some_and(|s| s.write_mostly.load(Ordering::Acquire))
+    }
+
+    /// True when `member` last failed by timing out (an unreachable remote
+    /// member), not for an I/O error or an operator's request.
+    /// A member taken out (`vraid remove`, missing) or being rebuilt is
+    /// not: only one still failed in its slot.
+    pub fn failed_by_timeout(&self, member: MemberIndex) -> bool {
+        self.state(member) == MemberState::Failed
+            && self
+                .slots
+                .get(member.0)
+                .is_some_and(|s| s.timed_out.load(Ordering::Acquire))
+    }
+
+    /// Turns write-behind on for the write-mostly members (RAID-1), or
+    /// changes its limits.
+    pub fn start_write_behind(self: &Arc<Self>, limits: super::behind::BehindLimits) {
+        let weak = Arc::downgrade(self);
+        let b = self
+            .behind
+            .get_or_init(|| super::behind::Behind::start(weak, limits));
+        b.set_limits(limits);
+    }
+
+    /// Write-behind limits and the lag now, when write-behind is on.
+    pub fn write_behind(&self) -> Option<(super::behind::BehindLimits, super::behind::Lag)> {
+        self.behind.get().map(|b| (b.limits(), b.lag()))
+    }
+
+    /// Writes that went behind since start.
+    pub fn behind_queued_total(&self) -> u64 {
+        self.behind
+            .get()
+            .map_or(0, |b| b.queued_total.load(Ordering::Relaxed))
+    }
+
+    /// The queue, when write-behind is on.
+    pub(super) fn behind(&self) -> Option<&Arc<super::behind::Behind>> {
+        self.behind.get()
+    }
+
+    /// Waits until no write is queued or in flight to a write-behind member.
+    pub async fn drain_behind(&self) {
+        if let Some(b) = self.behind.get() {
+            b.drain().await;
+        }
+    }
+
+    /// Before a read of `member`: a write-mostly member may lag, so wait
+    /// for its queue to drain.
+    async fn settle_behind(&self, member: MemberIndex) {
+        if self.is_write_mostly(member) {
+            self.drain_behind().await;
+        }
+    }
+
+    /// The active members a RAID-1 read tries, in order: those not
+    /// write-mostly from a rotating `start`, then the write-mostly ones.
+    pub(super) fn read_order(&self, start: usize) -> impl Iterator<Item = MemberIndex> + '_ {
+        let all = move || (0..self.slots.len()).map(MemberIndex);
+        let preferred = move |m: &MemberIndex| self.is_active(*m) && !self.is_write_mostly(*m);
+        let count = all().filter(preferred).count();
+        let first = all()
+            .filter(preferred)
+            .cycle()
+            .skip(start % count.max(1))
+            .take(count);
+        let rest = all().filter(move |&m| self.is_active(m) && self.is_write_mostly(m));
+        first.chain(rest)
+    }
+
+    /// The active members a write goes behind on: write-mostly ones, when
+    /// write-behind is on and an active member that is not write-mostly
+    /// takes the write now. Bit `m` set for member `m` (at most 64).
+    pub(super) fn behind_set(&self) -> u64 {
+        if self.behind.get().is_none() {
+            return 0;
+        }
+        let mut set = 0u64;
+        let mut others = false;
+        for m in (0..self.slots.len().min(64)).map(MemberIndex) {
+            if !self.is_active(m) {
+                continue;
+            }
+            match self.is_write_mostly(m) {
+                true => set |= 1 << m.0,
+                false => others = true,
+            }
+        }
+        if others {
+            set
+        } else {
+            0
+        }
     }
 }
 
