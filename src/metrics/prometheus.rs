@@ -396,6 +396,14 @@ impl Scrape {
             "Longest remote member request latency",
             MetricType::Gauge,
             max,
+        )?;
+        let conns = remotes().map(|(l, r)| (l, ConstGauge::new(r.connections as i64)));
+        family(
+            enc,
+            "vraid_member_remote_connections",
+            "Remote member connections live",
+            MetricType::Gauge,
+            conns,
         )
     }
 
