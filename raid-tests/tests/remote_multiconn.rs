@@ -244,25 +244,40 @@ fn vraid_export_over_four_connections_mirrors_byte_for_byte() {
     mirror_over(&remote, dir.path(), 4, 4);
 }
 
-#[test]
-fn qemu_nbd_without_sharing_gets_one_connection() {
-    // qemu-nbd serves one client and does not advertise multi-conn.
-    let dir = scratch_dir("multi-qemu-nbd-one");
+/// A RAID-1 over qemu-nbd `--shared=SHARED` asking for four connections
+/// gets `want` of them.
+fn qemu_nbd_connections(shared: u32, want: u64) {
+    let dir = scratch_dir(&format!("multi-qemu-nbd-{shared}"));
     let file = dir.path().join("remote.img");
     sparse(&file, 384 << 20);
-    let remote = Remote::qemu_nbd(&file, 2);
+    let remote = Remote::qemu_nbd(&file, shared);
     let (server, local) = mirror(&remote.member(4), dir.path(), "30s");
     let control = dir.path().join("ctl.sock");
     assert_fio_clean(
-        fio_verify_cmd(&server.uri("vol0"), "one", "8M", "0")
+        fio_verify_cmd(&server.uri("vol0"), "few", "8M", "0")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let r = remote_status(&control);
+    let status = volume_status(&control, "vol0");
     assert_eq!(server.stop(), 0);
-    assert_eq!(r["connections"], 1, "{r}");
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+    let r = &status["members"][1]["remote"];
+    assert_eq!(r["connections"], want, "{r}");
+    assert_eq!(r["reconnects"], 0, "{r}");
     assert_mirrors_equal(&remote, &local, dir.path());
+}
+
+#[test]
+fn qemu_nbd_without_sharing_gets_one_connection() {
+    // One client: no CAN_MULTI_CONN.
+    qemu_nbd_connections(1, 1);
+}
+
+#[test]
+fn qemu_nbd_sharing_two_clients_gets_two_of_four_connections() {
+    // CAN_MULTI_CONN, and the third and fourth connections refused.
+    qemu_nbd_connections(2, 2);
 }
 
 #[test]
@@ -297,6 +312,7 @@ fn blocksize_policy(min: u32, plugin: &[&str]) -> Vec<String> {
     let mut a = vec!["--filter=blocksize-policy".to_string()];
     a.extend(plugin.iter().map(|s| s.to_string()));
     a.push(format!("blocksize-minimum={min}"));
+    a.push(format!("blocksize-preferred={}", min.max(4096)));
     a.push("blocksize-error-policy=error".into());
     a
 }
