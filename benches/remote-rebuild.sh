@@ -68,20 +68,22 @@ wait_port() {
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctl() { "$VRAID" "$@" --control "$CTL" >>"$WORKDIR/ctl.log" 2>&1 || die "vraid $*: $(tail -n 3 "$WORKDIR/ctl.log")"; }
+# remove ROLE: a member failed just after its rebuild may already be out.
+remove() { "$VRAID" remove vol "$1" --control "$CTL" >>"$WORKDIR/ctl.log" 2>&1 || grep -q "already removed" "$WORKDIR/ctl.log" || die "remove $1"; }
 
-# nbdkit PORT-VAR PID-VAR: a fresh, empty memory export.
+# fresh_nbdkit: a fresh, empty memory export; sets NEW_PORT and NEW_PID.
 fresh_nbdkit() {
-    local port pid
-    port=$(free_port)
-    nbdkit -f -i 127.0.0.1 -p "$port" memory "$MEMBER_SIZE" >>"$WORKDIR/nbdkit.log" 2>&1 &
-    pid=$!
-    wait_port "$port" "$pid"
-    printf -v "$1" '%s' "$port"
-    printf -v "$2" '%s' "$pid"
+    NEW_PORT=$(free_port)
+    nbdkit -f -i 127.0.0.1 -p "$NEW_PORT" memory "$MEMBER_SIZE" >>"$WORKDIR/nbdkit.log" 2>&1 &
+    NEW_PID=$!
+    wait_port "$NEW_PORT" "$NEW_PID"
 }
-stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# SIGKILL: nbdkit waits on SIGTERM for clients still connected (a removed
+# member's connections may outlive its removal).
+stop_pid() { kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-fresh_nbdkit NBDKIT_PORT NBDKIT_PID
+fresh_nbdkit
+NBDKIT_PORT=$NEW_PORT NBDKIT_PID=$NEW_PID
 REMOTE="nbd://127.0.0.1:$NBDKIT_PORT/?connections=$CONNS"
 truncate -s "$MEMBER_SIZE" "$WORKDIR/local0.img"
 "$VRAID" create --level 1 --name vol --member-size "$MEMBER_SIZE" "$WORKDIR/local0.img" "$REMOTE" \
@@ -118,14 +120,14 @@ wait_rebuild() {
 
 REB1=0 REB0=0
 to_remote() {
-    local n=$1 port pid v0 k0 out
+    local n=$1 v0 k0 out
     ctl fail vol 1
-    ctl remove vol 1
+    remove 1
     stop_pid "$NBDKIT_PID"
-    fresh_nbdkit port pid
-    NBDKIT_PID=$pid NBDKIT_PORT=$port
+    fresh_nbdkit
+    NBDKIT_PID=$NEW_PID NBDKIT_PORT=$NEW_PORT
     v0=$(cpu_ticks "$SERVER_PID"); k0=$(cpu_ticks "$NBDKIT_PID")
-    ctl add vol "nbd://127.0.0.1:$port/?connections=$CONNS"
+    ctl add vol "nbd://127.0.0.1:$NBDKIT_PORT/?connections=$CONNS"
     REB1=$((REB1 + 1))
     out=$(wait_rebuild 1 "$REB1")
     record to-remote "$n" "${out#* }" "$(($(cpu_ticks "$SERVER_PID") - v0))" \
@@ -135,7 +137,7 @@ to_remote() {
 from_remote() {
     local n=$1 v0 k0 out
     ctl fail vol 0
-    ctl remove vol 0
+    remove 0
     rm -f "$LOCAL"
     N_LOCAL=$((N_LOCAL + 1))
     LOCAL=$WORKDIR/local$N_LOCAL.img
@@ -152,8 +154,8 @@ from_remote() {
 peer() {
     local kind=$1 n=$2 port pid rw k0 out
     if [[ $kind == fio-write ]]; then
-        fresh_nbdkit port pid
-        PEER_PID=$pid rw=write
+        fresh_nbdkit
+        port=$NEW_PORT pid=$NEW_PID PEER_PID=$NEW_PID rw=write
     else
         port=$NBDKIT_PORT pid=$NBDKIT_PID rw=read
     fi
