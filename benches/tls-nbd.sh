@@ -15,8 +15,10 @@
 # certificates, measured in the same rounds (its server does next to no
 # work, so its TLS/plain ratio is what the client and the machine allow).
 # Prints a markdown table: MB/s or IOPS per target and mode (mean over
-# rounds), server CPU microseconds per I/O, and TLS/plain (goals: >= 0.8 at
-# 1M, >= 0.9 at 4k).
+# rounds), server CPU microseconds per I/O, the client's (fio's usr+sys
+# from its JSON) per I/O, and TLS/plain (goals: >= 0.8 at 1M, >= 0.9 at
+# 4k); then vraid against the peer in each mode (the second view: the peer
+# pays the same client).
 #
 # Environment (defaults in brackets):
 #   MEMBER_SIZE  sparse member size [1G]   SIZE     fio --size [1G]
@@ -175,23 +177,34 @@ agg = {}
 for target, mode, work, path, ticks, hz in rows:
     j = json.load(open(path))["jobs"][0]
     side = j["read"] if "read" in work else j["write"]
-    a = agg.setdefault((target, work, mode), {"bw": [], "iops": [], "us": []})
+    ios = max(side["total_ios"], 1)
+    a = agg.setdefault((target, work, mode), {"bw": [], "iops": [], "us": [], "cl": []})
     a["bw"].append(side["bw_bytes"] / 1e6)
     a["iops"].append(side["iops"])
-    a["us"].append(int(ticks) / int(hz) * 1e6 / max(side["total_ios"], 1))
+    a["us"].append(int(ticks) / int(hz) * 1e6 / ios)
+    # fio's usr_cpu/sys_cpu: percent of the job's run time.
+    a["cl"].append((j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1e3 / ios)
 mean = lambda v: sum(v) / len(v)
 print(f"\nNBD over TLS vs plain, fio libnbd engine; vraid: RAID-0 of 2 members; "
       f"nbdkit: memory plugin; {sys.argv[2]}s x {sys.argv[3]} rounds per cell, order alternated\n")
-print("| target | workload | plain | TLS | TLS/plain | plain CPU us/IO | TLS CPU us/IO | CPU TLS/plain |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for target, work in [(t, w) for t in ["vraid", "nbdkit"]
-                     for w in ["read1m", "write1m", "randread4k", "randwrite4k"]]:
+print("| target | workload | plain | TLS | TLS/plain | server CPU us/IO plain / TLS "
+      "| client (fio) CPU us/IO plain / TLS |")
+print("|---|---|---:|---:|---:|---:|---:|")
+works = ["read1m", "write1m", "randread4k", "randwrite4k"]
+for target, work in [(t, w) for t in ["vraid", "nbdkit"] for w in works]:
     p, t = agg.get((target, work, "plain")), agg.get((target, work, "tls"))
     if not p or not t:
         continue
     key, unit = ("bw", "MB/s") if "1m" in work else ("iops", "IOPS")
     pv, tv = mean(p[key]), mean(t[key])
-    pu, tu = mean(p["us"]), mean(t["us"])
     print(f"| {target} | {work} | {pv:.0f} {unit} | {tv:.0f} {unit} | {tv / pv:.2f} | "
-          f"{pu:.1f} | {tu:.1f} | {tu / pu:.2f} |")
+          f"{mean(p['us']):.1f} / {mean(t['us']):.1f} | {mean(p['cl']):.1f} / {mean(t['cl']):.1f} |")
+print("\n| workload | vraid TLS / nbdkit TLS | vraid plain / nbdkit plain |")
+print("|---|---:|---:|")
+for work in works:
+    cells = [agg.get((tg, work, m)) for tg in ["vraid", "nbdkit"] for m in ["tls", "plain"]]
+    if all(cells):
+        key = "bw" if "1m" in work else "iops"
+        vt, vp, kt, kp = (mean(c[key]) for c in cells)
+        print(f"| {work} | {vt / kt:.2f} | {vp / kp:.2f} |")
 PY

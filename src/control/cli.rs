@@ -162,8 +162,14 @@ fn render_volume(out: &mut String, v: &VolumeStatus) {
             let _ = writeln!(
                 out,
                 "        remote: latency avg {} us max {} us over {} requests, \
-                 {} reconnects, {} timeouts, {} retries",
-                r.latency_us_avg, r.latency_us_max, r.requests, r.reconnects, r.timeouts, r.retries,
+                 {} reconnects, {} timeouts, {} retries, {} connections",
+                r.latency_us_avg,
+                r.latency_us_max,
+                r.requests,
+                r.reconnects,
+                r.timeouts,
+                r.retries,
+                r.connections,
             );
         }
         render_policy(out, m);

@@ -399,6 +399,14 @@ impl Scrape {
             MetricType::Gauge,
             max,
         )?;
+        let conns = remotes().map(|(l, r)| (l, ConstGauge::new(r.connections as i64)));
+        family(
+            enc,
+            "vraid_member_remote_connections",
+            "Remote member connections live",
+            MetricType::Gauge,
+            conns,
+        )?;
         self.behind(enc)
     }
 

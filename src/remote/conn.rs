@@ -141,10 +141,7 @@ impl std::fmt::Debug for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        close(&self.pending);
+        self.close();
     }
 }
 
@@ -186,6 +183,12 @@ impl Conn {
         lock(&self.pending).closed
     }
 
+    /// Requests sent and not yet answered; `None` once closed.
+    pub fn in_flight(&self) -> Option<usize> {
+        let g = lock(&self.pending);
+        (!g.closed).then_some(g.waiters.len())
+    }
+
     /// Sends one request and waits for its reply: READ data, or nothing.
     pub async fn call(
         &self,
@@ -223,6 +226,15 @@ impl Conn {
             return Err(CallError::Closed);
         }
         rx.await.unwrap_or(Err(CallError::Closed))
+    }
+
+    /// Ends the connection now: both tasks stop, every request waiting
+    /// gets [`CallError::Closed`] (it may or may not have been done).
+    pub fn close(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        close(&self.pending);
     }
 
     /// Sends `NBD_CMD_DISC` (best effort; the server closes).

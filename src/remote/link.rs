@@ -57,6 +57,27 @@ pub enum LinkError {
         /// Size now.
         now: u64,
     },
+    /// The server now asks for larger blocks (or allows smaller requests)
+    /// than when the member was opened.
+    #[error(
+        "{uri}: block sizes are now min {now_min} max {now_max}, were min {was_min} max {was_max}"
+    )]
+    BlockSizesChanged {
+        /// The URI.
+        uri: String,
+        /// Minimum at open.
+        was_min: u32,
+        /// Maximum at open.
+        was_max: u32,
+        /// Minimum now.
+        now_min: u32,
+        /// Maximum now.
+        now_max: u32,
+    },
+    /// An extra connection to a server that no longer advertises
+    /// `CAN_MULTI_CONN`.
+    #[error("{0}: the server no longer allows several connections")]
+    NotMultiConn(String),
     /// Opened outside the async runtime.
     #[error("{0}: a remote member needs the async runtime")]
     NoRuntime(String),

@@ -2,32 +2,40 @@
 //! faults.
 //!
 //! ```text
-//!  request ─► current connection ─ timeout(request_timeout) ─► reply
-//!     │ connection lost / timed out: drop it, reconnect with backoff
-//!     │ (100 ms doubling to 2 s) and send the request again
+//!  request ─► pool: least-loaded live connection ─ timeout(request_timeout) ─► reply
+//!     │ connection lost / timed out: close it, send the request again on
+//!     │ another one, or reconnect with backoff (see `pool`)
 //!     └ unreachable, or no answer on live connections, for member_timeout
 //!       since the request began: EIO ─► the RAID layer fails the member
 //!       (degraded, bitmap records)
+//!  write to a server with a minimum block > 1 ─► align::plan ─ hold the
+//!     blocks (range_lock) ─ partial head/tail block: read, patch, write ─
+//!     whole blocks between: written as they are
 //! ```
 //!
-//! A request in flight at a cut is sent again on the new connection (block
+//! A request in flight at a cut is sent again on another connection (block
 //! writes are idempotent: the same bytes at the same offset; the levels
-//! never overlap two writes in flight) or failed after `member_timeout`,
-//! never dropped. FLUSH and FUA go to the server as they are: a write with
+//! never overlap two writes in flight, and read-modify-writes of one block
+//! are serialised here) or failed after `member_timeout`, never dropped.
+//! FLUSH and FUA go to the server as they are: a write with
 //! `Durability::Fua` completes only once the server has it on stable
-//! storage (FUA, or FLUSH when the server offers no FUA).
+//! storage (FUA, or FLUSH when the server offers no FUA). The usable size
+//! is the export's rounded down to the minimum block.
 
 use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::conn::{CallError, Conn};
+use super::align::{self, Fill, Plan};
+use super::conn::CallError;
 use super::handshake::Negotiated;
 use super::link::{self, LinkError};
+use super::pool::{Dial, Pool};
+use super::range_lock::{RangeGuard, RangeLocks};
 use super::stats::{self, RemoteStats};
 use super::uri::NbdUri;
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
@@ -76,127 +84,68 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 /// An NBD export used as a member.
 pub struct RemoteMember {
-    uri: NbdUri,
     /// [`NbdUri::identity`], resolved at open.
     identity: String,
-    name: String,
-    info: Negotiated,
-    opts: RemoteOptions,
+    pool: Pool,
     read_only: bool,
-    current: Mutex<Option<Arc<Conn>>>,
-    /// Held while reconnecting; the instant the member went unreachable.
-    down: tokio::sync::Mutex<Option<Instant>>,
+    /// Bytes usable: the export's size rounded down to its minimum block.
+    size: u64,
+    /// The server's minimum block size (1: no read-modify-write).
+    block: u64,
+    /// Blocks being read-modified-written (only when `block` > 1).
+    locks: RangeLocks,
     /// Counters (also in the book `stats` keeps for `vraid status`).
     pub stats: Arc<RemoteStats>,
 }
 
 impl RemoteMember {
-    /// Connects to the export named by `path` (an NBD URI).
+    /// Connects to the export named by `path` (an NBD URI); more
+    /// connections follow in the background when the server allows them.
     pub fn open(path: &Path, opts: RemoteOptions, read_only: bool) -> Result<Self, LinkError> {
         let uri = NbdUri::from_path(path)?;
         let conn = link::connect_now(&uri, opts.request_timeout())?;
         let name = path.display().to_string();
-        let counters = Arc::new(RemoteStats::default());
-        stats::enter(&name, &counters);
+        let info = conn.info;
+        let block = u64::from(info.sizes.min.max(1));
+        let (identity, count) = (uri.identity(), uri.connections());
+        let dial = Dial::new(uri, opts, name.clone(), info);
+        let stats = dial.stats.clone();
+        stats::enter(&name, &stats);
         Ok(RemoteMember {
-            identity: uri.identity(),
-            name,
-            info: conn.info,
-            uri,
-            opts,
-            read_only: read_only || conn.info.has(proto::TFLAG_READ_ONLY),
-            current: Mutex::new(Some(Arc::new(conn))),
-            down: tokio::sync::Mutex::new(None),
-            stats: counters,
+            identity,
+            pool: Pool::new(conn, dial, count),
+            read_only: read_only || info.has(proto::TFLAG_READ_ONLY),
+            size: info.size & !(block - 1),
+            block,
+            locks: RangeLocks::default(),
+            stats,
         })
     }
 
     /// What the handshake settled.
     pub fn negotiated(&self) -> Negotiated {
-        self.info
+        self.pool.dial.info
     }
 
-    /// The connection if it is up.
-    fn live(&self) -> Option<Arc<Conn>> {
-        let g = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        g.as_ref().filter(|c| !c.is_closed()).cloned()
+    /// Connections live now.
+    pub fn connections(&self) -> usize {
+        self.pool.live()
     }
 
-    /// Drops `conn` if it is still the current connection.
-    fn lost(&self, conn: &Arc<Conn>) {
-        let mut g = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if g.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            *g = None;
-        }
+    fn info(&self) -> &Negotiated {
+        &self.pool.dial.info
     }
 
-    /// The live connection, reconnecting with backoff until
-    /// `member_timeout` has passed since `since` (or since the member went
-    /// down, if earlier).
-    async fn connection(&self, since: Instant) -> BlockResult<Arc<Conn>> {
-        if let Some(c) = self.live() {
-            return Ok(c);
-        }
-        let mut down = self.down.lock().await;
-        if let Some(c) = self.live() {
-            return Ok(c);
-        }
-        let deadline = down.get_or_insert(since).to_owned() + self.opts.member_timeout;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let step = self
-                .opts
-                .request_timeout()
-                .min(left.max(Duration::from_millis(100)));
-            match link::connect(&self.uri, step)
-                .await
-                .and_then(|c| self.check(c))
-            {
-                Ok(conn) => {
-                    let conn = Arc::new(conn);
-                    *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-                    *down = None;
-                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(member = %self.name, "NBD member reconnected");
-                    return Ok(conn);
-                }
-                Err(e) if Instant::now() >= deadline => return Err(self.unreachable(e)),
-                Err(_) => {
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+    fn opts(&self) -> RemoteOptions {
+        self.pool.dial.opts
     }
 
-    /// A new connection must show the export as it was.
-    fn check(&self, conn: Conn) -> Result<Conn, LinkError> {
-        if conn.info.size != self.info.size {
-            return Err(LinkError::SizeChanged {
-                uri: self.uri.to_string(),
-                was: self.info.size,
-                now: conn.info.size,
-            });
-        }
-        Ok(conn)
+    fn name_str(&self) -> &str {
+        &self.pool.dial.name
     }
 
-    fn unreachable(&self, e: LinkError) -> BlockError {
-        let why = format!(
-            "unreachable for more than {:?} (member_timeout): {}",
-            self.opts.member_timeout,
-            crate::daemon::error_chain(&e)
-        );
-        tracing::warn!(member = %self.name, "{why}");
-        BlockError::io(
-            self.name.clone(),
-            io::Error::new(io::ErrorKind::TimedOut, why),
-        )
-    }
-
-    /// One request, sent again on a new connection until it is answered
-    /// or the member is unreachable for `member_timeout`.
+    /// One request, sent again on another (or a new) connection until it
+    /// is answered or the member is unreachable for `member_timeout`.
     async fn request(
         &self,
         command: Command,
@@ -207,10 +156,10 @@ impl RemoteMember {
     ) -> BlockResult<Vec<u8>> {
         let since = Instant::now();
         loop {
-            let conn = self.connection(since).await?;
+            let conn = self.pool.get(since).await?;
             let call = conn.call(command, flags, offset, length, payload);
             let sent = Instant::now();
-            match tokio::time::timeout(self.opts.request_timeout(), call).await {
+            match tokio::time::timeout(self.opts().request_timeout(), call).await {
                 Ok(Ok(data)) => {
                     self.stats.answered(sent.elapsed());
                     return Ok(data);
@@ -222,10 +171,10 @@ impl RemoteMember {
                     if lost.is_err() {
                         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.lost(&conn);
+                    self.pool.lost(&conn);
                     // A server that connects but never answers in time is
                     // as unreachable as one that refuses connections.
-                    if since.elapsed() >= self.opts.member_timeout {
+                    if since.elapsed() >= self.opts().member_timeout {
                         return Err(self.no_answer());
                     }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -237,74 +186,179 @@ impl RemoteMember {
     fn no_answer(&self) -> BlockError {
         let why = format!(
             "no answer for more than {:?} (member_timeout) over live connections",
-            self.opts.member_timeout
+            self.opts().member_timeout
         );
-        tracing::warn!(member = %self.name, "{why}");
+        tracing::warn!(member = %self.name_str(), "{why}");
         BlockError::io(
-            self.name.clone(),
+            self.name_str().to_string(),
             io::Error::new(io::ErrorKind::TimedOut, why),
         )
     }
 
     fn server_error(&self, e: u32) -> BlockError {
         let errno = i32::try_from(e).unwrap_or(libc::EIO);
-        BlockError::io(self.name.clone(), io::Error::from_raw_os_error(errno))
+        BlockError::io(
+            self.name_str().to_string(),
+            io::Error::from_raw_os_error(errno),
+        )
     }
 
     /// Largest payload of one request: the server's maximum (a multiple
     /// of its minimum block), however small, capped at 32 MiB.
-    fn max_io(&self) -> u64 {
-        u64::from(self.info.sizes.max.min(proto::MAX_PAYLOAD)).max(1)
+    fn max_io(&self) -> usize {
+        self.info().sizes.max.clamp(1, proto::MAX_PAYLOAD) as usize
     }
 
     fn check_write(&self, offset: ByteOffset, len: u64) -> BlockResult {
         if self.read_only {
             return Err(BlockError::ReadOnly);
         }
-        check_range(offset, len, self.info.size)
+        check_range(offset, len, self.size)
+    }
+
+    /// The blocks of `p` held against other writes, when the server has a
+    /// minimum block size.
+    async fn hold(&self, p: &Plan) -> Option<RangeGuard<'_>> {
+        match self.block {
+            1 => None,
+            _ => Some(self.locks.lock(p.outer.clone()).await),
+        }
     }
 
     async fn read_at(&self, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-        check_range(offset, buf.len() as u64, self.info.size)?;
-        let max = self.max_io() as usize;
-        for (i, piece) in buf.chunks_mut(max).enumerate() {
-            let at = offset.get() + (i * max) as u64;
-            let data = self
-                .request(Command::Read, 0, at, piece.len() as u32, &[])
-                .await?;
-            piece.copy_from_slice(&data);
+        check_range(offset, buf.len() as u64, self.size)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let p = align::plan(self.block, offset.get(), buf.len() as u64);
+        if p.aligned() {
+            return self.read_pieces(offset.get(), buf).await;
+        }
+        let mut outer = vec![0u8; (p.outer.end - p.outer.start) as usize];
+        self.read_pieces(p.outer.start, &mut outer).await?;
+        let at = (offset.get() - p.outer.start) as usize;
+        buf.copy_from_slice(&outer[at..at + buf.len()]);
+        Ok(())
+    }
+
+    /// Reads `buf` at `at` (aligned to the minimum block) in requests of
+    /// at most the server's maximum, all in flight at once.
+    async fn read_pieces(&self, at: u64, buf: &mut [u8]) -> BlockResult {
+        let max = self.max_io();
+        let reads = buf
+            .chunks_mut(max)
+            .enumerate()
+            .map(|(i, piece)| async move {
+                let from = at + (i * max) as u64;
+                let data = self
+                    .request(Command::Read, 0, from, piece.len() as u32, &[])
+                    .await?;
+                piece.copy_from_slice(&data);
+                Ok::<_, BlockError>(())
+            });
+        futures::future::try_join_all(reads).await.map(drop)
+    }
+
+    /// Writes `buf` at `at` (aligned) in requests of at most the maximum.
+    async fn write_pieces(&self, at: u64, buf: &[u8], flags: u16) -> BlockResult {
+        let max = self.max_io();
+        let writes = buf.chunks(max).enumerate().map(|(i, piece)| {
+            let from = at + (i * max) as u64;
+            self.request(Command::Write, flags, from, piece.len() as u32, piece)
+        });
+        futures::future::try_join_all(writes).await.map(drop)
+    }
+
+    /// Reads the block at `start`, puts the request's part of it in, and
+    /// writes it back (the caller holds it).
+    async fn patch_block(
+        &self,
+        start: u64,
+        offset: u64,
+        len: u64,
+        fill: Fill<'_>,
+        flags: u16,
+    ) -> BlockResult {
+        let mut block = vec![0u8; self.block as usize];
+        self.read_pieces(start, &mut block).await?;
+        align::patch(start, &mut block, offset, len, fill);
+        self.write_pieces(start, &block, flags).await
+    }
+
+    /// The partial blocks of `p`, read-modified-written.
+    async fn edges(
+        &self,
+        p: &Plan,
+        offset: u64,
+        len: u64,
+        fill: Fill<'_>,
+        flags: u16,
+    ) -> BlockResult {
+        for start in p.head.into_iter().chain(p.tail) {
+            self.patch_block(start, offset, len, fill, flags).await?;
+        }
+        Ok(())
+    }
+
+    /// FUA when the server offers it; otherwise [`Self::after_write`]
+    /// flushes.
+    fn fua_flags(&self, d: Durability) -> u16 {
+        if d == Durability::Fua && self.info().has(proto::TFLAG_SEND_FUA) {
+            proto::CMD_FLAG_FUA
+        } else {
+            0
+        }
+    }
+
+    async fn after_write(&self, d: Durability) -> BlockResult {
+        if d == Durability::Fua && !self.info().has(proto::TFLAG_SEND_FUA) {
+            return self.flush_now().await;
         }
         Ok(())
     }
 
     async fn write_at(&self, offset: ByteOffset, buf: &[u8], d: Durability) -> BlockResult {
         self.check_write(offset, buf.len() as u64)?;
-        let fua = d == Durability::Fua && self.info.has(proto::TFLAG_SEND_FUA);
-        let flags = if fua { proto::CMD_FLAG_FUA } else { 0 };
-        let max = self.max_io() as usize;
-        for (i, piece) in buf.chunks(max).enumerate() {
-            let at = offset.get() + (i * max) as u64;
-            self.request(Command::Write, flags, at, piece.len() as u32, piece)
-                .await?;
+        if buf.is_empty() {
+            return Ok(());
         }
-        if d == Durability::Fua && !fua {
-            self.flush_now().await?;
+        let (at, len, flags) = (offset.get(), buf.len() as u64, self.fua_flags(d));
+        let p = align::plan(self.block, at, len);
+        {
+            let _held = self.hold(&p).await;
+            self.edges(&p, at, len, Fill::Bytes(buf), flags).await?;
+            let mid = (p.middle.start - at) as usize..(p.middle.end - at) as usize;
+            if !mid.is_empty() {
+                self.write_pieces(p.middle.start, &buf[mid], flags).await?;
+            }
         }
-        Ok(())
+        self.after_write(d).await
     }
 
     async fn flush_now(&self) -> BlockResult {
-        if self.read_only || !self.info.has(proto::TFLAG_SEND_FLUSH) {
+        if self.read_only || !self.info().has(proto::TFLAG_SEND_FLUSH) {
             // No flush offered: the server has no volatile cache to flush.
             return Ok(());
         }
+        // One connection is enough: with several, the server promised
+        // (CAN_MULTI_CONN) that a flush covers writes completed on all.
         self.request(Command::Flush, 0, 0, 0, &[]).await.map(drop)
     }
 
     async fn zero_at(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> BlockResult {
         self.check_write(offset, len)?;
-        if !self.info.has(proto::TFLAG_SEND_WRITE_ZEROES) {
-            return self.write_zero_buffers(offset, len).await;
+        if len == 0 {
+            return Ok(());
+        }
+        let p = align::plan(self.block, offset.get(), len);
+        let _held = self.hold(&p).await;
+        self.edges(&p, offset.get(), len, Fill::Zero, 0).await?;
+        let middle = p.middle.end - p.middle.start;
+        if middle == 0 {
+            return Ok(());
+        }
+        if !self.info().has(proto::TFLAG_SEND_WRITE_ZEROES) {
+            return self.write_zero_buffers(p.middle.start, middle).await;
         }
         let flags = if may_unmap {
             0
@@ -312,8 +366,7 @@ impl RemoteMember {
             proto::CMD_FLAG_NO_HOLE
         };
         let step = 1u64 << 30;
-        let mut at = offset.get();
-        let end = at + len;
+        let (mut at, end) = (p.middle.start, p.middle.end);
         while at < end {
             let n = (end - at).min(step);
             self.request(Command::WriteZeroes, flags, at, n as u32, &[])
@@ -323,14 +376,14 @@ impl RemoteMember {
         Ok(())
     }
 
-    async fn write_zero_buffers(&self, offset: ByteOffset, len: u64) -> BlockResult {
+    /// Zero buffers over `len` bytes at `at` (aligned; the caller holds
+    /// the range).
+    async fn write_zero_buffers(&self, mut at: u64, len: u64) -> BlockResult {
         let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
-        let mut at = offset.get();
         let end = at + len;
         while at < end {
             let n = (end - at).min(ZERO_CHUNK as u64) as usize;
-            self.write_at(ByteOffset(at), &zeroes[..n], Durability::Normal)
-                .await?;
+            self.write_pieces(at, &zeroes[..n], 0).await?;
             at += n as u64;
         }
         Ok(())
@@ -340,27 +393,25 @@ impl RemoteMember {
 impl std::fmt::Debug for RemoteMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteMember")
-            .field("uri", &self.uri)
-            .field("info", &self.info)
+            .field("uri", &self.pool.dial.uri)
+            .field("info", self.info())
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for RemoteMember {
     fn drop(&mut self) {
-        if let Some(c) = self.live() {
-            c.disconnect();
-        }
+        self.pool.disconnect_all();
     }
 }
 
 impl BlockDevice for RemoteMember {
     fn name(&self) -> &str {
-        &self.name
+        self.name_str()
     }
 
     fn size(&self) -> u64 {
-        self.info.size
+        self.size
     }
 
     fn device_id(&self) -> Option<DeviceId> {

@@ -7,8 +7,11 @@
 //!  link       sockets, handshake timeout
 //!  tls_link   nbds://: STARTTLS, the upgrade, the handshake over TLS
 //!  conn       one connection: pipelined requests by handle, reader/writer tasks
-//!  member     RemoteMember: BlockDevice, request timeout, reconnect,
-//!             member_timeout
+//!  pool       the member's connections (several with CAN_MULTI_CONN),
+//!             least-loaded choice, reconnect per connection
+//!  align      requests cut to the server's minimum block (read-modify-write)
+//!  range_lock blocks held by writes while they are read-modified-written
+//!  member     RemoteMember: BlockDevice, request timeout, member_timeout
 //! ```
 //!
 //! The wire constants and request encoder are the server's
@@ -16,10 +19,13 @@
 //! URI (`DeviceId::Remote`), not by a lock: the same export cannot be two
 //! members of one array, but nothing stops another host from using it.
 
+pub mod align;
 pub mod conn;
 pub mod handshake;
 pub mod link;
 mod member;
+mod pool;
+mod range_lock;
 pub mod reply;
 pub mod stats;
 mod tls_link;
@@ -45,5 +51,11 @@ pub fn open(
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod multi_tests;
+#[cfg(test)]
+mod rmw_tests;
+#[cfg(test)]
+mod strict_server;
 #[cfg(test)]
 mod tests;

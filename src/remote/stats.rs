@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Counters of one remote member (shared with the book).
 #[derive(Debug, Default)]
 pub struct RemoteStats {
-    /// Connections made after the first.
+    /// Times the member got a connection back after having none.
     pub reconnects: AtomicU64,
     /// Requests sent again after a lost connection.
     pub retries: AtomicU64,
@@ -26,6 +26,8 @@ pub struct RemoteStats {
     pub latency_us_total: AtomicU64,
     /// The longest of them in microseconds.
     pub latency_us_max: AtomicU64,
+    /// Connections live (a gauge; several with `CAN_MULTI_CONN`).
+    pub connections: AtomicU64,
 }
 
 impl RemoteStats {
@@ -49,6 +51,7 @@ impl RemoteStats {
             latency_us_total: total,
             latency_us_avg: total.checked_div(requests).unwrap_or(0),
             latency_us_max: self.latency_us_max.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
         }
     }
 }
@@ -56,7 +59,7 @@ impl RemoteStats {
 /// A remote member's counters in `status` (member entries) and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteSnapshot {
-    /// Connections made after the first.
+    /// Times the member got a connection back after having none.
     pub reconnects: u64,
     /// Requests sent again after a lost connection.
     pub retries: u64,
@@ -70,6 +73,9 @@ pub struct RemoteSnapshot {
     pub latency_us_avg: u64,
     /// Longest latency (µs).
     pub latency_us_max: u64,
+    /// Connections live.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// Live remote members by path (as given), newest last.

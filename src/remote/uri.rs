@@ -62,7 +62,21 @@ pub struct NbdUri {
     /// `?tls-hostname=NAME`: the name the server certificate must carry
     /// (default: the URI's host; `localhost` for Unix sockets).
     pub tls_hostname: Option<String>,
+    /// `?connections=N` (1 to [`MAX_CONNECTIONS`]): connections to open when
+    /// the server advertises `CAN_MULTI_CONN` (default
+    /// [`DEFAULT_CONNECTIONS`]). Not part of the identity.
+    pub connections: Option<usize>,
 }
+
+/// Connections a remote member opens to a server that advertises
+/// `CAN_MULTI_CONN`, unless `?connections=N` says otherwise: two lets the
+/// server side (vraid's one task per connection, TLS records, nbdkit's
+/// per-connection request thread) and our reply reader use two cores and
+/// keeps a large transfer from holding up the small requests behind it;
+/// more rarely pays on small hosts and costs the server a session each.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+/// Most connections one remote member may open.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// True when `path` is written as a URI (`SCHEME://...`), valid or not: a
 /// member path with an unknown scheme (`nbdx://`, `http://`) is refused
@@ -112,7 +126,13 @@ impl NbdUri {
             tls,
             tls_certificates: q.tls_certificates,
             tls_hostname: q.tls_hostname,
+            connections: q.connections,
         })
+    }
+
+    /// Connections to open when the server allows several.
+    pub fn connections(&self) -> usize {
+        self.connections.unwrap_or(DEFAULT_CONNECTIONS)
     }
 
     /// Parses a member path written as a URI.
@@ -181,10 +201,12 @@ struct Query {
     socket: Option<PathBuf>,
     tls_certificates: Option<PathBuf>,
     tls_hostname: Option<String>,
+    connections: Option<usize>,
 }
 
 impl Query {
-    /// `socket=`, and for TLS URIs `tls-certificates=` and `tls-hostname=`.
+    /// `socket=`, `connections=`, and for TLS URIs `tls-certificates=` and
+    /// `tls-hostname=`.
     fn parse(s: &str, query: Option<&str>, tls: bool) -> Result<Query, UriError> {
         let mut q = Query::default();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -196,11 +218,19 @@ impl Query {
                 "socket" => q.socket = Some(PathBuf::from(v)),
                 "tls-certificates" if tls => q.tls_certificates = Some(PathBuf::from(v)),
                 "tls-hostname" if tls => q.tls_hostname = Some(v),
+                "connections" => q.connections = Some(parse_connections(s, &v)?),
                 _ => return Err(UriError::Unsupported(s.into(), "unknown query parameter")),
             }
         }
         Ok(q)
     }
+}
+
+fn parse_connections(s: &str, v: &str) -> Result<usize, UriError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+        .ok_or_else(|| UriError::Unsupported(s.into(), "connections= must be 1 to 16"))
 }
 
 fn unix_endpoint(s: &str, authority: &str, socket: Option<PathBuf>) -> Result<Endpoint, UriError> {
@@ -334,6 +364,23 @@ mod tests {
         let (ia, ib) = (id(&a), id(&b));
         std::fs::remove_file(dir.join(&name)).unwrap();
         assert_eq!(ia, ib);
+    }
+
+    #[test]
+    fn connections_are_a_query_parameter_outside_the_identity() {
+        let u = NbdUri::parse("nbd://h:1/x?connections=4").unwrap();
+        assert_eq!(u.connections(), 4);
+        assert_eq!(u.canonical(), "nbd://h:1/x");
+        assert_eq!(
+            NbdUri::parse("nbd://h:1/x").unwrap().connections(),
+            DEFAULT_CONNECTIONS
+        );
+        let unix = NbdUri::parse("nbd+unix:///x?socket=/s&connections=1").unwrap();
+        assert_eq!(unix.connections(), 1);
+        for bad in ["0", "17", "-1", "two", ""] {
+            let uri = format!("nbd://h/x?connections={bad}");
+            assert!(NbdUri::parse(&uri).is_err(), "{uri}");
+        }
     }
 
     #[test]

@@ -30,6 +30,20 @@ pub use client::{ClientTls, ClientTlsStream};
 pub use flushed::Flushed;
 pub use server::{ServerTls, ServerTlsConfig, ServerTlsStream, TlsMode};
 
+/// Bytes read from the socket at once under a TLS stream. rustls asks its
+/// transport for 4 KiB at a time (up to one record of 16 KiB): straight
+/// on a socket that is four or more `recv` calls per record, and one per
+/// small record (each NBD request header a client sends is one). Reading
+/// through a buffer this size takes up to four full records in one call
+/// (as large as the plain-text path's inbox, `export::nbd::wire`).
+pub const READ_BUFFER: usize = 64 << 10;
+
+/// `stream` with reads buffered by [`READ_BUFFER`] (writes pass through),
+/// to put under a TLS stream.
+pub fn buffered<S: tokio::io::AsyncRead>(stream: S) -> tokio::io::BufReader<S> {
+    tokio::io::BufReader::with_capacity(READ_BUFFER, stream)
+}
+
 /// What can go wrong loading credentials or running a handshake.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -417,8 +417,8 @@ async fn over_tls<'a, S: Split>(
     tls: &ServerTls,
     mut neg: Negotiation<'a>,
     stream: S,
-) -> io::Result<Result<(ServerTlsStream<S>, Chosen), &'static str>> {
-    let mut tls_stream = match tls.accept(stream).await {
+) -> io::Result<Result<(ServerTlsStream<BufReader<S>>, Chosen), &'static str>> {
+    let mut tls_stream = match tls.accept(crate::tls::buffered(stream)).await {
         Ok(s) => s,
         Err(e) => {
             let cause = std::error::Error::source(&e).map(|c| c.to_string());
