@@ -652,10 +652,10 @@ fn a_stall_times_out_a_virtio_blk_request_and_clearing_it_completes_it() {
         volume_status(&v.control, "vol0")["volume_faults"]["stalled"],
         1
     );
+    assert_eq!(hits(&v.control, id), 1);
     vraid_ctl_ok(&v.control, &["fault", "clear", &id.to_string()]);
     assert_eq!(blk.reap(), 0);
     assert_eq!(blk.buf()[..4096], [0x42; 4096]);
-    assert_eq!(hits(&v.control, id), 1);
 }
 
 /// An nbdfuse mount of an export and a loop device on its file; torn down
