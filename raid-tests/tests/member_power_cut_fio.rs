@@ -330,6 +330,9 @@ fn raid5_fio_verify_survives_20_member_power_cuts_at_random_moments() {
 fn start_rebuild(rig: &mut Rig, role: usize) {
     rig.made += 1;
     let new = rig.dir.path().join(format!("m{}.img", rig.made));
+    std::fs::File::create(&new)
+        .and_then(|f| f.set_len(24 << 20))
+        .unwrap();
     rig.ctl(&["set", "vol0", "--rebuild-max-mbps", "4"]);
     fail_remove_add(&rig.control, &role.to_string(), &new);
     let old = std::mem::replace(&mut rig.paths[role], new);
