@@ -307,7 +307,7 @@ fn final_check(mut rig: Rig, cycles: u64, restored: u64) -> BTreeMap<u32, u32> {
 #[test]
 fn raid5_fio_verify_survives_20_member_power_cuts_at_random_moments() {
     const CUTS: u64 = 20;
-    let mut rig = Rig::new("cut-fio-r5", 0x5EED_F10);
+    let mut rig = Rig::new("cut-fio-r5", 0x05EE_DF10);
     let mut restored = 0;
     for cycle in 0..CUTS {
         let server = rig.start();
