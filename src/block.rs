@@ -318,6 +318,13 @@ pub trait BlockDevice: Send + Sync {
         let _ = (dir, bytes);
         None
     }
+
+    /// The power gate of a member device (`member::power_gate`): every
+    /// member an array opens is one, so that a member `volatile` rule
+    /// covers its metadata writes too. `None` for every other device.
+    fn power_gate(&self) -> Option<&crate::member::power_gate::PowerGate> {
+        None
+    }
 }
 
 /// [`BlockDevice::read_vectored`] on the device's contiguous `read`: a

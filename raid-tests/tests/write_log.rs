@@ -22,12 +22,17 @@ struct Vol {
 }
 
 fn serve_vol(test: &str) -> Vol {
+    serve_vol_with(test, &[])
+}
+
+fn serve_vol_with(test: &str, extra: &[&str]) -> Vol {
     let dir = scratch_dir(test);
     let paths = member_paths(dir.path(), 2);
     create_array(1, "64K", "64M", "vol0", &paths);
     let control = dir.path().join("control.sock");
     let mut args: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
     args.extend(["--control", control.to_str().unwrap()]);
+    args.extend(extra);
     let server = Server::start(&args);
     let uri = server.uri("vol0");
     Vol {
@@ -116,6 +121,51 @@ fn qemu_io_writes_replay_exactly_to_each_flush_and_mark() {
         std::fs::read(&full).unwrap() == volume,
         "full replay != volume"
     );
+}
+
+/// A metrics sample's value.
+fn sample(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_running_log_shows_in_status_and_metrics() {
+    // Arrange
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let v = serve_vol_with("wlog-status", &["--metrics", &metrics]);
+    let log = v.path("st.wlog");
+    let st = volume_status(&v.control, "vol0");
+    assert!(st.get("write_log").is_none(), "no log yet: {st}");
+    assert_eq!(
+        sample(&scrape(&metrics), "vraid_volume_write_log_active"),
+        0.0
+    );
+    // Act
+    vraid_ctl_ok(&v.control, &["log", "start", "vol0", s(&log)]);
+    qemu_io(&v.uri, &["write -P 0x11 0 64k".into(), "flush".into()]);
+    // Assert: JSON, text and metrics name the file, entries and bytes.
+    let st = volume_status(&v.control, "vol0");
+    let wl = &st["write_log"];
+    assert_eq!(wl["path"], s(&log), "{st}");
+    assert_eq!(wl["active"], true, "{st}");
+    // A write, then flushes (qemu-io's and the one at its close).
+    let entries = wl["entries"].as_u64().unwrap();
+    assert!(entries >= 2, "{st}");
+    let bytes = wl["bytes"].as_u64().unwrap();
+    assert_eq!(bytes, 512 + 40 * entries + 65536, "{st}");
+    let text = vraid_ctl_ok(&v.control, &["status"]);
+    let line = format!("write log: {} (recording), {entries} entries", s(&log));
+    assert!(text.contains(&line), "{text}");
+    let m = scrape(&metrics);
+    assert_eq!(sample(&m, "vraid_volume_write_log_active"), 1.0);
+    assert_eq!(sample(&m, "vraid_volume_write_log_entries"), entries as f64);
+    assert_eq!(sample(&m, "vraid_volume_write_log_bytes"), bytes as f64);
+    vraid_ctl_ok(&v.control, &["log", "stop", "vol0"]);
+    assert!(volume_status(&v.control, "vol0").get("write_log").is_none());
 }
 
 #[test]

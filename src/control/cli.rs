@@ -225,6 +225,19 @@ fn render_client(out: &mut String, v: &VolumeStatus) {
             f.rules, f.stalled, f.bad_bytes
         );
     }
+    if let Some(l) = &v.write_log {
+        let state = match &l.failed {
+            None => "recording".to_string(),
+            Some(why) => format!("stopped recording: {why}"),
+        };
+        let _ = writeln!(
+            out,
+            "  write log: {} ({state}), {} entries, {}",
+            l.path.display(),
+            l.entries,
+            BinaryBytes(l.bytes),
+        );
+    }
 }
 
 /// The line of the resync/rebuild/scrub running (`status --watch` on a

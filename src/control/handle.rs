@@ -398,6 +398,7 @@ impl VolumeHandle {
             cache: Some(self.client.cache.status()),
             volume_faults: Some(self.client.faults.status()),
             qos: Some(self.client.qos.status()),
+            write_log: self.client.log.status(),
         }
     }
 
@@ -722,8 +723,20 @@ impl Registry {
         all
     }
 
-    /// Removes fault `id` wherever it is, or every fault.
+    /// Removes fault `id` wherever it is, or every fault (but the
+    /// `volatile` rules of members a power cut froze).
     pub fn clear_faults(&self, id: Option<u64>) -> Result<usize, ControlError> {
+        let frozen = |id| {
+            self.volumes
+                .iter()
+                .any(|v| v.members.iter().any(|m| m.faults.frozen(id)))
+        };
+        if let Some(id) = id.filter(|&id| frozen(id)) {
+            return Err(ControlError::Refused(format!(
+                "fault {id}: its member lost power in a power cut and stays off until the \
+                 daemon is killed (SIGKILL) and started again"
+            )));
+        }
         let mut n: usize = self.volumes.iter().map(|v| v.clear_faults(id)).sum();
         for (_, s) in self.pool_clients.all() {
             n += match id {

@@ -98,6 +98,7 @@ fn stopped_meanwhile(path: &std::path::Path) -> LogStatus {
         entries: 0,
         bytes: 0,
         failed: Some("stopped at once".into()),
+        active: false,
     }
 }
 

@@ -270,6 +270,9 @@ pub struct VolumeStatus {
     /// QoS limits and how long they held requests (`crate::qos`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<crate::qos::QosStatus>,
+    /// The write log being recorded (`vraid log start`); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_log: Option<crate::wlog::LogStatus>,
 }
 
 /// The rebuild engine's part of a volume's status (its keys sit next to

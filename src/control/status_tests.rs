@@ -56,8 +56,11 @@ fn a_full_status_round_trips_with_the_keys_the_untyped_code_emitted() {
             "written_bytes",
             "cache",
             "volume_faults",
+            "write_log",
         ])
     );
+    assert_eq!(v["write_log"]["entries"], 12);
+    assert_eq!(v["write_log"]["active"], true);
     assert_eq!(
         keys(&v["io"]),
         set(&[
@@ -193,6 +196,13 @@ pub(crate) fn sample_reply() -> StatusReply {
             }),
             volume_faults: Some(crate::volfault::VolumeFaultsStatus::default()),
             qos: None,
+            write_log: Some(crate::wlog::LogStatus {
+                path: "/logs/vol0.wlog".into(),
+                entries: 12,
+                bytes: 9000,
+                failed: None,
+                active: true,
+            }),
             engine: Some(EngineStatus {
                 sync: Some(SyncStatus {
                     kind: PassKind::Replace,

@@ -294,3 +294,44 @@ async fn scrub_method_passes_its_flags_to_the_engine_and_checks_params() {
         seen.iter().map(|r| (r.repair, r.cancel, r.wait)).collect();
     assert_eq!(flags, [(true, false, true), (false, true, false)]);
 }
+
+#[tokio::test]
+async fn a_member_frozen_by_a_power_cut_keeps_its_volatile_rule() {
+    // Arrange: a volatile member rule, then the member power cut.
+    let reg = registry().await;
+    let added = call(
+        &reg,
+        "fault.add",
+        json!({"volume": "vol0", "member": "/m1", "kind": "volatile"}),
+    )
+    .await;
+    let other = call(
+        &reg,
+        "fault.add",
+        json!({"volume": "vol0", "member": "/m2", "kind": "error"}),
+    )
+    .await;
+    let cut = call(
+        &reg,
+        "fault.powercut",
+        json!({"volume": "vol0", "keep": "none", "seed": 1}),
+    )
+    .await;
+    assert_eq!(cut["result"]["members"][0]["member"], 1, "{cut}");
+    // Act: clearing it by id, then every rule.
+    let by_id = call(&reg, "fault.clear", json!({"id": added["result"]["id"]})).await;
+    let all = call(&reg, "fault.clear", json!({})).await;
+    // Assert: refused by id with the reason; "all" spares it (the power
+    // stays off until a restart), the other rule goes.
+    let err = by_id["error"]["message"].as_str().unwrap_or_default();
+    assert!(err.contains("lost power"), "{by_id}");
+    assert!(all["error"].is_null(), "{all}");
+    let listed = call(&reg, "fault.list", json!({})).await;
+    let ids: Vec<&Value> = listed["result"]["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["id"])
+        .collect();
+    assert_eq!(ids, vec![&added["result"]["id"]], "{listed} {other}");
+}

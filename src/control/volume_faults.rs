@@ -154,6 +154,15 @@ impl VolumeHandle {
         keep: crate::volfault::KeepPolicy,
         seed: u64,
     ) -> Result<Vec<MemberCut>, ControlError> {
+        // All members lose power at once: none takes a write after the
+        // first is cut.
+        for m in self.members.iter() {
+            for rule in m.faults.rules().iter() {
+                if rule.spec.kind == FaultKind::Volatile {
+                    rule.undo.freeze();
+                }
+            }
+        }
         let mut cuts = Vec::new();
         for m in self.members.iter() {
             for rule in m.faults.rules().iter() {

@@ -139,6 +139,7 @@ mod tests {
             cache: None,
             volume_faults: None,
             qos: None,
+            write_log: None,
             engine: Some(EngineStatus {
                 sync,
                 rebuild_max_mbps: limit,

@@ -26,6 +26,7 @@ use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
 use crate::integrity::{Checksums, InlineDevice};
 use crate::member::fault::FaultDevice;
+use crate::member::power_gate::PowerGate;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::layout::ChecksumLayout;
 use crate::meta::{self, ArrayMetadata, Assembly, CreateSpec, DiskBitmap, WrittenMap};
@@ -364,7 +365,7 @@ fn open_present_members(
     for p in paths {
         if crate::remote::is_nbd_uri(p) {
             match crate::remote::open(p, opts) {
-                Ok(dev) => devices.push((show_path(p), dev as Arc<dyn BlockDevice>)),
+                Ok(dev) => devices.push((show_path(p), PowerGate::wrap(dev))),
                 // Unreachable at start: assembly treats it as missing.
                 Err(e) => warn!(
                     "member {} is unreachable: {}",
@@ -379,7 +380,7 @@ fn open_present_members(
                 if dev.is_direct() {
                     granules.push((p.clone(), dev.block_size()));
                 }
-                devices.push((show_path(p), dev as Arc<dyn BlockDevice>))
+                devices.push((show_path(p), PowerGate::wrap(dev)))
             }
             Err(e) if !p.exists() => {
                 warn!(
@@ -715,6 +716,7 @@ async fn plan_startup(
     let reseal_all = aopts.checksums && !assembly.checksums_valid;
     if let (true, Some(b)) = (reseal_all, &built.bitmap) {
         warn!("{name}: block checksums were not maintained; resealing the whole array");
+        sync_plan::crash_case(name, 24, "checksums not kept valid: whole-array reseal");
         b.set_all();
         resync = Some(b.dirty_ranges());
     }
@@ -928,6 +930,10 @@ fn wrap_member_with(
     let seed = 0x5eed_0000 + h.role as u64;
     // Rules added from now on for this device stay with it (not the slot).
     let tag = h.join_device(raw.name());
+    if let Some(gate) = raw.power_gate() {
+        // Its `volatile` rule covers every write to it, metadata included.
+        gate.attach(h.faults.clone(), tag);
+    }
     if let Some(area) = inline {
         return wrap_inline_member(h, csum, area, raw, tag);
     }
@@ -1184,14 +1190,15 @@ impl VolumeEvents for MetaEvents {
 }
 
 /// Opens a member path: an NBD URI as a remote member, anything else as a
-/// file or block device.
+/// file or block device; behind its power gate (`member::power_gate`).
 pub(super) fn open_any(
     path: &Path,
     opts: &MemberOptions,
 ) -> Result<Arc<dyn BlockDevice>, member::MemberError> {
-    if crate::remote::is_nbd_uri(path) {
-        Ok(crate::remote::open(path, opts)?)
+    let dev: Arc<dyn BlockDevice> = if crate::remote::is_nbd_uri(path) {
+        crate::remote::open(path, opts)?
     } else {
-        Ok(member::open_member(path, opts)?)
-    }
+        member::open_member(path, opts)?
+    };
+    Ok(PowerGate::wrap(dev))
 }

@@ -140,6 +140,12 @@ async fn replay(
             "{name}: replayed {} partial-parity records ({} skipped: a chunk they wrote is missing)",
             stats.replayed, stats.skipped
         );
+        if stats.replayed > 0 {
+            let what = format!("write hole: {} journal records replayed", stats.replayed);
+            super::sync_plan::crash_case(name, 29, &what);
+        } else {
+            super::sync_plan::crash_case(name, 28, "no durable journal batch to replay");
+        }
     } else if assembly.was_dirty {
         warn!("{name}: the partial-parity journal was off in the last run; nothing to replay");
     }

@@ -22,6 +22,36 @@ use crate::raid::{Level, MemberIndex, Volume};
 /// Member ranges to resync, or `None`.
 pub(super) type Ranges = Option<Vec<(u64, u64)>>;
 
+/// Logs which docs/FORMAT.md crash case the recovery of an array takes,
+/// in one fixed form (`recovery: FORMAT.md crash case N: ...`) that the
+/// power-cut tests collect.
+pub(super) fn crash_case(name: &str, case: u32, what: &str) {
+    info!("{name}: recovery: FORMAT.md crash case {case}: {what}");
+}
+
+/// Names the crash case of the resync `plan_sync` decided.
+fn name_resync_case(assembly: &Assembly, bitmap: Option<&DiskBitmap>, resync: &Ranges) {
+    let (name, Some(ranges)) = (&assembly.name, resync) else {
+        return;
+    };
+    let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    match bitmap {
+        Some(_) if !assembly.bitmap_valid => crash_case(name, 15, "bitmap not kept: whole resync"),
+        None => crash_case(name, 15, "no bitmap: resync of the whole array"),
+        Some(_) if ranges.is_empty() => {
+            crash_case(name, 11, "dirty, no bitmap bit set: nothing to resync")
+        }
+        Some(_) => crash_case(
+            name,
+            12,
+            &format!(
+                "bitmap bits durable: resync of {} ranges, {bytes} bytes",
+                ranges.len()
+            ),
+        ),
+    }
+}
+
 /// Decides the crash resync (dirty ranges) and the rebuild to run: an
 /// interrupted one resumes from its checkpoint (from the first dirty range
 /// below it after a crash), else a re-added member recovers from the bitmap.
@@ -35,6 +65,14 @@ pub(super) async fn plan_sync(
     joined: Option<&JoinHook>,
 ) -> Result<(Ranges, Option<PlannedRebuild>), DaemonError> {
     let resync = crash_resync(assembly, bitmap, checksums);
+    name_resync_case(assembly, bitmap, &resync);
+    if checksums && resync.as_ref().is_some_and(|r| !r.is_empty()) {
+        crash_case(
+            &assembly.name,
+            22,
+            "dirty regions pinned, resealed by the resync",
+        );
+    }
     let rebuild = if let Some(t) = &assembly.rebuild {
         let mut planned = resume_rebuild(assembly, t, volume, bitmap, wrap, &resync)?;
         if let Some(t) = &assembly.rebuild_also {
@@ -104,6 +142,11 @@ fn resume_rebuild(
         if t.recovering { "recovery" } else { "rebuild" },
         t.role
     );
+    let what = format!(
+        "rebuild of member {} resumed at {up_to} (checkpoint {})",
+        t.role, t.up_to
+    );
+    crash_case(&assembly.name, 16, &what);
     Ok(PlannedRebuild {
         role: t.role,
         also: None,
@@ -130,6 +173,7 @@ fn resume_replace(
         "{}: resuming the replace of member {} onto {} at {up_to}",
         assembly.name, t.role, t.member.path
     );
+    crash_case(&assembly.name, 18, &format!("replace resumed at {up_to}"));
     Ok(PlannedRebuild {
         role: t.role,
         also: None,

@@ -307,25 +307,34 @@ impl FaultSet {
         self.update(|rules| rules.push(rule));
     }
 
-    /// Removes the rule `id`; true if it was there.
+    /// Removes the rule `id`; true if it was there. A `volatile` rule
+    /// whose member a power cut froze stays: the power is off until the
+    /// process is restarted (removing it would let the member take
+    /// writes again).
     pub fn remove(&self, id: u64) -> bool {
         let mut found = false;
         self.update(|rules| {
             let before = rules.len();
-            rules.retain(|r| r.id != id);
+            rules.retain(|r| r.id != id || r.undo.frozen());
             found = rules.len() != before;
         });
         found
     }
 
-    /// Removes every rule; returns how many there were.
+    /// Removes every rule but frozen `volatile` ones; returns how many.
     pub fn clear(&self) -> usize {
         let mut n = 0;
         self.update(|rules| {
-            n = rules.len();
-            rules.clear();
+            let before = rules.len();
+            rules.retain(|r| r.undo.frozen());
+            n = before - rules.len();
         });
         n
+    }
+
+    /// True when rule `id` is a `volatile` rule whose member lost power.
+    pub fn frozen(&self, id: u64) -> bool {
+        self.rules().iter().any(|r| r.id == id && r.undo.frozen())
     }
 
     /// A snapshot of the rules.
@@ -504,18 +513,6 @@ impl FaultDevice {
         &self.faults
     }
 
-    /// The `volatile` rule of this device, if it has one.
-    fn volatile(&self) -> Option<Arc<FaultRule>> {
-        if self.faults.is_empty() {
-            return None;
-        }
-        let rules = self.faults.rules();
-        rules
-            .iter()
-            .find(|r| r.spec.kind == FaultKind::Volatile && r.applies_to(self.device))
-            .cloned()
-    }
-
     fn judge(&self, op: IoKind, offset: u64, len: u64) -> Option<Verdict> {
         if self.faults.is_empty() {
             return None;
@@ -661,29 +658,18 @@ impl FaultDevice {
     }
 }
 
-/// With a `volatile` rule on the device, writes capture the old contents
-/// of their blocks first and a FLUSH forgets them (`member::volatile`);
-/// after a power cut every operation hangs.
+/// Every operation under the rules (`volatile` rules act one layer down,
+/// in the member's [`super::power_gate::PowerGate`], so that they cover
+/// its metadata writes too).
 impl BlockDevice for FaultDevice {
     crate::block::forward_to!(inner => name, size);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        match self.volatile() {
-            None => self.read_plain(offset, buf),
-            Some(r) => Box::pin(async move { r.undo.read(self.read_plain(offset, buf)).await }),
-        }
+        self.read_plain(offset, buf)
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], d: Durability) -> IoFuture<'a> {
-        let Some(r) = self.volatile() else {
-            return self.write_plain(at, buf, d);
-        };
-        let fua = (d == Durability::Fua).then_some(buf);
-        let range = (at.get(), buf.len() as u64);
-        Box::pin(async move {
-            let op = self.write_plain(at, buf, d);
-            r.undo.write(&self.inner, range, fua, op).await
-        })
+        self.write_plain(at, buf, d)
     }
 
     fn read_vectored<'a>(
@@ -691,10 +677,7 @@ impl BlockDevice for FaultDevice {
         offset: ByteOffset,
         bufs: &'a mut [std::io::IoSliceMut<'_>],
     ) -> IoFuture<'a> {
-        match self.volatile() {
-            None => self.read_vectored_plain(offset, bufs),
-            Some(_) => crate::block::read_through_copy(self, offset, bufs),
-        }
+        self.read_vectored_plain(offset, bufs)
     }
 
     fn write_vectored<'a>(
@@ -703,41 +686,19 @@ impl BlockDevice for FaultDevice {
         bufs: &'a [std::io::IoSlice<'a>],
         d: Durability,
     ) -> IoFuture<'a> {
-        match self.volatile() {
-            None => self.write_vectored_plain(at, bufs, d),
-            Some(_) => crate::block::write_through_copy(self, at, bufs, d),
-        }
+        self.write_vectored_plain(at, bufs, d)
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        match self.volatile() {
-            None => self.flush_plain(),
-            Some(r) => Box::pin(async move { r.undo.flush(self.flush_plain()).await }),
-        }
+        self.flush_plain()
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        let Some(r) = self.volatile() else {
-            return self.discard_plain(offset, len);
-        };
-        Box::pin(async move {
-            let op = self.discard_plain(offset, len);
-            r.undo
-                .write(&self.inner, (offset.get(), len), None, op)
-                .await
-        })
+        self.discard_plain(offset, len)
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
-        let Some(r) = self.volatile() else {
-            return self.write_zeroes_plain(offset, len, may_unmap);
-        };
-        Box::pin(async move {
-            let op = self.write_zeroes_plain(offset, len, may_unmap);
-            r.undo
-                .write(&self.inner, (offset.get(), len), None, op)
-                .await
-        })
+        self.write_zeroes_plain(offset, len, may_unmap)
     }
 }
 

@@ -3,7 +3,9 @@
 //! `file` opens files and block devices (O_DIRECT where allowed) and exposes
 //! them as [`crate::block::BlockDevice`]; I/O goes through an io_uring engine
 //! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
-//! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run. `memory` is an
+//! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run,
+//! `power_gate` the layer every array member sits behind for the `volatile`
+//! fault (`volatile`). `memory` is an
 //! in-memory device for unit tests only.
 
 pub(crate) mod buf;
@@ -11,6 +13,7 @@ pub mod claim;
 pub mod fault;
 mod file;
 mod op;
+pub mod power_gate;
 mod sync;
 mod uring;
 pub mod volatile;

@@ -27,6 +27,9 @@ use crate::volfault::KeepPolicy;
 /// Unit of capture and restore.
 pub const BLOCK: u64 = 4096;
 
+/// Blocks captured by one read at most (1 MiB).
+const SPAN: u64 = 256;
+
 /// What a member power cut did, per rule.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberCut {
@@ -102,8 +105,12 @@ impl Undo {
         op: impl Future<Output = BlockResult>,
     ) -> BlockResult {
         self.hang_if_frozen().await;
-        let _order = self.order.read().await;
-        self.hang_if_frozen().await;
+        let order = self.order.read().await;
+        if self.frozen() {
+            // Not holding the lock: the cut waits for it.
+            drop(order);
+            return std::future::pending().await;
+        }
         if len > 0 {
             self.capture(inner, at, len).await?;
         }
@@ -114,22 +121,52 @@ impl Undo {
         Ok(())
     }
 
+    /// Captures the old contents of the blocks of `at..+len` not captured
+    /// yet, reading up to [`SPAN`] blocks at a time.
     async fn capture(&self, inner: &Arc<dyn BlockDevice>, at: u64, len: u64) -> BlockResult {
         let size = inner.size();
         crate::block::check_range(ByteOffset(at), len, size)?;
-        for b in at / BLOCK..=(at + len - 1) / BLOCK {
-            if self.state().blocks.contains_key(&b) {
+        let (first, last) = (at / BLOCK, (at + len - 1) / BLOCK);
+        let mut from = first;
+        while from <= last {
+            let to = last.min(from + SPAN - 1);
+            self.capture_span(inner, from, to).await?;
+            from = to + 1;
+        }
+        Ok(())
+    }
+
+    /// Blocks `first..=last` (one read, when any is not captured yet).
+    async fn capture_span(
+        &self,
+        inner: &Arc<dyn BlockDevice>,
+        first: u64,
+        last: u64,
+    ) -> BlockResult {
+        let missing = {
+            let st = self.state();
+            (first..=last).any(|b| !st.blocks.contains_key(&b))
+        };
+        if !missing {
+            return Ok(());
+        }
+        let start = first * BLOCK;
+        let end = ((last + 1) * BLOCK).min(inner.size());
+        let mut old = vec![0u8; (end - start) as usize];
+        inner.read(ByteOffset(start), &mut old).await?;
+        let mut st = self.state();
+        for (i, b) in (first..=last).enumerate() {
+            if st.blocks.contains_key(&b) {
                 continue;
             }
-            let start = b * BLOCK;
-            let mut old = vec![0u8; BLOCK.min(size - start) as usize];
-            inner.read(ByteOffset(start), &mut old).await?;
-            let mut st = self.state();
             st.seq += 1;
             let seq = st.seq;
-            st.blocks.entry(b).or_insert(Captured { seq, old });
-            st.target.get_or_insert_with(|| inner.clone());
+            let from = i * BLOCK as usize;
+            let to = (from + BLOCK as usize).min(old.len());
+            let old = old[from..to].to_vec();
+            st.blocks.insert(b, Captured { seq, old });
         }
+        st.target.get_or_insert_with(|| inner.clone());
         Ok(())
     }
 
@@ -157,10 +194,14 @@ impl Undo {
     /// captures are forgotten.
     pub async fn flush(&self, op: impl Future<Output = BlockResult>) -> BlockResult {
         self.hang_if_frozen().await;
-        let _order = self.order.write().await;
-        self.hang_if_frozen().await;
+        let order = self.order.write().await;
+        if self.frozen() {
+            drop(order);
+            return std::future::pending().await;
+        }
         op.await?;
         self.state().blocks.clear();
+        drop(order);
         Ok(())
     }
 
@@ -170,12 +211,18 @@ impl Undo {
         op.await
     }
 
+    /// The power goes: every later I/O of the member hangs (the writes in
+    /// flight finish). [`Undo::cut`] then puts the old contents back.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Release);
+    }
+
     /// The power cut: freezes the member, waits for the writes in flight,
     /// writes back the old contents of the blocks `keep` drops (FUA, then
     /// a flush of the member) and stays frozen.
     pub async fn cut(&self, rule: u64, keep: KeepPolicy, seed: u64) -> BlockResult<MemberCut> {
         let rng = Rng::new(seed);
-        self.frozen.store(true, Ordering::Release);
+        self.freeze();
         let _order = self.order.write().await;
         let (blocks, target) = {
             let mut st = self.state();
@@ -216,15 +263,19 @@ impl Undo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::member::fault::{FaultDevice, FaultKind, FaultRule, FaultSet, FaultSpec};
+    use crate::member::fault::{DeviceTag, FaultKind, FaultRule, FaultSet, FaultSpec};
     use crate::member::memory::MemDevice;
+    use crate::member::power_gate::PowerGate;
 
-    fn volatile() -> (Arc<MemDevice>, FaultDevice, Arc<FaultRule>) {
+    fn volatile() -> (Arc<MemDevice>, Arc<dyn BlockDevice>, Arc<FaultRule>) {
         let mem = Arc::new(MemDevice::new("m", 64 << 10));
         let set = Arc::new(FaultSet::new());
-        let rule = Arc::new(FaultRule::new(1, FaultSpec::new(FaultKind::Volatile)));
+        let tag = DeviceTag(3);
+        let rule = Arc::new(FaultRule::new(1, FaultSpec::new(FaultKind::Volatile)).on_device(tag));
         set.add(rule.clone());
-        (mem.clone(), FaultDevice::new(mem, set, 1), rule)
+        let gate = PowerGate::wrap(mem.clone());
+        gate.power_gate().unwrap().attach(set, tag);
+        (mem, gate, rule)
     }
 
     #[tokio::test]
@@ -262,6 +313,34 @@ mod tests {
             dev.read(ByteOffset(0), &mut buf),
         );
         assert!(hung.await.is_err(), "a frozen member hangs");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_gets_the_lock_after_the_freeze_does_not_block_the_cut() {
+        // Arrange: a write queued behind a FLUSH-like holder of the lock;
+        // the power goes before it gets the lock.
+        let (_mem, dev, rule) = volatile();
+        let holder = rule.undo.order.write().await;
+        let d = dev.clone();
+        let write =
+            tokio::spawn(
+                async move { d.write(ByteOffset(0), &[1; 4096], Durability::Normal).await },
+            );
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        rule.undo.freeze();
+        drop(holder);
+        // Act
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            rule.undo.cut(1, KeepPolicy::None, 1),
+        )
+        .await;
+        // Assert: the cut ran; the write hangs (the power is off).
+        assert!(cut.expect("the cut waited forever").is_ok());
+        assert!(!write.is_finished());
+        write.abort();
     }
 
     #[tokio::test]

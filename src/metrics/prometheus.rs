@@ -543,6 +543,37 @@ impl Scrape {
             "Unflushed writes dropped by power cuts",
             MetricType::Counter,
             caches().map(|(l, c)| (l, ConstCounter::new(c.dropped_writes))),
+        )?;
+        self.write_log(enc)
+    }
+
+    /// The write log of each volume (`vraid log start`): 0 when none.
+    fn write_log(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let logs = || {
+            self.0
+                .iter()
+                .map(|v| (v.labels(), v.status.write_log.as_ref()))
+        };
+        family(
+            enc,
+            "vraid_volume_write_log_active",
+            "1 while a write log records the volume's writes",
+            MetricType::Gauge,
+            logs().map(|(l, s)| (l, ConstGauge::new(i64::from(s.is_some_and(|s| s.active))))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_write_log_entries",
+            "Entries recorded in the volume's write log",
+            MetricType::Gauge,
+            logs().map(|(l, s)| (l, ConstGauge::new(s.map_or(0, |s| s.entries as i64)))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_write_log_bytes",
+            "Bytes of the volume's write log file",
+            MetricType::Gauge,
+            logs().map(|(l, s)| (l, ConstGauge::new(s.map_or(0, |s| s.bytes as i64)))),
         )
     }
 }

@@ -40,6 +40,9 @@ pub struct LogStatus {
     pub bytes: u64,
     /// Why recording stopped early, if it did.
     pub failed: Option<String>,
+    /// True while records are taken (false once a write-out failed).
+    #[serde(default)]
+    pub active: bool,
 }
 
 #[derive(Debug)]
@@ -60,6 +63,7 @@ impl Active {
             entries: self.next,
             bytes: self.bytes,
             failed: self.failed.clone(),
+            active: self.failed.is_none(),
         }
     }
 
