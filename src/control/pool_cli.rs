@@ -181,12 +181,7 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
                 vhost_socket: vhost_socket.map(|s| std::path::absolute(&s).unwrap_or(s)),
                 num_queues: vhost_queues,
             };
-            let shown: VolumeInfo = call(&socket(&control), "volume.create", &p)?;
-            print!("{}", render_volume(&shown));
-            if let Some(s) = &p.vhost_socket {
-                println!("  vhost-user-blk: {}", s.display());
-            }
-            return Ok(());
+            return create_volume(&control, &p);
         }
         VolumeCommand::Delete { control, name } => {
             let _: DeletedReply = call(
@@ -244,6 +239,19 @@ pub fn volume(cmd: VolumeCommand) -> Result<(), ClientError> {
         } => share(&control, "volume.clone", name, clone)?,
     };
     print!("{}", render_volume(&shown));
+    Ok(())
+}
+
+/// `vraid volume create`: the new volume and its vhost socket if any.
+fn create_volume(
+    control: &crate::cli::ControlArg,
+    p: &VolumeCreateParams,
+) -> Result<(), ClientError> {
+    let shown: VolumeInfo = call(&socket(control), "volume.create", p)?;
+    print!("{}", render_volume(&shown));
+    if let Some(s) = &p.vhost_socket {
+        println!("  vhost-user-blk: {}", s.display());
+    }
     Ok(())
 }
 

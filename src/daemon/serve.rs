@@ -185,41 +185,62 @@ pub async fn serve(args: ServeOptions) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    let running = Running {
+        ops,
+        sink: &sink,
+        pools: &pools,
+        md: &md,
+        volumes: &volumes,
+    };
     if let Err(e) = start_md_vhost(&md, &plan.md, &sink) {
-        for task in ops {
-            task.abort();
-        }
-        sink.shutdown().await;
-        pools.flush_all().await;
-        super::md::close_all(&md).await;
-        shutdown_volumes(&volumes).await;
+        running.stop(None).await;
         return Err(e);
     }
     let nbd_socket = plan.nbd_socket.as_deref();
     let result = run_listeners(&server, plan.nbd, nbd_socket, &volumes, plan.demo_mode).await;
-    for task in ops {
-        task.abort();
-    }
     info!("shutting down: draining in-flight requests");
-    // Stalled requests go on (their rules go), or the drain would wait.
-    for (a, _) in &volumes {
-        a.handle.client.faults.clear();
-    }
-    sink.shutdown().await;
-    server.shutdown();
-    if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
-        .await
-        .is_err()
-    {
-        warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
-    }
-    pools.flush_all().await;
-    super::md::close_all(&md).await;
-    shutdown_volumes(&volumes).await;
+    running.stop(Some(&server)).await;
     if let Some(path) = nbd_socket {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// What a running daemon stops at shutdown (or when its start fails late).
+struct Running<'a> {
+    ops: Vec<tokio::task::JoinHandle<()>>,
+    sink: &'a PoolExports,
+    pools: &'a PoolService,
+    md: &'a [super::md::MdServed],
+    volumes: &'a [(Assembled, VolumeSpec)],
+}
+
+impl Running<'_> {
+    /// Stops the control and metrics tasks and the vhost exports, drains
+    /// the NBD server if it ran, then flushes pools and closes md arrays
+    /// and volumes.
+    async fn stop(self, server: Option<&NbdServer>) {
+        for task in self.ops {
+            task.abort();
+        }
+        // Stalled requests go on (their rules go), or the drain would wait.
+        for (a, _) in self.volumes {
+            a.handle.client.faults.clear();
+        }
+        self.sink.shutdown().await;
+        if let Some(server) = server {
+            server.shutdown();
+            if tokio::time::timeout(DRAIN_TIMEOUT, server.wait_idle())
+                .await
+                .is_err()
+            {
+                warn!("in-flight requests did not drain within {DRAIN_TIMEOUT:?}");
+            }
+        }
+        self.pools.flush_all().await;
+        super::md::close_all(self.md).await;
+        shutdown_volumes(self.volumes).await;
+    }
 }
 
 /// Refuses a live vhost-user socket, or a path that is no socket, of an

@@ -296,7 +296,13 @@ mod tests {
         );
 
         sink.add("v", "d".into(), volume("v"), false, Default::default());
-        sink.add("plain", "d".into(), volume("plain"), false, Default::default());
+        sink.add(
+            "plain",
+            "d".into(),
+            volume("plain"),
+            false,
+            Default::default(),
+        );
         let held = table.lookup("v").unwrap();
 
         assert!(sock.exists(), "the planned socket was not bound");
