@@ -137,7 +137,7 @@ fn idle_and_engineless_volumes_keep_their_nulls_and_absent_keys() {
     };
     let mut bare = reply.volumes[0].clone();
     bare.engine = None;
-    (bare.cache, bare.volume_faults) = (None, None);
+    (bare.cache, bare.volume_faults, bare.write_log) = (None, None, None);
     reply.volumes.push(bare);
     reply.events[0].member = None;
 
