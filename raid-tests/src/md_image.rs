@@ -73,7 +73,15 @@ pub fn superblock(uuid: u8, role: u32, events: u64, g: &Geometry) -> Vec<u8> {
     for r in 0..g.disks as usize {
         put(256 + 2 * r, &(r as u16).to_le_bytes());
     }
-    let len = 256 + 2 * g.disks as usize;
+    set_csum(&mut b);
+    b
+}
+
+/// Recomputes the `sb_csum` of 1.x superblock `b` as md does
+/// (`calc_sb_1_csum` over 256 + 2·max_dev bytes, at most 4 KiB).
+pub fn set_csum(b: &mut [u8]) {
+    let max_dev = u32::from_le_bytes(b[220..224].try_into().unwrap()) as usize;
+    let len = (256 + 2 * max_dev).min(4096);
     let sum: u64 = (0..len / 4)
         .filter(|w| *w * 4 != 216)
         .map(|w| u32::from_le_bytes(b[w * 4..w * 4 + 4].try_into().unwrap()) as u64)
@@ -82,7 +90,6 @@ pub fn superblock(uuid: u8, role: u32, events: u64, g: &Geometry) -> Vec<u8> {
         + (len % 4 == 2) as u64 * u16::from_le_bytes([b[len - 2], b[len - 1]]) as u64;
     let csum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
     b[216..220].copy_from_slice(&csum.to_le_bytes());
-    b
 }
 
 /// The two member images (`md{uuid}-{role}.img` in `dir`) of that array,

@@ -466,3 +466,64 @@ fn one_md_member_in_two_md_tables_of_one_server_is_refused() {
         assert!(std::fs::read(m).unwrap() == *b, "{} changed", m.display());
     }
 }
+
+/// Red team: hostile md superblock fields (checksum recomputed, so only
+/// the field is wrong; and a wrong checksum) on both mirrors, served
+/// `--md-writable`: each refused with the field named and no byte of
+/// either member changed.
+#[test]
+fn md_writable_corrupt_superblock_fields_are_refused_without_a_write() {
+    let dir = scratch_dir("redteam_md_rw_corrupt");
+    let cases: [(&str, usize, &[u8], &str); 8] = [
+        ("sb_csum", 216, &[0xde, 0xad, 0xbe, 0xef], "checksum"),
+        ("dev_number", 160, &[5, 0, 0, 0], "dev_number"),
+        ("raid_disks", 92, &[0xff, 0xff, 0xff, 0x7f], "raid_disks"),
+        (
+            "data_offset",
+            128,
+            &[0, 0, 0x10, 0, 0, 0, 0, 0],
+            "past the end",
+        ),
+        ("max_dev", 220, &[0xff, 0xff, 0xff, 0xff], "max_dev"),
+        (
+            "super_offset",
+            144,
+            &[16, 0, 0, 0, 0, 0, 0, 0],
+            "super_offset",
+        ),
+        (
+            "size",
+            80,
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+            "larger",
+        ),
+        ("events", 200, &[0xff; 8], "event count"),
+    ];
+    for (field, at, bytes, words) in cases {
+        let members = raid1_members(dir.path(), &pseudo_random(4096, 3));
+        for (role, m) in members.iter().enumerate() {
+            let mut sb = superblock(role as u32, 10);
+            sb[at..at + bytes.len()].copy_from_slice(bytes);
+            if field != "sb_csum" {
+                raid_tests::md_image::set_csum(&mut sb);
+            }
+            poke(m, 4096, &sb);
+        }
+        let before: Vec<Vec<u8>> = members.iter().map(|m| std::fs::read(m).unwrap()).collect();
+        let args = [
+            "--md-writable",
+            "--md",
+            path_str(&members[0]),
+            path_str(&members[1]),
+        ];
+        let err = serve_refused(dir.path(), &args);
+        assert!(err.contains(words), "{field}: {err}");
+        for (m, b) in members.iter().zip(&before) {
+            assert!(
+                std::fs::read(m).unwrap() == *b,
+                "{field}: {} changed",
+                m.display()
+            );
+        }
+    }
+}
