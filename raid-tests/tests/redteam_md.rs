@@ -574,3 +574,27 @@ fn md_writable_raid5_odd_writes_zeroes_and_trim_keep_parity() {
     }
     assert_eq!(x.iter().position(|&b| b != 0), None, "parity inconsistent");
 }
+
+/// Red team: a vraid volume's member given again (through a symlink, which
+/// the config's path check does not see) as an md member of the same
+/// server: refused by device identity before it is read as md.
+#[test]
+fn a_vraid_member_given_as_an_md_member_of_the_same_server_is_refused() {
+    let dir = scratch_dir("redteam_md_vraid_member");
+    let vraid_members = sparse_members(dir.path(), 2, 16 << 20);
+    create_array(1, "64K", "8M", "vol", &vraid_members);
+    let md = raid1_members(dir.path(), &pseudo_random(4096, 4));
+    let sym = dir.path().join("sym1.img");
+    std::os::unix::fs::symlink(&vraid_members[1], &sym).unwrap();
+    let config = dir.path().join("c.toml");
+    let text = format!(
+        "[[volume]]\nname = \"vol\"\nlevel = 1\nmembers = [{:?}, {:?}]\n\
+         [[md]]\nmembers = [{:?}, {:?}]\nwritable = true\n",
+        vraid_members[0], vraid_members[1], md[0], sym
+    );
+    std::fs::write(&config, text).unwrap();
+    let before = std::fs::read(&md[0]).unwrap();
+    let err = serve_refused(dir.path(), &["--config", path_str(&config)]);
+    assert!(err.contains("already a member"), "{err}");
+    assert!(std::fs::read(&md[0]).unwrap() == before);
+}
