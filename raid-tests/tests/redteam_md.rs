@@ -9,7 +9,7 @@ use std::process::Command;
 use raid_tests::*;
 
 use raid_tests::md_image::{raid1_members as raid1_members_of, raid1_superblock};
-use raid_tests::md_image::{DATA_OFFSET, DATA_SECTORS, SIZE};
+use raid_tests::md_image::{zeroed_members, Geometry, DATA_OFFSET, DATA_SECTORS, SIZE};
 
 /// A 1.2 superblock of a clean 2-disk md RAID-1, device `role`.
 fn superblock(role: u32, events: u64) -> Vec<u8> {
@@ -295,4 +295,306 @@ fn md_writable_refuses_degraded_stale_and_truncated_members_without_a_write() {
         "stale member written"
     );
     assert!(std::fs::read(&truncated).unwrap() == before[3]);
+}
+
+/// A small deterministic generator for the crash loop's offsets and sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// `qemu-io` writes of random 512-byte-aligned ranges (chunk boundaries
+/// crossed) inside `[lo, hi)`, applied to `model` too.
+fn random_writes(rng: &mut Rng, n: usize, lo: u64, hi: u64, model: &mut [u8]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let len = 512 * (1 + rng.below(300));
+            let at = lo + 512 * rng.below((hi - lo - len) / 512);
+            let pattern = 1 + rng.below(254) as u8;
+            model[at as usize..(at + len) as usize].fill(pattern);
+            format!("write -P {pattern} {at} {len}")
+        })
+        .collect()
+}
+
+/// Every member's superblock after a crash: checksum right and all within
+/// one event of 10 (md assembles them); returns (events, state) of each.
+fn crash_superblocks(members: &[PathBuf]) -> Vec<(u64, String)> {
+    members
+        .iter()
+        .map(|m| {
+            let (state, events, csum) = sb_state(m);
+            assert!(csum, "{}: checksum wrong after a crash", m.display());
+            assert!((10..=11).contains(&events), "{}: {events}", m.display());
+            (events, state)
+        })
+        .collect()
+}
+
+/// The flushed range `[0, half)` of `model` read back read-only from every
+/// member; and the members' first halves (the stripes of that range)
+/// consistent: RAID-5 chunks XOR to zero, RAID-1 mirrors equal, so any
+/// one member left out rebuilds them (vraid, like md, will not assemble a
+/// dirty parity array degraded, so this is checked on the member bytes).
+fn check_flushed(dir: &Path, members: &[PathBuf], half: usize, model: &[u8]) {
+    let mut args = vec!["--md"];
+    args.extend(members.iter().map(|m| path_str(m)));
+    let ro = Server::start(&args);
+    let got = read_export(&ro.uri("redmd"), dir);
+    assert!(
+        got[..half] == model[..half],
+        "flushed data differs (first at {:?})",
+        (0..half).find(|&i| got[i] != model[i])
+    );
+    ro.stop();
+    let rows = DATA_SECTORS as usize * 512 / 2;
+    let data: Vec<Vec<u8>> = members
+        .iter()
+        .map(|m| peek(m, DATA_OFFSET * 512, rows))
+        .collect();
+    if members.len() == 2 {
+        assert!(data[0] == data[1], "mirrors differ in the flushed half");
+        return;
+    }
+    let mut x = data[0].clone();
+    for d in &data[1..] {
+        x.iter_mut().zip(d).for_each(|(a, b)| *a ^= b);
+    }
+    let bad = x.iter().position(|&b| b != 0);
+    assert!(bad.is_none(), "parity inconsistent at member byte {bad:?}");
+}
+
+/// The SIGKILL loop of docs/FORMAT.md §12 (M-1, M-2): a writable RAID-5
+/// or RAID-1 session gets flushed writes in the first half of the array,
+/// then unflushed writes in the second half (other stripes) while it is
+/// killed at a random moment. After each kill: every superblock's checksum
+/// is right, all within one event; once a write was flushed every member
+/// says dirty (md resyncs); every flushed byte reads back read-only and
+/// its stripes' parity (mirrors) are consistent; and writable serving is
+/// refused until md has resynced.
+#[test]
+fn md_writable_sigkill_loop_keeps_flushed_data_and_dirty_state() {
+    let dir = scratch_dir("redteam_md_kill");
+    let mut rng = Rng(0x5eed);
+    for round in 0..20u64 {
+        let g = if round % 2 == 0 {
+            Geometry::RAID5
+        } else {
+            Geometry::RAID1
+        };
+        let members = zeroed_members(dir.path(), 0x42, &g);
+        let data_disks = if g.level == 5 { g.disks - 1 } else { 1 };
+        let size = DATA_SECTORS as usize * 512 * data_disks as usize;
+        let half = size / 2;
+        let mut model = vec![0u8; size];
+        let all: Vec<&str> = members.iter().map(|m| path_str(m)).collect();
+        let mut args = vec!["--md-writable", "--md"];
+        args.extend(&all);
+        let server = Server::start(&args);
+        let uri = server.uri("redmd");
+        let flushed = (round % 4) as usize;
+        if flushed > 0 {
+            let mut cmds = random_writes(&mut rng, flushed, 0, half as u64, &mut model);
+            cmds.push("flush".into());
+            qemu_io(&uri, &cmds);
+        }
+        let mut scratch = model.clone();
+        let cmds = random_writes(&mut rng, 200, half as u64, size as u64, &mut scratch);
+        let mut writer = qemu_io_command(&uri, &cmds)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The crash moment: random, from before the first write to deep
+        // into the unflushed ones.
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(400)));
+        server.kill();
+        let _ = writer.kill();
+        let _ = writer.wait();
+        let sbs = crash_superblocks(&members);
+        if flushed > 0 {
+            for (m, (events, state)) in members.iter().zip(&sbs) {
+                assert_eq!((*events, state.as_str()), (11, "active"), "{}", m.display());
+            }
+        }
+        if sbs.iter().any(|(_, s)| s == "active") {
+            let err = serve_refused(dir.path(), &args);
+            assert!(err.contains("not stopped cleanly"), "round {round}: {err}");
+        }
+        check_flushed(dir.path(), &members, half, &model);
+        for m in &members {
+            std::fs::remove_file(m).unwrap();
+        }
+    }
+}
+
+/// Red team: one md array in two `[[md]]` tables named apart (the second
+/// spelled through a symlink and a hard link) would be two writers of the
+/// same files in one process (a process's own claims do not stop it):
+/// refused, no member byte changed, for writable and read-only alike.
+#[test]
+fn one_md_member_in_two_md_tables_of_one_server_is_refused() {
+    let dir = scratch_dir("redteam_md_twice_cfg");
+    let a = raid1_members_of(dir.path(), 0x42, &pseudo_random(4096, 1));
+    let sym = dir.path().join("sym0.img");
+    std::os::unix::fs::symlink(&a[0], &sym).unwrap();
+    let hard = dir.path().join("hard1.img");
+    std::fs::hard_link(&a[1], &hard).unwrap();
+    let before: Vec<Vec<u8>> = a.iter().map(|m| std::fs::read(m).unwrap()).collect();
+    for writable in ["true", "false"] {
+        let table = |m0: &Path, m1: &Path, name: &str| {
+            format!(
+                "[[md]]\nmembers = [\"{}\", \"{}\"]\nname = \"{name}\"\nwritable = {writable}\n",
+                m0.display(),
+                m1.display()
+            )
+        };
+        let config = dir.path().join("md.toml");
+        let text = table(&a[0], &a[1], "one") + &table(&sym, &hard, "two");
+        std::fs::write(&config, text).unwrap();
+        let err = serve_refused(dir.path(), &["--config", path_str(&config)]);
+        assert!(err.contains("already a member"), "{err}");
+    }
+    for (m, b) in a.iter().zip(&before) {
+        assert!(std::fs::read(m).unwrap() == *b, "{} changed", m.display());
+    }
+}
+
+/// Red team: hostile md superblock fields (checksum recomputed, so only
+/// the field is wrong; and a wrong checksum) on both mirrors, served
+/// `--md-writable`: each refused with the field named and no byte of
+/// either member changed.
+#[test]
+fn md_writable_corrupt_superblock_fields_are_refused_without_a_write() {
+    let dir = scratch_dir("redteam_md_rw_corrupt");
+    let cases: [(&str, usize, &[u8], &str); 8] = [
+        ("sb_csum", 216, &[0xde, 0xad, 0xbe, 0xef], "checksum"),
+        ("dev_number", 160, &[5, 0, 0, 0], "dev_number"),
+        ("raid_disks", 92, &[0xff, 0xff, 0xff, 0x7f], "raid_disks"),
+        (
+            "data_offset",
+            128,
+            &[0, 0, 0x10, 0, 0, 0, 0, 0],
+            "past the end",
+        ),
+        ("max_dev", 220, &[0xff, 0xff, 0xff, 0xff], "max_dev"),
+        (
+            "super_offset",
+            144,
+            &[16, 0, 0, 0, 0, 0, 0, 0],
+            "super_offset",
+        ),
+        (
+            "size",
+            80,
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+            "larger",
+        ),
+        ("events", 200, &[0xff; 8], "event count"),
+    ];
+    for (field, at, bytes, words) in cases {
+        let members = raid1_members(dir.path(), &pseudo_random(4096, 3));
+        for (role, m) in members.iter().enumerate() {
+            let mut sb = superblock(role as u32, 10);
+            sb[at..at + bytes.len()].copy_from_slice(bytes);
+            if field != "sb_csum" {
+                raid_tests::md_image::set_csum(&mut sb);
+            }
+            poke(m, 4096, &sb);
+        }
+        let before: Vec<Vec<u8>> = members.iter().map(|m| std::fs::read(m).unwrap()).collect();
+        let args = [
+            "--md-writable",
+            "--md",
+            path_str(&members[0]),
+            path_str(&members[1]),
+        ];
+        let err = serve_refused(dir.path(), &args);
+        assert!(err.contains(words), "{field}: {err}");
+        for (m, b) in members.iter().zip(&before) {
+            assert!(
+                std::fs::read(m).unwrap() == *b,
+                "{field}: {} changed",
+                m.display()
+            );
+        }
+    }
+}
+
+/// Red team: a writable RAID-5 given 1- and 2-byte writes across chunk
+/// boundaries, the last byte, a write past the end (refused, the session
+/// goes on), WRITE_ZEROES and TRIM: every byte as written, parity of every
+/// stripe consistent and the superblocks clean after SIGTERM.
+#[test]
+fn md_writable_raid5_odd_writes_zeroes_and_trim_keep_parity() {
+    let dir = scratch_dir("redteam_md_rw_odd");
+    let members = zeroed_members(dir.path(), 0x42, &Geometry::RAID5);
+    let mut args = vec!["--md-writable", "--md"];
+    args.extend(members.iter().map(|m| path_str(m)));
+    let server = Server::start(&args);
+    let uri = server.uri("redmd");
+    let size = 2 * DATA_SECTORS * 512;
+    let cmds: Vec<String> = [
+        "write -P 7 65535 1".to_string(),
+        "write -P 8 131071 2".into(),
+        format!("write -P 9 {} 1", size - 1),
+        "write -P 5 100000 300000".into(),
+        "write -z 150000 100000".into(),
+        "discard 0 131072".into(),
+    ]
+    .into();
+    qemu_io(&uri, &cmds);
+    let (ok, out) = qemu_io_try(&uri, &[format!("write -P 1 {} 2", size - 1)]);
+    assert!(!ok, "a write past the end was taken: {out}");
+    qemu_io(&uri, &["write -P 3 4096 512".to_string()]);
+    let mut want = vec![0u8; size as usize];
+    want[65535] = 7;
+    want[131071..131073].fill(8);
+    want[size as usize - 1] = 9;
+    want[100000..400000].fill(5);
+    want[150000..250000].fill(0);
+    want[4096..4608].fill(3);
+    assert!(read_export(&uri, dir.path()) == want, "bytes differ");
+    assert_eq!(server.stop(), 0);
+    for m in &members {
+        assert_eq!(sb_state(m), ("clean".into(), 12, true), "{}", m.display());
+    }
+    let len = DATA_SECTORS as usize * 512;
+    let mut x = vec![0u8; len];
+    for m in &members {
+        let d = peek(m, DATA_OFFSET * 512, len);
+        x.iter_mut().zip(&d).for_each(|(a, b)| *a ^= b);
+    }
+    assert_eq!(x.iter().position(|&b| b != 0), None, "parity inconsistent");
+}
+
+/// Red team: a vraid volume's member given again (through a symlink, which
+/// the config's path check does not see) as an md member of the same
+/// server: refused by device identity before it is read as md.
+#[test]
+fn a_vraid_member_given_as_an_md_member_of_the_same_server_is_refused() {
+    let dir = scratch_dir("redteam_md_vraid_member");
+    let vraid_members = sparse_members(dir.path(), 2, 16 << 20);
+    create_array(1, "64K", "8M", "vol", &vraid_members);
+    let md = raid1_members(dir.path(), &pseudo_random(4096, 4));
+    let sym = dir.path().join("sym1.img");
+    std::os::unix::fs::symlink(&vraid_members[1], &sym).unwrap();
+    let config = dir.path().join("c.toml");
+    let text = format!(
+        "[[volume]]\nname = \"vol\"\nlevel = 1\nmembers = [{:?}, {:?}]\n\
+         [[md]]\nmembers = [{:?}, {:?}]\nwritable = true\n",
+        vraid_members[0], vraid_members[1], md[0], sym
+    );
+    std::fs::write(&config, text).unwrap();
+    let before = std::fs::read(&md[0]).unwrap();
+    let err = serve_refused(dir.path(), &["--config", path_str(&config)]);
+    assert!(err.contains("already a member"), "{err}");
+    assert!(std::fs::read(&md[0]).unwrap() == before);
 }

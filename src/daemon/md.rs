@@ -53,6 +53,7 @@ pub async fn bring_up(
         read_only: !writable,
         ..*opts
     };
+    refuse_served_here(paths)?;
     let mut members = Vec::with_capacity(paths.len());
     for path in paths {
         let device: Arc<dyn BlockDevice> = member::open_member(path, &opts)?;
@@ -87,6 +88,24 @@ pub async fn bring_up(
     Ok(MdServed {
         volume: Arc::new(volume),
     })
+}
+
+/// Refuses a member this server already serves (a vraid volume's member,
+/// or one of another `[[md]]` array, under any spelling): claims of this
+/// process do not stop it, and two writers of one file would corrupt it.
+fn refuse_served_here(paths: &[PathBuf]) -> Result<(), DaemonError> {
+    for path in paths {
+        let Ok(id) = member::DeviceId::of_path(path) else {
+            continue;
+        };
+        if member::claim::held_by_this_process(id) {
+            return Err(DaemonError::Usage(format!(
+                "{}: already a member of a volume or md array this server serves",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Marks every written array clean (orderly shutdown).

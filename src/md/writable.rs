@@ -44,6 +44,14 @@ pub fn refusal(array: &MdArray) -> Option<String> {
                 .into(),
         );
     }
+    // A session adds 2 to the event count: one at its limit would wrap
+    // to 0, and md would take every member as the stalest.
+    if sb.events > u64::MAX - 2 {
+        return Some(format!(
+            "event count {} is at its limit (a hostile or corrupt superblock)",
+            sb.events
+        ));
+    }
     let unsafe_features = feature::PPL | feature::MULTIPLE_PPLS | feature::JOURNAL;
     if sb.feature_map & (unsafe_features | feature::CLUSTERED | feature::RESHAPE_ACTIVE) != 0 {
         return Some(format!(

@@ -198,6 +198,13 @@ async fn degraded_unclean_and_bitmap_arrays_are_refused_writable() {
     }
     let e = refused(m);
     assert!(e.contains("write-intent bitmap"), "{e}");
+    // Red team: an event count a session's two increments would wrap.
+    let mut m = reread(&devs).await;
+    for (_, sb) in &mut m {
+        sb.events = u64::MAX - 1;
+    }
+    let e = refused(m);
+    assert!(e.contains("event count") && e.contains("limit"), "{e}");
     // Read-only serving of the same arrays is unaffected; a read-only
     // volume refuses writes.
     let vol = MdVolume::new(assemble(reread(&devs).await).unwrap());
