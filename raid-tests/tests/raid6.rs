@@ -368,3 +368,91 @@ fn raid6_rebuilds_two_missing_members_onto_config_spares_in_one_pass() {
     paths[3] = spares[1].clone();
     assert_eq!(bad_syndrome_stripes(&paths), Vec::<usize>::new());
 }
+
+/// `(member 1 resume point, member 3 resume point)` from a restart's log
+/// ("resuming the rebuild of member N at X").
+fn resume_points(log: &str) -> (u64, u64) {
+    let at = |role: usize| {
+        let needle = format!("resuming the rebuild of member {role} at ");
+        log.lines()
+            .find_map(|l| l.split(&needle).nth(1))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no resume of member {role}:\n{log}"))
+    };
+    (at(1), at(3))
+}
+
+/// Volume offset of the 1 MiB written for member checkpoint window `i`
+/// (3 data members: member offset `i` × 64 MiB + 1 MiB).
+fn spread_at(i: u64) -> u64 {
+    i * 3 * (64 << 20) + (3 << 20)
+}
+
+/// FORMAT.md §7 case 64 at a real size: 1 GiB sparse members with 1 MiB
+/// written in each 64 MiB checkpoint window, a slow two-member pass
+/// SIGKILLed twice; each restart resumes BOTH members from the same
+/// non-zero checkpoint, the second further on than the first.
+#[test]
+fn raid6_two_member_rebuild_killed_twice_resumes_both_from_a_nonzero_checkpoint() {
+    // Arrange: data spread over 16 checkpoint windows; members 1, 3 gone.
+    let dir = scratch_dir("r6-resume-nonzero");
+    let mut paths = sparse_members(dir.path(), 5, 1 << 30);
+    create_array(6, "64K", "1G", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&args_of(&ctl, &paths));
+    let writes: Vec<String> = (0..16)
+        .map(|i| format!("write -P {} {} 1M", 0x10 + i, spread_at(i)))
+        .collect();
+    qemu_io(&server.uri("vol0"), &writes);
+    assert_eq!(server.stop(), 0);
+    for role in [1, 3] {
+        std::fs::remove_file(&paths[role]).unwrap();
+    }
+    let spares: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("spare{i}.img")))
+        .collect();
+    let serve = |mbps: u64| {
+        let config = spares_config(dir.path(), &paths, &spares, mbps);
+        Server::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ])
+    };
+    let done = || vol0(&ctl)["sync"]["done_bytes"].as_u64().unwrap_or(0);
+
+    // Act: kill past the third checkpoint, restart, kill again two
+    // checkpoints further on, then finish unthrottled.
+    let server = serve(1);
+    wait_until(Duration::from_secs(120), || done() > 3 * (64 << 20));
+    server.kill();
+    let server = serve(1);
+    let first = resume_points(
+        &server.wait_log("resuming the rebuild of member 3", Duration::from_secs(30)),
+    );
+    wait_until(Duration::from_secs(120), || done() > 2 * (64 << 20));
+    server.kill();
+    let server = serve(0);
+    let log = server.wait_log("rebuild of member 1 finished", Duration::from_secs(120));
+    server.wait_log("rebuild of member 3 finished", Duration::from_secs(120));
+    let second = resume_points(&server.log());
+
+    // Assert: both members resumed together from non-zero checkpoints,
+    // the second later; all members active; every written MiB reads back.
+    assert!(first.0 > 0 && first.0 == first.1, "{first:?}\n{log}");
+    assert!(
+        second.0 > first.0 && second.0 == second.1,
+        "{first:?} {second:?}\n{log}"
+    );
+    assert_eq!(member_states(&vol0(&ctl)), vec!["active"; 5], "{log}");
+    let reads: Vec<String> = (0..16)
+        .map(|i| format!("read -P {} {} 1M", 0x10 + i, spread_at(i)))
+        .collect();
+    let out = qemu_io(&server.uri("vol0"), &reads);
+    assert!(!out.contains("verification failed"), "{out}");
+    assert_eq!(server.stop(), 0);
+    paths[1] = spares[0].clone();
+    paths[3] = spares[1].clone();
+}
