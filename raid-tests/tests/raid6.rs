@@ -236,6 +236,17 @@ fn raid6_is_served_with_the_write_hole_journal_by_default() {
 /// A config serving `members` as a RAID-6 `vol0` with `spares`, rebuilt
 /// at `mbps` MB/s (0: unlimited).
 fn spares_config(dir: &Path, members: &[PathBuf], spares: &[PathBuf], mbps: u64) -> PathBuf {
+    spares_config_sized(dir, members, spares, mbps, "64M")
+}
+
+/// [`spares_config`] for members (and spares) of `size`.
+fn spares_config_sized(
+    dir: &Path,
+    members: &[PathBuf],
+    spares: &[PathBuf],
+    mbps: u64,
+    size: &str,
+) -> PathBuf {
     let quoted = |ps: &[PathBuf]| {
         ps.iter()
             .map(|p| format!("{:?}", p.display().to_string()))
@@ -248,7 +259,7 @@ fn spares_config(dir: &Path, members: &[PathBuf], spares: &[PathBuf], mbps: u64)
         format!(
             "[[volume]]\nname = \"vol0\"\nlevel = 6\nchunk_size = \"64K\"\nmembers = [{}]\n\
              spares = [{}]\nwrite_hole_protection = false\nrebuild_max_mbps = {mbps}\n\
-             create = {{ member_size = \"64M\" }}\n",
+             create = {{ member_size = \"{size}\" }}\n",
             quoted(members),
             quoted(spares)
         ),
@@ -413,7 +424,7 @@ fn raid6_two_member_rebuild_killed_twice_resumes_both_from_a_nonzero_checkpoint(
         .map(|i| dir.path().join(format!("spare{i}.img")))
         .collect();
     let serve = |mbps: u64| {
-        let config = spares_config(dir.path(), &paths, &spares, mbps);
+        let config = spares_config_sized(dir.path(), &paths, &spares, mbps, "1G");
         Server::start(&[
             "--config",
             config.to_str().unwrap(),
@@ -425,10 +436,10 @@ fn raid6_two_member_rebuild_killed_twice_resumes_both_from_a_nonzero_checkpoint(
 
     // Act: kill past the third checkpoint, restart, kill again two
     // checkpoints further on, then finish unthrottled.
-    let server = serve(1);
+    let server = serve(20);
     wait_until(Duration::from_secs(120), || done() > 3 * (64 << 20));
     server.kill();
-    let server = serve(1);
+    let server = serve(20);
     let first = resume_points(
         &server.wait_log("resuming the rebuild of member 3", Duration::from_secs(30)),
     );
@@ -438,6 +449,7 @@ fn raid6_two_member_rebuild_killed_twice_resumes_both_from_a_nonzero_checkpoint(
     let log = server.wait_log("rebuild of member 1 finished", Duration::from_secs(120));
     server.wait_log("rebuild of member 3 finished", Duration::from_secs(120));
     let second = resume_points(&server.log());
+    eprintln!("resume points (member 1, member 3): first {first:?}, second {second:?}");
 
     // Assert: both members resumed together from non-zero checkpoints,
     // the second later; all members active; every written MiB reads back.
