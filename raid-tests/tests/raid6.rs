@@ -236,6 +236,17 @@ fn raid6_is_served_with_the_write_hole_journal_by_default() {
 /// A config serving `members` as a RAID-6 `vol0` with `spares`, rebuilt
 /// at `mbps` MB/s (0: unlimited).
 fn spares_config(dir: &Path, members: &[PathBuf], spares: &[PathBuf], mbps: u64) -> PathBuf {
+    spares_config_sized(dir, members, spares, mbps, "64M")
+}
+
+/// [`spares_config`] for members (and spares) of `size`.
+fn spares_config_sized(
+    dir: &Path,
+    members: &[PathBuf],
+    spares: &[PathBuf],
+    mbps: u64,
+    size: &str,
+) -> PathBuf {
     let quoted = |ps: &[PathBuf]| {
         ps.iter()
             .map(|p| format!("{:?}", p.display().to_string()))
@@ -248,7 +259,7 @@ fn spares_config(dir: &Path, members: &[PathBuf], spares: &[PathBuf], mbps: u64)
         format!(
             "[[volume]]\nname = \"vol0\"\nlevel = 6\nchunk_size = \"64K\"\nmembers = [{}]\n\
              spares = [{}]\nwrite_hole_protection = false\nrebuild_max_mbps = {mbps}\n\
-             create = {{ member_size = \"64M\" }}\n",
+             create = {{ member_size = \"{size}\" }}\n",
             quoted(members),
             quoted(spares)
         ),
@@ -367,4 +378,93 @@ fn raid6_rebuilds_two_missing_members_onto_config_spares_in_one_pass() {
     paths[1] = spares[0].clone();
     paths[3] = spares[1].clone();
     assert_eq!(bad_syndrome_stripes(&paths), Vec::<usize>::new());
+}
+
+/// `(member 1 resume point, member 3 resume point)` from a restart's log
+/// ("resuming the rebuild of member N at X").
+fn resume_points(log: &str) -> (u64, u64) {
+    let at = |role: usize| {
+        let needle = format!("resuming the rebuild of member {role} at ");
+        log.lines()
+            .find_map(|l| l.split(&needle).nth(1))
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no resume of member {role}:\n{log}"))
+    };
+    (at(1), at(3))
+}
+
+/// Volume offset of the 1 MiB written for member checkpoint window `i`
+/// (3 data members: member offset `i` × 64 MiB + 1 MiB).
+fn spread_at(i: u64) -> u64 {
+    i * 3 * (64 << 20) + (3 << 20)
+}
+
+/// FORMAT.md §7 case 64 at a real size: 1 GiB sparse members with 1 MiB
+/// written in each 64 MiB checkpoint window, a slow two-member pass
+/// SIGKILLed twice; each restart resumes BOTH members from the same
+/// non-zero checkpoint, the second further on than the first.
+#[test]
+fn raid6_two_member_rebuild_killed_twice_resumes_both_from_a_nonzero_checkpoint() {
+    // Arrange: data spread over 16 checkpoint windows; members 1, 3 gone.
+    let dir = scratch_dir("r6-resume-nonzero");
+    let mut paths = sparse_members(dir.path(), 5, 1 << 30);
+    create_array(6, "64K", "1G", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&args_of(&ctl, &paths));
+    let writes: Vec<String> = (0..16)
+        .map(|i| format!("write -P {} {} 1M", 0x10 + i, spread_at(i)))
+        .collect();
+    qemu_io(&server.uri("vol0"), &writes);
+    assert_eq!(server.stop(), 0);
+    for role in [1, 3] {
+        std::fs::remove_file(&paths[role]).unwrap();
+    }
+    let spares: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("spare{i}.img")))
+        .collect();
+    let serve = |mbps: u64| {
+        let config = spares_config_sized(dir.path(), &paths, &spares, mbps, "1G");
+        Server::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ])
+    };
+    let done = || vol0(&ctl)["sync"]["done_bytes"].as_u64().unwrap_or(0);
+
+    // Act: kill past the third checkpoint, restart, kill again two
+    // checkpoints further on, then finish unthrottled.
+    let server = serve(20);
+    wait_until(Duration::from_secs(120), || done() > 3 * (64 << 20));
+    server.kill();
+    let server = serve(20);
+    let first = resume_points(
+        &server.wait_log("resuming the rebuild of member 3", Duration::from_secs(30)),
+    );
+    wait_until(Duration::from_secs(120), || done() > 2 * (64 << 20));
+    server.kill();
+    let server = serve(0);
+    let log = server.wait_log("rebuild of member 1 finished", Duration::from_secs(120));
+    server.wait_log("rebuild of member 3 finished", Duration::from_secs(120));
+    let second = resume_points(&server.log());
+    eprintln!("resume points (member 1, member 3): first {first:?}, second {second:?}");
+
+    // Assert: both members resumed together from non-zero checkpoints,
+    // the second later; all members active; every written MiB reads back.
+    assert!(first.0 > 0 && first.0 == first.1, "{first:?}\n{log}");
+    assert!(
+        second.0 > first.0 && second.0 == second.1,
+        "{first:?} {second:?}\n{log}"
+    );
+    assert_eq!(member_states(&vol0(&ctl)), vec!["active"; 5], "{log}");
+    let reads: Vec<String> = (0..16)
+        .map(|i| format!("read -P {} {} 1M", 0x10 + i, spread_at(i)))
+        .collect();
+    let out = qemu_io(&server.uri("vol0"), &reads);
+    assert!(!out.contains("verification failed"), "{out}");
+    assert_eq!(server.stop(), 0);
+    paths[1] = spares[0].clone();
+    paths[3] = spares[1].clone();
 }

@@ -46,32 +46,64 @@ fn crash_then_lose_a_member(protect: bool) -> (usize, String) {
     crash_then_lose_members(5, protect, false)
 }
 
-/// Starts `vraid serve` on `paths` and SIGKILLs it as soon as it logs that
-/// it replays the journal (FORMAT.md §9 cases 30, 70).
+/// Starts `vraid serve` on `paths` with the last member behind nbdkit
+/// (its writes delayed 20 ms each, every request logged) and SIGKILLs it
+/// mid-replay: after it logs that it replays the journal, once the slow
+/// member has taken 3 more writes, and before it logs that the replay
+/// ended (asserted: the kill provably lands inside the replay; FORMAT.md
+/// §9 cases 30, 70).
 fn kill_during_replay(paths: &[PathBuf], ctl: &str, dir: &std::path::Path) {
-    let log = dir.join("replay-kill.log");
+    let (log, nbd_log) = (dir.join("replay-kill.log"), dir.join("nbdkit.log"));
+    let port = free_port();
+    let mut nbdkit = Command::new("nbdkit")
+        .args(["-f", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--filter=log", "--filter=delay", "file"])
+        .arg(paths.last().unwrap())
+        .arg(format!("logfile={}", nbd_log.display()))
+        .arg("wdelay=20ms")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn nbdkit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nbdkit not up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut members: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    *members.last_mut().unwrap() = format!("nbd://127.0.0.1:{port}/");
+    let mut args = serve_args(&[], ctl, true);
+    args.extend(members.iter().map(String::as_str));
     let out = std::fs::File::create(&log).unwrap();
     let mut child = vraid(&["serve", "--nbd", &format!("127.0.0.1:{}", free_port())])
-        .args(serve_args(paths, ctl, true))
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
         .expect("spawn vraid serve");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("replaying the write-hole journal")
-    {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let writes = || read(&nbd_log).matches("Write id=").count();
+    let mut at_replay = None;
+    loop {
+        let text = read(&log);
         assert!(
-            std::time::Instant::now() < deadline,
-            "no replay logged:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            !text.contains("replayed "),
+            "the replay ended before the kill:\n{text}"
         );
+        match at_replay {
+            None if text.contains("replaying the write-hole journal") => at_replay = Some(writes()),
+            Some(w) if writes() >= w + 3 => break,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "no replay:\n{text}");
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = child.kill();
     let _ = child.wait();
+    let _ = nbdkit.kill();
+    let _ = nbdkit.wait();
+    let text = read(&log);
+    assert!(!text.contains("replayed "), "replay ended:\n{text}");
 }
 
 fn crash_then_lose_members(level: u32, protect: bool, kill_replay: bool) -> (usize, String) {

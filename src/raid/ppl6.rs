@@ -20,6 +20,9 @@ use super::volume::Volume;
 use crate::block::Durability;
 use crate::units::ByteOffset;
 
+/// Bytes of one checksummed block.
+const BLOCK: u64 = 4096;
+
 /// Which syndrome a ring's entry fixes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Syn {
@@ -69,6 +72,37 @@ impl Entry<'_> {
         }
         ok
     }
+
+    /// Rule 1's write of `bytes` (rows from `lo`) to `m` (P or Q), keeping
+    /// every block whose row has a data block failing its checksum while P
+    /// and the other data rebuild one that passes: that P and Q still hold
+    /// the truth, the resync restores the block (as RAID-5's replay does,
+    /// docs/FORMAT.md §8, §9).
+    async fn write_checked(&self, m: MemberIndex, lo: u64, bytes: &[u8]) -> bool {
+        let g = self.vol.geometry();
+        let (Some(p), q) = (g.parity_member(self.stripe), g.q_member(self.stripe)) else {
+            return false;
+        };
+        let (mut ok, mut kept) = (true, 0);
+        for (a, b) in blocks_of(lo, lo + bytes.len() as u64) {
+            let at = self.offset(a).0 / BLOCK * BLOCK;
+            if self.vol.p_holds_truth(p, q, at).await {
+                kept += 1;
+                continue;
+            }
+            ok &= self
+                .write(m, a, &bytes[(a - lo) as usize..(b - lo) as usize])
+                .await;
+        }
+        if kept > 0 {
+            tracing::warn!(
+                stripe = self.stripe.0,
+                blocks = kept,
+                "replay: P/Q kept over data blocks that fail their checksums (the resync restores them)"
+            );
+        }
+        ok
+    }
 }
 
 /// Replays the rows `rows` of `rec` from `member`'s ring. False when
@@ -105,7 +139,7 @@ pub(super) async fn replay_one(
     let mut wrote = false;
     for (lo, hi) in rows.iter().flat_map(|&r| subtract(r, &unknown)) {
         let bytes = &syndrome[(lo - rlo) as usize..(hi - rlo) as usize];
-        wrote |= e.write(member, lo, bytes).await;
+        wrote |= e.write_checked(member, lo, bytes).await;
     }
     // Rule 2: from the P ring, rows where exactly one touched chunk is
     // missing, when Q is present.

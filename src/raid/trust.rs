@@ -113,12 +113,27 @@ impl Volume {
     /// included, rebuilds one that passes. Recomputing the parity from that
     /// data would seal the corruption; the resync restores the block.
     pub(super) async fn parity_holds_truth(&self, parity: MemberIndex, at: u64) -> bool {
+        self.p_holds_truth(parity, None, at).await
+    }
+
+    /// [`Volume::parity_holds_truth`] for a RAID-6 row: P and the data
+    /// blocks judged as a RAID-5 row (Q's slot zero, its verdict unknown),
+    /// asked before a replay rewrites the row's P or Q.
+    pub(super) async fn p_holds_truth(
+        &self,
+        parity: MemberIndex,
+        q: Option<MemberIndex>,
+        at: u64,
+    ) -> bool {
         let n = self.geometry().members();
         if self.checksums().is_none() || self.down_count() > 0 {
             return false;
         }
         let mut bufs = vec![vec![0u8; BLOCK]; n];
         for (m, buf) in bufs.iter_mut().enumerate() {
+            if Some(MemberIndex(m)) == q {
+                continue;
+            }
             if self
                 .read_member(MemberIndex(m), ByteOffset(at), buf)
                 .await
@@ -133,6 +148,10 @@ impl Volume {
         }
         let mut verdicts = Vec::with_capacity(n);
         for (m, buf) in bufs.iter().enumerate() {
+            if Some(MemberIndex(m)) == q {
+                verdicts.push(Verdict::Unknown);
+                continue;
+            }
             verdicts.push(self.verdicts(MemberIndex(m), ByteOffset(at), buf).await[0]);
         }
         matches!(self.repairable_member(&row, &verdicts, at).await, Some((m, _)) if m != parity)
