@@ -984,7 +984,7 @@ pub struct LogReplayArgs {
     /// The log.
     #[command(flatten)]
     pub log: LogFileArg,
-    /// Image file or block device holding the volume as it was when logging started (created zeroed if missing).
+    /// Image file, block device, or NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, e.g. another volume) holding the volume as it was when logging started (a missing file is created zeroed; an export must be at least the log's volume size).
     pub target: PathBuf,
     /// The first N entries.
     #[arg(long, value_name = "N", group = "point")]
