@@ -429,9 +429,10 @@ fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
     // Act: the flush point ending the second round replayed onto a file, the other volume
     // and nbdkit; then onto an export too small.
     let img = v.path("img");
-    let to = ["--to-flush", k.as_str()];
+    let to_k = format!("flush:{k}");
+    let to = ["--to", to_k.as_str()];
     let replay = |target: &str| vraid_log(&[&["replay", s(&log), target][..], &to[..]].concat());
-    let (ok, text) = replay(s(&img));
+    let (ok, text) = vraid_log(&["replay", s(&log), s(&img), "--to-flush", &k]);
     assert!(ok, "{text}");
     let (ok, text) = replay(&other.uri);
     assert!(ok, "{text}");
@@ -473,6 +474,25 @@ fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
     assert!(
         too_small.contains("smaller than the log's volume"),
         "{too_small}"
+    );
+    // `log check --each-flush` still builds its states on a file: every
+    // flush point (the log ends at one: the tail's close).
+    let scratch = v.path("check.img");
+    let (ok, text) = vraid_log(&[
+        "check",
+        s(&log),
+        "--image",
+        s(&scratch),
+        "--each-flush",
+        "--",
+        "test",
+        "-f",
+        "{}",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{flushes} crash points checked, 0 failed")),
+        "{text}"
     );
     for c in [&mut kit, &mut small] {
         let _ = c.kill();
