@@ -719,6 +719,18 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn replay_points_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_point("7"), Ok(ReplayPoint::Entries(7)));
+        assert_eq!(parse_point("entry:7"), Ok(ReplayPoint::Entries(7)));
+        assert_eq!(parse_point("flush:2"), Ok(ReplayPoint::Flush(2)));
+        assert_eq!(parse_point("mark:a:b"), Ok(ReplayPoint::Mark("a:b".into())));
+        for bad in ["flush:x", "mark:", "bogus:3", "", "-1", "entry:"] {
+            let e = parse_point(bad).unwrap_err();
+            assert!(e.contains("entry:N"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn serve_parses_nbd_limits_and_refuses_a_zero_timeout() {
         let cli = Cli::try_parse_from([
             "vraid",
