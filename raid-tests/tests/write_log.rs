@@ -369,12 +369,18 @@ fn ext4_workload_is_e2fsck_clean_at_every_flush_point_and_crash_subset() {
     assert!(std::fs::read(&full).unwrap() == read_export(&v.uri, v.dir.path()));
 }
 
-/// `nbdkit memory SIZE` on a Unix socket in `dir`: (child, its URI).
-fn nbdkit_memory(dir: &Path, tag: &str, size: &str) -> (std::process::Child, String) {
+/// `nbdkit [OPTS] memory SIZE` on a Unix socket in `dir`: (child, its URI).
+fn nbdkit_memory(
+    dir: &Path,
+    tag: &str,
+    opts: &[&str],
+    size: &str,
+) -> (std::process::Child, String) {
     let sock = dir.join(format!("{tag}.sock"));
     let child = Command::new("nbdkit")
         .args(["-f", "--exit-with-parent", "-U"])
         .arg(&sock)
+        .args(opts)
         .args(["memory", size])
         .stdin(Stdio::null())
         .spawn()
@@ -423,8 +429,9 @@ fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
     let k = (flushes - 2).to_string();
     let size = listed["volume_size"].as_u64().unwrap();
     let other = serve_vol("wlog-nbd-dst");
-    let (mut kit, kit_uri) = nbdkit_memory(other.dir.path(), "kit", "64M");
-    let (mut small, small_uri) = nbdkit_memory(other.dir.path(), "small", "1M");
+    let (mut kit, kit_uri) = nbdkit_memory(other.dir.path(), "kit", &[], "64M");
+    let (mut small, small_uri) = nbdkit_memory(other.dir.path(), "small", &[], "1M");
+    let (mut ro, ro_uri) = nbdkit_memory(other.dir.path(), "ro", &["-r"], "64M");
 
     // Act: the flush point ending the second round replayed onto a file, the other volume
     // and nbdkit; then onto an export too small.
@@ -440,6 +447,7 @@ fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
     let (ok, text) = replay(&kit_uri);
     assert!(ok, "{text}");
     let (ok, too_small) = replay(&small_uri);
+    let (ro_ok, read_only) = replay(&ro_uri);
 
     // Assert: the file holds both rounds (zeroed and discarded ranges
     // read zero, the tail absent); the volume and nbdkit equal it.
@@ -494,7 +502,9 @@ fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
         text.contains(&format!("{flushes} crash points checked, 0 failed")),
         "{text}"
     );
-    for c in [&mut kit, &mut small] {
+    assert!(!ro_ok, "a read-only export took the replay: {read_only}");
+    assert!(read_only.contains("read-only"), "{read_only}");
+    for c in [&mut kit, &mut small, &mut ro] {
         let _ = c.kill();
         let _ = c.wait();
     }
