@@ -719,6 +719,18 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn replay_points_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_point("7"), Ok(ReplayPoint::Entries(7)));
+        assert_eq!(parse_point("entry:7"), Ok(ReplayPoint::Entries(7)));
+        assert_eq!(parse_point("flush:2"), Ok(ReplayPoint::Flush(2)));
+        assert_eq!(parse_point("mark:a:b"), Ok(ReplayPoint::Mark("a:b".into())));
+        for bad in ["flush:x", "mark:", "bogus:3", "", "-1", "entry:"] {
+            let e = parse_point(bad).unwrap_err();
+            assert!(e.contains("entry:N"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn serve_parses_nbd_limits_and_refuses_a_zero_timeout() {
         let cli = Cli::try_parse_from([
             "vraid",
@@ -984,11 +996,11 @@ pub struct LogReplayArgs {
     /// The log.
     #[command(flatten)]
     pub log: LogFileArg,
-    /// Image file or block device holding the volume as it was when logging started (created zeroed if missing).
+    /// Image file, block device, or NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, e.g. another volume) holding the volume as it was when logging started (a missing file is created zeroed; an export must be at least the log's volume size).
     pub target: PathBuf,
-    /// The first N entries.
-    #[arg(long, value_name = "N", group = "point")]
-    pub to: Option<u64>,
+    /// The point: `entry:N` (or N: the first N entries), `flush:K` (up to and including FLUSH number K, from 0), `mark:NAME`.
+    #[arg(long, value_name = "POINT", group = "point", value_parser = parse_point)]
+    pub to: Option<ReplayPoint>,
     /// Up to and including FLUSH number K (from 0).
     #[arg(long, value_name = "K", group = "point")]
     pub to_flush: Option<u64>,
@@ -1023,6 +1035,9 @@ pub struct LogCheckArgs {
     /// The log.
     #[command(flatten)]
     pub log: LogFileArg,
+    /// Only the flush points and the end (the default: no --subsets).
+    #[arg(long, conflicts_with = "subsets")]
+    pub each_flush: bool,
     /// Scratch image the states are built on (overwritten).
     #[arg(long)]
     pub image: PathBuf,
@@ -1035,6 +1050,32 @@ pub struct LogCheckArgs {
     /// Command run on each state; `{}` in it is the image path.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// A replay's `--to` point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayPoint {
+    /// The first N entries.
+    Entries(u64),
+    /// Up to and including FLUSH number K.
+    Flush(u64),
+    /// Up to and including the mark.
+    Mark(String),
+}
+
+/// `entry:N`, `N`, `flush:K` or `mark:NAME`.
+fn parse_point(s: &str) -> Result<ReplayPoint, String> {
+    let number = |n: &str| {
+        n.parse::<u64>()
+            .map_err(|_| format!("{n:?} is not a number (entry:N, flush:K, mark:NAME)"))
+    };
+    match s.split_once(':') {
+        Some(("entry", n)) => number(n).map(ReplayPoint::Entries),
+        Some(("flush", k)) => number(k).map(ReplayPoint::Flush),
+        Some(("mark", name)) if !name.is_empty() => Ok(ReplayPoint::Mark(name.to_string())),
+        None => number(s).map(ReplayPoint::Entries),
+        _ => Err(format!("{s:?}: expected entry:N, flush:K or mark:NAME")),
+    }
 }
 
 /// Fill-event thresholds as given (`80,90,95`, or `none`).

@@ -368,3 +368,144 @@ fn ext4_workload_is_e2fsck_clean_at_every_flush_point_and_crash_subset() {
     assert!(ok, "{text}");
     assert!(std::fs::read(&full).unwrap() == read_export(&v.uri, v.dir.path()));
 }
+
+/// `nbdkit [OPTS] memory SIZE` on a Unix socket in `dir`: (child, its URI).
+fn nbdkit_memory(
+    dir: &Path,
+    tag: &str,
+    opts: &[&str],
+    size: &str,
+) -> (std::process::Child, String) {
+    let sock = dir.join(format!("{tag}.sock"));
+    let child = Command::new("nbdkit")
+        .args(["-f", "--exit-with-parent", "-U"])
+        .arg(&sock)
+        .args(opts)
+        .args(["memory", size])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn nbdkit (package nbdkit)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "nbdkit did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, format!("nbd+unix:///?socket={}", sock.display()))
+}
+
+#[test]
+fn replay_onto_another_volume_and_nbdkit_equals_the_file_replay() {
+    // Arrange: a qemu-io workload on vol0 of one daemon with data, a
+    // zeroed range, a discard and an unflushed tail; a second daemon's
+    // fresh volume of the same geometry; nbdkit memory exports.
+    let v = serve_vol("wlog-nbd-src");
+    let log = v.path("nbd.wlog");
+    vraid_ctl_ok(&v.control, &["log", "start", "vol0", s(&log)]);
+    qemu_io(
+        &v.uri,
+        &[
+            "write -P 0x11 0 64k".into(),
+            "write -P 0x55 1M 128k".into(),
+            "write -P 0x66 3M 64k".into(),
+            "flush".into(),
+        ],
+    );
+    qemu_io(
+        &v.uri,
+        &[
+            "write -P 0x22 64k 64k".into(),
+            "write -z 1M 64k".into(),
+            "discard 3M 64k".into(),
+            "flush".into(),
+        ],
+    );
+    qemu_io(&v.uri, &["write -P 0x33 0 4k".into()]);
+    vraid_ctl_ok(&v.control, &["log", "stop", "vol0"]);
+    let listed = list_json(&log);
+    let flushes = listed["flushes"].as_array().unwrap().len();
+    // Each qemu-io also flushes at its close: the tail's close is the
+    // last flush, so the one before it ends the second round.
+    assert!(flushes >= 4, "{listed}");
+    let k = (flushes - 2).to_string();
+    let size = listed["volume_size"].as_u64().unwrap();
+    let other = serve_vol("wlog-nbd-dst");
+    let (mut kit, kit_uri) = nbdkit_memory(other.dir.path(), "kit", &[], "64M");
+    let (mut small, small_uri) = nbdkit_memory(other.dir.path(), "small", &[], "1M");
+    let (mut ro, ro_uri) = nbdkit_memory(other.dir.path(), "ro", &["-r"], "64M");
+
+    // Act: the flush point ending the second round replayed onto a file, the other volume
+    // and nbdkit; then onto an export too small.
+    let img = v.path("img");
+    let to_k = format!("flush:{k}");
+    let to = ["--to", to_k.as_str()];
+    let replay = |target: &str| vraid_log(&[&["replay", s(&log), target][..], &to[..]].concat());
+    let (ok, text) = vraid_log(&["replay", s(&log), s(&img), "--to-flush", &k]);
+    assert!(ok, "{text}");
+    let (ok, text) = replay(&other.uri);
+    assert!(ok, "{text}");
+    assert!(text.contains(&other.uri), "{text}");
+    let (ok, text) = replay(&kit_uri);
+    assert!(ok, "{text}");
+    let (ok, too_small) = replay(&small_uri);
+    let (ro_ok, read_only) = replay(&ro_uri);
+
+    // Assert: the file holds both rounds (zeroed and discarded ranges
+    // read zero, the tail absent); the volume and nbdkit equal it.
+    let file = std::fs::read(&img).unwrap();
+    assert_eq!(file.len() as u64, size);
+    assert!(file[..131072].iter().all(|&b| b != 0), "rounds missing");
+    assert!(file[..4096].iter().all(|&b| b == 0x11), "tail replayed");
+    assert!(file[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0));
+    assert!(file[(1 << 20) + 65536..(1 << 20) + 131072]
+        .iter()
+        .all(|&b| b == 0x55));
+    assert!(file[3 << 20..(3 << 20) + 65536].iter().all(|&b| b == 0));
+    assert!(
+        read_export(&other.uri, other.dir.path()) == file,
+        "volume != file replay"
+    );
+    let cmp = run(Command::new("qemu-img").args([
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        s(&img),
+        &kit_uri,
+    ]));
+    assert!(
+        cmp.status.success(),
+        "nbdkit != file replay: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    assert!(!ok, "a 1M export took a {size}-byte replay: {too_small}");
+    assert!(
+        too_small.contains("smaller than the log's volume"),
+        "{too_small}"
+    );
+    // `log check --each-flush` still builds its states on a file: every
+    // flush point (the log ends at one: the tail's close).
+    let scratch = v.path("check.img");
+    let (ok, text) = vraid_log(&[
+        "check",
+        s(&log),
+        "--image",
+        s(&scratch),
+        "--each-flush",
+        "--",
+        "test",
+        "-f",
+        "{}",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("{flushes} crash points checked, 0 failed")),
+        "{text}"
+    );
+    assert!(!ro_ok, "a read-only export took the replay: {read_only}");
+    assert!(read_only.contains("read-only"), "{read_only}");
+    for c in [&mut kit, &mut small, &mut ro] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::client::{call, default_client_path};
 use super::log_methods::{LogMarkParams, LogMarkReply, LogReply, LogStartParams, LogStopParams};
-use crate::cli::{ControlArg, CrashArgs, LogCheckArgs, LogCommand, LogCrashArgs, LogReplayArgs};
+use crate::cli::{
+    ControlArg, CrashArgs, LogCheckArgs, LogCommand, LogCrashArgs, LogReplayArgs, ReplayPoint,
+};
 use crate::daemon::DaemonError;
 use crate::wlog::crash::{crash_points, CrashOptions, CrashPoint};
 use crate::wlog::replay::{OpenLog, Target};
@@ -138,7 +140,9 @@ fn replay(a: LogReplayArgs) -> Result<(), LogError> {
     let log = OpenLog::open(&a.log.file, a.log.allow_torn)?;
     let n = log.index.entries.len() as u64;
     let point = match (a.to, a.to_flush, &a.to_mark, a.crashpoint) {
-        (Some(to), ..) => plain(log.entries_cut(to)?),
+        (Some(ReplayPoint::Entries(to)), ..) => plain(log.entries_cut(to)?),
+        (Some(ReplayPoint::Flush(k)), ..) => plain(log.flush_cut(k)?),
+        (Some(ReplayPoint::Mark(name)), ..) => plain(log.mark_cut(&name)?),
         (_, Some(k), ..) => plain(log.flush_cut(k)?),
         (_, _, Some(name), _) => plain(log.mark_cut(name)?),
         (.., Some(id)) => crash_points(&log.index, options(&log, &a.crash)?)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::crash::CrashPoint;
-use super::replay::{OpenLog, Target};
+use super::replay::{FileTarget, OpenLog, Target};
 use super::LogError;
 
 /// The outcome at one crash state.
@@ -35,7 +35,7 @@ pub fn check(
     let size = log.index.header.volume_size;
     let prefix_path = side_file(image, "prefix");
     start_image(&prefix_path, base, size)?;
-    let prefix = Target::open(&prefix_path, size)?;
+    let prefix = Target::File(FileTarget::open(&prefix_path, size)?);
     let mut at = 0u64;
     let mut sorted: Vec<&CrashPoint> = points.iter().collect();
     sorted.sort_by_key(|p| (p.durable.min(p.cut), p.id));
@@ -45,7 +45,7 @@ pub fn check(
         log.apply(&prefix, at, durable, &[])?;
         at = durable;
         std::fs::copy(&prefix_path, image).map_err(|e| LogError::file(image, e))?;
-        let target = Target::open(image, size)?;
+        let target = Target::File(FileTarget::open(image, size)?);
         log.apply(&target, durable, p.cut, &p.dropped)?;
         target.sync()?;
         drop(target);
@@ -72,7 +72,7 @@ fn start_image(path: &Path, base: Option<&Path>, size: u64) -> Result<(), LogErr
     if let Some(base) = base {
         std::fs::copy(base, path).map_err(|e| LogError::file(base, e))?;
     }
-    Target::open(path, size).map(drop)
+    FileTarget::open(path, size).map(drop)
 }
 
 /// Runs the command on the image; Some(output) when it failed.

@@ -13,12 +13,14 @@
 //!
 //! [`format`] owns the bytes, [`scan`] reads them back (checked),
 //! [`recorder`] writes them from the data path, [`replay`] applies a
-//! prefix or a crash state onto a target, [`crash`] enumerates the crash
+//! prefix or a crash state onto a target (a file, or an NBD export via
+//! [`nbd_target`]), [`crash`] enumerates the crash
 //! states.
 
 pub mod check;
 pub mod crash;
 pub mod format;
+pub mod nbd_target;
 pub mod recorder;
 pub mod replay;
 pub mod scan;
@@ -80,6 +82,14 @@ pub enum LogError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A replay target (an NBD export) cannot be used or written.
+    #[error("replay target {target}: {why}")]
+    Target {
+        /// The target as given.
+        target: String,
+        /// Why.
+        why: String,
     },
     /// The point asked for is not in the log.
     #[error("{0}")]

@@ -4,9 +4,11 @@
 //! which builds every crash state in turn and runs a command on it.
 //!
 //! The target must hold the volume's image as it was when logging
-//! started (a zero-filled file for a new volume). Writes go with
-//! `pwrite`; trims and zeroing punch a hole in a regular file, else
-//! (block devices, FUSE files that cannot punch) write zeroes.
+//! started (a zero-filled file for a new volume). Onto a file: writes go
+//! with `pwrite`; trims and zeroing punch a hole in a regular file, else
+//! (block devices, FUSE files that cannot punch) write zeroes. Onto an NBD
+//! export ([`super::nbd_target`]): NBD WRITE, WRITE_ZEROES (or zero
+//! buffers when the server has none), and FLUSH at the end.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::crash::CrashPoint;
 use super::format::RecordKind;
+pub use super::nbd_target::NbdTarget;
 use super::scan::{Entry, LogIndex};
 use super::LogError;
 
@@ -113,18 +116,63 @@ impl OpenLog {
     }
 }
 
-/// Where a replay writes.
+/// Where a replay writes: a local file or block device, or an NBD
+/// export (another volume, qemu-nbd, nbdkit) reached through the remote
+/// member client.
 #[derive(Debug)]
-pub struct Target {
+pub enum Target {
+    /// A file or block device.
+    File(FileTarget),
+    /// An NBD export.
+    Nbd(NbdTarget),
+}
+
+impl Target {
+    /// Opens `path`: an NBD URI (`nbd://`, `nbd+unix://`, `nbds://`) is
+    /// connected to and must hold `size` bytes; anything else is a file
+    /// ([`FileTarget::open`]).
+    pub fn open(path: &Path, size: u64) -> Result<Target, LogError> {
+        if crate::remote::is_nbd_uri(path) {
+            return NbdTarget::open(path, size).map(Target::Nbd);
+        }
+        FileTarget::open(path, size).map(Target::File)
+    }
+
+    fn write(&self, at: u64, data: &[u8]) -> Result<(), LogError> {
+        match self {
+            Target::File(f) => f.write(at, data),
+            Target::Nbd(n) => n.write(at, data),
+        }
+    }
+
+    fn zero(&self, at: u64, len: u64) -> Result<(), LogError> {
+        match self {
+            Target::File(f) => f.zero(at, len),
+            Target::Nbd(n) => n.zero(at, len),
+        }
+    }
+
+    /// Makes what was written durable (fsync, or NBD FLUSH).
+    pub fn sync(&self) -> Result<(), LogError> {
+        match self {
+            Target::File(f) => f.sync(),
+            Target::Nbd(n) => n.sync(),
+        }
+    }
+}
+
+/// A file or block device a replay writes.
+#[derive(Debug)]
+pub struct FileTarget {
     file: File,
     path: PathBuf,
     regular: bool,
 }
 
-impl Target {
+impl FileTarget {
     /// Opens `path` (a regular file is created if missing and grown to
     /// `size`; a block device must hold `size` bytes).
-    pub fn open(path: &Path, size: u64) -> Result<Target, LogError> {
+    pub fn open(path: &Path, size: u64) -> Result<FileTarget, LogError> {
         let err = |e| LogError::file(path, e);
         let file = OpenOptions::new()
             .read(true)
@@ -137,7 +185,7 @@ impl Target {
         if regular && file.metadata().map_err(err)?.len() < size {
             file.set_len(size).map_err(err)?;
         }
-        Ok(Target {
+        Ok(FileTarget {
             file,
             path: path.to_path_buf(),
             regular,
@@ -165,8 +213,7 @@ impl Target {
         Ok(())
     }
 
-    /// Makes what was written durable.
-    pub fn sync(&self) -> Result<(), LogError> {
+    fn sync(&self) -> Result<(), LogError> {
         self.file
             .sync_data()
             .map_err(|e| LogError::file(&self.path, e))
