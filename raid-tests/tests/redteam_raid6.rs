@@ -119,8 +119,11 @@ fn rot_after_crash(journal: bool) -> (bool, String, String) {
         flip_byte(m, base + s * CHUNK + 100);
     }
 
-    // Act: restart with every member.
+    // Act: restart with every member; read once the crash resync is over
+    // (blocks of a region dirty at the crash are trusted only after it:
+    // STATUS known gaps).
     let server = serve(&paths, ctl, journal);
+    server.wait_log("resync finished", Duration::from_secs(120));
     let reads: Vec<String> = (0..10)
         .map(|s| format!("read -P 7 {} 4k", s * SDS))
         .collect();
