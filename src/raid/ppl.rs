@@ -521,7 +521,11 @@ impl LogInner {
             .await
             .into_iter()
             .collect::<Result<Vec<()>, _>>()
-            .map_err(|e| e.to_string());
+            .map_err(|e| match &e {
+                // The source keeps a remote member's "(member_timeout)".
+                BlockError::Io { source, .. } => format!("{e}: {source}"),
+                _ => e.to_string(),
+            });
         let answers: Vec<_> = batch
             .into_iter()
             .map(|p| {
