@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raid_tests::fuse_loop::FuseLoop;
 use raid_tests::*;
 use serde_json::Value;
 
@@ -216,54 +217,6 @@ fn torn_corrupt_and_foreign_logs_get_clear_errors() {
     assert!(ok && text.contains("flush:0"), "{text}");
 }
 
-/// An nbdfuse mount of an export and a loop device on its file (as in
-/// volume_faults.rs); torn down on drop.
-struct FuseLoop {
-    mountpoint: PathBuf,
-    nbdfuse: std::process::Child,
-    dev: String,
-}
-
-impl FuseLoop {
-    fn attach(uri: &str, mountpoint: &Path) -> FuseLoop {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let pidfile = mountpoint.with_extension("pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let nbdfuse = Command::new("nbdfuse")
-            .arg("-P")
-            .arg(&pidfile)
-            .arg(mountpoint)
-            .arg(uri)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nbdfuse (package libnbd-bin)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pidfile.exists() || !mountpoint.join("nbd").exists() {
-            assert!(Instant::now() < deadline, "nbdfuse did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let dev = run_ok(
-            Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=off"])
-                .arg(mountpoint.join("nbd")),
-        )
-        .trim()
-        .to_string();
-        FuseLoop {
-            mountpoint: mountpoint.to_path_buf(),
-            nbdfuse,
-            dev,
-        }
-    }
-}
-
-impl Drop for FuseLoop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
-    }
-}
-
 /// Writes a file and fsyncs it and its directory.
 fn write_synced(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
@@ -288,9 +241,9 @@ fn ext4_workload_is_e2fsck_clean_at_every_flush_point_and_crash_subset() {
     vraid_ctl_ok(&v.control, &["log", "start", "vol0", s(&log)]);
     {
         let fl = FuseLoop::attach(&v.uri, &mnt);
-        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fl.dev));
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(fl.dev()));
         vraid_ctl_ok(&v.control, &["log", "mark", "vol0", "mkfs-done"]);
-        run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+        run_ok(Command::new("mount").arg(fl.dev()).arg(&fsdir));
         for i in 0..8u64 {
             let data = pseudo_random(3000 + (i as usize * 70_000) % 400_000, i);
             write_synced(&fsdir.join(format!("f{i}")), &data);
