@@ -307,6 +307,82 @@ fn a_server_that_advertises_multi_conn_and_refuses_a_second_connection_serves_on
     assert_eq!(r["reconnects"], 0, "{r}");
 }
 
+#[test]
+fn a_server_briefly_over_its_client_limit_is_waited_for_at_open() {
+    // Arrange: nbdkit's limit filter, its one place held by a client that
+    // leaves 300 ms later (as `vraid create`'s connection may still be
+    // counted when `vraid serve` connects).
+    let dir = scratch_dir("multi-limit-open");
+    let remote = Remote::nbdkit(
+        free_port(),
+        &["--filter=limit", "memory", "384M", "limit=1"],
+    );
+    let holder = nbd_client_holding(&remote.uri());
+    let turned_away = Command::new("nbdinfo")
+        .arg("--size")
+        .arg(remote.uri())
+        .output()
+        .unwrap();
+    assert!(!turned_away.status.success(), "the place was not held");
+    let leaves = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(holder);
+    });
+
+    // Act: create (its open waits for the place), then serve at once.
+    let (server, _local) = mirror(&remote.member(1), dir.path(), "30s");
+    leaves.join().unwrap();
+    let status = volume_status(&dir.path().join("ctl.sock"), "vol0");
+    assert_eq!(server.stop(), 0);
+
+    // Assert
+    assert_eq!(member_states(&status), vec!["active", "active"]);
+}
+
+/// An NBD client (nbdsh) connected to `uri` until the child is dropped;
+/// tried again while the server still counts the readiness probe.
+fn nbd_client_holding(uri: &str) -> KillOnDrop {
+    use std::io::BufRead;
+    for _ in 0..50 {
+        // nbdsh runs `python3` from PATH; the `nbd` module is installed
+        // for the distribution's interpreter, which a pyenv shim may shadow.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut child = KillOnDrop(
+            Command::new("nbdsh")
+                .env("PATH", format!("/usr/bin:{path}"))
+                .args([
+                    "-u",
+                    uri,
+                    "-c",
+                    "import sys; print('in', flush=True); sys.stdin.read()",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nbdsh"),
+        );
+        let mut line = String::new();
+        let out = child.0.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        if line.trim() == "in" {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nbdsh could not connect to {uri}");
+}
+
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// nbdkit with a minimum block size it enforces (EINVAL otherwise).
 fn blocksize_policy(min: u32, plugin: &[&str]) -> Vec<String> {
     let mut a = vec!["--filter=blocksize-policy".to_string()];

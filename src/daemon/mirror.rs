@@ -76,7 +76,7 @@ impl ArrayHandle {
     /// `auto_rejoin` on, a remote member, failed by timing out (not an I/O
     /// error or `vraid fail`), not already being re-joined.
     pub(super) fn spawn_rejoin(self: &Arc<Self>, role: usize) {
-        if !self.auto_rejoin() || !self.volume().failed_by_timeout(MemberIndex(role)) {
+        if !self.auto_rejoin() {
             return;
         }
         let Some(path) = self
@@ -85,6 +85,14 @@ impl ArrayHandle {
         else {
             return;
         };
+        if !self.volume().failed_by_timeout(MemberIndex(role)) {
+            info!(
+                "{}: member {role} ({path}) failed by an error, not by member_timeout: \
+                 no automatic re-join (`vraid add` brings it back)",
+                self.name()
+            );
+            return;
+        }
         if !self.begin_rejoin(role) {
             return;
         }
@@ -106,6 +114,7 @@ impl ArrayHandle {
             // While another pass runs, `add` would keep it as a spare
             // (a full rebuild later): wait for the pass to end.
             if !self.pass_running() && self.reachable(path).await {
+                // (`reachable` logs why not.)
                 match self.add_member(Path::new(path), false).await {
                     Ok(AddOutcome::Rebuilding { role: r }) if r == role => {
                         info!(
@@ -147,12 +156,23 @@ impl ArrayHandle {
         }
     }
 
-    /// True when a connection to `path`'s server and export succeeds now.
+    /// True when a connection to `path`'s server and export succeeds now;
+    /// logs why not otherwise (one line a try: the tries back off to 10 s).
     async fn reachable(&self, path: &str) -> bool {
-        let path = Path::new(path).to_path_buf();
+        let p = Path::new(path).to_path_buf();
         let opts = self.member_options();
-        tokio::task::spawn_blocking(move || crate::remote::open(&path, &opts).is_ok())
-            .await
-            .unwrap_or(false)
+        let tried =
+            tokio::task::spawn_blocking(move || crate::remote::open(&p, &opts).map(drop)).await;
+        match tried {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                info!("{}: re-join of {path}: not reachable yet: {e}", self.name());
+                false
+            }
+            Err(e) => {
+                warn!("{}: re-join of {path}: probe failed: {e}", self.name());
+                false
+            }
+        }
     }
 }

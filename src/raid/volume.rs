@@ -677,6 +677,12 @@ impl Volume {
     /// Marks `member` failed and records it; only the first caller records,
     /// the others wait until it is recorded.
     pub(super) async fn fail_member(&self, member: MemberIndex, error: &BlockError) {
+        self.fail_member_as(member, error, false).await;
+    }
+
+    /// [`Volume::fail_member`]; `operator` for a `vraid fail`, which is
+    /// never a timeout whatever state the member's link is in.
+    async fn fail_member_as(&self, member: MemberIndex, error: &BlockError, operator: bool) {
         let Some(slot) = self.slots.get(member.0) else {
             return;
         };
@@ -698,9 +704,8 @@ impl Volume {
             first
         };
         if first {
-            let timed_out = matches!(error, BlockError::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::TimedOut);
-            slot.timed_out.store(timed_out, Ordering::Release);
+            slot.timed_out
+                .store(!operator && timed_out(slot, error), Ordering::Release);
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
             let events = self.events.clone();
             let recorded = slot.recorded();
@@ -732,7 +737,7 @@ impl Volume {
             dev.name().to_string(),
             std::io::Error::other(reason.to_string()),
         );
-        self.fail_member(member, &error).await;
+        self.fail_member_as(member, &error, true).await;
     }
 
     /// Waits until a failed member's failure is on record (no-op otherwise).
@@ -1080,6 +1085,18 @@ impl Volume {
 }
 
 /// An owned copy of `error` for the failure record (io::Error is not Clone).
+/// Whether a member failing with `error` failed by timing out: the error
+/// says so, or the member is a remote one whose link is down past
+/// `member_timeout` (whatever path the failure took to get here: a
+/// metadata or journal write may carry its own error).
+fn timed_out(slot: &Slot, error: &BlockError) -> bool {
+    let kind = matches!(error, BlockError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::TimedOut);
+    kind || slot
+        .device()
+        .is_some_and(|d| crate::remote::stats::unreachable(d.name()))
+}
+
 fn copy_error(error: &BlockError) -> BlockError {
     match error {
         BlockError::Io { device, source } => BlockError::io(

@@ -570,3 +570,63 @@ async fn degraded_raid5_read_of_a_distrusted_range_fails_and_others_reconstruct(
     // Assert: only that chunk (rebuilt from the distrusted parity) fails.
     assert_eq!(failed, vec![lost]);
 }
+
+/// A RAID-1 over two test devices named like remote members, the second
+/// one's link marked down past `member_timeout` in the remote book.
+fn mirror_with_unreachable_second(tag: &str) -> (Array, Arc<crate::remote::RemoteStats>) {
+    use super::test_support::TestDevice;
+    let geometry = Geometry::new(Level::Raid1, 2, ChunkSize::new(C).unwrap(), 4 * C).unwrap();
+    let names = [format!("nbd://{tag}/a"), format!("nbd://{tag}/b")];
+    let devices = names.iter().map(|n| TestDevice::new(n, 4 * C)).collect();
+    let array = Array::over(geometry, devices, &[]);
+    let stats = Arc::new(crate::remote::RemoteStats::default());
+    crate::remote::stats::enter(&names[1], &stats);
+    stats.unreachable.store(true, Ordering::Release);
+    (array, stats)
+}
+
+#[tokio::test]
+async fn a_remote_member_down_past_its_timeout_fails_by_timeout_whatever_error_failed_it() {
+    // Arrange: the failing write answers EIO (as a metadata or journal
+    // path may), not TimedOut; the member's link is down.
+    let (array, _stats) = mirror_with_unreachable_second("vt-timeout-eio");
+    array.devices[1].mem.set_failing(true);
+
+    // Act
+    let data = pattern(4096, 9);
+    array
+        .volume
+        .write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        array.volume.member_states(),
+        [MemberState::Active, MemberState::Failed]
+    );
+    assert!(array.volume.failed_by_timeout(MemberIndex(1)));
+    assert!(!array.volume.failed_by_timeout(MemberIndex(0)));
+}
+
+#[tokio::test]
+async fn an_operators_fail_is_never_a_timeout_and_a_reachable_member_error_neither() {
+    let (array, stats) = mirror_with_unreachable_second("vt-timeout-op");
+    array
+        .volume
+        .fail_member_by_request(MemberIndex(1), "test")
+        .await;
+    assert!(!array.volume.failed_by_timeout(MemberIndex(1)));
+
+    let (array, stats2) = mirror_with_unreachable_second("vt-timeout-up");
+    stats2.unreachable.store(false, Ordering::Release);
+    array.devices[1].mem.set_failing(true);
+    array
+        .volume
+        .write(ByteOffset(0), &pattern(4096, 3), Durability::Normal)
+        .await
+        .unwrap();
+    assert_eq!(array.volume.state(MemberIndex(1)), MemberState::Failed);
+    assert!(!array.volume.failed_by_timeout(MemberIndex(1)));
+    drop(stats);
+}

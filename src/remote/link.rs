@@ -180,6 +180,36 @@ pub fn connect_now(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
     start(socket, info, &uri.to_string())
 }
 
+/// [`connect_now`], tried again for up to `timeout` while the server turns
+/// the connection away in the handshake (closes or resets it before
+/// answering): a server briefly over its client limit, such as nbdkit's
+/// limit filter still counting a connection just closed (by `vraid
+/// create` before `vraid serve`), or one restarting. Anything else is
+/// returned at once.
+pub fn connect_patiently(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match connect_now(uri, timeout) {
+            Err(e) if turned_away(&e) && std::time::Instant::now() + wait < deadline => {
+                tracing::debug!(%uri, "turned away in the handshake; trying again in {wait:?}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The server closed or reset the connection before the handshake ended.
+fn turned_away(e: &LinkError) -> bool {
+    use super::handshake::HandshakeError;
+    matches!(e, LinkError::Handshake { source: HandshakeError::Io(io), .. }
+        if matches!(io.kind(), io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe))
+}
+
 /// Connects without blocking the async threads (reconnects).
 pub async fn connect(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkError> {
     let u = uri.clone();

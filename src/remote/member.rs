@@ -103,7 +103,7 @@ impl RemoteMember {
     /// connections follow in the background when the server allows them.
     pub fn open(path: &Path, opts: RemoteOptions, read_only: bool) -> Result<Self, LinkError> {
         let uri = NbdUri::from_path(path)?;
-        let conn = link::connect_now(&uri, opts.request_timeout())?;
+        let conn = link::connect_patiently(&uri, opts.request_timeout())?;
         let name = path.display().to_string();
         let info = conn.info;
         let block = u64::from(info.sizes.min.max(1));
@@ -189,6 +189,7 @@ impl RemoteMember {
             self.opts().member_timeout
         );
         tracing::warn!(member = %self.name_str(), "{why}");
+        self.stats.unreachable.store(true, Ordering::Release);
         BlockError::io(
             self.name_str().to_string(),
             io::Error::new(io::ErrorKind::TimedOut, why),

@@ -297,6 +297,7 @@ impl Pool {
         }
         let conn = self.slots[0].fill(conn);
         self.dial.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.dial.stats.unreachable.store(false, Ordering::Release);
         tracing::info!(member = %self.dial.name, "NBD member reconnected");
         conn
     }
@@ -308,6 +309,7 @@ impl Pool {
             crate::daemon::error_chain(&e)
         );
         tracing::warn!(member = %self.dial.name, "{why}");
+        self.dial.stats.unreachable.store(true, Ordering::Release);
         BlockError::io(
             self.dial.name.clone(),
             std::io::Error::new(std::io::ErrorKind::TimedOut, why),

@@ -5,7 +5,7 @@
 //!  RemoteMember ─ Arc<RemoteStats> ─► book (path ─► Weak) ─► snapshot(path)
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub struct RemoteStats {
     pub latency_us_max: AtomicU64,
     /// Connections live (a gauge; several with `CAN_MULTI_CONN`).
     pub connections: AtomicU64,
+    /// Unreachable for longer than `member_timeout` (no connection, or
+    /// none answering), until a connection is made again.
+    pub unreachable: AtomicBool,
 }
 
 impl RemoteStats {
@@ -37,6 +40,9 @@ impl RemoteStats {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.latency_us_total.fetch_add(us, Ordering::Relaxed);
         self.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        if self.unreachable.load(Ordering::Relaxed) {
+            self.unreachable.store(false, Ordering::Release);
+        }
     }
 
     /// The counters now.
@@ -52,6 +58,7 @@ impl RemoteStats {
             latency_us_avg: total.checked_div(requests).unwrap_or(0),
             latency_us_max: self.latency_us_max.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            unreachable: self.unreachable.load(Ordering::Acquire),
         }
     }
 }
@@ -76,6 +83,9 @@ pub struct RemoteSnapshot {
     /// Connections live.
     #[serde(default)]
     pub connections: u64,
+    /// Unreachable for longer than `member_timeout` now.
+    #[serde(default)]
+    pub unreachable: bool,
 }
 
 /// Live remote members by path (as given), newest last.
@@ -98,6 +108,12 @@ pub fn snapshot(path: &str) -> Option<RemoteSnapshot> {
         .map(|s| s.snapshot())
 }
 
+/// True when the live remote member opened as `path` is unreachable past
+/// `member_timeout` now (false for any other path).
+pub fn unreachable(path: &str) -> bool {
+    snapshot(path).is_some_and(|s| s.unreachable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,7 +129,12 @@ mod tests {
             (snap.requests, snap.latency_us_avg, snap.latency_us_max),
             (2, 20, 30)
         );
+        assert!(!unreachable("nbd://book-test:1/a"));
+        s.unreachable.store(true, Ordering::Release);
+        assert!(unreachable("nbd://book-test:1/a"));
+        assert!(!unreachable("nbd://book-test:1/b"));
         drop(s);
         assert_eq!(snapshot("nbd://book-test:1/a"), None);
+        assert!(!unreachable("nbd://book-test:1/a"));
     }
 }
