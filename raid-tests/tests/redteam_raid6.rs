@@ -195,14 +195,18 @@ fn raid6_members_of_a_crashed_journal_run_carry_the_bit_older_builds_refuse() {
 
     // Assert: every member says "RAID-6 journal live" (flags bit 2, which
     // builds before it refuse: FORMAT.md §9 case 85) ...
-    assert!(paths.iter().all(|p| sb_flags(p) & 0x4 != 0));
+    let flags: Vec<u32> = paths.iter().map(|p| sb_flags(p)).collect();
+    assert!(flags.iter().all(|f| f & 0x4 != 0), "{flags:?}");
 
     // ... until this build replays and stops cleanly; a run without the
     // journal never sets it.
     let server = serve(&paths, ctl, true);
     server.wait_log("replaying the write-hole journal", Duration::from_secs(30));
+    // (A stop before the crash resync ends leaves the array dirty.)
+    server.wait_log("resync finished", Duration::from_secs(120));
     assert_eq!(server.stop(), 0);
-    assert!(paths.iter().all(|p| sb_flags(p) & 0x4 == 0));
+    let flags: Vec<u32> = paths.iter().map(|p| sb_flags(p)).collect();
+    assert!(flags.iter().all(|f| f & 0x4 == 0), "{flags:?}");
     let server = serve(&paths, ctl, false);
     write_blocks(&server.uri("vol0"), 2);
     server.kill();
