@@ -146,6 +146,13 @@ async fn replay(
         } else {
             super::sync_plan::crash_case(name, 28, "no durable journal batch to replay");
         }
+    } else if assembly.was_dirty && assembly.journal_unvouched {
+        warn!(
+            "{name}: the RAID-6 journal is not replayed: the last superblock update was by a \
+             build without the live-journal flag (the rings may predate its unlogged writes; \
+             FORMAT.md §9 case 84)"
+        );
+        super::sync_plan::crash_case(name, 84, "RAID-6 rings not vouched for: not replayed");
     } else if assembly.was_dirty {
         warn!("{name}: the partial-parity journal was off in the last run; nothing to replay");
     }

@@ -59,6 +59,9 @@ pub struct Checksums {
     stale: AtomicBool,
     /// The page budget every store of the array shares.
     budget: Arc<CacheBudget>,
+    /// Where member reads are verified (the last `trusted` given to a
+    /// wrap; every member of an array gets the same one).
+    trusted: Mutex<Option<Trusted>>,
 }
 
 /// Per-role objects of one array, held weakly: the members own them, and
@@ -146,6 +149,7 @@ impl Checksums {
         trusted: Trusted,
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
+        self.note_trusted(&trusted);
         let blocks = window.size().div_ceil(page::BLOCK);
         let budget = self.budget.clone();
         let store = Arc::new(CsumStore::with_budget(
@@ -169,9 +173,14 @@ impl Checksums {
         trusted: Trusted,
         errors: Arc<AtomicU64>,
     ) -> Arc<dyn BlockDevice> {
+        self.note_trusted(&trusted);
         let dev = Arc::new(InlineDevice::new(raw_data, trusted, errors));
         self.inline.add(role, &dev);
         dev
+    }
+
+    fn note_trusted(&self, trusted: &Trusted) {
+        *self.trusted.lock().unwrap_or_else(|e| e.into_inner()) = Some(trusted.clone());
     }
 
     /// Writes back the dirty pages of every member (each then flushed).
@@ -240,6 +249,11 @@ fn in_memory_area(window: &dyn BlockDevice) -> Arc<dyn BlockDevice> {
 impl ChecksumHook for Checksums {
     fn cache_stats(&self) -> Option<CacheStats> {
         Some(Checksums::cache_stats(self))
+    }
+
+    fn read_verified(&self, offset: ByteOffset) -> bool {
+        let trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        trusted.as_ref().is_none_or(|t| t(offset.get()))
     }
 
     fn reseal<'a>(

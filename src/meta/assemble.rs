@@ -204,8 +204,12 @@ pub struct Assembly {
     pub written_map: bool,
     /// The freshest superblock says the block checksums are maintained.
     pub checksums_valid: bool,
-    /// The freshest superblock says the partial-parity journal is maintained.
+    /// The freshest superblock says the partial-parity journal is
+    /// maintained and may be replayed ([`Superblock::journal_replayable`]).
     pub journal_valid: bool,
+    /// `journal_state` = 1 on a RAID-6 without the live-journal flag: the
+    /// rings may predate unlogged writes of an older build (case 84).
+    pub journal_unvouched: bool,
     /// A member whose rebuild was interrupted; resume it.
     pub rebuild: Option<RebuildTarget>,
     /// The second member of an interrupted two-member RAID-6 pass (same
@@ -317,6 +321,11 @@ pub async fn assemble_with(
     // A replace that became a rebuild took `rebuild`'s place: one pass.
     let rebuild_also = rebuild_also.filter(|t| rebuild.as_ref().is_some_and(|r| r.role != t.role));
     let targets = [&rebuild, &rebuild_also];
+    // Unvouched RAID-6 rings (case 84) stay unvouched: no update of this
+    // run may set the live-journal bit over them before its barriers.
+    let journal_valid = freshest.journal_replayable();
+    let journal_unvouched = freshest.journal_valid && !journal_valid;
+    freshest.journal_valid = journal_valid;
     let metadata = running_metadata(&freshest, &members, &targets, &replace);
     Ok(Assembly {
         name: freshest.name.clone(),
@@ -333,7 +342,8 @@ pub async fn assemble_with(
         bitmap_valid: freshest.bitmap_valid,
         written_map: freshest.has_written_map(),
         checksums_valid: freshest.checksums_valid,
-        journal_valid: freshest.journal_valid,
+        journal_valid,
+        journal_unvouched,
         rebuild,
         rebuild_also,
         replace,
@@ -830,7 +840,11 @@ fn geometry_differs(c: &Candidate, freshest: &Superblock) -> Option<(&'static st
             ("member_count", sb.member_count as u64),
             ("data_offset", sb.layout.data_offset),
             ("data_size", sb.layout.data_size),
-            ("flags", u64::from(sb.flags)),
+            // The live-journal bit changes with clean/dirty (case 84).
+            (
+                "flags",
+                u64::from(sb.flags & !super::superblock::FLAG_RAID6_JOURNAL),
+            ),
         ]
     };
     g(freshest)

@@ -37,8 +37,13 @@ pub const SPARE_ROLE: u32 = u32::MAX;
 pub const FLAG_INLINE_CSUM: u32 = 0x1;
 /// `flags` bit: the written-region map is kept (FORMAT.md §10).
 pub const FLAG_WRITTEN_MAP: u32 = 0x2;
+/// `flags` bit: a dirty RAID-6 whose run keeps the write-hole journal
+/// (FORMAT.md §9, cases 84-86). Set and cleared by every update, never
+/// stored: builds without it refuse such a member, and a RAID-6 ring is
+/// replayed only when the freshest superblock has it.
+pub const FLAG_RAID6_JOURNAL: u32 = 0x4;
 /// Every `flags` bit this build knows.
-const KNOWN_FLAGS: u32 = FLAG_INLINE_CSUM | FLAG_WRITTEN_MAP;
+const KNOWN_FLAGS: u32 = FLAG_INLINE_CSUM | FLAG_WRITTEN_MAP | FLAG_RAID6_JOURNAL;
 /// `rebuild_checkpoint` value meaning "no rebuild in progress".
 pub const NO_CHECKPOINT: u64 = u64::MAX;
 
@@ -544,6 +549,14 @@ impl Superblock {
     /// Whether the array keeps the written-region map (`flags` bit 1).
     pub fn has_written_map(&self) -> bool {
         self.flags & FLAG_WRITTEN_MAP != 0
+    }
+
+    /// Whether the partial-parity journal of the run that wrote this
+    /// superblock may be replayed: `journal_state` = 1, and for RAID-6 also
+    /// [`FLAG_RAID6_JOURNAL`] (a build without it may have served the
+    /// array unlogged since the rings were written; FORMAT.md §9, case 84).
+    pub fn journal_replayable(&self) -> bool {
+        self.journal_valid && (self.level != Level::Raid6 || self.flags & FLAG_RAID6_JOURNAL != 0)
     }
 
     /// Checks every field's range (FORMAT.md §2); `decode` calls it.

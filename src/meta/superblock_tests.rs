@@ -258,11 +258,27 @@ fn decode_refuses_unknown_level_and_flags() {
         assert_eq!(field_of(err), "level");
     }
     let mut sb = sample();
-    sb.flags = 4;
+    sb.flags = 8;
     assert!(matches!(
         Superblock::decode(&sb.encode()),
-        Err(SuperblockError::Flags(4))
+        Err(SuperblockError::Flags(8))
     ));
+}
+
+#[test]
+fn a_raid6_journal_is_replayable_only_with_the_live_journal_flag() {
+    // RAID-5: journal_state alone, as every build wrote it.
+    let mut sb = sample();
+    assert!(sb.journal_replayable());
+    // RAID-6: journal_state 1 without bit 2 is what a build before it
+    // left (case 84): not replayable.
+    sb.level = Level::Raid6;
+    assert!(!sb.journal_replayable());
+    sb.flags = FLAG_RAID6_JOURNAL;
+    let back = Superblock::decode(&sb.encode()).unwrap();
+    assert!(back.journal_replayable());
+    sb.journal_valid = false;
+    assert!(!sb.journal_replayable());
 }
 
 #[test]
@@ -558,9 +574,9 @@ fn the_inline_checksum_flag_round_trips_and_other_bits_stay_refused() {
     let back = Superblock::decode(&sb.encode()).unwrap();
     assert!(back.has_written_map());
     assert_eq!(back.checksum_layout(), ChecksumLayout::Inline);
-    sb.flags = FLAG_INLINE_CSUM | 4;
+    sb.flags = FLAG_INLINE_CSUM | 8;
     assert!(matches!(
         Superblock::decode(&sb.encode()),
-        Err(SuperblockError::Flags(5))
+        Err(SuperblockError::Flags(9))
     ));
 }

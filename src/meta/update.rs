@@ -556,6 +556,15 @@ impl ArrayMetadata {
             .iter()
             .all(|m| m.state == MemberState::Active);
         template.bitmap_valid = *bitmap_enabled && (template.bitmap_valid || whole);
+        // RAID-6 journal live (FORMAT.md §9, case 84): only while dirty, so
+        // a clean stop leaves members that builds without the bit accept.
+        let live = template.level == crate::raid::Level::Raid6
+            && template.journal_valid
+            && template.state == ArrayState::Dirty;
+        template.flags &= !super::superblock::FLAG_RAID6_JOURNAL;
+        if live {
+            template.flags |= super::superblock::FLAG_RAID6_JOURNAL;
+        }
         let target = template
             .replace
             .zip(replacement.as_ref())

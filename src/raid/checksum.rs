@@ -37,6 +37,13 @@ pub trait ChecksumHook: Send + Sync {
         data: &'a [u8],
     ) -> BoxFuture<'a, Vec<Verdict>>;
 
+    /// Whether member reads at data offset `offset` are verified (false in
+    /// a region dirty at a crash until its resync, and before the journal
+    /// replay): the data path then asks [`ChecksumHook::verdicts`] itself.
+    fn read_verified(&self, _offset: ByteOffset) -> bool {
+        true
+    }
+
     /// The checksum-page cache's counters (`vraid status`, metrics).
     fn cache_stats(&self) -> Option<crate::integrity::CacheStats> {
         None

@@ -50,6 +50,7 @@ pub mod written;
 
 mod behind;
 mod data_path;
+mod dirty_read;
 mod level;
 mod no_space;
 mod raid0;

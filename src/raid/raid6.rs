@@ -250,6 +250,10 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
+    let unverified = vol.reads_unverified(e.member_offset, piece.len() as u64);
+    if unverified && super::dirty_read::raid6_extent(vol, e, piece).await {
+        return Ok(());
+    }
     let error = match vol.read_member(e.member, e.member_offset, piece).await {
         Ok(()) => return Ok(()),
         Err(error) => error,

@@ -1,0 +1,147 @@
+//! Reads of a region dirty at a crash, before its resync (docs/FORMAT.md
+//! §8 "Which checksum is trusted where"): member reads there are not
+//! verified (a crash may have torn a checksum from its data), so the data
+//! path asks the verdicts itself and serves what the resync will keep.
+//!
+//! ```text
+//!  RAID-6 extent: hull read ─► verdicts ─► all pass/unknown: serve
+//!     └─ a block fails ─► stripe lock ─► again, and rebuild it from P/Q
+//!        ─► the rebuild passes? serve it : serve the bytes as read
+//! ```
+//!
+//! A block that fails its checksum while its rebuild passes is what the
+//! resync restores (trust.rs); one whose rebuild fails too holds bytes
+//! nobody flushed, which the resync keeps: the read serves the same.
+
+use super::checksum::Verdict;
+use super::layout::Extent;
+use super::raid6::stripe_rows;
+use super::trust::BLOCK;
+use super::volume::Volume;
+use crate::units::ByteOffset;
+
+impl Volume {
+    /// Whether member reads of `[offset, offset + len)` go unverified (a
+    /// region dirty at a crash, before its resync) while checksums are on.
+    pub(super) fn reads_unverified(&self, offset: ByteOffset, len: u64) -> bool {
+        const STEP: u64 = 1 << 20; // the smallest bitmap region
+        let Some(hook) = self.checksums() else {
+            return false;
+        };
+        let end = offset.get() + len.max(1);
+        let mut at = offset.get();
+        while at < end {
+            if !hook.read_verified(ByteOffset(at)) {
+                return true;
+            }
+            at = (at / STEP + 1) * STEP;
+        }
+        !hook.read_verified(ByteOffset(end - 1))
+    }
+}
+
+/// Serves a RAID-6 extent in an unverified region (see the module
+/// header). False when its member cannot be read: the caller's usual path
+/// rebuilds it.
+pub(super) async fn raid6_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> bool {
+    let (off, len) = vol.block_hull(e.member_offset, piece.len() as u64);
+    let at = (e.member_offset.get() - off.get()) as usize;
+    let mut mine = vec![0u8; len as usize];
+    if vol.read_member(e.member, off, &mut mine).await.is_err() {
+        return false;
+    }
+    if vol
+        .verdicts(e.member, off, &mine)
+        .await
+        .contains(&Verdict::Bad)
+    {
+        let _guard = vol.locks().lock(e.stripe).await;
+        if vol.read_member(e.member, off, &mut mine).await.is_err() {
+            return false;
+        }
+        let verdicts = vol.verdicts(e.member, off, &mine).await;
+        if let Ok(rows) = stripe_rows(vol, e.stripe, off, mine.len(), &[e.member]).await {
+            restore_passing(vol, e, off, &verdicts, &rows.data[e.data_index], &mut mine).await;
+        }
+    }
+    piece.copy_from_slice(&mine[at..at + piece.len()]);
+    true
+}
+
+/// Copies into `mine` every block that fails its checksum (`verdicts`)
+/// whose rebuild (`rebuilt`, same range) passes it.
+async fn restore_passing(
+    vol: &Volume,
+    e: Extent,
+    off: ByteOffset,
+    verdicts: &[Verdict],
+    rebuilt: &[u8],
+    mine: &mut [u8],
+) {
+    for (b, v) in verdicts.iter().enumerate() {
+        let r = b * BLOCK..((b + 1) * BLOCK).min(mine.len());
+        if *v != Verdict::Bad {
+            continue;
+        }
+        let at = ByteOffset(off.get() + r.start as u64);
+        if vol.verdicts(e.member, at, &rebuilt[r.clone()]).await == [Verdict::Good] {
+            mine[r.clone()].copy_from_slice(&rebuilt[r]);
+            tracing::info!(
+                volume = vol.volume_name(),
+                member = %e.member,
+                offset = at.get(),
+                "a block failing its checksum in a region dirty at the crash was served from P/Q"
+            );
+        }
+    }
+}
+
+/// Serves a RAID-1 range in an unverified region: one mirror's blocks, and
+/// where one fails its checksum, under the region locks, the copy the
+/// resync keeps ([`super::trust::pick_copy`] over every active mirror).
+/// False when the first mirror cannot be read: the usual path takes over.
+pub(super) async fn raid1(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> bool {
+    let (hull, len) = vol.block_hull(offset, buf.len() as u64);
+    let at = (offset.get() - hull.get()) as usize;
+    let Some(first) = vol.read_order(vol.next_mirror()).next() else {
+        return false;
+    };
+    let mut data = vec![0u8; len as usize];
+    if vol.read_member(first, hull, &mut data).await.is_err() {
+        return false;
+    }
+    if vol
+        .verdicts(first, hull, &data)
+        .await
+        .contains(&Verdict::Bad)
+    {
+        let _guards = super::raid1::lock_regions(vol, hull, len).await;
+        let mirrors: Vec<_> = vol.read_order(0).collect();
+        let mut copies = Vec::with_capacity(mirrors.len());
+        for m in mirrors {
+            let mut bytes = vec![0u8; len as usize];
+            copies.push(match vol.read_member(m, hull, &mut bytes).await {
+                Ok(()) => Some((vol.verdicts(m, hull, &bytes).await, bytes)),
+                Err(_) => None,
+            });
+        }
+        pick_blocks(&copies, &mut data);
+    }
+    buf.copy_from_slice(&data[at..at + buf.len()]);
+    true
+}
+
+/// Per 4 KiB block of `out`, the copy [`super::trust::pick_copy`] keeps
+/// (`copies`: each mirror's verdicts and bytes, `None` if unreadable).
+fn pick_blocks(copies: &[Option<(Vec<Verdict>, Vec<u8>)>], out: &mut [u8]) {
+    for b in 0..out.len().div_ceil(BLOCK) {
+        let r = b * BLOCK..((b + 1) * BLOCK).min(out.len());
+        let cands: Vec<Option<(&[u8], Verdict)>> = copies
+            .iter()
+            .map(|c| c.as_ref().map(|(v, bytes)| (&bytes[r.clone()], v[b])))
+            .collect();
+        if let Some((bytes, _)) = super::trust::pick_copy(&cands).and_then(|i| cands[i]) {
+            out[r].copy_from_slice(bytes);
+        }
+    }
+}
