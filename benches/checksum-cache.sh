@@ -11,8 +11,11 @@
 # from /proc/PID/stat before and after. The cache holds CACHE / 4 KiB pages,
 # each covering 4 MiB of one member's data: the working set is reported as
 # a multiple of the member data the cache can cover (>= 100x by default).
-# Prints a markdown table: IOPS and server CPU microseconds per I/O, per
-# mode (mean over rounds), and on/off.
+# Rounds are ABBA-ordered (on off, off on, on off, ...) so neither mode
+# always runs first. Prints a markdown table: IOPS and server CPU
+# microseconds per I/O, per mode (mean over rounds), and on/off as the
+# ratio of the means and as the median (and range) of the per-round
+# ratios (round k of "on" against round k of "off").
 #
 # Environment (defaults in brackets):
 #   MEMBER_SIZE  sparse member size [1T]     WORKING_SET  fio --size [1200G]
@@ -20,6 +23,8 @@
 #   ROUNDS       rounds per mode [2]         WORKDIR      [/var/tmp/vraid-checksum-cache]
 #   VRAID        binary [target/release/vraid]
 #   FIO_EXTRA    more fio options, e.g. "--fsync=32" [""]
+#   MODES        modes run per round ["on off"]; "base" is "on" served by
+#                VRAID_BASE (another build, e.g. main's) for an A/B of a change
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -51,7 +56,7 @@ cleanup() {
         wait "$SERVER_PID" 2>/dev/null || true
     fi
     # The member images go; the logs stay.
-    rm -f "$WORKDIR"/on/m?.img "$WORKDIR"/off/m?.img
+    rm -f "$WORKDIR"/*/m?.img
 }
 trap cleanup EXIT
 
@@ -74,8 +79,10 @@ create() {
 round() {
     local mode=$1 n=$2 dir=$WORKDIR/$1 port extra=()
     port=$(free_port)
+    local bin=$VRAID
     if [[ $mode == off ]]; then extra+=(--no-checksums); else extra+=(--checksum-cache "$CACHE"); fi
-    "$VRAID" serve --nbd "127.0.0.1:$port" --control "$dir/control.sock" "${extra[@]}" \
+    if [[ $mode == base ]]; then bin=${VRAID_BASE:?VRAID_BASE names the base binary}; fi
+    "$bin" serve --nbd "127.0.0.1:$port" --control "$dir/control.sock" "${extra[@]}" \
         "$dir"/m{0,1,2,3}.img >>"$dir/serve.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 300); do
@@ -91,7 +98,7 @@ round() {
         --iodepth=32 --size="$WORKING_SET" --norandommap --randrepeat=0 --time_based \
         --runtime="$RUNTIME" ${FIO_EXTRA:-} --output-format=json --output="$out" >/dev/null
     after=$(cpu_ticks "$SERVER_PID")
-    if [[ $mode == on ]]; then
+    if [[ $mode != off ]]; then
         "$VRAID" status --control "$dir/control.sock" | grep "checksum cache" >&2 || true
     fi
     kill -TERM "$SERVER_PID"
@@ -100,13 +107,18 @@ round() {
     printf '%s\t%s\t%s\t%s\n' "$mode" "$out" "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS"
 }
 
-create on
-create off
+read -r -a modes <<<"${MODES:-on off}"
+for m in "${modes[@]}"; do create "$m"; done
 for ((n = 1; n <= ROUNDS; n++)); do
-    round on "$n"
-    round off "$n"
+    # Odd rounds in MODES order, even ones reversed (ABBA).
+    order=("${modes[@]}")
+    if ((n % 2 == 0)); then
+        order=()
+        for ((i = ${#modes[@]} - 1; i >= 0; i--)); do order+=("${modes[i]}"); done
+    fi
+    for m in "${order[@]}"; do round "$m" "$n"; done
 done
-grep -q "checksum mismatch" "$WORKDIR/on/serve.log" && die "checksum errors during the bench"
+grep -qs "checksum mismatch" "$WORKDIR"/*/serve.log && die "checksum errors during the bench"
 
 python3 - "$RESULTS" "$WORKING_SET" "$CACHE" "$RUNTIME" <<'PY'
 import json, sys
@@ -124,17 +136,23 @@ ws, cache = size(sys.argv[2]), size(sys.argv[3])
 covered = cache // 4096 * (4 << 20)
 print(f"\n4k random writes, RAID-5 4 members, working set {sys.argv[2]} "
       f"= {ws * 4 / 3 / covered:.0f}x the member data the {sys.argv[3]} cache covers, "
-      f"{sys.argv[4]}s x {len(agg.get('on', {'iops': []})['iops'])} rounds\n")
+      f"{sys.argv[4]}s x {len(next(iter(agg.values()))['iops'])} rounds\n")
 print("| checksums | IOPS (per round) | mean IOPS | server CPU us/IO |")
 print("|---|---|---:|---:|")
 mean = {}
-for mode in ["on", "off"]:
+for mode in ["on", "base", "off"]:
     if mode not in agg:
         continue
     a = agg[mode]
     mean[mode] = (sum(a["iops"]) / len(a["iops"]), sum(a["us"]) / len(a["us"]))
     rounds = " / ".join(f"{x:.0f}" for x in a["iops"])
     print(f"| {mode} | {rounds} | {mean[mode][0]:.0f} | {mean[mode][1]:.1f} |")
-if len(mean) == 2:
-    print(f"| on/off | | {mean['on'][0] / mean['off'][0]:.2f} | {mean['on'][1] / mean['off'][1]:.2f} |")
+med = lambda v: (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+for a_, b_ in [("on", "off"), ("base", "off"), ("on", "base")]:
+    if a_ not in mean or b_ not in mean:
+        continue
+    r = sorted(x / y for x, y in zip(agg[a_]["iops"], agg[b_]["iops"]))
+    c = sorted(x / y for x, y in zip(agg[a_]["us"], agg[b_]["us"]))
+    print(f"| {a_}/{b_} (ratio of means) | | {mean[a_][0] / mean[b_][0]:.2f} | {mean[a_][1] / mean[b_][1]:.2f} |")
+    print(f"| {a_}/{b_} (per-round median, range) | | {med(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}) | {med(c):.2f} ({c[0]:.2f}-{c[-1]:.2f}) |")
 PY

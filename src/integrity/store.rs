@@ -10,7 +10,8 @@
 //!  set(block.., crcs) ─► page made writable this run? else reserve its
 //!                        4 KiB on the member ─► atomics ─► page dirty
 //!  make_room (writer lock): CLOCK sweep ─► clean, unused, unreferenced
-//!      pages dropped ─► too few: dirty ones written back, swept again
+//!      pages dropped ─► too few: a batch of dirty candidates written
+//!      back (concurrently; later misses find them clean), swept again
 //!  write_pages(dur) (writer lock): every dirty page: clear flag ─►
 //!      snapshot ─► write (a member flush or FUA write follows)
 //!  writeback() = write_pages + flush
@@ -33,6 +34,9 @@ use crate::units::ByteOffset;
 
 /// Dirty pages written back concurrently when making room.
 const WRITEBACK_BATCH: usize = 64;
+/// Pages reserved on the member together (1 MiB of the checksum area,
+/// describing 1 GiB of data): see [`CsumStore::reserve`].
+pub const RESERVE_PAGES: u64 = 256;
 
 struct Page {
     entries: Box<[AtomicU32]>,
@@ -197,13 +201,36 @@ impl CsumStore {
     }
 
     /// Reserves page `index` on the member, so its write-backs cannot run
-    /// out of space (the checksum area is allocated page by page, before
-    /// the first data write the page describes: docs/FORMAT.md §1).
+    /// out of space (the checksum area is allocated on demand, before the
+    /// first data write a page describes: docs/FORMAT.md §1). The whole
+    /// group of [`RESERVE_PAGES`] around it is reserved in one call: on a
+    /// filesystem every `fallocate` waits for all direct I/O in flight on
+    /// the member file, so one per random write would serialize them. A
+    /// group that does not fit (ENOSPC) falls back to the single page.
     async fn reserve(&self, index: u64) -> BlockResult {
-        self.raw
-            .reserve(ByteOffset(self.page_at(index)), PAGE_BYTES as u64)
-            .await?;
-        self.lock().writable.insert(index);
+        let first = index - index % RESERVE_PAGES;
+        let end = (first + RESERVE_PAGES).min(self.page_count);
+        let group = self
+            .raw
+            .reserve(
+                ByteOffset(self.page_at(first)),
+                (end - first) * PAGE_BYTES as u64,
+            )
+            .await;
+        let pages = match group {
+            Ok(()) => first..end,
+            Err(e) if e.is_no_space() && end - first > 1 => {
+                self.raw
+                    .reserve(ByteOffset(self.page_at(index)), PAGE_BYTES as u64)
+                    .await?;
+                index..index + 1
+            }
+            Err(e) => return Err(e),
+        };
+        let mut r = self.lock();
+        for p in pages {
+            r.writable.insert(p);
+        }
         Ok(())
     }
 
@@ -449,14 +476,18 @@ impl CsumStore {
     }
 
     /// One CLOCK sweep: drops up to `want` clean, unused, unreferenced
-    /// pages and returns the dirty candidates met (up to a batch) when
-    /// that was not enough.
+    /// pages and returns the dirty candidates met (a batch at most, the
+    /// sweep stopping when it is full) when that was not enough.
     fn sweep(&self, want: u64) -> Vec<(u64, Cell)> {
         let mut r = self.lock();
         let Resident { pages, clock, .. } = &mut *r;
         let mut freed = 0u64;
         let mut dirty = Vec::new();
         let mut steps = 2 * clock.len();
+        // A quarter of the store's pages at most: a batch as large as the
+        // store would lap the CLOCK, clear every reference and evict the
+        // pages just loaded for a read-modify-write before their update.
+        let batch = WRITEBACK_BATCH.min(clock.len() / 4).max(1);
         while freed < want && steps > 0 {
             steps -= 1;
             let Some(index) = clock.pop_front() else {
@@ -471,9 +502,10 @@ impl CsumStore {
                 None => unused,
                 Some(p) if p.referenced.swap(false, Ordering::Relaxed) || !unused => false,
                 Some(p) if p.dirty.load(Ordering::Acquire) => {
-                    if dirty.len() < WRITEBACK_BATCH && (dirty.len() as u64) < want - freed {
-                        dirty.push((index, cell.clone()));
-                    }
+                    // A whole batch, not just `want`: the misses that
+                    // follow then find clean pages instead of each
+                    // writing one page under the writer lock.
+                    dirty.push((index, cell.clone()));
                     false
                 }
                 Some(_) => true,
@@ -483,6 +515,9 @@ impl CsumStore {
                 freed += 1;
             } else {
                 clock.push_back(index);
+            }
+            if dirty.len() >= batch {
+                break;
             }
         }
         self.budget.remove_pages(freed);
