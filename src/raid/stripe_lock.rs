@@ -1,4 +1,5 @@
-//! Per-stripe (RAID-0/5) or per-region (RAID-1) write locks.
+//! Per-stripe (RAID-5/6), per-region (RAID-1) or per-block (RAID-0) write
+//! locks.
 //!
 //! Only writers (and degraded readers) of the *same* stripe or region wait
 //! for each other; a volume locks one kind of unit only ([`LockUnit`]).
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::layout::{RegionIndex, StripeIndex};
+use super::layout::{MemberBlock, RegionIndex, StripeIndex};
 
 /// What a lock table locks: a stripe or a RAID-1 region, by number.
 pub trait LockUnit: Copy {
@@ -29,6 +30,12 @@ impl LockUnit for StripeIndex {
 }
 
 impl LockUnit for RegionIndex {
+    fn number(self) -> u64 {
+        self.0
+    }
+}
+
+impl LockUnit for MemberBlock {
     fn number(self) -> u64 {
         self.0
     }
