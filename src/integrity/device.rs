@@ -310,7 +310,8 @@ impl ChecksumDevice {
             self.edges.keep(b0, first);
         }
         if b1 - b0 > 1 && good[good.len() - 1] {
-            self.edges.keep(b1 - 1, &wide[((b1 - 1 - b0) * BLOCK) as usize..]);
+            self.edges
+                .keep(b1 - 1, &wide[((b1 - 1 - b0) * BLOCK) as usize..]);
         }
     }
 

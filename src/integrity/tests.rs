@@ -371,7 +371,11 @@ async fn sequential_small_writes_read_each_block_once() {
         .await
         .unwrap();
     want[2 * B - 1024..2 * B + 1024].copy_from_slice(&patch);
-    assert_eq!(r.data.reads.load(Ordering::SeqCst), 3, "block 1 kept, 2 read");
+    assert_eq!(
+        r.data.reads.load(Ordering::SeqCst),
+        3,
+        "block 1 kept, 2 read"
+    );
     let mut buf = vec![0u8; 3 * B];
     r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
     assert!(buf == want);
@@ -434,7 +438,10 @@ async fn a_cancelled_small_write_that_landed_leaves_no_stale_block() {
     let second = pattern(1024, 2);
     {
         let mut write = r.dev.write(ByteOffset(1024), &second, Durability::Normal);
-        assert!(futures::poll!(&mut write).is_pending(), "waits at the member");
+        assert!(
+            futures::poll!(&mut write).is_pending(),
+            "waits at the member"
+        );
     }
     r.data.gate_closed.store(false, Ordering::SeqCst);
     r.data.gate_open.notify_waiters();

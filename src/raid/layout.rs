@@ -73,11 +73,6 @@ pub struct StripeIndex(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RegionIndex(pub u64);
 
-/// Index of a RAID-0 lock unit: one 4 KiB checksum block at the same
-/// member offset of every member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MemberBlock(pub u64);
-
 impl fmt::Display for MemberIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "member {}", self.0)

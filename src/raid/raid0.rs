@@ -2,8 +2,8 @@
 //!
 //! A checksum mismatch is returned as an I/O error of the request (there
 //! is nothing to repair from) and does not fail the member. With block
-//! checksums, writers lock the 4 KiB member blocks they touch (one unit per
-//! member offset, shared by the members), so two writes of one block never
+//! checksums, writers lock the 4 KiB member blocks they touch (one range of
+//! member offsets, shared by the members), so two writes of one block never
 //! interleave their data and checksum updates, while small writes of
 //! neighbouring blocks (sequential 1 KiB writes) run side by side.
 
@@ -11,7 +11,7 @@ use std::io::{IoSlice, IoSliceMut};
 
 use futures::future::try_join_all;
 
-use super::layout::{Extent, MemberBlock, MemberIndex};
+use super::layout::{Extent, MemberIndex};
 use super::level::{Clear, Io, LevelIo, Locks, MemberOp};
 use super::striped::read_extents;
 use super::volume::Volume;
@@ -182,12 +182,14 @@ async fn lock_rows(vol: &Volume, offset: ByteOffset, len: u64) -> Locks<'_> {
     lock_member_blocks(vol, a, b).await
 }
 
-/// Locks the lock units of member data `a..b` (`a < b`).
+/// Locks the 4 KiB blocks holding member data `a..b` (`a < b`), at the
+/// same offsets of every member, as one range.
 async fn lock_member_blocks(vol: &Volume, a: u64, b: u64) -> Locks<'_> {
-    let (first, last) = (a / LOCK_BLOCK, (b - 1) / LOCK_BLOCK);
-    vol.locks()
-        .lock_range(MemberBlock(first), MemberBlock(last))
-        .await
+    let (start, end) = (
+        a / LOCK_BLOCK * LOCK_BLOCK,
+        b.div_ceil(LOCK_BLOCK) * LOCK_BLOCK,
+    );
+    vol.locks().lock_span(start, end).await
 }
 
 async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult {
@@ -230,13 +232,16 @@ mod tests {
             assert!(futures::poll!(&mut w3).is_pending());
             tokio::task::yield_now().await;
         }
-        // w1 and w2 hold a unit each and wait at the member; w3 waits for
-        // w1's unit (one stripe lock would have let only w1 in).
-        assert_eq!(vol.locks().len(), 2);
+        // w1 and w2 hold a block each and wait at the member; w3 waits for
+        // w1's block (one stripe lock would have let only w1 in).
+        assert_eq!(m0.writes.load(Ordering::SeqCst), 0, "gate closed");
+        assert_eq!(vol.locks().len(), 3);
         m0.gate_closed.store(false, Ordering::SeqCst);
         m0.gate_open.notify_waiters();
         let (r1, r2, r3) = futures::join!(w1, w2, w3);
-        (r1.unwrap(), r2.unwrap(), r3.unwrap());
+        r1.unwrap();
+        r2.unwrap();
+        r3.unwrap();
         let mut got = vec![0u8; 8192];
         vol.read(ByteOffset(0), &mut got).await.unwrap();
         assert!(got[..1024] == a[..] && got[1024..2048] == c[..] && got[4096..5120] == b[..]);
