@@ -459,9 +459,15 @@ async fn a_cancelled_small_write_that_landed_leaves_no_stale_block() {
         .unwrap();
     want[2048..3072].copy_from_slice(&third);
     assert_eq!(r.data.reads.load(Ordering::SeqCst), reads + 1, "read again");
+    // The landed write never set its entry: the member's block fails it,
+    // so the merge is kept detectably bad (as without the cache) until a
+    // resync reseals it.
+    assert!(r.data.mem.snapshot()[..B] == want[..]);
     let mut buf = vec![0u8; B];
-    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
-    assert!(buf == want);
+    assert!(matches!(
+        r.dev.read(ByteOffset(0), &mut buf).await,
+        Err(BlockError::Corrupt { blocks: 1, .. })
+    ));
 }
 
 #[tokio::test]
