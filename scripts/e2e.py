@@ -8,9 +8,10 @@ more than they compute. This script builds the same binaries (the same
 cargo command with --no-run), then runs JOBS binaries at once, each with
 --test-threads=THREADS, the slowest known ones first so that the short ones
 fill the gaps. Binaries in HEAVY (QEMU TCG guests, which use both cores)
-never run two at a time. Each binary's output is printed whole when it
-ends, with its time; a failing binary does not stop the others (as
---no-fail-fast), and the exit status is 1 if any failed. The closing table
+never run two at a time and run one test at a time. Each binary's output
+is printed whole when it ends, with its time; a failing binary does not
+stop the others (as --no-fail-fast), and the exit status is 1 if any
+failed. The closing table
 lists the slowest binaries, to keep SLOW in step with the suite.
 
     scripts/e2e.py [--jobs N] [--threads N] [--log FILE] [NAME...]
@@ -51,8 +52,11 @@ SLOW = [
     "redteam_members",
     "remote_multiconn",
 ]
-# Each test boots a QEMU TCG guest with 2 vCPUs: two such binaries at once
-# would only slow each other down (and stretch their boot timeouts).
+# Each test boots a QEMU TCG guest with 2 vCPUs, which keep both cores
+# busy: these binaries run one at a time and one test at a time, so a guest
+# next to another binary's tests gets about the CPU share it had when two
+# guests of one binary ran together (cargo test --test-threads=2), and the
+# boot timeouts keep their margin.
 HEAVY = {"md_arrays", "vhost_guest"}
 
 
@@ -129,7 +133,8 @@ def run_all(bins, names, args):
                 if i is None:
                     break
                 name = queue.pop(i)
-                running[name] = start(name, bins[name], args.threads, logdir)
+                threads = 1 if name in HEAVY else args.threads
+                running[name] = start(name, bins[name], threads, logdir)
             # Until a child ends; WNOWAIT leaves reaping (its status) to poll.
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
             for name in [n for n, r in running.items() if r[0].poll() is not None]:
