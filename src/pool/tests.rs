@@ -376,8 +376,12 @@ async fn manage(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
             let len = model.now[&name].len() as u64;
             let size = len.saturating_sub(sectors * 512).max(512);
             let r = pool.resize(&name, size).await;
-            if ro || size == len {
-                assert!(ro == r.is_err(), "{name}: shrink of a snapshot: {r:?}");
+            if size == len {
+                assert!(r.is_ok(), "{name}: resize to its own size: {r:?}");
+                return;
+            }
+            if ro {
+                assert!(r.is_err(), "{name}: shrink of a snapshot: {r:?}");
                 return;
             }
             r.unwrap();

@@ -86,7 +86,8 @@ impl Pool {
 
     /// Grows or shrinks a volume (live: open thin volumes see the new
     /// size). A shrink commits the size, then unmaps the clusters past
-    /// the end (crash case P-14); a snapshot is never shrunk.
+    /// the end (crash case P-14); a snapshot is never shrunk. The size it
+    /// has already is a no-op.
     pub async fn resize(&self, name: &str, size: u64) -> Result<VolumeInfo, PoolError> {
         {
             let _gate = self.gate.write().await;
@@ -98,7 +99,9 @@ impl Pool {
                     "size must be a positive multiple of 512".into(),
                 ));
             }
-            if size < rec.size {
+            if size == rec.size {
+                // Nothing to do, for a snapshot as for any volume.
+            } else if size < rec.size {
                 if rec.is_snapshot() {
                     return Err(PoolError::Invalid(format!(
                         "{name} is a snapshot (read-only): it cannot shrink"
