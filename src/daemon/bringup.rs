@@ -954,7 +954,7 @@ fn wrap_member_with(
 ) -> Arc<dyn BlockDevice> {
     let seed = 0x5eed_0000 + h.role as u64;
     // Rules added from now on for this device stay with it (not the slot).
-    let tag = h.join_device(raw.name(), raw.power_gate().map(|g| g.tag()));
+    let tag = h.join_device(raw.name(), raw.power_gate().and_then(|g| g.armed_tag()));
     if let Some(gate) = raw.power_gate() {
         // Its `volatile` rule covers every write to it, metadata included.
         gate.attach(h.faults.clone(), tag);

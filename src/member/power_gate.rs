@@ -60,9 +60,11 @@ impl PowerGate {
         })
     }
 
-    /// The tag this device joins its slot with.
-    pub fn tag(&self) -> DeviceTag {
-        self.tag
+    /// The tag an armed rule names: the device must join its slot with
+    /// it. `None` when no rule is armed (the slot picks a fresh tag).
+    pub fn armed_tag(&self) -> Option<DeviceTag> {
+        let b = self.binding.read().unwrap_or_else(|e| e.into_inner());
+        b.armed.as_ref().map(|_| self.tag)
     }
 
     /// Arms a `volatile` rule (`spec`, id `id`) before the device joins a
