@@ -610,7 +610,8 @@ fn volume_rule_hits(control: &Path, id: &str) -> u64 {
     let out = vraid_ctl_ok(control, &["fault", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rules = v["volume_faults"].as_array().unwrap();
-    let rule = rules.iter().find(|r| r["id"].to_string() == id);
+    let id: u64 = id.parse().unwrap();
+    let rule = rules.iter().find(|r| r["id"] == id);
     rule.unwrap_or_else(|| panic!("no rule {id} in {rules:?}"))["hits"]
         .as_u64()
         .unwrap()
