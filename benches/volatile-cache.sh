@@ -103,4 +103,10 @@ for line in open(sys.argv[1]):
 for label, rows in runs.items():
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"{label}\t" + "\t".join(f"{k}={v:.1f}" for k, v in med.items()))
+    runs[label] = med
+for a, b in [("volatile", "writethrough"), ("writethrough", "baseline")]:
+    if a in runs and b in runs:
+        x, y = runs[a], runs[b]
+        print(f"{a}/{b}: {x['iops'] / y['iops']:.2f}x IOPS, "
+              f"{x['cpu_us/io'] / y['cpu_us/io']:.2f}x CPU per I/O")
 PY

@@ -262,3 +262,67 @@ fn raid5_member_power_cuts_lose_no_flushed_write_and_parity_stays_consistent() {
 fn raid1_member_power_cuts_lose_no_flushed_write_and_mirrors_stay_consistent() {
     power_cut_cycles(1, 2, 10);
 }
+
+/// The member `volatile` rules listed, as (role, hits).
+fn volatile_hits(control: &Path) -> Vec<(u64, u64)> {
+    let out = vraid_ctl_ok(control, &["fault", "list", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mut rules: Vec<(u64, u64)> = v["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "volatile")
+        .map(|f| (f["member"].as_u64().unwrap(), f["hits"].as_u64().unwrap()))
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[test]
+fn a_volatile_rule_from_the_config_covers_the_member_writes_of_assembly() {
+    // Arrange: RAID-1 of three members; the config makes member 0 (by
+    // role) and member 1 (by path) volatile. A rule's hits count the
+    // member writes it covered.
+    let dir = scratch_dir("mpc-config-volatile");
+    let paths = member_paths(dir.path(), 3);
+    create_array(1, "64K", "32M", "vol0", &paths);
+    let control = dir.path().join("control.sock");
+    let list: Vec<String> = paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    let config = dir.path().join("vraid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ncontrol = \"{}\"\n\n[[volume]]\nname = \"vol0\"\nlevel = 1\nmembers = [{}]\n\n\
+             [[volume.fault]]\nmember = 0\nkind = \"volatile\"\n\n\
+             [[volume.fault]]\nmember = {}\nkind = \"volatile\"\n",
+            control.display(),
+            list.join(", "),
+            list[1]
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+
+    // Act: no client I/O; then the same rule on member 2, live.
+    let at_start = volatile_hits(&control);
+    vraid_ctl_ok(
+        &control,
+        &["fault", "add", "vol0", "2", "--kind", "volatile"],
+    );
+    let with_live = volatile_hits(&control);
+
+    // Assert: the config's rules covered assembly's writes (the dirty
+    // superblock, at least); the live one saw none since it was added.
+    assert_eq!(at_start.len(), 2, "{at_start:?}");
+    assert_eq!((at_start[0].0, at_start[1].0), (0, 1), "{at_start:?}");
+    assert!(
+        at_start.iter().all(|(_, hits)| *hits >= 1),
+        "assembly's member writes went past the config's volatile rules: {at_start:?}"
+    );
+    assert_eq!(with_live.len(), 3, "{with_live:?}");
+    assert_eq!(with_live[2], (2, 0), "{with_live:?}");
+    assert_eq!(server.stop(), 0);
+}

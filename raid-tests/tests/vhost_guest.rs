@@ -25,6 +25,10 @@
 //! each formatted, mounted and filled at once; after the daemon's clean
 //! stop and a restart the host reads both over NBD, runs e2fsck and
 //! compares every file with the guest's md5.
+//!
+//! Stall: a volume `stall` rule holds one guest write (`stall-test.sh`);
+//! the guest's hung-task detector reports the writer blocked, then the
+//! rule is cleared and the write completes with the right bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +180,12 @@ fn boot_guest(sock: &Path, plan: &GuestPlan, scratch: &Path) -> String {
 /// Boots the guest with one vhost-user-blk disk per socket (in order:
 /// vda, vdb, ...) and `cmdline`; returns its console once it powered off.
 fn run_guest(socks: &[&Path], queues: u32, cmdline: &str, scratch: &Path) -> String {
+    let (qemu, console) = spawn_guest(socks, queues, cmdline, scratch);
+    wait_guest(qemu, &console)
+}
+
+/// Starts QEMU on the sockets; returns it and the path of its console log.
+fn spawn_guest(socks: &[&Path], queues: u32, cmdline: &str, scratch: &Path) -> (Reaped, PathBuf) {
     let image = guest_image();
     let console = scratch.join("console.log");
     let log = std::fs::File::create(&console).unwrap();
@@ -204,7 +214,11 @@ fn run_guest(socks: &[&Path], queues: u32, cmdline: &str, scratch: &Path) -> Str
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e} (is it installed?)"));
-    let mut qemu = Reaped(child);
+    (Reaped(child), console)
+}
+
+/// Waits (bounded) for the guest to power off; returns its console.
+fn wait_guest(mut qemu: Reaped, console: &Path) -> String {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let status = loop {
         if let Some(status) = qemu.0.try_wait().unwrap() {
@@ -214,12 +228,12 @@ fn run_guest(socks: &[&Path], queues: u32, cmdline: &str, scratch: &Path) -> Str
             drop(qemu);
             panic!(
                 "guest did not power off within {BOOT_TIMEOUT:?}; console:\n{}",
-                String::from_utf8_lossy(&std::fs::read(&console).unwrap())
+                String::from_utf8_lossy(&std::fs::read(console).unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let text = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+    let text = String::from_utf8_lossy(&std::fs::read(console).unwrap()).into_owned();
     assert!(
         status.success(),
         "qemu exited with {status}; console:\n{text}"
@@ -568,5 +582,103 @@ fn guest_formats_and_mounts_two_vhost_volumes_of_one_pool() {
     check_pool_volume(&console, "b", &server.uri("guest-b"), dir.path());
     let check = vraid_ctl_ok(&control, &["pool", "check", "vol0"]);
     assert!(check.contains("2 volumes"), "{check}");
+    assert_eq!(server.stop(), 0);
+}
+
+/// Polls the console (bounded) until it holds `needle`; panics if QEMU
+/// exits first or `limit` passes.
+fn wait_console(qemu: &mut Reaped, console: &Path, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(console).unwrap()).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        if let Some(status) = qemu.0.try_wait().unwrap() {
+            panic!("qemu exited ({status}) before {needle:?}; console:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} within {limit:?}; console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Hits of volume rule `id` in `fault list --json`.
+fn volume_rule_hits(control: &Path, id: &str) -> u64 {
+    let out = vraid_ctl_ok(control, &["fault", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rules = v["volume_faults"].as_array().unwrap();
+    let id: u64 = id.parse().unwrap();
+    let rule = rules.iter().find(|r| r["id"] == id);
+    rule.unwrap_or_else(|| panic!("no rule {id} in {rules:?}"))["hits"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn a_stall_rule_blocks_a_guest_write_past_its_hung_task_timeout_until_cleared() {
+    // Arrange: RAID-1 on vhost-user-blk; writes to 4 KiB at 8 MiB stall.
+    let dir = scratch_dir("guest-stall");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "64M", "vol0", &paths);
+    let sock = dir.path().join("vol0.sock");
+    let control = dir.path().join("control.sock");
+    let mut args = vec![
+        "--vhost-user-blk",
+        sock.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+    ];
+    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+    let server = Server::start(&args);
+    wait_for_socket(&sock, "vraid serve");
+    let offset: u64 = 8 << 20;
+    let added = vraid_ctl_ok(
+        &control,
+        &[
+            "fault", "add", "vol0", "--volume", "--kind", "stall", "--op", "write", "--offset",
+            "8M", "--length", "4K",
+        ],
+    );
+    let id = added.split_whitespace().nth(1).unwrap().to_string();
+    let cmdline = format!(
+        "console=ttyS0 quiet panic=-1 no_timer_check VRAID_GUEST=stall VRAID_STALL_OFFSET={offset}"
+    );
+
+    // Act: the guest's write hangs until its hung-task detector reports
+    // it; then the rule is cleared and the guest waits for the write.
+    let (mut qemu, console) = spawn_guest(&[&sock], 1, &cmdline, dir.path());
+    let blocked = wait_console(&mut qemu, &console, "VRAID-STALL-BLOCKED", BOOT_TIMEOUT);
+    let held = volume_status(&control, "vol0");
+    let held_hits = volume_rule_hits(&control, &id);
+    vraid_ctl_ok(&control, &["fault", "clear", &id]);
+    let text = wait_guest(qemu, &console);
+
+    // Assert: held in vraid while the guest reported it blocked; released,
+    // the write completed and its bytes are on the volume.
+    assert_eq!(held["volume_faults"]["stalled"], 1, "{held}");
+    assert_eq!(held_hits, 1);
+    assert!(
+        blocked.contains("blocked for more than 5 seconds"),
+        "{blocked}"
+    );
+    assert!(
+        text.contains("stall released ok") && text.contains(MARK_PASS),
+        "guest failed; console:\n{text}"
+    );
+    assert!(!text.contains(MARK_FAIL), "{text}");
+    for line in text.lines().filter(|l| l.contains("stall")) {
+        eprintln!("guest: {}", line.trim());
+    }
+    let after = volume_status(&control, "vol0");
+    assert_eq!(after["volume_faults"]["stalled"], 0, "{after}");
+    let data = read_export(&server.uri("vol0"), dir.path());
+    let at = offset as usize;
+    assert!(
+        data[at..at + 4096] == pattern_bytes(offset, 4096)[..],
+        "the released write's bytes differ over NBD"
+    );
     assert_eq!(server.stop(), 0);
 }

@@ -26,8 +26,11 @@ use crate::raid::{Level, MemberIndex, MemberState, Volume};
 /// faults share them, so `fault clear ID` needs no scope).
 pub(super) static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Device tags are unique for the life of the process.
-static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
+/// A fresh fault id (for rules made outside the control plane, as the
+/// start-up `volatile` rules armed on member power gates).
+pub fn next_fault_id() -> u64 {
+    NEXT_FAULT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The rebuild engine's side of the control plane, implemented per volume.
 pub trait EngineOps: Send + Sync {
@@ -116,9 +119,10 @@ impl MemberHandle {
 
     /// Records that the device `name` joins this slot (at assembly, as a
     /// rebuild or replace target, as a spare); its fault rules are bound to
-    /// the tag returned.
-    pub fn join_device(&self, name: &str) -> DeviceTag {
-        let tag = DeviceTag(NEXT_DEVICE_TAG.fetch_add(1, Ordering::Relaxed));
+    /// the tag returned: `tag` when the device has one already (its power
+    /// gate's), else a fresh one.
+    pub fn join_device(&self, name: &str, tag: Option<DeviceTag>) -> DeviceTag {
+        let tag = tag.unwrap_or_else(DeviceTag::fresh);
         self.joined().push((tag, name.to_string()));
         tag
     }

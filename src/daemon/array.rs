@@ -69,6 +69,9 @@ pub struct ArrayOptions {
     pub checksum_cache: u64,
     /// RAID-1 mirror policies and automatic re-join.
     pub mirror: crate::config::MirrorConfig,
+    /// The config's member `volatile` rules, armed on the members' power
+    /// gates when they are opened (so they cover assembly's writes).
+    pub armed_faults: Vec<crate::config::FaultConfig>,
 }
 
 impl Default for ArrayOptions {
@@ -86,6 +89,7 @@ impl Default for ArrayOptions {
             force_assemble: false,
             checksum_cache: crate::integrity::cache::DEFAULT_BUDGET,
             mirror: crate::config::MirrorConfig::default(),
+            armed_faults: Vec::new(),
         }
     }
 }

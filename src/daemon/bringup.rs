@@ -25,7 +25,7 @@ use super::{journal, show_path, sync_plan, DaemonError};
 use crate::block::{BlockDevice, BlockError, BoxFuture, Window};
 use crate::control::{EventLog, MemberHandle, MemberSlots, VolumeHandle};
 use crate::integrity::{Checksums, InlineDevice};
-use crate::member::fault::FaultDevice;
+use crate::member::fault::{FaultDevice, FaultKind};
 use crate::member::power_gate::PowerGate;
 use crate::member::{self, EngineKind, MemberOptions};
 use crate::meta::layout::ChecksumLayout;
@@ -260,6 +260,7 @@ pub async fn assemble_volume_with(
 ) -> Result<Assembled, DaemonError> {
     let (opts, aopts) = effective_options(opts, aopts);
     let (mut devices, granules) = open_present_members(paths, &opts)?;
+    arm_volatile(paths, &devices, &aopts.armed_faults);
     let spares = open_spares(&aopts, &opts, &mut devices).await?;
     let force = meta::AssembleOptions {
         force: aopts.force_assemble,
@@ -393,6 +394,30 @@ fn open_present_members(
         }
     }
     Ok((devices, granules))
+}
+
+/// Arms the config's member `volatile` rules on the power gates of the
+/// members just opened, before anything is written to them
+/// (`member::power_gate`). A rule names its member by path or by role
+/// number, taken here as the position in `members` (a created array's
+/// roles); a missing member is left to the start-up fault check.
+fn arm_volatile(paths: &[PathBuf], devices: &[NamedDevice], faults: &[crate::config::FaultConfig]) {
+    let volatile = faults.iter().filter(|f| f.spec.kind == FaultKind::Volatile);
+    for f in volatile {
+        let path = match f.member.parse::<usize>() {
+            Ok(n) => paths.get(n),
+            Err(_) => paths
+                .iter()
+                .find(|p| show_path(p) == f.member || p.as_path() == Path::new(&f.member)),
+        };
+        let Some(name) = path.map(|p| show_path(p)) else {
+            continue;
+        };
+        let gate = devices.iter().find(|(n, _)| *n == name);
+        if let Some(gate) = gate.and_then(|(_, d)| d.power_gate()) {
+            gate.arm(crate::control::handle::next_fault_id(), f.spec.clone());
+        }
+    }
 }
 
 /// Before anything could write: a read-only run keeps every update in
@@ -929,7 +954,7 @@ fn wrap_member_with(
 ) -> Arc<dyn BlockDevice> {
     let seed = 0x5eed_0000 + h.role as u64;
     // Rules added from now on for this device stay with it (not the slot).
-    let tag = h.join_device(raw.name());
+    let tag = h.join_device(raw.name(), raw.power_gate().and_then(|g| g.armed_tag()));
     if let Some(gate) = raw.power_gate() {
         // Its `volatile` rule covers every write to it, metadata included.
         gate.attach(h.faults.clone(), tag);

@@ -22,6 +22,7 @@ use crate::export::fence::{Fence, FencedDevice};
 use crate::export::nbd::{Export, NbdLimits, NbdServer};
 use crate::export::pool_volumes::{PoolExports, VhostPlan};
 use crate::export::vhost::{VhostExport, VhostServer};
+use crate::member::fault::FaultKind;
 use crate::member::{EngineKind, MemberOptions};
 use crate::metrics::stats::StatsDevice;
 use crate::pool::service::PoolService;
@@ -407,6 +408,8 @@ fn config_specs(config: &Config, args: &ServeOptions) -> Vec<VolumeSpec> {
                 force_assemble: v.force_assemble || args.force_assemble,
                 checksum_cache: args.checksum_cache.unwrap_or(v.checksum_cache),
                 mirror: v.mirror.clone(),
+                // Member `volatile` rules act from the first member write.
+                armed_faults: v.faults.clone(),
             },
             client: ClientSettings {
                 qos: v.qos,
@@ -558,6 +561,44 @@ async fn start_pools_and_ops(
     Ok((ops, pools))
 }
 
+/// Installs the config's member rules; a `volatile` one is in its slot
+/// already (armed on the member's power gate at open, `arm_volatile`),
+/// and only checked to be on the member the config names.
+fn install_faults(a: &Assembled, faults: &[crate::config::FaultConfig]) -> Result<(), DaemonError> {
+    let armed = |role: usize| {
+        let m = &a.handle.members[role];
+        m.faults
+            .rules()
+            .iter()
+            .any(|r| r.spec.kind == FaultKind::Volatile)
+    };
+    let mut volatile_roles = Vec::new();
+    for f in faults {
+        let added = a.handle.find_member(&f.member).and_then(|m| {
+            if f.spec.kind == FaultKind::Volatile && armed(m.role) {
+                volatile_roles.push(m.role);
+                return Ok(0);
+            }
+            a.handle.add_fault(m.role, f.spec.clone())
+        });
+        if let Err(e) = added {
+            return Err(DaemonError::Usage(format!(
+                "volume {}: start-up fault on member {}: {e}",
+                a.handle.name, f.member
+            )));
+        }
+    }
+    // A role number is armed by its position in `members`: refuse a
+    // device that joined another role than the number said.
+    match (0..a.handle.members.len()).find(|r| armed(*r) && !volatile_roles.contains(r)) {
+        Some(role) => Err(DaemonError::Usage(format!(
+            "volume {}: a start-up volatile fault armed by position in `members` landed on role {role}; name the member by its path",
+            a.handle.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Installs start-up faults, binds the control socket and the metrics
 /// listener, and runs them as tasks (aborted at shutdown).
 async fn start_ops(
@@ -568,18 +609,7 @@ async fn start_ops(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, DaemonError> {
     for (a, spec) in volumes {
         start_client(a, &spec.client).await?;
-        for f in &spec.faults {
-            let added = a
-                .handle
-                .find_member(&f.member)
-                .and_then(|m| a.handle.add_fault(m.role, f.spec.clone()));
-            if let Err(e) = added {
-                return Err(DaemonError::Usage(format!(
-                    "volume {}: start-up fault on member {}: {e}",
-                    a.handle.name, f.member
-                )));
-            }
-        }
+        install_faults(a, &spec.faults)?;
     }
     let registry = Arc::new(
         Registry::new(volumes.iter().map(|(a, _)| a.handle.clone()).collect())

@@ -194,6 +194,16 @@ impl FaultSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceTag(pub u64);
 
+/// Device tags are unique for the life of the process.
+static NEXT_DEVICE_TAG: AtomicU64 = AtomicU64::new(1);
+
+impl DeviceTag {
+    /// A tag no other device has.
+    pub fn fresh() -> DeviceTag {
+        DeviceTag(NEXT_DEVICE_TAG.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// One live rule with its counters.
 #[derive(Debug)]
 pub struct FaultRule {
@@ -233,6 +243,12 @@ impl FaultRule {
     /// True when the rule applies to the device tagged `tag`.
     pub fn applies_to(&self, tag: Option<DeviceTag>) -> bool {
         self.device.is_none() || self.device == tag
+    }
+
+    /// Counts one hit that needs no filter (a `volatile` rule's member
+    /// write).
+    pub(crate) fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Times the rule fired.

@@ -13,19 +13,33 @@
 //! ```
 //!
 //! The gate learns its member's rule set and device tag when the device
-//! joins a role ([`PowerGate::attach`]); before that (assembly's first
-//! superblock updates) every write is durable at once.
+//! joins a role ([`PowerGate::attach`]). A `volatile` rule from the
+//! config is armed on the gate when the member is opened
+//! ([`PowerGate::arm`]), so that it covers every write from the first
+//! one (assembly's superblock updates included) and moves into the
+//! slot's rule set, undo state and all, when the device joins. Without
+//! an armed rule, writes before the join are durable at once.
 
 use std::sync::{Arc, RwLock};
 
-use super::fault::{DeviceTag, FaultKind, FaultRule, FaultSet};
+use super::fault::{DeviceTag, FaultKind, FaultRule, FaultSet, FaultSpec};
 use crate::block::{BlockDevice, Durability, IoFuture};
 use crate::units::ByteOffset;
 
 /// A member device behind its slot's `volatile` rule, if any.
 pub struct PowerGate {
     inner: Arc<dyn BlockDevice>,
-    attached: RwLock<Option<(Arc<FaultSet>, DeviceTag)>>,
+    /// The tag the device joins its slot with (the armed rule's).
+    tag: DeviceTag,
+    binding: RwLock<Binding>,
+}
+
+/// Where the gate looks for its rule: the slot's set once joined, the
+/// armed rule before.
+#[derive(Default)]
+struct Binding {
+    slot: Option<(Arc<FaultSet>, DeviceTag)>,
+    armed: Option<Arc<FaultRule>>,
 }
 
 impl std::fmt::Debug for PowerGate {
@@ -41,21 +55,50 @@ impl PowerGate {
     pub fn wrap(inner: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
         Arc::new(PowerGate {
             inner,
-            attached: RwLock::new(None),
+            tag: DeviceTag::fresh(),
+            binding: RwLock::new(Binding::default()),
         })
     }
 
+    /// The tag an armed rule names: the device must join its slot with
+    /// it. `None` when no rule is armed (the slot picks a fresh tag).
+    pub fn armed_tag(&self) -> Option<DeviceTag> {
+        let b = self.binding.read().unwrap_or_else(|e| e.into_inner());
+        b.armed.as_ref().map(|_| self.tag)
+    }
+
+    /// Arms a `volatile` rule (`spec`, id `id`) before the device joins a
+    /// slot: it covers every write from now on. Refused (false) once
+    /// joined or when one is armed already.
+    pub fn arm(&self, id: u64, spec: FaultSpec) -> bool {
+        let mut b = self.binding.write().unwrap_or_else(|e| e.into_inner());
+        if b.slot.is_some() || b.armed.is_some() || spec.kind != FaultKind::Volatile {
+            return false;
+        }
+        b.armed = Some(Arc::new(FaultRule::new(id, spec).on_device(self.tag)));
+        true
+    }
+
     /// From now on the gate obeys the `volatile` rules of `faults` that
-    /// apply to the device tagged `tag` (the slot it joined).
+    /// apply to the device tagged `tag` (the slot it joined). An armed
+    /// rule joins `faults` first (when `tag` is the gate's own), so no
+    /// write falls between the two.
     pub fn attach(&self, faults: Arc<FaultSet>, tag: DeviceTag) {
-        let mut a = self.attached.write().unwrap_or_else(|e| e.into_inner());
-        *a = Some((faults, tag));
+        let mut b = self.binding.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(rule) = b.armed.take() {
+            if tag == self.tag {
+                faults.add(rule);
+            }
+        }
+        b.slot = Some((faults, tag));
     }
 
     /// The `volatile` rule of this device, if it has one.
     fn volatile(&self) -> Option<Arc<FaultRule>> {
-        let a = self.attached.read().unwrap_or_else(|e| e.into_inner());
-        let (set, tag) = a.as_ref()?;
+        let b = self.binding.read().unwrap_or_else(|e| e.into_inner());
+        let Some((set, tag)) = b.slot.as_ref() else {
+            return b.armed.clone();
+        };
         if set.is_empty() {
             return None;
         }
@@ -89,6 +132,7 @@ impl BlockDevice for PowerGate {
         let Some(r) = self.volatile() else {
             return self.inner.write(at, buf, d);
         };
+        r.count_hit();
         let fua = (d == Durability::Fua).then_some(buf);
         let range = (at.get(), buf.len() as u64);
         Box::pin(async move {
@@ -131,6 +175,7 @@ impl BlockDevice for PowerGate {
         let Some(r) = self.volatile() else {
             return self.inner.discard(offset, len);
         };
+        r.count_hit();
         Box::pin(async move {
             let op = self.inner.discard(offset, len);
             r.undo
@@ -143,6 +188,7 @@ impl BlockDevice for PowerGate {
         let Some(r) = self.volatile() else {
             return self.inner.write_zeroes(offset, len, may_unmap);
         };
+        r.count_hit();
         Box::pin(async move {
             let op = self.inner.write_zeroes(offset, len, may_unmap);
             r.undo

@@ -279,6 +279,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_armed_rule_covers_writes_before_the_join_and_moves_into_the_slot() {
+        // Arrange: a rule armed on the gate (as from the config at open).
+        let mem = Arc::new(MemDevice::new("m", 64 << 10));
+        let dev = PowerGate::wrap(mem.clone());
+        let gate = dev.power_gate().unwrap();
+        assert!(gate.arm(7, FaultSpec::new(FaultKind::Volatile)));
+        // Act: a write before the device joins its slot, then the join.
+        dev.write(ByteOffset(0), &[9; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        let set = Arc::new(FaultSet::new());
+        let tag = gate.armed_tag().expect("armed");
+        gate.attach(set.clone(), tag);
+        // Assert: the slot holds the same rule, with the early write
+        // captured and counted; a cut restores it.
+        let rules = set.rules();
+        assert_eq!(rules.len(), 1);
+        let rule = rules[0].clone();
+        assert_eq!((rule.id, rule.hits(), rule.undo.dirty_blocks()), (7, 1, 1));
+        assert!(!gate.arm(8, FaultSpec::new(FaultKind::Volatile)), "joined");
+        let cut = rule.undo.cut(7, KeepPolicy::None, 1).await.unwrap();
+        assert_eq!(cut.restored_blocks, 1);
+        assert!(mem.snapshot()[..4096].iter().all(|&b| b == 0));
+    }
+
+    #[tokio::test]
     async fn a_cut_restores_unflushed_blocks_and_keeps_flushed_and_fua_bytes() {
         // Arrange: flushed A, unflushed B over it and elsewhere, a FUA
         // write of half a block, a trim after the flush.
