@@ -20,9 +20,12 @@
 # copied / time); utime+stime of vraid and nbdkit from /proc around each
 # step, as CPU ms per GB moved. Prints a markdown table with the ratios.
 #
+# TLS=1: every nbdkit requires TLS (certificates made with openssl, EC
+# P-256), the member is `nbds://` and fio's peer jobs use `nbds://` too.
+#
 # Environment (defaults in brackets):
 #   MEMBER_SIZE  member size [1G]      ROUNDS  rounds [2]
-#   CONNS        connections to the remote member [2]
+#   CONNS        connections to the remote member [2]   TLS  [0]
 #   WORKDIR      [/var/tmp/vraid-remote-rebuild]  VRAID [target/release/vraid]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,11 +35,12 @@ ROUNDS=${ROUNDS:-2}
 CONNS=${CONNS:-2}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-remote-rebuild}
 VRAID=${VRAID:-target/release/vraid}
+TLS=${TLS:-0}
 
 log() { printf '[remote-rebuild %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for t in fio nbdkit nbdinfo python3; do command -v $t >/dev/null || die "$t not found"; done
+for t in fio nbdkit nbdinfo python3 openssl; do command -v $t >/dev/null || die "$t not found"; done
 [[ -x $VRAID ]] || die "$VRAID not found: cargo build --release -p vraid"
 
 rm -rf "$WORKDIR"
@@ -71,10 +75,29 @@ ctl() { "$VRAID" "$@" --control "$CTL" >>"$WORKDIR/ctl.log" 2>&1 || die "vraid $
 # remove ROLE: a member failed just after its rebuild may already be out.
 remove() { "$VRAID" remove vol "$1" --control "$CTL" >>"$WORKDIR/ctl.log" 2>&1 || grep -q "already removed" "$WORKDIR/ctl.log" || die "remove $1"; }
 
+PKI=$WORKDIR/pki
+NBDKIT_TLS=() SCHEME=nbd QUERY=
+if [[ $TLS == 1 ]]; then
+    mkdir -p "$PKI" "$WORKDIR/home/.pki/libnbd"
+    ec_req() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "$@" 2>/dev/null; }
+    ec_req -subj "/CN=bench CA" -keyout "$PKI/ca-key.pem" -out "$PKI/ca-cert.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+    ec_req -subj "/CN=localhost" -CA "$PKI/ca-cert.pem" -CAkey "$PKI/ca-key.pem" \
+        -keyout "$PKI/server-key.pem" -out "$PKI/server-cert.pem" \
+        -addext basicConstraints=critical,CA:FALSE \
+        -addext keyUsage=critical,digitalSignature,keyEncipherment \
+        -addext extendedKeyUsage=serverAuth -addext subjectAltName=IP:127.0.0.1
+    # fio's libnbd engine refuses ?tls-certificates=: it looks in $HOME.
+    cp "$PKI/ca-cert.pem" "$WORKDIR/home/.pki/libnbd/"
+    NBDKIT_TLS=(--tls=require "--tls-certificates=$PKI") SCHEME=nbds QUERY="tls-certificates=$PKI&"
+fi
+# member_uri PORT: the remote member's URI.
+member_uri() { echo "$SCHEME://127.0.0.1:$1/?${QUERY}connections=$CONNS"; }
+
 # fresh_nbdkit: a fresh, empty memory export; sets NEW_PORT and NEW_PID.
 fresh_nbdkit() {
     NEW_PORT=$(free_port)
-    nbdkit -f -i 127.0.0.1 -p "$NEW_PORT" memory "$MEMBER_SIZE" >>"$WORKDIR/nbdkit.log" 2>&1 &
+    nbdkit -f -i 127.0.0.1 -p "$NEW_PORT" "${NBDKIT_TLS[@]}" memory "$MEMBER_SIZE" >>"$WORKDIR/nbdkit.log" 2>&1 &
     NEW_PID=$!
     wait_port "$NEW_PORT" "$NEW_PID"
 }
@@ -84,7 +107,7 @@ stop_pid() { kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true;
 
 fresh_nbdkit
 NBDKIT_PORT=$NEW_PORT NBDKIT_PID=$NEW_PID
-REMOTE="nbd://127.0.0.1:$NBDKIT_PORT/?connections=$CONNS"
+REMOTE=$(member_uri "$NBDKIT_PORT")
 truncate -s "$MEMBER_SIZE" "$WORKDIR/local0.img"
 "$VRAID" create --level 1 --name vol --member-size "$MEMBER_SIZE" "$WORKDIR/local0.img" "$REMOTE" \
     >"$WORKDIR/create.log" 2>&1 || die "create failed: $(tail -n 3 "$WORKDIR/create.log")"
@@ -127,7 +150,7 @@ to_remote() {
     fresh_nbdkit
     NBDKIT_PID=$NEW_PID NBDKIT_PORT=$NEW_PORT
     v0=$(cpu_ticks "$SERVER_PID"); k0=$(cpu_ticks "$NBDKIT_PID")
-    ctl add vol "nbd://127.0.0.1:$NBDKIT_PORT/?connections=$CONNS"
+    ctl add vol "$(member_uri "$NBDKIT_PORT")"
     REB1=$((REB1 + 1))
     out=$(wait_rebuild 1 "$REB1")
     record to-remote "$n" "${out#* }" "$(($(cpu_ticks "$SERVER_PID") - v0))" \
@@ -161,7 +184,7 @@ peer() {
     fi
     out=$WORKDIR/$kind-$n.json
     k0=$(cpu_ticks "$pid")
-    fio --name="$kind" --ioengine=nbd --uri="nbd://127.0.0.1:$port/" --rw=$rw --bs=2M \
+    HOME=$WORKDIR/home fio --name="$kind" --ioengine=nbd --uri="$SCHEME://127.0.0.1:$port/" --rw=$rw --bs=2M \
         --iodepth=16 --size="$VOL_SIZE" --output-format=json --output="$out" >/dev/null
     python3 - "$out" "$kind" "$n" "$(($(cpu_ticks "$pid") - k0))" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
 import json, sys
@@ -184,7 +207,7 @@ for ((n = 1; n <= ROUNDS; n++)); do
 done
 stop_pid "$SERVER_PID"; SERVER_PID=
 
-python3 - "$RESULTS" "$CONNS" "$MEMBER_SIZE" <<'PY'
+python3 - "$RESULTS" "$CONNS" "$MEMBER_SIZE" "$TLS" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 agg = {}
@@ -195,8 +218,9 @@ for kind, n, mbps, vt, kt, nbytes, hz in rows:
     a["v"].append(int(vt) / int(hz) * 1e3 / gb)
     a["k"].append(int(kt) / int(hz) * 1e3 / gb)
 mean = lambda xs: sum(xs) / len(xs)
+tls = ", over TLS" if sys.argv[4] == "1" else ""
 print(f"\nRebuild of a remote member (RAID-1: local file + nbdkit memory on loopback, "
-      f"{sys.argv[3]} members, {sys.argv[2]} connection(s)) vs fio (nbd engine, bs 2M, iodepth 16)\n")
+      f"{sys.argv[3]} members, {sys.argv[2]} connection(s){tls}) vs fio (nbd engine, bs 2M, iodepth 16)\n")
 print("| what | MB/s (per round) | mean MB/s | vraid CPU ms/GB | nbdkit CPU ms/GB |")
 print("|---|---|---:|---:|---:|")
 for kind in ["to-remote", "fio-write", "from-remote", "fio-read"]:

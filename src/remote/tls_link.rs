@@ -1,10 +1,13 @@
 //! `nbds://` members: the plain greeting, `NBD_OPT_STARTTLS`, the TLS
 //! upgrade with [`ClientTls`], then the rest of the handshake and the
 //! transmission phase over TLS. A server that refuses STARTTLS fails the
-//! connection: there is no fall back to plain text.
+//! connection: there is no fall back to plain text. The socket is read
+//! through a [`crate::tls::READ_BUFFER`] buffer under rustls (which asks
+//! for 4 KiB at a time), as the server's is.
 //!
 //! ```text
-//!  blocking socket ─ greet ─ STARTTLS ─ ACK ─► tokio socket ─ TLS ─► Bridge
+//!  blocking socket ─ greet ─ STARTTLS ─ ACK ─► tokio socket ─ 64 KiB read
+//!  buffer ─ TLS ─► Bridge
 //!  Bridge (sync Read/Write over the TLS stream) ─ options ─► Conn
 //! ```
 
@@ -18,7 +21,7 @@ use super::conn::Conn;
 use super::handshake::{self, HandshakeError};
 use super::link::{tcp_connect, LinkError};
 use super::uri::{Endpoint, NbdUri};
-use crate::tls::{ClientTls, Flushed};
+use crate::tls::{buffered, ClientTls, Flushed};
 
 /// The connector of `uri` and the name its server must prove.
 fn client_tls(uri: &NbdUri) -> Result<(ClientTls, String), LinkError> {
@@ -66,7 +69,9 @@ pub fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkErr
             s.set_nodelay(true).map_err(connect)?;
             up.plain_part(&mut s)?;
             prepare(&s).map_err(connect)?;
-            up.finish(tokio::net::TcpStream::from_std(s).map_err(connect)?)
+            up.finish(buffered(
+                tokio::net::TcpStream::from_std(s).map_err(connect)?,
+            ))
         }
         Endpoint::Unix(path) => {
             let mut s = std::os::unix::net::UnixStream::connect(path).map_err(connect)?;
@@ -74,7 +79,9 @@ pub fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkErr
             s.set_write_timeout(Some(timeout)).map_err(connect)?;
             up.plain_part(&mut s)?;
             s.set_nonblocking(true).map_err(connect)?;
-            up.finish(tokio::net::UnixStream::from_std(s).map_err(connect)?)
+            up.finish(buffered(
+                tokio::net::UnixStream::from_std(s).map_err(connect)?,
+            ))
         }
     }
 }
