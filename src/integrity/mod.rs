@@ -17,7 +17,6 @@
 
 pub mod cache;
 pub mod device;
-mod edge_cache;
 pub mod inline;
 pub mod page;
 mod reported;
