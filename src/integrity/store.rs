@@ -34,9 +34,13 @@ use crate::units::ByteOffset;
 
 /// Dirty pages written back concurrently when making room.
 const WRITEBACK_BATCH: usize = 64;
-/// Pages reserved on the member together (1 MiB of the checksum area,
-/// describing 1 GiB of data): see [`CsumStore::reserve`].
-pub const RESERVE_PAGES: u64 = 256;
+/// Pages reserved on the member together: see [`CsumStore::reserve`].
+/// One: groups of 256 (1 MiB describing 1 GiB of data) saved the
+/// `fallocate` per random write, but random writes over 4 x 4 TiB then
+/// allocated 16 GB of checksum area for pages never written and held a
+/// `writable` entry for each (`scale_memory.rs`); a group size that pays
+/// for itself needs the neighbours' use, not done.
+pub const RESERVE_PAGES: u64 = 1;
 
 struct Page {
     entries: Box<[AtomicU32]>,
