@@ -34,13 +34,6 @@ use crate::units::ByteOffset;
 
 /// Dirty pages written back concurrently when making room.
 const WRITEBACK_BATCH: usize = 64;
-/// Pages reserved on the member together: see [`CsumStore::reserve`].
-/// One: groups of 256 (1 MiB describing 1 GiB of data) saved the
-/// `fallocate` per random write, but random writes over 4 x 4 TiB then
-/// allocated 16 GB of checksum area for pages never written and held a
-/// `writable` entry for each (`scale_memory.rs`); a group size that pays
-/// for itself needs the neighbours' use, not done.
-pub const RESERVE_PAGES: u64 = 1;
 
 struct Page {
     entries: Box<[AtomicU32]>,
@@ -206,35 +199,17 @@ impl CsumStore {
 
     /// Reserves page `index` on the member, so its write-backs cannot run
     /// out of space (the checksum area is allocated on demand, before the
-    /// first data write a page describes: docs/FORMAT.md §1). The whole
-    /// group of [`RESERVE_PAGES`] around it is reserved in one call: on a
-    /// filesystem every `fallocate` waits for all direct I/O in flight on
-    /// the member file, so one per random write would serialize them. A
-    /// group that does not fit (ENOSPC) falls back to the single page.
+    /// first data write a page describes: docs/FORMAT.md §1). One page a
+    /// call: reserving groups of 256 saved the `fallocate` per random
+    /// write (each waits for the member file's direct I/O on a
+    /// filesystem), but random writes over 4 x 4 TiB then allocated 16 GB
+    /// of checksum area for pages never written and held a `writable`
+    /// entry for each (`scale_memory.rs`).
     async fn reserve(&self, index: u64) -> BlockResult {
-        let first = index - index % RESERVE_PAGES;
-        let end = (first + RESERVE_PAGES).min(self.page_count);
-        let group = self
-            .raw
-            .reserve(
-                ByteOffset(self.page_at(first)),
-                (end - first) * PAGE_BYTES as u64,
-            )
-            .await;
-        let pages = match group {
-            Ok(()) => first..end,
-            Err(e) if e.is_no_space() && end - first > 1 => {
-                self.raw
-                    .reserve(ByteOffset(self.page_at(index)), PAGE_BYTES as u64)
-                    .await?;
-                index..index + 1
-            }
-            Err(e) => return Err(e),
-        };
-        let mut r = self.lock();
-        for p in pages {
-            r.writable.insert(p);
-        }
+        self.raw
+            .reserve(ByteOffset(self.page_at(index)), PAGE_BYTES as u64)
+            .await?;
+        self.lock().writable.insert(index);
         Ok(())
     }
 

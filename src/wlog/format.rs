@@ -1,4 +1,4 @@
-//! The write log's on-disk format (docs/FAULTS.md "Write log format"):
+//! The write log's on-disk format (docs/FORMAT.md §13 "Write log file"):
 //! the header, the records, their encoding and the checked decoding of
 //! untrusted bytes. Everything little-endian, CRC-32 (IEEE) checksums.
 
@@ -213,7 +213,7 @@ impl RecordHead {
         Ok(head)
     }
 
-    /// The field rules of one kind (docs/FAULTS.md "Write log format").
+    /// The field rules of one kind (docs/FORMAT.md §13 "Write log file").
     fn check(&self, index: u64, size: u64) -> Result<(), String> {
         if self.index != index {
             return Err(format!("entry number {} where {index} was due", self.index));
