@@ -55,6 +55,29 @@ impl FuseLoop {
         &self.dev
     }
 
+    /// Unmounts the file system at [`FuseLoop::fs_dir`], trying again for
+    /// up to 10 s while umount says the target is busy (a transient hold,
+    /// seen once with other test binaries running beside this one).
+    pub fn umount_fs(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("umount")
+                .arg(self.fs_dir())
+                .output()
+                .expect("run umount");
+            if out.status.success() {
+                return;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("busy") && Instant::now() < deadline,
+                "umount {}: {err}",
+                self.fs_dir().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Where a test mounts the file system: `MOUNTPOINT.fs`.
     pub fn fs_dir(&self) -> PathBuf {
         self.mountpoint.with_extension("fs")

@@ -69,7 +69,7 @@ fn mount(fl: &FuseLoop) -> PathBuf {
 }
 
 fn umount(fl: &FuseLoop) {
-    run_ok(Command::new("umount").arg(fl.fs_dir()));
+    fl.umount_fs();
 }
 
 /// Bytes `off..off + len` of an export, read with `qemu-img dd`.
