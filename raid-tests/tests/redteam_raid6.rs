@@ -32,6 +32,17 @@ fn serve(paths: &[PathBuf], ctl: &str, journal: bool) -> Server {
 }
 
 /// Writes pattern `p` to every stripe's block, flushed.
+/// A fresh 5-member RAID-6 (64K chunks, 48M members) named vol0 in a
+/// scratch directory: the directory, the member paths and the control
+/// socket path.
+fn raid6_array(test: &str) -> (tempfile::TempDir, Vec<PathBuf>, String) {
+    let dir = scratch_dir(test);
+    let paths = member_paths(dir.path(), 5);
+    create_array(6, "64K", "48M", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock").to_str().unwrap().to_string();
+    (dir, paths, ctl)
+}
+
 fn write_blocks(uri: &str, p: u8) {
     let mut cmds: Vec<String> = (0..STRIPES)
         .map(|s| format!("write -P {p} {} 4k", block(s)))
@@ -45,11 +56,8 @@ fn raid6_stale_ring_from_before_a_no_journal_run_is_not_replayed() {
     // Arrange: run 1 with the journal logs partial P/Q for every stripe
     // and is SIGKILLed; run 2 (--no-journal) replays it, rewrites the
     // same blocks and is SIGKILLed after a flush (nothing torn).
-    let dir = scratch_dir("rt6-stale-ring");
-    let paths = member_paths(dir.path(), 5);
-    create_array(6, "64K", "48M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let ctl = ctl.to_str().unwrap();
+    let (_dir, paths, ctl) = raid6_array("rt6-stale-ring");
+    let ctl = ctl.as_str();
     let server = serve(&paths, ctl, true);
     qemu_io(
         &server.uri("vol0"),
@@ -128,11 +136,8 @@ fn raid6_ring_left_before_an_older_builds_run_is_not_replayed() {
     // writes other chunks of the same rows (the entries' "untouched"
     // bytes), SIGKILL after a flush, then its superblocks as that build
     // leaves them (journal_state 1, no live-journal bit).
-    let dir = scratch_dir("rt6-older-build");
-    let paths = member_paths(dir.path(), 5);
-    create_array(6, "64K", "48M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let ctl = ctl.to_str().unwrap();
+    let (_dir, paths, ctl) = raid6_array("rt6-older-build");
+    let ctl = ctl.as_str();
     let server = serve(&paths, ctl, true);
     qemu_io(
         &server.uri("vol0"),
@@ -184,11 +189,8 @@ fn raid6_ring_left_before_an_older_builds_run_is_not_replayed() {
 #[test]
 fn raid6_members_of_a_crashed_journal_run_carry_the_bit_older_builds_refuse() {
     // Arrange: a run with the journal writes and is SIGKILLed.
-    let dir = scratch_dir("rt6-live-bit");
-    let paths = member_paths(dir.path(), 5);
-    create_array(6, "64K", "48M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let ctl = ctl.to_str().unwrap();
+    let (_dir, paths, ctl) = raid6_array("rt6-live-bit");
+    let ctl = ctl.as_str();
     let server = serve(&paths, ctl, true);
     write_blocks(&server.uri("vol0"), 1);
     server.kill();
@@ -226,11 +228,8 @@ fn rot_after_crash(journal: bool) -> (bool, String, String) {
     // Arrange: an acknowledged, flushed 4K write at the start of each of
     // 10 stripes (their journal entries still in the rings), SIGKILL,
     // then one byte of every written block flipped on its member.
-    let dir = scratch_dir("rt6-rot-replay");
-    let paths = member_paths(dir.path(), 5);
-    create_array(6, "64K", "48M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let ctl = ctl.to_str().unwrap();
+    let (_dir, paths, ctl) = raid6_array("rt6-rot-replay");
+    let ctl = ctl.as_str();
     let server = serve(&paths, ctl, journal);
     qemu_io(
         &server.uri("vol0"),
@@ -302,11 +301,8 @@ fn raid6_read_before_the_crash_resync_serves_a_rotten_block_from_p_and_q() {
     // Arrange: acknowledged, flushed 4K writes at the start of the last
     // 10 stripes, SIGKILL, then one byte of every written block flipped
     // on its member (rot while the daemon was down).
-    let dir = scratch_dir("rt6-rot-early");
-    let paths = member_paths(dir.path(), 5);
-    create_array(6, "64K", "48M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let ctl = ctl.to_str().unwrap();
+    let (dir, paths, ctl) = raid6_array("rt6-rot-early");
+    let ctl = ctl.as_str();
     let stripes = examine(&paths[0])["data_size"].as_u64().unwrap() / CHUNK;
     let written = stripes - 10..stripes;
     let server = serve(&paths, ctl, true);
