@@ -4,66 +4,10 @@
 //! (This kernel has no nbd module, so nbdfuse stands in for nbd-client.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use raid_tests::fuse_loop::FuseLoop;
 use raid_tests::*;
-
-/// An nbdfuse mount and the loop device on top of it; torn down on drop.
-struct FuseLoop {
-    mountpoint: PathBuf,
-    nbdfuse: Child,
-    loopdev: Option<String>,
-}
-
-impl FuseLoop {
-    fn attach(uri: &str, mountpoint: &Path) -> FuseLoop {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let pidfile = mountpoint.with_extension("pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let nbdfuse = Command::new("nbdfuse")
-            .arg("-P")
-            .arg(&pidfile)
-            .arg(mountpoint)
-            .arg(uri)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nbdfuse (package libnbd-bin)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pidfile.exists() || !mountpoint.join("nbd").exists() {
-            assert!(Instant::now() < deadline, "nbdfuse did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let loopdev = run_ok(
-            Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=off"])
-                .arg(mountpoint.join("nbd")),
-        )
-        .trim()
-        .to_string();
-        FuseLoop {
-            mountpoint: mountpoint.to_path_buf(),
-            nbdfuse,
-            loopdev: Some(loopdev),
-        }
-    }
-
-    fn dev(&self) -> &str {
-        self.loopdev.as_deref().unwrap()
-    }
-}
-
-impl Drop for FuseLoop {
-    fn drop(&mut self) {
-        if let Some(dev) = self.loopdev.take() {
-            let _ = Command::new("umount")
-                .arg(format!("{}.fs", self.mountpoint.display()))
-                .status();
-            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-        }
-        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
-    }
-}
 
 fn write_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();

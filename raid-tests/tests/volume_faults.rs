@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use raid_tests::fuse_loop::FuseLoop;
 use raid_tests::*;
 use serde_json::Value;
 
@@ -658,54 +659,6 @@ fn a_stall_times_out_a_virtio_blk_request_and_clearing_it_completes_it() {
     assert_eq!(blk.buf()[..4096], [0x42; 4096]);
 }
 
-/// An nbdfuse mount of an export and a loop device on its file; torn down
-/// on drop (as in ext4.rs).
-struct FuseLoop {
-    mountpoint: PathBuf,
-    nbdfuse: std::process::Child,
-    dev: String,
-}
-
-impl FuseLoop {
-    fn attach(uri: &str, mountpoint: &Path) -> FuseLoop {
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let pidfile = mountpoint.with_extension("pid");
-        let _ = std::fs::remove_file(&pidfile);
-        let nbdfuse = Command::new("nbdfuse")
-            .arg("-P")
-            .arg(&pidfile)
-            .arg(mountpoint)
-            .arg(uri)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nbdfuse (package libnbd-bin)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !pidfile.exists() || !mountpoint.join("nbd").exists() {
-            assert!(Instant::now() < deadline, "nbdfuse did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let dev = run_ok(
-            Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=off"])
-                .arg(mountpoint.join("nbd")),
-        )
-        .trim()
-        .to_string();
-        FuseLoop {
-            mountpoint: mountpoint.to_path_buf(),
-            nbdfuse,
-            dev,
-        }
-    }
-}
-
-impl Drop for FuseLoop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        stop_nbdfuse(&self.mountpoint, &mut self.nbdfuse);
-    }
-}
-
 /// Writes `data` to `path`; with `sync`, fsyncs the file and its
 /// directory (the file then must survive any power cut); without, only
 /// starts its write-back (`sync_file_range`, no FLUSH): its blocks reach
@@ -764,7 +717,7 @@ fn ext4_keeps_every_fsynced_file_across_power_cuts() {
     vraid_ctl_ok(&v.control, &["set", "vol0", "--cache", "volatile"]);
     {
         let fl = FuseLoop::attach(&v.uri, &mnt);
-        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fl.dev));
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(fl.dev()));
     }
     let mut synced: Vec<(String, Vec<u8>)> = Vec::new();
     // The last file of each round, renamed into place without fsync: the
@@ -775,10 +728,10 @@ fn ext4_keeps_every_fsynced_file_across_power_cuts() {
         let fl = FuseLoop::attach(&v.uri, &mnt);
         // Assert (after the previous cut): the journal replays, the
         // filesystem is clean, every fsynced file is intact.
-        run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+        run_ok(Command::new("mount").arg(fl.dev()).arg(&fsdir));
         run_ok(Command::new("umount").arg(&fsdir));
-        run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(&fl.dev));
-        run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+        run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(fl.dev()));
+        run_ok(Command::new("mount").arg(fl.dev()).arg(&fsdir));
         for (name, data) in &synced {
             let got = std::fs::read(fsdir.join(name))
                 .unwrap_or_else(|e| panic!("round {round}: {name}: {e}"));
@@ -830,7 +783,7 @@ fn ext4_keeps_every_fsynced_file_across_power_cuts() {
         "{CUTS} power cuts: {dropped} writes dropped, {lost} files renamed without fsync lost"
     );
     let fl = FuseLoop::attach(&v.uri, &mnt);
-    run_ok(Command::new("mount").arg(&fl.dev).arg(&fsdir));
+    run_ok(Command::new("mount").arg(fl.dev()).arg(&fsdir));
     run_ok(Command::new("umount").arg(&fsdir));
-    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(&fl.dev));
+    run_ok(Command::new("e2fsck").args(["-f", "-n"]).arg(fl.dev()));
 }
