@@ -322,10 +322,10 @@ async fn scrub_is_throttled_by_the_rate_limit_and_shows_progress() {
 
     // Act
     let started = Instant::now();
-    let (report, seen) = tokio::join!(rig.volume.scrub(false, &ctl, &cancel), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        rig.volume.sync_progress()
-    });
+    let (report, seen) = tokio::join!(
+        rig.volume.scrub(false, &ctl, &cancel),
+        first_progress(&rig.volume)
+    );
 
     // Assert
     assert!(started.elapsed() >= Duration::from_millis(200));
@@ -334,6 +334,18 @@ async fn scrub_is_throttled_by_the_rate_limit_and_shows_progress() {
     assert_eq!(seen.kind, super::SyncKind::Scrub);
     assert!(seen.done_bytes < seen.total_bytes);
     assert!(rig.volume.sync_progress().is_none());
+}
+
+/// The first progress the running scrub shows with some bytes done,
+/// polled (bounded: 2 s) rather than guessed with one sleep.
+async fn first_progress(volume: &super::Volume) -> Option<super::SyncProgress> {
+    for _ in 0..2000 {
+        match volume.sync_progress() {
+            Some(p) if p.done_bytes > 0 => return Some(p),
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    None
 }
 
 #[tokio::test]
