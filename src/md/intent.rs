@@ -46,7 +46,8 @@ pub async fn load(array: &MdArray) -> Result<Option<Bits>, String> {
     let mut merged: Option<Bits> = None;
     for slot in array.slots.iter().flatten() {
         let name = slot.device.name().to_string();
-        let (geometry, area) = read_copy(slot, &want)
+        let used = array.freshest.component_sectors;
+        let (geometry, area) = read_copy(slot, &want, used)
             .await
             .map_err(|why| fail(format!("{name}: {why}")))?;
         match &mut merged {
@@ -63,7 +64,11 @@ pub async fn load(array: &MdArray) -> Result<Option<Bits>, String> {
 }
 
 /// One member's bitmap copy: checked, and its area read whole.
-async fn read_copy(slot: &Slot, want: &Expect<'_>) -> Result<(Geometry, Vec<u8>), String> {
+async fn read_copy(
+    slot: &Slot,
+    want: &Expect<'_>,
+    used: u64,
+) -> Result<(Geometry, Vec<u8>), String> {
     let at = slot
         .bitmap_at
         .ok_or("its superblock records no bitmap, or one outside the device")?;
@@ -80,7 +85,7 @@ async fn read_copy(slot: &Slot, want: &Expect<'_>) -> Result<(Geometry, Vec<u8>)
         .map_err(|e| format!("reading it: {e}"))?;
     let sb = bitmap::parse(&head).map_err(|e| e.to_string())?;
     let geometry = sb.check(want)?;
-    check_place(slot, at, geometry.area_bytes, dev.size())?;
+    check_place(slot, at, geometry.area_bytes, used)?;
     let mut area = vec![0u8; geometry.area_bytes as usize];
     dev.read(ByteOffset(at), &mut area)
         .await
@@ -88,16 +93,16 @@ async fn read_copy(slot: &Slot, want: &Expect<'_>) -> Result<(Geometry, Vec<u8>)
     Ok((geometry, area))
 }
 
-/// The area `at..at+len` lies in the device, outside the data area and
-/// the md superblock's 4 KiB (vraid writes it).
-fn check_place(slot: &Slot, at: u64, len: u64, size: u64) -> Result<(), String> {
+/// The area `at..at+len` lies in the device, outside the part of the data
+/// area md uses (`used` sectors from the data offset, md's `dev_sectors`,
+/// as md's `write_sb_page` checks) and the md superblock's 4 KiB.
+fn check_place(slot: &Slot, at: u64, len: u64, used: u64) -> Result<(), String> {
+    let size = slot.device.size();
     let end = at.checked_add(len).filter(|e| *e <= size).ok_or_else(|| {
         format!("{len} bytes at byte {at} reach past the end of the device ({size} bytes)")
     })?;
     let overlaps = |start: u64, stop: u64| at < stop && start < end;
-    let data_end = slot
-        .data_offset
-        .saturating_add(slot.data_sectors.saturating_mul(512));
+    let data_end = slot.data_offset.saturating_add(used.saturating_mul(512));
     if overlaps(slot.data_offset, data_end) {
         return Err(format!(
             "{len} bytes at byte {at} overlap the data area (bytes {}..{data_end})",
