@@ -7,8 +7,9 @@
 #                    one array per entry, on disks FIRST..FIRST+COUNT-1
 #                    (0 = /dev/vda, in the order of the -drive options);
 #                    LAYOUT and CHUNK "-" for mdadm's default, BITMAP
-#                    "bitmap" for an internal write-intent bitmap, "ext4"
-#                    for an ext4 with files instead of random data, else "-".
+#                    "bitmap" for an internal write-intent bitmap (64 KiB
+#                    per bit), "ext4" for an ext4 with files instead of
+#                    random data, else "-".
 #   VRAID_MD_MODE    "verify": assemble the arrays already on the disks
 #                    instead (after vraid wrote them), see verify_array.
 # For each array it prints
@@ -18,7 +19,10 @@
 # UUID as mdadm prints it) after `mdadm --examine` of its disks; in verify
 # mode
 #   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: every file found)
-#   VRAID-MD-VERIFY NAME MD5 MISMATCH_CNT FSCK_STATUS
+#   VRAID-MD-BITMAP NAME BITS DIRTY EVENTS  (bitmap arrays: mdadm -X of the
+#                                            first disk, before assembly)
+#   VRAID-MD-VERIFY NAME MD5 MISMATCH_CNT FSCK_STATUS MISMATCH_AFTER_REPAIR
+# (a check that finds mismatches is followed by repair and a second check)
 set -u
 echo  # a line of its own after SeaBIOS's escapes
 fail() { echo "VRAID-GUEST-FAIL: $*"; exit 1; }
@@ -65,12 +69,19 @@ wait_idle() {
 verify_array() {
   name=$1 kind=$2
   shift 2
+  if [ "$kind" = bitmap ]; then
+    mdadm -X "$1" >/tmp/x.log 2>&1 || { cat /tmp/x.log; fail "mdadm -X $name"; }
+    cat /tmp/x.log
+    bits=$(sed -n 's/.*Bitmap : \([0-9]*\) bits.* \([0-9]*\) dirty.*/\1 \2/p' /tmp/x.log)
+    ev=$(sed -n 's/^ *Events : \([0-9]*\).*/\1/p' /tmp/x.log)
+    echo "VRAID-MD-BITMAP $name $bits $ev"
+  fi
   mdadm --assemble /dev/md0 --run "$@" >/tmp/assemble.log 2>&1 \
     || { cat /tmp/assemble.log; fail "mdadm --assemble $name"; }
   cat /tmp/assemble.log
   mdadm --readwrite /dev/md0 2>/dev/null
   mdadm --examine "$@" | grep -E 'Events|State :'
-  mismatch=-
+  mismatch=- after=-
   case $(cat /sys/block/md0/md/level) in
     raid0 | linear) ;;
     *)
@@ -78,6 +89,14 @@ verify_array() {
       echo check >/sys/block/md0/md/sync_action || fail "check on $name"
       wait_idle
       mismatch=$(cat /sys/block/md0/md/mismatch_cnt)
+      after=$mismatch
+      if [ "$mismatch" != 0 ]; then
+        echo repair >/sys/block/md0/md/sync_action || fail "repair on $name"
+        wait_idle
+        echo check >/sys/block/md0/md/sync_action || fail "check on $name"
+        wait_idle
+        after=$(cat /sys/block/md0/md/mismatch_cnt)
+      fi
       ;;
   esac
   fsck=-
@@ -95,7 +114,7 @@ verify_array() {
   echo 3 >/proc/sys/vm/drop_caches
   sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"
   mdadm --stop /dev/md0 || fail "mdadm --stop $name"
-  echo "VRAID-MD-VERIFY $name $sum $mismatch $fsck"
+  echo "VRAID-MD-VERIFY $name $sum $mismatch $fsck $after"
 }
 
 for spec in $(echo "$VRAID_MD_ARRAYS" | tr ',' ' '); do
@@ -117,7 +136,7 @@ EOF
   case $level in 0 | linear) ;; *) opts="$opts --assume-clean" ;; esac
   [ "$chunk" = - ] || opts="$opts --chunk=$chunk"
   [ "$layout" = - ] || opts="$opts --layout=$layout"
-  [ "$bitmap" = bitmap ] && opts="$opts --bitmap=internal"
+  [ "$bitmap" = bitmap ] && opts="$opts --bitmap=internal --bitmap-chunk=64K"
   [ "$meta" = 0.90 ] || opts="$opts --name=$name"
   # shellcheck disable=SC2086
   yes | mdadm --create /dev/md0 $opts $devs >/tmp/create.log 2>&1 \

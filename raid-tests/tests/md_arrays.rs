@@ -10,7 +10,9 @@
 //! round trip then writes through `vraid serve --md-writable` and boots
 //! the guest again: md assembles each array, resyncs what a killed session
 //! left dirty, runs `check` (mismatch_cnt 0), e2fsck -fn is clean and md
-//! reads what vraid wrote.
+//! reads what vraid wrote. Arrays with md's internal bitmap are written
+//! too: `mdadm -X` shows the bits and events vraid left, and a session
+//! SIGKILLed mid-write is resynced by md over exactly its set bits.
 //!
 //! ```text
 //!  guest: mdadm --create ... /dev/vdX.. ─► dd urandom ─► md5sum /dev/md0 ─► --stop
@@ -1013,39 +1015,226 @@ fn write_pattern_through_vraid(
     }
 }
 
-/// `--md-writable` on an array with a write-intent bitmap is refused with
-/// the reason, and not one member byte changes.
-fn check_bitmap_refused(spec: &MdSpec, disks: &[PathBuf]) -> Written {
-    let members = members_of(spec, disks);
-    let before: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
+/// md's write-intent bitmap as one member image holds it (its copy sits
+/// `bitmap_offset` sectors from the 1.x superblock, 4 KiB after a 0.90
+/// one): the bits set, bytes per bit, events and events_cleared.
+struct HostBitmap {
+    set: Vec<u64>,
+    chunk: u64,
+    events: u64,
+    events_cleared: u64,
+}
+
+fn host_bitmap(member: &Path) -> HostBitmap {
+    host_bitmap_at(member, bitmap_at(member))
+}
+
+/// Byte offset of `member`'s bitmap copy.
+fn bitmap_at(member: &Path) -> u64 {
+    let e = examine(member);
+    let sb_at = e["super_offset"].as_u64().unwrap() * 512;
+    match e["version"].as_str().unwrap() {
+        "0.90" => sb_at + 4096,
+        _ => sb_at
+            .checked_add_signed(e["bitmap_offset"].as_i64().unwrap() * 512)
+            .unwrap(),
+    }
+}
+
+fn host_bitmap_at(member: &Path, at: u64) -> HostBitmap {
+    let sb = peek(member, at, 256);
+    let le32 = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().unwrap()) as u64;
+    let le64 = |o: usize| u64::from_le_bytes(sb[o..o + 8].try_into().unwrap());
+    assert_eq!(le32(0), 0x6d74_6962, "{}: bitmap magic", member.display());
+    let chunk = le32(52);
+    let bits = le64(40).div_ceil(chunk / 512);
+    let bytes = peek(member, at + 256, bits.div_ceil(8) as usize);
+    HostBitmap {
+        set: (0..bits)
+            .filter(|b| bytes[(b / 8) as usize] & (1 << (b % 8)) != 0)
+            .collect(),
+        chunk,
+        events: le64(24),
+        events_cleared: le64(32),
+    }
+}
+
+/// A copy of `spec`'s members with member 0's bitmap magic broken:
+/// `--md-writable` refuses it in one line naming the bitmap, nothing is
+/// written, and read-only serving still gives md's bytes.
+fn check_corrupt_bitmap_refused(spec: &MdSpec, disks: &[PathBuf], m: &Made, scratch: &Path) {
+    let copies: Vec<PathBuf> = members_of(spec, disks)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let to = scratch.join(format!("corrupt-bitmap-{i}.img"));
+            run_ok(Command::new("cp").arg("--sparse=always").arg(p).arg(&to));
+            to
+        })
+        .collect();
+    poke(&copies[0], bitmap_at(&copies[0]), b"junk");
+    let refs: Vec<&PathBuf> = copies.iter().collect();
+    let before: Vec<String> = copies.iter().map(|p| md5_of(p)).collect();
     let out = run(
         vraid(&["serve", "--nbd", "127.0.0.1:0", "--md-writable", "--md"])
-            .args(members.iter().map(|p| p.as_os_str())),
+            .args(copies.iter().map(|p| p.as_os_str())),
     );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("write-intent bitmap") && !err.contains("panick"),
+        err.contains("not writable: bitmap: ") && err.contains("magic") && !err.contains("panick"),
         "{err}"
     );
-    let after: Vec<String> = members.iter().map(|p| md5_of(p)).collect();
+    let after: Vec<String> = copies.iter().map(|p| md5_of(p)).collect();
     assert_eq!(before, after, "a refused writable start changed a member");
-    Written {
-        name: spec.name,
-        md5: String::new(),
-        files: Vec::new(),
+    let ro = serve_md(&refs);
+    assert_eq!(export_md5(&ro.uri(&export_of(spec, m)), scratch).1, m.md5);
+    assert_eq!(ro.stop(), 0);
+    for c in copies {
+        let _ = std::fs::remove_file(c);
     }
 }
 
-/// The guest's `VRAID-MD-VERIFY NAME MD5 MISMATCH FSCK` fields of `name`.
-fn verified(console: &str, name: &str) -> (String, String, String) {
+/// An orderly writable session on a bitmap array: the bitmap's events
+/// follow the superblocks' (E+2, events_cleared too) and the bits set
+/// before it are the bits set after it.
+fn write_bitmap_array_through_vraid(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    scratch: &Path,
+) -> Written {
+    let members = members_of(spec, disks);
+    let events = examine(members[0])["events"].as_u64().unwrap();
+    let before = host_bitmap(members[0]);
+    let w = write_pattern_through_vraid(spec, disks, m, false, scratch);
+    for p in &members {
+        let b = host_bitmap(p);
+        let what = format!("{} bitmap of {}", spec.name, p.display());
+        assert_eq!(
+            (b.events, b.events_cleared),
+            (events + 2, events + 2),
+            "{what}"
+        );
+        assert_eq!(
+            b.set, before.set,
+            "{what}: the session's bits cleared at close"
+        );
+    }
+    w
+}
+
+/// Kills `vraid serve --md-writable` with SIGKILL while nbdcopy is still
+/// writing 48 MiB into the RAID-5 `spec` (once bits for 8 bitmap chunks
+/// are on member 0), then corrupts one 4 KiB page of parity in a stripe
+/// whose bit is set (md's bitmap resync must rewrite it) and one in a
+/// stripe whose bit is clear (md must leave it: its first `check` counts
+/// exactly those 8 sectors). Returns what md should read and the bits.
+fn kill_mid_write_through_vraid(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    scratch: &Path,
+) -> (Written, HostBitmap) {
+    let members = members_of(spec, disks);
+    let events = examine(members[0])["events"].as_u64().unwrap();
+    let server = serve_md_writable(&members);
+    let uri = server.uri(&export_of(spec, m));
+    let src = scratch.join("kill-src.bin");
+    std::fs::write(&src, pseudo_random(48 << 20, 77)).unwrap();
+    let mut copy = Command::new("nbdcopy")
+        .arg(&src)
+        .arg(&uri)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let at = bitmap_at(members[0]);
+    while host_bitmap_at(members[0], at).set.len() < 8 {
+        assert!(Instant::now() < deadline, "no bitmap bits set within 120 s");
+        assert!(
+            copy.try_wait().unwrap().is_none(),
+            "nbdcopy ended before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        copy.try_wait().unwrap().is_none(),
+        "nbdcopy ended before the kill"
+    );
+    server.kill();
+    let _ = copy.wait();
+    let _ = std::fs::remove_file(&src);
+    let what = format!("{} after SIGKILL mid-write", spec.name);
+    assert_superblocks(&members, "active", events + 1, &what);
+    let bits = host_bitmap(members[0]);
+    for p in &members[1..] {
+        assert_eq!(host_bitmap(p).set, bits.set, "{what}: every member's bits");
+    }
+    let ro = serve_md(&members);
+    let md5 = export_md5(&ro.uri(&export_of(spec, m)), scratch).1;
+    assert_eq!(ro.stop(), 0);
+    let dirty = bits.set[0];
+    let clean = (0..bits.set.last().unwrap() + 40)
+        .rev()
+        .find(|b| !bits.set.contains(b))
+        .unwrap();
+    for bit in [dirty, clean] {
+        corrupt_parity_page(spec, &members, bit * bits.chunk);
+    }
+    let w = Written {
+        name: spec.name,
+        md5,
+        files: Vec::new(),
+    };
+    (w, bits)
+}
+
+/// Flips one 4 KiB page of the parity of the left-asymmetric RAID-5
+/// stripe at member data byte `at` (md: parity on disk n-1 - stripe mod n).
+fn corrupt_parity_page(spec: &MdSpec, members: &[&PathBuf], at: u64) {
+    let chunk: u64 = spec.chunk.parse::<u64>().unwrap() * 1024;
+    let n = members.len() as u64;
+    let parity = (n - 1 - (at / chunk) % n) as usize;
+    let data = examine(members[parity])["data_offset"].as_u64().unwrap() * 512;
+    let page: Vec<u8> = peek(members[parity], data + at, 4096)
+        .iter()
+        .map(|b| !b)
+        .collect();
+    poke(members[parity], data + at, &page);
+}
+
+/// The guest's `VRAID-MD-VERIFY NAME MD5 MISMATCH FSCK AFTER_REPAIR`
+/// fields of `name`.
+fn verified(console: &str, name: &str) -> (String, String, String, String) {
     let line = console
         .lines()
         .filter_map(|l| marked(l, "VRAID-MD-VERIFY "))
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("guest verified nothing for {name}:\n{console}"));
     let f: Vec<&str> = line.split_whitespace().collect();
-    (f[1].to_string(), f[2].to_string(), f[3].to_string())
+    (
+        f[1].to_string(),
+        f[2].to_string(),
+        f[3].to_string(),
+        f[4].to_string(),
+    )
+}
+
+/// The guest's `VRAID-MD-BITMAP NAME BITS DIRTY EVENTS` of `name`.
+fn guest_bitmap(console: &str, name: &str) -> (u64, u64, u64) {
+    let line = console
+        .lines()
+        .filter_map(|l| marked(l, "VRAID-MD-BITMAP "))
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("guest printed no bitmap for {name}:\n{console}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(f.len(), 3, "{line}");
+    (f[0], f[1], f[2])
 }
 
 fn writable_specs() -> Vec<MdSpec> {
@@ -1082,14 +1271,24 @@ fn writable_specs() -> Vec<MdSpec> {
             lose: &[&[1]],
             ..spec("w10", "10", "n2", "0.90", "64", 14, 4)
         },
+        // Killed mid-write: md's bitmap resync covers what it tore.
         MdSpec {
             ext4: false,
+            bitmap: true,
             ..spec("k5", "5", "left-asymmetric", "1.1", "32", 18, 3)
         },
         MdSpec {
             ext4: false,
             bitmap: true,
+            lose: &[&[0]],
             ..spec("b1", "1", "-", "1.2", "-", 21, 2)
+        },
+        // 1.0: the bitmap sits before the superblock, after the data.
+        MdSpec {
+            ext4: false,
+            bitmap: true,
+            lose: &[&[1]],
+            ..spec("b5", "5", "-", "1.0", "64", 23, 3)
         },
     ]
 }
@@ -1099,7 +1298,7 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
     // Arrange: one boot makes every array; the read-only checks first.
     let specs = writable_specs();
     let dir = scratch_dir("md-writable");
-    let disks = sparse_members(dir.path(), 23, DISK_SIZE);
+    let disks = sparse_members(dir.path(), 26, DISK_SIZE);
     let console = boot_md_guest(&disks, &specs, dir.path());
     let mut made_by_md = Vec::new();
     for spec in &specs {
@@ -1110,21 +1309,58 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
     }
 
     // Act: write through vraid (one session killed), then md reads it all.
+    let mut killed_bits = None;
     let written: Vec<Written> = specs
         .iter()
         .zip(&made_by_md)
         .map(|(spec, (m, files))| match spec.name {
-            "b1" => check_bitmap_refused(spec, &disks),
-            "k5" => write_pattern_through_vraid(spec, &disks, m, true, dir.path()),
+            "b1" => {
+                check_corrupt_bitmap_refused(spec, &disks, m, dir.path());
+                write_bitmap_array_through_vraid(spec, &disks, m, dir.path())
+            }
+            "b5" => write_bitmap_array_through_vraid(spec, &disks, m, dir.path()),
+            "k5" => {
+                let (w, bits) = kill_mid_write_through_vraid(spec, &disks, m, dir.path());
+                killed_bits = Some(bits);
+                w
+            }
             _ if spec.ext4 => write_ext4_through_vraid(spec, &disks, m, files, dir.path()),
             _ => write_pattern_through_vraid(spec, &disks, m, false, dir.path()),
         })
         .collect();
+    let bitmaps: Vec<(&str, HostBitmap)> = specs
+        .iter()
+        .filter(|s| s.bitmap)
+        .map(|s| (s.name, host_bitmap(&disks[s.first])))
+        .collect();
     let verify = boot_md_guest_verify(&disks, &specs, dir.path());
 
     // Assert
+    for (name, host) in &bitmaps {
+        let (_, dirty, events) = guest_bitmap(&verify, name);
+        assert_eq!(
+            dirty,
+            host.set.len() as u64,
+            "{name}: mdadm -X dirty bits\n{verify}"
+        );
+        assert_eq!(events, host.events, "{name}: mdadm -X events\n{verify}");
+    }
+    let killed = killed_bits.expect("k5 was killed");
+    assert!(!killed.set.is_empty(), "the killed session left bits set");
     for (w, (m, _)) in written.iter().zip(&made_by_md) {
-        let (md5, mismatch, fsck) = verified(&verify, w.name);
+        let (md5, mismatch, fsck, after) = verified(&verify, w.name);
+        if w.name == "k5" {
+            // md resynced the set bits only: the page of parity torn under
+            // a set bit was rewritten, the one under a clear bit was not
+            // (RAID-5 counts 8 sectors per 4 KiB page).
+            assert_eq!(
+                mismatch, "8",
+                "k5: first check after the bitmap resync\n{verify}"
+            );
+            assert_eq!(after, "0", "k5: check after repair\n{verify}");
+            assert_eq!(&md5, &w.md5, "k5: md reads what vraid wrote\n{verify}");
+            continue;
+        }
         let want = if w.md5.is_empty() { &m.md5 } else { &w.md5 };
         assert_eq!(
             &md5, want,
@@ -1134,6 +1370,7 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
         let redundant = w.name != "w0";
         let want_mismatch = if redundant { "0" } else { "-" };
         assert_eq!(mismatch, want_mismatch, "{}: md's check\n{verify}", w.name);
+        assert_eq!(after, mismatch, "{}: no repair was needed", w.name);
         if !w.files.is_empty() {
             assert_eq!(fsck, "0", "{}: e2fsck -fn in the guest\n{verify}", w.name);
             let mut files = guest_files(&verify, w.name);

@@ -82,7 +82,9 @@ pub async fn bring_up(
         if writable { "writable" } else { "read-only" }
     );
     let volume = match writable {
-        true => MdVolume::writable(array).map_err(DaemonError::Usage)?,
+        true => MdVolume::writable(array)
+            .await
+            .map_err(DaemonError::Usage)?,
         false => MdVolume::new(array),
     };
     Ok(MdServed {

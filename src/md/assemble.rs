@@ -65,6 +65,10 @@ pub struct Slot {
     pub data_offset: u64,
     /// Sectors of its data area (`data_size`).
     pub data_sectors: u64,
+    /// Byte offset of its md superblock.
+    pub super_offset: u64,
+    /// Byte offset of its copy of the write-intent bitmap, if any.
+    pub bitmap_at: Option<u64>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -357,12 +361,25 @@ fn place(
             device,
             data_offset: sb.data_offset * 512,
             data_sectors: sb.data_size,
+            super_offset: sb.super_offset,
+            bitmap_at: bitmap_at(&sb),
         };
         if let Some(loser) = fresher_of(fresh, &mut slots[role], (slot, sb.events), role)? {
             left_out.push(loser);
         }
     }
     Ok(slots.into_iter().map(|s| s.map(|(slot, _)| slot)).collect())
+}
+
+/// Byte offset of `sb`'s member's bitmap copy: 1.x `bitmap_offset`
+/// sectors from the superblock (signed), 0.90 4 KiB after it; `None`
+/// without a bitmap or when the offset falls outside the byte range.
+pub fn bitmap_at(sb: &MdSuperblock) -> Option<u64> {
+    let off = sb.bitmap_offset?;
+    match sb.version {
+        super::MdVersion::V0_90 => sb.super_offset.checked_add(4096),
+        _ => sb.super_offset.checked_add_signed(i64::from(off) * 512),
+    }
 }
 
 /// Puts `new` into a role's `held` slot; with two members in one role the

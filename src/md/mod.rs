@@ -21,7 +21,9 @@
 //! superblocks (events, clean/dirty, checksum) as the kernel's md does.
 
 pub mod assemble;
+pub mod bitmap;
 pub mod examine;
+mod intent;
 pub mod superblock;
 mod superblock0;
 mod superblock1;
@@ -30,6 +32,8 @@ pub mod writable;
 mod write;
 pub mod zones;
 
+#[cfg(test)]
+mod bitmap_tests;
 #[cfg(test)]
 mod encode;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The md superblock side of a writable session (docs/FORMAT.md §12): who
-//! may be written (every member present, clean, no bitmap, no reshape,
-//! journal, PPL or cluster, members within one event) and the clean/dirty
+//! may be written (every member present, clean, no reshape,
+//! journal, PPL or cluster, members within one event; a bitmap is checked
+//! by `intent::load`) and the clean/dirty
 //! updates md itself makes (`super_1_sync`, `super_90_sync`): events + 1,
 //! utime, 1.x `resync_offset` or 0.90 `MD_SB_CLEAN`/`recovery_cp`/
 //! `cp_events`, checksum recomputed in the superblock's own byte order.
@@ -34,13 +35,6 @@ pub fn refusal(array: &MdArray) -> Option<String> {
         return Some(
             "not stopped cleanly: md resyncs it first; assemble it with mdadm to resync, \
              or serve read-only"
-                .into(),
-        );
-    }
-    if sb.bitmap_offset.is_some() {
-        return Some(
-            "it has a write-intent bitmap, whose bits vraid does not keep; remove it with \
-             `mdadm --grow --bitmap=none` first, or serve read-only"
                 .into(),
         );
     }

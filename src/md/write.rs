@@ -3,15 +3,19 @@
 //! the first data write of a session and clean (events + 1) at an orderly
 //! close; data mapped through md's layouts: RAID-0/linear the one member,
 //! RAID-1 every mirror, RAID-10 every copy, RAID-4/5/6 read-modify-write of
-//! the chunk piece with P (and Q) updated by the delta.
+//! the chunk piece with P (and Q) updated by the delta. With a write-intent
+//! bitmap (`intent`), the bits a write needs are on every member before its
+//! data goes out, and the bitmap's events move with the superblocks'.
 //!
 //! ```text
 //!  write(offset, buf) ─► lock ─► dirty? no: writable::set_state(E+1, dirty)
+//!    ─► bitmap: bits of the pieces' domain set? no: set, write, flush
 //!    ─► pieces of at most one chunk
 //!         RAID-0 / linear  zones ─► member
 //!         RAID-1 / 10      every copy
 //!         4/5/6            old data, P, Q ─► delta ─► data, P ^= Δ, Q ^= g^slot·Δ
-//!  close() ─► lock ─► flush members ─► writable::set_state(E+1, clean)
+//!  close() ─► lock ─► flush members ─► bitmap: session's bits cleared
+//!           ─► writable::set_state(E+1, clean)
 //! ```
 //!
 //! A member write that fails fails the request and the session: later
@@ -21,6 +25,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::assemble::{MdArray, MdLevel};
+use super::bitmap::Bits;
+use super::intent;
 use super::volume::{read_slot, MdVolume};
 use super::writable::{self, StateError};
 use crate::block::{BlockDevice, BlockError, BlockResult, Durability};
@@ -43,15 +49,18 @@ struct State {
     events: u64,
     /// A member write failed: the array stays dirty.
     failed: bool,
+    /// The write-intent bitmap, if the array has one.
+    bitmap: Option<Bits>,
 }
 
 impl Session {
-    fn new(events: u64) -> Session {
+    fn new(events: u64, bitmap: Option<Bits>) -> Session {
         Session {
             state: Mutex::new(State {
                 dirty: false,
                 events,
                 failed: false,
+                bitmap,
             }),
         }
     }
@@ -59,12 +68,22 @@ impl Session {
 
 impl MdVolume {
     /// The array served writable, or the one-line reason it cannot be.
-    pub fn writable(array: MdArray) -> Result<MdVolume, String> {
+    pub async fn writable(array: MdArray) -> Result<MdVolume, String> {
+        let refuse = |why: String| format!("md array {}: not writable: {why}", array.uuid);
         if let Some(why) = writable::refusal(&array) {
-            return Err(format!("md array {}: not writable: {why}", array.uuid));
+            return Err(refuse(why));
         }
+        let bitmap = intent::load(&array).await.map_err(refuse)?;
         let events = array.freshest.events;
-        Ok(MdVolume::with_session(array, Some(Session::new(events))))
+        let session = Session::new(events, bitmap);
+        Ok(MdVolume::with_session(array, Some(session)))
+    }
+
+    /// Bits set in the write-intent bitmap now (`None`: no bitmap or not
+    /// writable).
+    pub async fn bitmap_bits_set(&self) -> Option<u64> {
+        let st = self.session()?.state.lock().await;
+        st.bitmap.as_ref().map(Bits::count_set)
     }
 
     /// True when served writable.
@@ -77,9 +96,69 @@ impl MdVolume {
         slots.map(|s| &*s.device).collect()
     }
 
-    async fn set_state(&self, events: u64, clean: bool) -> Result<(), StateError> {
+    /// The bitmap's superblock (and, at clean, its session bits cleared)
+    /// then every md superblock, each flushed: `md_update_sb`'s order.
+    async fn set_state(&self, st: &mut State, events: u64, clean: bool) -> Result<(), StateError> {
+        if let Some(bits) = st.bitmap.as_mut() {
+            let sectors = match clean {
+                true => {
+                    bits.clear_session(events);
+                    intent::all_sectors(bits)
+                }
+                false => {
+                    bits.set_events(events, None);
+                    vec![0]
+                }
+            };
+            intent::write(self.array(), bits, &sectors).await?;
+        }
         let uuid = self.array().freshest.array_uuid;
         writable::set_state(&uuid, &self.members(), events, clean).await
+    }
+
+    /// Sets (on every member, flushed) the bitmap bits of the chunks a
+    /// write of `len` bytes at `offset` touches that are not set yet.
+    async fn mark_intent(&self, st: &mut State, offset: u64, len: usize) -> BlockResult {
+        let Some(bits) = st.bitmap.as_mut() else {
+            return Ok(());
+        };
+        let mut sectors = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let n = self.piece_len(pos, len - done);
+            let first = self.domain_byte(pos);
+            sectors.extend(bits.set_range(first / 512, (first + n as u64 - 1) / 512));
+            done += n;
+        }
+        sectors.sort_unstable();
+        sectors.dedup();
+        if sectors.is_empty() {
+            return Ok(());
+        }
+        intent::write(self.array(), bits, &sectors)
+            .await
+            .map_err(|e| match e {
+                StateError::Io { source, .. } => source,
+                other => BlockError::io(
+                    self.array().name.clone(),
+                    std::io::Error::other(other.to_string()),
+                ),
+            })
+    }
+
+    /// The bitmap domain's byte for array byte `pos`: the member byte for
+    /// RAID-1 and 4/5/6 (data and parity share it), the array byte for
+    /// RAID-10 (md's bitmap sectors).
+    fn domain_byte(&self, pos: u64) -> u64 {
+        match &self.array().level {
+            MdLevel::Parity(p) => {
+                let chunk = self.chunk();
+                let (stripe, _) = p.locate(pos / chunk);
+                stripe * self.array().chunk_bytes + pos % chunk
+            }
+            _ => pos,
+        }
     }
 
     /// Marks the array clean after an orderly session (nothing if it was
@@ -105,7 +184,8 @@ impl MdVolume {
                 source,
             })?;
         }
-        self.set_state(st.events + 1, true).await?;
+        let events = st.events + 1;
+        self.set_state(&mut st, events, true).await?;
         st.events += 1;
         st.dirty = false;
         info!(
@@ -124,13 +204,19 @@ impl MdVolume {
             return Err(self.failed_error());
         }
         if !st.dirty {
-            if let Err(e) = self.set_state(st.events + 1, false).await {
+            let events = st.events + 1;
+            if let Err(e) = self.set_state(&mut st, events, false).await {
                 st.failed = true;
                 warn!("md {}: marking it dirty: {e}", self.array().name);
                 return Err(self.failed_error());
             }
             st.events += 1;
             st.dirty = true;
+        }
+        if let Err(e) = self.mark_intent(&mut st, offset, buf.len()).await {
+            st.failed = true;
+            warn!("md {}: setting bitmap bits: {e}", self.array().name);
+            return Err(e);
         }
         let r = self.write_pieces(offset, buf, d).await;
         if let Err(e) = &r {

@@ -91,7 +91,7 @@ async fn round_trip(level: i32, layout: u32, disks: u32, lose: &[&[usize]]) {
     // Members given in reverse order: placed by their roles.
     let mut given = reread(&devs).await;
     given.reverse();
-    let vol = MdVolume::writable(assemble(given).unwrap()).unwrap();
+    let vol = MdVolume::writable(assemble(given).unwrap()).await.unwrap();
     let mut model = vec![0u8; vol.size() as usize];
     scribble(&vol, &mut model, disks as u64 * 7 + layout as u64).await;
     let mid = reread(&devs).await;
@@ -145,7 +145,9 @@ async fn writes_through_every_level_keep_parity_q_and_copies() {
 async fn a_session_that_never_writes_changes_no_byte() {
     let (devs, _) = members(5, 2, 4).await;
     let before: Vec<Vec<u8>> = devs.iter().map(|d| d.snapshot()).collect();
-    let vol = MdVolume::writable(assemble(reread(&devs).await).unwrap()).unwrap();
+    let vol = MdVolume::writable(assemble(reread(&devs).await).unwrap())
+        .await
+        .unwrap();
     read_all(&vol).await;
     vol.flush().await.unwrap();
     vol.close().await.unwrap();
@@ -156,7 +158,9 @@ async fn a_session_that_never_writes_changes_no_byte() {
 #[tokio::test]
 async fn a_failed_member_write_fails_the_session_and_leaves_it_dirty() {
     let (devs, _) = members(1, 0, 2).await;
-    let vol = MdVolume::writable(assemble(reread(&devs).await).unwrap()).unwrap();
+    let vol = MdVolume::writable(assemble(reread(&devs).await).unwrap())
+        .await
+        .unwrap();
     vol.write(ByteOffset(0), &[1; 4096], Durability::Normal)
         .await
         .unwrap();
@@ -180,30 +184,33 @@ async fn a_failed_member_write_fails_the_session_and_leaves_it_dirty() {
 
 #[tokio::test]
 async fn degraded_unclean_and_bitmap_arrays_are_refused_writable() {
-    let refused = |m| MdVolume::writable(assemble(m).unwrap()).unwrap_err();
+    async fn refused(m: Vec<(Arc<dyn BlockDevice>, MdSuperblock)>) -> String {
+        MdVolume::writable(assemble(m).unwrap()).await.unwrap_err()
+    }
     let (devs, _) = members(5, 2, 4).await;
     let mut m = reread(&devs).await;
     m.pop();
-    let e = refused(m);
+    let e = refused(m).await;
     assert!(e.contains("degraded") && e.contains("not writable"), "{e}");
     let mut m = reread(&devs).await;
     for (_, sb) in &mut m {
         sb.resync_offset = 0;
     }
-    let e = refused(m);
+    let e = refused(m).await;
     assert!(e.contains("not stopped cleanly"), "{e}");
     let mut m = reread(&devs).await;
     for (_, sb) in &mut m {
         sb.bitmap_offset = Some(8);
     }
-    let e = refused(m);
-    assert!(e.contains("write-intent bitmap"), "{e}");
+    let e = refused(m).await;
+    // No bitmap superblock where the md superblock says: refused.
+    assert!(e.contains("bitmap: m0: magic"), "{e}");
     // Red team: an event count a session's two increments would wrap.
     let mut m = reread(&devs).await;
     for (_, sb) in &mut m {
         sb.events = u64::MAX - 1;
     }
-    let e = refused(m);
+    let e = refused(m).await;
     assert!(e.contains("event count") && e.contains("limit"), "{e}");
     // Read-only serving of the same arrays is unaffected; a read-only
     // volume refuses writes.
