@@ -7,7 +7,8 @@
 #   raid0: 3 members; raid5: 4 members; raid6: 5 members.
 # Each is prefilled over SIZE (1M sequential writes), then the jobs run
 # time based against each in turn; with ROUNDS > 1 the levels alternate
-# (raid0, raid5, raid6, raid0, ...) and the table shows medians. Server
+# ABBA (raid0, raid5, raid6, raid6, raid5, raid0, ...) and the table shows
+# medians. Server
 # CPU per I/O is utime+stime of the vraid process (/proc/PID/stat) over
 # the job divided by the job's I/Os.
 # Rebuild: after the jobs, RAID-5 loses one member, RAID-6 one and then
@@ -20,7 +21,9 @@
 # Environment (defaults in brackets):
 #   SIZE [512M] bytes of each volume the jobs cover; RUNTIME [5] s per job
 #   RAMP [1]; ROUNDS [1]; CHUNK [64K]; MEMBER_SIZE [1G]
-#   JOBS ["randwrite4k randread4k write1M"]
+#   JOBS ["randwrite4k randread4k write1M"] (also write768k)
+#   LEVELS ["raid0 raid5 raid6"]; REBUILD [on]: off skips the rebuilds
+#   QD [8]: iodepth of the sequential write jobs
 #   WORKDIR [target/raid6-compare]; VRAID [target/release/vraid]
 #   JOURNAL [off]: on serves RAID-5 and RAID-6 with their write-hole
 #   journals (the default of `vraid serve`), off with --no-journal
@@ -35,6 +38,9 @@ ROUNDS=${ROUNDS:-1}
 CHUNK=${CHUNK:-64K}
 MEMBER_SIZE=${MEMBER_SIZE:-1G}
 JOBS=${JOBS:-"randwrite4k randread4k write1M"}
+LEVELS=${LEVELS:-"raid0 raid5 raid6"}
+REBUILD=${REBUILD:-on}
+QD=${QD:-8}
 WORKDIR=${WORKDIR:-target/raid6-compare}
 VRAID=${VRAID:-target/release/vraid}
 OUT=$WORKDIR/results.md
@@ -53,11 +59,12 @@ job_args() {
     case $1 in
         randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
         randread4k) echo "--rw=randread --bs=4k --iodepth=32" ;;
-        write1M) echo "--rw=write --bs=1M --iodepth=8" ;;
+        write1M) echo "--rw=write --bs=1M --iodepth=$QD" ;;
+        write768k) echo "--rw=write --bs=768k --iodepth=$QD" ;;
         *) echo "raid6-compare: unknown job $1" >&2; exit 2 ;;
     esac
 }
-median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
+median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])) if sys.argv[1:] else "float(\"nan\")")' "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -83,7 +90,7 @@ serve() { # level [extra args]
 }
 stop() { kill -TERM "$PID"; wait "$PID" || true; }
 
-for l in raid0 raid5 raid6; do
+for l in $LEVELS; do
     mapfile -t ms < <(members "$l")
     "$VRAID" create --level "${LEVEL[$l]}" --chunk-size "$CHUNK" --member-size "$MEMBER_SIZE" \
         --name "$l" "${ms[@]}" >"$W/create-$l.log" 2>&1
@@ -96,8 +103,14 @@ sync
 
 declare -A IOPS CPU
 tick_us=$((1000000 / $(getconf CLK_TCK)))
-for _ in $(seq "$ROUNDS"); do
-    for l in raid0 raid5 raid6; do
+read -r -a order <<<"$LEVELS"
+for round in $(seq "$ROUNDS"); do
+    levels=("${order[@]}")
+    if ((round % 2 == 0)); then
+        levels=()
+        for ((i = ${#order[@]} - 1; i >= 0; i--)); do levels+=("${order[$i]}"); done
+    fi
+    for l in "${levels[@]}"; do
         serve "$l"
         for job in $JOBS; do
             read -r -a args <<<"$(job_args "$job")"
@@ -152,14 +165,18 @@ rebuild_secs() { # level fails
     # The new members take the roles for the next run.
     for r in "${roles[@]:0:$n}"; do mv "$W/$l-new$r-$n.img" "${ms[$r]}"; done
 }
-r5=$(rebuild_secs raid5 1)
-r6one=$(rebuild_secs raid6 1)
-r6two=$(rebuild_secs raid6 2)
+r5=- r6one=- r6two=-
+if [[ $REBUILD == on ]]; then
+    r5=$(rebuild_secs raid5 1)
+    r6one=$(rebuild_secs raid6 1)
+    r6two=$(rebuild_secs raid6 2)
+fi
 
 {
     echo "| job (3 data members, chunk $CHUNK, SIZE $SIZE, rounds $ROUNDS) | RAID-0 IOPS | RAID-5 IOPS | RAID-6 IOPS | RAID-6/RAID-5 | RAID-6/RAID-0 | CPU us/IO 0 / 5 / 6 |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for job in $JOBS; do
+        for l in raid0 raid5 raid6; do IOPS[$job-$l]=${IOPS[$job-$l]:-} CPU[$job-$l]=${CPU[$job-$l]:-}; done
         read -r -a a0 <<<"${IOPS[$job-raid0]}"
         read -r -a a5 <<<"${IOPS[$job-raid5]}"
         read -r -a a6 <<<"${IOPS[$job-raid6]}"

@@ -50,6 +50,7 @@ pub mod written;
 
 mod behind;
 mod data_path;
+mod gather;
 mod dirty_read;
 mod level;
 mod no_space;
@@ -202,6 +203,8 @@ mod ppl_tests;
 mod raid10_tests;
 #[cfg(test)]
 mod raid6_tests;
+#[cfg(test)]
+mod gather_tests;
 #[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]

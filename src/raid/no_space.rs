@@ -33,6 +33,11 @@ pub(super) fn note() {
     let _ = HIT.try_with(|hit| hit.set(true));
 }
 
+/// Whether a member op of the current request ran out of space so far.
+pub(super) fn hit() -> bool {
+    HIT.try_with(Cell::get).unwrap_or(false)
+}
+
 /// Runs a request; returns its result and whether any of its member ops
 /// ran out of space.
 pub(super) async fn watch<F: Future>(request: F) -> (F::Output, bool) {

@@ -8,16 +8,16 @@
 //!          stripe lock ─► stripe_rows: read every other member's rows,
 //!          ≤ 2 lost (down, erroring, bad checksum) ─► syndrome::recover
 //!          ─► serve, and rewrite the member's rows if it is alive
-//!  write ─► per stripe, concurrently: lock it ─► raid6_write::write_stripe
+//!  write ─► per stripe, concurrently: (boundary piece: register, gather.rs)
+//!          lock it ─► raid6_write::write_stripe
 //!  discard/zeroes ─► as RAID-5 (raid5::clear): zero data has zero P and Q
 //! ```
 
 use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::level::{Clear, Io, LevelIo, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult};
 use super::raid6_sync;
-use super::raid6_write::write_stripe;
 use super::scrub::Read;
-use super::striped::{read_extents, write_stripes};
+use super::striped::read_extents;
 use super::syndrome::{gen_syndrome, recover, Lost};
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
@@ -317,12 +317,13 @@ pub(super) async fn repair_range(
     ok
 }
 
-/// Per stripe, concurrently, each under its stripe lock.
+/// Per stripe, concurrently, each under its stripe lock (a piece at a
+/// request boundary registered for gathering first: gather.rs).
 pub(super) async fn write(
     vol: &Volume,
     offset: ByteOffset,
     buf: &[u8],
     durability: Durability,
 ) -> BlockResult {
-    write_stripes(vol, offset, buf, durability, write_stripe).await
+    super::gather::write(vol, offset, buf, durability).await
 }

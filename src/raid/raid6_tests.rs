@@ -15,7 +15,7 @@ const C: u64 = 16 << 10;
 const MEMBER: u64 = 1 << 20;
 
 /// P and Q of every stripe of the members' snapshots match their data.
-fn assert_syndromes(g: &Geometry, devices: &[std::sync::Arc<TestDevice>]) {
+pub(super) fn assert_syndromes(g: &Geometry, devices: &[std::sync::Arc<TestDevice>]) {
     let snaps: Vec<Vec<u8>> = devices.iter().map(|d| d.mem.snapshot()).collect();
     let c = g.chunk().get() as usize;
     for s in 0..g.stripe_count() {

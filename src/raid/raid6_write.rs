@@ -22,6 +22,7 @@
 
 use futures::future::join_all;
 
+use super::gather::Taken;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{join_each, MemberOp};
 use super::parity::xor_into;
@@ -61,7 +62,9 @@ struct StripeWrite<'a> {
     chunk: u64,
 }
 
-/// Writes `data` at `start` within the data of `stripe`.
+/// Writes `data` at `start` within the data of `stripe`; a partial write
+/// takes the pieces of other requests waiting for the stripe's lock when
+/// they complete the stripe, and writes them all as one full stripe.
 pub(super) async fn write_stripe(
     vol: &Volume,
     stripe: StripeIndex,
@@ -69,39 +72,92 @@ pub(super) async fn write_stripe(
     data: &[u8],
     durability: Durability,
 ) -> BlockResult {
-    let g = vol.geometry();
-    let w = StripeWrite {
-        vol,
-        stripe,
-        start,
-        data,
-        durability,
-        k: g.data_members(),
-        chunk: g.chunk().get(),
+    let w = StripeWrite::new(vol, stripe, start, data, durability);
+    let taken = match w.run(true).await {
+        Step::Done(result) => return result,
+        Step::Gathered(taken) => taken,
     };
-    for _ in 0..=g.members() {
-        let computed = match w.mode() {
-            Mode::Full => Some(w.full()),
-            Mode::DataOnly => None,
-            Mode::Rmw => match w.rmw().await {
-                Some(c) => Some(c),
-                None => continue,
-            },
-            Mode::Rcw => match w.rcw().await {
-                Some(c) => Some(c),
-                None => continue,
-            },
-            Mode::Degraded => Some(w.degraded().await?),
-        };
-        let Ok(_tickets) = w.log(computed.as_ref()).await else {
-            continue;
-        };
-        return w.commit(computed).await;
-    }
-    Err(vol.data_lost())
+    let full = StripeWrite::new(vol, stripe, 0, &taken.data, taken.durability);
+    let result = match full.run(false).await {
+        Step::Done(result) => result,
+        Step::Gathered(_) => unreachable!("a write that does not gather"),
+    };
+    taken.finish(&result);
+    result
 }
 
-impl StripeWrite<'_> {
+/// How [`StripeWrite::run`] ended.
+enum Step {
+    Done(BlockResult),
+    /// Waiting pieces complete the stripe: write them with this one.
+    Gathered(Taken),
+}
+
+impl<'a> StripeWrite<'a> {
+    fn new(
+        vol: &'a Volume,
+        stripe: StripeIndex,
+        start: u64,
+        data: &'a [u8],
+        durability: Durability,
+    ) -> Self {
+        let g = vol.geometry();
+        StripeWrite {
+            vol,
+            stripe,
+            start,
+            data,
+            durability,
+            k: g.data_members(),
+            chunk: g.chunk().get(),
+        }
+    }
+
+    /// Plans, logs and commits (planning again after a member failed);
+    /// with `gather`, checks for waiting pieces before and after planning.
+    async fn run(&self, gather: bool) -> Step {
+        for _ in 0..=self.vol.geometry().members() {
+            let mode = self.mode();
+            let gather = gather && !matches!(mode, Mode::Full | Mode::DataOnly);
+            if let Some(taken) = gather.then(|| self.take_cover()).flatten() {
+                return Step::Gathered(taken);
+            }
+            let computed = match mode {
+                Mode::Full => Some(self.full()),
+                Mode::DataOnly => None,
+                Mode::Rmw => match self.rmw().await {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                Mode::Rcw => match self.rcw().await {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+                Mode::Degraded => match self.degraded().await {
+                    Ok(c) => Some(c),
+                    Err(e) => return Step::Done(Err(e)),
+                },
+            };
+            // Pieces that came while this one read: still cheaper whole.
+            if let Some(taken) = gather.then(|| self.take_cover()).flatten() {
+                return Step::Gathered(taken);
+            }
+            let Ok(_tickets) = self.log(computed.as_ref()).await else {
+                continue;
+            };
+            return Step::Done(self.commit(computed).await);
+        }
+        Step::Done(Err(self.vol.data_lost()))
+    }
+
+    fn take_cover(&self) -> Option<Taken> {
+        let sds = self.k as u64 * self.chunk;
+        let (stripe, start, data) = (self.stripe, self.start, self.data);
+        self.vol
+            .gather()
+            .take_cover(stripe, start, data, self.durability, sds)
+    }
+
     /// Chunk-relative range of data chunk `d` this write covers.
     fn touched(&self, d: usize) -> Option<(u64, u64)> {
         let base = d as u64 * self.chunk;

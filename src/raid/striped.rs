@@ -65,12 +65,33 @@ where
     F: Fn(&'a Volume, StripeIndex, u64, &'a [u8], Durability) -> Fut,
     Fut: std::future::Future<Output = BlockResult> + 'a,
 {
+    let locked = |vol: &'a Volume, s: StripeIndex, start, data, d| {
+        let write = write_stripe(vol, s, start, data, d);
+        async move {
+            let _guard = vol.locks().lock(s).await;
+            write.await
+        }
+    };
+    each_stripe(vol, offset, buf, durability, locked).await
+}
+
+/// [`write_stripes`] with `write_stripe` taking the stripe's lock itself.
+pub(super) async fn each_stripe<'a, F, Fut>(
+    vol: &'a Volume,
+    offset: ByteOffset,
+    buf: &'a [u8],
+    durability: Durability,
+    write_stripe: F,
+) -> BlockResult
+where
+    F: Fn(&'a Volume, StripeIndex, u64, &'a [u8], Durability) -> Fut,
+    Fut: std::future::Future<Output = BlockResult> + 'a,
+{
     let sds = vol.geometry().stripe_data_size();
     let end = offset.get() + buf.len() as u64;
     let (first, last) = (offset.get() / sds, (end - 1) / sds);
     if first == last {
         // One stripe (every small write): no list of stripe futures.
-        let _guard = vol.locks().lock(StripeIndex(first)).await;
         let start = offset.get() - first * sds;
         return write_stripe(vol, StripeIndex(first), start, buf, durability).await;
     }
@@ -80,11 +101,7 @@ where
         let a = offset.get().max(base);
         let b = end.min(base + sds);
         let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
-        let stripe = write_stripe(vol, StripeIndex(s), a - base, data, durability);
-        stripes.push(async move {
-            let _guard = vol.locks().lock(StripeIndex(s)).await;
-            stripe.await
-        });
+        stripes.push(write_stripe(vol, StripeIndex(s), a - base, data, durability));
     }
     futures::future::join_all(stripes)
         .await

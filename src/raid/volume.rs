@@ -204,6 +204,8 @@ pub struct Volume {
     slots: Vec<Slot>,
     events: Arc<dyn VolumeEvents>,
     locks: StripeLocks,
+    /// RAID-6 partial stripes waiting for their lock (gather.rs).
+    gather: super::gather::Gather,
     next_mirror: AtomicUsize,
     intent: Option<Arc<dyn WriteIntent>>,
     /// Block checksums of the members (resealed by resyncs).
@@ -285,6 +287,7 @@ impl Volume {
             slots,
             events,
             locks: StripeLocks::new(),
+            gather: Default::default(),
             next_mirror: AtomicUsize::new(0),
             intent: None,
             checksums: None,
@@ -425,6 +428,10 @@ impl Volume {
     /// readers, repairs and sync steps.
     pub(super) fn locks(&self) -> &StripeLocks {
         &self.locks
+    }
+
+    pub(super) fn gather(&self) -> &super::gather::Gather {
+        &self.gather
     }
 
     /// Member I/Os of this volume in flight on `member`.
