@@ -508,3 +508,64 @@ fn redteam_a_write_behind_member_cut_while_lagging_fails_rejoins_and_catches_up(
         "mirrors differ"
     );
 }
+
+#[test]
+fn a_remote_member_unreachable_at_start_up_joins_by_itself_when_it_answers() {
+    // Arrange: a whole mirror stopped cleanly, its remote link cut before
+    // the next start.
+    let m = Mirror::new("mirror-absent", 8);
+    m.ns.link(false);
+    let server = m.serve(&[]);
+    server.wait_log("is unreachable", Duration::from_secs(30));
+    assert_ne!(state_of(&m.control, 1), "active");
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "absent", "16M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Act: the link comes up; nobody runs `vraid add`.
+    m.ns.link(true);
+    let copied = wait_rejoined(&server, &m.control, 1);
+
+    // Assert: only the region written while it was away is copied, and
+    // the mirrors end equal.
+    assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "after", "8M", "32M")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&m.local) == member_data(&m.file),
+        "mirrors differ"
+    );
+}
+
+#[test]
+fn a_remote_member_unreachable_at_start_up_is_left_alone_without_auto_rejoin() {
+    // Arrange
+    let m = Mirror::new("mirror-absent-off", 9);
+    m.ns.link(false);
+    let server = m.serve(&["--no-auto-rejoin"]);
+    server.wait_log("is unreachable", Duration::from_secs(30));
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "absent", "8M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Act: the link comes up and stays up for longer than the first tries.
+    m.ns.link(true);
+    m.ns.wait_reachable(PORT);
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Assert: still out of the array until the operator adds it.
+    assert_ne!(state_of(&m.control, 1), "active");
+    assert!(!server.log().contains("joining as member"));
+    assert_eq!(server.stop(), 0);
+}

@@ -259,7 +259,7 @@ pub async fn assemble_volume_with(
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
     let (opts, aopts) = effective_options(opts, aopts);
-    let (mut devices, granules) = open_present_members(paths, &opts)?;
+    let (mut devices, granules, absent) = open_present_members(paths, &opts)?;
     arm_volatile(paths, &devices, &aopts.armed_faults);
     let spares = open_spares(&aopts, &opts, &mut devices).await?;
     let force = meta::AssembleOptions {
@@ -293,6 +293,7 @@ pub async fn assemble_volume_with(
         resync: plan.resync,
         rebuild: plan.rebuild,
         failures,
+        absent,
     };
     let parts = ArrayParts {
         volume: built.volume.clone(),
@@ -355,24 +356,30 @@ type NamedDevice = (String, Arc<dyn BlockDevice>);
 /// layout needs 512).
 type Granules = Vec<(PathBuf, u64)>;
 
-/// Opens the members given; a missing file is left out (assembly decides
-/// whether the array can run without it), any other failure is an error.
+/// Opens the members given; a missing file or an unreachable remote member
+/// is left out (assembly decides whether the array can run without it; the
+/// remote ones are returned last, for `auto_rejoin`), any other failure is
+/// an error.
 fn open_present_members(
     paths: &[PathBuf],
     opts: &MemberOptions,
-) -> Result<(Vec<NamedDevice>, Granules), DaemonError> {
+) -> Result<(Vec<NamedDevice>, Granules, Vec<PathBuf>), DaemonError> {
     let mut devices = Vec::with_capacity(paths.len());
     let mut granules = Vec::new();
+    let mut absent = Vec::new();
     for p in paths {
         if crate::remote::is_nbd_uri(p) {
             match crate::remote::open(p, opts) {
                 Ok(dev) => devices.push((show_path(p), PowerGate::wrap(dev))),
                 // Unreachable at start: assembly treats it as missing.
-                Err(e) => warn!(
-                    "member {} is unreachable: {}",
-                    show_path(p),
-                    super::error_chain(&e)
-                ),
+                Err(e) => {
+                    warn!(
+                        "member {} is unreachable: {}",
+                        show_path(p),
+                        super::error_chain(&e)
+                    );
+                    absent.push(p.clone());
+                }
             }
             continue;
         }
@@ -393,7 +400,7 @@ fn open_present_members(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((devices, granules))
+    Ok((devices, granules, absent))
 }
 
 /// Arms the config's member `volatile` rules on the power gates of the
