@@ -277,13 +277,15 @@ pub async fn assemble_volume_with(
     let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
     let events = Arc::new(MetaEvents::new(&assembly, log.clone(), notify));
     let built = build_volume(&assembly, &aopts, &slots, events).await?;
-    super::mirror::apply(
+    super::mirror_policy::apply(
         &built.volume,
+        &assembly.metadata,
         &member_paths_by_role(&assembly),
         &aopts.mirror,
         built.bitmap.is_some(),
         aopts.read_only,
-    )?;
+    )
+    .await?;
     report_left_out(&assembly, &log);
     let plan = plan_startup(&assembly, &aopts, &built).await?;
     arm_bitmap(&assembly, built.bitmap.as_ref(), &plan).await?;
