@@ -146,7 +146,7 @@ pub struct SetArgs {
     /// Rebuild/resync rate limit in MB/s (0 = unlimited).
     #[arg(long, value_name = "N", required_unless_present_any = [
         "cache", "cache_size", "iops", "read_iops", "write_iops", "bps", "read_bps",
-        "write_bps", "burst",
+        "write_bps", "burst", "write_mostly", "write_behind", "write_behind_requests",
     ])]
     pub rebuild_max_mbps: Option<u64>,
     /// Write cache: `volatile` holds acknowledged writes in memory until
@@ -181,9 +181,51 @@ pub struct SetArgs {
     /// (e.g. 500ms, 2s; default 100ms).
     #[arg(long, value_parser = parse_burst, value_name = "DURATION")]
     pub burst: Option<u64>,
+    /// RAID-1: the member (path or role number) whose `--write-mostly`
+    /// changes.
+    #[arg(long, value_name = "MEMBER", requires = "write_mostly")]
+    pub member: Option<String>,
+    /// RAID-1: `on` reads the member only when no other can serve (md's
+    /// write-mostly); kept in the superblocks (FORMAT.md §6).
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off", requires = "member")]
+    pub write_mostly: Option<bool>,
+    /// RAID-1: write-behind for the write-mostly members, the lag bound in
+    /// bytes (e.g. 8M), or `off`; kept in the superblocks.
+    #[arg(long, value_parser = parse_behind, value_name = "SIZE|off")]
+    pub write_behind: Option<u64>,
+    /// RAID-1: the write-behind lag bound in requests.
+    #[arg(long, value_name = "N")]
+    pub write_behind_requests: Option<u64>,
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+/// A write-behind bound: a size (at least 1), or `off` (0).
+fn parse_behind(s: &str) -> Result<u64, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    match parse_size_arg(s)? {
+        0 => Err("0: give a size, or `off`".to_string()),
+        n => Ok(n),
+    }
 }
 
 impl SetArgs {
+    /// True when a mirror policy is to change.
+    pub fn sets_mirror(&self) -> bool {
+        self.write_mostly.is_some()
+            || self.write_behind.is_some()
+            || self.write_behind_requests.is_some()
+    }
+
     /// True when a QoS limit is to change.
     pub fn sets_qos(&self) -> bool {
         [

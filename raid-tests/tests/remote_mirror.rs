@@ -104,6 +104,8 @@ struct Mirror {
     ns: Netns,
     uri: String,
     control: PathBuf,
+    /// The remote is role 0 (the local file role 1).
+    remote_first: bool,
 }
 
 const PORT: u16 = 10809;
@@ -111,19 +113,23 @@ const PORT: u16 = 10809;
 impl Mirror {
     /// `tag`: the namespace number, one per test (they run in parallel).
     fn new(test: &str, tag: u32) -> Mirror {
+        Mirror::ordered(test, tag, false)
+    }
+
+    /// With `remote_first`, the remote member is role 0: the first copy
+    /// a resync would take without a policy.
+    fn ordered(test: &str, tag: u32, remote_first: bool) -> Mirror {
         let dir = scratch_dir(test);
         let local = dir.path().join("local.img");
         let file = remote_file(dir.path(), "remote.img");
         let mut ns = Netns::new(tag);
         ns.nbdkit(PORT, &["file", file.to_str().unwrap()]);
         let uri = ns.uri(PORT);
-        create_array(
-            1,
-            "64K",
-            MEMBER,
-            "vol0",
-            &[local.clone(), PathBuf::from(&uri)],
-        );
+        let mut members = vec![local.clone(), PathBuf::from(&uri)];
+        if remote_first {
+            members.reverse();
+        }
+        create_array(1, "64K", MEMBER, "vol0", &members);
         let control = dir.path().join("ctl.sock");
         let m = Mirror {
             dir,
@@ -132,6 +138,7 @@ impl Mirror {
             ns,
             uri,
             control,
+            remote_first,
         };
         assert_eq!(m.serve(&[]).stop(), 0);
         m
@@ -143,7 +150,10 @@ impl Mirror {
     }
 
     fn serve_with(&self, timeout: &str, extra: &[&str]) -> Server {
-        let members = [self.local.to_str().unwrap(), self.uri.as_str()];
+        let mut members = [self.local.to_str().unwrap(), self.uri.as_str()];
+        if self.remote_first {
+            members.reverse();
+        }
         serve(&members, &self.control, timeout, extra)
     }
 }
@@ -503,6 +513,190 @@ fn redteam_a_write_behind_member_cut_while_lagging_fails_rejoins_and_catches_up(
     // agreement after a clean stop.
     assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
     assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&m.local) == member_data(&m.file),
+        "mirrors differ"
+    );
+}
+
+#[test]
+fn a_remote_member_unreachable_at_start_up_joins_by_itself_when_it_answers() {
+    // Arrange: a whole mirror stopped cleanly, its remote link cut before
+    // the next start.
+    let m = Mirror::new("mirror-absent", 8);
+    m.ns.link(false);
+    let server = m.serve(&[]);
+    server.wait_log("is unreachable", Duration::from_secs(30));
+    assert_ne!(state_of(&m.control, 1), "active");
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "absent", "16M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Act: the link comes up; nobody runs `vraid add`.
+    m.ns.link(true);
+    let copied = wait_rejoined(&server, &m.control, 1);
+
+    // Assert: only the region written while it was away is copied, and
+    // the mirrors end equal.
+    assert!(copied > 0 && copied <= 64 << 20, "copied {copied}");
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "after", "8M", "32M")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(server.stop(), 0);
+    assert!(
+        member_data(&m.local) == member_data(&m.file),
+        "mirrors differ"
+    );
+}
+
+#[test]
+fn a_remote_member_unreachable_at_start_up_is_left_alone_without_auto_rejoin() {
+    // Arrange
+    let m = Mirror::new("mirror-absent-off", 9);
+    m.ns.link(false);
+    let server = m.serve(&["--no-auto-rejoin"]);
+    server.wait_log("is unreachable", Duration::from_secs(30));
+    assert_fio_clean(
+        fio_verify_cmd(&server.uri("vol0"), "absent", "8M", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Act: the link comes up and stays up for longer than the first tries.
+    m.ns.link(true);
+    m.ns.wait_reachable(PORT);
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Assert: still out of the array until the operator adds it.
+    assert_ne!(state_of(&m.control, 1), "active");
+    assert!(!server.log().contains("joining as member"));
+    assert_eq!(server.stop(), 0);
+}
+
+/// The mirror policies of role `role` as status shows them: write-mostly,
+/// and the write-behind limits (bytes, requests) when on.
+fn policy_of(control: &Path, role: usize) -> (bool, Option<(u64, u64)>) {
+    let member = &volume_status(control, "vol0")["members"][role];
+    let behind = &member["behind"];
+    let limits = behind["max_bytes"]
+        .as_u64()
+        .map(|b| (b, behind["max_requests"].as_u64().unwrap()));
+    (member["write_mostly"] == true, limits)
+}
+
+#[test]
+fn write_mostly_and_write_behind_set_live_are_kept_across_restarts() {
+    // Arrange
+    let m = Mirror::new("policy-set", 10);
+    let server = m.serve(&[]);
+    assert_eq!(policy_of(&m.control, 1), (false, None));
+
+    // Act 1: set live, then restart without any flag.
+    vraid_ctl_ok(
+        &m.control,
+        &["set", "vol0", "--member", "1", "--write-mostly", "on"],
+    );
+    vraid_ctl_ok(
+        &m.control,
+        &[
+            "set",
+            "vol0",
+            "--write-behind",
+            "4M",
+            "--write-behind-requests",
+            "64",
+        ],
+    );
+    let live = policy_of(&m.control, 1);
+    assert_eq!(server.stop(), 0);
+    let server = m.serve(&[]);
+
+    // Assert 1: shown live and after the restart; role 0 untouched.
+    assert_eq!(live, (true, Some((4 << 20, 64))));
+    assert_eq!(policy_of(&m.control, 1), (true, Some((4 << 20, 64))));
+    assert_eq!(policy_of(&m.control, 0), (false, None));
+
+    // Act 2: both off, restart.
+    vraid_ctl_ok(&m.control, &["set", "vol0", "--write-behind", "off"]);
+    vraid_ctl_ok(
+        &m.control,
+        &["set", "vol0", "--member", "1", "--write-mostly", "off"],
+    );
+    assert_eq!(server.stop(), 0);
+    let server = m.serve(&[]);
+
+    // Assert 2: off after the restart, and the superblocks hold no policy
+    // (an older build would accept them again).
+    assert_eq!(policy_of(&m.control, 1), (false, None));
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn write_behind_without_a_write_mostly_member_is_refused_by_set() {
+    // Arrange
+    let m = Mirror::new("policy-refused", 11);
+    let server = m.serve(&[]);
+
+    // Act
+    let out = vraid_ctl(&m.control, &["set", "vol0", "--write-behind", "4M"]);
+
+    // Assert: a clear refusal, nothing changed.
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("write-mostly"), "{err}");
+    assert_eq!(policy_of(&m.control, 1), (false, None));
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn sigkill_while_a_set_write_behind_member_lags_resyncs_from_the_current_copy_without_flags() {
+    // Arrange: the slow remote is role 0, the copy a resync would take
+    // first without the policy (FORMAT.md case 82); the policy is set live.
+    let mut m = Mirror::ordered("behind-kept", 12, true);
+    let file = m.file.to_str().unwrap().to_string();
+    m.ns.replace(PORT, &["--filter=delay", "file", &file, "wdelay=2"]);
+    let server = m.serve_with("20s", &[]);
+    vraid_ctl_ok(
+        &m.control,
+        &["set", "vol0", "--member", "0", "--write-mostly", "on"],
+    );
+    vraid_ctl_ok(&m.control, &["set", "vol0", "--write-behind", "8M"]);
+    let data_offset = examine(&m.local)["data_offset"].as_u64().unwrap();
+
+    // Act: unflushed writes still lagging when vraid is SIGKILLed; the
+    // restart names no policy.
+    let mut client = Client::new(&server);
+    for i in 0..4u64 {
+        client.write((8 << 20) + i * 4096, &[0x33; 4096]);
+    }
+    assert!(behind(&m.control, 0)["lag_requests"].as_u64().unwrap() >= 1);
+    server.kill();
+    let lagging = peek(&m.file, data_offset + (8 << 20), 4096);
+    assert_ne!(lagging, vec![0x33; 4096], "the remote was not lagging");
+    m.ns.replace(PORT, &["file", &file]);
+    let server = m.serve_with("20s", &[]);
+
+    // Assert: the resync copied the local (current) copy onto the remote.
+    let log = server.wait_log("resync finished", Duration::from_secs(120));
+    assert!(
+        logged_number(&log, "rewrote ") > 0,
+        "nothing copied:\n{log}"
+    );
+    assert_eq!(policy_of(&m.control, 0).0, true);
+    assert_eq!(server.stop(), 0);
+    for member in [&m.local, &m.file] {
+        assert_eq!(
+            peek(member, data_offset + (8 << 20), 4096),
+            vec![0x33; 4096]
+        );
+    }
     assert!(
         member_data(&m.local) == member_data(&m.file),
         "mirrors differ"

@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::client::{call, default_client_path, ClientError};
 use super::params::{
     AddParams, CacheSetParams, FaultAddParams, FaultClearParams, MemberArg, MemberParams,
-    PowercutParams, QosSetParams, ReplaceParams, ScrubParams, SetParams, VolumeFaultAddParams,
-    VolumeFilter,
+    MirrorSetParams, PowercutParams, QosSetParams, ReplaceParams, ScrubParams, SetParams,
+    VolumeFaultAddParams, VolumeFilter,
 };
 use super::replies::{
-    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, PowercutReply,
-    RemoveReply, ReplaceReply, ScrubReply, SetReply, VolumeFaultAddReply,
+    AddReply, FailReply, FaultAddReply, FaultClearReply, FaultListReply, MirrorReply,
+    PowercutReply, RemoveReply, ReplaceReply, ScrubReply, SetReply, VolumeFaultAddReply,
 };
 use super::status::{
     wire_name, FaultStatus, ScrubStatus, StatusReply, VolumeFaultStatus, VolumeStatus,
@@ -424,6 +424,9 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
     if args.sets_qos() {
         set_qos(&args)?;
     }
+    if args.sets_mirror() {
+        set_mirror(&args)?;
+    }
     if let Some(mbps) = args.rebuild_max_mbps {
         let _: SetReply = call(
             &socket(&args.control),
@@ -435,6 +438,37 @@ pub fn set(args: SetArgs) -> Result<(), ClientError> {
         )?;
         println!("{}: rebuild rate limit {mbps} MB/s", args.volume);
     }
+    Ok(())
+}
+
+/// `vraid set --member M --write-mostly on|off`, `--write-behind
+/// SIZE|off`, `--write-behind-requests N`.
+fn set_mirror(args: &SetArgs) -> Result<(), ClientError> {
+    let member = args.member.as_ref().map(|m| match m.parse::<usize>() {
+        Ok(r) => MemberArg::Role(r),
+        Err(_) => MemberArg::Path(m.clone()),
+    });
+    let r: MirrorReply = call(
+        &socket(&args.control),
+        "mirror.set",
+        &MirrorSetParams {
+            volume: args.volume.clone(),
+            member,
+            write_mostly: args.write_mostly,
+            write_behind: args.write_behind,
+            write_behind_requests: args.write_behind_requests,
+        },
+    )?;
+    let roles: Vec<String> = r.write_mostly.iter().map(usize::to_string).collect();
+    let behind = match (r.write_behind, r.write_behind_requests) {
+        (Some(b), Some(n)) => format!("on, lag up to {b} bytes or {n} requests"),
+        _ => "off".to_string(),
+    };
+    println!(
+        "{}: write-mostly members [{}], write-behind {behind} (kept in the superblocks)",
+        args.volume,
+        roles.join(", ")
+    );
     Ok(())
 }
 

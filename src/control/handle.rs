@@ -65,6 +65,17 @@ pub trait EngineOps: Send + Sync {
         let _ = path;
         None
     }
+    /// `vraid set VOLUME [--member M --write-mostly on|off]
+    /// [--write-behind SIZE|off] [--write-behind-requests N]`: `member` is
+    /// the role resolved; persisted before use (FORMAT.md §6).
+    fn set_mirror(
+        &self,
+        member: Option<usize>,
+        p: crate::control::params::MirrorSetParams,
+    ) -> BoxFuture<'_, Result<crate::control::replies::MirrorReply, ControlError>> {
+        let _ = (member, p);
+        Box::pin(async { Err(ControlError::NotAvailable("mirror.set".into())) })
+    }
     /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
     /// once it ends) and `vraid scrub VOLUME --cancel`.
     fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {

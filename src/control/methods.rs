@@ -175,6 +175,12 @@ async fn engine_method(reg: &Registry, method: &str, p: Value) -> Result<Value, 
             let engine = vol.engine("set")?;
             result(engine.set_rebuild_max_mbps(p.rebuild_max_mbps).await)
         }
+        "mirror.set" => {
+            let p: crate::control::params::MirrorSetParams = params(p)?;
+            let vol = reg.volume(&p.volume)?;
+            let role = p.member.as_ref().map(|m| m.resolve(vol)).transpose()?;
+            result(vol.engine("mirror.set")?.set_mirror(role, p).await)
+        }
         "scrub" => {
             let p: ScrubParams = params(p)?;
             let vol = reg.volume(&p.volume)?;

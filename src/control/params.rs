@@ -125,6 +125,23 @@ pub struct SetParams {
     pub rebuild_max_mbps: u64,
 }
 
+/// `mirror.set`: a RAID-1's mirror policies, kept in its superblocks
+/// (FORMAT.md §6). Fields left out stay as they are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSetParams {
+    /// Volume.
+    pub volume: String,
+    /// The member whose write-mostly policy changes.
+    pub member: Option<MemberArg>,
+    /// Write-mostly on or off (needs `member`).
+    pub write_mostly: Option<bool>,
+    /// Write-behind lag bound in bytes; 0 turns write-behind off.
+    pub write_behind: Option<u64>,
+    /// Write-behind lag bound in requests.
+    pub write_behind_requests: Option<u64>,
+}
+
 /// `fault.add_volume`: a rule on what a volume's clients see.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -135,6 +135,17 @@ pub struct SetReply {
     pub rebuild_max_mbps: u64,
 }
 
+/// `mirror.set`: the policies now (as written to the superblocks).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorReply {
+    /// Write-mostly roles.
+    pub write_mostly: Vec<usize>,
+    /// Write-behind lag bound in bytes (absent: off).
+    pub write_behind: Option<u64>,
+    /// Write-behind lag bound in requests (absent: off).
+    pub write_behind_requests: Option<u64>,
+}
+
 /// `scrub`: cancelled, started, or (with `wait`) its result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScrubReply {

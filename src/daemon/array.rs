@@ -156,6 +156,8 @@ pub(super) struct Startup {
     pub(super) rebuild: Option<PlannedRebuild>,
     /// Member failures the RAID layer reported (spare activation).
     pub(super) failures: UnboundedReceiver<MemberIndex>,
+    /// Remote members unreachable at start-up (re-joined when they answer).
+    pub(super) absent: Vec<PathBuf>,
 }
 
 /// Operations on one running array.
@@ -321,6 +323,7 @@ impl ArrayHandle {
             resync,
             rebuild,
             mut failures,
+            absent,
         } = startup;
         let h = self.clone();
         let supervisor = tokio::spawn(async move {
@@ -347,6 +350,9 @@ impl ArrayHandle {
                 }
             }
             h.activate_spares().await;
+            for path in absent {
+                h.spawn_join_absent(path);
+            }
             let mut schedule = h.scrub_tick();
             loop {
                 tokio::select! {

@@ -259,7 +259,7 @@ pub async fn assemble_volume_with(
     aopts: &ArrayOptions,
 ) -> Result<Assembled, DaemonError> {
     let (opts, aopts) = effective_options(opts, aopts);
-    let (mut devices, granules) = open_present_members(paths, &opts)?;
+    let (mut devices, granules, absent) = open_present_members(paths, &opts)?;
     arm_volatile(paths, &devices, &aopts.armed_faults);
     let spares = open_spares(&aopts, &opts, &mut devices).await?;
     let force = meta::AssembleOptions {
@@ -277,13 +277,15 @@ pub async fn assemble_volume_with(
     let (notify, failures) = tokio::sync::mpsc::unbounded_channel();
     let events = Arc::new(MetaEvents::new(&assembly, log.clone(), notify));
     let built = build_volume(&assembly, &aopts, &slots, events).await?;
-    super::mirror::apply(
+    super::mirror_policy::apply(
         &built.volume,
+        &assembly.metadata,
         &member_paths_by_role(&assembly),
         &aopts.mirror,
         built.bitmap.is_some(),
         aopts.read_only,
-    )?;
+    )
+    .await?;
     report_left_out(&assembly, &log);
     let plan = plan_startup(&assembly, &aopts, &built).await?;
     arm_bitmap(&assembly, built.bitmap.as_ref(), &plan).await?;
@@ -293,6 +295,7 @@ pub async fn assemble_volume_with(
         resync: plan.resync,
         rebuild: plan.rebuild,
         failures,
+        absent,
     };
     let parts = ArrayParts {
         volume: built.volume.clone(),
@@ -355,24 +358,30 @@ type NamedDevice = (String, Arc<dyn BlockDevice>);
 /// layout needs 512).
 type Granules = Vec<(PathBuf, u64)>;
 
-/// Opens the members given; a missing file is left out (assembly decides
-/// whether the array can run without it), any other failure is an error.
+/// Opens the members given; a missing file or an unreachable remote member
+/// is left out (assembly decides whether the array can run without it; the
+/// remote ones are returned last, for `auto_rejoin`), any other failure is
+/// an error.
 fn open_present_members(
     paths: &[PathBuf],
     opts: &MemberOptions,
-) -> Result<(Vec<NamedDevice>, Granules), DaemonError> {
+) -> Result<(Vec<NamedDevice>, Granules, Vec<PathBuf>), DaemonError> {
     let mut devices = Vec::with_capacity(paths.len());
     let mut granules = Vec::new();
+    let mut absent = Vec::new();
     for p in paths {
         if crate::remote::is_nbd_uri(p) {
             match crate::remote::open(p, opts) {
                 Ok(dev) => devices.push((show_path(p), PowerGate::wrap(dev))),
                 // Unreachable at start: assembly treats it as missing.
-                Err(e) => warn!(
-                    "member {} is unreachable: {}",
-                    show_path(p),
-                    super::error_chain(&e)
-                ),
+                Err(e) => {
+                    warn!(
+                        "member {} is unreachable: {}",
+                        show_path(p),
+                        super::error_chain(&e)
+                    );
+                    absent.push(p.clone());
+                }
             }
             continue;
         }
@@ -393,7 +402,7 @@ fn open_present_members(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((devices, granules))
+    Ok((devices, granules, absent))
 }
 
 /// Arms the config's member `volatile` rules on the power gates of the

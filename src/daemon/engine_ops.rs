@@ -134,6 +134,20 @@ impl EngineOps for ArrayEngine {
         })
     }
 
+    fn set_mirror(
+        &self,
+        member: Option<usize>,
+        p: crate::control::params::MirrorSetParams,
+    ) -> BoxFuture<'_, Result<crate::control::replies::MirrorReply, ControlError>> {
+        Box::pin(async move {
+            self.writable("a mirror policy change").await?;
+            self.0
+                .set_mirror(member, &p)
+                .await
+                .map_err(|e| ControlError::Refused(error_chain(&e)))
+        })
+    }
+
     fn status(&self) -> EngineStatus {
         let replace = self.0.replacing();
         EngineStatus {

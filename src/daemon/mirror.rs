@@ -1,72 +1,25 @@
-//! Mirror policies of a running array (issue 13): write-mostly members and
-//! write-behind set from the options at bring-up, and the automatic
-//! re-join of a remote member failed by `member_timeout`.
+//! Automatic re-join of remote mirror members (issue 13; the mirror
+//! policies are in `mirror_policy`): a remote member failed by
+//! `member_timeout`, or unreachable at start-up.
 //!
 //! ```text
-//!  bring-up ─► apply(): roles named by path or number ─► Volume::set_write_mostly
-//!                        write_behind ─► Volume::start_write_behind
 //!  member failed (supervisor) ─► spawn_rejoin(role) when auto_rejoin, the
 //!     member is remote and it timed out ─► every 1..10 s: server answers?
 //!     ─► add_member(path) (bitmap re-add: dirty regions only) ─► active
+//!  remote member unreachable at start-up (array started degraded) ─►
+//!     spawn_join_absent(path) ─► the same tries until added into the role
+//!     its superblock names (or the operator added it, or the array stops)
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::array::{AddOutcome, ArrayHandle};
-use super::{error_chain, DaemonError};
-use crate::config::MirrorConfig;
-use crate::raid::{Level, MemberIndex, MemberState, Volume};
-
-/// Sets the policies of `mirror` on `volume` (members by role in `paths`).
-pub(super) fn apply(
-    volume: &Arc<Volume>,
-    paths: &[Option<String>],
-    mirror: &MirrorConfig,
-    bitmap: bool,
-    read_only: bool,
-) -> Result<(), DaemonError> {
-    let name = volume.volume_name().to_string();
-    if !mirror.write_mostly.is_empty() && volume.geometry().level() != Level::Raid1 {
-        return Err(DaemonError::Usage(format!(
-            "{name}: write-mostly members need a RAID-1"
-        )));
-    }
-    for m in &mirror.write_mostly {
-        match role_of(m, paths) {
-            Some(role) => volume.set_write_mostly(MemberIndex(role), true),
-            None => warn!("{name}: write-mostly member {m} is not present"),
-        }
-    }
-    let Some(limits) = mirror.write_behind.filter(|_| !read_only) else {
-        return Ok(());
-    };
-    if mirror.write_mostly.is_empty() {
-        return Err(DaemonError::Usage(format!(
-            "{name}: write-behind applies to write-mostly members: name one"
-        )));
-    }
-    if !bitmap {
-        return Err(DaemonError::Usage(format!(
-            "{name}: write-behind needs the write-intent bitmap"
-        )));
-    }
-    volume.start_write_behind(limits);
-    Ok(())
-}
-
-/// The role a member is named by: a role number, or its path as given.
-fn role_of(m: &str, paths: &[Option<String>]) -> Option<usize> {
-    if let Ok(role) = m.parse::<usize>() {
-        return (role < paths.len()).then_some(role);
-    }
-    paths
-        .iter()
-        .position(|p| p.as_deref().is_some_and(|p| Path::new(p) == Path::new(m)))
-}
+use super::error_chain;
+use crate::raid::{MemberIndex, MemberState};
 
 /// Longest wait between two tries of a re-join.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -139,6 +92,59 @@ impl ArrayHandle {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Starts joining `path`, a remote member unreachable at start-up, in
+    /// the background when `auto_rejoin` is on and the array is writable.
+    pub(super) fn spawn_join_absent(self: &Arc<Self>, path: PathBuf) {
+        if !self.auto_rejoin() || self.member_options().read_only {
+            return;
+        }
+        let h = self.clone();
+        self.track(tokio::spawn(async move {
+            h.join_absent(&path.display().to_string()).await;
+        }));
+    }
+
+    /// Tries to add `path` until it is in a role (added here, into the
+    /// role its superblock names, or by the operator) or the array stops.
+    /// A failure of its recovery is then the run-time re-join's.
+    async fn join_absent(self: &Arc<Self>, path: &str) {
+        let mut backoff = Duration::from_secs(1);
+        while !self.stopping() && !self.holds(path) {
+            if !self.pass_running() && self.reachable(path).await {
+                match self.add_member(Path::new(path), false).await {
+                    Ok(AddOutcome::Rebuilding { role }) => {
+                        info!(
+                            "{}: {path}, unreachable at start-up, answers: joining as member {role}",
+                            self.name()
+                        );
+                        self.rejoin_event(role, path);
+                        return;
+                    }
+                    Ok(outcome) => {
+                        warn!("{}: {path} answers; added as {outcome:?}", self.name());
+                        return;
+                    }
+                    Err(e) => warn!("{}: join of {path}: {}", self.name(), error_chain(&e)),
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Whether `path` serves a role of the array (active or rebuilding;
+    /// a missing role may still name the path it had).
+    fn holds(&self, path: &str) -> bool {
+        let vol = self.volume();
+        (0..vol.geometry().members()).any(|r| {
+            self.role_path(r).as_deref() == Some(path)
+                && matches!(
+                    vol.state(MemberIndex(r)),
+                    MemberState::Active | MemberState::Rebuilding { .. }
+                )
+        })
     }
 
     /// Waits while `role` is rebuilding: true once active (or the array

@@ -15,6 +15,7 @@ mod engine_ops;
 mod journal;
 mod md;
 mod mirror;
+mod mirror_policy;
 mod pool_config;
 mod pools;
 mod read_only;

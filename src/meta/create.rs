@@ -248,6 +248,7 @@ fn first_superblocks(
             scrub_time: 0,
             replace: None,
             events_cleared: 1,
+            mirror: Default::default(),
             name: spec.name.clone(),
             members: members.to_vec(),
         })

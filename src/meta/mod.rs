@@ -33,8 +33,8 @@ pub use bitmap::DiskBitmap;
 pub use create::{create_array, create_array_with, ArrayInfo, CreateSpec};
 pub use examine::{examine, ExamineReport, ForeignReport};
 pub use superblock::{
-    metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, Superblock,
-    SuperblockError,
+    metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, MirrorPolicy,
+    Superblock, SuperblockError,
 };
 pub use update::ArrayMetadata;
 pub use written::WrittenMap;

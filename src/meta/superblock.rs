@@ -52,14 +52,19 @@ const NAME_OFFSET: usize = 256;
 const TABLE_OFFSET: usize = 1024;
 const TABLE_ENTRY: usize = 32;
 /// `replace_uuid` (16 bytes) and `replace_role` (4 bytes), then
-/// `events_cleared` (8 bytes); reserved after.
+/// `events_cleared` (8 bytes).
 const REPLACE_UUID_OFFSET: usize = 192;
 const REPLACE_ROLE_OFFSET: usize = 208;
 const EVENTS_CLEARED_OFFSET: usize = 212;
-const EVENTS_CLEARED_END: usize = 220;
-/// Offset of `since` in a member-table entry; reserved after it.
+/// `write_behind_kib` and `write_behind_requests` (FORMAT.md §6); reserved after.
+const WRITE_BEHIND_KIB: usize = 220;
+const WRITE_BEHIND_REQUESTS: usize = 224;
+const WRITE_BEHIND_END: usize = 228;
+/// Offset of `since` in a member-table entry, then `policy`.
 const ENTRY_SINCE: usize = 20;
-const ENTRY_RESERVED: usize = 28;
+const ENTRY_POLICY: usize = 28;
+/// `policy` bit: the role is write-mostly.
+const POLICY_WRITE_MOSTLY: u32 = 0x1;
 
 /// Whether the array may have writes in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -149,6 +154,33 @@ pub struct ReplaceRecord {
     pub member_uuid: Uuid,
 }
 
+/// Mirror policies kept in the superblock (FORMAT.md §6, "Write-mostly and
+/// write-behind members"): the write-mostly roles and write-behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MirrorPolicy {
+    /// Bit `r` set: role `r` is write-mostly (`policy` bit 0).
+    pub write_mostly: u32,
+    /// Write-behind lag bounds: (KiB, requests), both non-zero; `None` off.
+    pub write_behind: Option<(u32, u32)>,
+}
+
+impl MirrorPolicy {
+    /// Whether role `role` is write-mostly.
+    pub fn is_write_mostly(&self, role: usize) -> bool {
+        role < 32 && self.write_mostly & (1 << role) != 0
+    }
+
+    /// Sets or clears role `role`'s write-mostly bit.
+    pub fn set_write_mostly(&mut self, role: usize, on: bool) {
+        if role < 32 {
+            match on {
+                true => self.write_mostly |= 1 << role,
+                false => self.write_mostly &= !(1 << role),
+            }
+        }
+    }
+}
+
 /// One decoded superblock (FORMAT.md §2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -199,6 +231,8 @@ pub struct Superblock {
     pub name: String,
     /// Member table, one entry per role (`member_count` entries).
     pub members: Vec<RoleEntry>,
+    /// Write-mostly roles and write-behind.
+    pub mirror: MirrorPolicy,
 }
 
 /// Why a superblock block or member was refused.
@@ -325,10 +359,11 @@ impl Fields<'_> {
         for role in 0..MAX_MEMBERS {
             let at = TABLE_OFFSET + role * TABLE_ENTRY;
             let code = self.u32(at + 16);
-            if !self.zero(at + ENTRY_RESERVED, at + TABLE_ENTRY) {
+            let policy = self.u32(at + ENTRY_POLICY);
+            if policy & !POLICY_WRITE_MOSTLY != 0 {
                 return Err(field(
                     "member table",
-                    format!("role {role}: reserved bytes set"),
+                    format!("role {role}: unknown policy bits {policy:#x}"),
                 ));
             }
             if (role as u64) < member_count as u64 {
@@ -348,6 +383,32 @@ impl Fields<'_> {
             }
         }
         Ok(members)
+    }
+
+    /// The mirror policies: `policy` bit 0 of each role (roles beyond
+    /// `member_count` were checked empty) and `write_behind_*`.
+    fn mirror(&self) -> Result<MirrorPolicy, SuperblockError> {
+        let mut write_mostly = 0;
+        for role in 0..MAX_MEMBERS {
+            let at = TABLE_OFFSET + role * TABLE_ENTRY + ENTRY_POLICY;
+            if self.u32(at) & POLICY_WRITE_MOSTLY != 0 {
+                write_mostly |= 1 << role;
+            }
+        }
+        let write_behind = match (self.u32(WRITE_BEHIND_KIB), self.u32(WRITE_BEHIND_REQUESTS)) {
+            (0, 0) => None,
+            (kib, requests) if kib > 0 && requests > 0 => Some((kib, requests)),
+            _ => {
+                return Err(field(
+                    "write_behind_kib",
+                    "set without write_behind_requests (or the reverse)",
+                ))
+            }
+        };
+        Ok(MirrorPolicy {
+            write_mostly,
+            write_behind,
+        })
     }
 
     /// The replacement record: a nil UUID means none, and then the role
@@ -432,6 +493,10 @@ impl Superblock {
             put(REPLACE_ROLE_OFFSET, &r.role.to_le_bytes());
         }
         put(EVENTS_CLEARED_OFFSET, &self.events_cleared.to_le_bytes());
+        if let Some((kib, requests)) = self.mirror.write_behind {
+            put(WRITE_BEHIND_KIB, &kib.to_le_bytes());
+            put(WRITE_BEHIND_REQUESTS, &requests.to_le_bytes());
+        }
         let name = self.name.as_bytes();
         put(NAME_OFFSET, &name[..name.len().min(MAX_NAME_LEN)]);
         for (role, entry) in self.members.iter().take(MAX_MEMBERS).enumerate() {
@@ -439,6 +504,9 @@ impl Superblock {
             put(at, entry.member_uuid.as_bytes());
             put(at + 16, &entry.state.code().to_le_bytes());
             put(at + ENTRY_SINCE, &entry.since.to_le_bytes());
+            if self.mirror.is_write_mostly(role) {
+                put(at + ENTRY_POLICY, &POLICY_WRITE_MOSTLY.to_le_bytes());
+            }
         }
         let crc = crc_of(&b);
         b[CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
@@ -469,7 +537,7 @@ impl Superblock {
             return Err(SuperblockError::Flags(f.u32(12)));
         }
         for (from, to) in [
-            (EVENTS_CLEARED_END, NAME_OFFSET),
+            (WRITE_BEHIND_END, NAME_OFFSET),
             (320, TABLE_OFFSET),
             (2048, CRC_OFFSET),
         ] {
@@ -502,6 +570,7 @@ impl Superblock {
         let checksums_valid = f.flag(172, "csum_state")?;
         let journal_valid = f.flag(176, "journal_state")?;
         let replace = f.replace()?;
+        let mirror = f.mirror()?;
         Ok(Superblock {
             flags: f.u32(12),
             array_uuid: f.uuid(16),
@@ -534,6 +603,7 @@ impl Superblock {
             events_cleared: f.u64(EVENTS_CLEARED_OFFSET),
             name,
             members,
+            mirror,
         })
     }
 
@@ -581,6 +651,7 @@ impl Superblock {
         }
         self.validate_roles()?;
         self.validate_replace()?;
+        self.validate_mirror()?;
         if !valid_chunk_size(self.chunk_size as u64) {
             return Err(field(
                 "chunk_size",
@@ -632,6 +703,30 @@ impl Superblock {
                 "member table",
                 "own role lists a different member_uuid",
             ));
+        }
+        Ok(())
+    }
+
+    /// Mirror policies: RAID-1 only, roles in the table, write-behind
+    /// bounds both set or both zero.
+    fn validate_mirror(&self) -> Result<(), SuperblockError> {
+        let m = &self.mirror;
+        if m.write_mostly.checked_shr(self.member_count).unwrap_or(0) != 0 {
+            return Err(field(
+                "member table",
+                "policy set on a role beyond member_count",
+            ));
+        }
+        if *m != MirrorPolicy::default() && self.level != Level::Raid1 {
+            return Err(field(
+                "member table",
+                "write-mostly policy on a level other than RAID-1",
+            ));
+        }
+        if let Some((kib, requests)) = m.write_behind {
+            if kib == 0 || requests == 0 {
+                return Err(field("write_behind_kib", "a zero bound"));
+            }
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ fn sample() -> Superblock {
         scrub_time: 0,
         replace: None,
         events_cleared: 0,
+        mirror: Default::default(),
         name: "vol0".into(),
         members,
     }
@@ -134,6 +135,7 @@ proptest! {
             scrub_time: 1_700_000_000,
             replace: None,
             events_cleared: events / 2,
+            mirror: Default::default(),
             name,
             members,
         };
@@ -540,7 +542,7 @@ fn decode_refuses_inconsistent_replace_records() {
         "replace_role"
     );
     let mut b = sample().encode();
-    b[220] = 1;
+    b[228] = 1;
     let crc = crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat());
     b[4092..].copy_from_slice(&crc.to_le_bytes());
     assert_eq!(field_of(Superblock::decode(&b).unwrap_err()), "reserved");
@@ -579,4 +581,58 @@ fn the_inline_checksum_flag_round_trips_and_other_bits_stay_refused() {
         Superblock::decode(&sb.encode()),
         Err(SuperblockError::Flags(9))
     ));
+}
+
+/// A RAID-1 sample with role 1 write-mostly and write-behind on.
+fn mirrored() -> Superblock {
+    let mut sb = sample();
+    sb.level = Level::Raid1;
+    sb.journal_valid = false;
+    sb.mirror.set_write_mostly(1, true);
+    sb.mirror.write_behind = Some((8192, 256));
+    sb
+}
+
+#[test]
+fn mirror_policy_round_trips_in_the_member_table_and_header() {
+    // Arrange
+    let sb = mirrored();
+
+    // Act
+    let b = sb.encode();
+    let back = Superblock::decode(&b).unwrap();
+
+    // Assert: policy bit 0 of role 1's entry, the bounds at 220 and 224.
+    assert_eq!(back.mirror, sb.mirror);
+    assert_eq!(b[1024 + 32 + 28], 1);
+    assert_eq!(b[1024 + 28], 0);
+    assert_eq!(u32::from_le_bytes(b[220..224].try_into().unwrap()), 8192);
+    assert_eq!(u32::from_le_bytes(b[224..228].try_into().unwrap()), 256);
+    assert_eq!(sample().encode()[220..228], [0; 8]);
+}
+
+#[test]
+fn unknown_policy_bits_and_half_set_write_behind_are_refused() {
+    let reseal = |mut b: [u8; SUPERBLOCK_SIZE]| {
+        let crc = crc32fast::hash(&[&b[..4092], &[0; 4][..]].concat());
+        b[4092..].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    let mut b = mirrored().encode();
+    b[1024 + 32 + 28] = 2;
+    let err = Superblock::decode(&reseal(b)).unwrap_err();
+    assert_eq!(field_of(err), "member table");
+    let mut b = mirrored().encode();
+    b[224..228].copy_from_slice(&[0; 4]);
+    let err = Superblock::decode(&reseal(b)).unwrap_err();
+    assert_eq!(field_of(err), "write_behind_kib");
+    // Beyond member_count, and on a level other than RAID-1.
+    let mut b = mirrored().encode();
+    b[1024 + 5 * 32 + 28] = 1;
+    let err = Superblock::decode(&reseal(b)).unwrap_err();
+    assert_eq!(field_of(err), "member table");
+    let mut sb = mirrored();
+    sb.level = Level::Raid5;
+    sb.journal_valid = true;
+    assert_eq!(field_of(sb.validate().unwrap_err()), "member table");
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use futures::future::join_all;
 use uuid::Uuid;
 
-use super::superblock::{write_superblock, ArrayState, MemberState, ReplaceRecord, Superblock};
+use super::superblock::{
+    write_superblock, ArrayState, MemberState, MirrorPolicy, ReplaceRecord, Superblock,
+};
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
@@ -220,6 +222,27 @@ impl ArrayMetadata {
         let mut st = self.state.lock().await;
         st.template.scrub_time = unix_secs;
         Self::write_all(&mut st).await
+    }
+
+    /// The mirror policies of the freshest superblock (FORMAT.md §6).
+    pub async fn mirror_policy(&self) -> MirrorPolicy {
+        self.state.lock().await.template.mirror
+    }
+
+    /// Sets the mirror policies; written on every member now when `now`
+    /// (a live `vraid set`), else by the next update (start-up
+    /// `mark_dirty`, before the first write).
+    pub async fn set_mirror_policy(
+        &self,
+        policy: MirrorPolicy,
+        now: bool,
+    ) -> Result<(), MetaError> {
+        let mut st = self.state.lock().await;
+        st.template.mirror = policy;
+        match now {
+            true => Self::write_all(&mut st).await,
+            false => Ok(()),
+        }
     }
 
     /// Unix seconds of the last completed scrub (0 = never).

@@ -229,6 +229,10 @@ pub struct Volume {
     last_sync: Mutex<Option<super::SyncProgress>>,
     /// RAID-1 write-behind queue, once started.
     behind: std::sync::OnceLock<Arc<super::behind::Behind>>,
+    /// Writes do not go behind (write-behind off, or a policy change
+    /// draining the queue): every member gets a write before its
+    /// acknowledgement.
+    behind_paused: AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -299,6 +303,7 @@ impl Volume {
             written: None,
             last_sync: Mutex::new(None),
             behind: std::sync::OnceLock::new(),
+            behind_paused: AtomicBool::new(false),
         })
     }
 
@@ -1016,10 +1021,30 @@ impl Volume {
             .behind
             .get_or_init(|| super::behind::Behind::start(weak, limits));
         b.set_limits(limits);
+        self.behind_paused.store(false, Ordering::Release);
     }
 
-    /// Write-behind limits and the lag now, when write-behind is on.
+    /// Stops writes going behind (every member gets each write before its
+    /// acknowledgement again; `start_write_behind` resumes), then waits
+    /// until nothing queued earlier is left (FORMAT.md §6, "Order of a
+    /// live change").
+    pub async fn pause_write_behind(&self) {
+        self.behind_paused.store(true, Ordering::Release);
+        self.drain_behind().await;
+    }
+
+    /// Resumes write-behind after [`Volume::pause_write_behind`] (when it
+    /// was on).
+    pub fn resume_write_behind(&self) {
+        self.behind_paused.store(false, Ordering::Release);
+    }
+
+    /// Write-behind limits and the lag now, when write-behind is on (and
+    /// not paused).
     pub fn write_behind(&self) -> Option<(super::behind::BehindLimits, super::behind::Lag)> {
+        if self.behind_paused.load(Ordering::Acquire) {
+            return None;
+        }
         self.behind.get().map(|b| (b.limits(), b.lag()))
     }
 
@@ -1069,7 +1094,7 @@ impl Volume {
     /// write-behind is on and an active member that is not write-mostly
     /// takes the write now. Bit `m` set for member `m` (at most 64).
     pub(super) fn behind_set(&self) -> u64 {
-        if self.behind.get().is_none() {
+        if self.behind.get().is_none() || self.behind_paused.load(Ordering::Acquire) {
             return 0;
         }
         let mut set = 0u64;
