@@ -23,8 +23,16 @@
 #   ROUNDS       rounds per mode [2]         WORKDIR      [/var/tmp/vraid-checksum-cache]
 #   VRAID        binary [target/release/vraid]
 #   FIO_EXTRA    more fio options, e.g. "--fsync=32" [""]
-#   MODES        modes run per round ["on off"]; "base" is "on" served by
-#                VRAID_BASE (another build, e.g. main's) for an A/B of a change
+#   MODES        modes run per round ["on off"]: "on" = separate layout,
+#                "inline" = an array created with `--checksum-layout inline`
+#                (no page cache), "off" = `--no-checksums`; "base" is "on"
+#                served by VRAID_BASE (another build, e.g. main's) for an A/B
+#   PREP         member preparation [sparse]: "sparse" leaves the members as
+#                created (holes; ext4 serializes unaligned direct writes
+#                into them), "written" writes zeroes over everything past the
+#                first MiB after create (the data and checksum areas, so no
+#                holes: as a real disk or a fully written file; all-zero
+#                entries and tags mean "unknown", zero parity matches)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -71,8 +79,19 @@ create() {
     rm -rf "$dir"
     mkdir -p "$dir"
     for i in 0 1 2 3; do truncate -s "$MEMBER_SIZE" "$dir/m$i.img"; done
-    "$VRAID" create --level 5 --name vol "$dir"/m{0,1,2,3}.img >"$dir/create.log" 2>&1 ||
-        die "$1: create failed: $(tail -n 3 "$dir/create.log")"
+    local layout=()
+    [[ $1 == inline ]] && layout=(--checksum-layout inline)
+    "$VRAID" create --level 5 --name vol "${layout[@]}" "$dir"/m{0,1,2,3}.img \
+        >"$dir/create.log" 2>&1 || die "$1: create failed: $(tail -n 3 "$dir/create.log")"
+    if [[ ${PREP:-sparse} == written ]]; then
+        local mib
+        mib=$(($(stat -c %s "$dir/m0.img") >> 20))
+        log "$1: writing the members' data and checksum areas (${mib} MiB each)"
+        for i in 0 1 2 3; do
+            dd if=/dev/zero of="$dir/m$i.img" bs=1M seek=1 count=$((mib - 1)) \
+                conv=notrunc,fsync status=none
+        done
+    fi
 }
 
 # round MODE N
@@ -120,7 +139,7 @@ for ((n = 1; n <= ROUNDS; n++)); do
 done
 grep -qs "checksum mismatch" "$WORKDIR"/*/serve.log && die "checksum errors during the bench"
 
-python3 - "$RESULTS" "$WORKING_SET" "$CACHE" "$RUNTIME" <<'PY'
+python3 - "$RESULTS" "$WORKING_SET" "$CACHE" "$RUNTIME" "${PREP:-sparse}" <<'PY'
 import json, sys
 def size(s):
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -134,13 +153,13 @@ for mode, path, ticks, hz in rows:
     a["us"].append(int(ticks) / int(hz) * 1e6 / max(w["total_ios"], 1))
 ws, cache = size(sys.argv[2]), size(sys.argv[3])
 covered = cache // 4096 * (4 << 20)
-print(f"\n4k random writes, RAID-5 4 members, working set {sys.argv[2]} "
+print(f"\n4k random writes, RAID-5 4 members ({sys.argv[5]} members), working set {sys.argv[2]} "
       f"= {ws * 4 / 3 / covered:.0f}x the member data the {sys.argv[3]} cache covers, "
       f"{sys.argv[4]}s x {len(next(iter(agg.values()))['iops'])} rounds\n")
 print("| checksums | IOPS (per round) | mean IOPS | server CPU us/IO |")
 print("|---|---|---:|---:|")
 mean = {}
-for mode in ["on", "base", "off"]:
+for mode in ["on", "inline", "base", "off"]:
     if mode not in agg:
         continue
     a = agg[mode]
@@ -148,7 +167,7 @@ for mode in ["on", "base", "off"]:
     rounds = " / ".join(f"{x:.0f}" for x in a["iops"])
     print(f"| {mode} | {rounds} | {mean[mode][0]:.0f} | {mean[mode][1]:.1f} |")
 med = lambda v: (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
-for a_, b_ in [("on", "off"), ("base", "off"), ("on", "base")]:
+for a_, b_ in [("on", "off"), ("inline", "off"), ("base", "off"), ("on", "base")]:
     if a_ not in mean or b_ not in mean:
         continue
     r = sorted(x / y for x, y in zip(agg[a_]["iops"], agg[b_]["iops"]))

@@ -210,6 +210,9 @@ pub fn check_range(offset: ByteOffset, len: u64, size: u64) -> BlockResult {
     }
 }
 
+/// What [`BlockDevice::hold`] returns: the hold ends when it drops.
+pub type Hold = Option<Box<dyn std::any::Any + Send + Sync>>;
+
 /// An asynchronous block device.
 ///
 /// After `discard` or `write_zeroes` the range reads back as zeroes; RAID
@@ -282,6 +285,16 @@ pub trait BlockDevice: Send + Sync {
     fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let _ = (offset, len);
         Box::pin(async { Ok(()) })
+    }
+
+    /// Keeps what this device caches about `offset..offset + len` (the
+    /// checksum pages of those blocks) in memory until the returned guard
+    /// drops: a read-modify-write holds it from its reads to its writes,
+    /// so the pages its reads loaded are still there for its update
+    /// (docs/FORMAT.md §8 "Page cache"). Default: nothing to keep.
+    fn hold(&self, offset: ByteOffset, len: u64) -> Hold {
+        let _ = (offset, len);
+        None
     }
 
     /// Deallocates a range; it reads back as zeroes afterwards.
@@ -450,6 +463,11 @@ macro_rules! forward_to {
             len: u64,
         ) -> $crate::block::IoFuture<'_> {
             self.$i.reserve(offset, len)
+        }
+    };
+    (@one $i:tt hold) => {
+        fn hold(&self, offset: $crate::units::ByteOffset, len: u64) -> $crate::block::Hold {
+            self.$i.hold(offset, len)
         }
     };
     (@one $i:tt discard) => {

@@ -297,12 +297,13 @@ fn render_checksum_cache(out: &mut String, c: &crate::integrity::CacheStats) {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let _ = writeln!(
         out,
-        "  checksum cache: {:.1} of {:.1} MiB, hit rate {:.1}% ({} hits, {} misses, {} evictions, {} written back)",
+        "  checksum cache: {:.1} of {:.1} MiB, hit rate {:.1}% ({} hits, {} misses, {} loads, {} evictions, {} written back)",
         mib(c.resident_bytes),
         mib(c.budget_bytes),
         100.0 * c.hit_rate(),
         c.hits,
         c.misses,
+        c.loads,
         c.evictions,
         c.writebacks
     );

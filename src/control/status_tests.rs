@@ -247,6 +247,7 @@ pub(crate) fn sample_reply() -> StatusReply {
                     resident_bytes: 4096,
                     hits: 7,
                     misses: 8,
+                    loads: 11,
                     evictions: 9,
                     writebacks: 10,
                 }),

@@ -30,6 +30,7 @@ pub struct CacheBudget {
     resident: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    loads: AtomicU64,
     evictions: AtomicU64,
     writebacks: AtomicU64,
 }
@@ -46,6 +47,9 @@ pub struct CacheStats {
     pub hits: u64,
     /// Page look-ups that had to load (or create) the page.
     pub misses: u64,
+    /// Pages read from the members (misses of pages that exist there).
+    #[serde(default)]
+    pub loads: u64,
     /// Pages dropped to stay within the budget.
     pub evictions: u64,
     /// Dirty pages written back to make room (flushes' write-backs are not
@@ -80,6 +84,7 @@ impl CacheBudget {
             resident: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            loads: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             writebacks: AtomicU64::new(0),
         }
@@ -119,6 +124,10 @@ impl CacheBudget {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(super) fn loaded(&self) {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn evicted(&self, n: u64) {
         self.evictions.fetch_add(n, Ordering::Relaxed);
     }
@@ -134,6 +143,7 @@ impl CacheBudget {
             resident_bytes: self.resident.load(Ordering::Acquire),
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            loads: self.loads.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             writebacks: self.writebacks.load(Ordering::Relaxed),
         }

@@ -330,6 +330,14 @@ impl ChecksumDevice {
 impl BlockDevice for ChecksumDevice {
     crate::block::forward_to!(inner => name, size);
 
+    fn hold(&self, offset: ByteOffset, len: u64) -> crate::block::Hold {
+        if len == 0 {
+            return None;
+        }
+        let (b0, b1) = hull(offset.get(), len);
+        Some(Box::new(self.store.hold(b0, b1 - b0)))
+    }
+
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
         Box::pin(self.read_verified(offset, buf))
     }

@@ -28,6 +28,8 @@ mod cache_tests;
 #[cfg(test)]
 mod fua_evict_tests;
 #[cfg(test)]
+mod hold_tests;
+#[cfg(test)]
 mod inline_raid_tests;
 #[cfg(test)]
 mod inline_tests;

@@ -67,6 +67,23 @@ struct Resident {
     /// Fresh store: pages created in this run (all unknown), whose copy is
     /// in memory or, once evicted (written back first), on disk.
     created: PageSet,
+    /// Pages held by requests in flight ([`CsumStore::hold`]), with the
+    /// number of holds: never dropped, resident or not yet.
+    held: HashMap<u64, u32>,
+}
+
+/// A hold on pages of a [`CsumStore`] ([`CsumStore::hold`]), released
+/// when dropped.
+#[derive(Debug)]
+pub struct PageHold {
+    store: Arc<CsumStore>,
+    pages: std::ops::Range<u64>,
+}
+
+impl Drop for PageHold {
+    fn drop(&mut self) {
+        self.store.release(self.pages.clone());
+    }
 }
 
 /// The checksum entries of one member.
@@ -229,6 +246,7 @@ impl CsumStore {
         self.raw
             .read(ByteOffset(self.page_at(index)), &mut buf)
             .await?;
+        self.budget.loaded();
         Ok(Page::new(&decode_page(&buf), false))
     }
 
@@ -314,6 +332,41 @@ impl CsumStore {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the pages of blocks `first..first + n` resident (once loaded)
+    /// until the guard drops: a read-modify-write holds the pages of its
+    /// blocks from its reads to its writes, so its update finds the page
+    /// its reads loaded instead of loading it again (an eviction between
+    /// the two, e.g. while the write-hole journal record is written, cost
+    /// a second page read per member). Out-of-range blocks hold nothing.
+    pub fn hold(self: &Arc<Self>, first: u64, n: u64) -> PageHold {
+        let pages = if n == 0 || self.check(first, n).is_err() {
+            0..0
+        } else {
+            first / PAGE_ENTRIES as u64..(first + n).div_ceil(PAGE_ENTRIES as u64)
+        };
+        let mut r = self.lock();
+        for p in pages.clone() {
+            *r.held.entry(p).or_insert(0) += 1;
+        }
+        drop(r);
+        PageHold {
+            store: self.clone(),
+            pages,
+        }
+    }
+
+    fn release(&self, pages: std::ops::Range<u64>) {
+        let mut r = self.lock();
+        for p in pages {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = r.held.entry(p) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
     }
 
     /// Pages with changes not yet written back.
@@ -459,7 +512,9 @@ impl CsumStore {
     /// sweep stopping when it is full) when that was not enough.
     fn sweep(&self, want: u64) -> Vec<(u64, Cell)> {
         let mut r = self.lock();
-        let Resident { pages, clock, .. } = &mut *r;
+        let Resident {
+            pages, clock, held, ..
+        } = &mut *r;
         let mut freed = 0u64;
         let mut dirty = Vec::new();
         let mut steps = 2 * clock.len();
@@ -475,7 +530,7 @@ impl CsumStore {
             let Some(cell) = pages.get(&index) else {
                 continue;
             };
-            let unused = Arc::strong_count(cell) == 1;
+            let unused = Arc::strong_count(cell) == 1 && !held.contains_key(&index);
             let evict = match cell.get() {
                 // A load that failed: nothing to keep.
                 None => unused,

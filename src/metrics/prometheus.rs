@@ -304,7 +304,7 @@ impl Scrape {
                 Some((v.labels(), c))
             })
         };
-        let counters: [Field; 4] = [
+        let counters: [Field; 5] = [
             (
                 "vraid_volume_checksum_cache_hits",
                 "Checksum-page look-ups served from memory",
@@ -314,6 +314,11 @@ impl Scrape {
                 "vraid_volume_checksum_cache_misses",
                 "Checksum-page look-ups that loaded the page",
                 |c| c.misses,
+            ),
+            (
+                "vraid_volume_checksum_cache_loads",
+                "Checksum pages read from the members",
+                |c| c.loads,
             ),
             (
                 "vraid_volume_checksum_cache_evictions",

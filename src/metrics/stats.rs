@@ -163,7 +163,7 @@ impl StatsDevice {
 }
 
 impl BlockDevice for StatsDevice {
-    crate::block::forward_to!(inner => name, size, mark_lost, allocation, admit);
+    crate::block::forward_to!(inner => name, size, mark_lost, allocation, admit, hold);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;

@@ -65,6 +65,8 @@ pub(super) async fn write_stripe(
         k: g.data_members(),
         chunk: g.chunk().get(),
     };
+    // The checksum pages its reads load stay resident until its update.
+    let _held = w.hold();
     for _ in 0..=g.members() {
         let computed = match w.mode() {
             Mode::Full => Some(Computed {
@@ -170,7 +172,12 @@ impl StripeWrite<'_> {
         let written: u64 = self.touched_all().map(|(_, lo, hi)| hi - lo).sum();
         let rmw_reads = written + rows;
         let rcw_reads = self.k as u64 * rows - written;
-        if rmw_reads < rcw_reads {
+        // A tie (a 4 KiB write on four members: 2 reads either way) goes
+        // to read-modify-write: it reads the blocks it rewrites, so the
+        // checksum pages its reads load are the ones its update needs
+        // (held: `hold`), where a reconstruct-write loads two pages more
+        // (docs/FORMAT.md §8 "Page cache").
+        if rmw_reads <= rcw_reads {
             Mode::Rmw
         } else {
             Mode::Rcw
@@ -183,6 +190,22 @@ impl StripeWrite<'_> {
         let mut parity = vec![0u8; c];
         xor_sources(&mut parity, &sources);
         parity
+    }
+
+    /// Holds the checksum pages of the member blocks this write reads and
+    /// rewrites (its data ranges and parity rows), from the plan's reads
+    /// to the commit.
+    fn hold(&self) -> Vec<crate::block::Hold> {
+        let (rlo, rhi) = self.hull();
+        let parity = self.member_offset(rlo);
+        let data = self.touched_all().map(|(d, lo, hi)| {
+            self.vol
+                .hold_member(self.member(d), self.member_offset(lo), hi - lo)
+        });
+        data.chain([self
+            .vol
+            .hold_member(self.parity_member(), parity, rhi - rlo)])
+            .collect()
     }
 
     /// Reads for planning; a member that fails is failed (the plan is redone).

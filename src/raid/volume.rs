@@ -548,6 +548,17 @@ impl Volume {
         slot.device()
     }
 
+    /// Holds what `member`'s device caches about `offset..+len` (its
+    /// checksum pages) until the guard drops ([`BlockDevice::hold`]).
+    pub(super) fn hold_member(
+        &self,
+        member: MemberIndex,
+        offset: ByteOffset,
+        len: u64,
+    ) -> crate::block::Hold {
+        self.device(member).and_then(|d| d.hold(offset, len))
+    }
+
     pub(super) fn incoming(&self, member: MemberIndex) -> Option<Arc<Incoming>> {
         self.slots.get(member.0)?.incoming()
     }
