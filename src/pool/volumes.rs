@@ -44,8 +44,11 @@ impl Pool {
         {
             // One commit (the record with whatever the transaction holds
             // already): the gate is held for one journal FLUSH.
+            let t0 = std::time::Instant::now();
             let _gate = self.gate.write().await;
+            let drained = t0.elapsed();
             let mut m = self.meta.lock().await;
+            let locked = t0.elapsed();
             let s = m.slots[m.find(src)?].rec.clone();
             let mut rec = new_record(&m, name, s.size)?;
             rec.flags = if writable { 0 } else { SNAPSHOT };
@@ -56,6 +59,15 @@ impl Pool {
             add_record(&mut m, rec).await?;
             m.commit().await?;
             self.publish(&m);
+            let us = |d: std::time::Duration| d.as_micros() as u64;
+            tracing::info!(
+                src,
+                name,
+                drain_us = us(drained),
+                lock_us = us(locked - drained),
+                commit_us = us(t0.elapsed() - locked),
+                "snapshot phases"
+            );
         }
         self.info(name).await
     }
