@@ -63,6 +63,8 @@ pub struct Pool {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) geo: Geometry,
     sizes: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// Per-volume write gates (see `released.rs`).
+    pub(crate) vol_gates: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
     /// The directory as last published (read without the async lock:
     /// NBD negotiation asks it which contexts a volume offers).
     listing: Mutex<Vec<Listed>>,
@@ -260,6 +262,7 @@ impl Pool {
             dev,
             geo,
             sizes: Mutex::new(HashMap::new()),
+            vol_gates: Mutex::new(HashMap::new()),
             listing: Mutex::new(Vec::new()),
         });
         pool.resume_deletes().await?;

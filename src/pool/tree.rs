@@ -264,10 +264,18 @@ impl Meta {
         }
     }
 
-    /// Maps reserved cluster `fresh` (its data written) at hole `vc` of
-    /// slot `i`; false (nothing changed) if `vc` is no longer a hole.
-    pub async fn map_reserved(&mut self, i: usize, vc: u64, fresh: u64) -> Result<bool, PoolError> {
-        if self.lookup(i, vc).await?.cluster.is_some() {
+    /// Maps reserved cluster `fresh` (its data written) at `vc` of slot
+    /// `i` in place of `old` (0: a hole; else the shared cluster it was
+    /// copied from, whose count drops); false (nothing changed) if `vc`
+    /// no longer maps `old`.
+    pub async fn map_fresh(
+        &mut self,
+        i: usize,
+        vc: u64,
+        fresh: u64,
+        old: u64,
+    ) -> Result<bool, PoolError> {
+        if self.lookup(i, vc).await?.cluster.unwrap_or(0) != old {
             return Ok(false);
         }
         let Some((leaf, k)) = self.own_path(i, vc, true).await? else {
@@ -275,6 +283,10 @@ impl Meta {
         };
         self.claim(fresh).await?;
         self.store.page_mut(leaf).await?.set_entry(k, fresh);
+        if old != 0 {
+            self.add_ccount(old, -1).await?;
+            return Ok(true);
+        }
         self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
         self.save_slot(i).await?;
         Ok(true)
