@@ -60,6 +60,8 @@ pub struct Meta {
     /// Clusters handed to writes filling a hole with the lock released:
     /// counted 0 on disk until mapped (crash case P-16).
     pub reserved: HashSet<u64>,
+    /// Seq of the record holding the last `zeroed_from` raise.
+    zeroed_seq: u64,
     fresh_next: u64,
     cluster_cursor: u64,
     meta_cursor: u64,
@@ -94,6 +96,7 @@ impl Meta {
         Ok(Meta {
             store,
             fresh_next: summary.zeroed_from,
+            zeroed_seq: 0,
             summary,
             slots,
             pending: HashSet::new(),
@@ -165,6 +168,11 @@ impl Meta {
         self.count_of(at).await
     }
 
+    /// A map entry naming a data cluster, or a corrupt-metadata error.
+    pub fn check_data_cluster(&self, c: u64) -> Result<(), PoolError> {
+        self.check_cluster(c)
+    }
+
     fn check_cluster(&self, c: u64) -> Result<(), PoolError> {
         match self.geo().is_data_cluster(c) {
             true => Ok(()),
@@ -234,6 +242,17 @@ impl Meta {
     /// [`Meta::claim`]; the allocator skips it). May commit (to raise
     /// `zeroed_from` before the cluster is written).
     pub async fn reserve_cluster(&mut self) -> Result<Fresh, PoolError> {
+        let (fresh, commit) = self.reserve_cluster_deferred().await?;
+        if commit {
+            self.commit().await?;
+        }
+        Ok(fresh)
+    }
+
+    /// [`Meta::reserve_cluster`] without its commit: true if the caller
+    /// must commit before writing the cluster (a `zeroed_from` raise that
+    /// covers it is not durable yet, its own or another writer's).
+    pub async fn reserve_cluster_deferred(&mut self) -> Result<(Fresh, bool), PoolError> {
         let g = self.geo();
         let end = g.first_data_cluster + g.clusters;
         if self.summary.free_clusters <= (self.pending.len() + self.reserved.len()) as u64 {
@@ -249,10 +268,11 @@ impl Meta {
             // Committed before the cluster is written: a crash leaves no leak.
             self.summary.zeroed_from = (cluster + ZEROED_STEP).min(end);
             self.save_summary().await?;
-            self.commit().await?;
+            self.zeroed_seq = self.store.open_seq();
         }
         self.reserved.insert(cluster);
-        Ok(Fresh { cluster, zeroed })
+        let commit = zeroed && self.zeroed_seq > self.store.durable_seq();
+        Ok((Fresh { cluster, zeroed }, commit))
     }
 
     /// Gives a reserved cluster count 1 (it is about to be mapped).

@@ -105,6 +105,12 @@ impl ThinVolume {
         m.lookup(i, vc).await
     }
 
+    async fn lookup_read(&self, vc: u64) -> Result<Option<u64>, PoolError> {
+        let mut m = self.pool.meta.lock().await;
+        let i = m.by_id(self.id)?;
+        m.lookup_read(i, vc).await
+    }
+
     /// Allocation of `offset..offset + len`: runs of (length, allocated),
     /// in order, cluster-granular (for NBD `base:allocation`).
     pub async fn allocation(&self, offset: u64, len: u64) -> BlockResult<Vec<(u64, bool)>> {
@@ -130,7 +136,7 @@ impl ThinVolume {
         let _gate = self.pool.gate.read().await;
         for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
             let part = &mut buf[p.at..p.at + p.len as usize];
-            match self.lookup(p.vc).await.map_err(|e| self.err(e))?.cluster {
+            match self.lookup_read(p.vc).await.map_err(|e| self.err(e))? {
                 None => part.fill(0),
                 Some(c) => self.pool.dev.read(self.phys(c, p.off), part).await?,
             }
@@ -160,14 +166,24 @@ impl ThinVolume {
                 }
                 (None, _) => 0,
             };
-            let fresh = match m.reserve_cluster().await {
+            let (fresh, commit) = match m.reserve_cluster_deferred().await {
                 Ok(f) => f,
                 Err(e) => {
                     m.stop_copying(old);
                     return Err(e);
                 }
             };
-            drop(m);
+            if commit {
+                // The zeroed_from raise covering `fresh`, durable first.
+                if let Err(e) = self.pool.commit_released(m).await {
+                    let mut m = self.pool.meta.lock().await;
+                    m.stop_copying(old);
+                    m.reserved.remove(&fresh.cluster);
+                    return Err(e);
+                }
+            } else {
+                drop(m);
+            }
             if self.fill_fresh(p, data, fresh, old).await? {
                 return Ok(true);
             }

@@ -61,6 +61,29 @@ impl Meta {
         })
     }
 
+    /// Physical cluster of virtual cluster `vc` of slot `i`, for a read:
+    /// the path only, no counts (see [`Meta::lookup`]).
+    pub async fn lookup_read(&mut self, i: usize, vc: u64) -> Result<Option<u64>, PoolError> {
+        let (mut cur, depth) = (self.slots[i].rec.root, self.slots[i].rec.depth);
+        let d = digits(vc);
+        for level in (0..depth).rev() {
+            if cur == 0 {
+                return Ok(None);
+            }
+            let page = self.store.page(cur).await?;
+            if page.kind() != kind_of(level) as u32 {
+                return Err(PoolError::Corrupt(format!(
+                    "map page {cur} at the wrong level"
+                )));
+            }
+            cur = page.entry(d[level as usize]);
+        }
+        if cur != 0 {
+            self.check_data_cluster(cur)?;
+        }
+        Ok((cur != 0).then_some(cur))
+    }
+
     async fn set_child(
         &mut self,
         i: usize,
