@@ -14,12 +14,15 @@
 # against the plain run is the client-visible pause (goal < 10 ms). Also
 # the load's IOPS and the server's CPU per I/O (/proc/PID/stat), the
 # snapshot commands' round trips, and the daemon's own "snapshot phases"
-# log lines (drain, lock, commit) where the build writes them.
+# log lines (drain, lock, commit; paused = writes to the source held:
+# drain + lock + commit when the commit is under the gate) where the
+# build writes them.
 #
 # Environment (defaults in brackets):
 #   VRAID_A [target/release/vraid-main]  VRAID_B [target/release/vraid]
 #   SIZE [10G]  CLUSTER [1M]  MEMBERS [2]  MEMBER_SIZE [16G]  SNAPS [5]
 #   ROUNDS [1] (pairs: 1 = A B B A)  WORKDIR [/var/tmp/vraid-snapshot-pause]
+#   KEEP [0] (1: keep the laid members, and reuse them if WORKDIR has them)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,6 +33,7 @@ CLUSTER=${CLUSTER:-1M}
 MEMBERS=${MEMBERS:-2}
 MEMBER_SIZE=${MEMBER_SIZE:-16G}
 SNAPS=${SNAPS:-5}
+KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-1}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-snapshot-pause}
 
@@ -40,7 +44,12 @@ command -v fio >/dev/null || die "fio not found (apt-get install fio)"
 fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
 for b in "$VRAID_A" "$VRAID_B"; do [[ -x $b ]] || die "$b not found"; done
 
-rm -rf "$WORKDIR"
+LAID=0
+if [[ $KEEP == 1 && -f $WORKDIR/vraid.toml && -f $WORKDIR/map.json ]]; then
+    LAID=1
+else
+    rm -rf "$WORKDIR"
+fi
 mkdir -p "$WORKDIR"
 WORKDIR=$(cd "$WORKDIR" && pwd)
 RESULTS=$WORKDIR/results.tsv
@@ -56,7 +65,7 @@ stop_server() {
 }
 cleanup() {
     stop_server
-    rm -f "$WORKDIR"/m*.img
+    [[ $KEEP == 1 ]] || rm -f "$WORKDIR"/m*.img
 }
 trap cleanup EXIT
 
@@ -154,11 +163,11 @@ round() { # PEER ROUND
     one_run "$1" "$2" snapshots
     stop_server
     grep 'snapshot phases' "$WORKDIR/serve-$1-$2.log" | sed 's/\x1b\[[0-9;]*m//g' |
-        grep -o 'drain_us=[0-9]* lock_us=[0-9]* commit_us=[0-9]*' |
+        grep -o 'drain_us=[0-9]* lock_us=[0-9]*\( paused_us=[0-9]*\)\? commit_us=[0-9]*' |
         sed "s/^/phase\t$1\t$2\t/" >>"$RESULTS" || true
 }
 
-lay
+[[ $LAID == 1 ]] || lay
 for n in $(seq "$ROUNDS"); do
     round A "$n"
     round B "$n"
@@ -178,7 +187,9 @@ for r in rows:
     elif r[0] == "cmd":
         cmds[r[1]].append(int(r[3]) / 1000)
     elif r[0] == "phase":
-        phases[r[1]].append([int(x) / 1000 for x in re.findall(r"=(\d+)", r[3])])
+        kv = dict((k, int(v) / 1000) for k, v in re.findall(r"(\w+)_us=(\d+)", r[3]))
+        kv.setdefault("paused", kv["drain"] + kv["lock"] + kv["commit"])
+        phases[r[1]].append(kv)
 mx = lambda xs: max(xs) if xs else float("nan")
 mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
 print("| build | mode | probe max ms (worst / mean of runs) | probe p99 ms | probe p99.9 ms | load IOPS | CPU us/IO |")
@@ -197,5 +208,6 @@ for peer in ("A", "B"):
         print(f"{peer}: snapshot commands {len(c)}, {min(c):.1f}..{max(c):.1f} ms (CLI round trip)")
     p = phases[peer]
     if p:
-        print(f"{peer}: daemon phases, ms max (mean): drain {mx([x[0] for x in p]):.1f} ({mean([x[0] for x in p]):.1f}), lock {mx([x[1] for x in p]):.1f} ({mean([x[1] for x in p]):.1f}), commit {mx([x[2] for x in p]):.1f} ({mean([x[2] for x in p]):.1f})")
+        f = lambda k: f"{k} {mx([x[k] for x in p]):.1f} ({mean([x[k] for x in p]):.1f})"
+        print(f"{peer}: daemon phases, ms max (mean): " + ", ".join(f(k) for k in ("drain", "lock", "commit", "paused")))
 PY

@@ -147,9 +147,14 @@ impl ThinVolume {
     /// Writes one piece; true if metadata changed. A cluster it owns is
     /// written in place, a hole filled and a shared cluster copied on
     /// write with the metadata lock released during the data I/O (crash
-    /// cases P-16, P-17).
+    /// cases P-16, P-17). Only an in-place write holds the volume's write
+    /// gate through its I/O (a snapshot waits for those alone: they change
+    /// clusters it is about to share); a fill or copy writes a cluster
+    /// nobody else sees and maps it under the lock, after the snapshot or
+    /// before it (crash case P-19).
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
         loop {
+            let wgate = self.wgate.read().await;
             let mut m = self.pool.meta.lock().await;
             let i = m.by_id(self.id)?;
             let l = m.lookup(i, p.vc).await?;
@@ -158,6 +163,7 @@ impl ThinVolume {
                     drop(m);
                     let at = self.phys(c, p.off);
                     self.pool.dev.write(at, data, Durability::Normal).await?;
+                    drop(wgate);
                     return Ok(false);
                 }
                 (Some(c), false) => {
@@ -166,6 +172,7 @@ impl ThinVolume {
                 }
                 (None, _) => 0,
             };
+            drop(wgate);
             let (fresh, commit) = match m.reserve_cluster_deferred().await {
                 Ok(f) => f,
                 Err(e) => {
@@ -202,7 +209,14 @@ impl ThinVolume {
         old: u64,
     ) -> Result<bool, PoolError> {
         let cs = self.pool.cluster_size();
+        // At most COPIES_IN_FLIGHT copies at once (a snapshot turns every
+        // write into one: unbounded, they starve each other and the rest).
+        let permit = match old {
+            0 => None,
+            _ => self.pool.copies.acquire().await.ok(),
+        };
         let r = fill_cluster(self.pool.dev.as_ref(), cs, fresh, old, p.off, data).await;
+        drop(permit);
         let mut m = self.pool.meta.lock().await;
         m.stop_copying(old);
         let mapped = match r {
@@ -246,14 +260,12 @@ impl ThinVolume {
     /// pending is committed (they become free) and the piece tried again.
     async fn write_piece_gated(&self, p: Piece, data: &[u8]) -> BlockResult<bool> {
         let gate = self.pool.gate.read().await;
-        let wgate = self.wgate.read().await;
         let r = self.write_piece(p, data).await;
-        drop((wgate, gate));
+        drop(gate);
         match r {
             Err(PoolError::NoSpace) if self.has_pending().await => {
                 self.pool.flush().await.map_err(|e| self.err(e))?;
                 let _gate = self.pool.gate.read().await;
-                let _wgate = self.wgate.read().await;
                 self.write_piece(p, data).await.map_err(|e| self.err(e))
             }
             r => r.map_err(|e| self.err(e)),
