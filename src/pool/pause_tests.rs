@@ -1,7 +1,9 @@
 //! Pause tests of pools (issue 11, session 11): a snapshot drains only
 //! its source volume's writes, its commit runs with the metadata lock
 //! released (other volumes read and write while its FLUSH is stuck), and
-//! copy-on-write writers racing on shared clusters keep every byte.
+//! copy-on-write writers racing on shared clusters keep every byte;
+//! session 12: it waits for in-place writes of its source only, not for
+//! fills or copies in flight (P-19).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -227,6 +229,71 @@ fn copy_on_write_writers_racing_on_shared_clusters_keep_every_byte() {
         s.read(ByteOffset(0), &mut got).await.unwrap();
         assert!(got == fill, "the snapshot changed");
         pool.flush().await.unwrap();
+        assert!(pool.check().await.unwrap().clean());
+    });
+}
+
+/// Session 12 (P-19): a snapshot waits for an in-place write of its own
+/// volume (it would change a cluster the snapshot shares) and has it.
+#[test]
+fn snapshot_waits_for_an_in_place_write_of_its_source() {
+    rt().block_on(async {
+        let (dev, pool) = two_volumes().await;
+        let c = cluster_of(&pool, "a").await * CS;
+        *dev.hold.lock().unwrap() = Some(c..c + CS);
+        let a = pool.open_volume("a").await.unwrap();
+        let stuck = tokio::spawn(async move {
+            a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
+                .await
+        });
+        tokio::time::timeout(WAIT, dev.arrived.notified())
+            .await
+            .expect("a's in-place write reached the array");
+        let p = pool.clone();
+        let mut snap = tokio::spawn(async move { p.snapshot("a", "a-snap").await });
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut snap).await;
+        assert!(early.is_err(), "the snapshot did not wait for the write");
+        dev.release.add_permits(1);
+        stuck.await.unwrap().unwrap();
+        snap.await.unwrap().unwrap();
+        assert_eq!(read4k(&pool, "a-snap", 8192).await, vec![9u8; 4096]);
+        assert!(pool.check().await.unwrap().clean());
+    });
+}
+
+/// Session 12 (P-19): a copy-on-write in flight does not hold a snapshot
+/// of its volume; it maps after the share, so the new snapshot keeps the
+/// old bytes and the volume gets the write, across a reopen too.
+#[test]
+fn snapshot_goes_on_while_a_copy_on_write_of_its_source_is_stuck() {
+    rt().block_on(async {
+        let (dev, pool) = two_volumes().await;
+        pool.snapshot("a", "s1").await.unwrap();
+        let data = pool.geo.first_data_cluster * CS;
+        *dev.hold.lock().unwrap() = Some(data..ARRAY);
+        let a = pool.open_volume("a").await.unwrap();
+        let stuck = tokio::spawn(async move {
+            a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
+                .await
+        });
+        tokio::time::timeout(WAIT, dev.arrived.notified())
+            .await
+            .expect("a's copy reached the array");
+        tokio::time::timeout(WAIT, pool.snapshot("a", "s2"))
+            .await
+            .expect("snapshot of a while its copy is stuck")
+            .unwrap();
+        dev.release.add_permits(1);
+        stuck.await.unwrap().unwrap();
+        pool.flush().await.unwrap();
+        drop(pool);
+        let pool = Pool::open(dev.clone(), 256).await.unwrap();
+        assert_eq!(read4k(&pool, "a", 8192).await, vec![9u8; 4096]);
+        assert_eq!(read4k(&pool, "a", 0).await, vec![1u8; 4096]);
+        for s in ["s1", "s2"] {
+            assert_eq!(read4k(&pool, s, 8192).await, vec![0u8; 4096], "{s}");
+            assert_eq!(read4k(&pool, s, 0).await, vec![1u8; 4096], "{s}");
+        }
         assert!(pool.check().await.unwrap().clean());
     });
 }
