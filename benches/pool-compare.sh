@@ -13,16 +13,17 @@
 #   firsttouch  FT_IOS 4k writes at QD16, each to a cluster never written
 #               (a fresh volume each round; on the bare array a region
 #               never written) (goal >= 0.5x)
-# Then the snapshot pause: a 10 GiB volume with every cluster mapped, fio
-# 4k random writes at QD16 on it plus a QD1 4k random-write probe; SNAPS
+# Then the snapshot pause: a SNAP_SIZE volume with every cluster mapped,
+# fio 4k random writes at QD16 on it plus a QD1 4k random-write probe, and
+# a QD1 4k random-write probe on the other volume ("thin"); SNAPS
 # snapshots taken one per second during the run (and deleted after). The
-# probe's largest completion latency with snapshots against a run without
+# probes' largest completion latency with snapshots against a run without
 # is the client-visible pause (goal < 10 ms), with the snapshot commands'
-# own times.
+# own times. ROUNDS=0 measures the pause only.
 #
 # Environment (defaults in brackets):
 #   LEVEL [0]  MEMBERS [2]  MEMBER_SIZE [16G]  CLUSTER [1M]  WORKSET [1G]
-#   RUNTIME [10]  ROUNDS [3]  FT_IOS [1024]  SNAPS [5]
+#   RUNTIME [10]  ROUNDS [3]  FT_IOS [1024]  SNAPS [5]  SNAP_SIZE [10G]
 #   WORKDIR [/var/tmp/vraid-pool-compare]  VRAID [target/release/vraid]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +37,7 @@ RUNTIME=${RUNTIME:-10}
 ROUNDS=${ROUNDS:-3}
 FT_IOS=${FT_IOS:-1024}
 SNAPS=${SNAPS:-5}
+SNAP_SIZE=${SNAP_SIZE:-10G}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-pool-compare}
 VRAID=${VRAID:-target/release/vraid}
 
@@ -148,11 +150,12 @@ first_touch() {
 }
 
 snapshot_pause() {
-    local ten=$((10 << 30)) cs dir=$WORKDIR/snap
+    local ten cs dir=$WORKDIR/snap
+    ten=$(bytes "$SNAP_SIZE")
     cs=$(bytes "$CLUSTER")
     mkdir -p "$dir"
     ctl volume create pooled big --size "$ten"
-    log "mapping every cluster of a 10 GiB volume (4k into each)"
+    log "mapping every cluster of a $SNAP_SIZE volume (4k into each)"
     fio --name=map --ioengine=nbd --uri="$(uri big)" --rw="write:$((cs - 4096))" --bs=4k \
         --iodepth=16 --size="$ten" --output-format=json >"$dir/map.json"
     "$VRAID" volume list --control "$CONTROL" | grep ' big:' >&2
@@ -165,6 +168,10 @@ snapshot_pause() {
             --size="$ten" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
             >"$dir/probe-$mode.json" &
         local probe=$!
+        fio --name=other --ioengine=nbd --uri="$(uri thin)" --rw=randwrite --bs=4k --iodepth=1 \
+            --size="$WORKSET" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
+            >"$dir/other-$mode.json" &
+        local other=$!
         sleep 2
         for ((k = 0; k < SNAPS; k++)); do
             if [[ $mode == snapshots ]]; then
@@ -176,12 +183,14 @@ snapshot_pause() {
             fi
             sleep 1
         done
-        wait "$load" "$probe"
-        local max p99
-        max=$(json_of "$dir/probe-$mode.json" 'round(j["write"]["clat_ns"]["max"]/1e6, 2)')
-        p99=$(json_of "$dir/probe-$mode.json" 'round(j["write"]["clat_ns"]["percentile"]["99.000000"]/1e6, 2)')
-        log "probe ($mode): max completion latency $max ms, p99 $p99 ms"
-        printf 'pause\t%s\t%s\t%s\n' "$mode" "$max" "$p99" >>"$RESULTS"
+        wait "$load" "$probe" "$other"
+        local max p99 who
+        for who in probe other; do
+            max=$(json_of "$dir/$who-$mode.json" 'round(j["write"]["clat_ns"]["max"]/1e6, 2)')
+            p99=$(json_of "$dir/$who-$mode.json" 'round(j["write"]["clat_ns"]["percentile"]["99.000000"]/1e6, 2)')
+            log "$who ($mode): max completion latency $max ms, p99 $p99 ms"
+            printf 'pause\t%s\t%s\t%s\t%s\n' "$mode" "$who" "$max" "$p99" >>"$RESULTS"
+        done
     done
     for ((k = 0; k < SNAPS; k++)); do ctl volume delete "snap$k"; done
     ctl volume delete big
@@ -217,7 +226,7 @@ by = collections.defaultdict(list)
 pause = {}
 for r in rows:
     if r[0] == "pause":
-        pause[r[1]] = (float(r[2]), float(r[3]))
+        pause[(r[1], r[2])] = (float(r[3]), float(r[4]))
     else:
         by[(r[0], r[1])].append((float(r[3]), float(r[4])))
 mean = lambda xs: sum(xs) / len(xs)
@@ -226,13 +235,16 @@ print("| workload | bare IOPS | thin IOPS | thin / bare (goal) | bare CPU us/IO 
 print("|---|---:|---:|---:|---:|---:|")
 for k in ("randwrite", "randread", "firsttouch"):
     b, t = by[(k, "bare")], by[(k, "thin")]
+    if not b or not t:
+        continue
     bi, ti = mean([x[0] for x in b]), mean([x[0] for x in t])
     print(f"| {k} | {bi:.0f} | {ti:.0f} | {ti / bi:.2f}x (>= {goal[k]}x) | {mean([x[1] for x in b]):.1f} | {mean([x[1] for x in t]):.1f} |")
 snaps = [int(x) / 1000 for x in open(sys.argv[2]).read().split()]
 print()
-print("| 10 GiB volume under load | probe max latency ms | probe p99 ms |")
-print("|---|---:|---:|")
+print("| volume under load | snapshotted: probe max ms | p99 ms | other volume: probe max ms | p99 ms |")
+print("|---|---:|---:|---:|---:|")
 for m in ("plain", "snapshots"):
-    print(f"| {m} | {pause[m][0]:.2f} | {pause[m][1]:.2f} |")
+    p, o = pause[(m, "probe")], pause[(m, "other")]
+    print(f"| {m} | {p[0]:.2f} | {p[1]:.2f} | {o[0]:.2f} | {o[1]:.2f} |")
 print(f"\nsnapshot commands: {len(snaps)}, {min(snaps):.1f}..{max(snaps):.1f} ms each (CLI round trip)")
 PY

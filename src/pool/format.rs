@@ -23,8 +23,9 @@ pub const MAGIC: [u8; 8] = *b"VRAIDPL\x02";
 pub const VERSION: u32 = 2;
 /// Journal blocks of a new pool.
 pub const JOURNAL_BLOCKS: u32 = 4096;
-/// Directory blocks of a new pool.
-pub const DIR_BLOCKS: u32 = 8;
+/// Directory blocks of a new pool: 64 x 31 = 1984 volumes (the most a
+/// header may name; pools made before session 12 have 8, 248 volumes).
+pub const DIR_BLOCKS: u32 = 64;
 /// Deepest map tree.
 pub const MAX_DEPTH: u32 = 4;
 /// Longest volume name in bytes.

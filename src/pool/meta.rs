@@ -3,7 +3,7 @@
 //! shadowing, map/unmap, release). Called with the pool's metadata lock
 //! held; every change lands in the store's transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::pool::format::{
     Geometry, Kind, Summary, VolumeRecord, COUNTS_PER_PAGE, MAP_FANOUT, RECORDS_PER_DIR,
@@ -49,13 +49,19 @@ pub struct Meta {
     pub slots: Vec<Slot>,
     /// Clusters freed since the last quiescent commit.
     pub pending: HashSet<u64>,
-    /// Clusters whose count dropped since the last commit: the committed
-    /// maps may still share them, so they are never written in place
-    /// until the next commit (copy-on-write instead).
-    pub unshared: HashSet<u64>,
+    /// Clusters whose count dropped, with the seq of the record the drop
+    /// goes into: until that record is durable the committed maps may
+    /// still share them, so they are never written in place
+    /// (copy-on-write instead).
+    pub unshared: HashMap<u64, u64>,
+    /// Clusters being copied from by a copy-on-write with the lock
+    /// released (how many copies): not written in place meanwhile.
+    pub copying: HashMap<u64, usize>,
     /// Clusters handed to writes filling a hole with the lock released:
     /// counted 0 on disk until mapped (crash case P-16).
     pub reserved: HashSet<u64>,
+    /// Seq of the record holding the last `zeroed_from` raise.
+    zeroed_seq: u64,
     fresh_next: u64,
     cluster_cursor: u64,
     meta_cursor: u64,
@@ -90,10 +96,12 @@ impl Meta {
         Ok(Meta {
             store,
             fresh_next: summary.zeroed_from,
+            zeroed_seq: 0,
             summary,
             slots,
             pending: HashSet::new(),
-            unshared: HashSet::new(),
+            unshared: HashMap::new(),
+            copying: HashMap::new(),
             reserved: HashSet::new(),
             cluster_cursor: geo.first_data_cluster,
             meta_cursor: geo.meta_start(),
@@ -160,6 +168,11 @@ impl Meta {
         self.count_of(at).await
     }
 
+    /// A map entry naming a data cluster, or a corrupt-metadata error.
+    pub fn check_data_cluster(&self, c: u64) -> Result<(), PoolError> {
+        self.check_cluster(c)
+    }
+
     fn check_cluster(&self, c: u64) -> Result<(), PoolError> {
         match self.geo().is_data_cluster(c) {
             true => Ok(()),
@@ -190,7 +203,7 @@ impl Meta {
         let at = self.geo().cluster_count_at(c);
         self.set_count_of(at, n as u32).await?;
         if delta < 0 {
-            self.unshared.insert(c);
+            self.unshared.insert(c, self.store.open_seq());
         }
         if n == 0 {
             self.summary.free_clusters += 1;
@@ -229,6 +242,17 @@ impl Meta {
     /// [`Meta::claim`]; the allocator skips it). May commit (to raise
     /// `zeroed_from` before the cluster is written).
     pub async fn reserve_cluster(&mut self) -> Result<Fresh, PoolError> {
+        let (fresh, commit) = self.reserve_cluster_deferred().await?;
+        if commit {
+            self.commit().await?;
+        }
+        Ok(fresh)
+    }
+
+    /// [`Meta::reserve_cluster`] without its commit: true if the caller
+    /// must commit before writing the cluster (a `zeroed_from` raise that
+    /// covers it is not durable yet, its own or another writer's).
+    pub async fn reserve_cluster_deferred(&mut self) -> Result<(Fresh, bool), PoolError> {
         let g = self.geo();
         let end = g.first_data_cluster + g.clusters;
         if self.summary.free_clusters <= (self.pending.len() + self.reserved.len()) as u64 {
@@ -244,10 +268,11 @@ impl Meta {
             // Committed before the cluster is written: a crash leaves no leak.
             self.summary.zeroed_from = (cluster + ZEROED_STEP).min(end);
             self.save_summary().await?;
-            self.commit().await?;
+            self.zeroed_seq = self.store.open_seq();
         }
         self.reserved.insert(cluster);
-        Ok(Fresh { cluster, zeroed })
+        let commit = zeroed && self.zeroed_seq > self.store.durable_seq();
+        Ok((Fresh { cluster, zeroed }, commit))
     }
 
     /// Gives a reserved cluster count 1 (it is about to be mapped).
@@ -324,14 +349,32 @@ impl Meta {
     /// Commits the transaction.
     pub async fn commit(&mut self) -> Result<(), PoolError> {
         self.store.commit().await?;
-        self.unshared.clear();
+        self.prune_unshared();
         Ok(())
     }
 
+    /// One copy-on-write from `old` is over (0: none was counted).
+    pub fn stop_copying(&mut self, old: u64) {
+        if let Some(n) = self.copying.get_mut(&old) {
+            *n -= 1;
+            if *n == 0 {
+                self.copying.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets drops whose record is durable.
+    pub fn prune_unshared(&mut self) {
+        let durable = self.store.durable_seq();
+        self.unshared.retain(|_, seq| *seq > durable);
+    }
+
     /// True if the volume may write cluster `c` (count 1 now) in place:
-    /// it was not shared at the last commit either.
+    /// not shared in the committed maps either, and no copy-on-write is
+    /// reading it.
     pub fn writable_in_place(&self, c: u64) -> bool {
-        !self.unshared.contains(&c)
+        let durable = self.store.durable_seq();
+        self.unshared.get(&c).is_none_or(|seq| *seq <= durable) && !self.copying.contains_key(&c)
     }
 
     /// Commits if the transaction is large (a safe point).

@@ -23,6 +23,7 @@ pub mod meta;
 pub mod page;
 #[allow(clippy::module_inception)]
 pub mod pool;
+mod released;
 pub mod service;
 mod service_volumes;
 pub mod store;
@@ -33,6 +34,8 @@ pub mod volumes;
 
 #[cfg(test)]
 mod ops_tests;
+#[cfg(test)]
+mod pause_tests;
 #[cfg(test)]
 mod redteam_tests;
 #[cfg(test)]

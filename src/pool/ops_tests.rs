@@ -248,3 +248,22 @@ fn repair_reclaims_leaks_and_lowers_high_counts_but_refuses_low_ones_without_for
         assert!(pool.check().await.unwrap().clean());
     });
 }
+
+/// A new pool holds 1984 volumes (64 directory pages of 31), all listed
+/// again after a reopen; one more is refused with a clear error.
+#[test]
+fn directory_holds_1984_volumes() {
+    rt().block_on(async {
+        let (dev, pool) = new_pool().await;
+        for n in 0..1984 {
+            pool.create_volume(&format!("v{n}"), CS).await.unwrap();
+        }
+        let e = pool.create_volume("one-more", CS).await.unwrap_err();
+        assert!(e.to_string().contains("directory is full"), "{e}");
+        drop(pool);
+        let pool = Pool::open(dev, 256).await.unwrap();
+        let vs = pool.volumes().await;
+        assert_eq!(vs.len(), 1984);
+        assert!(vs.iter().any(|v| v.name == "v1983"));
+    });
+}

@@ -24,6 +24,10 @@ use crate::pool::store::Store;
 use crate::pool::PoolError;
 use crate::units::ByteOffset;
 
+/// Copy-on-write cluster copies run at once, pool-wide (each reads and
+/// writes a whole cluster).
+pub(crate) const COPIES_IN_FLIGHT: usize = 4;
+
 /// One volume as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeInfo {
@@ -63,6 +67,10 @@ pub struct Pool {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) geo: Geometry,
     sizes: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// Per-volume write gates (see `released.rs`).
+    pub(crate) vol_gates: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
+    /// Copy-on-write data copies in flight, at most [`COPIES_IN_FLIGHT`].
+    pub(crate) copies: tokio::sync::Semaphore,
     /// The directory as last published (read without the async lock:
     /// NBD negotiation asks it which contexts a volume offers).
     listing: Mutex<Vec<Listed>>,
@@ -260,6 +268,8 @@ impl Pool {
             dev,
             geo,
             sizes: Mutex::new(HashMap::new()),
+            vol_gates: Mutex::new(HashMap::new()),
+            copies: tokio::sync::Semaphore::new(COPIES_IN_FLIGHT),
             listing: Mutex::new(Vec::new()),
         });
         pool.resume_deletes().await?;

@@ -9,8 +9,11 @@
 //!            (journal full: FLUSH, older header copy, FLUSH, back to 0)
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::block::{BlockDevice, Durability};
 use crate::pool::format::{
@@ -42,6 +45,93 @@ pub struct Store {
     capacity: usize,
     journal_pos: u64,
     next_seq: u64,
+    /// Held by a commit from `prepare` until its job finished.
+    lane: Arc<AsyncMutex<()>>,
+    out: Arc<Mutex<Outstanding>>,
+    durable: Arc<AtomicU64>,
+}
+
+/// The commit lane (one commit at a time, in order).
+pub type Lane = OwnedMutexGuard<()>;
+
+/// What commits in flight share with the store.
+#[derive(Debug, Default)]
+struct Outstanding {
+    /// Pages whose in-place write has not landed (not evictable).
+    unwritten: HashSet<u64>,
+    /// A job that failed: its pages and journal place.
+    failed: Option<Failed>,
+}
+
+#[derive(Debug)]
+struct Failed {
+    blocks: Vec<u64>,
+    pos: u64,
+    seq: u64,
+}
+
+struct Record {
+    bytes: Vec<u8>,
+    start: u64,
+    pos: u64,
+    seq: u64,
+    blocks: Vec<u64>,
+}
+
+/// The I/O half of a commit: journal record, FLUSH, in-place writes.
+/// Holds the commit lane until it is done.
+#[allow(missing_debug_implementations)]
+pub struct CommitJob {
+    dev: Arc<dyn BlockDevice>,
+    record: Option<Record>,
+    out: Arc<Mutex<Outstanding>>,
+    durable: Arc<AtomicU64>,
+    _lane: Lane,
+}
+
+impl CommitJob {
+    /// Writes the record, FLUSHes (the transaction and every data write
+    /// completed before it are durable), writes the pages in place. On
+    /// failure the next commit takes the pages and journal place back.
+    pub async fn run(self) -> Result<(), PoolError> {
+        let Some(rec) = &self.record else {
+            self.dev.flush().await?;
+            return Ok(());
+        };
+        let r = self.write(rec).await;
+        let mut out = lock(&self.out);
+        match r {
+            Ok(()) => rec.blocks.iter().for_each(|b| {
+                out.unwritten.remove(b);
+            }),
+            Err(_) => {
+                out.failed = Some(Failed {
+                    blocks: rec.blocks.clone(),
+                    pos: rec.pos,
+                    seq: rec.seq,
+                })
+            }
+        }
+        r
+    }
+
+    async fn write(&self, rec: &Record) -> Result<(), PoolError> {
+        self.dev
+            .write(at(rec.start), &rec.bytes, Durability::Normal)
+            .await?;
+        self.dev.flush().await?;
+        self.durable.fetch_max(rec.seq, Ordering::AcqRel);
+        let head = record_head_blocks(rec.blocks.len());
+        for (k, b) in rec.blocks.iter().enumerate() {
+            let img = &rec.bytes[(head + k) * BLOCK..(head + k + 1) * BLOCK];
+            self.dev.write(at(*b), img, Durability::Normal).await?;
+        }
+        Ok(())
+    }
+}
+
+fn lock(m: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstanding> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for Store {
@@ -66,6 +156,7 @@ impl Store {
         header_copy: u64,
         capacity: usize,
     ) -> Store {
+        let durable = header.journal_seq.saturating_sub(1);
         Store {
             dev,
             geo: header.geometry,
@@ -77,6 +168,9 @@ impl Store {
             clock: 0,
             capacity: capacity.max(64),
             journal_pos: 0,
+            lane: Arc::new(AsyncMutex::new(())),
+            out: Arc::new(Mutex::new(Outstanding::default())),
+            durable: Arc::new(AtomicU64::new(durable)),
         }
     }
 
@@ -133,15 +227,17 @@ impl Store {
         if self.cache.len() < self.capacity {
             return;
         }
+        let out = lock(&self.out);
         let mut clean: Vec<(u64, u64)> = self
             .cache
             .iter()
-            .filter(|(b, _)| !self.dirty.contains(b))
+            .filter(|(b, _)| !self.dirty.contains(b) && !out.unwritten.contains(b))
             .map(|(b, c)| (c.used, *b))
             .collect();
         clean.sort_unstable();
-        let drop = (self.cache.len() + 1).saturating_sub(self.capacity * 7 / 8);
-        for (_, b) in clean.into_iter().take(drop) {
+        let n = (self.cache.len() + 1).saturating_sub(self.capacity * 7 / 8);
+        drop(out);
+        for (_, b) in clean.into_iter().take(n) {
             self.cache.remove(&b);
         }
     }
@@ -181,19 +277,55 @@ impl Store {
 
     /// Makes the transaction durable (and every data write completed
     /// before it): journal record, FLUSH, in-place writes. Flushes the
-    /// array even with nothing to commit.
+    /// array even with nothing to commit. Waits for a commit in flight.
     pub async fn commit(&mut self) -> Result<(), PoolError> {
+        let lane = self.lane.clone().lock_owned().await;
+        self.prepare(lane).await?.run().await
+    }
+
+    /// The commit lane if no commit is in flight (see [`Store::prepare`]).
+    pub fn try_lane(&self) -> Option<Lane> {
+        self.lane.clone().try_lock_owned().ok()
+    }
+
+    /// The commit lane itself (to wait for it without the metadata lock).
+    pub fn lane(&self) -> Arc<AsyncMutex<()>> {
+        self.lane.clone()
+    }
+
+    /// Seq of the newest durable record (changes recorded with a seq at
+    /// or below it are committed).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Seq the open transaction will be committed with.
+    pub fn open_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// First half of a commit, holding `lane` (so every earlier commit
+    /// has finished): seals the transaction into a journal record and
+    /// hands it to a [`CommitJob`], which can run without the metadata
+    /// lock. Its pages are clean from here but stay cached (never evicted)
+    /// until their in-place writes land. A job that failed earlier has
+    /// its pages made dirty again and its journal place reused.
+    pub async fn prepare(&mut self, lane: Lane) -> Result<CommitJob, PoolError> {
+        self.absorb_failure();
+        let mut job = CommitJob {
+            dev: self.dev.clone(),
+            record: None,
+            out: self.out.clone(),
+            durable: self.durable.clone(),
+            _lane: lane,
+        };
         if self.dirty.is_empty() {
-            self.dev.flush().await?;
-            return Ok(());
+            return Ok(job);
         }
         let blocks: Vec<u64> = self.dirty.iter().copied().collect();
         for b in &blocks {
-            self.cache
-                .get_mut(b)
-                .expect("dirty pages are cached")
-                .page
-                .seal();
+            let c = self.cache.get_mut(b).expect("dirty pages are cached");
+            c.page.seal();
         }
         let need = (record_head_blocks(blocks.len()) + blocks.len()) as u64;
         if need > u64::from(self.geo.journal_blocks) {
@@ -207,19 +339,32 @@ impl Store {
         }
         let start = JOURNAL_START + self.journal_pos;
         let pages: Vec<(u64, &Page)> = blocks.iter().map(|b| (*b, &self.cache[b].page)).collect();
-        let record = encode_record(&self.header.pool_uuid, start, self.next_seq, &pages);
-        self.dev
-            .write(at(start), &record, Durability::Normal)
-            .await?;
-        self.dev.flush().await?;
+        let bytes = encode_record(&self.header.pool_uuid, start, self.next_seq, &pages);
+        lock(&self.out).unwritten.extend(blocks.iter().copied());
+        job.record = Some(Record {
+            bytes,
+            start,
+            pos: self.journal_pos,
+            seq: self.next_seq,
+            blocks,
+        });
         self.journal_pos += need;
         self.next_seq += 1;
-        for b in &blocks {
-            let bytes = self.cache[b].page.bytes().to_vec();
-            self.dev.write(at(*b), &bytes, Durability::Normal).await?;
-        }
         self.dirty.clear();
-        Ok(())
+        Ok(job)
+    }
+
+    /// Takes back a failed job's pages and journal place.
+    fn absorb_failure(&mut self) {
+        let mut out = lock(&self.out);
+        if let Some(f) = out.failed.take() {
+            for b in &f.blocks {
+                out.unwritten.remove(b);
+                self.dirty.insert(*b);
+            }
+            self.journal_pos = f.pos;
+            self.next_seq = f.seq;
+        }
     }
 
     /// Makes the in-place pages durable and starts the journal over.
@@ -267,6 +412,8 @@ impl Store {
         if replayed > 0 {
             self.checkpoint().await?;
         }
+        self.durable
+            .store(self.next_seq.saturating_sub(1), Ordering::Release);
         self.journal_pos = 0;
         Ok(replayed)
     }

@@ -1,7 +1,8 @@
 //! A thin volume of a pool as a [`BlockDevice`]: requests are cut at
 //! cluster boundaries; mapped clusters the volume owns are read and
 //! written in place without the metadata lock; holes read zero; a write
-//! to a hole allocates, to a shared cluster copies on write; TRIM and
+//! to a hole allocates, to a shared cluster copies on write (both with
+//! the lock released during the data I/O); TRIM and
 //! WRITE_ZEROES of whole clusters unmap them; FLUSH commits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ pub struct ThinVolume {
     name: String,
     size: Arc<AtomicU64>,
     read_only: bool,
+    /// The volume's write gate (a snapshot of it drains its writes).
+    wgate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for ThinVolume {
@@ -69,6 +72,7 @@ impl ThinVolume {
         read_only: bool,
     ) -> Self {
         ThinVolume {
+            wgate: pool.vol_gate(id),
             pool,
             id,
             name,
@@ -101,6 +105,12 @@ impl ThinVolume {
         m.lookup(i, vc).await
     }
 
+    async fn lookup_read(&self, vc: u64) -> Result<Option<u64>, PoolError> {
+        let mut m = self.pool.meta.lock().await;
+        let i = m.by_id(self.id)?;
+        m.lookup_read(i, vc).await
+    }
+
     /// Allocation of `offset..offset + len`: runs of (length, allocated),
     /// in order, cluster-granular (for NBD `base:allocation`).
     pub async fn allocation(&self, offset: u64, len: u64) -> BlockResult<Vec<(u64, bool)>> {
@@ -126,7 +136,7 @@ impl ThinVolume {
         let _gate = self.pool.gate.read().await;
         for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
             let part = &mut buf[p.at..p.at + p.len as usize];
-            match self.lookup(p.vc).await.map_err(|e| self.err(e))?.cluster {
+            match self.lookup_read(p.vc).await.map_err(|e| self.err(e))? {
                 None => part.fill(0),
                 Some(c) => self.pool.dev.read(self.phys(c, p.off), part).await?,
             }
@@ -135,53 +145,90 @@ impl ThinVolume {
     }
 
     /// Writes one piece; true if metadata changed. A cluster it owns is
-    /// written in place and a hole filled with the metadata lock released
-    /// during the data I/O (crash case P-16); copy-on-write holds it.
+    /// written in place, a hole filled and a shared cluster copied on
+    /// write with the metadata lock released during the data I/O (crash
+    /// cases P-16, P-17). Only an in-place write holds the volume's write
+    /// gate through its I/O (a snapshot waits for those alone: they change
+    /// clusters it is about to share); a fill or copy writes a cluster
+    /// nobody else sees and maps it under the lock, after the snapshot or
+    /// before it (crash case P-19).
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
         loop {
+            let wgate = self.wgate.read().await;
             let mut m = self.pool.meta.lock().await;
             let i = m.by_id(self.id)?;
             let l = m.lookup(i, p.vc).await?;
-            match (l.cluster, l.exclusive) {
+            let old = match (l.cluster, l.exclusive) {
                 (Some(c), true) => {
                     drop(m);
                     let at = self.phys(c, p.off);
                     self.pool.dev.write(at, data, Durability::Normal).await?;
+                    drop(wgate);
                     return Ok(false);
                 }
-                (Some(_), false) => {
-                    m.write_slow(i, p.vc, p.off, data).await?;
-                    m.safe_point().await?;
-                    return Ok(true);
+                (Some(c), false) => {
+                    *m.copying.entry(c).or_default() += 1;
+                    c
                 }
-                (None, _) => {
-                    let fresh = m.reserve_cluster().await?;
-                    drop(m);
-                    if self.fill_hole(p, data, fresh).await? {
-                        return Ok(true);
-                    }
+                (None, _) => 0,
+            };
+            drop(wgate);
+            let (fresh, commit) = match m.reserve_cluster_deferred().await {
+                Ok(f) => f,
+                Err(e) => {
+                    m.stop_copying(old);
+                    return Err(e);
                 }
+            };
+            if commit {
+                // The zeroed_from raise covering `fresh`, durable first.
+                if let Err(e) = self.pool.commit_released(m).await {
+                    let mut m = self.pool.meta.lock().await;
+                    m.stop_copying(old);
+                    m.reserved.remove(&fresh.cluster);
+                    return Err(e);
+                }
+            } else {
+                drop(m);
+            }
+            if self.fill_fresh(p, data, fresh, old).await? {
+                return Ok(true);
             }
         }
     }
 
-    /// Writes `data` into reserved cluster `fresh` without the lock, then
-    /// maps it; false if another write mapped the hole first (the
-    /// reservation is dropped; the caller writes again).
-    async fn fill_hole(&self, p: Piece, data: &[u8], fresh: Fresh) -> Result<bool, PoolError> {
+    /// Writes `data` into reserved cluster `fresh` (the rest from `old`,
+    /// or zeros for a hole) without the lock, then maps it; false if the
+    /// mapping changed meanwhile (the reservation is dropped; the caller
+    /// writes again).
+    async fn fill_fresh(
+        &self,
+        p: Piece,
+        data: &[u8],
+        fresh: Fresh,
+        old: u64,
+    ) -> Result<bool, PoolError> {
         let cs = self.pool.cluster_size();
-        let r = fill_cluster(self.pool.dev.as_ref(), cs, fresh, 0, p.off, data).await;
+        // At most COPIES_IN_FLIGHT copies at once (a snapshot turns every
+        // write into one: unbounded, they starve each other and the rest).
+        let permit = match old {
+            0 => None,
+            _ => self.pool.copies.acquire().await.ok(),
+        };
+        let r = fill_cluster(self.pool.dev.as_ref(), cs, fresh, old, p.off, data).await;
+        drop(permit);
         let mut m = self.pool.meta.lock().await;
+        m.stop_copying(old);
         let mapped = match r {
             Ok(()) => {
                 let i = m.by_id(self.id)?;
-                m.map_reserved(i, p.vc, fresh.cluster).await
+                m.map_fresh(i, p.vc, fresh.cluster, old).await
             }
             Err(e) => Err(e),
         };
         match mapped {
             Ok(true) => {
-                m.safe_point().await?;
+                self.pool.safe_point_released(m).await?;
                 Ok(true)
             }
             other => {
@@ -234,8 +281,8 @@ impl ThinVolume {
             return Ok(());
         }
         if changed {
-            let mut m = self.pool.meta.lock().await;
-            m.commit().await.map_err(|e| self.err(e))
+            let m = self.pool.meta.lock().await;
+            self.pool.commit_released(m).await.map_err(|e| self.err(e))
         } else {
             self.pool.dev.flush().await
         }
@@ -253,7 +300,8 @@ impl ThinVolume {
                 let mut m = self.pool.meta.lock().await;
                 let i = m.by_id(self.id).map_err(|e| self.err(e))?;
                 m.unmap(i, p.vc).await.map_err(|e| self.err(e))?;
-                m.safe_point().await.map_err(|e| self.err(e))?;
+                let r = self.pool.safe_point_released(m).await;
+                r.map_err(|e| self.err(e))?;
             } else if self
                 .lookup(p.vc)
                 .await

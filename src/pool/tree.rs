@@ -61,6 +61,29 @@ impl Meta {
         })
     }
 
+    /// Physical cluster of virtual cluster `vc` of slot `i`, for a read:
+    /// the path only, no counts (see [`Meta::lookup`]).
+    pub async fn lookup_read(&mut self, i: usize, vc: u64) -> Result<Option<u64>, PoolError> {
+        let (mut cur, depth) = (self.slots[i].rec.root, self.slots[i].rec.depth);
+        let d = digits(vc);
+        for level in (0..depth).rev() {
+            if cur == 0 {
+                return Ok(None);
+            }
+            let page = self.store.page(cur).await?;
+            if page.kind() != kind_of(level) as u32 {
+                return Err(PoolError::Corrupt(format!(
+                    "map page {cur} at the wrong level"
+                )));
+            }
+            cur = page.entry(d[level as usize]);
+        }
+        if cur != 0 {
+            self.check_data_cluster(cur)?;
+        }
+        Ok((cur != 0).then_some(cur))
+    }
+
     async fn set_child(
         &mut self,
         i: usize,
@@ -264,10 +287,18 @@ impl Meta {
         }
     }
 
-    /// Maps reserved cluster `fresh` (its data written) at hole `vc` of
-    /// slot `i`; false (nothing changed) if `vc` is no longer a hole.
-    pub async fn map_reserved(&mut self, i: usize, vc: u64, fresh: u64) -> Result<bool, PoolError> {
-        if self.lookup(i, vc).await?.cluster.is_some() {
+    /// Maps reserved cluster `fresh` (its data written) at `vc` of slot
+    /// `i` in place of `old` (0: a hole; else the shared cluster it was
+    /// copied from, whose count drops); false (nothing changed) if `vc`
+    /// no longer maps `old`.
+    pub async fn map_fresh(
+        &mut self,
+        i: usize,
+        vc: u64,
+        fresh: u64,
+        old: u64,
+    ) -> Result<bool, PoolError> {
+        if self.lookup(i, vc).await?.cluster.unwrap_or(0) != old {
             return Ok(false);
         }
         let Some((leaf, k)) = self.own_path(i, vc, true).await? else {
@@ -275,6 +306,10 @@ impl Meta {
         };
         self.claim(fresh).await?;
         self.store.page_mut(leaf).await?.set_entry(k, fresh);
+        if old != 0 {
+            self.add_ccount(old, -1).await?;
+            return Ok(true);
+        }
         self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
         self.save_slot(i).await?;
         Ok(true)

@@ -41,22 +41,39 @@ impl Pool {
         name: &str,
         writable: bool,
     ) -> Result<VolumeInfo, PoolError> {
-        {
-            // One commit (the record with whatever the transaction holds
-            // already): the gate is held for one journal FLUSH.
-            let _gate = self.gate.write().await;
-            let mut m = self.meta.lock().await;
-            let s = m.slots[m.find(src)?].rec.clone();
-            let mut rec = new_record(&m, name, s.size)?;
-            rec.flags = if writable { 0 } else { SNAPSHOT };
-            (rec.root, rec.depth, rec.mapped, rec.parent) = (s.root, s.depth, s.mapped, s.id);
-            if s.root != 0 {
-                m.add_mcount(s.root, 1).await?;
-            }
-            add_record(&mut m, rec).await?;
-            m.commit().await?;
-            self.publish(&m);
+        // Only `src`'s writes are drained (its write gate): in-place
+        // writes in flight would change the shared clusters. The other
+        // volumes go on; the pool gate is held shared so management
+        // operations (which take it exclusively) keep out. The commit runs
+        // with both the write gate and the metadata lock released: writes
+        // after the change see the clusters shared and copy on write.
+        let _gate = self.gate.read().await;
+        let id = {
+            let m = self.meta.lock().await;
+            m.slots[m.find(src)?].rec.id
+        };
+        let vgate = self.vol_gate(id);
+        let t0 = std::time::Instant::now();
+        let drained = vgate.write().await;
+        let t_drain = t0.elapsed();
+        let mut m = self.meta.lock().await;
+        let t_lock = t0.elapsed();
+        let s = m.slots[m.by_id(id)?].rec.clone();
+        if s.flags & FLAG_DELETING != 0 || s.name != src {
+            return Err(PoolError::NotFound(src.to_string()));
         }
+        let mut rec = new_record(&m, name, s.size)?;
+        rec.flags = if writable { 0 } else { SNAPSHOT };
+        (rec.root, rec.depth, rec.mapped, rec.parent) = (s.root, s.depth, s.mapped, s.id);
+        if s.root != 0 {
+            m.add_mcount(s.root, 1).await?;
+        }
+        add_record(&mut m, rec).await?;
+        self.publish(&m);
+        drop(drained);
+        let t_resume = t0.elapsed();
+        self.commit_released(m).await?;
+        log_phases(src, name, [t_drain, t_lock, t_resume, t0.elapsed()]);
         self.info(name).await
     }
 
@@ -203,4 +220,19 @@ async fn grow(m: &mut Meta, i: usize, size: u64) -> Result<(), PoolError> {
     m.grow_tree(i, clusters).await?;
     m.slots[i].rec.size = size;
     m.save_slot(i).await
+}
+
+/// The phases of one snapshot or clone, cumulative from the wait for the
+/// source's writes: drained, metadata locked, writes resumed, committed.
+fn log_phases(src: &str, name: &str, t: [std::time::Duration; 4]) {
+    let us = |d: std::time::Duration| d.as_micros() as u64;
+    tracing::info!(
+        src,
+        name,
+        drain_us = us(t[0]),
+        lock_us = us(t[1] - t[0]),
+        paused_us = us(t[2]),
+        commit_us = us(t[3] - t[2]),
+        "snapshot phases"
+    );
 }

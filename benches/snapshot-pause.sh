@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# snapshot-pause.sh — client-visible pause of a pool snapshot under load,
+# two vraid builds against each other (issue 11).
+#
+# A RAID-0 array (MEMBERS sparse members of MEMBER_SIZE on WORKDIR) with a
+# pool (CLUSTER) and one volume "big" of SIZE, every cluster mapped (4k
+# into each), laid once with VRAID_A. Then ROUNDS pairs of rounds in ABBA
+# order (A B B A ...), each restarting the daemon with that build on the
+# same members and running twice for SNAPS + 4 seconds:
+#   plain      fio 4k randwrite QD16 (load) + a QD1 4k randwrite probe
+#   snapshots  the same, with SNAPS snapshots of "big" one second apart
+#              (deleted after)
+# The probe's max and p99/p99.9 completion latency in the snapshot run
+# against the plain run is the client-visible pause (goal < 10 ms). Also
+# the load's IOPS and the server's CPU per I/O (/proc/PID/stat), the
+# snapshot commands' round trips, and the daemon's own "snapshot phases"
+# log lines (drain, lock, commit; paused = writes to the source held:
+# drain + lock + commit when the commit is under the gate) where the
+# build writes them.
+#
+# Environment (defaults in brackets):
+#   VRAID_A [target/release/vraid-main]  VRAID_B [target/release/vraid]
+#   SIZE [10G]  CLUSTER [1M]  MEMBERS [2]  MEMBER_SIZE [16G]  SNAPS [5]
+#   ROUNDS [1] (pairs: 1 = A B B A)  WORKDIR [/var/tmp/vraid-snapshot-pause]
+#   KEEP [0] (1: keep the laid members, and reuse them if WORKDIR has them)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VRAID_A=${VRAID_A:-target/release/vraid-main}
+VRAID_B=${VRAID_B:-target/release/vraid}
+SIZE=${SIZE:-10G}
+CLUSTER=${CLUSTER:-1M}
+MEMBERS=${MEMBERS:-2}
+MEMBER_SIZE=${MEMBER_SIZE:-16G}
+SNAPS=${SNAPS:-5}
+KEEP=${KEEP:-0}
+ROUNDS=${ROUNDS:-1}
+WORKDIR=${WORKDIR:-/var/tmp/vraid-snapshot-pause}
+
+log() { printf '[snapshot-pause %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v fio >/dev/null || die "fio not found (apt-get install fio)"
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
+for b in "$VRAID_A" "$VRAID_B"; do [[ -x $b ]] || die "$b not found"; done
+
+LAID=0
+if [[ $KEEP == 1 && -f $WORKDIR/vraid.toml && -f $WORKDIR/map.json ]]; then
+    LAID=1
+else
+    rm -rf "$WORKDIR"
+fi
+mkdir -p "$WORKDIR"
+WORKDIR=$(cd "$WORKDIR" && pwd)
+RESULTS=$WORKDIR/results.tsv
+: >"$RESULTS"
+SERVER_PID=
+
+stop_server() {
+    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=
+}
+cleanup() {
+    stop_server
+    [[ $KEEP == 1 ]] || rm -f "$WORKDIR"/m*.img
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ctl() { "$VRAID" "$@" --control "$CONTROL" >/dev/null; }
+uri() { echo "nbd://127.0.0.1:$PORT/$1"; }
+json_of() { # FILE EXPR(j = the job) — prints EXPR
+    python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):])["jobs"][0]; assert j["error"] == 0, j["error"]; print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+start_server() { # VRAID LOG
+    VRAID=$1
+    PORT=$(free_port)
+    CONTROL=$WORKDIR/control.sock
+    RUST_LOG=info "$VRAID" serve --config "$WORKDIR/vraid.toml" --nbd "127.0.0.1:$PORT" \
+        --control "$CONTROL" >"$2" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 200); do
+        "$VRAID" status --control "$CONTROL" >/dev/null 2>&1 && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || die "serve exited: $(tail -n 5 "$2")"
+        sleep 0.1
+    done
+    die "server not up"
+}
+
+lay() {
+    local paths=() cs
+    for ((i = 0; i < MEMBERS; i++)); do
+        truncate -s "$MEMBER_SIZE" "$WORKDIR/m$i.img"
+        paths+=("$WORKDIR/m$i.img")
+    done
+    "$VRAID_A" create --level 0 --name pooled "${paths[@]}" >"$WORKDIR/create.log" 2>&1 ||
+        die "create failed: $(tail -n 3 "$WORKDIR/create.log")"
+    printf '[[volume]]\nname = "pooled"\nlevel = 0\nmembers = [%s]\n' \
+        "$(printf '"%s", ' "${paths[@]}" | sed 's/, $//')" >"$WORKDIR/vraid.toml"
+    start_server "$VRAID_A" "$WORKDIR/serve-lay.log"
+    ctl pool create pooled --cluster-size "$CLUSTER"
+    ctl volume create pooled big --size "$SIZE"
+    cs=$(numfmt --from=iec "$CLUSTER")
+    log "mapping every cluster of $SIZE (4k into each)"
+    fio --name=map --ioengine=nbd --uri="$(uri big)" --rw="write:$((cs - 4096))" --bs=4k \
+        --iodepth=16 --size="$SIZE" --output-format=json >"$WORKDIR/map.json"
+    stop_server
+}
+
+# one_run PEER ROUND MODE — load + probe, snapshots if MODE=snapshots.
+one_run() {
+    local peer=$1 n=$2 mode=$3 d=$WORKDIR/$1-$2 t0 t1 c0 c1 k
+    mkdir -p "$d"
+    c0=$(cpu_ticks "$SERVER_PID")
+    fio --name=load --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=16 \
+        --size="$SIZE" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
+        >"$d/load-$mode.json" &
+    local load=$!
+    fio --name=probe --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=1 \
+        --size="$SIZE" --time_based=1 --runtime=$((SNAPS + 4)) --lat_percentiles=1 \
+        --percentile_list=50:99:99.9 --output-format=json >"$d/probe-$mode.json" &
+    local probe=$!
+    sleep 2
+    for ((k = 0; k < SNAPS; k++)); do
+        if [[ $mode == snapshots ]]; then
+            t0=$(date +%s%N)
+            ctl volume snapshot big "snap$k"
+            t1=$(date +%s%N)
+            printf 'cmd\t%s\t%s\t%s\n' "$peer" "$n" $(((t1 - t0) / 1000)) >>"$RESULTS"
+        fi
+        sleep 1
+    done
+    wait "$load" "$probe"
+    c1=$(cpu_ticks "$SERVER_PID")
+    local p="$d/probe-$mode.json" l="$d/load-$mode.json" iops ios us
+    local max p99 p999
+    max=$(json_of "$p" 'round(j["write"]["lat_ns"]["max"]/1e6, 2)')
+    p99=$(json_of "$p" 'round(j["write"]["lat_ns"]["percentile"]["99.000000"]/1e6, 2)')
+    p999=$(json_of "$p" 'round(j["write"]["lat_ns"]["percentile"]["99.900000"]/1e6, 2)')
+    iops=$(json_of "$l" 'int(j["write"]["iops"])')
+    ios=$(( $(json_of "$l" 'j["write"]["total_ios"]') + $(json_of "$p" 'j["write"]["total_ios"]') ))
+    us=$(python3 -c "print(round(($c1-$c0)/$(getconf CLK_TCK)*1e6/max(1,$ios),1))")
+    log "$peer round $n $mode: probe max $max ms p99 $p99 p99.9 $p999; load $iops IOPS, $us us CPU/IO"
+    printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$n" "$mode" "$max" "$p99" "$p999" \
+        "$iops" "$us" >>"$RESULTS"
+    if [[ $mode == snapshots ]]; then
+        for ((k = 0; k < SNAPS; k++)); do ctl volume delete "snap$k"; done
+    fi
+}
+
+round() { # PEER ROUND
+    local bin=$VRAID_A
+    [[ $1 == B ]] && bin=$VRAID_B
+    start_server "$bin" "$WORKDIR/serve-$1-$2.log"
+    one_run "$1" "$2" plain
+    one_run "$1" "$2" snapshots
+    stop_server
+    grep 'snapshot phases' "$WORKDIR/serve-$1-$2.log" | sed 's/\x1b\[[0-9;]*m//g' |
+        grep -o 'drain_us=[0-9]* lock_us=[0-9]*\( paused_us=[0-9]*\)\? commit_us=[0-9]*' |
+        sed "s/^/phase\t$1\t$2\t/" >>"$RESULTS" || true
+}
+
+[[ $LAID == 1 ]] || lay
+for n in $(seq "$ROUNDS"); do
+    round A "$n"
+    round B "$n"
+    round B "$n"
+    round A "$n"
+done
+
+python3 - "$RESULTS" <<'PY'
+import sys, collections, re
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+runs = collections.defaultdict(list)
+cmds = collections.defaultdict(list)
+phases = collections.defaultdict(list)
+for r in rows:
+    if r[0] == "run":
+        runs[(r[1], r[3])].append([float(x) for x in r[4:9]])
+    elif r[0] == "cmd":
+        cmds[r[1]].append(int(r[3]) / 1000)
+    elif r[0] == "phase":
+        kv = dict((k, int(v) / 1000) for k, v in re.findall(r"(\w+)_us=(\d+)", r[3]))
+        kv.setdefault("paused", kv["drain"] + kv["lock"] + kv["commit"])
+        phases[r[1]].append(kv)
+mx = lambda xs: max(xs) if xs else float("nan")
+mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+print("| build | mode | probe max ms (worst / mean of runs) | probe p99 ms | probe p99.9 ms | load IOPS | CPU us/IO |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for peer in ("A", "B"):
+    for mode in ("plain", "snapshots"):
+        v = runs[(peer, mode)]
+        if not v:
+            continue
+        col = lambda i: [x[i] for x in v]
+        print(f"| {peer} | {mode} | {mx(col(0)):.1f} / {mean(col(0)):.1f} | {mean(col(1)):.1f} | {mean(col(2)):.1f} | {mean(col(3)):.0f} | {mean(col(4)):.1f} |")
+print()
+for peer in ("A", "B"):
+    c = cmds[peer]
+    if c:
+        print(f"{peer}: snapshot commands {len(c)}, {min(c):.1f}..{max(c):.1f} ms (CLI round trip)")
+    p = phases[peer]
+    if p:
+        f = lambda k: f"{k} {mx([x[k] for x in p]):.1f} ({mean([x[k] for x in p]):.1f})"
+        print(f"{peer}: daemon phases, ms max (mean): " + ", ".join(f(k) for k in ("drain", "lock", "commit", "paused")))
+PY

@@ -1,0 +1,82 @@
+//! Commits with the metadata lock released during their I/O, and the
+//! per-volume write gates (docs/FORMAT.md §11, "Transactions, journal and
+//! commit" and "Snapshot, clone, ..."): a commit's journal write, FLUSH
+//! and in-place writes run while other requests look up and change
+//! metadata; a snapshot drains only its source volume's writes.
+//!
+//! ```text
+//!  meta lock: changes ─► prepare (seal, record, pages pinned) ─► unlock
+//!  commit lane (one job at a time, in order): record ─FLUSH─► in place
+//! ```
+//!
+//! The lane is held only by a job running without the metadata lock or
+//! by a commit that holds the metadata lock already, and nobody holding
+//! the lane waits for the metadata lock: no deadlock.
+
+use std::sync::Arc;
+
+use tokio::sync::{MutexGuard, RwLock};
+
+use crate::pool::meta::{Meta, COMMIT_AT};
+use crate::pool::{Pool, PoolError};
+
+/// A transaction this large is committed even if it must wait (with the
+/// metadata lock held) for a commit in flight; it always fits the
+/// journal with one more cluster operation.
+const COMMIT_HARD: usize = 1024;
+/// Passes of [`Pool::commit_released`] before it waits holding the lock.
+const LANE_TRIES: usize = 64;
+
+impl Pool {
+    /// Commits everything changed under `m` (and before): durable when it
+    /// returns. The metadata lock is released for the I/O; a commit in
+    /// flight is waited for without it.
+    pub(crate) async fn commit_released(
+        &self,
+        mut m: MutexGuard<'_, Meta>,
+    ) -> Result<(), PoolError> {
+        for _ in 0..LANE_TRIES {
+            if let Some(lane) = m.store.try_lane() {
+                m.prune_unshared();
+                let job = m.store.prepare(lane).await?;
+                drop(m);
+                return job.run().await;
+            }
+            let lane = m.store.lane();
+            drop(m);
+            drop(lane.lock().await);
+            m = self.meta.lock().await;
+        }
+        m.commit().await
+    }
+
+    /// A safe point (commit once the transaction is large) that leaves
+    /// the metadata lock released during the commit's I/O, and skips a
+    /// commit while another is in flight unless the transaction is huge.
+    pub(crate) async fn safe_point_released(
+        &self,
+        mut m: MutexGuard<'_, Meta>,
+    ) -> Result<(), PoolError> {
+        let dirty = m.store.dirty_pages();
+        if dirty < COMMIT_AT {
+            return Ok(());
+        }
+        match m.store.try_lane() {
+            Some(lane) => {
+                m.prune_unshared();
+                let job = m.store.prepare(lane).await?;
+                drop(m);
+                job.run().await
+            }
+            None if dirty >= COMMIT_HARD => m.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The write gate of volume `id` (shared by its thin volumes): held
+    /// shared by each write, exclusively by a snapshot or clone of it.
+    pub(crate) fn vol_gate(&self, id: u32) -> Arc<RwLock<()>> {
+        let mut gates = self.vol_gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.entry(id).or_default().clone()
+    }
+}
