@@ -612,6 +612,43 @@ impl ArrayHandle {
         }
     }
 
+    /// The automatic re-join of `path` into `role` (its old role): a
+    /// catch-up re-add, or a full rebuild when `role` is the first role down;
+    /// `None`, with nothing written to `path`, when the others cannot
+    /// rebuild `role` now (more members down than the redundancy) or the
+    /// rebuild would go into another role (`add_member` would make the
+    /// member, whose data may be the only copy of `role`, a spare or
+    /// another role's target).
+    pub(super) async fn rejoin_member(
+        self: &Arc<Self>,
+        path: &Path,
+        role: usize,
+    ) -> Result<Option<AddOutcome>, DaemonError> {
+        let _set = self.member_set.lock().await;
+        let _new = new_members().lock().await;
+        let down: Vec<bool> = (self.volume.member_states().iter())
+            .map(|s| !matches!(s, MemberState::Active))
+            .collect();
+        if !self.volume.geometry().tolerates(&down) {
+            return Ok(None);
+        }
+        let device = self.open_new(path, false).await?;
+        let readd = self.readd_role(&device).await == Some(role);
+        if !readd && self.down_role() != Some(role) || !self.state().claim_pass() {
+            return Ok(None);
+        }
+        if readd {
+            self.start_recovery(role, device, path).await?;
+        } else {
+            let spare = Spare {
+                path: path.to_path_buf(),
+                device,
+            };
+            self.start_rebuild(role, spare).await?;
+        }
+        Ok(Some(AddOutcome::Rebuilding { role }))
+    }
+
     /// Takes the idle hot spare at `path` (as given, or the same file) out
     /// of the spare list; its spare superblock stays, like md's
     /// `--remove` (`--zero-superblock` is a separate step). Returns the

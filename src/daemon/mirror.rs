@@ -68,8 +68,8 @@ impl ArrayHandle {
             // (a full rebuild later): wait for the pass to end.
             if !self.pass_running() && self.reachable(path).await {
                 // (`reachable` logs why not.)
-                match self.add_member(Path::new(path), false).await {
-                    Ok(AddOutcome::Rebuilding { role: r }) if r == role => {
+                match self.rejoin_member(Path::new(path), role).await {
+                    Ok(Some(AddOutcome::Rebuilding { role: r })) if r == role => {
                         info!(
                             "{}: {path} reachable again: re-joining as member {role}",
                             self.name()
@@ -79,13 +79,18 @@ impl ArrayHandle {
                             return;
                         }
                     }
-                    Ok(outcome) => {
+                    Ok(Some(outcome)) => {
                         warn!(
                             "{}: {path} re-added as {outcome:?}, not into role {role}",
                             self.name()
                         );
                         return;
                     }
+                    Ok(None) => info!(
+                        "{}: re-join of {path}: the other members cannot rebuild role {role} \
+                         now (too many down, or a lower role first): left untouched",
+                        self.name()
+                    ),
                     Err(e) => warn!("{}: re-join of {path}: {}", self.name(), error_chain(&e)),
                 }
             }

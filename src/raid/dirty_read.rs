@@ -4,8 +4,8 @@
 //! path asks the verdicts itself and serves what the resync will keep.
 //!
 //! ```text
-//!  RAID-6 extent: hull read ─► verdicts ─► all pass/unknown: serve
-//!     └─ a block fails ─► stripe lock ─► again, and rebuild it from P/Q
+//!  RAID-5/6 extent: hull read ─► verdicts ─► all pass/unknown: serve
+//!     └─ a block fails ─► stripe lock ─► again, and rebuild it from P(/Q)
 //!        ─► the rebuild passes? serve it : serve the bytes as read
 //! ```
 //!
@@ -68,6 +68,40 @@ pub(super) async fn raid6_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> b
     true
 }
 
+/// Serves a RAID-5 extent in an unverified region: as [`raid6_extent`],
+/// a block failing its checksum is rebuilt from parity and the other data
+/// (under the stripe lock) and served rebuilt when that passes (what the
+/// resync's checksum-guided repair restores), else as read. False when its
+/// member cannot be read: the caller's usual path rebuilds it.
+pub(super) async fn raid5_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> bool {
+    let (off, len) = vol.block_hull(e.member_offset, piece.len() as u64);
+    let at = (e.member_offset.get() - off.get()) as usize;
+    let mut mine = vec![0u8; len as usize];
+    if vol.read_member(e.member, off, &mut mine).await.is_err() {
+        return false;
+    }
+    if vol
+        .verdicts(e.member, off, &mine)
+        .await
+        .contains(&Verdict::Bad)
+    {
+        let _guard = vol.locks().lock(e.stripe).await;
+        if vol.read_member(e.member, off, &mut mine).await.is_err() {
+            return false;
+        }
+        let verdicts = vol.verdicts(e.member, off, &mine).await;
+        let mut rebuilt = vec![0u8; mine.len()];
+        if super::raid5::reconstruct(vol, e.member, off, &mut rebuilt)
+            .await
+            .is_ok()
+        {
+            restore_passing(vol, e, off, &verdicts, &rebuilt, &mut mine).await;
+        }
+    }
+    piece.copy_from_slice(&mine[at..at + piece.len()]);
+    true
+}
+
 /// Copies into `mine` every block that fails its checksum (`verdicts`)
 /// whose rebuild (`rebuilt`, same range) passes it.
 async fn restore_passing(
@@ -90,7 +124,8 @@ async fn restore_passing(
                 volume = vol.volume_name(),
                 member = %e.member,
                 offset = at.get(),
-                "a block failing its checksum in a region dirty at the crash was served from P/Q"
+                "a block failing its checksum in a region dirty at the crash was served from P/Q \
+                 (RAID-5: parity)"
             );
         }
     }

@@ -123,6 +123,12 @@ async fn read_extent_segments(
     if let [one] = list {
         return read_extent(vol, e, one).await;
     }
+    if vol.reads_unverified(e.member_offset, e.len) {
+        let mut piece = vec![0u8; crate::iovec::len_mut(list)];
+        read_extent(vol, e, &mut piece).await?;
+        crate::iovec::scatter(&piece, list);
+        return Ok(());
+    }
     let direct = vol.read_member_segments(e.member, e.member_offset, list);
     if direct.await.is_ok() {
         return Ok(());
@@ -134,6 +140,10 @@ async fn read_extent_segments(
 }
 
 async fn read_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> BlockResult {
+    let unverified = vol.reads_unverified(e.member_offset, piece.len() as u64);
+    if unverified && super::dirty_read::raid5_extent(vol, e, piece).await {
+        return Ok(());
+    }
     let error = match vol.read_member(e.member, e.member_offset, piece).await {
         Ok(()) => return Ok(()),
         Err(error) => error,

@@ -99,7 +99,7 @@ fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<(Socket, Negotiat
     };
     let shake = |source| LinkError::Handshake {
         uri: shown.clone(),
-        source,
+        source: stalled(source, timeout),
     };
     match &uri.endpoint {
         Endpoint::Tcp { host, port } => {
@@ -107,16 +107,102 @@ fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<(Socket, Negotiat
             s.set_read_timeout(Some(timeout)).map_err(connect)?;
             s.set_write_timeout(Some(timeout)).map_err(connect)?;
             s.set_nodelay(true).map_err(connect)?;
-            let n = handshake::handshake(&mut s, &uri.export).map_err(shake)?;
+            let n = handshake::handshake(&mut Deadline::new(&mut s, timeout), &uri.export)
+                .map_err(shake)?;
             Ok((Socket::Tcp(s), n))
         }
         Endpoint::Unix(path) => {
             let mut s = std::os::unix::net::UnixStream::connect(path).map_err(connect)?;
             s.set_read_timeout(Some(timeout)).map_err(connect)?;
             s.set_write_timeout(Some(timeout)).map_err(connect)?;
-            let n = handshake::handshake(&mut s, &uri.export).map_err(shake)?;
+            let n = handshake::handshake(&mut Deadline::new(&mut s, timeout), &uri.export)
+                .map_err(shake)?;
             Ok((Socket::Unix(s), n))
         }
+    }
+}
+
+/// A blocking socket whose reads and writes share one deadline, `timeout`
+/// from now: a server trickling its handshake a byte at a time cannot
+/// stretch it (a timeout per read starts again with every byte).
+pub(super) struct Deadline<'a, S> {
+    s: &'a mut S,
+    end: std::time::Instant,
+}
+
+/// Sockets whose blocking reads and writes can time out.
+pub(super) trait Timed {
+    /// Sets both the read and the write timeout.
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Timed for std::net::TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl<'a, S: Timed> Deadline<'a, S> {
+    pub(super) fn new(s: &'a mut S, timeout: Duration) -> Self {
+        let end = std::time::Instant::now() + timeout;
+        Deadline { s, end }
+    }
+
+    /// The socket's timeouts set to the time left (an error once none is).
+    fn arm(&self) -> io::Result<()> {
+        let left = self
+            .end
+            .saturating_duration_since(std::time::Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.s.set_timeouts(left)
+    }
+}
+
+impl<S: Timed + io::Read> io::Read for Deadline<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.s.read(buf)
+    }
+}
+
+impl<S: Timed + io::Write> io::Write for Deadline<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.arm()?;
+        self.s.flush()
+    }
+}
+
+/// A socket timeout in the handshake (`EAGAIN` from `SO_RCVTIMEO`, shown
+/// as "Resource temporarily unavailable") named as the timeout it is.
+pub(super) fn stalled(e: HandshakeError, timeout: Duration) -> HandshakeError {
+    match e {
+        HandshakeError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            HandshakeError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server did not answer within {timeout:?} (timed out)"),
+            ))
+        }
+        other => other,
     }
 }
 

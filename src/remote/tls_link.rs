@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 
 use super::conn::Conn;
 use super::handshake::{self, HandshakeError};
-use super::link::{tcp_connect, LinkError};
+use super::link::{tcp_connect, Deadline, LinkError, Timed};
 use super::uri::{Endpoint, NbdUri};
 use crate::tls::{buffered, ClientTls, Flushed};
 
@@ -104,14 +104,15 @@ impl Upgrade<'_> {
     fn shake(&self, source: HandshakeError) -> LinkError {
         LinkError::Handshake {
             uri: self.uri.to_string(),
-            source,
+            source: super::link::stalled(source, self.timeout),
         }
     }
 
     /// Greeting, flags and STARTTLS on the plain socket.
-    fn plain_part<S: Read + Write>(&self, s: &mut S) -> Result<(), LinkError> {
-        handshake::greet(s).map_err(|e| self.shake(e))?;
-        handshake::start_tls(s).map_err(|e| self.shake(e))
+    fn plain_part<S: Read + Write + Timed>(&self, s: &mut S) -> Result<(), LinkError> {
+        let mut s = Deadline::new(s, self.timeout);
+        handshake::greet(&mut s).map_err(|e| self.shake(e))?;
+        handshake::start_tls(&mut s).map_err(|e| self.shake(e))
     }
 
     /// The TLS handshake, the options over TLS, the connection.
@@ -132,7 +133,7 @@ impl Upgrade<'_> {
         let mut bridge = Bridge {
             stream: tls,
             handle,
-            timeout: self.timeout,
+            end: tokio::time::Instant::now() + self.timeout,
         };
         let info = handshake::options(&mut bridge, &self.uri.export).map_err(|e| self.shake(e))?;
         let (r, w) = tokio::io::split(bridge.stream);
@@ -140,35 +141,36 @@ impl Upgrade<'_> {
     }
 }
 
-/// Blocking `Read + Write` over an async stream, each step bounded by
-/// `timeout` (the handshake code is synchronous).
+/// Blocking `Read + Write` over an async stream, every step ending by
+/// `end` (the handshake code is synchronous; one deadline for them all,
+/// so a server trickling its replies cannot stretch it).
 struct Bridge<S> {
     stream: S,
     handle: Handle,
-    timeout: Duration,
+    end: tokio::time::Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Read for Bridge<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (h, t) = (self.handle.clone(), self.timeout);
+        let (h, end) = (self.handle.clone(), self.end);
         let s = &mut self.stream;
-        h.block_on(tokio::time::timeout(t, s.read(buf)))
+        h.block_on(tokio::time::timeout_at(end, s.read(buf)))
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Write for Bridge<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let (h, t) = (self.handle.clone(), self.timeout);
+        let (h, end) = (self.handle.clone(), self.end);
         let s = &mut self.stream;
-        h.block_on(tokio::time::timeout(t, s.write(buf)))
+        h.block_on(tokio::time::timeout_at(end, s.write(buf)))
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let (h, t) = (self.handle.clone(), self.timeout);
+        let (h, end) = (self.handle.clone(), self.end);
         let s = &mut self.stream;
-        h.block_on(tokio::time::timeout(t, s.flush()))
+        h.block_on(tokio::time::timeout_at(end, s.flush()))
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 }
