@@ -318,6 +318,9 @@ async fn a_failed_session_and_bits_set_before_it_are_left_set() {
     assert!(!md.clean() && md.events == 23);
 }
 
+/// A change to a bitmap superblock.
+type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
+
 /// Member 0's bitmap superblock with `f` applied.
 async fn refused_with(f: impl Fn(&mut Vec<u8>)) -> String {
     let a = members(5, 2, 4, 2048).await;
@@ -348,7 +351,7 @@ async fn bitmaps_failing_a_check_are_refused_writable_with_the_reason() {
         |at: usize, v: u32| move |b: &mut Vec<u8>| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     let put64 =
         |at: usize, v: u64| move |b: &mut Vec<u8>| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(Corrupt, &str)> = vec![
         (Box::new(put32(0, 0x1234)), "magic"),
         (Box::new(put32(4, 3)), "host-endian"),
         (Box::new(put32(4, 5)), "clustered"),
