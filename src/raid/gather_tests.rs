@@ -17,7 +17,11 @@ const MEMBER: u64 = 1 << 20;
 
 /// Writes `a` at `at_a` and `b` at `at_b` while stripe 1 is locked, so both
 /// wait for its lock registered; then reads the volume back.
-async fn race_on_stripe_1(vol: &Volume, (at_a, a): (u64, &[u8]), (at_b, b): (u64, &[u8])) -> Vec<u8> {
+async fn race_on_stripe_1(
+    vol: &Volume,
+    (at_a, a): (u64, &[u8]),
+    (at_b, b): (u64, &[u8]),
+) -> Vec<u8> {
     let guard = vol.locks().lock(StripeIndex(1)).await;
     let first = vol.write(ByteOffset(at_a), a, Durability::Normal);
     let second = vol.write(ByteOffset(at_b), b, Durability::Fua);
@@ -38,7 +42,9 @@ async fn filled(missing: &[usize]) -> (Array, Vec<u8>) {
     let array = Array::new(Level::Raid6, 5, C, MEMBER, missing);
     let base = pattern(array.volume.size() as usize, 71);
     let vol = &array.volume;
-    vol.write(ByteOffset(0), &base, Durability::Normal).await.unwrap();
+    vol.write(ByteOffset(0), &base, Durability::Normal)
+        .await
+        .unwrap();
     array.reset_counters();
     (array, base)
 }
@@ -137,7 +143,9 @@ async fn a_gathered_stripe_logs_one_full_entry_per_live_ring() {
     let recs = log.records.lock().unwrap().clone();
     let one: Vec<_> = recs.iter().filter(|(_, r)| r.stripe == 1).collect();
     assert_eq!(one.len(), 2);
-    assert!(one.iter().all(|(_, r)| r.full && r.start == 0 && r.len as u64 == sds));
+    assert!(one
+        .iter()
+        .all(|(_, r)| r.full && r.start == 0 && r.len as u64 == sds));
     let rings = [g.parity_member(StripeIndex(1)), g.q_member(StripeIndex(1))];
     assert!(one.iter().all(|(m, _)| rings.contains(&Some(*m))));
 }

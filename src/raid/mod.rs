@@ -50,8 +50,8 @@ pub mod written;
 
 mod behind;
 mod data_path;
-mod gather;
 mod dirty_read;
+mod gather;
 mod level;
 mod no_space;
 mod raid0;
@@ -196,6 +196,8 @@ impl FromStr for Level {
 }
 
 #[cfg(test)]
+mod gather_tests;
+#[cfg(test)]
 mod ppl6_tests;
 #[cfg(test)]
 mod ppl_tests;
@@ -203,8 +205,6 @@ mod ppl_tests;
 mod raid10_tests;
 #[cfg(test)]
 mod raid6_tests;
-#[cfg(test)]
-mod gather_tests;
 #[cfg(test)]
 mod rebuild_tests;
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!       ├► Degraded  a member down: read every live row (raid6::stripe_rows),
 //!       │            rebuild the missing ones, P, Q from all rows
 //!       └► DataOnly  more than two members down (beyond repair)
+//!  before and after planning a partial write: pieces of other requests
+//!  waiting for the lock complete the stripe ─► one Full write (gather.rs)
 //!  reads fail ─► the member is failed ─► plan again (bounded)
 //!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
 //!  log: partial P to the P member's journal, then partial Q to the Q

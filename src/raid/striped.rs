@@ -101,7 +101,13 @@ where
         let a = offset.get().max(base);
         let b = end.min(base + sds);
         let data = &buf[(a - offset.get()) as usize..(b - offset.get()) as usize];
-        stripes.push(write_stripe(vol, StripeIndex(s), a - base, data, durability));
+        stripes.push(write_stripe(
+            vol,
+            StripeIndex(s),
+            a - base,
+            data,
+            durability,
+        ));
     }
     futures::future::join_all(stripes)
         .await
