@@ -689,7 +689,7 @@ fn sigkill_while_a_set_write_behind_member_lags_resyncs_from_the_current_copy_wi
         logged_number(&log, "rewrote ") > 0,
         "nothing copied:\n{log}"
     );
-    assert_eq!(policy_of(&m.control, 0).0, true);
+    assert!(policy_of(&m.control, 0).0, "write-mostly not kept");
     assert_eq!(server.stop(), 0);
     for member in [&m.local, &m.file] {
         assert_eq!(

@@ -281,9 +281,8 @@ pub async fn assemble_volume_with(
         &built.volume,
         &assembly.metadata,
         &member_paths_by_role(&assembly),
-        &aopts.mirror,
+        &aopts,
         built.bitmap.is_some(),
-        aopts.read_only,
     )
     .await?;
     report_left_out(&assembly, &log);

@@ -103,8 +103,18 @@ impl ArrayHandle {
     /// the background when `auto_rejoin` is on and the array is writable.
     pub(super) fn spawn_join_absent(self: &Arc<Self>, path: PathBuf) {
         if !self.auto_rejoin() || self.member_options().read_only {
+            info!(
+                "{}: {} is left out until `vraid add` (auto_rejoin off or read-only)",
+                self.name(),
+                path.display()
+            );
             return;
         }
+        info!(
+            "{}: {} will join once its server answers",
+            self.name(),
+            path.display()
+        );
         let h = self.clone();
         self.track(tokio::spawn(async move {
             h.join_absent(&path.display().to_string()).await;

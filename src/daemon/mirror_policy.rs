@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::array::ArrayHandle;
+use super::array::{ArrayHandle, ArrayOptions};
 use super::DaemonError;
-use crate::config::MirrorConfig;
 use crate::control::params::MirrorSetParams;
 use crate::control::replies::MirrorReply;
 use crate::meta::{ArrayMetadata, MirrorPolicy};
@@ -69,17 +68,17 @@ fn check(name: &str, p: &MirrorPolicy, level: Level, bitmap: bool) -> Result<(),
     Ok(())
 }
 
-/// Bring-up: the freshest superblock's policy plus what `mirror` (config
-/// or flags) adds, set on `volume` before anything reads or writes, and
+/// Bring-up: the freshest superblock's policy plus what `aopts.mirror`
+/// (config or flags) adds, set on `volume` before anything reads or writes, and
 /// left in the template for the start-up `mark_dirty` to write.
 pub(super) async fn apply(
     volume: &Arc<Volume>,
     metadata: &ArrayMetadata,
     paths: &[Option<String>],
-    mirror: &MirrorConfig,
+    aopts: &ArrayOptions,
     bitmap: bool,
-    read_only: bool,
 ) -> Result<(), DaemonError> {
+    let (mirror, read_only) = (&aopts.mirror, aopts.read_only);
     let name = volume.volume_name().to_string();
     let old = metadata.mirror_policy().await;
     let mut p = old;
