@@ -187,7 +187,11 @@ impl ArrayHandle {
         match tried {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                info!("{}: re-join of {path}: not reachable yet: {e}", self.name());
+                let why = error_chain(&e);
+                info!(
+                    "{}: re-join of {path}: not reachable yet: {why}",
+                    self.name()
+                );
                 false
             }
             Err(e) => {
