@@ -11,7 +11,9 @@
 #   any vraid target with "-old" appended: the same, served by $VRAID_OLD
 #   (before/after a change in one run)
 # Jobs (fio, ioengine=nbd, over the first $SIZE of each export):
-#   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1)
+#   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1),
+#   seqwrite1k (sequential 1 KiB writes, QD32: what nbd-tester-client's
+#   write test sends; that client is not packaged in Debian)
 # Every target is prefilled sequentially; then, ROUNDS times, every
 # target:job pair in $PAIRS runs once (the order reversed on even rounds,
 # so a noisy minute does not land on one target). Reported per pair
@@ -118,6 +120,7 @@ job_args() {
     qd1read4k) echo "--rw=randread --bs=4k --iodepth=1" ;;
     qd1write4k) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
     qd1write1k) echo "--rw=randwrite --bs=1k --iodepth=1" ;;
+    seqwrite1k) echo "--rw=write --bs=1k --iodepth=32" ;;
     *)
         log "unknown job $1"
         exit 2

@@ -4,8 +4,9 @@
 //! ```text
 //!  read  ─► widen to 4 KiB ─► inner read ─► entries ─► mismatch in a
 //!           trusted block? ─► re-read once ─► still: count, Corrupt
-//!  write ─► unaligned edge: read it (verify; bad: entry kept mismatching)
-//!           ─► CRCs ─► inner write ─► entries
+//!  write ─► unaligned edge: kept by the last small write of it (EdgeCache)
+//!           or read it (verify; bad: entry kept mismatching)
+//!           ─► CRCs ─► inner write ─► entries (good edges kept)
 //!  discard/zeroes ─► inner ─► whole blocks: zero CRC, edges: re-read + seal
 //!  flush ─► write back dirty pages ─► inner flush (FUA write: pages FUA)
 //! ```
@@ -24,6 +25,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use super::edge_cache::EdgeCache;
 use super::page::{bad_blocks, block_entry, entries_of, hull, seal, zero_entry, BLOCK, UNKNOWN};
 use super::reported::{warn_bad_edge, Reported};
 use super::store::CsumStore;
@@ -41,6 +43,8 @@ pub struct ChecksumDevice {
     trusted: Trusted,
     /// Blocks counted bad and not rewritten since.
     reported: Reported,
+    /// Edge blocks of the last small writes, as the member holds them.
+    edges: EdgeCache,
 }
 
 impl std::fmt::Debug for ChecksumDevice {
@@ -66,6 +70,7 @@ impl ChecksumDevice {
             store,
             trusted,
             reported: Reported::new(errors),
+            edges: EdgeCache::default(),
         }
     }
 
@@ -182,6 +187,7 @@ impl ChecksumDevice {
         }
         let (b0, b1) = hull(offset.get(), len);
         self.store.prepare(b0, b1 - b0).await?;
+        self.edges.forget(b0, b1);
         let epoch = self.store.eviction_writes();
         let blocks = || bufs.iter().flat_map(|s| s.chunks(BLOCK as usize));
         let mut entries: Vec<u32> = blocks().map(block_entry).collect();
@@ -216,6 +222,15 @@ impl ChecksumDevice {
         Ok(())
     }
 
+    /// The old bytes of an edge block: kept from the last small write of
+    /// it (sealed good then), else [`Self::edge`].
+    async fn edge_bytes(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
+        if self.edges.get(block, old) {
+            return Ok(true);
+        }
+        self.edge(block, old).await
+    }
+
     /// Reads the old bytes of an edge block into `old`; false when they
     /// fail their own (known) checksum, verified there or not.
     async fn edge(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
@@ -246,6 +261,7 @@ impl ChecksumDevice {
         self.store.prepare(b0, b1 - b0).await?;
         let epoch = self.store.eviction_writes();
         if head == 0 && buf.len() == self.span(b0, b1) {
+            self.edges.forget(b0, b1);
             let entries = entries_of(buf);
             self.inner.write(offset, buf, dur).await?;
             self.reported.forget(b0, b1);
@@ -259,10 +275,10 @@ impl ChecksumDevice {
         let last = ((b1 - 1 - b0) * BLOCK) as usize;
         let mut good = vec![true; (b1 - b0) as usize];
         let first_len = self.span(b0, b0 + 1);
-        good[0] = self.edge(b0, &mut wide[..first_len]).await?;
+        good[0] = self.edge_bytes(b0, &mut wide[..first_len]).await?;
         if b1 - b0 > 1 {
             let n = good.len();
-            good[n - 1] = self.edge(b1 - 1, &mut wide[last..]).await?;
+            good[n - 1] = self.edge_bytes(b1 - 1, &mut wide[last..]).await?;
         }
         wide[head..head + buf.len()].copy_from_slice(buf);
         let mut entries = entries_of(&wide);
@@ -274,12 +290,29 @@ impl ChecksumDevice {
                 *e = seal(!*e);
             }
         }
+        // Forgotten before the write starts: a failed or cancelled write
+        // leaves no kept block the member may not hold.
+        self.edges.forget(b0, b1);
         self.inner.write(offset, buf, dur).await?;
+        self.keep_edges(b0, b1, &wide, &good);
         // Edge blocks that were bad keep a mismatching entry: forget only
         // the blocks that are now whole and good.
         self.reported.forget_good(b0, &good);
         self.store.set(b0, &entries).await?;
         self.after_write(dur, epoch).await
+    }
+
+    /// Keeps the good edge blocks of the merged blocks `wide` (`b0..b1`),
+    /// written now, for the next small write of them.
+    fn keep_edges(&self, b0: u64, b1: u64, wide: &[u8], good: &[bool]) {
+        let first = &wide[..self.span(b0, b0 + 1)];
+        if good[0] {
+            self.edges.keep(b0, first);
+        }
+        if b1 - b0 > 1 && good[good.len() - 1] {
+            self.edges
+                .keep(b1 - 1, &wide[((b1 - 1 - b0) * BLOCK) as usize..]);
+        }
     }
 
     /// A FUA write is durable when it completes: so are its entries (an
@@ -298,7 +331,9 @@ impl ChecksumDevice {
             return Ok(());
         }
         let (b0, b1) = hull(offset.get(), len);
-        self.store.prepare(b0, b1 - b0).await
+        self.store.prepare(b0, b1 - b0).await?;
+        self.edges.forget(b0, b1);
+        Ok(())
     }
 
     /// After a discard or write-zeroes of `offset..+len`: whole blocks are
@@ -400,6 +435,7 @@ impl BlockDevice for ChecksumDevice {
             }
             let (b0, b1) = hull(offset.get(), len);
             self.store.prepare(b0, b1 - b0).await?;
+            self.edges.forget(b0, b1);
             let zeros = vec![0u8; self.span(b0, b1)];
             self.inner
                 .write(ByteOffset(b0 * BLOCK), &zeros, Durability::Normal)

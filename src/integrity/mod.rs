@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod device;
+mod edge_cache;
 pub mod inline;
 pub mod page;
 mod reported;

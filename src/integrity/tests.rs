@@ -350,3 +350,143 @@ async fn vectored_whole_blocks_are_sealed_and_verified_in_place() {
     );
     assert_eq!(r.errors.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn sequential_small_writes_read_each_block_once() {
+    let (r, mut want) = written_rig(3, all_trusted(), 11).await;
+    r.data.reset_counters();
+    // 1 KiB writes over blocks 0-1, then one write across blocks 1-2.
+    for (i, at) in (0..2 * B).step_by(1024).enumerate() {
+        let patch = pattern(1024, 20 + i as u64);
+        r.dev
+            .write(ByteOffset(at as u64), &patch, Durability::Normal)
+            .await
+            .unwrap();
+        want[at..at + 1024].copy_from_slice(&patch);
+    }
+    assert_eq!(r.data.reads.load(Ordering::SeqCst), 2, "one read per block");
+    let patch = pattern(2048, 40);
+    r.dev
+        .write(ByteOffset(2 * B as u64 - 1024), &patch, Durability::Normal)
+        .await
+        .unwrap();
+    want[2 * B - 1024..2 * B + 1024].copy_from_slice(&patch);
+    assert_eq!(
+        r.data.reads.load(Ordering::SeqCst),
+        3,
+        "block 1 kept, 2 read"
+    );
+    let mut buf = vec![0u8; 3 * B];
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    assert!(buf == want);
+    assert_eq!(r.errors.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_kept_block_is_forgotten_by_other_changes_of_it() {
+    let (r, mut want) = written_rig(2, all_trusted(), 12).await;
+    let small = |at: usize, seed: u64| (at, pattern(1000, seed));
+    let write_small = |(at, patch): (usize, Vec<u8>)| {
+        let dev = &r.dev;
+        async move {
+            dev.write(ByteOffset(at as u64), &patch, Durability::Normal)
+                .await
+                .unwrap();
+            (at, patch)
+        }
+    };
+    let (at, p) = write_small(small(100, 1)).await;
+    want[at..at + 1000].copy_from_slice(&p);
+    // A whole-block write, a discard and write-zeroes each change the
+    // block: the next small write merges what the member holds now.
+    let whole = pattern(B, 2);
+    r.dev
+        .write(ByteOffset(0), &whole, Durability::Normal)
+        .await
+        .unwrap();
+    want[..B].copy_from_slice(&whole);
+    let (at, p) = write_small(small(2000, 3)).await;
+    want[at..at + 1000].copy_from_slice(&p);
+    r.dev.discard(ByteOffset(0), BLOCK).await.unwrap();
+    r.dev
+        .write_zeroes(ByteOffset(B as u64), BLOCK, false)
+        .await
+        .unwrap();
+    want.fill(0);
+    let (at, p) = write_small(small(3000, 4)).await;
+    want[at..at + 1000].copy_from_slice(&p);
+    let (at, p) = write_small(small(B + 5, 5)).await;
+    want[at..at + 1000].copy_from_slice(&p);
+    let mut buf = vec![0u8; 2 * B];
+    r.dev.read(ByteOffset(0), &mut buf).await.unwrap();
+    assert!(buf == want);
+    assert_eq!(r.errors.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_small_write_that_landed_leaves_no_stale_block() {
+    let (r, mut want) = written_rig(1, all_trusted(), 13).await;
+    let first = pattern(1024, 1);
+    r.dev
+        .write(ByteOffset(0), &first, Durability::Normal)
+        .await
+        .unwrap();
+    want[..1024].copy_from_slice(&first);
+    // The next write is dropped at the member, but its bytes land anyway
+    // (an io_uring write, once submitted, is not taken back).
+    r.data.gate_closed.store(true, Ordering::SeqCst);
+    let second = pattern(1024, 2);
+    {
+        let mut write = r.dev.write(ByteOffset(1024), &second, Durability::Normal);
+        assert!(
+            futures::poll!(&mut write).is_pending(),
+            "waits at the member"
+        );
+    }
+    r.data.gate_closed.store(false, Ordering::SeqCst);
+    r.data.gate_open.notify_waiters();
+    r.data
+        .mem
+        .write(ByteOffset(1024), &second, Durability::Normal)
+        .await
+        .unwrap();
+    want[1024..2048].copy_from_slice(&second);
+    let reads = r.data.reads.load(Ordering::SeqCst);
+    let third = pattern(1024, 3);
+    r.dev
+        .write(ByteOffset(2048), &third, Durability::Normal)
+        .await
+        .unwrap();
+    want[2048..3072].copy_from_slice(&third);
+    assert_eq!(r.data.reads.load(Ordering::SeqCst), reads + 1, "read again");
+    // The landed write never set its entry: the member's block fails it,
+    // so the merge is kept detectably bad (as without the cache) until a
+    // resync reseals it.
+    assert!(r.data.mem.snapshot()[..B] == want[..]);
+    let mut buf = vec![0u8; B];
+    assert!(matches!(
+        r.dev.read(ByteOffset(0), &mut buf).await,
+        Err(BlockError::Corrupt { blocks: 1, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_kept_block_rotted_on_the_member_is_still_reported() {
+    let (r, _) = written_rig(1, all_trusted(), 14).await;
+    r.dev
+        .write(ByteOffset(0), &[7u8; 1024], Durability::Normal)
+        .await
+        .unwrap();
+    flip(&r.data, 3000).await;
+    // Merged from the kept bytes: the entry is the block as written, so
+    // the rot in the rest of the block is not blessed.
+    r.dev
+        .write(ByteOffset(1024), &[8u8; 1024], Durability::Normal)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; B];
+    assert!(matches!(
+        r.dev.read(ByteOffset(0), &mut buf).await,
+        Err(BlockError::Corrupt { blocks: 1, .. })
+    ));
+}

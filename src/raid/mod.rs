@@ -41,6 +41,7 @@ pub mod parity;
 pub mod ppl;
 mod ppl6;
 pub mod raid10_layout;
+pub mod range_lock;
 pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;

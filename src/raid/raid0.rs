@@ -2,14 +2,16 @@
 //!
 //! A checksum mismatch is returned as an I/O error of the request (there
 //! is nothing to repair from) and does not fail the member. With block
-//! checksums, writers lock the chunk rows they touch, so two writes of one
-//! 4 KiB block never interleave their data and checksum updates.
+//! checksums, writers lock the 4 KiB member blocks they touch (one range of
+//! member offsets, shared by the members), so two writes of one block never
+//! interleave their data and checksum updates, while small writes of
+//! neighbouring blocks (sequential 1 KiB writes) run side by side.
 
 use std::io::{IoSlice, IoSliceMut};
 
 use futures::future::try_join_all;
 
-use super::layout::{Extent, MemberIndex, StripeIndex};
+use super::layout::{Extent, MemberIndex};
 use super::level::{Clear, Io, LevelIo, Locks, MemberOp};
 use super::striped::read_extents;
 use super::volume::Volume;
@@ -94,6 +96,16 @@ pub(super) async fn write_segments(
 }
 
 impl LevelIo for Raid0 {
+    /// The member blocks client writes lock (not whole stripes).
+    fn lock_member_range<'a>(
+        &self,
+        vol: &'a Volume,
+        a: u64,
+        b: u64,
+    ) -> crate::block::BoxFuture<'a, Locks<'a>> {
+        Box::pin(lock_member_blocks(vol, a, b))
+    }
+
     /// Partial stripes extent by extent, whole stripes as one contiguous
     /// range per member.
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
@@ -151,17 +163,33 @@ async fn read_outcome(
     }
 }
 
-/// With block checksums: locks the chunk rows (stripes) of a volume range.
+/// Member bytes of one lock unit: a checksum block.
+const LOCK_BLOCK: u64 = 4096;
+
+/// With block checksums: locks the member blocks a volume range touches
+/// (from its lowest to its highest member offset).
 async fn lock_rows(vol: &Volume, offset: ByteOffset, len: u64) -> Locks<'_> {
     if vol.checksums().is_none() || len == 0 {
         return Locks::default();
     }
-    let sds = vol.geometry().stripe_data_size();
-    let first = offset.get() / sds;
-    let last = (offset.get() + len - 1) / sds;
-    vol.locks()
-        .lock_range(StripeIndex(first), StripeIndex(last))
-        .await
+    let (a, b) = vol
+        .geometry()
+        .extents(offset, len)
+        .fold((u64::MAX, 0), |(a, b), e| {
+            let at = e.member_offset.get();
+            (a.min(at), b.max(at + e.len))
+        });
+    lock_member_blocks(vol, a, b).await
+}
+
+/// Locks the 4 KiB blocks holding member data `a..b` (`a < b`), at the
+/// same offsets of every member, as one range.
+async fn lock_member_blocks(vol: &Volume, a: u64, b: u64) -> Locks<'_> {
+    let (start, end) = (
+        a / LOCK_BLOCK * LOCK_BLOCK,
+        b.div_ceil(LOCK_BLOCK) * LOCK_BLOCK,
+    );
+    vol.locks().lock_span(start, end).await
 }
 
 async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult {
@@ -169,5 +197,55 @@ async fn run(vol: &Volume, member: MemberIndex, op: MemberOp<'_>) -> BlockResult
         Ok(())
     } else {
         Err(vol.data_lost())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::super::test_support::{pattern, Array};
+    use super::super::Level;
+    use crate::block::{BlockDevice, Durability};
+    use crate::integrity::Checksums;
+    use crate::units::ByteOffset;
+
+    #[tokio::test]
+    async fn small_writes_of_neighbouring_blocks_of_a_row_run_side_by_side() {
+        let csums = Checksums::new();
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut array = Array::new_wrapped(Level::Raid0, 2, 64 << 10, 1 << 20, &[], |i, d| {
+            csums.wrap_in_memory(i, d, true, errors.clone())
+        });
+        array.volume = array.volume.with_checksums(csums.clone());
+        let (vol, m0) = (&array.volume, &array.devices[0]);
+        m0.gate_closed.store(true, Ordering::SeqCst);
+        let (a, b, c) = (pattern(1024, 1), pattern(1024, 2), pattern(1024, 3));
+        // Blocks 0 and 1 of member 0's first chunk, then block 0 again.
+        let mut w1 = vol.write(ByteOffset(0), &a, Durability::Normal);
+        let mut w2 = vol.write(ByteOffset(4096), &b, Durability::Normal);
+        let mut w3 = vol.write(ByteOffset(1024), &c, Durability::Normal);
+        for _ in 0..3 {
+            assert!(futures::poll!(&mut w1).is_pending());
+            assert!(futures::poll!(&mut w2).is_pending());
+            assert!(futures::poll!(&mut w3).is_pending());
+            tokio::task::yield_now().await;
+        }
+        // w1 and w2 hold a block each and wait at the member; w3 waits for
+        // w1's block (one stripe lock would have let only w1 in).
+        assert_eq!(m0.writes.load(Ordering::SeqCst), 0, "gate closed");
+        assert_eq!(vol.locks().len(), 3);
+        m0.gate_closed.store(false, Ordering::SeqCst);
+        m0.gate_open.notify_waiters();
+        let (r1, r2, r3) = futures::join!(w1, w2, w3);
+        r1.unwrap();
+        r2.unwrap();
+        r3.unwrap();
+        let mut got = vec![0u8; 8192];
+        vol.read(ByteOffset(0), &mut got).await.unwrap();
+        assert!(got[..1024] == a[..] && got[1024..2048] == c[..] && got[4096..5120] == b[..]);
+        assert_eq!(errors.load(Ordering::SeqCst), 0);
+        assert!(vol.locks().is_empty());
     }
 }

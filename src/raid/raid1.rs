@@ -4,14 +4,17 @@
 //! the data. Reads rotate over the mirrors; a mirror that fails a read is
 //! skipped, and once another mirror served the data it is rewritten onto the
 //! failing one (which is failed only if that rewrite fails too). Writers and
-//! repairs lock 1 MiB regions so a repair never overwrites newer data.
+//! repairs lock the 4 KiB blocks of their range (one range lock per
+//! request), so a repair never overwrites newer data, two writes of one
+//! checksum block never interleave, and small writes of neighbouring blocks
+//! run side by side.
 
 use std::io::{IoSlice, IoSliceMut};
 
 use futures::future::join_all;
 
 use super::behind::{Job, OwnedOp};
-use super::layout::{MemberIndex, RegionIndex};
+use super::layout::MemberIndex;
 use super::level::{
     count_true, Clear, Io, LevelIo, Locks, LostBlocks, MemberOp, RebuildRead, ScrubCheck,
     StepResult,
@@ -23,8 +26,8 @@ use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
-/// Lock granularity for writers and repairs.
-const REGION_SHIFT: u32 = 20;
+/// Lock granularity for writers and repairs: a checksum block.
+const LOCK_BLOCK: u64 = 4096;
 
 /// RAID-1's [`LevelIo`].
 pub(super) struct Raid1;
@@ -122,13 +125,11 @@ pub(super) async fn read_segments(
     Ok(())
 }
 
-/// Locks the regions holding `offset..+len` (`len > 0`).
+/// Locks the 4 KiB blocks holding `offset..+len` (`len > 0`).
 pub(super) async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> StripeGuards<'_> {
-    let first = offset.get() >> REGION_SHIFT;
-    let last = (offset.get() + len - 1) >> REGION_SHIFT;
-    vol.locks()
-        .lock_range(RegionIndex(first), RegionIndex(last))
-        .await
+    let start = offset.get() / LOCK_BLOCK * LOCK_BLOCK;
+    let end = (offset.get() + len).div_ceil(LOCK_BLOCK) * LOCK_BLOCK;
+    vol.locks().lock_span(start, end).await
 }
 
 /// Reads from one mirror (rotating), the next one on an error.

@@ -1,4 +1,5 @@
-//! Per-stripe (RAID-0/5) or per-region (RAID-1) write locks.
+//! Per-stripe (RAID-5/6, RAID-10 rows) write locks, and the byte-range
+//! locks of RAID-0 and RAID-1 ([`RangeLocks`], one per request).
 //!
 //! Only writers (and degraded readers) of the *same* stripe or region wait
 //! for each other; a volume locks one kind of unit only ([`LockUnit`]).
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::layout::{RegionIndex, StripeIndex};
+use super::range_lock::{RangeGuard, RangeLocks};
 
 /// What a lock table locks: a stripe or a RAID-1 region, by number.
 pub trait LockUnit: Copy {
@@ -41,6 +43,7 @@ const SPARE_LOCKS: usize = 64;
 #[derive(Debug, Default)]
 pub struct StripeLocks {
     table: Mutex<Table>,
+    ranges: RangeLocks,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,8 @@ pub struct StripeGuard<'a> {
 pub struct StripeGuards<'a> {
     first: Option<StripeGuard<'a>>,
     rest: Vec<StripeGuard<'a>>,
+    /// A byte range held instead ([`StripeLocks::lock_span`]).
+    span: Option<RangeGuard<'a>>,
 }
 
 impl<'a> StripeGuards<'a> {
@@ -79,14 +84,14 @@ impl<'a> StripeGuards<'a> {
         }
     }
 
-    /// Number of units held.
+    /// Number of units (or byte ranges) held.
     pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.len()
+        usize::from(self.first.is_some()) + self.rest.len() + usize::from(self.span.is_some())
     }
 
     /// True when no unit is held.
     pub fn is_empty(&self) -> bool {
-        self.first.is_none()
+        self.first.is_none() && self.span.is_none()
     }
 }
 
@@ -161,10 +166,19 @@ impl StripeLocks {
         guards
     }
 
-    /// Number of stripes currently locked or waited for.
+    /// Locks the byte range `start..end` (`start < end`) in the range
+    /// table: one entry whatever the size, disjoint ranges never wait.
+    pub async fn lock_span(&self, start: u64, end: u64) -> StripeGuards<'_> {
+        StripeGuards {
+            span: Some(self.ranges.lock(start, end).await),
+            ..StripeGuards::default()
+        }
+    }
+
+    /// Number of stripes and byte ranges currently locked or waited for.
     pub fn len(&self) -> usize {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.entries.len()
+        table.entries.len() + self.ranges.len()
     }
 
     /// True when no stripe is locked.
