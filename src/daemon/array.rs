@@ -677,6 +677,24 @@ impl ArrayHandle {
         }
     }
 
+    /// The down role that `path`'s own superblock names in this array
+    /// (same array, that role's member UUID), if it names one.
+    pub(super) async fn named_down_role(&self, path: &Path) -> Option<usize> {
+        let device = self.open_new(path, false).await.ok()?;
+        let sb = meta::read_superblock(device.as_ref())
+            .await
+            .ok()?
+            .superblock;
+        let role = sb.role as usize;
+        let (uuid, _) = self.metadata.role_entry(role).await?;
+        let ours = sb.array_uuid == self.metadata.array_uuid().await && uuid == sb.member_uuid;
+        let down = matches!(
+            self.volume.state(MemberIndex(role)),
+            MemberState::Failed | MemberState::Missing
+        );
+        (ours && down).then_some(role)
+    }
+
     /// The role `device` held before it went missing or failed, if it can
     /// catch up from the bitmap (its role still names it, the bitmap is
     /// maintained and the slot is down, its own superblock lists the role

@@ -127,26 +127,66 @@ impl ArrayHandle {
     async fn join_absent(self: &Arc<Self>, path: &str) {
         let mut backoff = Duration::from_secs(1);
         while !self.stopping() && !self.holds(path) {
-            if !self.pass_running() && self.reachable(path).await {
-                match self.add_member(Path::new(path), false).await {
-                    Ok(AddOutcome::Rebuilding { role }) => {
-                        info!(
-                            "{}: {path}, unreachable at start-up, answers: joining as member {role}",
-                            self.name()
-                        );
-                        self.rejoin_event(role, path);
-                        return;
-                    }
-                    Ok(outcome) => {
-                        warn!("{}: {path} answers; added as {outcome:?}", self.name());
-                        return;
-                    }
-                    Err(e) => warn!("{}: join of {path}: {}", self.name(), error_chain(&e)),
-                }
+            if !self.pass_running() && self.reachable(path).await && self.try_join(path).await {
+                return;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// One try of `join_absent`; true when it is settled (joined, or
+    /// added otherwise). A member whose path or own superblock names a
+    /// down role goes back only into that role and only while the others
+    /// can rebuild it (never as a spare rebuilt into another role: it may
+    /// hold the only copy of its own).
+    async fn try_join(self: &Arc<Self>, path: &str) -> bool {
+        let named = match self.down_role_of(path) {
+            Some(role) => Some(role),
+            None => self.named_down_role(Path::new(path)).await,
+        };
+        let outcome = match named {
+            Some(role) => self.rejoin_member(Path::new(path), role).await,
+            None => self.add_member(Path::new(path), false).await.map(Some),
+        };
+        match outcome {
+            Ok(Some(AddOutcome::Rebuilding { role })) => {
+                info!(
+                    "{}: {path}, unreachable at start-up, answers: joining as member {role}",
+                    self.name()
+                );
+                self.rejoin_event(role, path);
+                true
+            }
+            Ok(Some(outcome)) => {
+                warn!("{}: {path} answers; added as {outcome:?}", self.name());
+                true
+            }
+            Ok(None) => {
+                info!(
+                    "{}: join of {path}: the other members cannot rebuild its role now: \
+                     left untouched",
+                    self.name()
+                );
+                false
+            }
+            Err(e) => {
+                warn!("{}: join of {path}: {}", self.name(), error_chain(&e));
+                false
+            }
+        }
+    }
+
+    /// The down role (failed or missing) whose path is `path`, if any.
+    fn down_role_of(&self, path: &str) -> Option<usize> {
+        let vol = self.volume();
+        (0..vol.geometry().members()).find(|&r| {
+            self.role_path(r).as_deref() == Some(path)
+                && matches!(
+                    vol.state(MemberIndex(r)),
+                    MemberState::Failed | MemberState::Missing
+                )
+        })
     }
 
     /// Whether `path` serves a role of the array (active or rebuilding;
