@@ -418,9 +418,13 @@ impl VolumeHandle {
     }
 
     /// `vraid fail`: marks an active member failed and records it in the
-    /// other members' superblocks. Refused when it would lose data.
+    /// other members' superblocks (refused when it would lose data), or
+    /// stops the rebuild of a member being rebuilt.
     pub async fn fail(&self, role: usize) -> Result<(), ControlError> {
         let state = self.member_state(role);
+        if state == MemberStatusState::Rebuilding {
+            return self.abandon_rebuild(role).await;
+        }
         if state != MemberStatusState::Active {
             return Err(ControlError::Refused(format!(
                 "member {role} of {} is already {}",
@@ -453,6 +457,34 @@ impl VolumeHandle {
             .fail_member_by_request(MemberIndex(role), "failed by operator request")
             .await;
         Ok(())
+    }
+
+    /// `vraid fail` of a member being rebuilt (a rebuild, recovery or
+    /// automatic re-join): the pass stops and drops the new member, the
+    /// role stays down. Resolves once the pass has let go of it.
+    async fn abandon_rebuild(&self, role: usize) -> Result<(), ControlError> {
+        let member = MemberIndex(role);
+        if !self
+            .volume
+            .abandon_rebuild_by_request(member, "failed by operator request")
+        {
+            return Err(ControlError::Refused(format!(
+                "member {role} of {} is not being rebuilt any more",
+                self.name
+            )));
+        }
+        // Member states have no change notification: the pass notices at
+        // its next step (bounded: 30 s).
+        for _ in 0..600 {
+            if self.member_state(role) != MemberStatusState::Rebuilding {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(ControlError::Refused(format!(
+            "member {role} of {}: rebuild abandoned, but its pass has not stopped within 30 s",
+            self.name
+        )))
     }
 
     /// `vraid remove`: takes a failed or missing member out of its slot and

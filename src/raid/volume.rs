@@ -608,6 +608,26 @@ impl Volume {
         }
     }
 
+    /// Abandons the rebuild into `member` on an operator's request (`vraid
+    /// fail` of a member being rebuilt, as md fails a recovering device):
+    /// the target counts as broken, so the pass stops at its next step and
+    /// detaches it; the slot stays down and is no longer a timed-out member
+    /// (the automatic re-join leaves it). False when nothing is rebuilt
+    /// into it.
+    pub fn abandon_rebuild_by_request(&self, member: MemberIndex, reason: &str) -> bool {
+        let Some(slot) = self.slots.get(member.0) else {
+            return false;
+        };
+        let Some(inc) = slot.incoming() else {
+            return false;
+        };
+        slot.timed_out.store(false, Ordering::Release);
+        if !inc.broken.swap(true, Ordering::AcqRel) {
+            tracing::warn!(volume = %self.name, %member, reason, "rebuild abandoned");
+        }
+        true
+    }
+
     /// Makes the rebuilt member the slot's active member.
     pub(super) fn promote_incoming(&self, member: MemberIndex) {
         let Some(slot) = self.slots.get(member.0) else {
