@@ -406,7 +406,6 @@ fn raid1_torn_reads(test: &str, flush: bool, extra: &[&str]) -> (bool, String, S
 /// mirrors: the same block reads 7, then 3, then (after the resync) 7,
 /// with no write in between. md reads only the first mirror there.
 #[test]
-#[ignore = "red team: RAID-1 without checksums: reads of a crash-dirty region alternate between differing mirrors"]
 fn raid1_no_checksums_reads_of_a_crash_dirty_region_are_stable() {
     let (ok, out, log) = raid1_torn_reads("rt12-r1-torn-nock", true, &["--no-checksums"]);
     assert!(ok && !out.contains("verification failed"), "{out}\n{log}");

@@ -491,6 +491,10 @@ impl WriteIntent for DiskBitmap {
         inner.pinned.extend(r0..=r1);
         self.pinned_len.store(inner.pinned.len(), Ordering::Release);
     }
+
+    fn settled(&self, offset: ByteOffset) -> bool {
+        DiskBitmap::settled(self, offset.get())
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! path asks the verdicts itself and serves what the resync will keep.
 //!
 //! ```text
+//!  RAID-1 with checksums off: the resync's source mirror only
 //!  RAID-5/6 extent: hull read ─► verdicts ─► all pass/unknown: serve
 //!     └─ a block fails ─► stripe lock ─► again, and rebuild it from P(/Q)
 //!        ─► the rebuild passes? serve it : serve the bytes as read
@@ -24,20 +25,48 @@ impl Volume {
     /// Whether member reads of `[offset, offset + len)` go unverified (a
     /// region dirty at a crash, before its resync) while checksums are on.
     pub(super) fn reads_unverified(&self, offset: ByteOffset, len: u64) -> bool {
-        const STEP: u64 = 1 << 20; // the smallest bitmap region
         let Some(hook) = self.checksums() else {
             return false;
         };
-        let end = offset.get() + len.max(1);
-        let mut at = offset.get();
-        while at < end {
-            if !hook.read_verified(ByteOffset(at)) {
-                return true;
-            }
-            at = (at / STEP + 1) * STEP;
-        }
-        !hook.read_verified(ByteOffset(end - 1))
+        any_region(offset, len, |at| !hook.read_verified(at))
     }
+
+    /// Whether `[offset, offset + len)` touches a region the write-intent
+    /// bitmap does not know to be in sync (dirty at a crash, before its
+    /// resync) while checksums are off: mirrors may differ there.
+    pub(super) fn reads_unsettled(&self, offset: ByteOffset, len: u64) -> bool {
+        let Some(intent) = self.write_intent().filter(|_| self.checksums().is_none()) else {
+            return false;
+        };
+        any_region(offset, len, |at| !intent.settled(at))
+    }
+}
+
+/// Whether `pred` holds for a bitmap region touching `[offset, offset +
+/// len)` (tried once per smallest region and at the last byte).
+fn any_region(offset: ByteOffset, len: u64, pred: impl Fn(ByteOffset) -> bool) -> bool {
+    const STEP: u64 = 1 << 20; // the smallest bitmap region
+    let end = offset.get() + len.max(1);
+    let mut at = offset.get();
+    while at < end {
+        if pred(ByteOffset(at)) {
+            return true;
+        }
+        at = (at / STEP + 1) * STEP;
+    }
+    pred(ByteOffset(end - 1))
+}
+
+/// Serves a RAID-1 range in a region dirty at a crash with checksums off:
+/// from the mirror the resync copies from (the first in role order, not
+/// write-mostly), as md reads only the first mirror there, so one block
+/// reads the same every time and the same as after the resync. False
+/// when that mirror cannot be read: the usual path takes over.
+pub(super) async fn raid1_resync_source(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> bool {
+    let Some(source) = vol.read_order(0).next() else {
+        return false;
+    };
+    vol.read_member(source, offset, buf).await.is_ok()
 }
 
 /// Serves a RAID-6 extent in an unverified region (see the module

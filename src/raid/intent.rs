@@ -27,6 +27,13 @@ pub trait WriteIntent: Send + Sync {
     fn keep(&self, start: ByteOffset, end: ByteOffset) {
         let _ = (start, end);
     }
+    /// False while the region holding member data offset `offset` is not
+    /// known to be in sync (dirty at assembly, or kept by `keep`) until a
+    /// resync covers it.
+    fn settled(&self, offset: ByteOffset) -> bool {
+        let _ = offset;
+        true
+    }
 }
 
 /// Calls [`WriteIntent::done`] when dropped (also when the request is cancelled).

@@ -101,7 +101,7 @@ pub(super) async fn read_segments(
     bufs: &mut [IoSliceMut<'_>],
 ) -> BlockResult {
     let len = crate::iovec::len_mut(bufs);
-    if vol.reads_unverified(offset, len as u64) {
+    if vol.reads_unverified(offset, len as u64) || vol.reads_unsettled(offset, len as u64) {
         let mut data = vec![0u8; len];
         read(vol, offset, &mut data).await?;
         crate::iovec::scatter(&data, bufs);
@@ -134,8 +134,13 @@ pub(super) async fn lock_regions(vol: &Volume, offset: ByteOffset, len: u64) -> 
 
 /// Reads from one mirror (rotating), the next one on an error.
 pub(super) async fn read(vol: &Volume, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
-    let unverified = vol.reads_unverified(offset, buf.len() as u64);
-    if unverified && super::dirty_read::raid1(vol, offset, buf).await {
+    let len = buf.len() as u64;
+    if vol.reads_unverified(offset, len) && super::dirty_read::raid1(vol, offset, buf).await {
+        return Ok(());
+    }
+    if vol.reads_unsettled(offset, len)
+        && super::dirty_read::raid1_resync_source(vol, offset, buf).await
+    {
         return Ok(());
     }
     read_after(vol, offset, buf, Vec::new()).await

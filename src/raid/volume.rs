@@ -339,6 +339,11 @@ impl Volume {
         self
     }
 
+    /// The write-intent record (the bitmap), if writes keep one.
+    pub(super) fn write_intent(&self) -> Option<&Arc<dyn WriteIntent>> {
+        self.intent.as_ref()
+    }
+
     /// The checksum hook, when the volume runs with block checksums.
     pub(super) fn checksums(&self) -> Option<&Arc<dyn ChecksumHook>> {
         self.checksums.as_ref()
