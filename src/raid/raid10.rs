@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  read  piece of one chunk ─► the active copy with the fewest member I/Os
-//!        in flight (ties rotate)
+//!        in flight (ties rotate); in a region dirty at a crash, before
+//!        its resync: every copy, what the resync keeps (`resync_copy`)
 //!            └─ error ─► the next copy; once one served it, the failing
 //!                        copies are rewritten from it (under the locks)
 //!  write piece of one chunk ─► lock the rows of all its copies (ascending)
@@ -171,6 +172,12 @@ pub(super) async fn read(vol: &Volume, at: ByteOffset, buf: &mut [u8]) -> BlockR
 /// reads); a copy that fails is skipped and, once another served the
 /// piece, rewritten from it.
 async fn read_piece(vol: &Volume, p: Piece, buf: &mut [u8]) -> BlockResult {
+    if in_doubt(vol, &p) {
+        if let Some(want) = raid10_sync::resync_copy(vol, &p).await {
+            buf.copy_from_slice(&want);
+            return Ok(());
+        }
+    }
     let active: Vec<ChunkCopy> = p
         .copies
         .iter()
@@ -193,6 +200,16 @@ async fn read_piece(vol: &Volume, p: Piece, buf: &mut [u8]) -> BlockResult {
         vol.fail_member_for_read(k.member, e).await;
     }
     Err(vol.data_lost())
+}
+
+/// Whether a copy of `p` lies in a region dirty at a crash and not yet
+/// resynced (unverified with checksums, unsettled without): its copies
+/// may differ there, so a read serves what the resync will keep.
+fn in_doubt(vol: &Volume, p: &Piece) -> bool {
+    p.copies.iter().any(|&k| {
+        let at = p.at(vol, k);
+        vol.reads_unverified(at, p.len) || vol.reads_unsettled(at, p.len)
+    })
 }
 
 /// The copies in the order reads try them: fewest member I/Os in flight

@@ -130,6 +130,25 @@ fn chosen(read: &[Option<CopyRead>]) -> Option<Vec<u8>> {
     Some(want)
 }
 
+/// What the crash resync will write over piece `p` (its copies read under
+/// its rows' locks, per 4 KiB block the copy `trust::pick_copy` keeps),
+/// for a read in a region dirty at a crash; `None` when no copy can be
+/// read. The piece is widened to whole blocks for the checksum verdicts.
+pub(super) async fn resync_copy(vol: &Volume, p: &Piece) -> Option<Vec<u8>> {
+    let start = p.in_chunk / trust::BLOCK as u64 * trust::BLOCK as u64;
+    let end = (p.in_chunk + p.len).div_ceil(trust::BLOCK as u64) * trust::BLOCK as u64;
+    let hull = Piece {
+        copies: p.copies.clone(),
+        in_chunk: start,
+        len: end - start,
+        volume_offset: p.volume_offset - (p.in_chunk - start),
+    };
+    let _guards = super::raid10::lock_rows(vol, &hull.copies).await;
+    let want = chosen(&read_copies(vol, &hull).await)?;
+    let skip = (p.in_chunk - start) as usize;
+    Some(want[skip..skip + p.len as usize].to_vec())
+}
+
 /// Makes the copies of the chunks first held in `a..b` agree; returns
 /// the member bytes rewritten.
 pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, RebuildError> {
