@@ -150,6 +150,11 @@ fn hostile_server(each: fn(std::net::TcpStream)) -> u16 {
 /// `vraid create` of a RAID-1 over a file and `uri`: how long it took,
 /// whether it succeeded, and its stderr.
 fn create_against(dir: &Path, uri: &str) -> (Duration, bool, String) {
+    create_with_timeout(dir, uri, MEMBER_TIMEOUT)
+}
+
+/// [`create_against`] with `VRAID_MEMBER_TIMEOUT` = `timeout`.
+fn create_with_timeout(dir: &Path, uri: &str, timeout: &str) -> (Duration, bool, String) {
     let file = dir.join("m0.img");
     let start = std::time::Instant::now();
     let mut c = vraid(&[
@@ -161,9 +166,7 @@ fn create_against(dir: &Path, uri: &str) -> (Duration, bool, String) {
         "--name",
         "vol0",
     ]);
-    c.arg(&file)
-        .arg(uri)
-        .env("VRAID_MEMBER_TIMEOUT", MEMBER_TIMEOUT);
+    c.arg(&file).arg(uri).env("VRAID_MEMBER_TIMEOUT", timeout);
     let out = run(c);
     (
         start.elapsed(),
@@ -449,24 +452,7 @@ fn raid1_unflushed_first_writes_read_stable_in_a_crash_dirty_region() {
 /// `VRAID_MEMBER_TIMEOUT` 20 s: request_timeout 10 s, so a refusal
 /// retried until it ends is plain from one that is not.
 fn create_slow_timeout(dir: &Path, uri: &str) -> (Duration, bool, String) {
-    let file = dir.join("m0.img");
-    let start = std::time::Instant::now();
-    let mut c = vraid(&[
-        "create",
-        "--level",
-        "1",
-        "--member-size",
-        "16M",
-        "--name",
-        "vol0",
-    ]);
-    c.arg(&file).arg(uri).env("VRAID_MEMBER_TIMEOUT", "20s");
-    let out = run(c);
-    (
-        start.elapsed(),
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    create_with_timeout(dir, uri, "20s")
 }
 
 /// A vraid RAID-1 serving `vol0` with TLS required for client

@@ -69,40 +69,39 @@ pub(super) async fn raid1_resync_source(vol: &Volume, offset: ByteOffset, buf: &
     vol.read_member(source, offset, buf).await.is_ok()
 }
 
-/// Serves a RAID-6 extent in an unverified region (see the module
-/// header). False when its member cannot be read: the caller's usual path
-/// rebuilds it.
+/// Serves a RAID-6 extent in an unverified region: as [`parity_extent`],
+/// a failing block rebuilt from P/Q and the other data.
 pub(super) async fn raid6_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> bool {
-    let (off, len) = vol.block_hull(e.member_offset, piece.len() as u64);
-    let at = (e.member_offset.get() - off.get()) as usize;
-    let mut mine = vec![0u8; len as usize];
-    if vol.read_member(e.member, off, &mut mine).await.is_err() {
-        return false;
-    }
-    if vol
-        .verdicts(e.member, off, &mine)
-        .await
-        .contains(&Verdict::Bad)
-    {
-        let _guard = vol.locks().lock(e.stripe).await;
-        if vol.read_member(e.member, off, &mut mine).await.is_err() {
-            return false;
-        }
-        let verdicts = vol.verdicts(e.member, off, &mine).await;
-        if let Ok(rows) = stripe_rows(vol, e.stripe, off, mine.len(), &[e.member]).await {
-            restore_passing(vol, e, off, &verdicts, &rows.data[e.data_index], &mut mine).await;
-        }
-    }
-    piece.copy_from_slice(&mine[at..at + piece.len()]);
-    true
+    parity_extent(vol, e, piece, |off, len| async move {
+        let rows = stripe_rows(vol, e.stripe, off, len, &[e.member]).await;
+        rows.ok()
+            .map(|mut rows| rows.data.swap_remove(e.data_index))
+    })
+    .await
 }
 
-/// Serves a RAID-5 extent in an unverified region: as [`raid6_extent`],
-/// a block failing its checksum is rebuilt from parity and the other data
-/// (under the stripe lock) and served rebuilt when that passes (what the
-/// resync's checksum-guided repair restores), else as read. False when its
-/// member cannot be read: the caller's usual path rebuilds it.
+/// Serves a RAID-5 extent in an unverified region: as [`parity_extent`],
+/// a failing block rebuilt from parity and the other data.
 pub(super) async fn raid5_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> bool {
+    parity_extent(vol, e, piece, |off, len| async move {
+        let mut rebuilt = vec![0u8; len];
+        let done = super::raid5::reconstruct(vol, e.member, off, &mut rebuilt).await;
+        done.ok().map(|()| rebuilt)
+    })
+    .await
+}
+
+/// Serves a RAID-5/6 extent in an unverified region (see the module
+/// header): a block failing its checksum is rebuilt by `rebuild` (member
+/// range `off..+len`, under the stripe lock) and served rebuilt when that
+/// passes (what the resync's checksum-guided repair restores), else as
+/// read. False when its member cannot be read: the caller's usual path
+/// rebuilds it.
+async fn parity_extent<F, Fut>(vol: &Volume, e: Extent, piece: &mut [u8], rebuild: F) -> bool
+where
+    F: FnOnce(ByteOffset, usize) -> Fut,
+    Fut: std::future::Future<Output = Option<Vec<u8>>>,
+{
     let (off, len) = vol.block_hull(e.member_offset, piece.len() as u64);
     let at = (e.member_offset.get() - off.get()) as usize;
     let mut mine = vec![0u8; len as usize];
@@ -119,11 +118,7 @@ pub(super) async fn raid5_extent(vol: &Volume, e: Extent, piece: &mut [u8]) -> b
             return false;
         }
         let verdicts = vol.verdicts(e.member, off, &mine).await;
-        let mut rebuilt = vec![0u8; mine.len()];
-        if super::raid5::reconstruct(vol, e.member, off, &mut rebuilt)
-            .await
-            .is_ok()
-        {
+        if let Some(rebuilt) = rebuild(off, mine.len()).await {
             restore_passing(vol, e, off, &verdicts, &rebuilt, &mut mine).await;
         }
     }
