@@ -681,28 +681,16 @@ impl ArrayHandle {
     /// (same array, that role's member UUID), if it names one.
     pub(super) async fn named_down_role(&self, path: &Path) -> Option<usize> {
         let device = self.open_new(path, false).await.ok()?;
-        let sb = meta::read_superblock(device.as_ref())
-            .await
-            .ok()?
-            .superblock;
-        let role = sb.role as usize;
-        let (uuid, _) = self.metadata.role_entry(role).await?;
-        let ours = sb.array_uuid == self.metadata.array_uuid().await && uuid == sb.member_uuid;
-        let down = matches!(
-            self.volume.state(MemberIndex(role)),
-            MemberState::Failed | MemberState::Missing
-        );
-        (ours && down).then_some(role)
+        self.own_down_role(&device).await.map(|(_, role, _)| role)
     }
 
-    /// The role `device` held before it went missing or failed, if it can
-    /// catch up from the bitmap (its role still names it, the bitmap is
-    /// maintained and the slot is down, its own superblock lists the role
-    /// active, and it is not behind `events_cleared`: no bit it would need
-    /// was cleared since, FORMAT.md §3 rule 5). An older copy of the member
-    /// put back is rebuilt in full instead.
-    async fn readd_role(&self, device: &Arc<dyn BlockDevice>) -> Option<usize> {
-        let bitmap = self.bitmap.as_ref()?;
+    /// The role `device`'s superblock names when it is this array's member
+    /// of that role (array and member UUIDs) and the role is down now:
+    /// the superblock, the role and the role's state on record.
+    async fn own_down_role(
+        &self,
+        device: &Arc<dyn BlockDevice>,
+    ) -> Option<(meta::Superblock, usize, meta::MemberState)> {
         let sb = meta::read_superblock(device.as_ref())
             .await
             .ok()?
@@ -714,6 +702,18 @@ impl ArrayHandle {
             self.volume.state(MemberIndex(role)),
             MemberState::Failed | MemberState::Missing
         );
+        (ours && down).then_some((sb, role, state))
+    }
+
+    /// The role `device` held before it went missing or failed, if it can
+    /// catch up from the bitmap (its role still names it, the bitmap is
+    /// maintained and the slot is down, its own superblock lists the role
+    /// active, and it is not behind `events_cleared`: no bit it would need
+    /// was cleared since, FORMAT.md §3 rule 5). An older copy of the member
+    /// put back is rebuilt in full instead.
+    async fn readd_role(&self, device: &Arc<dyn BlockDevice>) -> Option<usize> {
+        let bitmap = self.bitmap.as_ref()?;
+        let (sb, role, state) = self.own_down_role(device).await?;
         let absent = matches!(
             state,
             meta::MemberState::Failed | meta::MemberState::Missing
@@ -725,12 +725,7 @@ impl ArrayHandle {
                 .members
                 .get(role)
                 .is_some_and(|m| m.state == meta::MemberState::Active);
-        (ours
-            && down
-            && absent
-            && current
-            && self.metadata.bitmap_valid().await
-            && bitmap.pinned() == 0)
+        (absent && current && self.metadata.bitmap_valid().await && bitmap.pinned() == 0)
             .then_some(role)
     }
 
