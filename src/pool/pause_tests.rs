@@ -136,20 +136,32 @@ async fn read4k(pool: &Arc<Pool>, name: &str, at: u64) -> Vec<u8> {
     buf
 }
 
+/// Spawns a write of 9s at 8192 into volume "a" whose array I/O in
+/// `held` stalls (until `dev.release`); returns once it reached the array.
+async fn stuck_write_of_a(
+    dev: &Arc<Stall>,
+    pool: &Arc<Pool>,
+    held: std::ops::Range<u64>,
+    what: &str,
+) -> tokio::task::JoinHandle<BlockResult> {
+    *dev.hold.lock().unwrap() = Some(held);
+    let a = pool.open_volume("a").await.unwrap();
+    let stuck = tokio::spawn(async move {
+        a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
+            .await
+    });
+    tokio::time::timeout(WAIT, dev.arrived.notified())
+        .await
+        .expect(what);
+    stuck
+}
+
 #[test]
 fn snapshot_waits_only_for_writes_of_its_own_volume() {
     rt().block_on(async {
         let (dev, pool) = two_volumes().await;
         let c = cluster_of(&pool, "a").await * CS;
-        *dev.hold.lock().unwrap() = Some(c..c + CS);
-        let a = pool.open_volume("a").await.unwrap();
-        let stuck = tokio::spawn(async move {
-            a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
-                .await
-        });
-        tokio::time::timeout(WAIT, dev.arrived.notified())
-            .await
-            .expect("a's write reached the array");
+        let stuck = stuck_write_of_a(&dev, &pool, c..c + CS, "a's write reached the array").await;
         // Before session 11 this waited for a's write (the pool's gate).
         tokio::time::timeout(WAIT, pool.snapshot("b", "b-snap"))
             .await
@@ -240,15 +252,13 @@ fn snapshot_waits_for_an_in_place_write_of_its_source() {
     rt().block_on(async {
         let (dev, pool) = two_volumes().await;
         let c = cluster_of(&pool, "a").await * CS;
-        *dev.hold.lock().unwrap() = Some(c..c + CS);
-        let a = pool.open_volume("a").await.unwrap();
-        let stuck = tokio::spawn(async move {
-            a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
-                .await
-        });
-        tokio::time::timeout(WAIT, dev.arrived.notified())
-            .await
-            .expect("a's in-place write reached the array");
+        let stuck = stuck_write_of_a(
+            &dev,
+            &pool,
+            c..c + CS,
+            "a's in-place write reached the array",
+        )
+        .await;
         let p = pool.clone();
         let mut snap = tokio::spawn(async move { p.snapshot("a", "a-snap").await });
         let early = tokio::time::timeout(Duration::from_millis(300), &mut snap).await;
@@ -270,15 +280,7 @@ fn snapshot_goes_on_while_a_copy_on_write_of_its_source_is_stuck() {
         let (dev, pool) = two_volumes().await;
         pool.snapshot("a", "s1").await.unwrap();
         let data = pool.geo.first_data_cluster * CS;
-        *dev.hold.lock().unwrap() = Some(data..ARRAY);
-        let a = pool.open_volume("a").await.unwrap();
-        let stuck = tokio::spawn(async move {
-            a.write(ByteOffset(8192), &[9u8; 4096], Durability::Normal)
-                .await
-        });
-        tokio::time::timeout(WAIT, dev.arrived.notified())
-            .await
-            .expect("a's copy reached the array");
+        let stuck = stuck_write_of_a(&dev, &pool, data..ARRAY, "a's copy reached the array").await;
         tokio::time::timeout(WAIT, pool.snapshot("a", "s2"))
             .await
             .expect("snapshot of a while its copy is stuck")
