@@ -513,6 +513,17 @@ pub struct ServeArgs {
     /// `[server] nbd_write_timeout`).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub nbd_write_timeout: Option<std::time::Duration>,
+    /// Close an NBD connection in transmission with no request in flight,
+    /// no reply pending and no byte from its client for this long (default:
+    /// never; `[server] nbd_idle_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    pub nbd_idle_timeout: Option<std::time::Duration>,
+    /// Drop an NBD client that keeps replies pending for a whole write
+    /// timeout while reading fewer than this many bytes per second of them,
+    /// freeing what it held (default 64K; 0: no minimum;
+    /// `[server] nbd_min_drain_rate`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub nbd_min_drain_rate: Option<u64>,
     /// TLS on the NBD exports.
     #[command(flatten)]
     pub tls: Box<TlsArgs>,
@@ -702,6 +713,8 @@ impl ServeArgs {
                 connection_memory: self.nbd_connection_memory,
                 memory: self.nbd_memory,
                 write_timeout: self.nbd_write_timeout,
+                idle_timeout: self.nbd_idle_timeout,
+                min_drain_rate: self.nbd_min_drain_rate,
             },
             tls: crate::config::TlsKeys {
                 mode: self.tls.tls,
@@ -783,6 +796,10 @@ mod tests {
             "10",
             "--nbd-connection-memory",
             "64M",
+            "--nbd-idle-timeout",
+            "5m",
+            "--nbd-min-drain-rate",
+            "128K",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -794,6 +811,12 @@ mod tests {
         );
         assert_eq!(args.nbd_max_connections, Some(10));
         assert_eq!(args.nbd_connection_memory, Some(64 << 20));
+        assert_eq!(
+            args.nbd_idle_timeout,
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(args.nbd_min_drain_rate, Some(128 << 10));
+        assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-idle-timeout", "0"]).is_err());
         assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-write-timeout", "0"]).is_err());
         assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-max-connections", "0"]).is_err());
         assert!(Cli::try_parse_from(["vraid", "serve", "--nbd-memory", "16M"]).is_err());

@@ -118,6 +118,10 @@ pub struct NbdLimitKeys {
     pub memory: Option<u64>,
     /// `nbd_write_timeout`.
     pub write_timeout: Option<std::time::Duration>,
+    /// `nbd_idle_timeout` (absent: no idle timeout).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `nbd_min_drain_rate`, bytes per second (0: no minimum).
+    pub min_drain_rate: Option<u64>,
 }
 
 /// One `[[volume]]`.
@@ -342,6 +346,8 @@ struct RawServer {
     nbd_connection_memory: Option<Spanned<Scalar>>,
     nbd_memory: Option<Spanned<Scalar>>,
     nbd_write_timeout: Option<Spanned<String>>,
+    nbd_idle_timeout: Option<Spanned<String>>,
+    nbd_min_drain_rate: Option<Spanned<Scalar>>,
     tls: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
@@ -703,6 +709,12 @@ fn nbd_limit_keys(src: &Source<'_>, s: &RawServer) -> Result<NbdLimitKeys, Confi
         )?,
         connection_memory: bytes("server.nbd_connection_memory", &s.nbd_connection_memory)?,
         memory: bytes("server.nbd_memory", &s.nbd_memory)?,
+        idle_timeout: duration("server.nbd_idle_timeout", &s.nbd_idle_timeout)?,
+        min_drain_rate: s
+            .nbd_min_drain_rate
+            .as_ref()
+            .map(|r| size(src, "server.nbd_min_drain_rate", r))
+            .transpose()?,
     })
 }
 
@@ -1352,7 +1364,8 @@ mod tests {
         let c = parse(
             "[server]\nnbd_handshake_timeout = \"5s\"\nnbd_max_connections = 100\n\
              nbd_max_connections_per_client = 8\nnbd_connection_memory = \"64M\"\n\
-             nbd_memory = \"512M\"\nnbd_write_timeout = \"1m\"\n",
+             nbd_memory = \"512M\"\nnbd_write_timeout = \"1m\"\n\
+             nbd_idle_timeout = \"10m\"\nnbd_min_drain_rate = \"1M\"\n",
         )
         .unwrap();
         let l = c.server.nbd_limits;
@@ -1362,6 +1375,12 @@ mod tests {
         assert_eq!(l.connection_memory, Some(64 << 20));
         assert_eq!(l.memory, Some(512 << 20));
         assert_eq!(l.write_timeout, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(l.idle_timeout, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(l.min_drain_rate, Some(1 << 20));
+        assert!(err("[server]\nnbd_idle_timeout = \"0s\"\n").contains("server.nbd_idle_timeout"));
+        assert!(err("[server]\nnbd_min_drain_rate = -1\n").contains("server.nbd_min_drain_rate"));
+        let off = parse("[server]\nnbd_min_drain_rate = 0\n").unwrap();
+        assert_eq!(off.server.nbd_limits.min_drain_rate, Some(0));
         assert!(err("[server]\nnbd_max_connections = 0\n").contains("server.nbd_max_connections"));
         assert!(err("[server]\nnbd_memory = 0\n").contains("server.nbd_memory"));
         assert!(err("[server]\nnbd_handshake_timeout = \"soon\"\n")

@@ -106,6 +106,14 @@ pub fn render_status(reply: &StatusReply) -> String {
         out.push_str(&super::pool_cli::render_pool(p));
     }
     out.push_str(&super::pool_cli::render_pool_volumes(&reply.pool_volumes));
+    let d = &reply.nbd_dropped;
+    if !d.is_zero() {
+        let _ = writeln!(
+            out,
+            "nbd dropped: idle {}, slow drain {}, stalled reply {}, stalled payload {}",
+            d.idle, d.slow_drain, d.stalled_reply, d.stalled_payload
+        );
+    }
     if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");
         for e in reply.events.iter().rev().take(10).rev() {

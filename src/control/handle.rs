@@ -474,9 +474,20 @@ impl VolumeHandle {
             )));
         }
         // Member states have no change notification: the pass notices at
-        // its next step (bounded: 30 s).
+        // its next step (bounded: 30 s). The reply waits for the
+        // superblocks too: a crash right after it must not find the role
+        // still recorded as rebuilding (resumed onto the dropped member).
         for _ in 0..600 {
-            if self.member_state(role) != MemberStatusState::Rebuilding {
+            let state = self.member_state(role);
+            if state == MemberStatusState::Active {
+                // The pass finished between the request and the stop.
+                return Err(ControlError::Refused(format!(
+                    "member {role} of {}: its rebuild finished before it could be stopped; \
+                     it is active now (fail it again to fail it)",
+                    self.name
+                )));
+            }
+            if state != MemberStatusState::Rebuilding && !self.recorded_rebuilding(role).await {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -485,6 +496,16 @@ impl VolumeHandle {
             "member {role} of {}: rebuild abandoned, but its pass has not stopped within 30 s",
             self.name
         )))
+    }
+
+    /// True while the superblocks record `role` as being rebuilt.
+    async fn recorded_rebuilding(&self, role: usize) -> bool {
+        use crate::meta::MemberState as Recorded;
+        let states = self.metadata.member_states().await;
+        matches!(
+            states.get(role),
+            Some(Recorded::Rebuilding | Recorded::Recovering)
+        )
     }
 
     /// `vraid remove`: takes a failed or missing member out of its slot and

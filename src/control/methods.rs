@@ -244,6 +244,7 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlE
         events,
         pools,
         pool_volumes,
+        nbd_dropped: super::status::NbdDropStatus::now(),
     })
 }
 

@@ -40,6 +40,46 @@ pub struct StatusReply {
     /// faults, QoS, vhost-user-blk socket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool_volumes: Vec<PoolVolumeStatus>,
+    /// NBD connections the server dropped since it started (all exports).
+    #[serde(default, skip_serializing_if = "NbdDropStatus::is_zero")]
+    pub nbd_dropped: NbdDropStatus,
+}
+
+/// NBD connections in transmission the server dropped, per reason
+/// (`export::nbd::limits::DropReason`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdDropStatus {
+    /// Idle for the idle timeout.
+    #[serde(default)]
+    pub idle: u64,
+    /// Replies drained under the minimum rate.
+    #[serde(default)]
+    pub slow_drain: u64,
+    /// A reply not written at all within the write timeout.
+    #[serde(default)]
+    pub stalled_reply: u64,
+    /// A WRITE payload not received within the write timeout.
+    #[serde(default)]
+    pub stalled_payload: u64,
+}
+
+impl NbdDropStatus {
+    /// The counts of every NBD server of this process.
+    pub fn now() -> Self {
+        use crate::export::nbd::limits::{DropReason, Drops};
+        let d = Drops::process();
+        NbdDropStatus {
+            idle: d.get(DropReason::Idle),
+            slow_drain: d.get(DropReason::SlowDrain),
+            stalled_reply: d.get(DropReason::StalledReply),
+            stalled_payload: d.get(DropReason::StalledPayload),
+        }
+    }
+
+    /// Nothing dropped.
+    pub fn is_zero(&self) -> bool {
+        *self == NbdDropStatus::default()
+    }
 }
 
 /// One pool volume in `status` (`pool_volumes`).

@@ -268,5 +268,6 @@ pub(crate) fn sample_reply() -> StatusReply {
         }],
         pools: Vec::new(),
         pool_volumes: Vec::new(),
+        nbd_dropped: Default::default(),
     }
 }

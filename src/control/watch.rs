@@ -202,6 +202,7 @@ mod tests {
             events: Vec::new(),
             pools: Vec::new(),
             pool_volumes: Vec::new(),
+            nbd_dropped: Default::default(),
         };
         let text = header_text(&reply);
         assert!(text.contains("/dev/new"), "{text}");

@@ -1002,13 +1002,35 @@ impl ArrayHandle {
         }
         let recovery = only.is_some();
         let started = std::time::Instant::now();
-        let result = self
-            .volume
-            .rebuild_together(&members, only, &self.control, sink)
-            .await;
-        for &role in roles {
-            self.rebuild_ended(role, &result, recovery, replace, started)
+        let mut members = members;
+        loop {
+            let result = self
+                .volume
+                .rebuild_together(&members, only.clone(), &self.control, sink)
                 .await;
+            // A member of the pass that broke or was failed by the operator
+            // is dropped; the others stay attached and go on in a new pass
+            // from their checkpoint (md restarts recovery onto the spares
+            // left), rather than being thrown away with it.
+            let (go_on, ended): (Vec<MemberIndex>, Vec<MemberIndex>) =
+                members.iter().partition(|&&m| {
+                    result.is_err()
+                        && !matches!(result, Err(RebuildError::Cancelled))
+                        && self.volume.rebuild_target(m).is_some()
+                });
+            for m in ended {
+                self.rebuild_ended(m.0, &result, recovery, replace, started)
+                    .await;
+            }
+            if go_on.is_empty() {
+                break;
+            }
+            info!(
+                "{}: rebuild of member(s) {:?} goes on without the member(s) dropped",
+                self.name,
+                go_on.iter().map(|m| m.0).collect::<Vec<_>>()
+            );
+            members = go_on;
         }
         if !replace {
             // A replace's pass ends once the role has moved (`run_replace`).

@@ -910,6 +910,11 @@ fn nbd_limits(args: &NbdLimitKeys, keys: NbdLimitKeys) -> NbdLimits {
             .write_timeout
             .or(keys.write_timeout)
             .unwrap_or(d.write_timeout),
+        min_drain_rate: args
+            .min_drain_rate
+            .or(keys.min_drain_rate)
+            .unwrap_or(d.min_drain_rate),
+        idle_timeout: args.idle_timeout.or(keys.idle_timeout),
     };
     if let Some((fd_limit, fds_open)) = descriptor_budget() {
         if let Some(fitted) = limits.fit_fd_limit(fd_limit, fds_open) {
@@ -928,6 +933,8 @@ fn nbd_limits(args: &NbdLimitKeys, keys: NbdLimitKeys) -> NbdLimits {
         connection_memory = limits.connection_memory,
         memory = limits.memory,
         write_timeout = ?limits.write_timeout,
+        min_drain_rate = limits.min_drain_rate,
+        idle_timeout = ?limits.idle_timeout,
         "NBD limits"
     );
     limits

@@ -191,6 +191,23 @@ fn bounce(enc: &mut DescriptorEncoder) -> fmt::Result {
     )
 }
 
+/// NBD connections the server dropped, per reason, all NBD servers of
+/// this process together.
+fn nbd_drops(enc: &mut DescriptorEncoder) -> fmt::Result {
+    use crate::export::nbd::limits::{DropReason, Drops};
+    let series = DropReason::ALL.map(|why| {
+        let labels: Labels = vec![("reason", why.label().to_string())];
+        (labels, ConstCounter::new(Drops::process().get(why)))
+    });
+    family(
+        enc,
+        "vraid_nbd_connections_dropped",
+        "NBD connections in transmission the server closed: idle (idle timeout), slow_drain (replies read under the minimum drain rate), stalled_reply, stalled_payload (nothing for the write timeout)",
+        MetricType::Counter,
+        series,
+    )
+}
+
 impl Scrape {
     fn states(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         family(
@@ -627,6 +644,7 @@ impl Collector for Scrape {
         self.checksum_cache(&mut enc)?;
         self.remote(&mut enc)?;
         self.sync(&mut enc)?;
+        nbd_drops(&mut enc)?;
         bounce(&mut enc)
     }
 }

@@ -206,6 +206,43 @@ async fn raid6_rebuilds_two_missing_members_at_once_under_writes() {
     assert_syndromes(vol.geometry(), &array.devices);
 }
 
+/// One member of a two-member pass abandoned (`vraid fail`): the pass
+/// stops, that member is dropped, the other stays attached and a second
+/// pass of it alone finishes it (it was dropped with the first before).
+#[tokio::test]
+async fn raid6_two_member_pass_with_one_abandoned_keeps_the_other() {
+    let array = Array::new(Level::Raid6, 5, C, MEMBER, &[1, 3]);
+    let vol = &array.volume;
+    let data = pattern(vol.size() as usize, 68);
+    vol.write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    let fresh = [1, 3].map(|m| TestDevice::new(&format!("new{m}"), MEMBER));
+    for (m, dev) in [1, 3].into_iter().zip(&fresh) {
+        vol.attach_rebuild_target(MemberIndex(m), dev.clone(), 0)
+            .unwrap();
+    }
+    let (sink, ctl) = (Sink::default(), RebuildControl::new(0));
+    assert!(vol.abandon_rebuild_by_request(MemberIndex(3), "test"));
+
+    let both = [MemberIndex(1), MemberIndex(3)];
+    let first = vol.rebuild_together(&both, None, &ctl, &sink).await;
+    let kept = vol.rebuild_target(MemberIndex(1)).is_some();
+    let dropped = vol.rebuild_target(MemberIndex(3)).is_none();
+    let second = vol
+        .rebuild_together(&[MemberIndex(1)], None, &ctl, &sink)
+        .await;
+
+    assert!(first.is_err() && kept && dropped, "{first:?}");
+    second.unwrap();
+    assert_eq!(vol.state(MemberIndex(1)), MemberState::Active);
+    assert_ne!(vol.state(MemberIndex(3)), MemberState::Active);
+    let mut out = vec![0u8; data.len()];
+    vol.read(ByteOffset(0), &mut out).await.unwrap();
+    // Member 3 missing: the data on member 1 is read from it.
+    assert!(out == data);
+}
+
 #[test]
 fn raid6_geometry_needs_four_members() {
     let chunk = ChunkSize::new(C).unwrap();

@@ -475,8 +475,15 @@ impl Volume {
     ) -> Result<u64, RebuildError> {
         let result = self.rebuild_inner(members, only, ctl, sink).await;
         self.set_progress(None);
+        let survivors = self.pass_survivors(members, &result);
         for &member in members {
             match &result {
+                // Another member of the pass broke (failed, or abandoned by
+                // the operator): this one stays attached at its `up_to`
+                // for the caller to go on with.
+                Err(e) if survivors.contains(&member) => {
+                    tracing::info!(volume = %self.volume_name(), %member, %e, "rebuild pass stopped; this member stays attached");
+                }
                 Ok(bytes) => {
                     self.promote_incoming(member);
                     let skipped = self.last_sync().map_or(0, |p| p.skipped_bytes);
@@ -492,6 +499,24 @@ impl Volume {
             }
         }
         result
+    }
+
+    /// The members of a multi-member pass that ended with an error while
+    /// their own target is sound and another's broke: those can go on
+    /// alone (md restarts the recovery of the spares left).
+    fn pass_survivors(
+        &self,
+        members: &[MemberIndex],
+        result: &Result<u64, RebuildError>,
+    ) -> Vec<MemberIndex> {
+        if members.len() < 2 || !matches!(result, Err(e) if !matches!(e, RebuildError::Cancelled)) {
+            return Vec::new();
+        }
+        let sound = |m: &&MemberIndex| self.incoming(**m).is_some_and(|i| !i.is_broken());
+        if members.iter().filter(sound).count() == members.len() {
+            return Vec::new();
+        }
+        members.iter().filter(sound).copied().collect()
     }
 
     async fn rebuild_inner(

@@ -9,7 +9,11 @@
 //!  handshake within `handshake_timeout` ─► transmission: every READ/WRITE
 //!  holds `request bytes` from its connection's pool (`connection_memory`)
 //!  and from the server's (`memory`) until its reply left the writer;
-//!  a reply not written within `write_timeout` ends the connection
+//!  a reply not written within `write_timeout` ends the connection, and so
+//!  does one drained slower than `min_drain_rate` over a `write_timeout`
+//!  window with reply bytes pending all along; with `idle_timeout` set, a
+//!  connection with nothing in flight, nothing pending and no bytes from
+//!  the client for that long ends too (counted in [`Drops`])
 //! ```
 //!
 //! What a request really holds in memory is its payload (a WRITE's data,
@@ -32,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +49,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Default time a reply may wait to be written before the connection is
 /// dropped as not reading.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default slowest drain of pending replies (bytes/s over a write-timeout
+/// window) before the connection is dropped as trickling: 64 KiB/s, ~2 MiB
+/// per 30 s window, far below any real client's link.
+pub const DEFAULT_MIN_DRAIN_RATE: u64 = 64 * 1024;
 /// Default bytes of requests and replies buffered per connection.
 pub const DEFAULT_CONNECTION_MEMORY: u64 = 256 * 1024 * 1024;
 /// Default bytes of requests and replies buffered over all connections.
@@ -76,6 +85,15 @@ pub struct NbdLimits {
     /// read), or a WRITE payload not received within it, ends the
     /// connection and gives its bytes back.
     pub write_timeout: Duration,
+    /// Replies pending for a whole `write_timeout` window while fewer than
+    /// this many bytes per second of them reached the client end the
+    /// connection (a client reading at a trickle); 0: no minimum.
+    pub min_drain_rate: u64,
+    /// A connection in transmission with no request in flight, no reply
+    /// pending and no byte from the client for this long is closed;
+    /// `None` (the default): never (QEMU and the kernel client keep idle
+    /// connections for hours; the connection limits bound them).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for NbdLimits {
@@ -87,6 +105,8 @@ impl Default for NbdLimits {
             connection_memory: DEFAULT_CONNECTION_MEMORY,
             memory: DEFAULT_MEMORY,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            min_drain_rate: DEFAULT_MIN_DRAIN_RATE,
+            idle_timeout: None,
         }
     }
 }
@@ -109,6 +129,69 @@ impl NbdLimits {
             .min(self.memory)
             .min(u64::from(u32::MAX));
         u32::try_from(u64::from(length).min(cap)).unwrap_or(u32::MAX)
+    }
+}
+
+/// Why a connection in transmission was dropped by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Idle for the idle timeout.
+    Idle,
+    /// Replies drained slower than the minimum rate.
+    SlowDrain,
+    /// A reply not written at all within the write timeout.
+    StalledReply,
+    /// A WRITE payload not received within the write timeout.
+    StalledPayload,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 4] = [
+        DropReason::Idle,
+        DropReason::SlowDrain,
+        DropReason::StalledReply,
+        DropReason::StalledPayload,
+    ];
+
+    /// The metric label and status key.
+    pub const fn label(self) -> &'static str {
+        match self {
+            DropReason::Idle => "idle",
+            DropReason::SlowDrain => "slow_drain",
+            DropReason::StalledReply => "stalled_reply",
+            DropReason::StalledPayload => "stalled_payload",
+        }
+    }
+}
+
+/// Connections dropped by the server, per [`DropReason`].
+#[derive(Debug, Default)]
+pub struct Drops([AtomicU64; 4]);
+
+/// The drops of every NBD server of this process (metrics, `status`).
+static PROCESS_DROPS: Drops = Drops([
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+]);
+
+impl Drops {
+    /// Counts one drop here and in the process-wide counters.
+    pub fn record(&self, why: DropReason) {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+        PROCESS_DROPS.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many were dropped for `why`.
+    pub fn get(&self, why: DropReason) -> u64 {
+        self.0[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// The process-wide counters.
+    pub fn process() -> &'static Drops {
+        &PROCESS_DROPS
     }
 }
 

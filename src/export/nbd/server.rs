@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::catalog::{Export, ExportTable};
 use super::handshake::{Negotiation, Step, TlsState};
-use super::limits::{Admission, Admitted, LogGate, NbdLimits, DEVICE_BUDGET};
+use super::limits::{Admission, Admitted, DropReason, Drops, LogGate, NbdLimits, DEVICE_BUDGET};
 use super::meta::Selection;
 use super::proto;
 use super::transmission::{Ending, Session};
@@ -52,6 +52,13 @@ pub struct NbdStats {
     /// READ/WRITE bytes held now (requests being served and replies not
     /// yet written), over all connections.
     pub buffered_bytes: u64,
+    /// Connections closed for the idle timeout.
+    pub dropped_idle: u64,
+    /// Connections closed for draining replies under the minimum rate.
+    pub dropped_slow_drain: u64,
+    /// Connections closed for replies or WRITE payloads stalled for the
+    /// write timeout.
+    pub dropped_stalled: u64,
 }
 
 struct Shared {
@@ -65,6 +72,7 @@ struct Shared {
     admission: Admission,
     memory: Arc<Semaphore>,
     device_budget: Arc<Semaphore>,
+    drops: Arc<Drops>,
     refusals: LogGate,
     accept_errors: LogGate,
     /// TLS on offer (`allow` or `require`), if any.
@@ -201,6 +209,7 @@ impl NbdServer {
                 ),
                 memory: Arc::new(Semaphore::new(memory.min(Semaphore::MAX_PERMITS))),
                 device_budget: Arc::new(Semaphore::new(DEVICE_BUDGET)),
+                drops: Arc::default(),
                 refusals: LogGate::default(),
                 accept_errors: LogGate::default(),
                 tls,
@@ -231,6 +240,10 @@ impl NbdServer {
             connections_total: self.shared.connections_total.load(Ordering::SeqCst),
             in_flight: self.shared.in_flight.get() as u64,
             buffered_bytes: self.buffered_bytes(),
+            dropped_idle: self.shared.drops.get(DropReason::Idle),
+            dropped_slow_drain: self.shared.drops.get(DropReason::SlowDrain),
+            dropped_stalled: self.shared.drops.get(DropReason::StalledReply)
+                + self.shared.drops.get(DropReason::StalledPayload),
         }
     }
 
@@ -467,6 +480,7 @@ where
         limits: shared.limits,
         memory: shared.memory.clone(),
         device_budget: shared.device_budget.clone(),
+        drops: shared.drops.clone(),
     };
     let ending = session.run(reader, writer, stop).await?;
     Ok(ConnectionEnd::Transmission(ending))

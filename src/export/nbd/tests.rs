@@ -1064,6 +1064,121 @@ async fn client_not_reading_is_dropped_after_the_write_timeout() {
     assert_eq!(server.stats().buffered_bytes, 0);
 }
 
+/// With an idle timeout, a client that sits in transmission doing nothing
+/// (and one that sent half a header) is closed and counted; one sending a
+/// request every 100 ms for twice the timeout is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_in_transmission_are_closed_busy_ones_kept() {
+    let limits = NbdLimits {
+        idle_timeout: Some(Duration::from_millis(400)),
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let mut idle = Raw::ready(addr, "a", false).await;
+    let mut half = Raw::ready(addr, "a", false).await;
+    let mut busy = Raw::ready(addr, "a", false).await;
+    half.s
+        .write_all(&proto::encode_request(&req(Command::Read, 9, 0, 512))[..13])
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+
+    let mut cookie = 0;
+    while t0.elapsed() < Duration::from_millis(800) {
+        let r = busy.call(req(Command::Read, cookie, 0, 512), &[]).await;
+        assert_eq!(r.error, 0);
+        cookie += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert!(idle.closed().await && half.closed().await);
+    assert_eq!(
+        busy.call(req(Command::Read, 99, 0, 512), &[]).await.error,
+        0
+    );
+    assert!(
+        eventually(|| server.stats().dropped_idle == 2).await,
+        "{:?}",
+        server.stats()
+    );
+    assert_eq!(server.stats().connections, 1);
+}
+
+/// Without an idle timeout (the default) an idle client stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_stay_without_an_idle_timeout() {
+    let (server, addr) =
+        start_limited(vec![mem_export("a", MIB, false).1], NbdLimits::default()).await;
+    let mut c = Raw::ready(addr, "a", false).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(c.call(req(Command::Read, 1, 0, 512), &[]).await.error, 0);
+    assert_eq!(server.stats().dropped_idle, 0);
+}
+
+/// A client with 32 MiB of READ replies pending that reads them at a
+/// trickle (16 KiB per 10 ms, so a 64 KiB reply leaves well within the
+/// write timeout and the progress check never fires) is dropped for its
+/// drain rate, its bytes come back; a client reading at full speed at the
+/// same time is served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_reader_is_dropped_for_its_drain_rate_others_served() {
+    let limits = NbdLimits {
+        write_timeout: Duration::from_secs(1),
+        min_drain_rate: 8 * MIB,
+        ..NbdLimits::default()
+    };
+    let (server, addr) = start_limited(vec![mem_export("a", MIB, false).1], limits).await;
+    let mut slow = Raw::ready(addr, "a", false).await;
+    for cookie in 0..512 {
+        slow.send(req(Command::Read, cookie, 0, 64 << 10), &[])
+            .await;
+    }
+    let trickle = tokio::spawn(async move {
+        let mut b = vec![0u8; 16 << 10];
+        let mut got = 0u64;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), slow.s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+                Ok(Ok(n)) => got += n as u64,
+                Err(_) => return None,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut fast = Raw::ready(addr, "a", false).await;
+    let lens: HashMap<u64, u32> = (0..32).map(|k| (k, MIB as u32)).collect();
+    for round in 0..3 {
+        for cookie in 0..32 {
+            fast.send(req(Command::Read, cookie, 0, MIB as u32), &[])
+                .await;
+        }
+        for _ in 0..32 {
+            let r = fast.reply(&lens).await;
+            assert_eq!((r.error, r.data.len()), (0, MIB as usize), "round {round}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let read = trickle.await.unwrap();
+    assert!(
+        read.is_some_and(|n| n < 32 * MIB),
+        "trickler not dropped: {read:?}"
+    );
+    let stats = server.stats();
+    assert_eq!(
+        (stats.dropped_slow_drain, stats.dropped_stalled),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert!(eventually(|| server.stats().buffered_bytes == 0).await);
+    assert_eq!(
+        fast.call(req(Command::Read, 77, 0, 512), &[]).await.error,
+        0
+    );
+}
+
 // ------------------------------------------------------ red team (stalls)
 
 /// Two clients send a 1 MiB WRITE header and only half its payload, then

@@ -20,7 +20,12 @@
 //! that sends large READs and never reads the replies therefore pins at
 //! most its connection's pool (and all such clients together at most the
 //! server's), however many requests it sends. A reply not written whole
-//! within the write timeout ends the connection.
+//! within the write timeout ends the connection; so does a client that
+//! reads its replies at a trickle: replies pending for a whole write-timeout
+//! window while fewer than `min_drain_rate` bytes/s of them left (the
+//! window restarts whenever the outbox empties). With an idle timeout, a
+//! connection with nothing in flight or pending and no byte from the
+//! client for that long is closed (a half-sent header counts as idle).
 //!
 //! Reading stops on `NBD_CMD_DISC`, end of stream, a protocol violation,
 //! a write failure or server shutdown; then the requests in flight finish
@@ -42,7 +47,7 @@ use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore, TryAcqui
 use tokio::time::Instant;
 
 use super::catalog::Export;
-use super::limits::NbdLimits;
+use super::limits::{DropReason, Drops, NbdLimits};
 use super::proto::{self, errno, Command, Request};
 use super::request::{self, Charge, Context, Reply};
 use super::wire::{Inbox, Outbox, MAX_IOV};
@@ -75,6 +80,10 @@ pub enum Ending {
     WriteFailed,
     /// A WRITE payload did not arrive within the write timeout.
     PayloadStalled,
+    /// Nothing happened on the connection for the idle timeout.
+    Idle,
+    /// Replies were drained slower than the minimum drain rate.
+    SlowDrain,
 }
 
 /// Maps a block error to an NBD error value.
@@ -113,6 +122,8 @@ pub struct Session {
     pub memory: Arc<Semaphore>,
     /// The server-wide budget of bytes in the volume at once.
     pub device_budget: Arc<Semaphore>,
+    /// The server's counts of connections it dropped.
+    pub drops: Arc<Drops>,
 }
 
 /// How the connection ends: `Err` is a socket error other than the
@@ -193,6 +204,12 @@ struct Pipeline<'s, R, W> {
     pool: u64,
     end: Option<End>,
     drain_until: Option<Instant>,
+    /// The last byte read from or written to the client, or reply queued.
+    last_active: Instant,
+    /// Reply bytes written, all along.
+    written: u64,
+    /// Since when replies are pending without a break, and `written` then.
+    window: Option<(Instant, u64)>,
 }
 
 impl Session {
@@ -225,7 +242,7 @@ impl Session {
             if pl.finished(inflight.is_empty()) {
                 break;
             }
-            let deadline = pl.next_deadline();
+            let deadline = pl.next_deadline(inflight.len());
             if let Some(d) = deadline.filter(|d| *d < timer.deadline()) {
                 timer.as_mut().reset(d);
             }
@@ -258,7 +275,7 @@ impl Session {
                     pl.close(Ok(Ending::Shutdown));
                 }
                 Event::Timer => {
-                    if pl.on_timer(&mut timer) {
+                    if pl.on_timer(&mut timer, inflight.len()) {
                         detach(inflight, pl.outbox.is_empty());
                         break;
                     }
@@ -338,6 +355,9 @@ where
             pool: session.limits.connection_memory,
             end: None,
             drain_until: None,
+            last_active: Instant::now(),
+            written: 0,
+            window: None,
         }
     }
 
@@ -372,8 +392,8 @@ where
     }
 
     /// The earliest of: the first reply's write deadline, the WRITE
-    /// payload's, the drain's.
-    fn next_deadline(&self) -> Option<Instant> {
+    /// payload's, the drain's, the drain-rate window's end, the idle one.
+    fn next_deadline(&self, in_flight: usize) -> Option<Instant> {
         let limit = self.session.limits.write_timeout;
         let reply = self
             .outbox
@@ -381,14 +401,71 @@ where
             .filter(|_| self.writer_alive)
             .map(|t| t + limit);
         let payload = self.payload.as_ref().map(|p| p.since + limit);
-        [reply, payload, self.drain_until]
-            .into_iter()
-            .flatten()
-            .min()
+        let window = self
+            .window
+            .filter(|_| self.writer_alive && self.session.limits.min_drain_rate > 0)
+            .map(|(t, _)| t + limit);
+        [
+            reply,
+            payload,
+            self.drain_until,
+            window,
+            self.idle_until(in_flight),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When the connection counts as idle, if it is idle now and an idle
+    /// timeout is set.
+    fn idle_until(&self, in_flight: usize) -> Option<Instant> {
+        let idle = self.end.is_none()
+            && in_flight == 0
+            && self.outbox.is_empty()
+            && self.payload.is_none()
+            && self.waiting.is_none();
+        let limit = self.session.limits.idle_timeout.filter(|_| idle)?;
+        Some(self.last_active + limit)
+    }
+
+    /// Replies pending since a window's start: keeps it, else starts or
+    /// ends one.
+    fn track_window(&mut self) {
+        if self.outbox.is_empty() || !self.writer_alive {
+            self.window = None;
+        } else if self.window.is_none() {
+            self.window = Some((Instant::now(), self.written));
+        }
+    }
+
+    /// At a window's end: drops the connection if its replies drained
+    /// slower than the minimum rate, else starts the next window.
+    fn check_drain_rate(&mut self, now: Instant) {
+        let (limit, rate) = (
+            self.session.limits.write_timeout,
+            self.session.limits.min_drain_rate,
+        );
+        let Some((start, at)) = self.window.filter(|(t, _)| rate > 0 && *t + limit <= now) else {
+            return;
+        };
+        let drained = self.written - at;
+        let secs = now.duration_since(start).as_secs_f64();
+        if (drained as f64) < rate as f64 * secs {
+            tracing::warn!(
+                drained,
+                "NBD client drained {drained} reply bytes in {secs:.1}s, under the minimum \
+                 {rate} bytes/s, closing"
+            );
+            self.session.drops.record(DropReason::SlowDrain);
+            self.writer_gone(Ending::SlowDrain);
+        } else {
+            self.window = Some((now, self.written));
+        }
     }
 
     /// Acts on the deadlines that passed; true once the drain is over.
-    fn on_timer(&mut self, timer: &mut Pin<&mut tokio::time::Sleep>) -> bool {
+    fn on_timer(&mut self, timer: &mut Pin<&mut tokio::time::Sleep>, in_flight: usize) -> bool {
         let now = Instant::now();
         let limit = self.session.limits.write_timeout;
         if self.drain_until.is_some_and(|d| d <= now) {
@@ -400,25 +477,37 @@ where
             .is_some_and(|t| t + limit <= now);
         if self.writer_alive && stuck {
             tracing::warn!("NBD client not reading replies for {limit:?}, closing");
-            self.writer_gone();
+            self.session.drops.record(DropReason::StalledReply);
+            self.writer_gone(Ending::WriteFailed);
+        }
+        if self.writer_alive {
+            self.check_drain_rate(now);
         }
         if let Some(p) = self.payload.as_ref().filter(|p| p.since + limit <= now) {
             tracing::warn!(
                 length = p.req.length,
                 "NBD write payload not received within {limit:?}, closing"
             );
+            self.session.drops.record(DropReason::StalledPayload);
             self.close(Ok(Ending::PayloadStalled));
         }
-        if let Some(d) = self.next_deadline() {
+        if self.idle_until(in_flight).is_some_and(|d| d <= now) {
+            let idle = now.duration_since(self.last_active);
+            tracing::info!("NBD client idle for {idle:?}, closing");
+            self.session.drops.record(DropReason::Idle);
+            self.close(Ok(Ending::Idle));
+        }
+        if let Some(d) = self.next_deadline(in_flight) {
             timer.as_mut().reset(d);
         }
         false
     }
 
-    fn writer_gone(&mut self) {
+    fn writer_gone(&mut self, why: Ending) {
         self.writer_alive = false;
+        self.window = None;
         self.held -= self.outbox.clear();
-        self.close(Ok(Ending::WriteFailed));
+        self.close(Ok(why));
     }
 
     fn on_bytes(&mut self, r: Option<Result<OwnedSemaphorePermit, AcquireError>>) {
@@ -433,7 +522,9 @@ where
 
     fn on_done(&mut self, reply: Reply) {
         if self.writer_alive {
+            self.last_active = Instant::now();
             self.outbox.push(reply);
+            self.track_window();
         } else {
             self.release(reply.charge);
         }
@@ -441,13 +532,18 @@ where
 
     fn on_wrote(&mut self, r: io::Result<usize>) {
         match r {
-            Ok(0) => self.writer_gone(),
-            Ok(n) => self.held -= self.outbox.advance(n),
+            Ok(0) => self.writer_gone(Ending::WriteFailed),
+            Ok(n) => {
+                self.held -= self.outbox.advance(n);
+                self.written += n as u64;
+                self.last_active = Instant::now();
+                self.track_window();
+            }
             Err(e) => {
                 if !is_gone(&e) {
                     tracing::warn!(error = %e, "NBD reply write failed");
                 }
-                self.writer_gone();
+                self.writer_gone(Ending::WriteFailed);
             }
         }
     }
@@ -455,10 +551,13 @@ where
     fn on_read(&mut self, r: io::Result<usize>) {
         match r {
             Ok(0) => self.close(Ok(Ending::ClientGone)),
-            Ok(n) => match &mut self.payload {
-                Some(p) if p.filled < p.data.len() => p.filled += n,
-                _ => self.inbox.filled(n),
-            },
+            Ok(n) => {
+                self.last_active = Instant::now();
+                match &mut self.payload {
+                    Some(p) if p.filled < p.data.len() => p.filled += n,
+                    _ => self.inbox.filled(n),
+                }
+            }
             Err(e) if is_gone(&e) => self.close(Ok(Ending::ClientGone)),
             Err(e) => self.close(Err(e)),
         }
