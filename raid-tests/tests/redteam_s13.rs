@@ -166,6 +166,201 @@ fn fail_of_a_rebuilding_member_is_on_disk_when_it_answers() {
     assert_eq!(server.stop(), 0);
 }
 
+/// `vraid fail` of a member part-way through its rebuild, a write over
+/// the part it had already copied, then `vraid add` of the same member at
+/// once: the new pass must not trust what the dropped pass copied (the
+/// write never reached it). After the rebuild, member 0 is failed so every
+/// read comes from the re-added member alone.
+#[test]
+fn fail_then_add_again_rebuilds_what_the_dropped_pass_had_copied() {
+    let dir = scratch_dir("rt13-fail-readd");
+    let paths = member_paths(dir.path(), 2);
+    create_array(1, "64K", "48M", "vol0", &paths);
+    let ctl = dir.path().join("ctl.sock");
+    let server = serve_raid1_slow(dir.path(), &[&paths[0], &paths[1]], &ctl);
+    let uri = server.uri("vol0");
+    qemu_io(&uri, &["write -P 5 0 40M".to_string(), "flush".into()]);
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    fail_remove_add(&ctl, "1", &new);
+    wait_until("rebuild progress", Duration::from_secs(60), || {
+        volume_status(&ctl, "vol0")["sync"]["done_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2 << 20
+    });
+
+    // Act: fail, overwrite the start, add the same file back at once.
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
+    qemu_io(&uri, &["write -P 6 0 1M".to_string(), "flush".into()]);
+    vraid_ctl_ok(&ctl, &["add", "vol0", new.to_str().unwrap(), "--force"]);
+    vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "0"]);
+    wait_until("rebuild", Duration::from_secs(120), || {
+        member_states(&volume_status(&ctl, "vol0"))[1] == "active"
+    });
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+
+    // Assert: the re-added member alone serves the new and the old data.
+    qemu_io(
+        &uri,
+        &["read -P 6 0 1M".to_string(), "read -P 5 1M 39M".to_string()],
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+// ---- start-up join of an absent remote member
+
+/// nbdkit serving `file` on 127.0.0.1:`port` until killed.
+fn nbdkit_file(port: u16, file: &Path) -> std::process::Child {
+    let child = std::process::Command::new("nbdkit")
+        .args(["-f", "-i", "127.0.0.1", "-p", &port.to_string(), "file"])
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("nbdkit");
+    wait_until("nbdkit", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    child
+}
+
+/// A RAID-1 of a local file and a remote member, started while the remote
+/// is down (absent at start-up: joined when it answers). Its server comes
+/// back serving a member of *another* array. The join must not wipe and
+/// rebuild over it: that member's superblock and data stay, vol0 stays
+/// degraded and serves its data.
+#[test]
+fn startup_join_leaves_another_arrays_member_at_the_url_untouched() {
+    let dir = scratch_dir("rt13-join-foreign");
+    let local = dir.path().join("local.img");
+    let remote = dir.path().join("remote.img");
+    std::fs::File::create(&remote)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let port = free_port();
+    let mut kit = nbdkit_file(port, &remote);
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    create_array(
+        1,
+        "64K",
+        "48M",
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let ctl = dir.path().join("ctl.sock");
+    let serve = || {
+        Server::start(&[
+            local.to_str().unwrap(),
+            &uri,
+            "--control",
+            ctl.to_str().unwrap(),
+        ])
+    };
+    let server = serve();
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 4 0 8M".to_string(), "flush".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    kit.kill().unwrap();
+    kit.wait().unwrap();
+    let other = member_paths(&dir.path().join("b"), 2);
+    create_array(1, "64K", "48M", "other", &other);
+    let before = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
+
+    // Act: vol0 starts without its remote; the URL then serves other's
+    // member 1.
+    let server = serve();
+    let _kit = KillOnDrop(nbdkit_file(port, &other[1]));
+    let log = server.wait_log(&format!("vol0: join of {uri}"), Duration::from_secs(60));
+
+    // Assert
+    let after = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
+    let states = member_states(&volume_status(&ctl, "vol0"));
+    assert!(log.contains("another array"), "{log}");
+    assert_eq!(states[1..], ["missing"], "{log}");
+    assert!(before == after, "another array's member changed\n{log}");
+    qemu_io(&server.uri("vol0"), &["read -P 4 0 8M".to_string()]);
+    assert_eq!(server.stop(), 0);
+}
+
+/// The same start-up join when the remote member is given under another
+/// spelling of its URL (`localhost` for `127.0.0.1`) and its server comes
+/// back with the right member: its own superblock names role 1, it joins
+/// there (and nowhere else), catches up and serves the data alone.
+#[test]
+fn startup_join_finds_its_role_under_another_spelling_of_the_url() {
+    let dir = scratch_dir("rt13-join-spelling");
+    let local = dir.path().join("local.img");
+    let remote = dir.path().join("remote.img");
+    std::fs::File::create(&remote)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let port = free_port();
+    let mut kit = nbdkit_file(port, &remote);
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    create_array(
+        1,
+        "64K",
+        "48M",
+        "vol0",
+        &[local.clone(), PathBuf::from(&uri)],
+    );
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&[
+        local.to_str().unwrap(),
+        &uri,
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 4 0 8M".to_string(), "flush".into()],
+    );
+    assert_eq!(server.stop(), 0);
+    kit.kill().unwrap();
+    kit.wait().unwrap();
+
+    // Act: start with the other spelling while it is down; it comes back.
+    let other = format!("nbd://localhost:{port}/");
+    let server = Server::start(&[
+        local.to_str().unwrap(),
+        &other,
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 8 0 1M".to_string(), "flush".into()],
+    );
+    let _kit = KillOnDrop(nbdkit_file(port, &remote));
+    wait_until("member 1 active", Duration::from_secs(90), || {
+        member_states(&volume_status(&ctl, "vol0"))[1] == "active"
+    });
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+
+    // Assert: the remote alone serves the old and the new data.
+    qemu_io(
+        &server.uri("vol0"),
+        &["read -P 8 0 1M".to_string(), "read -P 4 1M 7M".to_string()],
+    );
+    assert_eq!(server.stop(), 0);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 // ---- NBD: idle clients and clients reading their replies at a trickle
 
 const READ: u16 = 0;
