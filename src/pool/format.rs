@@ -53,6 +53,8 @@ pub enum Kind {
     Leaf = 6,
     /// Journal record head.
     Record = 7,
+    /// Split records (version 3 only; see `pool::split`).
+    Split = 8,
 }
 
 /// Bad pool metadata bytes.

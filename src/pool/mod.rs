@@ -26,6 +26,7 @@ pub mod pool;
 mod released;
 pub mod service;
 mod service_volumes;
+pub mod split;
 pub mod store;
 mod tail;
 pub mod thin;
