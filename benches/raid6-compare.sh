@@ -21,7 +21,8 @@
 # Environment (defaults in brackets):
 #   SIZE [512M] bytes of each volume the jobs cover; RUNTIME [5] s per job
 #   RAMP [1]; ROUNDS [1]; CHUNK [64K]; MEMBER_SIZE [1G]
-#   JOBS ["randwrite4k randread4k write1M"] (also write768k)
+#   JOBS ["randwrite4k randread4k write1M"] (also write768k, and
+#   randwrite4kqd1: 4k random writes at iodepth 1, journal latency bound)
 #   LEVELS ["raid0 raid5 raid6"]; REBUILD [on]: off skips the rebuilds
 #   QD [8]: iodepth of the sequential write jobs
 #   WORKDIR [target/raid6-compare]; VRAID [target/release/vraid]
@@ -35,6 +36,10 @@
 #   nbd+unix:///?socket=...), each limited to MEMBER_MBPS [40] MB/s (the
 #   rate filter has separate budgets for reads and writes, like a
 #   full-duplex link; a disk shares one). No rebuilds (REBUILD=off).
+#   MEMBER_WRITE_DELAY [unset]: e.g. 2ms adds nbdkit's delay filter
+#   (every write to a member takes that long more, as a disk's write
+#   latency), so latency-bound jobs (randwrite4kqd1 with JOURNAL=on: two
+#   journal rings per write) measure the member round trips, not the CPU.
 #   The member servers' CPU (all of a level's nbdkits, % of one core) is
 #   shown so the limit can be checked to be the rate, not the CPU.
 #   Needs nbdkit with its memory plugin and rate filter (Debian: nbdkit).
@@ -78,6 +83,7 @@ W=$(cd "$WORKDIR" && pwd)
 job_args() {
     case $1 in
         randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+        randwrite4kqd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
         randread4k) echo "--rw=randread --bs=4k --iodepth=32" ;;
         write1M) echo "--rw=write --bs=1M --iodepth=$QD" ;;
         write768k) echo "--rw=write --bs=768k --iodepth=$QD" ;;
@@ -113,8 +119,12 @@ start_member_servers() { # level
     local l=$1 sock
     for i in $(seq 0 $((COUNT[$l] - 1))); do
         sock="$W/$l-m$i.sock"
-        nbdkit -f -U "$sock" --filter=rate memory "$MEMBER_SIZE" \
-            rate="$((MEMBER_MBPS * 8))M" >>"$W/nbdkit-$l.log" 2>&1 &
+        delay=() delay_arg=()
+        if [[ -n ${MEMBER_WRITE_DELAY:-} ]]; then
+            delay=(--filter=delay) delay_arg=(delay-write="$MEMBER_WRITE_DELAY")
+        fi
+        nbdkit -f -U "$sock" --filter=rate "${delay[@]}" memory "$MEMBER_SIZE" \
+            rate="$((MEMBER_MBPS * 8))M" "${delay_arg[@]}" >>"$W/nbdkit-$l.log" 2>&1 &
         SERVER_PIDS+=($!)
         MEMBER_PIDS[$l]="${MEMBER_PIDS[$l]:-} $!"
         for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
@@ -238,6 +248,7 @@ fi
 {
     what="members $MEMBERS"
     [[ $MEMBERS == independent ]] && what="$what, $MEMBER_MBPS MB/s each"
+    [[ -n ${MEMBER_WRITE_DELAY:-} ]] && what="$what, writes +$MEMBER_WRITE_DELAY"
     echo "| job (3 data members, chunk $CHUNK, SIZE $SIZE, rounds $ROUNDS, $what, journal $JOURNAL) | RAID-0 IOPS | RAID-5 IOPS | RAID-6 IOPS | RAID-6/RAID-5 | RAID-6/RAID-0 | CPU us/IO 0 / 5 / 6 | member servers % CPU 0 / 5 / 6 | load |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for job in $JOBS; do
