@@ -21,12 +21,28 @@
 # Environment (defaults in brackets):
 #   SIZE [512M] bytes of each volume the jobs cover; RUNTIME [5] s per job
 #   RAMP [1]; ROUNDS [1]; CHUNK [64K]; MEMBER_SIZE [1G]
-#   JOBS ["randwrite4k randread4k write1M"] (also write768k)
+#   JOBS ["randwrite4k randread4k write1M"] (also write768k, and
+#   randwrite4kqd1: 4k random writes at iodepth 1, journal latency bound)
 #   LEVELS ["raid0 raid5 raid6"]; REBUILD [on]: off skips the rebuilds
 #   QD [8]: iodepth of the sequential write jobs
 #   WORKDIR [target/raid6-compare]; VRAID [target/release/vraid]
 #   JOURNAL [off]: on serves RAID-5 and RAID-6 with their write-hole
 #   journals (the default of `vraid serve`), off with --no-journal
+#   MEMBERS [files]: files = every member a sparse file in WORKDIR (one
+#   tmpfs or one disk: RAID-6 moves 5/3 the bytes through that one device,
+#   so ~0.6x of RAID-0 is the bound there); independent = every member its
+#   own bandwidth-limited device, as separate disks are: one nbdkit per
+#   member (`nbdkit --filter=rate memory MEMBER_SIZE`, reached as
+#   nbd+unix:///?socket=...), each limited to MEMBER_MBPS [40] MB/s (the
+#   rate filter has separate budgets for reads and writes, like a
+#   full-duplex link; a disk shares one). No rebuilds (REBUILD=off).
+#   MEMBER_WRITE_DELAY [unset]: e.g. 2ms adds nbdkit's delay filter
+#   (every write to a member takes that long more, as a disk's write
+#   latency), so latency-bound jobs (randwrite4kqd1 with JOURNAL=on: two
+#   journal rings per write) measure the member round trips, not the CPU.
+#   The member servers' CPU (all of a level's nbdkits, % of one core) is
+#   shown so the limit can be checked to be the rate, not the CPU.
+#   Needs nbdkit with its memory plugin and rate filter (Debian: nbdkit).
 # Output: tables on stdout and in $WORKDIR/results.md.
 set -euo pipefail
 
@@ -47,6 +63,15 @@ OUT=$WORKDIR/results.md
 JOURNAL=${JOURNAL:-off}
 NOJ=(--no-journal)
 [[ $JOURNAL == on ]] && NOJ=()
+MEMBERS=${MEMBERS:-files}
+MEMBER_MBPS=${MEMBER_MBPS:-40}
+case $MEMBERS in
+    files) ;;
+    independent)
+        command -v nbdkit >/dev/null || { echo "raid6-compare: nbdkit not found" >&2; exit 2; }
+        REBUILD=off ;;
+    *) echo "raid6-compare: MEMBERS is files or independent" >&2; exit 2 ;;
+esac
 
 for tool in fio python3 "$VRAID"; do
     command -v "$tool" >/dev/null || { echo "raid6-compare: $tool not found" >&2; exit 2; }
@@ -58,6 +83,7 @@ W=$(cd "$WORKDIR" && pwd)
 job_args() {
     case $1 in
         randwrite4k) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+        randwrite4kqd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
         randread4k) echo "--rw=randread --bs=4k --iodepth=32" ;;
         write1M) echo "--rw=write --bs=1M --iodepth=$QD" ;;
         write768k) echo "--rw=write --bs=768k --iodepth=$QD" ;;
@@ -69,7 +95,48 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A COUNT=([raid0]=3 [raid5]=4 [raid6]=5) LEVEL=([raid0]=0 [raid5]=5 [raid6]=6)
-members() { local l=$1; for i in $(seq 0 $((COUNT[$l] - 1))); do echo "$W/$l-m$i.img"; done; }
+members() {
+    local l=$1
+    for i in $(seq 0 $((COUNT[$l] - 1))); do
+        if [[ $MEMBERS == independent ]]; then
+            echo "nbd+unix:///?socket=$W/$l-m$i.sock"
+        else
+            echo "$W/$l-m$i.img"
+        fi
+    done
+}
+
+# Independent members: one rate-limited nbdkit memory server per member,
+# started once for the whole run (the arrays live in their memory).
+declare -A MEMBER_PIDS=()
+SERVER_PIDS=()
+cleanup() {
+    for pid in "${SERVER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+start_member_servers() { # level
+    local l=$1 sock
+    for i in $(seq 0 $((COUNT[$l] - 1))); do
+        sock="$W/$l-m$i.sock"
+        delay=() delay_arg=()
+        if [[ -n ${MEMBER_WRITE_DELAY:-} ]]; then
+            delay=(--filter=delay) delay_arg=(delay-write="$MEMBER_WRITE_DELAY")
+        fi
+        nbdkit -f -U "$sock" --filter=rate "${delay[@]}" memory "$MEMBER_SIZE" \
+            rate="$((MEMBER_MBPS * 8))M" "${delay_arg[@]}" >>"$W/nbdkit-$l.log" 2>&1 &
+        SERVER_PIDS+=($!)
+        MEMBER_PIDS[$l]="${MEMBER_PIDS[$l]:-} $!"
+        for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+        [[ -S $sock ]] || { echo "raid6-compare: nbdkit for $sock did not start" >&2; exit 1; }
+    done
+}
+member_ticks() { # level: CPU ticks of its member servers
+    local l=$1 t=0
+    [[ $MEMBERS == independent ]] || { echo 0; return; }
+    for pid in ${MEMBER_PIDS[$l]}; do t=$((t + $(cpu_ticks "$pid"))); done
+    echo "$t"
+}
 
 PID=""
 PORT=""
@@ -91,6 +158,7 @@ serve() { # level [extra args]
 stop() { kill -TERM "$PID"; wait "$PID" || true; }
 
 for l in $LEVELS; do
+    [[ $MEMBERS == independent ]] && start_member_servers "$l"
     mapfile -t ms < <(members "$l")
     "$VRAID" create --level "${LEVEL[$l]}" --chunk-size "$CHUNK" --member-size "$MEMBER_SIZE" \
         --name "$l" "${ms[@]}" >"$W/create-$l.log" 2>&1
@@ -101,7 +169,7 @@ for l in $LEVELS; do
 done
 sync
 
-declare -A IOPS CPU
+declare -A IOPS CPU MCPU LOAD
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 read -r -a order <<<"$LEVELS"
 for round in $(seq "$ROUNDS"); do
@@ -114,19 +182,24 @@ for round in $(seq "$ROUNDS"); do
         serve "$l"
         for job in $JOBS; do
             read -r -a args <<<"$(job_args "$job")"
-            before=$(cpu_ticks "$PID")
+            before=$(cpu_ticks "$PID") mbefore=$(member_ticks "$l")
             fio --name="$job" --ioengine=nbd --uri="nbd://127.0.0.1:$PORT/$l" "${args[@]}" \
                 --size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
                 --group_reporting --output-format=json --output="$W/$job-$l.json" >/dev/null 2>&1
-            after=$(cpu_ticks "$PID")
+            after=$(cpu_ticks "$PID") mafter=$(member_ticks "$l")
+            load=$(cut -d' ' -f1 /proc/loadavg)
             read -r iops ios < <(python3 -c '
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 print(round(j["read"]["iops"] + j["write"]["iops"]), j["read"]["total_ios"] + j["write"]["total_ios"])' "$W/$job-$l.json")
             cpu=$(python3 -c "print(round(($after - $before) * $tick_us / max($ios, 1), 1))")
+            # Member servers' CPU over the job (ramp included), % of a core.
+            mcpu=$(python3 -c "print(round(($mafter - $mbefore) * $tick_us / 1e4 / ($RUNTIME + $RAMP)))")
             IOPS[$job-$l]="${IOPS[$job-$l]:-} $iops"
             CPU[$job-$l]="${CPU[$job-$l]:-} $cpu"
-            echo "raid6-compare: $job $l: $iops IOPS, $cpu CPU us/IO" >&2
+            MCPU[$job-$l]="${MCPU[$job-$l]:-} $mcpu"
+            LOAD[$job]="${LOAD[$job]:-} $load"
+            echo "raid6-compare: $job $l: $iops IOPS, $cpu CPU us/IO, members $mcpu % CPU, load $load" >&2
         done
         stop
     done
@@ -173,10 +246,19 @@ if [[ $REBUILD == on ]]; then
 fi
 
 {
-    echo "| job (3 data members, chunk $CHUNK, SIZE $SIZE, rounds $ROUNDS) | RAID-0 IOPS | RAID-5 IOPS | RAID-6 IOPS | RAID-6/RAID-5 | RAID-6/RAID-0 | CPU us/IO 0 / 5 / 6 |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    what="members $MEMBERS"
+    [[ $MEMBERS == independent ]] && what="$what, $MEMBER_MBPS MB/s each"
+    [[ -n ${MEMBER_WRITE_DELAY:-} ]] && what="$what, writes +$MEMBER_WRITE_DELAY"
+    echo "| job (3 data members, chunk $CHUNK, SIZE $SIZE, rounds $ROUNDS, $what, journal $JOURNAL) | RAID-0 IOPS | RAID-5 IOPS | RAID-6 IOPS | RAID-6/RAID-5 | RAID-6/RAID-0 | CPU us/IO 0 / 5 / 6 | member servers % CPU 0 / 5 / 6 | load |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for job in $JOBS; do
-        for l in raid0 raid5 raid6; do IOPS[$job-$l]=${IOPS[$job-$l]:-} CPU[$job-$l]=${CPU[$job-$l]:-}; done
+        for l in raid0 raid5 raid6; do
+            IOPS[$job-$l]=${IOPS[$job-$l]:-} CPU[$job-$l]=${CPU[$job-$l]:-} MCPU[$job-$l]=${MCPU[$job-$l]:-}
+        done
+        read -r -a m0 <<<"${MCPU[$job-raid0]}"
+        read -r -a m5 <<<"${MCPU[$job-raid5]}"
+        read -r -a m6 <<<"${MCPU[$job-raid6]}"
+        read -r -a ld <<<"${LOAD[$job]:-}"
         read -r -a a0 <<<"${IOPS[$job-raid0]}"
         read -r -a a5 <<<"${IOPS[$job-raid5]}"
         read -r -a a6 <<<"${IOPS[$job-raid6]}"
@@ -184,7 +266,7 @@ fi
         read -r -a c5 <<<"${CPU[$job-raid5]}"
         read -r -a c6 <<<"${CPU[$job-raid6]}"
         i0=$(median "${a0[@]}") i5=$(median "${a5[@]}") i6=$(median "${a6[@]}")
-        python3 -c "print(f'| $job | {$i0:.0f} | {$i5:.0f} | {$i6:.0f} | {$i6/$i5:.2f} | {$i6/$i0:.2f} | {$(median "${c0[@]}"):.1f} / {$(median "${c5[@]}"):.1f} / {$(median "${c6[@]}"):.1f} |')"
+        python3 -c "print(f'| $job | {$i0:.0f} | {$i5:.0f} | {$i6:.0f} | {$i6/$i5:.2f} | {$i6/$i0:.2f} | {$(median "${c0[@]}"):.1f} / {$(median "${c5[@]}"):.1f} / {$(median "${c6[@]}"):.1f} | {$(median "${m0[@]}"):.0f} / {$(median "${m5[@]}"):.0f} / {$(median "${m6[@]}"):.0f} | {$(median "${ld[@]}"):.1f} |')"
     done
     echo
     echo "| rebuild after the jobs (unlimited rate, written regions) | seconds |"

@@ -82,7 +82,7 @@ mod volume_tests;
 pub use behind::{BehindLimits, Lag as BehindLag};
 pub use intent::{MemIntent, WriteIntent};
 pub use layout::{ChunkSize, Extent, Geometry, LayoutError, MemberIndex, RegionIndex, StripeIndex};
-pub use ppl::{MemParityLog, ParityLog, PplRecord, PplTicket, RingLog};
+pub use ppl::{MemParityLog, ParityLog, PplClaim, PplRecord, PplTicket, RingLog};
 pub use raid10_layout::{Raid10Map, Raid10Shape};
 pub use rebuild::{RebuildControl, RebuildError, RebuildSink, SyncKind, SyncProgress};
 pub use scrub::{MemberScrub, ScrubReport};

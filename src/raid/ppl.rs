@@ -84,6 +84,20 @@ pub trait ParityLog: Send + Sync {
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplTicket>>;
 
+    /// Like [`ParityLog::log`], but resolves to a [`PplClaim`]: a ticket
+    /// that checkpoints neither wait for nor keep (FORMAT.md §9, "RAID-6",
+    /// order). For a write that logs to two rings at once and holds no
+    /// ticket while it waits. Default: the ticket of [`ParityLog::log`]
+    /// (a log without checkpoints).
+    fn claim(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+    ) -> BoxFuture<'_, BlockResult<PplClaim>> {
+        let logged = self.log(member, records);
+        Box::pin(async move { logged.await.map(|t| PplClaim(Claim::Held { _ticket: t })) })
+    }
+
     /// Largest PP one entry for `member` may carry; longer row ranges are
     /// split into several entries.
     fn max_entry_pp(&self, _member: MemberIndex) -> usize {
@@ -129,17 +143,62 @@ impl Drop for PplTicket {
     }
 }
 
+/// A durable entry whose writes may not start yet: a checkpoint of its
+/// ring neither waits for it nor keeps it (it invalidates it). It becomes
+/// a ticket with [`PplClaim::ticket`] while no checkpoint passed it.
+#[derive(Debug)]
+pub struct PplClaim(Claim);
+
+#[derive(Debug)]
+enum Claim {
+    /// A ticket of a log without claims (held until the claim is dropped).
+    Held { _ticket: PplTicket },
+    /// On a ring: its tickets and the checkpoint generation it was made in.
+    Ring(Arc<Inflight>, u64),
+}
+
+impl PplClaim {
+    /// A ticket for the claimed entry, unless a checkpoint of its ring
+    /// invalidated the claim (then log the entry again). The claim stays
+    /// valid (or not) after the ticket is dropped.
+    pub fn ticket(&self) -> Option<PplTicket> {
+        match &self.0 {
+            Claim::Held { .. } => Some(PplTicket::detached()),
+            Claim::Ring(inflight, generation) => inflight.ticket_of(*generation),
+        }
+    }
+}
+
 /// Writes with a durable record whose member writes are not complete.
 #[derive(Debug, Default)]
 pub struct Inflight {
     count: AtomicUsize,
     zero: Notify,
+    /// Checkpoint generation: claims of an older one are invalid.
+    generation: Mutex<u64>,
 }
 
 impl Inflight {
     fn ticket(self: &Arc<Self>) -> PplTicket {
         self.count.fetch_add(1, Ordering::AcqRel);
         PplTicket(Some(self.clone()))
+    }
+
+    fn claim(self: &Arc<Self>) -> PplClaim {
+        let generation = *self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        PplClaim(Claim::Ring(self.clone(), generation))
+    }
+
+    /// A ticket, counted under the generation's lock so that a checkpoint
+    /// that invalidated the claim before cannot miss it.
+    fn ticket_of(self: &Arc<Self>, generation: u64) -> Option<PplTicket> {
+        let current = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        (*current == generation).then(|| self.ticket())
+    }
+
+    /// Invalidates every claim made so far (a checkpoint starts draining).
+    fn invalidate_claims(&self) {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     }
 
     async fn drained(&self) {
@@ -191,7 +250,15 @@ struct Pending {
     /// Tells a requester's own request apart in the queue.
     id: u64,
     records: Vec<PplRecord>,
-    reply: oneshot::Sender<Result<PplTicket, String>>,
+    /// A claim instead of a ticket ([`ParityLog::claim`]).
+    claim: bool,
+    reply: oneshot::Sender<Result<Granted, String>>,
+}
+
+/// What a durable request gets.
+enum Granted {
+    Ticket(PplTicket),
+    Claim(PplClaim),
 }
 
 /// Placement state of one member's ring (held while batches are placed,
@@ -530,7 +597,8 @@ impl LogInner {
             .into_iter()
             .map(|p| {
                 let answer = match &result {
-                    Ok(_) => Ok(ring.inflight.ticket()),
+                    Ok(_) if p.claim => Ok(Granted::Claim(ring.inflight.claim())),
+                    Ok(_) => Ok(Granted::Ticket(ring.inflight.ticket())),
                     Err(e) => Err(e.clone()),
                 };
                 (p.reply, answer)
@@ -552,6 +620,10 @@ impl LogInner {
     /// member.
     async fn checkpoint(&self, ring: &MemberRing, st: &mut RingState, own: u64) {
         ring.writing.none_below(own).await;
+        // Every entry placed before is durable and answered: claims on them
+        // may not become tickets from now on (their writes have not
+        // started; they log again), tickets are waited for.
+        ring.inflight.invalidate_claims();
         ring.inflight.drained().await;
         let volume = self.volume.upgrade();
         let flushed = match volume {
@@ -576,7 +648,12 @@ impl LogInner {
 }
 
 impl RingLog {
-    async fn log_to(&self, member: MemberIndex, records: Vec<PplRecord>) -> BlockResult<PplTicket> {
+    async fn log_to(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+        claim: bool,
+    ) -> BlockResult<Granted> {
         let Some(ring) = self.ring(member) else {
             return Err(BlockError::io(
                 format!("journal of member {}", member.0),
@@ -588,13 +665,18 @@ impl RingLog {
         ring.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Pending { id, records, reply });
+            .push(Pending {
+                id,
+                records,
+                claim,
+                reply,
+            });
         // If this future is dropped while the request is still queued, the
         // request leaves the queue: its writer let go of the stripe lock,
         // and an entry logged later than a newer write of the same stripe
         // would be replayed over it with stale partial parity.
         let _unqueue = Unqueue { ring: &ring, id };
-        let answered = |r: Result<Result<PplTicket, String>, _>| match r {
+        let answered = |r: Result<Result<Granted, String>, _>| match r {
             Ok(r) => r.map_err(|e| journal_error(&ring, e)),
             Err(_) => Err(journal_error(&ring, "journal commit abandoned".into())),
         };
@@ -632,6 +714,12 @@ impl RingLog {
         }
         answered(rx.await)
     }
+}
+
+/// A ticket answered for a claim or the other way round (never: each
+/// request says which it wants).
+fn mixed_up() -> BlockError {
+    BlockError::io("journal", std::io::Error::other("journal answer mixed up"))
 }
 
 /// Removes a request from its ring's queue when dropped (see `log_to`).
@@ -686,7 +774,25 @@ impl ParityLog for RingLog {
         member: MemberIndex,
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
-        Box::pin(self.log_to(member, records))
+        Box::pin(async move {
+            match self.log_to(member, records, false).await? {
+                Granted::Ticket(t) => Ok(t),
+                Granted::Claim(_) => Err(mixed_up()),
+            }
+        })
+    }
+
+    fn claim(
+        &self,
+        member: MemberIndex,
+        records: Vec<PplRecord>,
+    ) -> BoxFuture<'_, BlockResult<PplClaim>> {
+        Box::pin(async move {
+            match self.log_to(member, records, true).await? {
+                Granted::Claim(c) => Ok(c),
+                Granted::Ticket(_) => Err(mixed_up()),
+            }
+        })
     }
 
     fn counters(&self) -> Option<JournalCounters> {

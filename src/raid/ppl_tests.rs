@@ -441,6 +441,12 @@ async fn stress_volume() -> (Arc<Volume>, Arc<RingLog>) {
 
 /// [`stress_volume`] of any parity geometry (RAID-6: two rings per write).
 async fn stress_volume_of(g: Geometry) -> (Arc<Volume>, Arc<RingLog>) {
+    let (vol, log, _) = ring_volume(g).await;
+    (vol, log)
+}
+
+/// [`stress_volume_of`], with the journal rings (one per member).
+async fn ring_volume(g: Geometry) -> (Arc<Volume>, Arc<RingLog>, Vec<Arc<TestDevice>>) {
     let n = g.members();
     let data: Vec<_> = (0..n)
         .map(|i| TestDevice::new(&format!("m{i}"), STRIPES * CHUNK))
@@ -471,7 +477,7 @@ async fn stress_volume_of(g: Geometry) -> (Arc<Volume>, Arc<RingLog>) {
     });
     let log = log.unwrap();
     log.write_barriers().await.unwrap();
-    (vol, log)
+    (vol, log, rings)
 }
 
 /// Runs 100 rounds of `ops` concurrent requests, `op(round, i)` each, on
@@ -580,6 +586,97 @@ async fn raid6_writes_and_clears_through_full_rings_do_not_deadlock() {
     assert!(checkpoints(&log) > 0);
     let counters = log.counters().unwrap();
     assert!(counters.entries > 0, "{counters:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_invalidates_a_claim_and_does_not_wait_for_it() {
+    // Arrange: a 64K ring; a claim held (its writes not started) and a
+    // ticket taken from another claim.
+    let ring = Arc::new(MemDevice::new("journal", 64 << 10));
+    let log = one_ring_log(ring).await;
+    let claim = log.claim(MemberIndex(0), vec![rec(1, 8192)]).await.unwrap();
+    let early = log.claim(MemberIndex(0), vec![rec(2, 8192)]).await.unwrap();
+    let held = early.ticket().expect("no checkpoint yet");
+
+    // Act: the next batch needs a checkpoint; it waits for the ticket taken
+    // from a claim, never for the bare claim.
+    let l2 = log.clone();
+    let next =
+        tokio::spawn(async move { l2.log(MemberIndex(0), vec![rec(9, 8192)]).await.map(drop) });
+    until_idle().await;
+    let waited_for_ticket = !next.is_finished();
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("the checkpoint waited for a claim")
+        .unwrap()
+        .unwrap();
+
+    // Assert: both claims are invalid now (log again); a new one is valid.
+    assert!(
+        waited_for_ticket,
+        "a ticket from a claim was not waited for"
+    );
+    assert!(checkpoints(&log) > 0);
+    assert!(claim.ticket().is_none() && early.ticket().is_none());
+    let fresh = log.claim(MemberIndex(0), vec![rec(4, 512)]).await.unwrap();
+    assert!(fresh.ticket().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raid6_partial_write_logs_to_both_rings_at_once() {
+    // Arrange: RAID-6 over 5 members; the journal of stripe 0's lower
+    // syndrome member holds its writes at a gate.
+    let g = Geometry::new(
+        Level::Raid6,
+        5,
+        ChunkSize::new(CHUNK).unwrap(),
+        STRIPES * CHUNK,
+    )
+    .unwrap();
+    let (vol, _log, rings) = ring_volume(g).await;
+    let (p, q) = (
+        g.parity_member(StripeIndex(0)).unwrap(),
+        g.q_member(StripeIndex(0)).unwrap(),
+    );
+    let (low, high) = (p.min(q), p.max(q));
+    let fua = |m: MemberIndex| {
+        rings[m.0]
+            .fua_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let high_before = fua(high);
+    rings[low.0]
+        .gate_closed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // Act: a partial write of stripe 0.
+    let v = vol.clone();
+    let write = tokio::spawn(async move {
+        v.write(ByteOffset(100), &[7; 1000], Durability::Normal)
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fua(high) == high_before && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
+    let high_written = fua(high) > high_before;
+    rings[low.0]
+        .gate_closed
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    rings[low.0].gate_open.notify_waiters();
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("write did not finish")
+        .unwrap()
+        .unwrap();
+
+    // Assert: the higher ring's entry was written while the lower's waited.
+    assert!(high_written, "the second ring waited for the first");
+    assert!(fua(low) > 0);
+    let mut back = vec![0u8; 1000];
+    vol.read(ByteOffset(100), &mut back).await.unwrap();
+    assert_eq!(back, vec![7; 1000]);
 }
 
 #[tokio::test]

@@ -13,8 +13,9 @@
 //!  waiting for the lock complete the stripe ─► one Full write (gather.rs)
 //!  reads fail ─► the member is failed ─► plan again (bounded)
 //!  a read hits a checksum mismatch ─► rewrite it from the others ─► plan again
-//!  log: partial P to the P member's journal, then partial Q to the Q
-//!       member's (lower member first), both durable before any write
+//!  log: partial P to the P member's journal and partial Q to the Q
+//!       member's at once, as claims; both durable ─► tickets (a claim a
+//!       checkpoint invalidated is logged again) before any write
 //!       (ppl.rs, ppl6.rs; FORMAT.md §9 "RAID-6: partial P and partial Q")
 //!  commit: data + P + Q concurrently (down slots: to a member being rebuilt
 //!          into them); succeeds if every written chunk is on a member that
@@ -28,12 +29,16 @@ use super::gather::Taken;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{join_each, MemberOp};
 use super::parity::xor_into;
-use super::ppl::{PplRecord, PplTicket};
+use super::ppl::{ParityLog, PplClaim, PplRecord, PplTicket};
 use super::raid6::{rows_or_lost, StripeRows};
 use super::syndrome::{gen_syndrome, gf_pow2, mul_xor_into};
 use super::volume::Volume;
 use crate::block::{BlockError, BlockResult, Durability};
 use crate::units::ByteOffset;
+
+/// Rounds of concurrent logging a write tries before it logs one ring
+/// after the other (a checkpoint invalidated a claim in each).
+const CLAIM_ROUNDS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -375,10 +380,12 @@ impl<'a> StripeWrite<'a> {
     }
 
     /// Logs the write's entries, partial P to the P member's journal and
-    /// partial Q to the Q member's, one after the other in member order
-    /// (FORMAT.md §9: a task holds tickets only of rings below the one it
-    /// waits for). `Err` when a journal write failed (its member is failed;
-    /// the caller plans again).
+    /// partial Q to the Q member's, both at once as claims, turned into
+    /// tickets once both are durable; a ring whose claim a checkpoint
+    /// invalidated meanwhile is logged again; after [`CLAIM_ROUNDS`] such
+    /// rounds, one ring after the other in member order (FORMAT.md §9,
+    /// "RAID-6", order). `Err` when a journal write failed (its member is
+    /// failed; the caller plans again).
     async fn log(&self, s: Option<&Syndromes>) -> Result<Vec<PplTicket>, ()> {
         let (Some(log), Some(s)) = (self.vol.parity_log(), s) else {
             return Ok(Vec::new());
@@ -388,18 +395,64 @@ impl<'a> StripeWrite<'a> {
             // Planned while neither P nor Q was live: nothing to log to.
             return Ok(Vec::new());
         }
-        let mut rings = [
+        let mut rings = vec![
             (self.p_member(), s.partial.as_ref().map(|p| &p.0)),
             (self.q_member(), s.partial.as_ref().map(|p| &p.1)),
         ];
+        rings.retain(|(m, _)| self.vol.is_active(*m));
         rings.sort_by_key(|(m, _)| m.0);
-        let mut tickets = Vec::new();
-        for (m, partial) in rings {
-            if !self.vol.is_active(m) {
-                continue;
+        let entries = |m: MemberIndex, partial: Option<&Vec<u8>>| {
+            self.records(s.rlo, partial, log.max_entry_pp(m).max(512))
+        };
+        let entries = &entries;
+        let mut claims: Vec<Option<PplClaim>> = rings.iter().map(|_| None).collect();
+        for _ in 0..CLAIM_ROUNDS {
+            let wanted = (rings.iter().zip(&claims)).filter(|(_, c)| c.is_none());
+            let logs = wanted.map(|(&(m, partial), _)| async move {
+                (m, log.claim(m, entries(m, partial)).await)
+            });
+            let mut failed = false;
+            let mut answers = join_all(logs).await.into_iter();
+            for claim in claims.iter_mut().filter(|c| c.is_none()) {
+                match answers.next() {
+                    Some((_, Ok(c))) => *claim = Some(c),
+                    Some((m, Err(e))) => {
+                        self.vol.fail_member(m, &e).await;
+                        failed = true;
+                    }
+                    None => failed = true,
+                }
             }
-            let records = self.records(s.rlo, partial, log.max_entry_pp(m).max(512));
-            match log.log(m, records).await {
+            if failed {
+                return Err(());
+            }
+            let tickets: Vec<Option<PplTicket>> =
+                claims.iter().flatten().map(PplClaim::ticket).collect();
+            if tickets.iter().all(Option::is_some) {
+                return Ok(tickets.into_iter().flatten().collect());
+            }
+            // A checkpoint passed these: log them again (their tickets
+            // taken above are dropped: this task waits holding none).
+            for (claim, ticket) in claims.iter_mut().zip(&tickets) {
+                if ticket.is_none() {
+                    *claim = None;
+                }
+            }
+        }
+        self.log_ordered(log.as_ref(), &rings, entries).await
+    }
+
+    /// Logs to `rings` one after the other (in member order: a task holds
+    /// tickets only of rings below the one it waits for).
+    async fn log_ordered(
+        &self,
+        log: &dyn ParityLog,
+        rings: &[(MemberIndex, Option<&Vec<u8>>)],
+        entries: impl Fn(MemberIndex, Option<&Vec<u8>>) -> Vec<PplRecord>,
+    ) -> Result<Vec<PplTicket>, ()> {
+        let mut tickets = Vec::new();
+        for &(m, partial) in rings {
+            match log.log(m, entries(m, partial)).await {
                 Ok(t) => tickets.push(t),
                 Err(e) => {
                     self.vol.fail_member(m, &e).await;
