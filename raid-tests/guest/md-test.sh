@@ -9,9 +9,14 @@
 #                    LAYOUT and CHUNK "-" for mdadm's default, BITMAP
 #                    "bitmap" for an internal write-intent bitmap (64 KiB
 #                    per bit), "ext4" for an ext4 with files instead of
-#                    random data, else "-".
+#                    random data, "bitmap-ext4" for both, else "-".
 #   VRAID_MD_MODE    "verify": assemble the arrays already on the disks
-#                    instead (after vraid wrote them), see verify_array.
+#                    instead (after vraid wrote them), see verify_array;
+#                    "readd": assemble each array without its stale
+#                    members (VRAID_MD_STALE), then re-add them, see
+#                    readd_array.
+#   VRAID_MD_STALE   NAME:I+J,... (readd mode): the members (0-based within
+#                    the array) vraid wrote the array without.
 # For each array it prints
 #   VRAID-MD-FILE NAME FILE MD5      (ext4 arrays: each file written)
 #   VRAID-MD-ARRAY NAME SIZE MD5 UUID
@@ -22,7 +27,12 @@
 #   VRAID-MD-BITMAP NAME BITS DIRTY EVENTS  (bitmap arrays: mdadm -X of the
 #                                            first disk, before assembly)
 #   VRAID-MD-VERIFY NAME MD5 MISMATCH_CNT FSCK_STATUS MISMATCH_AFTER_REPAIR
-# (a check that finds mismatches is followed by repair and a second check)
+# (a check that finds mismatches is followed by repair and a second check);
+# in readd mode, before the VERIFY line (printed after the recovery)
+#   VRAID-MD-DEGRADED NAME MD5 FSCK_STATUS DEGRADED_COUNT  (assembled without
+#                                            the stale members)
+#   VRAID-MD-READD NAME DEV SECTORS_WRITTEN  (each stale member after
+#                                            mdadm --re-add and md's recovery)
 set -u
 echo  # a line of its own after SeaBIOS's escapes
 fail() { echo "VRAID-GUEST-FAIL: $*"; exit 1; }
@@ -69,18 +79,94 @@ wait_idle() {
 verify_array() {
   name=$1 kind=$2
   shift 2
-  if [ "$kind" = bitmap ]; then
-    mdadm -X "$1" >/tmp/x.log 2>&1 || { cat /tmp/x.log; fail "mdadm -X $name"; }
-    cat /tmp/x.log
-    bits=$(sed -n 's/.*Bitmap : \([0-9]*\) bits.* \([0-9]*\) dirty.*/\1 \2/p' /tmp/x.log)
-    ev=$(sed -n 's/^ *Events : \([0-9]*\).*/\1/p' /tmp/x.log)
-    echo "VRAID-MD-BITMAP $name $bits $ev"
-  fi
+  case $kind in bitmap*) print_bitmap "$name" "$1" ;; esac
   mdadm --assemble /dev/md0 --run "$@" >/tmp/assemble.log 2>&1 \
     || { cat /tmp/assemble.log; fail "mdadm --assemble $name"; }
   cat /tmp/assemble.log
   mdadm --readwrite /dev/md0 2>/dev/null
   mdadm --examine "$@" | grep -E 'Events|State :'
+  check_and_stop "$name" "$kind"
+}
+
+# print_bitmap NAME DEV: mdadm -X of DEV as VRAID-MD-BITMAP NAME BITS DIRTY EVENTS.
+print_bitmap() {
+  mdadm -X "$2" >/tmp/x.log 2>&1 || { cat /tmp/x.log; fail "mdadm -X $1"; }
+  cat /tmp/x.log
+  bits=$(sed -n 's/.*Bitmap : \([0-9]*\) bits.* \([0-9]*\) dirty.*/\1 \2/p' /tmp/x.log)
+  ev=$(sed -n 's/^ *Events : \([0-9]*\).*/\1/p' /tmp/x.log)
+  echo "VRAID-MD-BITMAP $1 $bits $ev"
+}
+
+# fsck_ext4 NAME: e2fsck -fn of /dev/md0 (status in $fsck), its files listed.
+fsck_ext4() {
+  [ -e /etc/mtab ] || ln -s /proc/mounts /etc/mtab
+  e2fsck -fn /dev/md0 >/tmp/fsck.log 2>&1
+  fsck=$?
+  [ "$fsck" = 0 ] || cat /tmp/fsck.log
+  mount -t ext4 -o ro /dev/md0 /mnt || fail "mount of $1"
+  (cd /mnt && find . -type f) | while read -r f; do
+    echo "VRAID-MD-FILE $1 ${f#./} $(md5sum <"/mnt/$f" | cut -d' ' -f1)"
+  done
+  umount /mnt || fail "umount of $1"
+}
+
+# written_sectors DEV: sectors written to DEV since boot (/sys/block/X/stat).
+written_sectors() {
+  awk '{ print $7 }' "/sys/block/${1#/dev/}/stat"
+}
+
+# readd_array NAME KIND STALE DEVS...: assemble DEVS but the STALE ones
+# (I+J, 0-based) degraded, read it (md5, e2fsck), mdadm --re-add each stale
+# member, wait for md's recovery, print what it wrote to each, then check.
+readd_array() {
+  name=$1 kind=$2 stale=$3
+  shift 3
+  present="" gone="" i=0
+  for d in "$@"; do
+    case "+$stale+" in *"+$i+"*) gone="$gone $d" ;; *) present="$present $d" ;; esac
+    i=$(( i + 1 ))
+  done
+  # shellcheck disable=SC2086
+  set -- $present
+  case $kind in bitmap*) print_bitmap "$name" "$1" ;; esac
+  # shellcheck disable=SC2086
+  mdadm --assemble /dev/md0 --run $present >/tmp/assemble.log 2>&1 \
+    || { cat /tmp/assemble.log; fail "mdadm --assemble $name degraded"; }
+  cat /tmp/assemble.log
+  # shellcheck disable=SC2086
+  mdadm --examine $present | grep -E 'Events|State :'
+  fsck=-
+  case $kind in *ext4) fsck_ext4 "$name" ;; esac
+  echo 3 >/proc/sys/vm/drop_caches
+  sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"
+  echo "VRAID-MD-DEGRADED $name $sum $fsck $(cat /sys/block/md0/md/degraded)"
+  mdadm --readwrite /dev/md0 2>/dev/null
+  for d in $gone; do
+    eval "before_${d#/dev/}=$(written_sectors "$d")"
+    mdadm /dev/md0 --re-add "$d" >/tmp/readd.log 2>&1
+    cat /tmp/readd.log
+    grep -q "re-added" /tmp/readd.log || fail "mdadm --re-add $d to $name"
+  done
+  n=0
+  while [ "$(cat /sys/block/md0/md/degraded)" != 0 ]; do
+    n=$(( n + 1 ))
+    [ "$n" -lt 1200 ] || fail "md0 still degraded after 20 minutes ($(cat /proc/mdstat))"
+    sleep 1
+  done
+  wait_idle
+  cat /proc/mdstat
+  for d in $gone; do
+    eval "b=\$before_${d#/dev/}"
+    echo "VRAID-MD-READD $name $d $(( $(written_sectors "$d") - b ))"
+  done
+  check_and_stop "$name" "$kind"
+}
+
+# check_and_stop NAME KIND: let a resync finish, md's check (and repair if
+# it counts mismatches), e2fsck and files of an ext4, md5, stop; prints
+# VRAID-MD-VERIFY.
+check_and_stop() {
+  name=$1 kind=$2
   mismatch=- after=-
   case $(cat /sys/block/md0/md/level) in
     raid0 | linear) ;;
@@ -100,17 +186,7 @@ verify_array() {
       ;;
   esac
   fsck=-
-  if [ "$kind" = ext4 ]; then
-    [ -e /etc/mtab ] || ln -s /proc/mounts /etc/mtab
-    e2fsck -fn /dev/md0 >/tmp/fsck.log 2>&1
-    fsck=$?
-    [ "$fsck" = 0 ] || cat /tmp/fsck.log
-    mount -t ext4 -o ro /dev/md0 /mnt || fail "mount of $name"
-    (cd /mnt && find . -type f) | while read -r f; do
-      echo "VRAID-MD-FILE $name ${f#./} $(md5sum <"/mnt/$f" | cut -d' ' -f1)"
-    done
-    umount /mnt || fail "umount of $name"
-  fi
+  case $kind in *ext4) fsck_ext4 "$name" ;; esac
   echo 3 >/proc/sys/vm/drop_caches
   sum=$(md5sum </dev/md0 | cut -d' ' -f1) || fail "md5sum of $name"
   mdadm --stop /dev/md0 || fail "mdadm --stop $name"
@@ -132,18 +208,25 @@ EOF
     verify_array "$name" "$bitmap" $devs
     continue
   fi
+  if [ "${VRAID_MD_MODE:-}" = readd ]; then
+    stale=$(echo "${VRAID_MD_STALE:-}" | tr ',' '\n' | sed -n "s/^$name://p")
+    [ -n "$stale" ] || fail "no stale members given for $name"
+    # shellcheck disable=SC2086
+    readd_array "$name" "$bitmap" "$stale" $devs
+    continue
+  fi
   opts="--metadata=$meta --level=$level --raid-devices=$count --run --homehost=vraidguest"
   case $level in 0 | linear) ;; *) opts="$opts --assume-clean" ;; esac
   [ "$chunk" = - ] || opts="$opts --chunk=$chunk"
   [ "$layout" = - ] || opts="$opts --layout=$layout"
-  [ "$bitmap" = bitmap ] && opts="$opts --bitmap=internal --bitmap-chunk=64K"
+  case $bitmap in bitmap*) opts="$opts --bitmap=internal --bitmap-chunk=64K" ;; esac
   [ "$meta" = 0.90 ] || opts="$opts --name=$name"
   # shellcheck disable=SC2086
   yes | mdadm --create /dev/md0 $opts $devs >/tmp/create.log 2>&1 \
     || { cat /tmp/create.log; fail "mdadm --create $name ($opts)"; }
   size=$(blockdev --getsize64 /dev/md0) || fail "size of $name"
   units=$(( size / 65536 ))
-  if [ "$bitmap" = ext4 ]; then
+  if [ "${bitmap#bitmap-}" = ext4 ]; then
     write_ext4 "$name"
   else
     # The start, a piece in the middle off the chunk grid, the end.

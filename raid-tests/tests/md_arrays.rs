@@ -70,6 +70,7 @@ impl MdSpec {
             self.first,
             self.count,
             match (self.bitmap, self.ext4) {
+                (true, true) => "bitmap-ext4",
                 (true, _) => "bitmap",
                 (_, true) => "ext4",
                 _ => "-",
@@ -881,6 +882,14 @@ fn members_of<'a>(spec: &MdSpec, disks: &'a [PathBuf]) -> Vec<&'a PathBuf> {
     disks[spec.first..spec.first + spec.count].iter().collect()
 }
 
+/// The members of `spec` but the roles in `lost`.
+fn present_of<'a>(spec: &MdSpec, disks: &'a [PathBuf], lost: &[usize]) -> Vec<&'a PathBuf> {
+    let all = members_of(spec, disks).into_iter().enumerate();
+    all.filter(|(r, _)| !lost.contains(r))
+        .map(|(_, p)| p)
+        .collect()
+}
+
 /// The export name of `spec` (0.90 arrays have no name: the UUID).
 fn export_of(spec: &MdSpec, m: &Made) -> String {
     if spec.metadata == "0.90" {
@@ -914,11 +923,12 @@ struct Written {
 fn write_ext4_through_vraid(
     spec: &MdSpec,
     disks: &[PathBuf],
+    lost: &[usize],
     m: &Made,
     files: &[(String, String)],
     scratch: &Path,
 ) -> Written {
-    let members = members_of(spec, disks);
+    let members = present_of(spec, disks, lost);
     let events = examine(members[0])["events"].as_u64().unwrap();
     let server = serve_md_writable(&members);
     let uri = server.uri(&export_of(spec, m));
@@ -962,11 +972,12 @@ fn write_ext4_through_vraid(
 fn write_pattern_through_vraid(
     spec: &MdSpec,
     disks: &[PathBuf],
+    lost: &[usize],
     m: &Made,
     kill: bool,
     scratch: &Path,
 ) -> Written {
-    let members = members_of(spec, disks);
+    let members = present_of(spec, disks, lost);
     let events = examine(members[0])["events"].as_u64().unwrap();
     let server = serve_md_writable(&members);
     let uri = server.uri(&export_of(spec, m));
@@ -1107,7 +1118,7 @@ fn write_bitmap_array_through_vraid(
     let members = members_of(spec, disks);
     let events = examine(members[0])["events"].as_u64().unwrap();
     let before = host_bitmap(members[0]);
-    let w = write_pattern_through_vraid(spec, disks, m, false, scratch);
+    let w = write_pattern_through_vraid(spec, disks, &[], m, false, scratch);
     for p in &members {
         let b = host_bitmap(p);
         let what = format!("{} bitmap of {}", spec.name, p.display());
@@ -1324,8 +1335,8 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
                 killed_bits = Some(bits);
                 w
             }
-            _ if spec.ext4 => write_ext4_through_vraid(spec, &disks, m, files, dir.path()),
-            _ => write_pattern_through_vraid(spec, &disks, m, false, dir.path()),
+            _ if spec.ext4 => write_ext4_through_vraid(spec, &disks, &[], m, files, dir.path()),
+            _ => write_pattern_through_vraid(spec, &disks, &[], m, false, dir.path()),
         })
         .collect();
     let bitmaps: Vec<(&str, HostBitmap)> = specs
@@ -1377,5 +1388,160 @@ fn md_arrays_written_through_vraid_are_assembled_checked_and_fsck_clean_by_linux
             files.sort();
             assert_eq!(files, w.files, "{}: files md's ext4 holds", w.name);
         }
+    }
+}
+
+/// Degraded arrays for the re-add round trip: each spec's `lose[0]` are
+/// the members the host takes away before vraid writes.
+fn degraded_specs() -> Vec<MdSpec> {
+    let spec = |name, level, chunk, first, count, ext4, lose| MdSpec {
+        name,
+        level,
+        layout: "-",
+        metadata: "1.2",
+        chunk,
+        first,
+        count,
+        bitmap: true,
+        ext4,
+        layout_name: None,
+        lose,
+    };
+    vec![
+        spec("d1", "1", "-", 0, 3, true, &[&[1]]),
+        spec("d5", "5", "64", 3, 4, true, &[&[2]]),
+        spec("d6", "6", "64", 7, 5, false, &[&[0, 3]]),
+    ]
+}
+
+/// The guest's `VRAID-MARKER NAME FIELDS...` lines of `name`, fields split.
+fn guest_lines(console: &str, marker: &str, name: &str) -> Vec<Vec<String>> {
+    console
+        .lines()
+        .filter_map(|l| marked(l, marker))
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.first().map(String::as_str) == Some(name))
+        .collect()
+}
+
+/// One degraded session: written through vraid without `spec.lose[0]`,
+/// the bitmap as md keeps it degraded (events E+2, events_cleared kept,
+/// no bit cleared), and the stale members given back to vraid left out.
+fn write_degraded(
+    spec: &MdSpec,
+    disks: &[PathBuf],
+    m: &Made,
+    files: &[(String, String)],
+    scratch: &Path,
+) -> (Written, HostBitmap) {
+    let lost = spec.lose[0];
+    let present = present_of(spec, disks, lost);
+    let before = host_bitmap(present[0]);
+    let w = if spec.ext4 {
+        write_ext4_through_vraid(spec, disks, lost, m, files, scratch)
+    } else {
+        write_pattern_through_vraid(spec, disks, lost, m, false, scratch)
+    };
+    let after = host_bitmap(present[0]);
+    for p in &present {
+        let b = host_bitmap(p);
+        let what = format!("{} bitmap of {}", spec.name, p.display());
+        let want = (before.events + 2, before.events_cleared);
+        assert_eq!((b.events, b.events_cleared), want, "{what}");
+        assert!(before.set.iter().all(|x| b.set.contains(x)), "{what}");
+        assert!(
+            b.set.len() > before.set.len(),
+            "{what}: the session's bits kept"
+        );
+        assert_eq!(b.set, after.set, "{what}: every present member's bits");
+    }
+    // Red team: the stale members given too are left out (events, and
+    // the roles the freshest records missing): md's bytes are vraid's.
+    let ro = serve_md(&members_of(spec, disks));
+    let got = export_md5(&ro.uri(&export_of(spec, m)), scratch).1;
+    assert_eq!(got, w.md5, "{}: stale members given back", spec.name);
+    assert_eq!(ro.stop(), 0);
+    (w, after)
+}
+
+/// What the guest read of `w`'s array degraded, recovered and checked.
+fn check_readd(console: &str, spec: &MdSpec, w: &Written, host: &HostBitmap) {
+    let name = spec.name;
+    let deg = &guest_lines(console, "VRAID-MD-DEGRADED ", name)[0];
+    assert_eq!(deg[1], w.md5, "{name}: md reads it degraded\n{console}");
+    let fsck = if spec.ext4 { "0" } else { "-" };
+    assert_eq!(deg[2], fsck, "{name}: e2fsck degraded\n{console}");
+    assert_eq!(
+        deg[3],
+        spec.lose[0].len().to_string(),
+        "{name}: md degraded"
+    );
+    let (_, dirty, events) = guest_bitmap(console, name);
+    assert_eq!(
+        (dirty, events),
+        (host.set.len() as u64, host.events),
+        "{name}"
+    );
+    let readd = guest_lines(console, "VRAID-MD-READD ", name);
+    eprintln!("{name}: degraded {deg:?}, bitmap dirty {dirty} events {events}, re-add {readd:?}");
+    assert_eq!(readd.len(), spec.lose[0].len(), "{name}\n{console}");
+    for r in &readd {
+        let sectors: u64 = r[2].parse().unwrap();
+        // Recovery copies the set chunks only (md's Bitmap_sync); 1 MiB
+        // for md's superblock and bitmap writes.
+        let bound = dirty * host.chunk + (1 << 20);
+        assert!(
+            sectors > 0 && sectors * 512 <= bound && sectors * 512 < DISK_SIZE / 4,
+            "{name}: {} got {sectors} sectors, dirty bits allow {bound} bytes\n{console}",
+            r[1]
+        );
+    }
+    let (md5, mismatch, fsck_after, after) = verified(console, name);
+    assert_eq!(md5, w.md5, "{name}: md reads it after recovery\n{console}");
+    assert_eq!(
+        (mismatch.as_str(), after.as_str()),
+        ("0", "0"),
+        "{name}: check\n{console}"
+    );
+    assert_eq!(fsck_after, fsck, "{name}: e2fsck after recovery\n{console}");
+    if spec.ext4 {
+        let mut files = guest_files(console, name);
+        files.sort();
+        files.dedup();
+        assert_eq!(files, w.files, "{name}: files md's ext4 holds");
+    }
+}
+
+#[test]
+fn md_degraded_arrays_written_through_vraid_are_re_added_and_recovered_by_linux_md() {
+    // Arrange: md makes RAID-1, 5 and 6 with internal bitmaps.
+    let specs = degraded_specs();
+    let dir = scratch_dir("md-degraded");
+    let disks = sparse_members(dir.path(), 12, DISK_SIZE);
+    let console = boot_md_guest(&disks, &specs, dir.path());
+
+    // Act: vraid writes each without its lost members; md assembles the
+    // rest, reads it, re-adds the stale ones and recovers them.
+    let written: Vec<(Written, HostBitmap)> = specs
+        .iter()
+        .map(|spec| {
+            let m = made(&console, spec.name);
+            let files = guest_files(&console, spec.name);
+            write_degraded(spec, &disks, &m, &files, dir.path())
+        })
+        .collect();
+    let stale: Vec<String> = specs
+        .iter()
+        .map(|s| {
+            let roles: Vec<String> = s.lose[0].iter().map(|r| r.to_string()).collect();
+            format!("{}:{}", s.name, roles.join("+"))
+        })
+        .collect();
+    let mode = format!(" VRAID_MD_MODE=readd VRAID_MD_STALE={}", stale.join(","));
+    let readd = boot_md_guest_try(&disks, &specs, dir.path(), &mode, 1);
+
+    // Assert
+    for (spec, (w, host)) in specs.iter().zip(&written) {
+        check_readd(&readd, spec, w, host);
     }
 }

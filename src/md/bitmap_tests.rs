@@ -413,3 +413,29 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_degraded_session_clears_no_bit_and_keeps_events_cleared() {
+    let a = members(5, 2, 3, 2048).await;
+    let mut given = a.given().await;
+    given.remove(1);
+    let vol = MdVolume::writable(assemble(given).unwrap()).await.unwrap();
+    let done = scribble(&vol, 5).await;
+    vol.close().await.unwrap();
+    // (`violations` counts m1's copy, which a degraded session never
+    // writes: not checked here.)
+    let after = a.bitmaps(256);
+    for i in [0, 2] {
+        let (sb, set) = &after[i];
+        assert_eq!(
+            (sb.events, sb.events_cleared),
+            (22, 20),
+            "md: no clearing while degraded"
+        );
+        assert!(!set.is_empty() && set == &after[0].1, "bits kept: {set:?}");
+    }
+    // Every written stripe's bit stays set for md's re-add recovery.
+    assert!(done.len() == 30);
+    let (_, stale) = &after[1];
+    assert!(stale.is_empty(), "the missing member was not written");
+}

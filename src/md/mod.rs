@@ -24,6 +24,7 @@ pub mod assemble;
 pub mod bitmap;
 pub mod examine;
 mod intent;
+mod plan;
 pub mod superblock;
 mod superblock0;
 mod superblock1;
@@ -34,6 +35,8 @@ pub mod zones;
 
 #[cfg(test)]
 mod bitmap_tests;
+#[cfg(test)]
+mod degraded_tests;
 #[cfg(test)]
 mod encode;
 #[cfg(test)]

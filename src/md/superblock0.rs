@@ -29,6 +29,7 @@ pub(super) const DESC_BYTES: usize = 128;
 pub(super) const DISK_FAULTY: u32 = 1 << 0;
 pub(super) const DISK_ACTIVE: u32 = 1 << 1;
 pub(super) const DISK_SYNC: u32 = 1 << 2;
+pub(super) const DISK_REMOVED: u32 = 1 << 3;
 /// Superblock state bits (`MD_SB_CLEAN`, `MD_SB_BITMAP_PRESENT`).
 pub(super) const SB_CLEAN: u32 = 1 << 0;
 pub(super) const SB_BITMAP_PRESENT: u32 = 1 << 8;

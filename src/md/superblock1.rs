@@ -21,6 +21,9 @@ use super::superblock::{
 const TIME_SEC_MASK: u64 = (1 << 40) - 1;
 /// Offset of `sb_csum`.
 pub(super) const CSUM_AT: usize = 216;
+/// `MD_DISK_ROLE_SPARE`: the `dev_roles` entry of a device not in the
+/// array (md fills every entry with it before writing its devices').
+pub(super) const ROLE_SPARE: u16 = 0xffff;
 
 /// A role entry of `dev_roles`.
 pub(super) fn role_of(raw: u16) -> Role {

@@ -166,6 +166,19 @@ impl MdVolume {
     ) -> BlockResult {
         let (stripe, disk) = p.locate(chunk);
         let at = stripe * self.array.chunk_bytes + in_chunk;
+        self.read_or_rebuild(p, stripe, disk, at, buf).await
+    }
+
+    /// `disk`'s bytes at member offset `at` of `stripe`: read, or rebuilt
+    /// from the stripe's other blocks when it is missing or fails.
+    pub(super) async fn read_or_rebuild(
+        &self,
+        p: &ParityLayout,
+        stripe: u64,
+        disk: usize,
+        at: u64,
+        buf: &mut [u8],
+    ) -> BlockResult {
         if let Some(slot) = &self.array.slots[disk] {
             if read_slot(slot, at, buf).await.is_ok() {
                 return Ok(());

@@ -1,19 +1,22 @@
 //! The md superblock side of a writable session (docs/FORMAT.md §12): who
-//! may be written (every member present, clean, no reshape,
+//! may be written (redundant levels may be degraded, clean, no reshape,
 //! journal, PPL or cluster, members within one event; a bitmap is checked
 //! by `intent::load`) and the clean/dirty
 //! updates md itself makes (`super_1_sync`, `super_90_sync`): events + 1,
 //! utime, 1.x `resync_offset` or 0.90 `MD_SB_CLEAN`/`recovery_cp`/
-//! `cp_events`, checksum recomputed in the superblock's own byte order.
+//! `cp_events`, checksum recomputed in the superblock's own byte order;
+//! missing roles recorded as md records a device it runs without
+//! (`record_missing`: 1.x `dev_roles` 0xffff, 0.90 descriptor faulty +
+//! removed and its counts).
 //!
 //! ```text
 //!  refusal(array) ─► None, or the one-line reason
-//!  set_state(members, events, clean)
+//!  set_state(members, NewState { events, clean, missing })
 //!     for each member: read its superblock again (same array, checksum ok)
-//!        ─► patch(raw 4 KiB) ─► write ─► then flush every member
+//!        ─► record_missing ─► patch(raw 4 KiB) ─► write ─► flush every member
 //! ```
 
-use super::assemble::MdArray;
+use super::assemble::{MdArray, MdLevel};
 use super::superblock::{self, feature, fold_csum, Fields, MdSuperblock, MdVersion, SB_BYTES};
 use super::superblock0 as v0;
 use super::superblock1 as v1;
@@ -24,11 +27,10 @@ use crate::units::ByteOffset;
 pub fn refusal(array: &MdArray) -> Option<String> {
     let sb = &array.freshest;
     let missing = array.missing();
-    if missing > 0 {
+    if missing > 0 && matches!(array.level, MdLevel::Raid0(_) | MdLevel::Linear(_)) {
         return Some(format!(
-            "{missing} member(s) missing: vraid does not write to a degraded md array \
-             (md would have to record the member faulty and rebuild it); add it back \
-             with mdadm, or serve read-only"
+            "{missing} member(s) missing: RAID-0 and linear have no redundancy and are \
+             never written degraded"
         ));
     }
     if !sb.clean() {
@@ -111,6 +113,75 @@ pub fn patch(sb: &MdSuperblock, block: &mut [u8], events: u64, clean: bool, now:
     }
 }
 
+/// Records every role in `missing` as md's `super_1_sync` /
+/// `super_90_sync` leave a device md runs without, in the raw superblock
+/// `block` (parsed as `sb`; the checksum is `patch`'s to recompute): 1.x
+/// `dev_roles` entries holding such a role become 0xffff; 0.90
+/// descriptors of such a role (active, in sync) become faulty + removed
+/// and the disk counts follow. Roles already recorded are left alone.
+pub fn record_missing(sb: &MdSuperblock, block: &mut [u8], missing: &[u32]) {
+    match sb.version {
+        MdVersion::V0_90 => record_missing_v0(sb.big_endian, block, missing),
+        _ => {
+            let max_dev = sb.roles.len();
+            for i in 0..max_dev {
+                let at = 256 + 2 * i;
+                let raw = u16::from_le_bytes([block[at], block[at + 1]]);
+                if missing.contains(&u32::from(raw)) {
+                    block[at..at + 2].copy_from_slice(&v1::ROLE_SPARE.to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// 0.90: descriptors (`number, major, minor, raid_disk, state`) of a
+/// missing role get `MD_DISK_FAULTY | MD_DISK_REMOVED`; per descriptor
+/// changed, `nr_disks` (word 9), `active_disks` (34) and `working_disks`
+/// (35) drop by one and `failed_disks` (36) grows by one, as
+/// `super_90_sync` counts an absent device.
+fn record_missing_v0(big: bool, block: &mut [u8], missing: &[u32]) {
+    let get = |b: &[u8], at: usize| Fields { b, big }.u32(at);
+    let put = |b: &mut [u8], at: usize, v: u32| {
+        let w = if big {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        };
+        b[at..at + 4].copy_from_slice(&w);
+    };
+    let mut changed = 0u32;
+    for i in 0..superblock::DISKS_0_90 {
+        let at = v0::DISKS_AT + i * v0::DESC_BYTES;
+        let (raid_disk, state) = (get(block, at + 12), get(block, at + 16));
+        let in_sync = v0::DISK_ACTIVE | v0::DISK_SYNC;
+        if state & v0::DISK_FAULTY == 0
+            && state & in_sync == in_sync
+            && missing.contains(&raid_disk)
+        {
+            put(block, at + 16, v0::DISK_FAULTY | v0::DISK_REMOVED);
+            changed += 1;
+        }
+    }
+    for (word, up) in [(9, false), (34, false), (35, false), (36, true)] {
+        let v = get(block, word * 4);
+        let v = match up {
+            true => v.saturating_add(changed),
+            false => v.saturating_sub(changed),
+        };
+        put(block, word * 4, v);
+    }
+}
+
+/// What a superblock update writes: the event count, clean or dirty, and
+/// the roles to record missing.
+#[derive(Clone, Copy, Debug)]
+pub struct NewState<'a> {
+    pub events: u64,
+    pub clean: bool,
+    pub missing: &'a [u32],
+}
+
 /// Why a member's superblock could not be updated.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -124,14 +195,15 @@ pub enum StateError {
     },
 }
 
-/// Writes every member's superblock with `events` and the clean state,
-/// then flushes every member (docs/FORMAT.md §12 "Write order").
+/// Writes every member's superblock with the new events, clean state and
+/// missing roles, then flushes every member (docs/FORMAT.md §12 "Write
+/// order").
 pub async fn set_state(
     uuid: &[u8; 16],
     members: &[&dyn BlockDevice],
-    events: u64,
-    clean: bool,
+    new: &NewState<'_>,
 ) -> Result<(), StateError> {
+    let NewState { events, clean, .. } = *new;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -155,6 +227,7 @@ pub async fn set_state(
         dev.read(ByteOffset(sb.super_offset), &mut block)
             .await
             .map_err(io)?;
+        record_missing(&sb, &mut block, new.missing);
         patch(&sb, &mut block, events, clean, now);
         dev.write(ByteOffset(sb.super_offset), &block, Durability::Normal)
             .await

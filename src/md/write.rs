@@ -6,6 +6,10 @@
 //! the chunk piece with P (and Q) updated by the delta. With a write-intent
 //! bitmap (`intent`), the bits a write needs are on every member before its
 //! data goes out, and the bitmap's events move with the superblocks'.
+//! Degraded arrays (§12 "Degraded arrays"): missing copies skipped, a
+//! parity write planned by `plan` (reconstruct-write when the data disk
+//! is missing), missing roles recorded in the superblocks, and no bitmap
+//! bit cleared at close.
 //!
 //! ```text
 //!  write(offset, buf) ─► lock ─► dirty? no: writable::set_state(E+1, dirty)
@@ -14,7 +18,9 @@
 //!         RAID-0 / linear  zones ─► member
 //!         RAID-1 / 10      every copy
 //!         4/5/6            old data, P, Q ─► delta ─► data, P ^= Δ, Q ^= g^slot·Δ
+//!                          data disk missing: other data ─► P, Q computed
 //!  close() ─► lock ─► flush members ─► bitmap: session's bits cleared
+//!                                      (degraded: none, events only)
 //!           ─► writable::set_state(E+1, clean)
 //! ```
 //!
@@ -27,10 +33,12 @@ use tracing::{info, warn};
 use super::assemble::{MdArray, MdLevel};
 use super::bitmap::Bits;
 use super::intent;
+use super::plan::{plan, ParityPlan};
 use super::volume::{read_slot, MdVolume};
 use super::writable::{self, StateError};
 use crate::block::{BlockDevice, BlockError, BlockResult, Durability};
 use crate::raid::md_layout::ParityLayout;
+use crate::raid::md_layout::StripeRoles;
 use crate::raid::parity::xor_into;
 use crate::raid::syndrome::{gf_pow2, mul_xor_into};
 use crate::units::ByteOffset;
@@ -74,6 +82,14 @@ impl MdVolume {
             return Err(refuse(why));
         }
         let bitmap = intent::load(&array).await.map_err(refuse)?;
+        if array.missing() > 0 {
+            warn!(
+                "md {}: {} member(s) missing: written degraded (the missing roles are \
+                 recorded in the superblocks; give them back with mdadm --re-add)",
+                array.name,
+                array.missing()
+            );
+        }
         let events = array.freshest.events;
         let session = Session::new(events, bitmap);
         Ok(MdVolume::with_session(array, Some(session)))
@@ -100,7 +116,14 @@ impl MdVolume {
     /// then every md superblock, each flushed: `md_update_sb`'s order.
     async fn set_state(&self, st: &mut State, events: u64, clean: bool) -> Result<(), StateError> {
         if let Some(bits) = st.bitmap.as_mut() {
+            let degraded = self.array().missing() > 0;
             let sectors = match clean {
+                // md clears no bit while degraded (md_bitmap_endwrite):
+                // events move, events_cleared stays.
+                true if degraded => {
+                    bits.set_events(events, None);
+                    vec![0]
+                }
                 true => {
                     bits.clear_session(events);
                     intent::all_sectors(bits)
@@ -112,8 +135,27 @@ impl MdVolume {
             };
             intent::write(self.array(), bits, &sectors).await?;
         }
+        let missing = self.missing_roles();
+        let state = writable::NewState {
+            events,
+            clean,
+            missing: &missing,
+        };
         let uuid = self.array().freshest.array_uuid;
-        writable::set_state(&uuid, &self.members(), events, clean).await
+        writable::set_state(&uuid, &self.members(), &state).await
+    }
+
+    /// The roles without a member.
+    fn missing_roles(&self) -> Vec<u32> {
+        let slots = self.array().slots.iter().enumerate();
+        slots
+            .filter(|(_, s)| s.is_none())
+            .map(|(r, _)| r as u32)
+            .collect()
+    }
+
+    fn present(&self, role: usize) -> bool {
+        matches!(self.array().slots.get(role), Some(Some(_)))
     }
 
     /// Sets (on every member, flushed) the bitmap bits of the chunks a
@@ -256,15 +298,22 @@ impl MdVolume {
                 }
                 MdLevel::Raid1 => {
                     for role in 0..self.array().slots.len() {
-                        self.write_role(role, pos, piece, d).await?;
+                        if self.present(role) {
+                            self.write_role(role, pos, piece, d).await?;
+                        }
                     }
                 }
                 MdLevel::Raid10(_) => {
                     for (disk, at) in self.raid10_copies(pos / chunk, pos % chunk) {
-                        self.write_role(disk, at, piece, d).await?;
+                        if self.present(disk) {
+                            self.write_role(disk, at, piece, d).await?;
+                        }
                     }
                 }
-                MdLevel::Parity(p) => self.rmw(p, pos / chunk, pos % chunk, piece, d).await?,
+                MdLevel::Parity(p) => {
+                    self.parity_write(p, pos / chunk, pos % chunk, piece, d)
+                        .await?
+                }
             }
             done += n;
         }
@@ -283,8 +332,8 @@ impl MdVolume {
         read_slot(self.slot(role)?, at, buf).await
     }
 
-    /// Read-modify-write of one chunk piece of a RAID-4/5/6 stripe.
-    async fn rmw(
+    /// One chunk piece of a RAID-4/5/6 stripe, as `plan` says.
+    async fn parity_write(
         &self,
         p: &ParityLayout,
         chunk: u64,
@@ -294,26 +343,101 @@ impl MdVolume {
     ) -> BlockResult {
         let (stripe, disk) = p.locate(chunk);
         let at = stripe * self.array().chunk_bytes + in_chunk;
-        let roles = p.roles(stripe);
-        let mut delta = vec![0u8; new.len()];
-        self.read_role_of(disk, at, &mut delta).await?;
-        xor_into(&mut delta, new);
-        let mut pb = vec![0u8; new.len()];
-        self.read_role_of(roles.p, at, &mut pb).await?;
-        xor_into(&mut pb, &delta);
+        let piece = Piece {
+            stripe,
+            disk,
+            at,
+            new,
+        };
+        match plan(p, stripe, disk, |r| self.present(r)).ok_or_else(|| self.lost())? {
+            ParityPlan::Rmw { p: pd, q: qd } => self.rmw(p, &piece, (pd, qd), d).await,
+            ParityPlan::Reconstruct { p: pd, q: qd } => {
+                self.reconstruct_write(p, &piece, (pd, qd), d).await
+            }
+        }
+    }
+
+    /// Read-modify-write: the data (present) and the present parity
+    /// blocks `(p, q)`, each updated by the delta.
+    async fn rmw(
+        &self,
+        p: &ParityLayout,
+        w: &Piece<'_>,
+        (pd, qd): (Option<usize>, Option<usize>),
+        d: Durability,
+    ) -> BlockResult {
+        let mut delta = vec![0u8; w.new.len()];
+        if pd.is_some() || qd.is_some() {
+            self.read_role_of(w.disk, w.at, &mut delta).await?;
+            xor_into(&mut delta, w.new);
+        }
+        let mut pb = None;
+        if let Some(role) = pd {
+            let mut b = vec![0u8; w.new.len()];
+            self.read_role_of(role, w.at, &mut b).await?;
+            xor_into(&mut b, &delta);
+            pb = Some((role, b));
+        }
         let mut qb = None;
-        if let Some(q) = roles.q {
-            let slot = p.q_slot(stripe, disk).ok_or_else(|| self.lost())?;
-            let mut b = vec![0u8; new.len()];
-            self.read_role_of(q, at, &mut b).await?;
+        if let Some(q) = qd {
+            let slot = p.q_slot(w.stripe, w.disk).ok_or_else(|| self.lost())?;
+            let mut b = vec![0u8; w.new.len()];
+            self.read_role_of(q, w.at, &mut b).await?;
             mul_xor_into(&mut b, &delta, gf_pow2(slot));
             qb = Some((q, b));
         }
-        self.write_role(disk, at, new, d).await?;
-        self.write_role(roles.p, at, &pb, d).await?;
-        if let Some((q, b)) = qb {
-            self.write_role(q, at, &b, d).await?;
+        self.write_role(w.disk, w.at, w.new, d).await?;
+        for (role, b) in pb.into_iter().chain(qb) {
+            self.write_role(role, w.at, &b, d).await?;
         }
         Ok(())
     }
+
+    /// Reconstruct-write for a missing data disk: the stripe's other data
+    /// read (a missing one rebuilt), P and Q computed with `w.new` in the
+    /// data disk's place, the present ones of `(p, q)` written.
+    async fn reconstruct_write(
+        &self,
+        p: &ParityLayout,
+        w: &Piece<'_>,
+        (pd, qd): (Option<usize>, Option<usize>),
+        d: Durability,
+    ) -> BlockResult {
+        let len = w.new.len();
+        let StripeRoles { q: has_q, .. } = p.roles(w.stripe);
+        let mut pb = vec![0u8; len];
+        let mut qb = has_q.map(|_| vec![0u8; len]);
+        let mut block = vec![0u8; len];
+        for dd in 0..p.data_disks() {
+            let disk = p.data_disk(w.stripe, dd);
+            let data: &[u8] = if disk == w.disk {
+                w.new
+            } else {
+                self.read_or_rebuild(p, w.stripe, disk, w.at, &mut block)
+                    .await?;
+                &block
+            };
+            xor_into(&mut pb, data);
+            if let Some(qb) = qb.as_mut() {
+                let slot = p.q_slot(w.stripe, disk).ok_or_else(|| self.lost())?;
+                mul_xor_into(qb, data, gf_pow2(slot));
+            }
+        }
+        if let Some(role) = pd {
+            self.write_role(role, w.at, &pb, d).await?;
+        }
+        if let (Some(role), Some(qb)) = (qd, qb) {
+            self.write_role(role, w.at, &qb, d).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One chunk piece of a parity write: its stripe, data disk, member
+/// byte offset and new bytes.
+struct Piece<'a> {
+    stripe: u64,
+    disk: usize,
+    at: u64,
+    new: &'a [u8],
 }
