@@ -294,7 +294,7 @@ impl Conn {
         };
         let head = proto::encode_request(&request);
         let sent = if payload.len() >= DIRECT_WRITE {
-            self.send_direct(&head, payload).await
+            self.send_direct(handle, &head, payload).await
         } else {
             let mut bytes = Vec::with_capacity(proto::REQUEST_LEN + payload.len());
             bytes.extend_from_slice(&head);
@@ -310,33 +310,45 @@ impl Conn {
     }
 
     /// Writes a request and its payload from the caller's buffer, under
-    /// the writer's lock. Dropped halfway, or failing, it closes the
-    /// connection (half a request is on the wire). False when closed.
-    async fn send_direct(&self, head: &[u8], payload: &[u8]) -> bool {
-        /// Closes the connection unless disarmed.
-        struct Unfinished<'a>(Option<&'a Conn>);
+    /// the writer's lock. Dropped while it waits for the lock, it forgets
+    /// the request (nothing was sent); dropped halfway, or failing, it
+    /// closes the connection (half a request is on the wire). False when
+    /// closed.
+    async fn send_direct(&self, handle: u64, head: &[u8], payload: &[u8]) -> bool {
+        /// What dropping the send leaves to undo.
+        struct Unfinished<'a> {
+            conn: &'a Conn,
+            handle: u64,
+            started: bool,
+            done: bool,
+        }
         impl Drop for Unfinished<'_> {
             fn drop(&mut self) {
-                if let Some(c) = self.0 {
-                    c.close();
+                match (self.done, self.started) {
+                    (true, _) => {}
+                    (false, true) => self.conn.close(),
+                    (false, false) => drop(lock(&self.conn.pending).waiters.remove(&self.handle)),
                 }
             }
         }
+        let mut guard = Unfinished {
+            conn: self,
+            handle,
+            started: false,
+            done: false,
+        };
         let mut w = self.writer.lock().await;
         if self.is_closed() {
             return false;
         }
-        let mut unfinished = Unfinished(Some(self));
+        guard.started = true;
         let written = async {
             w.write_all(head).await?;
             w.write_all(payload).await?;
             w.flush().await
         };
-        if written.await.is_err() {
-            return false;
-        }
-        unfinished.0 = None;
-        true
+        guard.done = written.await.is_ok();
+        guard.done
     }
 
     /// Ends the connection now: both tasks stop, every request waiting
