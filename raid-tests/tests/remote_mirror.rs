@@ -425,10 +425,20 @@ fn sigkill_while_write_behind_lags_loses_no_flushed_write_and_resyncs_the_lag() 
 }
 
 #[test]
-fn redteam_a_cut_during_the_rejoin_recovery_is_retried_until_the_mirrors_agree() {
-    // Arrange: a failed-then-rejoining remote whose recovery is slowed
-    // to 4 MB/s, so the link can be cut while it runs.
+fn redteam_a_cut_during_the_rejoin_recovery_is_resumed_from_the_bitmap() {
+    // Arrange: the last region written in an earlier run (clean shutdown:
+    // no bit set, but in the written-region map), then a
+    // failed-then-rejoining remote whose recovery is slowed to 4 MB/s, so
+    // the link can be cut while it runs.
     let m = Mirror::new("rejoin-cut", 6);
+    let early = m.serve(&[]);
+    assert_fio_clean(
+        fio_verify_cmd(&early.uri("vol0"), "early", "4M", "192M")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(early.stop(), 0);
     let server = m.serve(&[]);
     let before = allocated(&m.file);
     let fio = fio_verify_cmd(&server.uri("vol0"), "first", "24M", "0")
@@ -460,16 +470,19 @@ fn redteam_a_cut_during_the_rejoin_recovery_is_retried_until_the_mirrors_agree()
     });
     vraid_ctl_ok(&m.control, &["set", "vol0", "--rebuild-max-mbps", "0"]);
     m.ns.link(true);
-    // An interrupted bitmap recovery is not resumed from the bitmap: the
-    // member is rebuilt (written regions only) by the second re-join.
-    wait_until(180, "the second re-join finished", || {
-        let log = server.log();
-        log.contains("recovery of member 1 finished")
-            || log.contains("rebuild of member 1 finished")
-    });
-    wait_until(60, "the member active again", || {
-        state_of(&m.control, 1) == "active"
-    });
+    // The second re-join catches up from the bitmap again: the regions
+    // the two fio runs wrote (0 and 1, 64 MiB each), not region 3, which
+    // was in sync before the first cut (a rebuild of the written regions
+    // would copy it too: 192 MiB).
+    let copied = wait_rejoined(&server, &m.control, 1);
+    assert!(
+        copied > 0 && copied <= 128 << 20,
+        "the second re-join copied {copied} bytes"
+    );
+    assert!(
+        !server.log().contains("rebuild of member 1 finished"),
+        "rebuilt whole"
+    );
     let rejoins = event_kinds(&m.control)
         .iter()
         .filter(|k| *k == "member_rejoined")
@@ -701,4 +714,54 @@ fn sigkill_while_a_set_write_behind_member_lags_resyncs_from_the_current_copy_wi
         member_data(&m.local) == member_data(&m.file),
         "mirrors differ"
     );
+}
+
+#[test]
+fn a_write_mostly_remote_replaced_by_a_local_file_does_not_pass_the_policy_on() {
+    // Arrange: the remote (role 1) write-mostly with write-behind, set live.
+    let m = Mirror::new("policy-replace", 13);
+    let server = m.serve(&[]);
+    vraid_ctl_ok(
+        &m.control,
+        &["set", "vol0", "--member", "1", "--write-mostly", "on"],
+    );
+    vraid_ctl_ok(&m.control, &["set", "vol0", "--write-behind", "4M"]);
+    assert!(policy_of(&m.control, 1).0);
+    let new = m.dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(REMOTE_FILE)
+        .unwrap();
+
+    // Act: replace the remote by a local file, then restart with no flag.
+    vraid_ctl_ok(
+        &m.control,
+        &["replace", "vol0", m.uri.as_str(), new.to_str().unwrap()],
+    );
+    wait_until(120, "the replacement in the role", || {
+        let v = volume_status(&m.control, "vol0");
+        v["members"][1]["path"] == new.to_str().unwrap() && v["replace"].is_null()
+    });
+    let after_replace = policy_of(&m.control, 1);
+    assert_eq!(server.stop(), 0);
+    let server = serve(
+        &[m.local.to_str().unwrap(), new.to_str().unwrap()],
+        &m.control,
+        "2s",
+        &[],
+    );
+    let after_restart = policy_of(&m.control, 1);
+    // Write-behind was kept (idle): it applies again once a member is
+    // write-mostly, with the limits set before.
+    vraid_ctl_ok(
+        &m.control,
+        &["set", "vol0", "--member", "1", "--write-mostly", "on"],
+    );
+    let again = policy_of(&m.control, 1);
+    assert_eq!(server.stop(), 0);
+
+    // Assert: md semantics, the new device is an ordinary member.
+    assert_eq!(after_replace, (false, None));
+    assert_eq!(after_restart, (false, None));
+    assert_eq!(again, (true, Some((4 << 20, 256))));
 }

@@ -235,6 +235,8 @@ struct MetaSink {
     replace: bool,
     /// Told about the replacement once it holds the role.
     joined: Option<JoinHook>,
+    /// Where a replaced write-mostly member's policy is dropped.
+    volume: Arc<Volume>,
 }
 
 impl RebuildSink for MetaSink {
@@ -255,11 +257,20 @@ impl RebuildSink for MetaSink {
                     .await
                     .map_err(|e| error_chain(&e));
             }
-            let (device, uuid) = self
-                .metadata
-                .finish_replace(member.0)
-                .await
-                .map_err(|e| error_chain(&e))?;
+            // The replacement does not inherit write-mostly: nothing may
+            // lag when it takes the role (FORMAT.md §6, case 95).
+            let policy = self.volume.is_write_mostly(member);
+            if policy {
+                self.volume.pause_write_behind().await;
+            }
+            let finished = self.metadata.finish_replace(member.0).await;
+            if policy && finished.is_ok() {
+                self.volume.set_write_mostly(member, false);
+            }
+            if policy {
+                self.volume.resume_write_behind();
+            }
+            let (device, uuid) = finished.map_err(|e| error_chain(&e))?;
             if let Some(joined) = &self.joined {
                 joined(member.0, device, uuid).await;
             }
@@ -456,6 +467,7 @@ impl ArrayHandle {
             metadata: self.metadata.clone(),
             replace,
             joined: self.joined.clone(),
+            volume: self.volume.clone(),
         }
     }
 
@@ -719,12 +731,17 @@ impl ArrayHandle {
             meta::MemberState::Failed | meta::MemberState::Missing
         );
         let cleared = self.metadata.events_cleared().await;
+        // Active when it left, or a bitmap recovery cut half-way: in sync
+        // outside the bits, and no bit is cleared while a role is down
+        // (FORMAT.md crash case 94).
         let current = cleared != 0
             && sb.events >= cleared
-            && sb
-                .members
-                .get(role)
-                .is_some_and(|m| m.state == meta::MemberState::Active);
+            && sb.members.get(role).is_some_and(|m| {
+                matches!(
+                    m.state,
+                    meta::MemberState::Active | meta::MemberState::Recovering
+                )
+            });
         (absent && current && self.metadata.bitmap_valid().await && bitmap.pinned() == 0)
             .then_some(role)
     }
@@ -752,7 +769,7 @@ impl ArrayHandle {
                 .map_err(|e| self.raid_err(e))?;
             if let Err(e) = self
                 .metadata
-                .begin_rebuild(role, device.clone(), uuid, true)
+                .begin_rebuild(role, device.clone(), uuid, meta::Joining::Recovery)
                 .await
             {
                 self.volume.detach_rebuild_target(MemberIndex(role));
@@ -1177,6 +1194,12 @@ impl ArrayHandle {
     }
 
     async fn begin(&self, role: usize, spare: &Spare) -> Result<(), DaemonError> {
+        // The role's own former member keeps the role's policy; another
+        // device does not inherit it (md's per-device WriteMostly).
+        let joining = match self.own_down_role(&spare.device).await {
+            Some((_, r, _)) if r == role => meta::Joining::Returning,
+            _ => meta::Joining::New,
+        };
         self.wipe_joining(&spare.device).await?;
         let window = self.member_window(role, &spare.device, true)?;
         self.volume
@@ -1185,11 +1208,18 @@ impl ArrayHandle {
         let uuid = Uuid::new_v4();
         if let Err(e) = self
             .metadata
-            .begin_rebuild(role, spare.device.clone(), uuid, false)
+            .begin_rebuild(role, spare.device.clone(), uuid, joining)
             .await
         {
             self.volume.detach_rebuild_target(MemberIndex(role));
             return Err(e.into());
+        }
+        if joining == meta::Joining::New && self.volume.is_write_mostly(MemberIndex(role)) {
+            info!(
+                "{}: role {role} is no longer write-mostly (a new member took it)",
+                self.name
+            );
+            self.volume.set_write_mostly(MemberIndex(role), false);
         }
         self.member_joined(role, spare.device.clone(), uuid).await;
         self.share_written().await;

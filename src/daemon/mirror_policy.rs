@@ -93,7 +93,15 @@ pub(super) async fn apply(
     }
     let writing = !read_only;
     let asked = mirror.write_behind.is_some() && writing;
-    check(&name, &p, volume.geometry().level(), bitmap || !asked)?;
+    // A stored write-behind whose write-mostly members were all replaced
+    // (they do not pass the policy on) stays, idle, as md keeps it in its
+    // bitmap; only asking for it anew needs a write-mostly role.
+    let idle = p.write_behind.is_some() && p.write_mostly == 0 && mirror.write_behind.is_none();
+    let checked = MirrorPolicy {
+        write_behind: p.write_behind.filter(|_| !idle),
+        ..p
+    };
+    check(&name, &checked, volume.geometry().level(), bitmap || !asked)?;
     for role in 0..volume.geometry().members() {
         volume.set_write_mostly(MemberIndex(role), p.is_write_mostly(role));
     }

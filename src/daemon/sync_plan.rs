@@ -202,7 +202,12 @@ async fn recover_readded(
         .map_err(rebuild_err(assembly))?;
     if let Err(e) = assembly
         .metadata
-        .begin_rebuild(*role, m.device.clone(), m.member_uuid, true)
+        .begin_rebuild(
+            *role,
+            m.device.clone(),
+            m.member_uuid,
+            crate::meta::Joining::Recovery,
+        )
         .await
     {
         volume.detach_rebuild_target(MemberIndex(*role));

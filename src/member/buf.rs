@@ -32,10 +32,15 @@ pub(crate) struct PoolLimits {
     pub class_count: usize,
 }
 
-/// The members' pool: buffers up to 1 MiB, 8 MiB or 128 buffers per class.
+/// The members' pool: buffers up to 4 MiB, 64 MiB or 128 buffers per
+/// class. 64 MiB is a rebuild pipeline's worth of its largest buffers (16
+/// steps in flight, each with a read and a write of 2 MiB in a member,
+/// `raid::rebuild`): a pass reuses them instead of faulting in and zeroing
+/// fresh pages per request. The pool keeps only what was once in use at
+/// the same time, so idle arrays that never ran such a pass hold little.
 const MEMBER_LIMITS: PoolLimits = PoolLimits {
-    max_len: 1 << 20,
-    class_bytes: 8 << 20,
+    max_len: 4 << 20,
+    class_bytes: 64 << 20,
     class_count: 128,
 };
 

@@ -944,10 +944,12 @@ fn accept(c: &Candidate, freshest: &Superblock, ctx: &Context) -> Result<Verdict
             entry.state, freshest.events, c.sb.events
         )
     };
+    // In sync when it left, or a bitmap recovery target cut half-way
+    // (in sync outside the bits, none cleared since: crash case 94).
     let own_active =
         c.sb.members
             .get(role)
-            .is_some_and(|e| e.state == MemberState::Active);
+            .is_some_and(|e| matches!(e.state, MemberState::Active | MemberState::Recovering));
     let kind = match entry.state {
         _ if replacing => 4,
         MemberState::Active => match judge_active(c, freshest, ctx) {

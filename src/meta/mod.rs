@@ -36,7 +36,7 @@ pub use superblock::{
     metadata_layout, read_superblock, ArrayState, CopyId, MemberState, MetaLayout, MirrorPolicy,
     Superblock, SuperblockError,
 };
-pub use update::ArrayMetadata;
+pub use update::{ArrayMetadata, Joining};
 pub use written::WrittenMap;
 
 use crate::block::BlockError;
@@ -141,6 +141,8 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod replace_tests;
 #[cfg(test)]

@@ -19,6 +19,19 @@ use super::superblock::{
 use super::{now, MetaError};
 use crate::block::BlockDevice;
 
+/// Who takes a role in [`ArrayMetadata::begin_rebuild`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joining {
+    /// The role's own member, re-added: catches up from the bitmap.
+    Recovery,
+    /// The role's own former member, rebuilt whole (its data could not be
+    /// caught up): keeps the role's mirror policy.
+    Returning,
+    /// Another device (a new member or a spare): rebuilt whole, without
+    /// the role's write-mostly bit.
+    New,
+}
+
 /// Superblock updates of a running array. Updates are serialized: each one
 /// bumps `events` and writes the same table to every present member.
 pub struct ArrayMetadata {
@@ -330,16 +343,20 @@ impl ArrayMetadata {
         self.state.lock().await.template.rebuild_checkpoint
     }
 
-    /// Gives `role` to a new member (`device`, the raw member, with a fresh
-    /// `member_uuid`) being rebuilt from 0, or to a re-added member catching
-    /// up from the bitmap (`recovering`); writes its superblock with the others.
+    /// Gives `role` to a member being rebuilt from 0 (`device`, the raw
+    /// member, with a fresh `member_uuid`), or to a re-added member catching
+    /// up from the bitmap ([`Joining::Recovery`]); writes its superblock with
+    /// the others. A [`Joining::New`] device does not inherit the role's
+    /// write-mostly bit (FORMAT.md §6: the policy is the member's, as md's
+    /// `WriteMostly`); cleared in the same update.
     pub async fn begin_rebuild(
         &self,
         role: usize,
         device: Arc<dyn BlockDevice>,
         member_uuid: Uuid,
-        recovering: bool,
+        joining: Joining,
     ) -> Result<(), MetaError> {
+        let recovering = joining == Joining::Recovery;
         let mut st = self.state.lock().await;
         if st.read_only {
             return Err(MetaError::ReadOnly(self.name.clone()));
@@ -354,8 +371,11 @@ impl ArrayMetadata {
             MemberState::Rebuilding
         };
         st.template.rebuild_checkpoint = Some(0);
+        if joining == Joining::New {
+            st.template.mirror.set_write_mostly(role, false);
+        }
         st.devices[role] = Some((device.clone(), member_uuid));
-        tracing::info!(name = %self.name, role, %member_uuid, recovering, "recording rebuild start");
+        tracing::info!(name = %self.name, role, %member_uuid, ?joining, "recording rebuild start");
         Self::write_all(&mut st).await
     }
 
@@ -447,6 +467,8 @@ impl ArrayMetadata {
         let entry = &mut st.template.members[role];
         entry.member_uuid = record.member_uuid;
         entry.state = MemberState::Active;
+        // The new member does not inherit the old one's write-mostly bit.
+        st.template.mirror.set_write_mostly(role, false);
         st.template.replace = None;
         st.template.rebuild_checkpoint = None;
         st.devices[role] = Some((device.clone(), record.member_uuid));

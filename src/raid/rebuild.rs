@@ -410,6 +410,44 @@ struct Pass<'a> {
     tracker: &'a SyncTracker,
     pacer: tokio::sync::Mutex<Pacer>,
     errors: SourceErrors,
+    bufs: StepBuffers,
+}
+
+/// The step buffers of one pass, reused from step to step: at most
+/// [`DEPTH`] sets (one buffer per rebuilt member) are ever allocated, so
+/// a step neither calls the allocator nor faults in and zeroes fresh
+/// pages. A buffer's old bytes never leak: every level's rebuild read
+/// fills the whole buffer (lost blocks are zeroed).
+struct StepBuffers {
+    free: std::sync::Mutex<Vec<Vec<Vec<u8>>>>,
+    members: usize,
+}
+
+impl StepBuffers {
+    fn new(members: usize) -> StepBuffers {
+        StepBuffers {
+            free: std::sync::Mutex::new(Vec::with_capacity(DEPTH)),
+            members,
+        }
+    }
+
+    /// A set of `members` buffers of `len` bytes each.
+    fn take(&self, len: usize) -> Vec<Vec<u8>> {
+        let pooled = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut set = pooled.unwrap_or_else(|| vec![Vec::new(); self.members]);
+        for buf in &mut set {
+            buf.resize(len, 0);
+        }
+        set
+    }
+
+    /// Gives a set back for the next step.
+    fn give(&self, set: Vec<Vec<u8>>) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(set);
+    }
 }
 
 /// The steps of a pass cut into windows that end at multiples of
@@ -545,6 +583,7 @@ impl Volume {
             tracker: &tracker,
             pacer: tokio::sync::Mutex::new(Pacer::new()),
             errors: SourceErrors::new(self.geometry().members()),
+            bufs: StepBuffers::new(members.len()),
         };
         let mut copied = 0;
         // The steps go in windows that end at checkpoints, each drained
@@ -592,8 +631,10 @@ impl Volume {
                     // Paced before the locks are taken, so a step never
                     // holds stripes while it waits for its budget.
                     pass.pacer.lock().await.step(self, pass.ctl, b - a).await;
-                    self.rebuild_step(pass.members, &pass.targets, a, b, &pass.errors)
-                        .await?;
+                    let mut bufs = pass.bufs.take((b - a) as usize);
+                    let done = self.rebuild_step(pass, a, b, &mut bufs).await;
+                    pass.bufs.give(bufs);
+                    done?;
                 }
                 Ok::<_, RebuildError>((a, b, needed, written))
             }
@@ -636,20 +677,20 @@ impl Volume {
         tracker
     }
 
-    /// Copies member data `a..b` of the slots `members` onto their
-    /// `targets` under the step's locks: a live member (a replace) is
-    /// copied, the others rebuilt from the rest of the array together.
+    /// Copies member data `a..b` of the slots of `pass` onto their
+    /// targets under the step's locks, through `bufs` (one per member of
+    /// `b - a` bytes): a live member (a replace) is copied, the others
+    /// rebuilt from the rest of the array together.
     async fn rebuild_step(
         &self,
-        members: &[MemberIndex],
-        targets: &[Arc<dyn BlockDevice>],
+        pass: &Pass<'_>,
         a: u64,
         b: u64,
-        errors: &SourceErrors,
+        bufs: &mut [Vec<u8>],
     ) -> Result<(), RebuildError> {
+        let (members, targets, errors) = (pass.members, &pass.targets, &pass.errors);
         let _guards = lock_step(self, a, b).await;
         let off = ByteOffset(a);
-        let mut bufs = vec![vec![0u8; (b - a) as usize]; members.len()];
         let mut rebuilt = Vec::new();
         for (&member, buf) in members.iter().zip(bufs.iter_mut()) {
             if self.is_active(member) && self.read_member(member, off, buf).await.is_ok() {
@@ -668,7 +709,7 @@ impl Volume {
             true => Vec::new(),
             false => self.level_io().rebuild_read_many(self, rebuilt).await?,
         };
-        for ((&member, target), buf) in members.iter().zip(targets).zip(&bufs) {
+        for ((&member, target), buf) in members.iter().zip(targets).zip(bufs.iter()) {
             let no_lost = Vec::new();
             let lost = rebuilt_members
                 .iter()

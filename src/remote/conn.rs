@@ -7,12 +7,18 @@
 //!                                     └ DONE ─► the caller's oneshot
 //! ```
 //!
-//! Request bytes go to the socket from a task of their own, so a caller
-//! dropped mid-request (a timeout) can never leave half a request on the
-//! wire. READ data lands in a buffer the waiter owns (never a buffer the
-//! server sized: every chunk is placed inside the request it answers or the
-//! connection is dropped). When either task ends, every waiter gets
-//! [`CallError::Closed`]: a request is answered, or known not to be.
+//! Small requests go to the socket from a task of their own (several per
+//! flush). A WRITE of [`DIRECT_WRITE`] bytes or more is written by its
+//! caller straight from the caller's buffer (no copy of the payload),
+//! under the same lock; a caller dropped halfway (a timeout) closes the
+//! connection, so half a request on the wire is never followed by another.
+//! READ data lands in a buffer the waiter owns (never a buffer the server
+//! sized: every chunk is placed inside the request it answers or the
+//! connection is dropped), taken from the connection's spare reply buffers
+//! and given back when the caller drops the [`Reply`] (no allocation,
+//! page faults or zeroing per request). When either task ends, every
+//! waiter gets [`CallError::Closed`]: a request is answered, or known not
+//! to be.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -50,10 +56,69 @@ struct Waiter {
 
 type Done = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
+/// WRITE payloads of at least this many bytes are written from the
+/// caller's buffer; smaller ones are copied and batched by the writer task.
+pub const DIRECT_WRITE: usize = 64 << 10;
+/// Spare READ reply buffers kept per connection, and the largest kept.
+const SPARES: usize = 32;
+const SPARE_MAX: usize = 4 << 20;
+
+/// READ reply buffers given back, for the next replies.
+type Spares = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A reply buffer of `len` bytes: a spare when there is one (its old bytes
+/// are overwritten: a READ completes only once the reply covered all).
+fn reply_buffer(spares: &Spares, len: usize) -> Vec<u8> {
+    let spare = spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut data = spare.unwrap_or_default();
+    if data.len() >= len {
+        data.truncate(len);
+    } else {
+        data.resize(len, 0);
+    }
+    data
+}
+
+/// The data of a READ reply (empty for other commands); its buffer goes
+/// back to the connection's spares when dropped.
+pub struct Reply {
+    data: Vec<u8>,
+    spares: Spares,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Reply {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        if data.is_empty() || data.capacity() > SPARE_MAX {
+            return;
+        }
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARES {
+            spares.push(data);
+        }
+    }
+}
+
 impl Waiter {
-    fn new(read: bool, offset: u64, length: u32, done: Done) -> Waiter {
+    fn new(read: bool, offset: u64, length: u32, done: Done, spares: &Spares) -> Waiter {
         let data = if read {
-            vec![0u8; length as usize]
+            reply_buffer(spares, length as usize)
         } else {
             Vec::new()
         };
@@ -104,6 +169,7 @@ pub(crate) struct Pending {
     waiters: HashMap<u64, Waiter>,
     next: u64,
     closed: bool,
+    spares: Spares,
 }
 
 type Shared = Arc<Mutex<Pending>>;
@@ -122,9 +188,14 @@ fn close(p: &Shared) {
     drop(waiters);
 }
 
+/// The socket's sending half, shared by the writer task and the callers
+/// of large WRITEs.
+type Writer = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
+
 /// A connection in transmission.
 pub struct Conn {
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    writer: Writer,
     pending: Shared,
     tasks: [JoinHandle<()>; 2],
     /// What the handshake settled.
@@ -166,12 +237,15 @@ impl Conn {
             close(&p);
         });
         let p = pending.clone();
+        let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(writer)));
+        let w = writer.clone();
         let write = tokio::spawn(async move {
-            let _ = write_requests(writer, rx).await;
+            let _ = write_requests(&w, rx).await;
             close(&p);
         });
         Conn {
             tx,
+            writer,
             pending,
             tasks: [read, write],
             info,
@@ -197,19 +271,19 @@ impl Conn {
         offset: u64,
         length: u32,
         payload: &[u8],
-    ) -> Result<Vec<u8>, CallError> {
+    ) -> Result<Reply, CallError> {
         let read = command == Command::Read;
         let (done, rx) = oneshot::channel();
-        let handle = {
+        let (handle, spares) = {
             let mut g = lock(&self.pending);
             if g.closed {
                 return Err(CallError::Closed);
             }
             let handle = g.next;
             g.next = g.next.wrapping_add(1);
-            g.waiters
-                .insert(handle, Waiter::new(read, offset, length, done));
-            handle
+            let waiter = Waiter::new(read, offset, length, done, &g.spares);
+            g.waiters.insert(handle, waiter);
+            (handle, g.spares.clone())
         };
         let request = Request {
             flags,
@@ -218,14 +292,63 @@ impl Conn {
             offset,
             length,
         };
-        let mut bytes = Vec::with_capacity(proto::REQUEST_LEN + payload.len());
-        bytes.extend_from_slice(&proto::encode_request(&request));
-        bytes.extend_from_slice(payload);
-        if self.tx.send(bytes).is_err() {
+        let head = proto::encode_request(&request);
+        let sent = if payload.len() >= DIRECT_WRITE {
+            self.send_direct(handle, &head, payload).await
+        } else {
+            let mut bytes = Vec::with_capacity(proto::REQUEST_LEN + payload.len());
+            bytes.extend_from_slice(&head);
+            bytes.extend_from_slice(payload);
+            self.tx.send(bytes).is_ok()
+        };
+        if !sent {
             lock(&self.pending).waiters.remove(&handle);
             return Err(CallError::Closed);
         }
-        rx.await.unwrap_or(Err(CallError::Closed))
+        let data = rx.await.unwrap_or(Err(CallError::Closed))?;
+        Ok(Reply { data, spares })
+    }
+
+    /// Writes a request and its payload from the caller's buffer, under
+    /// the writer's lock. Dropped while it waits for the lock, it forgets
+    /// the request (nothing was sent); dropped halfway, or failing, it
+    /// closes the connection (half a request is on the wire). False when
+    /// closed.
+    async fn send_direct(&self, handle: u64, head: &[u8], payload: &[u8]) -> bool {
+        /// What dropping the send leaves to undo.
+        struct Unfinished<'a> {
+            conn: &'a Conn,
+            handle: u64,
+            started: bool,
+            done: bool,
+        }
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                match (self.done, self.started) {
+                    (true, _) => {}
+                    (false, true) => self.conn.close(),
+                    (false, false) => drop(lock(&self.conn.pending).waiters.remove(&self.handle)),
+                }
+            }
+        }
+        let mut guard = Unfinished {
+            conn: self,
+            handle,
+            started: false,
+            done: false,
+        };
+        let mut w = self.writer.lock().await;
+        if self.is_closed() {
+            return false;
+        }
+        guard.started = true;
+        let written = async {
+            w.write_all(head).await?;
+            w.write_all(payload).await?;
+            w.flush().await
+        };
+        guard.done = written.await.is_ok();
+        guard.done
     }
 
     /// Ends the connection now: both tasks stop, every request waiting
@@ -251,11 +374,12 @@ impl Conn {
 }
 
 /// Writes queued requests, several per flush when they queue up.
-async fn write_requests<W: AsyncWrite + Unpin>(
-    mut w: W,
+async fn write_requests(
+    w: &Writer,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> std::io::Result<()> {
     while let Some(first) = rx.recv().await {
+        let mut w = w.lock().await;
         w.write_all(&first).await?;
         while let Ok(more) = rx.try_recv() {
             w.write_all(&more).await?;
@@ -360,8 +484,8 @@ pub fn decode_for_fuzz(bytes: &[u8], reads: &[(bool, u64, u32)]) -> usize {
         let mut g = lock(&pending);
         for (i, &(read, offset, len)) in reads.iter().enumerate() {
             let (done, rx) = oneshot::channel();
-            g.waiters
-                .insert(i as u64, Waiter::new(read, offset, len, done));
+            let waiter = Waiter::new(read, offset, len, done, &g.spares);
+            g.waiters.insert(i as u64, waiter);
             answers.push(rx);
         }
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::align::{self, Fill, Plan};
-use super::conn::CallError;
+use super::conn::{CallError, Reply};
 use super::handshake::Negotiated;
 use super::link::{self, LinkError};
 use super::pool::{Dial, Pool};
@@ -153,7 +153,7 @@ impl RemoteMember {
         offset: u64,
         length: u32,
         payload: &[u8],
-    ) -> BlockResult<Vec<u8>> {
+    ) -> BlockResult<Reply> {
         let since = Instant::now();
         loop {
             let conn = self.pool.get(since).await?;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{RemoteMember, RemoteOptions};
 use crate::block::{forward_to, BlockDevice, Durability, IoFuture};
+use crate::export::nbd::proto::Command;
 use crate::export::nbd::{Export, NbdServer};
 use crate::member::memory::MemDevice;
 use crate::units::ByteOffset;
@@ -144,4 +145,89 @@ async fn a_server_gone_longer_than_member_timeout_fails_the_request() {
 
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
     assert_eq!(err.errno(), libc::EIO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_dropped_half_way_never_leave_half_a_request_on_the_wire() {
+    // Arrange: 4 MiB writes go from the caller's buffer (conn::DIRECT_WRITE).
+    let dev = Arc::new(MemDevice::new("m", SIZE));
+    let (_server, addr, _task) = serve(dev.clone(), "127.0.0.1:0").await;
+    let m = open(addr, Duration::from_secs(5)).await;
+    const HALF: usize = 4 << 20;
+
+    // Act: writes of 0..4 MiB given up at different moments, then whole
+    // writes and reads on the same member.
+    for i in 1..=24u8 {
+        let data = vec![i; HALF];
+        let wait = Duration::from_micros(40 * u64::from(i));
+        let _ = tokio::time::timeout(wait, m.write(ByteOffset(0), &data, Durability::Normal)).await;
+    }
+    m.write(ByteOffset(HALF as u64), &[0xEE; HALF], Durability::Normal)
+        .await
+        .unwrap();
+    let mut back = vec![0u8; SIZE as usize];
+    m.read(ByteOffset(0), &mut back).await.unwrap();
+    m.read(ByteOffset(0), &mut back).await.unwrap();
+
+    // Assert: each block holds one write's bytes (never a request header
+    // or the start of the next request read as payload), the whole write
+    // landed, and the reads (reused reply buffers) match the device.
+    for block in back[..HALF].chunks(4096) {
+        assert!(
+            block.iter().all(|&b| b == block[0] && b <= 24),
+            "mixed block"
+        );
+    }
+    assert!(back[HALF..].iter().all(|&b| b == 0xEE));
+    assert!(back == dev.snapshot());
+}
+
+/// A connection whose server reads nothing (4 KiB of pipe, then writes
+/// wait forever).
+fn stuck_conn() -> (super::conn::Conn, tokio::io::DuplexStream) {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (r, w) = tokio::io::split(ours);
+    let info = super::handshake::Negotiated {
+        size: 1 << 30,
+        flags: 0,
+        sizes: super::reply::BlockSizes::default(),
+        structured: true,
+    };
+    (super::conn::Conn::start(r, w, info), theirs)
+}
+
+#[tokio::test]
+async fn a_large_write_given_up_half_way_closes_its_connection() {
+    // Arrange
+    let (conn, _server) = stuck_conn();
+    let payload = vec![1u8; 1 << 20];
+
+    // Act: the caller writes from its buffer and gives up mid-payload.
+    let call = conn.call(Command::Write, 0, 0, 1 << 20, &payload);
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), call).await;
+
+    // Assert: half a request is on the wire: nothing may follow it.
+    assert!(gave_up.is_err());
+    assert!(conn.is_closed());
+}
+
+#[tokio::test]
+async fn a_large_write_given_up_before_it_was_sent_is_forgotten() {
+    // Arrange: a small request holds the socket (the writer task is
+    // stuck in it).
+    let (conn, _server) = stuck_conn();
+    let small = conn.call(Command::Write, 0, 0, 8192, &[2u8; 8192]);
+    assert!(tokio::time::timeout(Duration::from_millis(20), small)
+        .await
+        .is_err());
+
+    // Act: a large write waits for the socket and is given up.
+    let payload = vec![1u8; 1 << 20];
+    let call = conn.call(Command::Write, 0, 0, 1 << 20, &payload);
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), call).await;
+
+    // Assert: nothing of it was sent; only the small one is in flight.
+    assert!(gave_up.is_err());
+    assert!(!conn.is_closed());
+    assert_eq!(conn.in_flight(), Some(1));
 }
