@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 
-use vraid::block::{BlockDevice, Durability, IoFuture};
+use vraid::block::{BlockDevice, BoxFuture, Durability, IoFuture};
 use vraid::export::nbd::proto::{self, Command, Request};
 use vraid::export::nbd::{Export, NbdServer};
 use vraid::units::ByteOffset;
@@ -169,21 +169,21 @@ impl BlockDevice for Ram {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(async move {
+        BoxFuture::new(async move {
             buf.copy_from_slice(&self.0.lock().unwrap()[Ram::range(offset, buf.len())]);
             Ok(())
         })
     }
 
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], _: Durability) -> IoFuture<'a> {
-        Box::pin(async move {
+        BoxFuture::new(async move {
             self.0.lock().unwrap()[Ram::range(offset, buf.len())].copy_from_slice(buf);
             Ok(())
         })
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
@@ -191,7 +191,7 @@ impl BlockDevice for Ram {
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _: bool) -> IoFuture<'_> {
-        Box::pin(async move {
+        BoxFuture::new(async move {
             self.0.lock().unwrap()[Ram::range(offset, len as usize)].fill(0);
             Ok(())
         })

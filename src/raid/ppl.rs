@@ -182,7 +182,7 @@ impl ParityLog for MemParityLog {
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
         let mut log = self.records.lock().unwrap_or_else(|e| e.into_inner());
         log.extend(records.into_iter().map(|r| (member, r)));
-        Box::pin(async { Ok(PplTicket::detached()) })
+        crate::block::BoxFuture::new(async { Ok(PplTicket::detached()) })
     }
 }
 
@@ -686,7 +686,7 @@ impl ParityLog for RingLog {
         member: MemberIndex,
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
-        Box::pin(self.log_to(member, records))
+        crate::block::BoxFuture::new(self.log_to(member, records))
     }
 
     fn counters(&self) -> Option<JournalCounters> {
