@@ -48,7 +48,7 @@ fn size_classes_cover_64_bytes_to_32_kib() {
 #[test]
 fn a_borrowing_future_runs_and_drops_what_it_captured() {
     let owned = Arc::new(5u64);
-    let data = vec![1u8, 2, 3];
+    let data = [1u8, 2, 3];
     let slice = &data[..];
     let held = owned.clone();
     let mut f = PoolBox::new(async move {
