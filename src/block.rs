@@ -44,15 +44,15 @@
 //! exports never drop a write in flight (`export::finish::FinishOnDrop`,
 //! NBD requests detached rather than aborted).
 
-use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::units::ByteOffset;
 
-/// A boxed, sendable future: the trait must be object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A type-erased, sendable future (the trait must be object-safe), kept in
+/// the thread's future pool rather than a fresh heap box
+/// ([`crate::future_pool`]): make one with `BoxFuture::new(fut)`.
+pub type BoxFuture<'a, T> = crate::future_pool::PoolBox<'a, T>;
 
 /// Result of a block operation.
 pub type BlockResult<T = ()> = Result<T, BlockError>;
@@ -275,7 +275,7 @@ pub trait BlockDevice: Send + Sync {
     /// answer `Unsupported`.
     fn mark_lost(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let _ = (offset, len);
-        Box::pin(async { Err(BlockError::Unsupported) })
+        BoxFuture::new(async { Err(BlockError::Unsupported) })
     }
 
     /// Reserves storage for `offset..offset + len` without changing its
@@ -284,7 +284,7 @@ pub trait BlockDevice: Send + Sync {
     /// succeed without doing anything.
     fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let _ = (offset, len);
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
 
     /// Keeps what this device caches about `offset..offset + len` (the
@@ -315,7 +315,7 @@ pub trait BlockDevice: Send + Sync {
         len: u64,
     ) -> BoxFuture<'_, BlockResult<AllocationMap>> {
         let _ = offset;
-        Box::pin(std::future::ready(Ok(vec![AllocationExtent {
+        BoxFuture::new(std::future::ready(Ok(vec![AllocationExtent {
             len,
             state: Allocation::DATA,
         }])))
@@ -350,7 +350,7 @@ pub fn read_through_copy<'a, D: BlockDevice + ?Sized>(
     if let [one] = bufs {
         return dev.read(offset, one);
     }
-    Box::pin(async move {
+    BoxFuture::new(async move {
         let mut data = vec![0u8; crate::iovec::len_mut(bufs)];
         dev.read(offset, &mut data).await?;
         crate::iovec::scatter(&data, bufs);
@@ -367,7 +367,7 @@ pub fn write_through_copy<'a, D: BlockDevice + ?Sized>(
     bufs: &'a [IoSlice<'a>],
     durability: Durability,
 ) -> IoFuture<'a> {
-    Box::pin(async move {
+    BoxFuture::new(async move {
         let mut data = vec![0u8; crate::iovec::len(bufs)];
         crate::iovec::gather(bufs, &mut data);
         dev.write(offset, &data, durability).await
@@ -555,14 +555,14 @@ impl BlockDevice for Window {
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         match check_range(offset, buf.len() as u64, self.len) {
             Ok(()) => self.inner.read(offset + self.start, buf),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => BoxFuture::new(std::future::ready(Err(e))),
         }
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         match check_range(at, buf.len() as u64, self.len) {
             Ok(()) => self.inner.write(at + self.start, buf, durability),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => BoxFuture::new(std::future::ready(Err(e))),
         }
     }
 
@@ -573,7 +573,7 @@ impl BlockDevice for Window {
     ) -> IoFuture<'a> {
         match check_range(offset, crate::iovec::len_mut(bufs) as u64, self.len) {
             Ok(()) => self.inner.read_vectored(offset + self.start, bufs),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => BoxFuture::new(std::future::ready(Err(e))),
         }
     }
 
@@ -585,19 +585,19 @@ impl BlockDevice for Window {
     ) -> IoFuture<'a> {
         match check_range(at, crate::iovec::len(bufs) as u64, self.len) {
             Ok(()) => self.inner.write_vectored(at + self.start, bufs, durability),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => BoxFuture::new(std::future::ready(Err(e))),
         }
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(async move {
+        BoxFuture::new(async move {
             check_range(offset, len, self.len)?;
             self.inner.discard(offset + self.start, len).await
         })
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(async move {
+        BoxFuture::new(async move {
             check_range(offset, len, self.len)?;
             self.inner
                 .write_zeroes(offset + self.start, len, may_unmap)

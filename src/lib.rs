@@ -17,6 +17,7 @@ pub mod control;
 pub mod daemon;
 pub mod duration;
 pub mod export;
+pub mod future_pool;
 pub mod integrity;
 pub mod iovec;
 pub mod md;

@@ -74,13 +74,13 @@ pub trait EngineOps: Send + Sync {
         p: crate::control::params::MirrorSetParams,
     ) -> BoxFuture<'_, Result<crate::control::replies::MirrorReply, ControlError>> {
         let _ = (member, p);
-        Box::pin(async { Err(ControlError::NotAvailable("mirror.set".into())) })
+        crate::block::BoxFuture::new(async { Err(ControlError::NotAvailable("mirror.set".into())) })
     }
     /// `vraid scrub VOLUME [--repair]` (with `wait`, replies with the result
     /// once it ends) and `vraid scrub VOLUME --cancel`.
     fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
         let _ = req;
-        Box::pin(async { Err(ControlError::NotAvailable("scrub".into())) })
+        crate::block::BoxFuture::new(async { Err(ControlError::NotAvailable("scrub".into())) })
     }
 }
 

@@ -29,7 +29,7 @@ impl VolumeEvents for Quiet {
         _: &BlockError,
         _: &[crate::raid::MemberState],
     ) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+        crate::block::BoxFuture::new(async {})
     }
 }
 
@@ -150,7 +150,7 @@ struct FakeEngine;
 
 impl EngineOps for FakeEngine {
     fn add(&self, path: PathBuf, _: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             Ok(AddReply {
                 path,
                 added_as: AddedAs::Spare,
@@ -165,7 +165,7 @@ impl EngineOps for FakeEngine {
         path: PathBuf,
         _: bool,
     ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             Ok(ReplaceReply {
                 path,
                 replacing: member,
@@ -173,7 +173,7 @@ impl EngineOps for FakeEngine {
         })
     }
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             Ok(SetReply {
                 rebuild_max_mbps: mbps,
             })
@@ -239,7 +239,7 @@ struct ScrubEngine(std::sync::Mutex<Vec<crate::control::handle::ScrubRequest>>);
 
 impl EngineOps for ScrubEngine {
     fn add(&self, _: PathBuf, _: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
-        Box::pin(async { Err(ControlError::NotAvailable("add".into())) })
+        crate::block::BoxFuture::new(async { Err(ControlError::NotAvailable("add".into())) })
     }
     fn replace(
         &self,
@@ -247,10 +247,10 @@ impl EngineOps for ScrubEngine {
         _: PathBuf,
         _: bool,
     ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
-        Box::pin(async { Err(ControlError::NotAvailable("replace".into())) })
+        crate::block::BoxFuture::new(async { Err(ControlError::NotAvailable("replace".into())) })
     }
     fn set_rebuild_max_mbps(&self, _: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
-        Box::pin(async { Err(ControlError::NotAvailable("set".into())) })
+        crate::block::BoxFuture::new(async { Err(ControlError::NotAvailable("set".into())) })
     }
     fn status(&self) -> EngineStatus {
         EngineStatus::default()
@@ -260,7 +260,9 @@ impl EngineOps for ScrubEngine {
         req: crate::control::handle::ScrubRequest,
     ) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
         self.0.lock().unwrap().push(req);
-        Box::pin(async move { Ok(ScrubReply::started("vol0".into(), req.repair)) })
+        crate::block::BoxFuture::new(
+            async move { Ok(ScrubReply::started("vol0".into(), req.repair)) },
+        )
     }
 }
 

@@ -241,7 +241,7 @@ struct MetaSink {
 
 impl RebuildSink for MetaSink {
     fn checkpoint(&self, member: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.metadata
                 .checkpoint(member.0, up_to)
                 .await
@@ -249,7 +249,7 @@ impl RebuildSink for MetaSink {
         })
     }
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if !self.replace {
                 return self
                     .metadata
@@ -1125,7 +1125,7 @@ impl ArrayHandle {
 
     /// Starts rebuilds from spares into down roles, one at a time.
     fn activate_spares(self: &Arc<Self>) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let _set = self.member_set.lock().await;
             // A spare is in neither list while it moves into its role.
             let _new = new_members().lock().await;

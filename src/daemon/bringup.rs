@@ -572,7 +572,7 @@ async fn load_bitmap(
         let set = set.clone();
         b = b.with_before_clear(Arc::new(move || {
             let set = set.clone();
-            Box::pin(async move { set.writeback_all().await })
+            crate::block::BoxFuture::new(async move { set.writeback_all().await })
         }));
     }
     Some(Arc::new(b))
@@ -1197,7 +1197,7 @@ impl VolumeEvents for MetaEvents {
     ) -> BoxFuture<'_, ()> {
         let reason = super::error_chain(error);
         let states = states.to_vec();
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             warn!(
                 "{}: member {} failed ({reason}); continuing degraded",
                 self.name, member.0

@@ -78,7 +78,7 @@ impl ArrayEngine {
 
 impl EngineOps for ArrayEngine {
     fn add(&self, path: PathBuf, force: bool) -> BoxFuture<'_, Result<AddReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.writable("add").await?;
             match self.0.add_member(&path, force).await {
                 Ok(AddOutcome::Spare) => Ok(AddReply {
@@ -104,7 +104,7 @@ impl EngineOps for ArrayEngine {
         path: PathBuf,
         force: bool,
     ) -> BoxFuture<'_, Result<ReplaceReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.writable("replace").await?;
             self.0
                 .replace_member(member, &path, force)
@@ -126,7 +126,7 @@ impl EngineOps for ArrayEngine {
     }
 
     fn set_rebuild_max_mbps(&self, mbps: u64) -> BoxFuture<'_, Result<SetReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.0.set_rebuild_max_mbps(mbps);
             Ok(SetReply {
                 rebuild_max_mbps: mbps,
@@ -139,7 +139,7 @@ impl EngineOps for ArrayEngine {
         member: Option<usize>,
         p: crate::control::params::MirrorSetParams,
     ) -> BoxFuture<'_, Result<crate::control::replies::MirrorReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.writable("a mirror policy change").await?;
             self.0
                 .set_mirror(member, &p)
@@ -167,7 +167,7 @@ impl EngineOps for ArrayEngine {
     }
 
     fn scrub(&self, req: ScrubRequest) -> BoxFuture<'_, Result<ScrubReply, ControlError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let name = crate::block::BlockDevice::name(&**self.0.volume()).to_string();
             if req.cancel {
                 return if self.0.cancel_scrub() {

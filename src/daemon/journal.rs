@@ -186,7 +186,7 @@ fn join_hook(
 ) -> JoinHook {
     Arc::new(move |role, device, member_uuid| {
         let (name, encoder, log) = (name.clone(), encoder.clone(), log.clone());
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let Some(log) = log.upgrade() else { return };
             let known = {
                 let enc = encoder.0.read().unwrap_or_else(|e| e.into_inner());

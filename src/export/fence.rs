@@ -73,7 +73,7 @@ impl FencedDevice {
     fn refused<'a>(&self) -> Option<IoFuture<'a>> {
         self.open()
             .err()
-            .map(|e| Box::pin(std::future::ready(Err(e))) as IoFuture<'a>)
+            .map(|e| crate::block::BoxFuture::new(std::future::ready(Err(e))) as IoFuture<'a>)
     }
 }
 

@@ -36,7 +36,7 @@ impl<T: Send + 'static> FinishOnDrop<T> {
     /// (without one a dropped operation is dropped with it).
     pub fn new(op: impl Future<Output = T> + Send + 'static) -> Self {
         FinishOnDrop {
-            op: Some(Box::pin(op)),
+            op: Some(crate::block::BoxFuture::new(op)),
             runtime: Handle::try_current().ok(),
         }
     }
@@ -82,7 +82,7 @@ mod tests {
         // request is gone.
         let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
-        let mut op = Box::pin(FinishOnDrop::new(async move {
+        let mut op = crate::block::BoxFuture::new(FinishOnDrop::new(async move {
             let _ = go.await;
             let _ = done_tx.send(());
         }));

@@ -84,8 +84,9 @@ impl ChecksumDevice {
     /// to `b0`) that fail a known, trusted entry.
     async fn read_checked(&self, b0: u64, b1: u64, out: &mut [u8]) -> BlockResult<Vec<usize>> {
         self.inner.read(ByteOffset(b0 * BLOCK), out).await?;
-        let entries = self.store.entries(b0, b1 - b0).await?;
-        Ok(bad_blocks(&entries, out)
+        let mut entries = Entries::new(b1 - b0);
+        self.store.entries_into(b0, entries.get()).await?;
+        Ok(bad_blocks(entries.get(), out)
             .into_iter()
             .filter(|&i| (self.trusted)((b0 + i as u64) * BLOCK))
             .collect())
@@ -139,7 +140,9 @@ impl ChecksumDevice {
         self.inner
             .read_vectored(ByteOffset(b0 * BLOCK), bufs)
             .await?;
-        let entries = self.store.entries(b0, b1 - b0).await?;
+        let mut entries = Entries::new(b1 - b0);
+        self.store.entries_into(b0, entries.get()).await?;
+        let entries = entries.get();
         let mut bad = Vec::new();
         let mut at = 0;
         for seg in bufs.iter() {
@@ -190,11 +193,14 @@ impl ChecksumDevice {
         self.edges.forget(b0, b1);
         let epoch = self.store.eviction_writes();
         let blocks = || bufs.iter().flat_map(|s| s.chunks(BLOCK as usize));
-        let mut entries: Vec<u32> = blocks().map(block_entry).collect();
+        let mut entries = Entries::new(b1 - b0);
+        for (e, block) in entries.get().iter_mut().zip(blocks()) {
+            *e = block_entry(block);
+        }
         self.inner.write_vectored(offset, bufs, dur).await?;
-        self.reseal_changed(b0, blocks(), &mut entries).await?;
+        self.reseal_changed(b0, blocks(), entries.get()).await?;
         self.reported.forget(b0, b1);
-        self.store.set(b0, &entries).await?;
+        self.store.set(b0, entries.get()).await?;
         self.after_write(dur, epoch).await
     }
 
@@ -262,10 +268,14 @@ impl ChecksumDevice {
         let epoch = self.store.eviction_writes();
         if head == 0 && buf.len() == self.span(b0, b1) {
             self.edges.forget(b0, b1);
-            let entries = entries_of(buf);
+            let mut entries = Entries::new(b1 - b0);
+            let blocks = buf.chunks(BLOCK as usize);
+            for (e, block) in entries.get().iter_mut().zip(blocks) {
+                *e = block_entry(block);
+            }
             self.inner.write(offset, buf, dur).await?;
             self.reported.forget(b0, b1);
-            self.store.set(b0, &entries).await?;
+            self.store.set(b0, entries.get()).await?;
             return self.after_write(dur, epoch).await;
         }
         // Unaligned: merge the new bytes into the old edge blocks to know
@@ -374,7 +384,7 @@ impl BlockDevice for ChecksumDevice {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
-        Box::pin(self.read_verified(offset, buf))
+        crate::block::BoxFuture::new(self.read_verified(offset, buf))
     }
 
     fn write<'a>(
@@ -383,7 +393,7 @@ impl BlockDevice for ChecksumDevice {
         buf: &'a [u8],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(self.write_sealed(offset, buf, durability))
+        crate::block::BoxFuture::new(self.write_sealed(offset, buf, durability))
     }
 
     fn read_vectored<'a>(
@@ -392,9 +402,9 @@ impl BlockDevice for ChecksumDevice {
         bufs: &'a mut [IoSliceMut<'_>],
     ) -> BoxFuture<'a, BlockResult> {
         match bufs {
-            [one] => Box::pin(self.read_verified(offset, one)),
+            [one] => crate::block::BoxFuture::new(self.read_verified(offset, one)),
             _ if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) => {
-                Box::pin(self.read_verified_segments(offset, bufs))
+                crate::block::BoxFuture::new(self.read_verified_segments(offset, bufs))
             }
             _ => crate::block::read_through_copy(self, offset, bufs),
         }
@@ -407,14 +417,14 @@ impl BlockDevice for ChecksumDevice {
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
         if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) {
-            Box::pin(self.write_sealed_segments(offset, bufs, durability))
+            crate::block::BoxFuture::new(self.write_sealed_segments(offset, bufs, durability))
         } else {
             crate::block::write_through_copy(self, offset, bufs, durability)
         }
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             // Every flush writes the dirty pages back first, so a flushed
             // write's entries are on disk with its data: after a crash, an
             // entry in a dirty region is never older than the last flush,
@@ -428,7 +438,7 @@ impl BlockDevice for ChecksumDevice {
     }
 
     fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, len, self.size())?;
             if len == 0 {
                 return Ok(());
@@ -446,7 +456,7 @@ impl BlockDevice for ChecksumDevice {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.prepare_range(offset, len).await?;
             self.inner.discard(offset, len).await?;
             self.after_clear(offset.get(), len).await
@@ -459,10 +469,36 @@ impl BlockDevice for ChecksumDevice {
         len: u64,
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.prepare_range(offset, len).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             self.after_clear(offset.get(), len).await
         })
+    }
+}
+
+/// Entries a read verifies in place, without an allocation: up to 128 KiB.
+const INLINE_ENTRIES: usize = 32;
+
+/// The entries of a read's blocks: inline up to [`INLINE_ENTRIES`], on the
+/// heap beyond (a large read, where one allocation does not matter).
+enum Entries {
+    Inline([u32; INLINE_ENTRIES], usize),
+    Heap(Vec<u32>),
+}
+
+impl Entries {
+    fn new(n: u64) -> Entries {
+        match usize::try_from(n) {
+            Ok(n) if n <= INLINE_ENTRIES => Entries::Inline([0; INLINE_ENTRIES], n),
+            _ => Entries::Heap(vec![0; n as usize]),
+        }
+    }
+
+    fn get(&mut self) -> &mut [u32] {
+        match self {
+            Entries::Inline(all, n) => &mut all[..*n],
+            Entries::Heap(v) => v,
+        }
     }
 }

@@ -66,7 +66,7 @@ impl BlockDevice for CrashDevice {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             crate::block::check_range(offset, buf.len() as u64, self.size)?;
             let s = self.state.lock().unwrap();
             let at = offset.get() as usize;
@@ -81,7 +81,7 @@ impl BlockDevice for CrashDevice {
         buf: &'a [u8],
         durability: Durability,
     ) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             crate::block::check_range(offset, buf.len() as u64, self.size)?;
             self.apply(offset.get() as usize, buf, durability);
             Ok(())
@@ -89,7 +89,7 @@ impl BlockDevice for CrashDevice {
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut s = self.state.lock().unwrap();
             let pending = std::mem::take(&mut s.pending);
             for (at, data) in pending {
@@ -104,7 +104,7 @@ impl BlockDevice for CrashDevice {
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             crate::block::check_range(offset, len, self.size)?;
             self.apply(
                 offset.get() as usize,

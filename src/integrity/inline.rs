@@ -264,7 +264,7 @@ impl BlockDevice for InlineDevice {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
-        Box::pin(self.read_verified(offset, buf))
+        crate::block::BoxFuture::new(self.read_verified(offset, buf))
     }
 
     fn write<'a>(
@@ -273,7 +273,7 @@ impl BlockDevice for InlineDevice {
         buf: &'a [u8],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(self.write_sealed(offset, buf, durability))
+        crate::block::BoxFuture::new(self.write_sealed(offset, buf, durability))
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
@@ -282,7 +282,7 @@ impl BlockDevice for InlineDevice {
     }
 
     fn mark_lost(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, len, self.size)?;
             if len == 0 {
                 return Ok(());
@@ -303,7 +303,9 @@ impl BlockDevice for InlineDevice {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset.get(), len, move |o, l| self.inner.discard(o, l)))
+        crate::block::BoxFuture::new(
+            self.clear(offset.get(), len, move |o, l| self.inner.discard(o, l)),
+        )
     }
 
     fn write_zeroes(
@@ -312,7 +314,7 @@ impl BlockDevice for InlineDevice {
         len: u64,
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset.get(), len, move |o, l| {
+        crate::block::BoxFuture::new(self.clear(offset.get(), len, move |o, l| {
             self.inner.write_zeroes(o, l, may_unmap)
         }))
     }

@@ -265,7 +265,7 @@ impl ChecksumHook for Checksums {
         offset: ByteOffset,
         data: &'a [u8],
     ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let entries = page::entries_of(data);
             let first = offset.get() / page::BLOCK;
             for s in self.roles.of(member.0) {
@@ -287,7 +287,7 @@ impl ChecksumHook for Checksums {
         offset: ByteOffset,
         data: &'a [u8],
     ) -> BoxFuture<'a, Vec<Verdict>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let first = offset.get() / page::BLOCK;
             let n = (data.len() as u64).div_ceil(page::BLOCK);
             let stale = self.stale.load(Ordering::Relaxed);

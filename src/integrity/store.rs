@@ -271,18 +271,24 @@ impl CsumStore {
 
     /// Entries of blocks `first..first + n`.
     pub async fn entries(&self, first: u64, n: u64) -> BlockResult<Vec<u32>> {
-        self.check(first, n)?;
-        let mut out = Vec::with_capacity(n as usize);
-        for (p, range, _) in Self::pages_of(first, n) {
+        let mut out = vec![0; n as usize];
+        self.entries_into(first, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Entries of blocks `first..first + out.len()`, into `out` (a
+    /// caller's buffer: nothing allocated on a page hit).
+    pub async fn entries_into(&self, first: u64, out: &mut [u32]) -> BlockResult {
+        self.check(first, out.len() as u64)?;
+        for (p, range, at) in Self::pages_of(first, out.len() as u64) {
             let cell = self.page(p, false).await?;
             let page = cell.get().expect("initialized by page()");
-            out.extend(
-                page.entries[range]
-                    .iter()
-                    .map(|e| e.load(Ordering::Acquire)),
-            );
+            let n = range.len();
+            for (o, e) in out[at..at + n].iter_mut().zip(&page.entries[range]) {
+                *o = e.load(Ordering::Acquire);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Sets the entries of blocks `first..first + values.len()`.

@@ -296,14 +296,14 @@ impl BlockDevice for MdVolume {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, buf.len() as u64, self.array.size)?;
             self.read_at(offset.get(), buf).await
         })
     }
 
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], d: Durability) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.session.is_none() {
                 return Err(BlockError::ReadOnly);
             }
@@ -313,7 +313,7 @@ impl BlockDevice for MdVolume {
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.session.is_some() {
                 for slot in self.array.slots.iter().flatten() {
                     slot.device.flush().await?;
@@ -326,7 +326,7 @@ impl BlockDevice for MdVolume {
     /// A hint md arrays served here do not pass on: nothing changes (reads
     /// of the range return what was there, which NBD allows).
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.session.is_none() {
                 return Err(BlockError::ReadOnly);
             }
@@ -335,7 +335,7 @@ impl BlockDevice for MdVolume {
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _: bool) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.session.is_none() {
                 return Err(BlockError::ReadOnly);
             }

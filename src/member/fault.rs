@@ -590,7 +590,7 @@ impl FaultDevice {
         let Some(verdict) = self.judge(IoKind::Read, offset.get(), buf.len() as u64) else {
             return self.inner.read(offset, buf);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&verdict).await?;
             self.inner.read(offset, buf).await?;
             self.corrupt(buf, offset.get(), &verdict.corrupt);
@@ -607,7 +607,7 @@ impl FaultDevice {
         let Some(verdict) = self.judge(IoKind::Write, at.get(), buf.len() as u64) else {
             return self.inner.write(at, buf, durability);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&verdict).await?;
             if verdict.corrupt.is_empty() {
                 return self.inner.write(at, buf, durability).await;
@@ -647,7 +647,7 @@ impl FaultDevice {
         let Some(verdict) = self.judge(IoKind::Flush, 0, 0) else {
             return self.inner.flush();
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&verdict).await?;
             self.inner.flush().await
         })
@@ -657,7 +657,7 @@ impl FaultDevice {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.discard(offset, len);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&verdict).await?;
             self.inner.discard(offset, len).await
         })
@@ -667,7 +667,7 @@ impl FaultDevice {
         let Some(verdict) = self.judge(IoKind::Write, offset.get(), len) else {
             return self.inner.write_zeroes(offset, len, may_unmap);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&verdict).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await
         })

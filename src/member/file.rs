@@ -755,14 +755,14 @@ impl BlockDevice for FileMember {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut one = [IoSliceMut::new(buf)];
             self.read_checked(offset, &mut one).await
         })
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let one = [IoSlice::new(buf)];
             self.write_checked(at, &one, durability).await
         })
@@ -773,7 +773,7 @@ impl BlockDevice for FileMember {
         offset: ByteOffset,
         bufs: &'a mut [IoSliceMut<'_>],
     ) -> IoFuture<'a> {
-        Box::pin(self.read_checked(offset, bufs))
+        crate::block::BoxFuture::new(self.read_checked(offset, bufs))
     }
 
     fn write_vectored<'a>(
@@ -782,11 +782,11 @@ impl BlockDevice for FileMember {
         bufs: &'a [IoSlice<'a>],
         durability: Durability,
     ) -> IoFuture<'a> {
-        Box::pin(self.write_checked(at, bufs, durability))
+        crate::block::BoxFuture::new(self.write_checked(at, bufs, durability))
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.engine
                 .run(&self.buffered, Op::Flush)
                 .await
@@ -796,7 +796,7 @@ impl BlockDevice for FileMember {
     }
 
     fn reserve(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, len, self.size)?;
             if self.is_block_device || len == 0 {
                 return Ok(());
@@ -816,7 +816,7 @@ impl BlockDevice for FileMember {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, len, self.size)?;
             let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             self.zero_range(offset.get(), len, mode)
@@ -840,11 +840,11 @@ impl BlockDevice for FileMember {
             seek_extents(self.buffered.as_raw_fd(), offset.get(), len)
                 .unwrap_or_else(|_| vec![data_extent(len)])
         });
-        Box::pin(std::future::ready(map))
+        crate::block::BoxFuture::new(std::future::ready(map))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, len, self.size)?;
             let mode = if may_unmap {
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE

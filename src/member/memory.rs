@@ -74,7 +74,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.check()?;
             let data = self.data.lock().unwrap();
             check_range(offset, buf.len() as u64, data.len() as u64)?;
@@ -85,7 +85,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], _durability: Durability) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.check()?;
             let mut data = self.data.lock().unwrap();
             check_range(at, buf.len() as u64, data.len() as u64)?;
@@ -96,7 +96,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.check()?;
             self.flushes.fetch_add(1, Ordering::SeqCst);
             Ok(())
@@ -104,10 +104,10 @@ impl BlockDevice for MemDevice {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(async move { self.fill(offset, len) })
+        crate::block::BoxFuture::new(async move { self.fill(offset, len) })
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(async move { self.fill(offset, len) })
+        crate::block::BoxFuture::new(async move { self.fill(offset, len) })
     }
 }

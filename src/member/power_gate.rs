@@ -124,7 +124,9 @@ impl BlockDevice for PowerGate {
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         match self.volatile() {
             None => self.inner.read(offset, buf),
-            Some(r) => Box::pin(async move { r.undo.read(self.inner.read(offset, buf)).await }),
+            Some(r) => crate::block::BoxFuture::new(async move {
+                r.undo.read(self.inner.read(offset, buf)).await
+            }),
         }
     }
 
@@ -135,7 +137,7 @@ impl BlockDevice for PowerGate {
         r.count_hit();
         let fua = (d == Durability::Fua).then_some(buf);
         let range = (at.get(), buf.len() as u64);
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let op = self.inner.write(at, buf, d);
             r.undo.write(&self.inner, range, fua, op).await
         })
@@ -167,7 +169,9 @@ impl BlockDevice for PowerGate {
     fn flush(&self) -> IoFuture<'_> {
         match self.volatile() {
             None => self.inner.flush(),
-            Some(r) => Box::pin(async move { r.undo.flush(self.inner.flush()).await }),
+            Some(r) => {
+                crate::block::BoxFuture::new(async move { r.undo.flush(self.inner.flush()).await })
+            }
         }
     }
 
@@ -176,7 +180,7 @@ impl BlockDevice for PowerGate {
             return self.inner.discard(offset, len);
         };
         r.count_hit();
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let op = self.inner.discard(offset, len);
             r.undo
                 .write(&self.inner, (offset.get(), len), None, op)
@@ -189,7 +193,7 @@ impl BlockDevice for PowerGate {
             return self.inner.write_zeroes(offset, len, may_unmap);
         };
         r.count_hit();
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let op = self.inner.write_zeroes(offset, len, may_unmap);
             r.undo
                 .write(&self.inner, (offset.get(), len), None, op)

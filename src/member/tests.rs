@@ -409,9 +409,12 @@ async fn two_members_share_one_small_engine() {
     let writes = (0..64u64).flat_map(|i| {
         let (a, b, da, db) = (&a, &b, &da, &db);
         [
-            Box::pin(async move { a.write(ByteOffset(i * 4096), da, Durability::Normal).await })
-                as crate::block::BoxFuture<'_, _>,
-            Box::pin(async move { b.write(ByteOffset(i * 4096), db, Durability::Normal).await }),
+            crate::block::BoxFuture::new(async move {
+                a.write(ByteOffset(i * 4096), da, Durability::Normal).await
+            }) as crate::block::BoxFuture<'_, _>,
+            crate::block::BoxFuture::new(async move {
+                b.write(ByteOffset(i * 4096), db, Durability::Normal).await
+            }),
         ]
     });
     for r in futures::future::join_all(writes).await {

@@ -477,7 +477,7 @@ impl DiskBitmap {
 impl WriteIntent for DiskBitmap {
     fn mark(&self, start: ByteOffset, end: ByteOffset) -> BoxFuture<'_, BlockResult> {
         let (r0, r1) = self.span(start, end);
-        Box::pin(self.mark_regions(r0, r1))
+        crate::block::BoxFuture::new(self.mark_regions(r0, r1))
     }
 
     fn done(&self, start: ByteOffset, end: ByteOffset) {

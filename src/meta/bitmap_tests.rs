@@ -144,7 +144,7 @@ async fn before_clear_hook_runs_first_and_its_failure_keeps_the_bits() {
         let (seen, fail) = (seen.clone(), fail.clone());
         move || {
             let (seen, fail, dev) = (seen.clone(), fail.clone(), dev.clone());
-            Box::pin(async move {
+            crate::block::BoxFuture::new(async move {
                 let bits = disk_bits(&dev, &layout).await;
                 seen.lock().unwrap().push(bits);
                 if fail.swap(false, Ordering::SeqCst) {

@@ -208,6 +208,33 @@ fn nbd_drops(enc: &mut DescriptorEncoder) -> fmt::Result {
     )
 }
 
+/// The future pool's slow paths (`future_pool::stats`), per process: in
+/// steady state none of them grows.
+fn future_pool(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let stats = crate::future_pool::stats();
+    for (name, help, value) in [
+        (
+            "vraid_future_pool_heap_blocks",
+            "Blocks the future pool allocated on the heap (a thread's free list was empty)",
+            stats.heap_blocks,
+        ),
+        (
+            "vraid_future_pool_released_blocks",
+            "Blocks the future pool gave back to the heap (a thread's free list was full, or the thread exited)",
+            stats.released_blocks,
+        ),
+        (
+            "vraid_future_pool_boxed_futures",
+            "Futures boxed on the heap instead of the pool (larger than its largest class, or over-aligned)",
+            stats.boxed_futures,
+        ),
+    ] {
+        let series = [(Labels::new(), ConstCounter::new(value))];
+        family(enc, name, help, MetricType::Counter, series)?;
+    }
+    Ok(())
+}
+
 impl Scrape {
     fn states(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         family(
@@ -645,7 +672,8 @@ impl Collector for Scrape {
         self.remote(&mut enc)?;
         self.sync(&mut enc)?;
         nbd_drops(&mut enc)?;
-        bounce(&mut enc)
+        bounce(&mut enc)?;
+        future_pool(&mut enc)
     }
 }
 

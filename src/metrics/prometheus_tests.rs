@@ -146,6 +146,9 @@ fn the_exposition_keeps_the_names_labels_and_types_of_every_series() {
         ("vraid_fault_hits_total", "counter"),
         ("vraid_member_bounce_bytes_total", "counter"),
         ("vraid_nbd_connections_dropped_total", "counter"),
+        ("vraid_future_pool_heap_blocks_total", "counter"),
+        ("vraid_future_pool_released_blocks_total", "counter"),
+        ("vraid_future_pool_boxed_futures_total", "counter"),
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),

@@ -167,12 +167,16 @@ impl BlockDevice for StatsDevice {
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;
-        Box::pin(self.timed(OpType::Read, len, self.inner.read(offset, buf)))
+        crate::block::BoxFuture::new(self.timed(OpType::Read, len, self.inner.read(offset, buf)))
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         let len = buf.len() as u64;
-        Box::pin(self.timed(OpType::Write, len, self.inner.write(at, buf, durability)))
+        crate::block::BoxFuture::new(self.timed(
+            OpType::Write,
+            len,
+            self.inner.write(at, buf, durability),
+        ))
     }
 
     fn read_vectored<'a>(
@@ -181,7 +185,11 @@ impl BlockDevice for StatsDevice {
         bufs: &'a mut [std::io::IoSliceMut<'_>],
     ) -> IoFuture<'a> {
         let len = crate::iovec::len_mut(bufs) as u64;
-        Box::pin(self.timed(OpType::Read, len, self.inner.read_vectored(offset, bufs)))
+        crate::block::BoxFuture::new(self.timed(
+            OpType::Read,
+            len,
+            self.inner.read_vectored(offset, bufs),
+        ))
     }
 
     fn write_vectored<'a>(
@@ -192,19 +200,19 @@ impl BlockDevice for StatsDevice {
     ) -> IoFuture<'a> {
         let len = crate::iovec::len(bufs) as u64;
         let inner = self.inner.write_vectored(at, bufs, durability);
-        Box::pin(self.timed(OpType::Write, len, inner))
+        crate::block::BoxFuture::new(self.timed(OpType::Write, len, inner))
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(self.timed(OpType::Flush, 0, self.inner.flush()))
+        crate::block::BoxFuture::new(self.timed(OpType::Flush, 0, self.inner.flush()))
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(self.timed(OpType::Trim, len, self.inner.discard(offset, len)))
+        crate::block::BoxFuture::new(self.timed(OpType::Trim, len, self.inner.discard(offset, len)))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(self.timed(
+        crate::block::BoxFuture::new(self.timed(
             OpType::Trim,
             len,
             self.inner.write_zeroes(offset, len, may_unmap),

@@ -38,7 +38,7 @@ impl MetaContext for DirtyContext {
     }
 
     fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, BlockResult<StatusExtents>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let pool = self.pool.upgrade().ok_or_else(|| gone(&self.name))?;
             let runs = pool
                 .changed(self.volume, self.other, offset, len)

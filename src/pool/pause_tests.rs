@@ -82,10 +82,10 @@ impl BlockDevice for Stall {
         self.inner.read(offset, buf)
     }
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], _d: Durability) -> IoFuture<'a> {
-        Box::pin(self.write_at(offset, buf))
+        crate::block::BoxFuture::new(self.write_at(offset, buf))
     }
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(self.flush_at())
+        crate::block::BoxFuture::new(self.flush_at())
     }
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         self.inner.discard(offset, len)

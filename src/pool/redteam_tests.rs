@@ -65,10 +65,10 @@ impl BlockDevice for Cut {
         self.inner.read(offset, buf)
     }
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], _d: Durability) -> IoFuture<'a> {
-        Box::pin(self.write_at(offset, buf))
+        crate::block::BoxFuture::new(self.write_at(offset, buf))
     }
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             match self.budget.load(Ordering::SeqCst) > 0 {
                 true => Ok(()),
                 false => Err(self.dead()),
@@ -76,10 +76,10 @@ impl BlockDevice for Cut {
         })
     }
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(self.clear(offset, len))
+        crate::block::BoxFuture::new(self.clear(offset, len))
     }
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(self.clear(offset, len))
+        crate::block::BoxFuture::new(self.clear(offset, len))
     }
 }
 

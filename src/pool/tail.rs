@@ -82,7 +82,7 @@ impl Meta {
         child: u64,
         level: u32,
     ) -> BoxFuture<'_, Result<(), PoolError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let lost = if level == 0 {
                 self.add_ccount(child, -1).await?;
                 1
@@ -110,7 +110,7 @@ impl Meta {
 
     /// Clusters mapped under map page `b` at `level` (read-only).
     fn count_leaves(&mut self, b: u64, level: u32) -> BoxFuture<'_, Result<u64, PoolError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let entries: Vec<u64> = {
                 let p = self.store.page(b).await?;
                 (0..MAP_FANOUT as usize)

@@ -330,7 +330,7 @@ impl BlockDevice for ThinVolume {
         len: u64,
     ) -> crate::block::BoxFuture<'_, BlockResult<crate::block::AllocationMap>> {
         use crate::block::{push_extent, Allocation};
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut map = Vec::new();
             for (n, mapped) in ThinVolume::allocation(self, offset.0, len).await? {
                 let state = if mapped {
@@ -349,7 +349,7 @@ impl BlockDevice for ThinVolume {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(self.read_at(offset, buf))
+        crate::block::BoxFuture::new(self.read_at(offset, buf))
     }
 
     fn write<'a>(
@@ -358,18 +358,20 @@ impl BlockDevice for ThinVolume {
         buf: &'a [u8],
         durability: Durability,
     ) -> IoFuture<'a> {
-        Box::pin(self.write_at(offset, buf, durability))
+        crate::block::BoxFuture::new(self.write_at(offset, buf, durability))
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(async move { self.pool.flush().await.map_err(|e| self.err(e)) })
+        crate::block::BoxFuture::new(
+            async move { self.pool.flush().await.map_err(|e| self.err(e)) },
+        )
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
-        Box::pin(self.clear_at(offset, len))
+        crate::block::BoxFuture::new(self.clear_at(offset, len))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, _may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(self.clear_at(offset, len))
+        crate::block::BoxFuture::new(self.clear_at(offset, len))
     }
 }

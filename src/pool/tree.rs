@@ -223,7 +223,7 @@ impl Meta {
         level: u32,
         commits: bool,
     ) -> BoxFuture<'_, Result<(), PoolError>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.mcount(b).await? > 1 {
                 self.add_mcount(b, -1).await?;
                 return Ok(());

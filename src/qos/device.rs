@@ -35,7 +35,7 @@ impl QosDevice {
         if !self.limiter.enabled() || super::is_prepaid() {
             return op;
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.limiter.admit(dir, bytes).await;
             op.await
         })
@@ -49,7 +49,7 @@ impl BlockDevice for QosDevice {
         if !self.limiter.enabled() {
             return None;
         }
-        Some(Box::pin(self.limiter.admit(dir, bytes)))
+        Some(crate::block::BoxFuture::new(self.limiter.admit(dir, bytes)))
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {

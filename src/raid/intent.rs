@@ -75,7 +75,7 @@ impl WriteIntent for MemIntent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((true, start.get(), end.get()));
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
 
     fn done(&self, start: ByteOffset, end: ByteOffset) {

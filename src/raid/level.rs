@@ -99,14 +99,14 @@ pub(super) trait LevelIo: Send + Sync {
     /// The locks client writes take over member data `a..b` (`a < b`); a
     /// sync step holds them while it works. Default: the stripes.
     fn lock_member_range<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> BoxFuture<'a, Locks<'a>> {
-        Box::pin(lock_member_stripes(vol, a, b))
+        crate::block::BoxFuture::new(lock_member_stripes(vol, a, b))
     }
 
     /// One crash-resync step over member data `a..b`: makes redundancy
     /// consistent; returns the member bytes rewritten. Default (no
     /// redundancy): reseal the block checksums only.
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(async move { vol.reseal_step(a, b).await.map(|()| 0) })
+        crate::block::BoxFuture::new(async move { vol.reseal_step(a, b).await.map(|()| 0) })
     }
 
     /// Fills a rebuild step's buffer from the other members (under the
@@ -114,7 +114,7 @@ pub(super) trait LevelIo: Send + Sync {
     /// returned. Default: nothing to rebuild from.
     fn rebuild_read<'a>(&self, vol: &'a Volume, _r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
         let level = vol.geometry().level();
-        Box::pin(async move { Err(RebuildError::NoRedundancy(level)) })
+        crate::block::BoxFuture::new(async move { Err(RebuildError::NoRedundancy(level)) })
     }
 
     /// [`LevelIo::rebuild_read`] of several members' buffers of the same
@@ -125,7 +125,7 @@ pub(super) trait LevelIo: Send + Sync {
         vol: &'a Volume,
         reads: Vec<RebuildRead<'a>>,
     ) -> StepResult<'a, Vec<LostBlocks>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut lost = Vec::with_capacity(reads.len());
             for r in reads {
                 lost.push(vol.level_io().rebuild_read(vol, r).await?);
@@ -151,7 +151,7 @@ pub(super) trait LevelIo: Send + Sync {
     /// Counts (and with `repair` rewrites) the blocks of a scrub step that
     /// disagree with the level's redundancy. Default: nothing to compare.
     fn scrub_check<'a>(&self, _vol: &'a Volume, _c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+        crate::block::BoxFuture::new(async {})
     }
 
     /// A write or clear of volume range `at..+len` ran out of space

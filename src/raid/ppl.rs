@@ -95,7 +95,7 @@ pub trait ParityLog: Send + Sync {
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplClaim>> {
         let logged = self.log(member, records);
-        Box::pin(async move { logged.await.map(|t| PplClaim(Claim::Held { _ticket: t })) })
+        crate::block::BoxFuture::new(async move { logged.await.map(|t| PplClaim(Claim::Held { _ticket: t })) })
     }
 
     /// Largest PP one entry for `member` may carry; longer row ranges are
@@ -241,7 +241,7 @@ impl ParityLog for MemParityLog {
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
         let mut log = self.records.lock().unwrap_or_else(|e| e.into_inner());
         log.extend(records.into_iter().map(|r| (member, r)));
-        Box::pin(async { Ok(PplTicket::detached()) })
+        crate::block::BoxFuture::new(async { Ok(PplTicket::detached()) })
     }
 }
 
@@ -774,7 +774,7 @@ impl ParityLog for RingLog {
         member: MemberIndex,
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplTicket>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             match self.log_to(member, records, false).await? {
                 Granted::Ticket(t) => Ok(t),
                 Granted::Claim(_) => Err(mixed_up()),
@@ -787,7 +787,7 @@ impl ParityLog for RingLog {
         member: MemberIndex,
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplClaim>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             match self.log_to(member, records, true).await? {
                 Granted::Claim(c) => Ok(c),
                 Granted::Ticket(_) => Err(mixed_up()),

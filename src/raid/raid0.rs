@@ -103,13 +103,13 @@ impl LevelIo for Raid0 {
         a: u64,
         b: u64,
     ) -> crate::block::BoxFuture<'a, Locks<'a>> {
-        Box::pin(lock_member_blocks(vol, a, b))
+        crate::block::BoxFuture::new(lock_member_blocks(vol, a, b))
     }
 
     /// Partial stripes extent by extent, whole stripes as one contiguous
     /// range per member.
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let _rows = lock_rows(vol, at, len).await;
             let g = vol.geometry();
             let split = g.split_stripes(at, len);

@@ -34,7 +34,7 @@ pub(super) struct Raid1;
 
 impl LevelIo for Raid1 {
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let _guards = lock_regions(vol, at, len).await;
             all_mirrors(vol, how.op(at, len)).await
         })
@@ -42,15 +42,15 @@ impl LevelIo for Raid1 {
 
     /// The regions.
     fn lock_member_range<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> BoxFuture<'a, Locks<'a>> {
-        Box::pin(lock_regions(vol, ByteOffset(a), b - a))
+        crate::block::BoxFuture::new(lock_regions(vol, ByteOffset(a), b - a))
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(raid1_sync::resync_mirror_step(vol, a, b))
+        crate::block::BoxFuture::new(raid1_sync::resync_mirror_step(vol, a, b))
     }
 
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
-        Box::pin(raid1_sync::read_any_mirror(vol, r))
+        crate::block::BoxFuture::new(raid1_sync::read_any_mirror(vol, r))
     }
 
     /// The block from a mirror that read it well.
@@ -69,7 +69,7 @@ impl LevelIo for Raid1 {
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(raid1_sync::check_mirrors(
+        crate::block::BoxFuture::new(raid1_sync::check_mirrors(
             vol, c.a, c.reads, c.members, c.repair,
         ))
     }

@@ -37,22 +37,22 @@ pub(super) struct Raid10;
 
 impl LevelIo for Raid10 {
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
-        Box::pin(for_each_piece(vol, at, len, move |vol, p| async move {
+        crate::block::BoxFuture::new(for_each_piece(vol, at, len, move |vol, p| async move {
             let _rows = lock_rows(vol, &p.copies).await;
             all_copies(vol, &p, |off| how.op(off, p.len)).await
         }))
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(raid10_sync::resync_step(vol, a, b))
+        crate::block::BoxFuture::new(raid10_sync::resync_step(vol, a, b))
     }
 
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
-        Box::pin(raid10_sync::rebuild_read(vol, r))
+        crate::block::BoxFuture::new(raid10_sync::rebuild_read(vol, r))
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(raid10_sync::check_copies(vol, c))
+        crate::block::BoxFuture::new(raid10_sync::check_copies(vol, c))
     }
 }
 

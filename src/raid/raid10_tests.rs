@@ -227,10 +227,10 @@ impl super::rebuild::RebuildSink for NoSink {
         _: MemberIndex,
         _: u64,
     ) -> crate::block::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
     fn finished(&self, _: MemberIndex) -> crate::block::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
 }
 

@@ -32,16 +32,16 @@ pub(super) struct Raid5;
 impl LevelIo for Raid5 {
     /// Whole stripes on every member, partial stripes as zeroes ([`clear`]).
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
-        Box::pin(clear(vol, at, len, how))
+        crate::block::BoxFuture::new(clear(vol, at, len, how))
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(raid5_sync::resync_parity_step(vol, a, b))
+        crate::block::BoxFuture::new(raid5_sync::resync_parity_step(vol, a, b))
     }
 
     /// The XOR of the others; block by block when that fails.
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if raid5_sync::reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf)
                 .await
                 .is_ok()
@@ -72,7 +72,7 @@ impl LevelIo for Raid5 {
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(raid5_sync::check_parity(
+        crate::block::BoxFuture::new(raid5_sync::check_parity(
             vol, c.a, c.reads, c.members, c.repair,
         ))
     }
@@ -287,14 +287,21 @@ pub(super) async fn clear(vol: &Volume, offset: ByteOffset, len: u64, how: Clear
     let mut parts: Vec<BoxFuture<'_, BlockResult>> = Vec::new();
     for (off, len) in [split.head, split.tail] {
         if len > 0 {
-            parts.push(Box::pin(write_zeroes_partial(vol, off, len)));
+            parts.push(crate::block::BoxFuture::new(write_zeroes_partial(
+                vol, off, len,
+            )));
         }
     }
     let (first, count) = split.full;
     let mut s = first.0;
     while s < first.0 + count {
         let n = CLEAR_BATCH.min(first.0 + count - s);
-        parts.push(Box::pin(clear_stripes(vol, StripeIndex(s), n, how)));
+        parts.push(crate::block::BoxFuture::new(clear_stripes(
+            vol,
+            StripeIndex(s),
+            n,
+            how,
+        )));
         s += n;
     }
     all_complete(parts).await

@@ -28,15 +28,15 @@ pub(super) struct Raid6;
 
 impl LevelIo for Raid6 {
     fn clear<'a>(&self, vol: &'a Volume, at: ByteOffset, len: u64, how: Clear) -> Io<'a> {
-        Box::pin(super::raid5::clear(vol, at, len, how))
+        crate::block::BoxFuture::new(super::raid5::clear(vol, at, len, how))
     }
 
     fn resync_step<'a>(&self, vol: &'a Volume, a: u64, b: u64) -> StepResult<'a, u64> {
-        Box::pin(raid6_sync::resync_step(vol, a, b))
+        crate::block::BoxFuture::new(raid6_sync::resync_step(vol, a, b))
     }
 
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
-        Box::pin(raid6_sync::rebuild_read(vol, r))
+        crate::block::BoxFuture::new(raid6_sync::rebuild_read(vol, r))
     }
 
     /// Every member's buffer from one read of the others per stripe.
@@ -45,7 +45,7 @@ impl LevelIo for Raid6 {
         vol: &'a Volume,
         reads: Vec<RebuildRead<'a>>,
     ) -> StepResult<'a, Vec<LostBlocks>> {
-        Box::pin(raid6_sync::rebuild_read_many(vol, reads))
+        crate::block::BoxFuture::new(raid6_sync::rebuild_read_many(vol, reads))
     }
 
     fn scrub_rebuild_block(
@@ -60,7 +60,7 @@ impl LevelIo for Raid6 {
     }
 
     fn scrub_check<'a>(&self, vol: &'a Volume, c: ScrubCheck<'a>) -> BoxFuture<'a, ()> {
-        Box::pin(raid6_sync::check_syndromes(vol, c))
+        crate::block::BoxFuture::new(raid6_sync::check_syndromes(vol, c))
     }
 
     fn takes_parity_log(&self) -> bool {

@@ -26,11 +26,11 @@ struct Sink {
 impl RebuildSink for Sink {
     fn checkpoint(&self, _m: MemberIndex, up_to: u64) -> BoxFuture<'_, Result<(), String>> {
         self.checkpoints.lock().unwrap().push(up_to);
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
     fn finished(&self, member: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
         self.finished.lock().unwrap().push(member);
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
 }
 
@@ -370,7 +370,7 @@ struct SlowIntent(Arc<OrderLog>);
 
 impl WriteIntent for SlowIntent {
     fn mark(&self, start: ByteOffset, end: ByteOffset) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             tokio::task::yield_now().await;
             self.0
                  .0

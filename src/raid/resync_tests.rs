@@ -219,7 +219,7 @@ impl BlockDevice for ErrorAt {
         let end = offset.get() + buf.len() as u64;
         if self.on.load(Ordering::SeqCst) && offset.get() < self.bad.1 && self.bad.0 < end {
             let e = std::io::Error::from_raw_os_error(libc::EIO);
-            return Box::pin(async move { Err(BlockError::io("m0", e)) });
+            return crate::block::BoxFuture::new(async move { Err(BlockError::io("m0", e)) });
         }
         self.inner.read(offset, buf)
     }
@@ -251,10 +251,10 @@ struct NoSink;
 
 impl RebuildSink for NoSink {
     fn checkpoint(&self, _m: MemberIndex, _up_to: u64) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
     fn finished(&self, _m: MemberIndex) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        crate::block::BoxFuture::new(async { Ok(()) })
     }
 }
 

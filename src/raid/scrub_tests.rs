@@ -40,7 +40,7 @@ impl BlockDevice for BadBlocks {
             .copied()
             .filter(|&b| b < end && offset.get() < b + BLOCK as u64)
             .min();
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             match hit {
                 Some(b) if self.corrupt => Err(BlockError::Corrupt {
                     device: self.name().into(),

@@ -27,7 +27,7 @@ impl VolumeEvents for Events {
         _states: &[super::MemberState],
     ) -> BoxFuture<'_, ()> {
         self.failed.lock().unwrap().push(member);
-        Box::pin(async {})
+        crate::block::BoxFuture::new(async {})
     }
 }
 
@@ -90,7 +90,7 @@ impl BlockDevice for TestDevice {
             .fail_reads
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.yield_first.load(Ordering::SeqCst) {
                 tokio::task::yield_now().await;
             }
@@ -103,7 +103,7 @@ impl BlockDevice for TestDevice {
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             if self.yield_first.load(Ordering::SeqCst) {
                 tokio::task::yield_now().await;
             }

@@ -1211,7 +1211,7 @@ impl BlockDevice for Volume {
         let map = check_range(offset, len, self.size()).map(|()| {
             super::written::allocation(&self.geometry, self.written.as_ref(), offset.get(), len)
         });
-        Box::pin(std::future::ready(map))
+        crate::block::BoxFuture::new(std::future::ready(map))
     }
 
     fn size(&self) -> u64 {
@@ -1219,7 +1219,7 @@ impl BlockDevice for Volume {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, buf.len() as u64, self.size())?;
             if buf.is_empty() {
                 return Ok(());
@@ -1235,7 +1235,7 @@ impl BlockDevice for Volume {
         buf: &'a [u8],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             check_range(offset, buf.len() as u64, self.size())?;
             if buf.is_empty() {
                 return Ok(());
@@ -1261,7 +1261,7 @@ impl BlockDevice for Volume {
         if let [one] = bufs {
             return self.read(offset, one);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let len = crate::iovec::len_mut(bufs) as u64;
             check_range(offset, len, self.size())?;
             if len == 0 {
@@ -1278,7 +1278,7 @@ impl BlockDevice for Volume {
         bufs: &'a [std::io::IoSlice<'a>],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let len = crate::iovec::len(bufs) as u64;
             check_range(offset, len, self.size())?;
             if len == 0 {
@@ -1293,7 +1293,7 @@ impl BlockDevice for Volume {
     }
 
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let (result, no_space) = super::no_space::watch(self.flush_members()).await;
             match no_space {
                 true => Err(super::no_space::error(&self.name)),
@@ -1303,7 +1303,7 @@ impl BlockDevice for Volume {
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset, len, Clear::Discard))
+        crate::block::BoxFuture::new(self.clear(offset, len, Clear::Discard))
     }
 
     fn write_zeroes(
@@ -1312,6 +1312,6 @@ impl BlockDevice for Volume {
         len: u64,
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
-        Box::pin(self.clear(offset, len, Clear::Zeroes { may_unmap }))
+        crate::block::BoxFuture::new(self.clear(offset, len, Clear::Zeroes { may_unmap }))
     }
 }

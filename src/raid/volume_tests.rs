@@ -341,7 +341,7 @@ impl super::volume::VolumeEvents for SlowEvents {
         _error: &BlockError,
         _states: &[super::MemberState],
     ) -> crate::block::BoxFuture<'_, ()> {
-        Box::pin(self.release.notified())
+        crate::block::BoxFuture::new(self.release.notified())
     }
 }
 
@@ -444,7 +444,7 @@ impl BlockDevice for FullDisk {
         _durability: Durability,
     ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
         let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
-        Box::pin(async move { Err(BlockError::io(self.name(), e)) })
+        crate::block::BoxFuture::new(async move { Err(BlockError::io(self.name(), e)) })
     }
 
     fn flush(&self) -> crate::block::BoxFuture<'_, crate::block::BlockResult> {

@@ -267,13 +267,13 @@ mod tests {
             _: super::super::MemberIndex,
             _: u64,
         ) -> crate::block::BoxFuture<'_, Result<(), String>> {
-            Box::pin(async { Ok(()) })
+            crate::block::BoxFuture::new(async { Ok(()) })
         }
         fn finished(
             &self,
             _: super::super::MemberIndex,
         ) -> crate::block::BoxFuture<'_, Result<(), String>> {
-            Box::pin(async { Ok(()) })
+            crate::block::BoxFuture::new(async { Ok(()) })
         }
     }
 }

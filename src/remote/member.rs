@@ -420,23 +420,23 @@ impl BlockDevice for RemoteMember {
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
-        Box::pin(self.read_at(offset, buf))
+        crate::block::BoxFuture::new(self.read_at(offset, buf))
     }
 
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], d: Durability) -> IoFuture<'a> {
-        Box::pin(self.write_at(offset, buf, d))
+        crate::block::BoxFuture::new(self.write_at(offset, buf, d))
     }
 
     fn flush(&self) -> IoFuture<'_> {
-        Box::pin(self.flush_now())
+        crate::block::BoxFuture::new(self.flush_now())
     }
 
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         // TRIM need not zero; the trait's discard must read back zeroes.
-        Box::pin(self.zero_at(offset, len, true))
+        crate::block::BoxFuture::new(self.zero_at(offset, len, true))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
-        Box::pin(self.zero_at(offset, len, may_unmap))
+        crate::block::BoxFuture::new(self.zero_at(offset, len, may_unmap))
     }
 }

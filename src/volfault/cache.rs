@@ -351,7 +351,7 @@ fn power_lost(device: &str) -> BlockError {
 }
 
 fn ready(r: BlockResult) -> IoFuture<'static> {
-    Box::pin(std::future::ready(r))
+    crate::block::BoxFuture::new(std::future::ready(r))
 }
 
 impl BlockDevice for WriteCache {
@@ -371,14 +371,14 @@ impl BlockDevice for WriteCache {
             len,
             state: crate::block::Allocation::DATA,
         };
-        Box::pin(std::future::ready(Ok(vec![data])))
+        crate::block::BoxFuture::new(std::future::ready(Ok(vec![data])))
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         if self.is_empty() {
             return self.inner.read(offset, buf);
         }
-        Box::pin(self.read_overlaid(offset, buf))
+        crate::block::BoxFuture::new(self.read_overlaid(offset, buf))
     }
 
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
@@ -388,13 +388,13 @@ impl BlockDevice for WriteCache {
         }
         if durability == Durability::Fua || !self.volatile() {
             let run = self.inner.write(at, buf, durability);
-            return Box::pin(self.write_through(at.get(), len, run));
+            return crate::block::BoxFuture::new(self.write_through(at.get(), len, run));
         }
         let payload = Payload::Data {
             data: Arc::from(buf),
             start: 0,
         };
-        Box::pin(self.cache(at.get(), len, payload))
+        crate::block::BoxFuture::new(self.cache(at.get(), len, payload))
     }
 
     /// An empty cache reads the list straight from the volume (zero copy).
@@ -423,7 +423,7 @@ impl BlockDevice for WriteCache {
         }
         if durability == Durability::Fua || !self.volatile() {
             let run = self.inner.write_vectored(at, bufs, durability);
-            return Box::pin(self.write_through(at.get(), len, run));
+            return crate::block::BoxFuture::new(self.write_through(at.get(), len, run));
         }
         crate::block::write_through_copy(self, at, bufs, durability)
     }
@@ -433,7 +433,7 @@ impl BlockDevice for WriteCache {
         if self.is_empty() {
             return self.inner.flush();
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let (bound, epoch) = {
                 let s = self.state();
                 (s.seq_bound(), s.epoch())
@@ -449,9 +449,9 @@ impl BlockDevice for WriteCache {
         }
         if !self.volatile() {
             let run = self.inner.discard(offset, len);
-            return Box::pin(self.write_through(offset.get(), len, run));
+            return crate::block::BoxFuture::new(self.write_through(offset.get(), len, run));
         }
-        Box::pin(self.cache(offset.get(), len, Payload::Zero { unmap: true }))
+        crate::block::BoxFuture::new(self.cache(offset.get(), len, Payload::Zero { unmap: true }))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
@@ -460,9 +460,9 @@ impl BlockDevice for WriteCache {
         }
         if !self.volatile() {
             let run = self.inner.write_zeroes(offset, len, may_unmap);
-            return Box::pin(self.write_through(offset.get(), len, run));
+            return crate::block::BoxFuture::new(self.write_through(offset.get(), len, run));
         }
         let zero = Payload::Zero { unmap: may_unmap };
-        Box::pin(self.cache(offset.get(), len, zero))
+        crate::block::BoxFuture::new(self.cache(offset.get(), len, zero))
     }
 }

@@ -188,7 +188,7 @@ impl BlockDevice for VolumeFaultDevice {
         if self.faults.rules().rules().is_empty() {
             return self.inner.allocation(offset, len);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut map = self.inner.allocation(offset, len).await?;
             for e in &mut map {
                 e.state.zero = false;
@@ -201,7 +201,7 @@ impl BlockDevice for VolumeFaultDevice {
         let Some(v) = self.judge(Req::Read, offset.get(), buf.len() as u64) else {
             return self.inner.read(offset, buf);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&v).await?;
             self.inner.read(offset, buf).await?;
             corrupt(buf, offset.get(), &v.corrupt);
@@ -212,9 +212,9 @@ impl BlockDevice for VolumeFaultDevice {
     fn write<'a>(&'a self, at: ByteOffset, buf: &'a [u8], durability: Durability) -> IoFuture<'a> {
         let len = buf.len() as u64;
         match self.judge(Req::Write { data: true }, at.get(), len) {
-            Some(v) => Box::pin(self.write_judged(at, buf, durability, v)),
+            Some(v) => crate::block::BoxFuture::new(self.write_judged(at, buf, durability, v)),
             None if !self.faults.has_bad_sectors() => self.inner.write(at, buf, durability),
-            None => Box::pin(async move {
+            None => crate::block::BoxFuture::new(async move {
                 self.inner.write(at, buf, durability).await?;
                 self.faults.heal(at.get(), len);
                 Ok(())
@@ -233,7 +233,7 @@ impl BlockDevice for VolumeFaultDevice {
         let Some(v) = self.judge(Req::Read, offset.get(), len) else {
             return self.inner.read_vectored(offset, bufs);
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&v).await?;
             self.inner.read_vectored(offset, bufs).await?;
             let mut at = offset.get();
@@ -258,7 +258,7 @@ impl BlockDevice for VolumeFaultDevice {
         if verdict.is_none() && !self.faults.has_bad_sectors() {
             return self.inner.write_vectored(at, bufs, durability);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut data = vec![0u8; len as usize];
             crate::iovec::gather(bufs, &mut data);
             match verdict {
@@ -276,7 +276,7 @@ impl BlockDevice for VolumeFaultDevice {
         let Some(v) = self.judge(Req::Flush, 0, 0) else {
             return self.inner.flush();
         };
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.enforce(&v).await?;
             self.inner.flush().await
         })
@@ -285,12 +285,12 @@ impl BlockDevice for VolumeFaultDevice {
     fn discard(&self, offset: ByteOffset, len: u64) -> IoFuture<'_> {
         let v = self.judge(Req::Write { data: false }, offset.get(), len);
         let run = move || self.inner.discard(offset, len);
-        Box::pin(self.zero_judged(run, offset.get(), len, v))
+        crate::block::BoxFuture::new(self.zero_judged(run, offset.get(), len, v))
     }
 
     fn write_zeroes(&self, offset: ByteOffset, len: u64, may_unmap: bool) -> IoFuture<'_> {
         let v = self.judge(Req::Write { data: false }, offset.get(), len);
         let run = move || self.inner.write_zeroes(offset, len, may_unmap);
-        Box::pin(self.zero_judged(run, offset.get(), len, v))
+        crate::block::BoxFuture::new(self.zero_judged(run, offset.get(), len, v))
     }
 }

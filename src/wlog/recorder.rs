@@ -309,7 +309,7 @@ impl BlockDevice for LogDevice {
         if !self.log.recording() {
             return self.inner.write(at, buf, d);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.inner.write(at, buf, d).await?;
             let len = buf.len() as u64;
             let log = &self.log;
@@ -330,7 +330,7 @@ impl BlockDevice for LogDevice {
         if !self.log.recording() {
             return self.inner.write_vectored(at, bufs, d);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let mut data = vec![0u8; crate::iovec::len(bufs)];
             crate::iovec::gather(bufs, &mut data);
             self.inner.write_vectored(at, bufs, d).await?;
@@ -349,7 +349,7 @@ impl BlockDevice for LogDevice {
         if !self.log.recording() {
             return self.inner.flush();
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let covers = self.log.next_entry();
             self.inner.flush().await?;
             self.log.record(RecordKind::Flush, 0, covers, 0, &[]);
@@ -362,7 +362,7 @@ impl BlockDevice for LogDevice {
         if !self.log.recording() {
             return self.inner.discard(offset, len);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.inner.discard(offset, len).await?;
             self.log
                 .note(RecordKind::Trim, 0, offset.get(), len, &[])
@@ -375,7 +375,7 @@ impl BlockDevice for LogDevice {
         if !self.log.recording() {
             return self.inner.write_zeroes(offset, len, may_unmap);
         }
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             let flags = if may_unmap { FLAG_UNMAP } else { 0 };
             let log = &self.log;

@@ -56,7 +56,7 @@ impl MetaContext for AllocationContext {
     }
 
     fn extents(&self, offset: u64, len: u64) -> BoxFuture<'_, BlockResult<StatusExtents>> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let map = self.0.allocation(ByteOffset(offset), len).await?;
             Ok(map
                 .iter()
@@ -242,7 +242,7 @@ mod tests {
             self.0
         }
         fn extents(&self, _: u64, len: u64) -> BoxFuture<'_, BlockResult<StatusExtents>> {
-            Box::pin(std::future::ready(Ok(vec![(len, 1)])))
+            crate::block::BoxFuture::new(std::future::ready(Ok(vec![(len, 1)])))
         }
     }
 

@@ -718,7 +718,7 @@ impl BlockDevice for GatedDevice {
         offset: crate::units::ByteOffset,
         buf: &'a mut [u8],
     ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             let _pass = self.gate.acquire().await.unwrap();
             self.inner.read(offset, buf).await
         })
@@ -1272,7 +1272,7 @@ impl BlockDevice for MeteredDevice {
         offset: crate::units::ByteOffset,
         buf: &'a mut [u8],
     ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
-        Box::pin(self.metered(buf.len(), self.inner.read(offset, buf)))
+        crate::block::BoxFuture::new(self.metered(buf.len(), self.inner.read(offset, buf)))
     }
 
     fn write<'a>(
@@ -1281,7 +1281,9 @@ impl BlockDevice for MeteredDevice {
         buf: &'a [u8],
         durability: crate::block::Durability,
     ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
-        Box::pin(self.metered(buf.len(), self.inner.write(offset, buf, durability)))
+        crate::block::BoxFuture::new(
+            self.metered(buf.len(), self.inner.write(offset, buf, durability)),
+        )
     }
 }
 
@@ -1360,7 +1362,7 @@ impl BlockDevice for PanickyDevice {
         offset: crate::units::ByteOffset,
         buf: &'a mut [u8],
     ) -> crate::block::BoxFuture<'a, crate::block::BlockResult> {
-        Box::pin(async move {
+        crate::block::BoxFuture::new(async move {
             tokio::task::yield_now().await;
             assert_ne!(offset.get(), 0, "PanickyDevice: read at 0");
             self.0.read(offset, buf).await

@@ -131,7 +131,7 @@ pub struct Session {
 type End = io::Result<Ending>;
 
 /// Waiting for the server pool's bytes.
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+type Acquire = crate::block::BoxFuture<'static, Result<OwnedSemaphorePermit, AcquireError>>;
 
 /// A request parsed and waiting for its bytes.
 struct Waiting {
@@ -654,7 +654,7 @@ where
                 Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
                     if w.acquire.is_none() {
                         let pool = self.session.memory.clone();
-                        w.acquire = Some(Box::pin(pool.acquire_many_owned(n)));
+                        w.acquire = Some(crate::block::BoxFuture::new(pool.acquire_many_owned(n)));
                     }
                     return None;
                 }

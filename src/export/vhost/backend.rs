@@ -219,7 +219,7 @@ impl BlkBackend {
                     let pool = self.pools[index].clone();
                     let mem = mem.clone();
                     let vring = vring.clone();
-                    self.executors[index].push(Box::pin(async move {
+                    self.executors[index].push(crate::block::BoxFuture::new(async move {
                         let (status, data_in) = execute(&ctx, &pool, &mem, &req).await;
                         let used = answer(&*mem, req.status, status, data_in);
                         complete(&vring, head, used);

@@ -12,10 +12,8 @@
 //! Futures run inside the tokio runtime's context (`Handle::enter`), so the
 //! volume may use tokio timers and `spawn` as it would on a tokio worker.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -25,7 +23,7 @@ use futures::task::ArcWake;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A request future.
-pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Task = crate::block::BoxFuture<'static, ()>;
 
 /// Wakes the worker thread: one eventfd write until the next poll.
 #[derive(Debug)]
@@ -130,7 +128,7 @@ mod tests {
     /// A future that stays pending until woken once, keeping its waker.
     fn parked(slot: Arc<Mutex<Option<std::task::Waker>>>) -> Task {
         let mut polled = false;
-        Box::pin(std::future::poll_fn(move |cx| {
+        crate::block::BoxFuture::new(std::future::poll_fn(move |cx| {
             if polled {
                 return Poll::Ready(());
             }
@@ -188,7 +186,7 @@ mod tests {
             let (s, r) = tokio::sync::oneshot::channel();
             tx.send(s).unwrap();
             let done = done.clone();
-            exec.push(Box::pin(async move {
+            exec.push(crate::block::BoxFuture::new(async move {
                 let _ = r.await;
                 done.fetch_add(1, Ordering::SeqCst);
             }));
