@@ -19,11 +19,13 @@
 # snapshots taken one per second during the run (and deleted after). The
 # probes' largest completion latency with snapshots against a run without
 # is the client-visible pause (goal < 10 ms), with the snapshot commands'
-# own times. ROUNDS=0 measures the pause only.
+# own times. ROUNDS=0 measures the pause only; SNAPS=0 skips it;
+# WORKLOADS picks the steady workloads (say WORKLOADS=randread).
 #
 # Environment (defaults in brackets):
 #   LEVEL [0]  MEMBERS [2]  MEMBER_SIZE [16G]  CLUSTER [1M]  WORKSET [1G]
 #   RUNTIME [10]  ROUNDS [3]  FT_IOS [1024]  SNAPS [5]  SNAP_SIZE [10G]
+#   WORKLOADS ["randwrite randread firsttouch"]
 #   WORKDIR [/var/tmp/vraid-pool-compare]  VRAID [target/release/vraid]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,6 +40,7 @@ ROUNDS=${ROUNDS:-3}
 FT_IOS=${FT_IOS:-1024}
 SNAPS=${SNAPS:-5}
 SNAP_SIZE=${SNAP_SIZE:-10G}
+WORKLOADS=${WORKLOADS:-randwrite randread firsttouch}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-pool-compare}
 VRAID=${VRAID:-target/release/vraid}
 
@@ -212,12 +215,16 @@ for n in $(seq "$ROUNDS"); do
     ((n % 2 == 0)) && order="thin bare"
     for peer in $order; do
         target=$(uri "$peer")
-        steady randwrite "$peer" "$n" "$target"
-        steady randread "$peer" "$n" "$target"
-        first_touch "$peer" "$n"
+        for w in $WORKLOADS; do
+            case $w in
+                firsttouch) first_touch "$peer" "$n" ;;
+                *) steady "$w" "$peer" "$n" "$target" ;;
+            esac
+        done
     done
 done
-snapshot_pause
+((SNAPS > 0)) && snapshot_pause
+mkdir -p "$WORKDIR/snap" && touch "$WORKDIR/snap/snapshot-us"
 
 python3 - "$RESULTS" "$WORKDIR/snap/snapshot-us" <<'PY'
 import sys, collections
@@ -229,7 +236,8 @@ for r in rows:
         pause[(r[1], r[2])] = (float(r[3]), float(r[4]))
     else:
         by[(r[0], r[1])].append((float(r[3]), float(r[4])))
-mean = lambda xs: sum(xs) / len(xs)
+import statistics
+mean = statistics.median  # medians of the rounds (noisy host)
 goal = {"randwrite": 0.9, "randread": 0.95, "firsttouch": 0.5}
 print("| workload | bare IOPS | thin IOPS | thin / bare (goal) | bare CPU us/IO | thin CPU us/IO |")
 print("|---|---:|---:|---:|---:|---:|")
@@ -240,6 +248,8 @@ for k in ("randwrite", "randread", "firsttouch"):
     bi, ti = mean([x[0] for x in b]), mean([x[0] for x in t])
     print(f"| {k} | {bi:.0f} | {ti:.0f} | {ti / bi:.2f}x (>= {goal[k]}x) | {mean([x[1] for x in b]):.1f} | {mean([x[1] for x in t]):.1f} |")
 snaps = [int(x) / 1000 for x in open(sys.argv[2]).read().split()]
+if not pause:
+    sys.exit(0)
 print()
 print("| volume under load | snapshotted: probe max ms | p99 ms | other volume: probe max ms | p99 ms |")
 print("|---|---:|---:|---:|---:|")

@@ -11,10 +11,12 @@
 # working set is written once first. Then the neighbour runs alone,
 # unlimited, to find its IOPS; its limit is half of that (`vraid set nb
 # --write-iops`). ROUNDS rounds alternate three modes: solo (the reader
-# alone), unlimited (both, no limit), limited (both, the limit set live).
-# Each measures RUNTIME seconds and the server's utime+stime from
-# /proc/PID/stat. Prints a markdown table: reader IOPS, neighbour IOPS,
-# reader IOPS / solo, server CPU microseconds per I/O (both jobs' I/Os).
+# alone), unlimited (both, no limit), limited (both, the limit set live),
+# the order reversed every other round. Each measures RUNTIME seconds and
+# the server's utime+stime from /proc/PID/stat. Prints a markdown table
+# (medians of the rounds): reader IOPS, neighbour IOPS, reader IOPS /
+# solo (also the median of each round's ratio to that round's solo run),
+# server CPU microseconds per I/O (both jobs' I/Os).
 #
 # Environment (defaults in brackets):
 #   MEMBER_SIZE  sparse member size [1G]   READ_SET   reader fio --size [256M]
@@ -146,7 +148,9 @@ LIMIT=$((NB_ALONE / 2))
 log "neighbour alone: $NB_ALONE IOPS; its limit: $LIMIT write IOPS"
 
 for n in $(seq "$ROUNDS"); do
-    for mode in solo unlimited limited; do measure "$mode" "$n"; done
+    order="solo unlimited limited"
+    ((n % 2 == 0)) && order="limited unlimited solo"
+    for mode in $order; do measure "$mode" "$n"; done
 done
 
 python3 - "$RESULTS" "$NB_ALONE" "$LIMIT" <<'PY'
@@ -155,12 +159,21 @@ rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 by = collections.defaultdict(list)
 for mode, _, r, nb, us in rows:
     by[mode].append((float(r), float(nb), float(us)))
-mean = lambda xs: sum(xs) / len(xs)
+import statistics
+mean = statistics.median  # medians of the rounds (noisy host)
 solo = mean([r for r, _, _ in by["solo"]])
+# Per round: the reader against the solo run of the same round (next to
+# it in time), then the median of those ratios: steadier than the ratio
+# of medians on a host whose load swings between rounds.
+per_round = collections.defaultdict(list)
+solo_of = {n: float(r) for mode, n, r, _, _ in rows if mode == "solo"}
+for mode, n, r, _, _ in rows:
+    per_round[mode].append(float(r) / solo_of[n])
 print(f"neighbour alone: {sys.argv[2]} write IOPS; limit {sys.argv[3]} (half)\n")
-print("| mode | reader IOPS (QD1) | neighbour IOPS (QD64) | reader / solo | server CPU us/IO |")
-print("|---|---:|---:|---:|---:|")
+print("| mode | reader IOPS (QD1) | neighbour IOPS (QD64) | reader / solo | per-round reader / solo | server CPU us/IO |")
+print("|---|---:|---:|---:|---:|---:|")
 for mode in ("solo", "unlimited", "limited"):
     r = mean([x[0] for x in by[mode]]); nb = mean([x[1] for x in by[mode]]); us = mean([x[2] for x in by[mode]])
-    print(f"| {mode} | {r:.0f} | {nb:.0f} | {r / solo:.2f}x | {us:.1f} |")
+    pr = per_round[mode]
+    print(f"| {mode} | {r:.0f} | {nb:.0f} | {r / solo:.2f}x | {mean(pr):.2f}x ({min(pr):.2f}-{max(pr):.2f}) | {us:.1f} |")
 PY

@@ -325,9 +325,15 @@ pub trait BlockDevice: Send + Sync {
     /// request of `bytes` in `dir` start, and charges it. A caller that
     /// holds a shared resource while the request runs (the NBD server's
     /// device budget) waits here first, then makes the request under
-    /// [`crate::qos::prepaid`] so it is not charged twice. `None`: nothing
-    /// to wait for (the default; no allocation on the request path).
-    fn admit(&self, dir: crate::qos::Direction, bytes: u64) -> Option<BoxFuture<'_, ()>> {
+    /// [`crate::qos::prepaid`] so it is not charged twice, holding the
+    /// [`crate::qos::Admission`] until the request has ended (its place
+    /// under the volume's in-flight cap). `None`: nothing to wait for (the
+    /// default; no allocation on the request path).
+    fn admit(
+        &self,
+        dir: crate::qos::Direction,
+        bytes: u64,
+    ) -> Option<BoxFuture<'_, crate::qos::Admission<'_>>> {
         let _ = (dir, bytes);
         None
     }
@@ -494,7 +500,7 @@ macro_rules! forward_to {
             &self,
             dir: $crate::qos::Direction,
             bytes: u64,
-        ) -> Option<$crate::block::BoxFuture<'_, ()>> {
+        ) -> Option<$crate::block::BoxFuture<'_, $crate::qos::Admission<'_>>> {
             self.$i.admit(dir, bytes)
         }
     };

@@ -159,4 +159,20 @@ fn config_limits_apply_at_start_and_show_in_the_metrics() {
         .unwrap_or_else(|| panic!("no QoS series in:\n{text}"));
     let n: f64 = held.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n > 100.0, "{held}");
+    // Every admitted request gave its place in flight back.
+    assert_eq!(q["in_flight"], 0, "{q}");
+    // The QoS waits are in the volume's latency: 8 requests in flight at
+    // 300 a second spend 8/300 s (27 ms) each, nearly all of it waiting
+    // for admission (the device answers in well under a millisecond).
+    let series = |name: &str| -> f64 {
+        let key = format!(r#"vraid_volume_latency_seconds_{name}{{volume="vol0",op="read"}} "#);
+        let line = text.lines().find(|l| l.starts_with(&key));
+        let line = line.unwrap_or_else(|| panic!("no {key} in:\n{text}"));
+        line[key.len()..].parse().unwrap()
+    };
+    let mean = series("sum") / series("count");
+    assert!(
+        mean > 0.005,
+        "mean read latency {mean} s leaves out the QoS wait"
+    );
 }

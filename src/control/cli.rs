@@ -203,11 +203,13 @@ fn render_client(out: &mut String, v: &VolumeStatus) {
     if let Some(q) = v.qos.filter(|q| q.limits.any() || q.throttled_requests > 0) {
         let _ = writeln!(
             out,
-            "  qos: {}; {} requests throttled for {:.3} s, {} waiting",
+            "  qos: {}; {} requests throttled for {:.3} s, {} waiting, {} in flight ({} held by the in-flight cap)",
             q.limits.describe(),
             q.throttled_requests,
             q.throttled_us as f64 / 1e6,
             q.waiting,
+            q.in_flight,
+            q.capped_requests,
         );
     }
     if let Some(c) = v

@@ -655,6 +655,13 @@ impl Scrape {
             "Client requests waiting for a QoS limit now",
             MetricType::Gauge,
             qos().map(|(l, q)| (l, ConstGauge::new(q.waiting as i64))),
+        )?;
+        family(
+            enc,
+            "vraid_volume_qos_capped_requests",
+            "Client requests that waited for room under the QoS in-flight cap",
+            MetricType::Counter,
+            qos().map(|(l, q)| (l, ConstCounter::new(q.capped_requests))),
         )
     }
 }

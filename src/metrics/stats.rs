@@ -153,8 +153,10 @@ impl StatsDevice {
         StatsDevice { inner, stats }
     }
 
+    /// Runs `fut` and records it; from the start of its QoS wait when the
+    /// NBD server admitted it ahead ([`crate::qos::prepaid_since`]).
     async fn timed(&self, op: OpType, bytes: u64, fut: BoxFuture<'_, BlockResult>) -> BlockResult {
-        let start = Instant::now();
+        let start = crate::qos::take_admitted_since().unwrap_or_else(Instant::now);
         let result = fut.await;
         let seconds = start.elapsed().as_secs_f64();
         self.stats.op(op).record(bytes, result.is_ok(), seconds);

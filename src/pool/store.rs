@@ -242,6 +242,14 @@ impl Store {
         }
     }
 
+    /// Page `b` if it is cached (no I/O, no future), marked used.
+    pub fn cached(&mut self, b: u64) -> Option<&Page> {
+        let c = self.cache.get_mut(&b)?;
+        self.clock += 1;
+        c.used = self.clock;
+        Some(&c.page)
+    }
+
     /// Page `b`, read (and verified) if not cached.
     pub async fn page(&mut self, b: u64) -> Result<&Page, PoolError> {
         self.load(b).await?;

@@ -515,3 +515,31 @@ proptest! {
         run(ops);
     }
 }
+
+/// The read path's lookup without I/O (`Meta::lookup_read_cached`) on a
+/// reopened pool gives the answers of the lookup that reads the pages,
+/// holes included.
+#[test]
+fn a_cached_read_lookup_answers_as_the_reading_one() {
+    rt().block_on(async {
+        let (dev, pool) = new_pool(ARRAY).await;
+        pool.create_volume("a", 1 << 20).await.unwrap();
+        let v = pool.open_volume("a").await.unwrap();
+        v.write(ByteOffset(CS), &[7u8; 4096], Durability::Normal)
+            .await
+            .unwrap();
+        v.flush().await.unwrap();
+        drop((v, pool));
+        let pool = Pool::open(dev, 256).await.unwrap();
+        let mut m = pool.meta.lock().await;
+        let i = m.by_id(m.slots[0].rec.id).unwrap();
+
+        let read = m.lookup_read(i, 1).await.unwrap();
+        let cached = m.lookup_read_cached(i, 1).expect("cached now").unwrap();
+        let hole = m.lookup_read_cached(i, 2).expect("same leaf").unwrap();
+
+        assert!(read.is_some());
+        assert_eq!(cached, read);
+        assert_eq!(hole, None);
+    });
+}

@@ -105,8 +105,13 @@ impl ThinVolume {
         m.lookup(i, vc).await
     }
 
+    /// The read's lookup: without a lock future when the metadata lock is
+    /// free and the path cached (the common case), else waits for both.
     async fn lookup_read(&self, vc: u64) -> Result<Option<u64>, PoolError> {
-        let mut m = self.pool.meta.lock().await;
+        let mut m = match self.pool.meta.try_lock() {
+            Ok(m) => m,
+            Err(_) => self.pool.meta.lock().await,
+        };
         let i = m.by_id(self.id)?;
         m.lookup_read(i, vc).await
     }
@@ -133,7 +138,10 @@ impl ThinVolume {
 
     async fn read_at(&self, offset: ByteOffset, buf: &mut [u8]) -> BlockResult {
         check_range(offset, buf.len() as u64, self.size())?;
-        let _gate = self.pool.gate.read().await;
+        let _gate = match self.pool.gate.try_read() {
+            Ok(g) => g,
+            Err(_) => self.pool.gate.read().await,
+        };
         for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
             let part = &mut buf[p.at..p.at + p.len as usize];
             match self.lookup_read(p.vc).await.map_err(|e| self.err(e))? {

@@ -6,6 +6,7 @@
 use crate::block::BoxFuture;
 use crate::pool::format::{Kind, MAP_FANOUT};
 use crate::pool::meta::{digits, Meta};
+use crate::pool::page::Page;
 use crate::pool::PoolError;
 
 /// What a lookup found.
@@ -16,6 +17,17 @@ pub struct Lookup {
     /// True if every page on the path and the cluster have count 1: the
     /// volume alone owns the cluster and may write it in place.
     pub exclusive: bool,
+}
+
+/// The entry `digit` of map page `page` (block `b`) at `level`, once the
+/// page is checked to be of that level.
+fn step(page: &Page, b: u64, level: u32, digit: usize) -> Result<u64, PoolError> {
+    if page.kind() != kind_of(level) as u32 {
+        return Err(PoolError::Corrupt(format!(
+            "map page {b} at the wrong level"
+        )));
+    }
+    Ok(page.entry(digit))
 }
 
 fn kind_of(level: u32) -> Kind {
@@ -64,20 +76,43 @@ impl Meta {
     /// Physical cluster of virtual cluster `vc` of slot `i`, for a read:
     /// the path only, no counts (see [`Meta::lookup`]).
     pub async fn lookup_read(&mut self, i: usize, vc: u64) -> Result<Option<u64>, PoolError> {
+        if let Some(found) = self.lookup_read_cached(i, vc) {
+            return found;
+        }
         let (mut cur, depth) = (self.slots[i].rec.root, self.slots[i].rec.depth);
         let d = digits(vc);
         for level in (0..depth).rev() {
             if cur == 0 {
                 return Ok(None);
             }
-            let page = self.store.page(cur).await?;
-            if page.kind() != kind_of(level) as u32 {
-                return Err(PoolError::Corrupt(format!(
-                    "map page {cur} at the wrong level"
-                )));
-            }
-            cur = page.entry(d[level as usize]);
+            cur = step(self.store.page(cur).await?, cur, level, d[level as usize])?;
         }
+        self.found(cur)
+    }
+
+    /// [`Meta::lookup_read`] when every page on the path is cached: no
+    /// I/O and no future (the read path's common case); `None` on a miss.
+    pub fn lookup_read_cached(
+        &mut self,
+        i: usize,
+        vc: u64,
+    ) -> Option<Result<Option<u64>, PoolError>> {
+        let (mut cur, depth) = (self.slots[i].rec.root, self.slots[i].rec.depth);
+        let d = digits(vc);
+        for level in (0..depth).rev() {
+            if cur == 0 {
+                return Some(Ok(None));
+            }
+            let page = self.store.cached(cur)?;
+            cur = match step(page, cur, level, d[level as usize]) {
+                Ok(next) => next,
+                Err(e) => return Some(Err(e)),
+            };
+        }
+        Some(self.found(cur))
+    }
+
+    fn found(&self, cur: u64) -> Result<Option<u64>, PoolError> {
         if cur != 0 {
             self.check_data_cluster(cur)?;
         }

@@ -36,7 +36,7 @@ impl QosDevice {
             return op;
         }
         crate::block::BoxFuture::new(async move {
-            self.limiter.admit(dir, bytes).await;
+            let _in_flight = self.limiter.admit(dir, bytes).await;
             op.await
         })
     }
@@ -45,7 +45,11 @@ impl QosDevice {
 impl BlockDevice for QosDevice {
     crate::block::forward_to!(inner => name, size, device_id, flush, mark_lost, reserve, allocation);
 
-    fn admit(&self, dir: Direction, bytes: u64) -> Option<crate::block::BoxFuture<'_, ()>> {
+    fn admit(
+        &self,
+        dir: Direction,
+        bytes: u64,
+    ) -> Option<crate::block::BoxFuture<'_, crate::qos::Admission<'_>>> {
         if !self.limiter.enabled() {
             return None;
         }

@@ -13,12 +13,20 @@
 //! bytes (TRIM and WRITE_ZEROES move none: they cost IOPS only). Reads and
 //! writes queue apart, so a read never waits behind a write held by the
 //! write limit. Nothing fails: a request over the limit waits its turn.
+//!
+//! In flight: a limited direction keeps at most `rate × latency × 1.5 + 1`
+//! of its requests in the volume at once ([`in_flight_cap`]; latency: the
+//! moving average of its own admitted requests, from admission to the
+//! drop of their [`Admission`]). At the rate it needs no more (Little's
+//! law), so the cap costs it nothing in steady state; it stops a burst (a
+//! full bucket, a timer tick releasing several heads) from queueing many
+//! member I/Os ahead of a neighbour's request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::bucket::TokenBucket;
@@ -98,6 +106,78 @@ impl Buckets {
             b.take(cost, now);
         }
     }
+
+    /// Requests a second the limits of `dir` allow requests of `bytes`
+    /// (the lowest of them), `None` when `dir` has no limit.
+    fn ops_rate(&mut self, dir: Direction, bytes: u64) -> Option<f64> {
+        self.each(dir, bytes)
+            .map(|(b, cost)| b.rate() as f64 / cost.max(1) as f64)
+            .min_by(f64::total_cmp)
+    }
+}
+
+/// Fewest requests a limited direction may have in flight.
+pub const MIN_IN_FLIGHT: u64 = 2;
+
+/// Headroom of the in-flight cap over rate × latency.
+const IN_FLIGHT_HEADROOM: f64 = 1.5;
+
+/// The in-flight cap at `ops_rate` requests a second whose latency is
+/// `latency_ns` on average: `None` (no cap) before any latency is known.
+pub fn in_flight_cap(ops_rate: f64, latency_ns: u64) -> Option<u64> {
+    if latency_ns == 0 {
+        return None;
+    }
+    let need = ops_rate * latency_ns as f64 / 1e9 * IN_FLIGHT_HEADROOM;
+    Some((need.ceil() as u64).saturating_add(1).max(MIN_IN_FLIGHT))
+}
+
+/// The admitted requests of one direction in the volume.
+#[derive(Debug, Default)]
+struct Flight {
+    /// In flight now.
+    n: AtomicU64,
+    /// Moving average of their latency (1/8 weight), ns; 0: none yet.
+    latency_ns: AtomicU64,
+    /// Woken when one ends.
+    ended: Notify,
+}
+
+impl Flight {
+    fn end(&self, latency: Duration) {
+        let s = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .latency_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => s,
+                    old => old - old / 8 + s / 8,
+                })
+            });
+        self.n.fetch_sub(1, Ordering::AcqRel);
+        self.ended.notify_waiters();
+    }
+}
+
+/// An admitted request: holds its place in flight until dropped (when the
+/// request has ended). Empty for an unlimited direction.
+#[derive(Debug, Default)]
+pub struct Admission<'a> {
+    slot: Option<(&'a Flight, Instant)>,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some((flight, at)) = self.slot.take() {
+            flight.end(at.elapsed());
+        }
+    }
+}
+
+/// What the head of a queue waits for.
+enum Wait {
+    Until(Instant),
+    Slot,
 }
 
 /// The limits of one volume and the requests they hold.
@@ -113,6 +193,10 @@ pub struct Limiter {
     throttled_requests: AtomicU64,
     throttled_ns: AtomicU64,
     waiting: AtomicU64,
+    /// Reads, writes in flight.
+    flights: [Flight; 2],
+    /// Requests that waited for room in flight, since start.
+    capped_requests: AtomicU64,
 }
 
 impl Default for Limiter {
@@ -133,6 +217,8 @@ impl Limiter {
             throttled_requests: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            flights: Default::default(),
+            capped_requests: AtomicU64::new(0),
         }
     }
 
@@ -165,13 +251,54 @@ impl Limiter {
             throttled_requests: self.throttled_requests.load(Ordering::Relaxed),
             throttled_us: self.throttled_ns.load(Ordering::Relaxed) / 1000,
             waiting: self.waiting.load(Ordering::Relaxed),
+            in_flight: self
+                .flights
+                .iter()
+                .map(|f| f.n.load(Ordering::Relaxed))
+                .sum(),
+            capped_requests: self.capped_requests.load(Ordering::Relaxed),
         }
     }
 
-    /// Waits until a request of `bytes` in direction `dir` may start.
-    pub async fn admit(&self, dir: Direction, bytes: u64) {
+    fn flight(&self, dir: Direction) -> &Flight {
+        &self.flights[dir as usize]
+    }
+
+    /// The in-flight cap of `dir` for requests of `bytes` now (`None`:
+    /// no cap).
+    pub fn cap(&self, dir: Direction, bytes: u64) -> Option<u64> {
+        let rate = self.buckets().ops_rate(dir, bytes)?;
+        in_flight_cap(rate, self.flight(dir).latency_ns.load(Ordering::Relaxed))
+    }
+
+    /// Starts the request if its buckets and the in-flight cap allow it
+    /// now (takes its tokens and a place in flight), else what to wait for.
+    fn try_start(&self, dir: Direction, bytes: u64) -> Result<(), Wait> {
+        let flight = self.flight(dir);
+        let mut b = self.buckets();
+        let now = Instant::now();
+        let at = b.ready_at(dir, bytes, now);
+        if at > now {
+            return Err(Wait::Until(at));
+        }
+        let latency = flight.latency_ns.load(Ordering::Relaxed);
+        let cap = b
+            .ops_rate(dir, bytes)
+            .and_then(|rate| in_flight_cap(rate, latency));
+        // Only the head of the queue adds: the count cannot pass the cap.
+        if cap.is_some_and(|cap| flight.n.load(Ordering::Acquire) >= cap) {
+            return Err(Wait::Slot);
+        }
+        b.take(dir, bytes, now);
+        flight.n.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Waits until a request of `bytes` in direction `dir` may start;
+    /// the request is in flight until the [`Admission`] is dropped.
+    pub async fn admit(&self, dir: Direction, bytes: u64) -> Admission<'_> {
         if !self.enabled() {
-            return;
+            return Admission::default();
         }
         let start = Instant::now();
         let _waiting = Waiting::new(&self.waiting);
@@ -184,28 +311,42 @@ impl Limiter {
             Err(_) => (queue.lock().await, true),
         };
         let mut changed = self.changed.subscribe();
+        let flight = self.flight(dir);
+        let mut capped = false;
         loop {
-            let at = {
-                let mut b = self.buckets();
-                let now = Instant::now();
-                let at = b.ready_at(dir, bytes, now);
-                if at <= now {
-                    b.take(dir, bytes, now);
-                    break;
-                }
-                at
+            let ended = flight.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let wait = match self.try_start(dir, bytes) {
+                Ok(()) => break,
+                Err(wait) => wait,
             };
             held = true;
             changed.mark_unchanged();
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
-                _ = changed.changed() => {}
+            match wait {
+                Wait::Until(at) => tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = changed.changed() => {}
+                },
+                Wait::Slot => {
+                    capped = true;
+                    tokio::select! {
+                        _ = ended => {}
+                        _ = changed.changed() => {}
+                    }
+                }
             }
         }
         if held {
             let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.throttled_requests.fetch_add(1, Ordering::Relaxed);
             self.throttled_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+        if capped {
+            self.capped_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        Admission {
+            slot: Some((flight, Instant::now())),
         }
     }
 }

@@ -21,24 +21,43 @@ pub mod bucket;
 mod device;
 pub mod limiter;
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use device::QosDevice;
-pub use limiter::{Direction, Limiter};
+pub use limiter::{Admission, Direction, Limiter};
 
 tokio::task_local! {
     /// Set while a request already admitted by
-    /// [`crate::block::BlockDevice::admit`] runs.
-    static PREPAID: ();
+    /// [`crate::block::BlockDevice::admit`] runs: when it began to wait
+    /// for admission, until the volume's counters take it.
+    static PREPAID: Cell<Option<std::time::Instant>>;
 }
 
 /// Runs `fut` as a request already admitted (`BlockDevice::admit`): the
 /// QoS device lets the reads and writes it makes through uncharged. The
 /// device calls must be made inside `fut` (an `async` block), not before.
 pub async fn prepaid<F: std::future::Future>(fut: F) -> F::Output {
-    PREPAID.scope((), fut).await
+    PREPAID.scope(Cell::new(None), fut).await
+}
+
+/// [`prepaid`], for a request that began waiting for admission at
+/// `since` (`None`: it did not wait): the first latency histogram it
+/// meets (`metrics::stats::StatsDevice`, the volume's) counts from there,
+/// so QoS waits show in the volume's latency.
+pub async fn prepaid_since<F: std::future::Future>(
+    since: Option<std::time::Instant>,
+    fut: F,
+) -> F::Output {
+    PREPAID.scope(Cell::new(since), fut).await
+}
+
+/// When the running admitted request began to wait for admission, once
+/// (the outermost counter takes it; those below count their own time).
+pub fn take_admitted_since() -> Option<std::time::Instant> {
+    PREPAID.try_with(Cell::take).ok().flatten()
 }
 
 /// True inside [`prepaid`].
@@ -179,6 +198,12 @@ pub struct QosStatus {
     pub throttled_us: u64,
     /// Requests waiting now.
     pub waiting: u64,
+    /// Admitted requests in the volume now (limited directions only).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Requests that waited for room under the in-flight cap, since start.
+    #[serde(default)]
+    pub capped_requests: u64,
 }
 
 #[cfg(test)]

@@ -317,17 +317,36 @@ async fn piece_permit(
         .map_err(|_| Failure::new(errno::ESHUTDOWN, "server shutting down"))
 }
 
+/// Waits for the volume's QoS to admit a piece of `len` bytes: when the
+/// wait began (for the latency histogram; `None` without limits) and the
+/// piece's place in flight, held until it has ended.
+async fn admit(
+    ctx: &Context,
+    dir: Direction,
+    len: usize,
+) -> (
+    Option<std::time::Instant>,
+    Option<crate::qos::Admission<'_>>,
+) {
+    match ctx.export.device.admit(dir, len as u64) {
+        Some(wait) => {
+            let since = std::time::Instant::now();
+            (Some(since), Some(wait.await))
+        }
+        None => (None, None),
+    }
+}
+
 /// Writes `data` at `at`, one piece at a time.
 async fn write(ctx: &Context, at: u64, data: &[u8], d: Durability) -> Result<(), Failure> {
     let mut pos = at;
     let dev = &ctx.export.device;
     for piece in data.chunks(DEVICE_PIECE) {
         // QoS first: a throttled request must not sit on the budget.
-        if let Some(wait) = dev.admit(Direction::Write, piece.len() as u64) {
-            wait.await;
-        }
+        let (since, _in_flight) = admit(ctx, Direction::Write, piece.len()).await;
         let _budget = piece_permit(ctx, piece.len()).await?;
-        crate::qos::prepaid(async { dev.write(ByteOffset(pos), piece, d).await }).await?;
+        let op = async { dev.write(ByteOffset(pos), piece, d).await };
+        crate::qos::prepaid_since(since, op).await?;
         pos += piece.len() as u64;
     }
     Ok(())
@@ -354,11 +373,10 @@ async fn read(ctx: &Context, req: &Request) -> Result<Reply, Failure> {
     let mut pos = req.offset;
     let dev = &ctx.export.device;
     for piece in data.as_mut_slice().chunks_mut(DEVICE_PIECE) {
-        if let Some(wait) = dev.admit(Direction::Read, piece.len() as u64) {
-            wait.await;
-        }
+        let (since, _in_flight) = admit(ctx, Direction::Read, piece.len()).await;
         let _budget = piece_permit(ctx, piece.len()).await?;
-        crate::qos::prepaid(async { dev.read(ByteOffset(pos), piece).await }).await?;
+        let op = async { dev.read(ByteOffset(pos), piece).await };
+        crate::qos::prepaid_since(since, op).await?;
         pos += piece.len() as u64;
     }
     if !ctx.structured {
