@@ -95,7 +95,9 @@ pub trait ParityLog: Send + Sync {
         records: Vec<PplRecord>,
     ) -> BoxFuture<'_, BlockResult<PplClaim>> {
         let logged = self.log(member, records);
-        crate::block::BoxFuture::new(async move { logged.await.map(|t| PplClaim(Claim::Held { _ticket: t })) })
+        crate::block::BoxFuture::new(async move {
+            logged.await.map(|t| PplClaim(Claim::Held { _ticket: t }))
+        })
     }
 
     /// Largest PP one entry for `member` may carry; longer row ranges are
