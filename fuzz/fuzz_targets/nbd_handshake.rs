@@ -21,7 +21,7 @@ impl BlockDevice for NullDevice {
         1 << 30
     }
     fn read<'a>(&'a self, _: ByteOffset, _: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
     fn write<'a>(
         &'a self,
@@ -29,16 +29,16 @@ impl BlockDevice for NullDevice {
         _: &'a [u8],
         _: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
     fn flush(&self) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
     fn discard(&self, _: ByteOffset, _: u64) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
     fn write_zeroes(&self, _: ByteOffset, _: u64, _: bool) -> BoxFuture<'_, BlockResult> {
-        Box::pin(async { Ok(()) })
+        BoxFuture::new(async { Ok(()) })
     }
 }
 
