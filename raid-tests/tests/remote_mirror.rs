@@ -265,6 +265,11 @@ fn raid5_with_two_remote_members_survives_one_cut_and_serves_from_the_rejoined_o
     wait_until(60, "the cut member failed", || {
         state_of(&control, 2) == "failed"
     });
+    // Nothing given up stays queued toward it: the kernel would send it
+    // once the link is back, after the catch-up (stale parity).
+    wait_until(10, "no request queued toward the cut remote", || {
+        queued_toward(&uris[1]) < 1024
+    });
     assert_fio_clean(fio);
     nss[1].link(true);
     let copied = wait_rejoined(&server, &control, 2);
@@ -277,6 +282,29 @@ fn raid5_with_two_remote_members_survives_one_cut_and_serves_from_the_rejoined_o
     check.arg("--verify_only");
     assert_fio_clean(check.stdout(Stdio::piped()).spawn().unwrap());
     assert_eq!(server.stop(), 0);
+}
+
+/// The most bytes any TCP socket of this namespace holds unacknowledged
+/// toward the server of `uri` (`nbd://A.B.C.D:PORT/`), from
+/// `/proc/net/tcp`: a connection given up (even closed, still trying)
+/// counts too.
+fn queued_toward(uri: &str) -> u64 {
+    let hostport = uri.trim_start_matches("nbd://").trim_end_matches('/');
+    let (host, port) = hostport.split_once(':').unwrap();
+    let ip: std::net::Ipv4Addr = host.parse().unwrap();
+    let port: u16 = port.parse().unwrap();
+    let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let tx = f.get(4)?.split(':').next()?;
+            (f.get(2)? == &want).then(|| u64::from_str_radix(tx, 16).unwrap())
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// A plain NBD client (simple replies) on the export `vol0` of `server`:

@@ -232,6 +232,7 @@ fn start(socket: Socket, info: Negotiated, shown: &str) -> Result<Conn, LinkErro
             s.set_read_timeout(None).map_err(err)?;
             s.set_write_timeout(None).map_err(err)?;
             s.set_nonblocking(true).map_err(err)?;
+            discard_unsent_on_close(&s).map_err(err)?;
             let (r, w) = tokio::net::TcpStream::from_std(s)
                 .map_err(err)?
                 .into_split();
@@ -246,6 +247,42 @@ fn start(socket: Socket, info: Negotiated, shown: &str) -> Result<Conn, LinkErro
                 .into_split();
             Ok(Conn::start(r, w, info))
         }
+    }
+}
+
+/// Makes closing `s` abortive (`SO_LINGER` on, 0 s): the kernel drops the
+/// bytes not yet acknowledged by the server and resets the connection,
+/// instead of sending them on after the close. A member connection is
+/// closed when a request on it timed out (or the member is dropped); a
+/// request it carried is then sent again elsewhere or failed, and the RAID
+/// layer goes on (degraded, a later write of the same block, a re-join's
+/// catch-up). Left queued, the old request would still reach the server
+/// once the link is back, whenever the kernel's retransmission backoff
+/// next fires — seconds after the link is up — and overwrite whatever
+/// was written there since (a parity block or a checksum page the
+/// catch-up had just made current: docs/FORMAT.md §6 "Connections given
+/// up").
+pub(super) fn discard_unsent_on_close(s: &std::net::TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this function borrows, with a pointer
+    // to a live `linger` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

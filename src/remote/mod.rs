@@ -50,6 +50,8 @@ pub fn open(
 }
 
 #[cfg(test)]
+mod given_up_tests;
+#[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod multi_tests;

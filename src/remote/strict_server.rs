@@ -3,14 +3,16 @@
 //! block, may advertise `CAN_MULTI_CONN`, counts connections and requests
 //! per connection, and misbehaves on demand (refuses connections past a
 //! number, dies instead of applying a write, goes silent on one
-//! connection). What nbdkit's blocksize-policy filter does, with knobs.
+//! connection, stops reading one connection until released, with a tiny
+//! receive buffer so a request stays queued at the client). What nbdkit's
+//! blocksize-policy filter does, with knobs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::export::nbd::proto::{self, Command, Request};
 
@@ -25,6 +27,11 @@ pub struct Setup {
     pub refuse_from: usize,
     /// Connection that never answers (0-based).
     pub silent: Option<usize>,
+    /// Connection that reads nothing after its handshake until
+    /// [`Strict::release`] (like a server behind a cut link), then serves.
+    pub stall: Option<usize>,
+    /// `SO_RCVBUF` of the listening socket (inherited by connections).
+    pub recv_buffer: Option<u32>,
 }
 
 impl Setup {
@@ -35,6 +42,8 @@ impl Setup {
             multi_conn: true,
             refuse_from: usize::MAX,
             silent: None,
+            stall: None,
+            recv_buffer: None,
         }
     }
 }
@@ -55,12 +64,21 @@ pub struct Strict {
     pub die_in: AtomicUsize,
     /// Writes and reads applied.
     pub writes: AtomicUsize,
+    /// Lets the stalled connection read again.
+    pub release: tokio::sync::Notify,
+    /// How the stalled connection ended, once it has.
+    stall_end: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Strict {
     /// Starts serving on a loopback port.
     pub async fn start(setup: Setup) -> (Arc<Strict>, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = setup.recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
         let addr = listener.local_addr().unwrap();
         let s = Arc::new(Strict {
             data: Mutex::new(vec![0u8; setup.size as usize]),
@@ -70,6 +88,8 @@ impl Strict {
             unaligned: AtomicUsize::new(0),
             die_in: AtomicUsize::new(usize::MAX),
             writes: AtomicUsize::new(0),
+            release: tokio::sync::Notify::new(),
+            stall_end: tokio::sync::watch::Sender::new(None),
         });
         let server = s.clone();
         tokio::spawn(async move {
@@ -81,11 +101,27 @@ impl Strict {
                 }
                 let s = server.clone();
                 tokio::spawn(async move {
-                    let _ = s.connection(sock, n).await;
+                    let end = s.connection(sock, n).await;
+                    if s.setup.stall == Some(n) {
+                        let end = end.map_or_else(|e| format!("error: {e}"), |()| "end".into());
+                        s.stall_end.send_replace(Some(end));
+                    }
                 });
             }
         });
         (s, addr)
+    }
+
+    /// Waits (30 s at most) until the stalled connection has ended; how
+    /// it ended ("end": a clean end, or the read error).
+    pub async fn stalled_end(&self) -> String {
+        let mut rx = self.stall_end.subscribe();
+        let ended = rx.wait_for(Option::is_some);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(30), ended)
+            .await
+            .expect("the stalled connection did not end within 30 s")
+            .unwrap();
+        end.clone().unwrap()
     }
 
     /// A snapshot of the export.
@@ -133,6 +169,9 @@ impl Strict {
             proto::encode_option_reply(&mut out, option, proto::REP_ACK, &[]);
             s.write_all(&out).await?;
             break;
+        }
+        if self.setup.stall == Some(n) {
+            self.release.notified().await;
         }
         self.transmission(s, n).await
     }

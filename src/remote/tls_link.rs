@@ -89,7 +89,8 @@ pub fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkErr
 fn prepare(s: &std::net::TcpStream) -> io::Result<()> {
     s.set_read_timeout(None)?;
     s.set_write_timeout(None)?;
-    s.set_nonblocking(true)
+    s.set_nonblocking(true)?;
+    super::link::discard_unsent_on_close(s)
 }
 
 /// One upgrade in progress.
