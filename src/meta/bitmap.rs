@@ -397,64 +397,89 @@ impl DiskBitmap {
             return Ok(0);
         }
         let _w = self.writer.lock().await;
-        let now = Instant::now();
-        let cleared = {
-            let mut inner = self.lock();
-            let candidates: Vec<u64> = (0..self.regions)
-                .filter(|&r| get(&inner.durable, r) || get(&inner.want, r))
-                .filter(|r| !inner.in_flight.contains_key(r) && !inner.pinned.contains(r))
-                .filter(|r| {
-                    all || inner
-                        .last_done
-                        .get(r)
-                        .is_none_or(|t| now.duration_since(*t) >= self.idle)
-                })
-                .collect();
-            let mut was = Vec::with_capacity(candidates.len());
-            for &r in &candidates {
-                was.push((r, get(&inner.durable, r)));
-                set(&mut inner.want, r, false);
-                set(&mut inner.durable, r, false);
-                inner.last_done.remove(&r);
-            }
-            was
-        };
+        // A member may have failed while this waited for the writer: the
+        // bits of regions written since then are what its re-add catches
+        // up, so nothing is cleared unless the array is still whole.
+        if !self.meta.is_whole().await {
+            return Ok(0);
+        }
+        let cleared = self.take_clearable(all);
         if cleared.is_empty() {
             return Ok(0);
         }
-        let allowed = self.meta.clearing_allowed().await.map_err(|e| {
+        if let Err(e) = self.before_clearing().await {
+            // Nothing may be cleared: put the bits back. They are still
+            // on disk (writes wanting them wait for the writer lock).
+            self.restore(&cleared);
+            return Err(e);
+        }
+        // The writes of those regions completed; make them durable before
+        // the bits that cover them go.
+        let devices = self.meta.present_devices().await;
+        let flushed = join_all(devices.iter().map(|d| d.flush())).await;
+        if let Some(e) = flushed.into_iter().find_map(|r| r.err()) {
+            // A member that did not flush may lack those writes.
+            self.restore(&cleared);
+            return Err(e);
+        }
+        if !self.meta.is_whole().await {
+            self.restore(&cleared);
+            return Ok(0);
+        }
+        self.write_image().await?;
+        tracing::debug!(cleared = cleared.len(), "write-intent bits cleared");
+        Ok(cleared.len())
+    }
+
+    /// Takes the bits that may go (idle for the idle time, or `all`; none
+    /// in flight or pinned) out of the in-memory images. Returns each
+    /// region with whether its bit was durable, for [`Self::restore`].
+    fn take_clearable(&self, all: bool) -> Vec<(u64, bool)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let candidates: Vec<u64> = (0..self.regions)
+            .filter(|&r| get(&inner.durable, r) || get(&inner.want, r))
+            .filter(|r| !inner.in_flight.contains_key(r) && !inner.pinned.contains(r))
+            .filter(|r| {
+                all || inner
+                    .last_done
+                    .get(r)
+                    .is_none_or(|t| now.duration_since(*t) >= self.idle)
+            })
+            .collect();
+        let mut was = Vec::with_capacity(candidates.len());
+        for &r in &candidates {
+            was.push((r, get(&inner.durable, r)));
+            set(&mut inner.want, r, false);
+            set(&mut inner.durable, r, false);
+            inner.last_done.remove(&r);
+        }
+        was
+    }
+
+    /// Puts back bits [`Self::take_clearable`] took (the clear did not
+    /// happen). The writer lock is held: they are still on disk.
+    fn restore(&self, cleared: &[(u64, bool)]) {
+        let mut inner = self.lock();
+        for &(r, durable) in cleared {
+            set(&mut inner.want, r, true);
+            set(&mut inner.durable, r, durable);
+        }
+    }
+
+    /// `events_cleared` recorded, then the owner's hook (checksum pages
+    /// written back) before any bit goes.
+    async fn before_clearing(&self) -> BlockResult<()> {
+        self.meta.clearing_allowed().await.map_err(|e| {
             BlockError::io(
                 "write-intent bitmap: recording events_cleared",
                 std::io::Error::other(e.to_string()),
             )
-        });
-        let hooked = match (allowed, self.before_clear.as_ref()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(hook)) => hook().await,
-            (Ok(()), None) => Ok(()),
-        };
-        {
-            if let Err(e) = hooked {
-                // Nothing may be cleared: put the bits back. They are still
-                // on disk (writes wanting them wait for the writer lock).
-                let mut inner = self.lock();
-                for &(r, durable) in &cleared {
-                    set(&mut inner.want, r, true);
-                    set(&mut inner.durable, r, durable);
-                }
-                return Err(e);
-            }
+        })?;
+        match self.before_clear.as_ref() {
+            Some(hook) => hook().await,
+            None => Ok(()),
         }
-        let cleared = cleared.len();
-        // The writes of those regions completed; make them durable before
-        // the bits that cover them go.
-        let devices = self.meta.present_devices().await;
-        for r in join_all(devices.iter().map(|d| d.flush())).await {
-            r?;
-        }
-        self.write_image().await?;
-        tracing::debug!(cleared, "write-intent bits cleared");
-        Ok(cleared)
     }
 
     /// Runs [`DiskBitmap::clear_idle`] every `period` until the bitmap is dropped.

@@ -257,3 +257,32 @@ async fn a_full_resync_sets_no_written_bit_and_a_write_after_it_still_records_it
     bm.done(a, b);
     bm.done(a, b);
 }
+
+#[tokio::test]
+async fn a_member_failing_while_bits_are_cleared_keeps_them() {
+    // Arrange: region 0 written and idle on a whole RAID-1; the hook that
+    // runs inside the clear fails member 1 (as a member timing out while
+    // the clear waits for the writer or flushes would).
+    let (devs, bm, asm) = setup(2).await;
+    bm.mark(ByteOffset(0), ByteOffset(4096)).await.unwrap();
+    bm.done(ByteOffset(0), ByteOffset(4096));
+    let meta = asm.metadata.clone();
+    let bm = Arc::into_inner(bm)
+        .unwrap()
+        .with_before_clear(Arc::new(move || {
+            let meta = meta.clone();
+            crate::block::BoxFuture::new(async move {
+                meta.record_member_failed(1).await.unwrap();
+                Ok(())
+            })
+        }));
+
+    // Act: a clean shutdown's clear of every bit.
+    let cleared = bm.clear_all().await.unwrap();
+
+    // Assert: nothing cleared, on disk or in memory: the re-add of member
+    // 1 catches region 0 up.
+    assert_eq!(cleared, 0);
+    assert_eq!(disk_bits(&devs[0], &asm.layout).await, 1);
+    assert_eq!(bm.dirty_ranges(), vec![(0, 64 << 20)]);
+}
