@@ -151,10 +151,75 @@ fn syndrome_generic(p: &mut [u8], q: &mut [u8], data: &[&[u8]]) {
     }
 }
 
+/// Bytes of a column the AVX2 kernel keeps in registers: four 32-byte
+/// lanes of P and four of Q.
+#[cfg(target_arch = "x86_64")]
+const COLUMN: usize = 128;
+
+/// P and Q with AVX2, as md's `raid6_avx2x4`: each 128-byte column of P
+/// and Q stays in registers while every source's column streams past (one
+/// load per source and lane, no P/Q traffic until the column is done);
+/// the tail under a column is done by the generic kernel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn syndrome_avx2(p: &mut [u8], q: &mut [u8], data: &[&[u8]]) {
-    syndrome_generic(p, q, data)
+    let len = p.len();
+    let body = len - len % COLUMN;
+    if data.is_empty() || body == 0 {
+        return syndrome_generic(p, q, data);
+    }
+    let mut off = 0;
+    while off < body {
+        // SAFETY: AVX2 is enabled for this function (its callers check the
+        // CPU); `off + COLUMN <= body <= len` and every source, P and Q are
+        // `len` bytes long (`gen_syndrome` asserts it), so each unaligned
+        // 32-byte load and store below is in bounds.
+        unsafe { column_avx2(p, q, data, off) };
+        off += COLUMN;
+    }
+    if body < len {
+        syndrome_tile(&mut p[body..], &mut q[body..], data, body..len);
+    }
+}
+
+/// One 128-byte column of P and Q at `off` (see [`syndrome_avx2`]).
+///
+/// # Safety
+/// The CPU supports AVX2; `off + COLUMN` is within `p`, `q` and every
+/// source; `data` is not empty.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_avx2(p: &mut [u8], q: &mut [u8], data: &[&[u8]], off: usize) {
+    use std::arch::x86_64::*;
+    const LANES: usize = COLUMN / 32;
+    let load = |b: &[u8], i: usize| {
+        // SAFETY: the caller's bounds; unaligned loads need no alignment.
+        unsafe { _mm256_loadu_si256(b.as_ptr().add(off + 32 * i).cast()) }
+    };
+    let poly = _mm256_set1_epi8(POLY as i8);
+    let zero = _mm256_setzero_si256();
+    let (last, rest) = data.split_last().expect("column of no source");
+    let mut pv: [__m256i; LANES] = std::array::from_fn(|i| load(last, i));
+    let mut qv = pv;
+    for d in rest.iter().rev() {
+        for i in 0..LANES {
+            let dv = load(d, i);
+            // q·g: bytes with the top bit set (negative) get 0x1d after
+            // the shift, as md's `vpcmpgtb` / `vpaddb` / `vpand`.
+            let high = _mm256_cmpgt_epi8(zero, qv[i]);
+            let doubled = _mm256_add_epi8(qv[i], qv[i]);
+            let reduced = _mm256_xor_si256(doubled, _mm256_and_si256(high, poly));
+            qv[i] = _mm256_xor_si256(reduced, dv);
+            pv[i] = _mm256_xor_si256(pv[i], dv);
+        }
+    }
+    for i in 0..LANES {
+        // SAFETY: the caller's bounds, as for the loads.
+        unsafe {
+            _mm256_storeu_si256(p.as_mut_ptr().add(off + 32 * i).cast(), pv[i]);
+            _mm256_storeu_si256(q.as_mut_ptr().add(off + 32 * i).cast(), qv[i]);
+        }
+    }
 }
 
 /// P and Q of `data` (in slot order) into `p` and `q`. Every buffer must
