@@ -207,7 +207,11 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("vraid serve exited early with {status}:\n{}", self.log());
             }
-            if TcpStream::connect(self.addr).is_ok() {
+            // Its own log line first: a connect alone may reach another
+            // process that held the port for a moment (`free_port` only
+            // picks a port nobody held when it looked).
+            let listening = format!("listening on TCP addr=Some({})", self.addr);
+            if self.log().contains(&listening) && TcpStream::connect(self.addr).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
