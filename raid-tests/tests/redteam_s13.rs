@@ -227,6 +227,68 @@ fn nbdkit_file(port: u16, file: &Path) -> std::process::Child {
     child
 }
 
+/// The arrangement of the start-up join tests: a RAID-1 `vol0` of a local
+/// file and an nbdkit-served remote file, 8 MiB of pattern 4 written and
+/// flushed, vraid stopped and the remote's server killed (down).
+struct JoinSetup {
+    dir: tempfile::TempDir,
+    local: PathBuf,
+    remote: PathBuf,
+    port: u16,
+    uri: String,
+    ctl: PathBuf,
+}
+
+impl JoinSetup {
+    fn new(name: &str) -> JoinSetup {
+        let dir = scratch_dir(name);
+        let local = dir.path().join("local.img");
+        let remote = dir.path().join("remote.img");
+        std::fs::File::create(&remote)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let port = free_port();
+        let mut kit = nbdkit_file(port, &remote);
+        let uri = format!("nbd://127.0.0.1:{port}/");
+        create_array(
+            1,
+            "64K",
+            "48M",
+            "vol0",
+            &[local.clone(), PathBuf::from(&uri)],
+        );
+        let ctl = dir.path().join("ctl.sock");
+        let setup = JoinSetup {
+            dir,
+            local,
+            remote,
+            port,
+            uri,
+            ctl,
+        };
+        let server = setup.serve(&setup.uri);
+        qemu_io(
+            &server.uri("vol0"),
+            &["write -P 4 0 8M".to_string(), "flush".into()],
+        );
+        assert_eq!(server.stop(), 0);
+        kit.kill().unwrap();
+        kit.wait().unwrap();
+        setup
+    }
+
+    /// vol0 served from the local file and the remote under `uri`.
+    fn serve(&self, uri: &str) -> Server {
+        Server::start(&[
+            self.local.to_str().unwrap(),
+            uri,
+            "--control",
+            self.ctl.to_str().unwrap(),
+        ])
+    }
+}
+
 /// A RAID-1 of a local file and a remote member, started while the remote
 /// is down (absent at start-up: joined when it answers). Its server comes
 /// back serving a member of *another* array. The join must not wipe and
@@ -234,53 +296,20 @@ fn nbdkit_file(port: u16, file: &Path) -> std::process::Child {
 /// degraded and serves its data.
 #[test]
 fn startup_join_leaves_another_arrays_member_at_the_url_untouched() {
-    let dir = scratch_dir("rt13-join-foreign");
-    let local = dir.path().join("local.img");
-    let remote = dir.path().join("remote.img");
-    std::fs::File::create(&remote)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let port = free_port();
-    let mut kit = nbdkit_file(port, &remote);
-    let uri = format!("nbd://127.0.0.1:{port}/");
-    create_array(
-        1,
-        "64K",
-        "48M",
-        "vol0",
-        &[local.clone(), PathBuf::from(&uri)],
-    );
-    let ctl = dir.path().join("ctl.sock");
-    let serve = || {
-        Server::start(&[
-            local.to_str().unwrap(),
-            &uri,
-            "--control",
-            ctl.to_str().unwrap(),
-        ])
-    };
-    let server = serve();
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 4 0 8M".to_string(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
-    kit.kill().unwrap();
-    kit.wait().unwrap();
-    let other = member_paths(&dir.path().join("b"), 2);
+    let t = JoinSetup::new("rt13-join-foreign");
+    let other = member_paths(&t.dir.path().join("b"), 2);
     create_array(1, "64K", "48M", "other", &other);
     let before = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
 
     // Act: vol0 starts without its remote; the URL then serves other's
     // member 1.
-    let server = serve();
-    let _kit = KillOnDrop(nbdkit_file(port, &other[1]));
-    let log = server.wait_log(&format!("vol0: join of {uri}"), Duration::from_secs(60));
+    let server = t.serve(&t.uri);
+    let _kit = KillOnDrop(nbdkit_file(t.port, &other[1]));
+    let log = server.wait_log(&format!("vol0: join of {}", t.uri), Duration::from_secs(60));
 
     // Assert
     let after = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
-    let states = member_states(&volume_status(&ctl, "vol0"));
+    let states = member_states(&volume_status(&t.ctl, "vol0"));
     assert!(log.contains("another array"), "{log}");
     assert_eq!(states[1..], ["missing"], "{log}");
     assert!(before == after, "another array's member changed\n{log}");
@@ -294,55 +323,20 @@ fn startup_join_leaves_another_arrays_member_at_the_url_untouched() {
 /// there (and nowhere else), catches up and serves the data alone.
 #[test]
 fn startup_join_finds_its_role_under_another_spelling_of_the_url() {
-    let dir = scratch_dir("rt13-join-spelling");
-    let local = dir.path().join("local.img");
-    let remote = dir.path().join("remote.img");
-    std::fs::File::create(&remote)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let port = free_port();
-    let mut kit = nbdkit_file(port, &remote);
-    let uri = format!("nbd://127.0.0.1:{port}/");
-    create_array(
-        1,
-        "64K",
-        "48M",
-        "vol0",
-        &[local.clone(), PathBuf::from(&uri)],
-    );
-    let ctl = dir.path().join("ctl.sock");
-    let server = Server::start(&[
-        local.to_str().unwrap(),
-        &uri,
-        "--control",
-        ctl.to_str().unwrap(),
-    ]);
-    qemu_io(
-        &server.uri("vol0"),
-        &["write -P 4 0 8M".to_string(), "flush".into()],
-    );
-    assert_eq!(server.stop(), 0);
-    kit.kill().unwrap();
-    kit.wait().unwrap();
+    let t = JoinSetup::new("rt13-join-spelling");
 
     // Act: start with the other spelling while it is down; it comes back.
-    let other = format!("nbd://localhost:{port}/");
-    let server = Server::start(&[
-        local.to_str().unwrap(),
-        &other,
-        "--control",
-        ctl.to_str().unwrap(),
-    ]);
+    let other = format!("nbd://localhost:{}/", t.port);
+    let server = t.serve(&other);
     qemu_io(
         &server.uri("vol0"),
         &["write -P 8 0 1M".to_string(), "flush".into()],
     );
-    let _kit = KillOnDrop(nbdkit_file(port, &remote));
+    let _kit = KillOnDrop(nbdkit_file(t.port, &t.remote));
     wait_until("member 1 active", Duration::from_secs(90), || {
-        member_states(&volume_status(&ctl, "vol0"))[1] == "active"
+        member_states(&volume_status(&t.ctl, "vol0"))[1] == "active"
     });
-    vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
+    vraid_ctl_ok(&t.ctl, &["fail", "vol0", "0"]);
 
     // Assert: the remote alone serves the old and the new data.
     qemu_io(
