@@ -96,14 +96,7 @@ async fn removing_the_limit_releases_waiting_requests_at_once() {
     let l = Arc::new(Limiter::new(limits(|l| l.iops = 1)));
     l.admit(Direction::Read, 0).await;
     let t0 = Instant::now();
-    let waiter = {
-        let l = l.clone();
-        tokio::spawn(async move {
-            l.admit(Direction::Read, 0).await;
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert!(!waiter.is_finished());
+    let waiter = blocked_reader(&l).await;
 
     l.set(QosLimits::default());
     waiter.await.unwrap();
@@ -274,14 +267,7 @@ async fn removing_the_limit_releases_a_request_waiting_for_room() {
         }
         v
     };
-    let waiter = {
-        let l = l.clone();
-        tokio::spawn(async move {
-            l.admit(Direction::Read, 0).await;
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert!(!waiter.is_finished());
+    let waiter = blocked_reader(&l).await;
 
     l.set(QosLimits::default());
     waiter.await.unwrap();
@@ -322,4 +308,17 @@ async fn an_admitted_request_s_qos_wait_is_in_the_latency_histogram() {
         .parse()
         .unwrap();
     assert!(sum >= 0.09, "{text}");
+}
+
+/// A read admission of `l` spawned, checked still waiting 10 ms later.
+async fn blocked_reader(l: &Arc<Limiter>) -> tokio::task::JoinHandle<()> {
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            l.admit(Direction::Read, 0).await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiter.is_finished());
+    waiter
 }
