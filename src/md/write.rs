@@ -332,6 +332,13 @@ impl MdVolume {
         read_slot(self.slot(role)?, at, buf).await
     }
 
+    /// What `role` holds where the piece `w` lies.
+    async fn read_piece_of(&self, role: usize, w: &Piece<'_>) -> BlockResult<Vec<u8>> {
+        let mut b = vec![0u8; w.new.len()];
+        self.read_role_of(role, w.at, &mut b).await?;
+        Ok(b)
+    }
+
     /// One chunk piece of a RAID-4/5/6 stripe, as `plan` says.
     async fn parity_write(
         &self,
@@ -373,16 +380,14 @@ impl MdVolume {
         }
         let mut pb = None;
         if let Some(role) = pd {
-            let mut b = vec![0u8; w.new.len()];
-            self.read_role_of(role, w.at, &mut b).await?;
+            let mut b = self.read_piece_of(role, w).await?;
             xor_into(&mut b, &delta);
             pb = Some((role, b));
         }
         let mut qb = None;
         if let Some(q) = qd {
             let slot = p.q_slot(w.stripe, w.disk).ok_or_else(|| self.lost())?;
-            let mut b = vec![0u8; w.new.len()];
-            self.read_role_of(q, w.at, &mut b).await?;
+            let mut b = self.read_piece_of(q, w).await?;
             mul_xor_into(&mut b, &delta, gf_pow2(slot));
             qb = Some((q, b));
         }
