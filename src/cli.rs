@@ -1053,6 +1053,12 @@ pub struct CrashArgs {
     /// Only points after the mark NAME.
     #[arg(long, value_name = "NAME", conflicts_with = "after")]
     pub after_mark: Option<String>,
+    /// Only points whose cut is at or before entry N (the first N entries).
+    #[arg(long, value_name = "N")]
+    pub before: Option<u64>,
+    /// Only points up to the mark NAME (e.g. crashes during a mkfs).
+    #[arg(long, value_name = "NAME", conflicts_with = "before")]
+    pub before_mark: Option<String>,
 }
 
 /// `vraid log replay`.

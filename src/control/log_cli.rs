@@ -128,11 +128,16 @@ fn options(log: &OpenLog, a: &CrashArgs) -> Result<CrashOptions, LogError> {
         Some(name) => log.mark_cut(name)? - 1,
         None => a.after,
     };
+    let before = match &a.before_mark {
+        Some(name) => log.mark_cut(name)?,
+        None => a.before.unwrap_or(u64::MAX),
+    };
     Ok(CrashOptions {
         subsets: a.subsets,
         seed: a.seed,
         max: a.max,
         after,
+        before,
     })
 }
 

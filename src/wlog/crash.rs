@@ -30,6 +30,8 @@ pub struct CrashOptions {
     pub max: usize,
     /// Only points whose cut is past this entry number.
     pub after: u64,
+    /// Only points whose cut is at most this (`u64::MAX`: no bound).
+    pub before: u64,
 }
 
 /// One crash state.
@@ -53,7 +55,7 @@ pub fn crash_points(index: &LogIndex, opts: CrashOptions) -> Vec<CrashPoint> {
     let flushes = index.flushes();
     let mut points = Vec::new();
     let mut push = |label: String, cut: u64, durable: u64, dropped: Vec<u64>| {
-        if cut > opts.after && points.len() < opts.max {
+        if cut > opts.after && cut <= opts.before && points.len() < opts.max {
             let id = points.len();
             points.push(CrashPoint {
                 id,

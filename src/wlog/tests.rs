@@ -120,6 +120,7 @@ fn crash_states_keep_flushed_and_fua_writes_and_drop_only_others() {
         seed: 9,
         max: 1000,
         after: 0,
+        before: u64::MAX,
     };
     let points = crash_points(&index, opts);
     let labels: Vec<&str> = points.iter().take(3).map(|p| p.label.as_str()).collect();
@@ -134,6 +135,22 @@ fn crash_states_keep_flushed_and_fua_writes_and_drop_only_others() {
     }
     // The same seed draws the same states.
     assert_eq!(points, crash_points(&index, opts));
+    // A bound on the cut keeps the states of the first window only,
+    // whatever else the log holds: its flush point and its draws.
+    let first = index.flushes()[0] + 1;
+    let early = crash_points(
+        &index,
+        CrashOptions {
+            before: first,
+            ..opts
+        },
+    );
+    assert!(early.iter().all(|p| p.cut <= first), "{early:?}");
+    assert_eq!(early[0].label, "flush:0");
+    assert!(
+        early.iter().any(|p| p.label.starts_with("subset:0.")),
+        "{early:?}"
+    );
 }
 
 #[test]
