@@ -7,7 +7,8 @@
 # thin volume "thin" (WORKSET, written once in full so its clusters are
 # allocated) is the peer. ROUNDS rounds, the order of the peers
 # alternated, each measure RUNTIME seconds of fio (nbd engine) and the
-# server's utime+stime from /proc/PID/stat:
+# server's utime+stime from /proc/PID/stat (the steadier measure on a
+# shared host: CPU per I/O, where IOPS swing with the load of others):
 #   randwrite   4k random writes at QD16 to allocated clusters (goal >= 0.9x)
 #   randread    4k random reads at QD16 (goal >= 0.95x)
 #   firsttouch  FT_IOS 4k writes at QD16, each to a cluster never written
@@ -21,6 +22,10 @@
 # is the client-visible pause (goal < 10 ms), with the snapshot commands'
 # own times. ROUNDS=0 measures the pause only; SNAPS=0 skips it;
 # WORKLOADS picks the steady workloads (say WORKLOADS=randread).
+# Ratios: of the medians, and the median of each round's thin / bare
+# (the two peers of a round run back to back, so a load swing between
+# rounds cancels), for IOPS and for server CPU us/IO. On a loaded host
+# prefer many short rounds (ROUNDS=10 RUNTIME=4).
 #
 # Environment (defaults in brackets):
 #   LEVEL [0]  MEMBERS [2]  MEMBER_SIZE [16G]  CLUSTER [1M]  WORKSET [1G]
@@ -239,14 +244,23 @@ for r in rows:
 import statistics
 mean = statistics.median  # medians of the rounds (noisy host)
 goal = {"randwrite": 0.9, "randread": 0.95, "firsttouch": 0.5}
-print("| workload | bare IOPS | thin IOPS | thin / bare (goal) | bare CPU us/IO | thin CPU us/IO |")
-print("|---|---:|---:|---:|---:|---:|")
+# Per round: thin / bare of the same round (run back to back).
+per = collections.defaultdict(dict)
+for r in rows:
+    if r[0] != "pause":
+        per[(r[0], r[2])][r[1]] = (float(r[3]), float(r[4]))
+def paired(k, col):
+    qs = [v["thin"][col] / v["bare"][col] for (kk, _), v in per.items()
+          if kk == k and "thin" in v and "bare" in v and v["bare"][col] > 0]
+    return f"{mean(qs):.2f}x ({min(qs):.2f}-{max(qs):.2f}, {len(qs)} rounds)" if qs else "-"
+print("| workload | bare IOPS | thin IOPS | thin / bare (goal) | per round thin / bare IOPS | bare CPU us/IO | thin CPU us/IO | per round thin / bare CPU |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for k in ("randwrite", "randread", "firsttouch"):
     b, t = by[(k, "bare")], by[(k, "thin")]
     if not b or not t:
         continue
     bi, ti = mean([x[0] for x in b]), mean([x[0] for x in t])
-    print(f"| {k} | {bi:.0f} | {ti:.0f} | {ti / bi:.2f}x (>= {goal[k]}x) | {mean([x[1] for x in b]):.1f} | {mean([x[1] for x in t]):.1f} |")
+    print(f"| {k} | {bi:.0f} | {ti:.0f} | {ti / bi:.2f}x (>= {goal[k]}x) | {paired(k, 0)} | {mean([x[1] for x in b]):.1f} | {mean([x[1] for x in t]):.1f} | {paired(k, 1)} |")
 snaps = [int(x) / 1000 for x in open(sys.argv[2]).read().split()]
 if not pause:
     sys.exit(0)
