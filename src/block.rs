@@ -338,6 +338,13 @@ pub trait BlockDevice: Send + Sync {
         None
     }
 
+    /// The array stopped using this device (its member failed, or a
+    /// rebuild into it was abandoned): state it caches about the device
+    /// (checksum pages) is never written to it again, so an old copy
+    /// cannot land over what a later member on the same device wrote
+    /// (docs/FORMAT.md §8 crash case 87). Default: nothing cached.
+    fn retire(&self) {}
+
     /// The power gate of a member device (`member::power_gate`): every
     /// member an array opens is one, so that a member `volatile` rule
     /// covers its metadata writes too. `None` for every other device.
@@ -469,6 +476,11 @@ macro_rules! forward_to {
             len: u64,
         ) -> $crate::block::IoFuture<'_> {
             self.$i.reserve(offset, len)
+        }
+    };
+    (@one $i:tt retire) => {
+        fn retire(&self) {
+            self.$i.retire()
         }
     };
     (@one $i:tt hold) => {

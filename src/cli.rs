@@ -37,7 +37,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show volumes, members, counters and events of a running daemon.
     Status(StatusArgs),
-    /// Mark a member failed (the volume goes on degraded).
+    /// Mark a member failed (the volume goes on degraded); the path of a
+    /// replace's new member stops that replace (the old member keeps serving).
     Fail(MemberCmdArgs),
     /// Take a failed or missing member out of its slot, or an idle hot spare (by path) out of the spares.
     Remove(MemberCmdArgs),

@@ -1,7 +1,8 @@
 //! Operations that outlive the daemon, against the real binary with fio
 //! verify through NBD: a `vraid replace` killed with SIGKILL resumes from
 //! its superblock checkpoint (or is dropped when the new member is absent),
-//! a `vraid remove` keeps the member out after a restart, and `vraid status`
+//! a `vraid fail` of the new member stops a replace for good, a `vraid
+//! remove` keeps the member out after a restart, and `vraid status`
 //! names the member holding each role now (also under `--watch`).
 
 use std::path::{Path, PathBuf};
@@ -234,6 +235,103 @@ fn replace_whose_new_member_is_absent_at_restart_is_dropped() {
         assert_eq!(sb["members"][0]["state"], "active");
     }
     assert_eq!(bad_parity_stripes(&paths, 64 << 10), Vec::<usize>::new());
+}
+
+/// Starts `vraid replace vol <members[0]> <new>` at 20 MB/s and waits
+/// until it has copied something.
+fn start_slow_replace(ctl: &Path, members: &[PathBuf], new: &Path) {
+    vraid_ctl_ok(ctl, &["set", "vol", "--rebuild-max-mbps", "20"]);
+    vraid_ctl_ok(
+        ctl,
+        &[
+            "replace",
+            "vol",
+            members[0].to_str().unwrap(),
+            new.to_str().unwrap(),
+        ],
+    );
+    raid_tests::nbd_raw::wait_until("replace progress", Duration::from_secs(60), || {
+        volume(&status_json(ctl))["sync"]["done_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+}
+
+/// `vraid fail VOL NEW` of the new member of a replace (md's `--fail` of
+/// a replacement device) stops the replace and keeps the old member:
+/// once with fio verify writing across it, once with SIGKILL right after
+/// the reply and a restart that is given the new member too: the replace
+/// is neither resumed onto it nor is it trusted.
+#[test]
+fn failing_the_new_member_of_a_replace_stops_it_and_keeps_the_old_member() {
+    // Arrange: a RAID-5 written whole, fio data at 0..64M, a replace running.
+    let dir = scratch_dir("persist-replace-fail-new");
+    let ctl = dir.path().join("ctl.sock");
+    let paths = member_paths(dir.path(), 3);
+    create_array(5, "64K", "256M", "vol", &paths);
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let server = serve(&ctl, &refs);
+    let uri = server.uri("vol");
+    run_ok(Command::new("fio").args([
+        "--name=fill",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=write",
+        "--bs=1M",
+    ]));
+    fio_ok(&uri, "before", "64M", "0", false);
+    let new = dir.path().join("new.img");
+    std::fs::File::create(&new)
+        .unwrap()
+        .set_len(MEMBER)
+        .unwrap();
+    start_slow_replace(&ctl, &paths, &new);
+
+    // Act 1: fail the new member while fio writes and verifies.
+    let fio = fio_verify_cmd(&uri, "during", "32M", "100M")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stopped = vraid_ctl_ok(&ctl, &["fail", "vol", new.to_str().unwrap()]);
+    let after_stop = volume(&status_json(&ctl));
+    assert_fio_clean(fio);
+
+    // Act 2: the same replace again, failed, SIGKILL at once; restart
+    // with the new member given too.
+    start_slow_replace(&ctl, &paths, &new);
+    let second = vraid_ctl(&ctl, &["fail", "vol", new.to_str().unwrap()]);
+    server.kill();
+    let server = serve(&ctl, &[&paths[0], &paths[1], &paths[2], &new]);
+    let restarted = volume(&status_json(&ctl));
+    let log = server.log();
+    fio_ok(&server.uri("vol"), "before", "64M", "0", true);
+    fio_ok(&server.uri("vol"), "during", "32M", "100M", true);
+    assert_eq!(server.stop(), 0);
+
+    // Assert: the old member kept role 0 both times; nothing resumed.
+    assert!(stopped.contains("stopped"), "{stopped}");
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(after_stop["state"], "optimal", "{after_stop}");
+    assert!(after_stop["sync"].is_null(), "{after_stop}");
+    // After the SIGKILL only the crash resync runs (the array was dirty).
+    let kind = &restarted["sync"]["kind"];
+    assert!(kind.is_null() || kind == "resync", "{restarted}\n{log}");
+    for v in [&after_stop, &restarted] {
+        assert!(v["replace"].is_null(), "{v}\n{log}");
+        assert_eq!(v["members"][0]["path"], paths[0].to_str().unwrap());
+        assert_eq!(v["members"][0]["state"], "active");
+    }
+    assert!(!log.contains("resuming the replace"), "{log}");
+    assert!(
+        log.contains("left out"),
+        "the new member is not trusted\n{log}"
+    );
+    for p in &paths {
+        let sb = examine(p);
+        assert!(sb["replace"].is_null(), "{sb}");
+    }
 }
 
 #[test]

@@ -293,7 +293,10 @@ impl JoinSetup {
 /// is down (absent at start-up: joined when it answers). Its server comes
 /// back serving a member of *another* array. The join must not wipe and
 /// rebuild over it: that member's superblock and data stay, vol0 stays
-/// degraded and serves its data.
+/// degraded and serves its data. (Session 14:) the join is given up at
+/// once — logged once, not retried every 10 s forever — with the reason
+/// in `status` while the role is down, and `vraid add` of another remote
+/// still brings a member into the role.
 #[test]
 fn startup_join_leaves_another_arrays_member_at_the_url_untouched() {
     let t = JoinSetup::new("rt13-join-foreign");
@@ -305,16 +308,41 @@ fn startup_join_leaves_another_arrays_member_at_the_url_untouched() {
     // member 1.
     let server = t.serve(&t.uri);
     let _kit = KillOnDrop(nbdkit_file(t.port, &other[1]));
-    let log = server.wait_log(&format!("vol0: join of {}", t.uri), Duration::from_secs(60));
+    let gave_up = format!("vol0: join of {} given up", t.uri);
+    let log = server.wait_log(&gave_up, Duration::from_secs(60));
+    let refused = volume_status(&t.ctl, "vol0");
+    let text = vraid_ctl_ok(&t.ctl, &["status"]);
+    let after = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
+    qemu_io(&server.uri("vol0"), &["read -P 4 0 8M".to_string()]);
+    // The operator adds a blank remote instead.
+    let blank = t.dir.path().join("blank.img");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let port = free_port();
+    let _blank_kit = KillOnDrop(nbdkit_file(port, &blank));
+    let blank_uri = format!("nbd://127.0.0.1:{port}/");
+    vraid_ctl_ok(&t.ctl, &["add", "vol0", &blank_uri]);
+    wait_until("member 1 active", Duration::from_secs(90), || {
+        member_states(&volume_status(&t.ctl, "vol0"))[1] == "active"
+    });
+    let added = volume_status(&t.ctl, "vol0");
+    vraid_ctl_ok(&t.ctl, &["fail", "vol0", "0"]);
+    qemu_io(&server.uri("vol0"), &["read -P 4 0 8M".to_string()]);
+    let end_log = server.log();
+    assert_eq!(server.stop(), 0);
 
     // Assert
-    let after = (examine(&other[1]), peek(&other[1], 1 << 20, 1 << 20));
-    let states = member_states(&volume_status(&t.ctl, "vol0"));
     assert!(log.contains("another array"), "{log}");
-    assert_eq!(states[1..], ["missing"], "{log}");
+    assert_eq!(member_states(&refused)[1..], ["missing"], "{log}");
+    let why = refused["members"][1]["join_refused"].as_str().unwrap_or("");
+    assert!(why.contains("another array"), "{refused}");
+    assert!(text.contains("join given up"), "{text}");
     assert!(before == after, "another array's member changed\n{log}");
-    qemu_io(&server.uri("vol0"), &["read -P 4 0 8M".to_string()]);
-    assert_eq!(server.stop(), 0);
+    assert!(added["members"][1]["join_refused"].is_null(), "{added}");
+    let tries = end_log.matches(&format!("vol0: join of {}", t.uri)).count();
+    assert_eq!(tries, 1, "one try, given up:\n{end_log}");
 }
 
 /// The same start-up join when the remote member is given under another

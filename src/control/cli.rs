@@ -196,6 +196,12 @@ fn render_policy(out: &mut String, m: &super::status::MemberStatus) {
     } else if m.write_mostly {
         let _ = writeln!(out, "        write-mostly");
     }
+    if let Some(why) = &m.join_refused {
+        let _ = writeln!(
+            out,
+            "        join given up: {why} (`vraid add` brings a member in)"
+        );
+    }
 }
 
 /// The write cache, QoS and volume faults, when in use.
@@ -322,10 +328,17 @@ fn render_checksum_cache(out: &mut String, c: &crate::integrity::CacheStats) {
 /// `vraid fail`.
 pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
     let reply: FailReply = member_call(&args, "fail")?;
-    println!(
-        "{}: member {} failed; volume is {}",
-        args.volume, reply.member, reply.volume_state
-    );
+    match &reply.replace_stopped {
+        Some(new) => println!(
+            "{}: replace of member {} onto {new} stopped; the old member keeps serving; \
+             volume is {}",
+            args.volume, reply.member, reply.volume_state
+        ),
+        None => println!(
+            "{}: member {} failed; volume is {}",
+            args.volume, reply.member, reply.volume_state
+        ),
+    }
     Ok(())
 }
 

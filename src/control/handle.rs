@@ -59,6 +59,12 @@ pub trait EngineOps: Send + Sync {
     fn member_set(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
         None
     }
+    /// Why the start-up join of `role`'s member was given up (the device
+    /// at its path was refused), while the role is down.
+    fn join_refused(&self, role: usize) -> Option<String> {
+        let _ = role;
+        None
+    }
     /// `vraid remove VOLUME SPARE`: takes an idle hot spare named by its
     /// path out of the spare list. `None`: no such spare.
     fn remove_spare(&self, path: &str) -> Option<String> {
@@ -380,6 +386,7 @@ impl VolumeHandle {
                     faults: m.faults.rules().len(),
                     io: m.stats.summary(),
                     checksum_errors: m.checksum_errors.load(Ordering::Relaxed),
+                    join_refused: self.engine.as_ref().and_then(|e| e.join_refused(m.role)),
                 }
             })
             .collect()
@@ -494,6 +501,53 @@ impl VolumeHandle {
         }
         Err(ControlError::Refused(format!(
             "member {role} of {}: rebuild abandoned, but its pass has not stopped within 30 s",
+            self.name
+        )))
+    }
+
+    /// The role being replaced onto `path` (the new member of a running
+    /// `replace`), if `path` names one.
+    pub fn replacement_role(&self, path: &str) -> Option<usize> {
+        let r = self.engine.as_ref()?.status().replace?;
+        same_path(&r.path, path).then_some(r.member)
+    }
+
+    /// `vraid fail` of the new member of a replace (md's `--fail` of a
+    /// replacement device): the copy stops and drops the new member, the
+    /// old one keeps the role. Resolves once the superblocks no longer
+    /// record the replace: a crash right after it must not resume it onto
+    /// the dropped member.
+    pub async fn stop_replace(&self, role: usize) -> Result<(), ControlError> {
+        let uuid = self.metadata.replace().await.map(|(_, u)| u);
+        let member = crate::raid::MemberIndex(role);
+        if uuid.is_none()
+            || !self
+                .volume
+                .abandon_rebuild_by_request(member, "replacement failed by operator request")
+        {
+            return Err(ControlError::Refused(format!(
+                "member {role} of {} is not being replaced any more",
+                self.name
+            )));
+        }
+        // The pass notices at its next step (bounded: 30 s).
+        for _ in 0..600 {
+            let recorded = self.metadata.replace().await.map(|(_, u)| u);
+            if recorded != uuid && self.volume.rebuild_target(member).is_none() {
+                let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
+                if holder == uuid {
+                    return Err(ControlError::Refused(format!(
+                        "member {role} of {}: its replace finished before it could be stopped; \
+                         the new member holds the role now (fail it to fail it)",
+                        self.name
+                    )));
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(ControlError::Refused(format!(
+            "member {role} of {}: replace abandoned, but its pass has not stopped within 30 s",
             self.name
         )))
     }

@@ -105,14 +105,27 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
 
 async fn fail(reg: &Registry, p: MemberParams) -> Result<FailReply, ControlError> {
     let vol = reg.volume(&p.volume)?;
-    let role = p.member.resolve(vol)?;
+    // The new member of a replace, by its path: the replace stops, the
+    // old member keeps the role.
+    let replacement = match &p.member {
+        MemberArg::Path(path) => vol.replacement_role(path).map(|r| (r, path.clone())),
+        MemberArg::Role(_) => None,
+    };
+    let role = match &replacement {
+        Some((role, _)) => *role,
+        None => p.member.resolve(vol)?,
+    };
     let _set = member_set_guard(vol).await;
-    vol.fail(role).await?;
+    match &replacement {
+        Some(_) => vol.stop_replace(role).await?,
+        None => vol.fail(role).await?,
+    }
     Ok(FailReply {
         volume: vol.name.clone(),
         member: role,
         state: vol.member_state(role),
         volume_state: vol.state(),
+        replace_stopped: replacement.map(|(_, path)| path),
     })
 }
 

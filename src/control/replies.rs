@@ -22,6 +22,11 @@ pub struct FailReply {
     pub state: MemberStatusState,
     /// The volume's state now.
     pub volume_state: VolumeState,
+    /// The new member of a replace of `member` that was failed: the
+    /// replace stopped, `member` keeps its old member (`null`: a member
+    /// was failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_stopped: Option<String>,
 }
 
 /// `remove`: a member out of its slot, or an idle hot spare out of the

@@ -261,6 +261,10 @@ pub struct MemberStatus {
     /// write-behind queue) and the limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<BehindStatus>,
+    /// A down role whose start-up join was given up: why the device at
+    /// its path was refused (another array's member...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_refused: Option<String>,
 }
 
 /// The write-behind queue as a member entry shows it.

@@ -177,6 +177,7 @@ pub(crate) fn sample_reply() -> StatusReply {
         remote: None,
         write_mostly: false,
         behind: None,
+        join_refused: None,
     };
     StatusReply {
         volumes: vec![VolumeStatus {

@@ -135,6 +135,7 @@ mod tests {
                 remote: None,
                 write_mostly: false,
                 behind: None,
+                join_refused: None,
             }],
             cache: None,
             volume_faults: None,

@@ -200,6 +200,9 @@ pub struct ArrayHandle {
     auto_rejoin: bool,
     /// Roles being re-joined now.
     rejoining: Mutex<std::collections::HashSet<usize>>,
+    /// Start-up joins given up because the pre-write check refused the
+    /// device at the path (path → why), for `status`.
+    refused_joins: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Told when a member takes a role during the run (`begin_rebuild`: a new
@@ -320,6 +323,7 @@ impl ArrayHandle {
             scrub_repair: parts.scrub_repair,
             auto_rejoin: parts.auto_rejoin,
             rejoining: Mutex::new(Default::default()),
+            refused_joins: Mutex::new(Default::default()),
         });
         let mut all = arrays().lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|a| a.strong_count() > 0);
@@ -416,6 +420,31 @@ impl ArrayHandle {
     pub(super) fn begin_rejoin(&self, role: usize) -> bool {
         let mut r = self.rejoining.lock().unwrap_or_else(|e| e.into_inner());
         r.insert(role)
+    }
+
+    /// Records that the start-up join of `path` was given up: `why` the
+    /// pre-write check refused the device there.
+    pub(super) fn refuse_join(&self, path: &str, why: String) {
+        let mut r = self.refused_joins.lock().unwrap_or_else(|e| e.into_inner());
+        r.insert(path.to_string(), why);
+    }
+
+    /// Why the start-up join of `role`'s member was given up, while the
+    /// role is down (`vraid add` may still bring a member in). A down role
+    /// with no path (an absent member's role is not known before it
+    /// answers) shows a join given up at any path: it would have taken it.
+    pub fn join_refused(&self, role: usize) -> Option<String> {
+        if !matches!(
+            self.volume.state(MemberIndex(role)),
+            MemberState::Failed | MemberState::Missing
+        ) {
+            return None;
+        }
+        let r = self.refused_joins.lock().unwrap_or_else(|e| e.into_inner());
+        match self.role_path(role) {
+            Some(path) => r.get(&path).cloned(),
+            None => r.values().next().cloned(),
+        }
     }
 
     /// Ends the re-join of `role`.
@@ -1471,7 +1500,7 @@ impl ArrayHandle {
                 warn!("{}: --force: overwriting {}", self.name, path.display());
                 continue;
             }
-            return Err(DaemonError::Usage(refusal));
+            return Err(DaemonError::Overwrite(refusal));
         }
         Ok(())
     }

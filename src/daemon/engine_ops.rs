@@ -198,4 +198,8 @@ impl EngineOps for ArrayEngine {
     fn member_path(&self, role: usize) -> Option<String> {
         self.0.member_path(role)
     }
+
+    fn join_refused(&self, role: usize) -> Option<String> {
+        self.0.join_refused(role)
+    }
 }

@@ -8,7 +8,10 @@
 //!     ─► add_member(path) (bitmap re-add: dirty regions only) ─► active
 //!  remote member unreachable at start-up (array started degraded) ─►
 //!     spawn_join_absent(path) ─► the same tries until added into the role
-//!     its superblock names (or the operator added it, or the array stops)
+//!     its superblock names (or the operator added it, or the array stops);
+//!     given up at once, logged once, when the pre-write check refuses
+//!     what the path holds now (another array's member...): the role stays
+//!     down with the reason in `status`, `vraid add` still works
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -135,8 +138,9 @@ impl ArrayHandle {
         }
     }
 
-    /// One try of `join_absent`; true when it is settled (joined, or
-    /// added otherwise). A member whose path or own superblock names a
+    /// One try of `join_absent`; true when it is settled (joined, added
+    /// otherwise, or given up: the pre-write check refused what the path
+    /// holds, which no retry changes but an operator). A member whose path or own superblock names a
     /// down role goes back only into that role and only while the others
     /// can rebuild it (never as a spare rebuilt into another role: it may
     /// hold the only copy of its own).
@@ -169,6 +173,15 @@ impl ArrayHandle {
                     self.name()
                 );
                 false
+            }
+            Err(super::DaemonError::Overwrite(why)) => {
+                warn!(
+                    "{}: join of {path} given up: {why}; the role stays down until \
+                     `vraid add`",
+                    self.name()
+                );
+                self.refuse_join(path, why);
+                true
             }
             Err(e) => {
                 warn!("{}: join of {path}: {}", self.name(), error_chain(&e));

@@ -98,6 +98,10 @@ pub enum DaemonError {
     /// Anything else the user must fix, already phrased as one line.
     #[error("{0}")]
     Usage(String),
+    /// The pre-write check found contents a write would destroy (another
+    /// array's member, a filesystem...): `--force` overwrites them.
+    #[error("{0}")]
+    Overwrite(String),
 }
 
 /// Renders an error and its sources as one line: "a: b: c".

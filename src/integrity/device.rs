@@ -375,6 +375,10 @@ impl ChecksumDevice {
 impl BlockDevice for ChecksumDevice {
     crate::block::forward_to!(inner => name, size);
 
+    fn retire(&self) {
+        self.store.retire();
+    }
+
     fn hold(&self, offset: ByteOffset, len: u64) -> crate::block::Hold {
         if len == 0 {
             return None;

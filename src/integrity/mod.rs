@@ -10,6 +10,8 @@
 //!                           CacheBudget (per array) ─► cache_stats()
 //!  Checksums (per array): every store by role ─► writeback_all (before the
 //!      bitmap clears bits, at clean shutdown) ─► reseal (after a resync step)
+//!      (a store whose member the array dropped is retired: never written
+//!      again, skipped by all three — crash case 87)
 //!
 //!  Inline layout (§8 "Inline layout"): no store, tags next to the data:
 //!  Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice (told the layout) ─► Window
@@ -34,6 +36,8 @@ mod hold_tests;
 mod inline_raid_tests;
 #[cfg(test)]
 mod inline_tests;
+#[cfg(test)]
+mod retire_tests;
 #[cfg(test)]
 mod tests;
 
@@ -196,10 +200,27 @@ impl Checksums {
             .map_or(Ok(()), |(_, e)| Err(e))
     }
 
-    /// Writes back the dirty pages of every member; returns the errors, by
-    /// role (a failed member's may be ignored: it is not trusted again).
+    /// The stores of members in use (a retired one, of a member the array
+    /// dropped, is left alone: crash case 87), with their roles.
+    fn live_stores(&self) -> Vec<(usize, Arc<CsumStore>)> {
+        let mut all = self.roles.all();
+        all.retain(|(_, s)| !s.is_retired());
+        all
+    }
+
+    /// The live stores of role `role`: its member's, and one being rebuilt
+    /// into it.
+    fn stores_of(&self, role: usize) -> Vec<Arc<CsumStore>> {
+        let mut of = self.roles.of(role);
+        of.retain(|s| !s.is_retired());
+        of
+    }
+
+    /// Writes back the dirty pages of every member in use; returns the
+    /// errors, by role (a failed member's may be ignored: it is not trusted
+    /// again). A retired store writes nothing (crash case 87).
     pub async fn writeback_roles(&self) -> Vec<(usize, crate::block::BlockError)> {
-        let stores = self.roles.all();
+        let stores = self.live_stores();
         let results = futures::future::join_all(stores.iter().map(|(_, s)| s.writeback())).await;
         let mut errors = Vec::new();
         for ((role, s), r) in stores.iter().zip(results) {
@@ -268,7 +289,7 @@ impl ChecksumHook for Checksums {
         crate::block::BoxFuture::new(async move {
             let entries = page::entries_of(data);
             let first = offset.get() / page::BLOCK;
-            for s in self.roles.of(member.0) {
+            for s in self.stores_of(member.0) {
                 if let Err(e) = s.set(first, &entries).await {
                     tracing::warn!(%member, %e, "resealing checksums failed");
                 }
@@ -300,7 +321,7 @@ impl ChecksumHook for Checksums {
             let store = if stale {
                 None
             } else {
-                self.roles.of(member.0).into_iter().next()
+                self.stores_of(member.0).into_iter().next()
             };
             let entries = match store {
                 Some(s) => s.entries(first, n).await.ok(),

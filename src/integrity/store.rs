@@ -104,6 +104,9 @@ pub struct CsumStore {
     /// Eviction write-back batches done (plain writes, not durable until
     /// the member's next flush): a FUA write compares it.
     eviction_writes: AtomicU64,
+    /// Its member was dropped from the array ([`CsumStore::retire`]): no
+    /// page is written again.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for CsumStore {
@@ -152,6 +155,7 @@ impl CsumStore {
             any_dirty: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(()),
             eviction_writes: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -385,6 +389,26 @@ impl CsumStore {
             .count()
     }
 
+    /// Never writes a page again (docs/FORMAT.md §8 crash case 87): the
+    /// array dropped its member, and a later store on the same device (a
+    /// re-join) owns the area; an old page written after its pages would
+    /// make the entries of blocks it caught up stale. Dirty pages are
+    /// forgotten, a page write already issued still lands.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.any_dirty.store(false, Ordering::Release);
+        for cell in self.lock().pages.values() {
+            if let Some(p) = cell.get() {
+                p.dirty.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether [`CsumStore::retire`] was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
     /// Pages held in memory.
     pub fn resident_pages(&self) -> usize {
         self.lock().pages.len()
@@ -470,7 +494,7 @@ impl CsumStore {
         let Some(page) = cell.get() else {
             return Ok(false);
         };
-        if !page.dirty.swap(false, Ordering::AcqRel) {
+        if !page.dirty.swap(false, Ordering::AcqRel) || self.is_retired() {
             return Ok(false);
         }
         let snapshot: Vec<u32> = page

@@ -531,6 +531,11 @@ impl Volume {
                 // records its progress and resumes later.
                 Err(RebuildError::Cancelled) => {}
                 Err(e) => {
+                    // A target that failed: its cached pages are never
+                    // written again (crash case 87).
+                    if let (RebuildError::Target(_), Some(inc)) = (&e, self.incoming(member)) {
+                        inc.device().retire();
+                    }
                     self.detach_rebuild_target(member);
                     tracing::warn!(volume = %self.volume_name(), %member, %e, "rebuild stopped");
                 }

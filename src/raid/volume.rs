@@ -628,6 +628,7 @@ impl Volume {
         };
         slot.timed_out.store(false, Ordering::Release);
         if !inc.broken.swap(true, Ordering::AcqRel) {
+            inc.device.retire();
             tracing::warn!(volume = %self.name, %member, reason, "rebuild abandoned");
         }
         true
@@ -663,6 +664,7 @@ impl Volume {
         }
         if let Err(e) = op.run(&*inc.device).await {
             if !inc.broken.swap(true, Ordering::AcqRel) {
+                inc.device.retire();
                 tracing::warn!(volume = %self.name, %member, %e, "rebuild target failed; rebuild abandoned");
             }
         }
@@ -752,6 +754,11 @@ impl Volume {
             first
         };
         if first {
+            // Before anything else can run: its cached state (checksum
+            // pages) never reaches the device again (crash case 87).
+            if let Some(d) = slot.device() {
+                d.retire();
+            }
             slot.timed_out
                 .store(!operator && timed_out(slot, error), Ordering::Release);
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
