@@ -59,6 +59,9 @@ pub struct Meta {
     pub unshared_records: HashMap<crate::pool::split::SplitRef, u64>,
     /// The split page new records go to while it has room.
     pub split_page: Option<u64>,
+    /// Granules of split records being filled (write case 3): another
+    /// write to one waits (`Pool::fills_done`).
+    pub busy: HashSet<(crate::pool::split::SplitRef, u32)>,
     /// Clusters being copied from by a copy-on-write with the lock
     /// released (how many copies): not written in place meanwhile.
     pub copying: HashMap<u64, usize>,
@@ -108,6 +111,7 @@ impl Meta {
             unshared: HashMap::new(),
             unshared_records: HashMap::new(),
             split_page: None,
+            busy: HashSet::new(),
             copying: HashMap::new(),
             reserved: HashSet::new(),
             cluster_cursor: geo.first_data_cluster,

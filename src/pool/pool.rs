@@ -68,6 +68,10 @@ pub struct Pool {
     pub(crate) geo: Geometry,
     /// A version-3 pool: writes to shared clusters split them.
     pub(crate) splits: bool,
+    /// Woken when fills of split granules end (`Meta::busy`).
+    pub(crate) fills_done: tokio::sync::Notify,
+    /// Writes that waited for another's fill of a granule.
+    pub(crate) fill_waits: AtomicU64,
     sizes: Mutex<HashMap<u32, Arc<AtomicU64>>>,
     /// Per-volume write gates (see `released.rs`).
     pub(crate) vol_gates: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
@@ -278,6 +282,8 @@ impl Pool {
             dev,
             geo,
             splits,
+            fills_done: tokio::sync::Notify::new(),
+            fill_waits: AtomicU64::new(0),
             sizes: Mutex::new(HashMap::new()),
             vol_gates: Mutex::new(HashMap::new()),
             copies: tokio::sync::Semaphore::new(COPIES_IN_FLIGHT),

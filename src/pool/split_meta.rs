@@ -1,12 +1,11 @@
 //! Split records in an open pool (docs/FORMAT.md §11, "Split clusters"):
 //! checking a tagged leaf entry, reading a record from its kind-8 page,
-//! and finding per granule the cluster a split entry's bytes are read
-//! from (the read path, through `split::resolve`).
-//!
-//! Built so far: reads. No write makes a split yet and the counting,
-//! shadowing, release and check of records are not built (a write, TRIM,
-//! snapshot or check meeting a split entry fails with a corrupt-metadata
-//! error naming it); docs/STATUS.md lists what is left.
+//! finding per granule the cluster a split entry's bytes are read from
+//! (the read path, through `split::resolve`), references to records
+//! (shadowing adds, release drops; a record at 0 frees its slot and
+//! releases `new` and `base`, P-25), and the whole copy of a split entry
+//! (a write that replaces it by a plain cluster). Making splits and
+//! writing into records: `split_write`, `thin_split`.
 
 use crate::pool::format::{FormatError, Kind};
 use crate::pool::meta::Meta;

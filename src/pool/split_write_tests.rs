@@ -1,8 +1,9 @@
 //! Tests of making splits: after a snapshot, a small write to a shared
 //! cluster of a version-3 pool maps a split record (one granule written,
 //! not the cluster), the snapshot keeps its bytes, counts check clean;
-//! a later write over the split copies it whole and frees the record;
-//! records share pages; a version-2 pool still copies whole.
+//! writes into the exclusive record go in place or fill a granule (case
+//! 3), a shared one is copied whole; records share pages; a version-2
+//! pool still copies whole.
 
 use std::sync::Arc;
 
@@ -68,7 +69,7 @@ fn clean(report: crate::pool::CheckReport) {
 }
 
 #[test]
-fn a_write_after_a_snapshot_splits_the_cluster_and_a_second_copies_it_whole() {
+fn a_write_after_a_snapshot_splits_the_cluster_writing_one_granule() {
     rt().block_on(async {
         let (dev, pool) = snapped(true).await;
         let gs = granule_size(CS);
@@ -95,8 +96,9 @@ fn a_write_after_a_snapshot_splits_the_cluster_and_a_second_copies_it_whole() {
         clean(pool.check().await.unwrap());
 
         write(&pool, CS + 3 * gs, 6, 512).await;
-        assert!(!is_split(entry(&pool, 1).await));
-        assert!(pool.meta.lock().await.record(r).await.unwrap().is_free());
+        assert_eq!(entry(&pool, 1).await, e);
+        let rec = pool.meta.lock().await.record(r).await.unwrap();
+        assert_eq!((rec.mask, rec.count), (0b1001, 1));
         want[(CS + 3 * gs) as usize..(CS + 3 * gs + 512) as usize].fill(6);
         assert_eq!(read(&pool, "v").await, want);
         clean(pool.check().await.unwrap());
@@ -144,5 +146,46 @@ fn a_version_2_pool_still_copies_the_whole_cluster() {
         write(&pool, CS + 4096, 5, 4096).await;
         assert!(!is_split(entry(&pool, 1).await));
         clean(pool.check().await.unwrap());
+    });
+}
+
+#[test]
+fn writes_to_an_exclusive_split_go_in_place_or_fill_a_granule() {
+    rt().block_on(async {
+        let (dev, pool) = snapped(true).await;
+        let gs = granule_size(CS);
+        write(&pool, CS + 4096, 5, 4096).await;
+        let e = entry(&pool, 1).await;
+        let Ok(Entry::Split(r)) = Entry::decode(e) else {
+            panic!("not a split: {e:#x}")
+        };
+        pool.flush().await.unwrap();
+        let free = pool.space().await.free_bytes;
+        // In the mask: in place. Outside: filled, its bit set.
+        write(&pool, CS + 8192, 6, 512).await;
+        write(&pool, CS + 2 * gs + 100, 7, 300).await;
+        assert_eq!(entry(&pool, 1).await, e);
+        let rec = pool.meta.lock().await.record(r).await.unwrap();
+        assert_eq!((rec.mask, rec.count), (0b101, 1));
+        assert_eq!(pool.space().await.free_bytes, free);
+        let mut want = vec![1u8; 4 * CS as usize];
+        want[(CS + 4096) as usize..(CS + 8192) as usize].fill(5);
+        want[(CS + 8192) as usize..(CS + 8704) as usize].fill(6);
+        let at = (CS + 2 * gs + 100) as usize;
+        want[at..at + 300].fill(7);
+        assert_eq!(read(&pool, "v").await, want);
+        assert_eq!(read(&pool, "s").await, vec![1u8; 4 * CS as usize]);
+        clean(pool.check().await.unwrap());
+        // A snapshot shares the record: the next write copies whole.
+        pool.snapshot("v", "s2").await.unwrap();
+        write(&pool, CS, 8, 512).await;
+        assert!(!is_split(entry(&pool, 1).await));
+        assert_eq!(read(&pool, "s2").await, want);
+        want[CS as usize..CS as usize + 512].fill(8);
+        assert_eq!(read(&pool, "v").await, want);
+        clean(pool.check().await.unwrap());
+        drop(pool);
+        let pool = Pool::open(dev, 64).await.unwrap();
+        assert_eq!(read(&pool, "v").await, want);
     });
 }

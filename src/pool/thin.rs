@@ -17,6 +17,9 @@ use crate::pool::tree::fill_cluster;
 use crate::pool::{Pool, PoolError};
 use crate::units::ByteOffset;
 
+#[path = "thin_split.rs"]
+mod split_io;
+
 /// One volume of a pool.
 pub struct ThinVolume {
     pool: Arc<Pool>,
@@ -184,7 +187,10 @@ impl ThinVolume {
     /// gate through its I/O (a snapshot waits for those alone: they change
     /// clusters it is about to share); a fill or copy writes a cluster
     /// nobody else sees and maps it under the lock, after the snapshot or
-    /// before it (crash case P-19).
+    /// before it (crash case P-19). On a version-3 pool a shared cluster
+    /// is split instead (`split_write`) and an exclusive split record
+    /// written in place or filled (`thin_split`); a shared split entry is
+    /// copied whole.
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
         loop {
             let wgate = self.wgate.read().await;
@@ -192,6 +198,12 @@ impl ThinVolume {
             let i = m.by_id(self.id)?;
             let l = m.lookup(i, p.vc).await?;
             let old = match (l.cluster, l.exclusive) {
+                (Some(e), true) if is_split(e) => {
+                    match self.write_record(p, data, e, wgate, m).await? {
+                        Some(changed) => return Ok(changed),
+                        None => continue,
+                    }
+                }
                 (Some(c), true) => {
                     drop(m);
                     let at = self.phys(c, p.off);

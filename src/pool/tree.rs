@@ -69,11 +69,11 @@ impl Meta {
             });
         }
         if is_split(cur) {
-            // Never written in place (yet): a write copies it whole.
+            // Exclusive: written in place or filled (write case 3).
             self.check_entry(cur)?;
             return Ok(Lookup {
                 cluster: Some(cur),
-                exclusive: false,
+                exclusive: exclusive && self.record_writable(cur).await?,
             });
         }
         exclusive &= self.ccount(cur).await? == 1 && self.writable_in_place(cur);
