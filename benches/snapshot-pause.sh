@@ -23,6 +23,10 @@
 #   SIZE [10G]  CLUSTER [1M]  MEMBERS [2]  MEMBER_SIZE [16G]  SNAPS [5]
 #   ROUNDS [1] (pairs: 1 = A B B A)  WORKDIR [/var/tmp/vraid-snapshot-pause]
 #   KEEP [0] (1: keep the laid members, and reuse them if WORKDIR has them)
+#   POOL_B [""] extra `pool create` options of B's own pool (e.g.
+#     "--split-clusters": a version-3 pool, which A's build may refuse);
+#     when set, A and B each get their own members and pool, laid alike
+#     by their own build (WORKDIR/A, WORKDIR/B); else one pool laid by A.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +40,7 @@ SNAPS=${SNAPS:-5}
 KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-1}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-snapshot-pause}
+POOL_B=${POOL_B:-}
 
 log() { printf '[snapshot-pause %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -45,14 +50,15 @@ fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
 for b in "$VRAID_A" "$VRAID_B"; do [[ -x $b ]] || die "$b not found"; done
 
 LAID=0
-if [[ $KEEP == 1 && -f $WORKDIR/vraid.toml && -f $WORKDIR/map.json ]]; then
+if [[ $KEEP == 1 && -f $WORKDIR/A/vraid.toml && -f $WORKDIR/A/map.json ]]; then
     LAID=1
 else
     rm -rf "$WORKDIR"
 fi
-mkdir -p "$WORKDIR"
+mkdir -p "$WORKDIR/A"
 WORKDIR=$(cd "$WORKDIR" && pwd)
-RESULTS=$WORKDIR/results.tsv
+ROOT=$WORKDIR
+RESULTS=$ROOT/results.tsv
 : >"$RESULTS"
 SERVER_PID=
 
@@ -65,7 +71,7 @@ stop_server() {
 }
 cleanup() {
     stop_server
-    [[ $KEEP == 1 ]] || rm -f "$WORKDIR"/m*.img
+    [[ $KEEP == 1 ]] || rm -f "$ROOT"/*/m*.img
 }
 trap cleanup EXIT
 
@@ -94,18 +100,19 @@ start_server() { # VRAID LOG
     die "server not up"
 }
 
-lay() {
-    local paths=() cs
+lay() { # VRAID [POOL CREATE OPTIONS...] — members and pool in WORKDIR
+    local bin=$1 paths=() cs
+    shift
     for ((i = 0; i < MEMBERS; i++)); do
         truncate -s "$MEMBER_SIZE" "$WORKDIR/m$i.img"
         paths+=("$WORKDIR/m$i.img")
     done
-    "$VRAID_A" create --level 0 --name pooled "${paths[@]}" >"$WORKDIR/create.log" 2>&1 ||
+    "$bin" create --level 0 --name pooled "${paths[@]}" >"$WORKDIR/create.log" 2>&1 ||
         die "create failed: $(tail -n 3 "$WORKDIR/create.log")"
     printf '[[volume]]\nname = "pooled"\nlevel = 0\nmembers = [%s]\n' \
         "$(printf '"%s", ' "${paths[@]}" | sed 's/, $//')" >"$WORKDIR/vraid.toml"
-    start_server "$VRAID_A" "$WORKDIR/serve-lay.log"
-    ctl pool create pooled --cluster-size "$CLUSTER"
+    start_server "$bin" "$WORKDIR/serve-lay.log"
+    ctl pool create pooled --cluster-size "$CLUSTER" "$@"
     ctl volume create pooled big --size "$SIZE"
     cs=$(numfmt --from=iec "$CLUSTER")
     log "mapping every cluster of $SIZE (4k into each)"
@@ -158,6 +165,8 @@ one_run() {
 round() { # PEER ROUND
     local bin=$VRAID_A
     [[ $1 == B ]] && bin=$VRAID_B
+    WORKDIR=$ROOT/A
+    [[ $1 == B && -n $POOL_B ]] && WORKDIR=$ROOT/B
     start_server "$bin" "$WORKDIR/serve-$1-$2.log"
     one_run "$1" "$2" plain
     one_run "$1" "$2" snapshots
@@ -167,7 +176,15 @@ round() { # PEER ROUND
         sed "s/^/phase\t$1\t$2\t/" >>"$RESULTS" || true
 }
 
-[[ $LAID == 1 ]] || lay
+if [[ $LAID == 0 ]]; then
+    WORKDIR=$ROOT/A lay "$VRAID_A"
+    if [[ -n $POOL_B ]]; then
+        mkdir -p "$ROOT/B"
+        # shellcheck disable=SC2086 # POOL_B is a list of options
+        WORKDIR=$ROOT/B lay "$VRAID_B" $POOL_B
+    fi
+fi
+
 for n in $(seq "$ROUNDS"); do
     round A "$n"
     round B "$n"

@@ -1189,6 +1189,11 @@ pub enum PoolCommand {
         /// off clients connected to the array's own export.
         #[arg(long)]
         force: bool,
+        /// Lay a version-3 pool, whose shared clusters are split on write
+        /// (sub-cluster copy-on-write; older builds refuse it). Being
+        /// built: such a pool behaves as a version-2 one so far.
+        #[arg(long)]
+        split_clusters: bool,
     },
     /// Pools with their space and volumes.
     List {

@@ -97,11 +97,13 @@ pub fn pool(cmd: PoolCommand) -> Result<(), ClientError> {
             array,
             cluster_size,
             force,
+            split_clusters,
         } => {
             let p = PoolCreateParams {
                 array,
                 cluster_size: Some(cluster_size),
                 force,
+                split: split_clusters,
             };
             let reply: PoolListing = call(&socket(&control), "pool.create", &p)?;
             print!("{}", render_pool(&reply));

@@ -2,7 +2,7 @@
 //!
 //! | method            | params                                   | result |
 //! |-------------------|------------------------------------------|--------|
-//! | `pool.create`     | `array`, `cluster_size?`, `force?`       | `PoolListing` |
+//! | `pool.create`     | `array`, `cluster_size?`, `force?`, `split?` | `PoolListing` |
 //! | `pool.list`       |                                          | `[PoolListing]` |
 //! | `pool.check`      | `pool`, `repair?`, `force?`              | `CheckReport` |
 //! | `pool.set`        | `pool`, `fill_events`                    | `PoolListing` |
@@ -34,6 +34,9 @@ pub struct PoolCreateParams {
     /// Overwrite an array whose first block is not zero.
     #[serde(default)]
     pub force: bool,
+    /// Lay a version-3 pool (split clusters, FORMAT.md §11).
+    #[serde(default)]
+    pub split: bool,
 }
 
 /// `pool.check`.
@@ -139,6 +142,7 @@ pub async fn dispatch(reg: &Registry, method: &str, p: Value) -> Result<Value, C
             let opts = CreateOptions {
                 cluster_size: p.cluster_size.unwrap_or(1 << 20),
                 force: p.force,
+                split: p.split,
                 ..CreateOptions::default()
             };
             result(pools.create_pool(&p.array, opts).await)

@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 
-use crate::pool::format::{COUNTS_PER_PAGE, MAP_FANOUT};
+use crate::pool::format::{Kind, COUNTS_PER_PAGE, MAP_FANOUT};
 use crate::pool::meta::Meta;
+use crate::pool::split::{Entry, SplitRecord, SplitRef, RECORDS_PER_SPLIT_PAGE};
+use crate::pool::split_meta::is_split;
 use crate::pool::{Pool, PoolError};
 
 /// What `pool check` found.
@@ -38,16 +40,29 @@ impl CheckReport {
 struct Counts {
     pages: HashMap<u64, u32>,
     clusters: HashMap<u64, u32>,
+    /// References to split records (leaf entries and records' bases).
+    records: HashMap<SplitRef, u32>,
+    /// Split pages reached (their every slot is compared).
+    split_pages: std::collections::BTreeSet<u64>,
     /// Problems a repair must not touch (bad pointers, wrong levels).
     structural: usize,
     /// Counts that differ from their references.
     wrong: Vec<Wrong>,
 }
 
+/// What a count belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum What {
+    Cluster,
+    Page,
+    /// A split record: this slot of the page at `at`.
+    Record(usize),
+}
+
 /// A stored count that differs from the references found.
 #[derive(Clone, Copy, Debug)]
 struct Wrong {
-    cluster: bool,
+    what: What,
     at: u64,
     stored: u32,
     want: u32,
@@ -55,7 +70,11 @@ struct Wrong {
 
 impl Wrong {
     fn describe(&self) -> String {
-        let what = if self.cluster { "cluster" } else { "map page" };
+        let what = match self.what {
+            What::Cluster => "cluster".to_string(),
+            What::Page => "map page".to_string(),
+            What::Record(slot) => format!("split record slot {slot} of page"),
+        };
         let how = match (self.want, self.stored > self.want) {
             (0, _) => "leaked",
             (_, true) => "count too high",
@@ -102,6 +121,7 @@ async fn walk(
             let e = page.entry(k);
             match (e, level) {
                 (0, _) => {}
+                (e, 0) if is_split(e) && m.store.splits() => walk_split(m, b, e, c, report).await?,
                 (e, 0) if m.geo().is_data_cluster(e) => *c.clusters.entry(e).or_insert(0) += 1,
                 (e, 0) => {
                     c.structural += 1;
@@ -110,6 +130,85 @@ async fn walk(
                         .push(format!("leaf {b} names cluster {e}, outside the data area"))
                 }
                 (e, l) => stack.push((e, l - 1)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn structural(c: &mut Counts, report: &mut CheckReport, line: String) {
+    c.structural += 1;
+    report.problems.push(line);
+}
+
+/// Counts the references of split entry `e` (in leaf `leaf`) and, on the
+/// first visit of each record of its chain, the record's own: `new`,
+/// `base`, and one record in use on its page (FORMAT.md §11, "Check").
+async fn walk_split(
+    m: &mut Meta,
+    leaf: u64,
+    e: u64,
+    c: &mut Counts,
+    report: &mut CheckReport,
+) -> Result<(), PoolError> {
+    let (g, mut cur, mut above) = (m.geo(), e, None::<u32>);
+    loop {
+        let r = match Entry::decode(cur) {
+            Ok(Entry::Split(r)) if g.is_map_block(r.block) => r,
+            Ok(Entry::Plain(x)) if above.is_some() && g.is_data_cluster(x) => {
+                *c.clusters.entry(x).or_insert(0) += 1;
+                return Ok(());
+            }
+            _ => {
+                let line = format!("leaf {leaf}: split chain names {cur:#x}, outside its areas");
+                structural(c, report, line);
+                return Ok(());
+            }
+        };
+        let n = c.records.entry(r).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            return Ok(()); // its chain was counted at the first visit
+        }
+        let page = m.store.page(r.block).await?;
+        let rec = SplitRecord::read(page, r.slot);
+        let bad = match (page.kind() == Kind::Split as u32, rec.check(&g)) {
+            (false, _) => Some("not a split page".to_string()),
+            (true, Err(e)) => Some(e.to_string()),
+            _ if rec.is_free() => Some("a free slot".to_string()),
+            _ if above.is_some_and(|d| rec.depth + 1 != d) => Some("depth off its chain".into()),
+            _ => None,
+        };
+        if let Some(why) = bad {
+            let line = format!("split record {} slot {}: {why}", r.block, r.slot);
+            structural(c, report, line);
+            return Ok(());
+        }
+        c.split_pages.insert(r.block);
+        *c.pages.entry(r.block).or_insert(0) += 1;
+        *c.clusters.entry(rec.new).or_insert(0) += 1;
+        if rec.base == 0 {
+            return Ok(());
+        }
+        (cur, above) = (rec.base, Some(rec.depth));
+    }
+}
+
+/// Every slot of every split page reached: stored counts against the
+/// references found (a slot in use that nothing names is leaked).
+async fn compare_records(m: &mut Meta, c: &mut Counts) -> Result<(), PoolError> {
+    for b in c.split_pages.clone() {
+        let page = m.store.page(b).await?.clone();
+        for slot in 0..RECORDS_PER_SPLIT_PAGE {
+            let stored = SplitRecord::read(&page, slot).count;
+            let want = c.records.get(&SplitRef { block: b, slot }).copied();
+            if stored != want.unwrap_or(0) {
+                c.wrong.push(Wrong {
+                    what: What::Record(slot),
+                    at: b,
+                    stored,
+                    want: want.unwrap_or(0),
+                });
             }
         }
     }
@@ -131,7 +230,7 @@ async fn compare_clusters(m: &mut Meta, c: &mut Counts) -> Result<u64, PoolError
             free += u64::from(stored == 0);
             if stored != want {
                 c.wrong.push(Wrong {
-                    cluster: true,
+                    what: What::Cluster,
                     at: cl,
                     stored,
                     want,
@@ -151,7 +250,7 @@ async fn compare_pages(m: &mut Meta, c: &mut Counts) -> Result<u64, PoolError> {
         free += u64::from(stored == 0);
         if stored != want {
             c.wrong.push(Wrong {
-                cluster: false,
+                what: What::Page,
                 at: b,
                 stored,
                 want,
@@ -175,6 +274,7 @@ async fn tally(m: &mut Meta) -> Result<(CheckReport, Counts), PoolError> {
     report.clusters = counts.clusters.len() as u64;
     let free_clusters = compare_clusters(m, &mut counts).await?;
     let free_meta = compare_pages(m, &mut counts).await?;
+    compare_records(m, &mut counts).await?;
     report
         .problems
         .extend(counts.wrong.iter().map(Wrong::describe));
@@ -193,17 +293,39 @@ async fn tally(m: &mut Meta) -> Result<(CheckReport, Counts), PoolError> {
     Ok((report, counts))
 }
 
+/// A record's count set to its references; a record nothing names is
+/// zeroed (its page's count and its clusters' are fixed by their own
+/// lines: the walk did not count what a leaked record names).
+async fn fix_record(m: &mut Meta, w: &Wrong, slot: usize) -> Result<(), PoolError> {
+    let page = m.store.page_mut(w.at).await?;
+    let rec = match w.want {
+        0 => SplitRecord::default(),
+        n => SplitRecord {
+            count: n,
+            ..SplitRecord::read(page, slot)
+        },
+    };
+    rec.write(page, slot);
+    Ok(())
+}
+
 /// Sets each wrong count to its references, then the free totals.
 async fn fix_counts(m: &mut Meta, wrong: &[Wrong]) -> Result<Vec<String>, PoolError> {
     let g = m.geo();
     let mut done = Vec::new();
     for w in wrong {
-        let at = match w.cluster {
-            true => g.cluster_count_at(w.at),
-            false => g.map_count_at(w.at),
+        let at = match w.what {
+            What::Cluster => g.cluster_count_at(w.at),
+            What::Page => g.map_count_at(w.at),
+            What::Record(slot) => {
+                fix_record(m, w, slot).await?;
+                done.push(w.describe());
+                m.safe_point().await?;
+                continue;
+            }
         };
         m.store.page_mut(at.0).await?.set_count(at.1, w.want);
-        if w.cluster && w.want == 0 {
+        if w.what == What::Cluster && w.want == 0 {
             // Unreferenced: allocatable (and discarded) after the commit.
             m.pending.insert(w.at);
         }

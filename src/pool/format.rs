@@ -19,7 +19,8 @@ pub const RECORDS_PER_DIR: usize = 31;
 const RECORD_BYTES: usize = 128;
 /// The pool header's magic.
 pub const MAGIC: [u8; 8] = *b"VRAIDPL\x02";
-/// Header format version.
+/// Header format version of a pool that never splits clusters (a pool
+/// that may: `pool::split::SPLIT_VERSION`).
 pub const VERSION: u32 = 2;
 /// Journal blocks of a new pool.
 pub const JOURNAL_BLOCKS: u32 = 4096;
@@ -219,6 +220,9 @@ impl Geometry {
 /// The pool header (blocks 0 and 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Format version: [`VERSION`], or 3 for a pool that may hold split
+    /// clusters (`pool::split`).
+    pub version: u32,
     /// Pool identity.
     pub pool_uuid: [u8; 16],
     /// Checkpoint counter.
@@ -237,7 +241,7 @@ impl Header {
         let g = &self.geometry;
         let mut b = vec![0u8; BLOCK];
         b[0..8].copy_from_slice(&MAGIC);
-        put32(&mut b, 8, VERSION);
+        put32(&mut b, 8, self.version);
         put32(&mut b, 12, g.cluster_shift);
         b[16..32].copy_from_slice(&self.pool_uuid);
         put64(&mut b, 32, self.generation);
@@ -264,8 +268,9 @@ impl Header {
                 block,
             });
         }
-        if get32(b, 8) != VERSION {
-            return Err(FormatError::Version(get32(b, 8)));
+        let version = get32(b, 8);
+        if version != VERSION && version != crate::pool::split::SPLIT_VERSION {
+            return Err(FormatError::Version(version));
         }
         let geometry = Geometry {
             cluster_shift: get32(b, 12),
@@ -276,6 +281,7 @@ impl Header {
             first_data_cluster: get64(b, 80),
         };
         let header = Header {
+            version,
             pool_uuid: b[16..32].try_into().expect("16 bytes"),
             generation: get64(b, 32),
             array_bytes: get64(b, 40),

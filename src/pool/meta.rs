@@ -54,6 +54,14 @@ pub struct Meta {
     /// still share them, so they are never written in place
     /// (copy-on-write instead).
     pub unshared: HashMap<u64, u64>,
+    /// The same for split records (P-8a applies to them as to clusters,
+    /// FORMAT.md §11 "Split clusters", write case 3).
+    pub unshared_records: HashMap<crate::pool::split::SplitRef, u64>,
+    /// The split page new records go to while it has room.
+    pub split_page: Option<u64>,
+    /// Granules of split records being filled (write case 3): another
+    /// write to one waits (`Pool::fills_done`).
+    pub busy: HashSet<(crate::pool::split::SplitRef, u32)>,
     /// Clusters being copied from by a copy-on-write with the lock
     /// released (how many copies): not written in place meanwhile.
     pub copying: HashMap<u64, usize>,
@@ -101,6 +109,9 @@ impl Meta {
             slots,
             pending: HashSet::new(),
             unshared: HashMap::new(),
+            unshared_records: HashMap::new(),
+            split_page: None,
+            busy: HashSet::new(),
             copying: HashMap::new(),
             reserved: HashSet::new(),
             cluster_cursor: geo.first_data_cluster,
@@ -367,6 +378,7 @@ impl Meta {
     pub fn prune_unshared(&mut self) {
         let durable = self.store.durable_seq();
         self.unshared.retain(|_, seq| *seq > durable);
+        self.unshared_records.retain(|_, seq| *seq > durable);
     }
 
     /// True if the volume may write cluster `c` (count 1 now) in place:

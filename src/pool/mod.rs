@@ -27,6 +27,8 @@ mod released;
 pub mod service;
 mod service_volumes;
 pub mod split;
+pub mod split_meta;
+pub(crate) mod split_write;
 pub mod store;
 mod tail;
 pub mod thin;

@@ -299,3 +299,68 @@ fn snapshot_goes_on_while_a_copy_on_write_of_its_source_is_stuck() {
         assert!(pool.check().await.unwrap().clean());
     });
 }
+
+/// Session 14, split clusters (write case 3): two writes to one unfilled
+/// granule of an exclusive split record. The first's fill is stuck in
+/// its granule write; the second waits for it (busy granule) and both
+/// land. Without the busy mark the second fills from the base too and
+/// the first's granule write, landing after it, drops its bytes.
+#[test]
+fn a_write_to_a_granule_being_filled_waits_and_both_land() {
+    const SCS: u64 = 256 << 10;
+    rt().block_on(async {
+        let dev = Stall::new();
+        let opts = CreateOptions {
+            cluster_size: SCS,
+            split: true,
+            ..Default::default()
+        };
+        Pool::create(dev.as_ref(), opts).await.unwrap();
+        let pool = Pool::open(dev.clone(), 256).await.unwrap();
+        pool.create_volume("a", 2 * SCS).await.unwrap();
+        let a = pool.open_volume("a").await.unwrap();
+        let normal = Durability::Normal;
+        a.write(ByteOffset(0), &vec![1u8; SCS as usize], normal)
+            .await
+            .unwrap();
+        pool.snapshot("a", "s").await.unwrap();
+        a.write(ByteOffset(0), &[3u8; 4096], normal).await.unwrap();
+        pool.flush().await.unwrap();
+        let new = {
+            let mut m = pool.meta.lock().await;
+            let i = m.find("a").unwrap();
+            let e = m.lookup_read(i, 0).await.unwrap().unwrap();
+            let Ok(crate::pool::split::Entry::Split(r)) = crate::pool::split::Entry::decode(e)
+            else {
+                panic!("no split")
+            };
+            m.record(r).await.unwrap().new
+        };
+        let gs = crate::pool::split::granule_size(SCS);
+        let g1 = new * SCS + gs;
+        *dev.hold.lock().unwrap() = Some(g1..g1 + gs);
+        let a1 = pool.open_volume("a").await.unwrap();
+        let first = tokio::spawn(async move {
+            a1.write(ByteOffset(gs), &[7u8; 4096], Durability::Normal)
+                .await
+        });
+        tokio::time::timeout(WAIT, dev.arrived.notified())
+            .await
+            .expect("the first fill reached its granule write");
+        let a2 = pool.open_volume("a").await.unwrap();
+        let second = tokio::spawn(async move {
+            a2.write(ByteOffset(gs + 8192), &[8u8; 4096], Durability::Normal)
+                .await
+        });
+        while !second.is_finished() && pool.fill_waits.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        dev.release.add_permits(1);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert_eq!(read4k(&pool, "a", gs).await, vec![7u8; 4096]);
+        assert_eq!(read4k(&pool, "a", gs + 8192).await, vec![8u8; 4096]);
+        assert_eq!(read4k(&pool, "a", gs + 4096).await, vec![1u8; 4096]);
+        assert!(pool.check().await.unwrap().clean());
+    });
+}

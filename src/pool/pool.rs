@@ -66,6 +66,12 @@ pub struct Pool {
     pub(crate) meta: AsyncMutex<Meta>,
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) geo: Geometry,
+    /// A version-3 pool: writes to shared clusters split them.
+    pub(crate) splits: bool,
+    /// Woken when fills of split granules end (`Meta::busy`).
+    pub(crate) fills_done: tokio::sync::Notify,
+    /// Writes that waited for another's fill of a granule.
+    pub(crate) fill_waits: AtomicU64,
     sizes: Mutex<HashMap<u32, Arc<AtomicU64>>>,
     /// Per-volume write gates (see `released.rs`).
     pub(crate) vol_gates: Mutex<HashMap<u32, Arc<RwLock<()>>>>,
@@ -129,6 +135,9 @@ pub struct CreateOptions {
     pub assume_zeroed: bool,
     /// Overwrite an array whose first block is not zero.
     pub force: bool,
+    /// Lay a version-3 pool, whose shared clusters may be split on write
+    /// (docs/FORMAT.md §11, "Split clusters"); older builds refuse it.
+    pub split: bool,
 }
 
 impl Default for CreateOptions {
@@ -137,6 +146,7 @@ impl Default for CreateOptions {
             cluster_size: 1 << 20,
             assume_zeroed: false,
             force: false,
+            split: false,
         }
     }
 }
@@ -227,6 +237,10 @@ impl Pool {
         .await?;
         dev.flush().await?;
         let header = Header {
+            version: match opts.split {
+                true => crate::pool::split::SPLIT_VERSION,
+                false => crate::pool::format::VERSION,
+            },
             pool_uuid: uuid,
             generation: 1,
             array_bytes: dev.size(),
@@ -260,13 +274,16 @@ impl Pool {
         if replayed > 0 {
             tracing::info!(array = dev.name(), replayed, "pool journal replayed");
         }
-        let geo = store.geo;
+        let (geo, splits) = (store.geo, store.splits());
         let meta = Meta::load(store).await?;
         let pool = Arc::new(Pool {
             gate: RwLock::new(()),
             meta: AsyncMutex::new(meta),
             dev,
             geo,
+            splits,
+            fills_done: tokio::sync::Notify::new(),
+            fill_waits: AtomicU64::new(0),
             sizes: Mutex::new(HashMap::new()),
             vol_gates: Mutex::new(HashMap::new()),
             copies: tokio::sync::Semaphore::new(COPIES_IN_FLIGHT),

@@ -104,9 +104,15 @@ async fn copy_of(bytes: &[u8]) -> Arc<MemDevice> {
 }
 
 async fn empty_pool_bytes() -> Vec<u8> {
+    empty_pool_of(CS, false).await
+}
+
+/// An empty pool of clusters of `cs` bytes (`split`: version 3).
+async fn empty_pool_of(cs: u64, split: bool) -> Vec<u8> {
     let dev = MemDevice::new("array", ARRAY);
     let opts = CreateOptions {
-        cluster_size: CS,
+        cluster_size: cs,
+        split,
         ..Default::default()
     };
     Pool::create(&dev, opts).await.unwrap();
@@ -126,28 +132,29 @@ enum Step {
     Delete(&'static str),
 }
 
-fn scenario() -> Vec<Step> {
+/// The steps, on a pool of clusters of `cs` bytes.
+fn scenario(cs: u64) -> Vec<Step> {
     use Step::*;
     vec![
-        Create("a", 4 * CS),
+        Create("a", 4 * cs),
         Write("a", 100, 1, 5000),
-        Write("a", 3 * CS + 7, 2, 4000),
+        Write("a", 3 * cs + 7, 2, 4000),
         Snap("a", "s"),
         Write("a", 200, 3, 300),
-        Trim("a", 3 * CS, CS),
+        Trim("a", 3 * cs, cs),
         Clone("s", "c"),
-        Write("c", CS - 10, 4, 20),
+        Write("c", cs - 10, 4, 20),
         Revert("a", "s"),
-        Write("a", 3 * CS + 100, 8, 300),
-        Resize("a", 509 * CS),
-        Write("a", 508 * CS, 5, 4096),
-        Write("a", 2 * CS, 9, CS as usize),
-        Resize("a", 2 * CS + 4096),
-        Resize("a", 3 * CS),
+        Write("a", 3 * cs + 100, 8, 300),
+        Resize("a", 509 * cs),
+        Write("a", 508 * cs, 5, 4096),
+        Write("a", 2 * cs, 9, cs as usize),
+        Resize("a", 2 * cs + 4096),
+        Resize("a", 3 * cs),
         Delete("s"),
         Trim("c", 0, 512),
-        Create("b", 2 * CS),
-        Write("b", 0, 6, CS as usize),
+        Create("b", 2 * cs),
+        Write("b", 0, 6, cs as usize),
         Delete("c"),
         Delete("a"),
         Write("b", 10, 7, 10),
@@ -211,7 +218,7 @@ async fn contents(pool: &Arc<Pool>) -> Model {
         let dev = pool.open_volume(&v.name).await.unwrap();
         let mut buf = vec![0u8; v.size as usize];
         dev.read(ByteOffset(0), &mut buf).await.unwrap();
-        let name: &'static str = scenario()
+        let name: &'static str = scenario(CS)
             .iter()
             .find_map(|s| match *s {
                 Step::Create(n, _) | Step::Snap(_, n) | Step::Clone(_, n) if n == v.name => Some(n),
@@ -225,7 +232,7 @@ async fn contents(pool: &Arc<Pool>) -> Model {
 
 /// Runs the scenario with `budget` writes; returns the step it died in
 /// (None: it finished) and the device.
-async fn crash_run(base: &Image, budget: i64) -> (Option<usize>, Arc<MemDevice>) {
+async fn crash_run(base: &Image, cs: u64, budget: i64) -> (Option<usize>, Arc<MemDevice>) {
     let inner = device_of(base).await;
     let cut = Arc::new(Cut {
         inner: inner.clone(),
@@ -235,7 +242,7 @@ async fn crash_run(base: &Image, budget: i64) -> (Option<usize>, Arc<MemDevice>)
         Ok(p) => p,
         Err(_) => return (Some(0), inner),
     };
-    for (i, s) in scenario().iter().enumerate() {
+    for (i, s) in scenario(cs).iter().enumerate() {
         if run_step(&pool, s).await.is_err() {
             return (Some(i), inner);
         }
@@ -245,9 +252,21 @@ async fn crash_run(base: &Image, budget: i64) -> (Option<usize>, Arc<MemDevice>)
 
 #[test]
 fn sigkill_after_any_array_write_leaves_a_clean_pool_at_a_step_boundary() {
+    sigkill_after_any_write(CS, false);
+}
+
+/// The same on a version-3 pool of four granules per cluster: the
+/// scenario's writes after the snapshot and into the clone split
+/// clusters, the revert and deletes release split records (P-20..P-25).
+#[test]
+fn sigkill_after_any_array_write_leaves_a_clean_split_pool_at_a_step_boundary() {
+    sigkill_after_any_write(256 << 10, true);
+}
+
+fn sigkill_after_any_write(cs: u64, split: bool) {
     rt().block_on(async {
-        let base = image_of(&empty_pool_bytes().await);
-        let steps = scenario();
+        let base = image_of(&empty_pool_of(cs, split).await);
+        let steps = scenario(cs);
         let mut models = vec![Model::new()];
         for s in &steps {
             let mut m = models.last().unwrap().clone();
@@ -256,7 +275,7 @@ fn sigkill_after_any_array_write_leaves_a_clean_pool_at_a_step_boundary() {
         }
         let mut budget = 1;
         loop {
-            let (died, dev) = crash_run(&base, budget).await;
+            let (died, dev) = crash_run(&base, cs, budget).await;
             let pool = Pool::open(dev.clone(), 64)
                 .await
                 .unwrap_or_else(|e| panic!("budget {budget}: reopen failed: {e}"));

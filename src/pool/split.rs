@@ -3,10 +3,10 @@
 //! leaf entries, split records on kind-8 pages and the per-granule
 //! resolution of a record chain.
 //!
-//! Session 13 built this format layer only: no pool is written with
-//! version 3, no write makes a split and the map code still reads every
-//! non-zero leaf entry as a cluster (a version-2 pool never holds a
-//! tagged entry). What is left is listed in docs/STATUS.md.
+//! The open pool's side: `split_meta` (reads, references, release),
+//! `split_write` (making splits, the record allocator), `thin_split`
+//! (writes into an exclusive record). What is left is listed in
+//! docs/STATUS.md.
 
 use crate::pool::format::{get32, get64, put32, put64, FormatError, Geometry, PAGE_HDR};
 use crate::pool::page::Page;

@@ -184,6 +184,12 @@ impl Store {
         &self.dev
     }
 
+    /// True for a version-3 pool (split clusters, FORMAT.md §11): its map
+    /// area also holds kind-8 split pages.
+    pub fn splits(&self) -> bool {
+        self.header.version == crate::pool::split::SPLIT_VERSION
+    }
+
     /// Pages changed since the last commit.
     pub fn dirty_pages(&self) -> usize {
         self.dirty.len()
@@ -196,7 +202,10 @@ impl Store {
 
     fn kinds_at(&self, b: u64) -> Result<&'static [Kind], PoolError> {
         if self.geo.is_map_block(b) {
-            return Ok(&[Kind::Interior, Kind::Leaf]);
+            return Ok(match self.splits() {
+                true => &[Kind::Interior, Kind::Leaf, Kind::Split],
+                false => &[Kind::Interior, Kind::Leaf],
+            });
         }
         match self.geo.kind_at(b) {
             Some(Kind::Summary) => Ok(&[Kind::Summary]),

@@ -84,7 +84,7 @@ impl Meta {
     ) -> BoxFuture<'_, Result<(), PoolError>> {
         crate::block::BoxFuture::new(async move {
             let lost = if level == 0 {
-                self.add_ccount(child, -1).await?;
+                self.add_eref(child, -1).await?;
                 1
             } else if self.mcount(child).await? > 1 {
                 let n = self.count_leaves(child, level - 1).await?;

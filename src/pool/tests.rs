@@ -25,11 +25,15 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn new_pool(size: u64) -> (Arc<MemDevice>, Arc<Pool>) {
-    let dev = Arc::new(MemDevice::new("array", size));
     let opts = CreateOptions {
         cluster_size: CS,
         ..Default::default()
     };
+    new_pool_with(size, opts).await
+}
+
+async fn new_pool_with(size: u64, opts: CreateOptions) -> (Arc<MemDevice>, Arc<Pool>) {
+    let dev = Arc::new(MemDevice::new("array", size));
     Pool::create(dev.as_ref(), opts).await.unwrap();
     let pool = Pool::open(dev.clone(), 256).await.unwrap();
     (dev, pool)
@@ -257,6 +261,8 @@ struct Model {
     durable: HashMap<String, Vec<u8>>,
     since: Vec<(String, u64, Vec<u8>)>,
     next: u32,
+    /// The pool's cluster size.
+    cs: u64,
 }
 
 impl Model {
@@ -278,9 +284,11 @@ impl Model {
     }
 }
 
+/// Bytes of a request at `sector` (spread over the volume's clusters as
+/// on a pool of [`CS`]: larger clusters scale the offset).
 fn clamp(model: &Model, name: &str, sector: u64, sectors: u64) -> Option<(u64, u64)> {
     let size = model.now[name].len() as u64;
-    let off = (sector * 512) % size;
+    let off = (sector * 512 * (model.cs / CS)) % size;
     let len = (sectors * 512).min(size - off);
     (len > 0).then_some((off, len))
 }
@@ -319,7 +327,8 @@ async fn apply(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
             let Some((name, ro)) = model.pick(vol) else {
                 return;
             };
-            let (off, len) = clamp(model, &name, sector, sectors).unwrap();
+            let scaled = sectors * (model.cs / CS);
+            let (off, len) = clamp(model, &name, sector, scaled).unwrap();
             let v = pool.open_volume(&name).await.unwrap();
             let r = v.discard(ByteOffset(off), len).await;
             if ro {
@@ -364,7 +373,7 @@ async fn manage(pool: &Arc<Pool>, model: &mut Model, op: &Op) {
             let Some((name, _)) = model.pick(vol) else {
                 return;
             };
-            let size = model.now[&name].len() as u64 + clusters * CS;
+            let size = model.now[&name].len() as u64 + clusters * model.cs;
             pool.resize(&name, size).await.unwrap();
             model.now.get_mut(&name).unwrap().resize(size as usize, 0);
             model.commit();
@@ -445,13 +454,30 @@ async fn verify(pool: &Arc<Pool>, model: &Model) {
     }
 }
 
-fn run(ops: Vec<Op>) {
+/// The pool a conformance run works on: version 2 with 64 KiB clusters
+/// (never split), or version 3 with 256 KiB clusters of four granules.
+fn setup(split: bool) -> (u64, CreateOptions) {
+    let cs = if split { 256 << 10 } else { CS };
+    let opts = CreateOptions {
+        cluster_size: cs,
+        split,
+        ..Default::default()
+    };
+    (if split { 4 * ARRAY } else { ARRAY }, opts)
+}
+
+fn run(ops: Vec<Op>, split: bool) {
     rt().block_on(async {
-        let (dev, mut pool) = new_pool(ARRAY).await;
-        let mut model = Model::default();
+        let (size, opts) = setup(split);
+        let cs = opts.cluster_size;
+        let (dev, mut pool) = new_pool_with(size, opts).await;
+        let mut model = Model {
+            cs,
+            ..Model::default()
+        };
         for base in ["a", "b"] {
-            pool.create_volume(base, 8 * CS).await.unwrap();
-            model.add(base.to_string(), false, vec![0; 8 * CS as usize]);
+            pool.create_volume(base, 8 * cs).await.unwrap();
+            model.add(base.to_string(), false, vec![0; 8 * cs as usize]);
         }
         for op in &ops {
             match op {
@@ -483,14 +509,15 @@ fn run(ops: Vec<Op>) {
 async fn check_changed_blocks(pool: &Arc<Pool>) {
     use crate::pool::ops_tests::{dirty_by_lookup, dirty_clusters};
     let vols = pool.volumes().await;
+    let cs = pool.cluster_size() as usize;
     for a in &vols {
         let data_a = read_all(pool, &a.name).await;
         for b in &vols {
             let walk = dirty_clusters(pool, a.id, b.id, a.size).await;
             assert_eq!(walk, dirty_by_lookup(pool, a.id, b.id, a.size).await);
             let data_b = read_all(pool, &b.name).await;
-            for (k, chunk) in data_a.chunks(CS as usize).enumerate() {
-                let other = data_b.get(k * CS as usize..).unwrap_or(&[]);
+            for (k, chunk) in data_a.chunks(cs).enumerate() {
+                let other = data_b.get(k * cs..).unwrap_or(&[]);
                 let same = chunk
                     .iter()
                     .enumerate()
@@ -512,7 +539,15 @@ proptest! {
     fn pool_matches_model_through_writes_trims_snapshots_clones_deletes_and_restarts(
         ops in proptest::collection::vec(op(), 1..60)
     ) {
-        run(ops);
+        run(ops, false);
+    }
+
+    /// The same on version-3 pools (split clusters, FORMAT.md §11).
+    #[test]
+    fn split_pool_matches_model_through_writes_trims_snapshots_clones_deletes_and_restarts(
+        ops in proptest::collection::vec(op(), 1..60)
+    ) {
+        run(ops, true);
     }
 }
 
@@ -541,5 +576,42 @@ fn a_cached_read_lookup_answers_as_the_reading_one() {
         assert!(read.is_some());
         assert_eq!(cached, read);
         assert_eq!(hole, None);
+    });
+}
+
+/// `split: true` lays a version-3 pool (both header copies); it opens,
+/// serves and checks clean like a version-2 one; a version-2 pool keeps
+/// writing version 2; an unknown version is refused by name (P-26).
+#[test]
+fn split_option_lays_version_3_and_other_versions_stay_refused() {
+    use crate::pool::format::{FormatError, Header, BLOCK};
+    rt().block_on(async {
+        let (_, opts) = setup(true);
+        let (dev, pool) = new_pool_with(ARRAY, opts).await;
+        let (dev2, _pool2) = new_pool(ARRAY).await;
+        pool.create_volume("a", 1 << 20).await.unwrap();
+        let v = pool.open_volume("a").await.unwrap();
+        v.write(ByteOffset(4096), &[9u8; 4096], Durability::Fua)
+            .await
+            .unwrap();
+        drop((v, pool));
+        let mut b = vec![0u8; BLOCK];
+        for copy in 0..2u64 {
+            dev.read(ByteOffset(copy * BLOCK as u64), &mut b)
+                .await
+                .unwrap();
+            assert_eq!(Header::decode(&b, copy).unwrap().version, 3);
+        }
+        dev2.read(ByteOffset(0), &mut b).await.unwrap();
+        assert_eq!(Header::decode(&b, 0).unwrap().version, 2);
+        let mut h = Header::decode(&b, 0).unwrap();
+        h.version = 4;
+        let e = Header::decode(&h.encode(), 0).unwrap_err();
+        assert!(matches!(e, FormatError::Version(4)), "{e}");
+
+        let pool = Pool::open(dev, 64).await.unwrap();
+        let data = read_all(&pool, "a").await;
+        assert!(data[4096..8192].iter().all(|x| *x == 9));
+        assert!(pool.check().await.unwrap().clean());
     });
 }

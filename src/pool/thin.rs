@@ -10,9 +10,15 @@ use std::sync::Arc;
 
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::pool::meta::Fresh;
+use crate::pool::split::{granule_size, granules};
+use crate::pool::split_meta::{fill_from_split, is_split};
+use crate::pool::split_write::write_granules;
 use crate::pool::tree::fill_cluster;
 use crate::pool::{Pool, PoolError};
 use crate::units::ByteOffset;
+
+#[path = "thin_split.rs"]
+mod split_io;
 
 /// One volume of a pool.
 pub struct ThinVolume {
@@ -123,10 +129,9 @@ impl ThinVolume {
         let mut runs: Vec<(u64, bool)> = Vec::new();
         for p in pieces(offset, len, self.pool.cluster_size()) {
             let mapped = self
-                .lookup(p.vc)
+                .lookup_read(p.vc)
                 .await
                 .map_err(|e| self.err(e))?
-                .cluster
                 .is_some();
             match runs.last_mut() {
                 Some((n, a)) if *a == mapped => *n += p.len,
@@ -146,8 +151,31 @@ impl ThinVolume {
             let part = &mut buf[p.at..p.at + p.len as usize];
             match self.lookup_read(p.vc).await.map_err(|e| self.err(e))? {
                 None => part.fill(0),
+                Some(e) if is_split(e) => self.read_split(e, p, part).await?,
                 Some(c) => self.pool.dev.read(self.phys(c, p.off), part).await?,
             }
+        }
+        Ok(())
+    }
+
+    /// Reads piece `p` of a split entry `e` granule by granule, each from
+    /// the cluster its record chain names (docs/FORMAT.md §11).
+    async fn read_split(&self, e: u64, p: Piece, part: &mut [u8]) -> BlockResult {
+        let gs = granule_size(self.pool.cluster_size());
+        let mut off = p.off;
+        while off < p.off + p.len {
+            let n = (gs - off % gs).min(p.off + p.len - off);
+            let src = {
+                let mut m = self.pool.meta.lock().await;
+                m.granule_source(e, (off / gs) as u32).await
+            };
+            let at = (off - p.off) as usize;
+            let buf = &mut part[at..at + n as usize];
+            match src.map_err(|e| self.err(e))? {
+                None => buf.fill(0),
+                Some(c) => self.pool.dev.read(self.phys(c, off), buf).await?,
+            }
+            off += n;
         }
         Ok(())
     }
@@ -159,7 +187,10 @@ impl ThinVolume {
     /// gate through its I/O (a snapshot waits for those alone: they change
     /// clusters it is about to share); a fill or copy writes a cluster
     /// nobody else sees and maps it under the lock, after the snapshot or
-    /// before it (crash case P-19).
+    /// before it (crash case P-19). On a version-3 pool a shared cluster
+    /// is split instead (`split_write`) and an exclusive split record
+    /// written in place or filled (`thin_split`); a shared split entry is
+    /// copied whole.
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
         loop {
             let wgate = self.wgate.read().await;
@@ -167,6 +198,12 @@ impl ThinVolume {
             let i = m.by_id(self.id)?;
             let l = m.lookup(i, p.vc).await?;
             let old = match (l.cluster, l.exclusive) {
+                (Some(e), true) if is_split(e) => {
+                    match self.write_record(p, data, e, wgate, m).await? {
+                        Some(changed) => return Ok(changed),
+                        None => continue,
+                    }
+                }
                 (Some(c), true) => {
                     drop(m);
                     let at = self.phys(c, p.off);
@@ -223,16 +260,22 @@ impl ThinVolume {
             0 => None,
             _ => self.pool.copies.acquire().await.ok(),
         };
-        let r = fill_cluster(self.pool.dev.as_ref(), cs, fresh, old, p.off, data).await;
+        let dev = self.pool.dev.as_ref();
+        let split = self.splits_on_write(old);
+        let r = match (is_split(old), split) {
+            (true, _) => self.fill_from_split(p, data, fresh, old).await.map(|()| 0),
+            (false, true) => write_granules(dev, cs, fresh.cluster, old, p.off, data).await,
+            (false, false) => fill_cluster(dev, cs, fresh, old, p.off, data)
+                .await
+                .map(|()| 0),
+        };
         drop(permit);
         let mut m = self.pool.meta.lock().await;
         m.stop_copying(old);
-        let mapped = match r {
-            Ok(()) => {
-                let i = m.by_id(self.id)?;
-                m.map_fresh(i, p.vc, fresh.cluster, old).await
-            }
-            Err(e) => Err(e),
+        let mapped = match (r, m.by_id(self.id)) {
+            (Ok(mask), Ok(i)) if split => m.map_split(i, p.vc, fresh.cluster, old, mask).await,
+            (Ok(_), Ok(i)) => m.map_fresh(i, p.vc, fresh.cluster, old).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         match mapped {
             Ok(true) => {
@@ -244,6 +287,29 @@ impl ThinVolume {
                 other
             }
         }
+    }
+
+    /// True if a write to shared plain cluster `old` splits it (a
+    /// version-3 pool of more than one granule per cluster) rather than
+    /// copying it whole.
+    fn splits_on_write(&self, old: u64) -> bool {
+        let cs = self.pool.cluster_size();
+        self.pool.splits && old != 0 && !is_split(old) && granules(cs) > 1
+    }
+
+    /// [`fill_cluster`] from split entry `old`: its granules' clusters
+    /// found under the lock, copied without it (they stay while the
+    /// entry's record does; the mapping is checked again after).
+    async fn fill_from_split(
+        &self,
+        p: Piece,
+        data: &[u8],
+        fresh: Fresh,
+        old: u64,
+    ) -> Result<(), PoolError> {
+        let sources = self.pool.meta.lock().await.granule_sources(old).await?;
+        let (dev, cs) = (self.pool.dev.as_ref(), self.pool.cluster_size());
+        fill_from_split(dev, cs, fresh, &sources, p.off, data).await
     }
 
     async fn write_at(

@@ -7,12 +7,14 @@ use crate::block::BoxFuture;
 use crate::pool::format::{Kind, MAP_FANOUT};
 use crate::pool::meta::{digits, Meta};
 use crate::pool::page::Page;
+use crate::pool::split_meta::{fill_from_split, is_split};
 use crate::pool::PoolError;
 
 /// What a lookup found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lookup {
-    /// The physical cluster, if mapped.
+    /// The leaf entry, if mapped: a physical cluster, or on a version-3
+    /// pool a split reference (`split_meta::is_split`).
     pub cluster: Option<u64>,
     /// True if every page on the path and the cluster have count 1: the
     /// volume alone owns the cluster and may write it in place.
@@ -66,6 +68,14 @@ impl Meta {
                 exclusive,
             });
         }
+        if is_split(cur) {
+            // Exclusive: written in place or filled (write case 3).
+            self.check_entry(cur)?;
+            return Ok(Lookup {
+                cluster: Some(cur),
+                exclusive: exclusive && self.record_writable(cur).await?,
+            });
+        }
         exclusive &= self.ccount(cur).await? == 1 && self.writable_in_place(cur);
         Ok(Lookup {
             cluster: Some(cur),
@@ -73,8 +83,11 @@ impl Meta {
         })
     }
 
-    /// Physical cluster of virtual cluster `vc` of slot `i`, for a read:
-    /// the path only, no counts (see [`Meta::lookup`]).
+    /// Leaf entry of virtual cluster `vc` of slot `i`, for a read: the
+    /// path only, no counts (see [`Meta::lookup`]); `None` for a hole, a
+    /// physical cluster, or on a version-3 pool a split reference
+    /// (`split_meta::is_split`: read per granule through
+    /// [`Meta::granule_source`]).
     pub async fn lookup_read(&mut self, i: usize, vc: u64) -> Result<Option<u64>, PoolError> {
         if let Some(found) = self.lookup_read_cached(i, vc) {
             return found;
@@ -114,7 +127,7 @@ impl Meta {
 
     fn found(&self, cur: u64) -> Result<Option<u64>, PoolError> {
         if cur != 0 {
-            self.check_data_cluster(cur)?;
+            self.check_entry(cur)?;
         }
         Ok((cur != 0).then_some(cur))
     }
@@ -148,7 +161,7 @@ impl Meta {
                 continue;
             }
             if level == 0 {
-                self.add_ccount(e, 1).await?;
+                self.add_eref(e, 1).await?;
             } else {
                 self.add_mcount(e, 1).await?;
             }
@@ -221,7 +234,7 @@ impl Meta {
             return Ok(());
         }
         self.store.page_mut(leaf).await?.set_entry(k, 0);
-        self.add_ccount(old, -1).await?;
+        self.add_eref(old, -1).await?;
         self.slots[i].rec.mapped = self.slots[i].rec.mapped.checked_sub(1).ok_or_else(|| {
             PoolError::Corrupt(format!(
                 "{}: mapped count below zero",
@@ -269,7 +282,7 @@ impl Meta {
                     continue;
                 }
                 if level == 0 {
-                    self.add_ccount(e, -1).await?;
+                    self.add_eref(e, -1).await?;
                 } else {
                     self.release(e, level - 1, commits).await?;
                 }
@@ -302,7 +315,8 @@ impl Meta {
         let cs = self.geo().cluster_size();
         let dev = self.store.dev().clone();
         let old = self.store.page(leaf).await?.entry(k);
-        if old != 0 && self.ccount(old).await? == 1 && self.writable_in_place(old) {
+        let plain = old != 0 && !is_split(old);
+        if plain && self.ccount(old).await? == 1 && self.writable_in_place(old) {
             let at = crate::units::ByteOffset(old * cs + off);
             dev.write(at, data, crate::block::Durability::Normal)
                 .await?;
@@ -315,7 +329,7 @@ impl Meta {
         }
         self.store.page_mut(leaf).await?.set_entry(k, fresh.cluster);
         if old != 0 {
-            self.add_ccount(old, -1).await
+            self.add_eref(old, -1).await
         } else {
             self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
             self.save_slot(i).await
@@ -342,7 +356,7 @@ impl Meta {
         self.claim(fresh).await?;
         self.store.page_mut(leaf).await?.set_entry(k, fresh);
         if old != 0 {
-            self.add_ccount(old, -1).await?;
+            self.add_eref(old, -1).await?;
             return Ok(true);
         }
         self.slots[i].rec.mapped = self.slots[i].rec.mapped.saturating_add(1);
@@ -358,6 +372,11 @@ impl Meta {
         data: &[u8],
     ) -> Result<(), PoolError> {
         let dev = self.store.dev().clone();
+        if is_split(old) {
+            let sources = self.granule_sources(old).await?;
+            let cs = self.geo().cluster_size();
+            return fill_from_split(dev.as_ref(), cs, fresh, &sources, off, data).await;
+        }
         fill_cluster(
             dev.as_ref(),
             self.geo().cluster_size(),
