@@ -14,7 +14,8 @@
 # Jobs (fio, ioengine=nbd, over the first $SIZE of each export):
 #   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1),
 #   seqwrite1k (sequential 1 KiB writes, QD32: what nbd-tester-client's
-#   write test sends; that client is not packaged in Debian)
+#   write test sends; that client is not packaged in Debian),
+#   seqread1m seqwrite1m (QD8)
 # Every target is prefilled sequentially; then, ROUNDS times, every
 # target:job pair in $PAIRS runs once (the order reversed on even rounds,
 # so a noisy minute does not land on one target). Reported per pair
@@ -136,6 +137,8 @@ job_args() {
     qd1write4k) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
     qd1write1k) echo "--rw=randwrite --bs=1k --iodepth=1" ;;
     seqwrite1k) echo "--rw=write --bs=1k --iodepth=32" ;;
+    seqread1m) echo "--rw=read --bs=1M --iodepth=8" ;;
+    seqwrite1m) echo "--rw=write --bs=1M --iodepth=8" ;;
     *)
         log "unknown job $1"
         exit 2

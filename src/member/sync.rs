@@ -11,7 +11,8 @@
 //! hand-off (io_uring punts tmpfs I/O to its worker threads, as tmpfs has
 //! no `RWF_NOWAIT`: caller → ring thread → io-wq worker → ring thread →
 //! caller). It also takes the vectored ops, as the caller's borrow outlives
-//! the syscall.
+//! the syscall. Transfers over 64 KiB go to the ring all the same
+//! (`file::INLINE_MAX`).
 
 use std::fs::File;
 use std::io;
