@@ -8,17 +8,25 @@
 #   r0-disk   vraid RAID-0 over 4 member files on the disk ($WORKDIR)
 #   r1-disk   vraid RAID-1 over 2 member files on the disk
 #   qnbd-disk qemu-nbd --cache=none --aio=io_uring on one file on the disk
+#   nbdkit-mem nbdkit's memory plugin (the NBD transport's ceiling; RAM)
 #   any vraid target with "-old" appended: the same, served by $VRAID_OLD
 #   (before/after a change in one run)
 # Jobs (fio, ioengine=nbd, over the first $SIZE of each export):
 #   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1),
 #   seqwrite1k (sequential 1 KiB writes, QD32: what nbd-tester-client's
-#   write test sends; that client is not packaged in Debian)
+#   write test sends; that client is not packaged in Debian),
+#   seqread1m seqwrite1m (QD8)
 # Every target is prefilled sequentially; then, ROUNDS times, every
 # target:job pair in $PAIRS runs once (the order reversed on even rounds,
 # so a noisy minute does not land on one target). Reported per pair
 # (medians over the rounds): IOPS, mean completion latency, and the
-# server's CPU (utime+stime from /proc/PID/stat over the job) per I/O.
+# server's CPU (utime+stime from /proc/PID/stat over the job) per I/O;
+# then, per job, every vraid target's ratios to each peer (nbdkit-mem,
+# qnbd-disk) run on the same job, and vraid's 1k/4k QD1 write latency.
+# The issue-10 goals, e.g.:
+#   PAIRS="r0-shm:randread4k nbdkit-mem:randread4k r0-shm:randwrite4k
+#   nbdkit-mem:randwrite4k r0-disk:qd1read4k qnbd-disk:qd1read4k
+#   r0-disk:qd1write4k qnbd-disk:qd1write4k r0-disk:qd1write1k"
 #
 # Environment (defaults in brackets):
 #   PAIRS    target:job pairs ["r0-shm:randread4k r5-shm:randread4k
@@ -99,6 +107,13 @@ start_qemu_nbd() { # NAME
     PID[$name]=$!
 }
 
+start_nbdkit_mem() { # NAME
+    local name=$1
+    PORT[$name]=$(free_port)
+    nbdkit -f -i 127.0.0.1 -p "${PORT[$name]}" memory 1G >"$WORKDIR/$name.log" 2>&1 &
+    PID[$name]=$!
+}
+
 start_target() {
     case ${1%-old} in
     r0-shm) start_vraid "$1" 0 "$SHM" 4 ;;
@@ -106,6 +121,7 @@ start_target() {
     r0-disk) start_vraid "$1" 0 "$WORKDIR" 4 ;;
     r1-disk) start_vraid "$1" 1 "$WORKDIR" 2 ;;
     qnbd-disk) start_qemu_nbd qnbd-disk ;;
+    nbdkit-mem) start_nbdkit_mem nbdkit-mem ;;
     *)
         log "unknown target $1"
         exit 2
@@ -121,6 +137,8 @@ job_args() {
     qd1write4k) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
     qd1write1k) echo "--rw=randwrite --bs=1k --iodepth=1" ;;
     seqwrite1k) echo "--rw=write --bs=1k --iodepth=32" ;;
+    seqread1m) echo "--rw=read --bs=1M --iodepth=8" ;;
+    seqwrite1m) echo "--rw=write --bs=1M --iodepth=8" ;;
     *)
         log "unknown job $1"
         exit 2
@@ -132,6 +150,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 uri() { echo "nbd://127.0.0.1:${PORT[$1]}/$1"; }
 
+echo "load at start: $(uptime)"
 targets=$(for p in $PAIRS; do echo "${p%%:*}"; done | sort -u)
 for t in $targets; do start_target "$t"; done
 for t in $targets; do wait_port "${PORT[$t]}"; done
@@ -169,6 +188,7 @@ PY
     done
 done
 
+echo "load at end: $(uptime)"
 echo "medians over $ROUNDS rounds (same run, alternated):"
 python3 - "$RESULTS" <<'PY'
 import collections, statistics, sys
@@ -181,4 +201,29 @@ print("|---|---|---|---|---|")
 for (job, target), rows in sorted(runs.items()):
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"| {job} | {target} | {med['iops']:.0f} | {med['lat_us']:.1f} | {med['cpu_us/io']:.1f} |")
+PY
+python3 - "$RESULTS" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    target, job, *fields = line.rstrip("\n").split("\t")
+    runs[(job, target)].append({k: float(v) for k, v in (f.split("=") for f in fields)})
+med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for key, rows in runs.items()}
+peers = ("nbdkit-mem", "qnbd-disk")
+print()
+print("ratios, vraid / peer on the same job (medians):")
+print("| job | vraid | peer | IOPS | mean lat | CPU us/IO |")
+print("|---|---|---|---|---|---|")
+for (job, target), m in sorted(med.items()):
+    if target in peers:
+        continue
+    for peer in peers:
+        p = med.get((job, peer))
+        if p:
+            print(f"| {job} | {target} | {peer} | {m['iops'] / p['iops']:.2f}x"
+                  f" | {m['lat_us'] / p['lat_us']:.2f}x | {m['cpu_us/io'] / p['cpu_us/io']:.2f}x |")
+for (job, target), m in sorted(med.items()):
+    four = med.get(("qd1write4k", target))
+    if job == "qd1write1k" and four:
+        print(f"{target}: 1k / 4k QD1 write latency {m['lat_us'] / four['lat_us']:.2f}x")
 PY

@@ -587,7 +587,7 @@ fn server(src: &Source<'_>, s: RawServer) -> Result<ServerConfig, ConfigError> {
                 e.span(),
                 "server.io_engine",
                 format!(
-                    "unknown engine {:?}: expected auto, uring or sync",
+                    "unknown engine {:?}: expected auto, uring, sync or inline",
                     e.get_ref()
                 ),
             )

@@ -94,6 +94,11 @@ impl IoVecs {
         &rest[..rest.len().min(MAX_SEGMENTS)]
     }
 
+    /// Bytes left to transfer.
+    pub(crate) fn len(&self) -> usize {
+        self.all()[self.first..].iter().map(|s| s.iov_len).sum()
+    }
+
     /// True when nothing is left.
     pub(crate) fn is_done(&self) -> bool {
         self.first >= self.count
@@ -155,6 +160,15 @@ pub(crate) type OpResult = io::Result<Option<AlignedBuf>>;
 pub(crate) const MAX_CHUNK: usize = 1 << 30;
 
 impl Op {
+    /// Bytes it transfers (0 for a flush or fallocate).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Op::Read { buf, .. } | Op::Write { buf, .. } => buf.len(),
+            Op::ReadV { iov, .. } | Op::WriteV { iov, .. } => iov.len(),
+            Op::Flush | Op::Fallocate { .. } => 0,
+        }
+    }
+
     /// True when the op points into memory its caller borrows.
     pub(crate) fn borrows(&self) -> bool {
         matches!(self, Op::ReadV { .. } | Op::WriteV { .. })

@@ -1,9 +1,18 @@
-//! The fallback engine: `pread`/`pwrite`/`fdatasync`/`fallocate` on tokio's
-//! blocking thread pool.
+//! The synchronous engines: `pread`/`pwrite`/`fdatasync`/`fallocate` on
+//! tokio's blocking thread pool, or on the calling thread.
 //!
-//! Used when `VRAID_IO_ENGINE=sync` or when io_uring cannot be set up
-//! (`kernel.io_uring_disabled`, seccomp). The closure owns the file handle
-//! and the buffer, so a dropped future merely lets the syscall finish unseen.
+//! The pool (`sync`) is used when `VRAID_IO_ENGINE=sync` or when io_uring
+//! cannot be set up (`kernel.io_uring_disabled`, seccomp). Its closure owns
+//! the file handle and the buffer, so a dropped future merely lets the
+//! syscall finish unseen.
+//!
+//! The calling thread (`inline`) serves members on memory filesystems:
+//! there a request is a copy of a few microseconds, cheaper than any
+//! hand-off (io_uring punts tmpfs I/O to its worker threads, as tmpfs has
+//! no `RWF_NOWAIT`: caller → ring thread → io-wq worker → ring thread →
+//! caller). It also takes the vectored ops, as the caller's borrow outlives
+//! the syscall. Transfers over 64 KiB go to the ring all the same
+//! (`file::INLINE_MAX`).
 
 use std::fs::File;
 use std::io;
@@ -11,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::op::{Op, OpResult, MAX_CHUNK};
+use super::op::{IoVecs, Op, OpResult, MAX_CHUNK};
 
 /// Runs `op` on `file` on the blocking pool.
 pub(crate) async fn run(file: Arc<File>, op: Op) -> OpResult {
@@ -19,6 +28,62 @@ pub(crate) async fn run(file: Arc<File>, op: Op) -> OpResult {
         Ok(result) => result,
         Err(join) => Err(io::Error::other(join)),
     }
+}
+
+/// Runs `op` on `file` on the calling thread, vectored ops included.
+pub(crate) fn run_inline(file: &File, op: Op) -> OpResult {
+    match op {
+        Op::ReadV { offset, mut iov } => {
+            vectored(file, offset, &mut iov, false, false)?;
+            Ok(None)
+        }
+        Op::WriteV {
+            offset,
+            mut iov,
+            fua,
+        } => {
+            vectored(file, offset, &mut iov, true, fua)?;
+            Ok(None)
+        }
+        op => run_blocking(file, op),
+    }
+}
+
+/// `preadv`/`pwritev2` of `iov` at `offset` until all of it is done;
+/// a read past end-of-file fills the rest with zeroes.
+fn vectored(file: &File, offset: u64, iov: &mut IoVecs, write: bool, fua: bool) -> io::Result<()> {
+    let mut pos = offset;
+    let flags = if fua { libc::RWF_DSYNC } else { 0 };
+    while !iov.is_done() {
+        let rest = iov.rest();
+        let at = i64::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let count = rest.len() as libc::c_int;
+        // SAFETY: the segments are memory the caller keeps borrowed for the
+        // whole call (readable for a write, writable for a read: `IoVecs`'
+        // contract); the fd is kept open by `file`.
+        let n = unsafe {
+            if write {
+                libc::pwritev2(file.as_raw_fd(), rest.as_ptr(), count, at, flags)
+            } else {
+                libc::preadv(file.as_raw_fd(), rest.as_ptr(), count, at)
+            }
+        };
+        match n {
+            0 if write => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            0 => iov.zero_rest(),
+            n if n > 0 => {
+                iov.advance(n as usize);
+                pos += n as u64;
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `op` on `file` on the calling thread.

@@ -329,7 +329,9 @@ async fn vectored_io_reads_back_and_bounces_only_unaligned(kind: EngineKind) {
     assert_eq!(&odd[..], &expected[8..108]);
     let odd_bounce = f.member.bounced_bytes() - before - aligned_bounce;
     match kind {
-        EngineKind::Uring => assert_eq!((aligned_bounce, odd_bounce), (0, 100)),
+        EngineKind::Uring | EngineKind::Inline => {
+            assert_eq!((aligned_bounce, odd_bounce), (0, 100))
+        }
         _ => assert_eq!((aligned_bounce, odd_bounce), (6 * 4096, 100)),
     }
 }
@@ -369,6 +371,14 @@ macro_rules! for_each_engine {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::EngineKind::Sync).await
+                }
+            )*
+        }
+        mod inline_engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::EngineKind::Inline).await
                 }
             )*
         }
@@ -530,7 +540,28 @@ fn engine_kind_parses_env_values() {
     assert_eq!("uring".parse::<EngineKind>().unwrap(), EngineKind::Uring);
     assert_eq!("SYNC".parse::<EngineKind>().unwrap(), EngineKind::Sync);
     assert_eq!("auto".parse::<EngineKind>().unwrap(), EngineKind::Auto);
+    assert_eq!("inline".parse::<EngineKind>().unwrap(), EngineKind::Inline);
     assert!("aio".parse::<EngineKind>().is_err());
     assert_eq!(MemberOptions::default().engine, EngineKind::from_env());
     assert!(MemberOptions::default().direct);
+}
+
+/// `auto` serves a member on tmpfs on the calling thread (io_uring would
+/// punt every request to its workers) and one on the disk on the ring.
+#[test]
+fn auto_engine_is_inline_on_tmpfs_and_the_ring_on_the_disk() {
+    let opts = MemberOptions {
+        engine: EngineKind::Auto,
+        ..MemberOptions::default()
+    };
+    let (shm, disk) = (tempfile::tempdir_in("/dev/shm").unwrap(), disk_dir());
+    let (on_shm, on_disk) = (shm.path().join("m"), disk.path().join("m"));
+    create_sparse(&on_shm, MIB).unwrap();
+    create_sparse(&on_disk, MIB).unwrap();
+
+    let a = open_member(&on_shm, &opts).unwrap();
+    let b = open_member(&on_disk, &opts).unwrap();
+
+    assert_eq!(a.engine_kind(), EngineKind::Inline);
+    assert_eq!(b.engine_kind(), EngineKind::Uring);
 }

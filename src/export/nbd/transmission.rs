@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  socket ─ read (batch) ─► Inbox ─ headers ─► charge bytes ─► (WRITE payload) ─► request future
-//!                                     ▲ ≤ MAX_IN_FLIGHT              FuturesUnordered │ volume call
+//!                                     ▲ ≤ MAX_IN_FLIGHT              RequestSet       │ volume call
 //!  socket ◄─ writev (batch) ◄─ Outbox ◄──────────── Reply (head + data) ◄─────────────┘
 //!            written: the reply is dropped, then its bytes go back
 //! ```
@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::future::{FutureExt, OptionFuture};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
@@ -50,6 +50,7 @@ use super::catalog::Export;
 use super::limits::{DropReason, Drops, NbdLimits};
 use super::proto::{self, errno, Command, Request};
 use super::request::{self, Charge, Context, Reply};
+use super::request_set::RequestSet;
 use super::wire::{Inbox, Outbox, MAX_IOV};
 use crate::block::BlockError;
 use crate::export::in_flight::InFlightRequests;
@@ -225,7 +226,7 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let mut pl = Pipeline::new(&self, reader, writer);
-        let mut inflight = FuturesUnordered::new();
+        let mut inflight = RequestSet::with_capacity(MAX_IN_FLIGHT);
         let stop = shutdown.wait_for(|stop| *stop);
         tokio::pin!(stop);
         let mut stopped = false;
@@ -234,7 +235,7 @@ impl Session {
         loop {
             while pl.end.is_none() {
                 match pl.next_start(inflight.len()) {
-                    Ok(Some(start)) => inflight.push(start.run()),
+                    Ok(Some(start)) => inflight.push(crate::block::BoxFuture::new(start.run())),
                     Ok(None) => break,
                     Err(end) => pl.close(end),
                 }
@@ -313,10 +314,7 @@ async fn read_some<R: AsyncRead + Unpin>(
 /// stripe with its data written and its parity not, a journal entry in
 /// flight without its stripe lock) would leave redundancy wrong with no
 /// crash to resync it.
-fn detach<F>(mut inflight: FuturesUnordered<F>, replies_written: bool)
-where
-    F: Future<Output = Reply> + Send + 'static,
-{
+fn detach(mut inflight: RequestSet<Reply>, replies_written: bool) {
     if !inflight.is_empty() {
         tracing::warn!(
             left = inflight.len(),
