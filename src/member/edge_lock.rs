@@ -108,11 +108,11 @@ mod tests {
         let locks = EdgeLocks::new();
         let a = 4096;
         let held = locks.shared(4608, 9216, a).await;
-        // Another unit sharing block 2 with the first.
-        let mut widen = Box::pin(locks.exclusive(9216, 13824, a));
-        assert!(futures::poll!(&mut widen).is_pending());
         // Shared holders of the same block do not wait for each other.
         let other = locks.shared(9216, 13824, a).await;
+        // A widening of the unit sharing block 2 with both waits for both.
+        let mut widen = Box::pin(locks.exclusive(9216, 13824, a));
+        assert!(futures::poll!(&mut widen).is_pending());
         drop(held);
         assert!(futures::poll!(&mut widen).is_pending());
         drop(other);
