@@ -26,7 +26,8 @@
 #   MODES        modes run per round ["on off"]: "on" = separate layout,
 #                "inline" = an array created with `--checksum-layout inline`
 #                (no page cache), "off" = `--no-checksums`; "base" is "on"
-#                served by VRAID_BASE (another build, e.g. main's) for an A/B
+#                served by VRAID_BASE (another build, e.g. main's) for an A/B,
+#                "inline-base" is "inline" served by VRAID_BASE
 #   PREP         member preparation [sparse]: "sparse" leaves the members as
 #                created (holes; ext4 serializes unaligned direct writes
 #                into them), "written" writes zeroes over everything past the
@@ -80,7 +81,7 @@ create() {
     mkdir -p "$dir"
     for i in 0 1 2 3; do truncate -s "$MEMBER_SIZE" "$dir/m$i.img"; done
     local layout=()
-    [[ $1 == inline ]] && layout=(--checksum-layout inline)
+    [[ $1 == inline* ]] && layout=(--checksum-layout inline)
     "$VRAID" create --level 5 --name vol "${layout[@]}" "$dir"/m{0,1,2,3}.img \
         >"$dir/create.log" 2>&1 || die "$1: create failed: $(tail -n 3 "$dir/create.log")"
     if [[ ${PREP:-sparse} == written ]]; then
@@ -100,7 +101,9 @@ round() {
     port=$(free_port)
     local bin=$VRAID
     if [[ $mode == off ]]; then extra+=(--no-checksums); else extra+=(--checksum-cache "$CACHE"); fi
-    if [[ $mode == base ]]; then bin=${VRAID_BASE:?VRAID_BASE names the base binary}; fi
+    if [[ $mode == base || $mode == inline-base ]]; then
+        bin=${VRAID_BASE:?VRAID_BASE names the base binary}
+    fi
     "$bin" serve --nbd "127.0.0.1:$port" --control "$dir/control.sock" "${extra[@]}" \
         "$dir"/m{0,1,2,3}.img >>"$dir/serve.log" 2>&1 &
     SERVER_PID=$!
@@ -159,7 +162,7 @@ print(f"\n4k random writes, RAID-5 4 members ({sys.argv[5]} members), working se
 print("| checksums | IOPS (per round) | mean IOPS | server CPU us/IO |")
 print("|---|---|---:|---:|")
 mean = {}
-for mode in ["on", "inline", "base", "off"]:
+for mode in ["on", "inline", "base", "inline-base", "off"]:
     if mode not in agg:
         continue
     a = agg[mode]
@@ -167,7 +170,8 @@ for mode in ["on", "inline", "base", "off"]:
     rounds = " / ".join(f"{x:.0f}" for x in a["iops"])
     print(f"| {mode} | {rounds} | {mean[mode][0]:.0f} | {mean[mode][1]:.1f} |")
 med = lambda v: (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
-for a_, b_ in [("on", "off"), ("inline", "off"), ("base", "off"), ("on", "base")]:
+for a_, b_ in [("on", "off"), ("inline", "off"), ("base", "off"), ("inline-base", "off"),
+               ("on", "base"), ("inline", "inline-base")]:
     if a_ not in mean or b_ not in mean:
         continue
     r = sorted(x / y for x, y in zip(agg[a_]["iops"], agg[b_]["iops"]))

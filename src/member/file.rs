@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use super::buf::AlignedBuf;
 use super::claim::{claim, held_by_this_process, Claim, DeviceId};
+use super::edge_lock::EdgeLocks;
 use super::op::{IoVecs, Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
@@ -290,6 +291,11 @@ pub struct FileMember {
     block_size: u64,
     /// Granule of direct writes: max(block size, page size).
     write_align: u64,
+    /// Edge blocks of direct writes not on `write_align` (see
+    /// [`FileMember::widens`]).
+    edges: EdgeLocks,
+    /// Direct writes the kernel would have blocked on, written widened.
+    widened: AtomicU64,
     /// The O_DIRECT descriptor, if the filesystem accepted O_DIRECT.
     direct: Option<Arc<File>>,
     /// A buffered descriptor: unaligned writes, flush, fallocate.
@@ -505,6 +511,8 @@ impl FileMember {
             is_block_device,
             block_size,
             write_align,
+            edges: EdgeLocks::new(),
+            widened: AtomicU64::new(0),
             direct: direct.map(Arc::new),
             buffered: Arc::new(buffered),
             engine,
@@ -558,6 +566,12 @@ impl FileMember {
     /// [`bounce_bytes`]).
     pub fn bounced_bytes(&self) -> u64 {
         self.bounced.load(Ordering::Relaxed)
+    }
+
+    /// Direct writes off the write granule that were widened to whole
+    /// blocks because the kernel would have blocked on them (holes).
+    pub fn widened_writes(&self) -> u64 {
+        self.widened.load(Ordering::Relaxed)
     }
 
     fn count_bounce(&self, len: usize) {
@@ -628,10 +642,124 @@ impl FileMember {
         }
         let buf = AlignedBuf::copy_from(data);
         self.count_bounce(data.len());
+        let nowait = false;
         self.engine
-            .run(file, Op::Write { offset, buf, fua })
+            .run(
+                file,
+                Op::Write {
+                    offset,
+                    buf,
+                    fua,
+                    nowait,
+                },
+            )
             .await
             .map(drop)
+    }
+
+    /// True when direct writes not on `write_align` may be *widened*: a
+    /// regular file on io_uring, whose filesystem serializes such a write
+    /// into a hole or unwritten extent (ext4 drains every direct I/O of the
+    /// file and waits). Such writes try `RWF_NOWAIT` first and, when the
+    /// kernel says it would block, are written as whole blocks instead.
+    fn widens(&self) -> bool {
+        !self.is_block_device && matches!(self.engine, Engine::Uring(_))
+    }
+
+    /// The edge blocks of `[offset, end)` held shared, on a member that
+    /// widens (a write or punch that changes bytes of blocks it shares).
+    async fn edge_guard(&self, offset: u64, end: u64) -> Option<super::edge_lock::Shared<'_>> {
+        if !self.widens() {
+            return None;
+        }
+        Some(self.edges.shared(offset, end, self.write_align).await)
+    }
+
+    /// A direct write of whole logical blocks that is not on
+    /// `write_align` (docs/FORMAT.md §8 "Writes into holes"): as it is if
+    /// the kernel takes it without blocking, else widened.
+    async fn write_unaligned_direct(
+        &self,
+        direct: &Arc<File>,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> io::Result<()> {
+        let (a, end) = (self.write_align, offset + data.len() as u64);
+        {
+            let _edges = self.edges.shared(offset, end, a).await;
+            let buf = AlignedBuf::copy_from(data);
+            self.count_bounce(data.len());
+            let op = Op::Write {
+                offset,
+                buf,
+                fua,
+                nowait: true,
+            };
+            match self.engine.run(direct, op).await {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                // A filesystem without RWF_NOWAIT: written as it is.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    return self.write_via(direct, offset, data, fua).await;
+                }
+                done => return done.map(drop),
+            }
+        }
+        let _edges = self.edges.exclusive(offset, end, a).await;
+        self.widened.fetch_add(1, Ordering::Relaxed);
+        self.write_widened(direct, offset, data, fua).await
+    }
+
+    /// Writes `data` at `offset` as the whole `write_align` blocks around
+    /// it: the bytes of its edge blocks outside it are read first and
+    /// written back unchanged (the caller holds those blocks exclusive).
+    /// An aligned direct write into a hole only allocates; it does not
+    /// drain the file's other I/O.
+    async fn write_widened(
+        &self,
+        direct: &Arc<File>,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> io::Result<()> {
+        let a = self.write_align;
+        let end = offset + data.len() as u64;
+        let (start, stop) = (offset / a * a, end.div_ceil(a) * a);
+        if stop > self.size {
+            // The file's unaligned tail: written as it is.
+            return self.write_via(direct, offset, data, fua).await;
+        }
+        let mut wide = AlignedBuf::new((stop - start) as usize);
+        let head = (offset - start) as usize;
+        // One read when the edges are the whole span or adjacent, else the
+        // partial edge blocks.
+        let spans = if stop - start <= 2 * a {
+            [Some((start, stop)), None]
+        } else {
+            [
+                (start < offset).then_some((start, start + a)),
+                (end < stop).then_some((stop - a, stop)),
+            ]
+        };
+        for (from, to) in spans.into_iter().flatten() {
+            let read = Op::Read {
+                offset: from,
+                buf: AlignedBuf::new((to - from) as usize),
+            };
+            let got = self.engine.run(direct, read).await?;
+            let got = got.ok_or_else(|| io::Error::other("engine returned no read buffer"))?;
+            let at = (from - start) as usize;
+            wide.as_mut_slice()[at..at + got.len()].copy_from_slice(got.as_slice());
+        }
+        wide.as_mut_slice()[head..head + data.len()].copy_from_slice(data);
+        self.count_bounce(wide.len());
+        let op = Op::Write {
+            offset: start,
+            buf: wide,
+            fua,
+            nowait: false,
+        };
+        self.engine.run(direct, op).await.map(drop)
     }
 
     async fn write_piece(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
@@ -644,6 +772,11 @@ impl FileMember {
             // Whole logical blocks (an inline-checksum member's 4608-byte
             // units): straight to O_DIRECT, which takes them. Only a write
             // that is not block-aligned goes through the page cache.
+            let on_granule = offset.is_multiple_of(self.write_align)
+                && (data.len() as u64).is_multiple_of(self.write_align);
+            if self.widens() && !on_granule {
+                return self.write_unaligned_direct(direct, offset, data, fua).await;
+            }
             return self.write_via(direct, offset, data, fua).await;
         }
         let a = self.write_align;
@@ -651,12 +784,14 @@ impl FileMember {
         let mid_start = offset.div_ceil(a) * a;
         let mid_end = end / a * a;
         if mid_start >= mid_end {
+            let _edges = self.edge_guard(offset, end).await;
             return self.write_via(&self.buffered, offset, data, fua).await;
         }
         let head = (mid_start - offset) as usize;
         let mid = (mid_end - mid_start) as usize;
         let (head_data, rest) = data.split_at(head);
         let (mid_data, tail_data) = rest.split_at(mid);
+        let _edges = self.edge_guard(offset, end).await;
         let (h, m, t) = futures::join!(
             self.write_via(&self.buffered, offset, head_data, fua),
             self.write_via(direct, mid_start, mid_data, fua),
@@ -704,7 +839,15 @@ impl FileMember {
 
     /// Writes `bufs` at `offset` (in range, not empty).
     async fn write_segments(&self, offset: u64, bufs: &[IoSlice<'_>], fua: bool) -> io::Result<()> {
-        if let Some(file) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
+        let a = self.write_align;
+        let len = crate::iovec::len(bufs) as u64;
+        let on_granule = offset.is_multiple_of(a) && len.is_multiple_of(a);
+        // Off the granule on a member that widens: through `write_piece`.
+        let straight = on_granule || !self.widens() || self.direct.is_none();
+        if let Some(file) = straight
+            .then(|| self.zero_copy(offset, bufs.iter().map(|b| &**b)))
+            .flatten()
+        {
             let iov = IoVecs::new(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
             let op = Op::WriteV { offset, iov, fua };
             return self.engine.run(file, op).await.map(drop);
@@ -778,7 +921,12 @@ impl FileMember {
             len: mid_end - mid_start,
             mode,
         };
-        match self.engine.run(&self.buffered, op).await {
+        let done = {
+            // Its partial edge blocks change too: not under a widening.
+            let _edges = self.edge_guard(mid_start, mid_end).await;
+            self.engine.run(&self.buffered, op).await
+        };
+        match done {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 tracing::debug!(path = %self.name, mode, "fallocate unsupported, writing zeroes");

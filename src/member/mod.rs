@@ -10,6 +10,7 @@
 
 pub(crate) mod buf;
 pub mod claim;
+mod edge_lock;
 pub mod fault;
 mod file;
 mod op;

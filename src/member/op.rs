@@ -136,11 +136,15 @@ impl IoVecs {
 pub(crate) enum Op {
     /// Read `buf.len()` bytes at `offset` into `buf`.
     Read { offset: u64, buf: AlignedBuf },
-    /// Write `buf` at `offset`; with `fua`, durably (`RWF_DSYNC`).
+    /// Write `buf` at `offset`; with `fua`, durably (`RWF_DSYNC`). With
+    /// `nowait` (io_uring only), `RWF_NOWAIT`: a write that would block
+    /// (on ext4: an unaligned direct write into a hole or unwritten
+    /// extent) fails with EAGAIN instead of waiting.
     Write {
         offset: u64,
         buf: AlignedBuf,
         fua: bool,
+        nowait: bool,
     },
     /// Read at `offset` into a caller's segments (borrowed memory).
     ReadV { offset: u64, iov: IoVecs },

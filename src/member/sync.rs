@@ -93,7 +93,9 @@ pub(crate) fn run_blocking(file: &File, op: Op) -> OpResult {
             read_full(file, offset, buf.as_mut_slice())?;
             Ok(Some(buf))
         }
-        Op::Write { offset, buf, fua } => {
+        Op::Write {
+            offset, buf, fua, ..
+        } => {
             write_full(file, offset, buf.as_slice(), fua)?;
             Ok(None)
         }

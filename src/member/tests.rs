@@ -565,3 +565,44 @@ fn auto_engine_is_inline_on_tmpfs_and_the_ring_on_the_disk() {
     assert_eq!(a.engine_kind(), EngineKind::Inline);
     assert_eq!(b.engine_kind(), EngineKind::Uring);
 }
+
+/// Inline-layout units (4608 bytes, docs/FORMAT.md §8 "Writes into holes")
+/// written into a sparse file on the disk, neighbours concurrently: the
+/// kernel refuses them without blocking (ext4 would drain the file's I/O
+/// for each), so they are widened to whole 4 KiB blocks, and no widened
+/// write puts back stale bytes of a neighbour sharing its edge blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    const UNIT: u64 = 4608;
+    let f = fixture(EngineKind::Uring, 32 * MIB);
+    let dev = Arc::clone(&f.member);
+    assert!(dev.is_direct(), "target/ is on a filesystem with O_DIRECT");
+    assert_eq!(dev.block_size(), 512, "member-tests need 512-byte sectors");
+    let units = 4096u64;
+    // Every unit, in runs of 64 neighbours in flight at once, twice (the
+    // second pass overwrites allocated blocks).
+    for pass in 0..2u64 {
+        for run in (0..units).step_by(64) {
+            let mut writes: FuturesUnordered<_> = (run..run + 64)
+                .map(|i| {
+                    let dev = Arc::clone(&dev);
+                    async move {
+                        let data = pattern(pass * units + i, UNIT as usize);
+                        write(&*dev, i * UNIT, &data).await;
+                    }
+                })
+                .collect();
+            while writes.next().await.is_some() {}
+            if pass == 0 {
+                assert!(dev.widened_writes() > 0, "no write into a hole was widened");
+            }
+        }
+    }
+    let got = read_vec(&*dev, 0, (units * UNIT) as usize).await;
+    for i in 0..units {
+        let at = (i * UNIT) as usize;
+        let want = pattern(units + i, UNIT as usize);
+        assert!(got[at..at + UNIT as usize] == want[..], "unit {i} differs");
+    }
+}

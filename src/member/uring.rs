@@ -521,7 +521,8 @@ impl RingThread {
         let Some(entry) = self.inflight.get_mut(key) else {
             return;
         };
-        if res == -libc::EINTR || res == -libc::EAGAIN {
+        let nowait = matches!(entry.req.op, Op::Write { nowait: true, .. });
+        if res == -libc::EINTR || (res == -libc::EAGAIN && !nowait) {
             self.pending.push(key);
             return;
         }
@@ -683,10 +684,18 @@ fn build_sqe(entry: &mut RingOp) -> squeue::Entry {
                 .offset(*offset + done as u64)
                 .build()
         }
-        Op::Write { offset, buf, fua } => {
+        Op::Write {
+            offset,
+            buf,
+            fua,
+            nowait,
+        } => {
             let rest = &buf.as_slice()[done..];
             let len = rest.len().min(MAX_CHUNK) as u32;
-            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            let mut flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            if *nowait {
+                flags |= libc::RWF_NOWAIT;
+            }
             opcode::Write::new(fd, rest.as_ptr(), len)
                 .offset(*offset + done as u64)
                 .rw_flags(flags)
