@@ -230,6 +230,13 @@ pub enum MemberError {
 enum Engine {
     Uring(Arc<UringEngine>),
     Sync,
+    /// A file in memory (tmpfs, ramfs) under the default engine: the
+    /// kernel cannot start its I/O without blocking, so io_uring hands
+    /// every operation to a worker thread (two thread switches and a
+    /// wake-up more than the copy it is). Copied on the caller's thread
+    /// instead; vectored operations (which borrow the caller's memory)
+    /// still go through the ring.
+    Memory(Arc<UringEngine>),
 }
 
 impl Engine {
@@ -237,12 +244,14 @@ impl Engine {
         match self {
             Engine::Uring(ring) => ring.run(Arc::clone(file), op).await,
             Engine::Sync => sync::run(Arc::clone(file), op).await,
+            Engine::Memory(ring) if op.borrows() => ring.run(Arc::clone(file), op).await,
+            Engine::Memory(_) => sync::run_blocking(file, op),
         }
     }
 
     fn kind(&self) -> EngineKind {
         match self {
-            Engine::Uring(_) => EngineKind::Uring,
+            Engine::Uring(_) | Engine::Memory(_) => EngineKind::Uring,
             Engine::Sync => EngineKind::Sync,
         }
     }
@@ -305,6 +314,24 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<(), MemberError> {
     }
 }
 
+/// True when `path` is a regular file on tmpfs or ramfs ([`Engine::Memory`]).
+fn in_memory(path: &Path) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` is plain integers, valid all zero.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live `statfs` the kernel fills,
+    // both outliving the call.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    let is_file = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_file());
+    is_file && matches!(st.f_type as u64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
 /// Opens `path` as a member with the engine chosen by `opts.engine`.
 pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>, MemberError> {
     let engine = match opts.engine {
@@ -319,6 +346,7 @@ pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>,
             }
         },
         EngineKind::Auto => match UringEngine::shared() {
+            Ok(ring) if in_memory(path) => Engine::Memory(ring),
             Ok(ring) => Engine::Uring(ring),
             Err(e) => {
                 tracing::warn!(
@@ -480,6 +508,12 @@ impl FileMember {
         self.engine.kind()
     }
 
+    /// Whether plain reads and writes are copied on the caller's thread
+    /// (a file in memory under the default engine: [`Engine::Memory`]).
+    pub fn copies_inline(&self) -> bool {
+        matches!(self.engine, Engine::Memory(_))
+    }
+
     /// Whether I/O bypasses the page cache (O_DIRECT was accepted).
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
@@ -625,7 +659,7 @@ impl FileMember {
         offset: u64,
         segs: impl IntoIterator<Item = &'s [u8]>,
     ) -> Option<(&UringEngine, &Arc<File>)> {
-        let Engine::Uring(ring) = &self.engine else {
+        let (Engine::Uring(ring) | Engine::Memory(ring)) = &self.engine else {
             return None;
         };
         match &self.direct {

@@ -394,6 +394,34 @@ for_each_engine!(
     dropped_zero_copy_read_leaves_the_buffer_alone,
 );
 
+/// A member on tmpfs under the default engine copies plain reads and
+/// writes on the caller's thread (io_uring would hand each to a kernel
+/// worker); one on the disk stays on the ring. Both round-trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmpfs_member_under_the_default_engine_copies_inline() {
+    let shm = fixture_in(
+        tempfile::tempdir_in("/dev/shm").unwrap(),
+        EngineKind::Auto,
+        4 * MIB,
+        true,
+    );
+    assert!(shm.member.copies_inline());
+    assert!(!fixture(EngineKind::Auto, 4 * MIB).member.copies_inline());
+    let forced = tempfile::tempdir_in("/dev/shm").unwrap();
+    assert!(!fixture_in(forced, EngineKind::Uring, 4 * MIB, true)
+        .member
+        .copies_inline());
+    buffered_member_on_tmpfs_round_trips(EngineKind::Auto).await;
+    let data = pattern(23, 8192);
+    write(&*shm.member, 4096, &data).await;
+    shm.member
+        .write(ByteOffset(20480), &data[..4096], Durability::Fua)
+        .await
+        .unwrap();
+    assert_eq!(read_vec(&*shm.member, 4096, 8192).await, data);
+    assert_eq!(read_vec(&*shm.member, 20480, 4096).await, &data[..4096]);
+}
+
 #[tokio::test]
 async fn two_members_share_one_small_engine() {
     let engine = UringEngine::new(4).unwrap();
