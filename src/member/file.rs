@@ -234,8 +234,9 @@ enum Engine {
     /// kernel cannot start its I/O without blocking, so io_uring hands
     /// every operation to a worker thread (two thread switches and a
     /// wake-up more than the copy it is). Copied on the caller's thread
-    /// instead; vectored operations (which borrow the caller's memory)
-    /// still go through the ring.
+    /// instead (`pread`/`pwrite`, vectored ones segment by segment
+    /// straight into the caller's memory); the ring is kept for ops
+    /// queued by code that asks for it by name.
     Memory(Arc<UringEngine>),
 }
 
@@ -675,6 +676,9 @@ impl FileMember {
     /// Reads into `bufs` at `offset` (in range, not empty).
     async fn read_segments(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
         if let Some((ring, file)) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
+            if self.copies_inline() {
+                return sync::read_segments(file, offset, bufs);
+            }
             let iov = IoVecs::new(bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())));
             let op = Op::ReadV { offset, iov };
             return ring.run(Arc::clone(file), op).await.map(drop);
@@ -691,6 +695,9 @@ impl FileMember {
     /// Writes `bufs` at `offset` (in range, not empty).
     async fn write_segments(&self, offset: u64, bufs: &[IoSlice<'_>], fua: bool) -> io::Result<()> {
         if let Some((ring, file)) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
+            if self.copies_inline() {
+                return sync::write_segments(file, offset, bufs, fua);
+            }
             let iov = IoVecs::new(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
             let op = Op::WriteV { offset, iov, fua };
             return ring.run(Arc::clone(file), op).await.map(drop);

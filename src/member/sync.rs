@@ -46,6 +46,35 @@ pub(crate) fn run_blocking(file: &File, op: Op) -> OpResult {
     }
 }
 
+/// Reads into every segment of `bufs` in turn from `offset`, on the
+/// calling thread; bytes past end-of-file read as zeroes.
+pub(crate) fn read_segments(
+    file: &File,
+    mut offset: u64,
+    bufs: &mut [io::IoSliceMut<'_>],
+) -> io::Result<()> {
+    for buf in bufs {
+        read_full(file, offset, buf)?;
+        offset += buf.len() as u64;
+    }
+    Ok(())
+}
+
+/// Writes every segment of `bufs` in turn from `offset`, on the calling
+/// thread (each durable when it returns with `fua`).
+pub(crate) fn write_segments(
+    file: &File,
+    mut offset: u64,
+    bufs: &[io::IoSlice<'_>],
+    fua: bool,
+) -> io::Result<()> {
+    for buf in bufs {
+        write_full(file, offset, buf, fua)?;
+        offset += buf.len() as u64;
+    }
+    Ok(())
+}
+
 /// Reads all of `buf`; bytes past end-of-file read as zeroes.
 fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
