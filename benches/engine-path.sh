@@ -7,6 +7,7 @@
 #   r5-shm    vraid RAID-5 over the same shape on tmpfs
 #   r0-disk   vraid RAID-0 over 4 member files on the disk ($WORKDIR)
 #   r1-disk   vraid RAID-1 over 2 member files on the disk
+#   r5-disk   vraid RAID-5 over 4 member files on the disk
 #   qnbd-disk qemu-nbd --cache=none --aio=io_uring on one file on the disk
 #   nbdkit-mem nbdkit's memory plugin (the NBD transport's ceiling; RAM)
 #   any vraid target with "-old" appended: the same, served by $VRAID_OLD
@@ -120,6 +121,7 @@ start_target() {
     r5-shm) start_vraid "$1" 5 "$SHM" 4 ;;
     r0-disk) start_vraid "$1" 0 "$WORKDIR" 4 ;;
     r1-disk) start_vraid "$1" 1 "$WORKDIR" 2 ;;
+    r5-disk) start_vraid "$1" 5 "$WORKDIR" 4 ;;
     qnbd-disk) start_qemu_nbd qnbd-disk ;;
     nbdkit-mem) start_nbdkit_mem nbdkit-mem ;;
     *)

@@ -210,8 +210,17 @@ pub fn check_range(offset: ByteOffset, len: u64, size: u64) -> BlockResult {
     }
 }
 
-/// What [`BlockDevice::hold`] returns: the hold ends when it drops.
-pub type Hold = Option<Box<dyn std::any::Any + Send + Sync>>;
+/// What [`BlockDevice::hold`] returns: the hold ends when it drops. The
+/// guard lives in a pooled box (a future that is never polled and owns
+/// it: [`hold_guard`]), so a hold allocates nothing in steady state.
+pub type Hold = Option<BoxFuture<'static, ()>>;
+
+/// A [`Hold`] owning `guard` until dropped.
+pub fn hold_guard<G: Send + 'static>(guard: G) -> Hold {
+    Some(BoxFuture::new(async move {
+        let _guard = guard;
+    }))
+}
 
 /// An asynchronous block device.
 ///

@@ -384,7 +384,7 @@ impl BlockDevice for ChecksumDevice {
             return None;
         }
         let (b0, b1) = hull(offset.get(), len);
-        Some(Box::new(self.store.hold(b0, b1 - b0)))
+        crate::block::hold_guard(self.store.hold(b0, b1 - b0))
     }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {

@@ -24,7 +24,7 @@ use super::level::{join_each, MemberOp};
 use super::parity::{xor_into, xor_sources};
 use super::ppl::{PplRecord, PplTicket};
 use super::volume::Volume;
-use crate::block::{BlockError, BlockResult, Durability};
+use crate::block::{BlockError, BlockResult, Durability, Hold};
 use crate::units::ByteOffset;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub(super) async fn write_stripe(
     // The checksum pages its reads load stay resident until its update.
     let _held = w.hold();
     for _ in 0..=g.members() {
-        let computed = match w.mode() {
+        let mut computed = match w.mode() {
             Mode::Full => Some(Computed {
                 rlo: 0,
                 parity: w.full_parity(),
@@ -88,7 +88,7 @@ pub(super) async fn write_stripe(
                 None => continue,
             },
         };
-        let Ok(_ticket) = w.log(computed.as_ref()).await else {
+        let Ok(_ticket) = w.log(computed.as_mut()).await else {
             continue;
         };
         return w.commit(computed.map(|c| (c.rlo, c.parity))).await;
@@ -195,17 +195,20 @@ impl StripeWrite<'_> {
     /// Holds the checksum pages of the member blocks this write reads and
     /// rewrites (its data ranges and parity rows), from the plan's reads
     /// to the commit.
-    fn hold(&self) -> Vec<crate::block::Hold> {
+    /// The parity rows' and first data range's holds are inline, the
+    /// others (writes over several chunks) in a list.
+    fn hold(&self) -> ([Hold; 2], Vec<Hold>) {
         let (rlo, rhi) = self.hull();
         let parity = self.member_offset(rlo);
-        let data = self.touched_all().map(|(d, lo, hi)| {
+        let mut data = self.touched_all().map(|(d, lo, hi)| {
             self.vol
                 .hold_member(self.member(d), self.member_offset(lo), hi - lo)
         });
-        data.chain([self
+        let first = data.next().flatten();
+        let parity = self
             .vol
-            .hold_member(self.parity_member(), parity, rhi - rlo)])
-            .collect()
+            .hold_member(self.parity_member(), parity, rhi - rlo);
+        ([parity, first], data.collect())
     }
 
     /// Reads for planning; a member that fails is failed (the plan is redone).
@@ -236,24 +239,28 @@ impl StripeWrite<'_> {
     /// Read-modify-write: new parity rows from old parity, old and new data.
     async fn rmw_parity(&self) -> Option<Computed> {
         let (rlo, rhi) = self.hull();
-        let mut parity = vec![0u8; (rhi - rlo) as usize];
+        let width = (rhi - rlo) as usize;
         let mut touched = self.touched_all();
         let (Some((d, lo, hi)), None) = (touched.next(), touched.next()) else {
-            return self.rmw_parity_many(rlo, parity).await;
+            return self.rmw_parity_many(rlo, vec![0u8; width]).await;
         };
-        // One data chunk (every small write): its rows are the hull.
-        let mut old = vec![0u8; (hi - lo) as usize];
+        // One data chunk (every small write): its rows are the hull. Old
+        // parity and old data share one buffer (one allocation); the
+        // parity half is kept.
+        let mut parity = vec![0u8; 2 * width];
+        let (p, old) = parity.split_at_mut(width);
         let (p_ok, d_ok) = futures::join!(
-            self.read(self.parity_member(), rlo, &mut parity),
-            self.read(self.member(d), lo, &mut old),
+            self.read(self.parity_member(), rlo, p),
+            self.read(self.member(d), lo, old),
         );
         if !(p_ok && d_ok) {
             return None;
         }
-        xor_into(&mut parity, &old);
+        xor_into(p, old);
         // Old parity without the old bytes being replaced: the partial parity.
-        let pp = self.logging().then(|| parity.clone());
-        xor_into(&mut parity, self.new_data(d, lo, hi));
+        let pp = self.logging().then(|| p.to_vec());
+        xor_into(p, self.new_data(d, lo, hi));
+        parity.truncate(width);
         Some(Computed { rlo, parity, pp })
     }
 
@@ -291,7 +298,7 @@ impl StripeWrite<'_> {
     /// Logs the write's entries in the parity member's journal; resolves
     /// once durable. `Err` when the journal write failed (the parity member
     /// is failed; the caller plans again).
-    async fn log(&self, computed: Option<&Computed>) -> Result<Option<PplTicket>, ()> {
+    async fn log(&self, computed: Option<&mut Computed>) -> Result<Option<PplTicket>, ()> {
         let (Some(log), Some(c)) = (self.vol.parity_log(), computed) else {
             return Ok(None);
         };
@@ -311,7 +318,7 @@ impl StripeWrite<'_> {
 
     /// The journal entries of this write: one FULL entry, or the partial
     /// parity split into windows of at most `max` rows.
-    fn records(&self, c: &Computed, max: usize) -> Vec<PplRecord> {
+    fn records(&self, c: &mut Computed, max: usize) -> Vec<PplRecord> {
         let entry = |rlo: u64, rhi: u64, full: bool, pp: Vec<u8>| PplRecord {
             stripe: self.stripe.0,
             start: self.start,
@@ -321,9 +328,14 @@ impl StripeWrite<'_> {
             full,
             pp,
         };
-        let Some(pp) = &c.pp else {
+        let Some(pp) = &mut c.pp else {
             return vec![entry(0, self.chunk, true, Vec::new())];
         };
+        if pp.len() <= max {
+            // One entry (every small write): its PP taken, not copied.
+            let pp = std::mem::take(pp);
+            return vec![entry(c.rlo, c.rlo + pp.len() as u64, false, pp)];
+        }
         pp.chunks(max)
             .enumerate()
             .map(|(i, w)| {
@@ -399,23 +411,21 @@ impl StripeWrite<'_> {
         let vol = self.vol;
         // Down members are included: a member being rebuilt into their
         // slot takes the write; the slot itself reports false.
-        let mut ops: Vec<(MemberIndex, MemberOp<'_>)> = self
-            .touched_all()
-            .map(|(d, lo, hi)| {
-                let op = MemberOp::Write(
-                    self.member_offset(lo),
-                    self.new_data(d, lo, hi),
-                    self.durability,
-                );
-                (self.member(d), op)
-            })
-            .collect();
-        if let Some((rlo, parity)) = &parity {
+        let data = self.touched_all().map(|(d, lo, hi)| {
+            let op = MemberOp::Write(
+                self.member_offset(lo),
+                self.new_data(d, lo, hi),
+                self.durability,
+            );
+            (self.member(d), op)
+        });
+        let parity_op = parity.as_ref().map(|(rlo, parity)| {
             let op = MemberOp::Write(self.member_offset(*rlo), parity, self.durability);
-            ops.push((self.parity_member(), op));
-        }
-        let results = join_each(ops.len(), |i| vol.write_member(ops[i].0, ops[i].1)).await;
-        let took = |m: MemberIndex| (0..ops.len()).any(|i| ops[i].0 == m && results.get(i));
+            (self.parity_member(), op)
+        });
+        let ops = Ops::new(data.chain(parity_op));
+        let results = join_each(ops.len(), |i| vol.write_member(ops.get(i).0, ops.get(i).1)).await;
+        let took = |m: MemberIndex| (0..ops.len()).any(|i| ops.get(i).0 == m && results.get(i));
         let recoverable = parity.is_some() && took(self.parity_member()) && vol.down_count() <= 1;
         if self
             .touched_all()
@@ -424,6 +434,44 @@ impl StripeWrite<'_> {
             Ok(())
         } else {
             Err(vol.data_lost())
+        }
+    }
+}
+
+/// The member writes of one stripe write: inline up to four (a small
+/// write's data and parity), else in a list.
+enum Ops<'a> {
+    Few(usize, [Option<(MemberIndex, MemberOp<'a>)>; 4]),
+    Many(Vec<(MemberIndex, MemberOp<'a>)>),
+}
+
+impl<'a> Ops<'a> {
+    fn new(ops: impl Iterator<Item = (MemberIndex, MemberOp<'a>)>) -> Ops<'a> {
+        let mut few = [None; 4];
+        let mut ops = ops.peekable();
+        for (n, slot) in few.iter_mut().enumerate() {
+            match ops.next() {
+                Some(op) => *slot = Some(op),
+                None => return Ops::Few(n, few),
+            }
+        }
+        if ops.peek().is_none() {
+            return Ops::Few(4, few);
+        }
+        Ops::Many(few.into_iter().flatten().chain(ops).collect())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ops::Few(n, _) => *n,
+            Ops::Many(v) => v.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> (MemberIndex, MemberOp<'a>) {
+        match self {
+            Ops::Few(_, few) => few[i].expect("op in range"),
+            Ops::Many(v) => v[i],
         }
     }
 }
