@@ -32,9 +32,12 @@ fuzz_target!(|data: &[u8]| {
         seed: 1,
         max: 100,
         after: 0,
+        // A bound from the input: points stay at or before it.
+        before: data.first().map_or(u64::MAX, |&b| u64::from(b)),
     };
     for p in crash_points(&index, opts) {
         assert!(p.cut <= index.entries.len() as u64);
+        assert!(p.cut <= opts.before);
         assert!(p.dropped.iter().all(|&d| d < p.cut));
     }
 });
