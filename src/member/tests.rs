@@ -598,11 +598,16 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
                 assert!(dev.widened_writes() > 0, "no write into a hole was widened");
             }
         }
-    }
-    let got = read_vec(&*dev, 0, (units * UNIT) as usize).await;
-    for i in 0..units {
-        let at = (i * UNIT) as usize;
-        let want = pattern(units + i, UNIT as usize);
-        assert!(got[at..at + UNIT as usize] == want[..], "unit {i} differs");
+        // Checked after each pass: the second would rewrite what a
+        // widening of the first clobbered.
+        let got = read_vec(&*dev, 0, (units * UNIT) as usize).await;
+        for i in 0..units {
+            let at = (i * UNIT) as usize;
+            let want = pattern(pass * units + i, UNIT as usize);
+            assert!(
+                got[at..at + UNIT as usize] == want[..],
+                "pass {pass}: unit {i} differs"
+            );
+        }
     }
 }
