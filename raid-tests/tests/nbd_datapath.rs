@@ -24,25 +24,7 @@ fn fio_pipelined_mixed_sizes_read_back_what_they_wrote() {
     let server = Server::start(&args);
 
     // Act
-    let fio = Command::new("fio")
-        .args([
-            "--name=datapath",
-            "--ioengine=nbd",
-            "--rw=randwrite",
-            "--bssplit=4k/40:64k/25:1m/20:6m/10:9m/5",
-            "--iodepth=32",
-            "--size=160M",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--verify_fatal=1",
-            "--verify_state_save=0",
-            "--output-format=json",
-        ])
-        .arg(format!("--uri={}", server.uri("vol0")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fio");
+    let fio = fio_verify(&server, "datapath", "4k/40:64k/25:1m/20:6m/10:9m/5", "160M");
 
     // Assert
     assert_fio_clean(fio);
@@ -94,14 +76,24 @@ fn fio_on_tmpfs_members_reads_back_what_it_wrote() {
     let server = Server::start(&args);
 
     // Act
-    let fio = Command::new("fio")
+    let fio = fio_verify(&server, "tmpfs", "4k/50:64k/30:1m/20", "64M");
+
+    // Assert
+    assert_fio_clean(fio);
+    assert_eq!(server.stop(), 0);
+}
+
+/// fio random writes of `bssplit` over `size` of vol0, 32 in flight, each
+/// read back and checked (crc32c) at the end.
+fn fio_verify(server: &Server, name: &str, bssplit: &str, size: &str) -> std::process::Child {
+    Command::new("fio")
         .args([
-            "--name=tmpfs",
+            &format!("--name={name}"),
             "--ioengine=nbd",
             "--rw=randwrite",
-            "--bssplit=4k/50:64k/30:1m/20",
+            &format!("--bssplit={bssplit}"),
             "--iodepth=32",
-            "--size=64M",
+            &format!("--size={size}"),
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
@@ -112,9 +104,5 @@ fn fio_on_tmpfs_members_reads_back_what_it_wrote() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start fio");
-
-    // Assert
-    assert_fio_clean(fio);
-    assert_eq!(server.stop(), 0);
+        .expect("start fio")
 }

@@ -640,21 +640,30 @@ impl FileMember {
         if data.is_empty() {
             return Ok(());
         }
-        let buf = AlignedBuf::copy_from(data);
-        self.count_bounce(data.len());
-        let nowait = false;
-        self.engine
-            .run(
-                file,
-                Op::Write {
-                    offset,
-                    buf,
-                    fua,
-                    nowait,
-                },
-            )
+        self.bounced_write(file, offset, data, fua, false)
             .await
             .map(drop)
+    }
+
+    /// Writes a copy of `data` in an aligned buffer (counted as bounced);
+    /// with `nowait`, refused with EAGAIN where the kernel would block.
+    async fn bounced_write(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        nowait: bool,
+    ) -> OpResult {
+        let buf = AlignedBuf::copy_from(data);
+        self.count_bounce(data.len());
+        let op = Op::Write {
+            offset,
+            buf,
+            fua,
+            nowait,
+        };
+        self.engine.run(file, op).await
     }
 
     /// True when direct writes not on `write_align` may be *widened*: a
@@ -688,15 +697,7 @@ impl FileMember {
         let (a, end) = (self.write_align, offset + data.len() as u64);
         {
             let _edges = self.edges.shared(offset, end, a).await;
-            let buf = AlignedBuf::copy_from(data);
-            self.count_bounce(data.len());
-            let op = Op::Write {
-                offset,
-                buf,
-                fua,
-                nowait: true,
-            };
-            match self.engine.run(direct, op).await {
+            match self.bounced_write(direct, offset, data, fua, true).await {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
                 // A filesystem without RWF_NOWAIT: written as it is.
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {

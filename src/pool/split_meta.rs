@@ -207,4 +207,4 @@ pub async fn fill_from_split(
 
 #[cfg(test)]
 #[path = "split_meta_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -15,7 +15,7 @@ use crate::pool::split::{granule_size, Entry, SplitRecord, SplitRef};
 use crate::pool::Pool;
 use crate::units::ByteOffset;
 
-const CS: u64 = 256 << 10;
+pub(crate) const CS: u64 = 256 << 10;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -24,7 +24,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn pool(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
+/// A pool of `CS` clusters (version 3 with `split`) on a 64 MiB memory
+/// array, with an empty volume "v" of 4 clusters.
+pub(crate) async fn pool_with_v(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
     let dev = Arc::new(MemDevice::new("array", 64 << 20));
     let opts = CreateOptions {
         cluster_size: CS,
@@ -34,6 +36,11 @@ async fn pool(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
     Pool::create(dev.as_ref(), opts).await.unwrap();
     let pool = Pool::open(dev.clone(), 64).await.unwrap();
     pool.create_volume("v", 4 * CS).await.unwrap();
+    (dev, pool)
+}
+
+async fn pool(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
+    let (dev, pool) = pool_with_v(split).await;
     let v = pool.open_volume("v").await.unwrap();
     v.write(ByteOffset(CS), &vec![1u8; CS as usize], Durability::Normal)
         .await

@@ -9,13 +9,12 @@ use std::sync::Arc;
 
 use crate::block::{BlockDevice, Durability};
 use crate::member::memory::MemDevice;
-use crate::pool::pool::CreateOptions;
 use crate::pool::split::{granule_size, Entry};
 use crate::pool::split_meta::is_split;
 use crate::pool::Pool;
 use crate::units::ByteOffset;
 
-const CS: u64 = 256 << 10;
+use crate::pool::split_meta::tests::CS;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -27,15 +26,7 @@ fn rt() -> tokio::runtime::Runtime {
 /// A pool with volume "v" of 4 clusters, all written with byte 1, and
 /// its snapshot "s".
 async fn snapped(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
-    let dev = Arc::new(MemDevice::new("array", 64 << 20));
-    let opts = CreateOptions {
-        cluster_size: CS,
-        split,
-        ..Default::default()
-    };
-    Pool::create(dev.as_ref(), opts).await.unwrap();
-    let pool = Pool::open(dev.clone(), 64).await.unwrap();
-    pool.create_volume("v", 4 * CS).await.unwrap();
+    let (dev, pool) = crate::pool::split_meta::tests::pool_with_v(split).await;
     let v = pool.open_volume("v").await.unwrap();
     v.write(ByteOffset(0), &vec![1u8; 4 * CS as usize], Durability::Fua)
         .await
