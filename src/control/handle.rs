@@ -26,6 +26,11 @@ use crate::raid::{Level, MemberIndex, MemberState, Volume};
 /// faults share them, so `fault clear ID` needs no scope).
 pub(super) static NEXT_FAULT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How long `vraid fail` of a member being rebuilt or replaced waits for
+/// the pass to let go of it (it does at its next step) before answering
+/// that it has not.
+const PASS_STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A fresh fault id (for rules made outside the control plane, as the
 /// start-up `volatile` rules armed on member power gates).
 pub fn next_fault_id() -> u64 {
@@ -480,29 +485,33 @@ impl VolumeHandle {
                 self.name
             )));
         }
-        // Member states have no change notification: the pass notices at
-        // its next step (bounded: 30 s). The reply waits for the
+        // The pass notices at its next step; the reply waits for the
         // superblocks too: a crash right after it must not find the role
         // still recorded as rebuilding (resumed onto the dropped member).
-        for _ in 0..600 {
-            let state = self.member_state(role);
-            if state == MemberStatusState::Active {
-                // The pass finished between the request and the stop.
-                return Err(ControlError::Refused(format!(
-                    "member {role} of {}: its rebuild finished before it could be stopped; \
-                     it is active now (fail it again to fail it)",
-                    self.name
-                )));
-            }
-            if state != MemberStatusState::Rebuilding && !self.recorded_rebuilding(role).await {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let settled = self
+            .await_change(|| async move {
+                let state = self.member_state(role);
+                if state == MemberStatusState::Active {
+                    return Some(false);
+                }
+                let gone =
+                    state != MemberStatusState::Rebuilding && !self.recorded_rebuilding(role).await;
+                gone.then_some(true)
+            })
+            .await;
+        match settled {
+            Some(true) => Ok(()),
+            // The pass finished between the request and the stop.
+            Some(false) => Err(ControlError::Refused(format!(
+                "member {role} of {}: its rebuild finished before it could be stopped; \
+                 it is active now (fail it again to fail it)",
+                self.name
+            ))),
+            None => Err(ControlError::Refused(format!(
+                "member {role} of {}: rebuild abandoned, but its pass has not stopped within 30 s",
+                self.name
+            ))),
         }
-        Err(ControlError::Refused(format!(
-            "member {role} of {}: rebuild abandoned, but its pass has not stopped within 30 s",
-            self.name
-        )))
     }
 
     /// The role being replaced onto `path` (the new member of a running
@@ -530,26 +539,46 @@ impl VolumeHandle {
                 self.name
             )));
         }
-        // The pass notices at its next step (bounded: 30 s).
-        for _ in 0..600 {
-            let recorded = self.metadata.replace().await.map(|(_, u)| u);
-            if recorded != uuid && self.volume.rebuild_target(member).is_none() {
-                let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
-                if holder == uuid {
-                    return Err(ControlError::Refused(format!(
-                        "member {role} of {}: its replace finished before it could be stopped; \
-                         the new member holds the role now (fail it to fail it)",
-                        self.name
-                    )));
+        // The pass notices at its next step.
+        let settled = self
+            .await_change(|| async move {
+                let recorded = self.metadata.replace().await.map(|(_, u)| u);
+                if recorded == uuid || self.volume.rebuild_target(member).is_some() {
+                    return None;
                 }
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let holder = self.metadata.role_entry(role).await.map(|(u, _)| u);
+                Some(holder != uuid)
+            })
+            .await;
+        match settled {
+            Some(true) => Ok(()),
+            Some(false) => Err(ControlError::Refused(format!(
+                "member {role} of {}: its replace finished before it could be stopped; \
+                 the new member holds the role now (fail it to fail it)",
+                self.name
+            ))),
+            None => Err(ControlError::Refused(format!(
+                "member {role} of {}: replace abandoned, but its pass has not stopped within 30 s",
+                self.name
+            ))),
         }
-        Err(ControlError::Refused(format!(
-            "member {role} of {}: replace abandoned, but its pass has not stopped within 30 s",
-            self.name
-        )))
+    }
+
+    /// The first `Some` of `check`, looked at now and again at each change
+    /// of the member states or of the recorded table; `None` when the pass
+    /// has not settled it within [`PASS_STOP_BOUND`] (the caller's reply
+    /// must not hang on a stuck pass).
+    async fn await_change<T, F, Fut>(&self, check: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let mut watches = [
+            self.volume.changes().watch(),
+            self.metadata.changes().watch(),
+        ];
+        let waited = crate::raid::changes::wait_for(&mut watches, check);
+        tokio::time::timeout(PASS_STOP_BOUND, waited).await.ok()
     }
 
     /// True while the superblocks record `role` as being rebuilt.

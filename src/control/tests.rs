@@ -337,3 +337,87 @@ async fn a_member_frozen_by_a_power_cut_keeps_its_volatile_rule() {
         .collect();
     assert_eq!(ids, vec![&added["result"]["id"]], "{listed} {other}");
 }
+
+/// A stand-in for the rebuild pass: once the volume changes (the
+/// operator's abandon), drops the target and records it, as the pass does
+/// at its next step. Its waiter is made before it is spawned.
+fn fake_pass(h: &Arc<VolumeHandle>, role: usize, replace: bool) -> tokio::task::JoinHandle<()> {
+    let (vol, meta) = (h.volume.clone(), h.metadata.clone());
+    let mut w = vol.changes().watch();
+    tokio::spawn(async move {
+        w.changed().await;
+        vol.detach_rebuild_target(MemberIndex(role));
+        if replace {
+            meta.abort_replace(role).await.unwrap();
+        } else {
+            meta.abort_rebuild(role).await.unwrap();
+        }
+    })
+}
+
+fn new_member() -> Arc<dyn BlockDevice> {
+    Arc::new(MemDevice::new("/new", 8 << 20))
+}
+
+/// `vraid fail` of a member being rebuilt answers as soon as the pass has
+/// let go (paused clock: it never advances, so no poll interval is slept).
+#[tokio::test(start_paused = true)]
+async fn fail_during_rebuild_answers_when_the_pass_lets_go() {
+    let reg = registry().await;
+    let h = reg.volumes()[0].clone();
+    h.fail(2).await.unwrap();
+    let uuid = uuid::Uuid::new_v4();
+    let joining = crate::meta::Joining::New;
+    h.metadata
+        .begin_rebuild(2, new_member(), uuid, joining)
+        .await
+        .unwrap();
+    h.volume
+        .attach_rebuild_target(MemberIndex(2), new_member(), 0)
+        .unwrap();
+    let pass = fake_pass(&h, 2, false);
+    let start = tokio::time::Instant::now();
+    h.fail(2).await.unwrap();
+    assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(h.member_state(2), super::status::MemberStatusState::Failed);
+    pass.await.unwrap();
+}
+
+/// The stop of a replace (`vraid fail` of its new member) answers as soon
+/// as the pass has let go and the superblocks no longer record it.
+#[tokio::test(start_paused = true)]
+async fn stop_replace_answers_when_the_pass_lets_go() {
+    let reg = registry().await;
+    let h = reg.volumes()[0].clone();
+    let uuid = uuid::Uuid::new_v4();
+    h.metadata
+        .begin_replace(0, new_member(), uuid)
+        .await
+        .unwrap();
+    h.volume
+        .attach_rebuild_target(MemberIndex(0), new_member(), 0)
+        .unwrap();
+    let pass = fake_pass(&h, 0, true);
+    let start = tokio::time::Instant::now();
+    h.stop_replace(0).await.unwrap();
+    assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(h.metadata.replace().await, None);
+    pass.await.unwrap();
+}
+
+/// A pass that never lets go: the reply still comes, after the bound.
+#[tokio::test(start_paused = true)]
+async fn stop_replace_gives_up_after_its_bound_when_the_pass_hangs() {
+    let reg = registry().await;
+    let h = reg.volumes()[0].clone();
+    let uuid = uuid::Uuid::new_v4();
+    h.metadata
+        .begin_replace(0, new_member(), uuid)
+        .await
+        .unwrap();
+    h.volume
+        .attach_rebuild_target(MemberIndex(0), new_member(), 0)
+        .unwrap();
+    let err = h.stop_replace(0).await.unwrap_err();
+    assert!(err.to_string().contains("within 30 s"), "{err}");
+}

@@ -181,6 +181,9 @@ pub struct ArrayHandle {
     state: Mutex<ArrayState>,
     /// Wakes the supervisor to stop.
     stop: tokio::sync::Notify,
+    /// True once shutdown began: wakes whatever waits in the background
+    /// (a re-join waiting for its recovery or backing off).
+    stopped: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Bytes rewritten by resyncs and copied by rebuilds of this run.
     pub resynced_bytes: AtomicU64,
@@ -312,6 +315,7 @@ impl ArrayHandle {
             paths: Mutex::new(parts.paths),
             state: Mutex::new(ArrayState::new(startup.resync.is_some(), pass)),
             stop: tokio::sync::Notify::new(),
+            stopped: tokio::sync::watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
             resynced_bytes: AtomicU64::new(0),
             rebuilt_bytes: AtomicU64::new(0),
@@ -461,6 +465,13 @@ impl ArrayHandle {
     /// True once shutdown began.
     pub(super) fn stopping(&self) -> bool {
         self.state().stopping()
+    }
+
+    /// Resolves once shutdown began (at once if it has).
+    pub(super) async fn until_stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        // We hold the sender: the channel cannot close here.
+        let _ = rx.wait_for(|&s| s).await;
     }
 
     /// The array's name.
@@ -927,6 +938,7 @@ impl ArrayHandle {
     /// false when a crash resync is unfinished: the array must stay dirty.
     pub async fn shutdown(&self) -> bool {
         self.state().stop();
+        self.stopped.send_replace(true);
         self.control.cancel();
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));

@@ -97,7 +97,9 @@ impl ArrayHandle {
                     Err(e) => warn!("{}: re-join of {path}: {}", self.name(), error_chain(&e)),
                 }
             }
-            tokio::time::sleep(backoff).await;
+            if !self.back_off(backoff).await {
+                return;
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -133,7 +135,9 @@ impl ArrayHandle {
             if !self.pass_running() && self.reachable(path).await && self.try_join(path).await {
                 return;
             }
-            tokio::time::sleep(backoff).await;
+            if !self.back_off(backoff).await {
+                return;
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -218,15 +222,30 @@ impl ArrayHandle {
     /// Waits while `role` is rebuilding: true once active (or the array
     /// stops), false when the recovery failed and the role is down again.
     async fn wait_settled(&self, role: usize) -> bool {
-        loop {
-            match self.volume().state(MemberIndex(role)) {
-                MemberState::Active => return true,
-                MemberState::Rebuilding { .. } if !self.stopping() => {}
-                MemberState::Rebuilding { .. } => return true,
-                _ => return false,
+        let vol = self.volume();
+        let mut watch = [vol.changes().watch()];
+        let settled = crate::raid::changes::wait_for(&mut watch, || {
+            let state = vol.state(MemberIndex(role));
+            async move {
+                match state {
+                    MemberState::Active => Some(true),
+                    MemberState::Rebuilding { .. } => None,
+                    _ => Some(false),
+                }
             }
-            // Member states have no change notification: look again soon.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        tokio::select! {
+            settled = settled => settled,
+            () = self.until_stopped() => true,
+        }
+    }
+
+    /// Waits `backoff` before the next try (the server's reachability has
+    /// no notification); false when the array stops meanwhile.
+    async fn back_off(&self, backoff: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => true,
+            () = self.until_stopped() => false,
         }
     }
 

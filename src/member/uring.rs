@@ -404,6 +404,8 @@ impl RingThread {
                     Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
                     _ => {
                         tracing::error!(error = %e, "io_uring_enter failed");
+                        // An unexpected kernel error: nothing notifies its
+                        // end, so back off a little rather than spin.
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 },
@@ -619,6 +621,8 @@ impl RingThread {
                 return;
             }
             if self.ring.submit_and_wait(1).is_err() {
+                // The ring cannot wait (nothing else notifies completions):
+                // back off rather than spin, bounded by the 10 000 rounds.
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();

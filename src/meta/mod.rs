@@ -142,6 +142,8 @@ fn now() -> u64 {
 }
 
 #[cfg(test)]
+mod changes_tests;
+#[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod replace_tests;

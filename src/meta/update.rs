@@ -6,6 +6,7 @@
 //! begin_rebuild / begin_replace ─► checkpoint* ─► finish_rebuild / finish_replace
 //!    └─► lock ─► change template ─► events+1, absent active roles → missing
 //!          ─► every present member: copy A, flush, copy B, flush (in parallel)
+//!          ─► unlock, `changes` bumped (waiters on the recorded table wake)
 //! ```
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::superblock::{
 };
 use super::{now, MetaError};
 use crate::block::BlockDevice;
+use crate::raid::changes::Changes;
 
 /// Who takes a role in [`ArrayMetadata::begin_rebuild`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,34 @@ pub enum Joining {
 pub struct ArrayMetadata {
     name: String,
     state: tokio::sync::Mutex<MetaState>,
+    /// Bumped by every update (member states, replace, checkpoint...).
+    changes: Changes,
+}
+
+/// The state locked for an update: bumps `changes` when dropped, still
+/// under the lock, so a waiter it wakes sees the update once it locks.
+struct Changing<'a> {
+    st: tokio::sync::MutexGuard<'a, MetaState>,
+    changes: &'a Changes,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = MetaState;
+    fn deref(&self) -> &MetaState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut MetaState {
+        &mut self.st
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.changes.bump();
+    }
 }
 
 impl std::fmt::Debug for ArrayMetadata {
@@ -84,6 +114,21 @@ impl ArrayMetadata {
                 read_only: false,
                 read_only_unsynced: false,
             }),
+            changes: Changes::new(),
+        }
+    }
+
+    /// The change notification of the recorded table: bumped by every
+    /// update (a spurious bump is possible: waiters check again).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Locks the state for an update (bumps `changes` once done).
+    async fn update(&self) -> Changing<'_> {
+        Changing {
+            st: self.state.lock().await,
+            changes: &self.changes,
         }
     }
 
@@ -120,7 +165,7 @@ impl ArrayMetadata {
     /// crash case 47). With a role down no bit was cleared and
     /// `events_cleared` stays, so the absent member stays recoverable.
     pub async fn mark_clean(&self) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.written && st.template.state == ArrayState::Clean {
             return Ok(());
         }
@@ -145,7 +190,7 @@ impl ArrayMetadata {
     /// member's superblock. The volume must not acknowledge a write that
     /// skipped that member before this returns.
     pub async fn record_member_failed(&self, role: usize) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
         };
@@ -164,7 +209,7 @@ impl ArrayMetadata {
     /// Call it before anything marks the array dirty: it also notes whether
     /// the array on disk was left dirty ([`ArrayMetadata::read_only_unsynced`]).
     pub async fn set_read_only(&self) {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         st.read_only = true;
         st.read_only_unsynced = st.template.state == ArrayState::Dirty;
     }
@@ -207,7 +252,7 @@ impl ArrayMetadata {
     /// (superblock flag, FORMAT.md §10 "Upgrade"): one update, written to
     /// every present member. The image must be on every member first.
     pub async fn enable_written_map(&self) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         st.template.flags |= super::superblock::FLAG_WRITTEN_MAP;
         Self::write_all(&mut st).await
     }
@@ -215,7 +260,7 @@ impl ArrayMetadata {
     /// Test wiring: superblocks as a build before the map wrote them.
     #[cfg(test)]
     pub async fn clear_written_map_for_tests(&self) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         st.template.flags &= !super::superblock::FLAG_WRITTEN_MAP;
         Self::write_all(&mut st).await
     }
@@ -232,7 +277,7 @@ impl ArrayMetadata {
 
     /// Records a completed scrub at `unix_secs` in every superblock now.
     pub async fn record_scrub(&self, unix_secs: u64) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         st.template.scrub_time = unix_secs;
         Self::write_all(&mut st).await
     }
@@ -250,7 +295,7 @@ impl ArrayMetadata {
         policy: MirrorPolicy,
         now: bool,
     ) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         st.template.mirror = policy;
         match now {
             true => Self::write_all(&mut st).await,
@@ -357,7 +402,7 @@ impl ArrayMetadata {
         joining: Joining,
     ) -> Result<(), MetaError> {
         let recovering = joining == Joining::Recovery;
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.read_only {
             return Err(MetaError::ReadOnly(self.name.clone()));
         }
@@ -382,7 +427,7 @@ impl ArrayMetadata {
     /// Records rebuild progress: the member in `role` (rebuilt, recovering,
     /// or the replacement copying it) is in sync below `up_to`.
     pub async fn checkpoint(&self, role: usize, up_to: u64) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let rebuilding =
             st.template.members.get(role).is_some_and(|m| {
                 matches!(m.state, MemberState::Rebuilding | MemberState::Recovering)
@@ -397,7 +442,7 @@ impl ArrayMetadata {
 
     /// Records the member in `role` fully in sync (active).
     pub async fn finish_rebuild(&self, role: usize) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
         };
@@ -417,7 +462,7 @@ impl ArrayMetadata {
         device: Arc<dyn BlockDevice>,
         member_uuid: Uuid,
     ) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.read_only {
             return Err(MetaError::ReadOnly(self.name.clone()));
         }
@@ -457,7 +502,7 @@ impl ArrayMetadata {
         &self,
         role: usize,
     ) -> Result<(Arc<dyn BlockDevice>, Uuid), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let Some(record) = st.template.replace.filter(|r| r.role as usize == role) else {
             return Err(MetaError::NoSuchRole(role));
         };
@@ -482,7 +527,7 @@ impl ArrayMetadata {
     /// and the old one keeps the role (or the role stays failed if the old
     /// member failed meanwhile). A no-op when no replace of `role` runs.
     pub async fn abort_replace(&self, role: usize) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.template.replace.is_none_or(|r| r.role as usize != role) {
             return Ok(());
         }
@@ -498,7 +543,7 @@ impl ArrayMetadata {
     /// never accepted again (not even by bitmap re-add); it can come back
     /// only as a new member.
     pub async fn record_member_removed(&self, role: usize) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let replacing = st.template.replace.is_some_and(|r| r.role as usize == role);
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
@@ -523,7 +568,7 @@ impl ArrayMetadata {
 
     /// Records an abandoned rebuild: the role is failed again.
     pub async fn abort_rebuild(&self, role: usize) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         let Some(entry) = st.template.members.get_mut(role) else {
             return Err(MetaError::NoSuchRole(role));
         };
@@ -543,7 +588,7 @@ impl ArrayMetadata {
     /// write-intent bitmap clears any bit on disk (FORMAT.md §3 rule 5, §6):
     /// writes an update setting it if this run has not yet.
     pub async fn clearing_allowed(&self) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.written && st.template.events_cleared == st.template.events {
             return Ok(());
         }
@@ -557,7 +602,7 @@ impl ArrayMetadata {
     }
 
     async fn set_state(&self, state: ArrayState) -> Result<(), MetaError> {
-        let mut st = self.state.lock().await;
+        let mut st = self.update().await;
         if st.written && st.template.state == state {
             return Ok(());
         }

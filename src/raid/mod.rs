@@ -33,6 +33,7 @@
 //! `Level::Raid5` by name in a few places, e.g. for the bitmap and the
 //! read-only-unsynced rule: check those too.)
 
+pub mod changes;
 pub mod checksum;
 pub mod intent;
 pub mod layout;
@@ -72,6 +73,8 @@ mod trust;
 
 #[cfg(test)]
 mod behind_tests;
+#[cfg(test)]
+mod changes_tests;
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]

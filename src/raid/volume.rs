@@ -233,6 +233,8 @@ pub struct Volume {
     /// draining the queue): every member gets a write before its
     /// acknowledgement.
     behind_paused: AtomicBool,
+    /// Bumped when a member state or a rebuild target changes.
+    changes: super::changes::Changes,
 }
 
 impl std::fmt::Debug for Volume {
@@ -304,6 +306,7 @@ impl Volume {
             last_sync: Mutex::new(None),
             behind: std::sync::OnceLock::new(),
             behind_paused: AtomicBool::new(false),
+            changes: super::changes::Changes::new(),
         })
     }
 
@@ -502,6 +505,13 @@ impl Volume {
         self.down_count() > 0
     }
 
+    /// The change notification of member states and rebuild targets
+    /// (failed, rebuild target attached / detached / broken / promoted;
+    /// not rebuild progress).
+    pub fn changes(&self) -> &super::changes::Changes {
+        &self.changes
+    }
+
     /// State of one member.
     pub fn state(&self, member: MemberIndex) -> MemberState {
         let Some(slot) = self.slots.get(member.0) else {
@@ -603,6 +613,8 @@ impl Volume {
             broken: AtomicBool::new(false),
         });
         *inc = Some(new);
+        drop(inc);
+        self.changes.bump();
         Ok(())
     }
 
@@ -610,6 +622,7 @@ impl Volume {
     pub fn detach_rebuild_target(&self, member: MemberIndex) {
         if let Some(slot) = self.slots.get(member.0) {
             *slot.incoming.write().unwrap_or_else(|e| e.into_inner()) = None;
+            self.changes.bump();
         }
     }
 
@@ -630,6 +643,7 @@ impl Volume {
         if !inc.broken.swap(true, Ordering::AcqRel) {
             inc.device.retire();
             tracing::warn!(volume = %self.name, %member, reason, "rebuild abandoned");
+            self.changes.bump();
         }
         true
     }
@@ -649,8 +663,10 @@ impl Volume {
         };
         *slot.device.write().unwrap_or_else(|e| e.into_inner()) = Some(inc.device.clone());
         // Under the record lock, like a failure, so flag and channel agree.
-        let _rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
+        let rec = slot.recorded.write().unwrap_or_else(|e| e.into_inner());
         slot.failed.store(false, Ordering::Release);
+        drop(rec);
+        self.changes.bump();
     }
 
     /// Runs `op` on the member being rebuilt into `member`, if any. An error
@@ -666,6 +682,7 @@ impl Volume {
             if !inc.broken.swap(true, Ordering::AcqRel) {
                 inc.device.retire();
                 tracing::warn!(volume = %self.name, %member, %e, "rebuild target failed; rebuild abandoned");
+                self.changes.bump();
             }
         }
     }
@@ -762,6 +779,7 @@ impl Volume {
             slot.timed_out
                 .store(!operator && timed_out(slot, error), Ordering::Release);
             tracing::warn!(volume = %self.name, %member, %error, "member failed");
+            self.changes.bump();
             let events = self.events.clone();
             let recorded = slot.recorded();
             let error = copy_error(error);
