@@ -329,10 +329,16 @@ fn render_checksum_cache(out: &mut String, c: &crate::integrity::CacheStats) {
 pub fn fail(args: MemberCmdArgs) -> Result<(), ClientError> {
     let reply: FailReply = member_call(&args, "fail")?;
     match &reply.replace_stopped {
-        Some(new) => println!(
+        Some(new) if reply.state == super::status::MemberStatusState::Active => println!(
             "{}: replace of member {} onto {new} stopped; the old member keeps serving; \
              volume is {}",
             args.volume, reply.member, reply.volume_state
+        ),
+        // The old member had failed meanwhile: the role has none now.
+        Some(new) => println!(
+            "{}: replace of member {} onto {new} stopped; its old member had failed, \
+             so member {} is {} now; volume is {}",
+            args.volume, reply.member, reply.member, reply.state, reply.volume_state
         ),
         None => println!(
             "{}: member {} failed; volume is {}",

@@ -177,7 +177,8 @@ impl MemberHandle {
 }
 
 /// True when `a` and `b` name the same file: the same absolute path (the
-/// file may be gone) or the same file once symlinks are resolved. A relative
+/// file may be gone), the same file once symlinks are resolved, or the same
+/// file or block device by identity (a hard link, a bind mount). A relative
 /// path is taken from the daemon's working directory, where the start-up
 /// paths were given; the CLI sends the paths it is given as absolute ones.
 fn same_path(a: &str, b: &str) -> bool {
@@ -189,8 +190,11 @@ fn same_path(a: &str, b: &str) -> bool {
     }
     let absolute = |p: &str| std::path::absolute(p).ok();
     let canonical = |p: &str| std::fs::canonicalize(p).ok();
+    // A hard link or a bind mount names the same file under another path.
+    let device = |p: &str| crate::member::claim::DeviceId::of_path(std::path::Path::new(p)).ok();
     absolute(a).is_some_and(|x| Some(x) == absolute(b))
         || canonical(a).is_some_and(|x| Some(x) == canonical(b))
+        || device(a).is_some_and(|x| Some(x) == device(b))
 }
 
 /// A running volume as the control plane sees it.

@@ -376,10 +376,16 @@ pub fn open_member(path: &Path, opts: &MemberOptions) -> Result<Arc<FileMember>,
     FileMember::open(path, access, engine).map(Arc::new)
 }
 
-/// Whether `path` lies on a memory filesystem (tmpfs, ramfs): its I/O is a
-/// copy the calling thread makes faster than any hand-off to the ring.
-fn on_memory_fs(path: &Path) -> bool {
+/// Whether `path` is a regular file on a memory filesystem (tmpfs, ramfs):
+/// its I/O is a copy the calling thread makes faster than any hand-off to
+/// the ring. A device node is not, though `statfs` of one under /dev
+/// reports devtmpfs, whose magic is tmpfs's: its I/O waits for a device,
+/// which must never hold a runtime thread.
+pub(super) fn on_memory_fs(path: &Path) -> bool {
     const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };

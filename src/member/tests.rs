@@ -566,6 +566,19 @@ fn auto_engine_is_inline_on_tmpfs_and_the_ring_on_the_disk() {
     assert_eq!(b.engine_kind(), EngineKind::Uring);
 }
 
+/// A device node is not on a memory filesystem, though `statfs` of a node
+/// under /dev reports devtmpfs, whose magic is tmpfs's: engine `auto` ran
+/// every disk named by its node on the calling thread (redteam_s15).
+#[test]
+fn device_nodes_are_not_on_a_memory_filesystem() {
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let on_shm = shm.path().join("m");
+    create_sparse(&on_shm, MIB).unwrap();
+
+    assert!(super::file::on_memory_fs(&on_shm));
+    assert!(!super::file::on_memory_fs(Path::new("/dev/null")));
+}
+
 /// Inline-layout units (4608 bytes, docs/FORMAT.md §8 "Writes into holes")
 /// written into a sparse file on the disk, neighbours concurrently: the
 /// kernel refuses them without blocking (ext4 would drain the file's I/O
