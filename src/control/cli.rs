@@ -118,8 +118,8 @@ pub fn render_status(reply: &StatusReply) -> String {
     if !n.is_zero() {
         let _ = writeln!(
             out,
-            "unaligned member writes: {} RWF_NOWAIT tries, {} would block, {} unsupported, {} widened, {} edge reads",
-            n.tries, n.refused_would_block, n.refused_unsupported, n.widened, n.edge_reads
+            "unaligned member writes: {} RWF_NOWAIT tries, {} would block, {} unsupported, {} widened ({} untried), {} edge reads",
+            n.tries, n.refused_would_block, n.refused_unsupported, n.widened, n.untried, n.edge_reads
         );
     }
     if !reply.events.is_empty() {

@@ -297,6 +297,8 @@ pub struct FileMember {
     edges: EdgeLocks,
     /// Direct writes the kernel would have blocked on, written widened.
     widened: AtomicU64,
+    /// Recent `RWF_NOWAIT` refusals: whether the next such write tries.
+    streak: nowait::Streak,
     /// The file system holding a member file (`st_dev`): where an
     /// `RWF_NOWAIT` refusal as not supported is remembered.
     fs_dev: u64,
@@ -520,6 +522,7 @@ impl FileMember {
             write_align,
             edges: EdgeLocks::new(),
             widened: AtomicU64::new(0),
+            streak: nowait::Streak::default(),
             fs_dev: meta.dev(),
             direct: direct.map(Arc::new),
             buffered: Arc::new(buffered),
@@ -705,18 +708,24 @@ impl FileMember {
         fua: bool,
     ) -> io::Result<()> {
         let (a, end) = (self.write_align, offset + data.len() as u64);
-        {
+        if self.streak.should_try() {
             let _edges = self.edges.shared(offset, end, a).await;
             nowait::count_try();
             match self.bounced_write(direct, offset, data, fua, true).await {
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => nowait::count_would_block(),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    nowait::count_would_block();
+                    self.streak.refused();
+                }
                 // A filesystem without RWF_NOWAIT: written as it is, and
                 // never tried again on it.
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     nowait::refused_unsupported(self.fs_dev);
                     return self.write_via(direct, offset, data, fua).await;
                 }
-                done => return done.map(drop),
+                done => {
+                    self.streak.taken();
+                    return done.map(drop);
+                }
             }
         }
         let _edges = self.edges.exclusive(offset, end, a).await;

@@ -4,6 +4,9 @@
 //! to whole blocks and their edge reads, counted per process for `vraid
 //! status` and the metrics; and the file systems that refused `RWF_NOWAIT`
 //! as not supported, remembered so that no member on them tries it again.
+//! A member whose last [`STREAK`] tries were all refused (writes into the
+//! holes of a sparse file) widens without trying, but for one write in
+//! [`PROBE`], which tries again (a taken try ends the streak).
 //!
 //! ```text
 //!  write off the granule ─► try RWF_NOWAIT ─► taken ─────────────► done
@@ -11,7 +14,7 @@
 //!                                 │ EOPNOTSUPP ─► remember st_dev ─► plain write (and from now on)
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,12 @@ static WOULD_BLOCK: AtomicU64 = AtomicU64::new(0);
 static UNSUPPORTED: AtomicU64 = AtomicU64::new(0);
 static WIDENED: AtomicU64 = AtomicU64::new(0);
 static EDGE_READS: AtomicU64 = AtomicU64::new(0);
+static UNTRIED: AtomicU64 = AtomicU64::new(0);
+
+/// Refusals in a row after which a member stops trying `RWF_NOWAIT`.
+pub(super) const STREAK: u32 = 16;
+/// While it has stopped, one write in `PROBE` still tries.
+pub(super) const PROBE: u32 = 16;
 
 /// File systems (`st_dev` of a member file) that refused `RWF_NOWAIT`
 /// with EOPNOTSUPP; `ANY_UNSUPPORTED` keeps the common case to one load.
@@ -47,6 +56,10 @@ pub struct NowaitCounts {
     /// Edge-block reads of widened writes.
     #[serde(default)]
     pub edge_reads: u64,
+    /// Writes widened without a try: their member's last tries were all
+    /// refused (holes of a sparse file).
+    #[serde(default)]
+    pub untried: u64,
 }
 
 impl NowaitCounts {
@@ -64,6 +77,47 @@ pub fn counts() -> NowaitCounts {
         refused_unsupported: UNSUPPORTED.load(Ordering::Relaxed),
         widened: WIDENED.load(Ordering::Relaxed),
         edge_reads: EDGE_READS.load(Ordering::Relaxed),
+        untried: UNTRIED.load(Ordering::Relaxed),
+    }
+}
+
+/// One member's recent `RWF_NOWAIT` refusals: whether its next write
+/// off the granule should try at all. A hint only: a write widened
+/// without a try is correct wherever it lands, merely slower than a taken
+/// try over written blocks.
+#[derive(Debug, Default)]
+pub(super) struct Streak {
+    refused: AtomicU32,
+    skipped: AtomicU32,
+}
+
+impl Streak {
+    /// Whether to try `RWF_NOWAIT` (else widen at once, counted).
+    pub(super) fn should_try(&self) -> bool {
+        if self.refused.load(Ordering::Relaxed) < STREAK {
+            return true;
+        }
+        let probe = self.skipped.fetch_add(1, Ordering::Relaxed) % PROBE == PROBE - 1;
+        if !probe {
+            UNTRIED.fetch_add(1, Ordering::Relaxed);
+        }
+        probe
+    }
+
+    /// The kernel took a try: the member's blocks are written here.
+    pub(super) fn taken(&self) {
+        if self.refused.load(Ordering::Relaxed) != 0 {
+            self.refused.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel refused a try as one that would block.
+    pub(super) fn refused(&self) {
+        let _ = self
+            .refused
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < STREAK).then_some(n + 1)
+            });
     }
 }
 
@@ -109,6 +163,22 @@ pub(super) fn unsupported(dev: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streak_of_refusals_stops_the_tries_but_for_probes() {
+        let s = Streak::default();
+        for _ in 0..STREAK {
+            assert!(s.should_try());
+            s.refused();
+        }
+        let tries = (0..4 * PROBE).filter(|_| s.should_try()).count();
+        assert_eq!(tries, 4, "one write in PROBE tries");
+        s.taken();
+        assert!(
+            (0..PROBE).all(|_| s.should_try()),
+            "a taken try ends the streak"
+        );
+    }
 
     #[test]
     fn an_unsupported_file_system_is_remembered_alone() {

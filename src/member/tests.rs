@@ -580,6 +580,7 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
     assert!(dev.is_direct(), "target/ is on a filesystem with O_DIRECT");
     assert_eq!(dev.block_size(), 512, "member-tests need 512-byte sectors");
     let units = 4096u64;
+    let untried = crate::member::nowait::counts().untried;
     // Every unit, in runs of 64 neighbours in flight at once, twice (the
     // second pass overwrites allocated blocks).
     for pass in 0..2u64 {
@@ -597,6 +598,14 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
             if pass == 0 {
                 assert!(dev.widened_writes() > 0, "no write into a hole was widened");
             }
+        }
+        if pass == 0 {
+            // After a streak of refusals most writes into holes skip the try.
+            let skipped = crate::member::nowait::counts().untried - untried;
+            assert!(
+                skipped > units / 2,
+                "{skipped} of {units} writes skipped the try"
+            );
         }
         // Checked after each pass: the second would rewrite what a
         // widening of the first clobbered.

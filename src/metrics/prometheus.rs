@@ -242,6 +242,11 @@ fn member_nowait(enc: &mut DescriptorEncoder) -> fmt::Result {
             n.widened,
         ),
         (
+            "vraid_member_widened_untried",
+            "Widened member writes that did not try RWF_NOWAIT first (their member's last 16 tries were all refused: holes)",
+            n.untried,
+        ),
+        (
             "vraid_member_edge_reads",
             "Edge-block reads of widened member writes",
             n.edge_reads,
