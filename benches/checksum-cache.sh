@@ -121,7 +121,8 @@ round() {
         --runtime="$RUNTIME" ${FIO_EXTRA:-} --output-format=json --output="$out" >/dev/null
     after=$(cpu_ticks "$SERVER_PID")
     if [[ $mode != off ]]; then
-        "$VRAID" status --control "$dir/control.sock" | grep "checksum cache" >&2 || true
+        "$VRAID" status --control "$dir/control.sock" |
+            grep -E "checksum cache|unaligned member writes" >&2 || true
     fi
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" || die "$mode: serve exited with an error"

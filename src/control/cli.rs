@@ -114,6 +114,14 @@ pub fn render_status(reply: &StatusReply) -> String {
             d.idle, d.slow_drain, d.stalled_reply, d.stalled_payload
         );
     }
+    let n = &reply.member_nowait;
+    if !n.is_zero() {
+        let _ = writeln!(
+            out,
+            "unaligned member writes: {} RWF_NOWAIT tries, {} would block, {} unsupported, {} widened ({} untried), {} edge reads",
+            n.tries, n.refused_would_block, n.refused_unsupported, n.widened, n.untried, n.edge_reads
+        );
+    }
     if !reply.events.is_empty() {
         let _ = writeln!(out, "events:");
         for e in reply.events.iter().rev().take(10).rev() {

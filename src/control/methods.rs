@@ -258,6 +258,7 @@ async fn status(reg: &Registry, p: VolumeFilter) -> Result<StatusReply, ControlE
         pools,
         pool_volumes,
         nbd_dropped: super::status::NbdDropStatus::now(),
+        member_nowait: crate::member::nowait::counts(),
     })
 }
 

@@ -43,6 +43,14 @@ pub struct StatusReply {
     /// NBD connections the server dropped since it started (all exports).
     #[serde(default, skip_serializing_if = "NbdDropStatus::is_zero")]
     pub nbd_dropped: NbdDropStatus,
+    /// Direct writes of member files off the 4 KiB granule: `RWF_NOWAIT`
+    /// tries, refusals, widened writes and their edge reads, all members
+    /// of the process (docs/FORMAT.md §8 "Writes into holes").
+    #[serde(
+        default,
+        skip_serializing_if = "crate::member::nowait::NowaitCounts::is_zero"
+    )]
+    pub member_nowait: crate::member::nowait::NowaitCounts,
 }
 
 /// NBD connections in transmission the server dropped, per reason

@@ -270,5 +270,6 @@ pub(crate) fn sample_reply() -> StatusReply {
         pools: Vec::new(),
         pool_volumes: Vec::new(),
         nbd_dropped: Default::default(),
+        member_nowait: Default::default(),
     }
 }

@@ -204,6 +204,7 @@ mod tests {
             pools: Vec::new(),
             pool_volumes: Vec::new(),
             nbd_dropped: Default::default(),
+            member_nowait: Default::default(),
         };
         let text = header_text(&reply);
         assert!(text.contains("/dev/new"), "{text}");

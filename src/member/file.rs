@@ -26,7 +26,7 @@ use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,7 @@ use std::sync::Arc;
 use super::buf::AlignedBuf;
 use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::edge_lock::EdgeLocks;
+use super::nowait;
 use super::op::{IoVecs, Op, OpResult};
 use super::sync;
 use super::uring::UringEngine;
@@ -296,6 +297,11 @@ pub struct FileMember {
     edges: EdgeLocks,
     /// Direct writes the kernel would have blocked on, written widened.
     widened: AtomicU64,
+    /// Recent `RWF_NOWAIT` refusals: whether the next such write tries.
+    streak: nowait::Streak,
+    /// The file system holding a member file (`st_dev`): where an
+    /// `RWF_NOWAIT` refusal as not supported is remembered.
+    fs_dev: u64,
     /// The O_DIRECT descriptor, if the filesystem accepted O_DIRECT.
     direct: Option<Arc<File>>,
     /// A buffered descriptor: unaligned writes, flush, fallocate.
@@ -501,6 +507,9 @@ impl FileMember {
             None
         };
         let (size, block_size) = geometry(path, &buffered, &meta, direct.as_ref())?;
+        if direct.is_some() && !is_block_device {
+            drop_cached_pages(&buffered);
+        }
         let write_align = block_size.max(page_size());
         tracing::debug!(
             path = %path.display(),
@@ -519,6 +528,8 @@ impl FileMember {
             write_align,
             edges: EdgeLocks::new(),
             widened: AtomicU64::new(0),
+            streak: nowait::Streak::default(),
+            fs_dev: meta.dev(),
             direct: direct.map(Arc::new),
             buffered: Arc::new(buffered),
             engine,
@@ -678,7 +689,9 @@ impl FileMember {
     /// file and waits). Such writes try `RWF_NOWAIT` first and, when the
     /// kernel says it would block, are written as whole blocks instead.
     fn widens(&self) -> bool {
-        !self.is_block_device && matches!(self.engine, Engine::Uring(_))
+        !self.is_block_device
+            && matches!(self.engine, Engine::Uring(_))
+            && !nowait::unsupported(self.fs_dev)
     }
 
     /// The edge blocks of `[offset, end)` held shared, on a member that
@@ -701,19 +714,29 @@ impl FileMember {
         fua: bool,
     ) -> io::Result<()> {
         let (a, end) = (self.write_align, offset + data.len() as u64);
-        {
+        if self.streak.should_try() {
             let _edges = self.edges.shared(offset, end, a).await;
+            nowait::count_try();
             match self.bounced_write(direct, offset, data, fua, true).await {
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                // A filesystem without RWF_NOWAIT: written as it is.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    nowait::count_would_block();
+                    self.streak.refused();
+                }
+                // A filesystem without RWF_NOWAIT: written as it is, and
+                // never tried again on it.
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    nowait::refused_unsupported(self.fs_dev);
                     return self.write_via(direct, offset, data, fua).await;
                 }
-                done => return done.map(drop),
+                done => {
+                    self.streak.taken();
+                    return done.map(drop);
+                }
             }
         }
         let _edges = self.edges.exclusive(offset, end, a).await;
         self.widened.fetch_add(1, Ordering::Relaxed);
+        nowait::count_widened();
         self.write_widened(direct, offset, data, fua).await
     }
 
@@ -753,6 +776,7 @@ impl FileMember {
                 offset: from,
                 buf: AlignedBuf::new((to - from) as usize),
             };
+            nowait::count_edge_read();
             let got = self.engine.run(direct, read).await?;
             let got = got.ok_or_else(|| io::Error::other("engine returned no read buffer"))?;
             let at = (from - start) as usize;
@@ -1111,6 +1135,21 @@ fn seek_extents(fd: i32, offset: u64, len: u64) -> io::Result<crate::block::Allo
 }
 
 /// Bytes from `offset` up to the next multiple of [`MAX_IO`], at most `left`.
+/// Drops the clean page-cache pages of a member file opened for direct
+/// I/O (written through the page cache before: a `dd` or `cp` of it). The
+/// kernel refuses an `RWF_NOWAIT` direct write over any cached page of its
+/// range (it would have to invalidate it), so each such write was widened
+/// (docs/FORMAT.md §8 "Writes into holes") although its blocks are written;
+/// direct writes invalidate their range anyway. Advice only: a failure
+/// changes nothing but speed.
+fn drop_cached_pages(file: &File) {
+    // SAFETY: a valid descriptor; the advice reads no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::from_raw_os_error(rc), "fadvise(DONTNEED) failed");
+    }
+}
+
 fn piece_len(offset: u64, left: usize) -> usize {
     let boundary = (offset / MAX_IO + 1) * MAX_IO;
     ((boundary - offset) as usize).min(left)

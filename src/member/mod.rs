@@ -4,7 +4,8 @@
 //! them as [`crate::block::BlockDevice`]; I/O goes through an io_uring engine
 //! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
 //! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run,
-//! `power_gate` the layer every array member sits behind for the `volatile`
+//! `nowait` counts the `RWF_NOWAIT` tries of
+//! unaligned direct writes, `power_gate` the layer every array member sits behind for the `volatile`
 //! fault (`volatile`). `memory` is an
 //! in-memory device for unit tests only.
 
@@ -13,6 +14,7 @@ pub mod claim;
 mod edge_lock;
 pub mod fault;
 mod file;
+pub mod nowait;
 mod op;
 pub mod power_gate;
 mod sync;

@@ -593,6 +593,7 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
     assert!(dev.is_direct(), "target/ is on a filesystem with O_DIRECT");
     assert_eq!(dev.block_size(), 512, "member-tests need 512-byte sectors");
     let units = 4096u64;
+    let untried = crate::member::nowait::counts().untried;
     // Every unit, in runs of 64 neighbours in flight at once, twice (the
     // second pass overwrites allocated blocks).
     for pass in 0..2u64 {
@@ -611,6 +612,14 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
                 assert!(dev.widened_writes() > 0, "no write into a hole was widened");
             }
         }
+        if pass == 0 {
+            // After a streak of refusals most writes into holes skip the try.
+            let skipped = crate::member::nowait::counts().untried - untried;
+            assert!(
+                skipped > units / 2,
+                "{skipped} of {units} writes skipped the try"
+            );
+        }
         // Checked after each pass: the second would rewrite what a
         // widening of the first clobbered.
         let got = read_vec(&*dev, 0, (units * UNIT) as usize).await;
@@ -622,5 +631,46 @@ async fn unaligned_units_into_holes_are_widened_without_clobbering_neighbours() 
                 "pass {pass}: unit {i} differs"
             );
         }
+    }
+}
+
+/// A member file written through the page cache before it was opened (a
+/// `dd` or `cp` of its data, the bench's written members): the kernel
+/// refuses an `RWF_NOWAIT` direct write over any cached page, so every
+/// inline unit written over it was widened (an edge read and a wider write
+/// instead of one write) although its blocks are allocated and written.
+/// Opening the member drops its clean cached pages: none is widened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_over_cached_pages_of_a_written_file_are_not_widened() {
+    use std::io::Write;
+    const UNIT: u64 = 4608;
+    let dir = disk_dir();
+    let path = dir.path().join("member.img");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&pattern(5, (4 * MIB) as usize)).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    let opts = MemberOptions {
+        engine: EngineKind::Uring,
+        ..MemberOptions::default()
+    };
+    let dev = open_member(&path, &opts).unwrap();
+    assert!(dev.is_direct() && dev.block_size() == 512);
+    // One at a time: nothing else in flight may make the kernel refuse.
+    for i in 1..64u64 {
+        write(&*dev, i * UNIT, &pattern(i, UNIT as usize)).await;
+    }
+    assert_eq!(
+        dev.widened_writes(),
+        0,
+        "units over written, cached blocks widened"
+    );
+    let got = read_vec(&*dev, UNIT, (63 * UNIT) as usize).await;
+    for i in 1..64u64 {
+        let at = ((i - 1) * UNIT) as usize;
+        assert!(
+            got[at..at + UNIT as usize] == pattern(i, UNIT as usize)[..],
+            "unit {i}"
+        );
     }
 }

@@ -208,6 +208,56 @@ fn nbd_drops(enc: &mut DescriptorEncoder) -> fmt::Result {
     )
 }
 
+/// Direct member writes off the 4 KiB granule (docs/FORMAT.md §8 "Writes
+/// into holes"), all file members of this process (`member::nowait`).
+fn member_nowait(enc: &mut DescriptorEncoder) -> fmt::Result {
+    let n = crate::member::nowait::counts();
+    let series = [(Labels::new(), ConstCounter::new(n.tries))];
+    family(
+        enc,
+        "vraid_member_nowait_tries",
+        "Direct member writes off the 4 KiB granule submitted with RWF_NOWAIT, all members of this process",
+        MetricType::Counter,
+        series,
+    )?;
+    let series = [
+        ("would_block", n.refused_would_block),
+        ("unsupported", n.refused_unsupported),
+    ]
+    .map(|(why, v)| {
+        let labels: Labels = vec![("reason", why.to_string())];
+        (labels, ConstCounter::new(v))
+    });
+    family(
+        enc,
+        "vraid_member_nowait_refused",
+        "RWF_NOWAIT member writes the kernel refused: would_block (EAGAIN: hole, unwritten extent, cached pages; then widened), unsupported (EOPNOTSUPP: the file system is not tried again)",
+        MetricType::Counter,
+        series,
+    )?;
+    for (name, help, value) in [
+        (
+            "vraid_member_widened_writes",
+            "Direct member writes widened to whole 4 KiB blocks after a would_block refusal",
+            n.widened,
+        ),
+        (
+            "vraid_member_widened_untried",
+            "Widened member writes that did not try RWF_NOWAIT first (their member's last 16 tries were all refused: holes)",
+            n.untried,
+        ),
+        (
+            "vraid_member_edge_reads",
+            "Edge-block reads of widened member writes",
+            n.edge_reads,
+        ),
+    ] {
+        let series = [(Labels::new(), ConstCounter::new(value))];
+        family(enc, name, help, MetricType::Counter, series)?;
+    }
+    Ok(())
+}
+
 /// The future pool's slow paths (`future_pool::stats`), per process: in
 /// steady state none of them grows.
 fn future_pool(enc: &mut DescriptorEncoder) -> fmt::Result {
@@ -680,6 +730,7 @@ impl Collector for Scrape {
         self.sync(&mut enc)?;
         nbd_drops(&mut enc)?;
         bounce(&mut enc)?;
+        member_nowait(&mut enc)?;
         future_pool(&mut enc)
     }
 }
