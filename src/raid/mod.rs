@@ -213,4 +213,6 @@ mod resync_tests;
 #[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
+mod small_write_tests;
+#[cfg(test)]
 mod vectored_tests;
