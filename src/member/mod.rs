@@ -4,7 +4,8 @@
 //! them as [`crate::block::BlockDevice`]; I/O goes through an io_uring engine
 //! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
 //! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run,
-//! `power_gate` the layer every array member sits behind for the `volatile`
+//! `lone` runs a queue-depth-1 request on the caller's thread instead of
+//! the ring's, `power_gate` the layer every array member sits behind for the `volatile`
 //! fault (`volatile`). `memory` is an
 //! in-memory device for unit tests only.
 
@@ -13,12 +14,15 @@ pub mod claim;
 mod edge_lock;
 pub mod fault;
 mod file;
+pub mod lone;
 mod op;
 pub mod power_gate;
 mod sync;
 mod uring;
 pub mod volatile;
 
+#[cfg(test)]
+mod lone_tests;
 #[cfg(test)]
 pub mod memory;
 #[cfg(test)]
