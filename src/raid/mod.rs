@@ -216,4 +216,6 @@ mod resync_tests;
 #[cfg(test)]
 mod scrub_tests;
 #[cfg(test)]
+mod small_write_tests;
+#[cfg(test)]
 mod vectored_tests;

@@ -68,7 +68,14 @@ pub(super) async fn write_stripe(
     // The checksum pages its reads load stay resident until its update.
     let _held = w.hold();
     for _ in 0..=g.members() {
-        let mut computed = match w.mode() {
+        let mode = w.mode();
+        if let Some(rows) = w.widened_rows(mode) {
+            match write_widened(&w, rows).await {
+                Some(result) => return result,
+                None => continue,
+            }
+        }
+        let mut computed = match mode {
             Mode::Full => Some(Computed {
                 rlo: 0,
                 parity: w.full_parity(),
@@ -96,6 +103,52 @@ pub(super) async fn write_stripe(
     Err(vol.data_lost())
 }
 
+/// Member blocks: the unit of the checksum layer's seal.
+const BLOCK: u64 = 4096;
+
+/// A read-modify-write inside one data chunk that covers parts of 4 KiB
+/// blocks (`rows`: the chunk, and the whole blocks around the write): the
+/// old blocks read for the parity are merged with the new bytes and
+/// written whole, data and parity, so each member touched is read once and
+/// written once (the checksum layer, given whole blocks, reads no edge
+/// block to seal them). The stripe lock keeps the merged neighbours
+/// current. `None`: a read or the journal failed; the caller plans again.
+async fn write_widened(
+    w: &StripeWrite<'_>,
+    (d, alo, ahi): (usize, u64, u64),
+) -> Option<BlockResult> {
+    let width = (ahi - alo) as usize;
+    let (lo, hi) = w.touched(d)?;
+    // Old parity, then old data (merged with the new bytes in place).
+    let mut parity = vec![0u8; 2 * width];
+    let (p, old) = parity.split_at_mut(width);
+    let (p_ok, d_ok) = futures::join!(
+        w.read(w.parity_member(), alo, p),
+        w.read(w.member(d), alo, old),
+    );
+    if !(p_ok && d_ok) {
+        return None;
+    }
+    xor_into(p, old);
+    let pp = w.logging().then(|| p.to_vec());
+    old[(lo - alo) as usize..(hi - alo) as usize].copy_from_slice(w.new_data(d, lo, hi));
+    xor_into(p, old);
+    let merged = parity.split_off(width);
+    let wide = StripeWrite {
+        start: d as u64 * w.chunk + alo,
+        data: &merged,
+        ..*w
+    };
+    let mut computed = Computed {
+        rlo: alo,
+        parity,
+        pp,
+    };
+    // The journal entry stays claimed until the data and parity are written.
+    let _ticket = wide.log(Some(&mut computed)).await.ok()?;
+    Some(wide.commit(Some((computed.rlo, computed.parity))).await)
+}
+
 /// New parity rows from `rlo`, and the partial parity of the same rows
 /// (`None`: a full-stripe write, logged without PP).
 struct Computed {
@@ -111,6 +164,22 @@ impl StripeWrite<'_> {
         let lo = self.start.max(base);
         let hi = (self.start + self.data.len() as u64).min(base + self.chunk);
         (lo < hi).then(|| (lo - base, hi - base))
+    }
+
+    /// The data chunk and its whole-block rows of a read-modify-write
+    /// (`mode`) inside one chunk that is not on 4 KiB block boundaries, on
+    /// a volume with block checksums.
+    fn widened_rows(&self, mode: Mode) -> Option<(usize, u64, u64)> {
+        let mut touched = self.touched_all();
+        let (Some((d, lo, hi)), None) = (touched.next(), touched.next()) else {
+            return None;
+        };
+        // Without block checksums a member writes the bytes as they are
+        // (whole logical blocks go straight to O_DIRECT): nothing to save.
+        let sealed = self.vol.checksums().is_some();
+        let aligned = lo % BLOCK == 0 && hi % BLOCK == 0;
+        (mode == Mode::Rmw && sealed && !aligned)
+            .then(|| (d, lo / BLOCK * BLOCK, hi.div_ceil(BLOCK) * BLOCK))
     }
 
     fn touched_all(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
