@@ -545,6 +545,14 @@ impl Volume {
             .count()
     }
 
+    /// True when `member` is a local file or block device, whose vectored
+    /// calls hand the list to the kernel as it is; false for a remote (NBD)
+    /// member, whose vectored calls copy the list into one buffer.
+    pub(super) fn member_takes_lists(&self, member: MemberIndex) -> bool {
+        self.device(member)
+            .is_some_and(|d| !crate::remote::is_nbd_uri(std::path::Path::new(d.name())))
+    }
+
     fn device(&self, member: MemberIndex) -> Option<Arc<dyn BlockDevice>> {
         let slot = self.slots.get(member.0)?;
         if slot.failed.load(Ordering::Acquire) {
