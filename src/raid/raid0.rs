@@ -81,7 +81,7 @@ async fn read_runs(vol: &Volume, at: ByteOffset, bufs: &mut [IoSliceMut<'_>]) ->
     let len = crate::iovec::len_mut(bufs) as u64;
     let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
     let lists = crate::iovec::split_mut(bufs, extents.iter().map(|e| e.len as usize));
-    let mut runs = member_runs(&extents, lists, |m| vol.member_takes_lists(m));
+    let mut runs = member_runs(&extents, lists, |m| vol.member_merge_limit(m));
     let reads = runs
         .iter_mut()
         .map(|(e, list)| read_extent_segments(vol, *e, list));
@@ -104,7 +104,7 @@ pub(super) async fn write_segments(
     }
     let extents: Vec<Extent> = vol.geometry().extents(at, len).collect();
     let lists = crate::iovec::split(bufs, extents.iter().map(|e| e.len as usize));
-    let runs = member_runs(&extents, lists, |m| vol.member_takes_lists(m));
+    let runs = member_runs(&extents, lists, |m| vol.member_merge_limit(m));
     let writes = runs.iter().map(|(e, list)| {
         let op = MemberOp::WriteV(e.member_offset, list, d);
         run(vol, e.member, op)

@@ -176,6 +176,10 @@ async fn raid0_request_over_several_rows_is_one_transfer_per_member() {
     let array = Array::new(Level::Raid0, 4, chunk, 64 * chunk, &[]);
     let data = pattern(1 << 20, 44);
     let src = AlignedBuf::copy_from(&data);
+    for d in &array.devices {
+        d.merge_limit
+            .store(8 << 20, std::sync::atomic::Ordering::SeqCst);
+    }
     let per_member = |count: fn(&super::test_support::TestDevice) -> u64| {
         array.devices.iter().map(|d| count(d)).collect::<Vec<_>>()
     };
@@ -201,4 +205,29 @@ async fn raid0_request_over_several_rows_is_one_transfer_per_member() {
         array.volume.read(ByteOffset(at), piece).await.unwrap();
     }
     assert!(chunk_by_chunk == data, "4 KiB reads see other bytes");
+}
+
+/// Members whose merge limit is one chunk (the inline engine of a tmpfs
+/// file: longer transfers would leave the caller's thread) keep one
+/// transfer per chunk.
+#[tokio::test]
+async fn raid0_runs_stop_at_the_member_merge_limit() {
+    let chunk = 64 << 10;
+    let array = Array::new(Level::Raid0, 4, chunk, 64 * chunk, &[]);
+    for d in &array.devices {
+        d.merge_limit
+            .store(chunk, std::sync::atomic::Ordering::SeqCst);
+    }
+    let data = pattern(1 << 20, 45);
+    let src = AlignedBuf::copy_from(&data);
+    let list: Vec<IoSlice<'_>> = src.as_slice().chunks(64 << 10).map(IoSlice::new).collect();
+    (array.volume)
+        .write_vectored(ByteOffset(0), &list, Durability::Normal)
+        .await
+        .unwrap();
+    let writes: Vec<u64> = (array.devices.iter())
+        .map(|d| d.writes.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(writes, [4, 4, 4, 4], "one member write per chunk");
+    assert!(read(&array.volume, 0, data.len()).await == data);
 }

@@ -545,12 +545,9 @@ impl Volume {
             .count()
     }
 
-    /// True when `member` is a local file or block device, whose vectored
-    /// calls hand the list to the kernel as it is; false for a remote (NBD)
-    /// member, whose vectored calls copy the list into one buffer.
-    pub(super) fn member_takes_lists(&self, member: MemberIndex) -> bool {
-        self.device(member)
-            .is_some_and(|d| !crate::remote::is_nbd_uri(std::path::Path::new(d.name())))
+    /// `member`'s [`BlockDevice::merge_limit`] (0 when it is down).
+    pub(super) fn member_merge_limit(&self, member: MemberIndex) -> u64 {
+        self.device(member).map_or(0, |d| d.merge_limit())
     }
 
     fn device(&self, member: MemberIndex) -> Option<Arc<dyn BlockDevice>> {
