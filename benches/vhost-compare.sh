@@ -16,7 +16,13 @@
 # server process over the job, from /proc/PID/stat, over the I/Os done) and
 # the ratios vraid/qsd, and writes it as markdown (with date, machine and
 # versions) to $OUT. Put WORKDIR on tmpfs (/dev/shm/...) to measure the
-# engine rather than the disk.
+# engine rather than the disk: tmpfs refuses O_DIRECT, so there qsd runs
+# with cache.direct=off (vraid's members fall back to buffered I/O alike).
+# Rounds alternate the order of the targets (ABBA: odd rounds in TARGETS
+# order, even rounds reversed), so a drift in the machine's load hits
+# every target alike. The vraid targets also report the bytes their
+# members bounced through a copy (vraid_member_bounce_bytes_total, from
+# --metrics) over all the jobs: 0 means every data transfer was zero-copy.
 #
 #   benches/vhost-compare.sh               # full run (~7 min)
 #   QUICK=1 benches/vhost-compare.sh       # smoke run (~1 min)
@@ -34,6 +40,7 @@
 #   OUT      markdown results [$WORKDIR/results.md]
 #   VRAID    vraid binary [target/release/vraid, built if missing]
 #   VRAID_BASE  binary of the base-* targets [unset]
+#   QSD_DIRECT  qsd's cache.direct [on; off when WORKDIR is on tmpfs]
 # Exit status: 0 when every target/job produced a result, 1 otherwise.
 set -euo pipefail
 
@@ -106,6 +113,11 @@ fi
 
 mkdir -p "$WORKDIR"
 WORKDIR=$(cd "$WORKDIR" && pwd)
+if [[ -z ${QSD_DIRECT:-} ]]; then
+    QSD_DIRECT=on
+    [[ $(stat -f -c %T "$WORKDIR") != tmpfs ]] || QSD_DIRECT=off
+fi
+[[ $QSD_DIRECT =~ ^(on|off)$ ]] || die "QSD_DIRECT must be on or off"
 rm -rf "$WORKDIR/run"
 mkdir -p "$WORKDIR/run" "$(dirname "$OUT")"
 RESULTS=$WORKDIR/results.jsonl
@@ -113,7 +125,7 @@ RESULTS=$WORKDIR/results.jsonl
 FAILED=0
 
 SERVER_PID=
-declare -A PID_OF=() SOCK_OF=()
+declare -A PID_OF=() SOCK_OF=() METRICS_OF=()
 stop_server() { # stop_server PID: SIGTERM, 10 s grace, then SIGKILL
     local pid=$1 i
     kill -TERM "$pid" 2>/dev/null || true
@@ -144,17 +156,20 @@ wait_socket() { # wait_socket SOCK LOG
     return 1
 }
 
-# start_target TARGET DIR: starts the server (SERVER_PID), sets SOCK.
+# start_target TARGET DIR: starts the server (SERVER_PID), sets SOCK (and
+# METRICS, vraid's metrics address, when it has one).
 SOCK=
+METRICS=
 start_target() {
     local target=$1 dir=$2 sock=$2/vhost.sock level data members=() port
     SOCK=$sock
+    METRICS=
     mkdir -p "$dir"
     case $target in
         qsd)
             truncate -s "$SIZE_BYTES" "$dir/disk.raw"
             qemu-storage-daemon --object iothread,id=io0 \
-                --blockdev "driver=file,node-name=f,filename=$dir/disk.raw,cache.direct=on,aio=io_uring" \
+                --blockdev "driver=file,node-name=f,filename=$dir/disk.raw,cache.direct=$QSD_DIRECT,aio=io_uring" \
                 --export "type=vhost-user-blk,id=e,node-name=f,iothread=io0,addr.type=unix,addr.path=$sock,writable=on,num-queues=$MAX_QUEUES" \
                 >"$dir/server.log" 2>&1 &
             SERVER_PID=$!
@@ -174,9 +189,13 @@ start_target() {
                 { tail -n 20 "$dir/create.log" >&2; return 1; }
             port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
             # Both vraid targets run at once: each gets its own control socket.
-            local control=()
+            local control=() metrics=()
             grep -q -- --control <<<"$("$bin" serve --help)" && control=(--control "$dir/control.sock")
-            "$bin" serve --nbd "127.0.0.1:$port" "${control[@]}" \
+            if grep -q -- --metrics <<<"$("$bin" serve --help)"; then
+                METRICS=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+                metrics=(--metrics "$METRICS")
+            fi
+            "$bin" serve --nbd "127.0.0.1:$port" "${control[@]}" "${metrics[@]}" \
                 --vhost-user-blk "$sock" --vhost-queues "$MAX_QUEUES" \
                 "${members[@]}" >"$dir/server.log" 2>&1 &
             SERVER_PID=$!
@@ -208,6 +227,7 @@ for target in $TARGETS; do
     fi
     PID_OF[$target]=$SERVER_PID
     SOCK_OF[$target]=$SOCK
+    METRICS_OF[$target]=$METRICS
     SERVER_PID=
     log "$target: prefill $SIZE"
     if ! "$BENCH" --path "$SOCK" --rw write --bs 1048576 --iodepth 8 --queues 1 \
@@ -221,12 +241,31 @@ for target in $TARGETS; do
     STARTED+=("$target")
 done
 
+# bounced TARGET: vraid_member_bounce_bytes_total of the target (empty
+# when it has no metrics endpoint).
+bounced() {
+    local addr=${METRICS_OF[$1]:-}
+    [[ -n $addr ]] || return 0
+    python3 - "$addr" <<'PY' 2>/dev/null || true
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+print(sum(float(l.split()[-1]) for l in text.splitlines()
+          if l.startswith("vraid_member_bounce_bytes_total")))
+PY
+}
+declare -A BOUNCE0=()
+for target in "${STARTED[@]}"; do BOUNCE0[$target]=$(bounced "$target"); done
+
 JOB_TIMEOUT=$(awk -v r="$RUNTIME" 'BEGIN { print r + 60 }')
+REVERSED=()
+for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do REVERSED+=("${STARTED[i]}"); done
 for ((round = 1; round <= REPEAT; round++)); do
     for job in $JOBS; do
         for q in $QUEUES; do
             read -r -a args <<<"$(job_args "$job")"
-            for target in "${STARTED[@]}"; do
+            order=("${STARTED[@]}")
+            ((round % 2 == 1)) || order=("${REVERSED[@]}")
+            for target in "${order[@]}"; do
                 dir=$WORKDIR/run/$target
                 log "round $round/$REPEAT: $target: $job, $q queue(s), ${RUNTIME}s"
                 # A job that overruns by a minute has requests stuck in the server.
@@ -249,6 +288,12 @@ for ((round = 1; round <= REPEAT; round++)); do
         done
     done
 done
+BOUNCES=""
+for target in "${STARTED[@]}"; do
+    b1=$(bounced "$target")
+    [[ -n $b1 && -n ${BOUNCE0[$target]} ]] || continue
+    BOUNCES="$BOUNCES $target=$(awk -v a="${BOUNCE0[$target]}" -v b="$b1" 'BEGIN { printf "%.0f", b - a }')"
+done
 stop_all
 if [[ ${KEEP:-0} != 1 ]]; then
     for target in $TARGETS; do rm -f "$WORKDIR/run/$target"/*.img "$WORKDIR/run/$target"/*.raw; done
@@ -259,7 +304,8 @@ machine="$machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 vraid_version="vraid $VRAID"
 [[ $VRAID != target/release/vraid ]] || vraid_version="vraid $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 [[ -z ${VRAID_BASE:-} ]] || vraid_version="$vraid_version, base-* $VRAID_BASE"
-versions="$vraid_version, $(qemu-storage-daemon --version | head -n1)"
+versions="$vraid_version, $(qemu-storage-daemon --version | head -n1) (cache.direct=$QSD_DIRECT, aio=io_uring)"
+[[ -z $BOUNCES ]] || versions="$versions; bytes bounced by the members over all jobs:$BOUNCES"
 command_line="VRAID=$VRAID VRAID_BASE=${VRAID_BASE:-} WORKDIR=$WORKDIR QUICK=$QUICK SIZE=$SIZE RUNTIME=$RUNTIME REPEAT=$REPEAT TARGETS=\"$TARGETS\" QUEUES=\"$QUEUES\" benches/vhost-compare.sh"
 python3 - "$RESULTS" "$OUT" "$machine" "$versions" "$command_line" <<'EOF'
 import json, sys, datetime
@@ -282,6 +328,7 @@ for t in targets:
     head += [f"{t} IOPS", f"{t} MiB/s", f"{t} CPU µs/IO"]
 ratio_targets = [t for t in targets if t != "qsd"] if "qsd" in targets else []
 head += [f"{t}/qsd" for t in ratio_targets]
+head += [f"{t}/qsd CPU" for t in ratio_targets]
 base_pairs = [(t, "base-" + t[len("vraid-"):]) for t in targets
               if t.startswith("vraid-") and "base-" + t[len("vraid-"):] in targets]
 head += [f"{a}/{b}" for a, b in base_pairs]
@@ -297,6 +344,10 @@ for job, q in keys:
     for t in ratio_targets:
         r = by.get((t, job, q))
         cells.append(f"{r['iops'] / base['iops']:.2f}×" if r and base and base["iops"] > 0 else "—")
+    for t in ratio_targets:
+        r = by.get((t, job, q))
+        ok = r and base and r.get("cpu_us_io") and base.get("cpu_us_io")
+        cells.append(f"{r['cpu_us_io'] / base['cpu_us_io']:.2f}×" if ok else "—")
     for a, b in base_pairs:
         ra, rb = by.get((a, job, q)), by.get((b, job, q))
         cells.append(f"{ra['iops'] / rb['iops']:.2f}×" if ra and rb and rb["iops"] > 0 else "—")
@@ -311,9 +362,10 @@ md = f"""# vhost-user-blk: vraid vs qemu-storage-daemon
 - command: `{command}`
 - client: benches/blkio-bench (libblkio virtio-blk-vhost-user, buffers from alloc_mem_region);
   random jobs QD32 per queue over the whole SIZE, sequential jobs QD8 per queue, each
-  queue on its own slice; every target prefilled once; jobs interleaved across targets;
+  queue on its own slice; every target prefilled once; jobs interleaved across targets,
+  the targets' order reversed every other round (ABBA);
   each cell is the median of the rounds (raw JSON lines: results.jsonl beside this file);
-  ratios are IOPS (= MiB/s) ratios; CPU µs/IO is the server process's utime+stime
+  ratios are IOPS (= MiB/s) ratios, "CPU" ratios those of CPU µs/IO (lower is better); CPU µs/IO is the server process's utime+stime
   over the job (all its threads, from /proc/PID/stat) divided by the I/Os done.
 
 {table}

@@ -240,6 +240,14 @@ pub trait BlockDevice: Send + Sync {
         None
     }
 
+    /// Most bytes of one vectored transfer of the caller's memory that
+    /// this device takes down the same path as a shorter one (in place, on
+    /// the same engine): RAID-0 merges a member's consecutive chunks into
+    /// one transfer up to it. 0 (the default): keep transfers as they come.
+    fn merge_limit(&self) -> u64 {
+        0
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a>;
 
@@ -426,6 +434,11 @@ macro_rules! forward_to {
             self.$i.device_id()
         }
     };
+    (@one $i:tt merge_limit) => {
+        fn merge_limit(&self) -> u64 {
+            self.$i.merge_limit()
+        }
+    };
     (@one $i:tt read) => {
         fn read<'a>(
             &'a self,
@@ -571,7 +584,7 @@ impl Window {
 }
 
 impl BlockDevice for Window {
-    forward_to!(inner => name, flush);
+    forward_to!(inner => name, flush, merge_limit);
 
     fn size(&self) -> u64 {
         self.len

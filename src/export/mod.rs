@@ -5,4 +5,5 @@ pub mod finish;
 pub mod in_flight;
 pub mod nbd;
 pub mod pool_volumes;
+pub(crate) mod request_set;
 pub mod vhost;

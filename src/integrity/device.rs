@@ -373,7 +373,7 @@ impl ChecksumDevice {
 }
 
 impl BlockDevice for ChecksumDevice {
-    crate::block::forward_to!(inner => name, size);
+    crate::block::forward_to!(inner => name, size, merge_limit);
 
     fn retire(&self) {
         self.store.retire();

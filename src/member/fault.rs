@@ -678,7 +678,7 @@ impl FaultDevice {
 /// in the member's [`super::power_gate::PowerGate`], so that they cover
 /// its metadata writes too).
 impl BlockDevice for FaultDevice {
-    crate::block::forward_to!(inner => name, size);
+    crate::block::forward_to!(inner => name, size, merge_limit);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         self.read_plain(offset, buf)

@@ -981,6 +981,18 @@ impl BlockDevice for FileMember {
         Some(self.id)
     }
 
+    /// Aligned lists go to the engine as they are up to the length that
+    /// keeps them on its path: the inline engine's [`INLINE_MAX`] (longer
+    /// transfers go to the ring), else [`MAX_IO`]; the blocking pool
+    /// copies every list (0).
+    fn merge_limit(&self) -> u64 {
+        match &self.engine {
+            Engine::Sync => 0,
+            Engine::Inline(_) => INLINE_MAX as u64,
+            Engine::Uring(_) => MAX_IO,
+        }
+    }
+
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         crate::block::BoxFuture::new(async move {
             let mut one = [IoSliceMut::new(buf)];

@@ -115,7 +115,7 @@ impl PowerGate {
 /// power cut every operation hangs. Without one, every call goes straight
 /// to the member.
 impl BlockDevice for PowerGate {
-    crate::block::forward_to!(inner => name, size, device_id, mark_lost, reserve, allocation, admit);
+    crate::block::forward_to!(inner => name, size, device_id, merge_limit, mark_lost, reserve, allocation, admit);
 
     fn power_gate(&self) -> Option<&PowerGate> {
         Some(self)

@@ -165,7 +165,7 @@ impl StatsDevice {
 }
 
 impl BlockDevice for StatsDevice {
-    crate::block::forward_to!(inner => name, size, mark_lost, allocation, admit, hold, retire);
+    crate::block::forward_to!(inner => name, size, merge_limit, mark_lost, allocation, admit, hold, retire);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         let len = buf.len() as u64;

@@ -55,6 +55,7 @@ mod data_path;
 mod dirty_read;
 mod gather;
 mod level;
+mod member_runs;
 mod no_space;
 mod raid0;
 mod raid1;

@@ -48,6 +48,8 @@ pub struct TestDevice {
     /// While set, writes wait for `gate_open`.
     pub gate_closed: AtomicBool,
     pub gate_open: Notify,
+    /// What [`BlockDevice::merge_limit`] answers (0: no merged runs).
+    pub merge_limit: AtomicU64,
 }
 
 impl TestDevice {
@@ -63,6 +65,7 @@ impl TestDevice {
             yield_first: AtomicBool::new(false),
             gate_closed: AtomicBool::new(false),
             gate_open: Notify::new(),
+            merge_limit: AtomicU64::new(0),
         })
     }
 
@@ -81,6 +84,10 @@ impl TestDevice {
 
 impl BlockDevice for TestDevice {
     crate::block::forward_to!(mem => name, size, flush);
+
+    fn merge_limit(&self) -> u64 {
+        self.merge_limit.load(Ordering::SeqCst)
+    }
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         self.reads.fetch_add(1, Ordering::SeqCst);

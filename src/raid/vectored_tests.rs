@@ -164,3 +164,70 @@ async fn raid1_vectored_read_error_is_served_by_the_other_mirror_and_repaired() 
     assert_eq!(repairs, 1, "the failing mirror is rewritten once");
     assert!(array.events.failed.lock().unwrap().is_empty());
 }
+
+/// A RAID-0 request over several rows (1 MiB over 4 members of 64 KiB
+/// chunks: 16 chunks) costs one transfer per member, not one per chunk,
+/// contiguous or vectored, and the bytes land where single-chunk I/O
+/// puts them.
+#[tokio::test]
+async fn raid0_request_over_several_rows_is_one_transfer_per_member() {
+    // Arrange
+    let chunk = 64 << 10;
+    let array = Array::new(Level::Raid0, 4, chunk, 64 * chunk, &[]);
+    let data = pattern(1 << 20, 44);
+    let src = AlignedBuf::copy_from(&data);
+    for d in &array.devices {
+        d.merge_limit
+            .store(8 << 20, std::sync::atomic::Ordering::SeqCst);
+    }
+    let per_member = |count: fn(&super::test_support::TestDevice) -> u64| {
+        array.devices.iter().map(|d| count(d)).collect::<Vec<_>>()
+    };
+
+    // Act: a vectored write and a contiguous read of 1 MiB at 4 KiB.
+    let list: Vec<IoSlice<'_>> = src.as_slice().chunks(64 << 10).map(IoSlice::new).collect();
+    (array.volume)
+        .write_vectored(ByteOffset(4096), &list, Durability::Normal)
+        .await
+        .unwrap();
+    let writes = per_member(|d| d.writes.load(std::sync::atomic::Ordering::SeqCst));
+    let got = read(&array.volume, 4096, data.len()).await;
+    let reads = per_member(|d| d.reads.load(std::sync::atomic::Ordering::SeqCst));
+
+    // Assert: member 0's run starts 4 KiB into its first chunk and ends
+    // 4 KiB into its fifth; the others hold 4 whole chunks each.
+    assert!(got == data, "bytes read back differ");
+    assert_eq!(writes, [1, 1, 1, 1], "member writes");
+    assert_eq!(reads, [1, 1, 1, 1], "member reads");
+    let mut chunk_by_chunk = vec![0u8; data.len()];
+    for (i, piece) in chunk_by_chunk.chunks_mut(4096).enumerate() {
+        let at = 4096 + i as u64 * 4096;
+        array.volume.read(ByteOffset(at), piece).await.unwrap();
+    }
+    assert!(chunk_by_chunk == data, "4 KiB reads see other bytes");
+}
+
+/// Members whose merge limit is one chunk (the inline engine of a tmpfs
+/// file: longer transfers would leave the caller's thread) keep one
+/// transfer per chunk.
+#[tokio::test]
+async fn raid0_runs_stop_at_the_member_merge_limit() {
+    let chunk = 64 << 10;
+    let array = Array::new(Level::Raid0, 4, chunk, 64 * chunk, &[]);
+    for d in &array.devices {
+        d.merge_limit
+            .store(chunk, std::sync::atomic::Ordering::SeqCst);
+    }
+    let data = pattern(1 << 20, 45);
+    let src = AlignedBuf::copy_from(&data);
+    let list: Vec<IoSlice<'_>> = src.as_slice().chunks(64 << 10).map(IoSlice::new).collect();
+    (array.volume)
+        .write_vectored(ByteOffset(0), &list, Durability::Normal)
+        .await
+        .unwrap();
+    let writes: Vec<u64> = (array.devices.iter())
+        .map(|d| d.writes.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(writes, [4, 4, 4, 4], "one member write per chunk");
+    assert!(read(&array.volume, 0, data.len()).await == data);
+}

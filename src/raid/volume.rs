@@ -555,6 +555,11 @@ impl Volume {
             .count()
     }
 
+    /// `member`'s [`BlockDevice::merge_limit`] (0 when it is down).
+    pub(super) fn member_merge_limit(&self, member: MemberIndex) -> u64 {
+        self.device(member).map_or(0, |d| d.merge_limit())
+    }
+
     fn device(&self, member: MemberIndex) -> Option<Arc<dyn BlockDevice>> {
         let slot = self.slots.get(member.0)?;
         if slot.failed.load(Ordering::Acquire) {

@@ -291,7 +291,7 @@ impl LogDevice {
 }
 
 impl BlockDevice for LogDevice {
-    crate::block::forward_to!(inner => name, size, mark_lost, reserve, allocation);
+    crate::block::forward_to!(inner => name, size, merge_limit, mark_lost, reserve, allocation);
 
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         self.inner.read(offset, buf)

@@ -7,8 +7,8 @@
 //!  catalog      exports by name, transmission flags, block sizes
 //!  meta         metadata contexts: base:allocation, registry, selection
 //!  limits       handshake timeout, connection limits, byte pools
-//!  transmission one connection's request pipeline (one task, one loop)
-//!  request_set  its requests in flight, polled when woken (no allocation)
+//!  transmission one connection's request pipeline (one task, one loop;
+//!               its requests in `export::request_set`, no allocation)
 //!  wire         its batched request reads and reply writes (writev)
 //!  request      one request's volume call and reply
 //!  server       listeners, connection lifecycle, shutdown, stats
@@ -23,7 +23,6 @@ pub mod meta;
 pub mod proto;
 pub(crate) mod reader;
 mod request;
-mod request_set;
 mod server;
 mod transmission;
 mod wire;

@@ -50,10 +50,10 @@ use super::catalog::Export;
 use super::limits::{DropReason, Drops, NbdLimits};
 use super::proto::{self, errno, Command, Request};
 use super::request::{self, Charge, Context, Reply};
-use super::request_set::RequestSet;
 use super::wire::{Inbox, Outbox, MAX_IOV};
 use crate::block::BlockError;
 use crate::export::in_flight::InFlightRequests;
+use crate::export::request_set::RequestSet;
 use crate::member::buf::AlignedBuf;
 
 /// Requests in flight per connection before the reader stops reading.

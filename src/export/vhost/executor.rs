@@ -18,9 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use futures::task::ArcWake;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::export::request_set::RequestSet;
 
 /// A request future.
 pub type Task = crate::block::BoxFuture<'static, ()>;
@@ -42,9 +44,13 @@ impl ArcWake for WakeFd {
     }
 }
 
-/// The futures of one queue.
+/// Requests a queue's set has room for before it grows (its virtqueue
+/// size, as a guest sets it up by default).
+const TASKS: usize = 256;
+
+/// The futures of one queue, in reused slots (no allocation per request).
 pub struct QueueExecutor {
-    tasks: Mutex<FuturesUnordered<Task>>,
+    tasks: Mutex<RequestSet<()>>,
     wake: Arc<WakeFd>,
 }
 
@@ -60,7 +66,7 @@ impl QueueExecutor {
     /// An empty executor with its wake-up eventfd.
     pub fn new() -> io::Result<QueueExecutor> {
         Ok(QueueExecutor {
-            tasks: Mutex::new(FuturesUnordered::new()),
+            tasks: Mutex::new(RequestSet::with_capacity(TASKS)),
             wake: Arc::new(WakeFd {
                 fd: EventFd::new(EFD_NONBLOCK)?,
                 pending: AtomicBool::new(false),

@@ -1,6 +1,7 @@
-//! The requests in flight on one connection: slots whose futures are
-//! polled only when woken, with no allocation per request (issue 10;
-//! `FuturesUnordered` allocates a task node for every request it takes).
+//! The requests in flight on one NBD connection or vhost-user queue: slots
+//! whose futures are polled only when woken, with no allocation per
+//! request (issue 10; `FuturesUnordered` allocates a task node for every
+//! request it takes).
 //!
 //! ```text
 //!  push(fut) ─► a free slot i (pooled future) ─► i on the ready list
@@ -63,7 +64,7 @@ struct Slot<T> {
 }
 
 /// Futures in flight, each polled when its own waker fires.
-pub(super) struct RequestSet<T> {
+pub(crate) struct RequestSet<T> {
     slots: Vec<Slot<T>>,
     free: Vec<usize>,
     /// Ready slots taken from `shared.ready`, still to poll.
@@ -74,7 +75,7 @@ pub(super) struct RequestSet<T> {
 
 impl<T> RequestSet<T> {
     /// An empty set with room for `capacity` before its lists grow.
-    pub(super) fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         RequestSet {
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
@@ -88,16 +89,16 @@ impl<T> RequestSet<T> {
     }
 
     /// Futures not finished yet.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Adds `fut`; it is polled at the next `poll_next`.
-    pub(super) fn push(&mut self, fut: BoxFuture<'static, T>) {
+    pub(crate) fn push(&mut self, fut: BoxFuture<'static, T>) {
         let index = self.free.pop().unwrap_or_else(|| self.grow());
         let slot = &mut self.slots[index];
         slot.fut = Some(fut);
