@@ -574,7 +574,10 @@ fn config_split_clusters_lays_version_3_shown_in_list_and_status_and_must_match(
     let listed: serde_json::Value = serde_json::from_str(&list_json).unwrap();
     assert_eq!(listed[0]["version"], 3, "{listed}");
     assert!(check.contains("clusters referenced"), "{check}");
-    assert!(!refused.status.success(), "started with the version flipped");
+    assert!(
+        !refused.status.success(),
+        "started with the version flipped"
+    );
     let stderr = stderr_of(&refused);
     assert!(
         stderr.contains("version 3, the config says split_clusters = false"),

@@ -288,7 +288,9 @@ mod tests {
         let text = format!("{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = true\n");
         let c = Config::parse(&text, "test.toml").unwrap();
         assert_eq!(c.pools[0].split_clusters, Some(true));
-        let e = err(&format!("{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = 3\n"));
+        let e = err(&format!(
+            "{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = 3\n"
+        ));
         assert!(e.contains("split_clusters"), "{e}");
     }
 

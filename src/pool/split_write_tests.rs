@@ -209,13 +209,23 @@ fn a_write_to_a_shared_record_splits_on_top_writing_one_granule() {
         let e2 = entry(&pool, 1).await;
         assert_ne!(e2, e1);
         let rec2 = record_of(&pool, e2).await;
-        assert_eq!((rec2.base, rec2.mask, rec2.count, rec2.depth), (e1, 0b100, 1, 2));
-        assert_eq!(record_of(&pool, e1).await.count, 2, "s2's leaf and rec2's base");
+        assert_eq!(
+            (rec2.base, rec2.mask, rec2.count, rec2.depth),
+            (e1, 0b100, 1, 2)
+        );
+        assert_eq!(
+            record_of(&pool, e1).await.count,
+            2,
+            "s2's leaf and rec2's base"
+        );
         assert_eq!(pool.space().await.free_bytes, free - CS, "one new cluster");
         let mut new = vec![0u8; CS as usize];
         dev.read(ByteOffset(rec2.new * CS), &mut new).await.unwrap();
         let g2 = 2 * gs as usize;
-        assert!(new[..g2].iter().all(|x| *x == 0), "granules 0, 1 not written");
+        assert!(
+            new[..g2].iter().all(|x| *x == 0),
+            "granules 0, 1 not written"
+        );
         assert!(new[g2 + gs as usize..].iter().all(|x| *x == 0));
         let mut s2 = vec![1u8; 4 * CS as usize];
         s2[(CS + 4096) as usize..(CS + 8192) as usize].fill(5);
@@ -283,7 +293,11 @@ fn a_chain_stops_at_depth_16_with_a_whole_copy() {
         for (name, bytes) in &snaps {
             assert_eq!(&read(&pool, name).await, bytes, "{name}");
         }
-        let order = snaps.iter().skip(1).step_by(2).chain(snaps.iter().step_by(2));
+        let order = snaps
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .chain(snaps.iter().step_by(2));
         for (name, _) in order {
             pool.delete_volume(name).await.unwrap();
             for (other, bytes) in &snaps {

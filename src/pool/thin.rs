@@ -305,7 +305,9 @@ impl ThinVolume {
                     .await
                     .map(Some);
             }
-            return fill_cluster(dev, cs, fresh, old, p.off, data).await.map(|()| None);
+            return fill_cluster(dev, cs, fresh, old, p.off, data)
+                .await
+                .map(|()| None);
         }
         let (sources, depth) = {
             let mut m = self.pool.meta.lock().await;
