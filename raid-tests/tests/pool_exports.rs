@@ -3,7 +3,8 @@
 //! export, a full pool failing the allocating write with
 //! VIRTIO_BLK_S_IOERR, a pooled array never exported raw over vhost,
 //! `pool create` refusing data and connected clients (and cutting them off
-//! with --force), `[[pool]]` in the config, pool volumes in `status` and
+//! with --force), `[[pool]]` in the config (also `split_clusters`, the
+//! version in `pool list` and `status`), pool volumes in `status` and
 //! the metrics with fill events, `cache.set` and `fault powercut` on pool
 //! volumes, and a member failed and rebuilt under three volumes running
 //! fio verify.
@@ -504,6 +505,7 @@ fn config_pools_are_laid_their_volumes_created_and_wrong_configs_refused() {
         status["pools"][0]["fill_events"],
         serde_json::json!([50, 75])
     );
+    assert_eq!(status["pools"][0]["version"], 2, "{status}");
     assert_eq!(web_size.trim(), (12u64 << 20).to_string());
     for (stderr, want) in outcomes {
         assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
@@ -522,6 +524,65 @@ fn config_pools_are_laid_their_volumes_created_and_wrong_configs_refused() {
     ]));
     vraid_ctl_ok(&control, &["pool", "check", "vol0"]);
     assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn config_split_clusters_lays_version_3_shown_in_list_and_status_and_must_match() {
+    // Arrange
+    let dir = scratch_dir("pool-config-split");
+    let control = dir.path().join("control.sock");
+    let good = "[[pool]]\narray = \"vol0\"\nsplit_clusters = true\n\n\
+                [[pool.volume]]\nname = \"web\"\nsize = \"8M\"\n";
+    let path = dir.path().join("vraid.toml");
+    std::fs::write(&path, config_text(dir.path(), &control, good)).unwrap();
+    let args = ["--config", path.to_str().unwrap()];
+
+    // Act: lay it, write, snapshot, write again (a split), read both.
+    let server = Server::start(&args);
+    qemu_io(
+        &server.uri("web"),
+        &["write -P 0x3c 0 2M".into(), "flush".into()],
+    );
+    vraid_ctl_ok(&control, &["volume", "snapshot", "web", "websnap"]);
+    qemu_io(
+        &server.uri("web"),
+        &["write -P 0x5a 1M 4k".into(), "flush".into()],
+    );
+    let status = status_json(&control);
+    let list = vraid_ctl_ok(&control, &["pool", "list"]);
+    let list_json = vraid_ctl_ok(&control, &["pool", "list", "--json"]);
+    qemu_io(
+        &server.uri("web"),
+        &["read -P 0x3c 0 1M".into(), "read -P 0x5a 1M 4k".into()],
+    );
+    run_ok(Command::new("qemu-io").args([
+        "-r",
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x3c 0 2M",
+        &server.uri("websnap"),
+    ]));
+    let check = vraid_ctl_ok(&control, &["pool", "check", "vol0"]);
+    assert_eq!(server.stop(), 0);
+    let flipped = good.replace("split_clusters = true", "split_clusters = false");
+    let refused = serve_config(dir.path(), &config_text(dir.path(), &control, &flipped));
+
+    // Assert
+    assert_eq!(status["pools"][0]["version"], 3, "{status}");
+    assert!(list.contains("version 3 (split clusters)"), "{list}");
+    let listed: serde_json::Value = serde_json::from_str(&list_json).unwrap();
+    assert_eq!(listed[0]["version"], 3, "{listed}");
+    assert!(check.contains("clusters referenced"), "{check}");
+    assert!(
+        !refused.status.success(),
+        "started with the version flipped"
+    );
+    let stderr = stderr_of(&refused);
+    assert!(
+        stderr.contains("version 3, the config says split_clusters = false"),
+        "{stderr}"
+    );
 }
 
 /// Polls `status --json` until `pred` holds on its events (30 s at most).

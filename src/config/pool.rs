@@ -10,6 +10,7 @@
 //! [[pool]]
 //! array = "vol0"
 //! cluster_size = "1M"          # when laid; must match an existing pool
+//! split_clusters = true        # lay version 3 (FORMAT.md §11); must match
 //! fill_events = [80, 90, 95]   # percent full that raise an event
 //!
 //! [[pool.volume]]
@@ -46,6 +47,9 @@ pub struct PoolConfig {
     /// Cluster size in bytes when the pool is laid (default 1 MiB); when
     /// given, an existing pool must have it.
     pub cluster_size: Option<u64>,
+    /// Lay a version-3 pool (split clusters) when `true`, version 2 when
+    /// `false`; when given, an existing pool must have that version.
+    pub split_clusters: Option<bool>,
     /// Percent-full thresholds that raise events, ascending.
     pub fill_events: Vec<u8>,
     /// Volumes created at start-up when missing.
@@ -76,6 +80,7 @@ pub struct PoolVolumeConfig {
 pub(super) struct RawPool {
     array: Spanned<String>,
     cluster_size: Option<Spanned<Scalar>>,
+    split_clusters: Option<bool>,
     fill_events: Option<Spanned<Vec<Spanned<i64>>>>,
     #[serde(default)]
     volume: Vec<RawPoolVolume>,
@@ -168,6 +173,7 @@ fn pool(
     Ok(PoolConfig {
         array: p.array.into_inner(),
         cluster_size,
+        split_clusters: p.split_clusters,
         fill_events,
         volumes: vols,
     })
@@ -262,6 +268,7 @@ mod tests {
         let p = &c.pools[0];
         assert_eq!(p.array, "vol0");
         assert_eq!(p.cluster_size, None);
+        assert_eq!(p.split_clusters, None);
         assert_eq!(p.fill_events, vec![80, 90, 95]);
         assert_eq!(p.volumes.len(), 2);
         assert_eq!(p.volumes[0].size, 20 << 30);
@@ -274,6 +281,17 @@ mod tests {
         );
         assert_eq!(p.volumes[1].vhost_user_blk, None);
         assert_eq!(p.volumes[1].size, 1 << 20);
+    }
+
+    #[test]
+    fn split_clusters_is_read_and_must_be_a_boolean() {
+        let text = format!("{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = true\n");
+        let c = Config::parse(&text, "test.toml").unwrap();
+        assert_eq!(c.pools[0].split_clusters, Some(true));
+        let e = err(&format!(
+            "{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = 3\n"
+        ));
+        assert!(e.contains("split_clusters"), "{e}");
     }
 
     #[test]

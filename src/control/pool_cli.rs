@@ -22,9 +22,14 @@ pub fn render_pool(p: &PoolListing) -> String {
     let s = &p.space;
     let events: Vec<String> = p.fill_events.iter().map(|t| format!("{t}%")).collect();
     let mut out = format!(
-        "pool {}: cluster {} KiB, used {} of {} ({:.1}%), free {}, provisioned {} ({:.2}x \
+        "pool {}: {}cluster {} KiB, used {} of {} ({:.1}%), free {}, provisioned {} ({:.2}x \
          overcommit, {} volumes), fill events at {}\n",
         p.pool,
+        match p.version {
+            0 => String::new(),
+            3 => "version 3 (split clusters), ".to_string(),
+            v => format!("version {v}, "),
+        },
         s.cluster_size >> 10,
         gib(s.used_bytes),
         gib(s.total_bytes),

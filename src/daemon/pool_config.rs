@@ -85,6 +85,15 @@ async fn check_pool(
             ));
         }
     }
+    if let (Some(l), Some(split)) = (listing, p.split_clusters) {
+        if (l.version == crate::pool::split::SPLIT_VERSION) != split {
+            return Err(format!(
+                "the pool there is version {}, the config says split_clusters = {split} \
+                 (a pool's version cannot change)",
+                l.version
+            ));
+        }
+    }
     let mut steps = Vec::with_capacity(p.volumes.len());
     for v in &p.volumes {
         steps.push(check_volume(v, &p.array, listing, all, service).await?);
@@ -145,6 +154,7 @@ async fn apply_pool(
     if !service.pooled().await.contains(&p.array) {
         let opts = CreateOptions {
             cluster_size: p.cluster_size.unwrap_or(1 << 20),
+            split: p.split_clusters.unwrap_or(false),
             ..CreateOptions::default()
         };
         service

@@ -384,6 +384,15 @@ impl Pool {
         *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = listed;
     }
 
+    /// Header version: 2, or 3 ([`crate::pool::split::SPLIT_VERSION`],
+    /// split clusters).
+    pub fn version(&self) -> u32 {
+        match self.splits {
+            true => crate::pool::split::SPLIT_VERSION,
+            false => 2,
+        }
+    }
+
     /// The directory as last published.
     pub fn listing(&self) -> Vec<Listed> {
         self.listing

@@ -62,13 +62,19 @@ pub struct PoolListing {
     /// Percent-full thresholds that raise `pool_fill` events.
     #[serde(default)]
     pub fill_events: Vec<u8>,
+    /// Header version: 2, or 3 for a pool with split clusters
+    /// (FORMAT.md §11); 0 from a daemon older than the field.
+    #[serde(default)]
+    pub version: u32,
 }
 
 impl PoolListing {
-    fn new(pool: &str, space: PoolSpace, volumes: Vec<VolumeInfo>, fill_events: Vec<u8>) -> Self {
+    fn new(pool: &Pool, name: &str, space: PoolSpace, fill_events: Vec<u8>) -> Self {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let volumes = Vec::new();
         PoolListing {
-            pool: pool.to_string(),
+            pool: name.to_string(),
+            version: pool.version(),
             used_percent: 100.0 * ratio(space.used_bytes, space.total_bytes),
             overcommit: ratio(space.provisioned_bytes, space.total_bytes),
             space,
@@ -328,12 +334,9 @@ impl PoolService {
 
     async fn listing(&self, name: &str) -> Result<PoolListing, PoolError> {
         let pool = self.pool(name).await?;
-        Ok(PoolListing::new(
-            name,
-            pool.space().await,
-            pool.volumes().await,
-            self.fill.thresholds(name),
-        ))
+        let mut l = PoolListing::new(&pool, name, pool.space().await, self.fill.thresholds(name));
+        l.volumes = pool.volumes().await;
+        Ok(l)
     }
 
     /// `vraid pool set POOL --fill-events ...`: the thresholds of a pool

@@ -172,13 +172,22 @@ impl Meta {
         }
         Ok(out)
     }
+
+    /// Depth of leaf entry `e`: its record's, 0 for a plain cluster or a
+    /// hole (a split on `e` is one deeper).
+    pub async fn entry_depth(&mut self, e: u64) -> Result<u32, PoolError> {
+        match Entry::decode(e)? {
+            Entry::Split(r) if self.store.splits() => Ok(self.record(r).await?.depth),
+            _ => Ok(0),
+        }
+    }
 }
 
 /// Writes reserved cluster `fresh` whole: `data` at `off`, every other
 /// byte from the granules' `sources` (a split entry's bytes, read through
 /// its chain; `None` reads zero). The write over a split entry that
 /// replaces it by a plain cluster (FORMAT.md §11, write case 4 at depth
-/// 16; every write to a split entry until the cases 3 and 4 are built).
+/// 16; also `tree.rs`'s copies under the lock, grow's zeroing).
 pub async fn fill_from_split(
     dev: &dyn crate::block::BlockDevice,
     cs: u64,

@@ -1,14 +1,15 @@
-//! Making splits (docs/FORMAT.md §11, "Split clusters", write case 2): a
-//! write to a shared plain cluster of a version-3 pool writes only the
-//! granules it touches into a reserved cluster (the rest of each touched
-//! granule read from the shared one), then maps a split record
-//! `{new, base: the shared cluster, mask: touched}` in its place. Also
+//! Making splits (docs/FORMAT.md §11, "Split clusters", write cases 2
+//! and 4): a write to a shared plain cluster, or to a shared split
+//! record, of a version-3 pool writes only the granules it touches into a
+//! reserved cluster (the rest of each touched granule read from where the
+//! shared entry reads it), then maps a split record `{new, base: the
+//! shared entry, mask: touched}` in its place (a record on a record is
+//! one level deeper; at depth 16 the write copies whole instead). Also
 //! the record allocator (kind-8 pages, their map-page count = records in
 //! use).
 //!
 //! Case 3 (a write to an exclusive record) is in `thin_split.rs`; not
-//! built yet: case 4 (a split on top of a shared record: such a write
-//! copies the cluster whole) and the completer; docs/STATUS.md.
+//! built yet: the completer; docs/STATUS.md.
 
 use crate::block::{BlockDevice, Durability};
 use crate::pool::format::Kind;
@@ -52,8 +53,9 @@ impl Meta {
 
     /// Maps split `{new: fresh, base: old, mask}` at `vc` of slot `i`
     /// (reserved `fresh` holds the granules of `mask`); false (nothing
-    /// changed) if `vc` no longer maps plain cluster `old`. `old`'s count
-    /// is unchanged: the leaf's reference moves to the record's base.
+    /// changed) if `vc` no longer maps `old` (a plain cluster, or a split
+    /// entry: case 4, the new record one level deeper). `old`'s count is
+    /// unchanged: the leaf's reference moves to the record's base.
     pub async fn map_split(
         &mut self,
         i: usize,
@@ -68,12 +70,16 @@ impl Meta {
         let Some((leaf, k)) = self.own_path(i, vc, true).await? else {
             return Err(PoolError::Corrupt("map path not created".into()));
         };
+        let depth = match Entry::decode(old)? {
+            Entry::Split(r) => self.record(r).await?.depth + 1,
+            _ => 1,
+        };
         let rec = SplitRecord {
             new: fresh,
             base: old,
             mask,
             count: 1,
-            depth: 1,
+            depth,
         };
         let r = self.alloc_record(rec).await?;
         self.claim(fresh).await?;
@@ -125,13 +131,15 @@ impl Meta {
 }
 
 /// Writes the granules of a cluster that `data` at `off` touches into
-/// cluster `fresh`, the rest of each from cluster `old` (one read and one
-/// write of their span; no read when `data` covers it). Returns the mask.
+/// cluster `fresh` (one write of their span), the rest of each from
+/// `sources` (per granule, the cluster the shared entry reads it from;
+/// `None` reads zero): only a first or last granule that `data` covers
+/// in part is read. Returns the mask.
 pub async fn write_granules(
     dev: &dyn BlockDevice,
     cs: u64,
     fresh: u64,
-    old: u64,
+    sources: &[Option<u64>],
     off: u64,
     data: &[u8],
 ) -> Result<u64, PoolError> {
@@ -146,7 +154,17 @@ pub async fn write_granules(
         return Ok(mask);
     }
     let mut buf = vec![0u8; (end - start) as usize];
-    dev.read(ByteOffset(old * cs + start), &mut buf).await?;
+    let (first, last) = (start, end - gs);
+    let partial = |g0: u64| g0 < off || g0 + gs > off + len;
+    let edges = if first == last { 1 } else { 2 };
+    for g0 in [first, last].into_iter().take(edges) {
+        let src = sources.get((g0 / gs) as usize).copied().flatten();
+        if let (true, Some(c)) = (partial(g0), src) {
+            let at = (g0 - start) as usize;
+            let part = &mut buf[at..at + gs as usize];
+            dev.read(ByteOffset(c * cs + g0), part).await?;
+        }
+    }
     let at = (off - start) as usize;
     buf[at..at + data.len()].copy_from_slice(data);
     dev.write(ByteOffset(fresh * cs + start), &buf, normal)

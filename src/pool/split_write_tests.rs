@@ -2,8 +2,8 @@
 //! cluster of a version-3 pool maps a split record (one granule written,
 //! not the cluster), the snapshot keeps its bytes, counts check clean;
 //! writes into the exclusive record go in place or fill a granule (case
-//! 3), a shared one is copied whole; records share pages; a version-2
-//! pool still copies whole.
+//! 3), a shared one gets a record on top (case 4; whole at depth 16);
+//! records share pages; a version-2 pool still copies whole.
 
 use std::sync::Arc;
 
@@ -167,16 +167,149 @@ fn writes_to_an_exclusive_split_go_in_place_or_fill_a_granule() {
         assert_eq!(read(&pool, "v").await, want);
         assert_eq!(read(&pool, "s").await, vec![1u8; 4 * CS as usize]);
         clean(pool.check().await.unwrap());
-        // A snapshot shares the record: the next write copies whole.
+        // A snapshot shares the record: the next write splits on top.
         pool.snapshot("v", "s2").await.unwrap();
         write(&pool, CS, 8, 512).await;
-        assert!(!is_split(entry(&pool, 1).await));
+        let e2 = entry(&pool, 1).await;
+        let Ok(Entry::Split(r2)) = Entry::decode(e2) else {
+            panic!("not a split: {e2:#x}")
+        };
+        let rec2 = pool.meta.lock().await.record(r2).await.unwrap();
+        assert_eq!((rec2.base, rec2.mask, rec2.depth), (e, 0b1, 2));
         assert_eq!(read(&pool, "s2").await, want);
         want[CS as usize..CS as usize + 512].fill(8);
         assert_eq!(read(&pool, "v").await, want);
         clean(pool.check().await.unwrap());
         drop(pool);
         let pool = Pool::open(dev, 64).await.unwrap();
+        assert_eq!(read(&pool, "v").await, want);
+    });
+}
+
+/// Record of split entry `e`.
+async fn record_of(pool: &Arc<Pool>, e: u64) -> crate::pool::split::SplitRecord {
+    let Ok(Entry::Split(r)) = Entry::decode(e) else {
+        panic!("not a split: {e:#x}")
+    };
+    pool.meta.lock().await.record(r).await.unwrap()
+}
+
+#[test]
+fn a_write_to_a_shared_record_splits_on_top_writing_one_granule() {
+    rt().block_on(async {
+        let (dev, pool) = snapped(true).await;
+        let gs = granule_size(CS);
+        write(&pool, CS + 4096, 5, 4096).await;
+        let e1 = entry(&pool, 1).await;
+        pool.snapshot("v", "s2").await.unwrap();
+        let free = pool.space().await.free_bytes;
+        // Granule 2, in part: its other bytes come from the snapshot's
+        // cluster through the record's base.
+        write(&pool, CS + 2 * gs + 512, 6, 1024).await;
+        let e2 = entry(&pool, 1).await;
+        assert_ne!(e2, e1);
+        let rec2 = record_of(&pool, e2).await;
+        assert_eq!(
+            (rec2.base, rec2.mask, rec2.count, rec2.depth),
+            (e1, 0b100, 1, 2)
+        );
+        assert_eq!(
+            record_of(&pool, e1).await.count,
+            2,
+            "s2's leaf and rec2's base"
+        );
+        assert_eq!(pool.space().await.free_bytes, free - CS, "one new cluster");
+        let mut new = vec![0u8; CS as usize];
+        dev.read(ByteOffset(rec2.new * CS), &mut new).await.unwrap();
+        let g2 = 2 * gs as usize;
+        assert!(
+            new[..g2].iter().all(|x| *x == 0),
+            "granules 0, 1 not written"
+        );
+        assert!(new[g2 + gs as usize..].iter().all(|x| *x == 0));
+        let mut s2 = vec![1u8; 4 * CS as usize];
+        s2[(CS + 4096) as usize..(CS + 8192) as usize].fill(5);
+        let mut want = s2.clone();
+        let at = (CS + 2 * gs + 512) as usize;
+        want[at..at + 1024].fill(6);
+        assert_eq!(read(&pool, "v").await, want);
+        assert_eq!(read(&pool, "s2").await, s2);
+        assert_eq!(read(&pool, "s").await, vec![1u8; 4 * CS as usize]);
+        clean(pool.check().await.unwrap());
+        // Case 3 on the new record: granule 1 filled through the chain.
+        write(&pool, CS + gs + 8, 7, 8).await;
+        want[(CS + gs + 8) as usize..(CS + gs + 16) as usize].fill(7);
+        assert_eq!(record_of(&pool, e2).await.mask, 0b110);
+        assert_eq!(read(&pool, "v").await, want);
+        // Deletes in any order: the chain stays readable, counts clean.
+        pool.delete_volume("s2").await.unwrap();
+        assert_eq!(record_of(&pool, e1).await.count, 1, "rec2's base alone");
+        clean(pool.check().await.unwrap());
+        pool.flush().await.unwrap();
+        drop(pool);
+        let pool = Pool::open(dev, 64).await.unwrap();
+        assert_eq!(read(&pool, "v").await, want);
+        pool.delete_volume("s").await.unwrap();
+        assert_eq!(read(&pool, "v").await, want);
+        clean(pool.check().await.unwrap());
+        pool.delete_volume("v").await.unwrap();
+        pool.flush().await.unwrap();
+        clean(pool.check().await.unwrap());
+        assert_eq!(pool.space().await.used_bytes, 0, "everything released");
+    });
+}
+
+#[test]
+fn a_chain_stops_at_depth_16_with_a_whole_copy() {
+    rt().block_on(async {
+        let (dev, pool) = snapped(true).await;
+        let gs = granule_size(CS);
+        let mut want = vec![1u8; 4 * CS as usize];
+        let mut snaps = Vec::new();
+        for k in 0..17u64 {
+            let at = CS + (k % (CS / gs)) * gs + 100;
+            write(&pool, at, 10 + k as u8, 200).await;
+            want[at as usize..at as usize + 200].fill(10 + k as u8);
+            let rec = record_of(&pool, entry(&pool, 1).await).await;
+            assert_eq!(rec.depth, (k + 1) as u32, "{k}: {rec:?}");
+            let name = format!("c{k}");
+            pool.snapshot("v", &name).await.unwrap();
+            snaps.push((name, want.clone()));
+            if k == 15 {
+                break;
+            }
+        }
+        // Depth 16 and shared: the next write copies the cluster whole.
+        write(&pool, CS, 99, 512).await;
+        want[CS as usize..CS as usize + 512].fill(99);
+        assert!(!is_split(entry(&pool, 1).await));
+        assert_eq!(read(&pool, "v").await, want);
+        clean(pool.check().await.unwrap());
+        // Every snapshot reads its own bytes, before and after a reopen
+        // and while the others go (odd ones first, then the rest).
+        pool.flush().await.unwrap();
+        drop(pool);
+        let pool = Pool::open(dev, 64).await.unwrap();
+        for (name, bytes) in &snaps {
+            assert_eq!(&read(&pool, name).await, bytes, "{name}");
+        }
+        let order = snaps
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .chain(snaps.iter().step_by(2));
+        for (name, _) in order {
+            pool.delete_volume(name).await.unwrap();
+            for (other, bytes) in &snaps {
+                if pool.open_volume(other).await.is_ok() {
+                    assert_eq!(&read(&pool, other).await, bytes, "{other}");
+                }
+            }
+            clean(pool.check().await.unwrap());
+        }
+        pool.delete_volume("s").await.unwrap();
+        pool.flush().await.unwrap();
+        clean(pool.check().await.unwrap());
         assert_eq!(read(&pool, "v").await, want);
     });
 }

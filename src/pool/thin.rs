@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::pool::meta::Fresh;
-use crate::pool::split::{granule_size, granules};
+use crate::pool::split::{granule_size, granules, MAX_SPLIT_DEPTH};
 use crate::pool::split_meta::{fill_from_split, is_split};
 use crate::pool::split_write::write_granules;
 use crate::pool::tree::fill_cluster;
@@ -189,8 +189,8 @@ impl ThinVolume {
     /// nobody else sees and maps it under the lock, after the snapshot or
     /// before it (crash case P-19). On a version-3 pool a shared cluster
     /// is split instead (`split_write`) and an exclusive split record
-    /// written in place or filled (`thin_split`); a shared split entry is
-    /// copied whole.
+    /// written in place or filled (`thin_split`); a shared split entry
+    /// gets a split on top (case 4; copied whole at depth 16).
     async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
         loop {
             let wgate = self.wgate.read().await;
@@ -253,28 +253,19 @@ impl ThinVolume {
         fresh: Fresh,
         old: u64,
     ) -> Result<bool, PoolError> {
-        let cs = self.pool.cluster_size();
         // At most COPIES_IN_FLIGHT copies at once (a snapshot turns every
         // write into one: unbounded, they starve each other and the rest).
         let permit = match old {
             0 => None,
             _ => self.pool.copies.acquire().await.ok(),
         };
-        let dev = self.pool.dev.as_ref();
-        let split = self.splits_on_write(old);
-        let r = match (is_split(old), split) {
-            (true, _) => self.fill_from_split(p, data, fresh, old).await.map(|()| 0),
-            (false, true) => write_granules(dev, cs, fresh.cluster, old, p.off, data).await,
-            (false, false) => fill_cluster(dev, cs, fresh, old, p.off, data)
-                .await
-                .map(|()| 0),
-        };
+        let r = self.copy_for_write(p, data, fresh, old).await;
         drop(permit);
         let mut m = self.pool.meta.lock().await;
         m.stop_copying(old);
         let mapped = match (r, m.by_id(self.id)) {
-            (Ok(mask), Ok(i)) if split => m.map_split(i, p.vc, fresh.cluster, old, mask).await,
-            (Ok(_), Ok(i)) => m.map_fresh(i, p.vc, fresh.cluster, old).await,
+            (Ok(Some(mask)), Ok(i)) => m.map_split(i, p.vc, fresh.cluster, old, mask).await,
+            (Ok(None), Ok(i)) => m.map_fresh(i, p.vc, fresh.cluster, old).await,
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         match mapped {
@@ -289,27 +280,46 @@ impl ThinVolume {
         }
     }
 
-    /// True if a write to shared plain cluster `old` splits it (a
-    /// version-3 pool of more than one granule per cluster) rather than
-    /// copying it whole.
-    fn splits_on_write(&self, old: u64) -> bool {
-        let cs = self.pool.cluster_size();
-        self.pool.splits && old != 0 && !is_split(old) && granules(cs) > 1
-    }
-
-    /// [`fill_cluster`] from split entry `old`: its granules' clusters
-    /// found under the lock, copied without it (they stay while the
-    /// entry's record does; the mapping is checked again after).
-    async fn fill_from_split(
+    /// Writes `data` into reserved cluster `fresh` with the rest of
+    /// what `old` holds: on a version-3 pool of more than one granule per
+    /// cluster only the touched granules (a split, cases 2 and 4; returns
+    /// the mask), else the whole cluster (a hole's zeros, a plain copy, or
+    /// a split entry at depth 16 read through its chain; returns `None`).
+    /// A split entry's sources are found under the lock and read without
+    /// it (they stay while the entry's record does; the mapping is
+    /// checked again after).
+    async fn copy_for_write(
         &self,
         p: Piece,
         data: &[u8],
         fresh: Fresh,
         old: u64,
-    ) -> Result<(), PoolError> {
-        let sources = self.pool.meta.lock().await.granule_sources(old).await?;
+    ) -> Result<Option<u64>, PoolError> {
         let (dev, cs) = (self.pool.dev.as_ref(), self.pool.cluster_size());
-        fill_from_split(dev, cs, fresh, &sources, p.off, data).await
+        let g = granules(cs);
+        let splits = self.pool.splits && old != 0 && g > 1;
+        if !is_split(old) {
+            if splits {
+                let sources = vec![Some(old); g as usize];
+                return write_granules(dev, cs, fresh.cluster, &sources, p.off, data)
+                    .await
+                    .map(Some);
+            }
+            return fill_cluster(dev, cs, fresh, old, p.off, data)
+                .await
+                .map(|()| None);
+        }
+        let (sources, depth) = {
+            let mut m = self.pool.meta.lock().await;
+            (m.granule_sources(old).await?, m.entry_depth(old).await?)
+        };
+        if splits && depth < MAX_SPLIT_DEPTH {
+            return write_granules(dev, cs, fresh.cluster, &sources, p.off, data)
+                .await
+                .map(Some);
+        }
+        fill_from_split(dev, cs, fresh, &sources, p.off, data).await?;
+        Ok(None)
     }
 
     async fn write_at(
