@@ -13,7 +13,7 @@
 //! `resync.rs` and `scrub.rs` keep their loops and call these.
 
 use super::layout::MemberIndex;
-use super::rebuild::{Lost, RebuildError, SourceErrors};
+use super::rebuild::{Lost, RebuildError, SourceBuffers, SourceErrors};
 use super::scrub::{MemberScrub, Read};
 use super::stripe_lock::StripeGuards;
 use super::striped::lock_member_stripes;
@@ -78,6 +78,8 @@ pub(super) struct RebuildRead<'a> {
     pub(super) a: u64,
     pub(super) buf: &'a mut [u8],
     pub(super) errors: &'a SourceErrors,
+    /// The pass's reused buffers to read the other members into.
+    pub(super) sources: &'a SourceBuffers,
 }
 
 /// A scrub step's reads at member data offset `a`, and the counts of what

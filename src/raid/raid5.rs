@@ -42,7 +42,7 @@ impl LevelIo for Raid5 {
     /// The XOR of the others; block by block when that fails.
     fn rebuild_read<'a>(&self, vol: &'a Volume, r: RebuildRead<'a>) -> StepResult<'a, LostBlocks> {
         crate::block::BoxFuture::new(async move {
-            if raid5_sync::reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf)
+            if raid5_sync::reconstruct_quiet(vol, r.member, ByteOffset(r.a), r.buf, r.sources)
                 .await
                 .is_ok()
             {

@@ -9,7 +9,7 @@ use super::checksum::Verdict;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{LostBlocks, MemberOp, RebuildRead};
 use super::parity::xor_into;
-use super::rebuild::{lock_step, RebuildError, LOST_BLOCK};
+use super::rebuild::{lock_step, RebuildError, SourceBuffers, LOST_BLOCK};
 use super::scrub::{MemberScrub, Read, BLOCK};
 use super::volume::Volume;
 use super::{raid5, trust};
@@ -18,33 +18,37 @@ use crate::units::ByteOffset;
 
 /// Like `raid5::reconstruct`, but a source that cannot be read is not
 /// failed here: the reads' errors come back (`None`: the member is
-/// down), and the caller decides per block.
+/// down), and the caller decides per block. The sources are read into
+/// buffers of the pass's `pool`, given back after.
 pub(super) async fn reconstruct_quiet(
     vol: &Volume,
     member: MemberIndex,
     off: ByteOffset,
     out: &mut [u8],
+    pool: &SourceBuffers,
 ) -> Result<(), Vec<(MemberIndex, Option<BlockError>)>> {
     let n = vol.geometry().members();
-    let others: Vec<MemberIndex> = (0..n).map(MemberIndex).filter(|&m| m != member).collect();
-    let mut bufs = vec![vec![0u8; out.len()]; others.len()];
+    let others = (0..n).map(MemberIndex).filter(|&m| m != member);
+    let mut bufs = pool.take_n(n - 1, out.len());
     let reads = others
-        .iter()
         .zip(bufs.iter_mut())
-        .map(|(&m, buf)| async move { vol.read_member(m, off, buf).await.map_err(|e| (m, e)) });
+        .map(|(m, buf)| async move { vol.read_member(m, off, buf).await.map_err(|e| (m, e)) });
     let failed: Vec<_> = join_all(reads)
         .await
         .into_iter()
         .filter_map(Result::err)
         .collect();
-    if !failed.is_empty() {
-        return Err(failed);
+    if failed.is_empty() {
+        out.fill(0);
+        for buf in &bufs {
+            super::parity::xor_into(out, buf);
+        }
     }
-    out.fill(0);
-    for buf in &bufs {
-        super::parity::xor_into(out, buf);
+    pool.give(bufs);
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(failed),
     }
-    Ok(())
 }
 
 /// A RAID-5 reconstruction of a rebuild step failed: redoes it 4 KiB at
@@ -62,7 +66,8 @@ pub(super) async fn reconstruct_by_block(
     let mut lost = Vec::new();
     for (i, piece) in r.buf.chunks_mut(LOST_BLOCK).enumerate() {
         let at = r.a + (i * LOST_BLOCK) as u64;
-        let Err(failed) = reconstruct_quiet(vol, r.member, ByteOffset(at), piece).await else {
+        let Err(failed) = reconstruct_quiet(vol, r.member, ByteOffset(at), piece, r.sources).await
+        else {
             continue;
         };
         let reason = r.errors.settle(vol, &failed, allowed_down).await?;

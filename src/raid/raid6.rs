@@ -16,6 +16,7 @@
 use super::layout::{Extent, MemberIndex, StripeIndex};
 use super::level::{Clear, Io, LevelIo, LostBlocks, MemberOp, RebuildRead, ScrubCheck, StepResult};
 use super::raid6_sync;
+use super::rebuild::SourceBuffers;
 use super::scrub::Read;
 use super::striped::read_extents;
 use super::syndrome::{gen_syndrome, recover, Lost};
@@ -104,6 +105,32 @@ pub(super) struct StripeRows {
 }
 
 impl StripeRows {
+    /// The rows of every member (`bufs` by member index) by role.
+    fn by_role(vol: &Volume, stripe: StripeIndex, bufs: Vec<Vec<u8>>) -> StripeRows {
+        let k = vol.geometry().data_members();
+        let mut rows = StripeRows {
+            data: vec![Vec::new(); k],
+            p: Vec::new(),
+            q: Vec::new(),
+        };
+        for (m, buf) in bufs.into_iter().enumerate() {
+            match role(vol, stripe, MemberIndex(m)) {
+                Role::Data(d) => rows.data[d] = buf,
+                Role::P => rows.p = buf,
+                Role::Q => rows.q = buf,
+            }
+        }
+        rows
+    }
+
+    /// The buffers back, in no particular order.
+    pub(super) fn into_bufs(self) -> Vec<Vec<u8>> {
+        let mut bufs = self.data;
+        bufs.push(self.p);
+        bufs.push(self.q);
+        bufs
+    }
+
     /// The rows `member` holds.
     pub(super) fn of(&self, role: Role) -> &[u8] {
         match role {
@@ -122,6 +149,11 @@ impl StripeRows {
     /// Rebuilds the rows of the roles in `lost` (at most two) from the
     /// others. False when more than two are lost.
     pub(super) fn recover(&mut self, lost: &[Role]) -> bool {
+        self.recover_in(lost, None)
+    }
+
+    /// [`StripeRows::recover`] with its scratch buffer from `pool` when given.
+    pub(super) fn recover_in(&mut self, lost: &[Role], pool: Option<&SourceBuffers>) -> bool {
         let mut data_lost: Vec<usize> = lost
             .iter()
             .filter_map(|r| match r {
@@ -140,9 +172,13 @@ impl StripeRows {
             _ => return false,
         };
         if let Some(which) = which {
-            let mut scratch = vec![0u8; self.p.len()];
+            let len = self.p.len();
+            let mut scratch = pool.map_or_else(|| vec![0u8; len], |pool| pool.take(len));
             let mut data: Vec<&mut [u8]> = self.data.iter_mut().map(Vec::as_mut_slice).collect();
             recover(&mut data, &self.p, &self.q, which, &mut scratch);
+            if let Some(pool) = pool {
+                pool.give([scratch]);
+            }
         }
         if p_lost || q_lost {
             self.regenerate();
@@ -167,8 +203,25 @@ pub(super) async fn stripe_rows(
     len: usize,
     skip: &[MemberIndex],
 ) -> Result<StripeRows, Unreadable> {
+    stripe_rows_in(vol, stripe, off, len, skip, None).await
+}
+
+/// [`stripe_rows`] with its buffers (rows and recovery scratch) from
+/// `pool` when given (a rebuild pass's): on failure they go back to it,
+/// on success the caller gives the rows back ([`StripeRows::into_bufs`]).
+pub(super) async fn stripe_rows_in(
+    vol: &Volume,
+    stripe: StripeIndex,
+    off: ByteOffset,
+    len: usize,
+    skip: &[MemberIndex],
+    pool: Option<&SourceBuffers>,
+) -> Result<StripeRows, Unreadable> {
     let n = vol.geometry().members();
-    let mut bufs = vec![vec![0u8; len]; n];
+    let mut bufs = match pool {
+        Some(pool) => pool.take_n(n, len),
+        None => vec![vec![0u8; len]; n],
+    };
     let reads = bufs.iter_mut().enumerate().map(|(m, buf)| async move {
         let m = MemberIndex(m);
         if skip.contains(&m) {
@@ -189,19 +242,7 @@ pub(super) async fn stripe_rows(
             failed.push(e);
         }
     }
-    let k = vol.geometry().data_members();
-    let mut rows = StripeRows {
-        data: vec![Vec::new(); k],
-        p: Vec::new(),
-        q: Vec::new(),
-    };
-    for (m, buf) in bufs.into_iter().enumerate() {
-        match role(vol, stripe, MemberIndex(m)) {
-            Role::Data(d) => rows.data[d] = buf,
-            Role::P => rows.p = buf,
-            Role::Q => rows.q = buf,
-        }
-    }
+    let mut rows = StripeRows::by_role(vol, stripe, bufs);
     let end = off.get() + len as u64;
     let data_lost = lost.iter().any(|r| matches!(r, Role::Data(_)));
     if data_lost && vol.parity_untrusted(off.get(), end) {
@@ -211,13 +252,13 @@ pub(super) async fn stripe_rows(
             "cannot rebuild data from P and Q that were not resynced (a write ran out of space \
              there, or a read-only run of a crashed array)"
         );
-        return Err(failed);
+    } else if rows.recover_in(&lost, pool) {
+        return Ok(rows);
     }
-    if rows.recover(&lost) {
-        Ok(rows)
-    } else {
-        Err(failed)
+    if let Some(pool) = pool {
+        pool.give(rows.into_bufs());
     }
+    Err(failed)
 }
 
 /// [`stripe_rows`] for the data path: a member that returned an I/O error

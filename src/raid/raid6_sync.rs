@@ -20,7 +20,7 @@ use super::checksum::Verdict;
 use super::layout::{MemberIndex, StripeIndex};
 use super::level::{LostBlocks, MemberOp, RebuildRead, ScrubCheck};
 use super::raid5_sync::{is_zero, runs};
-use super::raid6::{role, stripe_rows, Role, StripeRows};
+use super::raid6::{role, stripe_rows_in, Role, StripeRows};
 use super::rebuild::{lock_step, RebuildError, LOST_BLOCK};
 use super::scrub::{Read, BLOCK};
 use super::syndrome::{gen_syndrome, gf_inv, gf_mul, gf_pow2};
@@ -64,15 +64,17 @@ pub(super) async fn rebuild_read_many(
     let Some(first) = reads.first() else {
         return Ok(Vec::new());
     };
-    let (a, len) = (first.a, first.buf.len());
+    let (a, len, pool) = (first.a, first.buf.len(), first.sources);
     let members: Vec<MemberIndex> = reads.iter().map(|r| r.member).collect();
     let mut lost = vec![Vec::new(); reads.len()];
     for (stripe, x, y) in stripe_pieces(vol, a, a + len as u64) {
         let span = (x - a) as usize..(y - a) as usize;
-        if let Ok(rows) = stripe_rows(vol, stripe, ByteOffset(x), span.len(), &members).await {
+        let got = stripe_rows_in(vol, stripe, ByteOffset(x), span.len(), &members, Some(pool));
+        if let Ok(rows) = got.await {
             for r in reads.iter_mut() {
                 r.buf[span.clone()].copy_from_slice(rows.of(role(vol, stripe, r.member)));
             }
+            pool.give(rows.into_bufs());
             continue;
         }
         for (r, lost) in reads.iter_mut().zip(lost.iter_mut()) {
@@ -81,6 +83,7 @@ pub(super) async fn rebuild_read_many(
                 a: x,
                 buf: &mut r.buf[span.clone()],
                 errors: r.errors,
+                sources: r.sources,
             };
             lost.extend(rebuild_by_block(vol, stripe, piece).await?);
         }
@@ -101,10 +104,19 @@ async fn rebuild_by_block(
     let mut lost = Vec::new();
     for (i, piece) in r.buf.chunks_mut(LOST_BLOCK).enumerate() {
         let at = r.a + (i * LOST_BLOCK) as u64;
-        let failed = match stripe_rows(vol, stripe, ByteOffset(at), piece.len(), &[r.member]).await
-        {
+        let skip = [r.member];
+        let got = stripe_rows_in(
+            vol,
+            stripe,
+            ByteOffset(at),
+            piece.len(),
+            &skip,
+            Some(r.sources),
+        );
+        let failed = match got.await {
             Ok(rows) => {
                 piece.copy_from_slice(rows.of(mine));
+                r.sources.give(rows.into_bufs());
                 continue;
             }
             Err(failed) => failed,

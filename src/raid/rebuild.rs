@@ -411,6 +411,7 @@ struct Pass<'a> {
     pacer: tokio::sync::Mutex<Pacer>,
     errors: SourceErrors,
     bufs: StepBuffers,
+    sources: SourceBuffers,
 }
 
 /// The step buffers of one pass, reused from step to step: at most
@@ -447,6 +448,38 @@ impl StepBuffers {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(set);
+    }
+}
+
+/// The source buffers of one pass (what a step reads the other members
+/// into to rebuild from them), reused from step to step like
+/// [`StepBuffers`]: a step takes what it needs and gives it back, so a pass
+/// holds at most one per source member and step in flight. A reader must
+/// fill (or not use) what it takes: old bytes are not cleared.
+#[derive(Default)]
+pub(super) struct SourceBuffers {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl SourceBuffers {
+    /// A buffer of `len` bytes (grown with zeroes if the one reused was
+    /// shorter: only after a block-by-block retry).
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        let pooled = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = pooled.unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// `n` buffers of `len` bytes.
+    pub(super) fn take_n(&self, n: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|_| self.take(len)).collect()
+    }
+
+    /// Gives buffers back for the next step.
+    pub(super) fn give(&self, bufs: impl IntoIterator<Item = Vec<u8>>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.extend(bufs.into_iter().filter(|b| b.capacity() > 0));
     }
 }
 
@@ -589,6 +622,7 @@ impl Volume {
             pacer: tokio::sync::Mutex::new(Pacer::new()),
             errors: SourceErrors::new(self.geometry().members()),
             bufs: StepBuffers::new(members.len()),
+            sources: SourceBuffers::default(),
         };
         let mut copied = 0;
         // The steps go in windows that end at checkpoints, each drained
@@ -694,6 +728,7 @@ impl Volume {
         bufs: &mut [Vec<u8>],
     ) -> Result<(), RebuildError> {
         let (members, targets, errors) = (pass.members, &pass.targets, &pass.errors);
+        let sources = &pass.sources;
         let _guards = lock_step(self, a, b).await;
         let off = ByteOffset(a);
         let mut rebuilt = Vec::new();
@@ -707,6 +742,7 @@ impl Volume {
                 a,
                 buf,
                 errors,
+                sources,
             });
         }
         let rebuilt_members: Vec<MemberIndex> = rebuilt.iter().map(|r| r.member).collect();
