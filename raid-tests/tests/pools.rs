@@ -123,7 +123,8 @@ fn pool_volumes_are_nbd_exports_with_holes_snapshots_and_clones_across_restarts(
     assert_eq!(status["pools"][0]["space"], pools[0]["space"], "{status}");
     let text = vraid_ctl_ok(&control, &["status"]);
     assert!(
-        text.contains("pool vol0: version 2, cluster 1024 KiB") && text.contains("snap: snapshot of a"),
+        text.contains("pool vol0: version 2, cluster 1024 KiB")
+            && text.contains("snap: snapshot of a"),
         "{text}"
     );
     vraid_ctl_ok(&control, &["volume", "resize", "b", "--size", "48M"]);

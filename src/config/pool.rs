@@ -292,7 +292,10 @@ mod tests {
             "{ARRAY}[[pool]]\narray = \"vol0\"\nsplit_clusters = 3\n"
         ));
         // The line and column point at the key's value.
-        assert!(e.contains("test.toml:7:") && e.contains("expected a boolean"), "{e}");
+        assert!(
+            e.contains("test.toml:7:") && e.contains("expected a boolean"),
+            "{e}"
+        );
     }
 
     #[test]
