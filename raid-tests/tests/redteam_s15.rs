@@ -175,6 +175,50 @@ fn a_held_write_to_a_block_device_member_leaves_the_daemon_answering() {
     assert_eq!(server.stop(), 0);
 }
 
+/// A RAID-5 of three members written with byte `pattern` (100 MiB), a
+/// replace of member 0 onto `new.img` running at 1 MB/s.
+struct SlowReplace {
+    dir: tempfile::TempDir,
+    paths: Vec<PathBuf>,
+    ctl: PathBuf,
+    server: Server,
+    uri: String,
+    new: PathBuf,
+}
+
+impl SlowReplace {
+    fn start(name: &str, pattern: u8) -> Self {
+        let dir = scratch_dir(name);
+        let paths = sparse_members(dir.path(), 3, 64 << 20);
+        create_array(5, "64K", "64M", "vol0", &paths);
+        let ctl = dir.path().join("ctl.sock");
+        let mut args = vec!["--control", ctl.to_str().unwrap()];
+        args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+        let server = Server::start(&args);
+        let uri = server.uri("vol0");
+        qemu_io(
+            &uri,
+            &[format!("write -P {pattern} 0 100M"), "flush".into()],
+        );
+        let new = dir.path().join("new.img");
+        std::fs::File::create(&new)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "1"]);
+        let (old, new_s) = (paths[0].to_str().unwrap(), new.to_str().unwrap());
+        vraid_ctl_ok(&ctl, &["replace", "vol0", old, new_s]);
+        Self {
+            dir,
+            paths,
+            ctl,
+            server,
+            uri,
+            new,
+        }
+    }
+}
+
 // ---- `vraid fail NEW` of a replace whose old member failed meanwhile
 
 /// A break found here: the old member of a replace fails (an I/O error, or
@@ -185,23 +229,15 @@ fn a_held_write_to_a_block_device_member_leaves_the_daemon_answering() {
 #[test]
 fn stopping_a_replace_whose_old_member_failed_does_not_say_it_keeps_serving() {
     // Arrange: a RAID-5 written, a slow replace of member 0 running.
-    let dir = scratch_dir("rt15-replace-old-failed");
-    let paths = sparse_members(dir.path(), 3, 64 << 20);
-    create_array(5, "64K", "64M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let mut args = vec!["--control", ctl.to_str().unwrap()];
-    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
-    let server = Server::start(&args);
-    let uri = server.uri("vol0");
-    qemu_io(&uri, &["write -P 5 0 100M".to_string(), "flush".into()]);
-    let new = dir.path().join("new.img");
-    std::fs::File::create(&new)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "1"]);
-    let (old, new_s) = (paths[0].to_str().unwrap(), new.to_str().unwrap());
-    vraid_ctl_ok(&ctl, &["replace", "vol0", old, new_s]);
+    let SlowReplace {
+        dir: _dir,
+        ctl,
+        server,
+        uri,
+        new,
+        ..
+    } = SlowReplace::start("rt15-replace-old-failed", 5);
+    let new_s = new.to_str().unwrap();
 
     // Act: the old member fails, then the operator stops the replace.
     vraid_ctl_ok(&ctl, &["fail", "vol0", "0"]);
@@ -229,26 +265,18 @@ fn stopping_a_replace_whose_old_member_failed_does_not_say_it_keeps_serving() {
 #[test]
 fn fail_through_a_hard_link_stops_a_replace_and_fails_a_member() {
     // Arrange: a RAID-5 written, a slow replace of member 0 running.
-    let dir = scratch_dir("rt15-fail-hard-link");
-    let paths = sparse_members(dir.path(), 3, 64 << 20);
-    create_array(5, "64K", "64M", "vol0", &paths);
-    let ctl = dir.path().join("ctl.sock");
-    let mut args = vec!["--control", ctl.to_str().unwrap()];
-    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
-    let server = Server::start(&args);
-    let uri = server.uri("vol0");
-    qemu_io(&uri, &["write -P 6 0 100M".to_string(), "flush".into()]);
-    let new = dir.path().join("new.img");
-    std::fs::File::create(&new)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    let SlowReplace {
+        dir,
+        paths,
+        ctl,
+        server,
+        uri,
+        new,
+    } = SlowReplace::start("rt15-fail-hard-link", 6);
     let (new_link, m2_link) = (dir.path().join("new-link"), dir.path().join("m2-link"));
     std::fs::hard_link(&new, &new_link).unwrap();
     std::fs::hard_link(&paths[2], &m2_link).unwrap();
-    vraid_ctl_ok(&ctl, &["set", "vol0", "--rebuild-max-mbps", "1"]);
     let old = paths[0].to_str().unwrap();
-    vraid_ctl_ok(&ctl, &["replace", "vol0", old, new.to_str().unwrap()]);
 
     // Act
     let stop = vraid_ctl(&ctl, &["fail", "vol0", new_link.to_str().unwrap()]);
