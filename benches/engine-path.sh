@@ -11,7 +11,9 @@
 #   qnbd-disk qemu-nbd --cache=none --aio=io_uring on one file on the disk
 #   nbdkit-mem nbdkit's memory plugin (the NBD transport's ceiling; RAM)
 #   any vraid target with "-old" appended: the same, served by $VRAID_OLD
-#   (before/after a change in one run)
+#   (before/after a change in one run); with "-ring" appended: served with
+#   VRAID_LONE_INLINE=0 (every member request through the io_uring thread,
+#   none run on the caller's thread at queue depth 1: src/member/lone.rs)
 # Jobs (fio, ioengine=nbd, over the first $SIZE of each export):
 #   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1),
 #   seqwrite1k (sequential 1 KiB writes, QD32: what nbd-tester-client's
@@ -86,14 +88,15 @@ wait_port() {
 
 start_vraid() { # NAME LEVEL DIR COUNT
     local name=$1 level=$2 dir=$3 count=$4 i bin=$VRAID
-    local -a members=() extra=()
+    local -a members=() extra=() env=()
     [[ $name == *-old ]] && bin=$VRAID_OLD
+    [[ $name == *-ring ]] && env=(VRAID_LONE_INLINE=0)
     for ((i = 0; i < count; i++)); do members+=("$dir/$name-$i.img"); done
     ((CHECKSUMS)) || extra+=(--no-checksums)
     "$bin" create --level "$level" --chunk-size 64K --member-size "$MEMBER_SIZE" \
         --name "$name" --force "${members[@]}" >"$WORKDIR/$name.create.log" 2>&1
     PORT[$name]=$(free_port)
-    "$bin" serve --nbd "127.0.0.1:${PORT[$name]}" --control "$WORKDIR/$name.sock" "${extra[@]}" \
+    env "${env[@]}" "$bin" serve --nbd "127.0.0.1:${PORT[$name]}" --control "$WORKDIR/$name.sock" "${extra[@]}" \
         "${members[@]}" \
         >"$WORKDIR/$name.log" 2>&1 &
     PID[$name]=$!
@@ -116,7 +119,8 @@ start_nbdkit_mem() { # NAME
 }
 
 start_target() {
-    case ${1%-old} in
+    local kind=${1%-old}
+    case ${kind%-ring} in
     r0-shm) start_vraid "$1" 0 "$SHM" 4 ;;
     r5-shm) start_vraid "$1" 5 "$SHM" 4 ;;
     r0-disk) start_vraid "$1" 0 "$WORKDIR" 4 ;;

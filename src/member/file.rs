@@ -255,7 +255,7 @@ const INLINE_MAX: usize = 64 << 10;
 impl Engine {
     async fn run(&self, file: &Arc<File>, op: Op) -> OpResult {
         match self {
-            Engine::Uring(ring) => ring.run(Arc::clone(file), op).await,
+            Engine::Uring(ring) => super::lone::run(ring, file, op).await,
             Engine::Sync => sync::run(Arc::clone(file), op).await,
             Engine::Inline(Some(ring)) if op.len() > INLINE_MAX => {
                 ring.run(Arc::clone(file), op).await

@@ -5,7 +5,8 @@
 //! (`uring`) or the pread/pwrite fallback (`sync`). `buf` owns the aligned
 //! bounce buffers (the vhost-user export uses them too), `op` the operations both engines run,
 //! `nowait` counts the `RWF_NOWAIT` tries of
-//! unaligned direct writes, `power_gate` the layer every array member sits behind for the `volatile`
+//! unaligned direct writes, `lone` runs a queue-depth-1 request on the caller's thread instead of
+//! the ring's, `power_gate` the layer every array member sits behind for the `volatile`
 //! fault (`volatile`). `memory` is an
 //! in-memory device for unit tests only.
 
@@ -14,6 +15,7 @@ pub mod claim;
 mod edge_lock;
 pub mod fault;
 mod file;
+pub mod lone;
 pub mod nowait;
 mod op;
 pub mod power_gate;
@@ -21,6 +23,8 @@ mod sync;
 mod uring;
 pub mod volatile;
 
+#[cfg(test)]
+mod lone_tests;
 #[cfg(test)]
 pub mod memory;
 #[cfg(test)]

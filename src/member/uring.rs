@@ -41,7 +41,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -96,6 +96,8 @@ struct Shared {
     done: Condvar,
     shutdown: AtomicBool,
     eventfd: OwnedFd,
+    /// Requests queued or in the ring (not yet finished by the kernel).
+    busy: AtomicUsize,
 }
 
 impl Shared {
@@ -125,6 +127,8 @@ impl Shared {
 pub struct UringEngine {
     shared: Arc<Shared>,
     depth: u32,
+    /// Lone requests may run on the caller's thread (`member::lone`).
+    lone_inline: AtomicBool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -155,6 +159,7 @@ impl UringEngine {
             done: Condvar::new(),
             shutdown: AtomicBool::new(false),
             eventfd,
+            busy: AtomicUsize::new(0),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
@@ -183,6 +188,7 @@ impl UringEngine {
         Ok(Arc::new(UringEngine {
             shared,
             depth,
+            lone_inline: AtomicBool::new(super::lone::enabled_by_env()),
             thread: Some(thread),
         }))
     }
@@ -204,9 +210,27 @@ impl UringEngine {
         self.depth
     }
 
+    /// Whether a lone request may run on the caller's thread
+    /// (`member::lone`; default from `VRAID_LONE_INLINE`).
+    pub fn lone_inline(&self) -> bool {
+        self.lone_inline.load(Ordering::Relaxed)
+    }
+
+    /// Lets lone requests run on the caller's thread, or sends every
+    /// request through the ring.
+    pub fn set_lone_inline(&self, on: bool) {
+        self.lone_inline.store(on, Ordering::Relaxed);
+    }
+
+    /// True when no request is queued or in the ring.
+    pub(crate) fn idle(&self) -> bool {
+        self.shared.busy.load(Ordering::Acquire) == 0
+    }
+
     /// Runs `op` on `file` through the ring.
     pub(crate) async fn run(&self, file: Arc<File>, op: Op) -> OpResult {
         let borrows = op.borrows();
+        self.shared.busy.fetch_add(1, Ordering::AcqRel);
         let (reply, kick) = {
             let mut queue = self.shared.lock();
             let reply = queue.replies.insert(Reply::Waiting(None));
@@ -580,6 +604,7 @@ impl RingThread {
 
     fn finish(&mut self, key: usize, result: io::Result<()>) {
         let entry = self.inflight.remove(key);
+        self.shared.busy.fetch_sub(1, Ordering::AcqRel);
         let result = result.map(|()| match entry.req.op {
             Op::Read { buf, .. } => Some(buf),
             _ => None,
