@@ -35,6 +35,7 @@ use std::sync::Arc;
 use super::buf::AlignedBuf;
 use super::claim::{claim, held_by_this_process, Claim, DeviceId};
 use super::edge_lock::EdgeLocks;
+use super::lone;
 use super::nowait;
 use super::op::{IoVecs, Op, OpResult};
 use super::sync;
@@ -253,9 +254,11 @@ enum Engine {
 const INLINE_MAX: usize = 64 << 10;
 
 impl Engine {
-    async fn run(&self, file: &Arc<File>, op: Op) -> OpResult {
+    /// Runs `op`; on io_uring a lone request may run inline if `lone` is
+    /// open (`member::lone`).
+    async fn run(&self, lone: &lone::Gate, file: &Arc<File>, op: Op) -> OpResult {
         match self {
-            Engine::Uring(ring) => super::lone::run(ring, file, op).await,
+            Engine::Uring(ring) => lone::run(ring, lone, file, op).await,
             Engine::Sync => sync::run(Arc::clone(file), op).await,
             Engine::Inline(Some(ring)) if op.len() > INLINE_MAX => {
                 ring.run(Arc::clone(file), op).await
@@ -307,6 +310,8 @@ pub struct FileMember {
     /// A buffered descriptor: unaligned writes, flush, fallocate.
     buffered: Arc<File>,
     engine: Engine,
+    /// Whether a lone request may run on the caller's thread.
+    lone: lone::Gate,
     /// Which device this is (not which path named it).
     id: DeviceId,
     /// This process's claim (O_EXCL or flock), when opened exclusively.
@@ -531,6 +536,7 @@ impl FileMember {
             streak: nowait::Streak::default(),
             fs_dev: meta.dev(),
             direct: direct.map(Arc::new),
+            lone: lone::Gate::for_member(&buffered, is_block_device),
             buffered: Arc::new(buffered),
             engine,
             id,
@@ -639,7 +645,7 @@ impl FileMember {
         self.count_bounce(out.len());
         let buf = self
             .engine
-            .run(file, Op::Read { offset: start, buf })
+            .run(&self.lone, file, Op::Read { offset: start, buf })
             .await?
             .ok_or_else(|| io::Error::other("engine returned no read buffer"))?;
         let skip = (offset - start) as usize;
@@ -680,7 +686,7 @@ impl FileMember {
             fua,
             nowait,
         };
-        self.engine.run(file, op).await
+        self.engine.run(&self.lone, file, op).await
     }
 
     /// True when direct writes not on `write_align` may be *widened*: a
@@ -777,7 +783,7 @@ impl FileMember {
                 buf: AlignedBuf::new((to - from) as usize),
             };
             nowait::count_edge_read();
-            let got = self.engine.run(direct, read).await?;
+            let got = self.engine.run(&self.lone, direct, read).await?;
             let got = got.ok_or_else(|| io::Error::other("engine returned no read buffer"))?;
             let at = (from - start) as usize;
             wide.as_mut_slice()[at..at + got.len()].copy_from_slice(got.as_slice());
@@ -790,7 +796,7 @@ impl FileMember {
             fua,
             nowait: false,
         };
-        self.engine.run(direct, op).await.map(drop)
+        self.engine.run(&self.lone, direct, op).await.map(drop)
     }
 
     async fn write_piece(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
@@ -857,7 +863,7 @@ impl FileMember {
         if let Some(file) = self.zero_copy(offset, bufs.iter().map(|b| &**b)) {
             let iov = IoVecs::new(bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())));
             let op = Op::ReadV { offset, iov };
-            return self.engine.run(file, op).await.map(drop);
+            return self.engine.run(&self.lone, file, op).await.map(drop);
         }
         if let [one] = bufs {
             return self.read_at(offset, one).await;
@@ -881,7 +887,7 @@ impl FileMember {
         {
             let iov = IoVecs::new(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
             let op = Op::WriteV { offset, iov, fua };
-            return self.engine.run(file, op).await.map(drop);
+            return self.engine.run(&self.lone, file, op).await.map(drop);
         }
         if let [one] = bufs {
             return self.write_at(offset, one, fua).await;
@@ -955,7 +961,7 @@ impl FileMember {
         let done = {
             // Its partial edge blocks change too: not under a widening.
             let _edges = self.edge_guard(mid_start, mid_end).await;
-            self.engine.run(&self.buffered, op).await
+            self.engine.run(&self.lone, &self.buffered, op).await
         };
         match done {
             Ok(_) => Ok(()),
@@ -1027,7 +1033,7 @@ impl BlockDevice for FileMember {
     fn flush(&self) -> IoFuture<'_> {
         crate::block::BoxFuture::new(async move {
             self.engine
-                .run(&self.buffered, Op::Flush)
+                .run(&self.lone, &self.buffered, Op::Flush)
                 .await
                 .map(drop)
                 .map_err(|e| self.io_err(e))
@@ -1045,7 +1051,7 @@ impl BlockDevice for FileMember {
                 len,
                 mode: libc::FALLOC_FL_KEEP_SIZE,
             };
-            match self.engine.run(&self.buffered, op).await {
+            match self.engine.run(&self.lone, &self.buffered, op).await {
                 Ok(_) => Ok(()),
                 // Filesystems without fallocate: nothing can be reserved.
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),

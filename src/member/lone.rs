@@ -5,7 +5,7 @@
 //! the ring thread, which wakes the caller. On a loaded machine each
 //! wake-up waits for a CPU, so a lone request pays twice for a scheduler.
 //! When the engine has nothing in flight and the caller starts nothing else
-//! in the meantime, the request is one `preadv`/`pwritev2` on the caller's
+//! in the meantime, the request is one `preadv2`/`pwritev2` on the caller's
 //! thread instead: no hand-off at all, as qemu-nbd's one-thread loop does.
 //!
 //! "Lone" is decided in two polls. The first counts the request in a
@@ -17,19 +17,35 @@
 //! ring as any other request, so a batch (a RAID-5 read-modify-write's two
 //! reads, a client's 32 queued requests) still reaches the disk at once.
 //!
+//! A request inline blocks a runtime worker for the device's latency, so
+//! it is bounded (session 16; a held member must not freeze the daemon):
+//! - only members whose [`Gate`] is open: regular files on a local disk
+//!   file system (ext4, XFS, btrfs, F2FS), never a block device node, a
+//!   FUSE, network or memory file system;
+//! - one request inline at a time per engine (the process shares one):
+//!   a stalled member holds at most one runtime worker, the others serve
+//!   the control socket, the other volumes and every timeout;
+//! - the syscall carries `RWF_NOWAIT`: where the kernel would block (an
+//!   allocating write into a hole, a contended inode lock, no free device
+//!   tag, a buffered read missing the page cache) it refuses with EAGAIN
+//!   and the request goes to the ring; a refusal as not supported closes
+//!   the member's gate for good. A partial transfer finishes inline
+//!   without the flag;
+//! - a request that took over 20 ms inline (a stalling device) sends every
+//!   request to the ring for a second.
+//!
 //! Only plain reads and writes of at most [`LONE_MAX`] bytes qualify: not
-//! flushes, FUA or `RWF_NOWAIT` writes, fallocate. The syscall finishes
-//! inside one poll, so dropping the future cannot leave the kernel holding
-//! the caller's memory. A request that takes over 20 ms inline (a stalling
-//! device) sends every request to the ring for a second, so a runtime
-//! thread is not held by a slow disk twice in a row. `VRAID_LONE_INLINE=0`
-//! turns it off.
+//! flushes, FUA writes or `RWF_NOWAIT` writes of the widening logic,
+//! fallocate. The syscall finishes inside one poll, so dropping the future
+//! cannot leave the kernel holding the caller's memory.
+//! `VRAID_LONE_INLINE=0` turns it off.
 
 use std::cell::Cell;
 use std::fs::File;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,6 +62,8 @@ pub const ENV: &str = "VRAID_LONE_INLINE";
 
 /// Requests run inline (process-wide; tests and metrics).
 static INLINE_RUNS: AtomicU64 = AtomicU64::new(0);
+/// Lone requests the kernel refused with EAGAIN (sent to the ring).
+static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Member requests begun on this thread (any engine path).
@@ -65,6 +83,12 @@ pub(crate) fn enabled_by_env() -> bool {
 /// Requests run inline so far in this process.
 pub fn inline_runs() -> u64 {
     INLINE_RUNS.load(Ordering::Relaxed)
+}
+
+/// Lone requests the kernel refused inline (`RWF_NOWAIT`: it would have
+/// blocked), run on the ring instead.
+pub fn refused_runs() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
 }
 
 /// Requests run inline so far on the calling thread.
@@ -101,23 +125,197 @@ fn qualifies(op: &Op) -> bool {
     }
 }
 
-/// Runs `op` on `file`: inline if it is a lone request, else on `ring`.
-pub(crate) async fn run(ring: &UringEngine, file: &Arc<File>, op: Op) -> OpResult {
+/// Runs `op` on `file`: inline if it is a lone request the bounds allow
+/// (module header), else on `ring`.
+pub(crate) async fn run(ring: &UringEngine, gate: &Gate, file: &Arc<File>, op: Op) -> OpResult {
     let mark = begin();
-    if ring.lone_inline() && qualifies(&op) && ring.idle() && !backing_off() {
-        YieldOnce(false).await;
-        if now() == mark && ring.idle() {
+    if !(gate.is_open() && ring.lone_inline() && qualifies(&op) && ring.idle() && !backing_off()) {
+        return ring.run(Arc::clone(file), op).await;
+    }
+    YieldOnce(false).await;
+    if now() != mark || !ring.idle() {
+        return ring.run(Arc::clone(file), op).await;
+    }
+    let Some(_slot) = Slot::claim(ring) else {
+        return ring.run(Arc::clone(file), op).await;
+    };
+    let started = Instant::now();
+    let op = match try_nowait(file, op) {
+        Tried::Done(result) => {
             INLINE_RUNS.fetch_add(1, Ordering::Relaxed);
             INLINE_HERE.with(|c| c.set(c.get() + 1));
-            let started = Instant::now();
-            let result = sync::run_inline(file, op);
             if started.elapsed() > SLOW {
                 back_off();
             }
             return result;
         }
-    }
+        Tried::WouldBlock(op) => {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            op
+        }
+        Tried::Unsupported(op) => {
+            gate.close();
+            op
+        }
+    };
+    drop(_slot);
     ring.run(Arc::clone(file), op).await
+}
+
+/// Whether a member's lone requests may run inline: decided at open from
+/// what the member is, closed for good when the kernel refuses
+/// `RWF_NOWAIT` on it as not supported.
+#[derive(Debug)]
+pub(crate) struct Gate(AtomicBool);
+
+impl Gate {
+    /// Open for a regular file on a local disk file system
+    /// ([`local_disk_fs`]); closed for a block device node or anything else.
+    pub(crate) fn for_member(file: &File, is_block_device: bool) -> Gate {
+        Gate(AtomicBool::new(!is_block_device && local_disk_fs(file)))
+    }
+
+    /// A gate that is always closed (tests, members on other engines).
+    #[cfg(test)]
+    pub(crate) fn closed() -> Gate {
+        Gate(AtomicBool::new(false))
+    }
+
+    /// Whether lone requests of this member may run inline.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) {
+        if self.0.swap(false, Ordering::Relaxed) {
+            tracing::debug!("RWF_NOWAIT not supported: the member's requests stay on the ring");
+        }
+    }
+}
+
+/// Whether `file` is on a local disk file system whose direct I/O honours
+/// `RWF_NOWAIT`: ext4, XFS, btrfs, F2FS. FUSE (a user-space server can
+/// hold a request for ever), network and memory file systems are not.
+fn local_disk_fs(file: &File) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: a valid descriptor and room for one statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    [EXT4, XFS, BTRFS, F2FS].contains(&kind)
+}
+
+/// The engine's one inline request, held while its syscall runs.
+struct Slot<'a>(&'a AtomicBool);
+
+impl<'a> Slot<'a> {
+    /// The slot, unless another lone request is inline now.
+    fn claim(ring: &'a UringEngine) -> Option<Slot<'a>> {
+        let flag = ring.lone_running();
+        flag.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Slot(flag))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// What an inline try with `RWF_NOWAIT` came to.
+enum Tried {
+    /// Done (all of it, or the rest finished without the flag).
+    Done(OpResult),
+    /// The kernel would have blocked: the op, untouched, for the ring.
+    WouldBlock(Op),
+    /// The file does not support `RWF_NOWAIT`: the op for the ring.
+    Unsupported(Op),
+}
+
+/// One `preadv2`/`pwritev2` of `op` with `RWF_NOWAIT` on the calling
+/// thread; a partial transfer is finished by the plain inline engine.
+fn try_nowait(file: &File, mut op: Op) -> Tried {
+    let mut single = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    if matches!(op, Op::Flush | Op::Fallocate { .. }) {
+        return Tried::Done(sync::run_inline(file, op));
+    }
+    let write = matches!(op, Op::Write { .. } | Op::WriteV { .. });
+    let (offset, segs): (u64, &[libc::iovec]) = match &mut op {
+        Op::Read { offset, buf } | Op::Write { offset, buf, .. } => {
+            single.iov_base = buf.as_mut_slice().as_mut_ptr().cast();
+            single.iov_len = buf.len();
+            (*offset, std::slice::from_ref(&single))
+        }
+        Op::ReadV { offset, iov } | Op::WriteV { offset, iov, .. } => (*offset, iov.rest()),
+        Op::Flush | Op::Fallocate { .. } => unreachable!("returned above"),
+    };
+    let (fd, ptr, count) = (file.as_raw_fd(), segs.as_ptr(), segs.len() as libc::c_int);
+    let Ok(at) = i64::try_from(offset) else {
+        return Tried::Done(sync::run_inline(file, op));
+    };
+    // SAFETY: the segments are the op's own buffer or memory its caller
+    // keeps borrowed for the whole call (`IoVecs`' contract); the fd is
+    // kept open by `file`; the call ends before this function returns.
+    let n = unsafe {
+        if write {
+            libc::pwritev2(fd, ptr, count, at, libc::RWF_NOWAIT)
+        } else {
+            libc::preadv2(fd, ptr, count, at, libc::RWF_NOWAIT)
+        }
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Tried::WouldBlock(op),
+            Some(libc::EOPNOTSUPP) => Tried::Unsupported(op),
+            _ => Tried::Done(Err(e)),
+        };
+    }
+    Tried::Done(finish(file, op, n as usize))
+}
+
+/// Finishes `op` after `done` bytes went through: nothing left, or the
+/// rest (a short transfer; a read at end-of-file) on the inline engine.
+fn finish(file: &File, op: Op, done: usize) -> OpResult {
+    if done == op.len() {
+        return Ok(match op {
+            Op::Read { buf, .. } => Some(buf),
+            _ => None,
+        });
+    }
+    match op {
+        Op::ReadV { offset, mut iov } => {
+            iov.advance(done);
+            sync::run_inline(
+                file,
+                Op::ReadV {
+                    offset: offset + done as u64,
+                    iov,
+                },
+            )
+        }
+        Op::WriteV {
+            offset,
+            mut iov,
+            fua,
+        } => {
+            iov.advance(done);
+            let offset = offset + done as u64;
+            sync::run_inline(file, Op::WriteV { offset, iov, fua })
+        }
+        op => sync::finish_owned(file, op, done),
+    }
 }
 
 /// An inline request that took longer than this (a device stalling) sends

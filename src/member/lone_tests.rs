@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::lone::inline_runs_here;
+use std::sync::atomic::Ordering;
+
+use super::lone::{inline_runs_here, refused_runs};
 use super::{create_sparse, open_member_on, FileMember, UringEngine};
 use crate::block::{BlockDevice, Durability};
 use crate::units::ByteOffset;
@@ -38,7 +40,10 @@ async fn a_lone_read_and_write_run_on_the_callers_thread() {
     let dir = disk_dir();
     let engine = UringEngine::new(8).unwrap();
     let m = member(dir.path(), &engine);
-    let data = pattern(1, 4096);
+    let (old, data) = (pattern(9, 4096), pattern(1, 4096));
+    m.write(ByteOffset(8192), &old, Durability::Normal)
+        .await
+        .unwrap();
     let before = inline_runs_here();
 
     m.write(ByteOffset(8192), &data, Durability::Normal)
@@ -48,6 +53,83 @@ async fn a_lone_read_and_write_run_on_the_callers_thread() {
     m.read(ByteOffset(8192), &mut back).await.unwrap();
 
     assert_eq!(inline_runs_here() - before, 2, "write and read inline");
+    assert!(back == data);
+}
+
+/// A write into a hole of a sparse file allocates (ext4 would block on
+/// its journal): `RWF_NOWAIT` refuses it inline, the ring writes it.
+#[tokio::test]
+async fn a_write_the_kernel_would_block_on_goes_to_the_ring() {
+    let dir = disk_dir();
+    let engine = UringEngine::new(8).unwrap();
+    let m = member(dir.path(), &engine);
+    let data = pattern(6, 4096);
+    let (before, refused) = (inline_runs_here(), refused_runs());
+
+    m.write(ByteOffset(MIB), &data, Durability::Normal)
+        .await
+        .unwrap();
+    let mut back = vec![0u8; 4096];
+    m.read(ByteOffset(MIB), &mut back).await.unwrap();
+
+    assert!(
+        refused_runs() > refused,
+        "the hole write was refused inline"
+    );
+    assert_eq!(inline_runs_here() - before, 1, "only the read ran inline");
+    assert!(back == data);
+}
+
+/// While one lone request is inline (its slot taken), another goes to the
+/// ring: a stalled member holds one runtime worker at most.
+#[tokio::test]
+async fn a_second_lone_request_goes_to_the_ring_while_one_is_inline() {
+    let dir = disk_dir();
+    let engine = UringEngine::new(8).unwrap();
+    let m = member(dir.path(), &engine);
+    let data = pattern(7, 4096);
+    m.write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    let before = inline_runs_here();
+
+    engine.lone_running().store(true, Ordering::Release);
+    let mut back = vec![0u8; 4096];
+    let held = m.read(ByteOffset(0), &mut back).await;
+    engine.lone_running().store(false, Ordering::Release);
+    let mut again = vec![0u8; 4096];
+    m.read(ByteOffset(0), &mut again).await.unwrap();
+
+    held.unwrap();
+    assert_eq!(
+        inline_runs_here() - before,
+        1,
+        "only the read after ran inline"
+    );
+    assert!(back == data && again == data);
+}
+
+/// Members off a local disk file system (here tmpfs: a FUSE or network
+/// file system is alike) never run a request inline.
+#[tokio::test]
+async fn a_member_off_a_local_disk_file_system_stays_on_the_ring() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let engine = UringEngine::new(8).unwrap();
+    let path = dir.path().join("member.img");
+    create_sparse(&path, 4 * MIB).unwrap();
+    let m = open_member_on(&path, true, Arc::clone(&engine)).unwrap();
+    let data = pattern(8, 4096);
+    let before = inline_runs_here();
+
+    for _ in 0..2 {
+        m.write(ByteOffset(0), &data, Durability::Normal)
+            .await
+            .unwrap();
+    }
+    let mut back = vec![0u8; 4096];
+    m.read(ByteOffset(0), &mut back).await.unwrap();
+
+    assert_eq!(inline_runs_here(), before);
     assert!(back == data);
 }
 

@@ -113,6 +113,24 @@ pub(crate) fn run_blocking(file: &File, op: Op) -> OpResult {
     }
 }
 
+/// Finishes an owned read or write of which the first `done` bytes went
+/// through already (`member::lone`'s short transfers).
+pub(crate) fn finish_owned(file: &File, op: Op, done: usize) -> OpResult {
+    match op {
+        Op::Read { offset, mut buf } => {
+            read_full(file, offset + done as u64, &mut buf.as_mut_slice()[done..])?;
+            Ok(Some(buf))
+        }
+        Op::Write {
+            offset, buf, fua, ..
+        } => {
+            write_full(file, offset + done as u64, &buf.as_slice()[done..], fua)?;
+            Ok(None)
+        }
+        op => run_blocking(file, op),
+    }
+}
+
 /// Reads all of `buf`; bytes past end-of-file read as zeroes.
 fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;

@@ -129,6 +129,9 @@ pub struct UringEngine {
     depth: u32,
     /// Lone requests may run on the caller's thread (`member::lone`).
     lone_inline: AtomicBool,
+    /// A lone request is running on some caller's thread now: at most one
+    /// at a time, so a stalled member blocks one runtime worker, not all.
+    lone_running: AtomicBool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -189,6 +192,7 @@ impl UringEngine {
             shared,
             depth,
             lone_inline: AtomicBool::new(super::lone::enabled_by_env()),
+            lone_running: AtomicBool::new(false),
             thread: Some(thread),
         }))
     }
@@ -220,6 +224,12 @@ impl UringEngine {
     /// request through the ring.
     pub fn set_lone_inline(&self, on: bool) {
         self.lone_inline.store(on, Ordering::Relaxed);
+    }
+
+    /// The flag of the one lone request allowed to run inline at a time
+    /// (`member::lone::Slot`).
+    pub(crate) fn lone_running(&self) -> &AtomicBool {
+        &self.lone_running
     }
 
     /// True when no request is queued or in the ring.
