@@ -75,11 +75,37 @@ impl HeldDisk {
 
     /// WRITE requests that reached nbdkit (held ones included).
     fn writes_seen(&self) -> usize {
+        self.seen(" Write ")
+    }
+
+    /// READ requests that reached nbdkit (held ones included).
+    fn reads_seen(&self) -> usize {
+        self.seen(" Read ")
+    }
+
+    fn seen(&self, what: &str) -> usize {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(" Write ") && !l.contains("return"))
+            .filter(|l| l.contains(what) && !l.contains("return"))
             .count()
+    }
+
+    /// The export's file under the nbdfuse mount (a regular file on FUSE).
+    fn fuse_file(dir: &Path) -> PathBuf {
+        dir.join("held.mnt").join("nbd")
+    }
+
+    /// Drops the page cache of the FUSE file, so reads reach nbdkit.
+    fn drop_cache(dir: &Path) {
+        let file = Self::fuse_file(dir);
+        run_ok(Command::new("dd").args([
+            "if=/dev/null".to_string(),
+            format!("of={}", file.display()),
+            "oflag=nocache".to_string(),
+            "conv=notrunc,fdatasync".to_string(),
+            "count=0".to_string(),
+        ]));
     }
 }
 
@@ -173,6 +199,142 @@ fn a_held_write_to_a_block_device_member_leaves_the_daemon_answering() {
     assert_eq!(finished, [true; 4]);
     qemu_io(&uri, &["read -P 2 64K 256K".to_string()]);
     assert_eq!(server.stop(), 0);
+}
+
+/// True if `child` exits successfully within `limit`; killed otherwise.
+fn finishes_within(mut child: Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// Volume `vol0` (RAID-0, 64 KiB chunks) over `held` (plus a plain file
+/// when there is one held member) and `vol1` (RAID-1 of two plain files);
+/// 4 KiB reads of `vol0` from four clients are held at the disk. The
+/// control socket and `vol1` must answer meanwhile.
+fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[PathBuf]) {
+    // Arrange
+    let mut vol0 = held.to_vec();
+    let plain = |name: &str| {
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        path
+    };
+    if vol0.len() == 1 {
+        vol0.push(plain("plain0.img"));
+    }
+    let vol1 = vec![plain("other0.img"), plain("other1.img")];
+    create_array(0, "64K", "60M", "vol0", &vol0);
+    create_array(1, "64K", "60M", "vol1", &vol1);
+    let list = |m: &[PathBuf]| {
+        let quoted: Vec<String> = m.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        quoted.join(", ")
+    };
+    let config = dir.join("vraid.toml");
+    let text = format!(
+        "[[volume]]\nname = \"vol0\"\nlevel = 0\nchunk_size = \"64K\"\nmembers = [{}]\n\n\
+         [[volume]]\nname = \"vol1\"\nlevel = 1\nchunk_size = \"64K\"\nmembers = [{}]\n",
+        list(&vol0),
+        list(&vol1)
+    );
+    std::fs::write(&config, text).unwrap();
+    let ctl = dir.join("ctl.sock");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    let (uri0, uri1) = (server.uri("vol0"), server.uri("vol1"));
+    qemu_io(&uri0, &["write -P 1 0 20M".to_string(), "flush".into()]);
+    qemu_io(&uri1, &["write -P 2 0 1M".to_string(), "flush".into()]);
+    HeldDisk::drop_cache(dir);
+
+    // Act: hold the disk; 4 KiB reads 4 MiB apart (member 0, even chunks).
+    disk.control(b'p');
+    let seen = disk.reads_seen();
+    let readers: Vec<Child> = (1..=4)
+        .map(|k| {
+            qemu_io_command(&uri0, &[format!("read -P 1 {} 4K", k << 22)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_until("two reads held at the disk", Duration::from_secs(30), || {
+        disk.reads_seen() >= seen + 2
+    });
+    let answered = status_answers_within(&ctl, Duration::from_secs(5));
+    let other = qemu_io_command(&uri1, &["read -P 2 0 64K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let other_answered = finishes_within(other, Duration::from_secs(5));
+    disk.control(b'r');
+    let finished: Vec<bool> = readers
+        .into_iter()
+        .map(|mut r| r.wait().unwrap().success())
+        .collect();
+
+    // Assert
+    assert!(
+        answered,
+        "vraid status did not answer while member reads were held\n{}",
+        server.log()
+    );
+    assert!(
+        other_answered,
+        "another volume did not answer while member reads were held"
+    );
+    assert_eq!(finished, [true; 4]);
+    assert_eq!(server.stop(), 0);
+}
+
+/// A break found here (session 16, on the lone-request path of s15-disk
+/// 459ba8d): a member request of at most 64 KiB begun while the io_uring
+/// engine was idle ran as a plain `preadv` on the runtime worker. A member
+/// file on FUSE (here nbdfuse) whose server holds a read held that worker;
+/// the next client's read did the same on the other one, and the control
+/// socket and every other volume stopped answering. Only regular files on
+/// a local disk file system run a request inline now.
+#[test]
+fn held_reads_of_a_member_file_on_fuse_leave_the_daemon_answering() {
+    let dir = scratch_dir("rt16-held-fuse-file");
+    let disk = HeldDisk::new(dir.path(), 64 << 20);
+    // The file itself is the member: no loop device over it (a member
+    // under a loop device is refused as in use).
+    run_ok(Command::new("losetup").args(["-d", disk.dev()]));
+    let held = HeldDisk::fuse_file(dir.path());
+    held_reads_leave_the_daemon_answering(dir.path(), &disk, &[held]);
+}
+
+/// The same with both members of `vol0` on an ext4 file system whose disk
+/// (a loop device on the nbdfuse file) is held: ext4 is a file system
+/// whose members may run a lone request inline, but at most one at a time
+/// (and only when `RWF_NOWAIT` takes it), so a held disk holds one runtime
+/// worker at most.
+#[test]
+fn held_reads_of_member_files_on_a_held_ext4_leave_the_daemon_answering() {
+    let dir = scratch_dir("rt16-held-ext4");
+    let disk = HeldDisk::new(dir.path(), 256 << 20);
+    let fs = dir.path().join("held.fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F", disk.dev()]));
+    run_ok(Command::new("mount").arg(disk.dev()).arg(&fs));
+    let held = sparse_members(&fs, 2, 64 << 20);
+    held_reads_leave_the_daemon_answering(dir.path(), &disk, &held);
 }
 
 /// A RAID-5 of three members written with byte `pattern` (100 MiB), a
