@@ -16,7 +16,7 @@
 # work, so its TLS/plain ratio is what the client and the machine allow).
 # Prints a markdown table: MB/s or IOPS per target and mode (mean over
 # rounds), server CPU microseconds per I/O, the client's (fio's usr+sys
-# from its JSON) per I/O, and TLS/plain (goals: >= 0.8 at 1M, >= 0.9 at
+# from its JSON) per I/O, their sum, and TLS/plain (goals: >= 0.8 at 1M, >= 0.9 at
 # 4k); then vraid against the peer in each mode (the second view: the peer
 # pays the same client).
 #
@@ -156,12 +156,13 @@ job() {
         "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS"
 }
 
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 for ((n = 1; n <= ROUNDS; n++)); do
     if ((n % 2)); then order=(plain tls); else order=(tls plain); fi
     for work in read1m write1m randread4k randwrite4k; do
         for target in $TARGETS; do
             for mode in "${order[@]}"; do
-                log "round $n: $target $work $mode (${RUNTIME}s)"
+                log "round $n: $target $work $mode (${RUNTIME}s, load $(cut -d' ' -f1 /proc/loadavg))"
                 job "$target" "$mode" "$work" "$n"
             done
         done
@@ -170,7 +171,7 @@ done
 grep -q "with TLS\|NBD client entered transmission" "$WORKDIR/serve.log" ||
     die "no client reached transmission"
 
-python3 - "$RESULTS" "$RUNTIME" "$ROUNDS" <<'PY'
+python3 - "$RESULTS" "$RUNTIME" "$ROUNDS" "$LOAD_START" "$(cut -d" " -f1-3 /proc/loadavg)" <<'PY'
 import json, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 agg = {}
@@ -186,10 +187,11 @@ for target, mode, work, path, ticks, hz in rows:
     a["cl"].append((j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1e3 / ios)
 mean = lambda v: sum(v) / len(v)
 print(f"\nNBD over TLS vs plain, fio libnbd engine; vraid: RAID-0 of 2 members; "
-      f"nbdkit: memory plugin; {sys.argv[2]}s x {sys.argv[3]} rounds per cell, order alternated\n")
+      f"nbdkit: memory plugin; {sys.argv[2]}s x {sys.argv[3]} rounds per cell, order alternated; "
+      f"load average {sys.argv[4]} at the start, {sys.argv[5]} at the end\n")
 print("| target | workload | plain | TLS | TLS/plain | server CPU us/IO plain / TLS "
-      "| client (fio) CPU us/IO plain / TLS |")
-print("|---|---|---:|---:|---:|---:|---:|")
+      "| client (fio) CPU us/IO plain / TLS | server+client us/IO plain / TLS |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 works = ["read1m", "write1m", "randread4k", "randwrite4k"]
 for target, work in [(t, w) for t in ["vraid", "nbdkit"] for w in works]:
     p, t = agg.get((target, work, "plain")), agg.get((target, work, "tls"))
@@ -198,7 +200,8 @@ for target, work in [(t, w) for t in ["vraid", "nbdkit"] for w in works]:
     key, unit = ("bw", "MB/s") if "1m" in work else ("iops", "IOPS")
     pv, tv = mean(p[key]), mean(t[key])
     print(f"| {target} | {work} | {pv:.0f} {unit} | {tv:.0f} {unit} | {tv / pv:.2f} | "
-          f"{mean(p['us']):.1f} / {mean(t['us']):.1f} | {mean(p['cl']):.1f} / {mean(t['cl']):.1f} |")
+          f"{mean(p['us']):.1f} / {mean(t['us']):.1f} | {mean(p['cl']):.1f} / {mean(t['cl']):.1f} | "
+          f"{mean(p['us']) + mean(p['cl']):.1f} / {mean(t['us']) + mean(t['cl']):.1f} |")
 print("\n| workload | vraid TLS / nbdkit TLS | vraid plain / nbdkit plain |")
 print("|---|---:|---:|")
 for work in works:
