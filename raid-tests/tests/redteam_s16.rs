@@ -4,7 +4,7 @@
 //! buffers), tried with real clients against the real binary.
 
 use std::mem::MaybeUninit;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blkio::{Blkio, Blkioq, Completion, MemoryRegion, ReqFlags};
@@ -177,4 +177,83 @@ fn raid0_runs_of_many_odd_segments_read_back_byte_exact() {
         .count();
     assert_eq!(bad, 0, "4 KiB blocks differing over NBD");
     assert_eq!(server.stop(), 0);
+}
+
+// ---- Change notification: SIGTERM while `vraid fail` waits on a pass
+
+/// Break: `vraid fail` of a member being rebuilt holds the array's
+/// member-set lock while it waits for the pass to let go. A SIGTERM then
+/// cancelled the pass as a shutdown (the abandon was dropped: the role
+/// stayed recorded as rebuilding onto the member the operator failed), so
+/// the wait never settled; the finished pass's task then queued for the
+/// lock to activate the next spare, and shutdown hung 10 s until it
+/// aborted that task ("a sync task did not stop"), the `fail` client
+/// getting no reply. Now a target the operator abandoned ends as abandoned
+/// even at shutdown (the reply comes, the superblocks record the role
+/// down), and no spare is activated once shutdown began.
+#[test]
+fn sigterm_while_fail_waits_on_a_rebuild_stops_at_once_and_records_the_fail() {
+    let dir = scratch_dir("redteam-s16-fail-sigterm");
+    let paths = sparse_members(dir.path(), 3, 64 << 20);
+    create_array(1, "64K", "64M", "vol0", &paths);
+    let spares: Vec<PathBuf> = (1..=2)
+        .map(|i| dir.path().join(format!("spare{i}.img")))
+        .collect();
+    for s in &spares {
+        std::fs::File::create(s).unwrap().set_len(64 << 20).unwrap();
+    }
+    let list = |ps: &[PathBuf]| {
+        let v: Vec<String> = ps.iter().map(|p| format!("{p:?}")).collect();
+        v.join(", ")
+    };
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[volume]]\nname = \"vol0\"\nlevel = 1\nmembers = [{}]\nspares = [{}]\nrebuild_max_mbps = 1\n",
+            list(&paths),
+            list(&spares)
+        ),
+    )
+    .unwrap();
+    let ctl = dir.path().join("ctl.sock");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 5 0 60M".into(), "flush".into()],
+    );
+    vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
+    server.wait_log("rebuild started", Duration::from_secs(30));
+
+    // Act: fail the member being rebuilt (onto spare 1), SIGTERM while the
+    // reply waits for the 1 MB/s pass to notice.
+    let ctl2 = ctl.clone();
+    let failing = std::thread::spawn(move || vraid_ctl(&ctl2, &["fail", "vol0", "1"]));
+    server.wait_log("rebuild abandoned", Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let log = server.log();
+    let code = server.stop();
+    let stop_took = started.elapsed();
+    let reply = failing.join().unwrap();
+
+    // Assert: a prompt clean stop, the fail answered and recorded.
+    let log = log + &String::from_utf8_lossy(&reply.stderr);
+    assert_eq!(code, 0);
+    assert!(
+        stop_took < Duration::from_secs(5),
+        "stop took {stop_took:?}"
+    );
+    assert!(
+        reply.status.success(),
+        "fail: {}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+    let table = examine(&paths[0])["members"].clone();
+    let role1 = &table[1];
+    assert_ne!(role1["state"], "rebuilding", "{table}\n{log}");
 }
