@@ -123,8 +123,8 @@ fn segments(count: usize, seed: u64, region: usize) -> Vec<(usize, usize)> {
     segs
 }
 
-/// Attack: RAID-0 of 4 KiB chunks over 3 io_uring members (runs merge up
-/// to 8 MiB and 1024 segments), written and read through vhost-user-blk
+/// Attack: RAID-0 of 4 KiB chunks over 2 io_uring members (runs merge up
+/// to 8 MiB and 1024 segments) and a tmpfs one (inline engine, 64 KiB), written and read through vhost-user-blk
 /// with lists of up to 254 segments (the `seg_max` we advertise; 128 KiB each at
 /// most: up to 8128 chunk pieces a request, past the 1024-segment cap) of mixed sizes and alignments at
 /// aligned and 512-byte offsets; every byte is checked over vhost (with a
@@ -132,7 +132,10 @@ fn segments(count: usize, seed: u64, region: usize) -> Vec<(usize, usize)> {
 #[test]
 fn raid0_runs_of_many_odd_segments_read_back_byte_exact() {
     let dir = scratch_dir("redteam-s16-r0-segments");
-    let members = member_paths(dir.path(), 3);
+    // Member 1 on tmpfs: the inline engine, runs of at most 64 KiB there.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut members = member_paths(dir.path(), 3);
+    members[1] = shm.path().join("m1.img");
     create_array(0, "4K", "48M", "vol0", &members);
     let sock = dir.path().join("vol0.sock");
     let mut args: Vec<String> = vec!["--vhost-user-blk".into(), sock.display().to_string()];
