@@ -217,7 +217,7 @@ impl BlkBackend {
         for chain in chains {
             let head = chain.head_index();
             let guard = self.queues[index].begin();
-            match parse_whole(&*mem, chain) {
+            match parse_whole(&mem, chain) {
                 Ok(req) => {
                     let ctx = self.ctx.clone();
                     let pool = self.pools[index].clone();
