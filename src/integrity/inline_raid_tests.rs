@@ -2,7 +2,8 @@
 //! every member, the verdict/reseal hook on the volume): the volume behaves
 //! like a byte array, keeps its redundancy, and a byte flipped under one
 //! member (data or tag) never reaches the client; a resync whose tag
-//! reseal runs out of space fails with ENOSPC and leaves its range owed.
+//! reseal (or, separate layout, page reservation) runs out of space fails
+//! with ENOSPC and leaves its range owed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,6 +210,14 @@ impl BlockDevice for FillsUp {
     ) -> BoxFuture<'_, BlockResult> {
         self.0.write_zeroes(offset, len, unmap)
     }
+
+    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        if !self.1.load(Ordering::Relaxed) {
+            return self.0.reserve(offset, len);
+        }
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        BoxFuture::new(async move { Err(BlockError::io(self.name(), e)) })
+    }
 }
 
 /// STATUS gap of session 15: a crash resync's inline-tag reseal that ran
@@ -249,6 +258,48 @@ async fn resync_whose_tag_reseal_runs_out_of_space_fails_with_enospc_and_stays_o
         })
         .await;
     // Assert: ENOSPC, nothing reported synced, nobody failed.
+    match result {
+        Err(RebuildError::Target(e)) => assert!(e.is_no_space(), "{e}"),
+        other => panic!("expected the resync to fail with ENOSPC, got {other:?}"),
+    }
+    assert!(done.lock().unwrap().is_empty());
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
+}
+
+/// The same for the separate layout: a reseal whose checksum page cannot be
+/// reserved (the member's filesystem is full) fails the resync with ENOSPC
+/// (FORMAT §8 case 140; before, it was logged and the range reported
+/// synced).
+#[tokio::test]
+async fn resync_whose_page_reservation_runs_out_of_space_fails_with_enospc() {
+    // Arrange: a RAID-1 of two members, separate checksum areas, member 1's
+    // area on a full filesystem; nothing written yet, so the reseal is the
+    // first use of its page (to be reserved).
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(CHUNK).unwrap(), MEMBER).unwrap();
+    let devices: Vec<Arc<TestDevice>> = (0..2)
+        .map(|i| TestDevice::new(&format!("m{i}"), MEMBER))
+        .collect();
+    let full = Arc::new(AtomicBool::new(true));
+    let csums = Checksums::new();
+    let errors = Arc::new(AtomicU64::new(0));
+    let array = Array::over_wrapped(g, devices, &[], |i, d| {
+        let area: Arc<dyn BlockDevice> = TestDevice::new(&format!("a{i}"), 1 << 20);
+        let area = match i {
+            1 => Arc::new(FillsUp(area, full.clone())) as Arc<dyn BlockDevice>,
+            _ => area,
+        };
+        csums.wrap(i, area, 0, d, false, Arc::new(|_| true), errors.clone())
+    });
+    let vol = array.volume.with_checksums(csums.clone());
+    let done = Mutex::new(Vec::new());
+    // Act
+    let result = vol
+        .resync(vec![(0, MEMBER)], &RebuildControl::new(0), &|a, b| {
+            done.lock().unwrap().push((a, b))
+        })
+        .await;
+    // Assert
     match result {
         Err(RebuildError::Target(e)) => assert!(e.is_no_space(), "{e}"),
         other => panic!("expected the resync to fail with ENOSPC, got {other:?}"),
