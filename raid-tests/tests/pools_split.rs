@@ -6,7 +6,8 @@
 //! flushed marker (written into split clusters); nbdcopy of a volume and
 //! its snapshots and `nbdinfo --map=qemu:dirty-bitmap:SNAP` after writes
 //! of every split case (a split, a fill, an in-place write into a record,
-//! a split on top), before and after a restart.
+//! a split on top), before and after a restart; space back after a
+//! snapshot's delete once the completer has filled the splits.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -381,5 +382,55 @@ fn nbdcopy_and_the_dirty_bitmap_read_split_clusters_as_written() {
     let server = start(&args);
     assert_copies_and_maps(&server, dir.path(), &image, &s2);
     check(&control);
+    assert_eq!(server.stop(), 0);
+}
+
+fn free_bytes(control: &Path) -> u64 {
+    let out = vraid_ctl_ok(control, &["pool", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v[0]["space"]["free_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn space_returns_after_a_snapshot_delete_once_the_completer_has_run() {
+    // Arrange: 16 clusters written, a snapshot, a 4 KiB write into each
+    // (16 splits, each holding its base), the snapshot deleted.
+    let dir = scratch_dir("split-space");
+    let (server, control, args) = split_pool(dir.path(), "128M");
+    vraid_ctl_ok(
+        &control,
+        &["volume", "create", "vol0", "v", "--size", "16M"],
+    );
+    qemu_io(
+        &server.uri("v"),
+        &["write -P 1 0 16M".to_string(), "flush".into()],
+    );
+    let free = free_bytes(&control);
+    vraid_ctl_ok(&control, &["volume", "snapshot", "v", "s"]);
+    let mut image = vec![1u8; 16 << 20];
+    let writes: Vec<Write> = (0..16).map(|c| (c * CLUSTER + 4096, 4096, 2)).collect();
+    qemu_io(&server.uri("v"), &qemu_writes(&writes));
+    apply(&mut image, &writes);
+    vraid_ctl_ok(&control, &["volume", "delete", "s"]);
+
+    // Act: the completer fills the splits in the background (polled).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while free_bytes(&control) < free {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "space not back in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Assert: space as before the snapshot, no split left, the bytes
+    // written; the same after a restart.
+    assert_eq!(free_bytes(&control), free);
+    assert_eq!(check(&control)["split_records"], 0);
+    assert_eq!(nbdcopy(&server.uri("v"), dir.path()), image);
+    assert_eq!(server.stop(), 0);
+    let server = start(&args);
+    assert_eq!(nbdcopy(&server.uri("v"), dir.path()), image);
+    assert_eq!(check(&control)["split_records"], 0);
     assert_eq!(server.stop(), 0);
 }
