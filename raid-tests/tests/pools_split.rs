@@ -377,7 +377,10 @@ fn nbdcopy_and_the_dirty_bitmap_read_split_clusters_as_written() {
     // clusters only; the same from disk after a restart.
     assert_copies_and_maps(&server, dir.path(), &image, &s2);
     let report = check(&control);
-    assert!(report["split_records"].as_u64().unwrap() >= 4, "{report}");
+    // Four records made; the completer converts the exclusive ones in
+    // the background (how many by now is its timing): the one `s2`
+    // shares stays.
+    assert!(report["split_records"].as_u64().unwrap() >= 1, "{report}");
     assert_eq!(server.stop(), 0);
     let server = start(&args);
     assert_copies_and_maps(&server, dir.path(), &image, &s2);
