@@ -197,7 +197,7 @@ fn kill_round(s: Server, control: &Path, round: u64) {
         vraid_ctl_ok(control, &["volume", "delete", &format!("s{}", round - 1)]);
     }
     wait_writes(control, "w", from, 64);
-    let t_size = if round % 2 == 0 { "4M" } else { "8M" };
+    let t_size = if round.is_multiple_of(2) { "4M" } else { "8M" };
     let clone = format!("c{round}");
     let mut racing: Vec<Child> = [
         vec!["volume", "clone", &snap, &clone],
