@@ -349,11 +349,10 @@ fn assert_copies_and_maps(s: &Server, scratch: &Path, v: &[u8], s2: &[u8]) {
     assert_eq!(dirty_clusters(&s.uri("s2"), "s1"), set(&[1, 5]));
 }
 
-#[test]
-fn nbdcopy_and_the_dirty_bitmap_read_split_clusters_as_written() {
-    // Arrange: a volume written whole, then a snapshot.
-    let dir = scratch_dir("split-copy");
-    let (server, control, args) = split_pool(dir.path(), "128M");
+/// A split pool on 128M members with volume `v` (16M) written whole
+/// with byte 1 and flushed.
+fn split_volume_written_whole(dir: &Path) -> (Server, PathBuf, Vec<String>) {
+    let (server, control, args) = split_pool(dir, "128M");
     vraid_ctl_ok(
         &control,
         &["volume", "create", "vol0", "v", "--size", "16M"],
@@ -362,6 +361,14 @@ fn nbdcopy_and_the_dirty_bitmap_read_split_clusters_as_written() {
         &server.uri("v"),
         &["write -P 1 0 16M".to_string(), "flush".into()],
     );
+    (server, control, args)
+}
+
+#[test]
+fn nbdcopy_and_the_dirty_bitmap_read_split_clusters_as_written() {
+    // Arrange: a volume written whole, then a snapshot.
+    let dir = scratch_dir("split-copy");
+    let (server, control, args) = split_volume_written_whole(dir.path());
     vraid_ctl_ok(&control, &["volume", "snapshot", "v", "s1"]);
     let mut image = vec![1u8; 16 << 20];
 
@@ -399,15 +406,7 @@ fn space_returns_after_a_snapshot_delete_once_the_completer_has_run() {
     // Arrange: 16 clusters written, a snapshot, a 4 KiB write into each
     // (16 splits, each holding its base), the snapshot deleted.
     let dir = scratch_dir("split-space");
-    let (server, control, args) = split_pool(dir.path(), "128M");
-    vraid_ctl_ok(
-        &control,
-        &["volume", "create", "vol0", "v", "--size", "16M"],
-    );
-    qemu_io(
-        &server.uri("v"),
-        &["write -P 1 0 16M".to_string(), "flush".into()],
-    );
+    let (server, control, args) = split_volume_written_whole(dir.path());
     let free = free_bytes(&control);
     vraid_ctl_ok(&control, &["volume", "snapshot", "v", "s"]);
     let mut image = vec![1u8; 16 << 20];

@@ -250,19 +250,8 @@ async fn resync_whose_tag_reseal_runs_out_of_space_fails_with_enospc_and_stays_o
         .await
         .unwrap();
     full.store(true, Ordering::Relaxed);
-    let done = Mutex::new(Vec::new());
-    // Act
-    let result = vol
-        .resync(vec![(0, MEMBER)], &RebuildControl::new(0), &|a, b| {
-            done.lock().unwrap().push((a, b))
-        })
-        .await;
-    // Assert: ENOSPC, nothing reported synced, nobody failed.
-    match result {
-        Err(RebuildError::Target(e)) => assert!(e.is_no_space(), "{e}"),
-        other => panic!("expected the resync to fail with ENOSPC, got {other:?}"),
-    }
-    assert!(done.lock().unwrap().is_empty());
+    // Act + Assert: ENOSPC, nothing reported synced, nobody failed.
+    resync_whole_fails_with_enospc(&vol).await;
     assert!(array.events.failed.lock().unwrap().is_empty());
     assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
 }
@@ -292,19 +281,24 @@ async fn resync_whose_page_reservation_runs_out_of_space_fails_with_enospc() {
         csums.wrap(i, area, 0, d, false, Arc::new(|_| true), errors.clone())
     });
     let vol = array.volume.with_checksums(csums.clone());
+    // Act + Assert
+    resync_whole_fails_with_enospc(&vol).await;
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
+}
+
+/// Resyncs the whole member range of `vol` and checks it fails with
+/// ENOSPC with nothing reported synced.
+async fn resync_whole_fails_with_enospc(vol: &crate::raid::volume::Volume) {
     let done = Mutex::new(Vec::new());
-    // Act
     let result = vol
         .resync(vec![(0, MEMBER)], &RebuildControl::new(0), &|a, b| {
             done.lock().unwrap().push((a, b))
         })
         .await;
-    // Assert
     match result {
         Err(RebuildError::Target(e)) => assert!(e.is_no_space(), "{e}"),
         other => panic!("expected the resync to fail with ENOSPC, got {other:?}"),
     }
     assert!(done.lock().unwrap().is_empty());
-    assert!(array.events.failed.lock().unwrap().is_empty());
-    assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
 }
