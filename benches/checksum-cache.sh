@@ -34,6 +34,17 @@
 #                first MiB after create (the data and checksum areas, so no
 #                holes: as a real disk or a fully written file; all-zero
 #                entries and tags mean "unknown", zero parity matches)
+#
+# Per round it also records (to tell a dip of the machine from one of ours):
+# the 1-minute load average at the start, the CPU the rest of the machine
+# used during the fio run (busy jiffies of /proc/stat minus the server's and
+# fio's own, in cores), the bytes the rest of the machine moved on the disk
+# under WORKDIR (its /proc/diskstats minus the server's /proc/PID/io), and
+# fio's per-second IOPS (the slowest second and
+# the spread within the round: write-back bursts or stalls show there).
+# The per-round table follows the summary; for each round's on/off ratio it
+# says which side moved against its own neighbours (the same mode's mean of
+# the rounds before and after).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -75,6 +86,14 @@ free_port() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# Busy jiffies of the whole machine (every field of "cpu" but idle and iowait).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# Bytes read + written on the disk under WORKDIR (0 on tmpfs), and by a process.
+DISK=$(basename "$(findmnt -no SOURCE --target "$WORKDIR" 2>/dev/null || echo none)")
+disk_bytes() { awk -v d="$DISK" '$3 == d {printf "%.0f\n", ($6 + $10) * 512; f = 1} END {if (!f) print 0}' /proc/diskstats; }
+proc_bytes() { awk '/^(read|write)_bytes/ {s += $2} END {printf "%.0f\n", s}' "/proc/$1/io"; }
+
 create() {
     local dir=$WORKDIR/$1
     rm -rf "$dir"
@@ -112,22 +131,33 @@ round() {
         kill -0 "$SERVER_PID" 2>/dev/null || die "$mode: serve exited: $(tail -n 5 "$dir/serve.log")"
         sleep 0.1
     done
-    local before after out=$dir/round$n.json
+    local before after out=$dir/round$n.json load m0 m1
+    load=$(cut -d' ' -f1 /proc/loadavg)
     before=$(cpu_ticks "$SERVER_PID")
-    log "$mode round $n: randwrite 4k over $WORKING_SET (${RUNTIME}s)"
+    m0=$(machine_ticks)
+    local d0 p0 d1 p1
+    d0=$(disk_bytes)
+    p0=$(proc_bytes "$SERVER_PID")
+    log "$mode round $n: randwrite 4k over $WORKING_SET (${RUNTIME}s), load $load"
     # shellcheck disable=SC2086
     fio --name=rw --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol" --rw=randwrite --bs=4k \
         --iodepth=32 --size="$WORKING_SET" --norandommap --randrepeat=0 --time_based \
-        --runtime="$RUNTIME" ${FIO_EXTRA:-} --output-format=json --output="$out" >/dev/null
+        --runtime="$RUNTIME" ${FIO_EXTRA:-} --write_iops_log="$dir/iops$n" --log_avg_msec=1000 \
+        --output-format=json --output="$out" >/dev/null
     after=$(cpu_ticks "$SERVER_PID")
+    m1=$(machine_ticks)
+    d1=$(disk_bytes)
+    p1=$(proc_bytes "$SERVER_PID")
     if [[ $mode != off ]]; then
         "$VRAID" status --control "$dir/control.sock" |
-            grep -E "checksum cache|unaligned member writes" >&2 || true
+            grep -E "checksum cache|unaligned member writes" | tee "$dir/status$n.txt" >&2 || true
     fi
     kill -TERM "$SERVER_PID"
     wait "$SERVER_PID" || die "$mode: serve exited with an error"
     SERVER_PID=
-    printf '%s\t%s\t%s\t%s\n' "$mode" "$out" "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$out" "$((after - before))" \
+        "$(getconf CLK_TCK)" "$n" "$load" "$((m1 - m0))" "$dir/iops${n}_iops.1.log" \
+        "$((d1 - d0 - (p1 - p0)))" >>"$RESULTS"
 }
 
 read -r -a modes <<<"${MODES:-on off}"
@@ -150,11 +180,25 @@ def size(s):
     return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 agg = {}
-for mode, path, ticks, hz in rows:
-    w = json.load(open(path))["jobs"][0]["write"]
+per = {}
+for mode, path, ticks, hz, n, load, mticks, ilog, dbytes in rows:
+    j = json.load(open(path))["jobs"][0]
+    w = j["write"]
     a = agg.setdefault(mode, {"iops": [], "us": []})
     a["iops"].append(w["iops"])
     a["us"].append(int(ticks) / int(hz) * 1e6 / max(w["total_ios"], 1))
+    secs = max(w["runtime"], 1) / 1000
+    fio_ticks = (j["usr_cpu"] + j["sys_cpu"]) / 100 * secs * int(hz)
+    others = max(int(mticks) - int(ticks) - fio_ticks, 0) / int(hz) / secs
+    try:
+        ps = [int(l.split(",")[1]) for l in open(ilog) if l.strip()]
+    except OSError:
+        ps = []
+    per[(mode, int(n))] = dict(iops=w["iops"], us=a["us"][-1], load=float(load),
+                               others=others, disk=max(int(dbytes), 0) / secs / 1e6,
+                               smin=min(ps) if ps else 0,
+                               sd=(sum((x - sum(ps) / len(ps)) ** 2 for x in ps) / len(ps)) ** .5
+                               / max(sum(ps) / len(ps), 1) if ps else 0)
 ws, cache = size(sys.argv[2]), size(sys.argv[3])
 covered = cache // 4096 * (4 << 20)
 print(f"\n4k random writes, RAID-5 4 members ({sys.argv[5]} members), working set {sys.argv[2]} "
@@ -179,4 +223,26 @@ for a_, b_ in [("on", "off"), ("inline", "off"), ("base", "off"), ("inline-base"
     c = sorted(x / y for x, y in zip(agg[a_]["us"], agg[b_]["us"]))
     print(f"| {a_}/{b_} (ratio of means) | | {mean[a_][0] / mean[b_][0]:.2f} | {mean[a_][1] / mean[b_][1]:.2f} |")
     print(f"| {a_}/{b_} (per-round median, range) | | {med(r):.2f} ({r[0]:.2f}-{r[-1]:.2f}) | {med(c):.2f} ({c[0]:.2f}-{c[-1]:.2f}) |")
+loads = [p["load"] for p in per.values()]
+print(f"\nload average (1 min) at the rounds' starts: {min(loads):.1f}-{max(loads):.1f}\n")
+print("| round | mode | IOPS | us/IO | load | others' CPU (cores) | others' disk MB/s | slowest second | per-second CV | vs off | moved |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+rounds = sorted({n for _, n in per})
+def neigh(mode, n):
+    v = [per[(mode, k)]["iops"] for k in (n - 1, n + 1) if (mode, k) in per]
+    return sum(v) / len(v) if v else None
+for n in rounds:
+    for mode in [m for m in ["on", "inline", "base", "inline-base", "off"] if (m, n) in per]:
+        p = per[(mode, n)]
+        ratio, moved = "", ""
+        if mode != "off" and ("off", n) in per:
+            o = per[("off", n)]
+            ratio = f"{p['iops'] / o['iops']:.2f}"
+            # Which side is off its neighbours' mean (same mode, rounds n-1, n+1)?
+            dm, do = neigh(mode, n), neigh("off", n)
+            if dm and do:
+                moved = f"{mode} {p['iops'] / dm - 1:+.0%}, off {o['iops'] / do - 1:+.0%}"
+        print(f"| {n} | {mode} | {p['iops']:.0f} | {p['us']:.1f} | {p['load']:.1f} | {p['others']:.2f} "
+              f"| {p['disk']:.1f} "
+              f"| {p['smin']} | {p['sd']:.2f} | {ratio} | {moved} |")
 PY

@@ -16,7 +16,11 @@
 # snapshot commands' round trips, and the daemon's own "snapshot phases"
 # log lines (drain, lock, commit; paused = writes to the source held:
 # drain + lock + commit when the commit is under the gate) where the
-# build writes them.
+# build writes them. Where the time goes: the probe's own latency log
+# (fio --write_lat_log, Unix-epoch times) split into the window of each
+# snapshot call (start - 50 ms .. end + 50 ms: quiesce and commit) and the
+# second after it (copy-on-write of what the snapshot shares), against
+# the same windows of the plain run.
 #
 # Environment (defaults in brackets):
 #   VRAID_A [target/release/vraid-main]  VRAID_B [target/release/vraid]
@@ -121,6 +125,33 @@ lay() { # VRAID [POOL CREATE OPTIONS...] — members and pool in WORKDIR
     stop_server
 }
 
+# windows PEER ROUND MODE LATLOG — the probe's max latency over the I/Os
+# completing in the window of each snapshot command (its start - 50 ms to
+# its end + 50 ms: the snapshot's own quiesce and commit) and in the
+# second after that window (copy-on-write of the clusters it shared);
+# for the plain run, the same windows at the same offsets from the start
+# of the log are the baseline (rows "win").
+windows() {
+    local cmds
+    cmds=$(awk -F'\t' -v p="$1" -v n="$2" '$1 == "cmd" && $2 == p && $3 == n {print $5, $6}' \
+        "$RESULTS" | tail -n "$SNAPS")
+    SNAPS=$SNAPS python3 - "$1" "$2" "$3" "$4" "$cmds" >>"$RESULTS" <<'PY'
+import os, sys
+peer, n, mode, log, cmds = sys.argv[1:6]
+rows = [l.split(",") for l in open(log).read().split("\n") if l.strip()]
+lat = [(int(r[0]), int(r[1]) / 1e6) for r in rows]  # (completion ms, latency ms)
+if not lat:
+    sys.exit()
+spans = [tuple(map(int, c.split())) for c in cmds.split("\n") if c.strip()]
+if mode == "plain":  # the snapshot run's offsets from its first I/O, here
+    spans = [(lat[0][0] + 2000 + 1000 * k, lat[0][0] + 2000 + 1000 * k) for k in range(int(os.environ["SNAPS"]))]
+for a, b in spans:
+    win = [l for t, l in lat if a - 50 <= t <= b + 50]
+    after = [l for t, l in lat if b + 50 < t <= b + 1050]
+    print(f"win\t{peer}\t{n}\t{mode}\t{b - a}\t{max(win, default=0):.2f}\t{len(win)}\t{max(after, default=0):.2f}\t{len(after)}")
+PY
+}
+
 # one_run PEER ROUND MODE — load + probe, snapshots if MODE=snapshots.
 one_run() {
     local peer=$1 n=$2 mode=$3 d=$WORKDIR/$1-$2 t0 t1 c0 c1 k
@@ -132,7 +163,8 @@ one_run() {
     local load=$!
     fio --name=probe --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=1 \
         --size="$SIZE" --time_based=1 --runtime=$((SNAPS + 4)) --lat_percentiles=1 \
-        --percentile_list=50:99:99.9 --output-format=json >"$d/probe-$mode.json" &
+        --percentile_list=50:99:99.9 --write_lat_log="$d/probe-$mode" --log_avg_msec=0 \
+        --log_unix_epoch=1 --output-format=json >"$d/probe-$mode.json" &
     local probe=$!
     sleep 2
     for ((k = 0; k < SNAPS; k++)); do
@@ -140,7 +172,8 @@ one_run() {
             t0=$(date +%s%N)
             ctl volume snapshot big "snap$k"
             t1=$(date +%s%N)
-            printf 'cmd\t%s\t%s\t%s\n' "$peer" "$n" $(((t1 - t0) / 1000)) >>"$RESULTS"
+            printf 'cmd\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$n" $(((t1 - t0) / 1000)) \
+                $((t0 / 1000000)) $((t1 / 1000000)) >>"$RESULTS"
         fi
         sleep 1
     done
@@ -157,6 +190,7 @@ one_run() {
     log "$peer round $n $mode: probe max $max ms p99 $p99 p99.9 $p999; load $iops IOPS, $us us CPU/IO"
     printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$n" "$mode" "$max" "$p99" "$p999" \
         "$iops" "$us" >>"$RESULTS"
+    windows "$peer" "$n" "$mode" "$d/probe-${mode}_lat.1.log"
     if [[ $mode == snapshots ]]; then
         for ((k = 0; k < SNAPS; k++)); do ctl volume delete "snap$k"; done
     fi
@@ -198,11 +232,14 @@ rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 runs = collections.defaultdict(list)
 cmds = collections.defaultdict(list)
 phases = collections.defaultdict(list)
+wins = collections.defaultdict(list)
 for r in rows:
     if r[0] == "run":
         runs[(r[1], r[3])].append([float(x) for x in r[4:9]])
     elif r[0] == "cmd":
         cmds[r[1]].append(int(r[3]) / 1000)
+    elif r[0] == "win":
+        wins[(r[1], r[3])].append([float(x) for x in r[4:9]])
     elif r[0] == "phase":
         kv = dict((k, int(v) / 1000) for k, v in re.findall(r"(\w+)_us=(\d+)", r[3]))
         kv.setdefault("paused", kv["drain"] + kv["lock"] + kv["commit"])
@@ -218,6 +255,17 @@ for peer in ("A", "B"):
             continue
         col = lambda i: [x[i] for x in v]
         print(f"| {peer} | {mode} | {mx(col(0)):.1f} / {mean(col(0)):.1f} | {mean(col(1)):.1f} | {mean(col(2)):.1f} | {mean(col(3)):.0f} | {mean(col(4)):.1f} |")
+print()
+print("| build | mode | snapshot call ms (max / mean) | probe max ms in window (max / mean) | probe I/Os in window | probe max ms in the next second (max / mean) |")
+print("|---|---|---:|---:|---:|---:|")
+for peer in ("A", "B"):
+    for mode in ("plain", "snapshots"):
+        w = wins[(peer, mode)]
+        if not w:
+            continue
+        col = lambda i: [x[i] for x in w]
+        call = f"{mx(col(0)):.1f} / {mean(col(0)):.1f}" if mode == "snapshots" else "-"
+        print(f"| {peer} | {mode} | {call} | {mx(col(1)):.1f} / {mean(col(1)):.1f} | {mean(col(2)):.1f} | {mx(col(3)):.1f} / {mean(col(3)):.1f} |")
 print()
 for peer in ("A", "B"):
     c = cmds[peer]

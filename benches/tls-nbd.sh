@@ -16,7 +16,7 @@
 # work, so its TLS/plain ratio is what the client and the machine allow).
 # Prints a markdown table: MB/s or IOPS per target and mode (mean over
 # rounds), server CPU microseconds per I/O, the client's (fio's usr+sys
-# from its JSON) per I/O, and TLS/plain (goals: >= 0.8 at 1M, >= 0.9 at
+# from its JSON) per I/O, their sum, and TLS/plain (goals: >= 0.8 at 1M, >= 0.9 at
 # 4k); then vraid against the peer in each mode (the second view: the peer
 # pays the same client).
 #
@@ -24,14 +24,17 @@
 #   MEMBER_SIZE  sparse member size [1G]   SIZE     fio --size [1G]
 #   RUNTIME      seconds per job [10]      ROUNDS   rounds [3]
 #   WORKDIR      [/var/tmp/vraid-tls-nbd]  VRAID    binary [target/release/vraid]
-#   TARGETS      ["vraid nbdkit"]
+#   TARGETS      ["vraid nbdkit", plus "vraidb" when VRAID_B is set]
+#   VRAID_B      a second vraid binary, served the same way as target
+#                "vraidb" (two builds A/B in the same rounds) [unset]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MEMBER_SIZE=${MEMBER_SIZE:-1G}
 SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-10}
-TARGETS=${TARGETS:-vraid nbdkit}
+VRAID_B=${VRAID_B:-}
+TARGETS=${TARGETS:-vraid nbdkit${VRAID_B:+ vraidb}}
 ROUNDS=${ROUNDS:-3}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-tls-nbd}
 VRAID=${VRAID:-target/release/vraid}
@@ -52,16 +55,17 @@ PKI=$WORKDIR/pki
 RESULTS=$WORKDIR/results.tsv
 : >"$RESULTS"
 SERVER_PID=
+B_PID=
 NBDKIT_PID=
 
 cleanup() {
-    for pid in $SERVER_PID $NBDKIT_PID; do
+    for pid in $SERVER_PID $B_PID $NBDKIT_PID; do
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
         fi
     done
-    rm -f "$WORKDIR"/m?.img
+    rm -f "$WORKDIR"/m*.img
 }
 trap cleanup EXIT
 
@@ -106,6 +110,18 @@ wait_port() {
     done
     die "nothing listens on port $1"
 }
+B_PORT=$(free_port)
+if [[ " $TARGETS " == *" vraidb "* ]]; then
+    [[ -x $VRAID_B ]] || die "VRAID_B=$VRAID_B is not an executable"
+    truncate -s "$MEMBER_SIZE" "$WORKDIR"/mb{0,1}.img
+    "$VRAID_B" create --level 0 --name vol "$WORKDIR"/mb{0,1}.img >"$WORKDIR/create-b.log" 2>&1 ||
+        die "create (B) failed: $(tail -n 3 "$WORKDIR/create-b.log")"
+    "$VRAID_B" serve --nbd "127.0.0.1:$B_PORT" --control "$WORKDIR/control-b.sock" --tls=allow \
+        --tls-cert "$PKI/server-cert.pem" --tls-key "$PKI/server-key.pem" \
+        "$WORKDIR"/mb{0,1}.img >"$WORKDIR/serve-b.log" 2>&1 &
+    B_PID=$!
+    wait_port "$B_PORT"
+fi
 NBDKIT_PORT=$(free_port)
 if [[ " $TARGETS " == *" nbdkit "* ]]; then
     command -v nbdkit >/dev/null || die "nbdkit not found (TARGETS=vraid to skip the peer)"
@@ -125,6 +141,10 @@ log "filling $SIZE of the volume"
 fio --name=fill --ioengine=nbd --uri="$PLAIN" --rw=write --bs=1M --iodepth=8 --size="$SIZE" \
     --output="$WORKDIR/fill.json" --output-format=json >/dev/null
 
+if [[ -n $B_PID ]]; then
+    fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$B_PORT/vol" --rw=write --bs=1M \
+        --iodepth=8 --size="$SIZE" --output="$WORKDIR/fill-b.json" --output-format=json >/dev/null
+fi
 if [[ -n $NBDKIT_PID ]]; then
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$NBDKIT_PORT/" --rw=write --bs=1M \
         --iodepth=8 --size="$SIZE" --output="$WORKDIR/fill-nbdkit.json" --output-format=json >/dev/null
@@ -136,6 +156,9 @@ job() {
     if [[ $target == vraid ]]; then
         pid=$SERVER_PID
         [[ $mode == plain ]] && uri=$PLAIN || uri=$TLS
+    elif [[ $target == vraidb ]]; then
+        pid=$B_PID
+        [[ $mode == plain ]] && uri=nbd://127.0.0.1:$B_PORT/vol || uri=nbds://127.0.0.1:$B_PORT/vol
     else
         pid=$NBDKIT_PID
         [[ $mode == plain ]] && uri=nbd://127.0.0.1:$NBDKIT_PORT/ || uri=nbds://127.0.0.1:$NBDKIT_PORT/
@@ -156,12 +179,13 @@ job() {
         "$((after - before))" "$(getconf CLK_TCK)" >>"$RESULTS"
 }
 
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 for ((n = 1; n <= ROUNDS; n++)); do
     if ((n % 2)); then order=(plain tls); else order=(tls plain); fi
     for work in read1m write1m randread4k randwrite4k; do
         for target in $TARGETS; do
             for mode in "${order[@]}"; do
-                log "round $n: $target $work $mode (${RUNTIME}s)"
+                log "round $n: $target $work $mode (${RUNTIME}s, load $(cut -d' ' -f1 /proc/loadavg))"
                 job "$target" "$mode" "$work" "$n"
             done
         done
@@ -170,7 +194,7 @@ done
 grep -q "with TLS\|NBD client entered transmission" "$WORKDIR/serve.log" ||
     die "no client reached transmission"
 
-python3 - "$RESULTS" "$RUNTIME" "$ROUNDS" <<'PY'
+python3 - "$RESULTS" "$RUNTIME" "$ROUNDS" "$LOAD_START" "$(cut -d" " -f1-3 /proc/loadavg)" <<'PY'
 import json, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 agg = {}
@@ -186,25 +210,39 @@ for target, mode, work, path, ticks, hz in rows:
     a["cl"].append((j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1e3 / ios)
 mean = lambda v: sum(v) / len(v)
 print(f"\nNBD over TLS vs plain, fio libnbd engine; vraid: RAID-0 of 2 members; "
-      f"nbdkit: memory plugin; {sys.argv[2]}s x {sys.argv[3]} rounds per cell, order alternated\n")
+      f"nbdkit: memory plugin; {sys.argv[2]}s x {sys.argv[3]} rounds per cell, order alternated; "
+      f"load average {sys.argv[4]} at the start, {sys.argv[5]} at the end\n")
 print("| target | workload | plain | TLS | TLS/plain | server CPU us/IO plain / TLS "
-      "| client (fio) CPU us/IO plain / TLS |")
-print("|---|---|---:|---:|---:|---:|---:|")
+      "| client (fio) CPU us/IO plain / TLS | server+client us/IO plain / TLS |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 works = ["read1m", "write1m", "randread4k", "randwrite4k"]
-for target, work in [(t, w) for t in ["vraid", "nbdkit"] for w in works]:
+for target, work in [(t, w) for t in ["vraid", "vraidb", "nbdkit"] for w in works]:
     p, t = agg.get((target, work, "plain")), agg.get((target, work, "tls"))
     if not p or not t:
         continue
     key, unit = ("bw", "MB/s") if "1m" in work else ("iops", "IOPS")
     pv, tv = mean(p[key]), mean(t[key])
     print(f"| {target} | {work} | {pv:.0f} {unit} | {tv:.0f} {unit} | {tv / pv:.2f} | "
-          f"{mean(p['us']):.1f} / {mean(t['us']):.1f} | {mean(p['cl']):.1f} / {mean(t['cl']):.1f} |")
-print("\n| workload | vraid TLS / nbdkit TLS | vraid plain / nbdkit plain |")
-print("|---|---:|---:|")
-for work in works:
-    cells = [agg.get((tg, work, m)) for tg in ["vraid", "nbdkit"] for m in ["tls", "plain"]]
-    if all(cells):
-        key = "bw" if "1m" in work else "iops"
-        vt, vp, kt, kp = (mean(c[key]) for c in cells)
-        print(f"| {work} | {vt / kt:.2f} | {vp / kp:.2f} |")
+          f"{mean(p['us']):.1f} / {mean(t['us']):.1f} | {mean(p['cl']):.1f} / {mean(t['cl']):.1f} | "
+          f"{mean(p['us']) + mean(p['cl']):.1f} / {mean(t['us']) + mean(t['cl']):.1f} |")
+if any(k[0] == "nbdkit" for k in agg):
+    print("\n| workload | vraid TLS / nbdkit TLS | vraid plain / nbdkit plain |")
+    print("|---|---:|---:|")
+    for work in works:
+        cells = [agg.get((tg, work, m)) for tg in ["vraid", "nbdkit"] for m in ["tls", "plain"]]
+        if all(cells):
+            key = "bw" if "1m" in work else "iops"
+            vt, vp, kt, kp = (mean(c[key]) for c in cells)
+            print(f"| {work} | {vt / kt:.2f} | {vp / kp:.2f} |")
+if any(k[0] == "vraidb" for k in agg):
+    print("\n| workload | vraidb / vraid TLS | vraidb / vraid plain "
+          "| server CPU us/IO TLS vraid / vraidb |")
+    print("|---|---:|---:|---:|")
+    for work in works:
+        cells = [agg.get((tg, work, m)) for tg in ["vraidb", "vraid"] for m in ["tls", "plain"]]
+        if all(cells):
+            key = "bw" if "1m" in work else "iops"
+            bt, bp, at, ap = (mean(c[key]) for c in cells)
+            print(f"| {work} | {bt / at:.2f} | {bp / ap:.2f} | "
+                  f"{mean(cells[2]['us']):.1f} / {mean(cells[0]['us']):.1f} |")
 PY

@@ -1189,9 +1189,10 @@ pub enum PoolCommand {
         /// off clients connected to the array's own export.
         #[arg(long)]
         force: bool,
-        /// Lay a version-3 pool, whose shared clusters are split on write
-        /// (sub-cluster copy-on-write; older builds refuse it). Being
-        /// built: such a pool behaves as a version-2 one so far.
+        /// Lay a version-3 pool, whose shared clusters are split on write:
+        /// a write after a snapshot copies only the granules it touches
+        /// (64 KiB, or 1/64 of larger clusters), not the whole cluster.
+        /// Older builds refuse such a pool.
         #[arg(long)]
         split_clusters: bool,
     },

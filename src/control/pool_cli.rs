@@ -150,8 +150,8 @@ pub fn pool(cmd: PoolCommand) -> Result<(), ClientError> {
                 print_json(&reply);
             } else {
                 println!(
-                    "pool {pool}: {} volumes, {} map pages, {} clusters referenced",
-                    reply.volumes, reply.map_pages, reply.clusters
+                    "pool {pool}: {} volumes, {} map pages, {} clusters referenced, {} split records",
+                    reply.volumes, reply.map_pages, reply.clusters, reply.split_records
                 );
                 reply
                     .repaired

@@ -1167,6 +1167,11 @@ impl ArrayHandle {
     /// Starts rebuilds from spares into down roles, one at a time.
     fn activate_spares(self: &Arc<Self>) -> BoxFuture<'_, ()> {
         crate::block::BoxFuture::new(async move {
+            // Not at shutdown: a `fail` waiting on the pass just ended may
+            // hold the member-set lock (red team s16).
+            if self.stopping() {
+                return;
+            }
             let _set = self.member_set.lock().await;
             // A spare is in neither list while it moves into its role.
             let _new = new_members().lock().await;

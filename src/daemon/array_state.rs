@@ -68,9 +68,11 @@ impl ArrayState {
         }
     }
 
-    /// Takes the pass slot for a rebuild; false when a pass runs.
+    /// Takes the pass slot for a rebuild; false when a pass runs or once
+    /// shutdown began (shutdown waits only for the passes it found: one
+    /// started after would be cut off mid-step).
     pub(super) fn claim_pass(&mut self) -> bool {
-        if self.pass != Pass::Idle {
+        if self.pass != Pass::Idle || self.stopping {
             return false;
         }
         self.pass = Pass::Rebuild;

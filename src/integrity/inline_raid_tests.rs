@@ -1,17 +1,21 @@
 //! RAID-1 and RAID-5 volumes over inline-layout members (the wrapper on
 //! every member, the verdict/reseal hook on the volume): the volume behaves
 //! like a byte array, keeps its redundancy, and a byte flipped under one
-//! member (data or tag) never reaches the client.
+//! member (data or tag) never reaches the client; a resync whose tag
+//! reseal (or, separate layout, page reservation) runs out of space fails
+//! with ENOSPC and leaves its range owed.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 
 use super::tag::{physical_len, STRIDE};
 use super::Checksums;
-use crate::block::{BlockDevice, Durability};
+use crate::block::{BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
+use crate::raid::rebuild::{RebuildControl, RebuildError};
 use crate::raid::test_support::{pattern, xor_byte, Array, TestDevice};
+use crate::raid::volume::MemberState;
 use crate::raid::{ChunkSize, Geometry, Level};
 use crate::units::ByteOffset;
 
@@ -158,4 +162,143 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(run(level, bad, ops))?;
     }
+}
+
+/// A member file whose filesystem fills once `full` is set: its writes then
+/// fail with ENOSPC (reads keep working).
+struct FillsUp(Arc<dyn BlockDevice>, Arc<AtomicBool>);
+
+impl BlockDevice for FillsUp {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> BoxFuture<'a, BlockResult> {
+        self.0.read(offset, buf)
+    }
+
+    fn write<'a>(
+        &'a self,
+        offset: ByteOffset,
+        buf: &'a [u8],
+        durability: Durability,
+    ) -> BoxFuture<'a, BlockResult> {
+        if !self.1.load(Ordering::Relaxed) {
+            return self.0.write(offset, buf, durability);
+        }
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        BoxFuture::new(async move { Err(BlockError::io(self.name(), e)) })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, BlockResult> {
+        self.0.flush()
+    }
+
+    fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        self.0.discard(offset, len)
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: ByteOffset,
+        len: u64,
+        unmap: bool,
+    ) -> BoxFuture<'_, BlockResult> {
+        self.0.write_zeroes(offset, len, unmap)
+    }
+
+    fn reserve(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
+        if !self.1.load(Ordering::Relaxed) {
+            return self.0.reserve(offset, len);
+        }
+        let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        BoxFuture::new(async move { Err(BlockError::io(self.name(), e)) })
+    }
+}
+
+/// STATUS gap of session 15: a crash resync's inline-tag reseal that ran
+/// out of space was logged and the range reported synced (its bit cleared
+/// over tags older than the data). It now fails the resync with ENOSPC like
+/// a member op that runs out of space, the range stays owed, and no member
+/// fails.
+#[tokio::test]
+async fn resync_whose_tag_reseal_runs_out_of_space_fails_with_enospc_and_stays_owed() {
+    // Arrange: a RAID-1 of two inline members, written while there was
+    // space; then member 1's filesystem fills. The mirrors agree, so the
+    // resync writes nothing but the reseal of each member's tags.
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(CHUNK).unwrap(), MEMBER).unwrap();
+    let devices: Vec<Arc<TestDevice>> = (0..2)
+        .map(|i| TestDevice::new(&format!("m{i}"), physical_len(MEMBER)))
+        .collect();
+    let full = Arc::new(AtomicBool::new(false));
+    let csums = Checksums::new();
+    let errors = Arc::new(AtomicU64::new(0));
+    let array = Array::over_wrapped(g, devices, &[], |i, d| {
+        let d = match i {
+            1 => Arc::new(FillsUp(d, full.clone())) as Arc<dyn BlockDevice>,
+            _ => d,
+        };
+        csums.wrap_inline(i, d, Arc::new(|_| true), errors.clone())
+    });
+    let vol = array.volume.with_checksums(csums.clone());
+    let data = pattern(2 * CHUNK as usize, 5);
+    vol.write(ByteOffset(0), &data, Durability::Normal)
+        .await
+        .unwrap();
+    full.store(true, Ordering::Relaxed);
+    // Act + Assert: ENOSPC, nothing reported synced, nobody failed.
+    resync_whole_fails_with_enospc(&vol).await;
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
+}
+
+/// The same for the separate layout: a reseal whose checksum page cannot be
+/// reserved (the member's filesystem is full) fails the resync with ENOSPC
+/// (FORMAT §8 case 140; before, it was logged and the range reported
+/// synced).
+#[tokio::test]
+async fn resync_whose_page_reservation_runs_out_of_space_fails_with_enospc() {
+    // Arrange: a RAID-1 of two members, separate checksum areas, member 1's
+    // area on a full filesystem; nothing written yet, so the reseal is the
+    // first use of its page (to be reserved).
+    let g = Geometry::new(Level::Raid1, 2, ChunkSize::new(CHUNK).unwrap(), MEMBER).unwrap();
+    let devices: Vec<Arc<TestDevice>> = (0..2)
+        .map(|i| TestDevice::new(&format!("m{i}"), MEMBER))
+        .collect();
+    let full = Arc::new(AtomicBool::new(true));
+    let csums = Checksums::new();
+    let errors = Arc::new(AtomicU64::new(0));
+    let array = Array::over_wrapped(g, devices, &[], |i, d| {
+        let area: Arc<dyn BlockDevice> = TestDevice::new(&format!("a{i}"), 1 << 20);
+        let area = match i {
+            1 => Arc::new(FillsUp(area, full.clone())) as Arc<dyn BlockDevice>,
+            _ => area,
+        };
+        csums.wrap(i, area, 0, d, false, Arc::new(|_| true), errors.clone())
+    });
+    let vol = array.volume.with_checksums(csums.clone());
+    // Act + Assert
+    resync_whole_fails_with_enospc(&vol).await;
+    assert!(array.events.failed.lock().unwrap().is_empty());
+    assert_eq!(vol.member_states(), vec![MemberState::Active; 2]);
+}
+
+/// Resyncs the whole member range of `vol` and checks it fails with
+/// ENOSPC with nothing reported synced.
+async fn resync_whole_fails_with_enospc(vol: &crate::raid::volume::Volume) {
+    let done = Mutex::new(Vec::new());
+    let result = vol
+        .resync(vec![(0, MEMBER)], &RebuildControl::new(0), &|a, b| {
+            done.lock().unwrap().push((a, b))
+        })
+        .await;
+    match result {
+        Err(RebuildError::Target(e)) => assert!(e.is_no_space(), "{e}"),
+        other => panic!("expected the resync to fail with ENOSPC, got {other:?}"),
+    }
+    assert!(done.lock().unwrap().is_empty());
 }

@@ -285,20 +285,24 @@ impl ChecksumHook for Checksums {
         member: MemberIndex,
         offset: ByteOffset,
         data: &'a [u8],
-    ) -> BoxFuture<'a, ()> {
+    ) -> BoxFuture<'a, BlockResult> {
         crate::block::BoxFuture::new(async move {
             let entries = page::entries_of(data);
             let first = offset.get() / page::BLOCK;
+            let mut out = Ok(());
             for s in self.stores_of(member.0) {
                 if let Err(e) = s.set(first, &entries).await {
                     tracing::warn!(%member, %e, "resealing checksums failed");
+                    out = out.and(Err(e));
                 }
             }
             for d in self.inline.of(member.0) {
                 if let Err(e) = d.reseal(offset.get(), data).await {
                     tracing::warn!(%member, %e, "resealing inline tags failed");
+                    out = out.and(Err(e));
                 }
             }
+            out
         })
     }
 

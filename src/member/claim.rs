@@ -230,22 +230,55 @@ pub fn in_use_elsewhere(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// The loop device whose backing file is `id` (`/sys/block/loopN/loop/
-/// backing_file`, compared by identity), if one is attached: whatever is
-/// on it (a mount, md, a VM) writes the file behind vraid's back.
+/// The loop device whose backing file is `id` (the backing file's device
+/// and inode as the loop driver reports them, `LOOP_GET_STATUS64`), if one
+/// is attached: whatever is on it (a mount, md, a VM) writes the file
+/// behind vraid's back. The backing file's path is never looked up: a
+/// loop device over a file on a hung FUSE or network mount would block
+/// the lookup, and with it every `add` and assembly.
 pub fn loop_device_over(id: DeviceId) -> Option<String> {
-    let DeviceId::File { .. } = id else {
+    let DeviceId::File { dev, ino } = id else {
         return None;
     };
     std::fs::read_dir("/sys/block")
         .ok()?
         .filter_map(Result::ok)
+        .filter(|entry| entry.path().join("loop").exists())
         .find_map(|entry| {
-            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            let backing = backing.trim_end_matches('\n');
-            (DeviceId::of_path(Path::new(backing)).ok()? == id)
-                .then(|| format!("/dev/{}", entry.file_name().to_string_lossy()))
+            let node = format!("/dev/{}", entry.file_name().to_string_lossy());
+            (loop_backing(Path::new(&node))? == (dev, ino)).then_some(node)
         })
+}
+
+/// `struct loop_info64` of `<linux/loop.h>`, the fields read here first.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rest: [u8; 216],
+}
+
+/// The backing file's (device, inode) of loop device `node`, or None
+/// when it cannot be opened or has no backing file (ENXIO).
+fn loop_backing(node: &Path) -> Option<(u64, u64)> {
+    const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+    let file = std::fs::File::open(node).ok()?;
+    let mut info = LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rest: [0; 216],
+    };
+    // SAFETY: `file` is an open descriptor; LOOP_GET_STATUS64 writes one
+    // `struct loop_info64` (232 bytes, the size of `LoopInfo64`) into
+    // `info`, which lives across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            LOOP_GET_STATUS64 as _,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    (rc == 0).then_some((info.device, info.inode))
 }
 
 /// Whether `id` is an active swap file (`/proc/swaps`, by identity): the
@@ -359,6 +392,34 @@ mod tests {
         let path = dir.path().join("m.img");
         std::fs::write(&path, [0u8; 4096]).unwrap();
         (dir, path)
+    }
+
+    #[test]
+    fn a_loop_device_over_a_file_is_found_by_the_drivers_device_and_inode() {
+        // Arrange: a loop device over the file, then the file renamed
+        // (found by the identity the driver reports, not by a name).
+        let (dir, path) = scratch();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&path)
+            .output()
+            .expect("losetup (util-linux) runs");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let moved = dir.path().join("moved.img");
+        std::fs::rename(&path, &moved).unwrap();
+        let id = DeviceId::of_path(&moved).unwrap();
+
+        // Act
+        let found = loop_device_over(id);
+        let other = loop_device_over(DeviceId::File { dev: 0, ino: 1 });
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &dev])
+            .status();
+
+        // Assert
+        assert_eq!(found.as_deref(), Some(dev.as_str()));
+        assert_eq!(other, None);
     }
 
     fn open_rw(path: &Path) -> File {

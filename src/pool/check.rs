@@ -22,6 +22,9 @@ pub struct CheckReport {
     pub map_pages: u64,
     /// Data clusters referenced.
     pub clusters: u64,
+    /// Split records referenced (version-3 pools; 0 otherwise).
+    #[serde(default)]
+    pub split_records: u64,
     /// Every inconsistency, one line each.
     pub problems: Vec<String>,
     /// What a repair changed, one line each.
@@ -272,6 +275,7 @@ async fn tally(m: &mut Meta) -> Result<(CheckReport, Counts), PoolError> {
     }
     report.map_pages = counts.pages.len() as u64;
     report.clusters = counts.clusters.len() as u64;
+    report.split_records = counts.records.len() as u64;
     let free_clusters = compare_clusters(m, &mut counts).await?;
     let free_meta = compare_pages(m, &mut counts).await?;
     compare_records(m, &mut counts).await?;

@@ -14,6 +14,7 @@
 //! `thin` the block device of one volume, `check` the read-only verifier.
 
 pub mod check;
+pub mod complete;
 pub mod contexts;
 pub mod diff;
 pub use check::CheckReport;

@@ -80,6 +80,9 @@ pub struct Pool {
     /// The directory as last published (read without the async lock:
     /// NBD negotiation asks it which contexts a volume offers).
     listing: Mutex<Vec<Listed>>,
+    /// Places of splits to complete (`complete.rs`), and the completer's wake-up.
+    pub(crate) completions: Mutex<std::collections::VecDeque<(u32, u64)>>,
+    pub(crate) completer_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A volume record as published for synchronous readers.
@@ -288,6 +291,8 @@ impl Pool {
             vol_gates: Mutex::new(HashMap::new()),
             copies: tokio::sync::Semaphore::new(COPIES_IN_FLIGHT),
             listing: Mutex::new(Vec::new()),
+            completions: Mutex::new(std::collections::VecDeque::new()),
+            completer_wake: Arc::new(tokio::sync::Notify::new()),
         });
         pool.resume_deletes().await?;
         pool.resume_tail_cuts().await?;

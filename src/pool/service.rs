@@ -126,7 +126,10 @@ impl PoolService {
         let mut broken = Vec::new();
         for (name, dev) in &arrays {
             match Pool::open(dev.clone(), DEFAULT_CACHE_PAGES).await {
-                Ok(pool) => pools.push((name.clone(), pool)),
+                Ok(pool) => {
+                    pool.start_completer();
+                    pools.push((name.clone(), pool));
+                }
                 Err(PoolError::NoPool(_)) => {}
                 // Unreadable (say block 0 lost on a degraded array): it
                 // cannot be told whether a pool is there, so the array is
@@ -273,6 +276,7 @@ impl PoolService {
         self.sink.remove(array);
         Pool::create(dev.as_ref(), opts).await?;
         let pool = Pool::open(dev, DEFAULT_CACHE_PAGES).await?;
+        pool.start_completer();
         self.broken
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,8 @@
 //!
 //! The open pool's side: `split_meta` (reads, references, release),
 //! `split_write` (making splits, the record allocator), `thin_split`
-//! (writes into an exclusive record). What is left is listed in
+//! (writes into an exclusive record), `complete` (the completer). What
+//! is left is listed in
 //! docs/STATUS.md.
 
 use crate::pool::format::{get32, get64, put32, put64, FormatError, Geometry, PAGE_HDR};

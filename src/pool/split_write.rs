@@ -8,8 +8,8 @@
 //! the record allocator (kind-8 pages, their map-page count = records in
 //! use).
 //!
-//! Case 3 (a write to an exclusive record) is in `thin_split.rs`; not
-//! built yet: the completer; docs/STATUS.md.
+//! Case 3 (a write to an exclusive record) is in `thin_split.rs`; the
+//! completer (queued by `ThinVolume::fill_fresh`) in `complete.rs`.
 
 use crate::block::{BlockDevice, Durability};
 use crate::pool::format::Kind;

@@ -263,6 +263,7 @@ impl ThinVolume {
         drop(permit);
         let mut m = self.pool.meta.lock().await;
         m.stop_copying(old);
+        let split = matches!(r, Ok(Some(_)));
         let mapped = match (r, m.by_id(self.id)) {
             (Ok(Some(mask)), Ok(i)) => m.map_split(i, p.vc, fresh.cluster, old, mask).await,
             (Ok(None), Ok(i)) => m.map_fresh(i, p.vc, fresh.cluster, old).await,
@@ -270,6 +271,9 @@ impl ThinVolume {
         };
         match mapped {
             Ok(true) => {
+                if split {
+                    self.pool.queue_completion(self.id, p.vc);
+                }
                 self.pool.safe_point_released(m).await?;
                 Ok(true)
             }

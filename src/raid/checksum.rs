@@ -11,20 +11,22 @@
 //! writes take the chunk-row locks (two writes of one block never race).
 
 use super::layout::MemberIndex;
-use crate::block::BoxFuture;
+use crate::block::{BlockResult, BoxFuture};
 use crate::units::ByteOffset;
 
 /// Resealing of block checksums from known-good member bytes.
 pub trait ChecksumHook: Send + Sync {
     /// The member data of `member` at `offset` is `data` (4 KiB-aligned):
     /// record its checksums, on the slot's member and on a member being
-    /// rebuilt into it.
+    /// rebuilt into it. Every store is tried; the first error is returned
+    /// (callers note ENOSPC with `no_space::note_result`, so the
+    /// step fails with ENOSPC and its range stays owed).
     fn reseal<'a>(
         &'a self,
         member: MemberIndex,
         offset: ByteOffset,
         data: &'a [u8],
-    ) -> BoxFuture<'a, ()>;
+    ) -> BoxFuture<'a, BlockResult>;
 
     /// How each 4 KiB block of `data` (member data of `member` at the
     /// 4 KiB-aligned `offset`) compares with the entry stored for it on the

@@ -33,6 +33,16 @@ pub(super) fn note() {
     let _ = HIT.try_with(|hit| hit.set(true));
 }
 
+/// Notes `result` if it ran out of space: a checksum reseal of a resync
+/// step (a member write of its own, outside the member ops) that cannot
+/// get space fails the step with ENOSPC like a member op would, so the
+/// range stays owed instead of being cleared with stale checksums.
+pub(super) fn note_result(result: &crate::block::BlockResult) {
+    if result.as_ref().is_err_and(BlockError::is_no_space) {
+        note();
+    }
+}
+
 /// Whether a member op of the current request ran out of space so far.
 pub(super) fn hit() -> bool {
     HIT.try_with(Cell::get).unwrap_or(false)

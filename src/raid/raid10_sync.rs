@@ -177,7 +177,7 @@ pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, Reb
         rewritten += n * p.len;
         if let Some(hook) = vol.checksums() {
             for &k in &p.copies {
-                hook.reseal(k.member, p.at(vol, k), &want).await;
+                super::no_space::note_result(&hook.reseal(k.member, p.at(vol, k), &want).await);
             }
         }
     }

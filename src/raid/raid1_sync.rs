@@ -110,7 +110,7 @@ pub(super) async fn resync_mirror_step(vol: &Volume, a: u64, b: u64) -> Result<u
     let n = join_all(fix).await.into_iter().filter(|&ok| ok).count() as u64;
     if let Some(hook) = vol.checksums() {
         for &m in &members {
-            hook.reseal(m, off, &want).await;
+            super::no_space::note_result(&hook.reseal(m, off, &want).await);
         }
     }
     Ok(n * (b - a))

@@ -123,7 +123,7 @@ pub(super) async fn resync_parity_step(vol: &Volume, a: u64, b: u64) -> Result<u
     }
     if let Some(hook) = vol.checksums() {
         for (m, buf) in bufs.iter().enumerate() {
-            hook.reseal(MemberIndex(m), ByteOffset(a), buf).await;
+            super::no_space::note_result(&hook.reseal(MemberIndex(m), ByteOffset(a), buf).await);
         }
     }
     Ok(fixed)

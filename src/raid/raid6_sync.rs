@@ -177,7 +177,7 @@ pub(super) async fn resync_step(vol: &Volume, a: u64, b: u64) -> Result<u64, Reb
     let fixed = write_changed(vol, a, &bufs, &changed).await;
     if let Some(hook) = vol.checksums() {
         for (m, buf) in bufs.iter().enumerate() {
-            hook.reseal(MemberIndex(m), ByteOffset(a), buf).await;
+            super::no_space::note_result(&hook.reseal(MemberIndex(m), ByteOffset(a), buf).await);
         }
     }
     Ok(fixed)

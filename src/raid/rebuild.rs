@@ -389,13 +389,16 @@ fn target_broken(inc: &Incoming) -> RebuildError {
     ))
 }
 
-/// Between two steps: stop when cancelled or when the target broke.
+/// Between two steps: stop when the target broke (a write error, or
+/// abandoned by the operator: that ends it even at shutdown, rather than
+/// pausing it to be resumed onto the member the operator failed) or when
+/// cancelled.
 fn still_going(ctl: &RebuildControl, inc: &Incoming) -> Result<(), RebuildError> {
-    if ctl.is_cancelled() {
-        return Err(RebuildError::Cancelled);
-    }
     if inc.is_broken() {
         return Err(target_broken(inc));
+    }
+    if ctl.is_cancelled() {
+        return Err(RebuildError::Cancelled);
     }
     Ok(())
 }

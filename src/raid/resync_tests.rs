@@ -191,7 +191,9 @@ async fn raid5_resync_recomputes_parity_of_a_torn_row_whose_blocks_pass() {
         .write(ByteOffset(0), &torn, Durability::Normal)
         .await
         .unwrap();
-    hook.reseal(MemberIndex(0), ByteOffset(0), &torn).await;
+    hook.reseal(MemberIndex(0), ByteOffset(0), &torn)
+        .await
+        .unwrap();
 
     // Act
     let read = crashed.resync_and_read(data.len()).await;
@@ -525,7 +527,7 @@ async fn raid6_resync_recomputes_p_and_q_of_a_torn_row_whose_blocks_pass() {
         .write(ByteOffset(0), &torn, Durability::Normal)
         .await
         .unwrap();
-    hook.reseal(d0, ByteOffset(0), &torn).await;
+    hook.reseal(d0, ByteOffset(0), &torn).await.unwrap();
 
     // Act
     let read = crashed.resync_and_read(data.len()).await;

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use vmm_sys_util::event::{
 use super::device::{config_slice, DeviceSpec, MAX_QUEUE_SIZE, WCE_OFFSET};
 use super::exec::{answer, execute, ExportContext, Status, QUEUE_POOL};
 use super::executor::QueueExecutor;
-use super::request::parse;
+use super::request::{parse, BlockRequest, ChainError, ParseError};
 use crate::export::in_flight::InFlightRequests;
 use crate::member::buf::BufPool;
 
@@ -134,6 +134,9 @@ pub struct BlkBackend {
     pools: Vec<Arc<BufPool>>,
     executors: Vec<QueueExecutor>,
     exit_fds: ExitFds,
+    /// Chains refused as malformed so far (logged at warn level at 1, 2,
+    /// 4, 8...: a hostile guest cannot flood the log).
+    bad_chains: AtomicU64,
 }
 
 impl std::fmt::Debug for BlkBackend {
@@ -162,6 +165,7 @@ impl BlkBackend {
                 .map(|_| QueueExecutor::new())
                 .collect::<io::Result<_>>()?,
             exit_fds: ExitFds::default(),
+            bad_chains: AtomicU64::new(0),
         })
     }
 
@@ -213,7 +217,7 @@ impl BlkBackend {
         for chain in chains {
             let head = chain.head_index();
             let guard = self.queues[index].begin();
-            match parse(&*mem, chain) {
+            match parse_whole(&mem, chain) {
                 Ok(req) => {
                     let ctx = self.ctx.clone();
                     let pool = self.pools[index].clone();
@@ -227,7 +231,7 @@ impl BlkBackend {
                     }));
                 }
                 Err(e) => {
-                    debug!("{}: bad request on queue {index}: {e}", self.ctx.spec.name);
+                    self.log_bad_chain(index, head, &e);
                     let used = e
                         .status
                         .map_or(0, |addr| answer(&*mem, addr, Status::IOERR, 0));
@@ -236,6 +240,50 @@ impl BlkBackend {
                 }
             }
         }
+    }
+}
+
+impl BlkBackend {
+    /// Logs a refused chain: warn at the 1st, 2nd, 4th, 8th... of the
+    /// connection, debug otherwise.
+    fn log_bad_chain(&self, index: usize, head: u16, e: &ChainError) {
+        let n = self.bad_chains.fetch_add(1, Ordering::Relaxed) + 1;
+        let answer = if e.status.is_some() {
+            "answered IOERR"
+        } else {
+            "returned without a status (none found)"
+        };
+        let name = &self.ctx.spec.name;
+        if n.is_power_of_two() {
+            warn!("{name}: malformed request on queue {index} (head {head}), {answer}: {e} ({n} so far)");
+        } else {
+            debug!("{name}: malformed request on queue {index} (head {head}), {answer}: {e}");
+        }
+    }
+}
+
+/// Parses a popped chain, refusing one cut short: virtio-queue's iterator
+/// ends a chain silently when it loops (more descriptors than the queue
+/// size), links past the table, passes 4 GiB in total, or has a bad
+/// indirect table. Its last descriptor then still says NEXT; what it
+/// yielded must not run as a request (QEMU marks such a device broken; we
+/// answer IOERR to the last writable byte seen, if any, and go on).
+fn parse_whole<I>(mem: &GuestMem, chain: I) -> Result<BlockRequest, ChainError>
+where
+    I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
+{
+    let mut cut = false;
+    let parsed = parse(mem, chain.inspect(|d| cut = d.has_next()));
+    match parsed {
+        Ok(req) if cut => Err(ChainError {
+            status: Some(req.status),
+            kind: ParseError::Truncated,
+        }),
+        Err(e) if cut && e.kind != ParseError::TooManyDescriptors => Err(ChainError {
+            status: e.status,
+            kind: ParseError::Truncated,
+        }),
+        other => other,
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_OUT};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
@@ -266,4 +268,83 @@ async fn with_event_idx_no_interrupt_until_the_used_index_passes_used_event() {
     assert_eq!(used_idx(&mem), 3);
     assert!(!early, "interrupt sent before the driver asked for one");
     assert!(late, "no interrupt once the used index passed used_event");
+}
+
+/// Writes descriptors from index 0 on, each with NEXT to the index given,
+/// and makes index 0 available (a chain the driver never ended).
+fn offer_linked(mock: &MockSplitQueue<'_, Mem>, chain: &[(u64, u32, bool, u16)]) {
+    let descs: Vec<RawDescriptor> = chain
+        .iter()
+        .map(|&(addr, len, writable, next)| {
+            let write = if writable { F_WRITE } else { 0 };
+            RawDescriptor::from(Descriptor::new(addr, len, F_NEXT | write, next))
+        })
+        .collect();
+    mock.add_desc_chains(&descs, 0).unwrap();
+}
+
+/// Break (session 16): a chain whose status descriptor links past the
+/// descriptor table was cut there by virtio-queue's iterator, silently,
+/// and what it had yielded ran as a well-formed write.
+#[tokio::test]
+async fn a_chain_linking_past_the_table_is_refused_and_the_next_still_runs() {
+    // Arrange: a one-sector write whose "status" says NEXT 99 (queue of 16).
+    let mem = memory();
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_LEN);
+    let f = fixture(&mem, &mock, false);
+    header(&mem, 0x1000, VIRTIO_BLK_T_OUT, 0);
+    mem.write_slice(&[0xaa; 512], GuestAddress(0x2000)).unwrap();
+    offer_linked(
+        &mock,
+        &[
+            (0x1000, 16, false, 1),
+            (0x2000, 512, false, 2),
+            (0x3000, 1, true, 99),
+        ],
+    );
+    offer(&mock, 3, &flush_chain(&mem, 0x1100, 0x3001));
+
+    // Act
+    f.kick();
+
+    // Assert: refused with IOERR, nothing written, the flush answered.
+    assert_eq!(used(&mem), vec![(0, 1), (3, 1)]);
+    assert_eq!(status(&mem, 0x3000), Status::IOERR.0);
+    assert_eq!(status(&mem, 0x3001), Status::OK.0);
+    let mut written = vec![0u8; 512];
+    f.dev.read(ByteOffset(0), &mut written).await.unwrap();
+    assert_eq!(written, vec![0u8; 512], "the cut chain's write ran");
+    assert_eq!(f.backend.in_flight(), 0);
+}
+
+/// Break (session 16): a looping chain (status links back to the data)
+/// was cut after queue-size descriptors and, with lengths chosen so the
+/// repeated descriptors sum to whole sectors, ran as a 14-sector read.
+#[tokio::test]
+async fn a_looping_chain_is_refused_and_the_next_still_runs() {
+    // Arrange: IN header, data 512 (W), 439 bytes (W) linking back to the
+    // data: 16 descriptors yield 8 x 512 + 7 x 439 - 1 = 14 x 512 bytes.
+    let mem = memory();
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_LEN);
+    let f = fixture(&mem, &mock, false);
+    header(&mem, 0x1000, VIRTIO_BLK_T_IN, 0);
+    offer_linked(
+        &mock,
+        &[
+            (0x1000, 16, false, 1),
+            (0x2000, 512, true, 2),
+            (0x3000, 439, true, 1),
+        ],
+    );
+    offer(&mock, 3, &flush_chain(&mem, 0x1100, 0x3801));
+
+    // Act
+    f.kick();
+
+    // Assert: IOERR in the last writable byte yielded, the flush answered.
+    assert_eq!(used(&mem), vec![(0, 1), (3, 1)]);
+    assert_eq!(status(&mem, 0x2000 + 511), Status::IOERR.0);
+    assert_eq!(status(&mem, 0x3801), Status::OK.0);
+    assert_eq!(f.dev.flushes(), 1);
+    assert_eq!(f.backend.in_flight(), 0);
 }

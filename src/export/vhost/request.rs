@@ -115,6 +115,12 @@ pub enum ParseError {
         /// Length.
         len: u32,
     },
+    /// The chain ends in a descriptor that says NEXT: it loops, links
+    /// past the descriptor table, passes 4 GiB or has a bad indirect table.
+    #[error(
+        "chain cut short (loops, links outside the table, over 4 GiB, or a bad indirect table)"
+    )]
+    Truncated,
     /// The chain is longer than [`MAX_DESCRIPTORS`].
     #[error("chain has more than {MAX_DESCRIPTORS} descriptors")]
     TooManyDescriptors,

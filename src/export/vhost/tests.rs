@@ -95,6 +95,23 @@ fn header_data_and_status_may_share_descriptors() {
     assert_eq!(read.status, GuestAddress(0x6200));
 }
 
+/// An indirect table may hold up to 65535 descriptors: a request of more
+/// than `MAX_DESCRIPTORS` (4096, far over `seg_max`) is refused before the
+/// rest of the chain is read; its status byte is unknown, so the caller
+/// returns the chain without one (and logs it).
+#[test]
+fn chain_of_more_than_max_descriptors_is_refused_unread() {
+    let mem = memory();
+    header(&mem, 0x100, VIRTIO_BLK_T_IN, 0);
+    let chain = std::iter::once(out(0x100, 16))
+        .chain((0..5000u64).map(|i| inp(0x1000 + 512 * (i % 1000), 512)))
+        .chain(std::iter::once(inp(0x800, 1)));
+
+    let e = parse(&mem, chain).unwrap_err();
+
+    assert_eq!((e.status, e.kind), (None, ParseError::TooManyDescriptors));
+}
+
 #[test]
 fn chain_without_writable_status_cannot_be_answered() {
     let mem = memory();
