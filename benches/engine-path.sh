@@ -188,8 +188,10 @@ d = json.load(open(path))["jobs"][0]["read" if "read" in job else "write"]
 ios = max(d["total_ios"], 1)
 # The CPU window includes fio's 1 s ramp: count its I/Os too.
 ramp_ios = d["iops"] * 1.0
+p99 = d["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
+load = open("/proc/loadavg").read().split()[0]
 print(f"{target}\t{job}\tiops={d['iops']:.0f}\tlat_us={d['clat_ns']['mean'] / 1000:.1f}"
-      f"\tcpu_us/io={int(cpu_us) / (ios + ramp_ios):.1f}")
+      f"\tp99_us={p99:.0f}\tcpu_us/io={int(cpu_us) / (ios + ramp_ios):.1f}\tload={load}")
 PY
     done
 done
@@ -202,11 +204,12 @@ runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     target, job, *fields = line.rstrip("\n").split("\t")
     runs[(job, target)].append({k: float(v) for k, v in (f.split("=") for f in fields)})
-print("| job | target | IOPS | mean lat us | server CPU us/IO |")
-print("|---|---|---|---|---|")
+print("| job | target | IOPS | mean lat us | p99 lat us | server CPU us/IO | load 1 min |")
+print("|---|---|---|---|---|---|---|")
 for (job, target), rows in sorted(runs.items()):
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print(f"| {job} | {target} | {med['iops']:.0f} | {med['lat_us']:.1f} | {med['cpu_us/io']:.1f} |")
+    print(f"| {job} | {target} | {med['iops']:.0f} | {med['lat_us']:.1f} | {med['p99_us']:.0f}"
+          f" | {med['cpu_us/io']:.1f} | {med['load']:.1f} |")
 PY
 python3 - "$RESULTS" <<'PY'
 import collections, statistics, sys

@@ -73,6 +73,14 @@ impl HeldDisk {
         assert_eq!(echo[0], cmd.to_ascii_uppercase());
     }
 
+    /// Holds the disk until the guard drops: a test that panics while the
+    /// disk is held resumes it before its server is stopped (a held member
+    /// blocks the server's clean stop).
+    fn hold(&self) -> Held<'_> {
+        self.control(b'p');
+        Held(self)
+    }
+
     /// WRITE requests that reached nbdkit (held ones included).
     fn writes_seen(&self) -> usize {
         self.seen(" Write ")
@@ -106,6 +114,19 @@ impl HeldDisk {
             "conv=notrunc,fdatasync".to_string(),
             "count=0".to_string(),
         ]));
+    }
+}
+
+/// The disk held by [`HeldDisk::hold`]; resumed on drop.
+struct Held<'a>(&'a HeldDisk);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = UnixStream::connect(&self.0.pause).map(|mut s| s.write_all(b"r"));
+        } else {
+            self.0.control(b'r');
+        }
     }
 }
 
@@ -237,7 +258,10 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
     create_array(0, "64K", "60M", "vol0", &vol0);
     create_array(1, "64K", "60M", "vol1", &vol1);
     let list = |m: &[PathBuf]| {
-        let quoted: Vec<String> = m.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let quoted: Vec<String> = m
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         quoted.join(", ")
     };
     let config = dir.join("vraid.toml");
@@ -261,7 +285,7 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
     HeldDisk::drop_cache(dir);
 
     // Act: hold the disk; 4 KiB reads 4 MiB apart (member 0, even chunks).
-    disk.control(b'p');
+    let hold = disk.hold();
     let seen = disk.reads_seen();
     let readers: Vec<Child> = (1..=4)
         .map(|k| {
@@ -272,9 +296,11 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
                 .unwrap()
         })
         .collect();
-    wait_until("two reads held at the disk", Duration::from_secs(30), || {
-        disk.reads_seen() >= seen + 2
-    });
+    wait_until(
+        "two reads held at the disk",
+        Duration::from_secs(30),
+        || disk.reads_seen() >= seen + 2,
+    );
     let answered = status_answers_within(&ctl, Duration::from_secs(5));
     let other = qemu_io_command(&uri1, &["read -P 2 0 64K"])
         .stdout(Stdio::null())
@@ -282,7 +308,7 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
         .spawn()
         .unwrap();
     let other_answered = finishes_within(other, Duration::from_secs(5));
-    disk.control(b'r');
+    drop(hold);
     let finished: Vec<bool> = readers
         .into_iter()
         .map(|mut r| r.wait().unwrap().success())

@@ -34,9 +34,10 @@
 //! - a request that took over 20 ms inline (a stalling device) sends every
 //!   request to the ring for a second.
 //!
-//! Only plain reads and writes of at most [`LONE_MAX`] bytes qualify: not
-//! flushes, FUA writes or `RWF_NOWAIT` writes of the widening logic,
-//! fallocate. The syscall finishes inside one poll, so dropping the future
+//! Only reads and writes of at most [`LONE_MAX`] bytes qualify: not
+//! flushes, FUA writes or fallocate. A write of the widening logic that
+//! asked for `RWF_NOWAIT` itself (off the 4 KiB granule, session 17) gets
+//! the inline refusal as its EAGAIN at once, not after a ring round trip. The syscall finishes inside one poll, so dropping the future
 //! cannot leave the kernel holding the caller's memory.
 //! `VRAID_LONE_INLINE=0` turns it off.
 
@@ -70,6 +71,8 @@ thread_local! {
     static BEGUN: Cell<u64> = const { Cell::new(0) };
     /// Requests run inline on this thread (tests).
     static INLINE_HERE: Cell<u64> = const { Cell::new(0) };
+    /// Inline tries refused on this thread (tests).
+    static REFUSED_HERE: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Whether lone requests may run inline by default (`VRAID_LONE_INLINE`,
@@ -97,6 +100,12 @@ pub(crate) fn inline_runs_here() -> u64 {
     INLINE_HERE.with(Cell::get)
 }
 
+/// Inline tries refused (EAGAIN) so far on the calling thread.
+#[cfg(test)]
+pub(crate) fn refused_runs_here() -> u64 {
+    REFUSED_HERE.with(Cell::get)
+}
+
 /// Counts one request begun on this thread; returns the tally and the
 /// thread's identity (the tally's address).
 fn begin() -> (u64, usize) {
@@ -116,9 +125,7 @@ fn now() -> (u64, usize) {
 fn qualifies(op: &Op) -> bool {
     match op {
         Op::Read { buf, .. } => buf.len() <= LONE_MAX,
-        Op::Write {
-            buf, fua, nowait, ..
-        } => !fua && !nowait && buf.len() <= LONE_MAX,
+        Op::Write { buf, fua, .. } => !fua && buf.len() <= LONE_MAX,
         Op::ReadV { iov, .. } => iov.len() <= LONE_MAX,
         Op::WriteV { iov, fua, .. } => !fua && iov.len() <= LONE_MAX,
         Op::Flush | Op::Fallocate { .. } => false,
@@ -151,6 +158,13 @@ pub(crate) async fn run(ring: &UringEngine, gate: &Gate, file: &Arc<File>, op: O
         }
         Tried::WouldBlock(op) => {
             REFUSED.fetch_add(1, Ordering::Relaxed);
+            REFUSED_HERE.with(|c| c.set(c.get() + 1));
+            if matches!(op, Op::Write { nowait: true, .. }) {
+                // The caller asked for RWF_NOWAIT itself (a write off the
+                // granule): the refusal is its answer; the ring would only
+                // be refused again, a round trip later.
+                return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+            }
             op
         }
         Tried::Unsupported(op) => {
