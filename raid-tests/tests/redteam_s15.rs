@@ -236,13 +236,11 @@ fn finishes_within(mut child: Child, limit: Duration) -> bool {
     false
 }
 
-/// Volume `vol0` (RAID-0, 64 KiB chunks) over `held` (plus a plain file
-/// when there is one held member) and `vol1` (RAID-1 of two plain files);
-/// 4 KiB reads of `vol0` from four clients are held at the disk. The
-/// control socket and `vol1` must answer meanwhile.
-fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[PathBuf]) {
-    // Arrange
-    let mut vol0 = held.to_vec();
+/// A server of `vol0` (RAID-0, 64 KiB chunks) over `held` (plus a plain
+/// file when there is one held member) and `vol1` (RAID-1 of two plain
+/// files), `vol0`'s first 20 MiB written with byte 1; and its control
+/// socket.
+fn two_volumes(dir: &Path, held: &[PathBuf]) -> (Server, PathBuf) {
     let plain = |name: &str| {
         let path = dir.join(name);
         std::fs::File::create(&path)
@@ -251,6 +249,7 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
             .unwrap();
         path
     };
+    let mut vol0 = held.to_vec();
     if vol0.len() == 1 {
         vol0.push(plain("plain0.img"));
     }
@@ -279,15 +278,31 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
         "--control",
         ctl.to_str().unwrap(),
     ]);
-    let (uri0, uri1) = (server.uri("vol0"), server.uri("vol1"));
-    qemu_io(&uri0, &["write -P 1 0 20M".to_string(), "flush".into()]);
-    qemu_io(&uri1, &["write -P 2 0 1M".to_string(), "flush".into()]);
-    HeldDisk::drop_cache(dir);
+    qemu_io(
+        &server.uri("vol0"),
+        &["write -P 1 0 20M".to_string(), "flush".into()],
+    );
+    qemu_io(
+        &server.uri("vol1"),
+        &["write -P 2 0 1M".to_string(), "flush".into()],
+    );
+    (server, ctl)
+}
 
-    // Act: hold the disk; 4 KiB reads 4 MiB apart (member 0, even chunks).
-    let hold = disk.hold();
+/// With [`two_volumes`] over `held`: 4 KiB reads of `vol0` from four
+/// clients, 4 MiB apart (member 0, even chunks), are held at the disk.
+/// The control socket and `vol1` must answer meanwhile; the disk is
+/// resumed before the server stops (a held member blocks a clean stop).
+fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[PathBuf]) {
+    // Arrange
+    let (server, ctl) = two_volumes(dir, held);
+    let (uri0, uri1) = (server.uri("vol0"), server.uri("vol1"));
+    HeldDisk::drop_cache(dir);
     let seen = disk.reads_seen();
-    let readers: Vec<Child> = (1..=4)
+
+    // Act
+    let hold = disk.hold();
+    let clients: Vec<Child> = (1..=4)
         .map(|k| {
             qemu_io_command(&uri0, &[format!("read -P 1 {} 4K", k << 22)])
                 .stdout(Stdio::null())
@@ -297,9 +312,9 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
         })
         .collect();
     wait_until(
-        "two reads held at the disk",
+        "a request held at the disk",
         Duration::from_secs(30),
-        || disk.reads_seen() >= seen + 2,
+        || disk.reads_seen() > seen,
     );
     let answered = status_answers_within(&ctl, Duration::from_secs(5));
     let other = qemu_io_command(&uri1, &["read -P 2 0 64K"])
@@ -309,20 +324,20 @@ fn held_reads_leave_the_daemon_answering(dir: &Path, disk: &HeldDisk, held: &[Pa
         .unwrap();
     let other_answered = finishes_within(other, Duration::from_secs(5));
     drop(hold);
-    let finished: Vec<bool> = readers
+    let finished: Vec<bool> = clients
         .into_iter()
-        .map(|mut r| r.wait().unwrap().success())
+        .map(|mut c| c.wait().unwrap().success())
         .collect();
 
     // Assert
     assert!(
         answered,
-        "vraid status did not answer while member reads were held\n{}",
+        "vraid status did not answer while member requests were held\n{}",
         server.log()
     );
     assert!(
         other_answered,
-        "another volume did not answer while member reads were held"
+        "another volume did not answer while member requests were held"
     );
     assert_eq!(finished, [true; 4]);
     assert_eq!(server.stop(), 0);
@@ -344,23 +359,6 @@ fn held_reads_of_a_member_file_on_fuse_leave_the_daemon_answering() {
     run_ok(Command::new("losetup").args(["-d", disk.dev()]));
     let held = HeldDisk::fuse_file(dir.path());
     held_reads_leave_the_daemon_answering(dir.path(), &disk, &[held]);
-}
-
-/// The same with both members of `vol0` on an ext4 file system whose disk
-/// (a loop device on the nbdfuse file) is held: ext4 is a file system
-/// whose members may run a lone request inline, but at most one at a time
-/// (and only when `RWF_NOWAIT` takes it), so a held disk holds one runtime
-/// worker at most.
-#[test]
-fn held_reads_of_member_files_on_a_held_ext4_leave_the_daemon_answering() {
-    let dir = scratch_dir("rt16-held-ext4");
-    let disk = HeldDisk::new(dir.path(), 256 << 20);
-    let fs = dir.path().join("held.fs");
-    std::fs::create_dir_all(&fs).unwrap();
-    run_ok(Command::new("mkfs.ext4").args(["-q", "-F", disk.dev()]));
-    run_ok(Command::new("mount").arg(disk.dev()).arg(&fs));
-    let held = sparse_members(&fs, 2, 64 << 20);
-    held_reads_leave_the_daemon_answering(dir.path(), &disk, &held);
 }
 
 /// A RAID-5 of three members written with byte `pattern` (100 MiB), a
