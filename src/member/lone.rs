@@ -189,12 +189,6 @@ impl Gate {
         Gate(AtomicBool::new(!is_block_device && local_disk_fs(file)))
     }
 
-    /// A gate that is always closed (tests, members on other engines).
-    #[cfg(test)]
-    pub(crate) fn closed() -> Gate {
-        Gate(AtomicBool::new(false))
-    }
-
     /// Whether lone requests of this member may run inline.
     pub(crate) fn is_open(&self) -> bool {
         self.0.load(Ordering::Relaxed)
@@ -221,6 +215,8 @@ fn local_disk_fs(file: &File) -> bool {
         return false;
     }
     // SAFETY: fstatfs succeeded, so it filled `st`.
+    // `f_type` is i64 here, but i32/u32 on other targets.
+    #[allow(clippy::unnecessary_cast)]
     let kind = unsafe { st.assume_init() }.f_type as i64;
     [EXT4, XFS, BTRFS, F2FS].contains(&kind)
 }

@@ -251,6 +251,16 @@ fn member_nowait(enc: &mut DescriptorEncoder) -> fmt::Result {
             "Edge-block reads of widened member writes",
             n.edge_reads,
         ),
+        (
+            "vraid_member_lone_inline",
+            "Lone member requests (queue depth 1) run on the caller's thread instead of the io_uring thread",
+            crate::member::lone::inline_runs(),
+        ),
+        (
+            "vraid_member_lone_refused",
+            "Lone member requests the kernel refused inline with EAGAIN (RWF_NOWAIT: it would have blocked)",
+            crate::member::lone::refused_runs(),
+        ),
     ] {
         let series = [(Labels::new(), ConstCounter::new(value))];
         family(enc, name, help, MetricType::Counter, series)?;
