@@ -444,3 +444,124 @@ fn hostile_vhost_frontend_is_answered_and_the_server_goes_on() {
     drop(g2);
     assert_eq!(server.stop(), 0);
 }
+
+// ---- Loop devices over files on a held FUSE mount
+
+/// nbdkit serving 16 MiB of memory on a unix socket, killed on drop.
+struct Nbdkit(std::process::Child);
+
+impl Nbdkit {
+    fn start(sock: &Path) -> Nbdkit {
+        let child = std::process::Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(sock)
+            .args(["memory", "16M"])
+            .spawn()
+            .expect("nbdkit");
+        wait_for_socket(sock);
+        Nbdkit(child)
+    }
+}
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A SIGSTOPped process, continued when dropped (before its mount is
+/// torn down: a held FUSE mount must never outlive the test).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        // SAFETY: a signal to a child process of this test.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Runs `cmd` and waits for its exit at most `limit` (a thread waits on
+/// it; on time-out the command is killed and None returned).
+fn bounded(mut cmd: std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.unwrap()),
+        Err(_) => {
+            // SAFETY: our child, still running.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            None
+        }
+    }
+}
+
+/// Break (session 16's fix did not hold): a loop device over a file on a
+/// FUSE mount whose daemon is stopped (nbdfuse SIGSTOPped) blocked every
+/// `vraid create` / assembly of unrelated members: `LOOP_GET_STATUS64`
+/// asks the backing file system for the file's attributes (the kernel's
+/// `vfs_getattr`), and the stopped daemon never answers. Now a loop device
+/// whose backing file (sysfs path) is on a FUSE or network mount of
+/// another device is passed over from strings alone. Failed before: create
+/// killed after 15 s.
+#[test]
+fn a_loop_device_on_a_stopped_fuse_mount_does_not_block_create_or_assembly() {
+    let dir = scratch_dir("redteam-s17-held-fuse-loop");
+    let sock = dir.path().join("nbdkit.sock");
+    let _nbdkit = Nbdkit::start(&sock);
+    let mnt = dir.path().join("mnt");
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let fl = raid_tests::fuse_loop::FuseLoop::attach(&uri, &mnt);
+    let pid: i32 = std::fs::read_to_string(mnt.with_extension("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let held = Stopped::stop(pid);
+    // The kernel answers a getattr from its cache while the attributes
+    // nbdfuse gave are fresh (libfuse's attr_timeout, 1 s): past that it
+    // asks the stopped daemon. No event marks the expiry: wait it out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let members = sparse_members(dir.path(), 2, 16 << 20);
+    let mut create = vraid(&[
+        "create",
+        "--level",
+        "1",
+        "--member-size",
+        "8M",
+        "--name",
+        "vol0",
+    ]);
+    create.args(&members);
+    let out = bounded(create, Duration::from_secs(15));
+    let out = out.unwrap_or_else(|| panic!("vraid create blocked by {}", fl.dev()));
+    assert!(out.status.success(), "create: {out:?}");
+    let mut examine = vraid(&["examine"]);
+    examine.arg(&members[0]);
+    let out = bounded(examine, Duration::from_secs(15)).expect("examine blocked");
+    assert!(out.status.success(), "examine: {out:?}");
+    let server = Server::start(
+        &members
+            .iter()
+            .map(|m| m.to_str().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(server.stop(), 0);
+    drop(held);
+    drop(fl);
+}
