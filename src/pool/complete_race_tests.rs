@@ -107,7 +107,7 @@ impl Client {
         let at = self.rng.below((size - len) / 512 + 1) * 512;
         let v = self.pool.open_volume(&self.name).await.unwrap();
         let range = at as usize..(at + len) as usize;
-        if op % 4 == 0 {
+        if op.is_multiple_of(4) {
             let whole = self.rng.below(2) == 0;
             let (at, len) = if whole {
                 (self.rng.below(size / CS) * CS, CS)
@@ -118,7 +118,7 @@ impl Client {
             self.model[at as usize..(at + len) as usize].fill(0);
         } else {
             let byte = (op % 250) as u8 + 1;
-            let d = if op % 3 == 0 {
+            let d = if op.is_multiple_of(3) {
                 Durability::Fua
             } else {
                 Durability::Normal
