@@ -624,3 +624,114 @@ fn a_member_and_a_loop_device_over_it_are_refused_together() {
     let out = create(&members[0], &members[1]);
     assert!(out.status.success(), "after the detach: {out:?}");
 }
+
+// ---- `vraid fail` of a rebuilding member racing SIGTERM (FORMAT §7 case 126)
+
+/// The superblocks of `devices` that the newest role table (highest
+/// event count) lists as active or rebuilding must all hold that table.
+fn roles_agree(devices: &[std::path::PathBuf], what: &str) {
+    let sbs: Vec<serde_json::Value> = devices.iter().map(|d| examine(d)).collect();
+    let newest = sbs
+        .iter()
+        .max_by_key(|sb| sb["events"].as_u64().unwrap_or(0))
+        .unwrap();
+    let table = &newest["members"];
+    for row in table.as_array().unwrap() {
+        if row["state"] != "active" && row["state"] != "rebuilding" {
+            continue;
+        }
+        let holder = sbs
+            .iter()
+            .find(|sb| sb["member_uuid"] == row["member_uuid"]);
+        let holder = holder.unwrap_or_else(|| panic!("{what}: no device for {row}"));
+        assert_eq!(&holder["members"], table, "{what}: tables differ");
+        assert_eq!(holder["events"], newest["events"], "{what}: events differ");
+    }
+}
+
+/// Attack (held): RAID-1 of 3 with 2 spares, role 1 failed, its rebuild
+/// onto a spare throttled to 1 MB/s; then `vraid fail` of role 1 (the
+/// rebuilding spare) and SIGTERM, each after its own pseudo-random delay
+/// (0-300 ms), 6 rounds. The server must stop cleanly within 15 s, the
+/// fail must get a reply, and after the stop and after a restart the
+/// superblocks of every active or rebuilding role agree on the table; a
+/// fail acknowledged is recorded (role failed), one refused leaves the
+/// role rebuilding. Seen: both outcomes within 6 rounds.
+#[test]
+fn fail_of_a_rebuilding_member_racing_sigterm_leaves_the_roles_agreed() {
+    let mut seed = 0x5eed_u64;
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let (d_fail, d_term) = (seed % 300, (seed >> 20) % 300);
+        let dir = scratch_dir("redteam-s17-fail-term");
+        let paths = sparse_members(dir.path(), 3, 32 << 20);
+        create_array(1, "64K", "32M", "vol0", &paths);
+        std::fs::create_dir(dir.path().join("s")).unwrap();
+        let spares = sparse_members(&dir.path().join("s"), 2, 32 << 20);
+        let list = |ps: &[std::path::PathBuf]| {
+            let v: Vec<String> = ps.iter().map(|p| format!("{p:?}")).collect();
+            v.join(", ")
+        };
+        let config = dir.path().join("c.toml");
+        let text = format!(
+            "[[volume]]\nname = \"vol0\"\nlevel = 1\nmembers = [{}]\nspares = [{}]\nrebuild_max_mbps = 1\n",
+            list(&paths),
+            list(&spares)
+        );
+        std::fs::write(&config, text).unwrap();
+        let ctl = dir.path().join("ctl.sock");
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            ctl.to_str().unwrap(),
+        ];
+        let server = Server::start(&args);
+        qemu_io(
+            &server.uri("vol0"),
+            &["write -P 7 0 8M".into(), "flush".into()],
+        );
+        vraid_ctl_ok(&ctl, &["fail", "vol0", "1"]);
+        server.wait_log("rebuild started", Duration::from_secs(30));
+        let ctl2 = ctl.clone();
+        let failing = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(d_fail));
+            vraid_ctl(&ctl2, &["fail", "vol0", "1"])
+        });
+        // Not a wait for an event: picks the moment of the SIGTERM.
+        std::thread::sleep(Duration::from_millis(d_term));
+        let started = Instant::now();
+        let log = server.log();
+        let code = server.stop();
+        let took = started.elapsed();
+        let reply = failing.join().unwrap();
+        let what = format!("round {round} (fail +{d_fail} ms, SIGTERM +{d_term} ms)");
+        assert_eq!(code, 0, "{what}\n{log}");
+        assert!(took < Duration::from_secs(15), "{what}: stop took {took:?}");
+        let states: Vec<serde_json::Value> = examine(&paths[0])["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["state"].clone())
+            .collect();
+        eprintln!("{what}: fail {:?}, roles {states:?}", reply.status.code());
+        // A fail acknowledged is recorded; one refused (shutdown begun)
+        // leaves the rebuild to resume at the next start.
+        let want = if reply.status.success() {
+            "failed"
+        } else {
+            "rebuilding"
+        };
+        assert_eq!(states[1], want, "{what}: {reply:?}");
+        let mut all = paths.clone();
+        all.extend(spares.iter().cloned());
+        roles_agree(&all, &format!("{what}, stopped"));
+        let server = Server::start(&args);
+        let got = read_export(&server.uri("vol0"), dir.path());
+        assert!(got[..8 << 20].iter().all(|&b| b == 7), "{what}: data");
+        assert_eq!(server.stop(), 0, "{what}: second stop");
+        roles_agree(&all, &format!("{what}, restarted"));
+    }
+}
