@@ -292,6 +292,29 @@ async fn images_while_completing(dev: &Yielding, pool: &Arc<Pool>) -> Vec<Vec<u8
     }
 }
 
+/// What NBD would report of every volume: `base:allocation` and, per
+/// snapshot, `qemu:dirty-bitmap:SNAP` (changed against it).
+async fn maps(pool: &Arc<Pool>, clients: &[Client]) -> Vec<Vec<(u64, bool)>> {
+    let id = |name: String| {
+        let pool = pool.clone();
+        async move {
+            let m = pool.meta.lock().await;
+            m.slots[m.find(&name).unwrap()].rec.id
+        }
+    };
+    let mut out = Vec::new();
+    for c in clients {
+        let v = pool.open_volume(&c.name).await.unwrap();
+        out.push(v.allocation(0, v.size()).await.unwrap());
+        let a = id(c.name.clone()).await;
+        for (s, _) in &c.snaps {
+            let b = id(s.clone()).await;
+            out.push(pool.changed(a, b, 0, v.size()).await.unwrap());
+        }
+    }
+    out
+}
+
 /// One seed: a fresh pool, the race, the tail, SIGKILL images, drain.
 fn race(seed: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -304,11 +327,17 @@ fn race(seed: u64) {
         let mut clients = run_clients(&pool, seed).await;
         check_all(&pool, &clients, "live").await;
         queue_tail_splits(&pool, &mut clients).await;
+        let reported = maps(&pool, &clients).await;
         let images = images_while_completing(&dev, &pool).await;
         assert!(images.len() > 2, "the completer ended before it was seen");
         pool.complete_queued().await.unwrap();
         pool.flush().await.unwrap();
         check_all(&pool, &clients, "drained").await;
+        assert_eq!(
+            maps(&pool, &clients).await,
+            reported,
+            "maps changed by completion"
+        );
         let models: Models = clients
             .drain(..)
             .map(|c| (c.name, c.model, c.snaps))
