@@ -245,9 +245,62 @@ pub fn loop_device_over(id: DeviceId) -> Option<String> {
         .filter_map(Result::ok)
         .filter(|entry| entry.path().join("loop").exists())
         .find_map(|entry| {
+            if elsewhere_remote(&entry.path(), dev) {
+                return None;
+            }
             let node = format!("/dev/{}", entry.file_name().to_string_lossy());
             (loop_backing(Path::new(&node))? == (dev, ino)).then_some(node)
         })
+}
+
+/// File systems whose `getattr` may wait on a process or a server (FUSE,
+/// network): `LOOP_GET_STATUS64` asks the backing file's one, so a held
+/// one blocks it (a SIGSTOPped nbdfuse did, for ever).
+const REMOTE_FS: [&str; 9] = [
+    "fuse", "fuseblk", "nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "afs",
+];
+
+/// Whether loop device `sys` (its /sys/block directory) is backed by a
+/// file on a FUSE or network file system other than device `dev` (so
+/// not over a member there), found from strings alone: the backing
+/// file's path as sysfs prints it and the mount table, no file system
+/// asked. Those file systems give every file the mount's device number.
+fn elsewhere_remote(sys: &Path, dev: u64) -> bool {
+    let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    mount_of(&table, backing.trim_end_matches('\n')).is_some_and(|(mdev, fs)| {
+        mdev != dev && REMOTE_FS.contains(&fs.split('.').next().unwrap_or(""))
+    })
+}
+
+/// The (device, file system type) of the mount in `mountinfo` holding
+/// `path`: the longest mount point that is a prefix of it.
+fn mount_of<'a>(mountinfo: &'a str, path: &str) -> Option<(u64, &'a str)> {
+    let unescape = |s: &str| {
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
+    };
+    let under = |mp: &str| {
+        mp == "/" || path == mp || path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let (major, minor) = f.get(2)?.split_once(':')?;
+            let mp = unescape(f.get(4)?);
+            let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
+            under(&mp).then_some((mp.len(), dev, *f.get(sep + 1)?))
+        })
+        .max_by_key(|m| m.0)
+        .map(|(_, dev, fs)| (dev, fs))
 }
 
 /// `struct loop_info64` of `<linux/loop.h>`, the fields read here first.
@@ -420,6 +473,20 @@ mod tests {
         // Assert
         assert_eq!(found.as_deref(), Some(dev.as_str()));
         assert_eq!(other, None);
+    }
+
+    #[test]
+    fn the_mount_of_a_loop_backing_path_is_found_from_the_mount_table_alone() {
+        let table = "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+            47 22 0:40 / /var/tmp/a\\040b rw - fuse /dev/fuse rw\n\
+            48 22 0:41 / /var/tmp/a rw - fuse.sshfs host: rw\n";
+        let fuse = libc::makedev(0, 40);
+        assert_eq!(mount_of(table, "/var/tmp/a b/nbd"), Some((fuse, "fuse")));
+        let sshfs = libc::makedev(0, 41);
+        assert_eq!(mount_of(table, "/var/tmp/a/x"), Some((sshfs, "fuse.sshfs")));
+        let root = libc::makedev(254, 0);
+        assert_eq!(mount_of(table, "/var/tmp/ab/x"), Some((root, "ext4")));
+        assert_eq!(mount_of(table, "/var/tmp/a"), Some((sshfs, "fuse.sshfs")));
     }
 
     fn open_rw(path: &Path) -> File {

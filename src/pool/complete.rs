@@ -260,3 +260,7 @@ impl crate::pool::meta::Meta {
 #[cfg(test)]
 #[path = "complete_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "complete_race_tests.rs"]
+mod race_tests;
