@@ -20,12 +20,24 @@ impl FuseLoop {
     /// Mounts `uri` with nbdfuse at `mountpoint` and attaches a loop
     /// device to its file.
     pub fn attach(uri: &str, mountpoint: &Path) -> FuseLoop {
+        Self::attach_with(uri, mountpoint, &[])
+    }
+
+    /// As `attach`, with the kernel's attribute cache off (`attr_timeout=0`):
+    /// every getattr of the file goes to nbdfuse, so a stopped nbdfuse
+    /// blocks it at once, not after the cached attributes expire.
+    pub fn attach_uncached(uri: &str, mountpoint: &Path) -> FuseLoop {
+        Self::attach_with(uri, mountpoint, &["-o", "attr_timeout=0"])
+    }
+
+    fn attach_with(uri: &str, mountpoint: &Path, opts: &[&str]) -> FuseLoop {
         std::fs::create_dir_all(mountpoint).unwrap();
         let pidfile = mountpoint.with_extension("pid");
         let _ = std::fs::remove_file(&pidfile);
         let nbdfuse = Command::new("nbdfuse")
             .arg("-P")
             .arg(&pidfile)
+            .args(opts)
             .arg(mountpoint)
             .arg(uri)
             .stdin(Stdio::null())

@@ -526,17 +526,15 @@ fn a_loop_device_on_a_stopped_fuse_mount_does_not_block_create_or_assembly() {
     let _nbdkit = Nbdkit::start(&sock);
     let mnt = dir.path().join("mnt");
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let fl = raid_tests::fuse_loop::FuseLoop::attach(&uri, &mnt);
+    let fl = raid_tests::fuse_loop::FuseLoop::attach_uncached(&uri, &mnt);
     let pid: i32 = std::fs::read_to_string(mnt.with_extension("pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     let held = Stopped::stop(pid);
-    // The kernel answers a getattr from its cache while the attributes
-    // nbdfuse gave are fresh (libfuse's attr_timeout, 1 s): past that it
-    // asks the stopped daemon. No event marks the expiry: wait it out.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Mounted with attr_timeout=0: the kernel asks the stopped daemon for
+    // the file's attributes at once (no cached answer to wait out).
     let members = sparse_members(dir.path(), 2, 16 << 20);
     let mut create = vraid(&[
         "create",
