@@ -75,6 +75,10 @@ fn resolve(args: &TlsKeys, config: TlsKeys) -> Result<Option<ServerTlsConfig>, T
         key,
         ca,
         allow: AllowList::new(allow),
+        record_layer: args
+            .record_layer
+            .or(config.record_layer)
+            .unwrap_or_default(),
     }))
 }
 

@@ -50,6 +50,12 @@ impl ClientTls {
         })
     }
 
+    /// The rustls connector (tests drive the connection underneath).
+    #[cfg(test)]
+    pub(super) fn connector(&self) -> TlsConnector {
+        self.connector.clone()
+    }
+
     /// Runs the TLS handshake as the client over `stream`, checking that
     /// the server's certificate is valid for `server_name` (a DNS name or
     /// an IP address, as in the URI).
