@@ -171,6 +171,8 @@ pub struct FastWriter<W> {
     /// Caller bytes sealed in `out`, reported once `out` is written.
     accepted: usize,
     closed: bool,
+    /// KeyUpdates sent.
+    updates: u64,
 }
 
 impl<W> FastWriter<W> {
@@ -185,6 +187,7 @@ impl<W> FastWriter<W> {
             sent: 0,
             accepted: 0,
             closed: false,
+            updates: 0,
         }
     }
 
@@ -204,7 +207,13 @@ impl<W> FastWriter<W> {
             let msg = [KEY_UPDATE, 0, 0, 1, 0];
             self.push_record(HANDSHAKE, &mut Parts::new(&[IoSlice::new(&msg)]), msg.len());
             self.tx.update();
+            self.updates += 1;
         }
+    }
+
+    /// KeyUpdates sent so far.
+    pub fn key_updates(&self) -> u64 {
+        self.updates
     }
 
     /// Seals up to [`WRITE_BATCH`] bytes of `bufs` into `out`.

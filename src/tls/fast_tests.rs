@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::tests::{client, pki, server};
 use super::{buffered, switch, FastReader, FastWriter, ServerTls};
 
-type Client = tokio_rustls::client::TlsStream<DuplexStream>;
+type Client = tokio_rustls::client::TlsStream<tokio::io::Join<DuplexStream, DuplexStream>>;
 type Ours = (
     FastReader<ReadHalf<DuplexStream>>,
     FastWriter<WriteHalf<DuplexStream>>,
@@ -66,7 +66,7 @@ async fn connected(
     let server_io = tokio::io::join(s_in, s_out_far);
     let connector = match config {
         Some(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
-        None => client(dir, None).connector(),
+        None => client(dir, Some("a")).connector(),
     };
     let name = ServerName::try_from("localhost").unwrap();
     let serving = async {
@@ -167,6 +167,8 @@ async fn key_updates_both_ways_keep_the_stream_going() {
         c.get_mut().1.refresh_traffic_keys().unwrap();
         round_trip(&mut c, &mut ours, 40 << 10, round).await;
     }
+
+    assert_eq!(ours.1.key_updates(), 3, "each request answered");
 }
 
 #[tokio::test]
@@ -210,7 +212,11 @@ async fn tls_1_2_stays_on_rustls() {
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_client_auth_cert(
+            super::pem::certs(&dir.path().join("a.pem"), "certificate").unwrap(),
+            super::pem::key(&dir.path().join("a-key.pem")).unwrap(),
+        )
+        .unwrap();
 
     let setup = connected(&tls, dir.path(), Some(config)).await;
 

@@ -433,6 +433,7 @@ async fn transmit_tls<S: Split>(
         None => tls_stream,
         Some(capture) => match crate::tls::switch(tls_stream, &capture) {
             Ok(Ok(ours)) => {
+                tracing::info!("NBD TLS record layer: ours");
                 let (reader, writer) = ours.halves(Split::halves);
                 return transmit(shared, chosen, reader, writer, stop).await;
             }
@@ -443,6 +444,7 @@ async fn transmit_tls<S: Split>(
             }
         },
     };
+    tracing::info!("NBD TLS record layer: rustls");
     // The transmission loop writes only when it has replies: each write
     // must leave nothing in the TLS buffer.
     let (reader, writer) = tokio::io::split(tls_stream);
