@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::record::{
     self, Direction, RecordError, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER, KEY_UPDATE,
-    MAX_CIPHERTEXT, MAX_CONTENT, SEND_LIMIT, TAG,
+    MAX_CIPHERTEXT, MAX_CONTENT, NEW_SESSION_TICKET, SEND_LIMIT, TAG,
 };
 
 /// Plaintext bytes sealed per socket write (four full records).
@@ -52,6 +52,10 @@ pub struct FastReader<R> {
     /// Opened content not yet handed on.
     plain: Range<usize>,
     eof: bool,
+    /// A refused record: every later read fails the same way.
+    broken: Option<RecordError>,
+    /// The client side: NewSessionTicket is ignored, not refused.
+    client: bool,
 }
 
 impl<R> FastReader<R> {
@@ -69,7 +73,15 @@ impl<R> FastReader<R> {
             end: carried.len(),
             plain: 0..0,
             eof: false,
+            broken: None,
+            client: false,
         }
+    }
+
+    /// As the client of the connection (`true`) or its server.
+    pub fn client(mut self, client: bool) -> Self {
+        self.client = client;
+        self
     }
 
     /// The next whole record in the buffer, opened; `None`: need bytes.
@@ -98,15 +110,42 @@ impl<R> FastReader<R> {
             APPLICATION_DATA => self.plain = content,
             ALERT if c == [1, 0] || c == [2, 0] => self.eof = true,
             ALERT => return Err(RecordError::Unexpected),
-            HANDSHAKE if c.len() == 5 && c[..4] == [KEY_UPDATE, 0, 0, 1] && c[4] <= 1 => {
-                self.rx.update();
-                if c[4] == 1 {
-                    self.shared.owed.store(true, Ordering::Release);
-                }
-            }
+            HANDSHAKE => return self.handshake(content),
             _ => return Err(RecordError::Unexpected),
         }
         Ok(())
+    }
+
+    /// Whole handshake messages in one record: KeyUpdate (the rest of the
+    /// record must be empty: later records use the new key), and for a
+    /// client NewSessionTicket, ignored. A message spanning records is
+    /// refused.
+    fn handshake(&mut self, content: Range<usize>) -> Result<(), RecordError> {
+        let mut c = &self.buf[content];
+        while let [kind, a, b, d, rest @ ..] = c {
+            let len = u32::from_be_bytes([0, *a, *b, *d]) as usize;
+            if len > rest.len() {
+                break;
+            }
+            match (*kind, &rest[..len]) {
+                (KEY_UPDATE, [u @ (0 | 1)]) if rest.len() == 1 => {
+                    let asked = *u == 1;
+                    self.rx.update();
+                    if asked {
+                        self.shared.owed.store(true, Ordering::Release);
+                    }
+                    return Ok(());
+                }
+                (NEW_SESSION_TICKET, _) if self.client => {}
+                _ => return Err(RecordError::Unexpected),
+            }
+            c = &rest[len..];
+        }
+        if c.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::Unexpected)
+        }
     }
 
     /// Makes room to read into after `end`: the unparsed tail moved to the
@@ -138,9 +177,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            if let Some((t, content)) = this.next_record()? {
-                this.handle(t, content)?;
-                continue;
+            if let Some(e) = this.broken {
+                return Poll::Ready(Err(e.into()));
+            }
+            match this
+                .next_record()
+                .and_then(|r| r.map(|(t, c)| this.handle(t, c)).transpose())
+            {
+                Ok(Some(())) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    this.broken = Some(e);
+                    continue;
+                }
             }
             this.make_room();
             let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
@@ -319,4 +368,49 @@ impl<'a, 'b> Parts<'a, 'b> {
             }
         }
     }
+}
+
+/// Fuzzing the receive side: `data[0]` picks raw bytes (0) or records
+/// sealed from `data` (1: chunks of up to 255 bytes, each led by its inner
+/// type byte and length, so padding, alerts and KeyUpdates are reached);
+/// everything a [`FastReader`] with a fixed key hands on is returned.
+pub fn fuzz_receive(data: &[u8]) -> io::Result<Vec<u8>> {
+    let suite = record::Suite::Aes128Gcm;
+    let secret = vec![3u8; 32];
+    let Some((&mode, rest)) = data.split_first() else {
+        return Ok(Vec::new());
+    };
+    let wire = if mode & 1 == 0 {
+        rest.to_vec()
+    } else {
+        sealed_chunks(Direction::new(suite, secret.clone(), 0), rest)
+    };
+    let shared = Arc::new(Shared::default());
+    let mut reader = FastReader::new(&wire[..], Direction::new(suite, secret, 0), shared, &[]);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut rb = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut reader).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return Ok(out),
+            Poll::Ready(Ok(())) => out.extend_from_slice(rb.filled()),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => unreachable!("a slice never blocks"),
+        }
+    }
+}
+
+/// Records sealed by `tx` from `data`'s (type, length, bytes) chunks.
+fn sealed_chunks(mut tx: Direction, mut data: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while let [inner, len, rest @ ..] = data {
+        let n = (*len as usize).min(rest.len());
+        let at = wire.len();
+        wire.resize(at + HEADER + n + 1 + TAG, 0);
+        wire[at + HEADER..at + HEADER + n].copy_from_slice(&rest[..n]);
+        tx.seal(&mut wire[at..], *inner);
+        data = &rest[n..];
+    }
+    wire
 }

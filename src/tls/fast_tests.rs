@@ -222,3 +222,62 @@ async fn tls_1_2_stays_on_rustls() {
 
     assert!(setup.server.is_err(), "rustls keeps a TLS 1.2 connection");
 }
+
+#[tokio::test]
+async fn our_client_side_against_a_rustls_server_follows_its_key_updates() {
+    let dir = pki();
+    let p = dir.path();
+    let tls = ServerTls::load(&super::ServerTlsConfig {
+        mode: super::TlsMode::Require,
+        cert: p.join("server.pem"),
+        key: p.join("server-key.pem"),
+        record_layer: super::RecordLayer::Rustls,
+        ..super::ServerTlsConfig::default()
+    })
+    .unwrap();
+    let (c_io, s_io) = tokio::io::duplex(1 << 16);
+    let serving = async {
+        let mut s = tls.accept(s_io).await.unwrap();
+        let mut opt = [0u8; 2];
+        s.read_exact(&mut opt).await.unwrap();
+        s.write_all(b"go").await.unwrap();
+        s.flush().await.unwrap();
+        s
+    };
+    let roots_only = super::ClientTls::load(&p.join("ca.pem"), None).unwrap();
+    let asking = async {
+        let (mut c, capture) = roots_only
+            .connect_switchable("localhost", buffered(c_io))
+            .await
+            .unwrap();
+        c.write_all(b"op").await.unwrap();
+        c.flush().await.unwrap();
+        let mut go = [0u8; 2];
+        c.read_exact(&mut go).await.unwrap();
+        (c, capture)
+    };
+    let (mut s, (c, capture)) = tokio::join!(serving, asking);
+    let Ok(sw) = super::switch_client(c, &capture).unwrap() else {
+        panic!("rustls kept the client connection")
+    };
+    let (mut r, mut w) = sw.halves(tokio::io::split);
+
+    for round in 0..3u8 {
+        s.get_mut().1.refresh_traffic_keys().unwrap();
+        let (up, down) = (pattern(70 << 10, round), pattern(70 << 10, !round));
+        let (mut got_up, mut got_down) = (vec![0; up.len()], vec![0; down.len()]);
+        tokio::join!(
+            async {
+                s.write_all(&down).await.unwrap();
+                s.flush().await.unwrap();
+                s.read_exact(&mut got_up).await.unwrap();
+            },
+            async {
+                r.read_exact(&mut got_down).await.unwrap();
+                w.write_all(&up).await.unwrap();
+            }
+        );
+        assert!(got_up == up && got_down == down, "round {round}");
+    }
+    assert_eq!(w.key_updates(), 3);
+}

@@ -35,10 +35,13 @@ use std::path::PathBuf;
 
 pub use allow::AllowList;
 pub use client::{ClientTls, ClientTlsStream};
-pub use fast::{FastReader, FastWriter};
+pub use fast::{fuzz_receive, FastReader, FastWriter};
 pub use flushed::Flushed;
 pub use server::{ServerTls, ServerTlsConfig, ServerTlsStream, TlsMode};
-pub use switch::{switch, Capture, RecordLayer, Switch, Switched};
+pub use switch::{
+    client_record_layer, set_client_record_layer, switch, switch_client, Capture, ClientSwitch,
+    RecordLayer, Switch, Switched,
+};
 
 /// Bytes read from the socket at once under a TLS stream. rustls asks its
 /// transport for 4 KiB at a time (up to one record of 16 KiB): straight

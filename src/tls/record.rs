@@ -35,6 +35,8 @@ pub const HANDSHAKE: u8 = 22;
 pub const APPLICATION_DATA: u8 = 23;
 /// Handshake message type KeyUpdate.
 pub const KEY_UPDATE: u8 = 24;
+/// Handshake message type NewSessionTicket.
+pub const NEW_SESSION_TICKET: u8 = 4;
 
 /// The TLS 1.3 suites this path runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,12 +14,19 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use rustls::{ConnectionTrafficSecrets, KeyLog, ProtocolVersion};
+use std::ops::DerefMut;
+
+use rustls::client::ClientConnectionData;
+use rustls::server::ServerConnectionData;
+use rustls::{
+    ClientConnection, ConnectionCommon, ConnectionTrafficSecrets, ExtractedSecrets, KeyLog,
+    ProtocolVersion, ServerConnection,
+};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use super::fast::{FastReader, FastWriter, Shared};
 use super::record::{derive, Direction, Suite};
-use super::{ServerTlsStream, TlsError};
+use super::{ClientTlsStream, ServerTlsStream, TlsError};
 
 /// Who runs the record layer after the options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,10 +61,34 @@ impl fmt::Display for RecordLayer {
     }
 }
 
+/// The record layer `nbds://` members use (set once by `vraid serve`
+/// from `--tls-record-layer`; ours unless told).
+static CLIENT_RUSTLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the record layer of `nbds://` members.
+pub fn set_client_record_layer(layer: RecordLayer) {
+    CLIENT_RUSTLS.store(
+        layer == RecordLayer::Rustls,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The record layer of `nbds://` members.
+pub fn client_record_layer() -> RecordLayer {
+    if CLIENT_RUSTLS.load(std::sync::atomic::Ordering::Relaxed) {
+        RecordLayer::Rustls
+    } else {
+        RecordLayer::Ours
+    }
+}
+
+/// (client, server) secrets as logged so far.
+type Logged = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The first application traffic secrets of one connection.
 #[derive(Default)]
 pub struct Capture {
-    secrets: Mutex<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    secrets: Mutex<Logged>,
 }
 
 impl fmt::Debug for Capture {
@@ -98,6 +129,7 @@ pub struct Switched<S> {
     carried: Vec<u8>,
     rx: Direction,
     tx: Direction,
+    client: bool,
 }
 
 impl<S> fmt::Debug for Switched<S> {
@@ -114,7 +146,7 @@ impl<S> Switched<S> {
         let (r, w) = split(self.io);
         let shared = Arc::new(Shared::default());
         (
-            FastReader::new(r, self.rx, shared.clone(), &self.carried),
+            FastReader::new(r, self.rx, shared.clone(), &self.carried).client(self.client),
             FastWriter::new(w, self.tx, shared),
         )
     }
@@ -123,39 +155,102 @@ impl<S> Switched<S> {
 /// The outcome of [`switch`]: ours, or rustls's stream back.
 pub type Switch<S> = Result<Switched<S>, ServerTlsStream<BufReader<S>>>;
 
-/// Takes the connection from rustls if FORMAT §14's conditions hold.
-pub fn switch<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: ServerTlsStream<BufReader<S>>,
-    capture: &Capture,
-) -> Result<Switch<S>, TlsError> {
-    let (_, conn) = stream.get_mut();
+/// The outcome of [`switch_client`]: ours, or rustls's stream back.
+pub type ClientSwitch<S> = Result<Switched<S>, ClientTlsStream<BufReader<S>>>;
+
+/// Who we are on a connection: which captured secret is received.
+pub trait Side: DerefMut<Target = ConnectionCommon<Self::Data>> + Sized {
+    /// rustls's per-side connection data.
+    type Data;
+    /// The client (receives the server's secret; ignores tickets).
+    const CLIENT: bool;
+    /// `dangerous_extract_secrets`.
+    fn extract(self) -> Result<ExtractedSecrets, rustls::Error>;
+}
+
+impl Side for ServerConnection {
+    type Data = ServerConnectionData;
+    const CLIENT: bool = false;
+    fn extract(self) -> Result<ExtractedSecrets, rustls::Error> {
+        self.dangerous_extract_secrets()
+    }
+}
+
+impl Side for ClientConnection {
+    type Data = ClientConnectionData;
+    const CLIENT: bool = true;
+    fn extract(self) -> Result<ExtractedSecrets, rustls::Error> {
+        self.dangerous_extract_secrets()
+    }
+}
+
+/// The suite, if FORMAT §14's conditions hold for `conn` right now.
+fn ready<C: Side>(conn: &mut C) -> Option<Suite> {
     let suite = conn
         .negotiated_cipher_suite()
-        .and_then(|s| Suite::of(s.suite()));
+        .and_then(|s| Suite::of(s.suite()))?;
     let idle = !conn.wants_write()
         && conn
             .process_new_packets()
             .is_ok_and(|s| s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed());
     let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-    let (Some(suite), true, true) = (suite, idle, tls13) else {
-        return Ok(Err(stream));
+    (idle && tls13).then_some(suite)
+}
+
+/// Extracts `conn`'s sequence numbers and builds both directions.
+fn take<C: Side, S: AsyncRead>(
+    buffered: BufReader<S>,
+    conn: C,
+    suite: Suite,
+    (client, server): (Vec<u8>, Vec<u8>),
+) -> Result<Switched<S>, TlsError> {
+    let secrets = conn.extract().map_err(TlsError::Config)?;
+    let (ours, theirs) = if C::CLIENT {
+        (client, server)
+    } else {
+        (server, client)
     };
-    let Some((client, server)) = capture.take() else {
-        return Ok(Err(stream));
-    };
-    let (buffered, conn) = stream.into_inner();
-    let secrets = conn.dangerous_extract_secrets().map_err(TlsError::Config)?;
-    let rx = checked(suite, client, secrets.rx)?;
-    let tx = checked(suite, server, secrets.tx)?;
+    let rx = checked(suite, theirs, secrets.rx)?;
+    let tx = checked(suite, ours, secrets.tx)?;
     let carried = buffered.buffer().to_vec();
-    Ok(Ok(Switched {
+    Ok(Switched {
         io: buffered.into_inner(),
         carried,
         rx,
         tx,
-    }))
+        client: C::CLIENT,
+    })
 }
 
+/// Takes a server connection from rustls if FORMAT §14's conditions hold.
+pub fn switch<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: ServerTlsStream<BufReader<S>>,
+    capture: &Capture,
+) -> Result<Switch<S>, TlsError> {
+    let Some(suite) = ready(stream.get_mut().1) else {
+        return Ok(Err(stream));
+    };
+    let Some(secrets) = capture.take() else {
+        return Ok(Err(stream));
+    };
+    let (buffered, conn) = stream.into_inner();
+    take(buffered, conn, suite, secrets).map(Ok)
+}
+
+/// Takes a client connection (an `nbds://` member) from rustls likewise.
+pub fn switch_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: ClientTlsStream<BufReader<S>>,
+    capture: &Capture,
+) -> Result<ClientSwitch<S>, TlsError> {
+    let Some(suite) = ready(stream.get_mut().1) else {
+        return Ok(Err(stream));
+    };
+    let Some(secrets) = capture.take() else {
+        return Ok(Err(stream));
+    };
+    let (buffered, conn) = stream.into_inner();
+    take(buffered, conn, suite, secrets).map(Ok)
+}
 /// Our direction from `secret`, if its key and IV are rustls's.
 fn checked(
     suite: Suite,
