@@ -20,9 +20,8 @@
 # CPU microseconds per I/O of backend, front and fio, plain / TLS.
 #
 # With VRAID_MAIN (another build, e.g. main's) a third pair runs in the same
-# rounds: "tlsmain", a TLS backend of that build (its fronts are $VRAID's,
-# so only the server's TLS differs), reported as a second table row per
-# workload (tlsmain/plain) and as tls/tlsmain. Order per round: plain tls
+# rounds: "tlsmain", TLS backend and front both of that build, reported as
+# a second table row per workload (tlsmain/plain) and as tls/tlsmain. Order per round: plain tls
 # tlsmain, reversed every other round (ABBA).
 #
 # Environment (defaults in brackets):
@@ -135,13 +134,14 @@ backend() {
 # front MODE SCHEME QUERY: creates and serves a RAID-0 of the two volumes
 # b0, b1 of the backend at BACK_PORT; sets FRONT_PORT and FRONT_PID.
 front() {
-    local mode=$1 scheme=$2 query=$3 m0 m1
+    local mode=$1 scheme=$2 query=$3 m0 m1 bin=$VRAID
+    [[ $mode == tlsmain ]] && bin=$VRAID_MAIN
     m0="$scheme://127.0.0.1:$BACK_PORT/b0?${query}connections=$CONNS"
     m1="$scheme://127.0.0.1:$BACK_PORT/b1?${query}connections=$CONNS"
-    "$VRAID" create --level 0 --name vol "$m0" "$m1" >"$WORKDIR/create-$mode.log" 2>&1 ||
+    "$bin" create --level 0 --name vol "$m0" "$m1" >"$WORKDIR/create-$mode.log" 2>&1 ||
         die "create $mode failed: $(tail -n 3 "$WORKDIR/create-$mode.log")"
     FRONT_PORT=$(free_port)
-    "$VRAID" serve --nbd "127.0.0.1:$FRONT_PORT" --control "$WORKDIR/front-$mode.sock" \
+    "$bin" serve --nbd "127.0.0.1:$FRONT_PORT" --control "$WORKDIR/front-$mode.sock" \
         "$m0" "$m1" >"$WORKDIR/front-$mode.log" 2>&1 &
     FRONT_PID=$!
     PIDS+=("$FRONT_PID")

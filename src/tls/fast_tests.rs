@@ -3,6 +3,7 @@
 //! close_notify, a tampered record, an oversized record, TLS 1.2 left on
 //! rustls. A proxy between the two ends lets a test change or inject bytes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -18,28 +19,26 @@ type Ours = (
     FastWriter<WriteHalf<DuplexStream>>,
 );
 
-/// Client-to-server bytes pass through; what `tamper` sends is applied to
-/// the next chunk (a function of it) or injected (raw bytes).
-enum Tamper {
-    FlipLast,
-    Inject(Vec<u8>),
+/// Client-to-server bytes pass through; `flip` set before the client
+/// writes changes the last byte of the next chunk; raw bytes sent on the
+/// channel are injected.
+struct Tamper {
+    flip: Arc<AtomicBool>,
+    inject: mpsc::UnboundedSender<Vec<u8>>,
 }
 
-fn proxy(mut from: DuplexStream, mut to: DuplexStream) -> mpsc::UnboundedSender<Tamper> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+fn proxy(mut from: DuplexStream, mut to: DuplexStream) -> Tamper {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let flip = Arc::new(AtomicBool::new(false));
+    let flag = flip.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 1 << 16];
-        let mut flip = false;
         loop {
             tokio::select! {
-                t = rx.recv() => match t {
-                    Some(Tamper::FlipLast) => flip = true,
-                    Some(Tamper::Inject(b)) => { let _ = to.write_all(&b).await; }
-                    None => {}
-                },
+                Some(b) = rx.recv() => { let _ = to.write_all(&b).await; }
                 n = from.read(&mut buf) => {
                     let Ok(n @ 1..) = n else { let _ = to.shutdown().await; return };
-                    if std::mem::take(&mut flip) {
+                    if flag.swap(false, Ordering::SeqCst) {
                         buf[n - 1] ^= 0x01;
                     }
                     if to.write_all(&buf[..n]).await.is_err() { return; }
@@ -47,7 +46,7 @@ fn proxy(mut from: DuplexStream, mut to: DuplexStream) -> mpsc::UnboundedSender<
             }
         }
     });
-    tx
+    Tamper { flip, inject: tx }
 }
 
 /// A handshake, one exchange over rustls (standing for the NBD options),
@@ -95,11 +94,11 @@ async fn connected(
 struct Setup {
     client: Client,
     server: super::Switch<tokio::io::Join<DuplexStream, DuplexStream>>,
-    tamper: mpsc::UnboundedSender<Tamper>,
+    tamper: Tamper,
 }
 
 impl Setup {
-    fn ours(self) -> (Client, Ours, mpsc::UnboundedSender<Tamper>) {
+    fn ours(self) -> (Client, Ours, Tamper) {
         let Ok(sw) = self.server else {
             panic!("rustls kept the connection")
         };
@@ -178,7 +177,7 @@ async fn a_tampered_record_ends_the_stream_and_none_of_it_is_read() {
     let (mut c, mut ours, tamper) = connected(&tls, dir.path(), None).await.ours();
     round_trip(&mut c, &mut ours, 1000, 3).await;
 
-    tamper.send(Tamper::FlipLast).unwrap();
+    tamper.flip.store(true, Ordering::SeqCst);
     c.write_all(b"write payload").await.unwrap();
     c.flush().await.unwrap();
     let mut buf = [0u8; 64];
@@ -197,7 +196,7 @@ async fn a_record_over_the_size_limit_is_refused_from_its_header() {
 
     let len = (super::record::MAX_CIPHERTEXT + 1) as u16;
     let [hi, lo] = len.to_be_bytes();
-    tamper.send(Tamper::Inject(vec![23, 3, 3, hi, lo])).unwrap();
+    tamper.inject.send(vec![23, 3, 3, hi, lo]).unwrap();
     let e = ours.0.read(&mut [0u8; 64]).await.unwrap_err();
 
     assert!(e.to_string().contains("record_overflow"), "{e}");
@@ -280,4 +279,26 @@ async fn our_client_side_against_a_rustls_server_follows_its_key_updates() {
         assert!(got_up == up && got_down == down, "round {round}");
     }
     assert_eq!(w.key_updates(), 3);
+}
+
+#[test]
+fn the_fuzz_entry_reads_sealed_chunks_and_stops_at_close_notify_or_garbage() {
+    use super::fuzz_receive;
+    assert_eq!(fuzz_receive(&[1, 23, 3, b'a', b'b', b'c']).unwrap(), b"abc");
+    // Zero padding after the inner type is stripped: "ab" | 23 | 0 0.
+    assert_eq!(fuzz_receive(&[1, 0, 4, b'a', b'b', 23, 0]).unwrap(), b"ab");
+    let closed = [1, 23, 1, b'x', 21, 2, 1, 0, 23, 1, b'y'];
+    assert_eq!(fuzz_receive(&closed).unwrap(), b"x");
+    assert!(
+        fuzz_receive(&[1, 22, 1, 4]).is_err(),
+        "a cut handshake message"
+    );
+    assert!(
+        fuzz_receive(&[0, 23, 3, 3, 0, 20, 1, 2, 3]).is_err(),
+        "cut record"
+    );
+    assert!(
+        fuzz_receive(&[0, 22, 3, 3, 0, 1, 0]).is_err(),
+        "plaintext handshake"
+    );
 }
