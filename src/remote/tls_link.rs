@@ -138,6 +138,7 @@ impl Upgrade<'_> {
             RecordLayer::Rustls => bridge.stream,
             RecordLayer::Ours => match crate::tls::switch_client(bridge.stream, &capture) {
                 Ok(Ok(ours)) => {
+                    tracing::info!(uri = %self.uri, "nbds:// member: TLS record layer: ours");
                     let (r, w) = ours.halves(Halves::halves);
                     return Ok(Conn::start(r, w, info));
                 }
