@@ -19,6 +19,11 @@
 # Prints a markdown table: MB/s or IOPS (mean over rounds), TLS/plain, and
 # CPU microseconds per I/O of backend, front and fio, plain / TLS.
 #
+# With VRAID_MAIN (another build, e.g. main's) a third pair runs in the same
+# rounds: "tlsmain", TLS backend and front both of that build, reported as
+# a second table row per workload (tlsmain/plain) and as tls/tlsmain. Order per round: plain tls
+# tlsmain, reversed every other round (ABBA).
+#
 # Environment (defaults in brackets):
 #   MEMBER_SIZE  backend file size [512M] SIZE     fio --size [512M]
 #   RUNTIME      seconds per job [10]     ROUNDS   rounds [2]
@@ -34,6 +39,9 @@ ROUNDS=${ROUNDS:-2}
 CONNS=${CONNS:-1}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-tls-remote}
 VRAID=${VRAID:-target/release/vraid}
+VRAID_MAIN=${VRAID_MAIN:-}
+MODES=(plain tls)
+[[ -n $VRAID_MAIN ]] && MODES+=(tlsmain)
 
 log() { printf '[tls-remote %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -100,10 +108,11 @@ wait_port() {
 # is refused, so the tls front's members are TLS or nothing). Sets
 # BACK_PORT and BACK_PID.
 backend() {
-    local mode=$1 v
+    local mode=$1 v bin=$VRAID
     shift
+    [[ $mode == tlsmain ]] && bin=$VRAID_MAIN
     {
-        if [[ $mode == tls ]]; then
+        if [[ $mode == tls* ]]; then
             printf '[server]\ntls = "require"\ntls_cert = "%s"\ntls_key = "%s"\n' \
                 "$PKI/server-cert.pem" "$PKI/server-key.pem"
         fi
@@ -115,7 +124,7 @@ backend() {
         done
     } >"$WORKDIR/backend-$mode.toml"
     BACK_PORT=$(free_port)
-    "$VRAID" serve --config "$WORKDIR/backend-$mode.toml" --nbd "127.0.0.1:$BACK_PORT" \
+    "$bin" serve --config "$WORKDIR/backend-$mode.toml" --nbd "127.0.0.1:$BACK_PORT" \
         --control "$WORKDIR/backend-$mode.sock" >"$WORKDIR/backend-$mode.log" 2>&1 &
     BACK_PID=$!
     PIDS+=("$BACK_PID")
@@ -125,13 +134,14 @@ backend() {
 # front MODE SCHEME QUERY: creates and serves a RAID-0 of the two volumes
 # b0, b1 of the backend at BACK_PORT; sets FRONT_PORT and FRONT_PID.
 front() {
-    local mode=$1 scheme=$2 query=$3 m0 m1
+    local mode=$1 scheme=$2 query=$3 m0 m1 bin=$VRAID
+    [[ $mode == tlsmain ]] && bin=$VRAID_MAIN
     m0="$scheme://127.0.0.1:$BACK_PORT/b0?${query}connections=$CONNS"
     m1="$scheme://127.0.0.1:$BACK_PORT/b1?${query}connections=$CONNS"
-    "$VRAID" create --level 0 --name vol "$m0" "$m1" >"$WORKDIR/create-$mode.log" 2>&1 ||
+    "$bin" create --level 0 --name vol "$m0" "$m1" >"$WORKDIR/create-$mode.log" 2>&1 ||
         die "create $mode failed: $(tail -n 3 "$WORKDIR/create-$mode.log")"
     FRONT_PORT=$(free_port)
-    "$VRAID" serve --nbd "127.0.0.1:$FRONT_PORT" --control "$WORKDIR/front-$mode.sock" \
+    "$bin" serve --nbd "127.0.0.1:$FRONT_PORT" --control "$WORKDIR/front-$mode.sock" \
         "$m0" "$m1" >"$WORKDIR/front-$mode.log" 2>&1 &
     FRONT_PID=$!
     PIDS+=("$FRONT_PID")
@@ -139,19 +149,22 @@ front() {
 }
 
 make_pki
-backend plain b0 b1
-PLAIN_BACK=$BACK_PID
-front plain nbd ""
-PLAIN_PORT=$FRONT_PORT PLAIN_PID=$FRONT_PID
-backend tls b0 b1
-TLS_BACK=$BACK_PID
-front tls nbds "tls-certificates=$PKI&"
-TLS_PORT=$FRONT_PORT TLS_PID=$FRONT_PID
-[[ $(grep -c "entered transmission" "$WORKDIR/backend-tls.log") -ge 2 ]] ||
-    die "the tls front's members did not reach the TLS-only backend"
+declare -A PORT PID BACK
+for mode in "${MODES[@]}"; do
+    backend "$mode" b0 b1
+    BACK[$mode]=$BACK_PID
+    if [[ $mode == plain ]]; then
+        front "$mode" nbd ""
+    else
+        front "$mode" nbds "tls-certificates=$PKI&"
+        [[ $(grep -c "entered transmission" "$WORKDIR/backend-$mode.log") -ge 2 ]] ||
+            die "the $mode front's members did not reach the TLS-only backend"
+    fi
+    PORT[$mode]=$FRONT_PORT PID[$mode]=$FRONT_PID
+done
 
-for mode in plain tls; do
-    [[ $mode == plain ]] && port=$PLAIN_PORT || port=$TLS_PORT
+for mode in "${MODES[@]}"; do
+    port=${PORT[$mode]}
     log "filling $SIZE of the $mode front"
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol" --rw=write --bs=1M \
         --iodepth=8 --size="$SIZE" --output="$WORKDIR/fill-$mode.json" --output-format=json \
@@ -160,12 +173,8 @@ done
 
 # job MODE WORKLOAD N
 job() {
-    local mode=$1 work=$2 n=$3 port pid back rw bs depth out b0 b1 f0 f1
-    if [[ $mode == plain ]]; then
-        port=$PLAIN_PORT pid=$PLAIN_PID back=$PLAIN_BACK
-    else
-        port=$TLS_PORT pid=$TLS_PID back=$TLS_BACK
-    fi
+    local mode=$1 work=$2 n=$3 rw bs depth out b0 b1 f0 f1
+    local port=${PORT[$mode]} pid=${PID[$mode]} back=${BACK[$mode]}
     case $work in
         read1m) rw=read bs=1M depth=8 ;;
         write1m) rw=write bs=1M depth=8 ;;
@@ -184,7 +193,10 @@ job() {
 
 LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 for ((n = 1; n <= ROUNDS; n++)); do
-    if ((n % 2)); then order=(plain tls); else order=(tls plain); fi
+    order=("${MODES[@]}")
+    if ((n % 2 == 0)); then
+        for ((i = 0; i < ${#MODES[@]}; i++)); do order[i]=${MODES[${#MODES[@]} - 1 - i]}; done
+    fi
     for work in read1m write1m randread4k randwrite4k; do
         for mode in "${order[@]}"; do
             log "round $n: $work $mode (${RUNTIME}s, load $(cut -d' ' -f1 /proc/loadavg))"
@@ -216,11 +228,20 @@ print("| workload | plain | TLS | TLS/plain | backend (server) CPU us/IO plain /
       "| front (client) CPU us/IO plain / TLS | fio CPU us/IO plain / TLS |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for work in ["read1m", "write1m", "randread4k", "randwrite4k"]:
-    p, t = agg.get((work, "plain")), agg.get((work, "tls"))
-    if not p or not t:
-        continue
-    key, unit = ("bw", "MB/s") if "1m" in work else ("iops", "IOPS")
-    pv, tv = mean(p[key]), mean(t[key])
-    cells = " | ".join(f"{mean(p[k]):.1f} / {mean(t[k]):.1f}" for k in ("b", "f", "c"))
-    print(f"| {work} | {pv:.0f} {unit} | {tv:.0f} {unit} | {tv / pv:.2f} | {cells} |")
+    for tls in ["tls", "tlsmain"]:
+        p, t = agg.get((work, "plain")), agg.get((work, tls))
+        if not p or not t:
+            continue
+        key, unit = ("bw", "MB/s") if "1m" in work else ("iops", "IOPS")
+        pv, tv = mean(p[key]), mean(t[key])
+        cells = " | ".join(f"{mean(p[k]):.1f} / {mean(t[k]):.1f}" for k in ("b", "f", "c"))
+        name = work if tls == "tls" else f"{work} (tlsmain)"
+        print(f"| {name} | {pv:.0f} {unit} | {tv:.0f} {unit} | {tv / pv:.2f} | {cells} |")
+for work in ["read1m", "write1m", "randread4k", "randwrite4k"]:
+    t, m = agg.get((work, "tls")), agg.get((work, "tlsmain"))
+    if t and m:
+        key = "bw" if "1m" in work else "iops"
+        print(f"\n{work}: tls/tlsmain {mean(t[key]) / mean(m[key]):.2f}, backend CPU us/IO "
+              f"{mean(t['b']):.1f} / {mean(m['b']):.1f}", end="")
+print()
 PY

@@ -661,6 +661,11 @@ pub struct TlsArgs {
     /// name) are accepted; needs --tls-ca (`[server] tls_allow`).
     #[arg(long, value_name = "NAME", num_args = 1..)]
     pub tls_allow: Vec<String>,
+    /// After the NBD options, TLS 1.3 records are sealed and opened by
+    /// vraid's own record layer (`ours`, default; TLS 1.2 stays on rustls)
+    /// or by rustls (`rustls`) (`[server] tls_record_layer`).
+    #[arg(long, value_name = "WHO", value_parser = parse_record_layer)]
+    pub tls_record_layer: Option<crate::tls::RecordLayer>,
 }
 
 /// A byte pool size: at least one maximum-size NBD request (32M).
@@ -723,6 +728,7 @@ impl ServeArgs {
                 key: self.tls.tls_key,
                 ca: self.tls.tls_ca,
                 allow: self.tls.tls_allow,
+                record_layer: self.tls.tls_record_layer,
             },
             io_engine: self.io_engine,
             read_only: self.read_only,
@@ -744,6 +750,10 @@ impl ServeArgs {
 }
 
 fn parse_tls_mode(s: &str) -> Result<crate::tls::TlsMode, String> {
+    s.parse()
+}
+
+fn parse_record_layer(s: &str) -> Result<crate::tls::RecordLayer, String> {
     s.parse()
 }
 

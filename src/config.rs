@@ -98,6 +98,8 @@ pub struct TlsKeys {
     pub ca: Option<PathBuf>,
     /// `tls_allow`: names (CN or SAN) a client certificate must carry.
     pub allow: Vec<String>,
+    /// `tls_record_layer`: `ours` (default) or `rustls` after the options.
+    pub record_layer: Option<crate::tls::RecordLayer>,
 }
 
 /// Smallest NBD byte pool: one maximum-size request (32 MiB).
@@ -353,6 +355,7 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
     tls_allow: Option<Vec<Spanned<String>>>,
+    tls_record_layer: Option<Spanned<String>>,
     member_timeout: Option<Spanned<String>>,
 }
 
@@ -636,6 +639,14 @@ fn tls_keys(src: &Source<'_>, s: &RawServer) -> Result<TlsKeys, ConfigError> {
         ),
         None => None,
     };
+    let record_layer = match &s.tls_record_layer {
+        Some(m) => Some(
+            m.get_ref()
+                .parse::<crate::tls::RecordLayer>()
+                .map_err(|e| src.invalid(m.span(), "server.tls_record_layer", e))?,
+        ),
+        None => None,
+    };
     let mut allow = Vec::new();
     for name in s.tls_allow.iter().flatten() {
         if name.get_ref().is_empty() {
@@ -649,6 +660,7 @@ fn tls_keys(src: &Source<'_>, s: &RawServer) -> Result<TlsKeys, ConfigError> {
         key: path("server.tls_key", &s.tls_key)?,
         ca: path("server.tls_ca", &s.tls_ca)?,
         allow,
+        record_layer,
     })
 }
 

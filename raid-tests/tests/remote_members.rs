@@ -530,8 +530,8 @@ fn a_config_file_volume_with_a_remote_member_is_created_and_served() {
 
 /// qemu-io writes patterns through our export, whose second mirror is
 /// `remote` (an `nbds://` member), reads them back, then both mirrors
-/// hold the same bytes.
-fn mirror_over_qemu_io(remote: &Remote, dir: &Path) {
+/// hold the same bytes. Returns the export's log.
+fn mirror_over_qemu_io(remote: &Remote, dir: &Path) -> String {
     // Arrange
     let local = dir.join("local.img");
     let uri = remote.uri();
@@ -561,6 +561,7 @@ fn mirror_over_qemu_io(remote: &Remote, dir: &Path) {
         qemu_io(&server.uri("vol0"), &[format!("read -P {p:#x} {at} {len}")]);
     }
     let status = volume_status(&control, "vol0");
+    let log = server.log();
     assert_eq!(server.stop(), 0);
 
     // Assert
@@ -572,6 +573,15 @@ fn mirror_over_qemu_io(remote: &Remote, dir: &Path) {
     assert!(data[100 << 20..(100 << 20) + 4096]
         .iter()
         .all(|&b| b == 0xa5));
+    log
+}
+
+/// Our record layer ran the member's link after the options (FORMAT §14).
+fn assert_our_record_layer(log: &str) {
+    assert!(
+        log.contains("nbds:// member: TLS record layer: ours"),
+        "{log}"
+    );
 }
 
 fn nbdkit_tls(port: u16, server_dir: &Path, plugin: &[&str]) -> Remote {
@@ -587,7 +597,7 @@ fn raid1_with_an_nbds_nbdkit_member_mirrors_byte_for_byte() {
     let pki = TestPki::new(dir.path());
     let remote = nbdkit_tls(free_port(), &pki.server_dir(), &["memory", "384M"])
         .over_tls(pki.anonymous_client());
-    mirror_over_qemu_io(&remote, dir.path());
+    assert_our_record_layer(&mirror_over_qemu_io(&remote, dir.path()));
 }
 
 #[test]
@@ -596,7 +606,7 @@ fn raid1_with_an_nbds_vraid_export_member_mirrors_byte_for_byte() {
     let pki = TestPki::new(dir.path());
     let remote =
         Remote::vraid_with(dir.path(), &pki.serve_args("require")).over_tls(pki.anonymous_client());
-    mirror_over_qemu_io(&remote, dir.path());
+    assert_our_record_layer(&mirror_over_qemu_io(&remote, dir.path()));
 }
 
 fn create_fails(dir: &Path, member: &str) -> String {

@@ -91,11 +91,23 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn nbdinfo_nbdcopy_and_qemu_img_read_and_write_over_required_tls() {
+    clients_read_and_write_over_tls("tls-clients", "ours");
+}
+
+#[test]
+fn the_same_clients_with_rustls_as_the_record_layer() {
+    clients_read_and_write_over_tls("tls-clients-rustls", "rustls");
+}
+
+/// nbdinfo, nbdcopy and qemu-img (GnuTLS) against the server with
+/// `--tls-record-layer=LAYER` (FORMAT.md §14), and the log naming it.
+fn clients_read_and_write_over_tls(scratch: &str, layer: &str) {
     // Arrange
-    let dir = scratch_dir("tls-clients");
+    let dir = scratch_dir(scratch);
     let pki = TestPki::new(dir.path());
     let members = raid1(dir.path());
-    let server = start(pki.serve_args("require"), &members, &[]);
+    let flag = format!("--tls-record-layer={layer}");
+    let server = start(pki.serve_args("require"), &members, &[&flag]);
     let certs = pki.anonymous_client();
     let uri = nbds(&server, &certs);
     let by_qemu = pseudo_random(3 * MIB + 4096, 1);
@@ -126,6 +138,16 @@ fn nbdinfo_nbdcopy_and_qemu_img_read_and_write_over_required_tls() {
         &read_by_qemu[by_nbdcopy.len()..by_qemu.len()],
         &by_qemu[by_nbdcopy.len()..],
         "qemu-img's bytes beyond nbdcopy's write are still there"
+    );
+    let log = server.log();
+    let other = if layer == "ours" { "rustls" } else { "ours" };
+    assert!(
+        log.contains(&format!("NBD TLS record layer: {layer}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("NBD TLS record layer: {other}")),
+        "{log}"
     );
     assert_eq!(server.stop(), 0);
 }

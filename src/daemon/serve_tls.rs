@@ -16,6 +16,8 @@ pub(super) fn load(
     config: Option<&TlsKeys>,
     nbd: Option<SocketAddr>,
 ) -> Result<Option<ServerTls>, DaemonError> {
+    let layer = args.record_layer.or(config.and_then(|c| c.record_layer));
+    crate::tls::set_client_record_layer(layer.unwrap_or_default());
     let resolved = resolve(args, config.cloned().unwrap_or_default())?;
     let mode = resolved.as_ref().map_or(TlsMode::Off, |c| c.mode);
     if let Some(addr) = nbd.filter(|a| !a.ip().is_loopback()) {
@@ -35,7 +37,7 @@ pub(super) fn load(
         return Ok(None);
     };
     let tls = ServerTls::load(&config)?;
-    tracing::info!(mode = %config.mode, client_ca = config.ca.is_some(), "NBD TLS");
+    tracing::info!(mode = %config.mode, client_ca = config.ca.is_some(), record_layer = %config.record_layer, "NBD TLS");
     Ok(Some(tls))
 }
 
@@ -75,6 +77,10 @@ fn resolve(args: &TlsKeys, config: TlsKeys) -> Result<Option<ServerTlsConfig>, T
         key,
         ca,
         allow: AllowList::new(allow),
+        record_layer: args
+            .record_layer
+            .or(config.record_layer)
+            .unwrap_or_default(),
     }))
 }
 

@@ -9,6 +9,8 @@
 //!  blocking socket ─ greet ─ STARTTLS ─ ACK ─► tokio socket ─ 64 KiB read
 //!  buffer ─ TLS ─► Bridge
 //!  Bridge (sync Read/Write over the TLS stream) ─ options ─► Conn
+//!    (over our record layer after the options, FORMAT.md §14, unless
+//!    `--tls-record-layer=rustls` or the server chose TLS 1.2)
 //! ```
 
 use std::io::{self, Read, Write};
@@ -21,7 +23,7 @@ use super::conn::Conn;
 use super::handshake::{self, HandshakeError};
 use super::link::{tcp_connect, Deadline, LinkError, Timed};
 use super::uri::{Endpoint, NbdUri};
-use crate::tls::{buffered, ClientTls, Flushed};
+use crate::tls::{buffered, ClientTls, Flushed, RecordLayer};
 
 /// The connector of `uri` and the name its server must prove.
 fn client_tls(uri: &NbdUri) -> Result<(ClientTls, String), LinkError> {
@@ -69,9 +71,7 @@ pub fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkErr
             s.set_nodelay(true).map_err(connect)?;
             up.plain_part(&mut s)?;
             prepare(&s).map_err(connect)?;
-            up.finish(buffered(
-                tokio::net::TcpStream::from_std(s).map_err(connect)?,
-            ))
+            up.finish(tokio::net::TcpStream::from_std(s).map_err(connect)?)
         }
         Endpoint::Unix(path) => {
             let mut s = std::os::unix::net::UnixStream::connect(path).map_err(connect)?;
@@ -79,9 +79,7 @@ pub fn connect_blocking(uri: &NbdUri, timeout: Duration) -> Result<Conn, LinkErr
             s.set_write_timeout(Some(timeout)).map_err(connect)?;
             up.plain_part(&mut s)?;
             s.set_nonblocking(true).map_err(connect)?;
-            up.finish(buffered(
-                tokio::net::UnixStream::from_std(s).map_err(connect)?,
-            ))
+            up.finish(tokio::net::UnixStream::from_std(s).map_err(connect)?)
         }
     }
 }
@@ -117,14 +115,13 @@ impl Upgrade<'_> {
     }
 
     /// The TLS handshake, the options over TLS, the connection.
-    fn finish<S>(self, stream: S) -> Result<Conn, LinkError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    fn finish<S: Halves>(self, stream: S) -> Result<Conn, LinkError> {
+        let stream = buffered(stream);
         let handle = Handle::current();
-        let tls = handle
+        let (tls, capture) = handle
             .block_on(async {
-                tokio::time::timeout(self.timeout, self.tls.connect(&self.name, stream)).await
+                let connect = self.tls.connect_switchable(&self.name, stream);
+                tokio::time::timeout(self.timeout, connect).await
             })
             .map_err(|_| self.shake(io::Error::from(io::ErrorKind::TimedOut).into()))?
             .map_err(|source| LinkError::Tls {
@@ -137,8 +134,48 @@ impl Upgrade<'_> {
             end: tokio::time::Instant::now() + self.timeout,
         };
         let info = handshake::options(&mut bridge, &self.uri.export).map_err(|e| self.shake(e))?;
-        let (r, w) = tokio::io::split(bridge.stream);
+        let stream = match crate::tls::client_record_layer() {
+            RecordLayer::Rustls => bridge.stream,
+            RecordLayer::Ours => match crate::tls::switch_client(bridge.stream, &capture) {
+                Ok(Ok(ours)) => {
+                    tracing::info!(uri = %self.uri, "nbds:// member: TLS record layer: ours");
+                    let (r, w) = ours.halves(Halves::halves);
+                    return Ok(Conn::start(r, w, info));
+                }
+                Ok(Err(rustls)) => rustls,
+                Err(source) => {
+                    return Err(LinkError::Tls {
+                        uri: self.uri.to_string(),
+                        source,
+                    })
+                }
+            },
+        };
+        let (r, w) = tokio::io::split(stream);
         Ok(Conn::start(r, Flushed::new(w), info))
+    }
+}
+
+/// A socket split into owned halves for our record layer.
+trait Halves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type R: AsyncRead + Unpin + Send + 'static;
+    type W: AsyncWrite + Unpin + Send + 'static;
+    fn halves(self) -> (Self::R, Self::W);
+}
+
+impl Halves for tokio::net::TcpStream {
+    type R = tokio::net::tcp::OwnedReadHalf;
+    type W = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::R, Self::W) {
+        self.into_split()
+    }
+}
+
+impl Halves for tokio::net::UnixStream {
+    type R = tokio::net::unix::OwnedReadHalf;
+    type W = tokio::net::unix::OwnedWriteHalf;
+    fn halves(self) -> (Self::R, Self::W) {
+        self.into_split()
     }
 }
 

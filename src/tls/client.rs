@@ -13,6 +13,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+use super::switch::Capture;
 use super::{pem, provider, TlsError};
 
 /// A client-side TLS stream.
@@ -21,7 +22,7 @@ pub type ClientTlsStream<S> = tokio_rustls::client::TlsStream<S>;
 /// A loaded client-side TLS setup, cheap to clone (one per member).
 #[derive(Clone)]
 pub struct ClientTls {
-    connector: TlsConnector,
+    config: Arc<ClientConfig>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -39,15 +40,23 @@ impl ClientTls {
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
             .with_root_certificates(roots);
-        let config = match identity {
+        let mut config = match identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => builder
                 .with_client_auth_cert(pem::certs(cert, "certificate")?, pem::key(key)?)
                 .map_err(TlsError::Config)?,
         };
+        // Our record layer may take over after the options (FORMAT.md §14).
+        config.enable_secret_extraction = true;
         Ok(ClientTls {
-            connector: TlsConnector::from(Arc::new(config)),
+            config: Arc::new(config),
         })
+    }
+
+    /// The rustls connector (tests drive the connection underneath).
+    #[cfg(test)]
+    pub(super) fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.config.clone())
     }
 
     /// Runs the TLS handshake as the client over `stream`, checking that
@@ -61,11 +70,28 @@ impl ClientTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        Ok(self.connect_switchable(server_name, stream).await?.0)
+    }
+
+    /// [`connect`](Self::connect), with the traffic secrets captured for
+    /// `super::switch_client`.
+    pub async fn connect_switchable<S>(
+        &self,
+        server_name: &str,
+        stream: S,
+    ) -> Result<(ClientTlsStream<S>, Arc<Capture>), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
-        self.connector
+        let capture = Arc::new(Capture::default());
+        let mut config = (*self.config).clone();
+        config.key_log = capture.clone();
+        let stream = TlsConnector::from(Arc::new(config))
             .connect(name, stream)
             .await
-            .map_err(TlsError::Handshake)
+            .map_err(TlsError::Handshake)?;
+        Ok((stream, capture))
     }
 }

@@ -9,6 +9,9 @@
 //!  server    ServerTls: mode (off/allow/require) + acceptor, used by export::nbd
 //!  client    ClientTls: connector (CA file, optional client identity)
 //!  flushed   Flushed: a write counts once its ciphertext left the buffer
+//!  record    our TLS 1.3 record protection (ring AEAD, KeyUpdate)
+//!  fast      reader/writer halves over `record` (FORMAT.md §14)
+//!  switch    rustls -> `fast` after the NBD options: secrets, checks
 //! ```
 //!
 //! Nothing here knows NBD: the NBD server decides when to upgrade a stream
@@ -16,10 +19,15 @@
 
 mod allow;
 mod client;
+mod fast;
+#[cfg(test)]
+mod fast_tests;
 mod flushed;
 pub mod names;
 mod pem;
+pub mod record;
 mod server;
+mod switch;
 #[cfg(test)]
 mod tests;
 
@@ -27,8 +35,13 @@ use std::path::PathBuf;
 
 pub use allow::AllowList;
 pub use client::{ClientTls, ClientTlsStream};
+pub use fast::{fuzz_receive, FastReader, FastWriter};
 pub use flushed::Flushed;
 pub use server::{ServerTls, ServerTlsConfig, ServerTlsStream, TlsMode};
+pub use switch::{
+    client_record_layer, set_client_record_layer, switch, switch_client, Capture, ClientSwitch,
+    RecordLayer, Switch, Switched,
+};
 
 /// Bytes read from the socket at once under a TLS stream. rustls asks its
 /// transport for 4 KiB at a time (up to one record of 16 KiB): straight

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use super::allow::{AllowList, AllowListVerifier};
+use super::switch::{Capture, RecordLayer};
 use super::{pem, provider, TlsError};
 
 /// A server-side TLS stream.
@@ -68,19 +69,23 @@ pub struct ServerTlsConfig {
     pub ca: Option<PathBuf>,
     /// Names a client certificate must carry (CN or SAN); needs `ca`.
     pub allow: AllowList,
+    /// Who runs the record layer after the NBD options.
+    pub record_layer: RecordLayer,
 }
 
 /// A loaded server-side TLS setup.
 #[derive(Clone)]
 pub struct ServerTls {
     mode: TlsMode,
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
+    record_layer: RecordLayer,
 }
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("mode", &self.mode)
+            .field("record_layer", &self.record_layer)
             .finish()
     }
 }
@@ -119,9 +124,14 @@ impl ServerTls {
             .map_err(TlsError::Config)?;
         // Our order (AES-128-GCM first, see `provider`), not the client's.
         server.ignore_client_order = true;
+        // Our record layer takes over after the options (FORMAT.md §14): no
+        // session tickets rustls would still have to send, secrets out.
+        server.send_tls13_tickets = 0;
+        server.enable_secret_extraction = config.record_layer == RecordLayer::Ours;
         Ok(ServerTls {
             mode: config.mode,
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            config: Arc::new(server),
+            record_layer: config.record_layer,
         })
     }
 
@@ -135,9 +145,31 @@ impl ServerTls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.acceptor
+        Ok(self.accept_switchable(stream).await?.0)
+    }
+
+    /// [`accept`](Self::accept), with the traffic secrets captured when our
+    /// record layer may take the connection over later (`super::switch`).
+    pub async fn accept_switchable<S>(
+        &self,
+        stream: S,
+    ) -> Result<(ServerTlsStream<S>, Option<Arc<Capture>>), TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (config, capture) = match self.record_layer {
+            RecordLayer::Rustls => (self.config.clone(), None),
+            RecordLayer::Ours => {
+                let capture = Arc::new(Capture::default());
+                let mut config = (*self.config).clone();
+                config.key_log = capture.clone();
+                (Arc::new(config), Some(capture))
+            }
+        };
+        let stream = TlsAcceptor::from(config)
             .accept(stream)
             .await
-            .map_err(TlsError::Handshake)
+            .map_err(TlsError::Handshake)?;
+        Ok((stream, capture))
     }
 }

@@ -32,7 +32,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// CA, server cert for localhost, clients "a" and "b".
-fn pki() -> tempfile::TempDir {
+pub(super) fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     openssl(
@@ -86,18 +86,19 @@ fn pki() -> tempfile::TempDir {
     dir
 }
 
-fn server(dir: &Path, allow: &[&str]) -> ServerTls {
+pub(super) fn server(dir: &Path, allow: &[&str]) -> ServerTls {
     ServerTls::load(&ServerTlsConfig {
         mode: TlsMode::Require,
         cert: dir.join("server.pem"),
         key: dir.join("server-key.pem"),
         ca: Some(dir.join("ca.pem")),
         allow: AllowList::new(allow.iter().map(|s| s.to_string()).collect()),
+        ..ServerTlsConfig::default()
     })
     .unwrap()
 }
 
-fn client(dir: &Path, who: Option<&str>) -> ClientTls {
+pub(super) fn client(dir: &Path, who: Option<&str>) -> ClientTls {
     let paths: Option<(PathBuf, PathBuf)> = who.map(|w| {
         (
             dir.join(format!("{w}.pem")),

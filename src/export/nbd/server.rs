@@ -32,7 +32,7 @@ use super::meta::Selection;
 use super::proto;
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
-use crate::tls::{Flushed, ServerTls, ServerTlsStream, TlsMode};
+use crate::tls::{Capture, Flushed, ServerTls, ServerTlsStream, TlsMode};
 
 /// Largest oversized option payload we read and discard to keep the
 /// handshake going; beyond it the connection is dropped.
@@ -389,12 +389,8 @@ async fn serve_connection<S: Split>(
             };
             let upgraded = guarded(deadline, &mut stop, over_tls(tls, neg, stream)).await?;
             match upgraded {
-                Ok((tls_stream, chosen)) => {
-                    // The transmission loop writes only when it has replies:
-                    // each write must leave nothing in the TLS buffer.
-                    let (reader, writer) = tokio::io::split(tls_stream);
-                    let writer = Flushed::new(writer);
-                    transmit(shared, chosen, reader, writer, stop).await
+                Ok((tls_stream, capture, chosen)) => {
+                    transmit_tls(shared, chosen, tls_stream, capture, stop).await
                 }
                 Err(why) => Ok(ConnectionEnd::Handshake(why)),
             }
@@ -424,14 +420,50 @@ async fn guarded<T>(
     }
 }
 
+/// The transmission phase over TLS: our record layer when it can take the
+/// connection from rustls (FORMAT.md §14), else rustls.
+async fn transmit_tls<S: Split>(
+    shared: &Arc<Shared>,
+    chosen: Chosen,
+    tls_stream: ServerTlsStream<BufReader<S>>,
+    capture: Option<Arc<Capture>>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<ConnectionEnd> {
+    let tls_stream = match capture {
+        None => tls_stream,
+        Some(capture) => match crate::tls::switch(tls_stream, &capture) {
+            Ok(Ok(ours)) => {
+                tracing::info!("NBD TLS record layer: ours");
+                let (reader, writer) = ours.halves(Split::halves);
+                return transmit(shared, chosen, reader, writer, stop).await;
+            }
+            Ok(Err(rustls)) => rustls,
+            Err(e) => {
+                tracing::warn!(error = %e, "NBD TLS record layer switch failed");
+                return Ok(ConnectionEnd::Handshake("TLS record layer switch failed"));
+            }
+        },
+    };
+    tracing::info!("NBD TLS record layer: rustls");
+    // The transmission loop writes only when it has replies: each write
+    // must leave nothing in the TLS buffer.
+    let (reader, writer) = tokio::io::split(tls_stream);
+    let writer = Flushed::new(writer);
+    transmit(shared, chosen, reader, writer, stop).await
+}
+
+/// What the TLS part of a handshake gives the transmission phase.
+type OverTls<S> = (ServerTlsStream<BufReader<S>>, Option<Arc<Capture>>, Chosen);
+
 /// The TLS handshake after `NBD_OPT_STARTTLS`, then the rest of option
 /// haggling over TLS. A failed TLS handshake drops the connection.
 async fn over_tls<'a, S: Split>(
     tls: &ServerTls,
     mut neg: Negotiation<'a>,
     stream: S,
-) -> io::Result<Result<(ServerTlsStream<BufReader<S>>, Chosen), &'static str>> {
-    let mut tls_stream = match tls.accept(crate::tls::buffered(stream)).await {
+) -> io::Result<Result<OverTls<S>, &'static str>> {
+    let (mut tls_stream, capture) = match tls.accept_switchable(crate::tls::buffered(stream)).await
+    {
         Ok(s) => s,
         Err(e) => {
             let cause = std::error::Error::source(&e).map(|c| c.to_string());
@@ -444,7 +476,7 @@ async fn over_tls<'a, S: Split>(
     };
     neg.tls_started();
     match option_loop(&mut neg, &mut tls_stream).await? {
-        Haggled::Transmit(chosen) => Ok(Ok((tls_stream, chosen))),
+        Haggled::Transmit(chosen) => Ok(Ok((tls_stream, capture, chosen))),
         Haggled::Close(why) => {
             let _ = tls_stream.shutdown().await;
             Ok(Err(why))
