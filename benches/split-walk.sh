@@ -6,8 +6,8 @@
 # Laid once with VRAID_B: a RAID-0 array (2 sparse members of MEMBER_SIZE)
 # with a version-3 pool of CLUSTER clusters, NVOL volumes of VOLSIZE (4k
 # into each cluster), a snapshot of each, then 4k more into each cluster
-# of each volume (a split per cluster: NVOL x VOLSIZE/CLUSTER records),
-# flushed, and the daemon SIGKILLed at once: the splits hold their bases
+# of each volume (a split per cluster: NVOL x VOLSIZE/CLUSTER records; 16
+# volumes at a time), flushed, and the daemon SIGKILLed at once: the splits hold their bases
 # on disk. Then ROUNDS pairs of rounds A B B A: start the daemon, time
 # from the spawn to the first answer of `pool list` (the open), and for a
 # build that walks (its "split pages walked" log line: map pages read,
@@ -56,7 +56,8 @@ free_port() {
 ctl() { "$VRAID_B" "$@" --control "$CONTROL" >/dev/null; }
 uri() { echo "nbd://127.0.0.1:$PORT/$1"; }
 
-# start_server VRAID LOG — prints the ms from the spawn to `pool list`.
+# start_server VRAID LOG — OPEN_MS = the ms from the spawn to `pool list`
+# (not printed: a $(...) subshell would lose SERVER_PID).
 start_server() {
     local t0 t1
     PORT=$(free_port)
@@ -67,7 +68,7 @@ start_server() {
     for _ in $(seq 3000); do
         if "$1" pool list --control "$CONTROL" >/dev/null 2>&1; then
             t1=$(date +%s%N)
-            echo $(((t1 - t0) / 1000000))
+            OPEN_MS=$(((t1 - t0) / 1000000))
             return 0
         fi
         kill -0 "$SERVER_PID" 2>/dev/null || die "serve exited: $(tail -n 5 "$2")"
@@ -77,7 +78,7 @@ start_server() {
 }
 
 lay() {
-    local paths=() cs n writes
+    local paths=() cs n writes v c
     for i in 0 1; do
         truncate -s "$MEMBER_SIZE" "$WORKDIR/m$i.img"
         paths+=("$WORKDIR/m$i.img")
@@ -86,7 +87,7 @@ lay() {
         die "create failed: $(tail -n 3 "$WORKDIR/create.log")"
     printf '[[volume]]\nname = "pooled"\nlevel = 0\nmembers = [%s]\n' \
         "$(printf '"%s", ' "${paths[@]}" | sed 's/, $//')" >"$WORKDIR/vraid.toml"
-    start_server "$VRAID_B" "$WORKDIR/serve-lay.log" >/dev/null
+    start_server "$VRAID_B" "$WORKDIR/serve-lay.log"
     ctl pool create pooled --cluster-size "$CLUSTER" --split-clusters
     cs=$(numfmt --from=iec "$CLUSTER")
     n=$(($(numfmt --from=iec "$VOLSIZE") / cs))
@@ -97,35 +98,44 @@ lay() {
         for ((c = 0; c < n; c++)); do writes+=(-c "write -P 1 $((c * cs)) 4k"); done
         qemu-io -f raw "${writes[@]}" "$(uri "v$v")" >/dev/null
         ctl volume snapshot "v$v" "s$v"
-        writes=()
-        for ((c = 0; c < n; c++)); do writes+=(-c "write -P 2 $((c * cs + 65536)) 4k"); done
-        qemu-io -f raw "${writes[@]}" -c flush "$(uri "v$v")" >/dev/null
     done
+    # The splits in one burst (16 clients at a time) and the kill at once:
+    # the completer (1 ms a granule) is left far behind.
+    writes=()
+    for ((c = 0; c < n; c++)); do writes+=(-c "write -P 2 $((c * cs + 65536)) 4k"); done
+    local pids=()
+    for ((v = 0; v < NVOL; v++)); do
+        qemu-io -f raw "${writes[@]}" -c flush "$(uri "v$v")" >/dev/null &
+        pids+=($!)
+        if ((${#pids[@]} == 16)); then wait "${pids[@]}"; pids=(); fi
+    done
+    ((${#pids[@]} == 0)) || wait "${pids[@]}"
     stop_server KILL
 }
 
-round() { # PEER ROUND
+round() { # PEER ROUND NTH
     local bin=$VRAID_A ms walk=""
     [[ $1 == B ]] && bin=$VRAID_B
-    local logf=$WORKDIR/serve-$1-$2.log
-    ms=$(start_server "$bin" "$logf")
+    local logf=$WORKDIR/serve-$1-$2-$3.log
+    start_server "$bin" "$logf"
+    ms=$OPEN_MS
     for _ in $(seq 6000); do
         walk=$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -o 'split pages walked.*' || true)
         [[ -n $walk || $1 == A ]] && break
         sleep 0.05
     done
     stop_server
-    log "$1 round $2: open $ms ms; ${walk:-no walk}"
-    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$ms" "$walk" >>"$WORKDIR/results.tsv"
+    log "$1 round $2.$3: open $ms ms; ${walk:-no walk}"
+    printf '%s\t%s.%s\t%s\t%s\n' "$1" "$2" "$3" "$ms" "$walk" >>"$WORKDIR/results.tsv"
 }
 
 lay
 log "load: $(uptime)"
 for n in $(seq "$ROUNDS"); do
-    round A "$n"
-    round B "$n"
-    round B "$n"
-    round A "$n"
+    round A "$n" 1
+    round B "$n" 1
+    round B "$n" 2
+    round A "$n" 2
 done
 log "load: $(uptime)"
 cat "$WORKDIR/results.tsv"
