@@ -19,6 +19,9 @@
 #   VRAID_A [target/release/vraid-main]  VRAID_B [target/release/vraid]
 #   NVOL [128]  VOLSIZE [4M]  CLUSTER [256K]  MEMBER_SIZE [8G]  ROUNDS [2]
 #   WORKDIR [/var/tmp/vraid-split-walk]
+#   PROBE [0] seconds of fio 4k randwrite QD16 on volume v0 right after
+#     each open (0: none): in B's first round the walk is completing
+#     records meanwhile, in the others nothing runs (IOPS, p99)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,6 +33,7 @@ CLUSTER=${CLUSTER:-256K}
 MEMBER_SIZE=${MEMBER_SIZE:-8G}
 ROUNDS=${ROUNDS:-2}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-split-walk}
+PROBE=${PROBE:-0}
 
 log() { printf '[split-walk %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -119,14 +123,20 @@ round() { # PEER ROUND NTH
     local logf=$WORKDIR/serve-$1-$2-$3.log
     start_server "$bin" "$logf"
     ms=$OPEN_MS
+    local io="-"
+    if [[ $PROBE != 0 ]]; then # clients while the walk completes (B's first round) or not
+        io=$(fio --name=probe --ioengine=nbd --uri="$(uri v0)" --rw=randwrite --bs=4k \
+            --iodepth=16 --size=4M --time_based=1 --runtime="$PROBE" --lat_percentiles=1 \
+            --output-format=json | python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]["write"]; print("%d IOPS p99 %.2f ms" % (j["iops"], j["lat_ns"]["percentile"]["99.000000"] / 1e6))')
+    fi
     for _ in $(seq 6000); do
         walk=$(sed 's/\x1b\[[0-9;]*m//g' "$logf" | grep -o 'split pages walked.*' || true)
         [[ -n $walk || $1 == A ]] && break
         sleep 0.05
     done
     stop_server
-    log "$1 round $2.$3: open $ms ms; ${walk:-no walk}"
-    printf '%s\t%s.%s\t%s\t%s\n' "$1" "$2" "$3" "$ms" "$walk" >>"$WORKDIR/results.tsv"
+    log "$1 round $2.$3: open $ms ms; ${walk:-no walk}; fio on v0: $io"
+    printf '%s\t%s.%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$ms" "$walk" "$io" >>"$WORKDIR/results.tsv"
 }
 
 lay
