@@ -45,6 +45,7 @@ SLOW = [
     "rebuild",
     "remote_multiconn",
     "pools",
+    "pools_split",
     "raid6",
     "redteam_resync",
     "remote_members",

@@ -282,6 +282,9 @@ fn sigkill_loop_under_fio_with_snapshots_and_deletes_keeps_the_pool_consistent()
                 "--iodepth=8",
             ])
             .args(["--size=32M", "--time_based", "--runtime=60", "--fsync=32"])
+            // One process (the job a thread): the SIGKILL below ends all
+            // of fio; a forked job worker would outlive its parent.
+            .arg("--thread")
             .arg(format!("--uri={}", s.uri("w")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

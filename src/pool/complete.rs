@@ -19,6 +19,7 @@
 //!                                         convert (gate exclusive): entry = new
 //! ```
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,13 +29,13 @@ use crate::pool::split_meta::is_split;
 use crate::pool::{Pool, PoolError};
 use crate::units::ByteOffset;
 
-/// Places queued at most; beyond, new splits are not queued (FORMAT §11
-/// "Memory": a rescan of the split pages would find them; not built).
+/// Places queued at most; beyond, a split is not queued and the split
+/// pages are walked again instead (FORMAT §11 "Memory", `complete_scan`).
 pub const QUEUE_MAX: usize = 65536;
 
 /// Pause between two granule copies of the background task (at most
 /// ~1000 granules a second: 64 MiB/s at 64 KiB granules).
-const THROTTLE: Duration = Duration::from_millis(1);
+pub(crate) const THROTTLE: Duration = Duration::from_millis(1);
 
 /// What one step of completion did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +60,11 @@ impl Pool {
     /// Queues place (`id`, `vc`) of a split just made, and wakes the task.
     pub(crate) fn queue_completion(&self, id: u32, vc: u64) {
         let mut q = self.completions.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() < QUEUE_MAX {
+        if q.len() < self.queue_max.load(Ordering::Relaxed) {
             q.push_back((id, vc));
+        } else {
+            // Dropped here, found by the next walk of the split pages.
+            self.rescan.store(true, Ordering::Release);
         }
         drop(q);
         self.completer_wake.notify_one();
@@ -88,6 +92,18 @@ impl Pool {
         let Entry::Split(r) = Entry::decode(e)? else {
             return Ok(Step::Nothing);
         };
+        self.fill_one(m, r).await
+    }
+
+    /// Fills one missing granule of record `r` (busy-marked, read through
+    /// its base, written with the metadata lock released, its bit set
+    /// under the lock; the last one completes the record: P-24). The
+    /// caller holds the pool's I/O gate shared (P-28) and passes the lock.
+    pub(crate) async fn fill_one(
+        &self,
+        mut m: tokio::sync::MutexGuard<'_, crate::pool::meta::Meta>,
+        r: SplitRef,
+    ) -> Result<Step, PoolError> {
         let rec = m.record(r).await?;
         let missing = full_mask(self.cluster_size()) & !rec.mask;
         if rec.base == 0 || missing == 0 {
@@ -220,8 +236,37 @@ async fn completer(weak: Weak<Pool>) {
                 tracing::warn!(error = %e, "split conversion stopped");
             }
         }
+        let due = pool.rescan.swap(false, Ordering::AcqRel);
         drop(pool);
+        if due {
+            rescan(&weak).await;
+            continue;
+        }
         wake.notified().await;
+    }
+}
+
+/// A walk of the split pages (`complete_scan`), then a quiescent commit
+/// as after a batch.
+async fn rescan(weak: &Weak<Pool>) {
+    let t = std::time::Instant::now();
+    match crate::pool::complete_scan::walk(weak, THROTTLE).await {
+        Ok(Some(w)) => {
+            tracing::info!(
+                pages = w.pages,
+                completed = w.completed,
+                corrupt = w.corrupt,
+                ms = t.elapsed().as_millis() as u64,
+                "split pages walked"
+            );
+            if let Some(pool) = weak.upgrade().filter(|_| w.completed > 0) {
+                if let Err(e) = pool.flush().await {
+                    tracing::warn!(error = %e, "split completion commit failed");
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "split page walk stopped"),
     }
 }
 

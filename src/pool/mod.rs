@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod complete;
+mod complete_scan;
 pub mod contexts;
 pub mod diff;
 pub use check::CheckReport;

@@ -83,6 +83,13 @@ pub struct Pool {
     /// Places of splits to complete (`complete.rs`), and the completer's wake-up.
     pub(crate) completions: Mutex<std::collections::VecDeque<(u32, u64)>>,
     pub(crate) completer_wake: Arc<tokio::sync::Notify>,
+    /// The split pages are to be walked for incomplete records (set at
+    /// open of a version-3 pool and when the queue overflows:
+    /// `complete_scan.rs`).
+    pub(crate) rescan: std::sync::atomic::AtomicBool,
+    /// Places the completion queue holds at most (`complete::QUEUE_MAX`;
+    /// tests lower it).
+    pub(crate) queue_max: std::sync::atomic::AtomicUsize,
 }
 
 /// A volume record as published for synchronous readers.
@@ -293,6 +300,8 @@ impl Pool {
             listing: Mutex::new(Vec::new()),
             completions: Mutex::new(std::collections::VecDeque::new()),
             completer_wake: Arc::new(tokio::sync::Notify::new()),
+            rescan: std::sync::atomic::AtomicBool::new(splits),
+            queue_max: std::sync::atomic::AtomicUsize::new(crate::pool::complete::QUEUE_MAX),
         });
         pool.resume_deletes().await?;
         pool.resume_tail_cuts().await?;

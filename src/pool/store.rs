@@ -268,6 +268,19 @@ impl Store {
         Ok(&c.page)
     }
 
+    /// A copy of page `b` as the pool sees it, not cached if it was not
+    /// (a walk over the map area leaves the working set alone). A page
+    /// out of the cache is clean and written: its home copy is current.
+    pub async fn peek(&mut self, b: u64) -> Result<Page, PoolError> {
+        if let Some(c) = self.cache.get(&b) {
+            return Ok(c.page.clone());
+        }
+        let kinds = self.kinds_at(b)?;
+        let mut buf = vec![0u8; BLOCK];
+        self.dev.read(at(b), &mut buf).await?;
+        Ok(Page::verify(&buf, b, kinds, &self.header.pool_uuid)?)
+    }
+
     /// Page `b` to change; it joins the transaction.
     pub async fn page_mut(&mut self, b: u64) -> Result<&mut Page, PoolError> {
         self.load(b).await?;
