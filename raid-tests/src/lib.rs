@@ -7,6 +7,7 @@
 //! never skips it.
 
 pub mod fuse_loop;
+pub mod loop_dev;
 pub mod md_image;
 pub mod nbd_raw;
 pub mod netns;

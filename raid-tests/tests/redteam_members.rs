@@ -248,17 +248,6 @@ fn a_restart_right_after_sigkill_under_load_always_comes_up() {
     }
 }
 
-/// A loop device over a file, detached when dropped.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 #[test]
 fn a_file_behind_an_attached_loop_device_is_in_use_even_with_force() {
     // Arrange: ext4 in a file, attached to a loop device (as `mount -o loop`
@@ -277,12 +266,7 @@ fn a_file_behind_an_attached_loop_device_is_in_use_even_with_force() {
             .args(["-q", "-F"])
             .arg(&img),
     );
-    let dev = run_ok(
-        std::process::Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&img),
-    );
-    let _loop = Loop(dev.trim().to_string());
+    let _loop = raid_tests::loop_dev::LoopDev::attach(&img, 0);
     let before = std::fs::read(&img).unwrap();
     let shown = img.to_str().unwrap();
 

@@ -564,26 +564,6 @@ fn a_loop_device_on_a_stopped_fuse_mount_does_not_block_create_or_assembly() {
     drop(fl);
 }
 
-/// A loop device attached with `losetup`, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path, offset: u64) -> Loop {
-        let mut c = std::process::Command::new("losetup");
-        c.args(["-f", "--show", "-o", &offset.to_string()])
-            .arg(file);
-        Loop(run_ok(&mut c).trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
-}
-
 /// Attack (held): a member given twice, once as its file and once as a
 /// symlink to a loop device over that file at an offset, is refused in
 /// either order; so is a member file with any loop device over it; once
@@ -592,7 +572,7 @@ impl Drop for Loop {
 fn a_member_and_a_loop_device_over_it_are_refused_together() {
     let dir = scratch_dir("redteam-s17-loop-member");
     let members = sparse_members(dir.path(), 2, 16 << 20);
-    let lo = Loop::attach(&members[0], 4096);
+    let lo = raid_tests::loop_dev::LoopDev::attach(&members[0], 4096);
     let link = dir.path().join("link-to-loop");
     std::os::unix::fs::symlink(&lo.0, &link).unwrap();
     let create = |a: &Path, b: &Path| {

@@ -12,6 +12,7 @@ use crate::block::{BlockDevice, Durability};
 use crate::member::memory::MemDevice;
 use crate::pool::split::{full_mask, Entry};
 use crate::pool::split_meta::tests::{pool_with_v, CS};
+use crate::pool::tests::read_all as read;
 use crate::pool::Pool;
 use crate::units::ByteOffset;
 
@@ -45,13 +46,6 @@ async fn splits(n: u64, queue_max: usize) -> (Arc<MemDevice>, Arc<Pool>, Vec<u8>
     }
     pool.flush().await.unwrap();
     (dev, pool, want)
-}
-
-async fn read(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
-    let v = pool.open_volume(name).await.unwrap();
-    let mut buf = vec![0u8; v.size() as usize];
-    v.read(ByteOffset(0), &mut buf).await.unwrap();
-    buf
 }
 
 /// How many of w's `n` clusters are split entries whose record still

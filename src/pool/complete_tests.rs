@@ -16,6 +16,7 @@ use crate::pool::Pool;
 use crate::units::ByteOffset;
 
 use crate::pool::split_meta::tests::CS;
+use crate::pool::tests::read_all as read;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -41,13 +42,6 @@ async fn split_one() -> (Arc<MemDevice>, Arc<Pool>, Vec<u8>) {
     want[at..at + 4096].fill(5);
     pool.flush().await.unwrap();
     (dev, pool, want)
-}
-
-async fn read(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
-    let v = pool.open_volume(name).await.unwrap();
-    let mut buf = vec![0u8; v.size() as usize];
-    v.read(ByteOffset(0), &mut buf).await.unwrap();
-    buf
 }
 
 async fn entry(pool: &Arc<Pool>, name: &str, vc: u64) -> u64 {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::block::{BlockDevice, Durability};
 use crate::member::memory::MemDevice;
 use crate::pool::pool::CreateOptions;
+use crate::pool::tests::read_all;
 use crate::pool::{Pool, PoolError};
 use crate::units::ByteOffset;
 
@@ -35,13 +36,6 @@ async fn write(pool: &Arc<Pool>, name: &str, at: u64, byte: u8, len: usize) {
     v.write(ByteOffset(at), &vec![byte; len], Durability::Normal)
         .await
         .unwrap();
-}
-
-async fn read_all(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
-    let v = pool.open_volume(name).await.unwrap();
-    let mut buf = vec![0u8; v.size() as usize];
-    v.read(ByteOffset(0), &mut buf).await.unwrap();
-    buf
 }
 
 async fn id(pool: &Arc<Pool>, name: &str) -> u32 {

@@ -15,6 +15,7 @@ use crate::pool::Pool;
 use crate::units::ByteOffset;
 
 use crate::pool::split_meta::tests::CS;
+use crate::pool::tests::read_all as read;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -33,13 +34,6 @@ async fn snapped(split: bool) -> (Arc<MemDevice>, Arc<Pool>) {
         .unwrap();
     pool.snapshot("v", "s").await.unwrap();
     (dev, pool)
-}
-
-async fn read(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
-    let v = pool.open_volume(name).await.unwrap();
-    let mut buf = vec![0u8; v.size() as usize];
-    v.read(ByteOffset(0), &mut buf).await.unwrap();
-    buf
 }
 
 async fn entry(pool: &Arc<Pool>, vc: u64) -> u64 {

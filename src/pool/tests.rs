@@ -39,7 +39,8 @@ async fn new_pool_with(size: u64, opts: CreateOptions) -> (Arc<MemDevice>, Arc<P
     (dev, pool)
 }
 
-async fn read_all(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
+/// The whole of volume `name`, read through the pool.
+pub(super) async fn read_all(pool: &Arc<Pool>, name: &str) -> Vec<u8> {
     let v = pool.open_volume(name).await.unwrap();
     let mut buf = vec![0u8; v.size() as usize];
     v.read(ByteOffset(0), &mut buf).await.unwrap();
