@@ -54,6 +54,8 @@ pub struct FastReader<R> {
     eof: bool,
     /// A refused record: every later read fails the same way.
     broken: Option<RecordError>,
+    /// The stream ended inside a record: every later read fails.
+    cut: bool,
     /// The client side: NewSessionTicket is ignored, not refused.
     client: bool,
 }
@@ -74,6 +76,7 @@ impl<R> FastReader<R> {
             plain: 0..0,
             eof: false,
             broken: None,
+            cut: false,
             client: false,
         }
     }
@@ -118,9 +121,12 @@ impl<R> FastReader<R> {
 
     /// Whole handshake messages in one record: KeyUpdate (the rest of the
     /// record must be empty: later records use the new key), and for a
-    /// client NewSessionTicket, ignored. A message spanning records is
-    /// refused.
+    /// client NewSessionTicket, ignored. A message spanning records, or a
+    /// record with no message (RFC 8446 §5.1), is refused.
     fn handshake(&mut self, content: Range<usize>) -> Result<(), RecordError> {
+        if content.is_empty() {
+            return Err(RecordError::Unexpected);
+        }
         let mut c = &self.buf[content];
         while let [kind, a, b, d, rest @ ..] = c {
             let len = u32::from_be_bytes([0, *a, *b, *d]) as usize;
@@ -174,6 +180,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
                 this.plain.start += n;
                 return Poll::Ready(Ok(()));
             }
+            if this.cut {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -199,9 +208,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
                 // A cut between records reads as the end of the stream
                 // (NBD frames its own messages); inside one, an error.
                 this.eof = true;
-                if this.start != this.end {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-                }
+                this.cut = this.start != this.end;
             }
             this.end += n;
         }
