@@ -31,6 +31,9 @@ use super::record::{
 pub const WRITE_BATCH: usize = 4 * MAX_CONTENT;
 /// The reader's buffer: several records per `read` call.
 const READ_BUFFER: usize = 64 << 10;
+/// KeyUpdates accepted in a row with no application data between (as
+/// rustls and BoringSSL): each costs us key derivations.
+const MAX_KEY_UPDATES: u8 = 32;
 
 /// What the two halves share.
 #[derive(Debug, Default)]
@@ -56,6 +59,8 @@ pub struct FastReader<R> {
     broken: Option<RecordError>,
     /// The stream ended inside a record: every later read fails.
     cut: bool,
+    /// KeyUpdates still accepted before the next application data.
+    updates_left: u8,
     /// The client side: NewSessionTicket is ignored, not refused.
     client: bool,
 }
@@ -77,6 +82,7 @@ impl<R> FastReader<R> {
             eof: false,
             broken: None,
             cut: false,
+            updates_left: MAX_KEY_UPDATES,
             client: false,
         }
     }
@@ -110,7 +116,12 @@ impl<R> FastReader<R> {
     fn handle(&mut self, inner: u8, content: Range<usize>) -> Result<(), RecordError> {
         let c = &self.buf[content.clone()];
         match inner {
-            APPLICATION_DATA => self.plain = content,
+            APPLICATION_DATA => {
+                if !content.is_empty() {
+                    self.updates_left = MAX_KEY_UPDATES;
+                }
+                self.plain = content;
+            }
             ALERT if c == [1, 0] || c == [2, 0] => self.eof = true,
             ALERT => return Err(RecordError::Unexpected),
             HANDSHAKE => return self.handshake(content),
@@ -136,6 +147,10 @@ impl<R> FastReader<R> {
             match (*kind, &rest[..len]) {
                 (KEY_UPDATE, [u @ (0 | 1)]) if rest.len() == 1 => {
                     let asked = *u == 1;
+                    if self.updates_left == 0 {
+                        return Err(RecordError::Unexpected);
+                    }
+                    self.updates_left -= 1;
                     self.rx.update();
                     if asked {
                         self.shared.owed.store(true, Ordering::Release);

@@ -440,3 +440,37 @@ async fn close_notify_or_a_cut_inside_a_payload_is_an_error_not_a_short_read() {
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     assert!(reader.read(&mut [0u8; 8]).await.is_err(), "sticky");
 }
+
+/// `updates` KeyUpdates in a row (each followed by the key change), then
+/// one application record, as a wire.
+fn key_updates_then_data(tx: &mut super::record::Direction, updates: usize) -> Vec<u8> {
+    use super::record::{APPLICATION_DATA, HANDSHAKE};
+    let mut wire = Vec::new();
+    for _ in 0..updates {
+        wire.extend(seal_all(tx, &[(HANDSHAKE, &[24, 0, 0, 1, 1])]));
+        tx.update();
+    }
+    wire.extend(seal_all(tx, &[(APPLICATION_DATA, b"d")]));
+    wire
+}
+
+#[tokio::test]
+async fn more_than_32_key_updates_without_data_between_end_the_connection() {
+    use super::record::{Direction, Suite};
+    let suite = Suite::Aes128Gcm;
+    let read = |wire: Vec<u8>| async move {
+        let rx = Direction::new(suite, vec![5; 32], 0);
+        let shared = Arc::new(super::fast::Shared::default());
+        let mut reader = FastReader::new(&wire[..], rx, shared, &[]);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.map(|_| got)
+    };
+    // As rustls (and BoringSSL): 32 in a row are fine, data resets the count.
+    let mut tx = Direction::new(suite, vec![5; 32], 0);
+    let mut wire = key_updates_then_data(&mut tx, 32);
+    wire.extend(key_updates_then_data(&mut tx, 32));
+    assert_eq!(read(wire).await.unwrap(), b"dd");
+    let mut tx = Direction::new(suite, vec![5; 32], 0);
+    let e = read(key_updates_then_data(&mut tx, 33)).await.unwrap_err();
+    assert!(e.to_string().contains("not allowed"), "{e}");
+}
