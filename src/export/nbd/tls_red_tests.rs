@@ -18,13 +18,13 @@ use crate::member::memory::MemDevice;
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn start(dir: &std::path::Path) -> (Arc<MemDevice>, SocketAddr) {
+    start_with(dir, NbdLimits::default()).await
+}
+
+async fn start_with(dir: &std::path::Path, limits: NbdLimits) -> (Arc<MemDevice>, SocketAddr) {
     let (dev, export) = mem_export("vol", MIB, false);
     let tls = crate::tls::tests::server(dir, &[]);
-    let server = Arc::new(NbdServer::with_tls(
-        vec![export],
-        NbdLimits::default(),
-        Some(tls),
-    ));
+    let server = Arc::new(NbdServer::with_tls(vec![export], limits, Some(tls)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(server.serve_tcp(listener));
@@ -158,4 +158,42 @@ async fn starttls_again_over_tls_is_refused_and_go_still_works() {
         .await
         .unwrap();
     while option_reply(&mut c).await != proto::REP_ACK {}
+}
+
+#[tokio::test]
+async fn a_client_sending_reads_and_never_reading_is_closed_by_the_write_timeout() {
+    let dir = crate::tls::tests::pki();
+    let limits = NbdLimits {
+        write_timeout: std::time::Duration::from_secs(1),
+        connection_memory: 4 * MIB,
+        ..NbdLimits::default()
+    };
+    let (_dev, addr) = start_with(dir.path(), limits).await;
+    let c = over_tls(dir.path(), addr, &[]).await;
+    let (_r, mut w) = tokio::io::split(c);
+    let read = |cookie| {
+        let r = Request {
+            flags: 0,
+            command: Command::Read,
+            cookie,
+            offset: 0,
+            length: 64 << 10,
+        };
+        proto::encode_request(&r)
+    };
+    // Up to 1M READs (64 GiB of replies); the server stops reading once
+    // the connection's pool is held, then closes on the write timeout and
+    // the client's writes fail.
+    let flood = async {
+        for cookie in 0..1_000_000u64 {
+            if w.write_all(&read(cookie)).await.is_err() || w.flush().await.is_err() {
+                return cookie;
+            }
+        }
+        panic!("all 1M READs went through a client that reads nothing");
+    };
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), flood)
+        .await
+        .expect("the server closed within the bound");
+    assert!(sent < 1_000_000);
 }
