@@ -55,7 +55,7 @@ impl ClientTls {
 
     /// The rustls connector (tests drive the connection underneath).
     #[cfg(test)]
-    pub(super) fn connector(&self) -> TlsConnector {
+    pub(crate) fn connector(&self) -> TlsConnector {
         TlsConnector::from(self.config.clone())
     }
 

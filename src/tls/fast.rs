@@ -31,6 +31,9 @@ use super::record::{
 pub const WRITE_BATCH: usize = 4 * MAX_CONTENT;
 /// The reader's buffer: several records per `read` call.
 const READ_BUFFER: usize = 64 << 10;
+/// KeyUpdates accepted in a row with no application data between (as
+/// rustls and BoringSSL): each costs us key derivations.
+const MAX_KEY_UPDATES: u8 = 32;
 
 /// What the two halves share.
 #[derive(Debug, Default)]
@@ -54,6 +57,10 @@ pub struct FastReader<R> {
     eof: bool,
     /// A refused record: every later read fails the same way.
     broken: Option<RecordError>,
+    /// The stream ended inside a record: every later read fails.
+    cut: bool,
+    /// KeyUpdates still accepted before the next application data.
+    updates_left: u8,
     /// The client side: NewSessionTicket is ignored, not refused.
     client: bool,
 }
@@ -74,6 +81,8 @@ impl<R> FastReader<R> {
             plain: 0..0,
             eof: false,
             broken: None,
+            cut: false,
+            updates_left: MAX_KEY_UPDATES,
             client: false,
         }
     }
@@ -107,7 +116,12 @@ impl<R> FastReader<R> {
     fn handle(&mut self, inner: u8, content: Range<usize>) -> Result<(), RecordError> {
         let c = &self.buf[content.clone()];
         match inner {
-            APPLICATION_DATA => self.plain = content,
+            APPLICATION_DATA => {
+                if !content.is_empty() {
+                    self.updates_left = MAX_KEY_UPDATES;
+                }
+                self.plain = content;
+            }
             ALERT if c == [1, 0] || c == [2, 0] => self.eof = true,
             ALERT => return Err(RecordError::Unexpected),
             HANDSHAKE => return self.handshake(content),
@@ -118,9 +132,12 @@ impl<R> FastReader<R> {
 
     /// Whole handshake messages in one record: KeyUpdate (the rest of the
     /// record must be empty: later records use the new key), and for a
-    /// client NewSessionTicket, ignored. A message spanning records is
-    /// refused.
+    /// client NewSessionTicket, ignored. A message spanning records, or a
+    /// record with no message (RFC 8446 §5.1), is refused.
     fn handshake(&mut self, content: Range<usize>) -> Result<(), RecordError> {
+        if content.is_empty() {
+            return Err(RecordError::Unexpected);
+        }
         let mut c = &self.buf[content];
         while let [kind, a, b, d, rest @ ..] = c {
             let len = u32::from_be_bytes([0, *a, *b, *d]) as usize;
@@ -130,6 +147,10 @@ impl<R> FastReader<R> {
             match (*kind, &rest[..len]) {
                 (KEY_UPDATE, [u @ (0 | 1)]) if rest.len() == 1 => {
                     let asked = *u == 1;
+                    if self.updates_left == 0 {
+                        return Err(RecordError::Unexpected);
+                    }
+                    self.updates_left -= 1;
                     self.rx.update();
                     if asked {
                         self.shared.owed.store(true, Ordering::Release);
@@ -174,6 +195,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
                 this.plain.start += n;
                 return Poll::Ready(Ok(()));
             }
+            if this.cut {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
@@ -199,9 +223,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
                 // A cut between records reads as the end of the stream
                 // (NBD frames its own messages); inside one, an error.
                 this.eof = true;
-                if this.start != this.end {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-                }
+                this.cut = this.start != this.end;
             }
             this.end += n;
         }

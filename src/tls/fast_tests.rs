@@ -302,3 +302,175 @@ fn the_fuzz_entry_reads_sealed_chunks_and_stops_at_close_notify_or_garbage() {
         "plaintext handshake"
     );
 }
+
+// ---- Red team, session 17 (redtls) ----
+
+/// Records sealed by `tx` from (inner type, content) pairs.
+fn seal_all(tx: &mut super::record::Direction, records: &[(u8, &[u8])]) -> Vec<u8> {
+    use super::record::{HEADER, TAG};
+    let mut wire = Vec::new();
+    for (inner, content) in records {
+        let at = wire.len();
+        wire.resize(at + HEADER + content.len() + 1 + TAG, 0);
+        wire[at + HEADER..at + HEADER + content.len()].copy_from_slice(content);
+        tx.seal(&mut wire[at..], *inner);
+    }
+    wire
+}
+
+#[test]
+fn a_zero_length_handshake_record_is_refused() {
+    // RFC 8446 §5.1: zero-length fragments of handshake type are not
+    // allowed; FORMAT §14 accepts only KeyUpdate after the handshake.
+    let e = super::fuzz_receive(&[1, 22, 0, 23, 1, b'y']).unwrap_err();
+    assert!(e.to_string().contains("not allowed"), "{e}");
+}
+
+#[test]
+fn change_cipher_spec_other_alerts_and_all_padding_records_are_refused() {
+    use super::fuzz_receive;
+    assert!(fuzz_receive(&[1, 23, 1, b'x', 20, 1, 1]).is_err(), "ccs");
+    assert!(
+        fuzz_receive(&[1, 23, 1, b'x', 21, 2, 2, 40]).is_err(),
+        "fatal"
+    );
+    assert!(
+        fuzz_receive(&[1, 23, 1, b'x', 21, 2, 1, 90]).is_err(),
+        "cancel"
+    );
+    assert!(fuzz_receive(&[1, 0, 3, 0, 0, 0]).is_err(), "all padding");
+    // Handshake messages other than KeyUpdate: ClientHello, Finished, a
+    // NewSessionTicket at the server.
+    for kind in [1u8, 20, 4] {
+        let r = fuzz_receive(&[1, 22, 5, kind, 0, 0, 1, 0, 23, 1, b'z']);
+        assert!(r.is_err(), "handshake type {kind}");
+    }
+    // Zero-length application records carry nothing and are skipped.
+    assert_eq!(fuzz_receive(&[1, 23, 0, 23, 0, 23, 1, b'q']).unwrap(), b"q");
+}
+
+/// Hands out `wire` one byte per read, Pending between bytes.
+struct Trickle {
+    wire: Vec<u8>,
+    at: usize,
+    pending: bool,
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.pending = !self.pending;
+        if self.pending {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if self.at < self.wire.len() {
+            buf.put_slice(&[self.wire[self.at]]);
+            self.at += 1;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn records_trickled_one_byte_per_read_with_empty_and_key_update_records() {
+    use super::record::{Direction, Suite, APPLICATION_DATA as AD, HANDSHAKE};
+    let suite = Suite::Chacha20Poly1305;
+    let mut tx = Direction::new(suite, vec![9; 32], 77);
+    let big = pattern(20_000, 4);
+    let mut wire = seal_all(&mut tx, &[(AD, b"he"), (AD, b""), (AD, &big[..16384])]);
+    wire.extend(seal_all(&mut tx, &[(HANDSHAKE, &[24, 0, 0, 1, 0])]));
+    tx.update();
+    wire.extend(seal_all(&mut tx, &[(AD, &big[16384..]), (AD, b"llo")]));
+    let shared = Arc::new(super::fast::Shared::default());
+    let rx = Direction::new(suite, vec![9; 32], 77);
+    let trickle = Trickle {
+        wire,
+        at: 0,
+        pending: false,
+    };
+    let mut reader = FastReader::new(trickle, rx, shared, &[]);
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).await.unwrap();
+    let mut want = b"he".to_vec();
+    want.extend(&big);
+    want.extend(b"llo");
+    assert!(got == want, "{} bytes", got.len());
+}
+
+#[tokio::test]
+async fn a_flood_of_update_requested_key_updates_is_answered_once() {
+    let dir = pki();
+    let tls = server(dir.path(), &[]);
+    let (mut c, mut ours, _t) = connected(&tls, dir.path(), None).await.ours();
+    for _ in 0..2000 {
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+        c.write_all(b"k").await.unwrap();
+    }
+    c.flush().await.unwrap();
+    let mut got = vec![0u8; 2000];
+    ours.0.read_exact(&mut got).await.unwrap();
+    assert!(got.iter().all(|&b| b == b'k'));
+    round_trip(&mut c, &mut ours, 50 << 10, 9).await;
+    assert_eq!(ours.1.key_updates(), 1, "no amplification: one answer");
+}
+
+#[tokio::test]
+async fn close_notify_or_a_cut_inside_a_payload_is_an_error_not_a_short_read() {
+    let dir = pki();
+    let tls = server(dir.path(), &[]);
+    // close_notify after half a 64 KiB payload.
+    let (mut c, mut ours, _t) = connected(&tls, dir.path(), None).await.ours();
+    c.write_all(&pattern(32 << 10, 1)).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut payload = vec![0u8; 64 << 10];
+    let e = ours.0.read_exact(&mut payload).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    // A cut mid-record (header and part of a body): an error, and it stays
+    // one on every later read.
+    use super::record::{Direction, Suite};
+    let rx = Direction::new(Suite::Aes128Gcm, vec![1; 32], 0);
+    let shared = Arc::new(super::fast::Shared::default());
+    let cut: &[u8] = &[23, 3, 3, 0, 40, 1, 2, 3];
+    let mut reader = FastReader::new(cut, rx, shared, &[]);
+    let e = reader.read(&mut [0u8; 8]).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    assert!(reader.read(&mut [0u8; 8]).await.is_err(), "sticky");
+}
+
+/// `updates` KeyUpdates in a row (each followed by the key change), then
+/// one application record, as a wire.
+fn key_updates_then_data(tx: &mut super::record::Direction, updates: usize) -> Vec<u8> {
+    use super::record::{APPLICATION_DATA, HANDSHAKE};
+    let mut wire = Vec::new();
+    for _ in 0..updates {
+        wire.extend(seal_all(tx, &[(HANDSHAKE, &[24, 0, 0, 1, 1])]));
+        tx.update();
+    }
+    wire.extend(seal_all(tx, &[(APPLICATION_DATA, b"d")]));
+    wire
+}
+
+#[tokio::test]
+async fn more_than_32_key_updates_without_data_between_end_the_connection() {
+    use super::record::{Direction, Suite};
+    let suite = Suite::Aes128Gcm;
+    let read = |wire: Vec<u8>| async move {
+        let rx = Direction::new(suite, vec![5; 32], 0);
+        let shared = Arc::new(super::fast::Shared::default());
+        let mut reader = FastReader::new(&wire[..], rx, shared, &[]);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.map(|_| got)
+    };
+    // As rustls (and BoringSSL): 32 in a row are fine, data resets the count.
+    let mut tx = Direction::new(suite, vec![5; 32], 0);
+    let mut wire = key_updates_then_data(&mut tx, 32);
+    wire.extend(key_updates_then_data(&mut tx, 32));
+    assert_eq!(read(wire).await.unwrap(), b"dd");
+    let mut tx = Direction::new(suite, vec![5; 32], 0);
+    let e = read(key_updates_then_data(&mut tx, 33)).await.unwrap_err();
+    assert!(e.to_string().contains("not allowed"), "{e}");
+}

@@ -29,7 +29,7 @@ pub mod record;
 mod server;
 mod switch;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 

@@ -32,7 +32,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// CA, server cert for localhost, clients "a" and "b".
-pub(super) fn pki() -> tempfile::TempDir {
+pub(crate) fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     openssl(
@@ -86,7 +86,7 @@ pub(super) fn pki() -> tempfile::TempDir {
     dir
 }
 
-pub(super) fn server(dir: &Path, allow: &[&str]) -> ServerTls {
+pub(crate) fn server(dir: &Path, allow: &[&str]) -> ServerTls {
     ServerTls::load(&ServerTlsConfig {
         mode: TlsMode::Require,
         cert: dir.join("server.pem"),
@@ -98,7 +98,7 @@ pub(super) fn server(dir: &Path, allow: &[&str]) -> ServerTls {
     .unwrap()
 }
 
-pub(super) fn client(dir: &Path, who: Option<&str>) -> ClientTls {
+pub(crate) fn client(dir: &Path, who: Option<&str>) -> ClientTls {
     let paths: Option<(PathBuf, PathBuf)> = who.map(|w| {
         (
             dir.join(format!("{w}.pem")),

@@ -38,4 +38,6 @@ mod meta_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tls_red_tests;
+#[cfg(test)]
 mod tls_tests;
