@@ -48,9 +48,8 @@ async fn option_reply<S: AsyncReadExt + Unpin>(s: &mut S) -> u32 {
     u32::from_be_bytes(h[12..16].try_into().unwrap())
 }
 
-/// Greeting, STARTTLS, the TLS handshake; `NBD_OPT_GO` then `after` in
-/// one write (one TLS record); the GO replies read.
-async fn over_tls(dir: &std::path::Path, addr: SocketAddr, after: &[u8]) -> Tls {
+/// Greeting, NBD_OPT_STARTTLS acknowledged, the TLS handshake done.
+async fn starttls(dir: &std::path::Path, addr: SocketAddr) -> Tls {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.read_exact(&mut [0u8; 18]).await.unwrap();
     s.write_all(&3u32.to_be_bytes()).await.unwrap();
@@ -60,7 +59,13 @@ async fn over_tls(dir: &std::path::Path, addr: SocketAddr, after: &[u8]) -> Tls 
     assert_eq!(option_reply(&mut s).await, proto::REP_ACK);
     let connector = crate::tls::tests::client(dir, Some("a")).connector();
     let name = ServerName::try_from("localhost").unwrap();
-    let mut c = connector.connect(name, s).await.unwrap();
+    connector.connect(name, s).await.unwrap()
+}
+
+/// Greeting, STARTTLS, the TLS handshake; `NBD_OPT_GO` then `after` in
+/// one write (one TLS record); the GO replies read.
+async fn over_tls(dir: &std::path::Path, addr: SocketAddr, after: &[u8]) -> Tls {
+    let mut c = starttls(dir, addr).await;
     let mut go = option(proto::OPT_GO, &go_payload("vol", &[]));
     go.extend_from_slice(after);
     c.write_all(&go).await.unwrap();
@@ -136,16 +141,7 @@ async fn a_request_in_the_record_of_nbd_opt_go_is_served() {
 async fn starttls_again_over_tls_is_refused_and_go_still_works() {
     let dir = crate::tls::tests::pki();
     let (_dev, addr) = start(dir.path()).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.read_exact(&mut [0u8; 18]).await.unwrap();
-    s.write_all(&3u32.to_be_bytes()).await.unwrap();
-    s.write_all(&option(proto::OPT_STARTTLS, &[]))
-        .await
-        .unwrap();
-    assert_eq!(option_reply(&mut s).await, proto::REP_ACK);
-    let connector = crate::tls::tests::client(dir.path(), Some("a")).connector();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut c = connector.connect(name, s).await.unwrap();
+    let mut c = starttls(dir.path(), addr).await;
     c.write_all(&option(proto::OPT_STARTTLS, &[]))
         .await
         .unwrap();
