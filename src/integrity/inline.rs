@@ -24,6 +24,7 @@ use super::reported::{warn_bad_edge, Reported};
 use super::tag::{decode_tag, encode_tag, logical_len, Tag, STRIDE};
 use super::Trusted;
 use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};
+use crate::member::buf::AlignedBuf;
 use crate::raid::checksum::Verdict;
 use crate::units::ByteOffset;
 
@@ -68,11 +69,19 @@ fn judge(data: &[u8], tag: Tag) -> Verdict {
 
 /// A member image of blocks `b0..` from their logical `data` (whole
 /// blocks) and entries.
-fn image(b0: u64, data: &[u8], entries: impl Iterator<Item = u32>) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(data.len() / BLOCK as usize * STRIDE as usize);
-    for ((i, block), e) in data.chunks(BLOCK as usize).enumerate().zip(entries) {
-        raw.extend_from_slice(block);
-        raw.extend_from_slice(&encode_tag(b0 + i as u64, e));
+/// It is built in an aligned, pooled buffer: no allocator call per write.
+fn image(b0: u64, data: &[u8], entries: impl Iterator<Item = u32>) -> AlignedBuf {
+    let mut raw = AlignedBuf::new(data.len() / BLOCK as usize * STRIDE as usize);
+    let units = raw.as_mut_slice().chunks_mut(STRIDE as usize);
+    for (((i, block), e), unit) in data
+        .chunks(BLOCK as usize)
+        .enumerate()
+        .zip(entries)
+        .zip(units)
+    {
+        let (head, tag) = unit.split_at_mut(BLOCK as usize);
+        head.copy_from_slice(block);
+        tag.copy_from_slice(&encode_tag(b0 + i as u64, e));
     }
     raw
 }
@@ -89,10 +98,14 @@ impl InlineDevice {
         }
     }
 
-    /// The member image (data and tags) of blocks `b0..b1`, one read.
-    async fn read_raw(&self, b0: u64, b1: u64) -> BlockResult<Vec<u8>> {
-        let mut raw = vec![0u8; ((b1 - b0) * STRIDE) as usize];
-        self.inner.read(ByteOffset(b0 * STRIDE), &mut raw).await?;
+    /// The member image (data and tags) of blocks `b0..b1`, one read. The
+    /// buffer is aligned for O_DIRECT, so a file member reads straight into
+    /// it (no bounce copy) and it comes from the members' pool.
+    async fn read_raw(&self, b0: u64, b1: u64) -> BlockResult<AlignedBuf> {
+        let mut raw = AlignedBuf::new(((b1 - b0) * STRIDE) as usize);
+        self.inner
+            .read(ByteOffset(b0 * STRIDE), raw.as_mut_slice())
+            .await?;
         Ok(raw)
     }
 
@@ -125,13 +138,13 @@ impl InlineDevice {
         }
         let (b0, b1) = hull(offset.get(), buf.len() as u64);
         let mut raw = self.read_raw(b0, b1).await?;
-        let mut bad = self.bad_trusted(b0, &raw);
+        let mut bad = self.bad_trusted(b0, raw.as_slice());
         if !bad.is_empty() {
             // A write of the same block may have raced this read (readers
             // take no lock): look once more before calling it corrupt.
             tokio::task::yield_now().await;
             raw = self.read_raw(b0, b1).await?;
-            bad = self.bad_trusted(b0, &raw);
+            bad = self.bad_trusted(b0, raw.as_slice());
         }
         self.reported.check(self.inner.name(), b0, &bad)?;
         let mut pos = offset.get();
@@ -140,7 +153,7 @@ impl InlineDevice {
             let i = (pos / BLOCK - b0) as usize;
             let at = (pos % BLOCK) as usize;
             let n = (BLOCK as usize - at).min(buf.len() - out);
-            buf[out..out + n].copy_from_slice(&data_of(&raw, i)[at..at + n]);
+            buf[out..out + n].copy_from_slice(&data_of(raw.as_slice(), i)[at..at + n]);
             out += n;
             pos += n as u64;
         }
@@ -151,8 +164,8 @@ impl InlineDevice {
     /// their tag (verified there or not: §8 "Writes").
     async fn edge(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
         let raw = self.read_raw(block, block + 1).await?;
-        old.copy_from_slice(data_of(&raw, 0));
-        let ok = judge(old, decode_tag(tag_of(&raw, 0), block)) != Verdict::Bad;
+        old.copy_from_slice(data_of(raw.as_slice(), 0));
+        let ok = judge(old, decode_tag(tag_of(raw.as_slice(), 0), block)) != Verdict::Bad;
         if !ok && (self.trusted)(block * BLOCK) {
             warn_bad_edge(self.inner.name(), block);
         }
@@ -168,7 +181,7 @@ impl InlineDevice {
         let head = (offset.get() - b0 * BLOCK) as usize;
         if head == 0 && buf.len() as u64 == (b1 - b0) * BLOCK {
             let raw = image(b0, buf, buf.chunks(BLOCK as usize).map(block_entry));
-            self.write_raw(b0, &raw, dur).await?;
+            self.write_raw(b0, raw.as_slice(), dur).await?;
             self.reported.forget(b0, b1);
             return Ok(());
         }
@@ -193,7 +206,7 @@ impl InlineDevice {
             }
         });
         let raw = image(b0, &wide, entries);
-        self.write_raw(b0, &raw, dur).await?;
+        self.write_raw(b0, raw.as_slice(), dur).await?;
         self.reported.forget_good(b0, &good);
         Ok(())
     }
@@ -233,7 +246,8 @@ impl InlineDevice {
     pub async fn reseal(&self, offset: u64, data: &[u8]) -> BlockResult {
         let b0 = offset / BLOCK;
         let raw = image(b0, data, data.chunks(BLOCK as usize).map(block_entry));
-        self.write_raw(b0, &raw, Durability::Normal).await?;
+        self.write_raw(b0, raw.as_slice(), Durability::Normal)
+            .await?;
         self.reported
             .forget(b0, b0 + (data.len() as u64).div_ceil(BLOCK));
         Ok(())
@@ -249,7 +263,7 @@ impl InlineDevice {
         Ok(data
             .chunks(BLOCK as usize)
             .enumerate()
-            .map(|(i, block)| judge(block, decode_tag(tag_of(&raw, i), b0 + i as u64)))
+            .map(|(i, block)| judge(block, decode_tag(tag_of(raw.as_slice(), i), b0 + i as u64)))
             .collect())
     }
 }
@@ -292,7 +306,7 @@ impl BlockDevice for InlineDevice {
             // A tag the zeroed blocks can never match: reads report them.
             let lost = seal(!zero_entry());
             let raw = image(b0, &zeros, std::iter::repeat(lost));
-            self.write_raw(b0, &raw, Durability::Normal).await
+            self.write_raw(b0, raw.as_slice(), Durability::Normal).await
         })
     }
 

@@ -33,6 +33,8 @@ mod fua_evict_tests;
 #[cfg(test)]
 mod hold_tests;
 #[cfg(test)]
+mod inline_file_tests;
+#[cfg(test)]
 mod inline_raid_tests;
 #[cfg(test)]
 mod inline_tests;
