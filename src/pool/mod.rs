@@ -23,6 +23,7 @@ pub mod fill;
 pub mod format;
 pub mod meta;
 pub mod page;
+mod phases;
 #[allow(clippy::module_inception)]
 pub mod pool;
 mod released;
