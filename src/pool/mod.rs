@@ -48,6 +48,8 @@ mod redteam_tests;
 mod scale_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zeroed_tests;
 
 pub use pool::{Pool, PoolSpace, VolumeInfo};
 pub use thin::ThinVolume;

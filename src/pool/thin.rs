@@ -224,17 +224,18 @@ impl ThinVolume {
                 (None, _) => 0,
             };
             drop(wgate);
-            let (fresh, commit) = match m.reserve_cluster_deferred().await {
-                Ok(f) => f,
+            let r = match m.reserve_cluster_deferred().await {
+                Ok(r) => r,
                 Err(e) => {
                     m.stop_copying(old);
                     return Err(e);
                 }
             };
+            let fresh = r.fresh;
             ph.mark(Phase::Reserve);
-            if commit {
+            if let Some(seq) = r.wait {
                 // The zeroed_from raise covering `fresh`, durable first.
-                if let Err(e) = self.pool.commit_released(m).await {
+                if let Err(e) = self.pool.wait_durable(m, seq).await {
                     let mut m = self.pool.meta.lock().await;
                     m.stop_copying(old);
                     m.reserved.remove(&fresh.cluster);
@@ -242,6 +243,9 @@ impl ThinVolume {
                 }
             } else {
                 drop(m);
+                if r.kick {
+                    self.pool.kick_commit();
+                }
             }
             ph.mark(Phase::Zeroed);
             if self.fill_fresh(p, data, fresh, old, ph).await? {
