@@ -266,11 +266,12 @@ impl ThinVolume {
         old: u64,
         ph: &mut Phases,
     ) -> Result<bool, PoolError> {
-        // At most COPIES_IN_FLIGHT copies at once (a snapshot turns every
-        // write into one: unbounded, they starve each other and the rest).
+        // At most COPIES_IN_FLIGHT units of copies at once (a snapshot
+        // turns every write into one: unbounded, they starve each other
+        // and the rest); a split copies a granule, else a whole cluster.
         let permit = match old {
             0 => None,
-            _ => self.pool.copies.acquire().await.ok(),
+            _ => self.pool.copies.acquire_many(self.copy_units()).await.ok(),
         };
         ph.mark(Phase::Permit);
         let r = self.copy_for_write(p, data, fresh, old).await;
@@ -300,6 +301,17 @@ impl ThinVolume {
                 other
             }
         }
+    }
+
+    /// Copy units (`COPY_UNIT`) a copy-on-write of this pool moves.
+    fn copy_units(&self) -> u32 {
+        let cs = self.pool.cluster_size();
+        let bytes = match self.pool.splits && granules(cs) > 1 {
+            true => granule_size(cs),
+            false => cs,
+        };
+        let max = crate::pool::pool::COPIES_IN_FLIGHT as u64;
+        (bytes / crate::pool::pool::COPY_UNIT).clamp(1, max) as u32
     }
 
     /// Writes `data` into reserved cluster `fresh` with the rest of
