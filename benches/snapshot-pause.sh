@@ -20,7 +20,12 @@
 # (fio --write_lat_log, Unix-epoch times) split into the window of each
 # snapshot call (start - 50 ms .. end + 50 ms: quiesce and commit) and the
 # second after it (copy-on-write of what the snapshot shares), against
-# the same windows of the plain run.
+# the same windows of the plain run. Per phase (session 18): the daemon's
+# "slow pool write" lines (every write of 10 ms or more, its time split
+# into gate, write gate, lock + lookup, in place, split record, reserve,
+# zeroed_from wait, copy permit, copy, map lock, map, safe point), summed
+# per phase over the snapshot runs, and the phase that dominates each of
+# the 20 slowest writes, where the build writes them.
 #
 # Environment (defaults in brackets):
 #   VRAID_A [target/release/vraid-main]  VRAID_B [target/release/vraid]
@@ -31,6 +36,8 @@
 #     "--split-clusters": a version-3 pool, which A's build may refuse);
 #     when set, A and B each get their own members and pool, laid alike
 #     by their own build (WORKDIR/A, WORKDIR/B); else one pool laid by A.
+#   POOL_A [""] the same for A's pool (POOL_A=POOL_B=--split-clusters:
+#     two version-3 pools).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,6 +52,7 @@ KEEP=${KEEP:-0}
 ROUNDS=${ROUNDS:-1}
 WORKDIR=${WORKDIR:-/var/tmp/vraid-snapshot-pause}
 POOL_B=${POOL_B:-}
+POOL_A=${POOL_A:-}
 
 log() { printf '[snapshot-pause %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -96,6 +104,7 @@ start_server() { # VRAID LOG
     RUST_LOG=info "$VRAID" serve --config "$WORKDIR/vraid.toml" --nbd "127.0.0.1:$PORT" \
         --control "$CONTROL" >"$2" 2>&1 &
     SERVER_PID=$!
+    SERVER_LOG=$2
     for _ in $(seq 200); do
         "$VRAID" status --control "$CONTROL" >/dev/null 2>&1 && return 0
         kill -0 "$SERVER_PID" 2>/dev/null || die "serve exited: $(tail -n 5 "$2")"
@@ -120,8 +129,11 @@ lay() { # VRAID [POOL CREATE OPTIONS...] — members and pool in WORKDIR
     ctl volume create pooled big --size "$SIZE"
     cs=$(numfmt --from=iec "$CLUSTER")
     log "mapping every cluster of $SIZE (4k into each)"
+    # io_size: one 4k write per cluster (without it fio writes SIZE bytes,
+    # going round the volume 256 times at 1 MiB clusters).
     fio --name=map --ioengine=nbd --uri="$(uri big)" --rw="write:$((cs - 4096))" --bs=4k \
-        --iodepth=16 --size="$SIZE" --output-format=json >"$WORKDIR/map.json"
+        --iodepth=16 --size="$SIZE" --io_size=$(($(numfmt --from=iec "$SIZE") / cs * 4096)) \
+        --output-format=json >"$WORKDIR/map.json"
     stop_server
 }
 
@@ -156,6 +168,8 @@ PY
 one_run() {
     local peer=$1 n=$2 mode=$3 d=$WORKDIR/$1-$2 t0 t1 c0 c1 k
     mkdir -p "$d"
+    local l0
+    l0=$(wc -l <"$SERVER_LOG")
     c0=$(cpu_ticks "$SERVER_PID")
     fio --name=load --ioengine=nbd --uri="$(uri big)" --rw=randwrite --bs=4k --iodepth=16 \
         --size="$SIZE" --time_based=1 --runtime=$((SNAPS + 4)) --output-format=json \
@@ -191,6 +205,9 @@ one_run() {
     printf 'run\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$n" "$mode" "$max" "$p99" "$p999" \
         "$iops" "$us" >>"$RESULTS"
     windows "$peer" "$n" "$mode" "$d/probe-${mode}_lat.1.log"
+    tail -n +$((l0 + 1)) "$SERVER_LOG" | sed 's/\x1b\[[0-9;]*m//g' |
+        grep -o 'slow pool write total_us=[0-9]*[a-z_=0-9 ]*' |
+        sed "s/^slow pool write /slow\t$peer\t$n\t$mode\t/" >>"$RESULTS" || true
     if [[ $mode == snapshots ]]; then
         for ((k = 0; k < SNAPS; k++)); do ctl volume delete "snap$k"; done
     fi
@@ -200,7 +217,7 @@ round() { # PEER ROUND
     local bin=$VRAID_A
     [[ $1 == B ]] && bin=$VRAID_B
     WORKDIR=$ROOT/A
-    [[ $1 == B && -n $POOL_B ]] && WORKDIR=$ROOT/B
+    [[ $1 == B && -n $POOL_B$POOL_A ]] && WORKDIR=$ROOT/B
     start_server "$bin" "$WORKDIR/serve-$1-$2.log"
     one_run "$1" "$2" plain
     one_run "$1" "$2" snapshots
@@ -211,8 +228,9 @@ round() { # PEER ROUND
 }
 
 if [[ $LAID == 0 ]]; then
-    WORKDIR=$ROOT/A lay "$VRAID_A"
-    if [[ -n $POOL_B ]]; then
+    # shellcheck disable=SC2086 # POOL_A is a list of options
+    WORKDIR=$ROOT/A lay "$VRAID_A" $POOL_A
+    if [[ -n $POOL_B$POOL_A ]]; then
         mkdir -p "$ROOT/B"
         # shellcheck disable=SC2086 # POOL_B is a list of options
         WORKDIR=$ROOT/B lay "$VRAID_B" $POOL_B
@@ -232,6 +250,7 @@ rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
 runs = collections.defaultdict(list)
 cmds = collections.defaultdict(list)
 phases = collections.defaultdict(list)
+slow = collections.defaultdict(list)
 wins = collections.defaultdict(list)
 for r in rows:
     if r[0] == "run":
@@ -240,6 +259,8 @@ for r in rows:
         cmds[r[1]].append(int(r[3]) / 1000)
     elif r[0] == "win":
         wins[(r[1], r[3])].append([float(x) for x in r[4:9]])
+    elif r[0] == "slow":
+        slow[(r[1], r[3])].append(dict((k, int(v) / 1000) for k, v in re.findall(r"(\w+)_us=(\d+)", r[4])))
     elif r[0] == "phase":
         kv = dict((k, int(v) / 1000) for k, v in re.findall(r"(\w+)_us=(\d+)", r[3]))
         kv.setdefault("paused", kv["drain"] + kv["lock"] + kv["commit"])
@@ -275,4 +296,12 @@ for peer in ("A", "B"):
     if p:
         f = lambda k: f"{k} {mx([x[k] for x in p]):.1f} ({mean([x[k] for x in p]):.1f})"
         print(f"{peer}: daemon phases, ms max (mean): " + ", ".join(f(k) for k in ("drain", "lock", "commit", "paused")))
+for peer, mode in sorted(slow):
+    s = slow[(peer, mode)]
+    keys = sorted({k for x in s for k in x if k != "total"}, key=lambda k: -sum(x.get(k, 0) for x in s))
+    print(f"{peer} {mode}: {len(s)} writes >= 10 ms (all runs), total {sum(x['total'] for x in s):.0f} ms; per phase ms sum / max: "
+          + ", ".join(f"{k} {sum(x.get(k, 0) for x in s):.0f} / {max(x.get(k, 0) for x in s):.1f}" for k in keys))
+    top = sorted(s, key=lambda x: -x["total"])[:20]
+    dom = collections.Counter(max((k for k in x if k != "total"), key=lambda k: x[k], default="?") for x in top)
+    print(f"{peer} {mode}: 20 slowest {top[-1]['total']:.1f}..{top[0]['total']:.1f} ms, dominant phase: " + ", ".join(f"{k} {n}" for k, n in dom.most_common()))
 PY

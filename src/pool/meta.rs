@@ -3,7 +3,7 @@
 //! shadowing, map/unmap, release). Called with the pool's metadata lock
 //! held; every change lands in the store's transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::pool::format::{
     Geometry, Kind, Summary, VolumeRecord, COUNTS_PER_PAGE, MAP_FANOUT, RECORDS_PER_DIR,
@@ -16,7 +16,10 @@ use crate::pool::PoolError;
 /// Transaction size at which a safe point commits.
 pub const COMMIT_AT: usize = 256;
 /// How far `zeroed_from` is raised past a fresh cluster.
-const ZEROED_STEP: u64 = 256;
+const ZEROED_STEP: u64 = 1024;
+/// A fresh cluster this close to `zeroed_from` raises it (P-32): ahead
+/// of need, so the raise is usually durable before a writer reaches it.
+const ZEROED_AHEAD: u64 = 768;
 
 /// Where a volume record lives.
 #[derive(Clone, Debug)]
@@ -36,6 +39,17 @@ pub struct Fresh {
     pub cluster: u64,
     /// True if it is known to read zero.
     pub zeroed: bool,
+}
+
+/// A cluster set aside by [`Meta::reserve_cluster_deferred`].
+#[derive(Clone, Copy, Debug)]
+pub struct Reserved {
+    /// The cluster.
+    pub fresh: Fresh,
+    /// Record that must be durable before the cluster is written.
+    pub wait: Option<u64>,
+    /// A `zeroed_from` raise was made: commit it soon.
+    pub kick: bool,
 }
 
 /// Metadata state of an open pool.
@@ -68,8 +82,10 @@ pub struct Meta {
     /// Clusters handed to writes filling a hole with the lock released:
     /// counted 0 on disk until mapped (crash case P-16).
     pub reserved: HashSet<u64>,
-    /// Seq of the record holding the last `zeroed_from` raise.
-    zeroed_seq: u64,
+    /// `zeroed_from` raises not durable yet: (seq of their record, value).
+    zeroed_raises: VecDeque<(u64, u64)>,
+    /// `zeroed_from` as of the newest durable record.
+    zeroed_durable: u64,
     fresh_next: u64,
     cluster_cursor: u64,
     meta_cursor: u64,
@@ -104,7 +120,8 @@ impl Meta {
         Ok(Meta {
             store,
             fresh_next: summary.zeroed_from,
-            zeroed_seq: 0,
+            zeroed_raises: VecDeque::new(),
+            zeroed_durable: summary.zeroed_from,
             summary,
             slots,
             pending: HashSet::new(),
@@ -253,17 +270,19 @@ impl Meta {
     /// [`Meta::claim`]; the allocator skips it). May commit (to raise
     /// `zeroed_from` before the cluster is written).
     pub async fn reserve_cluster(&mut self) -> Result<Fresh, PoolError> {
-        let (fresh, commit) = self.reserve_cluster_deferred().await?;
-        if commit {
+        let r = self.reserve_cluster_deferred().await?;
+        if r.wait.is_some() {
             self.commit().await?;
         }
-        Ok(fresh)
+        Ok(r.fresh)
     }
 
-    /// [`Meta::reserve_cluster`] without its commit: true if the caller
-    /// must commit before writing the cluster (a `zeroed_from` raise that
-    /// covers it is not durable yet, its own or another writer's).
-    pub async fn reserve_cluster_deferred(&mut self) -> Result<(Fresh, bool), PoolError> {
+    /// [`Meta::reserve_cluster`] without its commit: the caller must not
+    /// write the cluster before record `wait` is durable (the
+    /// `zeroed_from` raise that covers it, its own or another writer's;
+    /// P-32); `kick`: this call raised `zeroed_from`, the caller should
+    /// get the raise committed soon (it need not wait for it).
+    pub async fn reserve_cluster_deferred(&mut self) -> Result<Reserved, PoolError> {
         let g = self.geo();
         let end = g.first_data_cluster + g.clusters;
         if self.summary.free_clusters <= (self.pending.len() + self.reserved.len()) as u64 {
@@ -275,15 +294,48 @@ impl Meta {
         } else {
             (self.scan_free_cluster().await?, false)
         };
-        if zeroed && cluster >= self.summary.zeroed_from {
-            // Committed before the cluster is written: a crash leaves no leak.
+        let raise = zeroed && cluster + ZEROED_AHEAD >= self.summary.zeroed_from;
+        let kick = raise && self.summary.zeroed_from < end;
+        if kick {
+            // Durable before the cluster is written: a crash leaves no
+            // stray bytes above the durable `zeroed_from` (P-1, P-32).
             self.summary.zeroed_from = (cluster + ZEROED_STEP).min(end);
             self.save_summary().await?;
-            self.zeroed_seq = self.store.open_seq();
+            let seq = self.store.open_seq();
+            self.zeroed_raises
+                .push_back((seq, self.summary.zeroed_from));
         }
         self.reserved.insert(cluster);
-        let commit = zeroed && self.zeroed_seq > self.store.durable_seq();
-        Ok((Fresh { cluster, zeroed }, commit))
+        let wait = match zeroed && cluster >= self.zeroed_durable() {
+            true => Some(self.covering_raise(cluster)),
+            false => None,
+        };
+        Ok(Reserved {
+            fresh: Fresh { cluster, zeroed },
+            wait,
+            kick,
+        })
+    }
+
+    /// `zeroed_from` as of the newest durable record (folds in the
+    /// raises whose records are durable by now).
+    fn zeroed_durable(&mut self) -> u64 {
+        let durable = self.store.durable_seq();
+        while let Some(&(seq, v)) = self.zeroed_raises.front() {
+            if seq > durable {
+                break;
+            }
+            self.zeroed_durable = self.zeroed_durable.max(v);
+            self.zeroed_raises.pop_front();
+        }
+        self.zeroed_durable
+    }
+
+    /// Seq of the first pending raise above `cluster` (the open
+    /// transaction's if none: never, a raise always precedes).
+    fn covering_raise(&self, cluster: u64) -> u64 {
+        let found = self.zeroed_raises.iter().find(|(_, v)| *v > cluster);
+        found.map_or(self.store.open_seq(), |(seq, _)| *seq)
     }
 
     /// Gives a reserved cluster count 1 (it is about to be mapped).

@@ -23,6 +23,7 @@ pub mod fill;
 pub mod format;
 pub mod meta;
 pub mod page;
+mod phases;
 #[allow(clippy::module_inception)]
 pub mod pool;
 mod released;
@@ -47,6 +48,8 @@ mod redteam_tests;
 mod scale_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zeroed_tests;
 
 pub use pool::{Pool, PoolSpace, VolumeInfo};
 pub use thin::ThinVolume;

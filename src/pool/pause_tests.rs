@@ -22,22 +22,28 @@ const ARRAY: u64 = 32 << 20;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A device that, once armed, stops the first matching operation (a write
-/// in `hold`, or a FLUSH) until released.
+/// in `hold`, or a FLUSH) until released; counts FLUSHes.
 #[derive(Debug)]
-struct Stall {
+pub(super) struct Stall {
     inner: MemDevice,
-    hold: std::sync::Mutex<Option<std::ops::Range<u64>>>,
-    flushes: AtomicBool,
-    arrived: Notify,
-    release: Semaphore,
+    pub(super) hold: std::sync::Mutex<Option<std::ops::Range<u64>>>,
+    pub(super) flushes: AtomicBool,
+    pub(super) flush_count: std::sync::atomic::AtomicU64,
+    pub(super) arrived: Notify,
+    pub(super) release: Semaphore,
 }
 
 impl Stall {
     fn new() -> Arc<Stall> {
+        Stall::sized(ARRAY)
+    }
+
+    pub(super) fn sized(bytes: u64) -> Arc<Stall> {
         Arc::new(Stall {
-            inner: MemDevice::new("stall", ARRAY),
+            inner: MemDevice::new("stall", bytes),
             hold: std::sync::Mutex::new(None),
             flushes: AtomicBool::new(false),
+            flush_count: std::sync::atomic::AtomicU64::new(0),
             arrived: Notify::new(),
             release: Semaphore::new(0),
         })
@@ -64,6 +70,7 @@ impl Stall {
     }
 
     async fn flush_at(&self) -> BlockResult {
+        self.flush_count.fetch_add(1, Ordering::SeqCst);
         if self.flushes.swap(false, Ordering::SeqCst) {
             self.stop().await;
         }
@@ -76,7 +83,7 @@ impl BlockDevice for Stall {
         "stall"
     }
     fn size(&self) -> u64 {
-        ARRAY
+        self.inner.size()
     }
     fn read<'a>(&'a self, offset: ByteOffset, buf: &'a mut [u8]) -> IoFuture<'a> {
         self.inner.read(offset, buf)
@@ -95,7 +102,7 @@ impl BlockDevice for Stall {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(super) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

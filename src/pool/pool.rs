@@ -24,9 +24,13 @@ use crate::pool::store::Store;
 use crate::pool::PoolError;
 use crate::units::ByteOffset;
 
-/// Copy-on-write cluster copies run at once, pool-wide (each reads and
-/// writes a whole cluster).
-pub(crate) const COPIES_IN_FLIGHT: usize = 4;
+/// Copy-on-write bytes in flight, pool-wide, in [`COPY_UNIT`]s: four
+/// whole 1 MiB clusters, or 64 splits of 64 KiB granules (session 18:
+/// a split waited for one of four permits like a whole copy did).
+pub(crate) const COPIES_IN_FLIGHT: usize = 64;
+/// The unit of [`COPIES_IN_FLIGHT`] (a copy takes its size in units,
+/// 1 at least, all of them at most).
+pub(crate) const COPY_UNIT: u64 = 64 << 10;
 
 /// One volume as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

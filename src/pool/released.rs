@@ -50,6 +50,50 @@ impl Pool {
         m.commit().await
     }
 
+    /// Returns once record `seq` is durable: at once if it is, after the
+    /// commit in flight that carries it, else by committing the open
+    /// transaction (lock released for the I/O). Never commits again what
+    /// a commit in flight made durable meanwhile (P-32): writers waiting
+    /// for one `zeroed_from` raise share one FLUSH.
+    pub(crate) async fn wait_durable(
+        &self,
+        mut m: MutexGuard<'_, Meta>,
+        seq: u64,
+    ) -> Result<(), PoolError> {
+        for _ in 0..LANE_TRIES {
+            if m.store.durable_seq() >= seq {
+                return Ok(());
+            }
+            if let Some(lane) = m.store.try_lane() {
+                m.prune_unshared();
+                let job = m.store.prepare(lane).await?;
+                drop(m);
+                return job.run().await;
+            }
+            let lane = m.store.lane();
+            drop(m);
+            drop(lane.lock().await);
+            m = self.meta.lock().await;
+        }
+        match m.store.durable_seq() >= seq {
+            true => Ok(()),
+            false => m.commit().await,
+        }
+    }
+
+    /// Commits the open transaction in the background: a `zeroed_from`
+    /// raise made ahead of need (P-32), which nobody waits for yet. A
+    /// failure is logged; the next commit takes its pages back.
+    pub(crate) fn kick_commit(self: &Arc<Self>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let m = pool.meta.lock().await;
+            if let Err(e) = pool.commit_released(m).await {
+                tracing::warn!(error = %e, "background pool commit failed");
+            }
+        });
+    }
+
     /// A safe point (commit once the transaction is large) that leaves
     /// the metadata lock released during the commit's I/O, and skips a
     /// commit while another is in flight unless the transaction is huge.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::block::{check_range, BlockDevice, BlockError, BlockResult, Durability, IoFuture};
 use crate::pool::meta::Fresh;
+use crate::pool::phases::{Phase, Phases};
 use crate::pool::split::{granule_size, granules, MAX_SPLIT_DEPTH};
 use crate::pool::split_meta::{fill_from_split, is_split};
 use crate::pool::split_write::write_granules;
@@ -191,15 +192,19 @@ impl ThinVolume {
     /// is split instead (`split_write`) and an exclusive split record
     /// written in place or filled (`thin_split`); a shared split entry
     /// gets a split on top (case 4; copied whole at depth 16).
-    async fn write_piece(&self, p: Piece, data: &[u8]) -> Result<bool, PoolError> {
+    async fn write_piece(&self, p: Piece, data: &[u8], ph: &mut Phases) -> Result<bool, PoolError> {
         loop {
             let wgate = self.wgate.read().await;
+            ph.mark(Phase::WGate);
             let mut m = self.pool.meta.lock().await;
             let i = m.by_id(self.id)?;
             let l = m.lookup(i, p.vc).await?;
+            ph.mark(Phase::Lock);
             let old = match (l.cluster, l.exclusive) {
                 (Some(e), true) if is_split(e) => {
-                    match self.write_record(p, data, e, wgate, m).await? {
+                    let r = self.write_record(p, data, e, wgate, m).await?;
+                    ph.mark(Phase::Record);
+                    match r {
                         Some(changed) => return Ok(changed),
                         None => continue,
                     }
@@ -209,6 +214,7 @@ impl ThinVolume {
                     let at = self.phys(c, p.off);
                     self.pool.dev.write(at, data, Durability::Normal).await?;
                     drop(wgate);
+                    ph.mark(Phase::InPlace);
                     return Ok(false);
                 }
                 (Some(c), false) => {
@@ -218,16 +224,18 @@ impl ThinVolume {
                 (None, _) => 0,
             };
             drop(wgate);
-            let (fresh, commit) = match m.reserve_cluster_deferred().await {
-                Ok(f) => f,
+            let r = match m.reserve_cluster_deferred().await {
+                Ok(r) => r,
                 Err(e) => {
                     m.stop_copying(old);
                     return Err(e);
                 }
             };
-            if commit {
+            let fresh = r.fresh;
+            ph.mark(Phase::Reserve);
+            if let Some(seq) = r.wait {
                 // The zeroed_from raise covering `fresh`, durable first.
-                if let Err(e) = self.pool.commit_released(m).await {
+                if let Err(e) = self.pool.wait_durable(m, seq).await {
                     let mut m = self.pool.meta.lock().await;
                     m.stop_copying(old);
                     m.reserved.remove(&fresh.cluster);
@@ -235,8 +243,12 @@ impl ThinVolume {
                 }
             } else {
                 drop(m);
+                if r.kick {
+                    self.pool.kick_commit();
+                }
             }
-            if self.fill_fresh(p, data, fresh, old).await? {
+            ph.mark(Phase::Zeroed);
+            if self.fill_fresh(p, data, fresh, old, ph).await? {
                 return Ok(true);
             }
         }
@@ -252,16 +264,21 @@ impl ThinVolume {
         data: &[u8],
         fresh: Fresh,
         old: u64,
+        ph: &mut Phases,
     ) -> Result<bool, PoolError> {
-        // At most COPIES_IN_FLIGHT copies at once (a snapshot turns every
-        // write into one: unbounded, they starve each other and the rest).
+        // At most COPIES_IN_FLIGHT units of copies at once (a snapshot
+        // turns every write into one: unbounded, they starve each other
+        // and the rest); a split copies a granule, else a whole cluster.
         let permit = match old {
             0 => None,
-            _ => self.pool.copies.acquire().await.ok(),
+            _ => self.pool.copies.acquire_many(self.copy_units()).await.ok(),
         };
+        ph.mark(Phase::Permit);
         let r = self.copy_for_write(p, data, fresh, old).await;
         drop(permit);
+        ph.mark(Phase::Copy);
         let mut m = self.pool.meta.lock().await;
+        ph.mark(Phase::MapLock);
         m.stop_copying(old);
         let split = matches!(r, Ok(Some(_)));
         let mapped = match (r, m.by_id(self.id)) {
@@ -269,12 +286,14 @@ impl ThinVolume {
             (Ok(None), Ok(i)) => m.map_fresh(i, p.vc, fresh.cluster, old).await,
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
+        ph.mark(Phase::Map);
         match mapped {
             Ok(true) => {
                 if split {
                     self.pool.queue_completion(self.id, p.vc);
                 }
                 self.pool.safe_point_released(m).await?;
+                ph.mark(Phase::Safe);
                 Ok(true)
             }
             other => {
@@ -282,6 +301,17 @@ impl ThinVolume {
                 other
             }
         }
+    }
+
+    /// Copy units (`COPY_UNIT`) a copy-on-write of this pool moves.
+    fn copy_units(&self) -> u32 {
+        let cs = self.pool.cluster_size();
+        let bytes = match self.pool.splits && granules(cs) > 1 {
+            true => granule_size(cs),
+            false => cs,
+        };
+        let max = crate::pool::pool::COPIES_IN_FLIGHT as u64;
+        (bytes / crate::pool::pool::COPY_UNIT).clamp(1, max) as u32
     }
 
     /// Writes `data` into reserved cluster `fresh` with the rest of
@@ -337,24 +367,28 @@ impl ThinVolume {
         }
         check_range(offset, buf.len() as u64, self.size())?;
         let mut changed = false;
+        let mut ph = Phases::new();
         for p in pieces(offset.get(), buf.len() as u64, self.pool.cluster_size()) {
             let data = &buf[p.at..p.at + p.len as usize];
-            changed |= self.write_piece_gated(p, data).await?;
+            changed |= self.write_piece_gated(p, data, &mut ph).await?;
         }
-        self.finish_durability(changed, durability).await
+        let r = self.finish_durability(changed, durability).await;
+        ph.finish(&self.name);
+        r
     }
 
     /// One piece under the I/O gate; a pool found full with clusters
     /// pending is committed (they become free) and the piece tried again.
-    async fn write_piece_gated(&self, p: Piece, data: &[u8]) -> BlockResult<bool> {
+    async fn write_piece_gated(&self, p: Piece, data: &[u8], ph: &mut Phases) -> BlockResult<bool> {
         let gate = self.pool.gate.read().await;
-        let r = self.write_piece(p, data).await;
+        ph.mark(Phase::Gate);
+        let r = self.write_piece(p, data, ph).await;
         drop(gate);
         match r {
             Err(PoolError::NoSpace) if self.has_pending().await => {
                 self.pool.flush().await.map_err(|e| self.err(e))?;
                 let _gate = self.pool.gate.read().await;
-                self.write_piece(p, data).await.map_err(|e| self.err(e))
+                self.write_piece(p, data, ph).await.map_err(|e| self.err(e))
             }
             r => r.map_err(|e| self.err(e)),
         }
@@ -399,7 +433,8 @@ impl ThinVolume {
             {
                 // As a write: a full pool with clusters pending frees them.
                 let zeros = vec![0u8; p.len as usize];
-                self.write_piece_gated(p, &zeros).await?;
+                self.write_piece_gated(p, &zeros, &mut Phases::new())
+                    .await?;
             }
         }
         Ok(())
