@@ -159,6 +159,9 @@ impl Hostile {
             let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
             let record = &mut wire[at..at + HEADER + len];
             let (t, r) = self.rx.open(record).unwrap();
+            if t == HANDSHAKE && record[r.clone()].starts_with(&[24]) {
+                self.rx.update();
+            }
             out.push((t, record[r].to_vec()));
             at += HEADER + len;
         }
@@ -356,4 +359,59 @@ async fn a_server_that_never_reads_blocks_our_writes_without_growing_a_buffer() 
         "{} bytes buffered",
         w.out.capacity()
     );
+}
+
+#[tokio::test]
+async fn key_updates_before_the_switch_are_followed_or_leave_rustls_the_connection() {
+    // Our client asked for a KeyUpdate under rustls (the server answered
+    // before "go"): both ends' keys moved once before the switch.
+    let (mut h, ours) = hostile_with(true, |_| {}).await;
+    let Ok((mut r, mut w)) = ours else {
+        panic!("the client stayed on rustls")
+    };
+    h.send(&[(AD, b"down")]).await;
+    let mut got = [0u8; 4];
+    r.read_exact(&mut got).await.unwrap();
+    w.write_all(b"up").await.unwrap();
+    w.shutdown().await.unwrap();
+    assert_eq!(&got, b"down");
+    assert_eq!(
+        h.received().await,
+        [(AD, b"up".to_vec()), (ALERT, vec![1, 0])]
+    );
+    // The server asked for one with "go": our client owes its KeyUpdate,
+    // which only rustls can send: rustls keeps the connection.
+    let (mut h, ours) = hostile_with(false, |s| s.refresh_traffic_keys().unwrap()).await;
+    let Err(mut rustls) = ours else {
+        panic!("switched with a KeyUpdate owed")
+    };
+    h.send(&[(AD, b"down")]).await;
+    rustls.read_exact(&mut got).await.unwrap();
+    rustls.write_all(b"up").await.unwrap();
+    rustls.shutdown().await.unwrap();
+    let kinds: Vec<u8> = h.received().await.iter().map(|(t, _)| *t).collect();
+    assert_eq!(kinds, [HANDSHAKE, AD, ALERT]);
+}
+
+#[tokio::test]
+async fn our_nbd_client_answers_a_forged_record_with_bad_record_mac() {
+    use crate::remote::conn::Conn;
+    use crate::remote::handshake::Negotiated;
+    let (mut h, (r, w)) = hostile().await;
+    let info = Negotiated {
+        size: 1 << 20,
+        flags: 0,
+        sizes: crate::remote::reply::BlockSizes::default(),
+        structured: false,
+    };
+    let conn = Conn::start(r, w, info);
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend([7u8; 40]);
+    h.io.write_all(&forged).await.unwrap();
+    assert_eq!(
+        h.alert().await,
+        [2, 20],
+        "the reader's stop ends the sending half"
+    );
+    assert!(conn.is_closed());
 }

@@ -27,6 +27,8 @@ mod flushed;
 #[cfg(test)]
 mod hostile_tests;
 mod inplace;
+#[cfg(test)]
+mod limit_tests;
 pub mod names;
 mod pem;
 pub mod record;
