@@ -226,6 +226,8 @@ impl Conn {
         let pending = Shared::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let p = pending.clone();
+        let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(writer)));
+        let w = writer.clone();
         let read = tokio::spawn(async move {
             if let Err(e) = read_replies(reader, &p).await {
                 if lock(&p).waiters.is_empty() {
@@ -235,9 +237,12 @@ impl Conn {
                 }
             }
             close(&p);
+            // Our side's end: over TLS close_notify, or the alert for a
+            // record our reader refused (FORMAT.md §14).
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, async { w.lock().await.shutdown().await })
+                .await;
         });
         let p = pending.clone();
-        let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(writer)));
         let w = writer.clone();
         let write = tokio::spawn(async move {
             let _ = write_requests(&w, rx).await;
@@ -372,6 +377,9 @@ impl Conn {
         let _ = self.tx.send(proto::encode_request(&request).to_vec());
     }
 }
+
+/// How long a reader that stopped waits to end the sending side.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes queued requests, several per flush when they queue up.
 async fn write_requests(

@@ -16,7 +16,7 @@
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -24,22 +24,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::record::{
     self, Direction, RecordError, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER, KEY_UPDATE,
-    MAX_CIPHERTEXT, MAX_CONTENT, NEW_SESSION_TICKET, SEND_LIMIT, TAG,
+    MAX_CIPHERTEXT, MAX_CONTENT, NEW_SESSION_TICKET, TAG,
 };
 
 /// Plaintext bytes sealed per socket write (four full records).
 pub const WRITE_BATCH: usize = 4 * MAX_CONTENT;
 /// The reader's buffer: several records per `read` call.
 const READ_BUFFER: usize = 64 << 10;
-/// KeyUpdates accepted in a row with no application data between (as
-/// rustls and BoringSSL): each costs us key derivations.
-const MAX_KEY_UPDATES: u8 = 32;
+/// Records without application data (KeyUpdate, NewSessionTicket, empty
+/// application data) accepted in a row, as BoringSSL bounds empty records
+/// and KeyUpdates: a peer sending nothing else makes no progress.
+const MAX_EMPTY_RECORDS: u8 = 32;
 
 /// What the two halves share.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// The peer asked for our KeyUpdate (update_requested).
     owed: AtomicBool,
+    /// The fatal alert a refused record calls for (0: none): sent by the
+    /// writer at shutdown instead of close_notify.
+    alert: AtomicU8,
 }
 
 /// Reading half: records in, NBD bytes out.
@@ -59,8 +63,8 @@ pub struct FastReader<R> {
     broken: Option<RecordError>,
     /// The stream ended inside a record: every later read fails.
     cut: bool,
-    /// KeyUpdates still accepted before the next application data.
-    updates_left: u8,
+    /// Records without data still accepted before the next data.
+    empty_left: u8,
     /// The client side: NewSessionTicket is ignored, not refused.
     client: bool,
 }
@@ -82,7 +86,7 @@ impl<R> FastReader<R> {
             eof: false,
             broken: None,
             cut: false,
-            updates_left: MAX_KEY_UPDATES,
+            empty_left: MAX_EMPTY_RECORDS,
             client: false,
         }
     }
@@ -114,16 +118,18 @@ impl<R> FastReader<R> {
 
     /// Acts on an opened record; content of application data is kept.
     fn handle(&mut self, inner: u8, content: Range<usize>) -> Result<(), RecordError> {
+        if inner == APPLICATION_DATA && !content.is_empty() {
+            self.empty_left = MAX_EMPTY_RECORDS;
+        } else if self.empty_left == 0 {
+            return Err(RecordError::Unexpected);
+        } else {
+            self.empty_left -= 1;
+        }
         let c = &self.buf[content.clone()];
         match inner {
-            APPLICATION_DATA => {
-                if !content.is_empty() {
-                    self.updates_left = MAX_KEY_UPDATES;
-                }
-                self.plain = content;
-            }
+            APPLICATION_DATA => self.plain = content,
             ALERT if c == [1, 0] || c == [2, 0] => self.eof = true,
-            ALERT => return Err(RecordError::Unexpected),
+            ALERT => return Err(RecordError::Alert(c.get(1).copied().unwrap_or(0))),
             HANDSHAKE => return self.handshake(content),
             _ => return Err(RecordError::Unexpected),
         }
@@ -147,10 +153,6 @@ impl<R> FastReader<R> {
             match (*kind, &rest[..len]) {
                 (KEY_UPDATE, [u @ (0 | 1)]) if rest.len() == 1 => {
                     let asked = *u == 1;
-                    if self.updates_left == 0 {
-                        return Err(RecordError::Unexpected);
-                    }
-                    self.updates_left -= 1;
                     self.rx.update();
                     if asked {
                         self.shared.owed.store(true, Ordering::Release);
@@ -165,7 +167,7 @@ impl<R> FastReader<R> {
         if c.is_empty() {
             Ok(())
         } else {
-            Err(RecordError::Unexpected)
+            Err(RecordError::Decode)
         }
     }
 
@@ -212,6 +214,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
                 Ok(None) => {}
                 Err(e) => {
                     this.broken = Some(e);
+                    this.shared.alert.store(e.alert(), Ordering::Release);
                     continue;
                 }
             }
@@ -233,17 +236,22 @@ impl<R: AsyncRead + Unpin> AsyncRead for FastReader<R> {
 /// Writing half: NBD bytes in, records out.
 #[derive(Debug)]
 pub struct FastWriter<W> {
-    inner: W,
-    tx: Direction,
+    pub(super) inner: W,
+    pub(super) tx: Direction,
     shared: Arc<Shared>,
-    out: Vec<u8>,
-    /// Bytes of `out` already written.
-    sent: usize,
+    pub(super) out: Vec<u8>,
+    /// Bytes of `out` (or of `plan`) already written.
+    pub(super) sent: usize,
     /// Caller bytes sealed in `out`, reported once `out` is written.
-    accepted: usize,
+    pub(super) accepted: usize,
     closed: bool,
     /// KeyUpdates sent.
     updates: u64,
+    /// Records sealed in the caller's pieces (`inplace`): the wire bytes
+    /// as segments of `out` and of the pieces; empty on the copy path.
+    pub(super) plan: Vec<super::inplace::Seg>,
+    /// Bytes of `out` already in `plan`.
+    pub(super) planned: usize,
 }
 
 impl<W> FastWriter<W> {
@@ -259,11 +267,13 @@ impl<W> FastWriter<W> {
             accepted: 0,
             closed: false,
             updates: 0,
+            plan: Vec::new(),
+            planned: 0,
         }
     }
 
     /// Appends one record of `content` (copied) under the current key.
-    fn push_record(&mut self, inner: u8, parts: &mut Parts<'_, '_>, content: usize) {
+    pub(super) fn push_record(&mut self, inner: u8, parts: &mut Parts<'_, '_>, content: usize) {
         let at = self.out.len();
         self.out.resize(at + HEADER + content + 1 + TAG, 0);
         parts.copy_to(&mut self.out[at + HEADER..at + HEADER + content]);
@@ -272,9 +282,9 @@ impl<W> FastWriter<W> {
 
     /// A KeyUpdate we owe (asked for, or our key's record limit), sent
     /// under the old key; later records use the new one.
-    fn key_update_if_due(&mut self) {
+    pub(super) fn key_update_if_due(&mut self) {
         let asked = self.shared.owed.swap(false, Ordering::AcqRel);
-        if asked || self.tx.seq() >= SEND_LIMIT {
+        if asked || self.tx.send_due() {
             let msg = [KEY_UPDATE, 0, 0, 1, 0];
             self.push_record(HANDSHAKE, &mut Parts::new(&[IoSlice::new(&msg)]), msg.len());
             self.tx.update();
@@ -336,6 +346,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FastWriter<W> {
         if this.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        assert!(this.plan.is_empty(), "a write between piece writes");
         if this.accepted == 0 && this.out.is_empty() {
             this.accepted = this.fill(bufs);
         }
@@ -348,15 +359,31 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FastWriter<W> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().drain(cx)
+        let this = self.get_mut();
+        if !this.plan.is_empty() {
+            // Pending records of pieces: only `poll_write_pieces` ends them.
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        this.drain(cx)
     }
 
     /// close_notify, then the socket's shutdown.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.plan.is_empty() {
+            // Records sealed in pieces no longer here: the stream cannot
+            // go on, not even with close_notify.
+            this.plan.clear();
+            this.out.clear();
+            this.closed = true;
+        }
         if !this.closed {
             ready!(this.drain(cx))?;
-            let alert = [1, 0];
+            // close_notify, or the fatal alert for a record we refused.
+            let alert = match this.shared.alert.load(Ordering::Acquire) {
+                0 => [1, 0],
+                fatal => [2, fatal],
+            };
             this.push_record(ALERT, &mut Parts::new(&[IoSlice::new(&alert)]), 2);
             this.closed = true;
         }
@@ -366,13 +393,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FastWriter<W> {
 }
 
 /// A cursor over a caller's slices.
-struct Parts<'a, 'b> {
+pub(super) struct Parts<'a, 'b> {
     bufs: &'a [IoSlice<'b>],
     at: usize,
 }
 
 impl<'a, 'b> Parts<'a, 'b> {
-    fn new(bufs: &'a [IoSlice<'b>]) -> Self {
+    pub(super) fn new(bufs: &'a [IoSlice<'b>]) -> Self {
         Parts { bufs, at: 0 }
     }
 

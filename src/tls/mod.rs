@@ -11,6 +11,7 @@
 //!  flushed   Flushed: a write counts once its ciphertext left the buffer
 //!  record    our TLS 1.3 record protection (ring AEAD, KeyUpdate)
 //!  fast      reader/writer halves over `record` (FORMAT.md §14)
+//!  inplace   the writer sealing mutable pieces (READ data) where they lie
 //!  switch    rustls -> `fast` after the NBD options: secrets, checks
 //! ```
 //!
@@ -23,6 +24,11 @@ mod fast;
 #[cfg(test)]
 mod fast_tests;
 mod flushed;
+#[cfg(test)]
+mod hostile_tests;
+mod inplace;
+#[cfg(test)]
+mod limit_tests;
 pub mod names;
 mod pem;
 pub mod record;
@@ -37,6 +43,7 @@ pub use allow::AllowList;
 pub use client::{ClientTls, ClientTlsStream};
 pub use fast::{fuzz_receive, FastReader, FastWriter};
 pub use flushed::Flushed;
+pub use inplace::Piece;
 pub use server::{ServerTls, ServerTlsConfig, ServerTlsStream, TlsMode};
 pub use switch::{
     client_record_layer, set_client_record_layer, switch, switch_client, Capture, ClientSwitch,

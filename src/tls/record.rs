@@ -96,10 +96,33 @@ pub enum RecordError {
     Unexpected,
     /// Too many records under one key.
     KeyExhausted,
+    /// A handshake message cut short or spanning records (decode_error).
+    Decode,
+    /// The peer sent this alert (not close_notify): nothing is sent back.
+    Alert(u8),
+}
+
+impl RecordError {
+    /// The fatal alert we send for it (RFC 8446 §6.2); 0: none.
+    pub fn alert(self) -> u8 {
+        match self {
+            RecordError::Alert(_) => 0,
+            RecordError::Overflow => 22,
+            RecordError::BadMac => 20,
+            RecordError::Decode => 50,
+            RecordError::BadHeader
+            | RecordError::BadInner
+            | RecordError::Unexpected
+            | RecordError::KeyExhausted => 10,
+        }
+    }
 }
 
 impl fmt::Display for RecordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let RecordError::Alert(a) = self {
+            return write!(f, "TLS peer sent alert {a}");
+        }
         f.write_str(match self {
             RecordError::Overflow => "TLS record over 2^14 + 256 bytes (record_overflow)",
             RecordError::BadHeader => "TLS record header not application_data 0x0303",
@@ -107,6 +130,8 @@ impl fmt::Display for RecordError {
             RecordError::BadInner => "TLS inner plaintext malformed",
             RecordError::Unexpected => "TLS message not allowed after the handshake",
             RecordError::KeyExhausted => "TLS peer sent too many records under one key",
+            RecordError::Decode => "TLS handshake message malformed (decode_error)",
+            RecordError::Alert(_) => unreachable!("written above"),
         })
     }
 }
@@ -145,6 +170,14 @@ pub fn derive(suite: Suite, secret: &[u8]) -> (Vec<u8>, [u8; NONCE_LEN]) {
     (key, iv)
 }
 
+/// The traffic secret after a KeyUpdate: HKDF-Expand-Label(secret,
+/// "traffic upd", "", Hash.length).
+pub fn next_secret(suite: Suite, secret: &[u8]) -> Vec<u8> {
+    let mut next = vec![0; suite.hash_len()];
+    expand_label(suite, secret, b"traffic upd", &mut next);
+    next
+}
+
 /// One direction of a connection.
 pub struct Direction {
     suite: Suite,
@@ -152,6 +185,9 @@ pub struct Direction {
     key: LessSafeKey,
     iv: [u8; NONCE_LEN],
     seq: u64,
+    /// Records before a KeyUpdate is due ([`SEND_LIMIT`]) and records
+    /// accepted under one key ([`RECEIVE_LIMIT`]); smaller in tests.
+    limits: (u64, u64),
 }
 
 impl fmt::Debug for Direction {
@@ -174,7 +210,19 @@ impl Direction {
             key: LessSafeKey::new(key),
             iv,
             seq,
+            limits: (SEND_LIMIT, RECEIVE_LIMIT),
         }
+    }
+
+    /// Other send and receive limits (tests: reaching them in a test run).
+    #[cfg(test)]
+    pub(crate) fn set_limits(&mut self, send: u64, receive: u64) {
+        self.limits = (send, receive);
+    }
+
+    /// Whether our key has sealed its share of records (KeyUpdate due).
+    pub fn send_due(&self) -> bool {
+        self.seq >= self.limits.0
     }
 
     /// Records protected under the current key so far.
@@ -185,9 +233,9 @@ impl Direction {
     /// The next key (KeyUpdate): secret' = HKDF-Expand-Label(secret,
     /// "traffic upd", "", Hash.length); the sequence starts again at 0.
     pub fn update(&mut self) {
-        let mut next = vec![0; self.suite.hash_len()];
-        expand_label(self.suite, &self.secret, b"traffic upd", &mut next);
-        *self = Direction::new(self.suite, next, 0);
+        let limits = self.limits;
+        *self = Direction::new(self.suite, next_secret(self.suite, &self.secret), 0);
+        self.limits = limits;
     }
 
     fn nonce(&self) -> Nonce {
@@ -215,10 +263,27 @@ impl Direction {
         self.seq += 1;
     }
 
+    /// Seals one record whose ciphertext stays where its content is:
+    /// `body` is the content followed by one byte of room, where `inner`
+    /// is written (and sealed). Returns the record's header and its tag,
+    /// which go on the wire before and after `body`.
+    pub fn seal_separate(&mut self, body: &mut [u8], inner: u8) -> ([u8; HEADER], [u8; TAG]) {
+        let len = body.len();
+        assert!((1..=MAX_CONTENT + 1).contains(&len));
+        let header = header(len + TAG);
+        body[len - 1] = inner;
+        let t = self
+            .key
+            .seal_in_place_separate_tag(self.nonce(), Aad::from(header), body)
+            .expect("sealing cannot fail below the length limit");
+        self.seq += 1;
+        (header, t.as_ref().try_into().expect("tag length"))
+    }
+
     /// Opens a whole record (header and ciphertext) in place: its inner
     /// content type and the range of its content within `record`.
     pub fn open(&mut self, record: &mut [u8]) -> Result<(u8, std::ops::Range<usize>), RecordError> {
-        if self.seq >= RECEIVE_LIMIT {
+        if self.seq >= self.limits.1 {
             return Err(RecordError::KeyExhausted);
         }
         let header: [u8; HEADER] = record[..HEADER].try_into().expect("header length");
@@ -235,7 +300,7 @@ impl Direction {
             return Err(RecordError::BadInner);
         };
         if end > MAX_CONTENT {
-            return Err(RecordError::BadInner);
+            return Err(RecordError::Overflow);
         }
         Ok((plain[end], HEADER..HEADER + end))
     }
@@ -319,6 +384,16 @@ mod tests {
         assert_eq!(body_len(&header(MAX_CIPHERTEXT)), Ok(MAX_CIPHERTEXT));
         assert_eq!(body_len(&[22, 3, 3, 0, 40]), Err(RecordError::BadHeader));
         assert_eq!(body_len(&[23, 3, 1, 0, 40]), Err(RecordError::BadHeader));
+    }
+
+    #[test]
+    fn a_record_sealed_apart_from_its_header_and_tag_opens_as_one() {
+        let (mut tx, mut rx) = pair(Suite::Aes128Gcm);
+        let mut body = b"content?".to_vec();
+        let (h, t) = tx.seal_separate(&mut body, APPLICATION_DATA);
+        let mut r = [&h[..], &body, &t].concat();
+        let (kind, range) = rx.open(&mut r).unwrap();
+        assert_eq!((kind, &r[range]), (APPLICATION_DATA, &b"content"[..]));
     }
 
     #[test]

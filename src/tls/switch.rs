@@ -25,7 +25,7 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 
 use super::fast::{FastReader, FastWriter, Shared};
-use super::record::{derive, Direction, Suite};
+use super::record::{derive, next_secret, Direction, Suite};
 use super::{ClientTlsStream, ServerTlsStream, TlsError};
 
 /// Who runs the record layer after the options.
@@ -141,6 +141,20 @@ impl<S> fmt::Debug for Switched<S> {
 }
 
 impl<S> Switched<S> {
+    /// Other rekey limits for both directions (tests).
+    #[cfg(test)]
+    pub(crate) fn set_limits(&mut self, send: u64, receive: u64) {
+        self.rx.set_limits(send, receive);
+        self.tx.set_limits(send, receive);
+    }
+
+    /// The socket, bytes carried over, and the (receive, send) directions:
+    /// for tests acting as a peer that seals records by hand.
+    #[cfg(test)]
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>, Direction, Direction) {
+        (self.io, self.carried, self.rx, self.tx)
+    }
+
     /// The two halves over `split(socket)`.
     pub fn halves<R, W>(self, split: impl FnOnce(S) -> (R, W)) -> (FastReader<R>, FastWriter<W>) {
         let (r, w) = split(self.io);
@@ -189,10 +203,14 @@ fn ready<C: Side>(conn: &mut C) -> Option<Suite> {
     let suite = conn
         .negotiated_cipher_suite()
         .and_then(|s| Suite::of(s.suite()))?;
-    let idle = !conn.wants_write()
-        && conn
-            .process_new_packets()
-            .is_ok_and(|s| s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed());
+    let quiet = conn
+        .process_new_packets()
+        .is_ok_and(|s| s.plaintext_bytes_to_read() == 0 && !s.peer_has_closed());
+    // A KeyUpdate rustls owes the peer (it received update_requested) sits
+    // sealed in a queue of its own until the next write; an empty write
+    // moves it to the bytes to send, so `wants_write` sees it (case 150).
+    let _ = std::io::Write::write(&mut conn.writer(), &[]);
+    let idle = quiet && !conn.wants_write();
     let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
     (idle && tls13).then_some(suite)
 }
@@ -251,25 +269,35 @@ pub fn switch_client<S: AsyncRead + AsyncWrite + Unpin>(
     let (buffered, conn) = stream.into_inner();
     take(buffered, conn, suite, secrets).map(Ok)
 }
-/// Our direction from `secret`, if its key and IV are rustls's.
+
+/// KeyUpdates rustls may have made before the switch that [`checked`]
+/// follows (FORMAT.md §14, case 150): rustls accepts as many in a row.
+const KEY_UPDATES_BEFORE_SWITCH: usize = 32;
+
+/// Our direction from `secret`, or from the secret after the KeyUpdates
+/// rustls already made (each one "traffic upd" step), whichever gives
+/// rustls's key and IV.
 fn checked(
     suite: Suite,
-    secret: Vec<u8>,
+    mut secret: Vec<u8>,
     (seq, theirs): (u64, ConnectionTrafficSecrets),
 ) -> Result<Direction, TlsError> {
-    let (key, iv) = derive(suite, &secret);
-    let same = match &theirs {
+    let (k, i) = match &theirs {
         ConnectionTrafficSecrets::Aes128Gcm { key: k, iv: i }
         | ConnectionTrafficSecrets::Aes256Gcm { key: k, iv: i }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key: k, iv: i } => {
-            k.as_ref() == key.as_slice() && i.as_ref() == iv.as_slice()
-        }
-        _ => false,
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key: k, iv: i } => (k, i),
+        _ => return Err(mismatch()),
     };
-    if !same {
-        return Err(TlsError::Usage(
-            "TLS record layer: captured secret does not give rustls's key".into(),
-        ));
+    for _ in 0..=KEY_UPDATES_BEFORE_SWITCH {
+        let (key, iv) = derive(suite, &secret);
+        if k.as_ref() == key.as_slice() && i.as_ref() == iv.as_slice() {
+            return Ok(Direction::new(suite, secret, seq));
+        }
+        secret = next_secret(suite, &secret);
     }
-    Ok(Direction::new(suite, secret, seq))
+    Err(mismatch())
+}
+
+fn mismatch() -> TlsError {
+    TlsError::Usage("TLS record layer: captured secret does not give rustls's key".into())
 }

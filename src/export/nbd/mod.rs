@@ -10,6 +10,7 @@
 //!  transmission one connection's request pipeline (one task, one loop;
 //!               its requests in `export::request_set`, no allocation)
 //!  wire         its batched request reads and reply writes (writev)
+//!  sink         replies to a plain writer (slices) or to our TLS (pieces)
 //!  request      one request's volume call and reply
 //!  server       listeners, connection lifecycle, shutdown, stats
 //! ```
@@ -24,6 +25,7 @@ pub mod proto;
 pub(crate) mod reader;
 mod request;
 mod server;
+mod sink;
 mod transmission;
 mod wire;
 

@@ -108,6 +108,15 @@ impl Reply {
         self.body.as_slice()
     }
 
+    /// The header, and the body as a piece: READ data mutable.
+    pub fn parts_mut(&mut self) -> (&[u8], crate::tls::Piece<'_>) {
+        let body = match &mut self.body {
+            Body::Plain(v) => crate::tls::Piece::Copy(v),
+            Body::Data(b) => crate::tls::Piece::InPlace(b.as_mut_slice()),
+        };
+        (&self.head[..usize::from(self.head_len)], body)
+    }
+
     /// Bytes on the wire.
     pub fn len(&self) -> usize {
         usize::from(self.head_len) + self.body().len()

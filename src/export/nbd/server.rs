@@ -30,6 +30,7 @@ use super::handshake::{Negotiation, Step, TlsState};
 use super::limits::{Admission, Admitted, DropReason, Drops, LogGate, NbdLimits, DEVICE_BUDGET};
 use super::meta::Selection;
 use super::proto;
+use super::sink::{Plain, ReplySink};
 use super::transmission::{Ending, Session};
 use crate::export::in_flight::InFlightRequests;
 use crate::tls::{Capture, Flushed, ServerTls, ServerTlsStream, TlsMode};
@@ -381,7 +382,7 @@ async fn serve_connection<S: Split>(
         Haggled::Close(why) => Ok(close_plain(stream, why).await),
         Haggled::Transmit(chosen) => {
             let (reader, writer) = stream.halves();
-            transmit(shared, chosen, reader, writer, stop).await
+            transmit(shared, chosen, reader, Plain(writer), stop).await
         }
         Haggled::StartTls => {
             let Some(tls) = shared.tls.as_ref() else {
@@ -448,7 +449,7 @@ async fn transmit_tls<S: Split>(
     // The transmission loop writes only when it has replies: each write
     // must leave nothing in the TLS buffer.
     let (reader, writer) = tokio::io::split(tls_stream);
-    let writer = Flushed::new(writer);
+    let writer = Plain(Flushed::new(writer));
     transmit(shared, chosen, reader, writer, stop).await
 }
 
@@ -495,7 +496,7 @@ async fn transmit<R, W>(
 ) -> io::Result<ConnectionEnd>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: ReplySink,
 {
     let Chosen {
         export,

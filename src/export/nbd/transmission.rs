@@ -35,14 +35,14 @@
 //! every write acknowledged before it has completed.
 
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::future::{FutureExt, OptionFuture};
 use futures::stream::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
@@ -50,7 +50,8 @@ use super::catalog::Export;
 use super::limits::{DropReason, Drops, NbdLimits};
 use super::proto::{self, errno, Command, Request};
 use super::request::{self, Charge, Context, Reply};
-use super::wire::{Inbox, Outbox, MAX_IOV};
+use super::sink::ReplySink;
+use super::wire::{Inbox, Outbox};
 use crate::block::BlockError;
 use crate::export::in_flight::InFlightRequests;
 use crate::export::request_set::RequestSet;
@@ -223,7 +224,7 @@ impl Session {
     ) -> io::Result<Ending>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        W: ReplySink,
     {
         let mut pl = Pipeline::new(&self, reader, writer);
         let mut inflight = RequestSet::with_capacity(MAX_IN_FLIGHT);
@@ -248,13 +249,10 @@ impl Session {
                 timer.as_mut().reset(d);
             }
             let event = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let n = if pl.writer_alive {
-                    pl.outbox.slices(&mut iov)
-                } else {
-                    0
-                };
+                let n = pl.writer_alive && !pl.outbox.is_empty();
                 let can_read = pl.can_read(inflight.len());
+                let (writer, outbox) = (&mut pl.writer, &mut pl.outbox);
+                let writing = std::future::poll_fn(|cx| writer.poll_replies(cx, outbox));
                 let acquire = pl.waiting.as_mut().and_then(|w| w.acquire.as_mut());
                 let waits = acquire.is_some();
                 let acquire = OptionFuture::from(acquire);
@@ -265,7 +263,7 @@ impl Session {
                     _ = &mut timer, if deadline.is_some() => Event::Timer,
                     r = acquire, if waits => Event::Bytes(r),
                     Some(reply) = inflight.next(), if !inflight.is_empty() => Event::Done(reply),
-                    r = pl.writer.write_vectored(&iov[..n]), if n > 0 => Event::Wrote(r),
+                    r = writing, if n => Event::Wrote(r),
                     r = reading, if can_read => Event::Read(r),
                     else => Event::Idle,
                 }
@@ -330,7 +328,7 @@ fn detach(mut inflight: RequestSet<Reply>, replies_written: bool) {
 impl<'s, R, W> Pipeline<'s, R, W>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: ReplySink,
 {
     fn new(session: &'s Session, reader: R, writer: W) -> Self {
         let ctx = Arc::new(Context {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::proto;
 use super::request::Reply;
+use crate::tls::Piece;
 
 /// Bytes read from the socket at once.
 pub(super) const INBOX_LEN: usize = 64 * 1024;
@@ -122,6 +123,37 @@ impl Outbox {
                     continue;
                 }
                 iov[n] = IoSlice::new(&part[skip..]);
+                skip = 0;
+                n += 1;
+                if n == MAX_IOV {
+                    return n;
+                }
+            }
+        }
+        n
+    }
+
+    /// Fills `out` with what is left to write, READ data mutable (for
+    /// sealing in place); returns how many pieces. The same pieces come
+    /// back until [`Outbox::advance`].
+    pub(super) fn pieces<'a>(&'a mut self, out: &mut [Piece<'a>; MAX_IOV]) -> usize {
+        let mut n = 0;
+        let mut skip = self.written;
+        for reply in &mut self.queue {
+            let (head, body) = reply.parts_mut();
+            for part in [Piece::Copy(head), body] {
+                let len = match &part {
+                    Piece::Copy(b) => b.len(),
+                    Piece::InPlace(b) => b.len(),
+                };
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                out[n] = match part {
+                    Piece::Copy(b) => Piece::Copy(&b[skip..]),
+                    Piece::InPlace(b) => Piece::InPlace(&mut b[skip..]),
+                };
                 skip = 0;
                 n += 1;
                 if n == MAX_IOV {
