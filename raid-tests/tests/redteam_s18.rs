@@ -36,7 +36,14 @@ impl Qd1 {
 
     /// Sends one request and reads its simple reply (`read` payload bytes
     /// on success); returns the NBD error (0: success) and the payload.
-    fn call(&mut self, cmd: u16, offset: u64, len: u32, data: &[u8], read: usize) -> (u32, Vec<u8>) {
+    fn call(
+        &mut self,
+        cmd: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+        read: usize,
+    ) -> (u32, Vec<u8>) {
         self.cookie += 1;
         let mut m = Vec::with_capacity(28 + data.len());
         m.extend_from_slice(&REQ_MAGIC.to_be_bytes());
@@ -49,7 +56,10 @@ impl Qd1 {
         self.s.write_all(&m).unwrap();
         let mut h = [0u8; 16];
         self.s.read_exact(&mut h).unwrap();
-        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), SIMPLE_REPLY_MAGIC);
+        assert_eq!(
+            u32::from_be_bytes(h[..4].try_into().unwrap()),
+            SIMPLE_REPLY_MAGIC
+        );
         assert_eq!(u64::from_be_bytes(h[8..].try_into().unwrap()), self.cookie);
         let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
         let mut payload = vec![0u8; if err == 0 { read } else { 0 }];
@@ -109,8 +119,15 @@ impl Rig {
     fn start(name: &str, level: u32, n: usize, layout: &str) -> Rig {
         let dir = scratch_dir(name);
         let paths = sparse_members(dir.path(), n, 64 << 20);
-        let mut c = vraid(&["create", "--level", &level.to_string(), "--chunk-size", "64K"]);
-        c.args(["--name", "vol0", "--checksum-layout", layout]).args(&paths);
+        let mut c = vraid(&[
+            "create",
+            "--level",
+            &level.to_string(),
+            "--chunk-size",
+            "64K",
+        ]);
+        c.args(["--name", "vol0", "--checksum-layout", layout])
+            .args(&paths);
         run_ok(&mut c);
         let ctl = dir.path().join("ctl.sock");
         let metrics = format!("127.0.0.1:{}", free_port());
@@ -163,7 +180,10 @@ fn own_sector(server: &Server, who: usize, rounds: u64, start: &Barrier) -> Vec<
             10..=12 => {
                 let got = c.read(at, SECTOR);
                 if let Sector::Is(want) = &known[block as usize] {
-                    assert!(got == *want, "owner {who} round {seq}: sector of block {block} lost its write");
+                    assert!(
+                        got == *want,
+                        "owner {who} round {seq}: sector of block {block} lost its write"
+                    );
                 }
             }
             13 => {
@@ -215,12 +235,18 @@ fn sub_block_writes_race_into_the_same_blocks(name: &str, level: u32, n: usize, 
         for (b, k) in blocks.iter().enumerate() {
             let at = b * 4096 + who * SECTOR;
             if let Sector::Is(want) = k {
-                assert!(all[at..at + SECTOR] == want[..], "block {b} sector {who} lost its write");
+                assert!(
+                    all[at..at + SECTOR] == want[..],
+                    "block {b} sector {who} lost its write"
+                );
             }
         }
     }
     let after = metric(&scrape(&rig.metrics), "vraid_member_lone_inline_total");
-    assert!(after > before, "no request ran inline ({before} -> {after})");
+    assert!(
+        after > before,
+        "no request ran inline ({before} -> {after})"
+    );
     drop(warm);
     scrub_clean(&rig.ctl);
     assert_eq!(rig.server.stop(), 0);
