@@ -109,7 +109,6 @@ fn scrub_clean(ctl: &Path) {
 /// `layout` checksums, served with a control socket and metrics.
 struct Rig {
     _dir: tempfile::TempDir,
-    paths: Vec<PathBuf>,
     ctl: PathBuf,
     metrics: String,
     server: Server,
@@ -136,7 +135,6 @@ impl Rig {
         let server = Server::start(&args);
         Rig {
             _dir: dir,
-            paths,
             ctl,
             metrics,
             server,
