@@ -259,3 +259,45 @@ fn sub_block_writes_of_qd1_connections_into_the_same_blocks_raid1_separate() {
 fn sub_block_writes_of_qd1_connections_into_the_same_blocks_raid5_inline() {
     sub_block_writes_race_into_the_same_blocks("rt18-sub-r5i", 5, 3, "inline");
 }
+
+// ---- `vraid fail` of a mirror while QD1 sub-block writes run
+
+/// Held: a QD1 connection writing 1 KiB pieces (lone, inline-eligible)
+/// while `vraid fail` drops a RAID-1 mirror sees every write succeed, and
+/// every piece reads back from the mirror left.
+#[test]
+fn failing_a_mirror_under_qd1_sub_block_writes_loses_nothing() {
+    // Arrange
+    let rig = Rig::start("rt18-fail-lone", 1, 2, "separate");
+    let mut c = Qd1::connect(&rig.server);
+    c.write(0, &vec![0u8; 1 << 20]);
+    let start = Barrier::new(2);
+
+    // Act
+    let written: Vec<(u64, Vec<u8>)> = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            start.wait();
+            (0..1000u64)
+                .map(|i| {
+                    let (at, data) = ((i % 1024) * 1024, sector_bytes(0, i, i, 1024));
+                    c.write(at, &data);
+                    (at, data)
+                })
+                .collect()
+        });
+        start.wait();
+        vraid_ctl_ok(&rig.ctl, &["fail", "vol0", "1"]);
+        writer.join().unwrap()
+    });
+
+    // Assert
+    let mut c = Qd1::connect(&rig.server);
+    let all = c.read(0, 1 << 20);
+    for (at, data) in &written {
+        let at = *at as usize;
+        assert!(all[at..at + 1024] == data[..], "piece at {at} lost");
+    }
+    let v = volume_status(&rig.ctl, "vol0");
+    assert_eq!(member_states(&v), ["active", "failed"], "{v}");
+    assert_eq!(rig.server.stop(), 0);
+}
