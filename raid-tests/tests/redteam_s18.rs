@@ -5,8 +5,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 
+use raid_tests::loop_dev::LoopDev;
 use raid_tests::nbd_raw::nbd_handshake;
 use raid_tests::*;
 
@@ -300,4 +302,63 @@ fn failing_a_mirror_under_qd1_sub_block_writes_loses_nothing() {
     let v = volume_status(&rig.ctl, "vol0");
     assert_eq!(member_states(&v), ["active", "failed"], "{v}");
     assert_eq!(rig.server.stop(), 0);
+}
+
+// ---- The loop-device claim check, paths it must see through
+
+/// Unmounts a bind mount when dropped (also when the test fails).
+struct Bind(PathBuf);
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        run(Command::new("umount").arg(&self.0));
+    }
+}
+
+/// Held: a member file named once by its path and once through a loop
+/// device attached by another path to it (a bind mount of its directory;
+/// a directory name with spaces, escaped as `\040` in mountinfo) is
+/// refused as in use; a loop device over a deleted file is a member as
+/// any other device.
+#[test]
+fn loop_devices_over_bind_mounts_and_odd_paths_are_not_members_twice() {
+    // Arrange
+    let dir = scratch_dir("rt18-loop-claim");
+    let (a, b) = (dir.path().join("a dir"), dir.path().join("b dir"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let file = a.join("m 0.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run_ok(Command::new("mount").arg("--bind").arg(&a).arg(&b));
+    let bind = Bind(b.clone());
+    let twice = LoopDev::attach(&b.join("m 0.img"), 0);
+    let gone = dir.path().join("gone.img");
+    std::fs::File::create(&gone)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let deleted = LoopDev::attach(&gone, 0);
+    std::fs::remove_file(&gone).unwrap();
+
+    // Act
+    let create = |members: [&str; 2]| {
+        let mut c = vraid(&["create", "--level", "1", "--member-size", "64M"]);
+        run(c.args(members))
+    };
+    let same = create([file.to_str().unwrap(), &twice.0]);
+    let other = dir.path().join("m1.img");
+    let fresh = create([other.to_str().unwrap(), &deleted.0]);
+    drop((twice, deleted, bind));
+
+    // Assert
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !same.status.success() && text(&same).contains("in use"),
+        "{}",
+        text(&same)
+    );
+    assert!(fresh.status.success(), "{}", text(&fresh));
 }
