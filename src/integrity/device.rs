@@ -26,6 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::edge_cache::EdgeCache;
+use super::inflight::Inflight;
 use super::page::{bad_blocks, block_entry, entries_of, hull, seal, zero_entry, BLOCK, UNKNOWN};
 use super::reported::{warn_bad_edge, Reported};
 use super::store::CsumStore;
@@ -45,6 +46,8 @@ pub struct ChecksumDevice {
     reported: Reported,
     /// Edge blocks of the last small writes, as the member holds them.
     edges: EdgeCache,
+    /// Writes in flight: a read's mismatch raced one, or is corruption.
+    inflight: Inflight,
 }
 
 impl std::fmt::Debug for ChecksumDevice {
@@ -71,6 +74,7 @@ impl ChecksumDevice {
             trusted,
             reported: Reported::new(errors),
             edges: EdgeCache::default(),
+            inflight: Inflight::default(),
         }
     }
 
@@ -107,11 +111,17 @@ impl ChecksumDevice {
             &mut wide
         };
         let mut bad = self.read_checked(b0, b1, data).await?;
-        if !bad.is_empty() {
-            // A write of the same block may have raced this read (readers
-            // take no lock): look once more before calling it corrupt.
-            tokio::task::yield_now().await;
+        let mut tries = 0;
+        // A write of the same blocks may have raced this read (readers
+        // take no lock): read again until no write raced a read.
+        while !bad.is_empty() {
+            let Some(stamp) = self.quiet(b0, b1, &mut tries).await else {
+                break;
+            };
             bad = self.read_checked(b0, b1, data).await?;
+            if self.inflight.quiet(b0, b1) == Some(stamp) {
+                break;
+            }
         }
         self.reported.check(self.inner.name(), b0, &bad)?;
         if !aligned {
@@ -119,6 +129,28 @@ impl ChecksumDevice {
             buf.copy_from_slice(&wide[at..at + buf.len()]);
         }
         Ok(())
+    }
+
+    /// Waits until no write of blocks `b0..b1` is in flight and returns
+    /// the stamp to compare after the next read ([`Inflight::quiet`]);
+    /// `None` after [`RACE_TRIES`] in all (`tries`): the mismatch stands.
+    async fn quiet(&self, b0: u64, b1: u64, tries: &mut u32) -> Option<u64> {
+        loop {
+            *tries += 1;
+            if *tries > RACE_TRIES {
+                return None;
+            }
+            if let Some(stamp) = self.inflight.quiet(b0, b1) {
+                return Some(stamp);
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        }
+    }
+
+    /// The blocks of `offset..+len` marked written until the guard drops.
+    fn writing(&self, offset: ByteOffset, len: u64) -> super::inflight::Writing<'_> {
+        let (b0, b1) = hull(offset.get(), len);
+        self.inflight.begin(b0, b1)
     }
 
     /// True when a vectored request at `offset` is whole blocks in every
@@ -168,10 +200,16 @@ impl ChecksumDevice {
         }
         let (b0, b1) = hull(offset.get(), len);
         let mut bad = self.read_checked_segments(b0, b1, bufs).await?;
-        if !bad.is_empty() {
-            // A racing write of the same block: as in `read_verified`.
-            tokio::task::yield_now().await;
+        let mut tries = 0;
+        // A racing write of the same blocks: as in `read_verified`.
+        while !bad.is_empty() {
+            let Some(stamp) = self.quiet(b0, b1, &mut tries).await else {
+                break;
+            };
             bad = self.read_checked_segments(b0, b1, bufs).await?;
+            if self.inflight.quiet(b0, b1) == Some(stamp) {
+                break;
+            }
         }
         self.reported.check(self.inner.name(), b0, &bad)
     }
@@ -397,7 +435,10 @@ impl BlockDevice for ChecksumDevice {
         buf: &'a [u8],
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
-        crate::block::BoxFuture::new(self.write_sealed(offset, buf, durability))
+        crate::block::BoxFuture::new(async move {
+            let _writing = self.writing(offset, buf.len() as u64);
+            self.write_sealed(offset, buf, durability).await
+        })
     }
 
     fn read_vectored<'a>(
@@ -421,7 +462,10 @@ impl BlockDevice for ChecksumDevice {
         durability: Durability,
     ) -> BoxFuture<'a, BlockResult> {
         if Self::whole_blocks(offset, bufs.iter().map(|b| &**b)) {
-            crate::block::BoxFuture::new(self.write_sealed_segments(offset, bufs, durability))
+            crate::block::BoxFuture::new(async move {
+                let _writing = self.writing(offset, crate::iovec::len(bufs) as u64);
+                self.write_sealed_segments(offset, bufs, durability).await
+            })
         } else {
             crate::block::write_through_copy(self, offset, bufs, durability)
         }
@@ -448,6 +492,7 @@ impl BlockDevice for ChecksumDevice {
                 return Ok(());
             }
             let (b0, b1) = hull(offset.get(), len);
+            let _writing = self.inflight.begin(b0, b1);
             self.store.prepare(b0, b1 - b0).await?;
             self.edges.forget(b0, b1);
             let zeros = vec![0u8; self.span(b0, b1)];
@@ -461,6 +506,7 @@ impl BlockDevice for ChecksumDevice {
 
     fn discard(&self, offset: ByteOffset, len: u64) -> BoxFuture<'_, BlockResult> {
         crate::block::BoxFuture::new(async move {
+            let _writing = self.writing(offset, len);
             self.prepare_range(offset, len).await?;
             self.inner.discard(offset, len).await?;
             self.after_clear(offset.get(), len).await
@@ -474,12 +520,17 @@ impl BlockDevice for ChecksumDevice {
         may_unmap: bool,
     ) -> BoxFuture<'_, BlockResult> {
         crate::block::BoxFuture::new(async move {
+            let _writing = self.writing(offset, len);
             self.prepare_range(offset, len).await?;
             self.inner.write_zeroes(offset, len, may_unmap).await?;
             self.after_clear(offset.get(), len).await
         })
     }
 }
+
+/// Reads again and waits for writes in flight, in all, before a read's
+/// checksum mismatch stands though writes keep racing it.
+const RACE_TRIES: u32 = 200;
 
 /// Entries a read verifies in place, without an allocation: up to 128 KiB.
 const INLINE_ENTRIES: usize = 32;

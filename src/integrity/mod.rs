@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod device;
 mod edge_cache;
+mod inflight;
 pub mod inline;
 pub mod page;
 mod reported;
