@@ -17,6 +17,7 @@
 //!  Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice (told the layout) ─► Window
 //! ```
 
+mod beside;
 pub mod cache;
 pub mod device;
 mod edge_cache;
