@@ -91,6 +91,7 @@ start_vraid() { # NAME LEVEL DIR COUNT
     local -a members=() extra=() env=()
     [[ $name == *-old ]] && bin=$VRAID_OLD
     [[ $name == *-ring ]] && env=(VRAID_LONE_INLINE=0)
+    [[ $name == *-serial ]] && env=(VRAID_EDGE_BESIDE=0)
     for ((i = 0; i < count; i++)); do members+=("$dir/$name-$i.img"); done
     ((CHECKSUMS)) || extra+=(--no-checksums)
     "$bin" create --level "$level" --chunk-size 64K --member-size "$MEMBER_SIZE" \
@@ -120,6 +121,7 @@ start_nbdkit_mem() { # NAME
 
 start_target() {
     local kind=${1%-old}
+    kind=${kind%-serial}
     case ${kind%-ring} in
     r0-shm) start_vraid "$1" 0 "$SHM" 4 ;;
     r5-shm) start_vraid "$1" 5 "$SHM" 4 ;;

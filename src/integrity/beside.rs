@@ -35,6 +35,7 @@ const SECTOR: u64 = 512;
 const PIECE: usize = 64;
 
 /// Edge reads issued beside their write (process-wide; tests).
+#[cfg_attr(not(test), allow(dead_code))]
 static BESIDE: AtomicU64 = AtomicU64::new(0);
 /// Mismatching edge reads that may have seen the new bytes (sealed good).
 static RACED: AtomicU64 = AtomicU64::new(0);
@@ -72,11 +73,13 @@ pub fn count_raced() {
 }
 
 /// Edge reads issued beside their writes so far (process-wide).
+#[cfg(test)]
 pub fn beside() -> u64 {
     BESIDE.load(Ordering::Relaxed)
 }
 
 /// Mismatching edge reads taken for a race so far (process-wide).
+#[cfg(test)]
 pub fn raced() -> u64 {
     RACED.load(Ordering::Relaxed)
 }

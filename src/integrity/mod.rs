@@ -28,6 +28,8 @@ pub mod store;
 pub mod tag;
 
 #[cfg(test)]
+mod beside_tests;
+#[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
 mod fua_evict_tests;
