@@ -44,7 +44,10 @@ impl BlockDevice for Late {
     fn write<'a>(&'a self, offset: ByteOffset, buf: &'a [u8], dur: Durability) -> IoFuture<'a> {
         crate::block::BoxFuture::new(async move {
             self.inner.write(offset, buf, dur).await?;
-            self.written.notify_one();
+            if self.hold_reads.load(Ordering::SeqCst) {
+                // Only then: a permit stored earlier would free a read early.
+                self.written.notify_one();
+            }
             Ok(())
         })
     }
