@@ -66,8 +66,9 @@ fn fio_verify_raid5() {
     fio_verify(5, 4);
 }
 
-/// 1 KiB random writes (each a part of a 4 KiB checksummed block: its edge
-/// read runs beside its data write, `src/integrity/beside.rs`) verified by
+/// 1 KiB random writes (each a part of a 4 KiB checksummed block: with
+/// `VRAID_EDGE_BESIDE=1` its edge read runs beside its data write,
+/// `src/integrity/beside.rs`) verified by
 /// fio, then a scrub check finds no checksum error and no mismatch.
 fn fio_verify_1k_then_scrub_clean(level: u32, members: usize) {
     // Arrange
@@ -77,7 +78,7 @@ fn fio_verify_1k_then_scrub_clean(level: u32, members: usize) {
     let ctl = dir.path().join("ctl.sock");
     let mut args = vec!["--control", ctl.to_str().unwrap()];
     args.extend(paths.iter().map(|p| p.to_str().unwrap()));
-    let server = Server::start(&args);
+    let server = Server::start_with_env(&args, &[("VRAID_EDGE_BESIDE", "1")]);
     let uri = server.uri("vol0");
 
     // Act: QD1 and QD8 1 KiB random writes over 8 MiB, verified; a re-verify.
