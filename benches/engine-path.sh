@@ -13,7 +13,9 @@
 #   any vraid target with "-old" appended: the same, served by $VRAID_OLD
 #   (before/after a change in one run); with "-ring" appended: served with
 #   VRAID_LONE_INLINE=0 (every member request through the io_uring thread,
-#   none run on the caller's thread at queue depth 1: src/member/lone.rs)
+#   none run on the caller's thread at queue depth 1: src/member/lone.rs);
+#   with "-beside": VRAID_EDGE_BESIDE=1 (a sub-block write's edge read
+#   beside its data write: src/integrity/beside.rs)
 # Jobs (fio, ioengine=nbd, over the first $SIZE of each export):
 #   randread4k randwrite4k (QD32), qd1read4k qd1write4k qd1write1k (QD1),
 #   seqwrite1k (sequential 1 KiB writes, QD32: what nbd-tester-client's
@@ -91,6 +93,7 @@ start_vraid() { # NAME LEVEL DIR COUNT
     local -a members=() extra=() env=()
     [[ $name == *-old ]] && bin=$VRAID_OLD
     [[ $name == *-ring ]] && env=(VRAID_LONE_INLINE=0)
+    [[ $name == *-beside ]] && env=(VRAID_EDGE_BESIDE=1)
     for ((i = 0; i < count; i++)); do members+=("$dir/$name-$i.img"); done
     ((CHECKSUMS)) || extra+=(--no-checksums)
     "$bin" create --level "$level" --chunk-size 64K --member-size "$MEMBER_SIZE" \
@@ -120,6 +123,7 @@ start_nbdkit_mem() { # NAME
 
 start_target() {
     local kind=${1%-old}
+    kind=${kind%-beside}
     case ${kind%-ring} in
     r0-shm) start_vraid "$1" 0 "$SHM" 4 ;;
     r5-shm) start_vraid "$1" 5 "$SHM" 4 ;;

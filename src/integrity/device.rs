@@ -25,17 +25,21 @@ use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use super::beside;
 use super::edge_cache::EdgeCache;
 use super::inflight::Inflight;
 use super::page::{bad_blocks, block_entry, entries_of, hull, seal, zero_entry, BLOCK, UNKNOWN};
 use super::reported::{warn_bad_edge, Reported};
 use super::store::CsumStore;
-use crate::block::{check_range, BlockDevice, BlockResult, BoxFuture, Durability};
+use crate::block::{check_range, BlockDevice, BlockError, BlockResult, BoxFuture, Durability};
 use crate::units::ByteOffset;
 
 /// Says whether a member data offset may be verified (false while the
 /// region is dirty from a crash and not yet resynced).
 pub type Trusted = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// An edge block of a partial write and its range in the merged buffer.
+type Edge = Option<(u64, std::ops::Range<usize>)>;
 
 /// A member data area whose blocks are checksummed.
 pub struct ChecksumDevice {
@@ -266,15 +270,6 @@ impl ChecksumDevice {
         Ok(())
     }
 
-    /// The old bytes of an edge block: kept from the last small write of
-    /// it (sealed good then), else [`Self::edge`].
-    async fn edge_bytes(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
-        if self.edges.get(block, old) {
-            return Ok(true);
-        }
-        self.edge(block, old).await
-    }
-
     /// Reads the old bytes of an edge block into `old`; false when they
     /// fail their own (known) checksum, verified there or not.
     async fn edge(&self, block: u64, old: &mut [u8]) -> BlockResult<bool> {
@@ -316,17 +311,48 @@ impl ChecksumDevice {
             self.store.set(b0, entries.get()).await?;
             return self.after_write(dur, epoch).await;
         }
-        // Unaligned: merge the new bytes into the old edge blocks to know
-        // the blocks' checksums. Writers of one block are serialized by the
-        // RAID layer's locks, so the edges cannot change meanwhile.
+        self.write_partial(offset, buf, dur, (b0, b1), epoch).await
+    }
+
+    /// A write covering part of a block (`b0..b1` its hull): merges the new
+    /// bytes into the old edge blocks to know the blocks' checksums.
+    /// Writers of one block are serialized by the RAID layer's locks, so
+    /// the edges cannot change meanwhile.
+    async fn write_partial(
+        &self,
+        offset: ByteOffset,
+        buf: &[u8],
+        dur: Durability,
+        (b0, b1): (u64, u64),
+        epoch: u64,
+    ) -> BlockResult {
+        let head = (offset.get() - b0 * BLOCK) as usize;
         let mut wide = vec![0u8; self.span(b0, b1)];
-        let last = ((b1 - 1 - b0) * BLOCK) as usize;
         let mut good = vec![true; (b1 - b0) as usize];
-        let first_len = self.span(b0, b0 + 1);
-        good[0] = self.edge_bytes(b0, &mut wide[..first_len]).await?;
-        if b1 - b0 > 1 {
-            let n = good.len();
-            good[n - 1] = self.edge_bytes(b1 - 1, &mut wide[last..]).await?;
+        let edges = self.edge_blocks(b0, b1);
+        let mut missing = [false; 2];
+        for (m, e) in missing.iter_mut().zip(&edges) {
+            if let Some((block, r)) = e {
+                *m = !self.edges.get(*block, &mut wide[r.clone()]);
+            }
+        }
+        // Forgotten before the write starts: a failed or cancelled write
+        // leaves no kept block the member may not hold.
+        self.edges.forget(b0, b1);
+        let (mut unknown, mut read_err) = ([false; 2], None);
+        if missing.iter().any(|&m| m) && beside::fits(offset.get(), buf.len()) {
+            let at = (offset, buf, dur);
+            (unknown, read_err) = self
+                .write_beside(at, b0, (&edges, missing), &mut wide, &mut good)
+                .await?;
+        } else {
+            for (k, e) in edges.iter().enumerate() {
+                if let (Some((block, r)), true) = (e, missing[k]) {
+                    let i = (block - b0) as usize;
+                    good[i] = self.edge(*block, &mut wide[r.clone()]).await?;
+                }
+            }
+            self.inner.write(offset, buf, dur).await?;
         }
         wide[head..head + buf.len()].copy_from_slice(buf);
         let mut entries = entries_of(&wide);
@@ -338,16 +364,114 @@ impl ChecksumDevice {
                 *e = seal(!*e);
             }
         }
-        // Forgotten before the write starts: a failed or cancelled write
-        // leaves no kept block the member may not hold.
-        self.edges.forget(b0, b1);
-        self.inner.write(offset, buf, dur).await?;
+        // An edge whose read failed beside a write that landed: its bytes
+        // are not known, nor is its checksum (case 155).
+        for (e, _) in edges.iter().zip(unknown).filter(|(_, u)| *u) {
+            if let Some((block, _)) = e {
+                entries[(block - b0) as usize] = UNKNOWN;
+            }
+        }
         self.keep_edges(b0, b1, &wide, &good);
         // Edge blocks that were bad keep a mismatching entry: forget only
         // the blocks that are now whole and good.
         self.reported.forget_good(b0, &good);
         self.store.set(b0, &entries).await?;
+        if let Some(err) = read_err {
+            return Err(err);
+        }
         self.after_write(dur, epoch).await
+    }
+
+    /// The edge blocks of a partial write over `b0..b1`, each with its
+    /// range in the merged buffer: the first block, and the last if other.
+    fn edge_blocks(&self, b0: u64, b1: u64) -> [Edge; 2] {
+        let first = Some((b0, 0..self.span(b0, b0 + 1)));
+        let last = (b1 - b0 > 1).then(|| {
+            let at = ((b1 - 1 - b0) * BLOCK) as usize;
+            (b1 - 1, at..self.span(b0, b1))
+        });
+        [first, last]
+    }
+
+    /// The data write and the reads of the `missing` edge blocks, at once
+    /// (module `beside`): the reads fill `wide` and their verdicts `good`.
+    /// Returns the edges whose read failed (the write landed: their
+    /// entries are unknown) and the error to answer with.
+    async fn write_beside(
+        &self,
+        (offset, buf, dur): (ByteOffset, &[u8], Durability),
+        b0: u64,
+        (edges, missing): (&[Edge; 2], [bool; 2]),
+        wide: &mut [u8],
+        good: &mut [bool],
+    ) -> BlockResult<([bool; 2], Option<BlockError>)> {
+        let split = edges[0].as_ref().map_or(0, |(_, r)| r.end);
+        let (lo, hi) = wide.split_at_mut(split);
+        let first = edges[0].as_ref().filter(|_| missing[0]);
+        let first = first.map(|(b, r)| (*b, &mut lo[r.clone()]));
+        let last = edges[1].as_ref().filter(|_| missing[1]);
+        let last = last.map(|(b, r)| (*b, &mut hi[r.start - split..r.end - split]));
+        let (r0, r1, w) = tokio::join!(
+            self.edge_opt(first, offset, buf),
+            self.edge_opt(last, offset, buf),
+            self.inner.write(offset, buf, dur),
+        );
+        w?;
+        let (mut unknown, mut err) = ([false; 2], None);
+        for (k, r) in [r0, r1].into_iter().enumerate() {
+            let (Some((block, _)), Some(r)) = (&edges[k], r) else {
+                continue;
+            };
+            let i = (block - b0) as usize;
+            match r {
+                Ok(ok) => good[i] = ok,
+                Err(e) => (good[i], unknown[k], err) = (false, true, Some(e)),
+            }
+        }
+        Ok((unknown, err))
+    }
+
+    /// [`Self::edge_beside`] of an edge to read, if any.
+    async fn edge_opt(
+        &self,
+        edge: Option<(u64, &mut [u8])>,
+        offset: ByteOffset,
+        buf: &[u8],
+    ) -> Option<BlockResult<bool>> {
+        let (block, old) = edge?;
+        Some(self.edge_beside(block, old, offset, buf).await)
+    }
+
+    /// Reads edge `block` into `old` while the write of `buf` at `offset`
+    /// may be landing: false when the block failed its (known) checksum
+    /// before the write, as far as the read can tell (module `beside`).
+    async fn edge_beside(
+        &self,
+        block: u64,
+        old: &mut [u8],
+        offset: ByteOffset,
+        buf: &[u8],
+    ) -> BlockResult<bool> {
+        beside::count_beside();
+        self.inner.read(ByteOffset(block * BLOCK), old).await?;
+        let entry = self.store.entries(block, 1).await?[0];
+        if entry == UNKNOWN || entry == block_entry(old) {
+            return Ok(true);
+        }
+        // The written range of this block, in it and in `buf`.
+        let start = block * BLOCK;
+        let from = offset.get().max(start);
+        let to = (offset.get() + buf.len() as u64).min(start + old.len() as u64);
+        let (at, n) = ((from - start) as usize, (to - from) as usize);
+        let new = &buf[(from - offset.get()) as usize..][..n];
+        if beside::saw_new(&old[at..at + n], new) {
+            beside::count_raced();
+            return Ok(true);
+        }
+        if (self.trusted)(block * BLOCK) {
+            warn_bad_edge(self.inner.name(), block);
+        }
+        Ok(false)
     }
 
     /// Keeps the good edge blocks of the merged blocks `wide` (`b0..b1`),

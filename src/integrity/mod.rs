@@ -17,6 +17,7 @@
 //!  Volume ─► StatsDevice ─► InlineDevice ─► FaultDevice (told the layout) ─► Window
 //! ```
 
+mod beside;
 pub mod cache;
 pub mod device;
 mod edge_cache;
@@ -27,6 +28,8 @@ mod reported;
 pub mod store;
 pub mod tag;
 
+#[cfg(test)]
+mod beside_tests;
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
