@@ -136,19 +136,13 @@ impl ChecksumDevice {
     }
 
     /// Waits until no write of blocks `b0..b1` is in flight and returns
-    /// the stamp to compare after the next read ([`Inflight::quiet`]);
-    /// `None` after [`RACE_TRIES`] in all (`tries`): the mismatch stands.
+    /// the stamp to compare after the next read ([`Inflight::wait_quiet`]);
+    /// `None` after [`RACE_TRIES`] in all (`tries`) or a write stuck for
+    /// [`RACE_STUCK`]: the mismatch stands.
     async fn quiet(&self, b0: u64, b1: u64, tries: &mut u32) -> Option<u64> {
-        loop {
-            *tries += 1;
-            if *tries > RACE_TRIES {
-                return None;
-            }
-            if let Some(stamp) = self.inflight.quiet(b0, b1) {
-                return Some(stamp);
-            }
-            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
-        }
+        self.inflight
+            .wait_quiet(b0, b1, tries, RACE_TRIES, RACE_STUCK)
+            .await
     }
 
     /// The blocks of `offset..+len` marked written until the guard drops.
@@ -655,6 +649,8 @@ impl BlockDevice for ChecksumDevice {
 /// Reads again and waits for writes in flight, in all, before a read's
 /// checksum mismatch stands though writes keep racing it.
 const RACE_TRIES: u32 = 200;
+/// How long a read that met a mismatch waits for a racing write to end.
+const RACE_STUCK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Entries a read verifies in place, without an allocation: up to 128 KiB.
 const INLINE_ENTRIES: usize = 32;

@@ -20,6 +20,9 @@
 //! (no memory per block): blocks sharing a slot only cost a read more.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// Slots of the table.
 const SLOTS: usize = 256;
@@ -31,6 +34,11 @@ const GROUP: u64 = 16;
 pub(crate) struct Inflight {
     writing: [AtomicU32; SLOTS],
     ended: [AtomicU64; SLOTS],
+    /// Readers waiting in [`Inflight::wait_quiet`]; writes only touch
+    /// `ended_notify` while one waits.
+    waiters: AtomicU32,
+    /// Woken when a write ends while a reader waits.
+    ended_notify: Notify,
 }
 
 impl Default for Inflight {
@@ -38,6 +46,8 @@ impl Default for Inflight {
         Inflight {
             writing: std::array::from_fn(|_| AtomicU32::new(0)),
             ended: std::array::from_fn(|_| AtomicU64::new(0)),
+            waiters: AtomicU32::new(0),
+            ended_notify: Notify::new(),
         }
     }
 }
@@ -74,6 +84,47 @@ impl Inflight {
         }
         Some(stamp)
     }
+
+    /// Waits until no write of blocks `b0..b1` is in flight and returns
+    /// [`Inflight::quiet`]'s stamp. Each call counts one of `tries` (one
+    /// re-read); `None` once `tries` passes `max`, or when the blocks'
+    /// writes did not all end within `stuck` (a member that stopped
+    /// answering): the caller's mismatch then stands.
+    pub(crate) async fn wait_quiet(
+        &self,
+        b0: u64,
+        b1: u64,
+        tries: &mut u32,
+        max: u32,
+        stuck: Duration,
+    ) -> Option<u64> {
+        *tries += 1;
+        if *tries > max {
+            return None;
+        }
+        self.waiters.fetch_add(1, SeqCst);
+        let _waiting = Waiter(self);
+        let deadline = tokio::time::Instant::now() + stuck;
+        loop {
+            // Registered before the check: an end between the two wakes it.
+            let ended = self.ended_notify.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(stamp) = self.quiet(b0, b1) {
+                return Some(stamp);
+            }
+            tokio::time::timeout_at(deadline, ended).await.ok()?;
+        }
+    }
+}
+
+/// A reader counted in [`Inflight::waiters`] until dropped.
+struct Waiter<'a>(&'a Inflight);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, SeqCst);
+    }
 }
 
 /// Blocks marked written ([`Inflight::begin`]).
@@ -89,6 +140,9 @@ impl Drop for Writing<'_> {
             // Ended first: a reader that sees no writer then sees the end.
             self.table.ended[s].fetch_add(1, SeqCst);
             self.table.writing[s].fetch_sub(1, SeqCst);
+        }
+        if self.table.waiters.load(SeqCst) != 0 {
+            self.table.ended_notify.notify_waiters();
         }
     }
 }
@@ -110,5 +164,54 @@ mod tests {
         assert!(slots(0, 1 << 30).count() == SLOTS && t.quiet(5000, 5001).is_none());
         drop(large);
         assert!(t.writing.iter().all(|w| w.load(SeqCst) == 0));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_quiet_is_woken_by_the_write_ending() {
+        let t = std::sync::Arc::new(Inflight::default());
+        let w = t.begin(7, 8);
+        let reader = {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut tries = 0;
+                let stamp = t.wait_quiet(7, 8, &mut tries, 10, Duration::from_secs(60));
+                (stamp.await, tries)
+            })
+        };
+        // The reader registers as a waiter before the write ends.
+        while t.waiters.load(SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(w);
+        let (stamp, tries) = reader.await.unwrap();
+        assert_eq!(stamp, t.quiet(7, 8));
+        assert_eq!(tries, 1, "one re-read");
+        assert_eq!(t.waiters.load(SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_ends_leaves_the_mismatch_standing() {
+        let t = Inflight::default();
+        let _w = t.begin(7, 8);
+        let mut tries = 0;
+        let got = t.wait_quiet(7, 8, &mut tries, 10, Duration::from_millis(20));
+        assert_eq!(got.await, None);
+        // Writes of other slots ending do not end the wait.
+        let other = t.begin(5000, 5001);
+        let waiting = t.wait_quiet(7, 8, &mut tries, 10, Duration::from_secs(60));
+        tokio::pin!(waiting);
+        tokio::select! {
+            _ = &mut waiting => panic!("woken by another slot's write"),
+            _ = async { while t.waiters.load(SeqCst) == 0 { tokio::task::yield_now().await } } => {}
+        }
+        drop(other);
+        let timeout = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(timeout.is_err(), "still waiting for its own slot's write");
+        let mut tries = 10;
+        assert_eq!(
+            t.wait_quiet(9, 10, &mut tries, 10, Duration::from_secs(60))
+                .await,
+            None
+        );
     }
 }
