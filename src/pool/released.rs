@@ -31,23 +31,8 @@ impl Pool {
     /// Commits everything changed under `m` (and before): durable when it
     /// returns. The metadata lock is released for the I/O; a commit in
     /// flight is waited for without it.
-    pub(crate) async fn commit_released(
-        &self,
-        mut m: MutexGuard<'_, Meta>,
-    ) -> Result<(), PoolError> {
-        for _ in 0..LANE_TRIES {
-            if let Some(lane) = m.store.try_lane() {
-                m.prune_unshared();
-                let job = m.store.prepare(lane).await?;
-                drop(m);
-                return job.run().await;
-            }
-            let lane = m.store.lane();
-            drop(m);
-            drop(lane.lock().await);
-            m = self.meta.lock().await;
-        }
-        m.commit().await
+    pub(crate) async fn commit_released(&self, m: MutexGuard<'_, Meta>) -> Result<(), PoolError> {
+        self.commit_unless(m, |_| false).await
     }
 
     /// Returns once record `seq` is durable: at once if it is, after the
@@ -57,11 +42,23 @@ impl Pool {
     /// for one `zeroed_from` raise share one FLUSH.
     pub(crate) async fn wait_durable(
         &self,
-        mut m: MutexGuard<'_, Meta>,
+        m: MutexGuard<'_, Meta>,
         seq: u64,
     ) -> Result<(), PoolError> {
+        self.commit_unless(m, |m| m.store.durable_seq() >= seq)
+            .await
+    }
+
+    /// [`Pool::commit_released`], which returns as soon as `done` holds
+    /// (checked under the lock before each pass and before the last
+    /// commit, which waits holding the lock).
+    async fn commit_unless(
+        &self,
+        mut m: MutexGuard<'_, Meta>,
+        done: impl Fn(&Meta) -> bool,
+    ) -> Result<(), PoolError> {
         for _ in 0..LANE_TRIES {
-            if m.store.durable_seq() >= seq {
+            if done(&m) {
                 return Ok(());
             }
             if let Some(lane) = m.store.try_lane() {
@@ -75,7 +72,7 @@ impl Pool {
             drop(lane.lock().await);
             m = self.meta.lock().await;
         }
-        match m.store.durable_seq() >= seq {
+        match done(&m) {
             true => Ok(()),
             false => m.commit().await,
         }

@@ -7,24 +7,12 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::record::{Direction, Suite, APPLICATION_DATA as AD, HANDSHAKE, HEADER, TAG};
-use super::tests::{client, pki, server};
+use super::record::{Direction, Suite, APPLICATION_DATA as AD, HANDSHAKE};
+use super::tests::{client, pki, seal_all, server};
 use super::{buffered, switch, switch_client, FastReader, ServerTls};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
-}
-
-/// Records sealed by `tx` from (inner type, content) pairs.
-fn seal_all(tx: &mut Direction, records: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut wire = Vec::new();
-    for (inner, content) in records {
-        let at = wire.len();
-        wire.resize(at + HEADER + content.len() + 1 + TAG, 0);
-        wire[at + HEADER..at + HEADER + content.len()].copy_from_slice(content);
-        tx.seal(&mut wire[at..], *inner);
-    }
-    wire
 }
 
 /// 50 records of 16 KiB.

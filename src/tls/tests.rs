@@ -31,6 +31,22 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Records sealed by `tx` from (inner type, content) pairs.
+pub(crate) fn seal_all(tx: &mut super::record::Direction, records: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for (inner, content) in records {
+        let at = wire.len();
+        wire.resize(
+            at + super::record::HEADER + content.len() + 1 + super::record::TAG,
+            0,
+        );
+        wire[at + super::record::HEADER..at + super::record::HEADER + content.len()]
+            .copy_from_slice(content);
+        tx.seal(&mut wire[at..], *inner);
+    }
+    wire
+}
+
 /// CA, server cert for localhost, clients "a" and "b".
 pub(crate) fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
