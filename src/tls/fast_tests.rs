@@ -226,14 +226,7 @@ async fn tls_1_2_stays_on_rustls() {
 async fn our_client_side_against_a_rustls_server_follows_its_key_updates() {
     let dir = pki();
     let p = dir.path();
-    let tls = ServerTls::load(&super::ServerTlsConfig {
-        mode: super::TlsMode::Require,
-        cert: p.join("server.pem"),
-        key: p.join("server-key.pem"),
-        record_layer: super::RecordLayer::Rustls,
-        ..super::ServerTlsConfig::default()
-    })
-    .unwrap();
+    let tls = super::tests::rustls_only_server(p);
     let (c_io, s_io) = tokio::io::duplex(1 << 16);
     let serving = async {
         let mut s = tls.accept(s_io).await.unwrap();

@@ -8,11 +8,26 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::record::{Direction, Suite, APPLICATION_DATA as AD, HANDSHAKE};
-use super::tests::{client, pki, seal_all, server};
-use super::{buffered, switch, switch_client, FastReader, ServerTls};
+use super::tests::{client, pki, rustls_only_server, seal_all, server};
+use super::{buffered, switch, switch_client, FastReader};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
+}
+
+/// A rustls client of `dir`'s PKI over `io` that reads the server's "go"
+/// and answers "op" (the NBD options' stand-in before the switch).
+async fn rustls_client_opened(
+    dir: &std::path::Path,
+    io: tokio::io::DuplexStream,
+) -> tokio_rustls::client::TlsStream<tokio::io::DuplexStream> {
+    let connector = client(dir, Some("a")).connector();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut c = connector.connect(name, io).await.unwrap();
+    c.read_exact(&mut [0u8; 2]).await.unwrap();
+    c.write_all(b"op").await.unwrap();
+    c.flush().await.unwrap();
+    c
 }
 
 /// 50 records of 16 KiB.
@@ -34,15 +49,7 @@ async fn our_server_rekeys_at_its_send_limit_and_a_rustls_client_reads_on() {
         sw.set_limits(5, 1 << 40);
         sw.halves(tokio::io::split)
     };
-    let asking = async {
-        let connector = client(dir.path(), Some("a")).connector();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = connector.connect(name, c_io).await.unwrap();
-        c.read_exact(&mut [0u8; 2]).await.unwrap();
-        c.write_all(b"op").await.unwrap();
-        c.flush().await.unwrap();
-        c
-    };
+    let asking = rustls_client_opened(dir.path(), c_io);
     let ((mut r, mut w), mut c) = tokio::join!(serving, asking);
     let down = pattern(BULK, 1);
     let mut got = vec![0u8; BULK];
@@ -63,14 +70,7 @@ async fn our_server_rekeys_at_its_send_limit_and_a_rustls_client_reads_on() {
 async fn our_client_rekeys_at_its_send_limit_and_a_rustls_server_reads_on() {
     let dir = pki();
     let p = dir.path();
-    let tls = ServerTls::load(&super::ServerTlsConfig {
-        mode: super::TlsMode::Require,
-        cert: p.join("server.pem"),
-        key: p.join("server-key.pem"),
-        record_layer: super::RecordLayer::Rustls,
-        ..super::ServerTlsConfig::default()
-    })
-    .unwrap();
+    let tls = rustls_only_server(p);
     let (c_io, s_io) = tokio::io::duplex(1 << 16);
     let serving = async {
         let mut s = tls.accept(s_io).await.unwrap();
@@ -151,15 +151,7 @@ async fn a_rustls_client_sees_bad_record_mac_from_our_server() {
         };
         sw.halves(tokio::io::split)
     };
-    let asking = async {
-        let connector = client(dir.path(), Some("a")).connector();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = connector.connect(name, c_io).await.unwrap();
-        c.read_exact(&mut [0u8; 2]).await.unwrap();
-        c.write_all(b"op").await.unwrap();
-        c.flush().await.unwrap();
-        c
-    };
+    let asking = rustls_client_opened(dir.path(), c_io);
     let ((mut r, mut w), mut c) = tokio::join!(serving, asking);
     // A record no key sealed, straight onto the client's socket.
     let mut forged = vec![23, 3, 3, 0, 40];

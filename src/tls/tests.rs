@@ -47,6 +47,19 @@ pub(crate) fn seal_all(tx: &mut super::record::Direction, records: &[(u8, &[u8])
     wire
 }
 
+/// A server of `dir`'s PKI (`pki`) that keeps rustls for the whole
+/// connection (record layer `rustls`), TLS required.
+pub(crate) fn rustls_only_server(dir: &Path) -> ServerTls {
+    ServerTls::load(&super::ServerTlsConfig {
+        mode: super::TlsMode::Require,
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        record_layer: super::RecordLayer::Rustls,
+        ..super::ServerTlsConfig::default()
+    })
+    .unwrap()
+}
+
 /// CA, server cert for localhost, clients "a" and "b".
 pub(crate) fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
